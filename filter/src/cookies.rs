@@ -1,0 +1,345 @@
+//! Cookie headers by exact name: reading a request's `Cookie`, stripping ours, writing `Set-Cookie`.
+
+use std::fmt::Write as _;
+
+/// The value of the first cookie named exactly `name` (case-sensitive) in a `Cookie` request header.
+///
+/// Surrounding double quotes are removed from the value (RFC 6265 allows a quoted cookie-value).
+/// Pairs without `=` are skipped. Runs on every request, so it borrows from `header` and never allocates.
+pub fn get<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    iter(header).find_map(|(n, v)| (n == name).then_some(v))
+}
+
+/// Every `(name, value)` pair of a `Cookie` request header, in order, with values unquoted as in [`get`].
+///
+/// Segments without `=` or with an empty name are skipped: they cannot be addressed by name.
+pub fn iter(header: &str) -> impl Iterator<Item = (&str, &str)> {
+    header.split(';').filter_map(parse_pair)
+}
+
+/// `header` without the cookies for which `is_ours(name)` holds, or `None` when no cookie is left
+/// (so the caller removes the header rather than sending an empty one).
+///
+/// Kept segments are copied byte for byte (only the whitespace around them is dropped) and joined
+/// with `"; "`. Segments without `=` are not ours and are kept, since the upstream may understand
+/// them. When nothing is ours the header is returned unchanged, not re-joined, so the caller can
+/// compare and skip rewriting it.
+pub fn strip(header: &str, is_ours: impl Fn(&str) -> bool) -> Option<String> {
+    let mut out = String::with_capacity(header.len());
+    let mut removed = false;
+    for segment in header.split(';').map(trim_ows).filter(|s| !s.is_empty()) {
+        let ours = segment
+            .split_once('=')
+            .is_some_and(|(name, _)| is_ours(trim_ows(name)));
+        if ours {
+            removed = true;
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        out.push_str(segment);
+    }
+    match (out.is_empty(), removed) {
+        (true, _) => None,
+        (false, false) => Some(header.to_owned()),
+        (false, true) => Some(out),
+    }
+}
+
+/// The `SameSite` attribute of the cookies we set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SameSite {
+    /// Sent on top-level navigations from other sites: what a login redirect back from the IdP needs.
+    #[default]
+    Lax,
+    /// Never sent from other sites; breaks the IdP redirect back for login-state cookies.
+    Strict,
+    /// Always sent; browsers only accept it together with `Secure`.
+    None,
+}
+
+impl SameSite {
+    fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// Attributes shared by every cookie the filter sets. `HttpOnly` is always on: no script needs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieAttrs {
+    /// Adds `Secure`. Only off for plain-HTTP local development.
+    pub secure: bool,
+    /// Adds `Domain=`; `None` makes a host-only cookie, which is the safer default.
+    pub domain: Option<String>,
+    /// The `Path=` attribute.
+    pub path: String,
+    /// The `SameSite=` attribute.
+    pub same_site: SameSite,
+}
+
+impl Default for CookieAttrs {
+    fn default() -> Self {
+        CookieAttrs {
+            secure: true,
+            domain: None,
+            path: "/".to_owned(),
+            same_site: SameSite::Lax,
+        }
+    }
+}
+
+/// A `Set-Cookie` header value: `name=value; Path=/; Max-Age=N; HttpOnly; Secure; SameSite=Lax`
+/// (with `Domain=` when configured).
+///
+/// Names and values are ours (cookie names from config, base64url values), so they never need quoting.
+/// Defensively, bytes that RFC 6265 forbids (CR, LF, `;`, spaces, quotes, ...) are dropped rather than
+/// emitted: a mangled value merely fails to open later, while an emitted CR/LF or `;` would let the
+/// value inject headers or attributes.
+pub fn set_cookie(name: &str, value: &str, attrs: &CookieAttrs, max_age_secs: u64) -> String {
+    let mut out = String::with_capacity(name.len() + value.len() + 96);
+    push_filtered(&mut out, name, is_token_byte);
+    out.push('=');
+    push_filtered(&mut out, value, is_cookie_octet);
+    push_attrs(&mut out, attrs);
+    // Writing to a String cannot fail.
+    let _ = write!(out, "; Max-Age={max_age_secs}");
+    push_flags(&mut out, attrs);
+    out
+}
+
+/// A `Set-Cookie` header value that makes the browser drop cookie `name` at once.
+///
+/// `Path` and `Domain` must match the ones it was set with, or the browser keeps the original.
+/// `Expires` in 1970 is there for clients that ignore `Max-Age`.
+pub fn clear_cookie(name: &str, attrs: &CookieAttrs) -> String {
+    let mut out = String::with_capacity(name.len() + 128);
+    push_filtered(&mut out, name, is_token_byte);
+    out.push('=');
+    push_attrs(&mut out, attrs);
+    out.push_str("; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT");
+    push_flags(&mut out, attrs);
+    out
+}
+
+fn parse_pair(segment: &str) -> Option<(&str, &str)> {
+    let (name, value) = segment.split_once('=')?;
+    let name = trim_ows(name);
+    if name.is_empty() {
+        return None;
+    }
+    let value = trim_ows(value);
+    let value = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    Some((name, value))
+}
+
+/// Optional whitespace as HTTP defines it (space and tab); other bytes are kept.
+fn trim_ows(s: &str) -> &str {
+    s.trim_matches([' ', '\t'])
+}
+
+fn push_attrs(out: &mut String, attrs: &CookieAttrs) {
+    out.push_str("; Path=");
+    push_filtered(out, &attrs.path, is_attr_byte);
+    if let Some(domain) = &attrs.domain {
+        out.push_str("; Domain=");
+        push_filtered(out, domain, is_attr_byte);
+    }
+}
+
+fn push_flags(out: &mut String, attrs: &CookieAttrs) {
+    out.push_str("; HttpOnly");
+    if attrs.secure {
+        out.push_str("; Secure");
+    }
+    out.push_str("; SameSite=");
+    out.push_str(attrs.same_site.as_str());
+}
+
+fn push_filtered(out: &mut String, s: &str, keep: fn(u8) -> bool) {
+    // Every kept byte is ASCII, so pushing it as a char is exact.
+    out.extend(s.bytes().filter(|&b| keep(b)).map(char::from));
+}
+
+/// RFC 6265 cookie-octet: visible ASCII except `"`, `,`, `;` and `\`.
+fn is_cookie_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
+}
+
+/// RFC 7230 token character, the grammar of a cookie name.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// RFC 6265 path-value / domain: any visible ASCII except `;`.
+fn is_attr_byte(b: u8) -> bool {
+    b.is_ascii_graphic() && b != b';'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_matches_the_exact_name_only() {
+        let h = "x_oidc_session=a; oidc_session_x=b; OIDC_SESSION=c; oidc_session=d";
+        assert_eq!(get(h, "oidc_session"), Some("d"));
+        assert_eq!(
+            get("x_oidc_session=a; oidc_session_x=b", "oidc_session"),
+            None
+        );
+        assert_eq!(get(h, "oidc"), None);
+    }
+
+    #[test]
+    fn get_returns_the_first_of_duplicates() {
+        assert_eq!(get("a=1; a=2", "a"), Some("1"));
+    }
+
+    #[test]
+    fn get_tolerates_missing_and_extra_whitespace() {
+        let h = "a=1;b=2 ;\tc = 3 ;;  d=";
+        assert_eq!(get(h, "a"), Some("1"));
+        assert_eq!(get(h, "b"), Some("2"));
+        assert_eq!(get(h, "c"), Some("3"));
+        assert_eq!(get(h, "d"), Some(""));
+    }
+
+    #[test]
+    fn get_unquotes_values() {
+        assert_eq!(get(r#"a="x.y"; b=""; c="half"#, "a"), Some("x.y"));
+        assert_eq!(get(r#"b="""#, "b"), Some(""));
+        assert_eq!(get(r#"c="half"#, "c"), Some(r#""half"#));
+        assert_eq!(get(r#"d="""#, "d"), Some(""));
+        assert_eq!(get(r#"e=""#, "e"), Some(r#"""#));
+    }
+
+    #[test]
+    fn get_skips_malformed_pairs() {
+        let h = "garbage; =nameless; ok=1; also garbage";
+        assert_eq!(get(h, "garbage"), None);
+        assert_eq!(get(h, ""), None);
+        assert_eq!(get(h, "ok"), Some("1"));
+        assert_eq!(get("", "a"), None);
+        assert_eq!(get(";;;", "a"), None);
+    }
+
+    #[test]
+    fn get_splits_at_the_first_equals_sign() {
+        assert_eq!(get("a=b=c", "a"), Some("b=c"));
+    }
+
+    #[test]
+    fn iter_yields_every_wellformed_pair() {
+        let pairs: Vec<_> = iter("a=1;b=\"2\"; junk; c=").collect();
+        assert_eq!(pairs, [("a", "1"), ("b", "2"), ("c", "")]);
+    }
+
+    #[test]
+    fn strip_removes_ours_and_keeps_others_byte_for_byte() {
+        let h = "a=1;oidc=x; b=\"q v\";oidc.1=y;  junk ; c=3=4";
+        let out = strip(h, |n| n == "oidc" || n == "oidc.1");
+        assert_eq!(out.as_deref(), Some("a=1; b=\"q v\"; junk; c=3=4"));
+    }
+
+    #[test]
+    fn strip_returns_none_when_nothing_is_left() {
+        assert_eq!(strip("oidc=x; oidc=y", |n| n == "oidc"), None);
+        assert_eq!(strip("", |_| false), None);
+        assert_eq!(strip(" ; ", |_| false), None);
+    }
+
+    #[test]
+    fn strip_leaves_the_header_unchanged_when_nothing_is_ours() {
+        let h = "a=1;b=2;  c=3";
+        assert_eq!(strip(h, |n| n == "oidc").as_deref(), Some(h));
+    }
+
+    #[test]
+    fn strip_does_not_match_by_substring() {
+        let h = "x_oidc=1; oidc_x=2; oidc=3";
+        assert_eq!(
+            strip(h, |n| n == "oidc").as_deref(),
+            Some("x_oidc=1; oidc_x=2")
+        );
+    }
+
+    #[test]
+    fn set_cookie_has_all_attributes() {
+        let attrs = CookieAttrs::default();
+        assert_eq!(
+            set_cookie("s", "abc-_", &attrs, 3600),
+            "s=abc-_; Path=/; Max-Age=3600; HttpOnly; Secure; SameSite=Lax"
+        );
+        let attrs = CookieAttrs {
+            secure: false,
+            domain: Some("example.com".into()),
+            path: "/app".into(),
+            same_site: SameSite::Strict,
+        };
+        assert_eq!(
+            set_cookie("s", "v", &attrs, 0),
+            "s=v; Path=/app; Domain=example.com; Max-Age=0; HttpOnly; SameSite=Strict"
+        );
+        let attrs = CookieAttrs {
+            same_site: SameSite::None,
+            ..CookieAttrs::default()
+        };
+        assert!(set_cookie("s", "v", &attrs, 1).ends_with("; Secure; SameSite=None"));
+    }
+
+    #[test]
+    fn set_cookie_never_emits_separators_from_inputs() {
+        let attrs = CookieAttrs {
+            domain: Some("evil.com;\r\nX: y".into()),
+            path: "/\r\n; Domain=evil".into(),
+            ..CookieAttrs::default()
+        };
+        let out = set_cookie("na me;\r\n", "v;a\r\nl\"ue, x", &attrs, 5);
+        assert!(!out.contains(['\r', '\n', '"', ',']), "{out}");
+        assert_eq!(
+            out,
+            "name=valuex; Path=/Domain=evil; Domain=evil.comX:y; Max-Age=5; HttpOnly; Secure; SameSite=Lax"
+        );
+        assert_eq!(out.matches(';').count(), 6);
+    }
+
+    #[test]
+    fn clear_cookie_expires_it() {
+        let attrs = CookieAttrs::default();
+        assert_eq!(
+            clear_cookie("s.1", &attrs),
+            "s.1=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; Secure; SameSite=Lax"
+        );
+    }
+
+    #[test]
+    fn garbage_headers_never_panic() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let alphabet = b"ab=; \t\"\r\n.\xc3\xa9";
+        for _ in 0..2000 {
+            let len = (xorshift(&mut seed) % 40) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| alphabet[(xorshift(&mut seed) % alphabet.len() as u64) as usize])
+                .collect();
+            let h = String::from_utf8_lossy(&bytes);
+            let _ = get(&h, "a");
+            let _ = iter(&h).count();
+            let _ = strip(&h, |n| n == "a");
+        }
+    }
+
+    fn xorshift(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+}

@@ -1,0 +1,723 @@
+//! Sealed cookies: XChaCha20-Poly1305 bound to the cookie name, key rotation, chunking, payloads.
+//!
+//! XChaCha20-Poly1305 rather than AES-GCM: in Wasm there is no AES instruction, and software AES costs
+//! about 16 µs/KB against about 3 µs/KB for ChaCha. The 24-byte nonce is safe to pick at random.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chacha20poly1305::aead::inout::InOutBuf;
+use chacha20poly1305::{AeadInOut, KeyInit, Tag, XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Serialize};
+
+use crate::cookies;
+use crate::secret::Secret;
+
+/// The most cookies one sealed value may be split into.
+pub const MAX_CHUNKS: usize = 16;
+
+/// The longest cookie value [`split`] emits. Browsers cap a cookie near 4096 bytes including its name
+/// and attributes; this leaves about 290 bytes for those.
+pub const MAX_CHUNK_VALUE: usize = 3800;
+
+/// The longest sealed value [`Keys::open`] looks at; anything longer is not ours.
+pub const MAX_SEALED_LEN: usize = 64 * 1024;
+
+/// The first byte of every sealed value; a new format gets a new number so old cookies fail cleanly.
+const VERSION: u8 = 1;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+const HEADER_LEN: usize = 1 + NONCE_LEN;
+const HKDF_INFO: &[u8] = b"oidc-filter cookie v1";
+const MIN_RAW_KEY_LEN: usize = 32;
+
+/// Part of a value in each chunk: the first chunk also carries `"{n}."`, at most 3 bytes.
+const CHUNK_PART: usize = MAX_CHUNK_VALUE - 3;
+
+/// The cookie keys. The first one seals; every one opens, so a key can be rotated in (put it first,
+/// keep the old one second) without logging anybody out, then dropped once old sessions have expired.
+#[derive(Clone)]
+pub struct Keys {
+    // Never empty: `new` refuses an empty list.
+    ciphers: Vec<XChaCha20Poly1305>,
+}
+
+/// Why the configured keys were refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyError {
+    /// No key at all.
+    None,
+    /// The key at `index` (0-based) has only `len` bytes.
+    TooShort { index: usize, len: usize },
+}
+
+/// Why a sealed value did not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenError {
+    /// Not something we produced: too long, not base64url, too short, an unknown version, or a
+    /// payload that does not decode.
+    Malformed,
+    /// Well-formed but no key authenticates it: tampered, sealed for another cookie name, or sealed
+    /// with a key that is no longer configured.
+    Invalid,
+}
+
+/// Why a value could not be split into cookies, or the cookies joined back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkError {
+    /// More than [`MAX_CHUNKS`] cookies would be needed.
+    TooLarge,
+    /// The first cookie has no valid `"{n}."` count prefix.
+    BadCount,
+    /// Chunk `i` (1-based suffix, as in `name.i`) is missing.
+    MissingChunk(usize),
+}
+
+impl Keys {
+    /// Derives one AEAD key per configured key. Each raw key must have at least 32 bytes.
+    pub fn new(raw: &[Vec<u8>]) -> Result<Keys, KeyError> {
+        if raw.is_empty() {
+            return Err(KeyError::None);
+        }
+        let mut ciphers = Vec::with_capacity(raw.len());
+        for (index, key) in raw.iter().enumerate() {
+            if key.len() < MIN_RAW_KEY_LEN {
+                return Err(KeyError::TooShort {
+                    index,
+                    len: key.len(),
+                });
+            }
+            ciphers.push(XChaCha20Poly1305::new(&derive(key).into()));
+        }
+        Ok(Keys { ciphers })
+    }
+
+    /// Seals `plaintext` for the cookie `name` with the first key, as base64url (no padding) of
+    /// `version (1) || nonce (24) || ciphertext || tag (16)`.
+    ///
+    /// The name is the associated data, so a value cannot be replayed under another cookie name.
+    /// `nonce` must be fresh random bytes; it comes in as an argument so that tests are deterministic.
+    pub fn seal(&self, name: &str, plaintext: &[u8], nonce: [u8; 24]) -> String {
+        let Some(cipher) = self.ciphers.first() else {
+            return String::new();
+        };
+        let mut buf = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
+        buf.push(VERSION);
+        buf.extend_from_slice(&nonce);
+        buf.extend_from_slice(plaintext);
+        let nonce = XNonce::from(nonce);
+        let Some(body) = buf.get_mut(HEADER_LEN..) else {
+            return String::new();
+        };
+        // The only failure is a plaintext over 256 GiB, which no cookie can be. Should it happen,
+        // the empty value fails to open and the user simply logs in again.
+        let Ok(tag) = cipher.encrypt_inout_detached(&nonce, name.as_bytes(), InOutBuf::from(body))
+        else {
+            return String::new();
+        };
+        buf.extend_from_slice(&tag);
+        URL_SAFE_NO_PAD.encode(&buf)
+    }
+
+    /// Opens a value sealed by [`Keys::seal`] for the cookie `name`, trying each key in turn.
+    /// Never panics, whatever `sealed` holds.
+    pub fn open(&self, name: &str, sealed: &str) -> Result<Vec<u8>, OpenError> {
+        // Checked before decoding so a hostile header cannot make us allocate much.
+        if sealed.len() > MAX_SEALED_LEN {
+            return Err(OpenError::Malformed);
+        }
+        let raw = URL_SAFE_NO_PAD
+            .decode(sealed)
+            .map_err(|_| OpenError::Malformed)?;
+        if raw.len() < HEADER_LEN + TAG_LEN {
+            return Err(OpenError::Malformed);
+        }
+        let (header, rest) = raw.split_at(HEADER_LEN);
+        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let (version, nonce) = header.split_at(1);
+        if version != [VERSION] {
+            return Err(OpenError::Malformed);
+        }
+        let nonce = XNonce::try_from(nonce).map_err(|_| OpenError::Malformed)?;
+        let tag = Tag::try_from(tag).map_err(|_| OpenError::Malformed)?;
+        // Decrypt into a separate buffer so the input stays intact for the next key to try.
+        let mut plaintext = vec![0; ciphertext.len()];
+        for cipher in &self.ciphers {
+            let Ok(buf) = InOutBuf::new(ciphertext, &mut plaintext) else {
+                return Err(OpenError::Malformed);
+            };
+            if cipher
+                .decrypt_inout_detached(&nonce, name.as_bytes(), buf, &tag)
+                .is_ok()
+            {
+                return Ok(plaintext);
+            }
+        }
+        Err(OpenError::Invalid)
+    }
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Keys({} configured, [redacted])", self.ciphers.len())
+    }
+}
+
+/// Splits a sealed value into `(cookie name, cookie value)` pairs of at most [`MAX_CHUNK_VALUE`] bytes.
+///
+/// The first cookie is `name` with value `"{n}.{part0}"`, n being the number of cookies; the others
+/// are `name.1`, `name.2`, ... Base64url has no `.`, so the count prefix parses unambiguously.
+pub fn split(name: &str, sealed: &str) -> Result<Vec<(String, String)>, ChunkError> {
+    let parts = split_parts(sealed);
+    let n = parts.len();
+    if n > MAX_CHUNKS {
+        return Err(ChunkError::TooLarge);
+    }
+    Ok(parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| match i {
+            0 => (name.to_owned(), format!("{n}.{part}")),
+            _ => (format!("{name}.{i}"), part.to_owned()),
+        })
+        .collect())
+}
+
+/// Reassembles the sealed value stored under `name` from a `Cookie` request header.
+///
+/// `Ok(None)` when there is no `name` cookie. Chunks are taken by name (the first of duplicates, like
+/// [`cookies::get`]); cookies left over from a longer earlier session are ignored. Chunks that are
+/// reordered or mixed from two sessions are not detected here: the result then fails authentication
+/// in [`Keys::open`].
+pub fn join(header: &str, name: &str) -> Result<Option<String>, ChunkError> {
+    let Some(first) = cookies::get(header, name) else {
+        return Ok(None);
+    };
+    let (count, part0) = first.split_once('.').ok_or(ChunkError::BadCount)?;
+    let n = parse_index(count)
+        .filter(|&n| n >= 1)
+        .ok_or(ChunkError::BadCount)?;
+    if n == 1 {
+        return Ok(Some(part0.to_owned()));
+    }
+    // One pass over the header, borrowing, rather than building `name.i` and searching n times.
+    let mut parts: [Option<&str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
+    for (cookie, value) in cookies::iter(header) {
+        let slot = chunk_index(name, cookie)
+            .filter(|&i| i < n)
+            .and_then(|i| parts.get_mut(i));
+        if let Some(slot @ None) = slot {
+            *slot = Some(value);
+        }
+    }
+    let mut out = String::with_capacity(part0.len() * n);
+    out.push_str(part0);
+    for i in 1..n {
+        let part = parts
+            .get(i)
+            .copied()
+            .flatten()
+            .ok_or(ChunkError::MissingChunk(i))?;
+        out.push_str(part);
+    }
+    Ok(Some(out))
+}
+
+/// Names of every cookie of session `name` present in `header` (`name` and `name.1` to
+/// `name.16`), each once: what a response must clear on logout or when a session shrinks.
+pub fn chunk_names(name: &str, header: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (cookie, _) in cookies::iter(header) {
+        if is_session_cookie(name, cookie) && !names.iter().any(|n| n == cookie) {
+            names.push(cookie.to_owned());
+        }
+    }
+    names
+}
+
+/// True when `cookie_name` is `base` or one of its chunks `base.K`, K in 1..=[`MAX_CHUNKS`] written
+/// without leading zeros, exactly as [`split`] names them.
+pub fn is_session_cookie(base: &str, cookie_name: &str) -> bool {
+    cookie_name == base || chunk_index(base, cookie_name).is_some()
+}
+
+/// A logged-in session, sealed into the session cookie. Field names are short because every byte
+/// travels on every request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The ID token, kept for `id_token_hint` at logout and for forwarding.
+    #[serde(rename = "it")]
+    pub id_token: Secret,
+    #[serde(rename = "at", default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<Secret>,
+    #[serde(rename = "rt", default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<Secret>,
+    /// Unix seconds when the forwarded token expires (refresh is due then).
+    #[serde(rename = "te")]
+    pub token_expires_at: u64,
+    /// Unix seconds when the session ends regardless of refreshes.
+    #[serde(rename = "ex")]
+    pub expires_at: u64,
+    /// The user's `sub` claim, for logs and headers.
+    #[serde(rename = "s")]
+    pub sub: String,
+}
+
+impl Session {
+    /// The plaintext to seal.
+    pub fn encode(&self) -> Vec<u8> {
+        // Strings and integers always serialize; the default is unreachable.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses an opened plaintext; anything unparsable is `Malformed`.
+    pub fn decode(bytes: &[u8]) -> Result<Session, OpenError> {
+        serde_json::from_slice(bytes).map_err(|_| OpenError::Malformed)
+    }
+}
+
+/// One login attempt in flight: what the callback must check and where to go afterwards. Each
+/// attempt has its own cookie, so several tabs can log in at the same time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginState {
+    /// The `state` parameter sent to the IdP.
+    #[serde(rename = "s")]
+    pub state: Secret,
+    /// The `nonce` expected in the ID token.
+    #[serde(rename = "n")]
+    pub nonce: Secret,
+    /// The PKCE code verifier.
+    #[serde(rename = "v")]
+    pub verifier: Secret,
+    /// Where to send the browser once logged in.
+    #[serde(rename = "rd")]
+    pub rd: String,
+    /// Unix seconds after which the attempt is void.
+    #[serde(rename = "ex")]
+    pub expires_at: u64,
+}
+
+impl LoginState {
+    /// The plaintext to seal.
+    pub fn encode(&self) -> Vec<u8> {
+        // Strings and integers always serialize; the default is unreachable.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses an opened plaintext; anything unparsable is `Malformed`.
+    pub fn decode(bytes: &[u8]) -> Result<LoginState, OpenError> {
+        serde_json::from_slice(bytes).map_err(|_| OpenError::Malformed)
+    }
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::None => f.write_str("no cookie key configured"),
+            KeyError::TooShort { index, len } => write!(
+                f,
+                "cookie key {index} has {len} bytes, at least {MIN_RAW_KEY_LEN} are required"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OpenError::Malformed => "malformed sealed cookie",
+            OpenError::Invalid => "sealed cookie does not authenticate",
+        })
+    }
+}
+
+impl fmt::Display for ChunkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChunkError::TooLarge => write!(f, "session needs more than {MAX_CHUNKS} cookies"),
+            ChunkError::BadCount => f.write_str("session cookie has no valid chunk count"),
+            ChunkError::MissingChunk(i) => write!(f, "session cookie chunk {i} is missing"),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+impl std::error::Error for OpenError {}
+impl std::error::Error for ChunkError {}
+
+/// HKDF-SHA256 of a configured key, so that a passphrase-like key still yields a uniform AEAD key and
+/// the same raw key could serve another purpose under another `info` without the two colliding.
+fn derive(raw: &[u8]) -> [u8; 32] {
+    // No salt (RFC 5869 then uses zeros): there is nothing secret or per-deployment to put there.
+    let prk = hmac_sha256::HKDF::extract(b"", raw);
+    let mut key = [0u8; 32];
+    hmac_sha256::HKDF::expand(&mut key, prk, HKDF_INFO);
+    key
+}
+
+/// `sealed` cut into parts of at most `CHUNK_PART` bytes, always at least one (possibly empty).
+fn split_parts(sealed: &str) -> Vec<&str> {
+    let mut parts = Vec::with_capacity(sealed.len() / CHUNK_PART + 1);
+    let mut rest = sealed;
+    loop {
+        if rest.len() <= CHUNK_PART {
+            parts.push(rest);
+            return parts;
+        }
+        // Sealed values are ASCII; the boundary walk only keeps a foreign string from panicking.
+        let mut at = CHUNK_PART;
+        while !rest.is_char_boundary(at) {
+            at -= 1;
+        }
+        let (part, tail) = rest.split_at(at);
+        parts.push(part);
+        rest = tail;
+    }
+}
+
+/// `K` when `cookie_name` is `base.K`, K in 1..=MAX_CHUNKS.
+fn chunk_index(base: &str, cookie_name: &str) -> Option<usize> {
+    let suffix = cookie_name.strip_prefix(base)?.strip_prefix('.')?;
+    parse_index(suffix).filter(|&k| (1..=MAX_CHUNKS).contains(&k))
+}
+
+/// A small decimal in canonical form: digits only, no sign, no leading zero, at most two digits.
+fn parse_index(s: &str) -> Option<usize> {
+    let canonical = !s.is_empty()
+        && s.len() <= 2
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && !(s.len() > 1 && s.starts_with('0'));
+    if !canonical {
+        return None;
+    }
+    s.parse().ok().filter(|&n| n <= MAX_CHUNKS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAME: &str = "oidc_session";
+
+    fn keys(raw: &[&[u8; 32]]) -> Keys {
+        let raw: Vec<Vec<u8>> = raw.iter().map(|k| k.to_vec()).collect();
+        Keys::new(&raw).unwrap()
+    }
+
+    fn header(pairs: &[(String, String)]) -> String {
+        pairs
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn session() -> Session {
+        Session {
+            id_token: Secret::new("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln"),
+            access_token: Some(Secret::new("access-123")),
+            refresh_token: None,
+            token_expires_at: 1_700_000_300,
+            expires_at: 1_700_028_800,
+            sub: "alice".into(),
+        }
+    }
+
+    #[test]
+    fn keys_need_one_key_of_32_bytes() {
+        assert_eq!(Keys::new(&[]).unwrap_err(), KeyError::None);
+        let err = Keys::new(&[vec![0; 32], vec![0; 31]]).unwrap_err();
+        assert_eq!(err, KeyError::TooShort { index: 1, len: 31 });
+        assert!(err.to_string().contains("key 1"));
+        assert!(Keys::new(&[vec![0; 64]]).is_ok());
+    }
+
+    #[test]
+    fn keys_debug_hides_the_keys() {
+        let k = Keys::new(&[vec![0x41; 32]]).unwrap();
+        assert_eq!(format!("{k:?}"), "Keys(1 configured, [redacted])");
+    }
+
+    #[test]
+    fn seal_open_round_trip() {
+        let k = keys(&[&[7; 32]]);
+        let sealed = k.seal(NAME, b"hello", [1; 24]);
+        assert!(!sealed.contains(['=', '.', '+', '/']));
+        assert_eq!(k.open(NAME, &sealed).unwrap(), b"hello");
+        let empty = k.seal(NAME, b"", [2; 24]);
+        assert_eq!(k.open(NAME, &empty).unwrap(), b"");
+    }
+
+    #[test]
+    fn another_cookie_name_does_not_open() {
+        let k = keys(&[&[7; 32]]);
+        let sealed = k.seal(NAME, b"hello", [1; 24]);
+        assert_eq!(k.open("oidc_login", &sealed), Err(OpenError::Invalid));
+    }
+
+    #[test]
+    fn every_tampered_byte_is_caught() {
+        let k = keys(&[&[7; 32]]);
+        let raw = URL_SAFE_NO_PAD
+            .decode(k.seal(NAME, b"hello world", [1; 24]))
+            .unwrap();
+        for i in 0..raw.len() {
+            let mut bad = raw.clone();
+            bad[i] ^= 0x01;
+            let expected = if i == 0 {
+                OpenError::Malformed
+            } else {
+                OpenError::Invalid
+            };
+            assert_eq!(k.open(NAME, &URL_SAFE_NO_PAD.encode(&bad)), Err(expected));
+        }
+    }
+
+    #[test]
+    fn truncated_values_do_not_open() {
+        let k = keys(&[&[7; 32]]);
+        let sealed = k.seal(NAME, b"hello world", [1; 24]);
+        for len in 0..sealed.len() {
+            assert!(k.open(NAME, &sealed[..len]).is_err(), "length {len}");
+        }
+    }
+
+    #[test]
+    fn malformed_inputs_are_malformed() {
+        let k = keys(&[&[7; 32]]);
+        assert_eq!(k.open(NAME, ""), Err(OpenError::Malformed));
+        assert_eq!(k.open(NAME, "not base64!"), Err(OpenError::Malformed));
+        let padded = format!("{}=", k.seal(NAME, b"hi", [1; 24]));
+        assert_eq!(k.open(NAME, &padded), Err(OpenError::Malformed));
+        let huge = "A".repeat(MAX_SEALED_LEN + 1);
+        assert_eq!(k.open(NAME, &huge), Err(OpenError::Malformed));
+    }
+
+    #[test]
+    fn old_keys_open_and_removed_keys_do_not() {
+        let (old, new) = (&[1; 32], &[2; 32]);
+        let sealed_old = keys(&[old]).seal(NAME, b"s", [3; 24]);
+        let rotated = keys(&[new, old]);
+        assert_eq!(rotated.open(NAME, &sealed_old).unwrap(), b"s");
+        // The new key seals, so the old one can be dropped once its sessions expire.
+        let sealed_new = rotated.seal(NAME, b"t", [4; 24]);
+        assert_eq!(keys(&[new]).open(NAME, &sealed_new).unwrap(), b"t");
+        assert_eq!(
+            keys(&[new]).open(NAME, &sealed_old),
+            Err(OpenError::Invalid)
+        );
+    }
+
+    #[test]
+    fn split_join_one_chunk() {
+        let parts = split(NAME, "abc").unwrap();
+        assert_eq!(parts, [(NAME.to_owned(), "1.abc".to_owned())]);
+        assert_eq!(join(&header(&parts), NAME).unwrap().as_deref(), Some("abc"));
+        let empty = split(NAME, "").unwrap();
+        assert_eq!(join(&header(&empty), NAME).unwrap().as_deref(), Some(""));
+    }
+
+    #[test]
+    fn split_join_two_chunks() {
+        let sealed = "x".repeat(CHUNK_PART + 10);
+        let parts = split(NAME, &sealed).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[1].0, "oidc_session.1");
+        assert!(parts[0].1.starts_with("2."));
+        assert_eq!(join(&header(&parts), NAME).unwrap(), Some(sealed));
+    }
+
+    #[test]
+    fn split_join_a_sealed_8k_session() {
+        let k = keys(&[&[9; 32]]);
+        let payload: Vec<u8> = (0..8192u32).map(|i| (i * 31 % 251) as u8).collect();
+        let sealed = k.seal(NAME, &payload, [5; 24]);
+        let parts = split(NAME, &sealed).unwrap();
+        assert_eq!(parts.len(), 3);
+        for (n, v) in &parts {
+            assert!(v.len() <= MAX_CHUNK_VALUE, "{n} has {} bytes", v.len());
+        }
+        // Other cookies and a shuffled order do not matter.
+        let mut shuffled = parts.clone();
+        shuffled.reverse();
+        let h = format!("a=1; {}; b=2", header(&shuffled));
+        let joined = join(&h, NAME).unwrap().unwrap();
+        assert_eq!(k.open(NAME, &joined).unwrap(), payload);
+    }
+
+    #[test]
+    fn split_refuses_more_than_max_chunks() {
+        let fits = "y".repeat(CHUNK_PART * MAX_CHUNKS);
+        assert_eq!(split(NAME, &fits).unwrap().len(), MAX_CHUNKS);
+        let parts = split(NAME, &fits).unwrap();
+        assert_eq!(parts[0].1.len(), MAX_CHUNK_VALUE);
+        assert_eq!(join(&header(&parts), NAME).unwrap(), Some(fits.clone()));
+        let too_big = format!("{fits}y");
+        assert_eq!(split(NAME, &too_big), Err(ChunkError::TooLarge));
+    }
+
+    #[test]
+    fn join_without_the_cookie_is_none() {
+        assert_eq!(join("a=1; x_oidc_session=1.abc", NAME), Ok(None));
+        assert_eq!(join("", NAME), Ok(None));
+    }
+
+    #[test]
+    fn join_reports_a_missing_chunk() {
+        let sealed = "z".repeat(CHUNK_PART * 3);
+        let mut parts = split(NAME, &sealed).unwrap();
+        parts.remove(2);
+        assert_eq!(
+            join(&header(&parts), NAME),
+            Err(ChunkError::MissingChunk(2))
+        );
+    }
+
+    #[test]
+    fn join_rejects_bad_counts() {
+        for v in [
+            "abc", ".abc", "0.abc", "17.abc", "+2.abc", "02.abc", "x.abc", "100.a",
+        ] {
+            let h = format!("{NAME}={v}");
+            assert_eq!(join(&h, NAME), Err(ChunkError::BadCount), "{v}");
+        }
+    }
+
+    #[test]
+    fn join_ignores_stale_extra_chunks() {
+        let h = format!("{NAME}=2.ab; {NAME}.1=cd; {NAME}.2=stale");
+        assert_eq!(join(&h, NAME).unwrap().as_deref(), Some("abcd"));
+    }
+
+    #[test]
+    fn chunk_names_lists_each_session_cookie_once() {
+        let h = format!(
+            "{NAME}=2.a; x_{NAME}=1; {NAME}.1=b; {NAME}.1=c; {NAME}.16=d; {NAME}.17=e; {NAME}.01=f; {NAME}x=g"
+        );
+        assert_eq!(
+            chunk_names(NAME, &h),
+            [NAME.to_owned(), format!("{NAME}.1"), format!("{NAME}.16")]
+        );
+    }
+
+    #[test]
+    fn is_session_cookie_matches_exact_names() {
+        assert!(is_session_cookie(NAME, "oidc_session"));
+        assert!(is_session_cookie(NAME, "oidc_session.1"));
+        assert!(is_session_cookie(NAME, "oidc_session.16"));
+        for other in [
+            "x_oidc_session",
+            "oidc_session_x",
+            "oidc_session.",
+            "oidc_session.0",
+            "oidc_session.17",
+            "oidc_session.01",
+            "oidc_session.1x",
+            "oidc_session.-1",
+            "oidc_sessio",
+        ] {
+            assert!(!is_session_cookie(NAME, other), "{other}");
+        }
+    }
+
+    #[test]
+    fn session_round_trips_and_stays_small() {
+        let s = session();
+        let bytes = s.encode();
+        assert_eq!(Session::decode(&bytes).unwrap(), s);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            !text.contains("\"rt\""),
+            "absent tokens are left out: {text}"
+        );
+        assert_eq!(Session::decode(b"{}"), Err(OpenError::Malformed));
+        assert_eq!(Session::decode(b"\xff"), Err(OpenError::Malformed));
+    }
+
+    #[test]
+    fn login_state_round_trips() {
+        let s = LoginState {
+            state: Secret::new("st"),
+            nonce: Secret::new("no"),
+            verifier: Secret::new("ve"),
+            rd: "/app?x=1".into(),
+            expires_at: 1_700_000_600,
+        };
+        assert_eq!(LoginState::decode(&s.encode()).unwrap(), s);
+        assert_eq!(LoginState::decode(b"[]"), Err(OpenError::Malformed));
+    }
+
+    #[test]
+    fn debug_output_has_no_secrets() {
+        let text = format!("{:?}", session());
+        assert!(
+            !text.contains("access-123") && !text.contains("eyJ"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let k = keys(&[&[7; 32]]);
+        let valid = k.seal(NAME, b"payload", [1; 24]);
+        let alphabet: Vec<char> = "AZaz09-_.=;/+ \"é".chars().collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for round in 0..3000 {
+            let len = (xorshift(&mut seed) % 120) as usize;
+            let mut s: String = (0..len)
+                .map(|_| alphabet[(xorshift(&mut seed) % alphabet.len() as u64) as usize])
+                .collect();
+            if round % 3 == 0 {
+                s.insert_str(0, &valid);
+            }
+            let _ = k.open(NAME, &s);
+            let _ = join(&s, NAME);
+            let _ = join(&format!("{NAME}={s}"), NAME);
+            let _ = chunk_names(NAME, &s);
+            let _ = split(NAME, &s);
+            let _ = Session::decode(s.as_bytes());
+        }
+    }
+
+    #[test]
+    fn split_never_cuts_inside_a_character() {
+        let s = "é".repeat(CHUNK_PART);
+        let parts = split(NAME, &s);
+        // Not a sealed value, but it must not panic; 2-byte chars need two parts per CHUNK_PART bytes.
+        assert_eq!(parts.map(|p| p.len()), Ok(3));
+    }
+
+    /// The format written down in testdata: if this fails, old cookies stopped opening. Bump VERSION
+    /// and add a new golden file instead of editing this one.
+    #[test]
+    fn golden_session_v1_opens() {
+        let golden: serde_json::Value =
+            serde_json::from_str(include_str!("../../testdata/golden/session-v1.txt")).unwrap();
+        let field = |f: &str| golden[f].as_str().unwrap().to_owned();
+        let key = from_hex(&field("key_hex"));
+        let nonce: [u8; 24] = from_hex(&field("nonce_hex")).try_into().unwrap();
+        let (name, sealed, plaintext) = (field("cookie_name"), field("sealed"), field("plaintext"));
+
+        let k = Keys::new(&[key]).unwrap();
+        assert_eq!(k.open(&name, &sealed).unwrap(), plaintext.as_bytes());
+        assert_eq!(k.seal(&name, plaintext.as_bytes(), nonce), sealed);
+        let s = Session::decode(plaintext.as_bytes()).unwrap();
+        assert_eq!(s, session());
+        assert_eq!(s.encode(), plaintext.as_bytes());
+    }
+
+    fn from_hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn xorshift(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+}

@@ -1,1 +1,26 @@
 //! OpenID Connect: discovery, JWKS, ID-token checks, token requests.
+//!
+//! Pure code: bytes from the IdP go in, typed values or a named error come out. The adapter does the I/O.
+
+pub mod discovery;
+pub mod id_token;
+pub mod jwks;
+pub mod pkce;
+pub mod token;
+
+pub use discovery::{DiscoveryError, ProviderMetadata};
+pub use id_token::{Claims, Expected, IdTokenError};
+pub use jwks::{Alg, Jwk, Jwks, JwksError};
+pub use token::{ClientAuth, FormRequest, TokenError, TokenResponse};
+
+/// Decodes base64url, with or without `=` padding (JWK members are unpadded by spec, but some IdPs pad).
+fn b64url_lenient(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    LENIENT.decode(s).ok()
+}

@@ -1,0 +1,349 @@
+//! The only code that talks to the host: reads headers, runs the core's `Step`s, keeps callouts pending.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, MetricType};
+
+use crate::config::Config;
+use crate::flow::{self, CallbackFailure, Callout, Env, Headers, Metric, Pending, State, Step};
+use crate::provider::Fetch;
+
+/// Replies larger than this are not an IdP document or token response.
+const MAX_REPLY: usize = 256 * 1024;
+const TICK: Duration = Duration::from_secs(1);
+
+/// Per-worker state shared by the root context and every request on that worker.
+struct Shared {
+    cfg: Rc<Config>,
+    state: State,
+}
+
+/// One counter per `Metric`, defined once per VM.
+#[derive(Clone, Copy, Default)]
+struct Metrics {
+    forwarded: u32,
+    login_redirect: u32,
+    login_started: u32,
+    login_completed: u32,
+    refreshed: u32,
+    refresh_failed: u32,
+    logout: u32,
+    unauthorized: u32,
+    not_ready: u32,
+    bypass: u32,
+    bearer_passthrough: u32,
+    callback_failed: [u32; 8],
+}
+
+const FAILURES: [CallbackFailure; 8] = [
+    CallbackFailure::IdpError,
+    CallbackFailure::BadRequest,
+    CallbackFailure::StateMismatch,
+    CallbackFailure::InvalidGrant,
+    CallbackFailure::TokenEndpoint,
+    CallbackFailure::IdToken,
+    CallbackFailure::Nonce,
+    CallbackFailure::Timeout,
+];
+
+impl Metrics {
+    fn define() -> Metrics {
+        let c = |name: &str| hostcalls::define_metric(MetricType::Counter, &format!("oidc_filter.{name}")).unwrap_or(0);
+        let mut m = Metrics {
+            forwarded: c("sessions_forwarded"),
+            login_redirect: c("login_redirects"),
+            login_started: c("logins_started"),
+            login_completed: c("logins_completed"),
+            refreshed: c("refreshes"),
+            refresh_failed: c("refresh_failures"),
+            logout: c("logouts"),
+            unauthorized: c("unauthorized"),
+            not_ready: c("not_ready"),
+            bypass: c("bypassed"),
+            bearer_passthrough: c("bearer_passthrough"),
+            callback_failed: [0; 8],
+        };
+        for (i, f) in FAILURES.iter().enumerate() {
+            m.callback_failed[i] = c(&format!("callback_failures.{}", f.name()));
+        }
+        m
+    }
+
+    fn count(&self, metric: Option<Metric>) {
+        let id = match metric {
+            None => return,
+            Some(Metric::SessionForwarded) => self.forwarded,
+            Some(Metric::LoginRedirect) => self.login_redirect,
+            Some(Metric::LoginStarted) => self.login_started,
+            Some(Metric::LoginCompleted) => self.login_completed,
+            Some(Metric::Refreshed) => self.refreshed,
+            Some(Metric::RefreshFailed) => self.refresh_failed,
+            Some(Metric::Logout) => self.logout,
+            Some(Metric::Unauthorized) => self.unauthorized,
+            Some(Metric::NotReady) => self.not_ready,
+            Some(Metric::Bypass) => self.bypass,
+            Some(Metric::BearerPassthrough) => self.bearer_passthrough,
+            Some(Metric::CallbackFailed(f)) => {
+                let i = FAILURES.iter().position(|x| *x == f).unwrap_or(0);
+                self.callback_failed[i]
+            }
+        };
+        if id != 0 {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+}
+
+/// The plugin's root context: configuration, discovery and JWKS on a timer.
+#[derive(Default)]
+pub struct Root {
+    shared: Option<Rc<RefCell<Shared>>>,
+    metrics: Metrics,
+    fetches: HashMap<u32, Fetch>,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        let Some(fetch) = self.fetches.remove(&token) else { return };
+        let Some(shared) = &self.shared else { return };
+        let reply = read_reply(self, body_size);
+        let now = now(self);
+        let Ok(mut s) = shared.try_borrow_mut() else { return };
+        let cfg = s.cfg.clone();
+        let was_ready = s.state.provider.ready().is_some();
+        match s.state.provider.on_reply(&cfg, fetch, reply.as_ref().map(|(st, b)| (*st, b.as_slice())), now) {
+            Ok(msg) => {
+                if !was_ready || fetch == Fetch::Jwks {
+                    log_info(&format!("oidc-filter: {}: {msg}", cfg.issuer));
+                }
+            }
+            Err(reason) => log_warn(&format!(
+                "oidc-filter: fetching the {} of {} failed: {reason}; retrying",
+                match fetch {
+                    Fetch::Discovery => "discovery document",
+                    Fetch::Jwks => "JWKS",
+                },
+                cfg.issuer
+            )),
+        }
+        drop(s);
+        self.poll();
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        let raw = self.get_plugin_configuration().unwrap_or_default();
+        let env = |k: &str| std::env::var(k).ok();
+        match Config::parse(&raw, &env) {
+            Ok(cfg) => {
+                self.metrics = Metrics::define();
+                self.shared = Some(Rc::new(RefCell::new(Shared { cfg: Rc::new(cfg), state: State::default() })));
+                self.fetches.clear();
+                self.set_tick_period(TICK);
+                self.poll();
+                true
+            }
+            Err(e) => {
+                log_error(&format!("oidc-filter: {e}"));
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.poll();
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        let shared = self.shared.clone()?;
+        Some(Box::new(Http { shared, metrics: self.metrics, pending: None, set_cookies: Vec::new() }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+impl Root {
+    fn poll(&mut self) {
+        let Some(shared) = &self.shared else { return };
+        let now = now(self);
+        let next = match shared.try_borrow_mut() {
+            Ok(mut s) => {
+                let cfg = s.cfg.clone();
+                s.state.provider.poll(&cfg, now)
+            }
+            Err(_) => None,
+        };
+        let Some((call, fetch)) = next else { return };
+        match dispatch(self, &call) {
+            Ok(token) => {
+                self.fetches.insert(token, fetch);
+            }
+            Err(reason) => {
+                log_warn(&format!("oidc-filter: cannot call the IdP: {reason}"));
+                if let Ok(mut s) = shared.try_borrow_mut() {
+                    let cfg = s.cfg.clone();
+                    let _ = s.state.provider.on_reply(&cfg, fetch, None, now);
+                }
+            }
+        }
+    }
+}
+
+/// One request.
+struct Http {
+    shared: Rc<RefCell<Shared>>,
+    metrics: Metrics,
+    pending: Option<(u32, Box<Pending>)>,
+    set_cookies: Vec<String>,
+}
+
+struct HostHeaders<'a>(&'a Http);
+
+impl Headers for HostHeaders<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.get_http_request_header(name)
+    }
+}
+
+impl Context for Http {
+    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+        let Some((expected, pending)) = self.pending.take() else { return };
+        if expected != token {
+            self.fail(500);
+            return;
+        }
+        let reply = read_reply(self, body_size);
+        let now = now(self);
+        let step = {
+            let Ok(mut s) = self.shared.try_borrow_mut() else {
+                self.fail(500);
+                return;
+            };
+            let cfg = s.cfg.clone();
+            let mut random = random;
+            let mut env = Env { now, random: &mut random };
+            flow::on_reply(&cfg, &mut s.state, &mut env, *pending, reply.as_ref().map(|(st, b)| (*st, b.as_slice())))
+        };
+        if let Action::Continue = self.run(step) {
+            self.resume_http_request();
+        }
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let now = now(self);
+        let step = {
+            let Ok(mut s) = self.shared.try_borrow_mut() else {
+                self.fail(500);
+                return Action::Pause;
+            };
+            let cfg = s.cfg.clone();
+            let mut random = random;
+            let mut env = Env { now, random: &mut random };
+            flow::on_request(&cfg, &mut s.state, &mut env, &HostHeaders(self))
+        };
+        self.run(step)
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        for c in self.set_cookies.drain(..) {
+            hostcalls::add_map_value(proxy_wasm::types::MapType::HttpResponseHeaders, "set-cookie", &c).ok();
+        }
+        Action::Continue
+    }
+}
+
+impl Http {
+    fn run(&mut self, step: Step) -> Action {
+        match step {
+            Step::Forward(f) => {
+                self.metrics.count(f.metric);
+                if let Some(auth) = &f.authorization {
+                    self.set_http_request_header("authorization", Some(auth.expose()));
+                }
+                if let Some(cookie) = &f.cookie {
+                    self.set_http_request_header("cookie", cookie.as_deref());
+                }
+                self.set_cookies = f.set_cookies;
+                Action::Continue
+            }
+            Step::Respond(r) => {
+                self.metrics.count(r.metric);
+                let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                self.send_http_response(u32::from(r.status), headers, Some(r.body.as_bytes()));
+                Action::Pause
+            }
+            Step::Call(call, pending) => match dispatch(self, &call) {
+                Ok(token) => {
+                    self.pending = Some((token, pending));
+                    Action::Pause
+                }
+                Err(reason) => {
+                    log_warn(&format!("oidc-filter: cannot call the IdP: {reason}"));
+                    self.fail(502);
+                    Action::Pause
+                }
+            },
+        }
+    }
+
+    fn fail(&self, status: u32) {
+        let body: &[u8] = if status == 502 {
+            b"The identity provider cannot be reached from this gateway.\n"
+        } else {
+            b"Internal error in the login filter.\n"
+        };
+        self.send_http_response(
+            status,
+            vec![("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")],
+            Some(body),
+        );
+    }
+}
+
+fn dispatch(ctx: &dyn Context, call: &Callout) -> Result<u32, String> {
+    let headers: Vec<(&str, &str)> = call.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    ctx.dispatch_http_call(&call.cluster, headers, call.body.as_deref(), vec![], call.timeout)
+        .map_err(|status| format!("cluster `{}`: {status:?} (is the cluster defined on this proxy?)", call.cluster))
+}
+
+fn read_reply(ctx: &dyn Context, body_size: usize) -> Option<(u16, Vec<u8>)> {
+    let status = ctx.get_http_call_response_header(":status")?.parse::<u16>().ok()?;
+    if body_size > MAX_REPLY {
+        // Too large to be a real answer: hand the core an empty, unparsable body.
+        return Some((status, Vec::new()));
+    }
+    let body = ctx.get_http_call_response_body(0, body_size).unwrap_or_default();
+    Some((status, body))
+}
+
+fn now(ctx: &dyn Context) -> u64 {
+    ctx.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn random() -> Option<[u8; 32]> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).ok()?;
+    Some(b)
+}
+
+fn log_info(msg: &str) {
+    let _ = hostcalls::log(proxy_wasm::types::LogLevel::Info, msg);
+}
+
+fn log_warn(msg: &str) {
+    let _ = hostcalls::log(proxy_wasm::types::LogLevel::Warn, msg);
+}
+
+fn log_error(msg: &str) {
+    let _ = hostcalls::log(proxy_wasm::types::LogLevel::Error, msg);
+}

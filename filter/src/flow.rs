@@ -1,0 +1,935 @@
+//! The decision core: a request (+ now, + randomness) -> `Step`; a callout reply (+ pending state) -> `Step`.
+//! No host calls here, so every flow runs natively in tests with a fixed clock.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::config::{Config, ForwardToken};
+use crate::cookies::{self, CookieAttrs};
+use crate::oidc::id_token::{self, Expected, IdTokenError};
+use crate::oidc::jwks::Jwks;
+use crate::oidc::pkce;
+use crate::oidc::token::{self, TokenError, TokenResponse};
+use crate::paths;
+use crate::provider::{Provider, ProviderState};
+use crate::secret::Secret;
+use crate::session::{self, LoginState, Session};
+
+/// A login attempt is good for this long (the time a user may spend at the IdP's login page).
+const LOGIN_TTL: u64 = 600;
+/// Longest callback query we read; a real one is a few hundred bytes.
+const MAX_CALLBACK_QUERY: usize = 4096;
+/// A sealed session larger than this would not fit Envoy's default request-header limit with room to spare.
+const MAX_SESSION_CHUNKS: usize = 4;
+/// Opened sessions kept per worker; beyond that the expired ones go, then all.
+const CACHE_CAP: usize = 1024;
+
+/// Request headers, read lazily: the logged-in path only reads `:path` and `cookie`.
+pub trait Headers {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// Time and randomness, the two inputs a test fixes.
+pub struct Env<'a> {
+    pub now: u64,
+    /// 32 fresh random bytes, or `None` when the host has none (then the request fails closed).
+    pub random: &'a mut dyn FnMut() -> Option<[u8; 32]>,
+}
+
+/// What the adapter does next.
+#[derive(Debug)]
+pub enum Step {
+    /// Continue upstream with these changes.
+    Forward(Forward),
+    /// Answer the client directly.
+    Respond(Reply),
+    /// Call the IdP, then resume with `on_reply`.
+    Call(Callout, Box<Pending>),
+}
+
+/// Header changes for a request that goes upstream.
+#[derive(Debug, Default)]
+pub struct Forward {
+    /// New `Authorization` value (`Bearer …`), replacing whatever the client sent.
+    pub authorization: Option<Rc<Secret>>,
+    /// `None`: leave `Cookie` alone; `Some(None)`: remove it; `Some(Some(v))`: replace it.
+    pub cookie: Option<Option<String>>,
+    /// `Set-Cookie` values to add to the upstream's response.
+    pub set_cookies: Vec<String>,
+    pub metric: Option<Metric>,
+}
+
+/// A local response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub metric: Option<Metric>,
+}
+
+/// An HTTP callout to the IdP through an Envoy cluster.
+#[derive(Debug, Clone)]
+pub struct Callout {
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub timeout: Duration,
+}
+
+/// What a paused request waits for.
+#[derive(Debug)]
+pub enum Pending {
+    /// The token endpoint's answer to a code exchange.
+    Code(CodeExchange),
+    /// The JWKS, fetched because the ID token named an unknown `kid`.
+    CodeJwks(CodeExchange, TokenResponse),
+    /// The token endpoint's answer to a refresh.
+    Refresh(RefreshJob),
+}
+
+#[derive(Debug)]
+pub struct CodeExchange {
+    login: LoginState,
+    login_cookie: String,
+    stale_chunks: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct RefreshJob {
+    cache_key: String,
+    session: Rc<Cached>,
+    browser: bool,
+    target: String,
+    cookie: Option<Option<String>>,
+    present_chunks: Vec<String>,
+}
+
+/// Counters a user can graph; the adapter maps each to an Envoy stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    SessionForwarded,
+    LoginRedirect,
+    LoginStarted,
+    LoginCompleted,
+    CallbackFailed(CallbackFailure),
+    Refreshed,
+    RefreshFailed,
+    Logout,
+    Unauthorized,
+    NotReady,
+    Bypass,
+    BearerPassthrough,
+}
+
+/// Why a callback failed, one counter each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallbackFailure {
+    IdpError,
+    BadRequest,
+    StateMismatch,
+    InvalidGrant,
+    TokenEndpoint,
+    IdToken,
+    Nonce,
+    Timeout,
+}
+
+impl CallbackFailure {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::IdpError => "idp_error",
+            Self::BadRequest => "bad_request",
+            Self::StateMismatch => "state_mismatch",
+            Self::InvalidGrant => "invalid_grant",
+            Self::TokenEndpoint => "token_endpoint",
+            Self::IdToken => "id_token",
+            Self::Nonce => "nonce",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// An opened session as kept in the per-worker cache, with the header value ready to set.
+#[derive(Debug)]
+pub struct Cached {
+    pub session: Session,
+    pub bearer: Rc<Secret>,
+    /// Set when this entry stands for a session refreshed since the browser last sent its cookie.
+    pub renewed_cookies: Vec<String>,
+}
+
+/// Opened sessions keyed by the exact sealed cookie value: a hit costs a hash, not a decryption.
+#[derive(Debug, Default)]
+pub struct SessionCache {
+    map: HashMap<String, Rc<Cached>>,
+}
+
+impl SessionCache {
+    fn get(&self, key: &str) -> Option<Rc<Cached>> {
+        self.map.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: String, value: Rc<Cached>, now: u64) {
+        if self.map.len() >= CACHE_CAP {
+            self.map.retain(|_, c| c.session.expires_at > now);
+            if self.map.len() >= CACHE_CAP {
+                self.map.clear();
+            }
+        }
+        self.map.insert(key, value);
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.map.remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Per-worker mutable state the core reads and updates.
+#[derive(Debug, Default)]
+pub struct State {
+    pub provider: ProviderState,
+    pub cache: SessionCache,
+}
+
+impl Callout {
+    /// A GET of an IdP document.
+    pub fn get(cfg: &Config, url: &Url) -> Callout {
+        Callout {
+            cluster: cfg.cluster_for(url),
+            headers: request_line("GET", url, vec![("accept".into(), "application/json".into())]),
+            body: None,
+            timeout: cfg.callout_timeout,
+        }
+    }
+
+    fn post_form(cfg: &Config, url: &Url, form: token::FormRequest) -> Callout {
+        Callout {
+            cluster: cfg.cluster_for(url),
+            headers: request_line("POST", url, form.headers),
+            body: Some(form.body.into_bytes()),
+            timeout: cfg.callout_timeout,
+        }
+    }
+}
+
+fn request_line(method: &str, url: &Url, mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut path = url.path().to_string();
+    if let Some(q) = url.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    let authority = match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_string(),
+    };
+    let mut out = vec![
+        (":method".to_string(), method.to_string()),
+        (":path".to_string(), path),
+        (":authority".to_string(), authority),
+        (":scheme".to_string(), url.scheme().to_string()),
+    ];
+    out.append(&mut headers);
+    out
+}
+
+/// Decides what to do with a request.
+pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers) -> Step {
+    let Some(target) = h.get(":path") else {
+        return text(400, "Bad request: no path.", None);
+    };
+    let path = paths::path_only(&target);
+    if path == cfg.callback_path {
+        return callback(cfg, state, env, h, &target);
+    }
+    if path == cfg.login_path {
+        return login(cfg, state, env, h, &target);
+    }
+    if path == cfg.logout_path {
+        return logout(cfg, state, h);
+    }
+
+    let cookie = h.get("cookie");
+    let mut stale = false;
+    if let Some(header) = cookie.as_deref() {
+        match session::join(header, &cfg.cookie_name) {
+            Ok(Some(sealed)) => match open_cached(cfg, state, &sealed, env.now) {
+                Some(cached) => {
+                    if let Some(step) = with_session(cfg, state, env, h, &target, header, sealed, cached) {
+                        return step;
+                    }
+                    stale = true;
+                }
+                None => stale = true,
+            },
+            Ok(None) => {}
+            Err(_) => stale = true,
+        }
+    }
+    without_session(cfg, state, h, &target, cookie.as_deref(), stale)
+}
+
+/// Opens a session cookie, from the cache when this worker has seen the exact value before.
+fn open_cached(cfg: &Config, state: &mut State, sealed: &str, now: u64) -> Option<Rc<Cached>> {
+    if let Some(c) = state.cache.get(sealed) {
+        return Some(c);
+    }
+    let plain = cfg.keys.open(&cfg.cookie_name, sealed).ok()?;
+    let session = Session::decode(&plain).ok()?;
+    let cached = Rc::new(cached_session(cfg, session, Vec::new()));
+    state.cache.insert(sealed.to_string(), cached.clone(), now);
+    Some(cached)
+}
+
+fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) -> Cached {
+    let token = match cfg.forward_token {
+        ForwardToken::IdToken => &session.id_token,
+        ForwardToken::AccessToken => session.access_token.as_ref().unwrap_or(&session.id_token),
+    };
+    let bearer = Rc::new(Secret::new(format!("Bearer {}", token.expose())));
+    Cached { session, bearer, renewed_cookies }
+}
+
+/// The logged-in path. `None` when the session has ended and the request is to be treated as anonymous.
+#[allow(clippy::too_many_arguments)]
+fn with_session(
+    cfg: &Config,
+    state: &mut State,
+    env: &mut Env,
+    h: &dyn Headers,
+    target: &str,
+    header: &str,
+    sealed: String,
+    cached: Rc<Cached>,
+) -> Option<Step> {
+    let now = env.now;
+    let s = &cached.session;
+    if now >= s.expires_at {
+        state.cache.remove(&sealed);
+        return None;
+    }
+    let cookie = Some(cookies::strip(header, |n| cfg.is_own_cookie(n)));
+    if now + cfg.refresh_margin < s.token_expires_at {
+        return Some(Step::Forward(Forward {
+            authorization: Some(cached.bearer.clone()),
+            cookie,
+            set_cookies: cached.renewed_cookies.clone(),
+            metric: Some(Metric::SessionForwarded),
+        }));
+    }
+    let Some(refresh_token) = s.refresh_token.clone() else {
+        // No way to renew: still good until the token itself expires, then anonymous.
+        if now < s.token_expires_at {
+            return Some(Step::Forward(Forward {
+                authorization: Some(cached.bearer.clone()),
+                cookie,
+                set_cookies: cached.renewed_cookies.clone(),
+                metric: Some(Metric::SessionForwarded),
+            }));
+        }
+        state.cache.remove(&sealed);
+        return None;
+    };
+    let Some(provider) = state.provider.ready() else {
+        if now < s.token_expires_at {
+            return Some(Step::Forward(Forward {
+                authorization: Some(cached.bearer.clone()),
+                cookie,
+                set_cookies: cached.renewed_cookies.clone(),
+                metric: Some(Metric::SessionForwarded),
+            }));
+        }
+        return Some(not_ready());
+    };
+    let form = token::refresh_request(
+        refresh_token.expose(),
+        &cfg.client_id,
+        &cfg.client_secret,
+        cfg.client_auth,
+    );
+    let call = Callout::post_form(cfg, &provider.meta.token_endpoint, form);
+    Some(Step::Call(
+        call,
+        Box::new(Pending::Refresh(RefreshJob {
+            cache_key: sealed,
+            session: cached,
+            browser: is_browser(h),
+            target: target.to_string(),
+            cookie,
+            present_chunks: session::chunk_names(&cfg.cookie_name, header),
+        })),
+    ))
+}
+
+/// No valid session: bypass, a client's own bearer, a login redirect, or 401.
+fn without_session(
+    cfg: &Config,
+    state: &State,
+    h: &dyn Headers,
+    target: &str,
+    cookie: Option<&str>,
+    stale: bool,
+) -> Step {
+    let strip = cookie.map(|c| cookies::strip(c, |n| cfg.is_own_cookie(n)));
+    if paths::is_bypass(&cfg.bypass_paths, target) {
+        return Step::Forward(Forward { cookie: strip, metric: Some(Metric::Bypass), ..Default::default() });
+    }
+    if h.get("authorization").is_some() {
+        // An API client with its own token: jwt_authn judges it.
+        return Step::Forward(Forward {
+            cookie: strip,
+            metric: Some(Metric::BearerPassthrough),
+            ..Default::default()
+        });
+    }
+    let clear = if stale { clear_session_cookies(cfg, cookie.unwrap_or("")) } else { Vec::new() };
+    if state.provider.ready().is_none() {
+        return with_cookies(not_ready(), clear);
+    }
+    if is_browser(h) {
+        let location = format!("{}?rd={}", cfg.login_path, encode(target));
+        return with_cookies(redirect(&location, Some(Metric::LoginRedirect)), clear);
+    }
+    with_cookies(unauthorized(), clear)
+}
+
+/// `/login`: a fresh state, nonce and PKCE verifier, sealed into a cookie of their own, then off to the IdP.
+fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target: &str) -> Step {
+    let Some(provider) = state.provider.ready() else {
+        return not_ready();
+    };
+    let rd = url::form_urlencoded::parse(paths::query_only(target).as_bytes())
+        .find(|(k, _)| k == "rd")
+        .map(|(_, v)| paths::safe_redirect(&v))
+        .unwrap_or_else(|| "/".to_string());
+    let Some(redirect_uri) = redirect_uri(cfg, h) else {
+        return text(400, "Bad request: invalid Host header.", None);
+    };
+    let (Some(s), Some(n), Some(v), Some(seal_nonce)) = ((env.random)(), (env.random)(), (env.random)(), (env.random)())
+    else {
+        return text(500, "Internal error: no randomness available.", None);
+    };
+    let login = LoginState {
+        state: Secret::new(pkce::random_token(&s)),
+        nonce: Secret::new(pkce::random_token(&n)),
+        verifier: Secret::new(pkce::random_token(&v)),
+        rd,
+        expires_at: env.now + LOGIN_TTL,
+    };
+    let cookie_name = cfg.login_cookie_name(login.state.expose());
+    let sealed = cfg.keys.seal(&cookie_name, &login.encode(), nonce24(&seal_nonce));
+
+    let mut url = provider.meta.authorization_endpoint.clone();
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &cfg.client_id)
+        .append_pair("redirect_uri", &redirect_uri)
+        .append_pair("scope", &cfg.scopes)
+        .append_pair("state", login.state.expose())
+        .append_pair("nonce", login.nonce.expose())
+        .append_pair("code_challenge", &pkce::s256_challenge(login.verifier.expose()))
+        .append_pair("code_challenge_method", "S256");
+    let set = cookies::set_cookie(&cookie_name, &sealed, &login_attrs(cfg), LOGIN_TTL);
+    with_cookies(redirect(url.as_str(), Some(Metric::LoginStarted)), vec![set])
+}
+
+/// The IdP's redirect back: check state against its cookie, then exchange the code.
+fn callback(cfg: &Config, state: &mut State, _env: &mut Env, h: &dyn Headers, target: &str) -> Step {
+    let query = paths::query_only(target);
+    if query.len() > MAX_CALLBACK_QUERY {
+        return bad_callback(CallbackFailure::BadRequest, "The login response is too large.", Vec::new());
+    }
+    let mut code = None;
+    let mut st = None;
+    let mut error = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        let slot = match k.as_ref() {
+            "code" => &mut code,
+            "state" => &mut st,
+            "error" => &mut error,
+            _ => continue,
+        };
+        if slot.is_some() {
+            return bad_callback(CallbackFailure::BadRequest, "The login response repeats a parameter.", Vec::new());
+        }
+        *slot = Some(v.into_owned());
+    }
+    let cookie_header = h.get("cookie").unwrap_or_default();
+    let Some(st) = st.filter(|s| s.len() == 43 && s.bytes().all(is_b64url)) else {
+        return bad_callback(CallbackFailure::BadRequest, "The login response has no valid state.", Vec::new());
+    };
+    let login_cookie = cfg.login_cookie_name(&st);
+    let clear = vec![cookies::clear_cookie(&login_cookie, &login_attrs(cfg))];
+    if let Some(e) = error {
+        let e: String = e.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+        return bad_callback(
+            CallbackFailure::IdpError,
+            &format!("The identity provider did not log you in ({e})."),
+            clear,
+        );
+    }
+    let Some(code) = code.filter(|c| !c.is_empty() && c.len() <= 2048) else {
+        return bad_callback(CallbackFailure::BadRequest, "The login response has no code.", clear);
+    };
+    let Some(sealed) = cookies::get(&cookie_header, &login_cookie) else {
+        return bad_callback(
+            CallbackFailure::StateMismatch,
+            "This login has expired or was already used.",
+            clear,
+        );
+    };
+    let login = match cfg.keys.open(&login_cookie, sealed).and_then(|p| LoginState::decode(&p)) {
+        Ok(l) => l,
+        Err(_) => return bad_callback(CallbackFailure::StateMismatch, "This login is not valid.", clear),
+    };
+    if !constant_time_eq(login.state.expose().as_bytes(), st.as_bytes()) || _env.now >= login.expires_at {
+        return bad_callback(CallbackFailure::StateMismatch, "This login has expired or is not valid.", clear);
+    }
+    let Some(provider) = state.provider.ready() else {
+        return with_cookies(not_ready(), clear);
+    };
+    let Some(redirect_uri) = redirect_uri(cfg, h) else {
+        return bad_callback(CallbackFailure::BadRequest, "Invalid Host header.", clear);
+    };
+    let form = token::code_request(
+        &code,
+        &redirect_uri,
+        login.verifier.expose(),
+        &cfg.client_id,
+        &cfg.client_secret,
+        cfg.client_auth,
+    );
+    let call = Callout::post_form(cfg, &provider.meta.token_endpoint, form);
+    let stale_chunks = session::chunk_names(&cfg.cookie_name, &cookie_header);
+    Step::Call(call, Box::new(Pending::Code(CodeExchange { login, login_cookie, stale_chunks })))
+}
+
+/// `/logout`: forget the session here, then end it at the IdP when it offers that.
+fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
+    let header = h.get("cookie").unwrap_or_default();
+    let mut id_token = None;
+    if let Ok(Some(sealed)) = session::join(&header, &cfg.cookie_name) {
+        if let Some(s) = cfg.keys.open(&cfg.cookie_name, &sealed).ok().and_then(|p| Session::decode(&p).ok()) {
+            id_token = Some(s.id_token);
+        }
+        state.cache.remove(&sealed);
+    }
+    let clear = clear_session_cookies(cfg, &header);
+    let end_session = state.provider.ready().and_then(|p| p.meta.end_session_endpoint.clone());
+    let location = match end_session {
+        Some(mut url) => {
+            {
+                let mut q = url.query_pairs_mut();
+                q.append_pair("client_id", &cfg.client_id);
+                if let Some(t) = &id_token {
+                    q.append_pair("id_token_hint", t.expose());
+                }
+                if let Some(p) = post_logout_uri(cfg, h) {
+                    q.append_pair("post_logout_redirect_uri", &p);
+                }
+            }
+            url.to_string()
+        }
+        None => cfg.post_logout_redirect_uri.clone().unwrap_or_else(|| "/".to_string()),
+    };
+    with_cookies(redirect(&location, Some(Metric::Logout)), clear)
+}
+
+/// Resumes a paused request with the IdP's answer (`None`: it did not answer).
+pub fn on_reply(cfg: &Config, state: &mut State, env: &mut Env, pending: Pending, reply: Option<(u16, &[u8])>) -> Step {
+    match pending {
+        Pending::Code(x) => code_reply(cfg, state, env, x, reply),
+        Pending::CodeJwks(x, tokens) => {
+            if let Some(jwks) = reply.filter(|(s, _)| *s == 200).and_then(|(_, b)| Jwks::parse(b).ok()) {
+                state.provider.install_jwks(jwks, env.now);
+            }
+            finish_login(cfg, state, env, x, tokens, false)
+        }
+        Pending::Refresh(job) => refresh_reply(cfg, state, env, job, reply),
+    }
+}
+
+fn code_reply(cfg: &Config, state: &mut State, env: &mut Env, x: CodeExchange, reply: Option<(u16, &[u8])>) -> Step {
+    let clear = vec![cookies::clear_cookie(&x.login_cookie, &login_attrs(cfg))];
+    let tokens = match reply {
+        None | Some((504, _)) => {
+            return gateway_error(504, CallbackFailure::Timeout, "The identity provider did not answer in time.", clear);
+        }
+        Some((status, body)) => match token::parse_response(status, body) {
+            Ok(t) => t,
+            Err(TokenError::InvalidGrant) => {
+                return bad_callback(
+                    CallbackFailure::InvalidGrant,
+                    "This login code has expired or was already used.",
+                    clear,
+                );
+            }
+            Err(_) => {
+                return gateway_error(
+                    502,
+                    CallbackFailure::TokenEndpoint,
+                    "The identity provider's token endpoint gave an unusable answer.",
+                    clear,
+                );
+            }
+        },
+    };
+    finish_login(cfg, state, env, x, tokens, true)
+}
+
+fn finish_login(
+    cfg: &Config,
+    state: &mut State,
+    env: &mut Env,
+    x: CodeExchange,
+    tokens: TokenResponse,
+    may_refetch: bool,
+) -> Step {
+    let clear = vec![cookies::clear_cookie(&x.login_cookie, &login_attrs(cfg))];
+    let Some(provider) = state.provider.ready() else {
+        return with_cookies(not_ready(), clear);
+    };
+    let Some(id_token) = tokens.id_token.clone() else {
+        return gateway_error(502, CallbackFailure::TokenEndpoint, "The identity provider returned no ID token.", clear);
+    };
+    let expected = Expected {
+        issuer: &cfg.issuer,
+        client_id: &cfg.client_id,
+        nonce: Some(x.login.nonce.expose()),
+        now: env.now,
+        leeway: cfg.clock_leeway,
+    };
+    let claims = match id_token::verify(id_token.expose(), &provider.jwks, &expected) {
+        Ok(c) => c,
+        Err(IdTokenError::UnknownKid) if may_refetch && state.provider.may_refetch_for_kid(env.now) => {
+            let Some(p) = state.provider.ready() else {
+                return with_cookies(not_ready(), clear);
+            };
+            let call = Callout::get(cfg, &p.meta.jwks_uri);
+            return Step::Call(call, Box::new(Pending::CodeJwks(x, tokens)));
+        }
+        Err(IdTokenError::MissingNonce | IdTokenError::NonceMismatch) => {
+            return bad_callback(CallbackFailure::Nonce, "This login does not belong to this browser.", clear);
+        }
+        Err(_) => {
+            return gateway_error(
+                502,
+                CallbackFailure::IdToken,
+                "The identity provider's ID token did not pass validation.",
+                clear,
+            );
+        }
+    };
+    let Some(session) = new_session(cfg, env.now, &tokens, id_token, claims.exp, claims.sub, None) else {
+        return gateway_error(502, CallbackFailure::TokenEndpoint, "The identity provider returned no access token.", clear);
+    };
+    let mut set = clear;
+    match seal_session(cfg, env, &session, &x.stale_chunks) {
+        Ok(cookies) => set.extend(cookies),
+        Err(reply) => return with_cookies(*reply, set),
+    }
+    with_cookies(redirect(&x.login.rd, Some(Metric::LoginCompleted)), set)
+}
+
+fn refresh_reply(cfg: &Config, state: &mut State, env: &mut Env, job: RefreshJob, reply: Option<(u16, &[u8])>) -> Step {
+    let old = &job.session.session;
+    let still_valid = env.now < old.token_expires_at;
+    let keep_old = |metric| {
+        Step::Forward(Forward {
+            authorization: Some(job.session.bearer.clone()),
+            cookie: job.cookie.clone(),
+            set_cookies: Vec::new(),
+            metric: Some(metric),
+        })
+    };
+    let tokens = match reply {
+        Some((status, body)) => token::parse_response(status, body),
+        None => Err(TokenError::Malformed("no answer")),
+    };
+    let tokens = match tokens {
+        Ok(t) => t,
+        // The IdP is down or slow but the token has a little life left: keep the user working.
+        Err(e) if still_valid && !matches!(e, TokenError::InvalidGrant) => return keep_old(Metric::RefreshFailed),
+        Err(_) => return refresh_failed(cfg, state, &job),
+    };
+    let Some(provider) = state.provider.ready() else {
+        return if still_valid { keep_old(Metric::RefreshFailed) } else { refresh_failed(cfg, state, &job) };
+    };
+    let (id_token, exp, sub) = match &tokens.id_token {
+        Some(t) => {
+            let expected = Expected {
+                issuer: &cfg.issuer,
+                client_id: &cfg.client_id,
+                nonce: None,
+                now: env.now,
+                leeway: cfg.clock_leeway,
+            };
+            match id_token::verify(t.expose(), &provider.jwks, &expected) {
+                // OIDC Core 12.2: a refreshed ID token must name the same user.
+                Ok(c) if c.sub == old.sub => (t.clone(), c.exp, c.sub),
+                _ => return refresh_failed(cfg, state, &job),
+            }
+        }
+        None if cfg.forward_token == ForwardToken::AccessToken => {
+            (old.id_token.clone(), old.token_expires_at, old.sub.clone())
+        }
+        None => return refresh_failed(cfg, state, &job),
+    };
+    let refresh = tokens.refresh_token.clone().or_else(|| old.refresh_token.clone());
+    let Some(mut session) = new_session(cfg, env.now, &tokens, id_token, exp, sub, refresh) else {
+        return refresh_failed(cfg, state, &job);
+    };
+    session.expires_at = old.expires_at;
+    let set = match seal_session(cfg, env, &session, &job.present_chunks) {
+        Ok(c) => c,
+        Err(_) => return refresh_failed(cfg, state, &job),
+    };
+    let cached = Rc::new(cached_session(cfg, session, set.clone()));
+    // Requests still carrying the old cookie on this worker now get the new token too.
+    state.cache.insert(job.cache_key.clone(), cached.clone(), env.now);
+    Step::Forward(Forward {
+        authorization: Some(cached.bearer.clone()),
+        cookie: job.cookie,
+        set_cookies: set,
+        metric: Some(Metric::Refreshed),
+    })
+}
+
+fn refresh_failed(cfg: &Config, state: &mut State, job: &RefreshJob) -> Step {
+    state.cache.remove(&job.cache_key);
+    let mut clear: Vec<String> =
+        job.present_chunks.iter().map(|n| cookies::clear_cookie(n, &cfg.cookie)).collect();
+    if clear.is_empty() {
+        clear.push(cookies::clear_cookie(&cfg.cookie_name, &cfg.cookie));
+    }
+    let step = if job.browser {
+        redirect(&format!("{}?rd={}", cfg.login_path, encode(&job.target)), Some(Metric::RefreshFailed))
+    } else {
+        let mut r = json_401();
+        r.metric = Some(Metric::RefreshFailed);
+        Step::Respond(r)
+    };
+    with_cookies(step, clear)
+}
+
+/// Builds the session to seal from a token response. `None` when the forwarded token is missing.
+fn new_session(
+    cfg: &Config,
+    now: u64,
+    tokens: &TokenResponse,
+    id_token: Secret,
+    id_exp: u64,
+    sub: String,
+    refresh: Option<Secret>,
+) -> Option<Session> {
+    let (access_token, token_expires_at) = match cfg.forward_token {
+        ForwardToken::IdToken => (None, id_exp),
+        ForwardToken::AccessToken => {
+            if tokens.access_token.is_empty() {
+                return None;
+            }
+            (Some(tokens.access_token.clone()), now + tokens.expires_in.unwrap_or(3600))
+        }
+    };
+    let refresh_token = refresh.or_else(|| tokens.refresh_token.clone());
+    let expires_at = if refresh_token.is_some() {
+        now + cfg.session_lifetime
+    } else {
+        token_expires_at.min(now + cfg.session_lifetime)
+    };
+    Some(Session { id_token, access_token, refresh_token, token_expires_at, expires_at, sub })
+}
+
+/// Seals a session into cookies, and clears chunks of an earlier, longer session.
+fn seal_session(cfg: &Config, env: &mut Env, session: &Session, present: &[String]) -> Result<Vec<String>, Box<Step>> {
+    let Some(r) = (env.random)() else {
+        return Err(Box::new(text(500, "Internal error: no randomness available.", None)));
+    };
+    let sealed = cfg.keys.seal(&cfg.cookie_name, &session.encode(), nonce24(&r));
+    let chunks = match session::split(&cfg.cookie_name, &sealed) {
+        Ok(c) if c.len() <= MAX_SESSION_CHUNKS => c,
+        _ => {
+            return Err(Box::new(gateway_error(
+                502,
+                CallbackFailure::TokenEndpoint,
+                "The identity provider's tokens are too large for a session cookie.",
+                Vec::new(),
+            )));
+        }
+    };
+    let max_age = session.expires_at.saturating_sub(env.now);
+    let mut out: Vec<String> =
+        chunks.iter().map(|(n, v)| cookies::set_cookie(n, v, &cfg.cookie, max_age)).collect();
+    for name in present {
+        if !chunks.iter().any(|(n, _)| n == name) {
+            out.push(cookies::clear_cookie(name, &cfg.cookie));
+        }
+    }
+    Ok(out)
+}
+
+fn clear_session_cookies(cfg: &Config, header: &str) -> Vec<String> {
+    let mut names = session::chunk_names(&cfg.cookie_name, header);
+    if !names.iter().any(|n| n == &cfg.cookie_name) {
+        names.push(cfg.cookie_name.clone());
+    }
+    names.iter().map(|n| cookies::clear_cookie(n, &cfg.cookie)).collect()
+}
+
+fn login_attrs(cfg: &Config) -> CookieAttrs {
+    CookieAttrs { path: cfg.callback_path.clone(), ..cfg.cookie.clone() }
+}
+
+fn redirect_uri(cfg: &Config, h: &dyn Headers) -> Option<String> {
+    if let Some(r) = &cfg.redirect_uri {
+        return Some(r.clone());
+    }
+    Some(format!("{}{}", origin(h)?, cfg.callback_path))
+}
+
+fn post_logout_uri(cfg: &Config, h: &dyn Headers) -> Option<String> {
+    let p = cfg.post_logout_redirect_uri.as_ref()?;
+    if p.starts_with('/') { Some(format!("{}{}", origin(h)?, p)) } else { Some(p.clone()) }
+}
+
+/// `scheme://host` of the request, from Envoy's own `:scheme` and `:authority` (never X-Forwarded-*).
+fn origin(h: &dyn Headers) -> Option<String> {
+    let scheme = match h.get(":scheme").as_deref() {
+        Some("http") => "http",
+        _ => "https",
+    };
+    let host = h.get(":authority")?;
+    let valid = !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'));
+    valid.then(|| format!("{scheme}://{host}"))
+}
+
+/// A browser navigation: GET or HEAD that wants HTML and is not a script's fetch.
+fn is_browser(h: &dyn Headers) -> bool {
+    let method_ok = matches!(h.get(":method").as_deref(), Some("GET") | Some("HEAD"));
+    let wants_html = h.get("accept").is_some_and(|a| a.contains("text/html"));
+    let xhr = h.get("x-requested-with").is_some_and(|v| v.eq_ignore_ascii_case("XMLHttpRequest"));
+    let fetch = h.get("sec-fetch-mode").is_some_and(|m| m != "navigate");
+    method_ok && wants_html && !xhr && !fetch
+}
+
+fn nonce24(r: &[u8; 32]) -> [u8; 24] {
+    let mut n = [0u8; 24];
+    n.copy_from_slice(&r[..24]);
+    n
+}
+
+fn is_b64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn with_cookies(step: Step, set: Vec<String>) -> Step {
+    match step {
+        Step::Respond(mut r) => {
+            r.headers.extend(set.into_iter().map(|c| ("set-cookie".to_string(), c)));
+            Step::Respond(r)
+        }
+        other => other,
+    }
+}
+
+fn redirect(location: &str, metric: Option<Metric>) -> Step {
+    Step::Respond(Reply {
+        status: 302,
+        headers: vec![("location".into(), location.to_string()), ("cache-control".into(), "no-store".into())],
+        body: String::new(),
+        metric,
+    })
+}
+
+fn not_ready() -> Step {
+    Step::Respond(Reply {
+        status: 503,
+        headers: vec![
+            ("retry-after".into(), "5".into()),
+            ("content-type".into(), "text/plain; charset=utf-8".into()),
+            ("cache-control".into(), "no-store".into()),
+        ],
+        body: "Login is not available yet: the identity provider has not been reached. Try again shortly.\n".into(),
+        metric: Some(Metric::NotReady),
+    })
+}
+
+fn json_401() -> Reply {
+    Reply {
+        status: 401,
+        headers: vec![
+            ("www-authenticate".into(), "Bearer".into()),
+            ("content-type".into(), "application/json".into()),
+            ("cache-control".into(), "no-store".into()),
+        ],
+        body: "{\"error\":\"unauthenticated\",\"message\":\"log in first or send a bearer token\"}".into(),
+        metric: Some(Metric::Unauthorized),
+    }
+}
+
+fn unauthorized() -> Step {
+    Step::Respond(json_401())
+}
+
+fn text(status: u16, msg: &str, metric: Option<Metric>) -> Step {
+    Step::Respond(Reply {
+        status,
+        headers: vec![
+            ("content-type".into(), "text/plain; charset=utf-8".into()),
+            ("cache-control".into(), "no-store".into()),
+        ],
+        body: format!("{msg}\n"),
+        metric,
+    })
+}
+
+fn bad_callback(reason: CallbackFailure, msg: &str, clear: Vec<String>) -> Step {
+    error_page(400, reason, msg, clear)
+}
+
+fn gateway_error(status: u16, reason: CallbackFailure, msg: &str, clear: Vec<String>) -> Step {
+    error_page(status, reason, msg, clear)
+}
+
+fn error_page(status: u16, reason: CallbackFailure, msg: &str, clear: Vec<String>) -> Step {
+    // `msg` is ours (or an OAuth error code filtered to [A-Za-z0-9_]), so it needs no HTML escaping.
+    let body = format!(
+        "<!doctype html><title>Login failed</title><h1>Login failed</h1><p>{msg}</p><p><a href=\"/\">Start again</a></p>\n"
+    );
+    let reply = Reply {
+        status,
+        headers: vec![
+            ("content-type".into(), "text/html; charset=utf-8".into()),
+            ("cache-control".into(), "no-store".into()),
+        ],
+        body,
+        metric: Some(Metric::CallbackFailed(reason)),
+    };
+    with_cookies(Step::Respond(reply), clear)
+}
+
+/// Accessor used by tests and the adapter to check readiness without borrowing the state mutably.
+pub fn provider(state: &State) -> Option<&Provider> {
+    state.provider.ready()
+}

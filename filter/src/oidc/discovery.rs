@@ -1,0 +1,268 @@
+//! OpenID Provider discovery: the `.well-known/openid-configuration` document (OIDC Discovery 1.0).
+
+use std::fmt;
+
+use serde::Deserialize;
+use url::Url;
+
+/// Discovery documents are a few kilobytes; anything far larger is not one.
+const MAX_BODY: usize = 256 * 1024;
+
+/// What we use from the provider's discovery document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderMetadata {
+    pub issuer: String,
+    pub authorization_endpoint: Url,
+    pub token_endpoint: Url,
+    pub jwks_uri: Url,
+    pub end_session_endpoint: Option<Url>,
+    /// `["client_secret_basic"]` when the document omits it, the default OIDC Discovery 3 specifies.
+    pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// Empty when the document omits it (the provider does not advertise PKCE; it may still support it).
+    pub code_challenge_methods_supported: Vec<String>,
+}
+
+/// Why a discovery document was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoveryError {
+    /// Not JSON, too large, or a field of the wrong type.
+    Malformed(String),
+    /// A required field is absent.
+    MissingField(&'static str),
+    /// `issuer` differs from the configured issuer (OIDC Discovery 4.3: they must be identical).
+    IssuerMismatch { expected: String, got: String },
+    /// An endpoint is not an absolute http(s) URL without a fragment.
+    BadEndpoint(&'static str),
+}
+
+impl fmt::Display for DiscoveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed(reason) => write!(f, "malformed discovery document: {reason}"),
+            Self::MissingField(field) => write!(f, "discovery document has no {field}"),
+            Self::IssuerMismatch { expected, got } => {
+                write!(
+                    f,
+                    "discovery issuer {got:?} is not the configured issuer {expected:?}"
+                )
+            }
+            Self::BadEndpoint(field) => {
+                write!(f, "discovery {field} is not an absolute http(s) URL")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DiscoveryError {}
+
+/// Parses a discovery document and checks it belongs to `expected_issuer`.
+pub fn parse(body: &[u8], expected_issuer: &str) -> Result<ProviderMetadata, DiscoveryError> {
+    if body.len() > MAX_BODY {
+        return Err(DiscoveryError::Malformed(format!(
+            "larger than {MAX_BODY} bytes"
+        )));
+    }
+    let raw: RawMetadata =
+        serde_json::from_slice(body).map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
+
+    let issuer = raw.issuer.ok_or(DiscoveryError::MissingField("issuer"))?;
+    // Byte-for-byte: a trailing slash or different case is a different issuer, and tokens carry this
+    // exact string in `iss`. Tolerating variants here is how mix-up attacks get in.
+    if issuer != expected_issuer {
+        return Err(DiscoveryError::IssuerMismatch {
+            expected: expected_issuer.to_owned(),
+            got: truncate(&issuer, 256),
+        });
+    }
+
+    Ok(ProviderMetadata {
+        issuer,
+        authorization_endpoint: endpoint("authorization_endpoint", raw.authorization_endpoint)?,
+        token_endpoint: endpoint("token_endpoint", raw.token_endpoint)?,
+        jwks_uri: endpoint("jwks_uri", raw.jwks_uri)?,
+        end_session_endpoint: raw
+            .end_session_endpoint
+            .map(|u| endpoint("end_session_endpoint", Some(u)))
+            .transpose()?,
+        token_endpoint_auth_methods_supported: raw
+            .token_endpoint_auth_methods_supported
+            .unwrap_or_else(|| vec!["client_secret_basic".to_owned()]),
+        code_challenge_methods_supported: raw.code_challenge_methods_supported.unwrap_or_default(),
+    })
+}
+
+/// The path of `<issuer>/.well-known/openid-configuration` (OIDC Discovery 4.1: appended to the issuer's
+/// path, after removing a trailing `/`).
+pub fn discovery_path(issuer: &Url) -> String {
+    let path = issuer.path().trim_end_matches('/');
+    format!("{path}/.well-known/openid-configuration")
+}
+
+/// The document as sent; unknown members are ignored (providers publish many we don't use).
+#[derive(Deserialize)]
+struct RawMetadata {
+    issuer: Option<String>,
+    authorization_endpoint: Option<String>,
+    token_endpoint: Option<String>,
+    jwks_uri: Option<String>,
+    end_session_endpoint: Option<String>,
+    token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    code_challenge_methods_supported: Option<Vec<String>>,
+}
+
+fn endpoint(field: &'static str, value: Option<String>) -> Result<Url, DiscoveryError> {
+    let value = value.ok_or(DiscoveryError::MissingField(field))?;
+    let url = Url::parse(&value).map_err(|_| DiscoveryError::BadEndpoint(field))?;
+    // A relative or non-web URL cannot be called; a fragment is forbidden on OAuth endpoints (RFC 6749 3.1).
+    let web = matches!(url.scheme(), "https" | "http") && url.has_host();
+    if !web || url.fragment().is_some() {
+        return Err(DiscoveryError::BadEndpoint(field));
+    }
+    Ok(url)
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &[u8] = include_bytes!("../../../testdata/discovery/good.json");
+    const OTHER_ISSUER: &[u8] = include_bytes!("../../../testdata/discovery/other-issuer.json");
+    const NO_JWKS: &[u8] = include_bytes!("../../../testdata/discovery/missing-jwks-uri.json");
+    const ISSUER: &str = "https://idp.example.com";
+
+    #[test]
+    fn parses_a_full_document() {
+        let m = parse(GOOD, ISSUER).unwrap();
+        assert_eq!(m.issuer, ISSUER);
+        assert_eq!(
+            m.authorization_endpoint.as_str(),
+            "https://idp.example.com/oauth2/authorize"
+        );
+        assert_eq!(
+            m.token_endpoint.as_str(),
+            "https://idp.example.com/oauth2/token"
+        );
+        assert_eq!(m.jwks_uri.as_str(), "https://idp.example.com/oauth2/keys");
+        assert_eq!(
+            m.end_session_endpoint.unwrap().as_str(),
+            "https://idp.example.com/oauth2/logout"
+        );
+        assert_eq!(
+            m.token_endpoint_auth_methods_supported,
+            ["client_secret_basic", "client_secret_post"]
+        );
+        assert_eq!(m.code_challenge_methods_supported, ["plain", "S256"]);
+    }
+
+    #[test]
+    fn issuer_must_match_exactly() {
+        // The document says "https://idp.example.com/": one trailing slash is already another issuer.
+        assert_eq!(
+            parse(OTHER_ISSUER, ISSUER),
+            Err(DiscoveryError::IssuerMismatch {
+                expected: ISSUER.into(),
+                got: "https://idp.example.com/".into()
+            })
+        );
+        assert_eq!(
+            parse(GOOD, "https://IDP.example.com"),
+            Err(DiscoveryError::IssuerMismatch {
+                expected: "https://IDP.example.com".into(),
+                got: ISSUER.into()
+            })
+        );
+        assert!(parse(OTHER_ISSUER, "https://idp.example.com/").is_ok());
+    }
+
+    #[test]
+    fn required_fields() {
+        assert_eq!(
+            parse(NO_JWKS, ISSUER),
+            Err(DiscoveryError::MissingField("jwks_uri"))
+        );
+        assert_eq!(
+            parse(b"{}", ISSUER),
+            Err(DiscoveryError::MissingField("issuer"))
+        );
+    }
+
+    #[test]
+    fn optional_fields_get_spec_defaults() {
+        let doc = br#"{"issuer":"https://idp.example.com","authorization_endpoint":"https://idp.example.com/a",
+            "token_endpoint":"https://idp.example.com/t","jwks_uri":"https://idp.example.com/k"}"#;
+        let m = parse(doc, ISSUER).unwrap();
+        assert_eq!(m.end_session_endpoint, None);
+        assert_eq!(
+            m.token_endpoint_auth_methods_supported,
+            ["client_secret_basic"]
+        );
+        assert!(m.code_challenge_methods_supported.is_empty());
+    }
+
+    #[test]
+    fn endpoints_must_be_absolute_web_urls() {
+        let doc = |token: &str| {
+            format!(
+                r#"{{"issuer":"https://idp.example.com","authorization_endpoint":"https://idp.example.com/a",
+                "token_endpoint":{token},"jwks_uri":"https://idp.example.com/k"}}"#
+            )
+        };
+        for bad in [
+            r#""/oauth2/token""#,
+            r#""ftp://idp.example.com/t""#,
+            r#""file:///etc/passwd""#,
+            r#""https://idp.example.com/t#frag""#,
+            r#""not a url""#,
+        ] {
+            assert_eq!(
+                parse(doc(bad).as_bytes(), ISSUER),
+                Err(DiscoveryError::BadEndpoint("token_endpoint")),
+                "{bad}"
+            );
+        }
+        let http = parse(doc(r#""http://idp:8080/t""#).as_bytes(), ISSUER).unwrap();
+        assert_eq!(http.token_endpoint.as_str(), "http://idp:8080/t");
+    }
+
+    #[test]
+    fn malformed_documents() {
+        assert!(matches!(
+            parse(b"<html>", ISSUER),
+            Err(DiscoveryError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(br#"{"issuer": 42}"#, ISSUER),
+            Err(DiscoveryError::Malformed(_))
+        ));
+        let huge = vec![b' '; MAX_BODY + 1];
+        assert!(matches!(
+            parse(&huge, ISSUER),
+            Err(DiscoveryError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn discovery_path_appends_to_the_issuer_path() {
+        let path = |s: &str| discovery_path(&Url::parse(s).unwrap());
+        assert_eq!(
+            path("https://idp.example.com"),
+            "/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            path("https://idp.example.com/"),
+            "/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            path("https://idp.example.com/realms/demo"),
+            "/realms/demo/.well-known/openid-configuration"
+        );
+        assert_eq!(
+            path("https://idp.example.com/realms/demo/"),
+            "/realms/demo/.well-known/openid-configuration"
+        );
+    }
+}

@@ -1,0 +1,485 @@
+//! The token endpoint (RFC 6749 4.1.3, 6): the request we send, and what we accept back.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Map, Value};
+use url::form_urlencoded;
+
+use crate::secret::Secret;
+
+/// Three tokens of a few kilobytes each fit many times over.
+const MAX_BODY: usize = 128 * 1024;
+/// Longest OAuth error code we repeat in a log line.
+const MAX_ERROR_CODE: usize = 64;
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_secret_basic`: HTTP Basic with the form-urlencoded id and secret (RFC 6749 2.3.1).
+    Basic,
+    /// `client_secret_post`: `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+/// A `POST` to the token endpoint: headers (names lower-case) and an `application/x-www-form-urlencoded` body.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FormRequest {
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// A successful token response. `Debug` prints no token values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenResponse {
+    pub id_token: Option<Secret>,
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
+    /// Lifetime of the access token in seconds, when the IdP says.
+    pub expires_in: Option<u64>,
+    pub token_type: String,
+}
+
+/// Why a token response was not usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// The IdP answered `invalid_grant`: the code was already used or has expired, or the refresh token is
+    /// no longer valid. Not our fault and not the IdP's: the login has to start over.
+    InvalidGrant,
+    /// Any other error answer. `error` is the OAuth error code only (RFC 6749 5.2), sanitized to
+    /// `[A-Za-z0-9_.-]` and at most 64 characters; empty when the IdP sent none.
+    Rejected { status: u16, error: String },
+    /// A success answer we can't use.
+    Malformed(&'static str),
+    /// The answer has no `id_token` where one is required (the code flow); for the caller to return.
+    MissingIdToken,
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidGrant => f.write_str("token endpoint answered invalid_grant"),
+            Self::Rejected { status, error } if error.is_empty() => {
+                write!(f, "token endpoint answered status {status}")
+            }
+            Self::Rejected { status, error } => {
+                write!(f, "token endpoint answered status {status}, error {error}")
+            }
+            Self::Malformed(reason) => write!(f, "malformed token response: {reason}"),
+            Self::MissingIdToken => f.write_str("token response has no id_token"),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+impl fmt::Debug for FormRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The body holds the code, verifier or refresh token, and maybe the client secret.
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = if name == "authorization" {
+                    "[redacted]"
+                } else {
+                    value.as_str()
+                };
+                (name.as_str(), value)
+            })
+            .collect();
+        f.debug_struct("FormRequest")
+            .field("headers", &headers)
+            .field("body", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Exchanges an authorization code (with its PKCE verifier) for tokens.
+pub fn code_request(
+    code: &str,
+    redirect_uri: &str,
+    verifier: &str,
+    client_id: &str,
+    secret: &Secret,
+    auth: ClientAuth,
+) -> FormRequest {
+    form_request(
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", verifier),
+            // Also with Basic: some IdPs want it, and RFC 6749 4.1.3 allows it.
+            ("client_id", client_id),
+        ],
+        client_id,
+        secret,
+        auth,
+    )
+}
+
+/// Trades a refresh token for fresh tokens.
+pub fn refresh_request(
+    refresh_token: &str,
+    client_id: &str,
+    secret: &Secret,
+    auth: ClientAuth,
+) -> FormRequest {
+    form_request(
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", client_id),
+        ],
+        client_id,
+        secret,
+        auth,
+    )
+}
+
+/// Reads the token endpoint's answer.
+pub fn parse_response(status: u16, body: &[u8]) -> Result<TokenResponse, TokenError> {
+    if body.len() > MAX_BODY {
+        return Err(TokenError::Malformed("body too large"));
+    }
+    let json: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
+
+    // An `error` member means failure whatever the status: some IdPs answer errors with 200.
+    let error = json.as_ref().and_then(|j| j.get("error"));
+    if error.is_some() || !(200..300).contains(&status) {
+        let code = error.and_then(Value::as_str).unwrap_or_default();
+        if code == "invalid_grant" {
+            return Err(TokenError::InvalidGrant);
+        }
+        return Err(TokenError::Rejected {
+            status,
+            error: sanitize_error_code(code),
+        });
+    }
+
+    let json = json.ok_or(TokenError::Malformed("body is not a JSON object"))?;
+    let access_token =
+        optional_token(&json, "access_token")?.ok_or(TokenError::Malformed("no access_token"))?;
+    let token_type = match json.get("token_type") {
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("Bearer") => t.clone(),
+        Some(_) => return Err(TokenError::Malformed("token_type is not Bearer")),
+        None => return Err(TokenError::Malformed("no token_type")),
+    };
+    Ok(TokenResponse {
+        id_token: optional_token(&json, "id_token")?,
+        access_token,
+        refresh_token: optional_token(&json, "refresh_token")?,
+        expires_in: expires_in(&json)?,
+        token_type,
+    })
+}
+
+fn form_request(
+    params: &[(&str, &str)],
+    client_id: &str,
+    secret: &Secret,
+    auth: ClientAuth,
+) -> FormRequest {
+    let mut body = form_urlencoded::Serializer::new(String::new());
+    body.extend_pairs(params);
+    let mut headers = vec![
+        (
+            "content-type".to_owned(),
+            "application/x-www-form-urlencoded".to_owned(),
+        ),
+        ("accept".to_owned(), "application/json".to_owned()),
+    ];
+    match auth {
+        ClientAuth::Basic => {
+            // RFC 6749 2.3.1: each part is form-urlencoded before joining, so a ':' in the id survives.
+            let credentials = format!(
+                "{}:{}",
+                form_encode(client_id),
+                form_encode(secret.expose())
+            );
+            headers.push((
+                "authorization".to_owned(),
+                format!("Basic {}", STANDARD.encode(credentials)),
+            ));
+        }
+        ClientAuth::Post => {
+            body.append_pair("client_secret", secret.expose());
+        }
+    }
+    FormRequest {
+        headers,
+        body: body.finish(),
+    }
+}
+
+fn form_encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A token member: absent is `None`; present must be a non-empty string.
+fn optional_token(
+    json: &Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<Secret>, TokenError> {
+    match json.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(Secret::new(s.as_str()))),
+        Some(_) => Err(TokenError::Malformed(match name {
+            "id_token" => "id_token is not a string",
+            "refresh_token" => "refresh_token is not a string",
+            _ => "access_token is not a string",
+        })),
+    }
+}
+
+/// `expires_in` is a number (RFC 6749 5.1), but some IdPs send it as a string of digits.
+fn expires_in(json: &Map<String, Value>) -> Result<Option<u64>, TokenError> {
+    match json.get("expires_in") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or(TokenError::Malformed("expires_in is not a whole number")),
+        Some(Value::String(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| TokenError::Malformed("expires_in is not a whole number")),
+        Some(_) => Err(TokenError::Malformed("expires_in is not a whole number")),
+    }
+}
+
+/// The IdP's error code goes into log lines: keep it to the RFC 6749 charset's harmless subset.
+fn sanitize_error_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        .take(MAX_ERROR_CODE)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header<'a>(req: &'a FormRequest, name: &str) -> Option<&'a str> {
+        req.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn pairs(req: &FormRequest) -> Vec<(String, String)> {
+        form_urlencoded::parse(req.body.as_bytes())
+            .into_owned()
+            .collect()
+    }
+
+    #[test]
+    fn code_request_with_basic_auth() {
+        let secret = Secret::new("s3cr:t/+");
+        let req = code_request(
+            "code&1",
+            "https://app.example.com/oauth2/callback",
+            "verifier-1",
+            "my client",
+            &secret,
+            ClientAuth::Basic,
+        );
+        assert_eq!(
+            header(&req, "content-type"),
+            Some("application/x-www-form-urlencoded")
+        );
+        assert_eq!(header(&req, "accept"), Some("application/json"));
+        // base64("my+client:s3cr%3At%2F%2B")
+        let expected = format!("Basic {}", STANDARD.encode("my+client:s3cr%3At%2F%2B"));
+        assert_eq!(header(&req, "authorization"), Some(expected.as_str()));
+        assert_eq!(
+            req.body,
+            "grant_type=authorization_code&code=code%261\
+             &redirect_uri=https%3A%2F%2Fapp.example.com%2Foauth2%2Fcallback\
+             &code_verifier=verifier-1&client_id=my+client"
+        );
+        assert!(!req.body.contains("secret"));
+    }
+
+    #[test]
+    fn code_request_with_post_auth() {
+        let req = code_request(
+            "c",
+            "https://app/cb",
+            "v",
+            "id",
+            &Secret::new("s&t"),
+            ClientAuth::Post,
+        );
+        assert_eq!(header(&req, "authorization"), None);
+        let pairs = pairs(&req);
+        assert!(pairs.contains(&("client_id".into(), "id".into())));
+        assert!(pairs.contains(&("client_secret".into(), "s&t".into())));
+        assert!(pairs.contains(&("grant_type".into(), "authorization_code".into())));
+    }
+
+    #[test]
+    fn refresh_requests() {
+        let secret = Secret::new("pw");
+        let basic = refresh_request("rt/1", "id", &secret, ClientAuth::Basic);
+        assert_eq!(
+            basic.body,
+            "grant_type=refresh_token&refresh_token=rt%2F1&client_id=id"
+        );
+        let expected = format!("Basic {}", STANDARD.encode("id:pw"));
+        assert_eq!(header(&basic, "authorization"), Some(expected.as_str()));
+        let post = refresh_request("rt", "id", &secret, ClientAuth::Post);
+        assert_eq!(
+            post.body,
+            "grant_type=refresh_token&refresh_token=rt&client_id=id&client_secret=pw"
+        );
+    }
+
+    #[test]
+    fn form_request_debug_hides_secrets() {
+        let req = code_request(
+            "the-code",
+            "https://app/cb",
+            "the-verifier",
+            "id",
+            &Secret::new("the-secret"),
+            ClientAuth::Basic,
+        );
+        let debug = format!("{req:?}");
+        for secret in ["the-code", "the-verifier", "the-secret", "Basic"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(debug.contains("application/json"));
+    }
+
+    #[test]
+    fn parses_a_success() {
+        let body =
+            br#"{"access_token":"at","token_type":"bearer","id_token":"it","refresh_token":"rt",
+            "expires_in":3600,"scope":"openid"}"#;
+        let r = parse_response(200, body).unwrap();
+        assert_eq!(r.access_token.expose(), "at");
+        assert_eq!(r.id_token.as_ref().map(Secret::expose), Some("it"));
+        assert_eq!(r.refresh_token.as_ref().map(Secret::expose), Some("rt"));
+        assert_eq!(r.expires_in, Some(3600));
+        assert_eq!(r.token_type, "bearer");
+        let debug = format!("{r:?}");
+        assert!(
+            !debug.contains("\"at\"") && !debug.contains("\"it\"") && !debug.contains("\"rt\"")
+        );
+        assert!(debug.contains("[redacted]"));
+    }
+
+    #[test]
+    fn optional_members_may_be_absent() {
+        let r = parse_response(200, br#"{"access_token":"at","token_type":"Bearer"}"#).unwrap();
+        assert_eq!(
+            (r.id_token, r.refresh_token, r.expires_in),
+            (None, None, None)
+        );
+        let r = parse_response(
+            200,
+            br#"{"access_token":"at","token_type":"Bearer","expires_in":"299"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.expires_in, Some(299));
+    }
+
+    #[test]
+    fn unusable_successes_are_malformed() {
+        for (body, reason) in [
+            ("<html>", "body is not a JSON object"),
+            (r#"{"token_type":"Bearer"}"#, "no access_token"),
+            (
+                r#"{"access_token":"","token_type":"Bearer"}"#,
+                "access_token is not a string",
+            ),
+            (r#"{"access_token":"at"}"#, "no token_type"),
+            (
+                r#"{"access_token":"at","token_type":"mac"}"#,
+                "token_type is not Bearer",
+            ),
+            (
+                r#"{"access_token":"at","token_type":"DPoP"}"#,
+                "token_type is not Bearer",
+            ),
+            (
+                r#"{"access_token":"at","token_type":"Bearer","id_token":5}"#,
+                "id_token is not a string",
+            ),
+            (
+                r#"{"access_token":"at","token_type":"Bearer","expires_in":-1}"#,
+                "expires_in is not a whole number",
+            ),
+            (
+                r#"{"access_token":"at","token_type":"Bearer","expires_in":"soon"}"#,
+                "expires_in is not a whole number",
+            ),
+        ] {
+            assert_eq!(
+                parse_response(200, body.as_bytes()),
+                Err(TokenError::Malformed(reason)),
+                "{}",
+                body
+            );
+        }
+        assert_eq!(
+            parse_response(200, &vec![b' '; MAX_BODY + 1]),
+            Err(TokenError::Malformed("body too large"))
+        );
+    }
+
+    #[test]
+    fn error_answers() {
+        assert_eq!(
+            parse_response(
+                400,
+                br#"{"error":"invalid_grant","error_description":"code used"}"#
+            ),
+            Err(TokenError::InvalidGrant)
+        );
+        assert_eq!(
+            parse_response(401, br#"{"error":"invalid_client"}"#),
+            Err(TokenError::Rejected {
+                status: 401,
+                error: "invalid_client".into()
+            })
+        );
+        // Some IdPs answer errors with 200.
+        assert_eq!(
+            parse_response(200, br#"{"error":"invalid_grant"}"#),
+            Err(TokenError::InvalidGrant)
+        );
+        assert_eq!(
+            parse_response(502, b"<html>Bad Gateway</html>"),
+            Err(TokenError::Rejected {
+                status: 502,
+                error: String::new()
+            })
+        );
+        let nasty = format!(r#"{{"error":"bad\n<b>{}"}}"#, "x".repeat(100));
+        let Err(TokenError::Rejected { error, .. }) = parse_response(400, nasty.as_bytes()) else {
+            panic!("not rejected");
+        };
+        assert_eq!(error.len(), MAX_ERROR_CODE);
+        assert!(error.starts_with("badbxxx"));
+    }
+
+    #[test]
+    fn display_is_short_and_clean() {
+        let e = TokenError::Rejected {
+            status: 401,
+            error: "invalid_client".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "token endpoint answered status 401, error invalid_client"
+        );
+        assert_eq!(
+            TokenError::MissingIdToken.to_string(),
+            "token response has no id_token"
+        );
+    }
+}

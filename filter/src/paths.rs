@@ -1,0 +1,183 @@
+//! Path handling where a mistake is a bypass or an open redirect: bypass matching and `rd` targets.
+
+/// The path part of a request target (`:path`), without query or fragment.
+pub fn path_only(target: &str) -> &str {
+    let end = target.find(['?', '#']).unwrap_or(target.len());
+    &target[..end]
+}
+
+/// The query part of a request target, without `?` and fragment.
+pub fn query_only(target: &str) -> &str {
+    let path_end = target.find(['?', '#']).unwrap_or(target.len());
+    let rest = &target[path_end..];
+    match rest.strip_prefix('?') {
+        Some(q) => &q[..q.find('#').unwrap_or(q.len())],
+        None => "",
+    }
+}
+
+/// The path an application would act on: percent-decoded, `\` read as `/`, empty and dot segments resolved.
+/// `None` for what no honest client sends (bad escapes, NUL, invalid UTF-8): such a request is never a bypass.
+pub fn normalize(target: &str) -> Option<String> {
+    let raw = path_only(target);
+    let decoded = percent_decode(raw)?;
+    let mut out: Vec<&str> = Vec::new();
+    let trailing = decoded.ends_with(['/', '\\']) || decoded.ends_with("/.") || decoded.ends_with("/..");
+    for seg in decoded.split(['/', '\\']) {
+        // `;` starts path parameters some servers strip (`/healthz;x/../admin`): judge the segment without them.
+        let seg = seg.split(';').next().unwrap_or("");
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut p = String::with_capacity(decoded.len() + 1);
+    for s in &out {
+        p.push('/');
+        p.push_str(s);
+    }
+    if p.is_empty() || (trailing && !out.is_empty()) {
+        p.push('/');
+    }
+    Some(p)
+}
+
+/// True when `prefix` covers `path` on a segment boundary: `/healthz` covers `/healthz` and `/healthz/x`,
+/// not `/healthzx`. A prefix ending in `/` covers everything below it.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => prefix.strip_suffix('/').is_some_and(|p| p == path),
+    }
+}
+
+/// True when the request target falls under one of the bypass prefixes, judged on the normalized path.
+pub fn is_bypass(prefixes: &[String], target: &str) -> bool {
+    if prefixes.is_empty() {
+        return false;
+    }
+    match normalize(target) {
+        Some(p) => prefixes.iter().any(|b| prefix_matches(b, &p)),
+        None => false,
+    }
+}
+
+/// The post-login target from `rd`: a same-origin relative path, else `/`.
+pub fn safe_redirect(rd: &str) -> String {
+    let ok = rd.len() <= 2048
+        && rd.starts_with('/')
+        && !rd.starts_with("//")
+        && !rd.contains('\\')
+        && rd.bytes().all(|b| (0x21..0x7f).contains(&b))
+        // `/%2F%2Fevil` and `/%5Cevil` become `//evil` in some decoders: refuse anything that decodes off-site.
+        && percent_decode(rd).is_some_and(|d| !d.starts_with("//") && !d.starts_with("/\\") && !d.contains('\\'));
+    if ok { rd.to_string() } else { "/".to_string() }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return (!s.contains('\0')).then(|| s.to_string());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hi = hex(*b.get(i + 1)?)?;
+            let lo = hex(*b.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    if out.contains(&0) {
+        return None;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_like_an_app_would() {
+        assert_eq!(normalize("/healthz/../admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize("/healthz%2F..%2Fadmin").as_deref(), Some("/admin"));
+        assert_eq!(normalize("/healthz%2f%2e%2e%2fadmin").as_deref(), Some("/admin"));
+        assert_eq!(normalize("/healthz\\..\\admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize("/healthz;x/../admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize("//healthz").as_deref(), Some("/healthz"));
+        assert_eq!(normalize("/a/./b/").as_deref(), Some("/a/b/"));
+        assert_eq!(normalize("/../..").as_deref(), Some("/"));
+        assert_eq!(normalize("/x?y=/../z").as_deref(), Some("/x"));
+        assert_eq!(normalize("/%zz"), None);
+        assert_eq!(normalize("/%00"), None);
+        assert_eq!(normalize("/%ff"), None);
+    }
+
+    #[test]
+    fn bypass_only_on_segment_boundaries_of_the_normalized_path() {
+        let b = vec!["/healthz".to_string(), "/.well-known/acme-challenge/".to_string()];
+        for yes in ["/healthz", "/healthz/", "/healthz/live", "/healthz?x=1", "/.well-known/acme-challenge/tok"] {
+            assert!(is_bypass(&b, yes), "{yes}");
+        }
+        for no in [
+            "/healthz/../admin",
+            "/healthz%2F..%2Fadmin",
+            "/healthzx",
+            "/HEALTHZ",
+            "/admin?/healthz",
+            "/admin#/healthz",
+            "/admin/healthz",
+            "/healthz/..;/admin",
+            "/.well-known/acme-challenge",
+            "/%zz/healthz",
+        ] {
+            assert!(!is_bypass(&b, no), "{no}");
+        }
+    }
+
+    #[test]
+    fn redirect_targets_stay_on_site() {
+        for good in ["/", "/a/b?c=d&e=%2F", "/grafana/d/xyz"] {
+            assert_eq!(safe_redirect(good), good);
+        }
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "%2F%2Fevil.example",
+            "/%2F%2Fevil.example",
+            "/%5Cevil.example",
+            "javascript:alert(1)",
+            "/a\r\nSet-Cookie: x=1",
+            "/a b",
+            "",
+            "evil.example",
+        ] {
+            assert_eq!(safe_redirect(bad), "/", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn query_split() {
+        assert_eq!(query_only("/cb?code=1&state=2#frag"), "code=1&state=2");
+        assert_eq!(query_only("/cb"), "");
+        assert_eq!(path_only("/cb?x"), "/cb");
+    }
+}
