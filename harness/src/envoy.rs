@@ -1,0 +1,835 @@
+//! Envoy bootstraps shaped like what istiod generates for a gateway, and the Envoy process.
+//!
+//! Each site is a listener whose HTTP connection manager runs, in Istio's order: the Wasm filter
+//! (a `WasmPlugin` in phase AUTHN), `jwt_authn` (a `RequestAuthentication`), `rbac` (an
+//! `AuthorizationPolicy` with `requestPrincipals: ["*"]` plus the bypass paths) and the router.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+
+use crate::process::{Process, poll, read_lossy};
+
+/// The root id the filter registers under.
+pub const ROOT_ID: &str = "oidc-filter";
+
+/// Everything a bootstrap is made of.
+#[derive(Clone, Debug)]
+pub struct EnvoyConfig {
+    /// The filter module, as Envoy will open it (relative paths resolve against Envoy's cwd).
+    pub wasm_path: PathBuf,
+    /// The IdP's issuer URL; the IdP cluster is named and addressed after its host and port.
+    pub issuer: String,
+    /// The JWKS URI `jwt_authn` fetches (through the IdP cluster).
+    pub jwks_uri: String,
+    /// The sample app's port on 127.0.0.1 (cluster `outbound|PORT||echo.local`).
+    pub app_port: u16,
+    /// Admin port on 127.0.0.1 (0: the OS picks).
+    pub admin_port: u16,
+    /// Where access logs go.
+    pub access_log: AccessLog,
+    /// One listener each.
+    pub sites: Vec<EnvoySite>,
+}
+
+/// One listener with its filter chain.
+#[derive(Clone, Debug)]
+pub struct EnvoySite {
+    /// Listener name, stat prefix and the base of the Wasm VM id.
+    pub name: String,
+    /// Listener port on 127.0.0.1 (0: the OS picks).
+    pub port: u16,
+    /// The audience `jwt_authn` accepts.
+    pub client_id: String,
+    /// The filter's configuration (sent as compact JSON, like Istio's `pluginConfig`).
+    pub filter_config: Value,
+    /// Path prefixes the RBAC policy lets through without a principal.
+    pub bypass_paths: Vec<String>,
+    /// Add `jwt_authn` and `rbac` after the Wasm filter, as Istio's RequestAuthentication and
+    /// AuthorizationPolicy would; without them the filter's decision is all there is.
+    pub istio_authn: bool,
+    /// Environment of the Wasm VM (Istio's `vmConfig.env`).
+    pub vm_env: VmEnv,
+}
+
+/// `vm_config.environment_variables`: `host_env_keys` is Istio's `valueFrom: HOST`,
+/// `key_values` its `valueFrom: INLINE`.
+#[derive(Clone, Debug, Default)]
+pub struct VmEnv {
+    /// Names of Envoy's own environment variables passed into the VM.
+    pub host_env_keys: Vec<String>,
+    /// Literal variables.
+    pub key_values: BTreeMap<String, String>,
+}
+
+/// Access log destination.
+#[derive(Clone, Debug)]
+pub enum AccessLog {
+    /// None.
+    Off,
+    /// Envoy's stdout.
+    Stdout,
+    /// A file.
+    File(PathBuf),
+}
+
+impl EnvoySite {
+    /// A site with the Istio filters, `bypass_paths` and `host_env_keys` taken from the filter
+    /// configuration (`bypass_paths`, and every top-level `*_env` string field).
+    pub fn new(name: &str, port: u16, client_id: &str, filter_config: Value) -> EnvoySite {
+        let bypass_paths = filter_config
+            .get("bypass_paths")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let host_env_keys = env_var_names(&filter_config);
+        EnvoySite {
+            name: name.to_string(),
+            port,
+            client_id: client_id.to_string(),
+            filter_config,
+            bypass_paths,
+            istio_authn: true,
+            vm_env: VmEnv {
+                host_env_keys,
+                key_values: BTreeMap::new(),
+            },
+        }
+    }
+}
+
+/// The values of the top-level `*_env` string fields of a filter configuration: the environment
+/// variables it reads.
+pub fn env_var_names(filter_config: &Value) -> Vec<String> {
+    let Some(obj) = filter_config.as_object() else {
+        return Vec::new();
+    };
+    obj.iter()
+        .filter(|(k, _)| k.ends_with("_env"))
+        .filter_map(|(_, v)| v.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The Istio name of the cluster for `url`'s host and port: `outbound|PORT||HOST`.
+pub fn cluster_name(url: &str) -> Result<String> {
+    let (_, host, port) = split_url(url)?;
+    Ok(format!("outbound|{port}||{host}"))
+}
+
+/// The cluster name of the sample app.
+pub fn app_cluster_name(port: u16) -> String {
+    format!("outbound|{port}||echo.local")
+}
+
+impl EnvoyConfig {
+    /// Renders the bootstrap.
+    pub fn render(&self) -> Result<Value> {
+        let (scheme, idp_host, idp_port) = split_url(&self.issuer)?;
+        let idp_cluster = cluster_name(&self.issuer)?;
+        let mut listeners = Vec::new();
+        for site in &self.sites {
+            listeners.push(self.listener(site, &idp_cluster)?);
+        }
+        let mut idp = cluster(&idp_cluster, &idp_host, idp_port);
+        if scheme == "https" {
+            // What a DestinationRule with tls.mode SIMPLE adds.
+            idp["transport_socket"] = json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": idp_host,
+                },
+            });
+        }
+        let app = cluster(&app_cluster_name(self.app_port), "127.0.0.1", self.app_port);
+        Ok(json!({
+            "node": { "id": "oidc-filter-harness", "cluster": "oidc-filter-harness" },
+            "admin": { "address": socket_address("127.0.0.1", self.admin_port) },
+            // As Istio's bootstrap has; without it Envoy warns at every start.
+            "overload_manager": {
+                "resource_monitors": [{
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 100_000,
+                    },
+                }],
+            },
+            "static_resources": {
+                "listeners": listeners,
+                "clusters": [idp, app],
+            },
+        }))
+    }
+
+    fn listener(&self, site: &EnvoySite, idp_cluster: &str) -> Result<Value> {
+        let mut http_filters = vec![self.wasm_filter(site)?];
+        if site.istio_authn {
+            http_filters.push(self.jwt_authn(site, idp_cluster));
+            http_filters.push(rbac(site));
+        }
+        http_filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+        }));
+        let mut hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": site.name,
+            "codec_type": "AUTO",
+            "use_remote_address": true,
+            "normalize_path": true,
+            "route_config": {
+                "name": site.name,
+                "virtual_hosts": [{
+                    "name": site.name,
+                    "domains": ["*"],
+                    "routes": [{
+                        "match": { "prefix": "/" },
+                        "route": { "cluster": app_cluster_name(self.app_port), "timeout": "15s" },
+                    }],
+                }],
+            },
+            "http_filters": http_filters,
+        });
+        if let Some(log) = self.access_log_config() {
+            hcm["access_log"] = json!([log]);
+        }
+        Ok(json!({
+            "name": site.name,
+            "address": socket_address("127.0.0.1", site.port),
+            "filter_chains": [{
+                "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": hcm,
+                }],
+            }],
+        }))
+    }
+
+    fn access_log_config(&self) -> Option<Value> {
+        match &self.access_log {
+            AccessLog::Off => None,
+            AccessLog::Stdout => Some(json!({
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": { "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" },
+            })),
+            AccessLog::File(path) => Some(json!({
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": path.to_string_lossy(),
+                },
+            })),
+        }
+    }
+
+    /// The shape Istio emits for a `WasmPlugin`.
+    fn wasm_filter(&self, site: &EnvoySite) -> Result<Value> {
+        let configuration =
+            serde_json::to_string(&site.filter_config).context("serializing the filter config")?;
+        let mut vm_config = json!({
+            "vm_id": format!("oidc-filter-{}", site.name),
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": { "local": { "filename": self.wasm_path.to_string_lossy() } },
+        });
+        if !site.vm_env.host_env_keys.is_empty() || !site.vm_env.key_values.is_empty() {
+            let mut env = json!({});
+            if !site.vm_env.host_env_keys.is_empty() {
+                env["host_env_keys"] = json!(site.vm_env.host_env_keys);
+            }
+            if !site.vm_env.key_values.is_empty() {
+                env["key_values"] = json!(site.vm_env.key_values);
+            }
+            vm_config["environment_variables"] = env;
+        }
+        Ok(json!({
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": format!("oidc-filter-{}", site.name),
+                    "root_id": ROOT_ID,
+                    "fail_open": false,
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": configuration,
+                    },
+                    "vm_config": vm_config,
+                },
+            },
+        }))
+    }
+
+    fn jwt_authn(&self, site: &EnvoySite, idp_cluster: &str) -> Value {
+        let provider = format!("{}-idp", site.name);
+        json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {
+                    provider.as_str(): {
+                        "issuer": self.issuer,
+                        "audiences": [site.client_id],
+                        "remote_jwks": {
+                            "http_uri": { "uri": self.jwks_uri, "cluster": idp_cluster, "timeout": "5s" },
+                            "cache_duration": "300s",
+                        },
+                        "forward": true,
+                        "from_headers": [{ "name": "Authorization", "value_prefix": "Bearer " }],
+                        "payload_in_metadata": "payload",
+                    },
+                },
+                "rules": [{
+                    "match": { "prefix": "/" },
+                    "requires": {
+                        "requires_any": {
+                            "requirements": [{ "provider_name": provider }, { "allow_missing": {} }],
+                        },
+                    },
+                }],
+            },
+        })
+    }
+}
+
+fn rbac(site: &EnvoySite) -> Value {
+    let mut policies = serde_json::Map::new();
+    policies.insert(
+        "require-principal".into(),
+        json!({
+            "permissions": [{ "any": true }],
+            // `sourced_metadata`: Envoy 1.40 deprecates the plain `metadata` principal.
+            "principals": [{
+                "sourced_metadata": {
+                    "metadata_matcher": {
+                        "filter": "envoy.filters.http.jwt_authn",
+                        "path": [{ "key": "payload" }, { "key": "sub" }],
+                        "value": { "present_match": true },
+                    },
+                },
+            }],
+        }),
+    );
+    if !site.bypass_paths.is_empty() {
+        let rules: Vec<Value> = site
+            .bypass_paths
+            .iter()
+            .map(|p| json!({ "url_path": { "path": { "prefix": p } } }))
+            .collect();
+        policies.insert(
+            "bypass".into(),
+            json!({
+                "permissions": [{ "or_rules": { "rules": rules } }],
+                "principals": [{ "any": true }],
+            }),
+        );
+    }
+    json!({
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": { "action": "ALLOW", "policies": policies },
+        },
+    })
+}
+
+fn socket_address(address: &str, port: u16) -> Value {
+    json!({ "socket_address": { "address": address, "port_value": port } })
+}
+
+fn cluster(name: &str, host: &str, port: u16) -> Value {
+    let discovery = if host.parse::<std::net::IpAddr>().is_ok() {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
+    json!({
+        "name": name,
+        "type": discovery,
+        "connect_timeout": "10s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": socket_address(host, port) } }] }],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                // Below the apps' keep-alive timeout (60 s), so Envoy never reuses a closing connection.
+                "common_http_protocol_options": { "idle_timeout": "30s" },
+                "explicit_http_config": { "http_protocol_options": {} },
+            },
+        },
+    })
+}
+
+/// Scheme, host and port of an `http(s)://host[:port][/...]` URL.
+fn split_url(url: &str) -> Result<(String, String, u16)> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| anyhow!("not a URL: {url}"))?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => bail!("not an http(s) URL: {url}"),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !p.contains(']') => (
+            h,
+            p.parse()
+                .with_context(|| format!("bad port in URL: {url}"))?,
+        ),
+        _ => (authority, default_port),
+    };
+    if host.is_empty() {
+        bail!("no host in URL: {url}");
+    }
+    Ok((scheme.to_string(), host.to_string(), port))
+}
+
+/// Renders JSON as block-style YAML (strings quoted whenever a plain scalar could be misread).
+pub fn to_yaml(value: &Value) -> String {
+    let mut out = String::new();
+    yaml_block(value, 0, &mut out);
+    out
+}
+
+fn yaml_block(value: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            // `@type` and `name` first, as people write Envoy configs; the rest sorted.
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by_key(|(k, _)| match k.as_str() {
+                "@type" => 0,
+                "name" => 1,
+                _ => 2,
+            });
+            for (k, v) in entries {
+                out.push_str(&pad);
+                out.push_str(&yaml_scalar_str(k));
+                out.push(':');
+                yaml_child(v, indent, out);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                out.push_str(&pad);
+                out.push('-');
+                match item {
+                    Value::Object(m) if !m.is_empty() => {
+                        // First key on the dash line, the rest aligned under it.
+                        let mut nested = String::new();
+                        yaml_block(item, indent + 2, &mut nested);
+                        out.push(' ');
+                        out.push_str(nested.trim_start());
+                    }
+                    _ => yaml_child(item, indent, out),
+                }
+            }
+        }
+        other => {
+            out.push_str(&pad);
+            out.push_str(&yaml_inline(other));
+            out.push('\n');
+        }
+    }
+}
+
+fn yaml_child(value: &Value, indent: usize, out: &mut String) {
+    match value {
+        Value::Object(m) if !m.is_empty() => {
+            out.push('\n');
+            yaml_block(value, indent + 2, out);
+        }
+        Value::Array(a) if !a.is_empty() => {
+            out.push('\n');
+            yaml_block(value, indent + 2, out);
+        }
+        other => {
+            out.push(' ');
+            out.push_str(&yaml_inline(other));
+            out.push('\n');
+        }
+    }
+}
+
+fn yaml_inline(value: &Value) -> String {
+    match value {
+        Value::String(s) => yaml_scalar_str(s),
+        Value::Object(_) => "{}".to_string(),
+        Value::Array(_) => "[]".to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn yaml_scalar_str(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c))
+        && !s.starts_with(['-', '.'])
+        && s.parse::<f64>().is_err()
+        && !matches!(
+            s.to_ascii_lowercase().as_str(),
+            "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "y" | "n"
+        );
+    if plain {
+        s.to_string()
+    } else {
+        // A JSON string literal is a valid YAML double-quoted scalar.
+        Value::String(s.to_string()).to_string()
+    }
+}
+
+/// The Envoy binary: `.venv/bin/envoy` at the workspace root, else `$ENVOY_BIN`, else `envoy`.
+pub fn envoy_bin() -> PathBuf {
+    let venv = crate::workspace_root().join(".venv/bin/envoy");
+    if venv.exists() {
+        return venv;
+    }
+    match std::env::var_os("ENVOY_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => PathBuf::from("envoy"),
+    }
+}
+
+/// How to run Envoy.
+#[derive(Clone, Debug)]
+pub struct EnvoyOptions {
+    /// The binary.
+    pub bin: PathBuf,
+    /// Directory for the bootstrap, the admin address file and the logs.
+    pub dir: PathBuf,
+    /// `--concurrency` (worker threads).
+    pub concurrency: u32,
+    /// `--log-level`.
+    pub log_level: String,
+    /// `--component-log-level`, e.g. `wasm:debug`.
+    pub component_log_level: Option<String>,
+    /// Extra environment (secrets for `host_env_keys`).
+    pub env: Vec<(String, String)>,
+    /// How long to wait for readiness.
+    pub ready_timeout: Duration,
+}
+
+impl EnvoyOptions {
+    /// Defaults: concurrency 2, log level info, 30 s to get ready.
+    pub fn new(dir: &Path) -> EnvoyOptions {
+        EnvoyOptions {
+            bin: envoy_bin(),
+            dir: dir.to_path_buf(),
+            concurrency: 2,
+            log_level: "info".to_string(),
+            component_log_level: None,
+            env: Vec::new(),
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    process: Process,
+    admin: String,
+    listeners: BTreeMap<String, u16>,
+    agent: ureq::Agent,
+}
+
+impl Envoy {
+    /// Writes `bootstrap` to `DIR/envoy.json`, starts Envoy and waits until it is ready and every
+    /// listener in the bootstrap is bound (their ports are read back from the admin API).
+    pub fn start(bootstrap: &Value, opts: &EnvoyOptions) -> Result<Envoy> {
+        fs::create_dir_all(&opts.dir)
+            .with_context(|| format!("creating {}", opts.dir.display()))?;
+        let config_path = opts.dir.join("envoy.json");
+        let admin_path = opts.dir.join("admin-address.txt");
+        let log_path = opts.dir.join("envoy.log");
+        let _ = fs::remove_file(&admin_path);
+        fs::write(&config_path, serde_json::to_string_pretty(bootstrap)?)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+
+        let mut cmd = Command::new(&opts.bin);
+        cmd.arg("-c")
+            .arg(&config_path)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--concurrency")
+            .arg(opts.concurrency.to_string())
+            .arg("--log-level")
+            .arg(&opts.log_level)
+            .arg("--log-path")
+            .arg(&log_path)
+            // Several Envoys on one machine: no shared memory for hot restart.
+            .arg("--disable-hot-restart")
+            .arg("--file-flush-interval-msec")
+            .arg("100");
+        if let Some(c) = &opts.component_log_level {
+            cmd.arg("--component-log-level").arg(c);
+        }
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
+        let mut process = Process::spawn("envoy", cmd, &opts.dir.join("envoy.stdout.log"))
+            .with_context(|| {
+                format!(
+                    "{} (install it with harness/setup.sh, or set ENVOY_BIN)",
+                    opts.bin.display()
+                )
+            })?;
+
+        let wanted: Vec<String> = bootstrap["static_resources"]["listeners"]
+            .as_array()
+            .map(|ls| {
+                ls.iter()
+                    .filter_map(|l| l["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let agent = crate::local_agent(Duration::from_secs(5));
+        let ready = poll(opts.ready_timeout, || {
+            if !process.is_running() {
+                return Err(anyhow!("envoy exited"));
+            }
+            let Ok(addr) = fs::read_to_string(&admin_path) else {
+                return Ok(None);
+            };
+            let admin = format!("http://{}", addr.trim());
+            // Errors here mean "not yet": the admin listener may still be coming up.
+            if !get(&agent, &format!("{admin}/ready")).is_ok_and(|(status, _)| status == 200) {
+                return Ok(None);
+            }
+            let Ok((_, body)) = get(&agent, &format!("{admin}/listeners?format=json")) else {
+                return Ok(None);
+            };
+            let ports = listener_ports(&body)?;
+            if wanted.iter().all(|w| ports.get(w).is_some_and(|&p| p != 0)) {
+                Ok(Some((admin, ports)))
+            } else {
+                Ok(None)
+            }
+        });
+        let (admin, listeners) = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                let status = if process.is_running() {
+                    String::new()
+                } else {
+                    " (envoy exited)".to_string()
+                };
+                bail!(
+                    "envoy not ready{status}: {e:#}\n--- {} (warnings and errors, then the last lines) ---\n{}",
+                    log_path.display(),
+                    log_excerpt(&log_path)
+                );
+            }
+        };
+        Ok(Envoy {
+            process,
+            admin,
+            listeners,
+            agent,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT` of the admin API.
+    pub fn admin_url(&self) -> &str {
+        &self.admin
+    }
+
+    /// The port a listener is bound to.
+    pub fn listener_port(&self, name: &str) -> Option<u16> {
+        self.listeners.get(name).copied()
+    }
+
+    /// All listeners and their ports.
+    pub fn listener_ports(&self) -> &BTreeMap<String, u16> {
+        &self.listeners
+    }
+
+    /// GET on the admin API (`path` starts with `/`); fails unless 200.
+    pub fn admin_get(&self, path: &str) -> Result<String> {
+        let (status, body) = get(&self.agent, &format!("{}{path}", self.admin))?;
+        if status != 200 {
+            bail!("admin {path}: status {status}: {body}");
+        }
+        Ok(body)
+    }
+
+    /// POST on the admin API, e.g. `/logging?wasm=debug`.
+    pub fn admin_post(&self, path: &str) -> Result<String> {
+        let mut resp = self
+            .agent
+            .post(&format!("{}{path}", self.admin))
+            .send_empty()
+            .with_context(|| format!("admin POST {path}"))?;
+        let body = resp.body_mut().read_to_string()?;
+        if resp.status() != 200 {
+            bail!("admin POST {path}: status {}: {body}", resp.status());
+        }
+        Ok(body)
+    }
+
+    /// Counters and gauges from `/stats`.
+    pub fn stats(&self) -> Result<HashMap<String, u64>> {
+        let body = self.admin_get("/stats?format=json")?;
+        let json: Value = serde_json::from_str(&body).context("parsing /stats")?;
+        let mut out = HashMap::new();
+        for stat in json["stats"].as_array().into_iter().flatten() {
+            if let (Some(name), Some(value)) = (stat["name"].as_str(), stat["value"].as_u64()) {
+                out.insert(name.to_string(), value);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The log file (`--log-path`), flushed on the fly.
+    pub fn log_path(&self) -> PathBuf {
+        self.process
+            .log_path()
+            .with_file_name("envoy.log")
+            .to_path_buf()
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> Result<String> {
+        read_lossy(&self.log_path())
+    }
+
+    /// Whether Envoy still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// Stops Envoy (also done on drop).
+    pub fn stop(&mut self) {
+        self.process.stop(Duration::from_secs(5));
+    }
+}
+
+/// The warning-and-worse lines of an Envoy log (at most 20), then its last 5 lines.
+pub fn log_excerpt(path: &Path) -> String {
+    let Ok(log) = read_lossy(path) else {
+        return format!("(cannot read {})", path.display());
+    };
+    let lines: Vec<&str> = log.lines().collect();
+    let problems: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| {
+            ["][warning][", "][error][", "][critical]["]
+                .iter()
+                .any(|m| l.contains(m))
+        })
+        .collect();
+    let mut out: Vec<&str> = problems[problems.len().saturating_sub(20)..].to_vec();
+    out.push("...");
+    out.extend_from_slice(&lines[lines.len().saturating_sub(5)..]);
+    out.join("\n")
+}
+
+/// `envoy --mode validate -c CONFIG`; the error carries Envoy's output.
+pub fn validate(bin: &Path, config: &Path, cwd: &Path) -> Result<()> {
+    let out = Command::new(bin)
+        .arg("--mode")
+        .arg("validate")
+        .arg("-c")
+        .arg(config)
+        .arg("--disable-hot-restart")
+        .arg("--log-level")
+        .arg("warn")
+        .current_dir(cwd)
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "envoy --mode validate -c {} failed ({}):\n{}{}",
+            config.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn get(agent: &ureq::Agent, url: &str) -> Result<(u16, String)> {
+    let mut resp = agent
+        .get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    let body = resp.body_mut().read_to_string()?;
+    Ok((resp.status().as_u16(), body))
+}
+
+fn listener_ports(body: &str) -> Result<BTreeMap<String, u16>> {
+    let json: Value = serde_json::from_str(body).context("parsing /listeners")?;
+    let mut out = BTreeMap::new();
+    for l in json["listener_statuses"].as_array().into_iter().flatten() {
+        let port = l["local_address"]["socket_address"]["port_value"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok());
+        if let (Some(name), Some(port)) = (l["name"].as_str(), port) {
+            out.insert(name.to_string(), port);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_names() {
+        assert_eq!(
+            cluster_name("http://127.0.0.1:9000").unwrap(),
+            "outbound|9000||127.0.0.1"
+        );
+        assert_eq!(
+            cluster_name("https://idp.example.com/realms/x").unwrap(),
+            "outbound|443||idp.example.com"
+        );
+        assert!(cluster_name("idp.example.com").is_err());
+    }
+
+    #[test]
+    fn yaml_scalars() {
+        assert_eq!(
+            yaml_scalar_str("envoy.filters.http.wasm"),
+            "envoy.filters.http.wasm"
+        );
+        assert_eq!(yaml_scalar_str("outbound|9000||x"), "\"outbound|9000||x\"");
+        assert_eq!(yaml_scalar_str("@type"), "\"@type\"");
+        assert_eq!(yaml_scalar_str("true"), "\"true\"");
+        assert_eq!(yaml_scalar_str("300s"), "300s");
+        assert_eq!(yaml_scalar_str("1.5"), "\"1.5\"");
+        assert_eq!(yaml_scalar_str(""), "\"\"");
+    }
+
+    #[test]
+    fn yaml_layout() {
+        let v =
+            json!({"a": [{"b": 1, "c": {"d": "x y"}, "name": "nm"}, "e", []], "f": {}, "g": false});
+        assert_eq!(
+            to_yaml(&v),
+            "a:\n  - name: nm\n    b: 1\n    c:\n      d: \"x y\"\n  - e\n  - []\nf: {}\ng: false\n"
+        );
+    }
+
+    #[test]
+    fn env_var_names_come_from_env_fields() {
+        let cfg =
+            json!({"client_secret_env": "A", "cookie_keys_env": "B", "issuer": "x", "x_env": 1});
+        let mut names = env_var_names(&cfg);
+        names.sort();
+        assert_eq!(names, ["A", "B"]);
+    }
+}

@@ -1,0 +1,248 @@
+//! The node programs in `harness/idp/`: the IdP (`oidc-provider`) and the sample app (`echo.mjs`).
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::process::Process;
+
+/// How long a node program may take to announce its port.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The IdP's configuration file (see `harness/idp/README.md`).
+#[derive(Clone, Debug)]
+pub struct IdpConfig {
+    /// Issuer URL: where clients reach the IdP (usually the fault proxy, not `port`).
+    pub issuer: String,
+    /// Port to listen on, on 127.0.0.1 (0: the OS picks).
+    pub port: u16,
+    /// Client registrations, see [`idp_client`].
+    pub clients: Vec<Value>,
+    /// Signing keys are kept here: loaded if the file exists, else generated and written.
+    pub jwks_file: Option<PathBuf>,
+}
+
+impl IdpConfig {
+    /// The JSON the IdP reads.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "issuer": self.issuer,
+            "port": self.port,
+            "clients": self.clients,
+        });
+        if let Some(f) = &self.jwks_file {
+            v["jwks_file"] = json!(f.to_string_lossy());
+        }
+        v
+    }
+}
+
+/// A client registration for an app served at `app_origin` (`http://localhost:PORT`):
+/// `client_secret_basic`, refresh tokens on, redirect URI `app_origin + callback_path`, post-logout
+/// redirect URI `app_origin + "/"`.
+pub fn idp_client(
+    client_id: &str,
+    client_secret: &str,
+    app_origin: &str,
+    callback_path: &str,
+) -> Value {
+    json!({
+        "client_id": client_id,
+        "client_secret": client_secret,
+        "redirect_uris": [format!("{app_origin}{callback_path}")],
+        "post_logout_redirect_uris": [format!("{app_origin}/")],
+        "token_endpoint_auth_method": "client_secret_basic",
+        "refresh": true,
+    })
+}
+
+/// The node binary: `$NODE_BIN`, else `node`.
+pub fn node_bin() -> PathBuf {
+    std::env::var_os("NODE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("node"))
+}
+
+/// `harness/idp`.
+pub fn idp_dir() -> PathBuf {
+    crate::workspace_root().join("harness/idp")
+}
+
+fn check_installed() -> Result<()> {
+    let marker = idp_dir().join("node_modules/oidc-provider/package.json");
+    if !marker.exists() {
+        bail!(
+            "{} is missing: run harness/setup.sh (or `npm ci` in harness/idp)",
+            marker.display()
+        );
+    }
+    Ok(())
+}
+
+/// A running IdP.
+pub struct Idp {
+    process: Process,
+    port: u16,
+}
+
+impl Idp {
+    /// Writes `DIR/idp.json` and starts the IdP, logging to `DIR/idp.log`.
+    pub fn start(config: &IdpConfig, dir: &Path) -> Result<Idp> {
+        check_installed()?;
+        fs::create_dir_all(dir)?;
+        let config_path = dir.join("idp.json");
+        fs::write(
+            &config_path,
+            serde_json::to_string_pretty(&config.to_json())?,
+        )
+        .with_context(|| format!("writing {}", config_path.display()))?;
+        let mut cmd = Command::new(node_bin());
+        cmd.arg(idp_dir().join("idp.mjs")).arg(&config_path);
+        let mut process = Process::spawn_with_handshake("idp", cmd, &dir.join("idp.log"))?;
+        let port = process.wait_for_port(START_TIMEOUT)?;
+        Ok(Idp { process, port })
+    }
+
+    /// The port it listens on (not the issuer's port when a proxy is in front).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Its log (requests, errors).
+    pub fn log(&self) -> Result<String> {
+        self.process.log()
+    }
+
+    /// Stops it (also done on drop).
+    pub fn stop(&mut self) {
+        self.process.stop(Duration::from_secs(2));
+    }
+}
+
+/// The running sample app.
+pub struct EchoApp {
+    process: Process,
+    port: u16,
+}
+
+impl EchoApp {
+    /// Starts `echo.mjs` on `port` (0: the OS picks), logging to `DIR/echo.log`.
+    pub fn start(port: u16, dir: &Path) -> Result<EchoApp> {
+        check_installed()?;
+        let mut cmd = Command::new(node_bin());
+        cmd.arg(idp_dir().join("echo.mjs")).arg(port.to_string());
+        let mut process = Process::spawn_with_handshake("echo", cmd, &dir.join("echo.log"))?;
+        let port = process.wait_for_port(START_TIMEOUT)?;
+        Ok(EchoApp { process, port })
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Its log.
+    pub fn log(&self) -> Result<String> {
+        self.process.log()
+    }
+}
+
+/// A PKCE pair `(verifier, S256 challenge)` from 32 random bytes.
+pub fn pkce_pair() -> Result<(String, String)> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let verifier = random_token(32)?;
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()));
+    Ok((verifier, challenge))
+}
+
+/// `n` random bytes as base64url (for `state`, `nonce`, PKCE verifiers).
+pub fn random_token(n: usize) -> Result<String> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let mut bytes = vec![0u8; n];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// How a client authenticates at the token endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic with the form-encoded id and secret.
+    Basic,
+    /// `client_id` and `client_secret` in the form.
+    Post,
+}
+
+/// POSTs `params` to the IdP's token endpoint (`issuer/token`) as a confidential client; returns
+/// the status and the JSON body.
+pub fn token_request(
+    issuer: &str,
+    client_id: &str,
+    client_secret: &str,
+    auth: ClientAuth,
+    params: &[(&str, &str)],
+) -> Result<(u16, Value)> {
+    use crate::browser::form_urlencode;
+    use base64::Engine as _;
+    let mut form: Vec<(&str, &str)> = params.to_vec();
+    let mut req = ureq::http::Request::builder()
+        .method("POST")
+        .uri(format!("{issuer}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("accept", "application/json");
+    match auth {
+        ClientAuth::Basic => {
+            // RFC 6749 section 2.3.1: form-encode each part before joining them.
+            let user = form_urlencode(&[("", client_id)]);
+            let pass = form_urlencode(&[("", client_secret)]);
+            let pair = format!("{}:{}", &user[1..], &pass[1..]);
+            let basic = base64::engine::general_purpose::STANDARD.encode(pair);
+            req = req.header("authorization", format!("Basic {basic}"));
+        }
+        ClientAuth::Post => {
+            form.push(("client_id", client_id));
+            form.push(("client_secret", client_secret));
+        }
+    }
+    let agent = crate::local_agent(Duration::from_secs(10));
+    let mut resp = agent
+        .run(req.body(form_urlencode(&form))?)
+        .with_context(|| format!("POST {issuer}/token"))?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string()?;
+    let json = serde_json::from_str(&text)
+        .with_context(|| format!("token response ({status}) is not JSON: {text}"))?;
+    Ok((status, json))
+}
+
+/// The payload of a JWT, decoded without any verification.
+pub fn jwt_payload(jwt: &str) -> Result<Value> {
+    use base64::Engine as _;
+    let payload = jwt
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("not a JWT: {jwt}"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .context("JWT payload is not base64url")?;
+    serde_json::from_slice(&bytes).context("JWT payload is not JSON")
+}

@@ -1,0 +1,660 @@
+//! Runs oidc-filter in a real Envoy against a real IdP and a sample app: the demo, the end-to-end
+//! tests (`harness/tests/`) and the benchmark.
+//!
+//! [`Stack::start`] brings up, in this order: the sample app, a [`FaultProxy`] (the issuer URL
+//! and Envoy's IdP cluster point at it), Envoy with one listener per site, then the IdP (whose
+//! client registrations need the sites' ports) behind the proxy. Processes die with the test
+//! binary, even when the stack lives in a `static OnceLock` and is never dropped.
+
+pub mod browser;
+pub mod envoy;
+pub mod idp;
+pub mod oci;
+pub mod process;
+pub mod proxy;
+pub mod webdriver;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+
+pub use browser::{Browser, Followed, Form, Response};
+pub use envoy::{AccessLog, Envoy, EnvoyConfig, EnvoyOptions, EnvoySite, VmEnv};
+pub use idp::{EchoApp, Idp, IdpConfig};
+pub use proxy::{FaultProxy, Mode};
+pub use webdriver::{Element, WebDriver};
+
+/// The cookie keys every stack gives the filter unless told otherwise (base64url of 32 bytes).
+pub const DEFAULT_COOKIE_KEYS: &str = "aGFybmVzcy1jb29raWUta2V5LTAwMDAwMDAwMDAwMDA";
+/// The variable holding the cookie keys.
+pub const COOKIE_KEYS_ENV: &str = "OIDC_COOKIE_KEYS";
+/// The filter's default callback path, for the IdP's `redirect_uris`.
+pub const DEFAULT_CALLBACK_PATH: &str = "/oauth2/callback";
+
+/// The workspace root (the parent of `harness/`).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// `$CARGO_TARGET_DIR` if set, else `target/` at the workspace root.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
+        Some(d) => workspace_root().join(d),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// The release build of the filter; an error says how to build it if it is missing.
+pub fn wasm_path() -> Result<PathBuf> {
+    let path = target_dir().join("wasm32-wasip1/release/oidc_filter.wasm");
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release --target wasm32-wasip1 -p oidc-filter`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A proxy-wasm module that lets everything through (`harness/testdata/passthrough.wat`, built
+/// with `wat2wasm` into the target directory): runs the generated Envoy configuration without
+/// the real filter, and gives the benchmark a baseline.
+pub fn passthrough_wasm() -> Result<PathBuf> {
+    let wat = workspace_root().join("harness/testdata/passthrough.wat");
+    let out = target_dir().join("e2e/passthrough.wasm");
+    if let Some(dir) = out.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    // Built under a private name and renamed: another test may be reading the file.
+    let tmp = out.with_extension(format!("wasm.{}", std::process::id()));
+    let status = std::process::Command::new("wat2wasm")
+        .arg(&wat)
+        .arg("-o")
+        .arg(&tmp)
+        .status()
+        .context("running wat2wasm (install wabt: harness/setup.sh)")?;
+    if !status.success() {
+        bail!("wat2wasm {} failed: {status}", wat.display());
+    }
+    fs::rename(&tmp, &out).with_context(|| format!("renaming to {}", out.display()))?;
+    Ok(out)
+}
+
+/// The environment variable holding a site's client secret: `OIDC_CLIENT_SECRET_<SITE>`
+/// (upper-cased, other characters than A-Z and 0-9 as `_`).
+pub fn client_secret_env(site: &str) -> String {
+    let suffix: String = site
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("OIDC_CLIENT_SECRET_{suffix}")
+}
+
+/// The filter configuration a site starts from: secrets from the environment (Istio's
+/// `vmConfig.env` with `valueFrom: HOST`), the IdP cluster named the Istio way.
+pub fn default_filter_config(issuer: &str, client_id: &str, site: &str) -> Result<Value> {
+    Ok(json!({
+        "issuer": issuer,
+        "client_id": client_id,
+        "client_secret_env": client_secret_env(site),
+        "cookie_keys_env": COOKIE_KEYS_ENV,
+        "idp_cluster": envoy::cluster_name(issuer)?,
+        "bypass_paths": ["/healthz", "/.well-known/acme-challenge/"],
+    }))
+}
+
+/// Applies a JSON merge patch (RFC 7386): objects merge recursively, `null` removes a key,
+/// anything else replaces.
+pub fn merge_json(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(map) = target {
+        for (k, v) in patch {
+            if v.is_null() {
+                map.remove(k);
+            } else {
+                merge_json(map.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// A blocking HTTP client for our loopback servers: no proxy from the environment, IPv4 only
+/// (so `localhost` is 127.0.0.1), no redirects followed, every status returned as a response.
+pub fn local_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .proxy(None)
+            .ip_family(ureq::config::IpFamily::Ipv4Only)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .allow_non_standard_methods(true)
+            .timeout_global(Some(timeout))
+            .build(),
+    )
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct StackSpec {
+    /// Names the work directory `target/e2e/<name>` (logs, generated configs); one per test binary.
+    pub name: String,
+    /// The sites, each its own listener and IdP client.
+    pub sites: Vec<SiteSpec>,
+    /// Envoy's `--log-level`.
+    pub envoy_log_level: String,
+    /// Envoy's `--component-log-level`, e.g. `wasm:debug`.
+    pub envoy_component_log_level: Option<String>,
+    /// Envoy's `--concurrency`.
+    pub concurrency: u32,
+    /// The value of `OIDC_COOKIE_KEYS` (comma-separated base64 keys).
+    pub cookie_keys: String,
+    /// The filter module; `None`: the release build ([`wasm_path`]).
+    pub wasm: Option<PathBuf>,
+    /// Fixed ports (the demo); `None`: the OS picks every port.
+    pub ports: Option<FixedPorts>,
+    /// Start the IdP; `false` leaves it down (the proxy refuses connections) until
+    /// [`Stack::start_idp`], to test a filter that starts without its IdP.
+    pub start_idp: bool,
+}
+
+impl Default for StackSpec {
+    fn default() -> Self {
+        StackSpec {
+            name: "default".into(),
+            sites: Vec::new(),
+            envoy_log_level: "info".into(),
+            envoy_component_log_level: None,
+            concurrency: 2,
+            cookie_keys: DEFAULT_COOKIE_KEYS.into(),
+            wasm: None,
+            ports: None,
+            start_idp: true,
+        }
+    }
+}
+
+impl StackSpec {
+    /// A spec named `name` with these sites and defaults otherwise.
+    pub fn new(name: &str, sites: Vec<SiteSpec>) -> StackSpec {
+        StackSpec {
+            name: name.into(),
+            sites,
+            ..StackSpec::default()
+        }
+    }
+}
+
+/// Fixed ports: site `i` listens on `first_site + i`.
+#[derive(Clone, Copy, Debug)]
+pub struct FixedPorts {
+    /// The first site's listener.
+    pub first_site: u16,
+    /// The issuer's port (the proxy in front of the IdP).
+    pub idp: u16,
+    /// The sample app.
+    pub echo: u16,
+}
+
+/// One site: a listener with the filter, and its client at the IdP.
+#[derive(Clone, Debug)]
+pub struct SiteSpec {
+    /// Listener name, stat prefix, and the suffix of `OIDC_CLIENT_SECRET_<SITE>`.
+    pub name: String,
+    /// The OAuth client id.
+    pub client_id: String,
+    /// The client secret (given to Envoy in `OIDC_CLIENT_SECRET_<SITE>` and to the IdP).
+    pub client_secret: String,
+    /// Merge patch over [`default_filter_config`].
+    pub filter_overrides: Value,
+    /// Merge patch over the IdP client registration ([`idp::idp_client`]), e.g.
+    /// `{"id_token_ttl": 5, "refresh": false}`.
+    pub idp_client_overrides: Value,
+    /// Put Istio's `jwt_authn` + `rbac` after the filter (default true).
+    pub istio_authn: bool,
+}
+
+impl SiteSpec {
+    /// Site `name`, client id `name`, client secret `secret-<name>`, no overrides.
+    pub fn new(name: &str) -> SiteSpec {
+        SiteSpec {
+            name: name.into(),
+            client_id: name.into(),
+            client_secret: format!("secret-{name}"),
+            filter_overrides: json!({}),
+            idp_client_overrides: json!({}),
+            istio_authn: true,
+        }
+    }
+
+    /// With a merge patch over the filter configuration.
+    pub fn filter(mut self, overrides: Value) -> SiteSpec {
+        merge_json(&mut self.filter_overrides, &overrides);
+        self
+    }
+
+    /// With a merge patch over the IdP client registration.
+    pub fn idp_client(mut self, overrides: Value) -> SiteSpec {
+        merge_json(&mut self.idp_client_overrides, &overrides);
+        self
+    }
+}
+
+/// A started site.
+#[derive(Clone, Debug)]
+pub struct Site {
+    /// Its name.
+    pub name: String,
+    /// The listener port.
+    pub port: u16,
+    /// The OAuth client id.
+    pub client_id: String,
+    /// The client secret.
+    pub client_secret: String,
+    /// The filter configuration Envoy was given.
+    pub filter_config: Value,
+    /// The client registration the IdP was given.
+    pub idp_client: Value,
+}
+
+impl Site {
+    /// `http://localhost:PORT`.
+    pub fn origin(&self) -> String {
+        format!("http://localhost:{}", self.port)
+    }
+
+    /// `http://localhost:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin())
+    }
+}
+
+/// A running stack. Everything stops on drop, and at the latest when the process exits.
+pub struct Stack {
+    dir: PathBuf,
+    sites: Vec<Site>,
+    issuer: String,
+    idp_config: IdpConfig,
+    idp: Mutex<Option<Idp>>,
+    proxy: FaultProxy,
+    envoy: Envoy,
+    echo: EchoApp,
+}
+
+impl Stack {
+    /// Starts the stack (see the crate docs for the order). Fails with the tail of the failing
+    /// process's log.
+    pub fn start(spec: StackSpec) -> Result<Stack> {
+        if spec.sites.is_empty() {
+            bail!("a stack needs at least one site");
+        }
+        let dir = target_dir().join("e2e").join(&spec.name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let wasm = match &spec.wasm {
+            Some(w) => w.clone(),
+            None => wasm_path()?,
+        };
+
+        let echo = EchoApp::start(spec.ports.map_or(0, |p| p.echo), &dir)?;
+        let proxy = FaultProxy::bind(SocketAddr::from((
+            [127, 0, 0, 1],
+            spec.ports.map_or(0, |p| p.idp),
+        )))?;
+        // Until the IdP is up, connections are refused rather than closed without a target.
+        proxy.set_mode(Mode::Refuse);
+        let issuer = proxy.url();
+
+        let mut env = vec![(COOKIE_KEYS_ENV.to_string(), spec.cookie_keys.clone())];
+        let mut envoy_sites = Vec::new();
+        for (i, s) in spec.sites.iter().enumerate() {
+            let mut filter_config = default_filter_config(&issuer, &s.client_id, &s.name)?;
+            merge_json(&mut filter_config, &s.filter_overrides);
+            env.push((client_secret_env(&s.name), s.client_secret.clone()));
+            let port = match spec.ports {
+                Some(p) => p
+                    .first_site
+                    .checked_add(u16::try_from(i)?)
+                    .ok_or_else(|| anyhow!("port overflow"))?,
+                None => 0,
+            };
+            let mut site = EnvoySite::new(&s.name, port, &s.client_id, filter_config);
+            site.istio_authn = s.istio_authn;
+            envoy_sites.push(site);
+        }
+        let config = EnvoyConfig {
+            wasm_path: wasm,
+            issuer: issuer.clone(),
+            jwks_uri: format!("{issuer}/jwks"),
+            app_port: echo.port(),
+            admin_port: 0,
+            access_log: AccessLog::File(dir.join("access.log")),
+            sites: envoy_sites.clone(),
+        };
+        let mut opts = EnvoyOptions::new(&dir);
+        opts.concurrency = spec.concurrency;
+        opts.log_level = spec.envoy_log_level.clone();
+        opts.component_log_level = spec.envoy_component_log_level.clone();
+        opts.env = env;
+        let envoy = Envoy::start(&config.render()?, &opts)?;
+
+        let mut sites = Vec::new();
+        for (s, e) in spec.sites.iter().zip(&envoy_sites) {
+            let port = envoy
+                .listener_port(&s.name)
+                .ok_or_else(|| anyhow!("envoy has no listener {}", s.name))?;
+            let origin = format!("http://localhost:{port}");
+            let callback = e
+                .filter_config
+                .get("callback_path")
+                .and_then(Value::as_str)
+                .unwrap_or(DEFAULT_CALLBACK_PATH);
+            let mut client = idp::idp_client(&s.client_id, &s.client_secret, &origin, callback);
+            if let Some(uri) = e.filter_config.get("redirect_uri").and_then(Value::as_str) {
+                client["redirect_uris"] = json!([uri]);
+            }
+            merge_json(&mut client, &s.idp_client_overrides);
+            sites.push(Site {
+                name: s.name.clone(),
+                port,
+                client_id: s.client_id.clone(),
+                client_secret: s.client_secret.clone(),
+                filter_config: e.filter_config.clone(),
+                idp_client: client,
+            });
+        }
+
+        let idp_config = IdpConfig {
+            issuer: issuer.clone(),
+            port: 0,
+            clients: sites.iter().map(|s| s.idp_client.clone()).collect(),
+            jwks_file: Some(dir.join("idp-jwks.json")),
+        };
+        let stack = Stack {
+            dir,
+            sites,
+            issuer,
+            idp_config,
+            idp: Mutex::new(None),
+            proxy,
+            envoy,
+            echo,
+        };
+        if spec.start_idp {
+            stack.start_idp()?;
+        }
+        Ok(stack)
+    }
+
+    /// The site called `name`.
+    pub fn site(&self, name: &str) -> Result<&Site> {
+        self.sites.iter().find(|s| s.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.sites.iter().map(|s| s.name.as_str()).collect();
+            anyhow!("no site {name:?}; sites: {names:?}")
+        })
+    }
+
+    /// All sites, in spec order.
+    pub fn sites(&self) -> &[Site] {
+        &self.sites
+    }
+
+    /// The issuer URL (`http://127.0.0.1:PORT`, the proxy).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Issuer + `path`, e.g. `/.well-known/openid-configuration`.
+    pub fn idp_url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer)
+    }
+
+    /// The fault proxy in front of the IdP.
+    pub fn idp_proxy(&self) -> &FaultProxy {
+        &self.proxy
+    }
+
+    /// The address the IdP itself listens on, if it runs.
+    pub fn idp_addr(&self) -> Option<SocketAddr> {
+        self.lock_idp().as_ref().map(Idp::addr)
+    }
+
+    /// Starts the IdP (if it is not running) and points the proxy at it in [`Mode::Forward`].
+    /// Signing keys persist in the work directory across restarts.
+    pub fn start_idp(&self) -> Result<()> {
+        let mut idp = self.lock_idp();
+        if idp.is_none() {
+            let started = Idp::start(&self.idp_config, &self.dir)?;
+            self.proxy.set_target(Some(started.addr()));
+            *idp = Some(started);
+        }
+        self.proxy.set_mode(Mode::Forward);
+        Ok(())
+    }
+
+    /// Stops the IdP; the proxy then refuses connections (its mode is left as it was, and
+    /// [`Mode::Forward`] without a target closes every connection).
+    pub fn stop_idp(&self) {
+        if let Some(mut idp) = self.lock_idp().take() {
+            idp.stop();
+        }
+        self.proxy.set_target(None);
+    }
+
+    /// Restarts the IdP: same keys and clients, but sessions, codes and tokens are gone (it
+    /// keeps them in memory).
+    pub fn restart_idp(&self) -> Result<()> {
+        self.stop_idp();
+        self.start_idp()
+    }
+
+    /// Restarts the IdP with new signing keys (new `kid`s), as after a key rotation.
+    pub fn rotate_idp_keys(&self) -> Result<()> {
+        self.stop_idp();
+        if let Some(f) = &self.idp_config.jwks_file {
+            let _ = fs::remove_file(f);
+        }
+        self.start_idp()
+    }
+
+    /// The IdP's log (one line per request, errors).
+    pub fn idp_log(&self) -> Result<String> {
+        process::read_lossy(&self.dir.join("idp.log"))
+    }
+
+    /// The Envoy process (admin API, listener ports).
+    pub fn envoy(&self) -> &Envoy {
+        &self.envoy
+    }
+
+    /// Counters and gauges from Envoy's `/stats`.
+    pub fn envoy_stats(&self) -> Result<HashMap<String, u64>> {
+        self.envoy.stats()
+    }
+
+    /// Envoy's log so far.
+    pub fn envoy_log(&self) -> Result<String> {
+        self.envoy.log()
+    }
+
+    /// Polls Envoy's log until it contains `needle` (e.g. the filter reporting its discovery
+    /// document loaded); the error carries the log's tail.
+    pub fn wait_for_envoy_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        process::poll(timeout, || {
+            Ok(self.envoy.log()?.contains(needle).then_some(()))
+        })
+        .map_err(|e| {
+            e.context(format!(
+                "envoy log has no {needle:?}; last lines:\n{}",
+                process::log_tail(&self.envoy.log_path(), 30)
+            ))
+        })
+    }
+
+    /// Polls Envoy's stats until `name` is at least `min`; returns its value.
+    pub fn wait_for_stat(&self, name: &str, min: u64, timeout: Duration) -> Result<u64> {
+        process::poll(timeout, || {
+            Ok(self.envoy.stats()?.get(name).copied().filter(|&v| v >= min))
+        })
+        .with_context(|| format!("stat {name} did not reach {min}"))
+    }
+
+    /// Envoy's access log so far.
+    pub fn access_log(&self) -> Result<String> {
+        process::read_lossy(&self.dir.join("access.log"))
+    }
+
+    /// The sample app's direct URL (bypassing Envoy).
+    pub fn echo_url(&self) -> String {
+        self.echo.url()
+    }
+
+    /// The work directory: generated configs and every log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock_idp(&self) -> MutexGuard<'_, Option<Idp>> {
+        self.idp.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The demo's fixed setup: site `demo` on port 8080, the IdP at 127.0.0.1:9000, the app at
+/// 127.0.0.1:9001.
+pub mod demo {
+    use super::*;
+
+    /// The demo client id.
+    pub const CLIENT_ID: &str = "demo";
+    /// The demo client secret (a demo: inline, unlike a real deployment).
+    pub const CLIENT_SECRET: &str = "demo-secret";
+    /// The issuer.
+    pub const ISSUER: &str = "http://127.0.0.1:9000";
+    /// Ports.
+    pub const PORTS: FixedPorts = FixedPorts {
+        first_site: 8080,
+        idp: 9000,
+        echo: 9001,
+    };
+
+    /// The stack the `demo` command runs.
+    pub fn stack_spec() -> StackSpec {
+        let mut site = SiteSpec::new(CLIENT_ID);
+        site.client_secret = CLIENT_SECRET.into();
+        StackSpec {
+            name: "demo".into(),
+            sites: vec![site],
+            ports: Some(PORTS),
+            ..StackSpec::default()
+        }
+    }
+
+    /// The bootstrap of `wasmplugin/envoy.yaml`: the release module by relative path (run Envoy
+    /// from the workspace root), secrets inline in `key_values`, access log on stdout.
+    pub fn envoy_config() -> Result<EnvoyConfig> {
+        let filter_config = default_filter_config(ISSUER, CLIENT_ID, CLIENT_ID)?;
+        let mut site = EnvoySite::new(CLIENT_ID, PORTS.first_site, CLIENT_ID, filter_config);
+        site.vm_env = VmEnv {
+            host_env_keys: Vec::new(),
+            key_values: BTreeMap::from([
+                (client_secret_env(CLIENT_ID), CLIENT_SECRET.to_string()),
+                (COOKIE_KEYS_ENV.to_string(), DEFAULT_COOKIE_KEYS.to_string()),
+            ]),
+        };
+        Ok(EnvoyConfig {
+            wasm_path: PathBuf::from("target/wasm32-wasip1/release/oidc_filter.wasm"),
+            issuer: ISSUER.into(),
+            jwks_uri: format!("{ISSUER}/jwks"),
+            app_port: PORTS.echo,
+            admin_port: 9901,
+            access_log: AccessLog::Stdout,
+            sites: vec![site],
+        })
+    }
+
+    /// `wasmplugin/envoy.yaml` as it should read.
+    pub fn envoy_yaml() -> Result<String> {
+        let header = "# Generated by `cargo run -p harness -- envoy-config`; do not edit.\n\
+# The demo without the harness: from the workspace root, start the IdP\n\
+# (`node harness/idp/idp.mjs harness/idp/demo.json`), the app (`node harness/idp/echo.mjs 9001`) and\n\
+# `envoy -c wasmplugin/envoy.yaml`, then open http://localhost:8080/ and log in as alice.\n";
+        Ok(format!(
+            "{header}{}",
+            envoy::to_yaml(&envoy_config()?.render()?)
+        ))
+    }
+
+    /// `harness/idp/demo.json`: the IdP of `wasmplugin/envoy.yaml`, on port 9000.
+    pub fn idp_config() -> Value {
+        let origin = format!("http://localhost:{}", PORTS.first_site);
+        let mut v = IdpConfig {
+            issuer: ISSUER.into(),
+            port: PORTS.idp,
+            clients: vec![idp::idp_client(
+                CLIENT_ID,
+                CLIENT_SECRET,
+                &origin,
+                DEFAULT_CALLBACK_PATH,
+            )],
+            jwks_file: None,
+        }
+        .to_json();
+        v["comment"] = json!("Generated by `cargo run -p harness -- idp-config`; do not edit.");
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch() {
+        let mut v = json!({"a": 1, "b": {"c": 2, "d": 3}, "e": [1]});
+        merge_json(
+            &mut v,
+            &json!({"a": null, "b": {"c": 4}, "e": [2], "f": "x"}),
+        );
+        assert_eq!(v, json!({"b": {"c": 4, "d": 3}, "e": [2], "f": "x"}));
+    }
+
+    #[test]
+    fn secret_env_names() {
+        assert_eq!(client_secret_env("site-a"), "OIDC_CLIENT_SECRET_SITE_A");
+    }
+
+    #[test]
+    fn default_cookie_key_has_32_bytes() {
+        use base64::Engine as _;
+        let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(DEFAULT_COOKIE_KEYS)
+            .unwrap();
+        assert_eq!(key.len(), 32);
+    }
+
+    #[test]
+    fn stack_is_shareable() {
+        fn assert_sync<T: Sync + Send>() {}
+        assert_sync::<Stack>();
+        assert_sync::<Browser>();
+    }
+}

@@ -1,0 +1,418 @@
+//! A TCP proxy in front of the IdP whose behaviour tests switch at runtime to inject faults.
+//!
+//! It listens before the IdP exists (so the issuer URL and Envoy's IdP cluster can name it) and
+//! forwards to a target set later. Switching the mode closes every open connection: Envoy pools
+//! upstream connections, and a pooled connection must not keep the old behaviour.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// What the proxy does with each new connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward bytes both ways to the target (closes the connection if there is no target).
+    Forward,
+    /// Accept, then close at once.
+    Refuse,
+    /// Accept and read, never answer.
+    Hang,
+    /// Answer every HTTP request with this response (then close the connection).
+    Respond {
+        /// Status code.
+        status: u16,
+        /// Content-Type header.
+        content_type: String,
+        /// Body.
+        body: String,
+    },
+    /// Forward, holding each chunk the client sends (in practice: each request) for this long.
+    Delay(Duration),
+}
+
+impl Mode {
+    /// A canned response.
+    pub fn respond(status: u16, content_type: &str, body: &str) -> Mode {
+        Mode::Respond {
+            status,
+            content_type: content_type.to_string(),
+            body: body.to_string(),
+        }
+    }
+}
+
+/// The fault-injecting proxy. Stops (and closes its connections) on drop.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    mode: Mutex<Mode>,
+    target: Mutex<Option<SocketAddr>>,
+    open: Mutex<HashMap<u64, Vec<TcpStream>>>,
+    next_id: AtomicU64,
+    accepted: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl FaultProxy {
+    /// Listens on 127.0.0.1 on a port the OS picks, in [`Mode::Forward`] without a target.
+    pub fn start() -> Result<FaultProxy> {
+        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Listens on `addr`.
+    pub fn bind(addr: SocketAddr) -> Result<FaultProxy> {
+        let listener = TcpListener::bind(addr).with_context(|| format!("proxy: binding {addr}"))?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            mode: Mutex::new(Mode::Forward),
+            target: Mutex::new(None),
+            open: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        let shared = Arc::clone(&inner);
+        thread::Builder::new()
+            .name(format!("proxy-{}", addr.port()))
+            .spawn(move || accept_loop(listener, shared))?;
+        Ok(FaultProxy { addr, inner })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Where [`Mode::Forward`] and [`Mode::Delay`] connect to. Closes open connections.
+    pub fn set_target(&self, target: Option<SocketAddr>) {
+        *lock(&self.inner.target) = target;
+        self.close_connections();
+    }
+
+    /// The current target.
+    pub fn target(&self) -> Option<SocketAddr> {
+        *lock(&self.inner.target)
+    }
+
+    /// Switches the mode for new connections and closes the open ones.
+    pub fn set_mode(&self, mode: Mode) {
+        *lock(&self.inner.mode) = mode;
+        self.close_connections();
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> Mode {
+        lock(&self.inner.mode).clone()
+    }
+
+    /// How many connections it has accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.inner.accepted.load(Ordering::SeqCst)
+    }
+
+    /// How many connections are open now.
+    pub fn open_connections(&self) -> usize {
+        lock(&self.inner.open).len()
+    }
+
+    /// Closes every open connection (both sides).
+    pub fn close_connections(&self) {
+        let open = std::mem::take(&mut *lock(&self.inner.open));
+        for stream in open.values().flatten() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        self.close_connections();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
+    for stream in listener.incoming() {
+        if inner.stopped.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        inner.accepted.fetch_add(1, Ordering::SeqCst);
+        let id = inner.next_id.fetch_add(1, Ordering::SeqCst);
+        let shared = Arc::clone(&inner);
+        let _ = thread::Builder::new()
+            .name(format!("proxy-conn-{id}"))
+            .spawn(move || {
+                handle(&shared, id, stream);
+                lock(&shared.open).remove(&id);
+            });
+    }
+}
+
+fn track(inner: &Inner, id: u64, stream: &TcpStream) {
+    if let Ok(clone) = stream.try_clone() {
+        lock(&inner.open).entry(id).or_default().push(clone);
+    }
+}
+
+fn handle(inner: &Inner, id: u64, client: TcpStream) {
+    let _ = client.set_nodelay(true);
+    // Track before reading the mode: a switch in between then closes this connection.
+    track(inner, id, &client);
+    let mode = lock(&inner.mode).clone();
+    match mode {
+        Mode::Refuse => {
+            let _ = client.shutdown(Shutdown::Both);
+        }
+        Mode::Hang => {
+            let _ = io::copy(&mut &client, &mut io::sink());
+        }
+        Mode::Respond {
+            status,
+            content_type,
+            body,
+        } => respond(client, status, &content_type, &body),
+        Mode::Forward => forward(inner, id, client, None),
+        Mode::Delay(delay) => forward(inner, id, client, Some(delay)),
+    }
+}
+
+fn forward(inner: &Inner, id: u64, client: TcpStream, delay: Option<Duration>) {
+    let target = *lock(&inner.target);
+    let upstream = target.and_then(|t| TcpStream::connect_timeout(&t, Duration::from_secs(2)).ok());
+    let Some(upstream) = upstream else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    let _ = upstream.set_nodelay(true);
+    track(inner, id, &upstream);
+    let (Ok(client_read), Ok(upstream_write)) = (client.try_clone(), upstream.try_clone()) else {
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = upstream.shutdown(Shutdown::Both);
+        return;
+    };
+    let back = thread::Builder::new()
+        .name(format!("proxy-back-{id}"))
+        .spawn(move || pump(upstream, client, None));
+    pump(client_read, upstream_write, delay);
+    if let Ok(back) = back {
+        let _ = back.join();
+    }
+}
+
+/// Copies `from` to `to` until either side ends, then closes both.
+fn pump(mut from: TcpStream, mut to: TcpStream, delay: Option<Duration>) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(d) = delay {
+            thread::sleep(d);
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+fn respond(mut client: TcpStream, status: u16, content_type: &str, body: &str) {
+    if read_request(&mut client).is_err() {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    }
+    let response = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        reason(status),
+        body.len(),
+    );
+    let _ = client.write_all(response.as_bytes());
+    let _ = client.flush();
+    let _ = client.shutdown(Shutdown::Write);
+    // Let the peer read the response before the socket goes away.
+    let _ = client.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = io::copy(&mut client, &mut io::sink());
+}
+
+/// Reads one HTTP/1.1 request (head, and a body by Content-Length or chunked encoding).
+fn read_request(stream: &mut TcpStream) -> io::Result<()> {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(pos) = find(&data, b"\r\n\r\n") {
+            break pos + 4;
+        }
+        if data.len() > 64 * 1024 {
+            return Err(io::Error::other("request head too large"));
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+            .map(|v| v.trim().to_string())
+    };
+    let chunked = header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    loop {
+        let body = &data[head_end..];
+        let complete = if chunked {
+            find(body, b"0\r\n\r\n").is_some()
+        } else {
+            body.len() >= length
+        };
+        if complete {
+            return Ok(());
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(addr: SocketAddr) -> io::Result<String> {
+        get_within(addr, Duration::from_secs(2))
+    }
+
+    fn get_within(addr: SocketAddr, timeout: Duration) -> io::Result<String> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    /// A one-shot upstream that answers every connection with "upstream".
+    fn upstream() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                thread::spawn(move || {
+                    let _ = read_request(&mut s);
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nupstream",
+                    );
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn modes() {
+        let proxy = FaultProxy::start().unwrap();
+        // Forward without a target closes.
+        assert_eq!(get(proxy.addr()).unwrap(), "");
+        proxy.set_target(Some(upstream()));
+        assert!(get(proxy.addr()).unwrap().ends_with("upstream"));
+
+        proxy.set_mode(Mode::Refuse);
+        assert_eq!(get(proxy.addr()).unwrap_or_default(), "");
+
+        proxy.set_mode(Mode::respond(503, "text/plain", "down"));
+        let out = get(proxy.addr()).unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("\r\n\r\ndown"));
+
+        proxy.set_mode(Mode::Delay(Duration::from_millis(300)));
+        let t = std::time::Instant::now();
+        assert!(get(proxy.addr()).unwrap().ends_with("upstream"));
+        assert!(t.elapsed() >= Duration::from_millis(300));
+
+        proxy.set_mode(Mode::Hang);
+        let err = get_within(proxy.addr(), Duration::from_millis(300)).unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "{err}"
+        );
+        assert!(proxy.accepted() >= 6);
+    }
+
+    #[test]
+    fn switching_mode_closes_open_connections() {
+        let proxy = FaultProxy::start().unwrap();
+        proxy.set_mode(Mode::Hang);
+        let mut s = TcpStream::connect(proxy.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        // Wait until the proxy has registered the connection.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while proxy.open_connections() == 0 && std::time::Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        proxy.set_mode(Mode::Forward);
+        let mut out = Vec::new();
+        assert_eq!(s.read_to_end(&mut out).unwrap(), 0);
+    }
+}

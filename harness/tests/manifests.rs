@@ -1,0 +1,1266 @@
+//! The Istio manifests in `wasmplugin/`: every resource, raw and as kustomize builds it, against Istio's CRD
+//! schemas (`../shared/istio`, beside the repository), the CEL rules of those schemas checked by hand, and
+//! the cross-resource facts the filter relies on (secrets only through `vmConfig.env`, bypass paths equal to
+//! the policy's `notPaths`, the IdP cluster the callouts name exists, the pluginConfig the filter accepts and
+//! the local Envoy tests use).
+//!
+//! The schema check is a small structural-schema validator (types, properties, unknown fields, required,
+//! enum, pattern, lengths, bounds, list maps, anyOf/oneOf/allOf/not) rather than a JSON-Schema crate: the
+//! CRDs use a subset, and the API server's own rules (unknown fields rejected, `x-kubernetes-*`) are not
+//! JSON Schema anyway. Every CEL rule met on the way must have a hand-written equivalent here, so a new
+//! rule in a newer schema fails the test until someone reads it.
+
+// Test helpers panic on purpose: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use oidc_filter::config::Config;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+const ENV_SECRET: &str = "OIDC_CLIENT_SECRET";
+const ENV_KEYS: &str = "OIDC_COOKIE_KEYS";
+/// The kustomizations users deploy (the base alone has no IdP cluster; `kind/apps` holds no Istio policy).
+const DEPLOYABLE: [&str; 3] = ["overlays/example", "overlays/in-cluster", "kind"];
+/// Everything kustomize can build here.
+const BUILDS: [&str; 5] = [
+    "base",
+    "overlays/example",
+    "overlays/in-cluster",
+    "kind",
+    "kind/apps",
+];
+/// pluginConfig fields that name the environment (which IdP, which client, where, how the browser reaches
+/// it); everything else must be the same in every overlay and in the local Envoy tests.
+const ENVIRONMENT_FIELDS: [&str; 5] = [
+    "issuer",
+    "client_id",
+    "client_secret_env",
+    "idp_cluster",
+    "cookie_secure",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn wasmplugin_dir() -> PathBuf {
+    root().join("wasmplugin")
+}
+
+/// YAML documents as JSON values (empty documents dropped).
+fn yaml_docs(text: &str, origin: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{origin}: not YAML: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn read_yaml(path: &Path) -> Vec<Value> {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    yaml_docs(&text, &path.display().to_string())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// CRDs and the structural-schema validator
+
+struct Crd {
+    group: String,
+    /// (version, served, storage, openAPIV3Schema)
+    versions: Vec<(String, bool, bool, Value)>,
+}
+
+fn crds() -> &'static BTreeMap<String, Crd> {
+    static CRDS: OnceLock<BTreeMap<String, Crd>> = OnceLock::new();
+    CRDS.get_or_init(|| {
+        let dir = root().join("../shared/istio");
+        let mut out = BTreeMap::new();
+        let entries = fs::read_dir(&dir).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the CRD schemas live in shared/ beside the repository)",
+                dir.display()
+            )
+        });
+        for entry in entries {
+            let path = entry.expect("dir entry").path();
+            if !path.to_string_lossy().ends_with(".crd.yaml") {
+                continue;
+            }
+            for crd in read_yaml(&path) {
+                let spec = &crd["spec"];
+                let versions = spec["versions"]
+                    .as_array()
+                    .expect("versions")
+                    .iter()
+                    .map(|v| {
+                        (
+                            v["name"].as_str().expect("version name").to_string(),
+                            v["served"] == true,
+                            v["storage"] == true,
+                            v["schema"]["openAPIV3Schema"].clone(),
+                        )
+                    })
+                    .collect();
+                out.insert(
+                    spec["names"]["kind"].as_str().expect("kind").to_string(),
+                    Crd {
+                        group: spec["group"].as_str().expect("group").to_string(),
+                        versions,
+                    },
+                );
+            }
+        }
+        assert!(
+            out.contains_key("WasmPlugin"),
+            "no WasmPlugin CRD in {}",
+            dir.display()
+        );
+        out
+    })
+}
+
+fn is_istio(doc: &Value) -> bool {
+    doc["kind"].as_str().is_some_and(|k| crds().contains_key(k))
+        && doc["apiVersion"]
+            .as_str()
+            .is_some_and(|a| a.contains(".istio.io/"))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A whole resource, as `kubectl apply --validate=strict` would see it.
+    Full,
+    /// A patch: fields may be missing, but what is there must be valid.
+    Partial,
+}
+
+/// Validates an Istio resource against its CRD; returns the problems.
+fn validate_resource(doc: &Value, mode: Mode) -> Vec<String> {
+    let mut errors = Vec::new();
+    let kind = doc["kind"].as_str().unwrap_or_default();
+    let Some(crd) = crds().get(kind) else {
+        return vec![format!("no CRD for kind {kind:?}")];
+    };
+    let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+    let Some((group, version)) = api_version.split_once('/') else {
+        return vec![format!("apiVersion {api_version:?} is not GROUP/VERSION")];
+    };
+    if group != crd.group {
+        errors.push(format!("{kind}: group {group}, the CRD says {}", crd.group));
+    }
+    let Some((_, served, storage, schema)) = crd.versions.iter().find(|v| v.0 == version) else {
+        return vec![format!("{kind}: version {version} is not in the CRD")];
+    };
+    if !served {
+        errors.push(format!("{kind}: version {version} is not served"));
+    }
+    // The storage version is the one every Istio >= 1.22 serves without deprecation warnings.
+    if !storage {
+        errors.push(format!("{kind}: use the storage version, not {version}"));
+    }
+    let Some(object) = doc.as_object() else {
+        return vec!["not an object".into()];
+    };
+    for key in object.keys() {
+        if !["apiVersion", "kind", "metadata", "spec"].contains(&key.as_str()) {
+            errors.push(format!("{kind}: unexpected top-level field {key}"));
+        }
+    }
+    let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+    let dns = regex_lite::Regex::new(
+        r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    )
+    .expect("regex");
+    if name.len() > 253 || !dns.is_match(name) {
+        errors.push(format!(
+            "{kind}: metadata.name {name:?} is not a DNS subdomain"
+        ));
+    }
+    if let Some(ns) = doc["metadata"].get("namespace") {
+        let ns = ns.as_str().unwrap_or_default();
+        if ns.len() > 63 || !dns.is_match(ns) || ns.contains('.') {
+            errors.push(format!(
+                "{kind}: metadata.namespace {ns:?} is not a DNS label"
+            ));
+        }
+    }
+    let spec_schema = &schema["properties"]["spec"];
+    match doc.get("spec") {
+        Some(spec) => check(
+            spec_schema,
+            spec,
+            &format!("{kind}.spec"),
+            mode,
+            true,
+            &mut errors,
+        ),
+        None => errors.push(format!("{kind}: spec is required")),
+    }
+    errors
+}
+
+fn regex(pattern: &str) -> regex_lite::Regex {
+    static CACHE: OnceLock<std::sync::Mutex<BTreeMap<String, regex_lite::Regex>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut cache = cache.lock().expect("regex cache");
+    cache
+        .entry(pattern.to_string())
+        .or_insert_with(|| {
+            regex_lite::Regex::new(pattern).unwrap_or_else(|e| panic!("CRD pattern {pattern}: {e}"))
+        })
+        .clone()
+}
+
+/// One structural-schema node. `strict` rejects fields the schema does not declare (off inside
+/// anyOf/oneOf/allOf/not, whose branches only add value validations).
+fn check(
+    schema: &Value,
+    value: &Value,
+    path: &str,
+    mode: Mode,
+    strict: bool,
+    errors: &mut Vec<String>,
+) {
+    if value.is_null() {
+        if schema["nullable"] != true {
+            errors.push(format!("{path}: null is not allowed"));
+        }
+        return;
+    }
+    let int_or_string = schema["x-kubernetes-int-or-string"] == true;
+    if int_or_string {
+        if !(value.is_i64() || value.is_u64() || value.is_string()) {
+            errors.push(format!("{path}: must be an integer or a string"));
+        }
+    } else if let Some(ty) = schema["type"].as_str() {
+        let ok = match ty {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            other => {
+                errors.push(format!(
+                    "{path}: schema type {other} unknown to this validator"
+                ));
+                true
+            }
+        };
+        if !ok {
+            errors.push(format!("{path}: must be {ty}, is {value}"));
+            return;
+        }
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        errors.push(format!("{path}: {value} is not one of {allowed:?}"));
+    }
+    if let Some(s) = value.as_str() {
+        let len = s.chars().count() as u64;
+        if schema["minLength"].as_u64().is_some_and(|m| len < m) {
+            errors.push(format!("{path}: shorter than {}", schema["minLength"]));
+        }
+        if schema["maxLength"].as_u64().is_some_and(|m| len > m) {
+            errors.push(format!("{path}: longer than {}", schema["maxLength"]));
+        }
+        if let Some(pattern) = schema["pattern"].as_str()
+            && !regex(pattern).is_match(s)
+        {
+            errors.push(format!("{path}: {s:?} does not match {pattern}"));
+        }
+    }
+    if let Some(n) = value.as_f64() {
+        if schema["minimum"].as_f64().is_some_and(|m| n < m) {
+            errors.push(format!("{path}: below {}", schema["minimum"]));
+        }
+        if schema["maximum"].as_f64().is_some_and(|m| n > m) {
+            errors.push(format!("{path}: above {}", schema["maximum"]));
+        }
+        let range = match schema["format"].as_str() {
+            Some("int32") => Some((f64::from(i32::MIN), f64::from(i32::MAX))),
+            Some("uint32") => Some((0.0, f64::from(u32::MAX))),
+            _ => None,
+        };
+        if range.is_some_and(|(lo, hi)| n < lo || n > hi) {
+            errors.push(format!("{path}: out of the {} range", schema["format"]));
+        }
+    }
+    if let Some(items) = value.as_array() {
+        let len = items.len() as u64;
+        if schema["minItems"].as_u64().is_some_and(|m| len < m) {
+            errors.push(format!("{path}: fewer than {} items", schema["minItems"]));
+        }
+        if schema["maxItems"].as_u64().is_some_and(|m| len > m) {
+            errors.push(format!("{path}: more than {} items", schema["maxItems"]));
+        }
+        if schema["items"].is_object() {
+            for (i, item) in items.iter().enumerate() {
+                check(
+                    &schema["items"],
+                    item,
+                    &format!("{path}[{i}]"),
+                    mode,
+                    strict,
+                    errors,
+                );
+            }
+        }
+        match schema["x-kubernetes-list-type"].as_str() {
+            Some("map") => {
+                let keys: Vec<&str> = schema["x-kubernetes-list-map-keys"]
+                    .as_array()
+                    .map(|k| k.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let mut seen = BTreeSet::new();
+                for item in items {
+                    let key: Vec<String> = keys.iter().map(|k| item[*k].to_string()).collect();
+                    if !seen.insert(key.clone()) {
+                        errors.push(format!("{path}: duplicate list-map key {key:?}"));
+                    }
+                }
+            }
+            Some("set") => {
+                let mut seen = BTreeSet::new();
+                for item in items {
+                    if !seen.insert(item.to_string()) {
+                        errors.push(format!("{path}: duplicate set item {item}"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(object) = value.as_object() {
+        let properties = schema["properties"].as_object();
+        let preserve = schema["x-kubernetes-preserve-unknown-fields"] == true;
+        let n = object.len() as u64;
+        if schema["maxProperties"].as_u64().is_some_and(|m| n > m) {
+            errors.push(format!(
+                "{path}: more than {} properties",
+                schema["maxProperties"]
+            ));
+        }
+        if mode == Mode::Full || !strict {
+            for required in schema["required"].as_array().into_iter().flatten() {
+                let required = required.as_str().unwrap_or_default();
+                if !object.contains_key(required) {
+                    errors.push(format!("{path}: {required} is required"));
+                }
+            }
+        }
+        for (key, field) in object {
+            let field_path = format!("{path}.{key}");
+            if let Some(sub) = properties.and_then(|p| p.get(key)) {
+                check(sub, field, &field_path, mode, strict, errors);
+            } else if schema["additionalProperties"].is_object() {
+                check(
+                    &schema["additionalProperties"],
+                    field,
+                    &field_path,
+                    mode,
+                    strict,
+                    errors,
+                );
+            } else if strict
+                && !preserve
+                && (properties.is_some() || schema["additionalProperties"] == false)
+            {
+                errors.push(format!("{field_path}: unknown field"));
+            }
+        }
+    }
+    let branch = |sub: &Value| {
+        let mut errs = Vec::new();
+        check(sub, value, path, Mode::Full, false, &mut errs);
+        errs.is_empty()
+    };
+    if let Some(any) = schema["anyOf"].as_array()
+        && !any.iter().any(branch)
+    {
+        errors.push(format!("{path}: matches none of anyOf"));
+    }
+    if let Some(one) = schema["oneOf"].as_array() {
+        let matching = one.iter().filter(|s| branch(s)).count();
+        if matching != 1 {
+            errors.push(format!(
+                "{path}: matches {matching} of oneOf, not exactly one"
+            ));
+        }
+    }
+    if let Some(all) = schema["allOf"].as_array()
+        && !all.iter().all(branch)
+    {
+        errors.push(format!("{path}: fails allOf"));
+    }
+    if schema["not"].is_object() && branch(&schema["not"]) {
+        errors.push(format!("{path}: matches a `not` schema"));
+    }
+    for rule in schema["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let text = rule["rule"].as_str().unwrap_or_default();
+        match cel(text, value) {
+            Some(true) => {}
+            Some(false) => errors.push(format!(
+                "{path}: {} ({})",
+                rule["message"].as_str().unwrap_or("CEL rule failed"),
+                normalize(text)
+            )),
+            None => errors.push(format!(
+                "{path}: CEL rule not checked by hand yet, add it to cel(): {}",
+                normalize(text)
+            )),
+        }
+    }
+}
+
+fn normalize(rule: &str) -> String {
+    rule.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn has(value: &Value, field: &str) -> bool {
+    value.get(field).is_some_and(|v| !v.is_null())
+}
+
+fn count_present(value: &Value, fields: &[&str]) -> usize {
+    fields.iter().filter(|f| has(value, f)).count()
+}
+
+/// A Go `time.ParseDuration` subset (what Istio durations use): `1.5s`, `300ms`, `1h30m`.
+fn duration_ms(s: &str) -> Option<f64> {
+    let mut total = 0.0;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "ns" => 1e-6,
+            "us" | "µs" => 1e-3,
+            "ms" => 1.0,
+            "s" => 1e3,
+            "m" => 60e3,
+            "h" => 3600e3,
+            _ => return None,
+        };
+        total += number * factor;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+/// The CEL rules of the Istio CRDs, by hand. `None`: a rule this function does not know.
+fn cel(rule: &str, v: &Value) -> Option<bool> {
+    let s = v.as_str().unwrap_or_default();
+    let rule = normalize(rule);
+    let result = match rule.as_str() {
+        "(has(self.selector) ? 1 : 0) + (has(self.targetRef) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0) <= 1" => {
+            count_present(v, &["selector", "targetRef", "targetRefs"]) <= 1
+        }
+        "self.all(key, !key.contains(\"*\"))" => v
+            .as_object()
+            .is_some_and(|o| o.keys().all(|k| !k.contains('*'))),
+        "self.all(key, key.size() != 0)" => v
+            .as_object()
+            .is_some_and(|o| o.keys().all(|k| !k.is_empty())),
+        "!self.contains(\"*\")" => !s.contains('*'),
+        "self.size() == 0" => s.is_empty(),
+        "self != \"*\"" => s != "*",
+        "0 < self && self <= 65535" => v.as_u64().is_some_and(|n| (1..=65535).contains(&n)),
+        "duration(self) >= duration('1ms')" => duration_ms(s).is_some_and(|ms| ms >= 1.0),
+        "url(self).getScheme() in [\"http\", \"https\"]" => {
+            s.starts_with("http://") || s.starts_with("https://")
+        }
+        r#"isURL(self) ? (url(self).getScheme() in ["", "http", "https", "oci", "file"]) : (isURL("http://" + self) && url("http://" + self).getScheme() in ["", "http", "https", "oci", "file"])"# => {
+            match s.split_once("://") {
+                Some((scheme, rest)) => {
+                    ["http", "https", "oci", "file"].contains(&scheme) && !rest.is_empty()
+                }
+                None => !s.is_empty() && !s.contains(char::is_whitespace),
+            }
+        }
+        "(has(self.valueFrom) ? self.valueFrom : \"\") != \"HOST\" || !has(self.value)" => {
+            v["valueFrom"] != "HOST" || !has(v, "value")
+        }
+        "(has(self.serviceAccounts) || has(self.notServiceAccounts)) ? (!has(self.principals) && !has(self.notPrincipals) && !has(self.namespaces) && !has(self.notNamespaces)) : true" => {
+            count_present(v, &["serviceAccounts", "notServiceAccounts"]) == 0
+                || count_present(
+                    v,
+                    &["principals", "notPrincipals", "namespaces", "notNamespaces"],
+                ) == 0
+        }
+        "(has(self.jwksUri) ? 1 : 0) + (has(self.jwks_uri) ? 1 : 0) + (has(self.jwks) ? 1 : 0) <= 1" => {
+            count_present(v, &["jwksUri", "jwks_uri", "jwks"]) <= 1
+        }
+        "(has(self.workloadSelector) ? 1 : 0) + (has(self.endpoints) ? 1 : 0) <= 1" => {
+            count_present(v, &["workloadSelector", "endpoints"]) <= 1
+        }
+        "!((has(self.addresses) ? self.addresses : []).exists(k, k.contains(\"/\")) && !((has(self.resolution) ? self.resolution : \"NONE\") in [\"STATIC\", \"NONE\"]))" =>
+        {
+            let cidr = v["addresses"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|x| x.as_str().is_some_and(|x| x.contains('/')))
+            });
+            let resolution = v["resolution"].as_str().unwrap_or("NONE");
+            // CIDR addresses only with STATIC or NONE resolution.
+            !cidr || ["STATIC", "NONE"].contains(&resolution)
+        }
+        "((has(self.resolution) ? self.resolution : \"NONE\") == \"NONE\") ? !has(self.endpoints) : true" => {
+            v["resolution"].as_str().unwrap_or("NONE") != "NONE" || !has(v, "endpoints")
+        }
+        "((has(self.resolution) ? self.resolution : \"\") == \"DNS_ROUND_ROBIN\") ? ((has(self.endpoints) ? self.endpoints : []).size() <= 1) : true" => {
+            v["resolution"] != "DNS_ROUND_ROBIN"
+                || v["endpoints"].as_array().is_none_or(|e| e.len() <= 1)
+        }
+        "has(self.address) || has(self.network)" => has(v, "address") || has(v, "network"),
+        "(has(self.address) ? self.address : \"\").startsWith(\"unix://\") ? !has(self.ports) : true" => {
+            !v["address"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("unix://")
+                || !has(v, "ports")
+        }
+        "self.startsWith(\"unix://\") ? (self.substring(7, 8) == \"/\" || self.substring(7, 8) == \"@\") : true" => {
+            !s.starts_with("unix://") || s[7..].starts_with('/') || s[7..].starts_with('@')
+        }
+        "self.startsWith(\"unix://\") ? !self.endsWith(\"/\") : true" => {
+            !s.starts_with("unix://") || !s.ends_with('/')
+        }
+        "self.all(key, size(key) < 63 && key.matches(\"^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$\"))" =>
+        {
+            let re = regex("^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$");
+            v.as_object()
+                .is_some_and(|o| o.keys().all(|k| k.chars().count() < 63 && re.is_match(k)))
+        }
+        "self.all(l1, self.exists_one(l2, l1.number == l2.number))" => {
+            let numbers: Vec<&Value> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| &p["number"])
+                .collect();
+            numbers
+                .iter()
+                .all(|n| numbers.iter().filter(|m| *m == n).count() == 1)
+        }
+        "(has(self.tlsCertificates) ? 1 : 0) + (has(self.credentialNames) ? 1 : 0) <= 1" => {
+            count_present(v, &["tlsCertificates", "credentialNames"]) <= 1
+        }
+        "(has(self.credentialName) ? 1 : 0) + (has(self.credentialNames) ? 1 : 0) <= 1" => {
+            count_present(v, &["credentialName", "credentialNames"]) <= 1
+        }
+        "(has(self.credentialNames) ? 1 : 0) + (has(self.tlsCertificates) ? 1 : 0) <= 1" => {
+            count_present(v, &["credentialNames", "tlsCertificates"]) <= 1
+        }
+        _ => return None,
+    };
+    Some(result)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The manifests
+
+/// Every YAML file under wasmplugin/ (Envoy's own bootstrap excepted), with its documents.
+fn yaml_files() -> Vec<(PathBuf, Vec<Value>)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in fs::read_dir(dir).expect("read wasmplugin/") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                out.push(path);
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    walk(&wasmplugin_dir(), &mut paths);
+    paths.sort();
+    paths
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n != "envoy.yaml"))
+        .map(|p| {
+            let docs = read_yaml(&p);
+            (p, docs)
+        })
+        .collect()
+}
+
+fn kustomize_cmd() -> Option<Vec<&'static str>> {
+    let works = |cmd: &[&str]| {
+        Command::new(cmd[0])
+            .args(&cmd[1..])
+            .arg("--help")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works(&["kubectl", "kustomize"]) {
+        Some(vec!["kubectl", "kustomize"])
+    } else if works(&["kustomize", "build"]) {
+        Some(vec!["kustomize", "build"])
+    } else {
+        None
+    }
+}
+
+/// `kustomize build` of a directory under wasmplugin/; None when no kustomize is installed (outside CI).
+fn build(dir: &str) -> Option<Vec<Value>> {
+    static BUILT: OnceLock<Option<BTreeMap<String, Vec<Value>>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let Some(cmd) = kustomize_cmd() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "neither `kubectl kustomize` nor `kustomize` is installed"
+            );
+            eprintln!("skipped: no kustomize (kubectl kustomize or kustomize build)");
+            return None;
+        };
+        let mut out = BTreeMap::new();
+        for dir in BUILDS {
+            let output = Command::new(cmd[0])
+                .args(&cmd[1..])
+                .arg(wasmplugin_dir().join(dir))
+                .output()
+                .expect("run kustomize");
+            assert!(
+                output.status.success(),
+                "kustomize build {dir}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let text = String::from_utf8(output.stdout).expect("utf-8");
+            out.insert(dir.to_string(), yaml_docs(&text, dir));
+        }
+        Some(out)
+    });
+    built.as_ref().map(|b| b[dir].clone())
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let mut found = docs.iter().filter(|d| d["kind"] == kind);
+    let first = found.next().unwrap_or_else(|| panic!("no {kind}"));
+    assert!(found.next().is_none(), "more than one {kind}");
+    first
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The environment the gateway gives the module, for parsing pluginConfig as the filter will.
+fn gateway_env(name: &str) -> Option<String> {
+    match name {
+        ENV_SECRET => Some("test-client-secret".into()),
+        // Two keys: rotation is part of the format.
+        ENV_KEYS => Some(
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=,ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+/// pluginConfig as Istio hands it to the module: compact JSON (`protomarshal.ToJSON` of the Struct).
+fn delivered(plugin_config: &Value) -> Vec<u8> {
+    serde_json::to_vec(plugin_config).expect("json")
+}
+
+/// The parts of a parsed configuration that decide behaviour and do not depend on the environment.
+fn behaviour(config: &Config) -> String {
+    let paths = (
+        &config.redirect_uri,
+        &config.callback_path,
+        &config.login_path,
+        &config.logout_path,
+        &config.post_logout_redirect_uri,
+        &config.bypass_paths,
+    );
+    let protocol = (&config.scopes, config.forward_token, config.client_auth);
+    let cookie = (
+        &config.cookie_name,
+        &config.cookie.domain,
+        &config.cookie.path,
+        config.cookie.same_site,
+    );
+    let times = (
+        config.session_lifetime,
+        config.refresh_margin,
+        config.clock_leeway,
+        config.callout_timeout,
+        config.jwks_refresh_interval,
+    );
+    format!("{paths:?} {protocol:?} {cookie:?} {times:?}")
+}
+
+/// `notPaths` that exempt exactly what the filter's `bypass_paths` exempt (segment-boundary prefixes).
+fn not_paths_for(bypass_paths: &[String]) -> BTreeSet<String> {
+    bypass_paths
+        .iter()
+        .flat_map(|p| match p.strip_suffix('/') {
+            Some(dir) => [dir.to_string(), format!("{p}*")],
+            None => [p.clone(), format!("{p}/*")],
+        })
+        .collect()
+}
+
+/// True when `text` is JSON without insignificant whitespace.
+fn is_compact_json(text: &str) -> bool {
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if c.is_whitespace() {
+            return false;
+        }
+    }
+    serde_json::from_str::<Value>(text).is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn every_istio_file_matches_its_crd() {
+    let mut errors = Vec::new();
+    let mut checked = 0;
+    for (path, docs) in yaml_files() {
+        let rel = path
+            .strip_prefix(root())
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        for doc in docs.iter().filter(|d| is_istio(d)) {
+            // A resource file has a whole spec; a kustomize patch only the fields it changes.
+            let mode = if doc["spec"].get("selector").is_some()
+                || doc["spec"].get("hosts").is_some()
+                || doc["spec"].get("host").is_some()
+                || doc["kind"] == "Gateway"
+            {
+                Mode::Full
+            } else {
+                Mode::Partial
+            };
+            checked += 1;
+            errors.extend(
+                validate_resource(doc, mode)
+                    .into_iter()
+                    .map(|e| format!("{rel}: {e}")),
+            );
+        }
+    }
+    assert!(checked >= 10, "only {checked} Istio documents found");
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+#[test]
+fn kustomize_builds_match_the_crds() {
+    let mut errors = Vec::new();
+    for dir in BUILDS {
+        let Some(docs) = build(dir) else { return };
+        for doc in docs.iter().filter(|d| is_istio(d)) {
+            errors.extend(
+                validate_resource(doc, Mode::Full)
+                    .into_iter()
+                    .map(|e| format!("{dir}: {e}")),
+            );
+        }
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+#[test]
+fn the_deploy_guide_snippets_match_the_crds() {
+    let path = root().join("docs/deploy.md");
+    let Ok(text) = fs::read_to_string(&path) else {
+        panic!("{} is missing", path.display());
+    };
+    let mut errors = Vec::new();
+    let mut checked = 0;
+    for block in text.split("```yaml\n").skip(1) {
+        let yaml = block.split("```").next().unwrap_or_default();
+        for doc in yaml_docs(yaml, "docs/deploy.md")
+            .iter()
+            .filter(|d| is_istio(d))
+        {
+            checked += 1;
+            let mode =
+                if doc["spec"].get("pluginConfig").is_some() && doc["spec"].get("url").is_none() {
+                    Mode::Partial
+                } else {
+                    Mode::Full
+                };
+            errors.extend(
+                validate_resource(doc, mode)
+                    .into_iter()
+                    .map(|e| format!("docs/deploy.md: {e}")),
+            );
+        }
+    }
+    assert!(checked > 0, "no Istio resource in docs/deploy.md");
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// The validator is only worth its green if it goes red where the API server would.
+#[test]
+fn the_validator_rejects_what_the_api_server_would() {
+    let good = json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": "oidc-filter"},
+        "spec": {
+            "selector": {"matchLabels": {"istio": "ingressgateway"}},
+            "url": "oci://registry.example/oidc-filter:1",
+            "sha256": "a".repeat(64),
+            "phase": "AUTHN",
+            "vmConfig": {"env": [{"name": "A", "valueFrom": "HOST"}]},
+            "pluginConfig": {"anything": {"goes": [1, 2]}},
+        },
+    });
+    assert_eq!(validate_resource(&good, Mode::Full), Vec::<String>::new());
+    let bad = |patch: Value, expect: &str| {
+        let mut doc = good.clone();
+        harness::merge_json(&mut doc, &patch);
+        let errors = validate_resource(&doc, Mode::Full);
+        assert!(
+            errors.iter().any(|e| e.contains(expect)),
+            "{patch} should fail with {expect:?}, got {errors:?}"
+        );
+    };
+    bad(json!({"spec": {"phase": "AUTHENTICATE"}}), "is not one of");
+    bad(json!({"spec": {"sha256": "sha256:abc"}}), "does not match");
+    bad(
+        json!({"spec": {"failStrategy": "FAIL_CLOSED"}}),
+        "is not one of",
+    );
+    bad(json!({"spec": {"pluginconfig": {}}}), "unknown field");
+    bad(
+        json!({"spec": {"url": "ftp://x/y"}}),
+        "url must have schema",
+    );
+    bad(json!({"spec": {"url": null}}), "url is required");
+    bad(
+        json!({"spec": {"targetRefs": [{"kind": "Gateway", "name": "gw"}]}}),
+        "only one of",
+    );
+    bad(
+        json!({"spec": {"vmConfig": {"env": [{"name": "A", "valueFrom": "HOST", "value": "x"}]}}}),
+        "value may only be set",
+    );
+    bad(
+        json!({"spec": {"vmConfig": {"env": [{"name": "A"}, {"name": "A"}]}}}),
+        "duplicate list-map key",
+    );
+    bad(
+        json!({"spec": {"selector": {"matchLabels": {"app": "*"}}}}),
+        "wildcard",
+    );
+    bad(
+        json!({"apiVersion": "extensions.istio.io/v1"}),
+        "not in the CRD",
+    );
+    bad(json!({"metadata": {"name": "Not_A_Name"}}), "DNS subdomain");
+
+    let entry = json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": "idp"},
+        "spec": {"hosts": ["idp.example.com"], "ports": [
+            {"number": 443, "name": "a", "protocol": "HTTP"},
+            {"number": 443, "name": "b", "protocol": "HTTPS"},
+        ], "resolution": "DNS"},
+    });
+    let errors = validate_resource(&entry, Mode::Full);
+    assert!(
+        errors.iter().any(|e| e.contains("cannot be duplicated")),
+        "{errors:?}"
+    );
+    let auth = json!({
+        "apiVersion": "security.istio.io/v1",
+        "kind": "RequestAuthentication",
+        "metadata": {"name": "ra"},
+        "spec": {"jwtRules": [{"issuer": "x", "jwksUri": "ftp://x", "jwks": "{}", "timeout": "0s"}]},
+    });
+    let errors = validate_resource(&auth, Mode::Full).join("\n");
+    for expect in ["scheme http", "only one of jwks", "greater than 1ms"] {
+        assert!(errors.contains(expect), "{expect}: {errors}");
+    }
+}
+
+#[test]
+fn the_wasmplugin_is_what_istio_and_the_filter_need() {
+    for dir in DEPLOYABLE.iter().chain(&["base"]) {
+        let Some(docs) = build(dir) else { return };
+        let plugin = &find(&docs, "WasmPlugin")["spec"];
+        assert_eq!(plugin["phase"], "AUTHN", "{dir}");
+        assert_eq!(plugin["failStrategy"], "FAIL_CLOSE", "{dir}");
+        let url = plugin["url"].as_str().expect("url");
+        assert!(url.starts_with("oci://"), "{dir}: {url}");
+        let sha = plugin["sha256"].as_str().expect("sha256");
+        assert!(
+            sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{dir}: {sha}"
+        );
+
+        // Secrets reach the module only as host environment variables, never inline in the resource.
+        let config = &plugin["pluginConfig"];
+        for inline in ["client_secret", "cookie_keys"] {
+            assert!(
+                config.get(inline).is_none(),
+                "{dir}: {inline} inline in pluginConfig"
+            );
+        }
+        let env = plugin["vmConfig"]["env"].as_array().expect("vmConfig.env");
+        assert!(
+            env.iter()
+                .all(|e| e["valueFrom"] == "HOST" && e.get("value").is_none()),
+            "{dir}: {env:?}"
+        );
+        let declared: BTreeSet<String> = env
+            .iter()
+            .filter_map(|e| e["name"].as_str().map(str::to_string))
+            .collect();
+        let read: BTreeSet<String> = harness::envoy::env_var_names(config).into_iter().collect();
+        assert_eq!(
+            declared, read,
+            "{dir}: the env vars pluginConfig reads are the ones declared"
+        );
+        assert_eq!(
+            read,
+            BTreeSet::from([ENV_SECRET.to_string(), ENV_KEYS.to_string()])
+        );
+
+        // Delivered as Istio delivers it, the filter accepts it.
+        if let Err(e) = Config::parse(&delivered(config), &gateway_env) {
+            panic!("{dir}: the filter rejects pluginConfig: {e}");
+        }
+    }
+}
+
+#[test]
+fn policies_agree_with_the_filter() {
+    for dir in DEPLOYABLE.iter().chain(&["base"]) {
+        let Some(docs) = build(dir) else { return };
+        let plugin = find(&docs, "WasmPlugin");
+        let config = &plugin["spec"]["pluginConfig"];
+        let authn = find(&docs, "RequestAuthentication");
+        let authz = find(&docs, "AuthorizationPolicy");
+
+        let namespace = &plugin["metadata"]["namespace"];
+        let selector = &plugin["spec"]["selector"];
+        assert!(namespace.is_string(), "{dir}: no namespace");
+        for doc in [authn, authz] {
+            assert_eq!(
+                &doc["metadata"]["namespace"], namespace,
+                "{dir}: one gateway namespace"
+            );
+            assert_eq!(&doc["spec"]["selector"], selector, "{dir}: one gateway");
+        }
+
+        let rules = authn["spec"]["jwtRules"].as_array().expect("jwtRules");
+        assert_eq!(rules.len(), 1, "{dir}");
+        assert_eq!(
+            rules[0]["issuer"], config["issuer"],
+            "{dir}: jwt_authn checks our issuer"
+        );
+        assert!(
+            strings(&rules[0]["audiences"])
+                .contains(&config["client_id"].as_str().unwrap_or_default().to_string()),
+            "{dir}: an ID token's audience is the client id"
+        );
+        assert_eq!(rules[0]["forwardOriginalToken"], true, "{dir}");
+
+        assert_eq!(authz["spec"]["action"], "DENY", "{dir}");
+        let rule = &authz["spec"]["rules"][0];
+        assert_eq!(
+            strings(&rule["from"][0]["source"]["notRequestPrincipals"]),
+            ["*"],
+            "{dir}"
+        );
+        let operation = &rule["to"][0]["operation"];
+        let bypass = strings(&config["bypass_paths"]);
+        let not_paths: BTreeSet<String> = strings(&operation["notPaths"]).into_iter().collect();
+        assert_eq!(
+            not_paths,
+            not_paths_for(&bypass),
+            "{dir}: notPaths are the bypass paths"
+        );
+        let hosts = strings(&operation["hosts"]);
+        assert!(!hosts.is_empty(), "{dir}: no protected host");
+        for host in hosts.iter().filter(|h| !h.ends_with(":*")) {
+            assert!(
+                hosts.contains(&format!("{host}:*")),
+                "{dir}: {host} with a port too"
+            );
+        }
+    }
+}
+
+/// The callouts go to `idp_cluster` or to `outbound|PORT||HOST` of each IdP URL; that cluster must exist
+/// on the gateway: a Kubernetes Service, or a ServiceEntry port speaking HTTP with TLS originated by a
+/// DestinationRule.
+#[test]
+fn the_idp_cluster_exists_on_the_gateway() {
+    for dir in DEPLOYABLE {
+        let Some(docs) = build(dir) else { return };
+        let config = &find(&docs, "WasmPlugin")["spec"]["pluginConfig"];
+        let cluster = match config["idp_cluster"].as_str() {
+            Some(c) => c.to_string(),
+            None => harness::envoy::cluster_name(config["issuer"].as_str().expect("issuer"))
+                .expect("cluster name"),
+        };
+        let parts: Vec<&str> = cluster.split('|').collect();
+        assert!(
+            parts.len() == 4 && parts[0] == "outbound" && parts[2].is_empty(),
+            "{dir}: {cluster} is not an Istio outbound cluster name"
+        );
+        let port: u64 = parts[1].parse().expect("port");
+        let host = parts[3];
+        if host.ends_with(".svc.cluster.local") {
+            assert_eq!(
+                host.split('.').count(),
+                5,
+                "{dir}: SERVICE.NAMESPACE.svc.cluster.local"
+            );
+            continue;
+        }
+        let entry = &find(&docs, "ServiceEntry")["spec"];
+        assert!(
+            strings(&entry["hosts"]).iter().any(|h| h == host),
+            "{dir}: {host} in the ServiceEntry"
+        );
+        assert_eq!(entry["location"], "MESH_EXTERNAL", "{dir}");
+        let se_port = entry["ports"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["number"] == port))
+            .unwrap_or_else(|| panic!("{dir}: no ServiceEntry port {port}"));
+        assert_eq!(
+            se_port["protocol"], "HTTP",
+            "{dir}: the callouts speak plain HTTP to the cluster"
+        );
+        assert_eq!(
+            strings(&entry["exportTo"]),
+            ["."],
+            "{dir}: keep the HTTP port 443 to the gateway"
+        );
+        let rule = &find(&docs, "DestinationRule")["spec"];
+        assert_eq!(rule["host"], host, "{dir}");
+        let tls = rule["trafficPolicy"]["portLevelSettings"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["port"]["number"] == port))
+            .map(|p| &p["tls"])
+            .unwrap_or_else(|| panic!("{dir}: no TLS settings for port {port}"));
+        assert_eq!(tls["mode"], "SIMPLE", "{dir}");
+        assert_eq!(tls["sni"], host, "{dir}");
+        assert!(
+            tls.get("insecureSkipVerify").is_none_or(|v| v == false),
+            "{dir}"
+        );
+    }
+}
+
+/// The Secret reaches the gateway container as the variables the WasmPlugin declares, both ways we ship.
+#[test]
+fn the_gateway_environment_carries_the_declared_variables() {
+    let dir = wasmplugin_dir().join("gateway");
+    let secret = &read_yaml(&dir.join("secret.example.yaml"))[0];
+    let keys: BTreeSet<String> = secret["stringData"]
+        .as_object()
+        .expect("stringData")
+        .keys()
+        .cloned()
+        .collect();
+    let secret_name = secret["metadata"]["name"].as_str().expect("name");
+
+    let values = &read_yaml(&dir.join("values.yaml"))[0];
+    let patch = &read_yaml(&dir.join("deployment-patch.yaml"))[0];
+    let container = &patch["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["name"], "istio-proxy");
+    for (what, env) in [
+        ("values.yaml envVarFrom", &values["envVarFrom"]),
+        ("deployment-patch.yaml", &container["env"]),
+    ] {
+        let env = env.as_array().unwrap_or_else(|| panic!("{what}"));
+        let names: BTreeSet<&str> = env.iter().filter_map(|e| e["name"].as_str()).collect();
+        assert_eq!(names, BTreeSet::from([ENV_SECRET, ENV_KEYS]), "{what}");
+        for e in env {
+            let from = &e["valueFrom"]["secretKeyRef"];
+            assert_eq!(from["name"], secret_name, "{what}");
+            assert!(
+                keys.contains(from["key"].as_str().unwrap_or_default()),
+                "{what}: {from}"
+            );
+        }
+    }
+    let Some(docs) = build("base") else { return };
+    assert_eq!(
+        find(&docs, "WasmPlugin")["metadata"]["namespace"],
+        secret["metadata"]["namespace"],
+        "the Secret lives beside the gateway"
+    );
+}
+
+/// One configuration, two deliveries: the WasmPlugin's pluginConfig and what the local Envoy tests feed the
+/// filter (the harness's default site configuration and the committed demo bootstrap) differ only in the
+/// fields that name the environment, and configure the same behaviour.
+#[test]
+fn plugin_config_agrees_with_the_local_envoy_tests() {
+    let Some(base) = build("base") else { return };
+    let manifest = find(&base, "WasmPlugin")["spec"]["pluginConfig"].clone();
+
+    let mut local = vec![(
+        "harness::default_filter_config".to_string(),
+        harness::default_filter_config("http://127.0.0.1:9000", "demo", "demo")
+            .expect("local config"),
+    )];
+    let envoy_yaml = wasmplugin_dir().join("envoy.yaml");
+    if !envoy_yaml.exists() {
+        eprintln!("wasmplugin/envoy.yaml not there yet: compared with the harness's default only");
+    } else {
+        let bootstrap = &read_yaml(&envoy_yaml)[0];
+        let mut found = Vec::new();
+        collect_string_values(bootstrap, &mut found);
+        assert!(
+            !found.is_empty(),
+            "no StringValue configuration in wasmplugin/envoy.yaml"
+        );
+        for text in found {
+            assert!(
+                is_compact_json(&text),
+                "envoy.yaml: the configuration is not compact JSON: {text}"
+            );
+            local.push((
+                "wasmplugin/envoy.yaml".into(),
+                serde_json::from_str(&text).expect("json"),
+            ));
+        }
+    }
+
+    let strip = |v: &Value| -> BTreeMap<String, Value> {
+        v.as_object()
+            .expect("object")
+            .iter()
+            .filter(|(k, _)| !ENVIRONMENT_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let any_env = |name: &str| gateway_env(name).or_else(|| Some("test-client-secret".to_string()));
+    let ours = Config::parse(&delivered(&manifest), &gateway_env).expect("manifest config");
+    for (origin, config) in &local {
+        // Shared fields carry the same values.
+        let (a, b) = (strip(&manifest), strip(config));
+        for (key, value) in &a {
+            if let Some(other) = b.get(key) {
+                assert_eq!(
+                    value, other,
+                    "{origin}: {key} differs from the WasmPlugin's"
+                );
+            }
+        }
+        // Fields only one side spells out are the filter's defaults: the parsed behaviour is the same.
+        let theirs =
+            Config::parse(&delivered(config), &any_env).unwrap_or_else(|e| panic!("{origin}: {e}"));
+        assert_eq!(behaviour(&ours), behaviour(&theirs), "{origin}");
+        assert_eq!(ours.cookie.secure, theirs.cookie.secure, "{origin}");
+    }
+
+    // The overlays change only the environment.
+    for dir in DEPLOYABLE {
+        let Some(docs) = build(dir) else { return };
+        let overlay = &find(&docs, "WasmPlugin")["spec"]["pluginConfig"];
+        let (a, b) = (strip(&manifest), strip(overlay));
+        assert_eq!(
+            a, b,
+            "{dir}: only {ENVIRONMENT_FIELDS:?} may differ from the base"
+        );
+    }
+}
+
+fn collect_string_values(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            if map.get("@type").and_then(Value::as_str)
+                == Some("type.googleapis.com/google.protobuf.StringValue")
+                && let Some(text) = map.get("value").and_then(Value::as_str)
+            {
+                out.push(text.to_string());
+            }
+            map.values().for_each(|v| collect_string_values(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_string_values(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn compact_json_check() {
+    assert!(is_compact_json(r#"{"a":"b c","d":[1,2]}"#));
+    assert!(!is_compact_json(r#"{"a": "b"}"#));
+    assert!(!is_compact_json("{\"a\":\"b\"}\n"));
+    assert!(!is_compact_json("{"));
+    assert_eq!(
+        not_paths_for(&["/healthz".into(), "/acme/".into()]),
+        BTreeSet::from([
+            "/healthz".into(),
+            "/healthz/*".into(),
+            "/acme".into(),
+            "/acme/*".into()
+        ])
+    );
+    assert_eq!(duration_ms("1.5s"), Some(1500.0));
+    assert_eq!(duration_ms("1h30m"), Some(5_400_000.0));
+    assert_eq!(duration_ms("0s"), Some(0.0));
+    assert_eq!(duration_ms("5"), None);
+}
+
+/// The kind script is not run here (no Docker), but it parses and lints clean.
+#[test]
+fn setup_script_lints() {
+    let script = wasmplugin_dir().join("kind/setup.sh");
+    let status = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .expect("bash");
+    assert!(status.success(), "bash -n {}", script.display());
+    match Command::new("shellcheck").arg(&script).output() {
+        Ok(out) => assert!(
+            out.status.success(),
+            "shellcheck: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        Err(_) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "shellcheck is not installed"
+            );
+            eprintln!("skipped shellcheck: not installed");
+        }
+    }
+}
