@@ -25,6 +25,7 @@ declare -A package_of=(
   [wat2wasm]=wabt
   [docker-registry]=docker-registry
   [skopeo]=skopeo
+  [shellcheck]=shellcheck
   [node]=nodejs
   [npm]=npm
 )

@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:
+#   make demo   Envoy + oidc-filter + a local IdP + a sample app, ready to log in from a browser
+#   make test   every test: lints, unit and flow tests, real-Envoy end-to-end and browser runs, image and manifests
+# Everything else here is what those two are made of.
+
+WASM := target/wasm32-wasip1/release/oidc_filter.wasm
+
+.PHONY: setup wasm lint unit e2e test demo bench image envoy-config
+
+setup:
+	@bash harness/setup.sh
+
+wasm: setup
+	cargo build --release --target wasm32-wasip1 -p oidc-filter
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p oidc-filter --target wasm32-wasip1 -- -D warnings
+
+unit: setup
+	cargo nextest run -p oidc-filter --no-fail-fast
+
+e2e: wasm
+	cargo test -p harness --no-fail-fast
+
+test: lint unit e2e
+
+demo: wasm
+	cargo run -q -p harness -- demo
+
+bench: wasm
+	cargo run -q --release -p harness -- bench
+
+image: wasm
+	cargo run -q -p harness --bin oci-image -- --wasm $(WASM) --out target/oci
+
+envoy-config:
+	cargo run -q -p harness -- envoy-config > wasmplugin/envoy.yaml
