@@ -7,6 +7,7 @@ use base64::Engine;
 use serde::Deserialize;
 use url::Url;
 
+use crate::claims::{self, Access};
 use crate::cookies::{CookieAttrs, SameSite};
 use crate::oidc::token::ClientAuth;
 use crate::secret::Secret;
@@ -47,6 +48,14 @@ pub struct Config {
     pub bypass_paths: Vec<String>,
     pub callout_timeout: Duration,
     pub jwks_refresh_interval: u64,
+    /// Host patterns this site serves (empty for the top-level site, which serves unmatched hosts).
+    pub hosts: Vec<String>,
+    /// Claim rules, most specific path prefix first.
+    pub access: Vec<Access>,
+    /// `(header, claim)` pairs set on every request that goes upstream (absent claim: header removed).
+    pub identity_headers: Vec<(String, String)>,
+    /// The claims a session keeps: those the rules and identity headers read.
+    pub keep_claims: Vec<String>,
 }
 
 /// Why a configuration was refused. The message names the field.
@@ -94,6 +103,8 @@ struct Raw {
     bypass_paths: Option<Vec<String>>,
     callout_timeout: Option<String>,
     jwks_refresh_interval: Option<String>,
+    claim_rules: Option<serde_json::Value>,
+    identity_headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl Config {
@@ -107,6 +118,17 @@ impl Config {
             // serde's message names the unknown or mistyped field; keep it but never echo values.
             err(&field_from_serde(&e.to_string()), format!("not valid JSON for this filter ({})", classify(&e)))
         })?;
+        Self::from_raw(raw, env)
+    }
+
+    fn from_value(v: serde_json::Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let raw: Raw = serde_json::from_value(v).map_err(|e| {
+            err(&field_from_serde(&e.to_string()), format!("not valid JSON for this filter ({})", classify(&e)))
+        })?;
+        Self::from_raw(raw, env)
+    }
+
+    fn from_raw(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
 
         let issuer = raw.issuer.ok_or_else(|| err("issuer", "required"))?;
         let issuer_url = http_url("issuer", &issuer)?;
@@ -202,6 +224,29 @@ impl Config {
             }
         }
 
+        let access = match &raw.claim_rules {
+            None => Vec::new(),
+            Some(v) => claims::parse_access(v).map_err(|e| err("claim_rules", e))?,
+        };
+        let identity_headers: Vec<(String, String)> = match raw.identity_headers {
+            None => DEFAULT_IDENTITY_HEADERS.iter().map(|(h, c)| (h.to_string(), c.to_string())).collect(),
+            Some(map) => map.into_iter().map(|(h, c)| (h.to_ascii_lowercase(), c)).collect(),
+        };
+        for (h, c) in &identity_headers {
+            let reserved = h.starts_with(':') || ["authorization", "cookie", "host", "content-length"].contains(&h.as_str());
+            if h.is_empty() || reserved || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(err("identity_headers", format!("`{h}` cannot carry a claim")));
+            }
+            if c.is_empty() {
+                return Err(err("identity_headers", format!("`{h}` names no claim")));
+            }
+        }
+        let mut keep_claims: Vec<&str> = identity_headers.iter().map(|(_, c)| c.as_str()).collect();
+        access.iter().for_each(|a| a.rule.claim_names(&mut keep_claims));
+        keep_claims.sort_unstable();
+        keep_claims.dedup();
+        let keep_claims = keep_claims.into_iter().map(str::to_string).collect();
+
         Ok(Config {
             issuer,
             issuer_url,
@@ -225,6 +270,10 @@ impl Config {
             bypass_paths,
             callout_timeout: Duration::from_secs(callout_timeout),
             jwks_refresh_interval,
+            hosts: Vec::new(),
+            access,
+            identity_headers,
+            keep_claims,
         })
     }
 
@@ -254,6 +303,176 @@ impl Config {
                 .is_some_and(|rest| rest.starts_with("_login_"))
     }
 }
+
+/// What happens to a request whose host matches no entry of `hosts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    /// The top-level site handles it.
+    Default,
+    /// Passes without login (another policy, or nothing, protects it).
+    Pass,
+    /// 403.
+    Deny,
+}
+
+/// The whole plugin: one site per IdP client and the hosts it serves.
+#[derive(Debug)]
+pub struct Plugin {
+    /// The top-level site (if the top level names an `issuer`) first, then one per `hosts` entry.
+    pub sites: Vec<Config>,
+    pub unmatched: Unmatched,
+    default_site: Option<usize>,
+}
+
+impl Plugin {
+    /// Parses pluginConfig. Without `hosts`, it is one site serving every host, exactly as [`Config::parse`].
+    /// With `hosts: [{"hosts": ["grafana.example.com", "*.apps.example.com"], …overrides}]`, each entry is a
+    /// site of its own that inherits every top-level field it does not set.
+    pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Plugin, ConfigError> {
+        let mut top: serde_json::Value = if json.iter().all(u8::is_ascii_whitespace) {
+            return Config::parse(json, env).map(Plugin::single);
+        } else {
+            serde_json::from_slice(json).map_err(|e| {
+                err("pluginConfig", format!("not valid JSON ({})", classify(&e)))
+            })?
+        };
+        let Some(obj) = top.as_object_mut() else {
+            return Err(err("pluginConfig", "must be a JSON object"));
+        };
+        let entries = obj.remove("hosts");
+        let unmatched = obj.remove("unmatched_hosts");
+        let Some(entries) = entries else {
+            if unmatched.is_some() {
+                return Err(err("unmatched_hosts", "only meaningful together with `hosts`"));
+            }
+            return Config::from_value(top, env).map(Plugin::single);
+        };
+        let entries = match entries {
+            serde_json::Value::Array(a) if !a.is_empty() && a.len() <= 64 => a,
+            _ => return Err(err("hosts", "a list of 1 to 64 objects")),
+        };
+        let mut sites = Vec::new();
+        let default_site = if obj.contains_key("issuer") {
+            sites.push(Config::from_value(top.clone(), env)?);
+            Some(0)
+        } else {
+            None
+        };
+        let mut seen_hosts: Vec<String> = Vec::new();
+        for (i, entry) in entries.into_iter().enumerate() {
+            let at = |e: ConfigError| ConfigError { field: format!("hosts[{i}].{}", e.field), reason: e.reason };
+            let serde_json::Value::Object(mut entry) = entry else {
+                return Err(at(err("hosts", "each entry is an object")));
+            };
+            let patterns = match entry.remove("hosts") {
+                Some(serde_json::Value::Array(h)) if !h.is_empty() => h,
+                _ => return Err(at(err("hosts", "a non-empty list of host names like `grafana.example.com` or `*.example.com`"))),
+            };
+            let mut hosts = Vec::new();
+            for p in patterns {
+                let Some(p) = p.as_str().map(str::to_ascii_lowercase).filter(|p| valid_host_pattern(p)) else {
+                    return Err(at(err("hosts", "host names like `grafana.example.com` or `*.example.com`")));
+                };
+                if seen_hosts.contains(&p) {
+                    return Err(at(err("hosts", format!("`{p}` is listed twice"))));
+                }
+                seen_hosts.push(p.clone());
+                hosts.push(p);
+            }
+            let explicit_cookie = entry.contains_key("cookie_name");
+            let mut merged = top.clone();
+            if let Some(m) = merged.as_object_mut() {
+                m.extend(entry);
+            }
+            let mut site = Config::from_value(merged, env).map_err(at)?;
+            if !explicit_cookie {
+                // Each site seals under its own cookie name (the AEAD's associated data), so a session
+                // of one host's IdP never opens on another host.
+                site.cookie_name = format!("{}_{i}", site.cookie_name);
+            }
+            site.hosts = hosts;
+            sites.push(site);
+        }
+        for (i, a) in sites.iter().enumerate() {
+            for b in &sites[..i] {
+                if a.cookie_name == b.cookie_name && (a.issuer != b.issuer || a.client_id != b.client_id) {
+                    return Err(err(
+                        "cookie_name",
+                        format!("`{}` is used by sites of different IdP clients; give each its own", a.cookie_name),
+                    ));
+                }
+            }
+        }
+        let unmatched = match unmatched.as_ref().map(|v| v.as_str()) {
+            None if default_site.is_some() => Unmatched::Default,
+            None => Unmatched::Deny,
+            Some(Some("default")) if default_site.is_some() => Unmatched::Default,
+            Some(Some("default")) => return Err(err("unmatched_hosts", "`default` needs a top-level `issuer`")),
+            Some(Some("pass")) => Unmatched::Pass,
+            Some(Some("deny")) => Unmatched::Deny,
+            Some(_) => return Err(err("unmatched_hosts", "`default`, `pass` or `deny`")),
+        };
+        Ok(Plugin { sites, unmatched, default_site })
+    }
+
+    fn single(cfg: Config) -> Plugin {
+        Plugin { sites: vec![cfg], unmatched: Unmatched::Default, default_site: Some(0) }
+    }
+
+    /// The site serving `authority` (`host[:port]`): an exact name first, then the longest wildcard.
+    pub fn site_for(&self, authority: &str) -> Option<usize> {
+        if self.sites.len() == 1 && self.default_site == Some(0) {
+            return Some(0);
+        }
+        let host = host_of(authority);
+        let mut best: Option<(usize, usize)> = None;
+        for (i, s) in self.sites.iter().enumerate() {
+            for p in &s.hosts {
+                let score = if *p == host {
+                    usize::MAX
+                } else if let Some(suffix) = p.strip_prefix('*') {
+                    if host.len() > suffix.len() && host.ends_with(suffix) { suffix.len() } else { continue }
+                } else {
+                    continue;
+                };
+                if best.is_none_or(|(_, s)| score > s) {
+                    best = Some((i, score));
+                }
+            }
+        }
+        match best {
+            Some((i, _)) => Some(i),
+            None if self.unmatched == Unmatched::Default => self.default_site,
+            None => None,
+        }
+    }
+}
+
+fn host_of(authority: &str) -> String {
+    let h = if authority.starts_with('[') {
+        authority.split_inclusive(']').next().unwrap_or(authority)
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn valid_host_pattern(p: &str) -> bool {
+    let name = p.strip_prefix("*.").unwrap_or(p);
+    !name.is_empty()
+        && name.len() <= 253
+        && !name.contains('*')
+        && name.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
+/// Headers that carry claims unless configured otherwise: the ones oauth2-proxy sets, so apps made for it
+/// (Grafana's auth proxy mode and the like) work unchanged.
+pub const DEFAULT_IDENTITY_HEADERS: [(&str, &str); 4] = [
+    ("x-auth-request-user", "sub"),
+    ("x-auth-request-email", "email"),
+    ("x-auth-request-groups", "groups"),
+    ("x-auth-request-preferred-username", "preferred_username"),
+];
 
 fn field_from_serde(msg: &str) -> String {
     // serde_json says e.g. "unknown field `foo`, expected one of …" or "invalid type: …".
@@ -515,4 +734,69 @@ mod tests {
         assert!(!c.is_own_cookie("x_oidc_session"));
         assert!(!c.is_own_cookie("session"));
     }
+    #[test]
+    fn hosts_map_to_sites_that_inherit_the_top_level() {
+        let json = serde_json::json!({
+            "cookie_keys": [KEY],
+            "client_secret": "shared",
+            "issuer": "https://corp.example.com",
+            "client_id": "corp",
+            "hosts": [
+                {"hosts": ["grafana.example.com"], "client_id": "grafana", "claim_rules": [{"rule": {"claim": "groups", "contains_any": ["admins"]}}]},
+                {"hosts": ["*.partners.example.com", "partners.example.com"], "issuer": "https://other.example.org", "client_id": "p"},
+            ],
+            "unmatched_hosts": "deny",
+        })
+        .to_string();
+        let p = Plugin::parse(json.as_bytes(), &no_env).unwrap();
+        assert_eq!(p.sites.len(), 3);
+        assert_eq!(p.site_for("grafana.example.com:443"), Some(1));
+        assert_eq!(p.site_for("GRAFANA.example.com"), Some(1));
+        assert_eq!(p.site_for("a.partners.example.com"), Some(2));
+        assert_eq!(p.site_for("partners.example.com"), Some(2));
+        assert_eq!(p.site_for("evilpartners.example.com"), None);
+        assert_eq!(p.site_for("other.example.com"), None);
+        assert_eq!(p.sites[1].client_secret.expose(), "shared");
+        assert_eq!(p.sites[1].access.len(), 1);
+        assert_eq!(p.sites[2].issuer, "https://other.example.org");
+        // Distinct cookie names: a session sealed for one site never opens on another.
+        assert_ne!(p.sites[1].cookie_name, p.sites[2].cookie_name);
+        assert_ne!(p.sites[0].cookie_name, p.sites[1].cookie_name);
+
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v.as_object_mut().unwrap().remove("unmatched_hosts");
+        let p = Plugin::parse(v.to_string().as_bytes(), &no_env).unwrap();
+        assert_eq!(p.site_for("other.example.com"), Some(0));
+    }
+
+    #[test]
+    fn host_errors_name_the_entry() {
+        let bad = serde_json::json!({"cookie_keys": [KEY], "client_secret": "s",
+            "hosts": [{"hosts": ["a.example.com"], "issuer": "https://i.example.com", "client_id": "a"},
+                      {"hosts": ["b.example.com"], "issuer": "https://i.example.com"}]});
+        let e = Plugin::parse(bad.to_string().as_bytes(), &no_env).unwrap_err();
+        assert_eq!(e.field, "hosts[1].client_id");
+        let bad = serde_json::json!({"cookie_keys": [KEY], "client_secret": "s", "unmatched_hosts": "default",
+            "hosts": [{"hosts": ["a.*.com"], "issuer": "https://i.example.com", "client_id": "a"}]});
+        assert_eq!(Plugin::parse(bad.to_string().as_bytes(), &no_env).unwrap_err().field, "hosts[0].hosts");
+        let no_default = serde_json::json!({"cookie_keys": [KEY], "client_secret": "s", "unmatched_hosts": "default",
+            "hosts": [{"hosts": ["a.example.com"], "issuer": "https://i.example.com", "client_id": "a"}]});
+        assert_eq!(Plugin::parse(no_default.to_string().as_bytes(), &no_env).unwrap_err().field, "unmatched_hosts");
+        let same_cookie = serde_json::json!({"cookie_keys": [KEY], "client_secret": "s",
+            "hosts": [{"hosts": ["a.example.com"], "issuer": "https://i.example.com", "client_id": "a", "cookie_name": "s"},
+                      {"hosts": ["b.example.com"], "issuer": "https://i.example.com", "client_id": "b", "cookie_name": "s"}]});
+        assert_eq!(Plugin::parse(same_cookie.to_string().as_bytes(), &no_env).unwrap_err().field, "cookie_name");
+    }
+
+    #[test]
+    fn identity_headers_default_to_oauth2_proxy_names_and_can_be_turned_off() {
+        let c = parse(&minimal().to_string()).unwrap();
+        assert!(c.identity_headers.iter().any(|(h, c)| h == "x-auth-request-email" && c == "email"));
+        assert!(c.keep_claims.contains(&"groups".to_string()));
+        let off = parse(&with("identity_headers", serde_json::json!({}))).unwrap();
+        assert!(off.identity_headers.is_empty());
+        assert_eq!(parse(&with("identity_headers", serde_json::json!({"authorization": "sub"}))).unwrap_err().field, "identity_headers");
+        assert_eq!(parse(&with("claim_rules", serde_json::json!([{"rule": {}}]))).unwrap_err().field, "claim_rules");
+    }
+
 }

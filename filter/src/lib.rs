@@ -3,6 +3,7 @@
 //! Everything that decides lives in modules that never touch the host (`config`, `session`, `cookies`,
 //! `oidc`, `paths`, `provider`, `flow`); `adapter` is the only place that talks to proxy-wasm.
 
+pub mod claims;
 pub mod config;
 pub mod cookies;
 pub mod flow;

@@ -1,0 +1,255 @@
+//! What a logged-in user may reach (claim rules) and what the app learns about them (identity headers).
+//! Both read the ID token's claims, kept in the session, so neither needs the token re-verified.
+
+use serde_json::{Map, Value};
+
+/// Longest pattern, list or nesting we accept in configuration; rules are written by hand.
+const MAX_DEPTH: usize = 8;
+
+/// A condition over claims.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rule {
+    AllOf(Vec<Rule>),
+    AnyOf(Vec<Rule>),
+    /// The claim equals this JSON value (strings, numbers, booleans).
+    Equals(String, Value),
+    /// The claim (a string, or a list of strings) contains at least one of these.
+    ContainsAny(String, Vec<String>),
+    /// The claim is a string matching a glob (`*` any run, `?` one character).
+    Matches(String, String),
+}
+
+/// Rules for one path prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Access {
+    pub path_prefix: String,
+    pub rule: Rule,
+}
+
+/// Parses `claim_rules`: `[{"path_prefix": "/admin", "rule": {...}}, …]`. Errors say what is wrong.
+pub fn parse_access(v: &Value) -> Result<Vec<Access>, String> {
+    let list = v.as_array().ok_or("must be a list of {\"path_prefix\", \"rule\"} objects")?;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, entry) in list.iter().enumerate() {
+        let obj = entry.as_object().ok_or_else(|| format!("entry {i} is not an object"))?;
+        for k in obj.keys() {
+            if k != "path_prefix" && k != "rule" {
+                return Err(format!("entry {i}: unknown field `{k}`"));
+            }
+        }
+        let path_prefix = match obj.get("path_prefix") {
+            None => "/".to_string(),
+            Some(Value::String(p)) if p.starts_with('/') && !p.contains(['?', '#', '%', '\\']) => p.clone(),
+            Some(_) => return Err(format!("entry {i}: path_prefix must be a plain absolute path")),
+        };
+        let rule = obj.get("rule").ok_or_else(|| format!("entry {i}: `rule` is required"))?;
+        let rule = parse_rule(rule, 0).map_err(|e| format!("entry {i}: {e}"))?;
+        out.push(Access { path_prefix, rule });
+    }
+    // Most specific prefix first, so `/admin` rules win over `/` rules.
+    out.sort_by_key(|a| std::cmp::Reverse(a.path_prefix.len()));
+    Ok(out)
+}
+
+fn parse_rule(v: &Value, depth: usize) -> Result<Rule, String> {
+    if depth > MAX_DEPTH {
+        return Err("rules nest too deeply".into());
+    }
+    let obj = v.as_object().ok_or("a rule is an object")?;
+    let list = |key: &str| -> Result<Vec<Rule>, String> {
+        let items = obj.get(key).and_then(Value::as_array).ok_or_else(|| format!("`{key}` takes a list of rules"))?;
+        if items.is_empty() {
+            return Err(format!("`{key}` must not be empty"));
+        }
+        items.iter().map(|r| parse_rule(r, depth + 1)).collect()
+    };
+    if obj.contains_key("all_of") {
+        only(obj, &["all_of"])?;
+        return Ok(Rule::AllOf(list("all_of")?));
+    }
+    if obj.contains_key("any_of") {
+        only(obj, &["any_of"])?;
+        return Ok(Rule::AnyOf(list("any_of")?));
+    }
+    let claim = match obj.get("claim") {
+        Some(Value::String(c)) if !c.is_empty() => c.clone(),
+        _ => return Err("a rule needs `all_of`, `any_of`, or `claim` with `equals`, `contains_any` or `matches`".into()),
+    };
+    if let Some(v) = obj.get("equals") {
+        only(obj, &["claim", "equals"])?;
+        if v.is_object() || v.is_array() || v.is_null() {
+            return Err("`equals` takes a string, number or boolean".into());
+        }
+        return Ok(Rule::Equals(claim, v.clone()));
+    }
+    if let Some(v) = obj.get("contains_any") {
+        only(obj, &["claim", "contains_any"])?;
+        let values: Option<Vec<String>> =
+            v.as_array().map(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or(None);
+        return match values {
+            Some(vals) if !vals.is_empty() => Ok(Rule::ContainsAny(claim, vals)),
+            _ => Err("`contains_any` takes a non-empty list of strings".into()),
+        };
+    }
+    if let Some(v) = obj.get("matches") {
+        only(obj, &["claim", "matches"])?;
+        return match v.as_str() {
+            Some(p) if p.len() <= 256 => Ok(Rule::Matches(claim, p.to_string())),
+            _ => Err("`matches` takes a glob pattern string".into()),
+        };
+    }
+    Err(format!("claim rule on `{claim}` needs `equals`, `contains_any` or `matches`"))
+}
+
+fn only(obj: &Map<String, Value>, allowed: &[&str]) -> Result<(), String> {
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!("unexpected `{k}` next to `{}`", allowed.join("`/`"))),
+        None => Ok(()),
+    }
+}
+
+impl Rule {
+    /// True when the claims satisfy the rule. Missing claims never satisfy a condition.
+    pub fn allows(&self, claims: &Map<String, Value>) -> bool {
+        match self {
+            Rule::AllOf(rs) => rs.iter().all(|r| r.allows(claims)),
+            Rule::AnyOf(rs) => rs.iter().any(|r| r.allows(claims)),
+            Rule::Equals(c, v) => claims.get(c) == Some(v),
+            Rule::ContainsAny(c, vals) => match claims.get(c) {
+                Some(Value::String(s)) => vals.iter().any(|v| v == s),
+                Some(Value::Array(a)) => a.iter().any(|x| x.as_str().is_some_and(|s| vals.iter().any(|v| v == s))),
+                _ => false,
+            },
+            Rule::Matches(c, p) => claims.get(c).and_then(Value::as_str).is_some_and(|s| glob(p.as_bytes(), s.as_bytes())),
+        }
+    }
+
+    /// Every claim the rule reads, so the session keeps just those.
+    pub fn claim_names<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Rule::AllOf(rs) | Rule::AnyOf(rs) => rs.iter().for_each(|r| r.claim_names(out)),
+            Rule::Equals(c, _) | Rule::ContainsAny(c, _) | Rule::Matches(c, _) => out.push(c),
+        }
+    }
+}
+
+/// The rule for a normalized path, if any entry covers it.
+pub fn rule_for<'a>(access: &'a [Access], normalized_path: &str) -> Option<&'a Rule> {
+    access.iter().find(|a| crate::paths::prefix_matches(&a.path_prefix, normalized_path)).map(|a| &a.rule)
+}
+
+/// A header value for a claim: strings as they are, lists joined with `,` (as oauth2-proxy does),
+/// numbers and booleans as JSON. `None` for absent claims and for values that cannot be a header.
+pub fn header_value(v: &Value) -> Option<String> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+        _ => return None,
+    };
+    // A claim is the IdP's data, not ours: never let it split a header.
+    (!s.is_empty() && s.len() <= 8192 && s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80))
+        .then_some(s)
+}
+
+/// Iterative glob match with `*` and `?`, linear in practice and never recursive.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = si;
+            pi += 1;
+        } else if let Some(st) = star {
+            pi = st + 1;
+            mark += 1;
+            si = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims() -> Map<String, Value> {
+        json!({"sub": "alice", "email": "alice@example.com", "groups": ["admins", "users"], "email_verified": true, "n": 3})
+            .as_object()
+            .cloned()
+            .unwrap()
+    }
+
+    #[test]
+    fn rules_evaluate() {
+        let c = claims();
+        let r = |v: Value| parse_rule(&v, 0).unwrap();
+        assert!(r(json!({"claim": "groups", "contains_any": ["admins", "x"]})).allows(&c));
+        assert!(!r(json!({"claim": "groups", "contains_any": ["ops"]})).allows(&c));
+        assert!(r(json!({"claim": "email_verified", "equals": true})).allows(&c));
+        assert!(!r(json!({"claim": "email_verified", "equals": "true"})).allows(&c));
+        assert!(r(json!({"claim": "email", "matches": "*@example.com"})).allows(&c));
+        assert!(!r(json!({"claim": "email", "matches": "*@example.org"})).allows(&c));
+        assert!(!r(json!({"claim": "missing", "matches": "*"})).allows(&c));
+        assert!(r(json!({"all_of": [{"claim": "sub", "equals": "alice"}, {"any_of": [{"claim": "n", "equals": 4}, {"claim": "n", "equals": 3}]}]})).allows(&c));
+        assert!(!r(json!({"all_of": [{"claim": "sub", "equals": "alice"}, {"claim": "n", "equals": 4}]})).allows(&c));
+    }
+
+    #[test]
+    fn bad_rules_are_explained() {
+        for bad in [
+            json!({}),
+            json!({"claim": "x"}),
+            json!({"claim": "x", "equals": [1]}),
+            json!({"claim": "x", "contains_any": []}),
+            json!({"claim": "x", "equals": 1, "matches": "a"}),
+            json!({"all_of": []}),
+            json!({"all_of": [{"claim": "x", "equals": 1}], "any_of": []}),
+        ] {
+            assert!(parse_rule(&bad, 0).is_err(), "{bad}");
+        }
+        assert!(parse_access(&json!([{"path_prefix": "admin", "rule": {"claim": "x", "equals": 1}}])).is_err());
+        assert!(parse_access(&json!([{"rule": {"claim": "x", "equals": 1}, "extra": 1}])).is_err());
+    }
+
+    #[test]
+    fn most_specific_prefix_wins() {
+        let a = parse_access(&json!([
+            {"rule": {"claim": "groups", "contains_any": ["users"]}},
+            {"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["root"]}},
+        ]))
+        .unwrap();
+        assert!(rule_for(&a, "/admin/x").is_some_and(|r| !r.allows(&claims())));
+        assert!(rule_for(&a, "/other").is_some_and(|r| r.allows(&claims())));
+        assert!(rule_for(&[], "/x").is_none());
+    }
+
+    #[test]
+    fn header_values_are_safe() {
+        assert_eq!(header_value(&json!(["a", "b"])).as_deref(), Some("a,b"));
+        assert_eq!(header_value(&json!("x\r\nEvil: 1")), None);
+        assert_eq!(header_value(&json!({"a": 1})), None);
+        assert_eq!(header_value(&json!(true)).as_deref(), Some("true"));
+    }
+
+    #[test]
+    fn glob_matches() {
+        assert!(glob(b"*", b""));
+        assert!(glob(b"a*c", b"abbbc"));
+        assert!(glob(b"a?c", b"abc"));
+        assert!(!glob(b"a?c", b"ac"));
+        assert!(glob(b"*@*.example.com", b"bob@mail.example.com"));
+        assert!(!glob(b"*a", b"bbbb"));
+    }
+}
