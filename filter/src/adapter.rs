@@ -9,7 +9,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MetricType};
 
-use crate::config::Config;
+use crate::config::{Plugin, Unmatched};
 use crate::flow::{self, CallbackFailure, Callout, Env, Headers, Metric, Pending, State, Step};
 use crate::provider::Fetch;
 
@@ -19,8 +19,9 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// Per-worker state shared by the root context and every request on that worker.
 struct Shared {
-    cfg: Rc<Config>,
-    state: State,
+    plugin: Rc<Plugin>,
+    /// One per site, same order as `plugin.sites`.
+    states: Vec<State>,
 }
 
 /// One counter per `Metric`, defined once per VM.
@@ -37,6 +38,7 @@ struct Metrics {
     not_ready: u32,
     bypass: u32,
     bearer_passthrough: u32,
+    forbidden: u32,
     callback_failed: [u32; 8],
 }
 
@@ -66,6 +68,7 @@ impl Metrics {
             not_ready: c("not_ready"),
             bypass: c("bypassed"),
             bearer_passthrough: c("bearer_passthrough"),
+            forbidden: c("forbidden"),
             callback_failed: [0; 8],
         };
         for (i, f) in FAILURES.iter().enumerate() {
@@ -88,6 +91,7 @@ impl Metrics {
             Some(Metric::NotReady) => self.not_ready,
             Some(Metric::Bypass) => self.bypass,
             Some(Metric::BearerPassthrough) => self.bearer_passthrough,
+            Some(Metric::Forbidden) => self.forbidden,
             Some(Metric::CallbackFailed(f)) => {
                 let i = FAILURES.iter().position(|x| *x == f).unwrap_or(0);
                 self.callback_failed[i]
@@ -104,19 +108,20 @@ impl Metrics {
 pub struct Root {
     shared: Option<Rc<RefCell<Shared>>>,
     metrics: Metrics,
-    fetches: HashMap<u32, Fetch>,
+    fetches: HashMap<u32, (usize, Fetch)>,
 }
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        let Some(fetch) = self.fetches.remove(&token) else { return };
+        let Some((site, fetch)) = self.fetches.remove(&token) else { return };
         let Some(shared) = &self.shared else { return };
         let reply = read_reply(self, body_size);
         let now = now(self);
         let Ok(mut s) = shared.try_borrow_mut() else { return };
-        let cfg = s.cfg.clone();
-        let was_ready = s.state.provider.ready().is_some();
-        match s.state.provider.on_reply(&cfg, fetch, reply.as_ref().map(|(st, b)| (*st, b.as_slice())), now) {
+        let plugin = s.plugin.clone();
+        let (Some(cfg), Some(state)) = (plugin.sites.get(site), s.states.get_mut(site)) else { return };
+        let was_ready = state.provider.ready().is_some();
+        match state.provider.on_reply(cfg, fetch, reply.as_ref().map(|(st, b)| (*st, b.as_slice())), now) {
             Ok(msg) => {
                 if !was_ready || fetch == Fetch::Jwks {
                     log_info(&format!("oidc-filter: {}: {msg}", cfg.issuer));
@@ -140,10 +145,11 @@ impl RootContext for Root {
     fn on_configure(&mut self, _: usize) -> bool {
         let raw = self.get_plugin_configuration().unwrap_or_default();
         let env = |k: &str| std::env::var(k).ok();
-        match Config::parse(&raw, &env) {
-            Ok(cfg) => {
+        match Plugin::parse(&raw, &env) {
+            Ok(plugin) => {
                 self.metrics = Metrics::define();
-                self.shared = Some(Rc::new(RefCell::new(Shared { cfg: Rc::new(cfg), state: State::default() })));
+                let states = plugin.sites.iter().map(|_| State::default()).collect();
+                self.shared = Some(Rc::new(RefCell::new(Shared { plugin: Rc::new(plugin), states })));
                 self.fetches.clear();
                 self.set_tick_period(TICK);
                 self.poll();
@@ -162,7 +168,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         let shared = self.shared.clone()?;
-        Some(Box::new(Http { shared, metrics: self.metrics, pending: None, set_cookies: Vec::new() }))
+        Some(Box::new(Http { shared, metrics: self.metrics, site: 0, pending: None, set_cookies: Vec::new() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -174,23 +180,25 @@ impl Root {
     fn poll(&mut self) {
         let Some(shared) = &self.shared else { return };
         let now = now(self);
-        let next = match shared.try_borrow_mut() {
-            Ok(mut s) => {
-                let cfg = s.cfg.clone();
-                s.state.provider.poll(&cfg, now)
-            }
-            Err(_) => None,
-        };
-        let Some((call, fetch)) = next else { return };
-        match dispatch(self, &call) {
-            Ok(token) => {
-                self.fetches.insert(token, fetch);
-            }
-            Err(reason) => {
-                log_warn(&format!("oidc-filter: cannot call the IdP: {reason}"));
-                if let Ok(mut s) = shared.try_borrow_mut() {
-                    let cfg = s.cfg.clone();
-                    let _ = s.state.provider.on_reply(&cfg, fetch, None, now);
+        let shared = shared.clone();
+        let Ok(plugin) = shared.try_borrow().map(|s| s.plugin.clone()) else { return };
+        for (site, cfg) in plugin.sites.iter().enumerate() {
+            let next = match shared.try_borrow_mut() {
+                Ok(mut s) => s.states.get_mut(site).and_then(|st| st.provider.poll(cfg, now)),
+                Err(_) => None,
+            };
+            let Some((call, fetch)) = next else { continue };
+            match dispatch(self, &call) {
+                Ok(token) => {
+                    self.fetches.insert(token, (site, fetch));
+                }
+                Err(reason) => {
+                    log_warn(&format!("oidc-filter: cannot call the IdP: {reason}"));
+                    if let Ok(mut s) = shared.try_borrow_mut()
+                        && let Some(st) = s.states.get_mut(site)
+                    {
+                        let _ = st.provider.on_reply(cfg, fetch, None, now);
+                    }
                 }
             }
         }
@@ -201,6 +209,7 @@ impl Root {
 struct Http {
     shared: Rc<RefCell<Shared>>,
     metrics: Metrics,
+    site: usize,
     pending: Option<(u32, Box<Pending>)>,
     set_cookies: Vec<String>,
 }
@@ -227,10 +236,15 @@ impl Context for Http {
                 self.fail(500);
                 return;
             };
-            let cfg = s.cfg.clone();
+            let plugin = s.plugin.clone();
+            let (Some(cfg), Some(state)) = (plugin.sites.get(self.site), s.states.get_mut(self.site)) else {
+                drop(s);
+                self.fail(500);
+                return;
+            };
             let mut random = random;
             let mut env = Env { now, random: &mut random };
-            flow::on_reply(&cfg, &mut s.state, &mut env, *pending, reply.as_ref().map(|(st, b)| (*st, b.as_slice())))
+            flow::on_reply(cfg, state, &mut env, *pending, reply.as_ref().map(|(st, b)| (*st, b.as_slice())))
         };
         if let Action::Continue = self.run(step) {
             self.resume_http_request();
@@ -246,10 +260,23 @@ impl HttpContext for Http {
                 self.fail(500);
                 return Action::Pause;
             };
-            let cfg = s.cfg.clone();
+            let plugin = s.plugin.clone();
+            let site = match plugin.site_for_request(|| self.get_http_request_header(":authority")) {
+                Some(i) => i,
+                None => {
+                    drop(s);
+                    return self.unmatched(&plugin);
+                }
+            };
+            self.site = site;
+            let (Some(cfg), Some(state)) = (plugin.sites.get(site), s.states.get_mut(site)) else {
+                drop(s);
+                self.fail(500);
+                return Action::Pause;
+            };
             let mut random = random;
             let mut env = Env { now, random: &mut random };
-            flow::on_request(&cfg, &mut s.state, &mut env, &HostHeaders(self))
+            flow::on_request(cfg, state, &mut env, &HostHeaders(self))
         };
         self.run(step)
     }
@@ -273,6 +300,11 @@ impl Http {
                 if let Some(cookie) = &f.cookie {
                     self.set_http_request_header("cookie", cookie.as_deref());
                 }
+                if let Some(identity) = &f.identity {
+                    for (name, value) in identity.iter() {
+                        self.set_http_request_header(name, value.as_deref());
+                    }
+                }
                 self.set_cookies = f.set_cookies;
                 Action::Continue
             }
@@ -293,6 +325,28 @@ impl Http {
                     Action::Pause
                 }
             },
+        }
+    }
+
+    /// A host no site serves: pass (without any identity header a client may have sent) or 403.
+    fn unmatched(&self, plugin: &Plugin) -> Action {
+        match plugin.unmatched {
+            Unmatched::Pass => {
+                for cfg in &plugin.sites {
+                    for (name, _) in &cfg.identity_headers {
+                        self.set_http_request_header(name, None);
+                    }
+                }
+                Action::Continue
+            }
+            Unmatched::Default | Unmatched::Deny => {
+                self.send_http_response(
+                    403,
+                    vec![("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")],
+                    Some(b"This host is not served by this gateway's login.\n"),
+                );
+                Action::Pause
+            }
         }
     }
 

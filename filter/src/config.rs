@@ -419,6 +419,14 @@ impl Plugin {
         Plugin { sites: vec![cfg], unmatched: Unmatched::Default, default_site: Some(0) }
     }
 
+    /// The site for a request; reads `:authority` (through `authority`) only when several sites exist.
+    pub fn site_for_request(&self, authority: impl FnOnce() -> Option<String>) -> Option<usize> {
+        if self.sites.len() == 1 && self.default_site == Some(0) {
+            return Some(0);
+        }
+        self.site_for(&authority().unwrap_or_default())
+    }
+
     /// The site serving `authority` (`host[:port]`): an exact name first, then the longest wildcard.
     pub fn site_for(&self, authority: &str) -> Option<usize> {
         if self.sites.len() == 1 && self.default_site == Some(0) {

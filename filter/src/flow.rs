@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::claims;
 use crate::config::{Config, ForwardToken};
 use crate::cookies::{self, CookieAttrs};
 use crate::oidc::id_token::{self, Expected, IdTokenError};
@@ -59,8 +60,13 @@ pub struct Forward {
     pub cookie: Option<Option<String>>,
     /// `Set-Cookie` values to add to the upstream's response.
     pub set_cookies: Vec<String>,
+    /// Identity headers to set (`Some`) or remove (`None`); client-sent copies never pass.
+    pub identity: Option<IdentityHeaders>,
     pub metric: Option<Metric>,
 }
+
+/// Identity headers to set (`Some(value)`) or remove (`None`).
+pub type IdentityHeaders = Rc<Vec<(String, Option<String>)>>;
 
 /// A local response.
 #[derive(Debug)]
@@ -123,6 +129,7 @@ pub enum Metric {
     NotReady,
     Bypass,
     BearerPassthrough,
+    Forbidden,
 }
 
 /// Why a callback failed, one counter each.
@@ -160,6 +167,10 @@ pub struct Cached {
     pub bearer: Rc<Secret>,
     /// Set when this entry stands for a session refreshed since the browser last sent its cookie.
     pub renewed_cookies: Vec<String>,
+    /// The identity headers for this user, computed once per opened cookie.
+    pub identity: IdentityHeaders,
+    /// The claims rules and identity headers read.
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Opened sessions keyed by the exact sealed cookie value: a hit costs a hash, not a decryption.
@@ -298,7 +309,11 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
         ForwardToken::AccessToken => session.access_token.as_ref().unwrap_or(&session.id_token),
     };
     let bearer = Rc::new(Secret::new(format!("Bearer {}", token.expose())));
-    Cached { session, bearer, renewed_cookies }
+    let claims = kept_claims(cfg, &session.id_token);
+    let identity = Rc::new(
+        cfg.identity_headers.iter().map(|(h, c)| (h.clone(), claims.get(c).and_then(claims::header_value))).collect(),
+    );
+    Cached { session, bearer, renewed_cookies, identity, claims }
 }
 
 /// The logged-in path. `None` when the session has ended and the request is to be treated as anonymous.
@@ -321,34 +336,19 @@ fn with_session(
     }
     let cookie = Some(cookies::strip(header, |n| cfg.is_own_cookie(n)));
     if now + cfg.refresh_margin < s.token_expires_at {
-        return Some(Step::Forward(Forward {
-            authorization: Some(cached.bearer.clone()),
-            cookie,
-            set_cookies: cached.renewed_cookies.clone(),
-            metric: Some(Metric::SessionForwarded),
-        }));
+        return Some(forward_session(cfg, h, &cached, cookie, target));
     }
     let Some(refresh_token) = s.refresh_token.clone() else {
         // No way to renew: still good until the token itself expires, then anonymous.
         if now < s.token_expires_at {
-            return Some(Step::Forward(Forward {
-                authorization: Some(cached.bearer.clone()),
-                cookie,
-                set_cookies: cached.renewed_cookies.clone(),
-                metric: Some(Metric::SessionForwarded),
-            }));
+            return Some(forward_session(cfg, h, &cached, cookie, target));
         }
         state.cache.remove(&sealed);
         return None;
     };
     let Some(provider) = state.provider.ready() else {
         if now < s.token_expires_at {
-            return Some(Step::Forward(Forward {
-                authorization: Some(cached.bearer.clone()),
-                cookie,
-                set_cookies: cached.renewed_cookies.clone(),
-                metric: Some(Metric::SessionForwarded),
-            }));
+            return Some(forward_session(cfg, h, &cached, cookie, target));
         }
         return Some(not_ready());
     };
@@ -372,6 +372,81 @@ fn with_session(
     ))
 }
 
+/// A logged-in request goes upstream with its token and identity headers, if the claim rules let it.
+fn forward_session(
+    cfg: &Config,
+    h: &dyn Headers,
+    cached: &Cached,
+    cookie: Option<Option<String>>,
+    target: &str,
+) -> Step {
+    if denied(cfg, cached, target) {
+        return forbidden(cfg, is_browser(h), cached);
+    }
+    Step::Forward(Forward {
+        authorization: Some(cached.bearer.clone()),
+        cookie,
+        set_cookies: cached.renewed_cookies.clone(),
+        identity: Some(cached.identity.clone()),
+        metric: Some(Metric::SessionForwarded),
+    })
+}
+
+/// True when a claim rule covers the path and the session's claims fail it. A path that does not
+/// normalize (bad escapes) is judged by the `/` rule.
+fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
+    if cfg.access.is_empty() {
+        return false;
+    }
+    let path = paths::normalize(target).unwrap_or_else(|| "/".to_string());
+    claims::rule_for(&cfg.access, &path).is_some_and(|r| !r.allows(&s.claims))
+}
+
+/// 403 for a logged-in user the claim rules refuse: says who they are and offers logout, never a login loop.
+fn forbidden(cfg: &Config, browser: bool, s: &Cached) -> Step {
+    let who = ["preferred_username", "email"]
+        .iter()
+        .find_map(|c| s.claims.get(*c).and_then(|v| v.as_str()))
+        .unwrap_or(&s.session.sub);
+    let (content_type, body) = if browser {
+        (
+            "text/html; charset=utf-8",
+            format!(
+                "<!doctype html><title>Access denied</title><h1>Access denied</h1><p>You are logged in as <b>{}</b>, \
+                 who may not open this page.</p><p><a href=\"{}\">Log out</a> to use another account.</p>\n",
+                html_escape(who),
+                cfg.logout_path
+            ),
+        )
+    } else {
+        (
+            "application/json",
+            serde_json::json!({"error": "forbidden", "user": who, "logout": cfg.logout_path}).to_string(),
+        )
+    };
+    Step::Respond(Reply {
+        status: 403,
+        headers: vec![("content-type".into(), content_type.into()), ("cache-control".into(), "no-store".into())],
+        body,
+        metric: Some(Metric::Forbidden),
+    })
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// No valid session: bypass, a client's own bearer, a login redirect, or 401.
 fn without_session(
     cfg: &Config,
@@ -383,12 +458,18 @@ fn without_session(
 ) -> Step {
     let strip = cookie.map(|c| cookies::strip(c, |n| cfg.is_own_cookie(n)));
     if paths::is_bypass(&cfg.bypass_paths, target) {
-        return Step::Forward(Forward { cookie: strip, metric: Some(Metric::Bypass), ..Default::default() });
+        return Step::Forward(Forward {
+            cookie: strip,
+            identity: strip_identity(cfg),
+            metric: Some(Metric::Bypass),
+            ..Default::default()
+        });
     }
     if h.get("authorization").is_some() {
         // An API client with its own token: jwt_authn judges it.
         return Step::Forward(Forward {
             cookie: strip,
+            identity: strip_identity(cfg),
             metric: Some(Metric::BearerPassthrough),
             ..Default::default()
         });
@@ -650,6 +731,7 @@ fn refresh_reply(cfg: &Config, state: &mut State, env: &mut Env, job: RefreshJob
             authorization: Some(job.session.bearer.clone()),
             cookie: job.cookie.clone(),
             set_cookies: Vec::new(),
+            identity: Some(job.session.identity.clone()),
             metric: Some(metric),
         })
     };
@@ -698,10 +780,14 @@ fn refresh_reply(cfg: &Config, state: &mut State, env: &mut Env, job: RefreshJob
     let cached = Rc::new(cached_session(cfg, session, set.clone()));
     // Requests still carrying the old cookie on this worker now get the new token too.
     state.cache.insert(job.cache_key.clone(), cached.clone(), env.now);
+    if denied(cfg, &cached, &job.target) {
+        return with_cookies(forbidden(cfg, job.browser, &cached), set);
+    }
     Step::Forward(Forward {
         authorization: Some(cached.bearer.clone()),
         cookie: job.cookie,
         set_cookies: set,
+        identity: Some(cached.identity.clone()),
         metric: Some(Metric::Refreshed),
     })
 }
@@ -749,6 +835,32 @@ fn new_session(
         token_expires_at.min(now + cfg.session_lifetime)
     };
     Some(Session { id_token, access_token, refresh_token, token_expires_at, expires_at, sub })
+}
+
+/// The claims that rules and identity headers read, from the session's ID token. The token was verified
+/// before it was sealed and the cookie is authenticated, so its payload is trusted without a signature check;
+/// reading it here (once per opened cookie) keeps the cookie from carrying the claims twice.
+fn kept_claims(cfg: &Config, id_token: &Secret) -> serde_json::Map<String, serde_json::Value> {
+    use base64::Engine as _;
+    if cfg.keep_claims.is_empty() {
+        return serde_json::Map::new();
+    }
+    let all: serde_json::Map<String, serde_json::Value> = id_token
+        .expose()
+        .split('.')
+        .nth(1)
+        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    cfg.keep_claims.iter().filter_map(|k| all.get(k).map(|v| (k.clone(), v.clone()))).collect()
+}
+
+/// Removes every configured identity header: on anonymous requests no client-sent copy may pass.
+fn strip_identity(cfg: &Config) -> Option<IdentityHeaders> {
+    if cfg.identity_headers.is_empty() {
+        return None;
+    }
+    Some(Rc::new(cfg.identity_headers.iter().map(|(h, _)| (h.clone(), None)).collect()))
 }
 
 /// Seals a session into cookies, and clears chunks of an earlier, longer session.
