@@ -12,6 +12,12 @@ use proxy_wasm::types::{Action, ContextType, MetricType};
 use crate::config::{Plugin, Unmatched};
 use crate::flow::{self, CallbackFailure, Callout, Env, Headers, Metric, Pending, State, Step};
 use crate::provider::Fetch;
+use crate::revocation::Revocations;
+
+/// Envoy's shared data is shared by every worker's VM of this plugin: the one place a logout reaches them all.
+fn revocation_key(cfg: &crate::config::Config) -> String {
+    format!("oidc-filter.revoked.{}.{}", cfg.client_id, cfg.cookie_name)
+}
 
 /// Replies larger than this are not an IdP document or token response.
 const MAX_REPLY: usize = 256 * 1024;
@@ -39,6 +45,7 @@ struct Metrics {
     bypass: u32,
     bearer_passthrough: u32,
     forbidden: u32,
+    backchannel_logout: u32,
     callback_failed: [u32; 8],
 }
 
@@ -69,6 +76,7 @@ impl Metrics {
             bypass: c("bypassed"),
             bearer_passthrough: c("bearer_passthrough"),
             forbidden: c("forbidden"),
+            backchannel_logout: c("backchannel_logouts"),
             callback_failed: [0; 8],
         };
         for (i, f) in FAILURES.iter().enumerate() {
@@ -92,6 +100,7 @@ impl Metrics {
             Some(Metric::Bypass) => self.bypass,
             Some(Metric::BearerPassthrough) => self.bearer_passthrough,
             Some(Metric::Forbidden) => self.forbidden,
+            Some(Metric::BackchannelLogout) => self.backchannel_logout,
             Some(Metric::CallbackFailed(f)) => {
                 let i = FAILURES.iter().position(|x| *x == f).unwrap_or(0);
                 self.callback_failed[i]
@@ -164,11 +173,12 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         self.poll();
+        self.sync_revocations();
     }
 
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
         let shared = self.shared.clone()?;
-        Some(Box::new(Http { shared, metrics: self.metrics, site: 0, pending: None, set_cookies: Vec::new() }))
+        Some(Box::new(Http { shared, metrics: self.metrics, site: 0, reading_body: false, pending: None, set_cookies: Vec::new() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -177,6 +187,23 @@ impl RootContext for Root {
 }
 
 impl Root {
+    /// Takes in the logouts other workers recorded, and forgets expired ones.
+    fn sync_revocations(&self) {
+        let Some(shared) = &self.shared else { return };
+        let now = now(self);
+        let Ok(mut s) = shared.try_borrow_mut() else { return };
+        let plugin = s.plugin.clone();
+        for (cfg, state) in plugin.sites.iter().zip(s.states.iter_mut()) {
+            if cfg.backchannel_logout_path.is_none() {
+                continue;
+            }
+            if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&revocation_key(cfg)) {
+                state.revoked.merge(&Revocations::decode(&bytes));
+            }
+            state.revoked.prune(now);
+        }
+    }
+
     fn poll(&mut self) {
         let Some(shared) = &self.shared else { return };
         let now = now(self);
@@ -210,6 +237,7 @@ struct Http {
     shared: Rc<RefCell<Shared>>,
     metrics: Metrics,
     site: usize,
+    reading_body: bool,
     pending: Option<(u32, Box<Pending>)>,
     set_cookies: Vec<String>,
 }
@@ -253,7 +281,7 @@ impl Context for Http {
 }
 
 impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         let now = now(self);
         let step = {
             let Ok(mut s) = self.shared.try_borrow_mut() else {
@@ -278,7 +306,27 @@ impl HttpContext for Http {
             let mut env = Env { now, random: &mut random };
             flow::on_request(cfg, state, &mut env, &HostHeaders(self))
         };
+        if end_of_stream && matches!(step, Step::ReadBody) {
+            return self.backchannel_logout(&[]);
+        }
         self.run(step)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.reading_body {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            // Logout tokens are small; a huge body is not one.
+            if body_size > 64 * 1024 {
+                self.reading_body = false;
+                self.send_http_response(413, vec![("cache-control", "no-store")], None);
+            }
+            return Action::Pause;
+        }
+        self.reading_body = false;
+        let body = self.get_http_request_body(0, body_size.min(64 * 1024)).unwrap_or_default();
+        self.backchannel_logout(&body)
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
@@ -314,6 +362,10 @@ impl Http {
                 self.send_http_response(u32::from(r.status), headers, Some(r.body.as_bytes()));
                 Action::Pause
             }
+            Step::ReadBody => {
+                self.reading_body = true;
+                Action::Pause
+            }
             Step::Call(call, pending) => match dispatch(self, &call) {
                 Ok(token) => {
                     self.pending = Some((token, pending));
@@ -326,6 +378,40 @@ impl Http {
                 }
             },
         }
+    }
+
+    /// Validates a posted logout token and records the logout where every worker sees it.
+    fn backchannel_logout(&mut self, body: &[u8]) -> Action {
+        let now = now(self);
+        let step = {
+            let Ok(mut s) = self.shared.try_borrow_mut() else {
+                self.fail(500);
+                return Action::Pause;
+            };
+            let plugin = s.plugin.clone();
+            let (Some(cfg), Some(state)) = (plugin.sites.get(self.site), s.states.get_mut(self.site)) else {
+                drop(s);
+                self.fail(500);
+                return Action::Pause;
+            };
+            let mut random = random;
+            let env = Env { now, random: &mut random };
+            let step = flow::on_backchannel_logout(cfg, state, &env, body);
+            if matches!(&step, Step::Respond(r) if r.status == 200) {
+                let key = revocation_key(cfg);
+                // Compare-and-swap, so two workers recording at once don't lose each other's entry.
+                for _ in 0..8 {
+                    let (bytes, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
+                    let mut merged = bytes.map(|b| Revocations::decode(&b)).unwrap_or_default();
+                    merged.merge(&state.revoked);
+                    if hostcalls::set_shared_data(&key, Some(&merged.encode()), cas).is_ok() {
+                        break;
+                    }
+                }
+            }
+            step
+        };
+        self.run(step)
     }
 
     /// A host no site serves: pass (without any identity header a client may have sent) or 403.

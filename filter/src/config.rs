@@ -56,6 +56,8 @@ pub struct Config {
     pub identity_headers: Vec<(String, String)>,
     /// The claims a session keeps: those the rules and identity headers read.
     pub keep_claims: Vec<String>,
+    /// Where the IdP posts logout tokens (OIDC Back-Channel Logout); `None`: not offered.
+    pub backchannel_logout_path: Option<String>,
 }
 
 /// Why a configuration was refused. The message names the field.
@@ -104,6 +106,7 @@ struct Raw {
     callout_timeout: Option<String>,
     jwks_refresh_interval: Option<String>,
     claim_rules: Option<serde_json::Value>,
+    backchannel_logout_path: Option<String>,
     identity_headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
@@ -241,6 +244,16 @@ impl Config {
                 return Err(err("identity_headers", format!("`{h}` names no claim")));
             }
         }
+        let backchannel_logout_path = match raw.backchannel_logout_path {
+            None => None,
+            Some(p) => {
+                let p = path("backchannel_logout_path", Some(p), "")?;
+                if [&callback_path, &login_path, &logout_path].contains(&&p) {
+                    return Err(err("backchannel_logout_path", "must differ from the other paths"));
+                }
+                Some(p)
+            }
+        };
         let mut keep_claims: Vec<&str> = identity_headers.iter().map(|(_, c)| c.as_str()).collect();
         access.iter().for_each(|a| a.rule.claim_names(&mut keep_claims));
         keep_claims.sort_unstable();
@@ -274,6 +287,7 @@ impl Config {
             access,
             identity_headers,
             keep_claims,
+            backchannel_logout_path,
         })
     }
 

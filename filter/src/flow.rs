@@ -15,7 +15,9 @@ use crate::oidc::jwks::Jwks;
 use crate::oidc::pkce;
 use crate::oidc::token::{self, TokenError, TokenResponse};
 use crate::paths;
+use crate::oidc::logout_token;
 use crate::provider::{Provider, ProviderState};
+use crate::revocation::Revocations;
 use crate::secret::Secret;
 use crate::session::{self, LoginState, Session};
 
@@ -49,6 +51,8 @@ pub enum Step {
     Respond(Reply),
     /// Call the IdP, then resume with `on_reply`.
     Call(Callout, Box<Pending>),
+    /// Read the request body, then resume with `on_backchannel_logout`.
+    ReadBody,
 }
 
 /// Header changes for a request that goes upstream.
@@ -95,6 +99,8 @@ pub enum Pending {
     CodeJwks(CodeExchange, TokenResponse),
     /// The token endpoint's answer to a refresh.
     Refresh(RefreshJob),
+    /// The JWKS, fetched because the refreshed ID token named an unknown `kid`.
+    RefreshJwks(RefreshJob, TokenResponse),
 }
 
 #[derive(Debug)]
@@ -130,6 +136,7 @@ pub enum Metric {
     Bypass,
     BearerPassthrough,
     Forbidden,
+    BackchannelLogout,
 }
 
 /// Why a callback failed, one counter each.
@@ -171,6 +178,9 @@ pub struct Cached {
     pub identity: IdentityHeaders,
     /// The claims rules and identity headers read.
     pub claims: serde_json::Map<String, serde_json::Value>,
+    /// The ID token's `sid` and `iat`, for back-channel logout.
+    pub sid: Option<String>,
+    pub iat: u64,
 }
 
 /// Opened sessions keyed by the exact sealed cookie value: a hit costs a hash, not a decryption.
@@ -212,6 +222,8 @@ impl SessionCache {
 pub struct State {
     pub provider: ProviderState,
     pub cache: SessionCache,
+    /// Sessions ended by back-channel logout; the adapter keeps it in step with the other workers.
+    pub revoked: Revocations,
 }
 
 impl Callout {
@@ -270,6 +282,13 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
     if path == cfg.logout_path {
         return logout(cfg, state, h);
     }
+    if cfg.backchannel_logout_path.as_deref() == Some(path) {
+        return if h.get(":method").as_deref() == Some("POST") {
+            Step::ReadBody
+        } else {
+            text(405, "Method not allowed: the IdP posts logout tokens here.", None)
+        };
+    }
 
     let cookie = h.get("cookie");
     let mut stale = false;
@@ -309,11 +328,11 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
         ForwardToken::AccessToken => session.access_token.as_ref().unwrap_or(&session.id_token),
     };
     let bearer = Rc::new(Secret::new(format!("Bearer {}", token.expose())));
-    let claims = kept_claims(cfg, &session.id_token);
+    let (claims, sid, iat) = token_facts(cfg, &session.id_token);
     let identity = Rc::new(
         cfg.identity_headers.iter().map(|(h, c)| (h.clone(), claims.get(c).and_then(claims::header_value))).collect(),
     );
-    Cached { session, bearer, renewed_cookies, identity, claims }
+    Cached { session, bearer, renewed_cookies, identity, claims, sid, iat }
 }
 
 /// The logged-in path. `None` when the session has ended and the request is to be treated as anonymous.
@@ -330,7 +349,9 @@ fn with_session(
 ) -> Option<Step> {
     let now = env.now;
     let s = &cached.session;
-    if now >= s.expires_at {
+    if now >= s.expires_at
+        || (!state.revoked.is_empty() && state.revoked.is_revoked(cached.sid.as_deref(), &s.sub, cached.iat))
+    {
         state.cache.remove(&sealed);
         return None;
     }
@@ -638,6 +659,12 @@ pub fn on_reply(cfg: &Config, state: &mut State, env: &mut Env, pending: Pending
             finish_login(cfg, state, env, x, tokens, false)
         }
         Pending::Refresh(job) => refresh_reply(cfg, state, env, job, reply),
+        Pending::RefreshJwks(job, tokens) => {
+            if let Some(jwks) = reply.filter(|(s, _)| *s == 200).and_then(|(_, b)| Jwks::parse(b).ok()) {
+                state.provider.install_jwks(jwks, env.now);
+            }
+            finish_refresh(cfg, state, env, job, tokens, false)
+        }
     }
 }
 
@@ -724,17 +751,7 @@ fn finish_login(
 }
 
 fn refresh_reply(cfg: &Config, state: &mut State, env: &mut Env, job: RefreshJob, reply: Option<(u16, &[u8])>) -> Step {
-    let old = &job.session.session;
-    let still_valid = env.now < old.token_expires_at;
-    let keep_old = |metric| {
-        Step::Forward(Forward {
-            authorization: Some(job.session.bearer.clone()),
-            cookie: job.cookie.clone(),
-            set_cookies: Vec::new(),
-            identity: Some(job.session.identity.clone()),
-            metric: Some(metric),
-        })
-    };
+    let still_valid = env.now < job.session.session.token_expires_at;
     let tokens = match reply {
         Some((status, body)) => token::parse_response(status, body),
         None => Err(TokenError::Malformed("no answer")),
@@ -742,11 +759,24 @@ fn refresh_reply(cfg: &Config, state: &mut State, env: &mut Env, job: RefreshJob
     let tokens = match tokens {
         Ok(t) => t,
         // The IdP is down or slow but the token has a little life left: keep the user working.
-        Err(e) if still_valid && !matches!(e, TokenError::InvalidGrant) => return keep_old(Metric::RefreshFailed),
-        Err(_) => return refresh_failed(cfg, state, &job),
+        Err(e) if still_valid && !matches!(e, TokenError::InvalidGrant) => return keep_old(&job),
+        Err(_) => return refresh_failed(cfg, state, &job, env.now),
     };
+    finish_refresh(cfg, state, env, job, tokens, true)
+}
+
+fn finish_refresh(
+    cfg: &Config,
+    state: &mut State,
+    env: &mut Env,
+    job: RefreshJob,
+    tokens: TokenResponse,
+    may_refetch: bool,
+) -> Step {
+    let old = &job.session.session;
+    let still_valid = env.now < old.token_expires_at;
     let Some(provider) = state.provider.ready() else {
-        return if still_valid { keep_old(Metric::RefreshFailed) } else { refresh_failed(cfg, state, &job) };
+        return if still_valid { keep_old(&job) } else { refresh_failed(cfg, state, &job, env.now) };
     };
     let (id_token, exp, sub) = match &tokens.id_token {
         Some(t) => {
@@ -760,22 +790,30 @@ fn refresh_reply(cfg: &Config, state: &mut State, env: &mut Env, job: RefreshJob
             match id_token::verify(t.expose(), &provider.jwks, &expected) {
                 // OIDC Core 12.2: a refreshed ID token must name the same user.
                 Ok(c) if c.sub == old.sub => (t.clone(), c.exp, c.sub),
-                _ => return refresh_failed(cfg, state, &job),
+                // The IdP signs with a key this worker has not fetched yet: fetch the JWKS (rate-limited) once.
+                Err(IdTokenError::UnknownKid) if may_refetch && state.provider.may_refetch_for_kid(env.now) => {
+                    let Some(p) = state.provider.ready() else {
+                        return refresh_failed(cfg, state, &job, env.now);
+                    };
+                    let call = Callout::get(cfg, &p.meta.jwks_uri);
+                    return Step::Call(call, Box::new(Pending::RefreshJwks(job, tokens)));
+                }
+                _ => return refresh_failed(cfg, state, &job, env.now),
             }
         }
         None if cfg.forward_token == ForwardToken::AccessToken => {
             (old.id_token.clone(), old.token_expires_at, old.sub.clone())
         }
-        None => return refresh_failed(cfg, state, &job),
+        None => return refresh_failed(cfg, state, &job, env.now),
     };
     let refresh = tokens.refresh_token.clone().or_else(|| old.refresh_token.clone());
     let Some(mut session) = new_session(cfg, env.now, &tokens, id_token, exp, sub, refresh) else {
-        return refresh_failed(cfg, state, &job);
+        return refresh_failed(cfg, state, &job, env.now);
     };
     session.expires_at = old.expires_at;
     let set = match seal_session(cfg, env, &session, &job.present_chunks) {
         Ok(c) => c,
-        Err(_) => return refresh_failed(cfg, state, &job),
+        Err(_) => return refresh_failed(cfg, state, &job, env.now),
     };
     let cached = Rc::new(cached_session(cfg, session, set.clone()));
     // Requests still carrying the old cookie on this worker now get the new token too.
@@ -792,7 +830,35 @@ fn refresh_reply(cfg: &Config, state: &mut State, env: &mut Env, job: RefreshJob
     })
 }
 
-fn refresh_failed(cfg: &Config, state: &mut State, job: &RefreshJob) -> Step {
+/// The token could not be renewed but has a little life left: the request goes up with it.
+fn keep_old(job: &RefreshJob) -> Step {
+    Step::Forward(Forward {
+        authorization: Some(job.session.bearer.clone()),
+        cookie: job.cookie.clone(),
+        set_cookies: Vec::new(),
+        identity: Some(job.session.identity.clone()),
+        metric: Some(Metric::RefreshFailed),
+    })
+}
+
+fn refresh_failed(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) -> Step {
+    // Another request on this worker renewed the same session while this one waited (an IdP that rotates
+    // refresh tokens refuses every later use of the old one): that renewal stands, not a logout.
+    if let Some(c) = state.cache.get(&job.cache_key)
+        && !Rc::ptr_eq(&c, &job.session)
+        && now < c.session.token_expires_at
+    {
+        if denied(cfg, &c, &job.target) {
+            return with_cookies(forbidden(cfg, job.browser, &c), c.renewed_cookies.clone());
+        }
+        return Step::Forward(Forward {
+            authorization: Some(c.bearer.clone()),
+            cookie: job.cookie.clone(),
+            set_cookies: c.renewed_cookies.clone(),
+            identity: Some(c.identity.clone()),
+            metric: Some(Metric::SessionForwarded),
+        });
+    }
     state.cache.remove(&job.cache_key);
     let mut clear: Vec<String> =
         job.present_chunks.iter().map(|n| cookies::clear_cookie(n, &cfg.cookie)).collect();
@@ -840,11 +906,8 @@ fn new_session(
 /// The claims that rules and identity headers read, from the session's ID token. The token was verified
 /// before it was sealed and the cookie is authenticated, so its payload is trusted without a signature check;
 /// reading it here (once per opened cookie) keeps the cookie from carrying the claims twice.
-fn kept_claims(cfg: &Config, id_token: &Secret) -> serde_json::Map<String, serde_json::Value> {
+fn token_facts(cfg: &Config, id_token: &Secret) -> (serde_json::Map<String, serde_json::Value>, Option<String>, u64) {
     use base64::Engine as _;
-    if cfg.keep_claims.is_empty() {
-        return serde_json::Map::new();
-    }
     let all: serde_json::Map<String, serde_json::Value> = id_token
         .expose()
         .split('.')
@@ -852,7 +915,38 @@ fn kept_claims(cfg: &Config, id_token: &Secret) -> serde_json::Map<String, serde
         .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    cfg.keep_claims.iter().filter_map(|k| all.get(k).map(|v| (k.clone(), v.clone()))).collect()
+    let kept = cfg.keep_claims.iter().filter_map(|k| all.get(k).map(|v| (k.clone(), v.clone()))).collect();
+    let sid = all.get("sid").and_then(|v| v.as_str()).map(str::to_string);
+    let iat = all.get("iat").and_then(|v| v.as_u64()).unwrap_or(0);
+    (kept, sid, iat)
+}
+
+/// A logout token posted by the IdP: on success the sessions it names end (here at once, on the other
+/// workers at their next tick). Answers as the spec says: 200, or 400 with a JSON error.
+pub fn on_backchannel_logout(cfg: &Config, state: &mut State, env: &Env, body: &[u8]) -> Step {
+    let token = url::form_urlencoded::parse(body).find(|(k, _)| k == "logout_token").map(|(_, v)| v.into_owned());
+    let reply = |status: u16, error: &str| {
+        let body = if error.is_empty() { String::new() } else { serde_json::json!({ "error": error }).to_string() };
+        Step::Respond(Reply {
+            status,
+            headers: vec![("cache-control".into(), "no-store".into()), ("content-type".into(), "application/json".into())],
+            body,
+            metric: None,
+        })
+    };
+    let Some(token) = token else { return reply(400, "invalid_request") };
+    let Some(provider) = state.provider.ready() else { return reply(503, "temporarily_unavailable") };
+    match logout_token::verify(&token, &provider.jwks, &cfg.issuer, &cfg.client_id, env.now, cfg.clock_leeway) {
+        Ok(logout) => {
+            state.revoked.add(&logout, env.now, cfg.session_lifetime);
+            let mut r = reply(200, "");
+            if let Step::Respond(r) = &mut r {
+                r.metric = Some(Metric::BackchannelLogout);
+            }
+            r
+        }
+        Err(_) => reply(400, "invalid_request"),
+    }
 }
 
 /// Removes every configured identity header: on anonymous requests no client-sent copy may pass.

@@ -1,0 +1,163 @@
+//! OpenID Connect Back-Channel Logout 1.0: validating the IdP's logout token (section 2.6).
+
+use std::fmt;
+
+use serde_json::Value;
+
+use super::id_token::{self, IdTokenError, numeric_date};
+use super::jwks::Jwks;
+
+const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// Which sessions a valid logout token ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logout {
+    pub sid: Option<String>,
+    pub sub: Option<String>,
+    pub iat: u64,
+}
+
+/// Why a logout token was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogoutTokenError {
+    Token(IdTokenError),
+    WrongIssuer,
+    WrongAudience,
+    MissingIat,
+    IssuedInFuture,
+    Expired,
+    MissingEvent,
+    MissingSidAndSub,
+    HasNonce,
+}
+
+impl fmt::Display for LogoutTokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Token(e) => write!(f, "logout token: {e}"),
+            Self::WrongIssuer => f.write_str("logout token from another issuer"),
+            Self::WrongAudience => f.write_str("logout token for another client"),
+            Self::MissingIat => f.write_str("logout token has no iat"),
+            Self::IssuedInFuture => f.write_str("logout token issued in the future"),
+            Self::Expired => f.write_str("logout token expired"),
+            Self::MissingEvent => f.write_str("logout token lacks the back-channel logout event"),
+            Self::MissingSidAndSub => f.write_str("logout token names neither sid nor sub"),
+            Self::HasNonce => f.write_str("logout token carries a nonce"),
+        }
+    }
+}
+
+/// Verifies a logout token: signature (as for ID tokens), `iss`, `aud`, `iat` (and `exp` when present),
+/// the back-channel logout event, `sid` or `sub`, and no `nonce` (so an ID token can't pass as one).
+pub fn verify(
+    token: &str,
+    jwks: &Jwks,
+    issuer: &str,
+    client_id: &str,
+    now: u64,
+    leeway: u64,
+) -> Result<Logout, LogoutTokenError> {
+    let claims = id_token::verify_signature(token, jwks).map_err(LogoutTokenError::Token)?;
+    if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
+        return Err(LogoutTokenError::WrongIssuer);
+    }
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(a)) => a == client_id,
+        Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(client_id)),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(LogoutTokenError::WrongAudience);
+    }
+    let bad = |_| LogoutTokenError::Token(IdTokenError::Malformed);
+    let iat = numeric_date(&claims, "iat").map_err(bad)?.ok_or(LogoutTokenError::MissingIat)?;
+    if iat > now.saturating_add(leeway) {
+        return Err(LogoutTokenError::IssuedInFuture);
+    }
+    if numeric_date(&claims, "exp").map_err(bad)?.is_some_and(|exp| now >= exp.saturating_add(leeway)) {
+        return Err(LogoutTokenError::Expired);
+    }
+    if !claims.get("events").and_then(Value::as_object).is_some_and(|e| e.get(EVENT).is_some_and(Value::is_object)) {
+        return Err(LogoutTokenError::MissingEvent);
+    }
+    if claims.contains_key("nonce") {
+        return Err(LogoutTokenError::HasNonce);
+    }
+    let text = |k: &str| claims.get(k).and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() <= 512);
+    let (sid, sub) = (text("sid").map(str::to_string), text("sub").map(str::to_string));
+    if sid.is_none() && sub.is_none() {
+        return Err(LogoutTokenError::MissingSidAndSub);
+    }
+    Ok(Logout { sid, sub, iat })
+}
+
+#[cfg(test)]
+mod tests {
+    use jwt_simple::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    const PEM: &str = include_str!("../../../testdata/jwks/private/es256-1.pem");
+    const JWKS: &str = include_str!("../../../testdata/jwks/keys.json");
+    const NOW: u64 = 1_900_000_000;
+
+    fn sign(claims: Value) -> String {
+        let key = ES256KeyPair::from_pem(PEM).unwrap().with_key_id("es256-1");
+        let c = Claims::with_custom_claims(claims, Duration::from_secs(0));
+        // jwt-simple adds iat/exp of its own clock; strip them so the test's claims rule.
+        let mut c = c;
+        c.issued_at = None;
+        c.expires_at = None;
+        c.invalid_before = None;
+        key.sign(c).unwrap()
+    }
+
+    fn good() -> Value {
+        json!({"iss": "https://idp.example.com", "aud": "app", "iat": NOW, "exp": NOW + 120, "jti": "j1",
+               "sid": "s-1", "sub": "alice", "events": {EVENT: {}}})
+    }
+
+    fn check(v: Value) -> Result<Logout, LogoutTokenError> {
+        let jwks = Jwks::parse(JWKS.as_bytes()).unwrap();
+        verify(&sign(v), &jwks, "https://idp.example.com", "app", NOW, 60)
+    }
+
+    #[test]
+    fn accepts_a_logout_token_and_names_its_session() {
+        let l = check(good()).unwrap();
+        assert_eq!(l.sid.as_deref(), Some("s-1"));
+        assert_eq!(l.sub.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn refuses_each_defect() {
+        let with = |k: &str, v: Value| {
+            let mut g = good();
+            g[k] = v;
+            g
+        };
+        let without = |k: &str| {
+            let mut g = good();
+            g.as_object_mut().unwrap().remove(k);
+            g
+        };
+        let mut no_ids = good();
+        no_ids.as_object_mut().unwrap().remove("sid");
+        no_ids.as_object_mut().unwrap().remove("sub");
+        assert_eq!(check(with("iss", json!("https://evil"))), Err(LogoutTokenError::WrongIssuer));
+        assert_eq!(check(with("aud", json!("other"))), Err(LogoutTokenError::WrongAudience));
+        assert_eq!(check(without("iat")), Err(LogoutTokenError::MissingIat));
+        assert_eq!(check(with("iat", json!(NOW + 3600))), Err(LogoutTokenError::IssuedInFuture));
+        assert_eq!(check(with("exp", json!(NOW - 3600))), Err(LogoutTokenError::Expired));
+        assert_eq!(check(without("events")), Err(LogoutTokenError::MissingEvent));
+        assert_eq!(check(with("events", json!({"other": {}}))), Err(LogoutTokenError::MissingEvent));
+        assert_eq!(check(with("nonce", json!("n"))), Err(LogoutTokenError::HasNonce));
+        assert_eq!(check(no_ids), Err(LogoutTokenError::MissingSidAndSub));
+        assert!(check(without("sid")).is_ok());
+        let jwks = Jwks::parse(JWKS.as_bytes()).unwrap();
+        let mut t = sign(good());
+        t.push('x');
+        assert!(matches!(verify(&t, &jwks, "https://idp.example.com", "app", NOW, 60), Err(LogoutTokenError::Token(_))));
+    }
+}
