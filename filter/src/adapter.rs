@@ -246,7 +246,7 @@ struct HostHeaders<'a>(&'a Http);
 
 impl Headers for HostHeaders<'_> {
     fn get(&self, name: &str) -> Option<String> {
-        self.0.get_http_request_header(name)
+        request_header(self.0, name)
     }
 }
 
@@ -289,7 +289,7 @@ impl HttpContext for Http {
                 return Action::Pause;
             };
             let plugin = s.plugin.clone();
-            let site = match plugin.site_for_request(|| self.get_http_request_header(":authority")) {
+            let site = match plugin.site_for_request(|| request_header(self, ":authority")) {
                 Some(i) => i,
                 None => {
                     drop(s);
@@ -456,8 +456,16 @@ fn dispatch(ctx: &dyn Context, call: &Callout) -> Result<u32, String> {
         .map_err(|status| format!("cluster `{}`: {status:?} (is the cluster defined on this proxy?)", call.cluster))
 }
 
+/// A request header as text. The SDK's `get_http_request_header` panics on bytes that are not UTF-8, and
+/// Envoy passes such bytes (obs-text) through: one request would abort this worker's VM. The core sees them
+/// as U+FFFD, which matches no name, path or cookie of ours.
+fn request_header(ctx: &dyn HttpContext, name: &str) -> Option<String> {
+    let bytes = ctx.get_http_request_header_bytes(name)?;
+    Some(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
 fn read_reply(ctx: &dyn Context, body_size: usize) -> Option<(u16, Vec<u8>)> {
-    let status = ctx.get_http_call_response_header(":status")?.parse::<u16>().ok()?;
+    let status = std::str::from_utf8(&ctx.get_http_call_response_header_bytes(":status")?).ok()?.parse::<u16>().ok()?;
     if body_size > MAX_REPLY {
         // Too large to be a real answer: hand the core an empty, unparsable body.
         return Some((status, Vec::new()));

@@ -514,6 +514,11 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     let rd = url::form_urlencoded::parse(paths::query_only(target).as_bytes())
         .find(|(k, _)| k == "rd")
         .map(|(_, v)| paths::safe_redirect(&v))
+        // Back to one of our own endpoints would loop through the IdP (`/login`) or undo the login (`/logout`).
+        .filter(|rd| {
+            let p = paths::normalize(rd).unwrap_or_default();
+            ![&cfg.login_path, &cfg.callback_path, &cfg.logout_path].contains(&&p)
+        })
         .unwrap_or_else(|| "/".to_string());
     let Some(redirect_uri) = redirect_uri(cfg, h) else {
         return text(400, "Bad request: invalid Host header.", None);
@@ -599,7 +604,8 @@ fn callback(cfg: &Config, state: &mut State, _env: &mut Env, h: &dyn Headers, ta
         return bad_callback(CallbackFailure::StateMismatch, "This login has expired or is not valid.", clear);
     }
     let Some(provider) = state.provider.ready() else {
-        return with_cookies(not_ready(), clear);
+        // Keep the login cookie: the attempt can go on once the IdP has been reached (Retry-After).
+        return not_ready();
     };
     let Some(redirect_uri) = redirect_uri(cfg, h) else {
         return bad_callback(CallbackFailure::BadRequest, "Invalid Host header.", clear);

@@ -31,6 +31,8 @@ pub struct ProviderState {
     meta: Option<ProviderMetadata>,
     ready: Option<Provider>,
     in_flight: bool,
+    /// When discovery was last read (or tried, on a periodic refresh), to refresh it once per JWKS cycle.
+    discovery_checked_at: u64,
     next_attempt: u64,
     backoff: u64,
     jwks_fetched_at: u64,
@@ -55,6 +57,15 @@ impl ProviderState {
                 (Fetch::Discovery, url)
             }
             (Some(meta), None) => (Fetch::Jwks, meta.jwks_uri.clone()),
+            // A periodic refresh reads discovery again first (endpoints can move), then the keys.
+            (Some(_), Some(_))
+                if now >= self.jwks_fetched_at + cfg.jwks_refresh_interval
+                    && self.discovery_checked_at <= self.jwks_fetched_at =>
+            {
+                let mut url = cfg.issuer_url.clone();
+                url.set_path(&discovery::discovery_path(&cfg.issuer_url));
+                (Fetch::Discovery, url)
+            }
             (Some(meta), Some(_)) if now >= self.jwks_fetched_at + cfg.jwks_refresh_interval => {
                 (Fetch::Jwks, meta.jwks_uri.clone())
             }
@@ -73,6 +84,10 @@ impl ProviderState {
         now: u64,
     ) -> Result<String, String> {
         self.in_flight = false;
+        if fetch == Fetch::Discovery && self.ready.is_some() {
+            // Even a failed re-read lets the JWKS refresh go ahead with the endpoints we know.
+            self.discovery_checked_at = now.max(self.jwks_fetched_at + 1);
+        }
         let result = match reply {
             None => Err("no answer from the IdP cluster".to_string()),
             Some((status, _)) if status != 200 => Err(format!("HTTP {status}")),

@@ -1,0 +1,1564 @@
+//! Whole flows through the core, natively: a fixed clock, counting randomness, a fake IdP fed from testdata.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use common::*;
+use oidc_filter::flow::{CallbackFailure, Metric};
+use oidc_filter::oidc::pkce;
+use oidc_filter::provider::Fetch;
+use serde_json::json;
+
+fn ready() -> Filter {
+    Filter::ready(config(json!({})))
+}
+
+fn bearer(fwd: &oidc_filter::flow::Forward) -> &str {
+    fwd.authorization
+        .as_ref()
+        .expect("an Authorization header")
+        .expose()
+}
+
+fn is_clear_of(set_cookie: &str, name: &str) -> bool {
+    set_cookie.starts_with(&format!("{name}=;")) && set_cookie.contains("; Max-Age=0")
+}
+
+/// Runs a login up to the token endpoint's answer and returns the callback's final reply.
+fn callback_with_reply(
+    f: &mut Filter,
+    reply: impl FnOnce(&Login) -> Option<(u16, Vec<u8>)>,
+) -> oidc_filter::flow::Reply {
+    let login = start_login(f, "?rd=/app");
+    let (_, pending) = call(f.request(&login.callback("code-1", &Jar::default())));
+    let r = reply(&login);
+    respond(f.reply(pending, r.as_ref().map(|(s, b)| (*s, b.as_slice()))))
+}
+
+fn with_id_token(claims: serde_json::Value) -> Option<(u16, Vec<u8>)> {
+    Some((200, token_body(Some(&mint(&claims)), None)))
+}
+
+fn assert_callback_failed(r: &oidc_filter::flow::Reply, status: u16, why: CallbackFailure) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.metric, Some(Metric::CallbackFailed(why)), "{r:?}");
+    assert!(header(&r.headers, "location").is_none());
+    assert!(
+        set_cookies(r)
+            .iter()
+            .all(|c| !c.starts_with("_oidc_session=")),
+        "no session on failure"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Anonymous requests
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn anonymous_browser_is_redirected_to_login_with_the_encoded_target() {
+    let mut f = ready();
+    let r = respond(f.request(&Req::browser("/app/page?x=1&y=%2F")));
+    assert_eq!(location(&r), "/login?rd=%2Fapp%2Fpage%3Fx%3D1%26y%3D%252F");
+    assert_eq!(header(&r.headers, "cache-control"), Some("no-store"));
+    assert_eq!(r.metric, Some(Metric::LoginRedirect));
+    assert!(set_cookies(&r).is_empty());
+}
+
+#[test]
+fn api_clients_get_401_with_a_bearer_challenge() {
+    let cases = [
+        ("accept json", Req::api("/api/items")),
+        (
+            "xhr",
+            Req::browser("/api/items").with("x-requested-with", "XMLHttpRequest"),
+        ),
+        ("post", Req::browser("/form").with(":method", "POST")),
+        (
+            "fetch",
+            Req::browser("/page").with("sec-fetch-mode", "cors"),
+        ),
+        ("no accept", Req::browser("/page").without("accept")),
+    ];
+    for (name, req) in cases {
+        let mut f = ready();
+        let r = respond(f.request(&req));
+        assert_eq!(r.status, 401, "{name}");
+        assert_eq!(
+            header(&r.headers, "www-authenticate"),
+            Some("Bearer"),
+            "{name}"
+        );
+        assert!(header(&r.headers, "location").is_none(), "{name}");
+        assert_eq!(r.metric, Some(Metric::Unauthorized), "{name}");
+    }
+}
+
+#[test]
+fn protected_requests_get_503_until_the_provider_is_reached() {
+    let mut f = Filter::new(config(json!({})));
+    for req in [
+        Req::browser("/app"),
+        Req::api("/api"),
+        Req::browser("/login?rd=/app"),
+    ] {
+        let r = respond(f.request(&req));
+        assert_eq!(r.status, 503);
+        assert!(header(&r.headers, "retry-after").is_some());
+        assert_eq!(r.metric, Some(Metric::NotReady));
+    }
+}
+
+#[test]
+fn bypass_paths_pass_even_before_the_provider_is_reached() {
+    for mut f in [ready(), Filter::new(config(json!({})))] {
+        for path in ["/healthz", "/healthz/live?verbose=1", "/healthz/"] {
+            let fwd = forward(f.request(&Req::api(path)));
+            assert!(fwd.authorization.is_none(), "{path}");
+            assert!(fwd.set_cookies.is_empty(), "{path}");
+            assert_eq!(fwd.metric, Some(Metric::Bypass), "{path}");
+        }
+    }
+}
+
+#[test]
+fn path_tricks_do_not_reach_a_bypass() {
+    let mut f = ready();
+    for path in [
+        "/healthz/../admin",
+        "/healthz%2F..%2Fadmin",
+        "/healthz%2f%2e%2e%2fadmin",
+        "/healthz/..;/admin",
+        "/healthz\\..\\admin",
+        "/healthzx",
+        "/HEALTHZ",
+        "/admin?/healthz",
+        "/%zz/healthz",
+    ] {
+        let r = respond(f.request(&Req::browser(path)));
+        assert!(location(&r).starts_with("/login?rd="), "{path}");
+    }
+}
+
+#[test]
+fn a_client_bearer_without_a_session_passes_untouched() {
+    let mut f = ready();
+    let fwd = forward(f.request(&Req::api("/api").with("authorization", "Bearer client-token")));
+    assert!(
+        fwd.authorization.is_none(),
+        "the client's header is not replaced"
+    );
+    assert_eq!(fwd.cookie, None, "no Cookie header, none to change");
+    assert!(fwd.set_cookies.is_empty());
+    assert_eq!(fwd.metric, Some(Metric::BearerPassthrough));
+
+    let req = Req::api("/api")
+        .with("authorization", "Bearer client-token")
+        .with("cookie", "a=1;b=2");
+    let fwd = forward(f.request(&req));
+    assert!(fwd.authorization.is_none());
+    assert_eq!(
+        fwd.cookie,
+        Some(Some("a=1;b=2".to_string())),
+        "other cookies byte-identical"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// /login
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn login_redirects_to_the_authorization_endpoint_with_every_parameter() {
+    let mut f = ready();
+    let l = start_login(&mut f, "?rd=/x?y=1");
+
+    let url = &l.auth_url;
+    assert_eq!(
+        format!("{}{}", &url[..url::Position::BeforePath], url.path()),
+        "https://idp.example.com/oauth2/authorize"
+    );
+    let p = &l.params;
+    assert_eq!(p.len(), 8, "{p:?}");
+    assert_eq!(p["response_type"], "code");
+    assert_eq!(p["client_id"], CLIENT_ID);
+    assert_eq!(p["redirect_uri"], "https://app.example.com/oauth2/callback");
+    assert_eq!(p["scope"], "openid email profile");
+    assert_eq!(p["code_challenge_method"], "S256");
+    for v in [&l.state, &l.nonce] {
+        assert_eq!(v.len(), 43);
+        assert!(
+            v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+    }
+    assert_ne!(l.state, l.nonce);
+
+    // The login cookie carries exactly what the callback needs, sealed.
+    assert_eq!(l.sealed.state.expose(), l.state);
+    assert_eq!(l.sealed.nonce.expose(), l.nonce);
+    assert_eq!(
+        p["code_challenge"],
+        pkce::s256_challenge(l.sealed.verifier.expose())
+    );
+    assert_eq!(l.sealed.rd, "/x?y=1");
+    assert_eq!(l.sealed.expires_at, NOW + 600);
+
+    assert_eq!(
+        l.cookie_name,
+        format!("_oidc_session_login_{}", &l.state[..12])
+    );
+    for attr in [
+        "; Path=/oauth2/callback",
+        "; Max-Age=600",
+        "; HttpOnly",
+        "; Secure",
+        "; SameSite=Lax",
+    ] {
+        assert!(
+            l.set_cookie.contains(attr),
+            "{attr} missing in {}",
+            l.set_cookie
+        );
+    }
+    assert!(
+        !l.set_cookie.contains(l.sealed.verifier.expose()),
+        "the verifier is sealed, not in clear"
+    );
+}
+
+#[test]
+fn each_login_gets_fresh_state_nonce_and_verifier() {
+    let mut f = ready();
+    let a = start_login(&mut f, "?rd=/a");
+    let b = start_login(&mut f, "?rd=/b");
+    assert_ne!(a.state, b.state);
+    assert_ne!(a.nonce, b.nonce);
+    assert_ne!(a.sealed.verifier, b.sealed.verifier);
+    assert_ne!(a.cookie_name, b.cookie_name, "two tabs log in side by side");
+}
+
+#[test]
+fn login_honours_configured_redirect_uri_and_scopes() {
+    let cfg = config(json!({
+        "redirect_uri": "https://login.example.com/cb",
+        "scopes": ["openid", "offline_access"],
+    }));
+    let mut f = Filter::ready(cfg);
+    let l = start_login(&mut f, "");
+    assert_eq!(l.params["redirect_uri"], "https://login.example.com/cb");
+    assert_eq!(l.params["scope"], "openid offline_access");
+    assert_eq!(l.sealed.rd, "/");
+}
+
+#[test]
+fn open_redirect_attempts_in_rd_end_at_root() {
+    for raw in [
+        "?rd=//evil.example",
+        "?rd=https://evil.example/",
+        "?rd=%2F%2Fevil.example",
+        "?rd=/%252F%252Fevil.example",
+        "?rd=/%5Cevil.example",
+        "?rd=/%255Cevil.example",
+        "?rd=javascript:alert(1)",
+        "?rd=/a%0d%0aSet-Cookie:%20x=1",
+        "?rd=",
+        "?x=/app",
+    ] {
+        let mut f = ready();
+        let l = start_login(&mut f, raw);
+        assert_eq!(l.sealed.rd, "/", "{raw}");
+        // And after the whole login, the browser lands on `/`.
+        let (_, pending) = call(f.request(&l.callback("c", &Jar::default())));
+        let body = token_body(Some(&mint(&claims(Some(&l.nonce)))), None);
+        assert_eq!(
+            location(&respond(f.reply(pending, Some((200, &body))))),
+            "/",
+            "{raw}"
+        );
+    }
+}
+
+#[test]
+fn login_without_randomness_fails_closed() {
+    let mut f = ready();
+    f.no_randomness = true;
+    let r = respond(f.request(&Req::browser("/login?rd=/app")));
+    assert_eq!(r.status, 500);
+    assert!(set_cookies(&r).is_empty());
+}
+
+#[test]
+fn login_with_a_forged_host_is_refused() {
+    let mut f = ready();
+    for host in ["evil.example/x?", "a b", ""] {
+        let r = respond(f.request(&Req::browser("/login").with(":authority", host)));
+        assert_eq!(r.status, 400, "{host:?}");
+    }
+    let r = respond(f.request(&Req::browser("/login").without(":authority")));
+    assert_eq!(r.status, 400);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The callback
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn callback_exchanges_the_code_with_pkce_and_basic_auth_then_sets_the_session() {
+    let mut f = ready();
+    let l = start_login(&mut f, "?rd=/x?y=1");
+    let (c, pending) = call(f.request(&l.callback("code-1", &Jar::default())));
+
+    assert_eq!(c.cluster, "outbound|443||idp.example.com");
+    assert_eq!(c.timeout, Duration::from_secs(5));
+    assert_eq!(header(&c.headers, ":method"), Some("POST"));
+    assert_eq!(header(&c.headers, ":path"), Some("/oauth2/token"));
+    assert_eq!(header(&c.headers, ":authority"), Some("idp.example.com"));
+    assert_eq!(header(&c.headers, ":scheme"), Some("https"));
+    assert_eq!(
+        header(&c.headers, "content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    let encoded_secret: String =
+        url::form_urlencoded::byte_serialize(CLIENT_SECRET.as_bytes()).collect();
+    let basic = format!(
+        "Basic {}",
+        STANDARD.encode(format!("{CLIENT_ID}:{encoded_secret}"))
+    );
+    assert_eq!(header(&c.headers, "authorization"), Some(basic.as_str()));
+    let body = form(c.body.as_deref().unwrap());
+    assert_eq!(body["grant_type"], "authorization_code");
+    assert_eq!(body["code"], "code-1");
+    assert_eq!(
+        body["redirect_uri"],
+        "https://app.example.com/oauth2/callback"
+    );
+    assert_eq!(body["code_verifier"], l.sealed.verifier.expose());
+    assert_eq!(
+        pkce::s256_challenge(&body["code_verifier"]),
+        l.params["code_challenge"]
+    );
+    assert!(!body.contains_key("client_secret"));
+
+    let id_token = mint(&claims(Some(&l.nonce)));
+    let r = respond(f.reply(pending, Some((200, &token_body(Some(&id_token), None)))));
+    assert_eq!(location(&r), "/x?y=1");
+    assert_eq!(r.metric, Some(Metric::LoginCompleted));
+    let sets = set_cookies(&r);
+    assert!(
+        sets.iter()
+            .any(|c| is_clear_of(c, &l.cookie_name) && c.contains("; Path=/oauth2/callback")),
+        "{sets:?}"
+    );
+    let session_cookie = sets
+        .iter()
+        .find(|c| c.starts_with("_oidc_session="))
+        .unwrap();
+    for attr in [
+        "; Path=/;",
+        "; Max-Age=3600",
+        "; HttpOnly",
+        "; Secure",
+        "; SameSite=Lax",
+    ] {
+        assert!(
+            session_cookie.contains(attr),
+            "{attr} missing in {session_cookie}"
+        );
+    }
+
+    let mut jar = Jar::default();
+    jar.apply(sets);
+    assert_eq!(jar.names(), ["_oidc_session"]);
+    let s = f.open_session(&jar);
+    assert_eq!(s.id_token.expose(), id_token);
+    assert_eq!(s.sub, "user-1");
+    assert_eq!(s.token_expires_at, NOW + 3600);
+    assert_eq!(
+        s.expires_at,
+        NOW + 3600,
+        "no refresh token: the session ends with the token"
+    );
+    assert!(s.refresh_token.is_none());
+    assert!(s.access_token.is_none(), "only the forwarded token is kept");
+}
+
+#[test]
+fn callback_with_client_secret_post_sends_the_secret_in_the_body() {
+    let mut f = Filter::ready(config(json!({"token_endpoint_auth": "client_secret_post"})));
+    let l = start_login(&mut f, "");
+    let (c, _) = call(f.request(&l.callback("code-1", &Jar::default())));
+    assert!(header(&c.headers, "authorization").is_none());
+    let body = form(c.body.as_deref().unwrap());
+    assert_eq!(body["client_id"], CLIENT_ID);
+    assert_eq!(body["client_secret"], CLIENT_SECRET);
+    assert_eq!(body["code_verifier"], l.sealed.verifier.expose());
+}
+
+#[test]
+fn callouts_use_the_configured_idp_cluster() {
+    let mut f = Filter::ready(config(
+        json!({"idp_cluster": "outbound|8443||keycloak.auth.svc.cluster.local"}),
+    ));
+    let l = start_login(&mut f, "");
+    let (c, _) = call(f.request(&l.callback("code-1", &Jar::default())));
+    assert_eq!(c.cluster, "outbound|8443||keycloak.auth.svc.cluster.local");
+    assert_eq!(header(&c.headers, ":authority"), Some("idp.example.com"));
+}
+
+#[test]
+fn callback_without_the_login_cookie_is_400() {
+    let mut f = ready();
+    let l = start_login(&mut f, "");
+    let req = Req::browser(&format!("/oauth2/callback?code=c&state={}", l.state))
+        .with("cookie", "other=1");
+    let r = respond(f.request(&req));
+    assert_callback_failed(&r, 400, CallbackFailure::StateMismatch);
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| is_clear_of(c, &l.cookie_name))
+    );
+}
+
+#[test]
+fn callback_with_a_tampered_login_cookie_is_400() {
+    let mut f = ready();
+    let l = start_login(&mut f, "");
+    let mut v = l.cookie_value.clone().into_bytes();
+    let mid = v.len() / 2;
+    v[mid] = if v[mid] == b'A' { b'B' } else { b'A' };
+    let cookie = format!("{}={}", l.cookie_name, String::from_utf8(v).unwrap());
+    let req =
+        Req::browser(&format!("/oauth2/callback?code=c&state={}", l.state)).with("cookie", &cookie);
+    assert_callback_failed(
+        &respond(f.request(&req)),
+        400,
+        CallbackFailure::StateMismatch,
+    );
+}
+
+#[test]
+fn callback_after_the_login_expired_is_400() {
+    let mut f = ready();
+    let l = start_login(&mut f, "");
+    f.now = NOW + 599;
+    assert!(matches!(
+        f.request(&l.callback("c", &Jar::default())),
+        oidc_filter::flow::Step::Call(..)
+    ));
+    f.now = NOW + 600;
+    assert_callback_failed(
+        &respond(f.request(&l.callback("c", &Jar::default()))),
+        400,
+        CallbackFailure::StateMismatch,
+    );
+}
+
+#[test]
+fn callback_with_another_state_is_400() {
+    let mut f = ready();
+    let l = start_login(&mut f, "");
+    // Same 12-character prefix, so the cookie is found and opened, but the state differs.
+    let mut forged = l.state.clone();
+    forged.replace_range(42.., if l.state.ends_with('A') { "B" } else { "A" });
+    let req = Req::browser(&format!("/oauth2/callback?code=c&state={forged}"))
+        .with("cookie", &l.cookie());
+    assert_callback_failed(
+        &respond(f.request(&req)),
+        400,
+        CallbackFailure::StateMismatch,
+    );
+    // Another attempt's state entirely.
+    let other = start_login(&mut f, "");
+    let req = Req::browser(&format!("/oauth2/callback?code=c&state={}", other.state))
+        .with("cookie", &l.cookie());
+    assert_callback_failed(
+        &respond(f.request(&req)),
+        400,
+        CallbackFailure::StateMismatch,
+    );
+    // A login cookie moved under another attempt's name does not open (the name is bound).
+    let moved = format!("{}={}", other.cookie_name, l.cookie_value);
+    let req = Req::browser(&format!("/oauth2/callback?code=c&state={}", other.state))
+        .with("cookie", &moved);
+    assert_callback_failed(
+        &respond(f.request(&req)),
+        400,
+        CallbackFailure::StateMismatch,
+    );
+}
+
+#[test]
+fn callback_with_a_malformed_state_is_400() {
+    let mut f = ready();
+    for q in [
+        "code=c",
+        "code=c&state=short",
+        "code=c&state=",
+        &format!("code=c&state={}", "%21".repeat(43)),
+    ] {
+        let r = respond(f.request(&Req::browser(&format!("/oauth2/callback?{q}"))));
+        assert_callback_failed(&r, 400, CallbackFailure::BadRequest);
+    }
+}
+
+#[test]
+fn callback_with_repeated_parameters_is_400() {
+    let mut f = ready();
+    let l = start_login(&mut f, "");
+    let s = &l.state;
+    for q in [
+        format!("code=a&code=b&state={s}"),
+        format!("code=a&state={s}&state={s}"),
+        format!("error=x&error=y&state={s}"),
+    ] {
+        let req = Req::browser(&format!("/oauth2/callback?{q}")).with("cookie", &l.cookie());
+        assert_callback_failed(&respond(f.request(&req)), 400, CallbackFailure::BadRequest);
+    }
+}
+
+#[test]
+fn callback_without_a_code_is_400() {
+    let mut f = ready();
+    let l = start_login(&mut f, "");
+    let req =
+        Req::browser(&format!("/oauth2/callback?state={}", l.state)).with("cookie", &l.cookie());
+    assert_callback_failed(&respond(f.request(&req)), 400, CallbackFailure::BadRequest);
+}
+
+#[test]
+fn an_error_from_the_idp_is_400_and_clears_the_attempt() {
+    let mut f = ready();
+    let l = start_login(&mut f, "");
+    let q = format!(
+        "error=access_denied&error_description=User%20said%20no&state={}",
+        l.state
+    );
+    let r = respond(
+        f.request(&Req::browser(&format!("/oauth2/callback?{q}")).with("cookie", &l.cookie())),
+    );
+    assert_callback_failed(&r, 400, CallbackFailure::IdpError);
+    assert!(r.body.contains("access_denied"));
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| is_clear_of(c, &l.cookie_name))
+    );
+
+    // The error code is echoed into HTML: markup does not survive.
+    let q = format!("error=%3Cscript%3Ealert(1)%3C/script%3E&state={}", l.state);
+    let r = respond(
+        f.request(&Req::browser(&format!("/oauth2/callback?{q}")).with("cookie", &l.cookie())),
+    );
+    assert_eq!(r.status, 400);
+    assert!(!r.body.contains("<script"), "{}", r.body);
+}
+
+#[test]
+fn invalid_grant_is_400() {
+    let mut f = ready();
+    let r = callback_with_reply(&mut f, |_| {
+        Some((400, br#"{"error":"invalid_grant"}"#.to_vec()))
+    });
+    assert_callback_failed(&r, 400, CallbackFailure::InvalidGrant);
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| c.contains("_login_") && c.contains("Max-Age=0"))
+    );
+}
+
+#[test]
+fn unusable_token_endpoint_answers_are_502() {
+    let cases: [(u16, &[u8]); 6] = [
+        (500, b"internal error"),
+        (503, b""),
+        (401, br#"{"error":"invalid_client"}"#),
+        (200, b"<html>not json</html>"),
+        (200, b"{}"),
+        (
+            200,
+            br#"{"access_token":"a","token_type":"MAC","id_token":"x"}"#,
+        ),
+    ];
+    for (status, body) in cases {
+        let mut f = ready();
+        let r = callback_with_reply(&mut f, |_| Some((status, body.to_vec())));
+        assert_callback_failed(&r, 502, CallbackFailure::TokenEndpoint);
+    }
+}
+
+#[test]
+fn token_endpoint_silence_is_504() {
+    for reply in [None, Some((504, Vec::new()))] {
+        let mut f = ready();
+        let r = callback_with_reply(&mut f, |_| reply);
+        assert_callback_failed(&r, 504, CallbackFailure::Timeout);
+    }
+}
+
+#[test]
+fn a_token_response_without_an_id_token_is_502() {
+    let mut f = ready();
+    let r = callback_with_reply(&mut f, |_| Some((200, token_body(None, Some("rt")))));
+    assert_callback_failed(&r, 502, CallbackFailure::TokenEndpoint);
+}
+
+#[test]
+fn id_tokens_with_wrong_claims_are_502() {
+    type Tweak = fn(&mut serde_json::Value);
+    let cases: [(&str, Tweak); 7] = [
+        ("iss", |c| c["iss"] = "https://evil.example.com".into()),
+        ("iss slash", |c| {
+            c["iss"] = "https://idp.example.com/".into()
+        }),
+        ("aud", |c| c["aud"] = "someone-else".into()),
+        ("exp", |c| {
+            c["iat"] = (NOW - 7200).into();
+            c["exp"] = (NOW - 3600).into();
+        }),
+        ("exp beyond leeway", |c| c["exp"] = (NOW - 60).into()),
+        ("iat future", |c| c["iat"] = (NOW + 3600).into()),
+        ("sub", |c| {
+            c.as_object_mut().unwrap().remove("sub");
+        }),
+    ];
+    for (name, tweak) in cases {
+        let mut f = ready();
+        let r = callback_with_reply(&mut f, |l| {
+            let mut c = claims(Some(&l.nonce));
+            tweak(&mut c);
+            with_id_token(c)
+        });
+        assert_eq!(r.status, 502, "{name}");
+        assert_callback_failed(&r, 502, CallbackFailure::IdToken);
+    }
+}
+
+#[test]
+fn an_id_token_within_the_clock_leeway_is_accepted() {
+    let mut f = ready();
+    let r = callback_with_reply(&mut f, |l| {
+        let mut c = claims(Some(&l.nonce));
+        c["exp"] = (NOW - 59).into();
+        c["iat"] = (NOW - 3600).into();
+        with_id_token(c)
+    });
+    assert_eq!(location(&r), "/app");
+}
+
+#[test]
+fn a_forged_id_token_signature_is_502() {
+    let mut f = ready();
+    let r = callback_with_reply(&mut f, |l| {
+        let good = mint(&claims(Some(&l.nonce)));
+        let mut evil = claims(Some(&l.nonce));
+        evil["sub"] = "admin".into();
+        let evil = mint(&evil);
+        let g: Vec<_> = good.split('.').collect();
+        let e: Vec<_> = evil.split('.').collect();
+        Some((
+            200,
+            token_body(Some(&format!("{}.{}.{}", g[0], e[1], g[2])), None),
+        ))
+    });
+    assert_callback_failed(&r, 502, CallbackFailure::IdToken);
+}
+
+#[test]
+fn an_id_token_for_another_login_is_400() {
+    for nonce in [Some("someone-elses-nonce"), None] {
+        let mut f = ready();
+        let r = callback_with_reply(&mut f, |_| with_id_token(claims(nonce)));
+        assert_callback_failed(&r, 400, CallbackFailure::Nonce);
+    }
+}
+
+/// keys.json without the ES256 key: tokens signed with it carry a kid the worker has not seen yet.
+fn jwks_without_es256() -> Vec<u8> {
+    let mut doc: serde_json::Value = serde_json::from_slice(JWKS).unwrap();
+    doc["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|k| k["kid"] != "es256-1");
+    doc.to_string().into_bytes()
+}
+
+#[test]
+fn an_unknown_kid_refetches_the_jwks_then_logs_in() {
+    let mut f = Filter::ready_with(config(json!({})), DISCOVERY, &jwks_without_es256());
+    let l = start_login(&mut f, "?rd=/app");
+    let (_, pending) = call(f.request(&l.callback("c", &Jar::default())));
+    let body = token_body(Some(&mint(&claims(Some(&l.nonce)))), None);
+    let (c, pending) = call(f.reply(pending, Some((200, &body))));
+    assert_eq!(c.cluster, "outbound|443||idp.example.com");
+    assert_eq!(header(&c.headers, ":method"), Some("GET"));
+    assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+    assert!(c.body.is_none());
+
+    let r = respond(f.reply(pending, Some((200, JWKS))));
+    assert_eq!(location(&r), "/app");
+    assert_eq!(r.metric, Some(Metric::LoginCompleted));
+    // The new keys are this worker's keys from now on.
+    let l = start_login(&mut f, "");
+    let (_, pending) = call(f.request(&l.callback("c", &Jar::default())));
+    let body = token_body(Some(&mint(&claims(Some(&l.nonce)))), None);
+    assert_eq!(respond(f.reply(pending, Some((200, &body)))).status, 302);
+}
+
+#[test]
+fn unknown_kid_refetches_are_rate_limited() {
+    let mut f = ready();
+    let unknown = |f: &mut Filter| {
+        let l = start_login(f, "");
+        let (_, pending) = call(f.request(&l.callback("c", &Jar::default())));
+        let body = token_body(
+            Some(&mint_with_kid(&claims(Some(&l.nonce)), "rotated-1")),
+            None,
+        );
+        f.reply(pending, Some((200, &body)))
+    };
+    let (_, pending) = call(unknown(&mut f));
+    // The refetched set still lacks the kid: the login fails rather than fetching again.
+    assert_callback_failed(
+        &respond(f.reply(pending, Some((200, JWKS)))),
+        502,
+        CallbackFailure::IdToken,
+    );
+
+    f.now = NOW + 29;
+    assert_callback_failed(&respond(unknown(&mut f)), 502, CallbackFailure::IdToken);
+    f.now = NOW + 30;
+    let (_, pending) = call(unknown(&mut f));
+    // A failed JWKS fetch keeps the old keys.
+    assert_callback_failed(
+        &respond(f.reply(pending, None)),
+        502,
+        CallbackFailure::IdToken,
+    );
+    assert!(oidc_filter::flow::provider(&f.state).is_some());
+}
+
+#[test]
+fn a_callback_replaces_the_chunks_of_an_earlier_larger_session() {
+    let mut f = ready();
+    let (mut jar, _) = log_in_with(&mut f, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["groups"] = "g".repeat(6000).into();
+        mint(&c)
+    });
+    assert!(jar.names().len() >= 3, "{:?}", jar.names());
+    let l = start_login(&mut f, "?rd=/again");
+    let (_, pending) = call(f.request(&l.callback("c", &jar)));
+    let body = token_body(Some(&mint(&claims(Some(&l.nonce)))), None);
+    let r = respond(f.reply(pending, Some((200, &body))));
+    jar.apply(set_cookies(&r));
+    assert_eq!(jar.names(), ["_oidc_session"], "{:?}", set_cookies(&r));
+    let fwd = forward(f.request(&Req::browser("/").cookies(&jar)));
+    assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// With a session
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn a_session_forwards_the_id_token_and_strips_only_our_cookies() {
+    let mut f = ready();
+    let (jar, id_token) = log_in(&mut f, None);
+    let ours = jar.header();
+    let cookie = format!(
+        "theme=dark;{ours}; _oidc_session_login_abcdefghijkl=x;  q=\"a b\"; _oidc_sessionx=1; x_oidc_session=2"
+    );
+    let fwd = forward(
+        f.request(
+            &Req::browser("/app")
+                .with("cookie", &cookie)
+                .with("authorization", "Bearer forged"),
+        ),
+    );
+    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+    assert_eq!(
+        fwd.cookie,
+        Some(Some(
+            "theme=dark; q=\"a b\"; _oidc_sessionx=1; x_oidc_session=2".to_string()
+        ))
+    );
+    assert!(fwd.set_cookies.is_empty());
+    assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+
+    // Only our cookies: the header goes away rather than going up empty.
+    let fwd = forward(f.request(&Req::api("/api").cookies(&jar)));
+    assert_eq!(fwd.cookie, Some(None));
+    assert_eq!(
+        bearer(&fwd),
+        format!("Bearer {id_token}"),
+        "API clients with a session are forwarded too"
+    );
+}
+
+#[test]
+fn the_access_token_is_forwarded_when_configured() {
+    let mut f = Filter::ready(config(json!({"forward_token": "access_token"})));
+    let (jar, id_token) = log_in(&mut f, None);
+    let s = f.open_session(&jar);
+    assert_eq!(
+        s.access_token.as_ref().map(|t| t.expose()),
+        Some("access-1")
+    );
+    assert_eq!(s.id_token.expose(), id_token, "kept for logout");
+    assert_eq!(
+        s.token_expires_at,
+        NOW + 300,
+        "expires_in of the access token"
+    );
+    let fwd = forward(f.request(&Req::browser("/").cookies(&jar)));
+    assert_eq!(bearer(&fwd), "Bearer access-1");
+}
+
+#[test]
+fn a_second_request_is_served_from_the_cache() {
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, None);
+    assert!(f.state.cache.is_empty());
+    let a = forward(f.request(&Req::browser("/a").cookies(&jar)));
+    assert_eq!(f.state.cache.len(), 1);
+    let b = forward(f.request(&Req::browser("/b").cookies(&jar)));
+    assert_eq!(f.state.cache.len(), 1);
+    assert!(
+        Rc::ptr_eq(
+            a.authorization.as_ref().unwrap(),
+            b.authorization.as_ref().unwrap()
+        ),
+        "same cached entry"
+    );
+    assert_eq!(a.cookie, b.cookie);
+    assert_eq!(b.metric, Some(Metric::SessionForwarded));
+}
+
+#[test]
+fn an_expired_session_is_anonymous_and_cleared() {
+    let mut f = ready();
+    let (jar, id_token) = log_in(&mut f, None);
+    f.now = NOW + 3599;
+    assert_eq!(
+        bearer(&forward(f.request(&Req::browser("/").cookies(&jar)))),
+        format!("Bearer {id_token}")
+    );
+    assert_eq!(f.state.cache.len(), 1);
+
+    f.now = NOW + 3600;
+    let r = respond(f.request(&Req::browser("/app").cookies(&jar)));
+    assert_eq!(location(&r), "/login?rd=%2Fapp");
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| is_clear_of(c, "_oidc_session") && c.contains("; Path=/;")),
+        "{r:?}"
+    );
+    assert!(
+        f.state.cache.is_empty(),
+        "the expired entry leaves the cache"
+    );
+
+    let r = respond(f.request(&Req::api("/api").cookies(&jar)));
+    assert_eq!(r.status, 401);
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| is_clear_of(c, "_oidc_session"))
+    );
+}
+
+#[test]
+fn a_forged_session_cookie_is_anonymous_and_cleared() {
+    let mut f = ready();
+    for cookie in [
+        "_oidc_session=1.AAAA",
+        "_oidc_session=garbage",
+        "_oidc_session=2.abc",
+    ] {
+        let r = respond(f.request(&Req::browser("/app").with("cookie", cookie)));
+        assert_eq!(location(&r), "/login?rd=%2Fapp", "{cookie}");
+        assert!(
+            set_cookies(&r)
+                .iter()
+                .any(|c| is_clear_of(c, "_oidc_session")),
+            "{cookie}"
+        );
+    }
+}
+
+#[test]
+fn a_session_value_does_not_open_as_a_login_cookie() {
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, None);
+    let v = jar.get("_oidc_session").unwrap();
+    let (_, part) = v.split_once('.').unwrap();
+    // The cookie name is sealed in: a value sealed for the session is refused under any other name.
+    let req = Req::browser(&format!("/oauth2/callback?code=c&state={}", "A".repeat(43))).with(
+        "cookie",
+        &format!("_oidc_session_login_AAAAAAAAAAAA={part}"),
+    );
+    assert_callback_failed(
+        &respond(f.request(&req)),
+        400,
+        CallbackFailure::StateMismatch,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Refresh
+// ---------------------------------------------------------------------------------------------------------
+
+/// Logs in with a refresh token and moves the clock into the refresh margin; returns the refresh callout.
+fn due_for_refresh(f: &mut Filter) -> (Jar, String) {
+    let (jar, id_token) = log_in(f, Some("rt-1"));
+    let s = f.open_session(&jar);
+    assert_eq!(
+        s.expires_at,
+        NOW + 8 * 3600,
+        "with a refresh token the session outlives the token"
+    );
+    f.now = NOW + 3600 - 60;
+    (jar, id_token)
+}
+
+fn refreshed_claims(now: u64) -> serde_json::Value {
+    let mut c = claims(None);
+    c["iat"] = now.into();
+    c["exp"] = (now + 3600).into();
+    c
+}
+
+#[test]
+fn a_token_within_the_refresh_margin_is_refreshed() {
+    let mut f = ready();
+    let (old_jar, _) = due_for_refresh(&mut f);
+    f.now = NOW + 3600 - 61;
+    assert!(matches!(
+        f.request(&Req::browser("/").cookies(&old_jar)),
+        oidc_filter::flow::Step::Forward(_)
+    ));
+    f.now = NOW + 3600 - 60;
+
+    let (c, pending) = call(
+        f.request(
+            &Req::browser("/app")
+                .cookies(&old_jar)
+                .with("cookie", &format!("a=1; {}", old_jar.header())),
+        ),
+    );
+    assert_eq!(c.cluster, "outbound|443||idp.example.com");
+    assert_eq!(header(&c.headers, ":method"), Some("POST"));
+    assert_eq!(header(&c.headers, ":path"), Some("/oauth2/token"));
+    assert!(
+        header(&c.headers, "authorization")
+            .unwrap()
+            .starts_with("Basic ")
+    );
+    let body = form(c.body.as_deref().unwrap());
+    assert_eq!(body["grant_type"], "refresh_token");
+    assert_eq!(body["refresh_token"], "rt-1");
+
+    let new_token = mint(&refreshed_claims(f.now));
+    let fwd = forward(f.reply(
+        pending,
+        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
+    ));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+    assert_eq!(fwd.cookie, Some(Some("a=1".to_string())));
+    assert_eq!(fwd.metric, Some(Metric::Refreshed));
+    let mut jar = old_jar.clone();
+    jar.apply(fwd.set_cookies.iter().map(String::as_str));
+    let s = f.open_session(&jar);
+    assert_eq!(s.id_token.expose(), new_token);
+    assert_eq!(s.refresh_token.as_ref().map(|t| t.expose()), Some("rt-2"));
+    assert_eq!(s.token_expires_at, f.now + 3600);
+    assert_eq!(
+        s.expires_at,
+        NOW + 8 * 3600,
+        "a refresh does not extend the session"
+    );
+
+    // A request that still carries the old cookie gets the new token and the new cookie, without a callout.
+    let again = forward(f.request(&Req::browser("/").cookies(&old_jar)));
+    assert_eq!(bearer(&again), format!("Bearer {new_token}"));
+    assert_eq!(again.set_cookies, fwd.set_cookies);
+    // The new cookie forwards without further ado.
+    let new = forward(f.request(&Req::browser("/").cookies(&jar)));
+    assert_eq!(bearer(&new), format!("Bearer {new_token}"));
+    assert!(new.set_cookies.is_empty());
+}
+
+#[test]
+fn a_refresh_without_a_new_refresh_token_keeps_the_old_one() {
+    let mut f = ready();
+    let (jar, _) = due_for_refresh(&mut f);
+    let (_, pending) = call(f.request(&Req::browser("/").cookies(&jar)));
+    let new_token = mint(&refreshed_claims(f.now));
+    let fwd = forward(f.reply(pending, Some((200, &token_body(Some(&new_token), None)))));
+    let mut jar = jar.clone();
+    jar.apply(fwd.set_cookies.iter().map(String::as_str));
+    assert_eq!(
+        f.open_session(&jar)
+            .refresh_token
+            .as_ref()
+            .map(|t| t.expose()),
+        Some("rt-1")
+    );
+}
+
+#[test]
+fn a_rejected_refresh_sends_browsers_to_login_and_apis_401() {
+    for api in [false, true] {
+        let mut f = ready();
+        let (jar, _) = due_for_refresh(&mut f);
+        let req = if api {
+            Req::api("/api/x?y=1")
+        } else {
+            Req::browser("/app/x?y=1")
+        };
+        let (_, pending) = call(f.request(&req.cookies(&jar)));
+        let r = respond(f.reply(pending, Some((400, br#"{"error":"invalid_grant"}"#))));
+        if api {
+            assert_eq!(r.status, 401);
+            assert_eq!(header(&r.headers, "www-authenticate"), Some("Bearer"));
+        } else {
+            assert_eq!(location(&r), "/login?rd=%2Fapp%2Fx%3Fy%3D1");
+        }
+        assert_eq!(r.metric, Some(Metric::RefreshFailed));
+        assert!(
+            set_cookies(&r)
+                .iter()
+                .any(|c| is_clear_of(c, "_oidc_session")),
+            "{r:?}"
+        );
+        assert!(f.state.cache.is_empty());
+    }
+}
+
+#[test]
+fn an_unreachable_idp_during_refresh_keeps_the_still_valid_token() {
+    let cases: [Option<(u16, &[u8])>; 3] = [None, Some((503, b"")), Some((200, b"not json"))];
+    for reply in cases {
+        let mut f = ready();
+        let (jar, id_token) = due_for_refresh(&mut f);
+        let (_, pending) = call(f.request(&Req::browser("/").cookies(&jar)));
+        let fwd = forward(f.reply(pending, reply));
+        assert_eq!(bearer(&fwd), format!("Bearer {id_token}"), "{reply:?}");
+        assert!(fwd.set_cookies.is_empty());
+        assert_eq!(fwd.metric, Some(Metric::RefreshFailed));
+    }
+}
+
+#[test]
+fn a_session_ends_at_its_lifetime_even_with_a_refresh_token() {
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, Some("rt-1"));
+    f.now = NOW + 8 * 3600 - 1;
+    assert!(matches!(
+        f.request(&Req::browser("/").cookies(&jar)),
+        oidc_filter::flow::Step::Call(..)
+    ));
+    f.now = NOW + 8 * 3600;
+    let r = respond(f.request(&Req::browser("/app").cookies(&jar)));
+    assert_eq!(
+        location(&r),
+        "/login?rd=%2Fapp",
+        "no refresh past the session lifetime"
+    );
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| is_clear_of(c, "_oidc_session"))
+    );
+}
+
+#[test]
+fn a_worker_that_has_not_reached_the_idp_yet_serves_valid_sessions() {
+    let mut f = ready();
+    let (jar, id_token) = due_for_refresh(&mut f);
+    // A fresh worker (or a reconfigured one) before its discovery completes.
+    let mut fresh = Filter::new(config(json!({})));
+    fresh.now = f.now;
+    let fwd = forward(fresh.request(&Req::browser("/").cookies(&jar)));
+    assert_eq!(
+        bearer(&fwd),
+        format!("Bearer {id_token}"),
+        "no refresh possible, the token still works"
+    );
+    fresh.now = NOW + 3600;
+    assert_eq!(
+        respond(fresh.request(&Req::browser("/").cookies(&jar))).status,
+        503
+    );
+}
+
+#[test]
+fn an_unreachable_idp_after_the_token_expired_ends_the_session() {
+    let mut f = ready();
+    let (jar, _) = due_for_refresh(&mut f);
+    f.now = NOW + 3600;
+    let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
+    let r = respond(f.reply(pending, None));
+    assert_eq!(location(&r), "/login?rd=%2Fapp");
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| is_clear_of(c, "_oidc_session"))
+    );
+}
+
+#[test]
+fn a_refreshed_id_token_for_another_user_is_refused() {
+    let mut f = ready();
+    let (jar, _) = due_for_refresh(&mut f);
+    let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
+    let mut c = refreshed_claims(f.now);
+    c["sub"] = "user-2".into();
+    let r = respond(f.reply(
+        pending,
+        Some((200, &token_body(Some(&mint(&c)), Some("rt-2")))),
+    ));
+    assert_eq!(location(&r), "/login?rd=%2Fapp");
+    assert_eq!(r.metric, Some(Metric::RefreshFailed));
+    assert!(
+        set_cookies(&r).iter().all(|c| c.contains("Max-Age=0")),
+        "no new session: {r:?}"
+    );
+}
+
+#[test]
+fn a_refreshed_id_token_that_fails_validation_is_refused() {
+    for tweak in ["iss", "aud"] {
+        let mut f = ready();
+        let (jar, _) = due_for_refresh(&mut f);
+        let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
+        let mut c = refreshed_claims(f.now);
+        c[tweak] = "evil".into();
+        let r = respond(f.reply(pending, Some((200, &token_body(Some(&mint(&c)), None)))));
+        assert_eq!(r.status, 401, "{tweak}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Large sessions
+// ---------------------------------------------------------------------------------------------------------
+
+/// ID-token claims with about 5 KB of groups: the token is over 6 KB.
+fn big_claims(nonce: &str) -> serde_json::Value {
+    let mut c = claims(Some(nonce));
+    c["groups"] = (0..400)
+        .map(|i| format!("group-{i:04}"))
+        .collect::<Vec<_>>()
+        .into();
+    c
+}
+
+fn big_login(f: &mut Filter) -> (Jar, String) {
+    log_in_with(f, None, |nonce| mint(&big_claims(nonce)))
+}
+
+#[test]
+fn a_large_id_token_is_split_into_chunk_cookies_that_forward_together() {
+    let mut f = ready();
+    let login = start_login(&mut f, "?rd=/app");
+    let (_, pending) = call(f.request(&login.callback("c", &Jar::default())));
+    let id_token = mint(&big_claims(&login.nonce));
+    assert!(id_token.len() > 6000, "{}", id_token.len());
+    let r = respond(f.reply(pending, Some((200, &token_body(Some(&id_token), None)))));
+    let sessions: Vec<_> = set_cookies(&r)
+        .into_iter()
+        .filter(|c| c.starts_with("_oidc_session"))
+        .collect();
+    let sessions: Vec<_> = sessions
+        .into_iter()
+        .filter(|c| !c.contains("_login_"))
+        .collect();
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    for c in &sessions {
+        assert!(c.len() < 4096, "{} bytes", c.len());
+        assert!(c.contains("; Path=/;") && c.contains("; HttpOnly"));
+    }
+    let mut jar = Jar::default();
+    jar.apply(set_cookies(&r));
+    assert_eq!(
+        jar.names(),
+        ["_oidc_session", "_oidc_session.1", "_oidc_session.2"]
+    );
+
+    let fwd = forward(
+        f.request(
+            &Req::browser("/")
+                .cookies(&jar)
+                .with("cookie", &format!("{}; k=v", jar.header())),
+        ),
+    );
+    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+    assert_eq!(fwd.cookie, Some(Some("k=v".to_string())));
+}
+
+#[test]
+fn a_missing_or_reordered_chunk_makes_the_session_anonymous() {
+    let mut f = ready();
+    let (jar, _) = big_login(&mut f);
+
+    let mut missing = jar.clone();
+    missing.0.retain(|(n, _)| n != "_oidc_session.1");
+    let r = respond(f.request(&Req::browser("/app").cookies(&missing)));
+    assert_eq!(location(&r), "/login?rd=%2Fapp");
+    let sets = set_cookies(&r);
+    for name in ["_oidc_session", "_oidc_session.2"] {
+        assert!(
+            sets.iter().any(|c| is_clear_of(c, name)),
+            "{name} cleared: {sets:?}"
+        );
+    }
+
+    let mut swapped = jar.clone();
+    let (a, b) = (
+        swapped.get("_oidc_session.1").unwrap().to_string(),
+        swapped.get("_oidc_session.2").unwrap().to_string(),
+    );
+    for (n, v) in &mut swapped.0 {
+        if n == "_oidc_session.1" {
+            *v = b.clone();
+        } else if n == "_oidc_session.2" {
+            *v = a.clone();
+        }
+    }
+    let r = respond(f.request(&Req::browser("/app").cookies(&swapped)));
+    assert_eq!(location(&r), "/login?rd=%2Fapp");
+    assert_eq!(set_cookies(&r).len(), 3, "every chunk cleared");
+}
+
+#[test]
+fn tokens_too_large_for_four_cookies_fail_the_login() {
+    let mut f = ready();
+    let r = callback_with_reply(&mut f, |l| {
+        let mut c = claims(Some(&l.nonce));
+        c["blob"] = "b".repeat(12_000).into();
+        with_id_token(c)
+    });
+    assert_eq!(r.status, 502);
+    assert!(set_cookies(&r).iter().all(|c| c.contains("Max-Age=0")));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Logout
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn logout_clears_every_chunk_and_ends_the_idp_session() {
+    let mut f = Filter::ready(config(json!({"post_logout_redirect_uri": "/bye"})));
+    let (jar, id_token) = big_login(&mut f);
+    let _ = forward(f.request(&Req::browser("/").cookies(&jar)));
+    assert_eq!(f.state.cache.len(), 1);
+
+    let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
+    let loc = location(&r);
+    assert!(
+        loc.starts_with("https://idp.example.com/oauth2/logout?"),
+        "{loc}"
+    );
+    let q = query(loc);
+    assert_eq!(q["id_token_hint"], id_token);
+    assert_eq!(q["client_id"], CLIENT_ID);
+    assert_eq!(q["post_logout_redirect_uri"], "https://app.example.com/bye");
+    assert_eq!(r.metric, Some(Metric::Logout));
+    let sets = set_cookies(&r);
+    for name in jar.names() {
+        assert!(
+            sets.iter().any(|c| is_clear_of(c, name)),
+            "{name} cleared: {sets:?}"
+        );
+    }
+    assert!(
+        f.state.cache.is_empty(),
+        "the session is forgotten on this worker"
+    );
+
+    // The logged-out cookie is really gone from the browser.
+    let mut after = jar.clone();
+    after.apply(sets);
+    assert!(after.names().is_empty());
+}
+
+#[test]
+fn logout_builds_the_post_logout_uri_from_the_request_origin() {
+    let mut f = Filter::ready(config(
+        json!({"post_logout_redirect_uri": "/bye", "cookie_secure": false}),
+    ));
+    let r = respond(
+        f.request(
+            &Req::browser("/logout")
+                .with(":scheme", "http")
+                .with(":authority", "localhost:8080"),
+        ),
+    );
+    assert_eq!(
+        query(location(&r))["post_logout_redirect_uri"],
+        "http://localhost:8080/bye"
+    );
+    assert!(
+        !query(location(&r)).contains_key("id_token_hint"),
+        "no session, no hint"
+    );
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| is_clear_of(c, "_oidc_session"))
+    );
+
+    let mut f = Filter::ready(config(
+        json!({"post_logout_redirect_uri": "https://www.example.com/"}),
+    ));
+    let r = respond(f.request(&Req::browser("/logout")));
+    assert_eq!(
+        query(location(&r))["post_logout_redirect_uri"],
+        "https://www.example.com/"
+    );
+}
+
+#[test]
+fn logout_without_an_end_session_endpoint_goes_to_the_configured_url_or_root() {
+    let mut doc: serde_json::Value = serde_json::from_slice(DISCOVERY).unwrap();
+    doc.as_object_mut().unwrap().remove("end_session_endpoint");
+    let doc = doc.to_string().into_bytes();
+
+    let mut f = Filter::ready_with(config(json!({})), &doc, JWKS);
+    let (jar, _) = log_in(&mut f, None);
+    let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
+    assert_eq!(location(&r), "/");
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| is_clear_of(c, "_oidc_session"))
+    );
+
+    let cfg = config(json!({"post_logout_redirect_uri": "https://www.example.com/bye"}));
+    let mut f = Filter::ready_with(cfg, &doc, JWKS);
+    assert_eq!(
+        location(&respond(f.request(&Req::browser("/logout")))),
+        "https://www.example.com/bye"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Key rotation
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn sessions_survive_key_rotation_but_not_key_removal() {
+    let mut a = Filter::ready(config(json!({"cookie_keys": [KEY_A]})));
+    let (jar, id_token) = log_in(&mut a, None);
+
+    // Each configuration starts with a fresh worker state, as `on_configure` does.
+    let mut ba = Filter::ready(config(json!({"cookie_keys": [KEY_B, KEY_A]})));
+    let fwd = forward(ba.request(&Req::browser("/").cookies(&jar)));
+    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+
+    let mut b = Filter::ready(config(json!({"cookie_keys": [KEY_B]})));
+    let r = respond(b.request(&Req::browser("/").cookies(&jar)));
+    assert!(location(&r).starts_with("/login"));
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| is_clear_of(c, "_oidc_session"))
+    );
+
+    // A session sealed after the rotation opens under the new key alone.
+    let (jar, _) = log_in(&mut ba, None);
+    assert!(matches!(
+        b.request(&Req::browser("/").cookies(&jar)),
+        oidc_filter::flow::Step::Forward(_)
+    ));
+}
+
+#[test]
+fn a_login_started_before_a_rotation_completes_after_it() {
+    let mut a = Filter::ready(config(json!({"cookie_keys": [KEY_A]})));
+    let l = start_login(&mut a, "?rd=/app");
+    let mut ba = Filter::ready(config(json!({"cookie_keys": [KEY_B, KEY_A]})));
+    let (_, pending) = call(ba.request(&l.callback("c", &Jar::default())));
+    let r = respond(ba.reply(
+        pending,
+        Some((200, &token_body(Some(&mint(&claims(Some(&l.nonce)))), None))),
+    ));
+    assert_eq!(location(&r), "/app");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Provider
+// ---------------------------------------------------------------------------------------------------------
+
+#[test]
+fn discovery_follows_the_issuer_path_and_port() {
+    let mut f = Filter::new(config(
+        json!({"issuer": "http://keycloak:8080/realms/demo"}),
+    ));
+    let (c, fetch) = f.poll().unwrap();
+    assert_eq!(fetch, Fetch::Discovery);
+    assert_eq!(c.cluster, "outbound|8080||keycloak");
+    assert_eq!(header(&c.headers, ":method"), Some("GET"));
+    assert_eq!(
+        header(&c.headers, ":path"),
+        Some("/realms/demo/.well-known/openid-configuration")
+    );
+    assert_eq!(header(&c.headers, ":authority"), Some("keycloak:8080"));
+    assert_eq!(header(&c.headers, ":scheme"), Some("http"));
+    assert!(f.poll().is_none(), "one fetch at a time");
+}
+
+#[test]
+fn a_discovery_issuer_mismatch_keeps_the_filter_not_ready_with_growing_backoff() {
+    let mut f = Filter::new(config(json!({})));
+    let mut expected_backoff = 1;
+    for _ in 0..7 {
+        let (_, fetch) = f.poll().expect("a fetch is due");
+        let err = f
+            .provider_reply(fetch, Some((200, OTHER_ISSUER)))
+            .unwrap_err();
+        assert!(err.contains("issuer"), "{err}");
+        assert!(oidc_filter::flow::provider(&f.state).is_none());
+        let start = f.now;
+        f.now = start + expected_backoff - 1;
+        assert!(f.poll().is_none(), "waits {expected_backoff}s");
+        f.now = start + expected_backoff;
+        expected_backoff = (expected_backoff * 2).min(30);
+    }
+    assert_eq!(expected_backoff, 30, "the backoff is capped");
+    assert_eq!(respond(f.request(&Req::browser("/"))).status, 503);
+
+    // Once the IdP is fixed, the filter comes up and the backoff starts over.
+    let (_, fetch) = f.poll().unwrap();
+    f.provider_reply(fetch, Some((200, DISCOVERY))).unwrap();
+    let (_, fetch) = f.poll().expect("JWKS right away");
+    assert_eq!(fetch, Fetch::Jwks);
+    f.provider_reply(fetch, Some((200, JWKS))).unwrap();
+    assert!(oidc_filter::flow::provider(&f.state).is_some());
+    assert_eq!(respond(f.request(&Req::browser("/"))).status, 302);
+}
+
+#[test]
+fn an_unusable_jwks_keeps_the_filter_not_ready() {
+    let mut f = Filter::new(config(json!({})));
+    let (_, fetch) = f.poll().unwrap();
+    f.provider_reply(fetch, Some((200, DISCOVERY))).unwrap();
+    for body in [
+        &br#"{"keys":[{"kty":"oct","k":"AAAA"}]}"#[..],
+        b"<html>",
+        b"",
+    ] {
+        let (_, fetch) = f.poll().unwrap();
+        assert_eq!(fetch, Fetch::Jwks, "discovery is not refetched");
+        assert!(f.provider_reply(fetch, Some((200, body))).is_err());
+        assert!(oidc_filter::flow::provider(&f.state).is_none());
+        f.now += 60;
+    }
+}
+
+#[test]
+fn the_jwks_is_refreshed_after_the_configured_interval() {
+    let mut f = Filter::ready(config(json!({"jwks_refresh_interval": "10m"})));
+    f.now = NOW + 599;
+    assert!(f.poll().is_none());
+    f.now = NOW + 600;
+    // Discovery is read again first (endpoints can move), then the keys.
+    let (c, fetch) = f.poll().expect("refresh due");
+    assert_eq!(fetch, Fetch::Discovery);
+    assert_eq!(header(&c.headers, ":path"), Some("/.well-known/openid-configuration"));
+    f.provider_reply(fetch, Some((200, DISCOVERY))).unwrap();
+    let (c, fetch) = f.poll().expect("keys next");
+    assert_eq!(fetch, Fetch::Jwks);
+    assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+
+    // A failed refresh keeps the filter working on the old keys and retries soon.
+    assert!(f.provider_reply(fetch, None).is_err());
+    assert!(oidc_filter::flow::provider(&f.state).is_some());
+    assert!(f.poll().is_none());
+    f.now += 1;
+    let (_, fetch) = f.poll().expect("retried after the backoff");
+    f.provider_reply(fetch, Some((200, JWKS))).unwrap();
+    let refreshed = f.now;
+    f.now = refreshed + 599;
+    assert!(f.poll().is_none(), "the interval restarts from the refresh");
+    f.now = refreshed + 600;
+    assert_eq!(f.poll().map(|(_, fetch)| fetch), Some(Fetch::Discovery));
+}
+
+#[test]
+fn parallel_refreshes_with_a_rotating_refresh_token_keep_the_user_logged_in() {
+    // A page loads many assets at once: each starts a refresh with the same refresh token. An IdP that
+    // rotates refresh tokens answers the first and refuses the rest with invalid_grant.
+    let mut f = ready();
+    let (jar, _) = due_for_refresh(&mut f);
+    let (_, first) = call(f.request(&Req::browser("/").cookies(&jar)));
+    let (_, second) = call(f.request(&Req::api("/api").cookies(&jar)));
+    let new_token = mint(&refreshed_claims(f.now));
+    let won = forward(f.reply(
+        first,
+        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
+    ));
+    let lost = forward(f.reply(second, Some((400, br#"{"error":"invalid_grant"}"#))));
+    assert_eq!(bearer(&lost), format!("Bearer {new_token}"));
+    assert_eq!(
+        lost.set_cookies, won.set_cookies,
+        "the loser hands out the winner's cookie, not a logout"
+    );
+}
+
+#[test]
+fn a_refreshed_id_token_signed_with_a_new_key_refetches_the_jwks() {
+    let mut f = Filter::ready_with(config(json!({})), DISCOVERY, &jwks_without_es256());
+    // Log in with a key the filter knows, then the IdP rotates to the ES256 key.
+    let (jar, _) = log_in_with(&mut f, Some("rt-1"), |nonce| {
+        let pem = include_str!("../../testdata/jwks/private/es384-1.pem");
+        let key = jwt_simple::prelude::ES384KeyPair::from_pem(pem)
+            .unwrap()
+            .with_key_id("es384-1");
+        let custom = claims(Some(nonce)).as_object().unwrap().clone();
+        let mut c = jwt_simple::prelude::Claims::with_custom_claims(
+            custom,
+            jwt_simple::prelude::Duration::from_secs(1),
+        );
+        (c.issued_at, c.expires_at, c.invalid_before) = (None, None, None);
+        jwt_simple::prelude::ECDSAP384KeyPairLike::sign(&key, c).unwrap()
+    });
+    f.now = NOW + 3600 - 30;
+    let (_, pending) = call(f.request(&Req::browser("/").cookies(&jar)));
+    let new_token = mint(&refreshed_claims(f.now));
+    let (c, pending) = call(f.reply(pending, Some((200, &token_body(Some(&new_token), None)))));
+    assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+    let fwd = forward(f.reply(pending, Some((200, JWKS))));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+    assert_eq!(fwd.metric, Some(Metric::Refreshed));
+}
+
+#[test]
+fn rd_pointing_at_our_own_endpoints_ends_at_root() {
+    // `/login?rd=/login` would bounce between the IdP and the login endpoint forever.
+    for raw in [
+        "?rd=/login",
+        "?rd=/login?rd=/app",
+        "?rd=/./login",
+        "?rd=/oauth2/callback?code=x",
+        "?rd=/logout",
+    ] {
+        let mut f = ready();
+        assert_eq!(start_login(&mut f, raw).sealed.rd, "/", "{raw}");
+    }
+    let mut f = ready();
+    assert_eq!(
+        start_login(&mut f, "?rd=/login-help").sealed.rd,
+        "/login-help"
+    );
+}
