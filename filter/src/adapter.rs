@@ -10,8 +10,9 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MetricType};
 
 use crate::config::{Plugin, Unmatched};
-use crate::flow::{self, CallbackFailure, Callout, Env, Headers, Metric, Pending, State, Step};
+use crate::flow::{self, CallbackFailure, Callout, Env, Headers, Metric, Pending, RefreshJob, State, Step};
 use crate::provider::Fetch;
+use crate::renewal::{self, Renewal};
 use crate::revocation::Revocations;
 
 /// Envoy's shared data is shared by every worker's VM of this plugin: the one place a logout reaches them all.
@@ -19,15 +20,35 @@ fn revocation_key(cfg: &crate::config::Config) -> String {
     format!("oidc-filter.revoked.{}.{}", cfg.client_id, cfg.cookie_name)
 }
 
+/// The shared-data key of one bucket of a site's renewal table (see `renewal`).
+fn renewal_bucket(cfg: &crate::config::Config, key: &str) -> String {
+    format!("oidc-filter.renewal.{}.{}.{}", cfg.client_id, cfg.cookie_name, renewal::bucket(key))
+}
+
 /// Replies larger than this are not an IdP document or token response.
 const MAX_REPLY: usize = 256 * 1024;
 const TICK: Duration = Duration::from_secs(1);
+/// The tick while requests wait for another worker's renewal.
+const FAST_TICK: Duration = Duration::from_millis(100);
 
 /// Per-worker state shared by the root context and every request on that worker.
 struct Shared {
     plugin: Rc<Plugin>,
     /// One per site, same order as `plugin.sites`.
     states: Vec<State>,
+    /// Requests with an expired token waiting for a renewal another request has claimed; the root context
+    /// resumes them on its tick.
+    parked: Vec<Parked>,
+}
+
+struct Parked {
+    context_id: u32,
+    site: usize,
+    key: String,
+    job: RefreshJob,
+    /// Give up waiting then (the claim should have ended by itself long before).
+    until: u64,
+    set_cookies: Rc<RefCell<Vec<String>>>,
 }
 
 /// One counter per `Metric`, defined once per VM.
@@ -116,6 +137,7 @@ impl Metrics {
 #[derive(Default)]
 pub struct Root {
     shared: Option<Rc<RefCell<Shared>>>,
+    fast_tick: bool,
     metrics: Metrics,
     fetches: HashMap<u32, (usize, Fetch)>,
 }
@@ -158,7 +180,18 @@ impl RootContext for Root {
             Ok(plugin) => {
                 self.metrics = Metrics::define();
                 let states = plugin.sites.iter().map(|_| State::default()).collect();
-                self.shared = Some(Rc::new(RefCell::new(Shared { plugin: Rc::new(plugin), states })));
+                // Create the renewal buckets before any request can race to create one (a compare-and-swap
+                // needs an existing entry); a bucket another VM already has is left alone.
+                for cfg in &plugin.sites {
+                    for b in 0..renewal::BUCKETS {
+                        let name = format!("oidc-filter.renewal.{}.{}.{b}", cfg.client_id, cfg.cookie_name);
+                        if let Ok((None, _)) = hostcalls::get_shared_data(&name) {
+                            let _ = hostcalls::set_shared_data(&name, Some(b"{}"), None);
+                        }
+                    }
+                }
+                let shared = Shared { plugin: Rc::new(plugin), states, parked: Vec::new() };
+                self.shared = Some(Rc::new(RefCell::new(shared)));
                 self.fetches.clear();
                 self.set_tick_period(TICK);
                 self.poll();
@@ -174,11 +207,22 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         self.poll();
         self.sync_revocations();
+        // Last: it switches the effective context to each resumed request.
+        self.resume_parked();
     }
 
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let shared = self.shared.clone()?;
-        Some(Box::new(Http { shared, metrics: self.metrics, site: 0, reading_body: false, pending: None, set_cookies: Vec::new() }))
+        Some(Box::new(Http {
+            shared,
+            metrics: self.metrics,
+            id: context_id,
+            site: 0,
+            reading_body: false,
+            pending: None,
+            renewing: None,
+            set_cookies: Rc::default(),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -187,6 +231,52 @@ impl RootContext for Root {
 }
 
 impl Root {
+    /// Resumes the waiting requests whose renewal has finished (or failed, or is overdue).
+    fn resume_parked(&mut self) {
+        let Some(shared) = self.shared.clone() else { return };
+        let now = now(self);
+        let mut ready = Vec::new();
+        {
+            let Ok(mut s) = shared.try_borrow_mut() else { return };
+            let plugin = s.plugin.clone();
+            let parked = std::mem::take(&mut s.parked);
+            // Requests that park set the fast tick; back to the slow one once none waits.
+            self.fast_tick |= !parked.is_empty();
+            for p in parked {
+                let (Some(cfg), Some(state)) = (plugin.sites.get(p.site), s.states.get_mut(p.site)) else { continue };
+                let step = match renewal_state(cfg, &p.key, now) {
+                    Renewal::Done(lines) => flow::adopt_renewal(cfg, state, p.job, &lines, now),
+                    Renewal::Claimed if now < p.until => {
+                        s.parked.push(p);
+                        continue;
+                    }
+                    _ => flow::renewal_failed(cfg, state, p.job, now),
+                };
+                ready.push((p.context_id, step, p.set_cookies));
+            }
+            if s.parked.is_empty() && self.fast_tick {
+                self.set_tick_period(TICK);
+                self.fast_tick = false;
+            }
+        }
+        for (context_id, step, set_cookies) in ready {
+            // A request whose client went away is gone: nothing to resume.
+            if hostcalls::set_effective_context(context_id).is_err() {
+                continue;
+            }
+            match apply(step, &self.metrics, &set_cookies) {
+                Ok(Action::Continue) => {
+                    let _ = hostcalls::resume_http_request();
+                }
+                Ok(_) => {}
+                // Adopting or failing a renewal never calls out or reads a body.
+                Err(_) => {
+                    let _ = hostcalls::send_http_response(500, vec![("cache-control", "no-store")], None);
+                }
+            }
+        }
+    }
+
     /// Takes in the logouts other workers recorded, and forgets expired ones.
     fn sync_revocations(&self) {
         let Some(shared) = &self.shared else { return };
@@ -236,10 +326,14 @@ impl Root {
 struct Http {
     shared: Rc<RefCell<Shared>>,
     metrics: Metrics,
+    id: u32,
     site: usize,
     reading_body: bool,
     pending: Option<(u32, Box<Pending>)>,
-    set_cookies: Vec<String>,
+    /// The renewal this request claimed: its table key and the sealed session it renews.
+    renewing: Option<(String, String)>,
+    /// Shared with the root context, which fills it for a request it resumes.
+    set_cookies: Rc<RefCell<Vec<String>>>,
 }
 
 struct HostHeaders<'a>(&'a Http);
@@ -251,6 +345,12 @@ impl Headers for HostHeaders<'_> {
 }
 
 impl Context for Http {
+    fn on_done(&mut self) -> bool {
+        // Ended (its client went away) before the renewal it claimed finished: the waiting requests stop waiting.
+        self.end_renewal(None);
+        true
+    }
+
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
         let Some((expected, pending)) = self.pending.take() else { return };
         if expected != token {
@@ -259,7 +359,7 @@ impl Context for Http {
         }
         let reply = read_reply(self, body_size);
         let now = now(self);
-        let step = {
+        let (step, renewed) = {
             let Ok(mut s) = self.shared.try_borrow_mut() else {
                 self.fail(500);
                 return;
@@ -272,8 +372,18 @@ impl Context for Http {
             };
             let mut random = random;
             let mut env = Env { now, random: &mut random };
-            flow::on_reply(cfg, state, &mut env, *pending, reply.as_ref().map(|(st, b)| (*st, b.as_slice())))
+            let step =
+                flow::on_reply(cfg, state, &mut env, *pending, reply.as_ref().map(|(st, b)| (*st, b.as_slice())));
+            // A renewal this request claimed has ended (unless it now fetches keys): publish it, or let go.
+            let renewed = match (&step, &self.renewing) {
+                (Step::Call(..), _) | (_, None) => None,
+                (_, Some((_, sealed))) => Some(flow::renewed_cookies(state, sealed)),
+            };
+            (step, renewed)
         };
+        if let Some(renewed) = renewed {
+            self.end_renewal(renewed);
+        }
         if let Action::Continue = self.run(step) {
             self.resume_http_request();
         }
@@ -330,7 +440,7 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        for c in self.set_cookies.drain(..) {
+        for c in self.set_cookies.borrow_mut().drain(..) {
             hostcalls::add_map_value(proxy_wasm::types::MapType::HttpResponseHeaders, "set-cookie", &c).ok();
         }
         Action::Continue
@@ -339,45 +449,110 @@ impl HttpContext for Http {
 
 impl Http {
     fn run(&mut self, step: Step) -> Action {
-        match step {
-            Step::Forward(f) => {
-                self.metrics.count(f.metric);
-                if let Some(auth) = &f.authorization {
-                    self.set_http_request_header("authorization", Some(auth.expose()));
-                }
-                if let Some(cookie) = &f.cookie {
-                    self.set_http_request_header("cookie", cookie.as_deref());
-                }
-                if let Some(identity) = &f.identity {
-                    for (name, value) in identity.iter() {
-                        self.set_http_request_header(name, value.as_deref());
-                    }
-                }
-                self.set_cookies = f.set_cookies;
+        let step = match step {
+            Step::Call(call, pending) => match *pending {
+                Pending::Refresh(job) => match self.claim_renewal(job) {
+                    Ok(job) => Step::Call(call, Box::new(Pending::Refresh(job))),
+                    Err(Some(step)) => step,
+                    // Parked: the root context resumes it.
+                    Err(None) => return Action::Pause,
+                },
+                other => Step::Call(call, Box::new(other)),
+            },
+            other => other,
+        };
+        match apply(step, &self.metrics, &self.set_cookies) {
+            Ok(action) => action,
+            Err(Step::ReadBody) => {
+                // Proxy-Wasm hosts turn a pause here into "stop all iteration" (Envoy does unless the plugin
+                // sets `allow_on_headers_stop_iteration`, which Istio cannot), and then never hand this filter
+                // the body. So the headers go on, stripped of anything that could stand for a user, and the
+                // body is held in `on_http_request_body`, which answers locally.
+                self.reading_body = true;
+                self.strip_credentials();
                 Action::Continue
             }
-            Step::Respond(r) => {
-                self.metrics.count(r.metric);
-                let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                self.send_http_response(u32::from(r.status), headers, Some(r.body.as_bytes()));
-                Action::Pause
-            }
-            Step::ReadBody => {
-                self.reading_body = true;
-                Action::Pause
-            }
-            Step::Call(call, pending) => match dispatch(self, &call) {
+            Err(Step::Call(call, pending)) => match dispatch(self, &call) {
                 Ok(token) => {
                     self.pending = Some((token, pending));
                     Action::Pause
                 }
                 Err(reason) => {
                     log_warn(&format!("oidc-filter: cannot call the IdP: {reason}"));
+                    self.end_renewal(None);
                     self.fail(502);
                     Action::Pause
                 }
             },
+            Err(_) => Action::Continue,
         }
+    }
+
+    /// Makes this request the one that renews its session (`Ok`: go ahead and refresh), unless another
+    /// request has: then the old token while it lasts or that request's renewal (`Err(Some)`), or a wait for
+    /// it (`Err(None)`, the request is parked).
+    fn claim_renewal(&mut self, job: RefreshJob) -> Result<RefreshJob, Option<Step>> {
+        let now = now(self);
+        let Ok(mut s) = self.shared.try_borrow_mut() else { return Ok(job) };
+        let plugin = s.plugin.clone();
+        let (Some(cfg), Some(state)) = (plugin.sites.get(self.site), s.states.get_mut(self.site)) else {
+            return Ok(job);
+        };
+        let key = renewal::key(job.sealed());
+        // Long enough for the token request and a JWKS fetch after it.
+        let until = now + 2 * cfg.callout_timeout.as_secs() + 2;
+        let mut claimed = false;
+        let found = update_renewals(cfg, &key, now, |t| match t.get(&key, now) {
+            Renewal::Free => {
+                t.claim(&key, until);
+                claimed = true;
+                None
+            }
+            other => {
+                claimed = false;
+                Some(other)
+            }
+        });
+        match found {
+            Some(Renewal::Done(lines)) => Err(Some(flow::adopt_renewal(cfg, state, job, &lines, now))),
+            Some(Renewal::Claimed) => match flow::renewal_busy(cfg, job, now) {
+                Ok(step) => Err(Some(step)),
+                Err(job) => {
+                    s.parked.push(Parked {
+                        context_id: self.id,
+                        site: self.site,
+                        key,
+                        job,
+                        until,
+                        set_cookies: self.set_cookies.clone(),
+                    });
+                    let _ = hostcalls::set_tick_period(FAST_TICK);
+                    Err(None)
+                }
+            },
+            // Claimed by us; or the table is unusable, and refreshing is what the filter did before it.
+            _ => {
+                if claimed {
+                    self.renewing = Some((key, job.sealed().to_string()));
+                }
+                Ok(job)
+            }
+        }
+    }
+
+    /// Publishes the renewal this request claimed (`renewed`: its `Set-Cookie` lines), or lets it go.
+    fn end_renewal(&mut self, renewed: Option<Vec<String>>) {
+        let Some((key, _)) = self.renewing.take() else { return };
+        let now = now(self);
+        let Ok(s) = self.shared.try_borrow() else { return };
+        let Some(cfg) = s.plugin.sites.get(self.site) else { return };
+        update_renewals(cfg, &key, now, |t| {
+            match renewed.clone() {
+                Some(lines) => t.complete(&key, lines, now),
+                None => t.release(&key),
+            }
+            None::<()>
+        });
     }
 
     /// Validates a posted logout token and records the logout where every worker sees it.
@@ -414,6 +589,19 @@ impl Http {
         self.run(step)
     }
 
+    /// Removes every header that could stand for a user (`Authorization`, `Cookie`, identity headers).
+    fn strip_credentials(&self) {
+        self.set_http_request_header("authorization", None);
+        self.set_http_request_header("cookie", None);
+        if let Ok(s) = self.shared.try_borrow()
+            && let Some(cfg) = s.plugin.sites.get(self.site)
+        {
+            for (name, _) in &cfg.identity_headers {
+                self.set_http_request_header(name, None);
+            }
+        }
+    }
+
     /// A host no site serves: pass (without any identity header a client may have sent) or 403.
     fn unmatched(&self, plugin: &Plugin) -> Action {
         match plugin.unmatched {
@@ -448,6 +636,68 @@ impl Http {
             Some(body),
         );
     }
+}
+
+/// Carries out a `Forward` or `Respond` in the current effective context (the request's own, or one the root
+/// context switched to); hands any other step back.
+fn apply(step: Step, metrics: &Metrics, set_cookies: &RefCell<Vec<String>>) -> Result<Action, Step> {
+    use proxy_wasm::types::MapType::HttpRequestHeaders;
+    match step {
+        Step::Forward(f) => {
+            metrics.count(f.metric);
+            if let Some(auth) = &f.authorization {
+                let _ = hostcalls::set_map_value(HttpRequestHeaders, "authorization", Some(auth.expose()));
+            }
+            if let Some(cookie) = &f.cookie {
+                let _ = hostcalls::set_map_value(HttpRequestHeaders, "cookie", cookie.as_deref());
+            }
+            if let Some(identity) = &f.identity {
+                for (name, value) in identity.iter() {
+                    let _ = hostcalls::set_map_value(HttpRequestHeaders, name, value.as_deref());
+                }
+            }
+            *set_cookies.borrow_mut() = f.set_cookies;
+            Ok(Action::Continue)
+        }
+        Step::Respond(r) => {
+            metrics.count(r.metric);
+            let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let _ = hostcalls::send_http_response(u32::from(r.status), headers, Some(r.body.as_bytes()));
+            Ok(Action::Pause)
+        }
+        other => Err(other),
+    }
+}
+
+/// What the shared table says about the renewal of `key`.
+fn renewal_state(cfg: &crate::config::Config, key: &str, now: u64) -> Renewal {
+    match hostcalls::get_shared_data(&renewal_bucket(cfg, key)) {
+        Ok((Some(bytes), _)) => renewal::Table::decode(&bytes).get(key, now),
+        _ => Renewal::Free,
+    }
+}
+
+/// Reads, changes (`f`) and writes back `key`'s bucket with compare-and-swap, retrying when another worker
+/// wrote in between; returns what `f` returned (it wrote nothing then: nothing to write).
+fn update_renewals<T>(
+    cfg: &crate::config::Config,
+    key: &str,
+    now: u64,
+    mut f: impl FnMut(&mut renewal::Table) -> Option<T>,
+) -> Option<T> {
+    let name = renewal_bucket(cfg, key);
+    for _ in 0..8 {
+        let Ok((bytes, cas)) = hostcalls::get_shared_data(&name) else { return None };
+        let mut table = bytes.map(|b| renewal::Table::decode(&b)).unwrap_or_default();
+        table.prune(now);
+        if let Some(found) = f(&mut table) {
+            return Some(found);
+        }
+        if hostcalls::set_shared_data(&name, Some(&table.encode()), cas).is_ok() {
+            return None;
+        }
+    }
+    None
 }
 
 fn dispatch(ctx: &dyn Context, call: &Callout) -> Result<u32, String> {

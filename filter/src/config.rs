@@ -256,6 +256,10 @@ impl Config {
         };
         let mut keep_claims: Vec<&str> = identity_headers.iter().map(|(_, c)| c.as_str()).collect();
         access.iter().for_each(|a| a.rule.claim_names(&mut keep_claims));
+        if !access.is_empty() {
+            // The 403 page names the user by these, whatever the headers and rules read.
+            keep_claims.extend(["preferred_username", "email"]);
+        }
         keep_claims.sort_unstable();
         keep_claims.dedup();
         let keep_claims = keep_claims.into_iter().map(str::to_string).collect();
@@ -372,6 +376,7 @@ impl Plugin {
         } else {
             None
         };
+        let top_issuer = top.get("issuer").cloned();
         let mut seen_hosts: Vec<String> = Vec::new();
         for (i, entry) in entries.into_iter().enumerate() {
             let at = |e: ConfigError| ConfigError { field: format!("hosts[{i}].{}", e.field), reason: e.reason };
@@ -394,8 +399,15 @@ impl Plugin {
                 hosts.push(p);
             }
             let explicit_cookie = entry.contains_key("cookie_name");
+            // An entry with an IdP of its own is reached through its own cluster (set, or derived from its
+            // issuer), never through the one the top level names for another IdP.
+            let other_idp = entry.get("issuer").is_some_and(|i| Some(i) != top_issuer.as_ref())
+                && !entry.contains_key("idp_cluster");
             let mut merged = top.clone();
             if let Some(m) = merged.as_object_mut() {
+                if other_idp {
+                    m.remove("idp_cluster");
+                }
                 m.extend(entry);
             }
             let mut site = Config::from_value(merged, env).map_err(at)?;
@@ -792,6 +804,28 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_with_its_own_issuer_does_not_inherit_the_top_level_cluster() {
+        let json = serde_json::json!({
+            "cookie_keys": [KEY], "client_secret": "s", "client_id": "corp",
+            "issuer": "https://corp.example.com", "idp_cluster": "outbound|8443||keycloak.auth.svc.cluster.local",
+            "hosts": [
+                {"hosts": ["a.example.com"], "client_id": "a"},
+                {"hosts": ["b.example.com"], "issuer": "https://other.example.org:9443/realm", "client_id": "b"},
+                {"hosts": ["c.example.com"], "issuer": "https://other.example.org", "client_id": "c",
+                 "idp_cluster": "outbound|443||egress"},
+                {"hosts": ["d.example.com"], "issuer": "https://corp.example.com", "client_id": "d"},
+            ],
+        })
+        .to_string();
+        let p = Plugin::parse(json.as_bytes(), &no_env).unwrap();
+        let token = |s: &Config| s.cluster_for(&s.issuer_url.join("token").unwrap());
+        assert_eq!(token(&p.sites[1]), "outbound|8443||keycloak.auth.svc.cluster.local");
+        assert_eq!(token(&p.sites[2]), "outbound|9443||other.example.org");
+        assert_eq!(token(&p.sites[3]), "outbound|443||egress");
+        assert_eq!(token(&p.sites[4]), "outbound|8443||keycloak.auth.svc.cluster.local");
+    }
+
+    #[test]
     fn host_errors_name_the_entry() {
         let bad = serde_json::json!({"cookie_keys": [KEY], "client_secret": "s",
             "hosts": [{"hosts": ["a.example.com"], "issuer": "https://i.example.com", "client_id": "a"},
@@ -817,6 +851,12 @@ mod tests {
         assert!(c.keep_claims.contains(&"groups".to_string()));
         let off = parse(&with("identity_headers", serde_json::json!({}))).unwrap();
         assert!(off.identity_headers.is_empty());
+        assert!(off.keep_claims.is_empty());
+        let mut rules_only = minimal();
+        rules_only["identity_headers"] = serde_json::json!({});
+        rules_only["claim_rules"] = serde_json::json!([{"rule": {"claim": "groups", "contains_any": ["a"]}}]);
+        let c = parse(&rules_only.to_string()).unwrap();
+        assert_eq!(c.keep_claims, ["email", "groups", "preferred_username"], "the 403 page can name the user");
         assert_eq!(parse(&with("identity_headers", serde_json::json!({"authorization": "sub"}))).unwrap_err().field, "identity_headers");
         assert_eq!(parse(&with("claim_rules", serde_json::json!([{"rule": {}}]))).unwrap_err().field, "claim_rules");
     }

@@ -317,9 +317,33 @@ fn open_cached(cfg: &Config, state: &mut State, sealed: &str, now: u64) -> Optio
     }
     let plain = cfg.keys.open(&cfg.cookie_name, sealed).ok()?;
     let session = Session::decode(&plain).ok()?;
+    // Another plugin (another IdP client) may share the cookie keys and name: its sessions are not ours.
+    if !issued_to(cfg, &session.id_token) {
+        return None;
+    }
     let cached = Rc::new(cached_session(cfg, session, Vec::new()));
     state.cache.insert(sealed.to_string(), cached.clone(), now);
     Some(cached)
+}
+
+/// True when the ID token names this issuer and this client. It was verified before it was sealed, so the
+/// payload is read without a signature check.
+fn issued_to(cfg: &Config, id_token: &Secret) -> bool {
+    use base64::Engine as _;
+    let claims: Option<serde_json::Map<String, serde_json::Value>> = id_token
+        .expose()
+        .split('.')
+        .nth(1)
+        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(claims) = claims else { return false };
+    let ours = |v: &serde_json::Value| v.as_str() == Some(cfg.client_id.as_str());
+    let aud = match claims.get("aud") {
+        Some(serde_json::Value::Array(list)) => list.iter().any(ours),
+        Some(v) => ours(v),
+        None => false,
+    };
+    aud && claims.get("iss").and_then(|v| v.as_str()) == Some(cfg.issuer.as_str())
 }
 
 fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) -> Cached {
@@ -413,14 +437,18 @@ fn forward_session(
     })
 }
 
-/// True when a claim rule covers the path and the session's claims fail it. A path that does not
-/// normalize (bad escapes) is judged by the `/` rule.
+/// True when a claim rule covers the path and the session's claims fail it, in any reading of the path: decoded
+/// (`/public/..%2Fadmin` is `/admin` to an app that decodes), literal (`/admin/..%2Fpublic` is the `/admin/`
+/// handler to one that does not) and lower-cased (`/ADMIN` to a case-insensitive one). A path that does not
+/// decode (bad escapes) is judged by the `/` rule there.
 fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
     if cfg.access.is_empty() {
         return false;
     }
-    let path = paths::normalize(target).unwrap_or_else(|| "/".to_string());
-    claims::rule_for(&cfg.access, &path).is_some_and(|r| !r.allows(&s.claims))
+    let (decoded, literal) = paths::readings(target);
+    let decoded = decoded.unwrap_or_else(|| "/".to_string());
+    let lower = decoded.to_ascii_lowercase();
+    [decoded, literal, lower].iter().any(|p| claims::rule_for(&cfg.access, p).is_some_and(|r| !r.allows(&s.claims)))
 }
 
 /// 403 for a logged-in user the claim rules refuse: says who they are and offers logout, never a login loop.
@@ -764,11 +792,28 @@ fn refresh_reply(cfg: &Config, state: &mut State, env: &mut Env, job: RefreshJob
     };
     let tokens = match tokens {
         Ok(t) => t,
+        Err(TokenError::InvalidGrant) => return refresh_failed(cfg, state, &job, env.now),
         // The IdP is down or slow but the token has a little life left: keep the user working.
-        Err(e) if still_valid && !matches!(e, TokenError::InvalidGrant) => return keep_old(&job),
-        Err(_) => return refresh_failed(cfg, state, &job, env.now),
+        Err(_) if still_valid => return keep_old(cfg, &job),
+        // The IdP is down or slow and the token has expired: fail closed, but keep the session, so that it
+        // renews by itself once the IdP answers again rather than an outage logging everybody out.
+        Err(_) => return renewal_unavailable(),
     };
     finish_refresh(cfg, state, env, job, tokens, true)
+}
+
+/// 503 for a request whose expired token the IdP could not renew just now; its cookies stay.
+fn renewal_unavailable() -> Step {
+    Step::Respond(Reply {
+        status: 503,
+        headers: vec![
+            ("retry-after".into(), "5".into()),
+            ("content-type".into(), "text/plain; charset=utf-8".into()),
+            ("cache-control".into(), "no-store".into()),
+        ],
+        body: "Your session could not be renewed: the identity provider is not answering. Try again shortly.\n".into(),
+        metric: Some(Metric::RefreshFailed),
+    })
 }
 
 fn finish_refresh(
@@ -782,7 +827,7 @@ fn finish_refresh(
     let old = &job.session.session;
     let still_valid = env.now < old.token_expires_at;
     let Some(provider) = state.provider.ready() else {
-        return if still_valid { keep_old(&job) } else { refresh_failed(cfg, state, &job, env.now) };
+        return if still_valid { keep_old(cfg, &job) } else { refresh_failed(cfg, state, &job, env.now) };
     };
     let (id_token, exp, sub) = match &tokens.id_token {
         Some(t) => {
@@ -836,8 +881,12 @@ fn finish_refresh(
     })
 }
 
-/// The token could not be renewed but has a little life left: the request goes up with it.
-fn keep_old(job: &RefreshJob) -> Step {
+/// The token could not be renewed but has a little life left: the request goes up with it (if the claim
+/// rules let it).
+fn keep_old(cfg: &Config, job: &RefreshJob) -> Step {
+    if denied(cfg, &job.session, &job.target) {
+        return forbidden(cfg, job.browser, &job.session);
+    }
     Step::Forward(Forward {
         authorization: Some(job.session.bearer.clone()),
         cookie: job.cookie.clone(),
@@ -845,6 +894,70 @@ fn keep_old(job: &RefreshJob) -> Step {
         identity: Some(job.session.identity.clone()),
         metric: Some(Metric::RefreshFailed),
     })
+}
+
+impl RefreshJob {
+    /// The sealed session this refresh renews.
+    pub fn sealed(&self) -> &str {
+        &self.cache_key
+    }
+}
+
+/// Another request is renewing this session (see `renewal`): while the old token is valid the request goes
+/// up with it; an expired one is handed back to wait for that renewal.
+pub fn renewal_busy(cfg: &Config, job: RefreshJob, now: u64) -> Result<Step, RefreshJob> {
+    if now >= job.session.session.token_expires_at {
+        return Err(job);
+    }
+    Ok(match keep_old(cfg, &job) {
+        Step::Forward(mut f) => {
+            f.metric = Some(Metric::SessionForwarded);
+            Step::Forward(f)
+        }
+        other => other,
+    })
+}
+
+/// Another request renewed this session; `renewed` are the `Set-Cookie` lines it sent. This request goes up
+/// with the new token and gives its browser the new cookie too, without asking the IdP again.
+pub fn adopt_renewal(cfg: &Config, state: &mut State, job: RefreshJob, renewed: &[String], now: u64) -> Step {
+    let header = renewed
+        .iter()
+        .filter_map(|line| line.split(';').next())
+        .filter(|pair| pair.split_once('=').is_some_and(|(_, v)| !v.is_empty()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let session = session::join(&header, &cfg.cookie_name)
+        .ok()
+        .flatten()
+        .and_then(|sealed| cfg.keys.open(&cfg.cookie_name, &sealed).ok())
+        .and_then(|plain| Session::decode(&plain).ok())
+        .filter(|s| now < s.token_expires_at && s.sub == job.session.session.sub);
+    let Some(session) = session else {
+        return refresh_failed(cfg, state, &job, now);
+    };
+    let cached = Rc::new(cached_session(cfg, session, renewed.to_vec()));
+    state.cache.insert(job.cache_key.clone(), cached.clone(), now);
+    if denied(cfg, &cached, &job.target) {
+        return with_cookies(forbidden(cfg, job.browser, &cached), renewed.to_vec());
+    }
+    Step::Forward(Forward {
+        authorization: Some(cached.bearer.clone()),
+        cookie: job.cookie,
+        set_cookies: renewed.to_vec(),
+        identity: Some(cached.identity.clone()),
+        metric: Some(Metric::SessionForwarded),
+    })
+}
+
+/// The renewal this request waited for failed or never finished: as if its own refresh had failed.
+pub fn renewal_failed(cfg: &Config, state: &mut State, job: RefreshJob, now: u64) -> Step {
+    refresh_failed(cfg, state, &job, now)
+}
+
+/// The `Set-Cookie` lines of the renewal this worker made of `sealed`, if it has made one.
+pub fn renewed_cookies(state: &State, sealed: &str) -> Option<Vec<String>> {
+    state.cache.get(sealed).map(|c| c.renewed_cookies.clone()).filter(|c| !c.is_empty())
 }
 
 fn refresh_failed(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) -> Step {

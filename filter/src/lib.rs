@@ -10,6 +10,7 @@ pub mod flow;
 pub mod oidc;
 pub mod paths;
 pub mod provider;
+pub mod renewal;
 pub mod revocation;
 pub mod secret;
 pub mod session;

@@ -19,8 +19,18 @@ pub fn query_only(target: &str) -> &str {
 /// The path an application would act on: percent-decoded, `\` read as `/`, empty and dot segments resolved.
 /// `None` for what no honest client sends (bad escapes, NUL, invalid UTF-8): such a request is never a bypass.
 pub fn normalize(target: &str) -> Option<String> {
-    let raw = path_only(target);
-    let decoded = percent_decode(raw)?;
+    Some(resolve(&percent_decode(path_only(target))?))
+}
+
+/// Both paths an application may act on: the [`normalize`]d one (an app that decodes `%2F` before routing)
+/// and the literal one, dot segments resolved but escapes kept (an app that routes on raw segments, where
+/// `/admin/..%2Fhealthz` is a request to the `/admin/` handler). A decision that lets a request through
+/// must hold for both.
+pub fn readings(target: &str) -> (Option<String>, String) {
+    (normalize(target), resolve(path_only(target)))
+}
+
+fn resolve(decoded: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
     let trailing = decoded.ends_with(['/', '\\']) || decoded.ends_with("/.") || decoded.ends_with("/..");
     for seg in decoded.split(['/', '\\']) {
@@ -42,7 +52,7 @@ pub fn normalize(target: &str) -> Option<String> {
     if p.is_empty() || (trailing && !out.is_empty()) {
         p.push('/');
     }
-    Some(p)
+    p
 }
 
 /// True when `prefix` covers `path` on a segment boundary: `/healthz` covers `/healthz` and `/healthz/x`,
@@ -54,14 +64,15 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-/// True when the request target falls under one of the bypass prefixes, judged on the normalized path.
+/// True when the request target falls under one of the bypass prefixes in both [`readings`] of its path.
 pub fn is_bypass(prefixes: &[String], target: &str) -> bool {
     if prefixes.is_empty() {
         return false;
     }
-    match normalize(target) {
-        Some(p) => prefixes.iter().any(|b| prefix_matches(b, &p)),
-        None => false,
+    let covered = |p: &str| prefixes.iter().any(|b| prefix_matches(b, p));
+    match readings(target) {
+        (Some(decoded), literal) => covered(&decoded) && covered(&literal),
+        (None, _) => false,
     }
 }
 
@@ -147,9 +158,22 @@ mod tests {
             "/healthz/..;/admin",
             "/.well-known/acme-challenge",
             "/%zz/healthz",
+            // Decoded these are `/healthz`; an app routing on raw segments serves `/admin/…` or `/x/…`.
+            "/admin/..%2Fhealthz",
+            "/admin%2F..%2Fhealthz",
+            "/x/..%2F..%2Fhealthz",
+            "/admin/..%5Chealthz",
+            "/%68ealthz",
         ] {
             assert!(!is_bypass(&b, no), "{no}");
         }
+    }
+
+    #[test]
+    fn readings_differ_where_apps_differ() {
+        assert_eq!(readings("/admin/..%2Fhealthz"), (Some("/healthz".into()), "/admin/..%2Fhealthz".into()));
+        assert_eq!(readings("/a/./b/../c?x"), (Some("/a/c".into()), "/a/c".into()));
+        assert_eq!(readings("/%zz/../a"), (None, "/a".into()));
     }
 
     #[test]

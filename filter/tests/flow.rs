@@ -1103,18 +1103,23 @@ fn a_worker_that_has_not_reached_the_idp_yet_serves_valid_sessions() {
 }
 
 #[test]
-fn an_unreachable_idp_after_the_token_expired_ends_the_session() {
+fn an_unreachable_idp_after_the_token_expired_fails_closed_but_keeps_the_session() {
     let mut f = ready();
     let (jar, _) = due_for_refresh(&mut f);
     f.now = NOW + 3600;
+    for reply in [None, Some((503, &b"<html>down</html>"[..])), Some((200, &b"{not json"[..]))] {
+        let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
+        let r = respond(f.reply(pending, reply));
+        assert_eq!(r.status, 503, "{reply:?}");
+        assert!(r.headers.iter().any(|(n, _)| n == "retry-after"));
+        assert!(header(&r.headers, "location").is_none());
+        assert!(set_cookies(&r).iter().all(|c| !is_clear_of(c, "_oidc_session")), "{reply:?}");
+    }
+    // Once the IdP answers again, the same cookie renews: the outage logged nobody out.
     let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
-    let r = respond(f.reply(pending, None));
-    assert_eq!(location(&r), "/login?rd=%2Fapp");
-    assert!(
-        set_cookies(&r)
-            .iter()
-            .any(|c| is_clear_of(c, "_oidc_session"))
-    );
+    let new_token = mint(&refreshed_claims(f.now));
+    let fwd = forward(f.reply(pending, Some((200, &token_body(Some(&new_token), None)))));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
 }
 
 #[test]

@@ -5,6 +5,7 @@
 // CONFIG: { issuer, port, clients: [...], jwks?, jwks_file?, cookie_keys? }, see README.md.
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { lookup as dnsLookup } from 'node:dns';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 
@@ -33,6 +34,7 @@ const issuer = new URL(config.issuer);
 // Per-client settings that are ours, not OIDC client metadata; stripped before registration.
 const HARNESS_FIELDS = [
   'id_token_ttl', 'access_token_ttl', 'refresh_token_ttl', 'refresh', 'rotate_refresh_token', 'require_pkce',
+  'extra_claims_bytes',
 ];
 const settings = new Map();
 const clients = (config.clients || []).map((c) => {
@@ -66,12 +68,16 @@ function signingKeys() {
 
 const GROUPS = { alice: ['admins', 'users'] };
 
-async function findAccount(_ctx, sub) {
+async function findAccount(ctx, sub) {
+  // Random, so a token (and the session sealing it) cannot be made smaller by compression.
+  const fillerBytes = own(ctx?.oidc?.client).extra_claims_bytes || 0;
+  const filler = fillerBytes > 0 ? randomBytes(fillerBytes).toString('base64url').slice(0, fillerBytes) : undefined;
   return {
     accountId: sub,
     async claims() {
       return {
         sub,
+        ...(filler && { filler }),
         email: `${sub}@example.com`,
         email_verified: true,
         name: sub.charAt(0).toUpperCase() + sub.slice(1),
@@ -104,7 +110,7 @@ const provider = new Provider(config.issuer, {
   claims: {
     openid: ['sub'],
     email: ['email', 'email_verified'],
-    profile: ['name', 'preferred_username'],
+    profile: ['name', 'preferred_username', 'filler'],
     groups: ['groups'],
   },
   // Put the scope's claims into the ID token too (not only /userinfo): the filter forwards the ID
@@ -128,7 +134,10 @@ const provider = new Provider(config.issuer, {
     rpInitiatedLogout: { enabled: true },
     revocation: { enabled: true },
     introspection: { enabled: true },
+    // Logout tokens go to clients registered with a `backchannel_logout_uri` when a session ends.
+    backchannelLogout: { enabled: true },
   },
+  fetch: loopbackFetch,
   renderError: async (ctx, out) => {
     ctx.type = 'html';
     const rows = Object.entries(out).map(([k, v]) => `<pre><strong>${k}</strong>: ${escapeHtml(String(v))}</pre>`);
@@ -142,6 +151,8 @@ provider.proxy = true;
 const forwarded = { host: issuer.host, proto: issuer.protocol.replace(':', '') };
 
 provider.on('server_error', (_ctx, err) => console.error('server_error', err));
+provider.on('backchannel.success', (_ctx, client, sub) => console.error(`backchannel logout ${client.clientId} ${sub}: delivered`));
+provider.on('backchannel.error', (_ctx, err, client, sub) => console.error(`backchannel logout ${client.clientId} ${sub}: ${err.message}`));
 provider.use(async (ctx, next) => {
   const start = Date.now();
   await next();
@@ -164,6 +175,29 @@ server.listen(config.port || 0, '127.0.0.1', () => {
   process.stdout.write(`${JSON.stringify({ port: server.address().port })}\n`);
   console.error(`oidc-provider listening on 127.0.0.1:${server.address().port}, issuer ${config.issuer}`);
 });
+
+// The IdP's own requests (back-channel logout) go to the harness's sites: `*.localhost` names
+// (RFC 6761), which the system resolver may not know, on 127.0.0.1, which oidc-provider's guard
+// against server-side request forgery refuses. Everything here is on loopback by design, so both
+// are undone: a dispatcher without the guard, resolving `localhost` names itself.
+let loopbackDispatcher;
+function loopbackFetch(url, options) {
+  if (loopbackDispatcher === undefined) {
+    // undici's Agent, as oidc-provider finds it: Node's fetch is undici, loaded on first use.
+    void Response;
+    const Agent = (globalThis[Symbol.for('undici.globalDispatcher.2')]
+      ?? globalThis[Symbol.for('undici.globalDispatcher.1')])?.constructor;
+    const lookup = (host, opts, cb) => {
+      if (host === 'localhost' || host.endsWith('.localhost')) {
+        return opts.all ? cb(null, [{ address: '127.0.0.1', family: 4 }]) : cb(null, '127.0.0.1', 4);
+      }
+      return dnsLookup(host, opts, cb);
+    };
+    loopbackDispatcher = Agent ? new Agent({ connect: { lookup } }) : null;
+  }
+  const { dispatcher: _guarded, ...rest } = options;
+  return globalThis.fetch(url, loopbackDispatcher ? { ...rest, dispatcher: loopbackDispatcher } : rest);
+}
 
 function escapeHtml(s) {
   return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);

@@ -6,6 +6,7 @@
 //! client registrations need the sites' ports) behind the proxy. Processes die with the test
 //! binary, even when the stack lives in a `static OnceLock` and is never dropped.
 
+pub mod bench;
 pub mod browser;
 pub mod envoy;
 pub mod idp;
@@ -139,9 +140,10 @@ pub fn merge_json(target: &mut Value, patch: &Value) {
 }
 
 /// A blocking HTTP client for our loopback servers: no proxy from the environment, IPv4 only
-/// (so `localhost` is 127.0.0.1), no redirects followed, every status returned as a response.
+/// (so `localhost` is 127.0.0.1), `*.localhost` names resolved to 127.0.0.1 ([`LoopbackNames`]),
+/// no redirects followed, every status returned as a response.
 pub fn local_agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::new_with_config(
+    ureq::Agent::with_parts(
         ureq::Agent::config_builder()
             .proxy(None)
             .ip_family(ureq::config::IpFamily::Ipv4Only)
@@ -150,7 +152,41 @@ pub fn local_agent(timeout: Duration) -> ureq::Agent {
             .allow_non_standard_methods(true)
             .timeout_global(Some(timeout))
             .build(),
+        ureq::unversioned::transport::DefaultConnector::default(),
+        LoopbackNames,
     )
+}
+
+/// Resolves `localhost` and every `*.localhost` name to 127.0.0.1, as RFC 6761 lets resolvers do
+/// (the system's may not): sites serve host names like `wiki.localhost`, and cookies stay apart
+/// per host name as in a browser. Other names go to the system resolver.
+#[derive(Debug)]
+pub struct LoopbackNames;
+
+impl ureq::unversioned::resolver::Resolver for LoopbackNames {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> std::result::Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+        let host = host.trim_end_matches('.');
+        if host == "localhost" || host.ends_with(".localhost") {
+            let default_port = if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            };
+            let mut out = self.empty();
+            out.push(SocketAddr::from((
+                [127, 0, 0, 1],
+                uri.port_u16().unwrap_or(default_port),
+            )));
+            return Ok(out);
+        }
+        ureq::unversioned::resolver::DefaultResolver::default().resolve(uri, config, timeout)
+    }
 }
 
 /// What to start.
@@ -175,6 +211,11 @@ pub struct StackSpec {
     /// Start the IdP; `false` leaves it down (the proxy refuses connections) until
     /// [`Stack::start_idp`], to test a filter that starts without its IdP.
     pub start_idp: bool,
+    /// More IdPs (other instances of the same one): IdP `n` (1-based here, as in
+    /// [`HostSpec::idp`]) has its proxy, and so its issuer, on `127.0.0.{n+1}` - another host, so
+    /// a browser keeps its cookies apart from the first IdP's - and its clients are the
+    /// [`HostSpec`]s that name it. They start with the stack when `start_idp` is set.
+    pub extra_idps: usize,
 }
 
 impl Default for StackSpec {
@@ -189,6 +230,7 @@ impl Default for StackSpec {
             wasm: None,
             ports: None,
             start_idp: true,
+            extra_idps: 0,
         }
     }
 }
@@ -231,6 +273,9 @@ pub struct SiteSpec {
     pub idp_client_overrides: Value,
     /// Put Istio's `jwt_authn` + `rbac` after the filter (default true).
     pub istio_authn: bool,
+    /// Entries of the filter's `hosts` (several hosts and IdPs in one plugin), each with its own
+    /// client at its IdP.
+    pub hosts: Vec<HostSpec>,
 }
 
 impl SiteSpec {
@@ -243,20 +288,135 @@ impl SiteSpec {
             filter_overrides: json!({}),
             idp_client_overrides: json!({}),
             istio_authn: true,
+            hosts: Vec::new(),
         }
     }
 
-    /// With a merge patch over the filter configuration.
+    /// With a merge patch over the filter configuration (`null` removes a field).
     pub fn filter(mut self, overrides: Value) -> SiteSpec {
-        merge_json(&mut self.filter_overrides, &overrides);
+        compose_patches(&mut self.filter_overrides, &overrides);
+        self
+    }
+
+    /// With a merge patch over the IdP client registration (`null` removes a field).
+    pub fn idp_client(mut self, overrides: Value) -> SiteSpec {
+        compose_patches(&mut self.idp_client_overrides, &overrides);
+        self
+    }
+
+    /// With one more `hosts` entry.
+    pub fn host(mut self, host: HostSpec) -> SiteSpec {
+        self.hosts.push(host);
+        self
+    }
+}
+
+/// One entry of a site's `hosts`: host names served by their own IdP client. The stack fills in
+/// `hosts`, `issuer`, `client_id`, `client_secret_env` and `idp_cluster`, and registers the
+/// client at its IdP with a redirect URI (and a post-logout one) for each name in `hosts` without
+/// a wildcard and in `redirect_hosts`, on the site's port; when the entry's configuration (or
+/// the site's) has a `backchannel_logout_path`, the client's `backchannel_logout_uri` points at
+/// it on the first of those names, with `backchannel_logout_session_required`.
+#[derive(Clone, Debug)]
+pub struct HostSpec {
+    /// Host patterns, e.g. `wiki.localhost` or `*.apps.localhost`.
+    pub hosts: Vec<String>,
+    /// Which IdP: 0 is the stack's first, `n` the `n`th of [`StackSpec::extra_idps`].
+    pub idp: usize,
+    /// The OAuth client id.
+    pub client_id: String,
+    /// The client secret (given to Envoy in `OIDC_CLIENT_SECRET_<SITE>_<CLIENT>`).
+    pub client_secret: String,
+    /// More host names the client may be redirected back to (names under a wildcard).
+    pub redirect_hosts: Vec<String>,
+    /// Merge patch over the entry (e.g. `claim_rules`, `scopes`).
+    pub filter_overrides: Value,
+    /// Merge patch over the IdP client registration.
+    pub idp_client_overrides: Value,
+}
+
+impl HostSpec {
+    /// Hosts `hosts` at IdP `idp` with client `client_id`, secret `secret-<client_id>`.
+    pub fn new(client_id: &str, idp: usize, hosts: &[&str]) -> HostSpec {
+        HostSpec {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            idp,
+            client_id: client_id.into(),
+            client_secret: format!("secret-{client_id}"),
+            redirect_hosts: Vec::new(),
+            filter_overrides: json!({}),
+            idp_client_overrides: json!({}),
+        }
+    }
+
+    /// With a merge patch over the entry.
+    pub fn filter(mut self, overrides: Value) -> HostSpec {
+        compose_patches(&mut self.filter_overrides, &overrides);
         self
     }
 
     /// With a merge patch over the IdP client registration.
-    pub fn idp_client(mut self, overrides: Value) -> SiteSpec {
-        merge_json(&mut self.idp_client_overrides, &overrides);
+    pub fn idp_client(mut self, overrides: Value) -> HostSpec {
+        compose_patches(&mut self.idp_client_overrides, &overrides);
         self
     }
+
+    /// With one more host name the client may be redirected back to.
+    pub fn redirect_host(mut self, name: &str) -> HostSpec {
+        self.redirect_hosts.push(name.into());
+        self
+    }
+
+    /// The names browsers use for these hosts: every pattern without a wildcard, then
+    /// `redirect_hosts`.
+    pub fn names(&self) -> Vec<String> {
+        let exact = self.hosts.iter().filter(|h| !h.contains('*')).cloned();
+        exact.chain(self.redirect_hosts.iter().cloned()).collect()
+    }
+}
+
+/// Adds merge patch `patch` to merge patch `into`. Unlike [`merge_json`], a `null` is kept: it
+/// still has to remove that key when the combined patch is applied.
+fn compose_patches(into: &mut Value, patch: &Value) {
+    match (into, patch) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(k) {
+                    Some(slot) if slot.is_object() && v.is_object() => compose_patches(slot, v),
+                    _ => {
+                        a.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (into, patch) => *into = patch.clone(),
+    }
+}
+
+/// The IdP registration of a [`HostSpec`]'s client, for a site listening on `port`.
+fn host_client(h: &HostSpec, entry: &Value, site_config: &Value, port: u16) -> Value {
+    let setting = |k: &str| {
+        entry
+            .get(k)
+            .or_else(|| site_config.get(k))
+            .and_then(Value::as_str)
+    };
+    let callback = setting("callback_path").unwrap_or(DEFAULT_CALLBACK_PATH);
+    let names = h.names();
+    let mut client = json!({
+        "client_id": h.client_id,
+        "client_secret": h.client_secret,
+        "redirect_uris": names.iter().map(|n| format!("http://{n}:{port}{callback}")).collect::<Vec<_>>(),
+        "post_logout_redirect_uris": names.iter().map(|n| format!("http://{n}:{port}/")).collect::<Vec<_>>(),
+        "token_endpoint_auth_method": "client_secret_basic",
+        "refresh": true,
+    });
+    if let (Some(path), Some(name)) = (setting("backchannel_logout_path"), names.first()) {
+        client["backchannel_logout_uri"] = json!(format!("http://{name}:{port}{path}"));
+        client["backchannel_logout_session_required"] = json!(true);
+    }
+    merge_json(&mut client, &h.idp_client_overrides);
+    client
 }
 
 /// A started site.
@@ -286,6 +446,12 @@ impl Site {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.origin())
     }
+
+    /// `http://HOST:PORT` + `path`: this site's listener under another host name (one of its
+    /// `hosts`, say `wiki.localhost`, which [`LoopbackNames`] resolves to 127.0.0.1).
+    pub fn host_url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.port)
+    }
 }
 
 /// A running stack. Everything stops on drop, and at the latest when the process exits.
@@ -296,8 +462,17 @@ pub struct Stack {
     idp_config: IdpConfig,
     idp: Mutex<Option<Idp>>,
     proxy: FaultProxy,
+    extra_idps: Vec<ExtraIdp>,
     envoy: Envoy,
     echo: EchoApp,
+}
+
+/// One of [`StackSpec::extra_idps`]: an IdP with its own proxy, issuer and work directory.
+struct ExtraIdp {
+    dir: PathBuf,
+    config: IdpConfig,
+    proxy: FaultProxy,
+    idp: Option<Idp>,
 }
 
 impl Stack {
@@ -323,6 +498,16 @@ impl Stack {
         // Until the IdP is up, connections are refused rather than closed without a target.
         proxy.set_mode(Mode::Refuse);
         let issuer = proxy.url();
+        let mut extra_proxies = Vec::new();
+        for n in 1..=spec.extra_idps {
+            let host = u8::try_from(n + 1).context("too many IdPs")?;
+            let p = FaultProxy::bind(SocketAddr::from(([127, 0, 0, host], 0)))?;
+            p.set_mode(Mode::Refuse);
+            extra_proxies.push(p);
+        }
+        let issuers: Vec<String> = std::iter::once(issuer.clone())
+            .chain(extra_proxies.iter().map(FaultProxy::url))
+            .collect();
 
         let mut env = vec![(COOKIE_KEYS_ENV.to_string(), spec.cookie_keys.clone())];
         let mut envoy_sites = Vec::new();
@@ -330,6 +515,26 @@ impl Stack {
             let mut filter_config = default_filter_config(&issuer, &s.client_id, &s.name)?;
             merge_json(&mut filter_config, &s.filter_overrides);
             env.push((client_secret_env(&s.name), s.client_secret.clone()));
+            if !s.hosts.is_empty() {
+                let mut entries = Vec::new();
+                for h in &s.hosts {
+                    let idp_issuer = issuers
+                        .get(h.idp)
+                        .ok_or_else(|| anyhow!("site {}: no IdP {}", s.name, h.idp))?;
+                    let secret_env = client_secret_env(&format!("{}_{}", s.name, h.client_id));
+                    let mut entry = json!({
+                        "hosts": h.hosts,
+                        "issuer": idp_issuer,
+                        "client_id": h.client_id,
+                        "client_secret_env": secret_env,
+                        "idp_cluster": envoy::cluster_name(idp_issuer)?,
+                    });
+                    merge_json(&mut entry, &h.filter_overrides);
+                    env.push((secret_env, h.client_secret.clone()));
+                    entries.push(entry);
+                }
+                filter_config["hosts"] = Value::Array(entries);
+            }
             let port = match spec.ports {
                 Some(p) => p
                     .first_site
@@ -358,10 +563,26 @@ impl Stack {
         let envoy = Envoy::start(&config.render()?, &opts)?;
 
         let mut sites = Vec::new();
+        let mut extra_clients: Vec<Vec<Value>> = vec![Vec::new(); spec.extra_idps];
+        let mut host_clients = Vec::new();
         for (s, e) in spec.sites.iter().zip(&envoy_sites) {
             let port = envoy
                 .listener_port(&s.name)
                 .ok_or_else(|| anyhow!("envoy has no listener {}", s.name))?;
+            for (h, entry) in s
+                .hosts
+                .iter()
+                .zip(e.filter_config["hosts"].as_array().into_iter().flatten())
+            {
+                let client = host_client(h, entry, &e.filter_config, port);
+                match h.idp.checked_sub(1) {
+                    None => host_clients.push(client),
+                    Some(n) => extra_clients
+                        .get_mut(n)
+                        .ok_or_else(|| anyhow!("site {}: no IdP {}", s.name, h.idp))?
+                        .push(client),
+                }
+            }
             let origin = format!("http://localhost:{port}");
             let callback = e
                 .filter_config
@@ -371,6 +592,14 @@ impl Stack {
             let mut client = idp::idp_client(&s.client_id, &s.client_secret, &origin, callback);
             if let Some(uri) = e.filter_config.get("redirect_uri").and_then(Value::as_str) {
                 client["redirect_uris"] = json!([uri]);
+            }
+            if let Some(path) = e
+                .filter_config
+                .get("backchannel_logout_path")
+                .and_then(Value::as_str)
+            {
+                client["backchannel_logout_uri"] = json!(format!("{origin}{path}"));
+                client["backchannel_logout_session_required"] = json!(true);
             }
             merge_json(&mut client, &s.idp_client_overrides);
             sites.push(Site {
@@ -383,24 +612,48 @@ impl Stack {
             });
         }
 
+        let mut clients: Vec<Value> = sites.iter().map(|s| s.idp_client.clone()).collect();
+        clients.extend(host_clients);
         let idp_config = IdpConfig {
             issuer: issuer.clone(),
             port: 0,
-            clients: sites.iter().map(|s| s.idp_client.clone()).collect(),
+            clients,
             jwks_file: Some(dir.join("idp-jwks.json")),
         };
-        let stack = Stack {
+        let mut extra_idps = Vec::new();
+        for (i, (proxy, clients)) in extra_proxies.into_iter().zip(extra_clients).enumerate() {
+            let idp_dir = dir.join(format!("idp{}", i + 2));
+            extra_idps.push(ExtraIdp {
+                config: IdpConfig {
+                    issuer: proxy.url(),
+                    port: 0,
+                    clients,
+                    jwks_file: Some(idp_dir.join("idp-jwks.json")),
+                },
+                dir: idp_dir,
+                proxy,
+                idp: None,
+            });
+        }
+        let mut stack = Stack {
             dir,
             sites,
             issuer,
             idp_config,
             idp: Mutex::new(None),
             proxy,
+            extra_idps,
             envoy,
             echo,
         };
         if spec.start_idp {
             stack.start_idp()?;
+            for x in &mut stack.extra_idps {
+                let started = Idp::start(&x.config, &x.dir)?;
+                x.proxy.set_target(Some(started.addr()));
+                x.proxy.set_mode(Mode::Forward);
+                x.idp = Some(started);
+            }
         }
         Ok(stack)
     }
@@ -421,6 +674,28 @@ impl Stack {
     /// The issuer URL (`http://127.0.0.1:PORT`, the proxy).
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// Every IdP's issuer: the first, then [`StackSpec::extra_idps`] (`http://127.0.0.N:PORT`),
+    /// indexed as [`HostSpec::idp`].
+    pub fn issuers(&self) -> Vec<&str> {
+        std::iter::once(self.issuer.as_str())
+            .chain(self.extra_idps.iter().map(|x| x.config.issuer.as_str()))
+            .collect()
+    }
+
+    /// The log of IdP `n` (0: the first, as [`Stack::idp_log`]).
+    pub fn idp_log_of(&self, n: usize) -> Result<String> {
+        match n.checked_sub(1) {
+            None => self.idp_log(),
+            Some(i) => {
+                let x = self
+                    .extra_idps
+                    .get(i)
+                    .ok_or_else(|| anyhow!("no IdP {n}"))?;
+                process::read_lossy(&x.dir.join("idp.log"))
+            }
+        }
     }
 
     /// Issuer + `path`, e.g. `/.well-known/openid-configuration`.
@@ -474,6 +749,11 @@ impl Stack {
             let _ = fs::remove_file(f);
         }
         self.start_idp()
+    }
+
+    /// The file with the IdP's private signing keys (for forging tokens with its own key).
+    pub fn idp_jwks_file(&self) -> Option<&Path> {
+        self.idp_config.jwks_file.as_deref()
     }
 
     /// The IdP's log (one line per request, errors).
@@ -635,6 +915,16 @@ mod tests {
             &json!({"a": null, "b": {"c": 4}, "e": [2], "f": "x"}),
         );
         assert_eq!(v, json!({"b": {"c": 4, "d": 3}, "e": [2], "f": "x"}));
+    }
+
+    #[test]
+    fn site_patches_keep_removals() {
+        let site = SiteSpec::new("s")
+            .filter(json!({"a": {"b": 1}, "c": null}))
+            .filter(json!({"a": {"d": null}}));
+        let mut config = json!({"a": {"d": 2}, "c": 3, "e": 4});
+        merge_json(&mut config, &site.filter_overrides);
+        assert_eq!(config, json!({"a": {"b": 1}, "e": 4}));
     }
 
     #[test]

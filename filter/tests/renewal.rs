@@ -1,0 +1,123 @@
+//! One refresh per session across workers (`renewal`): what the adapter asks the core when another request
+//! already renews a session, with two `Filter`s standing for two workers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+// Shared with the other whole-flow tests, which use more of it.
+#[allow(dead_code)]
+mod common;
+
+use common::*;
+use oidc_filter::flow::{self, Metric, Pending, RefreshJob, Step};
+
+/// Logs in on `a` with refresh token `rt-1` and moves both workers' clocks into the refresh margin.
+fn due(a: &mut Filter, b: &mut Filter) -> (Jar, String) {
+    let (jar, id_token) = log_in(a, Some("rt-1"));
+    a.now = NOW + 3600 - 30;
+    b.now = a.now;
+    (jar, id_token)
+}
+
+fn refresh_job(step: Step) -> RefreshJob {
+    match *call(step).1 {
+        Pending::Refresh(job) => job,
+        other => panic!("not a refresh: {other:?}"),
+    }
+}
+
+fn bearer(f: &oidc_filter::flow::Forward) -> String {
+    f.authorization.as_ref().unwrap().expose().to_string()
+}
+
+#[test]
+fn a_renewal_made_by_another_worker_is_adopted_without_asking_the_idp() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = due(&mut a, &mut b);
+    let sealed = oidc_filter::session::join(&jar.header(), "_oidc_session")
+        .unwrap()
+        .unwrap();
+
+    // Worker A renews.
+    let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
+    let mut claims = claims(None);
+    claims["iat"] = a.now.into();
+    claims["exp"] = (a.now + 3600).into();
+    let new_token = mint(&claims);
+    let fwd = forward(a.reply(
+        pending,
+        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
+    ));
+    let lines = flow::renewed_cookies(&a.state, &sealed).unwrap();
+    assert_eq!(lines, fwd.set_cookies);
+
+    // Worker B, asked to refresh the same session, takes A's result instead.
+    let job =
+        refresh_job(b.request(&Req::api("/y").with("cookie", &format!("app=1; {}", jar.header()))));
+    assert_eq!(job.sealed(), sealed);
+    let now = b.now;
+    let adopted = forward(flow::adopt_renewal(&b.cfg, &mut b.state, job, &lines, now));
+    assert_eq!(bearer(&adopted), format!("Bearer {new_token}"));
+    assert_eq!(adopted.set_cookies, lines);
+    assert_eq!(adopted.cookie, Some(Some("app=1".into())));
+    assert_eq!(adopted.metric, Some(Metric::SessionForwarded));
+    // B's later requests with the old cookie find it in its cache.
+    let again = forward(b.request(&Req::api("/z").cookies(&jar)));
+    assert_eq!(bearer(&again), format!("Bearer {new_token}"));
+
+    // Lines that do not open (another key, garbage) are a failed renewal, not a crash.
+    let mut c = Filter::ready(config(serde_json::json!({})));
+    c.now = now;
+    let job = refresh_job(c.request(&Req::api("/").cookies(&jar)));
+    let r = respond(flow::adopt_renewal(
+        &c.cfg,
+        &mut c.state,
+        job,
+        &["_oidc_session=1.garbage; Path=/".into()],
+        now,
+    ));
+    assert_eq!(r.status, 401);
+}
+
+#[test]
+fn while_another_request_renews_a_valid_token_goes_up_and_an_expired_one_waits() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let (jar, id_token) = due(&mut a, &mut b);
+
+    let job = refresh_job(b.request(&Req::browser("/page").cookies(&jar)));
+    let fwd = forward(flow::renewal_busy(&b.cfg, job, b.now).unwrap());
+    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+    assert!(fwd.set_cookies.is_empty());
+    assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+
+    // Expired: the job comes back to wait; if the renewal then fails, so does this request.
+    b.now = NOW + 3600;
+    let job = refresh_job(b.request(&Req::browser("/page").cookies(&jar)));
+    let now = b.now;
+    let job = flow::renewal_busy(&b.cfg, job, now).unwrap_err();
+    let r = respond(flow::renewal_failed(&b.cfg, &mut b.state, job, now));
+    assert_eq!(location(&r), "/login?rd=%2Fpage");
+    assert_eq!(r.metric, Some(Metric::RefreshFailed));
+}
+
+#[test]
+fn claim_rules_hold_while_the_idp_cannot_renew() {
+    let cfg = || {
+        config(serde_json::json!({
+            "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
+        }))
+    };
+    let mut a = Filter::ready(cfg());
+    let mut b = Filter::ready(cfg());
+    let (jar, _) = due(&mut a, &mut b);
+    // The IdP does not answer; the token is still valid, but this user may not see /admin.
+    let (_, pending) = call(a.request(&Req::browser("/admin").cookies(&jar)));
+    assert_eq!(respond(a.reply(pending, None)).status, 403);
+    // Nor while another request renews the session.
+    let job = refresh_job(b.request(&Req::browser("/admin/x").cookies(&jar)));
+    assert_eq!(
+        respond(flow::renewal_busy(&b.cfg, job, b.now).unwrap()).status,
+        403
+    );
+}

@@ -1,0 +1,96 @@
+//! A real browser (headless Chromium over WebDriver) logs in through the filter: what a user does
+//! and sees, with Chromium's own cookie rules (`Secure`, `HttpOnly`, `SameSite`, `Path`).
+
+// Test code, helpers included (clippy's allow-*-in-tests covers only #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use harness::{SiteSpec, Stack, StackSpec, WebDriver};
+use serde_json::json;
+
+#[test]
+fn chromium_logs_in_through_the_filter_and_stays_logged_in() {
+    let t0 = Instant::now();
+    let stack = Stack::start(StackSpec::new("browser", vec![SiteSpec::new("web")])).unwrap();
+    let site = stack.site("web").unwrap();
+    let driver = WebDriver::start(stack.dir()).unwrap();
+    let app = site.url("/dashboard?tab=1");
+    // The filter answers 503 until it has the IdP's keys.
+    harness::process::poll(Duration::from_secs(20), || {
+        Ok((stack.envoy_log()?.matches("signing keys loaded").count() >= 3).then_some(()))
+    })
+    .unwrap();
+    eprintln!("stack and chromium up in {:?}", t0.elapsed());
+
+    driver.goto(&app).unwrap();
+    let url = driver.current_url().unwrap();
+    assert!(url.starts_with(stack.issuer()), "{url}");
+    let login = driver
+        .wait_for("input[name=login]", Duration::from_secs(10))
+        .unwrap();
+    driver.send_keys(&login, "alice").unwrap();
+    driver
+        .send_keys(&driver.find("input[name=password]").unwrap(), "any")
+        .unwrap();
+    driver
+        .click(&driver.find("button[type=submit]").unwrap())
+        .unwrap();
+    driver
+        .wait_for_url(|u| u == app, Duration::from_secs(10))
+        .unwrap();
+    let h1 = driver
+        .wait_for("h1", Duration::from_secs(5))
+        .and_then(|h| driver.text(&h))
+        .unwrap();
+    assert_eq!(h1, "Hello, alice@example.com");
+
+    // Chromium kept the session cookie (Secure is fine on localhost) and hides it from scripts.
+    let cookies = driver.cookies().unwrap();
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "_oidc_session")
+        .unwrap_or_else(|| panic!("{cookies:?}"));
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["secure"], true, "{session}");
+    assert_eq!(session["sameSite"], "Lax", "{session}");
+    let seen_by_script = driver
+        .execute("return document.cookie;", json!([]))
+        .unwrap();
+    assert!(
+        !seen_by_script
+            .as_str()
+            .unwrap_or_default()
+            .contains("_oidc"),
+        "{seen_by_script}"
+    );
+
+    // A reload stays logged in, without going back to the IdP.
+    let idp_requests = stack.idp_log().unwrap().lines().count();
+    // Marked, so the reloaded page can be told from this one.
+    driver
+        .execute("window.beforeReload = true; location.reload();", json!([]))
+        .unwrap();
+    harness::process::poll(Duration::from_secs(10), || {
+        let fresh = driver.execute(
+            "return document.readyState === 'complete' && !window.beforeReload && !!document.querySelector('h1');",
+            json!([]),
+        );
+        // A navigation in progress can fail a script: try again.
+        Ok(fresh.ok().and_then(|v| v.as_bool()).filter(|&f| f))
+    })
+    .unwrap();
+    assert_eq!(driver.current_url().unwrap(), app);
+    let h1 = driver.text(&driver.find("h1").unwrap()).unwrap();
+    assert_eq!(h1, "Hello, alice@example.com");
+    assert_eq!(
+        stack.idp_log().unwrap().lines().count(),
+        idp_requests,
+        "the reload went to the IdP"
+    );
+    driver
+        .screenshot(&stack.dir().join("logged-in.png"))
+        .unwrap();
+    driver.quit().unwrap();
+    eprintln!("whole test {:?}", t0.elapsed());
+}

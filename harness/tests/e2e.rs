@@ -1,0 +1,1094 @@
+//! End to end: the filter in a real Envoy, with Istio's jwt_authn and RBAC behind it, in front of
+//! the echo app, against the real IdP behind the fault proxy. Each test asserts what a user (or an
+//! API client, or an operator reading stats and logs) would notice.
+//!
+//! One stack for the whole binary, one site per configuration variant. Tests run in parallel, each
+//! with its own `Browser`; the few that switch the IdP proxy's mode hold the IdP lock exclusively,
+//! every other test that talks to the IdP holds it shared.
+
+// Test code, helpers included (clippy's allow-*-in-tests covers only #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use harness::browser::{Cookie, describe_chain, query_param};
+use harness::idp::jwt_payload;
+use harness::{
+    AccessLog, Browser, DEFAULT_COOKIE_KEYS, Envoy, EnvoyConfig, EnvoyOptions, EnvoySite, Mode,
+    Response, Site, SiteSpec, Stack, StackSpec, default_filter_config, wasm_path,
+};
+use serde_json::{Value, json};
+
+/// A second cookie key (base64url of 32 bytes), for the rotation sites.
+const KEY_B: &str = "ZTJlLXJvdGF0ZWQtY29va2llLWtleS0wMDAwMDAwMDA";
+const SESSION: &str = "_oidc_session";
+const LOGIN_COOKIE_PREFIX: &str = "_oidc_session_login_";
+const STAT: &str = "wasmcustom.oidc_filter.";
+
+fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let t0 = Instant::now();
+        let sites = vec![
+            SiteSpec::new("main").filter(json!({"post_logout_redirect_uri": "/"})),
+            // Opaque access tokens: jwt_authn could not judge them, so this site has no Istio authn.
+            {
+                let mut s = SiteSpec::new("access")
+                    .filter(json!({
+                        "forward_token": "access_token",
+                        "token_endpoint_auth": "client_secret_post",
+                    }))
+                    .idp_client(json!({"token_endpoint_auth_method": "client_secret_post"}));
+                s.istio_authn = false;
+                s
+            },
+            SiteSpec::new("big").idp_client(json!({"extra_claims_bytes": 4000})),
+            SiteSpec::new("refresh")
+                .filter(json!({"refresh_margin": "1s"}))
+                .idp_client(json!({"id_token_ttl": 3})),
+            SiteSpec::new("rotating")
+                .filter(json!({"refresh_margin": "1s"}))
+                .idp_client(json!({"id_token_ttl": 3, "rotate_refresh_token": true})),
+            SiteSpec::new("norefresh")
+                .filter(json!({"refresh_margin": "1s"}))
+                .idp_client(json!({"id_token_ttl": 3, "refresh": false})),
+            SiteSpec::new("nologout").idp_client(json!({"post_logout_redirect_uris": null})),
+            SiteSpec::new("slow").filter(json!({"callout_timeout": "2s"})),
+            // `main`'s client behind keys [B, A] and [B]: sessions sealed by `main` (key A) open on
+            // the first only. No logins here, so their IdP registrations are unused placeholders.
+            rotation_site("rotated", json!([KEY_B, DEFAULT_COOKIE_KEYS])),
+            rotation_site("newkey", json!([KEY_B])),
+        ];
+        let spec = StackSpec {
+            envoy_component_log_level: Some("wasm:debug".into()),
+            ..StackSpec::new("e2e", sites)
+        };
+        let stack = Stack::start(spec).unwrap();
+        wait_until_ready(&stack);
+        eprintln!("stack up in {:?}", t0.elapsed());
+        stack
+    })
+}
+
+fn rotation_site(name: &str, keys: Value) -> SiteSpec {
+    let mut s = SiteSpec::new(name)
+        .filter(json!({"cookie_keys_env": null, "cookie_keys": keys}))
+        .idp_client(json!({"client_id": format!("{name}-unused")}));
+    s.client_id = "main".into();
+    s
+}
+
+/// Every site has loaded discovery and keys in each of its VMs (Envoy's main thread and the two
+/// workers; each logs it once).
+fn wait_until_ready(stack: &Stack) {
+    harness::process::poll(Duration::from_secs(20), || {
+        let log = stack.envoy_log()?;
+        let ready = stack.sites().iter().all(|s| {
+            let line = format!("oidc-filter-{}: oidc-filter: {}: ", s.name, stack.issuer());
+            log.lines()
+                .filter(|l| l.contains(&line) && l.contains("signing keys loaded"))
+                .count()
+                >= 3
+        });
+        Ok(ready.then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("filter not ready: {e:#}\n{}", stack.envoy_log().unwrap()));
+}
+
+fn site(name: &str) -> &'static Site {
+    stack().site(name).unwrap()
+}
+
+/// Shared hold on the IdP: it stays in `Mode::Forward` while held.
+fn idp() -> RwLockReadGuard<'static, ()> {
+    idp_lock().read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Exclusive hold on the IdP, for tests that switch the proxy's mode.
+fn idp_exclusive() -> RwLockWriteGuard<'static, ()> {
+    idp_lock().write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn idp_lock() -> &'static RwLock<()> {
+    static LOCK: RwLock<()> = RwLock::new(());
+    &LOCK
+}
+
+/// Logs alice in from `path` of `site`; asserts she lands back on it, at the app.
+fn login(b: &Browser, site: &Site, path: &str) -> Response {
+    let done = b.login(&site.url(path), "alice").unwrap();
+    let r = done.response;
+    assert_eq!(r.status, 200, "{}\n{}", describe_chain(&done.chain), r.body);
+    assert_eq!(r.url, site.url(path), "{}", describe_chain(&done.chain));
+    r
+}
+
+/// Follows a login from `start` through the IdP's form up to the redirect back to `site`'s
+/// callback, and returns that callback URL without requesting it.
+fn until_callback(b: &Browser, site: &Site, start: &str) -> String {
+    let callback = site.url("/oauth2/callback?");
+    let mut resp = b.get(start).unwrap();
+    for _ in 0..20 {
+        if let Some(next) = resp.location() {
+            if next.starts_with(&callback) {
+                return next;
+            }
+            resp = b.get(&next).unwrap();
+            continue;
+        }
+        let form = resp
+            .forms()
+            .into_iter()
+            .find(|f| f.fields.iter().any(|(n, v)| n == "prompt" && v == "login"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no login form at {}: {} {}",
+                    resp.url, resp.status, resp.body
+                )
+            });
+        resp = b
+            .submit(&form, &[("login", "alice"), ("password", "any")])
+            .unwrap();
+    }
+    panic!("no redirect to {callback}");
+}
+
+/// A request as an API client would send it (JSON wanted); the echo app answers in JSON.
+fn api(b: &Browser, url: &str) -> Response {
+    b.get_with(url, &[("accept", "application/json")]).unwrap()
+}
+
+/// What the app received, from its JSON echo.
+fn echoed(r: &Response) -> Value {
+    assert_eq!(r.status, 200, "{} {}", r.url, r.body);
+    r.json().unwrap()
+}
+
+/// The bearer token the app received.
+fn app_bearer(r: &Response) -> String {
+    let e = echoed(r);
+    let auth = e["headers"]["authorization"].as_str().unwrap_or_default();
+    auth.strip_prefix("Bearer ")
+        .unwrap_or_else(|| panic!("no bearer reached the app: {e}"))
+        .to_string()
+}
+
+/// The `Set-Cookie` line of `r` for cookie `name`.
+fn set_cookie<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+    r.set_cookies()
+        .into_iter()
+        .find(|c| c.split('=').next() == Some(name))
+}
+
+fn session_cookies(b: &Browser) -> Vec<Cookie> {
+    b.stored_cookies("localhost")
+        .into_iter()
+        .filter(|c| c.name == SESSION || c.name.starts_with("_oidc_session."))
+        .collect()
+}
+
+fn assert_login_redirect(r: &Response, rd: &str) {
+    assert_eq!(r.status, 302, "{} {}", r.url, r.body);
+    let loc = r.header("location").unwrap();
+    assert_eq!(query_param(loc, "rd").as_deref(), Some(rd), "{loc}");
+    assert!(loc.starts_with("/login?"), "{loc}");
+}
+
+fn assert_json_401(r: &Response) {
+    assert_eq!(r.status, 401, "{} {}", r.url, r.body);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert!(r.header("location").is_none());
+    assert!(r.json().unwrap()["error"].is_string(), "{}", r.body);
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Sleeps until the Unix time `t` (seconds) has passed by `extra`.
+fn sleep_until_unix(t: u64, extra: Duration) {
+    let wait = t as f64 + extra.as_secs_f64() - unix_now();
+    if wait > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(wait));
+    }
+}
+
+fn stats() -> HashMap<String, u64> {
+    stack().envoy_stats().unwrap()
+}
+
+/// Polls until counter `oidc_filter.NAME` is above its value in `before`.
+fn assert_counted(before: &HashMap<String, u64>, name: &str) {
+    let full = format!("{STAT}{name}");
+    let was = before.get(&full).copied().unwrap_or(0);
+    stack()
+        .wait_for_stat(&full, was + 1, Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Envoy's log has no panic and none of `secrets`.
+fn assert_log_clean(secrets: &[&str]) {
+    let log = stack().envoy_log().unwrap();
+    assert!(
+        !log.to_ascii_lowercase().contains("panic"),
+        "panic in envoy.log:\n{}",
+        log.lines()
+            .filter(|l| l.to_ascii_lowercase().contains("panic"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for s in secrets {
+        assert!(s.len() >= 8, "too short to grep for: {s:?}");
+        assert!(
+            !log.contains(s),
+            "envoy.log contains a secret ({}...)",
+            &s[..8]
+        );
+    }
+}
+
+// 1. A logged-in request reaches the app with the ID token as a bearer.
+
+#[test]
+fn session_reaches_the_app_as_a_bearer_id_token() {
+    let _idp = idp();
+    let s = site("main");
+    let b = Browser::new();
+    let page = login(&b, s, "/");
+    assert!(
+        page.body.contains("<h1>Hello, alice@example.com</h1>"),
+        "{}",
+        page.body
+    );
+
+    // Cookies of the app and look-alikes of ours pass; ours never do.
+    b.set_cookie("localhost", "x_oidc_session", "keep");
+    b.set_cookie("localhost", "_oidc_session_other", "keep");
+    b.set_cookie("localhost", "app", "1");
+    b.set_cookie("localhost", "_oidc_session_login_AAAAAAAAAAAA", "stale");
+    b.set_cookie("localhost", "_oidc_session.9", "stale");
+    // A client-sent Authorization is replaced by the session's token.
+    let r = b
+        .get_with(
+            &s.url("/api/me?x=1"),
+            &[
+                ("accept", "application/json"),
+                ("authorization", "Bearer client-sent"),
+            ],
+        )
+        .unwrap();
+    let e = echoed(&r);
+    assert_eq!(e["path"], "/api/me?x=1");
+    let token = app_bearer(&r);
+    let claims = jwt_payload(&token).unwrap();
+    assert_eq!(claims["iss"], stack().issuer());
+    assert_eq!(claims["aud"], "main");
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["email"], "alice@example.com");
+
+    let cookie = e["headers"]["cookie"].as_str().unwrap();
+    let mut names: Vec<&str> = cookie
+        .split("; ")
+        .map(|c| c.split('=').next().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["_oidc_session_other", "app", "x_oidc_session"],
+        "{cookie}"
+    );
+
+    // The app answered a protected path, so jwt_authn accepted the token: RBAC lets no request
+    // through without the principal jwt_authn derives from it (it would answer 403).
+    let stats = stats();
+    assert!(stats["http.main.jwt_authn.allowed"] >= 1, "{stats:?}");
+    assert!(stats["http.main.rbac.allowed"] >= 1, "{stats:?}");
+}
+
+#[test]
+fn access_token_can_be_forwarded_instead() {
+    let _idp = idp();
+    let s = site("access");
+    let b = Browser::new();
+    login(&b, s, "/");
+    let token = app_bearer(&api(&b, &s.url("/")));
+    assert!(
+        !token.contains('.'),
+        "an ID token (JWT) reached the app: {token}"
+    );
+    // It is the access token: the IdP's userinfo endpoint accepts it for alice.
+    let me = b
+        .get_with(
+            &stack().idp_url("/me"),
+            &[
+                ("accept", "application/json"),
+                ("authorization", &format!("Bearer {token}")),
+            ],
+        )
+        .unwrap();
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.json().unwrap()["sub"], "alice");
+    // The login itself proves `client_secret_post`: the IdP registered this client with that
+    // method and refuses any other.
+}
+
+// 2 and 3. The login redirect, the IdP request, the callback's cookies.
+
+#[test]
+fn browser_without_session_goes_to_login_and_comes_back() {
+    let _idp = idp();
+    let s = site("main");
+    let b = Browser::new();
+    let target = "/reports/q3?year=2024&view=a%20b";
+
+    let r = b.get(&s.url(target)).unwrap();
+    assert_login_redirect(&r, target);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let head = b.request("HEAD", &s.url(target), &[], None).unwrap();
+    assert_login_redirect(&head, target);
+
+    let login_url = r.location().unwrap();
+    let to_idp = b.get(&login_url).unwrap();
+    assert_eq!(to_idp.status, 302, "{}", to_idp.body);
+    let auth = to_idp.location().unwrap();
+    assert!(
+        auth.starts_with(&format!("{}/auth?", stack().issuer())),
+        "{auth}"
+    );
+    let p = |k| query_param(&auth, k).unwrap_or_else(|| panic!("no {k} in {auth}"));
+    assert_eq!(p("response_type"), "code");
+    assert_eq!(p("client_id"), "main");
+    assert_eq!(p("redirect_uri"), s.url("/oauth2/callback"));
+    assert_eq!(p("scope"), "openid email profile");
+    assert_eq!(p("code_challenge_method"), "S256");
+    assert_eq!(p("code_challenge").len(), 43);
+    assert!(p("state").len() >= 32 && p("nonce").len() >= 32);
+    let attempt = to_idp
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with(LOGIN_COOKIE_PREFIX))
+        .unwrap_or_else(|| panic!("no login cookie: {:?}", to_idp.headers));
+    for attr in ["HttpOnly", "SameSite=Lax", "Path=/oauth2/callback"] {
+        assert!(attempt.contains(attr), "{attr} missing: {attempt}");
+    }
+
+    let callback = until_callback(&b, s, &auth);
+    let done = b.get(&callback).unwrap();
+    assert_eq!(done.status, 302, "{}", done.body);
+    assert_eq!(done.header("location"), Some(target));
+    let session = set_cookie(&done, SESSION).unwrap();
+    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age="] {
+        assert!(session.contains(attr), "{attr} missing: {session}");
+    }
+    let max_age: u64 = session
+        .split("Max-Age=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(max_age > 3000, "{session}");
+    // The login attempt's cookie is spent.
+    let cleared = done
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with(LOGIN_COOKIE_PREFIX))
+        .unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+
+    let landed = b.follow(done, 3).unwrap().response;
+    assert_eq!(landed.url, s.url(target));
+    assert_eq!(echoed(&api(&b, &s.url(target)))["path"], target);
+    assert!(
+        landed.body.contains("Hello, alice@example.com"),
+        "{}",
+        landed.body
+    );
+}
+
+#[test]
+fn callback_checks_state_against_its_cookie() {
+    let _idp = idp();
+    let s = site("main");
+    let b = Browser::new();
+    let callback = until_callback(&b, s, &s.url("/login?rd=/x"));
+    let state = query_param(&callback, "state").unwrap();
+    let code = query_param(&callback, "code").unwrap();
+
+    // Tampered state: same cookie, other value.
+    let mut tampered = state.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let r = b
+        .get(&s.url(&format!("/oauth2/callback?code={code}&state={tampered}")))
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(session_cookies(&b).is_empty());
+
+    // The IdP reporting an error.
+    let r = b
+        .get(&s.url(&format!(
+            "/oauth2/callback?error=access_denied&state={state}"
+        )))
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("access_denied"), "{}", r.body);
+
+    // Without the login cookie (another browser, or it expired): a page to start again.
+    let r = Browser::new().get(&callback).unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.header("content-type").unwrap().starts_with("text/html"),
+        "{:?}",
+        r.headers
+    );
+    assert!(r.body.contains("<a href=\"/\">"), "{}", r.body);
+    assert!(session_cookies(&b).is_empty());
+}
+
+#[test]
+fn replayed_callback_is_refused() {
+    let _idp = idp();
+    let s = site("main");
+    let b = Browser::new();
+    let callback = until_callback(&b, s, &s.url("/login?rd=/"));
+    let attempt = b
+        .stored_cookies("localhost")
+        .into_iter()
+        .find(|c| c.name.starts_with(LOGIN_COOKIE_PREFIX))
+        .unwrap();
+    let first = b.get(&callback).unwrap();
+    assert_eq!(first.status, 302, "{}", first.body);
+    let session = b.cookie("localhost", SESSION).unwrap();
+
+    // The browser replays it: its login attempt is spent.
+    let again = b.get(&callback).unwrap();
+    assert_eq!(again.status, 400, "{}", again.body);
+    // An attacker replays it with the attempt's cookie: the IdP refuses the spent code.
+    let cookie = format!("{}={}", attempt.name, attempt.value);
+    let replay = Browser::new()
+        .get_with(&callback, &[("cookie", &cookie)])
+        .unwrap();
+    assert_eq!(replay.status, 400, "{}", replay.body);
+    assert!(replay.body.contains("already used"), "{}", replay.body);
+    // The first login is unharmed.
+    assert_eq!(b.cookie("localhost", SESSION).unwrap(), session);
+    assert_eq!(app_bearer(&api(&b, &s.url("/"))).split('.').count(), 3);
+}
+
+#[test]
+fn after_login_only_same_origin_paths_are_followed() {
+    let _idp = idp();
+    let s = site("main");
+    let b = Browser::new();
+    login(&b, s, "/start");
+    for rd in [
+        "//evil.example",
+        "https://evil.example",
+        "/%2F%2Fevil.example",
+        "/\\evil.example",
+        "javascript:alert(1)",
+    ] {
+        let start = s.url(&format!(
+            "/login?rd={}",
+            harness::browser::form_urlencode(&[("", rd)]).trim_start_matches('=')
+        ));
+        // The IdP remembers alice: straight back through the callback.
+        let done = b.follow(b.get(&start).unwrap(), 10).unwrap();
+        assert_eq!(
+            done.response.url,
+            s.url("/"),
+            "rd={rd}:\n{}",
+            describe_chain(&done.chain)
+        );
+        assert!(
+            done.chain.iter().all(|(u, _)| !u.contains("evil.example")
+                || u.starts_with(&s.origin())
+                || u.starts_with(stack().issuer())),
+            "{}",
+            describe_chain(&done.chain)
+        );
+    }
+    let done = b
+        .follow(b.get(&s.url("/login?rd=%2Fok%3Fa%3D1")).unwrap(), 10)
+        .unwrap();
+    assert_eq!(done.response.url, s.url("/ok?a=1"));
+}
+
+#[test]
+fn two_tabs_log_in_at_once() {
+    let _idp = idp();
+    let s = site("main");
+    let b = Browser::new();
+    let tab1 = b.get(&s.url("/login?rd=/one")).unwrap().location().unwrap();
+    let tab2 = b.get(&s.url("/login?rd=/two")).unwrap().location().unwrap();
+    assert_ne!(query_param(&tab1, "state"), query_param(&tab2, "state"));
+    let attempts = b
+        .stored_cookies("localhost")
+        .into_iter()
+        .filter(|c| c.name.starts_with(LOGIN_COOKIE_PREFIX))
+        .count();
+    assert_eq!(attempts, 2);
+
+    let cb1 = until_callback(&b, s, &tab1);
+    // The IdP session now exists: the second tab goes straight back.
+    let cb2 = until_callback(&b, s, &tab2);
+    let one = b.follow(b.get(&cb1).unwrap(), 3).unwrap().response;
+    let two = b.follow(b.get(&cb2).unwrap(), 3).unwrap().response;
+    assert_eq!(
+        (one.status, one.url.as_str()),
+        (200, s.url("/one").as_str())
+    );
+    assert_eq!(
+        (two.status, two.url.as_str()),
+        (200, s.url("/two").as_str())
+    );
+    assert!(two.body.contains("Hello, alice@example.com"));
+}
+
+// 4. Big tokens.
+
+#[test]
+fn large_tokens_span_several_cookies_and_stale_chunks_are_cleared() {
+    let _idp = idp();
+    let big = site("big");
+    let b = Browser::new();
+    let page = login(&b, big, "/");
+    assert!(page.body.contains("Hello, alice@example.com"));
+    let chunks = session_cookies(&b);
+    assert!(chunks.len() >= 2, "{chunks:?}");
+    assert!(chunks.iter().any(|c| c.name == "_oidc_session.1"));
+    let token = app_bearer(&api(&b, &big.url("/")));
+    assert!(token.len() > 4000, "{}", token.len());
+    assert_eq!(jwt_payload(&token).unwrap()["aud"], "big");
+
+    // A smaller session for the same cookie (here: `main`, on the same host) replaces it.
+    let main = site("main");
+    let callback = until_callback(&b, main, &main.url("/login?rd=/"));
+    let r = b.get(&callback).unwrap();
+    assert_eq!(r.status, 302, "{}", r.body);
+    for c in chunks.iter().filter(|c| c.name != SESSION) {
+        let line = set_cookie(&r, &c.name).unwrap_or_else(|| panic!("{} not cleared", c.name));
+        assert!(line.contains("Max-Age=0"), "{line}");
+    }
+    let left = session_cookies(&b);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        jwt_payload(&app_bearer(&api(&b, &main.url("/")))).unwrap()["aud"],
+        "main"
+    );
+}
+
+// 5. Refresh.
+
+#[test]
+fn expired_token_is_refreshed_with_a_renewed_cookie() {
+    let _idp = idp();
+    let s = site("refresh");
+    let b = Browser::new();
+    login(&b, s, "/");
+    let first = app_bearer(&api(&b, &s.url("/")));
+    let c1 = jwt_payload(&first).unwrap();
+    let exp = c1["exp"].as_u64().unwrap();
+    assert!(exp <= c1["iat"].as_u64().unwrap() + 3, "{c1}");
+    let before = stats();
+
+    // Within the refresh margin (1 s) of expiry: renewed on the way.
+    sleep_until_unix(exp - 1, Duration::from_millis(100));
+    let r = api(&b, &s.url("/after"));
+    let second = app_bearer(&r);
+    let c2 = jwt_payload(&second).unwrap();
+    assert_ne!(second, first);
+    assert!(c2["iat"].as_u64() > c1["iat"].as_u64(), "{c1} {c2}");
+    assert!(c2["exp"].as_u64() > c1["exp"].as_u64(), "{c1} {c2}");
+    assert_eq!(c2["sub"], "alice");
+    let renewed = set_cookie(&r, SESSION).unwrap_or_else(|| panic!("{:?}", r.headers));
+    assert!(renewed.contains("Max-Age="), "{renewed}");
+    assert_counted(&before, "refreshes");
+
+    // The renewed cookie carries the new token, and no further refresh happens for it.
+    let r = api(&b, &s.url("/again"));
+    assert_eq!(app_bearer(&r), second);
+    assert!(set_cookie(&r, SESSION).is_none(), "{:?}", r.headers);
+}
+
+#[test]
+fn parallel_requests_at_expiry_share_one_refresh() {
+    let _idp = idp();
+    let s = site("rotating");
+    let b = Browser::new();
+    login(&b, s, "/");
+    let mut cookie = format!("{SESSION}={}", b.cookie("localhost", SESSION).unwrap());
+    let mut token = app_bearer(&api(&b, &s.url("/")));
+    let before = stats();
+
+    // This IdP rotates refresh tokens and, seeing an old one used twice, revokes the whole grant: a
+    // page whose resources each refreshed the session would log its user out. Round 0 comes within
+    // the refresh margin (the old token is still valid), round 1 after expiry (requests must wait).
+    for (round, after_exp) in [(0, -0.85), (1, 0.2)] {
+        let exp = jwt_payload(&token).unwrap()["exp"].as_f64().unwrap();
+        let wait = exp + after_exp - unix_now();
+        if wait > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(wait));
+        }
+        let t = Instant::now();
+        // Separate connections, so both workers take part.
+        let results: Vec<Response> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..6)
+                .map(|i| {
+                    let cookie = cookie.clone();
+                    scope.spawn(move || {
+                        Browser::new()
+                            .get_with(
+                                &s.url(&format!("/r{round}/{i}")),
+                                &[("accept", "application/json"), ("cookie", &cookie)],
+                            )
+                            .unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let took = t.elapsed();
+        for r in &results {
+            assert_eq!(r.status, 200, "round {round}: {} {}", r.url, r.body);
+        }
+        let renewed: Vec<(&Response, &str)> = results
+            .iter()
+            .filter_map(|r| set_cookie(r, SESSION).map(|c| (r, c)))
+            .collect();
+        assert!(!renewed.is_empty(), "round {round}: no renewed cookie");
+        let new_token = app_bearer(renewed[0].0);
+        assert_ne!(new_token, token, "round {round}");
+        if round == 1 {
+            // Expired: every request waited for the one renewal and carries its result.
+            assert_eq!(renewed.len(), results.len(), "round {round}");
+            for r in &results {
+                assert_eq!(app_bearer(r), new_token, "round {round}");
+            }
+            assert!(took < Duration::from_secs(3), "round {round} took {took:?}");
+        }
+        cookie = renewed[0].1.split(';').next().unwrap().to_string();
+        token = new_token;
+    }
+    // One refresh per round reached the IdP.
+    let refreshes = stats()[&format!("{STAT}refreshes")] - before[&format!("{STAT}refreshes")];
+    assert!(refreshes >= 2, "{refreshes}");
+    assert_eq!(
+        stats().get(&format!("{STAT}refresh_failures")),
+        before.get(&format!("{STAT}refresh_failures"))
+    );
+}
+
+#[test]
+fn expired_token_without_refresh_token_needs_a_new_login() {
+    let _idp = idp();
+    let s = site("norefresh");
+    let b = Browser::new();
+    login(&b, s, "/");
+    let token = app_bearer(&api(&b, &s.url("/")));
+    let exp = jwt_payload(&token).unwrap()["exp"].as_u64().unwrap();
+    let cookie = format!("{SESSION}={}", b.cookie("localhost", SESSION).unwrap());
+
+    sleep_until_unix(exp, Duration::from_millis(100));
+    // The browser's cookie expired with the token.
+    assert_login_redirect(&b.get(&s.url("/page?a=1")).unwrap(), "/page?a=1");
+    // A client that keeps sending it (a skewed clock) is treated as logged out.
+    let r = b.get_with(&s.url("/page"), &[("cookie", &cookie)]).unwrap();
+    assert_login_redirect(&r, "/page");
+    let cleared = set_cookie(&r, SESSION).unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    assert_json_401(
+        &b.get_with(
+            &s.url("/api"),
+            &[("cookie", &cookie), ("accept", "application/json")],
+        )
+        .unwrap(),
+    );
+}
+
+// 6. Logout.
+
+#[test]
+fn logout_ends_the_session_here_and_at_the_idp() {
+    let _idp = idp();
+    let s = site("main");
+    let b = Browser::new();
+    login(&b, s, "/");
+    let token = app_bearer(&api(&b, &s.url("/")));
+    let before = stats();
+
+    let r = b.get(&s.url("/logout")).unwrap();
+    assert_eq!(r.status, 302, "{}", r.body);
+    let end = r.location().unwrap();
+    assert!(
+        end.starts_with(&format!("{}/session/end?", stack().issuer())),
+        "{end}"
+    );
+    assert_eq!(query_param(&end, "id_token_hint"), Some(token));
+    assert_eq!(
+        query_param(&end, "post_logout_redirect_uri"),
+        Some(s.url("/"))
+    );
+    let cleared = set_cookie(&r, SESSION).unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    assert!(session_cookies(&b).is_empty());
+    assert_login_redirect(&b.get(&s.url("/")).unwrap(), "/");
+    assert_counted(&before, "logouts");
+
+    // At the IdP: confirm, back to the app, which now asks for a fresh login.
+    let confirm = b.follow(b.get(&end).unwrap(), 5).unwrap().response;
+    let form = confirm
+        .forms()
+        .into_iter()
+        .find(|f| f.action.contains("/session/end/confirm"))
+        .unwrap_or_else(|| panic!("no logout form: {}", confirm.body));
+    let back = b
+        .follow(b.submit(&form, &[("logout", "yes")]).unwrap(), 10)
+        .unwrap();
+    assert!(
+        back.chain.iter().any(|(u, _)| u == &s.url("/")),
+        "{}",
+        describe_chain(&back.chain)
+    );
+    let login_form = back
+        .response
+        .forms()
+        .into_iter()
+        .any(|f| f.fields.iter().any(|(n, v)| n == "prompt" && v == "login"));
+    assert!(login_form, "{}", describe_chain(&back.chain));
+}
+
+#[test]
+fn logout_without_post_logout_redirect_uri_ends_at_the_idp() {
+    let _idp = idp();
+    let s = site("nologout");
+    let b = Browser::new();
+    login(&b, s, "/");
+    let r = b.get(&s.url("/logout")).unwrap();
+    assert_eq!(r.status, 302, "{}", r.body);
+    let end = r.location().unwrap();
+    assert!(query_param(&end, "id_token_hint").is_some(), "{end}");
+    assert_eq!(query_param(&end, "post_logout_redirect_uri"), None, "{end}");
+    assert!(session_cookies(&b).is_empty());
+    let confirm = b.follow(b.get(&end).unwrap(), 5).unwrap().response;
+    let form = confirm
+        .forms()
+        .into_iter()
+        .find(|f| f.action.contains("/session/end/confirm"))
+        .unwrap_or_else(|| panic!("no logout form: {}", confirm.body));
+    let done = b
+        .follow(b.submit(&form, &[("logout", "yes")]).unwrap(), 5)
+        .unwrap()
+        .response;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.url.starts_with(stack().issuer()), "{}", done.url);
+    assert!(done.body.contains("Sign-out Success"), "{}", done.body);
+}
+
+// 7. API clients.
+
+#[test]
+fn api_clients_bring_their_own_token_or_get_401() {
+    let s = site("main");
+    let token = {
+        let _idp = idp();
+        let b = Browser::new();
+        login(&b, s, "/");
+        app_bearer(&api(&b, &s.url("/")))
+    };
+    let before = stats();
+    let client = Browser::new();
+
+    // Its own valid token: untouched, judged by jwt_authn.
+    let bearer = format!("Bearer {token}");
+    let r = client
+        .get_with(
+            &s.url("/api"),
+            &[("accept", "application/json"), ("authorization", &bearer)],
+        )
+        .unwrap();
+    assert_eq!(echoed(&r)["headers"]["authorization"], bearer);
+    // Even a browser navigation with a token is left to jwt_authn.
+    let r = client
+        .get_with(&s.url("/"), &[("authorization", &bearer)])
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_counted(&before, "bearer_passthrough");
+
+    // A garbage token: jwt_authn refuses it, no redirect.
+    let r = client
+        .get_with(
+            &s.url("/api"),
+            &[
+                ("accept", "application/json"),
+                ("authorization", "Bearer garbage"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("Jwt"), "{}", r.body);
+    assert!(r.header("location").is_none());
+
+    // No token, not a navigation: 401 with a JSON body.
+    assert_json_401(&api(&client, &s.url("/api")));
+    assert_json_401(
+        &client
+            .get_with(&s.url("/api"), &[("x-requested-with", "XMLHttpRequest")])
+            .unwrap(),
+    );
+    assert_json_401(
+        &client
+            .get_with(&s.url("/api"), &[("sec-fetch-mode", "cors")])
+            .unwrap(),
+    );
+    assert_json_401(&client.post_form(&s.url("/form"), &[("a", "1")]).unwrap());
+    assert_json_401(&client.request("DELETE", &s.url("/x"), &[], None).unwrap());
+    assert_counted(&before, "unauthorized");
+}
+
+// 8. Bypass.
+
+#[test]
+fn bypass_paths_pass_but_traversal_does_not() {
+    let s = site("main");
+    let b = Browser::new();
+    let r = api(&b, &s.url("/healthz"));
+    assert_eq!(echoed(&r)["path"], "/healthz");
+    assert_eq!(
+        echoed(&api(&b, &s.url("/healthz/deep?x=1")))["path"],
+        "/healthz/deep?x=1"
+    );
+    assert_eq!(b.get(&s.url("/healthz")).unwrap().status, 200);
+
+    for path in [
+        "/healthz/../admin",
+        "/healthz/%2E%2E/admin",
+        "/healthz%2F..%2Fadmin",
+        "/healthz%2f..%2fadmin",
+        "/healthz/..%5Cadmin",
+        "/healthz;/../admin",
+        "/healthzx",
+    ] {
+        let nav = b.get(&s.url(path)).unwrap();
+        assert_eq!(nav.status, 302, "{path}: {}", nav.body);
+        assert!(
+            nav.header("location").unwrap().starts_with("/login?rd="),
+            "{path}: {:?}",
+            nav.header("location")
+        );
+        let r = api(&b, &s.url(path));
+        assert_eq!(r.status, 401, "{path}: {}", r.body);
+    }
+}
+
+// 10. Configuration.
+
+/// Starts a one-site Envoy with `patch` over a valid filter configuration; returns the start's
+/// error, which carries Envoy's log.
+fn start_with_config(name: &str, patch: Value) -> (String, String) {
+    let dir = harness::target_dir().join(format!("e2e/config-{name}"));
+    let _ = fs::remove_dir_all(&dir);
+    let issuer = "http://127.0.0.1:9";
+    let mut cfg = default_filter_config(issuer, "app", "app").unwrap();
+    harness::merge_json(&mut cfg, &patch);
+    let config = EnvoyConfig {
+        wasm_path: wasm_path().unwrap(),
+        issuer: issuer.into(),
+        jwks_uri: format!("{issuer}/jwks"),
+        app_port: 9,
+        admin_port: 0,
+        access_log: AccessLog::Off,
+        sites: vec![EnvoySite::new("app", 0, "app", cfg)],
+    };
+    let mut opts = EnvoyOptions::new(&dir);
+    opts.concurrency = 1;
+    opts.ready_timeout = Duration::from_secs(15);
+    // The cookie keys are set; the client secret is not, unless the patch inlines one.
+    opts.env = vec![(
+        harness::COOKIE_KEYS_ENV.to_string(),
+        DEFAULT_COOKIE_KEYS.to_string(),
+    )];
+    let err = match Envoy::start(&config.render().unwrap(), &opts) {
+        Ok(_) => panic!("envoy accepted the configuration {patch}"),
+        Err(e) => format!("{e:#}"),
+    };
+    let log = fs::read_to_string(dir.join("envoy.log")).unwrap_or_default();
+    (err, log)
+}
+
+#[test]
+fn invalid_plugin_config_stops_envoy_and_names_the_field() {
+    let (err, log) = start_with_config(
+        "unknown-field",
+        json!({"client_secret_env": null, "client_secret": "inline-secret", "colour": "blue"}),
+    );
+    // Envoy 1.40 refuses a static listener whose Wasm plugin fails `on_configure`, and exits.
+    assert!(err.contains("envoy exited"), "{err}");
+    assert!(log.contains("Unable to create Wasm plugin"), "{log}");
+    assert!(log.contains("field `colour`"), "{log}");
+    assert!(!log.contains("inline-secret"), "{log}");
+
+    let (err, log) = start_with_config("missing-secret", json!({}));
+    assert!(err.contains("envoy exited"), "{err}");
+    assert!(log.contains("field `client_secret_env`"), "{log}");
+    assert!(log.contains("OIDC_CLIENT_SECRET_APP"), "{log}");
+}
+
+#[test]
+fn secrets_reach_the_filter_from_the_environment_only() {
+    // Every login on `main` proves the filter read its secrets from the variables its
+    // configuration names (Istio's `vmConfig.env`); the configuration itself holds none.
+    let cfg = &site("main").filter_config;
+    assert_eq!(cfg["client_secret_env"], "OIDC_CLIENT_SECRET_MAIN");
+    assert_eq!(cfg["cookie_keys_env"], harness::COOKIE_KEYS_ENV);
+    assert!(cfg.get("client_secret").is_none() && cfg.get("cookie_keys").is_none());
+    let bootstrap = fs::read_to_string(stack().dir().join("envoy.json")).unwrap();
+    assert!(bootstrap.contains("\"host_env_keys\""));
+    for s in stack().sites() {
+        assert!(!bootstrap.contains(&s.client_secret), "{}", s.name);
+    }
+}
+
+#[test]
+fn rotated_cookie_keys_still_open_old_sessions() {
+    let _idp = idp();
+    let b = Browser::new();
+    login(&b, site("main"), "/");
+    let token = app_bearer(&api(&b, &site("main").url("/")));
+
+    // Keys [B, A]: the session sealed under A still opens.
+    let r = api(&b, &site("rotated").url("/"));
+    assert_eq!(app_bearer(&r), token);
+    assert!(set_cookie(&r, SESSION).is_none());
+    // Keys [B] only: it does not, and the unreadable cookie is cleared.
+    let r = b.get(&site("newkey").url("/page")).unwrap();
+    assert_login_redirect(&r, "/page");
+    assert!(set_cookie(&r, SESSION).unwrap().contains("Max-Age=0"));
+}
+
+// 11. Metrics.
+
+#[test]
+fn metrics_count_logins_logouts_and_failures() {
+    let _idp = idp();
+    let s = site("main");
+    let before = stats();
+    let b = Browser::new();
+    assert_eq!(b.get(&s.url("/m")).unwrap().status, 302);
+    login(&b, s, "/m");
+    api(&b, &s.url("/m"));
+    assert_json_401(&api(&Browser::new(), &s.url("/m")));
+    let r = b
+        .get(&s.url("/oauth2/callback?error=access_denied&state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"))
+        .unwrap();
+    assert_eq!(r.status, 400);
+    let r = b
+        .get(&s.url("/oauth2/callback?code=x&state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"))
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(b.get(&s.url("/logout")).unwrap().status, 302);
+    for name in [
+        "login_redirects",
+        "logins_started",
+        "logins_completed",
+        "sessions_forwarded",
+        "unauthorized",
+        "logouts",
+        "callback_failures.idp_error",
+        "callback_failures.state_mismatch",
+    ] {
+        assert_counted(&before, name);
+    }
+}
+
+// 12. The IdP failing during a login, and the logs.
+
+#[test]
+fn token_endpoint_down_or_hanging_fails_the_login_cleanly() {
+    let _idp = idp_exclusive();
+    let proxy = stack().idp_proxy();
+    let before = stats();
+
+    // Refused while the callback exchanges the code.
+    let s = site("main");
+    let b = Browser::new();
+    let callback = until_callback(&b, s, &s.url("/login?rd=/"));
+    proxy.set_mode(Mode::Refuse);
+    let r = b.get(&callback);
+    proxy.set_mode(Mode::Forward);
+    let r = r.unwrap();
+    assert!(matches!(r.status, 502 | 504), "{} {}", r.status, r.body);
+    assert!(r.body.contains("Login failed"), "{}", r.body);
+    assert!(session_cookies(&b).is_empty());
+    // Starting again works once the IdP is back.
+    login(&b, s, "/again");
+
+    // Hanging longer than callout_timeout (2 s on this site).
+    let s = site("slow");
+    let b = Browser::new();
+    let callback = until_callback(&b, s, &s.url("/login?rd=/"));
+    proxy.set_mode(Mode::Hang);
+    let t = Instant::now();
+    let r = b.get(&callback);
+    let took = t.elapsed();
+    proxy.set_mode(Mode::Forward);
+    let r = r.unwrap();
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(
+        // This site's 2 s, not the default 5 s.
+        took >= Duration::from_millis(1900) && took < Duration::from_millis(4500),
+        "{took:?}"
+    );
+    assert!(session_cookies(&b).is_empty());
+    assert_counted(&before, "callback_failures.timeout");
+    assert_counted(&before, "callback_failures.token_endpoint");
+    assert_log_clean(&[]);
+}
+
+#[test]
+fn logs_carry_no_secrets_and_no_panics() {
+    let _idp = idp();
+    let s = site("main");
+    let b = Browser::new();
+    let callback = until_callback(&b, s, &s.url("/login?rd=/"));
+    let code = query_param(&callback, "code").unwrap();
+    let state = query_param(&callback, "state").unwrap();
+    let attempt = b
+        .stored_cookies("localhost")
+        .into_iter()
+        .find(|c| c.name.starts_with(LOGIN_COOKIE_PREFIX))
+        .unwrap()
+        .value;
+    b.follow(b.get(&callback).unwrap(), 3).unwrap();
+    let cookie = b.cookie("localhost", SESSION).unwrap();
+    let token = app_bearer(&api(&b, &s.url("/")));
+    b.get(&s.url("/logout")).unwrap();
+    // Envoy writes its log every 100 ms.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut secrets = vec![
+        code.as_str(),
+        state.as_str(),
+        attempt.as_str(),
+        cookie.as_str(),
+        token.as_str(),
+        DEFAULT_COOKIE_KEYS,
+        KEY_B,
+    ];
+    // The signature part of the token: no fragment of it either.
+    let sig = token.rsplit('.').next().unwrap();
+    secrets.push(sig);
+    for site in stack().sites() {
+        secrets.push(&site.client_secret);
+    }
+    assert_log_clean(&secrets);
+}

@@ -1,0 +1,95 @@
+//! End to end, from a cold start: Envoy comes up before its IdP is reachable. Its own stack (the
+//! IdP starts late), so the main e2e stack is never disturbed.
+
+// Test code, helpers included (clippy's allow-*-in-tests covers only #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use harness::browser::describe_chain;
+use harness::process::poll;
+use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec};
+use serde_json::json;
+
+fn assert_not_ready(r: &Response) {
+    assert_eq!(r.status, 503, "{} {}", r.url, r.body);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(r.header("location").is_none());
+}
+
+#[test]
+fn filter_waits_for_its_idp_and_refuses_a_foreign_discovery_document() {
+    let t0 = Instant::now();
+    let stack = Stack::start(StackSpec {
+        start_idp: false,
+        ..StackSpec::new("e2e_startup", vec![SiteSpec::new("app")])
+    })
+    .unwrap();
+    let s = stack.site("app").unwrap();
+    let log_count = |needle: &str| stack.envoy_log().unwrap().matches(needle).count();
+
+    // The IdP refuses connections: protected paths wait, bypass paths do not.
+    let b = Browser::new();
+    assert_not_ready(&b.get(&s.url("/")).unwrap());
+    assert_not_ready(&b.get(&s.url("/login")).unwrap());
+    assert_not_ready(
+        &b.get_with(&s.url("/api"), &[("accept", "application/json")])
+            .unwrap(),
+    );
+    let health = b
+        .get_with(&s.url("/healthz"), &[("accept", "application/json")])
+        .unwrap();
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(health.json().unwrap()["path"], "/healthz");
+
+    // Something answers, but with another issuer's document: refused, still not ready.
+    let foreign = json!({
+        "issuer": "https://evil.example",
+        "authorization_endpoint": "https://evil.example/auth",
+        "token_endpoint": "https://evil.example/token",
+        "jwks_uri": "https://evil.example/jwks",
+    });
+    stack
+        .idp_proxy()
+        .set_mode(Mode::respond(200, "application/json", &foreign.to_string()));
+    let mismatch = format!(
+        "discovery issuer \"https://evil.example\" is not the configured issuer \"{}\"",
+        stack.issuer()
+    );
+    stack
+        .wait_for_envoy_log(&mismatch, Duration::from_secs(20))
+        .unwrap();
+    assert_not_ready(&b.get(&s.url("/")).unwrap());
+    assert_not_ready(&Browser::new().get(&s.url("/login")).unwrap());
+
+    // The IdP comes up: the filter gets ready by itself, in each of its VMs (Envoy's main thread
+    // and the two workers).
+    assert_eq!(log_count("signing keys loaded"), 0);
+    stack.start_idp().unwrap();
+    poll(Duration::from_secs(45), || {
+        Ok((log_count("signing keys loaded") >= 3).then_some(()))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "not ready after the IdP came up: {e:#}\n{}",
+            stack.envoy_log().unwrap()
+        )
+    });
+    for _ in 0..4 {
+        let r = Browser::new().get(&s.url("/after")).unwrap();
+        assert_eq!(r.status, 302, "{}", r.body);
+        assert_eq!(r.header("location"), Some("/login?rd=%2Fafter"));
+    }
+    let b = Browser::new();
+    let done = b.login(&s.url("/after"), "alice").unwrap();
+    assert_eq!(done.response.status, 200, "{}", describe_chain(&done.chain));
+    assert!(
+        done.response.body.contains("Hello, alice@example.com"),
+        "{}",
+        done.response.body
+    );
+    let log = stack.envoy_log().unwrap();
+    assert!(!log.to_ascii_lowercase().contains("panic"), "{log}");
+    eprintln!("whole test {:?}", t0.elapsed());
+}
