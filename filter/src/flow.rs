@@ -442,7 +442,8 @@ fn forward_session(
 /// handler to one that does not) and lower-cased (`/ADMIN` to a case-insensitive one). A path that does not
 /// decode (bad escapes) is judged by the `/` rule there.
 fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
-    if cfg.access.is_empty() {
+    // A bypass path is open to anyone: refusing it to a logged-in user would only make them drop the cookie.
+    if cfg.access.is_empty() || paths::is_bypass(&cfg.bypass_paths, target) {
         return false;
     }
     let (decoded, literal) = paths::readings(target);

@@ -50,11 +50,27 @@ pub struct EnvoySite {
     pub filter_config: Value,
     /// Path prefixes the RBAC policy lets through without a principal.
     pub bypass_paths: Vec<String>,
+    /// Exact paths the RBAC policy lets through without a principal: the back-channel logout
+    /// endpoint, whose caller (the IdP) proves itself with the logout token the filter checks.
+    pub open_paths: Vec<String>,
     /// Add `jwt_authn` and `rbac` after the Wasm filter, as Istio's RequestAuthentication and
     /// AuthorizationPolicy would; without them the filter's decision is all there is.
     pub istio_authn: bool,
     /// Environment of the Wasm VM (Istio's `vmConfig.env`).
     pub vm_env: VmEnv,
+    /// One `jwt_authn` provider each (Istio's `jwtRules` of a RequestAuthentication), any of
+    /// which may vouch for a request; empty: one provider for [`EnvoyConfig::issuer`] with
+    /// audience `client_id`.
+    pub jwt_issuers: Vec<JwtIssuer>,
+}
+
+/// An issuer `jwt_authn` accepts tokens from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtIssuer {
+    /// The issuer URL (its JWKS is fetched from `ISSUER/jwks` through `outbound|PORT||HOST`).
+    pub issuer: String,
+    /// The accepted audiences (client ids).
+    pub audiences: Vec<String>,
 }
 
 /// `vm_config.environment_variables`: `host_env_keys` is Istio's `valueFrom: HOST`,
@@ -79,8 +95,10 @@ pub enum AccessLog {
 }
 
 impl EnvoySite {
-    /// A site with the Istio filters, `bypass_paths` and `host_env_keys` taken from the filter
-    /// configuration (`bypass_paths`, and every top-level `*_env` string field).
+    /// A site with the Istio filters, `bypass_paths`, `open_paths`, `host_env_keys` and
+    /// `jwt_issuers` taken from the filter configuration (`bypass_paths`; every
+    /// `backchannel_logout_path`; every `*_env` string field, of `hosts` entries too; and, when it
+    /// has `hosts`, each IdP client's issuer and client id).
     pub fn new(name: &str, port: u16, client_id: &str, filter_config: Value) -> EnvoySite {
         let bypass_paths = filter_config
             .get("bypass_paths")
@@ -93,31 +111,120 @@ impl EnvoySite {
             })
             .unwrap_or_default();
         let host_env_keys = env_var_names(&filter_config);
+        let entries = filter_config["hosts"].as_array().into_iter().flatten();
+        let mut open_paths: Vec<String> = Vec::new();
+        for c in std::iter::once(&filter_config).chain(entries) {
+            if let Some(p) = c.get("backchannel_logout_path").and_then(Value::as_str)
+                && !open_paths.iter().any(|o| o == p)
+            {
+                open_paths.push(p.to_string());
+            }
+        }
+        let jwt_issuers = if filter_config.get("hosts").is_some() {
+            jwt_issuers(&filter_config)
+        } else {
+            Vec::new()
+        };
         EnvoySite {
             name: name.to_string(),
             port,
             client_id: client_id.to_string(),
             filter_config,
             bypass_paths,
+            open_paths,
             istio_authn: true,
             vm_env: VmEnv {
                 host_env_keys,
                 key_values: BTreeMap::new(),
             },
+            jwt_issuers,
         }
     }
 }
 
-/// The values of the top-level `*_env` string fields of a filter configuration: the environment
-/// variables it reads.
-pub fn env_var_names(filter_config: &Value) -> Vec<String> {
-    let Some(obj) = filter_config.as_object() else {
-        return Vec::new();
+/// The `(issuer, client_id)` of every IdP client of a filter configuration, the top level's and
+/// each `hosts` entry's (which inherits what it does not set), grouped by issuer.
+pub fn jwt_issuers(filter_config: &Value) -> Vec<JwtIssuer> {
+    let mut out: Vec<JwtIssuer> = Vec::new();
+    for (issuer, client_id) in idp_clients(filter_config) {
+        match out.iter_mut().find(|j| j.issuer == issuer) {
+            Some(j) if !j.audiences.contains(&client_id) => j.audiences.push(client_id),
+            Some(_) => {}
+            None => out.push(JwtIssuer {
+                issuer,
+                audiences: vec![client_id],
+            }),
+        }
+    }
+    out
+}
+
+/// `(issuer, client_id)` of the top level (when it has an issuer) and of each `hosts` entry.
+fn idp_clients(filter_config: &Value) -> Vec<(String, String)> {
+    let top = |k: &str| filter_config.get(k).and_then(Value::as_str);
+    let mut out = Vec::new();
+    if let (Some(i), Some(c)) = (top("issuer"), top("client_id")) {
+        out.push((i.to_string(), c.to_string()));
+    }
+    for entry in filter_config["hosts"].as_array().into_iter().flatten() {
+        let get = |k: &str| entry.get(k).and_then(Value::as_str).or_else(|| top(k));
+        if let (Some(i), Some(c)) = (get("issuer"), get("client_id")) {
+            out.push((i.to_string(), c.to_string()));
+        }
+    }
+    out
+}
+
+/// The IdP clusters a filter configuration calls (`idp_cluster`, else the Istio name of its
+/// issuer), each with the issuer it reaches, top level and `hosts` entries alike.
+fn idp_cluster_refs(filter_config: &Value) -> Vec<(String, String)> {
+    let top = |k: &str| filter_config.get(k).and_then(Value::as_str);
+    let entries = filter_config["hosts"].as_array().into_iter().flatten();
+    let mut out = Vec::new();
+    let mut add = |issuer: Option<&str>, cluster: Option<&str>| {
+        if let Some(issuer) = issuer {
+            let cluster = cluster
+                .map(str::to_string)
+                .or_else(|| cluster_name(issuer).ok());
+            if let Some(cluster) = cluster {
+                out.push((cluster, issuer.to_string()));
+            }
+        }
     };
-    obj.iter()
-        .filter(|(k, _)| k.ends_with("_env"))
-        .filter_map(|(_, v)| v.as_str().map(str::to_string))
-        .collect()
+    add(top("issuer"), top("idp_cluster"));
+    for entry in entries {
+        let issuer = entry.get("issuer").and_then(Value::as_str);
+        // As the filter: an entry with another issuer does not inherit the top level's cluster.
+        let own = entry.get("idp_cluster").and_then(Value::as_str);
+        let cluster = match issuer {
+            Some(i) if Some(i) != top("issuer") => own,
+            _ => own.or_else(|| top("idp_cluster")),
+        };
+        add(issuer.or_else(|| top("issuer")), cluster);
+    }
+    out
+}
+
+/// The values of the `*_env` string fields of a filter configuration, top level and `hosts`
+/// entries: the environment variables it reads.
+pub fn env_var_names(filter_config: &Value) -> Vec<String> {
+    let entries = filter_config["hosts"].as_array().into_iter().flatten();
+    let mut out: Vec<String> = Vec::new();
+    for obj in std::iter::once(filter_config)
+        .chain(entries)
+        .filter_map(Value::as_object)
+    {
+        let names = obj
+            .iter()
+            .filter(|(k, _)| k.ends_with("_env"))
+            .filter_map(|(_, v)| v.as_str().map(str::to_string));
+        for name in names {
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+    }
+    out
 }
 
 /// The Istio name of the cluster for `url`'s host and port: `outbound|PORT||HOST`.
@@ -140,18 +247,21 @@ impl EnvoyConfig {
         for site in &self.sites {
             listeners.push(self.listener(site, &idp_cluster)?);
         }
-        let mut idp = cluster(&idp_cluster, &idp_host, idp_port);
-        if scheme == "https" {
-            // What a DestinationRule with tls.mode SIMPLE adds.
-            idp["transport_socket"] = json!({
-                "name": "envoy.transport_sockets.tls",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                    "sni": idp_host,
-                },
-            });
-        }
+        let idp = idp_cluster_config(&idp_cluster, &scheme, &idp_host, idp_port);
         let app = cluster(&app_cluster_name(self.app_port), "127.0.0.1", self.app_port);
+        // Other IdPs the sites' filters call (a ServiceEntry each, in Istio).
+        let mut clusters = vec![idp];
+        let mut defined = vec![idp_cluster.clone(), app_cluster_name(self.app_port)];
+        for site in &self.sites {
+            for (name, issuer) in idp_cluster_refs(&site.filter_config) {
+                if !defined.contains(&name) {
+                    let (scheme, host, port) = split_url(&issuer)?;
+                    clusters.push(idp_cluster_config(&name, &scheme, &host, port));
+                    defined.push(name);
+                }
+            }
+        }
+        clusters.push(app);
         Ok(json!({
             "node": { "id": "oidc-filter-harness", "cluster": "oidc-filter-harness" },
             "admin": { "address": socket_address("127.0.0.1", self.admin_port) },
@@ -167,7 +277,7 @@ impl EnvoyConfig {
             },
             "static_resources": {
                 "listeners": listeners,
-                "clusters": [idp, app],
+                "clusters": clusters,
             },
         }))
     }
@@ -175,7 +285,7 @@ impl EnvoyConfig {
     fn listener(&self, site: &EnvoySite, idp_cluster: &str) -> Result<Value> {
         let mut http_filters = vec![self.wasm_filter(site)?];
         if site.istio_authn {
-            http_filters.push(self.jwt_authn(site, idp_cluster));
+            http_filters.push(self.jwt_authn(site, idp_cluster)?);
             http_filters.push(rbac(site));
         }
         http_filters.push(json!({
@@ -270,35 +380,64 @@ impl EnvoyConfig {
         }))
     }
 
-    fn jwt_authn(&self, site: &EnvoySite, idp_cluster: &str) -> Value {
-        let provider = format!("{}-idp", site.name);
-        json!({
-            "name": "envoy.filters.http.jwt_authn",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-                "providers": {
-                    provider.as_str(): {
-                        "issuer": self.issuer,
-                        "audiences": [site.client_id],
+    fn jwt_authn(&self, site: &EnvoySite, idp_cluster: &str) -> Result<Value> {
+        let provider =
+            |name: &str, issuer: &str, audiences: &[String], jwks: &str, cluster: &str| {
+                (
+                    name.to_string(),
+                    json!({
+                        "issuer": issuer,
+                        "audiences": audiences,
                         "remote_jwks": {
-                            "http_uri": { "uri": self.jwks_uri, "cluster": idp_cluster, "timeout": "5s" },
+                            "http_uri": { "uri": jwks, "cluster": cluster, "timeout": "5s" },
                             "cache_duration": "300s",
                         },
                         "forward": true,
                         "from_headers": [{ "name": "Authorization", "value_prefix": "Bearer " }],
                         "payload_in_metadata": "payload",
-                    },
-                },
+                    }),
+                )
+            };
+        let mut providers = Vec::new();
+        if site.jwt_issuers.is_empty() {
+            let name = format!("{}-idp", site.name);
+            let audiences = [site.client_id.clone()];
+            providers.push(provider(
+                &name,
+                &self.issuer,
+                &audiences,
+                &self.jwks_uri,
+                idp_cluster,
+            ));
+        }
+        for (i, j) in site.jwt_issuers.iter().enumerate() {
+            let name = format!("{}-idp-{i}", site.name);
+            let jwks = format!("{}/jwks", j.issuer.trim_end_matches('/'));
+            providers.push(provider(
+                &name,
+                &j.issuer,
+                &j.audiences,
+                &jwks,
+                &cluster_name(&j.issuer)?,
+            ));
+        }
+        let mut requirements: Vec<Value> = providers
+            .iter()
+            .map(|(name, _)| json!({ "provider_name": name }))
+            .collect();
+        requirements.push(json!({ "allow_missing": {} }));
+        let providers: serde_json::Map<String, Value> = providers.into_iter().collect();
+        Ok(json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": providers,
                 "rules": [{
                     "match": { "prefix": "/" },
-                    "requires": {
-                        "requires_any": {
-                            "requirements": [{ "provider_name": provider }, { "allow_missing": {} }],
-                        },
-                    },
+                    "requires": { "requires_any": { "requirements": requirements } },
                 }],
             },
-        })
+        }))
     }
 }
 
@@ -320,11 +459,12 @@ fn rbac(site: &EnvoySite) -> Value {
             }],
         }),
     );
-    if !site.bypass_paths.is_empty() {
-        let rules: Vec<Value> = site
-            .bypass_paths
-            .iter()
-            .map(|p| json!({ "url_path": { "path": { "prefix": p } } }))
+    if !site.bypass_paths.is_empty() || !site.open_paths.is_empty() {
+        let prefixes = site.bypass_paths.iter().map(|p| json!({ "prefix": p }));
+        let exact = site.open_paths.iter().map(|p| json!({ "exact": p }));
+        let rules: Vec<Value> = prefixes
+            .chain(exact)
+            .map(|m| json!({ "url_path": { "path": m } }))
             .collect();
         policies.insert(
             "bypass".into(),
@@ -341,6 +481,21 @@ fn rbac(site: &EnvoySite) -> Value {
             "rules": { "action": "ALLOW", "policies": policies },
         },
     })
+}
+
+/// An IdP's cluster; over TLS for `https`, as a DestinationRule with tls.mode SIMPLE adds.
+fn idp_cluster_config(name: &str, scheme: &str, host: &str, port: u16) -> Value {
+    let mut c = cluster(name, host, port);
+    if scheme == "https" {
+        c["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": host,
+            },
+        });
+    }
+    c
 }
 
 fn socket_address(address: &str, port: u16) -> Value {
@@ -639,6 +794,11 @@ impl Envoy {
         })
     }
 
+    /// The process id (e.g. to read its memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// `http://127.0.0.1:PORT` of the admin API.
     pub fn admin_url(&self) -> &str {
         &self.admin
@@ -822,6 +982,76 @@ mod tests {
             to_yaml(&v),
             "a:\n  - name: nm\n    b: 1\n    c:\n      d: \"x y\"\n  - e\n  - []\nf: {}\ng: false\n"
         );
+    }
+
+    #[test]
+    fn a_site_with_hosts_trusts_each_idp_and_defines_its_cluster() {
+        let cfg = json!({
+            "issuer": "http://127.0.0.1:9000", "client_id": "top", "client_secret_env": "A",
+            "idp_cluster": "outbound|9000||127.0.0.1", "backchannel_logout_path": "/bc",
+            "hosts": [
+                {"hosts": ["w.localhost"], "client_id": "wiki", "client_secret_env": "B"},
+                {"hosts": ["g.localhost"], "issuer": "http://127.0.0.2:9001", "client_id": "grafana",
+                 "client_secret_env": "C"},
+            ],
+        });
+        let site = EnvoySite::new("multi", 0, "top", cfg);
+        assert_eq!(site.vm_env.host_env_keys, ["A", "B", "C"]);
+        assert_eq!(site.open_paths, ["/bc"]);
+        assert_eq!(
+            site.jwt_issuers,
+            [
+                JwtIssuer {
+                    issuer: "http://127.0.0.1:9000".into(),
+                    audiences: vec!["top".into(), "wiki".into()]
+                },
+                JwtIssuer {
+                    issuer: "http://127.0.0.2:9001".into(),
+                    audiences: vec!["grafana".into()]
+                },
+            ]
+        );
+        let config = EnvoyConfig {
+            wasm_path: "f.wasm".into(),
+            issuer: "http://127.0.0.1:9000".into(),
+            jwks_uri: "http://127.0.0.1:9000/jwks".into(),
+            app_port: 9002,
+            admin_port: 0,
+            access_log: AccessLog::Off,
+            sites: vec![site],
+        };
+        let v = config.render().unwrap();
+        let clusters: Vec<&str> = v["static_resources"]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            clusters,
+            [
+                "outbound|9000||127.0.0.1",
+                "outbound|9001||127.0.0.2",
+                "outbound|9002||echo.local"
+            ]
+        );
+        let filters = &v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["http_filters"];
+        let jwt = &filters[1]["typed_config"];
+        assert_eq!(
+            jwt["providers"]["multi-idp-1"]["remote_jwks"]["http_uri"]["cluster"],
+            "outbound|9001||127.0.0.2"
+        );
+        assert_eq!(
+            jwt["rules"][0]["requires"]["requires_any"]["requirements"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+        let rbac =
+            filters[2]["typed_config"]["rules"]["policies"]["bypass"]["permissions"][0].to_string();
+        assert!(rbac.contains(r#"{"exact":"/bc"}"#), "{rbac}");
     }
 
     #[test]

@@ -1,0 +1,59 @@
+//! Claim rules after login: what a user who fails them still reaches, and how the 403 names them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+// Shared with the other whole-flow tests, which use more of it.
+#[allow(dead_code)]
+mod common;
+
+use common::*;
+use oidc_filter::flow::Metric;
+
+/// A user without the `admins` group, logged in on a site whose every page wants that group.
+fn refused_everywhere(extra: serde_json::Value) -> (Filter, Jar) {
+    let mut json = serde_json::json!({
+        "claim_rules": [{"rule": {"claim": "groups", "contains_any": ["admins"]}}],
+        "bypass_paths": ["/healthz", "/static/"],
+    });
+    if let serde_json::Value::Object(extra) = extra {
+        for (k, v) in extra {
+            json[k] = v;
+        }
+    }
+    let mut f = Filter::ready(config(json));
+    let (jar, _) = log_in_with(&mut f, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["preferred_username"] = "bob".into();
+        c["groups"] = serde_json::json!(["users"]);
+        mint(&c)
+    });
+    (f, jar)
+}
+
+#[test]
+fn bypass_paths_stay_open_to_a_user_the_rules_refuse() {
+    let (mut f, jar) = refused_everywhere(serde_json::json!({}));
+    assert_eq!(respond(f.request(&Req::browser("/").cookies(&jar))).status, 403);
+    // Anyone may open these without a session; the session does not take that away.
+    for path in ["/healthz", "/healthz/live", "/static/app.css"] {
+        let fwd = forward(f.request(&Req::browser(path).cookies(&jar)));
+        assert_eq!(fwd.metric, Some(Metric::SessionForwarded), "{path}");
+    }
+    // Only what really is below a bypass prefix, in every reading of the path.
+    for path in ["/healthzx", "/static/..%2Fadmin", "/static/../admin", "/x/healthz"] {
+        assert_eq!(respond(f.request(&Req::browser(path).cookies(&jar))).status, 403, "{path}");
+    }
+}
+
+#[test]
+fn the_403_names_the_user_even_when_no_header_or_rule_reads_their_name() {
+    let (mut f, jar) = refused_everywhere(serde_json::json!({"identity_headers": {}}));
+    let r = respond(f.request(&Req::browser("/").cookies(&jar)));
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("<b>bob</b>"), "{}", r.body);
+    let r = respond(f.request(&Req::api("/").cookies(&jar)));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&r.body).unwrap(),
+        serde_json::json!({"error": "forbidden", "user": "bob", "logout": "/logout"})
+    );
+}

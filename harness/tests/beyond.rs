@@ -1,0 +1,651 @@
+//! End to end, the features beyond one login per gateway: several hosts and IdPs in one plugin,
+//! claim rules with their 403 page, identity headers for apps like Grafana's auth proxy mode, and
+//! back-channel logout - in a real Envoy (two workers) with Istio's jwt_authn and RBAC behind the
+//! filter, against two instances of the real IdP.
+//!
+//! Host names are `*.localhost` (RFC 6761) on 127.0.0.1: the browser keeps cookies per host name,
+//! so sessions stay apart as they would in a real browser. The second IdP is at 127.0.0.2, another
+//! host, so its cookies don't mix with the first's either.
+
+// Test code, helpers included (clippy's allow-*-in-tests covers only #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use harness::browser::{describe_chain, query_param};
+use harness::idp::jwt_payload;
+use harness::{Browser, HostSpec, Response, Site, SiteSpec, Stack, StackSpec};
+use serde_json::{Value, json};
+
+const WIKI: &str = "wiki.localhost";
+const GRAFANA: &str = "grafana.localhost";
+/// Under `*.apps.localhost`, served by the same IdP client as Grafana.
+const BOARD: &str = "board.apps.localhost";
+/// Matches no `hosts` entry of any site.
+const OTHER: &str = "other.localhost";
+const BACKCHANNEL: &str = "/oauth2/backchannel-logout";
+/// The Grafana client's own paths.
+const GRAFANA_CALLBACK: &str = "/sso/callback";
+const STAT: &str = "wasmcustom.oidc_filter.";
+/// Session cookies: the top-level site's, then one per `hosts` entry in order.
+const DEFAULT_COOKIE: &str = "_oidc_session";
+const WIKI_COOKIE: &str = "_oidc_session_0";
+const GRAFANA_COOKIE: &str = "_oidc_session_1";
+const IDENTITY_HEADERS: [&str; 4] = [
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+];
+
+fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let t0 = Instant::now();
+        let wiki_rules = json!([
+            {"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}},
+            {"path_prefix": "/staff", "rule": {"all_of": [
+                {"claim": "email", "matches": "*@example.com"},
+                {"claim": "email_verified", "equals": true},
+                {"any_of": [
+                    {"claim": "groups", "contains_any": ["admins"]},
+                    {"claim": "preferred_username", "equals": "carol"},
+                ]},
+            ]}},
+        ]);
+        // `localhost` itself is the top-level site (IdP 0, client `multi`); `wiki` shares that
+        // IdP with a client of its own; Grafana and `*.apps` have the second IdP.
+        let multi = SiteSpec::new("multi")
+            .filter(json!({
+                "scopes": ["openid", "email", "profile", "groups"],
+                "backchannel_logout_path": BACKCHANNEL,
+                "unmatched_hosts": "default",
+            }))
+            .host(HostSpec::new("wiki", 0, &[WIKI]).filter(json!({"claim_rules": wiki_rules})))
+            .host(
+                HostSpec::new("grafana", 1, &[GRAFANA, "*.apps.localhost"])
+                    .redirect_host(BOARD)
+                    .filter(json!({"callback_path": GRAFANA_CALLBACK, "logout_path": "/signout"})),
+            );
+        // No top-level IdP: only the listed hosts are served (this one to admins only, bypass
+        // paths aside), the rest refused...
+        let strict = SiteSpec::new("strict")
+            .filter(json!({"issuer": null, "unmatched_hosts": "deny"}))
+            .host(HostSpec::new("strict-wiki", 0, &[WIKI]).filter(json!({
+                "scopes": ["openid", "email", "profile", "groups"],
+                "claim_rules": [{"rule": {"claim": "groups", "contains_any": ["admins"]}}],
+            })));
+        // ... or let through untouched. Without Istio's authn here: in a mesh the
+        // AuthorizationPolicy demanding a principal would name the protected hosts only.
+        let mut open = SiteSpec::new("open")
+            .filter(json!({"issuer": null, "unmatched_hosts": "pass"}))
+            .host(HostSpec::new("open-wiki", 0, &[WIKI]));
+        open.istio_authn = false;
+        let spec = StackSpec {
+            extra_idps: 1,
+            ..StackSpec::new("beyond", vec![multi, strict, open])
+        };
+        let stack = Stack::start(spec).unwrap();
+        wait_until_ready(&stack);
+        eprintln!("stack up in {:?}", t0.elapsed());
+        stack
+    })
+}
+
+/// Every (site, IdP client) has loaded its IdP's keys in each VM: Envoy's main thread and the
+/// two workers log it once each.
+fn wait_until_ready(stack: &Stack) {
+    let mut expected: Vec<(String, usize)> = Vec::new();
+    for s in stack.sites() {
+        let cfg = &s.filter_config;
+        let top = cfg["issuer"].as_str().map(str::to_string);
+        let entries = cfg["hosts"].as_array().into_iter().flatten();
+        let issuers = top
+            .into_iter()
+            .chain(entries.map(|e| e["issuer"].as_str().unwrap().to_string()));
+        for issuer in issuers {
+            let line = format!("oidc-filter-{}: oidc-filter: {issuer}: ", s.name);
+            match expected.iter_mut().find(|(l, _)| *l == line) {
+                Some((_, n)) => *n += 3,
+                None => expected.push((line, 3)),
+            }
+        }
+    }
+    harness::process::poll(Duration::from_secs(30), || {
+        let log = stack.envoy_log()?;
+        let ready = expected.iter().all(|(line, n)| {
+            log.lines()
+                .filter(|l| l.contains(line) && l.contains("signing keys loaded"))
+                .count()
+                >= *n
+        });
+        Ok(ready.then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("filter not ready: {e:#}\n{}", stack.envoy_log().unwrap()));
+}
+
+fn site(name: &str) -> &'static Site {
+    stack().site(name).unwrap()
+}
+
+/// `path` on `host` of the site with several hosts.
+fn at(host: &str, path: &str) -> String {
+    site("multi").host_url(host, path)
+}
+
+fn issuer(n: usize) -> &'static str {
+    stack().issuers()[n]
+}
+
+/// Logs `user` in from `url` and asserts the browser lands back there, at the app.
+fn login(b: &Browser, url: &str, user: &str) -> Response {
+    let done = b.login(url, user).unwrap();
+    let r = done.response;
+    assert_eq!(r.status, 200, "{}\n{}", describe_chain(&done.chain), r.body);
+    assert_eq!(r.url, url, "{}", describe_chain(&done.chain));
+    assert!(
+        r.body.contains("<pre id=\"echo\">"),
+        "not the app: {}",
+        r.body
+    );
+    r
+}
+
+/// What the app received for a GET of `url` (as an API client: `Accept: application/json`).
+fn echo(b: &Browser, url: &str, headers: &[(&str, &str)]) -> Value {
+    let mut all = vec![("accept", "application/json")];
+    all.extend_from_slice(headers);
+    let r = b.get_with(url, &all).unwrap();
+    assert_eq!(r.status, 200, "{url}: {}", r.body);
+    r.json().unwrap()
+}
+
+/// The claims of the token the app received as `Authorization: Bearer`.
+fn bearer_claims(echo: &Value) -> Value {
+    let auth = echo["headers"]["authorization"]
+        .as_str()
+        .expect("no authorization header");
+    jwt_payload(auth.strip_prefix("Bearer ").unwrap()).unwrap()
+}
+
+/// A browser with nothing but cookie `name=value` for `host`: a new connection, so Envoy may hand
+/// it to either worker.
+fn with_cookie(host: &str, name: &str, value: &str) -> Browser {
+    let b = Browser::new();
+    b.set_cookie(host, name, value);
+    b
+}
+
+fn stat(name: &str) -> u64 {
+    let stats = stack().envoy_stats().unwrap();
+    stats.get(&format!("{STAT}{name}")).copied().unwrap_or(0)
+}
+
+/// A browser navigation that was sent to log in: 302 to the site's login path.
+fn assert_login_redirect(r: &Response) {
+    assert_eq!(r.status, 302, "{}: {}", r.url, r.body);
+    let location = r.header("location").unwrap_or_default();
+    assert!(location.starts_with("/login?rd="), "{}: {location}", r.url);
+}
+
+/// Where `/login` on `url`'s host sends the browser: the IdP's authorization endpoint.
+fn authorization_url(b: &Browser, url: &str) -> String {
+    let r = b.get(url).unwrap();
+    assert_login_redirect(&r);
+    let login = b.get(&r.location().unwrap()).unwrap();
+    assert_eq!(login.status, 302, "{}", login.body);
+    login.location().unwrap()
+}
+
+// --- 1. several hosts and IdPs in one plugin ---
+
+#[test]
+fn each_host_logs_in_at_its_own_idp_and_sessions_stay_apart() {
+    let b = Browser::new();
+    let wiki = login(&b, &at(WIKI, "/"), "alice");
+    let wiki_token = bearer_claims(&echo(&b, &at(WIKI, "/"), &[]));
+    assert_eq!(wiki_token["iss"], issuer(0));
+    assert_eq!(wiki_token["aud"], "wiki");
+    assert!(wiki.body.contains("Hello, alice@example.com"));
+
+    // The wiki session is no session on Grafana: its IdP shows its own login form.
+    let done = b.follow(b.get(&at(GRAFANA, "/")).unwrap(), 10).unwrap();
+    assert!(
+        done.response.url.starts_with(issuer(1)),
+        "{}",
+        describe_chain(&done.chain)
+    );
+    assert!(
+        done.response
+            .forms()
+            .iter()
+            .any(|f| f.fields.iter().any(|(n, v)| n == "prompt" && v == "login"))
+    );
+    login(&b, &at(GRAFANA, "/"), "bob");
+    let grafana_token = bearer_claims(&echo(&b, &at(GRAFANA, "/"), &[]));
+    assert_eq!(
+        (grafana_token["iss"].as_str(), grafana_token["aud"].as_str()),
+        (Some(issuer(1)), Some("grafana"))
+    );
+    assert_eq!(grafana_token["sub"], "bob");
+
+    // Both sessions live side by side, one per host.
+    assert_eq!(
+        bearer_claims(&echo(&b, &at(WIKI, "/"), &[]))["sub"],
+        "alice"
+    );
+    assert!(b.cookie(WIKI, WIKI_COOKIE).is_some() && b.cookie(WIKI, GRAFANA_COOKIE).is_none());
+    assert!(
+        b.cookie(GRAFANA, GRAFANA_COOKIE).is_some() && b.cookie(GRAFANA, WIKI_COOKIE).is_none()
+    );
+
+    // A wildcard host of the Grafana client: single sign-on at the second IdP, its own cookie.
+    login(&b, &at(BOARD, "/x"), "nobody-needed");
+    let board_token = bearer_claims(&echo(&b, &at(BOARD, "/"), &[]));
+    assert_eq!(
+        (board_token["sub"].as_str(), board_token["aud"].as_str()),
+        (Some("bob"), Some("grafana"))
+    );
+
+    // `localhost` is served by the top-level client, at the first IdP (single sign-on as alice).
+    login(&b, &at("localhost", "/"), "nobody-needed");
+    let top_token = bearer_claims(&echo(&b, &at("localhost", "/"), &[]));
+    assert_eq!(
+        (top_token["sub"].as_str(), top_token["aud"].as_str()),
+        (Some("alice"), Some("multi"))
+    );
+
+    // A session cookie carried to another host, under that host's cookie name, opens nowhere:
+    // each site seals under its own name. The stale cookie is cleared, the browser sent to log in.
+    let wiki_session = b.cookie(WIKI, WIKI_COOKIE).unwrap();
+    let grafana_session = b.cookie(GRAFANA, GRAFANA_COOKIE).unwrap();
+    for (host, name, value) in [
+        (GRAFANA, GRAFANA_COOKIE, &wiki_session),
+        (WIKI, WIKI_COOKIE, &grafana_session),
+        ("localhost", DEFAULT_COOKIE, &wiki_session),
+        (BOARD, GRAFANA_COOKIE, &wiki_session),
+    ] {
+        let r = with_cookie(host, name, value).get(&at(host, "/")).unwrap();
+        assert_login_redirect(&r);
+        assert!(
+            r.set_cookies()
+                .iter()
+                .any(|c| c.starts_with(&format!("{name}=;"))),
+            "{host}: {:?}",
+            r.headers
+        );
+    }
+    // Under its own name on a host of the same client it is valid, as it should be.
+    let r = with_cookie(BOARD, GRAFANA_COOKIE, &grafana_session)
+        .get(&at(BOARD, "/"))
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn hosts_match_exactly_or_by_wildcard_and_the_rest_get_the_configured_default() {
+    let b = Browser::new();
+    let board = authorization_url(&b, &at(BOARD, "/report?q=1"));
+    assert!(
+        board.starts_with(&format!("{}/auth?", issuer(1))),
+        "{board}"
+    );
+    assert_eq!(query_param(&board, "client_id").as_deref(), Some("grafana"));
+    assert_eq!(
+        query_param(&board, "redirect_uri"),
+        Some(at(BOARD, GRAFANA_CALLBACK))
+    );
+
+    // `*.apps.localhost` covers names under it, not itself nor look-alikes: those are unmatched,
+    // and this site's default is its top-level client.
+    for host in [
+        "apps.localhost",
+        "evilapps.localhost",
+        OTHER,
+        "WIKI.localhost.",
+    ] {
+        let auth = authorization_url(&Browser::new(), &at(host, "/"));
+        assert!(
+            auth.starts_with(&format!("{}/auth?", issuer(0))),
+            "{host}: {auth}"
+        );
+        let client = query_param(&auth, "client_id");
+        let expected = if host.eq_ignore_ascii_case("wiki.localhost.") {
+            "wiki"
+        } else {
+            "multi"
+        };
+        assert_eq!(client.as_deref(), Some(expected), "{host}");
+    }
+
+    // unmatched_hosts: deny.
+    let strict = site("strict");
+    for host in ["localhost", OTHER] {
+        let r = Browser::new().get(&strict.host_url(host, "/")).unwrap();
+        assert_eq!(r.status, 403, "{host}: {}", r.body);
+        assert!(r.body.contains("not served"), "{}", r.body);
+    }
+    let auth = authorization_url(&Browser::new(), &strict.host_url(WIKI, "/"));
+    assert_eq!(
+        query_param(&auth, "client_id").as_deref(),
+        Some("strict-wiki")
+    );
+
+    // unmatched_hosts: pass - the app answers, with no login and none of a client's identity headers.
+    let open = site("open");
+    let spoof: Vec<(&str, &str)> = IDENTITY_HEADERS.iter().map(|h| (*h, "admin")).collect();
+    let e = echo(&Browser::new(), &open.host_url(OTHER, "/anything"), &spoof);
+    assert_eq!(e["path"], "/anything");
+    for h in IDENTITY_HEADERS {
+        assert!(e["headers"].get(h).is_none(), "{h} passed: {e}");
+    }
+    assert_login_redirect(&Browser::new().get(&open.host_url(WIKI, "/")).unwrap());
+}
+
+// --- 2. claim rules ---
+
+#[test]
+fn claim_rules_allow_by_path_and_deny_with_a_page_naming_the_user() {
+    let forbidden_before = stat("forbidden");
+    let alice = Browser::new();
+    login(&alice, &at(WIKI, "/admin/settings"), "alice");
+    login(&alice, &at(WIKI, "/staff"), "alice");
+
+    let bob = Browser::new();
+    login(&bob, &at(WIKI, "/"), "bob");
+    // The login itself may land on a denied page: 403, not another round through the IdP.
+    let r = bob.get(&at(WIKI, "/admin/settings")).unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.header("content-type").unwrap().starts_with("text/html"),
+        "{:?}",
+        r.headers
+    );
+    assert!(
+        r.body.contains("<b>bob</b>"),
+        "the page names the user: {}",
+        r.body
+    );
+    assert!(
+        r.body.contains("href=\"/logout\""),
+        "the page offers logout: {}",
+        r.body
+    );
+    assert!(r.header("location").is_none());
+    assert!(
+        r.set_cookies().is_empty(),
+        "the session stays: {:?}",
+        r.set_cookies()
+    );
+    let fresh = Browser::new();
+    let done = fresh.login(&at(WIKI, "/admin"), "bob").unwrap();
+    assert_eq!(done.response.status, 403, "{}", describe_chain(&done.chain));
+    assert!(
+        done.chain.len() < 12,
+        "no login loop: {}",
+        describe_chain(&done.chain)
+    );
+
+    // API clients get JSON.
+    let r = bob
+        .get_with(&at(WIKI, "/admin"), &[("accept", "application/json")])
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json().unwrap(),
+        json!({"error": "forbidden", "user": "bob", "logout": "/logout"})
+    );
+
+    // Paths that reach /admin in another spelling are judged as /admin.
+    for path in [
+        "/admin",
+        "/x/../admin/",
+        "//admin",
+        "/admin%2fsettings",
+        "/%61dmin",
+        "/admin?x=1",
+    ] {
+        let r = bob.get(&at(WIKI, path)).unwrap();
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+    }
+    // Everything else stays open to him: he is logged in, only /admin and /staff are guarded.
+    for path in ["/", "/administrator", "/wiki/admin"] {
+        assert_eq!(bob.get(&at(WIKI, path)).unwrap().status, 200, "{path}");
+    }
+    assert_eq!(bob.get(&at(WIKI, "/staff")).unwrap().status, 403);
+
+    // all_of / any_of / matches / equals: carol is no admin, but named in /staff's rule.
+    let carol = Browser::new();
+    login(&carol, &at(WIKI, "/staff/rota"), "carol");
+    assert_eq!(carol.get(&at(WIKI, "/admin")).unwrap().status, 403);
+
+    // A site whose every page wants `admins` still lets him reach its bypass paths.
+    let strict = site("strict");
+    let done = Browser::new()
+        .login(&strict.host_url(WIKI, "/"), "bob")
+        .unwrap();
+    assert_eq!(done.response.status, 403, "{}", describe_chain(&done.chain));
+    let bob_strict = Browser::new();
+    bob_strict
+        .login(&strict.host_url(WIKI, "/"), "bob")
+        .unwrap();
+    let seen = echo(&bob_strict, &strict.host_url(WIKI, "/healthz"), &[]);
+    assert_eq!(seen["headers"]["x-auth-request-user"], "bob");
+    assert_eq!(
+        bob_strict
+            .get(&strict.host_url(WIKI, "/healthzx"))
+            .unwrap()
+            .status,
+        403
+    );
+
+    // The rules are the wiki's: Grafana has none. Its logout has a path of its own.
+    login(&bob, &at(GRAFANA, "/admin"), "bob");
+    let r = bob.get(&at(GRAFANA, "/signout")).unwrap();
+    assert_eq!(r.status, 302);
+    let end = r.location().unwrap();
+    assert!(
+        end.starts_with(&format!("{}/session/end?", issuer(1))),
+        "{end}"
+    );
+    assert_eq!(query_param(&end, "client_id").as_deref(), Some("grafana"));
+
+    // The logout link works: the session ends here and at the IdP.
+    let r = bob.get(&at(WIKI, "/logout")).unwrap();
+    assert_eq!(r.status, 302);
+    assert!(
+        r.location()
+            .unwrap()
+            .starts_with(&format!("{}/session/end?", issuer(0))),
+        "{:?}",
+        r.location()
+    );
+    assert!(bob.cookie(WIKI, WIKI_COOKIE).is_none());
+    assert!(stat("forbidden") >= forbidden_before + 8);
+}
+
+// --- 3. identity headers ---
+
+#[test]
+fn identity_headers_reach_the_app_and_client_sent_copies_never_do() {
+    let b = Browser::new();
+    login(&b, &at(GRAFANA, "/"), "alice");
+    let e = echo(&b, &at(GRAFANA, "/api/user"), &[]);
+    let h = &e["headers"];
+    assert_eq!(h["x-auth-request-user"], "alice");
+    assert_eq!(h["x-auth-request-email"], "alice@example.com");
+    assert_eq!(h["x-auth-request-groups"], "admins,users");
+    assert_eq!(h["x-auth-request-preferred-username"], "alice");
+
+    // Logged in as bob, claiming to be admin, twice, in any spelling: the app hears bob.
+    let bob = Browser::new();
+    login(&bob, &at(GRAFANA, "/"), "bob");
+    let spoofed = [
+        ("X-Auth-Request-User", "admin"),
+        ("x-auth-request-user", "admin2"),
+        ("X-AUTH-REQUEST-GROUPS", "admins"),
+        ("X-Auth-Request-Email", "admin@example.com"),
+        ("x-auth-request-preferred-username", "admin"),
+    ];
+    let h = echo(&bob, &at(GRAFANA, "/api/user"), &spoofed)["headers"].clone();
+    assert_eq!(h["x-auth-request-user"], "bob", "{h}");
+    assert_eq!(h["x-auth-request-groups"], "users", "{h}");
+    assert_eq!(h["x-auth-request-email"], "bob@example.com", "{h}");
+    assert_eq!(h["x-auth-request-preferred-username"], "bob", "{h}");
+
+    // Anonymous: on a bypass path, and with a bearer token of its own, none of them pass.
+    let anon = Browser::new();
+    let h = echo(&anon, &at(GRAFANA, "/healthz"), &spoofed)["headers"].clone();
+    for name in IDENTITY_HEADERS {
+        assert!(h.get(name).is_none(), "{name} passed on a bypass path: {h}");
+    }
+    let token = echo(&b, &at(GRAFANA, "/"), &[])["headers"]["authorization"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut with_bearer = spoofed.to_vec();
+    with_bearer.push(("authorization", &token));
+    let h = echo(&anon, &at(GRAFANA, "/api/user"), &with_bearer)["headers"].clone();
+    assert_eq!(
+        h["authorization"],
+        token.as_str(),
+        "jwt_authn let the bearer through"
+    );
+    for name in IDENTITY_HEADERS {
+        assert!(h.get(name).is_none(), "{name} passed with a bearer: {h}");
+    }
+    // A stale session is anonymous too: sent to log in, nothing forwarded.
+    let r = with_cookie(GRAFANA, GRAFANA_COOKIE, "garbage")
+        .get_with(&at(GRAFANA, "/"), &spoofed)
+        .unwrap();
+    assert_login_redirect(&r);
+}
+
+// --- 4. back-channel logout ---
+
+#[test]
+fn backchannel_logout_from_the_idp_ends_the_session_on_every_worker() {
+    let b = Browser::new();
+    login(&b, &at(WIKI, "/"), "erin");
+    let cookie = b.cookie(WIKI, WIKI_COOKIE).unwrap();
+    let token = bearer_claims(&echo(&b, &at(WIKI, "/"), &[]));
+    assert!(
+        token["sid"].is_string(),
+        "the client asked for sid in ID tokens: {token}"
+    );
+    // The same user in another browser: another IdP session, which this logout does not end.
+    let other = Browser::new();
+    login(&other, &at(WIKI, "/"), "erin");
+    let other_cookie = other.cookie(WIKI, WIKI_COOKIE).unwrap();
+
+    // Each request on a new connection, so both workers open (and cache) the session.
+    let get = |value: &str| {
+        with_cookie(WIKI, WIKI_COOKIE, value)
+            .get(&at(WIKI, "/"))
+            .unwrap()
+    };
+    for _ in 0..6 {
+        assert_eq!(get(&cookie).status, 200);
+    }
+    let before = stat("backchannel_logouts");
+
+    // End the IdP session: its logout page, confirmed. The IdP posts a logout token to the wiki
+    // client's back-channel URI before it answers.
+    let page = b.get(&format!("{}/session/end", issuer(0))).unwrap();
+    let form = page
+        .forms()
+        .into_iter()
+        .find(|f| f.id.as_deref() == Some("op.logoutForm"))
+        .unwrap_or_else(|| panic!("no logout form: {}", page.body));
+    let confirmed = b.submit(&form, &[("logout", "yes")]).unwrap();
+    let logged_out = Instant::now();
+    assert!(confirmed.status < 400, "{}", confirmed.body);
+    let idp_log = stack().idp_log().unwrap();
+    assert!(
+        idp_log.contains("backchannel logout wiki erin: delivered"),
+        "{idp_log}"
+    );
+    assert_eq!(stat("backchannel_logouts"), before + 1);
+
+    // From now on the old cookie is rejected, by the worker that took the POST at once and by
+    // the other after its next tick (1 s).
+    let mut rejected_in_a_row = 0;
+    while rejected_in_a_row < 10 {
+        let r = get(&cookie);
+        if r.status == 200 {
+            rejected_in_a_row = 0;
+            assert!(
+                logged_out.elapsed() < Duration::from_secs(3),
+                "still accepted after {:?}",
+                logged_out.elapsed()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        assert_login_redirect(&r);
+        rejected_in_a_row += 1;
+    }
+    eprintln!(
+        "rejected everywhere {:?} after the logout",
+        logged_out.elapsed()
+    );
+    let r = with_cookie(WIKI, WIKI_COOKIE, &cookie)
+        .get_with(&at(WIKI, "/"), &[("accept", "application/json")])
+        .unwrap();
+    assert_eq!(r.status, 401, "{}", r.body);
+    // The other session of the same user stands.
+    for _ in 0..4 {
+        assert_eq!(get(&other_cookie).status, 200);
+    }
+    // Logging in again gives a new session, which the old logout does not touch.
+    login(&b, &at(WIKI, "/"), "erin");
+    assert_eq!(get(&b.cookie(WIKI, WIKI_COOKIE).unwrap()).status, 200);
+}
+
+#[test]
+fn the_backchannel_endpoint_refuses_what_is_not_a_valid_logout_token() {
+    let b = Browser::new();
+    login(&b, &at(WIKI, "/"), "frank");
+    let cookie = b.cookie(WIKI, WIKI_COOKIE).unwrap();
+    let id_token = echo(&b, &at(WIKI, "/"), &[])["headers"]["authorization"]
+        .as_str()
+        .unwrap()[7..]
+        .to_string();
+    let before = stat("backchannel_logouts");
+    let url = at(WIKI, BACKCHANNEL);
+    let api = Browser::new();
+    // An ID token is signed by the same IdP for the same client, but is no logout token.
+    for body in [
+        format!("logout_token={id_token}"),
+        "logout_token=a.b.c".into(),
+        "nothing=here".into(),
+        String::new(),
+    ] {
+        let r = api
+            .request(
+                "POST",
+                &url,
+                &[("content-type", "application/x-www-form-urlencoded")],
+                Some(body.as_bytes()),
+            )
+            .unwrap();
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert_eq!(r.json().unwrap(), json!({"error": "invalid_request"}));
+    }
+    assert_eq!(api.get(&url).unwrap().status, 405);
+    assert_eq!(stat("backchannel_logouts"), before);
+    // Not offered where not configured: on the strict site the path is just a protected page.
+    assert_login_redirect(
+        &Browser::new()
+            .get(&site("strict").host_url(WIKI, BACKCHANNEL))
+            .unwrap(),
+    );
+    assert_eq!(
+        with_cookie(WIKI, WIKI_COOKIE, &cookie)
+            .get(&at(WIKI, "/"))
+            .unwrap()
+            .status,
+        200
+    );
+}
