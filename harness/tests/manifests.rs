@@ -797,7 +797,7 @@ fn kustomize_builds_match_the_crds() {
 
 #[test]
 fn the_deploy_guide_snippets_match_the_crds() {
-    let path = root().join("docs/deploy.md");
+    let path = root().join("README.md");
     let Ok(text) = fs::read_to_string(&path) else {
         panic!("{} is missing", path.display());
     };
@@ -805,7 +805,7 @@ fn the_deploy_guide_snippets_match_the_crds() {
     let mut checked = 0;
     for block in text.split("```yaml\n").skip(1) {
         let yaml = block.split("```").next().unwrap_or_default();
-        for doc in yaml_docs(yaml, "docs/deploy.md")
+        for doc in yaml_docs(yaml, "README.md")
             .iter()
             .filter(|d| is_istio(d))
         {
@@ -819,11 +819,11 @@ fn the_deploy_guide_snippets_match_the_crds() {
             errors.extend(
                 validate_resource(doc, mode)
                     .into_iter()
-                    .map(|e| format!("docs/deploy.md: {e}")),
+                    .map(|e| format!("README.md: {e}")),
             );
         }
     }
-    assert!(checked > 0, "no Istio resource in docs/deploy.md");
+    assert!(checked > 0, "no Istio resource in README.md");
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
 
