@@ -58,6 +58,21 @@ else
   .venv/bin/envoy --version | grep -q "/$ENVOY_VERSION/"
 fi
 
+# Fuzzing (filter/fuzz/run.sh): libFuzzer needs the nightly toolchain, and cargo-fuzz drives it.
+CARGO_FUZZ_VERSION=0.13.2
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  step "rust nightly toolchain: present"
+else
+  step "rustup toolchain install nightly"
+  rustup toolchain install nightly --profile minimal
+fi
+if cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION\$"; then
+  step "cargo-fuzz $CARGO_FUZZ_VERSION: present"
+else
+  step "cargo install cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --quiet
+fi
+
 lock_hash="$(sha256sum harness/idp/package-lock.json | cut -d' ' -f1)"
 stamp=harness/idp/node_modules/.harness-lock.sha256
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$lock_hash" ]; then

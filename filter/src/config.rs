@@ -511,8 +511,11 @@ pub const DEFAULT_IDENTITY_HEADERS: [(&str, &str); 4] = [
 fn field_from_serde(msg: &str) -> String {
     // serde_json says e.g. "unknown field `foo`, expected one of …" or "invalid type: …".
     for prefix in ["unknown field `", "missing field `"] {
+        // Only a name that can be a field: an empty or odd key (a pasted value, a newline) is not echoed.
         if let Some(rest) = msg.strip_prefix(prefix)
             && let Some(end) = rest.find('`')
+            && (1..=64).contains(&end)
+            && rest[..end].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
             return rest[..end].to_string();
         }
@@ -695,6 +698,8 @@ mod tests {
             (with("callback_path", "/login".into()), "callback_path"),
             (with("cookie_name", "a;b".into()), "cookie_name"),
             (with("unknown_knob", true.into()), "unknown_knob"),
+            (with("", true.into()), "pluginConfig"),
+            (with("x\n[critical] y", true.into()), "pluginConfig"),
             (with("cookie_secure", "yes".into()), "pluginConfig"),
             ("{".to_string(), "pluginConfig"),
             ("".to_string(), "issuer"),

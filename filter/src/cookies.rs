@@ -47,6 +47,16 @@ pub fn strip(header: &str, is_ours: impl Fn(&str) -> bool) -> Option<String> {
     }
 }
 
+/// [`strip`] as an edit of the request header: `None` when no cookie is ours, so the header is left
+/// alone without being copied or rewritten; otherwise `Some` of what [`strip`] returns.
+pub fn strip_edit(header: &str, is_ours: impl Fn(&str) -> bool) -> Option<Option<String>> {
+    let blank = header.split(';').all(|s| trim_ows(s).is_empty());
+    if !blank && !iter(header).any(|(name, _)| is_ours(name)) {
+        return None;
+    }
+    Some(strip(header, is_ours))
+}
+
 /// The `SameSite` attribute of the cookies we set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SameSite {
@@ -260,6 +270,17 @@ mod tests {
     fn strip_leaves_the_header_unchanged_when_nothing_is_ours() {
         let h = "a=1;b=2;  c=3";
         assert_eq!(strip(h, |n| n == "oidc").as_deref(), Some(h));
+    }
+
+    #[test]
+    fn strip_edit_leaves_headers_without_ours_alone() {
+        let ours = |n: &str| n == "oidc";
+        assert_eq!(strip_edit("a=1;b=2;  c=3", ours), None);
+        assert_eq!(strip_edit("x_oidc=1; junk", ours), None);
+        assert_eq!(strip_edit("a=1; oidc=x", ours), Some(Some("a=1".into())));
+        assert_eq!(strip_edit("oidc=x", ours), Some(None));
+        // Whatever `strip` does with a blank header, `strip_edit` does too.
+        assert_eq!(strip_edit(" ; ", ours), Some(None));
     }
 
     #[test]

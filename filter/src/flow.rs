@@ -19,7 +19,7 @@ use crate::oidc::logout_token;
 use crate::provider::{Provider, ProviderState};
 use crate::revocation::Revocations;
 use crate::secret::Secret;
-use crate::session::{self, LoginState, Session};
+use crate::session::{self, EdgeHashState, LoginState, Session};
 
 /// A login attempt is good for this long (the time a user may spend at the IdP's login page).
 const LOGIN_TTL: u64 = 600;
@@ -183,10 +183,11 @@ pub struct Cached {
     pub iat: u64,
 }
 
-/// Opened sessions keyed by the exact sealed cookie value: a hit costs a hash, not a decryption.
+/// Opened sessions keyed by the exact sealed cookie value: a hit costs a hash of the value's ends
+/// (`EdgeHashState`) and a comparison, not a decryption.
 #[derive(Debug, Default)]
 pub struct SessionCache {
-    map: HashMap<String, Rc<Cached>>,
+    map: HashMap<String, Rc<Cached>, EdgeHashState>,
 }
 
 impl SessionCache {
@@ -293,10 +294,10 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
     let cookie = h.get("cookie");
     let mut stale = false;
     if let Some(header) = cookie.as_deref() {
-        match session::join(header, &cfg.cookie_name) {
+        match session::join_borrowed(header, &cfg.cookie_name) {
             Ok(Some(sealed)) => match open_cached(cfg, state, &sealed, env.now) {
                 Some(cached) => {
-                    if let Some(step) = with_session(cfg, state, env, h, &target, header, sealed, cached) {
+                    if let Some(step) = with_session(cfg, state, env, h, &target, header, &sealed, cached) {
                         return step;
                     }
                     stale = true;
@@ -368,7 +369,7 @@ fn with_session(
     h: &dyn Headers,
     target: &str,
     header: &str,
-    sealed: String,
+    sealed: &str,
     cached: Rc<Cached>,
 ) -> Option<Step> {
     let now = env.now;
@@ -376,7 +377,7 @@ fn with_session(
     if now >= s.expires_at
         || (!state.revoked.is_empty() && state.revoked.is_revoked(cached.sid.as_deref(), &s.sub, cached.iat))
     {
-        state.cache.remove(&sealed);
+        state.cache.remove(sealed);
         return None;
     }
     let cookie = Some(cookies::strip(header, |n| cfg.is_own_cookie(n)));
@@ -388,7 +389,7 @@ fn with_session(
         if now < s.token_expires_at {
             return Some(forward_session(cfg, h, &cached, cookie, target));
         }
-        state.cache.remove(&sealed);
+        state.cache.remove(sealed);
         return None;
     };
     let Some(provider) = state.provider.ready() else {
@@ -407,7 +408,7 @@ fn with_session(
     Some(Step::Call(
         call,
         Box::new(Pending::Refresh(RefreshJob {
-            cache_key: sealed,
+            cache_key: sealed.to_string(),
             session: cached,
             browser: is_browser(h),
             target: target.to_string(),
@@ -506,10 +507,11 @@ fn without_session(
     cookie: Option<&str>,
     stale: bool,
 ) -> Step {
-    let strip = cookie.map(|c| cookies::strip(c, |n| cfg.is_own_cookie(n)));
+    // Only the pass-through answers forward the header, and only ours need taking out of it.
+    let strip = || cookie.and_then(|c| cookies::strip_edit(c, |n| cfg.is_own_cookie(n)));
     if paths::is_bypass(&cfg.bypass_paths, target) {
         return Step::Forward(Forward {
-            cookie: strip,
+            cookie: strip(),
             identity: strip_identity(cfg),
             metric: Some(Metric::Bypass),
             ..Default::default()
@@ -518,7 +520,7 @@ fn without_session(
     if h.get("authorization").is_some() {
         // An API client with its own token: jwt_authn judges it.
         return Step::Forward(Forward {
-            cookie: strip,
+            cookie: strip(),
             identity: strip_identity(cfg),
             metric: Some(Metric::BearerPassthrough),
             ..Default::default()
@@ -951,9 +953,18 @@ pub fn adopt_renewal(cfg: &Config, state: &mut State, job: RefreshJob, renewed: 
     })
 }
 
-/// The renewal this request waited for failed or never finished: as if its own refresh had failed.
+/// The renewal this request waited for failed or never finished. Why is not known here (the IdP down, or
+/// the refresh token refused): fail closed but keep the cookie, as for an outage. If the session is over,
+/// the next request's own refresh finds out; a waiting request must not log out a user over an outage.
 pub fn renewal_failed(cfg: &Config, state: &mut State, job: RefreshJob, now: u64) -> Step {
-    refresh_failed(cfg, state, &job, now)
+    if let Some(c) = state.cache.get(&job.cache_key)
+        && !Rc::ptr_eq(&c, &job.session)
+        && now < c.session.token_expires_at
+    {
+        // Renewed on this worker meanwhile: `refresh_failed` forwards that renewal.
+        return refresh_failed(cfg, state, &job, now);
+    }
+    renewal_unavailable()
 }
 
 /// The `Set-Cookie` lines of the renewal this worker made of `sealed`, if it has made one.

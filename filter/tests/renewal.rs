@@ -91,13 +91,16 @@ fn while_another_request_renews_a_valid_token_goes_up_and_an_expired_one_waits()
     assert!(fwd.set_cookies.is_empty());
     assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
 
-    // Expired: the job comes back to wait; if the renewal then fails, so does this request.
+    // Expired: the job comes back to wait; if the renewal then fails, so does this request, but it
+    // keeps its cookie (the failure may be an outage; its next request finds out).
     b.now = NOW + 3600;
     let job = refresh_job(b.request(&Req::browser("/page").cookies(&jar)));
     let now = b.now;
     let job = flow::renewal_busy(&b.cfg, job, now).unwrap_err();
     let r = respond(flow::renewal_failed(&b.cfg, &mut b.state, job, now));
-    assert_eq!(location(&r), "/login?rd=%2Fpage");
+    assert_eq!(r.status, 503);
+    assert!(header(&r.headers, "location").is_none());
+    assert!(header(&r.headers, "set-cookie").is_none());
     assert_eq!(r.metric, Some(Metric::RefreshFailed));
 }
 

@@ -246,3 +246,42 @@ pub fn jwt_payload(jwt: &str) -> Result<Value> {
         .context("JWT payload is not base64url")?;
     serde_json::from_slice(&bytes).context("JWT payload is not JSON")
 }
+
+/// How [`forge_id_token`] signs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forge {
+    /// RS256 with the IdP's own RSA key (a valid signature: only the claims can be wrong).
+    Rs256,
+    /// RS256 with a fresh key, under the IdP key's `kid`: a bad signature.
+    OtherKey,
+    /// `alg: none`, empty signature.
+    AlgNone,
+    /// HS256 keyed with the IdP's RSA public key as PEM (algorithm confusion).
+    Hs256PublicKey,
+}
+
+/// An ID token signed as `how` says, with `header` merged over `{alg, typ, kid}` and `payload` as
+/// the claims. `jwks_file` holds the IdP's private keys (the stack's `idp-jwks.json`).
+pub fn forge_id_token(
+    jwks_file: &Path,
+    how: Forge,
+    header: &Value,
+    payload: &Value,
+) -> Result<String> {
+    let how = match how {
+        Forge::Rs256 => "rs256",
+        Forge::OtherKey => "other-key",
+        Forge::AlgNone => "none",
+        Forge::Hs256PublicKey => "hs256-pubkey",
+    };
+    let spec = json!({ "jwks_file": jwks_file, "how": how, "header": header, "payload": payload });
+    let out = Command::new(node_bin())
+        .arg(idp_dir().join("forge.mjs"))
+        .arg(spec.to_string())
+        .output()
+        .context("running forge.mjs")?;
+    if !out.status.success() {
+        bail!("forge.mjs failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}

@@ -1,4 +1,4 @@
-//! `harness`: the demo and generated configuration files.
+//! `harness`: the demo, the benchmark and generated configuration files.
 
 use std::process::ExitCode;
 
@@ -9,6 +9,8 @@ usage: harness COMMAND
 
   demo           run the filter in Envoy with the IdP and the sample app on fixed ports
                  (http://localhost:8080, IdP http://127.0.0.1:9000) until interrupted
+  bench          the same load through Envoy with oidc-filter and the alternatives, side by side
+                 (`bench --help`; writes bench/results.md, .svg, .json)
   envoy-config   print the demo's Envoy bootstrap (wasmplugin/envoy.yaml)
   idp-config     print the demo's IdP configuration (harness/idp/demo.json)";
 
@@ -20,6 +22,7 @@ fn main() -> ExitCode {
             .map(|j| println!("{j}"))
             .map_err(Into::into),
         Some("demo") => run_demo(),
+        Some("bench") => harness::bench::cli(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())

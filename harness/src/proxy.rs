@@ -34,12 +34,35 @@ pub enum Mode {
     },
     /// Forward, holding each chunk the client sends (in practice: each request) for this long.
     Delay(Duration),
+    /// Answer requests whose path starts with `path_prefix` with this response, forward the
+    /// others (one request per connection, `connection: close` both ways): e.g. a token endpoint
+    /// that returns a forged token while discovery and JWKS stay real.
+    RespondFor {
+        /// Request paths (query included) starting with this get the canned response.
+        path_prefix: String,
+        /// Status code.
+        status: u16,
+        /// Content-Type header.
+        content_type: String,
+        /// Body.
+        body: String,
+    },
 }
 
 impl Mode {
     /// A canned response.
     pub fn respond(status: u16, content_type: &str, body: &str) -> Mode {
         Mode::Respond {
+            status,
+            content_type: content_type.to_string(),
+            body: body.to_string(),
+        }
+    }
+
+    /// A canned response for paths under `path_prefix` only.
+    pub fn respond_for(path_prefix: &str, status: u16, content_type: &str, body: &str) -> Mode {
+        Mode::RespondFor {
+            path_prefix: path_prefix.to_string(),
             status,
             content_type: content_type.to_string(),
             body: body.to_string(),
@@ -199,7 +222,83 @@ fn handle(inner: &Inner, id: u64, client: TcpStream) {
         } => respond(client, status, &content_type, &body),
         Mode::Forward => forward(inner, id, client, None),
         Mode::Delay(delay) => forward(inner, id, client, Some(delay)),
+        Mode::RespondFor {
+            path_prefix,
+            status,
+            content_type,
+            body,
+        } => respond_for(
+            inner,
+            id,
+            client,
+            &path_prefix,
+            status,
+            &content_type,
+            &body,
+        ),
     }
+}
+
+fn respond_for(
+    inner: &Inner,
+    id: u64,
+    mut client: TcpStream,
+    prefix: &str,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) {
+    let Ok(request) = read_request(&mut client) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    let path = request
+        .split(|&b| b == b' ')
+        .nth(1)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    if path.starts_with(prefix) {
+        send_response(client, status, content_type, body);
+        return;
+    }
+    let target = *lock(&inner.target);
+    let upstream = target.and_then(|t| TcpStream::connect_timeout(&t, Duration::from_secs(2)).ok());
+    let Some(mut upstream) = upstream else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    track(inner, id, &upstream);
+    // One request per connection, so the next one on a pooled connection is judged again.
+    if upstream
+        .write_all(&with_connection_close(&request))
+        .is_err()
+    {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    }
+    let _ = upstream.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = io::copy(&mut upstream, &mut client);
+    let _ = upstream.shutdown(Shutdown::Both);
+    let _ = client.shutdown(Shutdown::Both);
+}
+
+/// `request` with its `connection` headers replaced by `connection: close`.
+fn with_connection_close(request: &[u8]) -> Vec<u8> {
+    let Some(head_end) = find(request, b"\r\n\r\n") else {
+        return request.to_vec();
+    };
+    let mut out = Vec::with_capacity(request.len() + 20);
+    for (i, line) in request[..head_end].split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if i > 0 && line.to_ascii_lowercase().starts_with(b"connection:") {
+            continue;
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(&request[head_end + 4..]);
+    out
 }
 
 fn forward(inner: &Inner, id: u64, client: TcpStream, delay: Option<Duration>) {
@@ -249,6 +348,10 @@ fn respond(mut client: TcpStream, status: u16, content_type: &str, body: &str) {
         let _ = client.shutdown(Shutdown::Both);
         return;
     }
+    send_response(client, status, content_type, body);
+}
+
+fn send_response(mut client: TcpStream, status: u16, content_type: &str, body: &str) {
     let response = format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         reason(status),
@@ -263,7 +366,7 @@ fn respond(mut client: TcpStream, status: u16, content_type: &str, body: &str) {
 }
 
 /// Reads one HTTP/1.1 request (head, and a body by Content-Length or chunked encoding).
-fn read_request(stream: &mut TcpStream) -> io::Result<()> {
+fn read_request(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut data = Vec::new();
     let mut buf = [0u8; 8192];
@@ -298,7 +401,7 @@ fn read_request(stream: &mut TcpStream) -> io::Result<()> {
             body.len() >= length
         };
         if complete {
-            return Ok(());
+            return Ok(data);
         }
         let n = stream.read(&mut buf)?;
         if n == 0 {
@@ -334,6 +437,17 @@ mod tests {
 
     fn get(addr: SocketAddr) -> io::Result<String> {
         get_within(addr, Duration::from_secs(2))
+    }
+
+    fn get_path(addr: SocketAddr, path: &str) -> io::Result<String> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: keep-alive\r\n\r\n").as_bytes(),
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
     }
 
     fn get_within(addr: SocketAddr, timeout: Duration) -> io::Result<String> {
@@ -387,6 +501,11 @@ mod tests {
         assert!(get(proxy.addr()).unwrap().ends_with("upstream"));
         assert!(t.elapsed() >= Duration::from_millis(300));
 
+        proxy.set_mode(Mode::respond_for("/token", 200, "application/json", "{}"));
+        let out = get_path(proxy.addr(), "/token?x").unwrap();
+        assert!(out.ends_with("\r\n\r\n{}"), "{out}");
+        assert!(get(proxy.addr()).unwrap().ends_with("upstream"));
+
         proxy.set_mode(Mode::Hang);
         let err = get_within(proxy.addr(), Duration::from_millis(300)).unwrap_err();
         assert!(
@@ -396,7 +515,7 @@ mod tests {
             ),
             "{err}"
         );
-        assert!(proxy.accepted() >= 6);
+        assert!(proxy.accepted() >= 8);
     }
 
     #[test]

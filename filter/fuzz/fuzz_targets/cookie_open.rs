@@ -1,0 +1,71 @@
+//! The cookie opener: `Cookie` headers through `session::join`, `Keys::open` and `Session::decode`,
+//! alone and through the whole request path; and arbitrary plaintexts sealed with the right key, so
+//! the fuzzer reaches everything behind the AEAD too (what a forger cannot, a bug in decoding can).
+
+#![no_main]
+
+mod common;
+
+use libfuzzer_sys::fuzz_target;
+use oidc_filter::cookies;
+use oidc_filter::session::{self, LoginState, Session};
+
+fuzz_target!(|data: &[u8]| {
+    let cfg = common::config();
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    let name = cfg.cookie_name.as_str();
+    match mode % 4 {
+        0 => {
+            let _ = cookies::iter(&text).count();
+            let _ = cookies::strip(&text, |n| cfg.is_own_cookie(n));
+            let _ = session::chunk_names(name, &text);
+            if let Ok(Some(sealed)) = session::join(&text, name)
+                && let Ok(plain) = cfg.keys.open(name, &sealed)
+            {
+                let _ = Session::decode(&plain);
+            }
+            let mut state = common::ready_state();
+            for path in [
+                "/app",
+                "/healthz",
+                "/logout",
+                "/oauth2/callback?code=a&state=b",
+            ] {
+                common::check_step(&common::on_request(
+                    &mut state,
+                    &common::H::request(path, &text, mode & 4 == 0),
+                ));
+            }
+        }
+        1 => {
+            let _ = cfg.keys.open(name, &text);
+        }
+        2 => {
+            let _ = Session::decode(rest);
+            let _ = LoginState::decode(rest);
+        }
+        _ => {
+            // Sealed by us: opens to the same bytes, under this name only, and survives chunking.
+            let sealed = cfg.keys.seal(name, rest, [7; 24]);
+            assert_eq!(cfg.keys.open(name, &sealed).as_deref(), Ok(rest));
+            assert!(cfg.keys.open("another_name", &sealed).is_err());
+            let Ok(chunks) = session::split(name, &sealed) else {
+                return;
+            };
+            let header: Vec<String> = chunks.iter().map(|(n, v)| format!("{n}={v}")).collect();
+            let header = header.join("; ");
+            assert_eq!(session::join(&header, name), Ok(Some(sealed)));
+            // Whatever the plaintext, the request path decides without panicking.
+            let mut state = common::ready_state();
+            for path in ["/app", "/admin/x", "/logout"] {
+                common::check_step(&common::on_request(
+                    &mut state,
+                    &common::H::request(path, &header, mode & 4 == 0),
+                ));
+            }
+        }
+    }
+});

@@ -1,0 +1,30 @@
+//! The token endpoint's answer: any status and body give tokens or a named error, and an error's
+//! text never carries more than a short, plain OAuth error code.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use oidc_filter::oidc::token::{self, TokenError};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((status, body)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let status = u16::from_be_bytes(*status) % 600;
+    match token::parse_response(status, body) {
+        Ok(t) => {
+            assert!(!t.access_token.is_empty());
+            assert!(t.token_type.eq_ignore_ascii_case("bearer"));
+        }
+        Err(TokenError::Rejected { error, .. }) => {
+            assert!(error.len() <= 64);
+            assert!(
+                error
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)),
+                "{error}"
+            );
+        }
+        Err(_) => {}
+    }
+});

@@ -1,0 +1,2413 @@
+//! `harness bench`: the same workload through Envoy with each filter configuration, side by side.
+//!
+//! The method of `PERF-FACTS.md`: every configuration is its own Envoy (`--concurrency 1`, pinned
+//! to core 0) answering from a `direct_response` route, so no upstream is measured; wrk (`-t1
+//! -c16`) runs pinned to core 1. Configurations are measured interleaved, round after round, so
+//! slow drift (another job on the machine, thermal state) spreads over all of them. "CPU µs/req" is
+//! Envoy's user+system time from `/proc/<pid>/stat` over the run, divided by the requests Envoy
+//! completed (`http.bench.downstream_rq_completed`). Each run is checked: a logged-in request must
+//! come back 200 from the route (not a redirect), and the filter must count it as logged in.
+//!
+//! A real login through [`Stack`] (IdP, filter, browser) provides the session cookie and tokens;
+//! larger sessions are sealed here with the filter's own [`Keys`] from the real session, with the
+//! ID token padded to size (nothing on those paths verifies its signature).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use oidc_filter::secret::Secret;
+use oidc_filter::session::{self, Keys, Session};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use crate::envoy::{Envoy, EnvoyOptions};
+use crate::{Browser, SiteSpec, Stack, StackSpec};
+
+/// The session cookie's name (the filter's default).
+const COOKIE_NAME: &str = "_oidc_session";
+/// The site (client id) the benchmark logs in to.
+const SITE: &str = "bench";
+/// Envoy runs on this core, wrk on [`LOAD_CORE`].
+const ENVOY_CORE: usize = 0;
+const LOAD_CORE: usize = 1;
+/// wrk's connections (one thread).
+const CONNECTIONS: u32 = 16;
+/// The body of the `direct_response` route: what "reached upstream" looks like.
+const UPSTREAM_BODY: &str = "upstream\n";
+/// The native OAuth2 filter's HMAC secret (also its token encryption key, hashed).
+const OAUTH2_HMAC_SECRET: &str = "bench-oauth2-hmac-secret-0123456789abcdef";
+/// Lifetime of the IdP's ID tokens in the benchmark: longer than any run, so no refresh happens.
+const ID_TOKEN_TTL: u64 = 4 * 3600;
+/// What a browser sends; without it a request without a session gets 401, not a login redirect.
+const ACCEPT_HTML: &str = "text/html,application/xhtml+xml";
+/// Envoy and wrk run at this nice level (when allowed): other jobs on the machine yield to them.
+const NICE: i32 = -19;
+/// The share of runs' requests that must have the expected outcome.
+const MIN_OK_SHARE: f64 = 0.99;
+
+/// The goals of issue 5, as benchmark figures.
+const GOAL_HOT_PATH_US: f64 = 5.0;
+const GOAL_REDIRECT_US: f64 = 6.0;
+const GOAL_8K_US: f64 = 10.0;
+const GOAL_WASM_BYTES: u64 = 300 * 1024;
+const GOAL_MEMORY_MIB_PER_WORKER: f64 = 30.0;
+
+const USAGE: &str = "\
+usage: harness bench [--quick] [--out DIR] [--wasm FILE] [--only NAME,...] [--duration SECS] [--rounds N]
+
+  --quick         1 round of 1 s per configuration (default: 3 rounds, 5 s side by side, 3 s scale)
+  --out DIR       where results.md, results.svg and results.json go (default: bench/ at the workspace root)
+  --wasm FILE     benchmark this module as it is (default: the release build after wasm-opt -Oz)
+  --compare FILE  also run the oidc-filter rows of the side-by-side table with this module (an A/B
+                  of two builds in the same rounds; rows named NAME@B)
+  --only NAMES    only these configurations (comma-separated names from the table)
+  --duration S    seconds per run, every configuration
+  --rounds N      rounds";
+
+/// What to run.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// One short round (a smoke run).
+    pub quick: bool,
+    /// Where to write the report; `None`: nowhere.
+    pub out: Option<PathBuf>,
+    /// The module to benchmark as it is; `None`: the release build through `wasm-opt -Oz`.
+    pub wasm: Option<PathBuf>,
+    /// A second module: the main group's oidc-filter rows run with it too (`NAME@B`).
+    pub compare: Option<PathBuf>,
+    /// Only these configurations; empty: all.
+    pub only: Vec<String>,
+    /// Seconds per run, overriding the defaults.
+    pub duration: Option<Duration>,
+    /// Rounds, overriding the defaults.
+    pub rounds: Option<u32>,
+}
+
+impl Options {
+    fn rounds(&self) -> u32 {
+        self.rounds.unwrap_or(if self.quick { 1 } else { 3 })
+    }
+
+    fn duration(&self, group: Group) -> Duration {
+        if let Some(d) = self.duration {
+            return d;
+        }
+        match (self.quick, group) {
+            (true, _) => Duration::from_secs(1),
+            (false, Group::Main) => Duration::from_secs(5),
+            (false, _) => Duration::from_secs(3),
+        }
+    }
+
+    fn warmup(&self) -> Duration {
+        if self.quick || self.duration.is_some_and(|d| d < Duration::from_secs(2)) {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(2)
+        }
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        let name = name.strip_suffix("@B").unwrap_or(name);
+        self.only.is_empty() || self.only.iter().any(|o| o == name)
+    }
+}
+
+/// `harness bench ARGS`.
+pub fn cli(args: &[String]) -> Result<()> {
+    let mut opts = Options {
+        out: Some(crate::workspace_root().join("bench")),
+        ..Options::default()
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| anyhow!("{name} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--quick" => opts.quick = true,
+            "--out" => opts.out = Some(PathBuf::from(value("--out")?)),
+            "--wasm" => opts.wasm = Some(PathBuf::from(value("--wasm")?)),
+            "--compare" => opts.compare = Some(PathBuf::from(value("--compare")?)),
+            "--only" => {
+                opts.only = value("--only")?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
+            "--duration" => {
+                let secs: u64 = value("--duration")?.parse().context("--duration")?;
+                opts.duration = Some(Duration::from_secs(secs.max(1)));
+            }
+            "--rounds" => opts.rounds = Some(value("--rounds")?.parse().context("--rounds")?),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    let report = run(&opts)?;
+    print!("{}", report.markdown());
+    if let Some(out) = &opts.out {
+        report.write(out)?;
+        eprintln!("bench: wrote {}", out.join("results.md").display());
+    }
+    Ok(())
+}
+
+/// Which table a configuration belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// Side by side with the alternatives.
+    Main,
+    /// The hot path against the token size.
+    TokenSize,
+    /// The hot path against the number of other cookies.
+    OtherCookies,
+    /// The hot path with 1 and 2 workers (and the memory figures).
+    Workers,
+}
+
+impl Group {
+    const ALL: [Group; 4] = [
+        Group::Main,
+        Group::TokenSize,
+        Group::OtherCookies,
+        Group::Workers,
+    ];
+
+    fn dir(self) -> &'static str {
+        match self {
+            Group::Main => "main",
+            Group::TokenSize => "token-size",
+            Group::OtherCookies => "other-cookies",
+            Group::Workers => "workers",
+        }
+    }
+}
+
+/// The HTTP filters in front of the router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chain {
+    /// None: the floor.
+    None,
+    /// `harness/testdata/set_header.wat`: read one header, set one.
+    WasmSetHeader,
+    /// A Lua filter copying the session cookie into `Authorization`.
+    Lua,
+    /// oidc-filter alone.
+    Oidc,
+    /// oidc-filter, `jwt_authn` (with `jwt_cache_config`) and `rbac`: Istio's chain.
+    OidcIstio,
+    /// Envoy's native OAuth2 filter.
+    OAuth2,
+}
+
+/// What each request carries.
+#[derive(Clone, Debug)]
+pub enum Cookies {
+    /// No `Cookie` header.
+    None,
+    /// This `Cookie` header.
+    Header(String),
+    /// The native OAuth2 filter's cookies for a logged-in user (computed once the port is known:
+    /// its HMAC covers the `Host` header).
+    OAuth2,
+}
+
+/// What a request must come back with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// 200 from the route: the request was let through (and, for a login filter, as logged in).
+    Upstream,
+    /// 302: sent to log in.
+    Redirect,
+}
+
+/// One configuration: an Envoy and the requests sent to it.
+#[derive(Clone, Debug)]
+pub struct Variant {
+    /// Short name (`--only`, the JSON).
+    pub name: String,
+    /// What the table says.
+    pub label: String,
+    pub group: Group,
+    pub chain: Chain,
+    /// Envoy's `--concurrency`.
+    pub workers: u32,
+    pub cookies: Cookies,
+    pub expect: Expect,
+    /// The configuration whose cost this one's overhead is measured against.
+    pub baseline: Option<String>,
+    /// The forwarded token's size, where it is the point of the row.
+    pub token_bytes: Option<usize>,
+    /// Other cookies on the request, where that is the point of the row.
+    pub other_cookies: Option<usize>,
+    /// Runs the `--compare` module instead of the one benchmarked.
+    pub compare: bool,
+}
+
+/// One run of one configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    /// Requests Envoy completed during the run.
+    pub requests: u64,
+    /// Requests wrk completed.
+    pub wrk_requests: u64,
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Envoy's user+system CPU time per completed request.
+    pub cpu_us_per_req: f64,
+    /// Responses with 2xx (the route's 200), 3xx, and anything else.
+    pub status_2xx: u64,
+    pub status_3xx: u64,
+    pub status_other: u64,
+    /// Requests the filter counted as logged in (oidc-filter `sessions_forwarded`, OAuth2
+    /// `oauth_success`); 0 for other chains.
+    pub logged_in: u64,
+    /// wrk's socket errors and timeouts.
+    pub socket_errors: u64,
+    /// CPU time on Envoy's core not spent by Envoy, in % of the run: other jobs' interference.
+    pub foreign_cpu_pct: f64,
+    /// Envoy's CPU time in % of the run: near 100 when wrk keeps it saturated, as it should.
+    pub envoy_busy_pct: f64,
+}
+
+impl Sample {
+    fn json(&self) -> Value {
+        json!({
+            "requests": self.requests,
+            "wrk_requests": self.wrk_requests,
+            "rps": self.rps,
+            "p50_us": self.p50_us,
+            "p99_us": self.p99_us,
+            "cpu_us_per_req": self.cpu_us_per_req,
+            "status_2xx": self.status_2xx,
+            "status_3xx": self.status_3xx,
+            "status_other": self.status_other,
+            "logged_in": self.logged_in,
+            "socket_errors": self.socket_errors,
+            "foreign_cpu_pct": self.foreign_cpu_pct,
+            "envoy_busy_pct": self.envoy_busy_pct,
+        })
+    }
+}
+
+/// A configuration's results.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub variant: Variant,
+    pub samples: Vec<Sample>,
+    /// Bytes of the `Cookie` header sent.
+    pub cookie_bytes: usize,
+    /// Envoy's VmRSS once started and warmed up, and after the last run, in KiB.
+    pub rss_idle_kib: u64,
+    pub rss_loaded_kib: u64,
+    /// Why the configuration could not be measured or failed a check.
+    pub problem: Option<String>,
+}
+
+impl Row {
+    /// The median of `f` over the runs.
+    pub fn median(&self, f: impl Fn(&Sample) -> f64) -> f64 {
+        median(self.samples.iter().map(f).collect())
+    }
+
+    fn min_max(&self, f: impl Fn(&Sample) -> f64) -> (f64, f64) {
+        let v: Vec<f64> = self.samples.iter().map(f).collect();
+        (
+            v.iter().copied().fold(f64::INFINITY, f64::min),
+            v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        )
+    }
+}
+
+/// Module sizes.
+#[derive(Clone, Debug, Default)]
+pub struct Sizes {
+    /// The module benchmarked.
+    pub module: PathBuf,
+    /// The release build, and the same after `wasm-opt -Oz`, when those were used.
+    pub release_bytes: Option<u64>,
+    pub optimized_bytes: Option<u64>,
+}
+
+/// Everything measured.
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub sizes: Sizes,
+    /// How the machine looked: core count, CPU model, load averages before and after.
+    pub machine: String,
+    pub load_before: String,
+    pub load_after: String,
+    pub rounds: u32,
+    pub durations: Vec<(Group, Duration)>,
+    pub oauth2_encrypted: bool,
+    pub pinned: bool,
+    /// Envoy and wrk ran at [`NICE`].
+    pub boosted: bool,
+}
+
+/// Runs the benchmark: a real login for the session, then each group of configurations.
+pub fn run(opts: &Options) -> Result<Report> {
+    let load_before = loadavg();
+    let dir = crate::target_dir().join("bench");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pinned = std::thread::available_parallelism().map_or(1, usize::from) > LOAD_CORE;
+    if !pinned {
+        eprintln!("bench: fewer than 2 cores: Envoy and wrk are not pinned, figures are rough");
+    }
+
+    let sizes = module(opts, &dir)?;
+    let set_header = set_header_wasm(&dir)?;
+    eprintln!("bench: logging in through a real stack");
+    let stack = Stack::start(StackSpec {
+        wasm: Some(sizes.module.clone()),
+        concurrency: 1,
+        envoy_log_level: "warning".into(),
+        ..StackSpec::new(
+            "bench",
+            vec![SiteSpec::new(SITE).idp_client(json!({ "id_token_ttl": ID_TOKEN_TTL }))],
+        )
+    })?;
+    let login = Login::new(&stack)?;
+    let oauth2_encrypted = openssl_works();
+    // Only root may raise priorities; without it the figures are more exposed to other jobs.
+    let boosted = Command::new("nice")
+        .args(["-n", &NICE.to_string(), "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+        // SAFETY: geteuid has no preconditions.
+        && unsafe { libc::geteuid() } == 0;
+    if !boosted {
+        eprintln!("bench: cannot raise priorities (not root): other jobs on the machine add noise");
+    }
+    let ctx = Ctx {
+        opts,
+        dir,
+        oidc_wasm: sizes.module.clone(),
+        set_header,
+        login,
+        oauth2_encrypted,
+        pinned,
+        boosted,
+    };
+
+    let mut rows = Vec::new();
+    for group in Group::ALL {
+        let variants: Vec<Variant> = ctx
+            .variants(group)?
+            .into_iter()
+            .filter(|v| opts.wants(&v.name))
+            .collect();
+        if variants.is_empty() {
+            continue;
+        }
+        rows.extend(ctx.run_group(group, variants)?);
+    }
+    Ok(Report {
+        rows,
+        sizes,
+        machine: machine(),
+        load_before,
+        load_after: loadavg(),
+        rounds: opts.rounds(),
+        durations: Group::ALL.iter().map(|g| (*g, opts.duration(*g))).collect(),
+        oauth2_encrypted,
+        pinned,
+        boosted,
+    })
+}
+
+/// The module to benchmark, and its sizes.
+fn module(opts: &Options, dir: &Path) -> Result<Sizes> {
+    if let Some(w) = &opts.wasm {
+        let bytes = fs::metadata(w)
+            .with_context(|| format!("reading {}", w.display()))?
+            .len();
+        return Ok(Sizes {
+            module: w.clone(),
+            release_bytes: None,
+            optimized_bytes: Some(bytes),
+        });
+    }
+    let release = crate::wasm_path()?;
+    let out = dir.join("oidc_filter.opt.wasm");
+    crate::oci::optimize("wasm-opt", &release, &out).map_err(|e| anyhow!("{e}"))?;
+    Ok(Sizes {
+        module: out.clone(),
+        release_bytes: Some(fs::metadata(&release)?.len()),
+        optimized_bytes: Some(fs::metadata(&out)?.len()),
+    })
+}
+
+fn set_header_wasm(dir: &Path) -> Result<PathBuf> {
+    let wat = crate::workspace_root().join("harness/testdata/set_header.wat");
+    let out = dir.join("set_header.wasm");
+    let status = Command::new("wat2wasm")
+        .arg(&wat)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .context("running wat2wasm (install wabt: harness/setup.sh)")?;
+    if !status.success() {
+        bail!("wat2wasm {} failed: {status}", wat.display());
+    }
+    Ok(out)
+}
+
+/// What a real login produced.
+struct Login {
+    /// The browser's session cookies, as a `Cookie` header.
+    cookie: String,
+    /// The opened session.
+    session: Session,
+    keys: Keys,
+    /// A token response for the same user (refresh grant): the native OAuth2 filter's cookies.
+    access_token: String,
+    id_token: String,
+    refresh_token: String,
+    issuer: String,
+    client_id: String,
+    filter_config: Value,
+    client_secret: String,
+}
+
+impl Login {
+    fn new(stack: &Stack) -> Result<Login> {
+        let site = stack.site(SITE)?;
+        // The filter answers 503 until it has fetched discovery and JWKS.
+        let agent = crate::local_agent(Duration::from_secs(5));
+        crate::process::poll(Duration::from_secs(30), || {
+            let status = agent
+                .get(&site.url("/"))
+                .header("accept", ACCEPT_HTML)
+                .call()
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            Ok((status == 302).then_some(()))
+        })
+        .context("the filter did not get ready for a login")?;
+        let browser = Browser::new();
+        let done = browser.login(&site.url("/"), "alice")?;
+        if done.response.status != 200 {
+            bail!(
+                "login ended with {}:\n{}",
+                done.response.status,
+                crate::browser::describe_chain(&done.chain)
+            );
+        }
+        let mut chunks: Vec<(String, String)> = browser
+            .cookies("localhost")
+            .into_iter()
+            .filter(|(n, _)| session::is_session_cookie(COOKIE_NAME, n))
+            .collect();
+        chunks.sort_by_key(|(n, _)| n.len());
+        let cookie = join_cookies(&chunks);
+        let sealed = session::join(&cookie, COOKIE_NAME)
+            .map_err(|e| anyhow!("session cookie: {e:?}"))?
+            .ok_or_else(|| anyhow!("no session cookie after the login"))?;
+        let raw_key = URL_SAFE_NO_PAD
+            .decode(crate::DEFAULT_COOKIE_KEYS)
+            .context("cookie key")?;
+        let keys = Keys::new(&[raw_key]).map_err(|e| anyhow!("cookie key: {e}"))?;
+        let plain = keys
+            .open(COOKIE_NAME, &sealed)
+            .map_err(|e| anyhow!("opening the session cookie: {e}"))?;
+        let session = Session::decode(&plain).map_err(|e| anyhow!("session: {e}"))?;
+        let refresh_token = session
+            .refresh_token
+            .as_ref()
+            .map(|t| t.expose().to_string())
+            .ok_or_else(|| anyhow!("the session has no refresh token"))?;
+        let (status, tokens) = crate::idp::token_request(
+            stack.issuer(),
+            &site.client_id,
+            &site.client_secret,
+            crate::idp::ClientAuth::Basic,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &refresh_token),
+            ],
+        )?;
+        if status != 200 {
+            bail!("refresh grant: {status} {tokens}");
+        }
+        let field = |name: &str| {
+            tokens[name]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("token response without {name}"))
+        };
+        Ok(Login {
+            cookie,
+            access_token: field("access_token")?,
+            id_token: field("id_token")?,
+            refresh_token: tokens["refresh_token"]
+                .as_str()
+                .map_or(refresh_token, str::to_string),
+            session,
+            keys,
+            issuer: stack.issuer().to_string(),
+            client_id: site.client_id.clone(),
+            filter_config: site.filter_config.clone(),
+            client_secret: site.client_secret.clone(),
+        })
+    }
+
+    /// The real session with `id_token` in place of its ID token, sealed into cookies.
+    fn mint(&self, id_token: &str) -> Result<String> {
+        let mut s = self.session.clone();
+        s.id_token = Secret::new(id_token);
+        let mut nonce = [0u8; 24];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut nonce))
+            .context("reading /dev/urandom")?;
+        let sealed = self.keys.seal(COOKIE_NAME, &s.encode(), nonce);
+        let chunks = session::split(COOKIE_NAME, &sealed).map_err(|e| anyhow!("{e:?}"))?;
+        Ok(join_cookies(&chunks))
+    }
+
+    /// A session whose cookies add up to about `bytes`.
+    fn mint_session_of(&self, bytes: usize) -> Result<(String, usize)> {
+        let real = self.session.id_token.expose().to_string();
+        let mut token_len = real.len() + bytes.saturating_sub(self.cookie.len()) * 3 / 4;
+        let mut best = (self.mint(&padded_token(&real, token_len)?)?, token_len);
+        for _ in 0..4 {
+            let have = best.0.len();
+            if have.abs_diff(bytes) < 24 {
+                break;
+            }
+            let adjust = have.abs_diff(bytes) * 3 / 4;
+            token_len = if have > bytes {
+                token_len.saturating_sub(adjust)
+            } else {
+                token_len + adjust
+            };
+            best = (self.mint(&padded_token(&real, token_len)?)?, token_len);
+        }
+        Ok(best)
+    }
+}
+
+/// `real` (a JWT) with a `pad` claim making it `len` bytes long; the signature no longer matches.
+fn padded_token(real: &str, len: usize) -> Result<String> {
+    let mut parts = real.splitn(3, '.');
+    let (Some(header), Some(payload), Some(sig)) = (parts.next(), parts.next(), parts.next())
+    else {
+        bail!("the ID token is not a JWT");
+    };
+    if len <= real.len() {
+        return Ok(real.to_string());
+    }
+    let mut claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload)?)?;
+    let mut pad = (len - real.len()) * 3 / 4;
+    let mut token = String::new();
+    for _ in 0..4 {
+        claims["pad"] = json!("x".repeat(pad));
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims)?);
+        token = format!("{header}.{body}.{sig}");
+        if token.len() == len {
+            break;
+        }
+        let diff = token.len().abs_diff(len) * 3 / 4;
+        pad = if token.len() > len {
+            pad.saturating_sub(diff.max(1))
+        } else {
+            pad + diff.max(1)
+        };
+    }
+    Ok(token)
+}
+
+fn join_cookies(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// `n` cookies like the ones analytics and consent banners leave, about 40 bytes each.
+fn other_cookies(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("_ga_X{i:03}"),
+                format!("GS1.1.{}.{}.1.1.0", 1_700_000_000 + i * 7919, 17 + i),
+            )
+        })
+        .collect()
+}
+
+/// The session cookie among `n` others, half before and half after it.
+fn with_other_cookies(session: &str, n: usize) -> String {
+    let others = other_cookies(n);
+    let (before, after) = others.split_at(n / 2);
+    let mut parts: Vec<String> = before.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    parts.push(session.to_string());
+    parts.extend(after.iter().map(|(k, v)| format!("{k}={v}")));
+    parts.join("; ")
+}
+
+struct Ctx<'a> {
+    opts: &'a Options,
+    dir: PathBuf,
+    oidc_wasm: PathBuf,
+    set_header: PathBuf,
+    login: Login,
+    oauth2_encrypted: bool,
+    pinned: bool,
+    boosted: bool,
+}
+
+/// A started configuration.
+struct Running {
+    variant: Variant,
+    envoy: Envoy,
+    pid: u32,
+    port: u16,
+    headers: Vec<(String, String)>,
+    rss_idle_kib: u64,
+    load: Load,
+}
+
+impl Ctx<'_> {
+    fn variants(&self, group: Group) -> Result<Vec<Variant>> {
+        let real = &self.login.cookie;
+        let v = |name: &str,
+                 label: &str,
+                 chain: Chain,
+                 cookies: Cookies,
+                 expect,
+                 baseline: Option<&str>| Variant {
+            name: name.into(),
+            label: label.into(),
+            group,
+            chain,
+            workers: 1,
+            cookies,
+            expect,
+            baseline: baseline.map(str::to_string),
+            token_bytes: None,
+            other_cookies: None,
+            compare: false,
+        };
+        let session = |c: &str| Cookies::Header(c.to_string());
+        let up = Expect::Upstream;
+        let out = match group {
+            Group::Main => {
+                let (big, _) = if self.opts.wants("oidc-session-8k") || self.opts.wants("none-8k") {
+                    self.login.mint_session_of(8 * 1024)?
+                } else {
+                    (String::new(), 0)
+                };
+                let oauth2 = if self.oauth2_encrypted {
+                    "Envoy OAuth2 filter, logged in (HMAC + AES cookies)"
+                } else {
+                    "Envoy OAuth2 filter, logged in (HMAC cookies, encryption off)"
+                };
+                let mut rows = vec![
+                    v("none", "no filter", Chain::None, session(real), up, None),
+                    v(
+                        "none-nocookie",
+                        "no filter, no cookie",
+                        Chain::None,
+                        Cookies::None,
+                        up,
+                        None,
+                    ),
+                    v(
+                        "none-8k",
+                        "no filter, 8 KB session cookie",
+                        Chain::None,
+                        session(&big),
+                        up,
+                        None,
+                    ),
+                    v(
+                        "wasm-set-header",
+                        "Wasm: read one header, set one (.wat)",
+                        Chain::WasmSetHeader,
+                        session(real),
+                        up,
+                        Some("none"),
+                    ),
+                    v(
+                        "lua-copy",
+                        "Lua: copy the cookie into Authorization",
+                        Chain::Lua,
+                        session(real),
+                        up,
+                        Some("none"),
+                    ),
+                    v(
+                        "oidc-session",
+                        "oidc-filter, valid session",
+                        Chain::Oidc,
+                        session(real),
+                        up,
+                        Some("none"),
+                    ),
+                    v(
+                        "oidc-session-8k",
+                        "oidc-filter, valid 8 KB session (3 chunks)",
+                        Chain::Oidc,
+                        session(&big),
+                        up,
+                        Some("none-8k"),
+                    ),
+                    v(
+                        "oidc-istio",
+                        "oidc-filter + jwt_authn (cached) + RBAC",
+                        Chain::OidcIstio,
+                        session(real),
+                        up,
+                        Some("none"),
+                    ),
+                    v(
+                        "oauth2-session",
+                        oauth2,
+                        Chain::OAuth2,
+                        Cookies::OAuth2,
+                        up,
+                        Some("none"),
+                    ),
+                    v(
+                        "oidc-redirect",
+                        "oidc-filter, no session: login redirect",
+                        Chain::Oidc,
+                        Cookies::None,
+                        Expect::Redirect,
+                        Some("none-nocookie"),
+                    ),
+                    v(
+                        "oauth2-redirect",
+                        "Envoy OAuth2 filter, no session: redirect",
+                        Chain::OAuth2,
+                        Cookies::None,
+                        Expect::Redirect,
+                        Some("none-nocookie"),
+                    ),
+                ];
+                if self.opts.compare.is_some() {
+                    let b: Vec<Variant> = rows
+                        .iter()
+                        .filter(|r| matches!(r.chain, Chain::Oidc | Chain::OidcIstio))
+                        .map(|r| Variant {
+                            name: format!("{}@B", r.name),
+                            label: format!("{} [B]", r.label),
+                            compare: true,
+                            ..r.clone()
+                        })
+                        .collect();
+                    rows.extend(b);
+                }
+                rows
+            }
+            Group::TokenSize => {
+                let mut out = Vec::new();
+                let real_token = self.login.session.id_token.expose().to_string();
+                for kb in [1usize, 2, 4, 8] {
+                    let token = padded_token(&real_token, kb * 1024)?;
+                    let cookie = self.login.mint(&token)?;
+                    let mut none = v(
+                        &format!("none-token-{kb}k"),
+                        &format!("no filter, {kb} KB token"),
+                        Chain::None,
+                        session(&cookie),
+                        up,
+                        None,
+                    );
+                    none.token_bytes = Some(token.len());
+                    let mut oidc = v(
+                        &format!("oidc-token-{kb}k"),
+                        &format!("oidc-filter, {kb} KB token"),
+                        Chain::Oidc,
+                        session(&cookie),
+                        up,
+                        None,
+                    );
+                    oidc.baseline = Some(none.name.clone());
+                    oidc.token_bytes = Some(token.len());
+                    out.push(none);
+                    out.push(oidc);
+                }
+                out
+            }
+            Group::OtherCookies => {
+                let mut out = Vec::new();
+                for n in [0usize, 10, 50] {
+                    let cookie = with_other_cookies(real, n);
+                    let mut none = v(
+                        &format!("none-cookies-{n}"),
+                        &format!("no filter, {n} other cookies"),
+                        Chain::None,
+                        session(&cookie),
+                        up,
+                        None,
+                    );
+                    none.other_cookies = Some(n);
+                    let mut oidc = v(
+                        &format!("oidc-cookies-{n}"),
+                        &format!("oidc-filter, {n} other cookies"),
+                        Chain::Oidc,
+                        session(&cookie),
+                        up,
+                        None,
+                    );
+                    oidc.baseline = Some(none.name.clone());
+                    oidc.other_cookies = Some(n);
+                    out.push(none);
+                    out.push(oidc);
+                }
+                out
+            }
+            Group::Workers => {
+                let mut out = Vec::new();
+                for w in [1u32, 2] {
+                    let mut none = v(
+                        &format!("none-workers-{w}"),
+                        &format!("no filter, {w} worker(s)"),
+                        Chain::None,
+                        session(real),
+                        up,
+                        None,
+                    );
+                    none.workers = w;
+                    let mut oidc = v(
+                        &format!("oidc-workers-{w}"),
+                        &format!("oidc-filter, {w} worker(s)"),
+                        Chain::Oidc,
+                        session(real),
+                        up,
+                        None,
+                    );
+                    oidc.workers = w;
+                    oidc.baseline = Some(none.name.clone());
+                    out.push(none);
+                    out.push(oidc);
+                }
+                out
+            }
+        };
+        Ok(out)
+    }
+
+    fn run_group(&self, group: Group, variants: Vec<Variant>) -> Result<Vec<Row>> {
+        let duration = self.opts.duration(group);
+        eprintln!(
+            "bench: {} ({} configurations, {} x {}s)",
+            group.dir(),
+            variants.len(),
+            self.opts.rounds(),
+            duration.as_secs()
+        );
+        let mut running = Vec::new();
+        let mut rows = Vec::new();
+        for v in variants {
+            let r = self.start(group, v)?;
+            rows.push(Row {
+                variant: r.variant.clone(),
+                samples: Vec::new(),
+                cookie_bytes: r
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == "cookie")
+                    .map_or(0, |(_, c)| c.len()),
+                rss_idle_kib: 0,
+                rss_loaded_kib: 0,
+                problem: None,
+            });
+            running.push(r);
+        }
+        for (r, row) in running.iter_mut().zip(rows.iter_mut()) {
+            if let Err(e) = preflight(r) {
+                row.problem = Some(format!("{e:#}"));
+                continue;
+            }
+            // Warm-up: V8 tiers hot Wasm code up, caches fill.
+            wrk(r.load, r.port, &r.headers, self.opts.warmup())?;
+            r.rss_idle_kib = rss_kib(r.pid)?;
+            row.rss_idle_kib = r.rss_idle_kib;
+        }
+        let n = running.len();
+        for round in 0..self.opts.rounds() {
+            // Rotate the order so no configuration always runs first after a pause.
+            for k in 0..n {
+                let i = (k + round as usize) % n;
+                let (Some(r), Some(row)) = (running.get(i), rows.get_mut(i)) else {
+                    continue;
+                };
+                if row.problem.is_some() {
+                    continue;
+                }
+                let s = measure(r, duration)?;
+                eprintln!(
+                    "  round {} {:<20} {:>8.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  {:>6.1} CPU us/req  (Envoy busy {:.0}%, foreign CPU {:.0}%)",
+                    round + 1,
+                    r.variant.name,
+                    s.rps,
+                    s.p50_us,
+                    s.p99_us,
+                    s.cpu_us_per_req,
+                    s.envoy_busy_pct,
+                    s.foreign_cpu_pct
+                );
+                if let Some(p) = check(&r.variant, &s) {
+                    row.problem = Some(p);
+                }
+                row.samples.push(s);
+            }
+        }
+        for (r, row) in running.iter().zip(rows.iter_mut()) {
+            row.rss_loaded_kib = rss_kib(r.pid).unwrap_or(0);
+        }
+        Ok(rows)
+    }
+
+    fn start(&self, group: Group, variant: Variant) -> Result<Running> {
+        let dir = self.dir.join(group.dir()).join(&variant.name);
+        let _ = fs::remove_dir_all(&dir);
+        let bootstrap = self.bootstrap(&variant)?;
+        let mut opts = EnvoyOptions::new(&dir);
+        opts.concurrency = variant.workers;
+        opts.log_level = "warning".into();
+        let envoy = Envoy::start(&bootstrap, &opts)
+            .with_context(|| format!("starting Envoy for {}", variant.name))?;
+        let pid = envoy.pid();
+        if self.pinned {
+            pin_process(pid, ENVOY_CORE)?;
+        }
+        if self.boosted {
+            renice_process(pid, NICE)?;
+        }
+        let port = envoy
+            .listener_port("bench")
+            .ok_or_else(|| anyhow!("Envoy for {} has no listener", variant.name))?;
+        let mut headers = vec![("accept".to_string(), ACCEPT_HTML.to_string())];
+        let cookie = match &variant.cookies {
+            Cookies::None => None,
+            Cookies::Header(c) => Some(c.clone()),
+            Cookies::OAuth2 => Some(self.oauth2_cookies(&format!("127.0.0.1:{port}"))?),
+        };
+        if let Some(c) = cookie {
+            headers.push(("cookie".to_string(), c));
+        }
+        Ok(Running {
+            variant,
+            envoy,
+            pid,
+            port,
+            headers,
+            rss_idle_kib: 0,
+            load: Load {
+                pinned: self.pinned,
+                boosted: self.boosted,
+            },
+        })
+    }
+
+    fn bootstrap(&self, v: &Variant) -> Result<Value> {
+        let idp_cluster = crate::envoy::cluster_name(&self.login.issuer)?;
+        let mut filters = Vec::new();
+        match v.chain {
+            Chain::None => {}
+            Chain::WasmSetHeader => filters.push(wasm_filter(
+                "bench-set-header",
+                &self.set_header,
+                "",
+                None,
+                json!({}),
+            )),
+            Chain::Lua => filters.push(lua_filter()),
+            Chain::Oidc | Chain::OidcIstio => {
+                let secret_env = crate::client_secret_env(SITE);
+                filters.push(wasm_filter(
+                    "oidc-filter-bench",
+                    if v.compare {
+                        self.opts.compare.as_deref().unwrap_or(&self.oidc_wasm)
+                    } else {
+                        &self.oidc_wasm
+                    },
+                    crate::envoy::ROOT_ID,
+                    Some(serde_json::to_string(&self.login.filter_config)?),
+                    json!({
+                        crate::COOKIE_KEYS_ENV: crate::DEFAULT_COOKIE_KEYS,
+                        secret_env: self.login.client_secret,
+                    }),
+                ));
+                if v.chain == Chain::OidcIstio {
+                    filters.push(self.jwt_authn(&idp_cluster));
+                    filters.push(rbac());
+                }
+            }
+            Chain::OAuth2 => filters.push(self.oauth2_filter(&idp_cluster)),
+        }
+        filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+        }));
+        let hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "bench",
+            "codec_type": "AUTO",
+            "use_remote_address": true,
+            "normalize_path": true,
+            "route_config": {
+                "name": "bench",
+                "virtual_hosts": [{
+                    "name": "bench",
+                    "domains": ["*"],
+                    "routes": [{
+                        "match": { "prefix": "/" },
+                        "direct_response": { "status": 200, "body": { "inline_string": UPSTREAM_BODY } },
+                    }],
+                }],
+            },
+            "http_filters": filters,
+        });
+        let (idp_host, idp_port) = host_port(&self.login.issuer)?;
+        Ok(json!({
+            "node": { "id": "oidc-filter-bench", "cluster": "oidc-filter-bench" },
+            "admin": { "address": socket_address("127.0.0.1", 0) },
+            "overload_manager": {
+                "resource_monitors": [{
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 100_000,
+                    },
+                }],
+            },
+            "static_resources": {
+                "listeners": [{
+                    "name": "bench",
+                    "address": socket_address("127.0.0.1", 0),
+                    "filter_chains": [{
+                        "filters": [{ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm }],
+                    }],
+                }],
+                "clusters": [{
+                    "name": idp_cluster,
+                    "type": "STATIC",
+                    "connect_timeout": "5s",
+                    "load_assignment": {
+                        "cluster_name": idp_cluster,
+                        "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": socket_address(&idp_host, idp_port) } }] }],
+                    },
+                }],
+                "secrets": [
+                    { "name": "oauth2-token", "generic_secret": { "secret": { "inline_string": self.login.client_secret } } },
+                    { "name": "oauth2-hmac", "generic_secret": { "secret": { "inline_string": OAUTH2_HMAC_SECRET } } },
+                ],
+            },
+        }))
+    }
+
+    /// Istio's `RequestAuthentication`, with the verified-token cache on.
+    fn jwt_authn(&self, idp_cluster: &str) -> Value {
+        json!({
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {
+                    "bench-idp": {
+                        "issuer": self.login.issuer,
+                        "audiences": [self.login.client_id],
+                        "remote_jwks": {
+                            "http_uri": { "uri": format!("{}/jwks", self.login.issuer), "cluster": idp_cluster, "timeout": "5s" },
+                            "cache_duration": "300s",
+                        },
+                        "forward": true,
+                        "from_headers": [{ "name": "Authorization", "value_prefix": "Bearer " }],
+                        "payload_in_metadata": "payload",
+                        "jwt_cache_config": { "jwt_cache_size": 100 },
+                    },
+                },
+                "rules": [{
+                    "match": { "prefix": "/" },
+                    "requires": {
+                        "requires_any": {
+                            "requirements": [{ "provider_name": "bench-idp" }, { "allow_missing": {} }],
+                        },
+                    },
+                }],
+            },
+        })
+    }
+
+    fn oauth2_filter(&self, idp_cluster: &str) -> Value {
+        let mut config = json!({
+            "token_endpoint": {
+                "cluster": idp_cluster,
+                "uri": format!("{}/token", self.login.issuer),
+                "timeout": "5s",
+            },
+            "authorization_endpoint": format!("{}/auth", self.login.issuer),
+            "redirect_uri": "http://%REQ(:authority)%/oauth2/callback",
+            "redirect_path_matcher": { "path": { "exact": "/oauth2/callback" } },
+            "signout_path": { "path": { "exact": "/logout" } },
+            "credentials": {
+                "client_id": self.login.client_id,
+                "token_secret": { "name": "oauth2-token" },
+                "hmac_secret": { "name": "oauth2-hmac" },
+            },
+            "forward_bearer_token": true,
+            "auth_scopes": ["openid", "email", "profile"],
+        });
+        if !self.oauth2_encrypted {
+            config["disable_token_encryption"] = json!(true);
+        }
+        json!({
+            "name": "envoy.filters.http.oauth2",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.oauth2.v3.OAuth2",
+                "config": config,
+            },
+        })
+    }
+
+    /// The cookies the native OAuth2 filter sets after a login (`OAuth2Filter::finishFlow`):
+    /// the tokens (AES-256-CBC under SHA-256 of the HMAC secret, unless disabled), their expiry,
+    /// and an HMAC-SHA256 over host, expiry and the plain tokens (`OAuth2CookieValidator`).
+    fn oauth2_cookies(&self, host: &str) -> Result<String> {
+        let l = &self.login;
+        let expires = (now() + ID_TOKEN_TTL).to_string();
+        let payload = [
+            host,
+            &expires,
+            &l.access_token,
+            &l.id_token,
+            &l.refresh_token,
+        ]
+        .join("\n");
+        let hmac = STANDARD.encode(hmac_sha256(
+            OAUTH2_HMAC_SECRET.as_bytes(),
+            payload.as_bytes(),
+        ));
+        let token = |t: &str| {
+            if self.oauth2_encrypted {
+                aes256_cbc(t, OAUTH2_HMAC_SECRET)
+            } else {
+                Ok(t.to_string())
+            }
+        };
+        Ok(join_cookies(&[
+            ("OauthHMAC".into(), hmac),
+            ("OauthExpires".into(), expires),
+            ("BearerToken".into(), token(&l.access_token)?),
+            ("IdToken".into(), token(&l.id_token)?),
+            ("RefreshToken".into(), token(&l.refresh_token)?),
+        ]))
+    }
+}
+
+/// Pins every thread of `pid` to `core` (threads it starts later inherit the mask). Done after
+/// start-up because the harness spawns processes from a thread of its own.
+fn pin_process(pid: u32, core: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity only reads the set passed.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        set
+    };
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid: libc::pid_t = task?.file_name().to_string_lossy().parse()?;
+        // SAFETY: as above.
+        let rc =
+            unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        if rc != 0 {
+            bail!(
+                "pinning thread {tid} of {pid}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let allowed = proc_status_path(
+            &format!("/proc/{pid}/task/{tid}/status"),
+            "Cpus_allowed_list",
+        )?;
+        if allowed != core.to_string() {
+            bail!("thread {tid} of {pid} still runs on cores {allowed}");
+        }
+    }
+    Ok(())
+}
+
+/// Sets the nice level of every thread of `pid` (Linux keeps it per thread).
+fn renice_process(pid: u32, nice: i32) -> Result<()> {
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid: libc::id_t = task?.file_name().to_string_lossy().parse()?;
+        // SAFETY: setpriority has no memory-safety preconditions.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+            bail!(
+                "renicing thread {tid} of {pid}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One request as wrk will send it, until it gets the expected answer (the filter may still be
+/// fetching discovery and JWKS, jwt_authn its JWKS).
+fn preflight(r: &Running) -> Result<()> {
+    let agent = crate::local_agent(Duration::from_secs(5));
+    let url = format!("http://127.0.0.1:{}/", r.port);
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let mut req = agent.get(&url);
+        for (k, v) in &r.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        match req.call() {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                let body = resp.body_mut().read_to_string().unwrap_or_default();
+                let ok = match r.variant.expect {
+                    Expect::Upstream => status == 200 && body == UPSTREAM_BODY,
+                    Expect::Redirect => status == 302,
+                };
+                if ok {
+                    return Ok(());
+                }
+                last = format!("status {status}, body {:?}", truncate(&body, 120));
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    bail!(
+        "{} never answered as expected ({:?}); last: {last}\n{}",
+        r.variant.name,
+        r.variant.expect,
+        crate::envoy::log_excerpt(&r.envoy.log_path())
+    )
+}
+
+fn measure(r: &Running, duration: Duration) -> Result<Sample> {
+    let before = r.envoy.stats()?;
+    let cpu0 = process_cpu_ticks(r.pid)?;
+    let core0 = core_busy_ticks(ENVOY_CORE)?;
+    let t0 = Instant::now();
+    let w = wrk(r.load, r.port, &r.headers, duration)?;
+    let elapsed = t0.elapsed();
+    let cpu1 = process_cpu_ticks(r.pid)?;
+    let core1 = core_busy_ticks(ENVOY_CORE)?;
+    let after = r.envoy.stats()?;
+    // Exact names: Envoy repeats the HTTP counters under `listener.<address>.`.
+    let delta = |name: &str| -> u64 {
+        let a = after.get(name).copied().unwrap_or(0);
+        a.saturating_sub(before.get(name).copied().unwrap_or(0))
+    };
+    let requests = delta("http.bench.downstream_rq_completed");
+    let status_2xx = delta("http.bench.downstream_rq_2xx");
+    let status_3xx = delta("http.bench.downstream_rq_3xx");
+    let status_other =
+        delta("http.bench.downstream_rq_4xx") + delta("http.bench.downstream_rq_5xx");
+    let logged_in =
+        delta("wasmcustom.oidc_filter.sessions_forwarded") + delta("http.bench.oauth_success");
+    let tick_us = 1e6 / clock_ticks_per_sec();
+    let envoy_ticks = cpu1.saturating_sub(cpu0);
+    let foreign_ticks = core1.saturating_sub(core0).saturating_sub(envoy_ticks);
+    Ok(Sample {
+        requests,
+        wrk_requests: w.requests,
+        rps: w.rps,
+        p50_us: w.p50_us,
+        p99_us: w.p99_us,
+        cpu_us_per_req: if requests == 0 {
+            0.0
+        } else {
+            envoy_ticks as f64 * tick_us / requests as f64
+        },
+        status_2xx,
+        status_3xx,
+        status_other,
+        logged_in,
+        socket_errors: w.errors,
+        foreign_cpu_pct: foreign_ticks as f64 * tick_us / elapsed.as_micros().max(1) as f64 * 100.0,
+        envoy_busy_pct: envoy_ticks as f64 * tick_us / elapsed.as_micros().max(1) as f64 * 100.0,
+    })
+}
+
+/// Why a run does not count, if it does not.
+fn check(v: &Variant, s: &Sample) -> Option<String> {
+    if s.requests == 0 {
+        return Some("no request completed".into());
+    }
+    let share = |n: u64| n as f64 / s.requests as f64;
+    match v.expect {
+        Expect::Upstream if share(s.status_2xx) < MIN_OK_SHARE => Some(format!(
+            "only {:.1}% reached the route ({} redirects, {} other)",
+            share(s.status_2xx) * 100.0,
+            s.status_3xx,
+            s.status_other
+        )),
+        Expect::Upstream
+            if matches!(v.chain, Chain::Oidc | Chain::OidcIstio | Chain::OAuth2)
+                && share(s.logged_in) < MIN_OK_SHARE =>
+        {
+            Some(format!(
+                "only {:.1}% were let through as logged in",
+                share(s.logged_in) * 100.0
+            ))
+        }
+        Expect::Redirect if share(s.status_3xx) < MIN_OK_SHARE => Some(format!(
+            "only {:.1}% were redirected",
+            share(s.status_3xx) * 100.0
+        )),
+        _ => None,
+    }
+}
+
+/// What wrk reports.
+#[derive(Clone, Debug, Default)]
+struct WrkResult {
+    requests: u64,
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+}
+
+/// How wrk runs: pinned to [`LOAD_CORE`], at [`NICE`].
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    pinned: bool,
+    boosted: bool,
+}
+
+fn wrk(
+    load: Load,
+    port: u16,
+    headers: &[(String, String)],
+    duration: Duration,
+) -> Result<WrkResult> {
+    let mut argv: Vec<String> = Vec::new();
+    if load.boosted {
+        argv.extend(["nice".into(), "-n".into(), NICE.to_string()]);
+    }
+    if load.pinned {
+        argv.extend(["taskset".into(), "-c".into(), LOAD_CORE.to_string()]);
+    }
+    argv.push("wrk".into());
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd.arg("-t1")
+        .arg(format!("-c{CONNECTIONS}"))
+        .arg(format!("-d{}s", duration.as_secs().max(1)))
+        .arg("--latency")
+        .arg("--timeout")
+        .arg("5s");
+    for (k, v) in headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    cmd.arg(format!("http://127.0.0.1:{port}/"));
+    let out = cmd.output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "wrk failed ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_wrk(&text)
+}
+
+fn parse_wrk(text: &str) -> Result<WrkResult> {
+    let mut r = WrkResult::default();
+    let mut in_distribution = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("Latency Distribution") {
+            in_distribution = true;
+            continue;
+        }
+        let words: Vec<&str> = t.split_whitespace().collect();
+        if in_distribution {
+            match words.as_slice() {
+                ["50%", v] => r.p50_us = parse_latency(v)?,
+                ["99%", v] => r.p99_us = parse_latency(v)?,
+                [p, _] if p.ends_with('%') => {}
+                _ => in_distribution = false,
+            }
+        }
+        if let [n, "requests", "in", ..] = words.as_slice() {
+            r.requests = n.parse().context("wrk request count")?;
+        }
+        if let ["Requests/sec:", v] = words.as_slice() {
+            r.rps = v.parse().context("wrk Requests/sec")?;
+        }
+        if let Some(rest) = t.strip_prefix("Socket errors:") {
+            r.errors = rest
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum();
+        }
+    }
+    if r.rps == 0.0 && r.requests == 0 {
+        bail!("cannot read wrk's output:\n{text}");
+    }
+    Ok(r)
+}
+
+/// `123.45us`, `1.20ms`, `2.00s` -> microseconds.
+fn parse_latency(s: &str) -> Result<f64> {
+    let (num, scale) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e6)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60e6)
+    } else {
+        bail!("latency {s:?}");
+    };
+    Ok(num
+        .parse::<f64>()
+        .with_context(|| format!("latency {s:?}"))?
+        * scale)
+}
+
+/// utime + stime of every thread of `pid`, in clock ticks.
+fn process_cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces; the fields after it are space-separated.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("/proc/{pid}/stat: {stat}"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the whole line; `rest` starts at field 3.
+    let field = |i: usize| -> Result<u64> {
+        f.get(i - 3)
+            .ok_or_else(|| anyhow!("/proc/{pid}/stat is short"))?
+            .parse()
+            .context("/proc/pid/stat")
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// Busy (not idle, not iowait) ticks of one core from `/proc/stat`.
+fn core_busy_ticks(core: usize) -> Result<u64> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{core}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .ok_or_else(|| anyhow!("/proc/stat has no {name}"))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is already in user).
+    let busy: u64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    Ok(busy)
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf only reads a constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+fn proc_status(pid: u32, key: &str) -> Result<String> {
+    proc_status_path(&format!("/proc/{pid}/status"), key)
+}
+
+fn proc_status_path(path: &str, key: &str) -> Result<String> {
+    let status = fs::read_to_string(path)?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .strip_prefix(':')
+                .map(|v| v.trim().to_string())
+        })
+        .ok_or_else(|| anyhow!("{path} has no {key}"))
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let v = proc_status(pid, "VmRSS")?;
+    v.trim_end_matches("kB")
+        .trim()
+        .parse()
+        .with_context(|| format!("VmRSS {v:?}"))
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let model = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, m)| m.trim().to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    format!("{cores} cores, {model}")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn host_port(url: &str) -> Result<(String, u16)> {
+    let rest = url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("not a URL: {url}"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("no port in {url}"))?;
+    Ok((host.to_string(), port.parse().context("port")?))
+}
+
+fn socket_address(address: &str, port: u16) -> Value {
+    json!({ "socket_address": { "address": address, "port_value": port } })
+}
+
+/// A Wasm filter in the shape Istio emits.
+fn wasm_filter(
+    name: &str,
+    path: &Path,
+    root_id: &str,
+    configuration: Option<String>,
+    env: Value,
+) -> Value {
+    let mut config = json!({
+        "name": name,
+        "root_id": root_id,
+        "fail_open": false,
+        "vm_config": {
+            "vm_id": name,
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": { "local": { "filename": path.to_string_lossy() } },
+        },
+    });
+    if let Some(c) = configuration {
+        config["configuration"] = json!({
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": c,
+        });
+    }
+    if env.as_object().is_some_and(|o| !o.is_empty()) {
+        config["vm_config"]["environment_variables"] = json!({ "key_values": env });
+    }
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": config,
+        },
+    })
+}
+
+/// The cookie-to-header copy people write by hand.
+fn lua_filter() -> Value {
+    let code = format!(
+        r#"function envoy_on_request(handle)
+  local cookie = handle:headers():get("cookie")
+  if cookie == nil then return end
+  local token = string.match(cookie, "{COOKIE_NAME}=([^;]+)")
+  if token ~= nil then
+    handle:headers():replace("authorization", "Bearer " .. token)
+  end
+end
+"#
+    );
+    json!({
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": { "inline_string": code },
+        },
+    })
+}
+
+/// Istio's `AuthorizationPolicy` requiring a verified principal.
+fn rbac() -> Value {
+    json!({
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {
+                "action": "ALLOW",
+                "policies": {
+                    "require-principal": {
+                        "permissions": [{ "any": true }],
+                        "principals": [{
+                            "sourced_metadata": {
+                                "metadata_matcher": {
+                                    "filter": "envoy.filters.http.jwt_authn",
+                                    "path": [{ "key": "payload" }, { "key": "sub" }],
+                                    "value": { "present_match": true },
+                                },
+                            },
+                        }],
+                    },
+                },
+            },
+        },
+    })
+}
+
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > block.len() {
+        block[..32].copy_from_slice(&sha2::Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = sha2::Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = sha2::Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+fn openssl_works() -> bool {
+    aes256_cbc("probe", "key").is_ok()
+}
+
+/// The native OAuth2 filter's token encryption: base64url(IV || AES-256-CBC(SHA-256(secret), IV, t)).
+fn aes256_cbc(plaintext: &str, secret: &str) -> Result<String> {
+    let key = sha2::Sha256::digest(secret.as_bytes());
+    let mut iv = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut iv))
+        .context("reading /dev/urandom")?;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut child = Command::new("openssl")
+        .args(["enc", "-aes-256-cbc", "-K", &hex(&key), "-iv", &hex(&iv)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running openssl")?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("openssl stdin"))?
+        .write_all(plaintext.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "openssl enc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut combined = iv.to_vec();
+    combined.extend_from_slice(&out.stdout);
+    Ok(URL_SAFE_NO_PAD.encode(combined))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Overhead of a row over its baseline: the median over rounds of the paired differences and
+/// ratios (each round's runs are close in time, so pairing cancels slow drift).
+#[derive(Clone, Copy, Debug)]
+pub struct Overhead {
+    pub diff_us: f64,
+    pub ratio: f64,
+}
+
+impl Report {
+    /// The row called `name`.
+    pub fn row(&self, name: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.variant.name == name)
+    }
+
+    /// CPU µs/req of `row` over its baseline.
+    pub fn overhead(&self, row: &Row) -> Option<Overhead> {
+        let base = self.row(row.variant.baseline.as_deref()?)?;
+        if row.problem.is_some() || base.problem.is_some() || row.samples.is_empty() {
+            return None;
+        }
+        let pairs: Vec<(f64, f64)> = row
+            .samples
+            .iter()
+            .zip(&base.samples)
+            .map(|(a, b)| (a.cpu_us_per_req, b.cpu_us_per_req))
+            .collect();
+        if pairs.is_empty() {
+            return None;
+        }
+        Some(Overhead {
+            diff_us: median(pairs.iter().map(|(a, b)| a - b).collect()),
+            ratio: median(pairs.iter().map(|(a, b)| a / b).collect()),
+        })
+    }
+
+    fn rows_in(&self, group: Group) -> Vec<&Row> {
+        self.rows
+            .iter()
+            .filter(|r| r.variant.group == group)
+            .collect()
+    }
+
+    /// Plugin memory: (workers, VmRSS without plugin, with, difference per worker) in MiB.
+    fn memory(&self) -> Vec<(u32, f64, f64, f64)> {
+        let mut out = Vec::new();
+        for w in [1u32, 2] {
+            let (Some(none), Some(oidc)) = (
+                self.row(&format!("none-workers-{w}")),
+                self.row(&format!("oidc-workers-{w}")),
+            ) else {
+                continue;
+            };
+            if none.rss_loaded_kib == 0 || oidc.rss_loaded_kib == 0 {
+                continue;
+            }
+            let n = none.rss_loaded_kib as f64 / 1024.0;
+            let o = oidc.rss_loaded_kib as f64 / 1024.0;
+            out.push((w, n, o, (o - n) / f64::from(w)));
+        }
+        out
+    }
+
+    /// Each goal: (goal, measured, pass).
+    pub fn goals(&self) -> Vec<(String, String, Option<bool>)> {
+        let mut out = Vec::new();
+        let mut cpu_goal = |name: &str, what: &str, limit: f64| {
+            let measured = self.row(name).and_then(|r| self.overhead(r));
+            // What entering a Wasm VM at all costs here, for scale.
+            let floor = self
+                .row("wasm-set-header")
+                .and_then(|r| self.overhead(r))
+                .map_or(String::new(), |f| {
+                    format!(
+                        "; a Wasm module doing nothing but read one header and set one: {:+.1} µs",
+                        f.diff_us
+                    )
+                });
+            out.push((
+                format!("{what}: at most +{limit} µs Envoy CPU/request over no filter"),
+                measured.map_or("not measured".into(), |o| {
+                    format!("{:+.1} µs (`{name}`){floor}", o.diff_us)
+                }),
+                measured.map(|o| o.diff_us <= limit),
+            ));
+        };
+        cpu_goal("oidc-session", "hot path (valid session)", GOAL_HOT_PATH_US);
+        cpu_goal(
+            "oidc-redirect",
+            "unauthenticated redirect",
+            GOAL_REDIRECT_US,
+        );
+        cpu_goal("oidc-session-8k", "8 KB session", GOAL_8K_US);
+        let size = self.sizes.optimized_bytes;
+        out.push((
+            format!(
+                "module after wasm-opt -Oz: at most {} KiB",
+                GOAL_WASM_BYTES / 1024
+            ),
+            size.map_or("not measured".into(), |b| {
+                format!("{b} bytes ({:.0} KiB)", b as f64 / 1024.0)
+            }),
+            size.map(|b| b <= GOAL_WASM_BYTES),
+        ));
+        let mem = self.memory();
+        let worst = mem
+            .iter()
+            .map(|m| m.3)
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+        let second = match mem.as_slice() {
+            [(_, n1, o1, _), (_, n2, o2, _)] => {
+                format!("; a second worker adds {:+.1} MiB", (o2 - o1) - (n2 - n1))
+            }
+            _ => String::new(),
+        };
+        out.push((
+            format!(
+                "Envoy memory with the plugin: at most +{GOAL_MEMORY_MIB_PER_WORKER} MiB per worker"
+            ),
+            worst.map_or("not measured".into(), |w| {
+                format!("{w:+.1} MiB per worker, counting all of it against one worker{second}")
+            }),
+            worst.map(|w| w <= GOAL_MEMORY_MIB_PER_WORKER),
+        ));
+        out
+    }
+
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# oidc-filter: benchmark against the alternatives\n");
+        let _ = writeln!(
+            md,
+            "Generated by `cargo run --release -p harness -- bench`. Machine: {}. Load average before: {}, after: {}.\n",
+            self.machine, self.load_before, self.load_after
+        );
+        let dur: Vec<String> = self
+            .durations
+            .iter()
+            .filter(|(g, _)| !self.rows_in(*g).is_empty())
+            .map(|(g, d)| format!("{} {} s", g.dir(), d.as_secs()))
+            .collect();
+        let _ = writeln!(
+            md,
+            "Method: one Envoy 1.40 per configuration, `--concurrency 1`{}, a `direct_response` route \
+             (no upstream); wrk `-t1 -c{CONNECTIONS}`{}, `Accept: text/html`. {} interleaved round(s) per \
+             group ({}), after a warm-up run. Figures are medians over rounds. CPU µs/req = Envoy's \
+             user+system time (`/proc/<pid>/stat`) / requests Envoy completed; \"over\" = median of \
+             per-round differences to the baseline named. Envoy{}. \"Envoy busy\" = Envoy's CPU time \
+             in % of the run: below ~95% wrk did not keep it saturated, and CPU per request rises with \
+             idle wake-ups. \"Foreign CPU\" = CPU time on Envoy's core not used by Envoy (other jobs): \
+             above a few % the figures are disturbed.\n",
+            if self.pinned {
+                " pinned to core 0"
+            } else {
+                " (not pinned)"
+            },
+            if self.pinned { " pinned to core 1" } else { "" },
+            self.rounds,
+            dur.join(", "),
+            if self.boosted {
+                " and wrk run at nice -19, so other jobs on the machine yield to them"
+            } else {
+                " and wrk run at normal priority (not root)"
+            },
+        );
+
+        let main = self.rows_in(Group::Main);
+        if !main.is_empty() {
+            let _ = writeln!(md, "## Side by side\n");
+            let _ = writeln!(
+                md,
+                "| configuration | req/s | p50 µs | p99 µs | Envoy CPU µs/req (min–max) | over baseline | ratio | baseline | checked | Envoy busy | foreign CPU |"
+            );
+            let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|");
+            for r in &main {
+                self.table_row(&mut md, r);
+            }
+            let _ = writeln!(
+                md,
+                "\nCookies: the oidc rows, `none`, `wasm-set-header` and `lua-copy` send the session cookie \
+                 of a real login ({} bytes); the 8 KB rows a session sealed with the same key around a \
+                 padded ID token; `oauth2-session` the native filter's five cookies for the same user \
+                 (access, ID and refresh token from the IdP{}), {} bytes. The redirect rows send no cookie.\n",
+                self.row("oidc-session")
+                    .or(self.row("none"))
+                    .map_or(0, |r| r.cookie_bytes),
+                if self.oauth2_encrypted {
+                    ", AES-encrypted as Envoy does"
+                } else {
+                    ", encryption disabled"
+                },
+                self.row("oauth2-session").map_or(0, |r| r.cookie_bytes),
+            );
+        }
+
+        let tokens = self.rows_in(Group::TokenSize);
+        if !tokens.is_empty() {
+            let _ = writeln!(md, "## Scale: token size\n");
+            let _ = writeln!(
+                md,
+                "The hot path with the real session's ID token padded to size (the filter does not verify it on this path).\n"
+            );
+            let _ = writeln!(
+                md,
+                "| token bytes | Cookie header bytes | no filter CPU µs/req | oidc-filter CPU µs/req | over no filter | oidc req/s | oidc p99 µs |"
+            );
+            let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|");
+            for r in tokens.iter().filter(|r| r.variant.chain == Chain::Oidc) {
+                let base = r.variant.baseline.as_deref().and_then(|b| self.row(b));
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {:.0} | {:.0} |",
+                    r.variant.token_bytes.unwrap_or(0),
+                    r.cookie_bytes,
+                    base.map_or("–".into(), |b| format!(
+                        "{:.1}",
+                        b.median(|s| s.cpu_us_per_req)
+                    )),
+                    cpu_cell(r),
+                    self.overhead(r)
+                        .map_or("–".into(), |o| format!("{:+.1}", o.diff_us)),
+                    r.median(|s| s.rps),
+                    r.median(|s| s.p99_us),
+                );
+            }
+            md.push('\n');
+        }
+
+        let cookies = self.rows_in(Group::OtherCookies);
+        if !cookies.is_empty() {
+            let _ = writeln!(md, "## Scale: other cookies on the request\n");
+            let _ = writeln!(
+                md,
+                "| other cookies | Cookie header bytes | no filter CPU µs/req | oidc-filter CPU µs/req | over no filter | oidc req/s | oidc p99 µs |"
+            );
+            let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|");
+            for r in cookies.iter().filter(|r| r.variant.chain == Chain::Oidc) {
+                let base = r.variant.baseline.as_deref().and_then(|b| self.row(b));
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {:.0} | {:.0} |",
+                    r.variant.other_cookies.unwrap_or(0),
+                    r.cookie_bytes,
+                    base.map_or("–".into(), |b| format!(
+                        "{:.1}",
+                        b.median(|s| s.cpu_us_per_req)
+                    )),
+                    cpu_cell(r),
+                    self.overhead(r)
+                        .map_or("–".into(), |o| format!("{:+.1}", o.diff_us)),
+                    r.median(|s| s.rps),
+                    r.median(|s| s.p99_us),
+                );
+            }
+            md.push('\n');
+        }
+
+        let workers = self.rows_in(Group::Workers);
+        if !workers.is_empty() {
+            let _ = writeln!(md, "## Scale: workers\n");
+            let _ = writeln!(
+                md,
+                "Both workers share core 0 (wrk keeps core 1), so this shows the per-request cost of a \
+                 second VM and session cache, not a throughput gain.\n"
+            );
+            let _ = writeln!(
+                md,
+                "| workers | no filter CPU µs/req | oidc-filter CPU µs/req | over no filter | no filter req/s | oidc req/s |"
+            );
+            let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|");
+            for r in workers.iter().filter(|r| r.variant.chain == Chain::Oidc) {
+                let base = r.variant.baseline.as_deref().and_then(|b| self.row(b));
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {:.0} |",
+                    r.variant.workers,
+                    base.map_or("–".into(), |b| format!(
+                        "{:.1}",
+                        b.median(|s| s.cpu_us_per_req)
+                    )),
+                    cpu_cell(r),
+                    self.overhead(r)
+                        .map_or("–".into(), |o| format!("{:+.1}", o.diff_us)),
+                    base.map_or("–".into(), |b| format!("{:.0}", b.median(|s| s.rps))),
+                    r.median(|s| s.rps),
+                );
+            }
+            md.push('\n');
+        }
+
+        let _ = writeln!(md, "## Size and memory\n");
+        let _ = writeln!(md, "| module | bytes |");
+        let _ = writeln!(md, "|---|---:|");
+        if let Some(b) = self.sizes.release_bytes {
+            let _ = writeln!(
+                md,
+                "| release build (`cargo build --release --target wasm32-wasip1`) | {b} |"
+            );
+        }
+        if let Some(b) = self.sizes.optimized_bytes {
+            let _ = writeln!(
+                md,
+                "| benchmarked module (`{}`) | {b} |",
+                self.sizes
+                    .module
+                    .file_name()
+                    .map_or(String::new(), |f| f.to_string_lossy().into_owned())
+            );
+        }
+        md.push('\n');
+        let mem = self.memory();
+        if !mem.is_empty() {
+            let _ = writeln!(
+                md,
+                "Envoy VmRSS after the runs (Envoy has one Wasm VM per worker plus one on the main thread):\n"
+            );
+            let _ = writeln!(
+                md,
+                "| workers | no plugin MiB | oidc-filter MiB | plugin per worker MiB |"
+            );
+            let _ = writeln!(md, "|---:|---:|---:|---:|");
+            for (w, n, o, per) in &mem {
+                let _ = writeln!(md, "| {w} | {n:.1} | {o:.1} | {per:+.1} |");
+            }
+            if let [(_, n1, o1, _), (_, n2, o2, _)] = mem.as_slice() {
+                let _ = writeln!(
+                    md,
+                    "\nA second worker adds {:+.1} MiB with the plugin and {:+.1} MiB without: {:+.1} MiB for the plugin's second VM \
+                     (V8 shares the compiled module between a plugin's VMs; each VM adds its own linear memory).",
+                    o2 - o1,
+                    n2 - n1,
+                    (o2 - o1) - (n2 - n1)
+                );
+            }
+            if let (Some(t), Some((_, n1, _, _))) = (self.row("wasm-set-header"), mem.first())
+                && t.rss_loaded_kib > 0
+            {
+                let t = t.rss_loaded_kib as f64 / 1024.0;
+                let _ = writeln!(
+                    md,
+                    "The trivial Wasm module (`wasm-set-header`, 1 worker) takes {t:.1} MiB, {:+.1} MiB over no plugin: \
+                     the V8 runtime's own share.",
+                    t - n1
+                );
+            }
+            md.push('\n');
+        }
+
+        let _ = writeln!(md, "## Goals\n");
+        let _ = writeln!(md, "| goal | measured | result |");
+        let _ = writeln!(md, "|---|---|---|");
+        for (goal, measured, pass) in self.goals() {
+            let result = match pass {
+                Some(true) => "pass",
+                Some(false) => "**miss**",
+                None => "–",
+            };
+            let _ = writeln!(md, "| {goal} | {measured} | {result} |");
+        }
+        let problems: Vec<&Row> = self.rows.iter().filter(|r| r.problem.is_some()).collect();
+        if !problems.is_empty() {
+            let _ = writeln!(md, "\n## Problems\n");
+            for r in problems {
+                let _ = writeln!(
+                    md,
+                    "- `{}`: {}",
+                    r.variant.name,
+                    r.problem.as_deref().unwrap_or_default()
+                );
+            }
+        }
+        md
+    }
+
+    fn table_row(&self, md: &mut String, r: &Row) {
+        let over = self.overhead(r);
+        let checked = match (&r.problem, r.variant.expect) {
+            (Some(_), _) => "**FAILED**".to_string(),
+            (None, Expect::Upstream) => {
+                let s: u64 = r.samples.iter().map(|s| s.status_2xx).sum();
+                let n: u64 = r.samples.iter().map(|s| s.requests).sum();
+                let logged: u64 = r.samples.iter().map(|s| s.logged_in).sum();
+                if matches!(
+                    r.variant.chain,
+                    Chain::Oidc | Chain::OidcIstio | Chain::OAuth2
+                ) {
+                    format!("{:.2}% 200, {:.2}% logged in", pct(s, n), pct(logged, n))
+                } else {
+                    format!("{:.2}% 200", pct(s, n))
+                }
+            }
+            (None, Expect::Redirect) => {
+                let s: u64 = r.samples.iter().map(|s| s.status_3xx).sum();
+                let n: u64 = r.samples.iter().map(|s| s.requests).sum();
+                format!("{:.2}% 302", pct(s, n))
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| {} (`{}`) | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
+            r.variant.label,
+            r.variant.name,
+            r.median(|s| s.rps),
+            r.median(|s| s.p50_us),
+            r.median(|s| s.p99_us),
+            cpu_cell(r),
+            over.map_or("–".into(), |o| format!("{:+.1}", o.diff_us)),
+            over.map_or("–".into(), |o| format!("{:.2}×", o.ratio)),
+            r.variant
+                .baseline
+                .as_deref()
+                .map_or("–".into(), |b| format!("`{b}`")),
+            checked,
+            r.median(|s| s.envoy_busy_pct),
+            r.median(|s| s.foreign_cpu_pct),
+        );
+    }
+
+    /// A bar chart of the side-by-side table: CPU µs/request and requests/s.
+    pub fn svg(&self) -> String {
+        let rows: Vec<&Row> = self
+            .rows_in(Group::Main)
+            .into_iter()
+            .filter(|r| !r.samples.is_empty())
+            .collect();
+        let label_w = 330.0;
+        let bar_w = 260.0;
+        let gap = 70.0;
+        let row_h = 24.0;
+        let top = 60.0;
+        let width = label_w + 2.0 * bar_w + gap + 80.0;
+        let height = top + row_h * rows.len() as f64 + 40.0;
+        let max_cpu = rows
+            .iter()
+            .map(|r| r.median(|s| s.cpu_us_per_req))
+            .fold(1.0, f64::max);
+        let max_rps = rows.iter().map(|r| r.median(|s| s.rps)).fold(1.0, f64::max);
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="20" font-size="15" font-weight="bold">oidc-filter and the alternatives (Envoy 1.40, 1 worker, median of {} rounds)</text>"#,
+            self.rounds
+        );
+        let x1 = label_w;
+        let x2 = label_w + bar_w + gap;
+        let _ = writeln!(
+            s,
+            r#"<text x="{x1}" y="45" font-weight="bold">Envoy CPU µs per request (lower is better)</text>"#
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{x2}" y="45" font-weight="bold">requests/s (higher is better)</text>"#
+        );
+        if let Some(none) = self.row("none") {
+            let x = x1 + none.median(|s| s.cpu_us_per_req) / max_cpu * bar_w;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{:.0}" x2="{x:.1}" y2="{:.0}" stroke="#555" stroke-dasharray="3,3"/>"##,
+                top - 6.0,
+                top + row_h * rows.len() as f64
+            );
+        }
+        for (i, r) in rows.iter().enumerate() {
+            let y = top + row_h * i as f64;
+            let color = match r.variant.chain {
+                Chain::None => "#9e9e9e",
+                Chain::Oidc | Chain::OidcIstio => "#1f77b4",
+                _ => "#ff7f0e",
+            };
+            let opacity = if r.variant.expect == Expect::Redirect {
+                "0.55"
+            } else {
+                "1"
+            };
+            let cpu = r.median(|s| s.cpu_us_per_req);
+            let rps = r.median(|s| s.rps);
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.0}" y="{:.1}" text-anchor="end">{}</text>"#,
+                label_w - 8.0,
+                y + 15.0,
+                xml_escape(&r.variant.label)
+            );
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x1}" y="{:.1}" width="{:.1}" height="{:.0}" fill="{color}" fill-opacity="{opacity}"/>"#,
+                y + 3.0,
+                cpu / max_cpu * bar_w,
+                row_h - 6.0
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}">{cpu:.1}</text>"#,
+                x1 + cpu / max_cpu * bar_w + 4.0,
+                y + 15.0
+            );
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x2}" y="{:.1}" width="{:.1}" height="{:.0}" fill="{color}" fill-opacity="{opacity}"/>"#,
+                y + 3.0,
+                rps / max_rps * bar_w,
+                row_h - 6.0
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}">{rps:.0}</text>"#,
+                x2 + rps / max_rps * bar_w + 4.0,
+                y + 15.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            r##"<text x="10" y="{:.0}" fill="#555">grey: no filter (dashed line: with the session cookie); blue: oidc-filter; orange: alternatives; pale: unauthenticated redirect</text>"##,
+            height - 12.0
+        );
+        s.push_str("</svg>\n");
+        s
+    }
+
+    /// The raw runs as JSON.
+    pub fn json(&self) -> Value {
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.variant.name,
+                    "label": r.variant.label,
+                    "group": r.variant.group.dir(),
+                    "workers": r.variant.workers,
+                    "baseline": r.variant.baseline,
+                    "cookie_bytes": r.cookie_bytes,
+                    "token_bytes": r.variant.token_bytes,
+                    "other_cookies": r.variant.other_cookies,
+                    "rss_idle_kib": r.rss_idle_kib,
+                    "rss_loaded_kib": r.rss_loaded_kib,
+                    "problem": r.problem,
+                    "overhead_us": self.overhead(r).map(|o| o.diff_us),
+                    "samples": r.samples.iter().map(Sample::json).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "machine": self.machine,
+            "load_before": self.load_before,
+            "load_after": self.load_after,
+            "rounds": self.rounds,
+            "module": self.sizes.module,
+            "release_bytes": self.sizes.release_bytes,
+            "optimized_bytes": self.sizes.optimized_bytes,
+            "rows": rows,
+        })
+    }
+
+    /// Writes `results.md`, `results.svg` and `results.json` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::write(dir.join("results.md"), self.markdown())?;
+        fs::write(dir.join("results.svg"), self.svg())?;
+        fs::write(
+            dir.join("results.json"),
+            serde_json::to_string_pretty(&self.json())? + "\n",
+        )?;
+        Ok(())
+    }
+}
+
+fn cpu_cell(r: &Row) -> String {
+    if r.samples.is_empty() {
+        return "–".into();
+    }
+    let (lo, hi) = r.min_max(|s| s.cpu_us_per_req);
+    if r.samples.len() > 1 {
+        format!("{:.1} ({lo:.1}–{hi:.1})", r.median(|s| s.cpu_us_per_req))
+    } else {
+        format!("{:.1}", r.median(|s| s.cpu_us_per_req))
+    }
+}
+
+fn pct(n: u64, d: u64) -> f64 {
+    if d == 0 {
+        0.0
+    } else {
+        n as f64 * 100.0 / d as f64
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_output() {
+        let out = "Running 1s test @ http://127.0.0.1:1/\n  1 threads and 16 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   300.50us  100.00us   2.00ms   90.00%\n    Req/Sec    50.00k     1.00k   52.00k    80.00%\n  Latency Distribution\n     50%  290.00us\n     75%  310.00us\n     90%  400.00us\n     99%    1.20ms\n  50000 requests in 1.00s, 5.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\nRequests/sec:  49950.12\nTransfer/sec:      5.00MB\n";
+        let r = parse_wrk(out).unwrap();
+        assert_eq!(r.requests, 50000);
+        assert!((r.rps - 49950.12).abs() < 1e-6);
+        assert!((r.p50_us - 290.0).abs() < 1e-6);
+        assert!((r.p99_us - 1200.0).abs() < 1e-6);
+        assert_eq!(r.errors, 3);
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 2.
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn padded_tokens_have_the_size_asked_for() {
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"alice","iss":"http://x"}"#);
+        let real = format!("eyJhbGciOiJSUzI1NiJ9.{payload}.c2ln");
+        for len in [1024, 2048, 4096, 8192] {
+            let t = padded_token(&real, len).unwrap();
+            assert!(t.len().abs_diff(len) <= 3, "{len}: {}", t.len());
+            assert!(t.ends_with(".c2ln"));
+        }
+        assert_eq!(padded_token(&real, 10).unwrap(), real);
+    }
+
+    #[test]
+    fn other_cookies_surround_the_session() {
+        let h = with_other_cookies("s=1", 4);
+        assert_eq!(h.split("; ").count(), 5);
+        assert_eq!(h.split("; ").nth(2), Some("s=1"));
+        assert_eq!(with_other_cookies("s=1", 0), "s=1");
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

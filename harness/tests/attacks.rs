@@ -1,0 +1,1857 @@
+//! The attack suite: every way we know to get a request to the app as a logged-in user without a
+//! real login, end to end through the real chain (filter + jwt_authn + RBAC + echo app). Each case
+//! asserts the request never reaches the app as authenticated and gets the answer it should.
+//!
+//! Site `app` is the Istio-shaped chain. Site `bare` has the filter alone in front of the app, so a
+//! bypass of the filter itself shows as a 200 from the app rather than being caught by RBAC.
+//! Tests that use the IdP take `idp_lock`: several of them make the proxy answer for the token
+//! endpoint.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use harness::browser::{form_urlencode, query_param};
+use harness::idp::{Forge, forge_id_token};
+use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec};
+use oidc_filter::secret::Secret;
+use oidc_filter::session::{self, Keys, LoginState, Session};
+use serde_json::{Value, json};
+
+const APP: &str = "app";
+const BARE: &str = "bare";
+const COOKIE: &str = "_oidc_session";
+const HOST: &str = "localhost";
+const JSON_ACCEPT: &str = "application/json";
+
+fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        // Claim rules: only `admins` (alice, not bob) may open /admin.
+        let mut bare = SiteSpec::new(BARE).filter(json!({
+            "scopes": ["openid", "email", "profile", "groups"],
+            "claim_rules": [
+            {"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}},
+        ]}));
+        bare.istio_authn = false;
+        let spec = StackSpec::new("attacks", vec![SiteSpec::new(APP), bare]);
+        let stack = Stack::start(spec).unwrap();
+        for site in [APP, BARE] {
+            wait_ready(&stack, site);
+        }
+        stack
+    })
+}
+
+/// Until both workers of the site have loaded discovery and keys, logins answer 503.
+fn wait_ready(stack: &Stack, site: &str) {
+    let url = stack.site(site).unwrap().url("/login");
+    let b = Browser::new();
+    let t0 = Instant::now();
+    let mut ok = 0;
+    while ok < 10 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{site} never got ready"
+        );
+        if b.get(&url).unwrap().status == 302 {
+            ok += 1;
+        } else {
+            ok = 0;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Held by every test that goes through the IdP, so that a test making the proxy answer for the
+/// token endpoint cannot break the others.
+fn idp_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Makes the proxy answer the token endpoint until dropped.
+struct TokenEndpoint;
+
+impl TokenEndpoint {
+    fn answer(status: u16, body: &str) -> TokenEndpoint {
+        stack()
+            .idp_proxy()
+            .set_mode(Mode::respond_for("/token", status, JSON_ACCEPT, body));
+        TokenEndpoint
+    }
+}
+
+impl Drop for TokenEndpoint {
+    fn drop(&mut self) {
+        stack().idp_proxy().set_mode(Mode::Forward);
+    }
+}
+
+fn url(site: &str, path: &str) -> String {
+    stack().site(site).unwrap().url(path)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn enc(s: &str) -> String {
+    form_urlencode(&[("", s)])[1..].to_string()
+}
+
+/// A client that asks for JSON, as an API call does (no login redirect: 401).
+fn api() -> Browser {
+    Browser::new().with_header("accept", JSON_ACCEPT)
+}
+
+fn keys() -> Keys {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(harness::DEFAULT_COOKIE_KEYS)
+        .unwrap();
+    Keys::new(&[raw]).unwrap()
+}
+
+// ---- what a response must (not) be ----
+
+/// The echo app's view of the request, if the response comes from it.
+fn app_saw(resp: &Response) -> Option<Value> {
+    if let Ok(v) = resp.json() {
+        return v.get("headers").is_some().then_some(v);
+    }
+    let start = resp.body.find("<pre id=\"echo\">")? + "<pre id=\"echo\">".len();
+    let end = resp.body[start..].find("</pre>")? + start;
+    serde_json::from_str(&harness::browser::decode_entities(&resp.body[start..end])).ok()
+}
+
+/// Notes one attack case in `target/e2e/attacks/cases.log` (test name, request, answer): the count
+/// in `docs/security.md` is its line count.
+fn record(case: &str) {
+    use std::io::Write as _;
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!("{test}\t{}\n", case.escape_debug());
+    let path = stack().dir().join("cases.log");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(line.as_bytes()).unwrap();
+}
+
+/// The request did not reach the app as a logged-in user: the app never saw it, or saw no token.
+fn assert_not_authenticated(resp: &Response) {
+    record(&format!("{} {} -> {}", resp.method, resp.url, resp.status));
+    if let Some(seen) = app_saw(resp) {
+        assert!(
+            seen["headers"]["authorization"].is_null(),
+            "{} {} reached the app with a token: {seen}",
+            resp.method,
+            resp.url
+        );
+    }
+    assert!(
+        resp.set_cookies().iter().all(|c| !sets_session(c)),
+        "{} {} was given a session: {:?}",
+        resp.method,
+        resp.url,
+        resp.set_cookies()
+    );
+}
+
+/// A `Set-Cookie` line that stores a session (not one that clears it).
+fn sets_session(line: &str) -> bool {
+    let (name, rest) = line.split_once('=').unwrap_or((line, ""));
+    session::is_session_cookie(COOKIE, name) && !rest.starts_with(';')
+}
+
+/// The filter's own 401 for an API client (not jwt_authn's, not RBAC's 403).
+fn assert_filter_401(resp: &Response) {
+    assert_not_authenticated(resp);
+    assert_eq!(
+        resp.status, 401,
+        "{} {}: {}",
+        resp.method, resp.url, resp.body
+    );
+    assert!(resp.body.contains("\"unauthenticated\""), "{}", resp.body);
+}
+
+/// The filter's redirect of an anonymous browser to its login page.
+fn assert_login_redirect(resp: &Response) {
+    assert_not_authenticated(resp);
+    assert_eq!(
+        resp.status, 302,
+        "{} {}: {}",
+        resp.method, resp.url, resp.body
+    );
+    let loc = resp.header("location").unwrap_or_default();
+    assert!(loc.starts_with("/login?rd="), "{loc}");
+}
+
+/// A login-failure page of the filter with this status, no session set.
+fn assert_login_failed(resp: &Response, status: u16, says: &str) {
+    assert_not_authenticated(resp);
+    assert_eq!(resp.status, status, "{}: {}", resp.url, resp.body);
+    assert!(resp.body.contains("Login failed"), "{}", resp.body);
+    assert!(resp.body.contains(says), "{}", resp.body);
+    assert!(resp.header("location").is_none());
+}
+
+// ---- logins ----
+
+/// A browser logged in as `user` on `site` through the real IdP (caller holds `idp_lock`).
+fn logged_in(site: &str, user: &str) -> Browser {
+    let b = Browser::new();
+    let done = b.login(&url(site, "/"), user).unwrap();
+    assert_eq!(done.response.status, 200, "{:?}", done.chain);
+    assert!(
+        done.response
+            .body
+            .contains(&format!("Hello, {user}@example.com")),
+        "{}",
+        done.response.body
+    );
+    b
+}
+
+/// The whole `Cookie` header value of the browser's session cookies for `localhost`.
+fn session_cookies(b: &Browser) -> String {
+    b.cookies(HOST)
+        .into_iter()
+        .filter(|(n, _)| session::is_session_cookie(COOKIE, n))
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn open_session(cookie_header: &str) -> Session {
+    let sealed = session::join(cookie_header, COOKIE).unwrap().unwrap();
+    Session::decode(&keys().open(COOKIE, &sealed).unwrap()).unwrap()
+}
+
+/// `Cookie` header value carrying `s` sealed with the stack's key, chunked as the filter does.
+fn seal(s: &Session) -> String {
+    seal_with(&keys(), COOKIE, s)
+}
+
+fn seal_with(k: &Keys, name: &str, s: &Session) -> String {
+    let sealed = k.seal(name, &s.encode(), random24());
+    session::split(COOKIE, &sealed)
+        .unwrap()
+        .into_iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn random24() -> [u8; 24] {
+    let mut n = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut n)
+        .unwrap();
+    n
+}
+
+/// The echo app's `authorization` for a request carrying `cookie`, as an API client.
+fn authorization_seen(site: &str, path: &str, cookie: &str) -> (u16, Option<String>) {
+    let resp = api()
+        .get_with(&url(site, path), &[("cookie", cookie)])
+        .unwrap();
+    let auth =
+        app_saw(&resp).and_then(|s| s["headers"]["authorization"].as_str().map(str::to_string));
+    (resp.status, auth)
+}
+
+/// A login started at `/login?rd=RD`: what the filter sent to the IdP and its login cookie.
+struct LoginStart {
+    state: String,
+    nonce: String,
+    authorize: String,
+    cookie_name: String,
+    cookie_value: String,
+}
+
+fn start_login(b: &Browser, site: &str, rd: &str) -> LoginStart {
+    let resp = b
+        .get(&url(site, &format!("/login?rd={}", enc(rd))))
+        .unwrap();
+    assert_eq!(resp.status, 302, "{}", resp.body);
+    let authorize = resp.location().unwrap();
+    let state = query_param(&authorize, "state").unwrap();
+    let nonce = query_param(&authorize, "nonce").unwrap();
+    let cookie_name = format!("{COOKIE}_login_{}", &state[..12]);
+    let cookie_value = b
+        .stored_cookies(HOST)
+        .into_iter()
+        .find(|c| c.name == cookie_name)
+        .map(|c| c.value)
+        .unwrap();
+    LoginStart {
+        state,
+        nonce,
+        authorize,
+        cookie_name,
+        cookie_value,
+    }
+}
+
+/// Follows a started login through the real IdP (logging in as `user` if asked) up to the
+/// callback's response, which is returned without being followed.
+fn through_idp(b: &Browser, authorize: &str, user: &str) -> Response {
+    let callback = url(APP, "/oauth2/callback");
+    let mut resp = b.get(authorize).unwrap();
+    for _ in 0..20 {
+        if resp.url.starts_with(&callback) {
+            return resp;
+        }
+        let form = resp.forms().into_iter().find(|f| {
+            f.fields
+                .iter()
+                .any(|(n, v)| n == "prompt" && (v == "login" || v == "consent"))
+        });
+        resp = match form {
+            Some(f) => b
+                .submit(&f, &[("login", user), ("password", "any-password")])
+                .unwrap(),
+            None => {
+                let next = resp.location().unwrap_or_else(|| {
+                    panic!("stuck at {} {}: {}", resp.status, resp.url, resp.body)
+                });
+                b.get(&next).unwrap()
+            }
+        };
+    }
+    panic!("the IdP never sent the browser back");
+}
+
+/// Claims the filter accepts for this login (signed with the IdP's key they log in `mallory`).
+fn good_claims(site: &str, nonce: &str) -> Value {
+    let now = now();
+    json!({
+        "iss": stack().issuer(),
+        "aud": stack().site(site).unwrap().client_id,
+        "sub": "mallory",
+        "email": "mallory@example.com",
+        "nonce": nonce,
+        "iat": now,
+        "exp": now + 300,
+    })
+}
+
+/// A callback whose token endpoint answers with an ID token forged `how`, with `patch` merged
+/// over good claims and `header` over the JOSE header (caller holds `idp_lock`).
+fn forged_callback(how: Forge, header: Value, patch: Value) -> (Response, Browser) {
+    let b = Browser::new();
+    let login = start_login(&b, APP, "/after-login");
+    let mut claims = good_claims(APP, &login.nonce);
+    harness::merge_json(&mut claims, &patch);
+    let jwks = stack().idp_jwks_file().unwrap();
+    let token = forge_id_token(jwks, how, &header, &claims).unwrap();
+    let body = json!({"access_token": "forged-at", "token_type": "Bearer", "id_token": token, "expires_in": 300});
+    let resp = {
+        let _token = TokenEndpoint::answer(200, &body.to_string());
+        b.get(&url(
+            APP,
+            &format!("/oauth2/callback?code=forged-code&state={}", login.state),
+        ))
+        .unwrap()
+    };
+    (resp, b)
+}
+
+/// Sends raw bytes to a site's listener and returns (status, head, body); status 0 when Envoy
+/// closed the connection without answering.
+fn raw(site: &str, request: &[u8]) -> (u16, String, String) {
+    let port = stack().site(site).unwrap().port;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let out = read_response(&mut s);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, head.to_string(), body)
+}
+
+/// One response, read up to its end by `content-length` or the last chunk: waiting for Envoy to
+/// close would cost its delayed-close timeout (1 s) per request.
+fn read_response(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let body = &out[end + 4..];
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let done = match length {
+                Some(n) => body.len() >= n,
+                None if head.contains("transfer-encoding: chunked") => body.ends_with(b"0\r\n\r\n"),
+                None => false,
+            };
+            if done {
+                return out;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A raw GET of `target` as an API client, with extra header lines.
+fn raw_get(site: &str, target: &[u8], extra: &[u8]) -> (u16, String, String) {
+    let mut req = b"GET ".to_vec();
+    req.extend_from_slice(target);
+    req.extend_from_slice(
+        b" HTTP/1.1\r\nhost: localhost\r\naccept: application/json\r\nconnection: close\r\n",
+    );
+    req.extend_from_slice(extra);
+    req.extend_from_slice(b"\r\n");
+    raw(site, &req)
+}
+
+/// The body came from the app (the echo JSON), not from the filter or Envoy.
+fn from_app(body: &str) -> bool {
+    serde_json::from_str::<Value>(body).is_ok_and(|v| v.get("headers").is_some())
+}
+
+fn stat(name: &str) -> u64 {
+    stack()
+        .envoy_stats()
+        .unwrap()
+        .get(name)
+        .copied()
+        .unwrap_or(0)
+}
+
+// ==== session cookies ====
+
+#[test]
+fn a_real_session_reaches_the_app_with_its_token_which_is_the_control_for_every_cookie_attack() {
+    let _idp = idp_lock();
+    let b = logged_in(APP, "alice");
+    let cookie = session_cookies(&b);
+    let s = open_session(&cookie);
+    let (status, auth) = authorization_seen(APP, "/x", &cookie);
+    assert_eq!(status, 200);
+    assert_eq!(auth.unwrap(), format!("Bearer {}", s.id_token.expose()));
+    // Re-sealed by us with the stack's key: the format is what the filter reads.
+    assert_eq!(authorization_seen(APP, "/x", &seal(&s)).0, 200);
+}
+
+#[test]
+fn forged_session_cookies_are_anonymous_and_get_cleared() {
+    for value in [
+        "1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "1.",
+        "0.abc",
+        "17.abc",
+        "garbage",
+        "1.eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.",
+        "",
+    ] {
+        let resp = api()
+            .get_with(&url(APP, "/x"), &[("cookie", &format!("{COOKIE}={value}"))])
+            .unwrap();
+        assert_filter_401(&resp);
+        if !value.is_empty() {
+            assert!(
+                resp.set_cookies()
+                    .iter()
+                    .any(|c| c.starts_with(&format!("{COOKIE}=;"))),
+                "{value}: {:?}",
+                resp.set_cookies()
+            );
+        }
+        let page = Browser::new()
+            .get_with(&url(APP, "/x"), &[("cookie", &format!("{COOKIE}={value}"))])
+            .unwrap();
+        assert_login_redirect(&page);
+    }
+}
+
+#[test]
+fn truncated_and_bit_flipped_session_cookies_are_anonymous() {
+    let _idp = idp_lock();
+    let b = logged_in(APP, "alice");
+    let cookie = session_cookies(&b);
+    let value = cookie.split_once('=').unwrap().1.to_string();
+    let mut cases = vec![
+        value[..value.len() - 1].to_string(),
+        value[..value.len() / 2].to_string(),
+        value[..40].to_string(),
+        format!("{value}A"),
+    ];
+    for at in [2, 3, 30, value.len() / 2, value.len() - 2] {
+        let mut bytes = value.clone().into_bytes();
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        cases.push(String::from_utf8(bytes).unwrap());
+    }
+    for v in cases {
+        assert_filter_401(
+            &api()
+                .get_with(&url(APP, "/x"), &[("cookie", &format!("{COOKIE}={v}"))])
+                .unwrap(),
+        );
+    }
+}
+
+#[test]
+fn re_encoded_session_cookies_are_anonymous() {
+    let _idp = idp_lock();
+    let b = logged_in(APP, "alice");
+    let cookie = session_cookies(&b);
+    let sealed = session::join(&cookie, COOKIE).unwrap().unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&sealed)
+        .unwrap();
+    let standard = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let padded = base64::engine::general_purpose::URL_SAFE.encode(&bytes);
+    let percent: String = sealed.bytes().map(|c| format!("%{c:02X}")).collect();
+    let hex: String = bytes.iter().map(|c| format!("{c:02x}")).collect();
+    let mut lower = sealed.clone();
+    lower.make_ascii_lowercase();
+    for v in [standard, padded, percent, hex, lower] {
+        if v == sealed {
+            continue;
+        }
+        let resp = api()
+            .get_with(&url(APP, "/x"), &[("cookie", &format!("{COOKIE}=1.{v}"))])
+            .unwrap();
+        assert_filter_401(&resp);
+    }
+}
+
+#[test]
+fn expired_sessions_are_anonymous_even_when_well_sealed() {
+    let _idp = idp_lock();
+    let b = logged_in(APP, "alice");
+    let mut s = open_session(&session_cookies(&b));
+    s.expires_at = now() - 1;
+    assert_filter_401(
+        &api()
+            .get_with(&url(APP, "/x"), &[("cookie", &seal(&s))])
+            .unwrap(),
+    );
+    // A token past its expiry with no way to refresh it.
+    let mut s = open_session(&session_cookies(&b));
+    s.token_expires_at = now() - 1;
+    s.refresh_token = None;
+    assert_filter_401(
+        &api()
+            .get_with(&url(APP, "/x"), &[("cookie", &seal(&s))])
+            .unwrap(),
+    );
+    // A token past its expiry whose refresh token the IdP refuses: no session either.
+    let mut s = open_session(&session_cookies(&b));
+    s.token_expires_at = now() - 1;
+    s.refresh_token = Some(Secret::new("not-a-refresh-token"));
+    assert_filter_401(
+        &api()
+            .get_with(&url(APP, "/x"), &[("cookie", &seal(&s))])
+            .unwrap(),
+    );
+}
+
+#[test]
+fn sessions_sealed_with_another_key_are_anonymous() {
+    let _idp = idp_lock();
+    let b = logged_in(APP, "alice");
+    let s = open_session(&session_cookies(&b));
+    let other = Keys::new(&[b"another key of at least 32 bytes!!".to_vec()]).unwrap();
+    let cookie = seal_with(&other, COOKIE, &s);
+    assert_filter_401(
+        &api()
+            .get_with(&url(APP, "/x"), &[("cookie", &cookie)])
+            .unwrap(),
+    );
+    // Rotating in a new key (first) would still open it: the stack's key alone does not.
+    let both = Keys::new(&[
+        b"another key of at least 32 bytes!!".to_vec(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(harness::DEFAULT_COOKIE_KEYS)
+            .unwrap(),
+    ])
+    .unwrap();
+    assert!(
+        both.open(COOKIE, &session::join(&cookie, COOKIE).unwrap().unwrap())
+            .is_ok()
+    );
+}
+
+#[test]
+fn values_swapped_between_cookie_names_do_not_open() {
+    let _idp = idp_lock();
+    // A login cookie presented as the session cookie.
+    let b = Browser::new();
+    let login = start_login(&b, APP, "/");
+    let resp = api()
+        .get_with(
+            &url(APP, "/x"),
+            &[("cookie", &format!("{COOKIE}=1.{}", login.cookie_value))],
+        )
+        .unwrap();
+    assert_filter_401(&resp);
+    // A session sealed by us under the login cookie's name, presented as a session: refused.
+    let s = logged_in(APP, "alice");
+    let session = open_session(&session_cookies(&s));
+    let wrong_name = keys().seal(&login.cookie_name, &session.encode(), random24());
+    assert_filter_401(
+        &api()
+            .get_with(
+                &url(APP, "/x"),
+                &[("cookie", &format!("{COOKIE}=1.{wrong_name}"))],
+            )
+            .unwrap(),
+    );
+    // The session value presented as the login cookie at the callback: not a login.
+    let sealed = session::join(&session_cookies(&s), COOKIE)
+        .unwrap()
+        .unwrap();
+    let resp = Browser::new()
+        .get_with(
+            &url(
+                APP,
+                &format!("/oauth2/callback?code=x&state={}", login.state),
+            ),
+            &[("cookie", &format!("{}={sealed}", login.cookie_name))],
+        )
+        .unwrap();
+    assert_login_failed(&resp, 400, "not valid");
+    // A login state sealed under the session's name, presented as the login cookie: not a login.
+    let plain = LoginState {
+        state: Secret::new(login.state.clone()),
+        nonce: Secret::new(login.nonce.clone()),
+        verifier: Secret::new("v".repeat(43)),
+        rd: "/".into(),
+        expires_at: now() + 600,
+    };
+    let under_session_name = keys().seal(COOKIE, &plain.encode(), random24());
+    let resp = Browser::new()
+        .get_with(
+            &url(
+                APP,
+                &format!("/oauth2/callback?code=x&state={}", login.state),
+            ),
+            &[(
+                "cookie",
+                &format!("{}={under_session_name}", login.cookie_name),
+            )],
+        )
+        .unwrap();
+    assert_login_failed(&resp, 400, "not valid");
+}
+
+#[test]
+fn a_session_of_another_client_does_not_open_even_under_the_same_key_and_name() {
+    let _idp = idp_lock();
+    // Two plugins sharing cookie keys and the default cookie name (one Secret mounted for both):
+    // a session of `app`'s client presented to `bare` is not a session there.
+    let b = logged_in(APP, "alice");
+    let cookie = session_cookies(&b);
+    assert_eq!(authorization_seen(APP, "/x", &cookie).0, 200);
+    assert_filter_401(
+        &api()
+            .get_with(&url(BARE, "/x"), &[("cookie", &cookie)])
+            .unwrap(),
+    );
+}
+
+/// A session that needs several cookies: the real ID token, a long refresh token.
+fn chunked_session(b: &Browser) -> Session {
+    let mut s = open_session(&session_cookies(b));
+    s.refresh_token = Some(Secret::new("r".repeat(9000)));
+    s
+}
+
+fn chunks(cookie: &str) -> Vec<(String, String)> {
+    cookie
+        .split("; ")
+        .map(|p| {
+            let (n, v) = p.split_once('=').unwrap();
+            (n.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn join_chunks(c: &[(String, String)]) -> String {
+    c.iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[test]
+fn chunked_sessions_open_only_whole_in_order_and_from_one_session() {
+    let _idp = idp_lock();
+    let b = logged_in(APP, "alice");
+    let s = chunked_session(&b);
+    let whole = chunks(&seal(&s));
+    let n = whole.len();
+    assert!(n >= 3, "{n} chunks");
+    // The control: all of them, in any header order, open.
+    let (status, auth) = authorization_seen(APP, "/x", &join_chunks(&whole));
+    assert_eq!(status, 200);
+    assert_eq!(auth.unwrap(), format!("Bearer {}", s.id_token.expose()));
+    let backwards: Vec<_> = whole.iter().rev().cloned().collect();
+    assert_eq!(
+        authorization_seen(APP, "/x", &join_chunks(&backwards)).0,
+        200
+    );
+
+    // A chunk missing.
+    for drop in 1..n {
+        let mut c = whole.clone();
+        c.remove(drop);
+        assert_filter_401(
+            &api()
+                .get_with(&url(APP, "/x"), &[("cookie", &join_chunks(&c))])
+                .unwrap(),
+        );
+    }
+    // Chunk values swapped between names.
+    let mut c = whole.clone();
+    let (one, two) = (c[1].1.clone(), c[2].1.clone());
+    c[1].1 = two;
+    c[2].1 = one;
+    assert_filter_401(
+        &api()
+            .get_with(&url(APP, "/x"), &[("cookie", &join_chunks(&c))])
+            .unwrap(),
+    );
+    // The first chunk's count changed.
+    let mut c = whole.clone();
+    c[0].1 = format!("2.{}", c[0].1.split_once('.').unwrap().1);
+    assert_filter_401(
+        &api()
+            .get_with(&url(APP, "/x"), &[("cookie", &join_chunks(&c))])
+            .unwrap(),
+    );
+    // Chunks mixed from two sessions of the same shape.
+    let other = chunks(&seal(&s));
+    for i in 0..n {
+        let mut c = whole.clone();
+        c[i] = other[i].clone();
+        assert_filter_401(
+            &api()
+                .get_with(&url(APP, "/x"), &[("cookie", &join_chunks(&c))])
+                .unwrap(),
+        );
+    }
+    // A duplicate chunk name: the first one counts, so a smuggled second one changes nothing.
+    let mut c = whole.clone();
+    c.insert(1, (whole[1].0.clone(), other[1].1.clone()));
+    assert_filter_401(
+        &api()
+            .get_with(&url(APP, "/x"), &[("cookie", &join_chunks(&c))])
+            .unwrap(),
+    );
+}
+
+// ==== ID tokens at the callback ====
+
+#[test]
+fn a_correctly_signed_id_token_logs_in_which_is_the_control_for_every_token_attack() {
+    let _idp = idp_lock();
+    let (resp, b) = forged_callback(Forge::Rs256, json!({}), json!({}));
+    assert_eq!(resp.status, 302, "{}", resp.body);
+    assert_eq!(resp.header("location"), Some("/after-login"));
+    assert!(resp.set_cookies().iter().any(|c| sets_session(c)));
+    let page = b
+        .get_with(&url(APP, "/after-login"), &[("accept", JSON_ACCEPT)])
+        .unwrap();
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        app_saw(&page).unwrap()["headers"]["authorization"]
+            .as_str()
+            .unwrap()
+            .starts_with("Bearer ey")
+    );
+}
+
+/// A token the filter must refuse at the callback: `status`, the message, and no session.
+fn refused_token(how: Forge, header: Value, patch: Value, status: u16, says: &str) {
+    let (resp, b) = forged_callback(how, header, patch);
+    assert_login_failed(&resp, status, says);
+    assert!(
+        resp.set_cookies()
+            .iter()
+            .any(|c| c.starts_with(&format!("{COOKIE}_login_")) && c.contains("Max-Age=0")),
+        "the login cookie is not cleared: {:?}",
+        resp.set_cookies()
+    );
+    assert_login_redirect(&b.get(&url(APP, "/after-login")).unwrap());
+}
+
+const INVALID: &str = "did not pass validation";
+
+#[test]
+fn id_token_with_alg_none_is_refused() {
+    let _idp = idp_lock();
+    refused_token(Forge::AlgNone, json!({}), json!({}), 502, INVALID);
+}
+
+#[test]
+fn id_token_hs256_signed_with_the_rsa_public_key_is_refused() {
+    let _idp = idp_lock();
+    refused_token(Forge::Hs256PublicKey, json!({}), json!({}), 502, INVALID);
+}
+
+#[test]
+fn id_token_with_a_bad_signature_is_refused() {
+    let _idp = idp_lock();
+    refused_token(Forge::OtherKey, json!({}), json!({}), 502, INVALID);
+}
+
+#[test]
+fn id_token_with_an_unknown_kid_is_refused_after_a_jwks_refetch() {
+    let _idp = idp_lock();
+    refused_token(
+        Forge::Rs256,
+        json!({"kid": "not-a-known-kid"}),
+        json!({}),
+        502,
+        INVALID,
+    );
+    // Without kid the key is chosen by alg: still the IdP's, still accepted (control).
+    let (resp, _) = forged_callback(Forge::Rs256, json!({"kid": null}), json!({}));
+    assert_eq!(resp.status, 302, "{}", resp.body);
+}
+
+#[test]
+fn id_token_from_another_issuer_is_refused() {
+    let _idp = idp_lock();
+    let other = format!("{}/", stack().issuer());
+    refused_token(Forge::Rs256, json!({}), json!({"iss": other}), 502, INVALID);
+    refused_token(
+        Forge::Rs256,
+        json!({}),
+        json!({"iss": "https://evil.example"}),
+        502,
+        INVALID,
+    );
+    refused_token(Forge::Rs256, json!({}), json!({"iss": null}), 502, INVALID);
+}
+
+#[test]
+fn id_token_for_another_audience_is_refused() {
+    let _idp = idp_lock();
+    refused_token(Forge::Rs256, json!({}), json!({"aud": BARE}), 502, INVALID);
+    refused_token(
+        Forge::Rs256,
+        json!({}),
+        json!({"aud": [BARE, "x"]}),
+        502,
+        INVALID,
+    );
+    refused_token(Forge::Rs256, json!({}), json!({"aud": null}), 502, INVALID);
+}
+
+#[test]
+fn id_token_whose_azp_is_another_client_is_refused() {
+    let _idp = idp_lock();
+    refused_token(Forge::Rs256, json!({}), json!({"azp": BARE}), 502, INVALID);
+    // Several audiences and no azp.
+    refused_token(
+        Forge::Rs256,
+        json!({}),
+        json!({"aud": [APP, BARE]}),
+        502,
+        INVALID,
+    );
+}
+
+#[test]
+fn expired_and_not_yet_valid_id_tokens_are_refused() {
+    let _idp = idp_lock();
+    let now = now();
+    refused_token(
+        Forge::Rs256,
+        json!({}),
+        json!({"exp": now - 120}),
+        502,
+        INVALID,
+    );
+    refused_token(Forge::Rs256, json!({}), json!({"exp": null}), 502, INVALID);
+    refused_token(
+        Forge::Rs256,
+        json!({}),
+        json!({"nbf": now + 600}),
+        502,
+        INVALID,
+    );
+    refused_token(
+        Forge::Rs256,
+        json!({}),
+        json!({"iat": now + 600}),
+        502,
+        INVALID,
+    );
+}
+
+#[test]
+fn id_token_with_a_missing_or_wrong_nonce_is_refused() {
+    let _idp = idp_lock();
+    let says = "does not belong to this browser";
+    refused_token(Forge::Rs256, json!({}), json!({"nonce": null}), 400, says);
+    refused_token(
+        Forge::Rs256,
+        json!({}),
+        json!({"nonce": "another-login"}),
+        400,
+        says,
+    );
+    // The nonce of another login in flight (another tab, or the attacker's own) does not fit.
+    let b = Browser::new();
+    let theirs = start_login(&b, APP, "/");
+    refused_token(
+        Forge::Rs256,
+        json!({}),
+        json!({"nonce": theirs.nonce}),
+        400,
+        says,
+    );
+}
+
+#[test]
+fn a_token_response_without_id_token_is_refused() {
+    let _idp = idp_lock();
+    let b = Browser::new();
+    let login = start_login(&b, APP, "/");
+    let resp = {
+        let _t = TokenEndpoint::answer(
+            200,
+            r#"{"access_token":"at","token_type":"Bearer","expires_in":300}"#,
+        );
+        b.get(&url(
+            APP,
+            &format!("/oauth2/callback?code=c&state={}", login.state),
+        ))
+        .unwrap()
+    };
+    assert_login_failed(&resp, 502, "no ID token");
+}
+
+// ==== callbacks ====
+
+#[test]
+fn callback_without_state_or_code_is_refused() {
+    let _idp = idp_lock();
+    let b = Browser::new();
+    let login = start_login(&b, APP, "/");
+    for (query, says) in [
+        ("", "no valid state"),
+        ("?code=abc", "no valid state"),
+        ("?state=", "no valid state"),
+        ("?code=abc&state=short", "no valid state"),
+        (&*format!("?state={}", login.state), "no code"),
+        (&*format!("?code=&state={}", login.state), "no code"),
+    ] {
+        let resp = b
+            .get(&url(APP, &format!("/oauth2/callback{query}")))
+            .unwrap();
+        assert_login_failed(&resp, 400, says);
+    }
+}
+
+#[test]
+fn callback_with_a_state_that_is_not_this_browsers_is_refused() {
+    let _idp = idp_lock();
+    // The victim's browser gets the attacker's callback URL (login CSRF): no login cookie for it.
+    let attacker = Browser::new();
+    let theirs = start_login(&attacker, APP, "/");
+    let victim = Browser::new();
+    let mine = start_login(&victim, APP, "/");
+    let resp = victim
+        .get(&url(
+            APP,
+            &format!("/oauth2/callback?code=abc&state={}", theirs.state),
+        ))
+        .unwrap();
+    assert_login_failed(&resp, 400, "expired or was already used");
+    assert_eq!(
+        victim.cookie(HOST, &mine.cookie_name).as_deref(),
+        Some(mine.cookie_value.as_str())
+    );
+    // The right cookie name but another login's value.
+    let resp = victim
+        .get_with(
+            &url(
+                APP,
+                &format!("/oauth2/callback?code=abc&state={}", theirs.state),
+            ),
+            &[(
+                "cookie",
+                &format!("{}={}", theirs.cookie_name, mine.cookie_value),
+            )],
+        )
+        .unwrap();
+    assert_login_failed(&resp, 400, "not valid");
+    // A state differing only after the 12 characters that name the cookie.
+    let mut forged = mine.state.clone();
+    let last = if forged.ends_with('A') { "B" } else { "A" };
+    forged.replace_range(42.., last);
+    let resp = victim
+        .get(&url(
+            APP,
+            &format!("/oauth2/callback?code=abc&state={forged}"),
+        ))
+        .unwrap();
+    assert_login_failed(&resp, 400, "expired or is not valid");
+}
+
+#[test]
+fn a_replayed_callback_and_a_code_used_twice_are_refused() {
+    let _idp = idp_lock();
+    let b = Browser::new();
+    let login = start_login(&b, APP, "/x");
+    let callback = through_idp(&b, &login.authorize, "alice");
+    assert_eq!(callback.status, 302, "{}", callback.body);
+    assert!(callback.set_cookies().iter().any(|c| sets_session(c)));
+    // The login cookie is spent: the same callback again is refused.
+    let again = Browser::new();
+    let resp = again.get(&callback.url).unwrap();
+    assert_login_failed(&resp, 400, "expired or was already used");
+    // With a copy of the login cookie too, the IdP refuses the code a second time.
+    let resp = again
+        .get_with(
+            &callback.url,
+            &[(
+                "cookie",
+                &format!("{}={}", login.cookie_name, login.cookie_value),
+            )],
+        )
+        .unwrap();
+    assert_login_failed(&resp, 400, "already used");
+    assert!(stat("wasmcustom.oidc_filter.callback_failures.invalid_grant") >= 1);
+}
+
+#[test]
+fn an_error_from_the_idp_is_a_clean_failure_without_echoing_markup() {
+    let _idp = idp_lock();
+    let b = Browser::new();
+    let login = start_login(&b, APP, "/");
+    let evil = enc("access_denied<script>alert(1)</script>\r\nSet-Cookie: x=1");
+    let resp = b
+        .get(&url(
+            APP,
+            &format!(
+                "/oauth2/callback?error={evil}&error_description=no&state={}",
+                login.state
+            ),
+        ))
+        .unwrap();
+    assert_login_failed(&resp, 400, "did not log you in");
+    assert!(!resp.body.contains("<script>"), "{}", resp.body);
+    assert!(resp.headers.iter().all(|(n, _)| n != "x"));
+    assert!(resp.set_cookies().iter().all(|c| !c.starts_with("x=")));
+}
+
+#[test]
+fn huge_and_malformed_callback_queries_are_refused() {
+    let _idp = idp_lock();
+    let b = Browser::new();
+    let login = start_login(&b, APP, "/");
+    let s = &login.state;
+    let huge = format!("/oauth2/callback?code={}&state={s}", "c".repeat(5000));
+    assert_login_failed(&b.get(&url(APP, &huge)).unwrap(), 400, "too large");
+    let long_code = format!("/oauth2/callback?code={}&state={s}", "c".repeat(3000));
+    assert_login_failed(&b.get(&url(APP, &long_code)).unwrap(), 400, "no code");
+    for query in [
+        format!("state={s}&state={s}&code=a"),
+        format!("code=a&code=b&state={s}"),
+        format!("code=a&state={s}&error=x&error=y"),
+    ] {
+        let resp = b
+            .get(&url(APP, &format!("/oauth2/callback?{query}")))
+            .unwrap();
+        assert_login_failed(&resp, 400, "repeats a parameter");
+    }
+    for query in [
+        format!("code=%zz&state={s}%"),
+        "%%%%&&&===".to_string(),
+        format!("code=a&state={}", enc(&format!("{s}\u{0}"))),
+    ] {
+        let resp = b
+            .get(&url(APP, &format!("/oauth2/callback?{query}")))
+            .unwrap();
+        assert_eq!(resp.status, 400, "{query}: {}", resp.body);
+        assert_not_authenticated(&resp);
+    }
+    // Raw bytes that no client library would send.
+    let mut target = format!("/oauth2/callback?code=\u{7f}a&state={s}").into_bytes();
+    target.extend_from_slice(b"&x=\xff\xfe");
+    let (status, _, body) = raw_get(APP, &target, b"");
+    assert!(status == 400, "{status}: {body}");
+}
+
+// ==== open redirects ====
+
+/// Where the browser lands after logging in through `/login?rd=RD`.
+fn lands_after_login(rd: &str) -> String {
+    record(&format!("login with rd={rd:?}"));
+    let b = Browser::new();
+    let login = start_login(&b, APP, rd);
+    let callback = through_idp(&b, &login.authorize, "alice");
+    assert_eq!(callback.status, 302, "{}", callback.body);
+    callback.header("location").unwrap().to_string()
+}
+
+#[test]
+fn rd_cannot_send_the_browser_off_site() {
+    let _idp = idp_lock();
+    assert_eq!(lands_after_login("/grafana/d/x?y=1"), "/grafana/d/x?y=1");
+    for rd in [
+        "//evil.example",
+        "/\\evil.example",
+        "\\\\evil.example",
+        "https://evil.example",
+        "http:evil.example",
+        "%2F%2Fevil.example",
+        "/%2F%2Fevil.example",
+        "/%5Cevil.example",
+        "/\t/evil.example",
+        "/%09/evil.example",
+        "javascript:alert(1)",
+        "JaVaScRiPt:alert(1)",
+        "data:text/html,<script>alert(1)</script>",
+        " //evil.example",
+        "evil.example",
+    ] {
+        let landed = lands_after_login(rd);
+        assert!(on_site(&landed), "{rd:?} -> {landed:?}");
+        // Only an encoded form that a URL parser keeps as one path segment may survive.
+        if !rd.starts_with("/%09") {
+            assert_eq!(landed, "/", "{rd:?}");
+        }
+    }
+}
+
+/// A `Location` a browser resolves on this origin: a path, not `//host` or `/\host` (browsers read `\`
+/// as `/`), with no tab or newline (browsers drop those, which can make `/\t/host` into `//host`), and no
+/// decoding into either.
+fn on_site(location: &str) -> bool {
+    let decoded = harness::browser::url_decode(location);
+    location.starts_with('/')
+        && !location.starts_with("//")
+        && !location.contains('\\')
+        && !location.bytes().any(|b| b.is_ascii_control())
+        && !decoded.starts_with("//")
+        && !decoded.starts_with("/\\")
+}
+
+#[test]
+fn a_request_path_cannot_become_an_off_site_redirect() {
+    // The anonymous redirect carries the path as `rd`, percent-encoded; `/login` then drops it.
+    for target in [
+        "//evil.example",
+        "//evil.example/%2e%2e",
+        "/%2F%2Fevil.example",
+        "/%5Cevil.example",
+    ] {
+        let (status, head, _) = raw(
+            APP,
+            format!("GET {target} HTTP/1.1\r\nhost: localhost\r\naccept: text/html\r\nconnection: close\r\n\r\n").as_bytes(),
+        );
+        record(&format!("GET {target} (browser) -> {status}"));
+        assert_eq!(status, 302, "{target}: {head}");
+        let loc = head
+            .lines()
+            .find_map(|l| l.strip_prefix("location: "))
+            .unwrap();
+        assert!(loc.starts_with("/login?rd=%2F"), "{target}: {loc}");
+    }
+}
+
+#[test]
+fn crlf_cannot_be_injected_into_location_or_set_cookie() {
+    let _idp = idp_lock();
+    for rd in [
+        "/a\r\nSet-Cookie: injected=1",
+        "/a%0d%0aSet-Cookie:%20injected=1",
+        "/a\rLocation: https://evil.example",
+        "/\nx",
+    ] {
+        let b = Browser::new();
+        let resp = b.get(&url(APP, &format!("/login?rd={}", enc(rd)))).unwrap();
+        assert_eq!(resp.status, 302);
+        assert!(
+            resp.headers
+                .iter()
+                .all(|(n, v)| !n.contains("injected") && !v.contains("injected=1;"))
+        );
+        assert!(
+            resp.set_cookies()
+                .iter()
+                .all(|c| !c.starts_with("injected"))
+        );
+        let landed = lands_after_login(rd);
+        assert!(
+            on_site(&landed) && !landed.contains(['\r', '\n']),
+            "{rd:?} -> {landed:?}"
+        );
+        if rd.contains(['\r', '\n']) {
+            assert_eq!(landed, "/", "{rd:?}");
+        }
+    }
+    // In the path of an anonymous request: encoded in the Location, never raw.
+    let (status, head, _) = raw(
+        APP,
+        b"GET /a%0d%0aSet-Cookie:%20injected=1 HTTP/1.1\r\nhost: localhost\r\naccept: text/html\r\nconnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 302, "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("set-cookie: injected"),
+        "{head}"
+    );
+}
+
+// ==== bypass tricks ====
+
+/// Each target on both sites, as an anonymous API client: the filter's 401 (or Envoy's 400/404 for
+/// what it will not route), never the app.
+fn refused_everywhere(targets: &[&[u8]], extra: &[u8]) {
+    for site in [APP, BARE] {
+        for target in targets {
+            let (status, head, body) = raw_get(site, target, extra);
+            let shown = String::from_utf8_lossy(target);
+            record(&format!(
+                "{site} GET {shown} {:?} -> {status}",
+                String::from_utf8_lossy(extra)
+            ));
+            assert!(
+                !from_app(&body),
+                "{site} {shown}: reached the app:\n{head}\n{body}"
+            );
+            assert!(
+                status == 401 || status == 400 || status == 404,
+                "{site} {shown}: {status}\n{head}\n{body}"
+            );
+            if status == 401 {
+                assert!(body.contains("unauthenticated"), "{site} {shown}: {body}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_bypass_path_itself_reaches_the_app_which_is_the_control_for_every_bypass_trick() {
+    for site in [APP, BARE] {
+        for target in [
+            "/healthz",
+            "/healthz/",
+            "/healthz/live",
+            "/healthz?x=1",
+            "/healthz;v=1",
+        ] {
+            let (status, _, body) = raw_get(site, target.as_bytes(), b"");
+            assert_eq!(status, 200, "{site} {target}: {body}");
+            assert!(from_app(&body));
+            let seen: Value = serde_json::from_str(&body).unwrap();
+            assert!(seen["headers"]["authorization"].is_null());
+        }
+        let (status, _, body) = raw_get(site, b"/admin", b"");
+        assert_eq!(status, 401, "{body}");
+    }
+}
+
+#[test]
+fn dot_segments_and_encoded_slashes_do_not_reach_protected_paths_through_a_bypass_prefix() {
+    refused_everywhere(
+        &[
+            b"/healthz/../admin",
+            b"/healthz/./../admin",
+            b"/healthz%2F..%2Fadmin",
+            b"/healthz%2f%2e%2e%2fadmin",
+            b"/healthz/%2e%2e/admin",
+            b"/healthz/..%2Fadmin",
+            b"/healthz\\..\\admin",
+            b"/healthz%5C..%5Cadmin",
+            b"/healthz/..;/admin",
+            b"/healthz;/../admin",
+            b"/admin/..%2Fhealthz",
+            b"/admin/%2e%2e%2Fhealthz",
+            b"/admin%2F..%2F..%2Fhealthz",
+            b"/admin/x/..%2F..%2F..%2Fhealthz",
+            b"/admin%5C..%5Chealthz",
+            b"/.well-known/acme-challenge/..%2F..%2Fadmin",
+            b"/%2e%2e/healthz/../admin",
+        ],
+        b"",
+    );
+}
+
+#[test]
+fn case_changes_and_lookalikes_of_a_bypass_path_are_protected() {
+    refused_everywhere(
+        &[
+            b"/HEALTHZ",
+            b"/Healthz",
+            b"/healthzx",
+            b"/healthz.json",
+            b"/healthz%00",
+            b"/%68ealthz/../admin",
+            b"/.well-known/acme-challenge",
+            b"/.well-known/ACME-challenge/x",
+        ],
+        b"",
+    );
+}
+
+#[test]
+fn path_parameters_query_and_fragment_placement_do_not_bypass() {
+    refused_everywhere(
+        &[
+            b"/admin;/healthz",
+            b"/admin;healthz",
+            b"/admin?/healthz",
+            b"/admin?x=/healthz",
+            b"/admin?/healthz/../x",
+            b"/admin#/healthz",
+            b"/admin%23/healthz",
+            b"/admin%3F/healthz",
+            b"/admin%3B/healthz",
+        ],
+        b"",
+    );
+}
+
+#[test]
+fn double_slashes_do_not_bypass() {
+    refused_everywhere(
+        &[
+            b"//admin",
+            b"//healthz/../admin",
+            b"/admin//healthz",
+            b"//admin/..%2Fhealthz",
+        ],
+        b"",
+    );
+    // Envoy resolves `..` against the empty segment (RFC 3986) before the filter: the app gets
+    // `/healthz/admin`, still under the bypass prefix, the same path the filter judged.
+    for site in [APP, BARE] {
+        let (status, _, body) = raw_get(site, b"/healthz//../admin", b"");
+        assert_eq!(status, 200, "{body}");
+        let seen: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(seen["path"], "/healthz/admin");
+        assert!(seen["headers"]["authorization"].is_null());
+    }
+}
+
+#[test]
+fn forwarded_headers_from_the_client_are_ignored() {
+    refused_everywhere(
+        &[b"/admin"],
+        b"x-forwarded-uri: /healthz\r\nx-original-url: /healthz\r\nx-rewrite-url: /healthz\r\nx-forwarded-prefix: /healthz\r\nx-envoy-original-path: /healthz\r\n",
+    );
+    let _idp = idp_lock();
+    // The redirect URI comes from Envoy's own :scheme and :authority.
+    for site in [APP, BARE] {
+        let port = stack().site(site).unwrap().port;
+        let (status, head, _) = raw(
+            site,
+            b"GET /login HTTP/1.1\r\nhost: localhost\r\nx-forwarded-host: evil.example\r\nx-forwarded-proto: https\r\nforwarded: host=evil.example;proto=https\r\nx-forwarded-port: 443\r\nconnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 302, "{head}");
+        let loc = head
+            .lines()
+            .find_map(|l| l.strip_prefix("location: "))
+            .unwrap();
+        let redirect = query_param(loc, "redirect_uri").unwrap();
+        assert_eq!(redirect, "http://localhost/oauth2/callback", "{port}");
+    }
+    // Host itself is not trusted blindly either: a malformed one is refused.
+    let (status, _, body) = raw(
+        APP,
+        b"GET /login HTTP/1.1\r\nhost: evil.example/x?\r\nconnection: close\r\n\r\n",
+    );
+    assert!(status == 400, "{status} {body}");
+}
+
+// ==== headers that claim an identity ====
+
+#[test]
+fn a_client_authorization_header_is_replaced_when_a_session_is_present() {
+    let _idp = idp_lock();
+    let b = logged_in(APP, "alice");
+    let cookie = session_cookies(&b);
+    let token = open_session(&cookie).id_token;
+    for client in ["Bearer forged", "Basic YWRtaW46YWRtaW4=", "Bearer "] {
+        let resp = api()
+            .get_with(
+                &url(APP, "/x"),
+                &[("cookie", &cookie), ("authorization", client)],
+            )
+            .unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        assert_eq!(
+            app_saw(&resp).unwrap()["headers"]["authorization"],
+            format!("Bearer {}", token.expose())
+        );
+    }
+}
+
+#[test]
+fn a_client_token_without_a_session_is_judged_by_jwt_authn_not_trusted() {
+    let jwks = stack().idp_jwks_file().unwrap();
+    let claims = good_claims(APP, "n");
+    for (how, patch) in [
+        (Forge::AlgNone, json!({})),
+        (Forge::Hs256PublicKey, json!({})),
+        (Forge::OtherKey, json!({})),
+        (Forge::Rs256, json!({"aud": BARE})),
+        (Forge::Rs256, json!({"exp": now() - 600})),
+    ] {
+        let mut c = claims.clone();
+        harness::merge_json(&mut c, &patch);
+        let token = forge_id_token(jwks, how, &json!({}), &c).unwrap();
+        let resp = api()
+            .get_with(
+                &url(APP, "/x"),
+                &[("authorization", &format!("Bearer {token}"))],
+            )
+            .unwrap();
+        assert_not_authenticated(&resp);
+        assert!(
+            resp.status == 401 || resp.status == 403,
+            "{how:?} {patch}: {} {}",
+            resp.status,
+            resp.body
+        );
+    }
+    // Not a bearer token at all: RBAC finds no principal.
+    for client in ["Basic YWRtaW46YWRtaW4=", "Bearer", "garbage"] {
+        let resp = api()
+            .get_with(&url(APP, "/x"), &[("authorization", client)])
+            .unwrap();
+        assert_not_authenticated(&resp);
+        assert!(
+            resp.status == 401 || resp.status == 403,
+            "{client}: {}",
+            resp.status
+        );
+    }
+}
+
+#[test]
+fn identity_headers_from_the_client_do_not_log_anyone_in() {
+    for site in [APP, BARE] {
+        let resp = api()
+            .get_with(
+                &url(site, "/x"),
+                &[
+                    ("x-auth-request-user", "admin"),
+                    ("x-auth-request-email", "admin@example.com"),
+                    ("x-auth-request-access-token", "forged"),
+                    ("x-forwarded-user", "admin"),
+                    ("x-forwarded-email", "admin@example.com"),
+                    ("x-jwt-payload", "eyJzdWIiOiJhZG1pbiJ9"),
+                    ("remote-user", "admin"),
+                ],
+            )
+            .unwrap();
+        assert_filter_401(&resp);
+    }
+}
+
+#[test]
+fn identity_headers_are_set_from_the_session_and_client_copies_never_pass() {
+    let _idp = idp_lock();
+    let b = logged_in(BARE, "bob");
+    let cookie = session_cookies(&b);
+    let spoof = [
+        ("x-auth-request-user", "admin"),
+        ("x-auth-request-email", "admin@example.com"),
+        ("x-auth-request-groups", "admins"),
+        ("x-auth-request-preferred-username", "admin"),
+    ];
+    let mut with_session = spoof.to_vec();
+    with_session.push(("cookie", &cookie));
+    let resp = api().get_with(&url(BARE, "/x"), &with_session).unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let h = &app_saw(&resp).unwrap()["headers"];
+    assert_eq!(h["x-auth-request-user"], "bob");
+    assert_eq!(h["x-auth-request-email"], "bob@example.com");
+    assert_eq!(h["x-auth-request-preferred-username"], "bob");
+    assert!(
+        !h["x-auth-request-groups"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("admins"),
+        "{h}"
+    );
+    // A bypass path, or a client's own bearer token: the app gets no identity header at all.
+    for (path, extra) in [
+        ("/healthz", None),
+        ("/x", Some(("authorization", "Bearer x.y.z"))),
+    ] {
+        let mut headers = spoof.to_vec();
+        headers.extend(extra);
+        let resp = api().get_with(&url(BARE, path), &headers).unwrap();
+        assert_eq!(resp.status, 200, "{path}: {}", resp.body);
+        let h = &app_saw(&resp).unwrap()["headers"];
+        for (name, _) in spoof {
+            assert!(h[name].is_null(), "{path}: {name} passed: {h}");
+        }
+    }
+}
+
+#[test]
+fn claim_rules_hold_however_the_path_is_spelled() {
+    let _idp = idp_lock();
+    let bob = logged_in(BARE, "bob");
+    let cookie = session_cookies(&bob);
+    // The control: bob reaches other pages, alice reaches /admin.
+    assert_eq!(authorization_seen(BARE, "/public/x", &cookie).0, 200);
+    let alice = logged_in(BARE, "alice");
+    assert_eq!(
+        authorization_seen(BARE, "/admin", &session_cookies(&alice)).0,
+        200
+    );
+    for target in [
+        "/admin",
+        "/admin/",
+        "/admin/x",
+        "/admin?x=/public",
+        "/admin;x=1",
+        "/public/../admin",
+        "/public/..%2Fadmin",
+        "/public/%2e%2e/admin",
+        "/public%2F..%2Fadmin",
+        "/admin/..%2Fpublic",
+        "/admin%2Fx",
+        "/%61dmin",
+        "/ADMIN",
+        "/Admin/x",
+        "//admin",
+    ] {
+        let resp = api()
+            .get_with(&url(BARE, target), &[("cookie", &cookie)])
+            .unwrap();
+        record(&format!("bob GET {target} -> {}", resp.status));
+        assert_eq!(resp.status, 403, "{target}: {}", resp.body);
+        assert!(app_saw(&resp).is_none(), "{target}");
+        assert!(
+            resp.body.contains("\"forbidden\""),
+            "{target}: {}",
+            resp.body
+        );
+    }
+}
+
+// ==== sizes and bytes ====
+
+#[test]
+fn an_oversize_cookie_header_is_refused_by_envoy_before_the_filter() {
+    let cookie = format!("{COOKIE}=1.{}", "A".repeat(70 * 1024));
+    let (status, head, _) = raw_get(APP, b"/x", format!("cookie: {cookie}\r\n").as_bytes());
+    assert_eq!(status, 431, "{head}");
+}
+
+#[test]
+fn thousands_of_cookies_are_handled_quickly_and_do_not_hide_or_fake_a_session() {
+    let _idp = idp_lock();
+    let many: String = (0..3000).map(|i| format!("c{i}=v{i}; ")).collect();
+    let t0 = Instant::now();
+    assert_filter_401(
+        &api()
+            .get_with(&url(APP, "/x"), &[("cookie", &many)])
+            .unwrap(),
+    );
+    let with_lookalikes = format!("{many}{COOKIE}x=1; x{COOKIE}=1; {COOKIE}.0=1; {COOKIE}.17=1");
+    assert_filter_401(
+        &api()
+            .get_with(&url(APP, "/x"), &[("cookie", &with_lookalikes)])
+            .unwrap(),
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    // A real session among them still works, and the app gets the others but not ours (a thousand:
+    // the echo app, like most Node apps, refuses headers over 16 KB).
+    let b = logged_in(APP, "alice");
+    let some: String = (0..1000).map(|i| format!("c{i}=v{i}; ")).collect();
+    let cookie = format!("{some}{}", session_cookies(&b));
+    let resp = api()
+        .get_with(&url(APP, "/x"), &[("cookie", &cookie)])
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let seen = app_saw(&resp).unwrap();
+    let forwarded = seen["headers"]["cookie"].as_str().unwrap();
+    assert!(
+        forwarded.contains("c999=v999") && !forwarded.contains(COOKIE),
+        "{}",
+        &forwarded[forwarded.len() - 100..]
+    );
+    // Thousands of session chunk names: only 1..=16 are ours, and a bad count fails fast.
+    let chunks: String = (1..1500).map(|i| format!("{COOKIE}.{i}=x; ")).collect();
+    let resp = api()
+        .get_with(
+            &url(APP, "/x"),
+            &[("cookie", &format!("{chunks}{COOKIE}=16.x"))],
+        )
+        .unwrap();
+    assert_filter_401(&resp);
+}
+
+/// Both workers still answer normally (a panic would have killed a worker's VM).
+fn assert_workers_alive() {
+    for _ in 0..8 {
+        let (status, _, body) = raw_get(BARE, b"/healthz", b"");
+        assert_eq!(status, 200, "{body}");
+        let (status, _, body) = raw_get(APP, b"/x", b"");
+        assert_eq!(status, 401, "{body}");
+    }
+}
+
+#[test]
+fn non_utf8_bytes_in_headers_and_query_are_handled_without_breaking_the_worker() {
+    let _idp = idp_lock();
+    let b = logged_in(APP, "alice");
+    let session = session_cookies(&b);
+    let cases: Vec<(&[u8], Vec<u8>)> = vec![
+        (b"/x", b"cookie: a=\xff\xfe\r\n".to_vec()),
+        (b"/x", b"accept: text/html\xc3\x28\r\n".to_vec()),
+        (b"/x", b"authorization: Bearer \xff\r\n".to_vec()),
+        (
+            b"/x",
+            b"x-requested-with: \xff\r\nsec-fetch-mode: \xfe\r\n".to_vec(),
+        ),
+        (b"/x?q=\xff\xfe", Vec::new()),
+        (b"/healthz?q=\xff", Vec::new()),
+        (b"/healthz/\xff", Vec::new()),
+        (b"/oauth2/callback?code=\xff&state=\xfe", Vec::new()),
+        (b"/login?rd=/\xff", Vec::new()),
+        (b"/logout", b"cookie: _oidc_session=\xff\r\n".to_vec()),
+    ];
+    for (target, extra) in &cases {
+        let (status, head, body) = raw_get(APP, target, extra);
+        record(&format!(
+            "GET {} {:?} -> {status}",
+            String::from_utf8_lossy(target),
+            String::from_utf8_lossy(extra)
+        ));
+        let shown = String::from_utf8_lossy(target);
+        assert!(
+            matches!(status, 200 | 302 | 400 | 401 | 403),
+            "{shown} {:?}: {status}\n{head}\n{body}",
+            String::from_utf8_lossy(extra)
+        );
+        if status == 200 {
+            let seen: Value = serde_json::from_str(&body).unwrap();
+            assert!(seen["headers"]["authorization"].is_null(), "{body}");
+        }
+        assert_workers_alive();
+    }
+    // A real session next to a non-UTF-8 cookie still works.
+    let mut extra = b"cookie: junk=\xff\xfe; ".to_vec();
+    extra.extend_from_slice(session.as_bytes());
+    extra.extend_from_slice(b"\r\n");
+    let (status, _, body) = raw_get(APP, b"/x", &extra);
+    assert_eq!(status, 200, "{body}");
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        seen["headers"]["authorization"]
+            .as_str()
+            .unwrap()
+            .starts_with("Bearer ")
+    );
+    assert_workers_alive();
+}
+
+// ==== regressions from other projects' advisories ====
+
+#[test]
+fn oauth2_proxy_skip_rule_bypass_with_the_bypass_path_in_the_query_is_refused() {
+    // oauth2-proxy matched skip_auth_routes against the path with its query (GHSA-7rh7-c77v-6434).
+    refused_everywhere(
+        &[b"/admin?/healthz", b"/admin?x=/healthz", b"/admin?healthz"],
+        b"",
+    );
+}
+
+#[test]
+fn oauth2_proxy_skip_rule_bypass_with_a_fragment_is_refused() {
+    refused_everywhere(
+        &[
+            b"/admin#/healthz",
+            b"/admin%23/healthz",
+            b"/admin#?/healthz",
+        ],
+        b"",
+    );
+}
+
+#[test]
+fn oauth2_proxy_x_forwarded_uri_spoofing_is_refused() {
+    refused_everywhere(&[b"/admin"], b"x-forwarded-uri: /healthz\r\n");
+    refused_everywhere(
+        &[b"/admin"],
+        b"x-forwarded-uri: /healthz/../admin\r\nx-forwarded-host: localhost\r\n",
+    );
+}
+
+#[test]
+fn oauth2_proxy_open_redirect_variants_are_refused() {
+    let _idp = idp_lock();
+    // GHSA-qqxw-m5fj-f7gv (CVE-2020-5233, `/\evil`), GHSA-j7px-6hwj-hpjg (whitespace between the
+    // slashes), GHSA-5m6c-jp6f-2vcv (CVE-2020-4037), GHSA-4mf2-f3wh-gvf2 (CVE-2021-21291, look-alike
+    // domains).
+    for rd in [
+        "/\t/evil.example",
+        "/\\evil.example",
+        "/%5c/evil.example",
+        "//localhost.evil.example/",
+        "https://localhost.evil.example/",
+    ] {
+        assert_eq!(lands_after_login(rd), "/", "{rd:?}");
+    }
+}
+
+#[test]
+fn envoy_oauth2_oversize_token_gives_a_clear_error_not_a_redirect_loop() {
+    let _idp = idp_lock();
+    // Envoy issues #27875/#33825: a token too large for the browser's cookie limit made the
+    // browser drop the cookie and loop through the IdP. Large tokens are chunked...
+    let groups: Vec<String> = (0..200)
+        .map(|i| format!("group-with-a-long-name-{i:04}"))
+        .collect();
+    let (resp, b) = forged_callback(Forge::Rs256, json!({}), json!({"groups": groups}));
+    assert_eq!(resp.status, 302, "{}", resp.body);
+    let chunks: Vec<&str> = resp
+        .set_cookies()
+        .into_iter()
+        .filter(|c| sets_session(c))
+        .collect();
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c.split(';').next().unwrap().len() <= 4000),
+        "{chunks:?}"
+    );
+    let page = b
+        .get_with(&url(APP, "/after-login"), &[("accept", JSON_ACCEPT)])
+        .unwrap();
+    assert_eq!(page.status, 200, "{}", page.body);
+    // ...and one too large for any session cookie is a clear error page, not a redirect.
+    let groups: Vec<String> = (0..500)
+        .map(|i| format!("group-with-a-long-name-{i:04}"))
+        .collect();
+    let (resp, b) = forged_callback(Forge::Rs256, json!({}), json!({"groups": groups}));
+    assert_login_failed(&resp, 502, "too large");
+    assert_login_redirect(&b.get(&url(APP, "/after-login")).unwrap());
+}
+
+#[test]
+fn envoy_oauth2_refresh_happens_once_and_the_renewed_cookie_sticks() {
+    let _idp = idp_lock();
+    // Envoy issue #42968: after a refresh the new cookies did not validate, so every request
+    // refreshed again. Here a session due for refresh is renewed once, and the new cookie is used.
+    let b = logged_in(APP, "alice");
+    let mut s = open_session(&session_cookies(&b));
+    s.token_expires_at = now() + 30;
+    let due = seal(&s);
+    let before = stat("wasmcustom.oidc_filter.refreshes");
+    let resp = api()
+        .get_with(&url(APP, "/x"), &[("cookie", &due)])
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let renewed: Vec<String> = resp
+        .set_cookies()
+        .into_iter()
+        .filter(|c| sets_session(c))
+        .map(|c| c.split(';').next().unwrap().to_string())
+        .collect();
+    assert!(!renewed.is_empty(), "{:?}", resp.set_cookies());
+    let renewed = renewed.join("; ");
+    assert!(open_session(&renewed).token_expires_at > now() + 600);
+    // Envoy issue #30053: the cookie lives as long as the session, not as long as the token.
+    let lines: Vec<String> = resp.set_cookies().iter().map(|c| c.to_string()).collect();
+    let max_age = resp_max_age(&lines).unwrap();
+    assert!(max_age > 3600 + 600, "{max_age}");
+    let after = stack()
+        .wait_for_stat(
+            "wasmcustom.oidc_filter.refreshes",
+            before + 1,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    for _ in 0..10 {
+        let resp = api()
+            .get_with(&url(APP, "/x"), &[("cookie", &renewed)])
+            .unwrap();
+        assert_eq!(resp.status, 200);
+        assert!(resp.set_cookies().iter().all(|c| !sets_session(c)));
+    }
+    assert_eq!(stat("wasmcustom.oidc_filter.refreshes"), after);
+}
+
+fn resp_max_age(lines: &[String]) -> Option<u64> {
+    lines.iter().filter(|c| sets_session(c)).find_map(|c| {
+        c.split("; ")
+            .find_map(|a| a.strip_prefix("Max-Age=")?.parse().ok())
+    })
+}
+
+#[test]
+fn envoy_oauth2_stale_cookies_do_not_poison_a_new_login() {
+    let _idp = idp_lock();
+    // Envoy issue #38919: a leftover cookie from an older session broke every later login.
+    let b = Browser::new();
+    b.set_cookie(HOST, COOKIE, "3.stale-first-chunk");
+    b.set_cookie(HOST, &format!("{COOKIE}.1"), "stale");
+    b.set_cookie(HOST, &format!("{COOKIE}.2"), "stale");
+    b.set_cookie(HOST, &format!("{COOKIE}.5"), "stale");
+    let done = b.login(&url(APP, "/"), "alice").unwrap();
+    assert_eq!(done.response.status, 200, "{:?}", done.chain);
+    assert!(done.response.body.contains("Hello, alice@example.com"));
+    let redirects_through_idp = done
+        .chain
+        .iter()
+        .filter(|(u, _)| u.contains("/auth"))
+        .count();
+    assert!(redirects_through_idp <= 3, "{:?}", done.chain);
+    // The leftovers are gone or harmless: the next request is logged in without a new login.
+    let resp = b
+        .get_with(&url(APP, "/x"), &[("accept", JSON_ACCEPT)])
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+}

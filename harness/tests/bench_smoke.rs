@@ -1,0 +1,42 @@
+//! The benchmark machinery on one configuration for about a second: it logs in for real, starts a
+//! pinned Envoy with the filter, runs wrk and reads the results back. No timing assertions: only
+//! that the row is sane and that the load really went through as a logged-in user.
+
+// Test code (clippy's allow-*-in-tests covers only #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use harness::bench::{self, Options};
+
+#[test]
+fn one_configuration_gives_a_sane_row() {
+    let opts = Options {
+        quick: true,
+        only: vec!["oidc-session".into()],
+        duration: Some(Duration::from_secs(1)),
+        rounds: Some(1),
+        // The release build as it is: wasm-opt would take longer than the run.
+        wasm: Some(harness::wasm_path().unwrap()),
+        ..Options::default()
+    };
+    let report = bench::run(&opts).unwrap();
+    assert_eq!(report.rows.len(), 1, "only the configuration asked for runs");
+    let row = report.row("oidc-session").unwrap();
+    assert_eq!(row.problem, None);
+    let [s] = row.samples.as_slice() else {
+        panic!("one run expected, got {}", row.samples.len());
+    };
+    assert!(s.requests > 0 && s.wrk_requests > 0, "{s:?}");
+    // Logged in: the route's 200, not the login redirect, and the filter counted each as a session.
+    assert_eq!(s.status_3xx, 0, "{s:?}");
+    assert_eq!(s.status_other, 0, "{s:?}");
+    assert_eq!(s.status_2xx, s.requests, "{s:?}");
+    assert!(s.logged_in >= s.requests, "{s:?}");
+    assert!(s.rps > 0.0 && s.p50_us > 0.0 && s.p99_us >= s.p50_us, "{s:?}");
+    assert!(s.cpu_us_per_req > 0.0 && s.cpu_us_per_req.is_finite(), "{s:?}");
+    assert!(row.rss_loaded_kib > 0);
+    // The report renders.
+    assert!(report.markdown().contains("`oidc-session`"));
+    assert!(report.svg().starts_with("<svg"));
+}

@@ -1,0 +1,290 @@
+//! Concurrency, end to end: many tabs and many users logging in at once, and a burst of requests on
+//! sessions whose token has expired — one refresh per session (not one per request), nobody logged
+//! out. The IdP rotates refresh tokens and revokes the whole grant when an old one is used twice, so
+//! a stampede would show as failed refreshes and logouts, not only as extra IdP traffic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use harness::{Browser, Response, SiteSpec, Stack, StackSpec};
+use oidc_filter::session::{self, Keys, Session};
+use serde_json::json;
+
+const SITE: &str = "app";
+const COOKIE: &str = "_oidc_session";
+const HOST: &str = "localhost";
+const STAT: &str = "wasmcustom.oidc_filter.";
+
+fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let site = SiteSpec::new(SITE).idp_client(json!({"rotate_refresh_token": true}));
+        let stack = Stack::start(StackSpec::new("concurrency", vec![site])).unwrap();
+        let url = stack.site(SITE).unwrap().url("/login");
+        let t0 = Instant::now();
+        let mut ok = 0;
+        while ok < 10 {
+            assert!(t0.elapsed() < Duration::from_secs(20), "never got ready");
+            if Browser::new().get(&url).unwrap().status == 302 {
+                ok += 1;
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        stack
+    })
+}
+
+/// The tests count the filter's counters: one at a time.
+fn lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn url(path: &str) -> String {
+    stack().site(SITE).unwrap().url(path)
+}
+
+fn stat(name: &str) -> u64 {
+    stack()
+        .envoy_stats()
+        .unwrap()
+        .get(&format!("{STAT}{name}"))
+        .copied()
+        .unwrap_or(0)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn keys() -> Keys {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(harness::DEFAULT_COOKIE_KEYS)
+        .unwrap();
+    Keys::new(&[raw]).unwrap()
+}
+
+fn session_cookies(b: &Browser) -> String {
+    b.cookies(HOST)
+        .into_iter()
+        .filter(|(n, _)| session::is_session_cookie(COOKIE, n))
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn open_session(cookie: &str) -> Session {
+    let sealed = session::join(cookie, COOKIE).unwrap().unwrap();
+    Session::decode(&keys().open(COOKIE, &sealed).unwrap()).unwrap()
+}
+
+fn seal(s: &Session) -> String {
+    let mut nonce = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut nonce)
+        .unwrap();
+    let sealed = keys().seal(COOKIE, &s.encode(), nonce);
+    session::split(COOKIE, &sealed)
+        .unwrap()
+        .into_iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn bearer(r: &Response) -> Option<String> {
+    r.json().ok()?["headers"]["authorization"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// `Set-Cookie` lines of `r` that store a session, as a `Cookie` header value.
+fn renewed(r: &Response) -> Option<String> {
+    let pairs: Vec<&str> = r
+        .set_cookies()
+        .into_iter()
+        .filter_map(|c| c.split(';').next())
+        .filter(|p| {
+            p.split_once('=')
+                .is_some_and(|(n, v)| session::is_session_cookie(COOKIE, n) && !v.is_empty())
+        })
+        .collect();
+    (!pairs.is_empty()).then(|| pairs.join("; "))
+}
+
+#[test]
+fn ten_users_logging_in_at_once_all_get_in() {
+    let _l = lock();
+    let before = stat("logins_completed");
+    let pages: Vec<(String, Response)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                scope.spawn(move || {
+                    let user = format!("user{i}");
+                    let done = Browser::new()
+                        .login(&url(&format!("/u{i}")), &user)
+                        .unwrap();
+                    (user, done.response)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (user, page) in &pages {
+        assert_eq!(page.status, 200, "{user}: {}", page.body);
+        assert!(
+            page.body.contains(&format!("Hello, {user}@example.com")),
+            "{user}: {}",
+            page.body
+        );
+    }
+    assert_eq!(stat("logins_completed") - before, 10);
+}
+
+#[test]
+fn ten_tabs_of_one_browser_logging_in_at_once_each_land_where_they_started() {
+    let _l = lock();
+    let b = Browser::new();
+    // The browser has an IdP session (as after a first tab), so each tab goes straight back.
+    b.login(&url("/first"), "alice").unwrap();
+    b.remove_cookie(HOST, COOKIE);
+    let landed: Vec<(usize, Response)> = std::thread::scope(|scope| {
+        let b = &b;
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                scope.spawn(move || {
+                    let start = b.get(&url(&format!("/tab/{i}"))).unwrap();
+                    (i, b.follow(start, 10).unwrap().response)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, page) in &landed {
+        assert_eq!(page.status, 200, "tab {i}: {} {}", page.url, page.body);
+        assert_eq!(page.url, url(&format!("/tab/{i}")), "tab {i}");
+        assert!(page.body.contains("Hello, alice@example.com"), "tab {i}");
+    }
+    // Every attempt cleared its own login cookie.
+    let left: Vec<String> = b
+        .cookies(HOST)
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.starts_with(&format!("{COOKIE}_login_")))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_burst_on_expired_sessions_refreshes_each_once_and_logs_nobody_out() {
+    let _l = lock();
+    const SESSIONS: usize = 4;
+    const PER_SESSION: usize = 16;
+    // Real sessions (each its own refresh token), re-sealed with the token already expired.
+    let sessions: Vec<(String, String)> = (0..SESSIONS)
+        .map(|i| {
+            let b = Browser::new();
+            b.login(&url("/"), &format!("burst{i}")).unwrap();
+            let live = session_cookies(&b);
+            let mut s = open_session(&live);
+            s.token_expires_at = now() - 1;
+            (seal(&s), format!("Bearer {}", s.id_token.expose()))
+        })
+        .collect();
+    let (refreshes, failures) = (stat("refreshes"), stat("refresh_failures"));
+    // A refresh within the login's second would get a byte-identical ID token (same iat and exp).
+    std::thread::sleep(Duration::from_millis(1100));
+
+    let t = Instant::now();
+    let results: Vec<(usize, Response)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..SESSIONS * PER_SESSION)
+            .map(|n| {
+                let (cookie, _) = &sessions[n % SESSIONS];
+                scope.spawn(move || {
+                    // Each on its own connection, so both workers take part.
+                    let r = Browser::new()
+                        .get_with(
+                            &url(&format!("/burst/{n}")),
+                            &[("accept", "application/json"), ("cookie", cookie)],
+                        )
+                        .unwrap();
+                    (n % SESSIONS, r)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let took = t.elapsed();
+
+    let mut new_tokens: Vec<HashSet<String>> = vec![HashSet::new(); SESSIONS];
+    let mut new_cookies: Vec<Option<String>> = vec![None; SESSIONS];
+    for (i, r) in &results {
+        assert_eq!(r.status, 200, "session {i}: {} {}", r.url, r.body);
+        let seen = bearer(r).unwrap();
+        assert_ne!(
+            seen, sessions[*i].1,
+            "session {i} went up with its expired token"
+        );
+        new_tokens[*i].insert(seen);
+        if let Some(c) = renewed(r) {
+            new_cookies[*i] = Some(c);
+        }
+    }
+    let refreshed = stat("refreshes") - refreshes;
+    eprintln!(
+        "{} requests on {SESSIONS} expired sessions in {took:?}: {refreshed} refreshes",
+        results.len()
+    );
+    // One renewal per session (each request then carries that session's one new token).
+    for (i, tokens) in new_tokens.iter().enumerate() {
+        assert_eq!(
+            tokens.len(),
+            1,
+            "session {i}: {} different tokens",
+            tokens.len()
+        );
+    }
+    assert!(
+        refreshed <= SESSIONS as u64 * 2,
+        "{refreshed} refreshes for {SESSIONS} sessions"
+    );
+    assert!(refreshed >= SESSIONS as u64);
+    assert_eq!(stat("refresh_failures"), failures, "a refresh failed");
+    // The renewed cookies work, without another refresh.
+    for (i, c) in new_cookies.iter().enumerate() {
+        let c = c
+            .as_ref()
+            .unwrap_or_else(|| panic!("session {i}: no renewed cookie"));
+        let r = Browser::new()
+            .get_with(
+                &url("/after"),
+                &[("accept", "application/json"), ("cookie", c)],
+            )
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(new_tokens[i].contains(&bearer(&r).unwrap()));
+    }
+    assert_eq!(stat("refreshes") - refreshes, refreshed);
+    // A late tab still holding the old cookie adopts the renewal instead of refreshing again
+    // (which this IdP would punish by revoking the grant).
+    let (old, _) = &sessions[0];
+    let r = Browser::new()
+        .get_with(
+            &url("/late"),
+            &[("accept", "application/json"), ("cookie", old)],
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(new_tokens[0].contains(&bearer(&r).unwrap()));
+    assert_eq!(stat("refresh_failures"), failures);
+}

@@ -1,0 +1,423 @@
+//! IdP faults, end to end: an IdP that errors, answers garbage, is slower than the callout timeout,
+//! is unreachable while sessions are live, or rotates its signing keys. Each gets a fail-closed,
+//! clear answer; live sessions keep working; the filter recovers by itself when the IdP returns.
+//!
+//! Covered elsewhere, not repeated here: an IdP down at start and a discovery document of another
+//! issuer (`e2e_startup.rs`), a token endpoint refusing or hanging during a login (`e2e.rs`), a
+//! token response without `id_token` (`attacks.rs`).
+//!
+//! Site `app` is the Istio-shaped chain with a 2 s callout timeout; site `bare` has the filter alone
+//! (key rotation runs there: the harness's jwt_authn caches the IdP's keys for 5 minutes).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use harness::browser::{form_urlencode, query_param};
+use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec};
+use oidc_filter::session::{self, Keys, Session};
+use serde_json::{Value, json};
+
+const APP: &str = "app";
+const BARE: &str = "bare";
+const COOKIE: &str = "_oidc_session";
+const HOST: &str = "localhost";
+const STAT: &str = "wasmcustom.oidc_filter.";
+
+fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let mut bare = SiteSpec::new(BARE);
+        bare.istio_authn = false;
+        let app = SiteSpec::new(APP).filter(json!({"callout_timeout": "2s"}));
+        let stack = Stack::start(StackSpec::new("faults", vec![app, bare])).unwrap();
+        for site in [APP, BARE] {
+            let url = stack.site(site).unwrap().url("/login");
+            let mut ok = 0;
+            let t0 = Instant::now();
+            while ok < 10 {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "{site} never got ready"
+                );
+                if Browser::new().get(&url).unwrap().status == 302 {
+                    ok += 1;
+                } else {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        stack
+    })
+}
+
+/// Every test here changes what the IdP does: one at a time.
+fn idp_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Puts the proxy in `mode` until dropped, then back to forwarding.
+struct Fault;
+
+impl Fault {
+    fn set(mode: Mode) -> Fault {
+        stack().idp_proxy().set_mode(mode);
+        Fault
+    }
+}
+
+impl Drop for Fault {
+    fn drop(&mut self) {
+        stack().idp_proxy().set_mode(Mode::Forward);
+    }
+}
+
+fn url(site: &str, path: &str) -> String {
+    stack().site(site).unwrap().url(path)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn stat(name: &str) -> u64 {
+    stack()
+        .envoy_stats()
+        .unwrap()
+        .get(&format!("{STAT}{name}"))
+        .copied()
+        .unwrap_or(0)
+}
+
+fn keys() -> Keys {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(harness::DEFAULT_COOKIE_KEYS)
+        .unwrap();
+    Keys::new(&[raw]).unwrap()
+}
+
+fn logged_in(site: &str, user: &str) -> Browser {
+    let b = Browser::new();
+    let done = b.login(&url(site, "/"), user).unwrap();
+    assert_eq!(done.response.status, 200, "{:?}", done.chain);
+    assert!(
+        done.response
+            .body
+            .contains(&format!("Hello, {user}@example.com")),
+        "{}",
+        done.response.body
+    );
+    b
+}
+
+fn session_cookies(b: &Browser) -> String {
+    b.cookies(HOST)
+        .into_iter()
+        .filter(|(n, _)| session::is_session_cookie(COOKIE, n))
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn open_session(cookie: &str) -> Session {
+    let sealed = session::join(cookie, COOKIE).unwrap().unwrap();
+    Session::decode(&keys().open(COOKIE, &sealed).unwrap()).unwrap()
+}
+
+fn seal(s: &Session) -> String {
+    let mut nonce = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut nonce)
+        .unwrap();
+    let sealed = keys().seal(COOKIE, &s.encode(), nonce);
+    session::split(COOKIE, &sealed)
+        .unwrap()
+        .into_iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A request with `cookie` as an API client (`accept: application/json`) or a browser.
+fn get(site: &str, cookie: &str, browser: bool) -> Response {
+    let accept = if browser {
+        harness::browser::HTML_ACCEPT
+    } else {
+        "application/json"
+    };
+    Browser::new()
+        .get_with(&url(site, "/x"), &[("cookie", cookie), ("accept", accept)])
+        .unwrap()
+}
+
+/// The `authorization` the echo app received, if the request reached it.
+fn bearer(r: &Response) -> Option<String> {
+    r.json().ok()?["headers"]["authorization"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// `Set-Cookie` lines that clear one of the session's cookies.
+fn clears_session(r: &Response) -> bool {
+    r.set_cookies().iter().any(|c| {
+        let (name, rest) = c.split_once('=').unwrap_or((c, ""));
+        session::is_session_cookie(COOKIE, name) && rest.starts_with(';')
+    })
+}
+
+/// The session of `b`, re-sealed with its token due for refresh (`now + 30`, inside the 60 s
+/// margin) or already expired (`now - 1`). The refresh token is the IdP's real one.
+fn with_token_expiring_at(b: &Browser, at: u64) -> String {
+    let mut s = open_session(&session_cookies(b));
+    s.token_expires_at = at;
+    seal(&s)
+}
+
+/// A login started at `site` whose callback (with a made-up code) is sent while `mode` holds.
+fn callback_during(site: &str, mode: Mode) -> (Response, Duration) {
+    let b = Browser::new();
+    let start = b
+        .get(&url(
+            site,
+            &format!("/login?{}", form_urlencode(&[("rd", "/after")])),
+        ))
+        .unwrap();
+    assert_eq!(start.status, 302, "{}", start.body);
+    let state = query_param(&start.location().unwrap(), "state").unwrap();
+    let _fault = Fault::set(mode);
+    let t = Instant::now();
+    let r = b
+        .get(&url(
+            site,
+            &format!("/oauth2/callback?code=some-code&state={state}"),
+        ))
+        .unwrap();
+    let took = t.elapsed();
+    assert!(
+        r.set_cookies()
+            .iter()
+            .all(|c| !c.starts_with(&format!("{COOKIE}=1."))),
+        "{:?}",
+        r.set_cookies()
+    );
+    assert!(r.header("location").is_none(), "{:?}", r.header("location"));
+    (r, took)
+}
+
+#[test]
+fn token_endpoint_errors_and_garbage_are_clear_502s_and_the_next_login_works() {
+    let _idp = idp_lock();
+    let before = stat("callback_failures.token_endpoint");
+    let huge = format!(
+        "{{\"access_token\":\"{}\",\"token_type\":\"Bearer\"}}",
+        "a".repeat(300 * 1024)
+    );
+    let cases: Vec<(u16, &str, String)> = vec![
+        (
+            500,
+            "text/html",
+            "<html><body>Internal Server Error</body></html>".into(),
+        ),
+        (
+            503,
+            "application/json",
+            r#"{"error":"temporarily_unavailable"}"#.into(),
+        ),
+        (
+            401,
+            "application/json",
+            r#"{"error":"invalid_client"}"#.into(),
+        ),
+        (200, "application/json", "{not json".into()),
+        (200, "application/json", "[]".into()),
+        (200, "application/json", "".into()),
+        (
+            200,
+            "text/html",
+            "<html>Please log in to the Wi-Fi</html>".into(),
+        ),
+        (
+            200,
+            "application/json",
+            r#"{"access_token":"at","token_type":"mac","id_token":"x.y.z"}"#.into(),
+        ),
+        (
+            200,
+            "application/json",
+            r#"{"access_token":"at","token_type":"Bearer","id_token":"x.y.z"}"#.into(),
+        ),
+        (200, "application/json", huge),
+    ];
+    let n = cases.len() as u64;
+    for (status, content_type, body) in cases {
+        let (r, _) = callback_during(
+            APP,
+            Mode::respond_for("/token", status, content_type, &body),
+        );
+        assert_eq!(
+            r.status,
+            502,
+            "{status} {}: {}",
+            &body[..body.len().min(80)],
+            r.body
+        );
+        assert!(r.body.contains("Login failed"), "{}", r.body);
+        assert!(r.body.contains("identity provider"), "{}", r.body);
+    }
+    let after = stat("callback_failures.token_endpoint") + stat("callback_failures.id_token");
+    assert!(after >= before + n, "{before} -> {after}");
+    // The IdP behaves again: a login goes through.
+    logged_in(APP, "alice");
+}
+
+#[test]
+fn a_token_endpoint_slower_than_the_timeout_gives_504_at_the_timeout() {
+    let _idp = idp_lock();
+    // Answers, but after 3 s; this site's callout_timeout is 2 s. (A hang is `e2e.rs`'s case.)
+    let (r, took) = callback_during(APP, Mode::Delay(Duration::from_secs(3)));
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(r.body.contains("did not answer in time"), "{}", r.body);
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_millis(3500),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_returns() {
+    let _idp = idp_lock();
+    let b = logged_in(APP, "alice");
+    let live = session_cookies(&b);
+    let token = open_session(&live).id_token;
+    let due = with_token_expiring_at(&b, now() + 30);
+    let expired = with_token_expiring_at(&b, now() - 1);
+    let failures = stat("refresh_failures");
+    // jwt_authn fetches the IdP's keys on first use, once per worker: have it do so on both before
+    // the IdP goes away (Istio inlines them instead).
+    for _ in 0..20 {
+        assert_eq!(get(APP, &live, false).status, 200);
+    }
+
+    for mode in [
+        Mode::Refuse,
+        Mode::Hang,
+        Mode::respond(500, "text/html", "<h1>down</h1>"),
+    ] {
+        let _down = Fault::set(mode.clone());
+        // A live session: forwarded as usual, on both workers, without asking the IdP.
+        for _ in 0..10 {
+            let r = get(APP, &live, false);
+            assert_eq!(r.status, 200, "{mode:?}: {}", r.body);
+            assert_eq!(bearer(&r).unwrap(), format!("Bearer {}", token.expose()));
+        }
+        // Due for refresh: the IdP fails (within the 2 s timeout), the old token still goes up.
+        let t = Instant::now();
+        let r = get(APP, &due, false);
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "{mode:?}: {:?}",
+            t.elapsed()
+        );
+        assert_eq!(r.status, 200, "{mode:?}: {}", r.body);
+        assert_eq!(bearer(&r).unwrap(), format!("Bearer {}", token.expose()));
+        assert!(!clears_session(&r));
+        // Expired: fail closed with a clear 503, but keep the cookie for when the IdP is back.
+        for browser in [false, true] {
+            let r = get(APP, &expired, browser);
+            assert_eq!(r.status, 503, "{mode:?} browser={browser}: {}", r.body);
+            assert!(r.header("retry-after").is_some());
+            assert!(r.header("location").is_none());
+            assert!(bearer(&r).is_none());
+            assert!(!clears_session(&r), "{mode:?}: {:?}", r.set_cookies());
+            assert!(r.body.contains("identity provider"), "{}", r.body);
+        }
+        // The same at once from several tabs: one request renews, the others wait for it, and
+        // when it fails nobody's cookie is cleared either.
+        let burst: Vec<Response> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| get(APP, &expired, false)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in &burst {
+            assert_eq!(r.status, 503, "{mode:?} burst: {}", r.body);
+            assert!(!clears_session(r), "{mode:?} burst: {:?}", r.set_cookies());
+        }
+    }
+    assert!(stat("refresh_failures") > failures);
+
+    // The IdP answers again: the expired session renews by itself, nobody was logged out.
+    let r = get(APP, &expired, false);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let renewed: Vec<&str> = r
+        .set_cookies()
+        .into_iter()
+        .filter(|c| c.starts_with(COOKIE) && !c.contains("Max-Age=0"))
+        .collect();
+    assert!(!renewed.is_empty(), "{:?}", r.set_cookies());
+    assert_ne!(bearer(&r).unwrap(), format!("Bearer {}", token.expose()));
+    let r = get(APP, &due, false);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn rotated_idp_keys_keep_sessions_and_new_logins_fetch_the_new_keys() {
+    let _idp = idp_lock();
+    let before = logged_in(BARE, "alice");
+    let old = session_cookies(&before);
+    let old_kid = kid(open_session(&old).id_token.expose());
+    let jwks_file = stack().idp_jwks_file().unwrap().to_path_buf();
+    let original_keys = std::fs::read(&jwks_file).unwrap();
+    let fetched = |log: &str| log.matches("GET /jwks ").count();
+    let fetches_before = fetched(&stack().idp_log().unwrap());
+
+    stack().rotate_idp_keys().unwrap();
+    let restore = Restore(jwks_file, original_keys);
+
+    // The live session is sealed: it keeps working on the old key's token.
+    for _ in 0..6 {
+        let r = get(BARE, &old, false);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // A new login gets a token with a kid the filter has not seen: it fetches the JWKS once
+    // (rate-limited) and accepts it.
+    let after = logged_in(BARE, "bob");
+    let new_kid = kid(open_session(&session_cookies(&after)).id_token.expose());
+    assert_ne!(old_kid, new_kid);
+    assert!(fetched(&stack().idp_log().unwrap()) > fetches_before);
+    for _ in 0..6 {
+        assert_eq!(get(BARE, &session_cookies(&after), false).status, 200);
+    }
+    drop(restore);
+}
+
+/// Puts the IdP's original signing keys back (so the app site's jwt_authn, which cached them, keeps
+/// verifying tokens), also when the test fails.
+struct Restore(std::path::PathBuf, Vec<u8>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        stack().stop_idp();
+        std::fs::write(&self.0, &self.1).unwrap();
+        stack().start_idp().unwrap();
+    }
+}
+
+fn kid(jwt: &str) -> String {
+    let header = jwt.split('.').next().unwrap();
+    let v: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    v["kid"].as_str().unwrap().to_string()
+}

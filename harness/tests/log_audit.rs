@@ -1,0 +1,337 @@
+//! Log audit: with the wasm component at trace level (everything the filter can print, and Envoy's
+//! own wasm lines), run a login, a refresh with a rotated refresh token, a logout, a failed refresh
+//! and every kind of failed callback; then no token, code, state, nonce, verifier, client secret,
+//! cookie key or cookie value may appear in Envoy's log, whole or as a recognisable part.
+//!
+//! Not audited: Envoy's access log, which records request paths, so the callback's one-time code
+//! (useless without the PKCE verifier, and expired within a minute) is there by Envoy's design.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use harness::browser::query_param;
+use harness::idp::{Forge, forge_id_token};
+use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec};
+use oidc_filter::secret::Secret;
+use oidc_filter::session::{self, Keys, LoginState, Session};
+use serde_json::json;
+
+const SITE: &str = "app";
+const COOKIE: &str = "_oidc_session";
+const HOST: &str = "localhost";
+
+fn keys() -> Keys {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(harness::DEFAULT_COOKIE_KEYS)
+        .unwrap();
+    Keys::new(&[raw]).unwrap()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn session_cookies(b: &Browser) -> String {
+    b.cookies(HOST)
+        .into_iter()
+        .filter(|(n, _)| session::is_session_cookie(COOKIE, n))
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn open_session(cookie: &str) -> Session {
+    let sealed = session::join(cookie, COOKIE).unwrap().unwrap();
+    Session::decode(&keys().open(COOKIE, &sealed).unwrap()).unwrap()
+}
+
+fn seal(s: &Session) -> String {
+    let mut nonce = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut nonce)
+        .unwrap();
+    let sealed = keys().seal(COOKIE, &s.encode(), nonce);
+    session::split(COOKIE, &sealed)
+        .unwrap()
+        .into_iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Everything secret one login attempt produced.
+struct Attempt {
+    state: String,
+    nonce: String,
+    verifier: String,
+    cookie: String,
+}
+
+fn start(stack: &Stack, b: &Browser) -> (Attempt, String) {
+    let r = b
+        .get(&stack.site(SITE).unwrap().url("/login?rd=/audited"))
+        .unwrap();
+    assert_eq!(r.status, 302, "{}", r.body);
+    let authorize = r.location().unwrap();
+    let state = query_param(&authorize, "state").unwrap();
+    let name = format!("{COOKIE}_login_{}", &state[..12]);
+    let cookie = b.cookie(HOST, &name).unwrap();
+    let login = LoginState::decode(&keys().open(&name, &cookie).unwrap()).unwrap();
+    assert_eq!(login.state.expose(), state);
+    let attempt = Attempt {
+        nonce: query_param(&authorize, "nonce").unwrap(),
+        verifier: login.verifier.expose().to_string(),
+        state,
+        cookie,
+    };
+    (attempt, authorize)
+}
+
+fn api(stack: &Stack, cookie: &str) -> Response {
+    Browser::new()
+        .get_with(
+            &stack.site(SITE).unwrap().url("/x"),
+            &[("accept", "application/json"), ("cookie", cookie)],
+        )
+        .unwrap()
+}
+
+#[test]
+fn no_secret_reaches_envoys_log_at_trace_level() {
+    let stack = Stack::start(StackSpec {
+        envoy_component_log_level: Some("wasm:trace".into()),
+        ..StackSpec::new(
+            "log_audit",
+            vec![SiteSpec {
+                client_secret: "audit-client-secret-0123456789".into(),
+                ..SiteSpec::new(SITE)
+                    .filter(json!({"post_logout_redirect_uri": "/"}))
+                    .idp_client(json!({"rotate_refresh_token": true}))
+            }],
+        )
+    })
+    .unwrap();
+    let site = stack.site(SITE).unwrap().clone();
+    let t0 = Instant::now();
+    while Browser::new().get(&site.url("/login")).unwrap().status != 302 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut secrets: Vec<String> = vec![
+        harness::DEFAULT_COOKIE_KEYS.to_string(),
+        site.client_secret.clone(),
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", site.client_id, site.client_secret)),
+    ];
+    let attempt_secrets = |a: &Attempt| {
+        vec![
+            a.state.clone(),
+            a.nonce.clone(),
+            a.verifier.clone(),
+            a.cookie.clone(),
+        ]
+    };
+
+    // A login through the real IdP.
+    let b = Browser::new();
+    let (attempt, authorize) = start(&stack, &b);
+    secrets.extend(attempt_secrets(&attempt));
+    let mut resp = b.get(&authorize).unwrap();
+    let callback_url = loop {
+        if resp.url.starts_with(&site.url("/oauth2/callback")) {
+            break resp.url.clone();
+        }
+        let form = resp.forms().into_iter().find(|f| {
+            f.fields
+                .iter()
+                .any(|(n, v)| n == "prompt" && (v == "login" || v == "consent"))
+        });
+        resp = match form {
+            Some(f) => b
+                .submit(&f, &[("login", "alice"), ("password", "pw-not-secret")])
+                .unwrap(),
+            None => b.get(&resp.location().unwrap()).unwrap(),
+        };
+    };
+    let code = query_param(&callback_url, "code").unwrap();
+    secrets.push(code.clone());
+    assert_eq!(resp.status, 302, "{}", resp.body);
+    let live = session_cookies(&b);
+    let s = open_session(&live);
+    secrets.push(live.clone());
+    secrets.push(s.id_token.expose().to_string());
+    secrets.push(s.refresh_token.as_ref().unwrap().expose().to_string());
+    assert_eq!(api(&stack, &live).status, 200);
+
+    // A refresh (the IdP rotates the refresh token), then the old refresh token once more: refused.
+    let mut due = s.clone();
+    due.token_expires_at = now() + 30;
+    let due = seal(&due);
+    secrets.push(due.clone());
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = api(&stack, &due);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let renewed: Vec<&str> = r
+        .set_cookies()
+        .into_iter()
+        .filter_map(|c| c.split(';').next())
+        .filter(|p| p.starts_with(COOKIE) && !p.ends_with('='))
+        .collect();
+    let renewed = renewed.join("; ");
+    let fresh = open_session(&renewed);
+    secrets.push(renewed.clone());
+    secrets.push(fresh.id_token.expose().to_string());
+    secrets.push(fresh.refresh_token.as_ref().unwrap().expose().to_string());
+    let mut stale = s.clone();
+    stale.token_expires_at = now() - 1;
+    stale.refresh_token = Some(Secret::new("rt-made-up-and-secret-0123456789"));
+    let stale = seal(&stale);
+    secrets.push("rt-made-up-and-secret-0123456789".into());
+    secrets.push(stale.clone());
+    assert_eq!(api(&stack, &stale).status, 401);
+
+    // The same code again (invalid_grant; the IdP also revokes what the code gave), with a copy of
+    // the spent login cookie.
+    let replay = Browser::new()
+        .get_with(
+            &callback_url,
+            &[(
+                "cookie",
+                &format!("{COOKIE}_login_{}={}", &attempt.state[..12], attempt.cookie),
+            )],
+        )
+        .unwrap();
+    assert_eq!(replay.status, 400, "{}", replay.body);
+
+    // Failed callbacks: no state, a foreign state, an IdP error, and token endpoint answers that
+    // echo secrets back or carry forged tokens.
+    let b = Browser::new();
+    let (a, _) = start(&stack, &b);
+    secrets.extend(attempt_secrets(&a));
+    for q in [
+        "code=c0de-not-logged-0123".to_string(),
+        format!("code=c0de-not-logged-0123&state={}", "A".repeat(43)),
+        format!(
+            "error=access_denied&error_description=secret-description-0123&state={}",
+            a.state
+        ),
+    ] {
+        let r = b.get(&site.url(&format!("/oauth2/callback?{q}"))).unwrap();
+        assert_eq!(r.status, 400, "{q}: {}", r.body);
+    }
+    secrets.push("secret-description-0123".into());
+    let jwks = stack.idp_jwks_file().unwrap().to_path_buf();
+    let claims = |nonce: &str| {
+        json!({"iss": stack.issuer(), "aud": site.client_id, "sub": "mallory", "nonce": nonce,
+               "iat": now(), "exp": now() + 300})
+    };
+    let answers: Vec<(u16, String)> = vec![
+        (
+            400,
+            json!({"error": "invalid_request", "error_description": format!("bad code {code} for {}", site.client_secret)})
+                .to_string(),
+        ),
+        (500, format!("<html>upstream failed for verifier {}</html>", a.verifier)),
+        (200, format!("{{\"access_token\": \"at-secret-0123456789\", \"oops\": {}", a.verifier)),
+        (
+            200,
+            json!({"access_token": "at-secret-0123456789", "token_type": "Bearer",
+                   "id_token": forge_id_token(&jwks, Forge::AlgNone, &json!({}), &claims(&a.nonce)).unwrap()})
+            .to_string(),
+        ),
+        (
+            200,
+            json!({"access_token": "at-secret-0123456789", "token_type": "Bearer",
+                   "id_token": forge_id_token(&jwks, Forge::OtherKey, &json!({}), &claims(&a.nonce)).unwrap()})
+            .to_string(),
+        ),
+        (
+            200,
+            json!({"access_token": "at-secret-0123456789", "token_type": "Bearer",
+                   "id_token": forge_id_token(&jwks, Forge::Rs256, &json!({}), &claims("wrong-nonce")).unwrap()})
+            .to_string(),
+        ),
+    ];
+    secrets.push("at-secret-0123456789".into());
+    for (status, body) in answers {
+        if let Some(t) = body.split("\"id_token\":\"").nth(1) {
+            secrets.push(t.split('"').next().unwrap().to_string());
+        }
+        let b = Browser::new();
+        let (a, _) = start(&stack, &b);
+        secrets.extend(attempt_secrets(&a));
+        stack.idp_proxy().set_mode(Mode::respond_for(
+            "/token",
+            status,
+            "application/json",
+            &body,
+        ));
+        let r = b
+            .get(&site.url(&format!(
+                "/oauth2/callback?code=c0de-forged-0123456&state={}",
+                a.state
+            )))
+            .unwrap();
+        stack.idp_proxy().set_mode(Mode::Forward);
+        assert!(
+            matches!(r.status, 400 | 502),
+            "{status} {body}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    secrets.push("c0de-forged-0123456".into());
+
+    // Logout sends the ID token to the IdP as id_token_hint, in the browser's redirect only.
+    let out = Browser::new()
+        .get_with(&site.url("/logout"), &[("cookie", &renewed)])
+        .unwrap();
+    assert_eq!(out.status, 302);
+
+    // Envoy flushes its log every 100 ms.
+    std::thread::sleep(Duration::from_millis(400));
+    let log = stack.envoy_log().unwrap();
+    let wasm_lines = log.lines().filter(|l| l.contains("[wasm]")).count();
+    assert!(
+        wasm_lines > 10,
+        "the audit saw no wasm lines: is the level right?"
+    );
+    assert!(
+        log.contains("wasm log"),
+        "the filter itself printed nothing"
+    );
+    let mut leaks = Vec::new();
+    for secret in &secrets {
+        assert!(secret.len() >= 16, "too short to grep for: {secret:?}");
+        // The whole value, and any 16-character piece of it (a truncated or split token).
+        let chars: Vec<char> = secret.chars().collect();
+        let pieces = chars
+            .windows(16)
+            .step_by(8)
+            .map(|w| w.iter().collect::<String>());
+        for piece in std::iter::once(secret.clone()).chain(pieces) {
+            if let Some(line) = log.lines().find(|l| l.contains(&piece)) {
+                leaks.push(format!("{}…: {line}", &piece[..12]));
+                break;
+            }
+        }
+    }
+    assert!(
+        leaks.is_empty(),
+        "secrets in envoy.log:\n{}",
+        leaks.join("\n")
+    );
+    assert!(!log.to_ascii_lowercase().contains("panic"));
+    eprintln!(
+        "audited {} lines ({wasm_lines} wasm) for {} secrets",
+        log.lines().count(),
+        secrets.len()
+    );
+}
