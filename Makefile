@@ -1,11 +1,12 @@
 # Two commands on a fresh machine:
 #   make demo   Envoy + oidc-filter + a local IdP + a sample app, ready to log in from a browser
-#   make test   every test: lints, unit and flow tests, real-Envoy end-to-end and browser runs, image and manifests
+#   make test   every test: lints, unit and flow tests, real-Envoy end-to-end and browser runs, image and
+#               manifests, attack suite, soak, log audit, bounded fuzzing
 # Everything else here is what those two are made of.
 
 WASM := target/wasm32-wasip1/release/oidc_filter.wasm
 
-.PHONY: setup wasm lint unit e2e test demo bench image envoy-config
+.PHONY: setup wasm lint unit e2e fuzz test demo bench image envoy-config
 
 setup:
 	@bash harness/setup.sh
@@ -24,7 +25,10 @@ unit: setup
 e2e: wasm
 	cargo test -p harness --no-fail-fast
 
-test: lint unit e2e
+fuzz: setup
+	bash filter/fuzz/run.sh 20
+
+test: lint unit e2e fuzz
 
 demo: wasm
 	cargo run -q -p harness -- demo

@@ -10,7 +10,9 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MetricType};
 
 use crate::config::{Plugin, Unmatched};
-use crate::flow::{self, CallbackFailure, Callout, Env, Headers, Metric, Pending, RefreshJob, State, Step};
+use crate::flow::{
+    self, CallbackFailure, Callout, Env, Headers, Metric, Pending, RefreshJob, State, Step,
+};
 use crate::provider::Fetch;
 use crate::renewal::{self, Renewal};
 use crate::revocation::Revocations;
@@ -22,7 +24,12 @@ fn revocation_key(cfg: &crate::config::Config) -> String {
 
 /// The shared-data key of one bucket of a site's renewal table (see `renewal`).
 fn renewal_bucket(cfg: &crate::config::Config, key: &str) -> String {
-    format!("oidc-filter.renewal.{}.{}.{}", cfg.client_id, cfg.cookie_name, renewal::bucket(key))
+    format!(
+        "oidc-filter.renewal.{}.{}.{}",
+        cfg.client_id,
+        cfg.cookie_name,
+        renewal::bucket(key)
+    )
 }
 
 /// Replies larger than this are not an IdP document or token response.
@@ -83,7 +90,10 @@ const FAILURES: [CallbackFailure; 8] = [
 
 impl Metrics {
     fn define() -> Metrics {
-        let c = |name: &str| hostcalls::define_metric(MetricType::Counter, &format!("oidc_filter.{name}")).unwrap_or(0);
+        let c = |name: &str| {
+            hostcalls::define_metric(MetricType::Counter, &format!("oidc_filter.{name}"))
+                .unwrap_or(0)
+        };
         let mut m = Metrics {
             forwarded: c("sessions_forwarded"),
             login_redirect: c("login_redirects"),
@@ -144,15 +154,26 @@ pub struct Root {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        let Some((site, fetch)) = self.fetches.remove(&token) else { return };
+        let Some((site, fetch)) = self.fetches.remove(&token) else {
+            return;
+        };
         let Some(shared) = &self.shared else { return };
         let reply = read_reply(self, body_size);
         let now = now(self);
-        let Ok(mut s) = shared.try_borrow_mut() else { return };
+        let Ok(mut s) = shared.try_borrow_mut() else {
+            return;
+        };
         let plugin = s.plugin.clone();
-        let (Some(cfg), Some(state)) = (plugin.sites.get(site), s.states.get_mut(site)) else { return };
+        let (Some(cfg), Some(state)) = (plugin.sites.get(site), s.states.get_mut(site)) else {
+            return;
+        };
         let was_ready = state.provider.ready().is_some();
-        match state.provider.on_reply(cfg, fetch, reply.as_ref().map(|(st, b)| (*st, b.as_slice())), now) {
+        match state.provider.on_reply(
+            cfg,
+            fetch,
+            reply.as_ref().map(|(st, b)| (*st, b.as_slice())),
+            now,
+        ) {
             Ok(msg) => {
                 if !was_ready || fetch == Fetch::Jwks {
                     log_info(&format!("oidc-filter: {}: {msg}", cfg.issuer));
@@ -184,13 +205,20 @@ impl RootContext for Root {
                 // needs an existing entry); a bucket another VM already has is left alone.
                 for cfg in &plugin.sites {
                     for b in 0..renewal::BUCKETS {
-                        let name = format!("oidc-filter.renewal.{}.{}.{b}", cfg.client_id, cfg.cookie_name);
+                        let name = format!(
+                            "oidc-filter.renewal.{}.{}.{b}",
+                            cfg.client_id, cfg.cookie_name
+                        );
                         if let Ok((None, _)) = hostcalls::get_shared_data(&name) {
                             let _ = hostcalls::set_shared_data(&name, Some(b"{}"), None);
                         }
                     }
                 }
-                let shared = Shared { plugin: Rc::new(plugin), states, parked: Vec::new() };
+                let shared = Shared {
+                    plugin: Rc::new(plugin),
+                    states,
+                    parked: Vec::new(),
+                };
                 self.shared = Some(Rc::new(RefCell::new(shared)));
                 self.fetches.clear();
                 self.set_tick_period(TICK);
@@ -233,17 +261,24 @@ impl RootContext for Root {
 impl Root {
     /// Resumes the waiting requests whose renewal has finished (or failed, or is overdue).
     fn resume_parked(&mut self) {
-        let Some(shared) = self.shared.clone() else { return };
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
         let now = now(self);
         let mut ready = Vec::new();
         {
-            let Ok(mut s) = shared.try_borrow_mut() else { return };
+            let Ok(mut s) = shared.try_borrow_mut() else {
+                return;
+            };
             let plugin = s.plugin.clone();
             let parked = std::mem::take(&mut s.parked);
             // Requests that park set the fast tick; back to the slow one once none waits.
             self.fast_tick |= !parked.is_empty();
             for p in parked {
-                let (Some(cfg), Some(state)) = (plugin.sites.get(p.site), s.states.get_mut(p.site)) else { continue };
+                let (Some(cfg), Some(state)) = (plugin.sites.get(p.site), s.states.get_mut(p.site))
+                else {
+                    continue;
+                };
                 let step = match renewal_state(cfg, &p.key, now) {
                     Renewal::Done(lines) => flow::adopt_renewal(cfg, state, p.job, &lines, now),
                     Renewal::Claimed if now < p.until => {
@@ -271,7 +306,11 @@ impl Root {
                 Ok(_) => {}
                 // Adopting or failing a renewal never calls out or reads a body.
                 Err(_) => {
-                    let _ = hostcalls::send_http_response(500, vec![("cache-control", "no-store")], None);
+                    let _ = hostcalls::send_http_response(
+                        500,
+                        vec![("cache-control", "no-store")],
+                        None,
+                    );
                 }
             }
         }
@@ -281,7 +320,9 @@ impl Root {
     fn sync_revocations(&self) {
         let Some(shared) = &self.shared else { return };
         let now = now(self);
-        let Ok(mut s) = shared.try_borrow_mut() else { return };
+        let Ok(mut s) = shared.try_borrow_mut() else {
+            return;
+        };
         let plugin = s.plugin.clone();
         for (cfg, state) in plugin.sites.iter().zip(s.states.iter_mut()) {
             if cfg.backchannel_logout_path.is_none() {
@@ -298,10 +339,15 @@ impl Root {
         let Some(shared) = &self.shared else { return };
         let now = now(self);
         let shared = shared.clone();
-        let Ok(plugin) = shared.try_borrow().map(|s| s.plugin.clone()) else { return };
+        let Ok(plugin) = shared.try_borrow().map(|s| s.plugin.clone()) else {
+            return;
+        };
         for (site, cfg) in plugin.sites.iter().enumerate() {
             let next = match shared.try_borrow_mut() {
-                Ok(mut s) => s.states.get_mut(site).and_then(|st| st.provider.poll(cfg, now)),
+                Ok(mut s) => s
+                    .states
+                    .get_mut(site)
+                    .and_then(|st| st.provider.poll(cfg, now)),
                 Err(_) => None,
             };
             let Some((call, fetch)) = next else { continue };
@@ -352,7 +398,9 @@ impl Context for Http {
     }
 
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        let Some((expected, pending)) = self.pending.take() else { return };
+        let Some((expected, pending)) = self.pending.take() else {
+            return;
+        };
         if expected != token {
             self.fail(500);
             return;
@@ -365,15 +413,25 @@ impl Context for Http {
                 return;
             };
             let plugin = s.plugin.clone();
-            let (Some(cfg), Some(state)) = (plugin.sites.get(self.site), s.states.get_mut(self.site)) else {
+            let (Some(cfg), Some(state)) =
+                (plugin.sites.get(self.site), s.states.get_mut(self.site))
+            else {
                 drop(s);
                 self.fail(500);
                 return;
             };
             let mut random = random;
-            let mut env = Env { now, random: &mut random };
-            let step =
-                flow::on_reply(cfg, state, &mut env, *pending, reply.as_ref().map(|(st, b)| (*st, b.as_slice())));
+            let mut env = Env {
+                now,
+                random: &mut random,
+            };
+            let step = flow::on_reply(
+                cfg,
+                state,
+                &mut env,
+                *pending,
+                reply.as_ref().map(|(st, b)| (*st, b.as_slice())),
+            );
             // A renewal this request claimed has ended (unless it now fetches keys): publish it, or let go.
             let renewed = match (&step, &self.renewing) {
                 (Step::Call(..), _) | (_, None) => None,
@@ -413,7 +471,10 @@ impl HttpContext for Http {
                 return Action::Pause;
             };
             let mut random = random;
-            let mut env = Env { now, random: &mut random };
+            let mut env = Env {
+                now,
+                random: &mut random,
+            };
             flow::on_request(cfg, state, &mut env, &HostHeaders(self))
         };
         if end_of_stream && matches!(step, Step::ReadBody) {
@@ -435,13 +496,20 @@ impl HttpContext for Http {
             return Action::Pause;
         }
         self.reading_body = false;
-        let body = self.get_http_request_body(0, body_size.min(64 * 1024)).unwrap_or_default();
+        let body = self
+            .get_http_request_body(0, body_size.min(64 * 1024))
+            .unwrap_or_default();
         self.backchannel_logout(&body)
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         for c in self.set_cookies.borrow_mut().drain(..) {
-            hostcalls::add_map_value(proxy_wasm::types::MapType::HttpResponseHeaders, "set-cookie", &c).ok();
+            hostcalls::add_map_value(
+                proxy_wasm::types::MapType::HttpResponseHeaders,
+                "set-cookie",
+                &c,
+            )
+            .ok();
         }
         Action::Continue
     }
@@ -493,9 +561,12 @@ impl Http {
     /// it (`Err(None)`, the request is parked).
     fn claim_renewal(&mut self, job: RefreshJob) -> Result<RefreshJob, Option<Step>> {
         let now = now(self);
-        let Ok(mut s) = self.shared.try_borrow_mut() else { return Ok(job) };
+        let Ok(mut s) = self.shared.try_borrow_mut() else {
+            return Ok(job);
+        };
         let plugin = s.plugin.clone();
-        let (Some(cfg), Some(state)) = (plugin.sites.get(self.site), s.states.get_mut(self.site)) else {
+        let (Some(cfg), Some(state)) = (plugin.sites.get(self.site), s.states.get_mut(self.site))
+        else {
             return Ok(job);
         };
         let key = renewal::key(job.sealed());
@@ -514,7 +585,9 @@ impl Http {
             }
         });
         match found {
-            Some(Renewal::Done(lines)) => Err(Some(flow::adopt_renewal(cfg, state, job, &lines, now))),
+            Some(Renewal::Done(lines)) => {
+                Err(Some(flow::adopt_renewal(cfg, state, job, &lines, now)))
+            }
             Some(Renewal::Claimed) => match flow::renewal_busy(cfg, job, now) {
                 Ok(step) => Err(Some(step)),
                 Err(job) => {
@@ -542,10 +615,16 @@ impl Http {
 
     /// Publishes the renewal this request claimed (`renewed`: its `Set-Cookie` lines), or lets it go.
     fn end_renewal(&mut self, renewed: Option<Vec<String>>) {
-        let Some((key, _)) = self.renewing.take() else { return };
+        let Some((key, _)) = self.renewing.take() else {
+            return;
+        };
         let now = now(self);
-        let Ok(s) = self.shared.try_borrow() else { return };
-        let Some(cfg) = s.plugin.sites.get(self.site) else { return };
+        let Ok(s) = self.shared.try_borrow() else {
+            return;
+        };
+        let Some(cfg) = s.plugin.sites.get(self.site) else {
+            return;
+        };
         update_renewals(cfg, &key, now, |t| {
             match renewed.clone() {
                 Some(lines) => t.complete(&key, lines, now),
@@ -564,13 +643,18 @@ impl Http {
                 return Action::Pause;
             };
             let plugin = s.plugin.clone();
-            let (Some(cfg), Some(state)) = (plugin.sites.get(self.site), s.states.get_mut(self.site)) else {
+            let (Some(cfg), Some(state)) =
+                (plugin.sites.get(self.site), s.states.get_mut(self.site))
+            else {
                 drop(s);
                 self.fail(500);
                 return Action::Pause;
             };
             let mut random = random;
-            let env = Env { now, random: &mut random };
+            let env = Env {
+                now,
+                random: &mut random,
+            };
             let step = flow::on_backchannel_logout(cfg, state, &env, body);
             if matches!(&step, Step::Respond(r) if r.status == 200) {
                 let key = revocation_key(cfg);
@@ -616,7 +700,10 @@ impl Http {
             Unmatched::Default | Unmatched::Deny => {
                 self.send_http_response(
                     403,
-                    vec![("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")],
+                    vec![
+                        ("content-type", "text/plain; charset=utf-8"),
+                        ("cache-control", "no-store"),
+                    ],
                     Some(b"This host is not served by this gateway's login.\n"),
                 );
                 Action::Pause
@@ -632,7 +719,10 @@ impl Http {
         };
         self.send_http_response(
             status,
-            vec![("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")],
+            vec![
+                ("content-type", "text/plain; charset=utf-8"),
+                ("cache-control", "no-store"),
+            ],
             Some(body),
         );
     }
@@ -640,13 +730,21 @@ impl Http {
 
 /// Carries out a `Forward` or `Respond` in the current effective context (the request's own, or one the root
 /// context switched to); hands any other step back.
-fn apply(step: Step, metrics: &Metrics, set_cookies: &RefCell<Vec<String>>) -> Result<Action, Step> {
+fn apply(
+    step: Step,
+    metrics: &Metrics,
+    set_cookies: &RefCell<Vec<String>>,
+) -> Result<Action, Step> {
     use proxy_wasm::types::MapType::HttpRequestHeaders;
     match step {
         Step::Forward(f) => {
             metrics.count(f.metric);
             if let Some(auth) = &f.authorization {
-                let _ = hostcalls::set_map_value(HttpRequestHeaders, "authorization", Some(auth.expose()));
+                let _ = hostcalls::set_map_value(
+                    HttpRequestHeaders,
+                    "authorization",
+                    Some(auth.expose()),
+                );
             }
             if let Some(cookie) = &f.cookie {
                 let _ = hostcalls::set_map_value(HttpRequestHeaders, "cookie", cookie.as_deref());
@@ -661,8 +759,33 @@ fn apply(step: Step, metrics: &Metrics, set_cookies: &RefCell<Vec<String>>) -> R
         }
         Step::Respond(r) => {
             metrics.count(r.metric);
-            let headers: Vec<(&str, &str)> = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let _ = hostcalls::send_http_response(u32::from(r.status), headers, Some(r.body.as_bytes()));
+            // Failures worth a line for whoever debugs a login: the reason only, never request data.
+            match r.metric {
+                Some(Metric::CallbackFailed(f)) => {
+                    log_info(&format!(
+                        "oidc-filter: login callback failed ({}), answered {}",
+                        f.name(),
+                        r.status
+                    ));
+                }
+                Some(Metric::RefreshFailed) => {
+                    log_info(&format!(
+                        "oidc-filter: token refresh failed, answered {}",
+                        r.status
+                    ));
+                }
+                _ => {}
+            }
+            let headers: Vec<(&str, &str)> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let _ = hostcalls::send_http_response(
+                u32::from(r.status),
+                headers,
+                Some(r.body.as_bytes()),
+            );
             Ok(Action::Pause)
         }
         other => Err(other),
@@ -687,8 +810,12 @@ fn update_renewals<T>(
 ) -> Option<T> {
     let name = renewal_bucket(cfg, key);
     for _ in 0..8 {
-        let Ok((bytes, cas)) = hostcalls::get_shared_data(&name) else { return None };
-        let mut table = bytes.map(|b| renewal::Table::decode(&b)).unwrap_or_default();
+        let Ok((bytes, cas)) = hostcalls::get_shared_data(&name) else {
+            return None;
+        };
+        let mut table = bytes
+            .map(|b| renewal::Table::decode(&b))
+            .unwrap_or_default();
         table.prune(now);
         if let Some(found) = f(&mut table) {
             return Some(found);
@@ -701,9 +828,24 @@ fn update_renewals<T>(
 }
 
 fn dispatch(ctx: &dyn Context, call: &Callout) -> Result<u32, String> {
-    let headers: Vec<(&str, &str)> = call.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    ctx.dispatch_http_call(&call.cluster, headers, call.body.as_deref(), vec![], call.timeout)
-        .map_err(|status| format!("cluster `{}`: {status:?} (is the cluster defined on this proxy?)", call.cluster))
+    let headers: Vec<(&str, &str)> = call
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    ctx.dispatch_http_call(
+        &call.cluster,
+        headers,
+        call.body.as_deref(),
+        vec![],
+        call.timeout,
+    )
+    .map_err(|status| {
+        format!(
+            "cluster `{}`: {status:?} (is the cluster defined on this proxy?)",
+            call.cluster
+        )
+    })
 }
 
 /// A request header as text. The SDK's `get_http_request_header` panics on bytes that are not UTF-8, and
@@ -711,21 +853,32 @@ fn dispatch(ctx: &dyn Context, call: &Callout) -> Result<u32, String> {
 /// as U+FFFD, which matches no name, path or cookie of ours.
 fn request_header(ctx: &dyn HttpContext, name: &str) -> Option<String> {
     let bytes = ctx.get_http_request_header_bytes(name)?;
-    Some(String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    Some(
+        String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    )
 }
 
 fn read_reply(ctx: &dyn Context, body_size: usize) -> Option<(u16, Vec<u8>)> {
-    let status = std::str::from_utf8(&ctx.get_http_call_response_header_bytes(":status")?).ok()?.parse::<u16>().ok()?;
+    let status = std::str::from_utf8(&ctx.get_http_call_response_header_bytes(":status")?)
+        .ok()?
+        .parse::<u16>()
+        .ok()?;
     if body_size > MAX_REPLY {
         // Too large to be a real answer: hand the core an empty, unparsable body.
         return Some((status, Vec::new()));
     }
-    let body = ctx.get_http_call_response_body(0, body_size).unwrap_or_default();
+    let body = ctx
+        .get_http_call_response_body(0, body_size)
+        .unwrap_or_default();
     Some((status, body))
 }
 
 fn now(ctx: &dyn Context) -> u64 {
-    ctx.get_current_time().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    ctx.get_current_time()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn random() -> Option<[u8; 32]> {

@@ -28,10 +28,14 @@ pub struct Access {
 
 /// Parses `claim_rules`: `[{"path_prefix": "/admin", "rule": {...}}, …]`. Errors say what is wrong.
 pub fn parse_access(v: &Value) -> Result<Vec<Access>, String> {
-    let list = v.as_array().ok_or("must be a list of {\"path_prefix\", \"rule\"} objects")?;
+    let list = v
+        .as_array()
+        .ok_or("must be a list of {\"path_prefix\", \"rule\"} objects")?;
     let mut out = Vec::with_capacity(list.len());
     for (i, entry) in list.iter().enumerate() {
-        let obj = entry.as_object().ok_or_else(|| format!("entry {i} is not an object"))?;
+        let obj = entry
+            .as_object()
+            .ok_or_else(|| format!("entry {i} is not an object"))?;
         for k in obj.keys() {
             if k != "path_prefix" && k != "rule" {
                 return Err(format!("entry {i}: unknown field `{k}`"));
@@ -39,10 +43,18 @@ pub fn parse_access(v: &Value) -> Result<Vec<Access>, String> {
         }
         let path_prefix = match obj.get("path_prefix") {
             None => "/".to_string(),
-            Some(Value::String(p)) if p.starts_with('/') && !p.contains(['?', '#', '%', '\\']) => p.clone(),
-            Some(_) => return Err(format!("entry {i}: path_prefix must be a plain absolute path")),
+            Some(Value::String(p)) if p.starts_with('/') && !p.contains(['?', '#', '%', '\\']) => {
+                p.clone()
+            }
+            Some(_) => {
+                return Err(format!(
+                    "entry {i}: path_prefix must be a plain absolute path"
+                ));
+            }
         };
-        let rule = obj.get("rule").ok_or_else(|| format!("entry {i}: `rule` is required"))?;
+        let rule = obj
+            .get("rule")
+            .ok_or_else(|| format!("entry {i}: `rule` is required"))?;
         let rule = parse_rule(rule, 0).map_err(|e| format!("entry {i}: {e}"))?;
         out.push(Access { path_prefix, rule });
     }
@@ -57,7 +69,10 @@ fn parse_rule(v: &Value, depth: usize) -> Result<Rule, String> {
     }
     let obj = v.as_object().ok_or("a rule is an object")?;
     let list = |key: &str| -> Result<Vec<Rule>, String> {
-        let items = obj.get(key).and_then(Value::as_array).ok_or_else(|| format!("`{key}` takes a list of rules"))?;
+        let items = obj
+            .get(key)
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("`{key}` takes a list of rules"))?;
         if items.is_empty() {
             return Err(format!("`{key}` must not be empty"));
         }
@@ -84,8 +99,10 @@ fn parse_rule(v: &Value, depth: usize) -> Result<Rule, String> {
     }
     if let Some(v) = obj.get("contains_any") {
         only(obj, &["claim", "contains_any"])?;
-        let values: Option<Vec<String>> =
-            v.as_array().map(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or(None);
+        let values: Option<Vec<String>> = v
+            .as_array()
+            .map(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect())
+            .unwrap_or(None);
         return match values {
             Some(vals) if !vals.is_empty() => Ok(Rule::ContainsAny(claim, vals)),
             _ => Err("`contains_any` takes a non-empty list of strings".into()),
@@ -98,12 +115,17 @@ fn parse_rule(v: &Value, depth: usize) -> Result<Rule, String> {
             _ => Err("`matches` takes a glob pattern string".into()),
         };
     }
-    Err(format!("claim rule on `{claim}` needs `equals`, `contains_any` or `matches`"))
+    Err(format!(
+        "claim rule on `{claim}` needs `equals`, `contains_any` or `matches`"
+    ))
 }
 
 fn only(obj: &Map<String, Value>, allowed: &[&str]) -> Result<(), String> {
     match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(format!("unexpected `{k}` next to `{}`", allowed.join("`/`"))),
+        Some(k) => Err(format!(
+            "unexpected `{k}` next to `{}`",
+            allowed.join("`/`")
+        )),
         None => Ok(()),
     }
 }
@@ -117,10 +139,15 @@ impl Rule {
             Rule::Equals(c, v) => claims.get(c) == Some(v),
             Rule::ContainsAny(c, vals) => match claims.get(c) {
                 Some(Value::String(s)) => vals.iter().any(|v| v == s),
-                Some(Value::Array(a)) => a.iter().any(|x| x.as_str().is_some_and(|s| vals.iter().any(|v| v == s))),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .any(|x| x.as_str().is_some_and(|s| vals.iter().any(|v| v == s))),
                 _ => false,
             },
-            Rule::Matches(c, p) => claims.get(c).and_then(Value::as_str).is_some_and(|s| glob(p.as_bytes(), s.as_bytes())),
+            Rule::Matches(c, p) => claims
+                .get(c)
+                .and_then(Value::as_str)
+                .is_some_and(|s| glob(p.as_bytes(), s.as_bytes())),
         }
     }
 
@@ -135,7 +162,10 @@ impl Rule {
 
 /// The rule for a normalized path, if any entry covers it.
 pub fn rule_for<'a>(access: &'a [Access], normalized_path: &str) -> Option<&'a Rule> {
-    access.iter().find(|a| crate::paths::prefix_matches(&a.path_prefix, normalized_path)).map(|a| &a.rule)
+    access
+        .iter()
+        .find(|a| crate::paths::prefix_matches(&a.path_prefix, normalized_path))
+        .map(|a| &a.rule)
 }
 
 /// A header value for a claim: strings as they are, lists joined with `,` (as oauth2-proxy does),
@@ -145,12 +175,19 @@ pub fn header_value(v: &Value) -> Option<String> {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
-        Value::Array(a) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
         _ => return None,
     };
     // A claim is the IdP's data, not ours: never let it split a header.
-    (!s.is_empty() && s.len() <= 8192 && s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80))
-        .then_some(s)
+    (!s.is_empty()
+        && s.len() <= 8192
+        && s.bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80))
+    .then_some(s)
 }
 
 /// Iterative glob match with `*` and `?`, linear in practice and never recursive.
@@ -219,7 +256,10 @@ mod tests {
         ] {
             assert!(parse_rule(&bad, 0).is_err(), "{bad}");
         }
-        assert!(parse_access(&json!([{"path_prefix": "admin", "rule": {"claim": "x", "equals": 1}}])).is_err());
+        assert!(
+            parse_access(&json!([{"path_prefix": "admin", "rule": {"claim": "x", "equals": 1}}]))
+                .is_err()
+        );
         assert!(parse_access(&json!([{"rule": {"claim": "x", "equals": 1}, "extra": 1}])).is_err());
     }
 

@@ -69,12 +69,19 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration: field `{}`: {}", self.field, self.reason)
+        write!(
+            f,
+            "invalid configuration: field `{}`: {}",
+            self.field, self.reason
+        )
     }
 }
 
 fn err(field: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.to_string(), reason: reason.into() }
+    ConfigError {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -115,31 +122,47 @@ impl Config {
     /// which Istio fills from `vmConfig.env`).
     pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         if json.iter().all(u8::is_ascii_whitespace) {
-            return Err(err("issuer", "pluginConfig is empty; issuer, client_id, a client secret and cookie keys are required"));
+            return Err(err(
+                "issuer",
+                "pluginConfig is empty; issuer, client_id, a client secret and cookie keys are required",
+            ));
         }
         let raw: Raw = serde_json::from_slice(json).map_err(|e| {
             // serde's message names the unknown or mistyped field; keep it but never echo values.
-            err(&field_from_serde(&e.to_string()), format!("not valid JSON for this filter ({})", classify(&e)))
+            err(
+                &field_from_serde(&e.to_string()),
+                format!("not valid JSON for this filter ({})", classify(&e)),
+            )
         })?;
         Self::from_raw(raw, env)
     }
 
-    fn from_value(v: serde_json::Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    fn from_value(
+        v: serde_json::Value,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let raw: Raw = serde_json::from_value(v).map_err(|e| {
-            err(&field_from_serde(&e.to_string()), format!("not valid JSON for this filter ({})", classify(&e)))
+            err(
+                &field_from_serde(&e.to_string()),
+                format!("not valid JSON for this filter ({})", classify(&e)),
+            )
         })?;
         Self::from_raw(raw, env)
     }
 
     fn from_raw(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-
         let issuer = raw.issuer.ok_or_else(|| err("issuer", "required"))?;
         let issuer_url = http_url("issuer", &issuer)?;
         if issuer_url.query().is_some() || issuer_url.fragment().is_some() {
             return Err(err("issuer", "must not have a query or fragment"));
         }
         let client_id = non_empty("client_id", raw.client_id)?;
-        let client_secret = secret_from("client_secret", raw.client_secret, raw.client_secret_env.as_deref(), env)?;
+        let client_secret = secret_from(
+            "client_secret",
+            raw.client_secret,
+            raw.client_secret_env.as_deref(),
+            env,
+        )?;
         let keys = cookie_keys(raw.cookie_keys, raw.cookie_keys_env.as_deref(), env)?;
 
         if raw.idp_cluster.as_deref().is_some_and(str::is_empty) {
@@ -151,20 +174,34 @@ impl Config {
         let callback_path = path("callback_path", raw.callback_path, "/oauth2/callback")?;
         let login_path = path("login_path", raw.login_path, "/login")?;
         let logout_path = path("logout_path", raw.logout_path, "/logout")?;
-        if callback_path == login_path || callback_path == logout_path || login_path == logout_path {
-            return Err(err("callback_path", "callback_path, login_path and logout_path must differ"));
+        if callback_path == login_path || callback_path == logout_path || login_path == logout_path
+        {
+            return Err(err(
+                "callback_path",
+                "callback_path, login_path and logout_path must differ",
+            ));
         }
         if let Some(p) = &raw.post_logout_redirect_uri
             && (!p.starts_with('/') || p.starts_with("//"))
         {
             http_url("post_logout_redirect_uri", p)?;
         }
-        let scopes = raw.scopes.unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
+        let scopes = raw
+            .scopes
+            .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
         if !scopes.iter().any(|s| s == "openid") {
             return Err(err("scopes", "must include `openid`"));
         }
-        if scopes.iter().any(|s| s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')) {
-            return Err(err("scopes", "each scope must be a non-empty token without spaces or quotes"));
+        if scopes.iter().any(|s| {
+            s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        }) {
+            return Err(err(
+                "scopes",
+                "each scope must be a non-empty token without spaces or quotes",
+            ));
         }
         let forward_token = match raw.forward_token.as_deref() {
             None | Some("id_token") => ForwardToken::IdToken,
@@ -174,17 +211,27 @@ impl Config {
         let client_auth = match raw.token_endpoint_auth.as_deref() {
             None | Some("client_secret_basic") => ClientAuth::Basic,
             Some("client_secret_post") => ClientAuth::Post,
-            Some(_) => return Err(err("token_endpoint_auth", "must be `client_secret_basic` or `client_secret_post`")),
+            Some(_) => {
+                return Err(err(
+                    "token_endpoint_auth",
+                    "must be `client_secret_basic` or `client_secret_post`",
+                ));
+            }
         };
         let cookie_name = raw.cookie_name.unwrap_or_else(|| "_oidc_session".into());
         if cookie_name.is_empty()
             || cookie_name.len() > 64
-            || !cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || !cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
             return Err(err("cookie_name", "1 to 64 characters of A-Z a-z 0-9 _ -"));
         }
         if let Some(d) = &raw.cookie_domain
-            && (d.is_empty() || !d.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+            && (d.is_empty()
+                || !d
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
         {
             return Err(err("cookie_domain", "must be a domain name"));
         }
@@ -193,10 +240,20 @@ impl Config {
             None | Some("Lax") | Some("lax") => SameSite::Lax,
             Some("Strict") | Some("strict") => SameSite::Strict,
             Some("None") | Some("none") if secure => SameSite::None,
-            Some("None") | Some("none") => return Err(err("cookie_same_site", "`None` requires cookie_secure: true")),
+            Some("None") | Some("none") => {
+                return Err(err(
+                    "cookie_same_site",
+                    "`None` requires cookie_secure: true",
+                ));
+            }
             Some(_) => return Err(err("cookie_same_site", "must be `Lax`, `Strict` or `None`")),
         };
-        let cookie = CookieAttrs { secure, domain: raw.cookie_domain, path: "/".into(), same_site };
+        let cookie = CookieAttrs {
+            secure,
+            domain: raw.cookie_domain,
+            path: "/".into(),
+            same_site,
+        };
 
         let session_lifetime = duration("session_lifetime", raw.session_lifetime, 8 * 3600)?;
         let refresh_margin = duration("refresh_margin", raw.refresh_margin, 60)?;
@@ -211,19 +268,33 @@ impl Config {
         if callout_timeout == 0 || callout_timeout > 60 {
             return Err(err("callout_timeout", "between 1s and 60s"));
         }
-        let jwks_refresh_interval = duration("jwks_refresh_interval", raw.jwks_refresh_interval, 3600)?;
+        let jwks_refresh_interval =
+            duration("jwks_refresh_interval", raw.jwks_refresh_interval, 3600)?;
         if jwks_refresh_interval < 60 {
             return Err(err("jwks_refresh_interval", "at least 60s"));
         }
         let bypass_paths = raw.bypass_paths.unwrap_or_else(|| vec!["/healthz".into()]);
         for p in &bypass_paths {
-            if !p.starts_with('/') || p.contains(['?', '#', '%', '\\']) || p.contains("/../") || p.contains("/./") {
-                return Err(err("bypass_paths", "each entry must be a plain absolute path prefix like `/healthz`"));
+            if !p.starts_with('/')
+                || p.contains(['?', '#', '%', '\\'])
+                || p.contains("/../")
+                || p.contains("/./")
+            {
+                return Err(err(
+                    "bypass_paths",
+                    "each entry must be a plain absolute path prefix like `/healthz`",
+                ));
             }
         }
         for special in [&callback_path, &login_path, &logout_path] {
-            if bypass_paths.iter().any(|b| crate::paths::prefix_matches(b, special)) {
-                return Err(err("bypass_paths", "must not cover callback_path, login_path or logout_path"));
+            if bypass_paths
+                .iter()
+                .any(|b| crate::paths::prefix_matches(b, special))
+            {
+                return Err(err(
+                    "bypass_paths",
+                    "must not cover callback_path, login_path or logout_path",
+                ));
             }
         }
 
@@ -232,13 +303,28 @@ impl Config {
             Some(v) => claims::parse_access(v).map_err(|e| err("claim_rules", e))?,
         };
         let identity_headers: Vec<(String, String)> = match raw.identity_headers {
-            None => DEFAULT_IDENTITY_HEADERS.iter().map(|(h, c)| (h.to_string(), c.to_string())).collect(),
-            Some(map) => map.into_iter().map(|(h, c)| (h.to_ascii_lowercase(), c)).collect(),
+            None => DEFAULT_IDENTITY_HEADERS
+                .iter()
+                .map(|(h, c)| (h.to_string(), c.to_string()))
+                .collect(),
+            Some(map) => map
+                .into_iter()
+                .map(|(h, c)| (h.to_ascii_lowercase(), c))
+                .collect(),
         };
         for (h, c) in &identity_headers {
-            let reserved = h.starts_with(':') || ["authorization", "cookie", "host", "content-length"].contains(&h.as_str());
-            if h.is_empty() || reserved || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return Err(err("identity_headers", format!("`{h}` cannot carry a claim")));
+            let reserved = h.starts_with(':')
+                || ["authorization", "cookie", "host", "content-length"].contains(&h.as_str());
+            if h.is_empty()
+                || reserved
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(err(
+                    "identity_headers",
+                    format!("`{h}` cannot carry a claim"),
+                ));
             }
             if c.is_empty() {
                 return Err(err("identity_headers", format!("`{h}` names no claim")));
@@ -249,13 +335,18 @@ impl Config {
             Some(p) => {
                 let p = path("backchannel_logout_path", Some(p), "")?;
                 if [&callback_path, &login_path, &logout_path].contains(&&p) {
-                    return Err(err("backchannel_logout_path", "must differ from the other paths"));
+                    return Err(err(
+                        "backchannel_logout_path",
+                        "must differ from the other paths",
+                    ));
                 }
                 Some(p)
             }
         };
         let mut keep_claims: Vec<&str> = identity_headers.iter().map(|(_, c)| c.as_str()).collect();
-        access.iter().for_each(|a| a.rule.claim_names(&mut keep_claims));
+        access
+            .iter()
+            .for_each(|a| a.rule.claim_names(&mut keep_claims));
         if !access.is_empty() {
             // The 403 page names the user by these, whatever the headers and rules read.
             keep_claims.extend(["preferred_username", "email"]);
@@ -350,9 +441,8 @@ impl Plugin {
         let mut top: serde_json::Value = if json.iter().all(u8::is_ascii_whitespace) {
             return Config::parse(json, env).map(Plugin::single);
         } else {
-            serde_json::from_slice(json).map_err(|e| {
-                err("pluginConfig", format!("not valid JSON ({})", classify(&e)))
-            })?
+            serde_json::from_slice(json)
+                .map_err(|e| err("pluginConfig", format!("not valid JSON ({})", classify(&e))))?
         };
         let Some(obj) = top.as_object_mut() else {
             return Err(err("pluginConfig", "must be a JSON object"));
@@ -361,7 +451,10 @@ impl Plugin {
         let unmatched = obj.remove("unmatched_hosts");
         let Some(entries) = entries else {
             if unmatched.is_some() {
-                return Err(err("unmatched_hosts", "only meaningful together with `hosts`"));
+                return Err(err(
+                    "unmatched_hosts",
+                    "only meaningful together with `hosts`",
+                ));
             }
             return Config::from_value(top, env).map(Plugin::single);
         };
@@ -379,18 +472,33 @@ impl Plugin {
         let top_issuer = top.get("issuer").cloned();
         let mut seen_hosts: Vec<String> = Vec::new();
         for (i, entry) in entries.into_iter().enumerate() {
-            let at = |e: ConfigError| ConfigError { field: format!("hosts[{i}].{}", e.field), reason: e.reason };
+            let at = |e: ConfigError| ConfigError {
+                field: format!("hosts[{i}].{}", e.field),
+                reason: e.reason,
+            };
             let serde_json::Value::Object(mut entry) = entry else {
                 return Err(at(err("hosts", "each entry is an object")));
             };
             let patterns = match entry.remove("hosts") {
                 Some(serde_json::Value::Array(h)) if !h.is_empty() => h,
-                _ => return Err(at(err("hosts", "a non-empty list of host names like `grafana.example.com` or `*.example.com`"))),
+                _ => {
+                    return Err(at(err(
+                        "hosts",
+                        "a non-empty list of host names like `grafana.example.com` or `*.example.com`",
+                    )));
+                }
             };
             let mut hosts = Vec::new();
             for p in patterns {
-                let Some(p) = p.as_str().map(str::to_ascii_lowercase).filter(|p| valid_host_pattern(p)) else {
-                    return Err(at(err("hosts", "host names like `grafana.example.com` or `*.example.com`")));
+                let Some(p) = p
+                    .as_str()
+                    .map(str::to_ascii_lowercase)
+                    .filter(|p| valid_host_pattern(p))
+                else {
+                    return Err(at(err(
+                        "hosts",
+                        "host names like `grafana.example.com` or `*.example.com`",
+                    )));
                 };
                 if seen_hosts.contains(&p) {
                     return Err(at(err("hosts", format!("`{p}` is listed twice"))));
@@ -401,7 +509,9 @@ impl Plugin {
             let explicit_cookie = entry.contains_key("cookie_name");
             // An entry with an IdP of its own is reached through its own cluster (set, or derived from its
             // issuer), never through the one the top level names for another IdP.
-            let other_idp = entry.get("issuer").is_some_and(|i| Some(i) != top_issuer.as_ref())
+            let other_idp = entry
+                .get("issuer")
+                .is_some_and(|i| Some(i) != top_issuer.as_ref())
                 && !entry.contains_key("idp_cluster");
             let mut merged = top.clone();
             if let Some(m) = merged.as_object_mut() {
@@ -421,10 +531,15 @@ impl Plugin {
         }
         for (i, a) in sites.iter().enumerate() {
             for b in &sites[..i] {
-                if a.cookie_name == b.cookie_name && (a.issuer != b.issuer || a.client_id != b.client_id) {
+                if a.cookie_name == b.cookie_name
+                    && (a.issuer != b.issuer || a.client_id != b.client_id)
+                {
                     return Err(err(
                         "cookie_name",
-                        format!("`{}` is used by sites of different IdP clients; give each its own", a.cookie_name),
+                        format!(
+                            "`{}` is used by sites of different IdP clients; give each its own",
+                            a.cookie_name
+                        ),
                     ));
                 }
             }
@@ -433,16 +548,29 @@ impl Plugin {
             None if default_site.is_some() => Unmatched::Default,
             None => Unmatched::Deny,
             Some(Some("default")) if default_site.is_some() => Unmatched::Default,
-            Some(Some("default")) => return Err(err("unmatched_hosts", "`default` needs a top-level `issuer`")),
+            Some(Some("default")) => {
+                return Err(err(
+                    "unmatched_hosts",
+                    "`default` needs a top-level `issuer`",
+                ));
+            }
             Some(Some("pass")) => Unmatched::Pass,
             Some(Some("deny")) => Unmatched::Deny,
             Some(_) => return Err(err("unmatched_hosts", "`default`, `pass` or `deny`")),
         };
-        Ok(Plugin { sites, unmatched, default_site })
+        Ok(Plugin {
+            sites,
+            unmatched,
+            default_site,
+        })
     }
 
     fn single(cfg: Config) -> Plugin {
-        Plugin { sites: vec![cfg], unmatched: Unmatched::Default, default_site: Some(0) }
+        Plugin {
+            sites: vec![cfg],
+            unmatched: Unmatched::Default,
+            default_site: Some(0),
+        }
     }
 
     /// The site for a request; reads `:authority` (through `authority`) only when several sites exist.
@@ -465,7 +593,11 @@ impl Plugin {
                 let score = if *p == host {
                     usize::MAX
                 } else if let Some(suffix) = p.strip_prefix('*') {
-                    if host.len() > suffix.len() && host.ends_with(suffix) { suffix.len() } else { continue }
+                    if host.len() > suffix.len() && host.ends_with(suffix) {
+                        suffix.len()
+                    } else {
+                        continue;
+                    }
                 } else {
                     continue;
                 };
@@ -496,7 +628,9 @@ fn valid_host_pattern(p: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && !name.contains('*')
-        && name.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
 /// Headers that carry claims unless configured otherwise: the ones oauth2-proxy sets, so apps made for it
@@ -515,7 +649,9 @@ fn field_from_serde(msg: &str) -> String {
         if let Some(rest) = msg.strip_prefix(prefix)
             && let Some(end) = rest.find('`')
             && (1..=64).contains(&end)
-            && rest[..end].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && rest[..end]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
             return rest[..end].to_string();
         }
@@ -530,7 +666,10 @@ fn classify(e: &serde_json::Error) -> String {
     } else if msg.starts_with("invalid type") {
         // "invalid type: string \"…\", expected …" can quote a secret; keep only what was expected.
         match msg.find("expected") {
-            Some(i) => format!("wrong type, {}", msg[i..].split(" at line").next().unwrap_or("")),
+            Some(i) => format!(
+                "wrong type, {}",
+                msg[i..].split(" at line").next().unwrap_or("")
+            ),
             None => "wrong type".into(),
         }
     } else {
@@ -560,15 +699,25 @@ fn http_url(field: &str, s: &str) -> Result<Url, ConfigError> {
 fn path(field: &str, v: Option<String>, default: &str) -> Result<String, ConfigError> {
     let p = v.unwrap_or_else(|| default.to_string());
     if !p.starts_with('/') || p.starts_with("//") || p.contains(['?', '#', '%', ' ']) {
-        return Err(err(field, "must be an absolute path like `/login`, without query"));
+        return Err(err(
+            field,
+            "must be an absolute path like `/login`, without query",
+        ));
     }
     Ok(p)
 }
 
-fn from_env(field: &str, var: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+fn from_env(
+    field: &str,
+    var: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
     match env(var) {
         Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-        _ => Err(err(field, format!("environment variable `{var}` is not set or empty"))),
+        _ => Err(err(
+            field,
+            format!("environment variable `{var}` is not set or empty"),
+        )),
     }
 }
 
@@ -580,7 +729,10 @@ fn secret_from(
 ) -> Result<Secret, ConfigError> {
     let env_field = format!("{field}_env");
     match (inline, var) {
-        (Some(_), Some(_)) => Err(err(field, format!("set either `{field}` or `{env_field}`, not both"))),
+        (Some(_), Some(_)) => Err(err(
+            field,
+            format!("set either `{field}` or `{env_field}`, not both"),
+        )),
         (Some(s), None) if s.is_empty() => Err(err(field, "must not be empty")),
         (Some(s), None) => Ok(s),
         (None, Some(v)) => Ok(Secret::new(from_env(&env_field, v, env)?)),
@@ -594,11 +746,22 @@ fn cookie_keys(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Keys, ConfigError> {
     let (field, encoded): (&str, Vec<String>) = match (inline, var) {
-        (Some(_), Some(_)) => return Err(err("cookie_keys", "set either `cookie_keys` or `cookie_keys_env`, not both")),
-        (Some(list), None) => ("cookie_keys", list.iter().map(|s| s.expose().trim().to_string()).collect()),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "cookie_keys",
+                "set either `cookie_keys` or `cookie_keys_env`, not both",
+            ));
+        }
+        (Some(list), None) => (
+            "cookie_keys",
+            list.iter().map(|s| s.expose().trim().to_string()).collect(),
+        ),
         (None, Some(v)) => (
             "cookie_keys_env",
-            from_env("cookie_keys_env", v, env)?.split(',').map(|s| s.trim().to_string()).collect(),
+            from_env("cookie_keys_env", v, env)?
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .collect(),
         ),
         (None, None) => return Err(err("cookie_keys", "required (or `cookie_keys_env`)")),
     };
@@ -612,7 +775,9 @@ fn cookie_keys(
 
 fn decode_key(k: &str) -> Option<Vec<u8>> {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD].iter().find_map(|e| e.decode(k).ok())
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|e| e.decode(k).ok())
 }
 
 /// Parses `90s`, `15m`, `8h`, `7d` or a bare number of seconds.
@@ -687,13 +852,31 @@ mod tests {
             (serde_json::json!({"client_id": "a"}).to_string(), "issuer"),
             (with("issuer", "ftp://x".into()), "issuer"),
             (with("client_id", "".into()), "client_id"),
-            (with("forward_token", "refresh_token".into()), "forward_token"),
+            (
+                with("forward_token", "refresh_token".into()),
+                "forward_token",
+            ),
             (with("scopes", serde_json::json!(["email"])), "scopes"),
-            (with("session_lifetime", "8 hours".into()), "session_lifetime"),
-            (with("cookie_keys", serde_json::json!(["c2hvcnQ="])), "cookie_keys"),
-            (with("cookie_keys", serde_json::json!(["!!!"])), "cookie_keys"),
-            (with("bypass_paths", serde_json::json!(["healthz"])), "bypass_paths"),
-            (with("bypass_paths", serde_json::json!(["/"])), "bypass_paths"),
+            (
+                with("session_lifetime", "8 hours".into()),
+                "session_lifetime",
+            ),
+            (
+                with("cookie_keys", serde_json::json!(["c2hvcnQ="])),
+                "cookie_keys",
+            ),
+            (
+                with("cookie_keys", serde_json::json!(["!!!"])),
+                "cookie_keys",
+            ),
+            (
+                with("bypass_paths", serde_json::json!(["healthz"])),
+                "bypass_paths",
+            ),
+            (
+                with("bypass_paths", serde_json::json!(["/"])),
+                "bypass_paths",
+            ),
             (with("clock_leeway", "1h".into()), "clock_leeway"),
             (with("callback_path", "/login".into()), "callback_path"),
             (with("cookie_name", "a;b".into()), "cookie_name"),
@@ -743,14 +926,24 @@ mod tests {
         assert!(e.reason.contains("NOPE"));
 
         let both = with("client_secret_env", "SECRET".into());
-        assert_eq!(Config::parse(both.as_bytes(), &env).unwrap_err().field, "client_secret");
+        assert_eq!(
+            Config::parse(both.as_bytes(), &env).unwrap_err().field,
+            "client_secret"
+        );
     }
 
     #[test]
     fn explicit_cluster_wins() {
-        let c = parse(&with("idp_cluster", "outbound|8443||keycloak.auth.svc.cluster.local".into())).unwrap();
+        let c = parse(&with(
+            "idp_cluster",
+            "outbound|8443||keycloak.auth.svc.cluster.local".into(),
+        ))
+        .unwrap();
         let u = Url::parse("https://other/token").unwrap();
-        assert_eq!(c.cluster_for(&u), "outbound|8443||keycloak.auth.svc.cluster.local");
+        assert_eq!(
+            c.cluster_for(&u),
+            "outbound|8443||keycloak.auth.svc.cluster.local"
+        );
     }
 
     #[test]
@@ -824,10 +1017,16 @@ mod tests {
         .to_string();
         let p = Plugin::parse(json.as_bytes(), &no_env).unwrap();
         let token = |s: &Config| s.cluster_for(&s.issuer_url.join("token").unwrap());
-        assert_eq!(token(&p.sites[1]), "outbound|8443||keycloak.auth.svc.cluster.local");
+        assert_eq!(
+            token(&p.sites[1]),
+            "outbound|8443||keycloak.auth.svc.cluster.local"
+        );
         assert_eq!(token(&p.sites[2]), "outbound|9443||other.example.org");
         assert_eq!(token(&p.sites[3]), "outbound|443||egress");
-        assert_eq!(token(&p.sites[4]), "outbound|8443||keycloak.auth.svc.cluster.local");
+        assert_eq!(
+            token(&p.sites[4]),
+            "outbound|8443||keycloak.auth.svc.cluster.local"
+        );
     }
 
     #[test]
@@ -839,31 +1038,67 @@ mod tests {
         assert_eq!(e.field, "hosts[1].client_id");
         let bad = serde_json::json!({"cookie_keys": [KEY], "client_secret": "s", "unmatched_hosts": "default",
             "hosts": [{"hosts": ["a.*.com"], "issuer": "https://i.example.com", "client_id": "a"}]});
-        assert_eq!(Plugin::parse(bad.to_string().as_bytes(), &no_env).unwrap_err().field, "hosts[0].hosts");
+        assert_eq!(
+            Plugin::parse(bad.to_string().as_bytes(), &no_env)
+                .unwrap_err()
+                .field,
+            "hosts[0].hosts"
+        );
         let no_default = serde_json::json!({"cookie_keys": [KEY], "client_secret": "s", "unmatched_hosts": "default",
             "hosts": [{"hosts": ["a.example.com"], "issuer": "https://i.example.com", "client_id": "a"}]});
-        assert_eq!(Plugin::parse(no_default.to_string().as_bytes(), &no_env).unwrap_err().field, "unmatched_hosts");
+        assert_eq!(
+            Plugin::parse(no_default.to_string().as_bytes(), &no_env)
+                .unwrap_err()
+                .field,
+            "unmatched_hosts"
+        );
         let same_cookie = serde_json::json!({"cookie_keys": [KEY], "client_secret": "s",
             "hosts": [{"hosts": ["a.example.com"], "issuer": "https://i.example.com", "client_id": "a", "cookie_name": "s"},
                       {"hosts": ["b.example.com"], "issuer": "https://i.example.com", "client_id": "b", "cookie_name": "s"}]});
-        assert_eq!(Plugin::parse(same_cookie.to_string().as_bytes(), &no_env).unwrap_err().field, "cookie_name");
+        assert_eq!(
+            Plugin::parse(same_cookie.to_string().as_bytes(), &no_env)
+                .unwrap_err()
+                .field,
+            "cookie_name"
+        );
     }
 
     #[test]
     fn identity_headers_default_to_oauth2_proxy_names_and_can_be_turned_off() {
         let c = parse(&minimal().to_string()).unwrap();
-        assert!(c.identity_headers.iter().any(|(h, c)| h == "x-auth-request-email" && c == "email"));
+        assert!(
+            c.identity_headers
+                .iter()
+                .any(|(h, c)| h == "x-auth-request-email" && c == "email")
+        );
         assert!(c.keep_claims.contains(&"groups".to_string()));
         let off = parse(&with("identity_headers", serde_json::json!({}))).unwrap();
         assert!(off.identity_headers.is_empty());
         assert!(off.keep_claims.is_empty());
         let mut rules_only = minimal();
         rules_only["identity_headers"] = serde_json::json!({});
-        rules_only["claim_rules"] = serde_json::json!([{"rule": {"claim": "groups", "contains_any": ["a"]}}]);
+        rules_only["claim_rules"] =
+            serde_json::json!([{"rule": {"claim": "groups", "contains_any": ["a"]}}]);
         let c = parse(&rules_only.to_string()).unwrap();
-        assert_eq!(c.keep_claims, ["email", "groups", "preferred_username"], "the 403 page can name the user");
-        assert_eq!(parse(&with("identity_headers", serde_json::json!({"authorization": "sub"}))).unwrap_err().field, "identity_headers");
-        assert_eq!(parse(&with("claim_rules", serde_json::json!([{"rule": {}}]))).unwrap_err().field, "claim_rules");
+        assert_eq!(
+            c.keep_claims,
+            ["email", "groups", "preferred_username"],
+            "the 403 page can name the user"
+        );
+        assert_eq!(
+            parse(&with(
+                "identity_headers",
+                serde_json::json!({"authorization": "sub"})
+            ))
+            .unwrap_err()
+            .field,
+            "identity_headers"
+        );
+        assert_eq!(
+            parse(&with("claim_rules", serde_json::json!([{"rule": {}}])))
+                .unwrap_err()
+                .field,
+            "claim_rules"
+        );
     }
-
 }

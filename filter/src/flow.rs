@@ -12,10 +12,10 @@ use crate::config::{Config, ForwardToken};
 use crate::cookies::{self, CookieAttrs};
 use crate::oidc::id_token::{self, Expected, IdTokenError};
 use crate::oidc::jwks::Jwks;
+use crate::oidc::logout_token;
 use crate::oidc::pkce;
 use crate::oidc::token::{self, TokenError, TokenResponse};
 use crate::paths;
-use crate::oidc::logout_token;
 use crate::provider::{Provider, ProviderState};
 use crate::revocation::Revocations;
 use crate::secret::Secret;
@@ -232,7 +232,11 @@ impl Callout {
     pub fn get(cfg: &Config, url: &Url) -> Callout {
         Callout {
             cluster: cfg.cluster_for(url),
-            headers: request_line("GET", url, vec![("accept".into(), "application/json".into())]),
+            headers: request_line(
+                "GET",
+                url,
+                vec![("accept".into(), "application/json".into())],
+            ),
             body: None,
             timeout: cfg.callout_timeout,
         }
@@ -248,7 +252,11 @@ impl Callout {
     }
 }
 
-fn request_line(method: &str, url: &Url, mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+fn request_line(
+    method: &str,
+    url: &Url,
+    mut headers: Vec<(String, String)>,
+) -> Vec<(String, String)> {
     let mut path = url.path().to_string();
     if let Some(q) = url.query() {
         path.push('?');
@@ -287,7 +295,11 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
         return if h.get(":method").as_deref() == Some("POST") {
             Step::ReadBody
         } else {
-            text(405, "Method not allowed: the IdP posts logout tokens here.", None)
+            text(
+                405,
+                "Method not allowed: the IdP posts logout tokens here.",
+                None,
+            )
         };
     }
 
@@ -297,7 +309,9 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
         match session::join_borrowed(header, &cfg.cookie_name) {
             Ok(Some(sealed)) => match open_cached(cfg, state, &sealed, env.now) {
                 Some(cached) => {
-                    if let Some(step) = with_session(cfg, state, env, h, &target, header, &sealed, cached) {
+                    if let Some(step) =
+                        with_session(cfg, state, env, h, &target, header, &sealed, cached)
+                    {
                         return step;
                     }
                     stale = true;
@@ -335,7 +349,11 @@ fn issued_to(cfg: &Config, id_token: &Secret) -> bool {
         .expose()
         .split('.')
         .nth(1)
-        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
         .and_then(|b| serde_json::from_slice(&b).ok());
     let Some(claims) = claims else { return false };
     let ours = |v: &serde_json::Value| v.as_str() == Some(cfg.client_id.as_str());
@@ -355,9 +373,20 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
     let bearer = Rc::new(Secret::new(format!("Bearer {}", token.expose())));
     let (claims, sid, iat) = token_facts(cfg, &session.id_token);
     let identity = Rc::new(
-        cfg.identity_headers.iter().map(|(h, c)| (h.clone(), claims.get(c).and_then(claims::header_value))).collect(),
+        cfg.identity_headers
+            .iter()
+            .map(|(h, c)| (h.clone(), claims.get(c).and_then(claims::header_value)))
+            .collect(),
     );
-    Cached { session, bearer, renewed_cookies, identity, claims, sid, iat }
+    Cached {
+        session,
+        bearer,
+        renewed_cookies,
+        identity,
+        claims,
+        sid,
+        iat,
+    }
 }
 
 /// The logged-in path. `None` when the session has ended and the request is to be treated as anonymous.
@@ -375,7 +404,10 @@ fn with_session(
     let now = env.now;
     let s = &cached.session;
     if now >= s.expires_at
-        || (!state.revoked.is_empty() && state.revoked.is_revoked(cached.sid.as_deref(), &s.sub, cached.iat))
+        || (!state.revoked.is_empty()
+            && state
+                .revoked
+                .is_revoked(cached.sid.as_deref(), &s.sub, cached.iat))
     {
         state.cache.remove(sealed);
         return None;
@@ -450,7 +482,9 @@ fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
     let (decoded, literal) = paths::readings(target);
     let decoded = decoded.unwrap_or_else(|| "/".to_string());
     let lower = decoded.to_ascii_lowercase();
-    [decoded, literal, lower].iter().any(|p| claims::rule_for(&cfg.access, p).is_some_and(|r| !r.allows(&s.claims)))
+    [decoded, literal, lower]
+        .iter()
+        .any(|p| claims::rule_for(&cfg.access, p).is_some_and(|r| !r.allows(&s.claims)))
 }
 
 /// 403 for a logged-in user the claim rules refuse: says who they are and offers logout, never a login loop.
@@ -472,12 +506,16 @@ fn forbidden(cfg: &Config, browser: bool, s: &Cached) -> Step {
     } else {
         (
             "application/json",
-            serde_json::json!({"error": "forbidden", "user": who, "logout": cfg.logout_path}).to_string(),
+            serde_json::json!({"error": "forbidden", "user": who, "logout": cfg.logout_path})
+                .to_string(),
         )
     };
     Step::Respond(Reply {
         status: 403,
-        headers: vec![("content-type".into(), content_type.into()), ("cache-control".into(), "no-store".into())],
+        headers: vec![
+            ("content-type".into(), content_type.into()),
+            ("cache-control".into(), "no-store".into()),
+        ],
         body,
         metric: Some(Metric::Forbidden),
     })
@@ -526,7 +564,11 @@ fn without_session(
             ..Default::default()
         });
     }
-    let clear = if stale { clear_session_cookies(cfg, cookie.unwrap_or("")) } else { Vec::new() };
+    let clear = if stale {
+        clear_session_cookies(cfg, cookie.unwrap_or(""))
+    } else {
+        Vec::new()
+    };
     if state.provider.ready().is_none() {
         return with_cookies(not_ready(), clear);
     }
@@ -554,8 +596,12 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     let Some(redirect_uri) = redirect_uri(cfg, h) else {
         return text(400, "Bad request: invalid Host header.", None);
     };
-    let (Some(s), Some(n), Some(v), Some(seal_nonce)) = ((env.random)(), (env.random)(), (env.random)(), (env.random)())
-    else {
+    let (Some(s), Some(n), Some(v), Some(seal_nonce)) = (
+        (env.random)(),
+        (env.random)(),
+        (env.random)(),
+        (env.random)(),
+    ) else {
         return text(500, "Internal error: no randomness available.", None);
     };
     let login = LoginState {
@@ -566,7 +612,9 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
         expires_at: env.now + LOGIN_TTL,
     };
     let cookie_name = cfg.login_cookie_name(login.state.expose());
-    let sealed = cfg.keys.seal(&cookie_name, &login.encode(), nonce24(&seal_nonce));
+    let sealed = cfg
+        .keys
+        .seal(&cookie_name, &login.encode(), nonce24(&seal_nonce));
 
     let mut url = provider.meta.authorization_endpoint.clone();
     url.query_pairs_mut()
@@ -576,17 +624,33 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
         .append_pair("scope", &cfg.scopes)
         .append_pair("state", login.state.expose())
         .append_pair("nonce", login.nonce.expose())
-        .append_pair("code_challenge", &pkce::s256_challenge(login.verifier.expose()))
+        .append_pair(
+            "code_challenge",
+            &pkce::s256_challenge(login.verifier.expose()),
+        )
         .append_pair("code_challenge_method", "S256");
     let set = cookies::set_cookie(&cookie_name, &sealed, &login_attrs(cfg), LOGIN_TTL);
-    with_cookies(redirect(url.as_str(), Some(Metric::LoginStarted)), vec![set])
+    with_cookies(
+        redirect(url.as_str(), Some(Metric::LoginStarted)),
+        vec![set],
+    )
 }
 
 /// The IdP's redirect back: check state against its cookie, then exchange the code.
-fn callback(cfg: &Config, state: &mut State, _env: &mut Env, h: &dyn Headers, target: &str) -> Step {
+fn callback(
+    cfg: &Config,
+    state: &mut State,
+    _env: &mut Env,
+    h: &dyn Headers,
+    target: &str,
+) -> Step {
     let query = paths::query_only(target);
     if query.len() > MAX_CALLBACK_QUERY {
-        return bad_callback(CallbackFailure::BadRequest, "The login response is too large.", Vec::new());
+        return bad_callback(
+            CallbackFailure::BadRequest,
+            "The login response is too large.",
+            Vec::new(),
+        );
     }
     let mut code = None;
     let mut st = None;
@@ -599,18 +663,30 @@ fn callback(cfg: &Config, state: &mut State, _env: &mut Env, h: &dyn Headers, ta
             _ => continue,
         };
         if slot.is_some() {
-            return bad_callback(CallbackFailure::BadRequest, "The login response repeats a parameter.", Vec::new());
+            return bad_callback(
+                CallbackFailure::BadRequest,
+                "The login response repeats a parameter.",
+                Vec::new(),
+            );
         }
         *slot = Some(v.into_owned());
     }
     let cookie_header = h.get("cookie").unwrap_or_default();
     let Some(st) = st.filter(|s| s.len() == 43 && s.bytes().all(is_b64url)) else {
-        return bad_callback(CallbackFailure::BadRequest, "The login response has no valid state.", Vec::new());
+        return bad_callback(
+            CallbackFailure::BadRequest,
+            "The login response has no valid state.",
+            Vec::new(),
+        );
     };
     let login_cookie = cfg.login_cookie_name(&st);
     let clear = vec![cookies::clear_cookie(&login_cookie, &login_attrs(cfg))];
     if let Some(e) = error {
-        let e: String = e.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+        let e: String = e
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
         return bad_callback(
             CallbackFailure::IdpError,
             &format!("The identity provider did not log you in ({e})."),
@@ -618,7 +694,11 @@ fn callback(cfg: &Config, state: &mut State, _env: &mut Env, h: &dyn Headers, ta
         );
     }
     let Some(code) = code.filter(|c| !c.is_empty() && c.len() <= 2048) else {
-        return bad_callback(CallbackFailure::BadRequest, "The login response has no code.", clear);
+        return bad_callback(
+            CallbackFailure::BadRequest,
+            "The login response has no code.",
+            clear,
+        );
     };
     let Some(sealed) = cookies::get(&cookie_header, &login_cookie) else {
         return bad_callback(
@@ -627,12 +707,28 @@ fn callback(cfg: &Config, state: &mut State, _env: &mut Env, h: &dyn Headers, ta
             clear,
         );
     };
-    let login = match cfg.keys.open(&login_cookie, sealed).and_then(|p| LoginState::decode(&p)) {
+    let login = match cfg
+        .keys
+        .open(&login_cookie, sealed)
+        .and_then(|p| LoginState::decode(&p))
+    {
         Ok(l) => l,
-        Err(_) => return bad_callback(CallbackFailure::StateMismatch, "This login is not valid.", clear),
+        Err(_) => {
+            return bad_callback(
+                CallbackFailure::StateMismatch,
+                "This login is not valid.",
+                clear,
+            );
+        }
     };
-    if !constant_time_eq(login.state.expose().as_bytes(), st.as_bytes()) || _env.now >= login.expires_at {
-        return bad_callback(CallbackFailure::StateMismatch, "This login has expired or is not valid.", clear);
+    if !constant_time_eq(login.state.expose().as_bytes(), st.as_bytes())
+        || _env.now >= login.expires_at
+    {
+        return bad_callback(
+            CallbackFailure::StateMismatch,
+            "This login has expired or is not valid.",
+            clear,
+        );
     }
     let Some(provider) = state.provider.ready() else {
         // Keep the login cookie: the attempt can go on once the IdP has been reached (Retry-After).
@@ -651,7 +747,14 @@ fn callback(cfg: &Config, state: &mut State, _env: &mut Env, h: &dyn Headers, ta
     );
     let call = Callout::post_form(cfg, &provider.meta.token_endpoint, form);
     let stale_chunks = session::chunk_names(&cfg.cookie_name, &cookie_header);
-    Step::Call(call, Box::new(Pending::Code(CodeExchange { login, login_cookie, stale_chunks })))
+    Step::Call(
+        call,
+        Box::new(Pending::Code(CodeExchange {
+            login,
+            login_cookie,
+            stale_chunks,
+        })),
+    )
 }
 
 /// `/logout`: forget the session here, then end it at the IdP when it offers that.
@@ -659,13 +762,21 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
     let header = h.get("cookie").unwrap_or_default();
     let mut id_token = None;
     if let Ok(Some(sealed)) = session::join(&header, &cfg.cookie_name) {
-        if let Some(s) = cfg.keys.open(&cfg.cookie_name, &sealed).ok().and_then(|p| Session::decode(&p).ok()) {
+        if let Some(s) = cfg
+            .keys
+            .open(&cfg.cookie_name, &sealed)
+            .ok()
+            .and_then(|p| Session::decode(&p).ok())
+        {
             id_token = Some(s.id_token);
         }
         state.cache.remove(&sealed);
     }
     let clear = clear_session_cookies(cfg, &header);
-    let end_session = state.provider.ready().and_then(|p| p.meta.end_session_endpoint.clone());
+    let end_session = state
+        .provider
+        .ready()
+        .and_then(|p| p.meta.end_session_endpoint.clone());
     let location = match end_session {
         Some(mut url) => {
             {
@@ -680,24 +791,39 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
             }
             url.to_string()
         }
-        None => cfg.post_logout_redirect_uri.clone().unwrap_or_else(|| "/".to_string()),
+        None => cfg
+            .post_logout_redirect_uri
+            .clone()
+            .unwrap_or_else(|| "/".to_string()),
     };
     with_cookies(redirect(&location, Some(Metric::Logout)), clear)
 }
 
 /// Resumes a paused request with the IdP's answer (`None`: it did not answer).
-pub fn on_reply(cfg: &Config, state: &mut State, env: &mut Env, pending: Pending, reply: Option<(u16, &[u8])>) -> Step {
+pub fn on_reply(
+    cfg: &Config,
+    state: &mut State,
+    env: &mut Env,
+    pending: Pending,
+    reply: Option<(u16, &[u8])>,
+) -> Step {
     match pending {
         Pending::Code(x) => code_reply(cfg, state, env, x, reply),
         Pending::CodeJwks(x, tokens) => {
-            if let Some(jwks) = reply.filter(|(s, _)| *s == 200).and_then(|(_, b)| Jwks::parse(b).ok()) {
+            if let Some(jwks) = reply
+                .filter(|(s, _)| *s == 200)
+                .and_then(|(_, b)| Jwks::parse(b).ok())
+            {
                 state.provider.install_jwks(jwks, env.now);
             }
             finish_login(cfg, state, env, x, tokens, false)
         }
         Pending::Refresh(job) => refresh_reply(cfg, state, env, job, reply),
         Pending::RefreshJwks(job, tokens) => {
-            if let Some(jwks) = reply.filter(|(s, _)| *s == 200).and_then(|(_, b)| Jwks::parse(b).ok()) {
+            if let Some(jwks) = reply
+                .filter(|(s, _)| *s == 200)
+                .and_then(|(_, b)| Jwks::parse(b).ok())
+            {
                 state.provider.install_jwks(jwks, env.now);
             }
             finish_refresh(cfg, state, env, job, tokens, false)
@@ -705,11 +831,22 @@ pub fn on_reply(cfg: &Config, state: &mut State, env: &mut Env, pending: Pending
     }
 }
 
-fn code_reply(cfg: &Config, state: &mut State, env: &mut Env, x: CodeExchange, reply: Option<(u16, &[u8])>) -> Step {
+fn code_reply(
+    cfg: &Config,
+    state: &mut State,
+    env: &mut Env,
+    x: CodeExchange,
+    reply: Option<(u16, &[u8])>,
+) -> Step {
     let clear = vec![cookies::clear_cookie(&x.login_cookie, &login_attrs(cfg))];
     let tokens = match reply {
         None | Some((504, _)) => {
-            return gateway_error(504, CallbackFailure::Timeout, "The identity provider did not answer in time.", clear);
+            return gateway_error(
+                504,
+                CallbackFailure::Timeout,
+                "The identity provider did not answer in time.",
+                clear,
+            );
         }
         Some((status, body)) => match token::parse_response(status, body) {
             Ok(t) => t,
@@ -746,7 +883,12 @@ fn finish_login(
         return with_cookies(not_ready(), clear);
     };
     let Some(id_token) = tokens.id_token.clone() else {
-        return gateway_error(502, CallbackFailure::TokenEndpoint, "The identity provider returned no ID token.", clear);
+        return gateway_error(
+            502,
+            CallbackFailure::TokenEndpoint,
+            "The identity provider returned no ID token.",
+            clear,
+        );
     };
     let expected = Expected {
         issuer: &cfg.issuer,
@@ -757,7 +899,9 @@ fn finish_login(
     };
     let claims = match id_token::verify(id_token.expose(), &provider.jwks, &expected) {
         Ok(c) => c,
-        Err(IdTokenError::UnknownKid) if may_refetch && state.provider.may_refetch_for_kid(env.now) => {
+        Err(IdTokenError::UnknownKid)
+            if may_refetch && state.provider.may_refetch_for_kid(env.now) =>
+        {
             let Some(p) = state.provider.ready() else {
                 return with_cookies(not_ready(), clear);
             };
@@ -765,7 +909,11 @@ fn finish_login(
             return Step::Call(call, Box::new(Pending::CodeJwks(x, tokens)));
         }
         Err(IdTokenError::MissingNonce | IdTokenError::NonceMismatch) => {
-            return bad_callback(CallbackFailure::Nonce, "This login does not belong to this browser.", clear);
+            return bad_callback(
+                CallbackFailure::Nonce,
+                "This login does not belong to this browser.",
+                clear,
+            );
         }
         Err(_) => {
             return gateway_error(
@@ -776,8 +924,15 @@ fn finish_login(
             );
         }
     };
-    let Some(session) = new_session(cfg, env.now, &tokens, id_token, claims.exp, claims.sub, None) else {
-        return gateway_error(502, CallbackFailure::TokenEndpoint, "The identity provider returned no access token.", clear);
+    let Some(session) = new_session(
+        cfg, env.now, &tokens, id_token, claims.exp, claims.sub, None,
+    ) else {
+        return gateway_error(
+            502,
+            CallbackFailure::TokenEndpoint,
+            "The identity provider returned no access token.",
+            clear,
+        );
     };
     let mut set = clear;
     match seal_session(cfg, env, &session, &x.stale_chunks) {
@@ -787,7 +942,13 @@ fn finish_login(
     with_cookies(redirect(&x.login.rd, Some(Metric::LoginCompleted)), set)
 }
 
-fn refresh_reply(cfg: &Config, state: &mut State, env: &mut Env, job: RefreshJob, reply: Option<(u16, &[u8])>) -> Step {
+fn refresh_reply(
+    cfg: &Config,
+    state: &mut State,
+    env: &mut Env,
+    job: RefreshJob,
+    reply: Option<(u16, &[u8])>,
+) -> Step {
     let still_valid = env.now < job.session.session.token_expires_at;
     let tokens = match reply {
         Some((status, body)) => token::parse_response(status, body),
@@ -830,7 +991,11 @@ fn finish_refresh(
     let old = &job.session.session;
     let still_valid = env.now < old.token_expires_at;
     let Some(provider) = state.provider.ready() else {
-        return if still_valid { keep_old(cfg, &job) } else { refresh_failed(cfg, state, &job, env.now) };
+        return if still_valid {
+            keep_old(cfg, &job)
+        } else {
+            refresh_failed(cfg, state, &job, env.now)
+        };
     };
     let (id_token, exp, sub) = match &tokens.id_token {
         Some(t) => {
@@ -845,7 +1010,9 @@ fn finish_refresh(
                 // OIDC Core 12.2: a refreshed ID token must name the same user.
                 Ok(c) if c.sub == old.sub => (t.clone(), c.exp, c.sub),
                 // The IdP signs with a key this worker has not fetched yet: fetch the JWKS (rate-limited) once.
-                Err(IdTokenError::UnknownKid) if may_refetch && state.provider.may_refetch_for_kid(env.now) => {
+                Err(IdTokenError::UnknownKid)
+                    if may_refetch && state.provider.may_refetch_for_kid(env.now) =>
+                {
                     let Some(p) = state.provider.ready() else {
                         return refresh_failed(cfg, state, &job, env.now);
                     };
@@ -860,7 +1027,10 @@ fn finish_refresh(
         }
         None => return refresh_failed(cfg, state, &job, env.now),
     };
-    let refresh = tokens.refresh_token.clone().or_else(|| old.refresh_token.clone());
+    let refresh = tokens
+        .refresh_token
+        .clone()
+        .or_else(|| old.refresh_token.clone());
     let Some(mut session) = new_session(cfg, env.now, &tokens, id_token, exp, sub, refresh) else {
         return refresh_failed(cfg, state, &job, env.now);
     };
@@ -871,7 +1041,9 @@ fn finish_refresh(
     };
     let cached = Rc::new(cached_session(cfg, session, set.clone()));
     // Requests still carrying the old cookie on this worker now get the new token too.
-    state.cache.insert(job.cache_key.clone(), cached.clone(), env.now);
+    state
+        .cache
+        .insert(job.cache_key.clone(), cached.clone(), env.now);
     if denied(cfg, &cached, &job.target) {
         return with_cookies(forbidden(cfg, job.browser, &cached), set);
     }
@@ -923,7 +1095,13 @@ pub fn renewal_busy(cfg: &Config, job: RefreshJob, now: u64) -> Result<Step, Ref
 
 /// Another request renewed this session; `renewed` are the `Set-Cookie` lines it sent. This request goes up
 /// with the new token and gives its browser the new cookie too, without asking the IdP again.
-pub fn adopt_renewal(cfg: &Config, state: &mut State, job: RefreshJob, renewed: &[String], now: u64) -> Step {
+pub fn adopt_renewal(
+    cfg: &Config,
+    state: &mut State,
+    job: RefreshJob,
+    renewed: &[String],
+    now: u64,
+) -> Step {
     let header = renewed
         .iter()
         .filter_map(|line| line.split(';').next())
@@ -940,7 +1118,9 @@ pub fn adopt_renewal(cfg: &Config, state: &mut State, job: RefreshJob, renewed: 
         return refresh_failed(cfg, state, &job, now);
     };
     let cached = Rc::new(cached_session(cfg, session, renewed.to_vec()));
-    state.cache.insert(job.cache_key.clone(), cached.clone(), now);
+    state
+        .cache
+        .insert(job.cache_key.clone(), cached.clone(), now);
     if denied(cfg, &cached, &job.target) {
         return with_cookies(forbidden(cfg, job.browser, &cached), renewed.to_vec());
     }
@@ -969,7 +1149,11 @@ pub fn renewal_failed(cfg: &Config, state: &mut State, job: RefreshJob, now: u64
 
 /// The `Set-Cookie` lines of the renewal this worker made of `sealed`, if it has made one.
 pub fn renewed_cookies(state: &State, sealed: &str) -> Option<Vec<String>> {
-    state.cache.get(sealed).map(|c| c.renewed_cookies.clone()).filter(|c| !c.is_empty())
+    state
+        .cache
+        .get(sealed)
+        .map(|c| c.renewed_cookies.clone())
+        .filter(|c| !c.is_empty())
 }
 
 fn refresh_failed(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) -> Step {
@@ -991,13 +1175,19 @@ fn refresh_failed(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) -
         });
     }
     state.cache.remove(&job.cache_key);
-    let mut clear: Vec<String> =
-        job.present_chunks.iter().map(|n| cookies::clear_cookie(n, &cfg.cookie)).collect();
+    let mut clear: Vec<String> = job
+        .present_chunks
+        .iter()
+        .map(|n| cookies::clear_cookie(n, &cfg.cookie))
+        .collect();
     if clear.is_empty() {
         clear.push(cookies::clear_cookie(&cfg.cookie_name, &cfg.cookie));
     }
     let step = if job.browser {
-        redirect(&format!("{}?rd={}", cfg.login_path, encode(&job.target)), Some(Metric::RefreshFailed))
+        redirect(
+            &format!("{}?rd={}", cfg.login_path, encode(&job.target)),
+            Some(Metric::RefreshFailed),
+        )
     } else {
         let mut r = json_401();
         r.metric = Some(Metric::RefreshFailed);
@@ -1022,7 +1212,10 @@ fn new_session(
             if tokens.access_token.is_empty() {
                 return None;
             }
-            (Some(tokens.access_token.clone()), now + tokens.expires_in.unwrap_or(3600))
+            (
+                Some(tokens.access_token.clone()),
+                now + tokens.expires_in.unwrap_or(3600),
+            )
         }
     };
     let refresh_token = refresh.or_else(|| tokens.refresh_token.clone());
@@ -1031,22 +1224,44 @@ fn new_session(
     } else {
         token_expires_at.min(now + cfg.session_lifetime)
     };
-    Some(Session { id_token, access_token, refresh_token, token_expires_at, expires_at, sub })
+    Some(Session {
+        id_token,
+        access_token,
+        refresh_token,
+        token_expires_at,
+        expires_at,
+        sub,
+    })
 }
 
 /// The claims that rules and identity headers read, from the session's ID token. The token was verified
 /// before it was sealed and the cookie is authenticated, so its payload is trusted without a signature check;
 /// reading it here (once per opened cookie) keeps the cookie from carrying the claims twice.
-fn token_facts(cfg: &Config, id_token: &Secret) -> (serde_json::Map<String, serde_json::Value>, Option<String>, u64) {
+fn token_facts(
+    cfg: &Config,
+    id_token: &Secret,
+) -> (
+    serde_json::Map<String, serde_json::Value>,
+    Option<String>,
+    u64,
+) {
     use base64::Engine as _;
     let all: serde_json::Map<String, serde_json::Value> = id_token
         .expose()
         .split('.')
         .nth(1)
-        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let kept = cfg.keep_claims.iter().filter_map(|k| all.get(k).map(|v| (k.clone(), v.clone()))).collect();
+    let kept = cfg
+        .keep_claims
+        .iter()
+        .filter_map(|k| all.get(k).map(|v| (k.clone(), v.clone())))
+        .collect();
     let sid = all.get("sid").and_then(|v| v.as_str()).map(str::to_string);
     let iat = all.get("iat").and_then(|v| v.as_u64()).unwrap_or(0);
     (kept, sid, iat)
@@ -1055,19 +1270,39 @@ fn token_facts(cfg: &Config, id_token: &Secret) -> (serde_json::Map<String, serd
 /// A logout token posted by the IdP: on success the sessions it names end (here at once, on the other
 /// workers at their next tick). Answers as the spec says: 200, or 400 with a JSON error.
 pub fn on_backchannel_logout(cfg: &Config, state: &mut State, env: &Env, body: &[u8]) -> Step {
-    let token = url::form_urlencoded::parse(body).find(|(k, _)| k == "logout_token").map(|(_, v)| v.into_owned());
+    let token = url::form_urlencoded::parse(body)
+        .find(|(k, _)| k == "logout_token")
+        .map(|(_, v)| v.into_owned());
     let reply = |status: u16, error: &str| {
-        let body = if error.is_empty() { String::new() } else { serde_json::json!({ "error": error }).to_string() };
+        let body = if error.is_empty() {
+            String::new()
+        } else {
+            serde_json::json!({ "error": error }).to_string()
+        };
         Step::Respond(Reply {
             status,
-            headers: vec![("cache-control".into(), "no-store".into()), ("content-type".into(), "application/json".into())],
+            headers: vec![
+                ("cache-control".into(), "no-store".into()),
+                ("content-type".into(), "application/json".into()),
+            ],
             body,
             metric: None,
         })
     };
-    let Some(token) = token else { return reply(400, "invalid_request") };
-    let Some(provider) = state.provider.ready() else { return reply(503, "temporarily_unavailable") };
-    match logout_token::verify(&token, &provider.jwks, &cfg.issuer, &cfg.client_id, env.now, cfg.clock_leeway) {
+    let Some(token) = token else {
+        return reply(400, "invalid_request");
+    };
+    let Some(provider) = state.provider.ready() else {
+        return reply(503, "temporarily_unavailable");
+    };
+    match logout_token::verify(
+        &token,
+        &provider.jwks,
+        &cfg.issuer,
+        &cfg.client_id,
+        env.now,
+        cfg.clock_leeway,
+    ) {
         Ok(logout) => {
             state.revoked.add(&logout, env.now, cfg.session_lifetime);
             let mut r = reply(200, "");
@@ -1085,15 +1320,31 @@ fn strip_identity(cfg: &Config) -> Option<IdentityHeaders> {
     if cfg.identity_headers.is_empty() {
         return None;
     }
-    Some(Rc::new(cfg.identity_headers.iter().map(|(h, _)| (h.clone(), None)).collect()))
+    Some(Rc::new(
+        cfg.identity_headers
+            .iter()
+            .map(|(h, _)| (h.clone(), None))
+            .collect(),
+    ))
 }
 
 /// Seals a session into cookies, and clears chunks of an earlier, longer session.
-fn seal_session(cfg: &Config, env: &mut Env, session: &Session, present: &[String]) -> Result<Vec<String>, Box<Step>> {
+fn seal_session(
+    cfg: &Config,
+    env: &mut Env,
+    session: &Session,
+    present: &[String],
+) -> Result<Vec<String>, Box<Step>> {
     let Some(r) = (env.random)() else {
-        return Err(Box::new(text(500, "Internal error: no randomness available.", None)));
+        return Err(Box::new(text(
+            500,
+            "Internal error: no randomness available.",
+            None,
+        )));
     };
-    let sealed = cfg.keys.seal(&cfg.cookie_name, &session.encode(), nonce24(&r));
+    let sealed = cfg
+        .keys
+        .seal(&cfg.cookie_name, &session.encode(), nonce24(&r));
     let chunks = match session::split(&cfg.cookie_name, &sealed) {
         Ok(c) if c.len() <= MAX_SESSION_CHUNKS => c,
         _ => {
@@ -1106,8 +1357,10 @@ fn seal_session(cfg: &Config, env: &mut Env, session: &Session, present: &[Strin
         }
     };
     let max_age = session.expires_at.saturating_sub(env.now);
-    let mut out: Vec<String> =
-        chunks.iter().map(|(n, v)| cookies::set_cookie(n, v, &cfg.cookie, max_age)).collect();
+    let mut out: Vec<String> = chunks
+        .iter()
+        .map(|(n, v)| cookies::set_cookie(n, v, &cfg.cookie, max_age))
+        .collect();
     for name in present {
         if !chunks.iter().any(|(n, _)| n == name) {
             out.push(cookies::clear_cookie(name, &cfg.cookie));
@@ -1121,11 +1374,17 @@ fn clear_session_cookies(cfg: &Config, header: &str) -> Vec<String> {
     if !names.iter().any(|n| n == &cfg.cookie_name) {
         names.push(cfg.cookie_name.clone());
     }
-    names.iter().map(|n| cookies::clear_cookie(n, &cfg.cookie)).collect()
+    names
+        .iter()
+        .map(|n| cookies::clear_cookie(n, &cfg.cookie))
+        .collect()
 }
 
 fn login_attrs(cfg: &Config) -> CookieAttrs {
-    CookieAttrs { path: cfg.callback_path.clone(), ..cfg.cookie.clone() }
+    CookieAttrs {
+        path: cfg.callback_path.clone(),
+        ..cfg.cookie.clone()
+    }
 }
 
 fn redirect_uri(cfg: &Config, h: &dyn Headers) -> Option<String> {
@@ -1137,7 +1396,11 @@ fn redirect_uri(cfg: &Config, h: &dyn Headers) -> Option<String> {
 
 fn post_logout_uri(cfg: &Config, h: &dyn Headers) -> Option<String> {
     let p = cfg.post_logout_redirect_uri.as_ref()?;
-    if p.starts_with('/') { Some(format!("{}{}", origin(h)?, p)) } else { Some(p.clone()) }
+    if p.starts_with('/') {
+        Some(format!("{}{}", origin(h)?, p))
+    } else {
+        Some(p.clone())
+    }
 }
 
 /// `scheme://host` of the request, from Envoy's own `:scheme` and `:authority` (never X-Forwarded-*).
@@ -1149,7 +1412,9 @@ fn origin(h: &dyn Headers) -> Option<String> {
     let host = h.get(":authority")?;
     let valid = !host.is_empty()
         && host.len() <= 255
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'));
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        });
     valid.then(|| format!("{scheme}://{host}"))
 }
 
@@ -1157,7 +1422,9 @@ fn origin(h: &dyn Headers) -> Option<String> {
 fn is_browser(h: &dyn Headers) -> bool {
     let method_ok = matches!(h.get(":method").as_deref(), Some("GET") | Some("HEAD"));
     let wants_html = h.get("accept").is_some_and(|a| a.contains("text/html"));
-    let xhr = h.get("x-requested-with").is_some_and(|v| v.eq_ignore_ascii_case("XMLHttpRequest"));
+    let xhr = h
+        .get("x-requested-with")
+        .is_some_and(|v| v.eq_ignore_ascii_case("XMLHttpRequest"));
     let fetch = h.get("sec-fetch-mode").is_some_and(|m| m != "navigate");
     method_ok && wants_html && !xhr && !fetch
 }
@@ -1183,7 +1450,8 @@ fn encode(s: &str) -> String {
 fn with_cookies(step: Step, set: Vec<String>) -> Step {
     match step {
         Step::Respond(mut r) => {
-            r.headers.extend(set.into_iter().map(|c| ("set-cookie".to_string(), c)));
+            r.headers
+                .extend(set.into_iter().map(|c| ("set-cookie".to_string(), c)));
             Step::Respond(r)
         }
         other => other,
@@ -1193,7 +1461,10 @@ fn with_cookies(step: Step, set: Vec<String>) -> Step {
 fn redirect(location: &str, metric: Option<Metric>) -> Step {
     Step::Respond(Reply {
         status: 302,
-        headers: vec![("location".into(), location.to_string()), ("cache-control".into(), "no-store".into())],
+        headers: vec![
+            ("location".into(), location.to_string()),
+            ("cache-control".into(), "no-store".into()),
+        ],
         body: String::new(),
         metric,
     })
@@ -1220,7 +1491,8 @@ fn json_401() -> Reply {
             ("content-type".into(), "application/json".into()),
             ("cache-control".into(), "no-store".into()),
         ],
-        body: "{\"error\":\"unauthenticated\",\"message\":\"log in first or send a bearer token\"}".into(),
+        body: "{\"error\":\"unauthenticated\",\"message\":\"log in first or send a bearer token\"}"
+            .into(),
         metric: Some(Metric::Unauthorized),
     }
 }

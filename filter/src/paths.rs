@@ -32,7 +32,8 @@ pub fn readings(target: &str) -> (Option<String>, String) {
 
 fn resolve(decoded: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
-    let trailing = decoded.ends_with(['/', '\\']) || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let trailing =
+        decoded.ends_with(['/', '\\']) || decoded.ends_with("/.") || decoded.ends_with("/..");
     for seg in decoded.split(['/', '\\']) {
         // `;` starts path parameters some servers strip (`/healthz;x/../admin`): judge the segment without them.
         let seg = seg.split(';').next().unwrap_or("");
@@ -128,8 +129,14 @@ mod tests {
     #[test]
     fn normalizes_like_an_app_would() {
         assert_eq!(normalize("/healthz/../admin").as_deref(), Some("/admin"));
-        assert_eq!(normalize("/healthz%2F..%2Fadmin").as_deref(), Some("/admin"));
-        assert_eq!(normalize("/healthz%2f%2e%2e%2fadmin").as_deref(), Some("/admin"));
+        assert_eq!(
+            normalize("/healthz%2F..%2Fadmin").as_deref(),
+            Some("/admin")
+        );
+        assert_eq!(
+            normalize("/healthz%2f%2e%2e%2fadmin").as_deref(),
+            Some("/admin")
+        );
         assert_eq!(normalize("/healthz\\..\\admin").as_deref(), Some("/admin"));
         assert_eq!(normalize("/healthz;x/../admin").as_deref(), Some("/admin"));
         assert_eq!(normalize("//healthz").as_deref(), Some("/healthz"));
@@ -143,8 +150,17 @@ mod tests {
 
     #[test]
     fn bypass_only_on_segment_boundaries_of_the_normalized_path() {
-        let b = vec!["/healthz".to_string(), "/.well-known/acme-challenge/".to_string()];
-        for yes in ["/healthz", "/healthz/", "/healthz/live", "/healthz?x=1", "/.well-known/acme-challenge/tok"] {
+        let b = vec![
+            "/healthz".to_string(),
+            "/.well-known/acme-challenge/".to_string(),
+        ];
+        for yes in [
+            "/healthz",
+            "/healthz/",
+            "/healthz/live",
+            "/healthz?x=1",
+            "/.well-known/acme-challenge/tok",
+        ] {
             assert!(is_bypass(&b, yes), "{yes}");
         }
         for no in [
@@ -171,8 +187,14 @@ mod tests {
 
     #[test]
     fn readings_differ_where_apps_differ() {
-        assert_eq!(readings("/admin/..%2Fhealthz"), (Some("/healthz".into()), "/admin/..%2Fhealthz".into()));
-        assert_eq!(readings("/a/./b/../c?x"), (Some("/a/c".into()), "/a/c".into()));
+        assert_eq!(
+            readings("/admin/..%2Fhealthz"),
+            (Some("/healthz".into()), "/admin/..%2Fhealthz".into())
+        );
+        assert_eq!(
+            readings("/a/./b/../c?x"),
+            (Some("/a/c".into()), "/a/c".into())
+        );
         assert_eq!(readings("/%zz/../a"), (None, "/a".into()));
     }
 

@@ -98,7 +98,9 @@ impl ProviderState {
                         "discovery document loaded".to_string()
                     })
                     .map_err(|e| e.to_string()),
-                Fetch::Jwks => Jwks::parse(body).map(|jwks| self.install_jwks(jwks, now)).map_err(|e| e.to_string()),
+                Fetch::Jwks => Jwks::parse(body)
+                    .map(|jwks| self.install_jwks(jwks, now))
+                    .map_err(|e| e.to_string()),
             },
         };
         match &result {
@@ -116,10 +118,17 @@ impl ProviderState {
 
     /// Installs keys fetched on behalf of a request that met an unknown `kid`.
     pub fn install_jwks(&mut self, jwks: Jwks, now: u64) -> String {
-        let msg = format!("{} signing keys loaded ({} skipped)", jwks.len(), jwks.skipped());
+        let msg = format!(
+            "{} signing keys loaded ({} skipped)",
+            jwks.len(),
+            jwks.skipped()
+        );
         self.jwks_fetched_at = now;
         if let Some(meta) = &self.meta {
-            self.ready = Some(Provider { meta: meta.clone(), jwks });
+            self.ready = Some(Provider {
+                meta: meta.clone(),
+                jwks,
+            });
         }
         msg
     }

@@ -39,7 +39,8 @@ impl Revocations {
 
     /// True when a session with this `sid`/`sub`, whose ID token was issued at `iat`, has been logged out.
     pub fn is_revoked(&self, sid: Option<&str>, sub: &str, iat: u64) -> bool {
-        sid.is_some_and(|s| self.sids.contains_key(s)) || self.subs.get(sub).is_some_and(|(at, _)| iat <= *at)
+        sid.is_some_and(|s| self.sids.contains_key(s))
+            || self.subs.get(sub).is_some_and(|(at, _)| iat <= *at)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -76,11 +77,25 @@ impl Revocations {
 
     fn cap(&mut self) {
         while self.sids.len() > MAX_ENTRIES {
-            let Some(oldest) = self.sids.iter().min_by_key(|(_, u)| **u).map(|(k, _)| k.clone()) else { break };
+            let Some(oldest) = self
+                .sids
+                .iter()
+                .min_by_key(|(_, u)| **u)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
             self.sids.remove(&oldest);
         }
         while self.subs.len() > MAX_ENTRIES {
-            let Some(oldest) = self.subs.iter().min_by_key(|(_, u)| u.1).map(|(k, _)| k.clone()) else { break };
+            let Some(oldest) = self
+                .subs
+                .iter()
+                .min_by_key(|(_, u)| u.1)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
             self.subs.remove(&oldest);
         }
     }
@@ -91,7 +106,11 @@ mod tests {
     use super::*;
 
     fn logout(sid: Option<&str>, sub: Option<&str>) -> Logout {
-        Logout { sid: sid.map(Into::into), sub: sub.map(Into::into), iat: 0 }
+        Logout {
+            sid: sid.map(Into::into),
+            sub: sub.map(Into::into),
+            iat: 0,
+        }
     }
 
     #[test]
@@ -102,7 +121,10 @@ mod tests {
         assert!(!r.is_revoked(Some("s2"), "alice", 50));
         r.add(&logout(None, Some("bob")), 100, 3600);
         assert!(r.is_revoked(Some("x"), "bob", 99));
-        assert!(!r.is_revoked(Some("x"), "bob", 101), "a login after the logout stands");
+        assert!(
+            !r.is_revoked(Some("x"), "bob", 101),
+            "a login after the logout stands"
+        );
         r.prune(3701);
         assert!(r.is_empty());
     }

@@ -33,15 +33,27 @@ fn refused_everywhere(extra: serde_json::Value) -> (Filter, Jar) {
 #[test]
 fn bypass_paths_stay_open_to_a_user_the_rules_refuse() {
     let (mut f, jar) = refused_everywhere(serde_json::json!({}));
-    assert_eq!(respond(f.request(&Req::browser("/").cookies(&jar))).status, 403);
+    assert_eq!(
+        respond(f.request(&Req::browser("/").cookies(&jar))).status,
+        403
+    );
     // Anyone may open these without a session; the session does not take that away.
     for path in ["/healthz", "/healthz/live", "/static/app.css"] {
         let fwd = forward(f.request(&Req::browser(path).cookies(&jar)));
         assert_eq!(fwd.metric, Some(Metric::SessionForwarded), "{path}");
     }
     // Only what really is below a bypass prefix, in every reading of the path.
-    for path in ["/healthzx", "/static/..%2Fadmin", "/static/../admin", "/x/healthz"] {
-        assert_eq!(respond(f.request(&Req::browser(path).cookies(&jar))).status, 403, "{path}");
+    for path in [
+        "/healthzx",
+        "/static/..%2Fadmin",
+        "/static/../admin",
+        "/x/healthz",
+    ] {
+        assert_eq!(
+            respond(f.request(&Req::browser(path).cookies(&jar))).status,
+            403,
+            "{path}"
+        );
     }
 }
 

@@ -1106,13 +1106,22 @@ fn an_unreachable_idp_after_the_token_expired_fails_closed_but_keeps_the_session
     let mut f = ready();
     let (jar, _) = due_for_refresh(&mut f);
     f.now = NOW + 3600;
-    for reply in [None, Some((503, &b"<html>down</html>"[..])), Some((200, &b"{not json"[..]))] {
+    for reply in [
+        None,
+        Some((503, &b"<html>down</html>"[..])),
+        Some((200, &b"{not json"[..])),
+    ] {
         let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
         let r = respond(f.reply(pending, reply));
         assert_eq!(r.status, 503, "{reply:?}");
         assert!(r.headers.iter().any(|(n, _)| n == "retry-after"));
         assert!(header(&r.headers, "location").is_none());
-        assert!(set_cookies(&r).iter().all(|c| !is_clear_of(c, "_oidc_session")), "{reply:?}");
+        assert!(
+            set_cookies(&r)
+                .iter()
+                .all(|c| !is_clear_of(c, "_oidc_session")),
+            "{reply:?}"
+        );
     }
     // Once the IdP answers again, the same cookie renews: the outage logged nobody out.
     let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
@@ -1479,7 +1488,10 @@ fn the_jwks_is_refreshed_after_the_configured_interval() {
     // Discovery is read again first (endpoints can move), then the keys.
     let (c, fetch) = f.poll().expect("refresh due");
     assert_eq!(fetch, Fetch::Discovery);
-    assert_eq!(header(&c.headers, ":path"), Some("/.well-known/openid-configuration"));
+    assert_eq!(
+        header(&c.headers, ":path"),
+        Some("/.well-known/openid-configuration")
+    );
     f.provider_reply(fetch, Some((200, DISCOVERY))).unwrap();
     let (c, fetch) = f.poll().expect("keys next");
     assert_eq!(fetch, Fetch::Jwks);

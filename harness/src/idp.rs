@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::process::Process;
 
 /// How long a node program may take to announce its port.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The IdP's configuration file (see `harness/idp/README.md`).
 #[derive(Clone, Debug)]

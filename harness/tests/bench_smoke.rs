@@ -21,7 +21,11 @@ fn one_configuration_gives_a_sane_row() {
         ..Options::default()
     };
     let report = bench::run(&opts).unwrap();
-    assert_eq!(report.rows.len(), 1, "only the configuration asked for runs");
+    assert_eq!(
+        report.rows.len(),
+        1,
+        "only the configuration asked for runs"
+    );
     let row = report.row("oidc-session").unwrap();
     assert_eq!(row.problem, None);
     let [s] = row.samples.as_slice() else {
@@ -33,8 +37,14 @@ fn one_configuration_gives_a_sane_row() {
     assert_eq!(s.status_other, 0, "{s:?}");
     assert_eq!(s.status_2xx, s.requests, "{s:?}");
     assert!(s.logged_in >= s.requests, "{s:?}");
-    assert!(s.rps > 0.0 && s.p50_us > 0.0 && s.p99_us >= s.p50_us, "{s:?}");
-    assert!(s.cpu_us_per_req > 0.0 && s.cpu_us_per_req.is_finite(), "{s:?}");
+    assert!(
+        s.rps > 0.0 && s.p50_us > 0.0 && s.p99_us >= s.p50_us,
+        "{s:?}"
+    );
+    assert!(
+        s.cpu_us_per_req > 0.0 && s.cpu_us_per_req.is_finite(),
+        "{s:?}"
+    );
     assert!(row.rss_loaded_kib > 0);
     // The report renders.
     assert!(report.markdown().contains("`oidc-session`"));

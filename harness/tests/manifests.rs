@@ -805,10 +805,7 @@ fn the_deploy_guide_snippets_match_the_crds() {
     let mut checked = 0;
     for block in text.split("```yaml\n").skip(1) {
         let yaml = block.split("```").next().unwrap_or_default();
-        for doc in yaml_docs(yaml, "README.md")
-            .iter()
-            .filter(|d| is_istio(d))
-        {
+        for doc in yaml_docs(yaml, "README.md").iter().filter(|d| is_istio(d)) {
             checked += 1;
             let mode =
                 if doc["spec"].get("pluginConfig").is_some() && doc["spec"].get("url").is_none() {

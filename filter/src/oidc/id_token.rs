@@ -259,7 +259,10 @@ fn check_claims(all: Map<String, Value>, expected: &Expected) -> Result<Claims, 
 }
 
 /// A NumericDate claim (RFC 7519 2: seconds, possibly fractional). `Ok(None)` when absent.
-pub(crate) fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, IdTokenError> {
+pub(crate) fn numeric_date(
+    claims: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<u64>, IdTokenError> {
     let Some(value) = claims.get(name) else {
         return Ok(None);
     };

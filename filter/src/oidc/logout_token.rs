@@ -70,21 +70,38 @@ pub fn verify(
         return Err(LogoutTokenError::WrongAudience);
     }
     let bad = |_| LogoutTokenError::Token(IdTokenError::Malformed);
-    let iat = numeric_date(&claims, "iat").map_err(bad)?.ok_or(LogoutTokenError::MissingIat)?;
+    let iat = numeric_date(&claims, "iat")
+        .map_err(bad)?
+        .ok_or(LogoutTokenError::MissingIat)?;
     if iat > now.saturating_add(leeway) {
         return Err(LogoutTokenError::IssuedInFuture);
     }
-    if numeric_date(&claims, "exp").map_err(bad)?.is_some_and(|exp| now >= exp.saturating_add(leeway)) {
+    if numeric_date(&claims, "exp")
+        .map_err(bad)?
+        .is_some_and(|exp| now >= exp.saturating_add(leeway))
+    {
         return Err(LogoutTokenError::Expired);
     }
-    if !claims.get("events").and_then(Value::as_object).is_some_and(|e| e.get(EVENT).is_some_and(Value::is_object)) {
+    if !claims
+        .get("events")
+        .and_then(Value::as_object)
+        .is_some_and(|e| e.get(EVENT).is_some_and(Value::is_object))
+    {
         return Err(LogoutTokenError::MissingEvent);
     }
     if claims.contains_key("nonce") {
         return Err(LogoutTokenError::HasNonce);
     }
-    let text = |k: &str| claims.get(k).and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() <= 512);
-    let (sid, sub) = (text("sid").map(str::to_string), text("sub").map(str::to_string));
+    let text = |k: &str| {
+        claims
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= 512)
+    };
+    let (sid, sub) = (
+        text("sid").map(str::to_string),
+        text("sub").map(str::to_string),
+    );
     if sid.is_none() && sub.is_none() {
         return Err(LogoutTokenError::MissingSidAndSub);
     }
@@ -145,19 +162,43 @@ mod tests {
         let mut no_ids = good();
         no_ids.as_object_mut().unwrap().remove("sid");
         no_ids.as_object_mut().unwrap().remove("sub");
-        assert_eq!(check(with("iss", json!("https://evil"))), Err(LogoutTokenError::WrongIssuer));
-        assert_eq!(check(with("aud", json!("other"))), Err(LogoutTokenError::WrongAudience));
+        assert_eq!(
+            check(with("iss", json!("https://evil"))),
+            Err(LogoutTokenError::WrongIssuer)
+        );
+        assert_eq!(
+            check(with("aud", json!("other"))),
+            Err(LogoutTokenError::WrongAudience)
+        );
         assert_eq!(check(without("iat")), Err(LogoutTokenError::MissingIat));
-        assert_eq!(check(with("iat", json!(NOW + 3600))), Err(LogoutTokenError::IssuedInFuture));
-        assert_eq!(check(with("exp", json!(NOW - 3600))), Err(LogoutTokenError::Expired));
-        assert_eq!(check(without("events")), Err(LogoutTokenError::MissingEvent));
-        assert_eq!(check(with("events", json!({"other": {}}))), Err(LogoutTokenError::MissingEvent));
-        assert_eq!(check(with("nonce", json!("n"))), Err(LogoutTokenError::HasNonce));
+        assert_eq!(
+            check(with("iat", json!(NOW + 3600))),
+            Err(LogoutTokenError::IssuedInFuture)
+        );
+        assert_eq!(
+            check(with("exp", json!(NOW - 3600))),
+            Err(LogoutTokenError::Expired)
+        );
+        assert_eq!(
+            check(without("events")),
+            Err(LogoutTokenError::MissingEvent)
+        );
+        assert_eq!(
+            check(with("events", json!({"other": {}}))),
+            Err(LogoutTokenError::MissingEvent)
+        );
+        assert_eq!(
+            check(with("nonce", json!("n"))),
+            Err(LogoutTokenError::HasNonce)
+        );
         assert_eq!(check(no_ids), Err(LogoutTokenError::MissingSidAndSub));
         assert!(check(without("sid")).is_ok());
         let jwks = Jwks::parse(JWKS.as_bytes()).unwrap();
         let mut t = sign(good());
         t.push('x');
-        assert!(matches!(verify(&t, &jwks, "https://idp.example.com", "app", NOW, 60), Err(LogoutTokenError::Token(_))));
+        assert!(matches!(
+            verify(&t, &jwks, "https://idp.example.com", "app", NOW, 60),
+            Err(LogoutTokenError::Token(_))
+        ));
     }
 }
