@@ -132,7 +132,7 @@ fn app_saw(resp: &Response) -> Option<Value> {
 }
 
 /// Notes one attack case in `target/e2e/attacks/cases.log` (test name, request, answer): the count
-/// in `docs/security.md` is its line count.
+/// in the README's Security section is its line count.
 fn record(case: &str) {
     use std::io::Write as _;
     let test = std::thread::current().name().unwrap_or("?").to_string();

@@ -3,7 +3,7 @@
 //! cache keeps filling and evicting, forged cookies) through the real chain for `SOAK_SECS`
 //! (default 24) seconds.
 //! Envoy's memory stays flat after warm-up, nothing answers 5xx, and the filter's counters add up to
-//! the requests sent. The figures go to `target/e2e/soak/figures.json` (for `docs/security.md`).
+//! the requests sent. The figures go to `target/e2e/soak/figures.json` (for the README's Security section).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
