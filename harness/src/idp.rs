@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::process::Process;
 
 /// How long a node program may take to announce its port.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The IdP's configuration file (see `harness/idp/README.md`).
 #[derive(Clone, Debug)]
@@ -101,10 +101,9 @@ impl Idp {
             serde_json::to_string_pretty(&config.to_json())?,
         )
         .with_context(|| format!("writing {}", config_path.display()))?;
-        let mut cmd = Command::new(node_bin());
-        cmd.arg(idp_dir().join("idp.mjs")).arg(&config_path);
-        let mut process = Process::spawn_with_handshake("idp", cmd, &dir.join("idp.log"))?;
-        let port = process.wait_for_port(START_TIMEOUT)?;
+        let (process, port) = start_node("idp", dir, |cmd| {
+            cmd.arg(idp_dir().join("idp.mjs")).arg(&config_path);
+        })?;
         Ok(Idp { process, port })
     }
 
@@ -139,10 +138,9 @@ impl EchoApp {
     /// Starts `echo.mjs` on `port` (0: the OS picks), logging to `DIR/echo.log`.
     pub fn start(port: u16, dir: &Path) -> Result<EchoApp> {
         check_installed()?;
-        let mut cmd = Command::new(node_bin());
-        cmd.arg(idp_dir().join("echo.mjs")).arg(port.to_string());
-        let mut process = Process::spawn_with_handshake("echo", cmd, &dir.join("echo.log"))?;
-        let port = process.wait_for_port(START_TIMEOUT)?;
+        let (process, port) = start_node("echo", dir, |cmd| {
+            cmd.arg(idp_dir().join("echo.mjs")).arg(port.to_string());
+        })?;
         Ok(EchoApp { process, port })
     }
 
@@ -160,6 +158,26 @@ impl EchoApp {
     pub fn log(&self) -> Result<String> {
         self.process.log()
     }
+}
+
+/// Starts one of our node programs and waits for its port. A start that announces nothing in time is
+/// killed and tried once more: on a loaded 2-core machine a node start has been seen to stall silently.
+fn start_node(name: &str, dir: &Path, args: impl Fn(&mut Command)) -> Result<(Process, u16)> {
+    let mut last = None;
+    for _ in 0..2 {
+        let mut cmd = Command::new(node_bin());
+        args(&mut cmd);
+        let mut process =
+            Process::spawn_with_handshake(name, cmd, &dir.join(format!("{name}.log")))?;
+        match process.wait_for_port(START_TIMEOUT) {
+            Ok(port) => return Ok((process, port)),
+            Err(e) => {
+                eprintln!("{name}: {e:#}; starting it again");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("{name} did not start")))
 }
 
 /// A PKCE pair `(verifier, S256 challenge)` from 32 random bytes.
