@@ -1,7 +1,6 @@
 //! The decision core: a request (+ now, + randomness) -> `Step`; a callout reply (+ pending state) -> `Step`.
 //! No host calls here, so every flow runs natively in tests with a fixed clock.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use crate::paths;
 use crate::provider::{Provider, ProviderState};
 use crate::revocation::Revocations;
 use crate::secret::Secret;
-use crate::session::{self, EdgeHashState, LoginState, Session};
+use crate::session::{self, LoginState, SealedMap, Session};
 
 /// A login attempt is good for this long (the time a user may spend at the IdP's login page).
 const LOGIN_TTL: u64 = 600;
@@ -184,10 +183,10 @@ pub struct Cached {
 }
 
 /// Opened sessions keyed by the exact sealed cookie value: a hit costs a hash of the value's ends
-/// (`EdgeHashState`) and a comparison, not a decryption.
+/// and one comparison (`SealedMap`), not a decryption.
 #[derive(Debug, Default)]
 pub struct SessionCache {
-    map: HashMap<String, Rc<Cached>, EdgeHashState>,
+    map: SealedMap<Rc<Cached>>,
 }
 
 impl SessionCache {
@@ -197,7 +196,7 @@ impl SessionCache {
 
     fn insert(&mut self, key: String, value: Rc<Cached>, now: u64) {
         if self.map.len() >= CACHE_CAP {
-            self.map.retain(|_, c| c.session.expires_at > now);
+            self.map.retain(|c| c.session.expires_at > now);
             if self.map.len() >= CACHE_CAP {
                 self.map.clear();
             }

@@ -4,7 +4,8 @@
 //! about 16 µs/KB against about 3 µs/KB for ChaCha. The 24-byte nonce is safe to pick at random.
 
 use std::borrow::Cow;
-use std::collections::hash_map::{DefaultHasher, RandomState};
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 
@@ -250,44 +251,148 @@ pub fn is_session_cookie(base: &str, cookie_name: &str) -> bool {
     cookie_name == base || chunk_index(base, cookie_name).is_some()
 }
 
-/// Hashers for maps keyed by sealed values (the per-worker session cache): they hash the length
-/// and the first and last [`EDGE`] bytes only. A sealed value starts with its random nonce and ends
-/// with its tag, so its edges are as distinct as the whole, and a lookup costs the same for an 8 KB
-/// session as for a 1 KB one instead of hashing every byte. Lookups still compare whole keys, and
-/// the seed is random, so crafted cookies can at most land in the same bucket as a real one.
-#[derive(Clone, Debug, Default)]
-pub struct EdgeHashState(RandomState);
+/// A map keyed by sealed values (the per-worker session cache), built for Wasm, where hashing and
+/// `memcmp` go a byte at a time: a key is hashed by its length and its first and last [`EDGE`]
+/// bytes only (a sealed value starts with its random nonce and ends with its tag, so its edges are
+/// as distinct as the whole), and compared whole, a word at a time. A lookup then costs the same
+/// hash for an 8 KB session as for a 1 KB one, and one fast pass over the key.
+///
+/// Keys are secrets, so the comparison does not stop at the first differing byte; and to reach a
+/// comparison at all, a key must share length and both edges with a stored one.
+#[derive(Debug)]
+pub struct SealedMap<V> {
+    seed: RandomState,
+    buckets: HashMap<u64, Vec<(String, V)>>,
+    len: usize,
+}
 
-/// How many bytes at each end of a key [`EdgeHashState`] hashes.
+/// How many bytes at each end of a key [`SealedMap`] hashes.
 pub const EDGE: usize = 32;
 
-impl BuildHasher for EdgeHashState {
-    type Hasher = EdgeHasher;
-
-    fn build_hasher(&self) -> EdgeHasher {
-        EdgeHasher(self.0.build_hasher())
+impl<V> Default for SealedMap<V> {
+    fn default() -> Self {
+        SealedMap {
+            seed: RandomState::new(),
+            buckets: HashMap::new(),
+            len: 0,
+        }
     }
 }
 
-/// See [`EdgeHashState`].
-#[derive(Debug)]
-pub struct EdgeHasher(DefaultHasher);
+impl<V> SealedMap<V> {
+    /// The value stored under exactly `key`.
+    pub fn get(&self, key: &str) -> Option<&V> {
+        self.buckets
+            .get(&self.hash(key))?
+            .iter()
+            .find(|(k, _)| same(k.as_bytes(), key.as_bytes()))
+            .map(|(_, v)| v)
+    }
 
-impl Hasher for EdgeHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        match (bytes.first_chunk::<EDGE>(), bytes.last_chunk::<EDGE>()) {
-            (Some(head), Some(tail)) if bytes.len() > 2 * EDGE => {
-                self.0.write(head);
-                self.0.write(tail);
-                self.0.write_usize(bytes.len());
+    /// Stores `value` under `key`, replacing what was there.
+    pub fn insert(&mut self, key: String, value: V) {
+        let bucket = self.buckets.entry(self.hash(&key)).or_default();
+        match bucket
+            .iter_mut()
+            .find(|(k, _)| same(k.as_bytes(), key.as_bytes()))
+        {
+            Some(slot) => slot.1 = value,
+            None => {
+                bucket.push((key, value));
+                self.len += 1;
             }
-            _ => self.0.write(bytes),
         }
     }
 
-    fn finish(&self) -> u64 {
-        self.0.finish()
+    /// Forgets `key`.
+    pub fn remove(&mut self, key: &str) {
+        let h = self.hash(key);
+        let Some(bucket) = self.buckets.get_mut(&h) else {
+            return;
+        };
+        if let Some(i) = bucket
+            .iter()
+            .position(|(k, _)| same(k.as_bytes(), key.as_bytes()))
+        {
+            bucket.swap_remove(i);
+            self.len -= 1;
+        }
+        if bucket.is_empty() {
+            self.buckets.remove(&h);
+        }
     }
+
+    /// Keeps only the values for which `keep` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
+        self.buckets.retain(|_, b| {
+            b.retain(|(_, v)| keep(v));
+            !b.is_empty()
+        });
+        self.len = self.buckets.values().map(Vec::len).sum();
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.buckets.clear();
+        self.len = 0;
+    }
+
+    /// How many keys are stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn hash(&self, key: &str) -> u64 {
+        let bytes = key.as_bytes();
+        let mut h = self.seed.build_hasher();
+        match (bytes.first_chunk::<EDGE>(), bytes.last_chunk::<EDGE>()) {
+            (Some(head), Some(tail)) if bytes.len() > 2 * EDGE => {
+                h.write(head);
+                h.write(tail);
+            }
+            _ => h.write(bytes),
+        }
+        h.write_usize(bytes.len());
+        h.finish()
+    }
+}
+
+/// Whole-key equality, 32 bytes per step and without an early exit.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    // Byte by byte into the array: a `copy_from_slice` here becomes a `memory.copy` per word.
+    let word = |c: &[u8; 32], i: usize| {
+        u64::from_ne_bytes([
+            c[i],
+            c[i + 1],
+            c[i + 2],
+            c[i + 3],
+            c[i + 4],
+            c[i + 5],
+            c[i + 6],
+            c[i + 7],
+        ])
+    };
+    let (a32, a_rest) = a.as_chunks::<32>();
+    let (b32, b_rest) = b.as_chunks::<32>();
+    let mut diff = 0u64;
+    for (x, y) in a32.iter().zip(b32) {
+        diff |= (word(x, 0) ^ word(y, 0))
+            | (word(x, 8) ^ word(y, 8))
+            | (word(x, 16) ^ word(y, 16))
+            | (word(x, 24) ^ word(y, 24));
+    }
+    for (x, y) in a_rest.iter().zip(b_rest) {
+        diff |= u64::from(x ^ y);
+    }
+    diff == 0
 }
 
 /// A logged-in session, sealed into the session cookie. Field names are short because every byte
@@ -651,22 +756,44 @@ mod tests {
     }
 
     #[test]
-    fn edge_hashing_keeps_keys_apart() {
-        use std::collections::HashMap;
-        use std::hash::BuildHasher as _;
-        let state = EdgeHashState::default();
-        let a = format!("{}{}{}", "n".repeat(40), "a".repeat(100), "t".repeat(40));
-        let b = format!("{}{}{}", "n".repeat(40), "b".repeat(100), "t".repeat(40));
-        // Same edges and length: same hash, but the map still tells them apart.
-        assert_eq!(state.hash_one(&a), state.hash_one(&b));
-        assert_ne!(state.hash_one(&a), state.hash_one(format!("{a}x")));
-        assert_ne!(state.hash_one("short"), state.hash_one("shorT"));
-        let mut map: HashMap<String, u8, EdgeHashState> = HashMap::default();
+    fn sealed_map_compares_whole_keys() {
+        let edge = |fill: &str| format!("{}{}{}", "n".repeat(40), fill.repeat(100), "t".repeat(40));
+        let (a, b) = (edge("a"), edge("b"));
+        let mut map = SealedMap::default();
+        // Same edges and length: same bucket, still two keys.
         map.insert(a.clone(), 1);
         map.insert(b.clone(), 2);
-        assert_eq!(map.get(a.as_str()), Some(&1));
-        assert_eq!(map.get(b.as_str()), Some(&2));
-        assert_eq!(map.get(format!("{a}x").as_str()), None);
+        map.insert("short".into(), 3);
+        assert_eq!(map.len(), 3);
+        assert_eq!(map.get(&a), Some(&1));
+        assert_eq!(map.get(&b), Some(&2));
+        assert_eq!(map.get("short"), Some(&3));
+        assert_eq!(map.get("shorT"), None);
+        assert_eq!(map.get(&format!("{a}x")), None);
+        let mut c = a.clone();
+        c.replace_range(70..71, "z");
+        assert_eq!(map.get(&c), None, "one byte in the middle differs");
+        map.insert(a.clone(), 4);
+        assert_eq!((map.get(&a), map.len()), (Some(&4), 3));
+        map.remove(&a);
+        assert_eq!((map.get(&a), map.get(&b), map.len()), (None, Some(&2), 2));
+        map.retain(|v| *v != 2);
+        assert_eq!((map.get(&b), map.len()), (None, 1));
+        map.clear();
+        assert!(map.is_empty());
+    }
+
+    #[test]
+    fn same_checks_every_byte() {
+        let a: Vec<u8> = (0..100u8).collect();
+        for i in 0..a.len() {
+            let mut b = a.clone();
+            b[i] ^= 1;
+            assert!(!same(&a, &b), "byte {i}");
+        }
+        assert!(same(&a, &a.clone()));
+        assert!(!same(&a, &a[..99]));
+        assert!(same(b"", b""));
     }
 
     #[test]
