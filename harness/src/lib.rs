@@ -13,6 +13,7 @@ pub mod idp;
 pub mod oci;
 pub mod process;
 pub mod proxy;
+pub mod sealed;
 pub mod webdriver;
 
 use std::collections::{BTreeMap, HashMap};

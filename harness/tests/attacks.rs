@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use harness::browser::{form_urlencode, query_param};
 use harness::idp::{Forge, forge_id_token};
+use harness::sealed;
 use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec};
 use oidc_filter::secret::Secret;
 use oidc_filter::session::{self, Keys, LoginState, Session};
@@ -110,13 +111,6 @@ fn enc(s: &str) -> String {
 /// A client that asks for JSON, as an API call does (no login redirect: 401).
 fn api() -> Browser {
     Browser::new().with_header("accept", JSON_ACCEPT)
-}
-
-fn keys() -> Keys {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(harness::DEFAULT_COOKIE_KEYS)
-        .unwrap();
-    Keys::new(&[raw]).unwrap()
 }
 
 // ---- what a response must (not) be ----
@@ -219,45 +213,6 @@ fn logged_in(site: &str, user: &str) -> Browser {
         done.response.body
     );
     b
-}
-
-/// The whole `Cookie` header value of the browser's session cookies for `localhost`.
-fn session_cookies(b: &Browser) -> String {
-    b.cookies(HOST)
-        .into_iter()
-        .filter(|(n, _)| session::is_session_cookie(COOKIE, n))
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn open_session(cookie_header: &str) -> Session {
-    let sealed = session::join(cookie_header, COOKIE).unwrap().unwrap();
-    Session::decode(&keys().open(COOKIE, &sealed).unwrap()).unwrap()
-}
-
-/// `Cookie` header value carrying `s` sealed with the stack's key, chunked as the filter does.
-fn seal(s: &Session) -> String {
-    seal_with(&keys(), COOKIE, s)
-}
-
-fn seal_with(k: &Keys, name: &str, s: &Session) -> String {
-    let sealed = k.seal(name, &s.encode(), random24());
-    session::split(COOKIE, &sealed)
-        .unwrap()
-        .into_iter()
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn random24() -> [u8; 24] {
-    let mut n = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut n)
-        .unwrap();
-    n
 }
 
 /// The echo app's `authorization` for a request carrying `cookie`, as an API client.
@@ -1854,4 +1809,31 @@ fn envoy_oauth2_stale_cookies_do_not_poison_a_new_login() {
         .get_with(&url(APP, "/x"), &[("accept", JSON_ACCEPT)])
         .unwrap();
     assert_eq!(resp.status, 200, "{}", resp.body);
+}
+
+// The filter's cookies, through the shared helpers (harness::sealed).
+fn keys() -> Keys {
+    sealed::keys().unwrap()
+}
+
+fn session_cookies(b: &Browser) -> String {
+    sealed::session_cookies(b, HOST)
+}
+
+fn open_session(cookie_header: &str) -> Session {
+    sealed::open_session(cookie_header).unwrap()
+}
+
+fn seal(s: &Session) -> String {
+    sealed::seal(s).unwrap()
+}
+
+fn seal_with(k: &Keys, name: &str, s: &Session) -> String {
+    sealed::seal_with(k, name, s).unwrap()
+}
+
+fn random24() -> [u8; 24] {
+    let mut n = [0u8; 24];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut n).unwrap();
+    n
 }

@@ -6,13 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
+use harness::sealed;
 use harness::{Browser, Response, SiteSpec, Stack, StackSpec};
-use oidc_filter::session::{self, Keys, Session};
+use oidc_filter::session::{self, Session};
 use serde_json::json;
 
 const SITE: &str = "app";
@@ -64,42 +63,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn keys() -> Keys {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(harness::DEFAULT_COOKIE_KEYS)
-        .unwrap();
-    Keys::new(&[raw]).unwrap()
-}
-
-fn session_cookies(b: &Browser) -> String {
-    b.cookies(HOST)
-        .into_iter()
-        .filter(|(n, _)| session::is_session_cookie(COOKIE, n))
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn open_session(cookie: &str) -> Session {
-    let sealed = session::join(cookie, COOKIE).unwrap().unwrap();
-    Session::decode(&keys().open(COOKIE, &sealed).unwrap()).unwrap()
-}
-
-fn seal(s: &Session) -> String {
-    let mut nonce = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut nonce)
-        .unwrap();
-    let sealed = keys().seal(COOKIE, &s.encode(), nonce);
-    session::split(COOKIE, &sealed)
-        .unwrap()
-        .into_iter()
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 fn bearer(r: &Response) -> Option<String> {
@@ -287,4 +250,18 @@ fn a_burst_on_expired_sessions_refreshes_each_once_and_logs_nobody_out() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(new_tokens[0].contains(&bearer(&r).unwrap()));
     assert_eq!(stat("refresh_failures"), failures);
+}
+
+// The filter's cookies, through the shared helpers (harness::sealed).
+
+fn session_cookies(b: &Browser) -> String {
+    sealed::session_cookies(b, HOST)
+}
+
+fn open_session(cookie_header: &str) -> Session {
+    sealed::open_session(cookie_header).unwrap()
+}
+
+fn seal(s: &Session) -> String {
+    sealed::seal(s).unwrap()
 }

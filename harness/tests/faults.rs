@@ -11,14 +11,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Read;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use harness::browser::{form_urlencode, query_param};
+use harness::sealed;
 use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec};
-use oidc_filter::session::{self, Keys, Session};
+use oidc_filter::session::{self, Session};
 use serde_json::{Value, json};
 
 const APP: &str = "app";
@@ -96,13 +96,6 @@ fn stat(name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn keys() -> Keys {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(harness::DEFAULT_COOKIE_KEYS)
-        .unwrap();
-    Keys::new(&[raw]).unwrap()
-}
-
 fn logged_in(site: &str, user: &str) -> Browser {
     let b = Browser::new();
     let done = b.login(&url(site, "/"), user).unwrap();
@@ -115,35 +108,6 @@ fn logged_in(site: &str, user: &str) -> Browser {
         done.response.body
     );
     b
-}
-
-fn session_cookies(b: &Browser) -> String {
-    b.cookies(HOST)
-        .into_iter()
-        .filter(|(n, _)| session::is_session_cookie(COOKIE, n))
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn open_session(cookie: &str) -> Session {
-    let sealed = session::join(cookie, COOKIE).unwrap().unwrap();
-    Session::decode(&keys().open(COOKIE, &sealed).unwrap()).unwrap()
-}
-
-fn seal(s: &Session) -> String {
-    let mut nonce = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut nonce)
-        .unwrap();
-    let sealed = keys().seal(COOKIE, &s.encode(), nonce);
-    session::split(COOKIE, &sealed)
-        .unwrap()
-        .into_iter()
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// A request with `cookie` as an API client (`accept: application/json`) or a browser.
@@ -420,4 +384,18 @@ fn kid(jwt: &str) -> String {
     )
     .unwrap();
     v["kid"].as_str().unwrap().to_string()
+}
+
+// The filter's cookies, through the shared helpers (harness::sealed).
+
+fn session_cookies(b: &Browser) -> String {
+    sealed::session_cookies(b, HOST)
+}
+
+fn open_session(cookie_header: &str) -> Session {
+    sealed::open_session(cookie_header).unwrap()
+}
+
+fn seal(s: &Session) -> String {
+    sealed::seal(s).unwrap()
 }

@@ -8,62 +8,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Read;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use harness::browser::query_param;
 use harness::idp::{Forge, forge_id_token};
+use harness::sealed;
 use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec};
 use oidc_filter::secret::Secret;
-use oidc_filter::session::{self, Keys, LoginState, Session};
+use oidc_filter::session::{Keys, LoginState, Session};
 use serde_json::json;
 
 const SITE: &str = "app";
 const COOKIE: &str = "_oidc_session";
 const HOST: &str = "localhost";
 
-fn keys() -> Keys {
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(harness::DEFAULT_COOKIE_KEYS)
-        .unwrap();
-    Keys::new(&[raw]).unwrap()
-}
-
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn session_cookies(b: &Browser) -> String {
-    b.cookies(HOST)
-        .into_iter()
-        .filter(|(n, _)| session::is_session_cookie(COOKIE, n))
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn open_session(cookie: &str) -> Session {
-    let sealed = session::join(cookie, COOKIE).unwrap().unwrap();
-    Session::decode(&keys().open(COOKIE, &sealed).unwrap()).unwrap()
-}
-
-fn seal(s: &Session) -> String {
-    let mut nonce = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut nonce)
-        .unwrap();
-    let sealed = keys().seal(COOKIE, &s.encode(), nonce);
-    session::split(COOKIE, &sealed)
-        .unwrap()
-        .into_iter()
-        .map(|(n, v)| format!("{n}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// Everything secret one login attempt produced.
@@ -334,4 +298,21 @@ fn no_secret_reaches_envoys_log_at_trace_level() {
         log.lines().count(),
         secrets.len()
     );
+}
+
+// The filter's cookies, through the shared helpers (harness::sealed).
+fn keys() -> Keys {
+    sealed::keys().unwrap()
+}
+
+fn session_cookies(b: &Browser) -> String {
+    sealed::session_cookies(b, HOST)
+}
+
+fn open_session(cookie_header: &str) -> Session {
+    sealed::open_session(cookie_header).unwrap()
+}
+
+fn seal(s: &Session) -> String {
+    sealed::seal(s).unwrap()
 }
