@@ -39,9 +39,17 @@ struct Attempt {
 }
 
 fn start(stack: &Stack, b: &Browser) -> (Attempt, String) {
-    let r = b
-        .get(&stack.site(SITE).unwrap().url("/login?rd=/audited"))
-        .unwrap();
+    // Each worker loads discovery and keys on its own: until then /login answers 503 (Retry-After).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let r = loop {
+        let r = b
+            .get(&stack.site(SITE).unwrap().url("/login?rd=/audited"))
+            .unwrap();
+        if r.status != 503 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert_eq!(r.status, 302, "{}", r.body);
     let authorize = r.location().unwrap();
     let state = query_param(&authorize, "state").unwrap();
