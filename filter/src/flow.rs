@@ -967,16 +967,10 @@ fn refresh_reply(
 
 /// 503 for a request whose expired token the IdP could not renew just now; its cookies stay.
 fn renewal_unavailable() -> Step {
-    Step::Respond(Reply {
-        status: 503,
-        headers: vec![
-            ("retry-after".into(), "5".into()),
-            ("content-type".into(), "text/plain; charset=utf-8".into()),
-            ("cache-control".into(), "no-store".into()),
-        ],
-        body: "Your session could not be renewed: the identity provider is not answering. Try again shortly.\n".into(),
-        metric: Some(Metric::RefreshFailed),
-    })
+    unavailable(
+        "Your session could not be renewed: the identity provider is not answering. Try again shortly.",
+        Metric::RefreshFailed,
+    )
 }
 
 fn finish_refresh(
@@ -1470,6 +1464,14 @@ fn redirect(location: &str, metric: Option<Metric>) -> Step {
 }
 
 fn not_ready() -> Step {
+    unavailable(
+        "Login is not available yet: the identity provider has not been reached. Try again shortly.",
+        Metric::NotReady,
+    )
+}
+
+/// 503 with `Retry-After`: the IdP is needed and not reachable now; the client may simply retry.
+fn unavailable(msg: &str, metric: Metric) -> Step {
     Step::Respond(Reply {
         status: 503,
         headers: vec![
@@ -1477,8 +1479,8 @@ fn not_ready() -> Step {
             ("content-type".into(), "text/plain; charset=utf-8".into()),
             ("cache-control".into(), "no-store".into()),
         ],
-        body: "Login is not available yet: the identity provider has not been reached. Try again shortly.\n".into(),
-        metric: Some(Metric::NotReady),
+        body: format!("{msg}\n"),
+        metric: Some(metric),
     })
 }
 
