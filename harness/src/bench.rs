@@ -1796,6 +1796,28 @@ impl Report {
         })
     }
 
+    /// The oidc rows of a scale table: the varied quantity, then cookie size, both CPU figures and the overhead.
+    fn scale_rows(&self, md: &mut String, rows: &[&Row], key: impl Fn(&Row) -> usize) {
+        for r in rows.iter().filter(|r| r.variant.chain == Chain::Oidc) {
+            let base = r.variant.baseline.as_deref().and_then(|b| self.row(b));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {:.0} | {:.0} |",
+                key(r),
+                r.cookie_bytes,
+                base.map_or("–".into(), |b| format!(
+                    "{:.1}",
+                    b.median(|s| s.cpu_us_per_req)
+                )),
+                cpu_cell(r),
+                self.overhead(r)
+                    .map_or("–".into(), |o| format!("{:+.1}", o.diff_us)),
+                r.median(|s| s.rps),
+                r.median(|s| s.p99_us),
+            );
+        }
+    }
+
     fn rows_in(&self, group: Group) -> Vec<&Row> {
         self.rows
             .iter()
@@ -1968,24 +1990,7 @@ impl Report {
                 "| token bytes | Cookie header bytes | no filter CPU µs/req | oidc-filter CPU µs/req | over no filter | oidc req/s | oidc p99 µs |"
             );
             let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|");
-            for r in tokens.iter().filter(|r| r.variant.chain == Chain::Oidc) {
-                let base = r.variant.baseline.as_deref().and_then(|b| self.row(b));
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} | {} | {:.0} | {:.0} |",
-                    r.variant.token_bytes.unwrap_or(0),
-                    r.cookie_bytes,
-                    base.map_or("–".into(), |b| format!(
-                        "{:.1}",
-                        b.median(|s| s.cpu_us_per_req)
-                    )),
-                    cpu_cell(r),
-                    self.overhead(r)
-                        .map_or("–".into(), |o| format!("{:+.1}", o.diff_us)),
-                    r.median(|s| s.rps),
-                    r.median(|s| s.p99_us),
-                );
-            }
+            self.scale_rows(&mut md, &tokens, |r| r.variant.token_bytes.unwrap_or(0));
             md.push('\n');
         }
 
@@ -1997,24 +2002,7 @@ impl Report {
                 "| other cookies | Cookie header bytes | no filter CPU µs/req | oidc-filter CPU µs/req | over no filter | oidc req/s | oidc p99 µs |"
             );
             let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|");
-            for r in cookies.iter().filter(|r| r.variant.chain == Chain::Oidc) {
-                let base = r.variant.baseline.as_deref().and_then(|b| self.row(b));
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} | {} | {:.0} | {:.0} |",
-                    r.variant.other_cookies.unwrap_or(0),
-                    r.cookie_bytes,
-                    base.map_or("–".into(), |b| format!(
-                        "{:.1}",
-                        b.median(|s| s.cpu_us_per_req)
-                    )),
-                    cpu_cell(r),
-                    self.overhead(r)
-                        .map_or("–".into(), |o| format!("{:+.1}", o.diff_us)),
-                    r.median(|s| s.rps),
-                    r.median(|s| s.p99_us),
-                );
-            }
+            self.scale_rows(&mut md, &cookies, |r| r.variant.other_cookies.unwrap_or(0));
             md.push('\n');
         }
 
