@@ -791,6 +791,26 @@ impl Stack {
         })
     }
 
+    /// Waits until `site`'s `/login` answers 302 ten times in a row, each on a fresh connection: every
+    /// worker loads discovery and keys on its own, and answers 503 until then.
+    pub fn wait_ready(&self, site: &str) -> Result<()> {
+        let url = self.site(site)?.url("/login");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut ok = 0;
+        while ok < 10 {
+            if std::time::Instant::now() > deadline {
+                bail!("{site} never got ready");
+            }
+            if Browser::new().get(&url)?.status == 302 {
+                ok += 1;
+            } else {
+                ok = 0;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
     /// Polls Envoy's stats until `name` is at least `min`; returns its value.
     pub fn wait_for_stat(&self, name: &str, min: u64, timeout: Duration) -> Result<u64> {
         process::poll(timeout, || {

@@ -42,30 +42,10 @@ fn stack() -> &'static Stack {
         let spec = StackSpec::new("attacks", vec![SiteSpec::new(APP), bare]);
         let stack = Stack::start(spec).unwrap();
         for site in [APP, BARE] {
-            wait_ready(&stack, site);
+            stack.wait_ready(site).unwrap();
         }
         stack
     })
-}
-
-/// Until both workers of the site have loaded discovery and keys, logins answer 503.
-fn wait_ready(stack: &Stack, site: &str) {
-    let url = stack.site(site).unwrap().url("/login");
-    let b = Browser::new();
-    let t0 = Instant::now();
-    let mut ok = 0;
-    while ok < 10 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "{site} never got ready"
-        );
-        if b.get(&url).unwrap().status == 302 {
-            ok += 1;
-        } else {
-            ok = 0;
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
 }
 
 /// Held by every test that goes through the IdP, so that a test making the proxy answer for the

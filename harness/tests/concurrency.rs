@@ -24,17 +24,7 @@ fn stack() -> &'static Stack {
     STACK.get_or_init(|| {
         let site = SiteSpec::new(SITE).idp_client(json!({"rotate_refresh_token": true}));
         let stack = Stack::start(StackSpec::new("concurrency", vec![site])).unwrap();
-        let url = stack.site(SITE).unwrap().url("/login");
-        let t0 = Instant::now();
-        let mut ok = 0;
-        while ok < 10 {
-            assert!(t0.elapsed() < Duration::from_secs(20), "never got ready");
-            if Browser::new().get(&url).unwrap().status == 302 {
-                ok += 1;
-            } else {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
+        stack.wait_ready(SITE).unwrap();
         stack
     })
 }

@@ -35,20 +35,7 @@ fn stack() -> &'static Stack {
         let app = SiteSpec::new(APP).filter(json!({"callout_timeout": "2s"}));
         let stack = Stack::start(StackSpec::new("faults", vec![app, bare])).unwrap();
         for site in [APP, BARE] {
-            let url = stack.site(site).unwrap().url("/login");
-            let mut ok = 0;
-            let t0 = Instant::now();
-            while ok < 10 {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(20),
-                    "{site} never got ready"
-                );
-                if Browser::new().get(&url).unwrap().status == 302 {
-                    ok += 1;
-                } else {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
+            stack.wait_ready(site).unwrap();
         }
         stack
     })
