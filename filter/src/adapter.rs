@@ -10,9 +10,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MetricType};
 
 use crate::config::{Plugin, Unmatched};
-use crate::flow::{
-    self, CallbackFailure, Callout, Env, Headers, Metric, Pending, RefreshJob, State, Step,
-};
+use crate::flow::{self, CallbackFailure, Callout, Env, Metric, Pending, RefreshJob, State, Step};
+use crate::headers::HeaderBlock;
 use crate::provider::Fetch;
 use crate::renewal::{self, Renewal};
 use crate::revocation::Revocations;
@@ -299,7 +298,7 @@ impl Root {
             if hostcalls::set_effective_context(context_id).is_err() {
                 continue;
             }
-            match apply(step, &self.metrics, &set_cookies) {
+            match apply(step, &self.metrics, &set_cookies, None) {
                 Ok(Action::Continue) => {
                     let _ = hostcalls::resume_http_request();
                 }
@@ -382,14 +381,6 @@ struct Http {
     set_cookies: Rc<RefCell<Vec<String>>>,
 }
 
-struct HostHeaders<'a>(&'a Http);
-
-impl Headers for HostHeaders<'_> {
-    fn get(&self, name: &str) -> Option<String> {
-        request_header(self.0, name)
-    }
-}
-
 impl Context for Http {
     fn on_done(&mut self) -> bool {
         // Ended (its client went away) before the renewal it claimed finished: the waiting requests stop waiting.
@@ -442,7 +433,7 @@ impl Context for Http {
         if let Some(renewed) = renewed {
             self.end_renewal(renewed);
         }
-        if let Action::Continue = self.run(step) {
+        if let Action::Continue = self.run(step, None) {
             self.resume_http_request();
         }
     }
@@ -451,17 +442,20 @@ impl Context for Http {
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         let now = now(self);
+        let headers = request_headers();
         let step = {
             let Ok(mut s) = self.shared.try_borrow_mut() else {
                 self.fail(500);
                 return Action::Pause;
             };
             let plugin = s.plugin.clone();
-            let site = match plugin.site_for_request(|| request_header(self, ":authority")) {
+            let site = match plugin
+                .site_for_request(|| headers.get(":authority").map(|a| a.into_owned()))
+            {
                 Some(i) => i,
                 None => {
                     drop(s);
-                    return self.unmatched(&plugin);
+                    return self.unmatched(&plugin, &headers);
                 }
             };
             self.site = site;
@@ -475,12 +469,12 @@ impl HttpContext for Http {
                 now,
                 random: &mut random,
             };
-            flow::on_request(cfg, state, &mut env, &HostHeaders(self))
+            flow::on_request(cfg, state, &mut env, &headers)
         };
         if end_of_stream && matches!(step, Step::ReadBody) {
             return self.backchannel_logout(&[]);
         }
-        self.run(step)
+        self.run(step, Some(&headers))
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -516,7 +510,8 @@ impl HttpContext for Http {
 }
 
 impl Http {
-    fn run(&mut self, step: Step) -> Action {
+    /// Carries out `step`; `headers`, when at hand, spares removing headers the request does not have.
+    fn run(&mut self, step: Step, headers: Option<&HeaderBlock>) -> Action {
         let step = match step {
             Step::Call(call, pending) => match *pending {
                 Pending::Refresh(job) => match self.claim_renewal(job) {
@@ -529,7 +524,7 @@ impl Http {
             },
             other => other,
         };
-        match apply(step, &self.metrics, &self.set_cookies) {
+        match apply(step, &self.metrics, &self.set_cookies, headers) {
             Ok(action) => action,
             Err(Step::ReadBody) => {
                 // Proxy-Wasm hosts turn a pause here into "stop all iteration" (Envoy does unless the plugin
@@ -670,7 +665,7 @@ impl Http {
             }
             step
         };
-        self.run(step)
+        self.run(step, None)
     }
 
     /// Removes every header that could stand for a user (`Authorization`, `Cookie`, identity headers).
@@ -687,12 +682,14 @@ impl Http {
     }
 
     /// A host no site serves: pass (without any identity header a client may have sent) or 403.
-    fn unmatched(&self, plugin: &Plugin) -> Action {
+    fn unmatched(&self, plugin: &Plugin, headers: &HeaderBlock) -> Action {
         match plugin.unmatched {
             Unmatched::Pass => {
                 for cfg in &plugin.sites {
                     for (name, _) in &cfg.identity_headers {
-                        self.set_http_request_header(name, None);
+                        if headers.contains(name) {
+                            self.set_http_request_header(name, None);
+                        }
                     }
                 }
                 Action::Continue
@@ -734,6 +731,7 @@ fn apply(
     step: Step,
     metrics: &Metrics,
     set_cookies: &RefCell<Vec<String>>,
+    headers: Option<&HeaderBlock>,
 ) -> Result<Action, Step> {
     use proxy_wasm::types::MapType::HttpRequestHeaders;
     match step {
@@ -751,7 +749,11 @@ fn apply(
             }
             if let Some(identity) = &f.identity {
                 for (name, value) in identity.iter() {
-                    let _ = hostcalls::set_map_value(HttpRequestHeaders, name, value.as_deref());
+                    // Removing a header the request does not carry is a host call for nothing.
+                    if value.is_some() || headers.is_none_or(|h| h.contains(name)) {
+                        let _ =
+                            hostcalls::set_map_value(HttpRequestHeaders, name, value.as_deref());
+                    }
                 }
             }
             *set_cookies.borrow_mut() = f.set_cookies;
@@ -848,15 +850,30 @@ fn dispatch(ctx: &dyn Context, call: &Callout) -> Result<u32, String> {
     })
 }
 
-/// A request header as text. The SDK's `get_http_request_header` panics on bytes that are not UTF-8, and
-/// Envoy passes such bytes (obs-text) through: one request would abort this worker's VM. The core sees them
-/// as U+FFFD, which matches no name, path or cookie of ours.
-fn request_header(ctx: &dyn HttpContext, name: &str) -> Option<String> {
-    let bytes = ctx.get_http_request_header_bytes(name)?;
-    Some(
-        String::from_utf8(bytes)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-    )
+unsafe extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> u32;
+}
+
+/// The request's headers, in one host call. (The SDK's per-header reads cost a host call and an allocation
+/// each, and its text reads panic on bytes that are not UTF-8, which Envoy lets through.) A map the host
+/// cannot give reads as empty: no `:path`, so the request is refused.
+fn request_headers() -> HeaderBlock {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: map type 0 is the request headers; the host writes the address and size of a buffer it
+    // got from this module's `proxy_on_memory_allocate` (the SDK's: a leaked boxed slice of exactly
+    // `size` bytes), which this function then owns, as the SDK's own `get_map_bytes` does.
+    let status = unsafe { proxy_get_header_map_pairs(0, &mut data, &mut size) };
+    if status != 0 || data.is_null() {
+        return HeaderBlock::empty();
+    }
+    // SAFETY: see above; `data` is non-null and `size` bytes long, allocated by the global allocator.
+    let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
+    HeaderBlock::parse(bytes).unwrap_or_else(HeaderBlock::empty)
 }
 
 fn read_reply(ctx: &dyn Context, body_size: usize) -> Option<(u16, Vec<u8>)> {

@@ -1,6 +1,7 @@
 //! The decision core: a request (+ now, + randomness) -> `Step`; a callout reply (+ pending state) -> `Step`.
 //! No host calls here, so every flow runs natively in tests with a fixed clock.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -29,9 +30,15 @@ const MAX_SESSION_CHUNKS: usize = 4;
 /// Opened sessions kept per worker; beyond that the expired ones go, then all.
 const CACHE_CAP: usize = 1024;
 
-/// Request headers, read lazily: the logged-in path only reads `:path` and `cookie`.
+/// A request's headers (lowercase names, as Envoy keeps them).
 pub trait Headers {
-    fn get(&self, name: &str) -> Option<String>;
+    fn get(&self, name: &str) -> Option<Cow<'_, str>>;
+}
+
+impl Headers for crate::headers::HeaderBlock {
+    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        crate::headers::HeaderBlock::get(self, name)
+    }
 }
 
 /// Time and randomness, the two inputs a test fixes.

@@ -7,6 +7,7 @@ pub mod claims;
 pub mod config;
 pub mod cookies;
 pub mod flow;
+pub mod headers;
 pub mod oidc;
 pub mod paths;
 pub mod provider;

@@ -69,7 +69,10 @@ usage: harness bench [--quick] [--out DIR] [--wasm FILE] [--only NAME,...] [--du
                   of two builds in the same rounds; rows named NAME@B)
   --only NAMES    only these configurations (comma-separated names from the table)
   --duration S    seconds per run, every configuration
-  --rounds N      rounds";
+  --rounds N      rounds
+  --instructions  only count instructions per request under callgrind (side-by-side configurations;
+                  deterministic, unlike CPU time on a shared machine)
+  --no-instructions  skip the instruction counts a full run ends with";
 
 /// What to run.
 #[derive(Clone, Debug, Default)]
@@ -88,6 +91,20 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// Rounds, overriding the defaults.
     pub rounds: Option<u32>,
+    /// Instruction counts under callgrind: also (default for a full run), only, or not at all.
+    pub instructions: Instructions,
+}
+
+/// Whether to count instructions per request under callgrind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Instructions {
+    /// After the timed runs, unless `--quick`.
+    #[default]
+    Also,
+    /// Instead of the timed runs.
+    Only,
+    /// Not at all.
+    Skip,
 }
 
 impl Options {
@@ -151,6 +168,8 @@ pub fn cli(args: &[String]) -> Result<()> {
                 opts.duration = Some(Duration::from_secs(secs.max(1)));
             }
             "--rounds" => opts.rounds = Some(value("--rounds")?.parse().context("--rounds")?),
+            "--instructions" => opts.instructions = Instructions::Only,
+            "--no-instructions" => opts.instructions = Instructions::Skip,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -335,6 +354,16 @@ impl Row {
     }
 }
 
+/// One configuration's instruction count.
+#[derive(Clone, Debug)]
+pub struct InstrRow {
+    pub variant: Variant,
+    /// Envoy's instructions (all threads, user space) per request while the counted requests ran.
+    pub per_request: f64,
+    pub requests: u64,
+    pub problem: Option<String>,
+}
+
 /// Module sizes.
 #[derive(Clone, Debug, Default)]
 pub struct Sizes {
@@ -348,6 +377,8 @@ pub struct Sizes {
 /// Everything measured.
 pub struct Report {
     pub rows: Vec<Row>,
+    /// Instructions per request under callgrind, for the side-by-side configurations.
+    pub instructions: Vec<InstrRow>,
     pub sizes: Sizes,
     /// How the machine looked: core count, CPU model, load averages before and after.
     pub machine: String,
@@ -409,6 +440,9 @@ pub fn run(opts: &Options) -> Result<Report> {
 
     let mut rows = Vec::new();
     for group in Group::ALL {
+        if opts.instructions == Instructions::Only {
+            break;
+        }
         let variants: Vec<Variant> = ctx
             .variants(group)?
             .into_iter()
@@ -419,8 +453,29 @@ pub fn run(opts: &Options) -> Result<Report> {
         }
         rows.extend(ctx.run_group(group, variants)?);
     }
+    let counting = match opts.instructions {
+        Instructions::Only => true,
+        Instructions::Also => !opts.quick,
+        Instructions::Skip => false,
+    };
+    let mut instructions = Vec::new();
+    if counting {
+        let variants: Vec<Variant> = ctx
+            .variants(Group::Main)?
+            .into_iter()
+            .filter(|v| opts.wants(&v.name))
+            .collect();
+        eprintln!(
+            "bench: instructions per request under callgrind ({} configurations, {INSTR_REQUESTS} requests each)",
+            variants.len()
+        );
+        for v in variants {
+            instructions.push(ctx.count_instructions(v)?);
+        }
+    }
     Ok(Report {
         rows,
+        instructions,
         sizes,
         machine: machine(),
         load_before,
@@ -445,9 +500,9 @@ fn module(opts: &Options, dir: &Path) -> Result<Sizes> {
             optimized_bytes: Some(bytes),
         });
     }
-    let release = crate::wasm_path()?;
+    let release = crate::release_wasm_path()?;
     let out = dir.join("oidc_filter.opt.wasm");
-    crate::oci::optimize("wasm-opt", &release, &out).map_err(|e| anyhow!("{e}"))?;
+    crate::module::finish("wasm-opt", &release, &out)?;
     Ok(Sizes {
         module: out.clone(),
         release_bytes: Some(fs::metadata(&release)?.len()),
@@ -920,7 +975,7 @@ impl Ctx<'_> {
         let mut running = Vec::new();
         let mut rows = Vec::new();
         for v in variants {
-            let r = self.start(group, v)?;
+            let r = self.start(group, v, false)?;
             rows.push(Row {
                 variant: r.variant.clone(),
                 samples: Vec::new(),
@@ -980,13 +1035,32 @@ impl Ctx<'_> {
         Ok(rows)
     }
 
-    fn start(&self, group: Group, variant: Variant) -> Result<Running> {
-        let dir = self.dir.join(group.dir()).join(&variant.name);
+    fn start(&self, group: Group, variant: Variant, callgrind: bool) -> Result<Running> {
+        let dir = if callgrind {
+            self.dir.join("instructions").join(&variant.name)
+        } else {
+            self.dir.join(group.dir()).join(&variant.name)
+        };
         let _ = fs::remove_dir_all(&dir);
         let bootstrap = self.bootstrap(&variant)?;
         let mut opts = EnvoyOptions::new(&dir);
         opts.concurrency = variant.workers;
         opts.log_level = "warning".into();
+        if callgrind {
+            opts.wrapper = vec![
+                "valgrind".into(),
+                "--tool=callgrind".into(),
+                // Counting starts when the measured requests do (`callgrind_control -i on`).
+                "--instr-atstart=no".into(),
+                // V8 writes and rewrites machine code on the heap.
+                "--smc-check=all-non-file".into(),
+                format!(
+                    "--callgrind-out-file={}",
+                    dir.join("callgrind.out").display()
+                ),
+            ];
+            opts.ready_timeout = Duration::from_secs(300);
+        }
         let envoy = Envoy::start(&bootstrap, &opts)
             .with_context(|| format!("starting Envoy for {}", variant.name))?;
         let pid = envoy.pid();
@@ -1020,6 +1094,55 @@ impl Ctx<'_> {
                 boosted: self.boosted,
             },
         })
+    }
+
+    /// Runs `v` under callgrind: warms it up, then counts Envoy's instructions over
+    /// [`INSTR_REQUESTS`] requests on one connection. Slow (valgrind), but the same every time.
+    fn count_instructions(&self, v: Variant) -> Result<InstrRow> {
+        let name = v.name.clone();
+        let r = self.start(Group::Main, v, true)?;
+        let mut row = InstrRow {
+            variant: r.variant.clone(),
+            per_request: 0.0,
+            requests: 0,
+            problem: None,
+        };
+        if let Err(e) = preflight(&r) {
+            row.problem = Some(format!("{e:#}"));
+            return Ok(row);
+        }
+        // Warm-up: V8 tiers the hot Wasm code up, caches fill.
+        h2load(&r, INSTR_WARMUP, 4)?;
+        let before = r.envoy.stats()?;
+        callgrind_control(r.pid, "-i", Some("on"))?;
+        h2load(&r, INSTR_REQUESTS, 1)?;
+        callgrind_control(r.pid, "-i", Some("off"))?;
+        let after = r.envoy.stats()?;
+        callgrind_control(r.pid, "-d", None)?;
+        let dir = self.dir.join("instructions").join(&name);
+        let total = callgrind_total(&dir)?;
+        let delta = |n: &str| -> u64 {
+            let a = after.get(n).copied().unwrap_or(0);
+            a.saturating_sub(before.get(n).copied().unwrap_or(0))
+        };
+        let sample = Sample {
+            requests: delta("http.bench.downstream_rq_completed"),
+            status_2xx: delta("http.bench.downstream_rq_2xx"),
+            status_3xx: delta("http.bench.downstream_rq_3xx"),
+            status_other: delta("http.bench.downstream_rq_4xx")
+                + delta("http.bench.downstream_rq_5xx"),
+            logged_in: delta("wasmcustom.oidc_filter.sessions_forwarded")
+                + delta("http.bench.oauth_success"),
+            ..Sample::default()
+        };
+        row.problem = check(&r.variant, &sample);
+        row.requests = sample.requests;
+        row.per_request = total as f64 / sample.requests.max(1) as f64;
+        eprintln!(
+            "  {:<24} {:>10.0} instructions/request",
+            name, row.per_request
+        );
+        Ok(row)
     }
 
     fn bootstrap(&self, v: &Variant) -> Result<Value> {
@@ -1391,6 +1514,77 @@ struct WrkResult {
 struct Load {
     pinned: bool,
     boosted: bool,
+}
+
+/// Requests counted under callgrind, and sent before counting.
+const INSTR_REQUESTS: u64 = 2000;
+const INSTR_WARMUP: u64 = 3000;
+
+/// Sends `n` requests with the configuration's headers over `connections` HTTP/1.1 connections.
+fn h2load(r: &Running, n: u64, connections: u32) -> Result<()> {
+    let mut cmd = Command::new("h2load");
+    cmd.arg("--h1")
+        .arg(format!("-n{n}"))
+        .arg(format!("-c{connections}"));
+    for (k, v) in &r.headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    cmd.arg(format!("http://127.0.0.1:{}/", r.port));
+    let out = cmd
+        .output()
+        .context("running h2load (Debian package nghttp2-client)")?;
+    if !out.status.success() {
+        bail!(
+            "h2load failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn callgrind_control(pid: u32, flag: &str, value: Option<&str>) -> Result<()> {
+    let mut cmd = Command::new("callgrind_control");
+    cmd.arg(flag);
+    if let Some(v) = value {
+        cmd.arg(v);
+    }
+    let out = cmd
+        .arg(pid.to_string())
+        .output()
+        .context("running callgrind_control (Debian package valgrind)")?;
+    if !out.status.success() {
+        bail!(
+            "callgrind_control {flag} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The instruction total of the dump `callgrind_control -d` wrote in `dir` (`callgrind.out.1`): the
+/// dump returns before the file is complete, so this waits for its `totals:` line.
+fn callgrind_total(dir: &Path) -> Result<u64> {
+    let path = dir.join("callgrind.out.1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = fs::read_to_string(&path) {
+            let total = text.lines().find_map(|l| {
+                l.strip_prefix("totals:")
+                    .or_else(|| l.strip_prefix("summary:"))
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                    .filter(|&t| t > 0)
+            });
+            if let Some(t) = total {
+                return Ok(t);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no instruction total in {}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn wrk(
@@ -1978,6 +2172,53 @@ impl Report {
             );
         }
 
+        if !self.instructions.is_empty() {
+            let _ = writeln!(md, "## Instructions per request (callgrind)\n");
+            let _ = writeln!(
+                md,
+                "Envoy under `valgrind --tool=callgrind`: after a warm-up of {INSTR_WARMUP} requests, Envoy's \
+                 instructions (all threads, user space) are counted over {INSTR_REQUESTS} requests on one \
+                 connection. Unlike CPU time this does not move with other jobs on the machine, so it is the \
+                 figure to compare two builds with; it does not weigh cache misses or system calls.\n"
+            );
+            let _ = writeln!(
+                md,
+                "| configuration | instructions/request | over baseline | ratio | baseline | checked |"
+            );
+            let _ = writeln!(md, "|---|---:|---:|---:|---|---|");
+            for r in &self.instructions {
+                let base = r
+                    .variant
+                    .baseline
+                    .as_deref()
+                    .and_then(|b| self.instructions.iter().find(|i| i.variant.name == b))
+                    .filter(|b| b.problem.is_none() && r.problem.is_none());
+                let (over, ratio) = match base {
+                    Some(b) => (
+                        format!("{:+.0}", r.per_request - b.per_request),
+                        format!("{:.2}×", r.per_request / b.per_request),
+                    ),
+                    None => ("–".into(), "–".into()),
+                };
+                let _ = writeln!(
+                    md,
+                    "| {} (`{}`) | {:.0} | {over} | {ratio} | {} | {} |",
+                    r.variant.label,
+                    r.variant.name,
+                    r.per_request,
+                    r.variant
+                        .baseline
+                        .as_deref()
+                        .map_or("–".to_string(), |b| format!("`{b}`")),
+                    match &r.problem {
+                        None => format!("{} requests", r.requests),
+                        Some(p) => format!("**FAILED**: {p}"),
+                    },
+                );
+            }
+            let _ = writeln!(md);
+        }
+
         let tokens = self.rows_in(Group::TokenSize);
         if !tokens.is_empty() {
             let _ = writeln!(md, "## Scale: token size\n");
@@ -2305,6 +2546,13 @@ impl Report {
             "release_bytes": self.sizes.release_bytes,
             "optimized_bytes": self.sizes.optimized_bytes,
             "rows": rows,
+            "instructions": self.instructions.iter().map(|r| json!({
+                "name": r.variant.name,
+                "baseline": r.variant.baseline,
+                "per_request": r.per_request,
+                "requests": r.requests,
+                "problem": r.problem,
+            })).collect::<Vec<_>>(),
         })
     }
 

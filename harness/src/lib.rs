@@ -10,6 +10,7 @@ pub mod bench;
 pub mod browser;
 pub mod envoy;
 pub mod idp;
+pub mod module;
 pub mod oci;
 pub mod process;
 pub mod proxy;
@@ -55,7 +56,7 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// The release build of the filter; an error says how to build it if it is missing.
-pub fn wasm_path() -> Result<PathBuf> {
+pub fn release_wasm_path() -> Result<PathBuf> {
     let path = target_dir().join("wasm32-wasip1/release/oidc_filter.wasm");
     if !path.exists() {
         bail!(
@@ -64,6 +65,12 @@ pub fn wasm_path() -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The module as shipped (see [`module`]): the release build without unused exports, through
+/// `wasm-opt -Oz`; made from the release build when that is newer.
+pub fn wasm_path() -> Result<PathBuf> {
+    module::shipped(&release_wasm_path()?)
 }
 
 /// A proxy-wasm module that lets everything through (`harness/testdata/passthrough.wat`, built

@@ -196,8 +196,10 @@ impl Req {
 }
 
 impl Headers for Req {
-    fn get(&self, name: &str) -> Option<String> {
-        self.0.get(name).cloned()
+    fn get(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        self.0
+            .get(name)
+            .map(|v| std::borrow::Cow::Borrowed(v.as_str()))
     }
 }
 

@@ -66,11 +66,11 @@ pub fn ready_state() -> State {
 pub struct H(pub Vec<(String, String)>);
 
 impl Headers for H {
-    fn get(&self, name: &str) -> Option<String> {
+    fn get(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
         self.0
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| std::borrow::Cow::Borrowed(v.as_str()))
     }
 }
 
