@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde::Deserialize;
-use url::Url;
 
 use crate::claims::{self, Access};
 use crate::cookies::{CookieAttrs, SameSite};
 use crate::oidc::token::ClientAuth;
 use crate::secret::Secret;
 use crate::session::Keys;
+use crate::weburl::WebUrl;
 
 /// Which token the filter puts into `Authorization: Bearer …` upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub enum ForwardToken {
 pub struct Config {
     /// The issuer exactly as configured (compared byte for byte with discovery and `iss`).
     pub issuer: String,
-    pub issuer_url: Url,
+    pub issuer_url: WebUrl,
     pub client_id: String,
     pub client_secret: Secret,
     pub keys: Keys,
@@ -387,14 +387,10 @@ impl Config {
     }
 
     /// The Envoy cluster that reaches `url`: the configured one, or Istio's name for a ServiceEntry host.
-    pub fn cluster_for(&self, url: &Url) -> String {
+    pub fn cluster_for(&self, url: &WebUrl) -> String {
         match &self.idp_cluster {
             Some(c) => c.clone(),
-            None => format!(
-                "outbound|{}||{}",
-                url.port_or_known_default().unwrap_or(443),
-                url.host_str().unwrap_or_default()
-            ),
+            None => format!("outbound|{}||{}", url.port_or_default(), url.host()),
         }
     }
 
@@ -685,15 +681,9 @@ fn non_empty(field: &str, v: Option<String>) -> Result<String, ConfigError> {
     }
 }
 
-fn http_url(field: &str, s: &str) -> Result<Url, ConfigError> {
-    let u = Url::parse(s).map_err(|e| err(field, format!("not an absolute URL ({e})")))?;
-    if u.scheme() != "https" && u.scheme() != "http" {
-        return Err(err(field, "must be an http or https URL"));
-    }
-    if u.host_str().is_none_or(str::is_empty) {
-        return Err(err(field, "must have a host"));
-    }
-    Ok(u)
+/// An absolute http(s) URL with a host; the error names `field`.
+fn http_url(field: &str, s: &str) -> Result<WebUrl, ConfigError> {
+    WebUrl::parse(s).map_err(|e| err(field, e.to_string()))
 }
 
 fn path(field: &str, v: Option<String>, default: &str) -> Result<String, ConfigError> {
@@ -841,7 +831,7 @@ mod tests {
         assert_eq!(c.refresh_margin, 60);
         assert_eq!(c.bypass_paths, vec!["/healthz".to_string()]);
         assert_eq!(c.callout_timeout, Duration::from_secs(5));
-        let token = Url::parse("https://idp.example.com/token").unwrap();
+        let token = WebUrl::parse("https://idp.example.com/token").unwrap();
         assert_eq!(c.cluster_for(&token), "outbound|443||idp.example.com");
         assert!(!format!("{c:?}").contains("s3cret"));
     }
@@ -894,6 +884,45 @@ mod tests {
     }
 
     #[test]
+    fn url_errors_name_the_field_and_the_reason() {
+        let cases = [
+            ("issuer", "idp.example.com", "not an absolute URL"),
+            (
+                "issuer",
+                "https://user:pw@idp.example.com",
+                "user name or password",
+            ),
+            ("issuer", "https://bücher.example", "xn--"),
+            ("issuer", "https://idp.example.com:99999", "port"),
+            ("issuer", "https://idp.example.com/a b", "spaces"),
+            ("issuer", "https://idp.example.com/?x", "query or fragment"),
+            ("redirect_uri", "/oauth2/callback", "not an absolute URL"),
+            ("redirect_uri", "https:///cb", "must have a host"),
+            ("post_logout_redirect_uri", "ftp://x/", "http or https"),
+            (
+                "post_logout_redirect_uri",
+                "//evil.example/",
+                "not an absolute URL",
+            ),
+        ];
+        for (field, value, reason) in cases {
+            let e = parse(&with(field, value.into())).unwrap_err();
+            assert_eq!(e.field, field, "{value} -> {e}");
+            assert!(e.reason.contains(reason), "{value} -> {e}");
+        }
+        let c = parse(&with(
+            "issuer",
+            "HTTPS://IdP.Example.com:443/realms/x".into(),
+        ))
+        .unwrap();
+        assert_eq!(
+            c.issuer, "HTTPS://IdP.Example.com:443/realms/x",
+            "kept as configured"
+        );
+        assert_eq!(c.issuer_url.as_str(), "https://idp.example.com/realms/x");
+    }
+
+    #[test]
     fn wrong_type_error_does_not_echo_values() {
         let e = parse(&with("client_secret", serde_json::json!(12345678))).unwrap_err();
         assert!(!e.to_string().contains("12345678"), "{e}");
@@ -939,7 +968,7 @@ mod tests {
             "outbound|8443||keycloak.auth.svc.cluster.local".into(),
         ))
         .unwrap();
-        let u = Url::parse("https://other/token").unwrap();
+        let u = WebUrl::parse("https://other/token").unwrap();
         assert_eq!(
             c.cluster_for(&u),
             "outbound|8443||keycloak.auth.svc.cluster.local"
@@ -1016,7 +1045,7 @@ mod tests {
         })
         .to_string();
         let p = Plugin::parse(json.as_bytes(), &no_env).unwrap();
-        let token = |s: &Config| s.cluster_for(&s.issuer_url.join("token").unwrap());
+        let token = |s: &Config| s.cluster_for(&s.issuer_url.with_path("/token"));
         assert_eq!(
             token(&p.sites[1]),
             "outbound|8443||keycloak.auth.svc.cluster.local"

@@ -5,11 +5,10 @@ use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::Duration;
 
-use url::Url;
-
 use crate::claims;
 use crate::config::{Config, ForwardToken};
 use crate::cookies::{self, CookieAttrs};
+use crate::form;
 use crate::oidc::id_token::{self, Expected, IdTokenError};
 use crate::oidc::jwks::Jwks;
 use crate::oidc::logout_token;
@@ -20,6 +19,7 @@ use crate::provider::{Provider, ProviderState};
 use crate::revocation::Revocations;
 use crate::secret::Secret;
 use crate::session::{self, LoginState, SealedMap, Session};
+use crate::weburl::WebUrl;
 
 /// A login attempt is good for this long (the time a user may spend at the IdP's login page).
 const LOGIN_TTL: u64 = 600;
@@ -235,7 +235,7 @@ pub struct State {
 
 impl Callout {
     /// A GET of an IdP document.
-    pub fn get(cfg: &Config, url: &Url) -> Callout {
+    pub fn get(cfg: &Config, url: &WebUrl) -> Callout {
         Callout {
             cluster: cfg.cluster_for(url),
             headers: request_line(
@@ -248,7 +248,7 @@ impl Callout {
         }
     }
 
-    fn post_form(cfg: &Config, url: &Url, form: token::FormRequest) -> Callout {
+    fn post_form(cfg: &Config, url: &WebUrl, form: token::FormRequest) -> Callout {
         Callout {
             cluster: cfg.cluster_for(url),
             headers: request_line("POST", url, form.headers),
@@ -260,22 +260,13 @@ impl Callout {
 
 fn request_line(
     method: &str,
-    url: &Url,
+    url: &WebUrl,
     mut headers: Vec<(String, String)>,
 ) -> Vec<(String, String)> {
-    let mut path = url.path().to_string();
-    if let Some(q) = url.query() {
-        path.push('?');
-        path.push_str(q);
-    }
-    let authority = match url.port() {
-        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
-        None => url.host_str().unwrap_or_default().to_string(),
-    };
     let mut out = vec![
         (":method".to_string(), method.to_string()),
-        (":path".to_string(), path),
-        (":authority".to_string(), authority),
+        (":path".to_string(), url.path_and_query().to_string()),
+        (":authority".to_string(), url.authority().to_string()),
         (":scheme".to_string(), url.scheme().to_string()),
     ];
     out.append(&mut headers);
@@ -579,7 +570,7 @@ fn without_session(
         return with_cookies(not_ready(), clear);
     }
     if is_browser(h) {
-        let location = format!("{}?rd={}", cfg.login_path, encode(target));
+        let location = format!("{}?rd={}", cfg.login_path, form::encode(target));
         return with_cookies(redirect(&location, Some(Metric::LoginRedirect)), clear);
     }
     with_cookies(unauthorized(), clear)
@@ -590,7 +581,7 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     let Some(provider) = state.provider.ready() else {
         return not_ready();
     };
-    let rd = url::form_urlencoded::parse(paths::query_only(target).as_bytes())
+    let rd = form::parse(paths::query_only(target).as_bytes())
         .find(|(k, _)| k == "rd")
         .map(|(_, v)| paths::safe_redirect(&v))
         // Back to one of our own endpoints would loop through the IdP (`/login`) or undo the login (`/logout`).
@@ -623,18 +614,19 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
         .seal(&cookie_name, &login.encode(), nonce24(&seal_nonce));
 
     let mut url = provider.meta.authorization_endpoint.clone();
-    url.query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", &cfg.client_id)
-        .append_pair("redirect_uri", &redirect_uri)
-        .append_pair("scope", &cfg.scopes)
-        .append_pair("state", login.state.expose())
-        .append_pair("nonce", login.nonce.expose())
-        .append_pair(
-            "code_challenge",
-            &pkce::s256_challenge(login.verifier.expose()),
-        )
-        .append_pair("code_challenge_method", "S256");
+    let challenge = pkce::s256_challenge(login.verifier.expose());
+    for (k, v) in [
+        ("response_type", "code"),
+        ("client_id", &cfg.client_id),
+        ("redirect_uri", &redirect_uri),
+        ("scope", &cfg.scopes),
+        ("state", login.state.expose()),
+        ("nonce", login.nonce.expose()),
+        ("code_challenge", &challenge),
+        ("code_challenge_method", "S256"),
+    ] {
+        url.append_query_pair(k, v);
+    }
     let set = cookies::set_cookie(&cookie_name, &sealed, &login_attrs(cfg), LOGIN_TTL);
     with_cookies(
         redirect(url.as_str(), Some(Metric::LoginStarted)),
@@ -661,8 +653,8 @@ fn callback(
     let mut code = None;
     let mut st = None;
     let mut error = None;
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-        let slot = match k.as_ref() {
+    for (k, v) in form::parse(query.as_bytes()) {
+        let slot = match k.as_str() {
             "code" => &mut code,
             "state" => &mut st,
             "error" => &mut error,
@@ -675,7 +667,7 @@ fn callback(
                 Vec::new(),
             );
         }
-        *slot = Some(v.into_owned());
+        *slot = Some(v);
     }
     let cookie_header = h.get("cookie").unwrap_or_default();
     let Some(st) = st.filter(|s| s.len() == 43 && s.bytes().all(is_b64url)) else {
@@ -785,15 +777,12 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
         .and_then(|p| p.meta.end_session_endpoint.clone());
     let location = match end_session {
         Some(mut url) => {
-            {
-                let mut q = url.query_pairs_mut();
-                q.append_pair("client_id", &cfg.client_id);
-                if let Some(t) = &id_token {
-                    q.append_pair("id_token_hint", t.expose());
-                }
-                if let Some(p) = post_logout_uri(cfg, h) {
-                    q.append_pair("post_logout_redirect_uri", &p);
-                }
+            url.append_query_pair("client_id", &cfg.client_id);
+            if let Some(t) = &id_token {
+                url.append_query_pair("id_token_hint", t.expose());
+            }
+            if let Some(p) = post_logout_uri(cfg, h) {
+                url.append_query_pair("post_logout_redirect_uri", &p);
             }
             url.to_string()
         }
@@ -1185,7 +1174,7 @@ fn refresh_failed(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) -
     }
     let step = if job.browser {
         redirect(
-            &format!("{}?rd={}", cfg.login_path, encode(&job.target)),
+            &format!("{}?rd={}", cfg.login_path, form::encode(&job.target)),
             Some(Metric::RefreshFailed),
         )
     } else {
@@ -1270,9 +1259,9 @@ fn token_facts(
 /// A logout token posted by the IdP: on success the sessions it names end (here at once, on the other
 /// workers at their next tick). Answers as the spec says: 200, or 400 with a JSON error.
 pub fn on_backchannel_logout(cfg: &Config, state: &mut State, env: &Env, body: &[u8]) -> Step {
-    let token = url::form_urlencoded::parse(body)
+    let token = form::parse(body)
         .find(|(k, _)| k == "logout_token")
-        .map(|(_, v)| v.into_owned());
+        .map(|(_, v)| v);
     let reply = |status: u16, error: &str| {
         let body = if error.is_empty() {
             String::new()
@@ -1441,10 +1430,6 @@ fn is_b64url(b: u8) -> bool {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn encode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 fn with_cookies(step: Step, set: Vec<String>) -> Step {

@@ -1,12 +1,14 @@
 //! oidc-filter: OpenID Connect login for Envoy, as a proxy-wasm module.
 //!
 //! Everything that decides lives in modules that never touch the host (`config`, `session`, `cookies`,
-//! `oidc`, `paths`, `provider`, `flow`); `adapter` is the only place that talks to proxy-wasm.
+//! `oidc`, `paths`, `provider`, `flow`, `weburl`, `form`); `adapter` is the only place that talks to
+//! proxy-wasm.
 
 pub mod claims;
 pub mod config;
 pub mod cookies;
 pub mod flow;
+pub mod form;
 pub mod headers;
 pub mod oidc;
 pub mod paths;
@@ -15,6 +17,7 @@ pub mod renewal;
 pub mod revocation;
 pub mod secret;
 pub mod session;
+pub mod weburl;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;

@@ -52,8 +52,9 @@ impl ProviderState {
         }
         let (fetch, url) = match (&self.meta, &self.ready) {
             (None, _) => {
-                let mut url = cfg.issuer_url.clone();
-                url.set_path(&discovery::discovery_path(&cfg.issuer_url));
+                let url = cfg
+                    .issuer_url
+                    .with_path(&discovery::discovery_path(&cfg.issuer_url));
                 (Fetch::Discovery, url)
             }
             (Some(meta), None) => (Fetch::Jwks, meta.jwks_uri.clone()),
@@ -62,8 +63,9 @@ impl ProviderState {
                 if now >= self.jwks_fetched_at + cfg.jwks_refresh_interval
                     && self.discovery_checked_at <= self.jwks_fetched_at =>
             {
-                let mut url = cfg.issuer_url.clone();
-                url.set_path(&discovery::discovery_path(&cfg.issuer_url));
+                let url = cfg
+                    .issuer_url
+                    .with_path(&discovery::discovery_path(&cfg.issuer_url));
                 (Fetch::Discovery, url)
             }
             (Some(meta), Some(_)) if now >= self.jwks_fetched_at + cfg.jwks_refresh_interval => {

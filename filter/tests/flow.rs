@@ -180,7 +180,7 @@ fn login_redirects_to_the_authorization_endpoint_with_every_parameter() {
 
     let url = &l.auth_url;
     assert_eq!(
-        format!("{}{}", &url[..url::Position::BeforePath], url.path()),
+        format!("{}://{}{}", url.scheme(), url.authority(), url.path()),
         "https://idp.example.com/oauth2/authorize"
     );
     let p = &l.params;
@@ -324,8 +324,7 @@ fn callback_exchanges_the_code_with_pkce_and_basic_auth_then_sets_the_session() 
         header(&c.headers, "content-type"),
         Some("application/x-www-form-urlencoded")
     );
-    let encoded_secret: String =
-        url::form_urlencoded::byte_serialize(CLIENT_SECRET.as_bytes()).collect();
+    let encoded_secret = oidc_filter::form::encode(CLIENT_SECRET);
     let basic = format!(
         "Basic {}",
         STANDARD.encode(format!("{CLIENT_ID}:{encoded_secret}"))

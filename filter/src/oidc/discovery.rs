@@ -3,7 +3,8 @@
 use std::fmt;
 
 use serde::Deserialize;
-use url::Url;
+
+use crate::weburl::WebUrl;
 
 /// Discovery documents are a few kilobytes; anything far larger is not one.
 const MAX_BODY: usize = 256 * 1024;
@@ -12,10 +13,10 @@ const MAX_BODY: usize = 256 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderMetadata {
     pub issuer: String,
-    pub authorization_endpoint: Url,
-    pub token_endpoint: Url,
-    pub jwks_uri: Url,
-    pub end_session_endpoint: Option<Url>,
+    pub authorization_endpoint: WebUrl,
+    pub token_endpoint: WebUrl,
+    pub jwks_uri: WebUrl,
+    pub end_session_endpoint: Option<WebUrl>,
     /// `["client_secret_basic"]` when the document omits it, the default OIDC Discovery 3 specifies.
     pub token_endpoint_auth_methods_supported: Vec<String>,
     /// Empty when the document omits it (the provider does not advertise PKCE; it may still support it).
@@ -93,7 +94,7 @@ pub fn parse(body: &[u8], expected_issuer: &str) -> Result<ProviderMetadata, Dis
 
 /// The path of `<issuer>/.well-known/openid-configuration` (OIDC Discovery 4.1: appended to the issuer's
 /// path, after removing a trailing `/`).
-pub fn discovery_path(issuer: &Url) -> String {
+pub fn discovery_path(issuer: &WebUrl) -> String {
     let path = issuer.path().trim_end_matches('/');
     format!("{path}/.well-known/openid-configuration")
 }
@@ -110,12 +111,11 @@ struct RawMetadata {
     code_challenge_methods_supported: Option<Vec<String>>,
 }
 
-fn endpoint(field: &'static str, value: Option<String>) -> Result<Url, DiscoveryError> {
+fn endpoint(field: &'static str, value: Option<String>) -> Result<WebUrl, DiscoveryError> {
     let value = value.ok_or(DiscoveryError::MissingField(field))?;
-    let url = Url::parse(&value).map_err(|_| DiscoveryError::BadEndpoint(field))?;
     // A relative or non-web URL cannot be called; a fragment is forbidden on OAuth endpoints (RFC 6749 3.1).
-    let web = matches!(url.scheme(), "https" | "http") && url.has_host();
-    if !web || url.fragment().is_some() {
+    let url = WebUrl::parse(&value).map_err(|_| DiscoveryError::BadEndpoint(field))?;
+    if url.fragment().is_some() {
         return Err(DiscoveryError::BadEndpoint(field));
     }
     Ok(url)
@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn discovery_path_appends_to_the_issuer_path() {
-        let path = |s: &str| discovery_path(&Url::parse(s).unwrap());
+        let path = |s: &str| discovery_path(&WebUrl::parse(s).unwrap());
         assert_eq!(
             path("https://idp.example.com"),
             "/.well-known/openid-configuration"

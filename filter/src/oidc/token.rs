@@ -5,8 +5,8 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value};
-use url::form_urlencoded;
 
+use crate::form;
 use crate::secret::Secret;
 
 /// Three tokens of a few kilobytes each fit many times over.
@@ -182,8 +182,7 @@ fn form_request(
     secret: &Secret,
     auth: ClientAuth,
 ) -> FormRequest {
-    let mut body = form_urlencoded::Serializer::new(String::new());
-    body.extend_pairs(params);
+    let mut body = form::serialize(params);
     let mut headers = vec![
         (
             "content-type".to_owned(),
@@ -196,8 +195,8 @@ fn form_request(
             // RFC 6749 2.3.1: each part is form-urlencoded before joining, so a ':' in the id survives.
             let credentials = format!(
                 "{}:{}",
-                form_encode(client_id),
-                form_encode(secret.expose())
+                form::encode(client_id),
+                form::encode(secret.expose())
             );
             headers.push((
                 "authorization".to_owned(),
@@ -205,17 +204,10 @@ fn form_request(
             ));
         }
         ClientAuth::Post => {
-            body.append_pair("client_secret", secret.expose());
+            form::append_pair(&mut body, "client_secret", secret.expose());
         }
     }
-    FormRequest {
-        headers,
-        body: body.finish(),
-    }
-}
-
-fn form_encode(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    FormRequest { headers, body }
 }
 
 /// A token member: absent is `None`; present must be a non-empty string.
@@ -270,9 +262,7 @@ mod tests {
     }
 
     fn pairs(req: &FormRequest) -> Vec<(String, String)> {
-        form_urlencoded::parse(req.body.as_bytes())
-            .into_owned()
-            .collect()
+        form::parse(req.body.as_bytes()).collect()
     }
 
     #[test]

@@ -10,7 +10,7 @@ use oidc_filter::config::Config;
 use oidc_filter::flow::{self, Callout, Env, Forward, Headers, Pending, Reply, State, Step};
 use oidc_filter::provider::Fetch;
 use oidc_filter::session::{LoginState, Session};
-use url::Url;
+use oidc_filter::weburl::WebUrl;
 
 /// The tokens in testdata are issued at this time; every test starts here.
 pub const NOW: u64 = 1_900_000_000;
@@ -289,7 +289,7 @@ pub fn query(url: &str) -> HashMap<String, String> {
 
 pub fn form(body: &[u8]) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    for (k, v) in url::form_urlencoded::parse(body) {
+    for (k, v) in oidc_filter::form::parse(body) {
         assert!(
             out.insert(k.to_string(), v.to_string()).is_none(),
             "{k} repeats"
@@ -349,7 +349,7 @@ pub fn token_body(id_token: Option<&str>, refresh_token: Option<&str>) -> Vec<u8
 /// One login attempt as the browser sees it after `/login`.
 #[derive(Debug)]
 pub struct Login {
-    pub auth_url: Url,
+    pub auth_url: WebUrl,
     pub params: HashMap<String, String>,
     pub state: String,
     pub nonce: String,
@@ -384,7 +384,7 @@ impl Login {
 /// `/login?rd=…` (rd given raw, as it appears in the query).
 pub fn start_login(f: &mut Filter, raw_query: &str) -> Login {
     let r = respond(f.request(&Req::browser(&format!("/login{raw_query}"))));
-    let auth_url = Url::parse(location(&r)).unwrap();
+    let auth_url = WebUrl::parse(location(&r)).unwrap();
     let params = query(auth_url.as_str());
     let state = params["state"].clone();
     let nonce = params["nonce"].clone();
