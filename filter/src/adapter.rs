@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
@@ -136,11 +137,28 @@ impl Metrics {
                 self.callback_failed[i]
             }
         };
+        if id != 0 && id == self.forwarded {
+            // The one counter of the logged-in path: added up here, handed to Envoy on the tick.
+            FORWARDED_UNFLUSHED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if id != 0 {
             let _ = hostcalls::increment_metric(id, 1);
         }
     }
+
+    /// Hands Envoy the logged-in requests counted since the last tick.
+    fn flush(&self) {
+        let n = FORWARDED_UNFLUSHED.swap(0, Ordering::Relaxed);
+        if n > 0 && self.forwarded != 0 {
+            let _ = hostcalls::increment_metric(self.forwarded, n as i64);
+        }
+    }
 }
+
+/// Logged-in requests this VM has not yet added to `sessions_forwarded`: a host call per request is
+/// a measurable share of the logged-in path, so the counter trails by at most one tick (1 s).
+static FORWARDED_UNFLUSHED: AtomicU64 = AtomicU64::new(0);
 
 /// The plugin's root context: configuration, discovery and JWKS on a timer.
 #[derive(Default)]
@@ -232,6 +250,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        self.metrics.flush();
         self.poll();
         self.sync_revocations();
         // Last: it switches the effective context to each resumed request.
@@ -381,13 +400,16 @@ struct Http {
     set_cookies: Rc<RefCell<Vec<String>>>,
 }
 
-impl Context for Http {
-    fn on_done(&mut self) -> bool {
-        // Ended (its client went away) before the renewal it claimed finished: the waiting requests stop waiting.
+impl Drop for Http {
+    /// Ended (its client went away) before the renewal it claimed finished: the waiting requests stop
+    /// waiting. (In `Drop`, which the SDK runs from `proxy_on_delete`, rather than in `on_done`: then the
+    /// module need not export `proxy_on_done`, one trip into the VM less per request.)
+    fn drop(&mut self) {
         self.end_renewal(None);
-        true
     }
+}
 
+impl Context for Http {
     fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
         let Some((expected, pending)) = self.pending.take() else {
             return;

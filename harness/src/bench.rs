@@ -1113,10 +1113,12 @@ impl Ctx<'_> {
         }
         // Warm-up: V8 tiers the hot Wasm code up, caches fill.
         h2load(&r, INSTR_WARMUP, 4)?;
+        settle_counters(&r.variant);
         let before = r.envoy.stats()?;
         callgrind_control(r.pid, "-i", Some("on"))?;
         h2load(&r, INSTR_REQUESTS, 1)?;
         callgrind_control(r.pid, "-i", Some("off"))?;
+        settle_counters(&r.variant);
         let after = r.envoy.stats()?;
         callgrind_control(r.pid, "-d", None)?;
         let dir = self.dir.join("instructions").join(&name);
@@ -1423,7 +1425,18 @@ fn preflight(r: &Running) -> Result<()> {
     )
 }
 
+/// oidc-filter adds its logged-in count to Envoy's counter on its 1 s tick: wait this long before
+/// reading counters of an oidc-filter configuration.
+const COUNTER_LAG: Duration = Duration::from_millis(1300);
+
+fn settle_counters(v: &Variant) {
+    if matches!(v.chain, Chain::Oidc | Chain::OidcIstio) {
+        std::thread::sleep(COUNTER_LAG);
+    }
+}
+
 fn measure(r: &Running, duration: Duration) -> Result<Sample> {
+    settle_counters(&r.variant);
     let before = r.envoy.stats()?;
     let cpu0 = process_cpu_ticks(r.pid)?;
     let core0 = core_busy_ticks(ENVOY_CORE)?;
@@ -1432,6 +1445,7 @@ fn measure(r: &Running, duration: Duration) -> Result<Sample> {
     let elapsed = t0.elapsed();
     let cpu1 = process_cpu_ticks(r.pid)?;
     let core1 = core_busy_ticks(ENVOY_CORE)?;
+    settle_counters(&r.variant);
     let after = r.envoy.stats()?;
     // Exact names: Envoy repeats the HTTP counters under `listener.<address>.`.
     let delta = |name: &str| -> u64 {

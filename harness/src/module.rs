@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, anyhow, bail};
 
 /// Exports the filter does not need: callbacks its contexts leave to the SDK's defaults (no
-/// `on_log`, `on_http_response_body`, trailers, stream or gRPC handlers, queues or foreign functions).
+/// `on_done`, `on_log`, `on_http_response_body`, trailers, stream or gRPC handlers, queues or foreign functions).
 /// The test `unused_callbacks_stay_unimplemented` checks the adapter still agrees.
-pub const UNUSED_EXPORTS: [&str; 15] = [
+pub const UNUSED_EXPORTS: [&str; 16] = [
+    "proxy_on_done",
     "proxy_on_log",
     "proxy_on_response_body",
     "proxy_on_request_trailers",
@@ -33,7 +34,8 @@ pub const UNUSED_EXPORTS: [&str; 15] = [
 ];
 
 /// The SDK trait methods behind [`UNUSED_EXPORTS`]: the adapter must not implement any of them.
-pub const UNUSED_METHODS: [&str; 11] = [
+pub const UNUSED_METHODS: [&str; 12] = [
+    "fn on_done",
     "fn on_log",
     "fn on_http_response_body",
     "fn on_http_request_trailers",

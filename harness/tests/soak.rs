@@ -142,6 +142,9 @@ fn mixed_traffic_keeps_memory_flat_no_5xx_and_counters_add_up() {
     let sealed = session::join(&sessions[1], COOKIE).unwrap().unwrap();
     let plain = keys.open(COOKIE, &sealed).unwrap();
 
+    // oidc-filter adds logged-in requests to `sessions_forwarded` on its 1 s tick: let the logins'
+    // requests land before the first reading, and the soak's before the last.
+    std::thread::sleep(Duration::from_millis(1300));
     let stats_before = stack.envoy_stats().unwrap();
     let stop = AtomicBool::new(false);
     let started = Instant::now();
@@ -223,8 +226,7 @@ fn mixed_traffic_keeps_memory_flat_no_5xx_and_counters_add_up() {
         workers.into_iter().map(|w| w.join().unwrap()).collect()
     });
     let elapsed = started.elapsed();
-    // Counters are flushed to the admin API at once, but give the last requests a moment.
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1300));
     let stats_after = stack.envoy_stats().unwrap();
     let delta = |name: &str| {
         stats_after.get(name).copied().unwrap_or(0) - stats_before.get(name).copied().unwrap_or(0)
