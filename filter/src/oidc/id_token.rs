@@ -5,8 +5,7 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jwt_simple::JWTError;
-use jwt_simple::prelude::{Duration, UnixTimeStamp, VerificationOptions};
+use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::jwks::{Alg, Jwks};
@@ -101,21 +100,19 @@ pub fn verify(token: &str, jwks: &Jwks, expected: &Expected) -> Result<Claims, I
 }
 
 /// Verifies a JWT's signature against `jwks` (algorithm from our allow-list, key by `kid`) and returns its
-/// claims, unchecked: the caller judges them (ID tokens here, logout tokens in `logout_token`).
+/// claims, unchecked: the caller judges them (ID tokens here, logout tokens in `logout_token`). Only the
+/// registered claims' types are checked here, for both.
 pub fn verify_signature(token: &str, jwks: &Jwks) -> Result<Map<String, Value>, IdTokenError> {
     if token.len() > MAX_TOKEN {
         return Err(IdTokenError::Malformed);
     }
-    let mut segments = token.split('.');
-    let (Some(header), Some(payload), Some(_signature), None) = (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) else {
-        return Err(IdTokenError::Malformed);
-    };
-    if header.len() > MAX_HEADER {
+    // Compact serialization (RFC 7515 7.1): header.payload.signature, exactly three segments. The signing
+    // input is the first two as they appear in the token.
+    let (signing_input, signature) = token.rsplit_once('.').ok_or(IdTokenError::Malformed)?;
+    let (header, payload) = signing_input
+        .split_once('.')
+        .ok_or(IdTokenError::Malformed)?;
+    if payload.contains('.') || header.len() > MAX_HEADER {
         return Err(IdTokenError::Malformed);
     }
 
@@ -138,23 +135,62 @@ pub fn verify_signature(token: &str, jwks: &Jwks) -> Result<Map<String, Value>, 
     if candidates.peek().is_none() {
         return Err(IdTokenError::UnknownKid);
     }
-    let mut verified = false;
-    for key in candidates {
-        match key.verify_token(token, signature_only()) {
-            Ok(_) => {
-                verified = true;
-                break;
-            }
-            // Without a kid several keys may be candidates; only a wrong signature means "try the next".
-            Err(e) if is_bad_signature(&e) => {}
-            Err(_) => return Err(IdTokenError::Malformed),
-        }
-    }
-    if !verified {
+    check_header(&header)?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| IdTokenError::Malformed)?;
+    // Without a kid several keys may be candidates: any one of them may have signed.
+    if !candidates.any(|key| key.verifies(signing_input.as_bytes(), &signature)) {
         return Err(IdTokenError::BadSignature);
     }
 
-    decode_json(payload)
+    let claims = decode_json(payload)?;
+    check_claim_types(&claims)?;
+    Ok(claims)
+}
+
+/// The header members besides `alg` and `kid` that change how a JWS is read (RFC 7515 4.1). We implement
+/// no extension, so any `crit` is refused (4.1.11; an empty one is invalid anyway). A `typ`, when present,
+/// must say JWT: `JWT`, or a `...+jwt` media type such as the logout token's `logout+jwt`.
+fn check_header(header: &Map<String, Value>) -> Result<(), IdTokenError> {
+    if header.contains_key("crit") {
+        return Err(IdTokenError::Malformed);
+    }
+    match header.get("typ") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(typ)) => {
+            let typ = typ.to_ascii_uppercase();
+            if typ != "JWT" && !typ.ends_with("+JWT") {
+                return Err(IdTokenError::Malformed);
+            }
+        }
+        Some(_) => return Err(IdTokenError::Malformed),
+    }
+    match header.get("cty") {
+        None | Some(Value::Null | Value::String(_)) => Ok(()),
+        Some(_) => Err(IdTokenError::Malformed),
+    }
+}
+
+/// The registered claims (RFC 7519 4.1) must have their registered types, whether or not the caller reads
+/// them: times are NumericDates, `iss`, `sub`, `jti` and `nonce` strings, `aud` a string or strings.
+fn check_claim_types(claims: &Map<String, Value>) -> Result<(), IdTokenError> {
+    for name in ["exp", "nbf", "iat"] {
+        numeric_date(claims, name)?;
+    }
+    for name in ["iss", "sub", "jti", "nonce"] {
+        if claims
+            .get(name)
+            .is_some_and(|v| !v.is_string() && !v.is_null())
+        {
+            return Err(IdTokenError::Malformed);
+        }
+    }
+    match claims.get("aud") {
+        None | Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(auds)) if auds.iter().all(Value::is_string) => Ok(()),
+        Some(_) => Err(IdTokenError::Malformed),
+    }
 }
 
 impl fmt::Debug for Claims {
@@ -166,29 +202,6 @@ impl fmt::Debug for Claims {
             .field("claims", &self.all.len())
             .finish_non_exhaustive()
     }
-}
-
-/// jwt-simple checks the signature, `crit` and `typ`, and also judges `exp`/`nbf`/`iat` by the system
-/// clock with a 15-minute default tolerance. We judge time ourselves, with the caller's `now` and leeway
-/// and one error per cause, so its time checks are switched off: with `accept_future` it skips `nbf` and
-/// `iat`, and with its clock at 0 and no tolerance its expiry test (`0 <= exp`) always passes. (Letting it
-/// check time too would turn "expired" into an undistinguishable library error, and read a clock the
-/// wasm host may not give.)
-fn signature_only() -> VerificationOptions {
-    VerificationOptions {
-        accept_future: true,
-        artificial_time: Some(UnixTimeStamp::from_secs(0)),
-        time_tolerance: Some(Duration::from_secs(0)),
-        max_token_length: Some(MAX_TOKEN),
-        ..VerificationOptions::default()
-    }
-}
-
-fn is_bad_signature(e: &jwt_simple::Error) -> bool {
-    matches!(
-        e.downcast_ref::<JWTError>(),
-        Some(JWTError::InvalidSignature)
-    )
 }
 
 fn check_claims(all: Map<String, Value>, expected: &Expected) -> Result<Claims, IdTokenError> {
@@ -277,11 +290,46 @@ pub(crate) fn numeric_date(
     }
 }
 
+/// A base64url (unpadded, RFC 7515 2) JSON object: the JOSE header or the claims set.
 fn decode_json(segment: &str) -> Result<Map<String, Value>, IdTokenError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| IdTokenError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| IdTokenError::Malformed)
+    serde_json::from_slice::<UniqueMembers>(&bytes)
+        .map(|object| object.0)
+        .map_err(|_| IdTokenError::Malformed)
+}
+
+/// A JSON object whose member names are unique. RFC 7515 4 and RFC 7519 4 allow either refusing duplicate
+/// header parameters and claims or taking the last one; refusing leaves no doubt about which one the IdP
+/// meant.
+struct UniqueMembers(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for UniqueMembers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = UniqueMembers;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueMembers, A::Error> {
+                let mut members = Map::new();
+                while let Some((name, value)) = access.next_entry::<String, Value>()? {
+                    if members.insert(name, value).is_some() {
+                        return Err(A::Error::custom("duplicate member"));
+                    }
+                }
+                Ok(UniqueMembers(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
 }
 
 /// The `alg` is attacker-chosen text that ends up in a log line: keep it short and plain.
@@ -419,8 +467,8 @@ mod tests {
 
     #[test]
     fn time_is_ours_not_the_system_clock() {
-        // jwt-simple would judge by the machine's clock: this token expired in 2001, and the usual
-        // test tokens are issued in 2030. Only `now` decides.
+        // A library judging by the machine's clock would get these wrong: this token expired in 2001,
+        // and the usual test tokens are issued in 2030. Only `now` decides.
         let in_2001 = Expected {
             now: 1_000_000_000,
             ..expected()
@@ -516,6 +564,598 @@ mod tests {
         assert_eq!(
             check_claims(claims, &expected()),
             Err(IdTokenError::Malformed)
+        );
+    }
+}
+
+/// The JWS layer on its own: every algorithm, and every way a token's encoding or signature can be wrong.
+#[cfg(test)]
+mod jws_tests {
+    use jwt_simple::prelude::{
+        Claims as JwtClaims, Duration, ECDSAP256KeyPairLike, ECDSAP384KeyPairLike, ES256KeyPair,
+        ES384KeyPair, Ed25519KeyPair, EdDSAKeyPairLike, JWTClaims, PS256KeyPair, PS384KeyPair,
+        PS512KeyPair, RS256KeyPair, RS384KeyPair, RS512KeyPair, RSAKeyPairLike,
+    };
+    use p256::ecdsa::signature::Signer as _;
+    use rsa::BigUint;
+    use serde_json::json;
+
+    use super::*;
+
+    const KEYS: &[u8] = include_bytes!("../../../testdata/jwks/keys.json");
+    const RS256_PEM: &str = include_str!("../../../testdata/jwks/private/rs256-1.pem");
+    const PS256_PEM: &str = include_str!("../../../testdata/jwks/private/ps256-1.pem");
+    const RSA_NOALG_PEM: &str = include_str!("../../../testdata/jwks/private/rsa-noalg.pem");
+    const ES256_PEM: &str = include_str!("../../../testdata/jwks/private/es256-1.pem");
+    const ES384_PEM: &str = include_str!("../../../testdata/jwks/private/es384-1.pem");
+    const EDDSA_PEM: &str = include_str!("../../../testdata/jwks/private/eddsa-1.pem");
+    const NOW: u64 = 1_900_000_000;
+
+    const ALL: [Alg; 9] = [
+        Alg::RS256,
+        Alg::RS384,
+        Alg::RS512,
+        Alg::PS256,
+        Alg::PS384,
+        Alg::PS512,
+        Alg::ES256,
+        Alg::ES384,
+        Alg::EdDSA,
+    ];
+
+    fn jwks() -> Jwks {
+        Jwks::parse(KEYS).unwrap()
+    }
+
+    fn claims_json() -> Value {
+        json!({"iss": "https://idp.example.com", "aud": "oidc-filter-test", "sub": "user-1",
+               "iat": NOW, "exp": NOW + 3600})
+    }
+
+    /// The claims as they are, without jwt-simple's own clock-based times.
+    fn claims() -> JWTClaims<Value> {
+        let mut c = JwtClaims::with_custom_claims(claims_json(), Duration::from_secs(0));
+        c.issued_at = None;
+        c.expires_at = None;
+        c.invalid_before = None;
+        c
+    }
+
+    /// A token signed with `alg` by the test key for it (`rsa-noalg`, a JWK without `alg`, for the RSA
+    /// algorithms no other key declares).
+    fn signed(alg: Alg) -> String {
+        match alg {
+            Alg::RS256 => RS256KeyPair::from_pem(RS256_PEM)
+                .unwrap()
+                .with_key_id("rs256-1")
+                .sign(claims()),
+            Alg::RS384 => RS384KeyPair::from_pem(RSA_NOALG_PEM)
+                .unwrap()
+                .with_key_id("rsa-noalg")
+                .sign(claims()),
+            Alg::RS512 => RS512KeyPair::from_pem(RSA_NOALG_PEM)
+                .unwrap()
+                .with_key_id("rsa-noalg")
+                .sign(claims()),
+            Alg::PS256 => PS256KeyPair::from_pem(PS256_PEM)
+                .unwrap()
+                .with_key_id("ps256-1")
+                .sign(claims()),
+            Alg::PS384 => PS384KeyPair::from_pem(RSA_NOALG_PEM)
+                .unwrap()
+                .with_key_id("rsa-noalg")
+                .sign(claims()),
+            Alg::PS512 => PS512KeyPair::from_pem(RSA_NOALG_PEM)
+                .unwrap()
+                .with_key_id("rsa-noalg")
+                .sign(claims()),
+            Alg::ES256 => ES256KeyPair::from_pem(ES256_PEM)
+                .unwrap()
+                .with_key_id("es256-1")
+                .sign(claims()),
+            Alg::ES384 => ES384KeyPair::from_pem(ES384_PEM)
+                .unwrap()
+                .with_key_id("es384-1")
+                .sign(claims()),
+            Alg::EdDSA => Ed25519KeyPair::from_pem(EDDSA_PEM)
+                .unwrap()
+                .with_key_id("eddsa-1")
+                .sign(claims()),
+        }
+        .unwrap()
+    }
+
+    fn b64(bytes: impl AsRef<[u8]>) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// A token of exactly these (already encoded) segments, ES256-signed by `es256-1`: for headers and
+    /// payloads jwt-simple would not write.
+    fn es256_raw(header: &str, payload: &str) -> String {
+        let key = ES256KeyPair::from_pem(ES256_PEM).unwrap();
+        let input = format!("{header}.{payload}");
+        let signature: p256::ecdsa::Signature = key.key_pair().as_ref().sign(input.as_bytes());
+        format!("{input}.{}", b64(signature.to_bytes()))
+    }
+
+    /// [`es256_raw`] of JSON texts, encoded as they are (duplicates and all).
+    fn es256_json(header: &str, payload: &str) -> String {
+        es256_raw(&b64(header), &b64(payload))
+    }
+
+    const ES256_HEADER: &str = r#"{"alg":"ES256","kid":"es256-1"}"#;
+
+    fn payload() -> String {
+        claims_json().to_string()
+    }
+
+    fn verify(token: &str) -> Result<Map<String, Value>, IdTokenError> {
+        verify_signature(token, &jwks())
+    }
+
+    fn signature(token: &str) -> Vec<u8> {
+        URL_SAFE_NO_PAD
+            .decode(token.rsplit_once('.').unwrap().1)
+            .unwrap()
+    }
+
+    fn with_signature(token: &str, signature: &[u8]) -> String {
+        format!("{}.{}", token.rsplit_once('.').unwrap().0, b64(signature))
+    }
+
+    fn with_header(token: &str, header: &Value) -> String {
+        let (_, rest) = token.split_once('.').unwrap();
+        format!("{}.{rest}", b64(header.to_string()))
+    }
+
+    fn header(token: &str) -> Value {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn every_algorithm_verifies_a_token_it_signed() {
+        for alg in ALL {
+            let token = signed(alg);
+            assert_eq!(header(&token)["alg"], alg.as_str());
+            let claims = verify(&token).unwrap_or_else(|e| panic!("{alg}: {e}"));
+            assert_eq!(claims["sub"], "user-1", "{alg}");
+        }
+    }
+
+    #[test]
+    fn a_flipped_signature_bit_fails_every_algorithm() {
+        for alg in ALL {
+            let token = signed(alg);
+            let good = signature(&token);
+            for bit in [0, 7, good.len() * 4 + 3, good.len() * 8 - 1] {
+                let mut bad = good.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert_eq!(
+                    verify(&with_signature(&token, &bad)),
+                    Err(IdTokenError::BadSignature),
+                    "{alg}, bit {bit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_signature_only_counts_for_the_algorithm_its_key_is_bound_to() {
+        let rsa_noalg = [Alg::RS384, Alg::RS512, Alg::PS384, Alg::PS512];
+        for signed_with in ALL {
+            let token = signed(signed_with);
+            for claimed in ALL.into_iter().filter(|&a| a != signed_with) {
+                let mut relabelled = header(&token);
+                relabelled["alg"] = claimed.as_str().into();
+                let got = verify(&with_header(&token, &relabelled));
+                // `rsa-noalg` is a key for every RSA algorithm: the other padding or hash is tried, and
+                // fails. Every other key verifies one algorithm only, so none is even tried.
+                let want = if rsa_noalg.contains(&signed_with) && RSA_ALGS.contains(&claimed) {
+                    IdTokenError::BadSignature
+                } else {
+                    IdTokenError::UnknownKid
+                };
+                assert_eq!(got, Err(want), "{signed_with} relabelled {claimed}");
+            }
+        }
+        // Without a kid, every key of the claimed algorithm is tried: `rsa-noalg` signed with PKCS#1 v1.5
+        // padding, which no PS384 key accepts, not even `rsa-noalg` itself as a PS384 key.
+        let token = signed(Alg::RS384);
+        let bare = json!({"alg": "PS384"});
+        assert_eq!(
+            verify(&with_header(&token, &bare)),
+            Err(IdTokenError::BadSignature)
+        );
+    }
+
+    const RSA_ALGS: [Alg; 6] = [
+        Alg::RS256,
+        Alg::RS384,
+        Alg::RS512,
+        Alg::PS256,
+        Alg::PS384,
+        Alg::PS512,
+    ];
+
+    #[test]
+    fn none_and_hmac_are_never_verified() {
+        let token = signed(Alg::RS256);
+        let (input, _) = token.rsplit_once('.').unwrap();
+        for alg in [
+            "none", "None", "NONE", "HS256", "HS384", "HS512", "", "RS256 ",
+        ] {
+            let header = json!({"alg": alg, "kid": "rs256-1"});
+            for signature in ["", token.rsplit_once('.').unwrap().1] {
+                let forged = with_header(&format!("{input}.{signature}"), &header);
+                assert_eq!(
+                    verify(&forged),
+                    Err(IdTokenError::UnsupportedAlg(alg.replace(' ', ""))),
+                    "{alg:?}"
+                );
+            }
+        }
+        // `alg` must be a string.
+        let forged = with_header(&token, &json!({"alg": null, "kid": "rs256-1"}));
+        assert_eq!(verify(&forged), Err(IdTokenError::Malformed));
+    }
+
+    #[test]
+    fn three_segments_exactly() {
+        let token = signed(Alg::ES256);
+        let parts: Vec<&str> = token.split('.').collect();
+        let jwe = format!("{}.{}.{}.{}.{}", parts[0], "", "AAAA", parts[1], parts[2]);
+        for bad in [
+            String::new(),
+            ".".into(),
+            "..".into(),
+            "...".into(),
+            parts[0].to_owned(),
+            format!("{}.{}", parts[0], parts[1]),
+            format!("{token}."),
+            format!("{token}.{}", parts[2]),
+            format!(".{token}"),
+            jwe,
+        ] {
+            assert_eq!(verify(&bad), Err(IdTokenError::Malformed), "{bad:.60}");
+        }
+        // Three segments, the last empty: an (empty) signature that does not verify.
+        assert_eq!(
+            verify(&format!("{}.{}.", parts[0], parts[1])),
+            Err(IdTokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn base64url_must_be_strict_in_every_segment() {
+        let header = b64(ES256_HEADER);
+        let payload = b64(payload());
+        assert!(verify(&es256_raw(&header, &payload)).is_ok());
+        let good_signature = signature(&es256_raw(&header, &payload));
+
+        // Padding, the standard alphabet, whitespace, and a character that is in no alphabet.
+        let spoil = |segment: &str| -> Vec<String> {
+            let mut with_std = segment.to_owned();
+            with_std.replace_range(0..1, "+");
+            vec![
+                format!("{segment}="),
+                format!("{segment}=="),
+                with_std,
+                format!(" {segment}"),
+                format!("{segment}\n"),
+                format!("{segment}!"),
+                // 4n + 1 characters: a length no encoding has.
+                format!("{segment}{}", "A".repeat((4 - segment.len() % 4) % 4 + 1)),
+            ]
+        };
+        for bad in spoil(&header) {
+            assert_eq!(
+                verify(&es256_raw(&bad, &payload)),
+                Err(IdTokenError::Malformed),
+                "header {bad}"
+            );
+        }
+        // The payload is decoded only once the signature verified: sign the spoiled text.
+        for bad in spoil(&payload) {
+            assert_eq!(
+                verify(&es256_raw(&header, &bad)),
+                Err(IdTokenError::Malformed),
+                "payload {bad}"
+            );
+        }
+        let input = format!("{header}.{payload}");
+        for bad in spoil(&b64(&good_signature)) {
+            assert_eq!(
+                verify(&format!("{input}.{bad}")),
+                Err(IdTokenError::Malformed),
+                "signature {bad}"
+            );
+        }
+        // Non-canonical: 64 bytes take 86 characters, the last carrying 4 bits of padding that must be 0.
+        let encoded = b64(&good_signature);
+        let last = encoded.chars().last().unwrap();
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let index = alphabet.find(last).unwrap();
+        let sloppy = alphabet.chars().nth(index | 1).unwrap();
+        assert_ne!(sloppy, last);
+        let mut sloppy_signature = encoded.clone();
+        sloppy_signature.pop();
+        sloppy_signature.push(sloppy);
+        assert_eq!(
+            verify(&format!("{input}.{sloppy_signature}")),
+            Err(IdTokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn ecdsa_signatures_are_raw_r_and_s() {
+        for alg in [Alg::ES256, Alg::ES384] {
+            let token = signed(alg);
+            let raw = signature(&token);
+            let (r, s) = raw.split_at(raw.len() / 2);
+            assert_eq!(
+                verify(&with_signature(&token, &der_signature(r, s))),
+                Err(IdTokenError::BadSignature),
+                "{alg} DER"
+            );
+            for bad in [
+                [raw.as_slice(), &[0]].concat(),
+                [&[0], raw.as_slice()].concat(),
+                raw[..raw.len() - 1].to_vec(),
+                [s, r].concat(),
+                vec![0; raw.len()],
+                vec![0xff; raw.len()],
+                Vec::new(),
+            ] {
+                assert_eq!(
+                    verify(&with_signature(&token, &bad)),
+                    Err(IdTokenError::BadSignature),
+                    "{alg}"
+                );
+            }
+        }
+    }
+
+    /// An ECDSA signature as ASN.1 DER, as some libraries wrongly put it in a JWS.
+    fn der_signature(r: &[u8], s: &[u8]) -> Vec<u8> {
+        let int = |x: &[u8]| {
+            let x: Vec<u8> = x.iter().copied().skip_while(|&b| b == 0).collect();
+            let x = if x[0] & 0x80 != 0 {
+                [&[0], x.as_slice()].concat()
+            } else {
+                x
+            };
+            [&[0x02, x.len() as u8], x.as_slice()].concat()
+        };
+        let body = [int(r), int(s)].concat();
+        [&[0x30, body.len() as u8], body.as_slice()].concat()
+    }
+
+    #[test]
+    fn rsa_and_eddsa_signatures_have_exactly_the_keys_size() {
+        for alg in [Alg::RS256, Alg::PS256, Alg::EdDSA] {
+            let token = signed(alg);
+            let raw = signature(&token);
+            for bad in [
+                [&[0], raw.as_slice()].concat(),
+                [raw.as_slice(), &[0]].concat(),
+                raw[1..].to_vec(),
+                Vec::new(),
+            ] {
+                assert_eq!(
+                    verify(&with_signature(&token, &bad)),
+                    Err(IdTokenError::BadSignature),
+                    "{alg}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_rsa_signature_must_be_below_the_modulus() {
+        // s + n is s again modulo n; RFC 8017 refuses it as out of range. A PSS signature is salted, so
+        // sign until s + n still fits the key's 256 bytes (about 40% of signatures with this key).
+        let doc: Value = serde_json::from_slice(KEYS).unwrap();
+        let jwk = doc["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == "ps256-1")
+            .unwrap();
+        let n =
+            BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap());
+        let (token, bigger) = (0..200)
+            .find_map(|_| {
+                let token = signed(Alg::PS256);
+                let bigger = (BigUint::from_bytes_be(&signature(&token)) + &n).to_bytes_be();
+                (bigger.len() == 256).then_some((token, bigger))
+            })
+            .unwrap();
+        assert!(verify(&token).is_ok());
+        assert_eq!(
+            verify(&with_signature(&token, &bigger)),
+            Err(IdTokenError::BadSignature)
+        );
+        assert_eq!(
+            verify(&with_signature(&token, &n.to_bytes_be())),
+            Err(IdTokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn pss_salts_are_as_long_as_the_hash() {
+        use rsa::pkcs8::DecodePrivateKey as _;
+        use sha2::{Digest as _, Sha256};
+
+        let key = rsa::RsaPrivateKey::from_pkcs8_pem(PS256_PEM).unwrap();
+        let header = b64(r#"{"alg":"PS256","kid":"ps256-1"}"#);
+        let input = format!("{header}.{}", b64(payload()));
+        let digest = Sha256::digest(input.as_bytes());
+        let with_salt = |len: usize| {
+            let scheme = rsa::Pss::new_with_salt::<Sha256>(len);
+            let signature = key
+                .sign_with_rng(&mut rsa::rand_core::OsRng, scheme, &digest)
+                .unwrap();
+            verify(&format!("{input}.{}", b64(signature)))
+        };
+        assert!(with_salt(32).is_ok());
+        for len in [0, 20, 31, 33, 48, 64, 256 - 32 - 2] {
+            assert_eq!(
+                with_salt(len),
+                Err(IdTokenError::BadSignature),
+                "salt {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn crit_is_refused_and_typ_must_say_jwt() {
+        let payload = payload();
+        let with = |extra: &str| {
+            es256_json(
+                &format!(r#"{{"alg":"ES256","kid":"es256-1"{extra}}}"#),
+                &payload,
+            )
+        };
+        for ok in [
+            "",
+            r#","typ":"JWT""#,
+            r#","typ":"jwt""#,
+            r#","typ":"logout+jwt""#,
+            r#","typ":null"#,
+            r#","cty":"JWT""#,
+            r#","x5t":"anything""#,
+        ] {
+            assert!(verify(&with(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            r#","crit":["exp"]"#,
+            r#","crit":[]"#,
+            r#","crit":null"#,
+            r#","crit":["b64"],"b64":false"#,
+            r#","typ":"JWS""#,
+            r#","typ":"at+jwt+x""#,
+            r#","typ":"JWT ""#,
+            r#","typ":["JWT"]"#,
+            r#","typ":1"#,
+            r#","cty":7"#,
+            r#","kid":"es256-1""#,
+            r#","alg":"ES256""#,
+        ] {
+            assert_eq!(verify(&with(bad)), Err(IdTokenError::Malformed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn registered_claims_have_their_types() {
+        for ok in [
+            json!({"aud": ["a", "b"]}),
+            json!({"exp": 1_900_003_600.5}),
+            json!({"nbf": NOW}),
+            json!({"jti": "j"}),
+            json!({"nonce": null}),
+            json!({"custom": {"nested": [1, 2]}}),
+        ] {
+            let mut claims = claims_json();
+            claims
+                .as_object_mut()
+                .unwrap()
+                .extend(ok.as_object().unwrap().clone());
+            assert!(
+                verify(&es256_json(ES256_HEADER, &claims.to_string())).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            json!({"iss": 1}),
+            json!({"sub": ["user-1"]}),
+            json!({"aud": 5}),
+            json!({"aud": ["a", 5]}),
+            json!({"aud": null}),
+            json!({"exp": "tomorrow"}),
+            json!({"exp": -1}),
+            json!({"iat": null}),
+            json!({"nbf": true}),
+            json!({"jti": {}}),
+            json!({"nonce": 1}),
+        ] {
+            let mut claims = claims_json();
+            claims
+                .as_object_mut()
+                .unwrap()
+                .extend(bad.as_object().unwrap().clone());
+            assert_eq!(
+                verify(&es256_json(ES256_HEADER, &claims.to_string())),
+                Err(IdTokenError::Malformed),
+                "{bad}"
+            );
+        }
+        for not_an_object in ["[]", "\"claims\"", "null", "1", ""] {
+            assert_eq!(
+                verify(&es256_json(ES256_HEADER, not_an_object)),
+                Err(IdTokenError::Malformed),
+                "{not_an_object}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_members_are_refused() {
+        let payload = payload();
+        let twice = r#"{"iss":"https://idp.example.com","iss":"https://evil.example.com"}"#;
+        assert_eq!(
+            verify(&es256_json(ES256_HEADER, twice)),
+            Err(IdTokenError::Malformed)
+        );
+        let twice = format!(r#"{},"x":1,"x":1}}"#, payload.trim_end_matches('}'));
+        assert_eq!(
+            verify(&es256_json(ES256_HEADER, &twice)),
+            Err(IdTokenError::Malformed)
+        );
+        // Nested objects are the claim's own business.
+        let nested = format!(r#"{},"x":{{"y":1,"y":2}}}}"#, payload.trim_end_matches('}'));
+        assert!(verify(&es256_json(ES256_HEADER, &nested)).is_ok());
+        let header = r#"{"alg":"ES256","kid":"es256-1","kid":"es256-1"}"#;
+        assert_eq!(
+            verify(&es256_json(header, &payload)),
+            Err(IdTokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn a_jwk_set_without_the_small_rsa_key_leaves_its_kid_unknown() {
+        // 1024 bits: below our floor, so the JWK is skipped and a token naming it finds no key.
+        let doc: Value = serde_json::from_slice(KEYS).unwrap();
+        let mut small = doc["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == "rs256-1")
+            .unwrap()
+            .clone();
+        let n = URL_SAFE_NO_PAD
+            .decode(small["n"].as_str().unwrap())
+            .unwrap();
+        let mut short = n[128..].to_vec();
+        short[0] |= 0x80;
+        small["n"] = b64(&short).into();
+        small["kid"] = "small".into();
+        let jwks = Jwks::parse(
+            json!({"keys": [small, doc["keys"][0]]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(jwks.len(), 1);
+        let token = with_header(
+            &signed(Alg::RS256),
+            &json!({"alg": "RS256", "kid": "small"}),
+        );
+        assert_eq!(
+            verify_signature(&token, &jwks),
+            Err(IdTokenError::UnknownKid)
         );
     }
 }

@@ -5,14 +5,13 @@
 
 use std::fmt;
 
-use jwt_simple::algorithms::{
-    ECDSAP256PublicKeyLike, ECDSAP384PublicKeyLike, ES256PublicKey, ES384PublicKey,
-    Ed25519PublicKey, EdDSAPublicKeyLike, PS256PublicKey, PS384PublicKey, PS512PublicKey,
-    RS256PublicKey, RS384PublicKey, RS512PublicKey, RSAPublicKeyLike,
-};
-use jwt_simple::claims::JWTClaims;
-use jwt_simple::common::VerificationOptions;
+use ed25519_compact::{PublicKey as Ed25519Key, Signature as Ed25519Signature};
+use p256::ecdsa::signature::hazmat::PrehashVerifier;
+use p256::elliptic_curve::point::AffineCoordinates;
+use rsa::traits::PublicKeyParts;
+use rsa::{BigUint, Pkcs1v15Sign, Pss, RsaPublicKey};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use super::b64url_lenient;
 
@@ -20,6 +19,11 @@ use super::b64url_lenient;
 const MAX_BODY: usize = 128 * 1024;
 /// More JWKs than this is not a signing key set we should be iterating over per request.
 const MAX_KEYS: usize = 64;
+/// RSA modulus sizes we accept, in bits: shorter is too weak, longer costs a modular exponentiation of
+/// that size per verification, for keys no IdP uses.
+const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
+/// The one RSA public exponent we accept (65537, big-endian): the one every IdP uses.
+const RSA_EXPONENT: [u8; 3] = [1, 0, 1];
 
 /// A JWS signature algorithm we verify ID tokens with. `none` and HMAC are deliberately absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,22 +116,20 @@ pub struct Jwks {
 #[derive(Clone)]
 pub struct Jwk {
     kid: Option<String>,
+    /// The only algorithm this key verifies, which is what stops algorithm confusion: a token is checked
+    /// with a key only when its header names this algorithm, and an RS256 key never verifies PS256 or
+    /// HMAC. `usable_keys` pairs it with a key of the matching type.
+    alg: Alg,
     key: PublicKey,
 }
 
-/// jwt-simple binds the algorithm to the key type, which is what stops algorithm confusion: an RS256 key
-/// can only ever verify RS256.
 #[derive(Clone)]
 enum PublicKey {
-    Rs256(RS256PublicKey),
-    Rs384(RS384PublicKey),
-    Rs512(RS512PublicKey),
-    Ps256(PS256PublicKey),
-    Ps384(PS384PublicKey),
-    Ps512(PS512PublicKey),
-    Es256(ES256PublicKey),
-    Es384(ES384PublicKey),
-    EdDsa(Ed25519PublicKey),
+    /// For RS* and PS*: the algorithm picks the padding and the hash.
+    Rsa(RsaPublicKey),
+    Es256(p256::ecdsa::VerifyingKey),
+    Es384(p384::ecdsa::VerifyingKey),
+    Ed25519(Ed25519Key),
 }
 
 impl Jwks {
@@ -195,38 +197,77 @@ impl Jwk {
 
     /// The one algorithm this key verifies.
     pub fn alg(&self) -> Alg {
-        match self.key {
-            PublicKey::Rs256(_) => Alg::RS256,
-            PublicKey::Rs384(_) => Alg::RS384,
-            PublicKey::Rs512(_) => Alg::RS512,
-            PublicKey::Ps256(_) => Alg::PS256,
-            PublicKey::Ps384(_) => Alg::PS384,
-            PublicKey::Ps512(_) => Alg::PS512,
-            PublicKey::Es256(_) => Alg::ES256,
-            PublicKey::Es384(_) => Alg::ES384,
-            PublicKey::EdDsa(_) => Alg::EdDSA,
-        }
+        self.alg
     }
 
-    /// Verifies a compact JWS with this key; jwt-simple also checks the header `alg` equals ours.
-    pub(crate) fn verify_token(
-        &self,
-        token: &str,
-        options: VerificationOptions,
-    ) -> Result<JWTClaims<Value>, jwt_simple::Error> {
-        let options = Some(options);
+    /// Whether `signature` (the decoded third segment of a compact JWS) is this key's signature, with its
+    /// algorithm, over `signing_input` (the first two segments, dot included: RFC 7515 5.2).
+    pub(crate) fn verifies(&self, signing_input: &[u8], signature: &[u8]) -> bool {
         match &self.key {
-            PublicKey::Rs256(k) => k.verify_token(token, options),
-            PublicKey::Rs384(k) => k.verify_token(token, options),
-            PublicKey::Rs512(k) => k.verify_token(token, options),
-            PublicKey::Ps256(k) => k.verify_token(token, options),
-            PublicKey::Ps384(k) => k.verify_token(token, options),
-            PublicKey::Ps512(k) => k.verify_token(token, options),
-            PublicKey::Es256(k) => k.verify_token(token, options),
-            PublicKey::Es384(k) => k.verify_token(token, options),
-            PublicKey::EdDsa(k) => k.verify_token(token, options),
+            PublicKey::Rsa(key) => rsa_verifies(key, self.alg, signing_input, signature),
+            // JWS ECDSA signatures are the raw r || s (RFC 7518 3.4): `from_slice` takes exactly 64 or 96
+            // bytes (so DER is refused) with r and s in 1..n.
+            PublicKey::Es256(key) => {
+                p256::ecdsa::Signature::from_slice(signature).is_ok_and(|sig| {
+                    key.verify_prehash(&Sha256::digest(signing_input), &sig)
+                        .is_ok()
+                })
+            }
+            PublicKey::Es384(key) => {
+                p384::ecdsa::Signature::from_slice(signature).is_ok_and(|sig| {
+                    key.verify_prehash(&Sha384::digest(signing_input), &sig)
+                        .is_ok()
+                })
+            }
+            PublicKey::Ed25519(key) => Ed25519Signature::from_slice(signature)
+                .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
         }
     }
+}
+
+/// RSASSA-PKCS1-v1_5 (RS*) or RSASSA-PSS with MGF1 of the same hash and a salt as long as the hash
+/// (PS*, RFC 7518 3.5).
+fn rsa_verifies(key: &RsaPublicKey, alg: Alg, signing_input: &[u8], signature: &[u8]) -> bool {
+    // RFC 8017 8.1.2 and 8.2.2: the signature is exactly as long as the modulus, and (RSAVP1) below it.
+    // The `rsa` crate checks both for PKCS#1 v1.5 but only the length for PSS.
+    if signature.len() != key.size() || BigUint::from_bytes_be(signature) >= *key.n() {
+        return false;
+    }
+    let verified = match alg {
+        Alg::RS256 => key.verify(
+            Pkcs1v15Sign::new::<Sha256>(),
+            &Sha256::digest(signing_input),
+            signature,
+        ),
+        Alg::RS384 => key.verify(
+            Pkcs1v15Sign::new::<Sha384>(),
+            &Sha384::digest(signing_input),
+            signature,
+        ),
+        Alg::RS512 => key.verify(
+            Pkcs1v15Sign::new::<Sha512>(),
+            &Sha512::digest(signing_input),
+            signature,
+        ),
+        // `Pss::new` sets the salt length to the hash length, and verification requires exactly that.
+        Alg::PS256 => key.verify(
+            Pss::new::<Sha256>(),
+            &Sha256::digest(signing_input),
+            signature,
+        ),
+        Alg::PS384 => key.verify(
+            Pss::new::<Sha384>(),
+            &Sha384::digest(signing_input),
+            signature,
+        ),
+        Alg::PS512 => key.verify(
+            Pss::new::<Sha512>(),
+            &Sha512::digest(signing_input),
+            signature,
+        ),
+        Alg::ES256 | Alg::ES384 | Alg::EdDSA => return false,
+    };
+    verified.is_ok()
 }
 
 impl fmt::Debug for Jwk {
@@ -284,9 +325,10 @@ fn usable_keys(jwk: &Map<String, Value>) -> Option<Vec<Jwk>> {
                 Some(_) => return None,
                 None => RSA_ALGS.to_vec(),
             };
+            let key = rsa_key(&n, &e)?;
             algs.into_iter()
-                .map(|alg| rsa_key(alg, &n, &e))
-                .collect::<Option<Vec<_>>>()?
+                .map(|alg| (alg, PublicKey::Rsa(key.clone())))
+                .collect()
         }
         ("EC", Some(crv)) => {
             let (alg, len) = match crv {
@@ -301,48 +343,64 @@ fn usable_keys(jwk: &Map<String, Value>) -> Option<Vec<Jwk>> {
             if x.len() != len || y.len() != len {
                 return None;
             }
-            // SEC1 uncompressed point: 0x04 || x || y.
-            let mut point = Vec::with_capacity(1 + 2 * len);
-            point.push(0x04);
-            point.extend_from_slice(&x);
-            point.extend_from_slice(&y);
+            // The coordinates must be field elements and the point on the curve (so not the identity).
             let key = match alg {
-                Alg::ES256 => PublicKey::Es256(ES256PublicKey::from_bytes(&point).ok()?),
-                _ => PublicKey::Es384(ES384PublicKey::from_bytes(&point).ok()?),
+                Alg::ES256 => PublicKey::Es256(
+                    p256::ecdsa::VerifyingKey::from_affine(Option::from(
+                        p256::AffinePoint::from_coordinates(
+                            &p256::FieldBytes::try_from(x.as_slice()).ok()?,
+                            &p256::FieldBytes::try_from(y.as_slice()).ok()?,
+                        ),
+                    )?)
+                    .ok()?,
+                ),
+                _ => PublicKey::Es384(
+                    p384::ecdsa::VerifyingKey::from_affine(Option::from(
+                        p384::AffinePoint::from_coordinates(
+                            &p384::FieldBytes::try_from(x.as_slice()).ok()?,
+                            &p384::FieldBytes::try_from(y.as_slice()).ok()?,
+                        ),
+                    )?)
+                    .ok()?,
+                ),
             };
-            vec![key]
+            vec![(alg, key)]
         }
         ("OKP", Some("Ed25519")) => {
             if declared.is_some_and(|d| d != Alg::EdDSA) {
                 return None;
             }
-            let x = bytes("x")?;
-            vec![PublicKey::EdDsa(Ed25519PublicKey::from_bytes(&x).ok()?)]
+            let key = Ed25519Key::from_slice(&bytes("x")?).ok()?;
+            // Refuses encodings that are not points, and the small-order points a signature could be
+            // forged for.
+            key.validate().ok()?;
+            vec![(Alg::EdDSA, PublicKey::Ed25519(key))]
         }
         _ => return None,
     };
     Some(
         keys.into_iter()
-            .map(|key| Jwk {
+            .map(|(alg, key)| Jwk {
                 kid: kid.clone(),
+                alg,
                 key,
             })
             .collect(),
     )
 }
 
-/// jwt-simple refuses RSA moduli outside 2048..=4096 bits and exponents other than 65537; such keys are
+/// An RSA public key within our policy: a modulus of `RSA_BITS` and the exponent 65537. Other keys are
 /// skipped like any other undecodable key.
-fn rsa_key(alg: Alg, n: &[u8], e: &[u8]) -> Option<PublicKey> {
-    Some(match alg {
-        Alg::RS256 => PublicKey::Rs256(RS256PublicKey::from_components(n, e).ok()?),
-        Alg::RS384 => PublicKey::Rs384(RS384PublicKey::from_components(n, e).ok()?),
-        Alg::RS512 => PublicKey::Rs512(RS512PublicKey::from_components(n, e).ok()?),
-        Alg::PS256 => PublicKey::Ps256(PS256PublicKey::from_components(n, e).ok()?),
-        Alg::PS384 => PublicKey::Ps384(PS384PublicKey::from_components(n, e).ok()?),
-        Alg::PS512 => PublicKey::Ps512(PS512PublicKey::from_components(n, e).ok()?),
-        Alg::ES256 | Alg::ES384 | Alg::EdDSA => return None,
-    })
+fn rsa_key(n: &[u8], e: &[u8]) -> Option<RsaPublicKey> {
+    if !e.iter().skip_while(|&&b| b == 0).eq(&RSA_EXPONENT) {
+        return None;
+    }
+    let n = BigUint::from_bytes_be(n);
+    if !RSA_BITS.contains(&n.bits()) {
+        return None;
+    }
+    // Also refuses an even modulus.
+    RsaPublicKey::new(n, BigUint::from_bytes_be(&RSA_EXPONENT)).ok()
 }
 
 #[cfg(test)]
@@ -447,7 +505,7 @@ mod tests {
         rsa["alg"] = "HS256".into();
         odd.push(rsa.clone());
         rsa["alg"] = "RS256".into();
-        rsa["e"] = "Aw".into(); // e = 3: jwt-simple refuses it
+        rsa["e"] = "Aw".into(); // e = 3: not 65537
         odd.push(rsa.clone());
         rsa["e"] = "AQAB".into();
         rsa["n"] = "AQAB".into(); // far too short
@@ -463,6 +521,92 @@ mod tests {
         let jwks = parse_keys(odd).unwrap();
         assert_eq!(jwks.len(), 1);
         assert_eq!(jwks.skipped(), count);
+    }
+
+    #[test]
+    fn rsa_keys_must_fit_the_policy() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+        let good = entry("rs256-1");
+        let n = URL_SAFE_NO_PAD.decode(good["n"].as_str().unwrap()).unwrap();
+        assert_eq!((n.len(), n[0] >= 0x80, n[255] & 1), (256, true, 1));
+        let with = |n: &[u8], e: &str| {
+            let mut k = good.clone();
+            k["n"] = URL_SAFE_NO_PAD.encode(n).into();
+            k["e"] = e.into();
+            parse_keys(vec![k]).map(|jwks| jwks.len())
+        };
+        let skipped = Err(JwksError::NoUsableKeys);
+
+        // 2048 bits, leading zeros or not; 4096 bits (two copies of n: still odd).
+        assert_eq!(with(&n, "AQAB"), Ok(1));
+        assert_eq!(with(&[&[0, 0], n.as_slice()].concat(), "AQAB"), Ok(1));
+        let n4096 = [n.as_slice(), &n].concat();
+        assert_eq!(with(&n4096, "AQAB"), Ok(1));
+        // 2047 bits; 1024 bits; 4097 bits.
+        let mut n2047 = n.clone();
+        n2047[0] &= 0x7f;
+        assert_eq!(with(&n2047, "AQAB"), skipped);
+        let mut n1024 = n[128..].to_vec();
+        n1024[0] |= 0x80;
+        assert_eq!(with(&n1024, "AQAB"), skipped);
+        assert_eq!(with(&[&[1], n4096.as_slice()].concat(), "AQAB"), skipped);
+        // An even modulus.
+        let mut even = n.clone();
+        even[255] &= 0xfe;
+        assert_eq!(with(&even, "AQAB"), skipped);
+        // e = 65537 only (leading zero bytes are fine); not 3, 17, 65539, 2^32 + 65537, 0 or empty.
+        assert_eq!(with(&n, "AAEAAQ"), Ok(1));
+        assert_eq!(with(&n, "AAAAAAEAAQ"), Ok(1));
+        for e in ["Aw", "EQ", "AQAD", "AQABAAE", "AA", ""] {
+            assert_eq!(with(&n, e), skipped, "e {e}");
+        }
+    }
+
+    #[test]
+    fn curve_points_must_be_on_their_curve() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+        for kid in ["es256-1", "es384-1"] {
+            let good = entry(kid);
+            let y = URL_SAFE_NO_PAD.decode(good["y"].as_str().unwrap()).unwrap();
+            let with_y = |y: &[u8]| {
+                let mut k = good.clone();
+                k["y"] = URL_SAFE_NO_PAD.encode(y).into();
+                parse_keys(vec![k]).map(|jwks| jwks.len())
+            };
+            assert_eq!(with_y(&y), Ok(1), "{kid}");
+            let mut off = y.clone();
+            off[y.len() - 1] ^= 1;
+            assert_eq!(with_y(&off), Err(JwksError::NoUsableKeys), "{kid}");
+            // Not a field element; the identity has no affine coordinates.
+            assert_eq!(
+                with_y(&vec![0xff; y.len()]),
+                Err(JwksError::NoUsableKeys),
+                "{kid}"
+            );
+            let mut k = good.clone();
+            k["x"] = URL_SAFE_NO_PAD.encode(vec![0; y.len()]).into();
+            k["y"] = URL_SAFE_NO_PAD.encode(vec![0; y.len()]).into();
+            assert_eq!(
+                parse_keys(vec![k]).unwrap_err(),
+                JwksError::NoUsableKeys,
+                "{kid}"
+            );
+        }
+        // Ed25519: not a point encoding; a small-order point (the identity).
+        let good = entry("eddsa-1");
+        for x in [[0xff; 32].as_slice(), &{
+            let mut identity = [0; 32];
+            identity[0] = 1;
+            identity
+        }] {
+            let mut k = good.clone();
+            k["x"] = URL_SAFE_NO_PAD.encode(x).into();
+            assert_eq!(parse_keys(vec![k]).unwrap_err(), JwksError::NoUsableKeys);
+        }
     }
 
     #[test]
