@@ -134,7 +134,7 @@ pub fn clear_cookie(name: &str, attrs: &CookieAttrs) -> String {
     out
 }
 
-fn parse_pair(segment: &str) -> Option<(&str, &str)> {
+pub(crate) fn parse_pair(segment: &str) -> Option<(&str, &str)> {
     let (name, value) = split_eq(segment)?;
     let name = trim_ows(name);
     if name.is_empty() {
@@ -152,13 +152,13 @@ fn parse_pair(segment: &str) -> Option<(&str, &str)> {
 // pattern machinery of `split_once` and `trim_matches` costs more than the scan itself.
 
 /// `segment` split at its first `=`.
-fn split_eq(segment: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_eq(segment: &str) -> Option<(&str, &str)> {
     let i = segment.bytes().position(|b| b == b'=')?;
     Some((segment.get(..i)?, segment.get(i + 1..)?))
 }
 
 /// Optional whitespace as HTTP defines it (space and tab); other bytes are kept.
-fn trim_ows(s: &str) -> &str {
+pub(crate) fn trim_ows(s: &str) -> &str {
     let ows = |b: &u8| *b == b' ' || *b == b'\t';
     let bytes = s.as_bytes();
     let start = bytes.iter().position(|b| !ows(b)).unwrap_or(bytes.len());

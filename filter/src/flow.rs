@@ -303,12 +303,21 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
     let cookie = h.get("cookie");
     let mut stale = false;
     if let Some(header) = cookie.as_deref() {
-        match session::join_borrowed(header, &cfg.cookie_name) {
+        let scan = session::scan(header, &cfg.cookie_name, |n| cfg.is_own_cookie(n));
+        match scan.session {
             Ok(Some(sealed)) => match open_cached(cfg, state, &sealed, env.now) {
                 Some(cached) => {
-                    if let Some(step) =
-                        with_session(cfg, state, env, h, &target, header, &sealed, cached)
-                    {
+                    if let Some(step) = with_session(
+                        cfg,
+                        state,
+                        env,
+                        h,
+                        &target,
+                        header,
+                        scan.stripped,
+                        &sealed,
+                        cached,
+                    ) {
                         return step;
                     }
                     stale = true;
@@ -395,6 +404,7 @@ fn with_session(
     h: &dyn Headers,
     target: &str,
     header: &str,
+    stripped: Option<String>,
     sealed: &str,
     cached: Rc<Cached>,
 ) -> Option<Step> {
@@ -409,7 +419,7 @@ fn with_session(
         state.cache.remove(sealed);
         return None;
     }
-    let cookie = Some(cookies::strip(header, |n| cfg.is_own_cookie(n)));
+    let cookie = Some(stripped);
     if now + cfg.refresh_margin < s.token_expires_at {
         return Some(forward_session(cfg, h, &cached, cookie, target));
     }

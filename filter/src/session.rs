@@ -203,22 +203,83 @@ pub fn join_borrowed<'a>(header: &'a str, name: &str) -> Result<Option<Cow<'a, s
     let Some(first) = cookies::get(header, name) else {
         return Ok(None);
     };
+    // One pass over the header, borrowing, rather than building `name.i` and searching n times.
+    let mut parts: [Option<&str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
+    if first.split_once('.').is_some_and(|(count, _)| count != "1") {
+        for (cookie, value) in cookies::iter(header) {
+            if let Some(slot) = chunk_index(name, cookie).and_then(|i| parts.get_mut(i)) {
+                slot.get_or_insert(value);
+            }
+        }
+    }
+    join_parts(first, &parts)
+}
+
+/// What one pass over a request's `Cookie` header finds.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CookieScan<'a> {
+    /// The sealed session joined from its chunks, as [`join_borrowed`] returns it.
+    pub session: Result<Option<Cow<'a, str>>, ChunkError>,
+    /// The header without our cookies, as [`cookies::strip`] returns it.
+    pub stripped: Option<String>,
+}
+
+/// [`join_borrowed`] and [`cookies::strip`] in one pass over `header`: the logged-in path needs both,
+/// and a session of several kilobytes makes every pass over the header count. `is_ours` must hold for
+/// `name` and its chunk names.
+pub fn scan<'a>(header: &'a str, name: &str, is_ours: impl Fn(&str) -> bool) -> CookieScan<'a> {
+    let mut first: Option<&'a str> = None;
+    let mut parts: [Option<&'a str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
+    let mut out = String::new();
+    let mut removed = false;
+    for raw in header.split(';') {
+        let segment = cookies::trim_ows(raw);
+        if segment.is_empty() {
+            continue;
+        }
+        if let Some((cookie, _)) = cookies::split_eq(segment) {
+            let cookie = cookies::trim_ows(cookie);
+            if is_ours(cookie) {
+                removed = true;
+                if let Some((cookie, value)) = cookies::parse_pair(raw) {
+                    if cookie == name {
+                        first.get_or_insert(value);
+                    } else if let Some(slot) =
+                        chunk_index(name, cookie).and_then(|i| parts.get_mut(i))
+                    {
+                        slot.get_or_insert(value);
+                    }
+                }
+                continue;
+            }
+        }
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        out.push_str(segment);
+    }
+    let stripped = match (out.is_empty(), removed) {
+        (true, _) => None,
+        (false, false) => Some(header.to_owned()),
+        (false, true) => Some(out),
+    };
+    CookieScan {
+        session: first.map_or(Ok(None), |first| join_parts(first, &parts)),
+        stripped,
+    }
+}
+
+/// The sealed value from the first cookie (`"{n}.part0"`) and chunks `1..n`.
+fn join_parts<'a>(
+    first: &'a str,
+    parts: &[Option<&'a str>; MAX_CHUNKS],
+) -> Result<Option<Cow<'a, str>>, ChunkError> {
     let (count, part0) = first.split_once('.').ok_or(ChunkError::BadCount)?;
     let n = parse_index(count)
         .filter(|&n| n >= 1)
         .ok_or(ChunkError::BadCount)?;
     if n == 1 {
         return Ok(Some(Cow::Borrowed(part0)));
-    }
-    // One pass over the header, borrowing, rather than building `name.i` and searching n times.
-    let mut parts: [Option<&str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
-    for (cookie, value) in cookies::iter(header) {
-        let slot = chunk_index(name, cookie)
-            .filter(|&i| i < n)
-            .and_then(|i| parts.get_mut(i));
-        if let Some(slot @ None) = slot {
-            *slot = Some(value);
-        }
     }
     let mut out = String::with_capacity(part0.len() * n);
     out.push_str(part0);
@@ -805,6 +866,34 @@ mod tests {
             chunk_names(NAME, &h),
             [NAME.to_owned(), format!("{NAME}.1"), format!("{NAME}.16")]
         );
+    }
+
+    #[test]
+    fn scan_agrees_with_join_and_strip() {
+        let ours = |c: &str| is_session_cookie(NAME, c) || c.starts_with("oidc_session_login_");
+        let headers = [
+            "",
+            ";",
+            "a=1",
+            "oidc_session=1.abc",
+            "oidc_session=1.abc; a=1",
+            "a=1; oidc_session=\"1.abc\" ;b=2",
+            "oidc_session=2.ab; oidc_session.1=cd; x=y",
+            "oidc_session.1=cd; oidc_session=2.ab",
+            "oidc_session=3.ab; oidc_session.1=cd",
+            "oidc_session=2.ab; oidc_session.1=cd; oidc_session.1=zz; oidc_session=1.no",
+            "oidc_session=x.ab",
+            "oidc_session=",
+            "oidc_session_login_abc=1; k",
+            "k; =v; oidc_session.16=q; oidc_session=17.a",
+            "oidc_session=2.ab; oidc_session.01=cd",
+            " oidc_session = 1.abc ; a = 1 ",
+        ];
+        for h in headers {
+            let scan = scan(h, NAME, ours);
+            assert_eq!(scan.session, join_borrowed(h, NAME), "{h:?}");
+            assert_eq!(scan.stripped, cookies::strip(h, ours), "{h:?}");
+        }
     }
 
     #[test]
