@@ -71,9 +71,15 @@ impl HeaderBlock {
     pub fn get(&self, name: &str) -> Option<Cow<'_, str>> {
         // `from_utf8` checks a word at a time; `from_utf8_lossy` goes byte by byte even over ASCII, which
         // for a kilobyte of cookie is thousands of instructions on every request.
-        self.raw(name).map(|raw| match std::str::from_utf8(raw) {
-            Ok(s) => Cow::Borrowed(s),
-            Err(_) => String::from_utf8_lossy(raw),
+        self.raw(name).map(|raw| {
+            if is_ascii(raw) {
+                // SAFETY: ASCII is UTF-8.
+                return Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(raw) });
+            }
+            match std::str::from_utf8(raw) {
+                Ok(s) => Cow::Borrowed(s),
+                Err(_) => String::from_utf8_lossy(raw),
+            }
         })
     }
 
@@ -81,6 +87,18 @@ impl HeaderBlock {
     pub fn contains(&self, name: &str) -> bool {
         self.raw(name).is_some()
     }
+}
+
+/// Whether every byte is below 0x80, eight bytes per step (core's check reads a `usize`, four bytes in
+/// Wasm): header values are ASCII, and a session cookie can be kilobytes long.
+fn is_ascii(b: &[u8]) -> bool {
+    let mut words = b.chunks_exact(8);
+    let mut high = 0u64;
+    for w in words.by_ref() {
+        // `chunks_exact` makes every index valid; LLVM makes the eight bytes one load.
+        high |= u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+    }
+    high & 0x8080_8080_8080_8080 == 0 && words.remainder().iter().all(|&c| c < 0x80)
 }
 
 /// Encodes pairs the way the host does (for tests and for callers that build a block).
@@ -120,6 +138,20 @@ mod tests {
         assert_eq!(b.get("Cookie"), None);
         assert_eq!(b.get("cook"), None);
         assert!(!b.contains("authorization"));
+    }
+
+    #[test]
+    fn ascii_check_looks_at_every_byte() {
+        for len in 0..40 {
+            assert!(is_ascii(&vec![b'a'; len]));
+            for at in 0..len {
+                let mut v = vec![b'a'; len];
+                v[at] = 0x80;
+                assert!(!is_ascii(&v), "{len} {at}");
+            }
+        }
+        let b = HeaderBlock::parse(encode(&[("x", "é ü".as_bytes())])).unwrap();
+        assert_eq!(b.get("x").as_deref(), Some("é ü"));
     }
 
     #[test]
