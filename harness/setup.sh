@@ -26,6 +26,7 @@ declare -A package_of=(
   [docker-registry]=docker-registry
   [skopeo]=skopeo
   [shellcheck]=shellcheck
+  [callgrind_control]=valgrind
   [node]=nodejs
   [npm]=npm
 )

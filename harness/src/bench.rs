@@ -2054,6 +2054,18 @@ impl Report {
     }
 
     /// Each goal: (goal, measured, pass).
+    /// Instructions per request of configuration `name` over its baseline, from the callgrind pass.
+    pub fn instructions_over(&self, name: &str) -> Option<f64> {
+        let find = |n: &str| {
+            self.instructions
+                .iter()
+                .find(|r| r.variant.name == n && r.problem.is_none())
+        };
+        let row = find(name)?;
+        let base = find(row.variant.baseline.as_deref()?)?;
+        Some(row.per_request - base.per_request)
+    }
+
     pub fn goals(&self) -> Vec<(String, String, Option<bool>)> {
         let mut out = Vec::new();
         let mut cpu_goal = |name: &str, what: &str, limit: f64| {
@@ -2068,10 +2080,20 @@ impl Report {
                         f.diff_us
                     )
                 });
+            let instructions = match (
+                self.instructions_over(name),
+                self.instructions_over("wasm-set-header"),
+            ) {
+                (Some(i), Some(f)) => {
+                    format!("; instructions per request: {i:+.0} (the one-header module: {f:+.0})")
+                }
+                (Some(i), None) => format!("; instructions per request: {i:+.0}"),
+                _ => String::new(),
+            };
             out.push((
                 format!("{what}: at most +{limit} µs Envoy CPU/request over no filter"),
                 measured.map_or("not measured".into(), |o| {
-                    format!("{:+.1} µs (`{name}`){floor}", o.diff_us)
+                    format!("{:+.1} µs (`{name}`){floor}{instructions}", o.diff_us)
                 }),
                 measured.map(|o| o.diff_us <= limit),
             ));

@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
-use harness::bench::{self, Options};
+use harness::bench::{self, Instructions, Options};
 
 #[test]
-fn one_configuration_gives_a_sane_row() {
+fn one_configuration_gives_a_sane_row_and_instruction_counts() {
     let opts = Options {
         quick: true,
         only: vec!["oidc-session".into()],
@@ -49,4 +49,49 @@ fn one_configuration_gives_a_sane_row() {
     // The report renders.
     assert!(report.markdown().contains("`oidc-session`"));
     assert!(report.svg().starts_with("<svg"));
+
+    instruction_counts_come_from_checked_runs();
+}
+
+/// The callgrind pass: Envoy under valgrind, instructions counted over a fixed number of requests.
+/// The figures are deterministic, so the filter must cost more than no filter at all, and every
+/// counted request must have gone through as logged in. (Called from the test above: two benchmark
+/// runs at once would share the bench stack's directory.)
+fn instruction_counts_come_from_checked_runs() {
+    let opts = Options {
+        only: vec!["none".into(), "oidc-session".into()],
+        instructions: Instructions::Only,
+        wasm: Some(harness::wasm_path().unwrap()),
+        ..Options::default()
+    };
+    let report = bench::run(&opts).unwrap();
+    assert!(report.rows.is_empty(), "no timed runs with --instructions");
+    let row = |name: &str| {
+        report
+            .instructions
+            .iter()
+            .find(|r| r.variant.name == name)
+            .unwrap_or_else(|| panic!("no {name} row"))
+    };
+    let (none, oidc) = (row("none"), row("oidc-session"));
+    for r in [none, oidc] {
+        assert_eq!(r.problem, None, "{}", r.variant.name);
+        assert!(
+            r.requests >= 2000,
+            "{}: {} requests",
+            r.variant.name,
+            r.requests
+        );
+        assert!(
+            r.per_request.is_finite() && r.per_request > 10_000.0,
+            "{r:?}"
+        );
+    }
+    let over = report.instructions_over("oidc-session").unwrap();
+    assert!(over > 0.0 && over < oidc.per_request, "{over}");
+    assert!(
+        report
+            .markdown()
+            .contains("## Instructions per request (callgrind)")
+    );
 }
