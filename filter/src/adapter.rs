@@ -227,7 +227,8 @@ impl RootContext for Root {
                             cfg.client_id, cfg.cookie_name
                         );
                         if let Ok((None, _)) = hostcalls::get_shared_data(&name) {
-                            let _ = hostcalls::set_shared_data(&name, Some(b"{}"), None);
+                            let empty = renewal::Table::default().encode();
+                            let _ = hostcalls::set_shared_data(&name, Some(&empty), None);
                         }
                     }
                 }

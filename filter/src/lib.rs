@@ -1,7 +1,7 @@
 //! oidc-filter: OpenID Connect login for Envoy, as a proxy-wasm module.
 //!
 //! Everything that decides lives in modules that never touch the host (`config`, `session`, `cookies`,
-//! `oidc`, `paths`, `provider`, `flow`, `weburl`, `form`); `adapter` is the only place that talks to
+//! `oidc`, `paths`, `provider`, `flow`, `weburl`, `form`, `wire`); `adapter` is the only place that talks to
 //! proxy-wasm.
 
 pub mod claims;
@@ -18,6 +18,7 @@ pub mod revocation;
 pub mod secret;
 pub mod session;
 pub mod weburl;
+pub mod wire;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;

@@ -7,14 +7,14 @@
 //! carrying the old cookie adopt instead of refreshing again. The adapter keeps one table per bucket
 //! in Envoy's shared data (seen by every worker) and updates it with compare-and-swap.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
+use crate::wire::{Reader, Writer};
 
 /// Buckets per site: keeps each shared value small however many sessions renew at once.
 pub const BUCKETS: u8 = 64;
 /// How long a finished renewal stays for requests that still carry the old cookie.
 pub const GRACE: u64 = 30;
+/// The first byte of an encoded [`Table`]; format 1 was JSON.
+const VERSION: u8 = 2;
 
 /// What the table says about one session's renewal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,16 +27,19 @@ pub enum Renewal {
     Done(Vec<String>),
 }
 
-/// The renewals of one bucket: session key -> claim or result, each with the time it lapses.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The renewals of one bucket: session key -> claim or result, each with the time it lapses. A
+/// bucket holds the few sessions renewing within the last [`GRACE`] seconds, so a list will do.
+///
+/// Encoded (see [`crate::wire`]) as [`VERSION`], then the list of entries, each its key, `until`,
+/// and optionally the list of `renewed` cookie lines.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Table {
-    entries: BTreeMap<String, Entry>,
+    entries: Vec<(String, Entry)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     until: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     renewed: Option<Vec<String>>,
 }
 
@@ -55,7 +58,7 @@ pub fn bucket(key: &str) -> u8 {
 impl Table {
     /// The state of `key`'s renewal at `now`.
     pub fn get(&self, key: &str, now: u64) -> Renewal {
-        match self.entries.get(key) {
+        match self.entry(key) {
             Some(e) if e.until > now => match &e.renewed {
                 Some(lines) => Renewal::Done(lines.clone()),
                 None => Renewal::Claimed,
@@ -66,8 +69,8 @@ impl Table {
 
     /// Claims `key`'s renewal until `until` (the token request's timeout, and a little).
     pub fn claim(&mut self, key: &str, until: u64) {
-        self.entries.insert(
-            key.to_string(),
+        self.insert(
+            key,
             Entry {
                 until,
                 renewed: None,
@@ -77,10 +80,10 @@ impl Table {
 
     /// Records the renewed session's cookies for the grace period.
     pub fn complete(&mut self, key: &str, renewed: Vec<String>, now: u64) {
-        self.entries.insert(
-            key.to_string(),
+        self.insert(
+            key,
             Entry {
-                until: now + GRACE,
+                until: now.saturating_add(GRACE),
                 renewed: Some(renewed),
             },
         );
@@ -88,23 +91,55 @@ impl Table {
 
     /// Drops a claim whose renewal failed, so waiting requests stop waiting.
     pub fn release(&mut self, key: &str) {
-        if self.entries.get(key).is_some_and(|e| e.renewed.is_none()) {
-            self.entries.remove(key);
-        }
+        self.entries
+            .retain(|(k, e)| k != key || e.renewed.is_some());
     }
 
     /// Forgets what has lapsed.
     pub fn prune(&mut self, now: u64) {
-        self.entries.retain(|_, e| e.until > now);
+        self.entries.retain(|(_, e)| e.until > now);
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut w = Writer::new(VERSION, self.entries.len().saturating_mul(64));
+        w.list(&self.entries, |w, (key, e)| {
+            w.str(key).u64(e.until).flag(e.renewed.is_some());
+            if let Some(lines) = &e.renewed {
+                w.list(lines, |w, line| {
+                    w.str(line);
+                });
+            }
+        });
+        w.finish()
     }
 
     /// Anything unreadable counts as empty: at worst one session refreshes twice.
     pub fn decode(bytes: &[u8]) -> Table {
-        serde_json::from_slice(bytes).unwrap_or_default()
+        let read = || {
+            let mut r = Reader::new(bytes, VERSION)?;
+            let entries = r.list(|r| {
+                let key = r.string()?;
+                let until = r.u64()?;
+                let renewed = match r.flag()? {
+                    true => Some(r.list(Reader::string)?),
+                    false => None,
+                };
+                Some((key, Entry { until, renewed }))
+            })?;
+            r.finish().map(|()| Table { entries })
+        };
+        read().unwrap_or_default()
+    }
+
+    fn entry(&self, key: &str) -> Option<&Entry> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, e)| e)
+    }
+
+    fn insert(&mut self, key: &str, entry: Entry) {
+        match self.entries.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = entry,
+            None => self.entries.push((key.to_string(), entry)),
+        }
     }
 }
 
@@ -140,5 +175,99 @@ mod tests {
         t.prune(GRACE);
         assert_eq!(t, Table::default());
         assert_eq!(Table::decode(b"not json"), Table::default());
+    }
+
+    #[test]
+    fn claiming_again_replaces_the_entry() {
+        let mut t = Table::default();
+        t.claim("a", 10);
+        t.claim("b", 10);
+        t.claim("a", 20);
+        assert_eq!(t.entries.len(), 2);
+        assert_eq!(t.get("a", 15), Renewal::Claimed);
+        t.complete("a", vec!["x".into()], 100);
+        assert_eq!(t.get("a", 101), Renewal::Done(vec!["x".into()]));
+        t.prune(11);
+        assert_eq!(t.entries.len(), 1);
+    }
+
+    fn sample() -> Table {
+        let mut t = Table::default();
+        t.claim(&key("one"), 1_700_000_007);
+        t.complete(
+            &key("two"),
+            vec!["_s=1.abc; Path=/".into(), "_s.1=; Max-Age=0".into()],
+            1_700_000_000,
+        );
+        t.complete(&key("three"), vec![], 5);
+        t
+    }
+
+    #[test]
+    fn tables_round_trip_and_stay_small() {
+        let t = sample();
+        let bytes = t.encode();
+        assert_eq!(Table::decode(&bytes), t);
+        assert_eq!(Table::decode(&Table::default().encode()), Table::default());
+        assert_eq!(Table::default().encode(), [VERSION, 0]);
+        // Per entry: the 32-byte key and its length, the time, the tag (and the lines).
+        let mut one = Table::default();
+        one.claim(&key("one"), 1_700_000_007);
+        assert_eq!(one.encode().len(), 2 + 33 + 5 + 1);
+    }
+
+    #[test]
+    fn damaged_tables_are_empty() {
+        let bytes = sample().encode();
+        for len in 0..bytes.len() {
+            assert_eq!(
+                Table::decode(&bytes[..len]),
+                Table::default(),
+                "cut to {len}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Table::decode(&longer), Table::default());
+        for v in (0..=u8::MAX).filter(|&v| v != VERSION) {
+            let mut other = bytes.clone();
+            other[0] = v;
+            assert_eq!(Table::decode(&other), Table::default(), "version {v}");
+        }
+        // A key that is not UTF-8.
+        let mut bad = bytes.clone();
+        bad[3] = 0xff;
+        assert_eq!(Table::decode(&bad), Table::default());
+        assert_eq!(Table::decode(b"{}"), Table::default(), "format 1");
+    }
+
+    #[test]
+    fn random_and_mutated_tables_never_panic() {
+        let valid = sample().encode();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..10_000 {
+            let mut b = if round % 2 == 0 {
+                valid.clone()
+            } else {
+                (0..next() % 64).map(|_| next() as u8).collect()
+            };
+            if let Some(first) = b.first_mut() {
+                *first = VERSION;
+            }
+            let at = (next() % (b.len() as u64 + 1)) as usize;
+            match b.get_mut(at) {
+                Some(byte) => *byte = next() as u8,
+                None => b.push(next() as u8),
+            }
+            let t = Table::decode(&b);
+            let _ = t.get(&key("two"), 0);
+            assert_eq!(Table::decode(&t.encode()), t);
+        }
     }
 }

@@ -1,24 +1,25 @@
 //! Sessions ended by back-channel logout, until they would have expired anyway.
 //! Each worker keeps a copy; the adapter merges it into Envoy's shared data so every worker learns of it.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
 use crate::oidc::logout_token::Logout;
+use crate::wire::{Reader, Writer};
 
 /// Beyond this many entries the oldest go first (a flood of logouts must not grow memory without bound).
 const MAX_ENTRIES: usize = 10_000;
+/// The first byte of encoded [`Revocations`]; format 1 was JSON.
+const VERSION: u8 = 2;
 
 /// Ended IdP sessions (`sid`) and users (`sub`, for tokens issued before the logout).
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Each list is sorted by its key, without duplicates, and searched by bisection. Encoded (see
+/// [`crate::wire`]) as [`VERSION`], then the list of `(sid, until)`, then the list of
+/// `(sub, revoked at, until)`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Revocations {
-    /// sid -> until (unix seconds)
-    #[serde(default)]
-    sids: BTreeMap<String, u64>,
-    /// sub -> (revoked at, until)
-    #[serde(default)]
-    subs: BTreeMap<String, (u64, u64)>,
+    /// (sid, until (unix seconds))
+    sids: Vec<(String, u64)>,
+    /// (sub, (revoked at, until))
+    subs: Vec<(String, (u64, u64))>,
 }
 
 impl Revocations {
@@ -26,12 +27,8 @@ impl Revocations {
     pub fn add(&mut self, logout: &Logout, now: u64, lifetime: u64) {
         let until = now.saturating_add(lifetime);
         match (&logout.sid, &logout.sub) {
-            (Some(sid), _) => {
-                self.sids.insert(sid.clone(), until);
-            }
-            (None, Some(sub)) => {
-                self.subs.insert(sub.clone(), (now, until));
-            }
+            (Some(sid), _) => upsert(&mut self.sids, sid, until, |e, v| *e = v),
+            (None, Some(sub)) => upsert(&mut self.subs, sub, (now, until), |e, v| *e = v),
             (None, None) => {}
         }
         self.cap();
@@ -39,8 +36,11 @@ impl Revocations {
 
     /// True when a session with this `sid`/`sub`, whose ID token was issued at `iat`, has been logged out.
     pub fn is_revoked(&self, sid: Option<&str>, sub: &str, iat: u64) -> bool {
-        sid.is_some_and(|s| self.sids.contains_key(s))
-            || self.subs.get(sub).is_some_and(|(at, _)| iat <= *at)
+        sid.is_some_and(|s| find(&self.sids, s).is_ok())
+            || find(&self.subs, sub)
+                .ok()
+                .and_then(|i| self.subs.get(i))
+                .is_some_and(|(_, (at, _))| iat <= *at)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -49,55 +49,87 @@ impl Revocations {
 
     /// Forgets entries whose sessions have expired by now.
     pub fn prune(&mut self, now: u64) {
-        self.sids.retain(|_, until| *until > now);
-        self.subs.retain(|_, (_, until)| *until > now);
+        self.sids.retain(|(_, until)| *until > now);
+        self.subs.retain(|(_, (_, until))| *until > now);
     }
 
     /// Takes in what another worker recorded.
     pub fn merge(&mut self, other: &Revocations) {
         for (k, v) in &other.sids {
-            let e = self.sids.entry(k.clone()).or_insert(*v);
-            *e = (*e).max(*v);
+            upsert(&mut self.sids, k, *v, |e, v| *e = (*e).max(v));
         }
         for (k, v) in &other.subs {
-            let e = self.subs.entry(k.clone()).or_insert(*v);
-            *e = ((e.0).max(v.0), (e.1).max(v.1));
+            upsert(&mut self.subs, k, *v, |e, v| {
+                *e = (e.0.max(v.0), e.1.max(v.1))
+            });
         }
         self.cap();
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut w = Writer::new(
+            VERSION,
+            (self.sids.len() + self.subs.len()).saturating_mul(48),
+        );
+        w.list(&self.sids, |w, (sid, until)| {
+            w.str(sid).u64(*until);
+        })
+        .list(&self.subs, |w, (sub, (at, until))| {
+            w.str(sub).u64(*at).u64(*until);
+        });
+        w.finish()
     }
 
     /// Anything unreadable counts as empty: the shared copy is ours, and a fresh start is safe.
     pub fn decode(bytes: &[u8]) -> Revocations {
-        serde_json::from_slice(bytes).unwrap_or_default()
+        let read = || {
+            let mut r = Reader::new(bytes, VERSION)?;
+            let sids = r.list(|r| Some((r.string()?, r.u64()?)))?;
+            let subs = r.list(|r| Some((r.string()?, (r.u64()?, r.u64()?))))?;
+            r.finish()?;
+            // What `find` needs, and what `encode` always writes.
+            let sorted = sids.is_sorted_by(|a, b| a.0 < b.0) && subs.is_sorted_by(|a, b| a.0 < b.0);
+            sorted.then_some(Revocations { sids, subs })
+        };
+        read().unwrap_or_default()
     }
 
     fn cap(&mut self) {
-        while self.sids.len() > MAX_ENTRIES {
-            let Some(oldest) = self
-                .sids
-                .iter()
-                .min_by_key(|(_, u)| **u)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            self.sids.remove(&oldest);
+        evict_oldest(&mut self.sids, |until| *until);
+        evict_oldest(&mut self.subs, |(_, until)| *until);
+    }
+}
+
+/// Where `key` is in `list` (sorted by key), or where it would go.
+fn find<V>(list: &[(String, V)], key: &str) -> Result<usize, usize> {
+    list.binary_search_by(|(k, _)| k.as_str().cmp(key))
+}
+
+/// Stores `v` under `key`, or `combine`s it with what is there.
+fn upsert<V>(list: &mut Vec<(String, V)>, key: &str, v: V, combine: impl FnOnce(&mut V, V)) {
+    match find(list, key) {
+        Ok(i) => {
+            if let Some((_, e)) = list.get_mut(i) {
+                combine(e, v);
+            }
         }
-        while self.subs.len() > MAX_ENTRIES {
-            let Some(oldest) = self
-                .subs
-                .iter()
-                .min_by_key(|(_, u)| u.1)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            self.subs.remove(&oldest);
-        }
+        Err(i) => list.insert(i, (key.to_owned(), v)),
+    }
+}
+
+/// Drops the entries that lapse first until at most [`MAX_ENTRIES`] are left (of equal times, the
+/// first in key order goes first).
+fn evict_oldest<V>(list: &mut Vec<(String, V)>, until: impl Fn(&V) -> u64) {
+    while list.len() > MAX_ENTRIES {
+        let Some(oldest) = list
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (_, v))| until(v))
+            .map(|(i, _)| i)
+        else {
+            break;
+        };
+        list.remove(oldest);
     }
 }
 
@@ -138,5 +170,148 @@ mod tests {
         b.merge(&Revocations::decode(&a.encode()));
         assert!(b.is_revoked(Some("s1"), "x", 0) && b.is_revoked(None, "u", 0));
         assert!(Revocations::decode(b"garbage").is_empty());
+    }
+
+    #[test]
+    fn merge_keeps_the_later_times() {
+        let mut a = Revocations::default();
+        a.add(&logout(Some("s"), None), 100, 50);
+        a.add(&logout(None, Some("u")), 300, 10);
+        let mut b = Revocations::default();
+        b.add(&logout(Some("s"), None), 120, 10);
+        b.add(&logout(None, Some("u")), 200, 500);
+        a.merge(&b);
+        assert_eq!(a.sids, [("s".to_owned(), 150)]);
+        assert_eq!(a.subs, [("u".to_owned(), (300, 700))]);
+        // A later logout of the same sid replaces the entry.
+        a.add(&logout(Some("s"), None), 130, 5);
+        assert_eq!(a.sids, [("s".to_owned(), 135)]);
+    }
+
+    #[test]
+    fn lists_stay_sorted_and_searchable() {
+        let mut r = Revocations::default();
+        for sid in ["m", "c", "x", "a", "c", "q"] {
+            r.add(&logout(Some(sid), None), 0, 10);
+        }
+        let keys: Vec<&str> = r.sids.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["a", "c", "m", "q", "x"]);
+        for sid in ["a", "c", "m", "q", "x"] {
+            assert!(r.is_revoked(Some(sid), "-", 0), "{sid}");
+        }
+        for sid in ["", "b", "z", "mm"] {
+            assert!(!r.is_revoked(Some(sid), "-", 0), "{sid}");
+        }
+    }
+
+    #[test]
+    fn the_entries_that_lapse_first_are_dropped_beyond_the_cap() {
+        let mut r = Revocations::default();
+        for i in 0..MAX_ENTRIES {
+            r.sids.push((format!("s{i:05}"), 1000 + i as u64));
+        }
+        // Two more, one lapsing before all others; then a tie with the oldest left.
+        r.add(&logout(Some("early"), None), 0, 10);
+        assert_eq!(r.sids.len(), MAX_ENTRIES);
+        assert!(r.is_revoked(Some("s00000"), "-", 0));
+        assert!(!r.is_revoked(Some("early"), "-", 0));
+        r.add(&logout(Some("late"), None), 0, 5000);
+        assert!(!r.is_revoked(Some("s00000"), "-", 0));
+        r.add(&logout(Some("a-tie"), None), 0, 1001);
+        assert!(!r.is_revoked(Some("a-tie"), "-", 0), "first in key order");
+        assert!(r.is_revoked(Some("s00001"), "-", 0));
+        let mut r = Revocations::default();
+        for i in 0..=MAX_ENTRIES {
+            r.add(&logout(None, Some(&format!("u{i}"))), i as u64, 10);
+        }
+        assert_eq!(r.subs.len(), MAX_ENTRIES);
+        assert!(!r.is_revoked(None, "u0", 0) && r.is_revoked(None, "u1", 0));
+    }
+
+    fn sample() -> Revocations {
+        let mut r = Revocations::default();
+        r.add(&logout(Some("sid-1"), Some("alice")), 1_700_000_000, 28_800);
+        r.add(&logout(Some("sid-2"), None), 1_700_000_100, 28_800);
+        r.add(&logout(None, Some("bob")), 1_700_000_200, 28_800);
+        r.add(&logout(None, Some("zoë")), 5, 0);
+        r
+    }
+
+    #[test]
+    fn round_trips_and_stays_small() {
+        let r = sample();
+        let bytes = r.encode();
+        assert_eq!(Revocations::decode(&bytes), r);
+        assert_eq!(Revocations::default().encode(), [VERSION, 0, 0]);
+        assert!(Revocations::decode(&Revocations::default().encode()).is_empty());
+        let mut one = Revocations::default();
+        one.add(&logout(Some("sid-1"), None), 1_700_000_000, 28_800);
+        assert_eq!(one.encode().len(), 3 + 6 + 5);
+    }
+
+    #[test]
+    fn damaged_encodings_are_empty() {
+        let bytes = sample().encode();
+        for len in 0..bytes.len() {
+            assert!(
+                Revocations::decode(&bytes[..len]).is_empty(),
+                "cut to {len}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Revocations::decode(&longer).is_empty());
+        for v in (0..=u8::MAX).filter(|&v| v != VERSION) {
+            let mut other = bytes.clone();
+            other[0] = v;
+            assert!(Revocations::decode(&other).is_empty(), "version {v}");
+        }
+        assert!(
+            Revocations::decode(br#"{"sids":{"s":9}}"#).is_empty(),
+            "format 1"
+        );
+        // Out of order, or twice: not something `encode` wrote.
+        for sids in [["b", "a"], ["a", "a"]] {
+            let mut w = Writer::new(VERSION, 0);
+            w.list(&sids, |w, s| {
+                w.str(s).u64(10);
+            })
+            .count(0);
+            assert!(Revocations::decode(&w.finish()).is_empty(), "{sids:?}");
+        }
+        // Non-UTF-8 text: the first sid's first byte.
+        let mut bad = bytes.clone();
+        bad[3] = 0xff;
+        assert!(Revocations::decode(&bad).is_empty());
+    }
+
+    #[test]
+    fn random_and_mutated_encodings_never_panic() {
+        let valid = sample().encode();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..10_000 {
+            let mut b = if round % 2 == 0 {
+                valid.clone()
+            } else {
+                (0..next() % 64).map(|_| next() as u8).collect()
+            };
+            if let Some(first) = b.first_mut() {
+                *first = VERSION;
+            }
+            let at = (next() % (b.len() as u64 + 1)) as usize;
+            match b.get_mut(at) {
+                Some(byte) => *byte = next() as u8,
+                None => b.push(next() as u8),
+            }
+            let r = Revocations::decode(&b);
+            let _ = r.is_revoked(Some("sid-1"), "bob", 0);
+            assert_eq!(Revocations::decode(&r.encode()), r);
+        }
     }
 }

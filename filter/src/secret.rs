@@ -3,7 +3,9 @@
 use std::fmt;
 
 /// A secret value. `Debug` and `Display` print `[redacted]`, so a secret cannot reach a log line by accident.
-#[derive(Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+///
+/// Only read from JSON (the plugin configuration); never written as JSON.
+#[derive(Clone, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 

@@ -13,10 +13,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{AeadInOut, KeyInit, Tag, XChaCha20Poly1305, XNonce};
-use serde::{Deserialize, Serialize};
 
 use crate::cookies;
 use crate::secret::Secret;
+use crate::wire::{Reader, Writer};
 
 /// The most cookies one sealed value may be split into.
 pub const MAX_CHUNKS: usize = 16;
@@ -456,72 +456,116 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// A logged-in session, sealed into the session cookie. Field names are short because every byte
-/// travels on every request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The format of [`Session`] and [`LoginState`] plaintexts, the first byte of each (see [`crate::wire`]).
+/// Format 1 was JSON, whose first byte is `{`: such a cookie is now `Malformed` and its user logs in
+/// again. A new format gets a new number, and a golden file in `testdata/golden`.
+pub const PAYLOAD_VERSION: u8 = 2;
+
+/// A logged-in session, sealed into the session cookie: every byte travels on every request.
+///
+/// Encoded (see [`crate::wire`]) as [`PAYLOAD_VERSION`], then `id_token`, `access_token` (optional),
+/// `refresh_token` (optional), `token_expires_at`, `expires_at`, `sub`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     /// The ID token, kept for `id_token_hint` at logout and for forwarding.
-    #[serde(rename = "it")]
     pub id_token: Secret,
-    #[serde(rename = "at", default, skip_serializing_if = "Option::is_none")]
     pub access_token: Option<Secret>,
-    #[serde(rename = "rt", default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<Secret>,
     /// Unix seconds when the forwarded token expires (refresh is due then).
-    #[serde(rename = "te")]
     pub token_expires_at: u64,
     /// Unix seconds when the session ends regardless of refreshes.
-    #[serde(rename = "ex")]
     pub expires_at: u64,
     /// The user's `sub` claim, for logs and headers.
-    #[serde(rename = "s")]
     pub sub: String,
 }
 
 impl Session {
     /// The plaintext to seal.
     pub fn encode(&self) -> Vec<u8> {
-        // Strings and integers always serialize; the default is unreachable.
-        serde_json::to_vec(self).unwrap_or_default()
+        let tokens = [
+            Some(&self.id_token),
+            self.access_token.as_ref(),
+            self.refresh_token.as_ref(),
+        ];
+        let size: usize = tokens.iter().flatten().map(|t| t.expose().len()).sum();
+        let mut w = Writer::new(PAYLOAD_VERSION, size + self.sub.len() + 24);
+        w.str(self.id_token.expose())
+            .opt_str(self.access_token.as_ref().map(Secret::expose))
+            .opt_str(self.refresh_token.as_ref().map(Secret::expose))
+            .u64(self.token_expires_at)
+            .u64(self.expires_at)
+            .str(&self.sub);
+        w.finish()
     }
 
-    /// Parses an opened plaintext; anything unparsable is `Malformed`.
+    /// Parses an opened plaintext; anything other than what [`Session::encode`] writes is `Malformed`.
     pub fn decode(bytes: &[u8]) -> Result<Session, OpenError> {
-        serde_json::from_slice(bytes).map_err(|_| OpenError::Malformed)
+        let read = || {
+            let mut r = Reader::new(bytes, PAYLOAD_VERSION)?;
+            let s = Session {
+                id_token: Secret::new(r.string()?),
+                access_token: r.opt_string()?.map(Secret::new),
+                refresh_token: r.opt_string()?.map(Secret::new),
+                token_expires_at: r.u64()?,
+                expires_at: r.u64()?,
+                sub: r.string()?,
+            };
+            r.finish().map(|()| s)
+        };
+        read().ok_or(OpenError::Malformed)
     }
 }
 
 /// One login attempt in flight: what the callback must check and where to go afterwards. Each
 /// attempt has its own cookie, so several tabs can log in at the same time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Encoded (see [`crate::wire`]) as [`PAYLOAD_VERSION`], then `state`, `nonce`, `verifier`, `rd`,
+/// `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginState {
     /// The `state` parameter sent to the IdP.
-    #[serde(rename = "s")]
     pub state: Secret,
     /// The `nonce` expected in the ID token.
-    #[serde(rename = "n")]
     pub nonce: Secret,
     /// The PKCE code verifier.
-    #[serde(rename = "v")]
     pub verifier: Secret,
     /// Where to send the browser once logged in.
-    #[serde(rename = "rd")]
     pub rd: String,
     /// Unix seconds after which the attempt is void.
-    #[serde(rename = "ex")]
     pub expires_at: u64,
 }
 
 impl LoginState {
     /// The plaintext to seal.
     pub fn encode(&self) -> Vec<u8> {
-        // Strings and integers always serialize; the default is unreachable.
-        serde_json::to_vec(self).unwrap_or_default()
+        let size = self.state.expose().len()
+            + self.nonce.expose().len()
+            + self.verifier.expose().len()
+            + self.rd.len();
+        let mut w = Writer::new(PAYLOAD_VERSION, size + 16);
+        w.str(self.state.expose())
+            .str(self.nonce.expose())
+            .str(self.verifier.expose())
+            .str(&self.rd)
+            .u64(self.expires_at);
+        w.finish()
     }
 
-    /// Parses an opened plaintext; anything unparsable is `Malformed`.
+    /// Parses an opened plaintext; anything other than what [`LoginState::encode`] writes is
+    /// `Malformed`.
     pub fn decode(bytes: &[u8]) -> Result<LoginState, OpenError> {
-        serde_json::from_slice(bytes).map_err(|_| OpenError::Malformed)
+        let read = || {
+            let mut r = Reader::new(bytes, PAYLOAD_VERSION)?;
+            let s = LoginState {
+                state: Secret::new(r.string()?),
+                nonce: Secret::new(r.string()?),
+                verifier: Secret::new(r.string()?),
+                rd: r.string()?,
+                expires_at: r.u64()?,
+            };
+            r.finish().map(|()| s)
+        };
+        read().ok_or(OpenError::Malformed)
     }
 }
 
@@ -916,31 +960,190 @@ mod tests {
         }
     }
 
-    #[test]
-    fn session_round_trips_and_stays_small() {
-        let s = session();
-        let bytes = s.encode();
-        assert_eq!(Session::decode(&bytes).unwrap(), s);
-        let text = String::from_utf8(bytes).unwrap();
-        assert!(
-            !text.contains("\"rt\""),
-            "absent tokens are left out: {text}"
-        );
-        assert_eq!(Session::decode(b"{}"), Err(OpenError::Malformed));
-        assert_eq!(Session::decode(b"\xff"), Err(OpenError::Malformed));
-    }
-
-    #[test]
-    fn login_state_round_trips() {
-        let s = LoginState {
+    fn login_state() -> LoginState {
+        LoginState {
             state: Secret::new("st"),
             nonce: Secret::new("no"),
             verifier: Secret::new("ve"),
             rd: "/app?x=1".into(),
             expires_at: 1_700_000_600,
+        }
+    }
+
+    /// Valid encodings of both payloads, covering absent and present options, empty and non-ASCII
+    /// text, and integers from 0 to `u64::MAX`.
+    fn payloads() -> Vec<Vec<u8>> {
+        let full = Session {
+            id_token: Secret::new("h.p.s"),
+            access_token: Some(Secret::new("")),
+            refresh_token: Some(Secret::new("rt-é")),
+            token_expires_at: 0,
+            expires_at: u64::MAX,
+            sub: String::new(),
         };
-        assert_eq!(LoginState::decode(&s.encode()).unwrap(), s);
+        let bare = Session {
+            access_token: None,
+            ..full.clone()
+        };
+        vec![
+            session().encode(),
+            full.encode(),
+            bare.encode(),
+            login_state().encode(),
+        ]
+    }
+
+    /// Decodes `bytes` as either payload; what decodes re-encodes to the same bytes.
+    fn decode_any(bytes: &[u8]) -> bool {
+        let session = Session::decode(bytes).map(|s| s.encode());
+        let login = LoginState::decode(bytes).map(|s| s.encode());
+        for again in [&session, &login].into_iter().flatten() {
+            assert_eq!(again, bytes, "one encoding per value");
+        }
+        session.is_ok() || login.is_ok()
+    }
+
+    #[test]
+    fn session_round_trips_and_stays_small() {
+        let s = session();
+        let bytes = s.encode();
+        assert_eq!(Session::decode(&bytes).unwrap(), s);
+        // Version, the ID token (length 46), the access token (present, length 10), no refresh
+        // token, two 5-byte times, the sub (length 5).
+        let mut expected = vec![PAYLOAD_VERSION, 46];
+        expected.extend_from_slice(s.id_token.expose().as_bytes());
+        expected.extend_from_slice(b"\x01\x0aaccess-123\x00");
+        expected.extend_from_slice(&[0xac, 0xe4, 0xcf, 0xaa, 0x06, 0x80, 0xc3, 0xd1, 0xaa, 0x06]);
+        expected.extend_from_slice(b"\x05alice");
+        assert_eq!(bytes, expected);
+        // 118 bytes in JSON (format 1, testdata/golden/session-v1.txt).
+        assert_eq!(bytes.len(), 77);
+        for bytes in payloads().iter().take(3) {
+            let s = Session::decode(bytes).unwrap();
+            assert_eq!(&s.encode(), bytes);
+        }
+        // A UTF-8 `sub` survives.
+        let s = Session {
+            sub: "zoë".into(),
+            ..session()
+        };
+        assert_eq!(Session::decode(&s.encode()).unwrap(), s);
+    }
+
+    #[test]
+    fn login_state_round_trips() {
+        let s = login_state();
+        let bytes = s.encode();
+        assert_eq!(
+            bytes,
+            b"\x02\x02st\x02no\x02ve\x08/app?x=1\xd8\xe6\xcf\xaa\x06"
+        );
+        assert_eq!(LoginState::decode(&bytes).unwrap(), s);
         assert_eq!(LoginState::decode(b"[]"), Err(OpenError::Malformed));
+        // Each payload is refused as the other.
+        assert_eq!(Session::decode(&bytes), Err(OpenError::Malformed));
+        assert_eq!(
+            LoginState::decode(&session().encode()),
+            Err(OpenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn json_payloads_of_format_1_are_malformed() {
+        let golden = include_str!("../../testdata/golden/session-v1.txt");
+        let plaintext = golden_field(golden, "plaintext");
+        assert!(plaintext.starts_with('{'));
+        assert_eq!(
+            Session::decode(plaintext.as_bytes()),
+            Err(OpenError::Malformed)
+        );
+        for old in [&b"{}"[..], b"[]", b"\xff", b"", b"\x01"] {
+            assert_eq!(Session::decode(old), Err(OpenError::Malformed), "{old:?}");
+            assert_eq!(
+                LoginState::decode(old),
+                Err(OpenError::Malformed),
+                "{old:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_any_trailing_byte_is_malformed() {
+        for bytes in payloads() {
+            assert!(decode_any(&bytes));
+            for len in 0..bytes.len() {
+                assert!(!decode_any(&bytes[..len]), "{bytes:?} cut to {len}");
+            }
+            for extra in [0u8, 1, 0x80, 0xff] {
+                let mut longer = bytes.clone();
+                longer.push(extra);
+                assert!(!decode_any(&longer), "{bytes:?} and {extra}");
+            }
+        }
+    }
+
+    #[test]
+    fn other_versions_are_malformed() {
+        for bytes in payloads() {
+            for v in (0..=u8::MAX).filter(|&v| v != PAYLOAD_VERSION) {
+                let mut other = bytes.clone();
+                other[0] = v;
+                assert!(!decode_any(&other), "version {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_malformed() {
+        let s = Session {
+            sub: "ab".into(),
+            ..session()
+        };
+        let mut bytes = s.encode();
+        let end = bytes.len();
+        bytes[end - 2..].copy_from_slice(&[0xc3, 0x28]);
+        assert_eq!(Session::decode(&bytes), Err(OpenError::Malformed));
+        let mut bytes = login_state().encode();
+        bytes[2] = 0xff;
+        assert_eq!(LoginState::decode(&bytes), Err(OpenError::Malformed));
+        // An option tag other than 0 or 1.
+        let mut bytes = session().encode();
+        let tag = 2 + 46;
+        assert_eq!(bytes[tag], 1);
+        bytes[tag] = 2;
+        assert_eq!(Session::decode(&bytes), Err(OpenError::Malformed));
+    }
+
+    #[test]
+    fn random_and_mutated_payloads_never_panic() {
+        let valid = payloads();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        for round in 0..20_000 {
+            let bytes: Vec<u8> = if round % 2 == 0 {
+                // A valid payload with a few bytes changed, inserted or removed.
+                let mut b = valid[round / 2 % valid.len()].clone();
+                for _ in 0..1 + xorshift(&mut seed) % 3 {
+                    let at = (xorshift(&mut seed) % (b.len() as u64 + 1)) as usize;
+                    let byte = xorshift(&mut seed) as u8;
+                    match xorshift(&mut seed) % 3 {
+                        0 if at < b.len() => b[at] = byte,
+                        1 if at < b.len() => {
+                            b.remove(at);
+                        }
+                        _ => b.insert(at, byte),
+                    }
+                }
+                b
+            } else {
+                let len = (xorshift(&mut seed) % 64) as usize;
+                let mut b: Vec<u8> = (0..len).map(|_| xorshift(&mut seed) as u8).collect();
+                if let Some(first) = b.first_mut() {
+                    *first = PAYLOAD_VERSION;
+                }
+                b
+            };
+            let _ = decode_any(&bytes);
+        }
     }
 
     #[test]
@@ -983,13 +1186,13 @@ mod tests {
         assert_eq!(parts.map(|p| p.len()), Ok(3));
     }
 
-    /// The format written down in testdata: if this fails, old cookies stopped opening. Bump VERSION
-    /// and add a new golden file instead of editing this one.
+    /// The sealed format written down in testdata: if this fails, old cookies stopped opening. Bump
+    /// VERSION and add a new golden file instead of editing this one. (Its JSON payload, format 1, is
+    /// no longer a session: see `json_payloads_of_format_1_are_malformed`.)
     #[test]
     fn golden_session_v1_opens() {
-        let golden: serde_json::Value =
-            serde_json::from_str(include_str!("../../testdata/golden/session-v1.txt")).unwrap();
-        let field = |f: &str| golden[f].as_str().unwrap().to_owned();
+        let golden = include_str!("../../testdata/golden/session-v1.txt");
+        let field = |f: &str| golden_field(golden, f);
         let key = from_hex(&field("key_hex"));
         let nonce: [u8; 24] = from_hex(&field("nonce_hex")).try_into().unwrap();
         let (name, sealed, plaintext) = (field("cookie_name"), field("sealed"), field("plaintext"));
@@ -997,9 +1200,40 @@ mod tests {
         let k = Keys::new(&[key]).unwrap();
         assert_eq!(k.open(&name, &sealed).unwrap(), plaintext.as_bytes());
         assert_eq!(k.seal(&name, plaintext.as_bytes(), nonce), sealed);
-        let s = Session::decode(plaintext.as_bytes()).unwrap();
+    }
+
+    /// The payload format written down in testdata: if this fails, sessions stopped opening. Bump
+    /// PAYLOAD_VERSION and add a new golden file instead of editing this one.
+    #[test]
+    fn golden_session_v2_opens() {
+        let golden = include_str!("../../testdata/golden/session-v2.txt");
+        let field = |f: &str| golden_field(golden, f);
+        let key = from_hex(&field("key_hex"));
+        let nonce: [u8; 24] = from_hex(&field("nonce_hex")).try_into().unwrap();
+        let (name, sealed) = (field("cookie_name"), field("sealed"));
+        let plaintext = from_hex(&field("plaintext_hex"));
+
+        let k = Keys::new(&[key]).unwrap();
+        assert_eq!(k.open(&name, &sealed).unwrap(), plaintext);
+        assert_eq!(k.seal(&name, &plaintext, nonce), sealed);
+        let s = Session::decode(&plaintext).unwrap();
         assert_eq!(s, session());
-        assert_eq!(s.encode(), plaintext.as_bytes());
+        assert_eq!(s.encode(), plaintext);
+    }
+
+    /// The string value of `"name": "..."` in a golden file (escapes: `\"` and `\\` only).
+    fn golden_field(text: &str, name: &str) -> String {
+        let start = text.find(&format!("\"{name}\": \"")).unwrap() + name.len() + 5;
+        let mut out = String::new();
+        let mut chars = text[start..].chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => return out,
+                '\\' => out.push(chars.next().unwrap()),
+                c => out.push(c),
+            }
+        }
+        panic!("unterminated {name}");
     }
 
     fn from_hex(s: &str) -> Vec<u8> {

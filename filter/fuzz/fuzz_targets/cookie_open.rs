@@ -1,6 +1,8 @@
 //! The cookie opener: `Cookie` headers through `session::join`, `Keys::open` and `Session::decode`,
 //! alone and through the whole request path; and arbitrary plaintexts sealed with the right key, so
 //! the fuzzer reaches everything behind the AEAD too (what a forger cannot, a bug in decoding can).
+//! Plaintexts, and the shared-data tables, decode to something that encodes back to the same bytes,
+//! or to nothing.
 
 #![no_main]
 
@@ -8,6 +10,8 @@ mod common;
 
 use libfuzzer_sys::fuzz_target;
 use oidc_filter::cookies;
+use oidc_filter::renewal::Table;
+use oidc_filter::revocation::Revocations;
 use oidc_filter::session::{self, LoginState, Session};
 
 fuzz_target!(|data: &[u8]| {
@@ -44,8 +48,16 @@ fuzz_target!(|data: &[u8]| {
             let _ = cfg.keys.open(name, &text);
         }
         2 => {
-            let _ = Session::decode(rest);
-            let _ = LoginState::decode(rest);
+            if let Ok(s) = Session::decode(rest) {
+                assert_eq!(s.encode(), rest);
+            }
+            if let Ok(s) = LoginState::decode(rest) {
+                assert_eq!(s.encode(), rest);
+            }
+            let table = Table::decode(rest);
+            assert_eq!(Table::decode(&table.encode()), table);
+            let revoked = Revocations::decode(rest);
+            assert_eq!(Revocations::decode(&revoked.encode()), revoked);
         }
         _ => {
             // Sealed by us: opens to the same bytes, under this name only, and survives chunking.

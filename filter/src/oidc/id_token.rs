@@ -1,6 +1,5 @@
 //! ID token validation (OIDC Core 3.1.3.7): signature with the provider's JWKS, then the claims.
 
-use std::collections::BTreeSet;
 use std::fmt;
 
 use base64::Engine as _;
@@ -209,9 +208,9 @@ fn check_claims(all: Map<String, Value>, expected: &Expected) -> Result<Claims, 
         return Err(IdTokenError::WrongIssuer);
     }
 
-    let audiences: BTreeSet<&str> = match all.get("aud") {
-        None => BTreeSet::new(),
-        Some(Value::String(aud)) => BTreeSet::from([aud.as_str()]),
+    let audiences: Vec<&str> = match all.get("aud") {
+        None => Vec::new(),
+        Some(Value::String(aud)) => vec![aud.as_str()],
         Some(Value::Array(auds)) => auds
             .iter()
             .map(Value::as_str)
@@ -219,15 +218,18 @@ fn check_claims(all: Map<String, Value>, expected: &Expected) -> Result<Claims, 
             .ok_or(IdTokenError::Malformed)?,
         Some(_) => return Err(IdTokenError::Malformed),
     };
-    if !audiences.contains(expected.client_id) {
+    if !audiences.contains(&expected.client_id) {
         return Err(IdTokenError::WrongAudience);
     }
     match all.get("azp") {
         Some(azp) if azp.as_str() != Some(expected.client_id) => {
             return Err(IdTokenError::AzpMismatch);
         }
-        // A token for several audiences must say which of them it was issued to.
-        None if audiences.len() > 1 => return Err(IdTokenError::AzpMismatch),
+        // A token for several audiences must say which of them it was issued to (`aud` holds ours, so
+        // any other value is another audience; ours twice is not).
+        None if audiences.iter().any(|&a| a != expected.client_id) => {
+            return Err(IdTokenError::AzpMismatch);
+        }
         _ => {}
     }
 
