@@ -1,7 +1,7 @@
 //! What a logged-in user may reach (claim rules) and what the app learns about them (identity headers).
 //! Both read the ID token's claims, kept in the session, so neither needs the token re-verified.
 
-use serde_json::{Map, Value};
+use crate::json::{Object, Value};
 
 /// Longest pattern, list or nesting we accept in configuration; rules are written by hand.
 const MAX_DEPTH: usize = 8;
@@ -120,8 +120,8 @@ fn parse_rule(v: &Value, depth: usize) -> Result<Rule, String> {
     ))
 }
 
-fn only(obj: &Map<String, Value>, allowed: &[&str]) -> Result<(), String> {
-    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+fn only(obj: &Object, allowed: &[&str]) -> Result<(), String> {
+    match obj.keys().find(|k| !allowed.contains(k)) {
         Some(k) => Err(format!(
             "unexpected `{k}` next to `{}`",
             allowed.join("`/`")
@@ -132,7 +132,7 @@ fn only(obj: &Map<String, Value>, allowed: &[&str]) -> Result<(), String> {
 
 impl Rule {
     /// True when the claims satisfy the rule. Missing claims never satisfy a condition.
-    pub fn allows(&self, claims: &Map<String, Value>) -> bool {
+    pub fn allows(&self, claims: &Object) -> bool {
         match self {
             Rule::AllOf(rs) => rs.iter().all(|r| r.allows(claims)),
             Rule::AnyOf(rs) => rs.iter().any(|r| r.allows(claims)),
@@ -173,7 +173,7 @@ pub fn rule_for<'a>(access: &'a [Access], normalized_path: &str) -> Option<&'a R
 pub fn header_value(v: &Value) -> Option<String> {
     let s = match v {
         Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
+        Value::Number(n) => n.as_str().to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Array(a) => a
             .iter()
@@ -219,19 +219,19 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::testing::{from_serde, object};
     use serde_json::json;
 
-    fn claims() -> Map<String, Value> {
-        json!({"sub": "alice", "email": "alice@example.com", "groups": ["admins", "users"], "email_verified": true, "n": 3})
-            .as_object()
-            .cloned()
-            .unwrap()
+    fn claims() -> Object {
+        object(
+            &json!({"sub": "alice", "email": "alice@example.com", "groups": ["admins", "users"], "email_verified": true, "n": 3}),
+        )
     }
 
     #[test]
     fn rules_evaluate() {
         let c = claims();
-        let r = |v: Value| parse_rule(&v, 0).unwrap();
+        let r = |v: serde_json::Value| parse_rule(&from_serde(&v), 0).unwrap();
         assert!(r(json!({"claim": "groups", "contains_any": ["admins", "x"]})).allows(&c));
         assert!(!r(json!({"claim": "groups", "contains_any": ["ops"]})).allows(&c));
         assert!(r(json!({"claim": "email_verified", "equals": true})).allows(&c));
@@ -254,21 +254,28 @@ mod tests {
             json!({"all_of": []}),
             json!({"all_of": [{"claim": "x", "equals": 1}], "any_of": []}),
         ] {
-            assert!(parse_rule(&bad, 0).is_err(), "{bad}");
+            assert!(parse_rule(&from_serde(&bad), 0).is_err(), "{bad}");
         }
         assert!(
-            parse_access(&json!([{"path_prefix": "admin", "rule": {"claim": "x", "equals": 1}}]))
-                .is_err()
+            parse_access(&from_serde(
+                &json!([{"path_prefix": "admin", "rule": {"claim": "x", "equals": 1}}])
+            ))
+            .is_err()
         );
-        assert!(parse_access(&json!([{"rule": {"claim": "x", "equals": 1}, "extra": 1}])).is_err());
+        assert!(
+            parse_access(&from_serde(
+                &json!([{"rule": {"claim": "x", "equals": 1}, "extra": 1}])
+            ))
+            .is_err()
+        );
     }
 
     #[test]
     fn most_specific_prefix_wins() {
-        let a = parse_access(&json!([
+        let a = parse_access(&from_serde(&json!([
             {"rule": {"claim": "groups", "contains_any": ["users"]}},
             {"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["root"]}},
-        ]))
+        ])))
         .unwrap();
         assert!(rule_for(&a, "/admin/x").is_some_and(|r| !r.allows(&claims())));
         assert!(rule_for(&a, "/other").is_some_and(|r| r.allows(&claims())));
@@ -277,10 +284,37 @@ mod tests {
 
     #[test]
     fn header_values_are_safe() {
-        assert_eq!(header_value(&json!(["a", "b"])).as_deref(), Some("a,b"));
-        assert_eq!(header_value(&json!("x\r\nEvil: 1")), None);
-        assert_eq!(header_value(&json!({"a": 1})), None);
-        assert_eq!(header_value(&json!(true)).as_deref(), Some("true"));
+        assert_eq!(
+            header_value(&from_serde(&json!(["a", "b"]))).as_deref(),
+            Some("a,b")
+        );
+        assert_eq!(header_value(&from_serde(&json!("x\r\nEvil: 1"))), None);
+        assert_eq!(header_value(&from_serde(&json!({"a": 1}))), None);
+        assert_eq!(
+            header_value(&from_serde(&json!(true))).as_deref(),
+            Some("true")
+        );
+    }
+
+    #[test]
+    fn numbers_compare_by_value_and_go_into_headers_as_written() {
+        let c = object(&json!({"n": 3, "big": 18446744073709551615u64, "f": 1.5}));
+        let r = |v: &str| parse_rule(&crate::json::parse(v.as_bytes()).unwrap(), 0).unwrap();
+        assert!(r(r#"{"claim": "n", "equals": 3.0}"#).allows(&c));
+        assert!(r(r#"{"claim": "n", "equals": 30e-1}"#).allows(&c));
+        assert!(!r(r#"{"claim": "n", "equals": 3.5}"#).allows(&c));
+        assert!(!r(r#"{"claim": "n", "equals": "3"}"#).allows(&c));
+        assert!(r(r#"{"claim": "big", "equals": 18446744073709551615}"#).allows(&c));
+        assert!(!r(r#"{"claim": "big", "equals": 18446744073709551614}"#).allows(&c));
+        assert!(r(r#"{"claim": "f", "equals": 15e-1}"#).allows(&c));
+        let n = |s: &str| header_value(&crate::json::parse(s.as_bytes()).unwrap());
+        assert_eq!(n("42").as_deref(), Some("42"));
+        assert_eq!(n("-1.5e3").as_deref(), Some("-1.5e3"));
+        assert_eq!(
+            n("18446744073709551616").as_deref(),
+            Some("18446744073709551616")
+        );
+        assert_eq!(n("null"), None);
     }
 
     #[test]

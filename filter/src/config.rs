@@ -4,10 +4,10 @@ use std::fmt;
 use std::time::Duration;
 
 use base64::Engine;
-use serde::Deserialize;
 
 use crate::claims::{self, Access};
 use crate::cookies::{CookieAttrs, SameSite};
+use crate::json::{self, Object, Value};
 use crate::oidc::token::ClientAuth;
 use crate::secret::Secret;
 use crate::session::Keys;
@@ -84,8 +84,7 @@ fn err(field: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// pluginConfig's fields as given; `null` is the same as absent. [`Raw::read`] checks names and types.
 struct Raw {
     issuer: Option<String>,
     client_id: Option<String>,
@@ -112,9 +111,190 @@ struct Raw {
     bypass_paths: Option<Vec<String>>,
     callout_timeout: Option<String>,
     jwks_refresh_interval: Option<String>,
-    claim_rules: Option<serde_json::Value>,
+    claim_rules: Option<Value>,
     backchannel_logout_path: Option<String>,
-    identity_headers: Option<std::collections::BTreeMap<String, String>>,
+    /// Sorted by header name.
+    identity_headers: Option<Vec<(String, String)>>,
+}
+
+/// The JSON type a pluginConfig field takes.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Bool,
+    /// A list of strings.
+    Strs,
+    /// An object of strings.
+    StrMap,
+    /// Any JSON (checked by the field's own parser).
+    Any,
+}
+
+/// Every field of one site's configuration, and its type. (`hosts` and `unmatched_hosts` are read by
+/// [`Plugin::parse`] before this.)
+const FIELDS: [(&str, Kind); 28] = [
+    ("issuer", Kind::Str),
+    ("client_id", Kind::Str),
+    ("client_secret", Kind::Str),
+    ("client_secret_env", Kind::Str),
+    ("cookie_keys", Kind::Strs),
+    ("cookie_keys_env", Kind::Str),
+    ("idp_cluster", Kind::Str),
+    ("redirect_uri", Kind::Str),
+    ("callback_path", Kind::Str),
+    ("login_path", Kind::Str),
+    ("logout_path", Kind::Str),
+    ("post_logout_redirect_uri", Kind::Str),
+    ("scopes", Kind::Strs),
+    ("forward_token", Kind::Str),
+    ("token_endpoint_auth", Kind::Str),
+    ("cookie_name", Kind::Str),
+    ("cookie_domain", Kind::Str),
+    ("cookie_secure", Kind::Bool),
+    ("cookie_same_site", Kind::Str),
+    ("session_lifetime", Kind::Str),
+    ("refresh_margin", Kind::Str),
+    ("clock_leeway", Kind::Str),
+    ("bypass_paths", Kind::Strs),
+    ("callout_timeout", Kind::Str),
+    ("jwks_refresh_interval", Kind::Str),
+    ("claim_rules", Kind::Any),
+    ("backchannel_logout_path", Kind::Str),
+    ("identity_headers", Kind::StrMap),
+];
+
+impl Raw {
+    /// The fields of a pluginConfig object. The first unknown or mistyped field, in document order, is the
+    /// error; a mistyped one is reported without its value (it may be a secret).
+    fn read(mut obj: Object) -> Result<Raw, ConfigError> {
+        for (name, value) in obj.iter() {
+            let Some(&(_, kind)) = FIELDS.iter().find(|(n, _)| *n == name) else {
+                return Err(err(
+                    &plain_field(name),
+                    "not valid JSON for this filter (unknown field)",
+                ));
+            };
+            let expected = match (kind, value) {
+                (_, Value::Null)
+                | (Kind::Any, _)
+                | (Kind::Str, Value::String(_))
+                | (Kind::Bool, Value::Bool(_)) => continue,
+                (Kind::Strs, Value::Array(a)) if a.iter().all(Value::is_string) => continue,
+                (Kind::StrMap, Value::Object(m)) if m.iter().all(|(_, v)| v.is_string()) => {
+                    continue;
+                }
+                // A list or map with something other than a string in it.
+                (Kind::Strs, Value::Array(_))
+                | (Kind::StrMap, Value::Object(_))
+                | (Kind::Str, _) => "a string",
+                (Kind::Bool, _) => "a boolean",
+                (Kind::Strs, _) => "a sequence",
+                (Kind::StrMap, _) => "a map",
+            };
+            return Err(err(
+                "pluginConfig",
+                format!("not valid JSON for this filter (wrong type, expected {expected})"),
+            ));
+        }
+        let mut identity_headers: Option<Vec<(String, String)>> =
+            match obj.remove("identity_headers") {
+                Some(Value::Object(m)) => Some(
+                    m.into_iter()
+                        .filter_map(|(h, c)| Some((h, c.as_str()?.to_string())))
+                        .collect(),
+                ),
+                _ => None,
+            };
+        if let Some(h) = &mut identity_headers {
+            h.sort();
+        }
+        Ok(Raw {
+            issuer: text(&mut obj, "issuer"),
+            client_id: text(&mut obj, "client_id"),
+            client_secret: text(&mut obj, "client_secret").map(Secret::new),
+            client_secret_env: text(&mut obj, "client_secret_env"),
+            cookie_keys: texts(&mut obj, "cookie_keys")
+                .map(|keys| keys.into_iter().map(Secret::new).collect()),
+            cookie_keys_env: text(&mut obj, "cookie_keys_env"),
+            idp_cluster: text(&mut obj, "idp_cluster"),
+            redirect_uri: text(&mut obj, "redirect_uri"),
+            callback_path: text(&mut obj, "callback_path"),
+            login_path: text(&mut obj, "login_path"),
+            logout_path: text(&mut obj, "logout_path"),
+            post_logout_redirect_uri: text(&mut obj, "post_logout_redirect_uri"),
+            scopes: texts(&mut obj, "scopes"),
+            forward_token: text(&mut obj, "forward_token"),
+            token_endpoint_auth: text(&mut obj, "token_endpoint_auth"),
+            cookie_name: text(&mut obj, "cookie_name"),
+            cookie_domain: text(&mut obj, "cookie_domain"),
+            cookie_secure: obj.get("cookie_secure").and_then(Value::as_bool),
+            cookie_same_site: text(&mut obj, "cookie_same_site"),
+            session_lifetime: text(&mut obj, "session_lifetime"),
+            refresh_margin: text(&mut obj, "refresh_margin"),
+            clock_leeway: text(&mut obj, "clock_leeway"),
+            bypass_paths: texts(&mut obj, "bypass_paths"),
+            callout_timeout: text(&mut obj, "callout_timeout"),
+            jwks_refresh_interval: text(&mut obj, "jwks_refresh_interval"),
+            claim_rules: obj.remove("claim_rules").filter(|v| !v.is_null()),
+            backchannel_logout_path: text(&mut obj, "backchannel_logout_path"),
+            identity_headers,
+        })
+    }
+}
+
+/// A string field, taken out of `obj` (checked by [`Raw::read`]: a string or `null`).
+fn text(obj: &mut Object, name: &str) -> Option<String> {
+    match obj.remove(name) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// A list-of-strings field, taken out of `obj` (checked by [`Raw::read`]).
+fn texts(obj: &mut Object, name: &str) -> Option<Vec<String>> {
+    match obj.remove(name) {
+        Some(Value::Array(a)) => Some(
+            a.into_iter()
+                .filter_map(|v| match v {
+                    Value::String(s) => Some(s),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// A field name as an error may repeat it: a plain identifier. Anything else (an empty or odd key, a pasted
+/// value, a newline) is not echoed.
+fn plain_field(name: &str) -> String {
+    if (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        name.to_string()
+    } else {
+        "pluginConfig".to_string()
+    }
+}
+
+/// Reads the pluginConfig document. Errors give a position, never a value; `what` says what it is not.
+fn parse_json(json: &[u8], what: &str) -> Result<Value, ConfigError> {
+    let v = json::parse(json).map_err(|e| {
+        let (line, column) = e.line_col(json);
+        err(
+            "pluginConfig",
+            format!("{what} (syntax error at line {line} column {column})"),
+        )
+    })?;
+    // A field given twice is a mistake: which one was meant?
+    const DUPLICATE: &str = "not valid JSON for this filter (duplicate field)";
+    if let Some(name) = v.as_object().and_then(Object::duplicate) {
+        return Err(err(&plain_field(name), DUPLICATE));
+    }
+    if v.find_duplicate().is_some() {
+        return Err(err("pluginConfig", DUPLICATE));
+    }
+    Ok(v)
 }
 
 impl Config {
@@ -127,27 +307,17 @@ impl Config {
                 "pluginConfig is empty; issuer, client_id, a client secret and cookie keys are required",
             ));
         }
-        let raw: Raw = serde_json::from_slice(json).map_err(|e| {
-            // serde's message names the unknown or mistyped field; keep it but never echo values.
-            err(
-                &field_from_serde(&e.to_string()),
-                format!("not valid JSON for this filter ({})", classify(&e)),
-            )
-        })?;
-        Self::from_raw(raw, env)
+        match parse_json(json, "not valid JSON for this filter")? {
+            Value::Object(obj) => Self::from_object(obj, env),
+            _ => Err(err("pluginConfig", "must be a JSON object")),
+        }
     }
 
-    fn from_value(
-        v: serde_json::Value,
+    fn from_object(
+        obj: Object,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let raw: Raw = serde_json::from_value(v).map_err(|e| {
-            err(
-                &field_from_serde(&e.to_string()),
-                format!("not valid JSON for this filter ({})", classify(&e)),
-            )
-        })?;
-        Self::from_raw(raw, env)
+        Self::from_raw(Raw::read(obj)?, env)
     }
 
     fn from_raw(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -434,17 +604,14 @@ impl Plugin {
     /// With `hosts: [{"hosts": ["grafana.example.com", "*.apps.example.com"], …overrides}]`, each entry is a
     /// site of its own that inherits every top-level field it does not set.
     pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Plugin, ConfigError> {
-        let mut top: serde_json::Value = if json.iter().all(u8::is_ascii_whitespace) {
+        if json.iter().all(u8::is_ascii_whitespace) {
             return Config::parse(json, env).map(Plugin::single);
-        } else {
-            serde_json::from_slice(json)
-                .map_err(|e| err("pluginConfig", format!("not valid JSON ({})", classify(&e))))?
-        };
-        let Some(obj) = top.as_object_mut() else {
+        }
+        let Value::Object(mut top) = parse_json(json, "not valid JSON")? else {
             return Err(err("pluginConfig", "must be a JSON object"));
         };
-        let entries = obj.remove("hosts");
-        let unmatched = obj.remove("unmatched_hosts");
+        let entries = top.remove("hosts");
+        let unmatched = top.remove("unmatched_hosts");
         let Some(entries) = entries else {
             if unmatched.is_some() {
                 return Err(err(
@@ -452,15 +619,15 @@ impl Plugin {
                     "only meaningful together with `hosts`",
                 ));
             }
-            return Config::from_value(top, env).map(Plugin::single);
+            return Config::from_object(top, env).map(Plugin::single);
         };
         let entries = match entries {
-            serde_json::Value::Array(a) if !a.is_empty() && a.len() <= 64 => a,
+            Value::Array(a) if !a.is_empty() && a.len() <= 64 => a,
             _ => return Err(err("hosts", "a list of 1 to 64 objects")),
         };
         let mut sites = Vec::new();
-        let default_site = if obj.contains_key("issuer") {
-            sites.push(Config::from_value(top.clone(), env)?);
+        let default_site = if top.contains_key("issuer") {
+            sites.push(Config::from_object(top.clone(), env)?);
             Some(0)
         } else {
             None
@@ -472,11 +639,11 @@ impl Plugin {
                 field: format!("hosts[{i}].{}", e.field),
                 reason: e.reason,
             };
-            let serde_json::Value::Object(mut entry) = entry else {
+            let Value::Object(mut entry) = entry else {
                 return Err(at(err("hosts", "each entry is an object")));
             };
             let patterns = match entry.remove("hosts") {
-                Some(serde_json::Value::Array(h)) if !h.is_empty() => h,
+                Some(Value::Array(h)) if !h.is_empty() => h,
                 _ => {
                     return Err(at(err(
                         "hosts",
@@ -510,13 +677,13 @@ impl Plugin {
                 .is_some_and(|i| Some(i) != top_issuer.as_ref())
                 && !entry.contains_key("idp_cluster");
             let mut merged = top.clone();
-            if let Some(m) = merged.as_object_mut() {
-                if other_idp {
-                    m.remove("idp_cluster");
-                }
-                m.extend(entry);
+            if other_idp {
+                merged.remove("idp_cluster");
             }
-            let mut site = Config::from_value(merged, env).map_err(at)?;
+            for (name, value) in entry {
+                merged.insert(name, value);
+            }
+            let mut site = Config::from_object(merged, env).map_err(at)?;
             if !explicit_cookie {
                 // Each site seals under its own cookie name (the AEAD's associated data), so a session
                 // of one host's IdP never opens on another host.
@@ -637,41 +804,6 @@ pub const DEFAULT_IDENTITY_HEADERS: [(&str, &str); 4] = [
     ("x-auth-request-groups", "groups"),
     ("x-auth-request-preferred-username", "preferred_username"),
 ];
-
-fn field_from_serde(msg: &str) -> String {
-    // serde_json says e.g. "unknown field `foo`, expected one of …" or "invalid type: …".
-    for prefix in ["unknown field `", "missing field `"] {
-        // Only a name that can be a field: an empty or odd key (a pasted value, a newline) is not echoed.
-        if let Some(rest) = msg.strip_prefix(prefix)
-            && let Some(end) = rest.find('`')
-            && (1..=64).contains(&end)
-            && rest[..end]
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            return rest[..end].to_string();
-        }
-    }
-    "pluginConfig".to_string()
-}
-
-fn classify(e: &serde_json::Error) -> String {
-    let msg = e.to_string();
-    if msg.starts_with("unknown field") {
-        "unknown field".into()
-    } else if msg.starts_with("invalid type") {
-        // "invalid type: string \"…\", expected …" can quote a secret; keep only what was expected.
-        match msg.find("expected") {
-            Some(i) => format!(
-                "wrong type, {}",
-                msg[i..].split(" at line").next().unwrap_or("")
-            ),
-            None => "wrong type".into(),
-        }
-    } else {
-        format!("syntax error at line {} column {}", e.line(), e.column())
-    }
-}
 
 fn non_empty(field: &str, v: Option<String>) -> Result<String, ConfigError> {
     match v {
@@ -920,6 +1052,100 @@ mod tests {
             "kept as configured"
         );
         assert_eq!(c.issuer_url.as_str(), "https://idp.example.com/realms/x");
+    }
+
+    #[test]
+    fn null_is_absent_and_types_are_checked() {
+        let c = parse(&with("cookie_name", serde_json::Value::Null)).unwrap();
+        assert_eq!(c.cookie_name, "_oidc_session");
+        let c = parse(&with("claim_rules", serde_json::Value::Null)).unwrap();
+        assert!(c.access.is_empty());
+        use serde_json::json;
+        for (field, value, expected) in [
+            ("cookie_secure", json!("yes"), "expected a boolean"),
+            ("cookie_secure", json!(1), "expected a boolean"),
+            ("issuer", json!(true), "expected a string"),
+            (
+                "client_secret",
+                json!({"a": "s3cret-value"}),
+                "expected a string",
+            ),
+            (
+                "client_secret",
+                json!(["s3cret-value"]),
+                "expected a string",
+            ),
+            ("scopes", json!("openid"), "expected a sequence"),
+            (
+                "scopes",
+                json!({"openid": "s3cret-value"}),
+                "expected a sequence",
+            ),
+            ("scopes", json!(["openid", 1]), "expected a string"),
+            ("cookie_keys", json!([KEY, null]), "expected a string"),
+            ("identity_headers", json!(["x-user"]), "expected a map"),
+            (
+                "identity_headers",
+                json!({"x-user": 1}),
+                "expected a string",
+            ),
+        ] {
+            let e = parse(&with(field, value)).unwrap_err();
+            assert_eq!(e.field, "pluginConfig", "{field}: {e}");
+            assert_eq!(
+                e.reason,
+                format!("not valid JSON for this filter (wrong type, {expected})"),
+                "{field}"
+            );
+            assert!(!e.to_string().contains("s3cret-value"), "{e}");
+        }
+        // The first problem in document order is the one reported, as serde did.
+        let e = parse(r#"{"zzz": 1, "cookie_secure": "yes"}"#).unwrap_err();
+        assert_eq!(e.field, "zzz");
+        assert_eq!(e.reason, "not valid JSON for this filter (unknown field)");
+        let e = parse(r#"{"cookie_secure": "yes", "zzz": 1}"#).unwrap_err();
+        assert_eq!(e.field, "pluginConfig");
+    }
+
+    #[test]
+    fn syntax_errors_and_duplicates() {
+        let e = parse("{\n  \"issuer\": \"x\",\n}").unwrap_err();
+        assert_eq!(e.field, "pluginConfig");
+        assert_eq!(
+            e.reason,
+            "not valid JSON for this filter (syntax error at line 3 column 1)"
+        );
+        let e = Plugin::parse(b"{\"issuer\": 01}", &no_env).unwrap_err();
+        assert_eq!(e.field, "pluginConfig");
+        assert_eq!(
+            e.reason,
+            "not valid JSON (syntax error at line 1 column 13)"
+        );
+        for not_an_object in ["[]", "\"x\"", "null", "1"] {
+            assert_eq!(parse(not_an_object).unwrap_err().field, "pluginConfig");
+            let e = Plugin::parse(not_an_object.as_bytes(), &no_env).unwrap_err();
+            assert_eq!(e.field, "pluginConfig");
+        }
+        // A field given twice: which one was meant? Refused, naming it when it is a top-level field.
+        let twice =
+            r#"{"issuer": "https://idp.example.com", "client_id": "app", "client_secret": "s",
+            "cookie_keys": ["KEY"], "client_id": "other"}"#
+                .replace("KEY", KEY);
+        for e in [
+            parse(&twice).unwrap_err(),
+            Plugin::parse(twice.as_bytes(), &no_env).unwrap_err(),
+        ] {
+            assert_eq!(e.field, "client_id");
+            assert_eq!(e.reason, "not valid JSON for this filter (duplicate field)");
+        }
+        let nested = with(
+            "claim_rules",
+            serde_json::json!([{"rule": {"claim": "groups", "contains_any": ["a"]}}]),
+        )
+        .replace(r#""rule":"#, r#""rule": {}, "rule":"#);
+        assert_eq!(parse(&nested).unwrap_err().field, "pluginConfig");
+        let odd = r#"{"a\nb": 1, "a\nb": 2}"#;
+        assert_eq!(parse(odd).unwrap_err().field, "pluginConfig");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::claims;
 use crate::config::{Config, ForwardToken};
 use crate::cookies::{self, CookieAttrs};
 use crate::form;
+use crate::json;
 use crate::oidc::id_token::{self, Expected, IdTokenError};
 use crate::oidc::jwks::Jwks;
 use crate::oidc::logout_token;
@@ -183,7 +184,7 @@ pub struct Cached {
     /// The identity headers for this user, computed once per opened cookie.
     pub identity: IdentityHeaders,
     /// The claims rules and identity headers read.
-    pub claims: serde_json::Map<String, serde_json::Value>,
+    pub claims: json::Object,
     /// The ID token's `sid` and `iat`, for back-channel logout.
     pub sid: Option<String>,
     pub iat: u64,
@@ -350,21 +351,12 @@ fn open_cached(cfg: &Config, state: &mut State, sealed: &str, now: u64) -> Optio
 /// True when the ID token names this issuer and this client. It was verified before it was sealed, so the
 /// payload is read without a signature check.
 fn issued_to(cfg: &Config, id_token: &Secret) -> bool {
-    use base64::Engine as _;
-    let claims: Option<serde_json::Map<String, serde_json::Value>> = id_token
-        .expose()
-        .split('.')
-        .nth(1)
-        .and_then(|p| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p)
-                .ok()
-        })
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let Some(claims) = claims else { return false };
-    let ours = |v: &serde_json::Value| v.as_str() == Some(cfg.client_id.as_str());
+    let Some(claims) = token_payload(id_token) else {
+        return false;
+    };
+    let ours = |v: &json::Value| v.as_str() == Some(cfg.client_id.as_str());
     let aud = match claims.get("aud") {
-        Some(serde_json::Value::Array(list)) => list.iter().any(ours),
+        Some(json::Value::Array(list)) => list.iter().any(ours),
         Some(v) => ours(v),
         None => false,
     };
@@ -498,7 +490,7 @@ fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
 fn forbidden(cfg: &Config, browser: bool, s: &Cached) -> Step {
     let who = ["preferred_username", "email"]
         .iter()
-        .find_map(|c| s.claims.get(*c).and_then(|v| v.as_str()))
+        .find_map(|c| s.claims.get(c).and_then(|v| v.as_str()))
         .unwrap_or(&s.session.sub);
     let (content_type, body) = if browser {
         (
@@ -513,8 +505,11 @@ fn forbidden(cfg: &Config, browser: bool, s: &Cached) -> Step {
     } else {
         (
             "application/json",
-            serde_json::json!({"error": "forbidden", "user": who, "logout": cfg.logout_path})
-                .to_string(),
+            json::object_of_strings(&[
+                ("error", "forbidden"),
+                ("logout", &cfg.logout_path),
+                ("user", who),
+            ]),
         )
     };
     Step::Respond(Reply {
@@ -1236,26 +1231,8 @@ fn new_session(
 /// The claims that rules and identity headers read, from the session's ID token. The token was verified
 /// before it was sealed and the cookie is authenticated, so its payload is trusted without a signature check;
 /// reading it here (once per opened cookie) keeps the cookie from carrying the claims twice.
-fn token_facts(
-    cfg: &Config,
-    id_token: &Secret,
-) -> (
-    serde_json::Map<String, serde_json::Value>,
-    Option<String>,
-    u64,
-) {
-    use base64::Engine as _;
-    let all: serde_json::Map<String, serde_json::Value> = id_token
-        .expose()
-        .split('.')
-        .nth(1)
-        .and_then(|p| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p)
-                .ok()
-        })
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>, u64) {
+    let all = token_payload(id_token).unwrap_or_default();
     let kept = cfg
         .keep_claims
         .iter()
@@ -1264,6 +1241,16 @@ fn token_facts(
     let sid = all.get("sid").and_then(|v| v.as_str()).map(str::to_string);
     let iat = all.get("iat").and_then(|v| v.as_u64()).unwrap_or(0);
     (kept, sid, iat)
+}
+
+/// The claims of a sealed session's ID token (verified before it was sealed), unchecked.
+fn token_payload(id_token: &Secret) -> Option<json::Object> {
+    use base64::Engine as _;
+    let payload = id_token.expose().split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    json::parse_object(&bytes).ok()
 }
 
 /// A logout token posted by the IdP: on success the sessions it names end (here at once, on the other
@@ -1276,7 +1263,7 @@ pub fn on_backchannel_logout(cfg: &Config, state: &mut State, env: &Env, body: &
         let body = if error.is_empty() {
             String::new()
         } else {
-            serde_json::json!({ "error": error }).to_string()
+            json::object_of_strings(&[("error", error)])
         };
         Step::Respond(Reply {
             status,

@@ -1,8 +1,8 @@
 //! oidc-filter: OpenID Connect login for Envoy, as a proxy-wasm module.
 //!
 //! Everything that decides lives in modules that never touch the host (`config`, `session`, `cookies`,
-//! `oidc`, `paths`, `provider`, `flow`, `weburl`, `form`, `wire`); `adapter` is the only place that talks to
-//! proxy-wasm.
+//! `oidc`, `paths`, `provider`, `flow`, `weburl`, `form`, `json`, `wire`); `adapter` is the only place that
+//! talks to proxy-wasm.
 
 pub mod claims;
 pub mod config;
@@ -10,6 +10,7 @@ pub mod cookies;
 pub mod flow;
 pub mod form;
 pub mod headers;
+pub mod json;
 pub mod oidc;
 pub mod paths;
 pub mod provider;

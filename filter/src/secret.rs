@@ -5,8 +5,7 @@ use std::fmt;
 /// A secret value. `Debug` and `Display` print `[redacted]`, so a secret cannot reach a log line by accident.
 ///
 /// Only read from JSON (the plugin configuration); never written as JSON.
-#[derive(Clone, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(String);
 
 impl Secret {

@@ -2,8 +2,7 @@
 
 use std::fmt;
 
-use serde::Deserialize;
-
+use crate::json::{self, Value};
 use crate::weburl::WebUrl;
 
 /// Discovery documents are a few kilobytes; anything far larger is not one.
@@ -63,8 +62,7 @@ pub fn parse(body: &[u8], expected_issuer: &str) -> Result<ProviderMetadata, Dis
             "larger than {MAX_BODY} bytes"
         )));
     }
-    let raw: RawMetadata =
-        serde_json::from_slice(body).map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
+    let raw = RawMetadata::read(body)?;
 
     let issuer = raw.issuer.ok_or(DiscoveryError::MissingField("issuer"))?;
     // Byte-for-byte: a trailing slash or different case is a different issuer, and tokens carry this
@@ -100,7 +98,6 @@ pub fn discovery_path(issuer: &WebUrl) -> String {
 }
 
 /// The document as sent; unknown members are ignored (providers publish many we don't use).
-#[derive(Deserialize)]
 struct RawMetadata {
     issuer: Option<String>,
     authorization_endpoint: Option<String>,
@@ -109,6 +106,45 @@ struct RawMetadata {
     end_session_endpoint: Option<String>,
     token_endpoint_auth_methods_supported: Option<Vec<String>>,
     code_challenge_methods_supported: Option<Vec<String>>,
+}
+
+impl RawMetadata {
+    /// The members we use: `null` is absent, another type or a second member of the same name is an error.
+    fn read(body: &[u8]) -> Result<RawMetadata, DiscoveryError> {
+        let doc = json::parse_object(body).map_err(|e| DiscoveryError::Malformed(e.to_string()))?;
+        let member = |name: &str| -> Result<Option<&Value>, DiscoveryError> {
+            if doc.keys().filter(|k| *k == name).nth(1).is_some() {
+                return Err(DiscoveryError::Malformed(format!(
+                    "duplicate member {name}"
+                )));
+            }
+            Ok(doc.get(name).filter(|v| !v.is_null()))
+        };
+        let text = |name: &str| match member(name)? {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(DiscoveryError::Malformed(format!("{name} is not a string"))),
+        };
+        let list = |name: &str| match member(name)? {
+            None => Ok(None),
+            Some(v) => v
+                .as_array()
+                .and_then(|a| a.iter().map(|s| s.as_str().map(str::to_owned)).collect())
+                .map(Some)
+                .ok_or_else(|| {
+                    DiscoveryError::Malformed(format!("{name} is not a list of strings"))
+                }),
+        };
+        Ok(RawMetadata {
+            issuer: text("issuer")?,
+            authorization_endpoint: text("authorization_endpoint")?,
+            token_endpoint: text("token_endpoint")?,
+            jwks_uri: text("jwks_uri")?,
+            end_session_endpoint: text("end_session_endpoint")?,
+            token_endpoint_auth_methods_supported: list("token_endpoint_auth_methods_supported")?,
+            code_challenge_methods_supported: list("code_challenge_methods_supported")?,
+        })
+    }
 }
 
 fn endpoint(field: &'static str, value: Option<String>) -> Result<WebUrl, DiscoveryError> {
@@ -238,6 +274,27 @@ mod tests {
             parse(br#"{"issuer": 42}"#, ISSUER),
             Err(DiscoveryError::Malformed(_))
         ));
+        for bad in [
+            &br#"[]"#[..],
+            br#"{"issuer": "https://idp.example.com",}"#,
+            br#"{"issuer": "https://idp.example.com", "issuer": "https://evil.example"}"#,
+            br#"{"issuer": "https://idp.example.com", "jwks_uri": ["https://idp.example.com/k"]}"#,
+            br#"{"issuer": "https://idp.example.com", "code_challenge_methods_supported": ["S256", 1]}"#,
+            br#"{"issuer": "https://idp.example.com", "code_challenge_methods_supported": "S256"}"#,
+        ] {
+            assert!(
+                matches!(parse(bad, ISSUER), Err(DiscoveryError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Members we don't read may be anything, even repeated; `null` is absent.
+        let doc = br#"{"issuer":"https://idp.example.com","authorization_endpoint":"https://idp.example.com/a",
+            "token_endpoint":"https://idp.example.com/t","jwks_uri":"https://idp.example.com/k",
+            "x":1,"x":[{}],"end_session_endpoint":null,"code_challenge_methods_supported":null}"#;
+        let m = parse(doc, ISSUER).unwrap();
+        assert_eq!(m.end_session_endpoint, None);
+        assert!(m.code_challenge_methods_supported.is_empty());
         let huge = vec![b' '; MAX_BODY + 1];
         assert!(matches!(
             parse(&huge, ISSUER),

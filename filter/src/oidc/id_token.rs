@@ -2,10 +2,9 @@
 
 use std::fmt;
 
+use crate::json::{self, Number, Object, Value};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, Visitor};
-use serde_json::{Map, Value};
 
 use super::jwks::{Alg, Jwks};
 
@@ -38,7 +37,7 @@ pub struct Claims {
     /// The IdP session id, for logout.
     pub sid: Option<String>,
     /// Every claim of the payload, the ones above included.
-    pub all: Map<String, Value>,
+    pub all: Object,
 }
 
 /// Why an ID token was refused. Messages name the cause and carry no token material.
@@ -101,7 +100,7 @@ pub fn verify(token: &str, jwks: &Jwks, expected: &Expected) -> Result<Claims, I
 /// Verifies a JWT's signature against `jwks` (algorithm from our allow-list, key by `kid`) and returns its
 /// claims, unchecked: the caller judges them (ID tokens here, logout tokens in `logout_token`). Only the
 /// registered claims' types are checked here, for both.
-pub fn verify_signature(token: &str, jwks: &Jwks) -> Result<Map<String, Value>, IdTokenError> {
+pub fn verify_signature(token: &str, jwks: &Jwks) -> Result<Object, IdTokenError> {
     if token.len() > MAX_TOKEN {
         return Err(IdTokenError::Malformed);
     }
@@ -151,7 +150,7 @@ pub fn verify_signature(token: &str, jwks: &Jwks) -> Result<Map<String, Value>, 
 /// The header members besides `alg` and `kid` that change how a JWS is read (RFC 7515 4.1). We implement
 /// no extension, so any `crit` is refused (4.1.11; an empty one is invalid anyway). A `typ`, when present,
 /// must say JWT: `JWT`, or a `...+jwt` media type such as the logout token's `logout+jwt`.
-fn check_header(header: &Map<String, Value>) -> Result<(), IdTokenError> {
+fn check_header(header: &Object) -> Result<(), IdTokenError> {
     if header.contains_key("crit") {
         return Err(IdTokenError::Malformed);
     }
@@ -173,7 +172,7 @@ fn check_header(header: &Map<String, Value>) -> Result<(), IdTokenError> {
 
 /// The registered claims (RFC 7519 4.1) must have their registered types, whether or not the caller reads
 /// them: times are NumericDates, `iss`, `sub`, `jti` and `nonce` strings, `aud` a string or strings.
-fn check_claim_types(claims: &Map<String, Value>) -> Result<(), IdTokenError> {
+fn check_claim_types(claims: &Object) -> Result<(), IdTokenError> {
     for name in ["exp", "nbf", "iat"] {
         numeric_date(claims, name)?;
     }
@@ -203,7 +202,7 @@ impl fmt::Debug for Claims {
     }
 }
 
-fn check_claims(all: Map<String, Value>, expected: &Expected) -> Result<Claims, IdTokenError> {
+fn check_claims(all: Object, expected: &Expected) -> Result<Claims, IdTokenError> {
     if all.get("iss").and_then(Value::as_str) != Some(expected.issuer) {
         return Err(IdTokenError::WrongIssuer);
     }
@@ -274,64 +273,30 @@ fn check_claims(all: Map<String, Value>, expected: &Expected) -> Result<Claims, 
 }
 
 /// A NumericDate claim (RFC 7519 2: seconds, possibly fractional). `Ok(None)` when absent.
-pub(crate) fn numeric_date(
-    claims: &Map<String, Value>,
-    name: &str,
-) -> Result<Option<u64>, IdTokenError> {
+pub(crate) fn numeric_date(claims: &Object, name: &str) -> Result<Option<u64>, IdTokenError> {
     let Some(value) = claims.get(name) else {
         return Ok(None);
     };
-    if let Some(secs) = value.as_u64() {
-        return Ok(Some(secs));
-    }
-    match value.as_f64() {
-        // Truncation is the intent: a fraction of a second changes no decision.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        Some(secs) if secs.is_finite() && secs >= 0.0 => Ok(Some(secs as u64)),
-        _ => Err(IdTokenError::Malformed),
-    }
+    // Truncation is the intent: a fraction of a second changes no decision. Beyond u64, u64::MAX.
+    value
+        .as_number()
+        .and_then(Number::floor_u64)
+        .map(Some)
+        .ok_or(IdTokenError::Malformed)
 }
 
-/// A base64url (unpadded, RFC 7515 2) JSON object: the JOSE header or the claims set.
-fn decode_json(segment: &str) -> Result<Map<String, Value>, IdTokenError> {
+/// A base64url (unpadded, RFC 7515 2) JSON object: the JOSE header or the claims set. Its member names
+/// must be unique: RFC 7515 4 and RFC 7519 4 allow either refusing duplicate header parameters and claims
+/// or taking the last one; refusing leaves no doubt about which one the IdP meant.
+fn decode_json(segment: &str) -> Result<Object, IdTokenError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(segment)
         .map_err(|_| IdTokenError::Malformed)?;
-    serde_json::from_slice::<UniqueMembers>(&bytes)
-        .map(|object| object.0)
-        .map_err(|_| IdTokenError::Malformed)
-}
-
-/// A JSON object whose member names are unique. RFC 7515 4 and RFC 7519 4 allow either refusing duplicate
-/// header parameters and claims or taking the last one; refusing leaves no doubt about which one the IdP
-/// meant.
-struct UniqueMembers(Map<String, Value>);
-
-impl<'de> Deserialize<'de> for UniqueMembers {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> Visitor<'de> for Members {
-            type Value = UniqueMembers;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut access: A,
-            ) -> Result<UniqueMembers, A::Error> {
-                let mut members = Map::new();
-                while let Some((name, value)) = access.next_entry::<String, Value>()? {
-                    if members.insert(name, value).is_some() {
-                        return Err(A::Error::custom("duplicate member"));
-                    }
-                }
-                Ok(UniqueMembers(members))
-            }
-        }
-        deserializer.deserialize_map(Members)
+    let object = json::parse_object(&bytes).map_err(|_| IdTokenError::Malformed)?;
+    if object.duplicate().is_some() {
+        return Err(IdTokenError::Malformed);
     }
+    Ok(object)
 }
 
 /// The `alg` is attacker-chosen text that ends up in a log line: keep it short and plain.
@@ -344,7 +309,10 @@ fn sanitize_alg(alg: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
+    use crate::json::testing::from_serde;
 
     const KEYS: &[u8] = include_bytes!("../../../testdata/jwks/keys.json");
     const NOW: u64 = 1_900_000_000;
@@ -393,7 +361,11 @@ mod tests {
             assert_eq!(claims.iat, NOW, "{name}");
             assert_eq!(claims.exp, NOW + 3600, "{name}");
             assert_eq!(claims.sid.as_deref(), Some("sid-1"), "{name}");
-            assert_eq!(claims.all["email"], "user-1@example.com", "{name}");
+            assert_eq!(
+                claims.all.get("email").and_then(json::Value::as_str),
+                Some("user-1@example.com"),
+                "{name}"
+            );
         }
     }
 
@@ -558,11 +530,17 @@ mod tests {
     #[test]
     fn fractional_times_are_accepted() {
         let mut claims = check(token!("valid-rs256")).unwrap().all;
-        claims.insert("exp".into(), serde_json::json!(1_900_003_600.5));
-        claims.insert("iat".into(), serde_json::json!(1_900_000_000.25));
+        claims.insert(
+            "exp".into(),
+            from_serde(&serde_json::json!(1_900_003_600.5)),
+        );
+        claims.insert(
+            "iat".into(),
+            from_serde(&serde_json::json!(1_900_000_000.25)),
+        );
         let c = check_claims(claims.clone(), &expected()).unwrap();
         assert_eq!((c.iat, c.exp), (NOW, NOW + 3600));
-        claims.insert("exp".into(), serde_json::json!("tomorrow"));
+        claims.insert("exp".into(), from_serde(&serde_json::json!("tomorrow")));
         assert_eq!(
             check_claims(claims, &expected()),
             Err(IdTokenError::Malformed)
@@ -580,7 +558,7 @@ mod jws_tests {
     };
     use p256::ecdsa::signature::Signer as _;
     use rsa::BigUint;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -691,7 +669,7 @@ mod jws_tests {
         claims_json().to_string()
     }
 
-    fn verify(token: &str) -> Result<Map<String, Value>, IdTokenError> {
+    fn verify(token: &str) -> Result<Object, IdTokenError> {
         verify_signature(token, &jwks())
     }
 
@@ -723,7 +701,11 @@ mod jws_tests {
             let token = signed(alg);
             assert_eq!(header(&token)["alg"], alg.as_str());
             let claims = verify(&token).unwrap_or_else(|e| panic!("{alg}: {e}"));
-            assert_eq!(claims["sub"], "user-1", "{alg}");
+            assert_eq!(
+                claims.get("sub").and_then(json::Value::as_str),
+                Some("user-1"),
+                "{alg}"
+            );
         }
     }
 

@@ -5,12 +5,12 @@
 
 use std::fmt;
 
+use crate::json::{self, Object, Value};
 use ed25519_compact::{PublicKey as Ed25519Key, Signature as Ed25519Signature};
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use p256::elliptic_curve::point::AffineCoordinates;
 use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, Pkcs1v15Sign, Pss, RsaPublicKey};
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use super::b64url_lenient;
@@ -138,8 +138,7 @@ impl Jwks {
         if body.len() > MAX_BODY {
             return Err(JwksError::TooLarge);
         }
-        let doc: Value =
-            serde_json::from_slice(body).map_err(|e| JwksError::Malformed(e.to_string()))?;
+        let doc = json::parse(body).map_err(|e| JwksError::Malformed(e.to_string()))?;
         let entries = doc
             .get("keys")
             .and_then(Value::as_array)
@@ -289,7 +288,7 @@ const RSA_ALGS: [Alg; 6] = [
 ];
 
 /// The usable keys one JWK yields, or `None` when it must be skipped.
-fn usable_keys(jwk: &Map<String, Value>) -> Option<Vec<Jwk>> {
+fn usable_keys(jwk: &Object) -> Option<Vec<Jwk>> {
     let text = |name: &str| -> Result<Option<&str>, ()> {
         match jwk.get(name) {
             None => Ok(None),
@@ -405,6 +404,8 @@ fn rsa_key(n: &[u8], e: &[u8]) -> Option<RsaPublicKey> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Map, Value};
+
     use super::*;
 
     const KEYS: &[u8] = include_bytes!("../../../testdata/jwks/keys.json");

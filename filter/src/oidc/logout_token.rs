@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde_json::Value;
+use crate::json::Value;
 
 use super::id_token::{self, IdTokenError, numeric_date};
 use super::jwks::Jwks;
@@ -111,7 +111,7 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use jwt_simple::prelude::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 

@@ -2,9 +2,9 @@
 
 use std::fmt;
 
+use crate::json::{self, Object, Value};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use serde_json::{Map, Value};
 
 use crate::form;
 use crate::secret::Secret;
@@ -144,7 +144,7 @@ pub fn parse_response(status: u16, body: &[u8]) -> Result<TokenResponse, TokenEr
     if body.len() > MAX_BODY {
         return Err(TokenError::Malformed("body too large"));
     }
-    let json: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
+    let json: Option<Object> = json::parse_object(body).ok();
 
     // An `error` member means failure whatever the status: some IdPs answer errors with 200.
     let error = json.as_ref().and_then(|j| j.get("error"));
@@ -211,10 +211,7 @@ fn form_request(
 }
 
 /// A token member: absent is `None`; present must be a non-empty string.
-fn optional_token(
-    json: &Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<Secret>, TokenError> {
+fn optional_token(json: &Object, name: &'static str) -> Result<Option<Secret>, TokenError> {
     match json.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if !s.is_empty() => Ok(Some(Secret::new(s.as_str()))),
@@ -227,7 +224,7 @@ fn optional_token(
 }
 
 /// `expires_in` is a number (RFC 6749 5.1), but some IdPs send it as a string of digits.
-fn expires_in(json: &Map<String, Value>) -> Result<Option<u64>, TokenError> {
+fn expires_in(json: &Object) -> Result<Option<u64>, TokenError> {
     match json.get("expires_in") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
