@@ -243,28 +243,7 @@ mod tests {
 
     #[test]
     fn random_and_mutated_tables_never_panic() {
-        let valid = sample().encode();
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for round in 0..10_000 {
-            let mut b = if round % 2 == 0 {
-                valid.clone()
-            } else {
-                (0..next() % 64).map(|_| next() as u8).collect()
-            };
-            if let Some(first) = b.first_mut() {
-                *first = VERSION;
-            }
-            let at = (next() % (b.len() as u64 + 1)) as usize;
-            match b.get_mut(at) {
-                Some(byte) => *byte = next() as u8,
-                None => b.push(next() as u8),
-            }
+        for b in crate::wire::mutations(sample().encode(), VERSION, 0x9e37_79b9_7f4a_7c15_u64) {
             let t = Table::decode(&b);
             let _ = t.get(&key("two"), 0);
             assert_eq!(Table::decode(&t.encode()), t);

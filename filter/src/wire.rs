@@ -173,6 +173,35 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Inputs for the decoders' no-panic tests: `valid` with one byte changed or added, and random bytes,
+/// each starting with `version` so the decoder reads past it.
+#[cfg(test)]
+pub(crate) fn mutations(valid: Vec<u8>, version: u8, seed: u64) -> impl Iterator<Item = Vec<u8>> {
+    let mut seed = seed;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    (0..10_000).map(move |round| {
+        let mut b = if round % 2 == 0 {
+            valid.clone()
+        } else {
+            (0..next() % 64).map(|_| next() as u8).collect()
+        };
+        if let Some(first) = b.first_mut() {
+            *first = version;
+        }
+        let at = (next() % (b.len() as u64 + 1)) as usize;
+        match b.get_mut(at) {
+            Some(byte) => *byte = next() as u8,
+            None => b.push(next() as u8),
+        }
+        b
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
