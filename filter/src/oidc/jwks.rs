@@ -5,13 +5,11 @@
 
 use std::fmt;
 
+use super::sig::Hash;
+use super::sig::ecdsa::{Crv, EcKey};
+use super::sig::ed25519::Ed25519Key;
+use super::sig::rsa::RsaKey;
 use crate::json::{self, Object, Value};
-use ed25519_compact::{PublicKey as Ed25519Key, Signature as Ed25519Signature};
-use p256::ecdsa::signature::hazmat::PrehashVerifier;
-use p256::elliptic_curve::point::AffineCoordinates;
-use rsa::traits::PublicKeyParts;
-use rsa::{BigUint, Pkcs1v15Sign, Pss, RsaPublicKey};
-use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use super::b64url_lenient;
 
@@ -126,9 +124,9 @@ pub struct Jwk {
 #[derive(Clone)]
 enum PublicKey {
     /// For RS* and PS*: the algorithm picks the padding and the hash.
-    Rsa(RsaPublicKey),
-    Es256(p256::ecdsa::VerifyingKey),
-    Es384(p384::ecdsa::VerifyingKey),
+    Rsa(RsaKey),
+    /// ES256 or ES384, by the key's curve.
+    Ec(EcKey),
     Ed25519(Ed25519Key),
 }
 
@@ -202,71 +200,37 @@ impl Jwk {
     /// Whether `signature` (the decoded third segment of a compact JWS) is this key's signature, with its
     /// algorithm, over `signing_input` (the first two segments, dot included: RFC 7515 5.2).
     pub(crate) fn verifies(&self, signing_input: &[u8], signature: &[u8]) -> bool {
-        match &self.key {
-            PublicKey::Rsa(key) => rsa_verifies(key, self.alg, signing_input, signature),
-            // JWS ECDSA signatures are the raw r || s (RFC 7518 3.4): `from_slice` takes exactly 64 or 96
-            // bytes (so DER is refused) with r and s in 1..n.
-            PublicKey::Es256(key) => {
-                p256::ecdsa::Signature::from_slice(signature).is_ok_and(|sig| {
-                    key.verify_prehash(&Sha256::digest(signing_input), &sig)
-                        .is_ok()
-                })
+        match (&self.key, self.alg) {
+            (PublicKey::Rsa(key), Alg::RS256) => {
+                key.verify_pkcs1(Hash::Sha256, signing_input, signature)
             }
-            PublicKey::Es384(key) => {
-                p384::ecdsa::Signature::from_slice(signature).is_ok_and(|sig| {
-                    key.verify_prehash(&Sha384::digest(signing_input), &sig)
-                        .is_ok()
-                })
+            (PublicKey::Rsa(key), Alg::RS384) => {
+                key.verify_pkcs1(Hash::Sha384, signing_input, signature)
             }
-            PublicKey::Ed25519(key) => Ed25519Signature::from_slice(signature)
-                .is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
+            (PublicKey::Rsa(key), Alg::RS512) => {
+                key.verify_pkcs1(Hash::Sha512, signing_input, signature)
+            }
+            (PublicKey::Rsa(key), Alg::PS256) => {
+                key.verify_pss(Hash::Sha256, signing_input, signature)
+            }
+            (PublicKey::Rsa(key), Alg::PS384) => {
+                key.verify_pss(Hash::Sha384, signing_input, signature)
+            }
+            (PublicKey::Rsa(key), Alg::PS512) => {
+                key.verify_pss(Hash::Sha512, signing_input, signature)
+            }
+            // JWS ECDSA signatures are the raw r || s (RFC 7518 3.4): exactly 64 or 96 bytes (so DER is
+            // refused), r and s in 1..n.
+            (PublicKey::Ec(key), Alg::ES256) if key.crv() == Crv::P256 => {
+                key.verify_prehash(&Hash::Sha256.digest(&[signing_input]), signature)
+            }
+            (PublicKey::Ec(key), Alg::ES384) if key.crv() == Crv::P384 => {
+                key.verify_prehash(&Hash::Sha384.digest(&[signing_input]), signature)
+            }
+            (PublicKey::Ed25519(key), Alg::EdDSA) => key.verify(signing_input, signature),
+            _ => false,
         }
     }
-}
-
-/// RSASSA-PKCS1-v1_5 (RS*) or RSASSA-PSS with MGF1 of the same hash and a salt as long as the hash
-/// (PS*, RFC 7518 3.5).
-fn rsa_verifies(key: &RsaPublicKey, alg: Alg, signing_input: &[u8], signature: &[u8]) -> bool {
-    // RFC 8017 8.1.2 and 8.2.2: the signature is exactly as long as the modulus, and (RSAVP1) below it.
-    // The `rsa` crate checks both for PKCS#1 v1.5 but only the length for PSS.
-    if signature.len() != key.size() || BigUint::from_bytes_be(signature) >= *key.n() {
-        return false;
-    }
-    let verified = match alg {
-        Alg::RS256 => key.verify(
-            Pkcs1v15Sign::new::<Sha256>(),
-            &Sha256::digest(signing_input),
-            signature,
-        ),
-        Alg::RS384 => key.verify(
-            Pkcs1v15Sign::new::<Sha384>(),
-            &Sha384::digest(signing_input),
-            signature,
-        ),
-        Alg::RS512 => key.verify(
-            Pkcs1v15Sign::new::<Sha512>(),
-            &Sha512::digest(signing_input),
-            signature,
-        ),
-        // `Pss::new` sets the salt length to the hash length, and verification requires exactly that.
-        Alg::PS256 => key.verify(
-            Pss::new::<Sha256>(),
-            &Sha256::digest(signing_input),
-            signature,
-        ),
-        Alg::PS384 => key.verify(
-            Pss::new::<Sha384>(),
-            &Sha384::digest(signing_input),
-            signature,
-        ),
-        Alg::PS512 => key.verify(
-            Pss::new::<Sha512>(),
-            &Sha512::digest(signing_input),
-            signature,
-        ),
-        Alg::ES256 | Alg::ES384 | Alg::EdDSA => return false,
-    };
-    verified.is_ok()
 }
 
 impl fmt::Debug for Jwk {
@@ -343,36 +307,21 @@ fn usable_keys(jwk: &Object) -> Option<Vec<Jwk>> {
                 return None;
             }
             // The coordinates must be field elements and the point on the curve (so not the identity).
-            let key = match alg {
-                Alg::ES256 => PublicKey::Es256(
-                    p256::ecdsa::VerifyingKey::from_affine(Option::from(
-                        p256::AffinePoint::from_coordinates(
-                            &p256::FieldBytes::try_from(x.as_slice()).ok()?,
-                            &p256::FieldBytes::try_from(y.as_slice()).ok()?,
-                        ),
-                    )?)
-                    .ok()?,
-                ),
-                _ => PublicKey::Es384(
-                    p384::ecdsa::VerifyingKey::from_affine(Option::from(
-                        p384::AffinePoint::from_coordinates(
-                            &p384::FieldBytes::try_from(x.as_slice()).ok()?,
-                            &p384::FieldBytes::try_from(y.as_slice()).ok()?,
-                        ),
-                    )?)
-                    .ok()?,
-                ),
+            let crv = if alg == Alg::ES256 {
+                Crv::P256
+            } else {
+                Crv::P384
             };
+            let key = PublicKey::Ec(EcKey::new(crv, &x, &y)?);
             vec![(alg, key)]
         }
         ("OKP", Some("Ed25519")) => {
             if declared.is_some_and(|d| d != Alg::EdDSA) {
                 return None;
             }
-            let key = Ed25519Key::from_slice(&bytes("x")?).ok()?;
             // Refuses encodings that are not points, and the small-order points a signature could be
             // forged for.
-            key.validate().ok()?;
+            let key = Ed25519Key::new(&bytes("x")?)?;
             vec![(Alg::EdDSA, PublicKey::Ed25519(key))]
         }
         _ => return None,
@@ -390,16 +339,12 @@ fn usable_keys(jwk: &Object) -> Option<Vec<Jwk>> {
 
 /// An RSA public key within our policy: a modulus of `RSA_BITS` and the exponent 65537. Other keys are
 /// skipped like any other undecodable key.
-fn rsa_key(n: &[u8], e: &[u8]) -> Option<RsaPublicKey> {
+fn rsa_key(n: &[u8], e: &[u8]) -> Option<RsaKey> {
     if !e.iter().skip_while(|&&b| b == 0).eq(&RSA_EXPONENT) {
         return None;
     }
-    let n = BigUint::from_bytes_be(n);
-    if !RSA_BITS.contains(&n.bits()) {
-        return None;
-    }
     // Also refuses an even modulus.
-    RsaPublicKey::new(n, BigUint::from_bytes_be(&RSA_EXPONENT)).ok()
+    RsaKey::new(n).filter(|k| RSA_BITS.contains(&k.bits()))
 }
 
 #[cfg(test)]

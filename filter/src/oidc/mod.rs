@@ -7,6 +7,7 @@ pub mod id_token;
 pub mod jwks;
 pub mod logout_token;
 pub mod pkce;
+pub mod sig;
 pub mod token;
 
 pub use discovery::{DiscoveryError, ProviderMetadata};
