@@ -206,7 +206,7 @@ impl Raw {
                 _ => None,
             };
         if let Some(h) = &mut identity_headers {
-            h.sort();
+            crate::claims::sort_small(h, |a, b| a < b);
         }
         Ok(Raw {
             issuer: text(&mut obj, "issuer"),
