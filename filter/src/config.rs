@@ -166,6 +166,7 @@ const FIELDS: [(&str, Kind); 28] = [
 impl Raw {
     /// The fields of a pluginConfig object. The first unknown or mistyped field, in document order, is the
     /// error; a mistyped one is reported without its value (it may be a secret).
+    #[inline(never)]
     fn read(mut obj: Object) -> Result<Raw, ConfigError> {
         for (name, value) in obj.iter() {
             let Some(&(_, kind)) = FIELDS.iter().find(|(n, _)| *n == name) else {
@@ -320,59 +321,24 @@ impl Config {
         Self::from_raw(Raw::read(obj)?, env)
     }
 
-    fn from_raw(raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let issuer = raw.issuer.ok_or_else(|| err("issuer", "required"))?;
+    #[inline(never)]
+    fn from_raw(mut raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let issuer = raw.issuer.take().ok_or_else(|| err("issuer", "required"))?;
         let issuer_url = http_url("issuer", &issuer)?;
         if issuer_url.query().is_some() || issuer_url.fragment().is_some() {
             return Err(err("issuer", "must not have a query or fragment"));
         }
-        let client_id = non_empty("client_id", raw.client_id)?;
+        let client_id = non_empty("client_id", raw.client_id.take())?;
         let client_secret = secret_from(
             "client_secret",
-            raw.client_secret,
+            raw.client_secret.take(),
             raw.client_secret_env.as_deref(),
             env,
         )?;
-        let keys = cookie_keys(raw.cookie_keys, raw.cookie_keys_env.as_deref(), env)?;
+        let keys = cookie_keys(raw.cookie_keys.take(), raw.cookie_keys_env.as_deref(), env)?;
 
-        if raw.idp_cluster.as_deref().is_some_and(str::is_empty) {
-            return Err(err("idp_cluster", "must not be empty"));
-        }
-        if let Some(r) = &raw.redirect_uri {
-            http_url("redirect_uri", r)?;
-        }
-        let callback_path = path("callback_path", raw.callback_path, "/oauth2/callback")?;
-        let login_path = path("login_path", raw.login_path, "/login")?;
-        let logout_path = path("logout_path", raw.logout_path, "/logout")?;
-        if callback_path == login_path || callback_path == logout_path || login_path == logout_path
-        {
-            return Err(err(
-                "callback_path",
-                "callback_path, login_path and logout_path must differ",
-            ));
-        }
-        if let Some(p) = &raw.post_logout_redirect_uri
-            && (!p.starts_with('/') || p.starts_with("//"))
-        {
-            http_url("post_logout_redirect_uri", p)?;
-        }
-        let scopes = raw
-            .scopes
-            .unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
-        if !scopes.iter().any(|s| s == "openid") {
-            return Err(err("scopes", "must include `openid`"));
-        }
-        if scopes.iter().any(|s| {
-            s.is_empty()
-                || !s
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        }) {
-            return Err(err(
-                "scopes",
-                "each scope must be a non-empty token without spaces or quotes",
-            ));
-        }
+        let [callback_path, login_path, logout_path] = own_paths(&mut raw)?;
+        let scopes = scopes_from(raw.scopes.take())?;
         let forward_token = match raw.forward_token.as_deref() {
             None | Some("id_token") => ForwardToken::IdToken,
             Some("access_token") => ForwardToken::AccessToken,
@@ -388,118 +354,30 @@ impl Config {
                 ));
             }
         };
-        let cookie_name = raw.cookie_name.unwrap_or_else(|| "_oidc_session".into());
-        if cookie_name.is_empty()
-            || cookie_name.len() > 64
-            || !cookie_name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(err("cookie_name", "1 to 64 characters of A-Z a-z 0-9 _ -"));
-        }
-        if let Some(d) = &raw.cookie_domain
-            && (d.is_empty()
-                || !d
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
-        {
-            return Err(err("cookie_domain", "must be a domain name"));
-        }
-        let secure = raw.cookie_secure.unwrap_or(true);
-        let same_site = match raw.cookie_same_site.as_deref() {
-            None | Some("Lax") | Some("lax") => SameSite::Lax,
-            Some("Strict") | Some("strict") => SameSite::Strict,
-            Some("None") | Some("none") if secure => SameSite::None,
-            Some("None") | Some("none") => {
-                return Err(err(
-                    "cookie_same_site",
-                    "`None` requires cookie_secure: true",
-                ));
-            }
-            Some(_) => return Err(err("cookie_same_site", "must be `Lax`, `Strict` or `None`")),
-        };
-        let cookie = CookieAttrs {
-            secure,
-            domain: raw.cookie_domain,
-            path: "/".into(),
-            same_site,
-        };
+        let (cookie_name, cookie) = cookie_settings(
+            raw.cookie_name.take(),
+            raw.cookie_domain.take(),
+            raw.cookie_secure,
+            raw.cookie_same_site.as_deref(),
+        )?;
 
-        let session_lifetime = duration("session_lifetime", raw.session_lifetime, 8 * 3600)?;
-        let refresh_margin = duration("refresh_margin", raw.refresh_margin, 60)?;
-        let clock_leeway = duration("clock_leeway", raw.clock_leeway, 60)?;
-        if clock_leeway > 300 {
-            return Err(err("clock_leeway", "at most 5m"));
-        }
-        if session_lifetime == 0 {
-            return Err(err("session_lifetime", "must be positive"));
-        }
-        let callout_timeout = duration("callout_timeout", raw.callout_timeout, 5)?;
-        if callout_timeout == 0 || callout_timeout > 60 {
-            return Err(err("callout_timeout", "between 1s and 60s"));
-        }
-        let jwks_refresh_interval =
-            duration("jwks_refresh_interval", raw.jwks_refresh_interval, 3600)?;
-        if jwks_refresh_interval < 60 {
-            return Err(err("jwks_refresh_interval", "at least 60s"));
-        }
-        let bypass_paths = raw.bypass_paths.unwrap_or_else(|| vec!["/healthz".into()]);
-        for p in &bypass_paths {
-            if !p.starts_with('/')
-                || p.contains(['?', '#', '%', '\\'])
-                || p.contains("/../")
-                || p.contains("/./")
-            {
-                return Err(err(
-                    "bypass_paths",
-                    "each entry must be a plain absolute path prefix like `/healthz`",
-                ));
-            }
-        }
-        for special in [&callback_path, &login_path, &logout_path] {
-            if bypass_paths
-                .iter()
-                .any(|b| crate::paths::prefix_matches(b, special))
-            {
-                return Err(err(
-                    "bypass_paths",
-                    "must not cover callback_path, login_path or logout_path",
-                ));
-            }
-        }
+        let [
+            session_lifetime,
+            refresh_margin,
+            clock_leeway,
+            callout_timeout,
+            jwks_refresh_interval,
+        ] = timings(&mut raw)?;
+        let bypass_paths = bypass_paths_from(
+            raw.bypass_paths,
+            [&callback_path, &login_path, &logout_path],
+        )?;
 
         let access = match &raw.claim_rules {
             None => Vec::new(),
             Some(v) => claims::parse_access(v).map_err(|e| err("claim_rules", e))?,
         };
-        let identity_headers: Vec<(String, String)> = match raw.identity_headers {
-            None => DEFAULT_IDENTITY_HEADERS
-                .iter()
-                .map(|(h, c)| (h.to_string(), c.to_string()))
-                .collect(),
-            Some(map) => map
-                .into_iter()
-                .map(|(h, c)| (h.to_ascii_lowercase(), c))
-                .collect(),
-        };
-        for (h, c) in &identity_headers {
-            let reserved = h.starts_with(':')
-                || ["authorization", "cookie", "host", "content-length"].contains(&h.as_str());
-            if h.is_empty()
-                || reserved
-                || !h
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(err(
-                    "identity_headers",
-                    format!("`{h}` cannot carry a claim"),
-                ));
-            }
-            if c.is_empty() {
-                return Err(err("identity_headers", format!("`{h}` names no claim")));
-            }
-        }
+        let identity_headers = identity_headers_from(raw.identity_headers)?;
         let backchannel_logout_path = match raw.backchannel_logout_path {
             None => None,
             Some(p) => {
@@ -805,6 +683,7 @@ pub const DEFAULT_IDENTITY_HEADERS: [(&str, &str); 4] = [
     ("x-auth-request-preferred-username", "preferred_username"),
 ];
 
+#[inline(never)]
 fn non_empty(field: &str, v: Option<String>) -> Result<String, ConfigError> {
     match v {
         Some(s) if !s.is_empty() => Ok(s),
@@ -814,10 +693,214 @@ fn non_empty(field: &str, v: Option<String>) -> Result<String, ConfigError> {
 }
 
 /// An absolute http(s) URL with a host; the error names `field`.
+#[inline(never)]
 fn http_url(field: &str, s: &str) -> Result<WebUrl, ConfigError> {
     WebUrl::parse(s).map_err(|e| err(field, e.to_string()))
 }
 
+/// The filter's own paths (callback, login, logout), and the URL fields checked with them.
+#[inline(never)]
+fn own_paths(raw: &mut Raw) -> Result<[String; 3], ConfigError> {
+    if raw.idp_cluster.as_deref().is_some_and(str::is_empty) {
+        return Err(err("idp_cluster", "must not be empty"));
+    }
+    if let Some(r) = &raw.redirect_uri {
+        http_url("redirect_uri", r)?;
+    }
+    let callback_path = path(
+        "callback_path",
+        raw.callback_path.take(),
+        "/oauth2/callback",
+    )?;
+    let login_path = path("login_path", raw.login_path.take(), "/login")?;
+    let logout_path = path("logout_path", raw.logout_path.take(), "/logout")?;
+    if callback_path == login_path || callback_path == logout_path || login_path == logout_path {
+        return Err(err(
+            "callback_path",
+            "callback_path, login_path and logout_path must differ",
+        ));
+    }
+    if let Some(p) = &raw.post_logout_redirect_uri
+        && (!p.starts_with('/') || p.starts_with("//"))
+    {
+        http_url("post_logout_redirect_uri", p)?;
+    }
+    Ok([callback_path, login_path, logout_path])
+}
+
+/// session_lifetime, refresh_margin, clock_leeway, callout_timeout and jwks_refresh_interval, in seconds.
+#[inline(never)]
+fn timings(raw: &mut Raw) -> Result<[u64; 5], ConfigError> {
+    let session_lifetime = duration("session_lifetime", raw.session_lifetime.take(), 8 * 3600)?;
+    let refresh_margin = duration("refresh_margin", raw.refresh_margin.take(), 60)?;
+    let clock_leeway = duration("clock_leeway", raw.clock_leeway.take(), 60)?;
+    if clock_leeway > 300 {
+        return Err(err("clock_leeway", "at most 5m"));
+    }
+    if session_lifetime == 0 {
+        return Err(err("session_lifetime", "must be positive"));
+    }
+    let callout_timeout = duration("callout_timeout", raw.callout_timeout.take(), 5)?;
+    if callout_timeout == 0 || callout_timeout > 60 {
+        return Err(err("callout_timeout", "between 1s and 60s"));
+    }
+    let jwks_refresh_interval = duration(
+        "jwks_refresh_interval",
+        raw.jwks_refresh_interval.take(),
+        3600,
+    )?;
+    if jwks_refresh_interval < 60 {
+        return Err(err("jwks_refresh_interval", "at least 60s"));
+    }
+    Ok([
+        session_lifetime,
+        refresh_margin,
+        clock_leeway,
+        callout_timeout,
+        jwks_refresh_interval,
+    ])
+}
+
+/// `scopes`, space-separated; `openid` is required.
+#[inline(never)]
+fn scopes_from(scopes: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let scopes = scopes.unwrap_or_else(|| vec!["openid".into(), "email".into(), "profile".into()]);
+    if !scopes.iter().any(|s| s == "openid") {
+        return Err(err("scopes", "must include `openid`"));
+    }
+    if scopes.iter().any(|s| {
+        s.is_empty()
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    }) {
+        return Err(err(
+            "scopes",
+            "each scope must be a non-empty token without spaces or quotes",
+        ));
+    }
+    Ok(scopes)
+}
+
+/// The session cookie's name and attributes.
+#[inline(never)]
+fn cookie_settings(
+    name: Option<String>,
+    domain: Option<String>,
+    secure: Option<bool>,
+    same_site: Option<&str>,
+) -> Result<(String, CookieAttrs), ConfigError> {
+    let cookie_name = name.unwrap_or_else(|| "_oidc_session".into());
+    if cookie_name.is_empty()
+        || cookie_name.len() > 64
+        || !cookie_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(err("cookie_name", "1 to 64 characters of A-Z a-z 0-9 _ -"));
+    }
+    if let Some(d) = &domain
+        && (d.is_empty()
+            || !d
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+    {
+        return Err(err("cookie_domain", "must be a domain name"));
+    }
+    let secure = secure.unwrap_or(true);
+    let same_site = match same_site {
+        None | Some("Lax") | Some("lax") => SameSite::Lax,
+        Some("Strict") | Some("strict") => SameSite::Strict,
+        Some("None") | Some("none") if secure => SameSite::None,
+        Some("None") | Some("none") => {
+            return Err(err(
+                "cookie_same_site",
+                "`None` requires cookie_secure: true",
+            ));
+        }
+        Some(_) => return Err(err("cookie_same_site", "must be `Lax`, `Strict` or `None`")),
+    };
+    let cookie = CookieAttrs {
+        secure,
+        domain,
+        path: "/".into(),
+        same_site,
+    };
+
+    Ok((cookie_name, cookie))
+}
+
+/// `bypass_paths`: plain prefixes that cover none of the filter's own paths.
+#[inline(never)]
+fn bypass_paths_from(
+    paths: Option<Vec<String>>,
+    special: [&String; 3],
+) -> Result<Vec<String>, ConfigError> {
+    let bypass_paths = paths.unwrap_or_else(|| vec!["/healthz".into()]);
+    for p in &bypass_paths {
+        if !p.starts_with('/')
+            || p.contains(['?', '#', '%', '\\'])
+            || p.contains("/../")
+            || p.contains("/./")
+        {
+            return Err(err(
+                "bypass_paths",
+                "each entry must be a plain absolute path prefix like `/healthz`",
+            ));
+        }
+    }
+    for special in special {
+        if bypass_paths
+            .iter()
+            .any(|b| crate::paths::prefix_matches(b, special))
+        {
+            return Err(err(
+                "bypass_paths",
+                "must not cover callback_path, login_path or logout_path",
+            ));
+        }
+    }
+
+    Ok(bypass_paths)
+}
+
+/// `identity_headers` (lower-cased names), or the defaults.
+#[inline(never)]
+fn identity_headers_from(
+    headers: Option<Vec<(String, String)>>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let identity_headers: Vec<(String, String)> = match headers {
+        None => DEFAULT_IDENTITY_HEADERS
+            .iter()
+            .map(|(h, c)| (h.to_string(), c.to_string()))
+            .collect(),
+        Some(map) => map
+            .into_iter()
+            .map(|(h, c)| (h.to_ascii_lowercase(), c))
+            .collect(),
+    };
+    for (h, c) in &identity_headers {
+        let reserved = h.starts_with(':')
+            || ["authorization", "cookie", "host", "content-length"].contains(&h.as_str());
+        if h.is_empty()
+            || reserved
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(err(
+                "identity_headers",
+                format!("`{h}` cannot carry a claim"),
+            ));
+        }
+        if c.is_empty() {
+            return Err(err("identity_headers", format!("`{h}` names no claim")));
+        }
+    }
+    Ok(identity_headers)
+}
+
+#[inline(never)]
 fn path(field: &str, v: Option<String>, default: &str) -> Result<String, ConfigError> {
     let p = v.unwrap_or_else(|| default.to_string());
     if !p.starts_with('/') || p.starts_with("//") || p.contains(['?', '#', '%', ' ']) {
@@ -843,6 +926,7 @@ fn from_env(
     }
 }
 
+#[inline(never)]
 fn secret_from(
     field: &str,
     inline: Option<Secret>,
@@ -862,6 +946,7 @@ fn secret_from(
     }
 }
 
+#[inline(never)]
 fn cookie_keys(
     inline: Option<Vec<Secret>>,
     var: Option<&str>,
@@ -903,6 +988,7 @@ fn decode_key(k: &str) -> Option<Vec<u8>> {
 }
 
 /// Parses `90s`, `15m`, `8h`, `7d` or a bare number of seconds.
+#[inline(never)]
 fn duration(field: &str, v: Option<String>, default: u64) -> Result<u64, ConfigError> {
     let Some(s) = v else { return Ok(default) };
     let s = s.trim();

@@ -337,6 +337,13 @@ fn open_cached(cfg: &Config, state: &mut State, sealed: &str, now: u64) -> Optio
     if let Some(c) = state.cache.get(sealed) {
         return Some(c);
     }
+    open_fresh(cfg, state, sealed, now)
+}
+
+/// A cookie this worker has not seen: decrypted, decoded and cached. Out of line: the per-request function
+/// stays small, and V8 compiles (and keeps the memory for) one function at a time.
+#[inline(never)]
+fn open_fresh(cfg: &Config, state: &mut State, sealed: &str, now: u64) -> Option<Rc<Cached>> {
     let plain = cfg.keys.open(&cfg.cookie_name, sealed).ok()?;
     let session = Session::decode(&plain).ok()?;
     // Another plugin (another IdP client) may share the cookie keys and name: its sessions are not ours.
@@ -487,6 +494,7 @@ fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
 }
 
 /// 403 for a logged-in user the claim rules refuse: says who they are and offers logout, never a login loop.
+#[inline(never)]
 fn forbidden(cfg: &Config, browser: bool, s: &Cached) -> Step {
     let who = ["preferred_username", "email"]
         .iter()
@@ -582,6 +590,7 @@ fn without_session(
 }
 
 /// `/login`: a fresh state, nonce and PKCE verifier, sealed into a cookie of their own, then off to the IdP.
+#[inline(never)]
 fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target: &str) -> Step {
     let Some(provider) = state.provider.ready() else {
         return not_ready();
@@ -640,6 +649,7 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
 }
 
 /// The IdP's redirect back: check state against its cookie, then exchange the code.
+#[inline(never)]
 fn callback(
     cfg: &Config,
     state: &mut State,
@@ -761,6 +771,7 @@ fn callback(
 }
 
 /// `/logout`: forget the session here, then end it at the IdP when it offers that.
+#[inline(never)]
 fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
     let header = h.get("cookie").unwrap_or_default();
     let mut id_token = None;
