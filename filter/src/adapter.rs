@@ -1,18 +1,15 @@
 //! The only code that talks to the host: reads headers, runs the core's `Step`s, keeps callouts pending.
+//! (`exports` hands it the host's callbacks; `host` makes the calls.)
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, UNIX_EPOCH};
-
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MetricType};
+use std::time::Duration;
 
 use crate::config::{Plugin, Unmatched};
 use crate::flow::{self, CallbackFailure, Callout, Env, Metric, Pending, RefreshJob, State, Step};
-use crate::headers::HeaderBlock;
+use crate::headers::{self, HeaderBlock};
+use crate::host::{self, Action, Buffer, Headers, LogLevel};
 use crate::provider::Fetch;
 use crate::renewal::{self, Renewal};
 use crate::revocation::Revocations;
@@ -90,10 +87,7 @@ const FAILURES: [CallbackFailure; 8] = [
 
 impl Metrics {
     fn define() -> Metrics {
-        let c = |name: &str| {
-            hostcalls::define_metric(MetricType::Counter, &format!("oidc_filter.{name}"))
-                .unwrap_or(0)
-        };
+        let c = |name: &str| host::define_counter(&format!("oidc_filter.{name}")).unwrap_or(0);
         let mut m = Metrics {
             forwarded: c("sessions_forwarded"),
             login_redirect: c("login_redirects"),
@@ -143,7 +137,7 @@ impl Metrics {
             return;
         }
         if id != 0 {
-            let _ = hostcalls::increment_metric(id, 1);
+            let _ = host::increment_metric(id, 1);
         }
     }
 
@@ -151,7 +145,7 @@ impl Metrics {
     fn flush(&self) {
         let n = FORWARDED_UNFLUSHED.swap(0, Ordering::Relaxed);
         if n > 0 && self.forwarded != 0 {
-            let _ = hostcalls::increment_metric(self.forwarded, n as i64);
+            let _ = host::increment_metric(self.forwarded, n as i64);
         }
     }
 }
@@ -161,22 +155,36 @@ impl Metrics {
 static FORWARDED_UNFLUSHED: AtomicU64 = AtomicU64::new(0);
 
 /// The plugin's root context: configuration, discovery and JWKS on a timer.
-#[derive(Default)]
 pub struct Root {
+    id: u32,
     shared: Option<Rc<RefCell<Shared>>>,
     fast_tick: bool,
     metrics: Metrics,
-    fetches: HashMap<u32, (usize, Fetch)>,
+    /// Discovery and JWKS fetches in flight: token, site, which document (at most two per site).
+    fetches: Vec<(u32, usize, Fetch)>,
 }
 
-impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
-        let Some((site, fetch)) = self.fetches.remove(&token) else {
+impl Root {
+    /// The root context `id`, not configured yet.
+    pub fn new(id: u32) -> Root {
+        Root {
+            id,
+            shared: None,
+            fast_tick: false,
+            metrics: Metrics::default(),
+            fetches: Vec::new(),
+        }
+    }
+
+    /// A discovery document or JWKS arrived (or the fetch failed: no `:status`).
+    pub fn on_http_call_response(&mut self, token: u32, body_size: usize) {
+        let Some(at) = self.fetches.iter().position(|f| f.0 == token) else {
             return;
         };
+        let (_, site, fetch) = self.fetches.swap_remove(at);
         let Some(shared) = &self.shared else { return };
-        let reply = read_reply(self, body_size);
-        let now = now(self);
+        let reply = read_reply(body_size);
+        let now = now();
         let Ok(mut s) = shared.try_borrow_mut() else {
             return;
         };
@@ -208,11 +216,10 @@ impl Context for Root {
         drop(s);
         self.poll();
     }
-}
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _: usize) -> bool {
-        let raw = self.get_plugin_configuration().unwrap_or_default();
+    /// Reads and checks the plugin configuration; `false` refuses it (Envoy then refuses the listener).
+    pub fn on_configure(&mut self) -> bool {
+        let raw = host::get_buffer(Buffer::PluginConfiguration, 0, usize::MAX).unwrap_or_default();
         let env = |k: &str| std::env::var(k).ok();
         match Plugin::parse(&raw, &env) {
             Ok(plugin) => {
@@ -226,9 +233,9 @@ impl RootContext for Root {
                             "oidc-filter.renewal.{}.{}.{b}",
                             cfg.client_id, cfg.cookie_name
                         );
-                        if let Ok((None, _)) = hostcalls::get_shared_data(&name) {
+                        if let Ok((None, _)) = host::get_shared_data(&name) {
                             let empty = renewal::Table::default().encode();
-                            let _ = hostcalls::set_shared_data(&name, Some(&empty), None);
+                            let _ = host::set_shared_data(&name, &empty, None);
                         }
                     }
                 }
@@ -239,7 +246,7 @@ impl RootContext for Root {
                 };
                 self.shared = Some(Rc::new(RefCell::new(shared)));
                 self.fetches.clear();
-                self.set_tick_period(TICK);
+                let _ = host::set_tick_period(TICK);
                 self.poll();
                 true
             }
@@ -250,7 +257,7 @@ impl RootContext for Root {
         }
     }
 
-    fn on_tick(&mut self) {
+    pub fn on_tick(&mut self) {
         self.metrics.flush();
         self.poll();
         self.sync_revocations();
@@ -258,9 +265,10 @@ impl RootContext for Root {
         self.resume_parked();
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+    /// A new request's context; `None` before a configuration was accepted.
+    pub fn create_http_context(&self, context_id: u32) -> Option<Http> {
         let shared = self.shared.clone()?;
-        Some(Box::new(Http {
+        Some(Http {
             shared,
             metrics: self.metrics,
             id: context_id,
@@ -269,21 +277,15 @@ impl RootContext for Root {
             pending: None,
             renewing: None,
             set_cookies: Rc::default(),
-        }))
+        })
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-impl Root {
     /// Resumes the waiting requests whose renewal has finished (or failed, or is overdue).
     fn resume_parked(&mut self) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let now = now(self);
+        let now = now();
         let mut ready = Vec::new();
         {
             let Ok(mut s) = shared.try_borrow_mut() else {
@@ -309,28 +311,22 @@ impl Root {
                 ready.push((p.context_id, step, p.set_cookies));
             }
             if s.parked.is_empty() && self.fast_tick {
-                self.set_tick_period(TICK);
+                let _ = host::set_tick_period(TICK);
                 self.fast_tick = false;
             }
         }
         for (context_id, step, set_cookies) in ready {
             // A request whose client went away is gone: nothing to resume.
-            if hostcalls::set_effective_context(context_id).is_err() {
+            if host::set_effective_context(context_id).is_err() {
                 continue;
             }
             match apply(step, &self.metrics, &set_cookies, None) {
                 Ok(Action::Continue) => {
-                    let _ = hostcalls::resume_http_request();
+                    let _ = host::resume_request();
                 }
                 Ok(_) => {}
                 // Adopting or failing a renewal never calls out or reads a body.
-                Err(_) => {
-                    let _ = hostcalls::send_http_response(
-                        500,
-                        vec![("cache-control", "no-store")],
-                        None,
-                    );
-                }
+                Err(_) => respond(500, &[("cache-control", "no-store")], b""),
             }
         }
     }
@@ -338,7 +334,7 @@ impl Root {
     /// Takes in the logouts other workers recorded, and forgets expired ones.
     fn sync_revocations(&self) {
         let Some(shared) = &self.shared else { return };
-        let now = now(self);
+        let now = now();
         let Ok(mut s) = shared.try_borrow_mut() else {
             return;
         };
@@ -347,7 +343,7 @@ impl Root {
             if cfg.backchannel_logout_path.is_none() {
                 continue;
             }
-            if let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&revocation_key(cfg)) {
+            if let Ok((Some(bytes), _)) = host::get_shared_data(&revocation_key(cfg)) {
                 state.revoked.merge(&Revocations::decode(&bytes));
             }
             state.revoked.prune(now);
@@ -356,7 +352,7 @@ impl Root {
 
     fn poll(&mut self) {
         let Some(shared) = &self.shared else { return };
-        let now = now(self);
+        let now = now();
         let shared = shared.clone();
         let Ok(plugin) = shared.try_borrow().map(|s| s.plugin.clone()) else {
             return;
@@ -370,10 +366,8 @@ impl Root {
                 Err(_) => None,
             };
             let Some((call, fetch)) = next else { continue };
-            match dispatch(self, &call) {
-                Ok(token) => {
-                    self.fetches.insert(token, (site, fetch));
-                }
+            match dispatch(self.id, &call) {
+                Ok(token) => self.fetches.push((token, site, fetch)),
                 Err(reason) => {
                     log_warn(&format!("oidc-filter: cannot call the IdP: {reason}"));
                     if let Ok(mut s) = shared.try_borrow_mut()
@@ -388,7 +382,7 @@ impl Root {
 }
 
 /// One request.
-struct Http {
+pub struct Http {
     shared: Rc<RefCell<Shared>>,
     metrics: Metrics,
     id: u32,
@@ -403,15 +397,16 @@ struct Http {
 
 impl Drop for Http {
     /// Ended (its client went away) before the renewal it claimed finished: the waiting requests stop
-    /// waiting. (In `Drop`, which the SDK runs from `proxy_on_delete`, rather than in `on_done`: then the
+    /// waiting. (In `Drop`, which `exports` runs from `proxy_on_delete`, rather than in `on_done`: then the
     /// module need not export `proxy_on_done`, one trip into the VM less per request.)
     fn drop(&mut self) {
         self.end_renewal(None);
     }
 }
 
-impl Context for Http {
-    fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+impl Http {
+    /// The IdP answered this request's callout (or the callout failed: no `:status`).
+    pub fn on_http_call_response(&mut self, token: u32, body_size: usize) {
         let Some((expected, pending)) = self.pending.take() else {
             return;
         };
@@ -419,8 +414,8 @@ impl Context for Http {
             self.fail(500);
             return;
         }
-        let reply = read_reply(self, body_size);
-        let now = now(self);
+        let reply = read_reply(body_size);
+        let now = now();
         let (step, renewed) = {
             let Ok(mut s) = self.shared.try_borrow_mut() else {
                 self.fail(500);
@@ -457,14 +452,13 @@ impl Context for Http {
             self.end_renewal(renewed);
         }
         if let Action::Continue = self.run(step, None) {
-            self.resume_http_request();
+            let _ = host::resume_request();
         }
     }
-}
 
-impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
-        let now = now(self);
+    /// The request's headers: decide (`flow::on_request`) and carry the decision out.
+    pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
+        let now = now();
         let headers = request_headers();
         let step = {
             let Ok(mut s) = self.shared.try_borrow_mut() else {
@@ -500,7 +494,8 @@ impl HttpContext for Http {
         self.run(step, Some(&headers))
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    /// A chunk of the request body: only a back-channel logout's is read, the rest passes.
+    pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if !self.reading_body {
             return Action::Continue;
         }
@@ -508,31 +503,24 @@ impl HttpContext for Http {
             // Logout tokens are small; a huge body is not one.
             if body_size > 64 * 1024 {
                 self.reading_body = false;
-                self.send_http_response(413, vec![("cache-control", "no-store")], None);
+                respond(413, &[("cache-control", "no-store")], b"");
             }
             return Action::Pause;
         }
         self.reading_body = false;
-        let body = self
-            .get_http_request_body(0, body_size.min(64 * 1024))
-            .unwrap_or_default();
+        let body =
+            host::get_buffer(Buffer::RequestBody, 0, body_size.min(64 * 1024)).unwrap_or_default();
         self.backchannel_logout(&body)
     }
 
-    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+    /// The response's headers: add the cookies the request's step set.
+    pub fn on_response_headers(&mut self) -> Action {
         for c in self.set_cookies.borrow_mut().drain(..) {
-            hostcalls::add_map_value(
-                proxy_wasm::types::MapType::HttpResponseHeaders,
-                "set-cookie",
-                &c,
-            )
-            .ok();
+            let _ = host::add_header(Headers::Response, "set-cookie", &c);
         }
         Action::Continue
     }
-}
 
-impl Http {
     /// Carries out `step`; `headers`, when at hand, spares removing headers the request does not have.
     fn run(&mut self, step: Step, headers: Option<&HeaderBlock>) -> Action {
         let step = match step {
@@ -558,7 +546,7 @@ impl Http {
                 self.strip_credentials();
                 Action::Continue
             }
-            Err(Step::Call(call, pending)) => match dispatch(self, &call) {
+            Err(Step::Call(call, pending)) => match dispatch(self.id, &call) {
                 Ok(token) => {
                     self.pending = Some((token, pending));
                     Action::Pause
@@ -578,7 +566,7 @@ impl Http {
     /// request has: then the old token while it lasts or that request's renewal (`Err(Some)`), or a wait for
     /// it (`Err(None)`, the request is parked).
     fn claim_renewal(&mut self, job: RefreshJob) -> Result<RefreshJob, Option<Step>> {
-        let now = now(self);
+        let now = now();
         let Ok(mut s) = self.shared.try_borrow_mut() else {
             return Ok(job);
         };
@@ -617,7 +605,7 @@ impl Http {
                         until,
                         set_cookies: self.set_cookies.clone(),
                     });
-                    let _ = hostcalls::set_tick_period(FAST_TICK);
+                    let _ = host::set_tick_period(FAST_TICK);
                     Err(None)
                 }
             },
@@ -636,7 +624,7 @@ impl Http {
         let Some((key, _)) = self.renewing.take() else {
             return;
         };
-        let now = now(self);
+        let now = now();
         let Ok(s) = self.shared.try_borrow() else {
             return;
         };
@@ -654,7 +642,7 @@ impl Http {
 
     /// Validates a posted logout token and records the logout where every worker sees it.
     fn backchannel_logout(&mut self, body: &[u8]) -> Action {
-        let now = now(self);
+        let now = now();
         let step = {
             let Ok(mut s) = self.shared.try_borrow_mut() else {
                 self.fail(500);
@@ -678,10 +666,10 @@ impl Http {
                 let key = revocation_key(cfg);
                 // Compare-and-swap, so two workers recording at once don't lose each other's entry.
                 for _ in 0..8 {
-                    let (bytes, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
+                    let (bytes, cas) = host::get_shared_data(&key).unwrap_or((None, None));
                     let mut merged = bytes.map(|b| Revocations::decode(&b)).unwrap_or_default();
                     merged.merge(&state.revoked);
-                    if hostcalls::set_shared_data(&key, Some(&merged.encode()), cas).is_ok() {
+                    if host::set_shared_data(&key, &merged.encode(), cas).is_ok() {
                         break;
                     }
                 }
@@ -693,13 +681,13 @@ impl Http {
 
     /// Removes every header that could stand for a user (`Authorization`, `Cookie`, identity headers).
     fn strip_credentials(&self) {
-        self.set_http_request_header("authorization", None);
-        self.set_http_request_header("cookie", None);
+        remove_request_header("authorization");
+        remove_request_header("cookie");
         if let Ok(s) = self.shared.try_borrow()
             && let Some(cfg) = s.plugin.sites.get(self.site)
         {
             for (name, _) in &cfg.identity_headers {
-                self.set_http_request_header(name, None);
+                remove_request_header(name);
             }
         }
     }
@@ -711,20 +699,20 @@ impl Http {
                 for cfg in &plugin.sites {
                     for (name, _) in &cfg.identity_headers {
                         if headers.contains(name) {
-                            self.set_http_request_header(name, None);
+                            remove_request_header(name);
                         }
                     }
                 }
                 Action::Continue
             }
             Unmatched::Default | Unmatched::Deny => {
-                self.send_http_response(
+                respond(
                     403,
-                    vec![
+                    &[
                         ("content-type", "text/plain; charset=utf-8"),
                         ("cache-control", "no-store"),
                     ],
-                    Some(b"This host is not served by this gateway's login.\n"),
+                    b"This host is not served by this gateway's login.\n",
                 );
                 Action::Pause
             }
@@ -732,20 +720,34 @@ impl Http {
     }
 
     fn fail(&self, status: u32) {
-        let body: &[u8] = if status == 502 {
-            b"The identity provider cannot be reached from this gateway.\n"
-        } else {
-            b"Internal error in the login filter.\n"
-        };
-        self.send_http_response(
-            status,
-            vec![
-                ("content-type", "text/plain; charset=utf-8"),
-                ("cache-control", "no-store"),
-            ],
-            Some(body),
-        );
+        fail(status);
     }
+}
+
+/// Answers the current request with `status` (500 or 502) and a line saying whose fault it is.
+pub fn fail(status: u32) {
+    let body: &[u8] = if status == 502 {
+        b"The identity provider cannot be reached from this gateway.\n"
+    } else {
+        b"Internal error in the login filter.\n"
+    };
+    respond(
+        status,
+        &[
+            ("content-type", "text/plain; charset=utf-8"),
+            ("cache-control", "no-store"),
+        ],
+        body,
+    );
+}
+
+/// Answers the current request locally.
+fn respond<N: AsRef<str>, V: AsRef<[u8]>>(status: u32, headers: &[(N, V)], body: &[u8]) {
+    let _ = host::send_response(status, &headers::encode_pairs(headers), body);
+}
+
+fn remove_request_header(name: &str) {
+    let _ = host::set_header(Headers::Request, name, None);
 }
 
 /// Carries out a `Forward` or `Respond` in the current effective context (the request's own, or one the root
@@ -756,26 +758,20 @@ fn apply(
     set_cookies: &RefCell<Vec<String>>,
     headers: Option<&HeaderBlock>,
 ) -> Result<Action, Step> {
-    use proxy_wasm::types::MapType::HttpRequestHeaders;
     match step {
         Step::Forward(f) => {
             metrics.count(f.metric);
             if let Some(auth) = &f.authorization {
-                let _ = hostcalls::set_map_value(
-                    HttpRequestHeaders,
-                    "authorization",
-                    Some(auth.expose()),
-                );
+                let _ = host::set_header(Headers::Request, "authorization", Some(auth.expose()));
             }
             if let Some(cookie) = &f.cookie {
-                let _ = hostcalls::set_map_value(HttpRequestHeaders, "cookie", cookie.as_deref());
+                let _ = host::set_header(Headers::Request, "cookie", cookie.as_deref());
             }
             if let Some(identity) = &f.identity {
                 for (name, value) in identity.iter() {
                     // Removing a header the request does not carry is a host call for nothing.
                     if value.is_some() || headers.is_none_or(|h| h.contains(name)) {
-                        let _ =
-                            hostcalls::set_map_value(HttpRequestHeaders, name, value.as_deref());
+                        let _ = host::set_header(Headers::Request, name, value.as_deref());
                     }
                 }
             }
@@ -801,16 +797,7 @@ fn apply(
                 }
                 _ => {}
             }
-            let headers: Vec<(&str, &str)> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let _ = hostcalls::send_http_response(
-                u32::from(r.status),
-                headers,
-                Some(r.body.as_bytes()),
-            );
+            respond(u32::from(r.status), &r.headers, r.body.as_bytes());
             Ok(Action::Pause)
         }
         other => Err(other),
@@ -819,7 +806,7 @@ fn apply(
 
 /// What the shared table says about the renewal of `key`.
 fn renewal_state(cfg: &crate::config::Config, key: &str, now: u64) -> Renewal {
-    match hostcalls::get_shared_data(&renewal_bucket(cfg, key)) {
+    match host::get_shared_data(&renewal_bucket(cfg, key)) {
         Ok((Some(bytes), _)) => renewal::Table::decode(&bytes).get(key, now),
         _ => Renewal::Free,
     }
@@ -835,7 +822,7 @@ fn update_renewals<T>(
 ) -> Option<T> {
     let name = renewal_bucket(cfg, key);
     for _ in 0..8 {
-        let Ok((bytes, cas)) = hostcalls::get_shared_data(&name) else {
+        let Ok((bytes, cas)) = host::get_shared_data(&name) else {
             return None;
         };
         let mut table = bytes
@@ -845,62 +832,44 @@ fn update_renewals<T>(
         if let Some(found) = f(&mut table) {
             return Some(found);
         }
-        if hostcalls::set_shared_data(&name, Some(&table.encode()), cas).is_ok() {
+        if host::set_shared_data(&name, &table.encode(), cas).is_ok() {
             return None;
         }
     }
     None
 }
 
-fn dispatch(ctx: &dyn Context, call: &Callout) -> Result<u32, String> {
-    let headers: Vec<(&str, &str)> = call
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    ctx.dispatch_http_call(
+/// Sends `call` for context `owner` (a request, or the root context), whose callback gets the answer.
+fn dispatch(owner: u32, call: &Callout) -> Result<u32, String> {
+    let body = call.body.as_deref().unwrap_or_default();
+    match host::http_call(
         &call.cluster,
-        headers,
-        call.body.as_deref(),
-        vec![],
+        &headers::encode_pairs(&call.headers),
+        body,
         call.timeout,
-    )
-    .map_err(|status| {
-        format!(
-            "cluster `{}`: {status:?} (is the cluster defined on this proxy?)",
+    ) {
+        Ok(token) => {
+            crate::exports::register_callout(token, owner);
+            Ok(token)
+        }
+        Err(status) => Err(format!(
+            "cluster `{}`: {status} (is the cluster defined on this proxy?)",
             call.cluster
-        )
-    })
-}
-
-unsafe extern "C" {
-    fn proxy_get_header_map_pairs(
-        map_type: u32,
-        return_map_data: *mut *mut u8,
-        return_map_size: *mut usize,
-    ) -> u32;
+        )),
+    }
 }
 
 /// The request's headers, in one host call. (The SDK's per-header reads cost a host call and an allocation
-/// each, and its text reads panic on bytes that are not UTF-8, which Envoy lets through.) A map the host
+/// each, and its text reads panicked on bytes that are not UTF-8, which Envoy lets through.) A map the host
 /// cannot give reads as empty: no `:path`, so the request is refused.
 fn request_headers() -> HeaderBlock {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: map type 0 is the request headers; the host writes the address and size of a buffer it
-    // got from this module's `proxy_on_memory_allocate` (the SDK's: a leaked boxed slice of exactly
-    // `size` bytes), which this function then owns, as the SDK's own `get_map_bytes` does.
-    let status = unsafe { proxy_get_header_map_pairs(0, &mut data, &mut size) };
-    if status != 0 || data.is_null() {
-        return HeaderBlock::empty();
-    }
-    // SAFETY: see above; `data` is non-null and `size` bytes long, allocated by the global allocator.
-    let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
-    HeaderBlock::parse(bytes).unwrap_or_else(HeaderBlock::empty)
+    host::get_header_map_pairs(Headers::Request)
+        .and_then(HeaderBlock::parse)
+        .unwrap_or_else(HeaderBlock::empty)
 }
 
-fn read_reply(ctx: &dyn Context, body_size: usize) -> Option<(u16, Vec<u8>)> {
-    let status = std::str::from_utf8(&ctx.get_http_call_response_header_bytes(":status")?)
+fn read_reply(body_size: usize) -> Option<(u16, Vec<u8>)> {
+    let status = std::str::from_utf8(&host::get_header(Headers::CallResponse, ":status")?)
         .ok()?
         .parse::<u16>()
         .ok()?;
@@ -908,17 +877,12 @@ fn read_reply(ctx: &dyn Context, body_size: usize) -> Option<(u16, Vec<u8>)> {
         // Too large to be a real answer: hand the core an empty, unparsable body.
         return Some((status, Vec::new()));
     }
-    let body = ctx
-        .get_http_call_response_body(0, body_size)
-        .unwrap_or_default();
+    let body = host::get_buffer(Buffer::HttpCallResponseBody, 0, body_size).unwrap_or_default();
     Some((status, body))
 }
 
-fn now(ctx: &dyn Context) -> u64 {
-    ctx.get_current_time()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+fn now() -> u64 {
+    host::now_secs()
 }
 
 fn random() -> Option<[u8; 32]> {
@@ -928,13 +892,13 @@ fn random() -> Option<[u8; 32]> {
 }
 
 fn log_info(msg: &str) {
-    let _ = hostcalls::log(proxy_wasm::types::LogLevel::Info, msg);
+    host::log(LogLevel::Info, msg);
 }
 
 fn log_warn(msg: &str) {
-    let _ = hostcalls::log(proxy_wasm::types::LogLevel::Warn, msg);
+    host::log(LogLevel::Warn, msg);
 }
 
 fn log_error(msg: &str) {
-    let _ = hostcalls::log(proxy_wasm::types::LogLevel::Error, msg);
+    host::log(LogLevel::Error, msg);
 }

@@ -103,16 +103,25 @@ fn is_ascii(b: &[u8]) -> bool {
 
 /// Encodes pairs the way the host does (for tests and for callers that build a block).
 pub fn encode(pairs: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
+    encode_pairs(pairs)
+}
+
+/// [`encode`] for any text or byte pairs: the maps the filter hands the host (local responses, callouts)
+/// go from the core's `(String, String)` lists without a copy into borrowed pairs first.
+pub fn encode_pairs<N: AsRef<str>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> Vec<u8> {
+    let size = pairs
+        .iter()
+        .fold(4, |n, (k, v)| n + 10 + k.as_ref().len() + v.as_ref().len());
+    let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (name, value) in pairs {
-        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(name.as_ref().len() as u32).to_le_bytes());
+        out.extend_from_slice(&(value.as_ref().len() as u32).to_le_bytes());
     }
     for (name, value) in pairs {
-        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(name.as_ref().as_bytes());
         out.push(0);
-        out.extend_from_slice(value);
+        out.extend_from_slice(value.as_ref());
         out.push(0);
     }
     out

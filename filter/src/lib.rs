@@ -2,7 +2,7 @@
 //!
 //! Everything that decides lives in modules that never touch the host (`config`, `session`, `cookies`,
 //! `oidc`, `paths`, `provider`, `flow`, `weburl`, `form`, `json`, `wire`); `adapter` is the only place that
-//! talks to proxy-wasm.
+//! talks to the host, through `host` (the proxy-wasm ABI's imports) and `exports` (its callbacks).
 
 pub mod claims;
 pub mod config;
@@ -23,14 +23,30 @@ pub mod wire;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;
-
 #[cfg(target_arch = "wasm32")]
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Trace);
+mod exports;
+#[cfg(target_arch = "wasm32")]
+mod host;
+
+/// Runs once when the host instantiates the module (a WASI reactor's entry point).
+#[cfg(target_arch = "wasm32")]
+#[unsafe(no_mangle)]
+pub extern "C" fn _initialize() {
+    unsafe extern "C" {
+        fn __wasm_call_ctors();
+    }
+    // SAFETY: the linker's constructor list (wasi-libc's environment and allocator setup), run once, first,
+    // as a reactor must before anything else in it runs.
+    unsafe { __wasm_call_ctors() };
     // Under panic=abort the VM dies after this hook; at least say where, without any request data.
     std::panic::set_hook(Box::new(|info| {
-        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
-        let _ = proxy_wasm::hostcalls::log(proxy_wasm::types::LogLevel::Critical, &format!("oidc-filter: panic at {at}"));
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        host::log(
+            host::LogLevel::Critical,
+            &format!("oidc-filter: panic at {at}"),
+        );
     }));
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(adapter::Root::default()) });
-}}
+}

@@ -1,61 +1,36 @@
-//! The shipped module: the release build without the SDK callbacks the filter never uses, through
-//! `wasm-opt -Oz`.
+//! The shipped module: the release build through `wasm-opt -Oz`.
 //!
-//! The proxy-wasm Rust SDK exports every callback of the ABI. Envoy calls each exported one, and each
-//! call is a trip into the VM: for an HTTP request that is `proxy_on_response_body` per body chunk,
-//! `proxy_on_log`, and the trailers callbacks, all of which the SDK answers with "continue" for this
-//! filter. Without the export, the host skips the call (the ABI makes every callback optional).
+//! The filter exports only the proxy-wasm callbacks it acts on (`filter/src/exports.rs`): Envoy calls every
+//! exported one, each call a trip into the VM, and skips a missing one (the ABI makes every callback
+//! optional). Nothing is left to strip here; the test below keeps the exports to that list.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-/// Exports the filter does not need: callbacks its contexts leave to the SDK's defaults (no
-/// `on_done`, `on_log`, `on_http_response_body`, trailers, stream or gRPC handlers, queues or foreign functions).
-/// The test `unused_callbacks_stay_unimplemented` checks the adapter still agrees.
-pub const UNUSED_EXPORTS: [&str; 16] = [
-    "proxy_on_done",
-    "proxy_on_log",
-    "proxy_on_response_body",
-    "proxy_on_request_trailers",
-    "proxy_on_response_trailers",
-    "proxy_on_new_connection",
-    "proxy_on_downstream_data",
-    "proxy_on_downstream_connection_close",
-    "proxy_on_upstream_data",
-    "proxy_on_upstream_connection_close",
-    "proxy_on_grpc_receive_initial_metadata",
-    "proxy_on_grpc_receive_trailing_metadata",
-    "proxy_on_grpc_receive",
-    "proxy_on_grpc_close",
-    "proxy_on_queue_ready",
-    "proxy_on_foreign_function",
+/// Every export of the filter module: the memory, the reactor entry, the ABI version, the allocator the
+/// host returns data through, and the callbacks the filter handles.
+pub const EXPORTS: [&str; 12] = [
+    "memory",
+    "_initialize",
+    "proxy_abi_version_0_2_1",
+    "proxy_on_memory_allocate",
+    "proxy_on_context_create",
+    "proxy_on_configure",
+    "proxy_on_tick",
+    "proxy_on_request_headers",
+    "proxy_on_request_body",
+    "proxy_on_response_headers",
+    "proxy_on_http_call_response",
+    "proxy_on_delete",
 ];
 
-/// The SDK trait methods behind [`UNUSED_EXPORTS`]: the adapter must not implement any of them.
-pub const UNUSED_METHODS: [&str; 12] = [
-    "fn on_done",
-    "fn on_log",
-    "fn on_http_response_body",
-    "fn on_http_request_trailers",
-    "fn on_http_response_trailers",
-    "fn on_new_connection",
-    "fn on_downstream_data",
-    "fn on_downstream_close",
-    "fn on_upstream_data",
-    "fn on_upstream_close",
-    "fn on_grpc",
-    "fn on_queue_ready",
-];
-
-/// `wasm` without the exports named in `drop`. Only the export section changes; `wasm-opt` then
-/// removes the code nothing reaches any more.
-pub fn without_exports(wasm: &[u8], drop: &[&str]) -> Result<Vec<u8>> {
+/// The names `wasm` exports, in the module's order.
+pub fn exports(wasm: &[u8]) -> Result<Vec<String>> {
     if wasm.get(..8) != Some(b"\0asm\x01\0\0\0".as_slice()) {
         bail!("not a WebAssembly 1.0 module");
     }
-    let mut out = wasm[..8].to_vec();
     let mut at = 8;
     while at < wasm.len() {
         let id = wasm[at];
@@ -66,42 +41,29 @@ pub fn without_exports(wasm: &[u8], drop: &[&str]) -> Result<Vec<u8>> {
             .filter(|&e| e <= wasm.len())
             .ok_or_else(|| anyhow!("section {id} runs past the end"))?;
         if id == 7 {
-            let body = exports_without(&wasm[start..end], drop)?;
-            out.push(7);
-            put_leb_u32(&mut out, u32::try_from(body.len())?);
-            out.extend_from_slice(&body);
-        } else {
-            out.extend_from_slice(&wasm[at..end]);
+            return export_names(&wasm[start..end]);
         }
         at = end;
     }
-    Ok(out)
+    Ok(Vec::new())
 }
 
-fn exports_without(section: &[u8], drop: &[&str]) -> Result<Vec<u8>> {
+fn export_names(section: &[u8]) -> Result<Vec<String>> {
     let (count, mut at) = leb_u32(section, 0)?;
-    let mut kept = Vec::new();
-    let mut n_kept = 0u32;
+    let mut names = Vec::new();
     for _ in 0..count {
-        let entry_start = at;
         let (name_len, n) = leb_u32(section, at)?;
         let name_start = at + n;
         let name_end = name_start + name_len as usize;
         let name = section
             .get(name_start..name_end)
             .ok_or_else(|| anyhow!("export name runs past the section"))?;
+        names.push(String::from_utf8_lossy(name).into_owned());
         // kind, then the index.
         let (_, n) = leb_u32(section, name_end + 1)?;
         at = name_end + 1 + n;
-        if !drop.iter().any(|d| d.as_bytes() == name) {
-            kept.extend_from_slice(&section[entry_start..at]);
-            n_kept += 1;
-        }
     }
-    let mut out = Vec::new();
-    put_leb_u32(&mut out, n_kept);
-    out.extend_from_slice(&kept);
-    Ok(out)
+    Ok(names)
 }
 
 fn leb_u32(b: &[u8], mut at: usize) -> Result<(u32, usize)> {
@@ -118,29 +80,12 @@ fn leb_u32(b: &[u8], mut at: usize) -> Result<(u32, usize)> {
     bail!("LEB128 too long")
 }
 
-fn put_leb_u32(out: &mut Vec<u8>, mut v: u32) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-/// Writes the shipped module for the release build `release` to `output`: unused exports dropped,
-/// then `wasm-opt -Oz`.
+/// Writes the shipped module for the release build `release` to `output`: `wasm-opt -Oz`.
 pub fn finish(wasm_opt: &str, release: &Path, output: &Path) -> Result<()> {
-    let wasm = fs::read(release).with_context(|| format!("reading {}", release.display()))?;
-    let trimmed = without_exports(&wasm, &UNUSED_EXPORTS)
-        .with_context(|| format!("reading the exports of {}", release.display()))?;
-    let tmp = output.with_extension(format!("trimmed.{}.wasm", std::process::id()));
-    fs::write(&tmp, trimmed).with_context(|| format!("writing {}", tmp.display()))?;
-    let result = crate::oci::optimize(wasm_opt, &tmp, output).map_err(|e| anyhow!("{e}"));
-    let _ = fs::remove_file(&tmp);
-    result
+    if !release.exists() {
+        bail!("{} is missing", release.display());
+    }
+    crate::oci::optimize(wasm_opt, release, output).map_err(|e| anyhow!("{e}"))
 }
 
 /// The shipped module next to the release build (`oidc_filter.opt.wasm`), made again when the release
@@ -173,7 +118,7 @@ mod tests {
             put_leb_u32(&mut section, *index);
         }
         let mut m = b"\0asm\x01\0\0\0".to_vec();
-        // A custom section before and after, kept as they are.
+        // A custom section before and after.
         m.extend_from_slice(&[0, 3, 1, b'a', 9]);
         m.push(7);
         put_leb_u32(&mut m, section.len() as u32);
@@ -182,31 +127,35 @@ mod tests {
         m
     }
 
-    #[test]
-    fn drops_only_the_named_exports() {
-        let m = module_with_exports(&[
-            ("memory", 0),
-            ("proxy_on_log", 300),
-            ("proxy_on_request_headers", 301),
-        ]);
-        let out = without_exports(&m, &["proxy_on_log", "not_there"]).unwrap();
-        assert_eq!(
-            out,
-            module_with_exports(&[("memory", 0), ("proxy_on_request_headers", 301)])
-        );
-        assert_eq!(without_exports(&m, &[]).unwrap(), m);
+    fn put_leb_u32(out: &mut Vec<u8>, mut v: u32) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
     }
 
     #[test]
-    fn unused_callbacks_stay_unimplemented() {
-        let adapter =
-            fs::read_to_string(crate::workspace_root().join("filter/src/adapter.rs")).unwrap();
-        for method in UNUSED_METHODS {
-            assert!(
-                !adapter.contains(method),
-                "the adapter implements `{method}`: remove its export from UNUSED_EXPORTS"
-            );
-        }
+    fn reads_export_names() {
+        let m = module_with_exports(&[("memory", 0), ("proxy_on_request_headers", 301)]);
+        assert_eq!(exports(&m).unwrap(), ["memory", "proxy_on_request_headers"]);
+    }
+
+    #[test]
+    fn the_filter_exports_only_the_callbacks_it_handles() {
+        let wasm = fs::read(crate::release_wasm_path().unwrap()).unwrap();
+        let mut found = exports(&wasm).unwrap();
+        let mut expected = EXPORTS.map(String::from).to_vec();
+        found.sort();
+        expected.sort();
+        assert_eq!(
+            found, expected,
+            "filter/src/exports.rs and EXPORTS disagree: each extra callback is a trip into the VM"
+        );
     }
 
     #[test]
@@ -220,9 +169,9 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_module() {
-        assert!(without_exports(b"not wasm", &[]).is_err());
+        assert!(exports(b"not wasm").is_err());
         let mut m = module_with_exports(&[("a", 1)]);
-        m.truncate(m.len() - 3);
-        assert!(without_exports(&m, &[]).is_err());
+        m.truncate(m.len() - 7);
+        assert!(exports(&m).is_err());
     }
 }

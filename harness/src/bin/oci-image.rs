@@ -15,8 +15,7 @@ Builds an OCI image of FILE that Istio's image fetcher accepts and writes it as 
 Prints the manifest digest, 64 hex digits: the WasmPlugin's spec.sha256.
 
   --wasm FILE     the release module: target/wasm32-wasip1/release/oidc_filter.wasm
-  --no-opt        package FILE as it is; by default the SDK callbacks the filter never uses are dropped
-                  from its exports and it goes through `wasm-opt -Oz --strip-debug`
+  --no-opt        package FILE as it is; by default it goes through `wasm-opt -Oz --strip-debug`
   --wasm-opt BIN  the wasm-opt to run (default: wasm-opt on PATH)
   --format        docker: Docker schema 2, one tar+gzip layer holding plugin.wasm
                   oci:    OCI image, one tar+gzip layer holding plugin.wasm (default)

@@ -1,0 +1,189 @@
+//! The proxy-wasm callbacks the module exports, and which context each one is for.
+//!
+//! Only the callbacks the filter acts on are exported. The host treats a missing one as having nothing to
+//! do (proxy-wasm-cpp-host: `onDone` answers "done", `onLog`, `onVmStart` and the body, trailer, stream,
+//! gRPC, queue and foreign-function callbacks return at once) without entering the VM: for a request that
+//! spares a trip into the VM for `proxy_on_done`, `proxy_on_log` and each response body chunk.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::adapter::{self, Http, Root};
+use crate::host::{self, Action};
+
+thread_local! {
+    /// Root contexts by id: one per plugin configuration that shares this VM (usually one).
+    static ROOTS: RefCell<Vec<(u32, Root)>> = const { RefCell::new(Vec::new()) };
+    /// Live requests by context id: looked up on every callback, hence the cheap hash.
+    static REQUESTS: RefCell<HashMap<u32, Http, BuildHasherDefault<IdHasher>>> =
+        const { RefCell::new(HashMap::with_hasher(BuildHasherDefault::new())) };
+    /// Callouts in flight: token, and the context that made it. The host answers every callout on the
+    /// root context, so the owner is ours to remember.
+    static CALLOUTS: RefCell<Vec<(u32, u32)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Hashes the host's context ids, which count up from 1: a multiplication spreads them over all bits
+/// (the table takes its bucket from the low bits and its tag from the top ones). SipHash, the default,
+/// guards against keys an attacker picks; these ids come from the host.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u32` keys come here (`write_u32`); anything else still hashes every byte (FNV-1a).
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Remembers that the answer to callout `token` goes to context `owner`.
+pub fn register_callout(token: u32, owner: u32) {
+    CALLOUTS.with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            c.push((token, owner));
+        }
+    });
+}
+
+/// Runs `f` on root context `id`; `None` if there is none (or it is busy: the host does not re-enter).
+fn with_root<T>(id: u32, f: impl FnOnce(&mut Root) -> T) -> Option<T> {
+    ROOTS.with(|roots| {
+        let mut roots = roots.try_borrow_mut().ok()?;
+        let (_, root) = roots.iter_mut().find(|(r, _)| *r == id)?;
+        Some(f(root))
+    })
+}
+
+/// Runs `f` on request context `id`; `None` if there is none.
+fn with_request<T>(id: u32, f: impl FnOnce(&mut Http) -> T) -> Option<T> {
+    REQUESTS.with(|requests| Some(f(requests.try_borrow_mut().ok()?.get_mut(&id)?)))
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32) {
+    if root_context_id == 0 {
+        ROOTS.with(|roots| {
+            if let Ok(mut roots) = roots.try_borrow_mut() {
+                roots.push((context_id, Root::new(context_id)));
+            }
+        });
+        return;
+    }
+    // A root context that has no accepted configuration makes no request context; the request is then
+    // refused in `proxy_on_request_headers`.
+    let Some(Some(http)) = with_root(root_context_id, |root| root.create_http_context(context_id))
+    else {
+        return;
+    };
+    REQUESTS.with(|requests| {
+        if let Ok(mut requests) = requests.try_borrow_mut() {
+            requests.insert(context_id, http);
+        }
+    });
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: usize) -> u32 {
+    u32::from(with_root(root_context_id, |root| root.on_configure()).unwrap_or(false))
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_tick(root_context_id: u32) {
+    with_root(root_context_id, |root| root.on_tick());
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_request_headers(
+    context_id: u32,
+    _headers: usize,
+    end_of_stream: u32,
+) -> u32 {
+    with_request(context_id, |http| {
+        http.on_request_headers(end_of_stream != 0)
+    })
+    .unwrap_or_else(|| {
+        // A request without a context of ours would pass unchecked: refuse it instead.
+        adapter::fail(500);
+        Action::Pause
+    }) as u32
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_request_body(
+    context_id: u32,
+    body_size: usize,
+    end_of_stream: u32,
+) -> u32 {
+    with_request(context_id, |http| {
+        http.on_request_body(body_size, end_of_stream != 0)
+    })
+    .unwrap_or(Action::Continue) as u32
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_response_headers(
+    context_id: u32,
+    _headers: usize,
+    _end_of_stream: u32,
+) -> u32 {
+    with_request(context_id, |http| http.on_response_headers()).unwrap_or(Action::Continue) as u32
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_http_call_response(
+    _root_context_id: u32,
+    token: u32,
+    _headers: usize,
+    body_size: usize,
+    _trailers: usize,
+) {
+    let owner = CALLOUTS.with(|c| {
+        let mut c = c.try_borrow_mut().ok()?;
+        let at = c.iter().position(|(t, _)| *t == token)?;
+        Some(c.swap_remove(at).1)
+    });
+    let Some(owner) = owner else { return };
+    // The answer arrives on the root context; the owner's host calls (its headers, its local response,
+    // resuming it) need the owner's context. A request that has ended has nothing left to answer.
+    let answered = with_request(owner, |http| {
+        if host::set_effective_context(owner).is_ok() {
+            http.on_http_call_response(token, body_size);
+        }
+    });
+    if answered.is_none() {
+        with_root(owner, |root| {
+            if host::set_effective_context(owner).is_ok() {
+                root.on_http_call_response(token, body_size);
+            }
+        });
+    }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_delete(context_id: u32) {
+    let request = REQUESTS.with(|requests| requests.try_borrow_mut().ok()?.remove(&context_id));
+    if request.is_some() {
+        // Dropped here, outside the table's borrow: `Http`'s `Drop` makes host calls.
+        drop(request);
+        return;
+    }
+    let root = ROOTS.with(|roots| {
+        let mut roots = roots.try_borrow_mut().ok()?;
+        let at = roots.iter().position(|(id, _)| *id == context_id)?;
+        Some(roots.swap_remove(at))
+    });
+    drop(root);
+}
