@@ -189,7 +189,9 @@ pub fn log(level: LogLevel, message: &str) {
     unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
 }
 
-/// Seconds since the Unix epoch by the host's clock (0 if it will not say).
+/// Seconds since the Unix epoch by the host's clock. If the host will not say (Envoy always does), a time
+/// far in the future: every session, login and token then reads as expired, so the failure closes
+/// (no 0, which would make everything look fresh), and sums like `now + ttl` still cannot overflow.
 pub fn now_secs() -> u64 {
     let mut nanos = 0u64;
     // SAFETY: the host writes one u64 through a pointer to a local.
@@ -197,7 +199,7 @@ pub fn now_secs() -> u64 {
     if status == OK {
         nanos / 1_000_000_000
     } else {
-        0
+        u64::MAX / 4
     }
 }
 
