@@ -48,7 +48,7 @@ pub fn is_zero(a: &[u32]) -> bool {
 }
 
 /// `a += b`, returning the carry out.
-fn add_in_place(a: &mut [u32], b: &[u32]) -> bool {
+pub fn add_in_place(a: &mut [u32], b: &[u32]) -> bool {
     let mut carry = 0u64;
     for (x, &y) in a.iter_mut().zip(b) {
         let s = u64::from(*x) + u64::from(y) + carry;
@@ -128,36 +128,46 @@ impl Modulus {
         (a.len() == self.m.len() && cmp(&a, &self.m) == Ordering::Less).then_some(a)
     }
 
-    /// a·b·R⁻¹ mod m (CIOS). Needs a < R and b < m (so a·b < R·m); the result is below m.
+    /// a·b·R⁻¹ mod m (FIOS: one pass per limb of b adds a·bᵢ and q·m and shifts). Needs a < R and
+    /// b < m (so a·b < R·m); the result is below m. Both have the modulus's length (a shorter one gives 0,
+    /// which no check accepts).
     pub fn mul(&self, a: &[u32], b: &[u32]) -> Limbs {
         let n = self.m.len();
-        let mut t = vec![0u32; n + 2];
-        for &bi in b.iter().take(n) {
+        let (Some(a), Some(b), Some(m)) = (a.get(..n), b.get(..n), self.m.get(..n)) else {
+            return vec![0; n];
+        };
+        let (Some((&a0, a_rest)), Some((&m0, m_rest))) = (a.split_first(), m.split_first()) else {
+            return Vec::new();
+        };
+        // Two buffers of n limbs plus a top limb each: each pass reads one and writes the other shifted
+        // down by a limb, so every loop is a zip (no index checks) and nothing moves in place.
+        let mut t = vec![0u32; n];
+        let mut u = vec![0u32; n];
+        let mut top = 0u64;
+        for &bi in b {
             let bi = u64::from(bi);
-            let mut c = 0u64;
-            for (tj, &aj) in t.iter_mut().zip(a.iter().take(n)) {
-                let s = u64::from(*tj) + u64::from(aj) * bi + c;
-                *tj = s as u32;
-                c = s >> 32;
+            let (Some((&t0, t_rest)), Some((last, u_low))) = (t.split_first(), u.split_last_mut())
+            else {
+                break;
+            };
+            let s = u64::from(t0) + u64::from(a0) * bi;
+            // q makes the low limb of t + a·bᵢ + q·m zero, so the sum shifts down by one limb.
+            let q = u64::from((s as u32).wrapping_mul(self.inv));
+            let mut c1 = s >> 32;
+            let mut c2 = (u64::from(s as u32) + q * u64::from(m0)) >> 32;
+            for (((out, &tj), &aj), &mj) in u_low.iter_mut().zip(t_rest).zip(a_rest).zip(m_rest) {
+                let s = u64::from(tj) + u64::from(aj) * bi + c1;
+                c1 = s >> 32;
+                let s2 = u64::from(s as u32) + q * u64::from(mj) + c2;
+                c2 = s2 >> 32;
+                *out = s2 as u32;
             }
-            let s = u64::from(t[n]) + c;
-            t[n] = s as u32;
-            t[n + 1] = (s >> 32) as u32;
-            // Add q·m, with q chosen so the low limb becomes zero, and drop that limb.
-            let q = u64::from(t[0].wrapping_mul(self.inv));
-            let mut c = (u64::from(t[0]) + q * u64::from(self.m[0])) >> 32;
-            for j in 1..n {
-                let s = u64::from(t[j]) + q * u64::from(self.m[j]) + c;
-                t[j - 1] = s as u32;
-                c = s >> 32;
-            }
-            let s = u64::from(t[n]) + c;
-            t[n - 1] = s as u32;
-            t[n] = t[n + 1] + (s >> 32) as u32;
+            let s = top + c1 + c2;
+            *last = s as u32;
+            top = s >> 32;
+            std::mem::swap(&mut t, &mut u);
         }
-        // t < 2m here.
-        let top = t[n];
-        t.truncate(n);
+        // t + top·R < 2m here.
         if top != 0 || cmp(&t, &self.m) != Ordering::Less {
             sub_in_place(&mut t, &self.m);
         }

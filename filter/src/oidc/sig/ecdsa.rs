@@ -228,12 +228,15 @@ impl EcKey {
         if bignum::is_zero(&pt.z) {
             return Some(false);
         }
-        // x = X/Z², out of the Montgomery domain, reduced mod n (x < p < 2n).
-        let zi = p.invert(&pt.z);
-        let mut x = p.from_mont(&p.mul(&pt.x, &p.mul(&zi, &zi)));
-        if n.elem(x.clone()).is_none() {
-            bignum::sub_in_place(&mut x, n.value());
+        // x(R) mod n == r, without inverting Z: x = X/Z² is below p < 2n, so it is r or r + n, and
+        // x == v exactly when v·Z² == X.
+        let z2 = p.mul(&pt.z, &pt.z);
+        let matches = |v: &[u32]| p.mul(&p.to_mont(v), &z2) == pt.x;
+        if matches(&r) {
+            return Some(true);
         }
-        Some(x == r)
+        let mut r_plus_n = r;
+        let carry = bignum::add_in_place(&mut r_plus_n, n.value());
+        Some(!carry && p.elem(r_plus_n).is_some_and(|v| matches(&v)))
     }
 }
