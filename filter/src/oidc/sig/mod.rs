@@ -5,7 +5,8 @@
 //! crates (`rsa`, `p256`, `p384`, `ed25519-compact`) did. Only verification, only public inputs: no secret
 //! ever passes through here, so timing is not a concern. Each check follows its RFC step by step; the
 //! tests compare every algorithm with those crates (now dev-dependencies) on valid, tampered and
-//! out-of-range signatures, and the `jwks` and `id_token` fuzz targets feed it arbitrary keys and tokens.
+//! out-of-range signatures; the `signatures` fuzz target compares verdicts with them on fuzzed signatures,
+//! and the `jwks` and `id_token` targets feed it arbitrary keys and tokens.
 
 pub mod bignum;
 pub mod ecdsa;
