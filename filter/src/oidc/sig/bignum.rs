@@ -241,6 +241,30 @@ impl Modulus {
     }
 }
 
+/// u·P + v·Q by Shamir's trick (one doubling per bit, one addition of P, Q or P + Q), for any group:
+/// `zero` is its identity, `add` and `double` its operations. Scalars plain, little-endian limbs.
+pub fn shamir<T>(
+    u: &[u32],
+    v: &[u32],
+    [p, q, pq]: [&T; 3],
+    zero: T,
+    add: impl Fn(&T, &T) -> T,
+    double: impl Fn(&T) -> T,
+) -> T {
+    let bit = |k: &[u32], i: usize| k.get(i / 32).is_some_and(|l| (l >> (i % 32)) & 1 == 1);
+    let mut acc = zero;
+    for i in (0..32 * u.len().max(v.len())).rev() {
+        acc = double(&acc);
+        match (bit(u, i), bit(v, i)) {
+            (true, false) => acc = add(&acc, p),
+            (false, true) => acc = add(&acc, q),
+            (true, true) => acc = add(&acc, pq),
+            (false, false) => {}
+        }
+    }
+    acc
+}
+
 /// Big-endian hex, for curve constants.
 pub fn hex(s: &str) -> Vec<u8> {
     let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;

@@ -154,21 +154,17 @@ impl Curve {
         Point { x, y, z }
     }
 
-    /// u1·G + u2·Q (Shamir's trick), scalars plain.
+    /// u1·G + u2·Q, scalars plain.
     fn mul2(&self, u1: &[u32], u2: &[u32], q: &Point) -> Point {
         let gq = self.add(&self.g, q);
-        let mut acc = self.infinity();
-        for i in (0..32 * u1.len()).rev() {
-            acc = self.double(&acc);
-            let bit = |k: &[u32]| k.get(i / 32).is_some_and(|l| (l >> (i % 32)) & 1 == 1);
-            match (bit(u1), bit(u2)) {
-                (true, false) => acc = self.add(&acc, &self.g),
-                (false, true) => acc = self.add(&acc, q),
-                (true, true) => acc = self.add(&acc, &gq),
-                (false, false) => {}
-            }
-        }
-        acc
+        bignum::shamir(
+            u1,
+            u2,
+            [&self.g, q, &gq],
+            self.infinity(),
+            |a, b| self.add(a, b),
+            |a| self.double(a),
+        )
     }
 }
 

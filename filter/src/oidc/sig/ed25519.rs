@@ -156,21 +156,17 @@ impl Field {
         bignum::is_zero(&q.x) && q.y == q.z
     }
 
-    /// [s]B + [k]P (Shamir's trick), scalars plain.
+    /// [s]B + [k]P, scalars plain.
     fn mul2(&self, s: &[u32], k: &[u32], pt: &Point) -> Point {
         let bp = self.add(&self.b, pt);
-        let mut acc = self.identity();
-        for i in (0..256).rev() {
-            acc = self.add(&acc, &acc);
-            let bit = |v: &[u32]| v.get(i / 32).is_some_and(|l| (l >> (i % 32)) & 1 == 1);
-            match (bit(s), bit(k)) {
-                (true, false) => acc = self.add(&acc, &self.b),
-                (false, true) => acc = self.add(&acc, pt),
-                (true, true) => acc = self.add(&acc, &bp),
-                (false, false) => {}
-            }
-        }
-        acc
+        bignum::shamir(
+            s,
+            k,
+            [&self.b, pt, &bp],
+            self.identity(),
+            |a, b| self.add(a, b),
+            |a| self.add(a, a),
+        )
     }
 
     /// A 64-byte little-endian number mod L.
