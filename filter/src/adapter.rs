@@ -131,28 +131,51 @@ impl Metrics {
                 self.callback_failed[i]
             }
         };
-        if id != 0 && id == self.forwarded {
-            // The one counter of the logged-in path: added up here, handed to Envoy on the tick.
-            FORWARDED_UNFLUSHED.fetch_add(1, Ordering::Relaxed);
+        if id == 0 {
             return;
         }
-        if id != 0 {
-            let _ = host::increment_metric(id, 1);
+        match self.batched().iter().position(|&b| b == id) {
+            // A per-request counter: added up here, handed to Envoy on the tick.
+            Some(slot) => {
+                if let Some(n) = UNFLUSHED.get(slot) {
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => {
+                let _ = host::increment_metric(id, 1);
+            }
         }
     }
 
-    /// Hands Envoy the logged-in requests counted since the last tick.
+    /// The counters a request on a common path bumps, in [`UNFLUSHED`]'s order.
+    fn batched(&self) -> [u32; BATCHED] {
+        [
+            self.forwarded,
+            self.login_redirect,
+            self.unauthorized,
+            self.bypass,
+            self.bearer_passthrough,
+            self.not_ready,
+        ]
+    }
+
+    /// Hands Envoy the per-request counts added up since the last tick.
     fn flush(&self) {
-        let n = FORWARDED_UNFLUSHED.swap(0, Ordering::Relaxed);
-        if n > 0 && self.forwarded != 0 {
-            let _ = host::increment_metric(self.forwarded, n as i64);
+        for (n, id) in UNFLUSHED.iter().zip(self.batched()) {
+            let n = n.swap(0, Ordering::Relaxed);
+            if n > 0 && id != 0 {
+                let _ = host::increment_metric(id, n as i64);
+            }
         }
     }
 }
 
-/// Logged-in requests this VM has not yet added to `sessions_forwarded`: a host call per request is
-/// a measurable share of the logged-in path, so the counter trails by at most one tick (1 s).
-static FORWARDED_UNFLUSHED: AtomicU64 = AtomicU64::new(0);
+const BATCHED: usize = 6;
+
+/// Requests this VM has counted but not yet handed to Envoy, one slot per [`Metrics::batched`] counter:
+/// a host call per request is a measurable share of the logged-in path and of the redirect, so these
+/// counters trail by at most one tick (1 s). Rarer events (logins, refreshes, failures) count at once.
+static UNFLUSHED: [AtomicU64; BATCHED] = [const { AtomicU64::new(0) }; BATCHED];
 
 /// The plugin's root context: configuration, discovery and JWKS on a timer.
 pub struct Root {
