@@ -149,76 +149,75 @@ fn negate_s(sig: &[u8], order_hex: &str) -> Vec<u8> {
     [&sig[..len], &bignum::to_be(&n, len)[..]].concat()
 }
 
-#[test]
-fn p256_agrees_with_the_p256_crate() {
-    let mut rng = Rng(0x1234_5678_9abc_def1);
-    let order = "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551";
-    for _ in 0..12 {
-        let Ok(sk) = p256::ecdsa::SigningKey::from_slice(&rng.bytes(32)) else {
-            continue;
-        };
-        let vk = *sk.verifying_key();
-        let (x, y) = xy(vk.to_sec1_point(false).as_bytes(), 32);
-        let key = EcKey::new(Crv::P256, &x, &y).unwrap();
-        let hash = rng.bytes(32);
-        let sig: p256::ecdsa::Signature = sk.sign_prehash(&hash).unwrap();
-        let sig = sig.to_bytes().to_vec();
-        assert!(key.verify_prehash(&hash, &sig));
-        let reference = |h: &[u8], s: &[u8]| {
-            p256::ecdsa::Signature::from_slice(s).is_ok_and(|s| vk.verify_prehash(h, &s).is_ok())
-        };
-        let high = negate_s(&sig, order);
-        assert_eq!(key.verify_prehash(&hash, &high), reference(&hash, &high));
-        for _ in 0..6 {
-            let bad = rng.flip(&sig);
-            assert_eq!(key.verify_prehash(&hash, &bad), reference(&hash, &bad));
-            assert!(!key.verify_prehash(&rng.flip(&hash), &sig));
+/// One ECDSA curve against its RustCrypto crate: valid, high-s, tampered and out-of-range signatures.
+macro_rules! ecdsa_agrees {
+    ($name:ident, $krate:ident, $crv:expr, $len:literal, $order:literal, $seed:literal, $keys:literal) => {
+        #[test]
+        fn $name() {
+            let mut rng = Rng($seed);
+            for _ in 0..$keys {
+                let Ok(sk) = $krate::ecdsa::SigningKey::from_slice(&rng.bytes($len)) else {
+                    continue;
+                };
+                let vk = *sk.verifying_key();
+                let (x, y) = xy(vk.to_sec1_point(false).as_bytes(), $len);
+                let key = EcKey::new($crv, &x, &y).unwrap();
+                let hash = rng.bytes($len);
+                let sig: $krate::ecdsa::Signature = sk.sign_prehash(&hash).unwrap();
+                let sig = sig.to_bytes().to_vec();
+                assert!(key.verify_prehash(&hash, &sig));
+                let reference = |h: &[u8], s: &[u8]| {
+                    $krate::ecdsa::Signature::from_slice(s)
+                        .is_ok_and(|s| vk.verify_prehash(h, &s).is_ok())
+                };
+                let high = negate_s(&sig, $order);
+                assert_eq!(key.verify_prehash(&hash, &high), reference(&hash, &high));
+                for _ in 0..4 {
+                    let bad = rng.flip(&sig);
+                    assert_eq!(key.verify_prehash(&hash, &bad), reference(&hash, &bad));
+                    assert!(!key.verify_prehash(&rng.flip(&hash), &sig));
+                }
+                // r or s zero, or not below n; a short signature; a short hash.
+                let n = bignum::hex($order);
+                let (r, s) = sig.split_at($len);
+                for bad in [
+                    [&[0u8; $len][..], s].concat(),
+                    [r, &[0u8; $len][..]].concat(),
+                    [&n[..], s].concat(),
+                    [r, &n[..]].concat(),
+                    [&[0xff; $len][..], s].concat(),
+                    sig[..2 * $len - 1].to_vec(),
+                ] {
+                    assert!(!key.verify_prehash(&hash, &bad));
+                    assert!(!reference(&hash, &bad));
+                }
+                assert!(!key.verify_prehash(&hash[..$len - 1], &sig));
+                // Another key's signature.
+                assert!(!EcKey::new($crv, &y, &x).is_some_and(|k| k.verify_prehash(&hash, &sig)));
+            }
         }
-        // r or s zero, or not below n.
-        let n = bignum::hex(order);
-        for bad in [
-            [&[0u8; 32][..], &sig[32..]].concat(),
-            [&sig[..32], &[0u8; 32][..]].concat(),
-            [&n[..], &sig[32..]].concat(),
-            [&sig[..32], &n[..]].concat(),
-            [&[0xff; 32][..], &sig[32..]].concat(),
-            sig[..63].to_vec(),
-        ] {
-            assert!(!key.verify_prehash(&hash, &bad));
-            assert!(!reference(&hash, &bad));
-        }
-        // Another key's signature.
-        assert!(!EcKey::new(Crv::P256, &y, &x).is_some_and(|k| k.verify_prehash(&hash, &sig)));
-    }
+    };
 }
 
-#[test]
-fn p384_agrees_with_the_p384_crate() {
-    let mut rng = Rng(0x0fed_cba9_8765_4321);
-    let order = "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973";
-    for _ in 0..6 {
-        let Ok(sk) = p384::ecdsa::SigningKey::from_slice(&rng.bytes(48)) else {
-            continue;
-        };
-        let vk = *sk.verifying_key();
-        let (x, y) = xy(vk.to_sec1_point(false).as_bytes(), 48);
-        let key = EcKey::new(Crv::P384, &x, &y).unwrap();
-        let hash = rng.bytes(48);
-        let sig: p384::ecdsa::Signature = sk.sign_prehash(&hash).unwrap();
-        let sig = sig.to_bytes().to_vec();
-        assert!(key.verify_prehash(&hash, &sig));
-        let reference = |h: &[u8], s: &[u8]| {
-            p384::ecdsa::Signature::from_slice(s).is_ok_and(|s| vk.verify_prehash(h, &s).is_ok())
-        };
-        let high = negate_s(&sig, order);
-        assert_eq!(key.verify_prehash(&hash, &high), reference(&hash, &high));
-        for _ in 0..4 {
-            let bad = rng.flip(&sig);
-            assert_eq!(key.verify_prehash(&hash, &bad), reference(&hash, &bad));
-        }
-        assert!(!key.verify_prehash(&hash[..32], &sig));
-    }
-}
+ecdsa_agrees!(
+    p256_agrees_with_the_p256_crate,
+    p256,
+    Crv::P256,
+    32,
+    "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551",
+    0x1234_5678_9abc_def1,
+    12
+);
+
+ecdsa_agrees!(
+    p384_agrees_with_the_p384_crate,
+    p384,
+    Crv::P384,
+    48,
+    "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973",
+    0x0fed_cba9_8765_4321,
+    6
+);
 
 #[test]
 fn points_off_the_curve_are_refused() {
