@@ -93,7 +93,8 @@ pub(crate) fn push_escape(out: &mut String, b: u8) {
     out.push(char::from(HEX[usize::from(b & 15)]));
 }
 
-fn hex(b: u8) -> Option<u8> {
+/// The value of one hex digit.
+pub(crate) fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

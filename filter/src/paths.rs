@@ -98,8 +98,8 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hi = hex(*b.get(i + 1)?)?;
-            let lo = hex(*b.get(i + 2)?)?;
+            let hi = crate::form::hex(*b.get(i + 1)?)?;
+            let lo = crate::form::hex(*b.get(i + 2)?)?;
             out.push(hi << 4 | lo);
             i += 3;
         } else {
@@ -111,15 +111,6 @@ fn percent_decode(s: &str) -> Option<String> {
         return None;
     }
     String::from_utf8(out).ok()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

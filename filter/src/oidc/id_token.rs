@@ -604,43 +604,24 @@ mod jws_tests {
     /// A token signed with `alg` by the test key for it (`rsa-noalg`, a JWK without `alg`, for the RSA
     /// algorithms no other key declares).
     fn signed(alg: Alg) -> String {
+        macro_rules! sign {
+            ($pair:ty, $pem:expr, $kid:literal) => {
+                <$pair>::from_pem($pem)
+                    .unwrap()
+                    .with_key_id($kid)
+                    .sign(claims())
+            };
+        }
         match alg {
-            Alg::RS256 => RS256KeyPair::from_pem(RS256_PEM)
-                .unwrap()
-                .with_key_id("rs256-1")
-                .sign(claims()),
-            Alg::RS384 => RS384KeyPair::from_pem(RSA_NOALG_PEM)
-                .unwrap()
-                .with_key_id("rsa-noalg")
-                .sign(claims()),
-            Alg::RS512 => RS512KeyPair::from_pem(RSA_NOALG_PEM)
-                .unwrap()
-                .with_key_id("rsa-noalg")
-                .sign(claims()),
-            Alg::PS256 => PS256KeyPair::from_pem(PS256_PEM)
-                .unwrap()
-                .with_key_id("ps256-1")
-                .sign(claims()),
-            Alg::PS384 => PS384KeyPair::from_pem(RSA_NOALG_PEM)
-                .unwrap()
-                .with_key_id("rsa-noalg")
-                .sign(claims()),
-            Alg::PS512 => PS512KeyPair::from_pem(RSA_NOALG_PEM)
-                .unwrap()
-                .with_key_id("rsa-noalg")
-                .sign(claims()),
-            Alg::ES256 => ES256KeyPair::from_pem(ES256_PEM)
-                .unwrap()
-                .with_key_id("es256-1")
-                .sign(claims()),
-            Alg::ES384 => ES384KeyPair::from_pem(ES384_PEM)
-                .unwrap()
-                .with_key_id("es384-1")
-                .sign(claims()),
-            Alg::EdDSA => Ed25519KeyPair::from_pem(EDDSA_PEM)
-                .unwrap()
-                .with_key_id("eddsa-1")
-                .sign(claims()),
+            Alg::RS256 => sign!(RS256KeyPair, RS256_PEM, "rs256-1"),
+            Alg::RS384 => sign!(RS384KeyPair, RSA_NOALG_PEM, "rsa-noalg"),
+            Alg::RS512 => sign!(RS512KeyPair, RSA_NOALG_PEM, "rsa-noalg"),
+            Alg::PS256 => sign!(PS256KeyPair, PS256_PEM, "ps256-1"),
+            Alg::PS384 => sign!(PS384KeyPair, RSA_NOALG_PEM, "rsa-noalg"),
+            Alg::PS512 => sign!(PS512KeyPair, RSA_NOALG_PEM, "rsa-noalg"),
+            Alg::ES256 => sign!(ES256KeyPair, ES256_PEM, "es256-1"),
+            Alg::ES384 => sign!(ES384KeyPair, ES384_PEM, "es384-1"),
+            Alg::EdDSA => sign!(Ed25519KeyPair, EDDSA_PEM, "eddsa-1"),
         }
         .unwrap()
     }
@@ -755,14 +736,7 @@ mod jws_tests {
         );
     }
 
-    const RSA_ALGS: [Alg; 6] = [
-        Alg::RS256,
-        Alg::RS384,
-        Alg::RS512,
-        Alg::PS256,
-        Alg::PS384,
-        Alg::PS512,
-    ];
+    use super::super::jwks::RSA_ALGS;
 
     #[test]
     fn none_and_hmac_are_never_verified() {

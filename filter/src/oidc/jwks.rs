@@ -54,6 +54,15 @@ impl Alg {
         })
     }
 
+    /// The SHA-2 function the algorithm signs with (Ed25519 hashes inside, with SHA-512).
+    fn hash(self) -> Hash {
+        match self {
+            Alg::RS256 | Alg::PS256 | Alg::ES256 => Hash::Sha256,
+            Alg::RS384 | Alg::PS384 | Alg::ES384 => Hash::Sha384,
+            Alg::RS512 | Alg::PS512 | Alg::EdDSA => Hash::Sha512,
+        }
+    }
+
     /// The JWS `alg` value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -200,32 +209,19 @@ impl Jwk {
     /// Whether `signature` (the decoded third segment of a compact JWS) is this key's signature, with its
     /// algorithm, over `signing_input` (the first two segments, dot included: RFC 7515 5.2).
     pub(crate) fn verifies(&self, signing_input: &[u8], signature: &[u8]) -> bool {
+        let hash = self.alg.hash();
         match (&self.key, self.alg) {
-            (PublicKey::Rsa(key), Alg::RS256) => {
-                key.verify_pkcs1(Hash::Sha256, signing_input, signature)
+            (PublicKey::Rsa(key), Alg::RS256 | Alg::RS384 | Alg::RS512) => {
+                key.verify_pkcs1(hash, signing_input, signature)
             }
-            (PublicKey::Rsa(key), Alg::RS384) => {
-                key.verify_pkcs1(Hash::Sha384, signing_input, signature)
-            }
-            (PublicKey::Rsa(key), Alg::RS512) => {
-                key.verify_pkcs1(Hash::Sha512, signing_input, signature)
-            }
-            (PublicKey::Rsa(key), Alg::PS256) => {
-                key.verify_pss(Hash::Sha256, signing_input, signature)
-            }
-            (PublicKey::Rsa(key), Alg::PS384) => {
-                key.verify_pss(Hash::Sha384, signing_input, signature)
-            }
-            (PublicKey::Rsa(key), Alg::PS512) => {
-                key.verify_pss(Hash::Sha512, signing_input, signature)
+            (PublicKey::Rsa(key), Alg::PS256 | Alg::PS384 | Alg::PS512) => {
+                key.verify_pss(hash, signing_input, signature)
             }
             // JWS ECDSA signatures are the raw r || s (RFC 7518 3.4): exactly 64 or 96 bytes (so DER is
             // refused), r and s in 1..n.
-            (PublicKey::Ec(key), Alg::ES256) if key.crv() == Crv::P256 => {
-                key.verify_prehash(&Hash::Sha256.digest(&[signing_input]), signature)
-            }
-            (PublicKey::Ec(key), Alg::ES384) if key.crv() == Crv::P384 => {
-                key.verify_prehash(&Hash::Sha384.digest(&[signing_input]), signature)
+            // The key's curve is the one its algorithm names (P-256 with SHA-256, P-384 with SHA-384).
+            (PublicKey::Ec(key), Alg::ES256 | Alg::ES384) if key.crv().bytes() == hash.bytes() => {
+                key.verify_prehash(&hash.digest(&[signing_input]), signature)
             }
             (PublicKey::Ed25519(key), Alg::EdDSA) => key.verify(signing_input, signature),
             _ => false,
@@ -242,7 +238,7 @@ impl fmt::Debug for Jwk {
     }
 }
 
-const RSA_ALGS: [Alg; 6] = [
+pub(crate) const RSA_ALGS: [Alg; 6] = [
     Alg::RS256,
     Alg::RS384,
     Alg::RS512,
