@@ -4,6 +4,9 @@
 //! Points in Jacobian coordinates (X/Z², Y/Z³), field elements in the Montgomery domain; both curves have
 //! a = −3 and cofactor 1, so a point on the curve is in the group.
 
+use std::cell::OnceCell;
+use std::rc::Rc;
+
 use super::bignum::{self, Limbs, Modulus, hex};
 
 /// The curves we verify on.
@@ -47,7 +50,21 @@ struct Point {
     z: Limbs,
 }
 
+thread_local! {
+    /// Each curve's constants, derived once per VM (a key check and every verification use them).
+    static CURVES: [OnceCell<Option<Rc<Curve>>>; 2] = const { [OnceCell::new(), OnceCell::new()] };
+}
+
 impl Curve {
+    fn get(crv: Crv) -> Option<Rc<Curve>> {
+        let i = usize::from(crv == Crv::P384);
+        CURVES.with(|c| {
+            c.get(i)?
+                .get_or_init(|| Curve::new(crv).map(Rc::new))
+                .clone()
+        })
+    }
+
     fn new(crv: Crv) -> Option<Curve> {
         let (p, n, b, gx, gy) = match crv {
             Crv::P256 => (
@@ -175,7 +192,7 @@ impl EcKey {
         if x.len() != crv.bytes() || y.len() != crv.bytes() {
             return None;
         }
-        let c = Curve::new(crv)?;
+        let c = Curve::get(crv)?;
         let limbs = c.p.limbs();
         let x = c.p.elem(bignum::from_be(x, limbs)?)?;
         let y = c.p.elem(bignum::from_be(y, limbs)?)?;
@@ -198,7 +215,7 @@ impl EcKey {
         if signature.len() != 2 * len || hash.len() != len {
             return Some(false);
         }
-        let c = Curve::new(self.crv)?;
+        let c = Curve::get(self.crv)?;
         let (n, p) = (&c.n, &c.p);
         let limbs = n.limbs();
         // r and s in 1..n.

@@ -6,6 +6,9 @@
 //! the Montgomery domain of p = 2²⁵⁵ − 19. The addition formula is complete on this curve, so it also
 //! doubles and needs no special cases.
 
+use std::cell::OnceCell;
+use std::rc::Rc;
+
 use super::Hash;
 use super::bignum::{self, Limbs, Modulus, hex};
 
@@ -28,7 +31,16 @@ struct Point {
     t: Limbs,
 }
 
+thread_local! {
+    /// The curve's constants, derived once per VM.
+    static FIELD: OnceCell<Option<Rc<Field>>> = const { OnceCell::new() };
+}
+
 impl Field {
+    fn get() -> Option<Rc<Field>> {
+        FIELD.with(|f| f.get_or_init(|| Field::new().map(Rc::new)).clone())
+    }
+
     fn new() -> Option<Field> {
         let num = |h: &str| bignum::from_be(&hex(h), 8);
         let p = Modulus::new(num(
@@ -182,14 +194,21 @@ impl Field {
 
 /// An Ed25519 public key whose encoding is a point not of small order.
 #[derive(Clone)]
-pub struct Ed25519Key([u8; 32]);
+pub struct Ed25519Key {
+    bytes: [u8; 32],
+    /// −A, decoded and checked once.
+    minus_a: Point,
+}
 
 impl Ed25519Key {
     pub fn new(bytes: &[u8]) -> Option<Ed25519Key> {
         let bytes: [u8; 32] = bytes.try_into().ok()?;
-        let f = Field::new()?;
+        let f = Field::get()?;
         let a = f.decode(&bytes)?;
-        (!f.small_order(&a)).then_some(Ed25519Key(bytes))
+        (!f.small_order(&a)).then(|| Ed25519Key {
+            bytes,
+            minus_a: f.neg(&a),
+        })
     }
 
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
@@ -200,16 +219,15 @@ impl Ed25519Key {
         if signature.len() != 64 {
             return Some(false);
         }
-        let f = Field::new()?;
+        let f = Field::get()?;
         let (r_bytes, s_bytes) = (signature.get(..32)?, signature.get(32..)?);
         let s = f.l.elem(bignum::from_le(s_bytes, 8)?)?;
-        let a = f.decode(&self.0)?;
         let r = f.decode(r_bytes)?;
-        if f.small_order(&a) || f.small_order(&r) {
+        if f.small_order(&r) {
             return Some(false);
         }
-        let k = f.reduce_wide(&Hash::Sha512.digest(&[r_bytes, &self.0, message]))?;
-        let check = f.add(&f.mul2(&s, &k, &f.neg(&a)), &f.neg(&r));
+        let k = f.reduce_wide(&Hash::Sha512.digest(&[r_bytes, &self.bytes, message]))?;
+        let check = f.add(&f.mul2(&s, &k, &self.minus_a), &f.neg(&r));
         Some(f.small_order(&check))
     }
 }
