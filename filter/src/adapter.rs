@@ -299,7 +299,7 @@ impl Root {
             reading_body: false,
             pending: None,
             renewing: None,
-            set_cookies: Rc::default(),
+            set_cookies: None,
         })
     }
 
@@ -343,7 +343,7 @@ impl Root {
             if host::set_effective_context(context_id).is_err() {
                 continue;
             }
-            match apply(step, &self.metrics, &set_cookies, None) {
+            match apply(step, &self.metrics, &mut Some(set_cookies), None) {
                 Ok(Action::Continue) => {
                     let _ = host::resume_request();
                 }
@@ -414,8 +414,9 @@ pub struct Http {
     pending: Option<(u32, Box<Pending>)>,
     /// The renewal this request claimed: its table key and the sealed session it renews.
     renewing: Option<(String, String)>,
-    /// Shared with the root context, which fills it for a request it resumes.
-    set_cookies: Rc<RefCell<Vec<String>>>,
+    /// The response's `Set-Cookie` lines. Shared with the root context, which fills it for a request it
+    /// resumes; made only when there is a line to add or a request parks (not an allocation per request).
+    set_cookies: Option<Rc<RefCell<Vec<String>>>>,
 }
 
 impl Drop for Http {
@@ -538,8 +539,10 @@ impl Http {
 
     /// The response's headers: add the cookies the request's step set.
     pub fn on_response_headers(&mut self) -> Action {
-        for c in self.set_cookies.borrow_mut().drain(..) {
-            let _ = host::add_header(Headers::Response, "set-cookie", &c);
+        if let Some(lines) = &self.set_cookies {
+            for c in lines.borrow_mut().drain(..) {
+                let _ = host::add_header(Headers::Response, "set-cookie", &c);
+            }
         }
         Action::Continue
     }
@@ -558,7 +561,7 @@ impl Http {
             },
             other => other,
         };
-        match apply(step, &self.metrics, &self.set_cookies, headers) {
+        match apply(step, &self.metrics, &mut self.set_cookies, headers) {
             Ok(action) => action,
             Err(Step::ReadBody) => {
                 // Proxy-Wasm hosts turn a pause here into "stop all iteration" (Envoy does unless the plugin
@@ -626,7 +629,7 @@ impl Http {
                         key,
                         job,
                         until,
-                        set_cookies: self.set_cookies.clone(),
+                        set_cookies: self.set_cookies.get_or_insert_with(Rc::default).clone(),
                     });
                     let _ = host::set_tick_period(FAST_TICK);
                     Err(None)
@@ -778,7 +781,7 @@ fn remove_request_header(name: &str) {
 fn apply(
     step: Step,
     metrics: &Metrics,
-    set_cookies: &RefCell<Vec<String>>,
+    set_cookies: &mut Option<Rc<RefCell<Vec<String>>>>,
     headers: Option<&HeaderBlock>,
 ) -> Result<Action, Step> {
     match step {
@@ -798,7 +801,9 @@ fn apply(
                     }
                 }
             }
-            *set_cookies.borrow_mut() = f.set_cookies;
+            if !f.set_cookies.is_empty() {
+                *set_cookies.get_or_insert_with(Rc::default).borrow_mut() = f.set_cookies;
+            }
             Ok(Action::Continue)
         }
         Step::Respond(r) => {

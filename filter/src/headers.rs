@@ -6,64 +6,80 @@
 
 use std::borrow::Cow;
 
-/// The serialized header map, checked once; lookups then walk it without copying.
+/// The serialized header map, checked once; lookups then walk its length table without copying (a map
+/// holds a dozen headers or so: walking it is cheaper than allocating an index of it per request).
 pub struct HeaderBlock {
     bytes: Vec<u8>,
-    /// Each pair's name and value as byte ranges of `bytes`.
-    pairs: Vec<(usize, usize, usize, usize)>,
+    count: usize,
 }
 
 impl HeaderBlock {
     /// Checks the encoding; `None` when it is malformed (then the request has no headers we trust).
     pub fn parse(bytes: Vec<u8>) -> Option<HeaderBlock> {
         if bytes.is_empty() {
-            return Some(HeaderBlock {
-                bytes,
-                pairs: Vec::new(),
-            });
+            return Some(HeaderBlock::empty());
         }
-        let word = |at: usize| -> Option<usize> {
-            let b = bytes.get(at..at.checked_add(4)?)?;
-            Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        };
-        let count = word(0)?;
+        let count = word(&bytes, 0)?;
         // Each pair takes at least 8 bytes of lengths and 2 NULs: a count beyond that is a lie.
         if count > bytes.len() / 10 {
             return None;
         }
-        let mut pairs = Vec::with_capacity(count);
-        let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
-        for i in 0..count {
-            let name_len = word(4 + i * 8)?;
-            let value_len = word(8 + i * 8)?;
-            let name_end = data.checked_add(name_len)?;
-            let value_start = name_end.checked_add(1)?;
-            let value_end = value_start.checked_add(value_len)?;
-            if bytes.get(name_end) != Some(&0) || bytes.get(value_end) != Some(&0) {
+        let block = HeaderBlock { bytes, count };
+        let mut end = block.data_start();
+        for pair in block.pairs() {
+            let (_, n1, _, v1) = pair?;
+            if block.bytes.get(n1) != Some(&0) || block.bytes.get(v1) != Some(&0) {
                 return None;
             }
-            pairs.push((data, name_end, value_start, value_end));
-            data = value_end + 1;
+            end = v1 + 1;
         }
-        Some(HeaderBlock { bytes, pairs })
+        // Every name and value lies inside the block (the walk above checked each NUL behind them).
+        (end <= block.bytes.len()).then_some(block)
     }
 
     /// An empty block.
     pub fn empty() -> HeaderBlock {
         HeaderBlock {
             bytes: Vec::new(),
-            pairs: Vec::new(),
+            count: 0,
         }
     }
 
-    fn raw(&self, name: &str) -> Option<&[u8]> {
-        self.pairs.iter().find_map(|&(n0, n1, v0, v1)| {
-            if self.bytes.get(n0..n1)? == name.as_bytes() {
-                self.bytes.get(v0..v1)
-            } else {
-                None
-            }
+    fn data_start(&self) -> usize {
+        4 + self.count * 8
+    }
+
+    /// Each pair's name and value as byte ranges of `bytes`; `None` for a length that overflows.
+    fn pairs(&self) -> impl Iterator<Item = Option<(usize, usize, usize, usize)>> + '_ {
+        let mut data = Some(self.data_start());
+        (0..self.count).map(move |i| {
+            let n0 = data?;
+            let n1 = n0.checked_add(word(&self.bytes, 4 + i * 8)?)?;
+            let v0 = n1.checked_add(1)?;
+            let v1 = v0.checked_add(word(&self.bytes, 8 + i * 8)?)?;
+            data = v1.checked_add(1);
+            Some((n0, n1, v0, v1))
         })
+    }
+
+    /// The first value of header `name`. A plain loop over the length table: `parse` checked every length
+    /// and offset, and this runs several times per request (iterator adaptors stay calls at `opt-level=z`).
+    fn raw(&self, name: &str) -> Option<&[u8]> {
+        let b = self.bytes.as_slice();
+        let mut lengths = 4;
+        let mut at = self.data_start();
+        let mut left = self.count;
+        while left > 0 {
+            let n = word(b, lengths)?;
+            let v = word(b, lengths + 4)?;
+            if n == name.len() && b.get(at..at + n) == Some(name.as_bytes()) {
+                return b.get(at + n + 1..at + n + 1 + v);
+            }
+            at += n + v + 2;
+            lengths += 8;
+            left -= 1;
+        }
+        None
     }
 
     /// The first value of `name` (lowercase, as Envoy keeps them). Bytes that are not UTF-8 (Envoy lets
@@ -89,16 +105,38 @@ impl HeaderBlock {
     }
 }
 
-/// Whether every byte is below 0x80, eight bytes per step (core's check reads a `usize`, four bytes in
-/// Wasm): header values are ASCII, and a session cookie can be kilobytes long.
+/// The little-endian `u32` at `at`.
+fn word(bytes: &[u8], at: usize) -> Option<usize> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+}
+
+/// Whether every byte is below 0x80, 32 bytes per step (core's check reads a `usize`, four bytes in Wasm):
+/// header values are ASCII, and a session cookie can be kilobytes long.
 fn is_ascii(b: &[u8]) -> bool {
-    let mut words = b.chunks_exact(8);
+    let (blocks, rest) = b.as_chunks::<32>();
     let mut high = 0u64;
-    for w in words.by_ref() {
-        // `chunks_exact` makes every index valid; LLVM makes the eight bytes one load.
-        high |= u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+    for c in blocks {
+        high |= le64(c, 0) | le64(c, 8) | le64(c, 16) | le64(c, 24);
     }
-    high & 0x8080_8080_8080_8080 == 0 && words.remainder().iter().all(|&c| c < 0x80)
+    high & 0x8080_8080_8080_8080 == 0 && rest.iter().all(|&c| c < 0x80)
+}
+
+/// The eight bytes of `c` from `at` as a little-endian word. Indexing an array with constants is what LLVM
+/// turns into one `i64.load`; a `chunks_exact` slice or a `copy_from_slice` at `opt-level=z` becomes eight
+/// byte loads or a `memory.copy`, which V8 runs as a call.
+#[inline(always)]
+pub(crate) fn le64<const N: usize>(c: &[u8; N], at: usize) -> u64 {
+    u64::from_le_bytes([
+        c[at],
+        c[at + 1],
+        c[at + 2],
+        c[at + 3],
+        c[at + 4],
+        c[at + 5],
+        c[at + 6],
+        c[at + 7],
+    ])
 }
 
 /// Encodes pairs the way the host does (for tests and for callers that build a block).

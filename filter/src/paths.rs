@@ -2,14 +2,21 @@
 
 /// The path part of a request target (`:path`), without query or fragment.
 pub fn path_only(target: &str) -> &str {
-    let end = target.find(['?', '#']).unwrap_or(target.len());
-    &target[..end]
+    target.get(..path_end(target)).unwrap_or(target)
+}
+
+/// Where the path of a request target ends. A byte search: in Wasm, `str::find` with a `char` set decodes
+/// every character, which on the per-request path cost more than everything else done with the path.
+fn path_end(target: &str) -> usize {
+    target
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(target.len())
 }
 
 /// The query part of a request target, without `?` and fragment.
 pub fn query_only(target: &str) -> &str {
-    let path_end = target.find(['?', '#']).unwrap_or(target.len());
-    let rest = &target[path_end..];
+    let rest = target.get(path_end(target)..).unwrap_or_default();
     match rest.strip_prefix('?') {
         Some(q) => &q[..q.find('#').unwrap_or(q.len())],
         None => "",

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -232,7 +232,7 @@ pub fn scan<'a>(header: &'a str, name: &str, is_ours: impl Fn(&str) -> bool) -> 
     let mut parts: [Option<&'a str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
     let mut out = String::new();
     let mut removed = false;
-    for raw in header.split(';') {
+    for raw in cookies::segments(header) {
         let segment = cookies::trim_ows(raw);
         if segment.is_empty() {
             continue;
@@ -323,8 +323,31 @@ pub fn is_session_cookie(base: &str, cookie_name: &str) -> bool {
 #[derive(Debug)]
 pub struct SealedMap<V> {
     seed: RandomState,
-    buckets: HashMap<u64, Vec<(String, V)>>,
+    /// By the seeded hash of the key: already spread over all bits, so the table uses it as it is.
+    buckets: HashMap<u64, Vec<(String, V)>, BuildHasherDefault<Prehashed>>,
     len: usize,
+}
+
+/// The identity "hash" for keys that are already hashes (`SealedMap`'s bucket table): SipHash over a `u64`
+/// a second time would be work for nothing on every lookup.
+#[derive(Default)]
+pub struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys come here (`write_u64`); anything else still folds in every byte.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// How many bytes at each end of a key [`SealedMap`] hashes.
@@ -334,7 +357,7 @@ impl<V> Default for SealedMap<V> {
     fn default() -> Self {
         SealedMap {
             seed: RandomState::new(),
-            buckets: HashMap::new(),
+            buckets: HashMap::default(),
             len: 0,
         }
     }
