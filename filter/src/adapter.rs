@@ -429,6 +429,15 @@ impl Drop for Http {
 }
 
 impl Http {
+    /// True when nothing is left for this request's later callbacks: no callout, body or renewal to wait
+    /// for, and no `Set-Cookie` line for the response.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_none()
+            && !self.reading_body
+            && self.renewing.is_none()
+            && self.set_cookies.is_none()
+    }
+
     /// The IdP answered this request's callout (or the callout failed: no `:status`).
     pub fn on_http_call_response(&mut self, token: u32, body_size: usize) {
         let Some((expected, pending)) = self.pending.take() else {

@@ -82,6 +82,17 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
         });
         return;
     }
+    // The usual VM has one root context: then a request's context is made when its headers arrive, and kept
+    // only while it waits for something (`proxy_on_request_headers`). Most requests then cost no insert and
+    // no removal here.
+    let single = ROOTS.with(|roots| {
+        roots
+            .try_borrow()
+            .is_ok_and(|r| matches!(r.as_slice(), [(id, _)] if *id == root_context_id))
+    });
+    if single {
+        return;
+    }
     // A root context that has no accepted configuration makes no request context; the request is then
     // refused in `proxy_on_request_headers`.
     let Some(Some(http)) = with_root(root_context_id, |root| root.create_http_context(context_id))
@@ -111,14 +122,30 @@ pub extern "C" fn proxy_on_request_headers(
     _headers: usize,
     end_of_stream: u32,
 ) -> u32 {
-    with_request(context_id, |http| {
-        http.on_request_headers(end_of_stream != 0)
-    })
-    .unwrap_or_else(|| {
+    let end_of_stream = end_of_stream != 0;
+    if let Some(action) = with_request(context_id, |http| http.on_request_headers(end_of_stream)) {
+        return action as u32;
+    }
+    // A VM with one root context makes the request's context here (see `proxy_on_context_create`).
+    let fresh = ROOTS.with(|roots| match roots.try_borrow().ok()?.as_slice() {
+        [(_, root)] => root.create_http_context(context_id),
+        _ => None,
+    });
+    let Some(mut http) = fresh else {
         // A request without a context of ours would pass unchecked: refuse it instead.
         adapter::fail(500);
-        Action::Pause
-    }) as u32
+        return Action::Pause as u32;
+    };
+    let action = http.on_request_headers(end_of_stream);
+    // Kept while it waits for a callout, a body or a renewal, or has cookies for the response.
+    if !http.is_idle() {
+        REQUESTS.with(|requests| {
+            if let Ok(mut requests) = requests.try_borrow_mut() {
+                requests.insert(context_id, http);
+            }
+        });
+    }
+    action as u32
 }
 
 #[unsafe(no_mangle)]
