@@ -1418,7 +1418,10 @@ fn origin(h: &dyn Headers) -> Option<String> {
 /// A browser navigation: GET or HEAD that wants HTML and is not a script's fetch.
 fn is_browser(h: &dyn Headers) -> bool {
     let method_ok = matches!(h.get(":method").as_deref(), Some("GET") | Some("HEAD"));
-    let wants_html = h.get("accept").is_some_and(|a| a.contains("text/html"));
+    // A byte search: `str::contains` with a `&str` sets up a two-way searcher, costly next to a short header.
+    let wants_html = h
+        .get("accept")
+        .is_some_and(|a| a.as_bytes().windows(9).any(|w| w == b"text/html"));
     let xhr = h
         .get("x-requested-with")
         .is_some_and(|v| v.eq_ignore_ascii_case("XMLHttpRequest"));
