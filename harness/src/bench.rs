@@ -54,6 +54,8 @@ const MIN_OK_SHARE: f64 = 0.99;
 
 /// The goals of issue 5, as benchmark figures.
 const GOAL_HOT_PATH_US: f64 = 5.0;
+/// The most CPU other jobs may take on Envoy's core in any round for a CPU goal to be judged.
+const MAX_FOREIGN_CPU_PCT: f64 = 5.0;
 const GOAL_REDIRECT_US: f64 = 6.0;
 const GOAL_8K_US: f64 = 10.0;
 const GOAL_WASM_BYTES: u64 = 300 * 1024;
@@ -2090,12 +2092,35 @@ impl Report {
                 (Some(i), None) => format!("; instructions per request: {i:+.0}"),
                 _ => String::new(),
             };
+            // CPU time is only judged from quiet rounds: other jobs on Envoy's core, or Envoy idling for
+            // want of load, move it by more than the goals' margins (both ways).
+            let busiest = [
+                Some(name),
+                self.row(name).and_then(|r| r.variant.baseline.as_deref()),
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|n| self.row(n))
+            .flat_map(|r| r.samples.iter())
+            .map(|s| s.foreign_cpu_pct)
+            .fold(0.0_f64, f64::max);
+            let quiet = busiest <= MAX_FOREIGN_CPU_PCT;
+            let unjudged = if quiet {
+                String::new()
+            } else {
+                format!(
+                    "; not judged: other jobs took up to {busiest:.0} % of Envoy's core (at most {MAX_FOREIGN_CPU_PCT:.0} % counts as quiet)"
+                )
+            };
             out.push((
                 format!("{what}: at most +{limit} µs Envoy CPU/request over no filter"),
                 measured.map_or("not measured".into(), |o| {
-                    format!("{:+.1} µs (`{name}`){floor}{instructions}", o.diff_us)
+                    format!(
+                        "{:+.1} µs (`{name}`){floor}{instructions}{unjudged}",
+                        o.diff_us
+                    )
                 }),
-                measured.map(|o| o.diff_us <= limit),
+                measured.filter(|_| quiet).map(|o| o.diff_us <= limit),
             ));
         };
         cpu_goal("oidc-session", "hot path (valid session)", GOAL_HOT_PATH_US);
@@ -2675,6 +2700,73 @@ mod tests {
         assert_eq!(h.split("; ").count(), 5);
         assert_eq!(h.split("; ").nth(2), Some("s=1"));
         assert_eq!(with_other_cookies("s=1", 0), "s=1");
+    }
+
+    fn report_with(foreign_pct: f64) -> Report {
+        let row = |name: &str, baseline: Option<&str>, cpu: f64| Row {
+            variant: Variant {
+                name: name.into(),
+                label: name.into(),
+                group: Group::Main,
+                chain: Chain::None,
+                workers: 1,
+                cookies: Cookies::None,
+                expect: Expect::Upstream,
+                baseline: baseline.map(str::to_string),
+                token_bytes: None,
+                other_cookies: None,
+                compare: false,
+            },
+            samples: vec![
+                Sample {
+                    cpu_us_per_req: cpu,
+                    foreign_cpu_pct: 1.0,
+                    ..Sample::default()
+                },
+                Sample {
+                    cpu_us_per_req: cpu,
+                    foreign_cpu_pct: foreign_pct,
+                    ..Sample::default()
+                },
+            ],
+            cookie_bytes: 0,
+            rss_idle_kib: 0,
+            rss_loaded_kib: 0,
+            problem: None,
+        };
+        Report {
+            rows: vec![
+                row("none", None, 20.0),
+                row("oidc-session", Some("none"), 24.0),
+            ],
+            instructions: Vec::new(),
+            sizes: Sizes::default(),
+            machine: String::new(),
+            load_before: String::new(),
+            load_after: String::new(),
+            rounds: 2,
+            durations: Vec::new(),
+            oauth2_encrypted: true,
+            pinned: true,
+            boosted: true,
+        }
+    }
+
+    #[test]
+    fn cpu_goals_are_judged_only_from_quiet_rounds() {
+        let hot = |r: &Report| {
+            r.goals()
+                .into_iter()
+                .find(|(goal, _, _)| goal.starts_with("hot path"))
+                .expect("a hot-path goal")
+        };
+        let (_, measured, pass) = hot(&report_with(2.0));
+        assert_eq!(pass, Some(true), "{measured}");
+        assert!(measured.starts_with("+4.0 µs"), "{measured}");
+        // One round in which other jobs took a fifth of Envoy's core: the figure is shown, not judged.
+        let (_, measured, pass) = hot(&report_with(20.0));
+        assert_eq!(pass, None, "{measured}");
+        assert!(measured.contains("not judged"), "{measured}");
     }
 
     #[test]
