@@ -56,6 +56,9 @@ const MIN_OK_SHARE: f64 = 0.99;
 const GOAL_HOT_PATH_US: f64 = 5.0;
 /// The most CPU other jobs may take on Envoy's core in any round for a CPU goal to be judged.
 const MAX_FOREIGN_CPU_PCT: f64 = 5.0;
+/// How far apart (highest over lowest CPU µs/request) the rounds of a row and of its baseline may be for a
+/// CPU goal to be judged.
+const MAX_ROUND_SPREAD_PCT: f64 = 10.0;
 const GOAL_REDIRECT_US: f64 = 6.0;
 const GOAL_8K_US: f64 = 10.0;
 const GOAL_WASM_BYTES: u64 = 300 * 1024;
@@ -2104,13 +2107,36 @@ impl Report {
             .flat_map(|r| r.samples.iter())
             .map(|s| s.foreign_cpu_pct)
             .fold(0.0_f64, f64::max);
-            let quiet = busiest <= MAX_FOREIGN_CPU_PCT;
-            let unjudged = if quiet {
-                String::new()
-            } else {
+            // And only when the rounds agree: on a shared host, CPU time also moves with what the
+            // neighbours do to caches and clocks, which the foreign-CPU figure does not see.
+            let spread = [
+                Some(name),
+                self.row(name).and_then(|r| r.variant.baseline.as_deref()),
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|n| self.row(n))
+            .map(|r| {
+                let cpu = r.samples.iter().map(|s| s.cpu_us_per_req);
+                let (lo, hi) = cpu.fold((f64::MAX, 0.0_f64), |(lo, hi), c| (lo.min(c), hi.max(c)));
+                if lo > 0.0 {
+                    (hi / lo - 1.0) * 100.0
+                } else {
+                    0.0
+                }
+            })
+            .fold(0.0_f64, f64::max);
+            let quiet = busiest <= MAX_FOREIGN_CPU_PCT && spread <= MAX_ROUND_SPREAD_PCT;
+            let unjudged = if busiest > MAX_FOREIGN_CPU_PCT {
                 format!(
                     "; not judged: other jobs took up to {busiest:.0} % of Envoy's core (at most {MAX_FOREIGN_CPU_PCT:.0} % counts as quiet)"
                 )
+            } else if spread > MAX_ROUND_SPREAD_PCT {
+                format!(
+                    "; not judged: its rounds (or its baseline's) differ by up to {spread:.0} % (at most {MAX_ROUND_SPREAD_PCT:.0} % counts as steady)"
+                )
+            } else {
+                String::new()
             };
             out.push((
                 format!("{what}: at most +{limit} µs Envoy CPU/request over no filter"),
@@ -2767,6 +2793,12 @@ mod tests {
         let (_, measured, pass) = hot(&report_with(20.0));
         assert_eq!(pass, None, "{measured}");
         assert!(measured.contains("not judged"), "{measured}");
+        // Quiet rounds that disagree by a fifth: not judged either.
+        let mut r = report_with(2.0);
+        r.rows[0].samples[1].cpu_us_per_req = 24.0;
+        let (_, measured, pass) = hot(&r);
+        assert_eq!(pass, None, "{measured}");
+        assert!(measured.contains("differ by up to 20 %"), "{measured}");
     }
 
     #[test]
