@@ -7,43 +7,21 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 use crate::adapter::{self, Http, Root};
 use crate::host::{self, Action};
+use crate::idhash::IdMap;
 
 thread_local! {
     /// Root contexts by id: one per plugin configuration that shares this VM (usually one).
     static ROOTS: RefCell<Vec<(u32, Root)>> = const { RefCell::new(Vec::new()) };
     /// Live requests by context id: looked up on every callback, hence the cheap hash.
-    static REQUESTS: RefCell<HashMap<u32, Http, BuildHasherDefault<IdHasher>>> =
+    static REQUESTS: RefCell<IdMap<u32, Http>> =
         const { RefCell::new(HashMap::with_hasher(BuildHasherDefault::new())) };
     /// Callouts in flight: token, and the context that made it. The host answers every callout on the
     /// root context, so the owner is ours to remember.
     static CALLOUTS: RefCell<Vec<(u32, u32)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Hashes the host's context ids, which count up from 1: a multiplication spreads them over all bits
-/// (the table takes its bucket from the low bits and its tag from the top ones). SipHash, the default,
-/// guards against keys an attacker picks; these ids come from the host.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u32` keys come here (`write_u32`); anything else still hashes every byte (FNV-1a).
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
 }
 
 /// Remembers that the answer to callout `token` goes to context `owner`.
@@ -64,6 +42,25 @@ fn with_root<T>(id: u32, f: impl FnOnce(&mut Root) -> T) -> Option<T> {
     })
 }
 
+/// The id of the VM's root context when it has exactly one, the usual case: then a request's context is
+/// made when its headers arrive, and kept only while it waits for something (`proxy_on_request_headers`),
+/// so most requests cost no insert and no removal.
+fn sole_root() -> Option<u32> {
+    ROOTS.with(|roots| match roots.try_borrow().ok()?.as_slice() {
+        [(id, _)] => Some(*id),
+        _ => None,
+    })
+}
+
+/// Keeps request context `id` for its later callbacks.
+fn keep(id: u32, http: Http) {
+    REQUESTS.with(|requests| {
+        if let Ok(mut requests) = requests.try_borrow_mut() {
+            requests.insert(id, http);
+        }
+    });
+}
+
 /// Runs `f` on request context `id`; `None` if there is none.
 fn with_request<T>(id: u32, f: impl FnOnce(&mut Http) -> T) -> Option<T> {
     REQUESTS.with(|requests| Some(f(requests.try_borrow_mut().ok()?.get_mut(&id)?)))
@@ -82,28 +79,16 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
         });
         return;
     }
-    // The usual VM has one root context: then a request's context is made when its headers arrive, and kept
-    // only while it waits for something (`proxy_on_request_headers`). Most requests then cost no insert and
-    // no removal here.
-    let single = ROOTS.with(|roots| {
-        roots
-            .try_borrow()
-            .is_ok_and(|r| matches!(r.as_slice(), [(id, _)] if *id == root_context_id))
-    });
-    if single {
+    if sole_root() == Some(root_context_id) {
         return;
     }
     // A root context that has no accepted configuration makes no request context; the request is then
     // refused in `proxy_on_request_headers`.
-    let Some(Some(http)) = with_root(root_context_id, |root| root.create_http_context(context_id))
-    else {
-        return;
-    };
-    REQUESTS.with(|requests| {
-        if let Ok(mut requests) = requests.try_borrow_mut() {
-            requests.insert(context_id, http);
-        }
-    });
+    if let Some(Some(http)) =
+        with_root(root_context_id, |root| root.create_http_context(context_id))
+    {
+        keep(context_id, http);
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -126,12 +111,9 @@ pub extern "C" fn proxy_on_request_headers(
     if let Some(action) = with_request(context_id, |http| http.on_request_headers(end_of_stream)) {
         return action as u32;
     }
-    // A VM with one root context makes the request's context here (see `proxy_on_context_create`).
-    let fresh = ROOTS.with(|roots| match roots.try_borrow().ok()?.as_slice() {
-        [(_, root)] => root.create_http_context(context_id),
-        _ => None,
-    });
-    let Some(mut http) = fresh else {
+    // A VM with one root context makes the request's context here (see `sole_root`).
+    let fresh = sole_root().and_then(|root| with_root(root, |r| r.create_http_context(context_id)));
+    let Some(mut http) = fresh.flatten() else {
         // A request without a context of ours would pass unchecked: refuse it instead.
         adapter::fail(500);
         return Action::Pause as u32;
@@ -139,11 +121,7 @@ pub extern "C" fn proxy_on_request_headers(
     let action = http.on_request_headers(end_of_stream);
     // Kept while it waits for a callout, a body or a renewal, or has cookies for the response.
     if !http.is_idle() {
-        REQUESTS.with(|requests| {
-            if let Ok(mut requests) = requests.try_borrow_mut() {
-                requests.insert(context_id, http);
-            }
-        });
+        keep(context_id, http);
     }
     action as u32
 }

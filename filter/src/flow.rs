@@ -486,9 +486,9 @@ fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
         return false;
     }
     let (decoded, literal) = paths::readings(target);
-    let decoded = decoded.unwrap_or_else(|| "/".to_string());
+    let decoded = decoded.unwrap_or(Cow::Borrowed("/"));
     let lower = decoded.to_ascii_lowercase();
-    [decoded, literal, lower]
+    [&*decoded, &*literal, lower.as_str()]
         .iter()
         .any(|p| claims::rule_for(&cfg.access, p).is_some_and(|r| !r.allows(&s.claims)))
 }

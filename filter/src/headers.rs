@@ -24,17 +24,19 @@ impl HeaderBlock {
         if count > bytes.len() / 10 {
             return None;
         }
-        let block = HeaderBlock { bytes, count };
-        let mut end = block.data_start();
-        for pair in block.pairs() {
-            let (_, n1, _, v1) = pair?;
-            if block.bytes.get(n1) != Some(&0) || block.bytes.get(v1) != Some(&0) {
+        // Every name and value must end in a NUL inside the block: then `raw` walks it without checks.
+        let mut at = 4 + count * 8;
+        for i in 0..count {
+            let name_end = at.checked_add(word(&bytes, 4 + i * 8)?)?;
+            let value_end = name_end
+                .checked_add(1)?
+                .checked_add(word(&bytes, 8 + i * 8)?)?;
+            if bytes.get(name_end) != Some(&0) || bytes.get(value_end) != Some(&0) {
                 return None;
             }
-            end = v1 + 1;
+            at = value_end + 1;
         }
-        // Every name and value lies inside the block (the walk above checked each NUL behind them).
-        (end <= block.bytes.len()).then_some(block)
+        Some(HeaderBlock { bytes, count })
     }
 
     /// An empty block.
@@ -47,19 +49,6 @@ impl HeaderBlock {
 
     fn data_start(&self) -> usize {
         4 + self.count * 8
-    }
-
-    /// Each pair's name and value as byte ranges of `bytes`; `None` for a length that overflows.
-    fn pairs(&self) -> impl Iterator<Item = Option<(usize, usize, usize, usize)>> + '_ {
-        let mut data = Some(self.data_start());
-        (0..self.count).map(move |i| {
-            let n0 = data?;
-            let n1 = n0.checked_add(word(&self.bytes, 4 + i * 8)?)?;
-            let v0 = n1.checked_add(1)?;
-            let v1 = v0.checked_add(word(&self.bytes, 8 + i * 8)?)?;
-            data = v1.checked_add(1);
-            Some((n0, n1, v0, v1))
-        })
     }
 
     /// The first value of header `name`. A plain loop over the length table: `parse` checked every length

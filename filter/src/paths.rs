@@ -1,5 +1,7 @@
 //! Path handling where a mistake is a bypass or an open redirect: bypass matching and `rd` targets.
 
+use std::borrow::Cow;
+
 /// The path part of a request target (`:path`), without query or fragment.
 pub fn path_only(target: &str) -> &str {
     target.get(..path_end(target)).unwrap_or(target)
@@ -33,12 +35,12 @@ pub fn normalize(target: &str) -> Option<String> {
 /// and the literal one, dot segments resolved but escapes kept (an app that routes on raw segments, where
 /// `/admin/..%2Fhealthz` is a request to the `/admin/` handler). A decision that lets a request through
 /// must hold for both.
-pub fn readings(target: &str) -> (Option<String>, String) {
+pub fn readings(target: &str) -> (Option<Cow<'_, str>>, Cow<'_, str>) {
     let path = path_only(target);
     if is_plain(path) {
-        return (Some(path.to_string()), path.to_string());
+        return (Some(Cow::Borrowed(path)), Cow::Borrowed(path));
     }
-    (normalize(target), resolve(path))
+    (normalize(target).map(Cow::Owned), Cow::Owned(resolve(path)))
 }
 
 /// True when decoding and resolving leave `path` as it is: it starts with `/` and has no escape, backslash,
@@ -100,12 +102,8 @@ pub fn is_bypass(prefixes: &[String], target: &str) -> bool {
         return false;
     }
     let covered = |p: &str| prefixes.iter().any(|b| prefix_matches(b, p));
-    let path = path_only(target);
-    if is_plain(path) {
-        return covered(path);
-    }
     match readings(target) {
-        (Some(decoded), literal) => covered(&decoded) && covered(&literal),
+        (Some(decoded), literal) => covered(&decoded) && (literal == decoded || covered(&literal)),
         (None, _) => false,
     }
 }
@@ -183,7 +181,9 @@ mod tests {
                 assert_eq!(resolve(p), p, "{p:?}");
             }
             let slow = (normalize(&t), resolve(path_only(&t)));
-            assert_eq!(readings(&t), slow, "{p:?}");
+            let (decoded, literal) = readings(&t);
+            let fast = (decoded.map(Cow::into_owned), literal.into_owned());
+            assert_eq!(fast, slow, "{p:?}");
         }
         assert!(is_plain("/a/b.c/"));
         assert!(!is_plain("/a/.b"));

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, Hasher};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,6 +15,8 @@ use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{AeadInOut, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 
 use crate::cookies;
+use crate::headers::le64;
+use crate::idhash::IdMap;
 use crate::secret::Secret;
 use crate::wire::{Reader, Writer};
 
@@ -324,30 +326,8 @@ pub fn is_session_cookie(base: &str, cookie_name: &str) -> bool {
 pub struct SealedMap<V> {
     seed: RandomState,
     /// By the seeded hash of the key: already spread over all bits, so the table uses it as it is.
-    buckets: HashMap<u64, Vec<(String, V)>, BuildHasherDefault<Prehashed>>,
+    buckets: IdMap<u64, Vec<(String, V)>>,
     len: usize,
-}
-
-/// The identity "hash" for keys that are already hashes (`SealedMap`'s bucket table): SipHash over a `u64`
-/// a second time would be work for nothing on every lookup.
-#[derive(Default)]
-pub struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys come here (`write_u64`); anything else still folds in every byte.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 /// How many bytes at each end of a key [`SealedMap`] hashes.
@@ -451,27 +431,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
-    // Byte by byte into the array: a `copy_from_slice` here becomes a `memory.copy` per word.
-    let word = |c: &[u8; 32], i: usize| {
-        u64::from_ne_bytes([
-            c[i],
-            c[i + 1],
-            c[i + 2],
-            c[i + 3],
-            c[i + 4],
-            c[i + 5],
-            c[i + 6],
-            c[i + 7],
-        ])
-    };
     let (a32, a_rest) = a.as_chunks::<32>();
     let (b32, b_rest) = b.as_chunks::<32>();
     let mut diff = 0u64;
     for (x, y) in a32.iter().zip(b32) {
-        diff |= (word(x, 0) ^ word(y, 0))
-            | (word(x, 8) ^ word(y, 8))
-            | (word(x, 16) ^ word(y, 16))
-            | (word(x, 24) ^ word(y, 24));
+        diff |= (le64(x, 0) ^ le64(y, 0))
+            | (le64(x, 8) ^ le64(y, 8))
+            | (le64(x, 16) ^ le64(y, 16))
+            | (le64(x, 24) ^ le64(y, 24));
     }
     for (x, y) in a_rest.iter().zip(b_rest) {
         diff |= u64::from(x ^ y);

@@ -2097,35 +2097,34 @@ impl Report {
             };
             // CPU time is only judged from quiet rounds: other jobs on Envoy's core, or Envoy idling for
             // want of load, move it by more than the goals' margins (both ways).
-            let busiest = [
+            let judged: Vec<&Row> = [
                 Some(name),
                 self.row(name).and_then(|r| r.variant.baseline.as_deref()),
             ]
             .into_iter()
             .flatten()
             .filter_map(|n| self.row(n))
-            .flat_map(|r| r.samples.iter())
-            .map(|s| s.foreign_cpu_pct)
-            .fold(0.0_f64, f64::max);
+            .collect();
+            let busiest = judged
+                .iter()
+                .flat_map(|r| r.samples.iter())
+                .map(|s| s.foreign_cpu_pct)
+                .fold(0.0_f64, f64::max);
             // And only when the rounds agree: on a shared host, CPU time also moves with what the
             // neighbours do to caches and clocks, which the foreign-CPU figure does not see.
-            let spread = [
-                Some(name),
-                self.row(name).and_then(|r| r.variant.baseline.as_deref()),
-            ]
-            .into_iter()
-            .flatten()
-            .filter_map(|n| self.row(n))
-            .map(|r| {
-                let cpu = r.samples.iter().map(|s| s.cpu_us_per_req);
-                let (lo, hi) = cpu.fold((f64::MAX, 0.0_f64), |(lo, hi), c| (lo.min(c), hi.max(c)));
-                if lo > 0.0 {
-                    (hi / lo - 1.0) * 100.0
-                } else {
-                    0.0
-                }
-            })
-            .fold(0.0_f64, f64::max);
+            let spread = judged
+                .iter()
+                .map(|r| {
+                    let cpu = r.samples.iter().map(|s| s.cpu_us_per_req);
+                    let (lo, hi) =
+                        cpu.fold((f64::MAX, 0.0_f64), |(lo, hi), c| (lo.min(c), hi.max(c)));
+                    if lo > 0.0 {
+                        (hi / lo - 1.0) * 100.0
+                    } else {
+                        0.0
+                    }
+                })
+                .fold(0.0_f64, f64::max);
             let quiet = busiest <= MAX_FOREIGN_CPU_PCT && spread <= MAX_ROUND_SPREAD_PCT;
             let unjudged = if busiest > MAX_FOREIGN_CPU_PCT {
                 format!(
