@@ -112,7 +112,9 @@ fn wait_until_ready(stack: &Stack) {
             }
         }
     }
-    harness::process::poll(Duration::from_secs(30), || {
+    // Generous: on a loaded machine the first discovery fetches can fail while Envoy warms up, and the
+    // filter's retries back off (a CI run once needed more than 30 s here).
+    harness::process::poll(Duration::from_secs(90), || {
         let log = stack.envoy_log()?;
         let ready = expected.iter().all(|(line, n)| {
             log.lines()
