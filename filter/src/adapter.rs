@@ -421,8 +421,9 @@ pub struct Http {
 
 impl Drop for Http {
     /// Ended (its client went away) before the renewal it claimed finished: the waiting requests stop
-    /// waiting. (In `Drop`, which `exports` runs from `proxy_on_delete`, rather than in `on_done`: then the
-    /// module need not export `proxy_on_done`, one trip into the VM less per request.)
+    /// waiting. (In `Drop`, which `exports` runs from its tick-time sweep of ended contexts, rather than in
+    /// `proxy_on_done` or `proxy_on_delete`: the module exports neither, two trips into the VM less per
+    /// request.)
     fn drop(&mut self) {
         self.end_renewal(None);
     }

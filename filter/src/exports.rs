@@ -3,7 +3,13 @@
 //! Only the callbacks the filter acts on are exported. The host treats a missing one as having nothing to
 //! do (proxy-wasm-cpp-host: `onDone` answers "done", `onLog`, `onVmStart` and the body, trailer, stream,
 //! gRPC, queue and foreign-function callbacks return at once) without entering the VM: for a request that
-//! spares a trip into the VM for `proxy_on_done`, `proxy_on_log` and each response body chunk.
+//! spares a trip into the VM for `proxy_on_done`, `proxy_on_log`, `proxy_on_delete` and each response body
+//! chunk.
+//!
+//! Without `proxy_on_delete`, the module is not told when a context ends. What it keeps of one (a request
+//! waiting for a callout, a body or a renewal; a root context replaced by a new configuration) is let go on
+//! the next tick of a root context, once the host no longer knows the context's id (`sweep`). The host
+//! numbers contexts in order and does not reuse an id.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,6 +28,8 @@ thread_local! {
     /// Callouts in flight: token, and the context that made it. The host answers every callout on the
     /// root context, so the owner is ours to remember.
     static CALLOUTS: RefCell<Vec<(u32, u32)>> = const { RefCell::new(Vec::new()) };
+    /// In a VM with several root contexts: requests made but not yet at their headers, and their root.
+    static FRESH: RefCell<Vec<(u32, u32)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Remembers that the answer to callout `token` goes to context `owner`.
@@ -42,9 +50,8 @@ fn with_root<T>(id: u32, f: impl FnOnce(&mut Root) -> T) -> Option<T> {
     })
 }
 
-/// The id of the VM's root context when it has exactly one, the usual case: then a request's context is
-/// made when its headers arrive, and kept only while it waits for something (`proxy_on_request_headers`),
-/// so most requests cost no insert and no removal.
+/// The id of the VM's root context when it has exactly one, the usual case: then a request needs no record
+/// of its root between `proxy_on_context_create` and its headers.
 fn sole_root() -> Option<u32> {
     ROOTS.with(|roots| match roots.try_borrow().ok()?.as_slice() {
         [(id, _)] => Some(*id),
@@ -82,13 +89,22 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
     if sole_root() == Some(root_context_id) {
         return;
     }
-    // A root context that has no accepted configuration makes no request context; the request is then
-    // refused in `proxy_on_request_headers`.
-    if let Some(Some(http)) =
-        with_root(root_context_id, |root| root.create_http_context(context_id))
-    {
-        keep(context_id, http);
-    }
+    FRESH.with(|fresh| {
+        if let Ok(mut fresh) = fresh.try_borrow_mut() {
+            fresh.push((context_id, root_context_id));
+        }
+    });
+}
+
+/// The root context of request `context_id`, at its headers.
+fn root_of(context_id: u32) -> Option<u32> {
+    sole_root().or_else(|| {
+        FRESH.with(|fresh| {
+            let mut fresh = fresh.try_borrow_mut().ok()?;
+            let at = fresh.iter().position(|(id, _)| *id == context_id)?;
+            Some(fresh.swap_remove(at).1)
+        })
+    })
 }
 
 #[unsafe(no_mangle)]
@@ -98,7 +114,48 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_tick(root_context_id: u32) {
+    sweep(root_context_id);
     with_root(root_context_id, |root| root.on_tick());
+}
+
+/// Lets go of what is kept for contexts that have ended (the host no longer knows their ids), then makes
+/// `root_context_id` the effective context again. Dropping a request releases a renewal it claimed.
+fn sweep(root_context_id: u32) {
+    let alive = |id: u32| host::set_effective_context(id).is_ok();
+    let ended: Vec<u32> = REQUESTS.with(|requests| {
+        requests
+            .try_borrow()
+            .map(|r| r.keys().copied().filter(|id| !alive(*id)).collect())
+            .unwrap_or_default()
+    });
+    for id in ended {
+        let request = REQUESTS.with(|requests| requests.try_borrow_mut().ok()?.remove(&id));
+        // Dropped outside the table's borrow: `Http`'s `Drop` makes host calls.
+        drop(request);
+    }
+    FRESH.with(|fresh| {
+        if let Ok(mut fresh) = fresh.try_borrow_mut() {
+            fresh.retain(|(id, _)| alive(*id));
+        }
+    });
+    // The host cancels an ended context's callouts: their answers never come.
+    CALLOUTS.with(|callouts| {
+        if let Ok(mut callouts) = callouts.try_borrow_mut() {
+            callouts.retain(|(_, owner)| alive(*owner));
+        }
+    });
+    let ended_roots: Vec<(u32, Root)> = ROOTS.with(|roots| {
+        let Ok(mut roots) = roots.try_borrow_mut() else {
+            return Vec::new();
+        };
+        let (gone, kept) = std::mem::take(&mut *roots)
+            .into_iter()
+            .partition(|(id, _)| *id != root_context_id && !alive(*id));
+        *roots = kept;
+        gone
+    });
+    drop(ended_roots);
+    let _ = host::set_effective_context(root_context_id);
 }
 
 #[unsafe(no_mangle)]
@@ -107,18 +164,15 @@ pub extern "C" fn proxy_on_request_headers(
     _headers: usize,
     end_of_stream: u32,
 ) -> u32 {
-    let end_of_stream = end_of_stream != 0;
-    if let Some(action) = with_request(context_id, |http| http.on_request_headers(end_of_stream)) {
-        return action as u32;
-    }
-    // A VM with one root context makes the request's context here (see `sole_root`).
-    let fresh = sole_root().and_then(|root| with_root(root, |r| r.create_http_context(context_id)));
+    let fresh =
+        root_of(context_id).and_then(|root| with_root(root, |r| r.create_http_context(context_id)));
     let Some(mut http) = fresh.flatten() else {
-        // A request without a context of ours would pass unchecked: refuse it instead.
+        // A request without a context of ours would pass unchecked: refuse it instead. (A root context
+        // without an accepted configuration makes none.)
         adapter::fail(500);
         return Action::Pause as u32;
     };
-    let action = http.on_request_headers(end_of_stream);
+    let action = http.on_request_headers(end_of_stream != 0);
     // Kept while it waits for a callout, a body or a renewal, or has cookies for the response.
     if !http.is_idle() {
         keep(context_id, http);
@@ -175,20 +229,4 @@ pub extern "C" fn proxy_on_http_call_response(
             }
         });
     }
-}
-
-#[unsafe(no_mangle)]
-pub extern "C" fn proxy_on_delete(context_id: u32) {
-    let request = REQUESTS.with(|requests| requests.try_borrow_mut().ok()?.remove(&context_id));
-    if request.is_some() {
-        // Dropped here, outside the table's borrow: `Http`'s `Drop` makes host calls.
-        drop(request);
-        return;
-    }
-    let root = ROOTS.with(|roots| {
-        let mut roots = roots.try_borrow_mut().ok()?;
-        let at = roots.iter().position(|(id, _)| *id == context_id)?;
-        Some(roots.swap_remove(at))
-    });
-    drop(root);
 }

@@ -58,6 +58,10 @@ pub struct EnvoySite {
     pub istio_authn: bool,
     /// Environment of the Wasm VM (Istio's `vmConfig.env`).
     pub vm_env: VmEnv,
+    /// The Wasm VM's id when this site shares its VM with the other sites naming the same one (one
+    /// root context each in that VM, as for several `WasmPlugin`s of one image); `None`: a VM of its
+    /// own, `oidc-filter-<name>`.
+    pub shared_vm: Option<String>,
     /// One `jwt_authn` provider each (Istio's `jwtRules` of a RequestAuthentication), any of
     /// which may vouch for a request; empty: one provider for [`EnvoyConfig::issuer`] with
     /// audience `client_id`.
@@ -137,6 +141,7 @@ impl EnvoySite {
                 host_env_keys,
                 key_values: BTreeMap::new(),
             },
+            shared_vm: None,
             jwt_issuers,
         }
     }
@@ -347,18 +352,35 @@ impl EnvoyConfig {
     fn wasm_filter(&self, site: &EnvoySite) -> Result<Value> {
         let configuration =
             serde_json::to_string(&site.filter_config).context("serializing the filter config")?;
+        let vm_id = match &site.shared_vm {
+            Some(id) => id.clone(),
+            None => format!("oidc-filter-{}", site.name),
+        };
         let mut vm_config = json!({
-            "vm_id": format!("oidc-filter-{}", site.name),
+            "vm_id": vm_id,
             "runtime": "envoy.wasm.runtime.v8",
             "code": { "local": { "filename": self.wasm_path.to_string_lossy() } },
         });
-        if !site.vm_env.host_env_keys.is_empty() || !site.vm_env.key_values.is_empty() {
-            let mut env = json!({});
-            if !site.vm_env.host_env_keys.is_empty() {
-                env["host_env_keys"] = json!(site.vm_env.host_env_keys);
+        // A shared VM is made once, with the environment of whichever site comes first: each site
+        // sharing it gives the environment of them all.
+        let mut vm_env = site.vm_env.clone();
+        if site.shared_vm.is_some() {
+            for other in self.sites.iter().filter(|o| o.shared_vm == site.shared_vm) {
+                vm_env
+                    .host_env_keys
+                    .extend(other.vm_env.host_env_keys.iter().cloned());
+                vm_env.key_values.extend(other.vm_env.key_values.clone());
             }
-            if !site.vm_env.key_values.is_empty() {
-                env["key_values"] = json!(site.vm_env.key_values);
+            vm_env.host_env_keys.sort();
+            vm_env.host_env_keys.dedup();
+        }
+        if !vm_env.host_env_keys.is_empty() || !vm_env.key_values.is_empty() {
+            let mut env = json!({});
+            if !vm_env.host_env_keys.is_empty() {
+                env["host_env_keys"] = json!(vm_env.host_env_keys);
+            }
+            if !vm_env.key_values.is_empty() {
+                env["key_values"] = json!(vm_env.key_values);
             }
             vm_config["environment_variables"] = env;
         }

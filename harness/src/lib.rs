@@ -284,6 +284,8 @@ pub struct SiteSpec {
     /// Entries of the filter's `hosts` (several hosts and IdPs in one plugin), each with its own
     /// client at its IdP.
     pub hosts: Vec<HostSpec>,
+    /// Share the Wasm VM of this id with the other sites naming it: one VM, a root context per site.
+    pub shared_vm: Option<String>,
 }
 
 impl SiteSpec {
@@ -297,6 +299,7 @@ impl SiteSpec {
             idp_client_overrides: json!({}),
             istio_authn: true,
             hosts: Vec::new(),
+            shared_vm: None,
         }
     }
 
@@ -552,6 +555,7 @@ impl Stack {
             };
             let mut site = EnvoySite::new(&s.name, port, &s.client_id, filter_config);
             site.istio_authn = s.istio_authn;
+            site.shared_vm = s.shared_vm.clone();
             envoy_sites.push(site);
         }
         let config = EnvoyConfig {

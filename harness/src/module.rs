@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 /// Every export of the filter module: the memory, the reactor entry, the ABI version, the allocator the
 /// host returns data through, and the callbacks the filter handles.
-pub const EXPORTS: [&str; 12] = [
+pub const EXPORTS: [&str; 11] = [
     "memory",
     "_initialize",
     "proxy_abi_version_0_2_1",
@@ -23,7 +23,6 @@ pub const EXPORTS: [&str; 12] = [
     "proxy_on_request_body",
     "proxy_on_response_headers",
     "proxy_on_http_call_response",
-    "proxy_on_delete",
 ];
 
 /// The names `wasm` exports, in the module's order.

@@ -7,10 +7,13 @@
 //! token response without `id_token` (`attacks.rs`).
 //!
 //! Site `app` is the Istio-shaped chain with a 2 s callout timeout; site `bare` has the filter alone
-//! (key rotation runs there: the harness's jwt_authn caches the IdP's keys for 5 minutes).
+//! (key rotation runs there: the harness's jwt_authn caches the IdP's keys for 5 minutes). The two
+//! share one Wasm VM, with a root context each.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,9 +33,14 @@ const STAT: &str = "wasmcustom.oidc_filter.";
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
     STACK.get_or_init(|| {
+        // Both sites' plugins share one Wasm VM, a root context each, as several `WasmPlugin`s of one
+        // image can: each request must meet its own site's configuration (the sites differ in callout
+        // timeout and client), which the tests below would notice.
         let mut bare = SiteSpec::new(BARE);
         bare.istio_authn = false;
-        let app = SiteSpec::new(APP).filter(json!({"callout_timeout": "2s"}));
+        bare.shared_vm = Some("oidc-filter-faults".into());
+        let mut app = SiteSpec::new(APP).filter(json!({"callout_timeout": "2s"}));
+        app.shared_vm = bare.shared_vm.clone();
         let stack = Stack::start(StackSpec::new("faults", vec![app, bare])).unwrap();
         for site in [APP, BARE] {
             stack.wait_ready(site).unwrap();
@@ -320,6 +328,50 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
 }
 
 #[test]
+fn a_client_that_leaves_during_its_refresh_holds_up_nobody() {
+    let _idp = idp_lock();
+    let b = logged_in(BARE, "alice");
+    let expired = with_token_expiring_at(&b, now() - 1);
+    let hang = Fault::set(Mode::Hang);
+    {
+        // An API client comes with the expired session, so its request claims the renewal and calls
+        // the token endpoint, which sits on it. The client gives up after a second.
+        let port = stack().site(BARE).unwrap().port;
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        s.write_all(
+            format!(
+                "GET /x HTTP/1.1\r\nhost: {HOST}\r\ncookie: {expired}\r\naccept: application/json\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut first = [0u8; 1];
+        assert!(
+            !matches!(s.read(&mut first), Ok(n) if n > 0),
+            "answered while the token endpoint hangs"
+        );
+    }
+    // The client is gone, and the token endpoint still hangs, so only the client's leaving can end the
+    // renewal it claimed: within a tick (1 s) the filter lets go of it.
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(hang);
+    // The IdP answers again, and the next request on that session renews at once. (Had the claim
+    // stayed, this request would wait for it to lapse, 2 x 5 s + 2 s after it was made, then get a 503.)
+    let t = Instant::now();
+    let r = get(BARE, &expired, false);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert!(
+        r.set_cookies()
+            .iter()
+            .any(|c| c.starts_with(COOKIE) && !c.contains("Max-Age=0")),
+        "{:?}",
+        r.set_cookies()
+    );
+}
+
+#[test]
 fn rotated_idp_keys_keep_sessions_and_new_logins_fetch_the_new_keys() {
     let _idp = idp_lock();
     let before = logged_in(BARE, "alice");
@@ -385,4 +437,12 @@ fn open_session(cookie_header: &str) -> Session {
 
 fn seal(s: &Session) -> String {
     sealed::seal(s).unwrap()
+}
+
+#[test]
+fn both_sites_run_in_one_shared_vm() {
+    // What makes this file cover VMs with several root contexts: Envoy counts the copies of each VM
+    // (a base copy, the main thread's and one per worker): 4 for one VM with 2 workers, 8 for two.
+    let stats = stack().envoy_stats().unwrap();
+    assert_eq!(stats.get("wasm.wasm_vm_count").copied(), Some(4));
 }
