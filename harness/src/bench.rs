@@ -304,8 +304,12 @@ pub struct Sample {
     pub logged_in: u64,
     /// wrk's socket errors and timeouts.
     pub socket_errors: u64,
-    /// CPU time on Envoy's core not spent by Envoy, in % of the run: other jobs' interference.
+    /// CPU time on Envoy's core not spent by Envoy, in % of the run: other jobs' interference, the
+    /// kernel's network work for other processes, and the hypervisor's (steal).
     pub foreign_cpu_pct: f64,
+    /// The part of `foreign_cpu_pct` the hypervisor took (`steal` in `/proc/stat`): other tenants of the
+    /// physical machine, which nothing inside this one can stop.
+    pub steal_pct: f64,
     /// Envoy's CPU time in % of the run: near 100 when wrk keeps it saturated, as it should.
     pub envoy_busy_pct: f64,
 }
@@ -325,6 +329,7 @@ impl Sample {
             "logged_in": self.logged_in,
             "socket_errors": self.socket_errors,
             "foreign_cpu_pct": self.foreign_cpu_pct,
+            "steal_pct": self.steal_pct,
             "envoy_busy_pct": self.envoy_busy_pct,
         })
     }
@@ -1018,7 +1023,7 @@ impl Ctx<'_> {
                 }
                 let s = measure(r, duration)?;
                 eprintln!(
-                    "  round {} {:<20} {:>8.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  {:>6.1} CPU us/req  (Envoy busy {:.0}%, foreign CPU {:.0}%)",
+                    "  round {} {:<20} {:>8.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us  {:>6.1} CPU us/req  (Envoy busy {:.0}%, foreign CPU {:.0}%, of it steal {:.0}%)",
                     round + 1,
                     r.variant.name,
                     s.rps,
@@ -1026,7 +1031,8 @@ impl Ctx<'_> {
                     s.p99_us,
                     s.cpu_us_per_req,
                     s.envoy_busy_pct,
-                    s.foreign_cpu_pct
+                    s.foreign_cpu_pct,
+                    s.steal_pct
                 );
                 if let Some(p) = check(&r.variant, &s) {
                     row.problem = Some(p);
@@ -1444,12 +1450,12 @@ fn measure(r: &Running, duration: Duration) -> Result<Sample> {
     settle_counters(&r.variant);
     let before = r.envoy.stats()?;
     let cpu0 = process_cpu_ticks(r.pid)?;
-    let core0 = core_busy_ticks(ENVOY_CORE)?;
+    let (core0, steal0) = core_busy_ticks(ENVOY_CORE)?;
     let t0 = Instant::now();
     let w = wrk(r.load, r.port, &r.headers, duration)?;
     let elapsed = t0.elapsed();
     let cpu1 = process_cpu_ticks(r.pid)?;
-    let core1 = core_busy_ticks(ENVOY_CORE)?;
+    let (core1, steal1) = core_busy_ticks(ENVOY_CORE)?;
     settle_counters(&r.variant);
     let after = r.envoy.stats()?;
     // Exact names: Envoy repeats the HTTP counters under `listener.<address>.`.
@@ -1484,6 +1490,9 @@ fn measure(r: &Running, duration: Duration) -> Result<Sample> {
         logged_in,
         socket_errors: w.errors,
         foreign_cpu_pct: foreign_ticks as f64 * tick_us / elapsed.as_micros().max(1) as f64 * 100.0,
+        steal_pct: steal1.saturating_sub(steal0) as f64 * tick_us
+            / elapsed.as_micros().max(1) as f64
+            * 100.0,
         envoy_busy_pct: envoy_ticks as f64 * tick_us / elapsed.as_micros().max(1) as f64 * 100.0,
     })
 }
@@ -1721,7 +1730,9 @@ fn process_cpu_ticks(pid: u32) -> Result<u64> {
 }
 
 /// Busy (not idle, not iowait) ticks of one core from `/proc/stat`.
-fn core_busy_ticks(core: usize) -> Result<u64> {
+/// Clock ticks core `core` has been busy (anything but idle and iowait), and of those, stolen by the
+/// hypervisor.
+fn core_busy_ticks(core: usize) -> Result<(u64, u64)> {
     let stat = fs::read_to_string("/proc/stat")?;
     let name = format!("cpu{core}");
     let line = stat
@@ -1741,7 +1752,7 @@ fn core_busy_ticks(core: usize) -> Result<u64> {
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, x)| x)
         .sum();
-    Ok(busy)
+    Ok((busy, v.get(7).copied().unwrap_or(0)))
 }
 
 fn clock_ticks_per_sec() -> f64 {
@@ -2110,6 +2121,11 @@ impl Report {
                 .flat_map(|r| r.samples.iter())
                 .map(|s| s.foreign_cpu_pct)
                 .fold(0.0_f64, f64::max);
+            let stolen = judged
+                .iter()
+                .flat_map(|r| r.samples.iter())
+                .map(|s| s.steal_pct)
+                .fold(0.0_f64, f64::max);
             // And only when the rounds agree: on a shared host, CPU time also moves with what the
             // neighbours do to caches and clocks, which the foreign-CPU figure does not see.
             let spread = judged
@@ -2128,7 +2144,7 @@ impl Report {
             let quiet = busiest <= MAX_FOREIGN_CPU_PCT && spread <= MAX_ROUND_SPREAD_PCT;
             let unjudged = if busiest > MAX_FOREIGN_CPU_PCT {
                 format!(
-                    "; not judged: other jobs took up to {busiest:.0} % of Envoy's core (at most {MAX_FOREIGN_CPU_PCT:.0} % counts as quiet)"
+                    "; not judged: other jobs or the hypervisor took up to {busiest:.0} % of Envoy's core, the hypervisor (steal) up to {stolen:.0} % (at most {MAX_FOREIGN_CPU_PCT:.0} % in all counts as quiet)"
                 )
             } else if spread > MAX_ROUND_SPREAD_PCT {
                 format!(
@@ -2212,8 +2228,9 @@ impl Report {
              user+system time (`/proc/<pid>/stat`) / requests Envoy completed; \"over\" = median of \
              per-round differences to the baseline named. Envoy{}. \"Envoy busy\" = Envoy's CPU time \
              in % of the run: below ~95% wrk did not keep it saturated, and CPU per request rises with \
-             idle wake-ups. \"Foreign CPU\" = CPU time on Envoy's core not used by Envoy (other jobs): \
-             above a few % the figures are disturbed.\n",
+             idle wake-ups. \"Foreign CPU\" = time Envoy's core was busy but not with Envoy (other jobs, \
+             or the hypervisor running other tenants: \"of it steal\"): above a few % the figures are \
+             disturbed.\n",
             if self.pinned {
                 " pinned to core 0"
             } else {
@@ -2234,9 +2251,12 @@ impl Report {
             let _ = writeln!(md, "## Side by side\n");
             let _ = writeln!(
                 md,
-                "| configuration | req/s | p50 µs | p99 µs | Envoy CPU µs/req (min–max) | over baseline | ratio | baseline | checked | Envoy busy | foreign CPU |"
+                "| configuration | req/s | p50 µs | p99 µs | Envoy CPU µs/req (min–max) | over baseline | ratio | baseline | checked | Envoy busy | foreign CPU | of it steal |"
             );
-            let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|");
+            let _ = writeln!(
+                md,
+                "|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|"
+            );
             for r in &main {
                 self.table_row(&mut md, r);
             }
@@ -2475,7 +2495,7 @@ impl Report {
         };
         let _ = writeln!(
             md,
-            "| {} (`{}`) | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
+            "| {} (`{}`) | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% | {:.0}% |",
             r.variant.label,
             r.variant.name,
             r.median(|s| s.rps),
@@ -2491,6 +2511,7 @@ impl Report {
             checked,
             r.median(|s| s.envoy_busy_pct),
             r.median(|s| s.foreign_cpu_pct),
+            r.median(|s| s.steal_pct),
         );
     }
 
