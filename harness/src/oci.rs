@@ -268,11 +268,13 @@ impl Image {
     }
 }
 
-/// The WebAssembly features rustc enables for `wasm32-wasip1` and Envoy's V8 runs.
+/// The WebAssembly features rustc enables for `wasm32-wasip1`, and SIMD, which the filter's byte loops use
+/// (`#[target_feature(enable = "simd128")]`); Envoy's V8 runs them all.
 ///
 /// Named explicitly because the release profile strips the `target_features` section wasm-opt would
 /// otherwise read them from; a module using anything else fails validation here, not in the gateway.
-pub const WASM_FEATURES: [&str; 6] = [
+pub const WASM_FEATURES: [&str; 7] = [
+    "--enable-simd",
     "--enable-bulk-memory",
     "--enable-sign-ext",
     "--enable-nontrapping-float-to-int",
