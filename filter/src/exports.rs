@@ -122,17 +122,12 @@ pub extern "C" fn proxy_on_tick(root_context_id: u32) {
 /// `root_context_id` the effective context again. Dropping a request releases a renewal it claimed.
 fn sweep(root_context_id: u32) {
     let alive = |id: u32| host::set_effective_context(id).is_ok();
-    let ended: Vec<u32> = REQUESTS.with(|requests| {
-        requests
-            .try_borrow()
-            .map(|r| r.keys().copied().filter(|id| !alive(*id)).collect())
-            .unwrap_or_default()
+    let ended: Vec<(u32, Http)> = REQUESTS.with(|requests| match requests.try_borrow_mut() {
+        Ok(mut requests) => requests.extract_if(|id, _| !alive(*id)).collect(),
+        Err(_) => Vec::new(),
     });
-    for id in ended {
-        let request = REQUESTS.with(|requests| requests.try_borrow_mut().ok()?.remove(&id));
-        // Dropped outside the table's borrow: `Http`'s `Drop` makes host calls.
-        drop(request);
-    }
+    // Dropped outside the table's borrow: `Http`'s `Drop` makes host calls.
+    drop(ended);
     FRESH.with(|fresh| {
         if let Ok(mut fresh) = fresh.try_borrow_mut() {
             fresh.retain(|(id, _)| alive(*id));
@@ -144,15 +139,11 @@ fn sweep(root_context_id: u32) {
             callouts.retain(|(_, owner)| alive(*owner));
         }
     });
-    let ended_roots: Vec<(u32, Root)> = ROOTS.with(|roots| {
-        let Ok(mut roots) = roots.try_borrow_mut() else {
-            return Vec::new();
-        };
-        let (gone, kept) = std::mem::take(&mut *roots)
-            .into_iter()
-            .partition(|(id, _)| *id != root_context_id && !alive(*id));
-        *roots = kept;
-        gone
+    let ended_roots: Vec<(u32, Root)> = ROOTS.with(|roots| match roots.try_borrow_mut() {
+        Ok(mut roots) => roots
+            .extract_if(.., |(id, _)| *id != root_context_id && !alive(*id))
+            .collect(),
+        Err(_) => Vec::new(),
     });
     drop(ended_roots);
     let _ = host::set_effective_context(root_context_id);

@@ -2116,16 +2116,12 @@ impl Report {
             .flatten()
             .filter_map(|n| self.row(n))
             .collect();
-            let busiest = judged
+            let (busiest, stolen) = judged
                 .iter()
                 .flat_map(|r| r.samples.iter())
-                .map(|s| s.foreign_cpu_pct)
-                .fold(0.0_f64, f64::max);
-            let stolen = judged
-                .iter()
-                .flat_map(|r| r.samples.iter())
-                .map(|s| s.steal_pct)
-                .fold(0.0_f64, f64::max);
+                .fold((0.0_f64, 0.0_f64), |(f, st), s| {
+                    (f.max(s.foreign_cpu_pct), st.max(s.steal_pct))
+                });
             // And only when the rounds agree: on a shared host, CPU time also moves with what the
             // neighbours do to caches and clocks, which the foreign-CPU figure does not see.
             let spread = judged
