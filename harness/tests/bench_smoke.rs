@@ -1,6 +1,7 @@
-//! The benchmark machinery on one configuration for about a second: it logs in for real, starts a
-//! pinned Envoy with the filter, runs wrk and reads the results back. No timing assertions: only
-//! that the row is sane and that the load really went through as a logged-in user.
+//! The benchmark machinery on one configuration and its baseline for about a second each: it logs in
+//! for real, starts pinned Envoys with and without the filter, runs wrk on each in turn and reads the
+//! results back. No timing assertions: only that the rows are sane, paired, and that the load really
+//! went through as a logged-in user.
 
 // Test code (clippy's allow-*-in-tests covers only #[test] functions).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -13,7 +14,7 @@ use harness::bench::{self, Instructions, Options};
 fn one_configuration_gives_a_sane_row_and_instruction_counts() {
     let opts = Options {
         quick: true,
-        only: vec!["oidc-session".into()],
+        only: vec!["none".into(), "oidc-session".into()],
         duration: Some(Duration::from_secs(1)),
         rounds: Some(1),
         // The release build as it is: wasm-opt would take longer than the run.
@@ -23,8 +24,8 @@ fn one_configuration_gives_a_sane_row_and_instruction_counts() {
     let report = bench::run(&opts).unwrap();
     assert_eq!(
         report.rows.len(),
-        1,
-        "only the configuration asked for runs"
+        2,
+        "only the configurations asked for run"
     );
     let row = report.row("oidc-session").unwrap();
     assert_eq!(row.problem, None);
@@ -36,7 +37,10 @@ fn one_configuration_gives_a_sane_row_and_instruction_counts() {
     assert_eq!(s.status_3xx, 0, "{s:?}");
     assert_eq!(s.status_other, 0, "{s:?}");
     assert_eq!(s.status_2xx, s.requests, "{s:?}");
-    assert!(s.logged_in >= s.requests, "{s:?}");
+    assert!(
+        row.run_logged_in >= row.run_requests && row.run_requests >= s.requests,
+        "{row:?}"
+    );
     assert!(
         s.rps > 0.0 && s.p50_us > 0.0 && s.p99_us >= s.p50_us,
         "{s:?}"
@@ -46,6 +50,21 @@ fn one_configuration_gives_a_sane_row_and_instruction_counts() {
         "{s:?}"
     );
     assert!(row.rss_loaded_kib > 0);
+    // The run was paired with a run of its baseline, which counted no logged-in request.
+    let [(mine, base)] = row.pairs.as_slice() else {
+        panic!("one pair expected, got {}", row.pairs.len());
+    };
+    assert_eq!(mine.requests, s.requests);
+    assert!(
+        base.requests > 0 && base.status_2xx == base.requests,
+        "{base:?}"
+    );
+    let none = report.row("none").unwrap();
+    assert_eq!((none.problem.as_deref(), none.run_logged_in), (None, 0));
+    assert_eq!(none.samples.len(), 1);
+    let over = report.overhead(row).unwrap();
+    assert_eq!((over.pairs, over.interval), (1, None), "{over:?}");
+    assert!(over.diff_us.is_finite(), "{over:?}");
     // The report renders.
     assert!(report.markdown().contains("`oidc-session`"));
     assert!(report.svg().starts_with("<svg"));
