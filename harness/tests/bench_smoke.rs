@@ -106,6 +106,14 @@ fn instruction_counts_come_from_checked_runs() {
             "{r:?}"
         );
     }
+    // The cache and branch simulation ran too; the filter's code adds instruction-cache misses.
+    for r in [none, oidc] {
+        assert!(
+            r.i1_misses > 0.0 && r.d1_misses > 0.0 && r.mispredicts > 0.0,
+            "{r:?}"
+        );
+    }
+    assert!(oidc.i1_misses > none.i1_misses, "{oidc:?} {none:?}");
     let over = report.instructions_over("oidc-session").unwrap();
     assert!(over > 0.0 && over < oidc.per_request, "{over}");
     assert!(
