@@ -96,14 +96,23 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
     });
 }
 
-/// The root context of request `context_id`, at its headers.
-fn root_of(context_id: u32) -> Option<u32> {
-    sole_root().or_else(|| {
-        FRESH.with(|fresh| {
-            let mut fresh = fresh.try_borrow_mut().ok()?;
-            let at = fresh.iter().position(|(id, _)| *id == context_id)?;
-            Some(fresh.swap_remove(at).1)
-        })
+/// Runs `f` on the root context of request `context_id`, at its headers: the VM's only one, or the one
+/// `proxy_on_context_create` recorded for it.
+fn with_root_of<T>(context_id: u32, f: impl FnOnce(&mut Root) -> T) -> Option<T> {
+    ROOTS.with(|roots| {
+        let mut roots = roots.try_borrow_mut().ok()?;
+        let root = match roots.as_mut_slice() {
+            [(_, root)] => root,
+            several => {
+                let id = FRESH.with(|fresh| {
+                    let mut fresh = fresh.try_borrow_mut().ok()?;
+                    let at = fresh.iter().position(|(id, _)| *id == context_id)?;
+                    Some(fresh.swap_remove(at).1)
+                })?;
+                several.iter_mut().find(|(r, _)| *r == id).map(|(_, r)| r)?
+            }
+        };
+        Some(f(root))
     })
 }
 
@@ -155,8 +164,7 @@ pub extern "C" fn proxy_on_request_headers(
     _headers: usize,
     end_of_stream: u32,
 ) -> u32 {
-    let fresh =
-        root_of(context_id).and_then(|root| with_root(root, |r| r.create_http_context(context_id)));
+    let fresh = with_root_of(context_id, |root| root.create_http_context(context_id));
     let Some(mut http) = fresh.flatten() else {
         // A request without a context of ours would pass unchecked: refuse it instead. (A root context
         // without an accepted configuration makes none.)

@@ -19,6 +19,7 @@
 //! larger sessions are sealed here with the filter's own [`Keys`] from the real session, with the
 //! ID token padded to size (nothing on those paths verifies its signature).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read as _, Write as _};
@@ -1078,7 +1079,6 @@ impl Ctx<'_> {
                 {
                     continue;
                 }
-                let (mut mine, mut theirs) = (None, None);
                 for j in order {
                     let (Some(r), Some(row)) = (running.get(j), rows.get_mut(j)) else {
                         continue;
@@ -1099,15 +1099,14 @@ impl Ctx<'_> {
                     if let Some(p) = check(&r.variant, &s, None) {
                         row.problem = Some(p);
                     }
-                    if j == i {
-                        mine = Some(s.clone());
-                    } else {
-                        theirs = Some(s.clone());
-                    }
                     row.samples.push(s);
                 }
-                if let (Some(m), Some(t), Some(row)) = (mine, theirs, rows.get_mut(i)) {
-                    row.pairs.push((m, t));
+                // Both runs of the pair are the last of their rows.
+                let last = |j: usize| rows.get(j).and_then(|r| r.samples.last()).cloned();
+                if let (Some(b), Some(mine)) = (base, last(i))
+                    && let (Some(theirs), Some(row)) = (last(b), rows.get_mut(i))
+                {
+                    row.pairs.push((mine, theirs));
                 }
             }
         }
@@ -1240,9 +1239,8 @@ impl Ctx<'_> {
                 + delta("http.bench.downstream_rq_5xx"),
             ..Sample::default()
         };
-        let logged_in =
-            delta("wasmcustom.oidc_filter.sessions_forwarded") + delta("http.bench.oauth_success");
-        row.problem = check(&r.variant, &sample, Some(logged_in));
+        let counted = logged_in(&after).saturating_sub(logged_in(&before));
+        row.problem = check(&r.variant, &sample, Some(counted));
         row.requests = sample.requests;
         let per = |n: u64| n as f64 / sample.requests.max(1) as f64;
         row.per_request = per(total("Ir"));
@@ -1592,11 +1590,18 @@ fn measure(r: &Running, duration: Duration) -> Result<Sample> {
 fn logged_in_counters(r: &Running) -> Result<(u64, u64)> {
     settle_counters(&r.variant);
     let s = r.envoy.stats()?;
-    let get = |n: &str| s.get(n).copied().unwrap_or(0);
-    Ok((
-        get("http.bench.downstream_rq_completed"),
-        get("wasmcustom.oidc_filter.sessions_forwarded") + get("http.bench.oauth_success"),
-    ))
+    let completed = s
+        .get("http.bench.downstream_rq_completed")
+        .copied()
+        .unwrap_or(0);
+    Ok((completed, logged_in(&s)))
+}
+
+/// Requests a login filter let through as logged in, in Envoy's `stats`: oidc-filter's
+/// `sessions_forwarded` and the OAuth2 filter's `oauth_success` (0 for other chains).
+fn logged_in(stats: &HashMap<String, u64>) -> u64 {
+    let get = |n: &str| stats.get(n).copied().unwrap_or(0);
+    get("wasmcustom.oidc_filter.sessions_forwarded") + get("http.bench.oauth_success")
 }
 
 /// Why a run does not count, if it does not.
@@ -1694,10 +1699,10 @@ fn callgrind_control(pid: u32, flag: &str, value: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// The instruction total of the dump `callgrind_control -d` wrote in `dir` (`callgrind.out.1`): the
-/// dump returns before the file is complete, so this waits for its `totals:` line.
-/// The event totals of the dump in `dir`: event name (`Ir`, `I1mr`, `Bcm`, ...) to count.
-fn callgrind_totals(dir: &Path) -> Result<std::collections::HashMap<String, u64>> {
+/// The event totals (`Ir`, `I1mr`, `Bcm`, ... to their counts) of the dump `callgrind_control -d` wrote
+/// in `dir` (`callgrind.out.1`): the dump returns before the file is complete, so this waits for its
+/// `totals:` line.
+fn callgrind_totals(dir: &Path) -> Result<HashMap<String, u64>> {
     let path = dir.join("callgrind.out.1");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -1709,7 +1714,7 @@ fn callgrind_totals(dir: &Path) -> Result<std::collections::HashMap<String, u64>
                     .filter(|t| t.split_whitespace().next().is_some_and(|n| n != "0"))
             });
             if let (Some(events), Some(totals)) = (events, totals) {
-                let parsed: std::collections::HashMap<String, u64> = events
+                let parsed: HashMap<String, u64> = events
                     .split_whitespace()
                     .zip(totals.split_whitespace())
                     .filter_map(|(e, n)| Some((e.to_string(), n.parse().ok()?)))
@@ -2806,6 +2811,7 @@ impl Report {
             .rows
             .iter()
             .map(|r| {
+                let over = self.overhead(r);
                 json!({
                     "name": r.variant.name,
                     "label": r.variant.label,
@@ -2818,9 +2824,9 @@ impl Report {
                     "rss_idle_kib": r.rss_idle_kib,
                     "rss_loaded_kib": r.rss_loaded_kib,
                     "problem": r.problem,
-                    "overhead_us": self.overhead(r).map(|o| o.diff_us),
-                    "overhead_interval_us": self.overhead(r).and_then(|o| o.interval).map(|(lo, hi)| [lo, hi]),
-                    "quiet_pairs": self.overhead(r).map(|o| o.quiet),
+                    "overhead_us": over.map(|o| o.diff_us),
+                    "overhead_interval_us": over.and_then(|o| o.interval).map(|(lo, hi)| [lo, hi]),
+                    "quiet_pairs": over.map(|o| o.quiet),
                     "run_requests": r.run_requests,
                     "run_logged_in": r.run_logged_in,
                     "samples": r.samples.iter().map(Sample::json).collect::<Vec<_>>(),

@@ -363,17 +363,20 @@ impl EnvoyConfig {
         });
         // A shared VM is made once, with the environment of whichever site comes first: each site
         // sharing it gives the environment of them all.
-        let mut vm_env = site.vm_env.clone();
-        if site.shared_vm.is_some() {
-            for other in self.sites.iter().filter(|o| o.shared_vm == site.shared_vm) {
-                vm_env
-                    .host_env_keys
-                    .extend(other.vm_env.host_env_keys.iter().cloned());
-                vm_env.key_values.extend(other.vm_env.key_values.clone());
+        let vm_env = match &site.shared_vm {
+            None => site.vm_env.clone(),
+            Some(_) => {
+                let mut env = VmEnv::default();
+                for other in self.sites.iter().filter(|o| o.shared_vm == site.shared_vm) {
+                    env.host_env_keys
+                        .extend(other.vm_env.host_env_keys.iter().cloned());
+                    env.key_values.extend(other.vm_env.key_values.clone());
+                }
+                env.host_env_keys.sort();
+                env.host_env_keys.dedup();
+                env
             }
-            vm_env.host_env_keys.sort();
-            vm_env.host_env_keys.dedup();
-        }
+        };
         if !vm_env.host_env_keys.is_empty() || !vm_env.key_values.is_empty() {
             let mut env = json!({});
             if !vm_env.host_env_keys.is_empty() {
