@@ -778,7 +778,7 @@ pub fn fail(status: u32) {
 }
 
 /// Answers the current request locally.
-fn respond<N: AsRef<str>, V: AsRef<[u8]>>(status: u32, headers: &[(N, V)], body: &[u8]) {
+fn respond<N: AsRef<str>, V: headers::Value>(status: u32, headers: &[(N, V)], body: &[u8]) {
     let _ = host::send_response(status, &headers::encode_pairs(headers), body);
 }
 

@@ -83,8 +83,9 @@ pub type IdentityHeaders = Rc<Vec<(String, Option<String>)>>;
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
+    /// Names are always ours, and most values too: neither costs an allocation then.
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
+    pub body: Cow<'static, str>,
     pub metric: Option<Metric>,
 }
 
@@ -523,10 +524,10 @@ fn forbidden(cfg: &Config, browser: bool, s: &Cached) -> Step {
     Step::Respond(Reply {
         status: 403,
         headers: vec![
-            ("content-type".into(), content_type.into()),
-            ("cache-control".into(), "no-store".into()),
+            ("content-type", content_type.into()),
+            ("cache-control", "no-store".into()),
         ],
-        body,
+        body: body.into(),
         metric: Some(Metric::Forbidden),
     })
 }
@@ -583,8 +584,12 @@ fn without_session(
         return with_cookies(not_ready(), clear);
     }
     if is_browser(h) {
-        let location = format!("{}?rd={}", cfg.login_path, form::encode(target));
-        return with_cookies(redirect(&location, Some(Metric::LoginRedirect)), clear);
+        // One string, not `format!` over a second one: this runs for every anonymous browser request.
+        let mut location = String::with_capacity(cfg.login_path.len() + 4 + 3 * target.len());
+        location.push_str(&cfg.login_path);
+        location.push_str("?rd=");
+        form::encode_into(&mut location, target);
+        return with_cookies(redirect(location, Some(Metric::LoginRedirect)), clear);
     }
     with_cookies(unauthorized(), clear)
 }
@@ -643,7 +648,7 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     }
     let set = cookies::set_cookie(&cookie_name, &sealed, &login_attrs(cfg), LOGIN_TTL);
     with_cookies(
-        redirect(url.as_str(), Some(Metric::LoginStarted)),
+        redirect(url.as_str().to_string(), Some(Metric::LoginStarted)),
         vec![set],
     )
 }
@@ -807,7 +812,7 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
             .clone()
             .unwrap_or_else(|| "/".to_string()),
     };
-    with_cookies(redirect(&location, Some(Metric::Logout)), clear)
+    with_cookies(redirect(location, Some(Metric::Logout)), clear)
 }
 
 /// Resumes a paused request with the IdP's answer (`None`: it did not answer).
@@ -950,7 +955,10 @@ fn finish_login(
         Ok(cookies) => set.extend(cookies),
         Err(reply) => return with_cookies(*reply, set),
     }
-    with_cookies(redirect(&x.login.rd, Some(Metric::LoginCompleted)), set)
+    with_cookies(
+        redirect(x.login.rd.clone(), Some(Metric::LoginCompleted)),
+        set,
+    )
 }
 
 fn refresh_reply(
@@ -1190,7 +1198,7 @@ fn refresh_failed(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) -
     }
     let step = if job.browser {
         redirect(
-            &format!("{}?rd={}", cfg.login_path, form::encode(&job.target)),
+            format!("{}?rd={}", cfg.login_path, form::encode(&job.target)),
             Some(Metric::RefreshFailed),
         )
     } else {
@@ -1279,10 +1287,10 @@ pub fn on_backchannel_logout(cfg: &Config, state: &mut State, env: &Env, body: &
         Step::Respond(Reply {
             status,
             headers: vec![
-                ("cache-control".into(), "no-store".into()),
-                ("content-type".into(), "application/json".into()),
+                ("cache-control", "no-store".into()),
+                ("content-type", "application/json".into()),
             ],
-            body,
+            body: body.into(),
             metric: None,
         })
     };
@@ -1447,21 +1455,21 @@ fn with_cookies(step: Step, set: Vec<String>) -> Step {
     match step {
         Step::Respond(mut r) => {
             r.headers
-                .extend(set.into_iter().map(|c| ("set-cookie".to_string(), c)));
+                .extend(set.into_iter().map(|c| ("set-cookie", Cow::Owned(c))));
             Step::Respond(r)
         }
         other => other,
     }
 }
 
-fn redirect(location: &str, metric: Option<Metric>) -> Step {
+fn redirect(location: String, metric: Option<Metric>) -> Step {
     Step::Respond(Reply {
         status: 302,
         headers: vec![
-            ("location".into(), location.to_string()),
-            ("cache-control".into(), "no-store".into()),
+            ("location", location.into()),
+            ("cache-control", "no-store".into()),
         ],
-        body: String::new(),
+        body: Cow::Borrowed(""),
         metric,
     })
 }
@@ -1478,11 +1486,11 @@ fn unavailable(msg: &str, metric: Metric) -> Step {
     Step::Respond(Reply {
         status: 503,
         headers: vec![
-            ("retry-after".into(), "5".into()),
-            ("content-type".into(), "text/plain; charset=utf-8".into()),
-            ("cache-control".into(), "no-store".into()),
+            ("retry-after", "5".into()),
+            ("content-type", "text/plain; charset=utf-8".into()),
+            ("cache-control", "no-store".into()),
         ],
-        body: format!("{msg}\n"),
+        body: format!("{msg}\n").into(),
         metric: Some(metric),
     })
 }
@@ -1491,9 +1499,9 @@ fn json_401() -> Reply {
     Reply {
         status: 401,
         headers: vec![
-            ("www-authenticate".into(), "Bearer".into()),
-            ("content-type".into(), "application/json".into()),
-            ("cache-control".into(), "no-store".into()),
+            ("www-authenticate", "Bearer".into()),
+            ("content-type", "application/json".into()),
+            ("cache-control", "no-store".into()),
         ],
         body: "{\"error\":\"unauthenticated\",\"message\":\"log in first or send a bearer token\"}"
             .into(),
@@ -1509,10 +1517,10 @@ fn text(status: u16, msg: &str, metric: Option<Metric>) -> Step {
     Step::Respond(Reply {
         status,
         headers: vec![
-            ("content-type".into(), "text/plain; charset=utf-8".into()),
-            ("cache-control".into(), "no-store".into()),
+            ("content-type", "text/plain; charset=utf-8".into()),
+            ("cache-control", "no-store".into()),
         ],
-        body: format!("{msg}\n"),
+        body: format!("{msg}\n").into(),
         metric,
     })
 }
@@ -1533,10 +1541,10 @@ fn error_page(status: u16, reason: CallbackFailure, msg: &str, clear: Vec<String
     let reply = Reply {
         status,
         headers: vec![
-            ("content-type".into(), "text/html; charset=utf-8".into()),
-            ("cache-control".into(), "no-store".into()),
+            ("content-type", "text/html; charset=utf-8".into()),
+            ("cache-control", "no-store".into()),
         ],
-        body,
+        body: body.into(),
         metric: Some(Metric::CallbackFailed(reason)),
     };
     with_cookies(Step::Respond(reply), clear)

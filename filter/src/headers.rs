@@ -154,6 +154,35 @@ pub(crate) fn le64<const N: usize>(c: &[u8; N], at: usize) -> u64 {
     ])
 }
 
+/// A header value as the host takes it: bytes, from text or raw.
+pub trait Value {
+    fn bytes(&self) -> &[u8];
+}
+
+impl Value for &str {
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Value for &[u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Value for String {
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Value for Cow<'_, str> {
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 /// Encodes pairs the way the host does (for tests and for callers that build a block).
 pub fn encode(pairs: &[(&str, &[u8])]) -> Vec<u8> {
     encode_pairs(pairs)
@@ -161,20 +190,20 @@ pub fn encode(pairs: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// [`encode`] for any text or byte pairs: the maps the filter hands the host (local responses, callouts)
 /// go from the core's `(String, String)` lists without a copy into borrowed pairs first.
-pub fn encode_pairs<N: AsRef<str>, V: AsRef<[u8]>>(pairs: &[(N, V)]) -> Vec<u8> {
+pub fn encode_pairs<N: AsRef<str>, V: Value>(pairs: &[(N, V)]) -> Vec<u8> {
     let size = pairs
         .iter()
-        .fold(4, |n, (k, v)| n + 10 + k.as_ref().len() + v.as_ref().len());
+        .fold(4, |n, (k, v)| n + 10 + k.as_ref().len() + v.bytes().len());
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (name, value) in pairs {
         out.extend_from_slice(&(name.as_ref().len() as u32).to_le_bytes());
-        out.extend_from_slice(&(value.as_ref().len() as u32).to_le_bytes());
+        out.extend_from_slice(&(value.bytes().len() as u32).to_le_bytes());
     }
     for (name, value) in pairs {
         out.extend_from_slice(name.as_ref().as_bytes());
         out.push(0);
-        out.extend_from_slice(value.as_ref());
+        out.extend_from_slice(value.bytes());
         out.push(0);
     }
     out

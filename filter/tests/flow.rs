@@ -1113,7 +1113,7 @@ fn an_unreachable_idp_after_the_token_expired_fails_closed_but_keeps_the_session
         let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
         let r = respond(f.reply(pending, reply));
         assert_eq!(r.status, 503, "{reply:?}");
-        assert!(r.headers.iter().any(|(n, _)| n == "retry-after"));
+        assert!(r.headers.iter().any(|(n, _)| *n == "retry-after"));
         assert!(header(&r.headers, "location").is_none());
         assert!(
             set_cookies(&r)

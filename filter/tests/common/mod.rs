@@ -261,18 +261,21 @@ pub fn call(step: Step) -> (Callout, Box<Pending>) {
 }
 
 /// The first value of header `name`.
-pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub fn header<'a, N: AsRef<str>, V: AsRef<str>>(
+    headers: &'a [(N, V)],
+    name: &str,
+) -> Option<&'a str> {
     headers
         .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
+        .find(|(n, _)| n.as_ref() == name)
+        .map(|(_, v)| v.as_ref())
 }
 
 pub fn set_cookies(r: &Reply) -> Vec<&str> {
     r.headers
         .iter()
-        .filter(|(n, _)| n == "set-cookie")
-        .map(|(_, v)| v.as_str())
+        .filter(|(n, _)| *n == "set-cookie")
+        .map(|(_, v)| v.as_ref())
         .collect()
 }
 
