@@ -85,6 +85,10 @@ fn tools(needed: &[&str]) -> bool {
 /// exits, the pipe closes and the shell stops the registry and removes its storage.
 struct Registry {
     addr: String,
+    /// Held for each test's push and pull. The tests push the same layer (one module, several formats) to
+    /// the same registry, and docker-registry's filesystem store can lose a blob when two uploads of it
+    /// commit at once (the manifest upload then fails: "manifest blob unknown"), so they take turns.
+    turn: Mutex<()>,
     _lifeline: Mutex<ChildStdin>,
     _shell: Mutex<Child>,
 }
@@ -136,6 +140,7 @@ fn registry() -> &'static Registry {
         }
         Registry {
             addr,
+            turn: Mutex::new(()),
             _lifeline: Mutex::new(lifeline),
             _shell: Mutex::new(child),
         }
@@ -238,6 +243,7 @@ fn round_trip(name: &str, format: Format, optimize: bool) -> (String, Vec<u8>, P
     if !optimize {
         args.push("--no-opt");
     }
+    let turn = registry.turn.lock().unwrap_or_else(|e| e.into_inner());
     let digest = oci_image(&args);
     assert_eq!(digest.len(), 64, "a bare sha256 hex digest: {digest:?}");
     assert!(
@@ -264,6 +270,7 @@ fn round_trip(name: &str, format: Format, optimize: bool) -> (String, Vec<u8>, P
         &source,
         &pulled_arg,
     ]);
+    drop(turn);
     let stored = fs::read(pulled_dir.join("manifest.json")).expect("pulled manifest");
     assert_eq!(stored, manifest_bytes, "skopeo kept the manifest as served");
     let manifest = serde_json::from_slice(&manifest_bytes).expect("manifest json");
