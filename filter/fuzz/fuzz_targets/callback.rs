@@ -28,8 +28,8 @@ fuzz_target!(|data: &[u8]| {
     let header = |n: &str| {
         r.headers
             .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.clone())
+            .find(|(k, _)| *k == n)
+            .map(|(_, v)| v.to_string())
             .unwrap_or_default()
     };
     let location = header("location");

@@ -125,7 +125,7 @@ pub fn check_step(step: &Step) {
         Step::Respond(r) => {
             for (n, v) in &r.headers {
                 assert!(safe(n) && safe(v), "unsafe response header {n}");
-                if n == "location" && v.starts_with('/') {
+                if *n == "location" && v.starts_with('/') {
                     assert!(
                         !v.starts_with("//") && !v.starts_with("/\\"),
                         "off-site redirect {v}"
