@@ -584,11 +584,7 @@ fn without_session(
         return with_cookies(not_ready(), clear);
     }
     if is_browser(h) {
-        // One string, not `format!` over a second one: this runs for every anonymous browser request.
-        let mut location = String::with_capacity(cfg.login_path.len() + 4 + 3 * target.len());
-        location.push_str(&cfg.login_path);
-        location.push_str("?rd=");
-        form::encode_into(&mut location, target);
+        let location = login_location(cfg, target);
         return with_cookies(redirect(location, Some(Metric::LoginRedirect)), clear);
     }
     with_cookies(unauthorized(), clear)
@@ -1198,7 +1194,7 @@ fn refresh_failed(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) -
     }
     let step = if job.browser {
         redirect(
-            format!("{}?rd={}", cfg.login_path, form::encode(&job.target)),
+            login_location(cfg, &job.target),
             Some(Metric::RefreshFailed),
         )
     } else {
@@ -1460,6 +1456,16 @@ fn with_cookies(step: Step, set: Vec<String>) -> Step {
         }
         other => other,
     }
+}
+
+/// `/login?rd=<target>`, in one string rather than `format!` over a second one: every anonymous browser
+/// request gets it.
+fn login_location(cfg: &Config, target: &str) -> String {
+    let mut location = String::with_capacity(cfg.login_path.len() + 4 + 3 * target.len());
+    location.push_str(&cfg.login_path);
+    location.push_str("?rd=");
+    form::encode_into(&mut location, target);
+    location
 }
 
 fn redirect(location: String, metric: Option<Metric>) -> Step {

@@ -188,8 +188,9 @@ pub fn encode(pairs: &[(&str, &[u8])]) -> Vec<u8> {
     encode_pairs(pairs)
 }
 
-/// [`encode`] for any text or byte pairs: the maps the filter hands the host (local responses, callouts)
-/// go from the core's `(String, String)` lists without a copy into borrowed pairs first.
+/// [`encode`] for any text or byte pairs: the maps the filter hands the host (local responses' static
+/// names and borrowed or owned values, callouts' `(String, String)` lists) go without a copy into
+/// borrowed pairs first.
 pub fn encode_pairs<N: AsRef<str>, V: Value>(pairs: &[(N, V)]) -> Vec<u8> {
     let size = pairs
         .iter()

@@ -60,7 +60,7 @@ const NICE: i32 = -19;
 /// The share of runs' requests that must have the expected outcome.
 const MIN_OK_SHARE: f64 = 0.99;
 
-/// The goals of issue 5, as benchmark figures.
+// The goals of issue 5, as benchmark figures.
 /// Envoy CPU per request over no filter, µs: (configuration, what it is, at most).
 const CPU_GOALS: [(&str, &str, f64); 3] = [
     ("oidc-session", "hot path (valid session)", 5.0),
