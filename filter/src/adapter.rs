@@ -492,8 +492,14 @@ impl Http {
 
     /// The request's headers: decide (`flow::on_request`) and carry the decision out.
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
-        let now = now();
         let headers = request_headers();
+        let action = self.on_headers(&headers, end_of_stream);
+        host::recycle_header_buffer(headers.into_bytes());
+        action
+    }
+
+    fn on_headers(&mut self, headers: &HeaderBlock, end_of_stream: bool) -> Action {
+        let now = now();
         let step = {
             let Ok(mut s) = self.shared.try_borrow_mut() else {
                 self.fail(500);
@@ -506,7 +512,7 @@ impl Http {
                 Some(i) => i,
                 None => {
                     drop(s);
-                    return self.unmatched(&plugin, &headers);
+                    return self.unmatched(&plugin, headers);
                 }
             };
             self.site = site;
@@ -520,12 +526,12 @@ impl Http {
                 now,
                 random: &mut random,
             };
-            flow::on_request(cfg, state, &mut env, &headers)
+            flow::on_request(cfg, state, &mut env, headers)
         };
         if end_of_stream && matches!(step, Step::ReadBody) {
             return self.backchannel_logout(&[]);
         }
-        self.run(step, Some(&headers))
+        self.run(step, Some(headers))
     }
 
     /// A chunk of the request body: only a back-channel logout's is read, the rest passes.

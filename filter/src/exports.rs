@@ -16,21 +16,20 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
 use crate::adapter::{self, Http, Root};
-use crate::host::{self, Action};
+use crate::host::{self, Action, VmLocal};
 use crate::idhash::IdMap;
 
-thread_local! {
-    /// Root contexts by id: one per plugin configuration that shares this VM (usually one).
-    static ROOTS: RefCell<Vec<(u32, Root)>> = const { RefCell::new(Vec::new()) };
-    /// Live requests by context id: looked up on every callback, hence the cheap hash.
-    static REQUESTS: RefCell<IdMap<u32, Http>> =
-        const { RefCell::new(HashMap::with_hasher(BuildHasherDefault::new())) };
-    /// Callouts in flight: token, and the context that made it. The host answers every callout on the
-    /// root context, so the owner is ours to remember.
-    static CALLOUTS: RefCell<Vec<(u32, u32)>> = const { RefCell::new(Vec::new()) };
-    /// In a VM with several root contexts: requests made but not yet at their headers, and their root.
-    static FRESH: RefCell<Vec<(u32, u32)>> = const { RefCell::new(Vec::new()) };
-}
+/// Root contexts by id: one per plugin configuration that shares this VM (usually one).
+static ROOTS: VmLocal<RefCell<Vec<(u32, Root)>>> = VmLocal(RefCell::new(Vec::new()));
+/// Live requests by context id: looked up on every callback, hence the cheap hash.
+static REQUESTS: VmLocal<RefCell<IdMap<u32, Http>>> = VmLocal(RefCell::new(HashMap::with_hasher(
+    BuildHasherDefault::new(),
+)));
+/// Callouts in flight: token, and the context that made it. The host answers every callout on the
+/// root context, so the owner is ours to remember.
+static CALLOUTS: VmLocal<RefCell<Vec<(u32, u32)>>> = VmLocal(RefCell::new(Vec::new()));
+/// In a VM with several root contexts: requests made but not yet at their headers, and their root.
+static FRESH: VmLocal<RefCell<Vec<(u32, u32)>>> = VmLocal(RefCell::new(Vec::new()));
 
 /// Remembers that the answer to callout `token` goes to context `owner`.
 pub fn register_callout(token: u32, owner: u32) {
