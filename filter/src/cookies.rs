@@ -242,21 +242,39 @@ pub(crate) fn parse_pair(segment: &str) -> Option<(&str, &str)> {
     Some((name, value))
 }
 
-// These two run for every cookie of every request. They work on bytes: in Wasm, the `char`
-// pattern machinery of `split_once` and `trim_matches` costs more than the scan itself.
+// These two run for every cookie of every request. They work on bytes, in plain loops: in Wasm, the
+// `char` pattern machinery of `split_once` and `trim_matches` costs more than the scan itself, and at
+// `opt-level=z` `position` and `rposition` stay calls of core's `try_fold` with the test a call of its own.
 
 /// `segment` split at its first `=`.
 pub(crate) fn split_eq(segment: &str) -> Option<(&str, &str)> {
-    let i = segment.bytes().position(|b| b == b'=')?;
-    Some((segment.get(..i)?, segment.get(i + 1..)?))
+    let bytes = segment.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' {
+            // `=` is ASCII: both sides are whole characters.
+            return Some((segment.get(..i)?, segment.get(i + 1..)?));
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Optional whitespace as HTTP defines it (space and tab); other bytes are kept.
 pub(crate) fn trim_ows(s: &str) -> &str {
-    let ows = |b: &u8| *b == b' ' || *b == b'\t';
     let bytes = s.as_bytes();
-    let start = bytes.iter().position(|b| !ows(b)).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| !ows(b)).map_or(start, |e| e + 1);
+    let mut start = 0;
+    while start < bytes.len() && matches!(bytes[start], b' ' | b'\t') {
+        start += 1;
+    }
+    let mut end = bytes.len();
+    while end > start && matches!(bytes[end - 1], b' ' | b'\t') {
+        end -= 1;
+    }
+    if start == 0 && end == bytes.len() {
+        return s;
+    }
+    // Space and tab are ASCII: the cuts are between whole characters.
     s.get(start..end).unwrap_or_default()
 }
 

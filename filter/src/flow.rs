@@ -34,11 +34,29 @@ const CACHE_CAP: usize = 1024;
 /// A request's headers (lowercase names, as Envoy keeps them).
 pub trait Headers {
     fn get(&self, name: &str) -> Option<Cow<'_, str>>;
+
+    /// `get(":path")`, which every request reads.
+    fn path(&self) -> Option<Cow<'_, str>> {
+        self.get(":path")
+    }
+
+    /// `get("cookie")`, which every request reads.
+    fn cookie(&self) -> Option<Cow<'_, str>> {
+        self.get("cookie")
+    }
 }
 
 impl Headers for crate::headers::HeaderBlock {
     fn get(&self, name: &str) -> Option<Cow<'_, str>> {
         crate::headers::HeaderBlock::get(self, name)
+    }
+
+    fn path(&self) -> Option<Cow<'_, str>> {
+        crate::headers::HeaderBlock::path(self)
+    }
+
+    fn cookie(&self) -> Option<Cow<'_, str>> {
+        crate::headers::HeaderBlock::cookie(self)
     }
 }
 
@@ -277,7 +295,7 @@ fn request_line(
 
 /// Decides what to do with a request.
 pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers) -> Step {
-    let Some(target) = h.get(":path") else {
+    let Some(target) = h.path() else {
         return text(400, "Bad request: no path.", None);
     };
     let path = paths::path_only(&target);
@@ -302,7 +320,7 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
         };
     }
 
-    let cookie = h.get("cookie");
+    let cookie = h.cookie();
     let mut stale = false;
     if let Some(header) = cookie.as_deref() {
         let scan = session::scan(header, &cfg.cookie_name, |n| cfg.is_own_cookie(n));
@@ -685,7 +703,7 @@ fn callback(
         }
         *slot = Some(v);
     }
-    let cookie_header = h.get("cookie").unwrap_or_default();
+    let cookie_header = h.cookie().unwrap_or_default();
     let Some(st) = st.filter(|s| s.len() == 43 && s.bytes().all(is_b64url)) else {
         return bad_callback(
             CallbackFailure::BadRequest,
@@ -774,7 +792,7 @@ fn callback(
 /// `/logout`: forget the session here, then end it at the IdP when it offers that.
 #[inline(never)]
 fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
-    let header = h.get("cookie").unwrap_or_default();
+    let header = h.cookie().unwrap_or_default();
     let mut id_token = None;
     if let Ok(Some(sealed)) = session::join(&header, &cfg.cookie_name) {
         if let Some(s) = cfg

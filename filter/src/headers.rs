@@ -11,6 +11,13 @@ use std::borrow::Cow;
 pub struct HeaderBlock {
     bytes: Vec<u8>,
     count: usize,
+    /// Where the first `:path` and `cookie` values are (start, length), noted by `parse`: every request
+    /// reads both, and a walk for each cost a few hundred instructions.
+    path: Option<(usize, usize)>,
+    cookie: Option<(usize, usize)>,
+    /// A bit for each name's length and last byte ([`name_bit`]): a lookup of a name the request does not
+    /// carry (an identity header, most of `is_browser`'s) then usually ends without a walk.
+    names: u64,
 }
 
 impl HeaderBlock {
@@ -26,6 +33,7 @@ impl HeaderBlock {
         }
         // Every name and value must end in a NUL inside the block: then `raw` walks it without checks.
         let mut at = 4 + count * 8;
+        let (mut path, mut cookie, mut names) = (None, None, 0);
         for i in 0..count {
             let name_end = at.checked_add(word(&bytes, 4 + i * 8)?)?;
             let value_end = name_end
@@ -36,9 +44,35 @@ impl HeaderBlock {
             if !matches!(bytes.get(name_end), Some(0)) || !matches!(bytes.get(value_end), Some(0)) {
                 return None;
             }
+            // The name's first four bytes as a word, then the rest byte by byte: a slice compare would
+            // be a `memcmp` call. (`name_end` holds a NUL, so `at + 4` is inside the block.)
+            let value = Some((name_end + 1, value_end - name_end - 1));
+            let b = bytes.as_slice();
+            // `name_end` is past the length table, so the byte before it is in the block.
+            let last = if name_end > at { b[name_end - 1] } else { 0 };
+            names |= name_bit(name_end - at, last);
+            match name_end - at {
+                5 if path.is_none() && word(b, at) == Some(PATH) && b[at + 4] == b'h' => {
+                    path = value;
+                }
+                6 if cookie.is_none()
+                    && word(b, at) == Some(COOK)
+                    && b[at + 4] == b'i'
+                    && b[at + 5] == b'e' =>
+                {
+                    cookie = value;
+                }
+                _ => {}
+            }
             at = value_end + 1;
         }
-        Some(HeaderBlock { bytes, count })
+        Some(HeaderBlock {
+            bytes,
+            count,
+            path,
+            cookie,
+            names,
+        })
     }
 
     /// An empty block.
@@ -46,7 +80,27 @@ impl HeaderBlock {
         HeaderBlock {
             bytes: Vec::new(),
             count: 0,
+            path: None,
+            cookie: None,
+            names: 0,
         }
+    }
+
+    /// The first `:path` value, as [`HeaderBlock::get`] would give it, without a walk.
+    pub fn path(&self) -> Option<Cow<'_, str>> {
+        self.noted(self.path)
+    }
+
+    /// The first `cookie` value, as [`HeaderBlock::get`] would give it, without a walk.
+    pub fn cookie(&self) -> Option<Cow<'_, str>> {
+        self.noted(self.cookie)
+    }
+
+    fn noted(&self, at: Option<(usize, usize)>) -> Option<Cow<'_, str>> {
+        let (start, len) = at?;
+        // `?`, not `Option::map`: at `opt-level=z` that stays a call.
+        let raw = self.bytes.get(start..start + len)?;
+        Some(text(raw))
     }
 
     /// The serialized block, for its buffer to be used again.
@@ -61,6 +115,13 @@ impl HeaderBlock {
     /// The first value of header `name`. A plain loop over the length table: `parse` checked every length
     /// and offset, and this runs several times per request (iterator adaptors stay calls at `opt-level=z`).
     fn raw(&self, name: &str) -> Option<&[u8]> {
+        let last = match name.as_bytes() {
+            [.., last] => *last,
+            [] => 0,
+        };
+        if self.names & name_bit(name.len(), last) == 0 {
+            return None;
+        }
         let b = self.bytes.as_slice();
         let mut lengths = 4;
         let mut at = self.data_start();
@@ -81,18 +142,7 @@ impl HeaderBlock {
     /// The first value of `name` (lowercase, as Envoy keeps them). Bytes that are not UTF-8 (Envoy lets
     /// obs-text through) become U+FFFD, which matches no name, path or cookie of ours.
     pub fn get(&self, name: &str) -> Option<Cow<'_, str>> {
-        // `from_utf8` checks a word at a time; `from_utf8_lossy` goes byte by byte even over ASCII, which
-        // for a kilobyte of cookie is thousands of instructions on every request.
-        self.raw(name).map(|raw| {
-            if is_ascii(raw) {
-                // SAFETY: ASCII is UTF-8.
-                return Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(raw) });
-            }
-            match std::str::from_utf8(raw) {
-                Ok(s) => Cow::Borrowed(s),
-                Err(_) => String::from_utf8_lossy(raw),
-            }
-        })
+        self.raw(name).map(text)
     }
 
     /// Whether the request carries `name` at all.
@@ -102,6 +152,29 @@ impl HeaderBlock {
 }
 
 /// The little-endian `u32` at `at`.
+/// `:pat` and `cook` as [`word`] reads them.
+const PATH: usize = u32::from_le_bytes(*b":pat") as usize;
+const COOK: usize = u32::from_le_bytes(*b"cook") as usize;
+
+/// One of 64 bits for a header name of length `len` ending in byte `last` (0 for an empty name).
+fn name_bit(len: usize, last: u8) -> u64 {
+    1 << ((len as u32).wrapping_mul(7).wrapping_add(u32::from(last)) & 63)
+}
+
+/// A header value as text. Bytes that are not UTF-8 become U+FFFD.
+fn text(raw: &[u8]) -> Cow<'_, str> {
+    // `from_utf8` checks a word at a time; `from_utf8_lossy` goes byte by byte even over ASCII, which
+    // for a kilobyte of cookie is thousands of instructions on every request.
+    if is_ascii(raw) {
+        // SAFETY: ASCII is UTF-8.
+        return Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(raw) });
+    }
+    match std::str::from_utf8(raw) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(raw),
+    }
+}
+
 fn word(bytes: &[u8], at: usize) -> Option<usize> {
     let b = bytes.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
@@ -240,6 +313,93 @@ mod tests {
     }
 
     #[test]
+    fn path_and_cookie_read_as_get_does() {
+        let blocks: [&[(&str, &[u8])]; 6] = [
+            &[
+                (":path", b"/a"),
+                ("cookie", b"x=1"),
+                ("cookie", b"y=2"),
+                (":path", b"/b"),
+            ],
+            &[
+                ("accept", b"*/*"),
+                (":pat", b"/no"),
+                (":paths", b"/no"),
+                ("cookies", b"no"),
+            ],
+            &[
+                (":patH", b"/no"),
+                ("Cookie", b"no"),
+                ("cookiE", b"no"),
+                ("cook", b"no"),
+            ],
+            &[(":path", b""), ("cookie", b"a\xffb")],
+            &[
+                ("origin", b"o"),
+                ("pragma", b"p"),
+                ("x", b"y"),
+                (":path", b"/late"),
+            ],
+            &[],
+        ];
+        for pairs in blocks {
+            let h = HeaderBlock::parse(encode(pairs)).unwrap();
+            assert_eq!(h.path(), h.get(":path"), "{pairs:?}");
+            assert_eq!(h.cookie(), h.get("cookie"), "{pairs:?}");
+        }
+        let h = HeaderBlock::parse(encode(blocks[0])).unwrap();
+        assert_eq!(h.path().as_deref(), Some("/a"));
+        assert_eq!(h.cookie().as_deref(), Some("x=1"));
+        let h = HeaderBlock::parse(encode(blocks[2])).unwrap();
+        assert_eq!((h.path(), h.cookie()), (None, None));
+        let h = HeaderBlock::parse(encode(blocks[3])).unwrap();
+        assert_eq!(h.path().as_deref(), Some(""));
+        assert_eq!(h.cookie().as_deref(), Some("a\u{fffd}b"));
+        assert_eq!(HeaderBlock::empty().path(), None);
+    }
+
+    #[test]
+    fn lookups_agree_with_a_plain_search() {
+        // Names that share a length and last byte with a present one (so pass the name filter), names that
+        // differ only there, the empty name, and a block with more names than the filter has bits.
+        let many: Vec<String> = (0..80).map(|i| format!("x-h{i}")).collect();
+        let mut pairs: Vec<(&str, &[u8])> = vec![
+            (":path", b"/"),
+            ("accept", b"a"),
+            ("", b"empty name"),
+            ("x-forwarded-user", b"u"),
+        ];
+        pairs.extend(many.iter().map(|n| (n.as_str(), n.as_bytes())));
+        for pairs in [&pairs[..], &pairs[..4], &pairs[1..2], &[][..]] {
+            let h = HeaderBlock::parse(encode(pairs)).unwrap();
+            let probes = [
+                "x-forwarded-user",
+                "x-forwarded-usee",
+                "y-forwarded-user",
+                "x-forwarded-use",
+                "accept",
+                "bccept",
+                "acceptt",
+                "",
+                ":path",
+                "x-h7",
+                "x-h79",
+                "x-h80",
+                "x-h8",
+                "cookie",
+            ];
+            for name in probes
+                .iter()
+                .copied()
+                .chain(many.iter().map(String::as_str))
+            {
+                let want = pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+                assert_eq!(h.raw(name), want, "{name:?} in {} pairs", pairs.len());
+            }
+        }
+    }
+
+    #[test]
     fn ascii_check_looks_at_every_byte() {
         for len in 0..100 {
             assert!(is_ascii(&vec![0x7f; len]));
@@ -281,8 +441,8 @@ mod tests {
                 let mut b = good.clone();
                 b[i] = v;
                 if let Some(h) = HeaderBlock::parse(b) {
-                    let _ = h.get(":path");
-                    let _ = h.get("cookie");
+                    assert_eq!(h.path(), h.get(":path"), "{i} {v}");
+                    assert_eq!(h.cookie(), h.get("cookie"), "{i} {v}");
                 }
             }
         }
