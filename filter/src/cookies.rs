@@ -244,7 +244,7 @@ pub(crate) fn parse_pair(segment: &str) -> Option<(&str, &str)> {
 
 // These two run for every cookie of every request. They work on bytes, in plain loops: in Wasm, the
 // `char` pattern machinery of `split_once` and `trim_matches` costs more than the scan itself, and at
-// `opt-level=z` `position` and `rposition` stay calls of core's `try_fold` with the test a call of its own.
+// `opt-level=z` `position` and `rposition` stay calls of core's `try_fold`.
 
 /// `segment` split at its first `=`.
 pub(crate) fn split_eq(segment: &str) -> Option<(&str, &str)> {

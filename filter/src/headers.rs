@@ -44,14 +44,14 @@ impl HeaderBlock {
             if !matches!(bytes.get(name_end), Some(0)) || !matches!(bytes.get(value_end), Some(0)) {
                 return None;
             }
-            // The name's first four bytes as a word, then the rest byte by byte: a slice compare would
-            // be a `memcmp` call. (`name_end` holds a NUL, so `at + 4` is inside the block.)
-            let value = Some((name_end + 1, value_end - name_end - 1));
             let b = bytes.as_slice();
+            let n = name_end - at;
             // `name_end` is past the length table, so the byte before it is in the block.
-            let last = if name_end > at { b[name_end - 1] } else { 0 };
-            names |= name_bit(name_end - at, last);
-            match name_end - at {
+            names |= name_bit(n, if n > 0 { b[name_end - 1] } else { 0 });
+            // `:path` and `cookie`: the name's first four bytes as a word, then the rest byte by byte (a
+            // slice compare would be a `memcmp` call). The name ends inside the block (at `name_end`).
+            let value = Some((name_end + 1, value_end - name_end - 1));
+            match n {
                 5 if path.is_none() && word(b, at) == Some(PATH) && b[at + 4] == b'h' => {
                     path = value;
                 }
@@ -151,7 +151,6 @@ impl HeaderBlock {
     }
 }
 
-/// The little-endian `u32` at `at`.
 /// `:pat` and `cook` as [`word`] reads them.
 const PATH: usize = u32::from_le_bytes(*b":pat") as usize;
 const COOK: usize = u32::from_le_bytes(*b"cook") as usize;
@@ -175,6 +174,7 @@ fn text(raw: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// The little-endian `u32` at `at`.
 fn word(bytes: &[u8], at: usize) -> Option<usize> {
     let b = bytes.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)

@@ -146,8 +146,8 @@ unsafe extern "C" {
 
 /// Per-VM state in a plain `static`. The module runs on one thread: it is built for `wasm32` without the
 /// `atomics` feature (refused below), where nothing can share it. `thread_local!` does the same job
-/// through `LocalKey`'s generic accessors, which at `opt-level = "z"` stay calls: the logged-in path made
-/// a dozen such calls per request.
+/// through `LocalKey`'s generic accessors, which at `opt-level = "z"` stay calls: about 270 instructions
+/// per logged-in request in V8.
 pub struct VmLocal<T>(pub T);
 
 // SAFETY: one thread only (see `VmLocal`).
@@ -188,7 +188,8 @@ fn release((data, capacity): (*mut u8, usize)) {
     }
 }
 
-/// The host allocates every buffer it returns to us through this export, and [`owned`] gives it back.
+/// The host allocates every buffer it returns to us through this export, and [`owned`] gives it back
+/// (during `get_header_map_pairs`, the spare header buffer is lent instead when it is large enough).
 /// A null answer (out of memory) makes the host call that needed the buffer fail instead of the VM.
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
@@ -294,8 +295,8 @@ pub fn get_header_map_pairs(map: Headers) -> Option<Vec<u8>> {
     OFFER.0.set(SPARE.0.replace(NO_BUFFER));
     // SAFETY: the host writes a pointer and a size through pointers to locals.
     let status = unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) };
-    // Offered to no other call: let go if the host did not ask for memory (no headers, a failure).
-    release(OFFER.0.replace(NO_BUFFER));
+    // Offered to no other call: kept for the next request if the host did not ask for memory.
+    release(SPARE.0.replace(OFFER.0.replace(NO_BUFFER)));
     let (taken, capacity) = TAKEN.0.replace(NO_BUFFER);
     if status != OK {
         release((taken, capacity));

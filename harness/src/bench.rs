@@ -89,7 +89,9 @@ usage: harness bench [--quick] [--out DIR] [--wasm FILE] [--only NAME,...] [--du
   --rounds N      rounds
   --instructions  only count instructions per request under callgrind (side-by-side configurations;
                   deterministic, unlike CPU time on a shared machine)
-  --no-instructions  skip the instruction counts a full run ends with";
+  --no-instructions  skip the instruction counts a full run ends with
+  --profile       instead of a benchmark: where the filter's own instructions per logged-in request go,
+                  by Wasm function (the module in Node's V8 under callgrind; prints a table)";
 
 /// What to run.
 #[derive(Clone, Debug, Default)]
@@ -110,6 +112,8 @@ pub struct Options {
     pub rounds: Option<u32>,
     /// Instruction counts under callgrind: also (default for a full run), only, or not at all.
     pub instructions: Instructions,
+    /// Profile the filter's own code instead (`profile.rs`).
+    pub profile: bool,
 }
 
 /// Whether to count instructions per request under callgrind.
@@ -186,12 +190,16 @@ pub fn cli(args: &[String]) -> Result<()> {
             "--rounds" => opts.rounds = Some(value("--rounds")?.parse().context("--rounds")?),
             "--instructions" => opts.instructions = Instructions::Only,
             "--no-instructions" => opts.instructions = Instructions::Skip,
+            "--profile" => opts.profile = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
+    }
+    if opts.profile {
+        return profile(&opts);
     }
     let report = run(&opts)?;
     print!("{}", report.markdown());
@@ -543,6 +551,40 @@ fn module(opts: &Options, dir: &Path) -> Result<Sizes> {
         release_bytes: Some(fs::metadata(&release)?.len()),
         optimized_bytes: Some(fs::metadata(&out)?.len()),
     })
+}
+
+/// `bench --profile`: the benchmark's real login, then its logged-in request played in Node's V8.
+fn profile(opts: &Options) -> Result<()> {
+    let dir = crate::target_dir().join("bench");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let sizes = module(opts, &dir)?;
+    eprintln!("bench: logging in through a real stack");
+    let login = {
+        let stack = Stack::start(StackSpec {
+            wasm: Some(sizes.module),
+            concurrency: 1,
+            envoy_log_level: "warning".into(),
+            ..StackSpec::new(
+                "bench",
+                vec![SiteSpec::new(SITE).idp_client(json!({ "id_token_ttl": ID_TOKEN_TTL }))],
+            )
+        })?;
+        Login::new(&stack)?
+    };
+    let input = crate::profile::Input {
+        config: login.filter_config.to_string(),
+        env: vec![
+            (crate::client_secret_env(SITE), login.client_secret.clone()),
+            (
+                crate::COOKIE_KEYS_ENV.to_string(),
+                crate::DEFAULT_COOKIE_KEYS.to_string(),
+            ),
+        ],
+        cookie: login.cookie.clone(),
+    };
+    eprintln!("bench: profiling the logged-in request in Node's V8 under callgrind");
+    print!("{}", crate::profile::run(&input, &dir.join("profile"))?);
+    Ok(())
 }
 
 fn set_header_wasm(dir: &Path) -> Result<PathBuf> {

@@ -13,6 +13,7 @@ pub mod idp;
 pub mod module;
 pub mod oci;
 pub mod process;
+pub mod profile;
 pub mod proxy;
 pub mod sealed;
 pub mod webdriver;
