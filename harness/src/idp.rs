@@ -172,7 +172,15 @@ fn start_node(name: &str, dir: &Path, args: impl Fn(&mut Command)) -> Result<(Pr
         match process.wait_for_port(START_TIMEOUT) {
             Ok(port) => return Ok((process, port)),
             Err(e) => {
-                eprintln!("{name}: {e:#}; starting it again");
+                let note = format!("{name}: {e:#}; starting it again");
+                eprintln!("{note}");
+                // Also in its log, where a run that passed after the second start still shows it.
+                let _ = fs::OpenOptions::new()
+                    .append(true)
+                    .open(dir.join(format!("{name}.log")))
+                    .and_then(|mut f| {
+                        std::io::Write::write_all(&mut f, format!("harness: {note}\n").as_bytes())
+                    });
                 last = Some(e);
             }
         }
