@@ -174,10 +174,8 @@ const NO_BUFFER: (*mut u8, usize) = (null_mut(), 0);
 /// instructions and 30 cache lines of code per request, each line a miss once Envoy has run in between).
 static SPARE: VmLocal<Cell<(*mut u8, usize)>> = VmLocal(Cell::new(NO_BUFFER));
 /// Set by `get_header_map_pairs` for the length of its host call: the spare buffer, offered to
-/// `proxy_on_memory_allocate`.
+/// `proxy_on_memory_allocate`, which empties it when it lends the buffer out.
 static OFFER: VmLocal<Cell<(*mut u8, usize)>> = VmLocal(Cell::new(NO_BUFFER));
-/// The offered buffer, once the host took it.
-static TAKEN: VmLocal<Cell<(*mut u8, usize)>> = VmLocal(Cell::new(NO_BUFFER));
 
 /// Gives a buffer kept as (address, capacity) back to the allocator; none is nothing to do.
 fn release((data, capacity): (*mut u8, usize)) {
@@ -193,12 +191,11 @@ fn release((data, capacity): (*mut u8, usize)) {
 /// A null answer (out of memory) makes the host call that needed the buffer fail instead of the VM.
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
-    let offer = OFFER.0.replace(NO_BUFFER);
+    let offer = OFFER.0.get();
     if size > 0 && offer.1 >= size {
-        TAKEN.0.set(offer);
+        OFFER.0.set(NO_BUFFER);
         return offer.0;
     }
-    release(offer);
     match Layout::from_size_align(size, 1) {
         // A zero-sized buffer needs no memory; `owned` turns this pointer into an empty `Vec`.
         Ok(_) if size == 0 => std::ptr::NonNull::<u8>::dangling().as_ptr(),
@@ -292,22 +289,24 @@ pub fn get_buffer(buffer: Buffer, start: usize, max_size: usize) -> Option<Vec<u
 pub fn get_header_map_pairs(map: Headers) -> Option<Vec<u8>> {
     let mut data = null_mut();
     let mut size = 0;
-    OFFER.0.set(SPARE.0.replace(NO_BUFFER));
+    let spare = SPARE.0.replace(NO_BUFFER);
+    OFFER.0.set(spare);
     // SAFETY: the host writes a pointer and a size through pointers to locals.
     let status = unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) };
-    // Offered to no other call: kept for the next request if the host did not ask for memory.
-    release(SPARE.0.replace(OFFER.0.replace(NO_BUFFER)));
-    let (taken, capacity) = TAKEN.0.replace(NO_BUFFER);
+    // Still offered: the host did not take it, and it stays the spare. Offered to no other call.
+    let unused = OFFER.0.replace(NO_BUFFER);
+    SPARE.0.set(unused);
+    let lent = if unused.0.is_null() { spare } else { NO_BUFFER };
+    if status == OK && !lent.0.is_null() && data == lent.0 {
+        // SAFETY: `data` is the lent spare, a `Vec<u8>`'s allocation of `lent.1` bytes, which
+        // `proxy_on_memory_allocate` lent for `size` bytes at most; the host wrote all of them.
+        return Some(unsafe { Vec::from_raw_parts(data, size, lent.1) });
+    }
+    // Lent but not handed back (a failed call): ours again.
+    release(lent);
     if status != OK {
-        release((taken, capacity));
         return None;
     }
-    if !taken.is_null() && data == taken {
-        // SAFETY: `data` is the offered buffer, a `Vec<u8>`'s allocation of `capacity` bytes, which
-        // `proxy_on_memory_allocate` lent for `size` bytes at most; the host wrote all of them.
-        return Some(unsafe { Vec::from_raw_parts(data, size, capacity) });
-    }
-    release((taken, capacity));
     // SAFETY: on success the host returned a buffer it allocated through `proxy_on_memory_allocate`.
     unsafe { owned(data, size) }
 }

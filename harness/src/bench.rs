@@ -445,17 +445,8 @@ pub fn run(opts: &Options) -> Result<Report> {
 
     let sizes = module(opts, &dir)?;
     let set_header = set_header_wasm(&dir)?;
-    eprintln!("bench: logging in through a real stack");
-    let stack = Stack::start(StackSpec {
-        wasm: Some(sizes.module.clone()),
-        concurrency: 1,
-        envoy_log_level: "warning".into(),
-        ..StackSpec::new(
-            "bench",
-            vec![SiteSpec::new(SITE).idp_client(json!({ "id_token_ttl": ID_TOKEN_TTL }))],
-        )
-    })?;
-    let login = Login::new(&stack)?;
+    // The stack's IdP stays up for the runs: their filters fetch its discovery and keys.
+    let (_stack, login) = log_in(&sizes.module)?;
     let oauth2_encrypted = openssl_works();
     // Only root may raise priorities; without it the figures are more exposed to other jobs.
     let boosted = Command::new("nice")
@@ -553,24 +544,28 @@ fn module(opts: &Options, dir: &Path) -> Result<Sizes> {
     })
 }
 
+/// A real login through a stack running `module`: the stack, and what the login produced.
+fn log_in(module: &Path) -> Result<(Stack, Login)> {
+    eprintln!("bench: logging in through a real stack");
+    let stack = Stack::start(StackSpec {
+        wasm: Some(module.to_path_buf()),
+        concurrency: 1,
+        envoy_log_level: "warning".into(),
+        ..StackSpec::new(
+            "bench",
+            vec![SiteSpec::new(SITE).idp_client(json!({ "id_token_ttl": ID_TOKEN_TTL }))],
+        )
+    })?;
+    let login = Login::new(&stack)?;
+    Ok((stack, login))
+}
+
 /// `bench --profile`: the benchmark's real login, then its logged-in request played in Node's V8.
 fn profile(opts: &Options) -> Result<()> {
     let dir = crate::target_dir().join("bench");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let sizes = module(opts, &dir)?;
-    eprintln!("bench: logging in through a real stack");
-    let login = {
-        let stack = Stack::start(StackSpec {
-            wasm: Some(sizes.module),
-            concurrency: 1,
-            envoy_log_level: "warning".into(),
-            ..StackSpec::new(
-                "bench",
-                vec![SiteSpec::new(SITE).idp_client(json!({ "id_token_ttl": ID_TOKEN_TTL }))],
-            )
-        })?;
-        Login::new(&stack)?
-    };
+    let (_, login) = log_in(&sizes.module)?;
     let input = crate::profile::Input {
         config: login.filter_config.to_string(),
         env: vec![

@@ -289,12 +289,27 @@ pub const WASM_FEATURES: [&str; 7] = [
 /// with TurboFan when the plugin loads (proxy-wasm turns Liftoff off), and the giant functions that
 /// inlining builds cost about 9 MiB more of Envoy's resident memory for 6 KB less module.
 pub fn optimize(wasm_opt: &str, input: &Path, output: &Path) -> Result<(), OciError> {
+    run_wasm_opt(wasm_opt, input, output, "--strip-debug")
+}
+
+/// [`optimize`], keeping the function names (for profiles; not shipped).
+pub fn optimize_keeping_names(wasm_opt: &str, input: &Path, output: &Path) -> Result<(), OciError> {
+    run_wasm_opt(wasm_opt, input, output, "-g")
+}
+
+/// `wasm-opt -Oz` as [`optimize`] describes, with `debug_info` (`--strip-debug` or `-g`).
+fn run_wasm_opt(
+    wasm_opt: &str,
+    input: &Path,
+    output: &Path,
+    debug_info: &str,
+) -> Result<(), OciError> {
     let result = Command::new(wasm_opt)
         .args([
             "-Oz",
             "--one-caller-inline-max-function-size",
             "0",
-            "--strip-debug",
+            debug_info,
         ])
         .args(WASM_FEATURES)
         .arg(input)

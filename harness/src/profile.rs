@@ -95,17 +95,7 @@ fn named_module(dir: &Path) -> Result<PathBuf> {
     }
     let release = target.join("wasm32-wasip1/release/oidc_filter.wasm");
     let out = dir.join("oidc_filter.named.wasm");
-    let status = Command::new("wasm-opt")
-        .args(["-Oz", "--one-caller-inline-max-function-size", "0", "-g"])
-        .args(crate::oci::WASM_FEATURES)
-        .arg(&release)
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .context("running wasm-opt (install binaryen: harness/setup.sh)")?;
-    if !status.success() {
-        bail!("wasm-opt failed: {status}");
-    }
+    crate::oci::optimize_keeping_names("wasm-opt", &release, &out).map_err(|e| anyhow!("{e}"))?;
     Ok(out)
 }
 
