@@ -67,6 +67,13 @@ const CPU_GOALS: [(&str, &str, f64); 3] = [
     ("oidc-redirect", "unauthenticated redirect", 6.0),
     ("oidc-session-8k", "8 KB session", 10.0),
 ];
+/// oidc-filter against what users would run instead, paired directly: (oidc-filter's side-by-side
+/// configuration, the alternative's). Each pair runs as its own two Envoys (`NAME-vs-RIVAL`, `vs-RIVAL`).
+const RIVALS: [(&str, &str); 3] = [
+    ("oidc-session", "lua-copy"),
+    ("oidc-session", "oauth2-session"),
+    ("oidc-redirect", "oauth2-redirect"),
+];
 const GOAL_WASM_BYTES: u64 = 300 * 1024;
 const GOAL_MEMORY_MIB_PER_WORKER: f64 = 30.0;
 /// The most CPU other jobs (or the hypervisor) may take on Envoy's core during either run of a pair for
@@ -84,7 +91,8 @@ usage: harness bench [--quick] [--out DIR] [--wasm FILE] [--only NAME,...] [--du
   --wasm FILE     benchmark this module as it is (default: the release build after wasm-opt -Oz)
   --compare FILE  also run the oidc-filter rows of the side-by-side table with this module (an A/B
                   of two builds in the same rounds; rows named NAME@B)
-  --only NAMES    only these configurations (comma-separated names from the table)
+  --only NAMES    only these configurations (comma-separated names from the tables, or whole groups:
+                  main, rivals, token-size, other-cookies, workers)
   --duration S    seconds per run, every configuration
   --rounds N      rounds
   --instructions  only count instructions per request under callgrind (side-by-side configurations;
@@ -133,7 +141,7 @@ impl Options {
         match (self.rounds, self.quick, group) {
             (Some(n), _, _) => n,
             (None, true, _) => 1,
-            (None, false, Group::Main) => 20,
+            (None, false, Group::Main | Group::Rivals) => 20,
             (None, false, _) => 10,
         }
     }
@@ -221,11 +229,14 @@ pub enum Group {
     OtherCookies,
     /// The hot path with 1 and 2 workers (and the memory figures).
     Workers,
+    /// oidc-filter paired with each alternative directly, not through the floor.
+    Rivals,
 }
 
 impl Group {
-    const ALL: [Group; 4] = [
+    const ALL: [Group; 5] = [
         Group::Main,
+        Group::Rivals,
         Group::TokenSize,
         Group::OtherCookies,
         Group::Workers,
@@ -237,6 +248,7 @@ impl Group {
             Group::TokenSize => "token-size",
             Group::OtherCookies => "other-cookies",
             Group::Workers => "workers",
+            Group::Rivals => "rivals",
         }
     }
 }
@@ -302,6 +314,8 @@ pub struct Variant {
     pub compare: bool,
     /// oidc-filter sets its default identity headers (`false`: configured with `identity_headers: {}`).
     pub identity_headers: bool,
+    /// The side-by-side configuration this one repeats (a rivals row), for its instruction count.
+    pub same_as: Option<String>,
 }
 
 /// One run of one configuration.
@@ -478,7 +492,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         let variants: Vec<Variant> = ctx
             .variants(group)?
             .into_iter()
-            .filter(|v| opts.wants(&v.name))
+            .filter(|v| opts.wants(&v.name) || opts.only.iter().any(|o| o == group.dir()))
             .collect();
         if variants.is_empty() {
             continue;
@@ -492,10 +506,17 @@ pub fn run(opts: &Options) -> Result<Report> {
     };
     let mut instructions = Vec::new();
     if counting {
+        // The side-by-side configurations asked for, and those the rivals rows repeat.
+        let repeated = |name: &str| {
+            rows.iter()
+                .any(|r| r.variant.same_as.as_deref() == Some(name))
+        };
         let variants: Vec<Variant> = ctx
             .variants(Group::Main)?
             .into_iter()
-            .filter(|v| opts.wants(&v.name))
+            .filter(|v| {
+                opts.wants(&v.name) || opts.only.iter().any(|o| o == "main") || repeated(&v.name)
+            })
             .collect();
         eprintln!(
             "bench: instructions per request under callgrind ({} configurations, {INSTR_REQUESTS} requests each)",
@@ -834,6 +855,7 @@ impl Ctx<'_> {
             other_cookies: None,
             compare: false,
             identity_headers: true,
+            same_as: None,
         };
         let session = |c: &str| Cookies::Header(c.to_string());
         let up = Expect::Upstream;
@@ -957,6 +979,34 @@ impl Ctx<'_> {
                     rows.extend(b);
                 }
                 rows
+            }
+            Group::Rivals => {
+                // The same configurations as side by side, so the pairs differ in nothing else.
+                let main = self.variants(Group::Main)?;
+                let like = |name: &str, renamed: String, baseline: Option<String>| {
+                    main.iter()
+                        .find(|m| m.name == name)
+                        .map(|m| Variant {
+                            name: renamed,
+                            group,
+                            baseline,
+                            same_as: Some(name.to_string()),
+                            ..m.clone()
+                        })
+                        .with_context(|| format!("no side-by-side configuration {name}"))
+                };
+                let mut out = Vec::new();
+                for (ours, theirs) in RIVALS {
+                    let rival = like(theirs, format!("vs-{theirs}"), None)?;
+                    let oidc = like(
+                        ours,
+                        format!("{ours}-vs-{theirs}"),
+                        Some(rival.name.clone()),
+                    )?;
+                    out.push(rival);
+                    out.push(oidc);
+                }
+                out
             }
             Group::TokenSize => {
                 let mut out = Vec::new();
@@ -2501,6 +2551,11 @@ impl Report {
             );
         }
 
+        let rivals = self.rows_in(Group::Rivals);
+        if !rivals.is_empty() {
+            self.rivals_table(&mut md, &rivals);
+        }
+
         if !self.instructions.is_empty() {
             let _ = writeln!(md, "## Instructions per request (callgrind)\n");
             let _ = writeln!(
@@ -2701,6 +2756,67 @@ impl Report {
             }
         }
         md
+    }
+
+    /// oidc-filter against each alternative, paired directly: the median of the pairs' differences, and
+    /// which is cheaper where the 95 % interval of that median lies wholly on one side of zero.
+    fn rivals_table(&self, md: &mut String, rows: &[&Row]) {
+        let _ = writeln!(
+            md,
+            "## oidc-filter against each alternative, paired directly\n"
+        );
+        let _ = writeln!(
+            md,
+            "Each pair is oidc-filter's configuration and the alternative's, as in the side-by-side table \
+             but in Envoys of their own, run right next to each other: the difference comes from one \
+             pair of runs, not from two overheads measured against the floor in different pairs. \
+             Instructions from the callgrind pass of the side-by-side configurations.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| oidc-filter | against | oidc-filter CPU µs/req | theirs | difference (95 % interval) | quiet pairs | instructions, difference | cheaper |"
+        );
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---|");
+        for r in rows.iter().filter(|r| r.variant.baseline.is_some()) {
+            let Some(theirs) = r.variant.baseline.as_deref().and_then(|b| self.row(b)) else {
+                continue;
+            };
+            let instructions = |row: &Row| {
+                let name = row.variant.same_as.as_deref()?;
+                self.instructions
+                    .iter()
+                    .find(|i| i.variant.name == name && i.problem.is_none())
+                    .map(|i| i.per_request)
+            };
+            let over = self.overhead(r);
+            let _ = writeln!(
+                md,
+                "| {} (`{}`) | {} (`{}`) | {} | {} | {} | {} | {} | {} |",
+                r.variant.label,
+                r.variant.name,
+                theirs.variant.label,
+                theirs.variant.name,
+                cpu_cell(r),
+                cpu_cell(theirs),
+                over.map_or("–".into(), over_cell),
+                over.map_or("–".into(), |o| format!("{}/{}", o.quiet, o.pairs)),
+                match (instructions(r), instructions(theirs)) {
+                    (Some(a), Some(b)) => format!("{:+.0}", a - b),
+                    _ => "–".into(),
+                },
+                match over.map(|o| (o.interval, o.quiet, o.pairs)) {
+                    _ if r.problem.is_some() || theirs.problem.is_some() => "**FAILED**".into(),
+                    None => "–".into(),
+                    Some((None, quiet, pairs)) =>
+                        format!("not judged: {quiet} of {pairs} pairs quiet"),
+                    Some((Some((_, hi)), _, _)) if hi < 0.0 => "**oidc-filter**".into(),
+                    Some((Some((lo, _)), _, _)) if lo > 0.0 =>
+                        format!("**{}**", theirs.variant.label),
+                    Some(_) => "neither: the interval holds zero".into(),
+                },
+            );
+        }
+        md.push('\n');
     }
 
     fn table_row(&self, md: &mut String, r: &Row) {
@@ -2962,6 +3078,7 @@ impl Report {
                     "group": r.variant.group.dir(),
                     "workers": r.variant.workers,
                     "baseline": r.variant.baseline,
+                    "same_as": r.variant.same_as,
                     "cookie_bytes": r.cookie_bytes,
                     "token_bytes": r.variant.token_bytes,
                     "other_cookies": r.variant.other_cookies,
@@ -3109,6 +3226,7 @@ mod tests {
             other_cookies: None,
             compare: false,
             identity_headers: true,
+            same_as: None,
         }
     }
 
@@ -3208,6 +3326,80 @@ mod tests {
             measured.contains("not judged: 5 of 10 pairs quiet"),
             "{measured}"
         );
+    }
+
+    /// The rivals table's line for oidc-filter paired with the Lua copy: pairs of (oidc-filter's CPU,
+    /// the Lua copy's), with 1 % foreign CPU.
+    fn against_lua(pairs: &[(f64, f64)]) -> String {
+        let mut r = report_with(&[]);
+        let rival = |name: &str, baseline: Option<&str>| Variant {
+            group: Group::Rivals,
+            ..variant(name, baseline)
+        };
+        let pairs: Vec<(Sample, Sample)> = pairs
+            .iter()
+            .map(|&(a, b)| (sample(a, 1.0), sample(b, 1.0)))
+            .collect();
+        r.rows = vec![
+            Row {
+                variant: rival("vs-lua-copy", None),
+                samples: pairs.iter().map(|p| p.1.clone()).collect(),
+                pairs: Vec::new(),
+                run_requests: 0,
+                run_logged_in: 0,
+                cookie_bytes: 0,
+                rss_idle_kib: 0,
+                rss_loaded_kib: 0,
+                problem: None,
+            },
+            Row {
+                variant: rival("oidc-session-vs-lua-copy", Some("vs-lua-copy")),
+                samples: pairs.iter().map(|p| p.0.clone()).collect(),
+                pairs,
+                run_requests: 0,
+                run_logged_in: 0,
+                cookie_bytes: 0,
+                rss_idle_kib: 0,
+                rss_loaded_kib: 0,
+                problem: None,
+            },
+        ];
+        let md = r.markdown();
+        md.lines()
+            .find(|l| l.starts_with("| oidc-session-vs-lua-copy "))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[test]
+    fn rivals_are_judged_from_the_direct_pairs() {
+        // The machine drifts (40 to 58 µs) but each pair sees it alike.
+        let drift = |d: f64| -> Vec<(f64, f64)> {
+            (0..10)
+                .map(|i| {
+                    let theirs = 40.0 + 2.0 * f64::from(i);
+                    (theirs + d + if i % 2 == 0 { 0.3 } else { -0.3 }, theirs)
+                })
+                .collect()
+        };
+        let cheaper = against_lua(&drift(-2.0));
+        assert!(cheaper.contains("| -2.0 (-2.3 to -1.7) |"), "{cheaper}");
+        assert!(cheaper.ends_with("| **oidc-filter** |"), "{cheaper}");
+
+        let dearer = against_lua(&drift(1.5));
+        assert!(dearer.ends_with("| **vs-lua-copy** |"), "{dearer}");
+
+        // Differences either side of zero: no winner.
+        let even: Vec<(f64, f64)> = (0..10).map(|i| (50.0 + f64::from(i) - 4.5, 50.0)).collect();
+        let even = against_lua(&even);
+        assert!(
+            even.ends_with("| neither: the interval holds zero |"),
+            "{even}"
+        );
+
+        // Too few pairs for an interval.
+        let few = against_lua(&drift(-2.0)[..4]);
+        assert!(few.ends_with("| not judged: 4 of 4 pairs quiet |"), "{few}");
     }
 
     #[test]
