@@ -3238,11 +3238,11 @@ mod tests {
         }
     }
 
-    /// A hot-path row measured in pairs: (its CPU, its baseline's CPU, foreign CPU % of both).
-    fn report_with(pairs: &[(f64, f64, f64)]) -> Report {
-        let row = |v: Variant, pairs: Vec<(Sample, Sample)>| Row {
-            variant: v,
-            samples: pairs.iter().map(|p| p.0.clone()).collect(),
+    /// Configuration `v` measured in `pairs` next to its baseline `base`: the baseline's row, and `v`'s.
+    fn paired(base: Variant, v: Variant, pairs: Vec<(Sample, Sample)>) -> Vec<Row> {
+        let row = |variant: Variant, samples: Vec<Sample>, pairs: Vec<(Sample, Sample)>| Row {
+            variant,
+            samples,
             pairs,
             run_requests: 0,
             run_logged_in: 0,
@@ -3251,14 +3251,28 @@ mod tests {
             rss_loaded_kib: 0,
             problem: None,
         };
+        vec![
+            row(
+                base,
+                pairs.iter().map(|p| p.1.clone()).collect(),
+                Vec::new(),
+            ),
+            row(v, pairs.iter().map(|p| p.0.clone()).collect(), pairs),
+        ]
+    }
+
+    /// A hot-path row measured in pairs: (its CPU, its baseline's CPU, foreign CPU % of both).
+    fn report_with(pairs: &[(f64, f64, f64)]) -> Report {
         let pairs: Vec<(Sample, Sample)> = pairs
             .iter()
             .map(|&(a, b, f)| (sample(a, f), sample(b, f)))
             .collect();
-        let mut none = row(variant("none", None), Vec::new());
-        none.samples = pairs.iter().map(|p| p.1.clone()).collect();
         Report {
-            rows: vec![none, row(variant("oidc-session", Some("none")), pairs)],
+            rows: paired(
+                variant("none", None),
+                variant("oidc-session", Some("none")),
+                pairs,
+            ),
             instructions: Vec::new(),
             sizes: Sizes::default(),
             machine: String::new(),
@@ -3340,30 +3354,11 @@ mod tests {
             .iter()
             .map(|&(a, b)| (sample(a, 1.0), sample(b, 1.0)))
             .collect();
-        r.rows = vec![
-            Row {
-                variant: rival("vs-lua-copy", None),
-                samples: pairs.iter().map(|p| p.1.clone()).collect(),
-                pairs: Vec::new(),
-                run_requests: 0,
-                run_logged_in: 0,
-                cookie_bytes: 0,
-                rss_idle_kib: 0,
-                rss_loaded_kib: 0,
-                problem: None,
-            },
-            Row {
-                variant: rival("oidc-session-vs-lua-copy", Some("vs-lua-copy")),
-                samples: pairs.iter().map(|p| p.0.clone()).collect(),
-                pairs,
-                run_requests: 0,
-                run_logged_in: 0,
-                cookie_bytes: 0,
-                rss_idle_kib: 0,
-                rss_loaded_kib: 0,
-                problem: None,
-            },
-        ];
+        r.rows = paired(
+            rival("vs-lua-copy", None),
+            rival("oidc-session-vs-lua-copy", Some("vs-lua-copy")),
+            pairs,
+        );
         let md = r.markdown();
         md.lines()
             .find(|l| l.starts_with("| oidc-session-vs-lua-copy "))
