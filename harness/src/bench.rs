@@ -258,6 +258,8 @@ impl Group {
 pub enum Chain {
     /// None: the floor.
     None,
+    /// `harness/testdata/empty.wat`: returns from its one callback, the floor for any Wasm filter.
+    WasmEmpty,
     /// `harness/testdata/set_header.wat`: read one header, set one.
     WasmSetHeader,
     /// A Lua filter copying the session cookie into `Authorization`.
@@ -458,7 +460,8 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
 
     let sizes = module(opts, &dir)?;
-    let set_header = set_header_wasm(&dir)?;
+    let set_header = wat_module(&dir, "set_header")?;
+    let empty = wat_module(&dir, "empty")?;
     // The stack's IdP stays up for the runs: their filters fetch its discovery and keys.
     let (_stack, login) = log_in(&sizes.module)?;
     let oauth2_encrypted = openssl_works();
@@ -478,6 +481,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         dir,
         oidc_wasm: sizes.module.clone(),
         set_header,
+        empty,
         login,
         oauth2_encrypted,
         pinned,
@@ -603,9 +607,10 @@ fn profile(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-fn set_header_wasm(dir: &Path) -> Result<PathBuf> {
-    let wat = crate::workspace_root().join("harness/testdata/set_header.wat");
-    let out = dir.join("set_header.wasm");
+/// `harness/testdata/NAME.wat`, compiled.
+fn wat_module(dir: &Path, name: &str) -> Result<PathBuf> {
+    let wat = crate::workspace_root().join(format!("harness/testdata/{name}.wat"));
+    let out = dir.join(format!("{name}.wasm"));
     let status = Command::new("wat2wasm")
         .arg(&wat)
         .arg("-o")
@@ -817,6 +822,7 @@ struct Ctx<'a> {
     dir: PathBuf,
     oidc_wasm: PathBuf,
     set_header: PathBuf,
+    empty: PathBuf,
     login: Login,
     oauth2_encrypted: bool,
     pinned: bool,
@@ -888,6 +894,14 @@ impl Ctx<'_> {
                         session(&big),
                         up,
                         None,
+                    ),
+                    v(
+                        "wasm-empty",
+                        "Wasm: returns from its one callback (.wat)",
+                        Chain::WasmEmpty,
+                        session(real),
+                        up,
+                        Some("none"),
                     ),
                     v(
                         "wasm-set-header",
@@ -1363,6 +1377,9 @@ impl Ctx<'_> {
         let mut filters = Vec::new();
         match v.chain {
             Chain::None => {}
+            Chain::WasmEmpty => {
+                filters.push(wasm_filter("bench-empty", &self.empty, "", None, json!({})))
+            }
             Chain::WasmSetHeader => filters.push(wasm_filter(
                 "bench-set-header",
                 &self.set_header,
@@ -2363,7 +2380,6 @@ impl Report {
         out
     }
 
-    /// Each goal: (goal, measured, pass).
     /// Instructions per request of configuration `name` over its baseline, from the callgrind pass.
     pub fn instructions_over(&self, name: &str) -> Option<f64> {
         let find = |n: &str| {
@@ -2376,20 +2392,29 @@ impl Report {
         Some(row.per_request - base.per_request)
     }
 
+    /// Each goal: (goal, measured, pass).
     pub fn goals(&self) -> Vec<(String, String, Option<bool>)> {
         let mut out = Vec::new();
+        // What a Wasm filter costs here before it does anything, for scale.
+        let floors: String = [
+            (
+                "wasm-empty",
+                "a Wasm module that only returns from its request-headers callback",
+            ),
+            (
+                "wasm-set-header",
+                "a Wasm module doing nothing but read one header and set one",
+            ),
+        ]
+        .iter()
+        .filter_map(|(name, what)| {
+            let o = self.overhead(self.row(name)?)?;
+            Some(format!("; {what}: {} µs", over_cell(o)))
+        })
+        .collect();
         let mut cpu_goal = |name: &str, what: &str, limit: f64| {
             let measured = self.row(name).and_then(|r| self.overhead(r));
-            // What entering a Wasm VM at all costs here, for scale.
-            let floor = self
-                .row("wasm-set-header")
-                .and_then(|r| self.overhead(r))
-                .map_or(String::new(), |f| {
-                    format!(
-                        "; a Wasm module doing nothing but read one header and set one: {:+.1} µs",
-                        f.diff_us
-                    )
-                });
+            let floor = &floors;
             let instructions = match (
                 self.instructions_over(name),
                 self.instructions_over("wasm-set-header"),
@@ -2535,7 +2560,7 @@ impl Report {
             }
             let _ = writeln!(
                 md,
-                "\nCookies: the oidc rows, `none`, `wasm-set-header` and `lua-copy` send the session cookie \
+                "\nCookies: the oidc rows, `none`, the two Wasm modules and `lua-copy` send the session cookie \
                  of a real login ({} bytes); the 8 KB rows a session sealed with the same key around a \
                  padded ID token; `oauth2-session` the native filter's five cookies for the same user \
                  (access, ID and refresh token from the IdP{}), {} bytes. The redirect rows send no cookie.\n",
