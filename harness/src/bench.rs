@@ -159,9 +159,11 @@ impl Options {
         }
     }
 
+    /// Whether `--only` asks for configuration `name`. A name asks for its `--compare` twin too
+    /// (`NAME@B`); `NAME@B` asks for the twin alone.
     fn wants(&self, name: &str) -> bool {
-        let name = name.strip_suffix("@B").unwrap_or(name);
-        self.only.is_empty() || self.only.iter().any(|o| o == name)
+        let plain = name.strip_suffix("@B").unwrap_or(name);
+        self.only.is_empty() || self.only.iter().any(|o| o == plain || o == name)
     }
 }
 
