@@ -3,7 +3,7 @@
 # empty module (harness/testdata/empty.wat: one callback that returns at once), then the empty module plus
 # one thing at a time (harness/testdata/floor/*.wat): a callback export, a host call. Each runs in the
 # benchmark's logged-in configuration (`bench --instructions --compare MODULE`, the session cookie on every
-# request), next to no filter. About 1.5 minutes a module; prints a markdown table. Not alongside `make
+# request), next to no filter. Under a minute a module; prints a markdown table. Not alongside `make
 # bench`: both use target/bench and the login stack in target/e2e/bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
