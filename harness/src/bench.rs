@@ -159,11 +159,15 @@ impl Options {
         }
     }
 
-    /// Whether `--only` asks for configuration `name`. A name asks for its `--compare` twin too
-    /// (`NAME@B`); `NAME@B` asks for the twin alone.
-    fn wants(&self, name: &str) -> bool {
+    /// Whether `--only` asks for configuration `name` of `group`: by its name, or by the group's. A name
+    /// asks for its `--compare` twin too (`NAME@B`); `NAME@B` asks for the twin alone.
+    fn wants(&self, name: &str, group: Group) -> bool {
         let plain = name.strip_suffix("@B").unwrap_or(name);
-        self.only.is_empty() || self.only.iter().any(|o| o == plain || o == name)
+        self.only.is_empty()
+            || self
+                .only
+                .iter()
+                .any(|o| o == plain || o == name || o == group.dir())
     }
 }
 
@@ -498,7 +502,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         let variants: Vec<Variant> = ctx
             .variants(group)?
             .into_iter()
-            .filter(|v| opts.wants(&v.name) || opts.only.iter().any(|o| o == group.dir()))
+            .filter(|v| opts.wants(&v.name, group))
             .collect();
         if variants.is_empty() {
             continue;
@@ -520,9 +524,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         let variants: Vec<Variant> = ctx
             .variants(Group::Main)?
             .into_iter()
-            .filter(|v| {
-                opts.wants(&v.name) || opts.only.iter().any(|o| o == "main") || repeated(&v.name)
-            })
+            .filter(|v| opts.wants(&v.name, Group::Main) || repeated(&v.name))
             .collect();
         eprintln!(
             "bench: instructions per request under callgrind ({} configurations, {INSTR_REQUESTS} requests each)",
@@ -869,7 +871,9 @@ impl Ctx<'_> {
         let up = Expect::Upstream;
         let out = match group {
             Group::Main => {
-                let (big, _) = if self.opts.wants("oidc-session-8k") || self.opts.wants("none-8k") {
+                let (big, _) = if self.opts.wants("oidc-session-8k", group)
+                    || self.opts.wants("none-8k", group)
+                {
                     self.login.mint_session_of(8 * 1024)?
                 } else {
                     (String::new(), 0)
@@ -2384,14 +2388,16 @@ impl Report {
 
     /// Instructions per request of configuration `name` over its baseline, from the callgrind pass.
     pub fn instructions_over(&self, name: &str) -> Option<f64> {
-        let find = |n: &str| {
-            self.instructions
-                .iter()
-                .find(|r| r.variant.name == n && r.problem.is_none())
-        };
-        let row = find(name)?;
-        let base = find(row.variant.baseline.as_deref()?)?;
+        let row = self.instruction_row(name)?;
+        let base = self.instruction_row(row.variant.baseline.as_deref()?)?;
         Some(row.per_request - base.per_request)
+    }
+
+    /// The callgrind pass's row for configuration `name`, when it counted without a problem.
+    fn instruction_row(&self, name: &str) -> Option<&InstrRow> {
+        self.instructions
+            .iter()
+            .find(|r| r.variant.name == name && r.problem.is_none())
     }
 
     /// Each goal: (goal, measured, pass).
@@ -2809,10 +2815,7 @@ impl Report {
                 continue;
             };
             let instructions = |row: &Row| {
-                let name = row.variant.same_as.as_deref()?;
-                self.instructions
-                    .iter()
-                    .find(|i| i.variant.name == name && i.problem.is_none())
+                self.instruction_row(row.variant.same_as.as_deref()?)
                     .map(|i| i.per_request)
             };
             let over = self.overhead(r);
