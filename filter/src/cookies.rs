@@ -111,42 +111,138 @@ fn semicolons(word: u64) -> u64 {
     x.wrapping_sub(ONES) & !x & HIGHS
 }
 
-/// `header` without the cookies for which `is_ours(name)` holds, or `None` when no cookie is left
-/// (so the caller removes the header rather than sending an empty one).
+/// `header` without the cookies for which `is_ours(name)` holds, or `None` when no cookie is left (so the
+/// caller removes the header rather than sending an empty one). Every name `is_ours` holds for starts with
+/// `prefix`; no other cookie is parsed. Segments without `=` are not ours.
 ///
-/// Kept segments are copied byte for byte (only the whitespace around them is dropped) and joined
-/// with `"; "`. Segments without `=` are not ours and are kept, since the upstream may understand
-/// them. When nothing is ours the header is returned unchanged, not re-joined, so the caller can
-/// compare and skip rewriting it.
-pub fn strip(header: &str, is_ours: impl Fn(&str) -> bool) -> Option<String> {
-    let mut out = String::with_capacity(header.len());
-    let mut removed = false;
-    for segment in segments(header).map(trim_ows).filter(|s| !s.is_empty()) {
-        let ours = split_eq(segment).is_some_and(|(name, _)| is_ours(trim_ows(name)));
-        if ours {
-            removed = true;
-            continue;
-        }
-        if !out.is_empty() {
-            out.push_str("; ");
-        }
-        out.push_str(segment);
-    }
-    match (out.is_empty(), removed) {
-        (true, _) => None,
-        (false, false) => Some(header.to_owned()),
-        (false, true) => Some(out),
-    }
+/// What is kept is the header as sent, byte for byte, less each segment of ours with the `;` and
+/// whitespace after it (and a separator that would be left at either end). When nothing is ours the header
+/// is returned unchanged.
+pub fn strip(header: &str, prefix: &str, is_ours: impl Fn(&str) -> bool) -> Option<String> {
+    strip_segments(header, prefix, &mut |segment| {
+        split_eq(segment).is_some_and(|(name, _)| is_ours(trim_ows(name)))
+    })
+    .into_header(header)
 }
 
 /// [`strip`] as an edit of the request header: `None` when no cookie is ours, so the header is left
 /// alone without being copied or rewritten; otherwise `Some` of what [`strip`] returns.
-pub fn strip_edit(header: &str, is_ours: impl Fn(&str) -> bool) -> Option<Option<String>> {
-    let blank = segments(header).all(|s| trim_ows(s).is_empty());
-    if !blank && !iter(header).any(|(name, _)| is_ours(name)) {
-        return None;
+pub fn strip_edit(
+    header: &str,
+    prefix: &str,
+    is_ours: impl Fn(&str) -> bool,
+) -> Option<Option<String>> {
+    match strip_segments(header, prefix, &mut |segment| {
+        split_eq(segment).is_some_and(|(name, _)| is_ours(trim_ows(name)))
+    }) {
+        Stripped::Unchanged => None,
+        Stripped::Empty => Some(None),
+        Stripped::Rewritten(s) => Some(Some(s)),
     }
-    Some(strip(header, is_ours))
+}
+
+/// What [`strip_segments`] left of a `Cookie` header.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stripped {
+    /// Nothing was ours.
+    Unchanged,
+    /// No cookie is left.
+    Empty,
+    /// The header without ours.
+    Rewritten(String),
+}
+
+impl Stripped {
+    /// As [`strip`] returns it.
+    pub fn into_header(self, header: &str) -> Option<String> {
+        match self {
+            Stripped::Unchanged => Some(header.to_owned()),
+            Stripped::Empty => None,
+            Stripped::Rewritten(s) => Some(s),
+        }
+    }
+}
+
+/// The one pass behind [`strip`]: `ours` gets each segment whose name starts with `prefix`, from its name
+/// to before its `;` (trailing whitespace included), and says whether to leave it out.
+///
+/// Runs on every logged-in request, for every cookie a browser sends with it: a segment that is not ours
+/// costs a search for its `;`, a skip of the whitespace before it and a compare with `prefix`. The kept
+/// text is copied in the pieces between segments of ours, not segment by segment.
+pub fn strip_segments<'a>(
+    header: &'a str,
+    prefix: &str,
+    ours: &mut dyn FnMut(&'a str) -> bool,
+) -> Stripped {
+    let b = header.as_bytes();
+    let mut out = String::new();
+    // Where the text not yet copied or left out begins.
+    let mut kept_from = 0;
+    let mut removed = false;
+    let mut kept_any = false;
+    let mut start = 0;
+    loop {
+        let end = next_semicolon(b, start);
+        let from = skip_ows(b, start, end);
+        if from < end {
+            // `from` follows whitespace, `end` is at a `;` or the end: both are character boundaries.
+            let segment = header.get(from..end).unwrap_or_default();
+            if segment.as_bytes().starts_with(prefix.as_bytes()) && ours(segment) {
+                push_kept(&mut out, header.get(kept_from..from), header.len());
+                removed = true;
+                kept_from = skip_ows(b, (end + 1).min(b.len()), b.len());
+            } else {
+                kept_any = true;
+            }
+        }
+        if end >= b.len() {
+            break;
+        }
+        start = end + 1;
+    }
+    if !kept_any {
+        return Stripped::Empty;
+    }
+    if !removed {
+        return Stripped::Unchanged;
+    }
+    push_kept(&mut out, header.get(kept_from..), header.len());
+    // A segment of ours at either end leaves a separator there.
+    let bytes = out.as_bytes();
+    let mut hi = bytes.len();
+    while hi > 0 && matches!(bytes[hi - 1], b' ' | b'\t' | b';') {
+        hi -= 1;
+    }
+    let mut lo = 0;
+    while lo < hi && matches!(bytes[lo], b' ' | b'\t' | b';') {
+        lo += 1;
+    }
+    // Both cuts are next to ASCII bytes: character boundaries.
+    out.truncate(hi);
+    if lo > 0 {
+        out.drain(..lo);
+    }
+    Stripped::Rewritten(out)
+}
+
+/// Appends a kept piece of the header to `out`, which is only allocated (once, for the whole header) when
+/// there is something to keep: a request whose only cookie is the session allocates nothing.
+fn push_kept(out: &mut String, piece: Option<&str>, header_len: usize) {
+    let Some(piece) = piece.filter(|p| !p.is_empty()) else {
+        return;
+    };
+    if out.capacity() == 0 {
+        out.reserve(header_len);
+    }
+    out.push_str(piece);
+}
+
+/// The first index in `from..to` of `b` that is not space or tab, else `to`.
+fn skip_ows(b: &[u8], mut from: usize, to: usize) -> usize {
+    while from < to && matches!(b.get(from), Some(b' ' | b'\t')) {
+        from += 1;
+    }
+    from
 }
 
 /// The `SameSite` attribute of the cookies we set.
@@ -401,21 +497,37 @@ mod tests {
     #[test]
     fn strip_removes_ours_and_keeps_others_byte_for_byte() {
         let h = "a=1;oidc=x; b=\"q v\";oidc.1=y;  junk ; c=3=4";
-        let out = strip(h, |n| n == "oidc" || n == "oidc.1");
-        assert_eq!(out.as_deref(), Some("a=1; b=\"q v\"; junk; c=3=4"));
+        let out = strip(h, "oidc", |n| n == "oidc" || n == "oidc.1");
+        assert_eq!(out.as_deref(), Some("a=1;b=\"q v\";junk ; c=3=4"));
+        // Ours first, last, or in a row: no separator is left over, none is doubled.
+        let ours = |n: &str| n == "oidc" || n == "oidc.1";
+        for (h, want) in [
+            ("oidc=x; a=1", Some("a=1")),
+            ("a=1; oidc=x", Some("a=1")),
+            ("a=1; oidc=x; oidc.1=y; b=2", Some("a=1; b=2")),
+            ("oidc=x;  a=1 ;oidc.1=y", Some("a=1")),
+            (" oidc = x ; a=1", Some("a=1")),
+            ("a=1; oidc=x;", Some("a=1")),
+            (";; oidc=x; a=1", Some("a=1")),
+            ("a=é; oidc=x; b=ü", Some("a=é; b=ü")),
+            ("oidc=x; ;", None),
+        ] {
+            assert_eq!(strip(h, "oidc", ours).as_deref(), want, "{h:?}");
+        }
     }
 
     #[test]
     fn strip_returns_none_when_nothing_is_left() {
-        assert_eq!(strip("oidc=x; oidc=y", |n| n == "oidc"), None);
-        assert_eq!(strip("", |_| false), None);
-        assert_eq!(strip(" ; ", |_| false), None);
+        assert_eq!(strip("oidc=x; oidc=y", "oidc", |n| n == "oidc"), None);
+        assert_eq!(strip("", "", |_| false), None);
+        assert_eq!(strip(" ; ", "", |_| false), None);
     }
 
     #[test]
     fn strip_leaves_the_header_unchanged_when_nothing_is_ours() {
         let h = "a=1;b=2;  c=3";
-        assert_eq!(strip(h, |n| n == "oidc").as_deref(), Some(h));
+        assert_eq!(strip(h, "oidc", |n| n == "oidc").as_deref(), Some(h));
+        assert_eq!(strip(h, "", |n| n == "oidc").as_deref(), Some(h));
     }
 
     #[test]
@@ -431,19 +543,22 @@ mod tests {
     #[test]
     fn strip_edit_leaves_headers_without_ours_alone() {
         let ours = |n: &str| n == "oidc";
-        assert_eq!(strip_edit("a=1;b=2;  c=3", ours), None);
-        assert_eq!(strip_edit("x_oidc=1; junk", ours), None);
-        assert_eq!(strip_edit("a=1; oidc=x", ours), Some(Some("a=1".into())));
-        assert_eq!(strip_edit("oidc=x", ours), Some(None));
+        assert_eq!(strip_edit("a=1;b=2;  c=3", "oidc", ours), None);
+        assert_eq!(strip_edit("x_oidc=1; junk", "oidc", ours), None);
+        assert_eq!(
+            strip_edit("a=1; oidc=x", "oidc", ours),
+            Some(Some("a=1".into()))
+        );
+        assert_eq!(strip_edit("oidc=x", "oidc", ours), Some(None));
         // Whatever `strip` does with a blank header, `strip_edit` does too.
-        assert_eq!(strip_edit(" ; ", ours), Some(None));
+        assert_eq!(strip_edit(" ; ", "oidc", ours), Some(None));
     }
 
     #[test]
     fn strip_does_not_match_by_substring() {
         let h = "x_oidc=1; oidc_x=2; oidc=3";
         assert_eq!(
-            strip(h, |n| n == "oidc").as_deref(),
+            strip(h, "oidc", |n| n == "oidc").as_deref(),
             Some("x_oidc=1; oidc_x=2")
         );
     }
@@ -509,7 +624,8 @@ mod tests {
             let h = String::from_utf8_lossy(&bytes);
             let _ = get(&h, "a");
             let _ = iter(&h).count();
-            let _ = strip(&h, |n| n == "a");
+            let _ = strip(&h, "a", |n| n == "a");
+            let _ = strip(&h, "", |n| n == "a");
         }
     }
 

@@ -228,46 +228,27 @@ pub struct CookieScan<'a> {
 
 /// [`join_borrowed`] and [`cookies::strip`] in one pass over `header`: the logged-in path needs both,
 /// and a session of several kilobytes makes every pass over the header count. `is_ours` must hold for
-/// `name` and its chunk names.
+/// `name` and its chunk names, and only for names that start with `name`.
 pub fn scan<'a>(header: &'a str, name: &str, is_ours: impl Fn(&str) -> bool) -> CookieScan<'a> {
     let mut first: Option<&'a str> = None;
     let mut parts: [Option<&'a str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
-    let mut out = String::new();
-    let mut removed = false;
-    for raw in cookies::segments(header) {
-        let segment = cookies::trim_ows(raw);
-        if segment.is_empty() {
-            continue;
+    let stripped = cookies::strip_segments(header, name, &mut |segment| {
+        let Some((cookie, value)) = cookies::parse_pair(segment) else {
+            return false;
+        };
+        if !is_ours(cookie) {
+            return false;
         }
-        if let Some((cookie, _)) = cookies::split_eq(segment) {
-            let cookie = cookies::trim_ows(cookie);
-            if is_ours(cookie) {
-                removed = true;
-                if let Some((cookie, value)) = cookies::parse_pair(raw) {
-                    if cookie == name {
-                        first.get_or_insert(value);
-                    } else if let Some(slot) =
-                        chunk_index(name, cookie).and_then(|i| parts.get_mut(i))
-                    {
-                        slot.get_or_insert(value);
-                    }
-                }
-                continue;
-            }
+        if cookie == name {
+            first.get_or_insert(value);
+        } else if let Some(slot) = chunk_index(name, cookie).and_then(|i| parts.get_mut(i)) {
+            slot.get_or_insert(value);
         }
-        if !out.is_empty() {
-            out.push_str("; ");
-        }
-        out.push_str(segment);
-    }
-    let stripped = match (out.is_empty(), removed) {
-        (true, _) => None,
-        (false, false) => Some(header.to_owned()),
-        (false, true) => Some(out),
-    };
+        true
+    });
     CookieScan {
         session: first.map_or(Ok(None), |first| join_parts(first, &parts)),
-        stripped,
+        stripped: stripped.into_header(header),
     }
 }
 
@@ -982,7 +963,7 @@ mod tests {
         for h in headers {
             let scan = scan(h, NAME, ours);
             assert_eq!(scan.session, join_borrowed(h, NAME), "{h:?}");
-            assert_eq!(scan.stripped, cookies::strip(h, ours), "{h:?}");
+            assert_eq!(scan.stripped, cookies::strip(h, NAME, ours), "{h:?}");
         }
     }
 

@@ -783,10 +783,11 @@ fn a_session_forwards_the_id_token_and_strips_only_our_cookies() {
         ),
     );
     assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+    // The others as sent, byte for byte, less ours and the separators after them.
     assert_eq!(
         fwd.cookie,
         Some(Some(
-            "theme=dark; q=\"a b\"; _oidc_sessionx=1; x_oidc_session=2".to_string()
+            "theme=dark;q=\"a b\"; _oidc_sessionx=1; x_oidc_session=2".to_string()
         ))
     );
     assert!(fwd.set_cookies.is_empty());

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     match mode % 4 {
         0 => {
             let _ = cookies::iter(&text).count();
-            let _ = cookies::strip(&text, |n| cfg.is_own_cookie(n));
+            let _ = cookies::strip(&text, &cfg.cookie_name, |n| cfg.is_own_cookie(n));
             let _ = session::chunk_names(name, &text);
             if let Ok(Some(sealed)) = session::join(&text, name)
                 && let Ok(plain) = cfg.keys.open(name, &sealed)
