@@ -3308,6 +3308,19 @@ mod tests {
         ]
     }
 
+    /// `v` counted by the callgrind pass at `per_request` instructions.
+    fn counted(v: Variant, per_request: f64) -> InstrRow {
+        InstrRow {
+            variant: v,
+            per_request,
+            i1_misses: 0.0,
+            d1_misses: 0.0,
+            mispredicts: 0.0,
+            requests: 2000,
+            problem: None,
+        }
+    }
+
     /// A hot-path row measured in pairs: (its CPU, its baseline's CPU, foreign CPU % of both).
     fn report_with(pairs: &[(f64, f64, f64)]) -> Report {
         let pairs: Vec<(Sample, Sample)> = pairs
@@ -3464,19 +3477,10 @@ mod tests {
             scale("oidc-token-8k", Some("none-token-8k"), Chain::Oidc),
             pairs(60.0),
         ));
-        let instr = |v: Variant, per_request: f64| InstrRow {
-            variant: v,
-            per_request,
-            i1_misses: 0.0,
-            d1_misses: 0.0,
-            mispredicts: 0.0,
-            requests: 2000,
-            problem: None,
-        };
         // The 1 KB pair was counted; the 8 KB one was not.
         r.instructions = vec![
-            instr(scale("none-token-1k", None, Chain::None), 147_677.0),
-            instr(
+            counted(scale("none-token-1k", None, Chain::None), 147_677.0),
+            counted(
                 scale("oidc-token-1k", Some("none-token-1k"), Chain::Oidc),
                 199_322.0,
             ),
@@ -3517,18 +3521,9 @@ mod tests {
             pairs: noisy,
             ..r.rows[1].clone()
         });
-        let instr = |name: &str, baseline: Option<&str>, per_request: f64| InstrRow {
-            variant: variant(name, baseline),
-            per_request,
-            i1_misses: 0.0,
-            d1_misses: 0.0,
-            mispredicts: 0.0,
-            requests: 2000,
-            problem: None,
-        };
         r.instructions = vec![
-            instr("none", None, 131_000.0),
-            instr("oidc-session", Some("none"), 184_200.0),
+            counted(variant("none", None), 131_000.0),
+            counted(variant("oidc-session", Some("none")), 184_200.0),
         ];
         let svg = r.svg();
         let line = |label: &str| -> Vec<&str> {
