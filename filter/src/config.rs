@@ -448,6 +448,14 @@ impl Config {
         format!("{}_login_{}", self.cookie_name, key)
     }
 
+    /// `header` as [`cookies::strip_edit`] leaves it without this site's cookies. Every name of ours starts
+    /// with `cookie_name`, so no other cookie is parsed.
+    ///
+    /// [`cookies::strip_edit`]: crate::cookies::strip_edit
+    pub fn strip_own_cookies(&self, header: &str) -> Option<Option<String>> {
+        crate::cookies::strip_edit(header, &self.cookie_name, |n| self.is_own_cookie(n))
+    }
+
     /// True for every cookie this filter owns (session chunks and login attempts); they never go upstream.
     pub fn is_own_cookie(&self, name: &str) -> bool {
         crate::session::is_session_cookie(&self.cookie_name, name)

@@ -119,10 +119,7 @@ fn semicolons(word: u64) -> u64 {
 /// whitespace after it (and a separator that would be left at either end). When nothing is ours the header
 /// is returned unchanged.
 pub fn strip(header: &str, prefix: &str, is_ours: impl Fn(&str) -> bool) -> Option<String> {
-    strip_segments(header, prefix, &mut |segment| {
-        split_eq(segment).is_some_and(|(name, _)| is_ours(trim_ows(name)))
-    })
-    .into_header(header)
+    strip_named(header, prefix, &is_ours).into_header(header)
 }
 
 /// [`strip`] as an edit of the request header: `None` when no cookie is ours, so the header is left
@@ -132,18 +129,23 @@ pub fn strip_edit(
     prefix: &str,
     is_ours: impl Fn(&str) -> bool,
 ) -> Option<Option<String>> {
-    match strip_segments(header, prefix, &mut |segment| {
-        split_eq(segment).is_some_and(|(name, _)| is_ours(trim_ows(name)))
-    }) {
+    match strip_named(header, prefix, &is_ours) {
         Stripped::Unchanged => None,
         Stripped::Empty => Some(None),
         Stripped::Rewritten(s) => Some(Some(s)),
     }
 }
 
+/// [`strip_segments`] judging each segment by its name alone.
+fn strip_named(header: &str, prefix: &str, is_ours: &dyn Fn(&str) -> bool) -> Stripped {
+    strip_segments(header, prefix, &mut |segment| {
+        split_eq(segment).is_some_and(|(name, _)| is_ours(trim_ows(name)))
+    })
+}
+
 /// What [`strip_segments`] left of a `Cookie` header.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Stripped {
+pub(crate) enum Stripped {
     /// Nothing was ours.
     Unchanged,
     /// No cookie is left.
@@ -154,7 +156,7 @@ pub enum Stripped {
 
 impl Stripped {
     /// As [`strip`] returns it.
-    pub fn into_header(self, header: &str) -> Option<String> {
+    pub(crate) fn into_header(self, header: &str) -> Option<String> {
         match self {
             Stripped::Unchanged => Some(header.to_owned()),
             Stripped::Empty => None,
@@ -169,7 +171,7 @@ impl Stripped {
 /// Runs on every logged-in request, for every cookie a browser sends with it: a segment that is not ours
 /// costs a search for its `;`, a skip of the whitespace before it and a compare with `prefix`. The kept
 /// text is copied in the pieces between segments of ours, not segment by segment.
-pub fn strip_segments<'a>(
+pub(crate) fn strip_segments<'a>(
     header: &'a str,
     prefix: &str,
     ours: &mut dyn FnMut(&'a str) -> bool,

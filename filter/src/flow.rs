@@ -575,8 +575,7 @@ fn without_session(
     stale: bool,
 ) -> Step {
     // Only the pass-through answers forward the header, and only ours need taking out of it.
-    let strip =
-        || cookie.and_then(|c| cookies::strip_edit(c, &cfg.cookie_name, |n| cfg.is_own_cookie(n)));
+    let strip = || cookie.and_then(|c| cfg.strip_own_cookies(c));
     if paths::is_bypass(&cfg.bypass_paths, target) {
         return Step::Forward(Forward {
             cookie: strip(),

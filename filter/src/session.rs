@@ -236,13 +236,15 @@ pub fn scan<'a>(header: &'a str, name: &str, is_ours: impl Fn(&str) -> bool) -> 
         let Some((cookie, value)) = cookies::parse_pair(segment) else {
             return false;
         };
-        if !is_ours(cookie) {
-            return false;
-        }
+        // The session's own names are ours by `is_ours`'s contract: each is told apart once.
         if cookie == name {
             first.get_or_insert(value);
-        } else if let Some(slot) = chunk_index(name, cookie).and_then(|i| parts.get_mut(i)) {
-            slot.get_or_insert(value);
+        } else if let Some(i) = chunk_index(name, cookie) {
+            if let Some(slot) = parts.get_mut(i) {
+                slot.get_or_insert(value);
+            }
+        } else {
+            return is_ours(cookie);
         }
         true
     });

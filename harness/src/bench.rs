@@ -524,16 +524,12 @@ pub fn run(opts: &Options) -> Result<Report> {
             rows.iter()
                 .any(|r| r.variant.same_as.as_deref() == Some(name))
         };
-        let mut variants: Vec<Variant> = ctx
-            .variants(Group::Main)?
-            .into_iter()
-            .filter(|v| opts.wants(&v.name, Group::Main) || repeated(&v.name))
-            .collect();
-        for group in [Group::TokenSize, Group::OtherCookies] {
+        let mut variants: Vec<Variant> = Vec::new();
+        for group in [Group::Main, Group::TokenSize, Group::OtherCookies] {
             variants.extend(
                 ctx.variants(group)?
                     .into_iter()
-                    .filter(|v| opts.wants(&v.name, group)),
+                    .filter(|v| opts.wants(&v.name, group) || repeated(&v.name)),
             );
         }
         eprintln!(
@@ -2434,7 +2430,6 @@ impl Report {
         .collect();
         let mut cpu_goal = |name: &str, what: &str, limit: f64| {
             let measured = self.row(name).and_then(|r| self.overhead(r));
-            let floor = &floors;
             let instructions = match (
                 self.instructions_over(name),
                 self.instructions_over("wasm-set-header"),
@@ -2478,7 +2473,7 @@ impl Report {
             out.push((
                 format!("{what}: at most +{limit} µs Envoy CPU/request over no filter"),
                 measured.map_or("not measured".into(), |o| {
-                    format!("{:+.1} µs (`{name}`){why}{floor}{instructions}", o.diff_us)
+                    format!("{:+.1} µs (`{name}`){why}{floors}{instructions}", o.diff_us)
                 }),
                 verdict,
             ));
