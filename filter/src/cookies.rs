@@ -138,9 +138,28 @@ pub fn strip_edit(
 
 /// [`strip_segments`] judging each segment by its name alone.
 fn strip_named(header: &str, prefix: &str, is_ours: &dyn Fn(&str) -> bool) -> Stripped {
-    strip_segments(header, prefix, &mut |segment| {
-        split_eq(segment).is_some_and(|(name, _)| is_ours(trim_ows(name)))
-    })
+    struct ByName<'f>(&'f dyn Fn(&str) -> bool);
+    impl Judge<'_> for ByName<'_> {
+        fn ours(&mut self, segment: &str) -> bool {
+            split_eq(segment).is_some_and(|(name, _)| (self.0)(trim_ows(name)))
+        }
+    }
+    strip_segments(header, prefix, &mut ByName(is_ours))
+}
+
+/// What [`strip_segments`] asks about the segments whose names start with its prefix.
+pub(crate) trait Judge<'a> {
+    /// The length of the segment at the start of `rest` (the header from the segment's first byte on),
+    /// when it is known without a search for its `;`. It is taken only when the header has a `;` or its
+    /// end right there; a caller that gives one must check the outcome (the session scan does, by the
+    /// cache hit it expects).
+    fn known_len(&mut self, rest: &'a str) -> Option<usize> {
+        let _ = rest;
+        None
+    }
+
+    /// Whether to leave out `segment` (from its name to before its `;`, trailing whitespace included).
+    fn ours(&mut self, segment: &'a str) -> bool;
 }
 
 /// What [`strip_segments`] left of a `Cookie` header.
@@ -165,16 +184,17 @@ impl Stripped {
     }
 }
 
-/// The one pass behind [`strip`]: `ours` gets each segment whose name starts with `prefix`, from its name
+/// The one pass behind [`strip`]: `judge` gets each segment whose name starts with `prefix`, from its name
 /// to before its `;` (trailing whitespace included), and says whether to leave it out.
 ///
 /// Runs on every logged-in request, for every cookie a browser sends with it: a segment that is not ours
-/// costs a search for its `;`, a skip of the whitespace before it and a compare with `prefix`. The kept
+/// costs a search for its `;`, a skip of the whitespace before it and a compare with `prefix`. A segment
+/// whose length the judge knows (a session cookie this worker has seen) costs no search at all. The kept
 /// text is copied in the pieces between segments of ours, not segment by segment.
 pub(crate) fn strip_segments<'a>(
     header: &'a str,
     prefix: &str,
-    ours: &mut dyn FnMut(&'a str) -> bool,
+    judge: &mut dyn Judge<'a>,
 ) -> Stripped {
     let b = header.as_bytes();
     let mut out = String::new();
@@ -184,12 +204,22 @@ pub(crate) fn strip_segments<'a>(
     let mut kept_any = false;
     let mut start = 0;
     loop {
-        let end = next_semicolon(b, start);
-        let from = skip_ows(b, start, end);
+        let from = skip_ows(b, start, b.len());
+        // `from` follows whitespace or a `;`, or is the start: a character boundary.
+        let rest = header.get(from..).unwrap_or_default();
+        let named = crate::headers::starts_with(rest.as_bytes(), prefix.as_bytes());
+        let known = match named {
+            true => judge.known_len(rest).map(|len| from.saturating_add(len)),
+            false => None,
+        };
+        let end = match known {
+            Some(end) if end == b.len() || b.get(end) == Some(&b';') => end,
+            _ => next_semicolon(b, from),
+        };
         if from < end {
-            // `from` follows whitespace, `end` is at a `;` or the end: both are character boundaries.
+            // `end` is at a `;` or the end: a character boundary.
             let segment = header.get(from..end).unwrap_or_default();
-            if segment.as_bytes().starts_with(prefix.as_bytes()) && ours(segment) {
+            if named && judge.ours(segment) {
                 push_kept(&mut out, header.get(kept_from..from), header.len());
                 removed = true;
                 kept_from = skip_ows(b, (end + 1).min(b.len()), b.len());
@@ -563,6 +593,46 @@ mod tests {
             strip(h, "oidc", |n| n == "oidc").as_deref(),
             Some("x_oidc=1; oidc_x=2")
         );
+    }
+
+    /// A judge that knows one length for every segment named `s`, and leaves out every `s` segment.
+    struct Knows(usize, Vec<String>);
+    impl<'a> Judge<'a> for Knows {
+        fn known_len(&mut self, _: &'a str) -> Option<usize> {
+            Some(self.0)
+        }
+        fn ours(&mut self, segment: &'a str) -> bool {
+            self.1.push(segment.to_string());
+            true
+        }
+    }
+
+    #[test]
+    fn a_known_length_ends_a_segment_only_at_a_semicolon_or_the_end() {
+        let h = "a=1; s=xy;z; b=2; s=q";
+        let strip_with = |len| {
+            let mut judge = Knows(len, Vec::new());
+            let out = strip_segments(h, "s", &mut judge);
+            (out, judge.1)
+        };
+        // Taken as given, past the first `;`: a caller that gives lengths checks what came of them.
+        assert_eq!(
+            strip_with(6),
+            (
+                Stripped::Rewritten("a=1; b=2".into()),
+                vec!["s=xy;z".into(), "s=q".into()]
+            )
+        );
+        // Not at a `;` or the end: searched for as usual.
+        assert_eq!(
+            strip_with(5),
+            (
+                Stripped::Rewritten("a=1; z; b=2".into()),
+                vec!["s=xy".into(), "s=q".into()]
+            )
+        );
+        assert_eq!(strip_with(4).1, ["s=xy", "s=q"]);
+        assert_eq!(strip_with(100).1, ["s=xy", "s=q"]);
     }
 
     #[test]

@@ -209,8 +209,9 @@ pub struct Cached {
     pub iat: u64,
 }
 
-/// Opened sessions keyed by the exact sealed cookie value: a hit costs a hash of the value's ends
-/// and one comparison (`SealedMap`), not a decryption.
+/// Opened sessions keyed by the exact sealed cookie value: a hit costs a hash of the value's start
+/// and one comparison (`SealedMap`), not a decryption; and the cached value's length saves the search
+/// for the end of its cookies (`session::scan`).
 #[derive(Debug, Default)]
 pub struct SessionCache {
     map: SealedMap<Rc<Cached>>,
@@ -219,6 +220,11 @@ pub struct SessionCache {
 impl SessionCache {
     fn get(&self, key: &str) -> Option<Rc<Cached>> {
         self.map.get(key).cloned()
+    }
+
+    /// The length of the cached value that starts as `start` does (`SealedMap::len_by_start`).
+    fn len_by_start(&self, start: &[u8]) -> Option<usize> {
+        self.map.len_by_start(start)
     }
 
     fn insert(&mut self, key: String, value: Rc<Cached>, now: u64) {
@@ -323,9 +329,24 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
     let cookie = h.cookie();
     let mut stale = false;
     if let Some(header) = cookie.as_deref() {
-        let scan = session::scan(header, &cfg.cookie_name, |n| cfg.is_own_cookie(n));
+        let is_own = |n: &str| cfg.is_own_cookie(n);
+        let cache = &state.cache;
+        let mut scan = session::scan(
+            header,
+            &cfg.cookie_name,
+            is_own,
+            Some(&|start| cache.len_by_start(start)),
+        );
+        let hit = match &scan.session {
+            Ok(Some(sealed)) => cache.get(sealed),
+            _ => None,
+        };
+        if hit.is_none() && scan.guided {
+            // Not the cached session its start named: its cookies' ends were guessed, so find them.
+            scan = session::scan(header, &cfg.cookie_name, is_own, None);
+        }
         match scan.session {
-            Ok(Some(sealed)) => match open_cached(cfg, state, &sealed, env.now) {
+            Ok(Some(sealed)) => match hit.or_else(|| open_fresh(cfg, state, &sealed, env.now)) {
                 Some(cached) => {
                     if let Some(step) = with_session(
                         cfg,
@@ -349,14 +370,6 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
         }
     }
     without_session(cfg, state, h, &target, cookie.as_deref(), stale)
-}
-
-/// Opens a session cookie, from the cache when this worker has seen the exact value before.
-fn open_cached(cfg: &Config, state: &mut State, sealed: &str, now: u64) -> Option<Rc<Cached>> {
-    if let Some(c) = state.cache.get(sealed) {
-        return Some(c);
-    }
-    open_fresh(cfg, state, sealed, now)
 }
 
 /// A cookie this worker has not seen: decrypted, decoded and cached. Out of line: the per-request function

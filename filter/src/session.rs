@@ -224,34 +224,186 @@ pub struct CookieScan<'a> {
     pub session: Result<Option<Cow<'a, str>>, ChunkError>,
     /// The header without our cookies, as [`cookies::strip`] returns it.
     pub stripped: Option<String>,
+    /// Whether the lengths of the session's own cookies were taken from `known` rather than searched for.
+    /// Then the result holds only if `session` is a value this worker has cached (a cached value has no
+    /// `;`, so the search would have ended each cookie at the same place); otherwise scan again without
+    /// `known`.
+    pub guided: bool,
 }
+
+/// The length of the cached sealed value that starts with the first [`EDGE`] bytes of the text given, if
+/// there is one ([`SealedMap::len_by_start`]).
+pub type KnownLen<'k> = &'k dyn Fn(&[u8]) -> Option<usize>;
 
 /// [`join_borrowed`] and [`cookies::strip`] in one pass over `header`: the logged-in path needs both,
 /// and a session of several kilobytes makes every pass over the header count. `is_ours` must hold for
 /// `name` and its chunk names, and only for names that start with `name`.
-pub fn scan<'a>(header: &'a str, name: &str, is_ours: impl Fn(&str) -> bool) -> CookieScan<'a> {
-    let mut first: Option<&'a str> = None;
-    let mut parts: [Option<&'a str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
-    let stripped = cookies::strip_segments(header, name, &mut |segment| {
+///
+/// With `known`, the session's cookies are not searched for their ends: a session this worker has cached
+/// is recognised by the start of its first part, and the cached value's length says where each of its
+/// cookies ends (see [`CookieScan::guided`]).
+pub fn scan<'a>(
+    header: &'a str,
+    name: &str,
+    is_ours: impl Fn(&str) -> bool,
+    known: Option<KnownLen<'_>>,
+) -> CookieScan<'a> {
+    let mut judge = ScanJudge {
+        name,
+        is_ours: &is_ours,
+        known,
+        first: None,
+        parts: [None; MAX_CHUNKS],
+        sealed_len: None,
+        guided: false,
+        hinted: None,
+    };
+    let stripped = cookies::strip_segments(header, name, &mut judge);
+    CookieScan {
+        session: judge
+            .first
+            .map_or(Ok(None), |first| join_parts(first, &judge.parts)),
+        stripped: stripped.into_header(header),
+        guided: judge.guided,
+    }
+}
+
+/// [`scan`]'s judge of the segments whose names start with the session's name.
+struct ScanJudge<'a, 'n> {
+    name: &'n str,
+    is_ours: &'n dyn Fn(&str) -> bool,
+    known: Option<KnownLen<'n>>,
+    /// The first `name` cookie's value, and the first value of each chunk.
+    first: Option<&'a str>,
+    parts: [Option<&'a str>; MAX_CHUNKS],
+    /// The length of the cached value the first `name` cookie seems to hold.
+    sealed_len: Option<usize>,
+    guided: bool,
+    /// The segment just ended by a known length: that length, where its value starts, and its slot.
+    hinted: Option<(usize, usize, Slot)>,
+}
+
+/// Where a value of the session goes.
+#[derive(Clone, Copy)]
+enum Slot {
+    First,
+    Part(usize),
+}
+
+impl<'a> cookies::Judge<'a> for ScanJudge<'a, '_> {
+    fn known_len(&mut self, rest: &'a str) -> Option<usize> {
+        self.hinted = None;
+        let known = self.known?;
+        // `rest` starts with the name (the prefix `strip_segments` was given). Bytes, not `str` slices
+        // and `parse_index`: this runs on every logged-in request.
+        let at = self.name.len();
+        let after = rest.as_bytes().get(at..)?;
+        match *after.get(..4)? {
+            // `name=` then `{n}.` then the first part.
+            [b'=', d, b'.', _] if self.first.is_none() => {
+                let n = small_number(d, None)?;
+                self.hint_first(known, rest, n, at + 3)
+            }
+            [b'=', d, e, b'.'] if self.first.is_none() => {
+                let n = small_number(d, Some(e))?;
+                self.hint_first(known, rest, n, at + 4)
+            }
+            // `name.K=` and part K of the value found above.
+            [b'.', d, b'=', _] => self.hint_part(small_number(d, None)?, at + 3),
+            [b'.', d, e, b'='] => self.hint_part(small_number(d, Some(e))?, at + 4),
+            _ => None,
+        }
+    }
+
+    fn ours(&mut self, segment: &'a str) -> bool {
+        // A segment ended by a known length (it has exactly that length: a searched end is elsewhere) is
+        // `name=` or `name.K=` and the value: taken as it is, without parsing. Should it hold whitespace
+        // or quotes that parsing would drop, the value is not a cached one, and the caller scans again.
+        if let Some((len, value_at, slot)) = self.hinted.take()
+            && segment.len() == len
+            && let Some(value) = segment.get(value_at..)
+        {
+            match slot {
+                Slot::First => self.first = Some(value),
+                Slot::Part(k) => {
+                    if let Some(p) = self.parts.get_mut(k) {
+                        *p = Some(value);
+                    }
+                }
+            }
+            return true;
+        }
         let Some((cookie, value)) = cookies::parse_pair(segment) else {
             return false;
         };
         // The session's own names are ours by `is_ours`'s contract: each is told apart once.
-        if cookie == name {
-            first.get_or_insert(value);
-        } else if let Some(i) = chunk_index(name, cookie) {
-            if let Some(slot) = parts.get_mut(i) {
+        if crate::headers::same_text(cookie, self.name) {
+            self.first.get_or_insert(value);
+        } else if let Some(i) = chunk_index(self.name, cookie) {
+            if let Some(slot) = self.parts.get_mut(i) {
                 slot.get_or_insert(value);
             }
         } else {
-            return is_ours(cookie);
+            return (self.is_ours)(cookie);
         }
         true
-    });
-    CookieScan {
-        session: first.map_or(Ok(None), |first| join_parts(first, &parts)),
-        stripped: stripped.into_header(header),
     }
+}
+
+impl<'a> ScanJudge<'a, '_> {
+    /// The length of the first cookie, `n` parts of a value from `value_at` on, if that is a cached value.
+    fn hint_first(
+        &mut self,
+        known: KnownLen<'_>,
+        rest: &str,
+        n: usize,
+        value_at: usize,
+    ) -> Option<usize> {
+        let len = known(rest.as_bytes().get(value_at..)?)?;
+        if part_count(len) != n {
+            return None;
+        }
+        self.sealed_len = Some(len);
+        self.guided = true;
+        let seg = value_at + part_len(len, 0);
+        // The first cookie's value is `{n}.` and the part.
+        self.hinted = Some((seg, self.name.len() + 1, Slot::First));
+        Some(seg)
+    }
+
+    /// The length of chunk `k`'s cookie, its value starting at `value_at`: part `k` of the cached value
+    /// the first cookie started, unless an earlier cookie already gave that part.
+    fn hint_part(&mut self, k: usize, value_at: usize) -> Option<usize> {
+        let len = self.sealed_len?;
+        if k == 0 || k >= part_count(len) || self.parts.get(k)?.is_some() {
+            return None;
+        }
+        let seg = value_at + part_len(len, k);
+        self.hinted = Some((seg, value_at, Slot::Part(k)));
+        Some(seg)
+    }
+}
+
+/// The number written `d` or `de` in canonical form (no leading zero), at most [`MAX_CHUNKS`]: what
+/// [`parse_index`] reads, from bytes.
+fn small_number(d: u8, e: Option<u8>) -> Option<usize> {
+    let digit = |b: u8| b.is_ascii_digit().then(|| usize::from(b - b'0'));
+    let n = match e {
+        None => digit(d)?,
+        Some(e) if d != b'0' => digit(d)? * 10 + digit(e)?,
+        Some(_) => return None,
+    };
+    (n <= MAX_CHUNKS).then_some(n)
+}
+
+/// How many parts [`split_parts`] cuts an ASCII value of `len` bytes into.
+fn part_count(len: usize) -> usize {
+    len.div_ceil(CHUNK_PART).max(1)
+}
+
+/// The length of part `k` of an ASCII value of `len` bytes, as [`split_parts`] cuts it.
+fn part_len(len: usize, k: usize) -> usize {
+    len.saturating_sub(k * CHUNK_PART).min(CHUNK_PART)
 }
 
 /// The sealed value from the first cookie (`"{n}.part0"`) and chunks `1..n`.
@@ -305,15 +457,16 @@ pub fn is_session_cookie(base: &str, cookie_name: &str) -> bool {
 }
 
 /// A map keyed by sealed values (the per-worker session cache), built for Wasm, where hashing and
-/// `memcmp` go a byte at a time: a key is hashed by its length and its first and last [`EDGE`]
-/// bytes only (a sealed value starts with its random nonce and ends with its tag, so its edges are
-/// as distinct as the whole), and compared whole, a word at a time. A lookup then costs the same
-/// hash for an 8 KB session as for a 1 KB one, and one fast pass over the key.
+/// `memcmp` go a byte at a time: a key longer than [`EDGE`] bytes is hashed by its first `EDGE` bytes
+/// only (a sealed value starts with its random nonce, so its start is as distinct as the whole), and
+/// compared whole, a block at a time. A lookup then costs the same hash for an 8 KB session as for a
+/// 1 KB one, and one fast pass over the key; and the start of a value is enough to find the cached value
+/// it may be ([`SealedMap::len_by_start`]).
 ///
 /// Keys are secrets, so the comparison does not stop at the first differing byte; and to reach a
-/// comparison at all, a key must share length and both edges with a stored one.
+/// comparison at all, a key must share its start with a stored one.
 ///
-/// The hash is a seeded multiply-rotate over those eight words, not SipHash: a key is only stored after it
+/// The hash is a seeded multiply-rotate over those four words, not SipHash: a key is only stored after it
 /// opened (its tag checked under the cookie key), so no client can choose stored keys to crowd a bucket;
 /// a client's own lookups probe one bucket each, whatever they hash to.
 #[derive(Debug)]
@@ -325,7 +478,7 @@ pub struct SealedMap<V> {
     len: usize,
 }
 
-/// How many bytes at each end of a key [`SealedMap`] hashes.
+/// How many bytes at the start of a key [`SealedMap`] hashes.
 pub const EDGE: usize = 32;
 
 impl<V> Default for SealedMap<V> {
@@ -347,6 +500,22 @@ impl<V> SealedMap<V> {
             .iter()
             .find(|(k, _)| same(k.as_bytes(), key.as_bytes()))
             .map(|(_, v)| v)
+    }
+
+    /// The length of a stored key longer than [`EDGE`] bytes whose first `EDGE` bytes are those of `start`
+    /// (the first such key, should two share them). What the session scan asks to end the session's
+    /// cookies without searching them; nothing is decided by it alone.
+    pub fn len_by_start(&self, start: &[u8]) -> Option<usize> {
+        let head = start.first_chunk::<EDGE>()?;
+        for (k, _) in self.buckets.get(&self.hash_head(head))? {
+            if let Some(h) = k.as_bytes().first_chunk::<EDGE>()
+                && k.len() > EDGE
+                && crate::headers::same_prefix(h, head)
+            {
+                return Some(k.len());
+            }
+        }
+        None
     }
 
     /// Stores `value` under `key`, replacing what was there.
@@ -408,34 +577,48 @@ impl<V> SealedMap<V> {
     }
 
     fn hash(&self, key: &str) -> u64 {
-        const K: u64 = 0x9e37_79b9_7f4a_7c15;
         let bytes = key.as_bytes();
-        let (k0, k1) = self.seed;
-        let mut h = k0 ^ (bytes.len() as u64).wrapping_mul(K);
-        let mut mix = |w: u64| h = (h ^ w ^ k1).wrapping_mul(K).rotate_left(29);
-        match (bytes.first_chunk::<EDGE>(), bytes.last_chunk::<EDGE>()) {
-            (Some(head), Some(tail)) if bytes.len() > 2 * EDGE => {
-                for edge in [head, tail] {
-                    mix(le64(edge, 0));
-                    mix(le64(edge, 8));
-                    mix(le64(edge, 16));
-                    mix(le64(edge, 24));
-                }
-            }
+        match bytes.first_chunk::<EDGE>() {
+            Some(head) if bytes.len() > EDGE => self.hash_head(head),
             _ => {
                 let (words, rest) = bytes.as_chunks::<8>();
+                let mut h = self.start(bytes.len());
                 for w in words {
-                    mix(u64::from_le_bytes(*w));
+                    h = self.mix(h, u64::from_le_bytes(*w));
                 }
                 let mut last = [0u8; 8];
                 last[..rest.len()].copy_from_slice(rest);
-                mix(u64::from_le_bytes(last));
+                self.finish(self.mix(h, u64::from_le_bytes(last)))
             }
         }
+    }
+
+    /// The hash of a key longer than [`EDGE`] bytes, from its first `EDGE` bytes.
+    fn hash_head(&self, head: &[u8; EDGE]) -> u64 {
+        let mut h = self.start(usize::MAX);
+        h = self.mix(h, le64(head, 0));
+        h = self.mix(h, le64(head, 8));
+        h = self.mix(h, le64(head, 16));
+        h = self.mix(h, le64(head, 24));
+        self.finish(h)
+    }
+
+    fn start(&self, len: usize) -> u64 {
+        self.seed.0 ^ (len as u64).wrapping_mul(HASH_K)
+    }
+
+    fn mix(&self, h: u64, w: u64) -> u64 {
+        (h ^ w ^ self.seed.1).wrapping_mul(HASH_K).rotate_left(29)
+    }
+
+    fn finish(&self, mut h: u64) -> u64 {
         h ^= h >> 32;
-        h.wrapping_mul(K) ^ (h >> 29)
+        h.wrapping_mul(HASH_K) ^ (h >> 29)
     }
 }
+
+/// The multiplier of [`SealedMap`]'s hash.
+const HASH_K: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// Whole-key equality, 32 bytes per step and without an early exit.
 fn same(a: &[u8], b: &[u8]) -> bool {
@@ -658,16 +841,14 @@ fn chunk_index(base: &str, cookie_name: &str) -> Option<usize> {
     parse_index(suffix).filter(|&k| (1..=MAX_CHUNKS).contains(&k))
 }
 
-/// A small decimal in canonical form: digits only, no sign, no leading zero, at most two digits.
+/// A small decimal in canonical form: digits only, no sign, no leading zero, at most two digits, at most
+/// [`MAX_CHUNKS`].
 fn parse_index(s: &str) -> Option<usize> {
-    let canonical = !s.is_empty()
-        && s.len() <= 2
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && !(s.len() > 1 && s.starts_with('0'));
-    if !canonical {
-        return None;
+    match *s.as_bytes() {
+        [d] => small_number(d, None),
+        [d, e] => small_number(d, Some(e)),
+        _ => None,
     }
-    s.parse().ok().filter(|&n| n <= MAX_CHUNKS)
 }
 
 #[cfg(test)]
@@ -879,7 +1060,7 @@ mod tests {
     }
 
     #[test]
-    fn sealed_map_gives_keys_that_differ_in_a_few_edge_bytes_buckets_of_their_own() {
+    fn sealed_map_gives_keys_that_differ_in_a_few_start_bytes_buckets_of_their_own() {
         let mut map = SealedMap::default();
         for i in 0..1000u32 {
             map.insert(format!("{i:08}{}{:08}", "m".repeat(100), i * 7), i);
@@ -894,7 +1075,7 @@ mod tests {
         let edge = |fill: &str| format!("{}{}{}", "n".repeat(40), fill.repeat(100), "t".repeat(40));
         let (a, b) = (edge("a"), edge("b"));
         let mut map = SealedMap::default();
-        // Same edges and length: same bucket, still two keys.
+        // Same start: same bucket, still two keys.
         map.insert(a.clone(), 1);
         map.insert(b.clone(), 2);
         map.insert("short".into(), 3);
@@ -963,10 +1144,177 @@ mod tests {
             " oidc_session = 1.abc ; a = 1 ",
         ];
         for h in headers {
-            let scan = scan(h, NAME, ours);
+            let scan = scan(h, NAME, ours, None);
             assert_eq!(scan.session, join_borrowed(h, NAME), "{h:?}");
             assert_eq!(scan.stripped, cookies::strip(h, NAME, ours), "{h:?}");
+            assert!(!scan.guided);
         }
+    }
+
+    #[test]
+    fn parse_index_reads_canonical_small_numbers() {
+        // What it reads, put plainly: digits only, no sign, no leading zero, at most 16.
+        let plainly = |s: &str| {
+            let canonical = !s.is_empty()
+                && s.len() <= 2
+                && s.bytes().all(|b| b.is_ascii_digit())
+                && !(s.len() > 1 && s.starts_with('0'));
+            canonical
+                .then(|| s.parse().ok())
+                .flatten()
+                .filter(|&n| n <= MAX_CHUNKS)
+        };
+        let mut read = 0;
+        let mut check = |bytes: &[u8]| {
+            if let Ok(s) = std::str::from_utf8(bytes) {
+                assert_eq!(parse_index(s), plainly(s), "{s:?}");
+                read += usize::from(parse_index(s).is_some());
+            }
+        };
+        for d in 0..=255u8 {
+            check(&[d]);
+            for e in 0..=255u8 {
+                check(&[d, e]);
+            }
+        }
+        assert_eq!(read, 17, "0 to 16");
+        assert_eq!(parse_index("123"), None);
+        assert_eq!(parse_index(""), None);
+    }
+
+    /// A sealed-looking value (base64url, like every cached key) of `len` bytes, distinct by `seed`.
+    fn value_of(len: usize, seed: u8) -> String {
+        let abc = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        (0..len)
+            .map(|i| abc[(i * 7 + i / 13 + usize::from(seed) * 31) % abc.len()] as char)
+            .collect()
+    }
+
+    /// `scan` guided by `map`, and what it must agree with whenever its session is one `map` holds.
+    fn guided<'a>(h: &'a str, map: &SealedMap<()>) -> (CookieScan<'a>, CookieScan<'a>) {
+        let ours = |c: &str| is_session_cookie(NAME, c);
+        let guided = scan(h, NAME, ours, Some(&|start| map.len_by_start(start)));
+        (guided, scan(h, NAME, ours, None))
+    }
+
+    #[test]
+    fn a_cached_session_is_scanned_without_searching_its_cookies() {
+        for len in [
+            EDGE + 1,
+            1200,
+            CHUNK_PART - 1,
+            CHUNK_PART,
+            CHUNK_PART + 1,
+            2 * CHUNK_PART + 5,
+            3 * CHUNK_PART,
+        ] {
+            let sealed = value_of(len, 1);
+            let mut map = SealedMap::default();
+            map.insert(sealed.clone(), ());
+            map.insert(value_of(len, 2), ());
+            let cookies: Vec<String> = split(NAME, &sealed)
+                .unwrap()
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect();
+            let mut reversed = cookies.clone();
+            reversed.reverse();
+            let headers = [
+                cookies.join("; "),
+                format!("a=1; {}; b=2", cookies.join(";")),
+                format!("{};x=y", cookies.join(";  ")),
+                // Chunks before the first cookie are searched for as usual.
+                reversed.join("; "),
+            ];
+            for h in &headers {
+                let (guided, plain) = guided(h, &map);
+                assert!(guided.guided, "{len} {h:.60}");
+                assert_eq!(guided.session, Ok(Some(Cow::Borrowed(sealed.as_str()))));
+                assert_eq!(
+                    guided,
+                    CookieScan {
+                        guided: true,
+                        ..plain
+                    },
+                    "{len} {h:.60}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_guided_scan_is_right_whenever_its_session_is_cached() {
+        // Headers that start like a cached session but are not it: cut short, quoted, padded, with the
+        // cached value's length landing on another cookie's `;`, and chunks out of place or repeated.
+        // Whatever the guided scan makes of them, it agrees with the plain one when its session is a
+        // cached value, and otherwise either was not guided (and is the plain scan) or says it was (so
+        // the caller scans again).
+        let long = value_of(2 * CHUNK_PART + 100, 3);
+        let short = value_of(300, 4);
+        let mut map = SealedMap::default();
+        map.insert(long.clone(), ());
+        map.insert(short.clone(), ());
+        let (l0, l1, l2) = (
+            &long[..CHUNK_PART],
+            &long[CHUNK_PART..2 * CHUNK_PART],
+            &long[2 * CHUNK_PART..],
+        );
+        let headers = [
+            format!("{NAME}=1.{}", &short[..299]),
+            format!("{NAME}=1.{}; a=1", &short[..100]),
+            format!("{NAME}=1.{}; a={}", &short[..100], &short[..195]),
+            format!("{NAME}=1.{};{}", &short[..150], &short[151..]),
+            format!("{NAME}=1.{short}x"),
+            format!("{NAME}=1.{short} ; a=1"),
+            format!("{NAME}=\"1.{}\"; a=1", &short[..298]),
+            format!("{NAME}=1.{short}; {NAME}=1.{short}; a=1"),
+            format!("{NAME}=2.{short}; {NAME}.1=x"),
+            format!("{NAME}=3.{l0}; {NAME}.1={l1}; {NAME}.2={l2}"),
+            format!("{NAME}=3.{l0}; {NAME}.1={}; {NAME}.2={l2}", &l1[..10]),
+            format!(
+                "{NAME}=3.{l0}; {NAME}.1={}; b={}; {NAME}.2={l2}",
+                &l1[..10],
+                &l1[..CHUNK_PART - 15]
+            ),
+            format!("{NAME}=3.{l0}; {NAME}.2={l2}; {NAME}.1={l1}; {NAME}.1={l2}"),
+            format!("{NAME}=3.{l0}; {NAME}.0={l1}; {NAME}.1={l1}; {NAME}.2={l2}"),
+            format!("{NAME}=3.{l0}; {NAME}.1={l1}; {NAME}.2={l2}; {NAME}.3={l2}"),
+            format!("{NAME}=2.{l0}; {NAME}.1={l1}"),
+            format!(
+                "{NAME}=3.{}; {NAME}.1={l1}; {NAME}.2={l2}",
+                &l0[..CHUNK_PART - 1]
+            ),
+            format!("{NAME}=3.{l0}; {NAME}.1={l1}{l2}"),
+            format!(
+                "{NAME}=3.{l0}; {NAME}.1=\"{}\"; {NAME}.2={l2}",
+                &l1[..CHUNK_PART - 2]
+            ),
+            format!("{NAME}=3.{l0}; {NAME}.1= {}; {NAME}.2={l2}", &l1[1..]),
+        ];
+        let (mut cached, mut misled) = (0, 0);
+        for h in &headers {
+            let (guided, plain) = guided(h, &map);
+            let hit = matches!(&guided.session, Ok(Some(s)) if map.get(s).is_some());
+            if hit {
+                cached += 1;
+                assert_eq!(
+                    guided,
+                    CookieScan {
+                        guided: true,
+                        ..plain
+                    },
+                    "{h:.80}"
+                );
+            } else if guided.guided {
+                misled += 1;
+            } else {
+                assert_eq!(guided, plain, "{h:.80}");
+            }
+        }
+        // The long session whole; with a chunk repeated, a `.0` and a `.3` beside it; the short one with
+        // a space before its `;`, and repeated.
+        assert_eq!(cached, 6);
+        assert_eq!(misled, 11);
     }
 
     #[test]

@@ -775,23 +775,28 @@ fn a_session_forwards_the_id_token_and_strips_only_our_cookies() {
     let cookie = format!(
         "theme=dark;{ours}; _oidc_session_login_abcdefghijkl=x;  q=\"a b\"; _oidc_sessionx=1; x_oidc_session=2"
     );
-    let fwd = forward(
-        f.request(
-            &Req::browser("/app")
-                .with("cookie", &cookie)
-                .with("authorization", "Bearer forged"),
-        ),
-    );
-    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
-    // The others as sent, byte for byte, less ours and the separators after them.
-    assert_eq!(
-        fwd.cookie,
-        Some(Some(
-            "theme=dark;q=\"a b\"; _oidc_sessionx=1; x_oidc_session=2".to_string()
-        ))
-    );
-    assert!(fwd.set_cookies.is_empty());
-    assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+    // The first time the session is opened; the second it comes from the cache, which also says where
+    // its cookie ends.
+    for _ in 0..2 {
+        let fwd = forward(
+            f.request(
+                &Req::browser("/app")
+                    .with("cookie", &cookie)
+                    .with("authorization", "Bearer forged"),
+            ),
+        );
+        assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+        // The others as sent, byte for byte, less ours and the separators after them.
+        assert_eq!(
+            fwd.cookie,
+            Some(Some(
+                "theme=dark;q=\"a b\"; _oidc_sessionx=1; x_oidc_session=2".to_string()
+            ))
+        );
+        assert!(fwd.set_cookies.is_empty());
+        assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+    }
+    assert_eq!(f.state.cache.len(), 1);
 
     // Only our cookies: the header goes away rather than going up empty.
     let fwd = forward(f.request(&Req::api("/api").cookies(&jar)));
@@ -1208,15 +1213,63 @@ fn a_large_id_token_is_split_into_chunk_cookies_that_forward_together() {
         ["_oidc_session", "_oidc_session.1", "_oidc_session.2"]
     );
 
-    let fwd = forward(
-        f.request(
-            &Req::browser("/")
-                .cookies(&jar)
-                .with("cookie", &format!("{}; k=v", jar.header())),
-        ),
+    // Opened, then from the cache; cookies of the browser's between the chunks stay.
+    let header = format!(
+        "a=1; {}=3.{}; b=2;{}={};c=3 ; {}={}; k=v",
+        jar.0[0].0,
+        jar.0[0].1.strip_prefix("3.").unwrap(),
+        jar.0[1].0,
+        jar.0[1].1,
+        jar.0[2].0,
+        jar.0[2].1
     );
-    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
-    assert_eq!(fwd.cookie, Some(Some("k=v".to_string())));
+    for cookie in [header.as_str(), &header, &format!("{}; k=v", jar.header())] {
+        let fwd = forward(f.request(&Req::browser("/").with("cookie", cookie)));
+        assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+        let others = if cookie.starts_with("a=1") {
+            "a=1; b=2;c=3 ; k=v"
+        } else {
+            "k=v"
+        };
+        assert_eq!(fwd.cookie, Some(Some(others.to_string())));
+    }
+    assert_eq!(f.state.cache.len(), 1);
+}
+
+#[test]
+fn a_cookie_that_starts_like_a_cached_session_is_not_taken_for_it() {
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, None);
+    forward(f.request(&Req::browser("/").cookies(&jar)));
+    assert_eq!(f.state.cache.len(), 1);
+    let sealed = jar
+        .get("_oidc_session")
+        .unwrap()
+        .strip_prefix("1.")
+        .unwrap();
+    // The cached value's length ends the first cookie at the `;` before `z`: its start is the session's,
+    // what follows is another cookie.
+    let forged = format!(
+        "_oidc_session=1.{}; k={}; z=1",
+        &sealed[..60],
+        "a".repeat(sealed.len() - 64)
+    );
+    assert_eq!(
+        forged.find("; z").unwrap(),
+        "_oidc_session=1.".len() + sealed.len()
+    );
+    let r = respond(f.request(&Req::browser("/app").with("cookie", &forged)));
+    assert_eq!(location(&r), "/login?rd=%2Fapp");
+    let r = respond(f.request(&Req::api("/api").with("cookie", &forged)));
+    assert_eq!(r.status, 401);
+    // And the real session, sent next to the forgery, is still the session when it comes first.
+    let both = format!("{}; {forged}", jar.header());
+    let fwd = forward(f.request(&Req::browser("/").with("cookie", &both)));
+    assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+    assert_eq!(
+        fwd.cookie,
+        Some(Some(format!("k={}; z=1", "a".repeat(sealed.len() - 64))))
+    );
 }
 
 #[test]

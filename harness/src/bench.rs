@@ -99,7 +99,8 @@ usage: harness bench [--quick] [--out DIR] [--wasm FILE] [--only NAME,...] [--du
                   other-cookies configurations; deterministic, unlike CPU time on a shared machine)
   --no-instructions  skip the instruction counts a full run ends with
   --profile       instead of a benchmark: where the filter's own instructions per logged-in request go,
-                  by Wasm function (the module in Node's V8 under callgrind; prints a table)";
+                  by Wasm function (the module in Node's V8 under callgrind; prints a table)
+  --session-bytes N  with --profile: a session whose cookies add up to N bytes (8192: the 8 KB row)";
 
 /// What to run.
 #[derive(Clone, Debug, Default)]
@@ -122,6 +123,8 @@ pub struct Options {
     pub instructions: Instructions,
     /// Profile the filter's own code instead (`profile.rs`).
     pub profile: bool,
+    /// For the profile: a session whose cookies add up to this many bytes instead of the real one.
+    pub session_bytes: Option<usize>,
 }
 
 /// Whether to count instructions per request under callgrind.
@@ -207,6 +210,13 @@ pub fn cli(args: &[String]) -> Result<()> {
             "--instructions" => opts.instructions = Instructions::Only,
             "--no-instructions" => opts.instructions = Instructions::Skip,
             "--profile" => opts.profile = true,
+            "--session-bytes" => {
+                opts.session_bytes = Some(
+                    value("--session-bytes")?
+                        .parse()
+                        .context("--session-bytes")?,
+                );
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -610,7 +620,10 @@ fn profile(opts: &Options) -> Result<()> {
                 crate::DEFAULT_COOKIE_KEYS.to_string(),
             ),
         ],
-        cookie: login.cookie.clone(),
+        cookie: match opts.session_bytes {
+            Some(bytes) => login.mint_session_of(bytes)?.0,
+            None => login.cookie.clone(),
+        },
     };
     eprintln!("bench: profiling the logged-in request in Node's V8 under callgrind");
     print!("{}", crate::profile::run(&input, &dir.join("profile"))?);
