@@ -337,13 +337,16 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
             is_own,
             Some(&|start| cache.len_by_start(start)),
         );
-        let hit = match &scan.session {
+        let lookup = |scan: &session::CookieScan| match &scan.session {
             Ok(Some(sealed)) => cache.get(sealed),
             _ => None,
         };
+        let mut hit = lookup(&scan);
         if hit.is_none() && scan.guided {
-            // Not the cached session its start named: its cookies' ends were guessed, so find them.
+            // Not the cached session its start named: its cookies' ends were guessed, so find them. (The
+            // value found may still be cached, should another cached value start the same way.)
             scan = session::scan(header, &cfg.cookie_name, is_own, None);
+            hit = lookup(&scan);
         }
         match scan.session {
             Ok(Some(sealed)) => match hit.or_else(|| open_fresh(cfg, state, &sealed, env.now)) {

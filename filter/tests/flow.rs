@@ -1237,6 +1237,50 @@ fn a_large_id_token_is_split_into_chunk_cookies_that_forward_together() {
 }
 
 #[test]
+fn two_cached_sessions_that_start_alike_are_each_served_from_the_cache() {
+    // Sealed with one nonce (which a random nonce never repeats), two sessions share their first 32
+    // bytes: the cache's length for that start fits only one of them. Sent with the other cookie that
+    // makes the wrong length land on a `;`, the other is still found in the cache.
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, None);
+    let mut s = f.open_session(&jar);
+    let name = f.cfg.cookie_name.clone();
+    let seal = |s: &oidc_filter::session::Session| f.cfg.keys.seal(&name, &s.encode(), [9; 24]);
+    let short = seal(&s);
+    s.sub = format!("{}-and-more", s.sub);
+    let long = seal(&s);
+    assert_eq!(short[..32], long[..32]);
+    let pad = "a".repeat(long.len() - short.len() - 4);
+    let cookies = [
+        format!("{name}=1.{long}"),
+        format!("{name}=1.{short}; k={pad}; z=1"),
+    ];
+    assert_eq!(
+        cookies[1].find("; z"),
+        Some(cookies[0].len()),
+        "the long one's length ends the short one's cookie at `; z`"
+    );
+    let bearer_of = |f: &mut Filter, c: &str| {
+        let fwd = forward(f.request(&Req::browser("/").with("cookie", c)));
+        assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+        fwd.authorization.unwrap()
+    };
+    let first = [
+        bearer_of(&mut f, &cookies[0]),
+        bearer_of(&mut f, &cookies[1]),
+    ];
+    assert_eq!(f.state.cache.len(), 2);
+    for _ in 0..2 {
+        for (c, b) in cookies.iter().zip(&first) {
+            assert!(
+                Rc::ptr_eq(&bearer_of(&mut f, c), b),
+                "from the cache: {c:.40}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_cookie_that_starts_like_a_cached_session_is_not_taken_for_it() {
     let mut f = ready();
     let (jar, _) = log_in(&mut f, None);
