@@ -211,7 +211,7 @@ pub struct Cached {
 
 /// Opened sessions keyed by the exact sealed cookie value: a hit costs a hash of the value's start
 /// and one comparison (`SealedMap`), not a decryption; and the cached value's length saves the search
-/// for the end of its cookies (`session::scan`).
+/// for the end of its cookies (`session::scan_cached`).
 #[derive(Debug, Default)]
 pub struct SessionCache {
     map: SealedMap<Rc<Cached>>,
@@ -220,11 +220,6 @@ pub struct SessionCache {
 impl SessionCache {
     fn get(&self, key: &str) -> Option<Rc<Cached>> {
         self.map.get(key).cloned()
-    }
-
-    /// The length of the cached value that starts as `start` does (`SealedMap::len_by_start`).
-    fn len_by_start(&self, start: &[u8]) -> Option<usize> {
-        self.map.len_by_start(start)
     }
 
     fn insert(&mut self, key: String, value: Rc<Cached>, now: u64) {
@@ -329,25 +324,13 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
     let cookie = h.cookie();
     let mut stale = false;
     if let Some(header) = cookie.as_deref() {
-        let is_own = |n: &str| cfg.is_own_cookie(n);
-        let cache = &state.cache;
-        let mut scan = session::scan(
+        let (scan, hit) = session::scan_cached(
             header,
             &cfg.cookie_name,
-            is_own,
-            Some(&|start| cache.len_by_start(start)),
+            |n| cfg.is_own_cookie(n),
+            &state.cache.map,
         );
-        let lookup = |scan: &session::CookieScan| match &scan.session {
-            Ok(Some(sealed)) => cache.get(sealed),
-            _ => None,
-        };
-        let mut hit = lookup(&scan);
-        if hit.is_none() && scan.guided {
-            // Not the cached session its start named: its cookies' ends were guessed, so find them. (The
-            // value found may still be cached, should another cached value start the same way.)
-            scan = session::scan(header, &cfg.cookie_name, is_own, None);
-            hit = lookup(&scan);
-        }
+        let hit = hit.cloned();
         match scan.session {
             Ok(Some(sealed)) => match hit.or_else(|| open_fresh(cfg, state, &sealed, env.now)) {
                 Some(cached) => {

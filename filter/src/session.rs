@@ -224,33 +224,57 @@ pub struct CookieScan<'a> {
     pub session: Result<Option<Cow<'a, str>>, ChunkError>,
     /// The header without our cookies, as [`cookies::strip`] returns it.
     pub stripped: Option<String>,
-    /// Whether the lengths of the session's own cookies were taken from `known` rather than searched for.
-    /// Then the result holds only if `session` is a value this worker has cached (a cached value has no
-    /// `;`, so the search would have ended each cookie at the same place); otherwise scan again without
-    /// `known`.
-    pub guided: bool,
 }
 
 /// The length of the cached sealed value that starts with the first [`EDGE`] bytes of the text given, if
 /// there is one ([`SealedMap::len_by_start`]).
-pub type KnownLen<'k> = &'k dyn Fn(&[u8]) -> Option<usize>;
+type KnownLen<'k> = &'k dyn Fn(&[u8]) -> Option<usize>;
 
 /// [`join_borrowed`] and [`cookies::strip`] in one pass over `header`: the logged-in path needs both,
 /// and a session of several kilobytes makes every pass over the header count. `is_ours` must hold for
 /// `name` and its chunk names, and only for names that start with `name`.
-///
-/// With `known`, the session's cookies are not searched for their ends: a session this worker has cached
+pub fn scan<'a>(header: &'a str, name: &str, is_ours: impl Fn(&str) -> bool) -> CookieScan<'a> {
+    scan_guided(header, name, &is_ours, None).0
+}
+
+/// [`scan`], and the value `cache` holds for the session found, helped by the cache: a session it holds
 /// is recognised by the start of its first part, and the cached value's length says where each of its
-/// cookies ends (see [`CookieScan::guided`]).
-pub fn scan<'a>(
+/// cookies ends, so they are not searched for their ends nor parsed. Whatever the header, the result is
+/// [`scan`]'s, and the value is `cache`'s for its session.
+pub fn scan_cached<'a, 'm, V>(
     header: &'a str,
     name: &str,
     is_ours: impl Fn(&str) -> bool,
+    cache: &'m SealedMap<V>,
+) -> (CookieScan<'a>, Option<&'m V>) {
+    let lookup = |scan: &CookieScan| match &scan.session {
+        Ok(Some(sealed)) => cache.get(sealed),
+        _ => None,
+    };
+    let (scan, guided) = scan_guided(header, name, &is_ours, Some(&|s| cache.len_by_start(s)));
+    let hit = lookup(&scan);
+    if hit.is_some() || !guided {
+        // A cached value has no `;`: the search would have ended each cookie at the same place.
+        return (scan, hit);
+    }
+    // Not the cached session its start named: its cookies' ends were guessed, so find them. (The value
+    // found may still be cached, should another cached value start the same way.)
+    let scan = scan_guided(header, name, &is_ours, None).0;
+    let hit = lookup(&scan);
+    (scan, hit)
+}
+
+/// The one pass behind [`scan`] and [`scan_cached`]; with `known`, also whether a length it gave was
+/// taken for the session's cookies, so that the result holds only if its session is a cached value.
+fn scan_guided<'a>(
+    header: &'a str,
+    name: &str,
+    is_ours: &dyn Fn(&str) -> bool,
     known: Option<KnownLen<'_>>,
-) -> CookieScan<'a> {
+) -> (CookieScan<'a>, bool) {
     let mut judge = ScanJudge {
         name,
-        is_ours: &is_ours,
+        is_ours,
         known,
         first: None,
         parts: [None; MAX_CHUNKS],
@@ -259,13 +283,13 @@ pub fn scan<'a>(
         hinted: None,
     };
     let stripped = cookies::strip_segments(header, name, &mut judge);
-    CookieScan {
+    let scan = CookieScan {
         session: judge
             .first
             .map_or(Ok(None), |first| join_parts(first, &judge.parts)),
         stripped: stripped.into_header(header),
-        guided: judge.guided,
-    }
+    };
+    (scan, judge.guided)
 }
 
 /// [`scan`]'s judge of the segments whose names start with the session's name.
@@ -293,24 +317,22 @@ enum Slot {
 impl<'a> cookies::Judge<'a> for ScanJudge<'a, '_> {
     fn known_len(&mut self, rest: &'a str) -> Option<usize> {
         self.hinted = None;
-        let known = self.known?;
+        self.known?;
         // `rest` starts with the name (the prefix `strip_segments` was given). Bytes, not `str` slices
         // and `parse_index`: this runs on every logged-in request.
         let at = self.name.len();
         let after = rest.as_bytes().get(at..)?;
-        match *after.get(..4)? {
+        match after.first()? {
             // `name=` then `{n}.` then the first part.
-            [b'=', d, b'.', _] if self.first.is_none() => {
-                let n = small_number(d, None)?;
-                self.hint_first(known, rest, n, at + 3)
-            }
-            [b'=', d, e, b'.'] if self.first.is_none() => {
-                let n = small_number(d, Some(e))?;
-                self.hint_first(known, rest, n, at + 4)
+            b'=' if self.first.is_none() => {
+                let (n, value_at) = number_then(after, b'.')?;
+                self.hint_first(rest, n, at + value_at)
             }
             // `name.K=` and part K of the value found above.
-            [b'.', d, b'=', _] => self.hint_part(small_number(d, None)?, at + 3),
-            [b'.', d, e, b'='] => self.hint_part(small_number(d, Some(e))?, at + 4),
+            b'.' => {
+                let (k, value_at) = number_then(after, b'=')?;
+                self.hint_part(k, at + value_at)
+            }
             _ => None,
         }
     }
@@ -337,7 +359,7 @@ impl<'a> cookies::Judge<'a> for ScanJudge<'a, '_> {
             return false;
         };
         // The session's own names are ours by `is_ours`'s contract: each is told apart once.
-        if crate::headers::same_text(cookie, self.name) {
+        if crate::headers::same_bytes(cookie.as_bytes(), self.name.as_bytes()) {
             self.first.get_or_insert(value);
         } else if let Some(i) = chunk_index(self.name, cookie) {
             if let Some(slot) = self.parts.get_mut(i) {
@@ -352,14 +374,8 @@ impl<'a> cookies::Judge<'a> for ScanJudge<'a, '_> {
 
 impl<'a> ScanJudge<'a, '_> {
     /// The length of the first cookie, `n` parts of a value from `value_at` on, if that is a cached value.
-    fn hint_first(
-        &mut self,
-        known: KnownLen<'_>,
-        rest: &str,
-        n: usize,
-        value_at: usize,
-    ) -> Option<usize> {
-        let len = known(rest.as_bytes().get(value_at..)?)?;
+    fn hint_first(&mut self, rest: &str, n: usize, value_at: usize) -> Option<usize> {
+        let len = (self.known?)(rest.as_bytes().get(value_at..)?)?;
         if part_count(len) != n {
             return None;
         }
@@ -381,6 +397,16 @@ impl<'a> ScanJudge<'a, '_> {
         let seg = value_at + part_len(len, k);
         self.hinted = Some((seg, value_at, Slot::Part(k)));
         Some(seg)
+    }
+}
+
+/// The one- or two-digit number after `b`'s first byte and followed by `end`, and where the byte past
+/// `end` is.
+fn number_then(b: &[u8], end: u8) -> Option<(usize, usize)> {
+    match *b.get(1..4)? {
+        [d, t, _] if t == end => Some((small_number(d, None)?, 3)),
+        [d, e, t] if t == end => Some((small_number(d, Some(e))?, 4)),
+        _ => None,
     }
 }
 
@@ -510,7 +536,7 @@ impl<V> SealedMap<V> {
         for (k, _) in self.buckets.get(&self.hash_head(head))? {
             if let Some(h) = k.as_bytes().first_chunk::<EDGE>()
                 && k.len() > EDGE
-                && crate::headers::same_prefix(h, head)
+                && crate::headers::same_bytes(h, head)
             {
                 return Some(k.len());
             }
@@ -1144,10 +1170,10 @@ mod tests {
             " oidc_session = 1.abc ; a = 1 ",
         ];
         for h in headers {
-            let scan = scan(h, NAME, ours, None);
+            let scan = scan(h, NAME, ours);
             assert_eq!(scan.session, join_borrowed(h, NAME), "{h:?}");
             assert_eq!(scan.stripped, cookies::strip(h, NAME, ours), "{h:?}");
-            assert!(!scan.guided);
+            assert!(!scan_guided(h, NAME, &ours, None).1);
         }
     }
 
@@ -1190,11 +1216,22 @@ mod tests {
             .collect()
     }
 
-    /// `scan` guided by `map`, and what it must agree with whenever its session is one `map` holds.
-    fn guided<'a>(h: &'a str, map: &SealedMap<()>) -> (CookieScan<'a>, CookieScan<'a>) {
+    /// The scan guided by `map` (and whether a length was taken from it), and what it must agree with
+    /// whenever its session is one `map` holds. Checks that `scan_cached` gives the plain scan and the
+    /// value `map` holds for its session, whatever the header.
+    fn guided<'a>(h: &'a str, map: &SealedMap<()>) -> ((CookieScan<'a>, bool), CookieScan<'a>) {
         let ours = |c: &str| is_session_cookie(NAME, c);
-        let guided = scan(h, NAME, ours, Some(&|start| map.len_by_start(start)));
-        (guided, scan(h, NAME, ours, None))
+        let guided = scan_guided(h, NAME, &ours, Some(&|start| map.len_by_start(start)));
+        let plain = scan(h, NAME, ours);
+        let value = match &plain.session {
+            Ok(Some(s)) => map.get(s),
+            _ => None,
+        };
+        assert_eq!(
+            scan_cached(h, NAME, ours, map),
+            (scan(h, NAME, ours), value)
+        );
+        (guided, plain)
     }
 
     #[test]
@@ -1227,17 +1264,10 @@ mod tests {
                 reversed.join("; "),
             ];
             for h in &headers {
-                let (guided, plain) = guided(h, &map);
-                assert!(guided.guided, "{len} {h:.60}");
+                let ((guided, was_guided), plain) = guided(h, &map);
+                assert!(was_guided, "{len} {h:.60}");
                 assert_eq!(guided.session, Ok(Some(Cow::Borrowed(sealed.as_str()))));
-                assert_eq!(
-                    guided,
-                    CookieScan {
-                        guided: true,
-                        ..plain
-                    },
-                    "{len} {h:.60}"
-                );
+                assert_eq!(guided, plain, "{len} {h:.60}");
             }
         }
     }
@@ -1293,19 +1323,12 @@ mod tests {
         ];
         let (mut cached, mut misled) = (0, 0);
         for h in &headers {
-            let (guided, plain) = guided(h, &map);
+            let ((guided, was_guided), plain) = guided(h, &map);
             let hit = matches!(&guided.session, Ok(Some(s)) if map.get(s).is_some());
             if hit {
                 cached += 1;
-                assert_eq!(
-                    guided,
-                    CookieScan {
-                        guided: true,
-                        ..plain
-                    },
-                    "{h:.80}"
-                );
-            } else if guided.guided {
+                assert_eq!(guided, plain, "{h:.80}");
+            } else if was_guided {
                 misled += 1;
             } else {
                 assert_eq!(guided, plain, "{h:.80}");
