@@ -4,6 +4,7 @@
 //! about 16 µs/KB against about 3 µs/KB for ChaCha. The 24-byte nonce is safe to pick at random.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -227,7 +228,7 @@ pub struct CookieScan<'a> {
 }
 
 /// The length of the cached sealed value that starts with the first [`EDGE`] bytes of the text given, if
-/// there is one ([`SealedMap::len_by_start`]).
+/// there is one ([`SealedMap::entry_by_start`]).
 type KnownLen<'k> = &'k dyn Fn(&[u8]) -> Option<usize>;
 
 /// [`join_borrowed`] and [`cookies::strip`] in one pass over `header`: the logged-in path needs both,
@@ -251,11 +252,24 @@ pub fn scan_cached<'a, 'm, V>(
         Ok(Some(sealed)) => cache.get(sealed),
         _ => None,
     };
-    let (scan, guided) = scan_guided(header, name, &is_ours, Some(&|s| cache.len_by_start(s)));
-    let hit = lookup(&scan);
-    if hit.is_some() || !guided {
-        // A cached value has no `;`: the search would have ended each cookie at the same place.
+    // The cached entry the start of the first session cookie named, kept so that the session found is
+    // compared with it without hashing its start again.
+    let named = Cell::new(None);
+    let known = |start: &[u8]| {
+        let entry = cache.entry_by_start(start)?;
+        named.set(Some(entry));
+        Some(entry.0.len())
+    };
+    let (scan, guided) = scan_guided(header, name, &is_ours, Some(&known));
+    if !guided {
+        let hit = lookup(&scan);
         return (scan, hit);
+    }
+    if let (Ok(Some(sealed)), Some((key, value))) = (&scan.session, named.get())
+        && same(sealed.as_bytes(), key.as_bytes())
+    {
+        // A cached value has no `;`: the search would have ended each cookie at the same place.
+        return (scan, Some(value));
     }
     // Not the cached session its start named: its cookies' ends were guessed, so find them. (The value
     // found may still be cached, should another cached value start the same way.)
@@ -279,7 +293,6 @@ fn scan_guided<'a>(
         first: None,
         parts: [None; MAX_CHUNKS],
         sealed_len: None,
-        guided: false,
         hinted: None,
     };
     let stripped = cookies::strip_segments(header, name, &mut judge);
@@ -289,7 +302,7 @@ fn scan_guided<'a>(
             .map_or(Ok(None), |first| join_parts(first, &judge.parts)),
         stripped: stripped.into_header(header),
     };
-    (scan, judge.guided)
+    (scan, judge.sealed_len.is_some())
 }
 
 /// [`scan`]'s judge of the segments whose names start with the session's name.
@@ -300,9 +313,9 @@ struct ScanJudge<'a, 'n> {
     /// The first `name` cookie's value, and the first value of each chunk.
     first: Option<&'a str>,
     parts: [Option<&'a str>; MAX_CHUNKS],
-    /// The length of the cached value the first `name` cookie seems to hold.
+    /// The length of the cached value the first `name` cookie seems to hold: once set, the scan's result
+    /// holds only if its session is a cached value.
     sealed_len: Option<usize>,
-    guided: bool,
     /// The segment just ended by a known length: that length, where its value starts, and its slot.
     hinted: Option<(usize, usize, Slot)>,
 }
@@ -380,7 +393,6 @@ impl<'a> ScanJudge<'a, '_> {
             return None;
         }
         self.sealed_len = Some(len);
-        self.guided = true;
         let seg = value_at + part_len(len, 0);
         // The first cookie's value is `{n}.` and the part.
         self.hinted = Some((seg, self.name.len() + 1, Slot::First));
@@ -487,7 +499,7 @@ pub fn is_session_cookie(base: &str, cookie_name: &str) -> bool {
 /// only (a sealed value starts with its random nonce, so its start is as distinct as the whole), and
 /// compared whole, a block at a time. A lookup then costs the same hash for an 8 KB session as for a
 /// 1 KB one, and one fast pass over the key; and the start of a value is enough to find the cached value
-/// it may be ([`SealedMap::len_by_start`]).
+/// it may be ([`SealedMap::entry_by_start`]).
 ///
 /// Keys are secrets, so the comparison does not stop at the first differing byte; and to reach a
 /// comparison at all, a key must share its start with a stored one.
@@ -528,17 +540,17 @@ impl<V> SealedMap<V> {
             .map(|(_, v)| v)
     }
 
-    /// The length of a stored key longer than [`EDGE`] bytes whose first `EDGE` bytes are those of `start`
-    /// (the first such key, should two share them). What the session scan asks to end the session's
+    /// A stored key longer than [`EDGE`] bytes whose first `EDGE` bytes are those of `start` (the first
+    /// such key, should two share them), and its value. What the session scan asks to end the session's
     /// cookies without searching them; nothing is decided by it alone.
-    pub fn len_by_start(&self, start: &[u8]) -> Option<usize> {
+    pub fn entry_by_start(&self, start: &[u8]) -> Option<(&str, &V)> {
         let head = start.first_chunk::<EDGE>()?;
-        for (k, _) in self.buckets.get(&self.hash_head(head))? {
+        for (k, v) in self.buckets.get(&self.hash_head(head))? {
             if let Some(h) = k.as_bytes().first_chunk::<EDGE>()
                 && k.len() > EDGE
                 && crate::headers::same_bytes(h, head)
             {
-                return Some(k.len());
+                return Some((k, v));
             }
         }
         None
@@ -1221,7 +1233,8 @@ mod tests {
     /// value `map` holds for its session, whatever the header.
     fn guided<'a>(h: &'a str, map: &SealedMap<()>) -> ((CookieScan<'a>, bool), CookieScan<'a>) {
         let ours = |c: &str| is_session_cookie(NAME, c);
-        let guided = scan_guided(h, NAME, &ours, Some(&|start| map.len_by_start(start)));
+        let by_start = |start: &[u8]| map.entry_by_start(start).map(|(k, _)| k.len());
+        let guided = scan_guided(h, NAME, &ours, Some(&by_start));
         let plain = scan(h, NAME, ours);
         let value = match &plain.session {
             Ok(Some(s)) => map.get(s),
