@@ -284,7 +284,8 @@ pub enum Chain {
     Lua,
     /// oidc-filter alone.
     Oidc,
-    /// oidc-filter, `jwt_authn` (with `jwt_cache_config`) and `rbac`: Istio's chain.
+    /// oidc-filter, `jwt_authn` and `rbac`: Istio's chain (`jwt_authn` as istiod generates it, unless the
+    /// variant asks for its verified-token cache).
     OidcIstio,
     /// Envoy's native OAuth2 filter.
     OAuth2,
@@ -334,6 +335,8 @@ pub struct Variant {
     pub compare: bool,
     /// oidc-filter sets its default identity headers (`false`: configured with `identity_headers: {}`).
     pub identity_headers: bool,
+    /// `jwt_authn` keeps verified tokens (`jwt_cache_config`), which istiod never sets.
+    pub jwt_cache: bool,
     /// The side-by-side configuration this one repeats (a rivals row), for its instruction count.
     pub same_as: Option<String>,
 }
@@ -884,6 +887,7 @@ impl Ctx<'_> {
             other_cookies: None,
             compare: false,
             identity_headers: true,
+            jwt_cache: false,
             same_as: None,
         };
         let session = |c: &str| Cookies::Header(c.to_string());
@@ -973,12 +977,23 @@ impl Ctx<'_> {
                     ),
                     v(
                         "oidc-istio",
-                        "oidc-filter + jwt_authn (cached) + RBAC",
+                        "oidc-filter + jwt_authn + RBAC, as istiod generates them",
                         Chain::OidcIstio,
                         session(real),
                         up,
                         Some("none"),
                     ),
+                    Variant {
+                        jwt_cache: true,
+                        ..v(
+                            "oidc-istio-cached",
+                            "oidc-filter + jwt_authn with jwt_cache_config + RBAC",
+                            Chain::OidcIstio,
+                            session(real),
+                            up,
+                            Some("none"),
+                        )
+                    },
                     v(
                         "oauth2-session",
                         oauth2,
@@ -1436,7 +1451,7 @@ impl Ctx<'_> {
                     }),
                 ));
                 if v.chain == Chain::OidcIstio {
-                    filters.push(self.jwt_authn(&idp_cluster));
+                    filters.push(self.jwt_authn(&idp_cluster, v.jwt_cache));
                     filters.push(rbac());
                 }
             }
@@ -1503,26 +1518,30 @@ impl Ctx<'_> {
         }))
     }
 
-    /// Istio's `RequestAuthentication`, with the verified-token cache on.
-    fn jwt_authn(&self, idp_cluster: &str) -> Value {
+    /// Istio's `RequestAuthentication`: the provider istiod generates for one `jwtRules` entry (no
+    /// verified-token cache: istiod never sets `jwt_cache_config`, so every request's token signature
+    /// is checked), or with `jwt_cache_config` added, as an EnvoyFilter patch could.
+    fn jwt_authn(&self, idp_cluster: &str, cache: bool) -> Value {
+        let mut provider = json!({
+            "issuer": self.login.issuer,
+            "audiences": [self.login.client_id],
+            "remote_jwks": {
+                "http_uri": { "uri": format!("{}/jwks", self.login.issuer), "cluster": idp_cluster, "timeout": "5s" },
+                "cache_duration": "300s",
+            },
+            "forward": true,
+            "from_headers": [{ "name": "Authorization", "value_prefix": "Bearer " }],
+            "payload_in_metadata": "payload",
+            "normalize_payload_in_metadata": { "space_delimited_claims": ["permission", "scope"] },
+        });
+        if cache {
+            provider["jwt_cache_config"] = json!({ "jwt_cache_size": 100 });
+        }
         json!({
             "name": "envoy.filters.http.jwt_authn",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-                "providers": {
-                    "bench-idp": {
-                        "issuer": self.login.issuer,
-                        "audiences": [self.login.client_id],
-                        "remote_jwks": {
-                            "http_uri": { "uri": format!("{}/jwks", self.login.issuer), "cluster": idp_cluster, "timeout": "5s" },
-                            "cache_duration": "300s",
-                        },
-                        "forward": true,
-                        "from_headers": [{ "name": "Authorization", "value_prefix": "Bearer " }],
-                        "payload_in_metadata": "payload",
-                        "jwt_cache_config": { "jwt_cache_size": 100 },
-                    },
-                },
+                "providers": { "bench-idp": provider },
                 "rules": [{
                     "match": { "prefix": "/" },
                     "requires": {
@@ -1531,6 +1550,7 @@ impl Ctx<'_> {
                         },
                     },
                 }],
+                "bypass_cors_preflight": true,
             },
         })
     }
@@ -3281,6 +3301,7 @@ mod tests {
             other_cookies: None,
             compare: false,
             identity_headers: true,
+            jwt_cache: false,
             same_as: None,
         }
     }
