@@ -977,7 +977,7 @@ impl Ctx<'_> {
                     ),
                     v(
                         "oidc-istio",
-                        "oidc-filter + jwt_authn + RBAC, as istiod generates them",
+                        "oidc-filter + jwt_authn + RBAC, as istiod sets them",
                         Chain::OidcIstio,
                         session(real),
                         up,
