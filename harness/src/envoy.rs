@@ -420,6 +420,11 @@ impl EnvoyConfig {
                         "forward": true,
                         "from_headers": [{ "name": "Authorization", "value_prefix": "Bearer " }],
                         "payload_in_metadata": "payload",
+                        // As istiod sets every provider (`RequestAuthentication`'s
+                        // `spaceDelimitedClaims` adds to these two).
+                        "normalize_payload_in_metadata": {
+                            "space_delimited_claims": ["permission", "scope"],
+                        },
                     }),
                 )
             };
@@ -461,6 +466,7 @@ impl EnvoyConfig {
                     "match": { "prefix": "/" },
                     "requires": { "requires_any": { "requirements": requirements } },
                 }],
+                "bypass_cors_preflight": true,
             },
         }))
     }
