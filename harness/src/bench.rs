@@ -1452,7 +1452,7 @@ impl Ctx<'_> {
                 ));
                 if v.chain == Chain::OidcIstio {
                     filters.push(self.jwt_authn(&idp_cluster, v.jwt_cache));
-                    filters.push(rbac());
+                    filters.push(crate::envoy::rbac_filter(&[], &[]));
                 }
             }
             Chain::OAuth2 => filters.push(self.oauth2_filter(&idp_cluster)),
@@ -1518,41 +1518,17 @@ impl Ctx<'_> {
         }))
     }
 
-    /// Istio's `RequestAuthentication`: the provider istiod generates for one `jwtRules` entry (no
-    /// verified-token cache: istiod never sets `jwt_cache_config`, so every request's token signature
-    /// is checked), or with `jwt_cache_config` added, as an EnvoyFilter patch could.
+    /// Istio's `RequestAuthentication` as istiod generates it ([`crate::envoy::jwt_provider`]), or with
+    /// `jwt_cache_config` added, as an EnvoyFilter patch could.
     fn jwt_authn(&self, idp_cluster: &str, cache: bool) -> Value {
-        let mut provider = json!({
-            "issuer": self.login.issuer,
-            "audiences": [self.login.client_id],
-            "remote_jwks": {
-                "http_uri": { "uri": format!("{}/jwks", self.login.issuer), "cluster": idp_cluster, "timeout": "5s" },
-                "cache_duration": "300s",
-            },
-            "forward": true,
-            "from_headers": [{ "name": "Authorization", "value_prefix": "Bearer " }],
-            "payload_in_metadata": "payload",
-            "normalize_payload_in_metadata": { "space_delimited_claims": ["permission", "scope"] },
-        });
+        let jwks = format!("{}/jwks", self.login.issuer);
+        let audiences = [self.login.client_id.clone()];
+        let mut provider =
+            crate::envoy::jwt_provider(&self.login.issuer, &audiences, &jwks, idp_cluster);
         if cache {
             provider["jwt_cache_config"] = json!({ "jwt_cache_size": 100 });
         }
-        json!({
-            "name": "envoy.filters.http.jwt_authn",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-                "providers": { "bench-idp": provider },
-                "rules": [{
-                    "match": { "prefix": "/" },
-                    "requires": {
-                        "requires_any": {
-                            "requirements": [{ "provider_name": "bench-idp" }, { "allow_missing": {} }],
-                        },
-                    },
-                }],
-                "bypass_cors_preflight": true,
-            },
-        })
+        crate::envoy::jwt_authn_filter(vec![("bench-idp".into(), provider)])
     }
 
     fn oauth2_filter(&self, idp_cluster: &str) -> Value {
@@ -2198,32 +2174,6 @@ end
 }
 
 /// Istio's `AuthorizationPolicy` requiring a verified principal.
-fn rbac() -> Value {
-    json!({
-        "name": "envoy.filters.http.rbac",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
-            "rules": {
-                "action": "ALLOW",
-                "policies": {
-                    "require-principal": {
-                        "permissions": [{ "any": true }],
-                        "principals": [{
-                            "sourced_metadata": {
-                                "metadata_matcher": {
-                                    "filter": "envoy.filters.http.jwt_authn",
-                                    "path": [{ "key": "payload" }, { "key": "sub" }],
-                                    "value": { "present_match": true },
-                                },
-                            },
-                        }],
-                    },
-                },
-            },
-        },
-    })
-}
-
 fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     let mut block = [0u8; 64];
     if key.len() > block.len() {

@@ -406,73 +406,75 @@ impl EnvoyConfig {
     }
 
     fn jwt_authn(&self, site: &EnvoySite, idp_cluster: &str) -> Result<Value> {
-        let provider =
-            |name: &str, issuer: &str, audiences: &[String], jwks: &str, cluster: &str| {
-                (
-                    name.to_string(),
-                    json!({
-                        "issuer": issuer,
-                        "audiences": audiences,
-                        "remote_jwks": {
-                            "http_uri": { "uri": jwks, "cluster": cluster, "timeout": "5s" },
-                            "cache_duration": "300s",
-                        },
-                        "forward": true,
-                        "from_headers": [{ "name": "Authorization", "value_prefix": "Bearer " }],
-                        "payload_in_metadata": "payload",
-                        // As istiod sets every provider (`RequestAuthentication`'s
-                        // `spaceDelimitedClaims` adds to these two).
-                        "normalize_payload_in_metadata": {
-                            "space_delimited_claims": ["permission", "scope"],
-                        },
-                    }),
-                )
-            };
         let mut providers = Vec::new();
         if site.jwt_issuers.is_empty() {
-            let name = format!("{}-idp", site.name);
             let audiences = [site.client_id.clone()];
-            providers.push(provider(
-                &name,
-                &self.issuer,
-                &audiences,
-                &self.jwks_uri,
-                idp_cluster,
+            providers.push((
+                format!("{}-idp", site.name),
+                jwt_provider(&self.issuer, &audiences, &self.jwks_uri, idp_cluster),
             ));
         }
         for (i, j) in site.jwt_issuers.iter().enumerate() {
-            let name = format!("{}-idp-{i}", site.name);
             let jwks = format!("{}/jwks", j.issuer.trim_end_matches('/'));
-            providers.push(provider(
-                &name,
-                &j.issuer,
-                &j.audiences,
-                &jwks,
-                &cluster_name(&j.issuer)?,
+            providers.push((
+                format!("{}-idp-{i}", site.name),
+                jwt_provider(&j.issuer, &j.audiences, &jwks, &cluster_name(&j.issuer)?),
             ));
         }
-        let mut requirements: Vec<Value> = providers
-            .iter()
-            .map(|(name, _)| json!({ "provider_name": name }))
-            .collect();
-        requirements.push(json!({ "allow_missing": {} }));
-        let providers: serde_json::Map<String, Value> = providers.into_iter().collect();
-        Ok(json!({
-            "name": "envoy.filters.http.jwt_authn",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-                "providers": providers,
-                "rules": [{
-                    "match": { "prefix": "/" },
-                    "requires": { "requires_any": { "requirements": requirements } },
-                }],
-                "bypass_cors_preflight": true,
-            },
-        }))
+        Ok(jwt_authn_filter(providers))
     }
 }
 
+/// One `jwt_authn` provider as istiod generates it for a `RequestAuthentication`'s `jwtRules` entry
+/// (`forwardOriginalToken: true`, keys fetched by Envoy): no verified-token cache, since istiod never sets
+/// `jwt_cache_config`.
+pub fn jwt_provider(issuer: &str, audiences: &[String], jwks_uri: &str, cluster: &str) -> Value {
+    json!({
+        "issuer": issuer,
+        "audiences": audiences,
+        "remote_jwks": {
+            "http_uri": { "uri": jwks_uri, "cluster": cluster, "timeout": "5s" },
+            "cache_duration": "300s",
+        },
+        "forward": true,
+        "from_headers": [{ "name": "Authorization", "value_prefix": "Bearer " }],
+        "payload_in_metadata": "payload",
+        // As istiod sets every provider (`RequestAuthentication`'s `spaceDelimitedClaims` adds to these
+        // two).
+        "normalize_payload_in_metadata": { "space_delimited_claims": ["permission", "scope"] },
+    })
+}
+
+/// The `jwt_authn` filter istiod generates for these named providers: a token, if there is one, must be
+/// valid for one of them.
+pub fn jwt_authn_filter(providers: Vec<(String, Value)>) -> Value {
+    let mut requirements: Vec<Value> = providers
+        .iter()
+        .map(|(name, _)| json!({ "provider_name": name }))
+        .collect();
+    requirements.push(json!({ "allow_missing": {} }));
+    let providers: serde_json::Map<String, Value> = providers.into_iter().collect();
+    json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": providers,
+            "rules": [{
+                "match": { "prefix": "/" },
+                "requires": { "requires_any": { "requirements": requirements } },
+            }],
+            "bypass_cors_preflight": true,
+        },
+    })
+}
+
 fn rbac(site: &EnvoySite) -> Value {
+    rbac_filter(&site.bypass_paths, &site.open_paths)
+}
+
+/// The `rbac` filter of an `AuthorizationPolicy` that requires a request principal (a token `jwt_authn`
+/// accepted), except on these path prefixes and exact paths.
+pub fn rbac_filter(bypass_prefixes: &[String], open_paths: &[String]) -> Value {
     let mut policies = serde_json::Map::new();
     policies.insert(
         "require-principal".into(),
@@ -490,9 +492,9 @@ fn rbac(site: &EnvoySite) -> Value {
             }],
         }),
     );
-    if !site.bypass_paths.is_empty() || !site.open_paths.is_empty() {
-        let prefixes = site.bypass_paths.iter().map(|p| json!({ "prefix": p }));
-        let exact = site.open_paths.iter().map(|p| json!({ "exact": p }));
+    if !bypass_prefixes.is_empty() || !open_paths.is_empty() {
+        let prefixes = bypass_prefixes.iter().map(|p| json!({ "prefix": p }));
+        let exact = open_paths.iter().map(|p| json!({ "exact": p }));
         let rules: Vec<Value> = prefixes
             .chain(exact)
             .map(|m| json!({ "url_path": { "path": m } }))
