@@ -6,13 +6,31 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::config::{Plugin, Unmatched};
+use crate::config::{Config, Plugin, Unmatched};
 use crate::flow::{self, CallbackFailure, Callout, Env, Metric, Pending, RefreshJob, State, Step};
 use crate::headers::{self, HeaderBlock};
 use crate::host::{self, Action, Buffer, Headers, LogLevel};
 use crate::provider::Fetch;
 use crate::renewal::{self, Renewal};
 use crate::revocation::Revocations;
+
+/// After a back-channel logout was recorded (`step` answers it with 200), hands this worker's list of
+/// ended sessions to the others through Envoy's shared data.
+fn share_revocations(cfg: &Config, state: &State, step: &Step) {
+    if !matches!(step, Step::Respond(r) if r.metric == Some(Metric::BackchannelLogout)) {
+        return;
+    }
+    let key = revocation_key(cfg);
+    // Compare-and-swap, so two workers recording at once don't lose each other's entry.
+    for _ in 0..8 {
+        let (bytes, cas) = host::get_shared_data(&key).unwrap_or((None, None));
+        let mut merged = bytes.map(|b| Revocations::decode(&b)).unwrap_or_default();
+        merged.merge(&state.revoked);
+        if host::set_shared_data(&key, &merged.encode(), cas).is_ok() {
+            break;
+        }
+    }
+}
 
 /// Envoy's shared data is shared by every worker's VM of this plugin: the one place a logout reaches them all.
 fn revocation_key(cfg: &crate::config::Config) -> String {
@@ -475,6 +493,7 @@ impl Http {
                 *pending,
                 reply.as_ref().map(|(st, b)| (*st, b.as_slice())),
             );
+            share_revocations(cfg, state, &step);
             // A renewal this request claimed has ended (unless it now fetches keys): publish it, or let go.
             let renewed = match (&step, &self.renewing) {
                 (Step::Call(..), _) | (_, None) => None,
@@ -704,18 +723,7 @@ impl Http {
                 random: &mut random,
             };
             let step = flow::on_backchannel_logout(cfg, state, &env, body);
-            if matches!(&step, Step::Respond(r) if r.status == 200) {
-                let key = revocation_key(cfg);
-                // Compare-and-swap, so two workers recording at once don't lose each other's entry.
-                for _ in 0..8 {
-                    let (bytes, cas) = host::get_shared_data(&key).unwrap_or((None, None));
-                    let mut merged = bytes.map(|b| Revocations::decode(&b)).unwrap_or_default();
-                    merged.merge(&state.revoked);
-                    if host::set_shared_data(&key, &merged.encode(), cas).is_ok() {
-                        break;
-                    }
-                }
-            }
+            share_revocations(cfg, state, &step);
             step
         };
         self.run(step, None)

@@ -127,6 +127,8 @@ pub enum Pending {
     Refresh(RefreshJob),
     /// The JWKS, fetched because the refreshed ID token named an unknown `kid`.
     RefreshJwks(RefreshJob, TokenResponse),
+    /// The JWKS, fetched because a back-channel logout token named an unknown `kid`.
+    LogoutJwks(String),
 }
 
 #[derive(Debug)]
@@ -437,7 +439,11 @@ fn with_session(
         return None;
     }
     let cookie = Some(stripped);
-    if now + cfg.refresh_margin < s.token_expires_at {
+    // A margin as long as the token's life would renew on every request: at most half of that life.
+    let margin = cfg
+        .refresh_margin
+        .min(s.token_expires_at.saturating_sub(cached.iat) / 2);
+    if now.saturating_add(margin) < s.token_expires_at {
         return Some(forward_session(cfg, h, &cached, cookie, target));
     }
     let Some(refresh_token) = s.refresh_token.clone() else {
@@ -857,6 +863,15 @@ pub fn on_reply(
             }
             finish_refresh(cfg, state, env, job, tokens, false)
         }
+        Pending::LogoutJwks(token) => {
+            if let Some(jwks) = reply
+                .filter(|(s, _)| *s == 200)
+                .and_then(|(_, b)| Jwks::parse(b).ok())
+            {
+                state.provider.install_jwks(jwks, env.now);
+            }
+            logout_with(cfg, state, env.now, token, false)
+        }
     }
 }
 
@@ -1240,7 +1255,8 @@ fn new_session(
             }
             (
                 Some(tokens.access_token.clone()),
-                now + tokens.expires_in.unwrap_or(3600),
+                // The IdP's figure, unchecked in size: an hour when it gives none (or 0).
+                now.saturating_add(tokens.expires_in.filter(|&e| e > 0).unwrap_or(3600)),
             )
         }
     };
@@ -1271,7 +1287,12 @@ fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>
         .filter_map(|k| all.get(k).map(|v| (k.clone(), v.clone())))
         .collect();
     let sid = all.get("sid").and_then(|v| v.as_str()).map(str::to_string);
-    let iat = all.get("iat").and_then(|v| v.as_u64()).unwrap_or(0);
+    // As the ID token's check read it: a NumericDate may carry a fraction.
+    let iat = all
+        .get("iat")
+        .and_then(json::Value::as_number)
+        .and_then(json::Number::floor_u64)
+        .unwrap_or(0);
     (kept, sid, iat)
 }
 
@@ -1291,46 +1312,71 @@ pub fn on_backchannel_logout(cfg: &Config, state: &mut State, env: &Env, body: &
     let token = form::parse(body)
         .find(|(k, _)| k == "logout_token")
         .map(|(_, v)| v);
-    let reply = |status: u16, error: &str| {
-        let body = if error.is_empty() {
-            String::new()
-        } else {
-            json::object_of_strings(&[("error", error)])
-        };
-        Step::Respond(Reply {
-            status,
-            headers: vec![
-                ("cache-control", "no-store".into()),
-                ("content-type", "application/json".into()),
-            ],
-            body: body.into(),
-            metric: None,
-        })
-    };
     let Some(token) = token else {
-        return reply(400, "invalid_request");
+        return logout_reply(400, "invalid_request");
     };
+    logout_with(cfg, state, env.now, token, true)
+}
+
+/// The answer to a logout token, as the spec says: 200, or 400 with a JSON error. A token signed with a
+/// key this worker does not know yet fetches the JWKS first (`may_refetch`), as a login does: the IdP
+/// does not post it again.
+fn logout_with(
+    cfg: &Config,
+    state: &mut State,
+    now: u64,
+    token: String,
+    may_refetch: bool,
+) -> Step {
     let Some(provider) = state.provider.ready() else {
-        return reply(503, "temporarily_unavailable");
+        return logout_reply(503, "temporarily_unavailable");
     };
     match logout_token::verify(
         &token,
         &provider.jwks,
         &cfg.issuer,
         &cfg.client_id,
-        env.now,
+        now,
         cfg.clock_leeway,
     ) {
         Ok(logout) => {
-            state.revoked.add(&logout, env.now, cfg.session_lifetime);
-            let mut r = reply(200, "");
+            state.revoked.add(&logout, now, cfg.session_lifetime);
+            let mut r = logout_reply(200, "");
             if let Step::Respond(r) = &mut r {
                 r.metric = Some(Metric::BackchannelLogout);
             }
             r
         }
-        Err(_) => reply(400, "invalid_request"),
+        Err(logout_token::LogoutTokenError::Token(IdTokenError::UnknownKid))
+            if may_refetch && state.provider.may_refetch_for_kid(now) =>
+        {
+            match state.provider.ready() {
+                Some(p) => Step::Call(
+                    Callout::get(cfg, &p.meta.jwks_uri),
+                    Box::new(Pending::LogoutJwks(token)),
+                ),
+                None => logout_reply(503, "temporarily_unavailable"),
+            }
+        }
+        Err(_) => logout_reply(400, "invalid_request"),
     }
+}
+
+fn logout_reply(status: u16, error: &str) -> Step {
+    let body = if error.is_empty() {
+        String::new()
+    } else {
+        json::object_of_strings(&[("error", error)])
+    };
+    Step::Respond(Reply {
+        status,
+        headers: vec![
+            ("cache-control", "no-store".into()),
+            ("content-type", "application/json".into()),
+        ],
+        body: body.into(),
+        metric: None,
+    })
 }
 
 /// Removes every configured identity header: on anonymous requests no client-sent copy may pass.

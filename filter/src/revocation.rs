@@ -28,7 +28,15 @@ impl Revocations {
         let until = now.saturating_add(lifetime);
         match (&logout.sid, &logout.sub) {
             (Some(sid), _) => upsert(&mut self.sids, sid, until, |e, v| *e = v),
-            (None, Some(sub)) => upsert(&mut self.subs, sub, (now, until), |e, v| *e = v),
+            // Dated by the token, not by its arrival: sessions are judged by their ID token's `iat`, on
+            // the IdP's clock too, and a replayed token then ends nothing begun after the logout.
+            (None, Some(sub)) => upsert(
+                &mut self.subs,
+                sub,
+                (logout.iat.min(now), until),
+                // An older token arriving late moves neither time back.
+                |e, v| *e = (e.0.max(v.0), e.1.max(v.1)),
+            ),
             (None, None) => {}
         }
         self.cap();
@@ -137,12 +145,45 @@ fn evict_oldest<V>(list: &mut Vec<(String, V)>, until: impl Fn(&V) -> u64) {
 mod tests {
     use super::*;
 
+    /// A logout token issued no earlier than it arrives: dated by its arrival.
     fn logout(sid: Option<&str>, sub: Option<&str>) -> Logout {
         Logout {
             sid: sid.map(Into::into),
             sub: sub.map(Into::into),
-            iat: 0,
+            iat: u64::MAX,
         }
+    }
+
+    #[test]
+    fn a_logout_by_sub_is_dated_by_its_token_and_a_replay_ends_nothing_newer() {
+        let mut r = Revocations::default();
+        let token = Logout {
+            sid: None,
+            sub: Some("alice".into()),
+            iat: 1000,
+        };
+        r.add(&token, 1005, 3600);
+        assert!(r.is_revoked(None, "alice", 1000));
+        assert!(
+            !r.is_revoked(None, "alice", 1001),
+            "a login after the logout stands, though the token arrived later"
+        );
+        // The same token replayed an hour later: the session begun since stays.
+        r.add(&token, 4600, 3600);
+        assert!(!r.is_revoked(None, "alice", 2000));
+        assert!(r.is_revoked(None, "alice", 999));
+        // A later logout, then a late copy of the earlier one: the later one holds.
+        r.add(
+            &Logout {
+                iat: 3000,
+                ..token.clone()
+            },
+            4700,
+            3600,
+        );
+        r.add(&token, 4800, 3600);
+        assert!(r.is_revoked(None, "alice", 2000));
+        assert!(!r.is_revoked(None, "alice", 3001));
     }
 
     #[test]

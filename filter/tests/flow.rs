@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use common::*;
-use oidc_filter::flow::{CallbackFailure, Metric};
+use oidc_filter::flow::{CallbackFailure, Metric, Step};
 use oidc_filter::oidc::pkce;
 use oidc_filter::provider::Fetch;
 use serde_json::json;
@@ -1674,4 +1674,152 @@ fn rd_pointing_at_our_own_endpoints_ends_at_root() {
         start_login(&mut f, "?rd=/login-help").sealed.rd,
         "/login-help"
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Found in review: IdP figures at their edges, back-channel logout
+// ---------------------------------------------------------------------------------------------------------
+
+/// An ID token signed with the ES384 test key, which `jwks_without_es256()` still holds.
+fn es384_token(claims: &serde_json::Value) -> String {
+    let pem = include_str!("../../testdata/jwks/private/es384-1.pem");
+    let key = jwt_simple::prelude::ES384KeyPair::from_pem(pem)
+        .unwrap()
+        .with_key_id("es384-1");
+    let custom = claims.as_object().unwrap().clone();
+    let mut c = jwt_simple::prelude::Claims::with_custom_claims(
+        custom,
+        jwt_simple::prelude::Duration::from_secs(1),
+    );
+    (c.issued_at, c.expires_at, c.invalid_before) = (None, None, None);
+    jwt_simple::prelude::ECDSAP384KeyPairLike::sign(&key, c).unwrap()
+}
+
+/// A back-channel logout token for `user-1`, issued at `iat`, as the form body the IdP posts.
+fn logout_body(
+    iat: u64,
+    sid: Option<&str>,
+    sign: impl Fn(&serde_json::Value) -> String,
+) -> Vec<u8> {
+    let mut c = json!({
+        "iss": ISSUER, "aud": CLIENT_ID, "iat": iat, "exp": iat + 120, "jti": format!("j-{iat}"),
+        "sub": "user-1",
+        "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+    });
+    if let Some(sid) = sid {
+        c["sid"] = sid.into();
+    }
+    format!("logout_token={}", sign(&c)).into_bytes()
+}
+
+fn status(step: Step) -> u16 {
+    respond(step).status
+}
+
+#[test]
+fn an_access_token_with_an_absurd_or_zero_expires_in_still_makes_a_session() {
+    for expires_in in [json!("18446744073709551615"), json!(0)] {
+        let mut f = Filter::ready(config(json!({"forward_token": "access_token"})));
+        let login = start_login(&mut f, "?rd=/app");
+        let (_, pending) = call(f.request(&login.callback("code-1", &Jar::default())));
+        let mut body = serde_json::from_slice::<serde_json::Value>(&token_body(
+            Some(&mint(&claims(Some(&login.nonce)))),
+            None,
+        ))
+        .unwrap();
+        body["expires_in"] = expires_in.clone();
+        let r = respond(f.reply(pending, Some((200, body.to_string().as_bytes()))));
+        assert_eq!(location(&r), "/app", "{expires_in}");
+        let mut jar = Jar::default();
+        jar.apply(set_cookies(&r));
+        f.now += 60;
+        let fwd = forward(f.request(&Req::browser("/app").cookies(&jar)));
+        assert_eq!(bearer(&fwd), "Bearer access-1", "{expires_in}");
+    }
+}
+
+#[test]
+fn a_refresh_margin_as_long_as_the_token_renews_at_half_its_life_not_on_every_request() {
+    // One-minute ID tokens and the default one-minute margin.
+    let mut f = ready();
+    let (jar, _) = log_in_with(&mut f, Some("rt-1"), |nonce| {
+        let mut c = claims(Some(nonce));
+        c["exp"] = (NOW + 60).into();
+        mint(&c)
+    });
+    for at in [NOW + 1, NOW + 29] {
+        f.now = at;
+        assert!(
+            matches!(
+                f.request(&Req::browser("/").cookies(&jar)),
+                Step::Forward(_)
+            ),
+            "{} s into a 60 s token",
+            at - NOW
+        );
+    }
+    f.now = NOW + 31;
+    let (c, _) = call(f.request(&Req::browser("/").cookies(&jar)));
+    assert_eq!(header(&c.headers, ":path"), Some("/oauth2/token"));
+}
+
+#[test]
+fn a_logout_by_sub_is_dated_by_its_token_so_later_logins_and_replays_keep_their_session() {
+    let mut f = Filter::ready(config(json!({"backchannel_logout_path": "/bcl"})));
+    let (old, _) = log_in(&mut f, None);
+    // The IdP logs user-1 out at NOW + 5; its token arrives a little late.
+    f.now = NOW + 8;
+    let token = logout_body(NOW + 5, None, mint);
+    assert_eq!(status(f.backchannel(&token)), 200);
+    assert!(
+        matches!(
+            f.request(&Req::browser("/").cookies(&old)),
+            Step::Respond(_)
+        ),
+        "the session from before the logout has ended"
+    );
+    // user-1 logs in again; this IdP writes a fractional `iat` (RFC 7519 allows it).
+    f.now = NOW + 10;
+    let (new, _) = log_in_with(&mut f, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["iat"] = json!(1_900_000_010.5);
+        mint(&c)
+    });
+    let fwd = forward(f.request(&Req::browser("/").cookies(&new)));
+    assert!(bearer(&fwd).starts_with("Bearer "));
+    // The same logout token, posted again (a replay): it ends nothing begun after it.
+    f.now = NOW + 20;
+    assert_eq!(status(f.backchannel(&token)), 200);
+    assert!(matches!(
+        f.request(&Req::browser("/").cookies(&new)),
+        Step::Forward(_)
+    ));
+}
+
+#[test]
+fn a_logout_token_signed_with_a_new_key_refetches_the_jwks_and_ends_the_session() {
+    let cfg = config(json!({"backchannel_logout_path": "/bcl"}));
+    let mut f = Filter::ready_with(cfg, DISCOVERY, &jwks_without_es256());
+    let (jar, _) = log_in_with(&mut f, None, |nonce| es384_token(&claims(Some(nonce))));
+    assert!(matches!(
+        f.request(&Req::browser("/").cookies(&jar)),
+        Step::Forward(_)
+    ));
+    // The IdP has moved to the ES256 key, which this worker has not fetched yet.
+    f.now = NOW + 10;
+    let (c, pending) = call(f.backchannel(&logout_body(NOW + 9, None, mint)));
+    assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+    let r = respond(f.reply(pending, Some((200, JWKS))));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.metric, Some(Metric::BackchannelLogout));
+    assert!(
+        matches!(
+            f.request(&Req::browser("/").cookies(&jar)),
+            Step::Respond(_)
+        ),
+        "the session has ended"
+    );
+    // A key the IdP does not publish either: 400, and no second fetch right away.
+    let forged = logout_body(NOW + 10, None, |c| mint_with_kid(c, "nobody"));
+    assert_eq!(status(f.backchannel(&forged)), 400);
 }

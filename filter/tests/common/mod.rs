@@ -134,6 +134,16 @@ impl Filter {
         flow::on_reply(&self.cfg, &mut self.state, &mut env, *pending, reply)
     }
 
+    /// The IdP posts `body` to the back-channel logout path.
+    pub fn backchannel(&mut self, body: &[u8]) -> Step {
+        let mut random = || None;
+        let env = Env {
+            now: self.now,
+            random: &mut random,
+        };
+        flow::on_backchannel_logout(&self.cfg, &mut self.state, &env, body)
+    }
+
     /// Opens a sealed session cookie value (the joined chunks) with the configured keys.
     pub fn open_session(&self, jar: &Jar) -> Session {
         let sealed = oidc_filter::session::join(&jar.header(), &self.cfg.cookie_name)
