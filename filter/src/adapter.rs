@@ -751,6 +751,7 @@ impl Http {
                         if headers.contains(name) {
                             remove_request_header(name);
                         }
+                        remove_other_spellings(headers, name);
                     }
                 }
                 Action::Continue
@@ -796,6 +797,13 @@ fn respond<N: AsRef<str>, V: headers::Value>(status: u32, headers: &[(N, V)], bo
     let _ = host::send_response(status, &headers::encode_pairs(headers), body);
 }
 
+/// Removes the copies of identity header `name` spelled with `_`, which some apps read as `name`.
+fn remove_other_spellings(headers: &HeaderBlock, name: &str) {
+    for other in headers.other_spellings(name) {
+        remove_request_header(other);
+    }
+}
+
 fn remove_request_header(name: &str) {
     let _ = host::set_header(Headers::Request, name, None);
 }
@@ -822,6 +830,9 @@ fn apply(
                     // Removing a header the request does not carry is a host call for nothing.
                     if value.is_some() || headers.is_none_or(|h| h.contains(name)) {
                         let _ = host::set_header(Headers::Request, name, value.as_deref());
+                    }
+                    if let Some(h) = headers {
+                        remove_other_spellings(h, name);
                     }
                 }
             }

@@ -502,17 +502,20 @@ fn forward_session(
 
 /// True when a claim rule covers the path and the session's claims fail it, in any reading of the path: decoded
 /// (`/public/..%2Fadmin` is `/admin` to an app that decodes), literal (`/admin/..%2Fpublic` is the `/admin/`
-/// handler to one that does not) and lower-cased (`/ADMIN` to a case-insensitive one). A path that does not
-/// decode (bad escapes) is judged by the `/` rule there.
+/// handler to one that does not) and lower-cased, both (`/ADMIN` to a case-insensitive one). A path that
+/// does not decode (bad escapes) reads differently to every app: there each rule applies.
 fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
     // A bypass path is open to anyone: refusing it to a logged-in user would only make them drop the cookie.
     if cfg.access.is_empty() || paths::is_bypass(&cfg.bypass_paths, target) {
         return false;
     }
     let (decoded, literal) = paths::readings(target);
-    let decoded = decoded.unwrap_or(Cow::Borrowed("/"));
+    let Some(decoded) = decoded else {
+        return cfg.access.iter().any(|a| !a.rule.allows(&s.claims));
+    };
     let lower = decoded.to_ascii_lowercase();
-    [&*decoded, &*literal, lower.as_str()]
+    let lower_literal = literal.to_ascii_lowercase();
+    [&*decoded, &*literal, lower.as_str(), lower_literal.as_str()]
         .iter()
         .any(|p| claims::rule_for(&cfg.access, p).is_some_and(|r| !r.allows(&s.claims)))
 }

@@ -149,6 +149,44 @@ impl HeaderBlock {
     pub fn contains(&self, name: &str) -> bool {
         self.raw(name).is_some()
     }
+
+    /// The names the request carries that an app may read as `name` (a lowercase name with `-`): the
+    /// same name with `_` for some `-`. Envoy lets underscores through by default, and CGI-style servers
+    /// (WSGI, PHP, Rack) file `x_auth_request_user` and `x-auth-request-user` under one key.
+    pub fn other_spellings(&self, name: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        let want = name.as_bytes();
+        let last = match want {
+            [.., b'-'] | [] => None,
+            [.., last] => Some(*last),
+        };
+        // The same length and last byte: the bit `parse` set for such a name tells most requests apart.
+        if !want.contains(&b'-') || last.is_some_and(|l| self.names & name_bit(want.len(), l) == 0)
+        {
+            return out;
+        }
+        let b = self.bytes.as_slice();
+        let (mut lengths, mut at) = (4, self.data_start());
+        for _ in 0..self.count {
+            let (Some(n), Some(v)) = (word(b, lengths), word(b, lengths + 4)) else {
+                break;
+            };
+            if let Some(have) = b.get(at..at + n)
+                && n == want.len()
+                && have != want
+                && have
+                    .iter()
+                    .zip(want)
+                    .all(|(h, w)| h.eq_ignore_ascii_case(w) || (*h == b'_' && *w == b'-'))
+                && let Ok(have) = std::str::from_utf8(have)
+            {
+                out.push(have);
+            }
+            at += n + v + 2;
+            lengths += 8;
+        }
+        out
+    }
 }
 
 /// `:pat` and `cook` as [`word`] reads them.
@@ -341,6 +379,31 @@ mod tests {
         assert_eq!(b.get("Cookie"), None);
         assert_eq!(b.get("cook"), None);
         assert!(!b.contains("authorization"));
+    }
+
+    #[test]
+    fn other_spellings_are_the_underscored_copies_of_a_name() {
+        let b = HeaderBlock::parse(encode(&[
+            ("x-auth-request-user", b"bob"),
+            ("x_auth_request_user", b"admin"),
+            ("x_auth-request_user", b"admin"),
+            ("x-auth-request-users", b"x"),
+            ("x_auth_request_usex", b"x"),
+            ("y_auth_request_user", b"x"),
+            ("x_auth_request_email", b"admin@example.com"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            b.other_spellings("x-auth-request-user"),
+            ["x_auth_request_user", "x_auth-request_user"]
+        );
+        assert_eq!(
+            b.other_spellings("x-auth-request-email"),
+            ["x_auth_request_email"]
+        );
+        assert!(b.other_spellings("x-auth-request-groups").is_empty());
+        assert!(b.other_spellings("nohyphen").is_empty());
+        assert!(HeaderBlock::empty().other_spellings("x-a").is_empty());
     }
 
     #[test]

@@ -69,3 +69,34 @@ fn the_403_names_the_user_even_when_no_header_or_rule_reads_their_name() {
         serde_json::json!({"error": "forbidden", "user": "bob", "logout": "/logout"})
     );
 }
+
+#[test]
+fn a_path_that_does_not_decode_is_judged_by_every_rule() {
+    // Only `/admin` wants the group; bob may read everything else.
+    let mut f = Filter::ready(config(serde_json::json!({
+        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
+    })));
+    let (jar, _) = log_in_with(&mut f, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["groups"] = serde_json::json!(["users"]);
+        mint(&c)
+    });
+    for path in ["/", "/reports", "/reports/%2e%2e", "/administrator"] {
+        let fwd = forward(f.request(&Req::browser(path).cookies(&jar)));
+        assert_eq!(fwd.metric, Some(Metric::SessionForwarded), "{path}");
+    }
+    // An app that keeps a bad escape, resolves `..` and routes without regard to case serves `/admin/settings`
+    // for the first; one that decodes leniently serves `/admin/x/%zz` for the second.
+    for path in [
+        "/Admin/%zz/../settings",
+        "/admin%2Fx/%zz",
+        "/ADMIN/settings",
+        "/reports/%zz",
+    ] {
+        assert_eq!(
+            respond(f.request(&Req::browser(path).cookies(&jar))).status,
+            403,
+            "{path}"
+        );
+    }
+}

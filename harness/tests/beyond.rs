@@ -171,6 +171,22 @@ fn bearer_claims(echo: &Value) -> Value {
     jwt_payload(auth.strip_prefix("Bearer ").unwrap()).unwrap()
 }
 
+/// No header the app received is an identity header spelled with `_` (the app saw the client's
+/// underscored copies arrive before the filter removed them).
+fn assert_no_other_spellings(headers: &Value) {
+    let names: Vec<&String> = headers.as_object().unwrap().keys().collect();
+    assert!(
+        names.iter().any(|n| n.as_str() == "x-request-id"),
+        "the app lists every header: {headers}"
+    );
+    for n in names {
+        assert!(
+            !(n.contains('_') && IDENTITY_HEADERS.contains(&n.replace('_', "-").as_str())),
+            "{n} reached the app: {headers}"
+        );
+    }
+}
+
 /// A browser with nothing but cookie `name=value` for `host`: a new connection, so Envoy may hand
 /// it to either worker.
 fn with_cookie(host: &str, name: &str, value: &str) -> Browser {
@@ -489,12 +505,17 @@ fn identity_headers_reach_the_app_and_client_sent_copies_never_do() {
         ("X-AUTH-REQUEST-GROUPS", "admins"),
         ("X-Auth-Request-Email", "admin@example.com"),
         ("x-auth-request-preferred-username", "admin"),
+        // Envoy passes underscores, and CGI-style servers (WSGI, PHP, Rack) read these as the names above.
+        ("x_auth_request_user", "admin"),
+        ("X_Auth_Request_Email", "admin@example.com"),
+        ("x_auth-request_groups", "admins"),
     ];
     let h = echo(&bob, &at(GRAFANA, "/api/user"), &spoofed)["headers"].clone();
     assert_eq!(h["x-auth-request-user"], "bob", "{h}");
     assert_eq!(h["x-auth-request-groups"], "users", "{h}");
     assert_eq!(h["x-auth-request-email"], "bob@example.com", "{h}");
     assert_eq!(h["x-auth-request-preferred-username"], "bob", "{h}");
+    assert_no_other_spellings(&h);
 
     // Anonymous: on a bypass path, and with a bearer token of its own, none of them pass.
     let anon = Browser::new();
@@ -502,6 +523,7 @@ fn identity_headers_reach_the_app_and_client_sent_copies_never_do() {
     for name in IDENTITY_HEADERS {
         assert!(h.get(name).is_none(), "{name} passed on a bypass path: {h}");
     }
+    assert_no_other_spellings(&h);
     let token = echo(&b, &at(GRAFANA, "/"), &[])["headers"]["authorization"]
         .as_str()
         .unwrap()
@@ -517,6 +539,7 @@ fn identity_headers_reach_the_app_and_client_sent_copies_never_do() {
     for name in IDENTITY_HEADERS {
         assert!(h.get(name).is_none(), "{name} passed with a bearer: {h}");
     }
+    assert_no_other_spellings(&h);
     // A stale session is anonymous too: sent to log in, nothing forwarded.
     let r = with_cookie(GRAFANA, GRAFANA_COOKIE, "garbage")
         .get_with(&at(GRAFANA, "/"), &spoofed)
