@@ -1284,9 +1284,17 @@ fn new_session(
 /// reading it here (once per opened cookie) keeps the cookie from carrying the claims twice.
 fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>, u64) {
     let all = token_payload(id_token).unwrap_or_default();
+    // An address the IdP says is not the user's (not yet confirmed) names no one: no header, no rule
+    // passes on it. (An IdP that sends no `email_verified` vouches for its addresses.)
+    let unverified = match all.get("email_verified") {
+        Some(json::Value::Bool(v)) => !v,
+        Some(json::Value::String(v)) => v != "true",
+        _ => false,
+    };
     let kept = cfg
         .keep_claims
         .iter()
+        .filter(|k| !(unverified && k.as_str() == "email"))
         .filter_map(|k| all.get(k).map(|v| (k.clone(), v.clone())))
         .collect();
     let sid = all.get("sid").and_then(|v| v.as_str()).map(str::to_string);

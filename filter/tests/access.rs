@@ -100,3 +100,46 @@ fn a_path_that_does_not_decode_is_judged_by_every_rule() {
         );
     }
 }
+
+#[test]
+fn an_unverified_email_names_no_one_and_passes_no_rule() {
+    let rules = serde_json::json!({
+        "claim_rules": [{"path_prefix": "/staff", "rule": {"claim": "email", "matches": "*@example.com"}}],
+    });
+    for (verified, named) in [
+        (Some(serde_json::json!(false)), false),
+        (Some(serde_json::json!("false")), false),
+        (Some(serde_json::json!(true)), true),
+        // Entra ID sends no `email_verified`: its addresses stand.
+        (None, true),
+    ] {
+        let mut f = Filter::ready(config(rules.clone()));
+        let (jar, _) = log_in_with(&mut f, None, |nonce| {
+            let mut c = claims(Some(nonce));
+            c["email"] = "ceo@example.com".into();
+            if let Some(v) = &verified {
+                c["email_verified"] = v.clone();
+            }
+            mint(&c)
+        });
+        let fwd = forward(f.request(&Req::browser("/").cookies(&jar)));
+        let email = fwd
+            .identity
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|(n, _)| n == "x-auth-request-email")
+            .and_then(|(_, v)| v.clone());
+        let staff = f.request(&Req::browser("/staff").cookies(&jar));
+        if named {
+            assert_eq!(email.as_deref(), Some("ceo@example.com"), "{verified:?}");
+            assert!(
+                matches!(staff, oidc_filter::flow::Step::Forward(_)),
+                "{verified:?}"
+            );
+        } else {
+            assert_eq!(email, None, "{verified:?}");
+            assert_eq!(respond(staff).status, 403, "{verified:?}");
+        }
+    }
+}
