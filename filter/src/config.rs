@@ -128,6 +128,8 @@ enum Kind {
     StrMap,
     /// Any JSON (checked by the field's own parser).
     Any,
+    /// A duration: a string like `90s`, or a whole non-negative number of seconds.
+    Duration,
 }
 
 /// Every field of one site's configuration, and its type. (`hosts` and `unmatched_hosts` are read by
@@ -152,12 +154,12 @@ const FIELDS: [(&str, Kind); 28] = [
     ("cookie_domain", Kind::Str),
     ("cookie_secure", Kind::Bool),
     ("cookie_same_site", Kind::Str),
-    ("session_lifetime", Kind::Str),
-    ("refresh_margin", Kind::Str),
-    ("clock_leeway", Kind::Str),
+    ("session_lifetime", Kind::Duration),
+    ("refresh_margin", Kind::Duration),
+    ("clock_leeway", Kind::Duration),
     ("bypass_paths", Kind::Strs),
-    ("callout_timeout", Kind::Str),
-    ("jwks_refresh_interval", Kind::Str),
+    ("callout_timeout", Kind::Duration),
+    ("jwks_refresh_interval", Kind::Duration),
     ("claim_rules", Kind::Any),
     ("backchannel_logout_path", Kind::Str),
     ("identity_headers", Kind::StrMap),
@@ -165,11 +167,11 @@ const FIELDS: [(&str, Kind); 28] = [
 
 impl Raw {
     /// The fields of a pluginConfig object. The first unknown or mistyped field, in document order, is the
-    /// error; a mistyped one is reported without its value (it may be a secret).
+    /// error, naming the field; a mistyped one is reported without its value (it may be a secret).
     #[inline(never)]
     fn read(mut obj: Object) -> Result<Raw, ConfigError> {
         for (name, value) in obj.iter() {
-            let Some(&(_, kind)) = FIELDS.iter().find(|(n, _)| *n == name) else {
+            let Some(&(field, kind)) = FIELDS.iter().find(|(n, _)| *n == name) else {
                 return Err(err(
                     &plain_field(name),
                     "not valid JSON for this filter (unknown field)",
@@ -178,24 +180,28 @@ impl Raw {
             let expected = match (kind, value) {
                 (_, Value::Null)
                 | (Kind::Any, _)
-                | (Kind::Str, Value::String(_))
+                | (Kind::Str | Kind::Duration, Value::String(_))
                 | (Kind::Bool, Value::Bool(_)) => continue,
                 (Kind::Strs, Value::Array(a)) if a.iter().all(Value::is_string) => continue,
                 (Kind::StrMap, Value::Object(m)) if m.iter().all(|(_, v)| v.is_string()) => {
                     continue;
                 }
-                // A list or map with something other than a string in it.
-                (Kind::Strs, Value::Array(_))
-                | (Kind::StrMap, Value::Object(_))
-                | (Kind::Str, _) => "a string",
+                (Kind::Duration, Value::Number(n)) => match whole_seconds(n) {
+                    Some(_) => continue,
+                    None => {
+                        return Err(err(
+                            field,
+                            "a number of seconds must be whole and not negative",
+                        ));
+                    }
+                },
+                (Kind::Str, _) => "a string",
                 (Kind::Bool, _) => "a boolean",
-                (Kind::Strs, _) => "a sequence",
-                (Kind::StrMap, _) => "a map",
+                (Kind::Strs, _) => "a list of strings",
+                (Kind::StrMap, _) => "a map of strings",
+                (Kind::Duration, _) => "a duration like `90s` or a number of seconds",
             };
-            return Err(err(
-                "pluginConfig",
-                format!("not valid JSON for this filter (wrong type, expected {expected})"),
-            ));
+            return Err(err(field, format!("wrong type, expected {expected}")));
         }
         let mut identity_headers: Option<Vec<(String, String)>> =
             match obj.remove("identity_headers") {
@@ -230,12 +236,12 @@ impl Raw {
             cookie_domain: text(&mut obj, "cookie_domain"),
             cookie_secure: obj.get("cookie_secure").and_then(Value::as_bool),
             cookie_same_site: text(&mut obj, "cookie_same_site"),
-            session_lifetime: text(&mut obj, "session_lifetime"),
-            refresh_margin: text(&mut obj, "refresh_margin"),
-            clock_leeway: text(&mut obj, "clock_leeway"),
+            session_lifetime: seconds(&mut obj, "session_lifetime"),
+            refresh_margin: seconds(&mut obj, "refresh_margin"),
+            clock_leeway: seconds(&mut obj, "clock_leeway"),
             bypass_paths: texts(&mut obj, "bypass_paths"),
-            callout_timeout: text(&mut obj, "callout_timeout"),
-            jwks_refresh_interval: text(&mut obj, "jwks_refresh_interval"),
+            callout_timeout: seconds(&mut obj, "callout_timeout"),
+            jwks_refresh_interval: seconds(&mut obj, "jwks_refresh_interval"),
             claim_rules: obj.remove("claim_rules").filter(|v| !v.is_null()),
             backchannel_logout_path: text(&mut obj, "backchannel_logout_path"),
             identity_headers,
@@ -249,6 +255,28 @@ fn text(obj: &mut Object, name: &str) -> Option<String> {
         Some(Value::String(s)) => Some(s),
         _ => None,
     }
+}
+
+/// A duration field, taken out of `obj` as text (checked by [`Raw::read`]: a string, a whole non-negative
+/// number or `null`). A number is its digits, which [`duration`] reads as seconds.
+fn seconds(obj: &mut Object, name: &str) -> Option<String> {
+    match obj.remove(name) {
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) => whole_seconds(&n).map(|n| n.to_string()),
+        _ => None,
+    }
+}
+
+/// A JSON number that is whole and not negative (`10`, `10.0`, `1e1`), as a `u64` (`u64::MAX` when larger,
+/// which every duration's bound refuses); `None` for a fraction or a negative number.
+fn whole_seconds(n: &json::Number) -> Option<u64> {
+    let whole = n.floor_u64()?;
+    if whole == u64::MAX {
+        return Some(whole);
+    }
+    // Equal as decimal values: nothing was cut off.
+    let back = json::parse(whole.to_string().as_bytes()).ok()?;
+    (back.as_number() == Some(n)).then_some(whole)
 }
 
 /// A list-of-strings field, taken out of `obj` (checked by [`Raw::read`]).
@@ -556,6 +584,28 @@ impl Plugin {
                 hosts.push(p);
             }
             let explicit_cookie = entry.contains_key("cookie_name");
+            // Fields the entry takes from the top level, named in its `redirect_uri` errors.
+            let inherited: Vec<&str> = ["redirect_uri", "callback_path", "cookie_domain"]
+                .into_iter()
+                .filter(|f| !entry.contains_key(f) && top.get(f).is_some_and(|v| !v.is_null()))
+                .collect();
+            let at_redirect = |mut e: ConfigError| {
+                if e.field == "redirect_uri" {
+                    let named: Vec<String> = inherited
+                        .iter()
+                        .filter(|f| **f == "redirect_uri" || e.reason.contains(**f))
+                        .map(|f| format!("`{f}`"))
+                        .collect();
+                    if !named.is_empty() {
+                        e.reason = format!(
+                            "{} ({} inherited from the top level)",
+                            e.reason,
+                            named.join(", ")
+                        );
+                    }
+                }
+                at(e)
+            };
             // An entry with an IdP of its own is reached through its own cluster (set, or derived from its
             // issuer), never through the one the top level names for another IdP.
             let other_idp = entry
@@ -569,7 +619,8 @@ impl Plugin {
             for (name, value) in entry {
                 merged.insert(name, value);
             }
-            let mut site = Config::from_object(merged, env).map_err(at)?;
+            let mut site = Config::from_object(merged, env).map_err(at_redirect)?;
+            redirect_host_served(&site, &hosts).map_err(at_redirect)?;
             if !explicit_cookie {
                 // Each site seals under its own cookie name (the AEAD's associated data), so a session
                 // of one host's IdP never opens on another host.
@@ -672,6 +723,48 @@ fn host_of(authority: &str) -> String {
     h.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// A `hosts` entry's `redirect_uri` (set or inherited) must name a host the entry serves, or one its
+/// `cookie_domain` covers: the login-attempt cookie is set for the host that starts the login (with the
+/// site's `Domain` when it has one), so on any other host the IdP's redirect back arrives without it.
+fn redirect_host_served(site: &Config, hosts: &[String]) -> Result<(), ConfigError> {
+    let Some(url) = site
+        .redirect_uri
+        .as_deref()
+        .and_then(|r| WebUrl::parse(r).ok())
+    else {
+        return Ok(());
+    };
+    let host = url.host().trim_end_matches('.');
+    let by_pattern = hosts.iter().any(|p| {
+        p == host
+            || p.strip_prefix('*')
+                .is_some_and(|suffix| host.len() > suffix.len() && host.ends_with(suffix))
+    });
+    let by_domain = site.cookie.domain.as_deref().is_some_and(|d| {
+        let d = d.trim_matches('.').to_ascii_lowercase();
+        !d.is_empty()
+            && (host == d
+                || host
+                    .strip_suffix(d.as_str())
+                    .is_some_and(|sub| sub.ends_with('.')))
+    });
+    if by_pattern || by_domain {
+        return Ok(());
+    }
+    Err(err(
+        "redirect_uri",
+        format!(
+            "its host `{host}` is not among this entry's hosts ({}){}: the login cookie is set for the host \
+             that starts the login, so the IdP's redirect to `{host}` would always fail with a state mismatch",
+            hosts.join(", "),
+            match &site.cookie.domain {
+                Some(d) => format!(" nor covered by cookie_domain `{d}`"),
+                None => String::new(),
+            }
+        ),
+    ))
+}
+
 fn valid_host_pattern(p: &str) -> bool {
     let name = p.strip_prefix("*.").unwrap_or(p);
     !name.is_empty()
@@ -712,28 +805,109 @@ fn own_paths(raw: &mut Raw) -> Result<[String; 3], ConfigError> {
     if raw.idp_cluster.as_deref().is_some_and(str::is_empty) {
         return Err(err("idp_cluster", "must not be empty"));
     }
-    if let Some(r) = &raw.redirect_uri {
-        http_url("redirect_uri", r)?;
-    }
-    let callback_path = path(
-        "callback_path",
-        raw.callback_path.take(),
-        "/oauth2/callback",
-    )?;
+    let redirect_path = match &raw.redirect_uri {
+        Some(r) => Some(redirect_uri_path(r)?),
+        None => None,
+    };
+    // The filter answers the IdP's redirect only at callback_path: redirect_uri must point there.
+    let (callback_path, derived) = match (raw.callback_path.take(), redirect_path) {
+        (None, Some(p)) => {
+            if p == "/" {
+                return Err(err(
+                    "redirect_uri",
+                    "has no path to take callback_path from; give one like `https://app.example.com/oauth2/callback`",
+                ));
+            }
+            if p.starts_with("//") || p.contains(['?', '#', '%', ' ']) {
+                return Err(err(
+                    "redirect_uri",
+                    format!(
+                        "its path `{p}` cannot be callback_path (no escapes, non-ASCII characters or leading `//`)"
+                    ),
+                ));
+            }
+            (p, true)
+        }
+        (Some(c), Some(p)) => {
+            let c = path("callback_path", Some(c), "")?;
+            if c != p {
+                return Err(err(
+                    "redirect_uri",
+                    format!(
+                        "its path `{p}` differs from callback_path `{c}`, the only path where the filter takes the IdP's redirect back (leave callback_path out to use `{p}`)"
+                    ),
+                ));
+            }
+            (c, false)
+        }
+        (c, None) => (path("callback_path", c, "/oauth2/callback")?, false),
+    };
     let login_path = path("login_path", raw.login_path.take(), "/login")?;
     let logout_path = path("logout_path", raw.logout_path.take(), "/logout")?;
+    if derived && (callback_path == login_path || callback_path == logout_path) {
+        return Err(err(
+            "redirect_uri",
+            format!(
+                "its path `{callback_path}` becomes callback_path, which must differ from login_path and logout_path"
+            ),
+        ));
+    }
     if callback_path == login_path || callback_path == logout_path || login_path == logout_path {
         return Err(err(
             "callback_path",
             "callback_path, login_path and logout_path must differ",
         ));
     }
-    if let Some(p) = &raw.post_logout_redirect_uri
-        && (!p.starts_with('/') || p.starts_with("//"))
-    {
-        http_url("post_logout_redirect_uri", p)?;
-    }
+    post_logout_redirect_uri_check(raw.post_logout_redirect_uri.as_deref())?;
     Ok([callback_path, login_path, logout_path])
+}
+
+/// `redirect_uri`: an absolute http(s) URL without query or fragment. Returns its (normalised) path, the
+/// path a browser requests when the IdP sends it there.
+fn redirect_uri_path(r: &str) -> Result<String, ConfigError> {
+    const FIELD: &str = "redirect_uri";
+    if r.chars().any(char::is_control) {
+        return Err(err(FIELD, "must not contain spaces or control characters"));
+    }
+    let url = http_url(FIELD, r)?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(err(FIELD, "must not have a query or fragment"));
+    }
+    Ok(url.path().to_string())
+}
+
+/// `post_logout_redirect_uri`: an absolute http(s) URL, or a path on this site that a browser cannot read
+/// as another host (no `//` start, no backslash) and that [`safe_redirect`] keeps as it is.
+///
+/// [`safe_redirect`]: crate::paths::safe_redirect
+fn post_logout_redirect_uri_check(v: Option<&str>) -> Result<(), ConfigError> {
+    const FIELD: &str = "post_logout_redirect_uri";
+    let Some(p) = v else { return Ok(()) };
+    if p.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(err(FIELD, "must not contain spaces or control characters"));
+    }
+    if !p.starts_with('/') {
+        return http_url(FIELD, p).map(drop);
+    }
+    if p.starts_with("//") {
+        return Err(err(
+            FIELD,
+            "a path must not start with `//` (a browser reads it as another host)",
+        ));
+    }
+    if p.contains('\\') {
+        return Err(err(
+            FIELD,
+            "must not contain a backslash (a browser reads it as `/`)",
+        ));
+    }
+    if crate::paths::safe_redirect(p) != p {
+        return Err(err(
+            FIELD,
+            "a path must be visible ASCII, at most 2048 characters, with no escape that decodes to `//` or a backslash",
+        ));
+    }
+    Ok(())
 }
 
 /// session_lifetime, refresh_margin, clock_leeway, callout_timeout and jwks_refresh_interval, in seconds.
@@ -995,7 +1169,7 @@ fn decode_key(k: &str) -> Option<Vec<u8>> {
         .find_map(|e| e.decode(k).ok())
 }
 
-/// Parses `90s`, `15m`, `8h`, `7d` or a bare number of seconds.
+/// Parses `90s`, `15m`, `8h`, `7d` or a bare number of seconds (a JSON number arrives as its digits).
 #[inline(never)]
 fn duration(field: &str, v: Option<String>, default: u64) -> Result<u64, ConfigError> {
     let Some(s) = v else { return Ok(default) };
@@ -1011,7 +1185,12 @@ fn duration(field: &str, v: Option<String>, default: u64) -> Result<u64, ConfigE
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .filter(|n| *n <= 365 * 86400)
-        .ok_or_else(|| err(field, "a duration like `90s`, `15m`, `8h` or `7d`"))
+        .ok_or_else(|| {
+            err(
+                field,
+                "a duration like `90s`, `15m`, `8h` or `7d`, or a number of seconds (at most 365d)",
+            )
+        })
 }
 
 #[cfg(test)]
@@ -1099,7 +1278,7 @@ mod tests {
             (with("unknown_knob", true.into()), "unknown_knob"),
             (with("", true.into()), "pluginConfig"),
             (with("x\n[critical] y", true.into()), "pluginConfig"),
-            (with("cookie_secure", "yes".into()), "pluginConfig"),
+            (with("cookie_secure", "yes".into()), "cookie_secure"),
             ("{".to_string(), "pluginConfig"),
             ("".to_string(), "issuer"),
         ];
@@ -1128,8 +1307,10 @@ mod tests {
             (
                 "post_logout_redirect_uri",
                 "//evil.example/",
-                "not an absolute URL",
+                "must not start with `//`",
             ),
+            ("redirect_uri", "https://app.example.com/cb?x=1", "query"),
+            ("redirect_uri", "https://app.example.com/cb#x", "fragment"),
         ];
         for (field, value, reason) in cases {
             let e = parse(&with(field, value.into())).unwrap_err();
@@ -1169,36 +1350,61 @@ mod tests {
                 json!(["s3cret-value"]),
                 "expected a string",
             ),
-            ("scopes", json!("openid"), "expected a sequence"),
+            ("scopes", json!("openid"), "expected a list of strings"),
             (
                 "scopes",
                 json!({"openid": "s3cret-value"}),
-                "expected a sequence",
+                "expected a list of strings",
             ),
-            ("scopes", json!(["openid", 1]), "expected a string"),
-            ("cookie_keys", json!([KEY, null]), "expected a string"),
-            ("identity_headers", json!(["x-user"]), "expected a map"),
+            ("scopes", json!(["openid", 1]), "expected a list of strings"),
+            (
+                "cookie_keys",
+                json!([KEY, null]),
+                "expected a list of strings",
+            ),
+            (
+                "identity_headers",
+                json!(["x-user"]),
+                "expected a map of strings",
+            ),
             (
                 "identity_headers",
                 json!({"x-user": 1}),
-                "expected a string",
+                "expected a map of strings",
+            ),
+            (
+                "callout_timeout",
+                json!(true),
+                "expected a duration like `90s` or a number of seconds",
+            ),
+            (
+                "session_lifetime",
+                json!(["8h"]),
+                "expected a duration like `90s` or a number of seconds",
             ),
         ] {
             let e = parse(&with(field, value)).unwrap_err();
-            assert_eq!(e.field, "pluginConfig", "{field}: {e}");
-            assert_eq!(
-                e.reason,
-                format!("not valid JSON for this filter (wrong type, {expected})"),
-                "{field}"
-            );
+            assert_eq!(e.field, field, "{e}");
+            assert_eq!(e.reason, format!("wrong type, {expected}"), "{field}");
             assert!(!e.to_string().contains("s3cret-value"), "{e}");
         }
+        // In a `hosts` entry, the entry is named too.
+        let e = Plugin::parse(
+            json!({"cookie_keys": [KEY], "client_secret": "s", "issuer": "https://i.example.com",
+                "client_id": "a", "hosts": [{"hosts": ["a.example.com"], "cookie_secure": "no"}]})
+            .to_string()
+            .as_bytes(),
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "hosts[0].cookie_secure");
+        assert_eq!(e.reason, "wrong type, expected a boolean");
         // The first problem in document order is the one reported, as serde did.
         let e = parse(r#"{"zzz": 1, "cookie_secure": "yes"}"#).unwrap_err();
         assert_eq!(e.field, "zzz");
         assert_eq!(e.reason, "not valid JSON for this filter (unknown field)");
         let e = parse(r#"{"cookie_secure": "yes", "zzz": 1}"#).unwrap_err();
-        assert_eq!(e.field, "pluginConfig");
+        assert_eq!(e.field, "cookie_secure");
     }
 
     #[test]
@@ -1449,5 +1655,275 @@ mod tests {
                 .field,
             "claim_rules"
         );
+    }
+
+    #[test]
+    fn durations_may_be_json_numbers_of_seconds() {
+        use serde_json::json;
+        // What Istio makes of YAML `callout_timeout: 10`; `10.0` and `1e1` are the same whole number.
+        for v in [json!(10), json!("10"), json!(10.0), json!(1e1)] {
+            let c = parse(&with("callout_timeout", v.clone())).unwrap();
+            assert_eq!(c.callout_timeout, Duration::from_secs(10), "{v}");
+        }
+        let mut m = minimal();
+        m["session_lifetime"] = json!(86400);
+        m["refresh_margin"] = json!(0);
+        m["clock_leeway"] = json!(300);
+        m["jwks_refresh_interval"] = json!(600);
+        let c = parse(&m.to_string()).unwrap();
+        assert_eq!(
+            (
+                c.session_lifetime,
+                c.refresh_margin,
+                c.clock_leeway,
+                c.jwks_refresh_interval
+            ),
+            (86400, 0, 300, 600)
+        );
+        // Fractions and negative numbers are refused, naming the field.
+        for (field, v) in [
+            ("callout_timeout", json!(1.5)),
+            ("callout_timeout", json!(-5)),
+            ("session_lifetime", json!(-0.5)),
+            ("refresh_margin", json!(0.1)),
+        ] {
+            let e = parse(&with(field, v.clone())).unwrap_err();
+            assert_eq!(e.field, field, "{v}: {e}");
+            assert!(e.reason.contains("whole and not negative"), "{v}: {e}");
+        }
+        // Each field's bounds still apply.
+        for (field, v, reason) in [
+            ("callout_timeout", json!(0), "between 1s and 60s"),
+            ("callout_timeout", json!(61), "between 1s and 60s"),
+            ("clock_leeway", json!(301), "at most 5m"),
+            ("jwks_refresh_interval", json!(59), "at least 60s"),
+            ("session_lifetime", json!(0), "must be positive"),
+            ("session_lifetime", json!(1e30), "at most 365d"),
+            (
+                "session_lifetime",
+                json!(18446744073709551615u64),
+                "at most 365d",
+            ),
+        ] {
+            let e = parse(&with(field, v.clone())).unwrap_err();
+            assert_eq!(e.field, field, "{v}: {e}");
+            assert!(e.reason.contains(reason), "{v}: {e}");
+        }
+        let e = Plugin::parse(
+            json!({"cookie_keys": [KEY], "client_secret": "s", "issuer": "https://i.example.com",
+                "client_id": "a", "hosts": [{"hosts": ["a.example.com"], "callout_timeout": 2.5}]})
+            .to_string()
+            .as_bytes(),
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "hosts[0].callout_timeout", "{e}");
+    }
+
+    #[test]
+    fn callback_path_follows_redirect_uri() {
+        use serde_json::json;
+        // Only redirect_uri: the filter takes the IdP's redirect at its path.
+        let c = parse(&with("redirect_uri", "https://app.example.com/cb".into())).unwrap();
+        assert_eq!(c.callback_path, "/cb");
+        assert_eq!(
+            c.redirect_uri.as_deref(),
+            Some("https://app.example.com/cb")
+        );
+        // As a browser resolves it.
+        let c = parse(&with(
+            "redirect_uri",
+            "https://app.example.com/a/../cb".into(),
+        ))
+        .unwrap();
+        assert_eq!(c.callback_path, "/cb");
+        // Both, agreeing.
+        let mut m = minimal();
+        m["redirect_uri"] = json!("https://app.example.com/auth/done");
+        m["callback_path"] = json!("/auth/done");
+        assert_eq!(parse(&m.to_string()).unwrap().callback_path, "/auth/done");
+        // Both, disagreeing: every login would loop.
+        m["callback_path"] = json!("/oauth2/callback");
+        let e = parse(&m.to_string()).unwrap_err();
+        assert_eq!(e.field, "redirect_uri");
+        assert!(
+            e.reason.contains("`/auth/done`") && e.reason.contains("`/oauth2/callback`"),
+            "{e}"
+        );
+        // Neither: the default.
+        assert_eq!(
+            parse(&minimal().to_string()).unwrap().callback_path,
+            "/oauth2/callback"
+        );
+        for (uri, reason) in [
+            ("https://app.example.com", "has no path"),
+            ("https://app.example.com/", "has no path"),
+            ("https://app.example.com/login", "login_path"),
+            (
+                "https://app.example.com/b%C3%BCcher",
+                "cannot be callback_path",
+            ),
+            ("https://app.example.com/cb?next=1", "query or fragment"),
+            ("https://app.example.com/cb?", "query or fragment"),
+            ("https://app.example.com/cb#", "query or fragment"),
+            ("https://app.example.com/cb\u{85}", "control characters"),
+        ] {
+            let e = parse(&with("redirect_uri", uri.into())).unwrap_err();
+            assert_eq!(e.field, "redirect_uri", "{uri}: {e}");
+            assert!(e.reason.contains(reason), "{uri}: {e}");
+        }
+    }
+
+    #[test]
+    fn hosts_entries_check_redirect_uri_after_inheriting() {
+        use serde_json::json;
+        let plugin = |top: serde_json::Value, entries: serde_json::Value| {
+            let mut v = json!({"cookie_keys": [KEY], "client_secret": "s", "client_id": "app",
+                "issuer": "https://idp.example.com"});
+            for (k, x) in top.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            v["hosts"] = entries;
+            Plugin::parse(v.to_string().as_bytes(), &no_env)
+        };
+        // Each entry's own redirect_uri sets its callback_path; an inherited one is checked per entry.
+        let p = plugin(
+            json!({"redirect_uri": "https://app.example.com/top/cb"}),
+            json!([
+                {"hosts": ["grafana.example.com"], "redirect_uri": "https://grafana.example.com/g/cb"},
+                {"hosts": ["*.example.com"]},
+            ]),
+        )
+        .unwrap();
+        assert_eq!(p.sites[0].callback_path, "/top/cb");
+        assert_eq!(p.sites[1].callback_path, "/g/cb");
+        assert_eq!(
+            p.sites[2].callback_path, "/top/cb",
+            "inherited, host matched by `*.example.com`"
+        );
+
+        // Inherited redirect_uri whose path differs from the entry's callback_path.
+        let e = plugin(
+            json!({"redirect_uri": "https://app.example.com/top/cb"}),
+            json!([{"hosts": ["app.example.com"], "callback_path": "/cb"}]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "hosts[0].redirect_uri");
+        assert!(
+            e.reason.contains("`/top/cb`") && e.reason.contains("`/cb`"),
+            "{e}"
+        );
+        assert!(
+            e.reason
+                .contains("`redirect_uri` inherited from the top level"),
+            "{e}"
+        );
+        // The entry's redirect_uri against an inherited callback_path.
+        let e = plugin(
+            json!({"callback_path": "/cb"}),
+            json!([{"hosts": ["app.example.com"], "redirect_uri": "https://app.example.com/other"}]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "hosts[0].redirect_uri");
+        assert!(
+            e.reason
+                .contains("`callback_path` inherited from the top level"),
+            "{e}"
+        );
+
+        // A redirect_uri on a host the entry does not serve: the login cookie never reaches it.
+        let e = plugin(
+            json!({"redirect_uri": "https://app.example.com/cb"}),
+            json!([
+                {"hosts": ["app.example.com"]},
+                {"hosts": ["grafana.example.com", "*.apps.example.com"]},
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "hosts[1].redirect_uri", "{e}");
+        assert!(e.reason.contains("`app.example.com`"), "{e}");
+        assert!(
+            e.reason.contains("grafana.example.com, *.apps.example.com"),
+            "{e}"
+        );
+        assert!(e.reason.contains("inherited"), "{e}");
+        let e = plugin(
+            json!({}),
+            json!([{"hosts": ["*.apps.example.com"], "redirect_uri": "https://apps.example.com/cb"}]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.field, "hosts[0].redirect_uri",
+            "a wildcard covers subdomains only: {e}"
+        );
+        assert!(!e.reason.contains("inherited"), "{e}");
+        // ... unless cookie_domain covers it: the login cookie is set with it.
+        for (domain, ok) in [
+            ("example.com", true),
+            (".Example.com", true),
+            ("app.example.com", true),
+            ("other.example.com", false),
+            ("ample.com", false),
+        ] {
+            let r = plugin(
+                json!({"redirect_uri": "https://app.example.com/cb", "cookie_domain": domain}),
+                json!([{"hosts": ["grafana.example.com"]}]),
+            );
+            assert_eq!(r.is_ok(), ok, "{domain}: {r:?}");
+            if let Err(e) = r {
+                assert_eq!(e.field, "hosts[0].redirect_uri");
+                assert!(e.reason.contains("cookie_domain"), "{e}");
+            }
+        }
+        // Without `hosts`, the one site serves every host: nothing to compare.
+        assert!(
+            parse(&with(
+                "redirect_uri",
+                "https://elsewhere.example.org/cb".into()
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn post_logout_redirect_uri_cannot_leave_the_site() {
+        for (value, reason) in [
+            ("/\\evil.example", "backslash"),
+            ("/a\\b", "backslash"),
+            ("//evil.example", "must not start with `//`"),
+            ("/a\r\nSet-Cookie: x=y", "control characters"),
+            ("/a\tb", "control characters"),
+            ("/a\u{85}b", "control characters"),
+            ("/a b", "spaces"),
+            ("/%2F%2Fevil.example", "escape"),
+            ("/%5Cevil.example", "escape"),
+            ("/bücher", "visible ASCII"),
+            ("https://app.example.com/a\u{85}b", "control characters"),
+            ("https://app.example.com/a\rb", "control characters"),
+            ("https://app.example.com/a b", "spaces"),
+            ("javascript:alert(1)", "http or https"),
+            ("evil.example", "not an absolute URL"),
+        ] {
+            let e = parse(&with("post_logout_redirect_uri", value.into())).unwrap_err();
+            assert_eq!(e.field, "post_logout_redirect_uri", "{value:?}: {e}");
+            assert!(e.reason.contains(reason), "{value:?}: {e}");
+        }
+        let long = format!("/{}", "a".repeat(2048));
+        assert_eq!(
+            parse(&with("post_logout_redirect_uri", long.into()))
+                .unwrap_err()
+                .field,
+            "post_logout_redirect_uri"
+        );
+        for value in [
+            "/",
+            "/goodbye",
+            "/goodbye?from=logout#top",
+            "/a%20b",
+            "https://app.example.com/bye",
+        ] {
+            let c = parse(&with("post_logout_redirect_uri", value.into())).unwrap();
+            assert_eq!(c.post_logout_redirect_uri.as_deref(), Some(value));
+        }
     }
 }
