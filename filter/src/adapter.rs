@@ -528,10 +528,22 @@ impl Http {
             let site = match plugin
                 .site_for_request(|| headers.get(":authority").map(|a| a.into_owned()))
             {
-                Some(i) => i,
-                None => {
+                Ok(Some(i)) => i,
+                Ok(None) => {
                     drop(s);
                     return self.unmatched(&plugin, headers);
+                }
+                Err(_) => {
+                    drop(s);
+                    respond(
+                        400,
+                        &[
+                            ("content-type", "text/plain; charset=utf-8"),
+                            ("cache-control", "no-store"),
+                        ],
+                        b"The Host header is not a host name and port.\n",
+                    );
+                    return Action::Pause;
                 }
             };
             self.site = site;

@@ -674,19 +674,24 @@ impl Plugin {
     }
 
     /// The site for a request; reads `:authority` (through `authority`) only when several sites exist.
-    pub fn site_for_request(&self, authority: impl FnOnce() -> Option<String>) -> Option<usize> {
+    /// `Err` when it is not a host and port: a request that could be routed as one host and judged as
+    /// another gets no site.
+    pub fn site_for_request(
+        &self,
+        authority: impl FnOnce() -> Option<String>,
+    ) -> Result<Option<usize>, BadAuthority> {
         if self.sites.len() == 1 && self.default_site == Some(0) {
-            return Some(0);
+            return Ok(Some(0));
         }
         self.site_for(&authority().unwrap_or_default())
     }
 
     /// The site serving `authority` (`host[:port]`): an exact name first, then the longest wildcard.
-    pub fn site_for(&self, authority: &str) -> Option<usize> {
+    pub fn site_for(&self, authority: &str) -> Result<Option<usize>, BadAuthority> {
         if self.sites.len() == 1 && self.default_site == Some(0) {
-            return Some(0);
+            return Ok(Some(0));
         }
-        let host = host_of(authority);
+        let host = host_of(authority).ok_or(BadAuthority)?;
         let mut best: Option<(usize, usize)> = None;
         for (i, s) in self.sites.iter().enumerate() {
             for p in &s.hosts {
@@ -706,21 +711,52 @@ impl Plugin {
                 }
             }
         }
-        match best {
+        Ok(match best {
             Some((i, _)) => Some(i),
             None if self.unmatched == Unmatched::Default => self.default_site,
             None => None,
-        }
+        })
     }
 }
 
-fn host_of(authority: &str) -> String {
-    let h = if authority.starts_with('[') {
-        authority.split_inclusive(']').next().unwrap_or(authority)
+/// An `:authority` that is not `host[:port]` (`a.example.com:1:2`, `a.example.com@b`, empty): Envoy may
+/// route it by a prefix (Istio gives each host the domain `host:*`), so no site is picked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadAuthority;
+
+/// The lowercase host of `host[:port]` (an IPv6 address keeps its brackets), without a trailing dot;
+/// `None` unless the authority is exactly that: a name of letters, digits, `-`, `.` and `_`, or a
+/// bracketed address, then at most one `:` and up to five digits.
+fn host_of(authority: &str) -> Option<String> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        if inside.is_empty()
+            || !inside
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
+        {
+            return None;
+        }
+        (authority.get(..inside.len() + 2)?, after)
     } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+        let (host, port) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
+        if host.is_empty()
+            || !host
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+        {
+            return None;
+        }
+        (host, port)
     };
-    h.trim_end_matches('.').to_ascii_lowercase()
+    if let Some(digits) = port.strip_prefix(':') {
+        if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+    } else if !port.is_empty() {
+        return None;
+    }
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
 }
 
 /// A `hosts` entry's `redirect_uri` (set or inherited) must name a host the entry serves, or one its
@@ -1537,12 +1573,32 @@ mod tests {
         .to_string();
         let p = Plugin::parse(json.as_bytes(), &no_env).unwrap();
         assert_eq!(p.sites.len(), 3);
-        assert_eq!(p.site_for("grafana.example.com:443"), Some(1));
-        assert_eq!(p.site_for("GRAFANA.example.com"), Some(1));
-        assert_eq!(p.site_for("a.partners.example.com"), Some(2));
-        assert_eq!(p.site_for("partners.example.com"), Some(2));
-        assert_eq!(p.site_for("evilpartners.example.com"), None);
-        assert_eq!(p.site_for("other.example.com"), None);
+        assert_eq!(p.site_for("grafana.example.com:443"), Ok(Some(1)));
+        assert_eq!(p.site_for("GRAFANA.example.com"), Ok(Some(1)));
+        assert_eq!(p.site_for("grafana.example.com."), Ok(Some(1)));
+        assert_eq!(p.site_for("a.partners.example.com"), Ok(Some(2)));
+        assert_eq!(p.site_for("partners.example.com"), Ok(Some(2)));
+        assert_eq!(p.site_for("evilpartners.example.com"), Ok(None));
+        assert_eq!(p.site_for("other.example.com"), Ok(None));
+        assert_eq!(p.site_for("[::1]:8443"), Ok(None));
+        // What Envoy may route as grafana (Istio's `grafana.example.com:*` domain is a prefix match)
+        // while a looser reading would judge it as another host: no site at all.
+        for bad in [
+            "grafana.example.com:1:2",
+            "grafana.example.com:",
+            "grafana.example.com:443x",
+            "grafana.example.com:123456",
+            "evil@grafana.example.com",
+            "grafana.example.com/x",
+            "grafana example.com",
+            "",
+            ":443",
+            "[::1",
+            "[::1]x",
+            "[]",
+        ] {
+            assert_eq!(p.site_for(bad), Err(BadAuthority), "{bad:?}");
+        }
         assert_eq!(p.sites[1].client_secret.expose(), "shared");
         assert_eq!(p.sites[1].access.len(), 1);
         assert_eq!(p.sites[2].issuer, "https://other.example.org");
@@ -1553,7 +1609,8 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
         v.as_object_mut().unwrap().remove("unmatched_hosts");
         let p = Plugin::parse(v.to_string().as_bytes(), &no_env).unwrap();
-        assert_eq!(p.site_for("other.example.com"), Some(0));
+        assert_eq!(p.site_for("other.example.com"), Ok(Some(0)));
+        assert_eq!(p.site_for("other.example.com:1:2"), Err(BadAuthority));
     }
 
     #[test]

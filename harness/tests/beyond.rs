@@ -359,6 +359,38 @@ fn hosts_match_exactly_or_by_wildcard_and_the_rest_get_the_configured_default() 
         assert!(e["headers"].get(h).is_none(), "{h} passed: {e}");
     }
     assert_login_redirect(&Browser::new().get(&open.host_url(WIKI, "/")).unwrap());
+
+    // A Host that is not a host and port: Envoy routes it (Istio's `wiki.localhost:*` domain would
+    // too, as a prefix), so no site may read it as some other host. Not passed as unmatched, nor
+    // judged by the default site: 400.
+    for s in [open, site("multi")] {
+        for host in [format!("{WIKI}:1:2"), format!("{WIKI}:{}:1", s.port)] {
+            let (status, body) = raw_get(s.port, &host);
+            assert_eq!(status, 400, "{} with Host {host}: {body}", s.name);
+            assert!(body.contains("not a host name"), "{body}");
+        }
+    }
+}
+
+/// `GET /` with exactly `host` as the Host header, over a connection of its own: (status, body).
+fn raw_get(port: u16, host: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        c,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    let _ = c.read_to_string(&mut reply);
+    let status = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
 }
 
 // --- 2. claim rules ---
