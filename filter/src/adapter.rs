@@ -758,6 +758,10 @@ impl Http {
     fn unmatched(&self, plugin: &Plugin, headers: &HeaderBlock) -> Action {
         match plugin.unmatched {
             Unmatched::Pass => {
+                // No site's cookie is a credential for this host's app.
+                if let Some(edit) = headers.cookie().and_then(|c| plugin.strip_all_cookies(&c)) {
+                    let _ = host::set_header(Headers::Request, "cookie", edit.as_deref());
+                }
                 for cfg in &plugin.sites {
                     for (name, _) in &cfg.identity_headers {
                         if headers.contains(name) {

@@ -58,6 +58,9 @@ pub struct Config {
     pub keep_claims: Vec<String>,
     /// Where the IdP posts logout tokens (OIDC Back-Channel Logout); `None`: not offered.
     pub backchannel_logout_path: Option<String>,
+    /// The cookie names of the plugin's other sites: their cookies are credentials for those sites, and a
+    /// browser sends them here too when the sites share a `cookie_domain`, so they never go upstream.
+    pub other_sites_cookies: Vec<String>,
 }
 
 /// Why a configuration was refused. The message names the field.
@@ -459,6 +462,7 @@ impl Config {
             identity_headers,
             keep_claims,
             backchannel_logout_path,
+            other_sites_cookies: Vec::new(),
         })
     }
 
@@ -481,16 +485,74 @@ impl Config {
     ///
     /// [`cookies::strip_edit`]: crate::cookies::strip_edit
     pub fn strip_own_cookies(&self, header: &str) -> Option<Option<String>> {
-        crate::cookies::strip_edit(header, &self.cookie_name, |n| self.is_own_cookie(n))
+        let edit = crate::cookies::strip_edit(header, &self.cookie_name, |n| self.is_own_cookie(n));
+        self.strip_other_sites(Some(header), edit)
+    }
+
+    /// `stripped` (the `Cookie` header without this site's cookies; `None`: nothing is left of it) without
+    /// the plugin's other sites' cookies too.
+    pub fn without_other_sites(&self, stripped: Option<String>) -> Option<String> {
+        if self.other_sites_cookies.is_empty() {
+            return stripped;
+        }
+        let header = stripped?;
+        match strip_sites(&header, &self.other_sites_cookies) {
+            None => Some(header),
+            Some(rest) => rest,
+        }
     }
 
     /// True for every cookie this filter owns (session chunks and login attempts); they never go upstream.
     pub fn is_own_cookie(&self, name: &str) -> bool {
-        crate::session::is_session_cookie(&self.cookie_name, name)
-            || name
-                .strip_prefix(self.cookie_name.as_str())
-                .is_some_and(|rest| rest.starts_with("_login_"))
+        is_site_cookie(&self.cookie_name, name)
     }
+
+    /// `edit` (the change to the `Cookie` header that this site's answer makes: `None` none, `Some(None)`
+    /// removed) extended to take out the other sites' cookies too. `original` is the header as sent.
+    pub fn strip_other_sites(
+        &self,
+        original: Option<&str>,
+        edit: Option<Option<String>>,
+    ) -> Option<Option<String>> {
+        if self.other_sites_cookies.is_empty() {
+            return edit;
+        }
+        let current = match &edit {
+            None => original,
+            Some(h) => h.as_deref(),
+        };
+        match current.and_then(|h| strip_sites(h, &self.other_sites_cookies)) {
+            Some(stripped) => Some(stripped),
+            None => edit,
+        }
+    }
+}
+
+/// True for the cookies of the site whose cookies are named `cookie_name`: session chunks and login attempts.
+fn is_site_cookie(cookie_name: &str, name: &str) -> bool {
+    crate::session::is_session_cookie(cookie_name, name)
+        || name
+            .strip_prefix(cookie_name)
+            .is_some_and(|rest| rest.starts_with("_login_"))
+}
+
+/// `header` without the cookies of the sites named (as [`crate::cookies::strip_edit`] gives it: `None`
+/// when none is there).
+fn strip_sites(header: &str, cookie_names: &[String]) -> Option<Option<String>> {
+    let mut out: Option<Option<String>> = None;
+    for name in cookie_names {
+        let current = match &out {
+            None => header,
+            Some(Some(h)) => h.as_str(),
+            Some(None) => break,
+        };
+        if let Some(stripped) =
+            crate::cookies::strip_edit(current, name, |n| is_site_cookie(name, n))
+        {
+            out = Some(stripped);
+        }
+    }
+    out
 }
 
 /// What happens to a request whose host matches no entry of `hosts`.
@@ -644,6 +706,17 @@ impl Plugin {
                 }
             }
         }
+        let names: Vec<String> = sites.iter().map(|s| s.cookie_name.clone()).collect();
+        for site in &mut sites {
+            let mut others: Vec<String> = names
+                .iter()
+                .filter(|n| **n != site.cookie_name)
+                .cloned()
+                .collect();
+            others.sort_unstable();
+            others.dedup();
+            site.other_sites_cookies = others;
+        }
         let unmatched = match unmatched.as_ref().map(|v| v.as_str()) {
             None if default_site.is_some() => Unmatched::Default,
             None => Unmatched::Deny,
@@ -671,6 +744,12 @@ impl Plugin {
             unmatched: Unmatched::Default,
             default_site: Some(0),
         }
+    }
+
+    /// `header` without the cookies of any site (for a request no site serves that passes upstream).
+    pub fn strip_all_cookies(&self, header: &str) -> Option<Option<String>> {
+        let names: Vec<String> = self.sites.iter().map(|s| s.cookie_name.clone()).collect();
+        strip_sites(header, &names)
     }
 
     /// The site for a request; reads `:authority` (through `authority`) only when several sites exist.

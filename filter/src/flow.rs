@@ -343,7 +343,7 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
                         h,
                         &target,
                         header,
-                        scan.stripped,
+                        cfg.without_other_sites(scan.stripped),
                         &sealed,
                         cached,
                     ) {

@@ -393,6 +393,46 @@ fn raw_get(port: u16, host: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
+#[test]
+fn no_site_cookie_reaches_an_app_whichever_host_it_was_sent_to() {
+    // Sites that share a `cookie_domain` get each other's cookies from the browser: each is a
+    // credential for its own site, so no app may receive another's (nor an unmatched host's app).
+    let b = Browser::new();
+    login(&b, &at(GRAFANA, "/"), "alice");
+    for (name, value) in [
+        (WIKI_COOKIE, "wiki-session"),
+        ("_oidc_session_0.1", "wiki-chunk"),
+        (DEFAULT_COOKIE, "top-session"),
+        ("_oidc_session_login_abcdefghijkl", "top-login"),
+        ("theme", "dark"),
+    ] {
+        b.set_cookie(GRAFANA, name, value);
+    }
+    let e = echo(&b, &at(GRAFANA, "/api/user"), &[]);
+    assert_eq!(e["headers"]["x-auth-request-user"], "alice", "{e}");
+    assert_eq!(e["headers"]["cookie"], "theme=dark", "{e}");
+
+    // Anonymous on a bypass path: the same.
+    let anon = Browser::new();
+    anon.set_cookie(GRAFANA, WIKI_COOKIE, "wiki-session");
+    anon.set_cookie(GRAFANA, "theme", "dark");
+    let e = echo(&anon, &at(GRAFANA, "/healthz"), &[]);
+    assert_eq!(e["headers"]["cookie"], "theme=dark", "{e}");
+
+    // A host no site serves, passed as it is: no site's cookie goes with it.
+    let open = site("open");
+    let other = Browser::new();
+    for (name, value) in [
+        ("_oidc_session_0", "open-wiki-session"),
+        ("_oidc_session_0_login_abcdefghijkl", "open-wiki-login"),
+        ("theme", "dark"),
+    ] {
+        other.set_cookie(OTHER, name, value);
+    }
+    let e = echo(&other, &open.host_url(OTHER, "/x"), &[]);
+    assert_eq!(e["headers"]["cookie"], "theme=dark", "{e}");
+}
+
 // --- 2. claim rules ---
 
 #[test]
