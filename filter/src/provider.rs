@@ -1,4 +1,5 @@
 //! The IdP as this worker knows it: discovery, then JWKS, retried with backoff and refreshed on a timer.
+//! A JWKS that keeps failing sends the worker back to discovery, which may name the keys' new address.
 //! Pure state machine: the adapter calls `poll` on every tick and hands back what the callout returned.
 
 use crate::config::Config;
@@ -10,6 +11,10 @@ use crate::oidc::jwks::Jwks;
 const MAX_BACKOFF: u64 = 30;
 /// An unknown `kid` may trigger a JWKS fetch at most this often.
 const KID_REFRESH_INTERVAL: u64 = 30;
+/// After this many failed JWKS fetches in a row, discovery is read again before the next one: the IdP may
+/// have moved its keys (or briefly published a wrong `jwks_uri`), and the old address alone would be
+/// retried forever.
+const REDISCOVER_AFTER: u32 = 3;
 
 /// Discovery and keys, once both are known.
 #[derive(Debug, Clone)]
@@ -37,6 +42,8 @@ pub struct ProviderState {
     backoff: u64,
     jwks_fetched_at: u64,
     last_kid_refresh: u64,
+    /// Failed JWKS fetches in a row since keys last loaded or discovery was last read.
+    jwks_failures: u32,
 }
 
 impl ProviderState {
@@ -50,27 +57,31 @@ impl ProviderState {
         if self.in_flight || now < self.next_attempt {
             return None;
         }
+        let discovery = || {
+            let url = cfg
+                .issuer_url
+                .with_path(&discovery::discovery_path(&cfg.issuer_url));
+            (Fetch::Discovery, url)
+        };
+        let rediscover = self.jwks_failures >= REDISCOVER_AFTER;
+        let refresh_due = now
+            >= self
+                .jwks_fetched_at
+                .saturating_add(cfg.jwks_refresh_interval);
         let (fetch, url) = match (&self.meta, &self.ready) {
-            (None, _) => {
-                let url = cfg
-                    .issuer_url
-                    .with_path(&discovery::discovery_path(&cfg.issuer_url));
-                (Fetch::Discovery, url)
-            }
+            (None, _) => discovery(),
+            // The keys keep failing: discovery again (they may have moved), then its `jwks_uri`.
+            (Some(_), None) if rediscover => discovery(),
             (Some(meta), None) => (Fetch::Jwks, meta.jwks_uri.clone()),
-            // A periodic refresh reads discovery again first (endpoints can move), then the keys.
+            // A periodic refresh reads discovery again first (endpoints can move), then the keys; so does
+            // a refresh whose keys keep failing, while the old keys go on serving.
             (Some(_), Some(_))
-                if now >= self.jwks_fetched_at + cfg.jwks_refresh_interval
-                    && self.discovery_checked_at <= self.jwks_fetched_at =>
+                if refresh_due
+                    && (rediscover || self.discovery_checked_at <= self.jwks_fetched_at) =>
             {
-                let url = cfg
-                    .issuer_url
-                    .with_path(&discovery::discovery_path(&cfg.issuer_url));
-                (Fetch::Discovery, url)
+                discovery()
             }
-            (Some(meta), Some(_)) if now >= self.jwks_fetched_at + cfg.jwks_refresh_interval => {
-                (Fetch::Jwks, meta.jwks_uri.clone())
-            }
+            (Some(meta), Some(_)) if refresh_due => (Fetch::Jwks, meta.jwks_uri.clone()),
             _ => return None,
         };
         self.in_flight = true;
@@ -86,9 +97,16 @@ impl ProviderState {
         now: u64,
     ) -> Result<String, String> {
         self.in_flight = false;
-        if fetch == Fetch::Discovery && self.ready.is_some() {
-            // Even a failed re-read lets the JWKS refresh go ahead with the endpoints we know.
-            self.discovery_checked_at = now.max(self.jwks_fetched_at + 1);
+        // Discovery read again because the keys kept failing: not a recovery yet, so the backoff goes on.
+        let rediscovery = fetch == Fetch::Discovery && self.jwks_failures >= REDISCOVER_AFTER;
+        if fetch == Fetch::Discovery {
+            // Loaded or not, the JWKS is tried next (at the new `jwks_uri`, else the known one), and
+            // counted afresh.
+            self.jwks_failures = 0;
+            if self.ready.is_some() {
+                // Even a failed re-read lets the JWKS refresh go ahead with the endpoints we know.
+                self.discovery_checked_at = now.max(self.jwks_fetched_at.saturating_add(1));
+            }
         }
         let result = match reply {
             None => Err("no answer from the IdP cluster".to_string()),
@@ -107,10 +125,15 @@ impl ProviderState {
         };
         match &result {
             Ok(_) => {
-                self.backoff = 0;
+                if !rediscovery {
+                    self.backoff = 0;
+                }
                 self.next_attempt = now;
             }
             Err(_) => {
+                if fetch == Fetch::Jwks {
+                    self.jwks_failures = self.jwks_failures.saturating_add(1);
+                }
                 self.backoff = (self.backoff * 2).clamp(1, MAX_BACKOFF);
                 self.next_attempt = now + self.backoff;
             }
@@ -126,6 +149,7 @@ impl ProviderState {
             jwks.skipped()
         );
         self.jwks_fetched_at = now;
+        self.jwks_failures = 0;
         if let Some(meta) = &self.meta {
             self.ready = Some(Provider {
                 meta: meta.clone(),
@@ -144,5 +168,235 @@ impl ProviderState {
         } else {
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DISCOVERY: &str = include_str!("../../testdata/discovery/good.json");
+    const JWKS: &[u8] = include_bytes!("../../testdata/jwks/keys.json");
+    const NOW: u64 = 1_900_000_000;
+
+    fn cfg() -> Config {
+        let json = r#"{"issuer":"https://idp.example.com","client_id":"app","client_secret":"s3cret",
+            "cookie_keys":["MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]}"#;
+        Config::parse(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    /// The good discovery document with its keys at `path`.
+    fn discovery_with_keys_at(path: &str) -> Vec<u8> {
+        DISCOVERY
+            .replace(
+                "https://idp.example.com/oauth2/keys",
+                &format!("https://idp.example.com{path}"),
+            )
+            .into_bytes()
+    }
+
+    /// The next fetch due at `now`, and the path it asks for.
+    fn due(p: &mut ProviderState, cfg: &Config, now: u64) -> Option<(Fetch, String)> {
+        let (call, fetch) = p.poll(cfg, now)?;
+        let path = call
+            .headers
+            .iter()
+            .find(|(n, _)| n == ":path")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        Some((fetch, path))
+    }
+
+    const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+
+    #[test]
+    fn failing_keys_while_not_ready_send_the_worker_back_to_discovery() {
+        let cfg = cfg();
+        let mut p = ProviderState::default();
+        let mut now = NOW;
+        assert_eq!(
+            due(&mut p, &cfg, now),
+            Some((Fetch::Discovery, DISCOVERY_PATH.into()))
+        );
+        p.on_reply(
+            &cfg,
+            Fetch::Discovery,
+            Some((200, DISCOVERY.as_bytes())),
+            now,
+        )
+        .unwrap();
+
+        // The keys' address answers garbage: retried with the usual backoff, twice.
+        for backoff in [1, 2] {
+            assert_eq!(
+                due(&mut p, &cfg, now),
+                Some((Fetch::Jwks, "/oauth2/keys".into()))
+            );
+            p.on_reply(&cfg, Fetch::Jwks, Some((200, b"<html>")), now)
+                .unwrap_err();
+            assert!(p.poll(&cfg, now + backoff - 1).is_none());
+            now += backoff;
+        }
+        // The third failure in a row: after the backoff, discovery is read again.
+        assert_eq!(
+            due(&mut p, &cfg, now),
+            Some((Fetch::Jwks, "/oauth2/keys".into()))
+        );
+        p.on_reply(&cfg, Fetch::Jwks, Some((404, b"")), now)
+            .unwrap_err();
+        assert!(p.poll(&cfg, now + 3).is_none(), "the backoff still holds");
+        now += 4;
+        assert_eq!(
+            due(&mut p, &cfg, now),
+            Some((Fetch::Discovery, DISCOVERY_PATH.into()))
+        );
+        // A failed re-read falls back on the known address, three times, before discovery again.
+        p.on_reply(&cfg, Fetch::Discovery, None, now).unwrap_err();
+        for backoff in [8, 16, 30] {
+            now += backoff;
+            assert_eq!(
+                due(&mut p, &cfg, now),
+                Some((Fetch::Jwks, "/oauth2/keys".into()))
+            );
+            p.on_reply(&cfg, Fetch::Jwks, None, now).unwrap_err();
+        }
+        now += 30;
+        assert_eq!(
+            due(&mut p, &cfg, now),
+            Some((Fetch::Discovery, DISCOVERY_PATH.into()))
+        );
+
+        // The IdP now names another address: fetched right away, and the backoff goes on if it fails.
+        let moved = discovery_with_keys_at("/keys-b");
+        p.on_reply(&cfg, Fetch::Discovery, Some((200, &moved)), now)
+            .unwrap();
+        assert!(p.ready().is_none());
+        assert_eq!(
+            due(&mut p, &cfg, now),
+            Some((Fetch::Jwks, "/keys-b".into()))
+        );
+        p.on_reply(&cfg, Fetch::Jwks, None, now).unwrap_err();
+        assert!(p.poll(&cfg, now + 29).is_none(), "not hammering the IdP");
+        now += 30;
+        assert_eq!(
+            due(&mut p, &cfg, now),
+            Some((Fetch::Jwks, "/keys-b".into()))
+        );
+        p.on_reply(&cfg, Fetch::Jwks, Some((200, JWKS)), now)
+            .unwrap();
+        let ready = p.ready().unwrap();
+        assert_eq!(
+            ready.meta.jwks_uri.as_str(),
+            "https://idp.example.com/keys-b"
+        );
+        assert_eq!(p.backoff, 0);
+        assert!(
+            p.poll(&cfg, now).is_none(),
+            "nothing more until the refresh"
+        );
+    }
+
+    #[test]
+    fn failing_key_refreshes_while_serving_read_discovery_again() {
+        let cfg = cfg();
+        let mut p = ProviderState::default();
+        let mut now = NOW;
+        p.poll(&cfg, now).unwrap();
+        p.on_reply(
+            &cfg,
+            Fetch::Discovery,
+            Some((200, DISCOVERY.as_bytes())),
+            now,
+        )
+        .unwrap();
+        p.poll(&cfg, now).unwrap();
+        p.on_reply(&cfg, Fetch::Jwks, Some((200, JWKS)), now)
+            .unwrap();
+
+        now += cfg.jwks_refresh_interval;
+        assert_eq!(
+            due(&mut p, &cfg, now),
+            Some((Fetch::Discovery, DISCOVERY_PATH.into()))
+        );
+        p.on_reply(
+            &cfg,
+            Fetch::Discovery,
+            Some((200, DISCOVERY.as_bytes())),
+            now,
+        )
+        .unwrap();
+        for backoff in [1, 2, 4] {
+            assert_eq!(
+                due(&mut p, &cfg, now),
+                Some((Fetch::Jwks, "/oauth2/keys".into()))
+            );
+            p.on_reply(&cfg, Fetch::Jwks, Some((500, b"")), now)
+                .unwrap_err();
+            assert!(p.ready().is_some(), "the old keys keep serving");
+            now += backoff;
+        }
+        assert_eq!(
+            due(&mut p, &cfg, now),
+            Some((Fetch::Discovery, DISCOVERY_PATH.into()))
+        );
+        let moved = discovery_with_keys_at("/keys-b");
+        p.on_reply(&cfg, Fetch::Discovery, Some((200, &moved)), now)
+            .unwrap();
+        assert_eq!(
+            due(&mut p, &cfg, now),
+            Some((Fetch::Jwks, "/keys-b".into()))
+        );
+        p.on_reply(&cfg, Fetch::Jwks, Some((200, JWKS)), now)
+            .unwrap();
+        let ready = p.ready().unwrap();
+        assert_eq!(
+            ready.meta.jwks_uri.as_str(),
+            "https://idp.example.com/keys-b"
+        );
+        assert!(p.poll(&cfg, now + cfg.jwks_refresh_interval - 1).is_none());
+        assert_eq!(
+            due(&mut p, &cfg, now + cfg.jwks_refresh_interval),
+            Some((Fetch::Discovery, DISCOVERY_PATH.into())),
+            "the next refresh as usual"
+        );
+    }
+
+    #[test]
+    fn keys_loaded_for_an_unknown_kid_end_a_run_of_failures() {
+        let cfg = cfg();
+        let mut p = ProviderState::default();
+        let mut now = NOW;
+        p.poll(&cfg, now).unwrap();
+        p.on_reply(
+            &cfg,
+            Fetch::Discovery,
+            Some((200, DISCOVERY.as_bytes())),
+            now,
+        )
+        .unwrap();
+        p.poll(&cfg, now).unwrap();
+        p.on_reply(&cfg, Fetch::Jwks, Some((200, JWKS)), now)
+            .unwrap();
+        now += cfg.jwks_refresh_interval;
+        p.poll(&cfg, now).unwrap();
+        p.on_reply(
+            &cfg,
+            Fetch::Discovery,
+            Some((200, DISCOVERY.as_bytes())),
+            now,
+        )
+        .unwrap();
+        for _ in 1..REDISCOVER_AFTER {
+            assert_eq!(p.poll(&cfg, now).map(|(_, f)| f), Some(Fetch::Jwks));
+            p.on_reply(&cfg, Fetch::Jwks, None, now).unwrap_err();
+            now += 60;
+        }
+        // A request's unknown `kid` fetched the keys meanwhile: the run of failures is over (the next
+        // refresh starts with discovery anyway).
+        assert_eq!(p.jwks_failures, REDISCOVER_AFTER - 1);
+        assert!(p.may_refetch_for_kid(now));
+        p.install_jwks(Jwks::parse(JWKS).unwrap(), now);
+        assert_eq!(p.jwks_failures, 0);
+        assert!(p.poll(&cfg, now).is_none(), "the keys are fresh");
     }
 }

@@ -1563,16 +1563,29 @@ fn an_unusable_jwks_keeps_the_filter_not_ready() {
     let mut f = Filter::new(config(json!({})));
     let (_, fetch) = f.poll().unwrap();
     f.provider_reply(fetch, Some((200, DISCOVERY))).unwrap();
-    for body in [
-        &br#"{"keys":[{"kty":"oct","k":"AAAA"}]}"#[..],
-        b"<html>",
-        b"",
-    ] {
-        let (_, fetch) = f.poll().unwrap();
-        assert_eq!(fetch, Fetch::Jwks, "discovery is not refetched");
-        assert!(f.provider_reply(fetch, Some((200, body))).is_err());
+    for round in 0..2 {
+        for body in [
+            &br#"{"keys":[{"kty":"oct","k":"AAAA"}]}"#[..],
+            b"<html>",
+            b"",
+        ] {
+            let (_, fetch) = f.poll().unwrap();
+            assert_eq!(fetch, Fetch::Jwks, "round {round}");
+            assert!(f.provider_reply(fetch, Some((200, body))).is_err());
+            assert!(oidc_filter::flow::provider(&f.state).is_none());
+            assert_eq!(respond(f.request(&Req::browser("/"))).status, 503);
+            f.now += 60;
+        }
+        // Three unusable answers in a row: discovery is read again (the keys may have moved), then the
+        // keys at the address it names, here the same one.
+        let (c, fetch) = f.poll().unwrap();
+        assert_eq!(fetch, Fetch::Discovery, "round {round}");
+        assert_eq!(
+            header(&c.headers, ":path"),
+            Some("/.well-known/openid-configuration")
+        );
+        f.provider_reply(fetch, Some((200, DISCOVERY))).unwrap();
         assert!(oidc_filter::flow::provider(&f.state).is_none());
-        f.now += 60;
     }
 }
 
@@ -1822,4 +1835,88 @@ fn a_logout_token_signed_with_a_new_key_refetches_the_jwks_and_ends_the_session(
     // A key the IdP does not publish either: 400, and no second fetch right away.
     let forged = logout_body(NOW + 10, None, |c| mint_with_kid(c, "nobody"));
     assert_eq!(status(f.backchannel(&forged)), 400);
+}
+
+/// The test discovery document, naming `jwks_uri` as the keys' address.
+fn discovery_with_jwks_uri(jwks_uri: &str) -> Vec<u8> {
+    let mut d: serde_json::Value = serde_json::from_slice(DISCOVERY).unwrap();
+    d["jwks_uri"] = json!(jwks_uri);
+    d.to_string().into_bytes()
+}
+
+#[test]
+fn keys_that_keep_failing_send_the_filter_back_to_discovery_and_a_moved_jwks_uri() {
+    let mut f = Filter::new(config(json!({})));
+    let (_, fetch) = f.poll().unwrap();
+    f.provider_reply(fetch, Some((200, DISCOVERY))).unwrap();
+    // The IdP has moved its keys: the address discovery named (A) fails three times in a row, each retry
+    // after the usual backoff.
+    for backoff in [1, 2, 4] {
+        let (c, fetch) = f.poll().expect("the keys are due");
+        assert_eq!(fetch, Fetch::Jwks);
+        assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+        assert!(f.provider_reply(fetch, Some((404, b"not here"))).is_err());
+        assert_eq!(respond(f.request(&Req::browser("/"))).status, 503);
+        f.now += backoff - 1;
+        assert!(f.poll().is_none(), "waits {backoff}s");
+        f.now += 1;
+    }
+    // Then discovery again, which now names B.
+    let (c, fetch) = f.poll().expect("discovery is due");
+    assert_eq!(fetch, Fetch::Discovery);
+    assert_eq!(
+        header(&c.headers, ":path"),
+        Some("/.well-known/openid-configuration")
+    );
+    let moved = discovery_with_jwks_uri("https://idp.example.com/v2/keys");
+    f.provider_reply(fetch, Some((200, &moved))).unwrap();
+    assert!(oidc_filter::flow::provider(&f.state).is_none());
+    let (c, fetch) = f.poll().expect("the keys right away, at B");
+    assert_eq!(fetch, Fetch::Jwks);
+    assert_eq!(header(&c.headers, ":path"), Some("/v2/keys"));
+    assert_eq!(header(&c.headers, ":authority"), Some("idp.example.com"));
+    f.provider_reply(fetch, Some((200, JWKS))).unwrap();
+    let p = oidc_filter::flow::provider(&f.state).expect("ready");
+    assert_eq!(p.meta.jwks_uri.as_str(), "https://idp.example.com/v2/keys");
+    assert!(f.poll().is_none(), "nothing more to fetch");
+
+    let (jar, _) = log_in(&mut f, None);
+    assert!(matches!(
+        f.request(&Req::browser("/").cookies(&jar)),
+        Step::Forward(_)
+    ));
+}
+
+#[test]
+fn a_jwks_refresh_that_keeps_failing_rereads_discovery_and_keeps_serving() {
+    let mut f = Filter::ready(config(json!({"jwks_refresh_interval": "10m"})));
+    f.now = NOW + 600;
+    let (_, fetch) = f.poll().expect("refresh due");
+    assert_eq!(fetch, Fetch::Discovery);
+    f.provider_reply(fetch, Some((200, DISCOVERY))).unwrap();
+    for _ in 0..3 {
+        let (c, fetch) = f.poll().expect("the keys are due");
+        assert_eq!(fetch, Fetch::Jwks);
+        assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+        assert!(f.provider_reply(fetch, None).is_err());
+        // The old keys keep serving.
+        assert!(oidc_filter::flow::provider(&f.state).is_some());
+        f.now += 30;
+    }
+    let (jar, _) = log_in(&mut f, None);
+    assert!(matches!(
+        f.request(&Req::browser("/").cookies(&jar)),
+        Step::Forward(_)
+    ));
+    let (_, fetch) = f.poll().expect("discovery again");
+    assert_eq!(fetch, Fetch::Discovery);
+    let moved = discovery_with_jwks_uri("https://idp.example.com/v2/keys");
+    f.provider_reply(fetch, Some((200, &moved))).unwrap();
+    let (c, fetch) = f.poll().expect("the keys at the new address");
+    assert_eq!(fetch, Fetch::Jwks);
+    assert_eq!(header(&c.headers, ":path"), Some("/v2/keys"));
+    f.provider_reply(fetch, Some((200, JWKS))).unwrap();
+    let p = oidc_filter::flow::provider(&f.state).expect("ready");
+    assert_eq!(p.meta.jwks_uri.as_str(), "https://idp.example.com/v2/keys");
+    assert!(f.poll().is_none());
 }
