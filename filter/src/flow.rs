@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::claims;
 use crate::config::{Config, ForwardToken};
-use crate::cookies::{self, CookieAttrs};
+use crate::cookies::{self, CookieAttrs, SameSite};
 use crate::form;
 use crate::json;
 use crate::oidc::id_token::{self, Expected, IdTokenError};
@@ -209,6 +209,8 @@ pub struct Cached {
     /// The ID token's `sid` and `iat`, for back-channel logout.
     pub sid: Option<String>,
     pub iat: u64,
+    /// How long before the forwarded token expires a request renews it.
+    pub refresh_margin: u64,
 }
 
 /// Opened sessions keyed by the exact sealed cookie value: a hit costs a hash of the value's start
@@ -396,7 +398,11 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
         ForwardToken::AccessToken => session.access_token.as_ref().unwrap_or(&session.id_token),
     };
     let bearer = Rc::new(Secret::new(format!("Bearer {}", token.expose())));
-    let (claims, sid, iat) = token_facts(cfg, &session.id_token);
+    let (claims, sid, iat, exp) = token_facts(cfg, &session.id_token);
+    // A margin as long as the token's life would renew on every request: at most half of that life (the
+    // ID token's, or the forwarded token's when it lives longer; unknown without an `iat`).
+    let life = exp.max(session.token_expires_at).saturating_sub(iat);
+    let refresh_margin = cfg.refresh_margin.min(life / 2);
     let identity = Rc::new(
         cfg.identity_headers
             .iter()
@@ -411,6 +417,7 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
         claims,
         sid,
         iat,
+        refresh_margin,
     }
 }
 
@@ -439,11 +446,7 @@ fn with_session(
         return None;
     }
     let cookie = Some(stripped);
-    // A margin as long as the token's life would renew on every request: at most half of that life.
-    let margin = cfg
-        .refresh_margin
-        .min(s.token_expires_at.saturating_sub(cached.iat) / 2);
-    if now.saturating_add(margin) < s.token_expires_at {
+    if now.saturating_add(cached.refresh_margin) < s.token_expires_at {
         return Some(forward_session(cfg, h, &cached, cookie, target));
     }
     let Some(refresh_token) = s.refresh_token.clone() else {
@@ -986,10 +989,7 @@ fn finish_login(
         Ok(cookies) => set.extend(cookies),
         Err(reply) => return with_cookies(*reply, set),
     }
-    with_cookies(
-        redirect(x.login.rd.clone(), Some(Metric::LoginCompleted)),
-        set,
-    )
+    with_cookies(login_done(cfg, &x.login.rd), set)
 }
 
 fn refresh_reply(
@@ -1282,7 +1282,7 @@ fn new_session(
 /// The claims that rules and identity headers read, from the session's ID token. The token was verified
 /// before it was sealed and the cookie is authenticated, so its payload is trusted without a signature check;
 /// reading it here (once per opened cookie) keeps the cookie from carrying the claims twice.
-fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>, u64) {
+fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>, u64, u64) {
     let all = token_payload(id_token).unwrap_or_default();
     // An address the IdP says is not the user's (not yet confirmed) names no one: no header, no rule
     // passes on it. (An IdP that sends no `email_verified` vouches for its addresses.)
@@ -1299,12 +1299,13 @@ fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>
         .collect();
     let sid = all.get("sid").and_then(|v| v.as_str()).map(str::to_string);
     // As the ID token's check read it: a NumericDate may carry a fraction.
-    let iat = all
-        .get("iat")
-        .and_then(json::Value::as_number)
-        .and_then(json::Number::floor_u64)
-        .unwrap_or(0);
-    (kept, sid, iat)
+    let date = |name: &str| {
+        all.get(name)
+            .and_then(json::Value::as_number)
+            .and_then(json::Number::floor_u64)
+            .unwrap_or(0)
+    };
+    (kept, sid, date("iat"), date("exp"))
 }
 
 /// The claims of a sealed session's ID token (verified before it was sealed), unchecked.
@@ -1455,11 +1456,40 @@ fn clear_session_cookies(cfg: &Config, header: &str) -> Vec<String> {
         .collect()
 }
 
+/// The login-attempt cookie's attributes. It must come back with the IdP's redirect, a navigation from
+/// the IdP's site: with `SameSite=Strict` a browser would withhold it, so that one is `Lax`.
 fn login_attrs(cfg: &Config) -> CookieAttrs {
     CookieAttrs {
         path: cfg.callback_path.clone(),
+        same_site: match cfg.cookie.same_site {
+            SameSite::Strict => SameSite::Lax,
+            other => other,
+        },
         ..cfg.cookie.clone()
     }
+}
+
+/// The answer that ends a login at `rd`. A redirect continues the navigation that came from the IdP, and
+/// a browser withholds `SameSite=Strict` cookies from all of it: the session would seem missing and the
+/// login start over. So with `Strict` a page of this site moves on to `rd` itself, a same-site navigation.
+fn login_done(cfg: &Config, rd: &str) -> Step {
+    if cfg.cookie.same_site != SameSite::Strict {
+        return redirect(rd.to_string(), Some(Metric::LoginCompleted));
+    }
+    let rd = html_escape(rd);
+    Step::Respond(Reply {
+        status: 200,
+        headers: vec![
+            ("content-type", "text/html; charset=utf-8".into()),
+            ("cache-control", "no-store".into()),
+        ],
+        body: format!(
+            "<!doctype html><meta http-equiv=\"refresh\" content=\"0;url={rd}\"><title>Logged in</title>\
+             <p>Logged in. <a href=\"{rd}\">Continue</a>.</p>\n"
+        )
+        .into(),
+        metric: Some(Metric::LoginCompleted),
+    })
 }
 
 fn redirect_uri(cfg: &Config, h: &dyn Headers) -> Option<String> {

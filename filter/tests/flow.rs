@@ -1920,3 +1920,46 @@ fn a_jwks_refresh_that_keeps_failing_rereads_discovery_and_keeps_serving() {
     assert_eq!(p.meta.jwks_uri.as_str(), "https://idp.example.com/v2/keys");
     assert!(f.poll().is_none());
 }
+
+#[test]
+fn with_same_site_strict_the_login_cookie_is_lax_and_a_page_of_the_site_moves_on() {
+    let mut f = Filter::ready(config(json!({"cookie_same_site": "Strict"})));
+    let login = start_login(&mut f, "?rd=/app%3Fa%3D1%26b%3D%22x%22");
+    // The IdP's redirect back is a navigation from another site: a Strict login cookie would stay home.
+    assert!(
+        login.set_cookie.contains("; SameSite=Lax"),
+        "{}",
+        login.set_cookie
+    );
+    let (_, pending) = call(f.request(&login.callback("code-1", &Jar::default())));
+    let body = token_body(Some(&mint(&claims(Some(&login.nonce)))), None);
+    let r = respond(f.reply(pending, Some((200, &body))));
+    // Not a redirect, which would carry on that navigation (and the browser would withhold the Strict
+    // session from it), but a page that navigates from this site.
+    assert_eq!(r.status, 200);
+    assert_eq!(r.metric, Some(Metric::LoginCompleted));
+    let rd = &login.sealed.rd;
+    let escaped = rd.replace('&', "&amp;").replace('"', "&quot;");
+    assert!(
+        r.body.contains(&format!("content=\"0;url={escaped}\"")),
+        "{rd}: {}",
+        r.body
+    );
+    let sets = set_cookies(&r);
+    let session = sets
+        .iter()
+        .find(|c| c.starts_with("_oidc_session="))
+        .unwrap();
+    assert!(session.contains("; SameSite=Strict"), "{session}");
+    let mut jar = Jar::default();
+    jar.apply(sets);
+    assert!(matches!(
+        f.request(&Req::browser("/app").cookies(&jar)),
+        Step::Forward(_)
+    ));
+
+    // Lax (the default) keeps the plain redirect.
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, None);
+    assert!(jar.get("_oidc_session").is_some());
+}

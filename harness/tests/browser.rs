@@ -12,13 +12,21 @@ use serde_json::json;
 #[test]
 fn chromium_logs_in_through_the_filter_and_stays_logged_in() {
     let t0 = Instant::now();
-    let stack = Stack::start(StackSpec::new("browser", vec![SiteSpec::new("web")])).unwrap();
+    // `strict` sets its cookies `SameSite=Strict`: the IdP's redirect back comes from another site
+    // (127.0.0.1, the apps are on localhost), and Chromium withholds such cookies from it.
+    let strict = SiteSpec::new("strict")
+        .filter(json!({"cookie_same_site": "Strict", "cookie_name": "_strict"}));
+    let stack = Stack::start(StackSpec::new(
+        "browser",
+        vec![SiteSpec::new("web"), strict],
+    ))
+    .unwrap();
     let site = stack.site("web").unwrap();
     let driver = WebDriver::start(stack.dir()).unwrap();
     let app = site.url("/dashboard?tab=1");
     // The filter answers 503 until it has the IdP's keys.
     harness::process::poll(Duration::from_secs(20), || {
-        Ok((stack.envoy_log()?.matches("signing keys loaded").count() >= 3).then_some(()))
+        Ok((stack.envoy_log()?.matches("signing keys loaded").count() >= 6).then_some(()))
     })
     .unwrap();
     eprintln!("stack and chromium up in {:?}", t0.elapsed());
@@ -91,6 +99,36 @@ fn chromium_logs_in_through_the_filter_and_stays_logged_in() {
     driver
         .screenshot(&stack.dir().join("logged-in.png"))
         .unwrap();
+    driver.quit().unwrap();
+
+    // With `SameSite=Strict` the login ends at the app too, logged in, in a browser of its own.
+    let driver = WebDriver::start(stack.dir()).unwrap();
+    let app = stack.site("strict").unwrap().url("/reports?x=1");
+    driver.goto(&app).unwrap();
+    let login = driver
+        .wait_for("input[name=login]", Duration::from_secs(10))
+        .unwrap();
+    driver.send_keys(&login, "alice").unwrap();
+    driver
+        .send_keys(&driver.find("input[name=password]").unwrap(), "any")
+        .unwrap();
+    driver
+        .click(&driver.find("button[type=submit]").unwrap())
+        .unwrap();
+    driver
+        .wait_for_url(|u| u == app, Duration::from_secs(10))
+        .unwrap();
+    let h1 = driver
+        .wait_for("h1", Duration::from_secs(5))
+        .and_then(|h| driver.text(&h))
+        .unwrap();
+    assert_eq!(h1, "Hello, alice@example.com");
+    let cookies = driver.cookies().unwrap();
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "_strict")
+        .unwrap_or_else(|| panic!("{cookies:?}"));
+    assert_eq!(session["sameSite"], "Strict", "{session}");
     driver.quit().unwrap();
     eprintln!("whole test {:?}", t0.elapsed());
 }
