@@ -5,6 +5,10 @@
 //
 //   node profile-host.mjs MODULE INPUT.json N
 //
+// With REFUSE_HEADER_WRITES=1 in its environment the host refuses every change to a header map (status
+// BadArgument), a fault Envoy does not produce on request: `harness/tests/host_faults.rs` checks that
+// the filter then answers 500 rather than forward a request it could not clean.
+//
 // INPUT.json: {"config": "<the plugin configuration>", "env": {"NAME": "value"}, "cookie": "<Cookie or empty>"}
 import fs from 'node:fs';
 
@@ -47,7 +51,9 @@ const requestHeaders = encodePairs([
   ['x-forwarded-proto', 'http'], ['x-request-id', '2a3b8f7c-1d2e-4f5a-9b8c-7d6e5f4a3b2c'],
   ['x-envoy-expected-rq-timeout-ms', '15000']]);
 const config = enc.encode(input.config);
-let forwarded = 0, local = 0, setAuthorization = 0;
+let forwarded = 0, local = 0, setAuthorization = 0, localStatus = 0;
+// proxy-wasm's BadArgument.
+const refused = process.env.REFUSE_HEADER_WRITES === '1' ? 2 : 0;
 const env = {
   proxy_log: (level, p, s) => {
     if (process.env.PROFILE_LOG) console.error('log', level, dec.decode(u8().slice(p, p + s)));
@@ -57,12 +63,13 @@ const env = {
   proxy_get_header_map_pairs: (map, pp, ps) => give(map === 0 ? requestHeaders : encodePairs([]), pp, ps),
   proxy_get_header_map_value: () => 1,
   proxy_replace_header_map_value: (map, kp, ks) => {
+    if (refused) return refused;
     if (map === 0 && dec.decode(u8().slice(kp, kp + ks)) === 'authorization') setAuthorization++;
     return 0;
   },
-  proxy_add_header_map_value: () => 0,
-  proxy_remove_header_map_value: () => 0,
-  proxy_send_local_response: () => { local++; return 0; },
+  proxy_add_header_map_value: () => refused,
+  proxy_remove_header_map_value: () => refused,
+  proxy_send_local_response: (status) => { local++; localStatus = status; return 0; },
   proxy_continue_stream: () => 0,
   proxy_get_shared_data: () => 1,
   proxy_set_shared_data: () => 0,
@@ -111,4 +118,4 @@ for (let i = 0; i < N; i++) {
   if (x.proxy_on_request_headers(id, 10, 1) === 0) forwarded++;
   x.proxy_on_response_headers(id, 3, 0);
 }
-console.log(JSON.stringify({requests: N, forwarded, local, setAuthorization}));
+console.log(JSON.stringify({requests: N, forwarded, local, setAuthorization, localStatus}));

@@ -742,14 +742,15 @@ impl Http {
     }
 
     /// Removes every header that could stand for a user (`Authorization`, `Cookie`, identity headers).
+    /// (The body is answered here, so the request never reaches the app: a refusal changes nothing.)
     fn strip_credentials(&self) {
-        remove_request_header("authorization");
-        remove_request_header("cookie");
+        let _ = remove_request_header("authorization");
+        let _ = remove_request_header("cookie");
         if let Ok(s) = self.shared.try_borrow()
             && let Some(cfg) = s.plugin.sites.get(self.site)
         {
             for (name, _) in &cfg.identity_headers {
-                remove_request_header(name);
+                let _ = remove_request_header(name);
             }
         }
     }
@@ -759,16 +760,24 @@ impl Http {
         match plugin.unmatched {
             Unmatched::Pass => {
                 // No site's cookie is a credential for this host's app.
+                let mut done = true;
                 if let Some(edit) = headers.cookie().and_then(|c| plugin.strip_all_cookies(&c)) {
-                    let _ = host::set_header(Headers::Request, "cookie", edit.as_deref());
+                    done &= host::set_header(Headers::Request, "cookie", edit.as_deref()).is_ok();
                 }
                 for cfg in &plugin.sites {
                     for (name, _) in &cfg.identity_headers {
                         if headers.contains(name) {
-                            remove_request_header(name);
+                            done &= remove_request_header(name);
                         }
-                        remove_other_spellings(headers, name);
+                        done &= remove_other_spellings(headers, name);
                     }
+                }
+                if !done {
+                    log_warn(
+                        "oidc-filter: the host refused to change a request header; answered 500",
+                    );
+                    self.fail(500);
+                    return Action::Pause;
                 }
                 Action::Continue
             }
@@ -813,15 +822,18 @@ fn respond<N: AsRef<str>, V: headers::Value>(status: u32, headers: &[(N, V)], bo
     let _ = host::send_response(status, &headers::encode_pairs(headers), body);
 }
 
-/// Removes the copies of identity header `name` spelled with `_`, which some apps read as `name`.
-fn remove_other_spellings(headers: &HeaderBlock, name: &str) {
+/// Removes the copies of identity header `name` spelled with `_`, which some apps read as `name`; false
+/// when the host refused.
+fn remove_other_spellings(headers: &HeaderBlock, name: &str) -> bool {
+    let mut done = true;
     for other in headers.other_spellings(name) {
-        remove_request_header(other);
+        done &= remove_request_header(other);
     }
+    done
 }
 
-fn remove_request_header(name: &str) {
-    let _ = host::set_header(Headers::Request, name, None);
+fn remove_request_header(name: &str) -> bool {
+    host::set_header(Headers::Request, name, None).is_ok()
 }
 
 /// Carries out a `Forward` or `Respond` in the current effective context (the request's own, or one the root
@@ -835,22 +847,31 @@ fn apply(
     match step {
         Step::Forward(f) => {
             metrics.count(f.metric);
+            // Every change must take: a client's own header left in place could stand for a user, and
+            // the filter's cookies must not reach the app.
+            let mut done = true;
             if let Some(auth) = &f.authorization {
-                let _ = host::set_header(Headers::Request, "authorization", Some(auth.expose()));
+                done &= host::set_header(Headers::Request, "authorization", Some(auth.expose()))
+                    .is_ok();
             }
             if let Some(cookie) = &f.cookie {
-                let _ = host::set_header(Headers::Request, "cookie", cookie.as_deref());
+                done &= host::set_header(Headers::Request, "cookie", cookie.as_deref()).is_ok();
             }
             if let Some(identity) = &f.identity {
                 for (name, value) in identity.iter() {
                     // Removing a header the request does not carry is a host call for nothing.
                     if value.is_some() || headers.is_none_or(|h| h.contains(name)) {
-                        let _ = host::set_header(Headers::Request, name, value.as_deref());
+                        done &= host::set_header(Headers::Request, name, value.as_deref()).is_ok();
                     }
                     if let Some(h) = headers {
-                        remove_other_spellings(h, name);
+                        done &= remove_other_spellings(h, name);
                     }
                 }
+            }
+            if !done {
+                log_warn("oidc-filter: the host refused to change a request header; answered 500");
+                fail(500);
+                return Ok(Action::Pause);
             }
             if !f.set_cookies.is_empty() {
                 *set_cookies.get_or_insert_with(Rc::default).borrow_mut() = f.set_cookies;

@@ -463,14 +463,20 @@ fn join_parts<'a>(
     if n == 1 {
         return Ok(Some(Cow::Borrowed(part0)));
     }
-    let mut out = String::with_capacity(part0.len() * n);
-    out.push_str(part0);
+    // Every part first: a header that names 16 parts and brings one must not cost an allocation of 16
+    // times its size.
+    let mut len = part0.len();
     for i in 1..n {
         let part = parts
             .get(i)
             .copied()
             .flatten()
             .ok_or(ChunkError::MissingChunk(i))?;
+        len = len.saturating_add(part.len());
+    }
+    let mut out = String::with_capacity(len);
+    out.push_str(part0);
+    for part in parts.iter().take(n).skip(1).flatten() {
         out.push_str(part);
     }
     Ok(Some(Cow::Owned(out)))
