@@ -708,13 +708,12 @@ impl Plugin {
         }
         let names: Vec<String> = sites.iter().map(|s| s.cookie_name.clone()).collect();
         for site in &mut sites {
-            let mut others: Vec<String> = names
-                .iter()
-                .filter(|n| **n != site.cookie_name)
-                .cloned()
-                .collect();
-            others.sort_unstable();
-            others.dedup();
+            let mut others: Vec<String> = Vec::new();
+            for n in &names {
+                if *n != site.cookie_name && !others.contains(n) {
+                    others.push(n.clone());
+                }
+            }
             site.other_sites_cookies = others;
         }
         let unmatched = match unmatched.as_ref().map(|v| v.as_str()) {
