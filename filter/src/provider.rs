@@ -209,6 +209,23 @@ mod tests {
 
     const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 
+    /// A provider that read discovery and the keys at `NOW`, and serves.
+    fn serving(cfg: &Config) -> ProviderState {
+        let mut p = ProviderState::default();
+        p.poll(cfg, NOW).unwrap();
+        p.on_reply(
+            cfg,
+            Fetch::Discovery,
+            Some((200, DISCOVERY.as_bytes())),
+            NOW,
+        )
+        .unwrap();
+        p.poll(cfg, NOW).unwrap();
+        p.on_reply(cfg, Fetch::Jwks, Some((200, JWKS)), NOW)
+            .unwrap();
+        p
+    }
+
     #[test]
     fn failing_keys_while_not_ready_send_the_worker_back_to_discovery() {
         let cfg = cfg();
@@ -299,19 +316,8 @@ mod tests {
     #[test]
     fn failing_key_refreshes_while_serving_read_discovery_again() {
         let cfg = cfg();
-        let mut p = ProviderState::default();
+        let mut p = serving(&cfg);
         let mut now = NOW;
-        p.poll(&cfg, now).unwrap();
-        p.on_reply(
-            &cfg,
-            Fetch::Discovery,
-            Some((200, DISCOVERY.as_bytes())),
-            now,
-        )
-        .unwrap();
-        p.poll(&cfg, now).unwrap();
-        p.on_reply(&cfg, Fetch::Jwks, Some((200, JWKS)), now)
-            .unwrap();
 
         now += cfg.jwks_refresh_interval;
         assert_eq!(
@@ -364,19 +370,8 @@ mod tests {
     #[test]
     fn keys_loaded_for_an_unknown_kid_end_a_run_of_failures() {
         let cfg = cfg();
-        let mut p = ProviderState::default();
+        let mut p = serving(&cfg);
         let mut now = NOW;
-        p.poll(&cfg, now).unwrap();
-        p.on_reply(
-            &cfg,
-            Fetch::Discovery,
-            Some((200, DISCOVERY.as_bytes())),
-            now,
-        )
-        .unwrap();
-        p.poll(&cfg, now).unwrap();
-        p.on_reply(&cfg, Fetch::Jwks, Some((200, JWKS)), now)
-            .unwrap();
         now += cfg.jwks_refresh_interval;
         p.poll(&cfg, now).unwrap();
         p.on_reply(
