@@ -769,7 +769,9 @@ impl Http {
                         if headers.contains(name) {
                             done &= remove_request_header(name);
                         }
-                        done &= remove_other_spellings(headers, name);
+                        if headers.may_carry(name) {
+                            done &= remove_other_spellings(headers, name);
+                        }
                     }
                 }
                 if !done {
@@ -863,7 +865,7 @@ fn apply(
                     if value.is_some() || headers.is_none_or(|h| h.contains(name)) {
                         done &= host::set_header(Headers::Request, name, value.as_deref()).is_ok();
                     }
-                    if let Some(h) = headers {
+                    if let Some(h) = headers.filter(|h| h.may_carry(name)) {
                         done &= remove_other_spellings(h, name);
                     }
                 }

@@ -18,6 +18,9 @@ pub struct HeaderBlock {
     /// A bit for each name's length and last byte ([`name_bit`]): a lookup of a name the request does not
     /// carry (an identity header, most of `is_browser`'s) then usually ends without a walk.
     names: u64,
+    /// A bit for each name's length (lengths from 63 on share the last): with `names`, it tells most
+    /// requests apart from a name they do not carry at the cost of one more test ([`HeaderBlock::may_carry`]).
+    lengths: u64,
 }
 
 impl HeaderBlock {
@@ -33,7 +36,7 @@ impl HeaderBlock {
         }
         // Every name and value must end in a NUL inside the block: then `raw` walks it without checks.
         let mut at = 4 + count * 8;
-        let (mut path, mut cookie, mut names) = (None, None, 0);
+        let (mut path, mut cookie, mut names, mut lengths) = (None, None, 0, 0u64);
         for i in 0..count {
             let name_end = at.checked_add(word(&bytes, 4 + i * 8)?)?;
             let value_end = name_end
@@ -48,6 +51,7 @@ impl HeaderBlock {
             let n = name_end - at;
             // `name_end` is past the length table, so the byte before it is in the block.
             names |= name_bit(n, if n > 0 { b[name_end - 1] } else { 0 });
+            lengths |= length_bit(n);
             // `:path` and `cookie`: the name's first four bytes as a word, then the rest byte by byte (a
             // slice compare would be a `memcmp` call). The name ends inside the block (at `name_end`).
             let value = Some((name_end + 1, value_end - name_end - 1));
@@ -72,6 +76,7 @@ impl HeaderBlock {
             path,
             cookie,
             names,
+            lengths,
         })
     }
 
@@ -83,6 +88,7 @@ impl HeaderBlock {
             path: None,
             cookie: None,
             names: 0,
+            lengths: 0,
         }
     }
 
@@ -150,19 +156,25 @@ impl HeaderBlock {
         self.raw(name).is_some()
     }
 
+    /// False when the request carries no name of `name`'s length and last byte (nor, then, `name` with
+    /// `_` for some `-` before its end): the bit `parse` set for such names, without a walk.
+    pub fn may_carry(&self, name: &str) -> bool {
+        match name.as_bytes() {
+            [.., last] if *last != b'-' => {
+                self.lengths & length_bit(name.len()) != 0
+                    && self.names & name_bit(name.len(), *last) != 0
+            }
+            _ => self.lengths & length_bit(name.len()) != 0,
+        }
+    }
+
     /// The names the request carries that an app may read as `name` (a lowercase name with `-`): the
     /// same name with `_` for some `-`. Envoy lets underscores through by default, and CGI-style servers
     /// (WSGI, PHP, Rack) file `x_auth_request_user` and `x-auth-request-user` under one key.
     pub fn other_spellings(&self, name: &str) -> Vec<&str> {
         let mut out = Vec::new();
         let want = name.as_bytes();
-        let last = match want {
-            [.., b'-'] | [] => None,
-            [.., last] => Some(*last),
-        };
-        // The same length and last byte: the bit `parse` set for such a name tells most requests apart.
-        if !want.contains(&b'-') || last.is_some_and(|l| self.names & name_bit(want.len(), l) == 0)
-        {
+        if !self.may_carry(name) || !want.contains(&b'-') {
             return out;
         }
         let b = self.bytes.as_slice();
@@ -187,6 +199,11 @@ impl HeaderBlock {
         }
         out
     }
+}
+
+/// One of 64 bits for a header name of length `len`.
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// `:pat` and `cook` as [`word`] reads them.
@@ -379,6 +396,24 @@ mod tests {
         assert_eq!(b.get("Cookie"), None);
         assert_eq!(b.get("cook"), None);
         assert!(!b.contains("authorization"));
+    }
+
+    #[test]
+    fn may_carry_is_false_only_where_no_such_name_is() {
+        let b =
+            HeaderBlock::parse(encode(&[("x_auth_request_user", b"a"), (":path", b"/")])).unwrap();
+        assert!(b.may_carry("x-auth-request-user"));
+        assert!(b.may_carry(":path"));
+        // A name ending in `-` may be carried as one ending in `_`: only its length is asked.
+        assert!(!b.may_carry("ends-with-"));
+        let c = HeaderBlock::parse(encode(&[("ends_with_", b"a")])).unwrap();
+        assert!(c.may_carry("ends-with-"));
+        assert_eq!(c.other_spellings("ends-with-"), ["ends_with_"]);
+        assert!(!HeaderBlock::empty().may_carry("x-auth-request-user"));
+        // The same length and last byte is not enough without that length; nor the length alone.
+        assert!(!b.may_carry("x-auth-request-usr"));
+        assert!(!b.may_carry("x-auth-request-usex"));
+        assert!(!b.may_carry("x-auth-request-mail"));
     }
 
     #[test]
