@@ -766,20 +766,11 @@ impl Http {
                 }
                 for cfg in &plugin.sites {
                     for (name, _) in &cfg.identity_headers {
-                        if headers.contains(name) {
-                            done &= remove_request_header(name);
-                        }
-                        if headers.may_carry(name) {
-                            done &= remove_other_spellings(headers, name);
-                        }
+                        done &= set_identity_header(Some(headers), name, None);
                     }
                 }
                 if !done {
-                    log_warn(
-                        "oidc-filter: the host refused to change a request header; answered 500",
-                    );
-                    self.fail(500);
-                    return Action::Pause;
+                    return refused();
                 }
                 Action::Continue
             }
@@ -824,14 +815,27 @@ fn respond<N: AsRef<str>, V: headers::Value>(status: u32, headers: &[(N, V)], bo
     let _ = host::send_response(status, &headers::encode_pairs(headers), body);
 }
 
-/// Removes the copies of identity header `name` spelled with `_`, which some apps read as `name`; false
-/// when the host refused.
-fn remove_other_spellings(headers: &HeaderBlock, name: &str) -> bool {
+/// Sets identity header `name` to `value` (`None`: removes it), and removes its copies spelled with `_`,
+/// which some apps read as `name`; `headers`, when at hand, spares host calls for what the request does
+/// not carry. False when the host refused a change.
+fn set_identity_header(headers: Option<&HeaderBlock>, name: &str, value: Option<&str>) -> bool {
     let mut done = true;
-    for other in headers.other_spellings(name) {
-        done &= remove_request_header(other);
+    if value.is_some() || headers.is_none_or(|h| h.contains(name)) {
+        done &= host::set_header(Headers::Request, name, value).is_ok();
+    }
+    if let Some(h) = headers.filter(|h| h.may_carry(name)) {
+        for other in h.other_spellings(name) {
+            done &= remove_request_header(other);
+        }
     }
     done
+}
+
+/// The host would not change a request header: the request must not go on as it is.
+fn refused() -> Action {
+    log_warn("oidc-filter: the host refused to change a request header; answered 500");
+    fail(500);
+    Action::Pause
 }
 
 fn remove_request_header(name: &str) -> bool {
@@ -861,19 +865,11 @@ fn apply(
             }
             if let Some(identity) = &f.identity {
                 for (name, value) in identity.iter() {
-                    // Removing a header the request does not carry is a host call for nothing.
-                    if value.is_some() || headers.is_none_or(|h| h.contains(name)) {
-                        done &= host::set_header(Headers::Request, name, value.as_deref()).is_ok();
-                    }
-                    if let Some(h) = headers.filter(|h| h.may_carry(name)) {
-                        done &= remove_other_spellings(h, name);
-                    }
+                    done &= set_identity_header(headers, name, value.as_deref());
                 }
             }
             if !done {
-                log_warn("oidc-filter: the host refused to change a request header; answered 500");
-                fail(500);
-                return Ok(Action::Pause);
+                return Ok(refused());
             }
             if !f.set_cookies.is_empty() {
                 *set_cookies.get_or_insert_with(Rc::default).borrow_mut() = f.set_cookies;

@@ -489,19 +489,6 @@ impl Config {
         self.strip_other_sites(Some(header), edit)
     }
 
-    /// `stripped` (the `Cookie` header without this site's cookies; `None`: nothing is left of it) without
-    /// the plugin's other sites' cookies too.
-    pub fn without_other_sites(&self, stripped: Option<String>) -> Option<String> {
-        if self.other_sites_cookies.is_empty() {
-            return stripped;
-        }
-        let header = stripped?;
-        match strip_sites(&header, &self.other_sites_cookies) {
-            None => Some(header),
-            Some(rest) => rest,
-        }
-    }
-
     /// True for every cookie this filter owns (session chunks and login attempts); they never go upstream.
     pub fn is_own_cookie(&self, name: &str) -> bool {
         is_site_cookie(&self.cookie_name, name)
@@ -573,6 +560,8 @@ pub struct Plugin {
     pub sites: Vec<Config>,
     pub unmatched: Unmatched,
     default_site: Option<usize>,
+    /// Every site's cookie name, once each.
+    cookie_names: Vec<String>,
 }
 
 impl Plugin {
@@ -706,15 +695,18 @@ impl Plugin {
                 }
             }
         }
-        let names: Vec<String> = sites.iter().map(|s| s.cookie_name.clone()).collect();
-        for site in &mut sites {
-            let mut others: Vec<String> = Vec::new();
-            for n in &names {
-                if *n != site.cookie_name && !others.contains(n) {
-                    others.push(n.clone());
-                }
+        let mut cookie_names: Vec<String> = Vec::new();
+        for s in &sites {
+            if !cookie_names.contains(&s.cookie_name) {
+                cookie_names.push(s.cookie_name.clone());
             }
-            site.other_sites_cookies = others;
+        }
+        for site in &mut sites {
+            site.other_sites_cookies = cookie_names
+                .iter()
+                .filter(|n| **n != site.cookie_name)
+                .cloned()
+                .collect();
         }
         let unmatched = match unmatched.as_ref().map(|v| v.as_str()) {
             None if default_site.is_some() => Unmatched::Default,
@@ -734,11 +726,13 @@ impl Plugin {
             sites,
             unmatched,
             default_site,
+            cookie_names,
         })
     }
 
     fn single(cfg: Config) -> Plugin {
         Plugin {
+            cookie_names: vec![cfg.cookie_name.clone()],
             sites: vec![cfg],
             unmatched: Unmatched::Default,
             default_site: Some(0),
@@ -747,8 +741,7 @@ impl Plugin {
 
     /// `header` without the cookies of any site (for a request no site serves that passes upstream).
     pub fn strip_all_cookies(&self, header: &str) -> Option<Option<String>> {
-        let names: Vec<String> = self.sites.iter().map(|s| s.cookie_name.clone()).collect();
-        strip_sites(header, &names)
+        strip_sites(header, &self.cookie_names)
     }
 
     /// The site for a request; reads `:authority` (through `authority`) only when several sites exist.
@@ -773,15 +766,7 @@ impl Plugin {
         let mut best: Option<(usize, usize)> = None;
         for (i, s) in self.sites.iter().enumerate() {
             for p in &s.hosts {
-                let score = if *p == host {
-                    usize::MAX
-                } else if let Some(suffix) = p.strip_prefix('*') {
-                    if host.len() > suffix.len() && host.ends_with(suffix) {
-                        suffix.len()
-                    } else {
-                        continue;
-                    }
-                } else {
+                let Some(score) = pattern_score(p, &host) else {
                     continue;
                 };
                 if best.is_none_or(|(_, s)| score > s) {
@@ -795,6 +780,16 @@ impl Plugin {
             None => None,
         })
     }
+}
+
+/// How well host pattern `p` matches `host`: an exact name above every wildcard, a longer wildcard
+/// suffix above a shorter one; `None` when it does not match (`*.a.com` covers names under `a.com`).
+fn pattern_score(p: &str, host: &str) -> Option<usize> {
+    if p == host {
+        return Some(usize::MAX);
+    }
+    let suffix = p.strip_prefix('*')?;
+    (host.len() > suffix.len() && host.ends_with(suffix)).then_some(suffix.len())
 }
 
 /// An `:authority` that is not `host[:port]` (`a.example.com:1:2`, `a.example.com@b`, empty): Envoy may
@@ -849,11 +844,7 @@ fn redirect_host_served(site: &Config, hosts: &[String]) -> Result<(), ConfigErr
         return Ok(());
     };
     let host = url.host().trim_end_matches('.');
-    let by_pattern = hosts.iter().any(|p| {
-        p == host
-            || p.strip_prefix('*')
-                .is_some_and(|suffix| host.len() > suffix.len() && host.ends_with(suffix))
-    });
+    let by_pattern = hosts.iter().any(|p| pattern_score(p, host).is_some());
     let by_domain = site.cookie.domain.as_deref().is_some_and(|d| {
         let d = d.trim_matches('.').to_ascii_lowercase();
         !d.is_empty()

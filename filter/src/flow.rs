@@ -345,7 +345,7 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
                         h,
                         &target,
                         header,
-                        cfg.without_other_sites(scan.stripped),
+                        cfg.strip_other_sites(None, Some(scan.stripped)).flatten(),
                         &sealed,
                         cached,
                     ) {
@@ -517,10 +517,17 @@ fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
         return cfg.access.iter().any(|a| !a.rule.allows(&s.claims));
     };
     let lower = decoded.to_ascii_lowercase();
-    let lower_literal = literal.to_ascii_lowercase();
-    [&*decoded, &*literal, lower.as_str(), lower_literal.as_str()]
-        .iter()
-        .any(|p| claims::rule_for(&cfg.access, p).is_some_and(|r| !r.allows(&s.claims)))
+    // A plain path reads the same both ways: its literal reading is not lowered a second time.
+    let lower_literal = (literal != decoded).then(|| literal.to_ascii_lowercase());
+    [
+        Some(&*decoded),
+        Some(&*literal),
+        Some(lower.as_str()),
+        lower_literal.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|p| claims::rule_for(&cfg.access, p).is_some_and(|r| !r.allows(&s.claims)))
 }
 
 /// 403 for a logged-in user the claim rules refuse: says who they are and offers logout, never a login loop.
@@ -851,33 +858,29 @@ pub fn on_reply(
     match pending {
         Pending::Code(x) => code_reply(cfg, state, env, x, reply),
         Pending::CodeJwks(x, tokens) => {
-            if let Some(jwks) = reply
-                .filter(|(s, _)| *s == 200)
-                .and_then(|(_, b)| Jwks::parse(b).ok())
-            {
-                state.provider.install_jwks(jwks, env.now);
-            }
+            install_fetched_jwks(state, reply, env.now);
             finish_login(cfg, state, env, x, tokens, false)
         }
         Pending::Refresh(job) => refresh_reply(cfg, state, env, job, reply),
         Pending::RefreshJwks(job, tokens) => {
-            if let Some(jwks) = reply
-                .filter(|(s, _)| *s == 200)
-                .and_then(|(_, b)| Jwks::parse(b).ok())
-            {
-                state.provider.install_jwks(jwks, env.now);
-            }
+            install_fetched_jwks(state, reply, env.now);
             finish_refresh(cfg, state, env, job, tokens, false)
         }
         Pending::LogoutJwks(token) => {
-            if let Some(jwks) = reply
-                .filter(|(s, _)| *s == 200)
-                .and_then(|(_, b)| Jwks::parse(b).ok())
-            {
-                state.provider.install_jwks(jwks, env.now);
-            }
+            install_fetched_jwks(state, reply, env.now);
             logout_with(cfg, state, env.now, token, false)
         }
+    }
+}
+
+/// The keys a callout for an unknown `kid` brought back, if it brought any: the step it was made for
+/// then tries once more, without fetching again.
+fn install_fetched_jwks(state: &mut State, reply: Option<(u16, &[u8])>, now: u64) {
+    if let Some(jwks) = reply
+        .filter(|(s, _)| *s == 200)
+        .and_then(|(_, b)| Jwks::parse(b).ok())
+    {
+        state.provider.install_jwks(jwks, now);
     }
 }
 

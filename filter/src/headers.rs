@@ -171,10 +171,11 @@ impl HeaderBlock {
     /// The names the request carries that an app may read as `name` (a lowercase name with `-`): the
     /// same name with `_` for some `-`. Envoy lets underscores through by default, and CGI-style servers
     /// (WSGI, PHP, Rack) file `x_auth_request_user` and `x-auth-request-user` under one key.
+    /// (A walk of the block: ask [`HeaderBlock::may_carry`] first.)
     pub fn other_spellings(&self, name: &str) -> Vec<&str> {
         let mut out = Vec::new();
         let want = name.as_bytes();
-        if !self.may_carry(name) || !want.contains(&b'-') {
+        if !want.contains(&b'-') {
             return out;
         }
         let b = self.bytes.as_slice();

@@ -4,6 +4,11 @@
 use crate::oidc::logout_token::Logout;
 use crate::wire::{Reader, Writer};
 
+/// A user's entry (revoked at, until) given another record of it: the later of each.
+fn keep_later(e: &mut (u64, u64), v: (u64, u64)) {
+    *e = (e.0.max(v.0), e.1.max(v.1));
+}
+
 /// Beyond this many entries the oldest go first (a flood of logouts must not grow memory without bound).
 const MAX_ENTRIES: usize = 10_000;
 /// The first byte of encoded [`Revocations`]; format 1 was JSON.
@@ -35,7 +40,7 @@ impl Revocations {
                 sub,
                 (logout.iat.min(now), until),
                 // An older token arriving late moves neither time back.
-                |e, v| *e = (e.0.max(v.0), e.1.max(v.1)),
+                keep_later,
             ),
             (None, None) => {}
         }
@@ -67,9 +72,7 @@ impl Revocations {
             upsert(&mut self.sids, k, *v, |e, v| *e = (*e).max(v));
         }
         for (k, v) in &other.subs {
-            upsert(&mut self.subs, k, *v, |e, v| {
-                *e = (e.0.max(v.0), e.1.max(v.1))
-            });
+            upsert(&mut self.subs, k, *v, keep_later);
         }
         self.cap();
     }
