@@ -587,6 +587,67 @@ fn large_tokens_span_several_cookies_and_stale_chunks_are_cleared() {
     );
 }
 
+/// Over HTTP/2 a browser may send its cookies as separate `cookie` fields (RFC 9113 §8.2.3), and a
+/// chunked session then arrives in pieces, in any order. Envoy joins them before the filter; this
+/// checks that a session split that way still opens and that the app gets only its own cookies.
+#[test]
+fn http2_clients_may_split_the_session_across_cookie_fields() {
+    let _idp = idp();
+    let big = site("big");
+    let b = Browser::new();
+    login(&b, big, "/");
+    let mut crumbs: Vec<String> = b
+        .cookies("localhost")
+        .into_iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    assert!(crumbs.len() >= 3, "{crumbs:?}");
+    // Chunks last first, with the app's cookies between them.
+    crumbs.reverse();
+    crumbs.insert(1, "app=1".into());
+    crumbs.push("theme=dark".into());
+
+    let h2 = |path: &str, accept: &str, crumbs: &[String]| -> String {
+        let mut args = vec![
+            "--no-verify-peer".to_string(),
+            "-H".into(),
+            format!("accept: {accept}"),
+        ];
+        for c in crumbs {
+            args.extend(["-H".into(), format!("cookie: {c}")]);
+        }
+        args.extend(["-v".into(), big.url(path)]);
+        let out = std::process::Command::new("nghttp")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = h2("/api/me", "application/json", &crumbs);
+    assert!(out.contains(":status: 200"), "{out}");
+    let body = &out[out.find("\n{").unwrap_or_else(|| panic!("{out}"))..];
+    let body = &body[..body.rfind("\n}").unwrap() + 2];
+    let e: Value = serde_json::from_str(body).unwrap();
+    let bearer = e["headers"]["authorization"].as_str().unwrap();
+    let claims = jwt_payload(bearer.strip_prefix("Bearer ").unwrap()).unwrap();
+    assert_eq!(claims["aud"], "big");
+    assert_eq!(e["headers"]["cookie"], "app=1; theme=dark", "{e}");
+
+    // Without the session's first piece, the browser is sent to log in.
+    let rest: Vec<String> = crumbs
+        .into_iter()
+        .filter(|c| !c.starts_with(&format!("{SESSION}=")))
+        .collect();
+    let out = h2("/page", "text/html", &rest);
+    assert!(out.contains(":status: 302"), "{out}");
+    assert!(out.contains("location: /login?rd=%2Fpage"), "{out}");
+}
+
 // 5. Refresh.
 
 #[test]
