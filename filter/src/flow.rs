@@ -602,7 +602,7 @@ fn without_session(
             ..Default::default()
         });
     }
-    if h.get("authorization").is_some() {
+    if h.get("authorization").is_some_and(|a| is_bearer(&a)) {
         // An API client with its own token: jwt_authn judges it.
         return Step::Forward(Forward {
             cookie: strip(),
@@ -1524,6 +1524,19 @@ fn origin(h: &dyn Headers) -> Option<String> {
             b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
         });
     valid.then(|| format!("{scheme}://{host}"))
+}
+
+/// An `Authorization` value jwt_authn takes a token from: Istio's `RequestAuthentication` reads
+/// `Authorization` with the prefix `Bearer ` (case and space exact), the token starting right after it.
+/// Any other value (`Basic …`, `bearer …`, `Bearer` alone) jwt_authn treats as no token at all, so the
+/// request would reach every host an `AuthorizationPolicy` does not cover without a login: it is
+/// judged as a request without credentials instead.
+fn is_bearer(value: &str) -> bool {
+    value.strip_prefix("Bearer ").is_some_and(|t| {
+        t.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    })
 }
 
 /// A browser navigation: GET or HEAD that wants HTML and is not a script's fetch.

@@ -169,6 +169,37 @@ fn a_client_bearer_without_a_session_passes_untouched() {
     );
 }
 
+#[test]
+fn an_authorization_jwt_authn_would_not_read_is_no_credential() {
+    let mut f = ready();
+    for value in [
+        "Basic YWxpY2U6cHc=",
+        "bearer client-token",
+        "BEARER client-token",
+        "Bearer",
+        "Bearer ",
+        "Bearer  client-token",
+        "Token client-token",
+        " Bearer client-token",
+    ] {
+        let r = respond(f.request(&Req::api("/api").with("authorization", value)));
+        assert_eq!(r.status, 401, "{value:?}");
+        let r = respond(f.request(&Req::browser("/page").with("authorization", value)));
+        assert_eq!(location(&r), "/login?rd=%2Fpage", "{value:?}");
+    }
+    // What jwt_authn reads passes on to it: a token of base64url characters and dots after `Bearer `.
+    for value in [
+        "Bearer a",
+        "Bearer eyJ.x.y",
+        "Bearer _x",
+        "Bearer -",
+        "Bearer .x",
+    ] {
+        let fwd = forward(f.request(&Req::api("/api").with("authorization", value)));
+        assert_eq!(fwd.metric, Some(Metric::BearerPassthrough), "{value:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // /login
 // ---------------------------------------------------------------------------------------------------------

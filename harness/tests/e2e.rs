@@ -899,6 +899,24 @@ fn api_clients_bring_their_own_token_or_get_401() {
     assert!(r.body.contains("Jwt"), "{}", r.body);
     assert!(r.header("location").is_none());
 
+    // Credentials jwt_authn does not read (another scheme, another spelling) are no token: the filter
+    // answers as it does without them, rather than leave the request to policies that may not cover
+    // its host.
+    for value in ["Basic YWxpY2U6cHc=", "bearer x.y.z"] {
+        let r = client
+            .get_with(
+                &s.url("/api"),
+                &[("accept", "application/json"), ("authorization", value)],
+            )
+            .unwrap();
+        assert_json_401(&r);
+        let r = client
+            .get_with(&s.url("/page"), &[("authorization", value)])
+            .unwrap();
+        assert_eq!(r.status, 302, "{value}: {}", r.body);
+        assert_eq!(r.header("location"), Some("/login?rd=%2Fpage"), "{value}");
+    }
+
     // No token, not a navigation: 401 with a JSON body.
     assert_json_401(&api(&client, &s.url("/api")));
     assert_json_401(
