@@ -9,7 +9,13 @@
 // BadArgument), a fault Envoy does not produce on request: `harness/tests/host_faults.rs` checks that
 // the filter then answers 500 rather than forward a request it could not clean.
 //
-// INPUT.json: {"config": "<the plugin configuration>", "env": {"NAME": "value"}, "cookie": "<Cookie or empty>"}
+// With "replies" in INPUT.json the host answers the filter's callouts whose `:path` it names (discovery,
+// keys), once the plugin is configured; with REFUSE_CALLS=1 it refuses every other callout (status
+// BadArgument, what Envoy answers for a cluster it does not have): `host_faults.rs` checks that a refresh
+// the host will not send leaves the session working while its token lasts.
+//
+// INPUT.json: {"config": "<the plugin configuration>", "env": {"NAME": "value"}, "cookie": "<Cookie or empty>",
+//              "replies": {"<path>": {"status": 200, "body": "<text>"}} (optional)}
 import fs from 'node:fs';
 
 const [wasmPath, inputPath, nStr] = process.argv.slice(2);
@@ -51,17 +57,45 @@ const requestHeaders = encodePairs([
   ['x-forwarded-proto', 'http'], ['x-request-id', '2a3b8f7c-1d2e-4f5a-9b8c-7d6e5f4a3b2c'],
   ['x-envoy-expected-rq-timeout-ms', '15000']]);
 const config = enc.encode(input.config);
-let forwarded = 0, local = 0, setAuthorization = 0, localStatus = 0;
+let forwarded = 0, local = 0, setAuthorization = 0, localStatus = 0, refusedCalls = 0;
+const warnings = [];
+// Callouts answered after the callback that made them returns: [token, status, body bytes].
+const answers = [];
+let reply = null, nextToken = 7;
+function decodePairs(p, size) {
+  const d = dv(), n = d.getUint32(p, true), out = [];
+  let o = p + 4 + n * 8;
+  for (let i = 0; i < n; i++) {
+    const kl = d.getUint32(p + 4 + i * 8, true), vl = d.getUint32(p + 8 + i * 8, true);
+    const k = dec.decode(u8().slice(o, o + kl)); o += kl + 1;
+    const v = dec.decode(u8().slice(o, o + vl)); o += vl + 1;
+    out.push([k, v]);
+  }
+  return out;
+}
 // proxy-wasm's BadArgument.
 const refused = process.env.REFUSE_HEADER_WRITES === '1' ? 2 : 0;
 const env = {
   proxy_log: (level, p, s) => {
-    if (process.env.PROFILE_LOG) console.error('log', level, dec.decode(u8().slice(p, p + s)));
+    const text = dec.decode(u8().slice(p, p + s));
+    if (process.env.PROFILE_LOG) console.error('log', level, text);
+    // proxy-wasm's levels: 3 warn, 4 error, 5 critical.
+    if (level >= 3) warnings.push(text);
     return 0;
   },
-  proxy_get_buffer_bytes: (type, start, max, pp, ps) => (type === 7 ? give(config, pp, ps) : 1),
+  proxy_get_buffer_bytes: (type, start, max, pp, ps) => {
+    if (type === 7) return give(config, pp, ps);
+    // The body of the callout reply being handed over.
+    if (type === 4 && reply) return give(reply[2].slice(start, start + max), pp, ps);
+    return 1;
+  },
   proxy_get_header_map_pairs: (map, pp, ps) => give(map === 0 ? requestHeaders : encodePairs([]), pp, ps),
-  proxy_get_header_map_value: () => 1,
+  proxy_get_header_map_value: (map, kp, ks, vp, vs) => {
+    if (map === 6 && reply && dec.decode(u8().slice(kp, kp + ks)) === ':status') {
+      return give(enc.encode(String(reply[1])), vp, vs);
+    }
+    return 1;
+  },
   proxy_replace_header_map_value: (map, kp, ks) => {
     if (refused) return refused;
     if (map === 0 && dec.decode(u8().slice(kp, kp + ks)) === 'authorization') setAuthorization++;
@@ -82,8 +116,17 @@ const env = {
     dv().setBigUint64(p, BigInt(Date.now()) * 1000000n, true);
     return 0;
   },
-  // Callouts (discovery, keys) are accepted and never answered: the logged-in path needs neither.
-  proxy_http_call: (a, b, c, d, e, f, g, h, timeout, tokp) => { dv().setUint32(tokp, 7, true); return 0; },
+  // Without "replies", callouts (discovery, keys) are accepted and never answered: the logged-in path
+  // needs neither.
+  proxy_http_call: (cp, cs, hp, hs, bp, bs, tp, ts, timeout, tokp) => {
+    const path = (decodePairs(hp, hs).find(([k]) => k === ':path') || [])[1];
+    const canned = input.replies && input.replies[path];
+    if (!canned && process.env.REFUSE_CALLS === '1') { refusedCalls++; return 2; }
+    const token = nextToken++;
+    if (canned) answers.push([token, canned.status, enc.encode(canned.body)]);
+    dv().setUint32(tokp, token, true);
+    return 0;
+  },
 };
 const envList = Object.entries(input.env).map(([k, v]) => enc.encode(`${k}=${v}\0`));
 const wasi = {
@@ -111,6 +154,15 @@ const x = inst.exports;
 if (x._initialize) x._initialize();
 x.proxy_on_context_create(1, 0);
 if (!x.proxy_on_configure(1, config.length)) throw new Error('the module refused its configuration');
+// Answers the callouts made so far, and those the answers lead to (discovery, then keys).
+for (let round = 0; input.replies && round < 10; round++) {
+  x.proxy_on_tick(1);
+  while (answers.length) {
+    reply = answers.shift();
+    x.proxy_on_http_call_response(1, reply[0], 1, reply[2].length, 0);
+    reply = null;
+  }
+}
 for (let i = 0; i < N; i++) {
   const id = 100 + i;
   x.proxy_on_context_create(id, 1);
@@ -118,4 +170,5 @@ for (let i = 0; i < N; i++) {
   if (x.proxy_on_request_headers(id, 10, 1) === 0) forwarded++;
   x.proxy_on_response_headers(id, 3, 0);
 }
-console.log(JSON.stringify({requests: N, forwarded, local, setAuthorization, localStatus}));
+console.log(JSON.stringify({requests: N, forwarded, local, setAuthorization, localStatus, refusedCalls,
+  warnings}));

@@ -466,12 +466,19 @@ impl Http {
             self.fail(500);
             return;
         }
-        let reply = read_reply(body_size);
+        if let Action::Continue = self.resume(*pending, read_reply(body_size)) {
+            let _ = host::resume_request();
+        }
+    }
+
+    /// Carries a callout's outcome on through the core: the IdP's reply, or `None` when there was none (a
+    /// timeout, a reset, or a call the host would not make).
+    fn resume(&mut self, pending: Pending, reply: Option<(u16, Vec<u8>)>) -> Action {
         let now = now();
         let (step, renewed) = {
             let Ok(mut s) = self.shared.try_borrow_mut() else {
                 self.fail(500);
-                return;
+                return Action::Pause;
             };
             let plugin = s.plugin.clone();
             let (Some(cfg), Some(state)) =
@@ -479,7 +486,7 @@ impl Http {
             else {
                 drop(s);
                 self.fail(500);
-                return;
+                return Action::Pause;
             };
             let mut random = random;
             let mut env = Env {
@@ -490,7 +497,7 @@ impl Http {
                 cfg,
                 state,
                 &mut env,
-                *pending,
+                pending,
                 reply.as_ref().map(|(st, b)| (*st, b.as_slice())),
             );
             share_revocations(cfg, state, &step);
@@ -504,9 +511,7 @@ impl Http {
         if let Some(renewed) = renewed {
             self.end_renewal(renewed);
         }
-        if let Action::Continue = self.run(step, None) {
-            let _ = host::resume_request();
-        }
+        self.run(step, None)
     }
 
     /// The request's headers: decide (`flow::on_request`) and carry the decision out.
@@ -625,10 +630,19 @@ impl Http {
                     Action::Pause
                 }
                 Err(reason) => {
-                    log_warn(&format!("oidc-filter: cannot call the IdP: {reason}"));
-                    self.end_renewal(None);
-                    self.fail(502);
-                    Action::Pause
+                    warn_call_failed(&reason);
+                    match *pending {
+                        // A refresh that cannot be sent is one the IdP did not answer: the session goes
+                        // on with its token while that lasts, as through an outage.
+                        p @ (Pending::Refresh(_) | Pending::RefreshJwks(..)) => {
+                            self.resume(p, None)
+                        }
+                        _ => {
+                            self.end_renewal(None);
+                            self.fail(502);
+                            Action::Pause
+                        }
+                    }
                 }
             },
             Err(_) => Action::Continue,
@@ -987,6 +1001,19 @@ fn random() -> Option<[u8; 32]> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).ok()?;
     Some(b)
+}
+
+/// When a callout last could not be made (seconds; 0: never), to warn of it at most every 10 s per VM: a
+/// cluster missing from the proxy fails every refresh, and each request would log it.
+static CALL_FAILED_WARNED: AtomicU64 = AtomicU64::new(0);
+
+fn warn_call_failed(reason: &str) {
+    let now = now();
+    let last = CALL_FAILED_WARNED.load(Ordering::Relaxed);
+    if last == 0 || now >= last.saturating_add(10) {
+        CALL_FAILED_WARNED.store(now.max(1), Ordering::Relaxed);
+        log_warn(&format!("oidc-filter: cannot call the IdP: {reason}"));
+    }
 }
 
 fn log_info(msg: &str) {

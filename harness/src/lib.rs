@@ -84,7 +84,7 @@ pub fn passthrough_wasm() -> Result<PathBuf> {
         fs::create_dir_all(dir)?;
     }
     // Built under a private name and renamed: another test may be reading the file.
-    let tmp = out.with_extension(format!("wasm.{}", std::process::id()));
+    let tmp = out.with_extension(format!("wasm.{}", private_suffix()));
     let status = std::process::Command::new("wat2wasm")
         .arg(&wat)
         .arg("-o")
@@ -96,6 +96,14 @@ pub fn passthrough_wasm() -> Result<PathBuf> {
     }
     fs::rename(&tmp, &out).with_context(|| format!("renaming to {}", out.display()))?;
     Ok(out)
+}
+
+/// A name part no other process or thread uses at the same time: the process id and a count. (Tests of
+/// one binary run as threads of one process, and may build the same file at once.)
+pub fn private_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
 }
 
 /// The environment variable holding a site's client secret: `OIDC_CLIENT_SECRET_<SITE>`

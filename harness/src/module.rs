@@ -97,7 +97,7 @@ pub fn shipped(release: &Path) -> Result<PathBuf> {
     {
         return Ok(out);
     }
-    let tmp = out.with_extension(format!("{}.wasm", std::process::id()));
+    let tmp = out.with_extension(format!("{}.wasm", crate::private_suffix()));
     finish("wasm-opt", release, &tmp)?;
     fs::rename(&tmp, &out).with_context(|| format!("renaming to {}", out.display()))?;
     Ok(out)

@@ -1,8 +1,11 @@
-//! A fault Envoy does not produce on request: the host refuses to change a request header. The real
-//! module runs in Node's V8 under a small proxy-wasm host (`harness/profile-host.mjs`) that can refuse
-//! every such change; the filter must then answer 500 itself, never forward a request it could not
-//! clean (a client's own `Authorization` or identity headers would stand for a user, and the session
-//! cookie would reach the app).
+//! Faults Envoy does not produce on request, with the real module in Node's V8 under a small proxy-wasm
+//! host (`harness/profile-host.mjs`):
+//! - the host refuses to change a request header: the filter must then answer 500 itself, never forward
+//!   a request it could not clean (a client's own `Authorization` or identity headers would stand for a
+//!   user, and the session cookie would reach the app);
+//! - the host refuses to send a callout (Envoy's answer for a cluster it does not have, as while a
+//!   `ServiceEntry` is being replaced): a session due for a refresh must go on with its still-valid token,
+//!   as through an IdP outage, not fail every request with 502; and the warning is not one per request.
 
 // Test code, helpers included (clippy's allow-*-in-tests covers only #[test] functions).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -22,47 +25,65 @@ const REQUESTS: u64 = 5;
 
 /// What the host saw of `REQUESTS` logged-in requests, with header changes refused or not.
 fn play(refuse: bool) -> Value {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    // A session as the filter seals it after a login: its ID token was checked then, so only its
-    // claims matter now (issuer, audience, times).
-    let b64 = |v: &Value| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
-    };
-    let id_token = format!(
-        "{}.{}.c2ln",
-        b64(&json!({"alg": "RS256", "kid": "k"})),
-        b64(&json!({"iss": ISSUER, "aud": CLIENT, "sub": "alice", "iat": now, "exp": now + 3600}))
-    );
+    let now = unix_now();
     let session = Session {
-        id_token: Secret::new(id_token),
+        id_token: Secret::new(id_token(now, now + 3600)),
         access_token: None,
         refresh_token: None,
         token_expires_at: now + 3600,
         expires_at: now + 3600,
         sub: "alice".into(),
     };
+    run_host(
+        &format!("headers-{refuse}"),
+        &session,
+        json!({}),
+        &[("REFUSE_HEADER_WRITES", if refuse { "1" } else { "0" })],
+    )
+}
+
+/// An ID token as the filter seals it after a login: it was checked then, so only its claims matter now
+/// (issuer, audience, times).
+fn id_token(iat: u64, exp: u64) -> String {
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    format!(
+        "{}.{}.c2ln",
+        b64(&json!({"alg": "RS256", "kid": "k"})),
+        b64(&json!({"iss": ISSUER, "aud": CLIENT, "sub": "alice", "iat": iat, "exp": exp}))
+    )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Runs `REQUESTS` requests carrying `session` through the module under the Node host, which answers
+/// the callouts named in `replies`, with `env` in the host's environment; returns what the host saw.
+fn run_host(name: &str, session: &Session, replies: Value, env: &[(&str, &str)]) -> Value {
     let dir = harness::target_dir().join("host-faults");
     std::fs::create_dir_all(&dir).unwrap();
-    let input = dir.join(format!("input-{refuse}.json"));
+    let input = dir.join(format!("input-{name}.json"));
     let config = json!({
         "issuer": ISSUER, "client_id": CLIENT, "client_secret": "s",
         "cookie_keys": [harness::DEFAULT_COOKIE_KEYS],
     });
-    std::fs::write(
-        &input,
-        json!({"config": config.to_string(), "env": {}, "cookie": seal(&session).unwrap()})
-            .to_string(),
-    )
-    .unwrap();
+    let mut input_json =
+        json!({"config": config.to_string(), "env": {}, "cookie": seal(session).unwrap()});
+    if replies != json!({}) {
+        input_json["replies"] = replies;
+    }
+    std::fs::write(&input, input_json.to_string()).unwrap();
     let out = Command::new("node")
         .arg(harness::workspace_root().join("harness/profile-host.mjs"))
         .arg(harness::wasm_path().unwrap())
         .arg(&input)
         .arg(REQUESTS.to_string())
-        .env("REFUSE_HEADER_WRITES", if refuse { "1" } else { "0" })
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -85,4 +106,43 @@ fn a_request_whose_headers_the_host_will_not_change_is_answered_500_not_forwarde
     assert_eq!(refusing["forwarded"], 0, "{refusing}");
     assert_eq!(refusing["local"], REQUESTS, "{refusing}");
     assert_eq!(refusing["localStatus"], 500, "{refusing}");
+}
+
+#[test]
+fn a_refresh_the_host_will_not_send_keeps_the_session_while_its_token_lasts() {
+    let root = harness::workspace_root().join("testdata");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let replies = json!({
+        "/.well-known/openid-configuration": {"status": 200, "body": read("discovery/good.json")},
+        "/oauth2/keys": {"status": 200, "body": read("jwks/keys.json")},
+    });
+    // Due for a refresh: 30 s of its hour left, within the 60 s `refresh_margin`.
+    let now = unix_now();
+    let due = Session {
+        id_token: Secret::new(id_token(now - 3570, now + 30)),
+        access_token: None,
+        refresh_token: Some(Secret::new("refresh-token")),
+        token_expires_at: now + 30,
+        expires_at: now + 3600,
+        sub: "alice".into(),
+    };
+    let seen = run_host("refresh", &due, replies, &[("REFUSE_CALLS", "1")]);
+    // Every request tried to renew the session and the host refused each call; each still went up
+    // with the session's token.
+    assert_eq!(seen["refusedCalls"], REQUESTS, "{seen}");
+    assert_eq!(seen["forwarded"], REQUESTS, "{seen}");
+    assert_eq!(seen["setAuthorization"], REQUESTS, "{seen}");
+    assert_eq!(seen["local"], 0, "{seen}");
+    // One warning, naming the cluster, not one per request.
+    let warnings: Vec<&str> = seen["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("cannot call the IdP: cluster `outbound|443||idp.example.com`"),
+        "{warnings:?}"
+    );
 }
