@@ -21,6 +21,8 @@ CLUSTER=${CLUSTER:-oidc-filter}
 ISTIO_VERSION=${ISTIO_VERSION:-1.27.0}
 APP_PORT=${APP_PORT:-8080}
 KEYCLOAK_PORT=${KEYCLOAK_PORT:-8180}
+# The issuer of wasmplugin/kind (Keycloak's KC_HOSTNAME and realm), which names its authorization endpoint.
+ISSUER=http://keycloak.localhost:8180/realms/demo
 REGISTRY_PORT=${REGISTRY_PORT:-5000}
 STATE="$ROOT/target/kind-$CLUSTER"
 KUBECTL=(kubectl --context "kind-$CLUSTER")
@@ -51,16 +53,21 @@ stop_forward() {
   fi
 }
 
-# Waits until `curl` of $1 (with Host $2) answers $3, for at most $4 seconds.
-wait_for_status() {
-  local url=$1 host=$2 want=$3 limit=$4 got="" waited=0
+# Waits until a browser's GET of $1 (with Host $2) answers 302, for at most $3 seconds; prints the Location.
+# `Accept: text/html`: the filter sends only a browser navigation to log in; plain curl (`*/*`) gets 401.
+wait_for_redirect() {
+  local url=$1 host=$2 limit=$3 headers="" status="" waited=0
   while ((waited < limit)); do
-    got=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $host" "$url" || true)
-    [[ $got == "$want" ]] && return 0
+    headers=$(curl -s -o /dev/null -D - -H "Host: $host" -H 'Accept: text/html' "$url" | tr -d '\r' || true)
+    status=$(awk 'NR == 1 {print $2}' <<<"$headers")
+    if [[ $status == 302 ]]; then
+      awk 'tolower($1) == "location:" {print $2}' <<<"$headers"
+      return 0
+    fi
     sleep 2
     waited=$((waited + 2))
   done
-  die "$url (Host: $host) answered ${got:-nothing}, not $want, after ${limit}s"
+  die "$url (Host: $host) answered ${status:-nothing}, not 302, after ${limit}s"
 }
 
 up() {
@@ -126,8 +133,16 @@ up() {
 
   forward gateway istio-ingress svc/istio-ingressgateway "$APP_PORT:80"
   forward keycloak keycloak svc/keycloak "$KEYCLOAK_PORT:8080"
-  log "waiting for the gateway to load the filter (an anonymous request is sent to log in)"
-  wait_for_status "http://127.0.0.1:$APP_PORT/" "app.localhost:$APP_PORT" 302 180
+  log "waiting for the gateway to load the filter (a browser is sent to /login, and from there to Keycloak)"
+  local location param
+  location=$(wait_for_redirect "http://127.0.0.1:$APP_PORT/" "app.localhost:$APP_PORT" 180)
+  [[ $location == "/login?rd=%2F" ]] || die "/ redirected to '$location', not to /login?rd=%2F"
+  location=$(wait_for_redirect "http://127.0.0.1:$APP_PORT/login?rd=%2F" "app.localhost:$APP_PORT" 60)
+  [[ $location == "$ISSUER/protocol/openid-connect/auth?"* ]] ||
+    die "/login redirected to '$location', not to Keycloak's authorization endpoint"
+  for param in state nonce code_challenge; do
+    [[ $location == *[?\&]"$param="* ]] || die "/login redirected to Keycloak without $param: $location"
+  done
 
   cat >&2 <<EOF
 
