@@ -892,21 +892,27 @@ fn apply(
         }
         Step::Respond(r) => {
             metrics.count(r.metric);
-            // Failures worth a line for whoever debugs a login: the reason only, never request data.
+            // Failures worth a line for whoever debugs a login: the reason and the core's own words for
+            // it, never request data.
+            let detail = r
+                .detail
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default();
             match r.metric {
-                Some(Metric::CallbackFailed(f)) => {
-                    log_info(&format!(
-                        "oidc-filter: login callback failed ({}), answered {}",
+                Some(Metric::CallbackFailed(f)) => log_failure(0, || {
+                    format!(
+                        "oidc-filter: login callback failed ({}), answered {}{detail}",
                         f.name(),
                         r.status
-                    ));
-                }
-                Some(Metric::RefreshFailed) => {
-                    log_info(&format!(
-                        "oidc-filter: token refresh failed, answered {}",
+                    )
+                }),
+                Some(Metric::RefreshFailed) => log_failure(1, || {
+                    format!(
+                        "oidc-filter: token refresh failed, answered {}{detail}",
                         r.status
-                    ));
-                }
+                    )
+                }),
                 _ => {}
             }
             respond(u32::from(r.status), &r.headers, r.body.as_bytes());
@@ -1014,6 +1020,39 @@ fn warn_call_failed(reason: &str) {
         CALL_FAILED_WARNED.store(now.max(1), Ordering::Relaxed);
         log_warn(&format!("oidc-filter: cannot call the IdP: {reason}"));
     }
+}
+
+/// Per kind of failure line (0: login callbacks, 1: refreshes): the second of the lines being counted,
+/// how many were logged in it, and how many were left out since the last line. Anyone can send failing
+/// callbacks, and an outage fails every expired session's requests, so each kind logs at most
+/// `FAILURE_LINES` lines a second per VM.
+static FAILURE_SECOND: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+static FAILURES_LOGGED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+static FAILURES_LEFT_OUT: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+const FAILURE_LINES: u64 = 5;
+
+fn log_failure(kind: usize, line: impl FnOnce() -> String) {
+    let (Some(second), Some(logged), Some(left_out)) = (
+        FAILURE_SECOND.get(kind),
+        FAILURES_LOGGED.get(kind),
+        FAILURES_LEFT_OUT.get(kind),
+    ) else {
+        return;
+    };
+    let now = now();
+    if second.swap(now, Ordering::Relaxed) != now {
+        logged.store(0, Ordering::Relaxed);
+    }
+    if logged.fetch_add(1, Ordering::Relaxed) >= FAILURE_LINES {
+        left_out.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let mut line = line();
+    let skipped = left_out.swap(0, Ordering::Relaxed);
+    if skipped > 0 {
+        line.push_str(&format!(" ({skipped} more of this kind not logged)"));
+    }
+    log_info(&line);
 }
 
 fn log_info(msg: &str) {

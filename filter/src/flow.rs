@@ -105,6 +105,9 @@ pub struct Reply {
     pub headers: Vec<(&'static str, Cow<'static, str>)>,
     pub body: Cow<'static, str>,
     pub metric: Option<Metric>,
+    /// Why, for the operator's log line with a failed login or refresh: our own words and codes (no
+    /// token, code, secret or request data).
+    pub detail: Option<String>,
 }
 
 /// An HTTP callout to the IdP through an Envoy cluster.
@@ -565,6 +568,7 @@ fn forbidden(cfg: &Config, browser: bool, s: &Cached) -> Step {
         ],
         body: body.into(),
         metric: Some(Metric::Forbidden),
+        detail: None,
     })
 }
 
@@ -898,6 +902,10 @@ fn code_reply(
                 504,
                 CallbackFailure::Timeout,
                 "The identity provider did not answer in time.",
+                match reply {
+                    None => no_answer(cfg),
+                    Some(_) => "the token endpoint's cluster answered 504".into(),
+                },
                 clear,
             );
         }
@@ -910,11 +918,12 @@ fn code_reply(
                     clear,
                 );
             }
-            Err(_) => {
+            Err(e) => {
                 return gateway_error(
                     502,
                     CallbackFailure::TokenEndpoint,
                     "The identity provider's token endpoint gave an unusable answer.",
+                    e.to_string(),
                     clear,
                 );
             }
@@ -940,6 +949,7 @@ fn finish_login(
             502,
             CallbackFailure::TokenEndpoint,
             "The identity provider returned no ID token.",
+            "token response has no id_token".into(),
             clear,
         );
     };
@@ -968,11 +978,12 @@ fn finish_login(
                 clear,
             );
         }
-        Err(_) => {
+        Err(e) => {
             return gateway_error(
                 502,
                 CallbackFailure::IdToken,
                 "The identity provider's ID token did not pass validation.",
+                e.to_string(),
                 clear,
             );
         }
@@ -984,6 +995,7 @@ fn finish_login(
             502,
             CallbackFailure::TokenEndpoint,
             "The identity provider returned no access token.",
+            "token response has no access_token (forward_token is access_token)".into(),
             clear,
         );
     };
@@ -1014,16 +1026,22 @@ fn refresh_reply(
         Err(_) if still_valid => return keep_old(cfg, &job),
         // The IdP is down or slow and the token has expired: fail closed, but keep the session, so that it
         // renews by itself once the IdP answers again rather than an outage logging everybody out.
-        Err(_) => return renewal_unavailable(),
+        Err(e) => {
+            return renewal_unavailable(match reply {
+                None => no_answer(cfg),
+                Some(_) => e.to_string(),
+            });
+        }
     };
     finish_refresh(cfg, state, env, job, tokens, true)
 }
 
 /// 503 for a request whose expired token the IdP could not renew just now; its cookies stay.
-fn renewal_unavailable() -> Step {
+fn renewal_unavailable(detail: String) -> Step {
     unavailable(
         "Your session could not be renewed: the identity provider is not answering. Try again shortly.",
         Metric::RefreshFailed,
+        Some(detail),
     )
 }
 
@@ -1191,7 +1209,7 @@ pub fn renewal_failed(cfg: &Config, state: &mut State, job: RefreshJob, now: u64
         // Renewed on this worker meanwhile: `refresh_failed` forwards that renewal.
         return refresh_failed(cfg, state, &job, now);
     }
-    renewal_unavailable()
+    renewal_unavailable("the renewal another request of this session made did not complete".into())
 }
 
 /// The `Set-Cookie` lines of the renewal this worker made of `sealed`, if it has made one.
@@ -1391,6 +1409,7 @@ fn logout_reply(status: u16, error: &str) -> Step {
         ],
         body: body.into(),
         metric: None,
+        detail: None,
     })
 }
 
@@ -1431,6 +1450,10 @@ fn seal_session(
                 502,
                 CallbackFailure::TokenEndpoint,
                 "The identity provider's tokens are too large for a session cookie.",
+                format!(
+                    "the sealed session needs more than {MAX_SESSION_CHUNKS} cookies of 4 KB (fewer scopes or \
+                     claims, or forward_token access_token, make it smaller)"
+                ),
                 Vec::new(),
             )));
         }
@@ -1492,6 +1515,7 @@ fn login_done(cfg: &Config, rd: &str) -> Step {
         )
         .into(),
         metric: Some(Metric::LoginCompleted),
+        detail: None,
     })
 }
 
@@ -1597,6 +1621,7 @@ fn redirect(location: String, metric: Option<Metric>) -> Step {
         ],
         body: Cow::Borrowed(""),
         metric,
+        detail: None,
     })
 }
 
@@ -1604,11 +1629,20 @@ fn not_ready() -> Step {
     unavailable(
         "Login is not available yet: the identity provider has not been reached. Try again shortly.",
         Metric::NotReady,
+        None,
+    )
+}
+
+/// What a log line says of a callout that got no answer.
+fn no_answer(cfg: &Config) -> String {
+    format!(
+        "no answer from the token endpoint within callout_timeout ({} s), or no connection to it",
+        cfg.callout_timeout.as_secs()
     )
 }
 
 /// 503 with `Retry-After`: the IdP is needed and not reachable now; the client may simply retry.
-fn unavailable(msg: &str, metric: Metric) -> Step {
+fn unavailable(msg: &str, metric: Metric, detail: Option<String>) -> Step {
     Step::Respond(Reply {
         status: 503,
         headers: vec![
@@ -1618,6 +1652,7 @@ fn unavailable(msg: &str, metric: Metric) -> Step {
         ],
         body: format!("{msg}\n").into(),
         metric: Some(metric),
+        detail,
     })
 }
 
@@ -1632,6 +1667,7 @@ fn json_401() -> Reply {
         body: "{\"error\":\"unauthenticated\",\"message\":\"log in first or send a bearer token\"}"
             .into(),
         metric: Some(Metric::Unauthorized),
+        detail: None,
     }
 }
 
@@ -1648,18 +1684,32 @@ fn text(status: u16, msg: &str, metric: Option<Metric>) -> Step {
         ],
         body: format!("{msg}\n").into(),
         metric,
+        detail: None,
     })
 }
 
 fn bad_callback(reason: CallbackFailure, msg: &str, clear: Vec<String>) -> Step {
-    error_page(400, reason, msg, clear)
+    error_page(400, reason, msg, None, clear)
 }
 
-fn gateway_error(status: u16, reason: CallbackFailure, msg: &str, clear: Vec<String>) -> Step {
-    error_page(status, reason, msg, clear)
+/// A login the IdP's answer failed: `msg` for the browser, `detail` for the operator's log line.
+fn gateway_error(
+    status: u16,
+    reason: CallbackFailure,
+    msg: &str,
+    detail: String,
+    clear: Vec<String>,
+) -> Step {
+    error_page(status, reason, msg, Some(detail), clear)
 }
 
-fn error_page(status: u16, reason: CallbackFailure, msg: &str, clear: Vec<String>) -> Step {
+fn error_page(
+    status: u16,
+    reason: CallbackFailure,
+    msg: &str,
+    detail: Option<String>,
+    clear: Vec<String>,
+) -> Step {
     // `msg` is ours (or an OAuth error code filtered to [A-Za-z0-9_]), so it needs no HTML escaping.
     let body = format!(
         "<!doctype html><title>Login failed</title><h1>Login failed</h1><p>{msg}</p><p><a href=\"/\">Start again</a></p>\n"
@@ -1672,6 +1722,7 @@ fn error_page(status: u16, reason: CallbackFailure, msg: &str, clear: Vec<String
         ],
         body: body.into(),
         metric: Some(Metric::CallbackFailed(reason)),
+        detail,
     };
     with_cookies(Step::Respond(reply), clear)
 }

@@ -606,21 +606,32 @@ fn invalid_grant_is_400() {
 
 #[test]
 fn unusable_token_endpoint_answers_are_502() {
-    let cases: [(u16, &[u8]); 6] = [
-        (500, b"internal error"),
-        (503, b""),
-        (401, br#"{"error":"invalid_client"}"#),
-        (200, b"<html>not json</html>"),
-        (200, b"{}"),
+    // With what the operator's log line says of each.
+    let cases: [(u16, &[u8], &str); 6] = [
+        (500, b"internal error", "token endpoint answered status 500"),
+        (503, b"", "token endpoint answered status 503"),
+        (
+            401,
+            br#"{"error":"invalid_client","error_description":"secret\nwrong"}"#,
+            "token endpoint answered status 401, error invalid_client",
+        ),
+        (
+            200,
+            b"<html>not json</html>",
+            "malformed token response: body is not a JSON object",
+        ),
+        (200, b"{}", "malformed token response: no access_token"),
         (
             200,
             br#"{"access_token":"a","token_type":"MAC","id_token":"x"}"#,
+            "malformed token response: token_type is not Bearer",
         ),
     ];
-    for (status, body) in cases {
+    for (status, body, detail) in cases {
         let mut f = ready();
         let r = callback_with_reply(&mut f, |_| Some((status, body.to_vec())));
         assert_callback_failed(&r, 502, CallbackFailure::TokenEndpoint);
+        assert_eq!(r.detail.as_deref(), Some(detail));
     }
 }
 
@@ -630,6 +641,7 @@ fn token_endpoint_silence_is_504() {
         let mut f = ready();
         let r = callback_with_reply(&mut f, |_| reply);
         assert_callback_failed(&r, 504, CallbackFailure::Timeout);
+        assert!(r.detail.unwrap().contains("token endpoint"));
     }
 }
 
@@ -668,6 +680,13 @@ fn id_tokens_with_wrong_claims_are_502() {
         });
         assert_eq!(r.status, 502, "{name}");
         assert_callback_failed(&r, 502, CallbackFailure::IdToken);
+        // The log line names the claim that failed.
+        let detail = r.detail.unwrap();
+        let claim = name.split(' ').next().unwrap();
+        assert!(
+            detail.starts_with("ID token ") && detail.contains(claim),
+            "{name}: {detail}"
+        );
     }
 }
 

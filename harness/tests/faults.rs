@@ -233,6 +233,26 @@ fn token_endpoint_errors_and_garbage_are_clear_502s_and_the_next_login_works() {
     }
     let after = stat("callback_failures.token_endpoint") + stat("callback_failures.id_token");
     assert!(after >= before + n, "{before} -> {after}");
+    // The operator's log says why each failed, not only that it did.
+    let lines: Vec<String> = [
+        "(token_endpoint), answered 502: token endpoint answered status 500",
+        "(token_endpoint), answered 502: token endpoint answered status 401, error invalid_client",
+        "(token_endpoint), answered 502: malformed token response: body is not a JSON object",
+        "(token_endpoint), answered 502: malformed token response: token_type is not Bearer",
+        "(id_token), answered 502: malformed ID token",
+    ]
+    .iter()
+    .map(|why| format!("oidc-filter: login callback failed {why}"))
+    .collect();
+    harness::process::poll(Duration::from_secs(5), || {
+        let log = stack().envoy_log()?;
+        Ok(lines.iter().all(|l| log.contains(l)).then_some(()))
+    })
+    .unwrap_or_else(|e| {
+        let log = stack().envoy_log().unwrap();
+        let missing: Vec<&String> = lines.iter().filter(|l| !log.contains(*l)).collect();
+        panic!("{e}: no line with {missing:?} in:\n{log}")
+    });
     // The IdP behaves again: a login goes through.
     logged_in(APP, "alice");
 }
