@@ -201,8 +201,9 @@ pub struct Root {
     shared: Option<Rc<RefCell<Shared>>>,
     fast_tick: bool,
     metrics: Metrics,
-    /// Discovery and JWKS fetches in flight: token, site, which document (at most two per site).
-    fetches: Vec<(u32, usize, Fetch)>,
+    /// Discovery and JWKS fetches in flight: token, site, which document (at most two per site), and
+    /// where it went (URL and cluster, for a warning should it fail).
+    fetches: Vec<(u32, usize, Fetch, String)>,
 }
 
 impl Root {
@@ -222,7 +223,7 @@ impl Root {
         let Some(at) = self.fetches.iter().position(|f| f.0 == token) else {
             return;
         };
-        let (_, site, fetch) = self.fetches.swap_remove(at);
+        let (_, site, fetch, target) = self.fetches.swap_remove(at);
         let Some(shared) = &self.shared else { return };
         let reply = read_reply(body_size);
         let now = now();
@@ -244,9 +245,14 @@ impl Root {
                 if !was_ready || fetch == Fetch::Jwks {
                     log_info(&format!("oidc-filter: {}: {msg}", cfg.issuer));
                 }
+                if !was_ready && fetch == Fetch::Discovery {
+                    for note in state.provider.discovery_notes(cfg) {
+                        log_warn(&format!("oidc-filter: {}: {note}", cfg.issuer));
+                    }
+                }
             }
             Err(reason) => log_warn(&format!(
-                "oidc-filter: fetching the {} of {} failed: {reason}; retrying",
+                "oidc-filter: fetching the {} of {} ({target}) failed: {reason}; retrying",
                 match fetch {
                     Fetch::Discovery => "discovery document",
                     Fetch::Jwks => "JWKS",
@@ -408,7 +414,9 @@ impl Root {
             };
             let Some((call, fetch)) = next else { continue };
             match dispatch(self.id, &call) {
-                Ok(token) => self.fetches.push((token, site, fetch)),
+                Ok(token) => {
+                    self.fetches.push((token, site, fetch, call.target()));
+                }
                 Err(reason) => {
                     log_warn(&format!("oidc-filter: cannot call the IdP: {reason}"));
                     if let Ok(mut s) = shared.try_borrow_mut()

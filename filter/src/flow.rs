@@ -2,6 +2,7 @@
 //! No host calls here, so every flow runs natively in tests with a fixed clock.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -111,7 +112,7 @@ pub struct Reply {
 }
 
 /// An HTTP callout to the IdP through an Envoy cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Callout {
     pub cluster: String,
     pub headers: Vec<(String, String)>,
@@ -120,7 +121,6 @@ pub struct Callout {
 }
 
 /// What a paused request waits for.
-#[derive(Debug)]
 pub enum Pending {
     /// The token endpoint's answer to a code exchange.
     Code(CodeExchange),
@@ -134,14 +134,12 @@ pub enum Pending {
     LogoutJwks(String),
 }
 
-#[derive(Debug)]
 pub struct CodeExchange {
     login: LoginState,
     login_cookie: String,
     stale_chunks: Vec<String>,
 }
 
-#[derive(Debug)]
 pub struct RefreshJob {
     cache_key: String,
     session: Rc<Cached>,
@@ -261,7 +259,67 @@ pub struct State {
     pub revoked: Revocations,
 }
 
+// By hand: a callout's `Authorization` holds the client secret, its body a code, verifier, refresh token
+// or the secret; what a request waits for holds its sealed session and its tokens.
+impl fmt::Debug for Callout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                let v = if n.starts_with(':') {
+                    v.as_str()
+                } else {
+                    "[redacted]"
+                };
+                (n.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("Callout")
+            .field("cluster", &self.cluster)
+            .field("headers", &headers)
+            .field("body_bytes", &self.body.as_ref().map(Vec::len))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for RefreshJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefreshJob([redacted])")
+    }
+}
+
+impl fmt::Debug for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Code(_) => "Pending::Code([redacted])",
+            Self::CodeJwks(..) => "Pending::CodeJwks([redacted])",
+            Self::Refresh(_) => "Pending::Refresh([redacted])",
+            Self::RefreshJwks(..) => "Pending::RefreshJwks([redacted])",
+            Self::LogoutJwks(_) => "Pending::LogoutJwks([redacted])",
+        })
+    }
+}
+
 impl Callout {
+    /// Where the callout goes, for a log line: the URL (a discovery or JWKS address, public) and the cluster.
+    pub fn target(&self) -> String {
+        let get = |name: &str| {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        format!(
+            "{}://{}{}, cluster `{}`",
+            get(":scheme"),
+            get(":authority"),
+            get(":path"),
+            self.cluster
+        )
+    }
+
     /// A GET of an IdP document.
     pub fn get(cfg: &Config, url: &WebUrl) -> Callout {
         Callout {

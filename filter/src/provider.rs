@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::flow::Callout;
 use crate::oidc::discovery::{self, ProviderMetadata};
 use crate::oidc::jwks::Jwks;
+use crate::oidc::token::ClientAuth;
 
 /// Backoff after a failed fetch, doubling up to this many seconds.
 const MAX_BACKOFF: u64 = 30;
@@ -141,6 +142,39 @@ impl ProviderState {
         result
     }
 
+    /// What the discovery document says that makes logins likely to fail with this configuration: a
+    /// client authentication method or PKCE method it does not list. For a warning when it loads; the
+    /// filter goes on (an IdP may support more than it lists).
+    pub fn discovery_notes(&self, cfg: &Config) -> Vec<String> {
+        let Some(meta) = &self.meta else {
+            return Vec::new();
+        };
+        let mut notes = Vec::new();
+        let auth = match cfg.client_auth {
+            ClientAuth::Basic => "client_secret_basic",
+            ClientAuth::Post => "client_secret_post",
+        };
+        if !meta
+            .token_endpoint_auth_methods_supported
+            .iter()
+            .any(|m| m == auth)
+        {
+            notes.push(format!(
+                "its token_endpoint_auth_methods_supported does not list `{auth}` (token_endpoint_auth); \
+                 logins may fail with invalid_client"
+            ));
+        }
+        let pkce = &meta.code_challenge_methods_supported;
+        if !pkce.is_empty() && !pkce.iter().any(|m| m == "S256") {
+            notes.push(
+                "its code_challenge_methods_supported does not list S256, the PKCE method the filter uses; \
+                 logins may fail"
+                    .to_string(),
+            );
+        }
+        notes
+    }
+
     /// Installs keys fetched on behalf of a request that met an unknown `kid`.
     pub fn install_jwks(&mut self, jwks: Jwks, now: u64) -> String {
         let msg = format!(
@@ -193,6 +227,38 @@ mod tests {
                 &format!("https://idp.example.com{path}"),
             )
             .into_bytes()
+    }
+
+    #[test]
+    fn discovery_notes_name_a_client_auth_or_pkce_method_the_idp_does_not_list() {
+        let mut p = ProviderState::default();
+        let cfg = cfg();
+        assert!(
+            p.discovery_notes(&cfg).is_empty(),
+            "nothing loaded, nothing to say"
+        );
+        p.on_reply(
+            &cfg,
+            Fetch::Discovery,
+            Some((200, DISCOVERY.as_bytes())),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(p.discovery_notes(&cfg), Vec::<String>::new());
+
+        let narrow = DISCOVERY
+            .replace(r#""client_secret_basic", "#, "")
+            .replace(r#""plain", "S256""#, r#""plain""#);
+        assert_ne!(
+            narrow, DISCOVERY,
+            "the test document changed: update the replacements"
+        );
+        p.on_reply(&cfg, Fetch::Discovery, Some((200, narrow.as_bytes())), NOW)
+            .unwrap();
+        let notes = p.discovery_notes(&cfg);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("`client_secret_basic`"), "{notes:?}");
+        assert!(notes[1].contains("S256"), "{notes:?}");
     }
 
     /// The next fetch due at `now`, and the path it asks for.

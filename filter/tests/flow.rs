@@ -431,6 +431,25 @@ fn callback_with_client_secret_post_sends_the_secret_in_the_body() {
 }
 
 #[test]
+fn a_callout_and_what_waits_for_it_print_no_secret() {
+    for auth in ["client_secret_basic", "client_secret_post"] {
+        let mut f = Filter::ready(config(json!({"token_endpoint_auth": auth})));
+        let l = start_login(&mut f, "");
+        let step = f.request(&l.callback("code-1", &Jar::default()));
+        let printed = format!("{step:?}");
+        let (c, _) = call(step);
+        let basic = header(&c.headers, "authorization").map(str::to_string);
+        for secret in [CLIENT_SECRET, "code-1", l.sealed.verifier.expose()]
+            .into_iter()
+            .chain(basic.as_deref())
+        {
+            assert!(!printed.contains(secret), "{auth}: {printed}");
+        }
+        assert!(printed.contains("idp.example.com"), "{printed}");
+    }
+}
+
+#[test]
 fn callouts_use_the_configured_idp_cluster() {
     let mut f = Filter::ready(config(
         json!({"idp_cluster": "outbound|8443||keycloak.auth.svc.cluster.local"}),
