@@ -599,9 +599,34 @@ impl Http {
 
     /// The response's headers: add the cookies the request's step set.
     pub fn on_response_headers(&mut self) -> Action {
+        let mut added = false;
         if let Some(lines) = &self.set_cookies {
             for c in lines.borrow_mut().drain(..) {
-                let _ = host::add_header(Headers::Response, "set-cookie", &c);
+                added |= host::add_header(Headers::Response, "set-cookie", &c).is_ok();
+            }
+        }
+        // The app may have marked its answer cacheable, but now it carries this user's session: a shared
+        // cache (a CDN in front of the gateway) must not keep it and hand the cookie to others.
+        if added {
+            let directive =
+                host::get_header(Headers::Response, "cache-control").unwrap_or_default();
+            let private = directive
+                .split(|b| *b == b',')
+                .map(|d| d.trim_ascii().to_ascii_lowercase())
+                .any(|d| d == b"private" || d == b"no-store");
+            if !private {
+                // The app's other directives stay (max-age for the browser's own cache); those meant
+                // for shared caches go.
+                let mut value = String::from("private");
+                for d in String::from_utf8_lossy(&directive).split(',') {
+                    let d = d.trim();
+                    let lower = d.to_ascii_lowercase();
+                    if !d.is_empty() && lower != "public" && !lower.starts_with("s-maxage") {
+                        value.push_str(", ");
+                        value.push_str(d);
+                    }
+                }
+                let _ = host::set_header(Headers::Response, "cache-control", Some(&value));
             }
         }
         Action::Continue

@@ -1190,10 +1190,15 @@ fn identity_headers_from(
 #[inline(never)]
 fn path(field: &str, v: Option<String>, default: &str) -> Result<String, ConfigError> {
     let p = v.unwrap_or_else(|| default.to_string());
-    if !p.starts_with('/') || p.starts_with("//") || p.contains(['?', '#', '%', ' ']) {
+    // Visible ASCII without quotes, angle brackets or backslash: the paths also go into the links of the
+    // filter's HTML pages.
+    let plain = p
+        .bytes()
+        .all(|b| (0x21..0x7f).contains(&b) && !b"?#%\"'<>\\".contains(&b));
+    if !p.starts_with('/') || p.starts_with("//") || !plain {
         return Err(err(
             field,
-            "must be an absolute path like `/login`, without query",
+            "must be an absolute path like `/login`, without query, spaces, quotes, `<`, `>` or `\\`",
         ));
     }
     Ok(p)

@@ -23,8 +23,10 @@ use crate::secret::Secret;
 use crate::session::{self, LoginState, SealedMap, Session};
 use crate::weburl::WebUrl;
 
-/// A login attempt is good for this long (the time a user may spend at the IdP's login page).
-const LOGIN_TTL: u64 = 600;
+/// A login attempt is good for this long: the time a user may spend at the IdP's login pages, which can
+/// include enrolling a second factor or waiting for an emailed code (Keycloak's own login timeout is 30
+/// minutes).
+const LOGIN_TTL: u64 = 1800;
 /// Longest callback query we read; a real one is a few hundred bytes.
 const MAX_CALLBACK_QUERY: usize = 4096;
 /// A sealed session larger than this would not fit Envoy's default request-header limit with room to spare.
@@ -685,7 +687,41 @@ fn without_session(
         let location = login_location(cfg, target);
         return with_cookies(redirect(location, Some(Metric::LoginRedirect)), clear);
     }
+    if is_form_navigation(h) {
+        return with_cookies(session_ended_page(cfg, target), clear);
+    }
     with_cookies(unauthorized(), clear)
+}
+
+/// A browser's navigation that is not GET or HEAD: a form posted after the session ended. A redirect
+/// would lose what was sent anyway (and turn it into a GET), so the user gets a page that says so, with
+/// a link to log in and come back, instead of the JSON an API client gets.
+fn is_form_navigation(h: &dyn Headers) -> bool {
+    let navigate = h.get("sec-fetch-mode").is_some_and(|m| m == "navigate");
+    let wants_html = h
+        .get("accept")
+        .is_some_and(|a| a.as_bytes().windows(9).any(|w| w == b"text/html"));
+    navigate && wants_html && h.get("x-requested-with").is_none()
+}
+
+fn session_ended_page(cfg: &Config, target: &str) -> Step {
+    // `login_location` percent-encodes the target: the link holds no quote, `<` or `&`.
+    let body = format!(
+        "<!doctype html><title>Log in again</title><h1>Your session has ended</h1><p>What you sent was \
+         not received. Log in again, then send it once more.</p><p><a href=\"{}\">Log in</a></p>\n",
+        login_location(cfg, target)
+    );
+    Step::Respond(Reply {
+        status: 401,
+        headers: vec![
+            ("www-authenticate", "Bearer".into()),
+            ("content-type", "text/html; charset=utf-8".into()),
+            ("cache-control", "no-store".into()),
+        ],
+        body: body.into(),
+        metric: Some(Metric::Unauthorized),
+        detail: None,
+    })
 }
 
 /// `/login`: a fresh state, nonce and PKCE verifier, sealed into a cookie of their own, then off to the IdP.
@@ -799,9 +835,11 @@ fn callback(
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(64)
             .collect();
-        return bad_callback(
+        return error_page(
+            400,
             CallbackFailure::IdpError,
             &format!("The identity provider did not log you in ({e})."),
+            Some(format!("the IdP answered error={e}")),
             clear,
         );
     }
@@ -813,6 +851,18 @@ fn callback(
         );
     };
     let Some(sealed) = cookies::get(&cookie_header, &login_cookie) else {
+        // Browsers drop `Secure` cookies on a plain-HTTP site: then every login ends here.
+        if cfg.cookie.secure && h.get(":scheme").as_deref() == Some("http") {
+            return error_page(
+                400,
+                CallbackFailure::StateMismatch,
+                "This login's cookie did not come back. The site is served over plain HTTP, where \
+                 browsers refuse the filter's Secure cookies: serve it over HTTPS, or set cookie_secure \
+                 to false for local development.",
+                Some("no login cookie on a plain-HTTP request, and cookie_secure is on".into()),
+                clear,
+            );
+        }
         return bad_callback(
             CallbackFailure::StateMismatch,
             "This login has expired or was already used.",

@@ -111,8 +111,10 @@ pub fn is_bypass(prefixes: &[String], target: &str) -> bool {
     }
 }
 
-/// The post-login target from `rd`: a same-origin relative path, else `/`.
+/// The post-login target from `rd`: a same-origin relative path, else `/`. One longer than 2048 bytes
+/// (it travels in the login cookie) keeps its path without the query, if that fits.
 pub fn safe_redirect(rd: &str) -> String {
+    let rd = if rd.len() > 2048 { path_only(rd) } else { rd };
     let ok = rd.len() <= 2048
         && rd.starts_with('/')
         && !rd.starts_with("//")
@@ -284,6 +286,11 @@ mod tests {
         ] {
             assert_eq!(safe_redirect(bad), "/", "{bad:?}");
         }
+        // Too long for the login cookie: the path alone, or `/`.
+        let query = format!("?left={}", "x".repeat(2100));
+        assert_eq!(safe_redirect(&format!("/explore{query}")), "/explore");
+        assert_eq!(safe_redirect(&format!("/{}", "a".repeat(2100))), "/");
+        assert_eq!(safe_redirect(&format!("//evil.example{query}")), "/");
     }
 
     #[test]

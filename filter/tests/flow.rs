@@ -147,6 +147,35 @@ fn path_tricks_do_not_reach_a_bypass() {
 }
 
 #[test]
+fn a_form_posted_after_the_session_ended_gets_a_page_not_json() {
+    let mut f = ready();
+    let post = Req::browser("/form?id=7").with(":method", "POST");
+    let r = respond(f.request(&post));
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        header(&r.headers, "content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(
+        r.body.contains("<a href=\"/login?rd=%2Fform%3Fid%3D7\">"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.metric, Some(Metric::Unauthorized));
+    // A script's POST still gets JSON.
+    let r = respond(f.request(&Req::api("/form").with(":method", "POST")));
+    assert_eq!(header(&r.headers, "content-type"), Some("application/json"));
+    let r = respond(
+        f.request(
+            &Req::browser("/form")
+                .with(":method", "POST")
+                .with("sec-fetch-mode", "cors"),
+        ),
+    );
+    assert_eq!(header(&r.headers, "content-type"), Some("application/json"));
+}
+
+#[test]
 fn a_client_bearer_without_a_session_passes_untouched() {
     let mut f = ready();
     let fwd = forward(f.request(&Req::api("/api").with("authorization", "Bearer client-token")));
@@ -238,7 +267,7 @@ fn login_redirects_to_the_authorization_endpoint_with_every_parameter() {
         pkce::s256_challenge(l.sealed.verifier.expose())
     );
     assert_eq!(l.sealed.rd, "/x?y=1");
-    assert_eq!(l.sealed.expires_at, NOW + 600);
+    assert_eq!(l.sealed.expires_at, NOW + 1800);
 
     assert_eq!(
         l.cookie_name,
@@ -246,7 +275,7 @@ fn login_redirects_to_the_authorization_endpoint_with_every_parameter() {
     );
     for attr in [
         "; Path=/oauth2/callback",
-        "; Max-Age=600",
+        "; Max-Age=1800",
         "; HttpOnly",
         "; Secure",
         "; SameSite=Lax",
@@ -476,6 +505,43 @@ fn callback_without_the_login_cookie_is_400() {
 }
 
 #[test]
+fn a_login_cookie_lost_on_plain_http_says_why() {
+    let mut f = ready();
+    let l = start_login(&mut f, "");
+    let req =
+        Req::browser(&format!("/oauth2/callback?code=c&state={}", l.state)).with(":scheme", "http");
+    let r = respond(f.request(&req));
+    assert_callback_failed(&r, 400, CallbackFailure::StateMismatch);
+    assert!(r.body.contains("cookie_secure"), "{}", r.body);
+    // Over HTTPS (or with cookie_secure off) the cookie simply expired or was used.
+    let r = respond(f.request(&req.with(":scheme", "https")));
+    assert!(!r.body.contains("cookie_secure"), "{}", r.body);
+    assert!(r.body.contains("expired or was already used"), "{}", r.body);
+    let mut plain = Filter::ready(config(json!({"cookie_secure": false})));
+    let l = start_login(&mut plain, "");
+    let req =
+        Req::browser(&format!("/oauth2/callback?code=c&state={}", l.state)).with(":scheme", "http");
+    let r = respond(plain.request(&req));
+    assert!(!r.body.contains("cookie_secure"), "{}", r.body);
+}
+
+#[test]
+fn an_idp_error_is_logged_with_its_code() {
+    let mut f = ready();
+    let l = start_login(&mut f, "");
+    let req = Req::browser(&format!(
+        "/oauth2/callback?error=access_denied%0Aforged&state={}",
+        l.state
+    ));
+    let r = respond(f.request(&req));
+    assert_callback_failed(&r, 400, CallbackFailure::IdpError);
+    assert_eq!(
+        r.detail.as_deref(),
+        Some("the IdP answered error=access_deniedforged")
+    );
+}
+
+#[test]
 fn callback_with_a_tampered_login_cookie_is_400() {
     let mut f = ready();
     let l = start_login(&mut f, "");
@@ -496,12 +562,13 @@ fn callback_with_a_tampered_login_cookie_is_400() {
 fn callback_after_the_login_expired_is_400() {
     let mut f = ready();
     let l = start_login(&mut f, "");
-    f.now = NOW + 599;
+    // Half an hour at the IdP (a second factor enrolled, an emailed code awaited) is still a login.
+    f.now = NOW + 1799;
     assert!(matches!(
         f.request(&l.callback("c", &Jar::default())),
         oidc_filter::flow::Step::Call(..)
     ));
-    f.now = NOW + 600;
+    f.now = NOW + 1800;
     assert_callback_failed(
         &respond(f.request(&l.callback("c", &Jar::default()))),
         400,

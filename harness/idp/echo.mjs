@@ -4,7 +4,8 @@
 // Prints exactly one line `{"port": N}` on stdout once listening.
 // Answers 200 with JSON {method, path, headers, body}; to a browser (Accept includes text/html), a
 // page greeting the user named by the Bearer JWT's `email` claim (decoded, not verified) and the
-// same JSON in <pre id="echo">.
+// same JSON in <pre id="echo">. A path under /cacheable is answered with
+// `Cache-Control: public, max-age=60, s-maxage=600`, as an app marks a page for shared caches.
 
 import { createServer } from 'node:http';
 
@@ -35,6 +36,7 @@ const server = createServer((req, res) => {
       body: Buffer.concat(chunks).toString('utf8'),
     };
     const json = JSON.stringify(echo, null, 2);
+    if (req.url.startsWith('/cacheable')) res.setHeader('cache-control', 'public, max-age=60, s-maxage=600');
     if ((req.headers.accept || '').includes('text/html')) {
       const who = bearerEmail(req.headers.authorization) || 'anonymous';
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });

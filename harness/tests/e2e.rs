@@ -664,8 +664,10 @@ fn expired_token_is_refreshed_with_a_renewed_cookie() {
 
     // Within the refresh margin (1 s) of expiry: renewed on the way.
     sleep_until_unix(exp - 1, Duration::from_millis(100));
-    let r = api(&b, &s.url("/after"));
+    let r = api(&b, &s.url("/cacheable/after"));
     let second = app_bearer(&r);
+    // The app marked the page for shared caches, but it now carries this user's cookie.
+    assert_eq!(r.header("cache-control"), Some("private, max-age=60"));
     let c2 = jwt_payload(&second).unwrap();
     assert_ne!(second, first);
     assert!(c2["iat"].as_u64() > c1["iat"].as_u64(), "{c1} {c2}");
@@ -675,10 +677,15 @@ fn expired_token_is_refreshed_with_a_renewed_cookie() {
     assert!(renewed.contains("Max-Age="), "{renewed}");
     assert_counted(&before, "refreshes");
 
-    // The renewed cookie carries the new token, and no further refresh happens for it.
-    let r = api(&b, &s.url("/again"));
+    // The renewed cookie carries the new token, and no further refresh happens for it; the app's
+    // caching is left alone when the filter adds no cookie.
+    let r = api(&b, &s.url("/cacheable/again"));
     assert_eq!(app_bearer(&r), second);
     assert!(set_cookie(&r, SESSION).is_none(), "{:?}", r.headers);
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=60, s-maxage=600")
+    );
 }
 
 #[test]
@@ -930,6 +937,26 @@ fn api_clients_bring_their_own_token_or_get_401() {
             .unwrap(),
     );
     assert_json_401(&client.post_form(&s.url("/form"), &[("a", "1")]).unwrap());
+    // The same form posted by a browser's navigation: a page that says the form was not sent, with a
+    // way to log in and come back.
+    let r = client
+        .request(
+            "POST",
+            &s.url("/form?step=2"),
+            &[
+                ("sec-fetch-mode", "navigate"),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            Some(b"a=1"),
+        )
+        .unwrap();
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("Your session has ended"), "{}", r.body);
+    assert!(
+        r.body.contains("href=\"/login?rd=%2Fform%3Fstep%3D2\""),
+        "{}",
+        r.body
+    );
     assert_json_401(&client.request("DELETE", &s.url("/x"), &[], None).unwrap());
     assert_counted(&before, "unauthorized");
 }
