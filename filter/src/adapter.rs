@@ -605,29 +605,11 @@ impl Http {
                 added |= host::add_header(Headers::Response, "set-cookie", &c).is_ok();
             }
         }
-        // The app may have marked its answer cacheable, but now it carries this user's session: a shared
-        // cache (a CDN in front of the gateway) must not keep it and hand the cookie to others.
+        // The app may have marked its answer cacheable, but now it carries this user's session: no cache
+        // (a CDN in front of the gateway) may keep it and hand the cookie to others. One response per
+        // renewal, so the app's own caching of it is little loss.
         if added {
-            let directive =
-                host::get_header(Headers::Response, "cache-control").unwrap_or_default();
-            let private = directive
-                .split(|b| *b == b',')
-                .map(|d| d.trim_ascii().to_ascii_lowercase())
-                .any(|d| d == b"private" || d == b"no-store");
-            if !private {
-                // The app's other directives stay (max-age for the browser's own cache); those meant
-                // for shared caches go.
-                let mut value = String::from("private");
-                for d in String::from_utf8_lossy(&directive).split(',') {
-                    let d = d.trim();
-                    let lower = d.to_ascii_lowercase();
-                    if !d.is_empty() && lower != "public" && !lower.starts_with("s-maxage") {
-                        value.push_str(", ");
-                        value.push_str(d);
-                    }
-                }
-                let _ = host::set_header(Headers::Response, "cache-control", Some(&value));
-            }
+            let _ = host::set_header(Headers::Response, "cache-control", Some("no-store"));
         }
         Action::Continue
     }
