@@ -1044,7 +1044,7 @@ fn warn_call_failed(reason: &str) {
 static FAILURE_SECOND: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 static FAILURES_LOGGED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 static FAILURES_LEFT_OUT: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
-const FAILURE_LINES: u64 = 5;
+const FAILURE_LINES: u64 = 20;
 
 fn log_failure(kind: usize, line: impl FnOnce() -> String) {
     let (Some(second), Some(logged), Some(left_out)) = (

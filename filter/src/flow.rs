@@ -856,9 +856,9 @@ fn callback(
             return error_page(
                 400,
                 CallbackFailure::StateMismatch,
-                "This login's cookie did not come back. The site is served over plain HTTP, where \
-                 browsers refuse the filter's Secure cookies: serve it over HTTPS, or set cookie_secure \
-                 to false for local development.",
+                "This login has expired or was already used, or its cookie did not come back: this \
+                 site was reached over plain HTTP, where browsers may refuse the filter's Secure cookies \
+                 (serve it over HTTPS, or set cookie_secure to false for local development).",
                 Some("no login cookie on a plain-HTTP request, and cookie_secure is on".into()),
                 clear,
             );
