@@ -136,7 +136,7 @@ fn only(obj: &Object, allowed: &[&str]) -> Result<(), String> {
     match obj.keys().find(|k| !allowed.contains(k)) {
         Some(k) => Err(format!(
             "unexpected `{k}` next to `{}`",
-            allowed.join("`/`")
+            crate::headers::join(allowed.iter().copied(), "`/`")
         )),
         None => Ok(()),
     }
@@ -187,11 +187,7 @@ pub fn header_value(v: &Value) -> Option<String> {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.as_str().to_string(),
         Value::Bool(b) => b.to_string(),
-        Value::Array(a) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(","),
+        Value::Array(a) => crate::headers::join(a.iter().filter_map(Value::as_str), ","),
         _ => return None,
     };
     // A claim is the IdP's data, not ours: never let it split a header.

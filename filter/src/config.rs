@@ -446,7 +446,7 @@ impl Config {
             login_path,
             logout_path,
             post_logout_redirect_uri: raw.post_logout_redirect_uri,
-            scopes: scopes.join(" "),
+            scopes: crate::headers::join(scopes.iter().map(String::as_str), " "),
             forward_token,
             client_auth,
             cookie_name,
@@ -651,7 +651,7 @@ impl Plugin {
                         e.reason = format!(
                             "{} ({} inherited from the top level)",
                             e.reason,
-                            named.join(", ")
+                            crate::headers::join(named.iter().map(String::as_str), ", ")
                         );
                     }
                 }
@@ -861,7 +861,7 @@ fn redirect_host_served(site: &Config, hosts: &[String]) -> Result<(), ConfigErr
         format!(
             "its host `{host}` is not among this entry's hosts ({}){}: the login cookie is set for the host \
              that starts the login, so the IdP's redirect to `{host}` would always fail with a state mismatch",
-            hosts.join(", "),
+            crate::headers::join(hosts.iter().map(String::as_str), ", "),
             match &site.cookie.domain {
                 Some(d) => format!(" nor covered by cookie_domain `{d}`"),
                 None => String::new(),

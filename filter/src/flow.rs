@@ -1275,12 +1275,13 @@ pub fn adopt_renewal(
     renewed: &[String],
     now: u64,
 ) -> Step {
-    let header = renewed
-        .iter()
-        .filter_map(|line| line.split(';').next())
-        .filter(|pair| pair.split_once('=').is_some_and(|(_, v)| !v.is_empty()))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let header = crate::headers::join(
+        renewed
+            .iter()
+            .filter_map(|line| line.split(';').next())
+            .filter(|pair| pair.split_once('=').is_some_and(|(_, v)| !v.is_empty())),
+        "; ",
+    );
     let session = session::join(&header, &cfg.cookie_name)
         .ok()
         .flatten()

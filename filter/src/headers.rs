@@ -350,6 +350,19 @@ impl Value for Cow<'_, str> {
     }
 }
 
+/// `parts` joined by `sep`: header values, lists in messages. (`[T]::join` is 1 KB of module per element
+/// type.)
+pub fn join<'a>(parts: impl IntoIterator<Item = &'a str>, sep: &str) -> String {
+    let mut out = String::new();
+    for (i, p) in parts.into_iter().enumerate() {
+        if i > 0 {
+            out.push_str(sep);
+        }
+        out.push_str(p);
+    }
+    out
+}
+
 /// Encodes pairs the way the host does (for tests and for callers that build a block).
 pub fn encode(pairs: &[(&str, &[u8])]) -> Vec<u8> {
     encode_pairs(pairs)
@@ -380,6 +393,13 @@ pub fn encode_pairs<N: AsRef<str>, V: Value>(pairs: &[(N, V)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_puts_the_separator_between_parts_only() {
+        assert_eq!(join([], ", "), "");
+        assert_eq!(join(["a"], ", "), "a");
+        assert_eq!(join(["a", "", "c"], "; "), "a; ; c");
+    }
 
     #[test]
     fn finds_values_by_exact_name() {

@@ -9,7 +9,6 @@
 //! dotted-quad IPv4.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::form;
 
@@ -320,8 +319,8 @@ fn parse_host(host: &str) -> Result<String, UrlError> {
     }
     if let Some(inner) = host.strip_prefix('[') {
         let inner = inner.strip_suffix(']').ok_or(UrlError::BadHost)?;
-        let ip: Ipv6Addr = inner.parse().map_err(|_| UrlError::BadHost)?;
-        return Ok(ipv6_host(ip));
+        let pieces = parse_ipv6(inner).ok_or(UrlError::BadHost)?;
+        return Ok(ipv6_host(pieces));
     }
     if !host.is_ascii() {
         return Err(UrlError::NonAsciiHost);
@@ -336,20 +335,17 @@ fn parse_host(host: &str) -> Result<String, UrlError> {
     if ends_in_a_number(&host) {
         // WHATWG reads such a host as IPv4, including forms like `127.1` or `0x7f.1`; only the plain
         // dotted quad is accepted here, so no host means something other than it says.
-        let ip: Ipv4Addr = host
-            .strip_suffix('.')
-            .unwrap_or(&host)
-            .parse()
-            .map_err(|_| UrlError::BadHost)?;
-        return Ok(ip.to_string());
+        let quad = host.strip_suffix('.').unwrap_or(&host);
+        parse_ipv4(quad).ok_or(UrlError::BadHost)?;
+        // Digits without leading zeros: the quad is written as it was given.
+        return Ok(quad.to_string());
     }
     Ok(host)
 }
 
 /// `[address]` as the URL standard writes it: lower-case hex pieces, the first longest run of two or more
 /// zero pieces as `::`, never an embedded IPv4 part (`std` writes `::ffff:1.2.3.4`).
-fn ipv6_host(ip: Ipv6Addr) -> String {
-    let pieces = ip.segments();
+fn ipv6_host(pieces: [u16; 8]) -> String {
     // (start, len) of the first longest run of zero pieces.
     let mut best = (0, 0);
     let mut i = 0;
@@ -376,6 +372,68 @@ fn ipv6_host(ip: Ipv6Addr) -> String {
     }
     out.push(']');
     out
+}
+
+/// A dotted quad (`1.2.3.4`: four decimal octets up to 255, no leading zeros), as std's `Ipv4Addr`
+/// reads it; std's parser of IP addresses cost the module 3.5 KB.
+fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split('.');
+    for slot in &mut out {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || (p.len() > 1 && p.starts_with('0')) {
+            return None;
+        }
+        if !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *slot = u8::try_from(p.bytes().fold(0u32, |n, b| n * 10 + u32::from(b - b'0'))).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// An IPv6 address as std's `Ipv6Addr` reads it: eight groups of one to four hex digits, one `::` for a
+/// run of zero groups, and optionally a dotted quad for the last two.
+fn parse_ipv6(s: &str) -> Option<[u16; 8]> {
+    fn groups(s: &str, out: &mut Vec<u16>, quad_ok: bool) -> Option<()> {
+        if s.is_empty() {
+            return Some(());
+        }
+        let parts: Vec<&str> = s.split(':').collect();
+        for (i, p) in parts.iter().enumerate() {
+            if quad_ok && i + 1 == parts.len() && p.contains('.') {
+                let [a, b, c, d] = parse_ipv4(p)?;
+                out.push(u16::from_be_bytes([a, b]));
+                out.push(u16::from_be_bytes([c, d]));
+            } else {
+                if p.is_empty() || p.len() > 4 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                out.push(u16::from_str_radix(p, 16).ok()?);
+            }
+        }
+        Some(())
+    }
+    let (mut head, mut tail) = (Vec::new(), Vec::new());
+    let compressed = match s.split_once("::") {
+        Some((h, t)) => {
+            groups(h, &mut head, false)?;
+            groups(t, &mut tail, true)?;
+            true
+        }
+        None => {
+            groups(s, &mut head, true)?;
+            false
+        }
+    };
+    let n = head.len() + tail.len();
+    if (compressed && n > 7) || (!compressed && n != 8) {
+        return None;
+    }
+    let mut out = [0u16; 8];
+    out.get_mut(..head.len())?.copy_from_slice(&head);
+    out.get_mut(8 - tail.len()..)?.copy_from_slice(&tail);
+    Some(out)
 }
 
 /// The WHATWG "ends in a number" check: the last label (ignoring one trailing dot) is decimal or `0x` hex.
@@ -452,6 +510,87 @@ fn push_encoded(out: &mut String, s: &str, extra: impl Fn(u8) -> bool) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ip_addresses_read_as_std_reads_them() {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        let quads = [
+            "1.2.3.4",
+            "0.0.0.0",
+            "255.255.255.255",
+            "256.0.0.1",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..3.4",
+            "",
+            ".",
+            "1.2.3.4.",
+            "a.b.c.d",
+            "1.2.3.-4",
+            "1.2.3.+4",
+            "1000.1.1.1",
+            "127.0.0.1",
+            "0.00.0.0",
+            "1.2.3.04",
+        ];
+        for q in quads {
+            let std = q.parse::<Ipv4Addr>().ok().map(|a| a.octets());
+            assert_eq!(super::parse_ipv4(q), std, "{q:?}");
+        }
+        let mut sixes: Vec<String> = [
+            "::",
+            "::1",
+            "1::",
+            "1:2:3:4:5:6:7:8",
+            "1:2:3:4:5:6:7:8:9",
+            "1:2:3:4:5:6:7",
+            "1::8",
+            "1:2:3:4:5:6::7:8",
+            "1:2:3:4:5:6:7::",
+            "::2:3:4:5:6:7:8",
+            ":::",
+            "1:::2",
+            "::1::",
+            ":1::",
+            "1::2:",
+            "12345::",
+            "g::",
+            "::ffff:1.2.3.4",
+            "1.2.3.4",
+            "::1.2.3.4",
+            "1:2:3:4:5:6:1.2.3.4",
+            "1:2:3:4:5:6:7:1.2.3.4",
+            "::1.2.3.4:5",
+            "1.2.3.4::",
+            "::01.2.3.4",
+            "fe80::1%eth0",
+            "00AB:0:0:0:0:0:0:0",
+            "0000:0000:0000:0000:0000:0000:0000:0000",
+            "::ffff:1.2.3",
+            ":",
+            "",
+            "1:",
+            ":1",
+            "::+1",
+            "::0x1",
+            "1:2:3:4:5::1.2.3.4",
+            "1:2:3:4:5:6::1.2.3.4",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Every placement of `::` in a full address, and each address cut short at every byte.
+        let full = "a:b:c:d:e:f:1:2";
+        for i in 0..=full.len() {
+            sixes.push(full[..i].to_string());
+            sixes.push(format!("{}::{}", &full[..i], &full[i..]));
+        }
+        for s in &sixes {
+            let std = s.parse::<Ipv6Addr>().ok().map(|a| a.segments());
+            assert_eq!(super::parse_ipv6(s), std, "{s:?}");
+        }
+    }
+
     use super::*;
 
     fn url(s: &str) -> WebUrl {
