@@ -46,6 +46,8 @@ pub struct Config {
     pub refresh_margin: u64,
     pub clock_leeway: u64,
     pub bypass_paths: Vec<String>,
+    /// Forward CORS preflights without a session (they never carry one) instead of answering 401.
+    pub pass_cors_preflight: bool,
     pub callout_timeout: Duration,
     pub jwks_refresh_interval: u64,
     /// Host patterns this site serves (empty for the top-level site, which serves unmatched hosts).
@@ -107,6 +109,7 @@ struct Raw {
     cookie_name: Option<String>,
     cookie_domain: Option<String>,
     cookie_secure: Option<bool>,
+    pass_cors_preflight: Option<bool>,
     cookie_same_site: Option<String>,
     session_lifetime: Option<String>,
     refresh_margin: Option<String>,
@@ -137,7 +140,7 @@ enum Kind {
 
 /// Every field of one site's configuration, and its type. (`hosts` and `unmatched_hosts` are read by
 /// [`Plugin::parse`] before this.)
-const FIELDS: [(&str, Kind); 28] = [
+const FIELDS: [(&str, Kind); 29] = [
     ("issuer", Kind::Str),
     ("client_id", Kind::Str),
     ("client_secret", Kind::Str),
@@ -161,6 +164,7 @@ const FIELDS: [(&str, Kind); 28] = [
     ("refresh_margin", Kind::Duration),
     ("clock_leeway", Kind::Duration),
     ("bypass_paths", Kind::Strs),
+    ("pass_cors_preflight", Kind::Bool),
     ("callout_timeout", Kind::Duration),
     ("jwks_refresh_interval", Kind::Duration),
     ("claim_rules", Kind::Any),
@@ -243,6 +247,7 @@ impl Raw {
             refresh_margin: seconds(&mut obj, "refresh_margin"),
             clock_leeway: seconds(&mut obj, "clock_leeway"),
             bypass_paths: texts(&mut obj, "bypass_paths"),
+            pass_cors_preflight: obj.get("pass_cors_preflight").and_then(Value::as_bool),
             callout_timeout: seconds(&mut obj, "callout_timeout"),
             jwks_refresh_interval: seconds(&mut obj, "jwks_refresh_interval"),
             claim_rules: obj.remove("claim_rules").filter(|v| !v.is_null()),
@@ -455,6 +460,7 @@ impl Config {
             refresh_margin,
             clock_leeway,
             bypass_paths,
+            pass_cors_preflight: raw.pass_cors_preflight.unwrap_or(false),
             callout_timeout: Duration::from_secs(callout_timeout),
             jwks_refresh_interval,
             hosts: Vec::new(),

@@ -658,7 +658,7 @@ fn without_session(
 ) -> Step {
     // Only the pass-through answers forward the header, and only ours need taking out of it.
     let strip = || cookie.and_then(|c| cfg.strip_own_cookies(c));
-    if paths::is_bypass(&cfg.bypass_paths, target) {
+    if paths::is_bypass(&cfg.bypass_paths, target) || (cfg.pass_cors_preflight && is_preflight(h)) {
         return Step::Forward(Forward {
             cookie: strip(),
             identity: strip_identity(cfg),
@@ -1670,6 +1670,15 @@ fn is_bearer(value: &str) -> bool {
             .next()
             .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     })
+}
+
+/// A CORS preflight (Fetch standard: `OPTIONS` with `Origin` and `Access-Control-Request-Method`). A browser
+/// sends it without cookies, before a cross-origin request that needs one; only the app (or Istio's CORS
+/// policy, behind this filter) can answer it.
+fn is_preflight(h: &dyn Headers) -> bool {
+    h.get(":method").as_deref() == Some("OPTIONS")
+        && h.get("origin").is_some()
+        && h.get("access-control-request-method").is_some()
 }
 
 /// A browser navigation: GET or HEAD that wants HTML and is not a script's fetch.

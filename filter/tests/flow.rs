@@ -147,6 +147,39 @@ fn path_tricks_do_not_reach_a_bypass() {
 }
 
 #[test]
+fn cors_preflights_pass_only_when_configured() {
+    let preflight = Req::api("/api/items")
+        .with(":method", "OPTIONS")
+        .with("origin", "https://spa.example.com")
+        .with("access-control-request-method", "PUT")
+        .with("cookie", "_oidc_session_login_AAAAAAAAAAAA=x; app=1")
+        .with("x-auth-request-user", "forged");
+    // Off by default: a preflight carries no session, so it is a request without credentials.
+    let r = respond(ready().request(&preflight));
+    assert_eq!(r.status, 401);
+
+    let mut f = Filter::ready(config(json!({"pass_cors_preflight": true})));
+    let fwd = forward(f.request(&preflight));
+    assert_eq!(fwd.metric, Some(Metric::Bypass));
+    assert!(fwd.authorization.is_none());
+    assert_eq!(
+        fwd.cookie,
+        Some(Some("app=1".into())),
+        "the filter's cookies stay out"
+    );
+    let identity = fwd.identity.expect("identity headers removed");
+    assert!(identity.iter().all(|(_, v)| v.is_none()), "{identity:?}");
+    // Not a preflight: an OPTIONS without `Access-Control-Request-Method`, or without `Origin`.
+    for req in [
+        preflight.clone().without("access-control-request-method"),
+        preflight.clone().without("origin"),
+        preflight.clone().with(":method", "GET"),
+    ] {
+        assert_eq!(respond(f.request(&req)).status, 401, "{req:?}");
+    }
+}
+
+#[test]
 fn a_form_posted_after_the_session_ended_gets_a_page_not_json() {
     let mut f = ready();
     let post = Req::browser("/form?id=7").with(":method", "POST");

@@ -1452,7 +1452,7 @@ impl Ctx<'_> {
                 ));
                 if v.chain == Chain::OidcIstio {
                     filters.push(self.jwt_authn(&idp_cluster, v.jwt_cache));
-                    filters.push(crate::envoy::rbac_filter(&[], &[]));
+                    filters.push(crate::envoy::rbac_filter(&[], &[], false));
                 }
             }
             Chain::OAuth2 => filters.push(self.oauth2_filter(&idp_cluster)),

@@ -53,6 +53,10 @@ pub struct EnvoySite {
     /// Exact paths the RBAC policy lets through without a principal: the back-channel logout
     /// endpoint, whose caller (the IdP) proves itself with the logout token the filter checks.
     pub open_paths: Vec<String>,
+    /// The RBAC policy lets `OPTIONS` through without a principal (the filter's `pass_cors_preflight`: an
+    /// `AuthorizationPolicy` DENY rule with `notMethods: ["OPTIONS"]`); the filter itself answers every
+    /// `OPTIONS` that is not a preflight.
+    pub open_preflight: bool,
     /// Add `jwt_authn` and `rbac` after the Wasm filter, as Istio's RequestAuthentication and
     /// AuthorizationPolicy would; without them the filter's decision is all there is.
     pub istio_authn: bool,
@@ -124,6 +128,7 @@ impl EnvoySite {
                 open_paths.push(p.to_string());
             }
         }
+        let open_preflight = filter_config["pass_cors_preflight"] == Value::Bool(true);
         let jwt_issuers = if filter_config.get("hosts").is_some() {
             jwt_issuers(&filter_config)
         } else {
@@ -136,6 +141,7 @@ impl EnvoySite {
             filter_config,
             bypass_paths,
             open_paths,
+            open_preflight,
             istio_authn: true,
             vm_env: VmEnv {
                 host_env_keys,
@@ -469,12 +475,16 @@ pub fn jwt_authn_filter(providers: Vec<(String, Value)>) -> Value {
 }
 
 fn rbac(site: &EnvoySite) -> Value {
-    rbac_filter(&site.bypass_paths, &site.open_paths)
+    rbac_filter(&site.bypass_paths, &site.open_paths, site.open_preflight)
 }
 
 /// The `rbac` filter of an `AuthorizationPolicy` that requires a request principal (a token `jwt_authn`
-/// accepted), except on these path prefixes and exact paths.
-pub fn rbac_filter(bypass_prefixes: &[String], open_paths: &[String]) -> Value {
+/// accepted), except on these path prefixes and exact paths, and for `OPTIONS` when `open_preflight`.
+pub fn rbac_filter(
+    bypass_prefixes: &[String],
+    open_paths: &[String],
+    open_preflight: bool,
+) -> Value {
     let mut policies = serde_json::Map::new();
     policies.insert(
         "require-principal".into(),
@@ -492,13 +502,18 @@ pub fn rbac_filter(bypass_prefixes: &[String], open_paths: &[String]) -> Value {
             }],
         }),
     );
-    if !bypass_prefixes.is_empty() || !open_paths.is_empty() {
+    if !bypass_prefixes.is_empty() || !open_paths.is_empty() || open_preflight {
         let prefixes = bypass_prefixes.iter().map(|p| json!({ "prefix": p }));
         let exact = open_paths.iter().map(|p| json!({ "exact": p }));
-        let rules: Vec<Value> = prefixes
+        let mut rules: Vec<Value> = prefixes
             .chain(exact)
             .map(|m| json!({ "url_path": { "path": m } }))
             .collect();
+        if open_preflight {
+            rules.push(
+                json!({ "header": { "name": ":method", "string_match": { "exact": "OPTIONS" } } }),
+            );
+        }
         policies.insert(
             "bypass".into(),
             json!({

@@ -57,6 +57,8 @@ fn stack() -> &'static Stack {
                 .idp_client(json!({"id_token_ttl": 3, "refresh": false})),
             SiteSpec::new("nologout").idp_client(json!({"post_logout_redirect_uris": null})),
             SiteSpec::new("slow").filter(json!({"callout_timeout": "2s"})),
+            // The RBAC policy lets OPTIONS through (an AuthorizationPolicy with notMethods: OPTIONS).
+            SiteSpec::new("cors").filter(json!({"pass_cors_preflight": true})),
             // `main`'s client behind keys [B, A] and [B]: sessions sealed by `main` (key A) open on
             // the first only. No logins here, so their IdP registrations are unused placeholders.
             rotation_site("rotated", json!([KEY_B, DEFAULT_COOKIE_KEYS])),
@@ -959,6 +961,45 @@ fn api_clients_bring_their_own_token_or_get_401() {
     );
     assert_json_401(&client.request("DELETE", &s.url("/x"), &[], None).unwrap());
     assert_counted(&before, "unauthorized");
+}
+
+/// A page on another origin calling this app with credentials first sends a preflight, which carries no
+/// cookies: with `pass_cors_preflight` it reaches the app (here the echo app answers it), through
+/// jwt_authn and an RBAC policy that lets `OPTIONS` through; the filter still answers every other
+/// `OPTIONS` itself.
+#[test]
+fn cors_preflights_reach_the_app_when_configured() {
+    let client = Browser::new();
+    // What a browser sends (its preflights ask for `*/*`).
+    let preflight = [
+        ("origin", "https://spa.example.com"),
+        ("accept", "*/*"),
+        ("access-control-request-method", "PUT"),
+        ("access-control-request-headers", "content-type"),
+    ];
+    let r = client
+        .request("OPTIONS", &site("cors").url("/api/items"), &preflight, None)
+        .unwrap();
+    let e = echoed(&r);
+    assert_eq!(e["method"], "OPTIONS");
+    assert_eq!(e["headers"]["access-control-request-method"], "PUT");
+    assert!(e["headers"].get("authorization").is_none(), "{e}");
+
+    // Not a preflight: the filter's 401.
+    let r = client
+        .request(
+            "OPTIONS",
+            &site("cors").url("/api/items"),
+            &preflight[..1],
+            None,
+        )
+        .unwrap();
+    assert_json_401(&r);
+    // Without the option: the filter's 401 for the preflight too.
+    let r = client
+        .request("OPTIONS", &site("main").url("/api/items"), &preflight, None)
+        .unwrap();
+    assert_json_401(&r);
 }
 
 // 8. Bypass.
