@@ -14,6 +14,10 @@
 // BadArgument, what Envoy answers for a cluster it does not have): `host_faults.rs` checks that a refresh
 // the host will not send leaves the session working while its token lasts.
 //
+// With LOGIN_FLOW=1 it plays a login instead of the N requests: `/login`, then the IdP's redirect back
+// to the callback with the state and login cookie the first answer gave; it prints both answers' statuses
+// and the counters the filter incremented.
+//
 // INPUT.json: {"config": "<the plugin configuration>", "env": {"NAME": "value"}, "cookie": "<Cookie or empty>",
 //              "replies": {"<path>": {"status": 200, "body": "<text>"}} (optional)}
 import fs from 'node:fs';
@@ -51,17 +55,23 @@ function encodePairs(pairs) {
   return out;
 }
 // What wrk sends in the benchmark, plus what Envoy adds.
-const requestHeaders = encodePairs([
-  [':authority', '127.0.0.1:10000'], [':path', '/'], [':method', 'GET'], [':scheme', 'http'],
-  ['accept', 'text/html'], ...(input.cookie ? [['cookie', input.cookie]] : []),
-  ['x-forwarded-proto', 'http'], ['x-request-id', '2a3b8f7c-1d2e-4f5a-9b8c-7d6e5f4a3b2c'],
-  ['x-envoy-expected-rq-timeout-ms', '15000']]);
+function request(path, cookie) {
+  return encodePairs([
+    [':authority', '127.0.0.1:10000'], [':path', path], [':method', 'GET'], [':scheme', 'http'],
+    ['accept', 'text/html'], ...(cookie ? [['cookie', cookie]] : []),
+    ['x-forwarded-proto', 'http'], ['x-request-id', '2a3b8f7c-1d2e-4f5a-9b8c-7d6e5f4a3b2c'],
+    ['x-envoy-expected-rq-timeout-ms', '15000']]);
+}
+let requestHeaders = request('/', input.cookie);
 const config = enc.encode(input.config);
 let forwarded = 0, local = 0, setAuthorization = 0, localStatus = 0, refusedCalls = 0;
 const warnings = [];
 // Callouts answered after the callback that made them returns: [token, status, body bytes].
 const answers = [];
 let reply = null, nextToken = 7;
+// The last local reply's headers, and the counters by name.
+let localHeaders = [];
+const metricNames = [], counters = {};
 function decodePairs(p, size) {
   const d = dv(), n = d.getUint32(p, true), out = [];
   let o = p + 4 + n * 8;
@@ -103,13 +113,24 @@ const env = {
   },
   proxy_add_header_map_value: () => refused,
   proxy_remove_header_map_value: () => refused,
-  proxy_send_local_response: (status) => { local++; localStatus = status; return 0; },
+  proxy_send_local_response: (status, dp, ds, bp, bs, hp, hs) => {
+    local++; localStatus = status; localHeaders = decodePairs(hp, hs);
+    return 0;
+  },
   proxy_continue_stream: () => 0,
   proxy_get_shared_data: () => 1,
   proxy_set_shared_data: () => 0,
   proxy_set_tick_period_milliseconds: () => 0,
-  proxy_define_metric: (kind, np, ns, idp) => { dv().setUint32(idp, 1, true); return 0; },
-  proxy_increment_metric: () => 0,
+  proxy_define_metric: (kind, np, ns, idp) => {
+    metricNames.push(dec.decode(u8().slice(np, np + ns)));
+    dv().setUint32(idp, metricNames.length, true);
+    return 0;
+  },
+  proxy_increment_metric: (id, offset) => {
+    const name = metricNames[id - 1];
+    counters[name] = (counters[name] || 0) + Number(offset);
+    return 0;
+  },
   proxy_set_effective_context: () => 0,
   // The real clock: the session `bench` logged in with is valid for hours from now.
   proxy_get_current_time_nanoseconds: (p) => {
@@ -162,6 +183,21 @@ for (let round = 0; input.replies && round < 10; round++) {
     x.proxy_on_http_call_response(1, reply[0], 1, reply[2].length, 0);
     reply = null;
   }
+}
+if (process.env.LOGIN_FLOW === '1') {
+  const play = (id, path, cookie) => {
+    requestHeaders = request(path, cookie);
+    x.proxy_on_context_create(id, 1);
+    x.proxy_on_request_headers(id, 10, 1);
+    return localStatus;
+  };
+  const started = play(100, '/login?rd=%2F');
+  const header = (name) => (localHeaders.find(([k]) => k === name) || [])[1] || '';
+  const state = new URL(header('location'), 'http://x').searchParams.get('state');
+  const loginCookie = header('set-cookie').split(';')[0];
+  const callback = play(101, `/oauth2/callback?code=c&state=${state}`, loginCookie);
+  console.log(JSON.stringify({statuses: [started, callback], counters, refusedCalls, warnings}));
+  process.exit(0);
 }
 for (let i = 0; i < N; i++) {
   const id = 100 + i;

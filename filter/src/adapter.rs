@@ -652,7 +652,14 @@ impl Http {
                         p @ (Pending::Refresh(_) | Pending::RefreshJwks(..)) => {
                             self.resume(p, None)
                         }
-                        _ => {
+                        other => {
+                            // A login whose code exchange cannot be sent fails like one the token
+                            // endpoint answered badly, and is counted with those.
+                            if let Pending::Code(_) | Pending::CodeJwks(..) = other {
+                                self.metrics.count(Some(Metric::CallbackFailed(
+                                    CallbackFailure::TokenEndpoint,
+                                )));
+                            }
                             self.end_renewal(None);
                             self.fail(502);
                             Action::Pause

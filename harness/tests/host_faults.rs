@@ -6,6 +6,7 @@
 //! - the host refuses to send a callout (Envoy's answer for a cluster it does not have, as while a
 //!   `ServiceEntry` is being replaced): a session due for a refresh must go on with its still-valid token,
 //!   as through an IdP outage, not fail every request with 502; and the warning is not one per request.
+//!   A login whose code exchange the host will not send gets 502 and is counted as a failed callback.
 
 // Test code, helpers included (clippy's allow-*-in-tests covers only #[test] functions).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -144,5 +145,35 @@ fn a_refresh_the_host_will_not_send_keeps_the_session_while_its_token_lasts() {
     assert!(
         warnings[0].contains("cannot call the IdP: cluster `outbound|443||idp.example.com`"),
         "{warnings:?}"
+    );
+}
+
+#[test]
+fn a_code_exchange_the_host_will_not_send_is_a_counted_502() {
+    let root = harness::workspace_root().join("testdata");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let replies = json!({
+        "/.well-known/openid-configuration": {"status": 200, "body": read("discovery/good.json")},
+        "/oauth2/keys": {"status": 200, "body": read("jwks/keys.json")},
+    });
+    let unused = Session {
+        id_token: Secret::new(id_token(unix_now(), unix_now() + 3600)),
+        access_token: None,
+        refresh_token: None,
+        token_expires_at: unix_now() + 3600,
+        expires_at: unix_now() + 3600,
+        sub: "alice".into(),
+    };
+    let seen = run_host(
+        "login",
+        &unused,
+        replies,
+        &[("REFUSE_CALLS", "1"), ("LOGIN_FLOW", "1")],
+    );
+    assert_eq!(seen["statuses"], json!([302, 502]), "{seen}");
+    assert_eq!(seen["refusedCalls"], 1, "{seen}");
+    assert_eq!(
+        seen["counters"]["oidc_filter.callback_failures.token_endpoint"], 1,
+        "{seen}"
     );
 }
