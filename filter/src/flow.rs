@@ -428,6 +428,21 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
 /// A cookie this worker has not seen: decrypted, decoded and cached. Out of line: the per-request function
 /// stays small, and V8 compiles (and keeps the memory for) one function at a time.
 #[inline(never)]
+/// Whether `cookie_header` carries a session of this site that opens (valid or not: the request it is
+/// sent on to decides that).
+fn has_session(cfg: &Config, state: &mut State, cookie_header: &str, now: u64) -> bool {
+    let (scan, hit) = session::scan_cached(
+        cookie_header,
+        &cfg.cookie_name,
+        |n| cfg.is_own_cookie(n),
+        &state.cache.map,
+    );
+    match scan.session {
+        Ok(Some(sealed)) => hit.is_some() || open_fresh(cfg, state, &sealed, now).is_some(),
+        _ => false,
+    }
+}
+
 fn open_fresh(cfg: &Config, state: &mut State, sealed: &str, now: u64) -> Option<Rc<Cached>> {
     let plain = cfg.keys.open(&cfg.cookie_name, sealed).ok()?;
     let session = Session::decode(&plain).ok()?;
@@ -851,6 +866,11 @@ fn callback(
         );
     };
     let Some(sealed) = cookies::get(&cookie_header, &login_cookie) else {
+        // A callback this browser already completed, seen again (the back button through the IdP's
+        // pages, a second tab): it is logged in, so on to the site rather than an error page.
+        if has_session(cfg, state, &cookie_header, _env.now) {
+            return with_cookies(redirect("/".into(), None), clear);
+        }
         // Browsers drop `Secure` cookies on a plain-HTTP site: then every login ends here.
         if cfg.cookie.secure && h.get(":scheme").as_deref() == Some("http") {
             return error_page(

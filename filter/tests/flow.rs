@@ -559,6 +559,35 @@ fn a_login_cookie_lost_on_plain_http_says_why() {
 }
 
 #[test]
+fn a_spent_callback_seen_again_by_a_logged_in_browser_goes_on_to_the_site() {
+    let mut f = ready();
+    let l = start_login(&mut f, "?rd=/app");
+    let (_, pending) = call(f.request(&l.callback("code-1", &Jar::default())));
+    let reply = with_id_token(claims(Some(&l.nonce)));
+    let done = respond(f.reply(pending, reply.as_ref().map(|(s, b)| (*s, b.as_slice()))));
+    let session: Vec<String> = set_cookies(&done)
+        .iter()
+        .filter(|c| c.starts_with("_oidc_session="))
+        .map(|c| c.split(';').next().unwrap().to_string())
+        .collect();
+    assert_eq!(session.len(), 1, "{done:?}");
+    // The same callback again, with the session and without the spent login cookie.
+    let req = Req::browser(&format!("/oauth2/callback?code=code-1&state={}", l.state))
+        .with("cookie", &session[0]);
+    let r = respond(f.request(&req));
+    assert_eq!(r.status, 302);
+    assert_eq!(location(&r), "/");
+    assert_eq!(r.metric, None);
+    // Without a session it stays an error page.
+    let req = Req::browser(&format!("/oauth2/callback?code=code-1&state={}", l.state));
+    assert_callback_failed(
+        &respond(f.request(&req)),
+        400,
+        CallbackFailure::StateMismatch,
+    );
+}
+
+#[test]
 fn an_idp_error_is_logged_with_its_code() {
     let mut f = ready();
     let l = start_login(&mut f, "");
