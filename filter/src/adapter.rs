@@ -202,7 +202,7 @@ pub struct Root {
     fast_tick: bool,
     metrics: Metrics,
     /// Discovery and JWKS fetches in flight: token, site, which document (at most two per site), and
-    /// where it went (URL and cluster, for a warning should it fail).
+    /// the cluster it went through (for a warning should it fail).
     fetches: Vec<(u32, usize, Fetch, String)>,
 }
 
@@ -252,7 +252,7 @@ impl Root {
                 }
             }
             Err(reason) => log_warn(&format!(
-                "oidc-filter: fetching the {} of {} ({target}) failed: {reason}; retrying",
+                "oidc-filter: fetching the {} of {} (cluster `{target}`) failed: {reason}; retrying",
                 match fetch {
                     Fetch::Discovery => "discovery document",
                     Fetch::Jwks => "JWKS",
@@ -415,7 +415,7 @@ impl Root {
             let Some((call, fetch)) = next else { continue };
             match dispatch(self.id, &call) {
                 Ok(token) => {
-                    self.fetches.push((token, site, fetch, call.target()));
+                    self.fetches.push((token, site, fetch, call.cluster));
                 }
                 Err(reason) => {
                     log_warn(&format!("oidc-filter: cannot call the IdP: {reason}"));

@@ -305,23 +305,6 @@ impl fmt::Debug for Pending {
 }
 
 impl Callout {
-    /// Where the callout goes, for a log line: the URL (a discovery or JWKS address, public) and the cluster.
-    pub fn target(&self) -> String {
-        let get = |name: &str| {
-            self.headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or("", |(_, v)| v.as_str())
-        };
-        format!(
-            "{}://{}{}, cluster `{}`",
-            get(":scheme"),
-            get(":authority"),
-            get(":path"),
-            self.cluster
-        )
-    }
-
     /// A GET of an IdP document.
     pub fn get(cfg: &Config, url: &WebUrl) -> Callout {
         Callout {
@@ -723,7 +706,7 @@ fn session_ended_page(cfg: &Config, target: &str) -> Step {
     // `login_location` percent-encodes the target: the link holds no quote, `<` or `&`.
     let body = format!(
         "<!doctype html><title>Log in again</title><h1>Your session has ended</h1><p>What you sent was \
-         not received. Log in again, then send it once more.</p><p><a href=\"{}\">Log in</a></p>\n",
+         not received: log in, then send it again.</p><p><a href=\"{}\">Log in</a></p>\n",
         login_location(cfg, target)
     );
     Step::Respond(Reply {
@@ -876,9 +859,8 @@ fn callback(
             return error_page(
                 400,
                 CallbackFailure::StateMismatch,
-                "This login has expired or was already used, or its cookie did not come back: this \
-                 site was reached over plain HTTP, where browsers may refuse the filter's Secure cookies \
-                 (serve it over HTTPS, or set cookie_secure to false for local development).",
+                "This login has expired or was already used, or the browser refused its Secure cookie \
+                 over plain HTTP (serve the site over HTTPS, or set cookie_secure to false).",
                 Some("no login cookie on a plain-HTTP request, and cookie_secure is on".into()),
                 clear,
             );
@@ -1031,7 +1013,7 @@ fn code_reply(
                 CallbackFailure::Timeout,
                 "The identity provider did not answer in time.",
                 match reply {
-                    None => no_answer(cfg),
+                    None => no_answer(),
                     Some(_) => "the token endpoint's cluster answered 504".into(),
                 },
                 clear,
@@ -1156,7 +1138,7 @@ fn refresh_reply(
         // renews by itself once the IdP answers again rather than an outage logging everybody out.
         Err(e) => {
             return renewal_unavailable(match reply {
-                None => no_answer(cfg),
+                None => no_answer(),
                 Some(_) => e.to_string(),
             });
         }
@@ -1580,8 +1562,7 @@ fn seal_session(
                 CallbackFailure::TokenEndpoint,
                 "The identity provider's tokens are too large for a session cookie.",
                 format!(
-                    "the sealed session needs more than {MAX_SESSION_CHUNKS} cookies of 4 KB (fewer scopes or \
-                     claims, or forward_token access_token, make it smaller)"
+                    "the session needs more than {MAX_SESSION_CHUNKS} cookies (ask for fewer claims)"
                 ),
                 Vec::new(),
             )));
@@ -1772,11 +1753,8 @@ fn not_ready() -> Step {
 }
 
 /// What a log line says of a callout that got no answer.
-fn no_answer(cfg: &Config) -> String {
-    format!(
-        "no answer from the token endpoint within callout_timeout ({} s), or no connection to it",
-        cfg.callout_timeout.as_secs()
-    )
+fn no_answer() -> String {
+    "no answer from the token endpoint within callout_timeout".into()
 }
 
 /// 503 with `Retry-After`: the IdP is needed and not reachable now; the client may simply retry.

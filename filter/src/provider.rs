@@ -160,17 +160,13 @@ impl ProviderState {
             .any(|m| m == auth)
         {
             notes.push(format!(
-                "its token_endpoint_auth_methods_supported does not list `{auth}` (token_endpoint_auth); \
-                 logins may fail with invalid_client"
+                "token_endpoint_auth_methods_supported lacks `{auth}`: logins may fail"
             ));
         }
         let pkce = &meta.code_challenge_methods_supported;
         if !pkce.is_empty() && !pkce.iter().any(|m| m == "S256") {
-            notes.push(
-                "its code_challenge_methods_supported does not list S256, the PKCE method the filter uses; \
-                 logins may fail"
-                    .to_string(),
-            );
+            notes
+                .push("code_challenge_methods_supported lacks `S256`: logins may fail".to_string());
         }
         notes
     }
