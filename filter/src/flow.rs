@@ -408,9 +408,6 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
     without_session(cfg, state, h, &target, cookie.as_deref(), stale)
 }
 
-/// A cookie this worker has not seen: decrypted, decoded and cached. Out of line: the per-request function
-/// stays small, and V8 compiles (and keeps the memory for) one function at a time.
-#[inline(never)]
 /// Whether `cookie_header` carries a session of this site that opens (valid or not: the request it is
 /// sent on to decides that).
 fn has_session(cfg: &Config, state: &mut State, cookie_header: &str, now: u64) -> bool {
@@ -426,6 +423,9 @@ fn has_session(cfg: &Config, state: &mut State, cookie_header: &str, now: u64) -
     }
 }
 
+/// A cookie this worker has not seen: decrypted, decoded and cached. Out of line: the per-request function
+/// stays small, and V8 compiles (and keeps the memory for) one function at a time.
+#[inline(never)]
 fn open_fresh(cfg: &Config, state: &mut State, sealed: &str, now: u64) -> Option<Rc<Cached>> {
     let plain = cfg.keys.open(&cfg.cookie_name, sealed).ok()?;
     let session = Session::decode(&plain).ok()?;
