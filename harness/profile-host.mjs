@@ -72,7 +72,7 @@ let reply = null, nextToken = 7;
 // The last local reply's headers, and the counters by name.
 let localHeaders = [];
 const metricNames = [], counters = {};
-function decodePairs(p, size) {
+function decodePairs(p) {
   const d = dv(), n = d.getUint32(p, true), out = [];
   let o = p + 4 + n * 8;
   for (let i = 0; i < n; i++) {
@@ -114,7 +114,7 @@ const env = {
   proxy_add_header_map_value: () => refused,
   proxy_remove_header_map_value: () => refused,
   proxy_send_local_response: (status, dp, ds, bp, bs, hp, hs) => {
-    local++; localStatus = status; localHeaders = decodePairs(hp, hs);
+    local++; localStatus = status; localHeaders = decodePairs(hp);
     return 0;
   },
   proxy_continue_stream: () => 0,
@@ -140,7 +140,7 @@ const env = {
   // Without "replies", callouts (discovery, keys) are accepted and never answered: the logged-in path
   // needs neither.
   proxy_http_call: (cp, cs, hp, hs, bp, bs, tp, ts, timeout, tokp) => {
-    const path = (decodePairs(hp, hs).find(([k]) => k === ':path') || [])[1];
+    const path = (decodePairs(hp).find(([k]) => k === ':path') || [])[1];
     const canned = input.replies && input.replies[path];
     if (!canned && process.env.REFUSE_CALLS === '1') { refusedCalls++; return 2; }
     const token = nextToken++;

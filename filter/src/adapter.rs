@@ -645,7 +645,9 @@ impl Http {
                     Action::Pause
                 }
                 Err(reason) => {
-                    warn_call_failed(&reason);
+                    CALL_FAILED.log(LogLevel::Warn, || {
+                        format!("oidc-filter: cannot call the IdP: {reason}")
+                    });
                     match *pending {
                         // A refresh that cannot be sent is one the IdP did not answer: the session goes
                         // on with its token while that lasts, as through an outage.
@@ -654,13 +656,13 @@ impl Http {
                         }
                         other => {
                             // A login whose code exchange cannot be sent fails like one the token
-                            // endpoint answered badly, and is counted with those.
+                            // endpoint answered badly, and is counted with those. (Only a refresh claims
+                            // a renewal, so there is none to let go here.)
                             if let Pending::Code(_) | Pending::CodeJwks(..) = other {
                                 self.metrics.count(Some(Metric::CallbackFailed(
                                     CallbackFailure::TokenEndpoint,
                                 )));
                             }
-                            self.end_renewal(None);
                             self.fail(502);
                             Action::Pause
                         }
@@ -916,25 +918,18 @@ fn apply(
             metrics.count(r.metric);
             // Failures worth a line for whoever debugs a login: the reason and the core's own words for
             // it, never request data.
-            let detail = r
-                .detail
-                .as_deref()
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default();
+            let line = |what: &str| {
+                let detail = r.detail.as_deref().unwrap_or_default();
+                let sep = if detail.is_empty() { "" } else { ": " };
+                format!("oidc-filter: {what}, answered {}{sep}{detail}", r.status)
+            };
             match r.metric {
-                Some(Metric::CallbackFailed(f)) => log_failure(0, || {
-                    format!(
-                        "oidc-filter: login callback failed ({}), answered {}{detail}",
-                        f.name(),
-                        r.status
-                    )
+                Some(Metric::CallbackFailed(f)) => CALLBACK_FAILED.log(LogLevel::Info, || {
+                    line(&format!("login callback failed ({})", f.name()))
                 }),
-                Some(Metric::RefreshFailed) => log_failure(1, || {
-                    format!(
-                        "oidc-filter: token refresh failed, answered {}{detail}",
-                        r.status
-                    )
-                }),
+                Some(Metric::RefreshFailed) => {
+                    REFRESH_FAILED.log(LogLevel::Info, || line("token refresh failed"));
+                }
                 _ => {}
             }
             respond(u32::from(r.status), &r.headers, r.body.as_bytes());
@@ -1031,51 +1026,54 @@ fn random() -> Option<[u8; 32]> {
     Some(b)
 }
 
-/// When a callout last could not be made (seconds; 0: never), to warn of it at most every 10 s per VM: a
-/// cluster missing from the proxy fails every refresh, and each request would log it.
-static CALL_FAILED_WARNED: AtomicU64 = AtomicU64::new(0);
+/// At most `lines` log lines per `window` seconds for one kind of line, per VM, counting the ones left
+/// out: lines that a client or an outage can cause on every request.
+struct Throttle {
+    window: u64,
+    lines: u64,
+    /// When the current window began (seconds), how many lines it has logged, how many were left out
+    /// since the last line.
+    start: AtomicU64,
+    logged: AtomicU64,
+    left_out: AtomicU64,
+}
 
-fn warn_call_failed(reason: &str) {
-    let now = now();
-    let last = CALL_FAILED_WARNED.load(Ordering::Relaxed);
-    if last == 0 || now >= last.saturating_add(10) {
-        CALL_FAILED_WARNED.store(now.max(1), Ordering::Relaxed);
-        log_warn(&format!("oidc-filter: cannot call the IdP: {reason}"));
+impl Throttle {
+    const fn new(window: u64, lines: u64) -> Throttle {
+        Throttle {
+            window,
+            lines,
+            start: AtomicU64::new(0),
+            logged: AtomicU64::new(0),
+            left_out: AtomicU64::new(0),
+        }
+    }
+
+    fn log(&self, level: LogLevel, line: impl FnOnce() -> String) {
+        let now = now();
+        let start = self.start.load(Ordering::Relaxed);
+        if start == 0 || now >= start.saturating_add(self.window) {
+            self.start.store(now.max(1), Ordering::Relaxed);
+            self.logged.store(0, Ordering::Relaxed);
+        }
+        if self.logged.fetch_add(1, Ordering::Relaxed) >= self.lines {
+            self.left_out.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut line = line();
+        let skipped = self.left_out.swap(0, Ordering::Relaxed);
+        if skipped > 0 {
+            line.push_str(&format!(" ({skipped} more of this kind not logged)"));
+        }
+        host::log(level, &line);
     }
 }
 
-/// Per kind of failure line (0: login callbacks, 1: refreshes): the second of the lines being counted,
-/// how many were logged in it, and how many were left out since the last line. Anyone can send failing
-/// callbacks, and an outage fails every expired session's requests, so each kind logs at most
-/// `FAILURE_LINES` lines a second per VM.
-static FAILURE_SECOND: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
-static FAILURES_LOGGED: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
-static FAILURES_LEFT_OUT: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
-const FAILURE_LINES: u64 = 20;
-
-fn log_failure(kind: usize, line: impl FnOnce() -> String) {
-    let (Some(second), Some(logged), Some(left_out)) = (
-        FAILURE_SECOND.get(kind),
-        FAILURES_LOGGED.get(kind),
-        FAILURES_LEFT_OUT.get(kind),
-    ) else {
-        return;
-    };
-    let now = now();
-    if second.swap(now, Ordering::Relaxed) != now {
-        logged.store(0, Ordering::Relaxed);
-    }
-    if logged.fetch_add(1, Ordering::Relaxed) >= FAILURE_LINES {
-        left_out.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    let mut line = line();
-    let skipped = left_out.swap(0, Ordering::Relaxed);
-    if skipped > 0 {
-        line.push_str(&format!(" ({skipped} more of this kind not logged)"));
-    }
-    log_info(&line);
-}
+/// A cluster missing from the proxy fails every refresh: one warning per 10 s.
+static CALL_FAILED: Throttle = Throttle::new(10, 1);
+/// Anyone can send failing callbacks, and an outage fails every expired session's requests.
+static CALLBACK_FAILED: Throttle = Throttle::new(1, 20);
+static REFRESH_FAILED: Throttle = Throttle::new(1, 20);
 
 fn log_info(msg: &str) {
     host::log(LogLevel::Info, msg);

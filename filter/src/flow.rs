@@ -374,13 +374,7 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
     let cookie = h.cookie();
     let mut stale = false;
     if let Some(header) = cookie.as_deref() {
-        let (scan, hit) = session::scan_cached(
-            header,
-            &cfg.cookie_name,
-            |n| cfg.is_own_cookie(n),
-            &state.cache.map,
-        );
-        let hit = hit.cloned();
+        let (scan, hit) = scan_session(cfg, state, header);
         match scan.session {
             Ok(Some(sealed)) => match hit.or_else(|| open_fresh(cfg, state, &sealed, env.now)) {
                 Some(cached) => {
@@ -408,15 +402,26 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
     without_session(cfg, state, h, &target, cookie.as_deref(), stale)
 }
 
-/// Whether `cookie_header` carries a session of this site that opens (valid or not: the request it is
-/// sent on to decides that).
-fn has_session(cfg: &Config, state: &mut State, cookie_header: &str, now: u64) -> bool {
+/// This site's cookies in `header`, and the cached session the first of them names, if cached.
+#[inline(always)]
+fn scan_session<'a>(
+    cfg: &Config,
+    state: &State,
+    header: &'a str,
+) -> (session::CookieScan<'a>, Option<Rc<Cached>>) {
     let (scan, hit) = session::scan_cached(
-        cookie_header,
+        header,
         &cfg.cookie_name,
         |n| cfg.is_own_cookie(n),
         &state.cache.map,
     );
+    (scan, hit.cloned())
+}
+
+/// Whether `cookie_header` carries a session of this site that opens (valid or not: the request it is
+/// sent on to decides that).
+fn has_session(cfg: &Config, state: &mut State, cookie_header: &str, now: u64) -> bool {
+    let (scan, hit) = scan_session(cfg, state, cookie_header);
     match scan.session {
         Ok(Some(sealed)) => hit.is_some() || open_fresh(cfg, state, &sealed, now).is_some(),
         _ => false,
@@ -695,11 +700,7 @@ fn without_session(
 /// would lose what was sent anyway (and turn it into a GET), so the user gets a page that says so, with
 /// a link to log in and come back, instead of the JSON an API client gets.
 fn is_form_navigation(h: &dyn Headers) -> bool {
-    let navigate = h.get("sec-fetch-mode").is_some_and(|m| m == "navigate");
-    let wants_html = h
-        .get("accept")
-        .is_some_and(|a| a.as_bytes().windows(9).any(|w| w == b"text/html"));
-    navigate && wants_html && h.get("x-requested-with").is_none()
+    h.get("sec-fetch-mode").is_some_and(|m| m == "navigate") && wants_page(h)
 }
 
 fn session_ended_page(cfg: &Config, target: &str) -> Step {
@@ -783,13 +784,7 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
 
 /// The IdP's redirect back: check state against its cookie, then exchange the code.
 #[inline(never)]
-fn callback(
-    cfg: &Config,
-    state: &mut State,
-    _env: &mut Env,
-    h: &dyn Headers,
-    target: &str,
-) -> Step {
+fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target: &str) -> Step {
     let query = paths::query_only(target);
     if query.len() > MAX_CALLBACK_QUERY {
         return bad_callback(
@@ -851,7 +846,7 @@ fn callback(
     let Some(sealed) = cookies::get(&cookie_header, &login_cookie) else {
         // A callback this browser already completed, seen again (the back button through the IdP's
         // pages, a second tab): it is logged in, so on to the site rather than an error page.
-        if has_session(cfg, state, &cookie_header, _env.now) {
+        if has_session(cfg, state, &cookie_header, env.now) {
             return with_cookies(redirect("/".into(), None), clear);
         }
         // Browsers drop `Secure` cookies on a plain-HTTP site: then every login ends here.
@@ -886,7 +881,7 @@ fn callback(
         }
     };
     if !constant_time_eq(login.state.expose().as_bytes(), st.as_bytes())
-        || _env.now >= login.expires_at
+        || env.now >= login.expires_at
     {
         return bad_callback(
             CallbackFailure::StateMismatch,
@@ -1684,16 +1679,21 @@ fn is_preflight(h: &dyn Headers) -> bool {
 
 /// A browser navigation: GET or HEAD that wants HTML and is not a script's fetch.
 fn is_browser(h: &dyn Headers) -> bool {
-    let method_ok = matches!(h.get(":method").as_deref(), Some("GET") | Some("HEAD"));
+    matches!(h.get(":method").as_deref(), Some("GET") | Some("HEAD"))
+        && wants_page(h)
+        && h.get("sec-fetch-mode").is_none_or(|m| m == "navigate")
+}
+
+/// Asks for HTML and is not an `XMLHttpRequest`.
+fn wants_page(h: &dyn Headers) -> bool {
     // A byte search: `str::contains` with a `&str` sets up a two-way searcher, costly next to a short header.
     let wants_html = h
         .get("accept")
         .is_some_and(|a| a.as_bytes().windows(9).any(|w| w == b"text/html"));
-    let xhr = h
-        .get("x-requested-with")
-        .is_some_and(|v| v.eq_ignore_ascii_case("XMLHttpRequest"));
-    let fetch = h.get("sec-fetch-mode").is_some_and(|m| m != "navigate");
-    method_ok && wants_html && !xhr && !fetch
+    wants_html
+        && !h
+            .get("x-requested-with")
+            .is_some_and(|v| v.eq_ignore_ascii_case("XMLHttpRequest"))
 }
 
 fn nonce24(r: &[u8; 32]) -> [u8; 24] {

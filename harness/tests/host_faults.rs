@@ -27,20 +27,34 @@ const REQUESTS: u64 = 5;
 /// What the host saw of `REQUESTS` logged-in requests, with header changes refused or not.
 fn play(refuse: bool) -> Value {
     let now = unix_now();
-    let session = Session {
-        id_token: Secret::new(id_token(now, now + 3600)),
-        access_token: None,
-        refresh_token: None,
-        token_expires_at: now + 3600,
-        expires_at: now + 3600,
-        sub: "alice".into(),
-    };
     run_host(
         &format!("headers-{refuse}"),
-        &session,
-        json!({}),
+        Some(&session(now, now + 3600, None)),
+        None,
         &[("REFUSE_HEADER_WRITES", if refuse { "1" } else { "0" })],
     )
+}
+
+/// A session as the filter seals it after a login, for an hour, its token valid from `iat` to `exp`.
+fn session(iat: u64, exp: u64, refresh_token: Option<&str>) -> Session {
+    Session {
+        id_token: Secret::new(id_token(iat, exp)),
+        access_token: None,
+        refresh_token: refresh_token.map(Secret::new),
+        token_expires_at: exp,
+        expires_at: unix_now() + 3600,
+        sub: "alice".into(),
+    }
+}
+
+/// The IdP's discovery document and keys, for the host to answer the filter's fetches with.
+fn idp_documents() -> Value {
+    let root = harness::workspace_root().join("testdata");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    json!({
+        "/.well-known/openid-configuration": {"status": 200, "body": read("discovery/good.json")},
+        "/oauth2/keys": {"status": 200, "body": read("jwks/keys.json")},
+    })
 }
 
 /// An ID token as the filter seals it after a login: it was checked then, so only its claims matter now
@@ -65,7 +79,12 @@ fn unix_now() -> u64 {
 
 /// Runs `REQUESTS` requests carrying `session` through the module under the Node host, which answers
 /// the callouts named in `replies`, with `env` in the host's environment; returns what the host saw.
-fn run_host(name: &str, session: &Session, replies: Value, env: &[(&str, &str)]) -> Value {
+fn run_host(
+    name: &str,
+    session: Option<&Session>,
+    replies: Option<Value>,
+    env: &[(&str, &str)],
+) -> Value {
     let dir = harness::target_dir().join("host-faults");
     std::fs::create_dir_all(&dir).unwrap();
     let input = dir.join(format!("input-{name}.json"));
@@ -73,9 +92,9 @@ fn run_host(name: &str, session: &Session, replies: Value, env: &[(&str, &str)])
         "issuer": ISSUER, "client_id": CLIENT, "client_secret": "s",
         "cookie_keys": [harness::DEFAULT_COOKIE_KEYS],
     });
-    let mut input_json =
-        json!({"config": config.to_string(), "env": {}, "cookie": seal(session).unwrap()});
-    if replies != json!({}) {
+    let cookie = session.map(|s| seal(s).unwrap()).unwrap_or_default();
+    let mut input_json = json!({"config": config.to_string(), "env": {}, "cookie": cookie});
+    if let Some(replies) = replies {
         input_json["replies"] = replies;
     }
     std::fs::write(&input, input_json.to_string()).unwrap();
@@ -111,23 +130,15 @@ fn a_request_whose_headers_the_host_will_not_change_is_answered_500_not_forwarde
 
 #[test]
 fn a_refresh_the_host_will_not_send_keeps_the_session_while_its_token_lasts() {
-    let root = harness::workspace_root().join("testdata");
-    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
-    let replies = json!({
-        "/.well-known/openid-configuration": {"status": 200, "body": read("discovery/good.json")},
-        "/oauth2/keys": {"status": 200, "body": read("jwks/keys.json")},
-    });
     // Due for a refresh: 30 s of its hour left, within the 60 s `refresh_margin`.
     let now = unix_now();
-    let due = Session {
-        id_token: Secret::new(id_token(now - 3570, now + 30)),
-        access_token: None,
-        refresh_token: Some(Secret::new("refresh-token")),
-        token_expires_at: now + 30,
-        expires_at: now + 3600,
-        sub: "alice".into(),
-    };
-    let seen = run_host("refresh", &due, replies, &[("REFUSE_CALLS", "1")]);
+    let due = session(now - 3570, now + 30, Some("refresh-token"));
+    let seen = run_host(
+        "refresh",
+        Some(&due),
+        Some(idp_documents()),
+        &[("REFUSE_CALLS", "1")],
+    );
     // Every request tried to renew the session and the host refused each call; each still went up
     // with the session's token.
     assert_eq!(seen["refusedCalls"], REQUESTS, "{seen}");
@@ -150,24 +161,10 @@ fn a_refresh_the_host_will_not_send_keeps_the_session_while_its_token_lasts() {
 
 #[test]
 fn a_code_exchange_the_host_will_not_send_is_a_counted_502() {
-    let root = harness::workspace_root().join("testdata");
-    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
-    let replies = json!({
-        "/.well-known/openid-configuration": {"status": 200, "body": read("discovery/good.json")},
-        "/oauth2/keys": {"status": 200, "body": read("jwks/keys.json")},
-    });
-    let unused = Session {
-        id_token: Secret::new(id_token(unix_now(), unix_now() + 3600)),
-        access_token: None,
-        refresh_token: None,
-        token_expires_at: unix_now() + 3600,
-        expires_at: unix_now() + 3600,
-        sub: "alice".into(),
-    };
     let seen = run_host(
         "login",
-        &unused,
-        replies,
+        None,
+        Some(idp_documents()),
         &[("REFUSE_CALLS", "1"), ("LOGIN_FLOW", "1")],
     );
     assert_eq!(seen["statuses"], json!([302, 502]), "{seen}");
