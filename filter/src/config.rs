@@ -3,8 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use base64::Engine;
-
+use crate::b64;
 use crate::claims::{self, Access};
 use crate::cookies::{CookieAttrs, SameSite};
 use crate::json::{self, Object, Value};
@@ -1279,10 +1278,7 @@ fn cookie_keys(
 }
 
 fn decode_key(k: &str) -> Option<Vec<u8>> {
-    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
-        .iter()
-        .find_map(|e| e.decode(k).ok())
+    b64::decode_padded(k, false).or_else(|| b64::decode_padded(k, true))
 }
 
 /// Parses `90s`, `15m`, `8h`, `7d` or a bare number of seconds (a JSON number arrives as its digits).

@@ -1437,11 +1437,8 @@ fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>
 
 /// The claims of a sealed session's ID token (verified before it was sealed), unchecked.
 fn token_payload(id_token: &Secret) -> Option<json::Object> {
-    use base64::Engine as _;
     let payload = id_token.expose().split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
+    let bytes = crate::b64::decode_url(payload)?;
     json::parse_object(&bytes).ok()
 }
 

@@ -4,6 +4,7 @@
 //! `oidc`, `paths`, `provider`, `flow`, `weburl`, `form`, `json`, `wire`); `adapter` is the only place that
 //! talks to the host, through `host` (the proxy-wasm ABI's imports) and `exports` (its callbacks).
 
+pub mod b64;
 pub mod claims;
 pub mod config;
 pub mod cookies;

@@ -10,11 +10,10 @@ use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{AeadInOut, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 
+use crate::b64;
 use crate::cookies;
 use crate::headers::le64;
 use crate::idhash::IdMap;
@@ -124,7 +123,7 @@ impl Keys {
             return String::new();
         };
         buf.extend_from_slice(&tag);
-        URL_SAFE_NO_PAD.encode(&buf)
+        b64::encode_url(&buf)
     }
 
     /// Opens a value sealed by [`Keys::seal`] for the cookie `name`, trying each key in turn.
@@ -134,9 +133,7 @@ impl Keys {
         if sealed.len() > MAX_SEALED_LEN {
             return Err(OpenError::Malformed);
         }
-        let raw = URL_SAFE_NO_PAD
-            .decode(sealed)
-            .map_err(|_| OpenError::Malformed)?;
+        let raw = b64::decode_url(sealed).ok_or(OpenError::Malformed)?;
         if raw.len() < HEADER_LEN + TAG_LEN {
             return Err(OpenError::Malformed);
         }
@@ -897,6 +894,9 @@ fn parse_index(s: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use super::*;
 
     const NAME: &str = "oidc_session";

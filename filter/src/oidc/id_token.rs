@@ -2,9 +2,8 @@
 
 use std::fmt;
 
+use crate::b64;
 use crate::json::{self, Number, Object, Value};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::jwks::{Alg, Jwks};
 
@@ -134,9 +133,7 @@ pub fn verify_signature(token: &str, jwks: &Jwks) -> Result<Object, IdTokenError
         return Err(IdTokenError::UnknownKid);
     }
     check_header(&header)?;
-    let signature = URL_SAFE_NO_PAD
-        .decode(signature)
-        .map_err(|_| IdTokenError::Malformed)?;
+    let signature = b64::decode_url(signature).ok_or(IdTokenError::Malformed)?;
     // Without a kid several keys may be candidates: any one of them may have signed.
     if !candidates.any(|key| key.verifies(signing_input.as_bytes(), &signature)) {
         return Err(IdTokenError::BadSignature);
@@ -289,9 +286,7 @@ pub(crate) fn numeric_date(claims: &Object, name: &str) -> Result<Option<u64>, I
 /// must be unique: RFC 7515 4 and RFC 7519 4 allow either refusing duplicate header parameters and claims
 /// or taking the last one; refusing leaves no doubt about which one the IdP meant.
 fn decode_json(segment: &str) -> Result<Object, IdTokenError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| IdTokenError::Malformed)?;
+    let bytes = b64::decode_url(segment).ok_or(IdTokenError::Malformed)?;
     let object = json::parse_object(&bytes).map_err(|_| IdTokenError::Malformed)?;
     if object.duplicate().is_some() {
         return Err(IdTokenError::Malformed);
@@ -309,6 +304,9 @@ fn sanitize_alg(alg: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use serde_json::Value;
 
     use super::*;
@@ -551,6 +549,9 @@ mod tests {
 /// The JWS layer on its own: every algorithm, and every way a token's encoding or signature can be wrong.
 #[cfg(test)]
 mod jws_tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
     use jwt_simple::prelude::{
         Claims as JwtClaims, Duration, ECDSAP256KeyPairLike, ECDSAP384KeyPairLike, ES256KeyPair,
         ES384KeyPair, Ed25519KeyPair, EdDSAKeyPairLike, JWTClaims, PS256KeyPair, PS384KeyPair,

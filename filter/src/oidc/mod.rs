@@ -17,12 +17,5 @@ pub use token::{ClientAuth, FormRequest, TokenError, TokenResponse};
 
 /// Decodes base64url, with or without `=` padding (JWK members are unpadded by spec, but some IdPs pad).
 fn b64url_lenient(s: &str) -> Option<Vec<u8>> {
-    use base64::Engine as _;
-    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-
-    const LENIENT: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::URL_SAFE,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
-    LENIENT.decode(s).ok()
+    crate::b64::decode_padded(s, true)
 }

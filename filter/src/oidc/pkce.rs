@@ -1,18 +1,17 @@
 //! PKCE (RFC 7636) and the random URL-safe strings used for `state`, `nonce` and the code verifier.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use crate::b64;
 
 /// The `S256` code challenge: base64url (no padding) of SHA-256 of the verifier (RFC 7636 4.2).
 pub fn s256_challenge(verifier: &str) -> String {
-    URL_SAFE_NO_PAD.encode(hmac_sha256::Hash::hash(verifier.as_bytes()))
+    b64::encode_url(&hmac_sha256::Hash::hash(verifier.as_bytes()))
 }
 
 /// 32 random bytes as 43 base64url characters: a valid PKCE verifier (RFC 7636 4.1 asks for 43..=128
 /// characters of 256 bits of entropy), and a good `state` or `nonce`. The caller supplies the randomness
 /// so this stays pure and testable.
 pub fn random_token(bytes: &[u8; 32]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
+    b64::encode_url(bytes)
 }
 
 #[cfg(test)]

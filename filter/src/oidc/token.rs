@@ -2,9 +2,8 @@
 
 use std::fmt;
 
+use crate::b64;
 use crate::json::{self, Object, Value};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 
 use crate::form;
 use crate::secret::Secret;
@@ -200,7 +199,7 @@ fn form_request(
             );
             headers.push((
                 "authorization".to_owned(),
-                format!("Basic {}", STANDARD.encode(credentials)),
+                format!("Basic {}", b64::encode_standard(credentials.as_bytes())),
             ));
         }
         ClientAuth::Post => {
@@ -249,6 +248,9 @@ fn sanitize_error_code(code: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+
     use super::*;
 
     fn header<'a>(req: &'a FormRequest, name: &str) -> Option<&'a str> {
