@@ -27,8 +27,10 @@ use crate::weburl::WebUrl;
 /// include enrolling a second factor or waiting for an emailed code (Keycloak's own login timeout is 30
 /// minutes).
 const LOGIN_TTL: u64 = 1800;
-/// Longest callback query we read; a real one is a few hundred bytes.
-const MAX_CALLBACK_QUERY: usize = 4096;
+/// Longest callback query we read, and longest code: most are a few hundred bytes, but Entra ID's codes
+/// pass 2 KB and Azure AD B2C's 4 KB.
+const MAX_CALLBACK_QUERY: usize = 16384;
+const MAX_CODE: usize = 8192;
 /// A sealed session larger than this would not fit Envoy's default request-header limit with room to spare.
 const MAX_SESSION_CHUNKS: usize = 4;
 /// Opened sessions kept per worker; beyond that the expired ones go, then all.
@@ -836,7 +838,7 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
             clear,
         );
     }
-    let Some(code) = code.filter(|c| !c.is_empty() && c.len() <= 2048) else {
+    let Some(code) = code.filter(|c| !c.is_empty() && c.len() <= MAX_CODE) else {
         return bad_callback(
             CallbackFailure::BadRequest,
             "The login response has no code.",
@@ -1126,7 +1128,10 @@ fn refresh_reply(
     };
     let tokens = match tokens {
         Ok(t) => t,
-        Err(TokenError::InvalidGrant) => return refresh_failed(cfg, state, &job, env.now),
+        // The IdP refused the refresh token in its own words: no retry will change its mind.
+        Err(e) if e.is_refusal() => {
+            return refresh_failed(cfg, state, &job, env.now, e.to_string());
+        }
         // The IdP is down or slow but the token has a little life left: keep the user working.
         Err(_) if still_valid => return keep_old(cfg, &job),
         // The IdP is down or slow and the token has expired: fail closed, but keep the session, so that it
@@ -1140,6 +1145,8 @@ fn refresh_reply(
     };
     finish_refresh(cfg, state, env, job, tokens, true)
 }
+
+const NO_PROVIDER: &str = "the IdP's discovery document or keys are not loaded on this worker";
 
 /// 503 for a request whose expired token the IdP could not renew just now; its cookies stay.
 fn renewal_unavailable(detail: String) -> Step {
@@ -1164,7 +1171,7 @@ fn finish_refresh(
         return if still_valid {
             keep_old(cfg, &job)
         } else {
-            refresh_failed(cfg, state, &job, env.now)
+            refresh_failed(cfg, state, &job, env.now, NO_PROVIDER.into())
         };
     };
     let (id_token, exp, sub) = match &tokens.id_token {
@@ -1184,30 +1191,46 @@ fn finish_refresh(
                     if may_refetch && state.provider.may_refetch_for_kid(env.now) =>
                 {
                     let Some(p) = state.provider.ready() else {
-                        return refresh_failed(cfg, state, &job, env.now);
+                        return refresh_failed(cfg, state, &job, env.now, NO_PROVIDER.into());
                     };
                     let call = Callout::get(cfg, &p.meta.jwks_uri);
                     return Step::Call(call, Box::new(Pending::RefreshJwks(job, tokens)));
                 }
-                _ => return refresh_failed(cfg, state, &job, env.now),
+                Ok(_) => {
+                    let why = "the refreshed ID token names another user";
+                    return refresh_failed(cfg, state, &job, env.now, why.into());
+                }
+                Err(e) => return refresh_failed(cfg, state, &job, env.now, e.to_string()),
             }
         }
         None if cfg.forward_token == ForwardToken::AccessToken => {
             (old.id_token.clone(), old.token_expires_at, old.sub.clone())
         }
-        None => return refresh_failed(cfg, state, &job, env.now),
+        // OIDC Core 12.2 lets an IdP leave the ID token out of a refresh answer: the one to forward has
+        // expired, so the user logs in again.
+        None => {
+            let why = TokenError::MissingIdToken.to_string() + " (forward_token is id_token)";
+            return refresh_failed(cfg, state, &job, env.now, why);
+        }
     };
     let refresh = tokens
         .refresh_token
         .clone()
         .or_else(|| old.refresh_token.clone());
     let Some(mut session) = new_session(cfg, env.now, &tokens, id_token, exp, sub, refresh) else {
-        return refresh_failed(cfg, state, &job, env.now);
+        let why = "token response has no access_token (forward_token is access_token)";
+        return refresh_failed(cfg, state, &job, env.now, why.into());
     };
     session.expires_at = old.expires_at;
     let set = match seal_session(cfg, env, &session, &job.present_chunks) {
         Ok(c) => c,
-        Err(_) => return refresh_failed(cfg, state, &job, env.now),
+        Err(step) => {
+            let why = match *step {
+                Step::Respond(r) => r.detail,
+                _ => None,
+            };
+            return refresh_failed(cfg, state, &job, env.now, why.unwrap_or_default());
+        }
     };
     let cached = Rc::new(cached_session(cfg, session, set.clone()));
     // Requests still carrying the old cookie on this worker now get the new token too.
@@ -1286,7 +1309,8 @@ pub fn adopt_renewal(
         .and_then(|plain| Session::decode(&plain).ok())
         .filter(|s| now < s.token_expires_at && s.sub == job.session.session.sub);
     let Some(session) = session else {
-        return refresh_failed(cfg, state, &job, now);
+        let why = "the renewal made by another worker does not open";
+        return refresh_failed(cfg, state, &job, now, why.into());
     };
     let cached = Rc::new(cached_session(cfg, session, renewed.to_vec()));
     state
@@ -1313,7 +1337,7 @@ pub fn renewal_failed(cfg: &Config, state: &mut State, job: RefreshJob, now: u64
         && now < c.session.token_expires_at
     {
         // Renewed on this worker meanwhile: `refresh_failed` forwards that renewal.
-        return refresh_failed(cfg, state, &job, now);
+        return refresh_failed(cfg, state, &job, now, String::new());
     }
     renewal_unavailable("the renewal another request of this session made did not complete".into())
 }
@@ -1327,7 +1351,14 @@ pub fn renewed_cookies(state: &State, sealed: &str) -> Option<Vec<String>> {
         .filter(|c| !c.is_empty())
 }
 
-fn refresh_failed(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) -> Step {
+/// The session ends (`why` says the cause in the log line), unless another request renewed it meanwhile.
+fn refresh_failed(
+    cfg: &Config,
+    state: &mut State,
+    job: &RefreshJob,
+    now: u64,
+    why: String,
+) -> Step {
     // Another request on this worker renewed the same session while this one waited (an IdP that rotates
     // refresh tokens refuses every later use of the old one): that renewal stands, not a logout.
     if let Some(c) = state.cache.get(&job.cache_key)
@@ -1354,17 +1385,14 @@ fn refresh_failed(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) -
     if clear.is_empty() {
         clear.push(cookies::clear_cookie(&cfg.cookie_name, &cfg.cookie));
     }
-    let step = if job.browser {
-        redirect(
-            login_location(cfg, &job.target),
-            Some(Metric::RefreshFailed),
-        )
+    let mut r = if job.browser {
+        redirect_reply(login_location(cfg, &job.target))
     } else {
-        let mut r = json_401();
-        r.metric = Some(Metric::RefreshFailed);
-        Step::Respond(r)
+        json_401()
     };
-    with_cookies(step, clear)
+    r.metric = Some(Metric::RefreshFailed);
+    r.detail = Some(why);
+    with_cookies(Step::Respond(r), clear)
 }
 
 /// Builds the session to seal from a token response. `None` when the forwarded token is missing.
@@ -1729,16 +1757,22 @@ fn login_location(cfg: &Config, target: &str) -> String {
 }
 
 fn redirect(location: String, metric: Option<Metric>) -> Step {
-    Step::Respond(Reply {
+    let mut r = redirect_reply(location);
+    r.metric = metric;
+    Step::Respond(r)
+}
+
+fn redirect_reply(location: String) -> Reply {
+    Reply {
         status: 302,
         headers: vec![
             ("location", location.into()),
             ("cache-control", "no-store".into()),
         ],
         body: Cow::Borrowed(""),
-        metric,
+        metric: None,
         detail: None,
-    })
+    }
 }
 
 fn not_ready() -> Step {

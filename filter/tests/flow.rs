@@ -702,6 +702,26 @@ fn callback_with_repeated_parameters_is_400() {
 }
 
 #[test]
+fn long_codes_are_exchanged_up_to_8_kb() {
+    // Azure AD B2C's codes pass 2,400 characters, its callback queries 4 KB.
+    for (len, exchanged) in [(3900, true), (8192, true), (8193, false)] {
+        let mut f = ready();
+        let l = start_login(&mut f, "");
+        let code = "c".repeat(len);
+        match f.request(&l.callback(&code, &Jar::default())) {
+            oidc_filter::flow::Step::Call(c, _) => {
+                assert!(exchanged, "{len}");
+                assert_eq!(form(c.body.as_deref().unwrap())["code"], code);
+            }
+            other => {
+                assert!(!exchanged, "{len}: {other:?}");
+                assert_callback_failed(&respond(other), 400, CallbackFailure::BadRequest);
+            }
+        }
+    }
+}
+
+#[test]
 fn callback_without_a_code_is_400() {
     let mut f = ready();
     let l = start_login(&mut f, "");
@@ -1331,6 +1351,80 @@ fn an_unreachable_idp_after_the_token_expired_fails_closed_but_keeps_the_session
     let new_token = mint(&refreshed_claims(f.now));
     let fwd = forward(f.reply(pending, Some((200, &token_body(Some(&new_token), None)))));
     assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+}
+
+#[test]
+fn an_idp_refusing_a_refresh_in_its_own_words_ends_the_session() {
+    // Dex answers a spent or revoked refresh token `400 invalid_request`; any IdP answers a client whose
+    // secret it no longer knows `invalid_client`. Taken for an outage, a 503 would stick until
+    // `session_lifetime`.
+    let refusals: [(u16, &[u8]); 4] = [
+        (
+            400,
+            br#"{"error":"invalid_request","error_description":"Refresh token is invalid"}"#,
+        ),
+        (401, br#"{"error":"invalid_client"}"#),
+        (400, br#"{"error":"unauthorized_client"}"#),
+        (403, br#"{"error":"access_denied"}"#),
+    ];
+    for (status, body) in refusals {
+        let mut f = ready();
+        let (jar, _) = due_for_refresh(&mut f);
+        f.now = NOW + 3600;
+        let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
+        let r = respond(f.reply(pending, Some((status, body))));
+        assert_eq!(location(&r), "/login?rd=%2Fapp", "{status}");
+        assert_eq!(r.metric, Some(Metric::RefreshFailed));
+        assert!(
+            set_cookies(&r)
+                .iter()
+                .any(|c| is_clear_of(c, "_oidc_session"))
+        );
+        let detail = r.detail.unwrap();
+        assert!(
+            detail.starts_with(&format!("token endpoint answered status {status}, error ")),
+            "{detail}"
+        );
+    }
+    // Answers that are not the IdP's word on this refresh token stay outages: 503, the cookie kept.
+    let outages: [(u16, &[u8]); 3] = [
+        (400, b"<html>Bad Request</html>"),
+        (429, br#"{"error":"slow_down"}"#),
+        (400, br#"{"error":"temporarily_unavailable"}"#),
+    ];
+    for (status, body) in outages {
+        let mut f = ready();
+        let (jar, _) = due_for_refresh(&mut f);
+        f.now = NOW + 3600;
+        let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
+        let r = respond(f.reply(pending, Some((status, body))));
+        assert_eq!(r.status, 503, "{status} {}", String::from_utf8_lossy(body));
+        assert!(
+            set_cookies(&r)
+                .iter()
+                .all(|c| !is_clear_of(c, "_oidc_session"))
+        );
+    }
+}
+
+#[test]
+fn a_refresh_answer_without_an_id_token_ends_the_session_and_says_why() {
+    // OIDC Core 12.2 lets the IdP leave it out; with `forward_token: id_token` there is nothing to forward.
+    let mut f = ready();
+    let (jar, _) = due_for_refresh(&mut f);
+    let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
+    let r = respond(f.reply(pending, Some((200, &token_body(None, Some("rt-2"))))));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.metric, Some(Metric::RefreshFailed));
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| is_clear_of(c, "_oidc_session"))
+    );
+    assert_eq!(
+        r.detail.as_deref(),
+        Some("token response has no id_token (forward_token is id_token)")
+    );
 }
 
 #[test]

@@ -1027,9 +1027,9 @@ fn huge_and_malformed_callback_queries_are_refused() {
     let b = Browser::new();
     let login = start_login(&b, APP, "/");
     let s = &login.state;
-    let huge = format!("/oauth2/callback?code={}&state={s}", "c".repeat(5000));
+    let huge = format!("/oauth2/callback?code={}&state={s}", "c".repeat(17000));
     assert_login_failed(&b.get(&url(APP, &huge)).unwrap(), 400, "too large");
-    let long_code = format!("/oauth2/callback?code={}&state={s}", "c".repeat(3000));
+    let long_code = format!("/oauth2/callback?code={}&state={s}", "c".repeat(8193));
     assert_login_failed(&b.get(&url(APP, &long_code)).unwrap(), 400, "no code");
     for query in [
         format!("state={s}&state={s}&code=a"),

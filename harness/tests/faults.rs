@@ -345,6 +345,31 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
     assert_ne!(bearer(&r).unwrap(), format!("Bearer {}", token.expose()));
     let r = get(APP, &due, false);
     assert_eq!(r.status, 200, "{}", r.body);
+
+    // The IdP refuses the refresh token in its own words (Dex answers a spent one `400
+    // invalid_request`): no outage to wait out, the session ends and the browser logs in again.
+    let refused = with_token_expiring_at(&b, now() - 1);
+    let why = r#"{"error":"invalid_request","error_description":"Refresh token is invalid"}"#;
+    let _refuse = Fault::set(Mode::respond_for("/token", 400, "application/json", why));
+    let r = get(APP, &refused, true);
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert!(
+        r.header("location").unwrap().starts_with("/login?rd="),
+        "{:?}",
+        r.header("location")
+    );
+    assert!(clears_session(&r), "{:?}", r.set_cookies());
+    let line = "oidc-filter: token refresh failed, answered 302: token endpoint answered status 400, \
+                error invalid_request";
+    harness::process::poll(Duration::from_secs(5), || {
+        Ok(stack().envoy_log()?.contains(line).then_some(()))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: no line {line:?} in:\n{}",
+            stack().envoy_log().unwrap()
+        )
+    });
 }
 
 #[test]

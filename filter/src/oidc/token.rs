@@ -55,6 +55,23 @@ pub enum TokenError {
     MissingIdToken,
 }
 
+impl TokenError {
+    /// The IdP refused the grant in its own words (RFC 6749 5.2: a 4xx with an error code), as opposed to
+    /// not answering usefully: Dex answers a spent refresh token `invalid_request`, any IdP a client whose
+    /// secret it no longer knows `invalid_client`. Asking again will not change the answer.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            Self::InvalidGrant => true,
+            Self::Rejected { status, error } => {
+                (400..=403).contains(status)
+                    && !error.is_empty()
+                    && error != "temporarily_unavailable"
+            }
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
