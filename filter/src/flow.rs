@@ -1070,7 +1070,7 @@ fn finish_login(
     let claims = match id_token::verify(id_token.expose(), &provider.jwks, &expected) {
         Ok(c) => c,
         Err(IdTokenError::UnknownKid)
-            if may_refetch && state.provider.may_refetch_for_kid(env.now) =>
+            if may_refetch && state.provider.may_refetch_for_kid(env.now, false) =>
         {
             let Some(p) = state.provider.ready() else {
                 return with_cookies(not_ready(), clear);
@@ -1188,7 +1188,7 @@ fn finish_refresh(
                 Ok(c) if c.sub == old.sub => (t.clone(), c.exp, c.sub),
                 // The IdP signs with a key this worker has not fetched yet: fetch the JWKS (rate-limited) once.
                 Err(IdTokenError::UnknownKid)
-                    if may_refetch && state.provider.may_refetch_for_kid(env.now) =>
+                    if may_refetch && state.provider.may_refetch_for_kid(env.now, false) =>
                 {
                     let Some(p) = state.provider.ready() else {
                         return refresh_failed(cfg, state, &job, env.now, NO_PROVIDER.into());
@@ -1199,6 +1199,15 @@ fn finish_refresh(
                 Ok(_) => {
                     let why = "the refreshed ID token names another user";
                     return refresh_failed(cfg, state, &job, env.now, why.into());
+                }
+                // A key this worker may not fetch just now (another request fetched the keys moments
+                // ago): not the IdP's refusal, so an outage for this request rather than a logout.
+                Err(IdTokenError::UnknownKid) if may_refetch => {
+                    return if still_valid {
+                        keep_old(cfg, &job)
+                    } else {
+                        renewal_unavailable(IdTokenError::UnknownKid.to_string())
+                    };
                 }
                 Err(e) => return refresh_failed(cfg, state, &job, env.now, e.to_string()),
             }
@@ -1512,7 +1521,7 @@ fn logout_with(
             r
         }
         Err(logout_token::LogoutTokenError::Token(IdTokenError::UnknownKid))
-            if may_refetch && state.provider.may_refetch_for_kid(now) =>
+            if may_refetch && state.provider.may_refetch_for_kid(now, true) =>
         {
             match state.provider.ready() {
                 Some(p) => Step::Call(

@@ -42,7 +42,9 @@ pub struct ProviderState {
     next_attempt: u64,
     backoff: u64,
     jwks_fetched_at: u64,
-    last_kid_refresh: u64,
+    /// When an unknown `kid` last fetched the JWKS: [logins and refreshes, back-channel logout tokens],
+    /// apart so that anonymous posts of forged logout tokens cannot use up the fetch a login needs.
+    last_kid_refresh: [u64; 2],
     /// Failed JWKS fetches in a row since keys last loaded or discovery was last read.
     jwks_failures: u32,
 }
@@ -190,10 +192,12 @@ impl ProviderState {
     }
 
     /// True (and starts the clock) when an unknown `kid` may fetch the JWKS now; rate-limited so that
-    /// forged tokens cannot turn the filter into a JWKS hammer.
-    pub fn may_refetch_for_kid(&mut self, now: u64) -> bool {
-        if self.ready.is_some() && now >= self.last_kid_refresh + KID_REFRESH_INTERVAL {
-            self.last_kid_refresh = now;
+    /// forged tokens cannot turn the filter into a JWKS hammer. `logout`: for a back-channel logout
+    /// token, which has a clock of its own.
+    pub fn may_refetch_for_kid(&mut self, now: u64, logout: bool) -> bool {
+        let last = &mut self.last_kid_refresh[usize::from(logout)];
+        if self.ready.is_some() && now >= *last + KID_REFRESH_INTERVAL {
+            *last = now;
             true
         } else {
             false
@@ -451,7 +455,7 @@ mod tests {
         // A request's unknown `kid` fetched the keys meanwhile: the run of failures is over (the next
         // refresh starts with discovery anyway).
         assert_eq!(p.jwks_failures, REDISCOVER_AFTER - 1);
-        assert!(p.may_refetch_for_kid(now));
+        assert!(p.may_refetch_for_kid(now, false));
         p.install_jwks(Jwks::parse(JWKS).unwrap(), now);
         assert_eq!(p.jwks_failures, 0);
         assert!(p.poll(&cfg, now).is_none(), "the keys are fresh");

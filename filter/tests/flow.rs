@@ -2129,6 +2129,63 @@ fn a_logout_token_signed_with_a_new_key_refetches_the_jwks_and_ends_the_session(
     assert_eq!(status(f.backchannel(&forged)), 400);
 }
 
+#[test]
+fn forged_logout_tokens_do_not_use_up_the_key_fetch_of_refreshes_and_logins() {
+    let cfg = config(json!({"backchannel_logout_path": "/bcl"}));
+    let mut f = Filter::ready_with(cfg, DISCOVERY, &jwks_without_es256());
+    let (jar, _) = log_in_with(&mut f, Some("rt-1"), |nonce| {
+        es384_token(&claims(Some(nonce)))
+    });
+    f.now = NOW + 3600 - 30;
+    // Anyone can post a logout token with a `kid` nobody publishes: it fetches the keys once...
+    let forged = logout_body(f.now, None, |c| mint_with_kid(c, "nobody"));
+    let (_, pending) = call(f.backchannel(&forged));
+    assert_eq!(
+        status(f.reply(pending, Some((200, &jwks_without_es256())))),
+        400
+    );
+    // ...and a refresh signed with the IdP's new key may still fetch them.
+    let (_, pending) = call(f.request(&Req::browser("/").cookies(&jar)));
+    let new_token = mint(&refreshed_claims(f.now));
+    let (c, pending) = call(f.reply(pending, Some((200, &token_body(Some(&new_token), None)))));
+    assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+    assert_eq!(
+        bearer(&forward(f.reply(pending, Some((200, JWKS))))),
+        format!("Bearer {new_token}")
+    );
+}
+
+#[test]
+fn a_refresh_that_may_not_fetch_the_new_key_yet_is_an_outage_not_a_logout() {
+    let mut f = Filter::ready_with(config(json!({})), DISCOVERY, &jwks_without_es256());
+    let es384 = |nonce: &str| es384_token(&claims(Some(nonce)));
+    let (first, _) = log_in_with(&mut f, Some("rt-1"), es384);
+    let (second, old_token) = log_in_with(&mut f, Some("rt-2"), es384);
+    let (third, _) = log_in_with(&mut f, Some("rt-3"), es384);
+    f.now = NOW + 3600 - 10;
+    // The first refresh signed with the IdP's new key fetches the keys...
+    let (_, pending) = call(f.request(&Req::browser("/").cookies(&first)));
+    let refreshed = token_body(Some(&mint(&refreshed_claims(f.now))), None);
+    let (c, _fetching) = call(f.reply(pending, Some((200, &refreshed))));
+    assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+    // ...and another session's refresh meanwhile may not: its token still serves...
+    let (_, pending) = call(f.request(&Req::browser("/").cookies(&second)));
+    let fwd = forward(f.reply(pending, Some((200, &refreshed))));
+    assert_eq!(bearer(&fwd), format!("Bearer {old_token}"));
+    assert!(fwd.set_cookies.is_empty(), "{:?}", fwd.set_cookies);
+    // ...and an expired one gets a 503 and keeps its cookie, as in an outage, not a logout.
+    f.now = NOW + 3600;
+    let (_, pending) = call(f.request(&Req::browser("/").cookies(&third)));
+    let refreshed = token_body(Some(&mint(&refreshed_claims(f.now))), None);
+    let r = respond(f.reply(pending, Some((200, &refreshed))));
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .all(|c| !is_clear_of(c, "_oidc_session"))
+    );
+}
+
 /// The test discovery document, naming `jwks_uri` as the keys' address.
 fn discovery_with_jwks_uri(jwks_uri: &str) -> Vec<u8> {
     let mut d: serde_json::Value = serde_json::from_slice(DISCOVERY).unwrap();

@@ -339,7 +339,12 @@ fn rsa_key(n: &[u8], e: &[u8]) -> Option<RsaKey> {
     if !e.iter().skip_while(|&&b| b == 0).eq(&RSA_EXPONENT) {
         return None;
     }
-    // Also refuses an even modulus.
+    // Sized before `RsaKey::new`, whose setup costs the square of the length: a modulus of megabits
+    // would hold the worker for seconds. It also refuses an even modulus.
+    let len = n.iter().skip_while(|&&b| b == 0).count();
+    if len > RSA_BITS.end() / 8 {
+        return None;
+    }
     RsaKey::new(n).filter(|k| RSA_BITS.contains(&k.bits()))
 }
 
@@ -494,6 +499,15 @@ mod tests {
         n1024[0] |= 0x80;
         assert_eq!(with(&n1024, "AQAB"), skipped);
         assert_eq!(with(&[&[1], n4096.as_slice()].concat(), "AQAB"), skipped);
+        // A modulus of 256 Kbit is refused before any arithmetic on it (set up, it takes seconds).
+        let huge = n.repeat(128);
+        let t = std::time::Instant::now();
+        assert_eq!(with(&huge, "AQAB"), skipped);
+        assert!(
+            t.elapsed() < std::time::Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
         // An even modulus.
         let mut even = n.clone();
         even[255] &= 0xfe;
