@@ -1746,12 +1746,16 @@ fn logout_without_an_end_session_endpoint_goes_to_the_configured_url_or_root() {
             .any(|c| is_clear_of(c, "_oidc_session"))
     );
 
-    let cfg = config(json!({"post_logout_redirect_uri": "https://www.example.com/bye"}));
-    let mut f = Filter::ready_with(cfg, &doc, JWKS);
-    assert_eq!(
-        location(&respond(f.request(&Req::browser("/logout")))),
-        "https://www.example.com/bye"
-    );
+    // Also an IdP's own logout URL with its query (Auth0's, Amazon Cognito's: the README's examples).
+    for url in [
+        "https://www.example.com/bye",
+        "https://t.auth0.com/v2/logout?client_id=c&returnTo=https%3A%2F%2Fapp.example.com%2F",
+        "https://d.auth.eu-west-1.amazoncognito.com/logout?client_id=c&logout_uri=https%3A%2F%2Fa.example%2F",
+    ] {
+        let cfg = config(json!({ "post_logout_redirect_uri": url }));
+        let mut f = Filter::ready_with(cfg, &doc, JWKS);
+        assert_eq!(location(&respond(f.request(&Req::browser("/logout")))), url);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
