@@ -531,8 +531,10 @@ fn with_session(
         }
         return Some(not_ready());
     };
+    let scope = token::scope_on_refresh(cfg.issuer_url.host()).then_some(cfg.scopes.as_str());
     let form = token::refresh_request(
         refresh_token.expose(),
+        scope,
         &cfg.client_id,
         &cfg.client_secret,
         cfg.client_auth,

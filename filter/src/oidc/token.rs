@@ -136,23 +136,35 @@ pub fn code_request(
     )
 }
 
-/// Trades a refresh token for fresh tokens.
+/// Trades a refresh token for fresh tokens. `scope`: sent only where the IdP wants it (RFC 6749 6 makes it
+/// optional, the granted scope being the default; some IdPs refuse scopes they dropped at login).
 pub fn refresh_request(
     refresh_token: &str,
+    scope: Option<&str>,
     client_id: &str,
     secret: &Secret,
     auth: ClientAuth,
 ) -> FormRequest {
-    form_request(
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-            ("client_id", client_id),
-        ],
-        client_id,
-        secret,
-        auth,
-    )
+    let mut params = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token),
+        ("client_id", client_id),
+    ];
+    params.extend(scope.map(|s| ("scope", s)));
+    form_request(&params, client_id, secret, auth)
+}
+
+/// Whether the IdP at `issuer_host` wants the scopes again in a refresh request. Microsoft's identity
+/// platform does, as its own libraries send them: without them, a login that asked for an API's scope
+/// (`api://…`) is refused its refresh (AADSTS90009).
+pub fn scope_on_refresh(issuer_host: &str) -> bool {
+    [
+        "login.microsoftonline.com",
+        ".b2clogin.com",
+        ".ciamlogin.com",
+    ]
+    .iter()
+    .any(|h| issuer_host.ends_with(h))
 }
 
 /// Reads the token endpoint's answer.
@@ -329,18 +341,47 @@ mod tests {
     #[test]
     fn refresh_requests() {
         let secret = Secret::new("pw");
-        let basic = refresh_request("rt/1", "id", &secret, ClientAuth::Basic);
+        let basic = refresh_request("rt/1", None, "id", &secret, ClientAuth::Basic);
         assert_eq!(
             basic.body,
             "grant_type=refresh_token&refresh_token=rt%2F1&client_id=id"
         );
         let expected = format!("Basic {}", STANDARD.encode("id:pw"));
         assert_eq!(header(&basic, "authorization"), Some(expected.as_str()));
-        let post = refresh_request("rt", "id", &secret, ClientAuth::Post);
+        let post = refresh_request("rt", None, "id", &secret, ClientAuth::Post);
         assert_eq!(
             post.body,
             "grant_type=refresh_token&refresh_token=rt&client_id=id&client_secret=pw"
         );
+        let scoped = refresh_request(
+            "rt",
+            Some("openid api://x/read"),
+            "id",
+            &secret,
+            ClientAuth::Basic,
+        );
+        assert_eq!(
+            scoped.body,
+            "grant_type=refresh_token&refresh_token=rt&client_id=id&scope=openid+api%3A%2F%2Fx%2Fread"
+        );
+    }
+
+    #[test]
+    fn only_microsoft_gets_the_scopes_again_on_refresh() {
+        for host in [
+            "login.microsoftonline.com",
+            "contoso.b2clogin.com",
+            "contoso.ciamlogin.com",
+        ] {
+            assert!(scope_on_refresh(host), "{host}");
+        }
+        for host in [
+            "keycloak.example.com",
+            "accounts.google.com",
+            "b2clogin.com.evil.example",
+        ] {
+            assert!(!scope_on_refresh(host), "{host}");
+        }
     }
 
     #[test]
