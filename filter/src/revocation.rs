@@ -32,17 +32,22 @@ impl Revocations {
     pub fn add(&mut self, logout: &Logout, now: u64, lifetime: u64) {
         let until = now.saturating_add(lifetime);
         match (&logout.sid, &logout.sub) {
-            (Some(sid), _) => upsert(&mut self.sids, sid, until, |e, v| *e = v),
+            (Some(sid), sub) if sub.is_none() || self.sids.len() < MAX_ENTRIES => {
+                upsert(&mut self.sids, sid, until, |e, v| *e = v);
+            }
+            // By `sub` when there is no `sid`, and when the `sid`s are at the cap: a flood of logouts
+            // (one user logging in and out all day) then takes one entry, and pushes out no other
+            // user's logout. It ends more (the user's other sessions begun before it): fail closed.
             // Dated by the token, not by its arrival: sessions are judged by their ID token's `iat`, on
             // the IdP's clock too, and a replayed token then ends nothing begun after the logout.
-            (None, Some(sub)) => upsert(
+            (_, Some(sub)) => upsert(
                 &mut self.subs,
                 sub,
                 (logout.iat.min(now), until),
                 // An older token arriving late moves neither time back.
                 keep_later,
             ),
-            (None, None) => {}
+            _ => {}
         }
         self.cap();
     }
@@ -270,6 +275,28 @@ mod tests {
         }
         assert_eq!(r.subs.len(), MAX_ENTRIES);
         assert!(!r.is_revoked(None, "u0", 0) && r.is_revoked(None, "u1", 0));
+    }
+
+    #[test]
+    fn a_flood_of_one_users_logouts_pushes_out_no_other_users_logout() {
+        let mut r = Revocations::default();
+        r.add(&logout(Some("bob-sid"), Some("bob")), 0, 100);
+        for i in 0..3 * MAX_ENTRIES {
+            let logout = Logout {
+                sid: Some(format!("mallory-{i}")),
+                sub: Some("mallory".into()),
+                iat: 50,
+            };
+            r.add(&logout, 50, 100);
+        }
+        assert!(
+            r.is_revoked(Some("bob-sid"), "bob", 0),
+            "bob's logout stands"
+        );
+        assert_eq!((r.sids.len(), r.subs.len()), (MAX_ENTRIES, 1));
+        // Mallory's sessions begun before the logouts are over, her later ones are not.
+        assert!(r.is_revoked(Some("mallory-new"), "mallory", 50));
+        assert!(!r.is_revoked(Some("mallory-new"), "mallory", 51));
     }
 
     fn sample() -> Revocations {
