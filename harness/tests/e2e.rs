@@ -3,13 +3,14 @@
 //! API client, or an operator reading stats and logs) would notice.
 //!
 //! One stack for the whole binary, one site per configuration variant. Tests run in parallel, each
-//! with its own `Browser`; the few that switch the IdP proxy's mode hold the IdP lock exclusively,
-//! every other test that talks to the IdP holds it shared.
+//! with its own `Browser`; the few that switch the IdP proxy's mode, or count the filter's Envoy-wide
+//! counters exactly, hold the IdP lock exclusively; every other test that sends requests through the
+//! filter holds it shared (so that nothing moves a counter while a test holds it exclusively).
 
 // Test code, helpers included (clippy's allow-*-in-tests covers only #[test] functions).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,6 +28,8 @@ const KEY_B: &str = "ZTJlLXJvdGF0ZWQtY29va2llLWtleS0wMDAwMDAwMDA";
 const SESSION: &str = "_oidc_session";
 const LOGIN_COOKIE_PREFIX: &str = "_oidc_session_login_";
 const STAT: &str = "wasmcustom.oidc_filter.";
+/// The ID token lifetime (seconds) of site `refresh`, renewed in its last half.
+const REFRESH_TTL: u64 = 8;
 
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
@@ -46,9 +49,11 @@ fn stack() -> &'static Stack {
                 s
             },
             SiteSpec::new("big").idp_client(json!({"extra_claims_bytes": 4000})),
+            // An 8 s ID token renewed in its last 4 s (half its life): a request has 3 s or more to
+            // arrive on either side of a renewal, which a loaded machine keeps.
             SiteSpec::new("refresh")
-                .filter(json!({"refresh_margin": "1s"}))
-                .idp_client(json!({"id_token_ttl": 3})),
+                .filter(json!({"refresh_margin": "4s"}))
+                .idp_client(json!({"id_token_ttl": REFRESH_TTL})),
             SiteSpec::new("rotating")
                 .filter(json!({"refresh_margin": "1s"}))
                 .idp_client(json!({"id_token_ttl": 3, "rotate_refresh_token": true})),
@@ -104,12 +109,14 @@ fn site(name: &str) -> &'static Site {
     stack().site(name).unwrap()
 }
 
-/// Shared hold on the IdP: it stays in `Mode::Forward` while held.
+/// Shared hold on the IdP: it stays in `Mode::Forward` while held. Every test that sends requests
+/// through the filter holds it (or the exclusive hold), so that a test holding it exclusively sees
+/// the Envoy-wide counters move by its own requests only.
 fn idp() -> RwLockReadGuard<'static, ()> {
     idp_lock().read().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Exclusive hold on the IdP, for tests that switch the proxy's mode.
+/// Exclusive hold on the IdP, for tests that switch the proxy's mode or count exactly.
 fn idp_exclusive() -> RwLockWriteGuard<'static, ()> {
     idp_lock().write().unwrap_or_else(|p| p.into_inner())
 }
@@ -234,9 +241,9 @@ fn assert_counted(before: &HashMap<String, u64>, name: &str) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-/// Envoy's log has no panic and none of `secrets`.
+/// Envoy's log has no panic and none of `secrets`, read once it holds everything logged so far.
 fn assert_log_clean(secrets: &[&str]) {
-    let log = stack().envoy_log().unwrap();
+    let log = log_so_far();
     assert!(
         !log.to_ascii_lowercase().contains("panic"),
         "panic in envoy.log:\n{}",
@@ -253,6 +260,44 @@ fn assert_log_clean(secrets: &[&str]) {
             &s[..8]
         );
     }
+}
+
+/// Envoy's log once everything logged before this call is in it: Envoy writes its log in batches, so
+/// this sends a failed callback whose log line is known and unique, and polls until that line is
+/// there (sending another now and then: the filter logs at most 20 failed callbacks a second per
+/// worker).
+fn log_so_far() -> String {
+    let sentinel = format!(
+        "log_sentinel_{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let send = || {
+        let r = Browser::new()
+            .get(&site("main").url(&format!(
+                "/oauth2/callback?error={sentinel}&state={}",
+                "A".repeat(43)
+            )))
+            .unwrap();
+        assert_eq!(r.status, 400, "{}", r.body);
+    };
+    let line = format!("the IdP answered error={sentinel}");
+    let mut sent = Instant::now();
+    send();
+    harness::process::poll(Duration::from_secs(15), || {
+        let log = stack().envoy_log()?;
+        if log.contains(&line) {
+            return Ok(Some(log));
+        }
+        if sent.elapsed() > Duration::from_secs(1) {
+            send();
+            sent = Instant::now();
+        }
+        Ok(None)
+    })
+    .unwrap_or_else(|e| panic!("{e}: no {line:?} in envoy.log"))
 }
 
 // 1. A logged-in request reaches the app with the ID token as a bearer.
@@ -664,11 +709,11 @@ fn expired_token_is_refreshed_with_a_renewed_cookie() {
     let first = app_bearer(&api(&b, &s.url("/")));
     let c1 = jwt_payload(&first).unwrap();
     let exp = c1["exp"].as_u64().unwrap();
-    assert!(exp <= c1["iat"].as_u64().unwrap() + 3, "{c1}");
+    assert!(exp <= c1["iat"].as_u64().unwrap() + REFRESH_TTL, "{c1}");
     let before = stats();
 
-    // Within the refresh margin (1 s) of expiry: renewed on the way.
-    sleep_until_unix(exp - 1, Duration::from_millis(100));
+    // Within the refresh margin (4 s, half the token's life) of expiry: renewed on the way.
+    sleep_until_unix(exp - REFRESH_TTL / 2, Duration::from_millis(100));
     let r = api(&b, &s.url("/cacheable/after"));
     let second = app_bearer(&r);
     // The app marked the page for shared caches, but it now carries this user's cookie.
@@ -682,8 +727,9 @@ fn expired_token_is_refreshed_with_a_renewed_cookie() {
     assert!(renewed.contains("Max-Age="), "{renewed}");
     assert_counted(&before, "refreshes");
 
-    // The renewed cookie carries the new token, and no further refresh happens for it; the app's
-    // caching is left alone when the filter adds no cookie.
+    // The renewed cookie carries the new token, and no further refresh happens for it (its own
+    // margin starts 3 s or more from now); the app's caching is left alone when the filter adds no
+    // cookie.
     let r = api(&b, &s.url("/cacheable/again"));
     assert_eq!(app_bearer(&r), second);
     assert!(set_cookie(&r, SESSION).is_none(), "{:?}", r.headers);
@@ -695,7 +741,8 @@ fn expired_token_is_refreshed_with_a_renewed_cookie() {
 
 #[test]
 fn parallel_requests_at_expiry_share_one_refresh() {
-    let _idp = idp();
+    // Exclusive: `refreshes` is Envoy-wide, and this test counts it exactly.
+    let _idp = idp_exclusive();
     let s = site("rotating");
     let b = Browser::new();
     login(&b, s, "/");
@@ -747,14 +794,22 @@ fn parallel_requests_at_expiry_share_one_refresh() {
             for r in &results {
                 assert_eq!(app_bearer(r), new_token, "round {round}");
             }
-            assert!(took < Duration::from_secs(3), "round {round} took {took:?}");
+            // Woken by the renewal's end (the filter looks every 100 ms), not by the claim lapsing:
+            // that is 2 x callout_timeout (5 s) + 2 s after it was made, so 11 s or more.
+            assert!(took < Duration::from_secs(7), "round {round} took {took:?}");
         }
         cookie = renewed[0].1.split(';').next().unwrap().to_string();
         token = new_token;
     }
-    // One refresh per round reached the IdP.
+    // One refresh per round reached the IdP, whichever worker each request landed on: the first
+    // request claims the renewal in Envoy's shared data (compare-and-swap, seen by both workers), the
+    // others use the old token while it lasts, wait for the renewal, or adopt its result. (`refreshes`
+    // counts at once, not on the tick; nobody else sends requests while this test holds the lock.)
     let refreshes = stats()[&format!("{STAT}refreshes")] - before[&format!("{STAT}refreshes")];
-    assert!(refreshes >= 2, "{refreshes}");
+    assert_eq!(
+        refreshes, 2,
+        "refreshes in two rounds of 6 parallel requests"
+    );
     assert_eq!(
         stats().get(&format!("{STAT}refresh_failures")),
         before.get(&format!("{STAT}refresh_failures"))
@@ -871,9 +926,9 @@ fn logout_without_post_logout_redirect_uri_ends_at_the_idp() {
 
 #[test]
 fn api_clients_bring_their_own_token_or_get_401() {
+    let _idp = idp();
     let s = site("main");
     let token = {
-        let _idp = idp();
         let b = Browser::new();
         login(&b, s, "/");
         app_bearer(&api(&b, &s.url("/")))
@@ -972,6 +1027,7 @@ fn api_clients_bring_their_own_token_or_get_401() {
 /// `OPTIONS` itself.
 #[test]
 fn cors_preflights_reach_the_app_when_configured() {
+    let _idp = idp();
     let client = Browser::new();
     // What a browser sends (its preflights ask for `*/*`).
     let preflight = [
@@ -1009,6 +1065,7 @@ fn cors_preflights_reach_the_app_when_configured() {
 
 #[test]
 fn bypass_paths_pass_but_traversal_does_not() {
+    let _idp = idp();
     let s = site("main");
     let b = Browser::new();
     let r = api(&b, &s.url("/healthz"));
@@ -1129,9 +1186,11 @@ fn rotated_cookie_keys_still_open_old_sessions() {
 
 #[test]
 fn metrics_count_logins_logouts_and_failures() {
-    let _idp = idp();
+    // Exclusive: the counters are Envoy-wide, and every other test that sends requests holds the lock.
+    let _idp = idp_exclusive();
     let s = site("main");
-    let before = stats();
+    // What the tests before this one counted is handed to Envoy within a tick.
+    let before = settled_counters();
     let b = Browser::new();
     assert_eq!(b.get(&s.url("/m")).unwrap().status, 302);
     login(&b, s, "/m");
@@ -1147,17 +1206,77 @@ fn metrics_count_logins_logouts_and_failures() {
         .unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(b.get(&s.url("/logout")).unwrap().status, 302);
-    for name in [
-        "login_redirects",
-        "logins_started",
-        "logins_completed",
-        "sessions_forwarded",
-        "unauthorized",
-        "logouts",
-        "callback_failures.idp_error",
-        "callback_failures.state_mismatch",
-    ] {
-        assert_counted(&before, name);
+
+    // Each counter moved by exactly what was done above; every other one stayed.
+    let expected: BTreeMap<String, u64> = [
+        // The anonymous navigation, and the one that starts the login.
+        ("login_redirects", 2),
+        ("logins_started", 1),
+        ("logins_completed", 1),
+        // The landing page after the login, and the API call.
+        ("sessions_forwarded", 2),
+        ("unauthorized", 1),
+        ("logouts", 1),
+        ("callback_failures.idp_error", 1),
+        ("callback_failures.state_mismatch", 1),
+    ]
+    .into_iter()
+    .map(|(name, n)| (format!("{STAT}{name}"), n))
+    .collect();
+    // The per-request counters trail by up to a tick: wait until they have all arrived, then until
+    // nothing moves any more (a count that came on top would show then).
+    let delta = |now: &HashMap<String, u64>| -> BTreeMap<String, u64> {
+        now.iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+                )
+            })
+            .filter(|(_, d)| *d > 0)
+            .collect()
+    };
+    let arrived = harness::process::poll(Duration::from_secs(10), || {
+        let d = delta(&counters());
+        Ok(expected
+            .iter()
+            .all(|(k, n)| d.get(k).copied().unwrap_or(0) >= *n)
+            .then_some(()))
+    });
+    let got = delta(&settled_counters());
+    assert!(
+        arrived.is_ok() && got == expected,
+        "counted {got:?}, expected {expected:?}"
+    );
+}
+
+/// The filter's counters (`wasmcustom.oidc_filter.*`) now.
+fn counters() -> HashMap<String, u64> {
+    stats()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(STAT))
+        .collect()
+}
+
+/// The filter's counters once they have settled: unchanged for 1.5 s, longer than the 1 s tick on
+/// which each worker hands Envoy its per-request counts, so nothing counted before is still to come.
+/// Only meaningful under `idp_exclusive` (nobody else sends requests meanwhile).
+fn settled_counters() -> HashMap<String, u64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = counters();
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = counters();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= Duration::from_millis(1500) {
+            return last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the filter's counters never settled"
+        );
     }
 }
 
@@ -1195,8 +1314,9 @@ fn token_endpoint_down_or_hanging_fails_the_login_cleanly() {
     let r = r.unwrap();
     assert_eq!(r.status, 504, "{}", r.body);
     assert!(
-        // This site's 2 s, not the default 5 s.
-        took >= Duration::from_millis(1900) && took < Duration::from_millis(4500),
+        // This site's 2 s, not the default 5 s: the IdP never answers, so only a timeout ends the
+        // wait, and the default one could not end it before 5 s.
+        took >= Duration::from_millis(1900) && took < Duration::from_millis(4900),
         "{took:?}"
     );
     assert!(session_cookies(&b).is_empty());
@@ -1223,8 +1343,6 @@ fn logs_carry_no_secrets_and_no_panics() {
     let cookie = b.cookie("localhost", SESSION).unwrap();
     let token = app_bearer(&api(&b, &s.url("/")));
     b.get(&s.url("/logout")).unwrap();
-    // Envoy writes its log every 100 ms.
-    std::thread::sleep(Duration::from_millis(300));
 
     let mut secrets = vec![
         code.as_str(),

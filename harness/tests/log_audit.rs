@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -267,9 +268,8 @@ fn no_secret_reaches_envoys_log_at_trace_level() {
         .unwrap();
     assert_eq!(out.status, 302);
 
-    // Envoy flushes its log every 100 ms.
-    std::thread::sleep(Duration::from_millis(400));
-    let log = stack.envoy_log().unwrap();
+    // Envoy writes its log in batches: read it once a line logged after all of the above is in it.
+    let log = log_after_sentinel(&stack);
     let wasm_lines = log.lines().filter(|l| l.contains("[wasm]")).count();
     assert!(
         wasm_lines > 10,
@@ -279,19 +279,26 @@ fn no_secret_reaches_envoys_log_at_trace_level() {
         log.contains("wasm log"),
         "the filter itself printed nothing"
     );
-    let mut leaks = Vec::new();
-    for secret in &secrets {
+    // The whole value, and any 16-character piece of it (a truncated or split token): every 16-byte
+    // window of every secret, looked up for every 16-byte window of the log.
+    let mut pieces: HashMap<&[u8], usize> = HashMap::new();
+    for (i, secret) in secrets.iter().enumerate() {
         assert!(secret.len() >= 16, "too short to grep for: {secret:?}");
-        // The whole value, and any 16-character piece of it (a truncated or split token).
-        let chars: Vec<char> = secret.chars().collect();
-        let pieces = chars
-            .windows(16)
-            .step_by(8)
-            .map(|w| w.iter().collect::<String>());
-        for piece in std::iter::once(secret.clone()).chain(pieces) {
-            if let Some(line) = log.lines().find(|l| l.contains(&piece)) {
-                leaks.push(format!("{}…: {line}", &piece[..12]));
-                break;
+        for w in secret.as_bytes().windows(16) {
+            pieces.entry(w).or_insert(i);
+        }
+    }
+    let mut leaked = HashSet::new();
+    let mut leaks = Vec::new();
+    for line in log.lines() {
+        for w in line.as_bytes().windows(16) {
+            if let Some(&i) = pieces.get(w)
+                && leaked.insert(i)
+            {
+                leaks.push(format!(
+                    "{}… (secret {i}): {line}",
+                    String::from_utf8_lossy(&w[..12])
+                ));
             }
         }
     }
@@ -306,6 +313,34 @@ fn no_secret_reaches_envoys_log_at_trace_level() {
         log.lines().count(),
         secrets.len()
     );
+}
+
+/// Envoy's log once it holds everything logged before this call: sends a failed callback whose log
+/// line is known and unique (again now and then: such lines are rate-limited) and polls until that
+/// line is there.
+fn log_after_sentinel(stack: &Stack) -> String {
+    let sentinel = format!(
+        "audit_sentinel_{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let url = stack.site(SITE).unwrap().url(&format!(
+        "/oauth2/callback?error={sentinel}&state={}",
+        "A".repeat(43)
+    ));
+    let line = format!("the IdP answered error={sentinel}");
+    let mut sent: Option<Instant> = None;
+    harness::process::poll(Duration::from_secs(15), || {
+        if sent.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+            assert_eq!(Browser::new().get(&url)?.status, 400);
+            sent = Some(Instant::now());
+        }
+        let log = stack.envoy_log()?;
+        Ok(log.contains(&line).then_some(log))
+    })
+    .unwrap_or_else(|e| panic!("{e}: no {line:?} in envoy.log"))
 }
 
 // The filter's cookies, through the shared helpers (harness::sealed).

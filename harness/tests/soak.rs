@@ -78,6 +78,36 @@ impl Kind {
     }
 }
 
+/// Envoy's stats once the filter's counters have settled: unchanged for 1.5 s, longer than the 1 s
+/// tick on which each worker hands Envoy its per-request counts.
+fn settled_stats(stack: &Stack) -> HashMap<String, u64> {
+    let ours = |stats: &HashMap<String, u64>| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = stats
+            .iter()
+            .filter(|(k, _)| k.starts_with(STAT))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        v.sort();
+        v
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = stack.envoy_stats().unwrap();
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = stack.envoy_stats().unwrap();
+        if ours(&now) != ours(&last) {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= Duration::from_millis(1500) {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the filter's counters never settled"
+        );
+    }
+}
+
 fn vm_rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -144,8 +174,7 @@ fn mixed_traffic_keeps_memory_flat_no_5xx_and_counters_add_up() {
 
     // oidc-filter adds logged-in requests to `sessions_forwarded` on its 1 s tick: let the logins'
     // requests land before the first reading, and the soak's before the last.
-    std::thread::sleep(Duration::from_millis(1300));
-    let stats_before = stack.envoy_stats().unwrap();
+    let stats_before = settled_stats(&stack);
     let stop = AtomicBool::new(false);
     let started = Instant::now();
     let run = Duration::from_secs(secs);
@@ -226,11 +255,6 @@ fn mixed_traffic_keeps_memory_flat_no_5xx_and_counters_add_up() {
         workers.into_iter().map(|w| w.join().unwrap()).collect()
     });
     let elapsed = started.elapsed();
-    std::thread::sleep(Duration::from_millis(1300));
-    let stats_after = stack.envoy_stats().unwrap();
-    let delta = |name: &str| {
-        stats_after.get(name).copied().unwrap_or(0) - stats_before.get(name).copied().unwrap_or(0)
-    };
 
     let mut sent: HashMap<Kind, u64> = HashMap::new();
     let mut wrong = Vec::new();
@@ -252,13 +276,35 @@ fn mixed_traffic_keeps_memory_flat_no_5xx_and_counters_add_up() {
         assert!(n > 0, "{kind:?} never sent");
         *by_counter.entry(kind.counter()).or_default() += n;
     }
-    for (counter, n) in &by_counter {
-        assert_eq!(delta(&format!("{STAT}{counter}")), *n, "{counter}");
+    // Every request counted: wait until each counter has caught up with what was sent (the batched
+    // ones arrive on each worker's next tick), then they must be equal, not more.
+    let mut expected: Vec<(String, u64)> = by_counter
+        .iter()
+        .map(|(counter, n)| (format!("{STAT}{counter}"), *n))
+        .collect();
+    expected.push((format!("http.{SITE}.downstream_rq_completed"), total));
+    let delta_in = |stats: &HashMap<String, u64>, name: &str| {
+        stats.get(name).copied().unwrap_or(0) - stats_before.get(name).copied().unwrap_or(0)
+    };
+    let stats_after = harness::process::poll(Duration::from_secs(10), || {
+        let stats = stack.envoy_stats()?;
+        let caught_up = expected
+            .iter()
+            .all(|(name, n)| delta_in(&stats, name) >= *n);
+        Ok(caught_up.then_some(stats))
+    })
+    .unwrap_or_else(|e| {
+        let stats = stack.envoy_stats().unwrap();
+        let got: Vec<(&String, u64, u64)> = expected
+            .iter()
+            .map(|(name, n)| (name, delta_in(&stats, name), *n))
+            .collect();
+        panic!("{e}: counted, expected: {got:?}")
+    });
+    let delta = |name: &str| delta_in(&stats_after, name);
+    for (name, n) in &expected {
+        assert_eq!(delta(name), *n, "{name}");
     }
-    assert_eq!(
-        delta(&format!("http.{SITE}.downstream_rq_completed")),
-        total
-    );
     assert_eq!(delta(&format!("http.{SITE}.downstream_rq_5xx")), 0);
     assert_eq!(delta(&format!("{STAT}refreshes")), 0);
 
