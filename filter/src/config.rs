@@ -55,6 +55,8 @@ pub struct Config {
     pub access: Vec<Access>,
     /// `(header, claim)` pairs set on every request that goes upstream (absent claim: header removed).
     pub identity_headers: Vec<(String, String)>,
+    /// More parameters for the authorization request (Google's `access_type`, Auth0's `audience`, …).
+    pub authorization_params: Vec<(String, String)>,
     /// The claims a session keeps: those the rules and identity headers read.
     pub keep_claims: Vec<String>,
     /// Where the IdP posts logout tokens (OIDC Back-Channel Logout); `None`: not offered.
@@ -120,6 +122,7 @@ struct Raw {
     backchannel_logout_path: Option<String>,
     /// Sorted by header name.
     identity_headers: Option<Vec<(String, String)>>,
+    authorization_params: Option<Vec<(String, String)>>,
 }
 
 /// The JSON type a pluginConfig field takes.
@@ -139,7 +142,7 @@ enum Kind {
 
 /// Every field of one site's configuration, and its type. (`hosts` and `unmatched_hosts` are read by
 /// [`Plugin::parse`] before this.)
-const FIELDS: [(&str, Kind); 29] = [
+const FIELDS: [(&str, Kind); 30] = [
     ("issuer", Kind::Str),
     ("client_id", Kind::Str),
     ("client_secret", Kind::Str),
@@ -169,6 +172,7 @@ const FIELDS: [(&str, Kind); 29] = [
     ("claim_rules", Kind::Any),
     ("backchannel_logout_path", Kind::Str),
     ("identity_headers", Kind::StrMap),
+    ("authorization_params", Kind::StrMap),
 ];
 
 impl Raw {
@@ -209,15 +213,7 @@ impl Raw {
             };
             return Err(err(field, format!("wrong type, expected {expected}")));
         }
-        let mut identity_headers: Option<Vec<(String, String)>> =
-            match obj.remove("identity_headers") {
-                Some(Value::Object(m)) => Some(
-                    m.into_iter()
-                        .filter_map(|(h, c)| Some((h, c.as_str()?.to_string())))
-                        .collect(),
-                ),
-                _ => None,
-            };
+        let mut identity_headers = str_map(&mut obj, "identity_headers");
         if let Some(h) = &mut identity_headers {
             crate::claims::sort_small(h, |a, b| a < b);
         }
@@ -252,7 +248,20 @@ impl Raw {
             claim_rules: obj.remove("claim_rules").filter(|v| !v.is_null()),
             backchannel_logout_path: text(&mut obj, "backchannel_logout_path"),
             identity_headers,
+            authorization_params: str_map(&mut obj, "authorization_params"),
         })
+    }
+}
+
+/// A map of strings, taken out of `obj` in document order (checked by [`Raw::read`]).
+fn str_map(obj: &mut Object, name: &str) -> Option<Vec<(String, String)>> {
+    match obj.remove(name) {
+        Some(Value::Object(m)) => Some(
+            m.into_iter()
+                .filter_map(|(k, v)| Some((k, v.as_str()?.to_string())))
+                .collect(),
+        ),
+        _ => None,
     }
 }
 
@@ -413,6 +422,7 @@ impl Config {
             Some(v) => claims::parse_access(v).map_err(|e| err("claim_rules", e))?,
         };
         let identity_headers = identity_headers_from(raw.identity_headers)?;
+        let authorization_params = authorization_params_from(raw.authorization_params)?;
         let backchannel_logout_path = match raw.backchannel_logout_path {
             None => None,
             Some(p) => {
@@ -465,6 +475,7 @@ impl Config {
             hosts: Vec::new(),
             access,
             identity_headers,
+            authorization_params,
             keep_claims,
             backchannel_logout_path,
             other_sites_cookies: Vec::new(),
@@ -1156,6 +1167,43 @@ fn bypass_paths_from(
     Ok(bypass_paths)
 }
 
+/// `authorization_params`: at most 16, none the filter sets itself or that changes how the answer comes
+/// back (`response_mode`, a request object).
+fn authorization_params_from(
+    params: Option<Vec<(String, String)>>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    const FIELD: &str = "authorization_params";
+    const OURS: [&str; 11] = [
+        "response_type",
+        "response_mode",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "nonce",
+        "code_challenge",
+        "code_challenge_method",
+        "request",
+        "request_uri",
+    ];
+    let params = params.unwrap_or_default();
+    if params.len() > 16 {
+        return Err(err(FIELD, "at most 16 parameters"));
+    }
+    for (k, v) in &params {
+        if k.is_empty() || k.len() > 64 || v.len() > 1024 {
+            return Err(err(
+                FIELD,
+                "names of 1 to 64 characters, values of at most 1024",
+            ));
+        }
+        if OURS.contains(&k.as_str()) {
+            return Err(err(FIELD, format!("`{k}` is the filter's to set")));
+        }
+    }
+    Ok(params)
+}
+
 /// `identity_headers` (lower-cased names), or the defaults.
 #[inline(never)]
 fn identity_headers_from(
@@ -1749,6 +1797,55 @@ mod tests {
                 .field,
             "cookie_name"
         );
+    }
+
+    #[test]
+    fn authorization_params_keep_their_order_and_leave_the_filters_own_alone() {
+        let json = serde_json::json!({"access_type": "offline", "prompt": "consent"});
+        let c = parse(&with("authorization_params", json)).unwrap();
+        let expected = [("access_type", "offline"), ("prompt", "consent")];
+        let got: Vec<(&str, &str)> = c
+            .authorization_params
+            .iter()
+            .map(|(k, v)| (&**k, &**v))
+            .collect();
+        assert_eq!(got, expected);
+        assert!(
+            parse(&minimal().to_string())
+                .unwrap()
+                .authorization_params
+                .is_empty()
+        );
+        let many: serde_json::Map<String, serde_json::Value> =
+            (0..17).map(|i| (format!("p{i}"), "v".into())).collect();
+        for (params, why) in [
+            (
+                serde_json::json!({"state": "x"}),
+                "`state` is the filter's to set",
+            ),
+            (
+                serde_json::json!({"response_mode": "form_post"}),
+                "`response_mode` is the filter's",
+            ),
+            (
+                serde_json::json!({"redirect_uri": "https://evil/"}),
+                "`redirect_uri` is the filter's",
+            ),
+            (serde_json::json!({"": "x"}), "names of 1 to 64 characters"),
+            (
+                serde_json::json!({"a": "x".repeat(1025)}),
+                "values of at most 1024",
+            ),
+            (serde_json::Value::Object(many), "at most 16"),
+            (
+                serde_json::json!({"max_age": 300}),
+                "wrong type, expected a map of strings",
+            ),
+        ] {
+            let e = parse(&with("authorization_params", params)).unwrap_err();
+            assert_eq!(e.field, "authorization_params");
+            assert!(e.reason.contains(why), "{e}");
+        }
     }
 
     #[test]

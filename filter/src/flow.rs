@@ -776,7 +776,10 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
         ("nonce", login.nonce.expose()),
         ("code_challenge", &challenge),
         ("code_challenge_method", "S256"),
-    ] {
+    ]
+    .into_iter()
+    .chain(cfg.authorization_params.iter().map(|(k, v)| (&**k, &**v)))
+    {
         url.append_query_pair(k, v);
     }
     let set = cookies::set_cookie(&cookie_name, &sealed, &login_attrs(cfg), LOGIN_TTL);

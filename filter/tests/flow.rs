@@ -702,6 +702,24 @@ fn callback_with_repeated_parameters_is_400() {
 }
 
 #[test]
+fn authorization_params_follow_the_filters_own_in_the_login_redirect() {
+    // Google issues a refresh token only for offline access, asked for at each consent.
+    let params = json!({"access_type": "offline", "prompt": "consent", "login_hint": "a b&c"});
+    let mut f = Filter::ready(config(json!({ "authorization_params": params })));
+    let r = respond(f.request(&Req::browser("/login")));
+    let loc = location(&r);
+    let q = query(loc);
+    assert_eq!(q["access_type"], "offline");
+    assert_eq!(q["prompt"], "consent");
+    assert_eq!(q["login_hint"], "a b&c");
+    assert_eq!(q["response_type"], "code");
+    assert!(
+        loc.ends_with("&access_type=offline&login_hint=a+b%26c&prompt=consent"),
+        "{loc}"
+    );
+}
+
+#[test]
 fn long_codes_are_exchanged_up_to_8_kb() {
     // Azure AD B2C's codes pass 2,400 characters, its callback queries 4 KB.
     for (len, exchanged) in [(3900, true), (8192, true), (8193, false)] {

@@ -62,6 +62,8 @@ fn stack() -> &'static Stack {
                 .idp_client(json!({"id_token_ttl": 3, "refresh": false})),
             SiteSpec::new("nologout").idp_client(json!({"post_logout_redirect_uris": null})),
             SiteSpec::new("slow").filter(json!({"callout_timeout": "2s"})),
+            // Asks the IdP to log the user in again, whatever session it has (OIDC Core 3.1.2.1).
+            SiteSpec::new("relogin").filter(json!({"authorization_params": {"prompt": "login"}})),
             // The RBAC policy lets OPTIONS through (an AuthorizationPolicy with notMethods: OPTIONS).
             SiteSpec::new("cors").filter(json!({"pass_cors_preflight": true})),
             // `main`'s client behind keys [B, A] and [B]: sessions sealed by `main` (key A) open on
@@ -356,6 +358,36 @@ fn session_reaches_the_app_as_a_bearer_id_token() {
     let stats = stats();
     assert!(stats["http.main.jwt_authn.allowed"] >= 1, "{stats:?}");
     assert!(stats["http.main.rbac.allowed"] >= 1, "{stats:?}");
+}
+
+#[test]
+fn authorization_params_reach_the_idp() {
+    let _idp = idp();
+    let b = Browser::new();
+    login(&b, site("main"), "/");
+    let idp_form = |page: &Response| {
+        page.forms()
+            .into_iter()
+            .any(|f| f.fields.iter().any(|(n, v)| n == "prompt" && v == "login"))
+    };
+    // The IdP has a session now: another site's login goes through without its form...
+    let sso = b
+        .follow(b.get(&site("slow").url("/")).unwrap(), 20)
+        .unwrap()
+        .response;
+    assert_eq!(sso.status, 200, "{}", sso.body);
+    assert!(
+        !idp_form(&sso) && sso.url == site("slow").url("/"),
+        "{}",
+        sso.url
+    );
+    // ...but `prompt=login` in `authorization_params` has it ask again, and the login completes.
+    let start = b.get(&site("relogin").url("/login?rd=/x")).unwrap();
+    let to_idp = start.location().unwrap().to_string();
+    assert!(to_idp.contains("&prompt=login"), "{to_idp}");
+    let page = b.follow(start, 20).unwrap().response;
+    assert!(idp_form(&page), "{} {}", page.url, page.body);
+    login(&b, site("relogin"), "/x");
 }
 
 #[test]
