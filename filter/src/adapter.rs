@@ -89,6 +89,8 @@ struct Metrics {
     bearer_passthrough: u32,
     forbidden: u32,
     backchannel_logout: u32,
+    unmatched_passed: u32,
+    unmatched_denied: u32,
     callback_failed: [u32; 8],
 }
 
@@ -120,6 +122,8 @@ impl Metrics {
             bearer_passthrough: c("bearer_passthrough"),
             forbidden: c("forbidden"),
             backchannel_logout: c("backchannel_logouts"),
+            unmatched_passed: c("unmatched_hosts_passed"),
+            unmatched_denied: c("unmatched_hosts_denied"),
             callback_failed: [0; 8],
         };
         for (i, f) in FAILURES.iter().enumerate() {
@@ -144,6 +148,8 @@ impl Metrics {
             Some(Metric::BearerPassthrough) => self.bearer_passthrough,
             Some(Metric::Forbidden) => self.forbidden,
             Some(Metric::BackchannelLogout) => self.backchannel_logout,
+            Some(Metric::UnmatchedHostPassed) => self.unmatched_passed,
+            Some(Metric::UnmatchedHostDenied) => self.unmatched_denied,
             Some(Metric::CallbackFailed(f)) => {
                 let i = FAILURES.iter().position(|x| *x == f).unwrap_or(0);
                 self.callback_failed[i]
@@ -174,6 +180,8 @@ impl Metrics {
             self.bypass,
             self.bearer_passthrough,
             self.not_ready,
+            self.unmatched_passed,
+            self.unmatched_denied,
         ]
     }
 
@@ -188,7 +196,7 @@ impl Metrics {
     }
 }
 
-const BATCHED: usize = 6;
+const BATCHED: usize = 8;
 
 /// Requests this VM has counted but not yet handed to Envoy, one slot per [`Metrics::batched`] counter:
 /// a host call per request is a measurable share of the logged-in path and of the redirect, so these
@@ -810,9 +818,11 @@ impl Http {
                 if !done {
                     return refused();
                 }
+                self.metrics.count(Some(Metric::UnmatchedHostPassed));
                 Action::Continue
             }
             Unmatched::Default | Unmatched::Deny => {
+                self.metrics.count(Some(Metric::UnmatchedHostDenied));
                 respond(
                     403,
                     &[

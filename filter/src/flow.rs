@@ -170,6 +170,10 @@ pub enum Metric {
     BearerPassthrough,
     Forbidden,
     BackchannelLogout,
+    /// A host no site serves, with `unmatched_hosts: pass` (counted by the adapter, which decides it).
+    UnmatchedHostPassed,
+    /// A host no site serves, answered 403.
+    UnmatchedHostDenied,
 }
 
 /// Why a callback failed, one counter each.

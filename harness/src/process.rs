@@ -195,6 +195,33 @@ pub fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Result<Option<T>>) 
     }
 }
 
+/// Reads `read` every 100 ms until two readings `key` maps alike lie `quiet` apart, and returns the
+/// last reading; fails after `timeout`. For counters that trail (the filter hands Envoy its
+/// per-request counts on a 1 s tick): once still for longer than that, nothing counted is still to come.
+pub fn settled<T, K: PartialEq>(
+    timeout: Duration,
+    quiet: Duration,
+    mut read: impl FnMut() -> Result<T>,
+    key: impl Fn(&T) -> K,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = read()?;
+    let mut since = Instant::now();
+    loop {
+        thread::sleep(Duration::from_millis(100));
+        let now = read()?;
+        if key(&now) != key(&last) {
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return Ok(now);
+        }
+        last = now;
+        if Instant::now() >= deadline {
+            bail!("still changing after {timeout:?}");
+        }
+    }
+}
+
 fn read_first_line(
     out: std::process::ChildStdout,
     log: &Path,

@@ -338,6 +338,10 @@ fn hosts_match_exactly_or_by_wildcard_and_the_rest_get_the_configured_default() 
     }
 
     // unmatched_hosts: deny.
+    let (denied, passed) = (
+        stat("unmatched_hosts_denied"),
+        stat("unmatched_hosts_passed"),
+    );
     let strict = site("strict");
     for host in ["localhost", OTHER] {
         let r = Browser::new().get(&strict.host_url(host, "/")).unwrap();
@@ -359,6 +363,16 @@ fn hosts_match_exactly_or_by_wildcard_and_the_rest_get_the_configured_default() 
         assert!(e["headers"].get(h).is_none(), "{h} passed: {e}");
     }
     assert_login_redirect(&Browser::new().get(&open.host_url(WIKI, "/")).unwrap());
+    // Both show in the counters (handed to Envoy on the workers' 1 s tick).
+    for (name, before, n) in [
+        ("unmatched_hosts_denied", denied, 2),
+        ("unmatched_hosts_passed", passed, 1),
+    ] {
+        let name = format!("{STAT}{name}");
+        stack()
+            .wait_for_stat(&name, before + n, Duration::from_secs(5))
+            .unwrap();
+    }
 
     // A Host that is not a host and port: Envoy routes it (Istio's `wiki.localhost:*` domain would
     // too, as a prefix), so no site may read it as some other host. Not passed as unmatched, nor

@@ -1294,22 +1294,14 @@ fn counters() -> HashMap<String, u64> {
 /// which each worker hands Envoy its per-request counts, so nothing counted before is still to come.
 /// Only meaningful under `idp_exclusive` (nobody else sends requests meanwhile).
 fn settled_counters() -> HashMap<String, u64> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = counters();
-    let mut since = Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = counters();
-        if now != last {
-            (last, since) = (now, Instant::now());
-        } else if since.elapsed() >= Duration::from_millis(1500) {
-            return last;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the filter's counters never settled"
-        );
-    }
+    let read = || Ok(counters());
+    harness::process::settled(
+        Duration::from_secs(20),
+        Duration::from_millis(1500),
+        read,
+        Clone::clone,
+    )
+    .expect("the filter's counters settle")
 }
 
 // 12. The IdP failing during a login, and the logs.

@@ -90,22 +90,14 @@ fn settled_stats(stack: &Stack) -> HashMap<String, u64> {
         v.sort();
         v
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = stack.envoy_stats().unwrap();
-    let mut since = Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = stack.envoy_stats().unwrap();
-        if ours(&now) != ours(&last) {
-            (last, since) = (now, Instant::now());
-        } else if since.elapsed() >= Duration::from_millis(1500) {
-            return now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the filter's counters never settled"
-        );
-    }
+    let read = || stack.envoy_stats();
+    harness::process::settled(
+        Duration::from_secs(20),
+        Duration::from_millis(1500),
+        read,
+        ours,
+    )
+    .expect("the filter's counters settle")
 }
 
 fn vm_rss_kb(pid: u32) -> u64 {
