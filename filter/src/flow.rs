@@ -845,6 +845,7 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
             &format!("The identity provider did not log you in ({e})."),
             Some(format!("the IdP answered error={e}")),
             clear,
+            "/",
         );
     }
     let Some(code) = code.filter(|c| !c.is_empty() && c.len() <= MAX_CODE) else {
@@ -869,6 +870,7 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
                  over plain HTTP (serve the site over HTTPS, or set cookie_secure to false).",
                 Some("no login cookie on a plain-HTTP request, and cookie_secure is on".into()),
                 clear,
+                "/",
             );
         }
         return bad_callback(
@@ -1012,6 +1014,8 @@ fn code_reply(
     reply: Option<(u16, &[u8])>,
 ) -> Step {
     let clear = vec![cookies::clear_cookie(&x.login_cookie, &login_attrs(cfg))];
+    // A failed login's page starts the next one towards where this one was going.
+    let again = login_location(cfg, &x.login.rd);
     let tokens = match reply {
         None | Some((504, _)) => {
             return gateway_error(
@@ -1023,15 +1027,19 @@ fn code_reply(
                     Some(_) => "the token endpoint's cluster answered 504".into(),
                 },
                 clear,
+                &again,
             );
         }
         Some((status, body)) => match token::parse_response(status, body) {
             Ok(t) => t,
             Err(TokenError::InvalidGrant) => {
-                return bad_callback(
+                return error_page(
+                    400,
                     CallbackFailure::InvalidGrant,
                     "This login code has expired or was already used.",
+                    None,
                     clear,
+                    &again,
                 );
             }
             Err(e) => {
@@ -1041,6 +1049,7 @@ fn code_reply(
                     "The identity provider's token endpoint gave an unusable answer.",
                     e.to_string(),
                     clear,
+                    &again,
                 );
             }
         },
@@ -1057,6 +1066,7 @@ fn finish_login(
     may_refetch: bool,
 ) -> Step {
     let clear = vec![cookies::clear_cookie(&x.login_cookie, &login_attrs(cfg))];
+    let again = login_location(cfg, &x.login.rd);
     let Some(provider) = state.provider.ready() else {
         return with_cookies(not_ready(), clear);
     };
@@ -1067,6 +1077,7 @@ fn finish_login(
             "The identity provider returned no ID token.",
             "token response has no id_token".into(),
             clear,
+            &again,
         );
     };
     let expected = Expected {
@@ -1088,10 +1099,13 @@ fn finish_login(
             return Step::Call(call, Box::new(Pending::CodeJwks(x, tokens)));
         }
         Err(IdTokenError::MissingNonce | IdTokenError::NonceMismatch) => {
-            return bad_callback(
+            return error_page(
+                400,
                 CallbackFailure::Nonce,
                 "This login does not belong to this browser.",
+                None,
                 clear,
+                &again,
             );
         }
         Err(e) => {
@@ -1101,6 +1115,7 @@ fn finish_login(
                 "The identity provider's ID token did not pass validation.",
                 e.to_string(),
                 clear,
+                &again,
             );
         }
     };
@@ -1113,6 +1128,7 @@ fn finish_login(
             "The identity provider returned no access token.",
             "token response has no access_token (forward_token is access_token)".into(),
             clear,
+            &again,
         );
     };
     let mut set = clear;
@@ -1603,6 +1619,7 @@ fn seal_session(
                     "the session needs more than {MAX_SESSION_CHUNKS} cookies (ask for fewer claims)"
                 ),
                 Vec::new(),
+                "/",
             )));
         }
     };
@@ -1854,7 +1871,7 @@ fn text(status: u16, msg: &str, metric: Option<Metric>) -> Step {
 }
 
 fn bad_callback(reason: CallbackFailure, msg: &str, clear: Vec<String>) -> Step {
-    error_page(400, reason, msg, None, clear)
+    error_page(400, reason, msg, None, clear, "/")
 }
 
 /// A login the IdP's answer failed: `msg` for the browser, `detail` for the operator's log line.
@@ -1864,8 +1881,9 @@ fn gateway_error(
     msg: &str,
     detail: String,
     clear: Vec<String>,
+    again: &str,
 ) -> Step {
-    error_page(status, reason, msg, Some(detail), clear)
+    error_page(status, reason, msg, Some(detail), clear, again)
 }
 
 fn error_page(
@@ -1874,10 +1892,11 @@ fn error_page(
     msg: &str,
     detail: Option<String>,
     clear: Vec<String>,
+    again: &str,
 ) -> Step {
     // `msg` is ours (or an OAuth error code filtered to [A-Za-z0-9_]), so it needs no HTML escaping.
     let body = format!(
-        "<!doctype html><title>Login failed</title><h1>Login failed</h1><p>{msg}</p><p><a href=\"/\">Start again</a></p>\n"
+        "<!doctype html><title>Login failed</title><h1>Login failed</h1><p>{msg}</p><p><a href=\"{again}\">Start again</a></p>\n"
     );
     let reply = Reply {
         status,

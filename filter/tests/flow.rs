@@ -822,6 +822,30 @@ fn unusable_token_endpoint_answers_are_502() {
 }
 
 #[test]
+fn a_failed_login_page_starts_again_towards_where_the_login_was_going() {
+    // The login began at `/app` (`callback_with_reply` starts it with `?rd=/app`).
+    let again = "<a href=\"/login?rd=%2Fapp\">Start again</a>";
+    for reply in [
+        None,
+        Some((500, b"down".to_vec())),
+        Some((400, br#"{"error":"invalid_grant"}"#.to_vec())),
+    ] {
+        let mut f = ready();
+        let r = callback_with_reply(&mut f, |_| reply.clone());
+        assert!(r.status >= 400, "{r:?}");
+        assert!(r.body.contains(again), "{}", r.body);
+    }
+    // Before the login cookie has opened, where it was going is not known: the site's root.
+    let mut f = ready();
+    let r = respond(f.request(&Req::browser("/oauth2/callback?code=c&state=x")));
+    assert!(
+        r.body.contains("<a href=\"/\">Start again</a>"),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
 fn token_endpoint_silence_is_504() {
     for reply in [None, Some((504, Vec::new()))] {
         let mut f = ready();
