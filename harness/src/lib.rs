@@ -879,7 +879,7 @@ pub mod demo {
 
     /// The stack the `demo` command runs.
     pub fn stack_spec() -> StackSpec {
-        let mut site = SiteSpec::new(CLIENT_ID);
+        let mut site = SiteSpec::new(CLIENT_ID).filter(after_logout());
         site.client_secret = CLIENT_SECRET.into();
         StackSpec {
             name: "demo".into(),
@@ -892,7 +892,8 @@ pub mod demo {
     /// The bootstrap of `wasmplugin/envoy.yaml`: the release module by relative path (run Envoy
     /// from the workspace root), secrets inline in `key_values`, access log on stdout.
     pub fn envoy_config() -> Result<EnvoyConfig> {
-        let filter_config = default_filter_config(ISSUER, CLIENT_ID, CLIENT_ID)?;
+        let mut filter_config = default_filter_config(ISSUER, CLIENT_ID, CLIENT_ID)?;
+        merge_json(&mut filter_config, &after_logout());
         let mut site = EnvoySite::new(CLIENT_ID, PORTS.first_site, CLIENT_ID, filter_config);
         site.vm_env = VmEnv {
             host_env_keys: Vec::new(),
@@ -910,6 +911,11 @@ pub mod demo {
             access_log: AccessLog::Stdout,
             sites: vec![site],
         })
+    }
+
+    /// After logging out at the IdP, back to the app (the IdP registers it), not the IdP's last page.
+    fn after_logout() -> Value {
+        json!({"post_logout_redirect_uri": "/"})
     }
 
     /// `wasmplugin/envoy.yaml` as it should read.

@@ -44,6 +44,8 @@ fn main() -> ExitCode {
 fn run_demo() -> anyhow::Result<()> {
     let stack = Stack::start(demo::stack_spec())?;
     let site = stack.site(demo::CLIENT_ID)?;
+    // Up means a browser gets the login, not a 503 while the filter still fetches the IdP's keys.
+    stack.wait_ready(demo::CLIENT_ID)?;
     println!("oidc-filter demo is up:");
     println!(
         "  app:    {}/  (log in as alice or bob, any password)",

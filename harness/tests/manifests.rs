@@ -37,12 +37,13 @@ const BUILDS: [&str; 5] = [
 ];
 /// pluginConfig fields that name the environment (which IdP, which client, where, how the browser reaches
 /// it); everything else must be the same in every overlay and in the local Envoy tests.
-const ENVIRONMENT_FIELDS: [&str; 5] = [
+const ENVIRONMENT_FIELDS: [&str; 6] = [
     "issuer",
     "client_id",
     "client_secret_env",
     "idp_cluster",
     "cookie_secure",
+    "post_logout_redirect_uri",
 ];
 
 fn root() -> PathBuf {
@@ -698,7 +699,6 @@ fn behaviour(config: &Config) -> String {
         &config.callback_path,
         &config.login_path,
         &config.logout_path,
-        &config.post_logout_redirect_uri,
         &config.bypass_paths,
     );
     let protocol = (&config.scopes, config.forward_token, config.client_auth);
