@@ -255,7 +255,11 @@ fn token_endpoint_errors_and_garbage_are_clear_502s_and_the_next_login_works() {
         assert!(r.body.contains("Login failed"), "{}", r.body);
         assert!(r.body.contains("identity provider"), "{}", r.body);
         // "Start again" begins a new login towards where this one was going (`rd=/after`).
-        assert!(r.body.contains(r#"<a href="/login?rd=%2Fafter">"#), "{}", r.body);
+        assert!(
+            r.body.contains(r#"<a href="/login?rd=%2Fafter">"#),
+            "{}",
+            r.body
+        );
     }
     // Each case counted once: as a bad token response, or (the Bearer response whose ID token is
     // not a JWT) as a bad ID token.
