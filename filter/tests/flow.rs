@@ -1409,12 +1409,16 @@ fn an_idp_refusing_a_refresh_in_its_own_words_ends_the_session() {
         (400, br#"{"error":"unauthorized_client"}"#),
         (403, br#"{"error":"access_denied"}"#),
     ];
-    for (status, body) in refusals {
+    // The IdP's answer to the refresh of a session whose token has expired.
+    let answered = |status: u16, body: &[u8]| {
         let mut f = ready();
         let (jar, _) = due_for_refresh(&mut f);
         f.now = NOW + 3600;
         let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
-        let r = respond(f.reply(pending, Some((status, body))));
+        respond(f.reply(pending, Some((status, body))))
+    };
+    for (status, body) in refusals {
+        let r = answered(status, body);
         assert_eq!(location(&r), "/login?rd=%2Fapp", "{status}");
         assert_eq!(r.metric, Some(Metric::RefreshFailed));
         assert!(
@@ -1435,11 +1439,7 @@ fn an_idp_refusing_a_refresh_in_its_own_words_ends_the_session() {
         (400, br#"{"error":"temporarily_unavailable"}"#),
     ];
     for (status, body) in outages {
-        let mut f = ready();
-        let (jar, _) = due_for_refresh(&mut f);
-        f.now = NOW + 3600;
-        let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
-        let r = respond(f.reply(pending, Some((status, body))));
+        let r = answered(status, body);
         assert_eq!(r.status, 503, "{status} {}", String::from_utf8_lossy(body));
         assert!(
             set_cookies(&r)
