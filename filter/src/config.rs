@@ -37,6 +37,8 @@ pub struct Config {
     pub post_logout_redirect_uri: Option<String>,
     /// Space-separated, ready for the authorization request.
     pub scopes: String,
+    /// Whether refresh requests send `scopes` again (the IdP wants them: [`crate::oidc::token::scope_on_refresh`]).
+    pub scope_on_refresh: bool,
     pub forward_token: ForwardToken,
     pub client_auth: ClientAuth,
     pub cookie_name: String,
@@ -383,6 +385,7 @@ impl Config {
 
         let [callback_path, login_path, logout_path] = own_paths(&mut raw)?;
         let scopes = scopes_from(raw.scopes.take())?;
+        let scope_on_refresh = crate::oidc::token::scope_on_refresh(issuer_url.host());
         let forward_token = match raw.forward_token.as_deref() {
             None | Some("id_token") => ForwardToken::IdToken,
             Some("access_token") => ForwardToken::AccessToken,
@@ -461,6 +464,7 @@ impl Config {
             logout_path,
             post_logout_redirect_uri: raw.post_logout_redirect_uri,
             scopes: crate::headers::join(scopes.iter().map(String::as_str), " "),
+            scope_on_refresh,
             forward_token,
             client_auth,
             cookie_name,

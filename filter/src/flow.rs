@@ -535,7 +535,7 @@ fn with_session(
         }
         return Some(not_ready());
     };
-    let scope = token::scope_on_refresh(cfg.issuer_url.host()).then_some(cfg.scopes.as_str());
+    let scope = cfg.scope_on_refresh.then_some(cfg.scopes.as_str());
     let form = token::refresh_request(
         refresh_token.expose(),
         scope,
@@ -1014,8 +1014,6 @@ fn code_reply(
     reply: Option<(u16, &[u8])>,
 ) -> Step {
     let clear = vec![cookies::clear_cookie(&x.login_cookie, &login_attrs(cfg))];
-    // A failed login's page starts the next one towards where this one was going.
-    let again = login_location(cfg, &x.login.rd);
     let tokens = match reply {
         None | Some((504, _)) => {
             return gateway_error(
@@ -1027,7 +1025,7 @@ fn code_reply(
                     Some(_) => "the token endpoint's cluster answered 504".into(),
                 },
                 clear,
-                &again,
+                &start_again(cfg, &x),
             );
         }
         Some((status, body)) => match token::parse_response(status, body) {
@@ -1039,7 +1037,7 @@ fn code_reply(
                     "This login code has expired or was already used.",
                     None,
                     clear,
-                    &again,
+                    &start_again(cfg, &x),
                 );
             }
             Err(e) => {
@@ -1049,7 +1047,7 @@ fn code_reply(
                     "The identity provider's token endpoint gave an unusable answer.",
                     e.to_string(),
                     clear,
-                    &again,
+                    &start_again(cfg, &x),
                 );
             }
         },
@@ -1066,7 +1064,6 @@ fn finish_login(
     may_refetch: bool,
 ) -> Step {
     let clear = vec![cookies::clear_cookie(&x.login_cookie, &login_attrs(cfg))];
-    let again = login_location(cfg, &x.login.rd);
     let Some(provider) = state.provider.ready() else {
         return with_cookies(not_ready(), clear);
     };
@@ -1077,7 +1074,7 @@ fn finish_login(
             "The identity provider returned no ID token.",
             "token response has no id_token".into(),
             clear,
-            &again,
+            &start_again(cfg, &x),
         );
     };
     let expected = Expected {
@@ -1105,7 +1102,7 @@ fn finish_login(
                 "This login does not belong to this browser.",
                 None,
                 clear,
-                &again,
+                &start_again(cfg, &x),
             );
         }
         Err(e) => {
@@ -1115,7 +1112,7 @@ fn finish_login(
                 "The identity provider's ID token did not pass validation.",
                 e.to_string(),
                 clear,
-                &again,
+                &start_again(cfg, &x),
             );
         }
     };
@@ -1128,7 +1125,7 @@ fn finish_login(
             "The identity provider returned no access token.",
             "token response has no access_token (forward_token is access_token)".into(),
             clear,
-            &again,
+            &start_again(cfg, &x),
         );
     };
     let mut set = clear;
@@ -1868,6 +1865,11 @@ fn text(status: u16, msg: &str, metric: Option<Metric>) -> Step {
         metric,
         detail: None,
     })
+}
+
+/// Where a failed login's page sends "Start again": a new login towards where this one was going.
+fn start_again(cfg: &Config, x: &CodeExchange) -> String {
+    login_location(cfg, &x.login.rd)
 }
 
 fn bad_callback(reason: CallbackFailure, msg: &str, clear: Vec<String>) -> Step {

@@ -811,6 +811,34 @@ impl Stack {
         })
     }
 
+    /// Envoy's log once everything logged before this call is in it: a failed callback on `site`
+    /// carrying a unique error code must appear first (sent again each second, as the filter logs at
+    /// most 20 failed callbacks a second per worker). A fixed sleep would let a late flush hide lines.
+    pub fn envoy_log_after_sentinel(&self, site: &str) -> Result<String> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        let sentinel = format!("log_sentinel_{nanos}");
+        let url = self.site(site)?.url(&format!(
+            "/oauth2/callback?error={sentinel}&state={}",
+            "A".repeat(43)
+        ));
+        let line = format!("the IdP answered error={sentinel}");
+        let mut sent: Option<std::time::Instant> = None;
+        process::poll(Duration::from_secs(15), || {
+            if sent.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                let status = Browser::new().get(&url)?.status;
+                if status != 400 {
+                    bail!("the sentinel callback answered {status}, not 400");
+                }
+                sent = Some(std::time::Instant::now());
+            }
+            let log = self.envoy.log()?;
+            Ok(log.contains(&line).then_some(log))
+        })
+        .with_context(|| format!("no {line:?} in envoy.log"))
+    }
+
     /// Waits until `site`'s `/login` answers 302 ten times in a row, each on a fresh connection: every
     /// worker loads discovery and keys on its own, and answers 503 until then.
     pub fn wait_ready(&self, site: &str) -> Result<()> {

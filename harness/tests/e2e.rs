@@ -269,37 +269,7 @@ fn assert_log_clean(secrets: &[&str]) {
 /// there (sending another now and then: the filter logs at most 20 failed callbacks a second per
 /// worker).
 fn log_so_far() -> String {
-    let sentinel = format!(
-        "log_sentinel_{}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let send = || {
-        let r = Browser::new()
-            .get(&site("main").url(&format!(
-                "/oauth2/callback?error={sentinel}&state={}",
-                "A".repeat(43)
-            )))
-            .unwrap();
-        assert_eq!(r.status, 400, "{}", r.body);
-    };
-    let line = format!("the IdP answered error={sentinel}");
-    let mut sent = Instant::now();
-    send();
-    harness::process::poll(Duration::from_secs(15), || {
-        let log = stack().envoy_log()?;
-        if log.contains(&line) {
-            return Ok(Some(log));
-        }
-        if sent.elapsed() > Duration::from_secs(1) {
-            send();
-            sent = Instant::now();
-        }
-        Ok(None)
-    })
-    .unwrap_or_else(|e| panic!("{e}: no {line:?} in envoy.log"))
+    stack().envoy_log_after_sentinel("main").unwrap()
 }
 
 // 1. A logged-in request reaches the app with the ID token as a bearer.

@@ -400,15 +400,9 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
     assert!(clears_session(&r), "{:?}", r.set_cookies());
     let line = "oidc-filter: token refresh failed, answered 302: token endpoint answered status 400, \
                 error invalid_request";
-    harness::process::poll(Duration::from_secs(5), || {
-        Ok(stack().envoy_log()?.contains(line).then_some(()))
-    })
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}: no line {line:?} in:\n{}",
-            stack().envoy_log().unwrap()
-        )
-    });
+    stack()
+        .wait_for_envoy_log(line, Duration::from_secs(5))
+        .unwrap();
 }
 
 #[test]

@@ -319,28 +319,7 @@ fn no_secret_reaches_envoys_log_at_trace_level() {
 /// line is known and unique (again now and then: such lines are rate-limited) and polls until that
 /// line is there.
 fn log_after_sentinel(stack: &Stack) -> String {
-    let sentinel = format!(
-        "audit_sentinel_{}",
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let url = stack.site(SITE).unwrap().url(&format!(
-        "/oauth2/callback?error={sentinel}&state={}",
-        "A".repeat(43)
-    ));
-    let line = format!("the IdP answered error={sentinel}");
-    let mut sent: Option<Instant> = None;
-    harness::process::poll(Duration::from_secs(15), || {
-        if sent.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-            assert_eq!(Browser::new().get(&url)?.status, 400);
-            sent = Some(Instant::now());
-        }
-        let log = stack.envoy_log()?;
-        Ok(log.contains(&line).then_some(log))
-    })
-    .unwrap_or_else(|e| panic!("{e}: no {line:?} in envoy.log"))
+    stack.envoy_log_after_sentinel(SITE).unwrap()
 }
 
 // The filter's cookies, through the shared helpers (harness::sealed).

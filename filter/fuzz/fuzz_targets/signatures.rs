@@ -37,7 +37,7 @@ fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
         let rsa = rsa::RsaPrivateKey::from_pkcs8_pem(RSA_PEM).unwrap();
-        let rsa_ours = RsaKey::new(&rsa.n().to_bytes_be()).unwrap();
+        let rsa_ours = RsaKey::new(&rsa.n().to_bytes_be(), 0..=usize::MAX).unwrap();
         let p256 = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
         let sec1 = p256.verifying_key().to_sec1_point(false);
         let b = sec1.as_bytes();

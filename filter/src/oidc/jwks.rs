@@ -9,9 +9,8 @@ use super::sig::Hash;
 use super::sig::ecdsa::{Crv, EcKey};
 use super::sig::ed25519::Ed25519Key;
 use super::sig::rsa::RsaKey;
+use crate::b64;
 use crate::json::{self, Object, Value};
-
-use super::b64url_lenient;
 
 /// JWK Sets are a few kilobytes; this leaves room for many keys with certificate chains.
 const MAX_BODY: usize = 128 * 1024;
@@ -274,7 +273,12 @@ fn usable_keys(jwk: &Object) -> Option<Vec<Jwk>> {
         None => None,
         Some(name) => Some(Alg::from_name(name)?),
     };
-    let bytes = |name: &str| text(name).ok().flatten().and_then(b64url_lenient);
+    let bytes = |name: &str| {
+        text(name)
+            .ok()
+            .flatten()
+            .and_then(|s| b64::decode_padded(s, true))
+    };
 
     let keys = match (text("kty").ok()??, text("crv").ok()?) {
         ("RSA", _) => {
@@ -339,13 +343,8 @@ fn rsa_key(n: &[u8], e: &[u8]) -> Option<RsaKey> {
     if !e.iter().skip_while(|&&b| b == 0).eq(&RSA_EXPONENT) {
         return None;
     }
-    // Sized before `RsaKey::new`, whose setup costs the square of the length: a modulus of megabits
-    // would hold the worker for seconds. It also refuses an even modulus.
-    let len = n.iter().skip_while(|&&b| b == 0).count();
-    if len > RSA_BITS.end() / 8 {
-        return None;
-    }
-    RsaKey::new(n).filter(|k| RSA_BITS.contains(&k.bits()))
+    // Also refuses an even modulus.
+    RsaKey::new(n, RSA_BITS)
 }
 
 #[cfg(test)]

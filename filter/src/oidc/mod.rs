@@ -14,8 +14,3 @@ pub use discovery::{DiscoveryError, ProviderMetadata};
 pub use id_token::{Claims, Expected, IdTokenError};
 pub use jwks::{Alg, Jwk, Jwks, JwksError};
 pub use token::{ClientAuth, FormRequest, TokenError, TokenResponse};
-
-/// Decodes base64url, with or without `=` padding (JWK members are unpadded by spec, but some IdPs pad).
-fn b64url_lenient(s: &str) -> Option<Vec<u8>> {
-    crate::b64::decode_padded(s, true)
-}

@@ -1,6 +1,7 @@
 //! RSA signature checks (RFC 8017): RSASSA-PKCS1-v1_5 and RSASSA-PSS with MGF1, public exponent 65537.
 
 use std::cmp::Ordering;
+use std::ops::RangeInclusive;
 
 use super::Hash;
 use super::bignum::{self, Modulus};
@@ -15,14 +16,19 @@ pub struct RsaKey {
 }
 
 impl RsaKey {
-    /// The key with modulus `n` (big-endian, leading zeros allowed); `None` for an even modulus.
-    pub fn new(n: &[u8]) -> Option<RsaKey> {
+    /// The key with modulus `n` (big-endian, leading zeros allowed); `None` for an even modulus or one
+    /// whose size is not within `sizes` (in bits). The size is checked first: the set-up costs the square
+    /// of the length, and a modulus of megabits would hold the worker for seconds.
+    pub fn new(n: &[u8], sizes: RangeInclusive<usize>) -> Option<RsaKey> {
         let n: &[u8] = match n.iter().position(|&b| b != 0) {
             Some(i) => n.get(i..)?,
             None => return None,
         };
         let first = *n.first()?;
         let bits = 8 * n.len() - first.leading_zeros() as usize;
+        if !sizes.contains(&bits) {
+            return None;
+        }
         let modulus = Modulus::new(bignum::from_be(n, n.len().div_ceil(4))?)?;
         Some(RsaKey {
             n: modulus,
