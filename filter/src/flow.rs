@@ -929,9 +929,13 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
     )
 }
 
-/// `/logout`: forget the session here, then end it at the IdP when it offers that.
+/// `/logout`: forget the session here, then end it at the IdP when it offers that. Sent by another
+/// site (a link, a form, an image), it first asks the user (`confirm_logout`).
 #[inline(never)]
 fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
+    if from_another_site(h) {
+        return confirm_logout(cfg, h);
+    }
     let header = h.cookie().unwrap_or_default();
     let mut id_token = None;
     if let Ok(Some(sealed)) = session::join(&header, &cfg.cookie_name) {
@@ -967,6 +971,41 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
             .unwrap_or_else(|| "/".to_string()),
     };
     with_cookies(redirect(location, Some(Metric::Logout)), clear)
+}
+
+/// Whether the browser says another site started this request (Fetch Metadata). `same-site` counts as
+/// another site: a sibling subdomain may be an app the user trusts less. Without the header (clients
+/// that are not browsers, browsers from before 2023) the request is taken as the user's own.
+fn from_another_site(h: &dyn Headers) -> bool {
+    h.get("sec-fetch-site")
+        .is_some_and(|s| s != "same-origin" && s != "none")
+}
+
+/// The page another site's `/logout` gets: nothing is ended until the user presses the button, whose
+/// form posts back here from this site. The page may not be framed (a framed button could be
+/// clicked by a trick).
+#[inline(never)]
+fn confirm_logout(cfg: &Config, h: &dyn Headers) -> Step {
+    let host = h.get(":authority").unwrap_or_default();
+    let body = format!(
+        "<!doctype html><title>Log out?</title><h1>Log out?</h1><p>Another site sent you here to log out of \
+         <b>{}</b>.</p><form method=\"post\" action=\"{}\"><button type=\"submit\">Log out</button></form>\
+         <p><a href=\"/\">Stay logged in</a></p>\n",
+        html_escape(&host),
+        cfg.logout_path
+    );
+    Step::Respond(Reply {
+        status: 200,
+        headers: vec![
+            ("content-type", "text/html; charset=utf-8".into()),
+            ("cache-control", "no-store".into()),
+            ("x-frame-options", "DENY".into()),
+            ("content-security-policy", "frame-ancestors 'none'".into()),
+        ],
+        body: body.into(),
+        metric: None,
+        detail: None,
+    })
 }
 
 /// Resumes a paused request with the IdP's answer (`None`: it did not answer).

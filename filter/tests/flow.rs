@@ -1800,6 +1800,69 @@ fn logout_without_an_end_session_endpoint_goes_to_the_configured_url_or_root() {
     }
 }
 
+#[test]
+fn logout_sent_by_another_site_asks_first_and_ends_nothing_until_confirmed() {
+    let mut f = Filter::ready(config(json!({})));
+    let (jar, id_token) = log_in(&mut f, None);
+    let _ = forward(f.request(&Req::browser("/").cookies(&jar)));
+    assert_eq!(f.state.cache.len(), 1);
+    for site in ["cross-site", "same-site"] {
+        // A link, a form or an image on another site: GET or POST, the same page.
+        for method in ["GET", "POST"] {
+            let r = respond(
+                f.request(
+                    &Req::browser("/logout")
+                        .with(":method", method)
+                        .with(":authority", "app.example.com\"><script>")
+                        .with("sec-fetch-site", site)
+                        .cookies(&jar),
+                ),
+            );
+            assert_eq!(r.status, 200, "{site} {method}");
+            assert!(set_cookies(&r).is_empty(), "nothing cleared: {r:?}");
+            assert_eq!(r.metric, None, "no logout counted");
+            let body = &r.body;
+            assert!(
+                body.contains("<form method=\"post\" action=\"/logout\">"),
+                "{body}"
+            );
+            assert!(
+                body.contains("<b>app.example.com&quot;&gt;&lt;script&gt;</b>"),
+                "the host, escaped: {body}"
+            );
+            assert_eq!(header(&r.headers, "x-frame-options"), Some("DENY"));
+            assert_eq!(
+                header(&r.headers, "content-security-policy"),
+                Some("frame-ancestors 'none'")
+            );
+            assert_eq!(header(&r.headers, "cache-control"), Some("no-store"));
+        }
+    }
+    // Still logged in, and still cached on this worker.
+    let _ = forward(f.request(&Req::browser("/").cookies(&jar)));
+    assert_eq!(f.state.cache.len(), 1);
+
+    // The page's button posts from this site: the logout goes ahead. So does a link on this site, an
+    // address typed by the user, and a client that sends no Fetch Metadata.
+    for site in [Some("same-origin"), Some("none"), None] {
+        let mut req = Req::browser("/logout")
+            .with(":method", "POST")
+            .cookies(&jar);
+        if let Some(s) = site {
+            req = req.with("sec-fetch-site", s);
+        }
+        let r = respond(f.request(&req));
+        assert_eq!(r.status, 302, "{site:?}");
+        assert_eq!(r.metric, Some(Metric::Logout));
+        assert_eq!(query(location(&r))["id_token_hint"], id_token);
+        assert!(
+            set_cookies(&r)
+                .iter()
+                .any(|c| is_clear_of(c, "_oidc_session"))
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Key rotation
 // ---------------------------------------------------------------------------------------------------------

@@ -82,6 +82,7 @@ fn chromium_logs_in_through_the_filter_and_stays_logged_in() {
     driver
         .screenshot(&stack.dir().join("logged-in.png"))
         .unwrap();
+    logout_from_another_site_asks_first(&stack, &driver, &app);
     driver.quit().unwrap();
 
     // With `SameSite=Strict` the login ends at the app too, logged in, in a browser of its own.
@@ -97,6 +98,82 @@ fn chromium_logs_in_through_the_filter_and_stays_logged_in() {
     assert_eq!(session["sameSite"], "Strict", "{session}");
     driver.quit().unwrap();
     eprintln!("whole test {:?}", t0.elapsed());
+}
+
+/// A page of another site (the echo app's own address, 127.0.0.1: the apps are on localhost) links to
+/// `/logout`: Chromium says so in `Sec-Fetch-Site`, and the filter asks before it ends anything. The
+/// page's button then logs out; a link on the site itself logs out at once.
+fn logout_from_another_site_asks_first(stack: &Stack, driver: &WebDriver, app: &str) {
+    let site = stack.site("web").unwrap();
+    let logout = site.url("/logout");
+    // Follows a link to /logout from a page of `origin`, as a user's click would.
+    let click_logout_on = |page: &str| {
+        driver.goto(page).unwrap();
+        driver
+            .execute(
+                "const a = document.createElement('a'); a.href = arguments[0]; \
+                 document.body.append(a); a.click();",
+                json!([logout]),
+            )
+            .unwrap();
+    };
+    let elsewhere = format!("{}/elsewhere", stack.echo_url());
+    let session_cookie = || {
+        // The bypass path shows the site's cookies without a login.
+        driver.goto(&site.url("/healthz")).unwrap();
+        let cookies = driver.cookies().unwrap();
+        cookies.iter().any(|c| c["name"] == "_oidc_session")
+    };
+
+    click_logout_on(&elsewhere);
+    driver
+        .wait_for_url(|u| u == logout, Duration::from_secs(10))
+        .unwrap();
+    let h1 = driver
+        .wait_for("h1", Duration::from_secs(5))
+        .and_then(|h| driver.text(&h))
+        .unwrap();
+    assert_eq!(h1, "Log out?");
+    // Nothing ended: the app still greets alice.
+    driver.goto(app).unwrap();
+    let h1 = driver.text(&driver.find("h1").unwrap()).unwrap();
+    assert_eq!(h1, "Hello, alice@example.com");
+    assert!(session_cookie());
+
+    // The button logs out: the cookie is gone and the browser is at the IdP's end-session page.
+    click_logout_on(&elsewhere);
+    driver
+        .wait_for_url(|u| u == logout, Duration::from_secs(10))
+        .unwrap();
+    let button = driver
+        .wait_for("button[type=submit]", Duration::from_secs(5))
+        .unwrap();
+    driver.click(&button).unwrap();
+    let at = driver
+        .wait_for_url(|u| u.starts_with(stack.issuer()), Duration::from_secs(10))
+        .unwrap();
+    assert!(at.contains("/session/end"), "{at}");
+    assert!(!session_cookie(), "the session cookie survived the logout");
+
+    // Logged in again (the IdP's session was not ended: its own page asks to confirm), a link on the
+    // site itself goes straight to the IdP.
+    driver.goto(app).unwrap();
+    let url = driver
+        .wait_for_url(
+            |u| u == app || u.starts_with(stack.issuer()),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    if url != app {
+        log_in_as_alice(driver, app);
+    }
+    assert!(session_cookie());
+    click_logout_on(&site.url("/somewhere"));
+    let at = driver
+        .wait_for_url(|u| u.starts_with(stack.issuer()), Duration::from_secs(10))
+        .unwrap();
+    assert!(at.contains("/session/end"), "{at}");
+    assert!(!session_cookie(), "the session cookie survived the logout");
 }
 
 /// At the IdP's login form (where the app sent the browser), logs in as alice; asserts the browser
