@@ -737,15 +737,29 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     let Some(provider) = state.provider.ready() else {
         return not_ready();
     };
-    let rd = form::parse(paths::query_only(target).as_bytes())
-        .find(|(k, _)| k == "rd")
-        .map(|(_, v)| paths::safe_redirect(&v))
+    let mut rd = None;
+    let mut fragment_read = false;
+    for (k, v) in form::parse(paths::query_only(target).as_bytes()) {
+        match k.as_str() {
+            "rd" if rd.is_none() => rd = Some(v),
+            FRAGMENT_READ => fragment_read = true,
+            _ => {}
+        }
+    }
+    let rd = rd
+        .map(|v| paths::safe_redirect(&v))
         // Back to one of our own endpoints would loop through the IdP (`/login`) or undo the login (`/logout`).
         .filter(|rd| {
             let p = paths::normalize(rd).unwrap_or_default();
             ![&cfg.login_path, &cfg.callback_path, &cfg.logout_path].contains(&&p)
         })
         .unwrap_or_else(|| "/".to_string());
+    if !fragment_read
+        && h.get(":method").as_deref() == Some("GET")
+        && h.get("sec-fetch-mode").as_deref() == Some("navigate")
+    {
+        return read_fragment(cfg, &rd);
+    }
     let Some(redirect_uri) = redirect_uri(cfg, h) else {
         return text(400, "Bad request: invalid Host header.", None);
     };
@@ -791,6 +805,39 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
         redirect(url.as_str().to_string(), Some(Metric::LoginStarted)),
         vec![set],
     )
+}
+
+/// The parameter that `read_fragment`'s page adds to `/login`: the fragment, if any, is in `rd` now.
+const FRAGMENT_READ: &str = "fragment_read";
+
+/// A browser brings the fragment of the page it asked for (`/app#/alerts`, Kibana's `#/?_g=…`) along the
+/// redirects to `/login`, but never sends it, and loses it at the IdP's login form. So `/login` first
+/// answers a browser with a page whose script adds the fragment to `rd` and comes back. The script is
+/// fixed text: it reads the address itself, and the second `/login` checks `rd` as ever. Without
+/// scripts, the page moves on without the fragment.
+#[inline(never)]
+fn read_fragment(cfg: &Config, rd: &str) -> Step {
+    let mut next = login_location(cfg, rd);
+    next.push('&');
+    next.push_str(FRAGMENT_READ);
+    let next = html_escape(&next);
+    let body = format!(
+        "<!doctype html><title>Logging in</title><script>var q=new URLSearchParams(location.search),\
+         r=q.get(\"rd\")||\"/\";if(location.hash.length>1&&r.indexOf(\"#\")<0)r+=location.hash;\
+         q.set(\"rd\",r);q.set(\"{FRAGMENT_READ}\",\"\");location.replace(location.pathname+\"?\"+q)\
+         </script><noscript><meta http-equiv=\"refresh\" content=\"0;url={next}\"></noscript>\
+         <p><a href=\"{next}\">Continue to the login</a></p>\n"
+    );
+    Step::Respond(Reply {
+        status: 200,
+        headers: vec![
+            ("content-type", "text/html; charset=utf-8".into()),
+            ("cache-control", "no-store".into()),
+        ],
+        body: body.into(),
+        metric: None,
+        detail: None,
+    })
 }
 
 /// The IdP's redirect back: check state against its cookie, then exchange the code.

@@ -381,19 +381,78 @@ fn open_redirect_attempts_in_rd_end_at_root() {
 fn login_without_randomness_fails_closed() {
     let mut f = ready();
     f.no_randomness = true;
-    let r = respond(f.request(&Req::browser("/login?rd=/app")));
+    let r = respond(f.request(&Req::browser("/login?rd=/app&fragment_read")));
     assert_eq!(r.status, 500);
     assert!(set_cookies(&r).is_empty());
+}
+
+#[test]
+fn a_browser_at_login_first_gets_a_page_that_keeps_the_fragment() {
+    let mut f = ready();
+    // `rd` as the redirect of an anonymous request writes it, and one meant to break out of the page.
+    for (raw, rd) in [
+        ("%2Fapp%3Fx%3D1", "%2Fapp%3Fx%3D1"),
+        (
+            "/a%3C/script%3E%3Cscript%3Ealert(1)%3C/script%3E",
+            "%2Fa%3C%2Fscript%3E%3Cscript%3Ealert%281%29%3C%2Fscript%3E",
+        ),
+    ] {
+        let r = respond(f.request(&Req::browser(&format!("/login?rd={raw}"))));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(set_cookies(&r).is_empty(), "no login yet: {r:?}");
+        assert_eq!(r.metric, None);
+        assert_eq!(header(&r.headers, "cache-control"), Some("no-store"));
+        let body = &r.body;
+        // The script is fixed text: nothing of the request is in it.
+        assert_eq!(body.matches("<script>").count(), 1, "{body}");
+        assert!(
+            body.contains("location.replace(location.pathname+\"?\"+q)</script>"),
+            "{body}"
+        );
+        let next = format!("/login?rd={rd}&amp;fragment_read");
+        assert!(
+            body.contains(&format!(
+                "<noscript><meta http-equiv=\"refresh\" content=\"0;url={next}\"></noscript>"
+            )),
+            "{body}"
+        );
+        assert!(body.contains(&format!("<a href=\"{next}\">")), "{body}");
+    }
+    // Not for an API client, a form posted to /login, or the page's own request.
+    for req in [
+        Req::api("/login?rd=/app"),
+        Req::browser("/login?rd=/app").with(":method", "POST"),
+        Req::browser("/login?rd=/app&fragment_read="),
+        Req::browser("/login?fragment_read&rd=/app"),
+    ] {
+        let r = respond(f.request(&req));
+        assert!(
+            location(&r).starts_with("https://idp.example.com/"),
+            "{req:?}"
+        );
+        assert_eq!(r.metric, Some(Metric::LoginStarted));
+    }
+}
+
+#[test]
+fn the_fragment_the_page_adds_to_rd_is_where_the_login_ends() {
+    let mut f = ready();
+    let login = start_login(&mut f, "?rd=%2Fapp%3Fx%3D1%23%2Falerts%3Fsilenced%3Dfalse");
+    assert_eq!(login.sealed.rd, "/app?x=1#/alerts?silenced=false");
+    let (_, pending) = call(f.request(&login.callback("code-1", &Jar::default())));
+    let body = token_body(Some(&mint(&claims(Some(&login.nonce)))), None);
+    let r = respond(f.reply(pending, Some((200, &body))));
+    assert_eq!(location(&r), "/app?x=1#/alerts?silenced=false");
 }
 
 #[test]
 fn login_with_a_forged_host_is_refused() {
     let mut f = ready();
     for host in ["evil.example/x?", "a b", ""] {
-        let r = respond(f.request(&Req::browser("/login").with(":authority", host)));
+        let r = respond(f.request(&Req::api("/login").with(":authority", host)));
         assert_eq!(r.status, 400, "{host:?}");
     }
-    let r = respond(f.request(&Req::browser("/login").without(":authority")));
+    let r = respond(f.request(&Req::api("/login").without(":authority")));
     assert_eq!(r.status, 400);
 }
 
@@ -706,7 +765,7 @@ fn authorization_params_follow_the_filters_own_in_the_login_redirect() {
     // Google issues a refresh token only for offline access, asked for at each consent.
     let params = json!({"access_type": "offline", "prompt": "consent", "login_hint": "a b&c"});
     let mut f = Filter::ready(config(json!({ "authorization_params": params })));
-    let r = respond(f.request(&Req::browser("/login")));
+    let r = respond(f.request(&Req::browser("/login?fragment_read")));
     let loc = location(&r);
     let q = query(loc);
     assert_eq!(q["access_type"], "offline");

@@ -396,7 +396,10 @@ impl Login {
 
 /// `/login?rd=…` (rd given raw, as it appears in the query).
 pub fn start_login(f: &mut Filter, raw_query: &str) -> Login {
-    let r = respond(f.request(&Req::browser(&format!("/login{raw_query}"))));
+    // As the browser asks once the page of `/login` has read the fragment.
+    let sep = if raw_query.is_empty() { "?" } else { "&" };
+    let target = format!("/login{raw_query}{sep}fragment_read=");
+    let r = respond(f.request(&Req::browser(&target)));
     let auth_url = WebUrl::parse(location(&r)).unwrap();
     let params = query(auth_url.as_str());
     let state = params["state"].clone();
