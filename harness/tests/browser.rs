@@ -128,14 +128,7 @@ fn logout_from_another_site_asks_first(stack: &Stack, driver: &WebDriver, app: &
     };
 
     click_logout_on(&elsewhere);
-    driver
-        .wait_for_url(|u| u == logout, Duration::from_secs(10))
-        .unwrap();
-    let h1 = driver
-        .wait_for("h1", Duration::from_secs(5))
-        .and_then(|h| driver.text(&h))
-        .unwrap();
-    assert_eq!(h1, "Log out?");
+    assert_eq!(heading_at(driver, &logout), "Log out?");
     // Nothing ended: the app still greets alice.
     driver.goto(app).unwrap();
     let h1 = driver.text(&driver.find("h1").unwrap()).unwrap();
@@ -191,12 +184,16 @@ fn log_in_as_alice(driver: &WebDriver, app: &str) {
     driver
         .click(&driver.find("button[type=submit]").unwrap())
         .unwrap();
+    assert_eq!(heading_at(driver, app), "Hello, alice@example.com");
+}
+
+/// Waits for the browser to be at `url`, and returns the page's `h1`.
+fn heading_at(driver: &WebDriver, url: &str) -> String {
     driver
-        .wait_for_url(|u| u == app, Duration::from_secs(10))
+        .wait_for_url(|u| u == url, Duration::from_secs(10))
         .unwrap();
-    let h1 = driver
+    driver
         .wait_for("h1", Duration::from_secs(5))
         .and_then(|h| driver.text(&h))
-        .unwrap();
-    assert_eq!(h1, "Hello, alice@example.com");
+        .unwrap()
 }
