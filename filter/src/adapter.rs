@@ -10,7 +10,7 @@ use crate::config::{Config, Plugin, Unmatched};
 use crate::flow::{self, CallbackFailure, Callout, Env, Metric, Pending, RefreshJob, State, Step};
 use crate::headers::{self, HeaderBlock};
 use crate::host::{self, Action, Buffer, Headers, LogLevel};
-use crate::provider::Fetch;
+use crate::provider::{Fetch, ProviderState};
 use crate::renewal::{self, Renewal};
 use crate::revocation::Revocations;
 
@@ -273,13 +273,27 @@ impl Root {
     }
 
     /// Reads and checks the plugin configuration; `false` refuses it (Envoy then refuses the listener).
-    pub fn on_configure(&mut self) -> bool {
+    /// `known`: what the VM's other root contexts (earlier configurations) know of their issuers.
+    pub fn on_configure(&mut self, known: &[(String, ProviderState)]) -> bool {
         let raw = host::get_buffer(Buffer::PluginConfiguration, 0, usize::MAX).unwrap_or_default();
         let env = |k: &str| std::env::var(k).ok();
         match Plugin::parse(&raw, &env) {
             Ok(plugin) => {
                 self.metrics = Metrics::define();
-                let states = plugin.sites.iter().map(|_| State::default()).collect();
+                let mine = self.providers();
+                let states = plugin
+                    .sites
+                    .iter()
+                    .map(|cfg| State {
+                        provider: mine
+                            .iter()
+                            .chain(known)
+                            .find(|(issuer, _)| *issuer == cfg.issuer)
+                            .and_then(|(_, p)| p.carried_over())
+                            .unwrap_or_default(),
+                        ..State::default()
+                    })
+                    .collect();
                 // Create the renewal buckets before any request can race to create one (a compare-and-swap
                 // needs an existing entry); a bucket another VM already has is left alone.
                 for cfg in &plugin.sites {
@@ -303,6 +317,9 @@ impl Root {
                 self.fetches.clear();
                 let _ = host::set_tick_period(TICK);
                 self.poll();
+                // Sessions ended by back-channel logout stay ended from the first request on, not from
+                // the first tick.
+                self.sync_revocations();
                 true
             }
             Err(e) => {
@@ -310,6 +327,22 @@ impl Root {
                 false
             }
         }
+    }
+
+    /// Each site's issuer and what this root knows of it, for a configuration that replaces it.
+    pub fn providers(&self) -> Vec<(String, ProviderState)> {
+        let Some(shared) = &self.shared else {
+            return Vec::new();
+        };
+        let Ok(s) = shared.try_borrow() else {
+            return Vec::new();
+        };
+        s.plugin
+            .sites
+            .iter()
+            .zip(&s.states)
+            .filter_map(|(cfg, st)| Some((cfg.issuer.clone(), st.provider.carried_over()?)))
+            .collect()
     }
 
     pub fn on_tick(&mut self) {

@@ -117,7 +117,17 @@ fn with_root_of<T>(context_id: u32, f: impl FnOnce(&mut Root) -> T) -> Option<T>
 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: usize) -> u32 {
-    u32::from(with_root(root_context_id, |root| root.on_configure()).unwrap_or(false))
+    // A new configuration comes as a new root context beside the old one, which still serves the
+    // requests that began under it: what the old one knows of the IdP is where the new one starts.
+    let known: Vec<_> = ROOTS.with(|roots| match roots.try_borrow() {
+        Ok(roots) => roots
+            .iter()
+            .filter(|(id, _)| *id != root_context_id)
+            .flat_map(|(_, root)| root.providers())
+            .collect(),
+        Err(_) => Vec::new(),
+    });
+    u32::from(with_root(root_context_id, |root| root.on_configure(&known)).unwrap_or(false))
 }
 
 #[unsafe(no_mangle)]

@@ -191,6 +191,25 @@ impl ProviderState {
         msg
     }
 
+    /// What a new configuration of the same issuer in this VM may start from: the documents this one
+    /// loaded, refreshed on the same clock, so that a change of configuration does not send the worker
+    /// back to the IdP (nor its visitors to 503 until the IdP answers). Nothing is in flight: a fetch
+    /// under way belongs to this one. `None` until ready.
+    pub fn carried_over(&self) -> Option<ProviderState> {
+        self.ready.as_ref()?;
+        Some(ProviderState {
+            meta: self.meta.clone(),
+            ready: self.ready.clone(),
+            in_flight: false,
+            discovery_checked_at: self.discovery_checked_at,
+            next_attempt: self.next_attempt,
+            backoff: 0,
+            jwks_fetched_at: self.jwks_fetched_at,
+            last_kid_refresh: self.last_kid_refresh,
+            jwks_failures: 0,
+        })
+    }
+
     /// True (and starts the clock) when an unknown `kid` may fetch the JWKS now; rate-limited so that
     /// forged tokens cannot turn the filter into a JWKS hammer. `logout`: for a back-channel logout
     /// token, which has a clock of its own.
@@ -290,6 +309,30 @@ mod tests {
         p.on_reply(cfg, Fetch::Jwks, Some((200, JWKS)), NOW)
             .unwrap();
         p
+    }
+
+    #[test]
+    fn a_new_configuration_starts_from_what_the_old_one_loaded_with_nothing_in_flight() {
+        let cfg = cfg();
+        let mut p = ProviderState::default();
+        p.poll(&cfg, NOW).unwrap();
+        assert!(p.carried_over().is_none(), "nothing loaded yet");
+
+        let mut p = serving(&cfg);
+        // The old one is refreshing its keys when the configuration changes.
+        let later = NOW + cfg.jwks_refresh_interval;
+        let refresh = due(&mut p, &cfg, later);
+        assert!(refresh.is_some());
+        assert!(due(&mut p, &cfg, later).is_none(), "one fetch at a time");
+        let mut new = p.carried_over().unwrap();
+        assert_eq!(
+            new.ready().map(|r| r.jwks.len()),
+            p.ready().map(|r| r.jwks.len())
+        );
+        // Its own refresh, on the same clock.
+        assert_eq!(due(&mut new, &cfg, later), refresh);
+        let mut fresh = serving(&cfg).carried_over().unwrap();
+        assert!(due(&mut fresh, &cfg, NOW + 1).is_none(), "nothing due");
     }
 
     #[test]

@@ -17,6 +17,33 @@ use crate::process::{Process, poll, read_lossy};
 
 /// The root id the filter registers under.
 pub const ROOT_ID: &str = "oidc-filter";
+/// The type of the Wasm HTTP filter's configuration.
+const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+
+/// The name of a site's Wasm filter as an ECDS resource (and in its stats).
+pub fn ecds_name(site: &str) -> String {
+    format!("oidc-filter-{site}")
+}
+
+/// Replaces the ECDS file `path` with `response` in one move, as Envoy's directory watch needs: written
+/// beside the watched directory first (a file written in place could be read half-written).
+pub fn write_ecds(path: &Path, response: &Value) -> Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{} names no file", path.display()))?;
+    let staging = path
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?
+        .join(format!(
+            "{}.{}",
+            name.to_string_lossy(),
+            crate::private_suffix()
+        ));
+    fs::write(&staging, serde_json::to_string_pretty(response)?)
+        .with_context(|| format!("writing {}", staging.display()))?;
+    fs::rename(&staging, path).with_context(|| format!("moving into {}", path.display()))
+}
 
 /// Everything a bootstrap is made of.
 #[derive(Clone, Debug)]
@@ -70,6 +97,10 @@ pub struct EnvoySite {
     /// which may vouch for a request; empty: one provider for [`EnvoyConfig::issuer`] with
     /// audience `client_id`.
     pub jwt_issuers: Vec<JwtIssuer>,
+    /// Deliver the Wasm filter through file-based ECDS (as istiod delivers a `WasmPlugin`) from this
+    /// file, a `DiscoveryResponse` ([`EnvoyConfig::ecds_response`]) that Envoy reloads when a file is
+    /// moved into its directory ([`write_ecds`]); `None`: inline in the listener.
+    pub ecds: Option<PathBuf>,
 }
 
 /// An issuer `jwt_authn` accepts tokens from.
@@ -149,6 +180,7 @@ impl EnvoySite {
             },
             shared_vm: None,
             jwt_issuers,
+            ecds: None,
         }
     }
 }
@@ -309,6 +341,9 @@ impl EnvoyConfig {
             "codec_type": "AUTO",
             "use_remote_address": true,
             "normalize_path": true,
+            // As istiod sets on every gateway's HCM: WebSocket upgrades pass (Grafana Live, Jupyter,
+            // terminals), through the same HTTP filters as the handshake request.
+            "upgrade_configs": [{ "upgrade_type": "websocket" }],
             "route_config": {
                 "name": site.name,
                 "virtual_hosts": [{
@@ -354,8 +389,47 @@ impl EnvoyConfig {
         }
     }
 
-    /// The shape Istio emits for a `WasmPlugin`.
+    /// The shape Istio emits for a `WasmPlugin`: the filter inline, or its ECDS reference.
     fn wasm_filter(&self, site: &EnvoySite) -> Result<Value> {
+        let Some(path) = &site.ecds else {
+            return Ok(json!({
+                "name": "envoy.filters.http.wasm",
+                "typed_config": self.wasm_typed_config(site)?,
+            }));
+        };
+        let dir = path
+            .parent()
+            .ok_or_else(|| anyhow!("{} has no directory", path.display()))?;
+        Ok(json!({
+            "name": ecds_name(&site.name),
+            "config_discovery": {
+                "config_source": {
+                    "path_config_source": {
+                        "path": path.to_string_lossy(),
+                        "watched_directory": { "path": dir.to_string_lossy() },
+                    },
+                    "resource_api_version": "V3",
+                },
+                "type_urls": [WASM_TYPE],
+            },
+        }))
+    }
+
+    /// The `DiscoveryResponse` an ECDS file holds for `site`: one `TypedExtensionConfig` named
+    /// [`ecds_name`] with the site's Wasm filter, at `version`.
+    pub fn ecds_response(&self, site: &EnvoySite, version: &str) -> Result<Value> {
+        Ok(json!({
+            "version_info": version,
+            "resources": [{
+                "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+                "name": ecds_name(&site.name),
+                "typed_config": self.wasm_typed_config(site)?,
+            }],
+        }))
+    }
+
+    /// The Wasm filter's `typed_config`.
+    fn wasm_typed_config(&self, site: &EnvoySite) -> Result<Value> {
         let configuration =
             serde_json::to_string(&site.filter_config).context("serializing the filter config")?;
         let vm_id = match &site.shared_vm {
@@ -394,19 +468,16 @@ impl EnvoyConfig {
             vm_config["environment_variables"] = env;
         }
         Ok(json!({
-            "name": "envoy.filters.http.wasm",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": format!("oidc-filter-{}", site.name),
-                    "root_id": ROOT_ID,
-                    "fail_open": false,
-                    "configuration": {
-                        "@type": "type.googleapis.com/google.protobuf.StringValue",
-                        "value": configuration,
-                    },
-                    "vm_config": vm_config,
+            "@type": WASM_TYPE,
+            "config": {
+                "name": format!("oidc-filter-{}", site.name),
+                "root_id": ROOT_ID,
+                "fail_open": false,
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": configuration,
                 },
+                "vm_config": vm_config,
             },
         }))
     }
@@ -1128,6 +1199,41 @@ mod tests {
         let rbac =
             filters[2]["typed_config"]["rules"]["policies"]["bypass"]["permissions"][0].to_string();
         assert!(rbac.contains(r#"{"exact":"/bc"}"#), "{rbac}");
+    }
+
+    #[test]
+    fn an_ecds_site_names_its_file_and_the_file_holds_the_inline_filter() {
+        let mut site = EnvoySite::new("e", 0, "e", json!({"issuer": "http://127.0.0.1:9000"}));
+        let config = |sites| EnvoyConfig {
+            wasm_path: "f.wasm".into(),
+            issuer: "http://127.0.0.1:9000".into(),
+            jwks_uri: "http://127.0.0.1:9000/jwks".into(),
+            app_port: 9002,
+            admin_port: 0,
+            access_log: AccessLog::Off,
+            sites,
+        };
+        let first_filter = |v: Value| {
+            v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+                ["http_filters"][0]
+                .clone()
+        };
+        let inline = first_filter(config(vec![site.clone()]).render().unwrap());
+        site.ecds = Some(PathBuf::from("/w/ecds/e.json"));
+        let c = config(vec![site.clone()]);
+        let filter = first_filter(c.render().unwrap());
+        assert_eq!(filter["name"], "oidc-filter-e");
+        let source = &filter["config_discovery"]["config_source"]["path_config_source"];
+        assert_eq!(source["path"], "/w/ecds/e.json");
+        assert_eq!(source["watched_directory"]["path"], "/w/ecds");
+        assert_eq!(filter["config_discovery"]["type_urls"][0], WASM_TYPE);
+        let response = c.ecds_response(&site, "7").unwrap();
+        assert_eq!(response["version_info"], "7");
+        assert_eq!(response["resources"][0]["name"], "oidc-filter-e");
+        assert_eq!(
+            response["resources"][0]["typed_config"],
+            inline["typed_config"]
+        );
     }
 
     #[test]

@@ -295,6 +295,9 @@ pub struct SiteSpec {
     pub hosts: Vec<HostSpec>,
     /// Share the Wasm VM of this id with the other sites naming it: one VM, a root context per site.
     pub shared_vm: Option<String>,
+    /// Deliver the filter through file-based ECDS, as istiod delivers a `WasmPlugin`, so that
+    /// [`Stack::update_filter_config`] can change it in the running Envoy.
+    pub ecds: bool,
 }
 
 impl SiteSpec {
@@ -309,6 +312,7 @@ impl SiteSpec {
             istio_authn: true,
             hosts: Vec::new(),
             shared_vm: None,
+            ecds: false,
         }
     }
 
@@ -485,6 +489,8 @@ pub struct Stack {
     extra_idps: Vec<ExtraIdp>,
     envoy: Envoy,
     echo: EchoApp,
+    /// The bootstrap's parts, for ECDS updates, and the last ECDS version written.
+    ecds: Mutex<(EnvoyConfig, u64)>,
 }
 
 /// One of [`StackSpec::extra_idps`]: an IdP with its own proxy, issuer and work directory.
@@ -565,6 +571,9 @@ impl Stack {
             let mut site = EnvoySite::new(&s.name, port, &s.client_id, filter_config);
             site.istio_authn = s.istio_authn;
             site.shared_vm = s.shared_vm.clone();
+            if s.ecds {
+                site.ecds = Some(dir.join("ecds").join(format!("{}.json", s.name)));
+            }
             envoy_sites.push(site);
         }
         let config = EnvoyConfig {
@@ -576,6 +585,14 @@ impl Stack {
             access_log: AccessLog::File(dir.join("access.log")),
             sites: envoy_sites.clone(),
         };
+        for site in &config.sites {
+            if let Some(path) = &site.ecds {
+                if let Some(d) = path.parent() {
+                    fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+                }
+                envoy::write_ecds(path, &config.ecds_response(site, "1")?)?;
+            }
+        }
         let mut opts = EnvoyOptions::new(&dir);
         opts.concurrency = spec.concurrency;
         opts.log_level = spec.envoy_log_level.clone();
@@ -666,6 +683,7 @@ impl Stack {
             extra_idps,
             envoy,
             echo,
+            ecds: Mutex::new((config, 1)),
         };
         if spec.start_idp {
             stack.start_idp()?;
@@ -865,6 +883,42 @@ impl Stack {
             Ok(self.envoy.stats()?.get(name).copied().filter(|&v| v >= min))
         })
         .with_context(|| format!("stat {name} did not reach {min}"))
+    }
+
+    /// Gives `site` (started with [`SiteSpec::ecds`]) a new filter configuration through ECDS, as
+    /// istiod does when an operator edits a `WasmPlugin`'s `pluginConfig`: the VM's configuration is
+    /// kept, so Envoy keeps the VM and adds a root context for the new configuration. Returns the new
+    /// version; whether Envoy took it shows in [`Stack::ecds_stat`] (`config_reload`, `config_fail`).
+    /// Only the Wasm filter changes: the listener's jwt_authn and RBAC, the VM's environment and
+    /// [`Site::filter_config`] stay as the stack started them.
+    pub fn update_filter_config(&self, site: &str, filter_config: Value) -> Result<String> {
+        let mut ecds = self.ecds.lock().unwrap_or_else(|p| p.into_inner());
+        let (config, version) = &mut *ecds;
+        let s = config
+            .sites
+            .iter_mut()
+            .find(|s| s.name == site)
+            .ok_or_else(|| anyhow!("no site {site:?}"))?;
+        let path = s
+            .ecds
+            .clone()
+            .ok_or_else(|| anyhow!("site {site:?} was not started with ecds"))?;
+        s.filter_config = filter_config;
+        let s = s.clone();
+        *version += 1;
+        let v = version.to_string();
+        envoy::write_ecds(&path, &config.ecds_response(&s, &v)?)?;
+        Ok(v)
+    }
+
+    /// A counter of `site`'s ECDS subscription: `config_reload` (an update applied) or `config_fail`
+    /// (one refused), 0 until it first counts.
+    pub fn ecds_stat(&self, site: &str, name: &str) -> Result<u64> {
+        let key = format!(
+            "extension_config_discovery.http_filter.{}.{name}",
+            envoy::ecds_name(site)
+        );
+        Ok(self.envoy.stats()?.get(&key).copied().unwrap_or(0))
     }
 
     /// Envoy's access log so far.
