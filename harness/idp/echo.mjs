@@ -6,7 +6,17 @@
 // page greeting the user named by the Bearer JWT's `email` claim (decoded, not verified) and the
 // same JSON in <pre id="echo">. A path under /cacheable is answered with
 // `Cache-Control: public, max-age=60, s-maxage=600`, as an app marks a page for shared caches.
+//
+// Three more paths, for the protocols apps behind a gateway speak besides plain request/response:
+// - `/ws…`, a WebSocket upgrade (RFC 6455): the first message is the JSON {path, headers} of the
+//   handshake, then each text or binary message comes back as it was sent; each handshake is logged
+//   as a line `{"websocket": PATH}` on stdout. Any other upgrade is answered 404.
+// - `/events…`, server-sent events: `?n=N&ms=MS` events (default 5 and 300), one every MS ms, each
+//   `data: {"i", "sent_at"}` (Unix ms), the first also with the request's `headers`.
+// - `/upload…`: reads the body as it comes and answers JSON {method, path, headers, bytes, sha256,
+//   headers_at, first_byte_at, end_at} (Unix ms) instead of echoing it.
 
+import { createHash } from 'node:crypto';
 import { createServer } from 'node:http';
 
 function bearerEmail(authorization) {
@@ -26,6 +36,8 @@ function escapeHtml(s) {
 }
 
 const server = createServer((req, res) => {
+  if (req.url.startsWith('/events')) return events(req, res);
+  if (req.url.startsWith('/upload')) return upload(req, res);
   const chunks = [];
   req.on('data', (c) => chunks.push(c));
   req.on('end', () => {
@@ -49,6 +61,129 @@ const server = createServer((req, res) => {
     } else {
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end(`${json}\n`);
+    }
+  });
+});
+
+function events(req, res) {
+  const query = new URL(req.url, 'http://x').searchParams;
+  const n = Number(query.get('n') || 5);
+  const ms = Number(query.get('ms') || 300);
+  res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+  let i = 0;
+  const next = () => {
+    const event = { i, sent_at: Date.now() };
+    if (i === 0) event.headers = req.headers;
+    res.write(`id: ${i}\ndata: ${JSON.stringify(event)}\n\n`);
+    i += 1;
+    if (i < n) setTimeout(next, ms);
+    else res.end();
+  };
+  next();
+}
+
+function upload(req, res) {
+  const headersAt = Date.now();
+  const hash = createHash('sha256');
+  let bytes = 0;
+  let firstByteAt = null;
+  req.on('data', (c) => {
+    if (firstByteAt === null) firstByteAt = Date.now();
+    bytes += c.length;
+    hash.update(c);
+  });
+  req.on('end', () => {
+    const answer = {
+      method: req.method,
+      path: req.url,
+      headers: req.headers,
+      bytes,
+      sha256: hash.digest('hex'),
+      headers_at: headersAt,
+      first_byte_at: firstByteAt,
+      end_at: Date.now(),
+    };
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(`${JSON.stringify(answer)}\n`);
+  });
+}
+
+// RFC 6455 §1.3: the accept key is the SHA-1 of the client's key and this GUID.
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+
+function wsFrame(opcode, payload) {
+  const len = payload.length;
+  let head;
+  if (len < 126) {
+    head = Buffer.from([0x80 | opcode, len]);
+  } else if (len < 65536) {
+    head = Buffer.alloc(4);
+    head[0] = 0x80 | opcode;
+    head[1] = 126;
+    head.writeUInt16BE(len, 2);
+  } else {
+    head = Buffer.alloc(10);
+    head[0] = 0x80 | opcode;
+    head[1] = 127;
+    head.writeBigUInt64BE(BigInt(len), 2);
+  }
+  return Buffer.concat([head, payload]);
+}
+
+server.on('upgrade', (req, socket, head) => {
+  socket.on('error', () => {});
+  const key = req.headers['sec-websocket-key'];
+  if (!req.url.startsWith('/ws') || (req.headers.upgrade || '').toLowerCase() !== 'websocket' || !key) {
+    socket.end('HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+    return;
+  }
+  process.stdout.write(`${JSON.stringify({ websocket: req.url })}\n`);
+  const accept = createHash('sha1').update(key + WS_GUID).digest('base64');
+  socket.write(
+    `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${accept}\r\n\r\n`,
+  );
+  socket.write(wsFrame(1, Buffer.from(JSON.stringify({ path: req.url, headers: req.headers }))));
+  let buf = Buffer.from(head);
+  let parts = [];
+  let partOpcode = 1;
+  socket.on('data', (data) => {
+    buf = Buffer.concat([buf, data]);
+    for (;;) {
+      if (buf.length < 2) return;
+      const fin = (buf[0] & 0x80) !== 0;
+      const opcode = buf[0] & 0x0f;
+      const masked = (buf[1] & 0x80) !== 0;
+      let len = buf[1] & 0x7f;
+      let off = 2;
+      if (len === 126) {
+        if (buf.length < 4) return;
+        len = buf.readUInt16BE(2);
+        off = 4;
+      } else if (len === 127) {
+        if (buf.length < 10) return;
+        len = Number(buf.readBigUInt64BE(2));
+        off = 10;
+      }
+      const maskLen = masked ? 4 : 0;
+      if (buf.length < off + maskLen + len) return;
+      const mask = buf.subarray(off, off + maskLen);
+      const payload = Buffer.from(buf.subarray(off + maskLen, off + maskLen + len));
+      if (masked) for (let i = 0; i < len; i++) payload[i] ^= mask[i & 3];
+      buf = buf.subarray(off + maskLen + len);
+      if (opcode === 8) {
+        socket.end(wsFrame(8, payload.subarray(0, 2)));
+        return;
+      }
+      if (opcode === 9) {
+        socket.write(wsFrame(10, payload));
+      } else if (opcode <= 2) {
+        if (opcode !== 0) partOpcode = opcode;
+        parts.push(payload);
+        if (fin) {
+          socket.write(wsFrame(partOpcode, Buffer.concat(parts)));
+          parts = [];
+        }
+      }
     }
   });
 });
