@@ -273,23 +273,20 @@ impl Root {
     }
 
     /// Reads and checks the plugin configuration; `false` refuses it (Envoy then refuses the listener).
-    /// `known`: what the VM's other root contexts (earlier configurations) know of their issuers.
-    pub fn on_configure(&mut self, known: &[(String, ProviderState)]) -> bool {
+    /// `known`: what the VM's other root contexts (earlier configurations) know of an issuer.
+    pub fn on_configure(&mut self, known: &dyn Fn(&str) -> Option<ProviderState>) -> bool {
         let raw = host::get_buffer(Buffer::PluginConfiguration, 0, usize::MAX).unwrap_or_default();
         let env = |k: &str| std::env::var(k).ok();
         match Plugin::parse(&raw, &env) {
             Ok(plugin) => {
                 self.metrics = Metrics::define();
-                let mine = self.providers();
                 let states = plugin
                     .sites
                     .iter()
                     .map(|cfg| State {
-                        provider: mine
-                            .iter()
-                            .chain(known)
-                            .find(|(issuer, _)| *issuer == cfg.issuer)
-                            .and_then(|(_, p)| p.carried_over())
+                        provider: self
+                            .provider_for(&cfg.issuer)
+                            .or_else(|| known(&cfg.issuer))
                             .unwrap_or_default(),
                         ..State::default()
                     })
@@ -329,20 +326,11 @@ impl Root {
         }
     }
 
-    /// Each site's issuer and what this root knows of it, for a configuration that replaces it.
-    pub fn providers(&self) -> Vec<(String, ProviderState)> {
-        let Some(shared) = &self.shared else {
-            return Vec::new();
-        };
-        let Ok(s) = shared.try_borrow() else {
-            return Vec::new();
-        };
-        s.plugin
-            .sites
-            .iter()
-            .zip(&s.states)
-            .filter_map(|(cfg, st)| Some((cfg.issuer.clone(), st.provider.carried_over()?)))
-            .collect()
+    /// What this root knows of `issuer`, for a configuration that replaces it.
+    pub fn provider_for(&self, issuer: &str) -> Option<ProviderState> {
+        let s = self.shared.as_ref()?.try_borrow().ok()?;
+        let site = s.plugin.sites.iter().position(|cfg| cfg.issuer == issuer)?;
+        s.states.get(site)?.provider.carried_over()
     }
 
     pub fn on_tick(&mut self) {

@@ -119,15 +119,19 @@ fn with_root_of<T>(context_id: u32, f: impl FnOnce(&mut Root) -> T) -> Option<T>
 pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: usize) -> u32 {
     // A new configuration comes as a new root context beside the old one, which still serves the
     // requests that began under it: what the old one knows of the IdP is where the new one starts.
-    let known: Vec<_> = ROOTS.with(|roots| match roots.try_borrow() {
-        Ok(roots) => roots
-            .iter()
-            .filter(|(id, _)| *id != root_context_id)
-            .flat_map(|(_, root)| root.providers())
-            .collect(),
-        Err(_) => Vec::new(),
-    });
-    u32::from(with_root(root_context_id, |root| root.on_configure(&known)).unwrap_or(false))
+    ROOTS.with(|roots| {
+        let Ok(mut roots) = roots.try_borrow_mut() else {
+            return 0;
+        };
+        let Some(at) = roots.iter().position(|(id, _)| *id == root_context_id) else {
+            return 0;
+        };
+        let (id, mut root) = roots.swap_remove(at);
+        let known = |issuer: &str| roots.iter().find_map(|(_, r)| r.provider_for(issuer));
+        let configured = root.on_configure(&known);
+        roots.push((id, root));
+        u32::from(configured)
+    })
 }
 
 #[unsafe(no_mangle)]
