@@ -283,12 +283,23 @@ impl Root {
                 let states = plugin
                     .sites
                     .iter()
-                    .map(|cfg| State {
-                        provider: self
+                    .map(|cfg| {
+                        let provider = self
                             .provider_for(&cfg.issuer)
                             .or_else(|| known(&cfg.issuer))
-                            .unwrap_or_default(),
-                        ..State::default()
+                            .unwrap_or_default();
+                        // Otherwise nothing would say that a change took: nothing is fetched.
+                        if let Some(p) = provider.ready() {
+                            log_info(&format!(
+                                "oidc-filter: {}: new configuration, discovery document and {} signing keys kept from the previous one",
+                                cfg.issuer,
+                                p.jwks.len()
+                            ));
+                        }
+                        State {
+                            provider,
+                            ..State::default()
+                        }
                     })
                     .collect();
                 // Create the renewal buckets before any request can race to create one (a compare-and-swap

@@ -329,6 +329,18 @@ fn a_logged_in_browser_stays_logged_in_and_meets_the_new_rules_and_headers() {
     assert_eq!(h["x-auth-request-email"], "alice@example.com", "{h}");
 
     // The operator adds a rule for /admin (alice is not carol) and trades the identity headers for one.
+    // This site's lines (the others change their configurations too).
+    let kept = || -> anyhow::Result<usize> {
+        let log = stack().envoy_log()?;
+        Ok(log
+            .lines()
+            .filter(|l| {
+                l.contains("oidc-filter-rules: ")
+                    && l.contains("new configuration, discovery document and")
+            })
+            .count())
+    };
+    let kept_before = kept().unwrap();
     let applied = change(
         RULES,
         config(
@@ -344,6 +356,11 @@ fn a_logged_in_browser_stays_logged_in_and_meets_the_new_rules_and_headers() {
     until_every_worker("the new identity headers", || {
         upstream_headers(&api(RULES, "/x", &cookie)).is_some_and(|h| h["x-user"] == "alice")
     });
+    // Each worker says that the change took, though it fetches nothing.
+    poll(Duration::from_secs(5), || {
+        Ok((kept()? >= kept_before + 2).then_some(()))
+    })
+    .unwrap();
 
     // Same cookie, same session: still logged in, on both workers, nothing cleared, no new login.
     for _ in 0..6 {
