@@ -273,8 +273,9 @@ impl Root {
     }
 
     /// Reads and checks the plugin configuration; `false` refuses it (Envoy then refuses the listener).
-    /// `known`: what the VM's other root contexts (earlier configurations) know of an issuer.
-    pub fn on_configure(&mut self, known: &dyn Fn(&str) -> Option<ProviderState>) -> bool {
+    /// `known`: what the VM's other root contexts (earlier configurations, other plugins) fetched for a
+    /// site like the given one (see `provider_for`).
+    pub fn on_configure(&mut self, known: &dyn Fn(&Config) -> Option<ProviderState>) -> bool {
         let raw = host::get_buffer(Buffer::PluginConfiguration, 0, usize::MAX).unwrap_or_default();
         let env = |k: &str| std::env::var(k).ok();
         match Plugin::parse(&raw, &env) {
@@ -285,16 +286,19 @@ impl Root {
                     .iter()
                     .map(|cfg| {
                         let provider = self
-                            .provider_for(&cfg.issuer)
-                            .or_else(|| known(&cfg.issuer))
+                            .provider_for(cfg)
+                            .or_else(|| known(cfg))
                             .unwrap_or_default();
                         // Otherwise nothing would say that a change took: nothing is fetched.
                         if let Some(p) = provider.ready() {
                             log_info(&format!(
-                                "oidc-filter: {}: new configuration, discovery document and {} signing keys kept from the previous one",
+                                "oidc-filter: {}: new configuration, discovery document and {} signing keys taken from another configuration of this issuer and cluster",
                                 cfg.issuer,
                                 p.jwks.len()
                             ));
+                            for note in provider.discovery_notes(cfg) {
+                                log_warn(&format!("oidc-filter: {}: {note}", cfg.issuer));
+                            }
                         }
                         State {
                             provider,
@@ -337,10 +341,17 @@ impl Root {
         }
     }
 
-    /// What this root knows of `issuer`, for a configuration that replaces it.
-    pub fn provider_for(&self, issuer: &str) -> Option<ProviderState> {
+    /// What this root fetched for a site of the same issuer through the same cluster as `like`, for a
+    /// configuration that replaces it (or another plugin's in the same VM). Both must match: discovery
+    /// checks only the document's `issuer`, so another cluster may have served documents of anyone's
+    /// choosing.
+    pub fn provider_for(&self, like: &Config) -> Option<ProviderState> {
         let s = self.shared.as_ref()?.try_borrow().ok()?;
-        let site = s.plugin.sites.iter().position(|cfg| cfg.issuer == issuer)?;
+        let site = s
+            .plugin
+            .sites
+            .iter()
+            .position(|cfg| cfg.issuer == like.issuer && cfg.idp_cluster == like.idp_cluster)?;
         s.states.get(site)?.provider.carried_over()
     }
 

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
 use crate::adapter::{self, Http, Root};
+use crate::config::Config;
 use crate::host::{self, Action, VmLocal};
 use crate::idhash::IdMap;
 
@@ -127,7 +128,7 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
             return 0;
         };
         let (id, mut root) = roots.swap_remove(at);
-        let known = |issuer: &str| roots.iter().find_map(|(_, r)| r.provider_for(issuer));
+        let known = |like: &Config| roots.iter().find_map(|(_, r)| r.provider_for(like));
         let configured = root.on_configure(&known);
         roots.push((id, root));
         u32::from(configured)

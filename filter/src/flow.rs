@@ -824,9 +824,13 @@ fn read_fragment(cfg: &Config, rd: &str) -> Step {
     let body = format!(
         "<!doctype html><title>Logging in</title><script>var q=new URLSearchParams(location.search),\
          r=q.get(\"rd\")||\"/\";if(location.hash.length>1&&r.indexOf(\"#\")<0)r+=location.hash;\
-         q.set(\"rd\",r);q.set(\"{FRAGMENT_READ}\",\"\");location.replace(location.pathname+\"?\"+q)\
-         </script><noscript><meta http-equiv=\"refresh\" content=\"0;url={next}\"></noscript>\
-         <p><a href=\"{next}\">Continue to the login</a></p>\n"
+         q.set(\"rd\",r);q.set(\"{FRAGMENT_READ}\",\"\");location.replace(\"{login}?\"+q)</script>\
+         <noscript><meta http-equiv=\"refresh\" content=\"0;url={next}\"></noscript>\
+         <p><a href=\"{next}\">Continue to the login</a></p>\n",
+        // The configured path, not the address bar's: a gateway that decodes and merges slashes gives
+        // this filter `/login` for `//evil.example/..%2Flogin`, a path that would leave the site.
+        // `config::path` keeps quotes, `<` and `\` out of it.
+        login = cfg.login_path
     );
     Step::Respond(Reply {
         status: 200,

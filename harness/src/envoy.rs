@@ -101,6 +101,22 @@ pub struct EnvoySite {
     /// file, a `DiscoveryResponse` ([`EnvoyConfig::ecds_response`]) that Envoy reloads when a file is
     /// moved into its directory ([`write_ecds`]); `None`: inline in the listener.
     pub ecds: Option<PathBuf>,
+    /// Merge patch over the listener's `HttpConnectionManager`, e.g. Istio's
+    /// `meshConfig.pathNormalization: DECODE_AND_MERGE_SLASHES` as istiod renders it
+    /// ([`decode_and_merge_slashes`]); `null`: the harness's own (Istio's default, `BASE`).
+    pub hcm_overrides: Value,
+    /// Clusters this site's filter may name in `idp_cluster` that lead somewhere other than their
+    /// issuer (a `ServiceEntry` of the site's own): plain HTTP to these addresses.
+    pub clusters: Vec<(String, std::net::SocketAddr)>,
+}
+
+/// What istiod adds to a gateway's `HttpConnectionManager` for `meshConfig.pathNormalization:
+/// DECODE_AND_MERGE_SLASHES` (`normalize_path` is on already).
+pub fn decode_and_merge_slashes() -> Value {
+    json!({
+        "merge_slashes": true,
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_FORWARD",
+    })
 }
 
 /// An issuer `jwt_authn` accepts tokens from.
@@ -181,6 +197,8 @@ impl EnvoySite {
             shared_vm: None,
             jwt_issuers,
             ecds: None,
+            hcm_overrides: Value::Null,
+            clusters: Vec::new(),
         }
     }
 }
@@ -295,6 +313,12 @@ impl EnvoyConfig {
         // Other IdPs the sites' filters call (a ServiceEntry each, in Istio).
         let mut clusters = vec![idp];
         let mut defined = vec![idp_cluster.clone(), app_cluster_name(self.app_port)];
+        for (name, addr) in self.sites.iter().flat_map(|s| &s.clusters) {
+            if !defined.contains(name) {
+                clusters.push(cluster(name, &addr.ip().to_string(), addr.port()));
+                defined.push(name.clone());
+            }
+        }
         for site in &self.sites {
             for (name, issuer) in idp_cluster_refs(&site.filter_config) {
                 if !defined.contains(&name) {
@@ -359,6 +383,9 @@ impl EnvoyConfig {
         });
         if let Some(log) = self.access_log_config() {
             hcm["access_log"] = json!([log]);
+        }
+        if !site.hcm_overrides.is_null() {
+            crate::merge_json(&mut hcm, &site.hcm_overrides);
         }
         Ok(json!({
             "name": site.name,

@@ -298,6 +298,12 @@ pub struct SiteSpec {
     /// Deliver the filter through file-based ECDS, as istiod delivers a `WasmPlugin`, so that
     /// [`Stack::update_filter_config`] can change it in the running Envoy.
     pub ecds: bool,
+    /// Merge patch over the listener's `HttpConnectionManager` (see
+    /// [`envoy::EnvoySite::hcm_overrides`]).
+    pub hcm_overrides: Value,
+    /// Clusters the site's filter may name in `idp_cluster` that lead elsewhere than their issuer
+    /// (see [`envoy::EnvoySite::clusters`]).
+    pub clusters: Vec<(String, SocketAddr)>,
 }
 
 impl SiteSpec {
@@ -313,6 +319,8 @@ impl SiteSpec {
             hosts: Vec::new(),
             shared_vm: None,
             ecds: false,
+            hcm_overrides: Value::Null,
+            clusters: Vec::new(),
         }
     }
 
@@ -571,6 +579,8 @@ impl Stack {
             let mut site = EnvoySite::new(&s.name, port, &s.client_id, filter_config);
             site.istio_authn = s.istio_authn;
             site.shared_vm = s.shared_vm.clone();
+            site.hcm_overrides = s.hcm_overrides.clone();
+            site.clusters = s.clusters.clone();
             if s.ecds {
                 site.ecds = Some(dir.join("ecds").join(format!("{}.json", s.name)));
             }

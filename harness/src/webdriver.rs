@@ -39,6 +39,20 @@ impl WebDriver {
     /// Starts chromedriver (logging to `DIR/chromedriver.log`) and a headless Chromium session
     /// with a fresh profile, `localhost` resolving to 127.0.0.1 and no other name resolving.
     pub fn start(dir: &Path) -> Result<WebDriver> {
+        WebDriver::start_with_prefs(dir, json!({}))
+    }
+
+    /// As [`WebDriver::start`], with scripts turned off in the browser's settings (as a user or a
+    /// policy can): pages get no JavaScript, WebDriver's own scripts still run.
+    pub fn start_without_scripts(dir: &Path) -> Result<WebDriver> {
+        WebDriver::start_with_prefs(
+            dir,
+            json!({ "profile.managed_default_content_settings.javascript": 2 }),
+        )
+    }
+
+    /// [`WebDriver::start`] with Chromium preferences `prefs`.
+    fn start_with_prefs(dir: &Path, prefs: Value) -> Result<WebDriver> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         fs::create_dir_all(dir)?;
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -90,7 +104,7 @@ impl WebDriver {
                     "browserName": "chrome",
                     "pageLoadStrategy": "normal",
                     "timeouts": { "pageLoad": 30_000, "script": 10_000, "implicit": 0 },
-                    "goog:chromeOptions": { "binary": CHROMIUM, "args": args },
+                    "goog:chromeOptions": { "binary": CHROMIUM, "args": args, "prefs": prefs },
                 },
             },
         });
@@ -216,6 +230,18 @@ impl WebDriver {
     /// Runs a script (`return ...;`) in the page.
     pub fn execute(&self, script: &str, args: Value) -> Result<Value> {
         self.post("/execute/sync", json!({ "script": script, "args": args }))
+    }
+
+    /// Makes the current page's frame number `index` the context of the following commands.
+    pub fn switch_to_frame(&self, index: u32) -> Result<()> {
+        self.post("/frame", json!({ "id": index }))?;
+        Ok(())
+    }
+
+    /// Back to the top-level page as the context of the following commands.
+    pub fn switch_to_top(&self) -> Result<()> {
+        self.post("/frame", json!({ "id": null }))?;
+        Ok(())
     }
 
     /// The cookies visible to the current page, as WebDriver cookie objects.

@@ -197,3 +197,141 @@ fn heading_at(driver: &WebDriver, url: &str) -> String {
         .and_then(|h| driver.text(&h))
         .unwrap()
 }
+
+/// One stack for the checks of the two pages the filter answers itself (`/login`'s page that reads
+/// the fragment, `/logout`'s confirmation), behind a gateway configured as istiod renders
+/// `meshConfig.pathNormalization: DECODE_AND_MERGE_SLASHES`.
+fn pages_stack() -> &'static Stack {
+    static STACK: std::sync::OnceLock<Stack> = std::sync::OnceLock::new();
+    STACK.get_or_init(|| {
+        let decoding = SiteSpec {
+            hcm_overrides: harness::envoy::decode_and_merge_slashes(),
+            ..SiteSpec::new("decoding")
+        };
+        let stack = Stack::start(StackSpec::new("browser-pages", vec![decoding])).unwrap();
+        stack.wait_ready("decoding").unwrap();
+        stack
+    })
+}
+
+/// Found in review: the page at `/login` went on to `location.pathname + "?" + …`, the path in the
+/// address bar, which is not always the path the filter matched. A gateway that decodes `%2F` and
+/// merges slashes (Istio's `DECODE_AND_MERGE_SLASHES`) hands the filter `/login` for
+/// `//OTHER-HOST/..%2Flogin`; the page then runs `location.replace("//OTHER-HOST/..%2Flogin?…")`, a
+/// scheme-relative URL: a link on the site's own address sends the browser to any host. (Here the
+/// echo app at 127.0.0.1 stands for that host.)
+#[test]
+fn the_page_at_login_keeps_the_browser_on_the_site() {
+    let stack = pages_stack();
+    let site = stack.site("decoding").unwrap();
+    let other = format!("{}/", stack.echo_url());
+    let idp = format!("{}/", stack.issuer());
+    let other_authority = other.strip_prefix("http://").unwrap().trim_end_matches('/');
+    let link = site.url(&format!("//{other_authority}/..%2Flogin"));
+    // Envoy hands the filter `/login`: its page, not the app.
+    let page = harness::Browser::new()
+        .get_with(
+            &link,
+            &[
+                ("accept", harness::browser::HTML_ACCEPT),
+                ("sec-fetch-mode", "navigate"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("<title>Logging in</title>"),
+        "{}",
+        page.body
+    );
+
+    let driver = WebDriver::start(stack.dir()).unwrap();
+    driver.goto(&link).unwrap();
+    let at = driver
+        .wait_for_url(
+            |u| u.starts_with(&idp) || u.starts_with(&other),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    driver.quit().unwrap();
+    assert!(
+        at.starts_with(&idp),
+        "a link to {link} took the browser to another host: {at}"
+    );
+}
+
+/// With scripts off, the page at `/login` moves on to the IdP without the fragment (README: What each
+/// request gets).
+#[test]
+fn without_scripts_the_page_at_login_moves_on_without_the_fragment() {
+    let stack = pages_stack();
+    let site = stack.site("decoding").unwrap();
+    let driver = WebDriver::start_without_scripts(stack.dir()).unwrap();
+    driver.goto(&site.url("/app?x=1#/alerts")).unwrap();
+    let at = driver
+        .wait_for_url(
+            |u| u.starts_with(&format!("{}/", stack.issuer())),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    driver.quit().unwrap();
+    // The login attempt's `rd` is sealed in its cookie; that it went on is what the page promises.
+    assert!(
+        at.contains("/auth?") || at.contains("/interaction/"),
+        "{at}"
+    );
+}
+
+/// Another site's frame cannot show the `/logout` confirmation (README: the page may not be framed).
+#[test]
+fn another_sites_frame_cannot_show_the_logout_confirmation() {
+    let stack = pages_stack();
+    let site = stack.site("decoding").unwrap();
+    let logout = site.url("/logout");
+    let driver = WebDriver::start(stack.dir()).unwrap();
+    // A top-level visit first: the page itself shows (and has its button) when not framed.
+    driver
+        .goto(&format!("{}/elsewhere", stack.echo_url()))
+        .unwrap();
+    driver
+        .execute(
+            "const a = document.createElement('a'); a.href = arguments[0]; \
+             document.body.append(a); a.click();",
+            json!([logout]),
+        )
+        .unwrap();
+    assert_eq!(heading_at(&driver, &logout), "Log out?");
+
+    driver
+        .goto(&format!("{}/elsewhere", stack.echo_url()))
+        .unwrap();
+    driver
+        .execute(
+            "const f = document.createElement('iframe'); f.src = arguments[0]; \
+             document.body.append(f);",
+            json!([logout]),
+        )
+        .unwrap();
+    // Give the frame time to load (or be refused); then look inside it.
+    let mut inside = String::new();
+    harness::process::poll(Duration::from_secs(10), || {
+        driver.switch_to_frame(0)?;
+        inside = driver
+            .execute("return location.href", json!([]))?
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        driver.switch_to_top()?;
+        Ok((!inside.is_empty() && inside != "about:blank").then_some(()))
+    })
+    .unwrap();
+    driver.switch_to_frame(0).unwrap();
+    let buttons = driver.find_all("button").unwrap();
+    driver.switch_to_top().unwrap();
+    driver.quit().unwrap();
+    assert!(
+        buttons.is_empty(),
+        "the framed page has its button ({inside})"
+    );
+    assert_ne!(inside, logout, "the frame shows the confirmation page");
+}
