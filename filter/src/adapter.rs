@@ -254,9 +254,7 @@ impl Root {
                     log_info(&format!("oidc-filter: {}: {msg}", cfg.issuer));
                 }
                 if !was_ready && fetch == Fetch::Discovery {
-                    for note in state.provider.discovery_notes(cfg) {
-                        log_warn(&format!("oidc-filter: {}: {note}", cfg.issuer));
-                    }
+                    warn_discovery_notes(cfg, &state.provider);
                 }
             }
             Err(reason) => log_warn(&format!(
@@ -296,9 +294,7 @@ impl Root {
                                 cfg.issuer,
                                 p.jwks.len()
                             ));
-                            for note in provider.discovery_notes(cfg) {
-                                log_warn(&format!("oidc-filter: {}: {note}", cfg.issuer));
-                            }
+                            warn_discovery_notes(cfg, &provider);
                         }
                         State {
                             provider,
@@ -1127,6 +1123,14 @@ static CALL_FAILED: Throttle = Throttle::new(10, 1);
 /// Anyone can send failing callbacks, and an outage fails every expired session's requests.
 static CALLBACK_FAILED: Throttle = Throttle::new(1, 20);
 static REFRESH_FAILED: Throttle = Throttle::new(1, 20);
+
+/// What the discovery document says that makes logins likely to fail with `cfg`, when it loads or a
+/// new configuration takes it over.
+fn warn_discovery_notes(cfg: &Config, provider: &ProviderState) {
+    for note in provider.discovery_notes(cfg) {
+        log_warn(&format!("oidc-filter: {}: {note}", cfg.issuer));
+    }
+}
 
 fn log_info(msg: &str) {
     host::log(LogLevel::Info, msg);

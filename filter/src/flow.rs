@@ -718,17 +718,9 @@ fn session_ended_page(cfg: &Config, target: &str) -> Step {
          not received: log in, then send it again.</p><p><a href=\"{}\">Log in</a></p>\n",
         login_location(cfg, target)
     );
-    Step::Respond(Reply {
-        status: 401,
-        headers: vec![
-            ("www-authenticate", "Bearer".into()),
-            ("content-type", "text/html; charset=utf-8".into()),
-            ("cache-control", "no-store".into()),
-        ],
-        body: body.into(),
-        metric: Some(Metric::Unauthorized),
-        detail: None,
-    })
+    let mut r = html_page(401, body, Some(Metric::Unauthorized));
+    r.headers.push(("www-authenticate", "Bearer".into()));
+    Step::Respond(r)
 }
 
 /// `/login`: a fresh state, nonce and PKCE verifier, sealed into a cookie of their own, then off to the IdP.
@@ -832,16 +824,7 @@ fn read_fragment(cfg: &Config, rd: &str) -> Step {
         // `config::path` keeps quotes, `<` and `\` out of it.
         login = cfg.login_path
     );
-    Step::Respond(Reply {
-        status: 200,
-        headers: vec![
-            ("content-type", "text/html; charset=utf-8".into()),
-            ("cache-control", "no-store".into()),
-        ],
-        body: body.into(),
-        metric: None,
-        detail: None,
-    })
+    Step::Respond(html_page(200, body, None))
 }
 
 /// The IdP's redirect back: check state against its cookie, then exchange the code.
@@ -1045,18 +1028,12 @@ fn confirm_logout(cfg: &Config, h: &dyn Headers) -> Step {
         html_escape(&host),
         cfg.logout_path
     );
-    Step::Respond(Reply {
-        status: 200,
-        headers: vec![
-            ("content-type", "text/html; charset=utf-8".into()),
-            ("cache-control", "no-store".into()),
-            ("x-frame-options", "DENY".into()),
-            ("content-security-policy", "frame-ancestors 'none'".into()),
-        ],
-        body: body.into(),
-        metric: None,
-        detail: None,
-    })
+    let mut r = html_page(200, body, None);
+    r.headers.extend([
+        ("x-frame-options", "DENY".into()),
+        ("content-security-policy", "frame-ancestors 'none'".into()),
+    ]);
+    Step::Respond(r)
 }
 
 /// Resumes a paused request with the IdP's answer (`None`: it did not answer).
@@ -1755,20 +1732,11 @@ fn login_done(cfg: &Config, rd: &str) -> Step {
         return redirect(rd.to_string(), Some(Metric::LoginCompleted));
     }
     let rd = html_escape(rd);
-    Step::Respond(Reply {
-        status: 200,
-        headers: vec![
-            ("content-type", "text/html; charset=utf-8".into()),
-            ("cache-control", "no-store".into()),
-        ],
-        body: format!(
-            "<!doctype html><meta http-equiv=\"refresh\" content=\"0;url={rd}\"><title>Logged in</title>\
-             <p>Logged in. <a href=\"{rd}\">Continue</a>.</p>\n"
-        )
-        .into(),
-        metric: Some(Metric::LoginCompleted),
-        detail: None,
-    })
+    let body = format!(
+        "<!doctype html><meta http-equiv=\"refresh\" content=\"0;url={rd}\"><title>Logged in</title>\
+         <p>Logged in. <a href=\"{rd}\">Continue</a>.</p>\n"
+    );
+    Step::Respond(html_page(200, body, Some(Metric::LoginCompleted)))
 }
 
 fn redirect_uri(cfg: &Config, h: &dyn Headers) -> Option<String> {
@@ -1990,17 +1958,23 @@ fn error_page(
     let body = format!(
         "<!doctype html><title>Login failed</title><h1>Login failed</h1><p>{msg}</p><p><a href=\"{again}\">Start again</a></p>\n"
     );
-    let reply = Reply {
+    let mut reply = html_page(status, body, Some(Metric::CallbackFailed(reason)));
+    reply.detail = detail;
+    with_cookies(Step::Respond(reply), clear)
+}
+
+/// A page of the filter's own (never cached: each is about one browser's login or session).
+fn html_page(status: u16, body: String, metric: Option<Metric>) -> Reply {
+    Reply {
         status,
         headers: vec![
             ("content-type", "text/html; charset=utf-8".into()),
             ("cache-control", "no-store".into()),
         ],
         body: body.into(),
-        metric: Some(Metric::CallbackFailed(reason)),
-        detail,
-    };
-    with_cookies(Step::Respond(reply), clear)
+        metric,
+        detail: None,
+    }
 }
 
 /// Accessor used by tests and the adapter to check readiness without borrowing the state mutably.

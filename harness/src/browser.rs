@@ -272,6 +272,23 @@ impl Browser {
         }
     }
 
+    /// A new browser that [`Browser::login`]s `user` at `start_url`; fails unless the app then greets
+    /// them (`Hello, USER@example.com`, as the echo app does).
+    pub fn logged_in(start_url: &str, user: &str) -> Result<Browser> {
+        let b = Browser::new();
+        let done = b.login(start_url, user)?;
+        let greeting = format!("Hello, {user}@example.com");
+        if done.response.status != 200 || !done.response.body.contains(&greeting) {
+            bail!(
+                "{user} is not logged in at {start_url}: {} {}\n{}",
+                done.response.status,
+                done.response.body,
+                describe_chain(&done.chain)
+            );
+        }
+        Ok(b)
+    }
+
     /// Logs `user` in from an app URL: follows the redirects into the IdP, fills the login form
     /// (`login` = user, any password), submits any further IdP form (consent), and follows back
     /// through the callback. Returns the first page that is not an IdP form, and the whole chain.
@@ -424,6 +441,13 @@ impl Response {
     /// Whether the status is a redirect (301, 302, 303, 307, 308).
     pub fn is_redirect(&self) -> bool {
         matches!(self.status, 301 | 302 | 303 | 307 | 308)
+    }
+
+    /// The `Authorization` the echo app reports it received (it answers API clients with JSON).
+    pub fn upstream_authorization(&self) -> Option<String> {
+        self.json().ok()?["headers"]["authorization"]
+            .as_str()
+            .map(str::to_string)
     }
 
     /// The body as JSON.

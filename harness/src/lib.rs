@@ -42,6 +42,13 @@ pub const COOKIE_KEYS_ENV: &str = "OIDC_COOKIE_KEYS";
 pub const DEFAULT_CALLBACK_PATH: &str = "/oauth2/callback";
 
 /// The workspace root (the parent of `harness/`).
+/// Seconds since the Unix epoch, as the filter's clock and the tokens count them.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().unwrap_or(manifest).to_path_buf()
@@ -818,6 +825,15 @@ impl Stack {
     /// Counters and gauges from Envoy's `/stats`.
     pub fn envoy_stats(&self) -> Result<HashMap<String, u64>> {
         self.envoy.stats()
+    }
+
+    /// The filter's counter `name` (`wasmcustom.oidc_filter.NAME`), 0 until it first counts.
+    pub fn filter_stat(&self, name: &str) -> Result<u64> {
+        let stats = self.envoy.stats()?;
+        Ok(stats
+            .get(&format!("wasmcustom.oidc_filter.{name}"))
+            .copied()
+            .unwrap_or(0))
     }
 
     /// Envoy's log so far.

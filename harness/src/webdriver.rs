@@ -232,6 +232,15 @@ impl WebDriver {
         self.post("/execute/sync", json!({ "script": script, "args": args }))
     }
 
+    /// At the test IdP's login form (oidc-provider's: `login`, `password`, a submit button), logs in
+    /// as `user` with any password; waits up to `timeout` for the form.
+    pub fn log_in_at_idp(&self, user: &str, timeout: Duration) -> Result<()> {
+        let login = self.wait_for("input[name=login]", timeout)?;
+        self.send_keys(&login, user)?;
+        self.send_keys(&self.find("input[name=password]")?, "any")?;
+        self.click(&self.find("button[type=submit]")?)
+    }
+
     /// Makes the current page's frame number `index` the context of the following commands.
     pub fn switch_to_frame(&self, index: u32) -> Result<()> {
         self.post("/frame", json!({ "id": index }))?;

@@ -12,13 +12,13 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use harness::browser::{form_urlencode, query_param};
 use harness::idp::{Forge, forge_id_token};
 use harness::sealed;
-use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec};
+use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec, unix_now};
 use oidc_filter::secret::Secret;
 use oidc_filter::session::{self, Keys, LoginState, Session};
 use serde_json::{Value, json};
@@ -75,13 +75,6 @@ impl Drop for TokenEndpoint {
 
 fn url(site: &str, path: &str) -> String {
     stack().site(site).unwrap().url(path)
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 fn enc(s: &str) -> String {
@@ -182,17 +175,7 @@ fn assert_login_failed(resp: &Response, status: u16, says: &str) {
 
 /// A browser logged in as `user` on `site` through the real IdP (caller holds `idp_lock`).
 fn logged_in(site: &str, user: &str) -> Browser {
-    let b = Browser::new();
-    let done = b.login(&url(site, "/"), user).unwrap();
-    assert_eq!(done.response.status, 200, "{:?}", done.chain);
-    assert!(
-        done.response
-            .body
-            .contains(&format!("Hello, {user}@example.com")),
-        "{}",
-        done.response.body
-    );
-    b
+    Browser::logged_in(&url(site, "/"), user).unwrap()
 }
 
 /// The echo app's `authorization` for a request carrying `cookie`, as an API client.
@@ -269,7 +252,7 @@ fn through_idp(b: &Browser, authorize: &str, user: &str) -> Response {
 
 /// Claims the filter accepts for this login (signed with the IdP's key they log in `mallory`).
 fn good_claims(site: &str, nonce: &str) -> Value {
-    let now = now();
+    let now = unix_now();
     json!({
         "iss": stack().issuer(),
         "aud": stack().site(site).unwrap().client_id,
@@ -501,7 +484,7 @@ fn expired_sessions_are_anonymous_even_when_well_sealed() {
     let _idp = idp_lock();
     let b = logged_in(APP, "alice");
     let mut s = open_session(&session_cookies(&b));
-    s.expires_at = now() - 1;
+    s.expires_at = unix_now() - 1;
     assert_filter_401(
         &api()
             .get_with(&url(APP, "/x"), &[("cookie", &seal(&s))])
@@ -509,7 +492,7 @@ fn expired_sessions_are_anonymous_even_when_well_sealed() {
     );
     // A token past its expiry with no way to refresh it.
     let mut s = open_session(&session_cookies(&b));
-    s.token_expires_at = now() - 1;
+    s.token_expires_at = unix_now() - 1;
     s.refresh_token = None;
     assert_filter_401(
         &api()
@@ -518,7 +501,7 @@ fn expired_sessions_are_anonymous_even_when_well_sealed() {
     );
     // A token past its expiry whose refresh token the IdP refuses: no session either.
     let mut s = open_session(&session_cookies(&b));
-    s.token_expires_at = now() - 1;
+    s.token_expires_at = unix_now() - 1;
     s.refresh_token = Some(Secret::new("not-a-refresh-token"));
     assert_filter_401(
         &api()
@@ -592,7 +575,7 @@ fn values_swapped_between_cookie_names_do_not_open() {
         nonce: Secret::new(login.nonce.clone()),
         verifier: Secret::new("v".repeat(43)),
         rd: "/".into(),
-        expires_at: now() + 600,
+        expires_at: unix_now() + 600,
     };
     let under_session_name = keys().seal(COOKIE, &plain.encode(), random24());
     let resp = Browser::new()
@@ -832,7 +815,7 @@ fn id_token_whose_azp_is_another_client_is_refused() {
 #[test]
 fn expired_and_not_yet_valid_id_tokens_are_refused() {
     let _idp = idp_lock();
-    let now = now();
+    let now = unix_now();
     refused_token(
         Forge::Rs256,
         json!({}),
@@ -1368,7 +1351,7 @@ fn a_client_token_without_a_session_is_judged_by_jwt_authn_not_trusted() {
         (Forge::Hs256PublicKey, json!({})),
         (Forge::OtherKey, json!({})),
         (Forge::Rs256, json!({"aud": BARE})),
-        (Forge::Rs256, json!({"exp": now() - 600})),
+        (Forge::Rs256, json!({"exp": unix_now() - 600})),
     ] {
         let mut c = claims.clone();
         harness::merge_json(&mut c, &patch);
@@ -1716,7 +1699,7 @@ fn envoy_oauth2_refresh_happens_once_and_the_renewed_cookie_sticks() {
     // refreshed again. Here a session due for refresh is renewed once, and the new cookie is used.
     let b = logged_in(APP, "alice");
     let mut s = open_session(&session_cookies(&b));
-    s.token_expires_at = now() + 30;
+    s.token_expires_at = unix_now() + 30;
     let due = seal(&s);
     let before = stat("wasmcustom.oidc_filter.refreshes");
     let resp = api()
@@ -1731,7 +1714,7 @@ fn envoy_oauth2_refresh_happens_once_and_the_renewed_cookie_sticks() {
         .collect();
     assert!(!renewed.is_empty(), "{:?}", resp.set_cookies());
     let renewed = renewed.join("; ");
-    assert!(open_session(&renewed).token_expires_at > now() + 600);
+    assert!(open_session(&renewed).token_expires_at > unix_now() + 600);
     // Envoy issue #30053: the cookie lives as long as the session, not as long as the token.
     let lines: Vec<String> = resp.set_cookies().iter().map(|c| c.to_string()).collect();
     let max_age = resp_max_age(&lines).unwrap();

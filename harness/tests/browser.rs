@@ -108,17 +108,7 @@ fn chromium_logs_in_through_the_filter_and_stays_logged_in() {
 fn logout_from_another_site_asks_first(stack: &Stack, driver: &WebDriver, app: &str) {
     let site = stack.site("web").unwrap();
     let logout = site.url("/logout");
-    // Follows a link to /logout from a page of `origin`, as a user's click would.
-    let click_logout_on = |page: &str| {
-        driver.goto(page).unwrap();
-        driver
-            .execute(
-                "const a = document.createElement('a'); a.href = arguments[0]; \
-                 document.body.append(a); a.click();",
-                json!([logout]),
-            )
-            .unwrap();
-    };
+    let click_logout_on = |page: &str| click_link_on(driver, page, &logout);
     let elsewhere = format!("{}/elsewhere", stack.echo_url());
     let session_cookie = || {
         // The bypass path shows the site's cookies without a login.
@@ -174,17 +164,23 @@ fn logout_from_another_site_asks_first(stack: &Stack, driver: &WebDriver, app: &
 /// At the IdP's login form (where the app sent the browser), logs in as alice; asserts the browser
 /// lands back on `app`, logged in.
 fn log_in_as_alice(driver: &WebDriver, app: &str) {
-    let login = driver
-        .wait_for("input[name=login]", Duration::from_secs(10))
-        .unwrap();
-    driver.send_keys(&login, "alice").unwrap();
     driver
-        .send_keys(&driver.find("input[name=password]").unwrap(), "any")
-        .unwrap();
-    driver
-        .click(&driver.find("button[type=submit]").unwrap())
+        .log_in_at_idp("alice", Duration::from_secs(10))
         .unwrap();
     assert_eq!(heading_at(driver, app), "Hello, alice@example.com");
+}
+
+/// Opens `page` and follows a link on it to `href`, as a user's click would (the request then says
+/// which site it came from).
+fn click_link_on(driver: &WebDriver, page: &str, href: &str) {
+    driver.goto(page).unwrap();
+    driver
+        .execute(
+            "const a = document.createElement('a'); a.href = arguments[0]; \
+             document.body.append(a); a.click();",
+            json!([href]),
+        )
+        .unwrap();
 }
 
 /// Waits for the browser to be at `url`, and returns the page's `h1`.
@@ -290,16 +286,7 @@ fn another_sites_frame_cannot_show_the_logout_confirmation() {
     let logout = site.url("/logout");
     let driver = WebDriver::start(stack.dir()).unwrap();
     // A top-level visit first: the page itself shows (and has its button) when not framed.
-    driver
-        .goto(&format!("{}/elsewhere", stack.echo_url()))
-        .unwrap();
-    driver
-        .execute(
-            "const a = document.createElement('a'); a.href = arguments[0]; \
-             document.body.append(a); a.click();",
-            json!([logout]),
-        )
-        .unwrap();
+    click_link_on(&driver, &format!("{}/elsewhere", stack.echo_url()), &logout);
     assert_eq!(heading_at(&driver, &logout), "Log out?");
 
     driver

@@ -7,17 +7,16 @@
 
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use harness::sealed;
-use harness::{Browser, Response, SiteSpec, Stack, StackSpec};
+use harness::{Browser, Response, SiteSpec, Stack, StackSpec, unix_now};
 use oidc_filter::session::{self, Session};
 use serde_json::json;
 
 const SITE: &str = "app";
 const COOKIE: &str = "_oidc_session";
 const HOST: &str = "localhost";
-const STAT: &str = "wasmcustom.oidc_filter.";
 
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
@@ -40,25 +39,11 @@ fn url(path: &str) -> String {
 }
 
 fn stat(name: &str) -> u64 {
-    stack()
-        .envoy_stats()
-        .unwrap()
-        .get(&format!("{STAT}{name}"))
-        .copied()
-        .unwrap_or(0)
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    stack().filter_stat(name).unwrap()
 }
 
 fn bearer(r: &Response) -> Option<String> {
-    r.json().ok()?["headers"]["authorization"]
-        .as_str()
-        .map(str::to_string)
+    r.upstream_authorization()
 }
 
 /// `Set-Cookie` lines of `r` that store a session, as a `Cookie` header value.
@@ -150,7 +135,7 @@ fn a_burst_on_expired_sessions_refreshes_each_once_and_logs_nobody_out() {
             b.login(&url("/"), &format!("burst{i}")).unwrap();
             let live = session_cookies(&b);
             let mut s = open_session(&live);
-            s.token_expires_at = now() - 1;
+            s.token_expires_at = unix_now() - 1;
             (seal(&s), format!("Bearer {}", s.id_token.expose()))
         })
         .collect();

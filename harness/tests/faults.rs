@@ -15,12 +15,12 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use harness::browser::{form_urlencode, query_param};
 use harness::sealed;
-use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec};
+use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec, unix_now};
 use oidc_filter::session::{self, Session};
 use serde_json::{Value, json};
 
@@ -28,7 +28,6 @@ const APP: &str = "app";
 const BARE: &str = "bare";
 const COOKIE: &str = "_oidc_session";
 const HOST: &str = "localhost";
-const STAT: &str = "wasmcustom.oidc_filter.";
 
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
@@ -75,34 +74,12 @@ fn url(site: &str, path: &str) -> String {
     stack().site(site).unwrap().url(path)
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn stat(name: &str) -> u64 {
-    stack()
-        .envoy_stats()
-        .unwrap()
-        .get(&format!("{STAT}{name}"))
-        .copied()
-        .unwrap_or(0)
+    stack().filter_stat(name).unwrap()
 }
 
 fn logged_in(site: &str, user: &str) -> Browser {
-    let b = Browser::new();
-    let done = b.login(&url(site, "/"), user).unwrap();
-    assert_eq!(done.response.status, 200, "{:?}", done.chain);
-    assert!(
-        done.response
-            .body
-            .contains(&format!("Hello, {user}@example.com")),
-        "{}",
-        done.response.body
-    );
-    b
+    Browser::logged_in(&url(site, "/"), user).unwrap()
 }
 
 /// A request with `cookie` as an API client (`accept: application/json`) or a browser.
@@ -119,9 +96,7 @@ fn get(site: &str, cookie: &str, browser: bool) -> Response {
 
 /// The `authorization` the echo app received, if the request reached it.
 fn bearer(r: &Response) -> Option<String> {
-    r.json().ok()?["headers"]["authorization"]
-        .as_str()
-        .map(str::to_string)
+    r.upstream_authorization()
 }
 
 /// `Set-Cookie` lines that clear one of the session's cookies.
@@ -315,8 +290,8 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
     let b = logged_in(APP, "alice");
     let live = session_cookies(&b);
     let token = open_session(&live).id_token;
-    let due = with_token_expiring_at(&b, now() + 30);
-    let expired = with_token_expiring_at(&b, now() - 1);
+    let due = with_token_expiring_at(&b, unix_now() + 30);
+    let expired = with_token_expiring_at(&b, unix_now() - 1);
     let failures = stat("refresh_failures");
     // jwt_authn fetches the IdP's keys on first use, once per worker: have it do so on both before
     // the IdP goes away (Istio inlines them instead).
@@ -387,7 +362,7 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
 
     // The IdP refuses the refresh token in its own words (Dex answers a spent one `400
     // invalid_request`): no outage to wait out, the session ends and the browser logs in again.
-    let refused = with_token_expiring_at(&b, now() - 1);
+    let refused = with_token_expiring_at(&b, unix_now() - 1);
     let why = r#"{"error":"invalid_request","error_description":"Refresh token is invalid"}"#;
     let _refuse = Fault::set(Mode::respond_for("/token", 400, "application/json", why));
     let r = get(APP, &refused, true);
@@ -409,7 +384,7 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
 fn a_client_that_leaves_during_its_refresh_holds_up_nobody() {
     let _idp = idp_lock();
     let b = logged_in(BARE, "alice");
-    let expired = with_token_expiring_at(&b, now() - 1);
+    let expired = with_token_expiring_at(&b, unix_now() - 1);
     let hang = Fault::set(Mode::Hang);
     let claimed = Instant::now();
     {

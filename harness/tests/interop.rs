@@ -19,13 +19,13 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use harness::browser::{describe_chain, query_param};
 use harness::envoy::cluster_name;
 use harness::idp::{ClientAuth, idp_dir, jwt_payload, node_bin, token_request};
 use harness::process::{self, Process};
-use harness::{Browser, Followed, HostSpec, Response, SiteSpec, Stack, StackSpec};
+use harness::{Browser, Followed, HostSpec, Response, SiteSpec, Stack, StackSpec, unix_now};
 use serde_json::{Value, json};
 
 const SITE: &str = "interop";
@@ -338,13 +338,6 @@ fn jwt_header(jwt: &str) -> Value {
     .unwrap()
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 // --- the login ---
 
 #[test]
@@ -490,7 +483,7 @@ fn a_due_token_is_refreshed_at_the_mock_before_it_expires() {
         assert_eq!(r.status, 200, "{}", r.body);
         let token = bearer(&r.json().unwrap());
         let exp = jwt_payload(&token).unwrap()["exp"].as_u64().unwrap();
-        assert!(exp > now(), "the app got an expired token");
+        assert!(exp > unix_now(), "the app got an expired token");
         std::thread::sleep(Duration::from_millis(250));
         Ok((token != first).then_some((token, r)))
     })
@@ -696,7 +689,7 @@ fn forwarding_an_access_token_that_names_the_client_works() {
     let renewed = process::poll(Duration::from_secs(3 * SHORT_TTL), || {
         let now_token = bearer(&echo(&b, &start));
         let exp = jwt_payload(&now_token).unwrap()["exp"].as_u64().unwrap();
-        assert!(exp > now(), "the app got an expired token");
+        assert!(exp > unix_now(), "the app got an expired token");
         std::thread::sleep(Duration::from_millis(250));
         Ok((now_token != token).then_some(now_token))
     })

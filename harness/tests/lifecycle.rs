@@ -13,11 +13,11 @@
 
 use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use harness::browser::{Form, HTML_ACCEPT, forms, query_param};
 use harness::process::poll;
-use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec, merge_json, sealed};
+use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec, merge_json, sealed, unix_now};
 use oidc_filter::session::{self, Keys};
 use serde_json::{Value, json};
 
@@ -37,7 +37,6 @@ const BACKCHANNEL: &str = "/oauth2/backchannel-logout";
 
 const HOST: &str = "localhost";
 const COOKIE: &str = "_oidc_session";
-const STAT: &str = "wasmcustom.oidc_filter.";
 /// A second cookie key (base64url of 32 bytes), for the rotation.
 const KEY_B: &str = "bGlmZWN5Y2xlLXJvdGF0aW9uLWtleS1iLTAwMDAwMDA";
 /// 16 bytes: refused (`cookie_keys` needs at least 32).
@@ -112,20 +111,8 @@ fn url(site: &str, path: &str) -> String {
     stack().site(site).unwrap().url(path)
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn stat(name: &str) -> u64 {
-    stack()
-        .envoy_stats()
-        .unwrap()
-        .get(&format!("{STAT}{name}"))
-        .copied()
-        .unwrap_or(0)
+    stack().filter_stat(name).unwrap()
 }
 
 /// The site's configuration at start with `patch` merged in.
@@ -233,17 +220,7 @@ fn log_in_at_idp(b: &Browser, site: &str, form: &Form, user: &str) -> String {
 }
 
 fn logged_in(site: &str, user: &str) -> Browser {
-    let b = Browser::new();
-    let done = b.login(&url(site, "/"), user).unwrap();
-    assert_eq!(done.response.status, 200, "{:?}", done.chain);
-    assert!(
-        done.response
-            .body
-            .contains(&format!("Hello, {user}@example.com")),
-        "{}",
-        done.response.body
-    );
-    b
+    Browser::logged_in(&url(site, "/"), user).unwrap()
 }
 
 fn session_cookies(b: &Browser) -> String {
@@ -554,7 +531,7 @@ fn b64url(s: &str) -> Vec<u8> {
 /// IdP's real refresh token.
 fn expired_session(b: &Browser) -> String {
     let mut s = sealed::open_session(&session_cookies(b)).unwrap();
-    s.token_expires_at = now() - 1;
+    s.token_expires_at = unix_now() - 1;
     sealed::seal(&s).unwrap()
 }
 

@@ -9,13 +9,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use harness::browser::query_param;
 use harness::idp::{Forge, forge_id_token};
 use harness::sealed;
-use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec};
+use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec, unix_now};
 use oidc_filter::secret::Secret;
 use oidc_filter::session::{Keys, LoginState, Session};
 use serde_json::json;
@@ -23,13 +23,6 @@ use serde_json::json;
 const SITE: &str = "app";
 const COOKIE: &str = "_oidc_session";
 const HOST: &str = "localhost";
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// Everything secret one login attempt produced.
 struct Attempt {
@@ -145,7 +138,7 @@ fn no_secret_reaches_envoys_log_at_trace_level() {
 
     // A refresh (the IdP rotates the refresh token), then the old refresh token once more: refused.
     let mut due = s.clone();
-    due.token_expires_at = now() + 30;
+    due.token_expires_at = unix_now() + 30;
     let due = seal(&due);
     secrets.push(due.clone());
     std::thread::sleep(Duration::from_millis(1100));
@@ -163,7 +156,7 @@ fn no_secret_reaches_envoys_log_at_trace_level() {
     secrets.push(fresh.id_token.expose().to_string());
     secrets.push(fresh.refresh_token.as_ref().unwrap().expose().to_string());
     let mut stale = s.clone();
-    stale.token_expires_at = now() - 1;
+    stale.token_expires_at = unix_now() - 1;
     stale.refresh_token = Some(Secret::new("rt-made-up-and-secret-0123456789"));
     let stale = seal(&stale);
     secrets.push("rt-made-up-and-secret-0123456789".into());
@@ -203,7 +196,7 @@ fn no_secret_reaches_envoys_log_at_trace_level() {
     let jwks = stack.idp_jwks_file().unwrap().to_path_buf();
     let claims = |nonce: &str| {
         json!({"iss": stack.issuer(), "aud": site.client_id, "sub": "mallory", "nonce": nonce,
-               "iat": now(), "exp": now() + 300})
+               "iat": unix_now(), "exp": unix_now() + 300})
     };
     let answers: Vec<(u16, String)> = vec![
         (

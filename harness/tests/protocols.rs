@@ -680,15 +680,8 @@ fn chromium_session(driver: &WebDriver) -> String {
 
 /// At the IdP's login form, logs in as alice; asserts Chromium lands back on `app`, logged in.
 fn log_in_as_alice(driver: &WebDriver, app: &str) {
-    let login = driver
-        .wait_for("input[name=login]", Duration::from_secs(15))
-        .unwrap();
-    driver.send_keys(&login, "alice").unwrap();
     driver
-        .send_keys(&driver.find("input[name=password]").unwrap(), "any")
-        .unwrap();
-    driver
-        .click(&driver.find("button[type=submit]").unwrap())
+        .log_in_at_idp("alice", Duration::from_secs(15))
         .unwrap();
     driver
         .wait_for_url(|u| u == app, Duration::from_secs(15))
