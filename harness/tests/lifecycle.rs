@@ -640,7 +640,10 @@ fn a_refresh_the_idp_never_answers_across_a_change_fails_closed() {
     assert!(bearer(&r).is_none());
     assert!(!clears_session(&r), "{:?}", r.set_cookies());
     assert!(
-        took >= CALLOUT_TIMEOUT && took < CALLOUT_TIMEOUT + Duration::from_secs(3),
+        // Envoy's timer may fire a millisecond early (3.9989 s seen once): the slack e2e.rs and
+        // faults.rs give theirs.
+        took >= CALLOUT_TIMEOUT - Duration::from_millis(100)
+            && took < CALLOUT_TIMEOUT + Duration::from_secs(3),
         "answered after {took:?}"
     );
     drop(hang);
