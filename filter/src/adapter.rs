@@ -972,12 +972,21 @@ fn apply(
                 let sep = if detail.is_empty() { "" } else { ": " };
                 format!("oidc-filter: {what}, answered {}{sep}{detail}", r.status)
             };
+            // A 5xx is the IdP's or the deployment's failure (a client secret it refuses, an ID token
+            // for another client id, a clock out of step, no answer): at warning, which istio-proxy logs
+            // by default. A 4xx is the request's own (anyone can send a bad callback; a user logged out
+            // at the IdP has a refresh refused): at info.
+            let level = if r.status >= 500 {
+                LogLevel::Warn
+            } else {
+                LogLevel::Info
+            };
             match r.metric {
-                Some(Metric::CallbackFailed(f)) => CALLBACK_FAILED.log(LogLevel::Info, || {
+                Some(Metric::CallbackFailed(f)) => CALLBACK_FAILED.log(level, || {
                     line(&format!("login callback failed ({})", f.name()))
                 }),
                 Some(Metric::RefreshFailed) => {
-                    REFRESH_FAILED.log(LogLevel::Info, || line("token refresh failed"));
+                    REFRESH_FAILED.log(level, || line("token refresh failed"));
                 }
                 _ => {}
             }

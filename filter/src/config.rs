@@ -1177,19 +1177,8 @@ fn authorization_params_from(
     params: Option<Vec<(String, String)>>,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     const FIELD: &str = "authorization_params";
-    const OURS: [&str; 11] = [
-        "response_type",
-        "response_mode",
-        "client_id",
-        "redirect_uri",
-        "scope",
-        "state",
-        "nonce",
-        "code_challenge",
-        "code_challenge_method",
-        "request",
-        "request_uri",
-    ];
+    // With the filter's own, those that change how the answer comes back.
+    const ALSO: [&str; 3] = ["response_mode", "request", "request_uri"];
     let params = params.unwrap_or_default();
     if params.len() > 16 {
         return Err(err(FIELD, "at most 16 parameters"));
@@ -1201,7 +1190,11 @@ fn authorization_params_from(
                 "names of 1 to 64 characters, values of at most 1024",
             ));
         }
-        if OURS.contains(&k.as_str()) {
+        if crate::flow::AUTHORIZATION_PARAMS
+            .iter()
+            .chain(&ALSO)
+            .any(|p| p == k)
+        {
             return Err(err(FIELD, format!("`{k}` is the filter's to set")));
         }
     }

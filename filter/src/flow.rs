@@ -777,18 +777,20 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
 
     let mut url = provider.meta.authorization_endpoint.clone();
     let challenge = pkce::s256_challenge(login.verifier.expose());
-    for (k, v) in [
-        ("response_type", "code"),
-        ("client_id", &cfg.client_id),
-        ("redirect_uri", &redirect_uri),
-        ("scope", &cfg.scopes),
-        ("state", login.state.expose()),
-        ("nonce", login.nonce.expose()),
-        ("code_challenge", &challenge),
-        ("code_challenge_method", "S256"),
-    ]
-    .into_iter()
-    .chain(cfg.authorization_params.iter().map(|(k, v)| (&**k, &**v)))
+    let values = [
+        "code",
+        &cfg.client_id,
+        &redirect_uri,
+        &cfg.scopes,
+        login.state.expose(),
+        login.nonce.expose(),
+        &challenge,
+        "S256",
+    ];
+    for (k, v) in AUTHORIZATION_PARAMS
+        .into_iter()
+        .zip(values)
+        .chain(cfg.authorization_params.iter().map(|(k, v)| (&**k, &**v)))
     {
         url.append_query_pair(k, v);
     }
@@ -801,6 +803,19 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
 
 /// The parameter that `read_fragment`'s page adds to `/login`: the fragment, if any, is in `rd` now.
 const FRAGMENT_READ: &str = "fragment_read";
+
+/// The parameters of the authorization request the filter sets itself, in the order it sends them
+/// (`authorization_params` may not name them).
+pub const AUTHORIZATION_PARAMS: [&str; 8] = [
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+];
 
 /// A browser brings the fragment of the page it asked for (`/app#/alerts`, Kibana's `#/?_g=…`) along the
 /// redirects to `/login`, but never sends it, and loses it at the IdP's login form. So `/login` first

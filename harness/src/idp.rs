@@ -163,23 +163,37 @@ impl EchoApp {
 /// Starts one of our node programs and waits for its port. A start that announces nothing in time is
 /// killed and tried once more: on a loaded 2-core machine a node start has been seen to stall silently.
 fn start_node(name: &str, dir: &Path, args: impl Fn(&mut Command)) -> Result<(Process, u16)> {
+    start_node_within(name, dir, START_TIMEOUT, args)
+}
+
+fn start_node_within(
+    name: &str,
+    dir: &Path,
+    timeout: Duration,
+    args: impl Fn(&mut Command),
+) -> Result<(Process, u16)> {
     let mut last = None;
     for _ in 0..2 {
         let mut cmd = Command::new(node_bin());
         args(&mut cmd);
         let mut process =
             Process::spawn_with_handshake(name, cmd, &dir.join(format!("{name}.log")))?;
-        match process.wait_for_port(START_TIMEOUT) {
+        match process.wait_for_port(timeout) {
             Ok(port) => return Ok((process, port)),
             Err(e) => {
-                let note = format!("{name}: {e:#}; starting it again");
-                eprintln!("{note}");
-                // Also in its log, where a run that passed after the second start still shows it.
+                eprintln!("{name}: {e:#}; starting it again");
+                // Also in its log, where a run that passed after the second start still shows it: the
+                // error's first line only. The rest is the log's own last lines, and written back into
+                // the log they would count as the program's lines twice (a test that counts the IdP's
+                // `GET /jwks` lines saw six fetches too many).
+                let what = e.to_string();
+                let what = what.lines().next().unwrap_or_default();
                 let _ = fs::OpenOptions::new()
                     .append(true)
                     .open(dir.join(format!("{name}.log")))
                     .and_then(|mut f| {
-                        std::io::Write::write_all(&mut f, format!("harness: {note}\n").as_bytes())
+                        let note = format!("harness: {what}; starting it again\n");
+                        std::io::Write::write_all(&mut f, note.as_bytes())
                     });
                 last = Some(e);
             }
@@ -310,4 +324,34 @@ pub fn forge_id_token(
         bail!("forge.mjs failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A start that stalls is noted in the program's log, and the log still holds each of the
+    /// program's lines once per start: tests count the IdP's requests in it.
+    #[test]
+    fn a_stalled_start_is_noted_without_copying_the_log() {
+        let dir = crate::target_dir()
+            .join("e2e")
+            .join("harness-stalled-start");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let started = start_node_within("stall", &dir, Duration::from_millis(1500), |cmd| {
+            // Writes a request line to its log, then never announces a port.
+            cmd.args([
+                "-e",
+                "process.stderr.write('GET /jwks 200 0ms\\n'); setInterval(() => {}, 1000)",
+            ]);
+        });
+        let e = started
+            .err()
+            .expect("a program that announces no port must not start");
+        assert!(format!("{e:#}").contains("no port announced"), "{e:#}");
+        let log = fs::read_to_string(dir.join("stall.log")).unwrap();
+        assert_eq!(log.matches("GET /jwks ").count(), 2, "{log}");
+        assert_eq!(log.matches("; starting it again").count(), 2, "{log}");
+    }
 }

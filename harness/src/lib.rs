@@ -41,7 +41,6 @@ pub const COOKIE_KEYS_ENV: &str = "OIDC_COOKIE_KEYS";
 /// The filter's default callback path, for the IdP's `redirect_uris`.
 pub const DEFAULT_CALLBACK_PATH: &str = "/oauth2/callback";
 
-/// The workspace root (the parent of `harness/`).
 /// Seconds since the Unix epoch, as the filter's clock and the tokens count them.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -49,6 +48,30 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The test binary's hold on its stack's IdP and fault proxy. Tests that reach the IdP (a login, a
+/// refresh) hold it shared, so they run side by side; a test that changes what the IdP or its proxy
+/// does (a fault, a restart, new keys), or that counts Envoy-wide counters exactly, holds it
+/// exclusively (where a suite counts so, every test that sends requests through the filter holds
+/// it, so that the counters move by the exclusive test's requests alone). One hold per process, so
+/// per test binary: each binary has a stack of its own. A test that fails while holding it does not
+/// poison it for the others.
+pub mod idp_hold {
+    use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+    static HOLD: RwLock<()> = RwLock::new(());
+
+    /// Shared with the other tests that only use the IdP as it is.
+    pub fn shared() -> RwLockReadGuard<'static, ()> {
+        HOLD.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This test alone.
+    pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
+        HOLD.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The workspace root (the parent of `harness/`).
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().unwrap_or(manifest).to_path_buf()
@@ -311,6 +334,9 @@ pub struct SiteSpec {
     /// Clusters the site's filter may name in `idp_cluster` that lead elsewhere than their issuer
     /// (see [`envoy::EnvoySite::clusters`]).
     pub clusters: Vec<(String, SocketAddr)>,
+    /// Appended to the stack's issuer in this site's filter configuration, e.g. `/`: an issuer that
+    /// differs from the one the IdP's discovery document names (empty: the IdP's own).
+    pub issuer_suffix: String,
 }
 
 impl SiteSpec {
@@ -328,6 +354,7 @@ impl SiteSpec {
             ecds: false,
             hcm_overrides: Value::Null,
             clusters: Vec::new(),
+            issuer_suffix: String::new(),
         }
     }
 
@@ -553,7 +580,8 @@ impl Stack {
         let mut env = vec![(COOKIE_KEYS_ENV.to_string(), spec.cookie_keys.clone())];
         let mut envoy_sites = Vec::new();
         for (i, s) in spec.sites.iter().enumerate() {
-            let mut filter_config = default_filter_config(&issuer, &s.client_id, &s.name)?;
+            let site_issuer = format!("{issuer}{}", s.issuer_suffix);
+            let mut filter_config = default_filter_config(&site_issuer, &s.client_id, &s.name)?;
             merge_json(&mut filter_config, &s.filter_overrides);
             env.push((client_secret_env(&s.name), s.client_secret.clone()));
             if !s.hosts.is_empty() {

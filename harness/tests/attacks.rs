@@ -11,12 +11,13 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use harness::browser::{form_urlencode, query_param};
 use harness::idp::{Forge, forge_id_token};
+use harness::idp_hold;
 use harness::sealed;
 use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec, unix_now};
 use oidc_filter::secret::Secret;
@@ -46,13 +47,6 @@ fn stack() -> &'static Stack {
         }
         stack
     })
-}
-
-/// Held by every test that goes through the IdP, so that a test making the proxy answer for the
-/// token endpoint cannot break the others.
-fn idp_lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Makes the proxy answer the token endpoint until dropped.
@@ -385,7 +379,7 @@ fn stat(name: &str) -> u64 {
 
 #[test]
 fn a_real_session_reaches_the_app_with_its_token_which_is_the_control_for_every_cookie_attack() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = logged_in(APP, "alice");
     let cookie = session_cookies(&b);
     let s = open_session(&cookie);
@@ -429,7 +423,7 @@ fn forged_session_cookies_are_anonymous_and_get_cleared() {
 
 #[test]
 fn truncated_and_bit_flipped_session_cookies_are_anonymous() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = logged_in(APP, "alice");
     let cookie = session_cookies(&b);
     let value = cookie.split_once('=').unwrap().1.to_string();
@@ -455,7 +449,7 @@ fn truncated_and_bit_flipped_session_cookies_are_anonymous() {
 
 #[test]
 fn re_encoded_session_cookies_are_anonymous() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = logged_in(APP, "alice");
     let cookie = session_cookies(&b);
     let sealed = session::join(&cookie, COOKIE).unwrap().unwrap();
@@ -481,7 +475,7 @@ fn re_encoded_session_cookies_are_anonymous() {
 
 #[test]
 fn expired_sessions_are_anonymous_even_when_well_sealed() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = logged_in(APP, "alice");
     let mut s = open_session(&session_cookies(&b));
     s.expires_at = unix_now() - 1;
@@ -512,7 +506,7 @@ fn expired_sessions_are_anonymous_even_when_well_sealed() {
 
 #[test]
 fn sessions_sealed_with_another_key_are_anonymous() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = logged_in(APP, "alice");
     let s = open_session(&session_cookies(&b));
     let other = Keys::new(&[b"another key of at least 32 bytes!!".to_vec()]).unwrap();
@@ -532,7 +526,7 @@ fn sessions_sealed_with_another_key_are_anonymous() {
 
 #[test]
 fn values_swapped_between_cookie_names_do_not_open() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     // A login cookie presented as the session cookie.
     let b = Browser::new();
     let login = start_login(&b, APP, "/");
@@ -595,7 +589,7 @@ fn values_swapped_between_cookie_names_do_not_open() {
 
 #[test]
 fn a_session_of_another_client_does_not_open_even_under_the_same_key_and_name() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     // Two plugins sharing cookie keys and the default cookie name (one Secret mounted for both):
     // a session of `app`'s client presented to `bare` is not a session there.
     let b = logged_in(APP, "alice");
@@ -634,7 +628,7 @@ fn join_chunks(c: &[(String, String)]) -> String {
 
 #[test]
 fn chunked_sessions_open_only_whole_in_order_and_from_one_session() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = logged_in(APP, "alice");
     let s = chunked_session(&b);
     let whole = chunks(&seal(&s));
@@ -703,7 +697,7 @@ fn chunked_sessions_open_only_whole_in_order_and_from_one_session() {
 
 #[test]
 fn a_correctly_signed_id_token_logs_in_which_is_the_control_for_every_token_attack() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let (resp, b) = forged_callback(Forge::Rs256, json!({}), json!({}));
     assert_eq!(resp.status, 302, "{}", resp.body);
     assert_eq!(resp.header("location"), Some("/after-login"));
@@ -738,25 +732,25 @@ const INVALID: &str = "did not pass validation";
 
 #[test]
 fn id_token_with_alg_none_is_refused() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     refused_token(Forge::AlgNone, json!({}), json!({}), 502, INVALID);
 }
 
 #[test]
 fn id_token_hs256_signed_with_the_rsa_public_key_is_refused() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     refused_token(Forge::Hs256PublicKey, json!({}), json!({}), 502, INVALID);
 }
 
 #[test]
 fn id_token_with_a_bad_signature_is_refused() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     refused_token(Forge::OtherKey, json!({}), json!({}), 502, INVALID);
 }
 
 #[test]
 fn id_token_with_an_unknown_kid_is_refused_after_a_jwks_refetch() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     refused_token(
         Forge::Rs256,
         json!({"kid": "not-a-known-kid"}),
@@ -771,7 +765,7 @@ fn id_token_with_an_unknown_kid_is_refused_after_a_jwks_refetch() {
 
 #[test]
 fn id_token_from_another_issuer_is_refused() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let other = format!("{}/", stack().issuer());
     refused_token(Forge::Rs256, json!({}), json!({"iss": other}), 502, INVALID);
     refused_token(
@@ -786,7 +780,7 @@ fn id_token_from_another_issuer_is_refused() {
 
 #[test]
 fn id_token_for_another_audience_is_refused() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     refused_token(Forge::Rs256, json!({}), json!({"aud": BARE}), 502, INVALID);
     refused_token(
         Forge::Rs256,
@@ -800,7 +794,7 @@ fn id_token_for_another_audience_is_refused() {
 
 #[test]
 fn id_token_whose_azp_is_another_client_is_refused() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     refused_token(Forge::Rs256, json!({}), json!({"azp": BARE}), 502, INVALID);
     // Several audiences and no azp.
     refused_token(
@@ -814,7 +808,7 @@ fn id_token_whose_azp_is_another_client_is_refused() {
 
 #[test]
 fn expired_and_not_yet_valid_id_tokens_are_refused() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let now = unix_now();
     refused_token(
         Forge::Rs256,
@@ -842,7 +836,7 @@ fn expired_and_not_yet_valid_id_tokens_are_refused() {
 
 #[test]
 fn id_token_with_a_missing_or_wrong_nonce_is_refused() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let says = "does not belong to this browser";
     refused_token(Forge::Rs256, json!({}), json!({"nonce": null}), 400, says);
     refused_token(
@@ -866,7 +860,7 @@ fn id_token_with_a_missing_or_wrong_nonce_is_refused() {
 
 #[test]
 fn a_token_response_without_id_token_is_refused() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = Browser::new();
     let login = start_login(&b, APP, "/");
     let resp = {
@@ -887,7 +881,7 @@ fn a_token_response_without_id_token_is_refused() {
 
 #[test]
 fn callback_without_state_or_code_is_refused() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = Browser::new();
     let login = start_login(&b, APP, "/");
     for (query, says) in [
@@ -907,7 +901,7 @@ fn callback_without_state_or_code_is_refused() {
 
 #[test]
 fn callback_with_a_state_that_is_not_this_browsers_is_refused() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     // The victim's browser gets the attacker's callback URL (login CSRF): no login cookie for it.
     let attacker = Browser::new();
     let theirs = start_login(&attacker, APP, "/");
@@ -953,7 +947,7 @@ fn callback_with_a_state_that_is_not_this_browsers_is_refused() {
 
 #[test]
 fn a_replayed_callback_and_a_code_used_twice_are_refused() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = Browser::new();
     let login = start_login(&b, APP, "/x");
     let callback = through_idp(&b, &login.authorize, "alice");
@@ -979,7 +973,7 @@ fn a_replayed_callback_and_a_code_used_twice_are_refused() {
 
 #[test]
 fn an_error_from_the_idp_is_a_clean_failure_without_echoing_markup() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = Browser::new();
     let login = start_login(&b, APP, "/");
     let evil = enc("access_denied<script>alert(1)</script>\r\nSet-Cookie: x=1");
@@ -1000,7 +994,7 @@ fn an_error_from_the_idp_is_a_clean_failure_without_echoing_markup() {
 
 #[test]
 fn huge_and_malformed_callback_queries_are_refused() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = Browser::new();
     let login = start_login(&b, APP, "/");
     let s = &login.state;
@@ -1050,7 +1044,7 @@ fn lands_after_login(rd: &str) -> String {
 
 #[test]
 fn rd_cannot_send_the_browser_off_site() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     assert_eq!(lands_after_login("/grafana/d/x?y=1"), "/grafana/d/x?y=1");
     for rd in [
         "//evil.example",
@@ -1116,7 +1110,7 @@ fn a_request_path_cannot_become_an_off_site_redirect() {
 
 #[test]
 fn crlf_cannot_be_injected_into_location_or_set_cookie() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     for rd in [
         "/a\r\nSet-Cookie: injected=1",
         "/a%0d%0aSet-Cookie:%20injected=1",
@@ -1295,7 +1289,7 @@ fn forwarded_headers_from_the_client_are_ignored() {
         &[b"/admin"],
         b"x-forwarded-uri: /healthz\r\nx-original-url: /healthz\r\nx-rewrite-url: /healthz\r\nx-forwarded-prefix: /healthz\r\nx-envoy-original-path: /healthz\r\n",
     );
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     // The redirect URI comes from Envoy's own :scheme and :authority.
     for site in [APP, BARE] {
         let port = stack().site(site).unwrap().port;
@@ -1323,7 +1317,7 @@ fn forwarded_headers_from_the_client_are_ignored() {
 
 #[test]
 fn a_client_authorization_header_is_replaced_when_a_session_is_present() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = logged_in(APP, "alice");
     let cookie = session_cookies(&b);
     let token = open_session(&cookie).id_token;
@@ -1407,7 +1401,7 @@ fn identity_headers_from_the_client_do_not_log_anyone_in() {
 
 #[test]
 fn identity_headers_are_set_from_the_session_and_client_copies_never_pass() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = logged_in(BARE, "bob");
     let cookie = session_cookies(&b);
     let spoof = [
@@ -1449,7 +1443,7 @@ fn identity_headers_are_set_from_the_session_and_client_copies_never_pass() {
 
 #[test]
 fn claim_rules_hold_however_the_path_is_spelled() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let bob = logged_in(BARE, "bob");
     let cookie = session_cookies(&bob);
     // The control: bob reaches other pages, alice reaches /admin.
@@ -1501,7 +1495,7 @@ fn an_oversize_cookie_header_is_refused_by_envoy_before_the_filter() {
 
 #[test]
 fn thousands_of_cookies_are_handled_quickly_and_do_not_hide_or_fake_a_session() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let many: String = (0..3000).map(|i| format!("c{i}=v{i}; ")).collect();
     let t0 = Instant::now();
     assert_filter_401(
@@ -1555,7 +1549,7 @@ fn assert_workers_alive() {
 
 #[test]
 fn non_utf8_bytes_in_headers_and_query_are_handled_without_breaking_the_worker() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = logged_in(APP, "alice");
     let session = session_cookies(&b);
     let cases: Vec<(&[u8], Vec<u8>)> = vec![
@@ -1642,7 +1636,7 @@ fn oauth2_proxy_x_forwarded_uri_spoofing_is_refused() {
 
 #[test]
 fn oauth2_proxy_open_redirect_variants_are_refused() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     // GHSA-qqxw-m5fj-f7gv (CVE-2020-5233, `/\evil`), GHSA-j7px-6hwj-hpjg (whitespace between the
     // slashes), GHSA-5m6c-jp6f-2vcv (CVE-2020-4037), GHSA-4mf2-f3wh-gvf2 (CVE-2021-21291, look-alike
     // domains).
@@ -1659,7 +1653,7 @@ fn oauth2_proxy_open_redirect_variants_are_refused() {
 
 #[test]
 fn envoy_oauth2_oversize_token_gives_a_clear_error_not_a_redirect_loop() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     // Envoy issues #27875/#33825: a token too large for the browser's cookie limit made the
     // browser drop the cookie and loop through the IdP. Large tokens are chunked...
     let groups: Vec<String> = (0..200)
@@ -1694,7 +1688,7 @@ fn envoy_oauth2_oversize_token_gives_a_clear_error_not_a_redirect_loop() {
 
 #[test]
 fn envoy_oauth2_refresh_happens_once_and_the_renewed_cookie_sticks() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     // Envoy issue #42968: after a refresh the new cookies did not validate, so every request
     // refreshed again. Here a session due for refresh is renewed once, and the new cookie is used.
     let b = logged_in(APP, "alice");
@@ -1745,7 +1739,7 @@ fn resp_max_age(lines: &[String]) -> Option<u64> {
 
 #[test]
 fn envoy_oauth2_stale_cookies_do_not_poison_a_new_login() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     // Envoy issue #38919: a leftover cookie from an older session broke every later login.
     let b = Browser::new();
     b.set_cookie(HOST, COOKIE, "3.stale-first-chunk");

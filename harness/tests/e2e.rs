@@ -12,11 +12,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::browser::{Cookie, describe_chain, query_param};
 use harness::idp::jwt_payload;
+use harness::idp_hold;
 use harness::{
     AccessLog, Browser, DEFAULT_COOKIE_KEYS, Envoy, EnvoyConfig, EnvoyOptions, EnvoySite, Mode,
     Response, Site, SiteSpec, Stack, StackSpec, default_filter_config, wasm_path,
@@ -109,23 +110,6 @@ fn wait_until_ready(stack: &Stack) {
 
 fn site(name: &str) -> &'static Site {
     stack().site(name).unwrap()
-}
-
-/// Shared hold on the IdP: it stays in `Mode::Forward` while held. Every test that sends requests
-/// through the filter holds it (or the exclusive hold), so that a test holding it exclusively sees
-/// the Envoy-wide counters move by its own requests only.
-fn idp() -> RwLockReadGuard<'static, ()> {
-    idp_lock().read().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Exclusive hold on the IdP, for tests that switch the proxy's mode or count exactly.
-fn idp_exclusive() -> RwLockWriteGuard<'static, ()> {
-    idp_lock().write().unwrap_or_else(|p| p.into_inner())
-}
-
-fn idp_lock() -> &'static RwLock<()> {
-    static LOCK: RwLock<()> = RwLock::new(());
-    &LOCK
 }
 
 /// Logs alice in from `path` of `site`; asserts she lands back on it, at the app.
@@ -276,7 +260,7 @@ fn log_so_far() -> String {
 
 #[test]
 fn session_reaches_the_app_as_a_bearer_id_token() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = site("main");
     let b = Browser::new();
     let page = login(&b, s, "/");
@@ -332,7 +316,7 @@ fn session_reaches_the_app_as_a_bearer_id_token() {
 
 #[test]
 fn authorization_params_reach_the_idp() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let b = Browser::new();
     login(&b, site("main"), "/");
     let idp_form = |page: &Response| {
@@ -362,7 +346,7 @@ fn authorization_params_reach_the_idp() {
 
 #[test]
 fn access_token_can_be_forwarded_instead() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = site("access");
     let b = Browser::new();
     login(&b, s, "/");
@@ -391,7 +375,7 @@ fn access_token_can_be_forwarded_instead() {
 
 #[test]
 fn browser_without_session_goes_to_login_and_comes_back() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = site("main");
     let b = Browser::new();
     let target = "/reports/q3?year=2024&view=a%20b";
@@ -465,7 +449,7 @@ fn browser_without_session_goes_to_login_and_comes_back() {
 
 #[test]
 fn callback_checks_state_against_its_cookie() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = site("main");
     let b = Browser::new();
     let callback = until_callback(&b, s, &s.url("/login?rd=/x"));
@@ -505,7 +489,7 @@ fn callback_checks_state_against_its_cookie() {
 
 #[test]
 fn replayed_callback_is_refused() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = site("main");
     let b = Browser::new();
     let callback = until_callback(&b, s, &s.url("/login?rd=/"));
@@ -538,7 +522,7 @@ fn replayed_callback_is_refused() {
 
 #[test]
 fn after_login_only_same_origin_paths_are_followed() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = site("main");
     let b = Browser::new();
     login(&b, s, "/start");
@@ -577,7 +561,7 @@ fn after_login_only_same_origin_paths_are_followed() {
 
 #[test]
 fn two_tabs_log_in_at_once() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = site("main");
     let b = Browser::new();
     let tab1 = b.get(&s.url("/login?rd=/one")).unwrap().location().unwrap();
@@ -610,7 +594,7 @@ fn two_tabs_log_in_at_once() {
 
 #[test]
 fn large_tokens_span_several_cookies_and_stale_chunks_are_cleared() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let big = site("big");
     let b = Browser::new();
     let page = login(&b, big, "/");
@@ -644,7 +628,7 @@ fn large_tokens_span_several_cookies_and_stale_chunks_are_cleared() {
 /// checks that a session split that way still opens and that the app gets only its own cookies.
 #[test]
 fn http2_clients_may_split_the_session_across_cookie_fields() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let big = site("big");
     let b = Browser::new();
     login(&b, big, "/");
@@ -704,7 +688,7 @@ fn http2_clients_may_split_the_session_across_cookie_fields() {
 
 #[test]
 fn expired_token_is_refreshed_with_a_renewed_cookie() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = site("refresh");
     let b = Browser::new();
     login(&b, s, "/");
@@ -744,7 +728,7 @@ fn expired_token_is_refreshed_with_a_renewed_cookie() {
 #[test]
 fn parallel_requests_at_expiry_share_one_refresh() {
     // Exclusive: `refreshes` is Envoy-wide, and this test counts it exactly.
-    let _idp = idp_exclusive();
+    let _idp = idp_hold::exclusive();
     let s = site("rotating");
     let b = Browser::new();
     login(&b, s, "/");
@@ -820,7 +804,7 @@ fn parallel_requests_at_expiry_share_one_refresh() {
 
 #[test]
 fn expired_token_without_refresh_token_needs_a_new_login() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = site("norefresh");
     let b = Browser::new();
     login(&b, s, "/");
@@ -849,7 +833,7 @@ fn expired_token_without_refresh_token_needs_a_new_login() {
 
 #[test]
 fn logout_ends_the_session_here_and_at_the_idp() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = site("main");
     let b = Browser::new();
     login(&b, s, "/");
@@ -899,7 +883,7 @@ fn logout_ends_the_session_here_and_at_the_idp() {
 
 #[test]
 fn logout_without_post_logout_redirect_uri_ends_at_the_idp() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = site("nologout");
     let b = Browser::new();
     login(&b, s, "/");
@@ -928,7 +912,7 @@ fn logout_without_post_logout_redirect_uri_ends_at_the_idp() {
 
 #[test]
 fn api_clients_bring_their_own_token_or_get_401() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = site("main");
     let token = {
         let b = Browser::new();
@@ -1029,7 +1013,7 @@ fn api_clients_bring_their_own_token_or_get_401() {
 /// `OPTIONS` itself.
 #[test]
 fn cors_preflights_reach_the_app_when_configured() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let client = Browser::new();
     // What a browser sends (its preflights ask for `*/*`).
     let preflight = [
@@ -1067,7 +1051,7 @@ fn cors_preflights_reach_the_app_when_configured() {
 
 #[test]
 fn bypass_paths_pass_but_traversal_does_not() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = site("main");
     let b = Browser::new();
     let r = api(&b, &s.url("/healthz"));
@@ -1169,7 +1153,7 @@ fn secrets_reach_the_filter_from_the_environment_only() {
 
 #[test]
 fn rotated_cookie_keys_still_open_old_sessions() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let b = Browser::new();
     login(&b, site("main"), "/");
     let token = app_bearer(&api(&b, &site("main").url("/")));
@@ -1189,7 +1173,7 @@ fn rotated_cookie_keys_still_open_old_sessions() {
 #[test]
 fn metrics_count_logins_logouts_and_failures() {
     // Exclusive: the counters are Envoy-wide, and every other test that sends requests holds the lock.
-    let _idp = idp_exclusive();
+    let _idp = idp_hold::exclusive();
     let s = site("main");
     // What the tests before this one counted is handed to Envoy within a tick.
     let before = settled_counters();
@@ -1278,7 +1262,7 @@ fn settled_counters() -> HashMap<String, u64> {
 
 #[test]
 fn token_endpoint_down_or_hanging_fails_the_login_cleanly() {
-    let _idp = idp_exclusive();
+    let _idp = idp_hold::exclusive();
     let proxy = stack().idp_proxy();
     let before = stats();
 
@@ -1321,7 +1305,7 @@ fn token_endpoint_down_or_hanging_fails_the_login_cleanly() {
 
 #[test]
 fn logs_carry_no_secrets_and_no_panics() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = site("main");
     let b = Browser::new();
     let callback = until_callback(&b, s, &s.url("/login?rd=/"));

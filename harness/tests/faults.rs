@@ -14,11 +14,12 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use harness::browser::{form_urlencode, query_param};
+use harness::idp_hold;
 use harness::sealed;
 use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec, unix_now};
 use oidc_filter::session::{self, Session};
@@ -46,12 +47,6 @@ fn stack() -> &'static Stack {
         }
         stack
     })
-}
-
-/// Every test here changes what the IdP does: one at a time.
-fn idp_lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Puts the proxy in `mode` until dropped, then back to forwarding.
@@ -165,7 +160,7 @@ fn callback_during(site: &str, mode: Mode) -> (Response, Duration) {
 
 #[test]
 fn token_endpoint_errors_and_garbage_are_clear_502s_and_the_next_login_works() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     // Every test here holds the lock, and these counters count at once (not on the tick).
     let failures = || {
         (
@@ -244,7 +239,8 @@ fn token_endpoint_errors_and_garbage_are_clear_502s_and_the_next_login_works() {
         (n - 1, 1),
         "(token_endpoint, id_token) {before:?} -> {after:?}"
     );
-    // The operator's log says why each failed, not only that it did.
+    // The operator's log says why each failed, not only that it did, at `warning`: istio-proxy's
+    // default level, where an operator sees a client secret the IdP refuses without turning logs up.
     let lines: Vec<String> = [
         "(token_endpoint), answered 502: token endpoint answered status 500",
         "(token_endpoint), answered 502: token endpoint answered status 401, error invalid_client",
@@ -257,20 +253,49 @@ fn token_endpoint_errors_and_garbage_are_clear_502s_and_the_next_login_works() {
     .collect();
     harness::process::poll(Duration::from_secs(5), || {
         let log = stack().envoy_log()?;
-        Ok(lines.iter().all(|l| log.contains(l)).then_some(()))
+        Ok(lines
+            .iter()
+            .all(|l| logged_at(&log, "warning", l))
+            .then_some(()))
     })
     .unwrap_or_else(|e| {
         let log = stack().envoy_log().unwrap();
-        let missing: Vec<&String> = lines.iter().filter(|l| !log.contains(*l)).collect();
-        panic!("{e}: no line with {missing:?} in:\n{log}")
+        let missing: Vec<&String> = lines
+            .iter()
+            .filter(|l| !logged_at(&log, "warning", l))
+            .collect();
+        panic!("{e}: no warning with {missing:?} in:\n{log}")
     });
+
+    // A code the IdP refuses is the request's own fault (anyone can send one): at `info`.
+    let refused = r#"{"error":"invalid_grant"}"#;
+    let (r, _) = callback_during(
+        APP,
+        Mode::respond_for("/token", 400, "application/json", refused),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let log = stack().envoy_log_after_sentinel(APP).unwrap();
+    let line = "oidc-filter: login callback failed (invalid_grant), answered 400";
+    assert!(
+        logged_at(&log, "info", line),
+        "no info line {line:?} in:\n{log}"
+    );
+    assert!(!logged_at(&log, "warning", line), "{log}");
+
     // The IdP behaves again: a login goes through.
     logged_in(APP, "alice");
 }
 
+/// Whether Envoy's log has a line of the `wasm` component at `level` (`info`, `warning`) containing
+/// `needle`.
+fn logged_at(log: &str, level: &str, needle: &str) -> bool {
+    let tag = format!("[{level}][wasm]");
+    log.lines().any(|l| l.contains(&tag) && l.contains(needle))
+}
+
 #[test]
 fn a_token_endpoint_slower_than_the_timeout_gives_504_at_the_timeout() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     // Answers, but after 3 s; this site's callout_timeout is 2 s. (A hang is `e2e.rs`'s case.)
     let (r, took) = callback_during(APP, Mode::Delay(Duration::from_secs(3)));
     // The timeout answered, not the IdP: its answer at 3 s (to a made-up code) would be a refusal,
@@ -286,7 +311,7 @@ fn a_token_endpoint_slower_than_the_timeout_gives_504_at_the_timeout() {
 
 #[test]
 fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_returns() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = logged_in(APP, "alice");
     let live = session_cookies(&b);
     let token = open_session(&live).id_token;
@@ -378,11 +403,23 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
     stack()
         .wait_for_envoy_log(line, Duration::from_secs(5))
         .unwrap();
+    // A refresh refused ends a session as a logout at the IdP does: at `info`. A refresh that met an
+    // outage (the 503s above) is the IdP's failure: at `warning`.
+    let log = stack().envoy_log().unwrap();
+    assert!(logged_at(&log, "info", line), "{log}");
+    assert!(
+        logged_at(
+            &log,
+            "warning",
+            "oidc-filter: token refresh failed, answered 503"
+        ),
+        "{log}"
+    );
 }
 
 #[test]
 fn a_client_that_leaves_during_its_refresh_holds_up_nobody() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = logged_in(BARE, "alice");
     let expired = with_token_expiring_at(&b, unix_now() - 1);
     let hang = Fault::set(Mode::Hang);
@@ -448,7 +485,7 @@ fn a_client_that_leaves_during_its_refresh_holds_up_nobody() {
 
 #[test]
 fn rotated_idp_keys_keep_sessions_and_new_logins_fetch_the_new_keys() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let before = logged_in(BARE, "alice");
     let old = session_cookies(&before);
     let old_kid = kid(open_session(&old).id_token.expose());

@@ -6,11 +6,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use harness::browser::query_param;
 use harness::idp::{ClientAuth, jwt_payload, token_request};
+use harness::idp_hold;
 use harness::{
     Browser, Mode, SiteSpec, Stack, StackSpec, demo, envoy, passthrough_wasm, workspace_root,
 };
@@ -35,13 +36,6 @@ fn stack() -> &'static Stack {
         eprintln!("stack up in {:?}", t0.elapsed());
         stack
     })
-}
-
-/// Held by every test that goes through the IdP proxy, so a test switching its mode cannot
-/// break the others running in parallel.
-fn idp_lock() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// An ID token for `site` from a real login (the callback itself is refused by RBAC: the
@@ -208,7 +202,7 @@ fn rbac_lets_bypass_paths_through_and_denies_the_rest() {
 
 #[test]
 fn jwt_authn_accepts_the_idps_id_tokens_for_its_own_audience() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let token = id_token("site-a", "alice");
     assert_eq!(jwt_payload(&token).unwrap()["aud"], "site-a");
     let b = Browser::new();
@@ -268,7 +262,7 @@ fn jwt_authn_accepts_the_idps_id_tokens_for_its_own_audience() {
 
 #[test]
 fn fault_proxy_switches_while_envoy_runs() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let proxy = stack().idp_proxy();
     let b = Browser::new();
     let discovery = stack().idp_url("/.well-known/openid-configuration");
@@ -285,7 +279,7 @@ fn fault_proxy_switches_while_envoy_runs() {
 
 #[test]
 fn idp_restarts_keep_keys_and_rotation_replaces_them() {
-    let _idp = idp_lock();
+    let _idp = idp_hold::exclusive();
     let b = Browser::new();
     let kids = || -> Vec<String> {
         let jwks = b.get(&stack().idp_url("/jwks")).unwrap().json().unwrap();

@@ -11,11 +11,12 @@
 // Test code, helpers included (clippy's allow-*-in-tests covers only #[test] functions).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::browser::{Form, HTML_ACCEPT, forms, query_param};
+use harness::idp_hold;
 use harness::process::poll;
 use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec, merge_json, sealed, unix_now};
 use oidc_filter::session::{self, Keys};
@@ -68,18 +69,6 @@ fn stack() -> &'static Stack {
         stack
     })
 }
-
-/// Shared hold on the IdP: it forwards while held. Tests that slow it down, or count Envoy-wide
-/// counters exactly, hold it exclusively.
-fn idp() -> RwLockReadGuard<'static, ()> {
-    IDP.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn idp_exclusive() -> RwLockWriteGuard<'static, ()> {
-    IDP.write().unwrap_or_else(|p| p.into_inner())
-}
-
-static IDP: RwLock<()> = RwLock::new(());
 
 /// Puts the IdP's proxy in `mode` until dropped, then back to forwarding.
 struct Fault;
@@ -297,7 +286,7 @@ fn assert_anonymous_kept_out(site: &str) {
 
 #[test]
 fn a_logged_in_browser_stays_logged_in_and_meets_the_new_rules_and_headers() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let b = logged_in(RULES, "alice");
     let cookie = session_cookies(&b);
     let before = api(RULES, "/admin/x", &cookie);
@@ -366,7 +355,7 @@ fn a_logged_in_browser_stays_logged_in_and_meets_the_new_rules_and_headers() {
 
 #[test]
 fn a_login_started_before_a_change_completes_after_it() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let b = Browser::new();
     // At the IdP's login form when the configuration changes.
     let (form, login_cookie) = at_login_form(&b, LOGIN);
@@ -403,7 +392,7 @@ fn a_login_started_before_a_change_completes_after_it() {
 
 #[test]
 fn an_invalid_change_is_refused_and_the_old_configuration_keeps_serving() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let b = logged_in(GUARD, "alice");
     let cookie = session_cookies(&b);
     let rejected = (
@@ -459,7 +448,7 @@ fn an_invalid_change_is_refused_and_the_old_configuration_keeps_serving() {
 
 #[test]
 fn cookie_keys_rotate_through_plugin_config() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let key_a = harness::DEFAULT_COOKIE_KEYS;
     let old = logged_in(KEYS, "alice");
     let old_cookie = session_cookies(&old);
@@ -572,7 +561,7 @@ fn refresh_in_flight(cookie: String) -> thread::JoinHandle<(Response, Duration)>
 
 #[test]
 fn a_refresh_waiting_on_the_idp_across_a_change_completes_and_new_requests_meet_the_new_config() {
-    let _idp = idp_exclusive();
+    let _idp = idp_hold::exclusive();
     let alice = logged_in(INFLIGHT, "alice");
     let bob = logged_in(INFLIGHT, "bob");
     let expired = expired_session(&alice);
@@ -618,7 +607,7 @@ fn a_refresh_waiting_on_the_idp_across_a_change_completes_and_new_requests_meet_
 
 #[test]
 fn a_refresh_the_idp_never_answers_across_a_change_fails_closed() {
-    let _idp = idp_exclusive();
+    let _idp = idp_hold::exclusive();
     let alice = logged_in(INFLIGHT, "alice");
     let expired = expired_session(&alice);
 
@@ -656,7 +645,7 @@ fn a_refresh_the_idp_never_answers_across_a_change_fails_closed() {
 
 #[test]
 fn counters_keep_counting_across_a_change() {
-    let _idp = idp_exclusive();
+    let _idp = idp_hold::exclusive();
     let b = logged_in(INFLIGHT, "alice");
     let cookie = session_cookies(&b);
     // The per-request counters reach Envoy on a root context's tick (1 s): let the login's settle.
@@ -708,7 +697,7 @@ fn counters_keep_counting_across_a_change() {
 /// moment, until it is back, where the old configuration went on sending visitors to log in.
 #[test]
 fn a_change_keeps_visitors_and_logins_going_while_the_idp_is_slow() {
-    let _idp = idp_exclusive();
+    let _idp = idp_hold::exclusive();
     until_ready(INFLIGHT);
     // A login back from the IdP's form just as the configuration changes.
     let b = Browser::new();
@@ -751,7 +740,7 @@ fn a_change_keeps_visitors_and_logins_going_while_the_idp_is_slow() {
 /// forwarded upstream as logged in, on every worker.
 #[test]
 fn a_backchannel_logout_stays_in_force_across_a_change() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let b = logged_in(REVOKE, "erin");
     let cookie = session_cookies(&b);
     let other = logged_in(REVOKE, "erin");

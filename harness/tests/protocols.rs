@@ -14,11 +14,12 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::browser::HTML_ACCEPT;
 use harness::idp::jwt_payload;
+use harness::idp_hold;
 use harness::{Browser, SiteSpec, Stack, StackSpec, WebDriver, sealed};
 use serde_json::{Value, json};
 use sha2::Digest as _;
@@ -46,21 +47,6 @@ fn stack() -> &'static Stack {
         eprintln!("stack up in {:?}", t0.elapsed());
         stack
     })
-}
-
-/// Shared hold on the IdP: it forwards while held. Every test that reaches the IdP (a login, a refresh)
-/// holds it; the one that slows the IdP down holds it exclusively.
-fn idp() -> RwLockReadGuard<'static, ()> {
-    idp_lock().read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn idp_exclusive() -> RwLockWriteGuard<'static, ()> {
-    idp_lock().write().unwrap_or_else(|p| p.into_inner())
-}
-
-fn idp_lock() -> &'static RwLock<()> {
-    static LOCK: RwLock<()> = RwLock::new(());
-    &LOCK
 }
 
 fn url(site: &str, path: &str) -> String {
@@ -358,7 +344,7 @@ fn websocket_handshake(conn: &mut Conn, site: &str, path: &str, extra: &[(&str, 
 /// cannot open one, and the app never sees the attempt.
 #[test]
 fn chromium_page_talks_over_a_websocket_once_logged_in() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = stack();
     let site = s.site(APP).unwrap();
     let driver = WebDriver::start(s.dir()).unwrap();
@@ -436,7 +422,7 @@ fn chromium_page_talks_over_a_websocket_once_logged_in() {
 /// session that has ended gets the same, and its cookie is cleared.
 #[test]
 fn anonymous_websocket_handshake_gets_401_and_never_reaches_the_app() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let path = unique("/ws/anonymous");
     let mut c = Conn::open(port(APP));
     let head = websocket_handshake(&mut c, APP, &path, &[]);
@@ -492,7 +478,7 @@ fn anonymous_websocket_handshake_gets_401_and_never_reaches_the_app() {
 /// frames included. With a session due for refresh, the `101` carries the renewed cookie.
 #[test]
 fn websocket_clients_with_a_session_or_a_token_talk_through_the_gateway() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let b = logged_in(APP);
     let token = bearer_of(&b, APP);
     let with_session = format!("{}; theme=dark", session_cookie(&b));
@@ -556,7 +542,7 @@ fn websocket_clients_with_a_session_or_a_token_talk_through_the_gateway() {
 /// works.
 #[test]
 fn websocket_handshake_renews_a_session_due_for_refresh() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let s = stack();
     let site = s.site(REFRESH).unwrap();
     let driver = WebDriver::start(s.dir()).unwrap();
@@ -755,7 +741,7 @@ fn echoed_json(out: &str) -> Value {
 /// call never reaches the app. A token jwt_authn refuses gets the same from jwt_authn.
 #[test]
 fn grpc_call_without_credentials_is_unauthenticated() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let path = format!("{}/Greet", unique("/helloworld.Greeter"));
     let out = grpc_call(APP, &path, &[]);
     assert_eq!(received(&out, ":status"), ["200"], "{out}");
@@ -780,7 +766,7 @@ fn grpc_call_without_credentials_is_unauthenticated() {
 /// token as sent, or with the session's token put there and the filter's cookie gone.
 #[test]
 fn grpc_call_with_a_token_or_a_session_reaches_the_app() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let b = logged_in(APP);
     let token = bearer_of(&b, APP);
 
@@ -811,7 +797,7 @@ fn grpc_call_with_a_token_or_a_session_reaches_the_app() {
 /// sent (the app has its first bytes while the client still holds back the second half) and whole.
 #[test]
 fn large_streamed_upload_passes_unbuffered_and_whole() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let b = logged_in(APP);
     let cookie = session_cookie(&b);
     let path = unique("/upload/streamed");
@@ -828,7 +814,7 @@ fn large_streamed_upload_passes_unbuffered_and_whole() {
 /// new token; the answer carries the renewed cookie.
 #[test]
 fn large_upload_that_starts_a_refresh_arrives_whole() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let b = logged_in(APP);
     let old = bearer_of(&b, APP);
     let cookie = due_for_refresh(&b);
@@ -843,13 +829,13 @@ fn large_upload_that_starts_a_refresh_arrives_whole() {
 #[test]
 fn large_upload_held_by_a_slow_refresh_arrives_whole() {
     let b = {
-        let _idp = idp();
+        let _idp = idp_hold::shared();
         logged_in(APP)
     };
     let old = bearer_of(&b, APP);
     let cookie = due_for_refresh(&b);
     let path = unique("/upload/slow-refresh");
-    let _idp = idp_exclusive();
+    let _idp = idp_hold::exclusive();
     stack()
         .idp_proxy()
         .set_mode(harness::Mode::Delay(Duration::from_millis(1500)));
@@ -968,7 +954,7 @@ fn stream_upload(site: &str, path: &str, cookie: &str, size: usize, pause: bool)
 /// Server-sent events reach a logged-in client as the app produces them, not when the response ends.
 #[test]
 fn server_sent_events_reach_a_logged_in_client_as_they_are_sent() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let b = logged_in(APP);
     let mut c = Conn::open(port(APP));
     let n = 6;
@@ -1017,7 +1003,7 @@ fn server_sent_events_reach_a_logged_in_client_as_they_are_sent() {
 /// filter does not wait for (or make the client send) the body, and the app sees nothing.
 #[test]
 fn anonymous_large_post_gets_401_before_sending_its_body() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let path = unique("/upload/anonymous");
     let mut c = Conn::open(port(APP));
     let t = Instant::now();
@@ -1104,7 +1090,7 @@ fn anonymous_large_post_gets_401_before_sending_its_body() {
 /// `Expect: 100-continue` with a session: the client is told to go on, and the body reaches the app.
 #[test]
 fn expect_continue_with_a_session_delivers_the_body() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let b = logged_in(APP);
     let path = unique("/upload/expect-session");
     let mut c = Conn::open(port(APP));
@@ -1136,7 +1122,7 @@ fn expect_continue_with_a_session_delivers_the_body() {
 /// body (the connection stays usable for the next request), a logged-in one reaches the app.
 #[test]
 fn head_requests_are_answered_like_their_get_without_a_body() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let mut c = Conn::open(port(APP));
     c.send_head("HEAD", "/report?x=1", &[("accept", HTML_ACCEPT)]);
     let head = c.head();
@@ -1176,7 +1162,7 @@ fn head_requests_are_answered_like_their_get_without_a_body() {
 /// `400` (it has no path), logged in or not: it never becomes a tunnel to anywhere.
 #[test]
 fn http10_and_connect_never_reach_the_app() {
-    let _idp = idp();
+    let _idp = idp_hold::shared();
     let mut c = Conn::open(port(APP));
     c.send(b"GET /healthz HTTP/1.0\r\n\r\n");
     let head = c.head();
