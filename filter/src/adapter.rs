@@ -976,17 +976,19 @@ fn apply(
             // for another client id, a clock out of step, no answer): at warning, which istio-proxy logs
             // by default. A 4xx is the request's own (anyone can send a bad callback; a user logged out
             // at the IdP has a refresh refused): at info.
-            let level = if r.status >= 500 {
-                LogLevel::Warn
+            // Each level has its own budget of lines, so that a flood of bad callbacks cannot crowd
+            // out the warnings.
+            let (level, at) = if r.status >= 500 {
+                (LogLevel::Warn, 0)
             } else {
-                LogLevel::Info
+                (LogLevel::Info, 1)
             };
             match r.metric {
-                Some(Metric::CallbackFailed(f)) => CALLBACK_FAILED.log(level, || {
+                Some(Metric::CallbackFailed(f)) => CALLBACK_FAILED[at].log(level, || {
                     line(&format!("login callback failed ({})", f.name()))
                 }),
                 Some(Metric::RefreshFailed) => {
-                    REFRESH_FAILED.log(level, || line("token refresh failed"));
+                    REFRESH_FAILED[at].log(level, || line("token refresh failed"));
                 }
                 _ => {}
             }
@@ -1129,9 +1131,10 @@ impl Throttle {
 
 /// A cluster missing from the proxy fails every refresh: one warning per 10 s.
 static CALL_FAILED: Throttle = Throttle::new(10, 1);
-/// Anyone can send failing callbacks, and an outage fails every expired session's requests.
-static CALLBACK_FAILED: Throttle = Throttle::new(1, 20);
-static REFRESH_FAILED: Throttle = Throttle::new(1, 20);
+/// Anyone can send failing callbacks, and an outage fails every expired session's requests: at most 20
+/// lines a second each, for the warnings and for the info lines apart.
+static CALLBACK_FAILED: [Throttle; 2] = [Throttle::new(1, 20), Throttle::new(1, 20)];
+static REFRESH_FAILED: [Throttle; 2] = [Throttle::new(1, 20), Throttle::new(1, 20)];
 
 /// What the discovery document says that makes logins likely to fail with `cfg`, when it loads or a
 /// new configuration takes it over.

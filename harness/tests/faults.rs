@@ -286,6 +286,43 @@ fn token_endpoint_errors_and_garbage_are_clear_502s_and_the_next_login_works() {
     logged_in(APP, "alice");
 }
 
+#[test]
+fn a_flood_of_bad_callbacks_does_not_hide_the_warning_of_a_failed_login() {
+    let _idp = idp_hold::exclusive();
+    let warning = "oidc-filter: login callback failed (token_endpoint), answered 502: token endpoint \
+                   answered status 401, error invalid_client";
+    let count = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("[warning][wasm]") && l.contains(warning))
+            .count()
+    };
+    let before = count(&stack().envoy_log().unwrap());
+    // One client, one kept-alive connection, so one worker: a login starts, then anyone's bad callbacks
+    // (no login of theirs) pass the 20 lines a second that worker logs of them.
+    let b = Browser::new();
+    let start = b.get(&url(APP, "/login?rd=%2F")).unwrap();
+    assert_eq!(start.status, 302, "{}", start.body);
+    let state = query_param(&start.location().unwrap(), "state").unwrap();
+    for i in 0..40 {
+        let bad = format!("/oauth2/callback?code=x&state={}{i:02}", "B".repeat(41));
+        assert_eq!(b.get(&url(APP, &bad)).unwrap().status, 400);
+    }
+    // Within the same second the IdP refuses the real login's client: the operator's warning is logged.
+    let why = r#"{"error":"invalid_client"}"#;
+    let _fault = Fault::set(Mode::respond_for("/token", 401, "application/json", why));
+    let r = b
+        .get(&url(
+            APP,
+            &format!("/oauth2/callback?code=some-code&state={state}"),
+        ))
+        .unwrap();
+    assert_eq!(r.status, 502, "{}", r.body);
+    harness::process::poll(Duration::from_secs(5), || {
+        Ok((count(&stack().envoy_log()?) > before).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}: the warning {warning:?} was not logged"));
+}
+
 /// Whether Envoy's log has a line of the `wasm` component at `level` (`info`, `warning`) containing
 /// `needle`.
 fn logged_at(log: &str, level: &str, needle: &str) -> bool {
