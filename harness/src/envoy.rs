@@ -108,6 +108,10 @@ pub struct EnvoySite {
     /// Clusters this site's filter may name in `idp_cluster` that lead somewhere other than their
     /// issuer (a `ServiceEntry` of the site's own): plain HTTP to these addresses.
     pub clusters: Vec<(String, std::net::SocketAddr)>,
+    /// This site's module, when it is not [`EnvoyConfig::wasm_path`]: another release of the filter
+    /// (a `WasmPlugin` whose image tag was bumped). Other code under the same `vm_id` is another VM
+    /// to Envoy, whose VM key hashes the code.
+    pub wasm_path: Option<PathBuf>,
 }
 
 /// What istiod adds to a gateway's `HttpConnectionManager` for `meshConfig.pathNormalization:
@@ -199,6 +203,7 @@ impl EnvoySite {
             ecds: None,
             hcm_overrides: Value::Null,
             clusters: Vec::new(),
+            wasm_path: None,
         }
     }
 }
@@ -463,10 +468,11 @@ impl EnvoyConfig {
             Some(id) => id.clone(),
             None => format!("oidc-filter-{}", site.name),
         };
+        let code = site.wasm_path.as_deref().unwrap_or(&self.wasm_path);
         let mut vm_config = json!({
             "vm_id": vm_id,
             "runtime": "envoy.wasm.runtime.v8",
-            "code": { "local": { "filename": self.wasm_path.to_string_lossy() } },
+            "code": { "local": { "filename": code.to_string_lossy() } },
         });
         // A shared VM is made once, with the environment of whichever site comes first: each site
         // sharing it gives the environment of them all.

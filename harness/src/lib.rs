@@ -946,6 +946,23 @@ impl Stack {
     /// Only the Wasm filter changes: the listener's jwt_authn and RBAC, the VM's environment and
     /// [`Site::filter_config`] stay as the stack started them.
     pub fn update_filter_config(&self, site: &str, filter_config: Value) -> Result<String> {
+        self.update_ecds(site, |s| s.filter_config = filter_config)
+    }
+
+    /// Gives `site` (started with [`SiteSpec::ecds`]) another module through ECDS, with the same
+    /// filter configuration and VM settings (`vm_id` included), as istiod does when a platform team
+    /// bumps a `WasmPlugin`'s image tag (istio-agent fetches the image and points `vm_config.code` at
+    /// the module it stored). Envoy's VM key hashes the code, so it starts a new VM for it, next to
+    /// the old one, which serves the streams that began under it. Returns the new version; whether
+    /// Envoy took it shows in [`Stack::ecds_stat`], the VMs in [`Stack::wasm_vm_stats`]. A module
+    /// that differs only in a custom section: [`module::with_release_tag`].
+    pub fn update_filter_module(&self, site: &str, wasm: &Path) -> Result<String> {
+        let wasm = wasm.to_path_buf();
+        self.update_ecds(site, |s| s.wasm_path = Some(wasm))
+    }
+
+    /// Writes `site`'s next ECDS version, changed by `change`.
+    fn update_ecds(&self, site: &str, change: impl FnOnce(&mut EnvoySite)) -> Result<String> {
         let mut ecds = self.ecds.lock().unwrap_or_else(|p| p.into_inner());
         let (config, version) = &mut *ecds;
         let s = config
@@ -957,12 +974,29 @@ impl Stack {
             .ecds
             .clone()
             .ok_or_else(|| anyhow!("site {site:?} was not started with ecds"))?;
-        s.filter_config = filter_config;
+        change(s);
         let s = s.clone();
         *version += 1;
         let v = version.to_string();
         envoy::write_ecds(&path, &config.ecds_response(&s, &v)?)?;
         Ok(v)
+    }
+
+    /// Envoy's Wasm VM figures for the V8 runtime, all sites together: `active` (VMs alive now: per
+    /// VM key, the base VM, one on the main thread and one per worker) and `created` (VMs made since
+    /// start; Envoy 1.40 makes five for a new key on two workers).
+    pub fn wasm_vm_stats(&self) -> Result<WasmVms> {
+        let stats = self.envoy.stats()?;
+        let get = |name: &str| {
+            stats
+                .get(&format!("wasm.envoy.wasm.runtime.v8.{name}"))
+                .copied()
+                .ok_or_else(|| anyhow!("envoy has no stat wasm.envoy.wasm.runtime.v8.{name}"))
+        };
+        Ok(WasmVms {
+            active: get("active")?,
+            created: get("created")?,
+        })
     }
 
     /// A counter of `site`'s ECDS subscription: `config_reload` (an update applied) or `config_fail`
@@ -993,6 +1027,15 @@ impl Stack {
     fn lock_idp(&self) -> MutexGuard<'_, Option<Idp>> {
         self.idp.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Envoy's count of Wasm VMs ([`Stack::wasm_vm_stats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WasmVms {
+    /// VMs alive now.
+    pub active: u64,
+    /// VMs created since Envoy started.
+    pub created: u64,
 }
 
 /// The demo's fixed setup: site `demo` on port 8080, the IdP at 127.0.0.1:9000, the app at

@@ -103,6 +103,90 @@ pub fn shipped(release: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// The custom section [`with_release_tag`] adds.
+pub const RELEASE_TAG_SECTION: &str = "oidc-filter-release";
+
+/// `wasm` with a custom section ([`RELEASE_TAG_SECTION`], holding `tag`) appended: the same code
+/// and behaviour (a runtime skips custom sections it does not know), other bytes and so another
+/// hash, as a release that changed nothing the filter does would be. Refuses what is not a module.
+pub fn with_custom_section(wasm: &[u8], name: &str, payload: &[u8]) -> Result<Vec<u8>> {
+    // Walks the sections: a module cut short would hide a custom section appended after it.
+    exports(wasm)?;
+    let mut at = 8;
+    while at < wasm.len() {
+        let (size, n) = leb_u32(wasm, at + 1)?;
+        at = (at + 1 + n)
+            .checked_add(size as usize)
+            .filter(|&e| e <= wasm.len())
+            .ok_or_else(|| anyhow!("a section runs past the end"))?;
+    }
+    let name_len = u32::try_from(name.len())?;
+    let mut content = Vec::new();
+    put_leb_u32(&mut content, name_len);
+    content.extend_from_slice(name.as_bytes());
+    content.extend_from_slice(payload);
+    let mut out = wasm.to_vec();
+    out.push(0);
+    put_leb_u32(&mut out, u32::try_from(content.len())?);
+    out.extend_from_slice(&content);
+    Ok(out)
+}
+
+/// Writes `module` with the release tag `tag` added ([`with_custom_section`]) to
+/// `dir/oidc_filter.<tag>.wasm` (through a private name: Envoy may be reading the file) and returns
+/// that path: another "image" of the same filter.
+pub fn with_release_tag(module: &Path, tag: &str, dir: &Path) -> Result<PathBuf> {
+    let wasm = fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+    let tagged = with_custom_section(&wasm, RELEASE_TAG_SECTION, tag.as_bytes())?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let out = dir.join(format!("oidc_filter.{tag}.wasm"));
+    let tmp = out.with_extension(format!("wasm.{}", crate::private_suffix()));
+    fs::write(&tmp, &tagged).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &out).with_context(|| format!("renaming to {}", out.display()))?;
+    Ok(out)
+}
+
+/// The custom sections of `wasm`: name and payload, in order.
+pub fn custom_sections(wasm: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+    if wasm.get(..8) != Some(b"\0asm\x01\0\0\0".as_slice()) {
+        bail!("not a WebAssembly 1.0 module");
+    }
+    let mut out = Vec::new();
+    let mut at = 8;
+    while at < wasm.len() {
+        let id = wasm[at];
+        let (size, n) = leb_u32(wasm, at + 1)?;
+        let start = at + 1 + n;
+        let end = start
+            .checked_add(size as usize)
+            .filter(|&e| e <= wasm.len())
+            .ok_or_else(|| anyhow!("section {id} runs past the end"))?;
+        if id == 0 {
+            let (name_len, n) = leb_u32(&wasm[..end], start)?;
+            let name_end = (start + n)
+                .checked_add(name_len as usize)
+                .filter(|&e| e <= end)
+                .ok_or_else(|| anyhow!("a custom section's name runs past the section"))?;
+            let name = String::from_utf8_lossy(&wasm[start + n..name_end]).into_owned();
+            out.push((name, wasm[name_end..end].to_vec()));
+        }
+        at = end;
+    }
+    Ok(out)
+}
+
+fn put_leb_u32(out: &mut Vec<u8>, mut v: u32) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,18 +210,6 @@ mod tests {
         m
     }
 
-    fn put_leb_u32(out: &mut Vec<u8>, mut v: u32) {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-
     #[test]
     fn reads_export_names() {
         let m = module_with_exports(&[("memory", 0), ("proxy_on_request_headers", 301)]);
@@ -155,6 +227,25 @@ mod tests {
             found, expected,
             "filter/src/exports.rs and EXPORTS disagree: each extra callback is a trip into the VM"
         );
+    }
+
+    #[test]
+    fn a_release_tag_is_a_custom_section_at_the_end() {
+        let m = module_with_exports(&[("memory", 0)]);
+        let tagged = with_custom_section(&m, RELEASE_TAG_SECTION, b"v2").unwrap();
+        assert_eq!(&tagged[..m.len()], m.as_slice());
+        assert_eq!(exports(&tagged).unwrap(), ["memory"]);
+        // The test module's own custom sections, then the tag (a long payload: a two-byte size).
+        let long = vec![7u8; 300];
+        let tagged = with_custom_section(&tagged, "x", &long).unwrap();
+        let sections = custom_sections(&tagged).unwrap();
+        let names: Vec<&str> = sections.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b", RELEASE_TAG_SECTION, "x"]);
+        assert_eq!(sections[2].1, b"v2");
+        assert_eq!(sections[3].1, long);
+        let mut cut = m.clone();
+        cut.pop();
+        assert!(with_custom_section(&cut, "x", b"").is_err());
     }
 
     #[test]

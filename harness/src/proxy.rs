@@ -34,6 +34,15 @@ pub enum Mode {
     },
     /// Forward, holding each chunk the client sends (in practice: each request) for this long.
     Delay(Duration),
+    /// Forward, holding requests whose path starts with `path_prefix` for `delay` and the others not
+    /// at all (one request per connection, `connection: close` both ways): e.g. a token endpoint
+    /// that is slow while discovery and JWKS answer at once.
+    DelayFor {
+        /// Request paths (query included) starting with this are held.
+        path_prefix: String,
+        /// For this long.
+        delay: Duration,
+    },
     /// Answer requests whose path starts with `path_prefix` with this response, forward the
     /// others (one request per connection, `connection: close` both ways): e.g. a token endpoint
     /// that returns a forged token while discovery and JWKS stay real.
@@ -56,6 +65,14 @@ impl Mode {
             status,
             content_type: content_type.to_string(),
             body: body.to_string(),
+        }
+    }
+
+    /// A delay for paths under `path_prefix` only.
+    pub fn delay_for(path_prefix: &str, delay: Duration) -> Mode {
+        Mode::DelayFor {
+            path_prefix: path_prefix.to_string(),
+            delay,
         }
     }
 
@@ -222,6 +239,7 @@ fn handle(inner: &Inner, id: u64, client: TcpStream) {
         } => respond(client, status, &content_type, &body),
         Mode::Forward => forward(inner, id, client, None),
         Mode::Delay(delay) => forward(inner, id, client, Some(delay)),
+        Mode::DelayFor { path_prefix, delay } => delay_for(inner, id, client, &path_prefix, delay),
         Mode::RespondFor {
             path_prefix,
             status,
@@ -252,15 +270,35 @@ fn respond_for(
         let _ = client.shutdown(Shutdown::Both);
         return;
     };
-    let path = request
-        .split(|&b| b == b' ')
-        .nth(1)
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
-    if path.starts_with(prefix) {
+    if request_path(&request).starts_with(prefix) {
         send_response(client, status, content_type, body);
         return;
     }
+    forward_one(inner, id, client, &request);
+}
+
+fn delay_for(inner: &Inner, id: u64, mut client: TcpStream, prefix: &str, delay: Duration) {
+    let Ok(request) = read_request(&mut client) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    if request_path(&request).starts_with(prefix) {
+        thread::sleep(delay);
+    }
+    forward_one(inner, id, client, &request);
+}
+
+/// The path (and query) of an HTTP/1.1 request.
+fn request_path(request: &[u8]) -> String {
+    request
+        .split(|&b| b == b' ')
+        .nth(1)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default()
+}
+
+/// Sends `request` to the target on a connection of its own and copies the answer back.
+fn forward_one(inner: &Inner, id: u64, mut client: TcpStream, request: &[u8]) {
     let target = *lock(&inner.target);
     let upstream = target.and_then(|t| TcpStream::connect_timeout(&t, Duration::from_secs(2)).ok());
     let Some(mut upstream) = upstream else {
@@ -269,10 +307,7 @@ fn respond_for(
     };
     track(inner, id, &upstream);
     // One request per connection, so the next one on a pooled connection is judged again.
-    if upstream
-        .write_all(&with_connection_close(&request))
-        .is_err()
-    {
+    if upstream.write_all(&with_connection_close(request)).is_err() {
         let _ = client.shutdown(Shutdown::Both);
         return;
     }
@@ -505,6 +540,14 @@ mod tests {
         let out = get_path(proxy.addr(), "/token?x").unwrap();
         assert!(out.ends_with("\r\n\r\n{}"), "{out}");
         assert!(get(proxy.addr()).unwrap().ends_with("upstream"));
+
+        proxy.set_mode(Mode::delay_for("/token", Duration::from_millis(300)));
+        let t = std::time::Instant::now();
+        assert!(get(proxy.addr()).unwrap().ends_with("upstream"));
+        assert!(t.elapsed() < Duration::from_millis(300));
+        let out = get_path(proxy.addr(), "/token").unwrap();
+        assert!(out.ends_with("upstream"), "{out}");
+        assert!(t.elapsed() >= Duration::from_millis(300));
 
         proxy.set_mode(Mode::Hang);
         let err = get_within(proxy.addr(), Duration::from_millis(300)).unwrap_err();
