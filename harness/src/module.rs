@@ -112,14 +112,7 @@ pub const RELEASE_TAG_SECTION: &str = "oidc-filter-release";
 pub fn with_custom_section(wasm: &[u8], name: &str, payload: &[u8]) -> Result<Vec<u8>> {
     // Walks the sections: a module cut short would hide a custom section appended after it.
     exports(wasm)?;
-    let mut at = 8;
-    while at < wasm.len() {
-        let (size, n) = leb_u32(wasm, at + 1)?;
-        at = (at + 1 + n)
-            .checked_add(size as usize)
-            .filter(|&e| e <= wasm.len())
-            .ok_or_else(|| anyhow!("a section runs past the end"))?;
-    }
+    custom_sections(wasm)?;
     let name_len = u32::try_from(name.len())?;
     let mut content = Vec::new();
     put_leb_u32(&mut content, name_len);
