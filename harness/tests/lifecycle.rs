@@ -163,7 +163,8 @@ fn change(site: &str, config: Value) -> Update {
         s.ecds_stat(site, "config_fail").unwrap(),
     );
     s.update_filter_config(site, config).unwrap();
-    poll(Duration::from_secs(10), || {
+    // A bound on the wait only: on a loaded machine Envoy has taken over 10 s to pick up the file.
+    poll(Duration::from_secs(30), || {
         if s.ecds_stat(site, "config_fail")? > fail {
             return Ok(Some(Update::Rejected));
         }
@@ -893,7 +894,7 @@ fn swap_module(site: &str, module: &Path) -> (Update, Instant, Instant) {
     );
     s.update_filter_module(site, module).unwrap();
     let written = Instant::now();
-    let update = poll(Duration::from_secs(10), || {
+    let update = poll(Duration::from_secs(30), || {
         if s.ecds_stat(site, "config_fail")? > fail {
             return Ok(Some(Update::Rejected));
         }
@@ -917,7 +918,7 @@ fn upgrade(site: &'static str) -> Upgrade {
         "{site}: the new module was refused"
     );
     // The workers build theirs when Envoy hands them the new filter, just after it counted the update.
-    poll(Duration::from_secs(5), || {
+    poll(Duration::from_secs(15), || {
         Ok((stack().wasm_vm_stats()?.created >= created + THREADS as u64).then_some(()))
     })
     .unwrap_or_else(|e| {
