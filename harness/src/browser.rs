@@ -255,6 +255,19 @@ impl Browser {
         })
     }
 
+    /// Ends this browser's session at the harness's IdP: opens its logout page (`end_session_url`,
+    /// `ISSUER/session/end` with any parameters) and confirms its form. Returns the IdP's answer to the
+    /// confirmation, not followed.
+    pub fn end_idp_session(&self, end_session_url: &str) -> Result<Response> {
+        let page = self.get(end_session_url)?;
+        let form = page
+            .forms()
+            .into_iter()
+            .find(|f| f.id.as_deref() == Some("op.logoutForm"))
+            .ok_or_else(|| anyhow!("no logout form at {end_session_url}: {}", page.body))?;
+        self.submit(&form, &[("logout", "yes")])
+    }
+
     /// Submits `form` with `extra` fields (replacing fields of the same name), without following.
     pub fn submit(&self, form: &Form, extra: &[(&str, &str)]) -> Result<Response> {
         let mut fields: Vec<(&str, &str)> = form

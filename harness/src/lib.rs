@@ -48,6 +48,15 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// How many lines of Envoy's log `log` the Wasm component wrote at `level` (`info`, `warning`: Envoy
+/// prints `[warning][wasm]`) that contain `needle`.
+pub fn wasm_log_lines(log: &str, level: &str, needle: &str) -> usize {
+    let tag = format!("[{level}][wasm]");
+    log.lines()
+        .filter(|l| l.contains(&tag) && l.contains(needle))
+        .count()
+}
+
 /// The test binary's hold on its stack's IdP and fault proxy. Tests that reach the IdP (a login, a
 /// refresh) hold it shared, so they run side by side; a test that changes what the IdP or its proxy
 /// does (a fault, a restart, new keys), or that counts Envoy-wide counters exactly, holds it

@@ -25,11 +25,13 @@ pub const EXPORTS: [&str; 11] = [
     "proxy_on_http_call_response",
 ];
 
-/// The names `wasm` exports, in the module's order.
-pub fn exports(wasm: &[u8]) -> Result<Vec<String>> {
+/// The sections of `wasm`: each one's id and the range of its content, in order. Fails on what is
+/// not a module, or is cut short.
+fn sections(wasm: &[u8]) -> Result<Vec<(u8, std::ops::Range<usize>)>> {
     if wasm.get(..8) != Some(b"\0asm\x01\0\0\0".as_slice()) {
         bail!("not a WebAssembly 1.0 module");
     }
+    let mut out = Vec::new();
     let mut at = 8;
     while at < wasm.len() {
         let id = wasm[at];
@@ -39,12 +41,18 @@ pub fn exports(wasm: &[u8]) -> Result<Vec<String>> {
             .checked_add(size as usize)
             .filter(|&e| e <= wasm.len())
             .ok_or_else(|| anyhow!("section {id} runs past the end"))?;
-        if id == 7 {
-            return export_names(&wasm[start..end]);
-        }
+        out.push((id, start..end));
         at = end;
     }
-    Ok(Vec::new())
+    Ok(out)
+}
+
+/// The names `wasm` exports, in the module's order.
+pub fn exports(wasm: &[u8]) -> Result<Vec<String>> {
+    match sections(wasm)?.into_iter().find(|(id, _)| *id == 7) {
+        Some((_, range)) => export_names(&wasm[range]),
+        None => Ok(Vec::new()),
+    }
 }
 
 fn export_names(section: &[u8]) -> Result<Vec<String>> {
@@ -111,8 +119,7 @@ pub const RELEASE_TAG_SECTION: &str = "oidc-filter-release";
 /// hash, as a release that changed nothing the filter does would be. Refuses what is not a module.
 pub fn with_custom_section(wasm: &[u8], name: &str, payload: &[u8]) -> Result<Vec<u8>> {
     // Walks the sections: a module cut short would hide a custom section appended after it.
-    exports(wasm)?;
-    custom_sections(wasm)?;
+    sections(wasm)?;
     let name_len = u32::try_from(name.len())?;
     let mut content = Vec::new();
     put_leb_u32(&mut content, name_len);
@@ -141,29 +148,19 @@ pub fn with_release_tag(module: &Path, tag: &str, dir: &Path) -> Result<PathBuf>
 
 /// The custom sections of `wasm`: name and payload, in order.
 pub fn custom_sections(wasm: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
-    if wasm.get(..8) != Some(b"\0asm\x01\0\0\0".as_slice()) {
-        bail!("not a WebAssembly 1.0 module");
-    }
     let mut out = Vec::new();
-    let mut at = 8;
-    while at < wasm.len() {
-        let id = wasm[at];
-        let (size, n) = leb_u32(wasm, at + 1)?;
-        let start = at + 1 + n;
-        let end = start
-            .checked_add(size as usize)
-            .filter(|&e| e <= wasm.len())
-            .ok_or_else(|| anyhow!("section {id} runs past the end"))?;
-        if id == 0 {
-            let (name_len, n) = leb_u32(&wasm[..end], start)?;
-            let name_end = (start + n)
-                .checked_add(name_len as usize)
-                .filter(|&e| e <= end)
-                .ok_or_else(|| anyhow!("a custom section's name runs past the section"))?;
-            let name = String::from_utf8_lossy(&wasm[start + n..name_end]).into_owned();
-            out.push((name, wasm[name_end..end].to_vec()));
+    for (id, range) in sections(wasm)? {
+        if id != 0 {
+            continue;
         }
-        at = end;
+        let (start, end) = (range.start, range.end);
+        let (name_len, n) = leb_u32(&wasm[..end], start)?;
+        let name_end = (start + n)
+            .checked_add(name_len as usize)
+            .filter(|&e| e <= end)
+            .ok_or_else(|| anyhow!("a custom section's name runs past the section"))?;
+        let name = String::from_utf8_lossy(&wasm[start + n..name_end]).into_owned();
+        out.push((name, wasm[name_end..end].to_vec()));
     }
     Ok(out)
 }

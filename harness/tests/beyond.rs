@@ -663,13 +663,9 @@ fn backchannel_logout_from_the_idp_ends_the_session_on_every_worker() {
 
     // End the IdP session: its logout page, confirmed. The IdP posts a logout token to the wiki
     // client's back-channel URI before it answers.
-    let page = b.get(&format!("{}/session/end", issuer(0))).unwrap();
-    let form = page
-        .forms()
-        .into_iter()
-        .find(|f| f.id.as_deref() == Some("op.logoutForm"))
-        .unwrap_or_else(|| panic!("no logout form: {}", page.body));
-    let confirmed = b.submit(&form, &[("logout", "yes")]).unwrap();
+    let confirmed = b
+        .end_idp_session(&format!("{}/session/end", issuer(0)))
+        .unwrap();
     let logged_out = Instant::now();
     assert!(confirmed.status < 400, "{}", confirmed.body);
     let idp_log = stack().idp_log().unwrap();

@@ -21,7 +21,7 @@ use base64::Engine as _;
 use harness::browser::{form_urlencode, query_param};
 use harness::idp_hold;
 use harness::sealed;
-use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec, unix_now};
+use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec, unix_now, wasm_log_lines};
 use oidc_filter::session::{self, Session};
 use serde_json::{Value, json};
 
@@ -255,14 +255,14 @@ fn token_endpoint_errors_and_garbage_are_clear_502s_and_the_next_login_works() {
         let log = stack().envoy_log()?;
         Ok(lines
             .iter()
-            .all(|l| logged_at(&log, "warning", l))
+            .all(|l| 0 < wasm_log_lines(&log, "warning", l))
             .then_some(()))
     })
     .unwrap_or_else(|e| {
         let log = stack().envoy_log().unwrap();
         let missing: Vec<&String> = lines
             .iter()
-            .filter(|l| !logged_at(&log, "warning", l))
+            .filter(|l| wasm_log_lines(&log, "warning", l) == 0)
             .collect();
         panic!("{e}: no warning with {missing:?} in:\n{log}")
     });
@@ -277,10 +277,10 @@ fn token_endpoint_errors_and_garbage_are_clear_502s_and_the_next_login_works() {
     let log = stack().envoy_log_after_sentinel(APP).unwrap();
     let line = "oidc-filter: login callback failed (invalid_grant), answered 400";
     assert!(
-        logged_at(&log, "info", line),
+        0 < wasm_log_lines(&log, "info", line),
         "no info line {line:?} in:\n{log}"
     );
-    assert!(!logged_at(&log, "warning", line), "{log}");
+    assert_eq!(wasm_log_lines(&log, "warning", line), 0, "{log}");
 
     // The IdP behaves again: a login goes through.
     logged_in(APP, "alice");
@@ -291,11 +291,7 @@ fn a_flood_of_bad_callbacks_does_not_hide_the_warning_of_a_failed_login() {
     let _idp = idp_hold::exclusive();
     let warning = "oidc-filter: login callback failed (token_endpoint), answered 502: token endpoint \
                    answered status 401, error invalid_client";
-    let count = |log: &str| {
-        log.lines()
-            .filter(|l| l.contains("[warning][wasm]") && l.contains(warning))
-            .count()
-    };
+    let count = |log: &str| wasm_log_lines(log, "warning", warning);
     let before = count(&stack().envoy_log().unwrap());
     // One client, one kept-alive connection, so one worker: a login starts, then anyone's bad callbacks
     // (no login of theirs) pass the 20 lines a second that worker logs of them.
@@ -321,13 +317,6 @@ fn a_flood_of_bad_callbacks_does_not_hide_the_warning_of_a_failed_login() {
         Ok((count(&stack().envoy_log()?) > before).then_some(()))
     })
     .unwrap_or_else(|e| panic!("{e}: the warning {warning:?} was not logged"));
-}
-
-/// Whether Envoy's log has a line of the `wasm` component at `level` (`info`, `warning`) containing
-/// `needle`.
-fn logged_at(log: &str, level: &str, needle: &str) -> bool {
-    let tag = format!("[{level}][wasm]");
-    log.lines().any(|l| l.contains(&tag) && l.contains(needle))
 }
 
 #[test]
@@ -443,9 +432,9 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
     // A refresh refused ends a session as a logout at the IdP does: at `info`. A refresh that met an
     // outage (the 503s above) is the IdP's failure: at `warning`.
     let log = stack().envoy_log().unwrap();
-    assert!(logged_at(&log, "info", line), "{log}");
+    assert!(0 < wasm_log_lines(&log, "info", line), "{log}");
     assert!(
-        logged_at(
+        0 < wasm_log_lines(
             &log,
             "warning",
             "oidc-filter: token refresh failed, answered 503"

@@ -157,12 +157,24 @@ enum Update {
 
 /// Gives `site` the configuration `config` and waits until Envoy has applied or refused it.
 fn change(site: &str, config: Value) -> Update {
+    let before = ecds_counts(site);
+    stack().update_filter_config(site, config).unwrap();
+    applied_or_refused(site, before, "update")
+}
+
+/// `site`'s ECDS updates applied and refused so far.
+fn ecds_counts(site: &str) -> (u64, u64) {
     let s = stack();
-    let (reload, fail) = (
+    (
         s.ecds_stat(site, "config_reload").unwrap(),
         s.ecds_stat(site, "config_fail").unwrap(),
-    );
-    s.update_filter_config(site, config).unwrap();
+    )
+}
+
+/// Waits until Envoy has applied or refused the ECDS update of `site` written after it counted
+/// `before` ([`ecds_counts`]).
+fn applied_or_refused(site: &str, (reload, fail): (u64, u64), what: &str) -> Update {
+    let s = stack();
     // A bound on the wait only: on a loaded machine Envoy has taken over 10 s to pick up the file.
     poll(Duration::from_secs(30), || {
         if s.ecds_stat(site, "config_fail")? > fail {
@@ -170,7 +182,7 @@ fn change(site: &str, config: Value) -> Update {
         }
         Ok((s.ecds_stat(site, "config_reload")? > reload).then_some(Update::Applied))
     })
-    .unwrap_or_else(|e| panic!("{site}: envoy neither applied nor refused the update: {e:#}"))
+    .unwrap_or_else(|e| panic!("{site}: envoy neither applied nor refused the {what}: {e:#}"))
 }
 
 /// Polls until `probe` holds for ten requests in a row, each on a new connection (so both workers
@@ -215,6 +227,24 @@ fn through_idp(b: &Browser, site: &str, mut resp: Response) -> String {
         resp = b.submit(&consent, &[]).unwrap();
     }
     panic!("no way back from the IdP");
+}
+
+/// Logs alice in through the IdP's login `form` (from [`at_login_form`]) and follows the callback: she
+/// lands on `/after` at the app, and the login attempt's cookie is gone.
+fn completes_login(b: &Browser, site: &str, form: &Form, login_cookie: &str) {
+    let callback = log_in_at_idp(b, site, form, "alice");
+    let done = b.follow(b.get(&callback).unwrap(), 10).unwrap();
+    assert_eq!(done.response.status, 200, "{:?}", done.chain);
+    assert!(done.response.url.ends_with("/after"), "{:?}", done.chain);
+    assert!(
+        done.response.body.contains("Hello, alice@example.com"),
+        "{}",
+        done.response.body
+    );
+    assert!(
+        b.cookie(HOST, login_cookie).is_none(),
+        "the login cookie stayed"
+    );
 }
 
 /// Starts a login at `site` (to land on `/after`) and follows it to the IdP's login form; returns
@@ -410,19 +440,7 @@ fn a_login_started_before_a_change_completes_after_it() {
 
     // The user types her name: the callback lands on the new configuration, and the login that the
     // old one began (its state, nonce, verifier, sealed in the login cookie) completes.
-    let callback = log_in_at_idp(&b, LOGIN, &form, "alice");
-    let done = b.follow(b.get(&callback).unwrap(), 10).unwrap();
-    assert_eq!(done.response.status, 200, "{:?}", done.chain);
-    assert!(done.response.url.ends_with("/after"), "{:?}", done.chain);
-    assert!(
-        done.response.body.contains("Hello, alice@example.com"),
-        "{}",
-        done.response.body
-    );
-    assert!(
-        b.cookie(HOST, &login_cookie).is_none(),
-        "the login cookie stayed"
-    );
+    completes_login(&b, LOGIN, &form, &login_cookie);
     // The session is the new configuration's: its header mapping.
     let h = upstream_headers(&api(LOGIN, "/x", &session_cookies(&b))).unwrap();
     assert_eq!(h["x-user"], "alice", "{h}");
@@ -788,17 +806,7 @@ fn a_backchannel_logout_stays_in_force_across_a_change() {
         assert_eq!(api(REVOKE, "/x", &cookie).status, 200);
     }
     // Logged out at the IdP, which posts a logout token to the site.
-    let page = b.get(&stack().idp_url("/session/end")).unwrap();
-    let form = page
-        .forms()
-        .into_iter()
-        .find(|f| f.id.as_deref() == Some("op.logoutForm"))
-        .unwrap_or_else(|| panic!("no logout form: {}", page.body));
-    let confirmed = b.submit(&form, &[("logout", "yes")]).unwrap();
-    assert!(confirmed.status < 400, "{}", confirmed.body);
-    until_every_worker("the logout on every worker", || {
-        api(REVOKE, "/x", &cookie).status == 401
-    });
+    log_out_at_idp(&b, REVOKE, &cookie);
 
     let applied = change(
         REVOKE,
@@ -887,20 +895,10 @@ struct Upgrade {
 /// until Envoy has applied or refused it, and returns which, with when the update was written and
 /// when Envoy counted it.
 fn swap_module(site: &str, module: &Path) -> (Update, Instant, Instant) {
-    let s = stack();
-    let (reload, fail) = (
-        s.ecds_stat(site, "config_reload").unwrap(),
-        s.ecds_stat(site, "config_fail").unwrap(),
-    );
-    s.update_filter_module(site, module).unwrap();
+    let before = ecds_counts(site);
+    stack().update_filter_module(site, module).unwrap();
     let written = Instant::now();
-    let update = poll(Duration::from_secs(30), || {
-        if s.ecds_stat(site, "config_fail")? > fail {
-            return Ok(Some(Update::Rejected));
-        }
-        Ok((s.ecds_stat(site, "config_reload")? > reload).then_some(Update::Applied))
-    })
-    .unwrap_or_else(|e| panic!("{site}: envoy neither applied nor refused the new module: {e:#}"));
+    let update = applied_or_refused(site, before, "new module");
     (update, written, Instant::now())
 }
 
@@ -1091,19 +1089,7 @@ fn a_login_started_before_an_image_upgrade_completes_on_the_new_vm() {
     until_new_vms_ready(&up);
 
     // Every new request now meets a new VM: the callback completes the login the old one began.
-    let callback = log_in_at_idp(&b, UPGRADE_LOGIN, &form, "alice");
-    let done = b.follow(b.get(&callback).unwrap(), 10).unwrap();
-    assert_eq!(done.response.status, 200, "{:?}", done.chain);
-    assert!(done.response.url.ends_with("/after"), "{:?}", done.chain);
-    assert!(
-        done.response.body.contains("Hello, alice@example.com"),
-        "{}",
-        done.response.body
-    );
-    assert!(
-        b.cookie(HOST, &login_cookie).is_none(),
-        "the login cookie stayed"
-    );
+    completes_login(&b, UPGRADE_LOGIN, &form, &login_cookie);
     for _ in 0..6 {
         let r = api(UPGRADE_LOGIN, "/x", &session_cookies(&b));
         assert_eq!(r.status, 200, "{}", r.body);
@@ -1114,13 +1100,7 @@ fn a_login_started_before_an_image_upgrade_completes_on_the_new_vm() {
 /// Logs `b` out at the IdP, which posts a logout token to the site; waits until every worker refuses
 /// `cookie`.
 fn log_out_at_idp(b: &Browser, site: &str, cookie: &str) {
-    let page = b.get(&stack().idp_url("/session/end")).unwrap();
-    let form = page
-        .forms()
-        .into_iter()
-        .find(|f| f.id.as_deref() == Some("op.logoutForm"))
-        .unwrap_or_else(|| panic!("no logout form: {}", page.body));
-    let confirmed = b.submit(&form, &[("logout", "yes")]).unwrap();
+    let confirmed = b.end_idp_session(&stack().idp_url("/session/end")).unwrap();
     assert!(confirmed.status < 400, "{}", confirmed.body);
     until_every_worker("the logout on every worker", || {
         api(site, "/x", cookie).status == 401

@@ -22,7 +22,7 @@ use harness::envoy::cluster_name;
 use harness::idp::random_token;
 use harness::idp_hold;
 use harness::process::poll;
-use harness::{Browser, Response, SiteSpec, Stack, StackSpec};
+use harness::{Browser, Response, SiteSpec, Stack, StackSpec, wasm_log_lines};
 use oidc_filter::session;
 use serde_json::json;
 
@@ -61,15 +61,6 @@ fn stat(name: &str) -> u64 {
     stack().filter_stat(name).unwrap()
 }
 
-/// Lines of Envoy's log of the `wasm` component at `level` (`info`, `warning`: Envoy prints
-/// `[warning][wasm]`) containing `needle`.
-fn count_at(log: &str, level: &str, needle: &str) -> usize {
-    let tag = format!("[{level}][wasm]");
-    log.lines()
-        .filter(|l| l.contains(&tag) && l.contains(needle))
-        .count()
-}
-
 /// Session cookies (the cookie or one of its chunks) among `name=value` pairs that set a value.
 fn sets_a_session(r: &Response) -> Vec<String> {
     r.set_cookies()
@@ -90,7 +81,7 @@ fn sets_a_session(r: &Response) -> Vec<String> {
 fn login_refused_at_the_token_endpoint(site: &str, why: &str, idp_says: &str) {
     let _idp = idp_hold::exclusive();
     let line = format!("oidc-filter: login callback failed (token_endpoint), answered 502: {why}");
-    let lines_before = count_at(&stack().envoy_log().unwrap(), "warning", &line);
+    let lines_before = wasm_log_lines(&stack().envoy_log().unwrap(), "warning", &line);
     let idp_before = stack().idp_log().unwrap().matches(idp_says).count();
     let failures = stat("callback_failures.token_endpoint");
     let completed = stat("logins_completed");
@@ -154,7 +145,7 @@ fn login_refused_at_the_token_endpoint(site: &str, why: &str, idp_says: &str) {
     // Once everything logged before it is in the log (a later failed callback's line shows), the
     // warning is there, once.
     let log = stack().envoy_log_after_sentinel(site).unwrap();
-    let lines = count_at(&log, "warning", &line);
+    let lines = wasm_log_lines(&log, "warning", &line);
     assert_eq!(
         lines,
         lines_before + 1,
@@ -211,7 +202,7 @@ fn an_issuer_with_a_trailing_slash_the_idp_does_not_have_keeps_logins_unavailabl
         cluster_name(&configured).unwrap()
     );
     poll(LOG_WAIT, || {
-        Ok((count_at(&stack().envoy_log()?, "warning", &line) > 0).then_some(()))
+        Ok((wasm_log_lines(&stack().envoy_log()?, "warning", &line) > 0).then_some(()))
     })
     .unwrap_or_else(|e| {
         panic!(
@@ -243,7 +234,7 @@ fn an_issuer_with_a_trailing_slash_the_idp_does_not_have_keeps_logins_unavailabl
     // Never loaded, on any of the VMs (Envoy's main thread and the workers).
     let log = stack().envoy_log().unwrap();
     assert_eq!(
-        count_at(
+        wasm_log_lines(
             &log,
             "info",
             &format!("{configured}: discovery document loaded")
@@ -257,7 +248,7 @@ fn an_issuer_with_a_trailing_slash_the_idp_does_not_have_keeps_logins_unavailabl
 fn a_callback_that_matches_no_login_is_a_400_logged_at_info_not_warning() {
     let _idp = idp_hold::shared();
     let line = "oidc-filter: login callback failed (state_mismatch), answered 400";
-    let infos_before = count_at(&stack().envoy_log().unwrap(), "info", line);
+    let infos_before = wasm_log_lines(&stack().envoy_log().unwrap(), "info", line);
     let mismatches = stat("callback_failures.state_mismatch");
     // A well-formed state and a code, but this browser started no login: anyone can send this.
     let state = random_token(32).unwrap();
@@ -285,7 +276,7 @@ fn a_callback_that_matches_no_login_is_a_400_logged_at_info_not_warning() {
     // Logged at info (which istio-proxy does not show by default), and not at warning.
     let log = poll(LOG_WAIT, || {
         let log = stack().envoy_log()?;
-        Ok((count_at(&log, "info", line) > infos_before).then_some(log))
+        Ok((wasm_log_lines(&log, "info", line) > infos_before).then_some(log))
     })
     .unwrap_or_else(|e| {
         panic!(
@@ -293,9 +284,9 @@ fn a_callback_that_matches_no_login_is_a_400_logged_at_info_not_warning() {
             stack().envoy_log().unwrap()
         )
     });
-    assert_eq!(count_at(&log, "warning", line), 0, "{log}");
+    assert_eq!(wasm_log_lines(&log, "warning", line), 0, "{log}");
     assert_eq!(
-        count_at(&log, "warning", "login callback failed (state_mismatch)"),
+        wasm_log_lines(&log, "warning", "login callback failed (state_mismatch)"),
         0,
         "{log}"
     );
