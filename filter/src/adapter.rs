@@ -371,6 +371,7 @@ impl Root {
             pending: None,
             renewing: None,
             set_cookies: None,
+            held: None,
         })
     }
 
@@ -490,7 +491,13 @@ pub struct Http {
     /// The response's `Set-Cookie` lines. Shared with the root context, which fills it for a request it
     /// resumes; made only when there is a line to add or a request parks (not an allocation per request).
     set_cookies: Option<Rc<RefCell<Vec<String>>>>,
+    /// Held at its headers until the IdP's documents arrive (`exports::hold`): whether the headers
+    /// ended the stream, and when to stop waiting.
+    held: Option<(bool, u64)>,
 }
+
+/// At most this many requests wait for the IdP's documents per VM; more are answered 503 at once.
+const MAX_HELD: usize = 256;
 
 impl Drop for Http {
     /// Ended (its client went away) before the renewal it claimed finished: the waiting requests stop
@@ -510,6 +517,7 @@ impl Http {
             && !self.reading_body
             && self.renewing.is_none()
             && self.set_cookies.is_none()
+            && self.held.is_none()
     }
 
     /// The IdP answered this request's callout (or the callout failed: no `:status`).
@@ -571,15 +579,33 @@ impl Http {
 
     /// The request's headers: decide (`flow::on_request`) and carry the decision out.
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
+        self.headers_read(end_of_stream, None)
+    }
+
+    /// Runs a request held at its headers again, now that the IdP has answered a fetch (or on a tick):
+    /// it goes on as if it had just arrived, or is held once more while its deadline lasts. `None`: it
+    /// was not held.
+    pub fn rerun(&mut self) -> Option<Action> {
+        let (end_of_stream, until) = self.held.take()?;
+        Some(self.headers_read(end_of_stream, Some(until)))
+    }
+
+    /// `held_until`: the deadline of a request held before.
+    fn headers_read(&mut self, end_of_stream: bool, held_until: Option<u64>) -> Action {
         let headers = request_headers();
-        let action = self.on_headers(&headers, end_of_stream);
+        let action = self.on_headers(&headers, end_of_stream, held_until);
         host::recycle_header_buffer(headers.into_bytes());
         action
     }
 
-    fn on_headers(&mut self, headers: &HeaderBlock, end_of_stream: bool) -> Action {
+    fn on_headers(
+        &mut self,
+        headers: &HeaderBlock,
+        end_of_stream: bool,
+        held_until: Option<u64>,
+    ) -> Action {
         let now = now();
-        let step = {
+        let (step, hold) = {
             let Ok(mut s) = self.shared.try_borrow_mut() else {
                 self.fail(500);
                 return Action::Pause;
@@ -617,8 +643,24 @@ impl Http {
                 now,
                 random: &mut random,
             };
-            flow::on_request(cfg, state, &mut env, headers)
+            let step = flow::on_request(cfg, state, &mut env, headers);
+            // Not ready, but the IdP's documents are on their way (a new VM's first fetch): wait for
+            // them, up to a little longer than that fetch may take, rather than answer 503.
+            let hold = match &step {
+                Step::Respond(r) if r.metric == Some(Metric::NotReady) => {
+                    Some(held_until.unwrap_or(now + cfg.callout_timeout.as_secs() + 2))
+                        .filter(|until| now < *until && state.provider.warming())
+                }
+                _ => None,
+            };
+            (step, hold)
         };
+        if let Some(until) = hold
+            && crate::exports::hold(self.id, MAX_HELD)
+        {
+            self.held = Some((end_of_stream, until));
+            return Action::Pause;
+        }
         if end_of_stream && matches!(step, Step::ReadBody) {
             return self.backchannel_logout(&[]);
         }

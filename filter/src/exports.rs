@@ -32,6 +32,40 @@ static CALLOUTS: VmLocal<RefCell<Vec<(u32, u32)>>> = VmLocal(RefCell::new(Vec::n
 /// In a VM with several root contexts: requests made but not yet at their headers, and their root.
 static FRESH: VmLocal<RefCell<Vec<(u32, u32)>>> = VmLocal(RefCell::new(Vec::new()));
 
+/// Requests held at their headers while the IdP's documents are on their way (`Http::rerun`).
+static HELD: VmLocal<RefCell<Vec<u32>>> = VmLocal(RefCell::new(Vec::new()));
+
+/// Holds request context `id` until the next answer to a root context's fetch, or its next tick;
+/// `false` when `max` requests wait already (or the list is busy).
+pub fn hold(id: u32, max: usize) -> bool {
+    HELD.with(|held| {
+        let Ok(mut held) = held.try_borrow_mut() else {
+            return false;
+        };
+        let room = held.len() < max;
+        if room {
+            held.push(id);
+        }
+        room
+    })
+}
+
+/// Runs the held requests again: each goes on, is answered, or is held once more. The last thing a
+/// callback does: it switches the effective context to each request.
+fn rerun_held() {
+    let held = HELD.with(|held| held.try_borrow_mut().map(|mut h| std::mem::take(&mut *h)));
+    for id in held.unwrap_or_default() {
+        // A request whose client went away is gone, or soon swept: nothing to run.
+        with_request(id, |http| {
+            if host::set_effective_context(id).is_ok()
+                && let Some(Action::Continue) = http.rerun()
+            {
+                let _ = host::resume_request();
+            }
+        });
+    }
+}
+
 /// Remembers that the answer to callout `token` goes to context `owner`.
 pub fn register_callout(token: u32, owner: u32) {
     CALLOUTS.with(|c| {
@@ -139,6 +173,7 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
 pub extern "C" fn proxy_on_tick(root_context_id: u32) {
     sweep(root_context_id);
     with_root(root_context_id, |root| root.on_tick());
+    rerun_held();
 }
 
 /// Lets go of what is kept for contexts that have ended (the host no longer knows their ids), then makes
@@ -241,5 +276,6 @@ pub extern "C" fn proxy_on_http_call_response(
                 root.on_http_call_response(token, body_size);
             }
         });
+        rerun_held();
     }
 }

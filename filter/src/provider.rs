@@ -55,6 +55,12 @@ impl ProviderState {
         self.ready.as_ref()
     }
 
+    /// Not ready yet, and a fetch is on its way that may make it so: a request that needs the IdP can
+    /// wait for it rather than be turned away (a new VM's first seconds; not an outage's backoff).
+    pub fn warming(&self) -> bool {
+        self.ready.is_none() && self.in_flight
+    }
+
     /// The next fetch to start, if one is due and none is under way.
     pub fn poll(&mut self, cfg: &Config, now: u64) -> Option<(Callout, Fetch)> {
         if self.in_flight || now < self.next_attempt {
@@ -309,6 +315,36 @@ mod tests {
         p.on_reply(cfg, Fetch::Jwks, Some((200, JWKS)), NOW)
             .unwrap();
         p
+    }
+
+    #[test]
+    fn warming_while_a_first_fetch_is_under_way_not_during_backoff_nor_once_ready() {
+        let cfg = cfg();
+        let mut p = ProviderState::default();
+        assert!(!p.warming(), "nothing asked yet");
+        p.poll(&cfg, NOW).unwrap();
+        assert!(p.warming(), "discovery on its way");
+        p.on_reply(&cfg, Fetch::Discovery, None, NOW).unwrap_err();
+        assert!(!p.warming(), "failed: backoff, nothing on its way");
+        p.poll(&cfg, NOW + 1).unwrap();
+        assert!(p.warming(), "the retry on its way");
+        p.on_reply(
+            &cfg,
+            Fetch::Discovery,
+            Some((200, DISCOVERY.as_bytes())),
+            NOW + 1,
+        )
+        .unwrap();
+        assert!(!p.warming(), "between discovery and keys");
+        p.poll(&cfg, NOW + 1).unwrap();
+        assert!(p.warming(), "the keys on their way");
+        p.on_reply(&cfg, Fetch::Jwks, Some((200, JWKS)), NOW + 1)
+            .unwrap();
+        assert!(!p.warming() && p.ready().is_some());
+        // A refresh of a provider that serves is not warming up: nothing waits for it.
+        let later = NOW + 1 + cfg.jwks_refresh_interval;
+        p.poll(&cfg, later).unwrap();
+        assert!(!p.warming());
     }
 
     #[test]

@@ -1187,29 +1187,29 @@ fn a_backchannel_logout_stays_in_force_across_an_image_upgrade() {
 #[derive(Debug)]
 struct Anonymous {
     at: Instant,
+    took: Duration,
     status: u16,
-    retry_after: bool,
     location: Option<String>,
 }
 
-fn anonymous(r: &Response) -> Anonymous {
+/// `r`, answered after `took`.
+fn anonymous(r: &Response, took: Duration) -> Anonymous {
     Anonymous {
         at: Instant::now(),
+        took,
         status: r.status,
-        retry_after: r.header("retry-after").is_some(),
         location: r.location(),
     }
 }
 
 /// The new VMs fetch the IdP's discovery document, then its keys, before they can send anyone to
-/// log in; the old VMs had both, but a VM cannot lend another anything but shared data. Until then
-/// every anonymous navigation, `/login` and callback gets the filter's "not ready" answer: `503` with
-/// `Retry-After`, fail closed. Measured here with an IdP 300 ms away (every answer held that long):
-/// the window is about two IdP round trips, on every thread (and every gateway replica, since istiod
-/// sends the upgrade to all at once). A login callback that lands in it keeps its login cookie and
-/// completes when the browser retries.
+/// log in; the old VMs had both, but a VM cannot lend another anything but shared data. Meanwhile a
+/// new VM holds every anonymous navigation, `/login` and callback that needs them, and carries each
+/// on once the keys are in: the user waits about two IdP round trips (measured here with an IdP
+/// 300 ms away, every answer held that long) instead of meeting a `503`. Before this hold, about a
+/// quarter of these requests got `503` with `Retry-After` (645 to 725 of about 2,700 in three runs).
 #[test]
-fn an_image_upgrade_answers_visitors_503_with_retry_after_while_the_new_vm_fetches_from_the_idp() {
+fn an_image_upgrade_holds_visitors_while_the_new_vm_fetches_from_the_idp() {
     let _idp = idp_hold::exclusive();
     until_ready(UPGRADE);
     let issuer = format!("{}/", stack().issuer());
@@ -1225,12 +1225,13 @@ fn an_image_upgrade_answers_visitors_503_with_retry_after_while_the_new_vm_fetch
         .into_iter()
         .map(|path| {
             Probes::start(move || {
+                let t = Instant::now();
                 let r = if path == "/login" {
                     Browser::new().get(&url(UPGRADE, path)).unwrap()
                 } else {
                     navigate(UPGRADE, path, "")
                 };
-                (path, anonymous(&r))
+                (path, anonymous(&r, t.elapsed()))
             })
         })
         .collect();
@@ -1239,16 +1240,11 @@ fn an_image_upgrade_answers_visitors_503_with_retry_after_while_the_new_vm_fetch
     }
     let up = upgrade(UPGRADE);
     // The user's callback arrives right after the gateway took the new module.
+    let t = Instant::now();
     let first = b.get(&callback).unwrap();
-    let first_try = anonymous(&first);
-    let kept_login_cookie = b.cookie(HOST, &login_cookie).is_some();
+    let first_try = anonymous(&first, t.elapsed());
     let ready = until_new_vms_ready(&up);
-    // Refused for now: the browser tries again (the page says so), once the new VM is ready.
-    let done = if first.status == 503 {
-        b.follow(b.get(&callback).unwrap(), 10).unwrap()
-    } else {
-        b.follow(first, 10).unwrap()
-    };
+    let done = b.follow(first, 10).unwrap();
     for p in &probes {
         p.until_more(20);
     }
@@ -1266,7 +1262,6 @@ fn an_image_upgrade_answers_visitors_503_with_retry_after_while_the_new_vm_fetch
             .location
             .as_ref()
             .is_some_and(|l| l.contains("/login?rd=")),
-        503 => a.retry_after,
         _ => false,
     };
     let unexpected: Vec<_> = answers
@@ -1274,15 +1269,14 @@ fn an_image_upgrade_answers_visitors_503_with_retry_after_while_the_new_vm_fetch
         .filter(|(p, a)| !expected(p, a))
         .map(|(p, a)| (p, a.status, since(a.at), &a.location))
         .collect();
-    let refused: Vec<&Anonymous> = answers
+    // Neither `/login` nor a navigation waits on the IdP once a VM has its documents: what took
+    // longer than one IdP round trip was held by a new VM.
+    let held: Vec<&Anonymous> = answers
         .iter()
-        .filter(|(_, a)| a.status == 503)
+        .filter(|(_, a)| a.took >= REMOTE_IDP)
         .map(|(_, a)| a)
         .collect();
-    let (first, last) = (
-        refused.iter().map(|a| since(a.at)).min(),
-        refused.iter().map(|a| since(a.at)).max(),
-    );
+    let longest = held.iter().map(|a| a.took).max().unwrap_or_default();
     let before = answers.iter().filter(|(_, a)| a.at < up.written).count();
     let of = |path: &str| {
         by_status(
@@ -1294,58 +1288,100 @@ fn an_image_upgrade_answers_visitors_503_with_retry_after_while_the_new_vm_fetch
     };
     eprintln!(
         "upgrade with the IdP {REMOTE_IDP:?} away: {} anonymous requests ({before} before the new \
-         module): /login {:?}, navigations {:?}; the 503s from {first:?} to {last:?} after the new \
-         module was written (applied after {:?}, new VMs ready after {:?}); the callback right \
-         after: {} (login cookie kept: {kept_login_cookie}), then: {:?}",
+         module): /login {:?}, navigations {:?}; {} held by a new VM, the longest {longest:?} \
+         (new module applied after {:?}, new VMs ready after {:?}); the callback right after: {} \
+         in {:?}, then: {:?}",
         answers.len(),
         of("/login"),
         of("/x"),
+        held.len(),
         up.applied - up.written,
         ready - up.written,
         first_try.status,
+        first_try.took,
         done.chain
     );
-    // Fail closed, and say so: nothing but the login redirect or a 503 with Retry-After.
+    // Nobody is turned away: the login redirect, every time.
     assert!(unexpected.is_empty(), "unexpected answers: {unexpected:?}");
-    // Only the new VMs answer 503, and only until they have the documents: about two IdP round trips.
+    // The new VMs did start without the documents, and held requests meanwhile, only while they
+    // fetched them: about two IdP round trips.
     assert!(
-        refused.iter().all(|a| a.at > up.written && a.at <= ready),
-        "503s outside the new VMs' start: {first:?} to {last:?}, ready after {:?}",
-        ready - up.written
+        !held.is_empty(),
+        "no request was held: the new VMs never waited"
     );
-    if let (Some(first), Some(last)) = (first, last) {
-        assert!(
-            last - first <= 4 * REMOTE_IDP + Duration::from_millis(800),
-            "503s for {:?}, from {first:?} to {last:?} after the new module",
-            last - first
-        );
-    }
+    assert!(
+        held.iter().all(|a| a.at > up.written && a.at <= ready),
+        "requests held outside the new VMs' start: {:?}",
+        held.iter()
+            .map(|a| (since(a.at), a.took))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        longest <= 4 * REMOTE_IDP + Duration::from_millis(800),
+        "a request was held {longest:?}"
+    );
     assert!(
         answers.iter().filter(|(_, a)| a.at > ready).count() >= 60,
         "too few answers after the new VMs were ready"
     );
-    // The callback: handled at once by the old VM, or refused for now by a new one with the login
-    // cookie kept; either way the login completes.
-    match first_try.status {
-        503 => assert!(
-            first_try.retry_after && kept_login_cookie,
-            "{first_try:?}, login cookie kept: {kept_login_cookie}"
-        ),
-        302 => assert!(
-            first_try
-                .location
-                .as_ref()
-                .is_some_and(|l| l.ends_with("/after")),
-            "{first_try:?}"
-        ),
-        _ => panic!("the callback got {first_try:?}"),
-    }
+    // The callback: handled at once by the old VM, or held by a new one until it has the keys;
+    // either way the login completes at the first try, its login cookie spent.
+    assert_eq!(first_try.status, 302, "{first_try:?}");
+    assert!(
+        first_try
+            .location
+            .as_ref()
+            .is_some_and(|l| l.ends_with("/after")),
+        "{first_try:?}"
+    );
+    assert!(b.cookie(HOST, &login_cookie).is_none(), "login cookie kept");
     assert_eq!(done.response.status, 200, "{:?}", done.chain);
     assert!(done.response.url.ends_with("/after"), "{:?}", done.chain);
     assert!(
         done.response.body.contains("Hello, carol@example.com"),
         "{}",
         done.response.body
+    );
+}
+
+/// A new VM whose first fetch gets no answer holds a visitor no longer than that fetch may take
+/// (`callout_timeout`, 4 s here), then answers `503` with `Retry-After`: fail closed, and never a
+/// request left hanging. Once the IdP answers again, the next attempt lets logins through.
+#[test]
+fn an_image_upgrade_while_the_idp_hangs_holds_logins_no_longer_than_a_fetch_may_take() {
+    let _idp = idp_hold::exclusive();
+    until_ready(UPGRADE);
+    let hang = Fault::set(Mode::Hang);
+    let up = upgrade(UPGRADE);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let t = Instant::now();
+        let login = Browser::new().get(&url(UPGRADE, "/login")).unwrap();
+        answers.push((login.status, t.elapsed()));
+        assert_eq!(login.status, 503, "{}", login.body);
+        assert!(login.header("retry-after").is_some(), "{:?}", login.headers);
+        assert!(login.location().is_none(), "{:?}", login.headers);
+    }
+    drop(hang);
+    let back = Instant::now();
+    until_new_vms_ready(&up);
+    eprintln!(
+        "upgrade with the IdP hanging: /login answered {answers:?}; logins back {:?} after the IdP",
+        back.elapsed()
+    );
+    // Held while a fetch was under way (the first one right after the upgrade), but never beyond
+    // `callout_timeout` and a tick.
+    assert!(
+        answers
+            .iter()
+            .all(|(_, took)| *took <= CALLOUT_TIMEOUT + Duration::from_secs(2)),
+        "{answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .any(|(_, took)| *took >= Duration::from_secs(1)),
+        "not held at all: {answers:?}"
     );
 }
 
