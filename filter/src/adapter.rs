@@ -50,8 +50,13 @@ fn renewal_bucket(cfg: &crate::config::Config, key: &str) -> String {
 /// Replies larger than this are not an IdP document or token response.
 const MAX_REPLY: usize = 256 * 1024;
 const TICK: Duration = Duration::from_secs(1);
-/// The tick while requests wait for another worker's renewal.
+/// The tick while requests wait for another worker's renewal, or to be run again (`exports::hold`).
 const FAST_TICK: Duration = Duration::from_millis(100);
+/// Waiting requests a callback of the root context carries on or answers at most, of each kind (parked,
+/// held); the others wait for the next (fast) tick. Envoy runs the local reply (or direct response) of
+/// each such request nested inside the one before, on V8's stack: about 300 in one callback overflowed it
+/// (`Maximum call stack size exceeded`) and lost the VM.
+pub const FINISH_PER_CALL: usize = 32;
 
 /// Per-worker state shared by the root context and every request on that worker.
 struct Shared {
@@ -351,6 +356,12 @@ impl Root {
         s.states.get(site)?.provider.carried_over()
     }
 
+    /// Ticks fast until no request waits (some held requests are left for the next tick).
+    pub fn hurry(&mut self) {
+        self.fast_tick = true;
+        let _ = host::set_tick_period(FAST_TICK);
+    }
+
     pub fn on_tick(&mut self) {
         self.metrics.flush();
         self.poll();
@@ -391,6 +402,10 @@ impl Root {
             // Requests that park set the fast tick; back to the slow one once none waits.
             self.fast_tick |= !parked.is_empty();
             for p in parked {
+                if ready.len() == FINISH_PER_CALL {
+                    s.parked.push(p);
+                    continue;
+                }
                 let (Some(cfg), Some(state)) = (plugin.sites.get(p.site), s.states.get_mut(p.site))
                 else {
                     continue;
@@ -405,7 +420,7 @@ impl Root {
                 };
                 ready.push((p.context_id, step, p.set_cookies));
             }
-            if s.parked.is_empty() && self.fast_tick {
+            if s.parked.is_empty() && !crate::exports::holding() && self.fast_tick {
                 let _ = host::set_tick_period(TICK);
                 self.fast_tick = false;
             }
@@ -497,7 +512,7 @@ pub struct Http {
 }
 
 /// At most this many requests wait for the IdP's documents per VM; more are answered 503 at once.
-const MAX_HELD: usize = 256;
+const MAX_HELD: usize = 128;
 
 impl Drop for Http {
     /// Ended (its client went away) before the renewal it claimed finished: the waiting requests stop
@@ -580,6 +595,11 @@ impl Http {
     /// The request's headers: decide (`flow::on_request`) and carry the decision out.
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
         self.headers_read(end_of_stream, None)
+    }
+
+    /// Whether the request is held at its headers (`exports::hold`).
+    pub fn is_held(&self) -> bool {
+        self.held.is_some()
     }
 
     /// Runs a request held at its headers again, now that the IdP has answered a fetch (or on a tick):

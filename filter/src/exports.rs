@@ -50,20 +50,49 @@ pub fn hold(id: u32, max: usize) -> bool {
     })
 }
 
-/// Runs the held requests again: each goes on, is answered, or is held once more. The last thing a
-/// callback does: it switches the effective context to each request.
-fn rerun_held() {
-    let held = HELD.with(|held| held.try_borrow_mut().map(|mut h| std::mem::take(&mut *h)));
-    for id in held.unwrap_or_default() {
+/// Whether requests are held.
+pub fn holding() -> bool {
+    HELD.with(|held| held.try_borrow().is_ok_and(|h| !h.is_empty()))
+}
+
+/// Runs the held requests again: each goes on, is answered, or is held once more; after
+/// `adapter::FINISH_PER_CALL` that went on or were answered, the rest wait for the next tick. `true`
+/// when some are left. The last thing a callback does: it switches the effective context to each
+/// request.
+fn rerun_held() -> bool {
+    let Ok(held) = HELD.with(|held| held.try_borrow_mut().map(|mut h| std::mem::take(&mut *h)))
+    else {
+        return false;
+    };
+    let mut finished = 0;
+    let mut left = Vec::new();
+    for id in held {
+        if finished == adapter::FINISH_PER_CALL {
+            left.push(id);
+            continue;
+        }
         // A request whose client went away is gone, or soon swept: nothing to run.
         with_request(id, |http| {
-            if host::set_effective_context(id).is_ok()
-                && let Some(Action::Continue) = http.rerun()
-            {
-                let _ = host::resume_request();
+            if host::set_effective_context(id).is_err() {
+                return;
             }
+            match http.rerun() {
+                Some(Action::Continue) => {
+                    let _ = host::resume_request();
+                }
+                // Held again: nothing was sent.
+                Some(_) if http.is_held() => return,
+                _ => {}
+            }
+            finished += 1;
         });
     }
+    HELD.with(|held| {
+        if let Ok(mut held) = held.try_borrow_mut() {
+            held.extend_from_slice(&left);
+        }
+    });
+    !left.is_empty()
 }
 
 /// Remembers that the answer to callout `token` goes to context `owner`.
@@ -173,7 +202,18 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
 pub extern "C" fn proxy_on_tick(root_context_id: u32) {
     sweep(root_context_id);
     with_root(root_context_id, |root| root.on_tick());
-    rerun_held();
+    if rerun_held() {
+        hurry(root_context_id);
+    }
+}
+
+/// Makes root context `id` the effective one again and has it tick fast.
+fn hurry(id: u32) {
+    with_root(id, |root| {
+        if host::set_effective_context(id).is_ok() {
+            root.hurry();
+        }
+    });
 }
 
 /// Lets go of what is kept for contexts that have ended (the host no longer knows their ids), then makes
@@ -276,6 +316,8 @@ pub extern "C" fn proxy_on_http_call_response(
                 root.on_http_call_response(token, body_size);
             }
         });
-        rerun_held();
+        if rerun_held() {
+            hurry(owner);
+        }
     }
 }

@@ -230,6 +230,84 @@ fn a_burst_on_expired_sessions_refreshes_each_once_and_logs_nobody_out() {
     assert_eq!(stat("refresh_failures"), failures);
 }
 
+/// A client bursting 600 requests on one expired session whose refresh the IdP refuses (a grant it
+/// revoked), slowly: the first request claims the renewal and gets `401`; the others wait for it
+/// (hundreds on each worker) and, as it failed, get `503` with `Retry-After` (they cannot tell why it
+/// failed). Envoy runs those answers nested one inside the other when they leave the VM in one
+/// callback: 300 of them overflowed V8's stack and lost the worker's VM (599 of 600 requests got a
+/// dropped connection or a 503 of Envoy's own, and so did every later request on it). Now each
+/// callback answers at most 32 and leaves the rest to the next tick: every request gets its answer,
+/// none goes upstream, and the workers serve on.
+#[test]
+fn a_burst_on_a_session_the_idp_will_not_renew_answers_every_request() {
+    let _l = lock();
+    const BURST: usize = 600;
+    let b = Browser::new();
+    b.login(&url("/"), "revoked").unwrap();
+    let mut s = open_session(&session_cookies(&b));
+    s.token_expires_at = unix_now() - 1;
+    s.refresh_token = Some(oidc_filter::secret::Secret::new("a-grant-the-idp-revoked"));
+    let cookie = seal(&s);
+    let failures = stat("refresh_failures");
+    stack().idp_proxy().set_mode(harness::Mode::DelayFor {
+        path_prefix: "/token".into(),
+        delay: Duration::from_millis(1500),
+    });
+    let t = Instant::now();
+    let results: Vec<Result<(u16, bool, bool), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..BURST)
+            .map(|n| {
+                let cookie = &cookie;
+                scope.spawn(move || {
+                    Browser::new()
+                        .get_with(
+                            &url(&format!("/revoked/{n}")),
+                            &[("accept", "application/json"), ("cookie", cookie)],
+                        )
+                        .map(|r| {
+                            (
+                                r.status,
+                                r.header("retry-after").is_some(),
+                                r.upstream_authorization().is_some(),
+                            )
+                        })
+                        .map_err(|e| format!("{e:#}"))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let took = t.elapsed();
+    stack().idp_proxy().set_mode(harness::Mode::Forward);
+    let other: Vec<_> = results
+        .iter()
+        .filter(|r| !matches!(r, Ok((401, false, false) | (503, true, false))))
+        .collect();
+    eprintln!(
+        "{BURST} requests on a session the IdP will not renew, in {took:?}: {} otherwise",
+        other.len()
+    );
+    assert!(
+        other.is_empty(),
+        "{} of {BURST} neither 401 nor 503 with Retry-After, e.g. {:?}",
+        other.len(),
+        &other[..other.len().min(5)]
+    );
+    assert!(
+        results.iter().any(|r| matches!(r, Ok((401, ..)))),
+        "nobody was told the session ended"
+    );
+    assert!(stat("refresh_failures") > failures, "no refresh failed");
+    let log = stack().envoy_log().unwrap();
+    assert!(!log.contains("Maximum call stack size exceeded"), "{log}");
+    // Both workers serve on: logins and sessions work on fresh connections.
+    for i in 0..4 {
+        let b = Browser::new();
+        let done = b.login(&url("/after"), &format!("after{i}")).unwrap();
+        assert_eq!(done.response.status, 200, "{:?}", done.chain);
+    }
+}
+
 // The filter's cookies, through the shared helpers (harness::sealed).
 
 fn session_cookies(b: &Browser) -> String {
