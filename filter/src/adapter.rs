@@ -511,6 +511,10 @@ pub struct Http {
     held: Option<(bool, u64)>,
 }
 
+/// At most this many requests wait for another request's renewal per root context, each with its session;
+/// more are answered 503 with `Retry-After` at once.
+const MAX_PARKED: usize = 512;
+
 /// At most this many requests wait for the IdP's documents per VM; more are answered 503 at once.
 const MAX_HELD: usize = 128;
 
@@ -816,6 +820,8 @@ impl Http {
             }
             Some(Renewal::Claimed) => match flow::renewal_busy(cfg, job, now) {
                 Ok(step) => Err(Some(step)),
+                // Each waits with its session: a bound on the memory a burst can take.
+                Err(_) if s.parked.len() >= MAX_PARKED => Err(Some(flow::renewal_crowded())),
                 Err(job) => {
                     s.parked.push(Parked {
                         context_id: self.id,

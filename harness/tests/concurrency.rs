@@ -308,6 +308,69 @@ fn a_burst_on_a_session_the_idp_will_not_renew_answers_every_request() {
     }
 }
 
+/// 1,200 requests on one expired session at once, over one HTTP/2 connection (so one worker), while
+/// the IdP takes 1.5 s over the refresh: one request renews it, and each of the others would wait for
+/// that renewal with a copy of the session. At most 512 wait per worker; the others get `503` with
+/// `Retry-After` at once, a bound on the memory such a burst can take. Those that waited go up with
+/// the renewed token.
+#[test]
+fn a_burst_on_one_expired_session_parks_at_most_512_requests_per_worker() {
+    let _l = lock();
+    const BURST: usize = 1200;
+    const MAX_PARKED: usize = 512;
+    let b = Browser::new();
+    b.login(&url("/"), "crowd").unwrap();
+    let mut s = open_session(&session_cookies(&b));
+    s.token_expires_at = unix_now() - 1;
+    let cookie = seal(&s);
+    let refreshes = stat("refreshes");
+    // A refresh within the login's second would get a byte-identical ID token.
+    std::thread::sleep(Duration::from_millis(1100));
+    stack().idp_proxy().set_mode(harness::Mode::DelayFor {
+        path_prefix: "/token".into(),
+        delay: Duration::from_millis(1500),
+    });
+    let t = Instant::now();
+    let out = std::process::Command::new("h2load")
+        .args([
+            "-n",
+            &BURST.to_string(),
+            "-c",
+            "1",
+            "-m",
+            &BURST.to_string(),
+        ])
+        .args([
+            "-H",
+            "accept: application/json",
+            "-H",
+            &format!("cookie: {cookie}"),
+        ])
+        .arg(url("/crowd"))
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    stack().idp_proxy().set_mode(harness::Mode::Forward);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    // "status codes: 513 2xx, 0 3xx, 0 4xx, 687 5xx"
+    let codes: Vec<usize> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("status codes: "))
+        .unwrap_or_else(|| panic!("{text}"))
+        .split(", ")
+        .map(|c| c.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    let (ok, unavailable) = (codes[0], codes[3]);
+    eprintln!(
+        "{BURST} requests on one expired session at once, in {took:?}: {codes:?} (2xx to 5xx)"
+    );
+    assert_eq!(ok + unavailable, BURST, "{text}");
+    // The one that renewed, and those that waited for it.
+    assert!(ok >= 2 && ok <= MAX_PARKED + 1, "{ok} got through");
+    assert_eq!(stat("refreshes") - refreshes, 1);
+}
+
 // The filter's cookies, through the shared helpers (harness::sealed).
 
 fn session_cookies(b: &Browser) -> String {
