@@ -691,10 +691,22 @@ impl Http {
         self.run(step, Some(headers))
     }
 
-    /// A chunk of the request body: only a back-channel logout's is read, the rest passes.
+    /// A chunk of the request body: only a back-channel logout's is read, the rest passes, unless the
+    /// request is paused: held, waiting for a callout, or parked (the root context, which resumes it,
+    /// holds a second reference to its `Set-Cookie` list). Envoy stops a paused request's body anyway,
+    /// unless the plugin sets `allow_on_headers_stop_iteration`: then a `Continue` here would send the
+    /// request on unchecked.
     pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if !self.reading_body {
-            return Action::Continue;
+            let parked = self
+                .set_cookies
+                .as_ref()
+                .is_some_and(|c| Rc::strong_count(c) > 1);
+            return if self.held.is_some() || self.pending.is_some() || parked {
+                Action::Watermark
+            } else {
+                Action::Continue
+            };
         }
         if !end_of_stream {
             // Logout tokens are small; a huge body is not one.

@@ -1252,12 +1252,17 @@ fn refresh_reply(
 
 const NO_PROVIDER: &str = "the IdP's discovery document or keys are not loaded on this worker";
 
-/// 503 for a request whose expired token the IdP could not renew just now; its cookies stay.
-/// A request that would wait for another one's renewal, when too many wait on this worker already.
+/// A request that would wait for another one's renewal, when too many wait on this worker already: 503,
+/// its cookies stay (counted and logged as a refresh that failed).
 pub fn renewal_crowded() -> Step {
-    renewal_unavailable("too many requests wait for renewals on this worker".into())
+    unavailable(
+        "Too many requests are waiting for this session to be renewed. Try again shortly.",
+        Metric::RefreshFailed,
+        Some("too many requests wait for renewals on this worker".into()),
+    )
 }
 
+/// 503 for a request whose expired token the IdP could not renew just now; its cookies stay.
 fn renewal_unavailable(detail: String) -> Step {
     unavailable(
         "Your session could not be renewed: the identity provider is not answering. Try again shortly.",

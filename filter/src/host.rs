@@ -35,6 +35,9 @@ const NOT_FOUND: u32 = 1;
 pub enum Action {
     Continue = 0,
     Pause = 1,
+    /// A body chunk only: hold the stream, its body buffered under flow control rather than up to a
+    /// limit (`StopIterationAndWatermark`).
+    Watermark = 2,
 }
 
 /// The log levels the filter writes at (the ABI's numbering).

@@ -105,6 +105,9 @@ pub struct EnvoySite {
     /// `meshConfig.pathNormalization: DECODE_AND_MERGE_SLASHES` as istiod renders it
     /// ([`decode_and_merge_slashes`]); `null`: the harness's own (Istio's default, `BASE`).
     pub hcm_overrides: Value,
+    /// Merge patch over the Wasm filter's `PluginConfig` (its `config`), e.g.
+    /// `allow_on_headers_stop_iteration`, which Istio's `WasmPlugin` cannot set; `null`: none.
+    pub plugin_overrides: Value,
     /// Clusters this site's filter may name in `idp_cluster` that lead somewhere other than their
     /// issuer (a `ServiceEntry` of the site's own): plain HTTP to these addresses.
     pub clusters: Vec<(String, std::net::SocketAddr)>,
@@ -202,6 +205,7 @@ impl EnvoySite {
             jwt_issuers,
             ecds: None,
             hcm_overrides: Value::Null,
+            plugin_overrides: Value::Null,
             clusters: Vec::new(),
             wasm_path: None,
         }
@@ -500,19 +504,20 @@ impl EnvoyConfig {
             }
             vm_config["environment_variables"] = env;
         }
-        Ok(json!({
-            "@type": WASM_TYPE,
-            "config": {
-                "name": format!("oidc-filter-{}", site.name),
-                "root_id": ROOT_ID,
-                "fail_open": false,
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": configuration,
-                },
-                "vm_config": vm_config,
+        let mut config = json!({
+            "name": format!("oidc-filter-{}", site.name),
+            "root_id": ROOT_ID,
+            "fail_open": false,
+            "configuration": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": configuration,
             },
-        }))
+            "vm_config": vm_config,
+        });
+        if !site.plugin_overrides.is_null() {
+            crate::merge_json(&mut config, &site.plugin_overrides);
+        }
+        Ok(json!({ "@type": WASM_TYPE, "config": config }))
     }
 
     fn jwt_authn(&self, site: &EnvoySite, idp_cluster: &str) -> Result<Value> {

@@ -340,6 +340,9 @@ pub struct SiteSpec {
     /// Merge patch over the listener's `HttpConnectionManager` (see
     /// [`envoy::EnvoySite::hcm_overrides`]).
     pub hcm_overrides: Value,
+    /// Merge patch over the Wasm filter's `PluginConfig` (see
+    /// [`envoy::EnvoySite::plugin_overrides`]).
+    pub plugin_overrides: Value,
     /// Clusters the site's filter may name in `idp_cluster` that lead elsewhere than their issuer
     /// (see [`envoy::EnvoySite::clusters`]).
     pub clusters: Vec<(String, SocketAddr)>,
@@ -362,6 +365,7 @@ impl SiteSpec {
             shared_vm: None,
             ecds: false,
             hcm_overrides: Value::Null,
+            plugin_overrides: Value::Null,
             clusters: Vec::new(),
             issuer_suffix: String::new(),
         }
@@ -624,6 +628,7 @@ impl Stack {
             site.istio_authn = s.istio_authn;
             site.shared_vm = s.shared_vm.clone();
             site.hcm_overrides = s.hcm_overrides.clone();
+            site.plugin_overrides = s.plugin_overrides.clone();
             site.clusters = s.clusters.clone();
             if s.ecds {
                 site.ecds = Some(dir.join("ecds").join(format!("{}.json", s.name)));

@@ -1345,8 +1345,9 @@ fn an_image_upgrade_holds_visitors_while_the_new_vm_fetches_from_the_idp() {
 }
 
 /// A new VM whose first fetch gets no answer holds a visitor no longer than that fetch may take
-/// (`callout_timeout`, 4 s here), then answers `503` with `Retry-After`: fail closed, and never a
-/// request left hanging. It holds at most 128 requests per VM: a crowd beyond that (600 at once, on
+/// (`callout_timeout`, 4 s here) and a few seconds (the hold's own deadline is `callout_timeout` and
+/// 2 s, counted in whole seconds and checked on the 1 s tick), then answers `503` with
+/// `Retry-After`: fail closed, and never a request left hanging. It holds at most 128 requests per VM: a crowd beyond that (600 at once, on
 /// two workers) is answered `503` at once rather than piling up in the gateway. Once the IdP answers
 /// again, the next attempt lets logins through.
 #[test]
@@ -1402,12 +1403,12 @@ fn an_image_upgrade_while_the_idp_hangs_holds_logins_no_longer_than_a_fetch_may_
         other.len(),
         &other[..other.len().min(5)]
     );
-    // Held while the first fetch was under way, never beyond `callout_timeout` and a tick, and
-    // never more than 128 per worker.
+    // Held while the first fetch was under way, never beyond `callout_timeout` and the deadline's
+    // slack, and never more than 128 per worker.
     assert!(held > 0, "none held");
     assert!(held <= 2 * 128, "{held} held");
     assert!(
-        longest <= CALLOUT_TIMEOUT + Duration::from_secs(2),
+        longest <= CALLOUT_TIMEOUT + Duration::from_secs(4),
         "held {longest:?}"
     );
 }

@@ -28,6 +28,10 @@ const APP: &str = "app";
 /// Site whose ID tokens live 8 s and are renewed in their last 4 s.
 const REFRESH: &str = "refresh";
 const REFRESH_TTL: u64 = 8;
+/// Site whose plugin sets `allow_on_headers_stop_iteration` (plain Envoy 1.35 on; Istio's
+/// `WasmPlugin` cannot): Envoy then hands a paused request's body to the filter, and a `Continue`
+/// for it would send the request on.
+const STOP_ITER: &str = "stopiter";
 const HOST: &str = "localhost";
 
 fn stack() -> &'static Stack {
@@ -39,9 +43,13 @@ fn stack() -> &'static Stack {
             SiteSpec::new(REFRESH)
                 .filter(json!({"refresh_margin": "4s"}))
                 .idp_client(json!({"id_token_ttl": REFRESH_TTL})),
+            SiteSpec {
+                plugin_overrides: json!({"allow_on_headers_stop_iteration": true}),
+                ..SiteSpec::new(STOP_ITER)
+            },
         ];
         let stack = Stack::start(StackSpec::new("protocols", sites)).unwrap();
-        for site in [APP, REFRESH] {
+        for site in [APP, REFRESH, STOP_ITER] {
             stack.wait_ready(site).unwrap();
         }
         eprintln!("stack up in {:?}", t0.elapsed());
@@ -828,11 +836,67 @@ fn large_upload_that_starts_a_refresh_arrives_whole() {
 /// a `413`), and all of it goes on once the session is renewed.
 #[test]
 fn large_upload_held_by_a_slow_refresh_arrives_whole() {
+    upload_held_by_a_slow_refresh(APP);
+}
+
+/// The same where Envoy hands the filter a paused request's body (`allow_on_headers_stop_iteration`):
+/// the filter holds the body too, and the request goes up only once renewed, with the new token (it
+/// went up at the first chunk, with the old token, when the filter let the body pass).
+#[test]
+fn large_upload_held_by_a_slow_refresh_arrives_whole_when_envoy_hands_over_paused_bodies() {
+    upload_held_by_a_slow_refresh(STOP_ITER);
+}
+
+/// Two uploads on one expired session, where Envoy hands the filter a paused request's body: the
+/// first renews the session (the IdP 1.5 s slow), the second waits for that renewal. Both bodies
+/// wait with them, and both arrive whole with the renewed token (the second went up at its first
+/// chunk, without its session's token, when the filter let a waiting request's body pass).
+#[test]
+fn two_uploads_on_an_expired_session_both_arrive_renewed_when_envoy_hands_over_paused_bodies() {
     let b = {
         let _idp = idp_hold::shared();
-        logged_in(APP)
+        logged_in(STOP_ITER)
     };
-    let old = bearer_of(&b, APP);
+    let old = bearer_of(&b, STOP_ITER);
+    let mut s = sealed::open_session(&session_cookie(&b)).unwrap();
+    s.token_expires_at = unix_ms() / 1000 - 1;
+    let cookie = sealed::seal(&s).unwrap();
+    let _idp = idp_hold::exclusive();
+    // Not within the login's second: the IdP would hand out the same ID token again.
+    std::thread::sleep(Duration::from_millis(1100));
+    stack()
+        .idp_proxy()
+        .set_mode(harness::Mode::Delay(Duration::from_millis(1500)));
+    let answers = std::panic::catch_unwind(|| {
+        std::thread::scope(|scope| {
+            let first = scope.spawn(|| {
+                stream_upload(STOP_ITER, &unique("/upload/first"), &cookie, 4 << 20, false)
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            let second = scope.spawn(|| {
+                stream_upload(
+                    STOP_ITER,
+                    &unique("/upload/second"),
+                    &cookie,
+                    4 << 20,
+                    false,
+                )
+            });
+            [first.join().unwrap(), second.join().unwrap()]
+        })
+    });
+    stack().idp_proxy().set_mode(harness::Mode::Forward);
+    for answer in &answers.unwrap_or_else(|e| std::panic::resume_unwind(e)) {
+        assert_renewed(answer, &old);
+    }
+}
+
+fn upload_held_by_a_slow_refresh(site: &'static str) {
+    let b = {
+        let _idp = idp_hold::shared();
+        logged_in(site)
+    };
+    let old = bearer_of(&b, site);
     let cookie = due_for_refresh(&b);
     let path = unique("/upload/slow-refresh");
     let _idp = idp_hold::exclusive();
@@ -840,7 +904,7 @@ fn large_upload_held_by_a_slow_refresh_arrives_whole() {
         .idp_proxy()
         .set_mode(harness::Mode::Delay(Duration::from_millis(1500)));
     let t = Instant::now();
-    let answer = std::panic::catch_unwind(|| stream_upload(APP, &path, &cookie, 16 << 20, false));
+    let answer = std::panic::catch_unwind(|| stream_upload(site, &path, &cookie, 16 << 20, false));
     stack().idp_proxy().set_mode(harness::Mode::Forward);
     let answer = answer.unwrap_or_else(|e| std::panic::resume_unwind(e));
     let took = t.elapsed();
