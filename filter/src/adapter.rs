@@ -356,18 +356,22 @@ impl Root {
         s.states.get(site)?.provider.carried_over()
     }
 
-    /// Ticks fast until no request waits (some held requests are left for the next tick).
-    pub fn hurry(&mut self) {
-        self.fast_tick = true;
-        let _ = host::set_tick_period(FAST_TICK);
+    /// Ticks fast while requests wait to be resumed (parked, or held ones left over), slowly otherwise.
+    /// Switches the effective context back to this root context when it changes the period.
+    pub fn pace(&mut self, fast: bool) {
+        if fast != self.fast_tick && host::set_effective_context(self.id).is_ok() {
+            let _ = host::set_tick_period(if fast { FAST_TICK } else { TICK });
+            self.fast_tick = fast;
+        }
     }
 
-    pub fn on_tick(&mut self) {
+    /// `true` while parked requests remain.
+    pub fn on_tick(&mut self) -> bool {
         self.metrics.flush();
         self.poll();
         self.sync_revocations();
         // Last: it switches the effective context to each resumed request.
-        self.resume_parked();
+        self.resume_parked()
     }
 
     /// A new request's context; `None` before a configuration was accepted.
@@ -386,20 +390,21 @@ impl Root {
         })
     }
 
-    /// Resumes the waiting requests whose renewal has finished (or failed, or is overdue).
-    fn resume_parked(&mut self) {
+    /// Resumes the waiting requests whose renewal has finished (or failed, or is overdue); `true` while
+    /// some remain parked.
+    fn resume_parked(&mut self) -> bool {
         let Some(shared) = self.shared.clone() else {
-            return;
+            return false;
         };
         let now = now();
         let mut ready = Vec::new();
-        {
+        let left = {
             let Ok(mut s) = shared.try_borrow_mut() else {
-                return;
+                return self.fast_tick;
             };
             let plugin = s.plugin.clone();
             let parked = std::mem::take(&mut s.parked);
-            // Requests that park set the fast tick; back to the slow one once none waits.
+            // Requests that park set the fast tick themselves (`pace` sets the slow one once none waits).
             self.fast_tick |= !parked.is_empty();
             for p in parked {
                 if ready.len() == FINISH_PER_CALL {
@@ -420,11 +425,8 @@ impl Root {
                 };
                 ready.push((p.context_id, step, p.set_cookies));
             }
-            if s.parked.is_empty() && !crate::exports::holding() && self.fast_tick {
-                let _ = host::set_tick_period(TICK);
-                self.fast_tick = false;
-            }
-        }
+            !s.parked.is_empty()
+        };
         for (context_id, step, set_cookies) in ready {
             // A request whose client went away is gone: nothing to resume.
             if host::set_effective_context(context_id).is_err() {
@@ -439,6 +441,7 @@ impl Root {
                 Err(_) => respond(500, &[("cache-control", "no-store")], b""),
             }
         }
+        left
     }
 
     /// Takes in the logouts other workers recorded, and forgets expired ones.
@@ -514,9 +517,6 @@ pub struct Http {
 /// At most this many requests wait for another request's renewal per root context, each with its session;
 /// more are answered 503 with `Retry-After` at once.
 const MAX_PARKED: usize = 512;
-
-/// At most this many requests wait for the IdP's documents per VM; more are answered 503 at once.
-const MAX_HELD: usize = 128;
 
 impl Drop for Http {
     /// Ended (its client went away) before the renewal it claimed finished: the waiting requests stop
@@ -601,17 +601,13 @@ impl Http {
         self.headers_read(end_of_stream, None)
     }
 
-    /// Whether the request is held at its headers (`exports::hold`).
-    pub fn is_held(&self) -> bool {
-        self.held.is_some()
-    }
-
     /// Runs a request held at its headers again, now that the IdP has answered a fetch (or on a tick):
-    /// it goes on as if it had just arrived, or is held once more while its deadline lasts. `None`: it
-    /// was not held.
+    /// it goes on as if it had just arrived, or is held once more while its deadline lasts. `None`: held
+    /// (again), nothing was sent.
     pub fn rerun(&mut self) -> Option<Action> {
         let (end_of_stream, until) = self.held.take()?;
-        Some(self.headers_read(end_of_stream, Some(until)))
+        let action = self.headers_read(end_of_stream, Some(until));
+        self.held.is_none().then_some(action)
     }
 
     /// `held_until`: the deadline of a request held before.
@@ -680,7 +676,7 @@ impl Http {
             (step, hold)
         };
         if let Some(until) = hold
-            && crate::exports::hold(self.id, MAX_HELD)
+            && crate::exports::hold(self.id)
         {
             self.held = Some((end_of_stream, until));
             return Action::Pause;

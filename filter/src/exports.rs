@@ -35,24 +35,22 @@ static FRESH: VmLocal<RefCell<Vec<(u32, u32)>>> = VmLocal(RefCell::new(Vec::new(
 /// Requests held at their headers while the IdP's documents are on their way (`Http::rerun`).
 static HELD: VmLocal<RefCell<Vec<u32>>> = VmLocal(RefCell::new(Vec::new()));
 
+/// At most this many requests are held per VM; more are answered 503 at once.
+const MAX_HELD: usize = 128;
+
 /// Holds request context `id` until the next answer to a root context's fetch, or its next tick;
-/// `false` when `max` requests wait already (or the list is busy).
-pub fn hold(id: u32, max: usize) -> bool {
+/// `false` when `MAX_HELD` requests wait already (or the list is busy).
+pub fn hold(id: u32) -> bool {
     HELD.with(|held| {
         let Ok(mut held) = held.try_borrow_mut() else {
             return false;
         };
-        let room = held.len() < max;
+        let room = held.len() < MAX_HELD;
         if room {
             held.push(id);
         }
         room
     })
-}
-
-/// Whether requests are held.
-pub fn holding() -> bool {
-    HELD.with(|held| held.try_borrow().is_ok_and(|h| !h.is_empty()))
 }
 
 /// Runs the held requests again: each goes on, is answered, or is held once more; after
@@ -80,9 +78,8 @@ fn rerun_held() -> bool {
                 Some(Action::Continue) => {
                     let _ = host::resume_request();
                 }
-                // Held again: nothing was sent.
-                Some(_) if http.is_held() => return,
-                _ => {}
+                Some(_) => {}
+                None => return,
             }
             finished += 1;
         });
@@ -201,18 +198,11 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_tick(root_context_id: u32) {
     sweep(root_context_id);
-    with_root(root_context_id, |root| root.on_tick());
-    if rerun_held() {
-        hurry(root_context_id);
-    }
-}
-
-/// Makes root context `id` the effective one again and has it tick fast.
-fn hurry(id: u32) {
-    with_root(id, |root| {
-        if host::set_effective_context(id).is_ok() {
-            root.hurry();
-        }
+    with_root(root_context_id, |root| {
+        let parked = root.on_tick();
+        // (A re-run request never reaches for the root contexts.)
+        let held = rerun_held();
+        root.pace(parked || held);
     });
 }
 
@@ -317,7 +307,7 @@ pub extern "C" fn proxy_on_http_call_response(
             }
         });
         if rerun_held() {
-            hurry(owner);
+            with_root(owner, |root| root.pace(true));
         }
     }
 }

@@ -41,6 +41,19 @@ pub const COOKIE_KEYS_ENV: &str = "OIDC_COOKIE_KEYS";
 /// The filter's default callback path, for the IdP's `redirect_uris`.
 pub const DEFAULT_CALLBACK_PATH: &str = "/oauth2/callback";
 
+/// Runs `f(0)` to `f(n - 1)` at once, each on a thread of its own, and returns their results in that
+/// order: a crowd of clients.
+pub fn at_once<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let f = &f;
+        let handles: Vec<_> = (0..n).map(|i| scope.spawn(move || f(i))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
 /// Seconds since the Unix epoch, as the filter's clock and the tokens count them.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -159,6 +159,13 @@ impl FaultProxy {
         self.close_connections();
     }
 
+    /// Switches to `mode` until the guard is dropped (a test's panic included), then back to
+    /// forwarding.
+    pub fn fault(&self, mode: Mode) -> Fault<'_> {
+        self.set_mode(mode);
+        Fault(self)
+    }
+
     /// The current mode.
     pub fn mode(&self) -> Mode {
         lock(&self.inner.mode).clone()
@@ -180,6 +187,16 @@ impl FaultProxy {
         for stream in open.values().flatten() {
             let _ = stream.shutdown(Shutdown::Both);
         }
+    }
+}
+
+/// A mode in force until dropped ([`FaultProxy::fault`]).
+#[must_use = "the mode ends when the guard is dropped"]
+pub struct Fault<'a>(&'a FaultProxy);
+
+impl Drop for Fault<'_> {
+    fn drop(&mut self) {
+        self.0.set_mode(Mode::Forward);
     }
 }
 

@@ -131,11 +131,7 @@ fn a_burst_on_expired_sessions_refreshes_each_once_and_logs_nobody_out() {
     // Real sessions (each its own refresh token), re-sealed with the token already expired.
     let sessions: Vec<(String, String)> = (0..SESSIONS)
         .map(|i| {
-            let b = Browser::new();
-            b.login(&url("/"), &format!("burst{i}")).unwrap();
-            let live = session_cookies(&b);
-            let mut s = open_session(&live);
-            s.token_expires_at = unix_now() - 1;
+            let s = expired_session(&format!("burst{i}"));
             (seal(&s), format!("Bearer {}", s.id_token.expose()))
         })
         .collect();
@@ -242,43 +238,29 @@ fn a_burst_on_expired_sessions_refreshes_each_once_and_logs_nobody_out() {
 fn a_burst_on_a_session_the_idp_will_not_renew_answers_every_request() {
     let _l = lock();
     const BURST: usize = 600;
-    let b = Browser::new();
-    b.login(&url("/"), "revoked").unwrap();
-    let mut s = open_session(&session_cookies(&b));
-    s.token_expires_at = unix_now() - 1;
+    let mut s = expired_session("revoked");
     s.refresh_token = Some(oidc_filter::secret::Secret::new("a-grant-the-idp-revoked"));
     let cookie = seal(&s);
     let failures = stat("refresh_failures");
-    stack().idp_proxy().set_mode(harness::Mode::DelayFor {
-        path_prefix: "/token".into(),
-        delay: Duration::from_millis(1500),
-    });
+    let slow = stack().idp_proxy().fault(slow_token_endpoint());
     let t = Instant::now();
-    let results: Vec<Result<(u16, bool, bool), String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..BURST)
-            .map(|n| {
-                let cookie = &cookie;
-                scope.spawn(move || {
-                    Browser::new()
-                        .get_with(
-                            &url(&format!("/revoked/{n}")),
-                            &[("accept", "application/json"), ("cookie", cookie)],
-                        )
-                        .map(|r| {
-                            (
-                                r.status,
-                                r.header("retry-after").is_some(),
-                                r.upstream_authorization().is_some(),
-                            )
-                        })
-                        .map_err(|e| format!("{e:#}"))
-                })
+    let results: Vec<Result<(u16, bool, bool), String>> = harness::at_once(BURST, |n| {
+        Browser::new()
+            .get_with(
+                &url(&format!("/revoked/{n}")),
+                &[("accept", "application/json"), ("cookie", &cookie)],
+            )
+            .map(|r| {
+                (
+                    r.status,
+                    r.header("retry-after").is_some(),
+                    r.upstream_authorization().is_some(),
+                )
             })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+            .map_err(|e| format!("{e:#}"))
     });
     let took = t.elapsed();
-    stack().idp_proxy().set_mode(harness::Mode::Forward);
+    drop(slow);
     let other: Vec<_> = results
         .iter()
         .filter(|r| !matches!(r, Ok((401, false, false) | (503, true, false))))
@@ -318,18 +300,11 @@ fn a_burst_on_one_expired_session_parks_at_most_512_requests_per_worker() {
     let _l = lock();
     const BURST: usize = 1200;
     const MAX_PARKED: usize = 512;
-    let b = Browser::new();
-    b.login(&url("/"), "crowd").unwrap();
-    let mut s = open_session(&session_cookies(&b));
-    s.token_expires_at = unix_now() - 1;
-    let cookie = seal(&s);
+    let cookie = seal(&expired_session("crowd"));
     let refreshes = stat("refreshes");
     // A refresh within the login's second would get a byte-identical ID token.
     std::thread::sleep(Duration::from_millis(1100));
-    stack().idp_proxy().set_mode(harness::Mode::DelayFor {
-        path_prefix: "/token".into(),
-        delay: Duration::from_millis(1500),
-    });
+    let slow = stack().idp_proxy().fault(slow_token_endpoint());
     let t = Instant::now();
     let out = std::process::Command::new("h2load")
         .args([
@@ -350,7 +325,7 @@ fn a_burst_on_one_expired_session_parks_at_most_512_requests_per_worker() {
         .output()
         .unwrap();
     let took = t.elapsed();
-    stack().idp_proxy().set_mode(harness::Mode::Forward);
+    drop(slow);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     // "status codes: 513 2xx, 0 3xx, 0 4xx, 687 5xx"
@@ -369,6 +344,20 @@ fn a_burst_on_one_expired_session_parks_at_most_512_requests_per_worker() {
     // The one that renewed, and those that waited for it.
     assert!((2..=MAX_PARKED + 1).contains(&ok), "{ok} got through");
     assert_eq!(stat("refreshes") - refreshes, 1);
+}
+
+/// A real session of `user` (its own refresh token), its token expired.
+fn expired_session(user: &str) -> Session {
+    let b = Browser::new();
+    b.login(&url("/"), user).unwrap();
+    let mut s = open_session(&session_cookies(&b));
+    s.token_expires_at = unix_now() - 1;
+    s
+}
+
+/// The IdP's token endpoint 1.5 s slow, discovery and keys at once.
+fn slow_token_endpoint() -> harness::Mode {
+    harness::Mode::delay_for("/token", Duration::from_millis(1500))
 }
 
 // The filter's cookies, through the shared helpers (harness::sealed).

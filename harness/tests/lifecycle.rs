@@ -1347,9 +1347,9 @@ fn an_image_upgrade_holds_visitors_while_the_new_vm_fetches_from_the_idp() {
 /// A new VM whose first fetch gets no answer holds a visitor no longer than that fetch may take
 /// (`callout_timeout`, 4 s here) and a few seconds (the hold's own deadline is `callout_timeout` and
 /// 2 s, counted in whole seconds and checked on the 1 s tick), then answers `503` with
-/// `Retry-After`: fail closed, and never a request left hanging. It holds at most 128 requests per VM: a crowd beyond that (600 at once, on
-/// two workers) is answered `503` at once rather than piling up in the gateway. Once the IdP answers
-/// again, the next attempt lets logins through.
+/// `Retry-After`: fail closed, and never a request left hanging. It holds at most 128 requests per
+/// VM: a crowd beyond that (600 at once, on two workers) is answered `503` at once rather than piling
+/// up in the gateway. Once the IdP answers again, the next attempt lets logins through.
 #[test]
 fn an_image_upgrade_while_the_idp_hangs_holds_logins_no_longer_than_a_fetch_may_take() {
     const CROWD: usize = 600;
@@ -1357,25 +1357,20 @@ fn an_image_upgrade_while_the_idp_hangs_holds_logins_no_longer_than_a_fetch_may_
     until_ready(UPGRADE);
     let hang = Fault::set(Mode::Hang);
     let up = upgrade(UPGRADE);
-    let crowd: Vec<_> = (0..CROWD)
-        .map(|_| {
-            thread::spawn(|| {
-                let t = Instant::now();
-                let answer = Browser::new()
-                    .get(&url(UPGRADE, "/login"))
-                    .map(|login| {
-                        (
-                            login.status,
-                            login.header("retry-after").is_some(),
-                            login.location(),
-                        )
-                    })
-                    .map_err(|e| format!("{e:#}"));
-                (answer, t.elapsed())
+    let answers = harness::at_once(CROWD, |_| {
+        let t = Instant::now();
+        let answer = Browser::new()
+            .get(&url(UPGRADE, "/login"))
+            .map(|login| {
+                (
+                    login.status,
+                    login.header("retry-after").is_some(),
+                    login.location(),
+                )
             })
-        })
-        .collect();
-    let answers: Vec<_> = crowd.into_iter().map(|t| t.join().unwrap()).collect();
+            .map_err(|e| format!("{e:#}"));
+        (answer, t.elapsed())
+    });
     drop(hang);
     let back = Instant::now();
     until_new_vms_ready(&up);

@@ -98,8 +98,13 @@ fn session_cookie(b: &Browser) -> String {
 /// The session of `b` re-sealed with its token due for refresh (inside the default 60 s margin); the
 /// refresh token is the IdP's real one.
 fn due_for_refresh(b: &Browser) -> String {
+    resealed_expiring_at(b, unix_ms() / 1000 + 30)
+}
+
+/// The session of `b` re-sealed with its token expiring at `at` (Unix seconds).
+fn resealed_expiring_at(b: &Browser, at: u64) -> String {
     let mut s = sealed::open_session(&session_cookie(b)).unwrap();
-    s.token_expires_at = unix_ms() / 1000 + 30;
+    s.token_expires_at = at;
     sealed::seal(&s).unwrap()
 }
 
@@ -858,38 +863,24 @@ fn two_uploads_on_an_expired_session_both_arrive_renewed_when_envoy_hands_over_p
         logged_in(STOP_ITER)
     };
     let old = bearer_of(&b, STOP_ITER);
-    let mut s = sealed::open_session(&session_cookie(&b)).unwrap();
-    s.token_expires_at = unix_ms() / 1000 - 1;
-    let cookie = sealed::seal(&s).unwrap();
+    let cookie = resealed_expiring_at(&b, unix_ms() / 1000 - 1);
     let _idp = idp_hold::exclusive();
     // Not within the login's second: the IdP would hand out the same ID token again.
     std::thread::sleep(Duration::from_millis(1100));
-    stack()
-        .idp_proxy()
-        .set_mode(harness::Mode::Delay(Duration::from_millis(1500)));
-    let answers = std::panic::catch_unwind(|| {
-        std::thread::scope(|scope| {
-            let first = scope.spawn(|| {
-                stream_upload(STOP_ITER, &unique("/upload/first"), &cookie, 4 << 20, false)
-            });
-            std::thread::sleep(Duration::from_millis(300));
-            let second = scope.spawn(|| {
-                stream_upload(
-                    STOP_ITER,
-                    &unique("/upload/second"),
-                    &cookie,
-                    4 << 20,
-                    false,
-                )
-            });
-            [first.join().unwrap(), second.join().unwrap()]
-        })
+    let slow = stack().idp_proxy().fault(SLOW_IDP);
+    // The second starts once the first has claimed the renewal.
+    let answers = harness::at_once(2, |i| {
+        std::thread::sleep(Duration::from_millis(300) * u32::try_from(i).unwrap());
+        stream_upload(STOP_ITER, &unique("/upload/two"), &cookie, 4 << 20, false)
     });
-    stack().idp_proxy().set_mode(harness::Mode::Forward);
-    for answer in &answers.unwrap_or_else(|e| std::panic::resume_unwind(e)) {
+    drop(slow);
+    for answer in &answers {
         assert_renewed(answer, &old);
     }
 }
+
+/// An IdP that takes 1.5 s over each request.
+const SLOW_IDP: harness::Mode = harness::Mode::Delay(Duration::from_millis(1500));
 
 fn upload_held_by_a_slow_refresh(site: &'static str) {
     let b = {
@@ -900,14 +891,11 @@ fn upload_held_by_a_slow_refresh(site: &'static str) {
     let cookie = due_for_refresh(&b);
     let path = unique("/upload/slow-refresh");
     let _idp = idp_hold::exclusive();
-    stack()
-        .idp_proxy()
-        .set_mode(harness::Mode::Delay(Duration::from_millis(1500)));
+    let slow = stack().idp_proxy().fault(SLOW_IDP);
     let t = Instant::now();
-    let answer = std::panic::catch_unwind(|| stream_upload(site, &path, &cookie, 16 << 20, false));
-    stack().idp_proxy().set_mode(harness::Mode::Forward);
-    let answer = answer.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let answer = stream_upload(site, &path, &cookie, 16 << 20, false);
     let took = t.elapsed();
+    drop(slow);
     assert!(
         took >= Duration::from_millis(1500),
         "no refresh held it: {took:?}"
