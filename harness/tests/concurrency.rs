@@ -64,19 +64,12 @@ fn renewed(r: &Response) -> Option<String> {
 fn ten_users_logging_in_at_once_all_get_in() {
     let _l = lock();
     let before = stat("logins_completed");
-    let pages: Vec<(String, Response)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..10)
-            .map(|i| {
-                scope.spawn(move || {
-                    let user = format!("user{i}");
-                    let done = Browser::new()
-                        .login(&url(&format!("/u{i}")), &user)
-                        .unwrap();
-                    (user, done.response)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let pages: Vec<(String, Response)> = harness::at_once(10, |i| {
+        let user = format!("user{i}");
+        let done = Browser::new()
+            .login(&url(&format!("/u{i}")), &user)
+            .unwrap();
+        (user, done.response)
     });
     for (user, page) in &pages {
         assert_eq!(page.status, 200, "{user}: {}", page.body);
@@ -96,17 +89,9 @@ fn ten_tabs_of_one_browser_logging_in_at_once_each_land_where_they_started() {
     // The browser has an IdP session (as after a first tab), so each tab goes straight back.
     b.login(&url("/first"), "alice").unwrap();
     b.remove_cookie(HOST, COOKIE);
-    let landed: Vec<(usize, Response)> = std::thread::scope(|scope| {
-        let b = &b;
-        let handles: Vec<_> = (0..10)
-            .map(|i| {
-                scope.spawn(move || {
-                    let start = b.get(&url(&format!("/tab/{i}"))).unwrap();
-                    (i, b.follow(start, 10).unwrap().response)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let landed: Vec<(usize, Response)> = harness::at_once(10, |i| {
+        let start = b.get(&url(&format!("/tab/{i}"))).unwrap();
+        (i, b.follow(start, 10).unwrap().response)
     });
     for (i, page) in &landed {
         assert_eq!(page.status, 200, "tab {i}: {} {}", page.url, page.body);
@@ -140,23 +125,16 @@ fn a_burst_on_expired_sessions_refreshes_each_once_and_logs_nobody_out() {
     std::thread::sleep(Duration::from_millis(1100));
 
     let t = Instant::now();
-    let results: Vec<(usize, Response)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..SESSIONS * PER_SESSION)
-            .map(|n| {
-                let (cookie, _) = &sessions[n % SESSIONS];
-                scope.spawn(move || {
-                    // Each on its own connection, so both workers take part.
-                    let r = Browser::new()
-                        .get_with(
-                            &url(&format!("/burst/{n}")),
-                            &[("accept", "application/json"), ("cookie", cookie)],
-                        )
-                        .unwrap();
-                    (n % SESSIONS, r)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let results: Vec<(usize, Response)> = harness::at_once(SESSIONS * PER_SESSION, |n| {
+        let (cookie, _) = &sessions[n % SESSIONS];
+        // Each on its own connection, so both workers take part.
+        let r = Browser::new()
+            .get_with(
+                &url(&format!("/burst/{n}")),
+                &[("accept", "application/json"), ("cookie", cookie)],
+            )
+            .unwrap();
+        (n % SESSIONS, r)
     });
     let took = t.elapsed();
 

@@ -747,21 +747,13 @@ fn parallel_requests_at_expiry_share_one_refresh() {
         }
         let t = Instant::now();
         // Separate connections, so both workers take part.
-        let results: Vec<Response> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..6)
-                .map(|i| {
-                    let cookie = cookie.clone();
-                    scope.spawn(move || {
-                        Browser::new()
-                            .get_with(
-                                &s.url(&format!("/r{round}/{i}")),
-                                &[("accept", "application/json"), ("cookie", &cookie)],
-                            )
-                            .unwrap()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let results: Vec<Response> = harness::at_once(6, |i| {
+            Browser::new()
+                .get_with(
+                    &s.url(&format!("/r{round}/{i}")),
+                    &[("accept", "application/json"), ("cookie", &cookie)],
+                )
+                .unwrap()
         });
         let took = t.elapsed();
         for r in &results {

@@ -385,12 +385,7 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
         }
         // The same at once from several tabs: one request renews, the others wait for it, and
         // when it fails nobody's cookie is cleared either.
-        let burst: Vec<Response> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..8)
-                .map(|_| scope.spawn(|| get(APP, &expired, false)))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let burst: Vec<Response> = harness::at_once(8, |_| get(APP, &expired, false));
         for r in &burst {
             assert_eq!(r.status, 503, "{mode:?} burst: {}", r.body);
             assert!(!clears_session(r), "{mode:?} burst: {:?}", r.set_cookies());
