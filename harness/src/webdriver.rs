@@ -241,6 +241,15 @@ impl WebDriver {
         self.click(&self.find("button[type=submit]")?)
     }
 
+    /// At the test IdP's login form, logs in as `user` (`log_in_at_idp`), waits for the browser to land
+    /// on `app`, and returns the page's `h1` (the sample app greets its user there).
+    pub fn log_in_and_land(&self, user: &str, app: &str, timeout: Duration) -> Result<String> {
+        self.log_in_at_idp(user, timeout)?;
+        self.wait_for_url(|u| u == app, timeout)?;
+        let h1 = self.wait_for("h1", timeout)?;
+        self.text(&h1)
+    }
+
     /// Makes the current page's frame number `index` the context of the following commands.
     pub fn switch_to_frame(&self, index: u32) -> Result<()> {
         self.post("/frame", json!({ "id": index }))?;

@@ -164,10 +164,10 @@ fn logout_from_another_site_asks_first(stack: &Stack, driver: &WebDriver, app: &
 /// At the IdP's login form (where the app sent the browser), logs in as alice; asserts the browser
 /// lands back on `app`, logged in.
 fn log_in_as_alice(driver: &WebDriver, app: &str) {
-    driver
-        .log_in_at_idp("alice", Duration::from_secs(10))
+    let h1 = driver
+        .log_in_and_land("alice", app, Duration::from_secs(10))
         .unwrap();
-    assert_eq!(heading_at(driver, app), "Hello, alice@example.com");
+    assert_eq!(h1, "Hello, alice@example.com");
 }
 
 /// Opens `page` and follows a link on it to `href`, as a user's click would (the request then says

@@ -103,15 +103,8 @@ fn make_demo_serves_a_browser_login_and_logout_and_ctrl_c_stops_everything() {
     // A browser opens the app: off to the IdP's form, bob with any password, back at the app.
     let driver = WebDriver::start(&logs).unwrap();
     driver.goto(APP).unwrap();
-    driver
-        .log_in_at_idp("bob", Duration::from_secs(10))
-        .unwrap();
-    driver
-        .wait_for_url(|u| u == APP, Duration::from_secs(10))
-        .unwrap();
     let h1 = driver
-        .wait_for("h1", Duration::from_secs(5))
-        .and_then(|h| driver.text(&h))
+        .log_in_and_land("bob", APP, Duration::from_secs(10))
         .unwrap();
     assert_eq!(h1, "Hello, bob@example.com");
     // The app sees the ID token and the identity headers, and no cookie of the filter's.
@@ -143,15 +136,8 @@ fn make_demo_serves_a_browser_login_and_logout_and_ctrl_c_stops_everything() {
         "the session cookie survived the logout"
     );
     // The login that follows lands on the app again.
-    driver
-        .log_in_at_idp("alice", Duration::from_secs(10))
-        .unwrap();
-    driver
-        .wait_for_url(|u| u == APP, Duration::from_secs(10))
-        .unwrap();
     let h1 = driver
-        .wait_for("h1", Duration::from_secs(5))
-        .and_then(|h| driver.text(&h))
+        .log_in_and_land("alice", APP, Duration::from_secs(10))
         .unwrap();
     assert_eq!(h1, "Hello, alice@example.com");
     driver.quit().unwrap();

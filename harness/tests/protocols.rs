@@ -679,15 +679,8 @@ fn chromium_session(driver: &WebDriver) -> String {
 
 /// At the IdP's login form, logs in as alice; asserts Chromium lands back on `app`, logged in.
 fn log_in_as_alice(driver: &WebDriver, app: &str) {
-    driver
-        .log_in_at_idp("alice", Duration::from_secs(15))
-        .unwrap();
-    driver
-        .wait_for_url(|u| u == app, Duration::from_secs(15))
-        .unwrap();
     let h1 = driver
-        .wait_for("h1", Duration::from_secs(5))
-        .and_then(|h| driver.text(&h))
+        .log_in_and_land("alice", app, Duration::from_secs(15))
         .unwrap();
     assert_eq!(h1, "Hello, alice@example.com");
 }
