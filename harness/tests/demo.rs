@@ -124,18 +124,11 @@ fn make_demo_serves_a_browser_login_and_logout_and_ctrl_c_stops_everything() {
         .wait_for("button[type=submit]", Duration::from_secs(10))
         .unwrap();
     driver.click(&yes).unwrap();
+    // Back at the app without a session (with one it would greet bob), so off to the IdP, whose own
+    // session ended: its form. The login that follows lands on the app again.
     driver
         .wait_for("input[name=login]", Duration::from_secs(10))
         .unwrap();
-    assert!(
-        driver
-            .cookies()
-            .unwrap()
-            .iter()
-            .all(|c| c["name"] != "_oidc_session"),
-        "the session cookie survived the logout"
-    );
-    // The login that follows lands on the app again.
     let h1 = driver
         .log_in_and_land("alice", APP, Duration::from_secs(10))
         .unwrap();
