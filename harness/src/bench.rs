@@ -68,9 +68,12 @@ const CPU_GOALS: [(&str, &str, f64); 3] = [
     ("oidc-session-8k", "8 KB session", 10.0),
 ];
 /// oidc-filter against what users would run instead, paired directly: (oidc-filter's side-by-side
-/// configuration, the alternative's). Each pair runs as its own two Envoys (`NAME-vs-RIVAL`, `vs-RIVAL`).
-const RIVALS: [(&str, &str); 3] = [
+/// configuration, the alternative's). Each pair runs as its own two Envoys (`NAME-vs-RIVAL`, `vs-RIVAL`;
+/// pairs with the same alternative share its Envoy). The Lua copy sets no identity headers: it is also
+/// paired with oidc-filter configured without them, the same job.
+const RIVALS: [(&str, &str); 4] = [
     ("oidc-session", "lua-copy"),
+    ("oidc-session-bare", "lua-copy"),
     ("oidc-session", "oauth2-session"),
     ("oidc-redirect", "oauth2-redirect"),
 ];
@@ -1057,7 +1060,9 @@ impl Ctx<'_> {
                         format!("{ours}-vs-{theirs}"),
                         Some(rival.name.clone()),
                     )?;
-                    out.push(rival);
+                    if !out.iter().any(|v: &Variant| v.name == rival.name) {
+                        out.push(rival);
+                    }
                     out.push(oidc);
                 }
                 out
