@@ -116,6 +116,11 @@ impl Process {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// How the process ended; `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// An error naming the process, its exit status if it ended, and the tail of its log.
     pub fn failure(&mut self, what: &str) -> anyhow::Error {
         let status = match self.child.try_wait() {

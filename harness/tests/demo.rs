@@ -9,15 +9,13 @@
 // Test code, helpers included (clippy's allow-*-in-tests covers only #[test] functions).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::WebDriver;
-use harness::demo;
+use harness::process::{Process, poll};
+use harness::{WebDriver, demo};
 
 const APP: &str = "http://localhost:8080/";
 
@@ -30,16 +28,6 @@ fn listening(port: u16) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
-/// Stops the demo however the test ends, as Ctrl-C would.
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn make_demo_serves_a_browser_login_and_logout_and_ctrl_c_stops_everything() {
     let taken: Vec<u16> = ports().into_iter().filter(|&p| listening(p)).collect();
@@ -50,10 +38,7 @@ fn make_demo_serves_a_browser_login_and_logout_and_ctrl_c_stops_everything() {
 
     let t0 = Instant::now();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
-    cmd.arg("demo")
-        .current_dir(harness::workspace_root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.arg("demo").current_dir(harness::workspace_root());
     // As in a terminal's foreground, where Ctrl-C stops it: a test run started in the background by a
     // shell ignores SIGINT, and a child would inherit that.
     // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
@@ -63,26 +48,21 @@ fn make_demo_serves_a_browser_login_and_logout_and_ctrl_c_stops_everything() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut demo = Demo(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    // Stopped with its process group however the test ends.
+    let log = harness::target_dir().join("e2e/demo-command.log");
+    let _ = std::fs::remove_file(&log);
+    let mut demo = Process::spawn("make demo", cmd, &log).unwrap();
     // What the README says it prints once a browser can log in.
-    let mut printed = Vec::new();
-    while !printed.iter().any(|l: &String| l.starts_with("Ctrl-C")) {
-        match rx.recv_timeout(Duration::from_secs(90)) {
-            Ok(line) => printed.push(line),
-            Err(e) => panic!("the demo did not come up ({e}); it printed {printed:?}"),
-        }
-    }
-    let text = printed.join("\n");
+    let text = poll(Duration::from_secs(90), || {
+        let text = demo.log()?;
+        Ok(text.contains("Ctrl-C stops everything.").then_some(text))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "the demo did not come up: {e:#}\n{}",
+            demo.log().unwrap_or_default()
+        )
+    });
     eprintln!("demo up in {:?}:\n{text}", t0.elapsed());
     for needle in [
         "app:    http://localhost:8080/",
@@ -94,8 +74,8 @@ fn make_demo_serves_a_browser_login_and_logout_and_ctrl_c_stops_everything() {
     ] {
         assert!(text.contains(needle), "{needle:?} not in:\n{text}");
     }
-    let logs = printed
-        .iter()
+    let logs = text
+        .lines()
         .find_map(|l| l.trim().strip_prefix("logs:"))
         .map(|d| std::path::PathBuf::from(d.trim()))
         .unwrap();
@@ -137,19 +117,13 @@ fn make_demo_serves_a_browser_login_and_logout_and_ctrl_c_stops_everything() {
 
     // Ctrl-C: the terminal sends SIGINT to the harness (Envoy and the node servers run in groups of
     // their own, and go with it).
-    let pid = demo.0.id() as libc::pid_t;
+    let pid = demo.pid() as libc::pid_t;
     // SAFETY: a plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = demo.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the demo ignored Ctrl-C");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = poll(Duration::from_secs(10), || Ok(demo.exit_status()))
+        .unwrap_or_else(|e| panic!("the demo ignored Ctrl-C: {e:#}"));
     assert!(!status.success(), "{status:?}");
-    harness::process::poll(Duration::from_secs(10), || {
+    poll(Duration::from_secs(10), || {
         let left: Vec<u16> = ports().into_iter().filter(|&p| listening(p)).collect();
         Ok(left.is_empty().then_some(()))
     })
