@@ -2131,7 +2131,7 @@ fn wasm_filter(
     let mut config = json!({
         "name": name,
         "root_id": root_id,
-        "fail_open": false,
+        "failure_policy": "FAIL_RELOAD",
         "vm_config": {
             "vm_id": name,
             "runtime": "envoy.wasm.runtime.v8",

@@ -507,7 +507,7 @@ impl EnvoyConfig {
         let mut config = json!({
             "name": format!("oidc-filter-{}", site.name),
             "root_id": ROOT_ID,
-            "fail_open": false,
+            "failure_policy": "FAIL_RELOAD",
             "configuration": {
                 "@type": "type.googleapis.com/google.protobuf.StringValue",
                 "value": configuration,

@@ -28,6 +28,14 @@ pub const EXPORTS: [&str; 11] = [
 /// The sections of `wasm`: each one's id and the range of its content, in order. Fails on what is
 /// not a module, or is cut short.
 fn sections(wasm: &[u8]) -> Result<Vec<(u8, std::ops::Range<usize>)>> {
+    Ok(section_spans(wasm)?
+        .into_iter()
+        .map(|(id, _, content)| (id, content))
+        .collect())
+}
+
+/// [`sections`], with where each section's header (its id) starts.
+fn section_spans(wasm: &[u8]) -> Result<Vec<(u8, usize, std::ops::Range<usize>)>> {
     if wasm.get(..8) != Some(b"\0asm\x01\0\0\0".as_slice()) {
         bail!("not a WebAssembly 1.0 module");
     }
@@ -41,7 +49,7 @@ fn sections(wasm: &[u8]) -> Result<Vec<(u8, std::ops::Range<usize>)>> {
             .checked_add(size as usize)
             .filter(|&e| e <= wasm.len())
             .ok_or_else(|| anyhow!("section {id} runs past the end"))?;
-        out.push((id, start..end));
+        out.push((id, at, start..end));
         at = end;
     }
     Ok(out)
@@ -146,6 +154,143 @@ pub fn with_release_tag(module: &Path, tag: &str, dir: &Path) -> Result<PathBuf>
     Ok(out)
 }
 
+/// `wasm` with a trap in front of its `proxy_on_request_headers`: the callback runs `unreachable` when
+/// the request has at least `min_headers` headers (its second argument), and is unchanged otherwise. No
+/// bug of the filter's is known to lose its VM, so the tests put one in, to see what a lost VM does to
+/// the requests around it.
+pub fn with_request_headers_trap(wasm: &[u8], min_headers: u32) -> Result<Vec<u8>> {
+    let spans = section_spans(wasm)?;
+    let content = |id: u8| {
+        spans
+            .iter()
+            .find(|(i, _, _)| *i == id)
+            .map(|(_, _, r)| &wasm[r.clone()])
+    };
+    let imported = match content(2) {
+        Some(imports) => imported_functions(imports)?,
+        None => 0,
+    };
+    let exports = content(7).ok_or_else(|| anyhow!("no export section"))?;
+    let func = export_index(exports, "proxy_on_request_headers")?;
+    let body_index = func
+        .checked_sub(imported)
+        .ok_or_else(|| anyhow!("proxy_on_request_headers is an import"))?;
+    let (_, header_start, code_range) = spans
+        .iter()
+        .find(|(i, _, _)| *i == 10)
+        .ok_or_else(|| anyhow!("no code section"))?;
+    let code = &wasm[code_range.clone()];
+
+    // if (headers >= min_headers) unreachable
+    let mut trap = vec![0x20, 0x01, 0x41];
+    put_sleb_i32(&mut trap, i32::try_from(min_headers)?);
+    trap.extend_from_slice(&[0x4f, 0x04, 0x40, 0x00, 0x0b]);
+
+    let (count, mut at) = leb_u32(code, 0)?;
+    let mut new_code = code[..at].to_vec();
+    for i in 0..count {
+        let (size, n) = leb_u32(code, at)?;
+        let start = at + n;
+        let end = start + size as usize;
+        let body = code
+            .get(start..end)
+            .ok_or_else(|| anyhow!("function body {i} runs past the code section"))?;
+        if i == body_index {
+            // The locals come first: `count` groups of (n, type).
+            let (groups, mut p) = leb_u32(body, 0)?;
+            for _ in 0..groups {
+                let (_, n) = leb_u32(body, p)?;
+                p += n + 1;
+            }
+            let mut new_body = body[..p].to_vec();
+            new_body.extend_from_slice(&trap);
+            new_body.extend_from_slice(&body[p..]);
+            put_leb_u32(&mut new_code, u32::try_from(new_body.len())?);
+            new_code.extend_from_slice(&new_body);
+        } else {
+            new_code.extend_from_slice(&code[at..end]);
+        }
+        at = end;
+    }
+    if body_index >= count {
+        bail!("proxy_on_request_headers has no body");
+    }
+    // The code section's id and size, then its new content, between the bytes around it.
+    let mut out = wasm[..*header_start].to_vec();
+    out.push(10);
+    put_leb_u32(&mut out, u32::try_from(new_code.len())?);
+    out.extend_from_slice(&new_code);
+    out.extend_from_slice(&wasm[code_range.end..]);
+    sections(&out)?;
+    Ok(out)
+}
+
+/// How many functions the import section brings in (they come first in the function index space).
+fn imported_functions(imports: &[u8]) -> Result<u32> {
+    let (count, mut at) = leb_u32(imports, 0)?;
+    let mut funcs = 0;
+    let skip_name = |at: usize| -> Result<usize> {
+        let (len, n) = leb_u32(imports, at)?;
+        Ok(at + n + len as usize)
+    };
+    let skip_limits = |at: usize| -> Result<usize> {
+        let flags = *imports.get(at).ok_or_else(|| anyhow!("truncated limits"))?;
+        let (_, n) = leb_u32(imports, at + 1)?;
+        let mut at = at + 1 + n;
+        if flags & 1 != 0 {
+            let (_, n) = leb_u32(imports, at)?;
+            at += n;
+        }
+        Ok(at)
+    };
+    for _ in 0..count {
+        at = skip_name(skip_name(at)?)?;
+        let kind = *imports.get(at).ok_or_else(|| anyhow!("truncated import"))?;
+        at += 1;
+        at = match kind {
+            0 => {
+                funcs += 1;
+                at + leb_u32(imports, at)?.1
+            }
+            1 => skip_limits(at + 1)?,
+            2 => skip_limits(at)?,
+            3 => at + 2,
+            k => bail!("import kind {k}"),
+        };
+    }
+    Ok(funcs)
+}
+
+/// The function index of export `name`.
+fn export_index(section: &[u8], name: &str) -> Result<u32> {
+    let (count, mut at) = leb_u32(section, 0)?;
+    for _ in 0..count {
+        let (name_len, n) = leb_u32(section, at)?;
+        let name_start = at + n;
+        let name_end = name_start + name_len as usize;
+        let kind = *section
+            .get(name_end)
+            .ok_or_else(|| anyhow!("export runs past the section"))?;
+        let (index, n) = leb_u32(section, name_end + 1)?;
+        if kind == 0 && section.get(name_start..name_end) == Some(name.as_bytes()) {
+            return Ok(index);
+        }
+        at = name_end + 1 + n;
+    }
+    bail!("no function export {name}")
+}
+
+/// Writes `module` with [`with_request_headers_trap`] to `dir/oidc_filter.trap.wasm` and returns that
+/// path.
+pub fn with_trap_file(module: &Path, min_headers: u32, dir: &Path) -> Result<PathBuf> {
+    let wasm = fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+    let trapped = with_request_headers_trap(&wasm, min_headers)?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let out = dir.join("oidc_filter.trap.wasm");
+    fs::write(&out, &trapped).with_context(|| format!("writing {}", out.display()))?;
+    Ok(out)
+}
+
 /// The custom sections of `wasm`: name and payload, in order.
 pub fn custom_sections(wasm: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
@@ -163,6 +308,18 @@ pub fn custom_sections(wasm: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
         out.push((name, wasm[name_end..end].to_vec()));
     }
     Ok(out)
+}
+
+fn put_sleb_i32(out: &mut Vec<u8>, mut v: i32) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if (v == 0 && byte & 0x40 == 0) || (v == -1 && byte & 0x40 != 0) {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
 }
 
 fn put_leb_u32(out: &mut Vec<u8>, mut v: u32) {
