@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use harness::process::poll;
 use harness::{Browser, Response, SiteSpec, Stack, StackSpec};
+use serde_json::json;
+
+const BACKCHANNEL: &str = "/oauth2/backchannel-logout";
 
 /// Requests with this many headers or more trap (Envoy refuses more than 100).
 const TRAP_AT: u32 = 60;
@@ -53,7 +56,10 @@ fn a_lost_vm_answers_closed_then_is_replaced_and_sessions_carry_on() {
     let stack = Stack::start(StackSpec {
         concurrency: 1,
         wasm: Some(module),
-        ..StackSpec::new("vm_crash", vec![SiteSpec::new("app")])
+        ..StackSpec::new(
+            "vm_crash",
+            vec![SiteSpec::new("app").filter(json!({"backchannel_logout_path": BACKCHANNEL}))],
+        )
     })
     .unwrap();
     stack.wait_ready("app").unwrap();
@@ -66,6 +72,18 @@ fn a_lost_vm_answers_closed_then_is_replaced_and_sessions_carry_on() {
     let token = before.upstream_authorization().unwrap();
     let anonymous = Browser::new();
     assert_eq!(forged(&anonymous, &page).status, 401);
+    // Carol logged out at the IdP, which told the filter (back-channel logout): her session is over,
+    // and must stay over in a new VM.
+    let carol = Browser::logged_in(&page, "carol").unwrap();
+    assert_eq!(api(&carol, &page).status, 200);
+    let confirmed = carol
+        .end_idp_session(&stack.idp_url("/session/end"))
+        .unwrap();
+    assert!(confirmed.status < 400, "{}", confirmed.body);
+    poll(Duration::from_secs(5), || {
+        Ok((api(&carol, &page).status == 401).then_some(()))
+    })
+    .unwrap();
     let created = |stack: &Stack| {
         stack
             .envoy_stats()
@@ -163,6 +181,13 @@ fn a_lost_vm_answers_closed_then_is_replaced_and_sessions_carry_on() {
     assert!(served >= Duration::from_millis(900), "{served:?}");
     assert!(stat("vm_reload_backoff") >= 1);
     assert_eq!(stat("vm_reload_success"), 2);
+
+    let ended = api(&carol, &page);
+    assert_eq!(
+        ended.status, 401,
+        "a session logged out before: {}",
+        ended.body
+    );
 
     // The new VM: bob's session carries on with the same token; a visitor is sent to log in; a new
     // login completes.
