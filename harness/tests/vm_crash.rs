@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use harness::process::poll;
-use harness::{Browser, Response, SiteSpec, Stack, StackSpec};
+use harness::{Browser, Response, SiteSpec, Stack, StackSpec, sealed};
 use serde_json::json;
 
 const BACKCHANNEL: &str = "/oauth2/backchannel-logout";
@@ -198,4 +198,126 @@ fn a_lost_vm_answers_closed_then_is_replaced_and_sessions_carry_on() {
     assert_eq!(visitor.status, 302, "{}", visitor.body);
     assert!(visitor.location().unwrap().contains("/login"));
     Browser::logged_in(&page, "alice").unwrap();
+}
+
+/// The IdP's `upstream_rq_active` in Envoy: its requests in flight.
+fn idp_requests_active(stack: &Stack) -> u64 {
+    let name = format!(
+        "cluster.{}.upstream_rq_active",
+        harness::envoy::cluster_name(stack.issuer()).unwrap()
+    );
+    stack
+        .envoy_stats()
+        .unwrap()
+        .get(&name)
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_refresh_lost_with_its_vm_is_made_again_once_its_claim_lapses() {
+    let dir = harness::target_dir().join("e2e/vm_crash_refresh-module");
+    let module =
+        harness::module::with_trap_file(&harness::wasm_path().unwrap(), TRAP_AT, &dir).unwrap();
+    // A renewal's claim lapses after twice the callout timeout and 2 s: 6 s here.
+    let stack = Stack::start(StackSpec {
+        concurrency: 1,
+        wasm: Some(module),
+        ..StackSpec::new(
+            "vm_crash_refresh",
+            vec![SiteSpec::new("app").filter(json!({"callout_timeout": "2s"}))],
+        )
+    })
+    .unwrap();
+    stack.wait_ready("app").unwrap();
+    let s = stack.site("app").unwrap();
+    let page = s.url("/reports");
+    let dave = Browser::logged_in(&page, "dave").unwrap();
+    let mut session = sealed::open_session(&sealed::session_cookies(&dave, "localhost")).unwrap();
+    session.token_expires_at = harness::unix_now() - 1;
+    let expired = sealed::seal(&session).unwrap();
+    let with_expired = || {
+        Browser::new()
+            .get_with(
+                &page,
+                &[("cookie", expired.as_str()), ("accept", "application/json")],
+            )
+            .unwrap()
+    };
+
+    // The VM is lost while a request of the expired session waits for its refresh at the IdP, holding
+    // the session's renewal claim (in Envoy's shared data, which outlives the VM).
+    let slow = stack.idp_proxy().fault(harness::Mode::delay_for(
+        "/token",
+        Duration::from_millis(1500),
+    ));
+    let in_flight = std::thread::scope(|scope| {
+        // Its answer, if any within 4 s: status and body.
+        let waiting = scope.spawn(|| {
+            harness::local_agent(Duration::from_secs(4))
+                .get(&page)
+                .header("cookie", expired.as_str())
+                .header("accept", "application/json")
+                .call()
+                .ok()
+                .map(|mut r| {
+                    let status = r.status().as_u16();
+                    (status, r.body_mut().read_to_string().unwrap_or_default())
+                })
+        });
+        poll(Duration::from_secs(5), || {
+            Ok((idp_requests_active(&stack) > 0).then_some(()))
+        })
+        .unwrap();
+        let many: Vec<(String, String)> = (0..TRAP_AT)
+            .map(|i| (format!("x-filler-{i}"), "1".to_string()))
+            .collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let trapped = dave.get_with(&page, &many).unwrap();
+        assert!(trapped.status >= 500 && !from_app(&trapped));
+        waiting.join().unwrap()
+    });
+    drop(slow);
+    let lost = Instant::now();
+    // Nothing of the filter's is left to answer it: Envoy keeps it until its stream idle timeout (5
+    // minutes by default), or answers it 5xx; never is it sent on.
+    eprintln!("the request whose refresh was in flight: {in_flight:?}");
+    if let Some((status, body)) = &in_flight {
+        assert!(
+            *status >= 500 && !body.contains("\"path\""),
+            "{status} {body}"
+        );
+    }
+
+    // The new VM finds the session claimed by a request that no longer exists: its requests wait
+    // for the claim to lapse and are answered 503 with Retry-After, the session kept; then one
+    // renews it.
+    let mut waited = Vec::new();
+    let renewed = loop {
+        let started = Instant::now();
+        let r = with_expired();
+        if r.status == 200 {
+            break r;
+        }
+        assert!(r.status >= 500 && !from_app(&r), "{} {}", r.status, r.body);
+        waited.push((r.status, started.elapsed()));
+        assert!(
+            lost.elapsed() < Duration::from_secs(20),
+            "not renewed after {:?}: {waited:?}",
+            lost.elapsed()
+        );
+    };
+    eprintln!(
+        "renewed {:?} after the VM was lost; before: {waited:?}",
+        lost.elapsed()
+    );
+    let bearer = renewed.upstream_authorization().unwrap();
+    assert!(
+        renewed
+            .set_cookies()
+            .iter()
+            .any(|c| c.starts_with("_oidc_session")),
+        "no renewed cookie"
+    );
+    assert!(bearer.starts_with("Bearer "));
 }
