@@ -157,8 +157,10 @@ pub fn with_release_tag(module: &Path, tag: &str, dir: &Path) -> Result<PathBuf>
 /// `wasm` with a trap in front of its `proxy_on_request_headers`: the callback runs `unreachable` when
 /// the request has at least `min_headers` headers (its second argument), and is unchanged otherwise. No
 /// bug of the filter's is known to lose its VM, so the tests put one in, to see what a lost VM does to
-/// the requests around it.
+/// the requests around it. Refuses a module it does not fully understand, or whose callback is not
+/// `(i32, i32, i32) -> i32` or is exported under another name too.
 pub fn with_request_headers_trap(wasm: &[u8], min_headers: u32) -> Result<Vec<u8>> {
+    const EXPORT: &str = "proxy_on_request_headers";
     let spans = section_spans(wasm)?;
     let content = |id: u8| {
         spans
@@ -171,10 +173,16 @@ pub fn with_request_headers_trap(wasm: &[u8], min_headers: u32) -> Result<Vec<u8
         None => 0,
     };
     let exports = content(7).ok_or_else(|| anyhow!("no export section"))?;
-    let func = export_index(exports, "proxy_on_request_headers")?;
+    let func = export_index(exports, EXPORT)?;
     let body_index = func
         .checked_sub(imported)
-        .ok_or_else(|| anyhow!("proxy_on_request_headers is an import"))?;
+        .ok_or_else(|| anyhow!("{EXPORT} is an import"))?;
+    let types = content(1).ok_or_else(|| anyhow!("no type section"))?;
+    let functions = content(3).ok_or_else(|| anyhow!("no function section"))?;
+    let (params, results) = function_type(types, functions, body_index)?;
+    if params != [0x7f; 3] || results != [0x7f] {
+        bail!("{EXPORT} is not (i32, i32, i32) -> i32");
+    }
     let (_, header_start, code_range) = spans
         .iter()
         .find(|(i, _, _)| *i == 10)
@@ -187,6 +195,9 @@ pub fn with_request_headers_trap(wasm: &[u8], min_headers: u32) -> Result<Vec<u8
     trap.extend_from_slice(&[0x4f, 0x04, 0x40, 0x00, 0x0b]);
 
     let (count, mut at) = leb_u32(code, 0)?;
+    if body_index >= count {
+        bail!("{EXPORT} has no body");
+    }
     let mut new_code = code[..at].to_vec();
     for i in 0..count {
         let (size, n) = leb_u32(code, at)?;
@@ -196,10 +207,11 @@ pub fn with_request_headers_trap(wasm: &[u8], min_headers: u32) -> Result<Vec<u8
             .get(start..end)
             .ok_or_else(|| anyhow!("function body {i} runs past the code section"))?;
         if i == body_index {
-            // The locals come first: `count` groups of (n, type).
+            // The locals come first: `groups` of (count, value type).
             let (groups, mut p) = leb_u32(body, 0)?;
             for _ in 0..groups {
                 let (_, n) = leb_u32(body, p)?;
+                value_type(body, p + n)?;
                 p += n + 1;
             }
             let mut new_body = body[..p].to_vec();
@@ -212,8 +224,8 @@ pub fn with_request_headers_trap(wasm: &[u8], min_headers: u32) -> Result<Vec<u8
         }
         at = end;
     }
-    if body_index >= count {
-        bail!("proxy_on_request_headers has no body");
+    if at != code.len() {
+        bail!("bytes after the last function body");
     }
     // The code section's id and size, then its new content, between the bytes around it.
     let mut out = wasm[..*header_start].to_vec();
@@ -223,6 +235,15 @@ pub fn with_request_headers_trap(wasm: &[u8], min_headers: u32) -> Result<Vec<u8
     out.extend_from_slice(&wasm[code_range.end..]);
     sections(&out)?;
     Ok(out)
+}
+
+/// The value type at `at`; refuses the types this reader does not size (typed references).
+fn value_type(b: &[u8], at: usize) -> Result<u8> {
+    match b.get(at) {
+        Some(&t @ (0x7f | 0x7e | 0x7d | 0x7c | 0x7b | 0x70 | 0x6f)) => Ok(t),
+        Some(t) => bail!("value type {t:#x}"),
+        None => bail!("truncated value type"),
+    }
 }
 
 /// How many functions the import section brings in (they come first in the function index space).
@@ -235,6 +256,10 @@ fn imported_functions(imports: &[u8]) -> Result<u32> {
     };
     let skip_limits = |at: usize| -> Result<usize> {
         let flags = *imports.get(at).ok_or_else(|| anyhow!("truncated limits"))?;
+        // Bit 0: a maximum follows; bit 1: shared; bit 2: 64-bit. Anything else is not sized here.
+        if flags & !0x07 != 0 {
+            bail!("limits flags {flags:#x}");
+        }
         let (_, n) = leb_u32(imports, at + 1)?;
         let mut at = at + 1 + n;
         if flags & 1 != 0 {
@@ -252,18 +277,70 @@ fn imported_functions(imports: &[u8]) -> Result<u32> {
                 funcs += 1;
                 at + leb_u32(imports, at)?.1
             }
-            1 => skip_limits(at + 1)?,
+            1 => {
+                value_type(imports, at)?;
+                skip_limits(at + 1)?
+            }
             2 => skip_limits(at)?,
-            3 => at + 2,
+            3 => {
+                value_type(imports, at)?;
+                at + 2
+            }
             k => bail!("import kind {k}"),
         };
+    }
+    if at != imports.len() {
+        bail!("bytes after the last import");
     }
     Ok(funcs)
 }
 
-/// The function index of export `name`.
+/// The parameter and result types of defined function `index` (not counting imports).
+fn function_type(types: &[u8], functions: &[u8], index: u32) -> Result<(Vec<u8>, Vec<u8>)> {
+    let (count, mut at) = leb_u32(functions, 0)?;
+    if index >= count {
+        bail!("function {index} is not in the function section");
+    }
+    let mut type_index = 0;
+    for i in 0..=index {
+        let (t, n) = leb_u32(functions, at)?;
+        at += n;
+        if i == index {
+            type_index = t;
+        }
+    }
+    let (count, mut at) = leb_u32(types, 0)?;
+    if type_index >= count {
+        bail!("type {type_index} is not in the type section");
+    }
+    let read_list = |at: &mut usize| -> Result<Vec<u8>> {
+        let (len, n) = leb_u32(types, *at)?;
+        *at += n;
+        let mut list = Vec::new();
+        for _ in 0..len {
+            list.push(value_type(types, *at)?);
+            *at += 1;
+        }
+        Ok(list)
+    };
+    for i in 0..=type_index {
+        if types.get(at) != Some(&0x60) {
+            bail!("type {i} is not a function type");
+        }
+        at += 1;
+        let params = read_list(&mut at)?;
+        let results = read_list(&mut at)?;
+        if i == type_index {
+            return Ok((params, results));
+        }
+    }
+    bail!("type {type_index} not found")
+}
+
+/// The function index of export `name`; refuses a function exported under other names too.
 fn export_index(section: &[u8], name: &str) -> Result<u32> {
     let (count, mut at) = leb_u32(section, 0)?;
+    let mut functions = Vec::new();
     for _ in 0..count {
         let (name_len, n) = leb_u32(section, at)?;
         let name_start = at + n;
@@ -272,12 +349,21 @@ fn export_index(section: &[u8], name: &str) -> Result<u32> {
             .get(name_end)
             .ok_or_else(|| anyhow!("export runs past the section"))?;
         let (index, n) = leb_u32(section, name_end + 1)?;
-        if kind == 0 && section.get(name_start..name_end) == Some(name.as_bytes()) {
-            return Ok(index);
+        if kind == 0 {
+            let this = section.get(name_start..name_end) == Some(name.as_bytes());
+            functions.push((this, index));
         }
         at = name_end + 1 + n;
     }
-    bail!("no function export {name}")
+    let index = functions
+        .iter()
+        .find(|(this, _)| *this)
+        .map(|(_, i)| *i)
+        .ok_or_else(|| anyhow!("no function export {name}"))?;
+    if functions.iter().filter(|(_, i)| *i == index).count() > 1 {
+        bail!("{name}'s function is exported under another name too");
+    }
+    Ok(index)
 }
 
 /// Writes `module` with [`with_request_headers_trap`] to `dir/oidc_filter.trap.wasm` and returns that
@@ -393,6 +479,132 @@ mod tests {
         let mut cut = m.clone();
         cut.pop();
         assert!(with_custom_section(&cut, "x", b"").is_err());
+    }
+
+    /// `wat` compiled by `wat2wasm` (with the threads proposal, for a shared memory).
+    fn wat(wat: &str) -> Vec<u8> {
+        let dir = crate::target_dir().join("module-tests");
+        fs::create_dir_all(&dir).unwrap();
+        let name = format!("m{}", crate::private_suffix());
+        let (src, out) = (
+            dir.join(format!("{name}.wat")),
+            dir.join(format!("{name}.wasm")),
+        );
+        fs::write(&src, wat).unwrap();
+        let status = std::process::Command::new("wat2wasm")
+            .args(["--enable-threads", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(status.success(), "wat2wasm failed on\n{wat}");
+        fs::read(&out).unwrap()
+    }
+
+    /// Calls `proxy_on_request_headers(1, headers, 1)` of `wasm` in Node's V8 (imports stubbed),
+    /// once per count: its result, or `trap` when it trapped.
+    fn call_in_v8(wasm: &[u8], counts: &[u32]) -> Vec<String> {
+        let dir = crate::target_dir().join("module-tests");
+        let path = dir.join(format!("m{}.wasm", crate::private_suffix()));
+        fs::write(&path, wasm).unwrap();
+        let script = r#"
+            const bytes = require("fs").readFileSync(process.argv[1]);
+            const mod = new WebAssembly.Module(bytes);
+            const imports = {};
+            for (const i of WebAssembly.Module.imports(mod)) {
+              imports[i.module] ??= {};
+              imports[i.module][i.name] =
+                i.kind === "function" ? () => 0
+                : i.kind === "memory" ? new WebAssembly.Memory({initial: 1, maximum: 2, shared: true})
+                : i.kind === "table" ? new WebAssembly.Table({initial: 1, element: "anyfunc"})
+                : new WebAssembly.Global({value: "i32", mutable: false}, 7);
+            }
+            const inst = new WebAssembly.Instance(mod, imports);
+            for (const n of process.argv.slice(2)) {
+              try { console.log(String(inst.exports.proxy_on_request_headers(1, Number(n), 1))); }
+              catch (e) { console.log(e instanceof WebAssembly.RuntimeError ? "trap" : "error " + e); }
+            }
+        "#;
+        let out = std::process::Command::new("node")
+            .arg("-e")
+            .arg(script)
+            .arg(&path)
+            .args(counts.iter().map(u32::to_string))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A module with an import of each kind before the callback, locals in it, and functions around it.
+    const CALLBACK_MODULE: &str = r#"
+        (module
+          (import "env" "a" (func $a (param i32) (result i32)))
+          (import "env" "t" (table 1 funcref))
+          (import "env" "m" (memory 1 2 shared))
+          (import "env" "g" (global i32))
+          (import "env" "b" (func $b))
+          (func $before (result i32) (i32.const 5))
+          (func $on_headers (param i32 i32 i32) (result i32) (local i64 i32) (local f32)
+            (local.set 4 (i32.add (local.get 1) (global.get 0)))
+            (local.get 4))
+          (func $after (param i32) (result i32) (local.get 0))
+          (export "before" (func $before))
+          (export "proxy_on_request_headers" (func $on_headers))
+          (export "after" (func $after)))
+    "#;
+
+    #[test]
+    fn the_trap_is_taken_at_the_count_given_and_the_callback_is_unchanged_below_it() {
+        let m = wat(CALLBACK_MODULE);
+        assert_eq!(call_in_v8(&m, &[0, 59, 60, 200]), ["7", "66", "67", "207"]);
+        for at in [60, 64, 1000] {
+            let trapped = with_request_headers_trap(&m, at).unwrap();
+            assert_eq!(
+                call_in_v8(&trapped, &[0, at - 1, at, at + 1, 100_000]),
+                ["7", (at + 6).to_string().as_str(), "trap", "trap", "trap"],
+                "trap at {at}"
+            );
+        }
+        // The shipped module: its callback has the signature, and the module still compiles.
+        let shipped = fs::read(crate::wasm_path().unwrap()).unwrap();
+        let trapped = with_request_headers_trap(&shipped, 60).unwrap();
+        assert_eq!(trapped.len(), shipped.len() + 9);
+        assert_eq!(exports(&trapped).unwrap(), exports(&shipped).unwrap());
+    }
+
+    #[test]
+    fn the_trap_refuses_what_it_cannot_place_exactly() {
+        let other_signature = CALLBACK_MODULE.replace(
+            "(param i32 i32 i32) (result i32) (local i64",
+            "(param i32 i32) (result i32) (local i32 i64",
+        );
+        let err = with_request_headers_trap(&wat(&other_signature), 60).unwrap_err();
+        assert!(
+            err.to_string().contains("not (i32, i32, i32) -> i32"),
+            "{err}"
+        );
+        let exported_twice = CALLBACK_MODULE.replace(
+            r#"(export "after" (func $after))"#,
+            r#"(export "after" (func $on_headers))"#,
+        );
+        let err = with_request_headers_trap(&wat(&exported_twice), 60).unwrap_err();
+        assert!(err.to_string().contains("another name"), "{err}");
+        let no_callback = CALLBACK_MODULE.replace("proxy_on_request_headers", "other");
+        assert!(with_request_headers_trap(&wat(&no_callback), 60).is_err());
+        let imported = r#"(module (import "env" "proxy_on_request_headers" (func $f (param i32 i32 i32) (result i32)))
+            (export "proxy_on_request_headers" (func $f)))"#;
+        assert!(with_request_headers_trap(&wat(imported), 60).is_err());
+        let m = wat(CALLBACK_MODULE);
+        assert!(with_request_headers_trap(&m[..m.len() - 3], 60).is_err());
     }
 
     #[test]
