@@ -67,6 +67,12 @@ fn stack() -> &'static Stack {
             SiteSpec::new("relogin").filter(json!({"authorization_params": {"prompt": "login"}})),
             // The RBAC policy lets OPTIONS through (an AuthorizationPolicy with notMethods: OPTIONS).
             SiteSpec::new("cors").filter(json!({"pass_cors_preflight": true})),
+            // Behind a load balancer that terminates TLS and says so in `X-Forwarded-Proto`: the
+            // gateway trusts one hop (Istio: `numTrustedProxies: 1`).
+            SiteSpec {
+                hcm_overrides: json!({"xff_num_trusted_hops": 1}),
+                ..SiteSpec::new("behindlb")
+            },
             // `main`'s client behind keys [B, A] and [B]: sessions sealed by `main` (key A) open on
             // the first only. No logins here, so their IdP registrations are unused placeholders.
             rotation_site("rotated", json!([KEY_B, DEFAULT_COOKIE_KEYS])),
@@ -1040,6 +1046,38 @@ fn cors_preflights_reach_the_app_when_configured() {
 }
 
 // 8. Bypass.
+
+/// Behind a load balancer that terminates TLS, the gateway gets plain HTTP, and the load balancer says
+/// `X-Forwarded-Proto: https`. Envoy takes the request's scheme from that header only from a hop it
+/// trusts (`xff_num_trusted_hops`; Istio's `numTrustedProxies`): then the IdP is sent the https redirect
+/// URI it has registered. Without that trust the header is the client's word and changes nothing, and
+/// the login would fail at the IdP (an `http` redirect URI it does not know).
+#[test]
+fn behind_a_tls_terminating_load_balancer_the_redirect_uri_is_https_once_the_gateway_trusts_it() {
+    let redirect_uri = |site: &str, forwarded_proto: Option<&str>| {
+        let mut headers = vec![("x-forwarded-for", "203.0.113.7")];
+        if let Some(proto) = forwarded_proto {
+            headers.push(("x-forwarded-proto", proto));
+        }
+        let r = Browser::new()
+            .get_with(&self::site(site).url("/login"), &headers)
+            .unwrap();
+        assert_eq!(r.status, 302, "{}", r.body);
+        query_param(&r.location().unwrap(), "redirect_uri").unwrap()
+    };
+    let at = |scheme: &str, site: &str| {
+        format!(
+            "{scheme}://localhost:{}/oauth2/callback",
+            self::site(site).port
+        )
+    };
+    assert_eq!(
+        redirect_uri("behindlb", Some("https")),
+        at("https", "behindlb")
+    );
+    assert_eq!(redirect_uri("behindlb", None), at("http", "behindlb"));
+    assert_eq!(redirect_uri("main", Some("https")), at("http", "main"));
+}
 
 #[test]
 fn bypass_paths_pass_but_traversal_does_not() {
