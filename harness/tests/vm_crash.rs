@@ -95,6 +95,7 @@ fn a_lost_vm_answers_closed_then_is_replaced_and_sessions_carry_on() {
             .unwrap_or(0)
     };
     let vms_before = created(&stack);
+    let alive_before = stack.wasm_vm_stats().unwrap().active;
 
     let stat = |name: &str| {
         stack
@@ -201,6 +202,16 @@ fn a_lost_vm_answers_closed_then_is_replaced_and_sessions_carry_on() {
         created(&stack) >= vms_before + 2,
         "Envoy made no new VMs (wasm.envoy.wasm.runtime.v8.created)"
     );
+    // The lost VMs are let go: as many alive as before.
+    poll(Duration::from_secs(5), || {
+        Ok((stack.wasm_vm_stats()?.active == alive_before).then_some(()))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{alive_before} VMs alive before, {} now: {e:#}",
+            stack.wasm_vm_stats().unwrap().active
+        )
+    });
 
     let ended = api(&carol, &page);
     assert_eq!(
