@@ -26,12 +26,18 @@ use serde_json::{Value, json};
 const ENV_SECRET: &str = "OIDC_CLIENT_SECRET";
 const ENV_KEYS: &str = "OIDC_COOKIE_KEYS";
 /// The kustomizations users deploy (the base alone has no IdP cluster; `kind/apps` holds no Istio policy).
-const DEPLOYABLE: [&str; 3] = ["overlays/example", "overlays/in-cluster", "kind"];
+const DEPLOYABLE: [&str; 4] = [
+    "overlays/example",
+    "overlays/in-cluster",
+    "overlays/gateway-api",
+    "kind",
+];
 /// Everything kustomize can build here.
-const BUILDS: [&str; 5] = [
+const BUILDS: [&str; 6] = [
     "base",
     "overlays/example",
     "overlays/in-cluster",
+    "overlays/gateway-api",
     "kind",
     "kind/apps",
 ];
@@ -978,14 +984,29 @@ fn policies_agree_with_the_filter() {
         let authz = find(&docs, "AuthorizationPolicy");
 
         let namespace = &plugin["metadata"]["namespace"];
-        let selector = &plugin["spec"]["selector"];
         assert!(namespace.is_string(), "{dir}: no namespace");
+        // Attached to the gateway's pods by label, or to a Gateway API Gateway: the three alike.
+        let attached = |doc: &Value| {
+            (
+                doc["spec"]["selector"].clone(),
+                doc["spec"]["targetRefs"].clone(),
+            )
+        };
+        let (selector, targets) = attached(plugin);
+        assert!(
+            selector.is_null() != targets.is_null(),
+            "{dir}: a selector or targetRefs"
+        );
         for doc in [authn, authz] {
             assert_eq!(
                 &doc["metadata"]["namespace"], namespace,
                 "{dir}: one gateway namespace"
             );
-            assert_eq!(&doc["spec"]["selector"], selector, "{dir}: one gateway");
+            assert_eq!(
+                attached(doc),
+                (selector.clone(), targets.clone()),
+                "{dir}: one gateway"
+            );
         }
 
         let rules = authn["spec"]["jwtRules"].as_array().expect("jwtRules");
@@ -1090,7 +1111,8 @@ fn the_idp_cluster_exists_on_the_gateway() {
     }
 }
 
-/// The Secret reaches the gateway container as the variables the WasmPlugin declares, both ways we ship.
+/// The Secret reaches the gateway container as the variables the WasmPlugin declares, every way we ship:
+/// the chart's values, a Deployment patch, a Gateway API gateway's ConfigMap.
 #[test]
 fn the_gateway_environment_carries_the_declared_variables() {
     let dir = wasmplugin_dir().join("gateway");
@@ -1107,9 +1129,17 @@ fn the_gateway_environment_carries_the_declared_variables() {
     let patch = &read_yaml(&dir.join("deployment-patch.yaml"))[0];
     let container = &patch["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["name"], "istio-proxy");
+    // A Gateway API gateway: the patch Istio merges into the Deployment it makes.
+    let options = gateway_api_deployment_patch();
+    let options_container = &options["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(options_container["name"], "istio-proxy");
     for (what, env) in [
         ("values.yaml envVarFrom", &values["envVarFrom"]),
         ("deployment-patch.yaml", &container["env"]),
+        (
+            "components/gateway-api ConfigMap",
+            &options_container["env"],
+        ),
     ] {
         let env = env.as_array().unwrap_or_else(|| panic!("{what}"));
         let names: BTreeSet<&str> = env.iter().filter_map(|e| e["name"].as_str()).collect();
@@ -1128,6 +1158,58 @@ fn the_gateway_environment_carries_the_declared_variables() {
         find(&docs, "WasmPlugin")["metadata"]["namespace"],
         secret["metadata"]["namespace"],
         "the Secret lives beside the gateway"
+    );
+}
+
+/// The `deployment` patch of the ConfigMap that components/gateway-api's Gateway names.
+fn gateway_api_deployment_patch() -> Value {
+    let docs = read_yaml(&wasmplugin_dir().join("components/gateway-api/gateway.yaml"));
+    let map = find(&docs, "ConfigMap");
+    let text = map["data"]["deployment"].as_str().expect("data.deployment");
+    yaml_docs(text, "the gateway-api ConfigMap").remove(0)
+}
+
+/// On a Gateway API gateway the filter and its policies name the Gateway, which is Istio's, deployed
+/// with the ConfigMap that gives its pods the filter's environment.
+#[test]
+fn a_gateway_api_gateway_carries_the_filter_and_its_environment() {
+    let dir = "overlays/gateway-api";
+    let Some(docs) = build(dir) else { return };
+    let plugin = find(&docs, "WasmPlugin");
+    let gateway = find(&docs, "Gateway");
+    assert_eq!(gateway["apiVersion"], "gateway.networking.k8s.io/v1");
+    assert_eq!(gateway["spec"]["gatewayClassName"], "istio");
+    assert_eq!(
+        gateway["metadata"]["namespace"], plugin["metadata"]["namespace"],
+        "a WasmPlugin attaches only to a Gateway of its own namespace"
+    );
+    assert_eq!(
+        plugin["spec"]["targetRefs"],
+        json!([{
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": gateway["metadata"]["name"],
+        }])
+    );
+    assert!(plugin["spec"].get("selector").is_none());
+    let params = &gateway["spec"]["infrastructure"]["parametersRef"];
+    assert_eq!(params["kind"], "ConfigMap");
+    assert_eq!(params["group"], "");
+    let map = find(&docs, "ConfigMap");
+    assert_eq!(map["metadata"]["name"], params["name"]);
+    assert_eq!(
+        map["metadata"]["namespace"],
+        gateway["metadata"]["namespace"]
+    );
+    let built = map["data"]["deployment"].as_str().expect("data.deployment");
+    assert_eq!(
+        yaml_docs(built, dir).remove(0),
+        gateway_api_deployment_patch()
+    );
+    let listener = &gateway["spec"]["listeners"][0];
+    assert_eq!(
+        listener["protocol"], "HTTPS",
+        "the filter's cookies are Secure"
     );
 }
 
