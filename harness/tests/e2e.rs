@@ -1047,38 +1047,6 @@ fn cors_preflights_reach_the_app_when_configured() {
 
 // 8. Bypass.
 
-/// Behind a load balancer that terminates TLS, the gateway gets plain HTTP, and the load balancer says
-/// `X-Forwarded-Proto: https`. Envoy takes the request's scheme from that header only from a hop it
-/// trusts (`xff_num_trusted_hops`; Istio's `numTrustedProxies`): then the IdP is sent the https redirect
-/// URI it has registered. Without that trust the header is the client's word and changes nothing, and
-/// the login would fail at the IdP (an `http` redirect URI it does not know).
-#[test]
-fn behind_a_tls_terminating_load_balancer_the_redirect_uri_is_https_once_the_gateway_trusts_it() {
-    let redirect_uri = |site: &str, forwarded_proto: Option<&str>| {
-        let mut headers = vec![("x-forwarded-for", "203.0.113.7")];
-        if let Some(proto) = forwarded_proto {
-            headers.push(("x-forwarded-proto", proto));
-        }
-        let r = Browser::new()
-            .get_with(&self::site(site).url("/login"), &headers)
-            .unwrap();
-        assert_eq!(r.status, 302, "{}", r.body);
-        query_param(&r.location().unwrap(), "redirect_uri").unwrap()
-    };
-    let at = |scheme: &str, site: &str| {
-        format!(
-            "{scheme}://localhost:{}/oauth2/callback",
-            self::site(site).port
-        )
-    };
-    assert_eq!(
-        redirect_uri("behindlb", Some("https")),
-        at("https", "behindlb")
-    );
-    assert_eq!(redirect_uri("behindlb", None), at("http", "behindlb"));
-    assert_eq!(redirect_uri("main", Some("https")), at("http", "main"));
-}
-
 #[test]
 fn bypass_paths_pass_but_traversal_does_not() {
     let _idp = idp_hold::shared();
@@ -1111,6 +1079,41 @@ fn bypass_paths_pass_but_traversal_does_not() {
         let r = api(&b, &s.url(path));
         assert_eq!(r.status, 401, "{path}: {}", r.body);
     }
+}
+
+// 9. Behind a load balancer that terminates TLS.
+
+/// Behind a load balancer that terminates TLS, the gateway gets plain HTTP/1.1, and the load balancer
+/// says `X-Forwarded-Proto: https`. Envoy keeps that header, and takes the request's scheme from it,
+/// only when it trusts hops in front of it (`xff_num_trusted_hops`; Istio's `numTrustedProxies`): then
+/// the IdP is sent the https redirect URI it has registered. By default Envoy overwrites the header with
+/// what it saw, so a client's word changes nothing, and behind such a load balancer the login would fail
+/// at the IdP (an `http` redirect URI it does not know).
+#[test]
+fn behind_a_tls_terminating_load_balancer_the_redirect_uri_is_https_once_the_gateway_trusts_it() {
+    let redirect_uri = |site: &str, forwarded_proto: Option<&str>| {
+        let headers: Vec<(&str, &str)> = forwarded_proto
+            .map(|proto| ("x-forwarded-proto", proto))
+            .into_iter()
+            .collect();
+        let r = Browser::new()
+            .get_with(&self::site(site).url("/login"), &headers)
+            .unwrap();
+        assert_eq!(r.status, 302, "{}", r.body);
+        query_param(&r.location().unwrap(), "redirect_uri").unwrap()
+    };
+    let at = |scheme: &str, site: &str| {
+        format!(
+            "{scheme}://localhost:{}/oauth2/callback",
+            self::site(site).port
+        )
+    };
+    assert_eq!(
+        redirect_uri("behindlb", Some("https")),
+        at("https", "behindlb")
+    );
+    assert_eq!(redirect_uri("behindlb", None), at("http", "behindlb"));
+    assert_eq!(redirect_uri("main", Some("https")), at("http", "main"));
 }
 
 // 10. Configuration.

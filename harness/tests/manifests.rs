@@ -1170,15 +1170,19 @@ fn gateway_api_deployment_patch() -> Value {
 }
 
 /// On a Gateway API gateway the filter and its policies name the Gateway, which is Istio's, deployed
-/// with the ConfigMap that gives its pods the filter's environment.
+/// with the ConfigMap that gives its pods the filter's environment, and listening, over HTTPS, for the
+/// hosts the policy protects and routes of the namespaces labelled for it only. (No Gateway API schema
+/// is at hand: the Gateway's own fields are checked here, not against its CRD.)
 #[test]
 fn a_gateway_api_gateway_carries_the_filter_and_its_environment() {
     let dir = "overlays/gateway-api";
     let Some(docs) = build(dir) else { return };
     let plugin = find(&docs, "WasmPlugin");
     let gateway = find(&docs, "Gateway");
-    assert_eq!(gateway["apiVersion"], "gateway.networking.k8s.io/v1");
-    assert_eq!(gateway["spec"]["gatewayClassName"], "istio");
+    assert_eq!(
+        gateway["spec"]["gatewayClassName"], "istio",
+        "Istio deploys it"
+    );
     assert_eq!(
         gateway["metadata"]["namespace"], plugin["metadata"]["namespace"],
         "a WasmPlugin attaches only to a Gateway of its own namespace"
@@ -1191,26 +1195,63 @@ fn a_gateway_api_gateway_carries_the_filter_and_its_environment() {
             "name": gateway["metadata"]["name"],
         }])
     );
-    assert!(plugin["spec"].get("selector").is_none());
+
+    // Its pods get every variable the WasmPlugin declares, from the Secret of the deploy guide.
     let params = &gateway["spec"]["infrastructure"]["parametersRef"];
-    assert_eq!(params["kind"], "ConfigMap");
-    assert_eq!(params["group"], "");
+    assert_eq!(
+        (&params["group"], &params["kind"]),
+        (&json!(""), &json!("ConfigMap"))
+    );
     let map = find(&docs, "ConfigMap");
     assert_eq!(map["metadata"]["name"], params["name"]);
     assert_eq!(
         map["metadata"]["namespace"],
         gateway["metadata"]["namespace"]
     );
-    let built = map["data"]["deployment"].as_str().expect("data.deployment");
-    assert_eq!(
-        yaml_docs(built, dir).remove(0),
-        gateway_api_deployment_patch()
+    let patch = yaml_docs(
+        map["data"]["deployment"].as_str().expect("data.deployment"),
+        dir,
+    )
+    .remove(0);
+    let containers = patch["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    let proxy = containers
+        .iter()
+        .find(|c| c["name"] == "istio-proxy")
+        .expect("the istio-proxy container");
+    let declared: BTreeSet<&str> = plugin["spec"]["vmConfig"]["env"]
+        .as_array()
+        .expect("vmConfig.env")
+        .iter()
+        .filter(|e| e["valueFrom"] == "HOST")
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    let given: BTreeSet<&str> = proxy["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter(|e| e["valueFrom"]["secretKeyRef"]["name"] == "oidc-filter")
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(given, declared);
+
+    // Every listener: HTTPS (the filter's cookies are Secure), for a host the policy protects, open to
+    // the labelled namespaces only.
+    let protected = strings(
+        &find(&docs, "AuthorizationPolicy")["spec"]["rules"][0]["to"][0]["operation"]["hosts"],
     );
-    let listener = &gateway["spec"]["listeners"][0];
-    assert_eq!(
-        listener["protocol"], "HTTPS",
-        "the filter's cookies are Secure"
-    );
+    let listeners = gateway["spec"]["listeners"].as_array().expect("listeners");
+    assert!(!listeners.is_empty());
+    for l in listeners {
+        assert_eq!(l["protocol"], "HTTPS", "{l}");
+        let host = l["hostname"].as_str().expect("a listener for one host");
+        assert!(
+            protected.iter().any(|h| h == host),
+            "{host} not in {protected:?}"
+        );
+        assert_eq!(l["allowedRoutes"]["namespaces"]["from"], "Selector", "{l}");
+    }
 }
 
 /// One configuration, two deliveries: the WasmPlugin's pluginConfig and what the local Envoy tests feed the
