@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use harness::process::poll;
 use harness::{Browser, Response, SiteSpec, Stack, StackSpec, sealed};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const BACKCHANNEL: &str = "/oauth2/backchannel-logout";
 
@@ -46,25 +46,35 @@ fn forged(b: &Browser, url: &str) -> Response {
     .unwrap()
 }
 
-#[test]
-fn a_lost_vm_answers_closed_then_is_replaced_and_sessions_carry_on() {
+/// A stack of one site, `app` (its filter configuration patched with `filter`), on one worker, so that
+/// every request meets the one VM that traps; ready, with when it was (its first VM was made before).
+fn trapping_stack(name: &str, filter: Value) -> (Stack, Instant) {
     // Next to the stack's directory, which the stack empties when it starts.
-    let dir = harness::target_dir().join("e2e/vm_crash-module");
+    let dir = harness::target_dir().join(format!("e2e/{name}-module"));
     let module =
         harness::module::with_trap_file(&harness::wasm_path().unwrap(), TRAP_AT, &dir).unwrap();
-    // One worker: every request meets the one VM that traps.
     let stack = Stack::start(StackSpec {
         concurrency: 1,
         wasm: Some(module),
-        ..StackSpec::new(
-            "vm_crash",
-            vec![SiteSpec::new("app").filter(json!({"backchannel_logout_path": BACKCHANNEL}))],
-        )
+        ..StackSpec::new(name, vec![SiteSpec::new("app").filter(filter)])
     })
     .unwrap();
-    // The first VM was made before this.
     let started = Instant::now();
     stack.wait_ready("app").unwrap();
+    (stack, started)
+}
+
+/// A request that trips the trap: [`TRAP_AT`] headers of its own.
+fn trap_headers() -> Vec<(String, String)> {
+    (0..TRAP_AT)
+        .map(|i| (format!("x-filler-{i}"), "1".to_string()))
+        .collect()
+}
+
+#[test]
+fn a_lost_vm_answers_closed_then_is_replaced_and_sessions_carry_on() {
+    let (stack, started) =
+        trapping_stack("vm_crash", json!({"backchannel_logout_path": BACKCHANNEL}));
     let s = stack.site("app").unwrap();
     let page = s.url("/reports");
 
@@ -105,9 +115,7 @@ fn a_lost_vm_answers_closed_then_is_replaced_and_sessions_carry_on() {
             .copied()
             .unwrap_or(0)
     };
-    let many: Vec<(String, String)> = (0..TRAP_AT)
-        .map(|i| (format!("x-filler-{i}"), "1".to_string()))
-        .collect();
+    let many = trap_headers();
     let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let trap = || {
         let trapped = bob.get_with(&page, &many).unwrap();
@@ -247,20 +255,8 @@ fn idp_requests_active(stack: &Stack) -> u64 {
 
 #[test]
 fn a_refresh_lost_with_its_vm_is_made_again_once_its_claim_lapses() {
-    let dir = harness::target_dir().join("e2e/vm_crash_refresh-module");
-    let module =
-        harness::module::with_trap_file(&harness::wasm_path().unwrap(), TRAP_AT, &dir).unwrap();
     // A renewal's claim lapses after twice the callout timeout and 2 s: 6 s here.
-    let stack = Stack::start(StackSpec {
-        concurrency: 1,
-        wasm: Some(module),
-        ..StackSpec::new(
-            "vm_crash_refresh",
-            vec![SiteSpec::new("app").filter(json!({"callout_timeout": "2s"}))],
-        )
-    })
-    .unwrap();
-    stack.wait_ready("app").unwrap();
+    let (stack, _) = trapping_stack("vm_crash_refresh", json!({"callout_timeout": "2s"}));
     let s = stack.site("app").unwrap();
     let page = s.url("/reports");
     let dave = Browser::logged_in(&page, "dave").unwrap();
@@ -304,9 +300,7 @@ fn a_refresh_lost_with_its_vm_is_made_again_once_its_claim_lapses() {
             Ok((idp_requests_active(&stack) > 0).then_some(()))
         })
         .unwrap();
-        let many: Vec<(String, String)> = (0..TRAP_AT)
-            .map(|i| (format!("x-filler-{i}"), "1".to_string()))
-            .collect();
+        let many = trap_headers();
         let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         let trapped = dave.get_with(&page, &many).unwrap();
         assert!(trapped.status == 503 && !from_app(&trapped));
