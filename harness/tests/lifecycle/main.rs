@@ -400,13 +400,22 @@ fn refresh_in_flight(site: &str, cookie: String) -> thread::JoinHandle<(Response
 }
 
 /// Logs `b` out at the IdP, which posts a logout token to the site; waits until every worker refuses
-/// `cookie`.
+/// `cookie`. The worker the POST reaches records the logout at once, the others on their next 1 s tick
+/// (README, Back-channel logout): ten refusals in a row may all come from the first, so this also waits
+/// until a tick has passed on every worker since the first refusal.
 fn log_out_at_idp(b: &Browser, site: &str, cookie: &str) {
     let confirmed = b.end_idp_session(&stack().idp_url("/session/end")).unwrap();
     assert!(confirmed.status < 400, "{}", confirmed.body);
+    let mut first_refusal = None;
     until_every_worker("the logout on every worker", || {
-        api(site, "/x", cookie).status == 401
+        let refused = api(site, "/x", cookie).status == 401;
+        if refused {
+            first_refusal.get_or_insert_with(Instant::now);
+        }
+        refused
     });
+    let since = first_refusal.map_or(Duration::ZERO, |t| t.elapsed());
+    thread::sleep(Duration::from_millis(1300).saturating_sub(since));
 }
 
 mod changes;
