@@ -1091,6 +1091,8 @@ fn bypass_paths_pass_but_traversal_does_not() {
 /// at the IdP (an `http` redirect URI it does not know).
 #[test]
 fn behind_a_tls_terminating_load_balancer_the_redirect_uri_is_https_once_the_gateway_trusts_it() {
+    // Its requests move the filter's counters, which the metrics test counts exactly.
+    let _idp = idp_hold::shared();
     let redirect_uri = |site: &str, forwarded_proto: Option<&str>| {
         let headers: Vec<(&str, &str)> = forwarded_proto
             .map(|proto| ("x-forwarded-proto", proto))

@@ -281,10 +281,10 @@ fn a_refresh_lost_with_its_vm_is_made_again_once_its_claim_lapses() {
     ));
     let claimed = Instant::now();
     let (in_flight, waited_for) = std::thread::scope(|scope| {
-        // Its answer, if any within 4 s (status and body), and how long it waited.
+        // Its answer, if any within 2.5 s (status and body), and how long it waited.
         let waiting = scope.spawn(|| {
             let sent = Instant::now();
-            let answer = harness::local_agent(Duration::from_secs(4))
+            let answer = harness::local_agent(Duration::from_millis(2500))
                 .get(&page)
                 .header("cookie", expired.as_str())
                 .header("accept", "application/json")
@@ -310,7 +310,7 @@ fn a_refresh_lost_with_its_vm_is_made_again_once_its_claim_lapses() {
     // Nothing of the filter's is left to answer it, and Envoy keeps it (until its stream idle timeout,
     // 5 minutes by default): the client gives up.
     assert!(
-        in_flight.is_none() && waited_for >= Duration::from_millis(3900),
+        in_flight.is_none() && waited_for >= Duration::from_millis(2400),
         "the request whose refresh was in flight: {in_flight:?} after {waited_for:?}"
     );
 

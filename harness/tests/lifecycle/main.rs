@@ -415,7 +415,7 @@ fn log_out_at_idp(b: &Browser, site: &str, cookie: &str) {
         refused
     });
     let since = first_refusal.map_or(Duration::ZERO, |t| t.elapsed());
-    thread::sleep(Duration::from_millis(1300).saturating_sub(since));
+    thread::sleep(Duration::from_millis(2000).saturating_sub(since));
 }
 
 mod changes;

@@ -87,7 +87,8 @@ fn a_change_never_takes_another_plugins_documents() {
             &json!({"identity_headers": {"x-change": n.to_string()}}),
         );
         s.update_filter_config(VICTIM, c).unwrap();
-        poll(Duration::from_secs(10), || {
+        // Envoy has taken over 10 s to pick up the file on a loaded machine (see `applied_or_refused`).
+        poll(Duration::from_secs(30), || {
             Ok((s.ecds_stat(VICTIM, "config_reload")? > reload).then_some(()))
         })
         .unwrap();
