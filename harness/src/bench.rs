@@ -640,15 +640,7 @@ fn profile(opts: &Options) -> Result<()> {
 fn wat_module(dir: &Path, name: &str) -> Result<PathBuf> {
     let wat = crate::workspace_root().join(format!("harness/testdata/{name}.wat"));
     let out = dir.join(format!("{name}.wasm"));
-    let status = Command::new("wat2wasm")
-        .arg(&wat)
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .context("running wat2wasm (install wabt: harness/setup.sh)")?;
-    if !status.success() {
-        bail!("wat2wasm {} failed: {status}", wat.display());
-    }
+    crate::module::wat2wasm(&wat, &out, &[])?;
     Ok(out)
 }
 

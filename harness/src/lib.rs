@@ -137,15 +137,7 @@ pub fn passthrough_wasm() -> Result<PathBuf> {
     }
     // Built under a private name and renamed: another test may be reading the file.
     let tmp = out.with_extension(format!("wasm.{}", private_suffix()));
-    let status = std::process::Command::new("wat2wasm")
-        .arg(&wat)
-        .arg("-o")
-        .arg(&tmp)
-        .status()
-        .context("running wat2wasm (install wabt: harness/setup.sh)")?;
-    if !status.success() {
-        bail!("wat2wasm {} failed: {status}", wat.display());
-    }
+    module::wat2wasm(&wat, &tmp, &[])?;
     fs::rename(&tmp, &out).with_context(|| format!("renaming to {}", out.display()))?;
     Ok(out)
 }
@@ -887,6 +879,27 @@ impl Stack {
         let stats = self.envoy.stats()?;
         Ok(stats
             .get(&format!("wasmcustom.oidc_filter.{name}"))
+            .copied()
+            .unwrap_or(0))
+    }
+
+    /// Envoy's counter `name` of `site`'s Wasm plugin (`wasm.oidc-filter-SITE.NAME`: `vm_reload_success`,
+    /// `vm_reload_backoff`, …), 0 until it first counts.
+    pub fn plugin_stat(&self, site: &str, name: &str) -> Result<u64> {
+        let stats = self.envoy.stats()?;
+        Ok(stats
+            .get(&format!("wasm.oidc-filter-{site}.{name}"))
+            .copied()
+            .unwrap_or(0))
+    }
+
+    /// The counter or gauge `name` of the cluster the filter's callouts to the stack's IdP take
+    /// (`cluster.CLUSTER.NAME`: `upstream_rq_active`, `upstream_cx_active`, …), 0 until it is set.
+    pub fn idp_cluster_stat(&self, name: &str) -> Result<u64> {
+        let cluster = envoy::cluster_name(self.issuer())?;
+        let stats = self.envoy.stats()?;
+        Ok(stats
+            .get(&format!("cluster.{cluster}.{name}"))
             .copied()
             .unwrap_or(0))
     }

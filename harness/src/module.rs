@@ -154,6 +154,22 @@ pub fn with_release_tag(module: &Path, tag: &str, dir: &Path) -> Result<PathBuf>
     Ok(out)
 }
 
+/// Compiles the WebAssembly text file `wat` into `out` with wabt's `wat2wasm`, `flags` (e.g.
+/// `--enable-threads`) first.
+pub fn wat2wasm(wat: &Path, out: &Path, flags: &[&str]) -> Result<()> {
+    let status = std::process::Command::new("wat2wasm")
+        .args(flags)
+        .arg(wat)
+        .arg("-o")
+        .arg(out)
+        .status()
+        .context("running wat2wasm (install wabt: harness/setup.sh)")?;
+    if !status.success() {
+        bail!("wat2wasm {} failed: {status}", wat.display());
+    }
+    Ok(())
+}
+
 /// `wasm` with a trap in front of its `proxy_on_request_headers`: the callback runs `unreachable` when
 /// the request has at least `min_headers` headers (its second argument), and is unchanged otherwise. No
 /// bug of the filter's is known to lose its VM, so the tests put one in, to see what a lost VM does to
@@ -491,13 +507,7 @@ mod tests {
             dir.join(format!("{name}.wasm")),
         );
         fs::write(&src, wat).unwrap();
-        let status = std::process::Command::new("wat2wasm")
-            .args(["--enable-threads", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .unwrap();
-        assert!(status.success(), "wat2wasm failed on\n{wat}");
+        wat2wasm(&src, &out, &["--enable-threads"]).unwrap_or_else(|e| panic!("{e:#}\n{wat}"));
         fs::read(&out).unwrap()
     }
 
@@ -525,7 +535,7 @@ mod tests {
               catch (e) { console.log(e instanceof WebAssembly.RuntimeError ? "trap" : "error " + e); }
             }
         "#;
-        let out = std::process::Command::new("node")
+        let out = std::process::Command::new(crate::idp::node_bin())
             .arg("-e")
             .arg(script)
             .arg(&path)

@@ -96,25 +96,8 @@ fn a_lost_vm_answers_closed_then_is_replaced_and_sessions_carry_on() {
         Ok((api(&carol, &page).status == 401).then_some(()))
     })
     .unwrap();
-    let created = |stack: &Stack| {
-        stack
-            .envoy_stats()
-            .unwrap()
-            .get("wasm.envoy.wasm.runtime.v8.created")
-            .copied()
-            .unwrap_or(0)
-    };
-    let vms_before = created(&stack);
-    let alive_before = stack.wasm_vm_stats().unwrap().active;
-
-    let stat = |name: &str| {
-        stack
-            .envoy_stats()
-            .unwrap()
-            .get(&format!("wasm.oidc-filter-app.{name}"))
-            .copied()
-            .unwrap_or(0)
-    };
+    let vms_before = stack.wasm_vm_stats().unwrap();
+    let stat = |name: &str| stack.plugin_stat("app", name).unwrap();
     let many = trap_headers();
     let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let trap = || {
@@ -207,16 +190,17 @@ fn a_lost_vm_answers_closed_then_is_replaced_and_sessions_carry_on() {
     assert_eq!(stat("vm_reload_success"), 2);
     assert!(stat("vm_reload_backoff") >= 1);
     assert!(
-        created(&stack) >= vms_before + 2,
+        stack.wasm_vm_stats().unwrap().created >= vms_before.created + 2,
         "Envoy made no new VMs (wasm.envoy.wasm.runtime.v8.created)"
     );
     // The lost VMs are let go: as many alive as before.
     poll(Duration::from_secs(5), || {
-        Ok((stack.wasm_vm_stats()?.active == alive_before).then_some(()))
+        Ok((stack.wasm_vm_stats()?.active == vms_before.active).then_some(()))
     })
     .unwrap_or_else(|e| {
         panic!(
-            "{alive_before} VMs alive before, {} now: {e:#}",
+            "{} VMs alive before, {} now: {e:#}",
+            vms_before.active,
             stack.wasm_vm_stats().unwrap().active
         )
     });
@@ -237,20 +221,6 @@ fn a_lost_vm_answers_closed_then_is_replaced_and_sessions_carry_on() {
     assert_eq!(visitor.status, 302, "{}", visitor.body);
     assert!(visitor.location().unwrap().contains("/login"));
     Browser::logged_in(&page, "alice").unwrap();
-}
-
-/// The IdP's `upstream_rq_active` in Envoy: its requests in flight.
-fn idp_requests_active(stack: &Stack) -> u64 {
-    let name = format!(
-        "cluster.{}.upstream_rq_active",
-        harness::envoy::cluster_name(stack.issuer()).unwrap()
-    );
-    stack
-        .envoy_stats()
-        .unwrap()
-        .get(&name)
-        .copied()
-        .unwrap_or(0)
 }
 
 #[test]
@@ -297,7 +267,7 @@ fn a_refresh_lost_with_its_vm_is_made_again_once_its_claim_lapses() {
             (answer, sent.elapsed())
         });
         poll(Duration::from_secs(5), || {
-            Ok((idp_requests_active(&stack) > 0).then_some(()))
+            Ok((stack.idp_cluster_stat("upstream_rq_active")? > 0).then_some(()))
         })
         .unwrap();
         let many = trap_headers();
@@ -358,12 +328,5 @@ fn a_refresh_lost_with_its_vm_is_made_again_once_its_claim_lapses() {
         "no renewed cookie: {:?}",
         renewed.set_cookies()
     );
-    assert_eq!(
-        stack
-            .envoy_stats()
-            .unwrap()
-            .get("wasm.oidc-filter-app.vm_reload_success")
-            .copied(),
-        Some(1)
-    );
+    assert_eq!(stack.plugin_stat("app", "vm_reload_success").unwrap(), 1);
 }

@@ -118,12 +118,8 @@ impl Fault {
         stack().idp_proxy().set_mode(mode);
         // Switching closes the proxy's connections: wait until Envoy has seen them close, so that no
         // callout meets a pooled connection that is already gone (a 503 of its own).
-        let active = format!(
-            "cluster.{}.upstream_cx_active",
-            harness::envoy::cluster_name(stack().issuer()).unwrap()
-        );
         poll(Duration::from_secs(5), || {
-            Ok((stack().envoy_stats()?.get(&active).copied().unwrap_or(0) == 0).then_some(()))
+            Ok((stack().idp_cluster_stat("upstream_cx_active")? == 0).then_some(()))
         })
         .unwrap();
         Fault
@@ -365,16 +361,7 @@ fn expired_session(b: &Browser) -> String {
 
 /// Requests to the IdP (the token endpoint, for a refresh) Envoy has open now.
 fn idp_requests_active() -> u64 {
-    let name = format!(
-        "cluster.{}.upstream_rq_active",
-        harness::envoy::cluster_name(stack().issuer()).unwrap()
-    );
-    stack()
-        .envoy_stats()
-        .unwrap()
-        .get(&name)
-        .copied()
-        .unwrap_or(0)
+    stack().idp_cluster_stat("upstream_rq_active").unwrap()
 }
 
 /// Sends an API request with `cookie` to `site` on another thread, and waits until its refresh is at
