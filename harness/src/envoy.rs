@@ -399,6 +399,9 @@ impl EnvoyConfig {
         Ok(json!({
             "name": site.name,
             "address": socket_address("127.0.0.1", site.port),
+            // `listener.SITE.…` rather than the address: a port Envoy picks reads `_0` there, every
+            // site alike.
+            "stat_prefix": site.name,
             "filter_chains": [{
                 "filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
@@ -876,6 +879,7 @@ pub struct Envoy {
     admin: String,
     listeners: BTreeMap<String, u16>,
     agent: ureq::Agent,
+    workers: u32,
 }
 
 impl Envoy {
@@ -976,6 +980,7 @@ impl Envoy {
             admin,
             listeners,
             agent,
+            workers: opts.concurrency,
         })
     }
 
@@ -987,6 +992,11 @@ impl Envoy {
     /// `http://127.0.0.1:PORT` of the admin API.
     pub fn admin_url(&self) -> &str {
         &self.admin
+    }
+
+    /// Its worker threads (`--concurrency`).
+    pub fn workers(&self) -> u32 {
+        self.workers
     }
 
     /// The port a listener is bound to.

@@ -893,6 +893,63 @@ impl Stack {
             .unwrap_or(0))
     }
 
+    /// Connections each of Envoy's workers has accepted on `site`'s listener so far
+    /// (`listener.SITE.worker_N.downstream_cx_total`), in worker order.
+    pub fn worker_connections(&self, site: &str) -> Result<Vec<u64>> {
+        let prefix = format!("listener.{site}.worker_");
+        let stats = self.envoy.stats()?;
+        let mut workers: Vec<(u32, u64)> = stats
+            .iter()
+            .filter_map(|(name, &n)| {
+                let worker = name
+                    .strip_prefix(&prefix)?
+                    .strip_suffix(".downstream_cx_total")?;
+                Some((worker.parse().ok()?, n))
+            })
+            .collect();
+        workers.sort_unstable();
+        if workers.len() != self.envoy.workers() as usize {
+            bail!(
+                "{} per-worker connection counters for {site}, Envoy runs {} workers",
+                workers.len(),
+                self.envoy.workers()
+            );
+        }
+        Ok(workers.into_iter().map(|(_, n)| n).collect())
+    }
+
+    /// Waits until ten probes in a row hold, between them answered by every one of Envoy's workers:
+    /// a change that reaches the workers one by one (a back-channel logout, which the others read on
+    /// their tick) has reached them all. Each probe must send one request to `site` on a new
+    /// connection, and nothing else may connect to `site` meanwhile: Envoy's per-worker connection
+    /// counters say which workers took them ([`Stack::worker_connections`]).
+    pub fn until_every_worker(
+        &self,
+        site: &str,
+        timeout: Duration,
+        mut probe: impl FnMut() -> bool,
+    ) -> Result<()> {
+        const IN_A_ROW: u64 = 10;
+        process::poll(timeout, || {
+            let before = self.worker_connections(site)?;
+            let mut held = 0;
+            while held < IN_A_ROW && probe() {
+                held += 1;
+            }
+            let after = self.worker_connections(site)?;
+            let opened: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+            if opened != held + u64::from(held < IN_A_ROW) {
+                bail!(
+                    "{opened} connections to {site} for {} probes: each probe must open one, and \
+                     nothing else may connect meanwhile",
+                    held + u64::from(held < IN_A_ROW)
+                );
+            }
+            let every = after.iter().zip(&before).all(|(a, b)| a > b);
+            Ok((held == IN_A_ROW && every).then_some(()))
+        })
+    }
+
     /// The counter or gauge `name` of the cluster the filter's callouts to the stack's IdP take
     /// (`cluster.CLUSTER.NAME`: `upstream_rq_active`, `upstream_cx_active`, …), 0 until it is set.
     pub fn idp_cluster_stat(&self, name: &str) -> Result<u64> {

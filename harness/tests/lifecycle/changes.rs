@@ -38,7 +38,7 @@ fn a_logged_in_browser_stays_logged_in_and_meets_the_new_rules_and_headers() {
         ),
     );
     assert_eq!(applied, Update::Applied);
-    until_every_worker("the new identity headers", || {
+    until_every_worker(RULES, "the new identity headers", || {
         upstream_headers(&api(RULES, "/x", &cookie)).is_some_and(|h| h["x-user"] == "alice")
     });
     // Each worker says that the change took, though it fetches nothing.
@@ -146,7 +146,7 @@ fn an_invalid_change_is_refused_and_the_old_configuration_keeps_serving() {
         json!({"identity_headers": {"x-user": "preferred_username"}}),
     );
     assert_eq!(change(GUARD, good), Update::Applied);
-    until_every_worker("the change after the refused one", || {
+    until_every_worker(GUARD, "the change after the refused one", || {
         upstream_headers(&api(GUARD, "/x", &cookie)).is_some_and(|h| h["x-user"] == "alice")
     });
     until_ready(GUARD);
@@ -191,7 +191,7 @@ fn cookie_keys_rotate_through_plugin_config() {
         change(KEYS, config(KEYS, json!({"cookie_keys": [KEY_B]}))),
         Update::Applied
     );
-    until_every_worker("key A dropped", || {
+    until_every_worker(KEYS, "key A dropped", || {
         api(KEYS, "/x", &old_cookie).status == 401
     });
     until_ready(KEYS);
@@ -243,7 +243,7 @@ fn a_refresh_waiting_on_the_idp_across_a_change_completes_and_new_requests_meet_
     );
     assert_eq!(applied, Update::Applied);
     // A new request on the worker is served at once, under the new configuration.
-    until_every_worker("the new configuration", || {
+    until_every_worker(INFLIGHT, "the new configuration", || {
         upstream_headers(&api(INFLIGHT, "/x", &session_cookies(&bob)))
             .is_some_and(|h| h["x-user"] == "bob")
     });
@@ -340,7 +340,7 @@ fn counters_keep_counting_across_a_change() {
     assert_eq!(applied, Update::Applied);
     // Every probe is forwarded, under one configuration or the other.
     let mut probes = 0;
-    until_every_worker("the new configuration", || {
+    until_every_worker(INFLIGHT, "the new configuration", || {
         probes += 1;
         upstream_headers(&api(INFLIGHT, "/x", &cookie)).is_some_and(|h| h["x-counted"] == "alice")
     });

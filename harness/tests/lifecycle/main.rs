@@ -184,21 +184,18 @@ fn applied_or_refused(site: &str, (reload, fail): (u64, u64), what: &str) -> Upd
     .unwrap_or_else(|e| panic!("{site}: envoy neither applied nor refused the {what}: {e:#}"))
 }
 
-/// Polls until `probe` holds for ten requests in a row, each on a new connection (so both workers
-/// answer): the new configuration has reached every worker.
-fn until_every_worker(what: &str, mut probe: impl FnMut() -> bool) {
-    let mut in_a_row = 0;
-    poll(Duration::from_secs(15), || {
-        in_a_row = if probe() { in_a_row + 1 } else { 0 };
-        Ok((in_a_row >= 10).then_some(()))
-    })
-    .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+/// Polls until `probe` holds for ten requests to `site` in a row, each on a new connection, that between
+/// them reached every worker ([`Stack::until_every_worker`]): what was changed has reached every worker.
+fn until_every_worker(site: &str, what: &str, probe: impl FnMut() -> bool) {
+    stack()
+        .until_every_worker(site, Duration::from_secs(15), probe)
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
 }
 
 /// Every worker's root context for the current configuration has its IdP's discovery and keys
 /// (`/login` redirects rather than answering 503).
 fn until_ready(site: &str) {
-    until_every_worker(&format!("{site} ready"), || {
+    until_every_worker(site, &format!("{site} ready"), || {
         Browser::new().get(&url(site, "/login")).unwrap().status == 302
     });
 }
@@ -388,21 +385,13 @@ fn refresh_in_flight(site: &str, cookie: String) -> thread::JoinHandle<(Response
 
 /// Logs `b` out at the IdP, which posts a logout token to the site; waits until every worker refuses
 /// `cookie`. The worker the POST reaches records the logout at once, the others on their next 1 s tick
-/// (README, Back-channel logout): ten refusals in a row may all come from the first, so this also waits
-/// until a tick has passed on every worker since the first refusal.
+/// (README, Back-channel logout).
 fn log_out_at_idp(b: &Browser, site: &str, cookie: &str) {
     let confirmed = b.end_idp_session(&stack().idp_url("/session/end")).unwrap();
     assert!(confirmed.status < 400, "{}", confirmed.body);
-    let mut first_refusal = None;
-    until_every_worker("the logout on every worker", || {
-        let refused = api(site, "/x", cookie).status == 401;
-        if refused {
-            first_refusal.get_or_insert_with(Instant::now);
-        }
-        refused
+    until_every_worker(site, "the logout on every worker", || {
+        api(site, "/x", cookie).status == 401
     });
-    let since = first_refusal.map_or(Duration::ZERO, |t| t.elapsed());
-    thread::sleep(Duration::from_millis(2000).saturating_sub(since));
 }
 
 mod changes;

@@ -30,12 +30,24 @@ fn new_release(site: &str) -> PathBuf {
 /// log: one per thread of each new VM. (A root context for a new configuration in the same VM starts
 /// from the documents of the one before and says so instead; a VM that is ready never logs it again.)
 fn fresh_starts(site: &str) -> usize {
+    logged(site, |l| l.ends_with(": discovery document loaded"))
+}
+
+/// How many of `site`'s root contexts have loaded the IdP's signing keys, by the log: one per thread
+/// of each new VM, after its discovery document (and again only for a key it does not know, or on
+/// `jwks_refresh_interval`, an hour here).
+fn keys_loaded(site: &str) -> usize {
+    logged(site, |l| l.contains(" signing keys loaded ("))
+}
+
+/// The lines `site`'s filter logged that `what` picks.
+fn logged(site: &str, what: impl Fn(&str) -> bool) -> usize {
     let prefix = format!("{}: ", harness::envoy::ecds_name(site));
     stack()
         .envoy_log()
         .unwrap()
         .lines()
-        .filter(|l| l.contains(&prefix) && l.ends_with(": discovery document loaded"))
+        .filter(|l| l.contains(&prefix) && what(l))
         .count()
 }
 
@@ -44,6 +56,8 @@ struct Upgrade {
     site: &'static str,
     /// [`fresh_starts`] before it.
     fresh_before: usize,
+    /// [`keys_loaded`] before it.
+    keys_before: usize,
     /// When the new ECDS version was written.
     written: Instant,
     /// When Envoy's `config_reload` counted it.
@@ -67,6 +81,7 @@ fn swap_module(site: &str, module: &Path) -> (Update, Instant, Instant) {
 fn upgrade(site: &'static str) -> Upgrade {
     let module = new_release(site);
     let fresh_before = fresh_starts(site);
+    let keys_before = keys_loaded(site);
     let created = stack().wasm_vm_stats().unwrap().created;
     let (update, written, applied) = swap_module(site, &module);
     assert_eq!(
@@ -88,26 +103,36 @@ fn upgrade(site: &'static str) -> Upgrade {
     Upgrade {
         site,
         fresh_before,
+        keys_before,
         written,
         applied,
     }
 }
 
 /// Waits until the new VM of every thread has loaded the IdP's discovery document (from then on the
-/// new VMs take every new request, and the old ones only finish what they had), then until `/login`
-/// redirects on every worker (the keys loaded too). Returns when.
+/// new VMs take every new request, and the old ones only finish what they had), then its keys (from
+/// then on `/login` redirects on every worker). By the log, one line per VM: probes may be running,
+/// so the answers alone cannot show that every worker gave one. Returns when.
 fn until_new_vms_ready(up: &Upgrade) -> Instant {
-    poll(Duration::from_secs(15), || {
-        Ok((fresh_starts(up.site) >= up.fresh_before + THREADS).then_some(()))
-    })
-    .unwrap_or_else(|e| {
-        panic!(
-            "{}: the new VMs never loaded the discovery document ({} of {THREADS} did): {e:#}",
-            up.site,
-            fresh_starts(up.site) - up.fresh_before
-        )
-    });
-    until_ready(up.site);
+    for (what, count, before) in [
+        (
+            "discovery document",
+            fresh_starts as fn(&str) -> usize,
+            up.fresh_before,
+        ),
+        ("signing keys", keys_loaded, up.keys_before),
+    ] {
+        poll(Duration::from_secs(15), || {
+            Ok((count(up.site) >= before + THREADS).then_some(()))
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: the new VMs never loaded the {what} ({} of {THREADS} did): {e:#}",
+                up.site,
+                count(up.site) - before
+            )
+        });
+    }
     Instant::now()
 }
 
@@ -568,7 +593,7 @@ fn an_image_upgrade_while_the_idp_is_down_fails_logins_closed_until_it_is_back()
     until_ready(UPGRADE);
     // jwt_authn (after the filter) fetches the IdP's keys on a worker's first request and keeps them
     // for 300 s: let every worker have them before the IdP goes.
-    until_every_worker("jwt_authn has the keys", || {
+    until_every_worker(UPGRADE, "jwt_authn has the keys", || {
         api(UPGRADE, "/x", &cookie).status == 200
     });
 
