@@ -230,8 +230,8 @@ fn interop() -> &'static Interop {
 }
 
 impl Interop {
-    /// Every host's `/login` sends ten fresh connections in a row to the IdP: each worker has loaded
-    /// discovery and keys of each issuer.
+    /// Every host's `/login` sends ten fresh connections in a row to the IdP, and those reached every
+    /// worker ([`Stack::until_every_worker`]): each worker has loaded discovery and keys of each issuer.
     fn wait_until_ready(&self) {
         // Not those whose IdP has no key the filter takes: they never get ready.
         let hosts = std::iter::once(MAIN)
@@ -239,18 +239,16 @@ impl Interop {
             .filter(|h| ![ES512, ED25519].contains(h));
         for host in hosts {
             let url = self.url(host, "/login");
-            let mut ok = 0;
-            process::poll(Duration::from_secs(90), || {
-                let r = Browser::new().get(&url)?;
-                ok = if r.status == 302 { ok + 1 } else { 0 };
-                Ok((ok >= 10).then_some(()))
-            })
-            .unwrap_or_else(|e| {
-                panic!(
-                    "{host} never got ready: {e:#}\n{}",
-                    self.stack.envoy_log().unwrap()
-                )
-            });
+            self.stack
+                .until_every_worker(SITE, Duration::from_secs(90), || {
+                    Browser::new().get(&url).is_ok_and(|r| r.status == 302)
+                })
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{host} never got ready: {e:#}\n{}",
+                        self.stack.envoy_log().unwrap()
+                    )
+                });
         }
     }
 
