@@ -13,6 +13,7 @@ use crate::host::{self, Action, Buffer, Headers, LogLevel};
 use crate::provider::{Fetch, ProviderState};
 use crate::renewal::{self, Renewal};
 use crate::revocation::Revocations;
+use crate::secret::Secret;
 
 /// After a back-channel logout was recorded (`step` answers it with 200), hands this worker's list of
 /// ended sessions to the others through Envoy's shared data.
@@ -1028,7 +1029,7 @@ fn apply(
             }
             if let Some(identity) = &f.identity {
                 for (name, value) in identity.iter() {
-                    done &= set_identity_header(headers, name, value.as_deref());
+                    done &= set_identity_header(headers, name, value.as_ref().map(Secret::expose));
                 }
             }
             if !done {

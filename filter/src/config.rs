@@ -56,6 +56,7 @@ pub struct Config {
     /// Claim rules, most specific path prefix first.
     pub access: Vec<Access>,
     /// `(header, claim)` pairs set on every request that goes upstream (absent claim: header removed).
+    /// The claim [`ACCESS_TOKEN`] stands for the session's access token (`access_token_header`).
     pub identity_headers: Vec<(String, String)>,
     /// More parameters for the authorization request (Google's `access_type`, Auth0's `audience`, …).
     pub authorization_params: Vec<(String, String)>,
@@ -124,6 +125,7 @@ struct Raw {
     backchannel_logout_path: Option<String>,
     /// Sorted by header name.
     identity_headers: Option<Vec<(String, String)>>,
+    access_token_header: Option<String>,
     authorization_params: Option<Vec<(String, String)>>,
 }
 
@@ -144,7 +146,7 @@ enum Kind {
 
 /// Every field of one site's configuration, and its type. (`hosts` and `unmatched_hosts` are read by
 /// [`Plugin::parse`] before this.)
-const FIELDS: [(&str, Kind); 30] = [
+const FIELDS: [(&str, Kind); 31] = [
     ("issuer", Kind::Str),
     ("client_id", Kind::Str),
     ("client_secret", Kind::Str),
@@ -174,6 +176,7 @@ const FIELDS: [(&str, Kind); 30] = [
     ("claim_rules", Kind::Any),
     ("backchannel_logout_path", Kind::Str),
     ("identity_headers", Kind::StrMap),
+    ("access_token_header", Kind::Str),
     ("authorization_params", Kind::StrMap),
 ];
 
@@ -250,6 +253,7 @@ impl Raw {
             claim_rules: obj.remove("claim_rules").filter(|v| !v.is_null()),
             backchannel_logout_path: text(&mut obj, "backchannel_logout_path"),
             identity_headers,
+            access_token_header: text(&mut obj, "access_token_header"),
             authorization_params: str_map(&mut obj, "authorization_params"),
         })
     }
@@ -424,7 +428,7 @@ impl Config {
             None => Vec::new(),
             Some(v) => claims::parse_access(v).map_err(|e| err("claim_rules", e))?,
         };
-        let identity_headers = identity_headers_from(raw.identity_headers)?;
+        let mut identity_headers = identity_headers_from(raw.identity_headers)?;
         let authorization_params = authorization_params_from(raw.authorization_params)?;
         let backchannel_logout_path = match raw.backchannel_logout_path {
             None => None,
@@ -450,6 +454,18 @@ impl Config {
         keep_claims.sort_unstable();
         keep_claims.dedup();
         let keep_claims = keep_claims.into_iter().map(str::to_string).collect();
+        // The access token travels as one more identity header, under a claim name no configuration
+        // can give (an empty one).
+        if let Some(h) = raw.access_token_header {
+            let h = h.to_ascii_lowercase();
+            if !settable(&h) || identity_headers.iter().any(|(i, _)| *i == h) {
+                return Err(err(
+                    "access_token_header",
+                    format!("`{h}` cannot carry the access token"),
+                ));
+            }
+            identity_headers.push((h, ACCESS_TOKEN.to_string()));
+        }
 
         Ok(Config {
             issuer,
@@ -484,6 +500,11 @@ impl Config {
             backchannel_logout_path,
             other_sites_cookies: Vec::new(),
         })
+    }
+
+    /// Whether the session keeps its access token for `access_token_header`.
+    pub fn passes_access_token(&self) -> bool {
+        self.identity_headers.iter().any(|(_, c)| c == ACCESS_TOKEN)
     }
 
     /// The Envoy cluster that reaches `url`: the configured one, or Istio's name for a ServiceEntry host.
@@ -1201,6 +1222,19 @@ fn authorization_params_from(
     Ok(params)
 }
 
+/// The claim name of `access_token_header` in [`Config::identity_headers`]: no configured claim is empty.
+pub const ACCESS_TOKEN: &str = "";
+
+/// Whether the filter may set request header `h` (lower case) from a session: a plain name, none of
+/// the headers Envoy and the filter set themselves.
+fn settable(h: &str) -> bool {
+    let reserved = ["authorization", "cookie", "host", "content-length"].contains(&h);
+    !h.is_empty()
+        && !reserved
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// `identity_headers` (lower-cased names), or the defaults.
 #[inline(never)]
 fn identity_headers_from(
@@ -1217,14 +1251,7 @@ fn identity_headers_from(
             .collect(),
     };
     for (h, c) in &identity_headers {
-        let reserved = h.starts_with(':')
-            || ["authorization", "cookie", "host", "content-length"].contains(&h.as_str());
-        if h.is_empty()
-            || reserved
-            || !h
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !settable(h) {
             return Err(err(
                 "identity_headers",
                 format!("`{h}` cannot carry a claim"),
@@ -1881,6 +1908,44 @@ mod tests {
                 .unwrap_err()
                 .field,
             "claim_rules"
+        );
+    }
+
+    #[test]
+    fn access_token_header_is_off_by_default_and_must_be_a_header_of_its_own() {
+        use serde_json::json;
+        assert!(!parse(&minimal().to_string()).unwrap().passes_access_token());
+        let c = parse(&with(
+            "access_token_header",
+            json!("X-Forwarded-Access-Token"),
+        ))
+        .unwrap();
+        assert!(c.passes_access_token());
+        assert_eq!(
+            c.identity_headers.last(),
+            Some(&(
+                "x-forwarded-access-token".to_string(),
+                ACCESS_TOKEN.to_string()
+            )),
+            "set and stripped like the identity headers"
+        );
+        assert!(!c.keep_claims.contains(&ACCESS_TOKEN.to_string()));
+        for bad in [
+            json!("authorization"),
+            json!("Cookie"),
+            json!(":path"),
+            json!(""),
+            json!("x token"),
+            json!("x-auth-request-user"),
+        ] {
+            let e = parse(&with("access_token_header", bad.clone())).unwrap_err();
+            assert_eq!(e.field, "access_token_header", "{bad}");
+            assert!(e.reason.contains("cannot carry the access token"), "{e}");
+        }
+        let e = parse(&with("access_token_header", json!(true))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration: field `access_token_header`: wrong type, expected a string"
         );
     }
 

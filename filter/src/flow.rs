@@ -99,8 +99,9 @@ pub struct Forward {
     pub metric: Option<Metric>,
 }
 
-/// Identity headers to set (`Some(value)`) or remove (`None`).
-pub type IdentityHeaders = Rc<Vec<(String, Option<String>)>>;
+/// Identity headers (and `access_token_header`) to set (`Some(value)`) or remove (`None`). Values never
+/// print: one may be the access token.
+pub type IdentityHeaders = Rc<Vec<(String, Option<Secret>)>>;
 
 /// A local response.
 #[derive(Debug)]
@@ -478,7 +479,16 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
     let identity = Rc::new(
         cfg.identity_headers
             .iter()
-            .map(|(h, c)| (h.clone(), claims.get(c).and_then(claims::header_value)))
+            .map(|(h, c)| {
+                let value = match c.as_str() {
+                    crate::config::ACCESS_TOKEN => session.access_token.clone(),
+                    c => claims
+                        .get(c)
+                        .and_then(claims::header_value)
+                        .map(Secret::new),
+                };
+                (h.clone(), value)
+            })
             .collect(),
     );
     Cached {
@@ -1528,18 +1538,17 @@ fn new_session(
     sub: String,
     refresh: Option<Secret>,
 ) -> Option<Session> {
+    // The IdP's figure, unchecked in size: an hour when it gives none (or 0).
+    let access_exp = now.saturating_add(tokens.expires_in.filter(|&e| e > 0).unwrap_or(3600));
+    let access = (!tokens.access_token.is_empty()).then(|| tokens.access_token.clone());
     let (access_token, token_expires_at) = match cfg.forward_token {
+        ForwardToken::AccessToken => (Some(access?), access_exp),
+        // The app gets the access token too: the session renews when the first of the two expires.
+        ForwardToken::IdToken if cfg.passes_access_token() => match access {
+            Some(a) => (Some(a), id_exp.min(access_exp)),
+            None => (None, id_exp),
+        },
         ForwardToken::IdToken => (None, id_exp),
-        ForwardToken::AccessToken => {
-            if tokens.access_token.is_empty() {
-                return None;
-            }
-            (
-                Some(tokens.access_token.clone()),
-                // The IdP's figure, unchecked in size: an hour when it gives none (or 0).
-                now.saturating_add(tokens.expires_in.filter(|&e| e > 0).unwrap_or(3600)),
-            )
-        }
     };
     let refresh_token = refresh.or_else(|| tokens.refresh_token.clone());
     let expires_at = if refresh_token.is_some() {
@@ -1667,7 +1676,8 @@ fn logout_reply(status: u16, error: &str) -> Step {
     })
 }
 
-/// Removes every configured identity header: on anonymous requests no client-sent copy may pass.
+/// Removes every configured identity header (and `access_token_header`): on anonymous requests no
+/// client-sent copy may pass.
 fn strip_identity(cfg: &Config) -> Option<IdentityHeaders> {
     if cfg.identity_headers.is_empty() {
         return None;

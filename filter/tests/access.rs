@@ -129,7 +129,7 @@ fn an_unverified_email_names_no_one_and_passes_no_rule() {
             .unwrap()
             .iter()
             .find(|(n, _)| n == "x-auth-request-email")
-            .and_then(|(_, v)| v.clone());
+            .and_then(|(_, v)| v.as_ref().map(|v| v.expose().to_string()));
         let staff = f.request(&Req::browser("/staff").cookies(&jar));
         if named {
             assert_eq!(email.as_deref(), Some("ceo@example.com"), "{verified:?}");

@@ -146,6 +146,46 @@ fn path_tricks_do_not_reach_a_bypass() {
     }
 }
 
+/// `access_token_header`: the session's access token goes upstream in that header, next to the identity
+/// headers and in place of a client's own; a request without a session has the client's copy removed.
+/// Its value never prints.
+#[test]
+fn the_access_token_goes_upstream_in_its_own_header_when_configured() {
+    const HEADER: &str = "x-forwarded-access-token";
+    let value = |fwd: &oidc_filter::flow::Forward| {
+        let identity = fwd.identity.as_ref().expect("identity headers");
+        let found = identity.iter().find(|(n, _)| n == HEADER)?;
+        Some(found.1.as_ref().map(|v| v.expose().to_string()))
+    };
+    let mut f = Filter::ready(config(
+        json!({"access_token_header": "X-Forwarded-Access-Token"}),
+    ));
+    let (jar, _) = log_in(&mut f, Some("refresh-1"));
+    // The access token lives 300 s, the ID token an hour: the session renews with the first to go.
+    let s = f.open_session(&jar);
+    assert_eq!(
+        s.access_token.as_ref().map(|t| t.expose()),
+        Some("access-1")
+    );
+    assert_eq!(s.token_expires_at, NOW + 300);
+    let fwd = forward(f.request(&Req::browser("/app").cookies(&jar).with(HEADER, "forged")));
+    assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+    assert_eq!(value(&fwd), Some(Some("access-1".to_string())));
+    assert!(
+        !format!("{fwd:?}").contains("access-1"),
+        "the access token printed: {fwd:?}"
+    );
+    // No session: a bypassed path goes on without the client's copy.
+    let fwd = forward(f.request(&Req::browser("/healthz").with(HEADER, "forged")));
+    assert_eq!(fwd.metric, Some(Metric::Bypass));
+    assert_eq!(value(&fwd), Some(None), "the client's copy is removed");
+    // Off by default: the header is neither set nor touched.
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, Some("refresh-1"));
+    let fwd = forward(f.request(&Req::browser("/app").cookies(&jar)));
+    assert_eq!(value(&fwd), None);
+}
+
 #[test]
 fn cors_preflights_pass_only_when_configured() {
     let preflight = Req::api("/api/items")

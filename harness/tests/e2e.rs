@@ -31,6 +31,9 @@ const LOGIN_COOKIE_PREFIX: &str = "_oidc_session_login_";
 const STAT: &str = "wasmcustom.oidc_filter.";
 /// The ID token lifetime (seconds) of site `refresh`, renewed in its last half.
 const REFRESH_TTL: u64 = 8;
+/// Site `accesshdr`'s header for the access token, and that token's lifetime (seconds).
+const ACCESS_HEADER: &str = "x-forwarded-access-token";
+const ACCESS_TTL: u64 = 8;
 
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
@@ -49,6 +52,11 @@ fn stack() -> &'static Stack {
                 s.istio_authn = false;
                 s
             },
+            // The access token beside the ID token, in a header of its own; it lives 8 s, the ID
+            // token an hour.
+            SiteSpec::new("accesshdr")
+                .filter(json!({"access_token_header": ACCESS_HEADER, "refresh_margin": "4s"}))
+                .idp_client(json!({"access_token_ttl": ACCESS_TTL})),
             SiteSpec::new("big").idp_client(json!({"extra_claims_bytes": 4000})),
             // An 8 s ID token renewed in its last 4 s (half its life): a request has 3 s or more to
             // arrive on either side of a renewal, which a loaded machine keeps.
@@ -375,6 +383,66 @@ fn access_token_can_be_forwarded_instead() {
     assert_eq!(me.json().unwrap()["sub"], "alice");
     // The login itself proves `client_secret_post`: the IdP registered this client with that
     // method and refuses any other.
+}
+
+/// `sub` of the user the IdP's userinfo endpoint says `access_token` stands for (`None`: refused).
+fn userinfo_sub(access_token: &str) -> Option<String> {
+    let me = Browser::new()
+        .get_with(
+            &stack().idp_url("/me"),
+            &[
+                ("accept", "application/json"),
+                ("authorization", &format!("Bearer {access_token}")),
+            ],
+        )
+        .unwrap();
+    (me.status == 200).then(|| me.json().unwrap()["sub"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn the_access_token_can_go_upstream_in_a_header_beside_the_id_token() {
+    let _idp = idp_hold::shared();
+    let s = site("accesshdr");
+    let b = Browser::new();
+    login(&b, s, "/");
+    let forged = [("accept", "application/json"), (ACCESS_HEADER, "forged")];
+    let r = b.get_with(&s.url("/"), &forged).unwrap();
+    // The bearer is the ID token (jwt_authn judged it); the access token is in its header, in place of
+    // the client's own, and the IdP's userinfo endpoint takes it for alice.
+    let id_token = jwt_payload(&app_bearer(&r)).unwrap();
+    assert_eq!(id_token["sub"], "alice");
+    let access = echoed(&r)["headers"][ACCESS_HEADER]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {ACCESS_HEADER} reached the app: {}", r.body))
+        .to_string();
+    assert_ne!(access, "forged");
+    assert_eq!(userinfo_sub(&access).as_deref(), Some("alice"));
+    // Without a session (a bypassed path) the client's copy is removed.
+    let anon = Browser::new()
+        .get_with(&s.url("/healthz"), &forged)
+        .unwrap();
+    let headers = &echoed(&anon)["headers"];
+    assert!(headers.get(ACCESS_HEADER).is_none(), "{headers}");
+
+    // The session is renewed when the access token is due (its last 4 s), not the ID token (an hour):
+    // the app then gets a new access token, and the browser a new cookie. 2 s before the access token
+    // expires: the filter counts its life from when the token response came, a whole second at most
+    // after the ID token's `iat` here.
+    let iat = id_token["iat"].as_u64().unwrap();
+    sleep_until_unix(iat + ACCESS_TTL - 2, Duration::from_millis(300));
+    let r = api(&b, &s.url("/later"));
+    let renewed = echoed(&r)["headers"][ACCESS_HEADER]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(
+        renewed,
+        access,
+        "not renewed {:?} after the login",
+        unix_now() - iat as f64
+    );
+    assert_eq!(userinfo_sub(&renewed).as_deref(), Some("alice"));
+    assert!(set_cookie(&r, SESSION).is_some(), "{:?}", r.headers);
 }
 
 // 2 and 3. The login redirect, the IdP request, the callback's cookies.
