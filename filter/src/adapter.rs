@@ -1017,6 +1017,16 @@ fn apply(
     match step {
         Step::Forward(f) => {
             metrics.count(f.metric);
+            // A request resumed after a callout or a renewal comes without its headers: read them, or
+            // the identity headers' copies spelled with `_` would pass.
+            let read;
+            let headers = match headers {
+                None if f.identity.is_some() => {
+                    read = request_headers();
+                    Some(&read)
+                }
+                h => h,
+            };
             // Every change must take: a client's own header left in place could stand for a user, and
             // the filter's cookies must not reach the app.
             let mut done = true;

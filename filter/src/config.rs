@@ -1228,7 +1228,21 @@ pub const ACCESS_TOKEN: &str = "";
 /// Whether the filter may set request header `h` (lower case) from a session: a plain name, none of
 /// the headers Envoy and the filter set themselves.
 fn settable(h: &str) -> bool {
-    let reserved = ["authorization", "cookie", "host", "content-length"].contains(&h);
+    // Hop-by-hop headers and Envoy's own would change how the request travels, not who sent it.
+    let reserved = [
+        "authorization",
+        "cookie",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "keep-alive",
+        "proxy-connection",
+    ]
+    .contains(&h)
+        || h.starts_with("x-envoy-");
     !h.is_empty()
         && !reserved
         && h.bytes()
@@ -1937,6 +1951,8 @@ mod tests {
             json!(""),
             json!("x token"),
             json!("x-auth-request-user"),
+            json!("Transfer-Encoding"),
+            json!("x-envoy-original-path"),
         ] {
             let e = parse(&with("access_token_header", bad.clone())).unwrap_err();
             assert_eq!(e.field, "access_token_header", "{bad}");

@@ -473,8 +473,13 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
     let bearer = Rc::new(Secret::new(format!("Bearer {}", token.expose())));
     let (claims, sid, iat, exp) = token_facts(cfg, &session.id_token);
     // A margin as long as the token's life would renew on every request: at most half of that life (the
-    // ID token's, or the forwarded token's when it lives longer; unknown without an `iat`).
-    let life = exp.max(session.token_expires_at).saturating_sub(iat);
+    // ID token's, or the forwarded token's when it lives longer; with `access_token_header`, until the
+    // first of the two is due; unknown without an `iat`).
+    let due = match cfg.forward_token {
+        ForwardToken::IdToken if cfg.passes_access_token() => session.token_expires_at,
+        _ => exp.max(session.token_expires_at),
+    };
+    let life = due.saturating_sub(iat);
     let refresh_margin = cfg.refresh_margin.min(life / 2);
     let identity = Rc::new(
         cfg.identity_headers

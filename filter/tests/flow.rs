@@ -184,6 +184,20 @@ fn the_access_token_goes_upstream_in_its_own_header_when_configured() {
     let (jar, _) = log_in(&mut f, Some("refresh-1"));
     let fwd = forward(f.request(&Req::browser("/app").cookies(&jar)));
     assert_eq!(value(&fwd), None);
+
+    // A margin longer than the access token's life is capped at half of it (150 s), not at half the
+    // ID token's (which would renew on every request).
+    let mut f = Filter::ready(config(json!({
+        "access_token_header": HEADER,
+        "refresh_margin": "10m",
+    })));
+    let (jar, _) = log_in(&mut f, Some("refresh-1"));
+    f.now = NOW + 140;
+    let fwd = forward(f.request(&Req::browser("/app").cookies(&jar)));
+    assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+    f.now = NOW + 160;
+    let (call, _) = call(f.request(&Req::browser("/app").cookies(&jar)));
+    assert!(form(&call.body.unwrap())["grant_type"] == "refresh_token");
 }
 
 #[test]

@@ -921,8 +921,9 @@ impl Stack {
     /// Waits until ten probes in a row hold, between them answered by every one of Envoy's workers:
     /// a change that reaches the workers one by one (a back-channel logout, which the others read on
     /// their tick) has reached them all. Each probe must send one request to `site` on a new
-    /// connection, and nothing else may connect to `site` meanwhile: Envoy's per-worker connection
-    /// counters say which workers took them ([`Stack::worker_connections`]).
+    /// connection: Envoy's per-worker connection counters say which workers took them
+    /// ([`Stack::worker_connections`]). A round in which anything else connected to `site` proves
+    /// nothing and is tried again; at the timeout the error says how the last round went.
     pub fn until_every_worker(
         &self,
         site: &str,
@@ -930,6 +931,7 @@ impl Stack {
         mut probe: impl FnMut() -> bool,
     ) -> Result<()> {
         const IN_A_ROW: u64 = 10;
+        let mut last = String::new();
         process::poll(timeout, || {
             let before = self.worker_connections(site)?;
             let mut held = 0;
@@ -937,17 +939,18 @@ impl Stack {
                 held += 1;
             }
             let after = self.worker_connections(site)?;
-            let opened: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
-            if opened != held + u64::from(held < IN_A_ROW) {
-                bail!(
-                    "{opened} connections to {site} for {} probes: each probe must open one, and \
-                     nothing else may connect meanwhile",
-                    held + u64::from(held < IN_A_ROW)
-                );
-            }
-            let every = after.iter().zip(&before).all(|(a, b)| a > b);
-            Ok((held == IN_A_ROW && every).then_some(()))
+            let took: Vec<u64> = after
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect();
+            let probes = held + u64::from(held < IN_A_ROW);
+            last =
+                format!("{held} of {IN_A_ROW} probes held; the workers took {took:?} connections");
+            let alone = took.iter().sum::<u64>() == probes;
+            Ok((held == IN_A_ROW && alone && took.iter().all(|&n| n > 0)).then_some(()))
         })
+        .map_err(|e| e.context(format!("{site}: {last}")))
     }
 
     /// The counter or gauge `name` of the cluster the filter's callouts to the stack's IdP take

@@ -238,11 +238,19 @@ fn form_request(
     FormRequest { headers, body }
 }
 
-/// A token member: absent is `None`; present must be a non-empty string.
+/// A token member: absent is `None`; present must be a non-empty string of visible ASCII and spaces
+/// (RFC 6749 A.12's VSCHAR): a token goes into request headers, where a line break would split them.
 fn optional_token(json: &Object, name: &'static str) -> Result<Option<Secret>, TokenError> {
     match json.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if !s.is_empty() => Ok(Some(Secret::new(s.as_str()))),
+        Some(Value::String(s)) if !s.is_empty() => {
+            if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(TokenError::Malformed(
+                    "a token has characters outside VSCHAR",
+                ));
+            }
+            Ok(Some(Secret::new(s.as_str())))
+        }
         Some(_) => Err(TokenError::Malformed(match name {
             "id_token" => "id_token is not a string",
             "refresh_token" => "refresh_token is not a string",
@@ -439,6 +447,14 @@ mod tests {
         for (body, reason) in [
             ("<html>", "body is not a JSON object"),
             (r#"{"token_type":"Bearer"}"#, "no access_token"),
+            (
+                r#"{"access_token":"at\r\nx-admin: 1","token_type":"Bearer"}"#,
+                "a token has characters outside VSCHAR",
+            ),
+            (
+                r#"{"access_token":"at","refresh_token":"r\u0000t","token_type":"Bearer"}"#,
+                "a token has characters outside VSCHAR",
+            ),
             (
                 r#"{"access_token":"","token_type":"Bearer"}"#,
                 "access_token is not a string",

@@ -136,11 +136,18 @@ fn until_new_vms_ready(up: &Upgrade) -> Instant {
     Instant::now()
 }
 
-/// A probe run on another thread again and again, until [`Probes::finish`].
+/// A probe run on another thread again and again, until [`Probes::finish`] (or until dropped: a test that
+/// failed midway leaves no probe running into the next test of its site).
 struct Probes<T> {
     stop: Arc<AtomicBool>,
     answered: Arc<AtomicUsize>,
-    thread: thread::JoinHandle<Vec<(Instant, T)>>,
+    thread: Option<thread::JoinHandle<Vec<(Instant, T)>>>,
+}
+
+impl<T> Drop for Probes<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl<T: Send + 'static> Probes<T> {
@@ -162,7 +169,7 @@ impl<T: Send + 'static> Probes<T> {
         Probes {
             stop,
             answered,
-            thread,
+            thread: Some(thread),
         }
     }
 
@@ -176,9 +183,9 @@ impl<T: Send + 'static> Probes<T> {
     }
 
     /// Stops the probe; returns each answer with when it came.
-    fn finish(self) -> Vec<(Instant, T)> {
+    fn finish(mut self) -> Vec<(Instant, T)> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap()
+        self.thread.take().unwrap().join().unwrap()
     }
 }
 

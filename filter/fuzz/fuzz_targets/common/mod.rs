@@ -20,7 +20,8 @@ pub const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 pub const DISCOVERY: &[u8] = include_bytes!("../../../../testdata/discovery/good.json");
 pub const JWKS: &[u8] = include_bytes!("../../../../testdata/jwks/keys.json");
 
-/// The configuration of the flow targets: bypass paths, claim rules and identity headers on.
+/// The configuration of the flow targets: bypass paths, claim rules, identity headers and the access
+/// token's header on.
 pub fn config() -> &'static Config {
     static CFG: OnceLock<Config> = OnceLock::new();
     CFG.get_or_init(|| {
@@ -32,6 +33,7 @@ pub fn config() -> &'static Config {
             "bypass_paths": ["/healthz", "/.well-known/acme-challenge/"],
             "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
             "backchannel_logout_path": "/oauth2/backchannel",
+            "access_token_header": "x-forwarded-access-token",
         });
         match Config::parse(json.to_string().as_bytes(), &|_| None) {
             Ok(c) => c,
