@@ -874,23 +874,20 @@ impl Stack {
         self.envoy.stats()
     }
 
+    /// Envoy's counter or gauge `key`, 0 until it is first set.
+    fn stat_or_zero(&self, key: &str) -> Result<u64> {
+        Ok(self.envoy.stats()?.get(key).copied().unwrap_or(0))
+    }
+
     /// The filter's counter `name` (`wasmcustom.oidc_filter.NAME`), 0 until it first counts.
     pub fn filter_stat(&self, name: &str) -> Result<u64> {
-        let stats = self.envoy.stats()?;
-        Ok(stats
-            .get(&format!("wasmcustom.oidc_filter.{name}"))
-            .copied()
-            .unwrap_or(0))
+        self.stat_or_zero(&format!("wasmcustom.oidc_filter.{name}"))
     }
 
     /// Envoy's counter `name` of `site`'s Wasm plugin (`wasm.oidc-filter-SITE.NAME`: `vm_reload_success`,
     /// `vm_reload_backoff`, …), 0 until it first counts.
     pub fn plugin_stat(&self, site: &str, name: &str) -> Result<u64> {
-        let stats = self.envoy.stats()?;
-        Ok(stats
-            .get(&format!("wasm.oidc-filter-{site}.{name}"))
-            .copied()
-            .unwrap_or(0))
+        self.stat_or_zero(&format!("wasm.oidc-filter-{site}.{name}"))
     }
 
     /// Connections each of Envoy's workers has accepted on `site`'s listener so far
@@ -957,11 +954,7 @@ impl Stack {
     /// (`cluster.CLUSTER.NAME`: `upstream_rq_active`, `upstream_cx_active`, …), 0 until it is set.
     pub fn idp_cluster_stat(&self, name: &str) -> Result<u64> {
         let cluster = envoy::cluster_name(self.issuer())?;
-        let stats = self.envoy.stats()?;
-        Ok(stats
-            .get(&format!("cluster.{cluster}.{name}"))
-            .copied()
-            .unwrap_or(0))
+        self.stat_or_zero(&format!("cluster.{cluster}.{name}"))
     }
 
     /// Envoy's log so far.
@@ -1011,24 +1004,14 @@ impl Stack {
         .with_context(|| format!("no {line:?} in envoy.log"))
     }
 
-    /// Waits until `site`'s `/login` answers 302 ten times in a row, each on a fresh connection: every
+    /// Waits until `site`'s `/login` answers 302 on every worker ([`Stack::until_every_worker`]): each
     /// worker loads discovery and keys on its own, and answers 503 until then.
     pub fn wait_ready(&self, site: &str) -> Result<()> {
         let url = self.site(site)?.url("/login");
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let mut ok = 0;
-        while ok < 10 {
-            if std::time::Instant::now() > deadline {
-                bail!("{site} never got ready");
-            }
-            if Browser::new().get(&url)?.status == 302 {
-                ok += 1;
-            } else {
-                ok = 0;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        Ok(())
+        self.until_every_worker(site, Duration::from_secs(20), || {
+            Browser::new().get(&url).is_ok_and(|r| r.status == 302)
+        })
+        .with_context(|| format!("{site} never got ready"))
     }
 
     /// Polls Envoy's stats until `name` is at least `min`; returns its value.
@@ -1102,11 +1085,10 @@ impl Stack {
     /// A counter of `site`'s ECDS subscription: `config_reload` (an update applied) or `config_fail`
     /// (one refused), 0 until it first counts.
     pub fn ecds_stat(&self, site: &str, name: &str) -> Result<u64> {
-        let key = format!(
+        self.stat_or_zero(&format!(
             "extension_config_discovery.http_filter.{}.{name}",
             envoy::ecds_name(site)
-        );
-        Ok(self.envoy.stats()?.get(&key).copied().unwrap_or(0))
+        ))
     }
 
     /// Envoy's access log so far.

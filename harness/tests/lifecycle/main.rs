@@ -195,9 +195,9 @@ fn until_every_worker(site: &str, what: &str, probe: impl FnMut() -> bool) {
 /// Every worker's root context for the current configuration has its IdP's discovery and keys
 /// (`/login` redirects rather than answering 503).
 fn until_ready(site: &str) {
-    until_every_worker(site, &format!("{site} ready"), || {
-        Browser::new().get(&url(site, "/login")).unwrap().status == 302
-    });
+    stack()
+        .wait_ready(site)
+        .unwrap_or_else(|e| panic!("{site} ready: {e:#}"));
 }
 
 /// Follows `resp` through the IdP (its consent form too, if it shows one) up to its redirect back to
