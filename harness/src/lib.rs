@@ -536,6 +536,24 @@ impl Site {
     pub fn host_url(&self, host: &str, path: &str) -> String {
         format!("http://{host}:{}{path}", self.port)
     }
+
+    /// The issuer of each IdP client its filter has: the top-level `issuer`, then each `hosts`
+    /// entry's (an issuer twice when two entries use it).
+    pub fn issuers(&self) -> Vec<&str> {
+        let top = self.filter_config["issuer"].as_str();
+        let entries = self.filter_config["hosts"].as_array().into_iter().flatten();
+        top.into_iter()
+            .chain(entries.filter_map(|e| e["issuer"].as_str()))
+            .collect()
+    }
+}
+
+/// [`Stack::keys_loaded`] in `log`.
+fn keys_loaded_in(log: &str, site: &str, issuer: &str) -> usize {
+    let line = format!("{}: oidc-filter: {issuer}: ", envoy::ecds_name(site));
+    log.lines()
+        .filter(|l| l.contains(&line) && l.contains(" signing keys loaded ("))
+        .count()
 }
 
 /// A running stack. Everything stops on drop, and at the latest when the process exits.
@@ -960,6 +978,47 @@ impl Stack {
     /// Envoy's log so far.
     pub fn envoy_log(&self) -> Result<String> {
         self.envoy.log()
+    }
+
+    /// How many times `site`'s filter has logged loading `issuer`'s signing keys: once in each thread
+    /// (Envoy's main thread and each worker) of each VM that starts, per IdP client of that issuer,
+    /// and again for a key it does not know or on `jwks_refresh_interval`.
+    pub fn keys_loaded(&self, site: &str, issuer: &str) -> Result<usize> {
+        Ok(keys_loaded_in(&self.envoy.log()?, site, issuer))
+    }
+
+    /// Waits until every site's filter has loaded the signing keys of each of its IdP clients in
+    /// each thread (Envoy's main thread and each worker): until then that thread answers 503. Unlike
+    /// [`Stack::wait_ready`] this needs no path to answer in a particular way, so it serves sites
+    /// that redirect nothing; the error names a site and issuer that is not ready.
+    pub fn wait_keys_loaded(&self, timeout: Duration) -> Result<()> {
+        let threads = self.envoy.workers() as usize + 1;
+        let mut waiting = String::new();
+        process::poll(timeout, || {
+            let log = self.envoy.log()?;
+            for s in &self.sites {
+                let issuers = s.issuers();
+                for issuer in &issuers {
+                    let clients = issuers.iter().filter(|i| *i == issuer).count();
+                    let loaded = keys_loaded_in(&log, &s.name, issuer);
+                    if loaded < threads * clients {
+                        waiting = format!(
+                            "site {}: keys of {issuer} loaded {loaded} times of {}",
+                            s.name,
+                            threads * clients
+                        );
+                        return Ok(None);
+                    }
+                }
+            }
+            Ok(Some(()))
+        })
+        .map_err(|e| {
+            e.context(format!(
+                "{waiting}; envoy log's last lines:\n{}",
+                process::log_tail(&self.envoy.log_path(), 30)
+            ))
+        })
     }
 
     /// Polls Envoy's log until it contains `needle` (e.g. the filter reporting its discovery

@@ -87,44 +87,14 @@ fn stack() -> &'static Stack {
             ..StackSpec::new("beyond", vec![multi, strict, open])
         };
         let stack = Stack::start(spec).unwrap();
-        wait_until_ready(&stack);
+        // Generous: on a loaded machine the first discovery fetches can fail while Envoy warms up,
+        // and the filter's retries back off (a CI run once needed more than 30 s here).
+        stack
+            .wait_keys_loaded(Duration::from_secs(90))
+            .unwrap_or_else(|e| panic!("filter not ready: {e:#}"));
         eprintln!("stack up in {:?}", t0.elapsed());
         stack
     })
-}
-
-/// Every (site, IdP client) has loaded its IdP's keys in each VM: Envoy's main thread and the
-/// two workers log it once each.
-fn wait_until_ready(stack: &Stack) {
-    let mut expected: Vec<(String, usize)> = Vec::new();
-    for s in stack.sites() {
-        let cfg = &s.filter_config;
-        let top = cfg["issuer"].as_str().map(str::to_string);
-        let entries = cfg["hosts"].as_array().into_iter().flatten();
-        let issuers = top
-            .into_iter()
-            .chain(entries.map(|e| e["issuer"].as_str().unwrap().to_string()));
-        for issuer in issuers {
-            let line = format!("oidc-filter-{}: oidc-filter: {issuer}: ", s.name);
-            match expected.iter_mut().find(|(l, _)| *l == line) {
-                Some((_, n)) => *n += 3,
-                None => expected.push((line, 3)),
-            }
-        }
-    }
-    // Generous: on a loaded machine the first discovery fetches can fail while Envoy warms up, and the
-    // filter's retries back off (a CI run once needed more than 30 s here).
-    harness::process::poll(Duration::from_secs(90), || {
-        let log = stack.envoy_log()?;
-        let ready = expected.iter().all(|(line, n)| {
-            log.lines()
-                .filter(|l| l.contains(line) && l.contains("signing keys loaded"))
-                .count()
-                >= *n
-        });
-        Ok(ready.then_some(()))
-    })
-    .unwrap_or_else(|e| panic!("filter not ready: {e:#}\n{}", stack.envoy_log().unwrap()));
 }
 
 fn site(name: &str) -> &'static Site {

@@ -91,7 +91,9 @@ fn stack() -> &'static Stack {
             ..StackSpec::new("e2e", sites)
         };
         let stack = Stack::start(spec).unwrap();
-        wait_until_ready(&stack);
+        stack
+            .wait_keys_loaded(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("filter not ready: {e:#}"));
         eprintln!("stack up in {:?}", t0.elapsed());
         stack
     })
@@ -103,23 +105,6 @@ fn rotation_site(name: &str, keys: Value) -> SiteSpec {
         .idp_client(json!({"client_id": format!("{name}-unused")}));
     s.client_id = "main".into();
     s
-}
-
-/// Every site has loaded discovery and keys in each of its VMs (Envoy's main thread and the two
-/// workers; each logs it once).
-fn wait_until_ready(stack: &Stack) {
-    harness::process::poll(Duration::from_secs(20), || {
-        let log = stack.envoy_log()?;
-        let ready = stack.sites().iter().all(|s| {
-            let line = format!("oidc-filter-{}: oidc-filter: {}: ", s.name, stack.issuer());
-            log.lines()
-                .filter(|l| l.contains(&line) && l.contains("signing keys loaded"))
-                .count()
-                >= 3
-        });
-        Ok(ready.then_some(()))
-    })
-    .unwrap_or_else(|e| panic!("filter not ready: {e:#}\n{}", stack.envoy_log().unwrap()));
 }
 
 fn site(name: &str) -> &'static Site {

@@ -7,7 +7,6 @@
 use std::time::{Duration, Instant};
 
 use harness::browser::describe_chain;
-use harness::process::poll;
 use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec};
 use serde_json::json;
 
@@ -27,7 +26,6 @@ fn filter_waits_for_its_idp_and_refuses_a_foreign_discovery_document() {
     })
     .unwrap();
     let s = stack.site("app").unwrap();
-    let log_count = |needle: &str| stack.envoy_log().unwrap().matches(needle).count();
 
     // The IdP refuses connections: protected paths wait, bypass paths do not.
     let b = Browser::new();
@@ -65,17 +63,11 @@ fn filter_waits_for_its_idp_and_refuses_a_foreign_discovery_document() {
 
     // The IdP comes up: the filter gets ready by itself, in each of its VMs (Envoy's main thread
     // and the two workers).
-    assert_eq!(log_count("signing keys loaded"), 0);
+    assert_eq!(stack.keys_loaded("app", stack.issuer()).unwrap(), 0);
     stack.start_idp().unwrap();
-    poll(Duration::from_secs(45), || {
-        Ok((log_count("signing keys loaded") >= 3).then_some(()))
-    })
-    .unwrap_or_else(|e| {
-        panic!(
-            "not ready after the IdP came up: {e:#}\n{}",
-            stack.envoy_log().unwrap()
-        )
-    });
+    stack
+        .wait_keys_loaded(Duration::from_secs(45))
+        .unwrap_or_else(|e| panic!("not ready after the IdP came up: {e:#}"));
     for _ in 0..4 {
         let r = Browser::new().get(&s.url("/after")).unwrap();
         assert_eq!(r.status, 302, "{}", r.body);

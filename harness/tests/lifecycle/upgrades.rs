@@ -37,7 +37,7 @@ fn fresh_starts(site: &str) -> usize {
 /// of each new VM, after its discovery document (and again only for a key it does not know, or on
 /// `jwks_refresh_interval`, an hour here).
 fn keys_loaded(site: &str) -> usize {
-    logged(site, |l| l.contains(" signing keys loaded ("))
+    stack().keys_loaded(site, stack().issuer()).unwrap()
 }
 
 /// The lines `site`'s filter logged that `what` picks.
