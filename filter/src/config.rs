@@ -923,11 +923,13 @@ fn valid_host_pattern(p: &str) -> bool {
 
 /// Headers that carry claims unless configured otherwise: the ones oauth2-proxy sets, so apps made for it
 /// (Grafana's auth proxy mode and the like) work unchanged.
+/// In the order a configured map gets (sorted by name), so the default and the same map written out
+/// are one configuration.
 pub const DEFAULT_IDENTITY_HEADERS: [(&str, &str); 4] = [
-    ("x-auth-request-user", "sub"),
     ("x-auth-request-email", "email"),
     ("x-auth-request-groups", "groups"),
     ("x-auth-request-preferred-username", "preferred_username"),
+    ("x-auth-request-user", "sub"),
 ];
 
 #[inline(never)]
@@ -1418,6 +1420,80 @@ mod tests {
         let mut m = minimal();
         m[k] = v;
         m.to_string()
+    }
+
+    /// The README's configuration reference, row by row: the field and its default column.
+    fn readme_reference() -> Vec<(&'static str, &'static str)> {
+        let readme = include_str!("../../README.md");
+        let from = readme
+            .find("\n## Configuration reference\n")
+            .expect("the section");
+        readme[from..]
+            .lines()
+            .skip_while(|l| !l.starts_with("| field | default |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|row| {
+                let mut cells = row.trim_start_matches("| ").split(" | ");
+                let field = cells.next().unwrap_or_default().trim_matches('`');
+                (field, cells.next().unwrap_or_default())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_documents_every_field_and_no_other() {
+        let documented: Vec<&str> = readme_reference().iter().map(|(f, _)| *f).collect();
+        let mut taken: Vec<&str> = FIELDS.iter().map(|(f, _)| *f).collect();
+        taken.extend(["hosts", "unmatched_hosts"]);
+        let mut sorted = documented.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(
+            sorted.len(),
+            documented.len(),
+            "a field twice: {documented:?}"
+        );
+        taken.sort_unstable();
+        assert_eq!(sorted, taken);
+    }
+
+    /// A default the README gives as a value (in backticks, first in its cell) is what the filter
+    /// applies: setting the field to it explicitly changes nothing.
+    #[test]
+    fn the_readme_defaults_are_the_filters() {
+        let base = format!("{:?}", parse(&minimal().to_string()).unwrap());
+        let mut checked = Vec::new();
+        for (field, default) in readme_reference() {
+            let Some(value) = default
+                .strip_prefix('`')
+                .and_then(|d| d.split_once('`'))
+                .map(|(v, _)| v)
+            else {
+                continue;
+            };
+            // Templates (`<:scheme>://…`, `outbound|PORT||HOST`) and the choice that depends on
+            // `hosts` are not values.
+            if value.contains('<') || value.contains('|') || field == "unmatched_hosts" {
+                continue;
+            }
+            // As written (serde_json's map would sort the keys of `identity_headers`).
+            let json = match serde_json::from_str::<serde_json::Value>(value) {
+                Ok(_) => value.to_string(),
+                Err(_) => serde_json::Value::from(value).to_string(),
+            };
+            let text = minimal().to_string();
+            let text = format!("{},\"{field}\":{json}}}", &text[..text.len() - 1]);
+            let c = parse(&text).unwrap_or_else(|e| panic!("{field}: {e:?}"));
+            assert_eq!(
+                format!("{c:?}"),
+                base,
+                "{field}: the README's default {value}"
+            );
+            checked.push(field);
+        }
+        eprintln!("checked: {checked:?}");
+        assert!(checked.len() >= 15, "{checked:?}");
     }
 
     #[test]
