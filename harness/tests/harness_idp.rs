@@ -112,6 +112,27 @@ fn exchange(
     .unwrap()
 }
 
+/// The refresh grant at the IdP for REFRESH_CLIENT with `tokens`' refresh token: status and body.
+fn refresh_with(tokens: &Value) -> (u16, Value) {
+    token_request(
+        &issuer(),
+        REFRESH_CLIENT,
+        "s1",
+        ClientAuth::Basic,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+        ],
+    )
+    .unwrap()
+}
+
+/// [`refresh_with`]'s status and OAuth error code.
+fn refresh(tokens: &Value) -> (u16, Option<String>) {
+    let (status, body) = refresh_with(tokens);
+    (status, body["error"].as_str().map(str::to_string))
+}
+
 #[test]
 fn discovery_urls_come_from_the_issuer() {
     let b = Browser::new();
@@ -186,17 +207,7 @@ fn code_exchange_with_basic_auth_and_refresh() {
         "id_token_ttl"
     );
 
-    let (status, refreshed) = token_request(
-        &issuer(),
-        REFRESH_CLIENT,
-        "s1",
-        ClientAuth::Basic,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-        ],
-    )
-    .unwrap();
+    let (status, refreshed) = refresh_with(&tokens);
     assert_eq!(status, 200, "{refreshed}");
     let id2 = jwt_payload(refreshed["id_token"].as_str().unwrap()).unwrap();
     assert_eq!(id2["sub"], "alice");
@@ -209,21 +220,7 @@ fn code_exchange_with_basic_auth_and_refresh() {
         (status, err["error"].as_str()),
         (400, Some("invalid_grant"))
     );
-    let (status, err) = token_request(
-        &issuer(),
-        REFRESH_CLIENT,
-        "s1",
-        ClientAuth::Basic,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-        ],
-    )
-    .unwrap();
-    assert_eq!(
-        (status, err["error"].as_str()),
-        (400, Some("invalid_grant"))
-    );
+    assert_eq!(refresh(&tokens), (400, Some("invalid_grant".to_string())));
 }
 
 #[test]
@@ -323,21 +320,7 @@ fn rp_initiated_logout_ends_the_idp_session() {
     assert!(b.cookie("127.0.0.1", "_session").is_none());
 
     // The refresh token died with the session.
-    let (status, err) = token_request(
-        &issuer(),
-        REFRESH_CLIENT,
-        "s1",
-        ClientAuth::Basic,
-        &[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-        ],
-    )
-    .unwrap();
-    assert_eq!(
-        (status, err["error"].as_str()),
-        (400, Some("invalid_grant"))
-    );
+    assert_eq!(refresh(&tokens), (400, Some("invalid_grant".to_string())));
 }
 
 #[test]
