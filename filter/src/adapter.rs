@@ -308,18 +308,25 @@ impl Root {
                         }
                     })
                     .collect();
-                // Create the renewal buckets before any request can race to create one (a compare-and-swap
-                // needs an existing entry); a bucket another VM already has is left alone.
+                // Create the renewal buckets and the list of ended sessions before any request can race
+                // to create one (a compare-and-swap needs an existing entry: two workers recording their
+                // first back-channel logouts at once would otherwise lose one); an entry another VM
+                // already has is left alone.
+                let create = |name: &str, empty: &[u8]| {
+                    if let Ok((None, _)) = host::get_shared_data(name) {
+                        let _ = host::set_shared_data(name, empty, None);
+                    }
+                };
                 for cfg in &plugin.sites {
                     for b in 0..renewal::BUCKETS {
                         let name = format!(
                             "oidc-filter.renewal.{}.{}.{b}",
                             cfg.client_id, cfg.cookie_name
                         );
-                        if let Ok((None, _)) = host::get_shared_data(&name) {
-                            let empty = renewal::Table::default().encode();
-                            let _ = host::set_shared_data(&name, &empty, None);
-                        }
+                        create(&name, &renewal::Table::default().encode());
+                    }
+                    if cfg.backchannel_logout_path.is_some() {
+                        create(&revocation_key(cfg), &Revocations::default().encode());
                     }
                 }
                 let shared = Shared {
@@ -719,6 +726,18 @@ impl Http {
         self.backchannel_logout(&body)
     }
 
+    /// The request's trailers. A back-channel logout's body that ends with trailers is refused (no IdP
+    /// sends one): passing them would make Envoy send the body this filter holds on to the app, unread.
+    /// Any other request's pass: one the filter holds never gets here, as Envoy stops all its frames.
+    pub fn on_request_trailers(&mut self) -> Action {
+        if !self.reading_body {
+            return Action::Continue;
+        }
+        self.reading_body = false;
+        respond(400, &[("cache-control", "no-store")], b"");
+        Action::Pause
+    }
+
     /// The response's headers: add the cookies the request's step set.
     pub fn on_response_headers(&mut self) -> Action {
         let mut added = false;
@@ -757,8 +776,10 @@ impl Http {
                 // sets `allow_on_headers_stop_iteration`, which Istio cannot), and then never hand this filter
                 // the body. So the headers go on, stripped of anything that could stand for a user, and the
                 // body is held in `on_http_request_body`, which answers locally.
+                if !self.strip_credentials(headers) {
+                    return refused();
+                }
                 self.reading_body = true;
-                self.strip_credentials();
                 Action::Continue
             }
             Err(Step::Call(call, pending)) => match dispatch(self.id, &call) {
@@ -903,18 +924,32 @@ impl Http {
         self.run(step, None)
     }
 
-    /// Removes every header that could stand for a user (`Authorization`, `Cookie`, identity headers).
-    /// (The body is answered here, so the request never reaches the app: a refusal changes nothing.)
-    fn strip_credentials(&self) {
-        let _ = remove_request_header("authorization");
-        let _ = remove_request_header("cookie");
-        if let Ok(s) = self.shared.try_borrow()
-            && let Some(cfg) = s.plugin.sites.get(self.site)
-        {
-            for (name, _) in &cfg.identity_headers {
-                let _ = remove_request_header(name);
+    /// Removes every header that could stand for a user (`Authorization`, `Cookie`, identity headers and
+    /// their copies spelled with `_`). The body is answered here, but Envoy's router has sent the headers
+    /// upstream by then (and resets that request when the answer comes): false when any removal failed.
+    fn strip_credentials(&self, headers: Option<&HeaderBlock>) -> bool {
+        let read;
+        let headers = match headers {
+            Some(h) => h,
+            None => {
+                read = request_headers();
+                &read
             }
+        };
+        if headers.is_empty() {
+            return false;
         }
+        let Ok(s) = self.shared.try_borrow() else {
+            return false;
+        };
+        let Some(cfg) = s.plugin.sites.get(self.site) else {
+            return false;
+        };
+        let mut done = remove_request_header("authorization") & remove_request_header("cookie");
+        for (name, _) in &cfg.identity_headers {
+            done &= set_identity_header(Some(headers), name, None);
+        }
+        done
     }
 
     /// A host no site serves: pass (without any identity header a client may have sent) or 403.
@@ -1023,6 +1058,10 @@ fn apply(
             let headers = match headers {
                 None if f.identity.is_some() => {
                     read = request_headers();
+                    // A failed read would hide those copies: refused, not sent on with them.
+                    if read.is_empty() {
+                        return Ok(refused());
+                    }
                     Some(&read)
                 }
                 h => h,

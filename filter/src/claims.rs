@@ -43,12 +43,11 @@ pub fn parse_access(v: &Value) -> Result<Vec<Access>, String> {
         }
         let path_prefix = match obj.get("path_prefix") {
             None => "/".to_string(),
-            Some(Value::String(p)) if p.starts_with('/') && !p.contains(['?', '#', '%', '\\']) => {
-                p.clone()
-            }
+            // One a normalized path can start with: a rule that can never apply would be open.
+            Some(Value::String(p)) if crate::paths::is_normal_prefix(p) => p.clone(),
             Some(_) => {
                 return Err(format!(
-                    "entry {i}: path_prefix must be a plain absolute path"
+                    "entry {i}: path_prefix must be a plain absolute path (no `//`, `.` or `..` segments, `;`, `%`, `?`, `#` or `\\`)"
                 ));
             }
         };
@@ -172,11 +171,16 @@ impl Rule {
     }
 }
 
-/// The rule for a normalized path, if any entry covers it.
-pub fn rule_for<'a>(access: &'a [Access], normalized_path: &str) -> Option<&'a Rule> {
+/// The rule for a normalized path, if any entry covers it; with `any_case`, as an app that takes `/ADMIN`
+/// for `/admin` reads it.
+pub fn rule_for<'a>(
+    access: &'a [Access],
+    normalized_path: &str,
+    any_case: bool,
+) -> Option<&'a Rule> {
     access
         .iter()
-        .find(|a| crate::paths::prefix_matches(&a.path_prefix, normalized_path))
+        .find(|a| crate::paths::prefix_matches_as(&a.path_prefix, normalized_path, any_case))
         .map(|a| &a.rule)
 }
 
@@ -285,9 +289,9 @@ mod tests {
             {"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["root"]}},
         ])))
         .unwrap();
-        assert!(rule_for(&a, "/admin/x").is_some_and(|r| !r.allows(&claims())));
-        assert!(rule_for(&a, "/other").is_some_and(|r| r.allows(&claims())));
-        assert!(rule_for(&[], "/x").is_none());
+        assert!(rule_for(&a, "/admin/x", false).is_some_and(|r| !r.allows(&claims())));
+        assert!(rule_for(&a, "/other", false).is_some_and(|r| r.allows(&claims())));
+        assert!(rule_for(&[], "/x", false).is_none());
     }
 
     #[test]

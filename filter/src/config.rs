@@ -685,7 +685,14 @@ impl Plugin {
                 if e.field == "redirect_uri" {
                     let named: Vec<String> = inherited
                         .iter()
-                        .filter(|f| **f == "redirect_uri" || e.reason.contains(**f))
+                        // A byte search: the module has no other `&str` pattern (core's two-way searcher).
+                        .filter(|f| {
+                            **f == "redirect_uri"
+                                || e.reason
+                                    .as_bytes()
+                                    .windows(f.len())
+                                    .any(|w| w == f.as_bytes())
+                        })
                         .map(|f| format!("`{f}`"))
                         .collect();
                     if !named.is_empty() {
@@ -1168,11 +1175,7 @@ fn bypass_paths_from(
 ) -> Result<Vec<String>, ConfigError> {
     let bypass_paths = paths.unwrap_or_else(|| vec!["/healthz".into()]);
     for p in &bypass_paths {
-        if !p.starts_with('/')
-            || p.contains(['?', '#', '%', '\\'])
-            || p.contains("/../")
-            || p.contains("/./")
-        {
+        if !crate::paths::is_normal_prefix(p) {
             return Err(err(
                 "bypass_paths",
                 "each entry must be a plain absolute path prefix like `/healthz`",
@@ -1494,6 +1497,39 @@ mod tests {
         }
         eprintln!("checked: {checked:?}");
         assert!(checked.len() >= 15, "{checked:?}");
+    }
+
+    /// A prefix no normalized path can start with would never apply: a claim rule on it would leave the
+    /// path open, a bypass on it would do nothing. Both are refused, naming the field.
+    #[test]
+    fn path_prefixes_must_be_normalized() {
+        let rule = |p: &str| serde_json::json!([{"path_prefix": p, "rule": {"claim": "sub", "equals": "x"}}]);
+        for bad in [
+            "//admin",
+            "/a/../admin",
+            "/./admin",
+            "/admin/..",
+            "/a;x",
+            "/a%2Fb",
+            "admin",
+            "/a?b",
+        ] {
+            let e = parse(&with("claim_rules", rule(bad))).unwrap_err();
+            assert_eq!(e.field, "claim_rules", "{bad}");
+            let e = parse(&with("bypass_paths", serde_json::json!([bad]))).unwrap_err();
+            assert_eq!(e.field, "bypass_paths", "{bad}");
+        }
+        for good in [
+            "/admin",
+            "/admin/",
+            "/Admin",
+            "/.well-known/acme-challenge/",
+        ] {
+            parse(&with("claim_rules", rule(good))).unwrap();
+            parse(&with("bypass_paths", serde_json::json!([good]))).unwrap();
+        }
+        // The whole site: fine for a rule (a bypass would cover the filter's own paths).
+        parse(&with("claim_rules", rule("/"))).unwrap();
     }
 
     #[test]

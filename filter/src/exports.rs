@@ -221,7 +221,8 @@ fn sweep(root_context_id: u32) {
             fresh.retain(|(id, _)| alive(*id));
         }
     });
-    // The host cancels an ended context's callouts: their answers never come.
+    // An ended context's callouts are forgotten: an answer that still comes (the host sends every callout
+    // from the root context and does not cancel it) finds no owner and is dropped.
     CALLOUTS.with(|callouts| {
         if let Ok(mut callouts) = callouts.try_borrow_mut() {
             callouts.retain(|(_, owner)| alive(*owner));
@@ -268,6 +269,12 @@ pub extern "C" fn proxy_on_request_body(
         http.on_request_body(body_size, end_of_stream != 0)
     })
     .unwrap_or(Action::Continue) as u32
+}
+
+/// Called only for a request that has trailers (HTTP/2): see [`crate::adapter::Http::on_request_trailers`].
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_request_trailers(context_id: u32, _trailers: usize) -> u32 {
+    with_request(context_id, |http| http.on_request_trailers()).unwrap_or(Action::Continue) as u32
 }
 
 #[unsafe(no_mangle)]

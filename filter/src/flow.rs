@@ -149,6 +149,8 @@ pub struct RefreshJob {
     cache_key: String,
     session: Rc<Cached>,
     browser: bool,
+    /// How the request is answered if the IdP refuses the refresh: as it would be without a session.
+    anonymous: Anonymous,
     target: String,
     cookie: Option<Option<String>>,
     present_chunks: Vec<String>,
@@ -471,15 +473,11 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
         ForwardToken::AccessToken => session.access_token.as_ref().unwrap_or(&session.id_token),
     };
     let bearer = Rc::new(Secret::new(format!("Bearer {}", token.expose())));
-    let (claims, sid, iat, exp) = token_facts(cfg, &session.id_token);
+    let (claims, sid, iat) = token_facts(cfg, &session.id_token);
     // A margin as long as the token's life would renew on every request: at most half of that life (the
-    // ID token's, or the forwarded token's when it lives longer; with `access_token_header`, until the
-    // first of the two is due; unknown without an `iat`).
-    let due = match cfg.forward_token {
-        ForwardToken::IdToken if cfg.passes_access_token() => session.token_expires_at,
-        _ => exp.max(session.token_expires_at),
-    };
-    let life = due.saturating_sub(iat);
+    // forwarded token's; with `access_token_header`, until the first of the two tokens is due; unknown
+    // without an `iat`).
+    let life = session.token_expires_at.saturating_sub(iat);
     let refresh_margin = cfg.refresh_margin.min(life / 2);
     let identity = Rc::new(
         cfg.identity_headers
@@ -565,6 +563,7 @@ fn with_session(
             cache_key: sealed.to_string(),
             session: cached,
             browser: is_browser(h),
+            anonymous: anonymous(cfg, h, target),
             target: target.to_string(),
             cookie,
             present_chunks: session::chunk_names(&cfg.cookie_name, header),
@@ -605,18 +604,13 @@ fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
     let Some(decoded) = decoded else {
         return cfg.access.iter().any(|a| !a.rule.allows(&s.claims));
     };
-    let lower = decoded.to_ascii_lowercase();
-    // A plain path reads the same both ways: its literal reading is not lowered a second time.
-    let lower_literal = (literal != decoded).then(|| literal.to_ascii_lowercase());
-    [
-        Some(&*decoded),
-        Some(&*literal),
-        Some(lower.as_str()),
-        lower_literal.as_deref(),
-    ]
-    .into_iter()
-    .flatten()
-    .any(|p| claims::rule_for(&cfg.access, p).is_some_and(|r| !r.allows(&s.claims)))
+    // Each reading as written and without regard to case: a rule for `/Admin` covers `/admin` and
+    // `/ADMIN` for a case-insensitive app.
+    [&*decoded, &*literal].into_iter().any(|p| {
+        [false, true].into_iter().any(|any_case| {
+            claims::rule_for(&cfg.access, p, any_case).is_some_and(|r| !r.allows(&s.claims))
+        })
+    })
 }
 
 /// 403 for a logged-in user the claim rules refuse: says who they are and offers logout, never a login loop.
@@ -673,6 +667,34 @@ fn html_escape(s: &str) -> String {
     out
 }
 
+/// How a request without a valid session is answered.
+#[derive(Debug, Clone, Copy)]
+enum Anonymous {
+    /// Forwarded without identity: a bypass path or CORS preflight, or a client's own bearer (counted so).
+    Pass(Metric),
+    /// A browser: to the login.
+    Login,
+    /// A form posted by a browser: a page that says so.
+    Page,
+    /// An API client: 401.
+    Api,
+}
+
+fn anonymous(cfg: &Config, h: &dyn Headers, target: &str) -> Anonymous {
+    if paths::is_bypass(&cfg.bypass_paths, target) || (cfg.pass_cors_preflight && is_preflight(h)) {
+        Anonymous::Pass(Metric::Bypass)
+    } else if h.get("authorization").is_some_and(|a| is_bearer(&a)) {
+        // An API client with its own token: jwt_authn judges it.
+        Anonymous::Pass(Metric::BearerPassthrough)
+    } else if is_browser(h) {
+        Anonymous::Login
+    } else if is_form_navigation(h) {
+        Anonymous::Page
+    } else {
+        Anonymous::Api
+    }
+}
+
 /// No valid session: bypass, a client's own bearer, a login redirect, or 401.
 fn without_session(
     cfg: &Config,
@@ -682,24 +704,10 @@ fn without_session(
     cookie: Option<&str>,
     stale: bool,
 ) -> Step {
-    // Only the pass-through answers forward the header, and only ours need taking out of it.
-    let strip = || cookie.and_then(|c| cfg.strip_own_cookies(c));
-    if paths::is_bypass(&cfg.bypass_paths, target) || (cfg.pass_cors_preflight && is_preflight(h)) {
-        return Step::Forward(Forward {
-            cookie: strip(),
-            identity: strip_identity(cfg),
-            metric: Some(Metric::Bypass),
-            ..Default::default()
-        });
-    }
-    if h.get("authorization").is_some_and(|a| is_bearer(&a)) {
-        // An API client with its own token: jwt_authn judges it.
-        return Step::Forward(Forward {
-            cookie: strip(),
-            identity: strip_identity(cfg),
-            metric: Some(Metric::BearerPassthrough),
-            ..Default::default()
-        });
+    let how = anonymous(cfg, h, target);
+    if let Anonymous::Pass(metric) = how {
+        // Only the pass-through answers forward the header, and only ours need taking out of it.
+        return pass_anonymous(cfg, cookie.and_then(|c| cfg.strip_own_cookies(c)), metric);
     }
     let clear = if stale {
         clear_session_cookies(cfg, cookie.unwrap_or(""))
@@ -709,14 +717,30 @@ fn without_session(
     if state.provider.ready().is_none() {
         return with_cookies(not_ready(), clear);
     }
-    if is_browser(h) {
-        let location = login_location(cfg, target);
-        return with_cookies(redirect(location, Some(Metric::LoginRedirect)), clear);
+    let mut r = anonymous_reply(cfg, how, target);
+    if matches!(how, Anonymous::Login) {
+        r.metric = Some(Metric::LoginRedirect);
     }
-    if is_form_navigation(h) {
-        return with_cookies(session_ended_page(cfg, target), clear);
+    with_cookies(Step::Respond(r), clear)
+}
+
+/// A request forwarded without a session, stripped of the filter's cookies and of identity headers.
+fn pass_anonymous(cfg: &Config, cookie: Option<Option<String>>, metric: Metric) -> Step {
+    Step::Forward(Forward {
+        cookie,
+        identity: strip_identity(cfg),
+        metric: Some(metric),
+        ..Default::default()
+    })
+}
+
+/// The answer to a request without a session that does not pass.
+fn anonymous_reply(cfg: &Config, how: Anonymous, target: &str) -> Reply {
+    match how {
+        Anonymous::Login => redirect_reply(login_location(cfg, target)),
+        Anonymous::Page => session_ended_reply(cfg, target),
+        _ => json_401(),
     }
-    with_cookies(unauthorized(), clear)
 }
 
 /// A browser's navigation that is not GET or HEAD: a form posted after the session ended. A redirect
@@ -726,7 +750,7 @@ fn is_form_navigation(h: &dyn Headers) -> bool {
     h.get("sec-fetch-mode").is_some_and(|m| m == "navigate") && wants_page(h)
 }
 
-fn session_ended_page(cfg: &Config, target: &str) -> Step {
+fn session_ended_reply(cfg: &Config, target: &str) -> Reply {
     // `login_location` percent-encodes the target: the link holds no quote, `<` or `&`.
     let body = format!(
         "<!doctype html><title>Log in again</title><h1>Your session has ended</h1><p>What you sent was \
@@ -735,7 +759,7 @@ fn session_ended_page(cfg: &Config, target: &str) -> Step {
     );
     let mut r = html_page(401, body, Some(Metric::Unauthorized));
     r.headers.push(("www-authenticate", "Bearer".into()));
-    Step::Respond(r)
+    r
 }
 
 /// `/login`: a fresh state, nonce and PKCE verifier, sealed into a cookie of their own, then off to the IdP.
@@ -1330,8 +1354,9 @@ fn finish_refresh(
                     return refresh_failed(cfg, state, &job, env.now, why.into());
                 }
                 // A key this worker may not fetch just now (another request fetched the keys moments
-                // ago): not the IdP's refusal, so an outage for this request rather than a logout.
-                Err(IdTokenError::UnknownKid) if may_refetch => {
+                // ago), or that the keys fetched for it lack, or whose fetch failed: not the IdP's
+                // refusal of the session, so an outage for this request rather than a logout.
+                Err(IdTokenError::UnknownKid) => {
                     return if still_valid {
                         keep_old(cfg, &job)
                     } else {
@@ -1523,11 +1548,15 @@ fn refresh_failed(
     if clear.is_empty() {
         clear.push(cookies::clear_cookie(&cfg.cookie_name, &cfg.cookie));
     }
-    let mut r = if job.browser {
-        redirect_reply(login_location(cfg, &job.target))
-    } else {
-        json_401()
-    };
+    // As it would be answered without a session: a bypass path (or a client's own bearer) passes.
+    if let Anonymous::Pass(_) = job.anonymous {
+        let mut step = pass_anonymous(cfg, job.cookie.clone(), Metric::RefreshFailed);
+        if let Step::Forward(f) = &mut step {
+            f.set_cookies = clear;
+        }
+        return step;
+    }
+    let mut r = anonymous_reply(cfg, job.anonymous, &job.target);
     r.metric = Some(Metric::RefreshFailed);
     r.detail = Some(why);
     with_cookies(Step::Respond(r), clear)
@@ -1574,7 +1603,7 @@ fn new_session(
 /// The claims that rules and identity headers read, from the session's ID token. The token was verified
 /// before it was sealed and the cookie is authenticated, so its payload is trusted without a signature check;
 /// reading it here (once per opened cookie) keeps the cookie from carrying the claims twice.
-fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>, u64, u64) {
+fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>, u64) {
     let all = token_payload(id_token).unwrap_or_default();
     // An address the IdP says is not the user's (not yet confirmed) names no one: no header, no rule
     // passes on it. (An IdP that sends no `email_verified` vouches for its addresses.)
@@ -1591,13 +1620,12 @@ fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>
         .collect();
     let sid = all.get("sid").and_then(|v| v.as_str()).map(str::to_string);
     // As the ID token's check read it: a NumericDate may carry a fraction.
-    let date = |name: &str| {
-        all.get(name)
-            .and_then(json::Value::as_number)
-            .and_then(json::Number::floor_u64)
-            .unwrap_or(0)
-    };
-    (kept, sid, date("iat"), date("exp"))
+    let iat = all
+        .get("iat")
+        .and_then(json::Value::as_number)
+        .and_then(json::Number::floor_u64)
+        .unwrap_or(0);
+    (kept, sid, iat)
 }
 
 /// The claims of a sealed session's ID token (verified before it was sealed), unchecked.
@@ -1946,10 +1974,6 @@ fn json_401() -> Reply {
         metric: Some(Metric::Unauthorized),
         detail: None,
     }
-}
-
-fn unauthorized() -> Step {
-    Step::Respond(json_401())
 }
 
 fn text(status: u16, msg: &str, metric: Option<Metric>) -> Step {

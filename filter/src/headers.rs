@@ -80,6 +80,11 @@ impl HeaderBlock {
         })
     }
 
+    /// True for a block without headers: what a failed read gives (every request has `:path`).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     /// An empty block.
     pub fn empty() -> HeaderBlock {
         HeaderBlock {

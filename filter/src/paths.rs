@@ -90,13 +90,33 @@ fn resolve(decoded: &str) -> String {
     p
 }
 
+/// True when `prefix` is a path as [`normalize`] leaves it, without query or fragment: one that a
+/// normalized path can start with (`/a//b`, `/a/../b`, `/a;x` or `/a%2Fb` never would).
+pub fn is_normal_prefix(prefix: &str) -> bool {
+    prefix.starts_with('/')
+        && !prefix.contains(['?', '#', '%', '\\'])
+        && normalize(prefix).is_some_and(|n| n == prefix)
+}
+
 /// True when `prefix` covers `path` on a segment boundary: `/healthz` covers `/healthz` and `/healthz/x`,
 /// not `/healthzx`. A prefix ending in `/` covers everything below it.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-        None => false,
-    }
+    prefix_matches_as(prefix, path, false)
+}
+
+/// [`prefix_matches`], with `any_case` without regard to ASCII case (for apps that take `/ADMIN` for
+/// `/admin`).
+pub fn prefix_matches_as(prefix: &str, path: &str, any_case: bool) -> bool {
+    let (p, b) = (prefix.as_bytes(), path.as_bytes());
+    let Some(head) = b.get(..p.len()) else {
+        return false;
+    };
+    let rest = &b[p.len()..];
+    (if any_case {
+        head.eq_ignore_ascii_case(p)
+    } else {
+        head == p
+    }) && (p.last() == Some(&b'/') || rest.first().is_none_or(|&c| c == b'/'))
 }
 
 /// True when the request target falls under one of the bypass prefixes in both [`readings`] of its path.

@@ -39,11 +39,12 @@ impl Revocations {
             // (one user logging in and out all day) then takes one entry, and pushes out no other
             // user's logout. It ends more (the user's other sessions begun before it): fail closed.
             // Dated by the token, not by its arrival: sessions are judged by their ID token's `iat`, on
-            // the IdP's clock too, and a replayed token then ends nothing begun after the logout.
+            // the IdP's clock too (which may run ahead of ours, by at most the leeway the token's check
+            // allows), and a replayed token then ends nothing begun after the logout.
             (_, Some(sub)) => upsert(
                 &mut self.subs,
                 sub,
-                (logout.iat.min(now), until),
+                (logout.iat, until),
                 // An older token arriving late moves neither time back.
                 keep_later,
             ),
@@ -153,12 +154,12 @@ fn evict_oldest<V>(list: &mut Vec<(String, V)>, until: impl Fn(&V) -> u64) {
 mod tests {
     use super::*;
 
-    /// A logout token issued no earlier than it arrives: dated by its arrival.
-    fn logout(sid: Option<&str>, sub: Option<&str>) -> Logout {
+    /// A logout token issued at `iat`.
+    fn logout(sid: Option<&str>, sub: Option<&str>, iat: u64) -> Logout {
         Logout {
             sid: sid.map(Into::into),
             sub: sub.map(Into::into),
-            iat: u64::MAX,
+            iat,
         }
     }
 
@@ -194,13 +195,29 @@ mod tests {
         assert!(!r.is_revoked(None, "alice", 3001));
     }
 
+    /// The IdP's clock 30 s ahead of ours: a session it issued 10 s before the logout (its `iat` still
+    /// ahead of our clock) is ended too.
+    #[test]
+    fn a_logout_by_sub_from_an_idp_whose_clock_runs_ahead_ends_the_sessions_before_it() {
+        let mut r = Revocations::default();
+        let now = 1000;
+        let token = Logout {
+            sid: None,
+            sub: Some("alice".into()),
+            iat: now + 30,
+        };
+        r.add(&token, now, 3600);
+        assert!(r.is_revoked(None, "alice", now + 20));
+        assert!(!r.is_revoked(None, "alice", now + 31));
+    }
+
     #[test]
     fn sid_ends_that_session_only_and_sub_ends_older_sessions_of_that_user() {
         let mut r = Revocations::default();
-        r.add(&logout(Some("s1"), Some("alice")), 100, 3600);
+        r.add(&logout(Some("s1"), Some("alice"), 100), 100, 3600);
         assert!(r.is_revoked(Some("s1"), "alice", 50));
         assert!(!r.is_revoked(Some("s2"), "alice", 50));
-        r.add(&logout(None, Some("bob")), 100, 3600);
+        r.add(&logout(None, Some("bob"), 100), 100, 3600);
         assert!(r.is_revoked(Some("x"), "bob", 99));
         assert!(
             !r.is_revoked(Some("x"), "bob", 101),
@@ -213,9 +230,9 @@ mod tests {
     #[test]
     fn merges_and_round_trips() {
         let mut a = Revocations::default();
-        a.add(&logout(Some("s1"), None), 100, 10);
+        a.add(&logout(Some("s1"), None, 100), 100, 10);
         let mut b = Revocations::default();
-        b.add(&logout(None, Some("u")), 100, 10);
+        b.add(&logout(None, Some("u"), 100), 100, 10);
         b.merge(&Revocations::decode(&a.encode()));
         assert!(b.is_revoked(Some("s1"), "x", 0) && b.is_revoked(None, "u", 0));
         assert!(Revocations::decode(b"garbage").is_empty());
@@ -224,16 +241,16 @@ mod tests {
     #[test]
     fn merge_keeps_the_later_times() {
         let mut a = Revocations::default();
-        a.add(&logout(Some("s"), None), 100, 50);
-        a.add(&logout(None, Some("u")), 300, 10);
+        a.add(&logout(Some("s"), None, 100), 100, 50);
+        a.add(&logout(None, Some("u"), 300), 300, 10);
         let mut b = Revocations::default();
-        b.add(&logout(Some("s"), None), 120, 10);
-        b.add(&logout(None, Some("u")), 200, 500);
+        b.add(&logout(Some("s"), None, 120), 120, 10);
+        b.add(&logout(None, Some("u"), 200), 200, 500);
         a.merge(&b);
         assert_eq!(a.sids, [("s".to_owned(), 150)]);
         assert_eq!(a.subs, [("u".to_owned(), (300, 700))]);
         // A later logout of the same sid replaces the entry.
-        a.add(&logout(Some("s"), None), 130, 5);
+        a.add(&logout(Some("s"), None, 130), 130, 5);
         assert_eq!(a.sids, [("s".to_owned(), 135)]);
     }
 
@@ -241,7 +258,7 @@ mod tests {
     fn lists_stay_sorted_and_searchable() {
         let mut r = Revocations::default();
         for sid in ["m", "c", "x", "a", "c", "q"] {
-            r.add(&logout(Some(sid), None), 0, 10);
+            r.add(&logout(Some(sid), None, 0), 0, 10);
         }
         let keys: Vec<&str> = r.sids.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["a", "c", "m", "q", "x"]);
@@ -260,18 +277,22 @@ mod tests {
             r.sids.push((format!("s{i:05}"), 1000 + i as u64));
         }
         // Two more, one lapsing before all others; then a tie with the oldest left.
-        r.add(&logout(Some("early"), None), 0, 10);
+        r.add(&logout(Some("early"), None, 0), 0, 10);
         assert_eq!(r.sids.len(), MAX_ENTRIES);
         assert!(r.is_revoked(Some("s00000"), "-", 0));
         assert!(!r.is_revoked(Some("early"), "-", 0));
-        r.add(&logout(Some("late"), None), 0, 5000);
+        r.add(&logout(Some("late"), None, 0), 0, 5000);
         assert!(!r.is_revoked(Some("s00000"), "-", 0));
-        r.add(&logout(Some("a-tie"), None), 0, 1001);
+        r.add(&logout(Some("a-tie"), None, 0), 0, 1001);
         assert!(!r.is_revoked(Some("a-tie"), "-", 0), "first in key order");
         assert!(r.is_revoked(Some("s00001"), "-", 0));
         let mut r = Revocations::default();
         for i in 0..=MAX_ENTRIES {
-            r.add(&logout(None, Some(&format!("u{i}"))), i as u64, 10);
+            r.add(
+                &logout(None, Some(&format!("u{i}")), i as u64),
+                i as u64,
+                10,
+            );
         }
         assert_eq!(r.subs.len(), MAX_ENTRIES);
         assert!(!r.is_revoked(None, "u0", 0) && r.is_revoked(None, "u1", 0));
@@ -280,7 +301,7 @@ mod tests {
     #[test]
     fn a_flood_of_one_users_logouts_pushes_out_no_other_users_logout() {
         let mut r = Revocations::default();
-        r.add(&logout(Some("bob-sid"), Some("bob")), 0, 100);
+        r.add(&logout(Some("bob-sid"), Some("bob"), 0), 0, 100);
         for i in 0..3 * MAX_ENTRIES {
             let logout = Logout {
                 sid: Some(format!("mallory-{i}")),
@@ -301,10 +322,22 @@ mod tests {
 
     fn sample() -> Revocations {
         let mut r = Revocations::default();
-        r.add(&logout(Some("sid-1"), Some("alice")), 1_700_000_000, 28_800);
-        r.add(&logout(Some("sid-2"), None), 1_700_000_100, 28_800);
-        r.add(&logout(None, Some("bob")), 1_700_000_200, 28_800);
-        r.add(&logout(None, Some("zoë")), 5, 0);
+        r.add(
+            &logout(Some("sid-1"), Some("alice"), 1_700_000_000),
+            1_700_000_000,
+            28_800,
+        );
+        r.add(
+            &logout(Some("sid-2"), None, 1_700_000_100),
+            1_700_000_100,
+            28_800,
+        );
+        r.add(
+            &logout(None, Some("bob"), 1_700_000_200),
+            1_700_000_200,
+            28_800,
+        );
+        r.add(&logout(None, Some("zoë"), 5), 5, 0);
         r
     }
 
@@ -316,7 +349,11 @@ mod tests {
         assert_eq!(Revocations::default().encode(), [VERSION, 0, 0]);
         assert!(Revocations::decode(&Revocations::default().encode()).is_empty());
         let mut one = Revocations::default();
-        one.add(&logout(Some("sid-1"), None), 1_700_000_000, 28_800);
+        one.add(
+            &logout(Some("sid-1"), None, 1_700_000_000),
+            1_700_000_000,
+            28_800,
+        );
         assert_eq!(one.encode().len(), 3 + 6 + 5);
     }
 

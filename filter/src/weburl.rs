@@ -415,10 +415,11 @@ fn parse_ipv6(s: &str) -> Option<[u16; 8]> {
         Some(())
     }
     let (mut head, mut tail) = (Vec::new(), Vec::new());
-    let compressed = match s.split_once("::") {
-        Some((h, t)) => {
-            groups(h, &mut head, false)?;
-            groups(t, &mut tail, true)?;
+    // A byte search: a `&str` pattern would bring core's two-way searcher into the module for this alone.
+    let compressed = match s.as_bytes().windows(2).position(|w| w == b"::") {
+        Some(i) => {
+            groups(s.get(..i)?, &mut head, false)?;
+            groups(s.get(i + 2..)?, &mut tail, true)?;
             true
         }
         None => {

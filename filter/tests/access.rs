@@ -143,3 +143,35 @@ fn an_unverified_email_names_no_one_and_passes_no_rule() {
         }
     }
 }
+
+/// A rule written with capitals covers the path in any case (a case-insensitive app serves `/Admin` for
+/// `/admin` and `/ADMIN`), and what is not below it stays open.
+#[test]
+fn a_rule_written_with_capitals_covers_the_path_in_any_case() {
+    let mut f = Filter::ready(config(serde_json::json!({
+        "claim_rules": [{"path_prefix": "/Admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
+    })));
+    let (jar, _) = log_in_with(&mut f, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["groups"] = serde_json::json!(["users"]);
+        mint(&c)
+    });
+    for path in [
+        "/Admin",
+        "/admin",
+        "/ADMIN/settings",
+        "/aDmIn/",
+        "/x/../admin",
+        "/admin%2Fx",
+    ] {
+        assert_eq!(
+            respond(f.request(&Req::browser(path).cookies(&jar))).status,
+            403,
+            "{path}"
+        );
+    }
+    for path in ["/", "/administrator", "/reports/admin"] {
+        let fwd = forward(f.request(&Req::browser(path).cookies(&jar)));
+        assert_eq!(fwd.metric, Some(Metric::SessionForwarded), "{path}");
+    }
+}

@@ -1435,6 +1435,62 @@ fn a_rejected_refresh_sends_browsers_to_login_and_apis_401() {
     }
 }
 
+/// A refused refresh leaves the request as it would be without a session: a form post gets the page that
+/// says the session ended, a bypass path and a client's own bearer pass (without identity headers), and
+/// the dead session's cookie is cleared either way.
+#[test]
+fn a_rejected_refresh_answers_as_if_there_were_no_session() {
+    let refuse = |req: Req| {
+        let mut f = ready();
+        let (jar, _) = due_for_refresh(&mut f);
+        let (_, pending) =
+            call(f.request(&req.cookies(&jar).with("x-auth-request-user", "forged")));
+        (
+            f.reply(pending, Some((400, br#"{"error":"invalid_grant"}"#))),
+            f,
+        )
+    };
+    let (step, f) = refuse(Req::browser("/form?id=7").with(":method", "POST"));
+    let r = respond(step);
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("Your session has ended"), "{}", r.body);
+    assert!(r.body.contains("/login?rd=%2Fform%3Fid%3D7"), "{}", r.body);
+    assert_eq!(r.metric, Some(Metric::RefreshFailed));
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| is_clear_of(c, "_oidc_session"))
+    );
+    assert!(f.state.cache.is_empty());
+
+    for req in [
+        Req::browser("/healthz"),
+        Req::api("/api/x").with("authorization", "Bearer client-token"),
+    ] {
+        let (step, f) = refuse(req);
+        let fwd = forward(step);
+        assert!(fwd.authorization.is_none(), "{fwd:?}");
+        assert_eq!(
+            fwd.cookie,
+            Some(None),
+            "the session's cookie is not forwarded"
+        );
+        assert!(
+            fwd.identity
+                .as_ref()
+                .is_some_and(|i| !i.is_empty() && i.iter().all(|(_, v)| v.is_none())),
+            "identity headers removed"
+        );
+        assert_eq!(fwd.metric, Some(Metric::RefreshFailed));
+        assert!(
+            fwd.set_cookies
+                .iter()
+                .any(|c| is_clear_of(c, "_oidc_session"))
+        );
+        assert!(f.state.cache.is_empty());
+    }
+}
+
 #[test]
 fn an_unreachable_idp_during_refresh_keeps_the_still_valid_token() {
     let cases: [Option<(u16, &[u8])>; 3] = [None, Some((503, b"")), Some((200, b"not json"))];
@@ -1447,6 +1503,60 @@ fn an_unreachable_idp_during_refresh_keeps_the_still_valid_token() {
         assert!(fwd.set_cookies.is_empty());
         assert_eq!(fwd.metric, Some(Metric::RefreshFailed));
     }
+}
+
+/// The IdP signs a refreshed ID token with a key this worker has not seen, and the fetch of its keys fails
+/// or brings keys that still lack it: an outage (the still-valid token goes on; once it has expired, 503
+/// with the cookie kept), not a logout.
+#[test]
+fn a_refreshed_token_under_a_key_that_cannot_be_had_is_an_outage_not_a_logout() {
+    let replies: [Option<(u16, &[u8])>; 3] = [None, Some((503, b"")), Some((200, JWKS))];
+    for jwks in replies {
+        let mut f = ready();
+        let (jar, id_token) = due_for_refresh(&mut f);
+        let rotated = mint_with_kid(&refreshed_claims(f.now), "rotated-1");
+        let refreshed = |f: &mut Filter, path: &str| {
+            let (_, pending) = call(f.request(&Req::browser(path).cookies(&jar)));
+            let (c, pending) =
+                call(f.reply(pending, Some((200, &token_body(Some(&rotated), None)))));
+            assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+            f.reply(pending, jwks)
+        };
+        let fwd = forward(refreshed(&mut f, "/"));
+        assert_eq!(bearer(&fwd), format!("Bearer {id_token}"), "{jwks:?}");
+        assert!(fwd.set_cookies.is_empty(), "{jwks:?}");
+        // Past the token's expiry (and the 30 s between fetches for unknown keys).
+        f.now = NOW + 3600;
+        let r = respond(refreshed(&mut f, "/app"));
+        assert_eq!(r.status, 503, "{jwks:?}");
+        assert!(header(&r.headers, "location").is_none(), "{jwks:?}");
+        assert!(
+            set_cookies(&r)
+                .iter()
+                .all(|c| !is_clear_of(c, "_oidc_session")),
+            "{jwks:?}"
+        );
+    }
+}
+
+/// `forward_token: access_token` with an access token of 5 minutes, an ID token of an hour and a margin of
+/// 5 minutes: the margin is cut to half the forwarded token's life, so the session is not renewed on every
+/// request.
+#[test]
+fn a_short_forwarded_access_token_is_renewed_at_half_its_life() {
+    let mut f = Filter::ready(config(
+        json!({"forward_token": "access_token", "refresh_margin": "5m"}),
+    ));
+    let (jar, _) = log_in(&mut f, Some("rt-1"));
+    assert_eq!(f.open_session(&jar).token_expires_at, NOW + 300);
+    f.now = NOW + 149;
+    let fwd = forward(f.request(&Req::browser("/").cookies(&jar)));
+    assert_eq!(bearer(&fwd), "Bearer access-1");
+    f.now = NOW + 150;
+    assert!(matches!(
+        f.request(&Req::browser("/").cookies(&jar)),
+        Step::Call(..)
+    ));
 }
 
 #[test]

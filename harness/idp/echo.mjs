@@ -15,6 +15,10 @@
 //   `data: {"i", "sent_at"}` (Unix ms), the first also with the request's `headers`.
 // - `/upload…`: reads the body as it comes and answers JSON {method, path, headers, bytes, sha256,
 //   headers_at, first_byte_at, end_at} (Unix ms) instead of echoing it.
+//
+// A request carrying `x-echo-record: ID` is logged as its headers arrive, before any body, as a line
+// `{"record": ID, "method", "path", "headers"}` on stdout: what the app was shown of a request the
+// gateway then answered itself.
 
 import { createHash } from 'node:crypto';
 import { createServer } from 'node:http';
@@ -36,6 +40,10 @@ function escapeHtml(s) {
 }
 
 const server = createServer((req, res) => {
+  const record = req.headers['x-echo-record'];
+  if (record) {
+    console.log(JSON.stringify({ record, method: req.method, path: req.url, headers: req.headers }));
+  }
   if (req.url.startsWith('/events')) return events(req, res);
   if (req.url.startsWith('/upload')) return upload(req, res);
   const chunks = [];

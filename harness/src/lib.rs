@@ -975,6 +975,20 @@ impl Stack {
         self.stat_or_zero(&format!("cluster.{cluster}.{name}"))
     }
 
+    /// What the app was shown of the request that carried `x-echo-record: ID` (its method, path and
+    /// headers, logged as they arrived, before any body), once it has arrived.
+    pub fn app_record(&self, id: &str, timeout: Duration) -> Result<Value> {
+        let path = self.dir.join("echo.log");
+        process::poll(timeout, || {
+            let log = process::read_lossy(&path)?;
+            Ok(log
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v["record"] == id))
+        })
+        .with_context(|| format!("the app never saw the request recorded as {id}"))
+    }
+
     /// Envoy's log so far.
     pub fn envoy_log(&self) -> Result<String> {
         self.envoy.log()

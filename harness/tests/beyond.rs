@@ -685,6 +685,71 @@ fn backchannel_logout_from_the_idp_ends_the_session_on_every_worker() {
     assert_eq!(get(&b.cookie(WIKI, WIKI_COOKIE).unwrap()).status, 200);
 }
 
+/// The filter answers a back-channel post once its body is in, but Envoy has sent its headers on to the
+/// app by then: none of a client's credentials reaches the app that way, neither its `Authorization` and
+/// `Cookie` nor identity headers in any spelling.
+#[test]
+fn a_backchannel_post_shows_the_app_no_credential() {
+    use std::io::{Read as _, Write as _};
+    let port = site("multi").port;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let id = format!("backchannel-{}", std::process::id());
+    // The body is held back, so the request is still open when the app sees its headers.
+    write!(
+        conn,
+        "POST {BACKCHANNEL} HTTP/1.1\r\nhost: {WIKI}:{port}\r\n\
+         content-type: application/x-www-form-urlencoded\r\ntransfer-encoding: chunked\r\n\
+         x-echo-record: {id}\r\nauthorization: Bearer forged\r\ncookie: {WIKI_COOKIE}=forged; a=1\r\n\
+         x-auth-request-user: admin\r\nx_auth_request_user: admin\r\n\
+         X_Auth_Request_Email: admin@example.com\r\nx_auth-request_groups: admins\r\n\r\n\
+         5\r\nnothi\r\n"
+    )
+    .unwrap();
+    let seen = stack().app_record(&id, Duration::from_secs(10)).unwrap();
+    let h = &seen["headers"];
+    assert_eq!(seen["path"], BACKCHANNEL, "{seen}");
+    for name in IDENTITY_HEADERS.iter().chain(&["authorization", "cookie"]) {
+        assert!(h.get(name).is_none(), "{name} reached the app: {h}");
+    }
+    assert_no_other_spellings(h);
+    // The filter answers the post itself (it holds no logout token).
+    write!(conn, "7\r\nng=here\r\n0\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 400", "{}", String::from_utf8_lossy(&head));
+}
+
+/// An HTTP/2 back-channel post whose body ends with trailers: were the trailers let through, Envoy would
+/// send on the body the filter holds, unread, and the app would answer. The filter refuses it (no IdP
+/// sends trailers).
+#[test]
+fn a_backchannel_post_with_trailers_is_refused() {
+    let port = site("multi").port;
+    let file = stack().dir().join("backchannel-trailers.txt");
+    std::fs::write(&file, "logout_token=a.b.c").unwrap();
+    let out = std::process::Command::new("nghttp")
+        .args(["-v", "-H", &format!(":authority: {WIKI}:{port}")])
+        .args(["-H", "content-type: application/x-www-form-urlencoded"])
+        .args(["--trailer", "x-trailer: 1", "-d"])
+        .arg(&file)
+        .arg(format!("http://127.0.0.1:{port}{BACKCHANNEL}"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("send HEADERS frame") && out.contains("x-trailer: 1"),
+        "{out}"
+    );
+    let status: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("] recv (stream_id=") && l.contains(") :status: "))
+        .collect();
+    assert_eq!(status.len(), 1, "{out}");
+    assert!(status[0].ends_with(":status: 400"), "{out}");
+}
+
 #[test]
 fn the_backchannel_endpoint_refuses_what_is_not_a_valid_logout_token() {
     let b = Browser::new();
