@@ -473,11 +473,16 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
         ForwardToken::AccessToken => session.access_token.as_ref().unwrap_or(&session.id_token),
     };
     let bearer = Rc::new(Secret::new(format!("Bearer {}", token.expose())));
-    let (claims, sid, iat) = token_facts(cfg, &session.id_token);
+    let (claims, sid, iat, exp) = token_facts(cfg, &session.id_token);
     // A margin as long as the token's life would renew on every request: at most half of that life (the
     // forwarded token's; with `access_token_header`, until the first of the two tokens is due; unknown
-    // without an `iat`).
-    let life = session.token_expires_at.saturating_sub(iat);
+    // without an `iat`). When the ID token goes upstream, the session's expiry is that token's `exp`: the
+    // later of the two counts, so a session sealed with an earlier expiry still has the token's life.
+    let due = match cfg.forward_token {
+        ForwardToken::IdToken if !cfg.passes_access_token() => exp.max(session.token_expires_at),
+        _ => session.token_expires_at,
+    };
+    let life = due.saturating_sub(iat);
     let refresh_margin = cfg.refresh_margin.min(life / 2);
     let identity = Rc::new(
         cfg.identity_headers
@@ -1603,7 +1608,7 @@ fn new_session(
 /// The claims that rules and identity headers read, from the session's ID token. The token was verified
 /// before it was sealed and the cookie is authenticated, so its payload is trusted without a signature check;
 /// reading it here (once per opened cookie) keeps the cookie from carrying the claims twice.
-fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>, u64) {
+fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>, u64, u64) {
     let all = token_payload(id_token).unwrap_or_default();
     // An address the IdP says is not the user's (not yet confirmed) names no one: no header, no rule
     // passes on it. (An IdP that sends no `email_verified` vouches for its addresses.)
@@ -1620,12 +1625,13 @@ fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>
         .collect();
     let sid = all.get("sid").and_then(|v| v.as_str()).map(str::to_string);
     // As the ID token's check read it: a NumericDate may carry a fraction.
-    let iat = all
-        .get("iat")
-        .and_then(json::Value::as_number)
-        .and_then(json::Number::floor_u64)
-        .unwrap_or(0);
-    (kept, sid, iat)
+    let date = |name: &str| {
+        all.get(name)
+            .and_then(json::Value::as_number)
+            .and_then(json::Number::floor_u64)
+            .unwrap_or(0)
+    };
+    (kept, sid, date("iat"), date("exp"))
 }
 
 /// The claims of a sealed session's ID token (verified before it was sealed), unchecked.

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 /// Every export of the filter module: the memory, the reactor entry, the ABI version, the allocator the
 /// host returns data through, and the callbacks the filter handles.
-pub const EXPORTS: [&str; 11] = [
+pub const EXPORTS: [&str; 12] = [
     "memory",
     "_initialize",
     "proxy_abi_version_0_2_1",
@@ -21,6 +21,8 @@ pub const EXPORTS: [&str; 11] = [
     "proxy_on_tick",
     "proxy_on_request_headers",
     "proxy_on_request_body",
+    // Entered only for a request that has trailers.
+    "proxy_on_request_trailers",
     "proxy_on_response_headers",
     "proxy_on_http_call_response",
 ];
