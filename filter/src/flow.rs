@@ -1496,14 +1496,19 @@ pub fn adopt_renewal(
     })
 }
 
+/// The session another request on this worker renewed while `job` waited: cached under the same cookie,
+/// with another token (not the same session opened again after the cache was emptied), still valid.
+fn renewed_meanwhile(state: &State, job: &RefreshJob, now: u64) -> Option<Rc<Cached>> {
+    state.cache.get(&job.cache_key).filter(|c| {
+        c.bearer.expose() != job.session.bearer.expose() && now < c.session.token_expires_at
+    })
+}
+
 /// The renewal this request waited for failed or never finished. Why is not known here (the IdP down, or
 /// the refresh token refused): fail closed but keep the cookie, as for an outage. If the session is over,
 /// the next request's own refresh finds out; a waiting request must not log out a user over an outage.
 pub fn renewal_failed(cfg: &Config, state: &mut State, job: RefreshJob, now: u64) -> Step {
-    if let Some(c) = state.cache.get(&job.cache_key)
-        && !Rc::ptr_eq(&c, &job.session)
-        && now < c.session.token_expires_at
-    {
+    if renewed_meanwhile(state, &job, now).is_some() {
         // Renewed on this worker meanwhile: `refresh_failed` forwards that renewal.
         return refresh_failed(cfg, state, &job, now, String::new());
     }
@@ -1529,10 +1534,7 @@ fn refresh_failed(
 ) -> Step {
     // Another request on this worker renewed the same session while this one waited (an IdP that rotates
     // refresh tokens refuses every later use of the old one): that renewal stands, not a logout.
-    if let Some(c) = state.cache.get(&job.cache_key)
-        && !Rc::ptr_eq(&c, &job.session)
-        && now < c.session.token_expires_at
-    {
+    if let Some(c) = renewed_meanwhile(state, job, now) {
         if denied(cfg, &c, &job.target) {
             return with_cookies(forbidden(cfg, job.browser, &c), c.renewed_cookies.clone());
         }

@@ -1491,6 +1491,22 @@ fn a_rejected_refresh_answers_as_if_there_were_no_session() {
     }
 }
 
+/// The worker's session cache emptied (it holds at most 1,024) while a refresh was out, and the same cookie
+/// opened again by another request: that is the same session, not a renewal, so a refused refresh still
+/// ends it.
+#[test]
+fn a_refused_refresh_ends_the_session_though_the_cache_was_emptied_meanwhile() {
+    let mut f = ready();
+    let (jar, _) = due_for_refresh(&mut f);
+    let (_, pending) = call(f.request(&Req::browser("/").cookies(&jar)));
+    f.state.cache = Default::default();
+    let _ = f.request(&Req::browser("/").cookies(&jar));
+    assert_eq!(f.state.cache.len(), 1);
+    let r = respond(f.reply(pending, Some((400, br#"{"error":"invalid_grant"}"#))));
+    assert_eq!(r.status, 302, "{r:?}");
+    assert_eq!(r.metric, Some(Metric::RefreshFailed));
+}
+
 #[test]
 fn an_unreachable_idp_during_refresh_keeps_the_still_valid_token() {
     let cases: [Option<(u16, &[u8])>; 3] = [None, Some((503, b"")), Some((200, b"not json"))];
