@@ -55,6 +55,13 @@ pub fn parse_access(v: &Value) -> Result<Vec<Access>, String> {
             .get("rule")
             .ok_or_else(|| format!("entry {i}: `rule` is required"))?;
         let rule = parse_rule(rule, 0).map_err(|e| format!("entry {i}: {e}"))?;
+        // Only the first of two rules for one prefix would ever be asked.
+        if out
+            .iter()
+            .any(|a: &Access| a.path_prefix.eq_ignore_ascii_case(&path_prefix))
+        {
+            return Err(format!("entry {i}: another entry has this path_prefix"));
+        }
         out.push(Access { path_prefix, rule });
     }
     // Most specific prefix first, so `/admin` rules win over `/` rules.

@@ -716,6 +716,17 @@ impl Plugin {
                 merged.remove("idp_cluster");
             }
             for (name, value) in entry {
+                // An entry that sets where a secret comes from replaces the other way the top level gave.
+                let paired = match name.as_str() {
+                    "client_secret" => "client_secret_env",
+                    "client_secret_env" => "client_secret",
+                    "cookie_keys" => "cookie_keys_env",
+                    "cookie_keys_env" => "cookie_keys",
+                    _ => "",
+                };
+                if !value.is_null() {
+                    merged.remove(paired);
+                }
                 merged.insert(name, value);
             }
             let mut site = Config::from_object(merged, env).map_err(at_redirect)?;
@@ -845,8 +856,8 @@ fn pattern_score(p: &str, host: &str) -> Option<usize> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadAuthority;
 
-/// The lowercase host of `host[:port]` (an IPv6 address keeps its brackets), without a trailing dot;
-/// `None` unless the authority is exactly that: a name of letters, digits, `-`, `.` and `_`, or a
+/// The lowercase host of `host[:port]` (an IPv6 address keeps its brackets); `None` unless the authority
+/// is exactly that: a name of letters, digits, `-`, `.` and `_` that does not end with a dot, or a
 /// bracketed address, then at most one `:` and up to five digits.
 fn host_of(authority: &str) -> Option<String> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
@@ -877,7 +888,13 @@ fn host_of(authority: &str) -> Option<String> {
     } else if !port.is_empty() {
         return None;
     }
-    Some(host.trim_end_matches('.').to_ascii_lowercase())
+    // A trailing dot is refused, not trimmed: Envoy routes `grafana.example.com.` as that name only with
+    // `strip_trailing_host_dot` (off in Istio), so it may reach another virtual host than the site it
+    // would be judged as.
+    if host.ends_with('.') {
+        return None;
+    }
+    Some(host.to_ascii_lowercase())
 }
 
 /// A `hosts` entry's `redirect_uri` (set or inherited) must name a host the entry serves, or one its
@@ -1248,10 +1265,9 @@ fn settable(h: &str) -> bool {
     ]
     .contains(&h)
         || h.starts_with("x-envoy-");
-    !h.is_empty()
-        && !reserved
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    // No `_`: a client's copy spelled with `-` would pass (the filter removes `_` spellings of `-` names),
+    // and CGI-style servers read the two as one.
+    !h.is_empty() && !reserved && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// `identity_headers` (lower-cased names), or the defaults.
@@ -1269,8 +1285,8 @@ fn identity_headers_from(
             .map(|(h, c)| (h.to_ascii_lowercase(), c))
             .collect(),
     };
-    for (h, c) in &identity_headers {
-        if !settable(h) {
+    for (i, (h, c)) in identity_headers.iter().enumerate() {
+        if !settable(h) || identity_headers[..i].iter().any(|(g, _)| g == h) {
             return Err(err(
                 "identity_headers",
                 format!("`{h}` cannot carry a claim"),
@@ -1290,11 +1306,11 @@ fn path(field: &str, v: Option<String>, default: &str) -> Result<String, ConfigE
     // filter's HTML pages.
     let plain = p
         .bytes()
-        .all(|b| (0x21..0x7f).contains(&b) && !b"?#%\"'<>\\".contains(&b));
+        .all(|b| (0x21..0x7f).contains(&b) && !b"?#%\"'<>\\;".contains(&b));
     if !p.starts_with('/') || p.starts_with("//") || !plain {
         return Err(err(
             field,
-            "must be an absolute path like `/login`, without query, spaces, quotes, `<`, `>` or `\\`",
+            "must be an absolute path like `/login`, without query, spaces, quotes, `;`, `<`, `>` or `\\`",
         ));
     }
     Ok(p)
@@ -1530,6 +1546,61 @@ mod tests {
         }
         // The whole site: fine for a rule (a bypass would cover the filter's own paths).
         parse(&with("claim_rules", rule("/"))).unwrap();
+    }
+
+    /// Header names with `_`, or twice in another case, and two claim rules for one prefix: each would
+    /// leave something unchecked (a client's `-` spelling passes; one of the two is never asked), so each
+    /// is refused, naming the field. So is a filter path with `;`, which the login cookie's `Path` cannot
+    /// carry.
+    #[test]
+    fn names_and_prefixes_that_would_leave_something_unchecked_are_refused() {
+        for headers in [
+            serde_json::json!({"x_remote_user": "sub"}),
+            serde_json::json!({"X-User": "sub", "x-user": "email"}),
+        ] {
+            let e = parse(&with("identity_headers", headers.clone())).unwrap_err();
+            assert_eq!(e.field, "identity_headers", "{headers}");
+        }
+        let e = parse(&with("access_token_header", serde_json::json!("x_token"))).unwrap_err();
+        assert_eq!(e.field, "access_token_header");
+        let rule = serde_json::json!({"claim": "sub", "equals": "x"});
+        for rules in [
+            serde_json::json!([{"path_prefix": "/admin", "rule": rule}, {"path_prefix": "/admin", "rule": rule}]),
+            serde_json::json!([{"path_prefix": "/Admin", "rule": rule}, {"path_prefix": "/admin", "rule": rule}]),
+            serde_json::json!([{"rule": rule}, {"path_prefix": "/", "rule": rule}]),
+        ] {
+            let e = parse(&with("claim_rules", rules.clone())).unwrap_err();
+            assert_eq!(e.field, "claim_rules", "{rules}");
+        }
+        let e = parse(&with("callback_path", serde_json::json!("/cb;v2"))).unwrap_err();
+        assert_eq!(e.field, "callback_path");
+    }
+
+    /// An entry that takes its secret or cookie keys from elsewhere than the top level replaces the
+    /// top level's way: it does not have both.
+    #[test]
+    fn an_entry_may_take_its_secret_from_another_source_than_the_top_level() {
+        let json = serde_json::json!({
+            "issuer": "https://idp.example.com",
+            "client_id": "corp",
+            "client_secret": "top-secret",
+            "cookie_keys": [KEY],
+            "hosts": [{
+                "hosts": ["grafana.example.com"],
+                "client_id": "grafana",
+                "client_secret_env": "GRAFANA_SECRET",
+                "cookie_keys_env": "GRAFANA_KEYS",
+            }],
+        })
+        .to_string();
+        let env = |name: &str| match name {
+            "GRAFANA_SECRET" => Some("grafana-secret".to_string()),
+            "GRAFANA_KEYS" => Some(KEY.to_string()),
+            _ => None,
+        };
+        let p = Plugin::parse(json.as_bytes(), &env).unwrap();
+        assert_eq!(p.sites[0].client_secret.expose(), "top-secret");
+        assert_eq!(p.sites[1].client_secret.expose(), "grafana-secret");
     }
 
     #[test]
@@ -1849,7 +1920,6 @@ mod tests {
         assert_eq!(p.sites.len(), 3);
         assert_eq!(p.site_for("grafana.example.com:443"), Ok(Some(1)));
         assert_eq!(p.site_for("GRAFANA.example.com"), Ok(Some(1)));
-        assert_eq!(p.site_for("grafana.example.com."), Ok(Some(1)));
         assert_eq!(p.site_for("a.partners.example.com"), Ok(Some(2)));
         assert_eq!(p.site_for("partners.example.com"), Ok(Some(2)));
         assert_eq!(p.site_for("evilpartners.example.com"), Ok(None));
@@ -1859,6 +1929,8 @@ mod tests {
         // while a looser reading would judge it as another host: no site at all.
         for bad in [
             "grafana.example.com:1:2",
+            "grafana.example.com.",
+            "grafana.example.com..:443",
             "grafana.example.com:",
             "grafana.example.com:443x",
             "grafana.example.com:123456",

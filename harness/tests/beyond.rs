@@ -287,25 +287,20 @@ fn hosts_match_exactly_or_by_wildcard_and_the_rest_get_the_configured_default() 
 
     // `*.apps.localhost` covers names under it, not itself nor look-alikes: those are unmatched,
     // and this site's default is its top-level client.
-    for host in [
-        "apps.localhost",
-        "evilapps.localhost",
-        OTHER,
-        "WIKI.localhost.",
-    ] {
+    for host in ["apps.localhost", "evilapps.localhost", OTHER] {
         let auth = authorization_url(&Browser::new(), &at(host, "/"));
         assert!(
             auth.starts_with(&format!("{}/auth?", issuer(0))),
             "{host}: {auth}"
         );
         let client = query_param(&auth, "client_id");
-        let expected = if host.eq_ignore_ascii_case("wiki.localhost.") {
-            "wiki"
-        } else {
-            "multi"
-        };
-        assert_eq!(client.as_deref(), Some(expected), "{host}");
+        assert_eq!(client.as_deref(), Some("multi"), "{host}");
     }
+    // A name with a trailing dot is refused: Envoy routes it as the name without the dot only with
+    // `strip_trailing_host_dot` (off in Istio), so it could reach another virtual host than the site
+    // that would judge it.
+    let r = Browser::new().get(&at("WIKI.localhost.", "/")).unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
 
     // unmatched_hosts: deny.
     let (denied, passed) = (

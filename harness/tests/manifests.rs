@@ -1367,6 +1367,28 @@ fn compact_json_check() {
     assert_eq!(duration_ms("5"), None);
 }
 
+/// setup.sh writes `APP_PORT` into the kind realm's redirect URIs by replacing `app.localhost:8080`: the
+/// realm names the app with that port wherever it names it, or a login on another port would meet
+/// Keycloak's "Invalid parameter: redirect_uri".
+#[test]
+fn the_kind_realm_names_the_app_as_setup_sh_rewrites_it() {
+    let realm = fs::read_to_string(wasmplugin_dir().join("kind/realm.json")).unwrap();
+    let script = fs::read_to_string(wasmplugin_dir().join("kind/setup.sh")).unwrap();
+    assert!(
+        script.contains(r#"-e "s/app\.localhost:8080/app.localhost:$APP_PORT/g""#),
+        "setup.sh no longer rewrites the realm's app port"
+    );
+    let named: Vec<&str> = realm
+        .match_indices("app.localhost")
+        .map(|(i, _)| &realm[i..(i + 18).min(realm.len())])
+        .collect();
+    assert!(named.len() >= 2, "{named:?}");
+    assert!(
+        named.iter().all(|n| *n == "app.localhost:8080"),
+        "{named:?}"
+    );
+}
+
 /// The kind script is not run here (no Docker), but it parses and lints clean.
 #[test]
 fn setup_script_lints() {

@@ -100,7 +100,9 @@ up() {
     "${KUBECTL[@]}" -n istio-ingress create secret generic oidc-filter \
       --from-literal=client-secret="$client_secret" --from-literal=cookie-keys="$cookie_key"
   fi
-  sed "s/@CLIENT_SECRET@/$client_secret/" "$KIND_DIR/realm.json" >"$STATE/realm.json"
+  # The client's redirect URIs name the port the browser reaches the gateway on.
+  sed -e "s/@CLIENT_SECRET@/$client_secret/" -e "s/app\.localhost:8080/app.localhost:$APP_PORT/g" \
+    "$KIND_DIR/realm.json" >"$STATE/realm.json"
   "${KUBECTL[@]}" -n keycloak create configmap keycloak-realm --from-file=demo.json="$STATE/realm.json" \
     --dry-run=client -o yaml | "${KUBECTL[@]}" apply -f -
 
