@@ -897,9 +897,9 @@ fn host_of(authority: &str) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
-/// A `hosts` entry's `redirect_uri` (set or inherited) must name a host the entry serves, or one its
-/// `cookie_domain` covers: the login-attempt cookie is set for the host that starts the login (with the
-/// site's `Domain` when it has one), so on any other host the IdP's redirect back arrives without it.
+/// A `hosts` entry's `redirect_uri` (set or inherited): the login-attempt cookie is set for the host that
+/// starts the login (with the site's `Domain` when it has one), so every host of the entry must be the
+/// redirect's host or lie within its `cookie_domain`, or the IdP's redirect back arrives without it.
 fn redirect_host_served(site: &Config, hosts: &[String]) -> Result<(), ConfigError> {
     let Some(url) = site
         .redirect_uri
@@ -908,27 +908,34 @@ fn redirect_host_served(site: &Config, hosts: &[String]) -> Result<(), ConfigErr
     else {
         return Ok(());
     };
-    let host = url.host().trim_end_matches('.');
-    let by_pattern = hosts.iter().any(|p| pattern_score(p, host).is_some());
-    let by_domain = site.cookie.domain.as_deref().is_some_and(|d| {
-        let d = d.trim_matches('.').to_ascii_lowercase();
-        !d.is_empty()
-            && (host == d
-                || host
-                    .strip_suffix(d.as_str())
-                    .is_some_and(|sub| sub.ends_with('.')))
-    });
-    if by_pattern || by_domain {
+    let host = url.host();
+    let domain = site
+        .cookie
+        .domain
+        .as_deref()
+        .map(|d| d.trim_matches('.').to_ascii_lowercase())
+        .filter(|d| !d.is_empty());
+    let within = |name: &str| {
+        domain.as_deref().is_some_and(|d| {
+            name == d || name.strip_suffix(d).is_some_and(|sub| sub.ends_with('.'))
+        })
+    };
+    if hosts
+        .iter()
+        .all(|p| p == host || within(p.strip_prefix("*.").unwrap_or(p)))
+        && (hosts.iter().any(|p| p == host) || within(host))
+    {
         return Ok(());
     }
     Err(err(
         "redirect_uri",
         format!(
-            "its host `{host}` is not among this entry's hosts ({}){}: the login cookie is set for the host \
-             that starts the login, so the IdP's redirect to `{host}` would always fail with a state mismatch",
+            "its host `{host}` is not among this entry's hosts ({}) or they are not all within it{}: the \
+             login cookie is set for the host that starts the login, so the IdP's redirect to `{host}` would \
+             fail with a state mismatch",
             crate::headers::join(hosts.iter().map(String::as_str), ", "),
             match &site.cookie.domain {
-                Some(d) => format!(" nor covered by cookie_domain `{d}`"),
+                Some(d) => format!(" nor within cookie_domain `{d}`"),
                 None => String::new(),
             }
         ),
@@ -2273,56 +2280,37 @@ mod tests {
             let mut v = json!({"cookie_keys": [KEY], "client_secret": "s", "client_id": "app",
                 "issuer": "https://idp.example.com"});
             for (k, x) in top.as_object().unwrap() {
-                v[k] = x.clone();
+                // `null`: the top level leaves the field out.
+                if x.is_null() {
+                    v.as_object_mut().unwrap().remove(k);
+                } else {
+                    v[k] = x.clone();
+                }
             }
             v["hosts"] = entries;
             Plugin::parse(v.to_string().as_bytes(), &no_env)
         };
         // Each entry's own redirect_uri sets its callback_path; an inherited one is checked per entry.
         let p = plugin(
-            json!({"redirect_uri": "https://app.example.com/top/cb"}),
+            json!({"issuer": null, "redirect_uri": "https://app.example.com/top/cb",
+                "cookie_domain": "example.com"}),
             json!([
-                {"hosts": ["grafana.example.com"], "redirect_uri": "https://grafana.example.com/g/cb"},
-                {"hosts": ["*.example.com"]},
+                {"hosts": ["grafana.example.com"], "issuer": "https://idp.example.com",
+                    "redirect_uri": "https://grafana.example.com/g/cb"},
+                {"hosts": ["app.example.com", "*.apps.example.com"], "issuer": "https://idp.example.com"},
             ]),
         )
         .unwrap();
-        assert_eq!(p.sites[0].callback_path, "/top/cb");
-        assert_eq!(p.sites[1].callback_path, "/g/cb");
-        assert_eq!(
-            p.sites[2].callback_path, "/top/cb",
-            "inherited, host matched by `*.example.com`"
-        );
-
-        // Inherited redirect_uri whose path differs from the entry's callback_path.
+        assert_eq!(p.sites[0].callback_path, "/g/cb");
+        assert_eq!(p.sites[1].callback_path, "/top/cb", "inherited");
+        // A login started on a host of the entry other than the redirect's, outside cookie_domain, sets
+        // its cookie where the redirect back does not go.
         let e = plugin(
             json!({"redirect_uri": "https://app.example.com/top/cb"}),
-            json!([{"hosts": ["app.example.com"], "callback_path": "/cb"}]),
+            json!([{"hosts": ["*.example.com"]}]),
         )
         .unwrap_err();
-        assert_eq!(e.field, "hosts[0].redirect_uri");
-        assert!(
-            e.reason.contains("`/top/cb`") && e.reason.contains("`/cb`"),
-            "{e}"
-        );
-        assert!(
-            e.reason
-                .contains("`redirect_uri` inherited from the top level"),
-            "{e}"
-        );
-        // The entry's redirect_uri against an inherited callback_path.
-        let e = plugin(
-            json!({"callback_path": "/cb"}),
-            json!([{"hosts": ["app.example.com"], "redirect_uri": "https://app.example.com/other"}]),
-        )
-        .unwrap_err();
-        assert_eq!(e.field, "hosts[0].redirect_uri");
-        assert!(
-            e.reason
-                .contains("`callback_path` inherited from the top level"),
-            "{e}"
-        );
-
+        assert_eq!(e.field, "hosts[0].redirect_uri", "{e}");
         // A redirect_uri on a host the entry does not serve: the login cookie never reaches it.
         let e = plugin(
             json!({"redirect_uri": "https://app.example.com/cb"}),
@@ -2349,17 +2337,18 @@ mod tests {
             "a wildcard covers subdomains only: {e}"
         );
         assert!(!e.reason.contains("inherited"), "{e}");
-        // ... unless cookie_domain covers it: the login cookie is set with it.
+        // An entry whose other hosts lie within cookie_domain: the login cookie is set with it.
         for (domain, ok) in [
             ("example.com", true),
             (".Example.com", true),
-            ("app.example.com", true),
+            ("app.example.com", false),
             ("other.example.com", false),
             ("ample.com", false),
         ] {
             let r = plugin(
-                json!({"redirect_uri": "https://app.example.com/cb", "cookie_domain": domain}),
-                json!([{"hosts": ["grafana.example.com"]}]),
+                json!({"cookie_domain": domain}),
+                json!([{"hosts": ["grafana.example.com", "app.example.com"],
+                    "redirect_uri": "https://app.example.com/cb"}]),
             );
             assert_eq!(r.is_ok(), ok, "{domain}: {r:?}");
             if let Err(e) = r {
