@@ -726,6 +726,15 @@ impl Plugin {
                 };
                 if !value.is_null() {
                     merged.remove(paired);
+                } else if name == "claim_rules"
+                    && top.get("claim_rules").is_some_and(|v| !v.is_null())
+                {
+                    // `null` unsets a field; here it would silently drop the access rules (a template that
+                    // renders an unset value as `null` does that).
+                    return Err(at(err(
+                        "claim_rules",
+                        "`null` would drop the inherited rules: leave it out to inherit them, or give `[]`",
+                    )));
                 }
                 merged.insert(name, value);
             }
@@ -1581,6 +1590,43 @@ mod tests {
         }
         let e = parse(&with("callback_path", serde_json::json!("/cb;v2"))).unwrap_err();
         assert_eq!(e.field, "callback_path");
+    }
+
+    /// `null` in an entry unsets a field, but not the access rules it would inherit: that is refused.
+    #[test]
+    fn an_entry_cannot_drop_inherited_claim_rules_with_null() {
+        let rules = serde_json::json!([{"rule": {"claim": "groups", "contains_any": ["admins"]}}]);
+        let json = |entry: serde_json::Value| {
+            serde_json::json!({
+                "issuer": "https://idp.example.com", "client_id": "corp", "client_secret": "s",
+                "cookie_keys": [KEY], "claim_rules": rules, "cookie_domain": "example.com",
+                "hosts": [entry],
+            })
+            .to_string()
+        };
+        let e = Plugin::parse(
+            json(serde_json::json!({"hosts": ["a.example.com"], "claim_rules": null})).as_bytes(),
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "hosts[0].claim_rules");
+        for entry in [
+            serde_json::json!({"hosts": ["a.example.com"]}),
+            serde_json::json!({"hosts": ["a.example.com"], "claim_rules": []}),
+        ] {
+            let p = Plugin::parse(json(entry.clone()).as_bytes(), &no_env).unwrap();
+            assert_eq!(
+                p.sites[1].access.len(),
+                usize::from(entry.get("claim_rules").is_none())
+            );
+        }
+        // Other fields: `null` unsets (here the inherited cookie_domain).
+        let p = Plugin::parse(
+            json(serde_json::json!({"hosts": ["a.example.com"], "cookie_domain": null})).as_bytes(),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(p.sites[1].cookie.domain, None);
     }
 
     /// An entry that takes its secret or cookie keys from elsewhere than the top level replaces the
