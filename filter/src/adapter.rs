@@ -702,11 +702,7 @@ impl Http {
     /// request on unchecked.
     pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if !self.reading_body {
-            let parked = self
-                .set_cookies
-                .as_ref()
-                .is_some_and(|c| Rc::strong_count(c) > 1);
-            return if self.held.is_some() || self.pending.is_some() || parked {
+            return if self.paused() {
                 Action::Watermark
             } else {
                 Action::Continue
@@ -726,12 +722,28 @@ impl Http {
         self.backchannel_logout(&body)
     }
 
+    /// True while the request waits: held, waiting for a callout, or parked (the root context, which
+    /// resumes it, holds a second reference to its `Set-Cookie` list).
+    fn paused(&self) -> bool {
+        self.held.is_some()
+            || self.pending.is_some()
+            || self
+                .set_cookies
+                .as_ref()
+                .is_some_and(|c| Rc::strong_count(c) > 1)
+    }
+
     /// The request's trailers. A back-channel logout's body that ends with trailers is refused (no IdP
     /// sends one): passing them would make Envoy send the body this filter holds on to the app, unread.
-    /// Any other request's pass: one the filter holds never gets here, as Envoy stops all its frames.
+    /// A request that waits keeps its trailers waiting too: Envoy hands them over when the plugin sets
+    /// `allow_on_headers_stop_iteration`, and a `Continue` would then send the request on unchecked.
     pub fn on_request_trailers(&mut self) -> Action {
         if !self.reading_body {
-            return Action::Continue;
+            return if self.paused() {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
         }
         self.reading_body = false;
         respond(400, &[("cache-control", "no-store")], b"");

@@ -715,25 +715,32 @@ impl Plugin {
             if other_idp {
                 merged.remove("idp_cluster");
             }
-            for (name, value) in entry {
-                // An entry that sets where a secret comes from replaces the other way the top level gave.
-                let paired = match name.as_str() {
-                    "client_secret" => "client_secret_env",
-                    "client_secret_env" => "client_secret",
-                    "cookie_keys" => "cookie_keys_env",
-                    "cookie_keys_env" => "cookie_keys",
-                    _ => "",
-                };
-                if !value.is_null() {
+            // An entry that sets where a secret comes from (and not the other way too) replaces the other
+            // way the top level gave.
+            for (field, paired) in [
+                ("client_secret", "client_secret_env"),
+                ("client_secret_env", "client_secret"),
+                ("cookie_keys", "cookie_keys_env"),
+                ("cookie_keys_env", "cookie_keys"),
+            ] {
+                if entry.get(field).is_some_and(|v| !v.is_null()) && !entry.contains_key(paired) {
                     merged.remove(paired);
-                } else if name == "claim_rules"
-                    && top.get("claim_rules").is_some_and(|v| !v.is_null())
+                }
+            }
+            for (name, value) in entry {
+                // `null` unsets a field; for these it would silently drop what the top level protects
+                // (its access rules; the headers it sets and strips, so a client's copy would pass), as a
+                // template that renders an unset value as `null` does.
+                if value.is_null()
+                    && matches!(
+                        name.as_str(),
+                        "claim_rules" | "identity_headers" | "access_token_header"
+                    )
+                    && top.get(&name).is_some_and(|v| !v.is_null())
                 {
-                    // `null` unsets a field; here it would silently drop the access rules (a template that
-                    // renders an unset value as `null` does that).
                     return Err(at(err(
-                        "claim_rules",
-                        "`null` would drop the inherited rules: leave it out to inherit them, or give `[]`",
+                        &name,
+                        "`null` would drop what the top level sets: leave it out to inherit it",
                     )));
                 }
                 merged.insert(name, value);
@@ -1592,7 +1599,7 @@ mod tests {
         assert_eq!(e.field, "callback_path");
     }
 
-    /// `null` in an entry unsets a field, but not the access rules it would inherit: that is refused.
+    /// `null` in an entry unsets a field, but not the access rules or headers it would inherit: refused.
     #[test]
     fn an_entry_cannot_drop_inherited_claim_rules_with_null() {
         let rules = serde_json::json!([{"rule": {"claim": "groups", "contains_any": ["admins"]}}]);
@@ -1610,6 +1617,20 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "hosts[0].claim_rules");
+        let mut top: serde_json::Value =
+            serde_json::from_str(&json(serde_json::json!({}))).unwrap();
+        top["identity_headers"] = serde_json::json!({"x-remote-user": "sub"});
+        top["access_token_header"] = serde_json::json!("x-access-token");
+        for field in ["identity_headers", "access_token_header"] {
+            top["hosts"] = serde_json::json!([{"hosts": ["a.example.com"], field: null}]);
+            let e = Plugin::parse(top.to_string().as_bytes(), &no_env).unwrap_err();
+            assert_eq!(e.field, format!("hosts[0].{field}"));
+        }
+        // Both ways for one secret in one entry: refused as at the top level, not one dropped.
+        top["hosts"] = serde_json::json!([{"hosts": ["a.example.com"], "client_secret": "x",
+            "client_secret_env": "X"}]);
+        let e = Plugin::parse(top.to_string().as_bytes(), &no_env).unwrap_err();
+        assert_eq!(e.field, "hosts[0].client_secret");
         for entry in [
             serde_json::json!({"hosts": ["a.example.com"]}),
             serde_json::json!({"hosts": ["a.example.com"], "claim_rules": []}),

@@ -845,6 +845,51 @@ fn large_upload_held_by_a_slow_refresh_arrives_whole_when_envoy_hands_over_pause
     upload_held_by_a_slow_refresh(STOP_ITER);
 }
 
+/// An HTTP/2 request with trailers on an expired session, where Envoy hands the filter a paused request's
+/// frames (`allow_on_headers_stop_iteration`): the trailers wait with the request while the IdP takes its
+/// time over the refresh, and the request goes up renewed, with the new token and without the filter's
+/// cookie (it went up at its trailers, as the client sent it, when the filter let them pass).
+#[test]
+fn trailers_of_a_request_waiting_for_its_refresh_wait_with_it_when_envoy_hands_them_over() {
+    let b = {
+        let _idp = idp_hold::shared();
+        logged_in(STOP_ITER)
+    };
+    let cookie = resealed_expiring_at(&b, unix_ms() / 1000 - 1);
+    let _idp = idp_hold::exclusive();
+    // Not within the login's second: the IdP would hand out the same ID token again.
+    std::thread::sleep(Duration::from_millis(1100));
+    let file = stack().dir().join(format!("{}.txt", unique("trailers")));
+    std::fs::write(&file, "hello").unwrap();
+    let slow = stack().idp_proxy().fault(SLOW_IDP);
+    let out = std::process::Command::new("nghttp")
+        .args(["-v", "-H", "accept: application/json"])
+        .args(["-H", &format!("cookie: {cookie}")])
+        .args(["--trailer", "x-trailer: 1", "-d"])
+        .arg(&file)
+        .arg(url(STOP_ITER, &unique("/trailers")))
+        .output()
+        .unwrap();
+    drop(slow);
+    let _ = std::fs::remove_file(&file);
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("x-trailer: 1"), "{out}");
+    assert_eq!(received(&out, ":status"), ["200"], "{out}");
+    let echo = echoed_json(&out);
+    let auth = echo["headers"]["authorization"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        auth.starts_with("Bearer "),
+        "went up without the session's token: {echo}"
+    );
+    let cookies = echo["headers"]["cookie"].as_str().unwrap_or_default();
+    assert!(
+        !cookies.contains(harness::sealed::COOKIE),
+        "the filter's cookie reached the app: {echo}"
+    );
+}
+
 /// Two uploads on one expired session, where Envoy hands the filter a paused request's body: the
 /// first renews the session (the IdP 1.5 s slow), the second waits for that renewal. Both bodies
 /// wait with them, and both arrive whole with the renewed token (the second went up at its first
