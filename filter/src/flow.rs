@@ -149,7 +149,8 @@ pub struct RefreshJob {
     cache_key: String,
     session: Rc<Cached>,
     browser: bool,
-    /// How the request is answered if the IdP refuses the refresh: as it would be without a session.
+    /// How the request is answered if the IdP refuses the refresh: as it would be without a session
+    /// (never [`Anonymous::Pass`]: such a request starts no refresh).
     anonymous: Anonymous,
     target: String,
     cookie: Option<Option<String>>,
@@ -547,6 +548,14 @@ fn with_session(
         state.cache.remove(sealed);
         return None;
     };
+    // A bypass path or a client's own bearer token passes without a session: no renewal for it (an
+    // outage would answer it 503). The token goes on while valid, then the request passes as anonymous;
+    // the next request that needs the session renews it.
+    let anonymous = anonymous(cfg, h, target);
+    if matches!(anonymous, Anonymous::Pass(_)) {
+        return (now < s.token_expires_at)
+            .then(|| forward_session(cfg, h, &cached, cookie, target));
+    }
     let Some(provider) = state.provider.ready() else {
         if now < s.token_expires_at {
             return Some(forward_session(cfg, h, &cached, cookie, target));
@@ -568,7 +577,7 @@ fn with_session(
             cache_key: sealed.to_string(),
             session: cached,
             browser: is_browser(h),
-            anonymous: anonymous(cfg, h, target),
+            anonymous,
             target: target.to_string(),
             cookie,
             present_chunks: session::chunk_names(&cfg.cookie_name, header),
@@ -1555,14 +1564,7 @@ fn refresh_failed(
     if clear.is_empty() {
         clear.push(cookies::clear_cookie(&cfg.cookie_name, &cfg.cookie));
     }
-    // As it would be answered without a session: a bypass path (or a client's own bearer) passes.
-    if let Anonymous::Pass(_) = job.anonymous {
-        let mut step = pass_anonymous(cfg, job.cookie.clone(), Metric::RefreshFailed);
-        if let Step::Forward(f) = &mut step {
-            f.set_cookies = clear;
-        }
-        return step;
-    }
+    // As it would be answered without a session (a request that would pass starts no refresh).
     let mut r = anonymous_reply(cfg, job.anonymous, &job.target);
     r.metric = Some(Metric::RefreshFailed);
     r.detail = Some(why);
