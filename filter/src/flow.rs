@@ -148,13 +148,19 @@ pub struct CodeExchange {
 pub struct RefreshJob {
     cache_key: String,
     session: Rc<Cached>,
-    browser: bool,
     /// How the request is answered if the IdP refuses the refresh: as it would be without a session
     /// (never [`Anonymous::Pass`]: such a request starts no refresh).
     anonymous: Anonymous,
     target: String,
     cookie: Option<Option<String>>,
     present_chunks: Vec<String>,
+}
+
+impl RefreshJob {
+    /// Whether the request is a browser's navigation (a page, not JSON, for a refusal).
+    fn browser(&self) -> bool {
+        matches!(self.anonymous, Anonymous::Login)
+    }
 }
 
 /// Counters a user can graph; the adapter maps each to an Envoy stat.
@@ -576,7 +582,6 @@ fn with_session(
         Box::new(Pending::Refresh(RefreshJob {
             cache_key: sealed.to_string(),
             session: cached,
-            browser: is_browser(h),
             anonymous,
             target: target.to_string(),
             cookie,
@@ -721,7 +726,12 @@ fn without_session(
     let how = anonymous(cfg, h, target);
     if let Anonymous::Pass(metric) = how {
         // Only the pass-through answers forward the header, and only ours need taking out of it.
-        return pass_anonymous(cfg, cookie.and_then(|c| cfg.strip_own_cookies(c)), metric);
+        return Step::Forward(Forward {
+            cookie: cookie.and_then(|c| cfg.strip_own_cookies(c)),
+            identity: strip_identity(cfg),
+            metric: Some(metric),
+            ..Default::default()
+        });
     }
     let clear = if stale {
         clear_session_cookies(cfg, cookie.unwrap_or(""))
@@ -736,16 +746,6 @@ fn without_session(
         r.metric = Some(Metric::LoginRedirect);
     }
     with_cookies(Step::Respond(r), clear)
-}
-
-/// A request forwarded without a session, stripped of the filter's cookies and of identity headers.
-fn pass_anonymous(cfg: &Config, cookie: Option<Option<String>>, metric: Metric) -> Step {
-    Step::Forward(Forward {
-        cookie,
-        identity: strip_identity(cfg),
-        metric: Some(metric),
-        ..Default::default()
-    })
 }
 
 /// The answer to a request without a session that does not pass.
@@ -1415,7 +1415,7 @@ fn finish_refresh(
         .cache
         .insert(job.cache_key.clone(), cached.clone(), env.now);
     if denied(cfg, &cached, &job.target) {
-        return with_cookies(forbidden(cfg, job.browser, &cached), set);
+        return with_cookies(forbidden(cfg, job.browser(), &cached), set);
     }
     Step::Forward(Forward {
         authorization: Some(cached.bearer.clone()),
@@ -1430,7 +1430,7 @@ fn finish_refresh(
 /// rules let it).
 fn keep_old(cfg: &Config, job: &RefreshJob) -> Step {
     if denied(cfg, &job.session, &job.target) {
-        return forbidden(cfg, job.browser, &job.session);
+        return forbidden(cfg, job.browser(), &job.session);
     }
     Step::Forward(Forward {
         authorization: Some(job.session.bearer.clone()),
@@ -1494,7 +1494,7 @@ pub fn adopt_renewal(
         .cache
         .insert(job.cache_key.clone(), cached.clone(), now);
     if denied(cfg, &cached, &job.target) {
-        return with_cookies(forbidden(cfg, job.browser, &cached), renewed.to_vec());
+        return with_cookies(forbidden(cfg, job.browser(), &cached), renewed.to_vec());
     }
     Step::Forward(Forward {
         authorization: Some(cached.bearer.clone()),
@@ -1545,7 +1545,7 @@ fn refresh_failed(
     // refresh tokens refuses every later use of the old one): that renewal stands, not a logout.
     if let Some(c) = renewed_meanwhile(state, job, now) {
         if denied(cfg, &c, &job.target) {
-            return with_cookies(forbidden(cfg, job.browser, &c), c.renewed_cookies.clone());
+            return with_cookies(forbidden(cfg, job.browser(), &c), c.renewed_cookies.clone());
         }
         return Step::Forward(Forward {
             authorization: Some(c.bearer.clone()),

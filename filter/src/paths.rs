@@ -90,12 +90,10 @@ fn resolve(decoded: &str) -> String {
     p
 }
 
-/// True when `prefix` is a path as [`normalize`] leaves it, without query or fragment: one that a
-/// normalized path can start with (`/a//b`, `/a/../b`, `/a;x` or `/a%2Fb` never would).
+/// True when `prefix` is a path as [`normalize`] leaves it: one that a normalized path can start with
+/// (`admin`, `/a//b`, `/a/../b`, `/a;x`, `/a%2Fb`, `/a\b` or `/a?b` never would).
 pub fn is_normal_prefix(prefix: &str) -> bool {
-    prefix.starts_with('/')
-        && !prefix.contains(['?', '#', '%', '\\'])
-        && normalize(prefix).is_some_and(|n| n == prefix)
+    normalize(prefix).is_some_and(|n| n == prefix)
 }
 
 /// True when `prefix` covers `path` on a segment boundary: `/healthz` covers `/healthz` and `/healthz/x`,

@@ -70,17 +70,23 @@ fn the_403_names_the_user_even_when_no_header_or_rule_reads_their_name() {
     );
 }
 
-#[test]
-fn a_path_that_does_not_decode_is_judged_by_every_rule() {
-    // Only `/admin` wants the group; bob may read everything else.
+/// A user without the `admins` group, logged in on a site where only `prefix` wants that group.
+fn a_user_outside_admins(prefix: &str) -> (Filter, Jar) {
     let mut f = Filter::ready(config(serde_json::json!({
-        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
+        "claim_rules": [{"path_prefix": prefix, "rule": {"claim": "groups", "contains_any": ["admins"]}}],
     })));
     let (jar, _) = log_in_with(&mut f, None, |nonce| {
         let mut c = claims(Some(nonce));
         c["groups"] = serde_json::json!(["users"]);
         mint(&c)
     });
+    (f, jar)
+}
+
+#[test]
+fn a_path_that_does_not_decode_is_judged_by_every_rule() {
+    // Only `/admin` wants the group; bob may read everything else.
+    let (mut f, jar) = a_user_outside_admins("/admin");
     for path in ["/", "/reports", "/reports/%2e%2e", "/administrator"] {
         let fwd = forward(f.request(&Req::browser(path).cookies(&jar)));
         assert_eq!(fwd.metric, Some(Metric::SessionForwarded), "{path}");
@@ -148,14 +154,7 @@ fn an_unverified_email_names_no_one_and_passes_no_rule() {
 /// `/admin` and `/ADMIN`), and what is not below it stays open.
 #[test]
 fn a_rule_written_with_capitals_covers_the_path_in_any_case() {
-    let mut f = Filter::ready(config(serde_json::json!({
-        "claim_rules": [{"path_prefix": "/Admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
-    })));
-    let (jar, _) = log_in_with(&mut f, None, |nonce| {
-        let mut c = claims(Some(nonce));
-        c["groups"] = serde_json::json!(["users"]);
-        mint(&c)
-    });
+    let (mut f, jar) = a_user_outside_admins("/Admin");
     for path in [
         "/Admin",
         "/admin",
