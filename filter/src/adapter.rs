@@ -21,7 +21,7 @@ fn share_revocations(cfg: &Config, state: &State, step: &Step) {
     if !matches!(step, Step::Respond(r) if r.metric == Some(Metric::BackchannelLogout)) {
         return;
     }
-    let key = revocation_key(cfg);
+    let key = revocation_key(cfg, &cfg.cookie_name);
     // Compare-and-swap, so two workers recording at once don't lose each other's entry.
     for _ in 0..8 {
         let (bytes, cas) = host::get_shared_data(&key).unwrap_or((None, None));
@@ -34,8 +34,9 @@ fn share_revocations(cfg: &Config, state: &State, step: &Step) {
 }
 
 /// Envoy's shared data is shared by every worker's VM of this plugin: the one place a logout reaches them all.
-fn revocation_key(cfg: &crate::config::Config) -> String {
-    format!("oidc-filter.revoked.{}.{}", cfg.client_id, cfg.cookie_name)
+/// The list of the site that took the logout (`cookie_name`); every site of its IdP client reads it.
+fn revocation_key(cfg: &Config, cookie_name: &str) -> String {
+    format!("oidc-filter.revoked.{}.{cookie_name}", cfg.client_id)
 }
 
 /// The shared-data key of one bucket of a site's renewal table (see `renewal`).
@@ -326,7 +327,10 @@ impl Root {
                         create(&name, &renewal::Table::default().encode());
                     }
                     if cfg.backchannel_logout_path.is_some() {
-                        create(&revocation_key(cfg), &Revocations::default().encode());
+                        create(
+                            &revocation_key(cfg, &cfg.cookie_name),
+                            &Revocations::default().encode(),
+                        );
                     }
                 }
                 let shared = Shared {
@@ -461,11 +465,14 @@ impl Root {
         };
         let plugin = s.plugin.clone();
         for (cfg, state) in plugin.sites.iter().zip(s.states.iter_mut()) {
-            if cfg.backchannel_logout_path.is_none() {
-                continue;
-            }
-            if let Ok((Some(bytes), _)) = host::get_shared_data(&revocation_key(cfg)) {
-                state.revoked.merge(&Revocations::decode(&bytes));
+            // The IdP posts a client's logouts to one of its sites: they end the others' sessions too.
+            for o in plugin.sites.iter() {
+                if o.backchannel_logout_path.is_some() && cfg.same_client(o) {
+                    let key = revocation_key(cfg, &o.cookie_name);
+                    if let Ok((Some(bytes), _)) = host::get_shared_data(&key) {
+                        state.revoked.merge(&Revocations::decode(&bytes));
+                    }
+                }
             }
             state.revoked.prune(now);
         }

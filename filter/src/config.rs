@@ -67,6 +67,9 @@ pub struct Config {
     /// The cookie names of the plugin's other sites: their cookies are credentials for those sites, and a
     /// browser sends them here too when the sites share a `cookie_domain`, so they never go upstream.
     pub other_sites_cookies: Vec<String>,
+    /// How long a logout is kept: the longest `session_lifetime` of the sites of this IdP client, so that
+    /// no session of the logged-out IdP session outlives it.
+    pub logout_lifetime: u64,
 }
 
 /// Why a configuration was refused. The message names the field.
@@ -497,9 +500,15 @@ impl Config {
             identity_headers,
             authorization_params,
             keep_claims,
+            logout_lifetime: session_lifetime,
             backchannel_logout_path,
             other_sites_cookies: Vec::new(),
         })
+    }
+
+    /// Whether `other` is a site of the same IdP client.
+    pub fn same_client(&self, other: &Config) -> bool {
+        self.issuer == other.issuer && self.client_id == other.client_id
     }
 
     /// Whether the session keeps its access token for `access_token_header`.
@@ -677,31 +686,20 @@ impl Plugin {
             }
             let explicit_cookie = entry.contains_key("cookie_name");
             // Fields the entry takes from the top level, named in its `redirect_uri` errors.
-            let inherited: Vec<&str> = ["redirect_uri", "callback_path", "cookie_domain"]
+            let inherited: Vec<&str> = ["`redirect_uri`", "`callback_path`", "`cookie_domain`"]
                 .into_iter()
-                .filter(|f| !entry.contains_key(f) && top.get(f).is_some_and(|v| !v.is_null()))
+                .filter(|f| {
+                    let f = f.trim_matches('`');
+                    !entry.contains_key(f) && top.get(f).is_some_and(|v| !v.is_null())
+                })
                 .collect();
             let at_redirect = |mut e: ConfigError| {
-                if e.field == "redirect_uri" {
-                    let named: Vec<String> = inherited
-                        .iter()
-                        // A byte search: the module has no other `&str` pattern (core's two-way searcher).
-                        .filter(|f| {
-                            **f == "redirect_uri"
-                                || e.reason
-                                    .as_bytes()
-                                    .windows(f.len())
-                                    .any(|w| w == f.as_bytes())
-                        })
-                        .map(|f| format!("`{f}`"))
-                        .collect();
-                    if !named.is_empty() {
-                        e.reason = format!(
-                            "{} ({} inherited from the top level)",
-                            e.reason,
-                            crate::headers::join(named.iter().map(String::as_str), ", ")
-                        );
-                    }
+                if e.field == "redirect_uri" && !inherited.is_empty() {
+                    e.reason = format!(
+                        "{} ({} inherited from the top level)",
+                        e.reason,
+                        crate::headers::join(inherited.iter().copied(), ", ")
+                    );
                 }
                 at(e)
             };
@@ -776,7 +774,16 @@ impl Plugin {
                 cookie_names.push(s.cookie_name.clone());
             }
         }
-        for site in &mut sites {
+        for i in 0..sites.len() {
+            let site = &sites[i];
+            let logout_lifetime = sites
+                .iter()
+                .filter(|o| site.same_client(o))
+                .map(|o| o.session_lifetime)
+                .max()
+                .unwrap_or(site.session_lifetime);
+            let site = &mut sites[i];
+            site.logout_lifetime = logout_lifetime;
             site.other_sites_cookies = cookie_names
                 .iter()
                 .filter(|n| **n != site.cookie_name)
@@ -2338,6 +2345,29 @@ mod tests {
             assert_eq!(e.field, "redirect_uri", "{uri}: {e}");
             assert!(e.reason.contains(reason), "{uri}: {e}");
         }
+    }
+
+    #[test]
+    fn a_logout_lasts_as_long_as_the_longest_session_of_its_client() {
+        let p = Plugin::parse(
+            serde_json::json!({
+                "cookie_keys": [KEY], "client_secret": "s", "client_id": "app",
+                "issuer": "https://idp.example.com", "session_lifetime": "1h",
+                "backchannel_logout_path": "/bcl",
+                "hosts": [
+                    {"hosts": ["wiki.example.com"], "session_lifetime": "24h"},
+                    {"hosts": ["other.example.com"], "client_id": "other", "session_lifetime": "48h"},
+                ],
+            })
+            .to_string()
+            .as_bytes(),
+            &no_env,
+        )
+        .unwrap();
+        let lifetimes: Vec<u64> = p.sites.iter().map(|s| s.logout_lifetime).collect();
+        // The top level's logouts end wiki sessions too (one IdP client); another client's do not.
+        assert_eq!(lifetimes, [24 * 3600, 24 * 3600, 48 * 3600]);
+        assert!(p.sites[0].same_client(&p.sites[1]) && !p.sites[0].same_client(&p.sites[2]));
     }
 
     #[test]

@@ -610,22 +610,23 @@ fn forward_session(
     })
 }
 
-/// True when a claim rule covers the path and the session's claims fail it, in any reading of the path: decoded
-/// (`/public/..%2Fadmin` is `/admin` to an app that decodes), literal (`/admin/..%2Fpublic` is the `/admin/`
-/// handler to one that does not) and lower-cased, both (`/ADMIN` to a case-insensitive one). A path that
-/// does not decode (bad escapes) reads differently to every app: there each rule applies.
+/// True when a claim rule covers the path and the session's claims fail it, in any reading of the path
+/// ([`paths::readings`]): decoded (`/public/..%2Fadmin` is `/admin` to an app that decodes), literal
+/// (`/admin/..%2Fpublic` is the `/admin/` handler to one that does not), with `..;` as `..` or as a plain
+/// segment (`/admin/..;/public` is `/public` to Tomcat, a path under `/admin` to Envoy's router), and each
+/// lower-cased (`/ADMIN` to a case-insensitive app). A path that does not decode (bad escapes) reads
+/// differently to every app: there each rule applies.
 fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
     // A bypass path is open to anyone: refusing it to a logged-in user would only make them drop the cookie.
     if cfg.access.is_empty() || paths::is_bypass(&cfg.bypass_paths, target) {
         return false;
     }
-    let (decoded, literal) = paths::readings(target);
-    let Some(decoded) = decoded else {
+    let Some(readings) = paths::readings(target) else {
         return cfg.access.iter().any(|a| !a.rule.allows(&s.claims));
     };
     // Each reading as written and without regard to case: a rule for `/Admin` covers `/admin` and
     // `/ADMIN` for a case-insensitive app.
-    [&*decoded, &*literal].into_iter().any(|p| {
+    readings.iter().any(|p| {
         [false, true].into_iter().any(|any_case| {
             claims::rule_for(&cfg.access, p, any_case).is_some_and(|r| !r.allows(&s.claims))
         })
@@ -1679,7 +1680,7 @@ fn logout_with(
         cfg.clock_leeway,
     ) {
         Ok(logout) => {
-            state.revoked.add(&logout, now, cfg.session_lifetime);
+            state.revoked.add(&logout, now, cfg.logout_lifetime);
             let mut r = logout_reply(200, "");
             if let Step::Respond(r) = &mut r {
                 r.metric = Some(Metric::BackchannelLogout);

@@ -456,9 +456,10 @@ impl Number {
             return None;
         }
         // value = 0.d1 d2 … × 10^point; the whole part is the first `point` digits, zero-padded. The first
-        // digit is not zero, so past 20 digits it no longer fits.
+        // digit is not zero, so past 20 digits it no longer fits (clamped there first: on wasm32 a `point`
+        // of 2^32 or more would not convert to `usize`).
         let mut n: u64 = 0;
-        for i in 0..usize::try_from(point).unwrap_or(0) {
+        for i in 0..usize::try_from(point.clamp(0, 21)).unwrap_or(0) {
             let d = digits.get(i).map_or(0, |d| d - b'0');
             match n.checked_mul(10).and_then(|n| n.checked_add(u64::from(d))) {
                 Some(next) => n = next,
@@ -973,6 +974,8 @@ mod tests {
         assert_eq!(floor("1e20"), Some(u64::MAX));
         assert_eq!(floor("1e400"), Some(u64::MAX));
         assert_eq!(floor("1e999999"), Some(u64::MAX));
+        // An exponent past u32 (wasm32's usize) too.
+        assert_eq!(floor("1e4294967296"), Some(u64::MAX));
     }
 
     #[test]

@@ -28,22 +28,44 @@ pub fn query_only(target: &str) -> &str {
     }
 }
 
-/// The path an application would act on: percent-decoded, `\` read as `/`, empty and dot segments resolved.
-/// `None` for what no honest client sends (bad escapes, NUL, invalid UTF-8): such a request is never a bypass.
+/// The path an application would act on: percent-decoded, `\` read as `/`, path parameters (`;x`) cut, empty
+/// and dot segments resolved. `None` for what no honest client sends (bad escapes, NUL, invalid UTF-8): such
+/// a request is never a bypass.
 pub fn normalize(target: &str) -> Option<String> {
-    Some(resolve(&percent_decode(path_only(target))?))
+    Some(resolve(&percent_decode(path_only(target))?, true))
 }
 
-/// Both paths an application may act on: the [`normalize`]d one (an app that decodes `%2F` before routing)
-/// and the literal one, dot segments resolved but escapes kept (an app that routes on raw segments, where
-/// `/admin/..%2Fhealthz` is a request to the `/admin/` handler). A decision that lets a request through
-/// must hold for both.
-pub fn readings(target: &str) -> (Option<Cow<'_, str>>, Cow<'_, str>) {
+/// The paths applications may act on, dot segments resolved in each: decoded or with escapes kept (an app
+/// that routes on raw segments, where `/admin/..%2Fhealthz` is a request to the `/admin/` handler), each
+/// with `..;` read as `..` (Tomcat and Jetty take `/admin/..;/x` for `/x`) or as an ordinary segment
+/// (Envoy's router and most others take it for a path under `/admin`); see [`resolve`]. A decision that
+/// lets a request through must hold for every one. `None` when the path does not decode: it reads
+/// differently to every app.
+pub fn readings(target: &str) -> Option<Readings<'_>> {
     let path = path_only(target);
     if is_plain(path) {
-        return (Some(Cow::Borrowed(path)), Cow::Borrowed(path));
+        let none = || Cow::Borrowed("");
+        return Some(Readings([Cow::Borrowed(path), none(), none(), none()], 1));
     }
-    (normalize(target).map(Cow::Owned), Cow::Owned(resolve(path)))
+    let decoded = percent_decode(path)?;
+    Some(Readings(
+        [
+            Cow::Owned(resolve(&decoded, true)),
+            Cow::Owned(resolve(&decoded, false)),
+            Cow::Owned(resolve(path, true)),
+            Cow::Owned(resolve(path, false)),
+        ],
+        4,
+    ))
+}
+
+/// The [`readings`] of a path: the first `.1` of `.0` (a plain path has one).
+pub struct Readings<'a>([Cow<'a, str>; 4], usize);
+
+impl Readings<'_> {
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0[..self.1].iter().map(|p| &**p)
+    }
 }
 
 /// True when decoding and resolving leave `path` as it is: it starts with `/` and has no escape, backslash,
@@ -64,13 +86,21 @@ fn is_plain(path: &str) -> bool {
     true
 }
 
-fn resolve(decoded: &str) -> String {
+/// `decoded` with empty and dot segments resolved, each segment judged without its path parameters (`;`
+/// starts them: `/admin;x=1` is under `/admin`). With `cut`, as servers that strip them read it
+/// (`/healthz;x/../admin` and `/admin/..;/x` are `/admin` and `/x` there); without, a segment that is
+/// empty or a dot segment only once cut (`..;`) is an ordinary one, as Envoy's router and most apps read it.
+fn resolve(decoded: &str, cut: bool) -> String {
     let mut out: Vec<&str> = Vec::new();
     let trailing =
         decoded.ends_with(['/', '\\']) || decoded.ends_with("/.") || decoded.ends_with("/..");
     for seg in decoded.split(['/', '\\']) {
-        // `;` starts path parameters some servers strip (`/healthz;x/../admin`): judge the segment without them.
-        let seg = seg.split(';').next().unwrap_or("");
+        let bare = seg.split(';').next().unwrap_or("");
+        let seg = if cut || bare.len() == seg.len() || !matches!(bare, "" | "." | "..") {
+            bare
+        } else {
+            seg
+        };
         match seg {
             "" | "." => {}
             ".." => {
@@ -123,10 +153,7 @@ pub fn is_bypass(prefixes: &[String], target: &str) -> bool {
         return false;
     }
     let covered = |p: &str| prefixes.iter().any(|b| prefix_matches(b, p));
-    match readings(target) {
-        (Some(decoded), literal) => covered(&decoded) && (literal == decoded || covered(&literal)),
-        (None, _) => false,
-    }
+    readings(target).is_some_and(|r| r.iter().all(covered))
 }
 
 /// The post-login target from `rd`: a same-origin relative path, else `/`. One longer than 2048 bytes
@@ -209,14 +236,24 @@ mod tests {
         ];
         for p in paths {
             let t = format!("{p}?q=1");
-            if is_plain(p) {
-                assert_eq!(normalize(&t).as_deref(), Some(p), "{p:?}");
-                assert_eq!(resolve(p), p, "{p:?}");
+            let path = path_only(p);
+            let slow = percent_decode(path).map(|d| {
+                [
+                    resolve(&d, true),
+                    resolve(&d, false),
+                    resolve(path, true),
+                    resolve(path, false),
+                ]
+            });
+            let fast = readings(&t).map(|r| r.iter().map(str::to_string).collect::<Vec<_>>());
+            if is_plain(path) {
+                assert_eq!(normalize(&t).as_deref(), Some(path), "{p:?}");
+                // One reading stands for the four, which are all the path itself.
+                assert_eq!(fast, Some(vec![path.to_string()]), "{p:?}");
+                assert!(slow.unwrap().iter().all(|r| r == path), "{p:?}");
+            } else {
+                assert_eq!(fast, slow.map(Vec::from), "{p:?}");
             }
-            let slow = (normalize(&t), resolve(path_only(&t)));
-            let (decoded, literal) = readings(&t);
-            let fast = (decoded.map(Cow::into_owned), literal.into_owned());
-            assert_eq!(fast, slow, "{p:?}");
         }
         assert!(is_plain("/a/b.c/"));
         assert!(!is_plain("/a/.b"));
@@ -276,6 +313,9 @@ mod tests {
             "/x/..%2F..%2Fhealthz",
             "/admin/..%5Chealthz",
             "/%68ealthz",
+            // `/healthz` to Tomcat; a path under `/admin` to Envoy's router and most apps.
+            "/admin/..;/healthz",
+            "/admin/..;x/healthz",
         ] {
             assert!(!is_bypass(&b, no), "{no}");
         }
@@ -283,15 +323,34 @@ mod tests {
 
     #[test]
     fn readings_differ_where_apps_differ() {
+        let read = |t: &str| readings(t).map(|r| r.iter().map(str::to_string).collect::<Vec<_>>());
         assert_eq!(
-            readings("/admin/..%2Fhealthz"),
-            (Some("/healthz".into()), "/admin/..%2Fhealthz".into())
+            read("/admin/..%2Fhealthz").unwrap(),
+            [
+                "/healthz",
+                "/healthz",
+                "/admin/..%2Fhealthz",
+                "/admin/..%2Fhealthz"
+            ]
         );
+        // Found in review: `..;` is `..` to Tomcat, an ordinary segment to Envoy's router.
         assert_eq!(
-            readings("/a/./b/../c?x"),
-            (Some("/a/c".into()), "/a/c".into())
+            read("/admin/..;/actuator").unwrap(),
+            [
+                "/actuator",
+                "/admin/..;/actuator",
+                "/actuator",
+                "/admin/..;/actuator"
+            ]
         );
-        assert_eq!(readings("/%zz/../a"), (None, "/a".into()));
+        // Other parameters are cut either way: `/healthz;v=1` is `/healthz` to all.
+        assert_eq!(read("/healthz;v=1").unwrap(), ["/healthz"; 4]);
+        assert_eq!(
+            read("/a/.;x/b/;y/c").unwrap(),
+            ["/a/b/c", "/a/.;x/b/;y/c", "/a/b/c", "/a/.;x/b/;y/c"]
+        );
+        assert_eq!(read("/a/./b/../c?x").unwrap(), ["/a/c"; 4]);
+        assert_eq!(read("/%zz/../a"), None);
     }
 
     #[test]

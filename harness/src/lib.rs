@@ -503,6 +503,23 @@ fn host_client(h: &HostSpec, entry: &Value, site_config: &Value, port: u16) -> V
     client
 }
 
+/// Adds a hosts entry's client registration to an IdP's list; a client that another entry registered
+/// already (two entries of one IdP client) gets the entry's redirect URIs added to its own.
+fn add_client(list: &mut Vec<Value>, client: Value) {
+    let Some(known) = list
+        .iter_mut()
+        .find(|c| c["client_id"] == client["client_id"])
+    else {
+        list.push(client);
+        return;
+    };
+    for key in ["redirect_uris", "post_logout_redirect_uris"] {
+        if let (Some(to), Some(more)) = (known[key].as_array_mut(), client[key].as_array()) {
+            to.extend(more.iter().cloned());
+        }
+    }
+}
+
 /// A started site.
 #[derive(Clone, Debug)]
 pub struct Site {
@@ -695,13 +712,13 @@ impl Stack {
                 .zip(e.filter_config["hosts"].as_array().into_iter().flatten())
             {
                 let client = host_client(h, entry, &e.filter_config, port);
-                match h.idp.checked_sub(1) {
-                    None => host_clients.push(client),
+                let list = match h.idp.checked_sub(1) {
+                    None => &mut host_clients,
                     Some(n) => extra_clients
                         .get_mut(n)
-                        .ok_or_else(|| anyhow!("site {}: no IdP {}", s.name, h.idp))?
-                        .push(client),
-                }
+                        .ok_or_else(|| anyhow!("site {}: no IdP {}", s.name, h.idp))?,
+                };
+                add_client(list, client);
             }
             let origin = format!("http://localhost:{port}");
             let callback = e

