@@ -27,6 +27,8 @@ fn share_revocations(cfg: &Config, state: &State, step: &Step) {
         let (bytes, cas) = host::get_shared_data(&key).unwrap_or((None, None));
         let mut merged = bytes.map(|b| Revocations::decode(&b)).unwrap_or_default();
         merged.merge(&state.revoked);
+        // What has lapsed goes here too: every worker decodes this list on every tick.
+        merged.prune(now());
         if host::set_shared_data(&key, &merged.encode(), cas).is_ok() {
             break;
         }

@@ -161,7 +161,9 @@ impl EchoApp {
 }
 
 /// Starts one of our node programs and waits for its port. A start that announces nothing in time is
-/// killed and tried once more: on a loaded 2-core machine a node start has been seen to stall silently.
+/// killed and tried again, up to four times in all: on a loaded 2-core machine a node start has been seen
+/// to stall silently, three times in a row once (a CI run whose disk was busy: node reads its modules'
+/// files at start).
 fn start_node(name: &str, dir: &Path, args: impl Fn(&mut Command)) -> Result<(Process, u16)> {
     start_node_within(name, dir, START_TIMEOUT, args)
 }
@@ -173,7 +175,7 @@ fn start_node_within(
     args: impl Fn(&mut Command),
 ) -> Result<(Process, u16)> {
     let mut last = None;
-    for _ in 0..2 {
+    for _ in 0..4 {
         let mut cmd = Command::new(node_bin());
         args(&mut cmd);
         let mut process =
