@@ -71,12 +71,14 @@ else
   .venv/bin/envoy --version | grep -q "/$ENVOY_VERSION/"
 fi
 
-# The unit tests run under cargo-nextest (make unit).
+# The unit tests run under cargo-nextest (make unit). Any installed version will do; a fresh machine
+# gets this one (it needs a recent stable Rust to build, newer than the project's own rust-version).
+CARGO_NEXTEST_VERSION=0.9.143
 if cargo nextest --version >/dev/null 2>&1; then
   step "cargo-nextest: present"
 else
-  step "cargo install cargo-nextest"
-  cargo install cargo-nextest --locked --quiet
+  step "cargo install cargo-nextest $CARGO_NEXTEST_VERSION"
+  cargo install cargo-nextest --version "$CARGO_NEXTEST_VERSION" --locked --quiet
 fi
 
 # Fuzzing (filter/fuzz/run.sh): libFuzzer needs the nightly toolchain, and cargo-fuzz drives it.

@@ -466,15 +466,25 @@ impl Root {
             return;
         };
         let plugin = s.plugin.clone();
-        for (cfg, state) in plugin.sites.iter().zip(s.states.iter_mut()) {
-            // The IdP posts a client's logouts to one of its sites: they end the others' sessions too.
-            for o in plugin.sites.iter() {
-                if o.backchannel_logout_path.is_some() && cfg.same_client(o) {
-                    let key = revocation_key(cfg, &o.cookie_name);
-                    if let Ok((Some(bytes), _)) = host::get_shared_data(&key) {
-                        state.revoked.merge(&Revocations::decode(&bytes));
-                    }
+        // Each list once, merged per IdP client: the IdP posts a client's logouts to one of its sites,
+        // and they end the others' sessions too.
+        let mut lists: Vec<(&Config, Revocations)> = Vec::new();
+        for o in plugin.sites.iter() {
+            if o.backchannel_logout_path.is_none() {
+                continue;
+            }
+            if let Ok((Some(bytes), _)) = host::get_shared_data(&revocation_key(o, &o.cookie_name))
+            {
+                let list = Revocations::decode(&bytes);
+                match lists.iter_mut().find(|(c, _)| c.same_client(o)) {
+                    Some((_, all)) => all.merge(&list),
+                    None => lists.push((o, list)),
                 }
+            }
+        }
+        for (cfg, state) in plugin.sites.iter().zip(s.states.iter_mut()) {
+            if let Some((_, all)) = lists.iter().find(|(c, _)| c.same_client(cfg)) {
+                state.revoked.merge(all);
             }
             state.revoked.prune(now);
         }

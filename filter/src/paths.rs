@@ -37,10 +37,10 @@ pub fn normalize(target: &str) -> Option<String> {
 
 /// The paths applications may act on, dot segments resolved in each: decoded or with escapes kept (an app
 /// that routes on raw segments, where `/admin/..%2Fhealthz` is a request to the `/admin/` handler), each
-/// with `..;` read as `..` (Tomcat and Jetty take `/admin/..;/x` for `/x`) or as an ordinary segment
-/// (Envoy's router and most others take it for a path under `/admin`); see [`resolve`]. A decision that
-/// lets a request through must hold for every one. `None` when the path does not decode: it reads
-/// differently to every app.
+/// with `..;` read as `..` and `\` as `/` (Tomcat and Jetty take `/admin/..;/x` for `/x`) or both as
+/// ordinary characters (Envoy's router, Node and Go take `/admin/..;/x` and `/admin/x\..\..\x` for
+/// paths under `/admin`); see [`resolve`]. A decision that lets a request through must hold for every
+/// one. `None` when the path does not decode: it reads differently to every app.
 pub fn readings(target: &str) -> Option<Readings<'_>> {
     let path = path_only(target);
     if is_plain(path) {
@@ -87,20 +87,22 @@ fn is_plain(path: &str) -> bool {
 }
 
 /// `decoded` with empty and dot segments resolved, each segment judged without its path parameters (`;`
-/// starts them: `/admin;x=1` is under `/admin`). With `cut`, as servers that strip them read it
-/// (`/healthz;x/../admin` and `/admin/..;/x` are `/admin` and `/x` there); without, a segment that is
-/// empty or a dot segment only once cut (`..;`) is an ordinary one, as Envoy's router and most apps read it.
+/// starts them: `/admin;x=1` is under `/admin`). With `cut`, as servers that strip them and take `\` for
+/// `/` read it (`/healthz;x/../admin`, `/admin/..;/x` and `/a\..\x` are `/admin`, `/x` and `/x` there);
+/// without, as Envoy's router, Node and Go read it: `\` is an ordinary character, and a segment that is
+/// empty or a dot segment only once cut (`..;`) is an ordinary one. A path whose last segment resolves
+/// away (`/admin/`, `/admin/.;`) keeps its trailing `/`.
 fn resolve(decoded: &str, cut: bool) -> String {
     let mut out: Vec<&str> = Vec::new();
-    let trailing =
-        decoded.ends_with(['/', '\\']) || decoded.ends_with("/.") || decoded.ends_with("/..");
-    for seg in decoded.split(['/', '\\']) {
+    let mut trailing = false;
+    for seg in decoded.split(|c| c == '/' || (cut && c == '\\')) {
         let bare = seg.split(';').next().unwrap_or("");
         let seg = if cut || bare.len() == seg.len() || !matches!(bare, "" | "." | "..") {
             bare
         } else {
             seg
         };
+        trailing = matches!(seg, "" | "." | "..");
         match seg {
             "" | "." => {}
             ".." => {
@@ -316,6 +318,7 @@ mod tests {
             // `/healthz` to Tomcat; a path under `/admin` to Envoy's router and most apps.
             "/admin/..;/healthz",
             "/admin/..;x/healthz",
+            "/admin/x\\..\\..\\healthz",
         ] {
             assert!(!is_bypass(&b, no), "{no}");
         }
@@ -342,6 +345,21 @@ mod tests {
                 "/actuator",
                 "/admin/..;/actuator"
             ]
+        );
+        // `\` is `/` where `..;` is `..`, an ordinary character where it is not.
+        assert_eq!(
+            read("/admin/x\\..\\..\\healthz").unwrap(),
+            [
+                "/healthz",
+                "/admin/x\\..\\..\\healthz",
+                "/healthz",
+                "/admin/x\\..\\..\\healthz"
+            ]
+        );
+        // Found in review: a last segment that resolves away keeps the trailing `/`.
+        assert_eq!(
+            read("/x/..;/admin/;").unwrap(),
+            ["/admin/", "/x/..;/admin/;", "/admin/", "/x/..;/admin/;"]
         );
         // Other parameters are cut either way: `/healthz;v=1` is `/healthz` to all.
         assert_eq!(read("/healthz;v=1").unwrap(), ["/healthz"; 4]);

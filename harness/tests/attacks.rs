@@ -42,10 +42,16 @@ fn stack() -> &'static Stack {
             {"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}},
         ]}));
         bare.istio_authn = false;
-        // The same where Envoy does not normalize paths (`normalize_path` off): the filter sees `..;`.
+        // The same where Envoy does not normalize paths (`normalize_path` off): the filter sees `..;`
+        // and `\` as sent. And a rule on a prefix that ends in `/`.
         let raw = SiteSpec {
             hcm_overrides: json!({"normalize_path": false}),
-            ..SiteSpec::new(RAW).filter(bare.filter_overrides.clone())
+            ..SiteSpec::new(RAW)
+                .filter(bare.filter_overrides.clone())
+                .filter(json!({"claim_rules": [
+                    {"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}},
+                    {"path_prefix": "/staff/", "rule": {"claim": "groups", "contains_any": ["admins"]}},
+                ]}))
         };
         let mut raw = raw;
         raw.istio_authn = false;
@@ -1250,6 +1256,8 @@ fn dot_dot_semicolon_neither_bypasses_nor_dodges_a_rule_where_envoy_keeps_it() {
         &b"/admin/..;/healthz"[..],
         b"/admin/..;x/healthz",
         b"/admin/.;/..;/healthz",
+        // `\` is `/` to some apps, an ordinary character to Envoy's router, Node and Go.
+        b"/admin/x\\..\\..\\healthz",
     ] {
         let (status, head, body) = raw_get(RAW, target, b"");
         let shown = String::from_utf8_lossy(target);
@@ -1266,6 +1274,10 @@ fn dot_dot_semicolon_neither_bypasses_nor_dodges_a_rule_where_envoy_keeps_it() {
         "/admin/..;/public",
         "/admin/..;x/public",
         "/admin/..;/healthz",
+        "/admin/x\\..\\..\\public",
+        // `/staff/` to Tomcat: the trailing `/` of a last segment that resolves away counts.
+        "/x/..;/staff/;",
+        "/x/..;/staff/.;",
     ] {
         let (status, head, body) = raw_get(
             RAW,
