@@ -21,7 +21,7 @@ fn share_revocations(cfg: &Config, state: &State, step: &Step) {
     if !matches!(step, Step::Respond(r) if r.metric == Some(Metric::BackchannelLogout)) {
         return;
     }
-    let key = revocation_key(cfg, &cfg.cookie_name);
+    let key = revocation_key(cfg);
     // Compare-and-swap, so two workers recording at once don't lose each other's entry.
     for _ in 0..8 {
         let (bytes, cas) = host::get_shared_data(&key).unwrap_or((None, None));
@@ -36,9 +36,9 @@ fn share_revocations(cfg: &Config, state: &State, step: &Step) {
 }
 
 /// Envoy's shared data is shared by every worker's VM of this plugin: the one place a logout reaches them all.
-/// The list of the site that took the logout (`cookie_name`); every site of its IdP client reads it.
-fn revocation_key(cfg: &Config, cookie_name: &str) -> String {
-    format!("oidc-filter.revoked.{}.{cookie_name}", cfg.client_id)
+/// The list of the site that took the logout; every site of its IdP client reads it.
+fn revocation_key(cfg: &Config) -> String {
+    format!("oidc-filter.revoked.{}.{}", cfg.client_id, cfg.cookie_name)
 }
 
 /// The shared-data key of one bucket of a site's renewal table (see `renewal`).
@@ -329,10 +329,7 @@ impl Root {
                         create(&name, &renewal::Table::default().encode());
                     }
                     if cfg.backchannel_logout_path.is_some() {
-                        create(
-                            &revocation_key(cfg, &cfg.cookie_name),
-                            &Revocations::default().encode(),
-                        );
+                        create(&revocation_key(cfg), &Revocations::default().encode());
                     }
                 }
                 let shared = Shared {
@@ -473,8 +470,7 @@ impl Root {
             if o.backchannel_logout_path.is_none() {
                 continue;
             }
-            if let Ok((Some(bytes), _)) = host::get_shared_data(&revocation_key(o, &o.cookie_name))
-            {
+            if let Ok((Some(bytes), _)) = host::get_shared_data(&revocation_key(o)) {
                 let list = Revocations::decode(&bytes);
                 match lists.iter_mut().find(|(c, _)| c.same_client(o)) {
                     Some((_, all)) => all.merge(&list),

@@ -755,9 +755,7 @@ impl Plugin {
         }
         for (i, a) in sites.iter().enumerate() {
             for b in &sites[..i] {
-                if a.cookie_name == b.cookie_name
-                    && (a.issuer != b.issuer || a.client_id != b.client_id)
-                {
+                if a.cookie_name == b.cookie_name && !a.same_client(b) {
                     return Err(err(
                         "cookie_name",
                         format!(

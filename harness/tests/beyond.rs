@@ -175,6 +175,18 @@ fn stat(name: &str) -> u64 {
 }
 
 /// A browser navigation that was sent to log in: 302 to the site's login path.
+/// Waits until API requests to `host` with cookie `name=value` get `401` ten times in a row, between them
+/// from every worker ([`Stack::until_every_worker`]).
+fn until_refused_by_every_worker(host: &str, name: &str, value: &str) -> anyhow::Result<()> {
+    stack().until_every_worker("multi", Duration::from_secs(30), || {
+        with_cookie(host, name, value)
+            .get_with(&at(host, "/"), &[("accept", "application/json")])
+            .unwrap()
+            .status
+            == 401
+    })
+}
+
 fn assert_login_redirect(r: &Response) {
     assert_eq!(r.status, 302, "{}: {}", r.url, r.body);
     let location = r.header("location").unwrap_or_default();
@@ -655,26 +667,13 @@ fn backchannel_logout_from_the_idp_ends_the_session_on_every_worker() {
     // From now on the old cookie is rejected, by the worker that took the POST at once and by
     // the other after its next tick (1 s): ten requests in a row, between them answered by every
     // worker, get 401.
-    stack()
-        .until_every_worker("multi", Duration::from_secs(30), || {
-            let r = with_cookie(WIKI, WIKI_COOKIE, &cookie)
-                .get_with(&at(WIKI, "/"), &[("accept", "application/json")])
-                .unwrap();
-            r.status == 401
-        })
-        .unwrap();
+    until_refused_by_every_worker(WIKI, WIKI_COOKIE, &cookie).unwrap();
     eprintln!(
         "rejected by every worker {:?} after the logout",
         logged_out.elapsed()
     );
     // The other site of the same client too (it ended only on the site that took the POST).
-    stack()
-        .until_every_worker("multi", Duration::from_secs(30), || {
-            let r = with_cookie(NOTES, NOTES_COOKIE, &notes_cookie)
-                .get_with(&at(NOTES, "/"), &[("accept", "application/json")])
-                .unwrap();
-            r.status == 401
-        })
+    until_refused_by_every_worker(NOTES, NOTES_COOKIE, &notes_cookie)
         .unwrap_or_else(|e| panic!("the notes session of the same IdP session: {e:#}"));
     // The other session of the same user stands.
     for _ in 0..4 {

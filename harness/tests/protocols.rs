@@ -851,15 +851,7 @@ fn large_upload_held_by_a_slow_refresh_arrives_whole_when_envoy_hands_over_pause
 /// cookie (it went up at its trailers, as the client sent it, when the filter let them pass).
 #[test]
 fn trailers_of_a_request_waiting_for_its_refresh_wait_with_it_when_envoy_hands_them_over() {
-    let b = {
-        let _idp = idp_hold::shared();
-        logged_in(STOP_ITER)
-    };
-    let old = bearer_of(&b, STOP_ITER);
-    let cookie = resealed_expiring_at(&b, unix_ms() / 1000 - 1);
-    let _idp = idp_hold::exclusive();
-    // Not within the login's second: the IdP would hand out the same ID token again.
-    std::thread::sleep(Duration::from_millis(1100));
+    let (old, cookie, _idp) = expired_with_idp_held(STOP_ITER);
     let file = stack().dir().join(format!("{}.txt", unique("trailers")));
     std::fs::write(&file, "hello").unwrap();
     let slow = stack().idp_proxy().fault(SLOW_IDP);
@@ -907,15 +899,7 @@ fn trailers_of_a_request_waiting_for_its_refresh_wait_with_it_when_envoy_hands_t
 /// chunk, without its session's token, when the filter let a waiting request's body pass).
 #[test]
 fn two_uploads_on_an_expired_session_both_arrive_renewed_when_envoy_hands_over_paused_bodies() {
-    let b = {
-        let _idp = idp_hold::shared();
-        logged_in(STOP_ITER)
-    };
-    let old = bearer_of(&b, STOP_ITER);
-    let cookie = resealed_expiring_at(&b, unix_ms() / 1000 - 1);
-    let _idp = idp_hold::exclusive();
-    // Not within the login's second: the IdP would hand out the same ID token again.
-    std::thread::sleep(Duration::from_millis(1100));
+    let (old, cookie, _idp) = expired_with_idp_held(STOP_ITER);
     let slow = stack().idp_proxy().fault(SLOW_IDP);
     // The second starts once the first has claimed the renewal (its refresh is at the IdP).
     let answers = harness::at_once(2, |i| {
@@ -931,6 +915,21 @@ fn two_uploads_on_an_expired_session_both_arrive_renewed_when_envoy_hands_over_p
     for answer in &answers {
         assert_renewed(answer, &old);
     }
+}
+
+/// A session of a fresh login on `site` re-sealed with its token expired, the ID token it had, and the
+/// IdP held for this test alone, past the login's second (within it the IdP would hand out the same ID
+/// token again).
+fn expired_with_idp_held(site: &str) -> (String, String, std::sync::RwLockWriteGuard<'static, ()>) {
+    let b = {
+        let _idp = idp_hold::shared();
+        logged_in(site)
+    };
+    let old = bearer_of(&b, site);
+    let cookie = resealed_expiring_at(&b, unix_ms() / 1000 - 1);
+    let idp = idp_hold::exclusive();
+    std::thread::sleep(Duration::from_millis(1100));
+    (old, cookie, idp)
 }
 
 /// An IdP that takes 1.5 s over each request.
