@@ -802,12 +802,44 @@ impl Plugin {
             Some(Some("deny")) => Unmatched::Deny,
             Some(_) => return Err(err("unmatched_hosts", "`default`, `pass` or `deny`")),
         };
-        Ok(Plugin {
+        let plugin = Plugin {
             sites,
             unmatched,
             default_site,
             cookie_names,
-        })
+        };
+        // The site that serves the redirect's host takes the callback: one with another cookie name (or
+        // client) finds no login of its own there, and no site at all refuses or passes it.
+        for (i, site) in plugin.sites.iter().enumerate() {
+            let Some(url) = site
+                .redirect_uri
+                .as_deref()
+                .and_then(|r| WebUrl::parse(r).ok())
+            else {
+                continue;
+            };
+            let served = plugin
+                .site_for(url.authority())
+                .ok()
+                .flatten()
+                .and_then(|t| plugin.sites.get(t))
+                .is_some_and(|t| t.cookie_name == site.cookie_name && t.same_client(site));
+            if !served {
+                let field = match default_site {
+                    Some(d) if d == i => "redirect_uri".to_string(),
+                    d => format!("hosts[{}].redirect_uri", i - usize::from(d.is_some())),
+                };
+                return Err(err(
+                    &field,
+                    format!(
+                        "its host `{}` is served by no site, or by one with another cookie name or \
+                         client: the IdP's redirect back would not find the login",
+                        url.host()
+                    ),
+                ));
+            }
+        }
+        Ok(plugin)
     }
 
     fn single(cfg: Config) -> Plugin {
@@ -2457,6 +2489,66 @@ mod tests {
                 "redirect_uri",
                 "https://elsewhere.example.org/cb".into()
             ))
+            .is_ok()
+        );
+    }
+    #[test]
+    fn a_redirect_uri_must_be_served_by_a_site_that_finds_the_login() {
+        use serde_json::json;
+        let plugin = |top: serde_json::Value, entries: serde_json::Value| {
+            let mut v = json!({"cookie_keys": [KEY], "client_secret": "s", "client_id": "app",
+                "issuer": "https://idp.example.com", "cookie_domain": "example.com"});
+            for (k, x) in top.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            v["hosts"] = entries;
+            Plugin::parse(v.to_string().as_bytes(), &no_env)
+        };
+        let refused = |r: Result<Plugin, ConfigError>, field: &str| {
+            let e = r.unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains("`auth.example.com`"), "{e}");
+        };
+        // Within cookie_domain, but no entry serves the redirect's host: the callback would be refused.
+        refused(
+            plugin(
+                json!({"unmatched_hosts": "deny"}),
+                json!([{"hosts": ["grafana.example.com"],
+                    "redirect_uri": "https://auth.example.com/cb"}]),
+            ),
+            "hosts[0].redirect_uri",
+        );
+        // Another entry serves it: its own cookie name, so it finds no login there.
+        let entries = |cookie: serde_json::Value| {
+            let mut a = json!({"hosts": ["grafana.example.com"],
+                "redirect_uri": "https://auth.example.com/cb"});
+            let mut b = json!({"hosts": ["auth.example.com"]});
+            if !cookie.is_null() {
+                a["cookie_name"] = cookie.clone();
+                b["cookie_name"] = cookie;
+            }
+            json!([a, b])
+        };
+        refused(
+            plugin(json!({}), entries(json!(null))),
+            "hosts[0].redirect_uri",
+        );
+        // The same cookie name and IdP client: the entry that serves it takes the login.
+        assert!(plugin(json!({}), entries(json!("_sso"))).is_ok());
+        // The top level's own site (it has an issuer), its redirect on an entry's host.
+        refused(
+            plugin(
+                json!({"redirect_uri": "https://auth.example.com/cb"}),
+                json!([{"hosts": ["auth.example.com"], "redirect_uri": "https://auth.example.com/cb2"}]),
+            ),
+            "redirect_uri",
+        );
+        // A host no entry lists goes to the top level's site, which is the redirect's own.
+        assert!(
+            plugin(
+                json!({"redirect_uri": "https://auth.example.com/cb"}),
+                json!([{"hosts": ["grafana.example.com"], "redirect_uri": "https://grafana.example.com/cb"}]),
+            )
             .is_ok()
         );
     }

@@ -285,9 +285,13 @@ pub const WASM_FEATURES: [&str; 7] = [
 
 /// Runs `wasm-opt -Oz` on `input`, writing `output`.
 ///
-/// Without inlining functions that have one caller (`-ocimfs 0`): Envoy's V8 compiles every function
-/// with TurboFan when the plugin loads (proxy-wasm turns Liftoff off), and the giant functions that
-/// inlining builds cost about 9 MiB more of Envoy's resident memory for 6 KB less module.
+/// Functions that have one caller are inlined only when they are small (`-ocimfs 70`; binaryen's
+/// default has no bound). Envoy's V8 compiles every function with TurboFan when the plugin loads
+/// (proxy-wasm turns Liftoff off), and Envoy's allocator keeps the peak. Measured in Envoy 1.40 with one
+/// worker, against `70`: the giant functions that unbounded inlining builds cost about 15 MiB more
+/// resident memory for 2 KB less module; no such inlining at all (`-ocimfs 0`) leaves 370 more small
+/// functions, about 2.7 MiB more memory and 2.9 KB more module. Instructions per request are the same
+/// for `0` and `70` within the repeat noise.
 pub fn optimize(wasm_opt: &str, input: &Path, output: &Path) -> Result<(), OciError> {
     run_wasm_opt(wasm_opt, input, output, "--strip-debug")
 }
@@ -308,7 +312,7 @@ fn run_wasm_opt(
         .args([
             "-Oz",
             "--one-caller-inline-max-function-size",
-            "0",
+            "70",
             debug_info,
         ])
         .args(WASM_FEATURES)
