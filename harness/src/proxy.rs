@@ -32,7 +32,8 @@ pub enum Mode {
         /// Body.
         body: String,
     },
-    /// Forward, holding each chunk the client sends (in practice: each request) for this long.
+    /// Forward, holding each request the client sends for this long (a request that arrives in several
+    /// reads is held once: a chunk is held when it is the first, or the first since an answer).
     Delay(Duration),
     /// Forward, holding requests whose path starts with `path_prefix` for `delay` and the others not
     /// at all (one request per connection, `connection: close` both ways): e.g. a token endpoint
@@ -367,28 +368,53 @@ fn forward(inner: &Inner, id: u64, client: TcpStream, delay: Option<Duration>) {
         let _ = upstream.shutdown(Shutdown::Both);
         return;
     };
+    // Answers sent back so far: a chunk from the client is held only when it starts a request, the
+    // first one or the first after an answer, not when it is the rest of one (a body sent after its
+    // headers, a request split across reads under load).
+    let answers = Arc::new(AtomicU64::new(0));
+    let counted = answers.clone();
     let back = thread::Builder::new()
         .name(format!("proxy-back-{id}"))
-        .spawn(move || pump(upstream, client, None));
-    pump(client_read, upstream_write, delay);
+        .spawn(move || pump(upstream, client, None, Some(&counted)));
+    pump(
+        client_read,
+        upstream_write,
+        delay.map(|d| (d, &*answers)),
+        None,
+    );
     if let Ok(back) = back {
         let _ = back.join();
     }
 }
 
-/// Copies `from` to `to` until either side ends, then closes both.
-fn pump(mut from: TcpStream, mut to: TcpStream, delay: Option<Duration>) {
+/// Copies `from` to `to` until either side ends, then closes both. With `delay`, holds each chunk that
+/// starts a request (the first, or the first after the answer count changed) that long; `sent` counts
+/// the chunks copied.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    delay: Option<(Duration, &AtomicU64)>,
+    sent: Option<&AtomicU64>,
+) {
     let mut buf = [0u8; 16 * 1024];
+    let mut answers_seen = None;
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if let Some(d) = delay {
-            thread::sleep(d);
+        if let Some((d, answers)) = delay {
+            let now = answers.load(Ordering::SeqCst);
+            if answers_seen != Some(now) {
+                answers_seen = Some(now);
+                thread::sleep(d);
+            }
         }
         if to.write_all(&buf[..n]).is_err() {
             break;
+        }
+        if let Some(sent) = sent {
+            sent.fetch_add(1, Ordering::SeqCst);
         }
     }
     let _ = from.shutdown(Shutdown::Both);
@@ -576,6 +602,89 @@ mod tests {
             "{err}"
         );
         assert!(proxy.accepted() >= 8);
+    }
+
+    /// An upstream that keeps its connections open and answers each request (head and body) with "ok".
+    fn keep_alive_upstream() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        let Some(head) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match s.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                            continue;
+                        };
+                        let text = String::from_utf8_lossy(&got[..head]).to_ascii_lowercase();
+                        let len: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if got.len() < head + 4 + len {
+                            match s.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                            continue;
+                        }
+                        got.drain(..head + 4 + len);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn delay_holds_each_request_once_however_it_arrives() {
+        let proxy = FaultProxy::start().unwrap();
+        proxy.set_target(Some(keep_alive_upstream()));
+        proxy.set_mode(Mode::Delay(Duration::from_millis(500)));
+        let mut s = TcpStream::connect(proxy.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let answer = |s: &mut TcpStream| {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 256];
+            while !out.ends_with(b"\r\n\r\nok") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&out));
+                out.extend_from_slice(&buf[..n]);
+            }
+        };
+        // A request whose body comes in a read of its own is held once, not once per read.
+        let t = std::time::Instant::now();
+        s.write_all(b"POST /token HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\n")
+            .unwrap();
+        thread::sleep(Duration::from_millis(100));
+        s.write_all(b"body").unwrap();
+        answer(&mut s);
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_millis(900),
+            "{took:?}"
+        );
+        // The next request on the same connection is held again.
+        let t = std::time::Instant::now();
+        s.write_all(b"GET /keys HTTP/1.1\r\nhost: x\r\n\r\n")
+            .unwrap();
+        answer(&mut s);
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
