@@ -290,7 +290,7 @@ pub const WASM_FEATURES: [&str; 7] = [
 /// (proxy-wasm turns Liftoff off), and Envoy's allocator keeps the peak. Measured in Envoy 1.40 with one
 /// worker, against `70`: the giant functions that unbounded inlining builds cost about 15 MiB more
 /// resident memory for 2 KB less module; no such inlining at all (`-ocimfs 0`) leaves 370 more small
-/// functions, about 2.7 MiB more memory and 2.9 KB more module. Instructions per request are the same
+/// functions, about 2.8 MiB more memory and 2.9 KB more module. Instructions per request are the same
 /// for `0` and `70` within the repeat noise.
 pub fn optimize(wasm_opt: &str, input: &Path, output: &Path) -> Result<(), OciError> {
     run_wasm_opt(wasm_opt, input, output, "--strip-debug")
