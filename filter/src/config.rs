@@ -649,6 +649,7 @@ impl Plugin {
         };
         let top_issuer = top.get("issuer").cloned();
         let mut seen_hosts: Vec<String> = Vec::new();
+        let mut inherits_redirect: Vec<bool> = Vec::new();
         for (i, entry) in entries.into_iter().enumerate() {
             let at = |e: ConfigError| ConfigError {
                 field: format!("hosts[{i}].{}", e.field),
@@ -745,6 +746,7 @@ impl Plugin {
             }
             let mut site = Config::from_object(merged, env).map_err(at_redirect)?;
             redirect_host_served(&site, &hosts).map_err(at_redirect)?;
+            inherits_redirect.push(inherited.contains(&"`redirect_uri`"));
             if !explicit_cookie {
                 // Each site seals under its own cookie name (the AEAD's associated data), so a session
                 // of one host's IdP never opens on another host.
@@ -808,9 +810,15 @@ impl Plugin {
             default_site,
             cookie_names,
         };
-        // The site that serves the redirect's host takes the callback: one with another cookie name (or
-        // client) finds no login of its own there, and no site at all refuses or passes it.
+        // The site that serves the redirect's host takes the callback, and only the site that started a
+        // login can finish it: its callback path, login cookie (name and keys) and `redirect_uri`, and the
+        // host the browser goes back to. The top level's own site serves requests only as the default.
+        let entry_of = |i: usize| i.saturating_sub(usize::from(default_site.is_some()));
         for (i, site) in plugin.sites.iter().enumerate() {
+            let top_site = default_site == Some(i);
+            if top_site && plugin.unmatched != Unmatched::Default {
+                continue;
+            }
             let Some(url) = site
                 .redirect_uri
                 .as_deref()
@@ -818,26 +826,37 @@ impl Plugin {
             else {
                 continue;
             };
-            let served = plugin
-                .site_for(url.authority())
-                .ok()
-                .flatten()
-                .and_then(|t| plugin.sites.get(t))
-                .is_some_and(|t| t.cookie_name == site.cookie_name && t.same_client(site));
-            if !served {
-                let field = match default_site {
-                    Some(d) if d == i => "redirect_uri".to_string(),
-                    d => format!("hosts[{}].redirect_uri", i - usize::from(d.is_some())),
-                };
-                return Err(err(
-                    &field,
-                    format!(
-                        "its host `{}` is served by no site, or by one with another cookie name or \
-                         client: the IdP's redirect back would not find the login",
-                        url.host()
-                    ),
-                ));
+            let taker = plugin.site_for(url.authority()).ok().flatten();
+            if taker == Some(i) {
+                continue;
             }
+            let by = match taker {
+                None => "no site".to_string(),
+                Some(t) if default_site == Some(t) => "the top level's site".to_string(),
+                Some(t) => format!("`hosts[{}]`", entry_of(t)),
+            };
+            let (field, note) = if top_site {
+                ("redirect_uri".to_string(), "")
+            } else {
+                let entry = entry_of(i);
+                let inherited = inherits_redirect.get(entry).copied().unwrap_or(false);
+                (
+                    format!("hosts[{entry}].redirect_uri"),
+                    if inherited {
+                        " (inherited from the top level)"
+                    } else {
+                        ""
+                    },
+                )
+            };
+            return Err(err(
+                &field,
+                format!(
+                    "its host `{}` is served by {by}, not by this site, which alone can finish its \
+                     logins{note}",
+                    url.host()
+                ),
+            ));
         }
         Ok(plugin)
     }
@@ -2493,7 +2512,7 @@ mod tests {
         );
     }
     #[test]
-    fn a_redirect_uri_must_be_served_by_a_site_that_finds_the_login() {
+    fn a_redirect_uri_must_be_served_by_its_own_site() {
         use serde_json::json;
         let plugin = |top: serde_json::Value, entries: serde_json::Value| {
             let mut v = json!({"cookie_keys": [KEY], "client_secret": "s", "client_id": "app",
@@ -2504,10 +2523,12 @@ mod tests {
             v["hosts"] = entries;
             Plugin::parse(v.to_string().as_bytes(), &no_env)
         };
-        let refused = |r: Result<Plugin, ConfigError>, field: &str| {
+        let refused = |r: Result<Plugin, ConfigError>, field: &str, by: &str| {
             let e = r.unwrap_err();
             assert_eq!(e.field, field, "{e}");
             assert!(e.reason.contains("`auth.example.com`"), "{e}");
+            assert!(e.reason.contains(by), "{e}");
+            e
         };
         // Within cookie_domain, but no entry serves the redirect's host: the callback would be refused.
         refused(
@@ -2517,32 +2538,56 @@ mod tests {
                     "redirect_uri": "https://auth.example.com/cb"}]),
             ),
             "hosts[0].redirect_uri",
+            "no site",
         );
-        // Another entry serves it: its own cookie name, so it finds no login there.
-        let entries = |cookie: serde_json::Value| {
-            let mut a = json!({"hosts": ["grafana.example.com"],
-                "redirect_uri": "https://auth.example.com/cb"});
-            let mut b = json!({"hosts": ["auth.example.com"]});
-            if !cookie.is_null() {
-                a["cookie_name"] = cookie.clone();
-                b["cookie_name"] = cookie;
+        // Another entry serves it: its callback path, login cookie and redirect are its own, even with
+        // the same cookie name, and the browser would land on that host.
+        for cookie in [None, Some("_sso")] {
+            let mut entries = json!([
+                {"hosts": ["grafana.example.com"], "redirect_uri": "https://auth.example.com/cb"},
+                {"hosts": ["auth.example.com"]},
+            ]);
+            if let Some(c) = cookie {
+                entries[0]["cookie_name"] = json!(c);
+                entries[1]["cookie_name"] = json!(c);
             }
-            json!([a, b])
-        };
-        refused(
-            plugin(json!({}), entries(json!(null))),
-            "hosts[0].redirect_uri",
+            let e = refused(
+                plugin(json!({}), entries),
+                "hosts[0].redirect_uri",
+                "`hosts[1]`",
+            );
+            assert!(!e.reason.contains("inherited"), "{e}");
+        }
+        // An inherited redirect_uri: the entries that do not serve its host are refused, saying so.
+        let e = refused(
+            plugin(
+                json!({"redirect_uri": "https://auth.example.com/cb", "unmatched_hosts": "deny"}),
+                json!([{"hosts": ["auth.example.com"]}, {"hosts": ["grafana.example.com"]}]),
+            ),
+            "hosts[1].redirect_uri",
+            "`hosts[0]`",
         );
-        // The same cookie name and IdP client: the entry that serves it takes the login.
-        assert!(plugin(json!({}), entries(json!("_sso"))).is_ok());
-        // The top level's own site (it has an issuer), its redirect on an entry's host.
+        assert!(e.reason.contains("inherited from the top level"), "{e}");
+        // The top level's own site when it serves unmatched hosts, its redirect on an entry's host.
         refused(
             plugin(
                 json!({"redirect_uri": "https://auth.example.com/cb"}),
                 json!([{"hosts": ["auth.example.com"], "redirect_uri": "https://auth.example.com/cb2"}]),
             ),
             "redirect_uri",
+            "`hosts[0]`",
         );
+        // Serving no request (`deny`, `pass`), the top level's site is not checked.
+        for unmatched in ["deny", "pass"] {
+            assert!(
+                plugin(
+                    json!({"redirect_uri": "https://auth.example.com/cb", "unmatched_hosts": unmatched}),
+                    json!([{"hosts": ["auth.example.com"]}]),
+                )
+                .is_ok(),
+                "{unmatched}"
+            );
+        }
         // A host no entry lists goes to the top level's site, which is the redirect's own.
         assert!(
             plugin(

@@ -809,6 +809,17 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     let Some(redirect_uri) = redirect_uri(cfg, h) else {
         return text(400, "Bad request: invalid Host header.", None);
     };
+    // A `redirect_uri` on another host of the site brings the browser back there: the login ends on the
+    // host it started from (Envoy's own `:scheme` and `:authority`, a host of this site).
+    let rd = match origin(h) {
+        Some(o)
+            if !redirect_uri.starts_with(&o)
+                || redirect_uri.as_bytes().get(o.len()) != Some(&b'/') =>
+        {
+            o + &rd
+        }
+        _ => rd,
+    };
     let (Some(s), Some(n), Some(v), Some(seal_nonce)) = (
         (env.random)(),
         (env.random)(),
@@ -2000,9 +2011,22 @@ fn text(status: u16, msg: &str, metric: Option<Metric>) -> Step {
     })
 }
 
-/// Where a failed login's page sends "Start again": a new login towards where this one was going.
+/// Where a failed login's page sends "Start again": a new login towards where this one was going, on the
+/// host it started from.
 fn start_again(cfg: &Config, x: &CodeExchange) -> String {
-    login_location(cfg, &x.login.rd)
+    let rd = &x.login.rd;
+    // `rd` is a path, or the origin of another host of the site and a path (`login`).
+    // The path starts at the origin's third `/` (`scheme://host/`).
+    let at = match rd.starts_with('/') {
+        true => 0,
+        false => rd
+            .bytes()
+            .enumerate()
+            .filter(|&(_, c)| c == b'/')
+            .nth(2)
+            .map_or(0, |(i, _)| i),
+    };
+    format!("{}{}", &rd[..at], login_location(cfg, &rd[at..]))
 }
 
 fn bad_callback(reason: CallbackFailure, msg: &str, clear: Vec<String>) -> Step {

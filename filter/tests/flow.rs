@@ -400,7 +400,43 @@ fn login_honours_configured_redirect_uri_and_scopes() {
     let l = start_login(&mut f, "");
     assert_eq!(l.params["redirect_uri"], "https://login.example.com/cb");
     assert_eq!(l.params["scope"], "openid offline_access");
-    assert_eq!(l.sealed.rd, "/");
+    // Started on app.example.com: the login goes back there.
+    assert_eq!(l.sealed.rd, "https://app.example.com/");
+}
+
+#[test]
+fn a_login_sent_back_to_another_host_ends_on_the_host_it_started_from() {
+    let cfg = || {
+        config(json!({
+            "redirect_uri": "https://login.example.com/cb",
+            "cookie_domain": "example.com",
+        }))
+    };
+    let callback = |l: &Login| {
+        Req::browser(&format!("/cb?code=code-1&state={}", l.state))
+            .with(":authority", "login.example.com")
+            .with("sec-fetch-mode", "navigate")
+            .with("cookie", &l.cookie())
+    };
+    let mut f = Filter::ready(cfg());
+    let l = start_login(&mut f, "?rd=/app%3Fx%3D1");
+    assert_eq!(l.sealed.rd, "https://app.example.com/app?x=1");
+    let (_, pending) = call(f.request(&callback(&l)));
+    let body = token_body(Some(&mint(&claims(Some(&l.nonce)))), None);
+    let r = respond(f.reply(pending, Some((200, &body))));
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(location(&r), "https://app.example.com/app?x=1");
+    // A failed one starts again on that host too.
+    let mut f = Filter::ready(cfg());
+    let l = start_login(&mut f, "?rd=/app");
+    let (_, pending) = call(f.request(&callback(&l)));
+    let r = respond(f.reply(pending, Some((500, b"down"))));
+    assert!(
+        r.body
+            .contains("<a href=\"https://app.example.com/login?rd=%2Fapp\">Start again</a>"),
+        "{}",
+        r.body
+    );
 }
 
 #[test]
