@@ -931,7 +931,7 @@ pub struct BadAuthority;
 /// The lowercase host of `host[:port]` (an IPv6 address keeps its brackets); `None` unless the authority
 /// is exactly that: a name of letters, digits, `-`, `.` and `_` that does not end with a dot, or a
 /// bracketed address, then at most one `:` and up to five digits.
-fn host_of(authority: &str) -> Option<String> {
+pub(crate) fn host_of(authority: &str) -> Option<String> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let (inside, after) = rest.split_once(']')?;
         if inside.is_empty()

@@ -809,16 +809,9 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     let Some(redirect_uri) = redirect_uri(cfg, h) else {
         return text(400, "Bad request: invalid Host header.", None);
     };
-    // A `redirect_uri` on another host of the site brings the browser back there: the login ends on the
-    // host it started from (Envoy's own `:scheme` and `:authority`, a host of this site).
-    let rd = match origin(h) {
-        Some(o)
-            if !redirect_uri.starts_with(&o)
-                || redirect_uri.as_bytes().get(o.len()) != Some(&b'/') =>
-        {
-            o + &rd
-        }
-        _ => rd,
+    let rd = match origin_to_return_to(cfg, h) {
+        Some(o) => o + &rd,
+        None => rd,
     };
     let (Some(s), Some(n), Some(v), Some(seal_nonce)) = (
         (env.random)(),
@@ -1827,6 +1820,27 @@ fn login_done(cfg: &Config, rd: &str) -> Step {
          <p>Logged in. <a href=\"{rd}\">Continue</a>.</p>\n"
     );
     Step::Respond(html_page(200, body, Some(Metric::LoginCompleted)))
+}
+
+/// Where a login started on another host than its `redirect_uri`'s goes back to after the callback:
+/// `redirect_uri`'s scheme (a gateway behind a TLS-terminating balancer may see `http`) and the request's
+/// host. Only for a host within `cookie_domain`: from any other the login cookie never reaches the
+/// callback, so such a login cannot finish, and no forged `Host` is written into one.
+fn origin_to_return_to(cfg: &Config, h: &dyn Headers) -> Option<String> {
+    let url = WebUrl::parse(cfg.redirect_uri.as_deref()?).ok()?;
+    let domain = cfg
+        .cookie
+        .domain
+        .as_deref()?
+        .trim_matches('.')
+        .to_ascii_lowercase();
+    let authority = h.get(":authority")?.to_ascii_lowercase();
+    let host = crate::config::host_of(&authority)?;
+    let within = host
+        .strip_suffix(domain.as_str())
+        .is_some_and(|sub| sub.is_empty() || sub.ends_with('.'));
+    (within && !host.eq_ignore_ascii_case(url.host()))
+        .then(|| format!("{}://{authority}", url.scheme()))
 }
 
 fn redirect_uri(cfg: &Config, h: &dyn Headers) -> Option<String> {

@@ -400,8 +400,9 @@ fn login_honours_configured_redirect_uri_and_scopes() {
     let l = start_login(&mut f, "");
     assert_eq!(l.params["redirect_uri"], "https://login.example.com/cb");
     assert_eq!(l.params["scope"], "openid offline_access");
-    // Started on app.example.com: the login goes back there.
-    assert_eq!(l.sealed.rd, "https://app.example.com/");
+    // Without `cookie_domain` a login cookie set on app.example.com never reaches login.example.com:
+    // nothing to go back to.
+    assert_eq!(l.sealed.rd, "/");
 }
 
 #[test]
@@ -426,6 +427,19 @@ fn a_login_sent_back_to_another_host_ends_on_the_host_it_started_from() {
     let r = respond(f.reply(pending, Some((200, &body))));
     assert_eq!(r.status, 302, "{}", r.body);
     assert_eq!(location(&r), "https://app.example.com/app?x=1");
+    // Behind a balancer that ends TLS, Envoy sees `http`: back to `https`, the redirect's scheme. From the
+    // redirect's own host (in any case), or a host outside cookie_domain, the target stays a path.
+    let mut f = Filter::ready(cfg());
+    let r =
+        respond(f.request(&Req::browser("/login?rd=/app&fragment_read=").with(":scheme", "http")));
+    let l = login_from(&f, &r);
+    assert_eq!(l.sealed.rd, "https://app.example.com/app");
+    for host in ["Login.Example.com", "app.example.org", "notexample.com"] {
+        let r = respond(
+            f.request(&Req::browser("/login?rd=/app&fragment_read=").with(":authority", host)),
+        );
+        assert_eq!(login_from(&f, &r).sealed.rd, "/app", "{host}");
+    }
     // A failed one starts again on that host too.
     let mut f = Filter::ready(cfg());
     let l = start_login(&mut f, "?rd=/app");

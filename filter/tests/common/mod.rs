@@ -400,11 +400,16 @@ pub fn start_login(f: &mut Filter, raw_query: &str) -> Login {
     let sep = if raw_query.is_empty() { "?" } else { "&" };
     let target = format!("/login{raw_query}{sep}fragment_read=");
     let r = respond(f.request(&Req::browser(&target)));
-    let auth_url = WebUrl::parse(location(&r)).unwrap();
+    login_from(f, &r)
+}
+
+/// The login attempt that `/login`'s answer `r` (a redirect to the IdP) started.
+pub fn login_from(f: &Filter, r: &oidc_filter::flow::Reply) -> Login {
+    let auth_url = WebUrl::parse(location(r)).unwrap();
     let params = query(auth_url.as_str());
     let state = params["state"].clone();
     let nonce = params["nonce"].clone();
-    let sets = set_cookies(&r);
+    let sets = set_cookies(r);
     assert_eq!(sets.len(), 1, "{sets:?}");
     let set_cookie = sets[0].to_string();
     let (cookie_name, rest) = set_cookie.split_once('=').unwrap();
