@@ -26,6 +26,13 @@ const BOARD: &str = "board.apps.localhost";
 const NOTES: &str = "notes.localhost";
 /// Matches no `hosts` entry of any site.
 const OTHER: &str = "other.localhost";
+/// The `shared` site's hosts (`*.shared.localhost`), which log in through one `redirect_uri` on
+/// the first, within `cookie_domain` `shared.localhost`.
+const SHARED_LOGIN: &str = "login.shared.localhost";
+const SHARED_A: &str = "a.shared.localhost";
+const SHARED_B: &str = "b.shared.localhost";
+/// Its session cookie: its only `hosts` entry's.
+const SHARED_COOKIE: &str = "_oidc_session_0";
 const BACKCHANNEL: &str = "/oauth2/backchannel-logout";
 /// The Grafana client's own paths.
 const GRAFANA_CALLBACK: &str = "/sso/callback";
@@ -86,9 +93,20 @@ fn stack() -> &'static Stack {
             .filter(json!({"issuer": null, "unmatched_hosts": "pass"}))
             .host(HostSpec::new("open-wiki", 0, &[WIKI]));
         open.istio_authn = false;
+        // Delivered through ECDS: its `redirect_uri` names the listener's port, known once Envoy
+        // runs, so the test gives it that configuration then.
+        let shared = SiteSpec {
+            ecds: true,
+            ..SiteSpec::new("shared")
+                .filter(json!({"issuer": null, "unmatched_hosts": "deny"}))
+                .host(
+                    HostSpec::new("shared-hosts", 0, &["*.shared.localhost"])
+                        .redirect_host(SHARED_LOGIN),
+                )
+        };
         let spec = StackSpec {
             extra_idps: 1,
-            ..StackSpec::new("beyond", vec![multi, strict, open])
+            ..StackSpec::new("beyond", vec![multi, strict, open, shared])
         };
         let stack = Stack::start(spec).unwrap();
         // Generous: on a loaded machine the first discovery fetches can fail while Envoy warms up,
@@ -426,6 +444,80 @@ fn no_site_cookie_reaches_an_app_whichever_host_it_was_sent_to() {
     }
     let e = echo(&other, &open.host_url(OTHER, "/x"), &[]);
     assert_eq!(e["headers"]["cookie"], "theme=dark", "{e}");
+}
+
+#[test]
+fn a_shared_redirect_uri_sends_each_login_back_to_the_host_it_started_on() {
+    // One callback for every host under `*.shared.localhost` (one redirect URI registered at the
+    // IdP), with the session shared through `cookie_domain`, as the platform team configures it.
+    let s = stack();
+    let shared = site("shared");
+    let callback = shared.host_url(SHARED_LOGIN, "/oauth2/callback");
+    let mut config = shared.filter_config.clone();
+    config["hosts"][0]["redirect_uri"] = json!(callback);
+    config["hosts"][0]["cookie_domain"] = json!("shared.localhost");
+    let reloads = s.ecds_stat("shared", "config_reload").unwrap();
+    s.update_filter_config("shared", config).unwrap();
+    // A bound on the wait only: on a loaded machine Envoy has taken over 10 s to pick up the file.
+    harness::process::poll(Duration::from_secs(30), || {
+        Ok((s.ecds_stat("shared", "config_reload")? > reloads).then_some(()))
+    })
+    .unwrap();
+    assert_eq!(s.ecds_stat("shared", "config_fail").unwrap(), 0);
+    // Every worker sends logins through the shared callback (and has its IdP's keys).
+    s.until_every_worker("shared", Duration::from_secs(60), || {
+        let r = Browser::new()
+            .get(&shared.host_url(SHARED_B, "/login?rd=/"))
+            .unwrap();
+        r.status == 302
+            && r.location()
+                .and_then(|l| query_param(&l, "redirect_uri"))
+                .is_some_and(|u| u == callback)
+    })
+    .unwrap();
+
+    // A login started on one host passes the callback on the shared host and lands where it began.
+    let start = shared.host_url(SHARED_A, "/report?q=1");
+    let b = Browser::new();
+    let done = b.login(&start, "alice").unwrap();
+    let chain = describe_chain(&done.chain);
+    assert_eq!(done.response.status, 200, "{chain}\n{}", done.response.body);
+    assert_eq!(done.response.url, start, "{chain}");
+    assert!(
+        done.chain
+            .iter()
+            .any(|(u, status)| *status == 302 && u.starts_with(&format!("{callback}?"))),
+        "not through the shared callback:\n{chain}"
+    );
+    let a = bearer_claims(&echo(&b, &start, &[]));
+    assert_eq!(
+        (a["sub"].as_str(), a["aud"].as_str()),
+        (Some("alice"), Some("shared-hosts"))
+    );
+
+    // The session is the domain's: another host under it is logged in without a new login...
+    let c = b
+        .stored_cookies(SHARED_B)
+        .into_iter()
+        .find(|c| c.name == SHARED_COOKIE)
+        .expect("a session cookie for the other host");
+    assert_eq!(
+        (c.domain.as_str(), c.host_only),
+        ("shared.localhost", false)
+    );
+    let r = b.get(&shared.host_url(SHARED_B, "/x")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        bearer_claims(&echo(&b, &shared.host_url(SHARED_B, "/x"), &[]))["sub"],
+        "alice"
+    );
+
+    // ... and a login started on the callback's own host ends there.
+    let fresh = Browser::new();
+    let start = shared.host_url(SHARED_LOGIN, "/home");
+    let done = fresh.login(&start, "bob").unwrap();
+    assert_eq!(done.response.url, start, "{}", describe_chain(&done.chain));
+    assert_eq!(done.response.status, 200, "{}", done.response.body);
 }
 
 // --- 2. claim rules ---
