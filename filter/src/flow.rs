@@ -1822,10 +1822,10 @@ fn login_done(cfg: &Config, rd: &str) -> Step {
     Step::Respond(html_page(200, body, Some(Metric::LoginCompleted)))
 }
 
-/// Where a login started on another host than its `redirect_uri`'s goes back to after the callback:
-/// `redirect_uri`'s scheme (a gateway behind a TLS-terminating balancer may see `http`) and the request's
-/// host. Only for a host within `cookie_domain`: from any other the login cookie never reaches the
-/// callback, so such a login cannot finish, and no forged `Host` is written into one.
+/// Where a login started on another host (or port) than its `redirect_uri`'s goes back to after the
+/// callback: `redirect_uri`'s scheme (a gateway behind a TLS-terminating balancer may see `http`) and the
+/// request's host and port. Only for a host within `cookie_domain`: from any other the login cookie never
+/// reaches the callback, so such a login cannot finish, and no forged `Host` is written into one.
 fn origin_to_return_to(cfg: &Config, h: &dyn Headers) -> Option<String> {
     let url = WebUrl::parse(cfg.redirect_uri.as_deref()?).ok()?;
     let domain = cfg
@@ -1839,8 +1839,17 @@ fn origin_to_return_to(cfg: &Config, h: &dyn Headers) -> Option<String> {
     let within = host
         .strip_suffix(domain.as_str())
         .is_some_and(|sub| sub.is_empty() || sub.ends_with('.'));
-    (within && !host.eq_ignore_ascii_case(url.host()))
-        .then(|| format!("{}://{authority}", url.scheme()))
+    // A port left out is the redirect scheme's default, as it will be for the browser.
+    let port = match authority
+        .get(host.len()..)
+        .and_then(|p| p.strip_prefix(':'))
+    {
+        Some(digits) => digits.parse().ok()?,
+        None if url.scheme() == "https" => 443,
+        None => 80,
+    };
+    let elsewhere = !host.eq_ignore_ascii_case(url.host()) || port != url.port_or_default();
+    (within && elsewhere).then(|| format!("{}://{authority}", url.scheme()))
 }
 
 fn redirect_uri(cfg: &Config, h: &dyn Headers) -> Option<String> {

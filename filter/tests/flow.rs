@@ -434,11 +434,29 @@ fn a_login_sent_back_to_another_host_ends_on_the_host_it_started_from() {
         respond(f.request(&Req::browser("/login?rd=/app&fragment_read=").with(":scheme", "http")));
     let l = login_from(&f, &r);
     assert_eq!(l.sealed.rd, "https://app.example.com/app");
-    for host in ["Login.Example.com", "app.example.org", "notexample.com"] {
+    for host in [
+        "Login.Example.com",
+        "login.example.com:443",
+        "app.example.org",
+        "notexample.com",
+    ] {
         let r = respond(
             f.request(&Req::browser("/login?rd=/app&fragment_read=").with(":authority", host)),
         );
         assert_eq!(login_from(&f, &r).sealed.rd, "/app", "{host}");
+    }
+    // The redirect's host on another port, and the apex of cookie_domain: back there.
+    for (host, rd) in [
+        (
+            "login.example.com:8443",
+            "https://login.example.com:8443/app",
+        ),
+        ("example.com", "https://example.com/app"),
+    ] {
+        let r = respond(
+            f.request(&Req::browser("/login?rd=/app&fragment_read=").with(":authority", host)),
+        );
+        assert_eq!(login_from(&f, &r).sealed.rd, rd, "{host}");
     }
     // A failed one starts again on that host too.
     let mut f = Filter::ready(cfg());
