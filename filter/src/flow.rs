@@ -1588,7 +1588,7 @@ fn new_session(
 ) -> Option<Session> {
     // The IdP's figure, unchecked in size: an hour when it gives none (or 0).
     let access_exp = now.saturating_add(tokens.expires_in.filter(|&e| e > 0).unwrap_or(3600));
-    let access = || (!tokens.access_token.is_empty()).then(|| tokens.access_token.clone());
+    let access = || tokens.access_token.clone();
     let (access_token, token_expires_at) = match cfg.forward_token {
         ForwardToken::AccessToken => (Some(access()?), access_exp),
         // The app gets the access token too: the session renews when the first of the two expires.

@@ -1000,7 +1000,7 @@ fn unusable_token_endpoint_answers_are_502() {
             b"<html>not json</html>",
             "malformed token response: body is not a JSON object",
         ),
-        (200, b"{}", "malformed token response: no access_token"),
+        (200, b"{}", "token response has no id_token"),
         (
             200,
             br#"{"access_token":"a","token_type":"MAC","id_token":"x"}"#,
@@ -1279,6 +1279,36 @@ fn the_access_token_is_forwarded_when_configured() {
     );
     let fwd = forward(f.request(&Req::browser("/").cookies(&jar)));
     assert_eq!(bearer(&fwd), "Bearer access-1");
+}
+
+/// Azure AD B2C, asked for no API scope, answers the code with an ID token alone (no `access_token`,
+/// which RFC 6749 requires): enough when the ID token is what goes upstream.
+#[test]
+fn a_token_answer_without_an_access_token_logs_in_where_the_id_token_is_forwarded() {
+    let b2c = |l: &Login| {
+        let body = json!({
+            "id_token": mint(&claims(Some(&l.nonce))),
+            "token_type": "Bearer",
+            "id_token_expires_in": 3600,
+            "scope": "openid",
+        });
+        Some((200, body.to_string().into_bytes()))
+    };
+    let mut f = ready();
+    let r = callback_with_reply(&mut f, b2c);
+    assert_eq!(r.status, 302, "{r:?}");
+    assert_eq!(location(&r), "/app");
+    let mut jar = Jar::default();
+    jar.apply(set_cookies(&r));
+    let s = f.open_session(&jar);
+    assert!(s.access_token.is_none());
+    let fwd = forward(f.request(&Req::browser("/").cookies(&jar)));
+    assert_eq!(bearer(&fwd), format!("Bearer {}", s.id_token.expose()));
+    // Where the access token is what goes upstream, the login fails: 502, naming what is missing.
+    let mut f = Filter::ready(config(json!({"forward_token": "access_token"})));
+    let r = callback_with_reply(&mut f, b2c);
+    assert_callback_failed(&r, 502, CallbackFailure::TokenEndpoint);
+    assert!(r.body.contains("returned no access token"), "{}", r.body);
 }
 
 #[test]

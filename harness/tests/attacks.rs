@@ -277,13 +277,29 @@ fn good_claims(site: &str, nonce: &str) -> Value {
 /// A callback whose token endpoint answers with an ID token forged `how`, with `patch` merged
 /// over good claims and `header` over the JOSE header (caller holds `idp_lock`).
 fn forged_callback(how: Forge, header: Value, patch: Value) -> (Response, Browser) {
+    let (resp, b, _) = forged_callback_answered(
+        how,
+        header,
+        patch,
+        |token| json!({"access_token": "forged-at", "token_type": "Bearer", "id_token": token, "expires_in": 300}),
+    );
+    (resp, b)
+}
+
+/// [`forged_callback`] whose token endpoint answers `body(id_token)`; also returns the ID token.
+fn forged_callback_answered(
+    how: Forge,
+    header: Value,
+    patch: Value,
+    body: impl FnOnce(&str) -> Value,
+) -> (Response, Browser, String) {
     let b = Browser::new();
     let login = start_login(&b, APP, "/after-login");
     let mut claims = good_claims(APP, &login.nonce);
     harness::merge_json(&mut claims, &patch);
     let jwks = stack().idp_jwks_file().unwrap();
     let token = forge_id_token(jwks, how, &header, &claims).unwrap();
-    let body = json!({"access_token": "forged-at", "token_type": "Bearer", "id_token": token, "expires_in": 300});
+    let body = body(&token);
     let resp = {
         let _token = TokenEndpoint::answer(200, &body.to_string());
         b.get(&url(
@@ -292,7 +308,7 @@ fn forged_callback(how: Forge, header: Value, patch: Value) -> (Response, Browse
         ))
         .unwrap()
     };
-    (resp, b)
+    (resp, b, token)
 }
 
 /// Sends raw bytes to a site's listener and returns (status, head, body); status 0 when Envoy
@@ -727,6 +743,29 @@ fn a_correctly_signed_id_token_logs_in_which_is_the_control_for_every_token_atta
             .as_str()
             .unwrap()
             .starts_with("Bearer ey")
+    );
+}
+
+/// Azure AD B2C, asked for no API scope, answers the code with an ID token alone: no `access_token`
+/// (RFC 6749 requires one), which the filter needs only where it forwards the access token.
+#[test]
+fn an_id_token_alone_from_the_token_endpoint_logs_in_where_the_id_token_is_forwarded() {
+    let _idp = idp_hold::exclusive();
+    let (resp, b, token) = forged_callback_answered(
+        Forge::Rs256,
+        json!({}),
+        json!({}),
+        |token| json!({"id_token": token, "token_type": "Bearer", "id_token_expires_in": 3600, "scope": "openid"}),
+    );
+    assert_eq!(resp.status, 302, "{}", resp.body);
+    assert_eq!(resp.header("location"), Some("/after-login"));
+    let page = b
+        .get_with(&url(APP, "/after-login"), &[("accept", JSON_ACCEPT)])
+        .unwrap();
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(
+        app_saw(&page).unwrap()["headers"]["authorization"],
+        format!("Bearer {token}")
     );
 }
 

@@ -13,8 +13,17 @@ fuzz_target!(|data: &[u8]| {
     let status = u16::from_be_bytes(*status) % 600;
     match token::parse_response(status, body) {
         Ok(t) => {
-            assert!(!t.access_token.is_empty());
-            assert!(t.token_type.eq_ignore_ascii_case("bearer"));
+            // Every token is a non-empty, header-safe string (it goes into request headers).
+            for s in [&t.access_token, &t.id_token, &t.refresh_token]
+                .into_iter()
+                .flatten()
+            {
+                let s = s.expose();
+                assert!(
+                    !s.is_empty() && s.bytes().all(|b| (0x20..0x7f).contains(&b)),
+                    "{s:?}"
+                );
+            }
         }
         Err(TokenError::Rejected { error, .. }) => {
             assert!(error.len() <= 64);

@@ -33,11 +33,12 @@ pub struct FormRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenResponse {
     pub id_token: Option<Secret>,
-    pub access_token: Secret,
+    /// Required by RFC 6749, but Azure AD B2C leaves it out when no API scope was asked for: needed only
+    /// where the filter forwards it (`forward_token: access_token`).
+    pub access_token: Option<Secret>,
     pub refresh_token: Option<Secret>,
     /// Lifetime of the access token in seconds, when the IdP says.
     pub expires_in: Option<u64>,
-    pub token_type: String,
 }
 
 /// Why a token response was not usable.
@@ -188,19 +189,19 @@ pub fn parse_response(status: u16, body: &[u8]) -> Result<TokenResponse, TokenEr
     }
 
     let json = json.ok_or(TokenError::Malformed("body is not a JSON object"))?;
-    let access_token =
-        optional_token(&json, "access_token")?.ok_or(TokenError::Malformed("no access_token"))?;
-    let token_type = match json.get("token_type") {
-        Some(Value::String(t)) if t.eq_ignore_ascii_case("Bearer") => t.clone(),
+    let access_token = optional_token(&json, "access_token")?;
+    // An access token must be a bearer token (a DPoP- or MAC-bound one is no use upstream).
+    match json.get("token_type") {
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("Bearer") => {}
         Some(_) => return Err(TokenError::Malformed("token_type is not Bearer")),
-        None => return Err(TokenError::Malformed("no token_type")),
-    };
+        None if access_token.is_some() => return Err(TokenError::Malformed("no token_type")),
+        None => {}
+    }
     Ok(TokenResponse {
         id_token: optional_token(&json, "id_token")?,
         access_token,
         refresh_token: optional_token(&json, "refresh_token")?,
         expires_in: expires_in(&json)?,
-        token_type,
     })
 }
 
@@ -264,7 +265,7 @@ fn expires_in(json: &Object) -> Result<Option<u64>, TokenError> {
     match json.get("expires_in") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n
-            .as_u64()
+            .floor_u64()
             .map(Some)
             .ok_or(TokenError::Malformed("expires_in is not a whole number")),
         Some(Value::String(s)) => s
@@ -415,11 +416,10 @@ mod tests {
             br#"{"access_token":"at","token_type":"bearer","id_token":"it","refresh_token":"rt",
             "expires_in":3600,"scope":"openid"}"#;
         let r = parse_response(200, body).unwrap();
-        assert_eq!(r.access_token.expose(), "at");
+        assert_eq!(r.access_token.as_ref().map(Secret::expose), Some("at"));
         assert_eq!(r.id_token.as_ref().map(Secret::expose), Some("it"));
         assert_eq!(r.refresh_token.as_ref().map(Secret::expose), Some("rt"));
         assert_eq!(r.expires_in, Some(3600));
-        assert_eq!(r.token_type, "bearer");
         let debug = format!("{r:?}");
         assert!(
             !debug.contains("\"at\"") && !debug.contains("\"it\"") && !debug.contains("\"rt\"")
@@ -440,13 +440,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.expires_in, Some(299));
+        // A whole number written as a fraction or with an exponent is still that number.
+        for n in ["3600.0", "3.6e3"] {
+            let body = format!(r#"{{"access_token":"at","token_type":"Bearer","expires_in":{n}}}"#);
+            assert_eq!(
+                parse_response(200, body.as_bytes()).unwrap().expires_in,
+                Some(3600),
+                "{n}"
+            );
+        }
+        // Azure AD B2C asked for no API scope: an ID token alone, with or without a token type.
+        for body in [
+            r#"{"id_token":"it","token_type":"Bearer","id_token_expires_in":3600,"scope":"openid"}"#,
+            r#"{"id_token":"it"}"#,
+        ] {
+            let r = parse_response(200, body.as_bytes()).unwrap();
+            assert_eq!(r.access_token.as_ref().map(Secret::expose), None, "{body}");
+            assert_eq!(
+                r.id_token.as_ref().map(Secret::expose),
+                Some("it"),
+                "{body}"
+            );
+        }
     }
 
     #[test]
     fn unusable_successes_are_malformed() {
         for (body, reason) in [
             ("<html>", "body is not a JSON object"),
-            (r#"{"token_type":"Bearer"}"#, "no access_token"),
             (
                 r#"{"access_token":"at\r\nx-admin: 1","token_type":"Bearer"}"#,
                 "a token has characters outside VSCHAR",
