@@ -60,6 +60,8 @@ pub struct Config {
     pub identity_headers: Vec<(String, String)>,
     /// More parameters for the authorization request (Google's `access_type`, Auth0's `audience`, …).
     pub authorization_params: Vec<(String, String)>,
+    /// Its `max_age`, which the ID token's `auth_time` must meet at the callback.
+    pub max_age: Option<u64>,
     /// The claims a session keeps: those the rules and identity headers read.
     pub keep_claims: Vec<String>,
     /// Where the IdP posts logout tokens (OIDC Back-Channel Logout); `None`: not offered.
@@ -498,6 +500,10 @@ impl Config {
             hosts: Vec::new(),
             access,
             identity_headers,
+            max_age: authorization_params
+                .iter()
+                .find(|(k, _)| k == "max_age")
+                .and_then(|(_, v)| v.parse().ok()),
             authorization_params,
             keep_claims,
             logout_lifetime: session_lifetime,
@@ -1318,6 +1324,10 @@ fn authorization_params_from(
             .any(|p| p == k)
         {
             return Err(err(FIELD, format!("`{k}` is the filter's to set")));
+        }
+        // Checked against the ID token's `auth_time` at the callback.
+        if k == "max_age" && v.parse::<u64>().is_err() {
+            return Err(err(FIELD, "`max_age` is a whole number of seconds"));
         }
     }
     Ok(params)
@@ -2192,6 +2202,10 @@ mod tests {
             (
                 serde_json::json!({"max_age": 300}),
                 "wrong type, expected a map of strings",
+            ),
+            (
+                serde_json::json!({"max_age": "5m"}),
+                "`max_age` is a whole number of seconds",
             ),
         ] {
             let e = parse(&with("authorization_params", params)).unwrap_err();

@@ -1223,6 +1223,7 @@ fn finish_login(
         nonce: Some(x.login.nonce.expose()),
         now: env.now,
         leeway: cfg.clock_leeway,
+        max_age: cfg.max_age,
     };
     let claims = match id_token::verify(id_token.expose(), &provider.jwks, &expected) {
         Ok(c) => c,
@@ -1354,6 +1355,8 @@ fn finish_refresh(
                 nonce: None,
                 now: env.now,
                 leeway: cfg.clock_leeway,
+                // Only a login authenticates: a refreshed token keeps the login's `auth_time`.
+                max_age: None,
             };
             match id_token::verify(t.expose(), &provider.jwks, &expected) {
                 // OIDC Core 12.2: a refreshed ID token must name the same user.

@@ -913,6 +913,50 @@ fn authorization_params_follow_the_filters_own_in_the_login_redirect() {
     );
 }
 
+/// `max_age` reaches the IdP through the browser, which can leave it out: the ID token must show an
+/// authentication that recent (`auth_time`), or the login fails.
+#[test]
+fn a_login_asked_for_max_age_needs_an_authentication_that_recent() {
+    let cfg = || config(json!({"authorization_params": {"max_age": "300"}}));
+    for (auth_time, failure) in [
+        (Some(NOW - 200), None),
+        // The clock leeway (60 s by default) applies, as to the token's other times.
+        (Some(NOW - 350), None),
+        (
+            Some(NOW - 400),
+            Some("ID token auth_time is older than max_age allows"),
+        ),
+        (
+            None,
+            Some("ID token has no auth_time, which max_age requires"),
+        ),
+    ] {
+        let mut f = Filter::ready(cfg());
+        let r = callback_with_reply(&mut f, |l| {
+            assert_eq!(l.params["max_age"], "300");
+            let mut c = claims(Some(&l.nonce));
+            if let Some(t) = auth_time {
+                c["auth_time"] = t.into();
+            }
+            with_id_token(c)
+        });
+        match failure {
+            None => {
+                assert_eq!(r.status, 302, "{auth_time:?}: {r:?}");
+                assert_eq!(location(&r), "/app");
+            }
+            Some(why) => {
+                assert_callback_failed(&r, 502, CallbackFailure::IdToken);
+                assert_eq!(r.detail.as_deref(), Some(why), "{auth_time:?}");
+            }
+        }
+    }
+    // Without max_age, auth_time is not asked for.
+    let mut f = ready();
+    let r = callback_with_reply(&mut f, |l| with_id_token(claims(Some(&l.nonce))));
+    assert_eq!(r.status, 302, "{r:?}");
+}
+
 #[test]
 fn long_codes_are_exchanged_up_to_8_kb() {
     // Azure AD B2C's codes pass 2,400 characters, its callback queries 4 KB.

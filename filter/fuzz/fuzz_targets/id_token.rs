@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
             nonce,
             now: common::NOW,
             leeway: 60,
+            max_age: None,
         };
         if let Ok(claims) = id_token::verify(&token, jwks, &expected) {
             assert_eq!(

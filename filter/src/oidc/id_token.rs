@@ -23,8 +23,11 @@ pub struct Expected<'a> {
     pub nonce: Option<&'a str>,
     /// Seconds since the Unix epoch.
     pub now: u64,
-    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+    /// Clock skew tolerated on `exp`, `nbf`, `iat` and `auth_time`, in seconds.
     pub leeway: u64,
+    /// At the callback, the `max_age` the login asked for: `auth_time` must be that recent. It reaches the
+    /// IdP through the browser, which can leave it out (OIDC Core 3.1.2.1 and 3.1.3.7).
+    pub max_age: Option<u64>,
 }
 
 /// The claims of a verified ID token.
@@ -65,6 +68,10 @@ pub enum IdTokenError {
     MissingSub,
     MissingNonce,
     NonceMismatch,
+    /// `max_age` was asked for and `auth_time` is absent.
+    MissingAuthTime,
+    /// `auth_time` is older than the `max_age` asked for.
+    AuthTooOld,
 }
 
 impl fmt::Display for IdTokenError {
@@ -85,6 +92,10 @@ impl fmt::Display for IdTokenError {
             Self::MissingSub => f.write_str("ID token has no sub"),
             Self::MissingNonce => f.write_str("ID token has no nonce"),
             Self::NonceMismatch => f.write_str("ID token nonce is not the one sent at login"),
+            Self::MissingAuthTime => {
+                f.write_str("ID token has no auth_time, which max_age requires")
+            }
+            Self::AuthTooOld => f.write_str("ID token auth_time is older than max_age allows"),
         }
     }
 }
@@ -243,6 +254,12 @@ fn check_claims(all: Object, expected: &Expected) -> Result<Claims, IdTokenError
     if iat > now.saturating_add(leeway) {
         return Err(IdTokenError::IssuedInFuture);
     }
+    if let Some(max_age) = expected.max_age {
+        let t = numeric_date(&all, "auth_time")?.ok_or(IdTokenError::MissingAuthTime)?;
+        if now > t.saturating_add(max_age).saturating_add(leeway) {
+            return Err(IdTokenError::AuthTooOld);
+        }
+    }
 
     let sub = match all.get("sub") {
         Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
@@ -335,6 +352,7 @@ mod tests {
             nonce: Some(NONCE),
             now: NOW,
             leeway: 60,
+            max_age: None,
         }
     }
 
