@@ -73,6 +73,11 @@ fn stack() -> &'static Stack {
             SiteSpec::new("slow").filter(json!({"callout_timeout": "2s"})),
             // Asks the IdP to log the user in again, whatever session it has (OIDC Core 3.1.2.1).
             SiteSpec::new("relogin").filter(json!({"authorization_params": {"prompt": "login"}})),
+            // Only an authentication of the last 2 s will do (OIDC Core 3.1.2.1), to the second.
+            SiteSpec::new("recent").filter(json!({
+                "authorization_params": {"max_age": "2"},
+                "clock_leeway": "0s",
+            })),
             // The RBAC policy lets OPTIONS through (an AuthorizationPolicy with notMethods: OPTIONS).
             SiteSpec::new("cors").filter(json!({"pass_cors_preflight": true})),
             // Behind a load balancer that terminates TLS and says so in `X-Forwarded-Proto`: the
@@ -341,6 +346,48 @@ fn authorization_params_reach_the_idp() {
     let page = b.follow(start, 20).unwrap().response;
     assert!(idp_form(&page), "{} {}", page.url, page.body);
     login(&b, site("relogin"), "/x");
+}
+
+#[test]
+fn max_age_has_an_older_idp_session_log_in_again_and_a_login_without_it_is_refused() {
+    let _idp = idp_hold::shared();
+    let s = site("recent");
+    let idp_form = |page: &Response| {
+        page.forms()
+            .into_iter()
+            .any(|f| f.fields.iter().any(|(n, v)| n == "prompt" && v == "login"))
+    };
+    let b = Browser::new();
+    login(&b, site("main"), "/");
+    // The IdP's session is older than max_age now.
+    std::thread::sleep(Duration::from_secs(3));
+
+    // max_age leaves the browser's hands on its way to the IdP: a user who takes it out gets signed in
+    // from the IdP's session without its form, and the filter refuses the ID token (its auth_time, or
+    // none, does not show an authentication that recent).
+    let start = b.get(&s.url("/login?rd=/x")).unwrap();
+    let to_idp = start.location().unwrap().to_string();
+    assert!(to_idp.contains("&max_age=2"), "{to_idp}");
+    let done = b
+        .follow(b.get(&to_idp.replace("&max_age=2", "")).unwrap(), 20)
+        .unwrap();
+    let chain = describe_chain(&done.chain);
+    assert_eq!(done.response.status, 502, "{chain}\n{}", done.response.body);
+    assert!(
+        done.response.url.starts_with(&s.url("/oauth2/callback?")),
+        "{chain}"
+    );
+    assert!(
+        done.response.body.contains("did not pass validation"),
+        "{}",
+        done.response.body
+    );
+
+    // As sent, max_age has the IdP ask for the password again, and the login completes.
+    let start = b.get(&s.url("/login?rd=/x")).unwrap();
+    let page = b.follow(start, 20).unwrap().response;
+    assert!(idp_form(&page), "{} {}", page.url, page.body);
+    login(&b, s, "/x");
 }
 
 #[test]
