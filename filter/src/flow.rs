@@ -1287,7 +1287,7 @@ fn refresh_reply(
     let still_valid = env.now < job.session.session.token_expires_at;
     let tokens = match reply {
         Some((status, body)) => token::parse_response(status, body),
-        None => Err(TokenError::Malformed("no answer")),
+        None => Err(TokenError::NotJson("no answer")),
     };
     let tokens = match tokens {
         Ok(t) => t,
@@ -1295,8 +1295,15 @@ fn refresh_reply(
         Err(e) if e.is_refusal() => {
             return refresh_failed(cfg, state, &job, env.now, e.to_string());
         }
-        // The IdP is down or slow but the token has a little life left: keep the user working.
+        // The IdP is down or slow, or answers what cannot be used, but the token has a little life
+        // left: keep the user working.
         Err(_) if still_valid => return keep_old(cfg, &job),
+        // A success in JSON that cannot be used, once the token has expired: the IdP's own answer, which
+        // asking again will not change (as an outage the 503 would stick until `session_lifetime`). Log in
+        // again.
+        Err(e @ TokenError::Malformed(_)) => {
+            return refresh_failed(cfg, state, &job, env.now, e.to_string());
+        }
         // The IdP is down or slow and the token has expired: fail closed, but keep the session, so that it
         // renews by itself once the IdP answers again rather than an outage logging everybody out.
         Err(e) => {

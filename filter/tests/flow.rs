@@ -1640,7 +1640,13 @@ fn a_request_that_needs_no_session_starts_no_refresh() {
 
 #[test]
 fn an_unreachable_idp_during_refresh_keeps_the_still_valid_token() {
-    let cases: [Option<(u16, &[u8])>; 3] = [None, Some((503, b"")), Some((200, b"not json"))];
+    let cases: [Option<(u16, &[u8])>; 4] = [
+        None,
+        Some((503, b"")),
+        Some((200, b"not json")),
+        // Unusable, but the token it would replace still has life left.
+        Some((200, br#"{"access_token":"","token_type":"Bearer"}"#)),
+    ];
     for reply in cases {
         let mut f = ready();
         let (jar, id_token) = due_for_refresh(&mut f);
@@ -1815,8 +1821,28 @@ fn an_idp_refusing_a_refresh_in_its_own_words_ends_the_session() {
             "{detail}"
         );
     }
+    // Once the token has expired, a success in JSON that cannot be used is as final: the same answer would
+    // come again (as an outage the 503 would stick until `session_lifetime`).
+    for body in [
+        &br#"{"access_token":"","token_type":"Bearer"}"#[..],
+        br#"{"access_token":"at","token_type":"DPoP","id_token":"x"}"#,
+    ] {
+        let r = answered(200, body);
+        assert_eq!(location(&r), "/login?rd=%2Fapp");
+        assert!(
+            set_cookies(&r)
+                .iter()
+                .any(|c| is_clear_of(c, "_oidc_session"))
+        );
+        assert!(
+            r.detail.unwrap().starts_with("malformed token response: "),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
     // Answers that are not the IdP's word on this refresh token stay outages: 503, the cookie kept.
-    let outages: [(u16, &[u8]); 3] = [
+    let outages: [(u16, &[u8]); 4] = [
+        (200, b"<html>Please log in to the Wi-Fi</html>"),
         (400, b"<html>Bad Request</html>"),
         (429, br#"{"error":"slow_down"}"#),
         (400, br#"{"error":"temporarily_unavailable"}"#),

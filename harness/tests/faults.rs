@@ -436,6 +436,22 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
         ),
         "{log}"
     );
+    drop(_refuse);
+
+    // A success in JSON that cannot be used (a DPoP-bound access token), once the token has expired:
+    // the IdP's own answer, which asking again would not change, so no 503 until the session's end:
+    // the browser logs in again.
+    let unusable = with_token_expiring_at(&b, unix_now() - 1);
+    let dpop = r#"{"access_token":"at","token_type":"DPoP","expires_in":300}"#;
+    let _unusable = Fault::set(Mode::respond_for("/token", 200, "application/json", dpop));
+    let r = get(APP, &unusable, true);
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert!(
+        r.header("location").unwrap().starts_with("/login?rd="),
+        "{:?}",
+        r.header("location")
+    );
+    assert!(clears_session(&r), "{:?}", r.set_cookies());
 }
 
 #[test]

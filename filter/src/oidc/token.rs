@@ -50,8 +50,11 @@ pub enum TokenError {
     /// Any other error answer. `error` is the OAuth error code only (RFC 6749 5.2), sanitized to
     /// `[A-Za-z0-9_.-]` and at most 64 characters; empty when the IdP sent none.
     Rejected { status: u16, error: String },
-    /// A success answer we can't use.
+    /// A success answer in JSON we can't use: the IdP's own answer, which asking again will not change.
     Malformed(&'static str),
+    /// A success answer that is not a JSON object (or too large to read): not the IdP's word, perhaps
+    /// something between it and us.
+    NotJson(&'static str),
     /// The answer has no `id_token` where one is required (the code flow); for the caller to return.
     MissingIdToken,
 }
@@ -83,7 +86,9 @@ impl fmt::Display for TokenError {
             Self::Rejected { status, error } => {
                 write!(f, "token endpoint answered status {status}, error {error}")
             }
-            Self::Malformed(reason) => write!(f, "malformed token response: {reason}"),
+            Self::Malformed(reason) | Self::NotJson(reason) => {
+                write!(f, "malformed token response: {reason}")
+            }
             Self::MissingIdToken => f.write_str("token response has no id_token"),
         }
     }
@@ -171,7 +176,7 @@ pub fn scope_on_refresh(issuer_host: &str) -> bool {
 /// Reads the token endpoint's answer.
 pub fn parse_response(status: u16, body: &[u8]) -> Result<TokenResponse, TokenError> {
     if body.len() > MAX_BODY {
-        return Err(TokenError::Malformed("body too large"));
+        return Err(TokenError::NotJson("body too large"));
     }
     let json: Option<Object> = json::parse_object(body).ok();
 
@@ -188,7 +193,7 @@ pub fn parse_response(status: u16, body: &[u8]) -> Result<TokenResponse, TokenEr
         });
     }
 
-    let json = json.ok_or(TokenError::Malformed("body is not a JSON object"))?;
+    let json = json.ok_or(TokenError::NotJson("body is not a JSON object"))?;
     let access_token = optional_token(&json, "access_token")?;
     // An access token must be a bearer token (a DPoP- or MAC-bound one is no use upstream).
     match json.get("token_type") {
@@ -467,7 +472,6 @@ mod tests {
     #[test]
     fn unusable_successes_are_malformed() {
         for (body, reason) in [
-            ("<html>", "body is not a JSON object"),
             (
                 r#"{"access_token":"at\r\nx-admin: 1","token_type":"Bearer"}"#,
                 "a token has characters outside VSCHAR",
@@ -509,9 +513,14 @@ mod tests {
                 body
             );
         }
+        // Not even JSON: perhaps not the IdP's answer at all.
+        assert_eq!(
+            parse_response(200, b"<html>"),
+            Err(TokenError::NotJson("body is not a JSON object"))
+        );
         assert_eq!(
             parse_response(200, &vec![b' '; MAX_BODY + 1]),
-            Err(TokenError::Malformed("body too large"))
+            Err(TokenError::NotJson("body too large"))
         );
     }
 
