@@ -157,7 +157,8 @@ pub fn verify_signature(token: &str, jwks: &Jwks) -> Result<Object, IdTokenError
 
 /// The header members besides `alg` and `kid` that change how a JWS is read (RFC 7515 4.1). We implement
 /// no extension, so any `crit` is refused (4.1.11; an empty one is invalid anyway). A `typ`, when present,
-/// must say JWT: `JWT`, or a `...+jwt` media type such as the logout token's `logout+jwt`.
+/// must say JWT: `JWT`, or a `...+jwt` media type such as the logout token's `logout+jwt`, with or
+/// without the `application/` that RFC 7515 4.1.9 lets a sender add.
 fn check_header(header: &Object) -> Result<(), IdTokenError> {
     if header.contains_key("crit") {
         return Err(IdTokenError::Malformed);
@@ -166,6 +167,7 @@ fn check_header(header: &Object) -> Result<(), IdTokenError> {
         None | Some(Value::Null) => {}
         Some(Value::String(typ)) => {
             let typ = typ.to_ascii_uppercase();
+            let typ = typ.strip_prefix("APPLICATION/").unwrap_or(&typ);
             if typ != "JWT" && !typ.ends_with("+JWT") {
                 return Err(IdTokenError::Malformed);
             }
@@ -1001,6 +1003,8 @@ mod jws_tests {
             r#","typ":"JWT""#,
             r#","typ":"jwt""#,
             r#","typ":"logout+jwt""#,
+            r#","typ":"application/jwt""#,
+            r#","typ":"Application/Logout+JWT""#,
             r#","typ":null"#,
             r#","cty":"JWT""#,
             r#","x5t":"anything""#,
@@ -1013,6 +1017,8 @@ mod jws_tests {
             r#","crit":null"#,
             r#","crit":["b64"],"b64":false"#,
             r#","typ":"JWS""#,
+            r#","typ":"application/json""#,
+            r#","typ":"text/jwt""#,
             r#","typ":"at+jwt+x""#,
             r#","typ":"JWT ""#,
             r#","typ":["JWT"]"#,
