@@ -1326,7 +1326,8 @@ fn authorization_params_from(
             return Err(err(FIELD, format!("`{k}` is the filter's to set")));
         }
         // Checked against the ID token's `auth_time` at the callback.
-        if k == "max_age" && v.parse::<u64>().is_err() {
+        // Digits only: `parse` would take a `+` too.
+        if k == "max_age" && (v.starts_with('+') || v.parse::<u64>().is_err()) {
             return Err(err(FIELD, "`max_age` is a whole number of seconds"));
         }
     }
@@ -2205,6 +2206,10 @@ mod tests {
             ),
             (
                 serde_json::json!({"max_age": "5m"}),
+                "`max_age` is a whole number of seconds",
+            ),
+            (
+                serde_json::json!({"max_age": "+300"}),
                 "`max_age` is a whole number of seconds",
             ),
         ] {

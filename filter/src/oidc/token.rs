@@ -202,8 +202,13 @@ pub fn parse_response(status: u16, body: &[u8]) -> Result<TokenResponse, TokenEr
         None if access_token.is_some() => return Err(TokenError::Malformed("no token_type")),
         None => {}
     }
+    let id_token = optional_token(&json, "id_token")?;
+    // Neither token: nothing an IdP means as an answer (a refresh with life left keeps the old token).
+    if access_token.is_none() && id_token.is_none() {
+        return Err(TokenError::Malformed("no tokens"));
+    }
     Ok(TokenResponse {
-        id_token: optional_token(&json, "id_token")?,
+        id_token,
         access_token,
         refresh_token: optional_token(&json, "refresh_token")?,
         expires_in: expires_in(&json)?,
@@ -472,6 +477,11 @@ mod tests {
     #[test]
     fn unusable_successes_are_malformed() {
         for (body, reason) in [
+            ("{}", "no tokens"),
+            (
+                r#"{"token_type":"Bearer","refresh_token":"rt"}"#,
+                "no tokens",
+            ),
             (
                 r#"{"access_token":"at\r\nx-admin: 1","token_type":"Bearer"}"#,
                 "a token has characters outside VSCHAR",
