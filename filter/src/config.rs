@@ -434,7 +434,7 @@ impl Config {
             Some(v) => claims::parse_access(v).map_err(|e| err("claim_rules", e))?,
         };
         let mut identity_headers = identity_headers_from(raw.identity_headers)?;
-        let authorization_params = authorization_params_from(raw.authorization_params)?;
+        let (authorization_params, max_age) = authorization_params_from(raw.authorization_params)?;
         let backchannel_logout_path = match raw.backchannel_logout_path {
             None => None,
             Some(p) => {
@@ -500,10 +500,7 @@ impl Config {
             hosts: Vec::new(),
             access,
             identity_headers,
-            max_age: authorization_params
-                .iter()
-                .find(|(k, _)| k == "max_age")
-                .and_then(|(_, v)| v.parse().ok()),
+            max_age,
             authorization_params,
             keep_claims,
             logout_lifetime: session_lifetime,
@@ -515,6 +512,19 @@ impl Config {
     /// Whether `other` is a site of the same IdP client.
     pub fn same_client(&self, other: &Config) -> bool {
         self.issuer == other.issuer && self.client_id == other.client_id
+    }
+
+    /// Whether host `name` (lower case) is `cookie_domain` or a name under it: a host the browser sends
+    /// this site's cookies to.
+    pub(crate) fn within_cookie_domain(&self, name: &str) -> bool {
+        let Some(d) = &self.cookie.domain else {
+            return false;
+        };
+        let d = d.trim_matches('.').to_ascii_lowercase();
+        !d.is_empty()
+            && name
+                .strip_suffix(d.as_str())
+                .is_some_and(|sub| sub.is_empty() || sub.ends_with('.'))
     }
 
     /// Whether the session keeps its access token for `access_token_header`.
@@ -987,21 +997,10 @@ fn redirect_host_served(site: &Config, hosts: &[String]) -> Result<(), ConfigErr
         return Ok(());
     };
     let host = url.host();
-    let domain = site
-        .cookie
-        .domain
-        .as_deref()
-        .map(|d| d.trim_matches('.').to_ascii_lowercase())
-        .filter(|d| !d.is_empty());
-    let within = |name: &str| {
-        domain.as_deref().is_some_and(|d| {
-            name == d || name.strip_suffix(d).is_some_and(|sub| sub.ends_with('.'))
-        })
-    };
     if hosts
         .iter()
-        .all(|p| p == host || within(p.strip_prefix("*.").unwrap_or(p)))
-        && (hosts.iter().any(|p| p == host) || within(host))
+        .all(|p| p == host || site.within_cookie_domain(p.strip_prefix("*.").unwrap_or(p)))
+        && (hosts.iter().any(|p| p == host) || site.within_cookie_domain(host))
     {
         return Ok(());
     }
@@ -1299,11 +1298,14 @@ fn bypass_paths_from(
     Ok(bypass_paths)
 }
 
+/// Name and value pairs, in order.
+type Params = Vec<(String, String)>;
+
 /// `authorization_params`: at most 16, none the filter sets itself or that changes how the answer comes
-/// back (`response_mode`, a request object).
+/// back (`response_mode`, a request object); with their `max_age`, read.
 fn authorization_params_from(
     params: Option<Vec<(String, String)>>,
-) -> Result<Vec<(String, String)>, ConfigError> {
+) -> Result<(Params, Option<u64>), ConfigError> {
     const FIELD: &str = "authorization_params";
     // With the filter's own, those that change how the answer comes back.
     const ALSO: [&str; 3] = ["response_mode", "request", "request_uri"];
@@ -1311,6 +1313,7 @@ fn authorization_params_from(
     if params.len() > 16 {
         return Err(err(FIELD, "at most 16 parameters"));
     }
+    let mut max_age = None;
     for (k, v) in &params {
         if k.is_empty() || k.len() > 64 || v.len() > 1024 {
             return Err(err(
@@ -1325,13 +1328,16 @@ fn authorization_params_from(
         {
             return Err(err(FIELD, format!("`{k}` is the filter's to set")));
         }
-        // Checked against the ID token's `auth_time` at the callback.
-        // Digits only: `parse` would take a `+` too.
-        if k == "max_age" && (v.starts_with('+') || v.parse::<u64>().is_err()) {
-            return Err(err(FIELD, "`max_age` is a whole number of seconds"));
+        // Checked against the ID token's `auth_time` at the callback. Digits only: `parse` would take a
+        // `+` too.
+        if k == "max_age" {
+            match v.parse::<u64>() {
+                Ok(s) if !v.starts_with('+') => max_age = Some(s),
+                _ => return Err(err(FIELD, "`max_age` is a whole number of seconds")),
+            }
         }
     }
-    Ok(params)
+    Ok((params, max_age))
 }
 
 /// The claim name of `access_token_header` in [`Config::identity_headers`]: no configured claim is empty.

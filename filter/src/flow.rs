@@ -1598,11 +1598,10 @@ fn new_session(
 ) -> Option<Session> {
     // The IdP's figure, unchecked in size: an hour when it gives none (or 0).
     let access_exp = now.saturating_add(tokens.expires_in.filter(|&e| e > 0).unwrap_or(3600));
-    let access = || tokens.access_token.clone();
     let (access_token, token_expires_at) = match cfg.forward_token {
-        ForwardToken::AccessToken => (Some(access()?), access_exp),
+        ForwardToken::AccessToken => (Some(tokens.access_token.clone()?), access_exp),
         // The app gets the access token too: the session renews when the first of the two expires.
-        ForwardToken::IdToken if cfg.passes_access_token() => match access() {
+        ForwardToken::IdToken if cfg.passes_access_token() => match tokens.access_token.clone() {
             Some(a) => (Some(a), id_exp.min(access_exp)),
             None => (None, id_exp),
         },
@@ -1838,17 +1837,9 @@ fn login_done(cfg: &Config, rd: &str) -> Step {
 /// reaches the callback, so such a login cannot finish, and no forged `Host` is written into one.
 fn origin_to_return_to(cfg: &Config, h: &dyn Headers) -> Option<String> {
     let url = WebUrl::parse(cfg.redirect_uri.as_deref()?).ok()?;
-    let domain = cfg
-        .cookie
-        .domain
-        .as_deref()?
-        .trim_matches('.')
-        .to_ascii_lowercase();
     let authority = h.get(":authority")?.to_ascii_lowercase();
     let host = crate::config::host_of(&authority)?;
-    let within = host
-        .strip_suffix(domain.as_str())
-        .is_some_and(|sub| sub.is_empty() || sub.ends_with('.'));
+    let within = cfg.within_cookie_domain(&host);
     // A port left out is the redirect scheme's default, as it will be for the browser.
     let port = match authority
         .get(host.len()..)

@@ -395,6 +395,15 @@ impl SiteSpec {
     }
 }
 
+/// What Envoy made of an ECDS update ([`Stack::ecds_outcome`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EcdsUpdate {
+    /// `config_reload` counted it.
+    Applied,
+    /// `config_fail` counted it.
+    Rejected,
+}
+
 /// One entry of a site's `hosts`: host names served by their own IdP client. The stack fills in
 /// `hosts`, `issuer`, `client_id`, `client_secret_env` and `idp_cluster`, and registers the
 /// client at its IdP with a redirect URI (and a post-logout one) for each name in `hosts` without
@@ -1179,6 +1188,27 @@ impl Stack {
             "extension_config_discovery.http_filter.{}.{name}",
             envoy::ecds_name(site)
         ))
+    }
+
+    /// `site`'s ECDS updates applied and refused so far (`config_reload`, `config_fail`): counted before
+    /// an update is written, for [`Stack::ecds_outcome`].
+    pub fn ecds_counts(&self, site: &str) -> Result<(u64, u64)> {
+        Ok((
+            self.ecds_stat(site, "config_reload")?,
+            self.ecds_stat(site, "config_fail")?,
+        ))
+    }
+
+    /// Waits until Envoy has applied or refused an ECDS update of `site` written after it counted
+    /// `before` ([`Stack::ecds_counts`]).
+    pub fn ecds_outcome(&self, site: &str, (reload, fail): (u64, u64)) -> Result<EcdsUpdate> {
+        // A bound on the wait only: on a loaded machine Envoy has taken over 10 s to pick up the file.
+        process::poll(Duration::from_secs(30), || {
+            if self.ecds_stat(site, "config_fail")? > fail {
+                return Ok(Some(EcdsUpdate::Rejected));
+            }
+            Ok((self.ecds_stat(site, "config_reload")? > reload).then_some(EcdsUpdate::Applied))
+        })
     }
 
     /// Envoy's access log so far.

@@ -318,16 +318,18 @@ fn session_reaches_the_app_as_a_bearer_id_token() {
     assert!(stats["http.main.rbac.allowed"] >= 1, "{stats:?}");
 }
 
+/// Whether `page` is the IdP's login form (the user types a password there).
+fn idp_form(page: &Response) -> bool {
+    page.forms()
+        .into_iter()
+        .any(|f| f.fields.iter().any(|(n, v)| n == "prompt" && v == "login"))
+}
+
 #[test]
 fn authorization_params_reach_the_idp() {
     let _idp = idp_hold::shared();
     let b = Browser::new();
     login(&b, site("main"), "/");
-    let idp_form = |page: &Response| {
-        page.forms()
-            .into_iter()
-            .any(|f| f.fields.iter().any(|(n, v)| n == "prompt" && v == "login"))
-    };
     // The IdP has a session now: another site's login goes through without its form...
     let sso = b
         .follow(b.get(&site("slow").url("/")).unwrap(), 20)
@@ -352,11 +354,6 @@ fn authorization_params_reach_the_idp() {
 fn max_age_has_an_older_idp_session_log_in_again_and_a_login_without_it_is_refused() {
     let _idp = idp_hold::shared();
     let s = site("recent");
-    let idp_form = |page: &Response| {
-        page.forms()
-            .into_iter()
-            .any(|f| f.fields.iter().any(|(n, v)| n == "prompt" && v == "login"))
-    };
     let b = Browser::new();
     login(&b, site("main"), "/");
     // The IdP's session is older than max_age now.

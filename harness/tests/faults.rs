@@ -408,17 +408,8 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
 
     // The IdP refuses the refresh token in its own words (Dex answers a spent one `400
     // invalid_request`): no outage to wait out, the session ends and the browser logs in again.
-    let refused = with_token_expiring_at(&b, unix_now() - 1);
     let why = r#"{"error":"invalid_request","error_description":"Refresh token is invalid"}"#;
-    let _refuse = Fault::set(Mode::respond_for("/token", 400, "application/json", why));
-    let r = get(APP, &refused, true);
-    assert_eq!(r.status, 302, "{}", r.body);
-    assert!(
-        r.header("location").unwrap().starts_with("/login?rd="),
-        "{:?}",
-        r.header("location")
-    );
-    assert!(clears_session(&r), "{:?}", r.set_cookies());
+    refresh_answered_ends_the_session(&b, 400, why);
     let line = "oidc-filter: token refresh failed, answered 302: token endpoint answered status 400, \
                 error invalid_request";
     stack()
@@ -436,15 +427,25 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
         ),
         "{log}"
     );
-    drop(_refuse);
 
     // A success in JSON that cannot be used (a DPoP-bound access token), once the token has expired:
     // the IdP's own answer, which asking again would not change, so no 503 until the session's end:
     // the browser logs in again.
-    let unusable = with_token_expiring_at(&b, unix_now() - 1);
     let dpop = r#"{"access_token":"at","token_type":"DPoP","expires_in":300}"#;
-    let _unusable = Fault::set(Mode::respond_for("/token", 200, "application/json", dpop));
-    let r = get(APP, &unusable, true);
+    refresh_answered_ends_the_session(&b, 200, dpop);
+}
+
+/// A browser navigation with `b`'s session, its token expired, while the token endpoint answers
+/// `status` with JSON `body`: the session ends (its cookie cleared) and the browser is sent to log in.
+fn refresh_answered_ends_the_session(b: &Browser, status: u16, body: &str) {
+    let expired = with_token_expiring_at(b, unix_now() - 1);
+    let _answer = Fault::set(Mode::respond_for(
+        "/token",
+        status,
+        "application/json",
+        body,
+    ));
+    let r = get(APP, &expired, true);
     assert_eq!(r.status, 302, "{}", r.body);
     assert!(
         r.header("location").unwrap().starts_with("/login?rd="),

@@ -29,7 +29,10 @@ use std::time::{Duration, Instant};
 use harness::browser::{Form, HTML_ACCEPT, forms, query_param};
 use harness::idp_hold;
 use harness::process::poll;
-use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec, merge_json, sealed, unix_now};
+use harness::{
+    Browser, EcdsUpdate as Update, Mode, Response, SiteSpec, Stack, StackSpec, merge_json, sealed,
+    unix_now,
+};
 use oidc_filter::session::{self, Keys};
 use serde_json::{Value, json};
 
@@ -147,13 +150,6 @@ fn config(site: &str, patch: Value) -> Value {
     c
 }
 
-/// What Envoy made of an ECDS update.
-#[derive(Debug, PartialEq, Eq)]
-enum Update {
-    Applied,
-    Rejected,
-}
-
 /// Gives `site` the configuration `config` and waits until Envoy has applied or refused it.
 fn change(site: &str, config: Value) -> Update {
     let before = ecds_counts(site);
@@ -163,25 +159,15 @@ fn change(site: &str, config: Value) -> Update {
 
 /// `site`'s ECDS updates applied and refused so far.
 fn ecds_counts(site: &str) -> (u64, u64) {
-    let s = stack();
-    (
-        s.ecds_stat(site, "config_reload").unwrap(),
-        s.ecds_stat(site, "config_fail").unwrap(),
-    )
+    stack().ecds_counts(site).unwrap()
 }
 
 /// Waits until Envoy has applied or refused the ECDS update of `site` written after it counted
 /// `before` ([`ecds_counts`]).
-fn applied_or_refused(site: &str, (reload, fail): (u64, u64), what: &str) -> Update {
-    let s = stack();
-    // A bound on the wait only: on a loaded machine Envoy has taken over 10 s to pick up the file.
-    poll(Duration::from_secs(30), || {
-        if s.ecds_stat(site, "config_fail")? > fail {
-            return Ok(Some(Update::Rejected));
-        }
-        Ok((s.ecds_stat(site, "config_reload")? > reload).then_some(Update::Applied))
-    })
-    .unwrap_or_else(|e| panic!("{site}: envoy neither applied nor refused the {what}: {e:#}"))
+fn applied_or_refused(site: &str, before: (u64, u64), what: &str) -> Update {
+    stack()
+        .ecds_outcome(site, before)
+        .unwrap_or_else(|e| panic!("{site}: envoy neither applied nor refused the {what}: {e:#}"))
 }
 
 /// Polls until `probe` holds for ten requests to `site` in a row, each on a new connection, that between
