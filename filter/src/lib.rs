@@ -20,6 +20,7 @@ pub mod renewal;
 pub mod revocation;
 pub mod secret;
 pub mod session;
+pub mod sha256;
 pub mod weburl;
 pub mod wire;
 

@@ -45,7 +45,7 @@ struct Entry {
 
 /// The table key of a sealed session (a digest: the table never holds the cookie it replaces).
 pub fn key(sealed: &str) -> String {
-    let digest = hmac_sha256::Hash::hash(sealed.as_bytes());
+    let digest = crate::sha256::hash(sealed.as_bytes());
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 

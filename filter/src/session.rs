@@ -850,10 +850,7 @@ impl std::error::Error for ChunkError {}
 /// the same raw key could serve another purpose under another `info` without the two colliding.
 fn derive(raw: &[u8]) -> [u8; 32] {
     // No salt (RFC 5869 then uses zeros): there is nothing secret or per-deployment to put there.
-    let prk = hmac_sha256::HKDF::extract(b"", raw);
-    let mut key = [0u8; 32];
-    hmac_sha256::HKDF::expand(&mut key, prk, HKDF_INFO);
-    key
+    crate::sha256::hkdf32(b"", raw, HKDF_INFO)
 }
 
 /// `sealed` cut into parts of at most `CHUNK_PART` bytes, always at least one (possibly empty).
@@ -993,6 +990,24 @@ mod tests {
         assert_eq!(k.open(NAME, &padded), Err(OpenError::Malformed));
         let huge = "A".repeat(MAX_SEALED_LEN + 1);
         assert_eq!(k.open(NAME, &huge), Err(OpenError::Malformed));
+    }
+
+    /// A value sealed by the build before SHA-256 and HKDF moved onto `sha2` (they came from the
+    /// `hmac-sha256` crate): the sessions of browsers logged in before an upgrade still open, and the
+    /// same key and nonce seal the same bytes.
+    #[test]
+    fn a_value_sealed_by_the_previous_key_derivation_opens() {
+        const SEALED: &str =
+            "AQcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHB4k7Rsqs0Z9oChYkRWXL2xx3ZSAdKpZa1gMPRPBKdOM";
+        let k = Keys::new(&[b"a passphrase-like cookie key of 40 bytes".to_vec()]).unwrap();
+        assert_eq!(
+            k.open("_oidc_session", SEALED).unwrap(),
+            b"{\"sub\":\"alice\"}"
+        );
+        assert_eq!(
+            k.seal("_oidc_session", b"{\"sub\":\"alice\"}", [7; 24]),
+            SEALED
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use crate::b64;
 
 /// The `S256` code challenge: base64url (no padding) of SHA-256 of the verifier (RFC 7636 4.2).
 pub fn s256_challenge(verifier: &str) -> String {
-    b64::encode_url(&hmac_sha256::Hash::hash(verifier.as_bytes()))
+    b64::encode_url(&crate::sha256::hash(verifier.as_bytes()))
 }
 
 /// 32 random bytes as 43 base64url characters: a valid PKCE verifier (RFC 7636 4.1 asks for 43..=128
