@@ -65,6 +65,8 @@ function request(path, cookie) {
 let requestHeaders = request('/', input.cookie);
 const config = enc.encode(input.config);
 let forwarded = 0, local = 0, setAuthorization = 0, localStatus = 0, refusedCalls = 0;
+// Each `authorization` value the filter set, once.
+const authorizations = new Set();
 const warnings = [];
 // Callouts answered after the callback that made them returns: [token, status, body bytes].
 const answers = [];
@@ -106,9 +108,12 @@ const env = {
     }
     return 1;
   },
-  proxy_replace_header_map_value: (map, kp, ks) => {
+  proxy_replace_header_map_value: (map, kp, ks, vp, vs) => {
     if (refused) return refused;
-    if (map === 0 && dec.decode(u8().slice(kp, kp + ks)) === 'authorization') setAuthorization++;
+    if (map === 0 && dec.decode(u8().slice(kp, kp + ks)) === 'authorization') {
+      setAuthorization++;
+      authorizations.add(dec.decode(u8().slice(vp, vp + vs)));
+    }
     return 0;
   },
   proxy_add_header_map_value: () => refused,
@@ -206,5 +211,5 @@ for (let i = 0; i < N; i++) {
   if (x.proxy_on_request_headers(id, 10, 1) === 0) forwarded++;
   x.proxy_on_response_headers(id, 3, 0);
 }
-console.log(JSON.stringify({requests: N, forwarded, local, setAuthorization, localStatus, refusedCalls,
-  warnings}));
+console.log(JSON.stringify({requests: N, forwarded, local, setAuthorization,
+  authorizations: [...authorizations], localStatus, refusedCalls, warnings}));

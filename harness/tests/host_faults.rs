@@ -144,6 +144,11 @@ fn a_refresh_the_host_will_not_send_keeps_the_session_while_its_token_lasts() {
     assert_eq!(seen["refusedCalls"], REQUESTS, "{seen}");
     assert_eq!(seen["forwarded"], REQUESTS, "{seen}");
     assert_eq!(seen["setAuthorization"], REQUESTS, "{seen}");
+    assert_eq!(
+        seen["authorizations"],
+        json!([format!("Bearer {}", due.id_token.expose())]),
+        "{seen}"
+    );
     assert_eq!(seen["local"], 0, "{seen}");
     // One warning, naming the cluster, not one per request.
     let warnings: Vec<&str> = seen["warnings"]

@@ -2,8 +2,8 @@
 //! docker-registry), skopeo pulls the image back, and the image must be what Istio's image fetcher accepts:
 //! the media types it branches on, `plugin.wasm` byte for byte, and the manifest digest the command printed.
 //!
-//! Needs `docker-registry`, `skopeo` and `wasm-opt` on PATH; without them the tests say so and pass, except
-//! under CI (`CI` set), where a missing tool is a failure.
+//! Needs `docker-registry`, `skopeo` and `wasm-opt` on PATH (`make setup`) and the release build (`make
+//! wasm`); without them the tests fail, naming what is missing.
 
 // Test helpers panic on purpose: a failed step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -20,7 +20,7 @@ use flate2::read::GzDecoder;
 use harness::oci::{self, Format};
 use serde_json::Value;
 
-/// The module under test: the release build if there is one, else (outside CI) the smallest valid module.
+/// The module under test: the release build.
 fn module() -> &'static Path {
     static MODULE: OnceLock<PathBuf> = OnceLock::new();
     MODULE.get_or_init(|| {
@@ -31,21 +31,12 @@ fn module() -> &'static Path {
         let release = std::env::var_os("OIDC_FILTER_WASM")
             .map(PathBuf::from)
             .unwrap_or_else(|| target.join("wasm32-wasip1/release/oidc_filter.wasm"));
-        if release.exists() {
-            return release;
-        }
         assert!(
-            std::env::var_os("CI").is_none(),
-            "{} is missing: run `cargo build --release --target wasm32-wasip1 -p oidc-filter` first",
+            release.exists(),
+            "{} is missing: run `make wasm` (or `cargo build --release --target wasm32-wasip1 -p oidc-filter`) first",
             release.display()
         );
-        eprintln!(
-            "{} not built; testing with a minimal module instead",
-            release.display()
-        );
-        let minimal = scratch("minimal").join("minimal.wasm");
-        fs::write(&minimal, b"\0asm\x01\0\0\0").expect("write module");
-        minimal
+        release
     })
 }
 
@@ -65,18 +56,14 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// True when every tool is there; false (test skipped) when one is missing outside CI.
-fn tools(needed: &[&str]) -> bool {
+/// Fails the test when a tool is missing (`make setup` installs them all): a test that skipped would
+/// pass without having tested anything.
+fn tools(needed: &[&str]) {
     let missing: Vec<&str> = needed.iter().copied().filter(|t| !have(t)).collect();
-    if missing.is_empty() {
-        return true;
-    }
     assert!(
-        std::env::var_os("CI").is_none(),
-        "missing tools: {missing:?}"
+        missing.is_empty(),
+        "missing tools: {missing:?} (`make setup` installs them)"
     );
-    eprintln!("skipped: missing {missing:?}");
-    false
 }
 
 /// A docker-registry on a free loopback port, one per test binary.
@@ -336,9 +323,7 @@ fn plugin_from_tar_gz(layer: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 fn check(name: &str, format: Format, optimize: bool) {
-    if !tools(&["docker-registry", "skopeo", "wasm-opt"]) {
-        return;
-    }
+    tools(&["docker-registry", "skopeo", "wasm-opt"]);
     let (digest, packaged, pulled) = round_trip(name, format, optimize);
     assert_eq!(
         oci::sha256_hex(&pulled.manifest_bytes),
@@ -347,7 +332,13 @@ fn check(name: &str, format: Format, optimize: bool) {
     );
     let build = fs::read(module()).expect("module");
     if optimize {
-        assert!(packaged.starts_with(b"\0asm") && packaged.len() <= build.len());
+        assert!(packaged.starts_with(b"\0asm"), "a Wasm module");
+        assert!(
+            packaged.len() < build.len(),
+            "wasm-opt ran: {} bytes packaged from {}",
+            packaged.len(),
+            build.len()
+        );
     } else {
         assert!(packaged == build, "--no-opt packages the build as it is");
     }
@@ -420,9 +411,7 @@ fn optimized_module_round_trip() {
 /// The layout the command writes is one skopeo reads as it is (for the OCI-typed formats).
 #[test]
 fn layout_is_readable_by_skopeo() {
-    if !tools(&["skopeo"]) {
-        return;
-    }
+    tools(&["skopeo"]);
     let out = scratch("layout").join("oci");
     let module = module().to_str().expect("utf-8 path").to_string();
     let out_arg = out.to_str().expect("utf-8 path").to_string();

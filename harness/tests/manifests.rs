@@ -1399,18 +1399,13 @@ fn setup_script_lints() {
         .status()
         .expect("bash");
     assert!(status.success(), "bash -n {}", script.display());
-    match Command::new("shellcheck").arg(&script).output() {
-        Ok(out) => assert!(
-            out.status.success(),
-            "shellcheck: {}",
-            String::from_utf8_lossy(&out.stdout)
-        ),
-        Err(_) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "shellcheck is not installed"
-            );
-            eprintln!("skipped shellcheck: not installed");
-        }
-    }
+    let out = Command::new("shellcheck")
+        .arg(&script)
+        .output()
+        .expect("shellcheck (`make setup` installs it)");
+    assert!(
+        out.status.success(),
+        "shellcheck: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

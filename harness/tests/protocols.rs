@@ -98,7 +98,21 @@ fn session_cookie(b: &Browser) -> String {
 /// The session of `b` re-sealed with its token due for refresh (inside the default 60 s margin); the
 /// refresh token is the IdP's real one.
 fn due_for_refresh(b: &Browser) -> String {
-    resealed_expiring_at(b, unix_ms() / 1000 + 30)
+    let cookie = resealed_expiring_at(b, unix_ms() / 1000 + 30);
+    past_the_login_second(b);
+    cookie
+}
+
+/// Waits until the second in which `b`'s ID token was issued is over: within it the IdP hands out the
+/// same ID token again, byte for byte, and a renewed token could not be told from the old one.
+fn past_the_login_second(b: &Browser) {
+    let s = sealed::open_session(&session_cookie(b)).unwrap();
+    let iat = jwt_payload(s.id_token.expose()).unwrap()["iat"]
+        .as_u64()
+        .unwrap();
+    while unix_ms() / 1000 <= iat {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The session of `b` re-sealed with its token expiring at `at` (Unix seconds).
@@ -529,6 +543,7 @@ fn websocket_clients_with_a_session_or_a_token_talk_through_the_gateway() {
     // A session due for refresh: the `101` itself carries the renewed cookie (marked for no cache), and
     // the app got the renewed session's token.
     let path = unique("/ws/due");
+    let old = sealed::open_session(&session_cookie(&b)).unwrap().id_token;
     let mut c = Conn::open(port(APP));
     let head = websocket_handshake(&mut c, APP, &path, &[("cookie", &due_for_refresh(&b))]);
     assert_eq!(head.status, 101, "{head:?}");
@@ -539,6 +554,7 @@ fn websocket_clients_with_a_session_or_a_token_talk_through_the_gateway() {
         .unwrap_or_else(|| panic!("no renewed cookie on the 101: {head:?}"));
     assert_eq!(head.header("cache-control"), Some("no-store"), "{head:?}");
     let session = sealed::open_session(renewed.split(';').next().unwrap()).unwrap();
+    assert_ne!(session.id_token.expose(), old.expose(), "not renewed");
     let (_, hello) = c.ws_recv();
     let hello: Value = serde_json::from_slice(&hello).unwrap();
     assert_eq!(
@@ -965,10 +981,12 @@ fn assert_renewed(answer: &Uploaded, old: &str) {
         .unwrap_or_else(|| panic!("no renewed cookie: {:?}", answer.head));
     assert!(renewed.contains("Max-Age="), "{renewed}");
     // The renewed session holds the IdP's new token (its real expiry, not the forged one), and that is
-    // what the app got. (Within the login's second, the IdP's new ID token is the old one, byte for byte.)
+    // what the app got. (The callers wait out the login's second, within which the IdP's new ID token
+    // would be the old one, byte for byte.)
     let session = sealed::open_session(renewed.split(';').next().unwrap()).unwrap();
     let exp = jwt_payload(old).unwrap()["exp"].as_u64().unwrap();
     assert!(session.token_expires_at >= exp, "not renewed: {session:?}");
+    assert_ne!(session.id_token.expose(), old, "not renewed: {session:?}");
     assert_eq!(
         answer.echo["headers"]["authorization"],
         format!("Bearer {}", session.id_token.expose()),
