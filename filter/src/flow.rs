@@ -1386,11 +1386,12 @@ fn finish_refresh(
                 // ago), or that the keys fetched for it lack, or whose fetch failed: not the IdP's
                 // refusal of the session, so an outage for this request rather than a logout.
                 Err(IdTokenError::UnknownKid) => {
-                    return if still_valid {
+                    let step = if still_valid {
                         keep_old(cfg, &job)
                     } else {
                         renewal_unavailable(IdTokenError::UnknownKid.to_string())
                     };
+                    return keeping_new_refresh_token(cfg, state, env, &job, &tokens, step);
                 }
                 Err(e) => return refresh_failed(cfg, state, &job, env.now, e.to_string()),
             }
@@ -1443,6 +1444,45 @@ fn finish_refresh(
 
 /// The token could not be renewed but has a little life left: the request goes up with it (if the claim
 /// rules let it).
+/// `step` (the old token while it lasts, else 503) for a refresh the IdP granted but whose new ID token
+/// cannot be checked on this worker yet. An IdP that rotates refresh tokens has spent the old one: the
+/// session keeps the new one, re-sealed with the old tokens, or its next renewal would be refused and the
+/// user logged out. Requests on this worker that still carry the old cookie get the new one too; other
+/// workers are told only while the old token is valid (a waiting request adopts no expired token).
+fn keeping_new_refresh_token(
+    cfg: &Config,
+    state: &mut State,
+    env: &mut Env,
+    job: &RefreshJob,
+    tokens: &TokenResponse,
+    step: Step,
+) -> Step {
+    let old = &job.session.session;
+    let Some(new) = tokens.refresh_token.as_ref().filter(|t| {
+        old.refresh_token
+            .as_ref()
+            .is_none_or(|o| o.expose() != t.expose())
+    }) else {
+        return step;
+    };
+    let mut session = old.clone();
+    session.refresh_token = Some(new.clone());
+    let Ok(set) = seal_session(cfg, env, &session, &job.present_chunks) else {
+        return step;
+    };
+    let valid = env.now < old.token_expires_at;
+    let renewed = if valid { set.clone() } else { Vec::new() };
+    let cached = Rc::new(cached_session(cfg, session, renewed));
+    state.cache.insert(job.cache_key.clone(), cached, env.now);
+    match step {
+        Step::Forward(mut f) => {
+            f.set_cookies = set;
+            Step::Forward(f)
+        }
+        other => with_cookies(other, set),
+    }
+}
+
 fn keep_old(cfg: &Config, job: &RefreshJob) -> Step {
     if denied(cfg, &job.session, &job.target) {
         return forbidden(cfg, job.browser(), &job.session);

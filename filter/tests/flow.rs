@@ -1693,6 +1693,53 @@ fn a_refreshed_token_under_a_key_that_cannot_be_had_is_an_outage_not_a_logout() 
     }
 }
 
+/// The same with an IdP that rotates refresh tokens: it granted the refresh and spent the old refresh
+/// token, so the session keeps the new one (with the old ID token, still the one forwarded) and the next
+/// renewal sends it. With the old one that renewal would be refused and the user logged out.
+#[test]
+fn a_refresh_whose_id_token_cannot_be_checked_yet_keeps_the_rotated_refresh_token() {
+    for expired in [false, true] {
+        let mut f = ready();
+        let (mut jar, id_token) = due_for_refresh(&mut f);
+        if expired {
+            f.now = NOW + 3600;
+        }
+        let rotated = mint_with_kid(&refreshed_claims(f.now), "rotated-1");
+        let (_, pending) = call(f.request(&Req::browser("/").cookies(&jar)));
+        let (_, pending) = call(f.reply(
+            pending,
+            Some((200, &token_body(Some(&rotated), Some("rt-2")))),
+        ));
+        // The keys cannot be fetched.
+        let step = f.reply(pending, None);
+        let set: Vec<String> = if expired {
+            let r = respond(step);
+            assert_eq!(r.status, 503);
+            set_cookies(&r).into_iter().map(str::to_string).collect()
+        } else {
+            let fwd = forward(step);
+            assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+            fwd.set_cookies.clone()
+        };
+        let old = jar.clone();
+        jar.apply(set.iter().map(String::as_str));
+        let s = f.open_session(&jar);
+        assert_eq!(s.refresh_token.as_ref().map(|t| t.expose()), Some("rt-2"));
+        assert_eq!(
+            s.id_token.expose(),
+            id_token,
+            "the unchecked token is not kept"
+        );
+        // The next renewal, past the 30 s between fetches for unknown keys, with the new cookie or (on
+        // this worker) with the old one still in flight, sends the new refresh token.
+        f.now += 31;
+        for jar in [&jar, &old] {
+            let (c, _) = call(f.request(&Req::browser("/").cookies(jar)));
+            assert_eq!(form(&c.body.unwrap())["refresh_token"], "rt-2", "{expired}");
+        }
+    }
+}
+
 /// `forward_token: access_token` with an access token of 5 minutes, an ID token of an hour and a margin of
 /// 5 minutes: the margin is cut to half the forwarded token's life, so the session is not renewed on every
 /// request.
