@@ -24,15 +24,22 @@ fn share_revocations(cfg: &Config, state: &State, step: &Step) {
     let key = revocation_key(cfg);
     // Compare-and-swap, so two workers recording at once don't lose each other's entry.
     for _ in 0..8 {
-        let (bytes, cas) = host::get_shared_data(&key).unwrap_or((None, None));
+        // Unreadable: writing without its compare would drop the other workers' entries.
+        let Ok((bytes, cas)) = host::get_shared_data(&key) else {
+            break;
+        };
         let mut merged = bytes.map(|b| Revocations::decode(&b)).unwrap_or_default();
         merged.merge(&state.revoked);
         // What has lapsed goes here too: every worker decodes this list on every tick.
         merged.prune(now());
         if host::set_shared_data(&key, &merged.encode(), cas).is_ok() {
-            break;
+            return;
         }
     }
+    log_warn(
+        "oidc-filter: a back-channel logout holds on this worker only: the list the workers share \
+         would not take it (the next logout this worker records shares it again)",
+    );
 }
 
 /// Envoy's shared data is shared by every worker's VM of this plugin: the one place a logout reaches them all.
@@ -859,23 +866,18 @@ impl Http {
         let key = renewal::key(job.sealed());
         // Long enough for the token request and a JWKS fetch after it.
         let until = now + 2 * cfg.callout_timeout.as_secs() + 2;
-        let mut claimed = false;
         let found = update_renewals(cfg, &key, now, |t| match t.get(&key, now) {
             Renewal::Free => {
                 t.claim(&key, until);
-                claimed = true;
                 None
             }
-            other => {
-                claimed = false;
-                Some(other)
-            }
+            other => Some(other),
         });
         match found {
-            Some(Renewal::Done(lines)) => {
+            Ok(Some(Renewal::Done(lines))) => {
                 Err(Some(flow::adopt_renewal(cfg, state, job, &lines, now)))
             }
-            Some(Renewal::Claimed) => match flow::renewal_busy(cfg, job, now) {
+            Ok(Some(Renewal::Claimed)) => match flow::renewal_busy(cfg, job, now) {
                 Ok(step) => Err(Some(step)),
                 // Each waits with its session: a bound on the memory a burst can take.
                 Err(_) if s.parked.len() >= MAX_PARKED => Err(Some(flow::renewal_crowded())),
@@ -892,13 +894,14 @@ impl Http {
                     Err(None)
                 }
             },
-            // Claimed by us; or the table is unusable, and refreshing is what the filter did before it.
-            _ => {
-                if claimed {
-                    self.renewing = Some((key, job.sealed().to_string()));
-                }
+            // Claimed by us (the claim written).
+            Ok(None) => {
+                self.renewing = Some((key, job.sealed().to_string()));
                 Ok(job)
             }
+            // The table is unusable (or would not take the claim): refreshing is what the filter did
+            // before it, and with no claim of ours there is none to publish or let go.
+            _ => Ok(job),
         }
     }
 
@@ -914,7 +917,7 @@ impl Http {
         let Some(cfg) = s.plugin.sites.get(self.site) else {
             return;
         };
-        update_renewals(cfg, &key, now, |t| {
+        let _ = update_renewals(cfg, &key, now, |t| {
             match renewed.clone() {
                 Some(lines) => t.complete(&key, lines, now),
                 None => t.release(&key),
@@ -1161,30 +1164,31 @@ fn renewal_state(cfg: &crate::config::Config, key: &str, now: u64) -> Renewal {
 }
 
 /// Reads, changes (`f`) and writes back `key`'s bucket with compare-and-swap, retrying when another worker
-/// wrote in between; returns what `f` returned (it wrote nothing then: nothing to write).
+/// wrote in between: `Ok(Some)` with what `f` returned (nothing written then), `Ok(None)` once written,
+/// `Err` when the bucket cannot be read or eight writes in a row lost the race.
 fn update_renewals<T>(
     cfg: &crate::config::Config,
     key: &str,
     now: u64,
     mut f: impl FnMut(&mut renewal::Table) -> Option<T>,
-) -> Option<T> {
+) -> Result<Option<T>, ()> {
     let name = renewal_bucket(cfg, key);
     for _ in 0..8 {
         let Ok((bytes, cas)) = host::get_shared_data(&name) else {
-            return None;
+            return Err(());
         };
         let mut table = bytes
             .map(|b| renewal::Table::decode(&b))
             .unwrap_or_default();
         table.prune(now);
         if let Some(found) = f(&mut table) {
-            return Some(found);
+            return Ok(Some(found));
         }
         if host::set_shared_data(&name, &table.encode(), cas).is_ok() {
-            return None;
+            return Ok(None);
         }
     }
-    None
+    Err(())
 }
 
 /// Sends `call` for context `owner` (a request, or the root context), whose callback gets the answer.
