@@ -1258,6 +1258,20 @@ fn cookie_settings(
         }
         Some(_) => return Err(err("cookie_same_site", "must be `Lax`, `Strict` or `None`")),
     };
+    // Browsers drop a `__Host-` cookie that lacks `Secure` or has a `Domain`, and a `__Secure-` one that
+    // lacks `Secure` (the prefixes matched without regard to case): every login would fail.
+    let prefixed = |p: &str| {
+        cookie_name
+            .get(..p.len())
+            .is_some_and(|n| n.eq_ignore_ascii_case(p))
+    };
+    if (prefixed("__Host-") && (domain.is_some() || !secure)) || (prefixed("__Secure-") && !secure)
+    {
+        return Err(err(
+            "cookie_name",
+            "a `__Host-` name needs cookie_secure and no cookie_domain, a `__Secure-` one cookie_secure",
+        ));
+    }
     let cookie = CookieAttrs {
         secure,
         domain,
@@ -1670,6 +1684,35 @@ mod tests {
         }
         let e = parse(&with("callback_path", serde_json::json!("/cb;v2"))).unwrap_err();
         assert_eq!(e.field, "callback_path");
+    }
+
+    /// Cookie name prefixes browsers enforce (matched without regard to case): a `__Host-` name with
+    /// `cookie_domain` or without `cookie_secure`, or a `__Secure-` one without `cookie_secure`, would be
+    /// dropped by every browser, so every login would fail. Refused, naming `cookie_name`.
+    #[test]
+    fn cookie_name_prefixes_browsers_enforce_are_checked() {
+        let cfg = |extra: serde_json::Value| {
+            let mut json = minimal();
+            for (k, v) in extra.as_object().unwrap() {
+                json[k] = v.clone();
+            }
+            parse(&json.to_string())
+        };
+        for bad in [
+            serde_json::json!({"cookie_name": "__Host-s", "cookie_domain": "example.com"}),
+            serde_json::json!({"cookie_name": "__host-s", "cookie_secure": false}),
+            serde_json::json!({"cookie_name": "__Secure-s", "cookie_secure": false}),
+            serde_json::json!({"cookie_name": "__SECURE-s", "cookie_secure": false}),
+        ] {
+            assert_eq!(cfg(bad.clone()).unwrap_err().field, "cookie_name", "{bad}");
+        }
+        for good in [
+            serde_json::json!({"cookie_name": "__Host-s"}),
+            serde_json::json!({"cookie_name": "__Secure-s", "cookie_domain": "example.com"}),
+            serde_json::json!({"cookie_name": "_Host-s", "cookie_secure": false}),
+        ] {
+            cfg(good.clone()).unwrap_or_else(|e| panic!("{good}: {e:?}"));
+        }
     }
 
     /// `null` in an entry unsets a field, but not the access rules or headers it would inherit: refused.

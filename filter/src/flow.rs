@@ -379,11 +379,15 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
         return if h.get(":method").as_deref() == Some("POST") {
             Step::ReadBody
         } else {
-            text(
+            let mut r = text(
                 405,
                 "Method not allowed: the IdP posts logout tokens here.",
                 None,
-            )
+            );
+            if let Step::Respond(r) = &mut r {
+                r.headers.push(("allow", "POST".into()));
+            }
+            r
         };
     }
 
@@ -1611,13 +1615,12 @@ fn refresh_failed(
         });
     }
     state.cache.remove(&job.cache_key);
-    let mut clear: Vec<String> = job
-        .present_chunks
-        .iter()
-        .map(|n| cookies::clear_cookie(n, &cfg.cookie))
-        .collect();
+    let mut clear = Vec::new();
+    for n in &job.present_chunks {
+        clear_session_cookie(cfg, n, &mut clear);
+    }
     if clear.is_empty() {
-        clear.push(cookies::clear_cookie(&cfg.cookie_name, &cfg.cookie));
+        clear_session_cookie(cfg, &cfg.cookie_name, &mut clear);
     }
     // As it would be answered without a session (a request that would pass starts no refresh).
     let mut r = anonymous_reply(cfg, job.anonymous, &job.target);
@@ -1820,13 +1823,21 @@ fn seal_session(
         }
     };
     let max_age = session.expires_at.saturating_sub(env.now);
-    let mut out: Vec<String> = chunks
-        .iter()
-        .map(|(n, v)| cookies::set_cookie(n, v, &cfg.cookie, max_age))
-        .collect();
+    let mut out = Vec::new();
+    // A host-only copy from before `cookie_domain` was set would come first in the browser's requests
+    // and shadow the new session: cleared first (its clear and the new cookie are two cookies to a
+    // browser, and in this order one that took them for the same would keep the new one).
+    for (n, _) in &chunks {
+        host_only_clear(cfg, n, &mut out);
+    }
+    out.extend(
+        chunks
+            .iter()
+            .map(|(n, v)| cookies::set_cookie(n, v, &cfg.cookie, max_age)),
+    );
     for name in present {
         if !chunks.iter().any(|(n, _)| n == name) {
-            out.push(cookies::clear_cookie(name, &cfg.cookie));
+            clear_session_cookie(cfg, name, &mut out);
         }
     }
     Ok(out)
@@ -1837,17 +1848,45 @@ fn clear_session_cookies(cfg: &Config, header: &str) -> Vec<String> {
     if !names.iter().any(|n| n == &cfg.cookie_name) {
         names.push(cfg.cookie_name.clone());
     }
-    names
-        .iter()
-        .map(|n| cookies::clear_cookie(n, &cfg.cookie))
-        .collect()
+    let mut out = Vec::new();
+    for n in &names {
+        clear_session_cookie(cfg, n, &mut out);
+    }
+    out
+}
+
+/// Clears session cookie `name`: as the site sets it and, with `cookie_domain`, as a host-only cookie
+/// too, one set before `cookie_domain` was (which a clear with `Domain` leaves in the browser).
+fn clear_session_cookie(cfg: &Config, name: &str, out: &mut Vec<String>) {
+    out.push(cookies::clear_cookie(name, &cfg.cookie));
+    host_only_clear(cfg, name, out);
+}
+
+/// With `cookie_domain`, the clear of a host-only cookie `name`; without it, nothing.
+fn host_only_clear(cfg: &Config, name: &str, out: &mut Vec<String>) {
+    if cfg.cookie.domain.is_some() {
+        let attrs = CookieAttrs {
+            domain: None,
+            ..cfg.cookie.clone()
+        };
+        out.push(cookies::clear_cookie(name, &attrs));
+    }
 }
 
 /// The login-attempt cookie's attributes. It must come back with the IdP's redirect, a navigation from
-/// the IdP's site: with `SameSite=Strict` a browser would withhold it, so that one is `Lax`.
+/// the IdP's site: with `SameSite=Strict` a browser would withhold it, so that one is `Lax`. Its path is
+/// the callback's, except under a `__Host-` name, which browsers take only with `Path=/`.
 fn login_attrs(cfg: &Config) -> CookieAttrs {
+    let host_prefix = cfg
+        .cookie_name
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("__Host-"));
     CookieAttrs {
-        path: cfg.callback_path.clone(),
+        path: if host_prefix {
+            "/".into()
+        } else {
+            cfg.callback_path.clone()
+        },
         same_site: match cfg.cookie.same_site {
             SameSite::Strict => SameSite::Lax,
             other => other,

@@ -2193,6 +2193,72 @@ fn logout_clears_every_chunk_and_ends_the_idp_session() {
     assert!(after.names().is_empty());
 }
 
+/// With `cookie_domain`, a browser may still hold a host-only session cookie set before it was
+/// configured: a clear with `Domain` leaves that one (a logged-out user stays logged in), and sent
+/// first it would shadow a new session. Every clear and every new session also clears the host-only
+/// cookie, before the new one is set.
+#[test]
+fn with_cookie_domain_the_host_only_cookie_of_before_is_cleared_too() {
+    let mut f = Filter::ready(config(json!({"cookie_domain": "example.com"})));
+    let login = start_login(&mut f, "?rd=/app");
+    let (_, pending) = call(f.request(&login.callback("code-1", &Jar::default())));
+    let body = token_body(Some(&mint(&claims(Some(&login.nonce)))), None);
+    let r = respond(f.reply(pending, Some((200, &body))));
+    let sets = set_cookies(&r);
+    let host_only_clear = sets
+        .iter()
+        .position(|c| is_clear_of(c, "_oidc_session") && !c.contains("Domain="))
+        .unwrap_or_else(|| panic!("{sets:?}"));
+    let set = sets
+        .iter()
+        .position(|c| c.starts_with("_oidc_session=") && !is_clear_of(c, "_oidc_session"))
+        .unwrap_or_else(|| panic!("{sets:?}"));
+    assert!(host_only_clear < set, "{sets:?}");
+    assert!(sets[set].contains("Domain=example.com"), "{sets:?}");
+    let mut jar = Jar::default();
+    jar.apply(sets.iter().copied());
+
+    let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
+    let sets = set_cookies(&r);
+    for domain in [true, false] {
+        assert!(
+            sets.iter()
+                .any(|c| is_clear_of(c, "_oidc_session")
+                    && c.contains("Domain=example.com") == domain),
+            "{domain}: {sets:?}"
+        );
+    }
+}
+
+/// A `__Host-` cookie name: browsers keep such cookies only with `Path=/` (and `Secure`, no
+/// `Domain`), so the login-attempt cookie, elsewhere scoped to the callback, takes `Path=/` too.
+#[test]
+fn under_a_host_prefixed_cookie_name_the_login_cookie_has_path_root() {
+    let mut f = Filter::ready(config(json!({"cookie_name": "__Host-s"})));
+    let login = start_login(&mut f, "?rd=/app");
+    assert!(
+        login.cookie_name.starts_with("__Host-s_login_"),
+        "{login:?}"
+    );
+    assert!(
+        login.set_cookie.contains("; Path=/;"),
+        "{}",
+        login.set_cookie
+    );
+    assert!(
+        login.set_cookie.contains("; Secure"),
+        "{}",
+        login.set_cookie
+    );
+    let mut plain = Filter::ready(config(json!({})));
+    let login = start_login(&mut plain, "?rd=/app");
+    assert!(
+        login.set_cookie.contains("; Path=/oauth2/callback;"),
+        "{}",
+        login.set_cookie
+    );
+}
+
 #[test]
 fn logout_builds_the_post_logout_uri_from_the_request_origin() {
     let mut f = Filter::ready(config(

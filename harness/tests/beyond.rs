@@ -456,6 +456,20 @@ fn a_shared_redirect_uri_sends_each_login_back_to_the_host_it_started_on() {
     // IdP), with the session shared through `cookie_domain`, as the platform team configures it.
     let s = stack();
     let shared = site("shared");
+    // Before: no `cookie_domain` yet, each host logs in on its own (`redirect_uri` its own): a
+    // host-only session cookie.
+    let before_domain = Browser::new();
+    let start = shared.host_url(SHARED_LOGIN, "/early");
+    let done = before_domain.login(&start, "carol").unwrap();
+    assert_eq!(done.response.url, start, "{}", describe_chain(&done.chain));
+    let early: Vec<_> = before_domain
+        .stored_cookies(SHARED_LOGIN)
+        .into_iter()
+        .filter(|c| c.name == SHARED_COOKIE)
+        .map(|c| c.host_only)
+        .collect();
+    assert_eq!(early, [true]);
+
     let callback = shared.host_url(SHARED_LOGIN, "/oauth2/callback");
     let mut config = shared.filter_config.clone();
     config["hosts"][0]["redirect_uri"] = json!(callback);
@@ -520,6 +534,31 @@ fn a_shared_redirect_uri_sends_each_login_back_to_the_host_it_started_on() {
     let done = fresh.login(&start, "bob").unwrap();
     assert_eq!(done.response.url, start, "{}", describe_chain(&done.chain));
     assert_eq!(done.response.status, 200, "{}", done.response.body);
+
+    // The browser logged in before `cookie_domain` was set is still logged in by its host-only
+    // cookie, and its logout ends that session too: a clear with `Domain` alone would leave the
+    // host-only cookie, and the user logged in after logging out.
+    let x = shared.host_url(SHARED_LOGIN, "/x");
+    assert_eq!(
+        bearer_claims(&echo(&before_domain, &x, &[]))["sub"],
+        "carol"
+    );
+    let r = before_domain
+        .get(&shared.host_url(SHARED_LOGIN, "/logout"))
+        .unwrap();
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert!(
+        before_domain
+            .stored_cookies(SHARED_LOGIN)
+            .iter()
+            .all(|c| c.name != SHARED_COOKIE),
+        "{:?}",
+        before_domain.stored_cookies(SHARED_LOGIN)
+    );
+    let r = before_domain
+        .get_with(&x, &[("accept", "application/json")])
+        .unwrap();
+    assert_eq!(r.status, 401, "still logged in after logout: {}", r.body);
 }
 
 // --- 2. claim rules ---
@@ -875,7 +914,9 @@ fn the_backchannel_endpoint_refuses_what_is_not_a_valid_logout_token() {
         assert_eq!(r.status, 400, "{body}: {}", r.body);
         assert_eq!(r.json().unwrap(), json!({"error": "invalid_request"}));
     }
-    assert_eq!(api.get(&url).unwrap().status, 405);
+    let r = api.get(&url).unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"), "RFC 9110 15.5.6");
     assert_eq!(stat("backchannel_logouts"), before);
     drop(count);
     // Not offered where not configured: on the strict site the path is just a protected page.

@@ -201,10 +201,43 @@ fn pages_stack() -> &'static Stack {
             hcm_overrides: harness::envoy::decode_and_merge_slashes(),
             ..SiteSpec::new("decoding")
         };
-        let stack = Stack::start(StackSpec::new("browser-pages", vec![decoding])).unwrap();
+        let host_prefix = SiteSpec::new("hostprefix").filter(json!({"cookie_name": "__Host-oidc"}));
+        let stack =
+            Stack::start(StackSpec::new("browser-pages", vec![decoding, host_prefix])).unwrap();
         stack.wait_ready("decoding").unwrap();
+        stack.wait_ready("hostprefix").unwrap();
         stack
     })
+}
+
+/// A `__Host-` cookie name, the strictest an operator can pick: Chromium keeps such a cookie only
+/// with `Secure`, without `Domain` and with `Path=/`, the login-attempt cookie included (its path is
+/// otherwise the callback's, and Chromium dropped it: every login ended on "This login has expired").
+#[test]
+fn chromium_logs_in_under_a_host_prefixed_cookie_name() {
+    let stack = pages_stack();
+    let site = stack.site("hostprefix").unwrap();
+    let driver = WebDriver::start(stack.dir()).unwrap();
+    let app = site.url("/dashboard");
+    driver.goto(&app).unwrap();
+    log_in_as_alice(&driver, &app);
+    let cookies = driver.cookies().unwrap();
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "__Host-oidc")
+        .unwrap_or_else(|| panic!("{cookies:?}"));
+    assert_eq!(
+        (&session["path"], &session["secure"]),
+        (&json!("/"), &json!(true)),
+        "{session}"
+    );
+    // The login-attempt cookie went with the callback.
+    assert!(
+        cookies
+            .iter()
+            .all(|c| !c["name"].as_str().unwrap_or_default().contains("_login_")),
+        "{cookies:?}"
+    );
 }
 
 /// Found in review: the page at `/login` went on to `location.pathname + "?" + …`, the path in the
