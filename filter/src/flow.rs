@@ -566,6 +566,19 @@ fn with_session(
         return (now < s.token_expires_at)
             .then(|| forward_session(cfg, h, &cached, cookie, target));
     }
+    // Superseded: this cookie's session was renewed, and the new cookie is on its way to the browser.
+    // The refresh token is the new cookie's to spend: renewing here too would spend it twice (an IdP that
+    // rotates them then ends the session). The token goes on while valid; once expired, 503 with the new
+    // cookie, whose next request renews.
+    if !cached.renewed_cookies.is_empty() {
+        if now < s.token_expires_at {
+            return Some(forward_session(cfg, h, &cached, cookie, target));
+        }
+        return Some(with_cookies(
+            renewal_unavailable(SUPERSEDED.into()),
+            cached.renewed_cookies.clone(),
+        ));
+    }
     let Some(provider) = state.provider.ready() else {
         if now < s.token_expires_at {
             return Some(forward_session(cfg, h, &cached, cookie, target));
@@ -1321,6 +1334,7 @@ fn refresh_reply(
 }
 
 const NO_PROVIDER: &str = "the IdP's discovery document or keys are not loaded on this worker";
+const SUPERSEDED: &str = "the session was given a new cookie, not yet sent by the browser";
 
 /// A request that would wait for another one's renewal, when too many wait on this worker already: 503,
 /// its cookies stay (counted and logged as a refresh that failed).
@@ -1451,8 +1465,7 @@ fn finish_refresh(
 /// `step` (the old token while it lasts, else 503) for a refresh the IdP granted but whose new ID token
 /// cannot be checked on this worker yet. An IdP that rotates refresh tokens has spent the old one: the
 /// session keeps the new one, re-sealed with the old tokens, or its next renewal would be refused and the
-/// user logged out. Requests on this worker that still carry the old cookie get the new one too; other
-/// workers are told only while the old token is valid (a waiting request adopts no expired token).
+/// user logged out. Requests that still carry the old cookie get the new one, and leave the renewal to it.
 fn keeping_new_refresh_token(
     cfg: &Config,
     state: &mut State,
@@ -1474,9 +1487,9 @@ fn keeping_new_refresh_token(
     let Ok(set) = seal_session(cfg, env, &session, &job.present_chunks) else {
         return step;
     };
-    let valid = env.now < old.token_expires_at;
-    let renewed = if valid { set.clone() } else { Vec::new() };
-    let cached = Rc::new(cached_session(cfg, session, renewed));
+    // Requests that still carry the old cookie, here and (through the renewal table) on other workers,
+    // get the new one and start no refresh of their own (see `with_session`).
+    let cached = Rc::new(cached_session(cfg, session, set.clone()));
     state.cache.insert(job.cache_key.clone(), cached, env.now);
     match step {
         Step::Forward(mut f) => {
@@ -1543,15 +1556,21 @@ pub fn adopt_renewal(
         .flatten()
         .and_then(|sealed| cfg.keys.open(&cfg.cookie_name, &sealed).ok())
         .and_then(|plain| Session::decode(&plain).ok())
-        .filter(|s| now < s.token_expires_at && s.sub == job.session.session.sub);
+        .filter(|s| s.sub == job.session.session.sub);
     let Some(session) = session else {
         let why = "the renewal made by another worker does not open";
         return refresh_failed(cfg, state, &job, now, why.into());
     };
+    let expired = now >= session.token_expires_at;
     let cached = Rc::new(cached_session(cfg, session, renewed.to_vec()));
     state
         .cache
         .insert(job.cache_key.clone(), cached.clone(), now);
+    // Only given a new refresh token (its ID token could not be checked yet), and expired meanwhile:
+    // the new cookie, whose next request renews; not a logout.
+    if expired {
+        return with_cookies(renewal_unavailable(SUPERSEDED.into()), renewed.to_vec());
+    }
     if denied(cfg, &cached, &job.target) {
         return with_cookies(forbidden(cfg, job.browser(), &cached), renewed.to_vec());
     }

@@ -1730,13 +1730,27 @@ fn a_refresh_whose_id_token_cannot_be_checked_yet_keeps_the_rotated_refresh_toke
             id_token,
             "the unchecked token is not kept"
         );
-        // The next renewal, past the 30 s between fetches for unknown keys, with the new cookie or (on
-        // this worker) with the old one still in flight, sends the new refresh token.
+        // A request still carrying the old cookie leaves the new refresh token to the new cookie (used
+        // twice, an IdP that rotates them would end the session): no refresh; the old token while it is
+        // valid, else 503; the new cookie either way.
+        let r = f.request(&Req::browser("/").cookies(&old));
+        let sent: Vec<String> = match r {
+            Step::Forward(fwd) if !expired => {
+                assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+                fwd.set_cookies.clone()
+            }
+            Step::Respond(r) if expired => {
+                assert_eq!(r.status, 503);
+                set_cookies(&r).into_iter().map(str::to_string).collect()
+            }
+            other => panic!("{expired}: {other:?}"),
+        };
+        assert_eq!(sent, set, "{expired}");
+        // The next renewal, past the 30 s between fetches for unknown keys, comes with the new cookie and
+        // sends the new refresh token.
         f.now += 31;
-        for jar in [&jar, &old] {
-            let (c, _) = call(f.request(&Req::browser("/").cookies(jar)));
-            assert_eq!(form(&c.body.unwrap())["refresh_token"], "rt-2", "{expired}");
-        }
+        let (c, _) = call(f.request(&Req::browser("/").cookies(&jar)));
+        assert_eq!(form(&c.body.unwrap())["refresh_token"], "rt-2", "{expired}");
     }
 }
 

@@ -79,6 +79,60 @@ fn a_renewal_made_by_another_worker_is_adopted_without_asking_the_idp() {
     assert_eq!(r.status, 401);
 }
 
+/// Worker A's refresh was granted but its new ID token cannot be checked yet (a signing key A cannot
+/// fetch just now): A keeps the IdP's new refresh token in a new cookie with the old tokens and
+/// publishes it. Worker B adopts it without a refresh of its own, also once the old token has expired
+/// (503 with the new cookie, not a logout), and B's later requests with the old cookie leave the new
+/// refresh token to the new cookie.
+#[test]
+fn a_new_cookie_holding_only_a_new_refresh_token_is_adopted_not_refreshed_again() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let (jar, id_token) = due(&mut a, &mut b);
+    let sealed = oidc_filter::session::join(&jar.header(), "_oidc_session")
+        .unwrap()
+        .unwrap();
+    let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
+    let mut claims = claims(None);
+    claims["iat"] = a.now.into();
+    claims["exp"] = (a.now + 3600).into();
+    let unknown_key = mint_with_kid(&claims, "rotated-1");
+    let (_, pending) = call(a.reply(
+        pending,
+        Some((200, &token_body(Some(&unknown_key), Some("rt-2")))),
+    ));
+    let fwd = forward(a.reply(pending, None));
+    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+    let lines = flow::renewed_cookies(&a.state, &sealed).unwrap();
+    assert_eq!(lines, fwd.set_cookies);
+
+    // B adopts while the old token is valid, and after it expired.
+    for (now, valid) in [(b.now, true), (NOW + 3600, false)] {
+        let mut b = Filter::ready(config(serde_json::json!({})));
+        b.now = now;
+        let job = refresh_job(b.request(&Req::api("/y").cookies(&jar)));
+        let step = flow::adopt_renewal(&b.cfg, &mut b.state, job, &lines, now);
+        match step {
+            Step::Forward(f) if valid => {
+                assert_eq!(bearer(&f), format!("Bearer {id_token}"));
+                assert_eq!(f.set_cookies, lines);
+            }
+            Step::Respond(r) if !valid => {
+                assert_eq!(r.status, 503);
+                let sets: Vec<&str> = set_cookies(&r);
+                assert_eq!(sets, lines.iter().map(String::as_str).collect::<Vec<_>>());
+            }
+            other => panic!("{valid}: {other:?}"),
+        }
+        // B's next request with the old cookie starts no refresh: the new cookie's to make.
+        match b.request(&Req::api("/z").cookies(&jar)) {
+            Step::Forward(f) if valid => assert_eq!(f.set_cookies, lines),
+            Step::Respond(r) if !valid => assert_eq!(r.status, 503),
+            other => panic!("{valid}: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn while_another_request_renews_a_valid_token_goes_up_and_an_expired_one_waits() {
     let mut a = Filter::ready(config(serde_json::json!({})));
