@@ -55,6 +55,15 @@ if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); proce
 fi
 step "node $(node --version): new enough"
 
+# The workspace's rust-version (edition 2024, let chains).
+rust_minor() { rustc "$@" --version 2>/dev/null | sed -n 's/^rustc 1\.\([0-9]*\)\..*/\1/p'; }
+minor="$(rust_minor)"
+if [ -z "$minor" ] || [ "$minor" -lt 88 ]; then
+  echo "setup: Rust 1.88 or later is needed (found: $(rustc --version 2>/dev/null || echo none)); run: rustup update stable" >&2
+  exit 1
+fi
+step "$(rustc --version | cut -d' ' -f1-2): new enough"
+
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   step "rust target wasm32-wasip1: present"
 else
@@ -83,9 +92,11 @@ fi
 
 # Fuzzing (filter/fuzz/run.sh): libFuzzer needs the nightly toolchain, and cargo-fuzz drives it.
 CARGO_FUZZ_VERSION=0.13.2
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+nightly_minor="$(rust_minor +nightly)"
+if rustup toolchain list 2>/dev/null | grep -q '^nightly' && [ -n "$nightly_minor" ] && [ "$nightly_minor" -ge 88 ]; then
   step "rust nightly toolchain: present"
 else
+  # Also updates a nightly too old for the fuzz crate's edition 2024.
   step "rustup toolchain install nightly"
   rustup toolchain install nightly --profile minimal
 fi

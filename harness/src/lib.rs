@@ -1104,10 +1104,12 @@ impl Stack {
     }
 
     /// Waits until `site`'s `/login` answers 302 on every worker ([`Stack::until_every_worker`]): each
-    /// worker loads discovery and keys on its own, and answers 503 until then.
+    /// worker loads discovery and keys on its own, and answers 503 until then. Generous: where the IdP
+    /// stalled at start (a node start on a busy disk, seen in CI) the workers' fetches failed meanwhile
+    /// and back off (1 s doubling to 30 s), so the one that succeeds may come half a minute later.
     pub fn wait_ready(&self, site: &str) -> Result<()> {
         let url = self.site(site)?.url("/login");
-        self.until_every_worker(site, Duration::from_secs(20), || {
+        self.until_every_worker(site, Duration::from_secs(75), || {
             Browser::new().get(&url).is_ok_and(|r| r.status == 302)
         })
         .with_context(|| format!("{site} never got ready"))

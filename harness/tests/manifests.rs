@@ -1,5 +1,5 @@
 //! The Istio manifests in `wasmplugin/`: every resource, raw and as kustomize builds it, against Istio's CRD
-//! schemas (`../shared/istio`, beside the repository), the CEL rules of those schemas checked by hand, and
+//! schemas (`testdata/istio`, as Istio publishes them), the CEL rules of those schemas checked by hand, and
 //! the cross-resource facts the filter relies on (secrets only through `vmConfig.env`, bypass paths equal to
 //! the policy's `notPaths`, the IdP cluster the callouts name exists, the pluginConfig the filter accepts and
 //! the local Envoy tests use).
@@ -85,11 +85,11 @@ struct Crd {
 fn crds() -> &'static BTreeMap<String, Crd> {
     static CRDS: OnceLock<BTreeMap<String, Crd>> = OnceLock::new();
     CRDS.get_or_init(|| {
-        let dir = root().join("../shared/istio");
+        let dir = root().join("testdata/istio");
         let mut out = BTreeMap::new();
         let entries = fs::read_dir(&dir).unwrap_or_else(|e| {
             panic!(
-                "{}: {e} (the CRD schemas live in shared/ beside the repository)",
+                "{}: {e} (the CRD schemas live in testdata/istio)",
                 dir.display()
             )
         });
