@@ -221,6 +221,9 @@ pub struct Cached {
     pub bearer: Rc<Secret>,
     /// Set when this entry stands for a session refreshed since the browser last sent its cookie.
     pub renewed_cookies: Vec<String>,
+    /// Set when that refresh brought only a new refresh token (`keeping_new_refresh_token`): renewing is
+    /// then the new cookie's to do.
+    pub refresh_handed_on: bool,
     /// The identity headers for this user, computed once per opened cookie.
     pub identity: IdentityHeaders,
     /// The claims rules and identity headers read.
@@ -514,6 +517,7 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
         session,
         bearer,
         renewed_cookies,
+        refresh_handed_on: false,
         identity,
         claims,
         sid,
@@ -566,18 +570,15 @@ fn with_session(
         return (now < s.token_expires_at)
             .then(|| forward_session(cfg, h, &cached, cookie, target));
     }
-    // Superseded: this cookie's session was renewed, and the new cookie is on its way to the browser.
-    // The refresh token is the new cookie's to spend: renewing here too would spend it twice (an IdP that
-    // rotates them then ends the session). The token goes on while valid; once expired, 503 with the new
-    // cookie, whose next request renews.
-    if !cached.renewed_cookies.is_empty() {
+    // The new cookie holds this session's tokens and only a new refresh token: renewing here too would
+    // spend that twice (an IdP that rotates them then ends the session). The token goes on while valid;
+    // then, for requests that were on their way, 503 with the new cookie, whose next request renews. A
+    // client that never takes the new cookie (a fixed `Cookie` header) renews as before after that.
+    if cached.refresh_handed_on && now < s.token_expires_at.saturating_add(crate::renewal::GRACE) {
         if now < s.token_expires_at {
             return Some(forward_session(cfg, h, &cached, cookie, target));
         }
-        return Some(with_cookies(
-            renewal_unavailable(SUPERSEDED.into()),
-            cached.renewed_cookies.clone(),
-        ));
+        return Some(replaced(cached.renewed_cookies.clone()));
     }
     let Some(provider) = state.provider.ready() else {
         if now < s.token_expires_at {
@@ -1334,7 +1335,18 @@ fn refresh_reply(
 }
 
 const NO_PROVIDER: &str = "the IdP's discovery document or keys are not loaded on this worker";
-const SUPERSEDED: &str = "the session was given a new cookie, not yet sent by the browser";
+/// 503 for a request whose session cookie was replaced by `cookies` (which it sets), and which the
+/// browser has not sent yet.
+fn replaced(cookies: Vec<String>) -> Step {
+    with_cookies(
+        unavailable(
+            "Your session was renewed while this request was on its way. Try again.",
+            Metric::RefreshFailed,
+            Some("the session has a new cookie, not yet sent by the browser".into()),
+        ),
+        cookies,
+    )
+}
 
 /// A request that would wait for another one's renewal, when too many wait on this worker already: 503,
 /// its cookies stay (counted and logged as a refresh that failed).
@@ -1489,8 +1501,11 @@ fn keeping_new_refresh_token(
     };
     // Requests that still carry the old cookie, here and (through the renewal table) on other workers,
     // get the new one and start no refresh of their own (see `with_session`).
-    let cached = Rc::new(cached_session(cfg, session, set.clone()));
-    state.cache.insert(job.cache_key.clone(), cached, env.now);
+    let mut cached = cached_session(cfg, session, set.clone());
+    cached.refresh_handed_on = true;
+    state
+        .cache
+        .insert(job.cache_key.clone(), Rc::new(cached), env.now);
     match step {
         Step::Forward(mut f) => {
             f.set_cookies = set;
@@ -1562,14 +1577,18 @@ pub fn adopt_renewal(
         return refresh_failed(cfg, state, &job, now, why.into());
     };
     let expired = now >= session.token_expires_at;
-    let cached = Rc::new(cached_session(cfg, session, renewed.to_vec()));
+    let mut cached = cached_session(cfg, session, renewed.to_vec());
+    // Only a new refresh token (`keeping_new_refresh_token`): the same ID token as before.
+    cached.refresh_handed_on =
+        cached.session.id_token.expose() == job.session.session.id_token.expose();
+    let cached = Rc::new(cached);
     state
         .cache
         .insert(job.cache_key.clone(), cached.clone(), now);
-    // Only given a new refresh token (its ID token could not be checked yet), and expired meanwhile:
-    // the new cookie, whose next request renews; not a logout.
+    // Only given a new refresh token, and expired meanwhile: the new cookie, whose next request renews;
+    // not a logout.
     if expired {
-        return with_cookies(renewal_unavailable(SUPERSEDED.into()), renewed.to_vec());
+        return replaced(renewed.to_vec());
     }
     if denied(cfg, &cached, &job.target) {
         return with_cookies(forbidden(cfg, job.browser(), &cached), renewed.to_vec());

@@ -1751,7 +1751,31 @@ fn a_refresh_whose_id_token_cannot_be_checked_yet_keeps_the_rotated_refresh_toke
         f.now += 31;
         let (c, _) = call(f.request(&Req::browser("/").cookies(&jar)));
         assert_eq!(form(&c.body.unwrap())["refresh_token"], "rt-2", "{expired}");
+        // A client that never takes the new cookie (a fixed `Cookie` header) renews with it once the
+        // requests that were on their way are past.
+        f.now = NOW + 3600 + 31;
+        let (c, _) = call(f.request(&Req::api("/").cookies(&old)));
+        assert_eq!(form(&c.body.unwrap())["refresh_token"], "rt-2", "{expired}");
     }
+}
+
+/// A client that sends a fixed `Cookie` header (a script, a probe) never takes a renewed cookie: its old
+/// cookie goes on with the renewed session, and renews that in turn when it is due.
+#[test]
+fn a_client_that_keeps_its_old_cookie_stays_logged_in_across_renewals() {
+    let mut f = ready();
+    let (old, _) = due_for_refresh(&mut f);
+    let (_, pending) = call(f.request(&Req::api("/").cookies(&old)));
+    let renewed = mint(&refreshed_claims(f.now));
+    let fwd = forward(f.reply(
+        pending,
+        Some((200, &token_body(Some(&renewed), Some("rt-2")))),
+    ));
+    assert_eq!(bearer(&fwd), format!("Bearer {renewed}"));
+    // The renewed token due in turn: the old cookie renews it, with the refresh token it brought.
+    f.now += 3600 - 30;
+    let (c, _) = call(f.request(&Req::api("/").cookies(&old)));
+    assert_eq!(form(&c.body.unwrap())["refresh_token"], "rt-2");
 }
 
 /// `forward_token: access_token` with an access token of 5 minutes, an ID token of an hour and a margin of
