@@ -534,8 +534,9 @@ pub struct Http {
     site: usize,
     reading_body: bool,
     pending: Option<(u32, Box<Pending>)>,
-    /// The renewal this request claimed: its table key and the sealed session it renews.
-    renewing: Option<(String, String)>,
+    /// The renewal this request claimed: its table key, the sealed session it renews, and the claim's
+    /// `until` (which tells it from a later claim of another request).
+    renewing: Option<(String, String, u64)>,
     /// The response's `Set-Cookie` lines. Shared with the root context, which fills it for a request it
     /// resumes; made only when there is a line to add or a request parks (not an allocation per request).
     set_cookies: Option<Rc<RefCell<Vec<String>>>>,
@@ -616,7 +617,7 @@ impl Http {
             // A renewal this request claimed has ended (unless it now fetches keys): publish it, or let go.
             let renewed = match (&step, &self.renewing) {
                 (Step::Call(..), _) | (_, None) => None,
-                (_, Some((_, sealed))) => Some(flow::renewed_cookies(state, sealed)),
+                (_, Some((_, sealed, _))) => Some(flow::renewed_cookies(state, sealed)),
             };
             (step, renewed)
         };
@@ -896,7 +897,7 @@ impl Http {
             },
             // Claimed by us (the claim written).
             Ok(None) => {
-                self.renewing = Some((key, job.sealed().to_string()));
+                self.renewing = Some((key, job.sealed().to_string(), until));
                 Ok(job)
             }
             // The table is unusable (or would not take the claim): refreshing is what the filter did
@@ -907,7 +908,7 @@ impl Http {
 
     /// Publishes the renewal this request claimed (`renewed`: its `Set-Cookie` lines), or lets it go.
     fn end_renewal(&mut self, renewed: Option<Vec<String>>) {
-        let Some((key, _)) = self.renewing.take() else {
+        let Some((key, _, until)) = self.renewing.take() else {
             return;
         };
         let now = now();
@@ -920,7 +921,7 @@ impl Http {
         let _ = update_renewals(cfg, &key, now, |t| {
             match renewed.clone() {
                 Some(lines) => t.complete(&key, lines, now),
-                None => t.release(&key),
+                None => t.release(&key, until),
             }
             None::<()>
         });

@@ -89,10 +89,11 @@ impl Table {
         );
     }
 
-    /// Drops a claim whose renewal failed, so waiting requests stop waiting.
-    pub fn release(&mut self, key: &str) {
+    /// Drops the claim made until `until` (the releasing request's own) whose renewal failed, so waiting
+    /// requests stop waiting. A later claim of another request, made once this one lapsed, stays.
+    pub fn release(&mut self, key: &str, until: u64) {
         self.entries
-            .retain(|(k, e)| k != key || e.renewed.is_some());
+            .retain(|(k, e)| k != key || e.renewed.is_some() || e.until != until);
     }
 
     /// Forgets what has lapsed.
@@ -168,10 +169,17 @@ mod tests {
         let mut t = Table::default();
         t.claim("a", 10);
         t.complete("b", vec![], 0);
-        t.release("a");
-        t.release("b");
+        t.release("a", 10);
+        t.release("b", GRACE);
         assert_eq!(t.get("a", 0), Renewal::Free);
         assert!(matches!(t.get("b", 0), Renewal::Done(_)));
+        // A claim that lapsed, taken by another request: the first one's release leaves it.
+        t.claim("c", 10);
+        t.claim("c", 25);
+        t.release("c", 10);
+        assert_eq!(t.get("c", 12), Renewal::Claimed);
+        t.release("c", 25);
+        assert_eq!(t.get("c", 12), Renewal::Free);
         t.prune(GRACE);
         assert_eq!(t, Table::default());
         assert_eq!(Table::decode(b"not json"), Table::default());
