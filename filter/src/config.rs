@@ -1260,11 +1260,7 @@ fn cookie_settings(
     };
     // Browsers drop a `__Host-` cookie that lacks `Secure` or has a `Domain`, and a `__Secure-` one that
     // lacks `Secure` (the prefixes matched without regard to case): every login would fail.
-    let prefixed = |p: &str| {
-        cookie_name
-            .get(..p.len())
-            .is_some_and(|n| n.eq_ignore_ascii_case(p))
-    };
+    let prefixed = |p: &str| crate::cookies::has_prefix(&cookie_name, p);
     if (prefixed("__Host-") && (domain.is_some() || !secure)) || (prefixed("__Secure-") && !secure)
     {
         return Err(err(

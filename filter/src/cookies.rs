@@ -342,6 +342,13 @@ pub fn set_cookie(name: &str, value: &str, attrs: &CookieAttrs, max_age_secs: u6
     out
 }
 
+/// True when cookie `name` starts with `prefix` in any case, as browsers match the `__Host-` and
+/// `__Secure-` prefixes.
+pub fn has_prefix(name: &str, prefix: &str) -> bool {
+    name.get(..prefix.len())
+        .is_some_and(|n| n.eq_ignore_ascii_case(prefix))
+}
+
 /// A `Set-Cookie` header value that makes the browser drop cookie `name` at once.
 ///
 /// `Path` and `Domain` must match the ones it was set with, or the browser keeps the original.

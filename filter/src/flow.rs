@@ -1915,10 +1915,7 @@ fn host_only_clear(cfg: &Config, name: &str, out: &mut Vec<String>) {
 /// the IdP's site: with `SameSite=Strict` a browser would withhold it, so that one is `Lax`. Its path is
 /// the callback's, except under a `__Host-` name, which browsers take only with `Path=/`.
 fn login_attrs(cfg: &Config) -> CookieAttrs {
-    let host_prefix = cfg
-        .cookie_name
-        .get(..7)
-        .is_some_and(|p| p.eq_ignore_ascii_case("__Host-"));
+    let host_prefix = cookies::has_prefix(&cfg.cookie_name, "__Host-");
     CookieAttrs {
         path: if host_prefix {
             "/".into()

@@ -1463,13 +1463,6 @@ fn due_for_refresh(f: &mut Filter) -> (Jar, String) {
     (jar, id_token)
 }
 
-fn refreshed_claims(now: u64) -> serde_json::Value {
-    let mut c = claims(None);
-    c["iat"] = now.into();
-    c["exp"] = (now + 3600).into();
-    c
-}
-
 #[test]
 fn a_token_within_the_refresh_margin_is_refreshed() {
     let mut f = ready();

@@ -40,10 +40,7 @@ fn a_renewal_made_by_another_worker_is_adopted_without_asking_the_idp() {
 
     // Worker A renews.
     let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
-    let mut claims = claims(None);
-    claims["iat"] = a.now.into();
-    claims["exp"] = (a.now + 3600).into();
-    let new_token = mint(&claims);
+    let new_token = mint(&refreshed_claims(a.now));
     let fwd = forward(a.reply(
         pending,
         Some((200, &token_body(Some(&new_token), Some("rt-2")))),
@@ -93,10 +90,7 @@ fn a_new_cookie_holding_only_a_new_refresh_token_is_adopted_not_refreshed_again(
         .unwrap()
         .unwrap();
     let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
-    let mut claims = claims(None);
-    claims["iat"] = a.now.into();
-    claims["exp"] = (a.now + 3600).into();
-    let unknown_key = mint_with_kid(&claims, "rotated-1");
+    let unknown_key = mint_with_kid(&refreshed_claims(a.now), "rotated-1");
     let (_, pending) = call(a.reply(
         pending,
         Some((200, &token_body(Some(&unknown_key), Some("rt-2")))),

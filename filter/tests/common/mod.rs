@@ -327,6 +327,14 @@ pub fn claims(nonce: Option<&str>) -> serde_json::Value {
     c
 }
 
+/// The claims of an ID token a refresh at `now` brings: issued then, for an hour.
+pub fn refreshed_claims(now: u64) -> serde_json::Value {
+    let mut c = claims(None);
+    c["iat"] = now.into();
+    c["exp"] = (now + 3600).into();
+    c
+}
+
 /// Signs `claims` with the test ES256 key under `kid`.
 pub fn mint_with_kid(claims: &serde_json::Value, kid: &str) -> String {
     let key = ES256KeyPair::from_pem(ES256_PEM).unwrap().with_key_id(kid);
