@@ -74,6 +74,8 @@ struct Shared {
     plugin: Rc<Plugin>,
     /// One per site, same order as `plugin.sites`.
     states: Vec<State>,
+    /// Per site: the version (compare-and-swap value) of its shared list of ended sessions last taken in.
+    seen: Vec<Option<u32>>,
     /// Requests with an expired token waiting for a renewal another request has claimed; the root context
     /// resumes them on its tick.
     parked: Vec<Parked>,
@@ -340,6 +342,7 @@ impl Root {
                     }
                 }
                 let shared = Shared {
+                    seen: vec![None; plugin.sites.len()],
                     plugin: Rc::new(plugin),
                     states,
                     parked: Vec::new(),
@@ -470,14 +473,21 @@ impl Root {
             return;
         };
         let plugin = s.plugin.clone();
+        let s = &mut *s;
         // Each list once, merged per IdP client: the IdP posts a client's logouts to one of its sites,
         // and they end the others' sessions too.
         let mut lists: Vec<(&Config, Revocations)> = Vec::new();
-        for o in plugin.sites.iter() {
+        for (o, seen) in plugin.sites.iter().zip(s.seen.iter_mut()) {
             if o.backchannel_logout_path.is_none() {
                 continue;
             }
-            if let Ok((Some(bytes), _)) = host::get_shared_data(&revocation_key(o)) {
+            if let Ok((Some(bytes), cas)) = host::get_shared_data(&revocation_key(o)) {
+                // Unchanged since it was last taken in (every write changes the version): nothing new
+                // in it, and a list of thousands of logouts is not decoded every second.
+                if cas.is_some() && cas == *seen {
+                    continue;
+                }
+                *seen = cas;
                 let list = Revocations::decode(&bytes);
                 match lists.iter_mut().find(|(c, _)| c.same_client(o)) {
                     Some((_, all)) => all.merge(&list),

@@ -815,7 +815,22 @@ fn backchannel_logout_from_the_idp_ends_the_session_on_every_worker() {
     }
     // Logging in again gives a new session, which the old logout does not touch.
     login(&b, &at(WIKI, "/"), "erin");
-    assert_eq!(get(&b.cookie(WIKI, WIKI_COOKIE).unwrap()).status, 200);
+    let again = b.cookie(WIKI, WIKI_COOKIE).unwrap();
+    for _ in 0..6 {
+        assert_eq!(get(&again).status, 200);
+    }
+    // A second logout reaches every worker too (each worker takes in the shared list only when it
+    // changed: this one must still count as a change).
+    let confirmed = b
+        .end_idp_session(&format!("{}/session/end", issuer(0)))
+        .unwrap();
+    assert!(confirmed.status < 400, "{}", confirmed.body);
+    assert_eq!(stat("backchannel_logouts"), before + 2);
+    until_refused_by_every_worker(WIKI, WIKI_COOKIE, &again)
+        .unwrap_or_else(|e| panic!("the session of the second logout: {e:#}"));
+    for _ in 0..4 {
+        assert_eq!(get(&other_cookie).status, 200);
+    }
 }
 
 /// The filter answers a back-channel post once its body is in, but Envoy has sent its headers on to the
