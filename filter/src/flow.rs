@@ -1396,8 +1396,14 @@ fn finish_refresh(
                 max_age: None,
             };
             match id_token::verify(t.expose(), &provider.jwks, &expected) {
-                // OIDC Core 12.2: a refreshed ID token must name the same user.
-                Ok(c) if c.sub == old.sub => (t.clone(), c.exp, c.sub),
+                // OIDC Core 12.2: a refreshed ID token must name the same user, for the same parties.
+                Ok(c) if c.sub == old.sub => match unlike_login(&c.all, &old.id_token) {
+                    None => (t.clone(), c.exp, c.sub),
+                    Some(name) => {
+                        let why = format!("the refreshed ID token's {name} is not the login's");
+                        return refresh_failed(cfg, state, &job, env.now, why);
+                    }
+                },
                 // The IdP signs with a key this worker has not fetched yet: fetch the JWKS (rate-limited) once.
                 Err(IdTokenError::UnknownKid)
                     if may_refetch && state.provider.may_refetch_for_kid(env.now, false) =>
@@ -1734,6 +1740,43 @@ fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>
 }
 
 /// The claims of a sealed session's ID token (verified before it was sealed), unchecked.
+/// OIDC Core 12.2: a refreshed ID token's `aud` and `azp` are the login's, and its `nonce` and `auth_time`
+/// (the time of the original authentication), when it has them, too; an `auth_time` the login's token
+/// did not carry dates no later than that token. The claim that differs, if any.
+fn unlike_login(new: &json::Object, login: &Secret) -> Option<&'static str> {
+    let login = token_payload(login).unwrap_or_default();
+    // `aud` as a set: one audience may come as a string or a list of one.
+    fn audiences(o: &json::Object) -> &[json::Value] {
+        match o.get("aud") {
+            Some(json::Value::Array(a)) => a,
+            Some(v) => std::slice::from_ref(v),
+            None => &[],
+        }
+    }
+    let (a, b) = (audiences(new), audiences(&login));
+    if !(a.iter().all(|x| b.contains(x)) && b.iter().all(|x| a.contains(x))) {
+        return Some("aud");
+    }
+    if new.get("azp") != login.get("azp") {
+        return Some("azp");
+    }
+    if new
+        .get("nonce")
+        .is_some_and(|v| login.get("nonce") != Some(v))
+    {
+        return Some("nonce");
+    }
+    let auth_time = match (new.get("auth_time"), login.get("auth_time")) {
+        (Some(v), Some(at_login)) => v == at_login,
+        (Some(_), None) => matches!(
+            (id_token::numeric_date(new, "auth_time"), id_token::numeric_date(&login, "iat")),
+            (Ok(Some(t)), Ok(Some(iat))) if t <= iat
+        ),
+        (None, _) => true,
+    };
+    (!auth_time).then_some("auth_time")
+}
+
 fn token_payload(id_token: &Secret) -> Option<json::Object> {
     let payload = id_token.expose().split('.').nth(1)?;
     let bytes = crate::b64::decode_url(payload)?;

@@ -1989,6 +1989,94 @@ fn a_refreshed_id_token_that_fails_validation_is_refused() {
     }
 }
 
+/// OIDC Core 12.2: a refreshed ID token is for the same parties as the login's (`aud`, `azp`), and its
+/// `nonce` and `auth_time`, if it has them, are the login's. One that keeps them (or leaves `nonce` out,
+/// as the spec advises) renews the session; one that changes any of them ends it.
+#[test]
+fn a_refreshed_id_token_must_keep_the_logins_audiences_nonce_and_auth_time() {
+    let login_claims = |nonce: &str| {
+        let mut c = claims(Some(nonce));
+        c["aud"] = serde_json::json!([CLIENT_ID, "api"]);
+        c["azp"] = CLIENT_ID.into();
+        c["auth_time"] = (NOW - 5).into();
+        c
+    };
+    let refresh_with = |tweak: &dyn Fn(&mut serde_json::Value, &str)| {
+        let mut f = ready();
+        let sent = std::cell::RefCell::new(String::new());
+        let (jar, _) = log_in_with(&mut f, Some("rt-1"), |n| {
+            *sent.borrow_mut() = n.to_owned();
+            mint(&login_claims(n))
+        });
+        let nonce = sent.into_inner();
+        f.now = NOW + 3600 - 60;
+        let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
+        let mut c = login_claims(&nonce);
+        c["iat"] = f.now.into();
+        c["exp"] = (f.now + 3600).into();
+        tweak(&mut c, &nonce);
+        f.reply(
+            pending,
+            Some((200, &token_body(Some(&mint(&c)), Some("rt-2")))),
+        )
+    };
+    let renewed = |step: oidc_filter::flow::Step, what: &str| match step {
+        oidc_filter::flow::Step::Forward(fwd) => assert!(
+            fwd.set_cookies.iter().any(|c| !c.contains("Max-Age=0")),
+            "{what}: forwarded without a renewed cookie"
+        ),
+        other => panic!("{what}: not renewed: {other:?}"),
+    };
+    renewed(refresh_with(&|_, _| {}), "the same claims");
+    renewed(
+        refresh_with(&|c, _| {
+            c.as_object_mut().unwrap().remove("nonce");
+        }),
+        "no nonce",
+    );
+    renewed(
+        refresh_with(&|c, _| c["aud"] = serde_json::json!(["api", CLIENT_ID])),
+        "the audiences in another order",
+    );
+    type Tweak<'a> = &'a dyn Fn(&mut serde_json::Value, &str);
+    let changes: [(&str, Tweak); 5] = [
+        ("another nonce", &|c, n| c["nonce"] = format!("{n}x").into()),
+        ("a new auth_time", &|c, _| c["auth_time"] = NOW.into()),
+        ("an audience dropped", &|c, _| c["aud"] = CLIENT_ID.into()),
+        ("an audience added", &|c, _| {
+            c["aud"] = serde_json::json!([CLIENT_ID, "api", "other"])
+        }),
+        ("azp dropped", &|c, _| {
+            c.as_object_mut().unwrap().remove("azp");
+        }),
+    ];
+    for (what, tweak) in changes {
+        let r = respond(refresh_with(tweak));
+        assert_eq!(r.status, 401, "{what}: {r:?}");
+        assert_eq!(r.metric, Some(Metric::RefreshFailed), "{what}");
+        assert!(
+            set_cookies(&r).iter().all(|c| c.contains("Max-Age=0")),
+            "{what}: no new session: {r:?}"
+        );
+    }
+
+    // A login without `auth_time`: a refreshed token may bring one, dating an authentication before that
+    // login, not after it.
+    for (auth_time, renews) in [(NOW - 10, true), (NOW + 100, false)] {
+        let mut f = ready();
+        let (jar, _) = due_for_refresh(&mut f);
+        let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
+        let mut c = refreshed_claims(f.now);
+        c["auth_time"] = auth_time.into();
+        let step = f.reply(pending, Some((200, &token_body(Some(&mint(&c)), None))));
+        if renews {
+            renewed(step, "auth_time before the login");
+        } else {
+            assert_eq!(respond(step).status, 401, "auth_time after the login");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Large sessions
 // ---------------------------------------------------------------------------------------------------------
