@@ -1287,6 +1287,18 @@ fn finish_login(
             &start_again(cfg, &x),
         );
     };
+    // Accepted within `clock_leeway`, but a session born expired would send the browser straight back
+    // to log in, for ever.
+    if session.token_expires_at <= env.now {
+        return gateway_error(
+            502,
+            CallbackFailure::IdToken,
+            "The identity provider's token has already expired by this gateway's clock: the clocks of the two differ.",
+            BORN_EXPIRED.into(),
+            clear,
+            &start_again(cfg, &x),
+        );
+    }
     let mut set = clear;
     match seal_session(cfg, env, &session, &x.stale_chunks) {
         Ok(cookies) => set.extend(cookies),
@@ -1451,6 +1463,10 @@ fn finish_refresh(
         return refresh_failed(cfg, state, &job, env.now, why.into());
     };
     session.expires_at = old.expires_at;
+    // Otherwise every request would refresh it again.
+    if session.token_expires_at <= env.now {
+        return refresh_failed(cfg, state, &job, env.now, BORN_EXPIRED.into());
+    }
     let set = match seal_session(cfg, env, &session, &job.present_chunks) {
         Ok(c) => c,
         Err(step) => {
@@ -2215,6 +2231,10 @@ fn bad_callback(reason: CallbackFailure, msg: &str, clear: Vec<String>) -> Step 
 }
 
 /// A login the IdP's answer failed: `msg` for the browser, `detail` for the operator's log line.
+/// Why a token the IdP just issued is refused though it passed its checks.
+const BORN_EXPIRED: &str = "the new token expires no later than now by the gateway's clock (accepted \
+    within clock_leeway): the gateway's and the IdP's clocks differ by more than the token's lifetime";
+
 fn gateway_error(
     status: u16,
     reason: CallbackFailure,

@@ -1140,14 +1140,50 @@ fn id_tokens_with_wrong_claims_are_502() {
 
 #[test]
 fn an_id_token_within_the_clock_leeway_is_accepted() {
+    // Issued by an IdP whose clock runs 59 s ahead.
     let mut f = ready();
     let r = callback_with_reply(&mut f, |l| {
         let mut c = claims(Some(&l.nonce));
-        c["exp"] = (NOW - 59).into();
-        c["iat"] = (NOW - 3600).into();
+        c["iat"] = (NOW + 59).into();
+        c["nbf"] = (NOW + 59).into();
         with_id_token(c)
     });
     assert_eq!(location(&r), "/app");
+}
+
+/// A token already expired by the gateway's clock (an IdP whose clock lags by more than the token's
+/// lifetime) would make a session the browser drops at once, and every page would go back to log in:
+/// the login fails, saying why.
+#[test]
+fn an_id_token_expired_by_the_gateways_clock_fails_the_login_instead_of_looping() {
+    for refresh_token in [None, Some("rt-1")] {
+        let mut f = ready();
+        let r = callback_with_reply(&mut f, |l| {
+            let mut c = claims(Some(&l.nonce));
+            c["exp"] = (NOW - 59).into();
+            c["iat"] = (NOW - 359).into();
+            Some((200, token_body(Some(&mint(&c)), refresh_token)))
+        });
+        assert_callback_failed(&r, 502, CallbackFailure::IdToken);
+        let page = &r.body;
+        assert!(page.contains("clocks of the two differ"), "{page}");
+        assert!(
+            r.detail.as_deref().unwrap().contains("clock_leeway"),
+            "{r:?}"
+        );
+    }
+    // A refresh that brings such a token fails too, rather than being repeated on every request.
+    let mut f = ready();
+    let (jar, _) = due_for_refresh(&mut f);
+    let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
+    let mut c = refreshed_claims(f.now);
+    c["exp"] = (f.now - 1).into();
+    let r = respond(f.reply(
+        pending,
+        Some((200, &token_body(Some(&mint(&c)), Some("rt-2")))),
+    ));
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.metric, Some(Metric::RefreshFailed));
 }
 
 #[test]

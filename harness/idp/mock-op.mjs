@@ -11,6 +11,8 @@
 // - `id_token_claims`: claims added to every ID token (the library puts only iss, sub, aud, iat, exp, nbf
 //   and the nonce the authorization request carried);
 // - `access_token_claims`: claims added to every access token (e.g. an `aud`, which it has none of);
+// - `clock_offset`: seconds added to the `iat`, `nbf` and `exp` of every token (a negative one: an IdP
+//   whose clock lags);
 // - `conformant`: undo two of the library's departures from the specs that its API can reach: its
 //   discovery document then lists the client authentication it takes (it says `["none"]`), the
 //   algorithms it signs with (it says `["RS256"]`) and the refresh grant; and a client id sent in HTTP
@@ -31,6 +33,9 @@ const service = new OAuth2Service(issuer);
 service.on(Events.BeforeTokenSigning, (token, req) => {
   const access = 'scope' in token.payload;
   if (settings.token_ttl !== undefined) token.payload.exp = token.payload.iat + settings.token_ttl;
+  for (const claim of settings.clock_offset ? ['iat', 'nbf', 'exp'] : []) {
+    if (typeof token.payload[claim] === 'number') token.payload[claim] += settings.clock_offset;
+  }
   Object.assign(token.payload, access ? settings.access_token_claims : settings.id_token_claims);
   const basic = /^basic /i.test(req.headers.authorization ?? '');
   if (settings.conformant && !access && basic && typeof token.payload.aud === 'string') {

@@ -53,6 +53,9 @@ const BASIC_ID: &str = "basic-id.localhost";
 const POST_ID: &str = "post-id.localhost";
 /// The same with `client_secret_basic` at a mock made to decode it, as RFC 6749 2.3.1 says.
 const DECODED_ID: &str = "decoded-id.localhost";
+/// A mock whose clock lags 90 s, with one-minute tokens: they have expired by the gateway's clock when
+/// they arrive (within `clock_leeway`).
+const LAGGING: &str = "lagging.localhost";
 const BASIC_CLIENT: &str = "urn:interop:basic";
 const DECODED_CLIENT: &str = "urn:interop:decoded";
 const POST_CLIENT: &str = "urn:interop:post";
@@ -95,6 +98,7 @@ fn entries() -> Vec<(&'static str, &'static str, &'static str, Value)> {
             json!({"token_endpoint_auth": "client_secret_post"}),
         ),
         (DECODED_ID, DECODED_CLIENT, "conformant", json!({})),
+        (LAGGING, "lagging", "lagging", json!({})),
     ]
 }
 
@@ -185,6 +189,11 @@ fn interop() -> &'static Interop {
                 &dir,
                 "conformant",
                 json!({"id_token_claims": claims, "conformant": true}),
+            ),
+            Mock::start(
+                &dir,
+                "lagging",
+                json!({"id_token_claims": claims, "token_ttl": 60, "clock_offset": -90}),
             ),
             Mock::start(
                 &dir,
@@ -698,6 +707,41 @@ fn forwarding_an_access_token_that_names_the_client_works() {
     let renewed = jwt_payload(&renewed).unwrap();
     assert_eq!(renewed["aud"], "access-aud");
     assert!(renewed["iat"].as_u64() > claims["iat"].as_u64());
+}
+
+/// An IdP whose clock lags by more than its tokens' lifetime issues tokens that have expired by the
+/// gateway's clock (accepted within `clock_leeway`). A session made of one would be dropped by the
+/// browser at once and send it back to log in, for ever: the login fails instead, saying why.
+#[test]
+fn tokens_expired_by_the_gateways_clock_fail_the_login_instead_of_looping() {
+    let before = interop().stat("callback_failures.id_token");
+    let b = Browser::new();
+    let done = navigate(&b, &url(LAGGING, "/"));
+    let chain = describe_chain(&done.chain);
+    assert_eq!(done.response.status, 502, "{chain}\n{}", done.response.body);
+    assert!(
+        done.response.body.contains("clocks of the two differ"),
+        "{}",
+        done.response.body
+    );
+    let logins = done
+        .chain
+        .iter()
+        .filter(|(u, _)| u.contains("/login"))
+        .count();
+    assert_eq!(logins, 1, "one login, no loop: {chain}");
+    assert!(
+        b.cookie(LAGGING, &session_cookie(LAGGING)).is_none(),
+        "no session"
+    );
+    assert_eq!(interop().stat("callback_failures.id_token"), before + 1);
+    interop()
+        .stack
+        .wait_for_envoy_log(
+            "the gateway's and the IdP's clocks differ",
+            Duration::from_secs(5),
+        )
+        .unwrap();
 }
 
 // --- issuers and keys ---
