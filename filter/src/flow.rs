@@ -1000,7 +1000,7 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
         }
         return bad_callback(
             CallbackFailure::StateMismatch,
-            "This login has expired or was already used.",
+            "This login has expired or was already used (or this browser does not keep this site's cookies).",
             clear,
         );
     };
@@ -2126,6 +2126,13 @@ fn with_cookies(step: Step, set: Vec<String>) -> Step {
 /// `/login?rd=<target>`, in one string rather than `format!` over a second one: every anonymous browser
 /// request gets it.
 fn login_location(cfg: &Config, target: &str) -> String {
+    // `/login` would keep only the path of a longer one (`paths::safe_redirect`); encoded whole (up to
+    // three times as long), a very long address would make a `Location` Envoy refuses to take back.
+    let target = if target.len() > 2048 {
+        paths::path_only(target)
+    } else {
+        target
+    };
     let mut location = String::with_capacity(cfg.login_path.len() + 4 + 3 * target.len());
     location.push_str(&cfg.login_path);
     location.push_str("?rd=");

@@ -61,6 +61,24 @@ fn assert_callback_failed(r: &oidc_filter::flow::Reply, status: u16, why: Callba
 // Anonymous requests
 // ---------------------------------------------------------------------------------------------------------
 
+/// A very long address (a Kibana URL with its state in the query) keeps its path through the login, as
+/// `rd` would keep only that at `/login`: encoded whole, its `Location` would have grown past what Envoy
+/// takes back.
+#[test]
+fn an_anonymous_browser_with_a_very_long_address_is_sent_to_log_in_with_its_path() {
+    let mut f = ready();
+    let query = "_a=(filters:!(),query:(language:kuery,query:'%22x%22'))&".repeat(400);
+    let r = respond(f.request(&Req::browser(&format!("/app/dashboards/d1?{query}"))));
+    assert_eq!(location(&r), "/login?rd=%2Fapp%2Fdashboards%2Fd1");
+    // Just under the limit, the whole address goes.
+    let target = format!("/app?q={}", "a".repeat(2048 - 7));
+    let r = respond(f.request(&Req::browser(&target)));
+    assert_eq!(
+        location(&r),
+        format!("/login?rd=%2Fapp%3Fq%3D{}", "a".repeat(2041))
+    );
+}
+
 #[test]
 fn anonymous_browser_is_redirected_to_login_with_the_encoded_target() {
     let mut f = ready();
