@@ -760,7 +760,15 @@ fn without_session(
     if state.provider.ready().is_none() {
         return with_cookies(not_ready(), clear);
     }
-    let mut r = anonymous_reply(cfg, how, target);
+    // A form's way back is the page that holds it (the same origin's `Referer`), not where it posts to.
+    let referer = h.get("referer");
+    let page = match (how, origin(h), referer.as_deref()) {
+        (Anonymous::Page, Some(o), Some(r)) => {
+            r.strip_prefix(o.as_str()).filter(|p| p.starts_with('/'))
+        }
+        _ => None,
+    };
+    let mut r = anonymous_reply(cfg, how, page.unwrap_or(target));
     if matches!(how, Anonymous::Login) {
         r.metric = Some(Metric::LoginRedirect);
     }

@@ -267,6 +267,26 @@ fn a_form_posted_after_the_session_ended_gets_a_page_not_json() {
         r.body
     );
     assert_eq!(r.metric, Some(Metric::Unauthorized));
+    // The way back is the page that holds the form, when the browser names it (same origin only).
+    let mut link = |referer: &str| {
+        let r = respond(f.request(&post.clone().with("referer", referer)));
+        let at = r.body.find("<a href=\"").unwrap() + 9;
+        r.body[at..].split('"').next().unwrap().to_owned()
+    };
+    let origin = format!("https://{HOST}");
+    assert_eq!(
+        link(&format!("{origin}/edit?id=7")),
+        "/login?rd=%2Fedit%3Fid%3D7"
+    );
+    for other in [
+        format!("https://{HOST}.evil.example/edit"),
+        format!("https://{HOST}:8443/edit"),
+        format!("http://{HOST}/edit"),
+        "https://evil.example/edit".to_owned(),
+        origin.clone(),
+    ] {
+        assert_eq!(link(&other), "/login?rd=%2Fform%3Fid%3D7", "{other}");
+    }
     // A script's POST still gets JSON.
     let r = respond(f.request(&Req::api("/form").with(":method", "POST")));
     assert_eq!(header(&r.headers, "content-type"), Some("application/json"));

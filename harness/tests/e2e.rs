@@ -1118,6 +1118,26 @@ fn api_clients_bring_their_own_token_or_get_401() {
         "{}",
         r.body
     );
+    // With the page of the form named in `Referer` (as browsers do within a site), the way back is
+    // that page, not the address the form posts to.
+    let r = client
+        .request(
+            "POST",
+            &s.url("/form?step=2"),
+            &[
+                ("sec-fetch-mode", "navigate"),
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("referer", &s.url("/edit?id=3")),
+            ],
+            Some(b"a=1"),
+        )
+        .unwrap();
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(
+        r.body.contains("href=\"/login?rd=%2Fedit%3Fid%3D3\""),
+        "{}",
+        r.body
+    );
     assert_json_401(&client.request("DELETE", &s.url("/x"), &[], None).unwrap());
     assert_counted(&before, "unauthorized");
 }
