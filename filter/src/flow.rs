@@ -1417,13 +1417,15 @@ fn finish_refresh(
             };
             match id_token::verify(t.expose(), &provider.jwks, &expected) {
                 // OIDC Core 12.2: a refreshed ID token must name the same user, for the same parties.
-                Ok(c) if c.sub == old.sub => match unlike_login(&c.all, &old.id_token) {
-                    None => (t.clone(), c.exp, c.sub),
-                    Some(name) => {
-                        let why = format!("the refreshed ID token's {name} is not the login's");
-                        return refresh_failed(cfg, state, &job, env.now, why);
+                Ok(c) if c.sub == old.sub => {
+                    match unlike_login(&c.all, &old.id_token, cfg.clock_leeway) {
+                        None => (t.clone(), c.exp, c.sub),
+                        Some(name) => {
+                            let why = format!("the refreshed ID token's {name} is not the login's");
+                            return refresh_failed(cfg, state, &job, env.now, why);
+                        }
                     }
-                },
+                }
                 // The IdP signs with a key this worker has not fetched yet: fetch the JWKS (rate-limited) once.
                 Err(IdTokenError::UnknownKid)
                     if may_refetch && state.provider.may_refetch_for_kid(env.now, false) =>
@@ -1763,11 +1765,11 @@ fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>
     (kept, sid, date("iat"), date("exp"))
 }
 
-/// The claims of a sealed session's ID token (verified before it was sealed), unchecked.
-/// OIDC Core 12.2: a refreshed ID token's `aud` and `azp` are the login's, and its `nonce` and `auth_time`
-/// (the time of the original authentication), when it has them, too; an `auth_time` the login's token
-/// did not carry dates no later than that token. The claim that differs, if any.
-fn unlike_login(new: &json::Object, login: &Secret) -> Option<&'static str> {
+/// OIDC Core 12.2: a refreshed ID token's `aud` and `azp` are the login's, and so is its `nonce` when it
+/// has one. Its `auth_time` may be later than the login's (the user signed in again at the IdP, and
+/// Keycloak then reports that time; Cognito reports each refresh's), but not earlier, nor after the new
+/// token was issued. The claim that differs, if any.
+fn unlike_login(new: &json::Object, login: &Secret, leeway: u64) -> Option<&'static str> {
     let login = token_payload(login).unwrap_or_default();
     // `aud` as a set: one audience may come as a string or a list of one.
     fn audiences(o: &json::Object) -> &[json::Value] {
@@ -1790,17 +1792,14 @@ fn unlike_login(new: &json::Object, login: &Secret) -> Option<&'static str> {
     {
         return Some("nonce");
     }
-    let auth_time = match (new.get("auth_time"), login.get("auth_time")) {
-        (Some(v), Some(at_login)) => v == at_login,
-        (Some(_), None) => matches!(
-            (id_token::numeric_date(new, "auth_time"), id_token::numeric_date(&login, "iat")),
-            (Ok(Some(t)), Ok(Some(iat))) if t <= iat
-        ),
-        (None, _) => true,
-    };
-    (!auth_time).then_some("auth_time")
+    let time = |o: &json::Object, name| id_token::numeric_date(o, name).ok().flatten();
+    let at = time(new, "auth_time")?;
+    let earliest = time(&login, "auth_time").unwrap_or(0);
+    let latest = time(new, "iat").unwrap_or(0).saturating_add(leeway);
+    (at < earliest || at > latest).then_some("auth_time")
 }
 
+/// The claims of a sealed session's ID token (verified before it was sealed), unchecked.
 fn token_payload(id_token: &Secret) -> Option<json::Object> {
     let payload = id_token.expose().split('.').nth(1)?;
     let bytes = crate::b64::decode_url(payload)?;
@@ -2136,10 +2135,10 @@ fn with_cookies(step: Step, set: Vec<String>) -> Step {
 fn login_location(cfg: &Config, target: &str) -> String {
     // `/login` would keep only the path of a longer one (`paths::safe_redirect`); encoded whole (up to
     // three times as long), a very long address would make a `Location` Envoy refuses to take back.
-    let target = if target.len() > 2048 {
-        paths::path_only(target)
-    } else {
-        target
+    let target = match target {
+        t if t.len() <= 2048 => t,
+        t if paths::path_only(t).len() <= 2048 => paths::path_only(t),
+        _ => "/",
     };
     let mut location = String::with_capacity(cfg.login_path.len() + 4 + 3 * target.len());
     location.push_str(&cfg.login_path);
@@ -2245,11 +2244,11 @@ fn bad_callback(reason: CallbackFailure, msg: &str, clear: Vec<String>) -> Step 
     error_page(400, reason, msg, None, clear, "/")
 }
 
-/// A login the IdP's answer failed: `msg` for the browser, `detail` for the operator's log line.
 /// Why a token the IdP just issued is refused though it passed its checks.
 const BORN_EXPIRED: &str = "the new token expires no later than now by the gateway's clock (accepted \
     within clock_leeway): the gateway's and the IdP's clocks differ by more than the token's lifetime";
 
+/// A login the IdP's answer failed: `msg` for the browser, `detail` for the operator's log line.
 fn gateway_error(
     status: u16,
     reason: CallbackFailure,

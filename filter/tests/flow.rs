@@ -70,6 +70,9 @@ fn an_anonymous_browser_with_a_very_long_address_is_sent_to_log_in_with_its_path
     let query = "_a=(filters:!(),query:(language:kuery,query:'%22x%22'))&".repeat(400);
     let r = respond(f.request(&Req::browser(&format!("/app/dashboards/d1?{query}"))));
     assert_eq!(location(&r), "/login?rd=%2Fapp%2Fdashboards%2Fd1");
+    // A path too long by itself: `/login` would land on `/`.
+    let r = respond(f.request(&Req::browser(&format!("/{}?q=1", "(x)".repeat(1000)))));
+    assert_eq!(location(&r), "/login?rd=%2F");
     // Just under the limit, the whole address goes.
     let target = format!("/app?q={}", "a".repeat(2048 - 7));
     let r = respond(f.request(&Req::browser(&target)));
@@ -2064,10 +2067,11 @@ fn a_refreshed_id_token_that_fails_validation_is_refused() {
 }
 
 /// OIDC Core 12.2: a refreshed ID token is for the same parties as the login's (`aud`, `azp`), and its
-/// `nonce` and `auth_time`, if it has them, are the login's. One that keeps them (or leaves `nonce` out,
-/// as the spec advises) renews the session; one that changes any of them ends it.
+/// `nonce`, if it has one, is the login's. One that keeps them (or leaves `nonce` out, as the spec
+/// advises) renews the session; one that changes any of them ends it. Its `auth_time` may move on (the
+/// user signed in at the IdP again), not back, nor past the new token's issue.
 #[test]
-fn a_refreshed_id_token_must_keep_the_logins_audiences_nonce_and_auth_time() {
+fn a_refreshed_id_token_must_keep_the_logins_audiences_and_nonce() {
     let login_claims = |nonce: &str| {
         let mut c = claims(Some(nonce));
         c["aud"] = serde_json::json!([CLIENT_ID, "api"]);
@@ -2103,6 +2107,10 @@ fn a_refreshed_id_token_must_keep_the_logins_audiences_nonce_and_auth_time() {
     };
     renewed(refresh_with(&|_, _| {}), "the same claims");
     renewed(
+        refresh_with(&|c, _| c["auth_time"] = (NOW + 3000).into()),
+        "a later sign-in at the IdP",
+    );
+    renewed(
         refresh_with(&|c, _| {
             c.as_object_mut().unwrap().remove("nonce");
         }),
@@ -2113,15 +2121,20 @@ fn a_refreshed_id_token_must_keep_the_logins_audiences_nonce_and_auth_time() {
         "the audiences in another order",
     );
     type Tweak<'a> = &'a dyn Fn(&mut serde_json::Value, &str);
-    let changes: [(&str, Tweak); 5] = [
+    let changes: [(&str, Tweak); 6] = [
         ("another nonce", &|c, n| c["nonce"] = format!("{n}x").into()),
-        ("a new auth_time", &|c, _| c["auth_time"] = NOW.into()),
+        ("an earlier auth_time", &|c, _| {
+            c["auth_time"] = (NOW - 6).into()
+        }),
         ("an audience dropped", &|c, _| c["aud"] = CLIENT_ID.into()),
         ("an audience added", &|c, _| {
             c["aud"] = serde_json::json!([CLIENT_ID, "api", "other"])
         }),
         ("azp dropped", &|c, _| {
             c.as_object_mut().unwrap().remove("azp");
+        }),
+        ("auth_time after the token's issue", &|c, _| {
+            c["auth_time"] = (c["iat"].as_u64().unwrap() + 61).into()
         }),
     ];
     for (what, tweak) in changes {
@@ -2134,19 +2147,22 @@ fn a_refreshed_id_token_must_keep_the_logins_audiences_nonce_and_auth_time() {
         );
     }
 
-    // A login without `auth_time`: a refreshed token may bring one, dating an authentication before that
-    // login, not after it.
-    for (auth_time, renews) in [(NOW - 10, true), (NOW + 100, false)] {
+    // A login without `auth_time`: a refreshed token may bring one, up to its own issue.
+    for (after_iat, renews) in [(-3600, true), (60, true), (61, false)] {
         let mut f = ready();
         let (jar, _) = due_for_refresh(&mut f);
         let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
         let mut c = refreshed_claims(f.now);
-        c["auth_time"] = auth_time.into();
+        c["auth_time"] = f.now.checked_add_signed(after_iat).unwrap().into();
         let step = f.reply(pending, Some((200, &token_body(Some(&mint(&c)), None))));
         if renews {
-            renewed(step, "auth_time before the login");
+            renewed(step, &format!("auth_time {after_iat} s from iat"));
         } else {
-            assert_eq!(respond(step).status, 401, "auth_time after the login");
+            assert_eq!(
+                respond(step).status,
+                401,
+                "auth_time after the token's issue"
+            );
         }
     }
 }
