@@ -1940,17 +1940,46 @@ fn an_unreachable_idp_after_the_token_expired_fails_closed_but_keeps_the_session
     assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
 }
 
+/// `invalid_client`: the IdP refuses the gateway's own credentials (a client secret changed at the IdP
+/// first, on the gateway second). The deployment's fault, not the session's: the old token while it
+/// lasts, then 503 keeping the cookie (logged at warn), and the session renews once the secret is
+/// mended, instead of everybody whose token came due being logged out into logins that fail too.
+#[test]
+fn a_refresh_refused_for_the_gateways_client_credentials_keeps_the_session() {
+    let mut f = ready();
+    let (jar, _) = due_for_refresh(&mut f);
+    let client = (401, &br#"{"error":"invalid_client"}"#[..]);
+    let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
+    let fwd = forward(f.reply(pending, Some(client)));
+    assert!(fwd.authorization.is_some(), "the old token while it lasts");
+    assert!(fwd.set_cookies.is_empty());
+    f.now = NOW + 3600;
+    let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
+    let r = respond(f.reply(pending, Some(client)));
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.metric, Some(Metric::RefreshFailed));
+    assert!(set_cookies(&r).is_empty(), "the cookie is kept: {r:?}");
+    assert_eq!(
+        r.detail.as_deref(),
+        Some("token endpoint answered status 401, error invalid_client")
+    );
+    // The secret mended: the same cookie renews.
+    let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
+    let new_token = mint(&refreshed_claims(f.now));
+    let fwd = forward(f.reply(pending, Some((200, &token_body(Some(&new_token), None)))));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+}
+
 #[test]
 fn an_idp_refusing_a_refresh_in_its_own_words_ends_the_session() {
-    // Dex answers a spent or revoked refresh token `400 invalid_request`; any IdP answers a client whose
-    // secret it no longer knows `invalid_client`. Taken for an outage, a 503 would stick until
+    // Dex answers a spent or revoked refresh token `400 invalid_request`; an IdP that no longer lets
+    // this client refresh, `unauthorized_client`. Taken for an outage, a 503 would stick until
     // `session_lifetime`.
-    let refusals: [(u16, &[u8]); 4] = [
+    let refusals: [(u16, &[u8]); 3] = [
         (
             400,
             br#"{"error":"invalid_request","error_description":"Refresh token is invalid"}"#,
         ),
-        (401, br#"{"error":"invalid_client"}"#),
         (400, br#"{"error":"unauthorized_client"}"#),
         (403, br#"{"error":"access_denied"}"#),
     ];

@@ -350,10 +350,18 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
         assert_eq!(get(APP, &live, false).status, 200);
     }
 
+    // The last: the IdP refuses the gateway's client credentials (a secret changed at the IdP, not
+    // yet on the gateway): the deployment's fault, kept as an outage, not a logout.
     for mode in [
         Mode::Refuse,
         Mode::Hang,
         Mode::respond(500, "text/html", "<h1>down</h1>"),
+        Mode::respond_for(
+            "/token",
+            401,
+            "application/json",
+            r#"{"error":"invalid_client"}"#,
+        ),
     ] {
         let _down = Fault::set(mode.clone());
         // A live session: forwarded as usual, on both workers, without asking the IdP.
@@ -424,6 +432,15 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
             &log,
             "warning",
             "oidc-filter: token refresh failed, answered 503"
+        ),
+        "{log}"
+    );
+    assert!(
+        0 < wasm_log_lines(
+            &log,
+            "warning",
+            "oidc-filter: token refresh failed, answered 503: token endpoint answered status 401, \
+             error invalid_client"
         ),
         "{log}"
     );

@@ -61,8 +61,10 @@ pub enum TokenError {
 
 impl TokenError {
     /// The IdP refused the grant in its own words (RFC 6749 5.2: a 4xx with an error code), as opposed to
-    /// not answering usefully: Dex answers a spent refresh token `invalid_request`, any IdP a client whose
-    /// secret it no longer knows `invalid_client`. Asking again will not change the answer.
+    /// not answering usefully: Dex answers a spent refresh token `invalid_request`. Asking again will not
+    /// change the answer. Not `invalid_client`: the IdP refuses the gateway's own credentials (a secret
+    /// changed at the IdP and not yet on the gateway), which is the deployment's fault, not the
+    /// session's; logins fail meanwhile too, and sessions renew once the secret is mended.
     pub fn is_refusal(&self) -> bool {
         match self {
             Self::InvalidGrant => true,
@@ -70,6 +72,7 @@ impl TokenError {
                 (400..=403).contains(status)
                     && !error.is_empty()
                     && error != "temporarily_unavailable"
+                    && error != "invalid_client"
             }
             _ => false,
         }
