@@ -1,6 +1,7 @@
 //! The only code that talks to the host: reads headers, runs the core's `Step`s, keeps callouts pending.
 //! (`exports` hands it the host's callbacks; `host` makes the calls.)
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -107,6 +108,7 @@ struct Metrics {
     bearer_passthrough: u32,
     forbidden: u32,
     backchannel_logout: u32,
+    backchannel_refused: u32,
     unmatched_passed: u32,
     unmatched_denied: u32,
     callback_failed: [u32; 8],
@@ -140,6 +142,7 @@ impl Metrics {
             bearer_passthrough: c("bearer_passthrough"),
             forbidden: c("forbidden"),
             backchannel_logout: c("backchannel_logouts"),
+            backchannel_refused: c("backchannel_logout_failures"),
             unmatched_passed: c("unmatched_hosts_passed"),
             unmatched_denied: c("unmatched_hosts_denied"),
             callback_failed: [0; 8],
@@ -166,6 +169,7 @@ impl Metrics {
             Some(Metric::BearerPassthrough) => self.bearer_passthrough,
             Some(Metric::Forbidden) => self.forbidden,
             Some(Metric::BackchannelLogout) => self.backchannel_logout,
+            Some(Metric::BackchannelLogoutRefused) => self.backchannel_refused,
             Some(Metric::UnmatchedHostPassed) => self.unmatched_passed,
             Some(Metric::UnmatchedHostDenied) => self.unmatched_denied,
             Some(Metric::CallbackFailed(f)) => {
@@ -1150,14 +1154,19 @@ fn apply(
             } else {
                 (LogLevel::Info, 1)
             };
-            match r.metric {
-                Some(Metric::CallbackFailed(f)) => CALLBACK_FAILED[at].log(level, || {
-                    line(&format!("login callback failed ({})", f.name()))
-                }),
-                Some(Metric::RefreshFailed) => {
-                    REFRESH_FAILED[at].log(level, || line("token refresh failed"));
+            let (budget, what): (&[Throttle], Cow<str>) = match r.metric {
+                Some(Metric::CallbackFailed(f)) => (
+                    &CALLBACK_FAILED,
+                    format!("login callback failed ({})", f.name()).into(),
+                ),
+                Some(Metric::RefreshFailed) => (&REFRESH_FAILED, "token refresh failed".into()),
+                Some(Metric::BackchannelLogoutRefused) => {
+                    (&LOGOUT_REFUSED, "back-channel logout refused".into())
                 }
-                _ => {}
+                _ => (&[], "".into()),
+            };
+            if let Some(budget) = budget.get(at) {
+                budget.log(level, || line(&what));
             }
             respond(u32::from(r.status), &r.headers, r.body.as_bytes());
             Ok(Action::Pause)
@@ -1303,6 +1312,8 @@ static CALL_FAILED: Throttle = Throttle::new(10, 1);
 /// lines a second each, for the warnings and for the info lines apart.
 static CALLBACK_FAILED: [Throttle; 2] = [Throttle::new(1, 20), Throttle::new(1, 20)];
 static REFRESH_FAILED: [Throttle; 2] = [Throttle::new(1, 20), Throttle::new(1, 20)];
+/// Anyone can post to the back-channel path too.
+static LOGOUT_REFUSED: [Throttle; 2] = [Throttle::new(1, 20), Throttle::new(1, 20)];
 
 /// What the discovery document says that makes logins likely to fail with `cfg`, when it loads or a
 /// new configuration takes it over.

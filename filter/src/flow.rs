@@ -180,6 +180,8 @@ pub enum Metric {
     BearerPassthrough,
     Forbidden,
     BackchannelLogout,
+    /// A logout token refused (or not taken in just now): the sessions it names go on.
+    BackchannelLogoutRefused,
     /// A host no site serves, with `unmatched_hosts: pass` (counted by the adapter, which decides it).
     UnmatchedHostPassed,
     /// A host no site serves, answered 403.
@@ -1813,7 +1815,7 @@ pub fn on_backchannel_logout(cfg: &Config, state: &mut State, env: &Env, body: &
         .find(|(k, _)| k == "logout_token")
         .map(|(_, v)| v);
     let Some(token) = token else {
-        return logout_reply(400, "invalid_request");
+        return logout_refused(400, "invalid_request", "no logout_token in the body".into());
     };
     logout_with(cfg, state, env.now, token, true)
 }
@@ -1829,7 +1831,7 @@ fn logout_with(
     may_refetch: bool,
 ) -> Step {
     let Some(provider) = state.provider.ready() else {
-        return logout_reply(503, "temporarily_unavailable");
+        return logout_refused(503, "temporarily_unavailable", NO_PROVIDER.into());
     };
     match logout_token::verify(
         &token,
@@ -1855,11 +1857,26 @@ fn logout_with(
                     Callout::get(cfg, &p.meta.jwks_uri),
                     Box::new(Pending::LogoutJwks(token)),
                 ),
-                None => logout_reply(503, "temporarily_unavailable"),
+                None => logout_refused(503, "temporarily_unavailable", NO_PROVIDER.into()),
             }
         }
-        Err(_) => logout_reply(400, "invalid_request"),
+        // Signed with a key this worker may not fetch just now (it fetched the keys moments ago): not
+        // the token's fault, and an IdP that posts again may then succeed.
+        Err(e @ logout_token::LogoutTokenError::Token(IdTokenError::UnknownKid)) if may_refetch => {
+            logout_refused(503, "temporarily_unavailable", e.to_string())
+        }
+        Err(e) => logout_refused(400, "invalid_request", e.to_string()),
     }
+}
+
+/// A logout token not taken: the answer the spec asks for, counted and logged with why.
+fn logout_refused(status: u16, error: &str, why: String) -> Step {
+    let mut step = logout_reply(status, error);
+    if let Step::Respond(r) = &mut step {
+        r.metric = Some(Metric::BackchannelLogoutRefused);
+        r.detail = Some(why);
+    }
+    step
 }
 
 fn logout_reply(status: u16, error: &str) -> Step {

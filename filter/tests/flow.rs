@@ -2994,9 +2994,16 @@ fn a_logout_token_signed_with_a_new_key_refetches_the_jwks_and_ends_the_session(
         ),
         "the session has ended"
     );
-    // A key the IdP does not publish either: 400, and no second fetch right away.
+    // Another key this worker has not fetched: no second fetch right away, so it cannot be checked
+    // now: 503 (an IdP that posts again may then succeed), counted and logged with why.
     let forged = logout_body(NOW + 10, None, |c| mint_with_kid(c, "nobody"));
-    assert_eq!(status(f.backchannel(&forged)), 400);
+    let r = respond(f.backchannel(&forged));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.metric, Some(Metric::BackchannelLogoutRefused));
+    assert_eq!(
+        r.detail.as_deref(),
+        Some("logout token: no JWKS key matches the ID token's kid and alg")
+    );
 }
 
 #[test]
@@ -3010,10 +3017,9 @@ fn forged_logout_tokens_do_not_use_up_the_key_fetch_of_refreshes_and_logins() {
     // Anyone can post a logout token with a `kid` nobody publishes: it fetches the keys once...
     let forged = logout_body(f.now, None, |c| mint_with_kid(c, "nobody"));
     let (_, pending) = call(f.backchannel(&forged));
-    assert_eq!(
-        status(f.reply(pending, Some((200, &jwks_without_es256())))),
-        400
-    );
+    let r = respond(f.reply(pending, Some((200, &jwks_without_es256()))));
+    assert_eq!(r.status, 400, "not in the keys just fetched");
+    assert_eq!(r.metric, Some(Metric::BackchannelLogoutRefused));
     // ...and a refresh signed with the IdP's new key may still fetch them.
     let (_, pending) = call(f.request(&Req::browser("/").cookies(&jar)));
     let new_token = mint(&refreshed_claims(f.now));

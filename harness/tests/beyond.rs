@@ -909,6 +909,7 @@ fn the_backchannel_endpoint_refuses_what_is_not_a_valid_logout_token() {
         .to_string();
     let count = BACKCHANNEL_COUNT.lock().unwrap_or_else(|e| e.into_inner());
     let before = stat("backchannel_logouts");
+    let refused = stat("backchannel_logout_failures");
     let url = at(WIKI, BACKCHANNEL);
     let api = Browser::new();
     // An ID token is signed by the same IdP for the same client, but is no logout token.
@@ -928,6 +929,17 @@ fn the_backchannel_endpoint_refuses_what_is_not_a_valid_logout_token() {
             .unwrap();
         assert_eq!(r.status, 400, "{body}: {}", r.body);
         assert_eq!(r.json().unwrap(), json!({"error": "invalid_request"}));
+    }
+    // Each refusal counted, and logged (at info: anyone can post there) with why.
+    assert!(stat("backchannel_logout_failures") >= refused + 4);
+    for why in [
+        "logout token lacks the back-channel logout event",
+        "no logout_token in the body",
+    ] {
+        let line = format!("oidc-filter: back-channel logout refused, answered 400: {why}");
+        stack()
+            .wait_for_envoy_log(&line, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{line}: {e:#}"));
     }
     let r = api.get(&url).unwrap();
     assert_eq!(r.status, 405);
