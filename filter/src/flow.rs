@@ -1148,16 +1148,16 @@ pub fn on_reply(
     match pending {
         Pending::Code(x) => code_reply(cfg, state, env, x, reply),
         Pending::CodeJwks(x, tokens) => {
-            install_fetched_jwks(state, reply, env.now);
+            install_fetched_jwks(cfg, state, reply, env.now);
             finish_login(cfg, state, env, x, tokens, false)
         }
         Pending::Refresh(job) => refresh_reply(cfg, state, env, job, reply),
         Pending::RefreshJwks(job, tokens) => {
-            install_fetched_jwks(state, reply, env.now);
+            install_fetched_jwks(cfg, state, reply, env.now);
             finish_refresh(cfg, state, env, job, tokens, false)
         }
         Pending::LogoutJwks(token) => {
-            install_fetched_jwks(state, reply, env.now);
+            install_fetched_jwks(cfg, state, reply, env.now);
             logout_with(cfg, state, env.now, token, false)
         }
     }
@@ -1165,12 +1165,14 @@ pub fn on_reply(
 
 /// The keys a callout for an unknown `kid` brought back, if it brought any: the step it was made for
 /// then tries once more, without fetching again.
-fn install_fetched_jwks(state: &mut State, reply: Option<(u16, &[u8])>, now: u64) {
+fn install_fetched_jwks(cfg: &Config, state: &mut State, reply: Option<(u16, &[u8])>, now: u64) {
     if let Some(jwks) = reply
         .filter(|(s, _)| *s == 200)
         .and_then(|(_, b)| Jwks::parse(b).ok())
     {
-        state.provider.install_jwks(jwks, now);
+        state
+            .provider
+            .install_jwks(jwks, now, cfg.jwks_refresh_interval);
     }
 }
 

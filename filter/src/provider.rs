@@ -128,7 +128,10 @@ impl ProviderState {
                     })
                     .map_err(|e| e.to_string()),
                 Fetch::Jwks => Jwks::parse(body)
-                    .map(|jwks| self.install_jwks(jwks, now))
+                    .map(|jwks| {
+                        self.jwks_fetched_at = now;
+                        self.install_jwks(jwks, now, 0)
+                    })
                     .map_err(|e| e.to_string()),
             },
         };
@@ -179,14 +182,18 @@ impl ProviderState {
         notes
     }
 
-    /// Installs keys fetched on behalf of a request that met an unknown `kid`.
-    pub fn install_jwks(&mut self, jwks: Jwks, now: u64) -> String {
+    /// Installs keys fetched on behalf of a request that met an unknown `kid`. They stand for the
+    /// periodic refresh (every `interval`) only when it is overdue: fetches for forged tokens, every
+    /// 30 s, must not put off for ever the refresh that also reads discovery again.
+    pub fn install_jwks(&mut self, jwks: Jwks, now: u64, interval: u64) -> String {
         let msg = format!(
             "{} signing keys loaded ({} skipped)",
             jwks.len(),
             jwks.skipped()
         );
-        self.jwks_fetched_at = now;
+        if now >= self.jwks_fetched_at.saturating_add(interval) {
+            self.jwks_fetched_at = now;
+        }
         self.jwks_failures = 0;
         if let Some(meta) = &self.meta {
             self.ready = Some(Provider {
@@ -535,8 +542,28 @@ mod tests {
         // refresh starts with discovery anyway).
         assert_eq!(p.jwks_failures, REDISCOVER_AFTER - 1);
         assert!(p.may_refetch_for_kid(now, false));
-        p.install_jwks(Jwks::parse(JWKS).unwrap(), now);
+        p.install_jwks(Jwks::parse(JWKS).unwrap(), now, cfg.jwks_refresh_interval);
         assert_eq!(p.jwks_failures, 0);
         assert!(p.poll(&cfg, now).is_none(), "the keys are fresh");
+    }
+
+    #[test]
+    fn keys_loaded_for_an_unknown_kid_do_not_put_off_the_periodic_refresh() {
+        let cfg = cfg();
+        let mut p = serving(&cfg);
+        let interval = cfg.jwks_refresh_interval;
+        // Forged tokens with unknown `kid`s fetch the keys every 30 s...
+        let mut now = NOW;
+        while now + 30 < NOW + interval {
+            now += 30;
+            assert!(p.poll(&cfg, now).is_none(), "not due yet at +{}", now - NOW);
+            assert!(p.may_refetch_for_kid(now, true));
+            p.install_jwks(Jwks::parse(JWKS).unwrap(), now, interval);
+        }
+        // ...and the refresh still comes when due, reading discovery again first.
+        assert_eq!(
+            due(&mut p, &cfg, NOW + interval).map(|(f, _)| f),
+            Some(Fetch::Discovery)
+        );
     }
 }
