@@ -109,6 +109,7 @@ struct Metrics {
     forbidden: u32,
     backchannel_logout: u32,
     backchannel_refused: u32,
+    idp_fetch_failed: u32,
     unmatched_passed: u32,
     unmatched_denied: u32,
     callback_failed: [u32; 8],
@@ -143,6 +144,7 @@ impl Metrics {
             forbidden: c("forbidden"),
             backchannel_logout: c("backchannel_logouts"),
             backchannel_refused: c("backchannel_logout_failures"),
+            idp_fetch_failed: c("idp_fetch_failures"),
             unmatched_passed: c("unmatched_hosts_passed"),
             unmatched_denied: c("unmatched_hosts_denied"),
             callback_failed: [0; 8],
@@ -279,14 +281,17 @@ impl Root {
                     warn_discovery_notes(cfg, &state.provider);
                 }
             }
-            Err(reason) => log_warn(&format!(
-                "oidc-filter: fetching the {} of {} (cluster `{target}`) failed: {reason}; retrying",
-                match fetch {
-                    Fetch::Discovery => "discovery document",
-                    Fetch::Jwks => "JWKS",
-                },
-                cfg.issuer
-            )),
+            Err(reason) => {
+                let _ = host::increment_metric(self.metrics.idp_fetch_failed, 1);
+                log_warn(&format!(
+                    "oidc-filter: fetching the {} of {} (cluster `{target}`) failed: {reason}; retrying",
+                    match fetch {
+                        Fetch::Discovery => "discovery document",
+                        Fetch::Jwks => "JWKS",
+                    },
+                    cfg.issuer
+                ));
+            }
         }
         drop(s);
         self.poll();
@@ -528,6 +533,7 @@ impl Root {
                     self.fetches.push((token, site, fetch, call.cluster));
                 }
                 Err(reason) => {
+                    let _ = host::increment_metric(self.metrics.idp_fetch_failed, 1);
                     log_warn(&format!("oidc-filter: cannot call the IdP: {reason}"));
                     if let Ok(mut s) = shared.try_borrow_mut()
                         && let Some(st) = s.states.get_mut(site)

@@ -210,6 +210,13 @@ fn an_issuer_with_a_trailing_slash_the_idp_does_not_have_keeps_logins_unavailabl
             stack().envoy_log().unwrap()
         )
     });
+    // A counter to alert on moves with each failed fetch, retries too (at most 30 s apart).
+    let failures = stat("idp_fetch_failures");
+    assert!(failures > 0);
+    poll(Duration::from_secs(40), || {
+        Ok((stat("idp_fetch_failures") > failures).then_some(()))
+    })
+    .expect("the retries are counted too");
     // The document was read and refused: the site is not ready, on every worker (fresh connections), and
     // stays so. A user gets 503 with Retry-After, never a redirect to the IdP.
     for _ in 0..10 {
