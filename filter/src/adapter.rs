@@ -1,7 +1,6 @@
 //! The only code that talks to the host: reads headers, runs the core's `Step`s, keeps callouts pending.
 //! (`exports` hands it the host's callbacks; `host` makes the calls.)
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +30,7 @@ fn share_revocations(cfg: &Config, state: &State, step: &Step) {
         };
         let mut merged = bytes.map(|b| Revocations::decode(&b)).unwrap_or_default();
         merged.merge(&state.revoked);
-        // What has lapsed goes here too: every worker decodes this list on every tick.
+        // What has lapsed goes here too: every worker decodes this list each time it changes.
         merged.prune(now());
         if host::set_shared_data(&key, &merged.encode(), cas).is_ok() {
             return;
@@ -1142,8 +1141,8 @@ fn apply(
         }
         Step::Respond(r) => {
             metrics.count(r.metric);
-            // Failures worth a line for whoever debugs a login: the reason and the core's own words for
-            // it, never request data.
+            // Failures worth a line for whoever debugs a login, a renewal or a back-channel logout: the
+            // reason and the core's own words for it, never request data.
             let line = |what: &str| {
                 let detail = r.detail.as_deref().unwrap_or_default();
                 let sep = if detail.is_empty() { "" } else { ": " };
@@ -1155,24 +1154,30 @@ fn apply(
             // at the IdP has a refresh refused): at info.
             // Each level has its own budget of lines, so that a flood of bad callbacks cannot crowd
             // out the warnings.
-            let (level, at) = if r.status >= 500 {
-                (LogLevel::Warn, 0)
-            } else {
-                (LogLevel::Info, 1)
-            };
-            let (budget, what): (&[Throttle], Cow<str>) = match r.metric {
-                Some(Metric::CallbackFailed(f)) => (
-                    &CALLBACK_FAILED,
-                    format!("login callback failed ({})", f.name()).into(),
-                ),
-                Some(Metric::RefreshFailed) => (&REFRESH_FAILED, "token refresh failed".into()),
-                Some(Metric::BackchannelLogoutRefused) => {
-                    (&LOGOUT_REFUSED, "back-channel logout refused".into())
-                }
-                _ => (&[], "".into()),
+            // Back-channel refusals at info whatever the status: anyone can post a token whose key id
+            // this worker may not fetch just now (a 503).
+            let (level, at) =
+                if r.status >= 500 && r.metric != Some(Metric::BackchannelLogoutRefused) {
+                    (LogLevel::Warn, 0)
+                } else {
+                    (LogLevel::Info, 1)
+                };
+            let budget: &[Throttle] = match r.metric {
+                Some(Metric::CallbackFailed(_)) => &CALLBACK_FAILED,
+                Some(Metric::RefreshFailed) => &REFRESH_FAILED,
+                Some(Metric::BackchannelLogoutRefused) => &LOGOUT_REFUSED,
+                _ => &[],
             };
             if let Some(budget) = budget.get(at) {
-                budget.log(level, || line(&what));
+                budget.log(level, || {
+                    line(&match r.metric {
+                        Some(Metric::CallbackFailed(f)) => {
+                            format!("login callback failed ({})", f.name())
+                        }
+                        Some(Metric::RefreshFailed) => "token refresh failed".into(),
+                        _ => "back-channel logout refused".into(),
+                    })
+                });
             }
             respond(u32::from(r.status), &r.headers, r.body.as_bytes());
             Ok(Action::Pause)

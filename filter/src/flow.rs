@@ -763,11 +763,12 @@ fn without_session(
         return with_cookies(not_ready(), clear);
     }
     // A form's way back is the page that holds it (the same origin's `Referer`), not where it posts to.
-    let referer = h.get("referer");
-    let page = match (how, origin(h), referer.as_deref()) {
-        (Anonymous::Page, Some(o), Some(r)) => {
-            r.strip_prefix(o.as_str()).filter(|p| p.starts_with('/'))
-        }
+    let referer = match how {
+        Anonymous::Page => h.get("referer"),
+        _ => None,
+    };
+    let page = match (referer.as_ref().and_then(|_| origin(h)), referer.as_deref()) {
+        (Some(o), Some(r)) => r.strip_prefix(o.as_str()).filter(|p| p.starts_with('/')),
         _ => None,
     };
     let mut r = anonymous_reply(cfg, how, page.unwrap_or(target));
@@ -1157,7 +1158,11 @@ pub fn on_reply(
             finish_refresh(cfg, state, env, job, tokens, false)
         }
         Pending::LogoutJwks(token) => {
-            install_fetched_jwks(cfg, state, reply, env.now);
+            // The IdP does not post it again: its keys not fetched is not the token's fault.
+            if !install_fetched_jwks(cfg, state, reply, env.now) {
+                let why = "the IdP's keys, fetched for its key id, did not come";
+                return logout_refused(503, "temporarily_unavailable", why.into());
+            }
             logout_with(cfg, state, env.now, token, false)
         }
     }
@@ -1165,15 +1170,22 @@ pub fn on_reply(
 
 /// The keys a callout for an unknown `kid` brought back, if it brought any: the step it was made for
 /// then tries once more, without fetching again.
-fn install_fetched_jwks(cfg: &Config, state: &mut State, reply: Option<(u16, &[u8])>, now: u64) {
-    if let Some(jwks) = reply
+/// `false` when they did not come.
+fn install_fetched_jwks(
+    cfg: &Config,
+    state: &mut State,
+    reply: Option<(u16, &[u8])>,
+    now: u64,
+) -> bool {
+    let jwks = reply
         .filter(|(s, _)| *s == 200)
-        .and_then(|(_, b)| Jwks::parse(b).ok())
-    {
+        .and_then(|(_, b)| Jwks::parse(b).ok());
+    jwks.map(|jwks| {
         state
             .provider
-            .install_jwks(jwks, now, cfg.jwks_refresh_interval);
-    }
+            .install_jwks(jwks, now, cfg.jwks_refresh_interval)
+    })
+    .is_some()
 }
 
 fn code_reply(
@@ -1811,7 +1823,8 @@ fn token_payload(id_token: &Secret) -> Option<json::Object> {
 }
 
 /// A logout token posted by the IdP: on success the sessions it names end (here at once, on the other
-/// workers at their next tick). Answers as the spec says: 200, or 400 with a JSON error.
+/// workers at their next tick). Answers as the spec says: 200, or 400 with a JSON error (503 when it
+/// cannot be checked just now).
 pub fn on_backchannel_logout(cfg: &Config, state: &mut State, env: &Env, body: &[u8]) -> Step {
     let token = form::parse(body)
         .find(|(k, _)| k == "logout_token")
@@ -1822,7 +1835,8 @@ pub fn on_backchannel_logout(cfg: &Config, state: &mut State, env: &Env, body: &
     logout_with(cfg, state, env.now, token, true)
 }
 
-/// The answer to a logout token, as the spec says: 200, or 400 with a JSON error. A token signed with a
+/// The answer to a logout token, as the spec says: 200, or 400 with a JSON error (503 when it cannot be
+/// checked just now). A token signed with a
 /// key this worker does not know yet fetches the JWKS first (`may_refetch`), as a login does: the IdP
 /// does not post it again.
 fn logout_with(

@@ -3006,6 +3006,31 @@ fn a_logout_token_signed_with_a_new_key_refetches_the_jwks_and_ends_the_session(
     );
 }
 
+/// The IdP does not post a logout token twice on its own: when the keys fetched for its key id do not
+/// come, the answer is 503 (an IdP that retries may then succeed), not the 400 of a bad token.
+#[test]
+fn a_logout_token_whose_key_fetch_fails_is_not_refused_as_invalid() {
+    let cfg = config(json!({"backchannel_logout_path": "/bcl"}));
+    let mut f = Filter::ready_with(cfg, DISCOVERY, &jwks_without_es256());
+    let (jar, _) = log_in_with(&mut f, None, |nonce| es384_token(&claims(Some(nonce))));
+    f.now = NOW + 10;
+    for reply in [None, Some((503, &b"down"[..])), Some((200, &b"<html>"[..]))] {
+        f.now += 31;
+        let (c, pending) = call(f.backchannel(&logout_body(f.now, None, mint)));
+        assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+        let r = respond(f.reply(pending, reply));
+        assert_eq!(r.status, 503, "{reply:?}");
+        assert_eq!(r.metric, Some(Metric::BackchannelLogoutRefused));
+        assert!(
+            matches!(
+                f.request(&Req::browser("/").cookies(&jar)),
+                Step::Forward(_)
+            ),
+            "not logged out by a token it could not check"
+        );
+    }
+}
+
 #[test]
 fn forged_logout_tokens_do_not_use_up_the_key_fetch_of_refreshes_and_logins() {
     let cfg = config(json!({"backchannel_logout_path": "/bcl"}));
