@@ -61,7 +61,9 @@ pub fn ready_state() -> State {
     {
         panic!("fuzz discovery: {e}");
     }
-    state.provider.install_jwks(jwks().clone(), NOW);
+    state
+        .provider
+        .install_jwks(jwks().clone(), NOW, cfg.jwks_refresh_interval);
     state
 }
 
