@@ -13,17 +13,19 @@
 
 use alloc::vec::Vec;
 
-use alloc::collections::BTreeMap;
 use core::cell::RefCell;
+use core::hash::BuildHasherDefault;
 
 use crate::adapter::{self, Http, Root};
 use crate::config::Config;
 use crate::host::{self, Action, VmLocal};
+use crate::idhash::IdMap;
 
 /// Root contexts by id: one per plugin configuration that shares this VM (usually one).
 static ROOTS: VmLocal<RefCell<Vec<(u32, Root)>>> = VmLocal(RefCell::new(Vec::new()));
-/// Live requests by context id: looked up on every callback.
-static REQUESTS: VmLocal<RefCell<BTreeMap<u32, Http>>> = VmLocal(RefCell::new(BTreeMap::new()));
+/// Live requests by context id: looked up on every callback, hence the cheap hash.
+static REQUESTS: VmLocal<RefCell<IdMap<u32, Http>>> =
+    VmLocal(RefCell::new(IdMap::with_hasher(BuildHasherDefault::new())));
 /// Callouts in flight: token, and the context that made it. The host answers every callout on the
 /// root context, so the owner is ours to remember.
 static CALLOUTS: VmLocal<RefCell<Vec<(u32, u32)>>> = VmLocal(RefCell::new(Vec::new()));
@@ -209,12 +211,7 @@ pub extern "C" fn proxy_on_tick(root_context_id: u32) {
 fn sweep(root_context_id: u32) {
     let alive = |id: u32| host::set_effective_context(id).is_ok();
     let ended: Vec<(u32, Http)> = REQUESTS.with(|requests| match requests.try_borrow_mut() {
-        Ok(mut requests) => {
-            let gone: Vec<u32> = requests.keys().copied().filter(|id| !alive(*id)).collect();
-            gone.into_iter()
-                .filter_map(|id| requests.remove_entry(&id))
-                .collect()
-        }
+        Ok(mut requests) => requests.extract_if(|id, _| !alive(*id)).collect(),
         Err(_) => Vec::new(),
     });
     // Dropped outside the table's borrow: `Http`'s `Drop` makes host calls.

@@ -34,6 +34,7 @@ pub mod cookies;
 pub mod flow;
 pub mod form;
 pub mod headers;
+pub mod idhash;
 pub mod json;
 pub mod oidc;
 pub mod paths;

@@ -10,7 +10,6 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use alloc::borrow::Cow;
-use alloc::collections::BTreeMap;
 use core::cell::Cell;
 use core::fmt;
 
@@ -20,6 +19,7 @@ use chacha20poly1305::{AeadInOut, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 use crate::b64;
 use crate::cookies;
 use crate::headers::le64;
+use crate::idhash::IdMap;
 use crate::secret::Secret;
 use crate::wire::{Reader, Writer};
 
@@ -518,7 +518,7 @@ pub struct SealedMap<V> {
     /// The hash's two keys, random per map.
     seed: (u64, u64),
     /// By the seeded hash of the key: already spread over all bits, so the table uses it as it is.
-    buckets: BTreeMap<u64, Vec<(String, V)>>,
+    buckets: IdMap<u64, Vec<(String, V)>>,
     len: usize,
 }
 
@@ -535,7 +535,7 @@ impl<V> Default for SealedMap<V> {
         let word = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap_or_default());
         SealedMap {
             seed: (word(a), word(b)),
-            buckets: BTreeMap::new(),
+            buckets: Default::default(),
             len: 0,
         }
     }
