@@ -1,10 +1,17 @@
 //! The only code that talks to the host: reads headers, runs the core's `Step`s, keeps callouts pending.
 //! (`exports` hands it the host's callbacks; `host` makes the calls.)
 
-use std::cell::RefCell;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use alloc::rc::Rc;
+use core::cell::RefCell;
+use core::sync::atomic::{AtomicU64, Ordering};
+use core::time::Duration;
 
 use crate::config::{Config, Plugin, Unmatched};
 use crate::flow::{self, CallbackFailure, Callout, Env, Metric, Pending, RefreshJob, State, Step};
@@ -301,7 +308,7 @@ impl Root {
     /// site like the given one (see `provider_for`).
     pub fn on_configure(&mut self, known: &dyn Fn(&Config) -> Option<ProviderState>) -> bool {
         let raw = host::get_buffer(Buffer::PluginConfiguration, 0, usize::MAX).unwrap_or_default();
-        let env = |k: &str| std::env::var(k).ok();
+        let env = |k: &str| crate::wasm::env_var(k);
         match Plugin::parse(&raw, &env) {
             Ok(plugin) => {
                 self.metrics = Metrics::define();
@@ -432,7 +439,7 @@ impl Root {
                 return self.fast_tick;
             };
             let plugin = s.plugin.clone();
-            let parked = std::mem::take(&mut s.parked);
+            let parked = core::mem::take(&mut s.parked);
             // Requests that park set the fast tick themselves (`pace` sets the slow one once none waits).
             self.fast_tick |= !parked.is_empty();
             for p in parked {
@@ -1252,7 +1259,7 @@ fn request_headers() -> HeaderBlock {
 }
 
 fn read_reply(body_size: usize) -> Option<(u16, Vec<u8>)> {
-    let status = std::str::from_utf8(&host::get_header(Headers::CallResponse, ":status")?)
+    let status = core::str::from_utf8(&host::get_header(Headers::CallResponse, ":status")?)
         .ok()?
         .parse::<u16>()
         .ok()?;

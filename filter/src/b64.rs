@@ -3,6 +3,9 @@
 //! The `base64` crate's general engine took 6.4 KB of the module for what these functions do in well
 //! under one; the tests check them against that crate, byte for byte and error for error.
 
+use alloc::string::String;
+use alloc::vec::Vec;
+
 const URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -125,7 +128,7 @@ mod tests {
                     s.push(chars[(n % chars.len() as u32) as usize]);
                     n /= chars.len() as u32;
                 }
-                let text = std::str::from_utf8(&s).unwrap();
+                let text = core::str::from_utf8(&s).unwrap();
                 assert_eq!(
                     decode_url(text),
                     URL_SAFE_NO_PAD.decode(text).ok(),

@@ -1,6 +1,11 @@
 //! What a logged-in user may reach (claim rules) and what the app learns about them (identity headers).
 //! Both read the ID token's claims, kept in the session, so neither needs the token re-verified.
 
+use alloc::format;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
 use crate::json::{Object, Value};
 
 /// Longest pattern, list or nesting we accept in configuration; rules are written by hand.

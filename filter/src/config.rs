@@ -1,7 +1,13 @@
 //! pluginConfig JSON -> a validated `Config`. Parsed once in `on_configure`; the request path never re-checks.
 
-use std::fmt;
-use std::time::Duration;
+use alloc::format;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use core::fmt;
+use core::time::Duration;
 
 use crate::b64;
 use crate::claims::{self, Access};

@@ -1,6 +1,9 @@
 //! Cookie headers by exact name: reading a request's `Cookie`, stripping ours, writing `Set-Cookie`.
 
-use std::fmt::Write as _;
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+
+use core::fmt::Write as _;
 
 /// The value of the first cookie named exactly `name` (case-sensitive) in a `Cookie` request header.
 ///

@@ -11,9 +11,10 @@
 //! the next tick of a root context, once the host no longer knows the context's id (`sweep`). The host
 //! numbers contexts in order and does not reuse an id.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
+use alloc::vec::Vec;
+
+use core::cell::RefCell;
+use core::hash::BuildHasherDefault;
 
 use crate::adapter::{self, Http, Root};
 use crate::config::Config;
@@ -23,9 +24,8 @@ use crate::idhash::IdMap;
 /// Root contexts by id: one per plugin configuration that shares this VM (usually one).
 static ROOTS: VmLocal<RefCell<Vec<(u32, Root)>>> = VmLocal(RefCell::new(Vec::new()));
 /// Live requests by context id: looked up on every callback, hence the cheap hash.
-static REQUESTS: VmLocal<RefCell<IdMap<u32, Http>>> = VmLocal(RefCell::new(HashMap::with_hasher(
-    BuildHasherDefault::new(),
-)));
+static REQUESTS: VmLocal<RefCell<IdMap<u32, Http>>> =
+    VmLocal(RefCell::new(IdMap::with_hasher(BuildHasherDefault::new())));
 /// Callouts in flight: token, and the context that made it. The host answers every callout on the
 /// root context, so the owner is ours to remember.
 static CALLOUTS: VmLocal<RefCell<Vec<(u32, u32)>>> = VmLocal(RefCell::new(Vec::new()));
@@ -58,7 +58,7 @@ pub fn hold(id: u32) -> bool {
 /// when some are left. The last thing a callback does: it switches the effective context to each
 /// request.
 fn rerun_held() -> bool {
-    let Ok(held) = HELD.with(|held| held.try_borrow_mut().map(|mut h| std::mem::take(&mut *h)))
+    let Ok(held) = HELD.with(|held| held.try_borrow_mut().map(|mut h| core::mem::take(&mut *h)))
     else {
         return false;
     };

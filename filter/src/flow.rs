@@ -1,10 +1,17 @@
 //! The decision core: a request (+ now, + randomness) -> `Step`; a callout reply (+ pending state) -> `Step`.
 //! No host calls here, so every flow runs natively in tests with a fixed clock.
 
-use std::borrow::Cow;
-use std::fmt;
-use std::rc::Rc;
-use std::time::Duration;
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use alloc::borrow::Cow;
+use alloc::rc::Rc;
+use core::fmt;
+use core::time::Duration;
 
 use crate::claims;
 use crate::config::{Config, ForwardToken};
@@ -1791,7 +1798,7 @@ fn unlike_login(new: &json::Object, login: &Secret, leeway: u64) -> Option<&'sta
     fn audiences(o: &json::Object) -> &[json::Value] {
         match o.get("aud") {
             Some(json::Value::Array(a)) => a,
-            Some(v) => std::slice::from_ref(v),
+            Some(v) => core::slice::from_ref(v),
             None => &[],
         }
     }

@@ -2,6 +2,9 @@
 //!
 //! Byte for byte what the WHATWG URL standard (and the `url` crate's `form_urlencoded`) produce and accept.
 
+use alloc::string::String;
+use alloc::vec::Vec;
+
 /// Appends `s` form-encoded: ASCII letters, digits and `*-._` stay, space becomes `+`, every other byte
 /// `%XX` (upper-case hex).
 pub fn encode_into(out: &mut String, s: &str) {

@@ -4,7 +4,10 @@
 //! The proxy-wasm encoding: a little-endian `u32` count, then a `u32` name length and a `u32` value length
 //! per pair, then each name and each value followed by a NUL byte.
 
-use std::borrow::Cow;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use alloc::borrow::Cow;
 
 /// The serialized header map, checked once; lookups then walk its length table without copying (a map
 /// holds a dozen headers or so: walking it is cheaper than allocating an index of it per request).
@@ -196,7 +199,7 @@ impl HeaderBlock {
                     .iter()
                     .zip(want)
                     .all(|(h, w)| h.eq_ignore_ascii_case(w) || (*h == b'_' && *w == b'-'))
-                && let Ok(have) = std::str::from_utf8(have)
+                && let Ok(have) = core::str::from_utf8(have)
             {
                 out.push(have);
             }
@@ -227,9 +230,9 @@ fn text(raw: &[u8]) -> Cow<'_, str> {
     // for a kilobyte of cookie is thousands of instructions on every request.
     if is_ascii(raw) {
         // SAFETY: ASCII is UTF-8.
-        return Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(raw) });
+        return Cow::Borrowed(unsafe { core::str::from_utf8_unchecked(raw) });
     }
-    match std::str::from_utf8(raw) {
+    match core::str::from_utf8(raw) {
         Ok(s) => Cow::Borrowed(s),
         Err(_) => String::from_utf8_lossy(raw),
     }

@@ -3,18 +3,20 @@
 //! most of them, which under `panic = "abort"` kills the worker's VM), and the allocator export through
 //! which the host hands data over. Which context a callback is for is `exports`' business.
 
-use std::alloc::{Layout, alloc};
-use std::cell::Cell;
-use std::mem::ManuallyDrop;
-use std::ptr::{null, null_mut};
-use std::time::Duration;
+use alloc::vec::Vec;
+
+use alloc::alloc::{Layout, alloc};
+use core::cell::Cell;
+use core::mem::ManuallyDrop;
+use core::ptr::{null, null_mut};
+use core::time::Duration;
 
 /// A status other than `Ok` from a host call (the ABI's `WasmResult`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Status(pub u32);
 
-impl std::fmt::Display for Status {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for Status {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         // The names the SDK printed, for the statuses a call out or a shared-data write gives.
         match self.0 {
             1 => f.write_str("NotFound"),
@@ -201,7 +203,7 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
     }
     match Layout::from_size_align(size, 1) {
         // A zero-sized buffer needs no memory; `owned` turns this pointer into an empty `Vec`.
-        Ok(_) if size == 0 => std::ptr::NonNull::<u8>::dangling().as_ptr(),
+        Ok(_) if size == 0 => core::ptr::NonNull::<u8>::dangling().as_ptr(),
         // SAFETY: the layout is valid and not zero-sized; `owned` frees it with the same layout
         // (a `Vec<u8>` whose capacity is `size`).
         Ok(layout) => unsafe { alloc(layout) },

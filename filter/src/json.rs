@@ -9,7 +9,10 @@
 //! (as most parsers do), and callers that must refuse duplicates ask [`Object::duplicate`]. Numbers keep
 //! their literal, so integers are exact at any size and nothing here needs floating point.
 
-use std::fmt::{self, Write as _};
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use core::fmt::{self, Write as _};
 
 /// Deepest nesting of arrays and objects accepted. The documents we read nest a few levels.
 pub const MAX_DEPTH: usize = 64;
@@ -47,7 +50,7 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl core::error::Error for Error {}
 
 impl Error {
     /// The 1-based line and column (in bytes) of the error in `input`, the document it came from.
@@ -545,7 +548,7 @@ impl Object {
         if !self.contains_key(name) {
             return None;
         }
-        let (matching, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.0)
+        let (matching, rest): (Vec<_>, Vec<_>) = core::mem::take(&mut self.0)
             .into_iter()
             .partition(|(k, _)| k == name);
         self.0 = rest;
@@ -581,7 +584,7 @@ impl Object {
 
 impl IntoIterator for Object {
     type Item = (String, Value);
-    type IntoIter = std::vec::IntoIter<(String, Value)>;
+    type IntoIter = alloc::vec::IntoIter<(String, Value)>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter()

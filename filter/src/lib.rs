@@ -3,6 +3,29 @@
 //! Everything that decides lives in modules that never touch the host (`config`, `session`, `cookies`,
 //! `oidc`, `paths`, `provider`, `flow`, `weburl`, `form`, `json`, `wire`); `adapter` is the only place that
 //! talks to the host, through `host` (the proxy-wasm ABI's imports) and `exports` (its callbacks).
+//!
+//! The Wasm build is `no_std` (std's panic hook, backtraces, stderr and thread-local machinery are bytes
+//! the module would carry for nothing): `wasm` holds the little of it the filter needs, over wasi-libc,
+//! which the target links anyway. Native builds (tests, fuzzing, the harness) keep std.
+
+#![cfg_attr(all(target_arch = "wasm32", not(test)), no_std)]
+
+extern crate alloc;
+
+/// A value per VM: `thread_local!` where there are threads (native tests run in several), a plain static
+/// in the Wasm module, which has one thread (`host::VmLocal`). Both are read with `with`.
+#[cfg(not(all(target_arch = "wasm32", not(test))))]
+macro_rules! vm_local {
+    ($(#[$m:meta])* static $name:ident: $t:ty = $init:expr;) => {
+        std::thread_local! { $(#[$m])* static $name: $t = const { $init }; }
+    };
+}
+#[cfg(all(target_arch = "wasm32", not(test)))]
+macro_rules! vm_local {
+    ($(#[$m:meta])* static $name:ident: $t:ty = $init:expr;) => {
+        $(#[$m])* static $name: crate::host::VmLocal<$t> = crate::host::VmLocal($init);
+    };
+}
 
 pub mod b64;
 pub mod claims;
@@ -31,6 +54,9 @@ mod exports;
 #[cfg(target_arch = "wasm32")]
 mod host;
 
+#[cfg(target_arch = "wasm32")]
+mod wasm;
+
 /// Runs once when the host instantiates the module (a WASI reactor's entry point).
 #[cfg(target_arch = "wasm32")]
 #[unsafe(no_mangle)]
@@ -41,15 +67,4 @@ pub extern "C" fn _initialize() {
     // SAFETY: the linker's constructor list (wasi-libc's environment and allocator setup), run once, first,
     // as a reactor must before anything else in it runs.
     unsafe { __wasm_call_ctors() };
-    // Under panic=abort the VM dies after this hook; at least say where, without any request data.
-    std::panic::set_hook(Box::new(|info| {
-        let at = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
-        host::log(
-            host::LogLevel::Critical,
-            &format!("oidc-filter: panic at {at}"),
-        );
-    }));
 }

@@ -1,6 +1,10 @@
 //! Path handling where a mistake is a bypass or an open redirect: bypass matching and `rd` targets.
 
-use std::borrow::Cow;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
+use alloc::borrow::Cow;
 
 /// The path part of a request target (`:path`), without query or fragment.
 pub fn path_only(target: &str) -> &str {

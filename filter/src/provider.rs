@@ -2,6 +2,11 @@
 //! A JWKS that keeps failing sends the worker back to discovery, which may name the keys' new address.
 //! Pure state machine: the adapter calls `poll` on every tick and hands back what the callout returned.
 
+use alloc::format;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
 use crate::config::Config;
 use crate::flow::Callout;
 use crate::oidc::discovery::{self, ProviderMetadata};

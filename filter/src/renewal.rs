@@ -7,6 +7,11 @@
 //! carrying the old cookie adopt instead of refreshing again. The adapter keeps one table per bucket
 //! in Envoy's shared data (seen by every worker) and updates it with compare-and-swap.
 
+use alloc::format;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
 use crate::wire::{Reader, Writer};
 
 /// Buckets per site: keeps each shared value small however many sessions renew at once.

@@ -1,6 +1,10 @@
 //! Sessions ended by back-channel logout, until they would have expired anyway.
 //! Each worker keeps a copy; the adapter merges it into Envoy's shared data so every worker learns of it.
 
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use crate::oidc::logout_token::Logout;
 use crate::wire::{Reader, Writer};
 

@@ -1,6 +1,8 @@
 //! A string that never prints: tokens, codes, verifiers, client secrets.
 
-use std::fmt;
+use alloc::string::String;
+
+use core::fmt;
 
 /// A secret value. `Debug` and `Display` print `[redacted]`, so a secret cannot reach a log line by accident.
 ///

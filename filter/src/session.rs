@@ -3,12 +3,15 @@
 //! XChaCha20-Poly1305 rather than AES-GCM: in Wasm there is no AES instruction, and software AES costs
 //! about 16 µs/KB against about 3 µs/KB for ChaCha. The 24-byte nonce is safe to pick at random.
 
-use std::borrow::Cow;
-use std::cell::Cell;
-use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
-use std::fmt;
-use std::hash::BuildHasher;
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use alloc::borrow::Cow;
+use core::cell::Cell;
+use core::fmt;
 
 use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::{AeadInOut, KeyInit, Tag, XChaCha20Poly1305, XNonce};
@@ -524,10 +527,15 @@ pub const EDGE: usize = 32;
 
 impl<V> Default for SealedMap<V> {
     fn default() -> Self {
-        let random = RandomState::new();
+        // Without randomness (the host always has it) the hash is still a hash: the seed only keeps
+        // buckets apart per map, and no client picks the keys stored.
+        let mut seed = [0u8; 16];
+        let _ = getrandom::fill(&mut seed);
+        let (a, b) = seed.split_at(8);
+        let word = |w: &[u8]| u64::from_le_bytes(w.try_into().unwrap_or_default());
         SealedMap {
-            seed: (random.hash_one(1_u8), random.hash_one(2_u8)),
-            buckets: HashMap::default(),
+            seed: (word(a), word(b)),
+            buckets: Default::default(),
             len: 0,
         }
     }
@@ -842,9 +850,9 @@ impl fmt::Display for ChunkError {
     }
 }
 
-impl std::error::Error for KeyError {}
-impl std::error::Error for OpenError {}
-impl std::error::Error for ChunkError {}
+impl core::error::Error for KeyError {}
+impl core::error::Error for OpenError {}
+impl core::error::Error for ChunkError {}
 
 /// HKDF-SHA256 of a configured key, so that a passphrase-like key still yields a uniform AEAD key and
 /// the same raw key could serve another purpose under another `info` without the two colliding.
@@ -1225,7 +1233,7 @@ mod tests {
         };
         let mut read = 0;
         let mut check = |bytes: &[u8]| {
-            if let Ok(s) = std::str::from_utf8(bytes) {
+            if let Ok(s) = core::str::from_utf8(bytes) {
                 assert_eq!(parse_index(s), plainly(s), "{s:?}");
                 read += usize::from(parse_index(s).is_some());
             }

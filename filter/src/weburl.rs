@@ -8,7 +8,12 @@
 //! spaces, control characters, backslashes before the query, and numeric hosts that are not plain
 //! dotted-quad IPv4.
 
-use std::fmt;
+use alloc::format;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
+use core::fmt;
 
 use crate::form;
 
@@ -69,7 +74,7 @@ impl fmt::Display for UrlError {
     }
 }
 
-impl std::error::Error for UrlError {}
+impl core::error::Error for UrlError {}
 
 impl WebUrl {
     /// Parses an absolute `http`/`https` URL. Never panics; anything unsupported is an error.
@@ -272,7 +277,7 @@ impl fmt::Debug for WebUrl {
     }
 }
 
-impl std::str::FromStr for WebUrl {
+impl core::str::FromStr for WebUrl {
     type Err = UrlError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -513,7 +518,7 @@ fn push_encoded(out: &mut String, s: &str, extra: impl Fn(u8) -> bool) {
 mod tests {
     #[test]
     fn ip_addresses_read_as_std_reads_them() {
-        use std::net::{Ipv4Addr, Ipv6Addr};
+        use core::net::{Ipv4Addr, Ipv6Addr};
         let quads = [
             "1.2.3.4",
             "0.0.0.0",

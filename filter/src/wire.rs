@@ -14,6 +14,10 @@
 //! then has exactly one reading and every reading exactly one encoding. Nothing here panics or
 //! allocates more than the input could hold, whatever the input.
 
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 /// Builds an encoding; [`Writer::finish`] hands over the bytes.
 #[derive(Debug)]
 pub struct Writer {
@@ -130,7 +134,7 @@ impl<'a> Reader<'a> {
         let n = self.count()?;
         let (bytes, rest) = self.rest.split_at_checked(n)?;
         self.rest = rest;
-        std::str::from_utf8(bytes).ok()
+        core::str::from_utf8(bytes).ok()
     }
 
     /// A string.

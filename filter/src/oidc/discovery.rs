@@ -1,6 +1,13 @@
 //! OpenID Provider discovery: the `.well-known/openid-configuration` document (OIDC Discovery 1.0).
 
-use std::fmt;
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use core::fmt;
 
 use crate::json::{self, Value};
 use crate::weburl::WebUrl;
@@ -53,7 +60,7 @@ impl fmt::Display for DiscoveryError {
     }
 }
 
-impl std::error::Error for DiscoveryError {}
+impl core::error::Error for DiscoveryError {}
 
 /// Parses a discovery document and checks it belongs to `expected_issuer`.
 pub fn parse(body: &[u8], expected_issuer: &str) -> Result<ProviderMetadata, DiscoveryError> {

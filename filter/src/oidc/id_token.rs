@@ -1,6 +1,11 @@
 //! ID token validation (OIDC Core 3.1.3.7): signature with the provider's JWKS, then the claims.
 
-use std::fmt;
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use core::fmt;
 
 use crate::b64;
 use crate::json::{self, Number, Object, Value};
@@ -100,7 +105,7 @@ impl fmt::Display for IdTokenError {
     }
 }
 
-impl std::error::Error for IdTokenError {}
+impl core::error::Error for IdTokenError {}
 
 /// Verifies an ID token's signature against `jwks`, then its claims against `expected`.
 pub fn verify(token: &str, jwks: &Jwks, expected: &Expected) -> Result<Claims, IdTokenError> {

@@ -3,7 +3,13 @@
 //! One odd key never spoils the set: encryption keys, symmetric keys, key types, curves and algorithms we
 //! don't know, and keys that fail to decode are skipped. Only a set with no usable key at all is an error.
 
-use std::fmt;
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::string::ToString;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use core::fmt;
 
 use super::sig::Hash;
 use super::sig::ecdsa::{Crv, EcKey};
@@ -18,7 +24,7 @@ const MAX_BODY: usize = 128 * 1024;
 const MAX_KEYS: usize = 64;
 /// RSA modulus sizes we accept, in bits: shorter is too weak, longer costs a modular exponentiation of
 /// that size per verification, for keys no IdP uses.
-const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
+const RSA_BITS: core::ops::RangeInclusive<usize> = 2048..=4096;
 /// The one RSA public exponent we accept (65537, big-endian): the one every IdP uses.
 const RSA_EXPONENT: [u8; 3] = [1, 0, 1];
 
@@ -108,7 +114,7 @@ impl fmt::Display for JwksError {
     }
 }
 
-impl std::error::Error for JwksError {}
+impl core::error::Error for JwksError {}
 
 /// The usable signing keys of a JWK Set.
 #[derive(Debug, Clone)]
@@ -503,7 +509,7 @@ mod tests {
         let t = std::time::Instant::now();
         assert_eq!(with(&huge, "AQAB"), skipped);
         assert!(
-            t.elapsed() < std::time::Duration::from_millis(500),
+            t.elapsed() < core::time::Duration::from_millis(500),
             "{:?}",
             t.elapsed()
         );

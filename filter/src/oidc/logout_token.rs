@@ -1,6 +1,9 @@
 //! OpenID Connect Back-Channel Logout 1.0: validating the IdP's logout token (section 2.6).
 
-use std::fmt;
+use alloc::string::String;
+use alloc::string::ToString;
+
+use core::fmt;
 
 use crate::json::Value;
 

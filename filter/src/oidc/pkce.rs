@@ -1,5 +1,7 @@
 //! PKCE (RFC 7636) and the random URL-safe strings used for `state`, `nonce` and the code verifier.
 
+use alloc::string::String;
+
 use crate::b64;
 
 /// The `S256` code challenge: base64url (no padding) of SHA-256 of the verifier (RFC 7636 4.2).

@@ -1,6 +1,12 @@
 //! The token endpoint (RFC 6749 4.1.3, 6): the request we send, and what we accept back.
 
-use std::fmt;
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use core::fmt;
 
 use crate::b64;
 use crate::json::{self, Object, Value};
@@ -97,7 +103,7 @@ impl fmt::Display for TokenError {
     }
 }
 
-impl std::error::Error for TokenError {}
+impl core::error::Error for TokenError {}
 
 impl fmt::Debug for FormRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -5,7 +5,10 @@
 //! Numbers are little-endian `Vec<u32>`s. Every number used with a [`Modulus`] has the modulus's limb
 //! count: [`Modulus::elem`] is the way in, and it refuses a value that is not below the modulus.
 
-use std::cmp::Ordering;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use core::cmp::Ordering;
 
 /// A little-endian number in 32-bit limbs.
 pub type Limbs = Vec<u32>;
@@ -165,7 +168,7 @@ impl Modulus {
             let s = top + c1 + c2;
             *last = s as u32;
             top = s >> 32;
-            std::mem::swap(&mut t, &mut u);
+            core::mem::swap(&mut t, &mut u);
         }
         // t + top·R < 2m here.
         if top != 0 || cmp(&t, &self.m) != Ordering::Less {

@@ -4,8 +4,8 @@
 //! Points in Jacobian coordinates (X/Z², Y/Z³), field elements in the Montgomery domain; both curves have
 //! a = −3 and cofactor 1, so a point on the curve is in the group.
 
-use std::cell::OnceCell;
-use std::rc::Rc;
+use alloc::rc::Rc;
+use core::cell::OnceCell;
 
 use super::bignum::{self, Limbs, Modulus, hex};
 
@@ -50,9 +50,9 @@ struct Point {
     z: Limbs,
 }
 
-thread_local! {
+vm_local! {
     /// Each curve's constants, derived once per VM (a key check and every verification use them).
-    static CURVES: [OnceCell<Option<Rc<Curve>>>; 2] = const { [OnceCell::new(), OnceCell::new()] };
+    static CURVES: [OnceCell<Option<Rc<Curve>>>; 2] = [OnceCell::new(), OnceCell::new()];
 }
 
 impl Curve {

@@ -6,8 +6,8 @@
 //! the Montgomery domain of p = 2²⁵⁵ − 19. The addition formula is complete on this curve, so it also
 //! doubles and needs no special cases.
 
-use std::cell::OnceCell;
-use std::rc::Rc;
+use alloc::rc::Rc;
+use core::cell::OnceCell;
 
 use super::Hash;
 use super::bignum::{self, Limbs, Modulus, hex};
@@ -31,9 +31,9 @@ struct Point {
     t: Limbs,
 }
 
-thread_local! {
+vm_local! {
     /// The curve's constants, derived once per VM.
-    static FIELD: OnceCell<Option<Rc<Field>>> = const { OnceCell::new() };
+    static FIELD: OnceCell<Option<Rc<Field>>> = OnceCell::new();
 }
 
 impl Field {

@@ -8,6 +8,8 @@
 //! out-of-range signatures; the `signatures` fuzz target compares verdicts with them on fuzzed signatures,
 //! and the `jwks` and `id_token` targets feed it arbitrary keys and tokens.
 
+use alloc::vec::Vec;
+
 pub mod bignum;
 pub mod ecdsa;
 pub mod ed25519;

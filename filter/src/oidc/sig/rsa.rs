@@ -1,7 +1,9 @@
 //! RSA signature checks (RFC 8017): RSASSA-PKCS1-v1_5 and RSASSA-PSS with MGF1, public exponent 65537.
 
-use std::cmp::Ordering;
-use std::ops::RangeInclusive;
+use alloc::vec::Vec;
+
+use core::cmp::Ordering;
+use core::ops::RangeInclusive;
 
 use super::Hash;
 use super::bignum::{self, Modulus};

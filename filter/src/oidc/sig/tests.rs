@@ -12,7 +12,7 @@ use super::rsa::RsaKey;
 use super::{Hash, bignum};
 
 /// Every modulus size: these tests are about the arithmetic, not the policy.
-const ANY_SIZE: std::ops::RangeInclusive<usize> = 0..=usize::MAX;
+const ANY_SIZE: core::ops::RangeInclusive<usize> = 0..=usize::MAX;
 
 const RSA_PEMS: [&str; 3] = [
     include_str!("../../../../testdata/jwks/private/rs256-1.pem"),
