@@ -287,7 +287,12 @@ pub struct State {
     pub cache: SessionCache,
     /// Sessions ended by back-channel logout; the adapter keeps it in step with the other workers.
     pub revoked: Revocations,
+    /// Until then no renewal calls the IdP: one failed for want of an answer moments ago.
+    pub renewals_paused_until: u64,
 }
+
+/// How long a renewal that met an outage pauses the others on its worker (the `Retry-After` of a 503).
+const RENEWAL_PAUSE: u64 = 5;
 
 // By hand: a callout's `Authorization` holds the client secret, its body a code, verifier, refresh token
 // or the secret; what a request waits for holds its sealed session and its tokens.
@@ -595,6 +600,16 @@ fn with_session(
         }
         return Some(not_ready());
     };
+    // A renewal on this worker met an outage moments ago: an IdP that is down is not asked once per
+    // request, nor does each request wait out its timeout. The token while valid, then 503.
+    if now < state.renewals_paused_until {
+        if now < s.token_expires_at {
+            return Some(forward_session(cfg, h, &cached, cookie, target));
+        }
+        return Some(renewal_unavailable(
+            "a renewal on this worker met an outage less than 5 s ago".into(),
+        ));
+    }
     let scope = cfg.scope_on_refresh.then_some(cfg.scopes.as_str());
     let form = token::refresh_request(
         refresh_token.expose(),
@@ -1358,7 +1373,10 @@ fn refresh_reply(
         }
         // The IdP is down or slow, or answers what cannot be used, but the token has a little life
         // left: keep the user working.
-        Err(_) if still_valid => return keep_old(cfg, &job),
+        Err(_) if still_valid => {
+            state.renewals_paused_until = env.now + RENEWAL_PAUSE;
+            return keep_old(cfg, &job);
+        }
         // A success in JSON that cannot be used, once the token has expired: the IdP's own answer, which
         // asking again will not change (as an outage the 503 would stick until `session_lifetime`). Log in
         // again.
@@ -1368,6 +1386,7 @@ fn refresh_reply(
         // The IdP is down or slow and the token has expired: fail closed, but keep the session, so that it
         // renews by itself once the IdP answers again rather than an outage logging everybody out.
         Err(e) => {
+            state.renewals_paused_until = env.now + RENEWAL_PAUSE;
             return renewal_unavailable(match reply {
                 None => no_answer(),
                 Some(_) => e.to_string(),
