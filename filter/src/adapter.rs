@@ -893,7 +893,10 @@ impl Http {
         let key = renewal::key(job.sealed());
         // Long enough for the token request and a JWKS fetch after it.
         let until = now + 2 * cfg.callout_timeout.as_secs() + 2;
+        let paused = flow::renewals_paused(state, now);
         let found = update_renewals(cfg, &key, now, |t| match t.get(&key, now) {
+            // Renewals paused on this worker: no claim (another worker may renew it meanwhile).
+            Renewal::Free if paused => Some(Renewal::Free),
             Renewal::Free => {
                 t.claim(&key, until);
                 None
@@ -901,6 +904,8 @@ impl Http {
             other => Some(other),
         });
         match found {
+            // Free, but this worker's renewals are paused.
+            Ok(Some(Renewal::Free)) => flow::renewal_claim(cfg, state, job, now).map_err(Some),
             Ok(Some(Renewal::Done(lines))) => {
                 Err(Some(flow::adopt_renewal(cfg, state, job, &lines, now)))
             }
@@ -921,14 +926,16 @@ impl Http {
                     Err(None)
                 }
             },
-            // Claimed by us (the claim written).
+            // Claimed by us (the claim written); not paused, so `renewal_claim` lets it go (as a probe
+            // while renewals keep failing).
             Ok(None) => {
+                let job = flow::renewal_claim(cfg, state, job, now).map_err(Some)?;
                 self.renewing = Some((key, job.sealed().to_string(), until));
                 Ok(job)
             }
             // The table is unusable (or would not take the claim): refreshing is what the filter did
             // before it, and with no claim of ours there is none to publish or let go.
-            _ => Ok(job),
+            _ => flow::renewal_claim(cfg, state, job, now).map_err(Some),
         }
     }
 

@@ -287,12 +287,54 @@ pub struct State {
     pub cache: SessionCache,
     /// Sessions ended by back-channel logout; the adapter keeps it in step with the other workers.
     pub revoked: Revocations,
-    /// Until then no renewal calls the IdP: one failed for want of an answer moments ago.
+    /// Until then no renewal of this site calls the IdP from this worker (see `renewal_claim`).
     pub renewals_paused_until: u64,
+    /// The last renewal met an outage: the next is a probe, and the others wait for its answer.
+    pub renewals_failing: bool,
 }
 
 /// How long a renewal that met an outage pauses the others on its worker (the `Retry-After` of a 503).
 const RENEWAL_PAUSE: u64 = 5;
+
+/// Whether the site's renewals on this worker are paused (see `renewal_claim`). A pause further off than
+/// any can be (the clock stepped back, or was read wrong once) is none.
+pub fn renewals_paused(state: &State, now: u64) -> bool {
+    let left = state.renewals_paused_until.saturating_sub(now);
+    left > 0 && left <= 60 + RENEWAL_PAUSE
+}
+
+impl State {
+    fn renewal_outage(&mut self, now: u64) {
+        self.renewals_failing = true;
+        self.renewals_paused_until = now.saturating_add(RENEWAL_PAUSE);
+    }
+}
+
+/// Asked before a request claims the renewal of its session (no other request renews it, and none has):
+/// `Ok` to go ahead, or the answer while the site's renewals on this worker are paused. A renewal that met
+/// an outage pauses them for 5 s, and while they keep failing one renewal at a time asks the IdP (a probe;
+/// the others wait until its answer, or its timeout): an IdP that is down is not asked once per request,
+/// nor does each request wait out its timeout. Meanwhile the token goes up while valid, then 503.
+pub fn renewal_claim(
+    cfg: &Config,
+    state: &mut State,
+    job: RefreshJob,
+    now: u64,
+) -> Result<RefreshJob, Step> {
+    if renewals_paused(state, now) {
+        return Err(match renewal_busy(cfg, job, now) {
+            Ok(step) => step,
+            Err(_) => {
+                renewal_unavailable("renewals on this worker paused after one met an outage".into())
+            }
+        });
+    }
+    if state.renewals_failing {
+        let timeout = cfg.callout_timeout.as_secs();
+        state.renewals_paused_until = now.saturating_add(timeout + RENEWAL_PAUSE);
+    }
+    Ok(job)
+}
 
 // By hand: a callout's `Authorization` holds the client secret, its body a code, verifier, refresh token
 // or the secret; what a request waits for holds its sealed session and its tokens.
@@ -600,16 +642,6 @@ fn with_session(
         }
         return Some(not_ready());
     };
-    // A renewal on this worker met an outage moments ago: an IdP that is down is not asked once per
-    // request, nor does each request wait out its timeout. The token while valid, then 503.
-    if now < state.renewals_paused_until {
-        if now < s.token_expires_at {
-            return Some(forward_session(cfg, h, &cached, cookie, target));
-        }
-        return Some(renewal_unavailable(
-            "a renewal on this worker met an outage less than 5 s ago".into(),
-        ));
-    }
     let scope = cfg.scope_on_refresh.then_some(cfg.scopes.as_str());
     let form = token::refresh_request(
         refresh_token.expose(),
@@ -1365,6 +1397,11 @@ fn refresh_reply(
         Some((status, body)) => token::parse_response(status, body),
         None => Err(TokenError::NotJson("no answer")),
     };
+    // The IdP answers: renewals need not wait.
+    if tokens.as_ref().is_ok() || tokens.as_ref().is_err_and(TokenError::is_refusal) {
+        state.renewals_failing = false;
+        state.renewals_paused_until = 0;
+    }
     let tokens = match tokens {
         Ok(t) => t,
         // The IdP refused the refresh token in its own words: no retry will change its mind.
@@ -1373,8 +1410,10 @@ fn refresh_reply(
         }
         // The IdP is down or slow, or answers what cannot be used, but the token has a little life
         // left: keep the user working.
-        Err(_) if still_valid => {
-            state.renewals_paused_until = env.now + RENEWAL_PAUSE;
+        Err(e) if still_valid => {
+            if !matches!(e, TokenError::Malformed(_)) {
+                state.renewal_outage(env.now);
+            }
             return keep_old(cfg, &job);
         }
         // A success in JSON that cannot be used, once the token has expired: the IdP's own answer, which
@@ -1386,7 +1425,7 @@ fn refresh_reply(
         // The IdP is down or slow and the token has expired: fail closed, but keep the session, so that it
         // renews by itself once the IdP answers again rather than an outage logging everybody out.
         Err(e) => {
-            state.renewals_paused_until = env.now + RENEWAL_PAUSE;
+            state.renewal_outage(env.now);
             return renewal_unavailable(match reply {
                 None => no_answer(),
                 Some(_) => e.to_string(),

@@ -1943,56 +1943,6 @@ fn an_unreachable_idp_after_the_token_expired_fails_closed_but_keeps_the_session
     assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
 }
 
-/// A renewal that met an outage pauses the worker's renewals for 5 s (the 503's `Retry-After`): an IdP
-/// that is down is not asked once per request, and requests do not each wait out its timeout. Sessions
-/// with life left go on with their token meanwhile, expired ones get the 503 at once; after the pause
-/// the next renewal asks again. A refusal (the session's own end) pauses nothing.
-#[test]
-fn a_renewal_that_meets_an_outage_pauses_the_others_for_a_few_seconds() {
-    let mut f = ready();
-    let (due, old_token) = due_for_refresh(&mut f);
-    let (expired, _) = log_in(&mut f, Some("rt-2"));
-    let (third, _) = log_in(&mut f, Some("rt-3"));
-    // A session due for renewal meets an outage: its token goes on...
-    f.now = NOW + 3600 - 30;
-    let (_, pending) = call(f.request(&Req::browser("/app").cookies(&due)));
-    let fwd = forward(f.reply(pending, None));
-    assert_eq!(bearer(&fwd), format!("Bearer {old_token}"));
-    // ...and for 5 s no renewal calls the IdP: the token goes on without one.
-    for dt in [0, 4] {
-        f.now = NOW + 3600 - 30 + dt;
-        let fwd = forward(f.request(&Req::browser("/app").cookies(&due)));
-        assert_eq!(bearer(&fwd), format!("Bearer {old_token}"), "+{dt} s");
-    }
-    // Expired sessions: the outage's 503, then for 5 s the same 503 at once, without a call...
-    f.now = NOW + 3600 + 1;
-    let (_, pending) = call(f.request(&Req::browser("/app").cookies(&expired)));
-    assert_eq!(respond(f.reply(pending, None)).status, 503);
-    f.now += 4;
-    let r = respond(f.request(&Req::browser("/app").cookies(&expired)));
-    assert_eq!(r.status, 503, "paused: answered at once");
-    assert!(header(&r.headers, "retry-after").is_some());
-    assert!(
-        set_cookies(&r)
-            .iter()
-            .all(|c| !is_clear_of(c, "_oidc_session"))
-    );
-    // ...after which the next renewal asks again.
-    f.now += 1;
-    let (_, pending) = call(f.request(&Req::browser("/app").cookies(&expired)));
-    let new_token = mint(&refreshed_claims(f.now));
-    let fwd = forward(f.reply(pending, Some((200, &token_body(Some(&new_token), None)))));
-    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
-    // A refusal ends its session only: another session's renewal asks at once.
-    let (_, pending) = call(f.request(&Req::browser("/app").cookies(&due)));
-    let refused = (400, &br#"{"error":"invalid_grant"}"#[..]);
-    assert_eq!(
-        location(&respond(f.reply(pending, Some(refused)))),
-        "/login?rd=%2Fapp"
-    );
-    let _ = call(f.request(&Req::browser("/app").cookies(&third)));
-}
-
 /// `invalid_client`: the IdP refuses the gateway's own credentials (a client secret changed at the IdP
 /// first, on the gateway second). The deployment's fault, not the session's: the old token while it
 /// lasts, then 503 keeping the cookie (logged at warn), and the session renews once the secret is

@@ -172,3 +172,48 @@ fn claim_rules_hold_while_the_idp_cannot_renew() {
         403
     );
 }
+
+/// A renewal that met an outage pauses the site's renewals on its worker for 5 s (the 503's
+/// `Retry-After`), and while they keep failing one renewal at a time asks the IdP, the others waiting
+/// for its answer or its timeout: an IdP that is down is not asked once per request, and requests do
+/// not each wait out its timeout. Meanwhile a valid token goes up, an expired session gets the 503 at
+/// once. An answer from the IdP (a renewal, or a refusal) ends the pause.
+#[test]
+fn a_renewal_that_meets_an_outage_pauses_the_workers_renewals() {
+    let mut a = Filter::ready(config(serde_json::json!({"callout_timeout": "30s"})));
+    let (jar, id_token) = log_in(&mut a, Some("rt-1"));
+    let (other, _) = log_in(&mut a, Some("rt-2"));
+    a.now = NOW + 3600 - 30;
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    let job = flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap();
+    let r = a.reply(Box::new(Pending::Refresh(job)), None);
+    assert_eq!(bearer(&forward(r)), format!("Bearer {id_token}"));
+    // For 5 s: the valid token goes up without a call, an expired session gets the 503 at once.
+    for dt in [0, 4] {
+        a.now = NOW + 3600 - 30 + dt;
+        let job = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+        let fwd = forward(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap_err());
+        assert_eq!(bearer(&fwd), format!("Bearer {id_token}"), "+{dt} s");
+        assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+    }
+    // Past the pause: one probe goes out...
+    a.now = NOW + 3600 - 25;
+    let probe = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    let probe = flow::renewal_claim(&a.cfg, &mut a.state, probe, a.now).unwrap();
+    // ...and until its answer (at most its 30 s timeout and the pause) the others do not.
+    a.now = NOW + 3600 + 5;
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&other)));
+    let r = respond(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap_err());
+    assert_eq!(r.status, 503);
+    assert!(header(&r.headers, "retry-after").is_some());
+    assert!(set_cookies(&r).iter().all(|c| !c.contains("Max-Age=0")));
+    // The probe's answer: the IdP is back; the pause ends at once.
+    let new_token = mint(&refreshed_claims(a.now));
+    let fwd = forward(a.reply(
+        Box::new(Pending::Refresh(probe)),
+        Some((200, &token_body(Some(&new_token), None))),
+    ));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&other)));
+    assert!(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).is_ok());
+}
