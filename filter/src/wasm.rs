@@ -65,6 +65,8 @@ unsafe impl GlobalAlloc for Libc {
         }
     }
 
+    // `free` ignores the layout: `host.rs` frees the buffer it lends the host with a smaller size than
+    // it was allocated with, which this must keep allowing.
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
         // SAFETY: `ptr` came from this allocator.
@@ -74,7 +76,8 @@ unsafe impl GlobalAlloc for Libc {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if layout.align() <= MIN_ALIGN && layout.align() <= new_size {
-            // SAFETY: `ptr` came from `malloc` or `calloc` (its alignment is at most `MIN_ALIGN`).
+            // SAFETY: `ptr` came from `malloc`, `calloc` or `aligned_alloc`, all of which dlmalloc's
+            // `realloc` takes; the alignment asked is at most `MIN_ALIGN`, which it keeps.
             unsafe { realloc(ptr.cast(), new_size).cast() }
         } else {
             // `GlobalAlloc`'s own fallback: a new block, the bytes copied, the old one freed.
