@@ -893,7 +893,7 @@ impl Http {
         let key = renewal::key(job.sealed());
         // Long enough for the token request and a JWKS fetch after it.
         let until = now + 2 * cfg.callout_timeout.as_secs() + 2;
-        let paused = flow::renewals_paused(state, now);
+        let paused = state.renewals_paused(now);
         let found = update_renewals(cfg, &key, now, |t| match t.get(&key, now) {
             // Renewals paused on this worker: no claim (another worker may renew it meanwhile).
             Renewal::Free if paused => Some(Renewal::Free),

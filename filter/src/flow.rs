@@ -296,17 +296,24 @@ pub struct State {
 /// How long a renewal that met an outage pauses the others on its worker (the `Retry-After` of a 503).
 const RENEWAL_PAUSE: u64 = 5;
 
-/// Whether the site's renewals on this worker are paused (see `renewal_claim`). A pause further off than
-/// any can be (the clock stepped back, or was read wrong once) is none.
-pub fn renewals_paused(state: &State, now: u64) -> bool {
-    let left = state.renewals_paused_until.saturating_sub(now);
-    left > 0 && left <= 60 + RENEWAL_PAUSE
-}
-
 impl State {
+    /// Whether the site's renewals on this worker are paused (see `renewal_claim`). A pause further off
+    /// than any can be (the clock stepped back, or was read wrong once) is none.
+    pub fn renewals_paused(&self, now: u64) -> bool {
+        let left = self.renewals_paused_until.saturating_sub(now);
+        left > 0 && left <= 60 + RENEWAL_PAUSE
+    }
+
+    /// A renewal met an outage: pause, and probe from then on.
     fn renewal_outage(&mut self, now: u64) {
         self.renewals_failing = true;
         self.renewals_paused_until = now.saturating_add(RENEWAL_PAUSE);
+    }
+
+    /// The IdP answered a renewal: no pause, no probing.
+    fn renewal_answered(&mut self) {
+        self.renewals_failing = false;
+        self.renewals_paused_until = 0;
     }
 }
 
@@ -321,7 +328,7 @@ pub fn renewal_claim(
     job: RefreshJob,
     now: u64,
 ) -> Result<RefreshJob, Step> {
-    if renewals_paused(state, now) {
+    if state.renewals_paused(now) {
         return Err(match renewal_busy(cfg, job, now) {
             Ok(step) => step,
             Err(_) => {
@@ -1231,15 +1238,16 @@ fn install_fetched_jwks(
     reply: Option<(u16, &[u8])>,
     now: u64,
 ) -> bool {
-    let jwks = reply
+    let Some(jwks) = reply
         .filter(|(s, _)| *s == 200)
-        .and_then(|(_, b)| Jwks::parse(b).ok());
-    jwks.map(|jwks| {
-        state
-            .provider
-            .install_jwks(jwks, now, cfg.jwks_refresh_interval)
-    })
-    .is_some()
+        .and_then(|(_, b)| Jwks::parse(b).ok())
+    else {
+        return false;
+    };
+    state
+        .provider
+        .install_jwks(jwks, now, cfg.jwks_refresh_interval);
+    true
 }
 
 fn code_reply(
@@ -1399,8 +1407,7 @@ fn refresh_reply(
     };
     // The IdP answers: renewals need not wait.
     if tokens.as_ref().is_ok() || tokens.as_ref().is_err_and(TokenError::is_refusal) {
-        state.renewals_failing = false;
-        state.renewals_paused_until = 0;
+        state.renewal_answered();
     }
     let tokens = match tokens {
         Ok(t) => t,
@@ -2233,11 +2240,7 @@ fn with_cookies(step: Step, set: Vec<String>) -> Step {
 fn login_location(cfg: &Config, target: &str) -> String {
     // `/login` would keep only the path of a longer one (`paths::safe_redirect`); encoded whole (up to
     // three times as long), a very long address would make a `Location` Envoy refuses to take back.
-    let target = match target {
-        t if t.len() <= 2048 => t,
-        t if paths::path_only(t).len() <= 2048 => paths::path_only(t),
-        _ => "/",
-    };
+    let target = paths::fit_rd(target);
     let mut location = String::with_capacity(cfg.login_path.len() + 4 + 3 * target.len());
     location.push_str(&cfg.login_path);
     location.push_str("?rd=");

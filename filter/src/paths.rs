@@ -162,11 +162,23 @@ pub fn is_bypass(prefixes: &[String], target: &str) -> bool {
     readings(target).is_some_and(|r| r.iter().all(covered))
 }
 
+/// The longest `rd` kept whole (it travels in the login cookie).
+const MAX_RD: usize = 2048;
+
+/// A target as `rd` can keep it: whole up to [`MAX_RD`] bytes, else its path without the query, else `/`.
+pub fn fit_rd(target: &str) -> &str {
+    match target {
+        t if t.len() <= MAX_RD => t,
+        t if path_only(t).len() <= MAX_RD => path_only(t),
+        _ => "/",
+    }
+}
+
 /// The post-login target from `rd`: a same-origin relative path, else `/`. One longer than 2048 bytes
 /// (it travels in the login cookie) keeps its path without the query, if that fits. A fragment that
 /// does not pass (a `%` that is no escape, a `\`: the browser's own text) is dropped, not the path.
 pub fn safe_redirect(rd: &str) -> String {
-    let rd = if rd.len() > 2048 { path_only(rd) } else { rd };
+    let rd = fit_rd(rd);
     if safe(rd) {
         return rd.to_string();
     }
@@ -177,7 +189,7 @@ pub fn safe_redirect(rd: &str) -> String {
 }
 
 fn safe(rd: &str) -> bool {
-    rd.len() <= 2048
+    rd.len() <= MAX_RD
         && rd.starts_with('/')
         && !rd.starts_with("//")
         && !rd.contains('\\')

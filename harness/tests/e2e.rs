@@ -1100,18 +1100,19 @@ fn api_clients_bring_their_own_token_or_get_401() {
     assert_json_401(&client.post_form(&s.url("/form"), &[("a", "1")]).unwrap());
     // The same form posted by a browser's navigation: a page that says the form was not sent, with a
     // way to log in and come back.
-    let r = client
-        .request(
-            "POST",
-            &s.url("/form?step=2"),
-            &[
-                ("sec-fetch-mode", "navigate"),
-                ("content-type", "application/x-www-form-urlencoded"),
-            ],
-            Some(b"a=1"),
-        )
-        .unwrap();
-    assert_eq!(r.status, 401, "{}", r.body);
+    let navigate_post = |extra: &[(&str, &str)]| {
+        let mut headers = vec![
+            ("sec-fetch-mode", "navigate"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ];
+        headers.extend_from_slice(extra);
+        let r = client
+            .request("POST", &s.url("/form?step=2"), &headers, Some(b"a=1"))
+            .unwrap();
+        assert_eq!(r.status, 401, "{}", r.body);
+        r
+    };
+    let r = navigate_post(&[]);
     assert!(r.body.contains("Your session has ended"), "{}", r.body);
     assert!(
         r.body.contains("href=\"/login?rd=%2Fform%3Fstep%3D2\""),
@@ -1120,19 +1121,7 @@ fn api_clients_bring_their_own_token_or_get_401() {
     );
     // With the page of the form named in `Referer` (as browsers do within a site), the way back is
     // that page, not the address the form posts to.
-    let r = client
-        .request(
-            "POST",
-            &s.url("/form?step=2"),
-            &[
-                ("sec-fetch-mode", "navigate"),
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("referer", &s.url("/edit?id=3")),
-            ],
-            Some(b"a=1"),
-        )
-        .unwrap();
-    assert_eq!(r.status, 401, "{}", r.body);
+    let r = navigate_post(&[("referer", &s.url("/edit?id=3"))]);
     assert!(
         r.body.contains("href=\"/login?rd=%2Fedit%3Fid%3D3\""),
         "{}",
