@@ -64,7 +64,7 @@ function request(path, cookie) {
 }
 let requestHeaders = request('/', input.cookie);
 const config = enc.encode(input.config);
-let forwarded = 0, local = 0, setAuthorization = 0, localStatus = 0, refusedCalls = 0;
+let forwarded = 0, local = 0, setAuthorization = 0, localStatus = 0, refusedCalls = 0, localBody = '';
 // Each `authorization` value the filter set, once.
 const authorizations = new Set();
 const warnings = [];
@@ -120,6 +120,7 @@ const env = {
   proxy_remove_header_map_value: () => refused,
   proxy_send_local_response: (status, dp, ds, bp, bs, hp, hs) => {
     local++; localStatus = status; localHeaders = decodePairs(hp);
+    localBody = dec.decode(u8().slice(bp, bp + bs));
     return 0;
   },
   proxy_continue_stream: () => 0,
@@ -201,7 +202,7 @@ if (process.env.LOGIN_FLOW === '1') {
   const state = new URL(header('location'), 'http://x').searchParams.get('state');
   const loginCookie = header('set-cookie').split(';')[0];
   const callback = play(101, `/oauth2/callback?code=c&state=${state}`, loginCookie);
-  console.log(JSON.stringify({statuses: [started, callback], counters, refusedCalls, warnings}));
+  console.log(JSON.stringify({statuses: [started, callback], body: localBody, counters, refusedCalls, warnings}));
   process.exit(0);
 }
 for (let i = 0; i < N; i++) {

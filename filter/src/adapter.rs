@@ -83,6 +83,8 @@ struct Shared {
     states: Vec<State>,
     /// Per site: the version (compare-and-swap value) of its shared list of ended sessions last taken in.
     seen: Vec<Option<u32>>,
+    /// When the logouts taken in were last pruned (seconds).
+    pruned_at: u64,
     /// Requests with an expired token waiting for a renewal another request has claimed; the root context
     /// resumes them on its tick.
     parked: Vec<Parked>,
@@ -358,6 +360,7 @@ impl Root {
                 }
                 let shared = Shared {
                     seen: vec![None; plugin.sites.len()],
+                    pruned_at: 0,
                     plugin: Rc::new(plugin),
                     states,
                     parked: Vec::new(),
@@ -489,6 +492,12 @@ impl Root {
         };
         let plugin = s.plugin.clone();
         let s = &mut *s;
+        // The clock stepped back: a reading far ahead may have pruned logouts whose sessions live on, so
+        // the shared lists are taken in again.
+        if now < s.pruned_at {
+            s.seen.fill(None);
+        }
+        s.pruned_at = now;
         // Each list once, merged per IdP client: the IdP posts a client's logouts to one of its sites,
         // and they end the others' sessions too.
         let mut lists: Vec<(&Config, Revocations)> = Vec::new();
@@ -602,7 +611,7 @@ impl Http {
             return;
         };
         if expected != token {
-            self.fail(500);
+            self.fail();
             return;
         }
         if let Action::Continue = self.resume(*pending, read_reply(body_size)) {
@@ -616,7 +625,7 @@ impl Http {
         let now = now();
         let (step, renewed) = {
             let Ok(mut s) = self.shared.try_borrow_mut() else {
-                self.fail(500);
+                self.fail();
                 return Action::Pause;
             };
             let plugin = s.plugin.clone();
@@ -624,7 +633,7 @@ impl Http {
                 (plugin.sites.get(self.site), s.states.get_mut(self.site))
             else {
                 drop(s);
-                self.fail(500);
+                self.fail();
                 return Action::Pause;
             };
             let mut random = random;
@@ -684,7 +693,7 @@ impl Http {
         let now = now();
         let (step, hold) = {
             let Ok(mut s) = self.shared.try_borrow_mut() else {
-                self.fail(500);
+                self.fail();
                 return Action::Pause;
             };
             let plugin = s.plugin.clone();
@@ -712,7 +721,7 @@ impl Http {
             self.site = site;
             let (Some(cfg), Some(state)) = (plugin.sites.get(site), s.states.get_mut(site)) else {
                 drop(s);
-                self.fail(500);
+                self.fail();
                 return Action::Pause;
             };
             let mut random = random;
@@ -848,32 +857,42 @@ impl Http {
                     self.pending = Some((token, pending));
                     Action::Pause
                 }
-                Err(reason) => {
-                    CALL_FAILED.log(LogLevel::Warn, || {
-                        format!("oidc-filter: cannot call the IdP: {reason}")
-                    });
-                    match *pending {
-                        // A refresh that cannot be sent is one the IdP did not answer: the session goes
-                        // on with its token while that lasts, as through an outage.
-                        p @ (Pending::Refresh(_) | Pending::RefreshJwks(..)) => {
-                            self.resume(p, None)
-                        }
-                        other => {
-                            // A login whose code exchange cannot be sent fails like one the token
-                            // endpoint answered badly, and is counted with those. (Only a refresh claims
-                            // a renewal, so there is none to let go here.)
-                            if let Pending::Code(_) | Pending::CodeJwks(..) = other {
-                                self.metrics.count(Some(Metric::CallbackFailed(
-                                    CallbackFailure::TokenEndpoint,
-                                )));
+                Err(reason) => match *pending {
+                    // A login whose code exchange cannot be sent fails like one the token endpoint
+                    // answered badly: its page, its count and its log line, which names the cluster.
+                    Pending::Code(x) => {
+                        let step = match self.shared.try_borrow() {
+                            Ok(s) => s
+                                .plugin
+                                .sites
+                                .get(self.site)
+                                .map(|cfg| flow::code_unsent(cfg, x, reason)),
+                            Err(_) => None,
+                        };
+                        match step {
+                            Some(step) => self.run(step, None),
+                            None => {
+                                self.fail();
+                                Action::Pause
                             }
-                            self.fail(502);
-                            Action::Pause
                         }
                     }
-                }
+                    // Anything else that cannot be sent is an IdP that did not answer: a refresh goes on
+                    // with its token while that lasts, as through an outage; a step waiting for keys goes
+                    // on without them.
+                    p => {
+                        CALL_FAILED.log(LogLevel::Warn, || {
+                            format!("oidc-filter: cannot call the IdP: {reason}")
+                        });
+                        self.resume(p, None)
+                    }
+                },
             },
-            Err(_) => Action::Continue,
+            // No other step is left to carry out here; should one ever be, it is not let through.
+            Err(_) => {
+                self.fail();
+                Action::Pause
+            }
         }
     }
 
@@ -965,7 +984,7 @@ impl Http {
         let now = now();
         let step = {
             let Ok(mut s) = self.shared.try_borrow_mut() else {
-                self.fail(500);
+                self.fail();
                 return Action::Pause;
             };
             let plugin = s.plugin.clone();
@@ -973,7 +992,7 @@ impl Http {
                 (plugin.sites.get(self.site), s.states.get_mut(self.site))
             else {
                 drop(s);
-                self.fail(500);
+                self.fail();
                 return Action::Pause;
             };
             let mut random = random;
@@ -1051,25 +1070,20 @@ impl Http {
         }
     }
 
-    fn fail(&self, status: u32) {
-        fail(status);
+    fn fail(&self) {
+        fail();
     }
 }
 
-/// Answers the current request with `status` (500 or 502) and a line saying whose fault it is.
-pub fn fail(status: u32) {
-    let body: &[u8] = if status == 502 {
-        b"The identity provider cannot be reached from this gateway.\n"
-    } else {
-        b"Internal error in the login filter.\n"
-    };
+/// Answers the current request with 500: the filter's own fault.
+pub fn fail() {
     respond(
-        status,
+        500,
         &[
             ("content-type", "text/plain; charset=utf-8"),
             ("cache-control", "no-store"),
         ],
-        body,
+        b"Internal error in the login filter.\n",
     );
 }
 
@@ -1097,7 +1111,7 @@ fn set_identity_header(headers: Option<&HeaderBlock>, name: &str, value: Option<
 /// The host would not change a request header: the request must not go on as it is.
 fn refused() -> Action {
     log_warn("oidc-filter: the host refused to change a request header; answered 500");
-    fail(500);
+    fail();
     Action::Pause
 }
 
@@ -1314,7 +1328,7 @@ impl Throttle {
     fn log(&self, level: LogLevel, line: impl FnOnce() -> String) {
         let now = now();
         let start = self.start.load(Ordering::Relaxed);
-        if start == 0 || now >= start.saturating_add(self.window) {
+        if start == 0 || now >= start.saturating_add(self.window) || now < start {
             self.start.store(now.max(1), Ordering::Relaxed);
             self.logged.store(0, Ordering::Relaxed);
         }

@@ -141,6 +141,9 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
     if root_context_id == 0 {
         ROOTS.with(|roots| {
             if let Ok(mut roots) = roots.try_borrow_mut() {
+                // A root whose configuration failed is started again under the same id (the host
+                // retries it): one entry per id, or requests could never take the one-root path.
+                roots.retain(|(id, _)| *id != context_id);
                 roots.push((context_id, Root::new(context_id)));
             }
         });
@@ -248,7 +251,7 @@ pub extern "C" fn proxy_on_request_headers(
     let Some(mut http) = fresh.flatten() else {
         // A request without a context of ours would pass unchecked: refuse it instead. (A root context
         // without an accepted configuration makes none.)
-        adapter::fail(500);
+        adapter::fail();
         return Action::Pause as u32;
     };
     let action = http.on_request_headers(end_of_stream != 0);

@@ -694,9 +694,11 @@ fn forward_session(
 /// True when a claim rule covers the path and the session's claims fail it, in any reading of the path
 /// ([`paths::readings`]): decoded (`/public/..%2Fadmin` is `/admin` to an app that decodes), literal
 /// (`/admin/..%2Fpublic` is the `/admin/` handler to one that does not), with `..;` as `..` or as a plain
-/// segment (`/admin/..;/public` is `/public` to Tomcat, a path under `/admin` to Envoy's router), and each
-/// lower-cased (`/ADMIN` to a case-insensitive app). A path that does not decode (bad escapes) reads
-/// differently to every app: there each rule applies.
+/// segment (`/admin/..;/public` is `/public` to Tomcat, a path under `/admin` to Envoy's router), with empty
+/// segments merged or kept (`/x//../admin` is `/x/admin` or `/admin`), and each lower-cased (`/ADMIN` to a
+/// case-insensitive app); and as it came, unresolved: an Envoy that does not normalize paths routes
+/// `/admin/../x` by the `/admin` prefix. A path that does not decode (bad escapes) reads differently to
+/// every app: there each rule applies.
 fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
     // A bypass path is open to anyone: refusing it to a logged-in user would only make them drop the cookie.
     if cfg.access.is_empty() || paths::is_bypass(&cfg.bypass_paths, target) {
@@ -707,7 +709,8 @@ fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
     };
     // Each reading as written and without regard to case: a rule for `/Admin` covers `/admin` and
     // `/ADMIN` for a case-insensitive app.
-    readings.iter().any(|p| {
+    let raw = paths::path_only(target);
+    readings.iter().chain([raw]).any(|p| {
         [false, true].into_iter().any(|any_case| {
             claims::rule_for(&cfg.access, p, any_case).is_some_and(|r| !r.allows(&s.claims))
         })
@@ -1297,6 +1300,20 @@ fn code_reply(
         },
     };
     finish_login(cfg, state, env, x, tokens, true)
+}
+
+/// A login whose code exchange the host would not send (a cluster this proxy does not have): it fails like
+/// one the token endpoint answered badly, with `why` (which names the cluster) in its log line.
+pub fn code_unsent(cfg: &Config, x: CodeExchange, why: String) -> Step {
+    let clear = vec![cookies::clear_cookie(&x.login_cookie, &login_attrs(cfg))];
+    gateway_error(
+        502,
+        CallbackFailure::TokenEndpoint,
+        "The identity provider cannot be reached from this gateway.",
+        format!("cannot call the IdP: {why}"),
+        clear,
+        &start_again(cfg, &x),
+    )
 }
 
 fn finish_login(

@@ -36,35 +36,44 @@ pub fn query_only(target: &str) -> &str {
 /// and dot segments resolved. `None` for what no honest client sends (bad escapes, NUL, invalid UTF-8): such
 /// a request is never a bypass.
 pub fn normalize(target: &str) -> Option<String> {
-    Some(resolve(&percent_decode(path_only(target))?, true))
+    Some(resolve(&percent_decode(path_only(target))?, true, false))
 }
 
 /// The paths applications may act on, dot segments resolved in each: decoded or with escapes kept (an app
 /// that routes on raw segments, where `/admin/..%2Fhealthz` is a request to the `/admin/` handler), each
 /// with `..;` read as `..` and `\` as `/` (Tomcat and Jetty take `/admin/..;/x` for `/x`) or both as
 /// ordinary characters (Envoy's router, Node and Go take `/admin/..;/x` and `/admin/x\..\..\x` for
-/// paths under `/admin`); see [`resolve`]. A decision that lets a request through must hold for every
-/// one. `None` when the path does not decode: it reads differently to every app.
+/// paths under `/admin`), and each with empty segments dropped (`/a//../b` is `/b` where `//` is merged
+/// first) or kept, as RFC 3986 resolves them (`/a//../b` is `/a/b` to Jetty, WHATWG URL parsers and an
+/// Envoy that normalizes without merging slashes); see [`resolve`]. A decision that lets a request
+/// through must hold for every one. `None` when the path does not decode: it reads differently to every
+/// app.
 pub fn readings(target: &str) -> Option<Readings<'_>> {
     let path = path_only(target);
     if is_plain(path) {
-        let none = || Cow::Borrowed("");
-        return Some(Readings([Cow::Borrowed(path), none(), none(), none()], 1));
+        let mut one = [const { Cow::Borrowed("") }; 8];
+        one[0] = Cow::Borrowed(path);
+        return Some(Readings(one, 1));
     }
     let decoded = percent_decode(path)?;
+    let read = |p: &str, cut, keep_empty| Cow::Owned(resolve(p, cut, keep_empty));
     Some(Readings(
         [
-            Cow::Owned(resolve(&decoded, true)),
-            Cow::Owned(resolve(&decoded, false)),
-            Cow::Owned(resolve(path, true)),
-            Cow::Owned(resolve(path, false)),
+            read(&decoded, true, false),
+            read(&decoded, false, false),
+            read(path, true, false),
+            read(path, false, false),
+            read(&decoded, true, true),
+            read(&decoded, false, true),
+            read(path, true, true),
+            read(path, false, true),
         ],
-        4,
+        8,
     ))
 }
 
 /// The [`readings`] of a path: the first `.1` of `.0` (a plain path has one).
-pub struct Readings<'a>([Cow<'a, str>; 4], usize);
+pub struct Readings<'a>([Cow<'a, str>; 8], usize);
 
 impl Readings<'_> {
     pub fn iter(&self) -> impl Iterator<Item = &str> {
@@ -90,25 +99,32 @@ fn is_plain(path: &str) -> bool {
     true
 }
 
-/// `decoded` with empty and dot segments resolved, each segment judged without its path parameters (`;`
-/// starts them: `/admin;x=1` is under `/admin`). With `cut`, as servers that strip them and take `\` for
-/// `/` read it (`/healthz;x/../admin`, `/admin/..;/x` and `/a\..\x` are `/admin`, `/x` and `/x` there);
-/// without, as Envoy's router, Node and Go read it: `\` is an ordinary character, and a segment that is
-/// empty or a dot segment only once cut (`..;`) is an ordinary one. A path whose last segment resolves
-/// away (`/admin/`, `/admin/.;`) keeps its trailing `/`.
-fn resolve(decoded: &str, cut: bool) -> String {
+/// `decoded` with dot segments resolved, each segment judged without its path parameters (`;` starts them:
+/// `/admin;x=1` is under `/admin`). With `cut`, as servers that strip them and take `\` for `/` read it
+/// (`/healthz;x/../admin`, `/admin/..;/x` and `/a\..\x` are `/admin`, `/x` and `/x` there); without, as
+/// Envoy's router, Node and Go read it: `\` is an ordinary character, and a segment that is empty or a dot
+/// segment only once cut (`..;`) is an ordinary one. Empty segments are dropped, or with `keep_empty` kept
+/// as RFC 3986 keeps them, where a `..` removes an empty segment like any other (`/a//../b` is `/a/b`). A
+/// path whose last segment resolves away (`/admin/`, `/admin/.;`) keeps its trailing `/`.
+fn resolve(decoded: &str, cut: bool, keep_empty: bool) -> String {
     let mut out: Vec<&str> = Vec::new();
     let mut trailing = false;
-    for seg in decoded.split(|c| c == '/' || (cut && c == '\\')) {
+    let mut segs = decoded.split(|c| c == '/' || (cut && c == '\\'));
+    if keep_empty && decoded.starts_with(|c| c == '/' || (cut && c == '\\')) {
+        // What precedes the leading `/`.
+        segs.next();
+    }
+    for seg in segs {
         let bare = seg.split(';').next().unwrap_or("");
         let seg = if cut || bare.len() == seg.len() || !matches!(bare, "" | "." | "..") {
             bare
         } else {
             seg
         };
-        trailing = matches!(seg, "" | "." | "..");
+        trailing = matches!(seg, "." | "..") || (seg.is_empty() && !keep_empty);
         match seg {
-            "" | "." => {}
+            "." => {}
+            "" if !keep_empty => {}
             ".." => {
                 out.pop();
             }
@@ -256,21 +272,20 @@ mod tests {
             let t = format!("{p}?q=1");
             let path = path_only(p);
             let slow = percent_decode(path).map(|d| {
-                [
-                    resolve(&d, true),
-                    resolve(&d, false),
-                    resolve(path, true),
-                    resolve(path, false),
-                ]
+                [false, true].map(|keep| {
+                    [(&*d, true), (&*d, false), (path, true), (path, false)]
+                        .map(|(p, cut)| resolve(p, cut, keep))
+                })
             });
+            let slow = slow.map(|[drop, keep]| [drop, keep].concat());
             let fast = readings(&t).map(|r| r.iter().map(str::to_string).collect::<Vec<_>>());
             if is_plain(path) {
                 assert_eq!(normalize(&t).as_deref(), Some(path), "{p:?}");
-                // One reading stands for the four, which are all the path itself.
+                // One reading stands for the eight, which are all the path itself.
                 assert_eq!(fast, Some(vec![path.to_string()]), "{p:?}");
                 assert!(slow.unwrap().iter().all(|r| r == path), "{p:?}");
             } else {
-                assert_eq!(fast, slow.map(Vec::from), "{p:?}");
+                assert_eq!(fast, slow, "{p:?}");
             }
         }
         assert!(is_plain("/a/b.c/"));
@@ -335,6 +350,9 @@ mod tests {
             "/admin/..;/healthz",
             "/admin/..;x/healthz",
             "/admin/x\\..\\..\\healthz",
+            // `/healthz` once `//` is merged; `/admin//healthz` where `..` removes the empty segment.
+            "/admin//..//healthz",
+            "/admin//../healthz",
         ] {
             assert!(!is_bypass(&b, no), "{no}");
         }
@@ -342,7 +360,14 @@ mod tests {
 
     #[test]
     fn readings_differ_where_apps_differ() {
-        let read = |t: &str| readings(t).map(|r| r.iter().map(str::to_string).collect::<Vec<_>>());
+        let all = |t: &str| readings(t).map(|r| r.iter().map(str::to_string).collect::<Vec<_>>());
+        // Without empty segments, keeping them reads as dropping them: the first four readings.
+        let read = |t: &str| {
+            all(t).map(|r| {
+                assert!(r.len() == 1 || r[..4] == r[4..], "{t}: {r:?}");
+                r[..r.len().min(4)].to_vec()
+            })
+        };
         assert_eq!(
             read("/admin/..%2Fhealthz").unwrap(),
             [
@@ -379,10 +404,24 @@ mod tests {
         );
         // Other parameters are cut either way: `/healthz;v=1` is `/healthz` to all.
         assert_eq!(read("/healthz;v=1").unwrap(), ["/healthz"; 4]);
+        // Found in review: a `..` after an empty segment removes that segment where empty segments are
+        // kept (RFC 3986: Jetty, WHATWG URL parsers, an Envoy normalizing without merging slashes), the one
+        // before it where they are merged first.
         assert_eq!(
-            read("/a/.;x/b/;y/c").unwrap(),
-            ["/a/b/c", "/a/.;x/b/;y/c", "/a/b/c", "/a/.;x/b/;y/c"]
+            all("/admin//../users").unwrap(),
+            [["/users"; 4], ["/admin/users"; 4]].concat()
         );
+        assert_eq!(
+            all("/q/../admin//../x").unwrap(),
+            [["/x"; 4], ["/admin/x"; 4]].concat()
+        );
+        assert_eq!(
+            all("//a//b/").unwrap(),
+            [["/a/b/"; 4], ["//a//b/"; 4]].concat()
+        );
+        let cut = ["/a/b/c", "/a/.;x/b/;y/c", "/a/b/c", "/a/.;x/b/;y/c"];
+        let kept = ["/a/b//c", "/a/.;x/b/;y/c", "/a/b//c", "/a/.;x/b/;y/c"];
+        assert_eq!(all("/a/.;x/b/;y/c").unwrap(), [cut, kept].concat());
         assert_eq!(read("/a/./b/../c?x").unwrap(), ["/a/c"; 4]);
         assert_eq!(read("/%zz/../a"), None);
     }

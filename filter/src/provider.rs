@@ -68,6 +68,15 @@ impl ProviderState {
 
     /// The next fetch to start, if one is due and none is under way.
     pub fn poll(&mut self, cfg: &Config, now: u64) -> Option<(Callout, Fetch)> {
+        // A clock stepped back (after a reading far ahead) must not put the fetches off until it
+        // catches up again: what lies in the future is taken as now (discovery then read afresh).
+        if self.jwks_fetched_at > now || self.discovery_checked_at > now.saturating_add(1) {
+            self.jwks_fetched_at = self.jwks_fetched_at.min(now);
+            self.discovery_checked_at = self.jwks_fetched_at;
+        }
+        if self.next_attempt > now.saturating_add(MAX_BACKOFF) {
+            self.next_attempt = now;
+        }
         if self.in_flight || now < self.next_attempt {
             return None;
         }
@@ -233,7 +242,7 @@ impl ProviderState {
     /// token, which has a clock of its own.
     pub fn may_refetch_for_kid(&mut self, now: u64, logout: bool) -> bool {
         let last = &mut self.last_kid_refresh[usize::from(logout)];
-        if self.ready.is_some() && now >= *last + KID_REFRESH_INTERVAL {
+        if self.ready.is_some() && (now >= *last + KID_REFRESH_INTERVAL || now < *last) {
             *last = now;
             true
         } else {
@@ -311,6 +320,45 @@ mod tests {
     }
 
     const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+
+    /// Found in review: a clock reading far ahead (a host that cannot tell the time reads as far in the
+    /// future; a clock set wrong at boot, then corrected) stored times that put the periodic refresh and
+    /// the unknown-`kid` fetch off until the clock caught up again: after the IdP rotated its keys,
+    /// logins failed until the VM restarted.
+    #[test]
+    fn a_clock_stepped_back_does_not_put_off_the_fetches() {
+        let cfg = cfg();
+        let ahead = u64::MAX / 4;
+        // Loaded while the clock read far ahead, in backoff after a failed fetch at that time.
+        let mut p = ProviderState::default();
+        p.poll(&cfg, ahead).unwrap();
+        p.on_reply(
+            &cfg,
+            Fetch::Discovery,
+            Some((200, DISCOVERY.as_bytes())),
+            ahead,
+        )
+        .unwrap();
+        p.poll(&cfg, ahead).unwrap();
+        p.on_reply(&cfg, Fetch::Jwks, Some((200, JWKS)), ahead)
+            .unwrap();
+        assert!(p.may_refetch_for_kid(ahead, false));
+        // Back to the right time: the refresh is due one interval on, discovery first; a new `kid` may
+        // fetch at once.
+        assert!(p.may_refetch_for_kid(NOW, false));
+        assert!(!p.may_refetch_for_kid(NOW + 1, false), "still rate-limited");
+        assert_eq!(due(&mut p, &cfg, NOW), None);
+        let later = NOW + cfg.jwks_refresh_interval;
+        assert_eq!(
+            due(&mut p, &cfg, later).map(|(_, path)| path),
+            Some(DISCOVERY_PATH.to_string())
+        );
+        // A failed fetch far ahead, then the right time: the retry is not put off either.
+        let mut p = ProviderState::default();
+        p.poll(&cfg, ahead).unwrap();
+        let _ = p.on_reply(&cfg, Fetch::Discovery, None, ahead);
+        assert!(due(&mut p, &cfg, NOW).is_some());
+    }
 
     /// A provider that read discovery and the keys at `NOW`, and serves.
     fn serving(cfg: &Config) -> ProviderState {

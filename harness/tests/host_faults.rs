@@ -179,4 +179,20 @@ fn a_code_exchange_the_host_will_not_send_is_a_counted_502() {
         seen["counters"]["oidc_filter.callback_failures.token_endpoint"], 1,
         "{seen}"
     );
+    // Found in review: it was a bare line of text, with no way back, and logged only as a call the
+    // host refused; now the login-failed page, and the line every failed callback gets.
+    let body = seen["body"].as_str().unwrap();
+    assert!(body.contains("<h1>Login failed</h1>"), "{body}");
+    assert!(body.contains("Start again"), "{body}");
+    let warnings: Vec<&str> = seen["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("login callback failed (token_endpoint), answered 502: cannot call the IdP: cluster `outbound|443||idp.example.com`"),
+        "{warnings:?}"
+    );
 }
