@@ -622,44 +622,94 @@ impl Http {
     /// Carries a callout's outcome on through the core: the IdP's reply, or `None` when there was none (a
     /// timeout, a reset, or a call the host would not make).
     fn resume(&mut self, pending: Pending, reply: Option<(u16, Vec<u8>)>) -> Action {
-        let now = now();
-        let (step, renewed) = {
-            let Ok(mut s) = self.shared.try_borrow_mut() else {
-                self.fail();
-                return Action::Pause;
-            };
-            let plugin = s.plugin.clone();
-            let (Some(cfg), Some(state)) =
-                (plugin.sites.get(self.site), s.states.get_mut(self.site))
-            else {
-                drop(s);
-                self.fail();
-                return Action::Pause;
-            };
-            let mut random = random;
-            let mut env = Env {
-                now,
-                random: &mut random,
-            };
-            let step = flow::on_reply(
-                cfg,
-                state,
-                &mut env,
-                pending,
-                reply.as_ref().map(|(st, b)| (*st, b.as_slice())),
-            );
-            share_revocations(cfg, state, &step);
-            // A renewal this request claimed has ended (unless it now fetches keys): publish it, or let go.
-            let renewed = match (&step, &self.renewing) {
-                (Step::Call(..), _) | (_, None) => None,
-                (_, Some((_, sealed, _))) => Some(flow::renewed_cookies(state, sealed)),
-            };
-            (step, renewed)
+        let Some((step, renewed)) = self.reply_step(pending, reply) else {
+            self.fail();
+            return Action::Pause;
         };
         if let Some(renewed) = renewed {
             self.end_renewal(renewed);
         }
         self.run(step, None)
+    }
+
+    /// The IdP answered a callout of this request after the request ended (its client went away). A
+    /// renewal it brings is still taken in, and published for the session's next request to adopt: an
+    /// IdP that rotates refresh tokens has retired the old one already, so the session would otherwise
+    /// end at its next renewal. Nothing is answered: nobody is left to answer.
+    pub fn on_orphaned_call_response(&mut self, token: u32, body_size: usize) {
+        let Some((expected, pending)) = self.pending.take() else {
+            return;
+        };
+        if expected != token || self.renewing.is_none() {
+            return;
+        }
+        let Some((step, renewed)) = self.reply_step(*pending, read_reply(body_size)) else {
+            return;
+        };
+        match step {
+            // Keys for the new token's `kid`: fetched still, the renewal finished when they come.
+            Step::Call(call, pending) => {
+                if let Ok(token) = dispatch(self.id, &call) {
+                    self.pending = Some((token, pending));
+                }
+            }
+            step => {
+                self.metrics.count(match step {
+                    Step::Forward(f) => f.metric,
+                    Step::Respond(r) => r.metric,
+                    _ => None,
+                });
+                if let Some(renewed) = renewed {
+                    self.end_renewal(renewed);
+                }
+            }
+        }
+    }
+
+    /// True while this request, ended or not, waits for the IdP's answer to the renewal it claimed (and
+    /// the claim holds): an ended one is kept for that answer (`on_orphaned_call_response`).
+    pub fn awaits_renewal(&self, now: u64) -> bool {
+        self.pending.is_some()
+            && self
+                .renewing
+                .as_ref()
+                .is_some_and(|(_, _, until)| now < *until)
+    }
+
+    /// The core's step for a callout's outcome, and the renewal it ended, if this request claimed one
+    /// (`Some(None)`: ended without new cookies). `None` when the worker's state is out of reach.
+    #[allow(clippy::type_complexity)]
+    fn reply_step(
+        &self,
+        pending: Pending,
+        reply: Option<(u16, Vec<u8>)>,
+    ) -> Option<(Step, Option<Option<Vec<String>>>)> {
+        let now = now();
+        let mut s = self.shared.try_borrow_mut().ok()?;
+        let plugin = s.plugin.clone();
+        let (Some(cfg), Some(state)) = (plugin.sites.get(self.site), s.states.get_mut(self.site))
+        else {
+            return None;
+        };
+        let mut random = random;
+        let mut env = Env {
+            now,
+            random: &mut random,
+        };
+        let step = flow::on_reply(
+            cfg,
+            state,
+            &mut env,
+            pending,
+            reply.as_ref().map(|(st, b)| (*st, b.as_slice())),
+        );
+        share_revocations(cfg, state, &step);
+        // A renewal this request claimed has ended (unless it now fetches keys): publish it, or let go.
+        let renewed = match (&step, &self.renewing) {
+            (Step::Call(..), _) | (_, None) => None,
+            (_, Some((_, sealed, _))) => Some(flow::renewed_cookies(state, sealed)),
+        };
+        Some((step, renewed))
     }
 
     /// The request's headers: decide (`flow::on_request`) and carry the decision out.

@@ -213,10 +213,15 @@ pub extern "C" fn proxy_on_tick(root_context_id: u32) {
 /// `root_context_id` the effective context again. Dropping a request releases a renewal it claimed.
 fn sweep(root_context_id: u32) {
     let alive = |id: u32| host::set_effective_context(id).is_ok();
+    let now = host::now_secs();
+    // An ended request that waits for the IdP's answer to its renewal is kept for that answer.
     let ended: Vec<(u32, Http)> = REQUESTS.with(|requests| match requests.try_borrow_mut() {
-        Ok(mut requests) => requests.extract_if(|id, _| !alive(*id)).collect(),
+        Ok(mut requests) => requests
+            .extract_if(|id, http| !http.awaits_renewal(now) && !alive(*id))
+            .collect(),
         Err(_) => Vec::new(),
     });
+    let kept = |id: u32| REQUESTS.with(|r| r.try_borrow().is_ok_and(|r| r.contains_key(&id)));
     // Dropped outside the table's borrow: `Http`'s `Drop` makes host calls.
     drop(ended);
     FRESH.with(|fresh| {
@@ -224,11 +229,12 @@ fn sweep(root_context_id: u32) {
             fresh.retain(|(id, _)| alive(*id));
         }
     });
-    // An ended context's callouts are forgotten: an answer that still comes (the host sends every callout
-    // from the root context and does not cancel it) finds no owner and is dropped.
+    // An ended context's callouts are forgotten (but those of a request kept above): an answer that still
+    // comes (the host sends every callout from the root context and does not cancel it) finds no owner
+    // and is dropped.
     CALLOUTS.with(|callouts| {
         if let Ok(mut callouts) = callouts.try_borrow_mut() {
-            callouts.retain(|(_, owner)| alive(*owner));
+            callouts.retain(|(_, owner)| kept(*owner) || alive(*owner));
         }
     });
     let ended_roots: Vec<(u32, Root)> = ROOTS.with(|roots| match roots.try_borrow_mut() {
@@ -308,6 +314,8 @@ pub extern "C" fn proxy_on_http_call_response(
     let answered = with_request(owner, |http| {
         if host::set_effective_context(owner).is_ok() {
             http.on_http_call_response(token, body_size);
+        } else {
+            http.on_orphaned_call_response(token, body_size);
         }
     });
     if answered.is_none() {

@@ -332,6 +332,55 @@ fn a_burst_on_one_expired_session_parks_at_most_512_requests_per_worker() {
 }
 
 /// A real session of `user` (its own refresh token), its token expired.
+/// Found in review: a client that went away while its request renewed the session (a closed tab, a
+/// cancelled fetch) took the renewal with it. The IdP's answer found no request and was dropped, and
+/// with an IdP that rotates refresh tokens the session's next request refreshed with the retired token
+/// and was logged out. Now the answer is still taken in, and the next request adopts the renewal.
+#[test]
+fn a_renewal_whose_client_went_away_is_kept_for_the_next_request() {
+    use std::io::Write as _;
+    let _l = lock();
+    let s = expired_session("gone");
+    let cookie = seal(&s);
+    let old = format!("Bearer {}", s.id_token.expose());
+    let (refreshes, failures) = (stat("refreshes"), stat("refresh_failures"));
+    // A refresh within the login's second would get a byte-identical ID token (same iat and exp).
+    std::thread::sleep(Duration::from_millis(1100));
+    {
+        let _slow = stack().idp_proxy().fault(slow_token_endpoint());
+        let authority = url("/")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let mut client = std::net::TcpStream::connect(&authority).unwrap();
+        write!(
+            client,
+            "GET /gone HTTP/1.1\r\nhost: {authority}\r\naccept: application/json\r\ncookie: {cookie}\r\n\r\n"
+        )
+        .unwrap();
+        // The client goes away while the IdP takes its time over the refresh.
+        std::thread::sleep(Duration::from_millis(300));
+        drop(client);
+        // The IdP answers 1.5 s after the request; the filter takes the answer in.
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    let r = Browser::new()
+        .get_with(
+            &url("/next"),
+            &[("accept", "application/json"), ("cookie", &cookie)],
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "logged out: {}", r.body);
+    assert_ne!(bearer(&r).unwrap(), old, "went up with the expired token");
+    assert!(renewed(&r).is_some(), "no renewed cookie for the browser");
+    assert_eq!(
+        stat("refreshes") - refreshes,
+        1,
+        "one refresh, by the request that left"
+    );
+    assert_eq!(stat("refresh_failures"), failures);
+}
+
 fn expired_session(user: &str) -> Session {
     let b = Browser::new();
     b.login(&url("/"), user).unwrap();
