@@ -788,6 +788,23 @@ impl Plugin {
                         ),
                     ));
                 }
+                // One cookie, two sets of keys: where the browser sends it to both sites (a shared
+                // `cookie_domain`), each would take the other's session for a forgery and clear it.
+                if a.cookie_name == b.cookie_name
+                    && !a.keys.open_each_other(&b.keys, &a.cookie_name)
+                {
+                    let field = match default_site {
+                        Some(d) if d == i => "cookie_keys".to_string(),
+                        d => format!("hosts[{}].cookie_keys", i - usize::from(d.is_some())),
+                    };
+                    return Err(err(
+                        &field,
+                        format!(
+                            "sites sharing the cookie name `{}` cannot open each other's sessions; give them the same keys or each its own cookie_name",
+                            a.cookie_name
+                        ),
+                    ));
+                }
             }
         }
         let mut cookie_names: Vec<String> = Vec::new();
@@ -2581,6 +2598,32 @@ mod tests {
             .is_ok()
         );
     }
+    /// Found in review: two sites of one client with one explicit cookie name and different keys each
+    /// took the other's session (the browser sends it to both under a shared `cookie_domain`) for a
+    /// forgery, and cleared it.
+    #[test]
+    fn sites_sharing_a_cookie_name_must_open_each_others_sessions() {
+        use serde_json::json;
+        let other = "MTIzNDU2Nzg5MGFiY2RlZjEyMzQ1Njc4OTBhYmNkZWY=";
+        let plugin = |keys_b: serde_json::Value, cookie_b: &str| {
+            let v = json!({"cookie_keys": [KEY], "client_secret": "s", "client_id": "app",
+            "issuer": "https://idp.example.com", "cookie_domain": "example.com",
+            "hosts": [
+                {"hosts": ["a.example.com"], "cookie_name": "_sso"},
+                {"hosts": ["b.example.com"], "cookie_name": cookie_b, "cookie_keys": keys_b},
+            ]});
+            Plugin::parse(v.to_string().as_bytes(), &no_env)
+        };
+        let e = plugin(json!([other]), "_sso").err().unwrap();
+        assert_eq!(e.field, "hosts[1].cookie_keys", "{e}");
+        assert!(e.reason.contains("`_sso`"), "{e}");
+        // The same keys, one rotated in ahead of the other (each opens what the other seals), or a
+        // cookie of its own: accepted.
+        assert!(plugin(json!([KEY]), "_sso").is_ok());
+        assert!(plugin(json!([KEY, other]), "_sso").is_ok());
+        assert!(plugin(json!([other]), "_sso_b").is_ok());
+    }
+
     #[test]
     fn a_redirect_uri_must_be_served_by_its_own_site() {
         use serde_json::json;

@@ -102,6 +102,13 @@ impl Keys {
         Ok(Keys { ciphers })
     }
 
+    /// True when each of the two opens what the other seals for the cookie `name` (the same keys, or one
+    /// set rotated ahead of the other).
+    pub fn open_each_other(&self, other: &Keys, name: &str) -> bool {
+        let probe = |a: &Keys, b: &Keys| b.open(name, &a.seal(name, b"probe", [0; 24])).is_ok();
+        probe(self, other) && probe(other, self)
+    }
+
     /// Seals `plaintext` for the cookie `name` with the first key, as base64url (no padding) of
     /// `version (1) || nonce (24) || ciphertext || tag (16)`.
     ///
