@@ -724,14 +724,11 @@ fn behaviour(config: &Config) -> String {
     format!("{paths:?} {protocol:?} {cookie:?} {times:?}")
 }
 
-/// `notPaths` that exempt exactly what the filter's `bypass_paths` exempt (segment-boundary prefixes).
+/// `notPaths` that exempt exactly what the filter's `bypass_paths` exempt (segment-boundary prefixes), the
+/// ones the local Envoy tests' RBAC policy lets through too.
 fn not_paths_for(bypass_paths: &[String]) -> BTreeSet<String> {
-    bypass_paths
-        .iter()
-        .flat_map(|p| match p.strip_suffix('/') {
-            Some(dir) => [dir.to_string(), format!("{p}*")],
-            None => [p.clone(), format!("{p}/*")],
-        })
+    harness::envoy::not_paths(bypass_paths)
+        .into_iter()
         .collect()
 }
 
@@ -1022,12 +1019,29 @@ fn policies_agree_with_the_filter() {
         );
         assert_eq!(rules[0]["forwardOriginalToken"], true, "{dir}");
 
+        // DENY without a token of our issuer (rule 0), or with one for another client (rule 1), on the
+        // same protected hosts and paths. A bare `*` would take any issuer that any RequestAuthentication
+        // on the gateway lists (a mesh-wide one too); request principals are `ISSUER/SUBJECT`.
         assert_eq!(authz["spec"]["action"], "DENY", "{dir}");
-        let rule = &authz["spec"]["rules"][0];
+        let policy_rules = authz["spec"]["rules"].as_array().expect("rules");
+        assert_eq!(policy_rules.len(), 2, "{dir}: {policy_rules:?}");
+        let (rule, audience_rule) = (&policy_rules[0], &policy_rules[1]);
+        let issuer = rules[0]["issuer"].as_str().expect("issuer");
         assert_eq!(
-            strings(&rule["from"][0]["source"]["notRequestPrincipals"]),
-            ["*"],
-            "{dir}"
+            rule["from"],
+            json!([{"source": {"notRequestPrincipals": [format!("{issuer}/*")]}}]),
+            "{dir}: the principals of our issuer, any subject"
+        );
+        assert!(rule.get("when").is_none(), "{dir}");
+        assert!(audience_rule.get("from").is_none(), "{dir}");
+        assert_eq!(
+            audience_rule["when"],
+            json!([{"key": "request.auth.audiences", "notValues": rules[0]["audiences"]}]),
+            "{dir}: the audiences jwt_authn accepts for our issuer"
+        );
+        assert_eq!(
+            rule["to"], audience_rule["to"],
+            "{dir}: both rules protect the same hosts and paths"
         );
         let operation = &rule["to"][0]["operation"];
         let bypass = strings(&config["bypass_paths"]);
