@@ -1167,12 +1167,78 @@ fn the_gateway_environment_carries_the_declared_variables() {
             );
         }
     }
-    let Some(docs) = build("base") else { return };
-    assert_eq!(
-        find(&docs, "WasmPlugin")["metadata"]["namespace"],
-        secret["metadata"]["namespace"],
-        "the Secret lives beside the gateway"
+    // The Secret lives beside the gateway: it names no namespace, so `kubectl -n` decides, and the
+    // command that creates it names the manifests' namespace.
+    assert!(
+        secret["metadata"].get("namespace").is_none(),
+        "secret.example.yaml: no namespace of its own"
     );
+    let Some(docs) = build("base") else { return };
+    let namespace = find(&docs, "WasmPlugin")["metadata"]["namespace"]
+        .as_str()
+        .expect("namespace")
+        .to_string();
+    let text = fs::read_to_string(dir.join("secret.example.yaml")).unwrap();
+    let create = format!("kubectl -n {namespace} create secret generic {secret_name}");
+    assert!(text.contains(&create), "secret.example.yaml: {create}");
+}
+
+/// The release name of the istio/gateway chart that `text` installs (`helm upgrade --install NAME
+/// istio/gateway`), the first one.
+fn gateway_release(text: &str) -> Option<&str> {
+    text.split("upgrade --install").skip(1).find_map(|rest| {
+        let mut words = rest.split_whitespace();
+        let name = words.next()?;
+        (words.next()? == "istio/gateway").then_some(name)
+    })
+}
+
+/// The filter and its policies attach to a gateway of the protected hosts' own, never to the shared
+/// default one (`istio: ingressgateway`), where every other app would be sent to log in and its own
+/// Bearer tokens refused: the istio/gateway release that the guide, the chart values and the kind demo
+/// install, whose pods the chart labels `istio: RELEASE` (less a leading `istio-`).
+#[test]
+fn the_manifests_attach_to_a_gateway_of_their_own() {
+    let dir = wasmplugin_dir();
+    let setup = fs::read_to_string(dir.join("kind/setup.sh")).unwrap();
+    let release = gateway_release(&setup).expect("setup.sh installs an istio/gateway release");
+    let label = release.strip_prefix("istio-").unwrap_or(release);
+    assert_ne!(label, "ingressgateway", "the shared default gateway");
+    let selector = json!({"matchLabels": {"istio": label}});
+
+    for (file, what) in [
+        ("gateway/values.yaml", "helm upgrade --install"),
+        ("gateway/deployment-patch.yaml", "patch deployment"),
+    ] {
+        let text = fs::read_to_string(dir.join(file)).unwrap();
+        assert!(
+            text.contains(&format!("{what} {release} ")),
+            "{file}: {what} {release}"
+        );
+    }
+    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    assert_eq!(gateway_release(&readme), Some(release), "README.md");
+    assert!(
+        setup.contains(&format!("svc/{release} ")),
+        "setup.sh forwards to {release}"
+    );
+    let demo = read_yaml(&dir.join("kind/apps/gateway.yaml"));
+    assert_eq!(
+        json!({"matchLabels": find(&demo, "Gateway")["spec"]["selector"]}),
+        selector,
+        "the kind demo's Gateway"
+    );
+
+    for build_dir in ["base", "overlays/example", "overlays/in-cluster", "kind"] {
+        let Some(docs) = build(build_dir) else { return };
+        for kind in ["WasmPlugin", "RequestAuthentication", "AuthorizationPolicy"] {
+            assert_eq!(
+                find(&docs, kind)["spec"]["selector"],
+                selector,
+                "{build_dir}: {kind}"
+            );
+        }
+    }
 }
 
 /// The `deployment` patch of the ConfigMap that components/gateway-api's Gateway names.
