@@ -52,6 +52,13 @@ const ENVIRONMENT_FIELDS: [&str; 6] = [
     "post_logout_redirect_uri",
 ];
 
+/// The `sha256` the shipped WasmPlugins carry until someone sets the image's digest: not 64 hex digits, so
+/// the CRD's pattern refuses it and `kubectl apply` fails, rather than the gateway failing the checksum
+/// and denying every request (what an all-zero digest, which the pattern takes, would do).
+const SHA256_PLACEHOLDER: &str = "REPLACE-WITH-THE-DIGEST-OCI-IMAGE-PRINTS";
+/// A digest of the right form, put in the placeholder's place to validate the rest of a WasmPlugin.
+const SOME_DIGEST: &str = "3b1f0c6e9a5d4f27b8e1c0d9a6f3e2b7c4d5a8f90e1b2c3d4e5f6a7b8c9d0e1f";
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -144,6 +151,33 @@ enum Mode {
     Full,
     /// A patch: fields may be missing, but what is there must be valid.
     Partial,
+}
+
+/// [`validate_resource`] for a shipped resource: a WasmPlugin's placeholder `sha256` must be refused by the
+/// CRD, for that alone, and the rest is then validated with a digest in its place.
+fn validate_shipped(doc: &Value, mode: Mode) -> Vec<String> {
+    if doc["kind"] != "WasmPlugin" || doc["spec"]["sha256"] != SHA256_PLACEHOLDER {
+        return validate_resource(doc, mode);
+    }
+    let mut errors: Vec<String> = validate_resource(doc, mode)
+        .into_iter()
+        .filter(|e| !e.starts_with("WasmPlugin.spec.sha256:"))
+        .collect();
+    let mut with_digest = doc.clone();
+    with_digest["spec"]["sha256"] = json!(SOME_DIGEST);
+    let rest = validate_resource(&with_digest, mode);
+    if rest != errors {
+        errors.push(format!(
+            "the placeholder sha256 is not refused for its pattern alone: {rest:?}"
+        ));
+    }
+    let refused = validate_resource(doc, mode)
+        .iter()
+        .any(|e| e.starts_with("WasmPlugin.spec.sha256:") && e.contains("does not match"));
+    if !refused {
+        errors.push("the CRD's pattern takes the placeholder sha256".into());
+    }
+    errors
 }
 
 /// Validates an Istio resource against its CRD; returns the problems.
@@ -779,7 +813,7 @@ fn every_istio_file_matches_its_crd() {
             };
             checked += 1;
             errors.extend(
-                validate_resource(doc, mode)
+                validate_shipped(doc, mode)
                     .into_iter()
                     .map(|e| format!("{rel}: {e}")),
             );
@@ -796,7 +830,7 @@ fn kustomize_builds_match_the_crds() {
         let Some(docs) = build(dir) else { return };
         for doc in docs.iter().filter(|d| is_istio(d)) {
             errors.extend(
-                validate_resource(doc, Mode::Full)
+                validate_shipped(doc, Mode::Full)
                     .into_iter()
                     .map(|e| format!("{dir}: {e}")),
             );
@@ -824,7 +858,7 @@ fn the_deploy_guide_snippets_match_the_crds() {
                     Mode::Full
                 };
             errors.extend(
-                validate_resource(doc, mode)
+                validate_shipped(doc, mode)
                     .into_iter()
                     .map(|e| format!("README.md: {e}")),
             );
@@ -930,11 +964,17 @@ fn the_wasmplugin_is_what_istio_and_the_filter_need() {
         assert_eq!(plugin["failStrategy"], "FAIL_RELOAD", "{dir}");
         let url = plugin["url"].as_str().expect("url");
         assert!(url.starts_with("oci://"), "{dir}: {url}");
+        // Either the placeholder the API server refuses (kind: setup.sh puts the real digest in its
+        // place), or a digest: never one the schema takes that is no image's (empty: nothing checked;
+        // all zeros: a checksum mismatch, and the gateway denying every request).
         let sha = plugin["sha256"].as_str().expect("sha256");
-        assert!(
-            sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
-            "{dir}: {sha}"
-        );
+        if sha != SHA256_PLACEHOLDER {
+            assert!(
+                sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{dir}: {sha}"
+            );
+            assert!(!placeholder_digest(sha), "{dir}: {sha} is a placeholder");
+        }
 
         // Secrets reach the module only as host environment variables, never inline in the resource.
         let config = &plugin["pluginConfig"];
@@ -1424,6 +1464,41 @@ fn collect_string_values(v: &Value, out: &mut Vec<String>) {
         Value::Array(items) => items.iter().for_each(|v| collect_string_values(v, out)),
         _ => {}
     }
+}
+
+/// A 64-hex `sha256` no image has: a real digest uses most of the 16 digits (all zeros, `abab…` do not).
+fn placeholder_digest(sha: &str) -> bool {
+    sha.bytes().collect::<BTreeSet<u8>>().len() < 8
+}
+
+/// The kind demo applies its WasmPlugin with the digest `oci-image` printed in the placeholder's place.
+#[test]
+fn setup_sh_replaces_the_placeholder_digest() {
+    let script = fs::read_to_string(wasmplugin_dir().join("kind/setup.sh")).unwrap();
+    assert!(
+        script.contains(r#"sed "s/^  sha256: .*/  sha256: $digest/""#),
+        "setup.sh no longer puts the digest in the WasmPlugin"
+    );
+    if build("kind").is_none() {
+        return;
+    }
+    // What `kubectl kustomize wasmplugin/kind` prints, as the script pipes it to sed.
+    let cmd = kustomize_cmd().expect("kustomize");
+    let output = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .arg(wasmplugin_dir().join("kind"))
+        .output()
+        .expect("run kustomize");
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("  sha256: "))
+            .collect::<Vec<_>>(),
+        [format!("  sha256: {SHA256_PLACEHOLDER}")],
+        "the line setup.sh rewrites"
+    );
+    assert!(placeholder_digest(&"0".repeat(64)));
+    assert!(!placeholder_digest(SOME_DIGEST));
 }
 
 #[test]

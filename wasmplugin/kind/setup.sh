@@ -130,7 +130,8 @@ up() {
   [[ $digest =~ ^[0-9a-f]{64}$ ]] || die "oci-image printed '$digest', not a digest"
 
   log "WasmPlugin (sha256 $digest), RequestAuthentication, AuthorizationPolicy"
-  # The overlay carries a placeholder digest; the WasmPlugin is the only resource with a spec.sha256.
+  # The overlay carries a placeholder digest (which the API server refuses); the WasmPlugin is the only
+  # resource with a spec.sha256.
   "${KUBECTL[@]}" kustomize "$KIND_DIR" | sed "s/^  sha256: .*/  sha256: $digest/" |
     "${KUBECTL[@]}" apply -f -
 
