@@ -272,34 +272,26 @@ fn round_trip(name: &str, format: Format, optimize: bool) -> (String, Vec<u8>, P
     )
 }
 
-/// What Istio's image fetcher (`pkg/wasm/imagefetcher.go`) accepts, in every release we support. A Docker
-/// manifest is read as the compat variant with a Docker layer; any other manifest as the compat variant
-/// with an OCI tar+gzip layer, then as the two-layer artifact (exactly two layers, the one of the Wasm
-/// content type holding the raw module). The compat variant's layer count is where releases differ: the
-/// fetcher as first written requires exactly one layer, later ones take the last of one or more. Checked
-/// here is the stricter rule, exactly one, which the single-layer `docker` and `oci` formats meet, so an
-/// image that passes here passes both. `plugin.wasm` is then the first tar entry of that base name.
+/// Istio's `pkg/wasm/imagefetcher.go`, rule for rule: Docker manifests take the last layer as Docker
+/// tar+gzip; anything else is tried as the compat variant (last layer OCI tar+gzip), then as the two-layer
+/// artifact (the layer of the Wasm content type, raw).
 fn istio_extract(pulled: &Pulled) -> Result<Vec<u8>, String> {
     let layers = pulled.manifest["layers"].as_array().ok_or("no layers")?;
-    let compat = |layer_type: &str| -> Result<Vec<u8>, String> {
-        let [layer] = layers.as_slice() else {
-            return Err(format!(
-                "number of layers must be 1 but got {}",
-                layers.len()
-            ));
-        };
-        if layer["mediaType"] != layer_type {
-            return Err(format!(
-                "invalid media type {} (expect {layer_type})",
-                layer["mediaType"]
-            ));
-        }
-        plugin_from_tar_gz(&pulled.blob(layer))
-    };
+    let last = layers
+        .last()
+        .ok_or("number of layers must be greater than zero")?;
     if pulled.manifest["mediaType"] == oci::DOCKER_MANIFEST {
-        return compat(oci::DOCKER_LAYER);
+        if last["mediaType"] != oci::DOCKER_LAYER {
+            return Err(format!("invalid media type {}", last["mediaType"]));
+        }
+        return plugin_from_tar_gz(&pulled.blob(last));
     }
-    compat(oci::OCI_LAYER).or_else(|compat| {
+    let compat = if last["mediaType"] == oci::OCI_LAYER {
+        plugin_from_tar_gz(&pulled.blob(last))
+    } else {
+        Err(format!("invalid media type {}", last["mediaType"]))
+    };
+    compat.or_else(|compat| {
         if layers.len() != 2 {
             return Err(format!(
                 "compat: {compat}; oci: number of layers must be 2 but got {}",
