@@ -1,8 +1,9 @@
 //! The Istio manifests in `wasmplugin/`: every resource, raw and as kustomize builds it, against Istio's CRD
 //! schemas (`testdata/istio`, as Istio publishes them), the CEL rules of those schemas checked by hand, and
 //! the cross-resource facts the filter relies on (secrets only through `vmConfig.env`, bypass paths equal to
-//! the policy's `notPaths`, the IdP cluster the callouts name exists, the pluginConfig the filter accepts and
-//! the local Envoy tests use).
+//! the policy's `notPaths`, the policy naming the RequestAuthentication's issuer and audiences, the IdP
+//! clusters the callouts name (issuer and JWKS hosts) exist, a gateway of the login's own, the
+//! pluginConfig the filter accepts and the local Envoy tests use).
 //!
 //! The schema check is a small structural-schema validator (types, properties, unknown fields, required,
 //! enum, pattern, lengths, bounds, list maps, anyOf/oneOf/allOf/not) rather than a JSON-Schema crate: the
@@ -1102,67 +1103,95 @@ fn policies_agree_with_the_filter() {
     }
 }
 
-/// The callouts go to `idp_cluster` or to `outbound|PORT||HOST` of each IdP URL; that cluster must exist
-/// on the gateway: a Kubernetes Service, or a ServiceEntry port speaking HTTP with TLS originated by a
-/// DestinationRule.
+/// The clusters the filter's callouts name exist on the gateway: a Kubernetes Service, or a ServiceEntry
+/// port speaking HTTP with TLS originated by a DestinationRule.
+///
+/// With `idp_cluster` every callout goes to that one cluster. Without it, the filter names a cluster
+/// after each URL it calls, `outbound|PORT||HOST`: the issuer's (discovery), and the JWKS and token
+/// endpoints the discovery document names. The manifests know two of those URLs: the issuer, and the
+/// JWKS URL (the RequestAuthentication's `jwksUri`, which for an IdP outside the cluster is the one its
+/// discovery document names), so both hosts are checked. The token endpoint's host is in no manifest
+/// and is not checked here; the shipped overlays' IdP, Keycloak, serves it on the issuer's host
+/// (`ISSUER/protocol/openid-connect/token`).
 #[test]
-fn the_idp_cluster_exists_on_the_gateway() {
+fn the_idp_clusters_exist_on_the_gateway() {
     for dir in DEPLOYABLE {
         let Some(docs) = build(dir) else { return };
         let config = &find(&docs, "WasmPlugin")["spec"]["pluginConfig"];
-        let cluster = match config["idp_cluster"].as_str() {
-            Some(c) => c.to_string(),
-            None => harness::envoy::cluster_name(config["issuer"].as_str().expect("issuer"))
-                .expect("cluster name"),
+        let clusters = match config["idp_cluster"].as_str() {
+            Some(c) => vec![("idp_cluster", c.to_string())],
+            None => {
+                let jwks = &find(&docs, "RequestAuthentication")["spec"]["jwtRules"][0]["jwksUri"];
+                [("issuer", &config["issuer"]), ("jwksUri", jwks)]
+                    .into_iter()
+                    .map(|(what, url)| {
+                        let url = url.as_str().unwrap_or_else(|| panic!("{dir}: {what}"));
+                        let cluster = harness::envoy::cluster_name(url).expect("cluster name");
+                        (what, cluster)
+                    })
+                    .collect()
+            }
         };
-        let parts: Vec<&str> = cluster.split('|').collect();
-        assert!(
-            parts.len() == 4 && parts[0] == "outbound" && parts[2].is_empty(),
-            "{dir}: {cluster} is not an Istio outbound cluster name"
-        );
-        let port: u64 = parts[1].parse().expect("port");
-        let host = parts[3];
-        if host.ends_with(".svc.cluster.local") {
-            assert_eq!(
-                host.split('.').count(),
-                5,
-                "{dir}: SERVICE.NAMESPACE.svc.cluster.local"
-            );
-            continue;
+        for (what, cluster) in clusters {
+            cluster_exists(&docs, &format!("{dir} ({what})"), &cluster);
         }
-        let entry = &find(&docs, "ServiceEntry")["spec"];
-        assert!(
-            strings(&entry["hosts"]).iter().any(|h| h == host),
-            "{dir}: {host} in the ServiceEntry"
-        );
-        assert_eq!(entry["location"], "MESH_EXTERNAL", "{dir}");
-        let se_port = entry["ports"]
-            .as_array()
-            .and_then(|p| p.iter().find(|p| p["number"] == port))
-            .unwrap_or_else(|| panic!("{dir}: no ServiceEntry port {port}"));
-        assert_eq!(
-            se_port["protocol"], "HTTP",
-            "{dir}: the callouts speak plain HTTP to the cluster"
-        );
-        assert_eq!(
-            strings(&entry["exportTo"]),
-            ["."],
-            "{dir}: keep the HTTP port 443 to the gateway"
-        );
-        let rule = &find(&docs, "DestinationRule")["spec"];
-        assert_eq!(rule["host"], host, "{dir}");
-        let tls = rule["trafficPolicy"]["portLevelSettings"]
-            .as_array()
-            .and_then(|p| p.iter().find(|p| p["port"]["number"] == port))
-            .map(|p| &p["tls"])
-            .unwrap_or_else(|| panic!("{dir}: no TLS settings for port {port}"));
-        assert_eq!(tls["mode"], "SIMPLE", "{dir}");
-        assert_eq!(tls["sni"], host, "{dir}");
-        assert!(
-            tls.get("insecureSkipVerify").is_none_or(|v| v == false),
-            "{dir}"
-        );
     }
+}
+
+/// `cluster` (`outbound|PORT||HOST`) is a Kubernetes Service's, or a ServiceEntry's with TLS originated.
+fn cluster_exists(docs: &[Value], dir: &str, cluster: &str) {
+    let parts: Vec<&str> = cluster.split('|').collect();
+    assert!(
+        parts.len() == 4 && parts[0] == "outbound" && parts[2].is_empty(),
+        "{dir}: {cluster} is not an Istio outbound cluster name"
+    );
+    let port: u64 = parts[1].parse().expect("port");
+    let host = parts[3];
+    if host.ends_with(".svc.cluster.local") {
+        assert_eq!(
+            host.split('.').count(),
+            5,
+            "{dir}: SERVICE.NAMESPACE.svc.cluster.local"
+        );
+        return;
+    }
+    let entry = docs
+        .iter()
+        .filter(|d| d["kind"] == "ServiceEntry")
+        .map(|d| &d["spec"])
+        .find(|e| strings(&e["hosts"]).iter().any(|h| h == host))
+        .unwrap_or_else(|| panic!("{dir}: no ServiceEntry for {host}"));
+    assert_eq!(entry["location"], "MESH_EXTERNAL", "{dir}");
+    let se_port = entry["ports"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["number"] == port))
+        .unwrap_or_else(|| panic!("{dir}: no ServiceEntry port {port}"));
+    assert_eq!(
+        se_port["protocol"], "HTTP",
+        "{dir}: the callouts speak plain HTTP to the cluster"
+    );
+    assert_eq!(
+        strings(&entry["exportTo"]),
+        ["."],
+        "{dir}: keep the HTTP port 443 to the gateway"
+    );
+    let rule = docs
+        .iter()
+        .filter(|d| d["kind"] == "DestinationRule")
+        .map(|d| &d["spec"])
+        .find(|r| r["host"] == host)
+        .unwrap_or_else(|| panic!("{dir}: no DestinationRule for {host}"));
+    let tls = rule["trafficPolicy"]["portLevelSettings"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["port"]["number"] == port))
+        .map(|p| &p["tls"])
+        .unwrap_or_else(|| panic!("{dir}: no TLS settings for port {port}"));
+    assert_eq!(tls["mode"], "SIMPLE", "{dir}");
+    assert_eq!(tls["sni"], host, "{dir}");
+    assert!(
+        tls.get("insecureSkipVerify").is_none_or(|v| v == false),
+        "{dir}"
+    );
 }
 
 /// The Secret reaches the gateway container as the variables the WasmPlugin declares, every way we ship:
