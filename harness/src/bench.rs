@@ -1449,7 +1449,15 @@ impl Ctx<'_> {
                 ));
                 if v.chain == Chain::OidcIstio {
                     filters.push(self.jwt_authn(&idp_cluster, v.jwt_cache));
-                    filters.push(crate::envoy::rbac_filter(&[], &[], false));
+                    filters.push(crate::envoy::rbac_filter(
+                        &[crate::envoy::JwtIssuer {
+                            issuer: self.login.issuer.clone(),
+                            audiences: vec![self.login.client_id.clone()],
+                        }],
+                        &[],
+                        &[],
+                        false,
+                    ));
                 }
             }
             Chain::OAuth2 => filters.push(self.oauth2_filter(&idp_cluster)),

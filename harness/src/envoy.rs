@@ -1,8 +1,9 @@
 //! Envoy bootstraps shaped like what istiod generates for a gateway, and the Envoy process.
 //!
 //! Each site is a listener whose HTTP connection manager runs, in Istio's order: the Wasm filter
-//! (a `WasmPlugin` in phase AUTHN), `jwt_authn` (a `RequestAuthentication`), `rbac` (an
-//! `AuthorizationPolicy` with `requestPrincipals: ["*"]` plus the bypass paths) and the router.
+//! (a `WasmPlugin` in phase AUTHN), `jwt_authn` (a `RequestAuthentication`), `rbac` (the
+//! `AuthorizationPolicy` of `wasmplugin/base`: a token of the accepted issuers and audiences, except on
+//! the bypass paths) and the router.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -75,7 +76,8 @@ pub struct EnvoySite {
     pub client_id: String,
     /// The filter's configuration (sent as compact JSON, like Istio's `pluginConfig`).
     pub filter_config: Value,
-    /// Path prefixes the RBAC policy lets through without a principal.
+    /// The filter's bypass paths, which the RBAC policy lets through without a principal as the
+    /// AuthorizationPolicy's `notPaths` do ([`not_paths`]: `/healthz` and `/healthz/…`, not `/healthzx`).
     pub bypass_paths: Vec<String>,
     /// Exact paths the RBAC policy lets through without a principal: the back-channel logout
     /// endpoint, whose caller (the IdP) proves itself with the logout token the filter checks.
@@ -362,7 +364,12 @@ impl EnvoyConfig {
         let mut http_filters = vec![self.wasm_filter(site)?];
         if site.istio_authn {
             http_filters.push(self.jwt_authn(site, idp_cluster)?);
-            http_filters.push(rbac(site));
+            http_filters.push(rbac_filter(
+                &accepted_tokens(site, &self.issuer),
+                &site.bypass_paths,
+                &site.open_paths,
+                site.open_preflight,
+            ));
         }
         http_filters.push(json!({
             "name": "envoy.filters.http.router",
@@ -586,38 +593,124 @@ pub fn jwt_authn_filter(providers: Vec<(String, Value)>) -> Value {
     })
 }
 
-fn rbac(site: &EnvoySite) -> Value {
-    rbac_filter(&site.bypass_paths, &site.open_paths, site.open_preflight)
+/// The issuers a site's `jwt_authn` accepts tokens from, each with the audiences it accepts: what its
+/// RequestAuthentication's `jwtRules` say, and so what its login policy names.
+fn accepted_tokens(site: &EnvoySite, default_issuer: &str) -> Vec<JwtIssuer> {
+    if site.jwt_issuers.is_empty() {
+        vec![JwtIssuer {
+            issuer: default_issuer.to_string(),
+            audiences: vec![site.client_id.clone()],
+        }]
+    } else {
+        site.jwt_issuers.clone()
+    }
 }
 
-/// The `rbac` filter of an `AuthorizationPolicy` that requires a request principal (a token `jwt_authn`
-/// accepted), except on these path prefixes and exact paths, and for `OPTIONS` when `open_preflight`.
+/// The `notPaths` of an `AuthorizationPolicy` that exempt what the filter's `bypass_paths` exempt:
+/// prefixes that end at a path segment, so `/healthz` is `[/healthz, /healthz/*]` and `/acme/` is
+/// `[/acme, /acme/*]` (the filter still sends `/acme` itself to log in).
+pub fn not_paths(bypass_paths: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in bypass_paths {
+        let (exact, prefix) = match p.strip_suffix('/') {
+            Some(dir) => (dir.to_string(), format!("{p}*")),
+            None => (p.clone(), format!("{p}/*")),
+        };
+        for path in [exact, prefix] {
+            if !out.contains(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Envoy's path matcher for an `AuthorizationPolicy` path, as istiod writes it: a trailing `*` is a
+/// prefix, anything else exact.
+fn istio_path_matcher(path: &str) -> Value {
+    match path.strip_suffix('*') {
+        Some(prefix) => json!({ "prefix": prefix }),
+        None => json!({ "exact": path }),
+    }
+}
+
+/// Envoy's `or_match` of value matchers, as istiod writes it: one matcher stands alone (Envoy wants two
+/// or more in an `or_match`).
+fn or_matcher(mut matchers: Vec<Value>) -> Value {
+    if matchers.len() == 1 {
+        matchers.remove(0)
+    } else {
+        json!({ "or_match": { "value_matchers": matchers } })
+    }
+}
+
+/// A principal on a claim of the payload `jwt_authn` wrote (`payload_in_metadata: payload`).
+/// `sourced_metadata`: Envoy 1.40 deprecates the plain `metadata` principal.
+fn claim_principal(claim: &str, value: Value) -> Value {
+    json!({
+        "sourced_metadata": {
+            "metadata_matcher": {
+                "filter": "envoy.filters.http.jwt_authn",
+                "path": [{ "key": "payload" }, { "key": claim }],
+                "value": value,
+            },
+        },
+    })
+}
+
+/// The `rbac` filter istiod generates for the login policy (`wasmplugin/base/authorizationpolicy.yaml`),
+/// written as the ALLOW it amounts to: a request passes with a token `jwt_authn` accepted from one of
+/// `issuers` (`notRequestPrincipals: ["ISSUER/*"]`: that `iss`, any non-empty `sub`) whose `aud` names
+/// one of their audiences (`request.auth.audiences`: a string `aud` equal to one, or a list `aud` that
+/// holds one), or on the bypass paths (as `notPaths` from [`not_paths`]), the exact `open_paths`, and
+/// `OPTIONS` when `open_preflight`.
 pub fn rbac_filter(
-    bypass_prefixes: &[String],
+    issuers: &[JwtIssuer],
+    bypass_paths: &[String],
     open_paths: &[String],
     open_preflight: bool,
 ) -> Value {
+    let principal_of = |issuer: &JwtIssuer| {
+        json!({ "and_ids": { "ids": [
+            claim_principal("iss", json!({ "string_match": { "exact": issuer.issuer } })),
+            claim_principal("sub", json!({ "string_match": { "safe_regex": { "regex": ".+" } } })),
+        ] } })
+    };
+    let mut audiences: Vec<&String> = Vec::new();
+    for a in issuers.iter().flat_map(|i| &i.audiences) {
+        if !audiences.contains(&a) {
+            audiences.push(a);
+        }
+    }
+    let any_audience = or_matcher(
+        audiences
+            .iter()
+            .map(|a| json!({ "string_match": { "exact": a } }))
+            .collect(),
+    );
+    let audience = claim_principal(
+        "aud",
+        json!({ "or_match": { "value_matchers": [
+            { "list_match": { "one_of": any_audience } },
+            any_audience,
+        ] } }),
+    );
     let mut policies = serde_json::Map::new();
     policies.insert(
         "require-principal".into(),
         json!({
             "permissions": [{ "any": true }],
-            // `sourced_metadata`: Envoy 1.40 deprecates the plain `metadata` principal.
-            "principals": [{
-                "sourced_metadata": {
-                    "metadata_matcher": {
-                        "filter": "envoy.filters.http.jwt_authn",
-                        "path": [{ "key": "payload" }, { "key": "sub" }],
-                        "value": { "present_match": true },
-                    },
-                },
-            }],
+            "principals": [{ "and_ids": { "ids": [
+                { "or_ids": { "ids": issuers.iter().map(principal_of).collect::<Vec<_>>() } },
+                audience,
+            ] } }],
         }),
     );
-    if !bypass_prefixes.is_empty() || !open_paths.is_empty() || open_preflight {
-        let prefixes = bypass_prefixes.iter().map(|p| json!({ "prefix": p }));
+    if !bypass_paths.is_empty() || !open_paths.is_empty() || open_preflight {
+        let bypass = not_paths(bypass_paths);
+        let bypass = bypass.iter().map(|p| istio_path_matcher(p));
         let exact = open_paths.iter().map(|p| json!({ "exact": p }));
-        let mut rules: Vec<Value> = prefixes
+        let mut rules: Vec<Value> = bypass
             .chain(exact)
             .map(|m| json!({ "url_path": { "path": m } }))
             .collect();
@@ -1247,6 +1340,59 @@ mod tests {
         let rbac =
             filters[2]["typed_config"]["rules"]["policies"]["bypass"]["permissions"][0].to_string();
         assert!(rbac.contains(r#"{"exact":"/bc"}"#), "{rbac}");
+    }
+
+    /// The login policy as istiod renders it: our issuer (exactly) with any subject, one of our
+    /// audiences as a string or in a list, and the bypass paths at a segment boundary.
+    #[test]
+    fn the_rbac_policy_names_the_issuer_the_audiences_and_segment_bounded_bypass_paths() {
+        let issuers = [JwtIssuer {
+            issuer: "https://idp.example/realms/x".into(),
+            audiences: vec!["app".into()],
+        }];
+        let bypass = ["/healthz".to_string(), "/acme/".to_string()];
+        let v = rbac_filter(&issuers, &bypass, &["/bc".into()], false);
+        let policies = &v["typed_config"]["rules"]["policies"];
+        let paths: Vec<&Value> = policies["bypass"]["permissions"][0]["or_rules"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| &r["url_path"]["path"])
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                &json!({"exact": "/healthz"}),
+                &json!({"prefix": "/healthz/"}),
+                &json!({"exact": "/acme"}),
+                &json!({"prefix": "/acme/"}),
+                &json!({"exact": "/bc"}),
+            ]
+        );
+        let ids = &policies["require-principal"]["principals"][0]["and_ids"]["ids"];
+        let claim = |p: &Value, name: &str| {
+            let m = &p["sourced_metadata"]["metadata_matcher"];
+            assert_eq!(m["path"], json!([{"key": "payload"}, {"key": name}]));
+            m["value"].clone()
+        };
+        let issuer = &ids[0]["or_ids"]["ids"][0]["and_ids"]["ids"];
+        assert_eq!(
+            claim(&issuer[0], "iss"),
+            json!({"string_match": {"exact": "https://idp.example/realms/x"}})
+        );
+        assert_eq!(
+            claim(&issuer[1], "sub"),
+            json!({"string_match": {"safe_regex": {"regex": ".+"}}})
+        );
+        let one_of = json!({"string_match": {"exact": "app"}});
+        assert_eq!(
+            claim(&ids[1], "aud"),
+            json!({"or_match": {"value_matchers": [{"list_match": {"one_of": one_of}}, one_of]}})
+        );
+        assert_eq!(
+            not_paths(&bypass),
+            ["/healthz", "/healthz/*", "/acme", "/acme/*"]
+        );
     }
 
     #[test]

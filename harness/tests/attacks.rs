@@ -1245,13 +1245,7 @@ fn refused_everywhere(targets: &[&[u8]], extra: &[u8]) {
 #[test]
 fn the_bypass_path_itself_reaches_the_app_which_is_the_control_for_every_bypass_trick() {
     for site in [APP, BARE] {
-        for target in [
-            "/healthz",
-            "/healthz/",
-            "/healthz/live",
-            "/healthz?x=1",
-            "/healthz;v=1",
-        ] {
+        for target in ["/healthz", "/healthz/", "/healthz/live", "/healthz?x=1"] {
             let (status, _, body) = raw_get(site, target.as_bytes(), b"");
             assert_eq!(status, 200, "{site} {target}: {body}");
             assert!(from_app(&body));
@@ -1261,6 +1255,14 @@ fn the_bypass_path_itself_reaches_the_app_which_is_the_control_for_every_bypass_
         let (status, _, body) = raw_get(site, b"/admin", b"");
         assert_eq!(status, 401, "{body}");
     }
+    // A path parameter: the filter reads `/healthz;v=1` as its bypass path `/healthz` and lets it
+    // pass, but the AuthorizationPolicy's `notPaths` (`/healthz`, `/healthz/*`) match the path as
+    // Envoy has it, parameter included: behind the Istio chain it needs a login like any other path.
+    let (status, _, body) = raw_get(BARE, b"/healthz;v=1", b"");
+    assert_eq!(status, 200, "{body}");
+    assert!(from_app(&body));
+    let (status, _, body) = raw_get(APP, b"/healthz;v=1", b"");
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
 }
 
 #[test]

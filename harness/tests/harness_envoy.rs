@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use harness::browser::query_param;
-use harness::idp::{ClientAuth, jwt_payload, token_request};
+use harness::idp::{ClientAuth, Forge, forge_id_token, jwt_payload, token_request};
 use harness::idp_hold;
 use harness::{
     Browser, Mode, SiteSpec, Stack, StackSpec, demo, envoy, passthrough_wasm, workspace_root,
@@ -233,6 +233,26 @@ fn jwt_authn_accepts_the_idps_id_tokens_for_its_own_audience() {
         "{}",
         other.body
     );
+
+    // An `aud` list passes the RBAC policy when it holds the client, as Istio's
+    // `request.auth.audiences` does (the string `aud` above is the other shape).
+    let now = harness::unix_now();
+    let forged = |aud: serde_json::Value| {
+        let claims = json!({
+            "iss": stack().issuer(), "sub": "alice", "aud": aud, "iat": now, "exp": now + 300,
+        });
+        let jwks = stack().idp_jwks_file().unwrap();
+        let token = forge_id_token(jwks, Forge::Rs256, &json!({}), &claims).unwrap();
+        b.get_with(
+            &a.url("/private"),
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .unwrap()
+    };
+    let listed = forged(json!(["another-client", "site-a"]));
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let absent = forged(json!(["another-client", "site-b"]));
+    assert_eq!(absent.status, 403, "{}", absent.body);
 
     // A tampered token fails verification.
     let tampered = format!("{}x", &bearer);

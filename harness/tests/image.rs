@@ -272,9 +272,11 @@ fn round_trip(name: &str, format: Format, optimize: bool) -> (String, Vec<u8>, P
     )
 }
 
-/// Istio's `pkg/wasm/imagefetcher.go`, rule for rule: Docker manifests take the last layer as Docker
-/// tar+gzip; anything else is tried as the compat variant (last layer OCI tar+gzip), then as the two-layer
-/// artifact (the layer of the Wasm content type, raw).
+/// Istio's `pkg/wasm/imagefetcher.go` as of Istio 1.16 (istio/istio#40647), so in every release this
+/// project supports (1.22 on), rule for rule: Docker manifests take the last of one or more layers as
+/// Docker tar+gzip; anything else is tried as the compat variant (the last layer, OCI tar+gzip), then as
+/// the two-layer artifact (the layer of the Wasm content type, raw). (Up to 1.15 the compat variant had
+/// to have exactly one layer; the `docker` and `oci` formats have one, as `check` asserts.)
 fn istio_extract(pulled: &Pulled) -> Result<Vec<u8>, String> {
     let layers = pulled.manifest["layers"].as_array().ok_or("no layers")?;
     let last = layers

@@ -1,8 +1,9 @@
 //! The Istio manifests in `wasmplugin/`: every resource, raw and as kustomize builds it, against Istio's CRD
 //! schemas (`testdata/istio`, as Istio publishes them), the CEL rules of those schemas checked by hand, and
 //! the cross-resource facts the filter relies on (secrets only through `vmConfig.env`, bypass paths equal to
-//! the policy's `notPaths`, the IdP cluster the callouts name exists, the pluginConfig the filter accepts and
-//! the local Envoy tests use).
+//! the policy's `notPaths`, the policy naming the RequestAuthentication's issuer and audiences, the IdP
+//! clusters the callouts name (issuer and JWKS hosts) exist, a gateway of the login's own, the
+//! pluginConfig the filter accepts and the local Envoy tests use).
 //!
 //! The schema check is a small structural-schema validator (types, properties, unknown fields, required,
 //! enum, pattern, lengths, bounds, list maps, anyOf/oneOf/allOf/not) rather than a JSON-Schema crate: the
@@ -51,6 +52,13 @@ const ENVIRONMENT_FIELDS: [&str; 6] = [
     "cookie_secure",
     "post_logout_redirect_uri",
 ];
+
+/// The `sha256` the shipped WasmPlugins carry until someone sets the image's digest: not 64 hex digits, so
+/// the CRD's pattern refuses it and `kubectl apply` fails, rather than the gateway failing the checksum
+/// and denying every request (what an all-zero digest, which the pattern takes, would do).
+const SHA256_PLACEHOLDER: &str = "REPLACE-WITH-THE-DIGEST-OCI-IMAGE-PRINTS";
+/// A digest of the right form, put in the placeholder's place to validate the rest of a WasmPlugin.
+const SOME_DIGEST: &str = "3b1f0c6e9a5d4f27b8e1c0d9a6f3e2b7c4d5a8f90e1b2c3d4e5f6a7b8c9d0e1f";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -144,6 +152,33 @@ enum Mode {
     Full,
     /// A patch: fields may be missing, but what is there must be valid.
     Partial,
+}
+
+/// [`validate_resource`] for a shipped resource: a WasmPlugin's placeholder `sha256` must be refused by the
+/// CRD, for that alone, and the rest is then validated with a digest in its place.
+fn validate_shipped(doc: &Value, mode: Mode) -> Vec<String> {
+    if doc["kind"] != "WasmPlugin" || doc["spec"]["sha256"] != SHA256_PLACEHOLDER {
+        return validate_resource(doc, mode);
+    }
+    let mut errors: Vec<String> = validate_resource(doc, mode)
+        .into_iter()
+        .filter(|e| !e.starts_with("WasmPlugin.spec.sha256:"))
+        .collect();
+    let mut with_digest = doc.clone();
+    with_digest["spec"]["sha256"] = json!(SOME_DIGEST);
+    let rest = validate_resource(&with_digest, mode);
+    if rest != errors {
+        errors.push(format!(
+            "the placeholder sha256 is not refused for its pattern alone: {rest:?}"
+        ));
+    }
+    let refused = validate_resource(doc, mode)
+        .iter()
+        .any(|e| e.starts_with("WasmPlugin.spec.sha256:") && e.contains("does not match"));
+    if !refused {
+        errors.push("the CRD's pattern takes the placeholder sha256".into());
+    }
+    errors
 }
 
 /// Validates an Istio resource against its CRD; returns the problems.
@@ -724,14 +759,11 @@ fn behaviour(config: &Config) -> String {
     format!("{paths:?} {protocol:?} {cookie:?} {times:?}")
 }
 
-/// `notPaths` that exempt exactly what the filter's `bypass_paths` exempt (segment-boundary prefixes).
+/// `notPaths` that exempt exactly what the filter's `bypass_paths` exempt (segment-boundary prefixes), the
+/// ones the local Envoy tests' RBAC policy lets through too.
 fn not_paths_for(bypass_paths: &[String]) -> BTreeSet<String> {
-    bypass_paths
-        .iter()
-        .flat_map(|p| match p.strip_suffix('/') {
-            Some(dir) => [dir.to_string(), format!("{p}*")],
-            None => [p.clone(), format!("{p}/*")],
-        })
+    harness::envoy::not_paths(bypass_paths)
+        .into_iter()
         .collect()
 }
 
@@ -782,7 +814,7 @@ fn every_istio_file_matches_its_crd() {
             };
             checked += 1;
             errors.extend(
-                validate_resource(doc, mode)
+                validate_shipped(doc, mode)
                     .into_iter()
                     .map(|e| format!("{rel}: {e}")),
             );
@@ -799,7 +831,7 @@ fn kustomize_builds_match_the_crds() {
         let Some(docs) = build(dir) else { return };
         for doc in docs.iter().filter(|d| is_istio(d)) {
             errors.extend(
-                validate_resource(doc, Mode::Full)
+                validate_shipped(doc, Mode::Full)
                     .into_iter()
                     .map(|e| format!("{dir}: {e}")),
             );
@@ -827,7 +859,7 @@ fn the_deploy_guide_snippets_match_the_crds() {
                     Mode::Full
                 };
             errors.extend(
-                validate_resource(doc, mode)
+                validate_shipped(doc, mode)
                     .into_iter()
                     .map(|e| format!("README.md: {e}")),
             );
@@ -933,11 +965,17 @@ fn the_wasmplugin_is_what_istio_and_the_filter_need() {
         assert_eq!(plugin["failStrategy"], "FAIL_RELOAD", "{dir}");
         let url = plugin["url"].as_str().expect("url");
         assert!(url.starts_with("oci://"), "{dir}: {url}");
+        // Either the placeholder the API server refuses (kind: setup.sh puts the real digest in its
+        // place), or a digest: never one the schema takes that is no image's (empty: nothing checked;
+        // all zeros: a checksum mismatch, and the gateway denying every request).
         let sha = plugin["sha256"].as_str().expect("sha256");
-        assert!(
-            sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
-            "{dir}: {sha}"
-        );
+        if sha != SHA256_PLACEHOLDER {
+            assert!(
+                sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{dir}: {sha}"
+            );
+            assert!(!placeholder_digest(sha), "{dir}: {sha} is a placeholder");
+        }
 
         // Secrets reach the module only as host environment variables, never inline in the resource.
         let config = &plugin["pluginConfig"];
@@ -1022,12 +1060,29 @@ fn policies_agree_with_the_filter() {
         );
         assert_eq!(rules[0]["forwardOriginalToken"], true, "{dir}");
 
+        // DENY without a token of our issuer (rule 0), or with one for another client (rule 1), on the
+        // same protected hosts and paths. A bare `*` would take any issuer that any RequestAuthentication
+        // on the gateway lists (a mesh-wide one too); request principals are `ISSUER/SUBJECT`.
         assert_eq!(authz["spec"]["action"], "DENY", "{dir}");
-        let rule = &authz["spec"]["rules"][0];
+        let policy_rules = authz["spec"]["rules"].as_array().expect("rules");
+        assert_eq!(policy_rules.len(), 2, "{dir}: {policy_rules:?}");
+        let (rule, audience_rule) = (&policy_rules[0], &policy_rules[1]);
+        let issuer = rules[0]["issuer"].as_str().expect("issuer");
         assert_eq!(
-            strings(&rule["from"][0]["source"]["notRequestPrincipals"]),
-            ["*"],
-            "{dir}"
+            rule["from"],
+            json!([{"source": {"notRequestPrincipals": [format!("{issuer}/*")]}}]),
+            "{dir}: the principals of our issuer, any subject"
+        );
+        assert!(rule.get("when").is_none(), "{dir}");
+        assert!(audience_rule.get("from").is_none(), "{dir}");
+        assert_eq!(
+            audience_rule["when"],
+            json!([{"key": "request.auth.audiences", "notValues": rules[0]["audiences"]}]),
+            "{dir}: the audiences jwt_authn accepts for our issuer"
+        );
+        assert_eq!(
+            rule["to"], audience_rule["to"],
+            "{dir}: both rules protect the same hosts and paths"
         );
         let operation = &rule["to"][0]["operation"];
         let bypass = strings(&config["bypass_paths"]);
@@ -1048,67 +1103,95 @@ fn policies_agree_with_the_filter() {
     }
 }
 
-/// The callouts go to `idp_cluster` or to `outbound|PORT||HOST` of each IdP URL; that cluster must exist
-/// on the gateway: a Kubernetes Service, or a ServiceEntry port speaking HTTP with TLS originated by a
-/// DestinationRule.
+/// The clusters the filter's callouts name exist on the gateway: a Kubernetes Service, or a ServiceEntry
+/// port speaking HTTP with TLS originated by a DestinationRule.
+///
+/// With `idp_cluster` every callout goes to that one cluster. Without it, the filter names a cluster
+/// after each URL it calls, `outbound|PORT||HOST`: the issuer's (discovery), and the JWKS and token
+/// endpoints the discovery document names. The manifests know two of those URLs: the issuer, and the
+/// JWKS URL (the RequestAuthentication's `jwksUri`, which for an IdP outside the cluster is the one its
+/// discovery document names), so both hosts are checked. The token endpoint's host is in no manifest
+/// and is not checked here; the shipped overlays' IdP, Keycloak, serves it on the issuer's host
+/// (`ISSUER/protocol/openid-connect/token`).
 #[test]
-fn the_idp_cluster_exists_on_the_gateway() {
+fn the_idp_clusters_exist_on_the_gateway() {
     for dir in DEPLOYABLE {
         let Some(docs) = build(dir) else { return };
         let config = &find(&docs, "WasmPlugin")["spec"]["pluginConfig"];
-        let cluster = match config["idp_cluster"].as_str() {
-            Some(c) => c.to_string(),
-            None => harness::envoy::cluster_name(config["issuer"].as_str().expect("issuer"))
-                .expect("cluster name"),
+        let clusters = match config["idp_cluster"].as_str() {
+            Some(c) => vec![("idp_cluster", c.to_string())],
+            None => {
+                let jwks = &find(&docs, "RequestAuthentication")["spec"]["jwtRules"][0]["jwksUri"];
+                [("issuer", &config["issuer"]), ("jwksUri", jwks)]
+                    .into_iter()
+                    .map(|(what, url)| {
+                        let url = url.as_str().unwrap_or_else(|| panic!("{dir}: {what}"));
+                        let cluster = harness::envoy::cluster_name(url).expect("cluster name");
+                        (what, cluster)
+                    })
+                    .collect()
+            }
         };
-        let parts: Vec<&str> = cluster.split('|').collect();
-        assert!(
-            parts.len() == 4 && parts[0] == "outbound" && parts[2].is_empty(),
-            "{dir}: {cluster} is not an Istio outbound cluster name"
-        );
-        let port: u64 = parts[1].parse().expect("port");
-        let host = parts[3];
-        if host.ends_with(".svc.cluster.local") {
-            assert_eq!(
-                host.split('.').count(),
-                5,
-                "{dir}: SERVICE.NAMESPACE.svc.cluster.local"
-            );
-            continue;
+        for (what, cluster) in clusters {
+            cluster_exists(&docs, &format!("{dir} ({what})"), &cluster);
         }
-        let entry = &find(&docs, "ServiceEntry")["spec"];
-        assert!(
-            strings(&entry["hosts"]).iter().any(|h| h == host),
-            "{dir}: {host} in the ServiceEntry"
-        );
-        assert_eq!(entry["location"], "MESH_EXTERNAL", "{dir}");
-        let se_port = entry["ports"]
-            .as_array()
-            .and_then(|p| p.iter().find(|p| p["number"] == port))
-            .unwrap_or_else(|| panic!("{dir}: no ServiceEntry port {port}"));
-        assert_eq!(
-            se_port["protocol"], "HTTP",
-            "{dir}: the callouts speak plain HTTP to the cluster"
-        );
-        assert_eq!(
-            strings(&entry["exportTo"]),
-            ["."],
-            "{dir}: keep the HTTP port 443 to the gateway"
-        );
-        let rule = &find(&docs, "DestinationRule")["spec"];
-        assert_eq!(rule["host"], host, "{dir}");
-        let tls = rule["trafficPolicy"]["portLevelSettings"]
-            .as_array()
-            .and_then(|p| p.iter().find(|p| p["port"]["number"] == port))
-            .map(|p| &p["tls"])
-            .unwrap_or_else(|| panic!("{dir}: no TLS settings for port {port}"));
-        assert_eq!(tls["mode"], "SIMPLE", "{dir}");
-        assert_eq!(tls["sni"], host, "{dir}");
-        assert!(
-            tls.get("insecureSkipVerify").is_none_or(|v| v == false),
-            "{dir}"
-        );
     }
+}
+
+/// `cluster` (`outbound|PORT||HOST`) is a Kubernetes Service's, or a ServiceEntry's with TLS originated.
+fn cluster_exists(docs: &[Value], dir: &str, cluster: &str) {
+    let parts: Vec<&str> = cluster.split('|').collect();
+    assert!(
+        parts.len() == 4 && parts[0] == "outbound" && parts[2].is_empty(),
+        "{dir}: {cluster} is not an Istio outbound cluster name"
+    );
+    let port: u64 = parts[1].parse().expect("port");
+    let host = parts[3];
+    if host.ends_with(".svc.cluster.local") {
+        assert_eq!(
+            host.split('.').count(),
+            5,
+            "{dir}: SERVICE.NAMESPACE.svc.cluster.local"
+        );
+        return;
+    }
+    let entry = docs
+        .iter()
+        .filter(|d| d["kind"] == "ServiceEntry")
+        .map(|d| &d["spec"])
+        .find(|e| strings(&e["hosts"]).iter().any(|h| h == host))
+        .unwrap_or_else(|| panic!("{dir}: no ServiceEntry for {host}"));
+    assert_eq!(entry["location"], "MESH_EXTERNAL", "{dir}");
+    let se_port = entry["ports"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["number"] == port))
+        .unwrap_or_else(|| panic!("{dir}: no ServiceEntry port {port}"));
+    assert_eq!(
+        se_port["protocol"], "HTTP",
+        "{dir}: the callouts speak plain HTTP to the cluster"
+    );
+    assert_eq!(
+        strings(&entry["exportTo"]),
+        ["."],
+        "{dir}: keep the HTTP port 443 to the gateway"
+    );
+    let rule = docs
+        .iter()
+        .filter(|d| d["kind"] == "DestinationRule")
+        .map(|d| &d["spec"])
+        .find(|r| r["host"] == host)
+        .unwrap_or_else(|| panic!("{dir}: no DestinationRule for {host}"));
+    let tls = rule["trafficPolicy"]["portLevelSettings"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["port"]["number"] == port))
+        .map(|p| &p["tls"])
+        .unwrap_or_else(|| panic!("{dir}: no TLS settings for port {port}"));
+    assert_eq!(tls["mode"], "SIMPLE", "{dir}");
+    assert_eq!(tls["sni"], host, "{dir}");
+    assert!(
+        tls.get("insecureSkipVerify").is_none_or(|v| v == false),
+        "{dir}"
+    );
 }
 
 /// The Secret reaches the gateway container as the variables the WasmPlugin declares, every way we ship:
@@ -1153,12 +1236,78 @@ fn the_gateway_environment_carries_the_declared_variables() {
             );
         }
     }
-    let Some(docs) = build("base") else { return };
-    assert_eq!(
-        find(&docs, "WasmPlugin")["metadata"]["namespace"],
-        secret["metadata"]["namespace"],
-        "the Secret lives beside the gateway"
+    // The Secret lives beside the gateway: it names no namespace, so `kubectl -n` decides, and the
+    // command that creates it names the manifests' namespace.
+    assert!(
+        secret["metadata"].get("namespace").is_none(),
+        "secret.example.yaml: no namespace of its own"
     );
+    let Some(docs) = build("base") else { return };
+    let namespace = find(&docs, "WasmPlugin")["metadata"]["namespace"]
+        .as_str()
+        .expect("namespace")
+        .to_string();
+    let text = fs::read_to_string(dir.join("secret.example.yaml")).unwrap();
+    let create = format!("kubectl -n {namespace} create secret generic {secret_name}");
+    assert!(text.contains(&create), "secret.example.yaml: {create}");
+}
+
+/// The release name of the istio/gateway chart that `text` installs (`helm upgrade --install NAME
+/// istio/gateway`), the first one.
+fn gateway_release(text: &str) -> Option<&str> {
+    text.split("upgrade --install").skip(1).find_map(|rest| {
+        let mut words = rest.split_whitespace();
+        let name = words.next()?;
+        (words.next()? == "istio/gateway").then_some(name)
+    })
+}
+
+/// The filter and its policies attach to a gateway of the protected hosts' own, never to the shared
+/// default one (`istio: ingressgateway`), where every other app would be sent to log in and its own
+/// Bearer tokens refused: the istio/gateway release that the guide, the chart values and the kind demo
+/// install, whose pods the chart labels `istio: RELEASE` (less a leading `istio-`).
+#[test]
+fn the_manifests_attach_to_a_gateway_of_their_own() {
+    let dir = wasmplugin_dir();
+    let setup = fs::read_to_string(dir.join("kind/setup.sh")).unwrap();
+    let release = gateway_release(&setup).expect("setup.sh installs an istio/gateway release");
+    let label = release.strip_prefix("istio-").unwrap_or(release);
+    assert_ne!(label, "ingressgateway", "the shared default gateway");
+    let selector = json!({"matchLabels": {"istio": label}});
+
+    for (file, what) in [
+        ("gateway/values.yaml", "helm upgrade --install"),
+        ("gateway/deployment-patch.yaml", "patch deployment"),
+    ] {
+        let text = fs::read_to_string(dir.join(file)).unwrap();
+        assert!(
+            text.contains(&format!("{what} {release} ")),
+            "{file}: {what} {release}"
+        );
+    }
+    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    assert_eq!(gateway_release(&readme), Some(release), "README.md");
+    assert!(
+        setup.contains(&format!("svc/{release} ")),
+        "setup.sh forwards to {release}"
+    );
+    let demo = read_yaml(&dir.join("kind/apps/gateway.yaml"));
+    assert_eq!(
+        json!({"matchLabels": find(&demo, "Gateway")["spec"]["selector"]}),
+        selector,
+        "the kind demo's Gateway"
+    );
+
+    for build_dir in ["base", "overlays/example", "overlays/in-cluster", "kind"] {
+        let Some(docs) = build(build_dir) else { return };
+        for kind in ["WasmPlugin", "RequestAuthentication", "AuthorizationPolicy"] {
+            assert_eq!(
+                find(&docs, kind)["spec"]["selector"],
+                selector,
+                "{build_dir}: {kind}"
+            );
+        }
+    }
 }
 
 /// The `deployment` patch of the ConfigMap that components/gateway-api's Gateway names.
@@ -1344,6 +1493,41 @@ fn collect_string_values(v: &Value, out: &mut Vec<String>) {
         Value::Array(items) => items.iter().for_each(|v| collect_string_values(v, out)),
         _ => {}
     }
+}
+
+/// A 64-hex `sha256` no image has: a real digest uses most of the 16 digits (all zeros, `abab…` do not).
+fn placeholder_digest(sha: &str) -> bool {
+    sha.bytes().collect::<BTreeSet<u8>>().len() < 8
+}
+
+/// The kind demo applies its WasmPlugin with the digest `oci-image` printed in the placeholder's place.
+#[test]
+fn setup_sh_replaces_the_placeholder_digest() {
+    let script = fs::read_to_string(wasmplugin_dir().join("kind/setup.sh")).unwrap();
+    assert!(
+        script.contains(r#"sed "s/^  sha256: .*/  sha256: $digest/""#),
+        "setup.sh no longer puts the digest in the WasmPlugin"
+    );
+    if build("kind").is_none() {
+        return;
+    }
+    // What `kubectl kustomize wasmplugin/kind` prints, as the script pipes it to sed.
+    let cmd = kustomize_cmd().expect("kustomize");
+    let output = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .arg(wasmplugin_dir().join("kind"))
+        .output()
+        .expect("run kustomize");
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("  sha256: "))
+            .collect::<Vec<_>>(),
+        [format!("  sha256: {SHA256_PLACEHOLDER}")],
+        "the line setup.sh rewrites"
+    );
+    assert!(placeholder_digest(&"0".repeat(64)));
+    assert!(!placeholder_digest(SOME_DIGEST));
 }
 
 #[test]

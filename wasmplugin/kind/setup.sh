@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # oidc-filter on a local kind cluster, from nothing to a browser that logs in:
-#   Istio (Helm), an ingress gateway whose environment carries the filter's secrets, Keycloak, an echo app,
+#   Istio (Helm), an ingress gateway of the login's own (the istio/gateway release `oidc-ingressgateway`)
+#   whose environment carries the filter's secrets, Keycloak, an echo app,
 #   an OCI registry in the cluster, the filter built, packed by `oci-image` and pushed there, and the
 #   WasmPlugin, RequestAuthentication and AuthorizationPolicy of wasmplugin/kind.
 #
@@ -106,8 +107,8 @@ up() {
   "${KUBECTL[@]}" -n keycloak create configmap keycloak-realm --from-file=demo.json="$STATE/realm.json" \
     --dry-run=client -o yaml | "${KUBECTL[@]}" apply -f -
 
-  log "ingress gateway, its environment from the Secret (wasmplugin/gateway/values.yaml)"
-  helm --kube-context "kind-$CLUSTER" upgrade --install istio-ingressgateway istio/gateway \
+  log "the login's own gateway, its environment from the Secret (wasmplugin/gateway/values.yaml)"
+  helm --kube-context "kind-$CLUSTER" upgrade --install oidc-ingressgateway istio/gateway \
     -n istio-ingress --version "$ISTIO_VERSION" -f "$ROOT/wasmplugin/gateway/values.yaml" \
     --set service.type=ClusterIP --wait
 
@@ -129,11 +130,12 @@ up() {
   [[ $digest =~ ^[0-9a-f]{64}$ ]] || die "oci-image printed '$digest', not a digest"
 
   log "WasmPlugin (sha256 $digest), RequestAuthentication, AuthorizationPolicy"
-  # The overlay carries a placeholder digest; the WasmPlugin is the only resource with a spec.sha256.
+  # The overlay carries a placeholder digest (which the API server refuses); the WasmPlugin is the only
+  # resource with a spec.sha256.
   "${KUBECTL[@]}" kustomize "$KIND_DIR" | sed "s/^  sha256: .*/  sha256: $digest/" |
     "${KUBECTL[@]}" apply -f -
 
-  forward gateway istio-ingress svc/istio-ingressgateway "$APP_PORT:80"
+  forward gateway istio-ingress svc/oidc-ingressgateway "$APP_PORT:80"
   forward keycloak keycloak svc/keycloak "$KEYCLOAK_PORT:8080"
   log "waiting for the gateway to load the filter (a browser is sent to /login, and from there to Keycloak)"
   local location param
