@@ -424,6 +424,10 @@ fn a_token_endpoint_slower_than_the_timeout_gives_504_at_the_timeout() {
 
 /// Longer than the pause a renewal that met an outage leaves on its worker (5 s, in whole seconds).
 const RENEWAL_PAUSE: Duration = Duration::from_secs(6);
+/// Envoy's worker threads (the harness's `--concurrency`): each pauses its own renewals.
+const WORKERS: u64 = 2;
+/// Requests on an expired session, one after the other, during each IdP fault.
+const EXPIRED_REQUESTS: u64 = 12;
 
 #[test]
 fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_returns() {
@@ -462,14 +466,20 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
             std::thread::sleep(RENEWAL_PAUSE);
         }
         let _down = Fault::set(mode.clone());
+        // From here each call to the IdP is a connection of its own to the proxy: it closes each
+        // connection after its one answer, or (hanging) until Envoy gives up on it at the timeout.
+        let asked_before = stack().idp_proxy().accepted();
+        let t = Instant::now();
         // A live session: forwarded as usual, on both workers, without asking the IdP.
         for _ in 0..10 {
             let r = get(APP, &live, false);
             assert_eq!(r.status, 200, "{mode:?}: {}", r.body);
             assert_eq!(bearer(&r).unwrap(), format!("Bearer {}", token.expose()));
         }
-        // Expired: fail closed with a clear 503, but keep the cookie for when the IdP is back.
-        for browser in [false, true] {
+        // Expired: fail closed with a clear 503, but keep the cookie for when the IdP is back. One
+        // request after another, each on a connection of its own (either worker).
+        for i in 0..EXPIRED_REQUESTS {
+            let browser = i % 2 == 1;
             let r = get(APP, &expired, browser);
             assert_eq!(r.status, 503, "{mode:?} browser={browser}: {}", r.body);
             assert!(r.header("retry-after").is_some());
@@ -487,16 +497,29 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
         }
         // Due for refresh: the IdP fails (within the 2 s timeout), or the worker's renewals are
         // paused by the failure above; the old token still goes up.
-        let t = Instant::now();
+        let sent = Instant::now();
         let r = get(APP, &due, false);
         assert!(
-            t.elapsed() < Duration::from_secs(4),
+            sent.elapsed() < Duration::from_secs(4),
             "{mode:?}: {:?}",
-            t.elapsed()
+            sent.elapsed()
         );
         assert_eq!(r.status, 200, "{mode:?}: {}", r.body);
         assert_eq!(bearer(&r).unwrap(), format!("Bearer {}", token.expose()));
         assert!(!clears_session(&r));
+        // The IdP was not asked once per renewal (a down IdP then gets every expired session's
+        // every request, and each of them waits out its timeout when it hangs): each worker asks
+        // once, and after that failure at most once more per pause (5 s, over 4 s in whole
+        // seconds), one probe at a time.
+        let took = t.elapsed();
+        let asked = stack().idp_proxy().accepted() - asked_before;
+        let at_most = WORKERS * (1 + took.as_secs() / 4);
+        assert!(
+            asked <= at_most,
+            "{mode:?}: the IdP was asked {asked} times in {took:?} (at most {at_most}) for {} \
+             requests that needed a renewal",
+            EXPIRED_REQUESTS + 8 + 1
+        );
     }
     assert!(stat("refresh_failures") > failures);
 
