@@ -730,19 +730,72 @@ fn callback_with_client_secret_post_sends_the_secret_in_the_body() {
 #[test]
 fn a_callout_and_what_waits_for_it_print_no_secret() {
     for auth in ["client_secret_basic", "client_secret_post"] {
+        // The code exchange: the body holds the code and the verifier (and the client secret, posted),
+        // the login waiting for it its nonce and sealed login cookie.
         let mut f = Filter::ready(config(json!({"token_endpoint_auth": auth})));
         let l = start_login(&mut f, "");
         let step = f.request(&l.callback("code-1", &Jar::default()));
         let printed = format!("{step:?}");
+        assert!(printed.contains("Pending::Code"), "{printed}");
         let (c, _) = call(step);
-        let basic = header(&c.headers, "authorization").map(str::to_string);
-        for secret in [CLIENT_SECRET, "code-1", l.sealed.verifier.expose()]
-            .into_iter()
-            .chain(basic.as_deref())
-        {
-            assert!(!printed.contains(secret), "{auth}: {printed}");
-        }
+        assert_prints_no_secret(
+            &printed,
+            &c,
+            &[
+                CLIENT_SECRET,
+                "code-1",
+                l.sealed.verifier.expose(),
+                &l.nonce,
+                &l.cookie_value,
+            ],
+        );
         assert!(printed.contains("idp.example.com"), "{printed}");
+
+        // A refresh: the body holds the refresh token, and the request waiting for it the session (its
+        // sealed cookie, ID token and refresh token).
+        let mut f = Filter::ready(config(json!({"token_endpoint_auth": auth})));
+        let (jar, id_token) = due_for_refresh(&mut f);
+        let step = f.request(&Req::browser("/app").cookies(&jar));
+        let printed = format!("{step:?}");
+        assert!(printed.contains("Pending::Refresh"), "{printed}");
+        let (c, _) = call(step);
+        assert_eq!(form(c.body.as_deref().unwrap())["refresh_token"], "rt-1");
+        assert_prints_no_secret(
+            &printed,
+            &c,
+            &[
+                CLIENT_SECRET,
+                "rt-1",
+                &id_token,
+                jar.get("_oidc_session").unwrap(),
+            ],
+        );
+    }
+}
+
+/// `printed` (a step's `Debug`) holds none of `secrets`, nor the callout's `Authorization` or body as
+/// sent (the body as text, and each secret value as encoded there), neither as text nor as the list of
+/// numbers `Debug` makes of bytes.
+fn assert_prints_no_secret(printed: &str, c: &oidc_filter::flow::Callout, secrets: &[&str]) {
+    let body = String::from_utf8_lossy(c.body.as_deref().unwrap()).into_owned();
+    let sent: Vec<&str> = body
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| !["grant_type", "client_id", "redirect_uri", "scope"].contains(k))
+        .map(|(_, v)| v)
+        .collect();
+    let authorization = header(&c.headers, "authorization");
+    for secret in secrets
+        .iter()
+        .copied()
+        .chain(sent)
+        .chain(authorization)
+        .chain([body.as_str()])
+    {
+        assert!(!printed.contains(secret), "{secret:?} in {printed}");
+        let as_bytes = format!("{:?}", secret.as_bytes());
+        let as_bytes = &as_bytes[1..as_bytes.len() - 1];
+        assert!(!printed.contains(as_bytes), "{secret:?} in {printed}");
     }
 }
 
