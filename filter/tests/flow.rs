@@ -1622,6 +1622,9 @@ fn a_token_within_the_refresh_margin_is_refreshed() {
     let body = form(c.body.as_deref().unwrap());
     assert_eq!(body["grant_type"], "refresh_token");
     assert_eq!(body["refresh_token"], "rt-1");
+    // The granted scopes are the default (RFC 6749 6), and some IdPs refuse scopes they dropped at login:
+    // none are sent, except to Microsoft (below).
+    assert!(!body.contains_key("scope"), "{body:?}");
 
     let new_token = mint(&refreshed_claims(f.now));
     let fwd = forward(f.reply(
@@ -1651,6 +1654,55 @@ fn a_token_within_the_refresh_margin_is_refreshed() {
     let new = forward(f.request(&Req::browser("/").cookies(&jar)));
     assert_eq!(bearer(&new), format!("Bearer {new_token}"));
     assert!(new.set_cookies.is_empty());
+}
+
+/// Microsoft's identity platform wants the scopes again on a refresh (its own libraries send them): without
+/// them a login that asked for an API's scope would be renewed without it.
+#[test]
+fn a_refresh_at_microsoft_sends_the_scopes_again() {
+    const ENTRA: &str = "https://login.microsoftonline.com/t/v2.0";
+    let mut f = Filter::new(config(json!({
+        "issuer": ENTRA,
+        "scopes": ["openid", "offline_access", "api://x/read"],
+    })));
+    let (c, fetch) = f.poll().expect("discovery is due");
+    assert_eq!(fetch, Fetch::Discovery);
+    assert_eq!(
+        header(&c.headers, ":path"),
+        Some("/t/v2.0/.well-known/openid-configuration")
+    );
+    let discovery = String::from_utf8(DISCOVERY.to_vec()).unwrap().replace(
+        &format!("\"issuer\": \"{ISSUER}\""),
+        &format!("\"issuer\": \"{ENTRA}\""),
+    );
+    assert!(discovery.contains(ENTRA));
+    f.provider_reply(fetch, Some((200, discovery.as_bytes())))
+        .unwrap();
+    let (_, fetch) = f.poll().expect("JWKS is due");
+    assert_eq!(fetch, Fetch::Jwks);
+    f.provider_reply(fetch, Some((200, JWKS))).unwrap();
+    let from_entra = |mut c: serde_json::Value| {
+        c["iss"] = ENTRA.into();
+        mint(&c)
+    };
+    let (jar, _) = log_in_with(&mut f, Some("rt-1"), |nonce| {
+        from_entra(claims(Some(nonce)))
+    });
+
+    f.now = NOW + 3600 - 60;
+    let (c, pending) = call(f.request(&Req::api("/app").cookies(&jar)));
+    let body = form(c.body.as_deref().unwrap());
+    assert_eq!(body["grant_type"], "refresh_token");
+    assert_eq!(body["refresh_token"], "rt-1");
+    assert_eq!(body["scope"], "openid offline_access api://x/read");
+    // And the refresh goes through.
+    let new_token = from_entra(refreshed_claims(f.now));
+    let fwd = forward(f.reply(
+        pending,
+        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
+    ));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+    assert_eq!(fwd.metric, Some(Metric::Refreshed));
 }
 
 #[test]
