@@ -806,6 +806,11 @@ fn id_token_with_a_bad_signature_is_refused() {
 #[test]
 fn id_token_with_an_unknown_kid_is_refused_after_a_jwks_refetch() {
     let _idp = idp_hold::exclusive();
+    // The IdP logs each request. Nothing else fetches its keys meanwhile: every test that sends a token
+    // to jwt_authn holds the lock, the filter refreshes its keys hourly, and no other test names an
+    // unknown kid (a refetch for one is made at most every 30 s per worker).
+    let fetched = || stack().idp_log().unwrap().matches("GET /jwks ").count();
+    let before = fetched();
     refused_token(
         Forge::Rs256,
         json!({"kid": "not-a-known-kid"}),
@@ -813,6 +818,14 @@ fn id_token_with_an_unknown_kid_is_refused_after_a_jwks_refetch() {
         502,
         INVALID,
     );
+    // Refused only once the keys were fetched again (a key the IdP has just added would be found so):
+    // one fetch, by the callback's worker.
+    let after = harness::process::poll(Duration::from_secs(5), || {
+        let n = fetched();
+        Ok((n > before).then_some(n))
+    })
+    .unwrap_or_else(|e| panic!("{e}: the JWKS was not fetched again"));
+    assert_eq!(after - before, 1, "JWKS fetches");
     // Without kid the key is chosen by alg: still the IdP's, still accepted (control).
     let (resp, _) = forged_callback(Forge::Rs256, json!({"kid": null}), json!({}));
     assert_eq!(resp.status, 302, "{}", resp.body);
@@ -1450,6 +1463,9 @@ fn a_client_authorization_header_is_replaced_when_a_session_is_present() {
 
 #[test]
 fn a_client_token_without_a_session_is_judged_by_jwt_authn_not_trusted() {
+    // jwt_authn fetches the IdP's keys on a worker's first token (and 5 minutes after), which a test
+    // that counts the IdP's key fetches must not see.
+    let _idp = idp_hold::shared();
     let jwks = stack().idp_jwks_file().unwrap();
     let claims = good_claims(APP, "n");
     // Each is passed on to jwt_authn (the filter does not answer a bearer request itself), which refuses
