@@ -927,10 +927,30 @@ fn expired_token_without_refresh_token_needs_a_new_login() {
     let token = app_bearer(&api(&b, &s.url("/")));
     let exp = jwt_payload(&token).unwrap()["exp"].as_u64().unwrap();
     let cookie = format!("{SESSION}={}", b.cookie("localhost", SESSION).unwrap());
+    // Without a refresh token the cookie lives as long as the token (its `Max-Age` counted from the
+    // filter's clock in whole seconds), not `session_lifetime`.
+    let expires = session_cookies(&b)[0]
+        .expires
+        .expect("a session cookie with Max-Age")
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expires <= exp as f64 + 5.0,
+        "the cookie expires at {expires}, the token at {exp}"
+    );
 
     sleep_until_unix(exp, Duration::from_millis(100));
-    // The browser's cookie expired with the token.
-    assert_login_redirect(&b.get(&s.url("/page?a=1")).unwrap(), "/page?a=1");
+    let wait = expires - unix_now();
+    if wait > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(wait + 0.05));
+    }
+    // The browser's cookie expired with the token: it sends none (so there is none to clear), and is
+    // sent to log in.
+    assert!(session_cookies(&b).is_empty());
+    let r = b.get(&s.url("/page?a=1")).unwrap();
+    assert_login_redirect(&r, "/page?a=1");
+    assert!(set_cookie(&r, SESSION).is_none(), "{:?}", r.set_cookies());
     // A client that keeps sending it (a skewed clock) is treated as logged out.
     let r = b.get_with(&s.url("/page"), &[("cookie", &cookie)]).unwrap();
     assert_login_redirect(&r, "/page");
