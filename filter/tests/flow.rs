@@ -161,9 +161,16 @@ fn path_tricks_do_not_reach_a_bypass() {
         "/HEALTHZ",
         "/admin?/healthz",
         "/%zz/healthz",
+        // Envoy answers these 400 itself (`attacks.rs`): should one reach the filter (another proxy in
+        // front of it, another host), it is no bypass either.
+        "/healthz%00",
+        "/admin#/healthz",
+        "/admin#?/healthz",
     ] {
         let r = respond(f.request(&Req::browser(path)));
         assert!(location(&r).starts_with("/login?rd="), "{path}");
+        let r = respond(f.request(&Req::api(path)));
+        assert_eq!(r.status, 401, "{path}");
     }
 }
 
@@ -730,19 +737,72 @@ fn callback_with_client_secret_post_sends_the_secret_in_the_body() {
 #[test]
 fn a_callout_and_what_waits_for_it_print_no_secret() {
     for auth in ["client_secret_basic", "client_secret_post"] {
+        // The code exchange: the body holds the code and the verifier (and the client secret, posted),
+        // the login waiting for it its nonce and sealed login cookie.
         let mut f = Filter::ready(config(json!({"token_endpoint_auth": auth})));
         let l = start_login(&mut f, "");
         let step = f.request(&l.callback("code-1", &Jar::default()));
         let printed = format!("{step:?}");
+        assert!(printed.contains("Pending::Code"), "{printed}");
         let (c, _) = call(step);
-        let basic = header(&c.headers, "authorization").map(str::to_string);
-        for secret in [CLIENT_SECRET, "code-1", l.sealed.verifier.expose()]
-            .into_iter()
-            .chain(basic.as_deref())
-        {
-            assert!(!printed.contains(secret), "{auth}: {printed}");
-        }
+        assert_prints_no_secret(
+            &printed,
+            &c,
+            &[
+                CLIENT_SECRET,
+                "code-1",
+                l.sealed.verifier.expose(),
+                &l.nonce,
+                &l.cookie_value,
+            ],
+        );
         assert!(printed.contains("idp.example.com"), "{printed}");
+
+        // A refresh: the body holds the refresh token, and the request waiting for it the session (its
+        // sealed cookie, ID token and refresh token).
+        let mut f = Filter::ready(config(json!({"token_endpoint_auth": auth})));
+        let (jar, id_token) = due_for_refresh(&mut f);
+        let step = f.request(&Req::browser("/app").cookies(&jar));
+        let printed = format!("{step:?}");
+        assert!(printed.contains("Pending::Refresh"), "{printed}");
+        let (c, _) = call(step);
+        assert_eq!(form(c.body.as_deref().unwrap())["refresh_token"], "rt-1");
+        assert_prints_no_secret(
+            &printed,
+            &c,
+            &[
+                CLIENT_SECRET,
+                "rt-1",
+                &id_token,
+                jar.get("_oidc_session").unwrap(),
+            ],
+        );
+    }
+}
+
+/// `printed` (a step's `Debug`) holds none of `secrets`, nor the callout's `Authorization` or body as
+/// sent (the body as text, and each secret value as encoded there), neither as text nor as the list of
+/// numbers `Debug` makes of bytes.
+fn assert_prints_no_secret(printed: &str, c: &oidc_filter::flow::Callout, secrets: &[&str]) {
+    let body = String::from_utf8_lossy(c.body.as_deref().unwrap()).into_owned();
+    let sent: Vec<&str> = body
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| !["grant_type", "client_id", "redirect_uri", "scope"].contains(k))
+        .map(|(_, v)| v)
+        .collect();
+    let authorization = header(&c.headers, "authorization");
+    for secret in secrets
+        .iter()
+        .copied()
+        .chain(sent)
+        .chain(authorization)
+        .chain([body.as_str()])
+    {
+        assert!(!printed.contains(secret), "{secret:?} in {printed}");
+        let as_bytes = format!("{:?}", secret.as_bytes());
+        let as_bytes = &as_bytes[1..as_bytes.len() - 1];
+        assert!(!printed.contains(as_bytes), "{secret:?} in {printed}");
     }
 }
 
@@ -1569,6 +1629,9 @@ fn a_token_within_the_refresh_margin_is_refreshed() {
     let body = form(c.body.as_deref().unwrap());
     assert_eq!(body["grant_type"], "refresh_token");
     assert_eq!(body["refresh_token"], "rt-1");
+    // The granted scopes are the default (RFC 6749 6), and some IdPs refuse scopes they dropped at login:
+    // none are sent, except to Microsoft (below).
+    assert!(!body.contains_key("scope"), "{body:?}");
 
     let new_token = mint(&refreshed_claims(f.now));
     let fwd = forward(f.reply(
@@ -1598,6 +1661,55 @@ fn a_token_within_the_refresh_margin_is_refreshed() {
     let new = forward(f.request(&Req::browser("/").cookies(&jar)));
     assert_eq!(bearer(&new), format!("Bearer {new_token}"));
     assert!(new.set_cookies.is_empty());
+}
+
+/// Microsoft's identity platform wants the scopes again on a refresh (its own libraries send them): without
+/// them a login that asked for an API's scope would be renewed without it.
+#[test]
+fn a_refresh_at_microsoft_sends_the_scopes_again() {
+    const ENTRA: &str = "https://login.microsoftonline.com/t/v2.0";
+    let mut f = Filter::new(config(json!({
+        "issuer": ENTRA,
+        "scopes": ["openid", "offline_access", "api://x/read"],
+    })));
+    let (c, fetch) = f.poll().expect("discovery is due");
+    assert_eq!(fetch, Fetch::Discovery);
+    assert_eq!(
+        header(&c.headers, ":path"),
+        Some("/t/v2.0/.well-known/openid-configuration")
+    );
+    let discovery = String::from_utf8(DISCOVERY.to_vec()).unwrap().replace(
+        &format!("\"issuer\": \"{ISSUER}\""),
+        &format!("\"issuer\": \"{ENTRA}\""),
+    );
+    assert!(discovery.contains(ENTRA));
+    f.provider_reply(fetch, Some((200, discovery.as_bytes())))
+        .unwrap();
+    let (_, fetch) = f.poll().expect("JWKS is due");
+    assert_eq!(fetch, Fetch::Jwks);
+    f.provider_reply(fetch, Some((200, JWKS))).unwrap();
+    let from_entra = |mut c: serde_json::Value| {
+        c["iss"] = ENTRA.into();
+        mint(&c)
+    };
+    let (jar, _) = log_in_with(&mut f, Some("rt-1"), |nonce| {
+        from_entra(claims(Some(nonce)))
+    });
+
+    f.now = NOW + 3600 - 60;
+    let (c, pending) = call(f.request(&Req::api("/app").cookies(&jar)));
+    let body = form(c.body.as_deref().unwrap());
+    assert_eq!(body["grant_type"], "refresh_token");
+    assert_eq!(body["refresh_token"], "rt-1");
+    assert_eq!(body["scope"], "openid offline_access api://x/read");
+    // And the refresh goes through.
+    let new_token = from_entra(refreshed_claims(f.now));
+    let fwd = forward(f.reply(
+        pending,
+        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
+    ));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+    assert_eq!(fwd.metric, Some(Metric::Refreshed));
 }
 
 #[test]

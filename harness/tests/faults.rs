@@ -210,6 +210,26 @@ fn token_endpoint_errors_and_garbage_are_clear_502s_and_the_next_login_works() {
         (200, "application/json", huge),
     ];
     let n = cases.len() as u64;
+    // The operator's log says why each failed, not only that it did, at `warning`: istio-proxy's
+    // default level, where an operator sees a client secret the IdP refuses without turning logs up.
+    // Counted from here: other tests of this file log some of these lines too.
+    let lines: Vec<String> = [
+        "(token_endpoint), answered 502: token endpoint answered status 500",
+        "(token_endpoint), answered 502: token endpoint answered status 401, error invalid_client",
+        "(token_endpoint), answered 502: malformed token response: body is not a JSON object",
+        "(token_endpoint), answered 502: malformed token response: token_type is not Bearer",
+        "(id_token), answered 502: malformed ID token",
+    ]
+    .iter()
+    .map(|why| format!("oidc-filter: login callback failed {why}"))
+    .collect();
+    let logged = |log: &str| -> Vec<usize> {
+        lines
+            .iter()
+            .map(|l| wasm_log_lines(log, "warning", l))
+            .collect()
+    };
+    let logged_before = logged(&stack().envoy_log().unwrap());
     for (status, content_type, body) in cases {
         let (r, _) = callback_during(
             APP,
@@ -239,35 +259,32 @@ fn token_endpoint_errors_and_garbage_are_clear_502s_and_the_next_login_works() {
         (n - 1, 1),
         "(token_endpoint, id_token) {before:?} -> {after:?}"
     );
-    // The operator's log says why each failed, not only that it did, at `warning`: istio-proxy's
-    // default level, where an operator sees a client secret the IdP refuses without turning logs up.
-    let lines: Vec<String> = [
-        "(token_endpoint), answered 502: token endpoint answered status 500",
-        "(token_endpoint), answered 502: token endpoint answered status 401, error invalid_client",
-        "(token_endpoint), answered 502: malformed token response: body is not a JSON object",
-        "(token_endpoint), answered 502: malformed token response: token_type is not Bearer",
-        "(id_token), answered 502: malformed ID token",
-    ]
-    .iter()
-    .map(|why| format!("oidc-filter: login callback failed {why}"))
-    .collect();
     harness::process::poll(Duration::from_secs(5), || {
-        let log = stack().envoy_log()?;
-        Ok(lines
+        let now = logged(&stack().envoy_log()?);
+        Ok(now
             .iter()
-            .all(|l| 0 < wasm_log_lines(&log, "warning", l))
+            .zip(&logged_before)
+            .all(|(n, b)| n > b)
             .then_some(()))
     })
     .unwrap_or_else(|e| {
         let log = stack().envoy_log().unwrap();
         let missing: Vec<&String> = lines
             .iter()
-            .filter(|l| wasm_log_lines(&log, "warning", l) == 0)
+            .zip(logged(&log).iter().zip(&logged_before))
+            .filter(|(_, (n, b))| n <= b)
+            .map(|(l, _)| l)
             .collect();
-        panic!("{e}: no warning with {missing:?} in:\n{log}")
+        panic!("{e}: no new warning with {missing:?} in:\n{log}")
     });
 
     // A code the IdP refuses is the request's own fault (anyone can send one): at `info`.
+    let line = "oidc-filter: login callback failed (invalid_grant), answered 400";
+    let log = stack().envoy_log().unwrap();
+    let (info_before, warnings_before) = (
+        wasm_log_lines(&log, "info", line),
+        wasm_log_lines(&log, "warning", line),
+    );
     let refused = r#"{"error":"invalid_grant"}"#;
     let (r, _) = callback_during(
         APP,
@@ -275,12 +292,15 @@ fn token_endpoint_errors_and_garbage_are_clear_502s_and_the_next_login_works() {
     );
     assert_eq!(r.status, 400, "{}", r.body);
     let log = stack().envoy_log_after_sentinel(APP).unwrap();
-    let line = "oidc-filter: login callback failed (invalid_grant), answered 400";
     assert!(
-        0 < wasm_log_lines(&log, "info", line),
-        "no info line {line:?} in:\n{log}"
+        wasm_log_lines(&log, "info", line) > info_before,
+        "no new info line {line:?} in:\n{log}"
     );
-    assert_eq!(wasm_log_lines(&log, "warning", line), 0, "{log}");
+    assert_eq!(
+        wasm_log_lines(&log, "warning", line),
+        warnings_before,
+        "{log}"
+    );
 
     // The IdP behaves again: a login goes through.
     logged_in(APP, "alice");
@@ -291,32 +311,99 @@ fn a_flood_of_bad_callbacks_does_not_hide_the_warning_of_a_failed_login() {
     let _idp = idp_hold::exclusive();
     let warning = "oidc-filter: login callback failed (token_endpoint), answered 502: token endpoint \
                    answered status 401, error invalid_client";
-    let count = |log: &str| wasm_log_lines(log, "warning", warning);
-    let before = count(&stack().envoy_log().unwrap());
-    // One client, one kept-alive connection, so one worker: a login starts, then anyone's bad callbacks
-    // (no login of theirs) pass the 20 lines a second that worker logs of them.
-    let b = Browser::new();
-    let start = b.get(&url(APP, "/login?rd=%2F")).unwrap();
-    assert_eq!(start.status, 302, "{}", start.body);
-    let state = query_param(&start.location().unwrap(), "state").unwrap();
-    for i in 0..40 {
-        let bad = format!("/oauth2/callback?code=x&state={}{i:02}", "B".repeat(41));
-        assert_eq!(b.get(&url(APP, &bad)).unwrap().status, 400);
-    }
-    // Within the same second the IdP refuses the real login's client: the operator's warning is logged.
+    // Each bad callback's own line, at `info`.
+    let flooded = "oidc-filter: login callback failed (state_mismatch), answered 400";
+    let count = |log: &str| {
+        (
+            wasm_log_lines(log, "warning", warning),
+            wasm_log_lines(log, "info", flooded),
+        )
+    };
+    let (warnings_before, flooded_before) = count(&stack().envoy_log().unwrap());
+    // The IdP refuses the gateway's client: the real login below fails with the operator's warning.
     let why = r#"{"error":"invalid_client"}"#;
     let _fault = Fault::set(Mode::respond_for("/token", 401, "application/json", why));
-    let r = b
-        .get(&url(
+    // One HTTP/2 connection, so one worker (whose VM keeps the log budgets); over HTTP/1.1 Envoy closes
+    // the connection after each 400, and the flood would spread over both workers. The filter logs at
+    // most 20 lines of each kind a second, counted in the whole seconds of the clock it shares with
+    // this test: more bad callbacks than that (anyone's, no login of theirs), then the real login's
+    // callback, whose warning is logged when the IdP answers it, after the flood; all within one
+    // second, so that the flood has used up its budget when the warning comes. A run that crosses
+    // into the next second proves nothing and starts over with a new login.
+    const FLOOD: usize = 25;
+    let mut sent = 0;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(
+            attempts <= 10,
+            "no flood and callback within one second in 10 tries"
+        );
+        let b = Browser::new();
+        let start = b.get(&url(APP, "/login?rd=%2F")).unwrap();
+        assert_eq!(start.status, 302, "{}", start.body);
+        let state = query_param(&start.location().unwrap(), "state").unwrap();
+        let login_cookie = format!("{COOKIE}_login_{}", &state[..12]);
+        let login_cookie = format!("{login_cookie}={}", b.cookie(HOST, &login_cookie).unwrap());
+        let mut urls: Vec<String> = (0..FLOOD)
+            .map(|i| {
+                let state = format!("{}{i:02}", "B".repeat(41));
+                url(APP, &format!("/oauth2/callback?code=x&state={state}"))
+            })
+            .collect();
+        urls.push(url(
             APP,
             &format!("/oauth2/callback?code=some-code&state={state}"),
-        ))
-        .unwrap();
-    assert_eq!(r.status, 502, "{}", r.body);
-    harness::process::poll(Duration::from_secs(5), || {
-        Ok((count(&stack().envoy_log()?) > before).then_some(()))
-    })
-    .unwrap_or_else(|e| panic!("{e}: the warning {warning:?} was not logged"));
+        ));
+        // At the start of a second.
+        let into_second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        std::thread::sleep(Duration::from_nanos(
+            u64::from(1_000_000_000 - into_second) + 5_000_000,
+        ));
+        let second = unix_now();
+        let out = std::process::Command::new("nghttp")
+            .args(["-n", "-s", "-H", &format!("cookie: {login_cookie}")])
+            .args(&urls)
+            .output()
+            .unwrap();
+        let done = unix_now();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        // `-s`: a line per request, `id responseEnd requestStart process code size path`.
+        let code = |path: &str| -> u16 {
+            text.lines()
+                .find(|l| l.ends_with(&format!(" {path}")))
+                .and_then(|l| l.split_whitespace().nth(4))
+                .unwrap_or_else(|| panic!("no answer to {path}: {text}"))
+                .parse()
+                .unwrap()
+        };
+        let path = |u: &str| u[u.find("/oauth2").unwrap()..].to_string();
+        for u in &urls[..FLOOD] {
+            assert_eq!(code(&path(u)), 400, "{text}");
+        }
+        sent += FLOOD;
+        assert_eq!(code(&path(&urls[FLOOD])), 502, "{text}");
+        if done == second {
+            break;
+        }
+    }
+    // The warning is there, though the flood was throttled (in its last second 25 bad callbacks, 20
+    // lines), and so would have hidden it had the warnings no budget of their own.
+    let (warnings, flooded) = count(&stack().envoy_log_after_sentinel(APP).unwrap());
+    assert_eq!(
+        warnings,
+        warnings_before + attempts,
+        "the warning {warning:?} was not logged for each of {attempts} real callbacks"
+    );
+    let flooded = flooded - flooded_before;
+    assert!(
+        flooded + (FLOOD - 20) <= sent,
+        "{flooded} lines for {sent} bad callbacks: the flood was not throttled"
+    );
 }
 
 #[test]
@@ -337,6 +424,10 @@ fn a_token_endpoint_slower_than_the_timeout_gives_504_at_the_timeout() {
 
 /// Longer than the pause a renewal that met an outage leaves on its worker (5 s, in whole seconds).
 const RENEWAL_PAUSE: Duration = Duration::from_secs(6);
+/// Envoy's worker threads (the harness's `--concurrency`): each pauses its own renewals.
+const WORKERS: u64 = 2;
+/// Requests on an expired session, one after the other, during each IdP fault.
+const EXPIRED_REQUESTS: u64 = 12;
 
 #[test]
 fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_returns() {
@@ -375,14 +466,20 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
             std::thread::sleep(RENEWAL_PAUSE);
         }
         let _down = Fault::set(mode.clone());
+        // From here each call to the IdP is a connection of its own to the proxy: it closes each
+        // connection after its one answer, or (hanging) until Envoy gives up on it at the timeout.
+        let asked_before = stack().idp_proxy().accepted();
+        let t = Instant::now();
         // A live session: forwarded as usual, on both workers, without asking the IdP.
         for _ in 0..10 {
             let r = get(APP, &live, false);
             assert_eq!(r.status, 200, "{mode:?}: {}", r.body);
             assert_eq!(bearer(&r).unwrap(), format!("Bearer {}", token.expose()));
         }
-        // Expired: fail closed with a clear 503, but keep the cookie for when the IdP is back.
-        for browser in [false, true] {
+        // Expired: fail closed with a clear 503, but keep the cookie for when the IdP is back. One
+        // request after another, each on a connection of its own (either worker).
+        for i in 0..EXPIRED_REQUESTS {
+            let browser = i % 2 == 1;
             let r = get(APP, &expired, browser);
             assert_eq!(r.status, 503, "{mode:?} browser={browser}: {}", r.body);
             assert!(r.header("retry-after").is_some());
@@ -400,16 +497,29 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
         }
         // Due for refresh: the IdP fails (within the 2 s timeout), or the worker's renewals are
         // paused by the failure above; the old token still goes up.
-        let t = Instant::now();
+        let sent = Instant::now();
         let r = get(APP, &due, false);
         assert!(
-            t.elapsed() < Duration::from_secs(4),
+            sent.elapsed() < Duration::from_secs(4),
             "{mode:?}: {:?}",
-            t.elapsed()
+            sent.elapsed()
         );
         assert_eq!(r.status, 200, "{mode:?}: {}", r.body);
         assert_eq!(bearer(&r).unwrap(), format!("Bearer {}", token.expose()));
         assert!(!clears_session(&r));
+        // The IdP was not asked once per renewal (a down IdP then gets every expired session's
+        // every request, and each of them waits out its timeout when it hangs): each worker asks
+        // once, and after that failure at most once more per pause (5 s, over 4 s in whole
+        // seconds), one probe at a time.
+        let took = t.elapsed();
+        let asked = stack().idp_proxy().accepted() - asked_before;
+        let at_most = WORKERS * (1 + took.as_secs() / 4);
+        assert!(
+            asked <= at_most,
+            "{mode:?}: the IdP was asked {asked} times in {took:?} (at most {at_most}) for {} \
+             requests that needed a renewal",
+            EXPIRED_REQUESTS + 8 + 1
+        );
     }
     assert!(stat("refresh_failures") > failures);
 

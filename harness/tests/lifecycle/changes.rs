@@ -364,6 +364,9 @@ fn counters_keep_counting_across_a_change() {
 fn a_change_keeps_visitors_and_logins_going_while_the_idp_is_slow() {
     let _idp = idp_hold::exclusive();
     until_ready(INFLIGHT);
+    // A session from before the change, which needs no IdP: the identity header the new configuration
+    // adds shows when that configuration serves.
+    let session = session_cookies(&logged_in(INFLIGHT, "alice"));
     // A login back from the IdP's form just as the configuration changes.
     let b = Browser::new();
     let (form, _) = at_login_form(&b, INFLIGHT);
@@ -382,11 +385,18 @@ fn a_change_keeps_visitors_and_logins_going_while_the_idp_is_slow() {
     // The code exchange meets the slow IdP too, well inside the callout timeout.
     let done = b.follow(b.get(&callback).unwrap(), 10).unwrap();
     let mut answers: Vec<(u16, Duration)> = Vec::new();
+    let mut new_config_seen = false;
     while t.elapsed() < Duration::from_secs(3) {
         answers.push((navigate(INFLIGHT, "/x", "").status, t.elapsed()));
+        let h = upstream_headers(&api(INFLIGHT, "/x", &session)).unwrap();
+        new_config_seen |= h["x-slow"] == "alice";
         thread::sleep(Duration::from_millis(100));
     }
     drop(slow);
+    assert!(
+        new_config_seen,
+        "the new configuration never served in the 3 s"
+    );
     let refused: Vec<_> = answers.iter().filter(|(s, _)| *s != 302).collect();
     assert!(
         done.response.status == 200 && refused.is_empty(),

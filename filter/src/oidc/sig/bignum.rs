@@ -84,9 +84,18 @@ pub struct Modulus {
     rr: Limbs,
 }
 
+#[cfg(test)]
+std::thread_local! {
+    /// How many moduli were set up on this thread: a test's way to see that a key was refused before any
+    /// arithmetic on it.
+    pub static SET_UPS: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
 impl Modulus {
     /// `None` unless `m` is odd, above 1 and has no zero top limb.
     pub fn new(m: Limbs) -> Option<Modulus> {
+        #[cfg(test)]
+        SET_UPS.with(|n| n.set(n.get() + 1));
         let (&low, &top) = (m.first()?, m.last()?);
         if low & 1 == 0 || top == 0 || (m.len() == 1 && low == 1) {
             return None;
