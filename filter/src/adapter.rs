@@ -646,23 +646,31 @@ impl Http {
         let Some((step, renewed)) = self.reply_step(*pending, read_reply(body_size)) else {
             return;
         };
-        match step {
+        let (step, renewed) = match step {
             // Keys for the new token's `kid`: fetched still, the renewal finished when they come.
-            Step::Call(call, pending) => {
-                if let Ok(token) = dispatch(self.id, &call) {
+            Step::Call(call, pending) => match dispatch(self.id, &call) {
+                Ok(token) => {
                     self.pending = Some((token, pending));
+                    return;
                 }
+                // As a request that is still there goes on: without them.
+                Err(_) => match self.reply_step(*pending, None) {
+                    Some(done) => done,
+                    None => return,
+                },
+            },
+            step => (step, renewed),
+        };
+        match step {
+            Step::Forward(f) => self.metrics.count(f.metric),
+            Step::Respond(r) => {
+                self.metrics.count(r.metric);
+                log_reply(&r);
             }
-            step => {
-                self.metrics.count(match step {
-                    Step::Forward(f) => f.metric,
-                    Step::Respond(r) => r.metric,
-                    _ => None,
-                });
-                if let Some(renewed) = renewed {
-                    self.end_renewal(renewed);
-                }
-            }
+            _ => {}
+        }
+        if let Some(renewed) = renewed {
+            self.end_renewal(renewed);
         }
     }
 
@@ -1219,48 +1227,53 @@ fn apply(
         }
         Step::Respond(r) => {
             metrics.count(r.metric);
-            // Failures worth a line for whoever debugs a login, a renewal or a back-channel logout: the
-            // reason and the core's own words for it, never request data.
-            let line = |what: &str| {
-                let detail = r.detail.as_deref().unwrap_or_default();
-                let sep = if detail.is_empty() { "" } else { ": " };
-                format!("oidc-filter: {what}, answered {}{sep}{detail}", r.status)
-            };
-            // A 5xx is the IdP's or the deployment's failure (a client secret it refuses, an ID token
-            // for another client id, a clock out of step, no answer): at warning, which istio-proxy logs
-            // by default. A 4xx is the request's own (anyone can send a bad callback; a user logged out
-            // at the IdP has a refresh refused): at info.
-            // Each level has its own budget of lines, so that a flood of bad callbacks cannot crowd
-            // out the warnings.
-            // Back-channel refusals at info whatever the status: anyone can post a token whose key id
-            // this worker may not fetch just now (a 503).
-            let (level, at) =
-                if r.status >= 500 && r.metric != Some(Metric::BackchannelLogoutRefused) {
-                    (LogLevel::Warn, 0)
-                } else {
-                    (LogLevel::Info, 1)
-                };
-            let budget: &[Throttle] = match r.metric {
-                Some(Metric::CallbackFailed(_)) => &CALLBACK_FAILED,
-                Some(Metric::RefreshFailed) => &REFRESH_FAILED,
-                Some(Metric::BackchannelLogoutRefused) => &LOGOUT_REFUSED,
-                _ => &[],
-            };
-            if let Some(budget) = budget.get(at) {
-                budget.log(level, || {
-                    line(&match r.metric {
-                        Some(Metric::CallbackFailed(f)) => {
-                            format!("login callback failed ({})", f.name())
-                        }
-                        Some(Metric::RefreshFailed) => "token refresh failed".into(),
-                        _ => "back-channel logout refused".into(),
-                    })
-                });
-            }
+            log_reply(&r);
             respond(u32::from(r.status), &r.headers, r.body.as_bytes());
             Ok(Action::Pause)
         }
         other => Err(other),
+    }
+}
+
+/// Logs a local answer that is a failure worth a line (a login, a renewal or a back-channel logout that
+/// failed), within its kind's budget.
+fn log_reply(r: &flow::Reply) {
+    // Failures worth a line for whoever debugs a login, a renewal or a back-channel logout: the
+    // reason and the core's own words for it, never request data.
+    let line = |what: &str| {
+        let detail = r.detail.as_deref().unwrap_or_default();
+        let sep = if detail.is_empty() { "" } else { ": " };
+        format!("oidc-filter: {what}, answered {}{sep}{detail}", r.status)
+    };
+    // A 5xx is the IdP's or the deployment's failure (a client secret it refuses, an ID token
+    // for another client id, a clock out of step, no answer): at warning, which istio-proxy logs
+    // by default. A 4xx is the request's own (anyone can send a bad callback; a user logged out
+    // at the IdP has a refresh refused): at info.
+    // Each level has its own budget of lines, so that a flood of bad callbacks cannot crowd
+    // out the warnings.
+    // Back-channel refusals at info whatever the status: anyone can post a token whose key id
+    // this worker may not fetch just now (a 503).
+    let (level, at) = if r.status >= 500 && r.metric != Some(Metric::BackchannelLogoutRefused) {
+        (LogLevel::Warn, 0)
+    } else {
+        (LogLevel::Info, 1)
+    };
+    let budget: &[Throttle] = match r.metric {
+        Some(Metric::CallbackFailed(_)) => &CALLBACK_FAILED,
+        Some(Metric::RefreshFailed) => &REFRESH_FAILED,
+        Some(Metric::BackchannelLogoutRefused) => &LOGOUT_REFUSED,
+        _ => &[],
+    };
+    if let Some(budget) = budget.get(at) {
+        budget.log(level, || {
+            line(&match r.metric {
+                Some(Metric::CallbackFailed(f)) => {
+                    format!("login callback failed ({})", f.name())
+                }
+                Some(Metric::RefreshFailed) => "token refresh failed".into(),
+                _ => "back-channel logout refused".into(),
+            })
+        });
     }
 }
 

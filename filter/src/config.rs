@@ -788,9 +788,11 @@ impl Plugin {
                         ),
                     ));
                 }
-                // One cookie, two sets of keys: where the browser sends it to both sites (a shared
-                // `cookie_domain`), each would take the other's session for a forgery and clear it.
+                // One cookie, two sets of keys: where the browser sends it to both sites (a
+                // `cookie_domain`; host-only cookies of two hosts never meet), each would take the
+                // other's session for a forgery and clear it.
                 if a.cookie_name == b.cookie_name
+                    && (a.cookie.domain.is_some() || b.cookie.domain.is_some())
                     && !a.keys.open_each_other(&b.keys, &a.cookie_name)
                 {
                     let field = match default_site {
@@ -2622,6 +2624,14 @@ mod tests {
         assert!(plugin(json!([KEY]), "_sso").is_ok());
         assert!(plugin(json!([KEY, other]), "_sso").is_ok());
         assert!(plugin(json!([other]), "_sso_b").is_ok());
+        // Host-only cookies of two hosts never meet: each site may keep its keys.
+        let v = json!({"cookie_keys": [KEY], "client_secret": "s", "client_id": "app",
+        "issuer": "https://idp.example.com",
+        "hosts": [
+            {"hosts": ["a.example.com"], "cookie_name": "_sso"},
+            {"hosts": ["b.example.com"], "cookie_name": "_sso", "cookie_keys": [other]},
+        ]});
+        assert!(Plugin::parse(v.to_string().as_bytes(), &no_env).is_ok());
     }
 
     #[test]

@@ -709,8 +709,9 @@ fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
     };
     // Each reading as written and without regard to case: a rule for `/Admin` covers `/admin` and
     // `/ADMIN` for a case-insensitive app.
-    let raw = paths::path_only(target);
-    readings.iter().chain([raw]).any(|p| {
+    // A plain path's one reading is the path as it came.
+    let raw = (!readings.plain()).then(|| paths::path_only(target));
+    readings.iter().chain(raw).any(|p| {
         [false, true].into_iter().any(|any_case| {
             claims::rule_for(&cfg.access, p, any_case).is_some_and(|r| !r.allows(&s.claims))
         })

@@ -79,6 +79,11 @@ impl Readings<'_> {
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.0[..self.1].iter().map(|p| &**p)
     }
+
+    /// True for a plain path: its one reading is the path as it came.
+    pub fn plain(&self) -> bool {
+        self.1 == 1
+    }
 }
 
 /// True when decoding and resolving leave `path` as it is: it starts with `/` and has no escape, backslash,
@@ -169,13 +174,16 @@ pub fn prefix_matches_as(prefix: &str, path: &str, any_case: bool) -> bool {
     }) && (p.last() == Some(&b'/') || rest.first().is_none_or(|&c| c == b'/'))
 }
 
-/// True when the request target falls under one of the bypass prefixes in both [`readings`] of its path.
+/// True when the request target falls under one of the bypass prefixes in every one of the [`readings`]
+/// of its path, and as it came: an Envoy that does not normalize paths routes `/admin/../healthz` by its
+/// `/admin` prefix, to an app that may route on raw segments too.
 pub fn is_bypass(prefixes: &[String], target: &str) -> bool {
     if prefixes.is_empty() {
         return false;
     }
     let covered = |p: &str| prefixes.iter().any(|b| prefix_matches(b, p));
-    readings(target).is_some_and(|r| r.iter().all(covered))
+    readings(target)
+        .is_some_and(|r| r.iter().all(covered) && (r.plain() || covered(path_only(target))))
 }
 
 /// The longest `rd` kept whole (it travels in the login cookie).
@@ -353,6 +361,9 @@ mod tests {
             // `/healthz` once `//` is merged; `/admin//healthz` where `..` removes the empty segment.
             "/admin//..//healthz",
             "/admin//../healthz",
+            // `/healthz` resolved; under `/admin` as it came, to an Envoy that does not normalize.
+            "/admin/../healthz",
+            "/healthz;v=1",
         ] {
             assert!(!is_bypass(&b, no), "{no}");
         }

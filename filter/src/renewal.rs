@@ -18,6 +18,10 @@ use crate::wire::{Reader, Writer};
 pub const BUCKETS: u8 = 64;
 /// How long a finished renewal stays for requests that still carry the old cookie.
 pub const GRACE: u64 = 30;
+/// No entry lasts longer than this from when it is written: a claim (twice the longest `callout_timeout`,
+/// 60 s, and 2 s), a finished renewal ([`GRACE`]). One that reaches further was written while the clock
+/// read far ahead, and has lapsed.
+const LONGEST: u64 = 122;
 /// The first byte of an encoded [`Table`]; format 1 was JSON.
 const VERSION: u8 = 2;
 
@@ -60,11 +64,16 @@ pub fn bucket(key: &str) -> u8 {
     first % BUCKETS
 }
 
+/// True while an entry made `until` that time holds at `now` (the clock may have stepped back since).
+fn live(until: u64, now: u64) -> bool {
+    until > now && until <= now.saturating_add(LONGEST)
+}
+
 impl Table {
     /// The state of `key`'s renewal at `now`.
     pub fn get(&self, key: &str, now: u64) -> Renewal {
         match self.entry(key) {
-            Some(e) if e.until > now => match &e.renewed {
+            Some(e) if live(e.until, now) => match &e.renewed {
                 Some(lines) => Renewal::Done(lines.clone()),
                 None => Renewal::Claimed,
             },
@@ -103,7 +112,7 @@ impl Table {
 
     /// Forgets what has lapsed.
     pub fn prune(&mut self, now: u64) {
-        self.entries.retain(|(_, e)| e.until > now);
+        self.entries.retain(|(_, e)| live(e.until, now));
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -152,6 +161,24 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found in review: an entry written while the clock read far ahead held (a finished renewal kept
+    /// being adopted, for longer than the grace period) until the clock caught up again.
+    #[test]
+    fn an_entry_from_a_clock_far_ahead_has_lapsed() {
+        let mut t = Table::default();
+        let ahead = 1_900_000_000 + 100_000;
+        t.complete("k", vec!["c=1".into()], ahead);
+        t.claim("j", ahead + 10);
+        let now = 1_900_000_000;
+        assert_eq!(t.get("k", now), Renewal::Free);
+        assert_eq!(t.get("j", now), Renewal::Free);
+        t.prune(now);
+        assert!(t.entries.is_empty());
+        // The longest claim there can be, just made, holds.
+        t.claim("j", now + 2 * 60 + 2);
+        assert_eq!(t.get("j", now), Renewal::Claimed);
+    }
 
     #[test]
     fn claim_complete_and_lapse() {

@@ -1292,14 +1292,15 @@ fn the_bypass_path_itself_reaches_the_app_which_is_the_control_for_every_bypass_
         let (status, _, body) = raw_get(site, b"/admin", b"");
         assert_eq!(status, 401, "{body}");
     }
-    // A path parameter: the filter reads `/healthz;v=1` as its bypass path `/healthz` and lets it
-    // pass, but the AuthorizationPolicy's `notPaths` (`/healthz`, `/healthz/*`) match the path as
-    // Envoy has it, parameter included: behind the Istio chain it needs a login like any other path.
-    let (status, _, body) = raw_get(BARE, b"/healthz;v=1", b"");
-    assert_eq!(status, 200, "{body}");
-    assert!(from_app(&body));
-    let (status, _, body) = raw_get(APP, b"/healthz;v=1", b"");
-    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+    // A path parameter: `/healthz;v=1` is `/healthz` to an app that cuts parameters, but not as it came
+    // (what an Envoy that does not normalize routes by), so the filter does not take it for its bypass
+    // path, with the Istio chain behind it or not (whose AuthorizationPolicy's `notPaths`, `/healthz` and
+    // `/healthz/*`, match the path as Envoy has it, parameter included, and would refuse it too).
+    for site in [BARE, APP] {
+        let (status, _, body) = raw_get(site, b"/healthz;v=1", b"");
+        assert_eq!(status, 401, "{site}: {body}");
+        assert!(!from_app(&body), "{site}: {body}");
+    }
 }
 
 #[test]
@@ -1396,7 +1397,12 @@ fn empty_segments_and_dot_dots_neither_bypass_nor_dodge_a_rule_where_envoy_keeps
         );
         assert_eq!(status, want, "{target}: {body}");
     };
-    for target in ["/admin//..//healthz", "/admin//../healthz"] {
+    for target in [
+        "/admin//..//healthz",
+        "/admin//../healthz",
+        // Found in review of the fix: routed under `/admin` as it came, `/healthz` once resolved.
+        "/admin/../healthz",
+    ] {
         refused(target, None, 401);
     }
     let bob = logged_in(RAW, "bob");
