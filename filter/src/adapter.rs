@@ -661,14 +661,7 @@ impl Http {
             },
             step => (step, renewed),
         };
-        match step {
-            Step::Forward(f) => self.metrics.count(f.metric),
-            Step::Respond(r) => {
-                self.metrics.count(r.metric);
-                log_reply(&r);
-            }
-            _ => {}
-        }
+        account(&step, &self.metrics);
         if let Some(renewed) = renewed {
             self.end_renewal(renewed);
         }
@@ -1185,9 +1178,9 @@ fn apply(
     set_cookies: &mut Option<Rc<RefCell<Vec<String>>>>,
     headers: Option<&HeaderBlock>,
 ) -> Result<Action, Step> {
+    account(&step, metrics);
     match step {
         Step::Forward(f) => {
-            metrics.count(f.metric);
             // A request resumed after a callout or a renewal comes without its headers: read them, or
             // the identity headers' copies spelled with `_` would pass.
             let read;
@@ -1226,12 +1219,23 @@ fn apply(
             Ok(Action::Continue)
         }
         Step::Respond(r) => {
-            metrics.count(r.metric);
-            log_reply(&r);
             respond(u32::from(r.status), &r.headers, r.body.as_bytes());
             Ok(Action::Pause)
         }
         other => Err(other),
+    }
+}
+
+/// Counts what `step` stands for, and logs a local answer that is a failure worth a line: whether or not
+/// there is a request left to carry it out.
+fn account(step: &Step, metrics: &Metrics) {
+    match step {
+        Step::Forward(f) => metrics.count(f.metric),
+        Step::Respond(r) => {
+            metrics.count(r.metric);
+            log_reply(r);
+        }
+        Step::Call(..) | Step::ReadBody => {}
     }
 }
 

@@ -329,19 +329,8 @@ mod tests {
     fn a_clock_stepped_back_does_not_put_off_the_fetches() {
         let cfg = cfg();
         let ahead = u64::MAX / 4;
-        // Loaded while the clock read far ahead, in backoff after a failed fetch at that time.
-        let mut p = ProviderState::default();
-        p.poll(&cfg, ahead).unwrap();
-        p.on_reply(
-            &cfg,
-            Fetch::Discovery,
-            Some((200, DISCOVERY.as_bytes())),
-            ahead,
-        )
-        .unwrap();
-        p.poll(&cfg, ahead).unwrap();
-        p.on_reply(&cfg, Fetch::Jwks, Some((200, JWKS)), ahead)
-            .unwrap();
+        // Loaded while the clock read far ahead.
+        let mut p = serving_at(&cfg, ahead);
         assert!(p.may_refetch_for_kid(ahead, false));
         // Back to the right time: the refresh is due one interval on, discovery first; a new `kid` may
         // fetch at once.
@@ -362,17 +351,22 @@ mod tests {
 
     /// A provider that read discovery and the keys at `NOW`, and serves.
     fn serving(cfg: &Config) -> ProviderState {
+        serving_at(cfg, NOW)
+    }
+
+    /// A provider that read discovery and the keys at `now`, and serves.
+    fn serving_at(cfg: &Config, now: u64) -> ProviderState {
         let mut p = ProviderState::default();
-        p.poll(cfg, NOW).unwrap();
+        p.poll(cfg, now).unwrap();
         p.on_reply(
             cfg,
             Fetch::Discovery,
             Some((200, DISCOVERY.as_bytes())),
-            NOW,
+            now,
         )
         .unwrap();
-        p.poll(cfg, NOW).unwrap();
-        p.on_reply(cfg, Fetch::Jwks, Some((200, JWKS)), NOW)
+        p.poll(cfg, now).unwrap();
+        p.on_reply(cfg, Fetch::Jwks, Some((200, JWKS)), now)
             .unwrap();
         p
     }

@@ -70,6 +70,16 @@ fn id_token(iat: u64, exp: u64) -> String {
     )
 }
 
+/// The warnings (and worse) the module logged under the host.
+fn warnings(seen: &Value) -> Vec<&str> {
+    seen["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -152,12 +162,7 @@ fn a_refresh_the_host_will_not_send_keeps_the_session_while_its_token_lasts() {
     );
     assert_eq!(seen["local"], 0, "{seen}");
     // One warning, naming the cluster, not one per request.
-    let warnings: Vec<&str> = seen["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let warnings = warnings(&seen);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0].contains("cannot call the IdP: cluster `outbound|443||idp.example.com`"),
@@ -184,12 +189,7 @@ fn a_code_exchange_the_host_will_not_send_is_a_counted_502() {
     let body = seen["body"].as_str().unwrap();
     assert!(body.contains("<h1>Login failed</h1>"), "{body}");
     assert!(body.contains("Start again"), "{body}");
-    let warnings: Vec<&str> = seen["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let warnings = warnings(&seen);
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0].contains("login callback failed (token_endpoint), answered 502: cannot call the IdP: cluster `outbound|443||idp.example.com`"),
