@@ -461,31 +461,58 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
     let mut stale = false;
     if let Some(header) = cookie.as_deref() {
         let (scan, hit) = scan_session(cfg, state, header);
-        match scan.session {
+        // A cookie of the session's name that does not open, or one whose session is over: cleared.
+        stale = !matches!(scan.session, Ok(None));
+        let found = match scan.session {
             Ok(Some(sealed)) => match hit.or_else(|| open_fresh(cfg, state, &sealed, env.now)) {
-                Some(cached) => {
-                    if let Some(step) = with_session(
-                        cfg,
-                        state,
-                        env,
-                        h,
-                        &target,
-                        header,
-                        cfg.strip_other_sites(None, Some(scan.stripped)).flatten(),
-                        &sealed,
-                        cached,
-                    ) {
-                        return step;
-                    }
-                    stale = true;
-                }
-                None => stale = true,
+                Some(cached) => Some((sealed, cached)),
+                None => shadowed(cfg, state, header, env.now),
             },
-            Ok(None) => {}
-            Err(_) => stale = true,
+            Ok(None) => None,
+            Err(_) => shadowed(cfg, state, header, env.now),
+        };
+        if let Some((sealed, cached)) = found
+            && let Some(step) = with_session(
+                cfg,
+                state,
+                env,
+                h,
+                &target,
+                header,
+                cfg.strip_other_sites(None, Some(scan.stripped)).flatten(),
+                &sealed,
+                cached,
+            )
+        {
+            return step;
         }
     }
     without_session(cfg, state, h, &target, cookie.as_deref(), stale)
+}
+
+/// How many sessions of this site's name that come after one that does not open are tried.
+const SHADOWED: usize = 3;
+
+/// A session of this site that comes after one of its name that does not open (see
+/// [`session::join_shadowed`]). Found in review: with a session of another gateway's first (production's
+/// `Domain` cookie of the default name, seen by staging), every request of a logged-in user was
+/// refused, and each login ended in the same place: a login loop.
+#[cold]
+#[inline(never)]
+fn shadowed<'a>(
+    cfg: &Config,
+    state: &mut State,
+    header: &str,
+    now: u64,
+) -> Option<(Cow<'a, str>, Rc<Cached>)> {
+    (1..=SHADOWED).find_map(|skip| {
+        let sealed = session::join_shadowed(header, &cfg.cookie_name, skip).ok()??;
+        let cached = state
+            .cache
+            .get(&sealed)
+            .or_else(|| open_fresh(cfg, state, &sealed, now))?;
+        Some((Cow::Owned(sealed), cached))
+    })
 }
 
 /// This site's cookies in `header`, and the cached session the first of them names, if cached.
@@ -509,8 +536,9 @@ fn scan_session<'a>(
 fn has_session(cfg: &Config, state: &mut State, cookie_header: &str, now: u64) -> bool {
     let (scan, hit) = scan_session(cfg, state, cookie_header);
     match scan.session {
-        Ok(Some(sealed)) => hit.is_some() || open_fresh(cfg, state, &sealed, now).is_some(),
-        _ => false,
+        Ok(Some(sealed)) if hit.is_some() || open_fresh(cfg, state, &sealed, now).is_some() => true,
+        Ok(None) => false,
+        _ => shadowed(cfg, state, cookie_header, now).is_some(),
     }
 }
 

@@ -198,28 +198,82 @@ pub fn fit_rd(target: &str) -> &str {
     }
 }
 
-/// The post-login target from `rd`: a same-origin relative path, else `/`. One longer than 2048 bytes
-/// (it travels in the login cookie) keeps its path without the query, if that fits. A fragment that
-/// does not pass (a `%` that is no escape, a `\`: the browser's own text) is dropped, not the path.
+/// The post-login target from `rd`: a same-origin relative path, else `/`. Bytes a URL does not hold as they
+/// are (spaces, non-ASCII, and controls after the path) are percent-encoded. One longer than 2048 bytes (it travels in the
+/// login cookie) keeps its path without the query, if that fits. Only the path decides where the browser
+/// goes, so only the path is held to the rules below: a query or fragment may carry `\`, `%5C` or a lone
+/// `%` (Grafana's Explore links do).
 pub fn safe_redirect(rd: &str) -> String {
-    let rd = fit_rd(rd);
-    if safe(rd) {
-        return rd.to_string();
+    // A tab or newline in the path is an attack's (browsers drop them: `/\t/evil` is `//evil`).
+    if rd
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .bytes()
+        .any(|b| b.is_ascii_control())
+    {
+        return "/".to_string();
     }
-    match rd.split_once('#') {
-        Some((before, _)) if safe(before) => before.to_string(),
-        _ => "/".to_string(),
-    }
+    let encoded = encode_invisible(rd);
+    let rd = fit_rd(&encoded);
+    if safe(rd) { rd } else { "/" }.to_string()
 }
 
+/// `rd` with every byte outside visible ASCII percent-encoded, as a browser writes an address.
+fn encode_invisible(rd: &str) -> alloc::borrow::Cow<'_, str> {
+    if rd.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return alloc::borrow::Cow::Borrowed(rd);
+    }
+    let mut out = String::with_capacity(rd.len() + 16);
+    for &b in rd.as_bytes() {
+        if (0x21..0x7f).contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+    alloc::borrow::Cow::Owned(out)
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
 fn safe(rd: &str) -> bool {
+    let path = rd.split(['?', '#']).next().unwrap_or_default();
     rd.len() <= MAX_RD
-        && rd.starts_with('/')
-        && !rd.starts_with("//")
-        && !rd.contains('\\')
         && rd.bytes().all(|b| (0x21..0x7f).contains(&b))
-        // `/%2F%2Fevil` and `/%5Cevil` become `//evil` in some decoders: refuse anything that decodes off-site.
-        && percent_decode(rd).is_some_and(|d| !d.starts_with("//") && !d.starts_with("/\\") && !d.contains('\\'))
+        && path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.contains('\\')
+        // `/%2F%2Fevil` and `/%5Cevil` become `//evil` in some decoders: refuse a path that decodes off-site.
+        && decoded_stays(path)
+}
+
+/// Whether `path`, percent-decoded (a `%` that starts no escape taken as it is), neither starts with `//`
+/// or `/\` nor holds a `\` or a NUL.
+fn decoded_stays(path: &str) -> bool {
+    let b = path.as_bytes();
+    let mut i = 0;
+    let mut n = 0;
+    let mut prev = 0u8;
+    while let Some(&c) = b.get(i) {
+        let escaped = (c == b'%')
+            .then(|| {
+                let hi = crate::form::hex(*b.get(i + 1)?)?;
+                let lo = crate::form::hex(*b.get(i + 2)?)?;
+                Some(hi << 4 | lo)
+            })
+            .flatten();
+        let d = escaped.unwrap_or(c);
+        i += if escaped.is_some() { 3 } else { 1 };
+        if d == 0 || d == b'\\' || (n == 1 && prev == b'/' && d == b'/') {
+            return false;
+        }
+        prev = d;
+        n += 1;
+    }
+    true
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -448,27 +502,51 @@ mod tests {
             "https://evil.example",
             "%2F%2Fevil.example",
             "/%2F%2Fevil.example",
+            "/%2f/evil.example",
             "/%5Cevil.example",
+            "/a%5c/b",
+            "/a%00b",
             "javascript:alert(1)",
-            "/a\r\nSet-Cookie: x=1",
-            "/a b",
+            " /a",
             "",
             "evil.example",
+            "?//evil.example",
         ] {
             assert_eq!(safe_redirect(bad), "/", "{bad:?}");
+        }
+        // A control character in the path is refused; after it, what a URL cannot hold as it is gets
+        // percent-encoded: no header can be injected.
+        for bad in ["/a\r\nSet-Cookie: x=1", "/\t/evil.example", "/a\0"] {
+            assert_eq!(safe_redirect(bad), "/", "{bad:?}");
+        }
+        assert_eq!(
+            safe_redirect("/a?x=\r\nSet-Cookie: x=1#\t"),
+            "/a?x=%0D%0ASet-Cookie:%20x=1#%09"
+        );
+        assert_eq!(safe_redirect("/a b/é"), "/a%20b/%C3%A9");
+        // Only the path decides where the browser goes: a query may hold what the path may not.
+        for good in [
+            "/explore?left=%7B%22expr%22%3A%22up%7Bjob%3D%5C%22x%5C%22%7D%22%7D",
+            "/explore?q=up{job=\\\"x\\\"}",
+            "/shop?d=50%",
+            "/files/%E9t%E9.pdf",
+            "/50%off",
+            "/d?next=//evil.example",
+        ] {
+            assert_eq!(safe_redirect(good), good, "{good:?}");
         }
         // Too long for the login cookie: the path alone, or `/`.
         let query = format!("?left={}", "x".repeat(2100));
         assert_eq!(safe_redirect(&format!("/explore{query}")), "/explore");
         assert_eq!(safe_redirect(&format!("/{}", "a".repeat(2100))), "/");
         assert_eq!(safe_redirect(&format!("//evil.example{query}")), "/");
-        // A fragment the browser wrote (the page at /login adds it): kept when it passes, else
-        // dropped with the path kept; never a way off the site.
-        assert_eq!(safe_redirect("/d?x=1#/alerts?a=b"), "/d?x=1#/alerts?a=b");
+        // A fragment the browser wrote (the page at /login adds it): kept, encoded as the browser would;
+        // never a way off the site.
         for (rd, kept) in [
-            ("/d?x=1#/q?load=100%", "/d?x=1"),
-            ("/d#a\\b", "/d"),
-            ("/d#a b", "/d"),
+            ("/d?x=1#/alerts?a=b", "/d?x=1#/alerts?a=b"),
+            ("/d?x=1#/q?load=100%", "/d?x=1#/q?load=100%"),
+            ("/d#a\\b", "/d#a\\b"),
+            ("/d#a b", "/d#a%20b"),
             ("//evil.example#/x", "/"),
             ("/\\evil.example#/x", "/"),
             ("/%2F%2Fevil.example#x%", "/"),

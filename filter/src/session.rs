@@ -225,6 +225,45 @@ pub fn join_borrowed<'a>(header: &'a str, name: &str) -> Result<Option<Cow<'a, s
     join_parts(first, &parts)
 }
 
+/// The session [`join`] finds once the first `skip` cookies named `name` are passed over: a browser
+/// sends every cookie of a name it holds for the request, of several domains or paths, and [`join`]
+/// takes the first (the one of the longest path, else the oldest). A session this site set may come
+/// after one of another gateway's (`Domain=example.com` from production, seen by staging at
+/// `app.staging.example.com`), or one that another site tossed in. Its chunks are those that come in the
+/// same place among their names as it does among the first cookies that have chunks: a session's cookies
+/// were stored together.
+pub fn join_shadowed(header: &str, name: &str, skip: usize) -> Result<Option<String>, ChunkError> {
+    let mut firsts = cookies::iter(header)
+        .filter(|(c, _)| *c == name)
+        .map(|(_, v)| v);
+    let chunked = |v: &str| !v.starts_with("1.");
+    let mut earlier = 0;
+    for _ in 0..skip {
+        match firsts.next() {
+            Some(v) => earlier += usize::from(chunked(v)),
+            None => return Ok(None),
+        }
+    }
+    let Some(first) = firsts.next() else {
+        return Ok(None);
+    };
+    let mut parts: [Option<&str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
+    if chunked(first) {
+        let mut seen = [0usize; MAX_CHUNKS];
+        for (cookie, value) in cookies::iter(header) {
+            if let Some(i) = chunk_index(name, cookie)
+                && let (Some(slot), Some(count)) = (parts.get_mut(i), seen.get_mut(i))
+            {
+                if *count == earlier {
+                    *slot = Some(value);
+                }
+                *count += 1;
+            }
+        }
+    }
+    Ok(join_parts(first, &parts)?.map(Cow::into_owned))
+}
+
 /// What one pass over a request's `Cookie` header finds.
 #[derive(Debug, PartialEq, Eq)]
 pub struct CookieScan<'a> {

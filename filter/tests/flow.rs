@@ -529,6 +529,7 @@ fn open_redirect_attempts_in_rd_end_at_root() {
         "?rd=/%5Cevil.example",
         "?rd=/%255Cevil.example",
         "?rd=javascript:alert(1)",
+        "?rd=/%2f/evil.example",
         "?rd=/a%0d%0aSet-Cookie:%20x=1",
         "?rd=",
         "?x=/app",
@@ -543,6 +544,36 @@ fn open_redirect_attempts_in_rd_end_at_root() {
             location(&respond(f.reply(pending, Some((200, &body))))),
             "/",
             "{raw}"
+        );
+    }
+}
+
+/// Found in review: a `\\`, `%5C` or lone `%` anywhere in `rd`, query included, sent the login to `/`,
+/// so every Grafana Explore link with a label matcher (`{job=\\"x\\"}`, `%5C%22` in the address) lost
+/// its way. Only the path decides where the browser goes; what a URL cannot hold is encoded.
+#[test]
+fn rd_keeps_queries_that_a_path_could_not_hold() {
+    for (raw, rd) in [
+        (
+            "?rd=%2Fexplore%3Fleft%3D%257B%2522expr%2522%253A%2522up%257Bjob%253D%255C%2522x%255C%2522%257D%2522%257D",
+            "/explore?left=%7B%22expr%22%3A%22up%7Bjob%3D%5C%22x%5C%22%7D%22%7D",
+        ),
+        ("?rd=%2Fshop%3Fd%3D50%25", "/shop?d=50%"),
+        (
+            "?rd=%2Fa%3Fx%3D%0d%0aSet-Cookie:%20x=1",
+            "/a?x=%0D%0ASet-Cookie:%20x=1",
+        ),
+    ] {
+        let mut f = ready();
+        let l = start_login(&mut f, raw);
+        assert_eq!(l.sealed.rd, rd, "{raw}");
+        let (_, pending) = call(f.request(&l.callback("c", &Jar::default())));
+        let body = token_body(Some(&mint(&claims(Some(&l.nonce)))), None);
+        let r = respond(f.reply(pending, Some((200, &body))));
+        assert_eq!(location(&r), rd, "{raw}");
+        assert!(
+            r.headers.iter().all(|(_, v)| !v.contains(['\r', '\n'])),
+            "{r:?}"
         );
     }
 }
@@ -2326,6 +2357,54 @@ fn big_claims(nonce: &str) -> serde_json::Value {
 
 fn big_login(f: &mut Filter) -> (Jar, String) {
     log_in_with(f, None, |nonce| mint(&big_claims(nonce)))
+}
+
+/// Found in review: a browser sends every cookie of a name it holds for the request, and one of
+/// another gateway (production's `Domain` cookie of the default name, seen by staging) comes first when
+/// it is older. The filter read only the first: it did not open, the request was refused and this
+/// site's own session cleared, and every login ended there again. The sessions that come after it are
+/// tried too, chunked ones included.
+#[test]
+fn a_session_behind_another_gateways_cookie_of_its_name_still_opens() {
+    let mut f = ready();
+    let mut other = Filter::ready(config(json!({"cookie_keys": [KEY_B]})));
+    for big in [false, true] {
+        let ((ours, id_token), (theirs, _)) = if big {
+            (big_login(&mut f), big_login(&mut other))
+        } else {
+            (log_in(&mut f, None), log_in(&mut other, None))
+        };
+        assert_eq!(theirs.names(), ours.names());
+        // Theirs first, then ours, then a forged one; and theirs between ours and a forged one.
+        for cookie in [
+            format!(
+                "{}; theme=dark; {}; _oidc_session=1.x",
+                theirs.header(),
+                ours.header()
+            ),
+            format!(
+                "_oidc_session=1.x; {}; {}; theme=dark",
+                theirs.header(),
+                ours.header()
+            ),
+        ] {
+            for _ in 0..2 {
+                let fwd = forward(f.request(&Req::browser("/app").with("cookie", &cookie)));
+                assert_eq!(bearer(&fwd), format!("Bearer {id_token}"), "big: {big}");
+                assert!(fwd.set_cookies.is_empty(), "{:?}", fwd.set_cookies);
+                assert_eq!(fwd.cookie, Some(Some("theme=dark".to_string())));
+            }
+        }
+        // Theirs alone, or only forged ones: anonymous, as before.
+        for cookie in [
+            theirs.header(),
+            "_oidc_session=1.x; _oidc_session=1.y".to_string(),
+        ] {
+            let r = respond(f.request(&Req::browser("/app").with("cookie", &cookie)));
+            assert_eq!(r.status, 302, "{r:?}");
+            assert!(location(&r).starts_with("/login?rd="), "{r:?}");
+        }
+    }
 }
 
 #[test]

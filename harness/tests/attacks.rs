@@ -1122,6 +1122,9 @@ fn lands_after_login(rd: &str) -> String {
 fn rd_cannot_send_the_browser_off_site() {
     let _idp = idp_hold::exclusive();
     assert_eq!(lands_after_login("/grafana/d/x?y=1"), "/grafana/d/x?y=1");
+    // A query may hold what a path may not (a Grafana Explore link with a label matcher).
+    let explore = "/explore?left=%7B%22expr%22%3A%22up%7Bjob%3D%5C%22x%5C%22%7D%22%7D&d=50%";
+    assert_eq!(lands_after_login(explore), explore);
     for rd in [
         "//evil.example",
         "/\\evil.example",
