@@ -790,7 +790,9 @@ fn a_key_set_only_of_algorithms_the_filter_does_not_take_leaves_the_site_unavail
     // The operator sees a warning per try; every user gets 503 (no login is even started).
     for (host, mock) in [(ES512, "es512"), (ED25519, "ed25519")] {
         let line = format!(
-            "fetching the JWKS of {} (cluster `{}`) failed: JWKS has no usable signing key; retrying",
+            "fetching the JWKS of {} (cluster `{}`) failed: JWKS has no usable signing key (1 skipped): \
+             the IdP must sign ID tokens with an RSA, P-256, P-384 or Ed25519 key; HS256 is not \
+             accepted; retrying",
             issuer(mock),
             cluster_name(&issuer(mock)).unwrap()
         );

@@ -138,8 +138,9 @@ pub fn verify_signature(token: &str, jwks: &Jwks) -> Result<Object, IdTokenError
         .ok_or(IdTokenError::Malformed)?;
     let alg = Alg::from_name(alg_name)
         .ok_or_else(|| IdTokenError::UnsupportedAlg(sanitize_alg(alg_name)))?;
+    // A `null` kid is no kid (as some serialisers write it); another type is refused.
     let kid = match header.get("kid") {
-        None => None,
+        None | Some(Value::Null) => None,
         Some(Value::String(kid)) => Some(kid.as_str()),
         Some(_) => return Err(IdTokenError::Malformed),
     };
@@ -1034,6 +1035,46 @@ mod jws_tests {
         ] {
             assert_eq!(verify(&with(bad)), Err(IdTokenError::Malformed), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_null_kid_is_no_kid() {
+        // In the header, as without one: every key of the algorithm is tried.
+        let payload = payload();
+        for header in [r#"{"alg":"ES256"}"#, r#"{"alg":"ES256","kid":null}"#] {
+            assert!(verify(&es256_json(header, &payload)).is_ok(), "{header}");
+        }
+        for header in [r#"{"alg":"ES256","kid":7}"#, r#"{"alg":"ES256","kid":[]}"#] {
+            assert_eq!(
+                verify(&es256_json(header, &payload)),
+                Err(IdTokenError::Malformed),
+                "{header}"
+            );
+        }
+        // In the JWK Set, with the key's other optional members null, as .NET may write them.
+        let doc: Value = serde_json::from_slice(KEYS).unwrap();
+        let key = |kid: &str, nulls: &[&str]| {
+            let mut key = doc["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|k| k["kid"] == kid)
+                .unwrap()
+                .clone();
+            for &name in nulls {
+                key[name] = Value::Null;
+            }
+            Jwks::parse(json!({ "keys": [key] }).to_string().as_bytes()).unwrap()
+        };
+        let rsa = key("rs256-1", &["alg", "use", "crv", "key_ops", "x5c"]);
+        assert!(verify_signature(&signed(Alg::RS256), &rsa).is_ok());
+        let ec = key("es256-1", &["alg", "use", "key_ops", "kid"]);
+        let no_kid = es256_json(r#"{"alg":"ES256","kid":null}"#, &payload);
+        assert!(verify_signature(&no_kid, &ec).is_ok());
+        assert_eq!(
+            verify_signature(&es256_json(ES256_HEADER, &payload), &ec),
+            Err(IdTokenError::UnknownKid)
+        );
     }
 
     #[test]

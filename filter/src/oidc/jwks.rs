@@ -97,10 +97,11 @@ pub enum JwksError {
     TooLarge,
     /// More keys than we accept.
     TooManyKeys,
-    /// Not JSON, or no `keys` array.
+    /// Not a JSON object, or its `keys` is not an array.
     Malformed(String),
-    /// Every key was skipped (encryption-only, unknown type or algorithm, or undecodable).
-    NoUsableKeys,
+    /// Every key was skipped (encryption-only, unknown type or algorithm, or undecodable), or there was
+    /// none: how many were skipped.
+    NoUsableKeys(usize),
 }
 
 impl fmt::Display for JwksError {
@@ -109,7 +110,12 @@ impl fmt::Display for JwksError {
             Self::TooLarge => write!(f, "JWKS larger than {MAX_BODY} bytes"),
             Self::TooManyKeys => write!(f, "JWKS has more than {MAX_KEYS} keys"),
             Self::Malformed(reason) => write!(f, "malformed JWKS: {reason}"),
-            Self::NoUsableKeys => f.write_str("JWKS has no usable signing key"),
+            // An IdP that signs with HMAC (authentik without a signing key) publishes no key at all.
+            Self::NoUsableKeys(skipped) => write!(
+                f,
+                "JWKS has no usable signing key ({skipped} skipped): the IdP must sign ID tokens with \
+                 an RSA, P-256, P-384 or Ed25519 key; HS256 is not accepted"
+            ),
         }
     }
 }
@@ -150,11 +156,14 @@ impl Jwks {
         if body.len() > MAX_BODY {
             return Err(JwksError::TooLarge);
         }
-        let doc = json::parse(body).map_err(|e| JwksError::Malformed(e.to_string()))?;
-        let entries = doc
-            .get("keys")
-            .and_then(Value::as_array)
-            .ok_or_else(|| JwksError::Malformed("no \"keys\" array".to_owned()))?;
+        let doc = json::parse_object(body).map_err(|e| JwksError::Malformed(e.to_string()))?;
+        // No `keys` is read as no key (authentik publishes `{}` when it has no signing key), so that the
+        // error names the cause.
+        let entries: &[Value] = match doc.get("keys") {
+            None | Some(Value::Null) => &[],
+            Some(Value::Array(entries)) => entries,
+            Some(_) => return Err(JwksError::Malformed("\"keys\" is not an array".to_owned())),
+        };
         if entries.len() > MAX_KEYS {
             return Err(JwksError::TooManyKeys);
         }
@@ -168,7 +177,7 @@ impl Jwks {
             }
         }
         if keys.is_empty() {
-            return Err(JwksError::NoUsableKeys);
+            return Err(JwksError::NoUsableKeys(skipped));
         }
         Ok(Jwks { keys, skipped })
     }
@@ -254,9 +263,11 @@ pub(crate) const RSA_ALGS: [Alg; 6] = [
 
 /// The usable keys one JWK yields, or `None` when it must be skipped.
 fn usable_keys(jwk: &Object) -> Option<Vec<Jwk>> {
+    // `null` is absent (some serialisers write every member they have); another type spoils the key.
+    // Members a key needs (`kty`, `n`, `e`, `x`, `y`, an EC or OKP key's `crv`) stay needed.
     let text = |name: &str| -> Result<Option<&str>, ()> {
         match jwk.get(name) {
-            None => Ok(None),
+            None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.as_str())),
             Some(_) => Err(()),
         }
@@ -265,7 +276,7 @@ fn usable_keys(jwk: &Object) -> Option<Vec<Jwk>> {
     if text("use").ok()?.is_some_and(|u| u != "sig") {
         return None;
     }
-    if let Some(ops) = jwk.get("key_ops") {
+    if let Some(ops) = jwk.get("key_ops").filter(|ops| !ops.is_null()) {
         let verify = ops
             .as_array()?
             .iter()
@@ -451,6 +462,12 @@ mod tests {
         variant(&|k| {
             k.remove("kty");
         });
+        // `null` is absent: members the key needs are still missing.
+        for needed in ["kty", "crv", "x", "y"] {
+            variant(&|k| {
+                k.insert(needed.into(), Value::Null);
+            });
+        }
         let mut rsa = entry("rs256-1");
         rsa["alg"] = "RSA-OAEP-256".into();
         odd.push(rsa.clone());
@@ -467,7 +484,7 @@ mod tests {
 
         assert_eq!(
             parse_keys(odd.clone()).unwrap_err(),
-            JwksError::NoUsableKeys
+            JwksError::NoUsableKeys(count)
         );
         odd.push(good);
         let jwks = parse_keys(odd).unwrap();
@@ -489,7 +506,7 @@ mod tests {
             k["e"] = e.into();
             parse_keys(vec![k]).map(|jwks| jwks.len())
         };
-        let skipped = Err(JwksError::NoUsableKeys);
+        let skipped = Err(JwksError::NoUsableKeys(1));
 
         // 2048 bits, leading zeros or not; 4096 bits (two copies of n: still odd).
         assert_eq!(with(&n, "AQAB"), Ok(1));
@@ -540,11 +557,11 @@ mod tests {
             assert_eq!(with_y(&y), Ok(1), "{kid}");
             let mut off = y.clone();
             off[y.len() - 1] ^= 1;
-            assert_eq!(with_y(&off), Err(JwksError::NoUsableKeys), "{kid}");
+            assert_eq!(with_y(&off), Err(JwksError::NoUsableKeys(1)), "{kid}");
             // Not a field element; the identity has no affine coordinates.
             assert_eq!(
                 with_y(&vec![0xff; y.len()]),
-                Err(JwksError::NoUsableKeys),
+                Err(JwksError::NoUsableKeys(1)),
                 "{kid}"
             );
             let mut k = good.clone();
@@ -552,7 +569,7 @@ mod tests {
             k["y"] = URL_SAFE_NO_PAD.encode(vec![0; y.len()]).into();
             assert_eq!(
                 parse_keys(vec![k]).unwrap_err(),
-                JwksError::NoUsableKeys,
+                JwksError::NoUsableKeys(1),
                 "{kid}"
             );
         }
@@ -565,7 +582,7 @@ mod tests {
         }] {
             let mut k = good.clone();
             k["x"] = URL_SAFE_NO_PAD.encode(x).into();
-            assert_eq!(parse_keys(vec![k]).unwrap_err(), JwksError::NoUsableKeys);
+            assert_eq!(parse_keys(vec![k]).unwrap_err(), JwksError::NoUsableKeys(1));
         }
     }
 
@@ -604,16 +621,70 @@ mod tests {
             Err(JwksError::Malformed(_))
         ));
         assert!(matches!(Jwks::parse(b"[]"), Err(JwksError::Malformed(_))));
-        assert_eq!(
-            Jwks::parse(br#"{"keys": []}"#).unwrap_err(),
-            JwksError::NoUsableKeys
-        );
+        // No `keys` (authentik's set without a signing key) is no key, as an empty `keys` is.
+        for none in [&br#"{"keys": []}"#[..], b"{}", br#"{"keys": null}"#] {
+            assert_eq!(Jwks::parse(none).unwrap_err(), JwksError::NoUsableKeys(0));
+        }
         assert_eq!(
             Jwks::parse(&vec![b' '; MAX_BODY + 1]).unwrap_err(),
             JwksError::TooLarge
         );
         let many = vec![entry("es256-1"); MAX_KEYS + 1];
         assert_eq!(parse_keys(many).unwrap_err(), JwksError::TooManyKeys);
+    }
+
+    #[test]
+    fn no_usable_key_says_what_the_idp_must_do() {
+        assert_eq!(
+            Jwks::parse(b"{}").unwrap_err().to_string(),
+            "JWKS has no usable signing key (0 skipped): the IdP must sign ID tokens with an RSA, \
+             P-256, P-384 or Ed25519 key; HS256 is not accepted"
+        );
+        let hmac = parse_keys(vec![entry("hmac-1")]).unwrap_err().to_string();
+        assert!(hmac.starts_with("JWKS has no usable signing key (1 skipped): "));
+    }
+
+    #[test]
+    fn null_members_are_absent() {
+        // As .NET writes a JsonWebKey when nulls are not left out: every member it has, most null.
+        let nulls = [
+            "alg", "use", "crv", "key_ops", "x5c", "x5t", "d", "k", "oth",
+        ];
+        let mut rsa = entry("rs256-1");
+        for name in nulls {
+            rsa[name] = Value::Null;
+        }
+        let jwks = parse_keys(vec![rsa.clone()]).unwrap();
+        // Without `alg`, an RSA key serves every RSA algorithm.
+        assert_eq!(jwks.len(), RSA_ALGS.len());
+        assert_eq!(kids(&jwks, Alg::PS512), [Some("rs256-1")]);
+        rsa["kid"] = Value::Null;
+        let jwks = parse_keys(vec![rsa]).unwrap();
+        assert_eq!(kids(&jwks, Alg::RS256), [None]);
+        assert_eq!(jwks.find(Some("rs256-1"), Alg::RS256).count(), 0);
+
+        let mut ec = entry("es384-1");
+        for name in ["alg", "use", "key_ops", "kid"] {
+            ec[name] = Value::Null;
+        }
+        assert_eq!(kids(&parse_keys(vec![ec]).unwrap(), Alg::ES384), [None]);
+
+        // Other types than a string (or an array of strings for `key_ops`) still spoil the key.
+        for (name, value) in [
+            ("alg", serde_json::json!(false)),
+            ("use", serde_json::json!(1)),
+            ("crv", serde_json::json!([])),
+            ("key_ops", serde_json::json!("verify")),
+            ("kid", serde_json::json!({})),
+        ] {
+            let mut k = entry("rs256-1");
+            k[name] = value;
+            assert_eq!(
+                parse_keys(vec![k]).unwrap_err(),
+                JwksError::NoUsableKeys(1),
+                "{name}"
+            );
+        }
     }
 
     #[test]
