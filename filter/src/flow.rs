@@ -158,7 +158,10 @@ pub struct RefreshJob {
     /// How the request is answered if the IdP refuses the refresh: as it would be without a session
     /// (never [`Anonymous::Pass`]: such a request starts no refresh).
     anonymous: Anonymous,
-    target: String,
+    /// `Box<str>`, not `String`: the job stays small enough to be handed back by value (`renewal_busy`).
+    target: Box<str>,
+    /// For a form posted ([`Anonymous::Page`]), the page that holds it, if the request named it.
+    form_page: Option<Box<str>>,
     cookie: Option<Option<String>>,
     present_chunks: Vec<String>,
 }
@@ -692,7 +695,11 @@ fn with_session(
             cache_key: sealed.to_string(),
             session: cached,
             anonymous,
-            target: target.to_string(),
+            target: target.into(),
+            form_page: matches!(anonymous, Anonymous::Page)
+                .then(|| form_page(h))
+                .flatten()
+                .map(String::into_boxed_str),
             cookie,
             present_chunks: session::chunk_names(&cfg.cookie_name, header),
         })),
@@ -855,20 +862,25 @@ fn without_session(
     if state.provider.ready().is_none() {
         return with_cookies(not_ready(), clear);
     }
-    // A form's way back is the page that holds it (the same origin's `Referer`), not where it posts to.
-    let referer = match how {
-        Anonymous::Page => h.get("referer"),
+    let page = match how {
+        Anonymous::Page => form_page(h),
         _ => None,
     };
-    let page = match (referer.as_ref().and_then(|_| origin(h)), referer.as_deref()) {
-        (Some(o), Some(r)) => r.strip_prefix(o.as_str()).filter(|p| p.starts_with('/')),
-        _ => None,
-    };
-    let mut r = anonymous_reply(cfg, how, page.unwrap_or(target));
+    let mut r = anonymous_reply(cfg, how, page.as_deref().unwrap_or(target));
     if matches!(how, Anonymous::Login) {
         r.metric = Some(Metric::LoginRedirect);
     }
     with_cookies(Step::Respond(r), clear)
+}
+
+/// A form's way back: the page that holds it (the same origin's `Referer`), not where it posts to.
+fn form_page(h: &dyn Headers) -> Option<String> {
+    let referer = h.get("referer")?;
+    let origin = origin(h)?;
+    referer
+        .strip_prefix(origin.as_str())
+        .filter(|p| p.starts_with('/'))
+        .map(str::to_string)
 }
 
 /// The answer to a request without a session that does not pass.
@@ -1159,11 +1171,13 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
 }
 
 /// `/logout`: forget the session here, then end it at the IdP when it offers that. Sent by another
-/// site (a link, a form, an image), it first asks the user (`confirm_logout`).
+/// site (a link, a form, an image), or fetched by the browser without the user opening it (a prefetch,
+/// a script), it first asks the user (`confirm_logout`).
 #[inline(never)]
 fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
-    if from_another_site(h) {
-        return confirm_logout(cfg, h);
+    let another_site = from_another_site(h);
+    if another_site || not_opened(h) {
+        return confirm_logout(cfg, h, another_site);
     }
     let header = h.cookie().unwrap_or_default();
     let mut id_token = None;
@@ -1186,11 +1200,19 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
     let location = match end_session {
         Some(mut url) => {
             url.append_query_pair("client_id", &cfg.client_id);
-            if let Some(t) = &id_token {
-                url.append_query_pair("id_token_hint", t.expose());
-            }
             if let Some(p) = post_logout_uri(cfg, h) {
                 url.append_query_pair("post_logout_redirect_uri", &p);
+            }
+            // `client_id` names the client just as well (RP-Initiated Logout 1.0): the ID token goes
+            // too only while the URL stays within 2048 bytes, the bound `rd` keeps to. IdPs refuse
+            // longer query strings (Entra ID answers AADSTS90015 for the ID token of a user in many
+            // groups), and the session here is gone by then: the user would stay logged in at the IdP.
+            // A JWT needs no escaping, so its length is what it adds.
+            if let Some(t) = id_token.as_ref().map(|t| t.expose()) {
+                let with_hint = url.to_string().len() + "&id_token_hint=".len() + t.len();
+                if with_hint <= MAX_END_SESSION_URL {
+                    url.append_query_pair("id_token_hint", t);
+                }
             }
             url.to_string()
         }
@@ -1202,6 +1224,19 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
     with_cookies(redirect(location, Some(Metric::Logout)), clear)
 }
 
+/// The longest end-session URL the ID token is sent in.
+const MAX_END_SESSION_URL: usize = 2048;
+
+/// Whether the browser fetched this GET without the user opening it: a prefetch or prerender of a
+/// link shown on a page (`Sec-Purpose: prefetch`, `prefetch;prerender`), or a request that is no
+/// navigation (`Sec-Fetch-Mode: cors` for a script's fetch, as Next.js prefetches a link's page;
+/// `no-cors` for `<link rel=prefetch>` or an image). Without Fetch Metadata it is taken as opened.
+fn not_opened(h: &dyn Headers) -> bool {
+    matches!(h.get(":method").as_deref(), Some("GET") | Some("HEAD"))
+        && (h.get("sec-purpose").is_some_and(|p| p.contains("prefetch"))
+            || h.get("sec-fetch-mode").is_some_and(|m| m != "navigate"))
+}
+
 /// Whether the browser says another site started this request (Fetch Metadata). `same-site` counts as
 /// another site: a sibling subdomain may be an app the user trusts less. Without the header (clients
 /// that are not browsers, browsers from before 2023) the request is taken as the user's own.
@@ -1210,17 +1245,21 @@ fn from_another_site(h: &dyn Headers) -> bool {
         .is_some_and(|s| s != "same-origin" && s != "none")
 }
 
-/// The page another site's `/logout` gets: nothing is ended until the user presses the button, whose
-/// form posts back here from this site. The page may not be framed (a framed button could be
-/// clicked by a trick).
+/// The page another site's `/logout` gets, and a prefetch of it: nothing is ended until the user presses
+/// the button, whose form posts back here from this site (a POST, never taken for a prefetch). The page
+/// may not be framed (a framed button could be clicked by a trick).
 #[inline(never)]
-fn confirm_logout(cfg: &Config, h: &dyn Headers) -> Step {
-    let host = h.get(":authority").unwrap_or_default();
+fn confirm_logout(cfg: &Config, h: &dyn Headers, another_site: bool) -> Step {
+    let host = html_escape(&h.get(":authority").unwrap_or_default());
+    let ask = if another_site {
+        format!("Another site sent you here to log out of <b>{host}</b>.")
+    } else {
+        format!("Log out of <b>{host}</b>?")
+    };
     let body = format!(
-        "<!doctype html><title>Log out?</title><h1>Log out?</h1><p>Another site sent you here to log out of \
-         <b>{}</b>.</p><form method=\"post\" action=\"{}\"><button type=\"submit\">Log out</button></form>\
-         <p><a href=\"/\">Stay logged in</a></p>\n",
-        html_escape(&host),
+        "<!doctype html><title>Log out?</title><h1>Log out?</h1><p>{ask}</p><form method=\"post\" \
+         action=\"{}\"><button type=\"submit\">Log out</button></form><p><a href=\"/\">Stay logged \
+         in</a></p>\n",
         cfg.logout_path
     );
     let mut r = html_page(200, body, None);
@@ -1827,7 +1866,8 @@ fn refresh_failed(
         clear_session_cookie(cfg, &cfg.cookie_name, &mut clear);
     }
     // As it would be answered without a session (a request that would pass starts no refresh).
-    let mut r = anonymous_reply(cfg, job.anonymous, &job.target);
+    let page = job.form_page.as_deref().unwrap_or(&job.target);
+    let mut r = anonymous_reply(cfg, job.anonymous, page);
     r.metric = Some(Metric::RefreshFailed);
     r.detail = Some(why);
     with_cookies(Step::Respond(r), clear)
