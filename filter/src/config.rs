@@ -609,7 +609,15 @@ pub struct CookieNames {
 
 impl CookieNames {
     pub fn new(mut names: Vec<String>) -> CookieNames {
-        names.sort_unstable();
+        // A few dozen names at most, sorted once: an insertion sort, far smaller in the module than the
+        // standard library's.
+        for i in 1..names.len() {
+            let mut j = i;
+            while j > 0 && names.get(j - 1) > names.get(j) {
+                names.swap(j - 1, j);
+                j -= 1;
+            }
+        }
         names.dedup();
         // Of sorted names, the first and the last share what all of them share.
         let prefix = match (names.first(), names.last()) {
@@ -638,11 +646,16 @@ impl CookieNames {
                 .is_ok()
                 && is_site_cookie(stem, name)
         };
+        const LOGIN: &[u8] = b"_login_";
+        let b = name.as_bytes();
         site(name)
-            || name.rsplit_once('.').is_some_and(|(stem, _)| site(stem))
-            || name
-                .match_indices("_login_")
-                .any(|(i, _)| name.get(..i).is_some_and(site))
+            || b.iter()
+                .rposition(|&c| c == b'.')
+                .is_some_and(|i| name.get(..i).is_some_and(site))
+            || (0..b.len()).any(|i| {
+                b.get(i..).is_some_and(|rest| rest.starts_with(LOGIN))
+                    && name.get(..i).is_some_and(site)
+            })
     }
 
     /// `header` without the cookies of these sites (as [`crate::cookies::strip_edit`] gives it: `None`
