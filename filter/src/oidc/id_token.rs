@@ -112,6 +112,9 @@ pub fn verify(token: &str, jwks: &Jwks, expected: &Expected) -> Result<Claims, I
     check_claims(verify_signature(token, jwks)?, expected)
 }
 
+/// The most keys one signature is checked against.
+const MAX_CANDIDATES: usize = 3;
+
 /// Verifies a JWT's signature against `jwks` (algorithm from our allow-list, key by `kid`) and returns its
 /// claims, unchecked: the caller judges them (ID tokens here, logout tokens in `logout_token`). Only the
 /// registered claims' types are checked here, for both.
@@ -145,7 +148,11 @@ pub fn verify_signature(token: &str, jwks: &Jwks) -> Result<Object, IdTokenError
         Some(_) => return Err(IdTokenError::Malformed),
     };
 
-    let mut candidates = jwks.find(kid, alg).peekable();
+    // A few keys at most: OpenID Connect Core 10.1 has an IdP with several keys name the one it used,
+    // and found in review, a set of 64 keys of one algorithm made an anonymous logout token without a
+    // `kid` (or one repeating a `kid` all 64 share) cost 64 signature checks. Three covers the keys an
+    // IdP without `kid`s publishes while it rotates: the last one, this one and the next.
+    let mut candidates = jwks.find(kid, alg).take(MAX_CANDIDATES).peekable();
     if candidates.peek().is_none() {
         return Err(IdTokenError::UnknownKid);
     }
@@ -1034,6 +1041,38 @@ mod jws_tests {
             r#","alg":"ES256""#,
         ] {
             assert_eq!(verify(&with(bad)), Err(IdTokenError::Malformed), "{bad}");
+        }
+    }
+
+    /// Found in review: without a `kid` every key of the algorithm was tried, 64 signature checks for a
+    /// forged logout token anyone may post. The first three are.
+    #[test]
+    fn a_token_without_kid_is_checked_against_three_keys_at_most() {
+        let doc: Value = serde_json::from_slice(KEYS).unwrap();
+        let mut ours = doc["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == "es256-1")
+            .unwrap()
+            .clone();
+        ours.as_object_mut().unwrap().remove("kid");
+        let other = || {
+            let jwk: Value =
+                serde_json::from_str(&ES256KeyPair::generate().public_key().to_jwk()).unwrap();
+            json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "x": jwk["x"], "y": jwk["y"]})
+        };
+        let token = es256_json(r#"{"alg":"ES256"}"#, &payload());
+        for before in 0..5 {
+            let mut keys: Vec<Value> = (0..before).map(|_| other()).collect();
+            keys.push(ours.clone());
+            let set = Jwks::parse(json!({ "keys": keys }).to_string().as_bytes()).unwrap();
+            let verdict = verify_signature(&token, &set);
+            if before < MAX_CANDIDATES {
+                assert!(verdict.is_ok(), "{before} keys before: {verdict:?}");
+            } else {
+                assert_eq!(verdict, Err(IdTokenError::BadSignature), "{before}");
+            }
         }
     }
 
