@@ -1180,8 +1180,12 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
         return confirm_logout(cfg, h, another_site);
     }
     let header = h.cookie().unwrap_or_default();
+    // The session this site set: the first of the name that opens (see `shadowed`).
     let mut id_token = None;
-    if let Ok(Some(sealed)) = session::join(&header, &cfg.cookie_name) {
+    for skip in 0..=SHADOWED {
+        let Ok(Some(sealed)) = session::join_shadowed(&header, &cfg.cookie_name, skip) else {
+            continue;
+        };
         if let Some(s) = cfg
             .keys
             .open(&cfg.cookie_name, &sealed)
@@ -1189,8 +1193,9 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
             .and_then(|p| Session::decode(&p).ok())
         {
             id_token = Some(s.id_token);
+            state.cache.remove(&sealed);
+            break;
         }
-        state.cache.remove(&sealed);
     }
     let clear = clear_session_cookies(cfg, &header);
     let end_session = state
@@ -1203,11 +1208,11 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
             if let Some(p) = post_logout_uri(cfg, h) {
                 url.append_query_pair("post_logout_redirect_uri", &p);
             }
-            // `client_id` names the client just as well (RP-Initiated Logout 1.0): the ID token goes
-            // too only while the URL stays within 2048 bytes, the bound `rd` keeps to. IdPs refuse
-            // longer query strings (Entra ID answers AADSTS90015 for the ID token of a user in many
-            // groups), and the session here is gone by then: the user would stay logged in at the IdP.
-            // A JWT needs no escaping, so its length is what it adds.
+            // `client_id` names the client (RP-Initiated Logout 1.0), but some IdPs need the ID token
+            // too (Okta's end-session endpoint requires it): it goes while the URL stays within 8000
+            // bytes. Web servers refuse longer request lines (8 KiB is the common bound; Entra ID
+            // answers AADSTS90015), and the session here is gone by then: the user would stay logged
+            // in at the IdP. A JWT needs no escaping, so its length is what it adds.
             if let Some(t) = id_token.as_ref().map(|t| t.expose()) {
                 let with_hint = url.to_string().len() + "&id_token_hint=".len() + t.len();
                 if with_hint <= MAX_END_SESSION_URL {
@@ -1225,7 +1230,7 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
 }
 
 /// The longest end-session URL the ID token is sent in.
-const MAX_END_SESSION_URL: usize = 2048;
+const MAX_END_SESSION_URL: usize = 8000;
 
 /// Whether the browser fetched this GET without the user opening it: a prefetch or prerender of a
 /// link shown on a page (`Sec-Purpose: prefetch`, `prefetch;prerender`), or a request that is no

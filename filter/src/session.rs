@@ -229,32 +229,34 @@ pub fn join_borrowed<'a>(header: &'a str, name: &str) -> Result<Option<Cow<'a, s
 /// sends every cookie of a name it holds for the request, of several domains or paths, and [`join`]
 /// takes the first (the one of the longest path, else the oldest). A session this site set may come
 /// after one of another gateway's (`Domain=example.com` from production, seen by staging at
-/// `app.staging.example.com`), or one that another site tossed in. Its chunks are those that come in the
-/// same place among their names as it does among the first cookies that have chunks: a session's cookies
-/// were stored together.
+/// `app.staging.example.com`), or one that another site tossed in. Its chunk `.K` is the one that comes
+/// after as many `.K` as the sessions passed over claim: a session's cookies were stored together.
 pub fn join_shadowed(header: &str, name: &str, skip: usize) -> Result<Option<String>, ChunkError> {
     let mut firsts = cookies::iter(header)
         .filter(|(c, _)| *c == name)
         .map(|(_, v)| v);
-    let chunked = |v: &str| !v.starts_with("1.");
-    let mut earlier = 0;
+    // How many of the sessions passed over claim each chunk: `n.…` claims chunks 1 to n - 1.
+    let mut claimed = [0usize; MAX_CHUNKS];
     for _ in 0..skip {
-        match firsts.next() {
-            Some(v) => earlier += usize::from(chunked(v)),
-            None => return Ok(None),
+        let Some(passed) = firsts.next() else {
+            return Ok(None);
+        };
+        for c in claimed.iter_mut().take(chunk_count(passed)).skip(1) {
+            *c += 1;
         }
     }
     let Some(first) = firsts.next() else {
         return Ok(None);
     };
     let mut parts: [Option<&str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
-    if chunked(first) {
+    if chunk_count(first) > 1 {
         let mut seen = [0usize; MAX_CHUNKS];
         for (cookie, value) in cookies::iter(header) {
             if let Some(i) = chunk_index(name, cookie)
-                && let (Some(slot), Some(count)) = (parts.get_mut(i), seen.get_mut(i))
+                && let (Some(slot), Some(count), Some(&before)) =
+                    (parts.get_mut(i), seen.get_mut(i), claimed.get(i))
             {
-                if *count == earlier {
+                if *count == before {
                     *slot = Some(value);
                 }
                 *count += 1;
@@ -262,6 +264,14 @@ pub fn join_shadowed(header: &str, name: &str, skip: usize) -> Result<Option<Str
         }
     }
     Ok(join_parts(first, &parts)?.map(Cow::into_owned))
+}
+
+/// The number of cookies a session's first cookie says it has (`n.…`); 1 when it says none that can be.
+fn chunk_count(first: &str) -> usize {
+    first
+        .split_once('.')
+        .and_then(|(n, _)| parse_index(n))
+        .unwrap_or(1)
 }
 
 /// What one pass over a request's `Cookie` header finds.

@@ -791,8 +791,9 @@ fn a_key_set_only_of_algorithms_the_filter_does_not_take_leaves_the_site_unavail
     for (host, mock) in [(ES512, "es512"), (ED25519, "ed25519")] {
         let line = format!(
             "fetching the JWKS of {} (cluster `{}`) failed: JWKS has no usable signing key (1 skipped): \
-             the IdP must sign ID tokens with an RSA, P-256, P-384 or Ed25519 key; HS256 is not \
-             accepted; retrying",
+             the filter takes RSA keys of 2048 to 4096 bits with exponent 65537 (RS256, RS384, RS512, \
+             PS256, PS384, PS512), P-256 (ES256), P-384 (ES384) and Ed25519 (EdDSA) keys whose alg, if \
+             any, is one of those; not HMAC (HS256); retrying",
             issuer(mock),
             cluster_name(&issuer(mock)).unwrap()
         );

@@ -113,8 +113,9 @@ impl fmt::Display for JwksError {
             // An IdP that signs with HMAC (authentik without a signing key) publishes no key at all.
             Self::NoUsableKeys(skipped) => write!(
                 f,
-                "JWKS has no usable signing key ({skipped} skipped): the IdP must sign ID tokens with \
-                 an RSA, P-256, P-384 or Ed25519 key; HS256 is not accepted"
+                "JWKS has no usable signing key ({skipped} skipped): the filter takes RSA keys of 2048 to \
+                 4096 bits with exponent 65537 (RS256, RS384, RS512, PS256, PS384, PS512), P-256 (ES256), \
+                 P-384 (ES384) and Ed25519 (EdDSA) keys whose alg, if any, is one of those; not HMAC (HS256)"
             ),
         }
     }
@@ -637,8 +638,9 @@ mod tests {
     fn no_usable_key_says_what_the_idp_must_do() {
         assert_eq!(
             Jwks::parse(b"{}").unwrap_err().to_string(),
-            "JWKS has no usable signing key (0 skipped): the IdP must sign ID tokens with an RSA, \
-             P-256, P-384 or Ed25519 key; HS256 is not accepted"
+            "JWKS has no usable signing key (0 skipped): the filter takes RSA keys of 2048 to 4096 \
+             bits with exponent 65537 (RS256, RS384, RS512, PS256, PS384, PS512), P-256 (ES256), P-384 \
+             (ES384) and Ed25519 (EdDSA) keys whose alg, if any, is one of those; not HMAC (HS256)"
         );
         let hmac = parse_keys(vec![entry("hmac-1")]).unwrap_err().to_string();
         assert!(hmac.starts_with("JWKS has no usable signing key (1 skipped): "));
