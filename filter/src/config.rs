@@ -212,6 +212,15 @@ impl Raw {
                 (Kind::StrMap, Value::Object(m)) if m.iter().all(|(_, v)| v.is_string()) => {
                     continue;
                 }
+                // YAML makes `max_age: 300` a number, `prompt: true` a boolean: taken as their text.
+                (Kind::StrMap, Value::Object(m))
+                    if field == "authorization_params"
+                        && m.iter().all(|(_, v)| {
+                            matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
+                        }) =>
+                {
+                    continue;
+                }
                 (Kind::Duration, Value::Number(n)) => match whole_seconds(n) {
                     Some(_) => continue,
                     None => {
@@ -275,7 +284,15 @@ fn str_map(obj: &mut Object, name: &str) -> Option<Vec<(String, String)>> {
     match obj.remove(name) {
         Some(Value::Object(m)) => Some(
             m.into_iter()
-                .filter_map(|(k, v)| Some((k, v.as_str()?.to_string())))
+                .filter_map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => s,
+                        Value::Number(n) => n.as_str().to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        _ => return None,
+                    };
+                    Some((k, v))
+                })
                 .collect(),
         ),
         _ => None,
@@ -701,8 +718,9 @@ impl Plugin {
         let Value::Object(mut top) = parse_json(json, "not valid JSON")? else {
             return Err(err("pluginConfig", "must be a JSON object"));
         };
-        let entries = top.remove("hosts");
-        let unmatched = top.remove("unmatched_hosts");
+        // `null` is absent, as for every other field (a template renders an unset value so).
+        let entries = top.remove("hosts").filter(|v| !v.is_null());
+        let unmatched = top.remove("unmatched_hosts").filter(|v| !v.is_null());
         let Some(entries) = entries else {
             if unmatched.is_some() {
                 return Err(err(
@@ -717,13 +735,13 @@ impl Plugin {
             _ => return Err(err("hosts", "a list of 1 to 64 objects")),
         };
         let mut sites = Vec::new();
-        let default_site = if top.contains_key("issuer") {
+        let default_site = if top.get("issuer").is_some_and(|v| !v.is_null()) {
             sites.push(Config::from_object(top.clone(), env)?);
             Some(0)
         } else {
             None
         };
-        let top_issuer = top.get("issuer").cloned();
+        let top_issuer = top.get("issuer").filter(|v| !v.is_null()).cloned();
         let mut seen_hosts: Vec<String> = Vec::new();
         let mut inherits_redirect: Vec<bool> = Vec::new();
         for (i, entry) in entries.into_iter().enumerate() {
@@ -761,7 +779,15 @@ impl Plugin {
                 seen_hosts.push(p.clone());
                 hosts.push(p);
             }
-            let explicit_cookie = entry.contains_key("cookie_name");
+            let explicit_cookie = entry.get("cookie_name").is_some_and(|v| !v.is_null());
+            // An error in a field the entry does not set is the top level's: named as it is there
+            // (found in review: a top level without an `issuer`, checked only through its entries, had
+            // its mistakes blamed on `hosts[0]`).
+            let own: Vec<String> = entry.iter().map(|(k, _)| k.to_string()).collect();
+            let inherited_error = |e: &ConfigError| {
+                let root = e.field.split(['.', '[']).next().unwrap_or_default();
+                !own.iter().any(|k| k == root) && top.contains_key(root)
+            };
             // Fields the entry takes from the top level, named in its `redirect_uri` errors.
             let inherited: Vec<&str> = ["`redirect_uri`", "`callback_path`", "`cookie_domain`"]
                 .into_iter()
@@ -771,6 +797,10 @@ impl Plugin {
                 })
                 .collect();
             let at_redirect = |mut e: ConfigError| {
+                if inherited_error(&e) && e.field != "redirect_uri" {
+                    e.reason = format!("{} (at the top level, inherited by hosts[{i}])", e.reason);
+                    return e;
+                }
                 if e.field == "redirect_uri" && !inherited.is_empty() {
                     e.reason = format!(
                         "{} ({} inherited from the top level)",
@@ -781,10 +811,11 @@ impl Plugin {
                 at(e)
             };
             // An entry with an IdP of its own is reached through its own cluster (set, or derived from its
-            // issuer), never through the one the top level names for another IdP.
-            let other_idp = entry
-                .get("issuer")
-                .is_some_and(|i| Some(i) != top_issuer.as_ref())
+            // issuer), never through the one the top level names for another IdP. A top level that names
+            // no IdP names the cluster for its entries' (found in review: it was dropped).
+            let other_idp = top_issuer
+                .as_ref()
+                .is_some_and(|t| entry.get("issuer").is_some_and(|i| i != t))
                 && !entry.contains_key("idp_cluster");
             let mut merged = top.clone();
             if other_idp {
@@ -822,6 +853,7 @@ impl Plugin {
             }
             let mut site = Config::from_object(merged, env).map_err(at_redirect)?;
             redirect_host_served(&site, &hosts).map_err(at_redirect)?;
+            hosts_within_cookie_domain(&site, &hosts).map_err(at_redirect)?;
             inherits_redirect.push(inherited.contains(&"`redirect_uri`"));
             if !explicit_cookie {
                 // Each site seals under its own cookie name (the AEAD's associated data), so a session
@@ -834,8 +866,12 @@ impl Plugin {
         for (i, a) in sites.iter().enumerate() {
             for b in &sites[..i] {
                 if a.cookie_name == b.cookie_name && !a.same_client(b) {
+                    let field = match default_site {
+                        Some(d) if d == i => "cookie_name".to_string(),
+                        d => format!("hosts[{}].cookie_name", i - usize::from(d.is_some())),
+                    };
                     return Err(err(
-                        "cookie_name",
+                        &field,
                         format!(
                             "`{}` is used by sites of different IdP clients; give each its own",
                             a.cookie_name
@@ -1066,6 +1102,25 @@ pub(crate) fn host_of(authority: &str) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
+/// A `hosts` entry's `cookie_domain` (set or inherited) must hold each of its hosts. Found in review: it was
+/// checked only through a `redirect_uri`. A browser drops a cookie whose `Domain` its host is not within,
+/// so every login of such a host would end in a state mismatch.
+fn hosts_within_cookie_domain(site: &Config, hosts: &[String]) -> Result<(), ConfigError> {
+    match hosts
+        .iter()
+        .find(|p| !site.within_cookie_domain(p.strip_prefix("*.").unwrap_or(p)))
+    {
+        Some(p) if site.cookie.domain.is_some() => Err(err(
+            "cookie_domain",
+            format!(
+                "this entry's host `{p}` is not within it: browsers drop the cookies set for it there, \
+                 so its logins would fail"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A `hosts` entry's `redirect_uri` (set or inherited): the login-attempt cookie is set for the host that
 /// starts the login (with the site's `Domain` when it has one), so every host of the entry must be the
 /// redirect's host or lie within its `cookie_domain`, or the IdP's redirect back arrives without it.
@@ -1155,11 +1210,16 @@ fn own_paths(raw: &mut Raw) -> Result<[String; 3], ConfigError> {
                     "has no path to take callback_path from; give one like `https://app.example.com/oauth2/callback`",
                 ));
             }
-            if p.starts_with("//") || p.contains(['?', '#', '%', ' ']) {
+            // As a set `callback_path` may not hold them: `;` would also be cut from the login cookie's
+            // `Path`, which the browser would then not send back.
+            if p.starts_with("//")
+                || p.contains(['?', '#', '%', ' ', ';', '"', '\'', '<', '>', '\\'])
+            {
                 return Err(err(
                     "redirect_uri",
                     format!(
-                        "its path `{p}` cannot be callback_path (no escapes, non-ASCII characters or leading `//`)"
+                        "its path `{p}` cannot be callback_path (no escapes, non-ASCII characters, `;`, quotes, \
+                         `<`, `>`, `\\` or leading `//`)"
                     ),
                 ));
             }
@@ -1510,9 +1570,12 @@ fn from_env(
 ) -> Result<String, ConfigError> {
     match env(var) {
         Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+        // The name is not repeated: found in review, a secret pasted here in place of a name was
+        // logged at error level.
         _ => Err(err(
             field,
-            format!("environment variable `{var}` is not set or empty"),
+            "the environment variable it names is not set or empty (it takes the variable's name, not \
+             the secret)",
         )),
     }
 }
@@ -1680,6 +1743,97 @@ mod tests {
             Some(Some("a=1; _oidc_session_10=y".into()))
         );
         assert_eq!(CookieNames::new(Vec::new()).strip("a=1; b=2"), None);
+    }
+
+    /// Found in a review of the configuration: each was accepted wrongly, refused wrongly, or named the
+    /// wrong field.
+    #[test]
+    fn configuration_mistakes_a_review_found() {
+        let plugin = |v: serde_json::Value| Plugin::parse(v.to_string().as_bytes(), &no_env);
+        let base =
+            || serde_json::json!({"client_id": "c", "client_secret": "s", "cookie_keys": [KEY]});
+        let with_top = |extra: serde_json::Value| {
+            let mut v = base();
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            v
+        };
+        // A host outside the entry's cookie_domain, without a redirect_uri: its cookies would be dropped.
+        let e = plugin(with_top(
+            serde_json::json!({"issuer": "https://idp.example.com",
+            "cookie_domain": "example.com", "hosts": [{"hosts": ["wiki.example.org"]}]}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "cookie_domain", "{e}");
+        assert!(
+            e.reason.contains("wiki.example.org") && e.reason.contains("hosts[0]"),
+            "{e}"
+        );
+        let e = plugin(with_top(
+            serde_json::json!({"issuer": "https://idp.example.com",
+            "hosts": [{"hosts": ["wiki.example.org"], "cookie_domain": "example.com"}]}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "hosts[0].cookie_domain", "{e}");
+        // A top level without an issuer still names the cluster its entries inherit.
+        let p = plugin(with_top(serde_json::json!({
+            "idp_cluster": "outbound|8080||kc.auth.svc.cluster.local",
+            "hosts": [{"hosts": ["a.example.com"], "issuer": "https://sso.example.com/r"}]})))
+        .unwrap();
+        assert_eq!(
+            p.sites[0].idp_cluster.as_deref(),
+            Some("outbound|8080||kc.auth.svc.cluster.local")
+        );
+        // `cookie_name: null` in an entry is unset: the entry's own name.
+        let p = plugin(with_top(
+            serde_json::json!({"issuer": "https://idp.example.com",
+            "hosts": [{"hosts": ["a.example.com"], "cookie_name": null}]}),
+        ))
+        .unwrap();
+        assert_eq!(p.sites[1].cookie_name, "_oidc_session_0");
+        // A `;` in the path callback_path is taken from.
+        let e = parse(&with("redirect_uri", "https://app.example.com/cb;x".into())).unwrap_err();
+        assert_eq!(e.field, "redirect_uri");
+        // A top level's own mistake is named as the top level's, not its first entry's.
+        for (field, value) in [
+            ("callout_timeout", serde_json::json!(0)),
+            ("cookie_secure", serde_json::json!("false")),
+        ] {
+            let mut v = with_top(serde_json::json!({
+                "hosts": [{"hosts": ["a.example.com"], "issuer": "https://idp.example.com"}]}));
+            v[field] = value;
+            let e = plugin(v).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains("inherited by hosts[0]"), "{e}");
+        }
+        // YAML's numbers and booleans among the authorization parameters.
+        let c = parse(&with(
+            "authorization_params",
+            serde_json::json!({"max_age": 300, "prompt": "login", "x": true}),
+        ))
+        .unwrap();
+        assert_eq!(c.max_age, Some(300));
+        assert!(
+            c.authorization_params
+                .iter()
+                .any(|(k, v)| &**k == "x" && &**v == "true")
+        );
+        // `null` is absent at the top level too.
+        assert!(
+            plugin(
+                serde_json::from_str(&with("unmatched_hosts", serde_json::Value::Null)).unwrap()
+            )
+            .is_ok()
+        );
+        assert!(
+            plugin(serde_json::from_str(&with("hosts", serde_json::Value::Null)).unwrap()).is_ok()
+        );
+        let mut v = with_top(serde_json::json!({"issuer": null,
+            "hosts": [{"hosts": ["a.example.com"], "issuer": "https://idp.example.com"}]}));
+        assert_eq!(plugin(v.clone()).unwrap().sites.len(), 1);
+        v["unmatched_hosts"] = serde_json::Value::Null;
+        assert!(plugin(v).is_ok());
     }
 
     #[test]
@@ -2161,7 +2315,8 @@ mod tests {
         .to_string();
         let e = Config::parse(missing.as_bytes(), &env).unwrap_err();
         assert_eq!(e.field, "client_secret_env");
-        assert!(e.reason.contains("NOPE"));
+        // What the field holds is not repeated: it may be a secret pasted in place of a name.
+        assert!(!e.to_string().contains("NOPE"), "{e}");
 
         let both = with("client_secret_env", "SECRET".into());
         assert_eq!(
@@ -2319,7 +2474,7 @@ mod tests {
             Plugin::parse(same_cookie.to_string().as_bytes(), &no_env)
                 .unwrap_err()
                 .field,
-            "cookie_name"
+            "hosts[1].cookie_name"
         );
     }
 
@@ -2362,8 +2517,12 @@ mod tests {
             ),
             (serde_json::Value::Object(many), "at most 16"),
             (
-                serde_json::json!({"max_age": 300}),
+                serde_json::json!({"max_age": [300]}),
                 "wrong type, expected a map of strings",
+            ),
+            (
+                serde_json::json!({"max_age": 300.5}),
+                "`max_age` is a whole number of seconds",
             ),
             (
                 serde_json::json!({"max_age": "5m"}),
