@@ -35,11 +35,11 @@ fn share_revocations(cfg: &Config, state: &State, step: &Step) {
         let Ok((bytes, cas)) = host::get_shared_data(&key) else {
             break;
         };
-        let mut merged = bytes.map(|b| Revocations::decode(&b)).unwrap_or_default();
-        merged.merge(&state.revoked);
-        // What has lapsed goes here too: every worker decodes this list each time it changes.
-        merged.prune(now());
-        if host::set_shared_data(&key, &merged.encode(), cas).is_ok() {
+        let Some(merged) = Revocations::merged_shared(bytes.as_deref(), &state.revoked, now())
+        else {
+            break;
+        };
+        if host::set_shared_data(&key, &merged, cas).is_ok() {
             return;
         }
     }

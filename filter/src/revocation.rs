@@ -101,7 +101,28 @@ impl Revocations {
         w.finish()
     }
 
-    /// Anything unreadable counts as empty: the shared copy is ours, and a fresh start is safe.
+    /// The shared list `shared` with `local` merged in and what has lapsed by `now` pruned, encoded;
+    /// `None` when `shared` is of a later format than this build writes. Found in review: such a list (a
+    /// newer build's, running beside this one through an upgrade) read as empty, and the next logout
+    /// here overwrote it: the logouts recorded in it were lost, and those sessions opened again. It is
+    /// left alone; an older or unreadable one is replaced.
+    pub fn merged_shared(shared: Option<&[u8]>, local: &Revocations, now: u64) -> Option<Vec<u8>> {
+        if shared
+            .and_then(|b| b.first())
+            .is_some_and(|&v| v > VERSION && v < b' ')
+        {
+            return None;
+        }
+        let mut merged = shared.map(Revocations::decode).unwrap_or_default();
+        merged.merge(local);
+        // What has lapsed goes here too: every worker decodes this list each time it changes.
+        merged.prune(now);
+        Some(merged.encode())
+    }
+
+    /// Anything unreadable counts as empty (a list of a later format is left alone: [`merged_shared`]).
+    ///
+    /// [`merged_shared`]: Revocations::merged_shared
     pub fn decode(bytes: &[u8]) -> Revocations {
         let read = || {
             let mut r = Reader::new(bytes, VERSION)?;
@@ -157,6 +178,31 @@ fn evict_oldest<V>(list: &mut Vec<(String, V)>, until: impl Fn(&V) -> u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_list_of_a_later_format_is_left_alone() {
+        let mut local = Revocations::default();
+        local.add(&logout(Some("s1"), None, 100), 100, 3600);
+        let mut other = Revocations::default();
+        other.add(&logout(Some("s2"), None, 100), 100, 3600);
+        // Ours: merged.
+        let merged = Revocations::merged_shared(Some(&other.encode()), &local, 200).unwrap();
+        let merged = Revocations::decode(&merged);
+        assert!(merged.is_revoked(Some("s1"), "u", 50) && merged.is_revoked(Some("s2"), "u", 50));
+        // A later format: not overwritten.
+        let mut later = other.encode();
+        later[0] = VERSION + 1;
+        assert_eq!(Revocations::merged_shared(Some(&later), &local, 200), None);
+        // Unreadable, of an older format (format 1 was JSON), or none: replaced by ours.
+        for shared in [
+            None,
+            Some(&b"{\"sids\":[]}"[..]),
+            Some(&[VERSION, 0xff][..]),
+        ] {
+            let ours = Revocations::merged_shared(shared, &local, 200).unwrap();
+            assert_eq!(ours, local.encode(), "{shared:?}");
+        }
+    }
 
     /// A logout token issued at `iat`.
     fn logout(sid: Option<&str>, sub: Option<&str>, iat: u64) -> Logout {
