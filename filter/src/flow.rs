@@ -586,11 +586,24 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
     // forwarded token's; with `access_token_header`, until the first of the two tokens is due; unknown
     // without an `iat`). When the ID token goes upstream, the session's expiry is that token's `exp`: the
     // later of the two counts, so a session sealed with an earlier expiry still has the token's life.
-    let due = match cfg.forward_token {
-        ForwardToken::IdToken if !cfg.passes_access_token() => exp.max(session.token_expires_at),
-        _ => session.token_expires_at,
+    let (due, issued) = match cfg.forward_token {
+        ForwardToken::IdToken if !cfg.passes_access_token() => {
+            (exp.max(session.token_expires_at), iat)
+        }
+        // The access token's life, from its own `iat` when it is a JWT that has one. Found in review: a
+        // refresh that brings no new ID token keeps the login's, whose `iat` made the life grow with each
+        // refresh until the margin was all of it, and every request renewed.
+        _ => (
+            session.token_expires_at,
+            session
+                .access_token
+                .as_ref()
+                .and_then(token_payload)
+                .and_then(|c| c.get("iat").and_then(json::Value::as_number)?.floor_u64())
+                .map_or(iat, |a| a.max(iat)),
+        ),
     };
-    let life = due.saturating_sub(iat);
+    let life = due.saturating_sub(issued);
     let refresh_margin = cfg.refresh_margin.min(life / 2);
     let identity = Rc::new(
         cfg.identity_headers

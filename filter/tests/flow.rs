@@ -2032,6 +2032,46 @@ fn a_short_forwarded_access_token_is_renewed_at_half_its_life() {
     ));
 }
 
+/// Found in review: with the access token forwarded, a refresh that brings no new ID token kept the
+/// login's, and the token's life was measured from that ID token's `iat`: it grew with each refresh
+/// until the margin was all of it, and every request renewed. The life is the access token's own.
+#[test]
+fn an_access_token_refreshed_without_an_id_token_is_still_renewed_at_half_its_life() {
+    let mut f = Filter::ready(config(
+        json!({"forward_token": "access_token", "refresh_margin": "5m"}),
+    ));
+    let access =
+        |now: u64| mint(&json!({"iss": ISSUER, "sub": "user-1", "iat": now, "exp": now + 300}));
+    let body = |access: &str, id_token: Option<&str>, refresh: &str| {
+        let mut b = json!({"access_token": access, "token_type": "Bearer", "expires_in": 300,
+                           "refresh_token": refresh});
+        if let Some(t) = id_token {
+            b["id_token"] = t.into();
+        }
+        b.to_string().into_bytes()
+    };
+    let login = start_login(&mut f, "?rd=/app");
+    let (_, pending) = call(f.request(&login.callback("code-1", &Jar::default())));
+    let id_token = mint(&claims(Some(&login.nonce)));
+    let r = respond(f.reply(
+        pending,
+        Some((200, &body(&access(f.now), Some(&id_token), "rt-1"))),
+    ));
+    let mut jar = Jar::default();
+    jar.apply(set_cookies(&r));
+    for round in 0..4 {
+        f.now += 150;
+        let (_, pending) = call(f.request(&Req::browser("/").cookies(&jar)));
+        let token = access(f.now);
+        let fwd = forward(f.reply(pending, Some((200, &body(&token, None, "rt-2")))));
+        assert_eq!(bearer(&fwd), format!("Bearer {token}"));
+        jar.apply(fwd.set_cookies.iter().map(String::as_str));
+        f.now += 1;
+        let fwd = forward(f.request(&Req::browser("/").cookies(&jar)));
+        assert_eq!(bearer(&fwd), format!("Bearer {token}"), "round {round}");
+    }
+}
+
 #[test]
 fn a_session_ends_at_its_lifetime_even_with_a_refresh_token() {
     let mut f = ready();
