@@ -18,8 +18,14 @@
 // to the callback with the state and login cookie the first answer gave; it prints both answers' statuses
 // and the counters the filter incremented.
 //
+// With ORPHAN_LOGOUT=1 it plays a back-channel logout whose token is signed with a key the IdP publishes
+// only after the filter first fetched its keys: the filter fetches them again for that `kid`, and the
+// request ends (its client, or an app that answered first, went away) before they come. Then the same
+// token is posted again. It prints both answers' statuses, the callouts made and the counters.
+//
 // INPUT.json: {"config": "<the plugin configuration>", "env": {"NAME": "value"}, "cookie": "<Cookie or empty>",
 //              "replies": {"<path>": {"status": 200, "body": "<text>"}} (optional)}
+import { generateKeyPairSync, sign } from 'node:crypto';
 import fs from 'node:fs';
 
 const [wasmPath, inputPath, nStr] = process.argv.slice(2);
@@ -63,6 +69,10 @@ function request(path, cookie) {
     ['x-envoy-expected-rq-timeout-ms', '15000']]);
 }
 let requestHeaders = request('/', input.cookie);
+// The request body the filter reads (a back-channel logout's), and the contexts that have ended.
+let requestBody = new Uint8Array(0);
+const ended = new Set();
+let calls = 0;
 const config = enc.encode(input.config);
 let forwarded = 0, local = 0, setAuthorization = 0, localStatus = 0, refusedCalls = 0, localBody = '';
 // Each `authorization` value the filter set, once.
@@ -97,6 +107,7 @@ const env = {
   },
   proxy_get_buffer_bytes: (type, start, max, pp, ps) => {
     if (type === 7) return give(config, pp, ps);
+    if (type === 0) return give(requestBody.slice(start, start + max), pp, ps);
     // The body of the callout reply being handed over.
     if (type === 4 && reply) return give(reply[2].slice(start, start + max), pp, ps);
     return 1;
@@ -137,7 +148,8 @@ const env = {
     counters[name] = (counters[name] || 0) + Number(offset);
     return 0;
   },
-  proxy_set_effective_context: () => 0,
+  // An ended context is gone for the host (Envoy's answer: BadArgument).
+  proxy_set_effective_context: (id) => (ended.has(id) ? 2 : 0),
   // The real clock: the session `bench` logged in with is valid for hours from now.
   proxy_get_current_time_nanoseconds: (p) => {
     dv().setBigUint64(p, BigInt(Date.now()) * 1000000n, true);
@@ -147,7 +159,10 @@ const env = {
   // needs neither.
   proxy_http_call: (cp, cs, hp, hs, bp, bs, tp, ts, timeout, tokp) => {
     const path = (decodePairs(hp).find(([k]) => k === ':path') || [])[1];
-    const canned = input.replies && input.replies[path];
+    calls++;
+    // A list: each fetch of the path takes the next answer, the last one stays.
+    let canned = input.replies && input.replies[path];
+    if (Array.isArray(canned)) canned = canned.length > 1 ? canned.shift() : canned[0];
     if (!canned && process.env.REFUSE_CALLS === '1') { refusedCalls++; return 2; }
     const token = nextToken++;
     if (canned) answers.push([token, canned.status, enc.encode(canned.body)]);
@@ -189,6 +204,44 @@ for (let round = 0; input.replies && round < 10; round++) {
     x.proxy_on_http_call_response(1, reply[0], 1, reply[2].length, 0);
     reply = null;
   }
+}
+if (process.env.ORPHAN_LOGOUT === '1') {
+  const { publicKey, privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const jwk = { ...publicKey.export({ format: 'jwk' }), kid: 'rotated-1', alg: 'ES256', use: 'sig' };
+  // The keys the IdP publishes from now on: those of before, and the new one.
+  const before = JSON.parse(input.replies['/oauth2/keys'][0].body);
+  input.replies['/oauth2/keys'] = [{ status: 200, body: JSON.stringify({ keys: [...before.keys, jwk] }) }];
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const now = Math.floor(Date.now() / 1000);
+  const signingInput = `${b64({ alg: 'ES256', kid: 'rotated-1', typ: 'logout+jwt' })}.${b64({
+    iss: input.logout.iss, aud: input.logout.aud, iat: now, exp: now + 120, jti: 'j-1', sid: 'sid-1',
+    events: { 'http://schemas.openid.net/event/backchannel-logout': {} } })}`;
+  const signature = sign('sha256', Buffer.from(signingInput), { key: privateKey, dsaEncoding: 'ieee-p1363' });
+  requestBody = enc.encode(`logout_token=${signingInput}.${signature.toString('base64url')}`);
+  const post = (id) => {
+    requestHeaders = encodePairs([
+      [':authority', 'app.example.com'], [':path', '/oauth2/backchannel-logout'], [':method', 'POST'],
+      [':scheme', 'https'], ['content-type', 'application/x-www-form-urlencoded'],
+      ['content-length', String(requestBody.length)]]);
+    localStatus = 0;
+    x.proxy_on_context_create(id, 1);
+    x.proxy_on_request_headers(id, 6, 0);
+    x.proxy_on_request_body(id, requestBody.length, 1);
+  };
+  post(200);
+  const callsBefore = calls;
+  // It waits for the keys; its request ends before they come, and a tick passes.
+  ended.add(200);
+  x.proxy_on_tick(1);
+  while (answers.length) {
+    reply = answers.shift();
+    x.proxy_on_http_call_response(1, reply[0], 1, reply[2].length, 0);
+    reply = null;
+  }
+  const first = localStatus;
+  post(201);
+  console.log(JSON.stringify({ statuses: [first, localStatus], refetches: callsBefore, calls, counters, warnings }));
+  process.exit(0);
 }
 if (process.env.LOGIN_FLOW === '1') {
   const play = (id, path, cookie) => {

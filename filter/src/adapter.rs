@@ -426,6 +426,7 @@ impl Root {
             renewing: None,
             set_cookies: None,
             held: None,
+            kept_until: None,
         })
     }
 
@@ -578,6 +579,13 @@ pub struct Http {
     /// Held at its headers until the IdP's documents arrive (`exports::hold`): whether the headers
     /// ended the stream, and when to stop waiting.
     held: Option<(bool, u64)>,
+    /// Ended while keys fetched for a new `kid` were on their way: kept for them until then.
+    kept_until: Option<u64>,
+}
+
+/// Whether `pending` waits for keys fetched for a new `kid` (of a login's or a logout's token).
+fn fetches_keys(pending: &Pending) -> bool {
+    matches!(pending, Pending::CodeJwks(..) | Pending::LogoutJwks(..))
 }
 
 /// At most this many requests wait for another request's renewal per root context, each with its session;
@@ -635,12 +643,16 @@ impl Http {
     /// The IdP answered a callout of this request after the request ended (its client went away). A
     /// renewal it brings is still taken in, and published for the session's next request to adopt: an
     /// IdP that rotates refresh tokens has retired the old one already, so the session would otherwise
-    /// end at its next renewal. Nothing is answered: nobody is left to answer.
+    /// end at its next renewal. Keys fetched for a new `kid` are taken in too, and a back-channel logout
+    /// that waited for them recorded (found in review: both were dropped, while the fetch had used up the
+    /// worker's one fetch for a `kid` in 30 s, so logins and logouts signed with the new key failed
+    /// meanwhile; an app that answers the IdP's POST before the filter does ends that request early).
+    /// Nothing is answered: nobody is left to answer.
     pub fn on_orphaned_call_response(&mut self, token: u32, body_size: usize) {
         let Some((expected, pending)) = self.pending.take() else {
             return;
         };
-        if expected != token || self.renewing.is_none() {
+        if expected != token || (self.renewing.is_none() && !fetches_keys(&pending)) {
             return;
         }
         let Some((step, renewed)) = self.reply_step(*pending, read_reply(body_size)) else {
@@ -667,14 +679,18 @@ impl Http {
         }
     }
 
-    /// True while this request, ended or not, waits for the IdP's answer to the renewal it claimed (and
-    /// the claim holds): an ended one is kept for that answer (`on_orphaned_call_response`).
-    pub fn awaits_renewal(&self, now: u64) -> bool {
-        self.pending.is_some()
-            && self
-                .renewing
-                .as_ref()
-                .is_some_and(|(_, _, until)| now < *until)
+    /// True while this request, ended or not, waits for an answer of the IdP worth taking in without
+    /// it: to the renewal it claimed (while the claim holds), or keys for a new `kid` (for a minute at
+    /// most from when it is first asked: a callout is answered within its timeout, 60 s at most). An
+    /// ended one is kept for that answer (`on_orphaned_call_response`).
+    pub fn awaits_answer(&mut self, now: u64) -> bool {
+        let Some((_, pending)) = &self.pending else {
+            return false;
+        };
+        self.renewing
+            .as_ref()
+            .is_some_and(|(_, _, until)| now < *until)
+            || (fetches_keys(pending) && now < *self.kept_until.get_or_insert(now + 61))
     }
 
     /// The core's step for a callout's outcome, and the renewal it ended, if this request claimed one
@@ -817,17 +833,18 @@ impl Http {
                 Action::Continue
             };
         }
+        // Logout tokens are small; a huge body is not one, however it arrives (found in review: one
+        // whose last piece took it past the bound was cut and refused 400).
+        if body_size > 64 * 1024 {
+            self.reading_body = false;
+            respond(413, &[("cache-control", "no-store")], b"");
+            return Action::Pause;
+        }
         if !end_of_stream {
-            // Logout tokens are small; a huge body is not one.
-            if body_size > 64 * 1024 {
-                self.reading_body = false;
-                respond(413, &[("cache-control", "no-store")], b"");
-            }
             return Action::Pause;
         }
         self.reading_body = false;
-        let body =
-            host::get_buffer(Buffer::RequestBody, 0, body_size.min(64 * 1024)).unwrap_or_default();
+        let body = host::get_buffer(Buffer::RequestBody, 0, body_size).unwrap_or_default();
         self.backchannel_logout(&body)
     }
 

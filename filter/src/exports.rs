@@ -214,10 +214,10 @@ pub extern "C" fn proxy_on_tick(root_context_id: u32) {
 fn sweep(root_context_id: u32) {
     let alive = |id: u32| host::set_effective_context(id).is_ok();
     let now = host::now_secs();
-    // An ended request that waits for the IdP's answer to its renewal is kept for that answer.
+    // An ended request that waits for the IdP's answer to its renewal, or for keys, is kept for it.
     let ended: Vec<(u32, Http)> = REQUESTS.with(|requests| match requests.try_borrow_mut() {
         Ok(mut requests) => requests
-            .extract_if(|id, http| !http.awaits_renewal(now) && !alive(*id))
+            .extract_if(|id, http| !http.awaits_answer(now) && !alive(*id))
             .collect(),
         Err(_) => Vec::new(),
     });

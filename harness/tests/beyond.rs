@@ -941,6 +941,17 @@ fn the_backchannel_endpoint_refuses_what_is_not_a_valid_logout_token() {
             .wait_for_envoy_log(&line, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("{line}: {e:#}"));
     }
+    // Longer than any logout token: refused whole, however it arrives.
+    let long = format!("logout_token={}", "a".repeat(70 * 1024));
+    let r = api
+        .request(
+            "POST",
+            &url,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some(long.as_bytes()),
+        )
+        .unwrap();
+    assert_eq!(r.status, 413, "{}", r.body);
     let r = api.get(&url).unwrap();
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"), "RFC 9110 15.5.6");

@@ -101,9 +101,11 @@ fn run_host(
     let config = json!({
         "issuer": ISSUER, "client_id": CLIENT, "client_secret": "s",
         "cookie_keys": [harness::DEFAULT_COOKIE_KEYS],
+        "backchannel_logout_path": "/oauth2/backchannel-logout",
     });
     let cookie = session.map(|s| seal(s).unwrap()).unwrap_or_default();
-    let mut input_json = json!({"config": config.to_string(), "env": {}, "cookie": cookie});
+    let mut input_json = json!({"config": config.to_string(), "env": {}, "cookie": cookie,
+        "logout": {"iss": ISSUER, "aud": CLIENT}});
     if let Some(replies) = replies {
         input_json["replies"] = replies;
     }
@@ -194,5 +196,33 @@ fn a_code_exchange_the_host_will_not_send_is_a_counted_502() {
     assert!(
         warnings[0].contains("login callback failed (token_endpoint), answered 502: cannot call the IdP: cluster `outbound|443||idp.example.com`"),
         "{warnings:?}"
+    );
+}
+
+/// Found in review: keys fetched for a new `kid` whose request had ended before they came (the IdP's
+/// client gave up, or the app answered the IdP's POST first) were dropped with the request, and so was
+/// the back-channel logout that waited for them, while the fetch had used up the worker's one fetch for
+/// a `kid` in 30 s: the IdP's next post of that logout got 503. The ended request is kept for the keys,
+/// which are taken in, and the logout is recorded.
+#[test]
+fn keys_fetched_for_a_logout_whose_request_ended_are_taken_in_and_the_logout_recorded() {
+    let mut replies = idp_documents();
+    replies["/oauth2/keys"] = json!([replies["/oauth2/keys"].clone()]);
+    let seen = run_host(
+        "orphan-logout",
+        None,
+        Some(replies),
+        &[("ORPHAN_LOGOUT", "1")],
+    );
+    // The first post fetched the keys again (the third call, after discovery and the first keys) and
+    // got no answer of its own: its request had ended.
+    assert_eq!(seen["refetches"], 3, "{seen}");
+    assert_eq!(seen["statuses"], json!([0, 200]), "{seen}");
+    // Both posts ended the session: the one whose request ended, and the one after it, which needed
+    // no fetch.
+    assert_eq!(seen["calls"], 3, "{seen}");
+    assert_eq!(
+        seen["counters"]["oidc_filter.backchannel_logouts"], 2,
+        "{seen}"
     );
 }
