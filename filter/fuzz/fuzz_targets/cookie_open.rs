@@ -26,6 +26,28 @@ fuzz_target!(|data: &[u8]| {
             let _ = cookies::iter(&text).count();
             let _ = cookies::strip(&text, &cfg.cookie_name, |n| cfg.is_own_cookie(n));
             let _ = session::chunk_names(name, &text);
+            // The sessions behind the first of the name: passing none over is reading the first.
+            assert_eq!(
+                session::join_shadowed(&text, name, 0),
+                session::join(&text, name)
+            );
+            for skip in 1..4 {
+                let _ = session::join_shadowed(&text, name, skip);
+            }
+            // Whatever `rd` says, the browser stays on the site: a path, not `//host` or `/\host`,
+            // nothing a URL parser would drop or decode into either.
+            let rd = oidc_filter::paths::safe_redirect(&text);
+            let path = rd.split(['?', '#']).next().unwrap_or_default();
+            assert!(
+                path.starts_with('/')
+                    && !path.starts_with("//")
+                    && !path.contains('\\')
+                    && rd.bytes().all(|b| (0x21..0x7f).contains(&b))
+                    && !path.to_ascii_lowercase().starts_with("/%2f")
+                    && !path.to_ascii_lowercase().starts_with("/%5c")
+                    && !path.to_ascii_lowercase().contains("%5c"),
+                "{text:?} -> {rd:?}"
+            );
             // Scanned with the cache's help, the header reads as it does without, and the value found is
             // the cache's for that session. The cache holds the session the header holds, values that
             // start like it, and a value cut from the header itself: base64url only, as every value that
