@@ -6,7 +6,10 @@
 //! - the host refuses to send a callout (Envoy's answer for a cluster it does not have, as while a
 //!   `ServiceEntry` is being replaced): a session due for a refresh must go on with its still-valid token,
 //!   as through an IdP outage, not fail every request with 502; and the warning is not one per request.
-//!   A login whose code exchange the host will not send gets 502 and is counted as a failed callback.
+//!   A login whose code exchange the host will not send gets 502 and is counted as a failed callback;
+//! - a request ends while keys fetched for a new `kid` are on their way (the IdP gave up on its
+//!   back-channel post, or the app answered it first): the keys are still taken in, and the logout
+//!   recorded.
 
 // Test code, helpers included (clippy's allow-*-in-tests covers only #[test] functions).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
