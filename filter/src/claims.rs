@@ -48,8 +48,15 @@ pub fn parse_access(v: &Value) -> Result<Vec<Access>, String> {
         }
         let path_prefix = match obj.get("path_prefix") {
             None => "/".to_string(),
-            // One a normalized path can start with: a rule that can never apply would be open.
-            Some(Value::String(p)) if crate::paths::is_normal_prefix(p) => p.clone(),
+            // One a normalized path can start with: a rule that can never apply would be open. A
+            // trailing `/` is dropped: `/admin/` covers `/admin` too, which most apps serve as the same
+            // page (found in review: it stayed open).
+            Some(Value::String(p)) if crate::paths::is_normal_prefix(p) => {
+                match p.trim_end_matches('/') {
+                    "" => "/".to_string(),
+                    t => t.to_string(),
+                }
+            }
             Some(_) => {
                 return Err(format!(
                     "entry {i}: path_prefix must be a plain absolute path (no `//`, `.` or `..` segments, `;`, `%`, `?`, `#` or `\\`)"
@@ -198,20 +205,33 @@ pub fn rule_for<'a>(
 
 /// A header value for a claim: strings as they are, lists joined with `,` (as oauth2-proxy does),
 /// numbers and booleans as JSON. `None` for absent claims and for values that cannot be a header.
+/// Found in review: an app reads a header's value without the spaces around it, and a list's items
+/// between its commas: a value `admin ` or an item `x,admins` or ` admins` would read to the app as
+/// what the claim rules did not see. Such a string is no header; such an item is left out of the list.
 pub fn header_value(v: &Value) -> Option<String> {
     let s = match v {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.as_str().to_string(),
         Value::Bool(b) => b.to_string(),
-        Value::Array(a) => crate::headers::join(a.iter().filter_map(Value::as_str), ","),
+        Value::Array(a) => crate::headers::join(
+            a.iter()
+                .filter_map(Value::as_str)
+                .filter(|i| !i.contains(',') && is_header_text(i)),
+            ",",
+        ),
         _ => return None,
     };
-    // A claim is the IdP's data, not ours: never let it split a header.
-    (!s.is_empty()
-        && s.len() <= 8192
-        && s.bytes()
-            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80))
-    .then_some(s)
+    (s.len() <= 8192 && is_header_text(&s)).then_some(s)
+}
+
+/// Text a header carries as it is: not empty, no space or tab at either end, and nothing that could
+/// split a header (a claim is the IdP's data, not ours).
+fn is_header_text(s: &str) -> bool {
+    let b = s.as_bytes();
+    !matches!(b.first(), None | Some(b' ' | b'\t'))
+        && !matches!(b.last(), Some(b' ' | b'\t'))
+        && b.iter()
+            .all(|&c| c == b'\t' || (0x20..0x7f).contains(&c) || c >= 0x80)
 }
 
 /// Iterative glob match with `*` and `?`, linear in practice and never recursive.
@@ -318,6 +338,49 @@ mod tests {
             header_value(&from_serde(&json!(true))).as_deref(),
             Some("true")
         );
+        // Found in review: what an app reads as another value or item than the rules saw.
+        assert_eq!(
+            header_value(&from_serde(&json!([
+                "users", "x,admins", " admins", "ops\t", "dev"
+            ])))
+            .as_deref(),
+            Some("users,dev")
+        );
+        for v in [
+            json!("admin "),
+            json!(" admin"),
+            json!("\tadmin"),
+            json!([",", " "]),
+        ] {
+            assert_eq!(header_value(&from_serde(&v)), None, "{v}");
+        }
+        assert_eq!(
+            header_value(&from_serde(&json!("Alice Smith"))).as_deref(),
+            Some("Alice Smith")
+        );
+    }
+
+    #[test]
+    fn a_prefix_with_a_trailing_slash_covers_the_path_without_it() {
+        let access = parse_access(&from_serde(&json!([
+            {"path_prefix": "/admin/", "rule": {"claim": "groups", "contains_any": ["admins"]}},
+            {"path_prefix": "//", "rule": {"claim": "groups", "contains_any": ["x"]}},
+        ])));
+        // `//` is no normal prefix: refused whole.
+        assert!(access.is_err());
+        let access = parse_access(&from_serde(&json!([
+            {"path_prefix": "/admin/", "rule": {"claim": "groups", "contains_any": ["admins"]}},
+        ])))
+        .unwrap();
+        for path in ["/admin", "/admin/", "/admin/x"] {
+            assert!(rule_for(&access, path, false).is_some(), "{path}");
+        }
+        assert!(rule_for(&access, "/administrator", false).is_none());
+        let twice = parse_access(&from_serde(&json!([
+            {"path_prefix": "/admin/", "rule": {"claim": "groups", "contains_any": ["admins"]}},
+            {"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["x"]}},
+        ])));
+        assert!(twice.is_err());
     }
 
     #[test]

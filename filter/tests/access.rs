@@ -174,3 +174,36 @@ fn a_rule_written_with_capitals_covers_the_path_in_any_case() {
         assert_eq!(fwd.metric, Some(Metric::SessionForwarded), "{path}");
     }
 }
+
+/// Found in review: a request with a client's own bearer token went on unjudged by the claim rules, and
+/// jwt_authn and the policy check only issuer and audience, so a user the rules refuse reached the path
+/// with their own ID token (which `/logout` hands back in its redirect). On a path a rule covers, the
+/// token is now checked and judged as the session would be.
+#[test]
+fn a_bearer_token_on_a_path_a_rule_covers_is_judged_by_the_rules() {
+    let (mut f, jar) = a_user_outside_admins("/admin");
+    let logout = respond(f.request(&Req::browser("/logout").cookies(&jar)));
+    let own = query(location(&logout))["id_token_hint"].clone();
+    let with_bearer = |f: &mut Filter, path: &str, token: &str| {
+        f.request(&Req::api(path).with("authorization", &format!("Bearer {token}")))
+    };
+    let r = respond(with_bearer(&mut f, "/admin/users", &own));
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.metric, Some(Metric::Forbidden));
+    // Where no rule reaches, the token goes on to jwt_authn as before, unchecked here.
+    for (path, token) in [("/reports", own.as_str()), ("/reports", "not-a-jwt")] {
+        let fwd = forward(with_bearer(&mut f, path, token));
+        assert_eq!(fwd.metric, Some(Metric::BearerPassthrough), "{path}");
+    }
+    // A member of the group passes; a token that does not check out is 401.
+    let mut admin = claims(None);
+    admin["groups"] = serde_json::json!(["admins"]);
+    let fwd = forward(with_bearer(&mut f, "/admin/users", &mint(&admin)));
+    assert_eq!(fwd.metric, Some(Metric::BearerPassthrough));
+    let mut other = claims(None);
+    other["aud"] = "another-client".into();
+    for token in ["not-a-jwt".to_string(), mint(&other)] {
+        let r = respond(with_bearer(&mut f, "/admin/users", &token));
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+}

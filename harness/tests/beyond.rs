@@ -631,6 +631,23 @@ fn claim_rules_allow_by_path_and_deny_with_a_page_naming_the_user() {
     for path in ["/", "/administrator", "/wiki/admin"] {
         assert_eq!(bob.get(&at(WIKI, path)).unwrap().status, 200, "{path}");
     }
+    // His own ID token, as the app receives it, sent as a bearer without the session: judged by the
+    // same rules (found in review: it passed, and jwt_authn and the policy check only issuer and
+    // audience).
+    let token = echo(&bob, &at(WIKI, "/"), &[])["headers"]["authorization"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let api = Browser::new();
+    let r = api
+        .get_with(&at(WIKI, "/admin"), &[("authorization", &token)])
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json().unwrap(), json!({"error": "forbidden"}));
+    let r = api
+        .get_with(&at(WIKI, "/"), &[("authorization", &token)])
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(bob.get(&at(WIKI, "/staff")).unwrap().status, 403);
 
     // all_of / any_of / matches / equals: carol is no admin, but named in /staff's rule.
