@@ -771,9 +771,10 @@ fn denied_to(cfg: &Config, claims: &json::Object, target: &str) -> bool {
     })
 }
 
-/// A client's own bearer token on a path a claim rule covers: checked as an ID token of this client (its
-/// signature with the IdP's keys, `iss`, `aud`, times) and judged by the rules on its claims; `None` lets
-/// it pass. Found in review: such requests went on unjudged, and jwt_authn and the policy check only
+/// A client's own bearer token on a path a claim rule covers: its signature checked with the IdP's keys,
+/// its `iss` and `exp`, and its claims judged by the rules; `None` lets it pass. Its audience is left to
+/// jwt_authn, which judges every bearer after this: the check here only refuses, so it needs genuine
+/// claims, not the audience (an access token for an API, with `forward_token: access_token`, has another). Found in review: such requests went on unjudged, and jwt_authn and the policy check only
 /// issuer and audience, so a user the rules refuse reached the path with their own ID token (which
 /// `/logout` hands back in its redirect, and the app receives).
 #[cold]
@@ -794,14 +795,6 @@ fn bearer_refused(
     };
     let header = h.get("authorization")?;
     let token = header.strip_prefix("Bearer ").unwrap_or_default().trim();
-    let expected = Expected {
-        issuer: &cfg.issuer,
-        client_id: &cfg.client_id,
-        nonce: None,
-        now,
-        leeway: cfg.clock_leeway,
-        max_age: None,
-    };
     let refused = |status: u16, error: &str| {
         let mut r = Reply {
             status,
@@ -823,10 +816,18 @@ fn bearer_refused(
         }
         Some(Step::Respond(r))
     };
-    match id_token::verify(token, &provider.jwks, &expected) {
-        Ok(c) if denied_to(cfg, &c.all, target) => refused(403, "forbidden"),
-        Ok(_) => None,
-        Err(_) => refused(401, "invalid_token"),
+    let claims = id_token::verify_signature(token, &provider.jwks)
+        .ok()
+        .filter(|c| {
+            let date = |n: &str| c.get(n).and_then(json::Value::as_number)?.floor_u64();
+            c.get("iss").and_then(json::Value::as_str) == Some(cfg.issuer.as_str())
+                && date("exp").is_some_and(|exp| now < exp.saturating_add(cfg.clock_leeway))
+                && date("nbf").is_none_or(|nbf| nbf <= now.saturating_add(cfg.clock_leeway))
+        });
+    match claims {
+        Some(c) if denied_to(cfg, &c, target) => refused(403, "forbidden"),
+        Some(_) => None,
+        None => refused(401, "invalid_token"),
     }
 }
 

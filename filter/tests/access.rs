@@ -195,15 +195,29 @@ fn a_bearer_token_on_a_path_a_rule_covers_is_judged_by_the_rules() {
         let fwd = forward(with_bearer(&mut f, path, token));
         assert_eq!(fwd.metric, Some(Metric::BearerPassthrough), "{path}");
     }
-    // A member of the group passes; a token that does not check out is 401.
+    // A member of the group passes, whatever the token's audience (jwt_authn judges that next: an API's
+    // access token has another); one that does not check out is 401.
     let mut admin = claims(None);
     admin["groups"] = serde_json::json!(["admins"]);
-    let fwd = forward(with_bearer(&mut f, "/admin/users", &mint(&admin)));
-    assert_eq!(fwd.metric, Some(Metric::BearerPassthrough));
-    let mut other = claims(None);
-    other["aud"] = "another-client".into();
-    for token in ["not-a-jwt".to_string(), mint(&other)] {
+    for aud in ["oidc-filter-test", "https://api.example.com"] {
+        admin["aud"] = aud.into();
+        let fwd = forward(with_bearer(&mut f, "/admin/users", &mint(&admin)));
+        assert_eq!(fwd.metric, Some(Metric::BearerPassthrough), "{aud}");
+    }
+    let mut expired = admin.clone();
+    expired["exp"] = (f.now - 3600).into();
+    let mut elsewhere = admin.clone();
+    elsewhere["iss"] = "https://other.example.com".into();
+    let mut forged = mint(&admin);
+    forged.push('x');
+    for token in [
+        "not-a-jwt".to_string(),
+        mint(&expired),
+        mint(&elsewhere),
+        forged,
+    ] {
         let r = respond(with_bearer(&mut f, "/admin/users", &token));
         assert_eq!(r.status, 401, "{r:?}");
+        assert_eq!(r.metric, Some(Metric::Unauthorized));
     }
 }
