@@ -147,6 +147,19 @@ fn an_unverified_email_names_no_one_and_passes_no_rule() {
             assert_eq!(email, None, "{verified:?}");
             assert_eq!(respond(staff).status, 403, "{verified:?}");
         }
+        // The same token as a bearer, without the session: judged alike (found in review: it passed).
+        let mut c = claims(None);
+        c["email"] = "ceo@example.com".into();
+        if let Some(v) = &verified {
+            c["email_verified"] = v.clone();
+        }
+        let token = format!("Bearer {}", mint(&c));
+        let staff = f.request(&Req::api("/staff").with("authorization", &token));
+        if named {
+            assert_eq!(forward(staff).metric, Some(Metric::BearerPassthrough));
+        } else {
+            assert_eq!(respond(staff).status, 403, "{verified:?}");
+        }
     }
 }
 
