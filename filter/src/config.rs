@@ -863,15 +863,16 @@ impl Plugin {
             site.hosts = hosts;
             sites.push(site);
         }
+        // `field` as named in site `i`'s part of the configuration.
+        let site_field = |i: usize, field: &str| match default_site {
+            Some(d) if d == i => field.to_string(),
+            d => format!("hosts[{}].{field}", i - usize::from(d.is_some())),
+        };
         for (i, a) in sites.iter().enumerate() {
             for b in &sites[..i] {
                 if a.cookie_name == b.cookie_name && !a.same_client(b) {
-                    let field = match default_site {
-                        Some(d) if d == i => "cookie_name".to_string(),
-                        d => format!("hosts[{}].cookie_name", i - usize::from(d.is_some())),
-                    };
                     return Err(err(
-                        &field,
+                        &site_field(i, "cookie_name"),
                         format!(
                             "`{}` is used by sites of different IdP clients; give each its own",
                             a.cookie_name
@@ -885,12 +886,8 @@ impl Plugin {
                     && (a.cookie.domain.is_some() || b.cookie.domain.is_some())
                     && !a.keys.open_each_other(&b.keys, &a.cookie_name)
                 {
-                    let field = match default_site {
-                        Some(d) if d == i => "cookie_keys".to_string(),
-                        d => format!("hosts[{}].cookie_keys", i - usize::from(d.is_some())),
-                    };
                     return Err(err(
-                        &field,
+                        &site_field(i, "cookie_keys"),
                         format!(
                             "sites sharing the cookie name `{}` cannot open each other's sessions; give them the same keys or each its own cookie_name",
                             a.cookie_name

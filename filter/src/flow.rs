@@ -466,15 +466,7 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
         let (scan, hit) = scan_session(cfg, state, header);
         // A cookie of the session's name that does not open, or one whose session is over: cleared.
         stale = !matches!(scan.session, Ok(None));
-        let found = match scan.session {
-            Ok(Some(sealed)) => match hit.or_else(|| open_fresh(cfg, state, &sealed, env.now)) {
-                Some(cached) => Some((sealed, cached)),
-                None => shadowed(cfg, state, header, env.now),
-            },
-            Ok(None) => None,
-            Err(_) => shadowed(cfg, state, header, env.now),
-        };
-        if let Some((sealed, cached)) = found
+        if let Some((sealed, cached)) = open_scanned(cfg, state, header, scan.session, hit, env.now)
             && let Some(step) = with_session(
                 cfg,
                 state,
@@ -491,6 +483,27 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
         }
     }
     without_session(cfg, state, h, &target, cookie.as_deref(), stale, env.now)
+}
+
+/// The session `scan_session` found in `header` (`hit`: cached), opened, or one of this site's that comes
+/// after it (`shadowed`).
+#[inline(always)]
+fn open_scanned<'a>(
+    cfg: &Config,
+    state: &mut State,
+    header: &str,
+    session: Result<Option<Cow<'a, str>>, session::ChunkError>,
+    hit: Option<Rc<Cached>>,
+    now: u64,
+) -> Option<(Cow<'a, str>, Rc<Cached>)> {
+    match session {
+        Ok(Some(sealed)) => match hit.or_else(|| open_fresh(cfg, state, &sealed, now)) {
+            Some(cached) => Some((sealed, cached)),
+            None => shadowed(cfg, state, header, now),
+        },
+        Ok(None) => None,
+        Err(_) => shadowed(cfg, state, header, now),
+    }
 }
 
 /// How many sessions of this site's name that come after one that does not open are tried.
@@ -538,11 +551,7 @@ fn scan_session<'a>(
 /// sent on to decides that).
 fn has_session(cfg: &Config, state: &mut State, cookie_header: &str, now: u64) -> bool {
     let (scan, hit) = scan_session(cfg, state, cookie_header);
-    match scan.session {
-        Ok(Some(sealed)) if hit.is_some() || open_fresh(cfg, state, &sealed, now).is_some() => true,
-        Ok(None) => false,
-        _ => shadowed(cfg, state, cookie_header, now).is_some(),
-    }
+    open_scanned(cfg, state, cookie_header, scan.session, hit, now).is_some()
 }
 
 /// A cookie this worker has not seen: decrypted, decoded and cached. Out of line: the per-request function
@@ -796,33 +805,25 @@ fn bearer_refused(
     let header = h.get("authorization")?;
     let token = header.strip_prefix("Bearer ").unwrap_or_default().trim();
     let refused = |status: u16, error: &str| {
-        let mut r = Reply {
-            status,
-            headers: vec![
-                ("content-type", "application/json".into()),
-                ("cache-control", "no-store".into()),
-            ],
-            body: json::object_of_strings(&[("error", error)]).into(),
-            metric: Some(if status == 403 {
+        let mut step = json_error(status, error);
+        if let Step::Respond(r) = &mut step {
+            r.metric = Some(if status == 403 {
                 Metric::Forbidden
             } else {
                 Metric::Unauthorized
-            }),
-            detail: None,
-        };
-        if status == 401 {
-            r.headers
-                .push(("www-authenticate", "Bearer error=\"invalid_token\"".into()));
+            });
+            if status == 401 {
+                r.headers
+                    .push(("www-authenticate", "Bearer error=\"invalid_token\"".into()));
+            }
         }
-        Some(Step::Respond(r))
+        Some(step)
     };
     let claims = id_token::verify_signature(token, &provider.jwks)
         .ok()
         .filter(|c| {
-            let date = |n: &str| c.get(n).and_then(json::Value::as_number)?.floor_u64();
             c.get("iss").and_then(json::Value::as_str) == Some(cfg.issuer.as_str())
-                && date("exp").is_some_and(|exp| now < exp.saturating_add(cfg.clock_leeway))
-                && date("nbf").is_none_or(|nbf| nbf <= now.saturating_add(cfg.clock_leeway))
+                && id_token::check_times(c, now, cfg.clock_leeway).is_ok()
         });
     // Read as a session's claims are: an unverified address names no one (found in review: a bearer's
     // passed the rule a session's did not).
@@ -2122,7 +2123,7 @@ fn logout_with(
     ) {
         Ok(logout) => {
             state.revoked.add(&logout, now, cfg.logout_lifetime);
-            let mut r = logout_reply(200, "");
+            let mut r = json_error(200, "");
             if let Step::Respond(r) = &mut r {
                 r.metric = Some(Metric::BackchannelLogout);
             }
@@ -2150,7 +2151,7 @@ fn logout_with(
 
 /// A logout token not taken: the answer the spec asks for, counted and logged with why.
 fn logout_refused(status: u16, error: &str, why: String) -> Step {
-    let mut step = logout_reply(status, error);
+    let mut step = json_error(status, error);
     if let Step::Respond(r) = &mut step {
         r.metric = Some(Metric::BackchannelLogoutRefused);
         r.detail = Some(why);
@@ -2158,7 +2159,8 @@ fn logout_refused(status: u16, error: &str, why: String) -> Step {
     step
 }
 
-fn logout_reply(status: u16, error: &str) -> Step {
+/// A JSON answer `{"error": ERROR}` (an empty body without one), not stored.
+fn json_error(status: u16, error: &str) -> Step {
     let body = if error.is_empty() {
         String::new()
     } else {

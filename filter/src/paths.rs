@@ -205,13 +205,7 @@ pub fn fit_rd(target: &str) -> &str {
 /// `%` (Grafana's Explore links do).
 pub fn safe_redirect(rd: &str) -> String {
     // A tab or newline in the path is an attack's (browsers drop them: `/\t/evil` is `//evil`).
-    if rd
-        .split(['?', '#'])
-        .next()
-        .unwrap_or_default()
-        .bytes()
-        .any(|b| b.is_ascii_control())
-    {
+    if path_only(rd).bytes().any(|b| b.is_ascii_control()) {
         return "/".to_string();
     }
     let encoded = encode_invisible(rd);
@@ -240,7 +234,7 @@ fn encode_invisible(rd: &str) -> alloc::borrow::Cow<'_, str> {
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 fn safe(rd: &str) -> bool {
-    let path = rd.split(['?', '#']).next().unwrap_or_default();
+    let path = path_only(rd);
     rd.len() <= MAX_RD
         && rd.bytes().all(|b| (0x21..0x7f).contains(&b))
         && path.starts_with('/')

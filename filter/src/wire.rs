@@ -91,6 +91,13 @@ pub struct Reader<'a> {
     rest: &'a [u8],
 }
 
+/// Whether `bytes` is a value of a later format than `version`: another build's, running beside this one
+/// through an upgrade, that this build must leave alone rather than overwrite. (A first byte that is no
+/// format number, as of format 1's JSON, is not one.)
+pub fn later_format(bytes: &[u8], version: u8) -> bool {
+    bytes.first().is_some_and(|&v| v > version && v < b' ')
+}
+
 impl<'a> Reader<'a> {
     /// Starts reading `bytes`, which must be of format `version`.
     pub fn new(bytes: &'a [u8], version: u8) -> Option<Reader<'a>> {

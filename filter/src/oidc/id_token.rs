@@ -225,6 +225,20 @@ impl fmt::Debug for Claims {
     }
 }
 
+/// Whether a token's `exp` (which it must have) and `nbf` (if any) admit `now`, give or take `leeway`;
+/// its `exp`.
+pub fn check_times(all: &Object, now: u64, leeway: u64) -> Result<u64, IdTokenError> {
+    let exp = numeric_date(all, "exp")?.ok_or(IdTokenError::MissingExp)?;
+    // RFC 7519 4.1.4: the current time must be before `exp`.
+    if now >= exp.saturating_add(leeway) {
+        return Err(IdTokenError::Expired);
+    }
+    if numeric_date(all, "nbf")?.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        return Err(IdTokenError::NotYetValid);
+    }
+    Ok(exp)
+}
+
 fn check_claims(all: Object, expected: &Expected) -> Result<Claims, IdTokenError> {
     if all.get("iss").and_then(Value::as_str) != Some(expected.issuer) {
         return Err(IdTokenError::WrongIssuer);
@@ -257,14 +271,7 @@ fn check_claims(all: Object, expected: &Expected) -> Result<Claims, IdTokenError
 
     let now = expected.now;
     let leeway = expected.leeway;
-    let exp = numeric_date(&all, "exp")?.ok_or(IdTokenError::MissingExp)?;
-    // RFC 7519 4.1.4: the current time must be before `exp`.
-    if now >= exp.saturating_add(leeway) {
-        return Err(IdTokenError::Expired);
-    }
-    if numeric_date(&all, "nbf")?.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
-        return Err(IdTokenError::NotYetValid);
-    }
+    let exp = check_times(&all, now, leeway)?;
     let iat = numeric_date(&all, "iat")?.ok_or(IdTokenError::MissingIat)?;
     if iat > now.saturating_add(leeway) {
         return Err(IdTokenError::IssuedInFuture);
@@ -619,6 +626,18 @@ mod jws_tests {
 
     fn jwks() -> Jwks {
         Jwks::parse(KEYS).unwrap()
+    }
+
+    /// The test key set's JWK of `kid`.
+    fn test_jwk(kid: &str) -> Value {
+        let doc: Value = serde_json::from_slice(KEYS).unwrap();
+        doc["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid)
+            .unwrap()
+            .clone()
     }
 
     fn claims_json() -> Value {
@@ -1048,14 +1067,7 @@ mod jws_tests {
     /// forged logout token anyone may post. The first three are.
     #[test]
     fn a_token_without_kid_is_checked_against_three_keys_at_most() {
-        let doc: Value = serde_json::from_slice(KEYS).unwrap();
-        let mut ours = doc["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["kid"] == "es256-1")
-            .unwrap()
-            .clone();
+        let mut ours = test_jwk("es256-1");
         ours.as_object_mut().unwrap().remove("kid");
         let other = || {
             let jwk: Value =
@@ -1091,15 +1103,8 @@ mod jws_tests {
             );
         }
         // In the JWK Set, with the key's other optional members null, as .NET may write them.
-        let doc: Value = serde_json::from_slice(KEYS).unwrap();
         let key = |kid: &str, nulls: &[&str]| {
-            let mut key = doc["keys"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|k| k["kid"] == kid)
-                .unwrap()
-                .clone();
+            let mut key = test_jwk(kid);
             for &name in nulls {
                 key[name] = Value::Null;
             }
