@@ -657,12 +657,7 @@ fn with_session(
 ) -> Option<Step> {
     let now = env.now;
     let s = &cached.session;
-    if now >= s.expires_at
-        || (!state.revoked.is_empty()
-            && state
-                .revoked
-                .is_revoked(cached.sid.as_deref(), &s.sub, cached.iat))
-    {
+    if ended(state, &cached, now) {
         state.cache.remove(sealed);
         return None;
     }
@@ -726,6 +721,29 @@ fn with_session(
             present_chunks: session::chunk_names(&cfg.cookie_name, header),
         })),
     ))
+}
+
+/// True when the session is over: `session_lifetime` ran out, or a back-channel logout ended it. Asked
+/// when a request comes, and again when a renewal it waited for completes: found in review, a renewal
+/// that completed after either still forwarded the request it was made for.
+#[inline(always)]
+fn ended(state: &State, s: &Cached, now: u64) -> bool {
+    now >= s.session.expires_at
+        || (!state.revoked.is_empty()
+            && state
+                .revoked
+                .is_revoked(s.sid.as_deref(), &s.session.sub, s.iat))
+}
+
+/// The answer for a renewal's request whose session ended while it waited ([`ended`]): as without a
+/// session, its cookie cleared. Out of line: for renewals, not the per-request path.
+#[inline(never)]
+fn ended_meanwhile(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) -> Option<Step> {
+    ended(state, &job.session, now).then(|| {
+        let why =
+            "the session ended (session_lifetime, or a back-channel logout) while it was renewed";
+        refresh_failed(cfg, state, job, now, why.into())
+    })
 }
 
 /// A logged-in request goes upstream with its token and identity headers, if the claim rules let it.
@@ -1386,10 +1404,16 @@ pub fn on_reply(
             install_fetched_jwks(cfg, state, reply, env.now);
             finish_login(cfg, state, env, x, tokens, false)
         }
-        Pending::Refresh(job) => refresh_reply(cfg, state, env, job, reply),
+        Pending::Refresh(job) => match ended_meanwhile(cfg, state, &job, env.now) {
+            Some(step) => step,
+            None => refresh_reply(cfg, state, env, job, reply),
+        },
         Pending::RefreshJwks(job, tokens) => {
             install_fetched_jwks(cfg, state, reply, env.now);
-            finish_refresh(cfg, state, env, job, tokens, false)
+            match ended_meanwhile(cfg, state, &job, env.now) {
+                Some(step) => step,
+                None => finish_refresh(cfg, state, env, job, tokens, false),
+            }
         }
         Pending::LogoutJwks(token) => {
             // The IdP does not post it again: its keys not fetched is not the token's fault.
@@ -1866,6 +1890,9 @@ pub fn adopt_renewal(
     renewed: &[String],
     now: u64,
 ) -> Step {
+    if let Some(step) = ended_meanwhile(cfg, state, &job, now) {
+        return step;
+    }
     let header = crate::headers::join(
         renewed
             .iter()
@@ -1913,7 +1940,9 @@ pub fn adopt_renewal(
 /// with another token (not the same session opened again after the cache was emptied), still valid.
 fn renewed_meanwhile(state: &State, job: &RefreshJob, now: u64) -> Option<Rc<Cached>> {
     state.cache.get(&job.cache_key).filter(|c| {
-        c.bearer.expose() != job.session.bearer.expose() && now < c.session.token_expires_at
+        c.bearer.expose() != job.session.bearer.expose()
+            && now < c.session.token_expires_at
+            && !ended(state, c, now)
     })
 }
 
@@ -1921,6 +1950,9 @@ fn renewed_meanwhile(state: &State, job: &RefreshJob, now: u64) -> Option<Rc<Cac
 /// the refresh token refused): fail closed but keep the cookie, as for an outage. If the session is over,
 /// the next request's own refresh finds out; a waiting request must not log out a user over an outage.
 pub fn renewal_failed(cfg: &Config, state: &mut State, job: RefreshJob, now: u64) -> Step {
+    if let Some(step) = ended_meanwhile(cfg, state, &job, now) {
+        return step;
+    }
     if renewed_meanwhile(state, &job, now).is_some() {
         // Renewed on this worker meanwhile: `refresh_failed` forwards that renewal.
         return refresh_failed(cfg, state, &job, now, String::new());

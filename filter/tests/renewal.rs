@@ -217,3 +217,117 @@ fn a_renewal_that_meets_an_outage_pauses_the_workers_renewals() {
     let job = refresh_job(a.request(&Req::browser("/page").cookies(&other)));
     assert!(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).is_ok());
 }
+
+/// Found in review: a renewal that completed after the session's end (its `session_lifetime` ran out, or
+/// the IdP logged the user out over the back channel while the request waited) still forwarded the
+/// request it was made for, and handed the browser a new cookie. Each way a renewal completes now asks
+/// again whether the session is over: the request is answered as one without a session, its cookie
+/// cleared.
+#[test]
+fn a_renewal_that_completes_after_the_session_ended_forwards_nothing() {
+    let cfg = || config(serde_json::json!({"backchannel_logout_path": "/bcl"}));
+    let ends = NOW + 8 * 3600;
+    let ended_as_anonymous = |r: &oidc_filter::flow::Reply, what: &str| {
+        assert_eq!(r.status, 401, "{what}: {r:?}");
+        assert!(
+            set_cookies(r)
+                .iter()
+                .any(|c| c.starts_with("_oidc_session=;")),
+            "{what}: the session cookie is cleared: {r:?}"
+        );
+        assert!(
+            set_cookies(r)
+                .iter()
+                .all(|c| !c.starts_with("_oidc_session=1")),
+            "{what}: no renewed cookie: {r:?}"
+        );
+    };
+    // A session whose token is due one second before its lifetime ends.
+    let start = |f: &mut Filter| -> (Jar, Box<Pending>) {
+        let (jar, _) = log_in(f, Some("rt-1"));
+        f.now = ends - 1;
+        let (_, pending) = call(f.request(&Req::api("/x").cookies(&jar)));
+        assert!(matches!(*pending, Pending::Refresh(_)));
+        (jar, pending)
+    };
+
+    // The IdP answers the refresh, with a new ID token, after the lifetime ran out.
+    let mut f = Filter::ready(cfg());
+    let (_, pending) = start(&mut f);
+    f.now = ends;
+    let new_token = mint(&refreshed_claims(f.now));
+    let r = respond(f.reply(
+        pending,
+        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
+    ));
+    ended_as_anonymous(&r, "a refresh answered after session_lifetime");
+    // Before it ran out, the same answer goes up: the control.
+    let mut f = Filter::ready(cfg());
+    let (_, pending) = start(&mut f);
+    let new_token = mint(&refreshed_claims(f.now));
+    let fwd = forward(f.reply(
+        pending,
+        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
+    ));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+
+    // The IdP logs the user out over the back channel while the refresh is on its way.
+    let mut f = Filter::ready(cfg());
+    let (_, pending) = start(&mut f);
+    let logout = format!(
+        "logout_token={}",
+        mint(&serde_json::json!({
+            "iss": ISSUER, "aud": CLIENT_ID, "iat": f.now, "exp": f.now + 120, "jti": "j-1",
+            "sub": "user-1",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }))
+    );
+    assert_eq!(respond(f.backchannel(logout.as_bytes())).status, 200);
+    // Still within the session's lifetime.
+    let new_token = mint(&refreshed_claims(f.now));
+    let r = respond(f.reply(
+        pending,
+        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
+    ));
+    ended_as_anonymous(&r, "a refresh answered after a back-channel logout");
+
+    // A request that waited for another worker's renewal, which comes (or fails) after the lifetime ran
+    // out.
+    let mut a = Filter::ready(cfg());
+    let (jar, pending) = start(&mut a);
+    let new_token = mint(&refreshed_claims(a.now));
+    forward(a.reply(
+        pending,
+        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
+    ));
+    let sealed = oidc_filter::session::join(&jar.header(), "_oidc_session")
+        .unwrap()
+        .unwrap();
+    let lines = flow::renewed_cookies(&a.state, &sealed).unwrap();
+    let mut b = Filter::ready(cfg());
+    b.now = ends - 1;
+    let job = refresh_job(b.request(&Req::api("/y").cookies(&jar)));
+    let adopted = forward(flow::adopt_renewal(
+        &b.cfg,
+        &mut b.state,
+        job,
+        &lines,
+        ends - 1,
+    ));
+    assert_eq!(
+        bearer(&adopted),
+        format!("Bearer {new_token}"),
+        "the control"
+    );
+    let mut b = Filter::ready(cfg());
+    b.now = ends - 1;
+    let job = refresh_job(b.request(&Req::api("/y").cookies(&jar)));
+    let r = respond(flow::adopt_renewal(&b.cfg, &mut b.state, job, &lines, ends));
+    ended_as_anonymous(
+        &r,
+        "another worker's renewal adopted after session_lifetime",
+    );
+    let job = refresh_job(b.request(&Req::api("/y").cookies(&jar)));
+    let r = respond(flow::renewal_failed(&b.cfg, &mut b.state, job, ends));
+    ended_as_anonymous(&r, "another worker's renewal failed after session_lifetime");
+}
