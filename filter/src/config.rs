@@ -718,9 +718,11 @@ impl Plugin {
         let Value::Object(mut top) = parse_json(json, "not valid JSON")? else {
             return Err(err("pluginConfig", "must be a JSON object"));
         };
-        // `null` is absent, as for every other field (a template renders an unset value so).
-        let entries = top.remove("hosts").filter(|v| !v.is_null());
-        let unmatched = top.remove("unmatched_hosts").filter(|v| !v.is_null());
+        // `null` is absent, as for every field (a template renders an unset value so): at the top level
+        // it is dropped here, once; an entry's `null` unsets what the entry would inherit (below).
+        top.retain_values(|v| !v.is_null());
+        let entries = top.remove("hosts");
+        let unmatched = top.remove("unmatched_hosts");
         let Some(entries) = entries else {
             if unmatched.is_some() {
                 return Err(err(
@@ -735,13 +737,13 @@ impl Plugin {
             _ => return Err(err("hosts", "a list of 1 to 64 objects")),
         };
         let mut sites = Vec::new();
-        let default_site = if top.get("issuer").is_some_and(|v| !v.is_null()) {
+        let default_site = if top.contains_key("issuer") {
             sites.push(Config::from_object(top.clone(), env)?);
             Some(0)
         } else {
             None
         };
-        let top_issuer = top.get("issuer").filter(|v| !v.is_null()).cloned();
+        let top_issuer = top.get("issuer").cloned();
         let mut seen_hosts: Vec<String> = Vec::new();
         let mut inherits_redirect: Vec<bool> = Vec::new();
         for (i, entry) in entries.into_iter().enumerate() {
@@ -793,7 +795,7 @@ impl Plugin {
                 .into_iter()
                 .filter(|f| {
                     let f = f.trim_matches('`');
-                    !entry.contains_key(f) && top.get(f).is_some_and(|v| !v.is_null())
+                    !entry.contains_key(f) && top.contains_key(f)
                 })
                 .collect();
             let at_redirect = |mut e: ConfigError| {
@@ -842,7 +844,7 @@ impl Plugin {
                         name.as_str(),
                         "claim_rules" | "identity_headers" | "access_token_header"
                     )
-                    && top.get(&name).is_some_and(|v| !v.is_null())
+                    && top.contains_key(&name)
                 {
                     return Err(at(err(
                         &name,

@@ -555,6 +555,11 @@ impl Object {
         matching.into_iter().last().map(|(_, v)| v)
     }
 
+    /// Keeps the members whose value `keep` accepts.
+    pub fn retain_values(&mut self, keep: impl Fn(&Value) -> bool) {
+        self.0.retain(|(_, v)| keep(v));
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(k, _)| k.as_str())
     }
