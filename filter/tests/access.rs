@@ -221,8 +221,13 @@ fn a_bearer_token_on_a_path_a_rule_covers_is_judged_by_the_rules() {
     expired["exp"] = (f.now - 3600).into();
     let mut elsewhere = admin.clone();
     elsewhere["iss"] = "https://other.example.com".into();
-    let mut forged = mint(&admin);
-    forged.push('x');
+    // Well formed, with a signature of the right size for its key, but another token's: the admin
+    // claims on the refused user's signature.
+    let forged = {
+        let (ours, theirs) = (mint(&admin), own.clone());
+        let (o, t): (Vec<_>, Vec<_>) = (ours.split('.').collect(), theirs.split('.').collect());
+        format!("{}.{}.{}", t[0], o[1], t[2])
+    };
     for token in [
         "not-a-jwt".to_string(),
         mint(&expired),
