@@ -1680,7 +1680,8 @@ pub fn renewal_crowded() -> Step {
 /// 503 for a request whose expired token the IdP could not renew just now; its cookies stay.
 fn renewal_unavailable(detail: String) -> Step {
     unavailable(
-        "Your session could not be renewed: the identity provider is not answering. Try again shortly.",
+        // Not always the IdP's silence (it may refuse the gateway's credentials): the log line says why.
+        "Your session could not be renewed just now. Try again shortly.",
         Metric::RefreshFailed,
         Some(detail),
     )
