@@ -798,7 +798,8 @@ fn denied_to(cfg: &Config, claims: &json::Object, target: &str) -> bool {
     })
 }
 
-/// A client's own bearer token on a path a claim rule covers: its signature checked with the IdP's keys,
+/// A client's own bearer token on a path that is a bypass path only as text: refused `400`. On a path a
+/// claim rule covers: its signature checked with the IdP's keys,
 /// its `iss` and `exp`, and its claims judged by the rules; `None` lets it pass. Its audience is left to
 /// jwt_authn, which judges every bearer after this: the check here only refuses, so it needs genuine
 /// claims, not the audience (an access token for an API, with `forward_token: access_token`, has another). Found in review: such requests went on unjudged, and jwt_authn and the policy check only
@@ -813,8 +814,20 @@ fn bearer_refused(
     target: &str,
     now: u64,
 ) -> Option<Step> {
+    // A path the policy exempts by its text and an app may read as another: jwt_authn accepts any token
+    // of any issuer the gateway's RequestAuthentications name, and the policy, which would judge its
+    // issuer and audience, does not. Found in review: `/healthz/..%2Fadmin` with a token of another
+    // issuer reached an app that decodes `%2F` as `/admin`. (Without a token, such a path is no bypass
+    // path to the filter either.)
+    if paths::bypass_in_text_only(&cfg.bypass_paths, target) {
+        let mut step = json_error(400, "invalid_request");
+        if let Step::Respond(r) = &mut step {
+            r.metric = Some(Metric::Unauthorized);
+        }
+        return Some(step);
+    }
     // Where no rule would refuse a token without claims, none covers the path: jwt_authn judges alone.
-    if !denied_to(cfg, &json::Object::new(), target) {
+    if cfg.access.is_empty() || !denied_to(cfg, &json::Object::new(), target) {
         return None;
     }
     let Some(provider) = state.provider.ready() else {
@@ -953,7 +966,6 @@ fn without_session(
     let how = anonymous(cfg, h, target);
     if let Anonymous::Pass(metric) = how {
         if metric == Metric::BearerPassthrough
-            && !cfg.access.is_empty()
             && let Some(refused) = bearer_refused(cfg, state, h, target, now)
         {
             return refused;

@@ -174,6 +174,36 @@ fn path_tricks_do_not_reach_a_bypass() {
     }
 }
 
+/// Found in review: the gateway's `AuthorizationPolicy` exempts the bypass paths by their text
+/// (`notPaths: [/healthz, /healthz/*]`), so a request with a bearer token on `/healthz/..%2Fadmin`
+/// passed with a token of any issuer jwt_authn takes, to an app that may decode it as `/admin`. With a
+/// bearer token, a path that is a bypass path only as text is refused; the same token elsewhere goes on to
+/// jwt_authn, and on a real bypass path passes as any request does.
+#[test]
+fn a_bearer_on_a_path_that_is_a_bypass_path_only_as_text_is_refused() {
+    let mut f = ready();
+    let bearer = |path: &str| Req::api(path).with("authorization", "Bearer a.b.c");
+    for path in [
+        "/healthz/..%2Fadmin",
+        "/healthz/%2e%2e/admin",
+        "/healthz/..;/admin",
+        "/healthz/x/..%2f..%2fadmin?q=1",
+    ] {
+        let r = respond(f.request(&bearer(path)));
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+        assert_eq!(&*r.body, r#"{"error":"invalid_request"}"#, "{path}");
+    }
+    for (path, metric) in [
+        ("/healthz", Metric::Bypass),
+        ("/healthz/live?x=..%2F", Metric::Bypass),
+        ("/admin", Metric::BearerPassthrough),
+        ("/x/..%2Fhealthz", Metric::BearerPassthrough),
+    ] {
+        let fwd = forward(f.request(&bearer(path)));
+        assert_eq!(fwd.metric, Some(metric), "{path}");
+    }
+}
+
 /// `access_token_header`: the session's access token goes upstream in that header, next to the identity
 /// headers and in place of a client's own; a request without a session has the client's copy removed.
 /// Its value never prints.

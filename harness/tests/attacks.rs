@@ -1631,6 +1631,38 @@ fn a_forged_bearer_with_the_claims_a_rule_wants_is_refused_by_the_filter_itself(
     assert!(app_saw(&resp).is_some(), "{}", resp.body);
 }
 
+/// The gateway's policy exempts the bypass paths by their text (`notPaths`), so a bearer request on
+/// `/healthz/..%2Fx` went through with any token jwt_authn took (a mesh-wide RequestAuthentication's other
+/// issuer too), to an app that may decode `%2F` and serve `/x`. The filter refuses it; the control: the
+/// same token reaches the app on the real bypass path and on a protected one.
+#[test]
+fn a_bearer_on_a_path_that_is_a_bypass_path_only_as_text_is_refused() {
+    let _idp = idp_hold::shared();
+    let jwks = stack().idp_jwks_file().unwrap();
+    let token = forge_id_token(jwks, Forge::Rs256, &json!({}), &good_claims(APP, "n")).unwrap();
+    let get = |path: &str| {
+        let resp = api()
+            .get_with(
+                &url(APP, path),
+                &[("authorization", &format!("Bearer {token}"))],
+            )
+            .unwrap();
+        record(&format!("{APP} GET {path} (bearer) -> {}", resp.status));
+        resp
+    };
+    for path in ["/healthz/..%2Fx", "/healthz/..%2fx", "/healthz/%2E%2E%2Fx"] {
+        let resp = get(path);
+        assert!(app_saw(&resp).is_none(), "{path}: {}", resp.body);
+        assert_eq!(resp.status, 400, "{path}: {}", resp.body);
+        assert_eq!(resp.body, r#"{"error":"invalid_request"}"#, "{path}");
+    }
+    for path in ["/healthz", "/x"] {
+        let resp = get(path);
+        assert_eq!(resp.status, 200, "{path}: {}", resp.body);
+        assert!(app_saw(&resp).is_some(), "{path}: {}", resp.body);
+    }
+}
+
 #[test]
 fn identity_headers_from_the_client_do_not_log_anyone_in() {
     for site in [APP, BARE] {
