@@ -719,8 +719,12 @@ impl Plugin {
             return Err(err("pluginConfig", "must be a JSON object"));
         };
         // `null` is absent, as for every field (a template renders an unset value so): at the top level
-        // it is dropped here, once; an entry's `null` unsets what the entry would inherit (below).
-        top.retain_values(|v| !v.is_null());
+        // it is dropped here, once; an entry's `null` unsets what the entry would inherit (below). An
+        // unknown name stays, to be refused as one.
+        top.retain(|k, v| {
+            !v.is_null()
+                || !(FIELDS.iter().any(|(n, _)| *n == k) || k == "hosts" || k == "unmatched_hosts")
+        });
         let entries = top.remove("hosts");
         let unmatched = top.remove("unmatched_hosts");
         let Some(entries) = entries else {
@@ -1832,7 +1836,17 @@ mod tests {
             "hosts": [{"hosts": ["a.example.com"], "issuer": "https://idp.example.com"}]}));
         assert_eq!(plugin(v.clone()).unwrap().sites.len(), 1);
         v["unmatched_hosts"] = serde_json::Value::Null;
-        assert!(plugin(v).is_ok());
+        assert!(plugin(v.clone()).is_ok());
+        // A misspelt field is refused as one, `null` or not, with or without `hosts`.
+        for mut v in [
+            v,
+            with_top(serde_json::json!({"issuer": "https://idp.example.com"})),
+        ] {
+            v["sesion_lifetime"] = serde_json::Value::Null;
+            let e = plugin(v).unwrap_err();
+            assert_eq!(e.field, "sesion_lifetime", "{e}");
+            assert!(e.reason.contains("unknown field"), "{e}");
+        }
     }
 
     #[test]

@@ -591,6 +591,7 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
     };
     let bearer = Rc::new(Secret::new(format!("Bearer {}", token.expose())));
     let (claims, sid, iat, exp) = token_facts(cfg, &session.id_token);
+    let sid = sid.or_else(|| session.login_sid.clone());
     // A margin as long as the token's life would renew on every request: at most half of that life (the
     // forwarded token's; with `access_token_header`, until the first of the two tokens is due; unknown
     // without an `iat`). When the ID token goes upstream, the session's expiry is that token's `exp`: the
@@ -742,7 +743,7 @@ fn ended_meanwhile(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) 
     ended(state, &job.session, now).then(|| {
         let why =
             "the session ended (session_lifetime, or a back-channel logout) while it was renewed";
-        refresh_failed(cfg, state, job, now, why.into())
+        session_over(cfg, state, job, why.into())
     })
 }
 
@@ -1416,10 +1417,7 @@ pub fn on_reply(
             install_fetched_jwks(cfg, state, reply, env.now);
             finish_login(cfg, state, env, x, tokens, false)
         }
-        Pending::Refresh(job) => match ended_meanwhile(cfg, state, &job, env.now) {
-            Some(step) => step,
-            None => refresh_reply(cfg, state, env, job, reply),
-        },
+        Pending::Refresh(job) => refresh_reply(cfg, state, env, job, reply),
         Pending::RefreshJwks(job, tokens) => {
             install_fetched_jwks(cfg, state, reply, env.now);
             match ended_meanwhile(cfg, state, &job, env.now) {
@@ -1632,6 +1630,9 @@ fn refresh_reply(
     if tokens.as_ref().is_ok() || tokens.as_ref().is_err_and(TokenError::is_refusal) {
         state.renewal_answered();
     }
+    if let Some(step) = ended_meanwhile(cfg, state, &job, env.now) {
+        return step;
+    }
     let tokens = match tokens {
         Ok(t) => t,
         // The IdP refused the refresh token in its own words: no retry will change its mind.
@@ -1785,6 +1786,11 @@ fn finish_refresh(
         return refresh_failed(cfg, state, &job, env.now, why.into());
     };
     session.expires_at = old.expires_at;
+    // The login's `sid`, when the new ID token has none. Found in review: some IdPs leave it out of
+    // refreshed ID tokens, and a back-channel logout that named the session by it then ended nothing.
+    if token_facts(cfg, &session.id_token).1.is_none() {
+        session.login_sid.clone_from(&job.session.sid);
+    }
     // Otherwise every request would refresh it again.
     if session.token_expires_at <= env.now {
         return refresh_failed(cfg, state, &job, env.now, BORN_EXPIRED.into());
@@ -1953,9 +1959,7 @@ pub fn adopt_renewal(
 /// with another token (not the same session opened again after the cache was emptied), still valid.
 fn renewed_meanwhile(state: &State, job: &RefreshJob, now: u64) -> Option<Rc<Cached>> {
     state.cache.get(&job.cache_key).filter(|c| {
-        c.bearer.expose() != job.session.bearer.expose()
-            && now < c.session.token_expires_at
-            && !ended(state, c, now)
+        c.bearer.expose() != job.session.bearer.expose() && now < c.session.token_expires_at
     })
 }
 
@@ -2004,6 +2008,11 @@ fn refresh_failed(
             metric: Some(Metric::SessionForwarded),
         });
     }
+    session_over(cfg, state, job, why)
+}
+
+/// The session `job` renews is over: answered as without one, its cookies cleared.
+fn session_over(cfg: &Config, state: &mut State, job: &RefreshJob, why: String) -> Step {
     state.cache.remove(&job.cache_key);
     let mut clear = Vec::new();
     for n in &job.present_chunks {
@@ -2054,6 +2063,7 @@ fn new_session(
         token_expires_at,
         expires_at,
         sub,
+        login_sid: None,
     })
 }
 
@@ -2422,11 +2432,14 @@ fn is_bearer(value: &str) -> bool {
 
 /// A CORS preflight (Fetch standard: `OPTIONS` with `Origin` and `Access-Control-Request-Method`). A browser
 /// sends it without cookies, before a cross-origin request that needs one; only the app (or Istio's CORS
-/// policy, behind this filter) can answer it.
+/// policy, behind this filter) can answer it. Nor does a browser send `Authorization` on one: found in
+/// review, an `OPTIONS` with a bearer token passed as a preflight, unjudged by the claim rules and by
+/// the bypass-path check, to an app behind a policy that lets `OPTIONS` through.
 fn is_preflight(h: &dyn Headers) -> bool {
     h.get(":method").as_deref() == Some("OPTIONS")
         && h.get("origin").is_some()
         && h.get("access-control-request-method").is_some()
+        && h.get("authorization").is_none()
 }
 
 /// A browser navigation: GET or HEAD that wants HTML and is not a script's fetch.

@@ -555,9 +555,9 @@ impl Object {
         matching.into_iter().last().map(|(_, v)| v)
     }
 
-    /// Keeps the members whose value `keep` accepts.
-    pub fn retain_values(&mut self, keep: impl Fn(&Value) -> bool) {
-        self.0.retain(|(_, v)| keep(v));
+    /// Keeps the members `keep` accepts.
+    pub fn retain(&mut self, keep: impl Fn(&str, &Value) -> bool) {
+        self.0.retain(|(k, v)| keep(k, v));
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {

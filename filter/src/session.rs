@@ -770,7 +770,8 @@ pub const PAYLOAD_VERSION: u8 = 2;
 /// A logged-in session, sealed into the session cookie: every byte travels on every request.
 ///
 /// Encoded (see [`crate::wire`]) as [`PAYLOAD_VERSION`], then `id_token`, `access_token` (optional),
-/// `refresh_token` (optional), `token_expires_at`, `expires_at`, `sub`.
+/// `refresh_token` (optional), `token_expires_at`, `expires_at`, `sub`, and `login_sid` when there is one
+/// (a session without it is encoded as before it existed, and reads so in an older build).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     /// The ID token, kept for `id_token_hint` at logout and for forwarding.
@@ -783,6 +784,10 @@ pub struct Session {
     pub expires_at: u64,
     /// The user's `sub` claim, for logs and headers.
     pub sub: String,
+    /// The login's `sid` (its session at the IdP), kept only while the ID token held has none: some IdPs
+    /// (Ory Hydra, Spring Authorization Server) leave it out of refreshed ID tokens, and a back-channel
+    /// logout may name the session by it alone.
+    pub login_sid: Option<String>,
 }
 
 impl Session {
@@ -801,6 +806,9 @@ impl Session {
             .u64(self.token_expires_at)
             .u64(self.expires_at)
             .str(&self.sub);
+        if let Some(sid) = self.login_sid.as_deref().filter(|s| !s.is_empty()) {
+            w.str(sid);
+        }
         w.finish()
     }
 
@@ -815,6 +823,15 @@ impl Session {
                 token_expires_at: r.u64()?,
                 expires_at: r.u64()?,
                 sub: r.string()?,
+                login_sid: None,
+            };
+            let s = match r.at_end() {
+                true => s,
+                // Never written empty: one byte more than a session without it is no session.
+                false => Session {
+                    login_sid: Some(r.string().filter(|sid| !sid.is_empty())?),
+                    ..s
+                },
             };
             r.finish().map(|()| s)
         };
@@ -983,6 +1000,7 @@ mod tests {
             token_expires_at: 1_700_000_300,
             expires_at: 1_700_028_800,
             sub: "alice".into(),
+            login_sid: None,
         }
     }
 
@@ -1478,6 +1496,7 @@ mod tests {
             token_expires_at: 0,
             expires_at: u64::MAX,
             sub: String::new(),
+            login_sid: None,
         };
         let bare = Session {
             access_token: None,
@@ -1523,6 +1542,7 @@ mod tests {
         // A UTF-8 `sub` survives.
         let s = Session {
             sub: "zoë".into(),
+            login_sid: None,
             ..session()
         };
         assert_eq!(Session::decode(&s.encode()).unwrap(), s);
@@ -1565,6 +1585,23 @@ mod tests {
         }
     }
 
+    /// The login's `sid` is written after the other fields only when there is one: a session without it
+    /// is the bytes it was before the field existed (the golden cookies stay valid, and an older build
+    /// reads such sessions).
+    #[test]
+    fn a_login_sid_is_written_only_when_there_is_one() {
+        let mut s = session();
+        let without = s.encode();
+        s.login_sid = Some("sid-1".into());
+        let with = s.encode();
+        assert_eq!(Session::decode(&with), Ok(s.clone()));
+        assert_eq!(&with[..without.len()], &without[..]);
+        assert_eq!(&with[without.len()..], b"\x05sid-1");
+        s.login_sid = Some(String::new());
+        assert_eq!(s.encode(), without, "an empty one is none");
+        assert_eq!(Session::decode(&without).map(|s| s.login_sid), Ok(None));
+    }
+
     #[test]
     fn every_truncation_and_any_trailing_byte_is_malformed() {
         for bytes in payloads() {
@@ -1595,6 +1632,7 @@ mod tests {
     fn text_that_is_not_utf8_is_malformed() {
         let s = Session {
             sub: "ab".into(),
+            login_sid: None,
             ..session()
         };
         let mut bytes = s.encode();

@@ -178,6 +178,11 @@ impl<'a> Reader<'a> {
         Some(items)
     }
 
+    /// True when every byte has been read (an optional last field is absent).
+    pub fn at_end(&self) -> bool {
+        self.rest.is_empty()
+    }
+
     /// Ends the reading: `Some` only if every byte was read.
     pub fn finish(self) -> Option<()> {
         self.rest.is_empty().then_some(())

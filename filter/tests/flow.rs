@@ -289,6 +289,26 @@ fn cors_preflights_pass_only_when_configured() {
     ] {
         assert_eq!(respond(f.request(&req)).status, 401, "{req:?}");
     }
+    // Nor one with a bearer token, which browsers never put on a preflight: judged as any bearer request
+    // (found in review: it passed as a preflight, unjudged by the claim rules and the bypass-path check).
+    let mut f = Filter::ready(config(json!({"pass_cors_preflight": true,
+        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}]})));
+    let with_bearer = |path: &str| {
+        preflight
+            .clone()
+            .with("authorization", "Bearer a.b.c")
+            .with(":path", path)
+    };
+    for (path, status, error) in [
+        ("/healthz/..%2Fadmin", 400, "invalid_request"),
+        ("/admin", 401, "invalid_token"),
+    ] {
+        let r = respond(f.request(&with_bearer(path)));
+        assert_eq!(r.status, status, "{path}: {r:?}");
+        assert!(r.body.contains(error), "{path}: {r:?}");
+    }
+    let fwd = forward(f.request(&with_bearer("/api/items")));
+    assert_eq!(fwd.metric, Some(Metric::BearerPassthrough));
 }
 
 #[test]
@@ -3644,4 +3664,42 @@ fn with_same_site_strict_the_login_cookie_is_lax_and_a_page_of_the_site_moves_on
     let mut f = ready();
     let (jar, _) = log_in(&mut f, None);
     assert!(jar.get("_oidc_session").is_some());
+}
+
+/// A refresh whose new ID token is signed with a key the worker fetches first, the keys coming after the
+/// session's `session_lifetime` ran out: answered as without a session, not forwarded (found in review:
+/// this way of completing a renewal was not covered).
+#[test]
+fn a_refresh_that_fetched_keys_past_the_sessions_end_forwards_nothing() {
+    let ends = NOW + 8 * 3600;
+    let mut f = Filter::ready_with(config(json!({})), DISCOVERY, &jwks_without_es256());
+    let (jar, _) = log_in_with(&mut f, Some("rt-1"), |nonce| {
+        es384_token(&claims(Some(nonce)))
+    });
+    f.now = ends - 1;
+    let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
+    let refreshed = token_body(Some(&mint(&refreshed_claims(f.now))), Some("rt-2"));
+    let (c, fetching) = call(f.reply(pending, Some((200, &refreshed))));
+    assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+    f.now = ends;
+    let r = respond(f.reply(fetching, Some((200, JWKS))));
+    assert_eq!(r.status, 302, "{r:?}");
+    assert_eq!(location(&r), "/login?rd=%2Fapp");
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| is_clear_of(c, "_oidc_session"))
+    );
+    // The control: the keys a second before the end, the new token goes up.
+    let mut f = Filter::ready_with(config(json!({})), DISCOVERY, &jwks_without_es256());
+    let (jar, _) = log_in_with(&mut f, Some("rt-1"), |nonce| {
+        es384_token(&claims(Some(nonce)))
+    });
+    f.now = ends - 1;
+    let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
+    let new_token = mint(&refreshed_claims(f.now));
+    let refreshed = token_body(Some(&new_token), Some("rt-2"));
+    let (_, fetching) = call(f.reply(pending, Some((200, &refreshed))));
+    let fwd = forward(f.reply(fetching, Some((200, JWKS))));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
 }

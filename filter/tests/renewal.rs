@@ -331,3 +331,111 @@ fn a_renewal_that_completes_after_the_session_ended_forwards_nothing() {
     let r = respond(flow::renewal_failed(&b.cfg, &mut b.state, job, ends));
     ended_as_anonymous(&r, "another worker's renewal failed after session_lifetime");
 }
+
+/// A logout token that names only the IdP session `sid` (no `sub`), issued at `iat`.
+fn sid_logout(sid: &str, iat: u64) -> Vec<u8> {
+    format!(
+        "logout_token={}",
+        mint(&serde_json::json!({
+            "iss": ISSUER, "aud": CLIENT_ID, "iat": iat, "exp": iat + 120, "jti": format!("j-{sid}-{iat}"),
+            "sid": sid,
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }))
+    )
+    .into_bytes()
+}
+
+/// Found in review: some IdPs (Ory Hydra, Spring Authorization Server) leave `sid` out of the ID tokens a
+/// refresh brings. The session then no longer knew its IdP session, and a back-channel logout that named
+/// it by `sid` ended nothing, on any worker. The login's `sid` is kept in the session while its ID token
+/// has none; and a request whose renewal completes after such a logout is not forwarded with another
+/// request's renewal of the same session.
+#[test]
+fn a_logout_by_the_logins_sid_ends_a_session_whose_refreshed_id_token_has_none() {
+    let cfg = || config(serde_json::json!({"backchannel_logout_path": "/bcl"}));
+    let mut a = Filter::ready(cfg());
+    let (jar, _) = log_in_with(&mut a, Some("rt-1"), |nonce| {
+        let mut c = claims(Some(nonce));
+        c["sid"] = "s-1".into();
+        mint(&c)
+    });
+    a.now = NOW + 3600 - 30;
+    // Two requests of the session start a refresh each; the first is answered with an ID token
+    // without `sid`.
+    let (_, first) = call(a.request(&Req::api("/x").cookies(&jar)));
+    let (_, second) = call(a.request(&Req::api("/x").cookies(&jar)));
+    let new_token = mint(&refreshed_claims(a.now));
+    let fwd = forward(a.reply(
+        first,
+        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
+    ));
+    let mut renewed = jar.clone();
+    renewed.apply(fwd.set_cookies.iter().map(String::as_str));
+    assert_eq!(a.open_session(&renewed).login_sid.as_deref(), Some("s-1"));
+    // Another worker, which opens the renewed cookie afresh: the control, before the logout.
+    let mut b = Filter::ready(cfg());
+    b.now = a.now;
+    let fwd = forward(b.request(&Req::api("/y").cookies(&renewed)));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+    // The IdP ends session s-1. The second refresh's answer comes after it: not forwarded, not even
+    // with the first one's renewal.
+    for f in [&mut a, &mut b] {
+        assert_eq!(
+            respond(f.backchannel(&sid_logout("s-1", f.now))).status,
+            200
+        );
+    }
+    let r = respond(a.reply(
+        second,
+        Some((200, &token_body(Some(&new_token), Some("rt-3")))),
+    ));
+    assert_eq!(r.status, 401, "{r:?}");
+    // The renewed cookie is over on both workers.
+    for f in [&mut a, &mut b] {
+        let r = respond(f.request(&Req::api("/y").cookies(&renewed)));
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+}
+
+/// Found in review: a refresh answered after its session ended went unrecorded as the IdP's answer, so
+/// when it was the probe of an outage the worker's renewals stayed paused, every expired session getting
+/// `503`, until the probe's timeout.
+#[test]
+fn the_answer_to_a_probe_whose_session_ended_meanwhile_still_ends_the_pause() {
+    let mut a = Filter::ready(config(
+        serde_json::json!({"callout_timeout": "30s", "backchannel_logout_path": "/bcl"}),
+    ));
+    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    let (other, _) = log_in_with(&mut a, Some("rt-2"), |nonce| {
+        let mut c = claims(Some(nonce));
+        c["sub"] = "user-2".into();
+        mint(&c)
+    });
+    a.now = NOW + 3600 - 30;
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    let job = flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap();
+    forward(a.reply(Box::new(Pending::Refresh(job)), None));
+    // Past the 5 s pause a probe goes out; user-1 is logged out while it waits.
+    a.now = NOW + 3600 - 25;
+    let probe = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    let probe = flow::renewal_claim(&a.cfg, &mut a.state, probe, a.now).unwrap();
+    let logout = format!(
+        "logout_token={}",
+        mint(&serde_json::json!({
+            "iss": ISSUER, "aud": CLIENT_ID, "iat": a.now, "exp": a.now + 120, "jti": "j-u1",
+            "sub": "user-1",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }))
+    );
+    assert_eq!(respond(a.backchannel(logout.as_bytes())).status, 200);
+    a.now = NOW + 3600 + 5;
+    let new_token = mint(&refreshed_claims(a.now));
+    let r = respond(a.reply(
+        Box::new(Pending::Refresh(probe)),
+        Some((200, &token_body(Some(&new_token), None))),
+    ));
+    assert_eq!(r.status, 302, "user-1's session is over: {r:?}");
+    // The IdP answered: user-2's renewal goes ahead.
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&other)));
+    assert!(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).is_ok());
+}

@@ -47,6 +47,7 @@ fn session(iat: u64, exp: u64, refresh_token: Option<&str>) -> Session {
         token_expires_at: exp,
         expires_at: unix_now() + 3600,
         sub: "alice".into(),
+        login_sid: None,
     }
 }
 
