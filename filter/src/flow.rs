@@ -1934,6 +1934,12 @@ pub fn adopt_renewal(
     // Only a new refresh token (`keeping_new_refresh_token`): the same ID token as before.
     cached.refresh_handed_on =
         cached.session.id_token.expose() == job.session.session.id_token.expose();
+    // A renewal of a session the IdP has since logged out (its new ID token may name another IdP session
+    // than the one this request's cookie holds).
+    if ended(state, &cached, now) {
+        let why = "the renewal made by another worker is of a session that has ended";
+        return session_over(cfg, state, &job, why.into());
+    }
     let cached = Rc::new(cached);
     state
         .cache
@@ -1958,8 +1964,12 @@ pub fn adopt_renewal(
 /// The session another request on this worker renewed while `job` waited: cached under the same cookie,
 /// with another token (not the same session opened again after the cache was emptied), still valid.
 fn renewed_meanwhile(state: &State, job: &RefreshJob, now: u64) -> Option<Rc<Cached>> {
+    // Not one that has ended since: its ID token may name another IdP session than the job's (found in
+    // review: a logout of that one let the renewal through).
     state.cache.get(&job.cache_key).filter(|c| {
-        c.bearer.expose() != job.session.bearer.expose() && now < c.session.token_expires_at
+        c.bearer.expose() != job.session.bearer.expose()
+            && now < c.session.token_expires_at
+            && !ended(state, c, now)
     })
 }
 

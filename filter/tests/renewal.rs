@@ -439,3 +439,56 @@ fn the_answer_to_a_probe_whose_session_ended_meanwhile_still_ends_the_pause() {
     let job = refresh_job(a.request(&Req::browser("/page").cookies(&other)));
     assert!(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).is_ok());
 }
+
+/// Found in review: a refresh may bring an ID token of another IdP session (`sid` s-2 for a login of
+/// s-1). When the IdP then logs s-2 out, a request of the same session whose own renewal failed, or that
+/// adopts another worker's renewal, went up with the renewal of the session that had ended.
+#[test]
+fn a_renewal_of_a_session_logged_out_since_is_not_handed_on() {
+    let cfg = || config(serde_json::json!({"backchannel_logout_path": "/bcl"}));
+    let mut a = Filter::ready(cfg());
+    let (jar, _) = log_in_with(&mut a, Some("rt-1"), |nonce| {
+        let mut c = claims(Some(nonce));
+        c["sid"] = "s-1".into();
+        mint(&c)
+    });
+    a.now = NOW + 3600 - 30;
+    let (_, first) = call(a.request(&Req::api("/x").cookies(&jar)));
+    let (_, second) = call(a.request(&Req::api("/x").cookies(&jar)));
+    let mut c = refreshed_claims(a.now);
+    c["sid"] = "s-2".into();
+    let new_token = mint(&c);
+    let fwd = forward(a.reply(
+        first,
+        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
+    ));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+    let sealed = oidc_filter::session::join(&jar.header(), "_oidc_session")
+        .unwrap()
+        .unwrap();
+    let lines = flow::renewed_cookies(&a.state, &sealed).unwrap();
+    // Another worker, and the control: before the logout it adopts the renewal.
+    let mut b = Filter::ready(cfg());
+    b.now = a.now;
+    let job = refresh_job(b.request(&Req::api("/y").cookies(&jar)));
+    let now = b.now;
+    let adopted = forward(flow::adopt_renewal(&b.cfg, &mut b.state, job, &lines, now));
+    assert_eq!(bearer(&adopted), format!("Bearer {new_token}"));
+    // The IdP ends s-2.
+    let mut c = Filter::ready(cfg());
+    c.now = a.now;
+    for f in [&mut a, &mut c] {
+        assert_eq!(
+            respond(f.backchannel(&sid_logout("s-2", f.now))).status,
+            200
+        );
+    }
+    // The second refresh is refused (the refresh token was rotated): not forwarded with the first's.
+    let r = respond(a.reply(second, Some((400, &br#"{"error":"invalid_grant"}"#[..]))));
+    assert_eq!(r.status, 401, "{r:?}");
+    // Nor is the renewal adopted on another worker that knows of the logout.
+    let job = refresh_job(c.request(&Req::api("/y").cookies(&jar)));
+    let now = c.now;
+    let r = respond(flow::adopt_renewal(&c.cfg, &mut c.state, job, &lines, now));
+    assert_eq!(r.status, 401, "{r:?}");
+}
