@@ -40,11 +40,8 @@ fn a_renewal_made_by_another_worker_is_adopted_without_asking_the_idp() {
 
     // Worker A renews.
     let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
-    let new_token = mint(&refreshed_claims(a.now));
-    let fwd = forward(a.reply(
-        pending,
-        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
-    ));
+    let (step, new_token) = refreshed(&mut a, pending, "rt-2");
+    let fwd = forward(step);
     let lines = flow::renewed_cookies(&a.state, &sealed).unwrap();
     assert_eq!(lines, fwd.set_cookies);
 
@@ -255,51 +252,32 @@ fn a_renewal_that_completes_after_the_session_ended_forwards_nothing() {
     let mut f = Filter::ready(cfg());
     let (_, pending) = start(&mut f);
     f.now = ends;
-    let new_token = mint(&refreshed_claims(f.now));
-    let r = respond(f.reply(
-        pending,
-        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
-    ));
+    let (step, _) = refreshed(&mut f, pending, "rt-2");
+    let r = respond(step);
     ended_as_anonymous(&r, "a refresh answered after session_lifetime");
     // Before it ran out, the same answer goes up: the control.
     let mut f = Filter::ready(cfg());
     let (_, pending) = start(&mut f);
-    let new_token = mint(&refreshed_claims(f.now));
-    let fwd = forward(f.reply(
-        pending,
-        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
-    ));
+    let (step, new_token) = refreshed(&mut f, pending, "rt-2");
+    let fwd = forward(step);
     assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
 
     // The IdP logs the user out over the back channel while the refresh is on its way.
     let mut f = Filter::ready(cfg());
     let (_, pending) = start(&mut f);
-    let logout = format!(
-        "logout_token={}",
-        mint(&serde_json::json!({
-            "iss": ISSUER, "aud": CLIENT_ID, "iat": f.now, "exp": f.now + 120, "jti": "j-1",
-            "sub": "user-1",
-            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
-        }))
-    );
-    assert_eq!(respond(f.backchannel(logout.as_bytes())).status, 200);
+    let logout = user_logout("user-1", f.now);
+    assert_eq!(respond(f.backchannel(&logout)).status, 200);
     // Still within the session's lifetime.
-    let new_token = mint(&refreshed_claims(f.now));
-    let r = respond(f.reply(
-        pending,
-        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
-    ));
+    let (step, _) = refreshed(&mut f, pending, "rt-2");
+    let r = respond(step);
     ended_as_anonymous(&r, "a refresh answered after a back-channel logout");
 
     // A request that waited for another worker's renewal, which comes (or fails) after the lifetime ran
     // out.
     let mut a = Filter::ready(cfg());
     let (jar, pending) = start(&mut a);
-    let new_token = mint(&refreshed_claims(a.now));
-    forward(a.reply(
-        pending,
-        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
-    ));
+    let (step, new_token) = refreshed(&mut a, pending, "rt-2");
+    forward(step);
     let sealed = oidc_filter::session::join(&jar.header(), "_oidc_session")
         .unwrap()
         .unwrap();
@@ -332,17 +310,59 @@ fn a_renewal_that_completes_after_the_session_ended_forwards_nothing() {
     ended_as_anonymous(&r, "another worker's renewal failed after session_lifetime");
 }
 
+/// `pending` answered by the IdP: a new ID token issued at the worker's time, and refresh token `rt`.
+/// The step, and the new ID token.
+fn refreshed(f: &mut Filter, pending: Box<Pending>, rt: &str) -> (Step, String) {
+    let new_token = mint(&refreshed_claims(f.now));
+    let step = f.reply(
+        pending,
+        Some((200, &token_body(Some(&new_token), Some(rt)))),
+    );
+    (step, new_token)
+}
+
+/// A back-channel logout's form body, its token for this client with `claims` besides.
+fn logout_body(claims: serde_json::Value) -> Vec<u8> {
+    let mut c = serde_json::json!({
+        "iss": ISSUER, "aud": CLIENT_ID,
+        "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+    });
+    for (k, v) in claims.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    format!("logout_token={}", mint(&c)).into_bytes()
+}
+
+/// A logout token that names the user `sub`, issued at `iat`.
+fn user_logout(sub: &str, iat: u64) -> Vec<u8> {
+    logout_body(
+        serde_json::json!({"iat": iat, "exp": iat + 120, "jti": format!("j-{sub}-{iat}"), "sub": sub}),
+    )
+}
+
 /// A logout token that names only the IdP session `sid` (no `sub`), issued at `iat`.
 fn sid_logout(sid: &str, iat: u64) -> Vec<u8> {
-    format!(
-        "logout_token={}",
-        mint(&serde_json::json!({
-            "iss": ISSUER, "aud": CLIENT_ID, "iat": iat, "exp": iat + 120, "jti": format!("j-{sid}-{iat}"),
-            "sid": sid,
-            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
-        }))
+    logout_body(
+        serde_json::json!({"iat": iat, "exp": iat + 120, "jti": format!("j-{sid}-{iat}"), "sid": sid}),
     )
-    .into_bytes()
+}
+
+/// A worker of `cfg` on which a user logged in with an ID token of IdP session `s-1` and refresh token
+/// `rt-1`, its clock in the refresh margin, and two refreshes of that session under way (two requests
+/// of it at once): the worker, the cookies, and the two callouts.
+fn two_refreshes_of_session_s1(
+    cfg: oidc_filter::config::Config,
+) -> (Filter, Jar, Box<Pending>, Box<Pending>) {
+    let mut a = Filter::ready(cfg);
+    let (jar, _) = log_in_with(&mut a, Some("rt-1"), |nonce| {
+        let mut c = claims(Some(nonce));
+        c["sid"] = "s-1".into();
+        mint(&c)
+    });
+    a.now = NOW + 3600 - 30;
+    let (_, first) = call(a.request(&Req::api("/x").cookies(&jar)));
+    let (_, second) = call(a.request(&Req::api("/x").cookies(&jar)));
+    (a, jar, first, second)
 }
 
 /// Found in review: some IdPs (Ory Hydra, Spring Authorization Server) leave `sid` out of the ID tokens a
@@ -353,17 +373,9 @@ fn sid_logout(sid: &str, iat: u64) -> Vec<u8> {
 #[test]
 fn a_logout_by_the_logins_sid_ends_a_session_whose_refreshed_id_token_has_none() {
     let cfg = || config(serde_json::json!({"backchannel_logout_path": "/bcl"}));
-    let mut a = Filter::ready(cfg());
-    let (jar, _) = log_in_with(&mut a, Some("rt-1"), |nonce| {
-        let mut c = claims(Some(nonce));
-        c["sid"] = "s-1".into();
-        mint(&c)
-    });
-    a.now = NOW + 3600 - 30;
     // Two requests of the session start a refresh each; the first is answered with an ID token
     // without `sid`.
-    let (_, first) = call(a.request(&Req::api("/x").cookies(&jar)));
-    let (_, second) = call(a.request(&Req::api("/x").cookies(&jar)));
+    let (mut a, jar, first, second) = two_refreshes_of_session_s1(cfg());
     let new_token = mint(&refreshed_claims(a.now));
     let fwd = forward(a.reply(
         first,
@@ -419,15 +431,8 @@ fn the_answer_to_a_probe_whose_session_ended_meanwhile_still_ends_the_pause() {
     a.now = NOW + 3600 - 25;
     let probe = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
     let probe = flow::renewal_claim(&a.cfg, &mut a.state, probe, a.now).unwrap();
-    let logout = format!(
-        "logout_token={}",
-        mint(&serde_json::json!({
-            "iss": ISSUER, "aud": CLIENT_ID, "iat": a.now, "exp": a.now + 120, "jti": "j-u1",
-            "sub": "user-1",
-            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
-        }))
-    );
-    assert_eq!(respond(a.backchannel(logout.as_bytes())).status, 200);
+    let logout = user_logout("user-1", a.now);
+    assert_eq!(respond(a.backchannel(&logout)).status, 200);
     a.now = NOW + 3600 + 5;
     let new_token = mint(&refreshed_claims(a.now));
     let r = respond(a.reply(
@@ -446,15 +451,7 @@ fn the_answer_to_a_probe_whose_session_ended_meanwhile_still_ends_the_pause() {
 #[test]
 fn a_renewal_of_a_session_logged_out_since_is_not_handed_on() {
     let cfg = || config(serde_json::json!({"backchannel_logout_path": "/bcl"}));
-    let mut a = Filter::ready(cfg());
-    let (jar, _) = log_in_with(&mut a, Some("rt-1"), |nonce| {
-        let mut c = claims(Some(nonce));
-        c["sid"] = "s-1".into();
-        mint(&c)
-    });
-    a.now = NOW + 3600 - 30;
-    let (_, first) = call(a.request(&Req::api("/x").cookies(&jar)));
-    let (_, second) = call(a.request(&Req::api("/x").cookies(&jar)));
+    let (mut a, jar, first, second) = two_refreshes_of_session_s1(cfg());
     let mut c = refreshed_claims(a.now);
     c["sid"] = "s-2".into();
     let new_token = mint(&c);
