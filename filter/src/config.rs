@@ -191,6 +191,14 @@ const FIELDS: [(&str, Kind); 31] = [
     ("authorization_params", Kind::StrMap),
 ];
 
+/// A field the top level of pluginConfig may hold: a site's, or `hosts` and `unmatched_hosts`.
+fn is_top_level_field(name: &str) -> bool {
+    TOP_LEVEL_ONLY.contains(&name) || FIELDS.iter().any(|(n, _)| *n == name)
+}
+
+/// The fields only the top level holds.
+const TOP_LEVEL_ONLY: [&str; 2] = ["hosts", "unmatched_hosts"];
+
 impl Raw {
     /// The fields of a pluginConfig object. The first unknown or mistyped field, in document order, is the
     /// error, naming the field; a mistyped one is reported without its value (it may be a secret).
@@ -721,10 +729,7 @@ impl Plugin {
         // `null` is absent, as for every field (a template renders an unset value so): at the top level
         // it is dropped here, once; an entry's `null` unsets what the entry would inherit (below). An
         // unknown name stays, to be refused as one.
-        top.retain(|k, v| {
-            !v.is_null()
-                || !(FIELDS.iter().any(|(n, _)| *n == k) || k == "hosts" || k == "unmatched_hosts")
-        });
+        top.retain(|k, v| !(v.is_null() && is_top_level_field(k)));
         let entries = top.remove("hosts");
         let unmatched = top.remove("unmatched_hosts");
         let Some(entries) = entries else {
@@ -1853,7 +1858,7 @@ mod tests {
     fn the_readme_documents_every_field_and_no_other() {
         let documented: Vec<&str> = readme_reference().iter().map(|(f, _)| *f).collect();
         let mut taken: Vec<&str> = FIELDS.iter().map(|(f, _)| *f).collect();
-        taken.extend(["hosts", "unmatched_hosts"]);
+        taken.extend(TOP_LEVEL_ONLY);
         let mut sorted = documented.clone();
         sorted.sort_unstable();
         sorted.dedup();

@@ -240,7 +240,7 @@ pub struct Cached {
     pub identity: IdentityHeaders,
     /// The claims rules and identity headers read.
     pub claims: json::Object,
-    /// The ID token's `sid` and `iat`, for back-channel logout.
+    /// The ID token's `sid` (else the session's `login_sid`) and its `iat`, for back-channel logout.
     pub sid: Option<String>,
     pub iat: u64,
     /// How long before the forwarded token expires a request renews it.
@@ -724,9 +724,10 @@ fn with_session(
     ))
 }
 
-/// True when the session is over: `session_lifetime` ran out, or a back-channel logout ended it. Asked
-/// when a request comes, and again when a renewal it waited for completes: found in review, a renewal
-/// that completed after either still forwarded the request it was made for.
+/// True when the session is over: its `expires_at` passed (`session_lifetime`, or without a refresh token
+/// the token's own expiry), or a back-channel logout ended it. Asked when a request comes, when a renewal
+/// it waited for completes, and of another request's renewal before it is handed on: found in review, a
+/// renewal that completed after either still forwarded the request it was made for.
 #[inline(always)]
 fn ended(state: &State, s: &Cached, now: u64) -> bool {
     now >= s.session.expires_at
@@ -741,8 +742,11 @@ fn ended(state: &State, s: &Cached, now: u64) -> bool {
 #[inline(never)]
 fn ended_meanwhile(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) -> Option<Step> {
     ended(state, &job.session, now).then(|| {
-        let why =
-            "the session ended (session_lifetime, or a back-channel logout) while it was renewed";
+        let why = if now >= job.session.session.expires_at {
+            "the session's lifetime ran out while it was renewed"
+        } else {
+            "a back-channel logout ended the session while it was renewed"
+        };
         session_over(cfg, state, job, why.into())
     })
 }
@@ -799,11 +803,46 @@ fn denied_to(cfg: &Config, claims: &json::Object, target: &str) -> bool {
     })
 }
 
-/// A client's own bearer token on a path that is a bypass path only as text: refused `400`. On a path a
-/// claim rule covers: its signature checked with the IdP's keys,
+/// A client's own bearer token on a path that is a bypass path only as text (`/healthz/..%2Fadmin`):
+/// refused `400`. The gateway's policy exempts the bypass paths by their text, so it would not judge the
+/// token's issuer and audience, and jwt_authn accepts a token of any issuer the gateway's
+/// RequestAuthentications name: found in review, such a token of another issuer reached an app that
+/// decodes `%2F` as `/admin`. (Without a token, such a path is no bypass path to the filter either.)
+#[inline(never)]
+fn bearer_on_text_bypass(cfg: &Config, target: &str) -> Option<Step> {
+    paths::bypass_in_text_only(&cfg.bypass_paths, target).then(|| {
+        let why =
+            "the path is under a bypass path only as written (an encoded / or ..): send it decoded";
+        bearer_reply(400, "invalid_request", Some(why))
+    })
+}
+
+/// The filter's answer to a bearer request it refuses (RFC 6750 3.1): `401` says the token is invalid in
+/// `WWW-Authenticate`, `403` is counted as forbidden, the others as unauthorized.
+fn bearer_reply(status: u16, error: &str, description: Option<&str>) -> Step {
+    let mut step = json_error(status, error);
+    if let Step::Respond(r) = &mut step {
+        if let Some(d) = description {
+            r.body = json::object_of_strings(&[("error", error), ("error_description", d)]).into();
+        }
+        r.metric = Some(if status == 403 {
+            Metric::Forbidden
+        } else {
+            Metric::Unauthorized
+        });
+        if status == 401 {
+            r.headers
+                .push(("www-authenticate", "Bearer error=\"invalid_token\"".into()));
+        }
+    }
+    step
+}
+
+/// A client's own bearer token on a path a claim rule covers: its signature checked with the IdP's keys,
 /// its `iss` and `exp`, and its claims judged by the rules; `None` lets it pass. Its audience is left to
 /// jwt_authn, which judges every bearer after this: the check here only refuses, so it needs genuine
-/// claims, not the audience (an access token for an API, with `forward_token: access_token`, has another). Found in review: such requests went on unjudged, and jwt_authn and the policy check only
+/// claims, not the audience (an access token for an API, with `forward_token: access_token`, has
+/// another). Found in review: such requests went on unjudged, and jwt_authn and the policy check only
 /// issuer and audience, so a user the rules refuse reached the path with their own ID token (which
 /// `/logout` hands back in its redirect, and the app receives).
 #[cold]
@@ -815,20 +854,8 @@ fn bearer_refused(
     target: &str,
     now: u64,
 ) -> Option<Step> {
-    // A path the policy exempts by its text and an app may read as another: jwt_authn accepts any token
-    // of any issuer the gateway's RequestAuthentications name, and the policy, which would judge its
-    // issuer and audience, does not. Found in review: `/healthz/..%2Fadmin` with a token of another
-    // issuer reached an app that decodes `%2F` as `/admin`. (Without a token, such a path is no bypass
-    // path to the filter either.)
-    if paths::bypass_in_text_only(&cfg.bypass_paths, target) {
-        let mut step = json_error(400, "invalid_request");
-        if let Step::Respond(r) = &mut step {
-            r.metric = Some(Metric::Unauthorized);
-        }
-        return Some(step);
-    }
     // Where no rule would refuse a token without claims, none covers the path: jwt_authn judges alone.
-    if cfg.access.is_empty() || !denied_to(cfg, &json::Object::new(), target) {
+    if !denied_to(cfg, &json::Object::new(), target) {
         return None;
     }
     let Some(provider) = state.provider.ready() else {
@@ -836,21 +863,7 @@ fn bearer_refused(
     };
     let header = h.get("authorization")?;
     let token = header.strip_prefix("Bearer ").unwrap_or_default().trim();
-    let refused = |status: u16, error: &str| {
-        let mut step = json_error(status, error);
-        if let Step::Respond(r) = &mut step {
-            r.metric = Some(if status == 403 {
-                Metric::Forbidden
-            } else {
-                Metric::Unauthorized
-            });
-            if status == 401 {
-                r.headers
-                    .push(("www-authenticate", "Bearer error=\"invalid_token\"".into()));
-            }
-        }
-        Some(step)
-    };
+    let refused = |status: u16, error: &str| Some(bearer_reply(status, error, None));
     let claims = id_token::verify_signature(token, &provider.jwks)
         .ok()
         .filter(|c| {
@@ -967,7 +980,11 @@ fn without_session(
     let how = anonymous(cfg, h, target);
     if let Anonymous::Pass(metric) = how {
         if metric == Metric::BearerPassthrough
-            && let Some(refused) = bearer_refused(cfg, state, h, target, now)
+            && let Some(refused) = bearer_on_text_bypass(cfg, target).or_else(|| {
+                (!cfg.access.is_empty())
+                    .then(|| bearer_refused(cfg, state, h, target, now))
+                    .flatten()
+            })
         {
             return refused;
         }
@@ -1717,7 +1734,10 @@ fn finish_refresh(
             refresh_failed(cfg, state, &job, env.now, NO_PROVIDER.into())
         };
     };
-    let (id_token, exp, sub) = match &tokens.id_token {
+    // `login_sid`: the `sid` the session's ID tokens named last, kept when the new one names none. Found in
+    // review: some IdPs leave it out of refreshed ID tokens, and a back-channel logout that named the
+    // session by it then ended nothing.
+    let (id_token, exp, sub, login_sid) = match &tokens.id_token {
         Some(t) => {
             let expected = Expected {
                 issuer: &cfg.issuer,
@@ -1732,7 +1752,10 @@ fn finish_refresh(
                 // OIDC Core 12.2: a refreshed ID token must name the same user, for the same parties.
                 Ok(c) if c.sub == old.sub => {
                     match unlike_login(&c.all, &old.id_token, cfg.clock_leeway) {
-                        None => (t.clone(), c.exp, c.sub),
+                        None => {
+                            let kept = c.sid.is_none().then(|| job.session.sid.clone()).flatten();
+                            (t.clone(), c.exp, c.sub, kept)
+                        }
                         Some(name) => {
                             let why = format!("the refreshed ID token's {name} is not the login's");
                             return refresh_failed(cfg, state, &job, env.now, why);
@@ -1768,7 +1791,13 @@ fn finish_refresh(
             }
         }
         None if cfg.forward_token == ForwardToken::AccessToken => {
-            (old.id_token.clone(), old.token_expires_at, old.sub.clone())
+            let kept = old.login_sid.clone();
+            (
+                old.id_token.clone(),
+                old.token_expires_at,
+                old.sub.clone(),
+                kept,
+            )
         }
         // OIDC Core 12.2 lets an IdP leave the ID token out of a refresh answer: the one to forward has
         // expired, so the user logs in again.
@@ -1786,11 +1815,7 @@ fn finish_refresh(
         return refresh_failed(cfg, state, &job, env.now, why.into());
     };
     session.expires_at = old.expires_at;
-    // The login's `sid`, when the new ID token has none. Found in review: some IdPs leave it out of
-    // refreshed ID tokens, and a back-channel logout that named the session by it then ended nothing.
-    if token_facts(cfg, &session.id_token).1.is_none() {
-        session.login_sid.clone_from(&job.session.sid);
-    }
+    session.login_sid = login_sid;
     // Otherwise every request would refresh it again.
     if session.token_expires_at <= env.now {
         return refresh_failed(cfg, state, &job, env.now, BORN_EXPIRED.into());
@@ -1974,8 +1999,9 @@ fn renewed_meanwhile(state: &State, job: &RefreshJob, now: u64) -> Option<Rc<Cac
 }
 
 /// The renewal this request waited for failed or never finished. Why is not known here (the IdP down, or
-/// the refresh token refused): fail closed but keep the cookie, as for an outage. If the session is over,
-/// the next request's own refresh finds out; a waiting request must not log out a user over an outage.
+/// the refresh token refused): fail closed but keep the cookie, as for an outage. A refused refresh token
+/// is left to the next request's own refresh to find out: a waiting request must not log out a user over
+/// an outage. A session that has ended meanwhile is answered as over ([`ended_meanwhile`]).
 pub fn renewal_failed(cfg: &Config, state: &mut State, job: RefreshJob, now: u64) -> Step {
     if let Some(step) = ended_meanwhile(cfg, state, &job, now) {
         return step;

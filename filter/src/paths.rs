@@ -181,19 +181,21 @@ pub fn is_bypass(prefixes: &[String], target: &str) -> bool {
     if prefixes.is_empty() {
         return false;
     }
-    let covered = |p: &str| prefixes.iter().any(|b| prefix_matches(b, p));
+    let covered = |p: &str| under_any(prefixes, p);
     readings(target)
         .is_some_and(|r| r.iter().all(covered) && (r.plain() || covered(path_only(target))))
+}
+
+/// True when one of `prefixes` covers `path` ([`prefix_matches`]).
+fn under_any(prefixes: &[String], path: &str) -> bool {
+    prefixes.iter().any(|b| prefix_matches(b, path))
 }
 
 /// True when the path as it came falls under a bypass prefix but not in every reading ([`is_bypass`]
 /// is false): `/healthz/..%2Fadmin`. An `AuthorizationPolicy` exempts the bypass paths by their text
 /// (`notPaths`), so it lets such a request through, to an app that may decode it to `/admin`.
 pub fn bypass_in_text_only(prefixes: &[String], target: &str) -> bool {
-    prefixes
-        .iter()
-        .any(|b| prefix_matches(b, path_only(target)))
-        && !is_bypass(prefixes, target)
+    under_any(prefixes, path_only(target)) && !is_bypass(prefixes, target)
 }
 
 /// The longest `rd` kept whole (it travels in the login cookie).

@@ -784,9 +784,9 @@ pub struct Session {
     pub expires_at: u64,
     /// The user's `sub` claim, for logs and headers.
     pub sub: String,
-    /// The login's `sid` (its session at the IdP), kept only while the ID token held has none: some IdPs
-    /// (Ory Hydra, Spring Authorization Server) leave it out of refreshed ID tokens, and a back-channel
-    /// logout may name the session by it alone.
+    /// The last `sid` (session at the IdP) an ID token of this session named, the login's for IdPs that
+    /// leave it out of refreshed ID tokens (Ory Hydra, Spring Authorization Server); kept only while the
+    /// ID token held has none, for a back-channel logout may name the session by it alone.
     pub login_sid: Option<String>,
 }
 
@@ -799,7 +799,8 @@ impl Session {
             self.refresh_token.as_ref(),
         ];
         let size: usize = tokens.iter().flatten().map(|t| t.expose().len()).sum();
-        let mut w = Writer::new(PAYLOAD_VERSION, size + self.sub.len() + 24);
+        let sid = self.login_sid.as_ref().map_or(0, |s| s.len() + 2);
+        let mut w = Writer::new(PAYLOAD_VERSION, size + self.sub.len() + sid + 24);
         w.str(self.id_token.expose())
             .opt_str(self.access_token.as_ref().map(Secret::expose))
             .opt_str(self.refresh_token.as_ref().map(Secret::expose))
@@ -825,13 +826,15 @@ impl Session {
                 sub: r.string()?,
                 login_sid: None,
             };
-            let s = match r.at_end() {
-                true => s,
-                // Never written empty: one byte more than a session without it is no session.
-                false => Session {
+            // A zero-length `sid` is never written: a trailing empty string is malformed, as any other
+            // trailing byte is.
+            let s = if r.at_end() {
+                s
+            } else {
+                Session {
                     login_sid: Some(r.string().filter(|sid| !sid.is_empty())?),
                     ..s
-                },
+                }
             };
             r.finish().map(|()| s)
         };
@@ -1542,7 +1545,6 @@ mod tests {
         // A UTF-8 `sub` survives.
         let s = Session {
             sub: "zoë".into(),
-            login_sid: None,
             ..session()
         };
         assert_eq!(Session::decode(&s.encode()).unwrap(), s);
@@ -1632,7 +1634,6 @@ mod tests {
     fn text_that_is_not_utf8_is_malformed() {
         let s = Session {
             sub: "ab".into(),
-            login_sid: None,
             ..session()
         };
         let mut bytes = s.encode();

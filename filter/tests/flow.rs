@@ -191,7 +191,14 @@ fn a_bearer_on_a_path_that_is_a_bypass_path_only_as_text_is_refused() {
     ] {
         let r = respond(f.request(&bearer(path)));
         assert_eq!(r.status, 400, "{path}: {r:?}");
-        assert_eq!(&*r.body, r#"{"error":"invalid_request"}"#, "{path}");
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["error"], "invalid_request", "{path}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .is_some_and(|d| d.contains("send it decoded")),
+            "{path}: {body}"
+        );
     }
     for (path, metric) in [
         ("/healthz", Metric::Bypass),
