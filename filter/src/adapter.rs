@@ -21,6 +21,7 @@ use crate::provider::{Fetch, ProviderState};
 use crate::renewal::{self, Renewal};
 use crate::revocation::Revocations;
 use crate::secret::Secret;
+use crate::throttle::Throttle;
 
 /// After a back-channel logout was recorded (`step` answers it with 200), hands this worker's list of
 /// ended sessions to the others through Envoy's shared data.
@@ -1386,42 +1387,17 @@ fn random() -> Option<[u8; 32]> {
     Some(b)
 }
 
-/// At most `lines` log lines per `window` seconds for one kind of line, per VM, counting the ones left
-/// out: lines that a client or an outage can cause on every request.
-struct Throttle {
-    window: u64,
-    lines: u64,
-    /// When the current window began (seconds), how many lines it has logged, how many were left out
-    /// since the last line.
-    start: AtomicU64,
-    logged: AtomicU64,
-    left_out: AtomicU64,
+/// Logging through a [`Throttle`]: the line is made only when its budget lets it go.
+trait Throttled {
+    fn log(&self, level: LogLevel, line: impl FnOnce() -> String);
 }
 
-impl Throttle {
-    const fn new(window: u64, lines: u64) -> Throttle {
-        Throttle {
-            window,
-            lines,
-            start: AtomicU64::new(0),
-            logged: AtomicU64::new(0),
-            left_out: AtomicU64::new(0),
-        }
-    }
-
+impl Throttled for Throttle {
     fn log(&self, level: LogLevel, line: impl FnOnce() -> String) {
-        let now = now();
-        let start = self.start.load(Ordering::Relaxed);
-        if start == 0 || now >= start.saturating_add(self.window) || now < start {
-            self.start.store(now.max(1), Ordering::Relaxed);
-            self.logged.store(0, Ordering::Relaxed);
-        }
-        if self.logged.fetch_add(1, Ordering::Relaxed) >= self.lines {
-            self.left_out.fetch_add(1, Ordering::Relaxed);
+        let Some(skipped) = self.admit(now()) else {
             return;
-        }
+        };
         let mut line = line();
-        let skipped = self.left_out.swap(0, Ordering::Relaxed);
         if skipped > 0 {
             line.push_str(&format!(" ({skipped} more of this kind not logged)"));
         }

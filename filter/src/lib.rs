@@ -44,6 +44,7 @@ pub mod revocation;
 pub mod secret;
 pub mod session;
 pub mod sha256;
+pub mod throttle;
 pub mod weburl;
 pub mod wire;
 
