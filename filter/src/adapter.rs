@@ -1309,7 +1309,8 @@ fn renewal_state(cfg: &crate::config::Config, key: &str, now: u64) -> Renewal {
 
 /// Reads, changes (`f`) and writes back `key`'s bucket with compare-and-swap, retrying when another worker
 /// wrote in between: `Ok(Some)` with what `f` returned (nothing written then), `Ok(None)` once written,
-/// `Err` when the bucket cannot be read or eight writes in a row lost the race.
+/// `Err` when the bucket cannot be read, holds a later format's table, or eight writes in a row lost the
+/// race.
 fn update_renewals<T>(
     cfg: &crate::config::Config,
     key: &str,
@@ -1321,9 +1322,9 @@ fn update_renewals<T>(
         let Ok((bytes, cas)) = host::get_shared_data(&name) else {
             return Err(());
         };
-        let mut table = bytes
-            .map(|b| renewal::Table::decode(&b))
-            .unwrap_or_default();
+        let Some(mut table) = renewal::Table::for_update(bytes.as_deref()) else {
+            return Err(());
+        };
         table.prune(now);
         if let Some(found) = f(&mut table) {
             return Ok(Some(found));

@@ -128,6 +128,16 @@ impl Table {
         w.finish()
     }
 
+    /// The table in `bytes` (none yet: empty) to change and write back; `None` when it is of a later
+    /// format than this build writes: another build's, beside this one through an upgrade, whose claims
+    /// and renewals this one would overwrite. Left alone then, as the shared logout list is.
+    pub fn for_update(bytes: Option<&[u8]>) -> Option<Table> {
+        if bytes.is_some_and(|b| crate::wire::later_format(b, VERSION)) {
+            return None;
+        }
+        Some(bytes.map(Table::decode).unwrap_or_default())
+    }
+
     /// Anything unreadable counts as empty: at worst one session refreshes twice.
     pub fn decode(bytes: &[u8]) -> Table {
         let read = || {
@@ -161,6 +171,30 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table of a later format is not changed here (it would be read as empty and overwritten);
+    /// an older, unreadable or missing one is.
+    #[test]
+    fn a_table_of_a_later_format_is_left_alone() {
+        let mut t = Table::default();
+        t.claim("k", 1_900_000_010);
+        let mut later = t.encode();
+        later[0] = VERSION + 1;
+        assert!(Table::for_update(Some(&later)).is_none());
+        let ours = Table::for_update(Some(&t.encode())).unwrap();
+        assert_eq!(ours.get("k", 1_900_000_000), Renewal::Claimed);
+        for other in [
+            None,
+            Some(&b""[..]),
+            Some(&[VERSION - 1, 0][..]),
+            Some(&b"garbage"[..]),
+        ] {
+            assert!(
+                Table::for_update(other).is_some_and(|t| t.entries.is_empty()),
+                "{other:?}"
+            );
+        }
+    }
 
     /// Found in review: an entry written while the clock read far ahead held (a finished renewal kept
     /// being adopted, for longer than the grace period) until the clock caught up again.
