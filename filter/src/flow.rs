@@ -169,7 +169,7 @@ pub struct RefreshJob {
 impl RefreshJob {
     /// Whether the request is a browser's navigation (a page, not JSON, for a refusal).
     fn browser(&self) -> bool {
-        matches!(self.anonymous, Anonymous::Login)
+        matches!(self.anonymous, Anonymous::Login | Anonymous::Frame)
     }
 }
 
@@ -946,6 +946,9 @@ enum Anonymous {
     Pass(Metric),
     /// A browser: to the login.
     Login,
+    /// A browser's navigation inside a frame (an embedded dashboard panel): a page whose link logs in
+    /// at the top level. IdPs' login pages refuse to be framed, so a redirect would leave it blank.
+    Frame,
     /// A form posted by a browser: a page that says so.
     Page,
     /// An API client: 401.
@@ -959,7 +962,11 @@ fn anonymous(cfg: &Config, h: &dyn Headers, target: &str) -> Anonymous {
         // An API client with its own token: jwt_authn judges it.
         Anonymous::Pass(Metric::BearerPassthrough)
     } else if is_browser(h) {
-        Anonymous::Login
+        if in_frame(h) {
+            Anonymous::Frame
+        } else {
+            Anonymous::Login
+        }
     } else if is_form_navigation(h) {
         Anonymous::Page
     } else {
@@ -1030,6 +1037,7 @@ fn anonymous_reply(cfg: &Config, how: Anonymous, target: &str) -> Reply {
     match how {
         Anonymous::Login => redirect_reply(login_location(cfg, target)),
         Anonymous::Page => session_ended_reply(cfg, target),
+        Anonymous::Frame => frame_login_reply(cfg, target),
         _ => json_401(),
     }
 }
@@ -1046,6 +1054,22 @@ fn session_ended_reply(cfg: &Config, target: &str) -> Reply {
     let body = format!(
         "<!doctype html><title>Log in again</title><h1>Your session has ended</h1><p>What you sent was \
          not received: log in, then send it again.</p><p><a href=\"{}\">Log in</a></p>\n",
+        login_location(cfg, target)
+    );
+    let mut r = html_page(401, body, Some(Metric::Unauthorized));
+    r.headers.push(("www-authenticate", "Bearer".into()));
+    r
+}
+
+/// A framed page without a session: `401` with a link that logs in in the whole window (`target="_top"`)
+/// and comes back to the framed page's address there.
+#[cold]
+#[inline(never)]
+fn frame_login_reply(cfg: &Config, target: &str) -> Reply {
+    // `login_location` percent-encodes the target: the link holds no quote, `<` or `&`.
+    let body = format!(
+        "<!doctype html><title>Log in</title><p>Log in to see this.</p><p><a href=\"{}\" \
+         target=\"_top\">Log in</a></p>\n",
         login_location(cfg, target)
     );
     let mut r = html_page(401, body, Some(Metric::Unauthorized));
@@ -2483,6 +2507,12 @@ fn is_browser(h: &dyn Headers) -> bool {
     matches!(h.get(":method").as_deref(), Some("GET") | Some("HEAD"))
         && wants_page(h)
         && h.get("sec-fetch-mode").is_none_or(|m| m == "navigate")
+}
+
+/// A navigation inside a frame (Fetch Metadata's `Sec-Fetch-Dest`).
+fn in_frame(h: &dyn Headers) -> bool {
+    h.get("sec-fetch-dest")
+        .is_some_and(|d| matches!(&*d, "iframe" | "frame" | "embed" | "object"))
 }
 
 /// Asks for HTML and is not an `XMLHttpRequest`.

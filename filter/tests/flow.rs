@@ -3710,3 +3710,45 @@ fn a_refresh_that_fetched_keys_past_the_sessions_end_forwards_nothing() {
     let fwd = forward(f.reply(fetching, Some((200, JWKS))));
     assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
 }
+
+/// Found in review: a page framed in another (a Grafana panel or Kibana dashboard embedded in a portal)
+/// was sent to log in inside the frame, where the IdP's login page refuses to show: the panel stayed
+/// blank. Without a session such a navigation gets a page whose link logs in in the whole window; a
+/// top-level one is redirected as before, and a framed one with a session is served.
+#[test]
+fn a_framed_page_without_a_session_gets_a_link_that_logs_in_at_the_top() {
+    let mut f = ready();
+    for dest in ["iframe", "frame", "embed", "object"] {
+        let r = respond(f.request(&Req::browser("/d/panel?x=1").with("sec-fetch-dest", dest)));
+        assert_eq!(r.status, 401, "{dest}: {r:?}");
+        assert_eq!(
+            header(&r.headers, "content-type"),
+            Some("text/html; charset=utf-8")
+        );
+        assert!(
+            r.body
+                .contains(r#"<a href="/login?rd=%2Fd%2Fpanel%3Fx%3D1" target="_top">"#),
+            "{dest}: {}",
+            r.body
+        );
+        assert_eq!(r.metric, Some(Metric::Unauthorized));
+    }
+    for dest in ["document", ""] {
+        let mut req = Req::browser("/d/panel");
+        if !dest.is_empty() {
+            req = req.with("sec-fetch-dest", dest);
+        }
+        let r = respond(f.request(&req));
+        assert_eq!(r.status, 302, "{dest}: {r:?}");
+        assert_eq!(location(&r), "/login?rd=%2Fd%2Fpanel");
+    }
+    let (jar, id_token) = log_in(&mut f, None);
+    let fwd = forward(
+        f.request(
+            &Req::browser("/d/panel")
+                .with("sec-fetch-dest", "iframe")
+                .cookies(&jar),
+        ),
+    );
+    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+}
