@@ -357,3 +357,51 @@ fn another_sites_frame_cannot_show_the_logout_confirmation() {
     );
     assert_ne!(inside, logout, "the frame shows the confirmation page");
 }
+
+/// A page of the site framed by another site's page (an embedded dashboard panel), without a session:
+/// Chromium says `Sec-Fetch-Dest: iframe`, and the frame shows the filter's page whose link logs in in
+/// the whole window, not the IdP's login form (which refuses to be framed). Its link takes the whole
+/// window to the IdP.
+#[test]
+fn a_framed_page_without_a_session_logs_in_at_the_top() {
+    let stack = pages_stack();
+    let panel = stack.site("decoding").unwrap().url("/d/panel");
+    let driver = WebDriver::start(stack.dir()).unwrap();
+    driver
+        .goto(&format!("{}/elsewhere", stack.echo_url()))
+        .unwrap();
+    driver
+        .execute(
+            "const f = document.createElement('iframe'); f.src = arguments[0]; \
+             document.body.append(f);",
+            json!([panel]),
+        )
+        .unwrap();
+    let mut link = None;
+    harness::process::poll(Duration::from_secs(10), || {
+        driver.switch_to_frame(0)?;
+        let found = driver.find_all("a[target=_top]")?;
+        let href = match found.first() {
+            Some(a) => driver.attribute(a, "href")?,
+            None => None,
+        };
+        driver.switch_to_top()?;
+        link = href;
+        Ok(link.is_some().then_some(()))
+    })
+    .unwrap();
+    let link = link.unwrap();
+    assert!(
+        link.ends_with("/login?rd=%2Fd%2Fpanel"),
+        "the frame's link: {link}"
+    );
+    driver.switch_to_frame(0).unwrap();
+    let a = driver.find("a[target=_top]").unwrap();
+    driver.click(&a).unwrap();
+    driver.switch_to_top().unwrap();
+    let at = driver
+        .wait_for_url(|u| u.starts_with(stack.issuer()), Duration::from_secs(10))
+        .unwrap();
+    driver.quit().unwrap();
+    assert!(at.contains("/auth") || at.contains("/interaction"), "{at}");
+}
