@@ -854,7 +854,8 @@ fn bearer_refused(
     target: &str,
     now: u64,
 ) -> Option<Step> {
-    // Where no rule would refuse a token without claims, none covers the path: jwt_authn judges alone.
+    // Where no rule would refuse a token without claims (or there are no rules), none covers the path:
+    // jwt_authn judges alone.
     if !denied_to(cfg, &json::Object::new(), target) {
         return None;
     }
@@ -987,11 +988,8 @@ fn without_session(
     let how = anonymous(cfg, h, target);
     if let Anonymous::Pass(metric) = how {
         if metric == Metric::BearerPassthrough
-            && let Some(refused) = bearer_on_text_bypass(cfg, target).or_else(|| {
-                (!cfg.access.is_empty())
-                    .then(|| bearer_refused(cfg, state, h, target, now))
-                    .flatten()
-            })
+            && let Some(refused) = bearer_on_text_bypass(cfg, target)
+                .or_else(|| bearer_refused(cfg, state, h, target, now))
         {
             return refused;
         }
@@ -1050,10 +1048,16 @@ fn is_form_navigation(h: &dyn Headers) -> bool {
 }
 
 fn session_ended_reply(cfg: &Config, target: &str) -> Reply {
+    let text = "<title>Log in again</title><h1>Your session has ended</h1><p>What you sent was not \
+                received: log in, then send it again.</p>";
+    login_link_page(cfg, target, text, "")
+}
+
+/// A `401` page: `text`, then a link (with `attributes`) to log in and come back to `target`.
+fn login_link_page(cfg: &Config, target: &str, text: &str, attributes: &str) -> Reply {
     // `login_location` percent-encodes the target: the link holds no quote, `<` or `&`.
     let body = format!(
-        "<!doctype html><title>Log in again</title><h1>Your session has ended</h1><p>What you sent was \
-         not received: log in, then send it again.</p><p><a href=\"{}\">Log in</a></p>\n",
+        "<!doctype html>{text}<p><a href=\"{}\"{attributes}>Log in</a></p>\n",
         login_location(cfg, target)
     );
     let mut r = html_page(401, body, Some(Metric::Unauthorized));
@@ -1066,15 +1070,8 @@ fn session_ended_reply(cfg: &Config, target: &str) -> Reply {
 #[cold]
 #[inline(never)]
 fn frame_login_reply(cfg: &Config, target: &str) -> Reply {
-    // `login_location` percent-encodes the target: the link holds no quote, `<` or `&`.
-    let body = format!(
-        "<!doctype html><title>Log in</title><p>Log in to see this.</p><p><a href=\"{}\" \
-         target=\"_top\">Log in</a></p>\n",
-        login_location(cfg, target)
-    );
-    let mut r = html_page(401, body, Some(Metric::Unauthorized));
-    r.headers.push(("www-authenticate", "Bearer".into()));
-    r
+    let text = "<title>Log in</title><p>Log in to see this.</p>";
+    login_link_page(cfg, target, text, " target=\"_top\"")
 }
 
 /// `/login`: a fresh state, nonce and PKCE verifier, sealed into a cookie of their own, then off to the IdP.
@@ -1814,15 +1811,12 @@ fn finish_refresh(
                 Err(e) => return refresh_failed(cfg, state, &job, env.now, e.to_string()),
             }
         }
-        None if cfg.forward_token == ForwardToken::AccessToken => {
-            let kept = old.login_sid.clone();
-            (
-                old.id_token.clone(),
-                old.token_expires_at,
-                old.sub.clone(),
-                kept,
-            )
-        }
+        None if cfg.forward_token == ForwardToken::AccessToken => (
+            old.id_token.clone(),
+            old.token_expires_at,
+            old.sub.clone(),
+            old.login_sid.clone(),
+        ),
         // OIDC Core 12.2 lets an IdP leave the ID token out of a refresh answer: the one to forward has
         // expired, so the user logs in again.
         None => {

@@ -132,10 +132,7 @@ impl Table {
     /// format than this build writes: another build's, beside this one through an upgrade, whose claims
     /// and renewals this one would overwrite. Left alone then, as the shared logout list is.
     pub fn for_update(bytes: Option<&[u8]>) -> Option<Table> {
-        if bytes.is_some_and(|b| crate::wire::later_format(b, VERSION)) {
-            return None;
-        }
-        Some(bytes.map(Table::decode).unwrap_or_default())
+        crate::wire::for_update(bytes, VERSION, Table::decode)
     }
 
     /// Anything unreadable counts as empty: at worst one session refreshes twice.

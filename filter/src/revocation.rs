@@ -107,10 +107,7 @@ impl Revocations {
     /// here overwrote it: the logouts recorded in it were lost, and those sessions opened again. It is
     /// left alone; an older or unreadable one is replaced.
     pub fn merged_shared(shared: Option<&[u8]>, local: &Revocations, now: u64) -> Option<Vec<u8>> {
-        if shared.is_some_and(|b| crate::wire::later_format(b, VERSION)) {
-            return None;
-        }
-        let mut merged = shared.map(Revocations::decode).unwrap_or_default();
+        let mut merged = crate::wire::for_update(shared, VERSION, Revocations::decode)?;
         merged.merge(local);
         // What has lapsed goes here too: every worker decodes this list each time it changes.
         merged.prune(now);

@@ -817,7 +817,7 @@ impl Session {
     pub fn decode(bytes: &[u8]) -> Result<Session, OpenError> {
         let read = || {
             let mut r = Reader::new(bytes, PAYLOAD_VERSION)?;
-            let s = Session {
+            let mut s = Session {
                 id_token: Secret::new(r.string()?),
                 access_token: r.opt_string()?.map(Secret::new),
                 refresh_token: r.opt_string()?.map(Secret::new),
@@ -828,14 +828,9 @@ impl Session {
             };
             // A zero-length `sid` is never written: a trailing empty string is malformed, as any other
             // trailing byte is.
-            let s = if r.at_end() {
-                s
-            } else {
-                Session {
-                    login_sid: Some(r.string().filter(|sid| !sid.is_empty())?),
-                    ..s
-                }
-            };
+            if !r.at_end() {
+                s.login_sid = Some(r.string().filter(|sid| !sid.is_empty())?);
+            }
             r.finish().map(|()| s)
         };
         read().ok_or(OpenError::Malformed)

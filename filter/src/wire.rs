@@ -98,6 +98,20 @@ pub fn later_format(bytes: &[u8], version: u8) -> bool {
     bytes.first().is_some_and(|&v| v > version && v < b' ')
 }
 
+/// A shared value of format `version` to change and write back: `bytes` decoded (none yet: empty), or
+/// `None` when they are of a later format ([`later_format`]), to be left alone.
+pub fn for_update<T: Default>(
+    bytes: Option<&[u8]>,
+    version: u8,
+    decode: impl FnOnce(&[u8]) -> T,
+) -> Option<T> {
+    match bytes {
+        Some(b) if later_format(b, version) => None,
+        Some(b) => Some(decode(b)),
+        None => Some(T::default()),
+    }
+}
+
 impl<'a> Reader<'a> {
     /// Starts reading `bytes`, which must be of format `version`.
     pub fn new(bytes: &'a [u8], version: u8) -> Option<Reader<'a>> {

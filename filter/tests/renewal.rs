@@ -248,17 +248,18 @@ fn a_renewal_that_completes_after_the_session_ended_forwards_nothing() {
         (jar, pending)
     };
 
-    // The IdP answers the refresh, with a new ID token, after the lifetime ran out.
-    let mut f = Filter::ready(cfg());
-    let (_, pending) = start(&mut f);
-    f.now = ends;
-    let (step, _) = refreshed(&mut f, pending, "rt-2");
+    // The IdP answers the refresh, with a new ID token, at `at`.
+    let answered_at = |at: u64| {
+        let mut f = Filter::ready(cfg());
+        let (_, pending) = start(&mut f);
+        f.now = at;
+        refreshed(&mut f, pending, "rt-2")
+    };
+    let (step, _) = answered_at(ends);
     let r = respond(step);
     ended_as_anonymous(&r, "a refresh answered after session_lifetime");
     // Before it ran out, the same answer goes up: the control.
-    let mut f = Filter::ready(cfg());
-    let (_, pending) = start(&mut f);
-    let (step, new_token) = refreshed(&mut f, pending, "rt-2");
+    let (step, new_token) = answered_at(ends - 1);
     let fwd = forward(step);
     assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
 

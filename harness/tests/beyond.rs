@@ -929,6 +929,15 @@ fn the_backchannel_endpoint_refuses_what_is_not_a_valid_logout_token() {
     let refused = stat("backchannel_logout_failures");
     let url = at(WIKI, BACKCHANNEL);
     let api = Browser::new();
+    let post = |body: &[u8]| {
+        api.request(
+            "POST",
+            &url,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some(body),
+        )
+        .unwrap()
+    };
     // An ID token is signed by the same IdP for the same client, but is no logout token.
     for body in [
         format!("logout_token={id_token}"),
@@ -936,14 +945,7 @@ fn the_backchannel_endpoint_refuses_what_is_not_a_valid_logout_token() {
         "nothing=here".into(),
         String::new(),
     ] {
-        let r = api
-            .request(
-                "POST",
-                &url,
-                &[("content-type", "application/x-www-form-urlencoded")],
-                Some(body.as_bytes()),
-            )
-            .unwrap();
+        let r = post(body.as_bytes());
         assert_eq!(r.status, 400, "{body}: {}", r.body);
         assert_eq!(r.json().unwrap(), json!({"error": "invalid_request"}));
     }
@@ -960,14 +962,7 @@ fn the_backchannel_endpoint_refuses_what_is_not_a_valid_logout_token() {
     }
     // Longer than any logout token: refused whole, however it arrives.
     let long = format!("logout_token={}", "a".repeat(70 * 1024));
-    let r = api
-        .request(
-            "POST",
-            &url,
-            &[("content-type", "application/x-www-form-urlencoded")],
-            Some(long.as_bytes()),
-        )
-        .unwrap();
+    let r = post(long.as_bytes());
     assert_eq!(r.status, 413, "{}", r.body);
     let r = api.get(&url).unwrap();
     assert_eq!(r.status, 405);

@@ -324,6 +324,21 @@ fn another_sites_frame_cannot_show_the_logout_confirmation() {
     click_link_on(&driver, &format!("{}/elsewhere", stack.echo_url()), &logout);
     assert_eq!(heading_at(&driver, &logout), "Log out?");
 
+    let inside = framed_by_another_site(stack, &driver, &logout);
+    driver.switch_to_frame(0).unwrap();
+    let buttons = driver.find_all("button").unwrap();
+    driver.switch_to_top().unwrap();
+    driver.quit().unwrap();
+    assert!(
+        buttons.is_empty(),
+        "the framed page has its button ({inside})"
+    );
+    assert_ne!(inside, logout, "the frame shows the confirmation page");
+}
+
+/// Opens a page of another site (the echo app's own address, 127.0.0.1: the apps are on localhost) that
+/// frames `url`, and waits for the frame to load (or be refused): the address it shows.
+fn framed_by_another_site(stack: &Stack, driver: &WebDriver, url: &str) -> String {
     driver
         .goto(&format!("{}/elsewhere", stack.echo_url()))
         .unwrap();
@@ -331,10 +346,9 @@ fn another_sites_frame_cannot_show_the_logout_confirmation() {
         .execute(
             "const f = document.createElement('iframe'); f.src = arguments[0]; \
              document.body.append(f);",
-            json!([logout]),
+            json!([url]),
         )
         .unwrap();
-    // Give the frame time to load (or be refused); then look inside it.
     let mut inside = String::new();
     harness::process::poll(Duration::from_secs(10), || {
         driver.switch_to_frame(0)?;
@@ -347,15 +361,7 @@ fn another_sites_frame_cannot_show_the_logout_confirmation() {
         Ok((!inside.is_empty() && inside != "about:blank").then_some(()))
     })
     .unwrap();
-    driver.switch_to_frame(0).unwrap();
-    let buttons = driver.find_all("button").unwrap();
-    driver.switch_to_top().unwrap();
-    driver.quit().unwrap();
-    assert!(
-        buttons.is_empty(),
-        "the framed page has its button ({inside})"
-    );
-    assert_ne!(inside, logout, "the frame shows the confirmation page");
+    inside
 }
 
 /// A page of the site framed by another site's page (an embedded dashboard panel), without a session:
@@ -367,36 +373,16 @@ fn a_framed_page_without_a_session_logs_in_at_the_top() {
     let stack = pages_stack();
     let panel = stack.site("decoding").unwrap().url("/d/panel");
     let driver = WebDriver::start(stack.dir()).unwrap();
-    driver
-        .goto(&format!("{}/elsewhere", stack.echo_url()))
+    framed_by_another_site(stack, &driver, &panel);
+    driver.switch_to_frame(0).unwrap();
+    let a = driver
+        .wait_for("a[target=_top]", Duration::from_secs(5))
         .unwrap();
-    driver
-        .execute(
-            "const f = document.createElement('iframe'); f.src = arguments[0]; \
-             document.body.append(f);",
-            json!([panel]),
-        )
-        .unwrap();
-    let mut link = None;
-    harness::process::poll(Duration::from_secs(10), || {
-        driver.switch_to_frame(0)?;
-        let found = driver.find_all("a[target=_top]")?;
-        let href = match found.first() {
-            Some(a) => driver.attribute(a, "href")?,
-            None => None,
-        };
-        driver.switch_to_top()?;
-        link = href;
-        Ok(link.is_some().then_some(()))
-    })
-    .unwrap();
-    let link = link.unwrap();
+    let link = driver.attribute(&a, "href").unwrap().unwrap_or_default();
     assert!(
         link.ends_with("/login?rd=%2Fd%2Fpanel"),
         "the frame's link: {link}"
     );
-    driver.switch_to_frame(0).unwrap();
-    let a = driver.find("a[target=_top]").unwrap();
     driver.click(&a).unwrap();
     driver.switch_to_top().unwrap();
     let at = driver
