@@ -121,6 +121,7 @@ struct Metrics {
     idp_fetch_failed: u32,
     unmatched_passed: u32,
     unmatched_denied: u32,
+    session_unopened: u32,
     callback_failed: [u32; 8],
 }
 
@@ -156,6 +157,7 @@ impl Metrics {
             idp_fetch_failed: c("idp_fetch_failures"),
             unmatched_passed: c("unmatched_hosts_passed"),
             unmatched_denied: c("unmatched_hosts_denied"),
+            session_unopened: c("session_cookies_unopened"),
             callback_failed: [0; 8],
         };
         for (i, f) in FAILURES.iter().enumerate() {
@@ -183,6 +185,7 @@ impl Metrics {
             Some(Metric::BackchannelLogoutRefused) => self.backchannel_refused,
             Some(Metric::UnmatchedHostPassed) => self.unmatched_passed,
             Some(Metric::UnmatchedHostDenied) => self.unmatched_denied,
+            Some(Metric::SessionUnopened) => self.session_unopened,
             Some(Metric::CallbackFailed(f)) => {
                 let i = FAILURES.iter().position(|x| *x == f).unwrap_or(0);
                 self.callback_failed[i]
@@ -315,6 +318,7 @@ impl Root {
         match Plugin::parse(&raw, &env) {
             Ok(plugin) => {
                 self.metrics = Metrics::define();
+                warn_inline_secrets(&plugin.inline_secrets);
                 let states = plugin
                     .sites
                     .iter()
@@ -798,6 +802,9 @@ impl Http {
                 random: &mut random,
             };
             let step = flow::on_request(cfg, state, &mut env, headers);
+            if core::mem::take(&mut state.unopened) {
+                self.metrics.count(Some(Metric::SessionUnopened));
+            }
             // Not ready, but the IdP's documents are on their way (a new VM's first fetch): wait for
             // them, up to a little longer than that fetch may take, rather than answer 503.
             let hold = match &step {
@@ -1417,6 +1424,19 @@ static LOGOUT_REFUSED: [Throttle; 2] = [Throttle::new(1, 20), Throttle::new(1, 2
 
 /// What the discovery document says that makes logins likely to fail with `cfg`, when it loads or a
 /// new configuration takes it over.
+/// Secrets written in pluginConfig work (local tests use them), but whoever reads the WasmPlugin or the
+/// proxy's configuration reads them too (found in review: nothing said so at start).
+#[inline(never)]
+fn warn_inline_secrets(fields: &[String]) {
+    for f in fields {
+        log_warn(&format!(
+            "oidc-filter: `{f}` holds a secret in pluginConfig, where whoever can read the WasmPlugin or \
+             the proxy's configuration can read it: outside local tests, name an environment variable \
+             in `{f}_env` instead"
+        ));
+    }
+}
+
 fn warn_discovery_notes(cfg: &Config, provider: &ProviderState) {
     for note in provider.discovery_notes(cfg) {
         log_warn(&format!("oidc-filter: {}: {note}", cfg.issuer));

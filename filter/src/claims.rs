@@ -224,12 +224,17 @@ pub fn header_value(v: &Value) -> Option<String> {
     (s.len() <= 8192 && is_header_text(&s)).then_some(s)
 }
 
-/// Text a header carries as it is: not empty, no space or tab at either end, and nothing that could
-/// split a header (a claim is the IdP's data, not ours).
+/// Text a header carries as it is: not empty, no space at either end, and nothing that could split a
+/// header (a claim is the IdP's data, not ours). A space is Unicode's too, and the byte order mark:
+/// found in review, `admin\u{a0}` reads `admin` to an app that trims with Go's `TrimSpace`, .NET's
+/// `Trim` or JavaScript's `trim`.
 fn is_header_text(s: &str) -> bool {
     let b = s.as_bytes();
+    let space = |c: char| c.is_whitespace() || c == '\u{feff}';
     !matches!(b.first(), None | Some(b' ' | b'\t'))
         && !matches!(b.last(), Some(b' ' | b'\t'))
+        && !s.starts_with(space)
+        && !s.ends_with(space)
         && b.iter()
             .all(|&c| c == b'\t' || (0x20..0x7f).contains(&c) || c >= 0x80)
 }
@@ -351,12 +356,23 @@ mod tests {
             json!(" admin"),
             json!("\tadmin"),
             json!([",", " "]),
+            json!("admin\u{a0}"),
+            json!("\u{3000}admin"),
+            json!("admin\u{2009}"),
+            json!("admin\u{85}"),
+            json!("\u{feff}admin"),
+            json!(["admin\u{a0}"]),
         ] {
             assert_eq!(header_value(&from_serde(&v)), None, "{v}");
         }
         assert_eq!(
             header_value(&from_serde(&json!("Alice Smith"))).as_deref(),
             Some("Alice Smith")
+        );
+        // Within the value, and letters beyond ASCII at its ends, it goes as it is.
+        assert_eq!(
+            header_value(&from_serde(&json!("Zoë\u{a0}Ångström"))).as_deref(),
+            Some("Zoë\u{a0}Ångström")
         );
     }
 

@@ -206,10 +206,7 @@ impl Raw {
     fn read(mut obj: Object) -> Result<Raw, ConfigError> {
         for (name, value) in obj.iter() {
             let Some(&(field, kind)) = FIELDS.iter().find(|(n, _)| *n == name) else {
-                return Err(err(
-                    &plain_field(name),
-                    "not valid JSON for this filter (unknown field)",
-                ));
+                return Err(unknown_field(name));
             };
             let expected = match (kind, value) {
                 (_, Value::Null)
@@ -352,11 +349,35 @@ fn texts(obj: &mut Object, name: &str) -> Option<Vec<String>> {
     }
 }
 
-/// A field name as an error may repeat it: a plain identifier. Anything else (an empty or odd key, a pasted
-/// value, a newline) is not echoed.
+/// A field this filter does not take, named (found in review: `client-secret-env`, spelt as the Secret's
+/// keys are, was reported as `pluginConfig`), with the field meant when only the case or `-` for `_` differ.
+#[inline(never)]
+fn unknown_field(name: &str) -> ConfigError {
+    let meant = FIELDS.iter().map(|(n, _)| *n).find(|n| {
+        n.len() == name.len()
+            && n.bytes()
+                .zip(name.bytes())
+                .all(|(a, b)| a == b.to_ascii_lowercase() || (a == b'_' && b == b'-'))
+    });
+    match meant {
+        Some(n) => err(
+            &plain_field(name),
+            format!("unknown field (the field is `{n}`)"),
+        ),
+        None => err(
+            &plain_field(name),
+            "unknown field (the configuration reference lists them)",
+        ),
+    }
+}
+
+/// A field name as an error may repeat it: a plain identifier (`-` too). Anything else (an empty or odd
+/// key, a pasted value, a newline) is not echoed.
 fn plain_field(name: &str) -> String {
     if (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
         name.to_string()
     } else {
@@ -713,6 +734,18 @@ pub struct Plugin {
     default_site: Option<usize>,
     /// Every site's cookie name.
     cookie_names: CookieNames,
+    /// The secret fields written in pluginConfig itself (`cookie_keys`, `hosts[1].client_secret`), which
+    /// whoever reads the WasmPlugin or the proxy's configuration can read: warned of at start.
+    pub inline_secrets: Vec<String>,
+}
+
+/// The secret fields `obj` writes out (not `null`), named with `prefix`.
+fn inline_secrets(obj: &Object, prefix: &str, out: &mut Vec<String>) {
+    for field in ["client_secret", "cookie_keys"] {
+        if obj.get(field).is_some_and(|v| !v.is_null()) {
+            out.push(format!("{prefix}{field}"));
+        }
+    }
 }
 
 impl Plugin {
@@ -730,6 +763,8 @@ impl Plugin {
         // it is dropped here, once; an entry's `null` unsets what the entry would inherit (below). An
         // unknown name stays, to be refused as one.
         top.retain(|k, v| !(v.is_null() && is_top_level_field(k)));
+        let mut inline = Vec::new();
+        inline_secrets(&top, "", &mut inline);
         let entries = top.remove("hosts");
         let unmatched = top.remove("unmatched_hosts");
         let Some(entries) = entries else {
@@ -739,7 +774,9 @@ impl Plugin {
                     "only meaningful together with `hosts`",
                 ));
             }
-            return Config::from_object(top, env).map(Plugin::single);
+            let mut plugin = Config::from_object(top, env).map(Plugin::single)?;
+            plugin.inline_secrets = inline;
+            return Ok(plugin);
         };
         let entries = match entries {
             Value::Array(a) if !a.is_empty() && a.len() <= 64 => a,
@@ -790,6 +827,7 @@ impl Plugin {
                 seen_hosts.push(p.clone());
                 hosts.push(p);
             }
+            inline_secrets(&entry, &format!("hosts[{i}]."), &mut inline);
             let explicit_cookie = entry.get("cookie_name").is_some_and(|v| !v.is_null());
             // An error in a field the entry does not set is the top level's: named as it is there
             // (found in review: a top level without an `issuer`, checked only through its entries, had
@@ -950,6 +988,7 @@ impl Plugin {
             unmatched,
             default_site,
             cookie_names: CookieNames::new(cookie_names),
+            inline_secrets: inline,
         };
         // The site that serves the redirect's host takes the callback, and only the site that started a
         // login can finish it: its callback path, login cookie (name and keys) and `redirect_uri`, and the
@@ -1008,6 +1047,7 @@ impl Plugin {
             sites: vec![cfg],
             unmatched: Unmatched::Default,
             default_site: Some(0),
+            inline_secrets: Vec::new(),
         }
     }
 
@@ -1699,6 +1739,25 @@ mod tests {
         m.to_string()
     }
 
+    #[test]
+    fn secrets_written_in_the_config_are_named_for_a_warning() {
+        let env = |k: &str| (k == "S" || k == "K").then(|| KEY.to_string());
+        let names = |v: serde_json::Value| {
+            Plugin::parse(v.to_string().as_bytes(), &env)
+                .unwrap()
+                .inline_secrets
+        };
+        assert_eq!(names(minimal()), ["client_secret", "cookie_keys"]);
+        let from_env = serde_json::json!({"issuer": "https://idp.example.com", "client_id": "app",
+            "client_secret_env": "S", "cookie_keys_env": "K"});
+        assert!(names(from_env.clone()).is_empty());
+        let mut hosts = from_env;
+        hosts["client_secret"] = serde_json::Value::Null;
+        hosts["hosts"] = serde_json::json!([{"hosts": ["a.example.com"]},
+            {"hosts": ["b.example.com"], "client_secret": "inline", "client_secret_env": null}]);
+        assert_eq!(names(hosts), ["hosts[1].client_secret"]);
+    }
+
     /// The README's configuration reference, row by row: the field and its default column.
     fn readme_reference() -> Vec<(&'static str, &'static str)> {
         let readme = include_str!("../../README.md");
@@ -2257,7 +2316,20 @@ mod tests {
         // The first problem in document order is the one reported, as serde did.
         let e = parse(r#"{"zzz": 1, "cookie_secure": "yes"}"#).unwrap_err();
         assert_eq!(e.field, "zzz");
-        assert_eq!(e.reason, "not valid JSON for this filter (unknown field)");
+        assert_eq!(
+            e.reason,
+            "unknown field (the configuration reference lists them)"
+        );
+        // Spelt as the Secret's keys are, or in another case: named, with the field meant.
+        for slip in ["client-secret-env", "Cookie_Keys_Env"] {
+            let e = parse(&format!(r#"{{"{slip}": "X"}}"#)).unwrap_err();
+            assert_eq!(e.field, slip);
+            let meant = slip.to_ascii_lowercase().replace('-', "_");
+            assert_eq!(e.reason, format!("unknown field (the field is `{meant}`)"));
+        }
+        // Not echoed: not a name.
+        let e = parse(r#"{"a b": 1}"#).unwrap_err();
+        assert_eq!(e.field, "pluginConfig");
         let e = parse(r#"{"cookie_secure": "yes", "zzz": 1}"#).unwrap_err();
         assert_eq!(e.field, "cookie_secure");
     }

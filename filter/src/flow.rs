@@ -196,6 +196,9 @@ pub enum Metric {
     UnmatchedHostPassed,
     /// A host no site serves, answered 403.
     UnmatchedHostDenied,
+    /// A request carried a session cookie of this site that its cookie keys do not open (counted by the
+    /// adapter from [`State::unopened`], besides the request's own answer).
+    SessionUnopened,
 }
 
 /// Why a callback failed, one counter each.
@@ -294,6 +297,10 @@ pub struct State {
     pub renewals_paused_until: u64,
     /// The last renewal met an outage: the next is a probe, and the others wait for its answer.
     pub renewals_failing: bool,
+    /// The request just decided carried a session cookie the cookie keys do not open (another gateway's
+    /// keys, a key dropped, a replica with other keys): the adapter counts it and clears this. Found in
+    /// review: nothing told an operator why such users were sent to log in, over and over.
+    pub unopened: bool,
 }
 
 /// How long a renewal that met an outage pauses the others on its worker (the `Retry-After` of a 503).
@@ -558,8 +565,15 @@ fn has_session(cfg: &Config, state: &mut State, cookie_header: &str, now: u64) -
 /// stays small, and V8 compiles (and keeps the memory for) one function at a time.
 #[inline(never)]
 fn open_fresh(cfg: &Config, state: &mut State, sealed: &str, now: u64) -> Option<Rc<Cached>> {
-    let plain = cfg.keys.open(&cfg.cookie_name, sealed).ok()?;
-    let session = Session::decode(&plain).ok()?;
+    let Some(session) = cfg
+        .keys
+        .open(&cfg.cookie_name, sealed)
+        .ok()
+        .and_then(|plain| Session::decode(&plain).ok())
+    else {
+        state.unopened = true;
+        return None;
+    };
     // Another plugin (another IdP client) may share the cookie keys and name: its sessions are not ours.
     if !issued_to(cfg, &session.id_token) {
         return None;
@@ -1290,10 +1304,17 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
     {
         Ok(l) => l,
         Err(_) => {
-            return bad_callback(
+            // Said in the log: found in review, a login cookie of a replica with other cookie keys
+            // read as any made-up callback.
+            let why = "the login cookie does not open with this gateway's cookie_keys (sealed by a \
+                       gateway with other keys, or altered)";
+            return error_page(
+                400,
                 CallbackFailure::StateMismatch,
                 "This login is not valid.",
+                Some(why.into()),
                 clear,
+                "/",
             );
         }
     };
@@ -2145,12 +2166,14 @@ fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>
 }
 
 /// An address the IdP says is not the user's (not yet confirmed) names no one: no header, no rule passes
-/// on it. (An IdP that sends no `email_verified` vouches for its addresses.)
+/// on it. An IdP that sends no `email_verified` vouches for its addresses, but Entra ID sends none at all:
+/// its optional claim `xms_edov: false` says the address's domain is not one the tenant owns (found in
+/// review: a guest's self-chosen address passed rules on `email`).
 fn unverified_email(claims: &json::Object) -> bool {
     match claims.get("email_verified") {
         Some(json::Value::Bool(v)) => !v,
         Some(json::Value::String(v)) => v != "true",
-        _ => false,
+        _ => matches!(claims.get("xms_edov"), Some(json::Value::Bool(false))),
     }
 }
 

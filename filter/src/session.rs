@@ -44,8 +44,9 @@ const MIN_RAW_KEY_LEN: usize = 32;
 /// Part of a value in each chunk: the first chunk also carries `"{n}."`, at most 3 bytes.
 const CHUNK_PART: usize = MAX_CHUNK_VALUE - 3;
 
-/// The cookie keys. The first one seals; every one opens, so a key can be rotated in (put it first,
-/// keep the old one second) without logging anybody out, then dropped once old sessions have expired.
+/// The cookie keys. The first one seals; every one opens, so a key can be rotated in without logging
+/// anybody out: added second until every replica has it, then put first, then the old one dropped once
+/// old sessions have expired.
 #[derive(Clone)]
 pub struct Keys {
     // Never empty: `new` refuses an empty list.

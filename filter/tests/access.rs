@@ -113,18 +113,21 @@ fn an_unverified_email_names_no_one_and_passes_no_rule() {
         "claim_rules": [{"path_prefix": "/staff", "rule": {"claim": "email", "matches": "*@example.com"}}],
     });
     for (verified, named) in [
-        (Some(serde_json::json!(false)), false),
-        (Some(serde_json::json!("false")), false),
-        (Some(serde_json::json!(true)), true),
-        // Entra ID sends no `email_verified`: its addresses stand.
+        (Some(("email_verified", serde_json::json!(false))), false),
+        (Some(("email_verified", serde_json::json!("false"))), false),
+        (Some(("email_verified", serde_json::json!(true))), true),
+        // Entra ID sends no `email_verified`: its addresses stand, unless its optional claim
+        // `xms_edov` says the address's domain is not the tenant's (found in review).
         (None, true),
+        (Some(("xms_edov", serde_json::json!(false))), false),
+        (Some(("xms_edov", serde_json::json!(true))), true),
     ] {
         let mut f = Filter::ready(config(rules.clone()));
         let (jar, _) = log_in_with(&mut f, None, |nonce| {
             let mut c = claims(Some(nonce));
             c["email"] = "ceo@example.com".into();
-            if let Some(v) = &verified {
-                c["email_verified"] = v.clone();
+            if let Some((claim, v)) = &verified {
+                c[*claim] = v.clone();
             }
             mint(&c)
         });
@@ -150,8 +153,8 @@ fn an_unverified_email_names_no_one_and_passes_no_rule() {
         // The same token as a bearer, without the session: judged alike (found in review: it passed).
         let mut c = claims(None);
         c["email"] = "ceo@example.com".into();
-        if let Some(v) = &verified {
-            c["email_verified"] = v.clone();
+        if let Some((claim, v)) = &verified {
+            c[*claim] = v.clone();
         }
         let token = format!("Bearer {}", mint(&c));
         let staff = f.request(&Req::api("/staff").with("authorization", &token));

@@ -1052,6 +1052,13 @@ fn callback_with_another_state_is_400() {
     let r = respond(f.request(&req));
     assert_callback_failed(&r, 400, CallbackFailure::StateMismatch);
     assert!(r.body.contains("This login is not valid."), "{r:?}");
+    // The operator's line says why: a gateway with other keys sealed it, or it was altered.
+    assert!(
+        r.detail.as_deref().is_some_and(
+            |d| d.starts_with("the login cookie does not open with this gateway's cookie_keys")
+        ),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -2297,11 +2304,18 @@ fn an_idp_refusing_a_refresh_in_its_own_words_ends_the_session() {
         );
     }
     // Answers that are not the IdP's word on this refresh token stay outages: 503, the cookie kept.
-    let outages: [(u16, &[u8]); 4] = [
+    // So do the IdP's refusals of the gateway's own credentials: `invalid_client`, and Keycloak's
+    // `401 unauthorized_client` (a secret rotated at the IdP, not yet on the gateway).
+    let outages: [(u16, &[u8]); 6] = [
         (200, b"<html>Please log in to the Wi-Fi</html>"),
         (400, b"<html>Bad Request</html>"),
         (429, br#"{"error":"slow_down"}"#),
         (400, br#"{"error":"temporarily_unavailable"}"#),
+        (401, br#"{"error":"invalid_client"}"#),
+        (
+            401,
+            br#"{"error":"unauthorized_client","error_description":"Invalid client or Invalid client credentials"}"#,
+        ),
     ];
     for (status, body) in outages {
         let r = answered(status, body);

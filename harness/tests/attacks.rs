@@ -511,11 +511,15 @@ fn expired_sessions_are_anonymous_even_when_well_sealed() {
     let b = logged_in(APP, "alice");
     let mut s = open_session(&session_cookies(&b));
     s.expires_at = unix_now() - 1;
+    let unopened = || stat("wasmcustom.oidc_filter.session_cookies_unopened");
+    let before = unopened();
     assert_filter_401(
         &api()
             .get_with(&url(APP, "/x"), &[("cookie", &seal(&s))])
             .unwrap(),
     );
+    // It opened: over, not unreadable.
+    assert_eq!(unopened(), before);
     // A token past its expiry with no way to refresh it.
     let mut s = open_session(&session_cookies(&b));
     s.token_expires_at = unix_now() - 1;
@@ -543,17 +547,22 @@ fn sessions_sealed_with_another_key_are_anonymous() {
     let s = open_session(&session_cookies(&b));
     let other = Keys::new(&[b"another key of at least 32 bytes!!".to_vec()]).unwrap();
     let cookie = seal_with(&other, COOKIE, &s);
+    let unopened = || stat("wasmcustom.oidc_filter.session_cookies_unopened");
+    let before = unopened();
     assert_filter_401(
         &api()
             .get_with(&url(APP, "/x"), &[("cookie", &cookie)])
             .unwrap(),
     );
+    // Counted, for the operator whose replicas' keys differ (the user only sees a login again).
+    assert_eq!(unopened(), before + 1);
     // The control: the same session sealed the same way, with the stack's key, reaches the app as
     // alice, so only the key made the difference. (That a key rotated in first, with the old one
     // after it, still opens old sessions is e2e.rs's `rotated_cookie_keys_still_open_old_sessions`.)
     let (status, auth) = authorization_seen(APP, "/x", &seal_with(&keys(), COOKIE, &s));
     assert_eq!(status, 200);
     assert_eq!(auth, Some(format!("Bearer {}", s.id_token.expose())));
+    assert_eq!(unopened(), before + 1);
 }
 
 #[test]

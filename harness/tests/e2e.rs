@@ -1310,6 +1310,16 @@ fn invalid_plugin_config_stops_envoy_and_names_the_field() {
     assert!(log.contains("field `colour`"), "{log}");
     assert!(!log.contains("inline-secret"), "{log}");
 
+    // Spelt as the Secret's keys are: named, with the field meant.
+    let (_, log) = start_with_config(
+        "kebab-field",
+        json!({"client_secret_env": null, "client-secret-env": "OIDC_CLIENT_SECRET"}),
+    );
+    assert!(
+        log.contains("field `client-secret-env`: unknown field (the field is `client_secret_env`)"),
+        "{log}"
+    );
+
     let (err, log) = start_with_config("missing-secret", json!({}));
     assert!(err.contains("envoy exited"), "{err}");
     assert!(log.contains("field `client_secret_env`"), "{log}");
@@ -1334,6 +1344,18 @@ fn secrets_reach_the_filter_from_the_environment_only() {
     for s in stack().sites() {
         assert!(!bootstrap.contains(&s.client_secret), "{}", s.name);
     }
+    // The rotation sites write their cookie keys in the configuration: a warning says that whoever
+    // reads it reads them; no site writes its client secret there, and none is warned of.
+    let log = stack().envoy_log().unwrap();
+    let warned = |field: &str| {
+        harness::wasm_log_lines(
+            &log,
+            "warning",
+            &format!("`{field}` holds a secret in pluginConfig"),
+        )
+    };
+    assert!(warned("cookie_keys") > 0, "{log}");
+    assert_eq!(warned("client_secret"), 0, "{log}");
     // And with nothing else to go on, a login completes: the code exchange authenticated with the
     // secret from the environment, and the session sealed with the keys from there opens.
     let _idp = idp_hold::shared();

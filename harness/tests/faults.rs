@@ -456,6 +456,13 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
             "application/json",
             r#"{"error":"invalid_client"}"#,
         ),
+        // Keycloak's words for the same.
+        Mode::respond_for(
+            "/token",
+            401,
+            "application/json",
+            r#"{"error":"unauthorized_client","error_description":"Invalid client or Invalid client credentials"}"#,
+        ),
     ]
     .into_iter()
     .enumerate()

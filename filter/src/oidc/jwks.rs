@@ -320,10 +320,17 @@ fn usable_keys(jwk: &Object) -> Option<Vec<Jwk>> {
             if declared.is_some_and(|d| d != alg) {
                 return None;
             }
-            let (x, y) = (bytes("x")?, bytes("y")?);
-            if x.len() != len || y.len() != len {
-                return None;
-            }
+            // Shorter coordinates are taken as their leading zero bytes left out: Keycloak before 21
+            // wrote them so (found in review: about one key in 64 was skipped, and a realm with that
+            // key alone never got ready).
+            let full = |v: Vec<u8>| {
+                (!v.is_empty() && v.len() <= len).then(|| {
+                    let mut p = vec![0; len - v.len()];
+                    p.extend_from_slice(&v);
+                    p
+                })
+            };
+            let (x, y) = (full(bytes("x")?)?, full(bytes("y")?)?);
             // The coordinates must be field elements and the point on the curve (so not the identity).
             let crv = if alg == Alg::ES256 {
                 Crv::P256
@@ -408,6 +415,28 @@ mod tests {
         assert_eq!(jwks.find(Some("rs256-1"), Alg::ES256).count(), 0);
         assert_eq!(jwks.find(Some("enc-1"), Alg::RS256).count(), 0);
         assert_eq!(jwks.find(Some("nope"), Alg::RS256).count(), 0);
+    }
+
+    #[test]
+    fn ec_coordinates_without_their_leading_zero_bytes_are_taken() {
+        // A P-256 key whose `x` begins with a zero byte, written without it (31 bytes), and a token it
+        // signed (made with Node's crypto).
+        let short = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "short-x",
+            "x": "-Jhcj9R5VQdyGcr77mtiYPwcJUaMgC4KhbgFcawS1w",
+            "y": "Prg9uTaBdezxH-0XoNvHRQg1siG32mHlweXcpr3v2Rs"});
+        let token = "eyJhbGciOiJFUzI1NiIsImtpZCI6InNob3J0LXgifQ.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlLm\
+                     NvbSIsInN1YiI6ImFsaWNlIiwiZXhwIjo0MTAyNDQ0ODAwfQ.raArGc1NvE-i3LxKjbxiVSdfk0Ke-0Gv\
+                     mR3jxGx0-UGad_qawCuUFSJbHscgT2VxdYQpjyz4ET7I75EWkfLHQw";
+        let jwks = parse_keys(vec![short.clone()]).unwrap();
+        let claims = crate::oidc::id_token::verify_signature(token, &jwks).unwrap();
+        assert_eq!(
+            claims.get("sub").and_then(crate::json::Value::as_str),
+            Some("alice")
+        );
+        // Longer than the curve's size: not a coordinate.
+        let mut long = short;
+        long["x"] = "AAD4mFyP1HlVB3IZyvvua2Jg_BwlRoyALgqFuAVxrBLX".into();
+        assert!(parse_keys(vec![long]).is_err());
     }
 
     /// The key set as JSON, to build variants of it.

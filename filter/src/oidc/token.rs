@@ -68,9 +68,12 @@ pub enum TokenError {
 impl TokenError {
     /// The IdP refused the grant in its own words (RFC 6749 5.2: a 4xx with an error code), as opposed to
     /// not answering usefully: Dex answers a spent refresh token `invalid_request`. Asking again will not
-    /// change the answer. Not `invalid_client`: the IdP refuses the gateway's own credentials (a secret
-    /// changed at the IdP and not yet on the gateway), which is the deployment's fault, not the
-    /// session's; logins fail meanwhile too, and sessions renew once the secret is mended.
+    /// change the answer. Not `invalid_client`, nor `unauthorized_client` with `401`, Keycloak's words
+    /// for the same ("Invalid client or Invalid client credentials"; found in review): the IdP refuses
+    /// the gateway's own credentials (a secret changed at the IdP and not yet on the gateway), which is
+    /// the deployment's fault, not the session's; logins fail meanwhile too, and sessions renew once the
+    /// secret is mended. (`unauthorized_client` with `400` is the client no longer allowed to refresh:
+    /// a refusal, or a 503 would stick until `session_lifetime`.)
     pub fn is_refusal(&self) -> bool {
         match self {
             Self::InvalidGrant => true,
@@ -79,6 +82,7 @@ impl TokenError {
                     && !error.is_empty()
                     && error != "temporarily_unavailable"
                     && error != "invalid_client"
+                    && !(*status == 401 && error == "unauthorized_client")
             }
             _ => false,
         }
@@ -171,10 +175,14 @@ pub fn refresh_request(
 
 /// Whether the IdP at `issuer_host` wants the scopes again in a refresh request. Microsoft's identity
 /// platform does, as its own libraries send them: without them, a login that asked for an API's scope
-/// (`api://…`) is refused its refresh (AADSTS90009).
+/// (`api://…`) is refused its refresh (AADSTS90009). Its national clouds too (found in review: Azure
+/// Government's and Azure China's hosts were missed).
 pub fn scope_on_refresh(issuer_host: &str) -> bool {
     [
         "login.microsoftonline.com",
+        "login.microsoftonline.us",
+        "login.chinacloudapi.cn",
+        "login.partner.microsoftonline.cn",
         ".b2clogin.com",
         ".ciamlogin.com",
     ]
@@ -398,6 +406,9 @@ mod tests {
     fn only_microsoft_gets_the_scopes_again_on_refresh() {
         for host in [
             "login.microsoftonline.com",
+            "login.microsoftonline.us",
+            "login.chinacloudapi.cn",
+            "login.partner.microsoftonline.cn",
             "contoso.b2clogin.com",
             "contoso.ciamlogin.com",
         ] {
