@@ -468,16 +468,17 @@ impl Root {
                     }
                     _ => flow::renewal_failed(cfg, state, p.job, now),
                 };
-                ready.push((p.context_id, step, p.set_cookies));
+                ready.push((p.context_id, step, p.set_cookies, p.site));
             }
             !s.parked.is_empty()
         };
-        for (context_id, step, set_cookies) in ready {
+        for (context_id, step, set_cookies, site) in ready {
             // A request whose client went away is gone: nothing to resume.
             if host::set_effective_context(context_id).is_err() {
                 continue;
             }
-            match apply(step, &self.metrics, &mut Some(set_cookies), None) {
+            let site = || site_label(&shared, site);
+            match apply(step, &self.metrics, &mut Some(set_cookies), None, &site) {
                 Ok(Action::Continue) => {
                     let _ = host::resume_request();
                 }
@@ -678,7 +679,9 @@ impl Http {
             },
             step => (step, renewed),
         };
-        account(&step, &self.metrics);
+        account(&step, &self.metrics, &|| {
+            site_label(&self.shared, self.site)
+        });
         if let Some(renewed) = renewed {
             self.end_renewal(renewed);
         }
@@ -915,7 +918,10 @@ impl Http {
             },
             other => other,
         };
-        match apply(step, &self.metrics, &mut self.set_cookies, headers) {
+        let (shared, site) = (&self.shared, self.site);
+        match apply(step, &self.metrics, &mut self.set_cookies, headers, &|| {
+            site_label(shared, site)
+        }) {
             Ok(action) => action,
             Err(Step::ReadBody) => {
                 // Proxy-Wasm hosts turn a pause here into "stop all iteration" (Envoy does unless the plugin
@@ -1202,8 +1208,9 @@ fn apply(
     metrics: &Metrics,
     set_cookies: &mut Option<Rc<RefCell<Vec<String>>>>,
     headers: Option<&HeaderBlock>,
+    site: &dyn Fn() -> Option<String>,
 ) -> Result<Action, Step> {
-    account(&step, metrics);
+    account(&step, metrics, site);
     match step {
         Step::Forward(f) => {
             // A request resumed after a callout or a renewal comes without its headers: read them, or
@@ -1251,14 +1258,22 @@ fn apply(
     }
 }
 
+/// The site of a `hosts` entry, by its first host, for log lines; `None` for the top level's (the only
+/// one without `hosts`).
+#[inline(never)]
+fn site_label(shared: &RefCell<Shared>, site: usize) -> Option<String> {
+    let s = shared.try_borrow().ok()?;
+    s.plugin.sites.get(site)?.hosts.first().cloned()
+}
+
 /// Counts what `step` stands for, and logs a local answer that is a failure worth a line: whether or not
 /// there is a request left to carry it out.
-fn account(step: &Step, metrics: &Metrics) {
+fn account(step: &Step, metrics: &Metrics, site: &dyn Fn() -> Option<String>) {
     match step {
         Step::Forward(f) => metrics.count(f.metric),
         Step::Respond(r) => {
             metrics.count(r.metric);
-            log_reply(r);
+            log_reply(r, site);
         }
         Step::Call(..) | Step::ReadBody => {}
     }
@@ -1266,13 +1281,19 @@ fn account(step: &Step, metrics: &Metrics) {
 
 /// Logs a local answer that is a failure worth a line (a login, a renewal or a back-channel logout that
 /// failed), within its kind's budget.
-fn log_reply(r: &flow::Reply) {
+fn log_reply(r: &flow::Reply, site: &dyn Fn() -> Option<String>) {
     // Failures worth a line for whoever debugs a login, a renewal or a back-channel logout: the
-    // reason and the core's own words for it, never request data.
+    // reason and the core's own words for it, never request data; and, for a `hosts` entry's site,
+    // which one (found in review: with one stale client secret among several, the lines did not say
+    // whose).
     let line = |what: &str| {
         let detail = r.detail.as_deref().unwrap_or_default();
         let sep = if detail.is_empty() { "" } else { ": " };
-        format!("oidc-filter: {what}, answered {}{sep}{detail}", r.status)
+        let at = site().map(|h| format!(" (site {h})")).unwrap_or_default();
+        format!(
+            "oidc-filter: {what}, answered {}{sep}{detail}{at}",
+            r.status
+        )
     };
     // A 5xx is the IdP's or the deployment's failure (a client secret it refuses, an ID token
     // for another client id, a clock out of step, no answer): at warning, which istio-proxy logs
