@@ -805,9 +805,7 @@ impl Http {
                 random: &mut random,
             };
             let step = flow::on_request(cfg, state, &mut env, headers);
-            if core::mem::take(&mut state.unopened) {
-                self.metrics.count(Some(Metric::SessionUnopened));
-            }
+            let unopened = core::mem::take(&mut state.unopened);
             // Not ready, but the IdP's documents are on their way (a new VM's first fetch): wait for
             // them, up to a little longer than that fetch may take, rather than answer 503.
             let hold = match &step {
@@ -817,6 +815,10 @@ impl Http {
                 }
                 _ => None,
             };
+            // Counted once, when the request is decided: not on each run of a held one.
+            if unopened && hold.is_none() {
+                self.metrics.count(Some(Metric::SessionUnopened));
+            }
             (step, hold)
         };
         if let Some(until) = hold

@@ -473,7 +473,11 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
         let (scan, hit) = scan_session(cfg, state, header);
         // A cookie of the session's name that does not open, or one whose session is over: cleared.
         stale = !matches!(scan.session, Ok(None));
-        if let Some((sealed, cached)) = open_scanned(cfg, state, header, scan.session, hit, env.now)
+        let opened = open_scanned(cfg, state, header, scan.session, hit, env.now);
+        // A session of this site came after the one that did not open (another gateway's): nobody
+        // is sent to log in, nothing to count.
+        state.unopened &= opened.is_none();
+        if let Some((sealed, cached)) = opened
             && let Some(step) = with_session(
                 cfg,
                 state,
@@ -2173,7 +2177,11 @@ fn unverified_email(claims: &json::Object) -> bool {
     match claims.get("email_verified") {
         Some(json::Value::Bool(v)) => !v,
         Some(json::Value::String(v)) => v != "true",
-        _ => matches!(claims.get("xms_edov"), Some(json::Value::Bool(false))),
+        // Present, it vouches only when it says so (Entra has sent it as `true`, `"1"` or `"true"`).
+        _ => claims.get("xms_edov").is_some_and(|v| {
+            !matches!(v, json::Value::Bool(true))
+                && !matches!(v, json::Value::String(s) if s == "1" || s == "true")
+        }),
     }
 }
 

@@ -120,7 +120,11 @@ fn an_unverified_email_names_no_one_and_passes_no_rule() {
         // `xms_edov` says the address's domain is not the tenant's (found in review).
         (None, true),
         (Some(("xms_edov", serde_json::json!(false))), false),
+        (Some(("xms_edov", serde_json::json!("0"))), false),
+        (Some(("xms_edov", serde_json::json!("false"))), false),
         (Some(("xms_edov", serde_json::json!(true))), true),
+        (Some(("xms_edov", serde_json::json!("1"))), true),
+        (Some(("xms_edov", serde_json::json!("true"))), true),
     ] {
         let mut f = Filter::ready(config(rules.clone()));
         let (jar, _) = log_in_with(&mut f, None, |nonce| {

@@ -2537,9 +2537,15 @@ fn a_session_behind_another_gateways_cookie_of_its_name_still_opens() {
                 );
                 assert!(fwd.set_cookies.is_empty(), "{:?}", fwd.set_cookies);
                 assert_eq!(fwd.cookie, Some(Some("theme=dark".to_string())));
+                // Nobody sent to log in: not counted as a session cookie that does not open.
+                assert!(
+                    !core::mem::take(&mut f.state.unopened),
+                    "cookies: {sizes:?}"
+                );
             }
         }
-        // Theirs alone, or only forged ones: anonymous, as before.
+        // Theirs alone, or only forged ones: anonymous, as before, and counted (the adapter takes
+        // the flag after each request).
         for cookie in [
             theirs.header(),
             "_oidc_session=1.x; _oidc_session=1.y".to_string(),
@@ -2547,6 +2553,7 @@ fn a_session_behind_another_gateways_cookie_of_its_name_still_opens() {
             let r = respond(f.request(&Req::browser("/app").with("cookie", &cookie)));
             assert_eq!(r.status, 302, "{r:?}");
             assert!(location(&r).starts_with("/login?rd="), "{r:?}");
+            assert!(core::mem::take(&mut f.state.unopened), "{cookie}");
         }
         // Logging out ends ours: its ID token goes to the IdP, and this worker forgets it.
         let cookie = format!("{}; {}", theirs.header(), ours.header());

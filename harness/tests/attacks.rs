@@ -398,6 +398,15 @@ fn from_app(body: &str) -> bool {
     serde_json::from_str::<Value>(body).is_ok_and(|v| v.get("headers").is_some())
 }
 
+/// `session_cookies_unopened`, which must be defined (a missing counter would read 0 and unchanged).
+fn unopened_sessions() -> u64 {
+    let name = "wasmcustom.oidc_filter.session_cookies_unopened";
+    let stats = stack().envoy_stats().unwrap();
+    *stats
+        .get(name)
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
 fn stat(name: &str) -> u64 {
     stack()
         .envoy_stats()
@@ -424,6 +433,8 @@ fn a_real_session_reaches_the_app_with_its_token_which_is_the_control_for_every_
 
 #[test]
 fn forged_session_cookies_are_anonymous_and_get_cleared() {
+    // Exclusive: these count in `session_cookies_unopened`, which other tests count exactly.
+    let _idp = idp_hold::exclusive();
     for value in [
         "1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         "1.",
@@ -511,7 +522,7 @@ fn expired_sessions_are_anonymous_even_when_well_sealed() {
     let b = logged_in(APP, "alice");
     let mut s = open_session(&session_cookies(&b));
     s.expires_at = unix_now() - 1;
-    let unopened = || stat("wasmcustom.oidc_filter.session_cookies_unopened");
+    let unopened = unopened_sessions;
     let before = unopened();
     assert_filter_401(
         &api()
@@ -547,7 +558,7 @@ fn sessions_sealed_with_another_key_are_anonymous() {
     let s = open_session(&session_cookies(&b));
     let other = Keys::new(&[b"another key of at least 32 bytes!!".to_vec()]).unwrap();
     let cookie = seal_with(&other, COOKIE, &s);
-    let unopened = || stat("wasmcustom.oidc_filter.session_cookies_unopened");
+    let unopened = unopened_sessions;
     let before = unopened();
     assert_filter_401(
         &api()

@@ -321,7 +321,7 @@ fn usable_keys(jwk: &Object) -> Option<Vec<Jwk>> {
                 return None;
             }
             // Shorter coordinates are taken as their leading zero bytes left out: Keycloak before 21
-            // wrote them so (found in review: about one key in 64 was skipped, and a realm with that
+            // wrote them so (found in review: about one key in 128 was skipped, and a realm with that
             // key alone never got ready).
             let full = |v: Vec<u8>| {
                 (!v.is_empty() && v.len() <= len).then(|| {
