@@ -398,7 +398,8 @@ fn a_hosts_entry_s_failures_are_logged_naming_its_site() {
     let grafana = format!("{line} (site {GRAFANA})");
     let of_grafana = |l: &str| l.contains(&grafana);
     let of_top = |l: &str| l.contains(line) && !l.contains(" (site ");
-    let cases: [(String, &dyn Fn(&str) -> bool); 2] = [
+    type IsTheLine<'a> = &'a dyn Fn(&str) -> bool;
+    let cases: [(String, IsTheLine); 2] = [
         (at(GRAFANA, GRAFANA_CALLBACK), &of_grafana),
         (at("localhost", "/oauth2/callback"), &of_top),
     ];
