@@ -102,14 +102,16 @@ fn run_host(
     let dir = harness::target_dir().join("host-faults");
     std::fs::create_dir_all(&dir).unwrap();
     let input = dir.join(format!("input-{name}.json"));
+    // The secrets from the VM's environment, as the gateway gives them.
     let config = json!({
-        "issuer": ISSUER, "client_id": CLIENT, "client_secret": "s",
-        "cookie_keys": [harness::DEFAULT_COOKIE_KEYS],
+        "issuer": ISSUER, "client_id": CLIENT, "client_secret_env": "CLIENT_SECRET",
+        "cookie_keys_env": "COOKIE_KEYS",
         "backchannel_logout_path": "/oauth2/backchannel-logout",
     });
     let cookie = session.map(|s| seal(s).unwrap()).unwrap_or_default();
-    let mut input_json = json!({"config": config.to_string(), "env": {}, "cookie": cookie,
-        "logout": {"iss": ISSUER, "aud": CLIENT}});
+    let mut input_json = json!({"config": config.to_string(),
+        "env": {"CLIENT_SECRET": "s", "COOKIE_KEYS": harness::DEFAULT_COOKIE_KEYS},
+        "cookie": cookie, "logout": {"iss": ISSUER, "aud": CLIENT}});
     if let Some(replies) = replies {
         input_json["replies"] = replies;
     }
