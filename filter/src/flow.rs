@@ -517,6 +517,16 @@ fn open_scanned<'a>(
     }
 }
 
+/// Session `i` of `name` in `header`, for `i` up to `SHADOWED + 1`: the `i`th of the name (the first is the
+/// 0th; see `session::join_shadowed`), and last the first with the last of each of its chunks.
+#[inline(never)]
+fn session_at(header: &str, name: &str, i: usize) -> Option<String> {
+    let (skip, last) = if i > SHADOWED { (0, true) } else { (i, false) };
+    session::join_shadowed(header, name, skip, last)
+        .ok()
+        .flatten()
+}
+
 /// How many sessions of this site's name that come after one that does not open are tried.
 const SHADOWED: usize = 3;
 
@@ -532,8 +542,8 @@ fn shadowed<'a>(
     header: &str,
     now: u64,
 ) -> Option<(Cow<'a, str>, Rc<Cached>)> {
-    (1..=SHADOWED).find_map(|skip| {
-        let sealed = session::join_shadowed(header, &cfg.cookie_name, skip).ok()??;
+    (1..=SHADOWED + 1).find_map(|i| {
+        let sealed = session_at(header, &cfg.cookie_name, i)?;
         let cached = state
             .cache
             .get(&sealed)
@@ -1370,10 +1380,7 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
     let header = h.cookie().unwrap_or_default();
     // The session this site set: the first of the name that opens (see `shadowed`).
     let mut id_token = None;
-    for skip in 0..=SHADOWED {
-        let Ok(Some(sealed)) = session::join_shadowed(&header, &cfg.cookie_name, skip) else {
-            continue;
-        };
+    for sealed in (0..=SHADOWED + 1).filter_map(|i| session_at(&header, &cfg.cookie_name, i)) {
         if let Some(s) = cfg
             .keys
             .open(&cfg.cookie_name, &sealed)

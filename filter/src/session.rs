@@ -232,7 +232,17 @@ pub fn join_borrowed<'a>(header: &'a str, name: &str) -> Result<Option<Cow<'a, s
 /// after one of another gateway's (`Domain=example.com` from production, seen by staging at
 /// `app.staging.example.com`), or one that another site tossed in. Its chunk `.K` is the one that comes
 /// after as many `.K` as the sessions passed over claim: a session's cookies were stored together.
-pub fn join_shadowed(header: &str, name: &str, skip: usize) -> Result<Option<String>, ChunkError> {
+///
+/// With `last`, the session's chunk `.K` is the last `.K` instead, and `None` where no chunk name is
+/// there twice (the first's would be [`join`]'s): found in review, a chunk cookie another host of the
+/// domain tossed in, listed first (by a longer path or an earlier creation), hid the session's own, and
+/// the session was taken for a forgery and cleared, at every login again.
+pub fn join_shadowed(
+    header: &str,
+    name: &str,
+    skip: usize,
+    last: bool,
+) -> Result<Option<String>, ChunkError> {
     let mut firsts = cookies::iter(header)
         .filter(|(c, _)| *c == name)
         .map(|(_, v)| v);
@@ -250,6 +260,7 @@ pub fn join_shadowed(header: &str, name: &str, skip: usize) -> Result<Option<Str
         return Ok(None);
     };
     let mut parts: [Option<&str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
+    let mut twice = false;
     if chunk_count(first) > 1 {
         let mut seen = [0usize; MAX_CHUNKS];
         for (cookie, value) in cookies::iter(header) {
@@ -257,12 +268,16 @@ pub fn join_shadowed(header: &str, name: &str, skip: usize) -> Result<Option<Str
                 && let (Some(slot), Some(count), Some(&before)) =
                     (parts.get_mut(i), seen.get_mut(i), claimed.get(i))
             {
-                if *count == before {
+                if last || *count == before {
                     *slot = Some(value);
                 }
+                twice |= *count > 0;
                 *count += 1;
             }
         }
+    }
+    if last && !twice {
+        return Ok(None);
     }
     Ok(join_parts(first, &parts)?.map(Cow::into_owned))
 }

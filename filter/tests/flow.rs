@@ -2577,6 +2577,52 @@ fn a_session_behind_another_gateways_cookie_of_its_name_still_opens() {
     assert_eq!(sizes, [1, 2, 3]);
 }
 
+/// Found in review: a chunk cookie of the session's name that another host of the domain tossed in,
+/// listed before the session's own, hid it: the session was refused and cleared, at every login again.
+#[test]
+fn a_tossed_chunk_cookie_before_the_sessions_own_does_not_hide_it() {
+    let mut f = ready();
+    let (ours, id_token) = login_with_groups(&mut f, 400);
+    let mut other = Filter::ready(config(json!({"cookie_keys": [KEY_B]})));
+    let (theirs, _) = login_with_groups(&mut other, 400);
+    assert!(ours.names().len() >= 2 && theirs.names().len() >= 2);
+    let chunk = |jar: &Jar| format!("_oidc_session.1={}", jar.get("_oidc_session.1").unwrap());
+    for tossed in [
+        "_oidc_session.1=AAAA".to_string(),
+        chunk(&theirs),
+        format!("_oidc_session.1=AAAA; {}", chunk(&theirs)),
+    ] {
+        for cookie in [
+            format!("{tossed}; {}", ours.header()),
+            // Between the session's first cookie and its own chunk.
+            format!(
+                "_oidc_session={}; {tossed}; {}",
+                ours.get("_oidc_session").unwrap(),
+                ours.header().split_once("; ").unwrap().1
+            ),
+        ] {
+            // On a worker that has the session in memory, and on one that opens it afresh.
+            for g in [&mut f, &mut ready()] {
+                let fwd = forward(g.request(&Req::browser("/app").with("cookie", &cookie)));
+                assert_eq!(bearer(&fwd), format!("Bearer {id_token}"), "{cookie}");
+                assert!(fwd.set_cookies.is_empty(), "{:?}", fwd.set_cookies);
+            }
+        }
+    }
+    // Logging out finds it too: its ID token goes to the IdP.
+    let cookie = format!("_oidc_session.1=AAAA; {}", ours.header());
+    let r = respond(f.request(&Req::browser("/logout").with("cookie", &cookie)));
+    assert_eq!(r.status, 302, "{r:?}");
+    assert_eq!(query(location(&r)).get("id_token_hint"), Some(&id_token));
+    // Only tossed chunks: no session, as before.
+    let cookie = format!(
+        "_oidc_session={}; _oidc_session.1=AAAA",
+        ours.get("_oidc_session").unwrap()
+    );
+    let r = respond(f.request(&Req::browser("/app").with("cookie", &cookie)));
+    assert_eq!(r.status, 302, "{r:?}");
+}
+
 fn login_with_groups(f: &mut Filter, groups: usize) -> (Jar, String) {
     log_in_with(f, None, |nonce| {
         let mut c = claims(Some(nonce));

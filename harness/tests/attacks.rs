@@ -735,9 +735,27 @@ fn chunked_sessions_open_only_whole_in_order_and_from_one_session() {
                 .unwrap(),
         );
     }
-    // A duplicate chunk name: the first one counts, so a smuggled second one changes nothing.
+    // A duplicate chunk name, another session's chunk smuggled in before or after the real one:
+    // it neither opens a session nor hides the real one (found in review: listed first, it did, and
+    // the session was cleared), and it goes no further than the filter.
+    for at in [1, 2] {
+        let mut c = whole.clone();
+        c.insert(at, (whole[1].0.clone(), other[1].1.clone()));
+        let r = api()
+            .get_with(&url(APP, "/x"), &[("cookie", &join_chunks(&c))])
+            .unwrap();
+        assert_eq!(r.status, 200, "at {at}: {}", r.body);
+        let saw = app_saw(&r).unwrap();
+        assert_eq!(
+            saw["headers"]["authorization"],
+            format!("Bearer {}", s.id_token.expose())
+        );
+        let cookie = saw["headers"]["cookie"].as_str().unwrap_or_default();
+        assert!(!cookie.contains(COOKIE), "at {at}: {cookie}");
+    }
+    // Only the smuggled one: no session.
     let mut c = whole.clone();
-    c.insert(1, (whole[1].0.clone(), other[1].1.clone()));
+    c[1].1 = other[1].1.clone();
     assert_filter_401(
         &api()
             .get_with(&url(APP, "/x"), &[("cookie", &join_chunks(&c))])

@@ -28,12 +28,13 @@ fuzz_target!(|data: &[u8]| {
             let _ = session::chunk_names(name, &text);
             // The sessions behind the first of the name: passing none over is reading the first.
             assert_eq!(
-                session::join_shadowed(&text, name, 0),
+                session::join_shadowed(&text, name, 0, false),
                 session::join(&text, name)
             );
             for skip in 1..4 {
-                let _ = session::join_shadowed(&text, name, skip);
+                let _ = session::join_shadowed(&text, name, skip, false);
             }
+            let _ = session::join_shadowed(&text, name, 0, true);
             // Whatever `rd` says, the browser stays on the site: a path, not `//host` or `/\host`,
             // nothing a URL parser would drop or decode into either.
             let rd = oidc_filter::paths::safe_redirect(&text);
