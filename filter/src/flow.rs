@@ -1543,7 +1543,10 @@ fn code_reply(
                 "The identity provider did not answer in time.",
                 match reply {
                     None => no_answer(),
-                    Some(_) => "the token endpoint's cluster answered 504".into(),
+                    // Envoy's own answer when `callout_timeout` runs out (or the IdP's gateway's).
+                    Some(_) => "no answer from the token endpoint within callout_timeout (its \
+                                cluster answered 504)"
+                        .into(),
                 },
                 clear,
                 &start_again(cfg, &x),

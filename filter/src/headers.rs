@@ -18,6 +18,8 @@ pub struct HeaderBlock {
     /// reads both, and a walk for each cost a few hundred instructions.
     path: Option<(usize, usize)>,
     cookie: Option<(usize, usize)>,
+    /// More than one `cookie` header (HTTP/1.1 lets a client send several; Envoy joins HTTP/2's pieces).
+    more_cookies: bool,
     /// A bit for each name's length and last byte ([`name_bit`]): a lookup of a name the request does not
     /// carry (an identity header, most of `is_browser`'s) then usually ends without a walk.
     names: u64,
@@ -40,6 +42,7 @@ impl HeaderBlock {
         // Every name and value must end in a NUL inside the block: then `raw` walks it without checks.
         let mut at = 4 + count * 8;
         let (mut path, mut cookie, mut names, mut lengths) = (None, None, 0, 0u64);
+        let mut more_cookies = false;
         for i in 0..count {
             let name_end = at.checked_add(word(&bytes, 4 + i * 8)?)?;
             let value_end = name_end
@@ -62,12 +65,9 @@ impl HeaderBlock {
                 5 if path.is_none() && word(b, at) == Some(PATH) && b[at + 4] == b'h' => {
                     path = value;
                 }
-                6 if cookie.is_none()
-                    && word(b, at) == Some(COOK)
-                    && b[at + 4] == b'i'
-                    && b[at + 5] == b'e' =>
-                {
-                    cookie = value;
+                6 if word(b, at) == Some(COOK) && b[at + 4] == b'i' && b[at + 5] == b'e' => {
+                    more_cookies |= cookie.is_some();
+                    cookie = cookie.or(value);
                 }
                 _ => {}
             }
@@ -78,6 +78,7 @@ impl HeaderBlock {
             count,
             path,
             cookie,
+            more_cookies,
             names,
             lengths,
         })
@@ -95,6 +96,7 @@ impl HeaderBlock {
             count: 0,
             path: None,
             cookie: None,
+            more_cookies: false,
             names: 0,
             lengths: 0,
         }
@@ -107,7 +109,37 @@ impl HeaderBlock {
 
     /// The first `cookie` value, as [`HeaderBlock::get`] would give it, without a walk.
     pub fn cookie(&self) -> Option<Cow<'_, str>> {
+        if self.more_cookies {
+            return Some(Cow::Owned(self.joined_cookies()));
+        }
         self.noted(self.cookie)
+    }
+
+    /// Every `cookie` header's value, joined as one header (RFC 9113 8.2.3 joins HTTP/2's pieces so).
+    /// Found in review: with two `Cookie` headers over HTTP/1.1, only the first was read, a session in
+    /// the second was missed, the filter's cookies in the second reached the app, and the rewrite of the
+    /// first (which replaces them all) dropped the app's cookies in the others.
+    #[cold]
+    #[inline(never)]
+    fn joined_cookies(&self) -> String {
+        let b = self.bytes.as_slice();
+        let (mut lengths, mut at, mut out) = (4, self.data_start(), String::new());
+        for _ in 0..self.count {
+            let (Some(n), Some(v)) = (word(b, lengths), word(b, lengths + 4)) else {
+                break;
+            };
+            if b.get(at..at + n) == Some(b"cookie".as_slice())
+                && let Some(value) = b.get(at + n + 1..at + n + 1 + v)
+            {
+                if !out.is_empty() {
+                    out.push_str("; ");
+                }
+                out.push_str(&text(value));
+            }
+            at += n + v + 2;
+            lengths += 8;
+        }
+        out
     }
 
     fn noted(&self, at: Option<(usize, usize)>) -> Option<Cow<'_, str>> {
@@ -526,11 +558,18 @@ mod tests {
         for pairs in blocks {
             let h = HeaderBlock::parse(encode(pairs)).unwrap();
             assert_eq!(h.path(), h.get(":path"), "{pairs:?}");
-            assert_eq!(h.cookie(), h.get("cookie"), "{pairs:?}");
+            // Every `cookie` header, joined as one.
+            let all: Vec<String> = pairs
+                .iter()
+                .filter(|(n, _)| *n == "cookie")
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            let all = (!all.is_empty()).then(|| all.join("; "));
+            assert_eq!(h.cookie().map(Cow::into_owned), all, "{pairs:?}");
         }
         let h = HeaderBlock::parse(encode(blocks[0])).unwrap();
         assert_eq!(h.path().as_deref(), Some("/a"));
-        assert_eq!(h.cookie().as_deref(), Some("x=1"));
+        assert_eq!(h.cookie().as_deref(), Some("x=1; y=2"));
         let h = HeaderBlock::parse(encode(blocks[2])).unwrap();
         assert_eq!((h.path(), h.cookie()), (None, None));
         let h = HeaderBlock::parse(encode(blocks[3])).unwrap();

@@ -1816,6 +1816,44 @@ fn an_oversize_cookie_header_is_refused_by_envoy_before_the_filter() {
     assert_eq!(status, 431, "{head}");
 }
 
+/// Found in review: over HTTP/1.1 a client may send several `Cookie` headers (a proxy that forwards a
+/// browser's HTTP/2 pieces so, `curl -b jar -H 'Cookie: …'`). Only the first was read: a session in the
+/// second was missed, the filter's cookies in the second reached the app, and the app's own cookies in
+/// the others were dropped when the first was rewritten. They are read as one header now.
+#[test]
+fn several_cookie_headers_are_read_as_one() {
+    let _idp = idp_hold::exclusive();
+    let b = logged_in(APP, "alice");
+    let session = session_cookies(&b);
+    let token = open_session(&session).id_token;
+    let app_got = |target: &[u8], cookies: &[&str]| {
+        let extra: String = cookies.iter().map(|c| format!("cookie: {c}\r\n")).collect();
+        let (status, _, body) = raw_get(APP, target, extra.as_bytes());
+        assert_eq!(status, 200, "{cookies:?}: {body}");
+        let saw: Value = serde_json::from_str(&body).unwrap();
+        let header = |n: &str| saw["headers"][n].as_str().map(str::to_string);
+        (header("authorization"), header("cookie"))
+    };
+    let bearer = Some(format!("Bearer {}", token.expose()));
+    // The session in the first header, the app's cookie in the second: both arrive as they should.
+    let (auth, cookie) = app_got(b"/x", &[&session, "theme=dark"]);
+    assert_eq!(auth, bearer);
+    assert_eq!(cookie.as_deref(), Some("theme=dark"));
+    // The session in the second: found.
+    let (auth, cookie) = app_got(b"/x", &["theme=dark", &session]);
+    assert_eq!(auth, bearer);
+    assert_eq!(cookie.as_deref(), Some("theme=dark"));
+    // On a bypass path, no session needed: a cookie of the filter's name in the second header, one
+    // that opens or not, is taken out, the app's kept.
+    for ours in [session.as_str(), "_oidc_session=1.zzz"] {
+        let (_, cookie) = app_got(b"/healthz", &["theme=dark", ours]);
+        assert_eq!(cookie.as_deref(), Some("theme=dark"), "{ours}");
+    }
+    // The control: no cookie of the filter's, several headers as sent.
+    let (_, cookie) = app_got(b"/healthz", &["a=1", "b=2"]);
+    assert!(cookie.is_some_and(|c| c.contains("a=1") && c.contains("b=2")));
+}
+
 #[test]
 fn thousands_of_cookies_do_not_hide_or_fake_a_session() {
     let _idp = idp_hold::exclusive();

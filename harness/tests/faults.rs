@@ -420,6 +420,15 @@ fn a_token_endpoint_slower_than_the_timeout_gives_504_at_the_timeout() {
         took >= Duration::from_millis(1900) && took < Duration::from_secs(10),
         "{took:?}"
     );
+    // The log says so in the README's words (found in review: it said only that the cluster
+    // answered 504, Envoy's own answer when the timeout runs out).
+    stack()
+        .wait_for_envoy_log(
+            "login callback failed (timeout), answered 504: no answer from the token endpoint \
+             within callout_timeout (its cluster answered 504)",
+            Duration::from_secs(5),
+        )
+        .unwrap();
 }
 
 /// Longer than the pause a renewal that met an outage leaves on its worker (5 s, in whole seconds).
