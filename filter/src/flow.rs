@@ -52,7 +52,8 @@ pub trait Headers {
         self.get(":path")
     }
 
-    /// `get("cookie")`, which every request reads.
+    /// The `cookie` header, which every request reads: `get("cookie")` where the request carries one (a
+    /// request's several are read joined as one: `HeaderBlock::cookie`).
     fn cookie(&self) -> Option<Cow<'_, str>> {
         self.get("cookie")
     }
@@ -1544,8 +1545,8 @@ fn code_reply(
                 match reply {
                     None => no_answer(),
                     // Envoy's own answer when `callout_timeout` runs out (or the IdP's gateway's).
-                    Some(_) => "no answer from the token endpoint within callout_timeout (its \
-                                cluster answered 504)"
+                    Some(_) => "the token endpoint's cluster answered 504 (Envoy's answer when \
+                                callout_timeout runs out, or the IdP's gateway's)"
                         .into(),
                 },
                 clear,

@@ -107,7 +107,8 @@ impl HeaderBlock {
         self.noted(self.path)
     }
 
-    /// The first `cookie` value, as [`HeaderBlock::get`] would give it, without a walk.
+    /// The `cookie` value: the first, as [`HeaderBlock::get`] would give it, without a walk; every one
+    /// joined when the request carries several ([`HeaderBlock::joined_cookies`]).
     pub fn cookie(&self) -> Option<Cow<'_, str>> {
         if self.more_cookies {
             return Some(Cow::Owned(self.joined_cookies()));
@@ -129,7 +130,7 @@ impl HeaderBlock {
                 break;
             };
             if b.get(at..at + n) == Some(b"cookie".as_slice())
-                && let Some(value) = b.get(at + n + 1..at + n + 1 + v)
+                && let Some(value) = b.get(at + n + 1..at + n + 1 + v).filter(|v| !v.is_empty())
             {
                 if !out.is_empty() {
                     out.push_str("; ");

@@ -420,12 +420,12 @@ fn a_token_endpoint_slower_than_the_timeout_gives_504_at_the_timeout() {
         took >= Duration::from_millis(1900) && took < Duration::from_secs(10),
         "{took:?}"
     );
-    // The log says so in the README's words (found in review: it said only that the cluster
-    // answered 504, Envoy's own answer when the timeout runs out).
+    // The log says what a 504 of the cluster means (found in review: it said only that the cluster
+    // answered 504, which the README did not list).
     stack()
         .wait_for_envoy_log(
-            "login callback failed (timeout), answered 504: no answer from the token endpoint \
-             within callout_timeout (its cluster answered 504)",
+            "login callback failed (timeout), answered 504: the token endpoint's cluster answered \
+             504 (Envoy's answer when callout_timeout runs out",
             Duration::from_secs(5),
         )
         .unwrap();
