@@ -474,11 +474,7 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
         let (scan, hit) = scan_session(cfg, state, header);
         // A cookie of the session's name that does not open, or one whose session is over: cleared.
         stale = !matches!(scan.session, Ok(None));
-        let opened = open_scanned(cfg, state, header, scan.session, hit, env.now);
-        // A session of this site came after the one that did not open (another gateway's): nobody
-        // is sent to log in, nothing to count.
-        state.unopened &= opened.is_none();
-        if let Some((sealed, cached)) = opened
+        if let Some((sealed, cached)) = open_scanned(cfg, state, header, scan.session, hit, env.now)
             && let Some(step) = with_session(
                 cfg,
                 state,
@@ -508,14 +504,18 @@ fn open_scanned<'a>(
     hit: Option<Rc<Cached>>,
     now: u64,
 ) -> Option<(Cow<'a, str>, Rc<Cached>)> {
-    match session {
+    let opened = match session {
         Ok(Some(sealed)) => match hit.or_else(|| open_fresh(cfg, state, &sealed, now)) {
             Some(cached) => Some((sealed, cached)),
             None => shadowed(cfg, state, header, now),
         },
         Ok(None) => None,
         Err(_) => shadowed(cfg, state, header, now),
-    }
+    };
+    // A session of this site came after one that did not open (another gateway's): nobody is sent to
+    // log in, nothing to count (`State::unopened`).
+    state.unopened &= opened.is_none();
+    opened
 }
 
 /// Session `i` of `name` in `header`, for `i` up to `SHADOWED + 1`: the `i`th of the name (the first is the

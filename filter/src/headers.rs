@@ -123,24 +123,35 @@ impl HeaderBlock {
     #[cold]
     #[inline(never)]
     fn joined_cookies(&self) -> String {
-        let b = self.bytes.as_slice();
-        let (mut lengths, mut at, mut out) = (4, self.data_start(), String::new());
-        for _ in 0..self.count {
-            let (Some(n), Some(v)) = (word(b, lengths), word(b, lengths + 4)) else {
-                break;
-            };
-            if b.get(at..at + n) == Some(b"cookie".as_slice())
-                && let Some(value) = b.get(at + n + 1..at + n + 1 + v).filter(|v| !v.is_empty())
-            {
+        let mut out = String::new();
+        self.each_pair(|name, value| {
+            if name == b"cookie" && !value.is_empty() {
                 if !out.is_empty() {
                     out.push_str("; ");
                 }
                 out.push_str(&text(value));
             }
+        });
+        out
+    }
+
+    /// Every header's name and value, in order: the walk of the cold lookups ([`HeaderBlock::raw`], which
+    /// runs several times per request, keeps a loop of its own that stops at the first match).
+    fn each_pair<'a>(&'a self, mut f: impl FnMut(&'a [u8], &'a [u8])) {
+        let b = self.bytes.as_slice();
+        let (mut lengths, mut at) = (4, self.data_start());
+        for _ in 0..self.count {
+            let (Some(n), Some(v)) = (word(b, lengths), word(b, lengths + 4)) else {
+                break;
+            };
+            if let (Some(name), Some(value)) =
+                (b.get(at..at + n), b.get(at + n + 1..at + n + 1 + v))
+            {
+                f(name, value);
+            }
             at += n + v + 2;
             lengths += 8;
         }
-        out
     }
 
     fn noted(&self, at: Option<(usize, usize)>) -> Option<Cow<'_, str>> {
@@ -219,14 +230,8 @@ impl HeaderBlock {
         if !want.contains(&b'-') {
             return out;
         }
-        let b = self.bytes.as_slice();
-        let (mut lengths, mut at) = (4, self.data_start());
-        for _ in 0..self.count {
-            let (Some(n), Some(v)) = (word(b, lengths), word(b, lengths + 4)) else {
-                break;
-            };
-            if let Some(have) = b.get(at..at + n)
-                && n == want.len()
+        self.each_pair(|have, _| {
+            if have.len() == want.len()
                 && have != want
                 && have
                     .iter()
@@ -236,9 +241,7 @@ impl HeaderBlock {
             {
                 out.push(have);
             }
-            at += n + v + 2;
-            lengths += 8;
-        }
+        });
         out
     }
 }

@@ -392,35 +392,34 @@ fn hosts_match_exactly_or_by_wildcard_and_the_rest_get_the_configured_default() 
 #[test]
 fn a_hosts_entry_s_failures_are_logged_naming_its_site() {
     // A callback with a malformed state, at Grafana's entry (its first host names it) and at the top
-    // level, whose lines are as a plugin of one site writes them: without a site. Each a line more
-    // than before (the throttle may add a note of lines left out after it).
+    // level, whose lines are as a plugin of one site writes them: without a site.
     let line = "oidc-filter: login callback failed (bad_request), answered 400";
     let grafana = format!("{line} (site {GRAFANA})");
-    let of_grafana = |l: &str| l.contains(&grafana);
-    let of_top = |l: &str| l.contains(line) && !l.contains(" (site ");
-    type IsTheLine<'a> = &'a dyn Fn(&str) -> bool;
-    let cases: [(String, IsTheLine); 2] = [
-        (at(GRAFANA, GRAFANA_CALLBACK), &of_grafana),
-        (at("localhost", "/oauth2/callback"), &of_top),
-    ];
-    for (url, is_the_line) in cases {
-        let count = || -> anyhow::Result<usize> {
-            Ok(stack()
-                .envoy_log()?
-                .lines()
-                .filter(|l| is_the_line(l))
-                .count())
-        };
-        let before = count().unwrap();
-        let r = Browser::new()
-            .get(&format!("{url}?code=c&state=not-a-state"))
-            .unwrap();
-        assert_eq!(r.status, 400, "{url}: {}", r.body);
-        harness::process::poll(Duration::from_secs(5), || {
-            Ok((count()? > before).then_some(()))
-        })
-        .unwrap_or_else(|e| panic!("{url}: no such line: {e:#}"));
-    }
+    bad_callback_logs(&at(GRAFANA, GRAFANA_CALLBACK), |l| l.contains(&grafana));
+    bad_callback_logs(&at("localhost", "/oauth2/callback"), |l| {
+        l.contains(line) && !l.contains(" (site ")
+    });
+}
+
+/// A callback with a malformed state at `url` is answered 400 and logged: a line more than before that
+/// `is_the_line` (the throttle may add a note of lines left out after it).
+fn bad_callback_logs(url: &str, is_the_line: impl Fn(&str) -> bool) {
+    let count = || -> anyhow::Result<usize> {
+        Ok(stack()
+            .envoy_log()?
+            .lines()
+            .filter(|l| is_the_line(l))
+            .count())
+    };
+    let before = count().unwrap();
+    let r = Browser::new()
+        .get(&format!("{url}?code=c&state=not-a-state"))
+        .unwrap();
+    assert_eq!(r.status, 400, "{url}: {}", r.body);
+    harness::process::poll(Duration::from_secs(5), || {
+        Ok((count()? > before).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{url}: no such line: {e:#}"));
 }
 
 /// `GET /` with exactly `host` as the Host header, over a connection of its own: (status, body).
