@@ -1124,7 +1124,8 @@ pub(crate) fn host_of(authority: &str) -> Option<String> {
         }
         (authority.get(..inside.len() + 2)?, after)
     } else {
-        let (host, port) = authority.split_at(authority.find(':').unwrap_or(authority.len()));
+        let (host, port) =
+            crate::weburl::split_at(authority, authority.find(':').unwrap_or(authority.len()));
         if host.is_empty()
             || !host
                 .bytes()
@@ -1692,10 +1693,10 @@ fn duration(field: &str, v: Option<String>, default: u64) -> Result<u64, ConfigE
     let Some(s) = v else { return Ok(default) };
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
-        Some((i, 's')) => (&s[..i], 1),
-        Some((i, 'm')) => (&s[..i], 60),
-        Some((i, 'h')) => (&s[..i], 3600),
-        Some((i, 'd')) => (&s[..i], 86400),
+        Some((i, 's')) => (s.get(..i).unwrap_or_default(), 1),
+        Some((i, 'm')) => (s.get(..i).unwrap_or_default(), 60),
+        Some((i, 'h')) => (s.get(..i).unwrap_or_default(), 3600),
+        Some((i, 'd')) => (s.get(..i).unwrap_or_default(), 86400),
         _ => (s, 1),
     };
     num.parse::<u64>()

@@ -2691,7 +2691,8 @@ fn start_again(cfg: &Config, x: &CodeExchange) -> String {
             .nth(2)
             .map_or(0, |(i, _)| i),
     };
-    format!("{}{}", &rd[..at], login_location(cfg, &rd[at..]))
+    let (origin, path) = crate::weburl::split_at(rd, at);
+    format!("{origin}{}", login_location(cfg, path))
 }
 
 fn bad_callback(reason: CallbackFailure, msg: &str, clear: Vec<String>) -> Step {

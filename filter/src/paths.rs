@@ -27,7 +27,7 @@ fn path_end(target: &str) -> usize {
 pub fn query_only(target: &str) -> &str {
     let rest = target.get(path_end(target)..).unwrap_or_default();
     match rest.strip_prefix('?') {
-        Some(q) => &q[..q.find('#').unwrap_or(q.len())],
+        Some(q) => q.split_once('#').map_or(q, |(q, _)| q),
         None => "",
     }
 }

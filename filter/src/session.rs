@@ -962,7 +962,7 @@ fn split_parts(sealed: &str) -> Vec<&str> {
         while !rest.is_char_boundary(at) {
             at -= 1;
         }
-        let (part, tail) = rest.split_at(at);
+        let (part, tail) = rest.split_at_checked(at).unwrap_or((rest, ""));
         parts.push(part);
         rest = tail;
     }

@@ -114,7 +114,7 @@ impl WebUrl {
         if rest.contains('\\') {
             return Err(UrlError::Backslash);
         }
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (authority, path) = split_at(rest, rest.find('/').unwrap_or(rest.len()));
         if authority.contains('@') {
             return Err(UrlError::Userinfo);
         }
@@ -177,6 +177,13 @@ impl WebUrl {
         &self.serialization
     }
 
+    /// A part of the serialization. Its bounds are ASCII delimiters found by `parse`, so this is never
+    /// empty for want of a char boundary; `get` only keeps str's slicing panic and its 4 KB of message
+    /// formatting out of the module.
+    fn cut(&self, from: usize, to: usize) -> &str {
+        self.serialization.get(from..to).unwrap_or_default()
+    }
+
     /// `http` or `https`.
     pub fn scheme(&self) -> &str {
         if self.https { "https" } else { "http" }
@@ -184,7 +191,7 @@ impl WebUrl {
 
     /// Lower-case; an IPv6 address in brackets.
     pub fn host(&self) -> &str {
-        &self.serialization[self.host_start()..self.host_end]
+        self.cut(self.host_start(), self.host_end)
     }
 
     /// The port when the URL names one other than the scheme's default.
@@ -199,7 +206,7 @@ impl WebUrl {
 
     /// `host` or `host:port`, as in an HTTP `:authority`.
     pub fn authority(&self) -> &str {
-        &self.serialization[self.host_start()..self.path_start]
+        self.cut(self.host_start(), self.path_start)
     }
 
     /// Starts with `/`; never empty.
@@ -208,24 +215,25 @@ impl WebUrl {
             .query_start
             .or(self.fragment_start)
             .unwrap_or(self.serialization.len());
-        &self.serialization[self.path_start..end]
+        self.cut(self.path_start, end)
     }
 
     /// Without the `?`; `Some("")` for a bare `?`.
     pub fn query(&self) -> Option<&str> {
         let end = self.fragment_start.unwrap_or(self.serialization.len());
-        self.query_start.map(|q| &self.serialization[q + 1..end])
+        self.query_start.map(|q| self.cut(q + 1, end))
     }
 
     /// Without the `#`.
     pub fn fragment(&self) -> Option<&str> {
-        self.fragment_start.map(|f| &self.serialization[f + 1..])
+        self.fragment_start
+            .map(|f| self.cut(f + 1, self.serialization.len()))
     }
 
     /// The request target of an HTTP request for this URL: path and `?query`.
     pub fn path_and_query(&self) -> &str {
         let end = self.fragment_start.unwrap_or(self.serialization.len());
-        &self.serialization[self.path_start..end]
+        self.cut(self.path_start, end)
     }
 
     /// The same URL with another path (normalised and encoded like a parsed one); query and fragment stay.
@@ -285,11 +293,18 @@ impl core::str::FromStr for WebUrl {
     }
 }
 
+/// `s` split at byte `at`, which the caller found at an ASCII delimiter (or the end); past the end or
+/// off a char boundary, all of `s` and nothing. `str::split_at` would panic there instead, and its panic
+/// message brings 4 KB of formatting code into the module.
+pub fn split_at(s: &str, at: usize) -> (&str, &str) {
+    s.split_at_checked(at).unwrap_or((s, ""))
+}
+
 /// `host[:port]` (the host possibly a bracketed IPv6 address) -> host text and port.
 fn split_port(authority: &str) -> Result<(&str, Option<u16>), UrlError> {
     let (host, port) = if authority.starts_with('[') {
         let end = authority.find(']').ok_or(UrlError::BadHost)? + 1;
-        let (host, rest) = authority.split_at(end);
+        let (host, rest) = split_at(authority, end);
         if rest.is_empty() {
             (host, None)
         } else {

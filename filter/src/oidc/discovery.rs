@@ -7,7 +7,7 @@ use alloc::string::ToString;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use core::fmt;
+use core::fmt::{self, Write as _};
 
 use crate::json::{self, Value};
 use crate::weburl::WebUrl;
@@ -50,7 +50,7 @@ impl fmt::Display for DiscoveryError {
             Self::IssuerMismatch { expected, got } => {
                 write!(
                     f,
-                    "discovery issuer {got:?} is not the configured issuer {expected:?}"
+                    "discovery issuer \"{got}\" is not the configured issuer \"{expected}\""
                 )
             }
             Self::BadEndpoint(field) => {
@@ -164,8 +164,18 @@ fn endpoint(field: &'static str, value: Option<String>) -> Result<WebUrl, Discov
     Ok(url)
 }
 
+/// At most `max_chars` of `s`, for a log line between double quotes: a quote, a backslash or a control
+/// character written as `\u{..}`, as `{:?}` would show it (whose code for `str` costs the module 1 KB).
 fn truncate(s: &str, max_chars: usize) -> String {
-    s.chars().take(max_chars).collect()
+    let mut out = String::new();
+    for c in s.chars().take(max_chars) {
+        if c.is_control() || c == '"' || c == '\\' {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -219,6 +229,29 @@ mod tests {
             })
         );
         assert!(parse(OTHER_ISSUER, "https://idp.example.com/").is_ok());
+    }
+
+    #[test]
+    fn a_mismatched_issuer_is_quoted_safely_in_the_log_line() {
+        // The IdP's issuer goes into a log line: a newline in it must not start a forged line, a quote
+        // must not end the quoted text early; other text, trailing spaces included, shows as it is.
+        let doc = br#"{"issuer": "https://evil.example/\n[warning] x \"y\\ \u00e9 ",
+            "authorization_endpoint": "https://a/x", "token_endpoint": "https://a/t",
+            "jwks_uri": "https://a/k"}"#;
+        assert_eq!(
+            parse(doc, ISSUER).map_err(|e| e.to_string()),
+            Err(r#"discovery issuer "https://evil.example/\u{a}[warning] x \u{22}y\u{5c} é " is not the configured issuer "https://idp.example.com""#.to_owned())
+        );
+        // Cut at 256 characters, not bytes.
+        let long = format!(
+            r#"{{"issuer": "{}", "authorization_endpoint": "https://a/x",
+            "token_endpoint": "https://a/t", "jwks_uri": "https://a/k"}}"#,
+            "é".repeat(300)
+        );
+        match parse(long.as_bytes(), ISSUER) {
+            Err(DiscoveryError::IssuerMismatch { got, .. }) => assert_eq!(got, "é".repeat(256)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -83,7 +83,7 @@ impl fmt::Display for IdTokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Malformed => f.write_str("malformed ID token"),
-            Self::UnsupportedAlg(alg) => write!(f, "ID token alg {alg:?} is not accepted"),
+            Self::UnsupportedAlg(alg) => write!(f, "ID token alg \"{alg}\" is not accepted"),
             Self::UnknownKid => f.write_str("no JWKS key matches the ID token's kid and alg"),
             Self::BadSignature => f.write_str("ID token signature does not verify"),
             Self::WrongIssuer => f.write_str("ID token iss is not the configured issuer"),
