@@ -1445,8 +1445,6 @@ static REFRESH_FAILED: [Throttle; 2] = [Throttle::new(1, 20), Throttle::new(1, 2
 /// Anyone can post to the back-channel path too.
 static LOGOUT_REFUSED: [Throttle; 2] = [Throttle::new(1, 20), Throttle::new(1, 20)];
 
-/// What the discovery document says that makes logins likely to fail with `cfg`, when it loads or a
-/// new configuration takes it over.
 /// Secrets written in pluginConfig work (local tests use them), but whoever reads the WasmPlugin or the
 /// proxy's configuration reads them too (found in review: nothing said so at start).
 #[inline(never)]
@@ -1460,6 +1458,8 @@ fn warn_inline_secrets(fields: &[String]) {
     }
 }
 
+/// What the discovery document says that makes logins likely to fail with `cfg`, when it loads or a
+/// new configuration takes it over.
 fn warn_discovery_notes(cfg: &Config, provider: &ProviderState) {
     for note in provider.discovery_notes(cfg) {
         log_warn(&format!("oidc-filter: {}: {note}", cfg.issuer));

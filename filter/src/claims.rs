@@ -287,6 +287,26 @@ mod tests {
         assert!(!r(json!({"claim": "email_verified", "equals": "true"})).allows(&c));
         assert!(r(json!({"claim": "email", "matches": "*@example.com"})).allows(&c));
         assert!(!r(json!({"claim": "email", "matches": "*@example.org"})).allows(&c));
+        // `matches` is anchored at both ends and case-sensitive: an address under a domain the attacker
+        // holds, or the same address in capitals, is another value.
+        let email = |e: &str| object(&json!({ "email": e }));
+        let pattern = r(json!({"claim": "email", "matches": "*@example.com"}));
+        assert!(pattern.allows(&email("bob@example.com")));
+        assert!(!pattern.allows(&email("bob@example.com.attacker.net")));
+        assert!(!pattern.allows(&email("bob@example.com ")));
+        assert!(!pattern.allows(&email("BOB@EXAMPLE.COM")));
+        assert!(
+            !r(json!({"claim": "email", "matches": "bob@*"})).allows(&email("xbob@example.com"))
+        );
+        // A claim that is one string: `contains_any` is equality with one of the values, not a substring.
+        let groups = |g: serde_json::Value| object(&json!({ "groups": g }));
+        let admins = r(json!({"claim": "groups", "contains_any": ["admins", "ops"]}));
+        assert!(admins.allows(&groups(json!("admins"))));
+        assert!(!admins.allows(&groups(json!("superadmins"))));
+        assert!(!admins.allows(&groups(json!("admins,users"))));
+        assert!(!admins.allows(&groups(json!("Admins"))));
+        assert!(!admins.allows(&groups(json!(["superadmins", "users"]))));
+        assert!(!admins.allows(&groups(json!([["admins"]]))));
         assert!(!r(json!({"claim": "missing", "matches": "*"})).allows(&c));
         assert!(r(json!({"all_of": [{"claim": "sub", "equals": "alice"}, {"any_of": [{"claim": "n", "equals": 4}, {"claim": "n", "equals": 3}]}]})).allows(&c));
         assert!(!r(json!({"all_of": [{"claim": "sub", "equals": "alice"}, {"claim": "n", "equals": 4}]})).allows(&c));

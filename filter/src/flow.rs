@@ -823,9 +823,13 @@ fn denied_to(cfg: &Config, claims: &json::Object, target: &str) -> bool {
     };
     // Each reading as written and without regard to case: a rule for `/Admin` covers `/admin` and
     // `/ADMIN` for a case-insensitive app.
-    // A plain path's one reading is the path as it came.
+    // A plain path's one reading is the path as it came. Another's also as it came, and decoded without
+    // resolving `..` (found in review: `/admin%2Fx%2F..%2F..%2Fy` was read as `/y` only, and an app
+    // that decodes `%2F` and leaves `..` to its handler serves it under `/admin`).
     let raw = (!readings.plain()).then(|| paths::path_only(target));
-    readings.iter().chain(raw).any(|p| {
+    let unresolved = paths::decoded_unresolved(target);
+    let unresolved = unresolved.iter().flatten().map(String::as_str);
+    readings.iter().chain(raw).chain(unresolved).any(|p| {
         [false, true].into_iter().any(|any_case| {
             claims::rule_for(&cfg.access, p, any_case).is_some_and(|r| !r.allows(claims))
         })
@@ -1379,7 +1383,9 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
         return confirm_logout(cfg, h, another_site);
     }
     let header = h.cookie().unwrap_or_default();
-    // The session this site set: the first of the name that opens (see `shadowed`).
+    // The session this site set: the first of the name that opens and was issued to this client (see
+    // `shadowed`, and `open_fresh`: found in review, another plugin's session of the same name and keys
+    // gave its ID token to this IdP's end-session URL).
     let mut id_token = None;
     for sealed in (0..=SHADOWED + 1).filter_map(|i| session_at(&header, &cfg.cookie_name, i)) {
         if let Some(s) = cfg
@@ -1387,6 +1393,7 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers) -> Step {
             .open(&cfg.cookie_name, &sealed)
             .ok()
             .and_then(|p| Session::decode(&p).ok())
+            .filter(|s| issued_to(cfg, &s.id_token))
         {
             id_token = Some(s.id_token);
             state.cache.remove(&sealed);

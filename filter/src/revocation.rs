@@ -316,6 +316,8 @@ mod tests {
 
     #[test]
     fn the_entries_that_lapse_first_are_dropped_beyond_the_cap() {
+        // 10,000 per kind, as the README's Limits say.
+        assert_eq!(MAX_ENTRIES, 10_000);
         let mut r = Revocations::default();
         for i in 0..MAX_ENTRIES {
             r.sids.push((format!("s{i:05}"), 1000 + i as u64));

@@ -287,6 +287,12 @@ fn cors_preflights_pass_only_when_configured() {
         "the filter's cookies stay out"
     );
     let identity = fwd.identity.expect("identity headers removed");
+    assert!(
+        identity
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("x-auth-request-user") && v.is_none()),
+        "the forged x-auth-request-user is removed: {identity:?}"
+    );
     assert!(identity.iter().all(|(_, v)| v.is_none()), "{identity:?}");
     // Not a preflight: an OPTIONS without `Access-Control-Request-Method`, or without `Origin`.
     for req in [
@@ -2304,9 +2310,11 @@ fn an_idp_refusing_a_refresh_in_its_own_words_ends_the_session() {
         );
     }
     // Answers that are not the IdP's word on this refresh token stay outages: 503, the cookie kept.
-    // So do the IdP's refusals of the gateway's own credentials: `invalid_client`, and Keycloak's
-    // `401 unauthorized_client` (a secret rotated at the IdP, not yet on the gateway).
-    let outages: [(u16, &[u8]); 6] = [
+    // So do the IdP's refusals of the gateway's own credentials: `invalid_client`, and any `401` but
+    // `invalid_grant`'s, the status of a client that failed to authenticate: Keycloak's
+    // `unauthorized_client`, Auth0's `access_denied` (a secret rotated at the IdP, not yet on the
+    // gateway), a Spring server's own words.
+    let outages: [(u16, &[u8]); 8] = [
         (200, b"<html>Please log in to the Wi-Fi</html>"),
         (400, b"<html>Bad Request</html>"),
         (429, br#"{"error":"slow_down"}"#),
@@ -2316,6 +2324,11 @@ fn an_idp_refusing_a_refresh_in_its_own_words_ends_the_session() {
             401,
             br#"{"error":"unauthorized_client","error_description":"Invalid client or Invalid client credentials"}"#,
         ),
+        (
+            401,
+            br#"{"error":"access_denied","error_description":"Unauthorized"}"#,
+        ),
+        (401, br#"{"error":"Unauthorized","status":401}"#),
     ];
     for (status, body) in outages {
         let r = answered(status, body);
@@ -2837,8 +2850,10 @@ fn logout_clears_every_chunk_and_ends_the_idp_session() {
     assert_eq!(r.metric, Some(Metric::Logout));
     let sets = set_cookies(&r);
     for name in jar.names() {
+        // At the path the session's cookies were set with: a browser keeps a cookie cleared at another.
         assert!(
-            sets.iter().any(|c| is_clear_of(c, name)),
+            sets.iter()
+                .any(|c| is_clear_of(c, name) && c.split("; ").any(|a| a == "Path=/")),
             "{name} cleared: {sets:?}"
         );
     }
@@ -2889,6 +2904,40 @@ fn logout_sends_client_id_instead_of_an_id_token_too_long_for_the_url() {
     let q = query(loc);
     assert_eq!(q["id_token_hint"], id_token);
     assert_eq!(q["client_id"], CLIENT_ID);
+}
+
+/// Found in review: `/logout` took the first session of the name that opened, though another plugin
+/// (another IdP client) sharing the cookie name and keys may have set it: that plugin's ID token went
+/// into this IdP's end-session URL, and this site's own session stayed in the worker's cache.
+#[test]
+fn logout_takes_only_a_session_of_this_client() {
+    let mut other = Filter::ready(config(json!({"client_id": "other-client"})));
+    let (theirs, their_token) = log_in_with(&mut other, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["aud"] = "other-client".into();
+        mint(&c)
+    });
+    let mut f = Filter::ready(config(json!({})));
+    let (ours, our_token) = log_in(&mut f, None);
+    let name = "_oidc_session";
+    let both = format!(
+        "{name}={}; {name}={}",
+        theirs.get(name).unwrap(),
+        ours.get(name).unwrap()
+    );
+    // Their session first: requests pass over it to ours.
+    let fwd = forward(f.request(&Req::browser("/").with("cookie", &both)));
+    assert_eq!(bearer(&fwd), format!("Bearer {our_token}"));
+    assert_eq!(f.state.cache.len(), 1);
+    let r = respond(f.request(&Req::browser("/logout").with("cookie", &both)));
+    assert_eq!(r.metric, Some(Metric::Logout));
+    let q = query(location(&r));
+    assert_eq!(q["id_token_hint"], our_token);
+    assert_ne!(q["id_token_hint"], their_token);
+    assert!(f.state.cache.is_empty(), "our session is forgotten");
+    // Theirs alone: no hint at all.
+    let r = respond(f.request(&Req::browser("/logout").cookies(&theirs)));
+    assert!(!query(location(&r)).contains_key("id_token_hint"));
 }
 
 /// With `cookie_domain`, a browser may still hold a host-only session cookie set before it was

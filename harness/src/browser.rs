@@ -109,6 +109,12 @@ impl Browser {
         }
     }
 
+    /// Gives up on a request after `limit` (30 s by default) with an error.
+    pub fn with_timeout(mut self, limit: Duration) -> Browser {
+        self.agent = crate::local_agent(limit);
+        self
+    }
+
     /// Sets a header sent with every request (replacing a default of the same name).
     pub fn with_header(mut self, name: &str, value: &str) -> Browser {
         let name = name.to_ascii_lowercase();

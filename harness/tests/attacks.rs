@@ -1229,8 +1229,8 @@ fn a_request_path_cannot_become_an_off_site_redirect() {
             Some(path),
             "{target}: {loc}"
         );
-        assert!(!on_site(path), "{target}: {path}");
-        // Followed through the login, it lands on the site's root.
+        // Each `path` is one a browser would read as another host's: followed through the login, it
+        // lands on the site's root instead.
         let b = Browser::new();
         let start = b.get(&url(APP, loc)).unwrap();
         assert_eq!(start.status, 302, "{target}: {}", start.body);
@@ -1857,15 +1857,18 @@ fn several_cookie_headers_are_read_as_one() {
 #[test]
 fn thousands_of_cookies_do_not_hide_or_fake_a_session() {
     let _idp = idp_hold::exclusive();
+    // Each of these is answered within 5 s (a quadratic scan of 3 000 cookies would not be), or the
+    // request fails.
+    let quick = || api().with_timeout(Duration::from_secs(5));
     let many: String = (0..3000).map(|i| format!("c{i}=v{i}; ")).collect();
     assert_filter_401(
-        &api()
+        &quick()
             .get_with(&url(APP, "/x"), &[("cookie", &many)])
             .unwrap(),
     );
     let with_lookalikes = format!("{many}{COOKIE}x=1; x{COOKIE}=1; {COOKIE}.0=1; {COOKIE}.17=1");
     assert_filter_401(
-        &api()
+        &quick()
             .get_with(&url(APP, "/x"), &[("cookie", &with_lookalikes)])
             .unwrap(),
     );
@@ -1887,7 +1890,7 @@ fn thousands_of_cookies_do_not_hide_or_fake_a_session() {
     );
     // Thousands of session chunk names: only 1..=16 are ours, and a bad count fails fast.
     let chunks: String = (1..1500).map(|i| format!("{COOKIE}.{i}=x; ")).collect();
-    let resp = api()
+    let resp = quick()
         .get_with(
             &url(APP, "/x"),
             &[("cookie", &format!("{chunks}{COOKIE}=16.x"))],

@@ -68,21 +68,22 @@ pub enum TokenError {
 impl TokenError {
     /// The IdP refused the grant in its own words (RFC 6749 5.2: a 4xx with an error code), as opposed to
     /// not answering usefully: Dex answers a spent refresh token `invalid_request`. Asking again will not
-    /// change the answer. Not `invalid_client`, nor `unauthorized_client` with `401`, Keycloak's words
-    /// for the same ("Invalid client or Invalid client credentials"; found in review): the IdP refuses
-    /// the gateway's own credentials (a secret changed at the IdP and not yet on the gateway), which is
-    /// the deployment's fault, not the session's; logins fail meanwhile too, and sessions renew once the
-    /// secret is mended. (`unauthorized_client` with `400` is the client no longer allowed to refresh:
-    /// a refusal, or a 503 would stick until `session_lifetime`.)
+    /// change the answer. Not `invalid_client`, nor any `401` but `invalid_grant`'s: RFC 6749 5.2 keeps
+    /// `401` for a client that failed to authenticate, whatever the code says (Keycloak's
+    /// `unauthorized_client`, "Invalid client or Invalid client credentials"; Auth0's `access_denied`,
+    /// "Unauthorized"; found in reviews). The IdP refuses the gateway's own credentials (a secret changed
+    /// at the IdP and not yet on the gateway), which is the deployment's fault, not the session's; logins
+    /// fail meanwhile too, and sessions renew once the secret is mended. (`unauthorized_client` with
+    /// `400` is the client no longer allowed to refresh: a refusal, or a 503 would stick until
+    /// `session_lifetime`.)
     pub fn is_refusal(&self) -> bool {
         match self {
             Self::InvalidGrant => true,
             Self::Rejected { status, error } => {
-                (400..=403).contains(status)
+                matches!(status, 400 | 402 | 403)
                     && !error.is_empty()
                     && error != "temporarily_unavailable"
                     && error != "invalid_client"
-                    && !(*status == 401 && error == "unauthorized_client")
             }
             _ => false,
         }
