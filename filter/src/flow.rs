@@ -1276,13 +1276,20 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(64)
             .collect();
+        // Towards where the login was going, when this browser's login cookie is the one the IdP
+        // answers (found by a black-box test: a user who pressed Cancel at the IdP started again at `/`).
+        let again = cookies::get(&cookie_header, &login_cookie)
+            .and_then(|sealed| cfg.keys.open(&login_cookie, sealed).ok())
+            .and_then(|p| LoginState::decode(&p).ok())
+            .filter(|l| constant_time_eq(l.state.expose().as_bytes(), st.as_bytes()))
+            .map_or_else(|| "/".into(), |l| start_again(cfg, &l.rd));
         return error_page(
             400,
             CallbackFailure::IdpError,
             &format!("The identity provider did not log you in ({e})."),
             Some(format!("the IdP answered error={e}")),
             clear,
-            "/",
+            &again,
         );
     }
     let Some(code) = code.filter(|c| !c.is_empty() && c.len() <= MAX_CODE) else {
@@ -1298,8 +1305,13 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
         if has_session(cfg, state, &cookie_header, env.now) {
             return with_cookies(redirect("/".into(), None), clear);
         }
-        // Browsers drop `Secure` cookies on a plain-HTTP site: then every login ends here.
-        if cfg.cookie.secure && h.get(":scheme").as_deref() == Some("http") {
+        // Browsers drop `Secure` cookies on a plain-HTTP site: then every login ends here. Not on
+        // `localhost`, whose plain HTTP they trust (found by a black-box test: the demo's stale callbacks
+        // blamed HTTPS).
+        if cfg.cookie.secure
+            && h.get(":scheme").as_deref() == Some("http")
+            && !h.get(":authority").is_some_and(|a| is_loopback_name(&a))
+        {
             return error_page(
                 400,
                 CallbackFailure::StateMismatch,
@@ -1557,7 +1569,7 @@ fn code_reply(
                         .into(),
                 },
                 clear,
-                &start_again(cfg, &x),
+                &start_again(cfg, &x.login.rd),
             );
         }
         Some((status, body)) => match token::parse_response(status, body) {
@@ -1569,7 +1581,7 @@ fn code_reply(
                     "This login code has expired or was already used.",
                     None,
                     clear,
-                    &start_again(cfg, &x),
+                    &start_again(cfg, &x.login.rd),
                 );
             }
             Err(e) => {
@@ -1579,7 +1591,7 @@ fn code_reply(
                     "The identity provider's token endpoint gave an unusable answer.",
                     e.to_string(),
                     clear,
-                    &start_again(cfg, &x),
+                    &start_again(cfg, &x.login.rd),
                 );
             }
         },
@@ -1597,7 +1609,7 @@ pub fn code_unsent(cfg: &Config, x: CodeExchange, why: String) -> Step {
         "The identity provider cannot be reached from this gateway.",
         format!("cannot call the IdP: {why}"),
         clear,
-        &start_again(cfg, &x),
+        &start_again(cfg, &x.login.rd),
     )
 }
 
@@ -1620,7 +1632,7 @@ fn finish_login(
             "The identity provider returned no ID token.",
             "token response has no id_token".into(),
             clear,
-            &start_again(cfg, &x),
+            &start_again(cfg, &x.login.rd),
         );
     };
     let expected = Expected {
@@ -1649,7 +1661,7 @@ fn finish_login(
                 "This login does not belong to this browser.",
                 None,
                 clear,
-                &start_again(cfg, &x),
+                &start_again(cfg, &x.login.rd),
             );
         }
         Err(e) => {
@@ -1659,7 +1671,7 @@ fn finish_login(
                 "The identity provider's ID token did not pass validation.",
                 e.to_string(),
                 clear,
-                &start_again(cfg, &x),
+                &start_again(cfg, &x.login.rd),
             );
         }
     };
@@ -1672,7 +1684,7 @@ fn finish_login(
             "The identity provider returned no access token.",
             "token response has no access_token (forward_token is access_token)".into(),
             clear,
-            &start_again(cfg, &x),
+            &start_again(cfg, &x.login.rd),
         );
     };
     // Accepted within `clock_leeway`, but a session born expired would send the browser straight back
@@ -1684,7 +1696,7 @@ fn finish_login(
             "The identity provider's token has already expired by this gateway's clock: the clocks of the two differ.",
             BORN_EXPIRED.into(),
             clear,
-            &start_again(cfg, &x),
+            &start_again(cfg, &x.login.rd),
         );
     }
     let mut set = clear;
@@ -2683,10 +2695,25 @@ fn text(status: u16, msg: &str, metric: Option<Metric>) -> Step {
     })
 }
 
+/// A host browsers keep `Secure` cookies for over plain HTTP: `localhost` and its subdomains, and the
+/// loopback addresses (`authority` with or without its port).
+fn is_loopback_name(authority: &str) -> bool {
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !h.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host == "[::1]"
+        || host.strip_prefix("127.").is_some_and(|rest| {
+            rest.split('.').count() == 3 && rest.split('.').all(|o| o.parse::<u8>().is_ok())
+        })
+}
+
 /// Where a failed login's page sends "Start again": a new login towards where this one was going, on the
 /// host it started from.
-fn start_again(cfg: &Config, x: &CodeExchange) -> String {
-    let rd = &x.login.rd;
+fn start_again(cfg: &Config, rd: &str) -> String {
     // `rd` is a path, or the origin of another host of the site and a path (`login`).
     // The path starts at the origin's third `/` (`scheme://host/`).
     let at = match rd.starts_with('/') {

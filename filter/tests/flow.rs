@@ -976,6 +976,48 @@ fn a_spent_callback_seen_again_by_a_logged_in_browser_goes_on_to_the_site() {
     );
 }
 
+/// A callback without its login cookie over plain HTTP blames the `Secure` cookie, but not on `localhost`,
+/// whose plain HTTP browsers trust with one (found by a black-box test of the demo).
+#[test]
+fn a_stale_callback_over_plain_http_blames_the_secure_cookie_only_off_localhost() {
+    let mut f = ready();
+    let stale = |host: &str| {
+        Req::browser("/oauth2/callback?code=c&state=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+            .with(":scheme", "http")
+            .with(":authority", host)
+    };
+    for host in [
+        "app.example.com",
+        "app.example.com:8080",
+        "10.0.0.1",
+        "localhost.example.com",
+    ] {
+        let r = respond(f.request(&stale(host)));
+        assert_callback_failed(&r, 400, CallbackFailure::StateMismatch);
+        assert!(
+            r.body.contains("refused its Secure cookie"),
+            "{host}: {}",
+            r.body
+        );
+    }
+    for host in [
+        "localhost:8080",
+        "localhost",
+        "app.localhost:8080",
+        "127.0.0.1:8080",
+        "[::1]:8080",
+    ] {
+        let r = respond(f.request(&stale(host)));
+        assert_callback_failed(&r, 400, CallbackFailure::StateMismatch);
+        assert!(!r.body.contains("Secure"), "{host}: {}", r.body);
+        assert!(
+            r.body.contains("expired or was already used"),
+            "{host}: {}",
+            r.body
+        );
+    }
+}
+
 #[test]
 fn an_idp_error_is_logged_with_its_code() {
     let mut f = ready();
@@ -1282,6 +1324,32 @@ fn a_failed_login_page_starts_again_towards_where_the_login_was_going() {
         "{}",
         r.body
     );
+    // The IdP's error (the user pressed Cancel there) with this browser's login cookie: towards where
+    // the login was going too (found by a black-box test); without the cookie, or with another login's
+    // state, the root.
+    let mut f = ready();
+    let l = start_login(&mut f, "?rd=%2Fapp%3Fk%3D1");
+    let cancel = |state: &str| format!("/oauth2/callback?error=access_denied&state={state}");
+    let r = respond(f.request(&Req::browser(&cancel(&l.state)).with("cookie", &l.cookie())));
+    assert_callback_failed(&r, 400, CallbackFailure::IdpError);
+    assert!(
+        r.body
+            .contains("<a href=\"/login?rd=%2Fapp%3Fk%3D1\">Start again</a>"),
+        "{}",
+        r.body
+    );
+    let other = start_login(&mut f, "?rd=%2Fother");
+    for r in [
+        respond(f.request(&Req::browser(&cancel(&l.state)))),
+        respond(f.request(&Req::browser(&cancel(&other.state)).with("cookie", &l.cookie()))),
+    ] {
+        assert_callback_failed(&r, 400, CallbackFailure::IdpError);
+        assert!(
+            r.body.contains("<a href=\"/\">Start again</a>"),
+            "{}",
+            r.body
+        );
+    }
 }
 
 #[test]
