@@ -805,8 +805,10 @@ fn forward_session(
 /// (`/admin/..%2Fpublic` is the `/admin/` handler to one that does not), with `..;` as `..` or as a plain
 /// segment (`/admin/..;/public` is `/public` to Tomcat, a path under `/admin` to Envoy's router), with empty
 /// segments merged or kept (`/x//../admin` is `/x/admin` or `/admin`), and each lower-cased (`/ADMIN` to a
-/// case-insensitive app); and as it came, unresolved: an Envoy that does not normalize paths routes
-/// `/admin/../x` by the `/admin` prefix. A path that does not decode (bad escapes) reads differently to
+/// case-insensitive app); as it came, unresolved: an Envoy that does not normalize paths routes
+/// `/admin/../x` by the `/admin` prefix; and decoded without resolving `..`
+/// ([`paths::decoded_unresolved`]: `/admin%2Fx%2F..%2F..%2Fy` to an app that decodes `%2F` and leaves `..`
+/// to its `/admin/<path>` handler). A path that does not decode (bad escapes) reads differently to
 /// every app: there each rule applies.
 fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
     denied_to(cfg, &s.claims, target)
@@ -2702,12 +2704,16 @@ fn is_loopback_name(authority: &str) -> bool {
         Some((h, port)) if !h.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => authority,
     };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let octet = |o: &str| (1..=3).contains(&o.len()) && o.bytes().all(|b| b.is_ascii_digit());
     host == "localhost"
-        || host.ends_with(".localhost")
+        || host
+            .strip_suffix(".localhost")
+            .is_some_and(|sub| !sub.is_empty() && !sub.starts_with('.') && !sub.ends_with('.'))
         || host == "[::1]"
         || host.strip_prefix("127.").is_some_and(|rest| {
-            rest.split('.').count() == 3 && rest.split('.').all(|o| o.parse::<u8>().is_ok())
+            rest.split('.').count() == 3
+                && rest.split('.').all(|o| octet(o) && o.parse::<u8>().is_ok())
         })
 }
 
@@ -2758,6 +2764,9 @@ fn error_page(
     again: &str,
 ) -> Step {
     // `msg` is ours (or an OAuth error code filtered to [A-Za-z0-9_]), so it needs no HTML escaping.
+    // `again` is built from a checked host and an encoded path; escaped all the same, as it has two
+    // sources.
+    let again = html_escape(again);
     let body = format!(
         "<!doctype html><title>Login failed</title><h1>Login failed</h1><p>{msg}</p><p><a href=\"{again}\">Start again</a></p>\n"
     );

@@ -72,18 +72,28 @@ pub fn readings(target: &str) -> Option<Readings<'_>> {
     ))
 }
 
-/// The path percent-decoded and nothing more, or also with `\` read as `/` (`None` for a plain path,
-/// which decodes to itself, or one that does not decode): how a server that decodes `%2F` but leaves
-/// `..` to the app (gunicorn's and uWSGI's `PATH_INFO`, Gin by default) hands `/admin%2Fx%2F..%2F..%2Fy`
-/// to a catch-all `/admin/<path>` handler, which [`readings`], each resolved, read as `/y`.
-pub fn decoded_unresolved(target: &str) -> Option<[String; 2]> {
+/// The path percent-decoded and nothing more, also with `\` read as `/`, and each with runs of `/`
+/// merged (`None` for a plain path, which decodes to itself, or one that does not decode): how a server
+/// that decodes `%2F` but leaves `..` to the app (gunicorn's and uWSGI's `PATH_INFO`, Gin by default)
+/// hands `/admin%2Fx%2F..%2F..%2Fy` to a catch-all `/admin/<path>` handler, which [`readings`], each
+/// resolved, read as `/y`.
+pub fn decoded_unresolved(target: &str) -> Option<[String; 4]> {
     let path = path_only(target);
     if is_plain(path) {
         return None;
     }
     let decoded = percent_decode(path)?;
     let slashed = decoded.replace('\\', "/");
-    Some([decoded, slashed])
+    let merged = |p: &str| {
+        let mut out = String::with_capacity(p.len());
+        for c in p.chars() {
+            if !(c == '/' && out.ends_with('/')) {
+                out.push(c);
+            }
+        }
+        out
+    };
+    Some([merged(&decoded), merged(&slashed), decoded, slashed])
 }
 
 /// The [`readings`] of a path: the first `.1` of `.0` (a plain path has one).

@@ -103,6 +103,7 @@ fn a_path_that_does_not_decode_is_judged_by_every_rule() {
         "/admin%2Fx%2F..%2F..%2Freports",
         "/admin%5Cx%5C..%5C..%5Creports",
         "/Admin%2F..%2Freports",
+        "/%2Fadmin%2Fx%2F..%2F..%2Freports",
     ] {
         assert_eq!(
             respond(f.request(&Req::browser(path).cookies(&jar))).status,

@@ -164,12 +164,14 @@ fn endpoint(field: &'static str, value: Option<String>) -> Result<WebUrl, Discov
     Ok(url)
 }
 
-/// At most `max_chars` of `s`, for a log line between double quotes: a quote, a backslash or a control
-/// character written as `\u{..}`, as `{:?}` would show it (whose code for `str` costs the module 1 KB).
+/// At most `max_chars` of `s`, for a log line between double quotes: a quote, a backslash and every
+/// character outside printable ASCII written as `\u{..}` (control characters, and Unicode's invisible and
+/// direction-changing ones, which would make the line read as something else). An issuer is a URL, so
+/// ASCII. (`{:?}` escapes those too, but its code for `str` costs the module 1 KB.)
 fn truncate(s: &str, max_chars: usize) -> String {
     let mut out = String::new();
     for c in s.chars().take(max_chars) {
-        if c.is_control() || c == '"' || c == '\\' {
+        if !matches!(c, ' '..='~') || c == '"' || c == '\\' {
             let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
         } else {
             out.push(c);
@@ -234,13 +236,14 @@ mod tests {
     #[test]
     fn a_mismatched_issuer_is_quoted_safely_in_the_log_line() {
         // The IdP's issuer goes into a log line: a newline in it must not start a forged line, a quote
-        // must not end the quoted text early; other text, trailing spaces included, shows as it is.
-        let doc = br#"{"issuer": "https://evil.example/\n[warning] x \"y\\ \u00e9 ",
+        // must not end the quoted text early, a right-to-left override must not turn the line around;
+        // printable ASCII, trailing spaces included, shows as it is.
+        let doc = br#"{"issuer": "https://evil.example/\n[warning] x \"y\\ \u00e9\u202e ",
             "authorization_endpoint": "https://a/x", "token_endpoint": "https://a/t",
             "jwks_uri": "https://a/k"}"#;
         assert_eq!(
             parse(doc, ISSUER).map_err(|e| e.to_string()),
-            Err(r#"discovery issuer "https://evil.example/\u{a}[warning] x \u{22}y\u{5c} é " is not the configured issuer "https://idp.example.com""#.to_owned())
+            Err(r#"discovery issuer "https://evil.example/\u{a}[warning] x \u{22}y\u{5c} \u{e9}\u{202e} " is not the configured issuer "https://idp.example.com""#.to_owned())
         );
         // Cut at 256 characters, not bytes.
         let long = format!(
@@ -249,7 +252,9 @@ mod tests {
             "é".repeat(300)
         );
         match parse(long.as_bytes(), ISSUER) {
-            Err(DiscoveryError::IssuerMismatch { got, .. }) => assert_eq!(got, "é".repeat(256)),
+            Err(DiscoveryError::IssuerMismatch { got, .. }) => {
+                assert_eq!(got, "\\u{e9}".repeat(256))
+            }
             other => panic!("{other:?}"),
         }
     }

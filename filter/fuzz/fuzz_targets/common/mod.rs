@@ -130,11 +130,14 @@ pub fn check_step(step: &Step) {
         Step::Respond(r) => {
             for (n, v) in &r.headers {
                 assert!(safe(n) && safe(v), "unsafe response header {n}");
-                if *n == "location" && v.starts_with('/') {
-                    // As a browser reads it (the WHATWG URL parser): tabs and newlines dropped, a
-                    // backslash taken for a slash. Two slashes then lead to another host.
+                if *n == "location" {
+                    // As a browser reads it (the WHATWG URL parser): leading spaces and control
+                    // characters and every tab and newline dropped, a backslash taken for a slash.
+                    // Two slashes then lead to another host. (The absolute ones, to the IdP or another
+                    // host of the site, start with their scheme.)
                     let read: Vec<u8> = v
                         .bytes()
+                        .skip_while(|b| *b <= b' ')
                         .filter(|b| !matches!(b, b'\t' | b'\n' | b'\r'))
                         .take(2)
                         .map(|b| if b == b'\\' { b'/' } else { b })
