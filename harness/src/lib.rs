@@ -855,6 +855,17 @@ impl Stack {
         &self.proxy
     }
 
+    /// Puts the IdP's proxy in `mode`, then waits (up to 5 s, and no error if they stay) until Envoy has
+    /// no connection to it open: switching closes the proxy's connections, and a callout that met a
+    /// pooled one already gone would get a 503 of Envoy's own instead of what `mode` answers. While
+    /// other tests use the IdP, connections may stay open: then it waits in vain, as before.
+    pub fn set_idp_mode(&self, mode: Mode) {
+        self.proxy.set_mode(mode);
+        let _ = process::poll(Duration::from_secs(5), || {
+            Ok((self.idp_cluster_stat("upstream_cx_active")? == 0).then_some(()))
+        });
+    }
+
     /// The address the IdP itself listens on, if it runs.
     pub fn idp_addr(&self) -> Option<SocketAddr> {
         self.lock_idp().as_ref().map(Idp::addr)

@@ -585,13 +585,14 @@ mod tests {
         assert!(out.ends_with("\r\n\r\n{}"), "{out}");
         assert!(get(proxy.addr()).unwrap().ends_with("upstream"));
 
-        proxy.set_mode(Mode::delay_for("/token", Duration::from_millis(300)));
+        // 1 s: wide enough that a loaded machine's round trip does not look delayed.
+        proxy.set_mode(Mode::delay_for("/token", Duration::from_millis(1000)));
         let t = std::time::Instant::now();
         assert!(get(proxy.addr()).unwrap().ends_with("upstream"));
-        assert!(t.elapsed() < Duration::from_millis(300));
+        assert!(t.elapsed() < Duration::from_millis(1000));
         let out = get_path(proxy.addr(), "/token").unwrap();
         assert!(out.ends_with("upstream"), "{out}");
-        assert!(t.elapsed() >= Duration::from_millis(300));
+        assert!(t.elapsed() >= Duration::from_millis(1000));
 
         proxy.set_mode(Mode::Hang);
         let err = get_within(proxy.addr(), Duration::from_millis(300)).unwrap_err();
@@ -652,9 +653,10 @@ mod tests {
     fn delay_holds_each_request_once_however_it_arrives() {
         let proxy = FaultProxy::start().unwrap();
         proxy.set_target(Some(keep_alive_upstream()));
-        proxy.set_mode(Mode::Delay(Duration::from_millis(500)));
+        // 1 s: held twice would take 2 s, far from once on a loaded machine.
+        proxy.set_mode(Mode::Delay(Duration::from_millis(1000)));
         let mut s = TcpStream::connect(proxy.addr()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let answer = |s: &mut TcpStream| {
             let mut out = Vec::new();
             let mut buf = [0u8; 256];
@@ -673,7 +675,7 @@ mod tests {
         answer(&mut s);
         let took = t.elapsed();
         assert!(
-            took >= Duration::from_millis(500) && took < Duration::from_millis(950),
+            took >= Duration::from_millis(1000) && took < Duration::from_millis(1900),
             "{took:?}"
         );
         // The next request on the same connection is held again.
@@ -682,7 +684,7 @@ mod tests {
             .unwrap();
         answer(&mut s);
         assert!(
-            t.elapsed() >= Duration::from_millis(300),
+            t.elapsed() >= Duration::from_millis(900),
             "{:?}",
             t.elapsed()
         );

@@ -70,9 +70,7 @@ struct TokenEndpoint;
 
 impl TokenEndpoint {
     fn answer(status: u16, body: &str) -> TokenEndpoint {
-        stack()
-            .idp_proxy()
-            .set_mode(Mode::respond_for("/token", status, JSON_ACCEPT, body));
+        stack().set_idp_mode(Mode::respond_for("/token", status, JSON_ACCEPT, body));
         TokenEndpoint
     }
 }

@@ -27,7 +27,7 @@ fn chromium_logs_in_through_the_filter_and_stays_logged_in() {
     // login form drops it, so the filter's page at /login puts it in `rd`.
     let app = site.url("/dashboard?tab=1#/panel/2?from=now-1h");
     // The filter answers 503 until it has the IdP's keys.
-    stack.wait_keys_loaded(Duration::from_secs(20)).unwrap();
+    stack.wait_keys_loaded(Duration::from_secs(75)).unwrap();
     eprintln!("stack and chromium up in {:?}", t0.elapsed());
 
     driver.goto(&app).unwrap();

@@ -73,9 +73,10 @@ fn stack() -> &'static Stack {
             SiteSpec::new("slow").filter(json!({"callout_timeout": "2s"})),
             // Asks the IdP to log the user in again, whatever session it has (OIDC Core 3.1.2.1).
             SiteSpec::new("relogin").filter(json!({"authorization_params": {"prompt": "login"}})),
-            // Only an authentication of the last 2 s will do (OIDC Core 3.1.2.1), to the second.
+            // Only an authentication of the last 5 s will do (OIDC Core 3.1.2.1), to the second (5:
+            // a login through the IdP's form on a loaded machine takes well under that).
             SiteSpec::new("recent").filter(json!({
-                "authorization_params": {"max_age": "2"},
+                "authorization_params": {"max_age": "5"},
                 "clock_leeway": "0s",
             })),
             // The RBAC policy lets OPTIONS through (an AuthorizationPolicy with notMethods: OPTIONS).
@@ -97,7 +98,7 @@ fn stack() -> &'static Stack {
         };
         let stack = Stack::start(spec).unwrap();
         stack
-            .wait_keys_loaded(Duration::from_secs(20))
+            .wait_keys_loaded(Duration::from_secs(75))
             .unwrap_or_else(|e| panic!("filter not ready: {e:#}"));
         eprintln!("stack up in {:?}", t0.elapsed());
         stack
@@ -358,16 +359,16 @@ fn max_age_has_an_older_idp_session_log_in_again_and_a_login_without_it_is_refus
     let b = Browser::new();
     login(&b, site("main"), "/");
     // The IdP's session is older than max_age now.
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(6));
 
     // max_age leaves the browser's hands on its way to the IdP: a user who takes it out gets signed in
     // from the IdP's session without its form, and the filter refuses the ID token (its auth_time, or
     // none, does not show an authentication that recent).
     let start = b.get(&s.url("/login?rd=/x")).unwrap();
     let to_idp = start.location().unwrap().to_string();
-    assert!(to_idp.contains("&max_age=2"), "{to_idp}");
+    assert!(to_idp.contains("&max_age=5"), "{to_idp}");
     let done = b
-        .follow(b.get(&to_idp.replace("&max_age=2", "")).unwrap(), 20)
+        .follow(b.get(&to_idp.replace("&max_age=5", "")).unwrap(), 20)
         .unwrap();
     let chain = describe_chain(&done.chain);
     assert_eq!(done.response.status, 502, "{chain}\n{}", done.response.body);
@@ -856,8 +857,9 @@ fn parallel_requests_at_expiry_share_one_refresh() {
     let s = site("rotating");
     let b = Browser::new();
     login(&b, s, "/");
-    let mut cookie = format!("{SESSION}={}", b.cookie("localhost", SESSION).unwrap());
     let mut token = app_bearer(&api(&b, &s.url("/")));
+    // After that request, which may have renewed the session on a slow machine.
+    let mut cookie = format!("{SESSION}={}", b.cookie("localhost", SESSION).unwrap());
     let before = stats();
 
     // This IdP rotates refresh tokens and, seeing an old one used twice, revokes the whole grant: a
@@ -1497,7 +1499,7 @@ fn token_endpoint_down_or_hanging_fails_the_login_cleanly() {
     let s = site("main");
     let b = Browser::new();
     let callback = until_callback(&b, s, &s.url("/login?rd=/"));
-    proxy.set_mode(Mode::Refuse);
+    stack().set_idp_mode(Mode::Refuse);
     let r = b.get(&callback);
     proxy.set_mode(Mode::Forward);
     let r = r.unwrap();
@@ -1512,7 +1514,7 @@ fn token_endpoint_down_or_hanging_fails_the_login_cleanly() {
     let s = site("slow");
     let b = Browser::new();
     let callback = until_callback(&b, s, &s.url("/login?rd=/"));
-    proxy.set_mode(Mode::Hang);
+    stack().set_idp_mode(Mode::Hang);
     let t = Instant::now();
     let r = b.get(&callback);
     let took = t.elapsed();

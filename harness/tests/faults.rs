@@ -54,7 +54,7 @@ struct Fault;
 
 impl Fault {
     fn set(mode: Mode) -> Fault {
-        stack().idp_proxy().set_mode(mode);
+        stack().set_idp_mode(mode);
         Fault
     }
 }

@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use harness::browser::query_param;
@@ -84,11 +84,8 @@ fn no_secret_reaches_envoys_log_at_trace_level() {
     })
     .unwrap();
     let site = stack.site(SITE).unwrap().clone();
-    let t0 = Instant::now();
-    while Browser::new().get(&site.url("/login")).unwrap().status != 302 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "never ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Every worker ready, not only the first to answer.
+    stack.wait_ready(SITE).unwrap();
     let mut secrets: Vec<String> = vec![
         harness::DEFAULT_COOKIE_KEYS.to_string(),
         site.client_secret.clone(),
@@ -234,7 +231,7 @@ fn no_secret_reaches_envoys_log_at_trace_level() {
         let b = Browser::new();
         let (a, _) = start(&stack, &b);
         secrets.extend(attempt_secrets(&a));
-        stack.idp_proxy().set_mode(Mode::respond_for(
+        stack.set_idp_mode(Mode::respond_for(
             "/token",
             status,
             "application/json",

@@ -116,6 +116,8 @@ fn mixed_traffic_keeps_memory_flat_no_5xx_and_counters_add_up() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(24);
     let stack = Stack::start(StackSpec::new("soak", vec![SiteSpec::new(SITE)])).unwrap();
+    // Every worker ready, not only the first to answer (a 503 of one still fetching would count).
+    stack.wait_ready(SITE).unwrap();
     let site = stack.site(SITE).unwrap().clone();
     let pid = stack.envoy().pid();
     let rss_idle = vm_rss_kb(pid);

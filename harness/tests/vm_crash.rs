@@ -192,7 +192,8 @@ fn a_lost_vm_answers_closed_then_is_replaced_and_sessions_carry_on() {
     assert!(closed > 0, "no request met the lost VM");
     assert!(interval >= Duration::from_secs(1), "{interval:?}");
     assert!(
-        made_again.duration_since(made) < Duration::from_millis(2500),
+        // 1 to 1.5 s, with room for a loaded machine.
+        made_again.duration_since(made) < Duration::from_millis(4000),
         "{:?}",
         made_again.duration_since(made)
     );
