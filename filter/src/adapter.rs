@@ -721,6 +721,13 @@ impl Http {
             now,
             random: &mut random,
         };
+        // What an earlier renewal of this cookie left in the cache (found by a black-box test: a renewal
+        // that met an outage published those cookies again as its own, and the other workers' requests
+        // took them, expired, for a renewal just made: "renewed while this request was on its way").
+        let before = self
+            .renewing
+            .as_ref()
+            .and_then(|(_, sealed, _)| flow::renewed_cookies(state, sealed));
         let step = flow::on_reply(
             cfg,
             state,
@@ -729,10 +736,13 @@ impl Http {
             reply.as_ref().map(|(st, b)| (*st, b.as_slice())),
         );
         share_revocations(cfg, state, &step);
-        // A renewal this request claimed has ended (unless it now fetches keys): publish it, or let go.
+        // A renewal this request claimed has ended (unless it now fetches keys): publish the cookies it
+        // made, or let go.
         let renewed = match (&step, &self.renewing) {
             (Step::Call(..), _) | (_, None) => None,
-            (_, Some((_, sealed, _))) => Some(flow::renewed_cookies(state, sealed)),
+            (_, Some((_, sealed, _))) => Some(
+                flow::renewed_cookies(state, sealed).filter(|lines| Some(lines) != before.as_ref()),
+            ),
         };
         Some((step, renewed))
     }

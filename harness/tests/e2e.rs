@@ -920,6 +920,56 @@ fn parallel_requests_at_expiry_share_one_refresh() {
     );
 }
 
+/// Found by a black-box test: a renewal that met an outage published, as its own, the cookies an earlier
+/// renewal of the same cookie had left in the worker's cache, and the requests that came with that cookie
+/// in the next 30 s, on either worker, took them (expired by then) for a renewal just made: `503` "renewed
+/// while this request was on its way", with the expired cookie. They get the outage's own answer now.
+#[test]
+fn a_renewal_that_meets_an_outage_hands_on_no_earlier_renewal() {
+    // Shared while it logs in and renews; exclusive only for the outage, not through the 30 s wait.
+    let idp = idp_hold::shared();
+    let s = site("rotating");
+    let b = Browser::new();
+    login(&b, s, "/");
+    let old = format!("{SESSION}={}", b.cookie("localhost", SESSION).unwrap());
+    let token = app_bearer(&api(&b, &s.url("/")));
+    let exp = |t: &str| jwt_payload(t).unwrap()["exp"].as_u64().unwrap();
+    // Renewed once, within the refresh margin (1 s): a client that keeps its old cookie.
+    let with_old = |path: &str, accept: &str| {
+        Browser::new()
+            .get_with(&s.url(path), &[("accept", accept), ("cookie", &old)])
+            .unwrap()
+    };
+    sleep_until_unix(exp(&token) - 1, Duration::from_millis(300));
+    let renewed = app_bearer(&with_old("/due", "application/json"));
+    assert_ne!(renewed, token);
+    // That renewal's token expires too, and the renewal table has forgotten it (30 s): the IdP's token
+    // endpoint is down.
+    let renewed_at = unix_now();
+    drop(idp);
+    sleep_until_unix(exp(&renewed), Duration::from_millis(300));
+    std::thread::sleep(Duration::from_secs_f64(
+        (renewed_at + 31.0 - unix_now()).max(0.0),
+    ));
+    let _idp = idp_hold::exclusive();
+    stack().set_idp_mode(Mode::respond_for(
+        "/token",
+        503,
+        "text/plain",
+        "down for a test",
+    ));
+    // New connections, so that both workers answer some (the one that made the renewal above among them).
+    let answers: Vec<Response> = (0..10)
+        .map(|i| with_old(&format!("/o{i}"), "text/html"))
+        .collect();
+    stack().set_idp_mode(Mode::Forward);
+    for (i, r) in answers.iter().enumerate() {
+        assert_eq!(r.status, 503, "{i}: {}", r.body);
+        assert!(r.body.contains("could not be renewed"), "{i}: {}", r.body);
+    }
+    assert_log_clean(&[]);
+}
+
 #[test]
 fn expired_token_without_refresh_token_needs_a_new_login() {
     let _idp = idp_hold::shared();
