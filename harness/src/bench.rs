@@ -1371,12 +1371,12 @@ impl Ctx<'_> {
         }
         // Warm-up: V8 tiers the hot Wasm code up, caches fill.
         h2load(&r, INSTR_WARMUP, 4)?;
-        settle_counters(&r.variant);
+        settle_counters(&r);
         let before = r.envoy.stats()?;
         callgrind_control(r.pid, "-i", Some("on"))?;
         h2load(&r, INSTR_REQUESTS, 1)?;
         callgrind_control(r.pid, "-i", Some("off"))?;
-        settle_counters(&r.variant);
+        settle_counters(&r);
         let after = r.envoy.stats()?;
         callgrind_control(r.pid, "-d", None)?;
         let dir = self.dir.join("instructions").join(&name);
@@ -1685,13 +1685,25 @@ fn preflight(r: &Running) -> Result<()> {
     )
 }
 
-/// oidc-filter adds its logged-in count to Envoy's counter on its 1 s tick: wait this long before
-/// reading counters of an oidc-filter configuration.
-const COUNTER_LAG: Duration = Duration::from_millis(1300);
+/// oidc-filter adds its logged-in count to Envoy's counter on its 1 s tick (later under valgrind, which
+/// runs Envoy's threads one at a time): the counters of an oidc-filter configuration are read once that
+/// count has stood still this long.
+const COUNTER_LAG: Duration = Duration::from_millis(1500);
 
-fn settle_counters(v: &Variant) {
-    if matches!(v.chain, Chain::Oidc | Chain::OidcIstio) {
-        std::thread::sleep(COUNTER_LAG);
+fn settle_counters(r: &Running) {
+    if !matches!(r.variant.chain, Chain::Oidc | Chain::OidcIstio) {
+        return;
+    }
+    let start = Instant::now();
+    let (mut last, mut since) = (None, start);
+    while start.elapsed() < Duration::from_secs(15) {
+        let count = r.envoy.stats().ok().map(|s| logged_in(&s));
+        if count != last {
+            (last, since) = (count, Instant::now());
+        } else if since.elapsed() >= COUNTER_LAG {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -1741,7 +1753,7 @@ fn measure(r: &Running, duration: Duration) -> Result<Sample> {
 /// The logged-in counters of `r`'s Envoy: (requests completed, requests the filter let through as
 /// logged in), read once the filter has handed its counters over.
 fn logged_in_counters(r: &Running) -> Result<(u64, u64)> {
-    settle_counters(&r.variant);
+    settle_counters(r);
     let s = r.envoy.stats()?;
     let completed = s
         .get("http.bench.downstream_rq_completed")

@@ -27,7 +27,9 @@ use sha2::Digest as _;
 const APP: &str = "app";
 /// Site whose ID tokens live 8 s and are renewed in their last 4 s.
 const REFRESH: &str = "refresh";
-const REFRESH_TTL: u64 = 8;
+/// The `refresh` site's token lifetime; its refresh margin is half of it, so a renewed token is due again
+/// half of it later: 6 s for the page loads after a renewal on a loaded machine (4 s was within reach).
+const REFRESH_TTL: u64 = 12;
 /// Site whose plugin sets `allow_on_headers_stop_iteration` (plain Envoy 1.35 on; Istio's
 /// `WasmPlugin` cannot): Envoy then hands a paused request's body to the filter, and a `Continue`
 /// for it would send the request on.
@@ -41,7 +43,7 @@ fn stack() -> &'static Stack {
         let sites = vec![
             SiteSpec::new(APP),
             SiteSpec::new(REFRESH)
-                .filter(json!({"refresh_margin": "4s"}))
+                .filter(json!({"refresh_margin": format!("{}s", REFRESH_TTL / 2)}))
                 .idp_client(json!({"id_token_ttl": REFRESH_TTL})),
             SiteSpec {
                 plugin_overrides: json!({"allow_on_headers_stop_iteration": true}),
@@ -582,7 +584,7 @@ fn websocket_handshake_renews_a_session_due_for_refresh() {
     let c1 = jwt_payload(&first).unwrap();
     let cookie_before = chromium_session(&driver);
 
-    // Into the refresh margin (the token's last 4 s).
+    // Into the refresh margin (the token's last half).
     let due = c1["exp"].as_u64().unwrap() - REFRESH_TTL / 2;
     let wait = (due * 1000 + 200).saturating_sub(unix_ms());
     std::thread::sleep(Duration::from_millis(wait));
@@ -1080,8 +1082,10 @@ fn server_sent_events_reach_a_logged_in_client_as_they_are_sent() {
     let _idp = idp_hold::shared();
     let b = logged_in(APP);
     let mut c = Conn::open(port(APP));
-    let n = 6;
-    let interval = 400;
+    // 1 s apart: each event must arrive before the app sends the last, a second of slack for a loaded
+    // machine (400 ms was within reach of a stall).
+    let n = 4;
+    let interval = 1000;
     c.send_head(
         "GET",
         &format!("/events?n={n}&ms={interval}"),
