@@ -2575,9 +2575,12 @@ fn in_frame(h: &dyn Headers) -> bool {
 /// Asks for HTML and is not an `XMLHttpRequest`.
 fn wants_page(h: &dyn Headers) -> bool {
     // A byte search: `str::contains` with a `&str` sets up a two-way searcher, costly next to a short header.
-    let wants_html = h
-        .get("accept")
-        .is_some_and(|a| a.as_bytes().windows(9).any(|w| w == b"text/html"));
+    // Media types are case-insensitive (RFC 9110 8.3.1; found by a black-box test: `TEXT/HTML` got 401).
+    let wants_html = h.get("accept").is_some_and(|a| {
+        a.as_bytes()
+            .windows(9)
+            .any(|w| w.eq_ignore_ascii_case(b"text/html"))
+    });
     wants_html
         && !h
             .get("x-requested-with")

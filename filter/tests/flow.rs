@@ -90,6 +90,9 @@ fn anonymous_browser_is_redirected_to_login_with_the_encoded_target() {
     assert_eq!(header(&r.headers, "cache-control"), Some("no-store"));
     assert_eq!(r.metric, Some(Metric::LoginRedirect));
     assert!(set_cookies(&r).is_empty());
+    // Media types in any case (RFC 9110 8.3.1).
+    let r = respond(f.request(&Req::browser("/app").with("accept", "TEXT/HTML,*/*")));
+    assert_eq!(location(&r), "/login?rd=%2Fapp");
 }
 
 #[test]
