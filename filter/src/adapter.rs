@@ -576,9 +576,10 @@ pub struct Http {
     site: usize,
     reading_body: bool,
     pending: Option<(u32, Box<Pending>)>,
-    /// The renewal this request claimed: its table key, the sealed session it renews, and the claim's
-    /// `until` (which tells it from a later claim of another request).
-    renewing: Option<(String, String, u64)>,
+    /// The renewal this request claimed: its table key, the sealed session it renews, the claim's
+    /// `until` (which tells it from a later claim of another request), and the renewed cookies the
+    /// worker's cache held for that session when it was claimed (an earlier renewal's, not this one's).
+    renewing: Option<(String, String, u64, Option<Vec<String>>)>,
     /// The response's `Set-Cookie` lines. Shared with the root context, which fills it for a request it
     /// resumes; made only when there is a line to add or a request parks (not an allocation per request).
     set_cookies: Option<Rc<RefCell<Vec<String>>>>,
@@ -697,7 +698,7 @@ impl Http {
         };
         self.renewing
             .as_ref()
-            .is_some_and(|(_, _, until)| now < *until)
+            .is_some_and(|(_, _, until, _)| now < *until)
             || (fetches_keys(pending) && now < *self.kept_until.get_or_insert(now + 61))
     }
 
@@ -721,13 +722,6 @@ impl Http {
             now,
             random: &mut random,
         };
-        // What an earlier renewal of this cookie left in the cache (found by a black-box test: a renewal
-        // that met an outage published those cookies again as its own, and the other workers' requests
-        // took them, expired, for a renewal just made: "renewed while this request was on its way").
-        let before = self
-            .renewing
-            .as_ref()
-            .and_then(|(_, sealed, _)| flow::renewed_cookies(state, sealed));
         let step = flow::on_reply(
             cfg,
             state,
@@ -736,11 +730,14 @@ impl Http {
             reply.as_ref().map(|(st, b)| (*st, b.as_slice())),
         );
         share_revocations(cfg, state, &step);
-        // A renewal this request claimed has ended (unless it now fetches keys): publish the cookies it
-        // made, or let go.
+        // A renewal this request claimed has ended (unless it now fetches keys): publish the cookies made
+        // since the claim (this renewal's, or another request's on this worker meanwhile), or let go.
+        // Not what an earlier renewal of this cookie left in the cache (found by a black-box test: a
+        // renewal that met an outage published those again as its own, and the other workers' requests
+        // took them, expired, for a renewal just made: "renewed while this request was on its way").
         let renewed = match (&step, &self.renewing) {
             (Step::Call(..), _) | (_, None) => None,
-            (_, Some((_, sealed, _))) => Some(
+            (_, Some((_, sealed, _, before))) => Some(
                 flow::renewed_cookies(state, sealed).filter(|lines| Some(lines) != before.as_ref()),
             ),
         };
@@ -1043,7 +1040,8 @@ impl Http {
             // while renewals keep failing).
             Ok(None) => {
                 let job = flow::renewal_claim(cfg, state, job, now).map_err(Some)?;
-                self.renewing = Some((key, job.sealed().to_string(), until));
+                let before = flow::renewed_cookies(state, job.sealed());
+                self.renewing = Some((key, job.sealed().to_string(), until, before));
                 Ok(job)
             }
             // The table is unusable (or would not take the claim): refreshing is what the filter did
@@ -1054,7 +1052,7 @@ impl Http {
 
     /// Publishes the renewal this request claimed (`renewed`: its `Set-Cookie` lines), or lets it go.
     fn end_renewal(&mut self, renewed: Option<Vec<String>>) {
-        let Some((key, _, until)) = self.renewing.take() else {
+        let Some((key, _, until, _)) = self.renewing.take() else {
             return;
         };
         let now = now();

@@ -931,8 +931,9 @@ fn a_renewal_that_meets_an_outage_hands_on_no_earlier_renewal() {
     let s = site("rotating");
     let b = Browser::new();
     login(&b, s, "/");
-    let old = format!("{SESSION}={}", b.cookie("localhost", SESSION).unwrap());
     let token = app_bearer(&api(&b, &s.url("/")));
+    // After that request, which may have renewed the session on a slow machine.
+    let old = format!("{SESSION}={}", b.cookie("localhost", SESSION).unwrap());
     let exp = |t: &str| jwt_payload(t).unwrap()["exp"].as_u64().unwrap();
     // Renewed once, within the refresh margin (1 s): a client that keeps its old cookie.
     let with_old = |path: &str, accept: &str| {

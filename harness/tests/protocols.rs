@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 const APP: &str = "app";
-/// Site whose ID tokens live 8 s and are renewed in their last 4 s.
+/// Site whose ID tokens live `REFRESH_TTL` (12 s) and are renewed in their last half.
 const REFRESH: &str = "refresh";
 /// The `refresh` site's token lifetime; its refresh margin is half of it, so a renewed token is due again
 /// half of it later: 6 s for the page loads after a renewal on a loaded machine (4 s was within reach).
