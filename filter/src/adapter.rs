@@ -568,6 +568,19 @@ impl Root {
     }
 }
 
+/// A renewal a request claimed in the shared renewal table.
+struct Claim {
+    /// Its table key.
+    key: String,
+    /// The sealed session it renews.
+    sealed: String,
+    /// When the claim lapses (which tells it from a later claim of another request).
+    until: u64,
+    /// The renewed cookies the worker's cache held for that session when it was claimed: an earlier
+    /// renewal's, not this one's.
+    before: Option<Vec<String>>,
+}
+
 /// One request.
 pub struct Http {
     shared: Rc<RefCell<Shared>>,
@@ -576,10 +589,8 @@ pub struct Http {
     site: usize,
     reading_body: bool,
     pending: Option<(u32, Box<Pending>)>,
-    /// The renewal this request claimed: its table key, the sealed session it renews, the claim's
-    /// `until` (which tells it from a later claim of another request), and the renewed cookies the
-    /// worker's cache held for that session when it was claimed (an earlier renewal's, not this one's).
-    renewing: Option<(String, String, u64, Option<Vec<String>>)>,
+    /// The renewal this request claimed.
+    renewing: Option<Claim>,
     /// The response's `Set-Cookie` lines. Shared with the root context, which fills it for a request it
     /// resumes; made only when there is a line to add or a request parks (not an allocation per request).
     set_cookies: Option<Rc<RefCell<Vec<String>>>>,
@@ -696,9 +707,7 @@ impl Http {
         let Some((_, pending)) = &self.pending else {
             return false;
         };
-        self.renewing
-            .as_ref()
-            .is_some_and(|(_, _, until, _)| now < *until)
+        self.renewing.as_ref().is_some_and(|c| now < c.until)
             || (fetches_keys(pending) && now < *self.kept_until.get_or_insert(now + 61))
     }
 
@@ -737,8 +746,9 @@ impl Http {
         // took them, expired, for a renewal just made: "renewed while this request was on its way").
         let renewed = match (&step, &self.renewing) {
             (Step::Call(..), _) | (_, None) => None,
-            (_, Some((_, sealed, _, before))) => Some(
-                flow::renewed_cookies(state, sealed).filter(|lines| Some(lines) != before.as_ref()),
+            (_, Some(c)) => Some(
+                flow::renewed_cookies(state, &c.sealed)
+                    .filter(|lines| Some(lines) != c.before.as_ref()),
             ),
         };
         Some((step, renewed))
@@ -1040,8 +1050,12 @@ impl Http {
             // while renewals keep failing).
             Ok(None) => {
                 let job = flow::renewal_claim(cfg, state, job, now).map_err(Some)?;
-                let before = flow::renewed_cookies(state, job.sealed());
-                self.renewing = Some((key, job.sealed().to_string(), until, before));
+                self.renewing = Some(Claim {
+                    key,
+                    sealed: job.sealed().to_string(),
+                    until,
+                    before: flow::renewed_cookies(state, job.sealed()),
+                });
                 Ok(job)
             }
             // The table is unusable (or would not take the claim): refreshing is what the filter did
@@ -1052,7 +1066,7 @@ impl Http {
 
     /// Publishes the renewal this request claimed (`renewed`: its `Set-Cookie` lines), or lets it go.
     fn end_renewal(&mut self, renewed: Option<Vec<String>>) {
-        let Some((key, _, until, _)) = self.renewing.take() else {
+        let Some(Claim { key, until, .. }) = self.renewing.take() else {
             return;
         };
         let now = now();

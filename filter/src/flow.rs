@@ -807,7 +807,7 @@ fn forward_session(
 /// segments merged or kept (`/x//../admin` is `/x/admin` or `/admin`), and each lower-cased (`/ADMIN` to a
 /// case-insensitive app); as it came, unresolved: an Envoy that does not normalize paths routes
 /// `/admin/../x` by the `/admin` prefix; and decoded without resolving `..`
-/// ([`paths::decoded_unresolved`]: `/admin%2Fx%2F..%2F..%2Fy` to an app that decodes `%2F` and leaves `..`
+/// ([`paths::Readings::unresolved`]: `/admin%2Fx%2F..%2F..%2Fy` to an app that decodes `%2F` and leaves `..`
 /// to its `/admin/<path>` handler). A path that does not decode (bad escapes) reads differently to
 /// every app: there each rule applies.
 fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
@@ -829,8 +829,8 @@ fn denied_to(cfg: &Config, claims: &json::Object, target: &str) -> bool {
     // resolving `..` (found in review: `/admin%2Fx%2F..%2F..%2Fy` was read as `/y` only, and an app
     // that decodes `%2F` and leaves `..` to its handler serves it under `/admin`).
     let raw = (!readings.plain()).then(|| paths::path_only(target));
-    let unresolved = paths::decoded_unresolved(target);
-    let unresolved = unresolved.iter().flatten().map(String::as_str);
+    let unresolved = readings.unresolved();
+    let unresolved = unresolved.iter().flatten().map(|p| &**p);
     readings.iter().chain(raw).chain(unresolved).any(|p| {
         [false, true].into_iter().any(|any_case| {
             claims::rule_for(&cfg.access, p, any_case).is_some_and(|r| !r.allows(claims))
@@ -2708,16 +2708,12 @@ fn is_loopback_name(authority: &str) -> bool {
         _ => authority,
     };
     let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-    let octet = |o: &str| (1..=3).contains(&o.len()) && o.bytes().all(|b| b.is_ascii_digit());
     host == "localhost"
         || host
             .strip_suffix(".localhost")
             .is_some_and(|sub| !sub.is_empty() && !sub.starts_with('.') && !sub.ends_with('.'))
         || host == "[::1]"
-        || host.strip_prefix("127.").is_some_and(|rest| {
-            rest.split('.').count() == 3
-                && rest.split('.').all(|o| octet(o) && o.parse::<u8>().is_ok())
-        })
+        || crate::weburl::parse_ipv4(&host).is_some_and(|a| a[0] == 127)
 }
 
 /// Where a failed login's page sends "Start again": a new login towards where this one was going, on the

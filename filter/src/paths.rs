@@ -53,51 +53,26 @@ pub fn readings(target: &str) -> Option<Readings<'_>> {
     if is_plain(path) {
         let mut one = [const { Cow::Borrowed("") }; 8];
         one[0] = Cow::Borrowed(path);
-        return Some(Readings(one, 1));
+        return Some(Readings(one, 1, None));
     }
     let decoded = percent_decode(path)?;
     let read = |p: &str, cut, keep_empty| Cow::Owned(resolve(p, cut, keep_empty));
-    Some(Readings(
-        [
-            read(&decoded, true, false),
-            read(&decoded, false, false),
-            read(path, true, false),
-            read(path, false, false),
-            read(&decoded, true, true),
-            read(&decoded, false, true),
-            read(path, true, true),
-            read(path, false, true),
-        ],
-        8,
-    ))
+    let all = [
+        read(&decoded, true, false),
+        read(&decoded, false, false),
+        read(path, true, false),
+        read(path, false, false),
+        read(&decoded, true, true),
+        read(&decoded, false, true),
+        read(path, true, true),
+        read(path, false, true),
+    ];
+    Some(Readings(all, 8, Some(decoded)))
 }
 
-/// The path percent-decoded and nothing more, also with `\` read as `/`, and each with runs of `/`
-/// merged (`None` for a plain path, which decodes to itself, or one that does not decode): how a server
-/// that decodes `%2F` but leaves `..` to the app (gunicorn's and uWSGI's `PATH_INFO`, Gin by default)
-/// hands `/admin%2Fx%2F..%2F..%2Fy` to a catch-all `/admin/<path>` handler, which [`readings`], each
-/// resolved, read as `/y`.
-pub fn decoded_unresolved(target: &str) -> Option<[String; 4]> {
-    let path = path_only(target);
-    if is_plain(path) {
-        return None;
-    }
-    let decoded = percent_decode(path)?;
-    let slashed = decoded.replace('\\', "/");
-    let merged = |p: &str| {
-        let mut out = String::with_capacity(p.len());
-        for c in p.chars() {
-            if !(c == '/' && out.ends_with('/')) {
-                out.push(c);
-            }
-        }
-        out
-    };
-    Some([merged(&decoded), merged(&slashed), decoded, slashed])
-}
-
-/// The [`readings`] of a path: the first `.1` of `.0` (a plain path has one).
-pub struct Readings<'a>([Cow<'a, str>; 8], usize);
+/// The [`readings`] of a path: the first `.1` of `.0` (a plain path has one), and the path decoded (not
+/// for a plain path, which decodes to itself).
+pub struct Readings<'a>([Cow<'a, str>; 8], usize, Option<String>);
 
 impl Readings<'_> {
     pub fn iter(&self) -> impl Iterator<Item = &str> {
@@ -107,6 +82,30 @@ impl Readings<'_> {
     /// True for a plain path: its one reading is the path as it came.
     pub fn plain(&self) -> bool {
         self.1 == 1
+    }
+
+    /// The path percent-decoded and nothing more, also with `\` read as `/`, and each with runs of `/`
+    /// merged (`None` for a plain path): how a server that decodes `%2F` but leaves `..` to the app
+    /// (gunicorn's and uWSGI's `PATH_INFO`, Gin by default) hands `/admin%2Fx%2F..%2F..%2Fy` to a
+    /// catch-all `/admin/<path>` handler, which the readings, each resolved, read as `/y`.
+    pub fn unresolved(&self) -> Option<[Cow<'_, str>; 4]> {
+        let decoded = self.2.as_deref()?;
+        let slashed = decoded.replace('\\', "/");
+        let merged = |p: &str| {
+            let mut out = String::with_capacity(p.len());
+            for c in p.chars() {
+                if !(c == '/' && out.ends_with('/')) {
+                    out.push(c);
+                }
+            }
+            Cow::Owned(out)
+        };
+        Some([
+            merged(decoded),
+            merged(&slashed),
+            Cow::Borrowed(decoded),
+            Cow::Owned(slashed),
+        ])
     }
 }
 

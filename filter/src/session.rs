@@ -962,7 +962,7 @@ fn split_parts(sealed: &str) -> Vec<&str> {
         while !rest.is_char_boundary(at) {
             at -= 1;
         }
-        let (part, tail) = rest.split_at_checked(at).unwrap_or((rest, ""));
+        let (part, tail) = crate::weburl::split_at(rest, at);
         parts.push(part);
         rest = tail;
     }

@@ -396,7 +396,7 @@ fn ipv6_host(pieces: [u16; 8]) -> String {
 
 /// A dotted quad (`1.2.3.4`: four decimal octets up to 255, no leading zeros), as std's `Ipv4Addr`
 /// reads it; std's parser of IP addresses cost the module 3.5 KB.
-fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+pub(crate) fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
     let mut out = [0u8; 4];
     let mut parts = s.split('.');
     for slot in &mut out {

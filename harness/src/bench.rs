@@ -1694,17 +1694,13 @@ fn settle_counters(r: &Running) {
     if !matches!(r.variant.chain, Chain::Oidc | Chain::OidcIstio) {
         return;
     }
-    let start = Instant::now();
-    let (mut last, mut since) = (None, start);
-    while start.elapsed() < Duration::from_secs(15) {
-        let count = r.envoy.stats().ok().map(|s| logged_in(&s));
-        if count != last {
-            (last, since) = (count, Instant::now());
-        } else if since.elapsed() >= COUNTER_LAG {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Still changing after 15 s, or unreadable: the run's own check of the counts says so.
+    let _ = crate::process::settled(
+        Duration::from_secs(15),
+        COUNTER_LAG,
+        || r.envoy.stats().map(|s| logged_in(&s)),
+        |n| *n,
+    );
 }
 
 /// One run of `r`. The filter's own counters lag (they reach Envoy on its tick), so the logged-in

@@ -77,7 +77,7 @@ pub fn parse(body: &[u8], expected_issuer: &str) -> Result<ProviderMetadata, Dis
     if issuer != expected_issuer {
         return Err(DiscoveryError::IssuerMismatch {
             expected: expected_issuer.to_owned(),
-            got: truncate(&issuer, 256),
+            got: quotable(&issuer, 256),
         });
     }
 
@@ -168,7 +168,7 @@ fn endpoint(field: &'static str, value: Option<String>) -> Result<WebUrl, Discov
 /// character outside printable ASCII written as `\u{..}` (control characters, and Unicode's invisible and
 /// direction-changing ones, which would make the line read as something else). An issuer is a URL, so
 /// ASCII. (`{:?}` escapes those too, but its code for `str` costs the module 1 KB.)
-fn truncate(s: &str, max_chars: usize) -> String {
+fn quotable(s: &str, max_chars: usize) -> String {
     let mut out = String::new();
     for c in s.chars().take(max_chars) {
         if !matches!(c, ' '..='~') || c == '"' || c == '\\' {
