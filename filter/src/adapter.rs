@@ -609,6 +609,10 @@ fn fetches_keys(pending: &Pending) -> bool {
 /// At most this many requests wait for another request's renewal per root context, each with its session;
 /// more are answered 503 with `Retry-After` at once.
 const MAX_PARKED: usize = 512;
+/// And together they hold at most this many bytes of their own (sessions, paths, cookies): 512 requests of
+/// an 8 KB session fit; 512 of 60 KB paths would have grown the worker's memory, which Wasm never gives
+/// back, by 30 MiB (found in review).
+const MAX_PARKED_BYTES: usize = 4 << 20;
 
 impl Drop for Http {
     /// Ended (its client went away) before the renewal it claimed finished: the waiting requests stop
@@ -1032,7 +1036,14 @@ impl Http {
             Ok(Some(Renewal::Claimed)) => match flow::renewal_busy(cfg, job, now) {
                 Ok(step) => Err(Some(step)),
                 // Each waits with its session: a bound on the memory a burst can take.
-                Err(_) if s.parked.len() >= MAX_PARKED => Err(Some(flow::renewal_crowded())),
+                Err(job)
+                    if s.parked.len() >= MAX_PARKED
+                        || s.parked.iter().map(|p| p.job.held_bytes()).sum::<usize>()
+                            + job.held_bytes()
+                            > MAX_PARKED_BYTES =>
+                {
+                    Err(Some(flow::renewal_crowded()))
+                }
                 Err(job) => {
                     s.parked.push(Parked {
                         context_id: self.id,

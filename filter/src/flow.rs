@@ -1983,6 +1983,17 @@ impl RefreshJob {
     pub fn sealed(&self) -> &str {
         &self.cache_key
     }
+
+    /// The bytes this job holds of its own (its session's copy, path, page and cookie): what a request
+    /// that waits for another's renewal keeps in the worker's memory.
+    pub fn held_bytes(&self) -> usize {
+        let cookie = self.cookie.as_ref().and_then(Option::as_ref);
+        self.cache_key.len()
+            + self.target.len()
+            + self.form_page.as_ref().map_or(0, |p| p.len())
+            + cookie.map_or(0, String::len)
+            + self.present_chunks.iter().map(String::len).sum::<usize>()
+    }
 }
 
 /// Another request is renewing this session (see `renewal`): while the old token is valid the request goes
@@ -2031,9 +2042,14 @@ pub fn adopt_renewal(
     };
     let expired = now >= session.token_expires_at;
     let mut cached = cached_session(cfg, session, renewed.to_vec());
-    // Only a new refresh token (`keeping_new_refresh_token`): the same ID token as before.
-    cached.refresh_handed_on =
-        cached.session.id_token.expose() == job.session.session.id_token.expose();
+    // Only a new refresh token (`keeping_new_refresh_token`): the same tokens as before. (Not the ID
+    // token alone: with `forward_token: access_token` a refresh that brings no ID token keeps the old one
+    // beside a new access token, and such a renewal is not handed on; found in review.)
+    let old = &job.session.session;
+    cached.refresh_handed_on = cached.session.token_expires_at == old.token_expires_at
+        && cached.session.id_token.expose() == old.id_token.expose()
+        && cached.session.access_token.as_ref().map(Secret::expose)
+            == old.access_token.as_ref().map(Secret::expose);
     // A renewal of a session the IdP has since logged out (its new ID token may name another IdP session
     // than the one this request's cookie holds).
     if ended(state, &cached, now) {

@@ -2400,7 +2400,11 @@ fn an_idp_refusing_a_refresh_in_its_own_words_ends_the_session() {
     // `invalid_grant`'s, the status of a client that failed to authenticate: Keycloak's
     // `unauthorized_client`, Auth0's `access_denied` (a secret rotated at the IdP, not yet on the
     // gateway), a Spring server's own words.
-    let outages: [(u16, &[u8]); 8] = [
+    // Nor is an `invalid_grant` under a status no IdP answers a grant's refusal with: a cluster node that
+    // lost its session store, a proxy's stale body (found in review: it ended the session).
+    let outages: [(u16, &[u8]); 10] = [
+        (503, br#"{"error":"invalid_grant"}"#),
+        (302, br#"{"error":"invalid_grant"}"#),
         (200, b"<html>Please log in to the Wi-Fi</html>"),
         (400, b"<html>Bad Request</html>"),
         (429, br#"{"error":"slow_down"}"#),

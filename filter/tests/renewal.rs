@@ -124,6 +124,43 @@ fn a_new_cookie_holding_only_a_new_refresh_token_is_adopted_not_refreshed_again(
     }
 }
 
+/// Found in review: with `forward_token: access_token`, a renewal that brought a new access token but no
+/// ID token (OIDC Core 12.2) kept the old ID token, and the worker that adopted it took it for one that
+/// only handed on a new refresh token: its later requests with the old cookie never renewed the new
+/// access token, and got 503 once it expired. They renew it when it is due, with the new refresh token.
+#[test]
+fn an_adopted_renewal_without_an_id_token_is_renewed_again_when_due() {
+    let extra = serde_json::json!({"forward_token": "access_token"});
+    let mut a = Filter::ready(config(extra.clone()));
+    let mut b = Filter::ready(config(extra));
+    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    let sealed = oidc_filter::session::join(&jar.header(), "_oidc_session")
+        .unwrap()
+        .unwrap();
+    // The login's access token lives 300 s: due 60 s before it expires.
+    a.now = NOW + 250;
+    b.now = a.now;
+    let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
+    let body = serde_json::json!({"access_token": "access-2", "token_type": "Bearer",
+                                  "expires_in": 300, "refresh_token": "rt-2"});
+    let fwd = forward(a.reply(pending, Some((200, body.to_string().as_bytes()))));
+    assert_eq!(bearer(&fwd), "Bearer access-2");
+    let lines = flow::renewed_cookies(&a.state, &sealed).unwrap();
+
+    let job = refresh_job(b.request(&Req::api("/y").cookies(&jar)));
+    let now = b.now;
+    let adopted = forward(flow::adopt_renewal(&b.cfg, &mut b.state, job, &lines, now));
+    assert_eq!(bearer(&adopted), "Bearer access-2");
+
+    // access-2 due in turn: B's request with the old cookie renews it with rt-2, and, once it has
+    // expired too, still renews rather than answering 503.
+    for later in [250, 300] {
+        b.now = now + later;
+        let (c, _) = call(b.request(&Req::api("/z").cookies(&jar)));
+        assert_eq!(form(&c.body.unwrap())["refresh_token"], "rt-2", "{later}");
+    }
+}
+
 #[test]
 fn while_another_request_renews_a_valid_token_goes_up_and_an_expired_one_waits() {
     let mut a = Filter::ready(config(serde_json::json!({})));

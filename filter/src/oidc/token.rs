@@ -198,11 +198,18 @@ pub fn parse_response(status: u16, body: &[u8]) -> Result<TokenResponse, TokenEr
     }
     let json: Option<Object> = json::parse_object(body).ok();
 
-    // An `error` member means failure whatever the status: some IdPs answer errors with 200.
-    let error = json.as_ref().and_then(|j| j.get("error"));
+    // An `error` member means failure whatever the status: some IdPs answer errors with 200. (`null` is
+    // no error: a success answer that lists every member.)
+    let error = json
+        .as_ref()
+        .and_then(|j| j.get("error"))
+        .filter(|e| !e.is_null());
     if error.is_some() || !(200..300).contains(&status) {
         let code = error.and_then(Value::as_str).unwrap_or_default();
-        if code == "invalid_grant" {
+        // The IdP's refusal of the grant under a status it refuses with (RFC 6749 5.2: 400, or 401; some
+        // answer 200): under a 5xx or a redirect it is not the IdP's word on this grant (a node that
+        // lost its store, a proxy's stale body), and a session must not end for it.
+        if code == "invalid_grant" && matches!(status, 200..=299 | 400..=499) {
             return Err(TokenError::InvalidGrant);
         }
         return Err(TokenError::Rejected {
@@ -576,6 +583,16 @@ mod tests {
             parse_response(200, br#"{"error":"invalid_grant"}"#),
             Err(TokenError::InvalidGrant)
         );
+        assert_eq!(
+            parse_response(503, br#"{"error":"invalid_grant"}"#),
+            Err(TokenError::Rejected {
+                status: 503,
+                error: "invalid_grant".into()
+            })
+        );
+        // A success answer that lists `error` as `null`.
+        let ok = br#"{"error":null,"access_token":"a","token_type":"Bearer","id_token":"i"}"#;
+        assert!(parse_response(200, ok).is_ok());
         assert_eq!(
             parse_response(502, b"<html>Bad Gateway</html>"),
             Err(TokenError::Rejected {
