@@ -7,6 +7,7 @@ use alloc::string::ToString;
 use alloc::vec::Vec;
 
 use crate::json::{Object, Value};
+use crate::oidc::discovery::quotable;
 
 /// Longest pattern, list or nesting we accept in configuration; rules are written by hand.
 const MAX_DEPTH: usize = 8;
@@ -43,7 +44,7 @@ pub fn parse_access(v: &Value) -> Result<Vec<Access>, String> {
             .ok_or_else(|| format!("entry {i} is not an object"))?;
         for k in obj.keys() {
             if k != "path_prefix" && k != "rule" {
-                return Err(format!("entry {i}: unknown field `{k}`"));
+                return Err(format!("entry {i}: unknown field `{}`", quotable(k, 64)));
             }
         }
         let path_prefix = match obj.get("path_prefix") {
@@ -146,14 +147,16 @@ fn parse_rule(v: &Value, depth: usize) -> Result<Rule, String> {
         };
     }
     Err(format!(
-        "claim rule on `{claim}` needs `equals`, `contains_any` or `matches`"
+        "claim rule on `{}` needs `equals`, `contains_any` or `matches`",
+        quotable(&claim, 64)
     ))
 }
 
 fn only(obj: &Object, allowed: &[&str]) -> Result<(), String> {
     match obj.keys().find(|k| !allowed.contains(k)) {
         Some(k) => Err(format!(
-            "unexpected `{k}` next to `{}`",
+            "unexpected `{}` next to `{}`",
+            quotable(k, 64),
             crate::headers::join(allowed.iter().copied(), "`/`")
         )),
         None => Ok(()),

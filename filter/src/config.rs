@@ -13,6 +13,7 @@ use crate::b64;
 use crate::claims::{self, Access};
 use crate::cookies::{CookieAttrs, SameSite};
 use crate::json::{self, Object, Value};
+use crate::oidc::discovery::quotable;
 use crate::oidc::token::ClientAuth;
 use crate::secret::Secret;
 use crate::session::Keys;
@@ -436,6 +437,14 @@ impl Config {
             return Err(err("issuer", "must not have a query or fragment"));
         }
         let client_id = non_empty("client_id", raw.client_id.take())?;
+        // RFC 6749 Appendix A: printable ASCII (spaces allowed). A control character (a YAML block's
+        // newline) would only fail at the IdP, and split the log lines that name the client.
+        if !client_id.bytes().all(|b| matches!(b, b' '..=b'~')) {
+            return Err(err(
+                "client_id",
+                "printable ASCII only (no control characters)",
+            ));
+        }
         let client_secret = secret_from(
             "client_secret",
             raw.client_secret.take(),
@@ -518,7 +527,7 @@ impl Config {
             if !settable(&h) || identity_headers.iter().any(|(i, _)| *i == h) {
                 return Err(err(
                     "access_token_header",
-                    format!("`{h}` cannot carry the access token"),
+                    format!("`{}` cannot carry the access token", quotable(&h, 64)),
                 ));
             }
             identity_headers.push((h, ACCESS_TOKEN.to_string()));
@@ -1246,6 +1255,15 @@ fn own_paths(raw: &mut Raw) -> Result<[String; 3], ConfigError> {
     if raw.idp_cluster.as_deref().is_some_and(str::is_empty) {
         return Err(err("idp_cluster", "must not be empty"));
     }
+    // An Envoy cluster's name has no space or control character: with one (a YAML block's trailing
+    // newline) the plugin would start and every callout fail.
+    if raw
+        .idp_cluster
+        .as_deref()
+        .is_some_and(|c| !c.bytes().all(|b| matches!(b, b'!'..=b'~')))
+    {
+        return Err(err("idp_cluster", "no spaces or control characters"));
+    }
     let redirect_path = match &raw.redirect_uri {
         Some(r) => Some(redirect_uri_path(r)?),
         None => None,
@@ -1427,13 +1445,24 @@ fn cookie_settings(
     {
         return Err(err("cookie_name", "1 to 64 characters of A-Z a-z 0-9 _ -"));
     }
-    if let Some(d) = &domain
-        && (d.is_empty()
-            || !d
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
-    {
-        return Err(err("cookie_domain", "must be a domain name"));
+    // Two labels at least (a single one is a top-level domain, whose cookies browsers refuse), none
+    // empty (`example..com`, a trailing dot), each of letters, digits and inner `-`; a leading `.`, which
+    // browsers ignore, is allowed. Found in review: `com`, `.` and `example.com.` were taken, and every
+    // login then failed on cookies the browser dropped.
+    if let Some(d) = &domain {
+        let labels = d.strip_prefix('.').unwrap_or(d).split('.');
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len())
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if d.len() > 253 || labels.clone().count() < 2 || !labels.clone().all(label_ok) {
+            return Err(err(
+                "cookie_domain",
+                "must be a domain name of two labels or more, like `example.com`",
+            ));
+        }
     }
     let secure = secure.unwrap_or(true);
     let same_site = match same_site {
@@ -1558,6 +1587,20 @@ fn settable(h: &str) -> bool {
         "te",
         "keep-alive",
         "proxy-connection",
+        // What Envoy sets about the client and the request, which apps trust: a claim there would
+        // overwrite the client's address or the request's id with what a user may choose (found in
+        // review).
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-client-cert",
+        "forwarded",
+        "x-real-ip",
+        "x-request-id",
+        "via",
+        "proxy-authorization",
     ]
     .contains(&h)
         || h.starts_with("x-envoy-");
@@ -1585,11 +1628,14 @@ fn identity_headers_from(
         if !settable(h) || identity_headers[..i].iter().any(|(g, _)| g == h) {
             return Err(err(
                 "identity_headers",
-                format!("`{h}` cannot carry a claim"),
+                format!("`{}` cannot carry a claim", quotable(h, 64)),
             ));
         }
         if c.is_empty() {
-            return Err(err("identity_headers", format!("`{h}` names no claim")));
+            return Err(err(
+                "identity_headers",
+                format!("`{}` names no claim", quotable(h, 64)),
+            ));
         }
     }
     Ok(identity_headers)
@@ -2414,6 +2460,61 @@ mod tests {
             Config::parse(both.as_bytes(), &env).unwrap_err().field,
             "client_secret"
         );
+    }
+
+    /// Found in review: values that started the plugin and then failed every login or callout, or let a
+    /// claim overwrite what Envoy says about the client; and error lines that repeated a control
+    /// character of the configuration into the log.
+    #[test]
+    fn values_that_would_fail_later_are_refused_at_start() {
+        for (field, bad) in [
+            ("cookie_domain", "com"),
+            ("cookie_domain", "."),
+            ("cookie_domain", "example..com"),
+            ("cookie_domain", "example.com."),
+            ("cookie_domain", "-x.example.com"),
+            ("idp_cluster", "outbound|443||idp.example.com\n"),
+            ("idp_cluster", "outbound|443||idp.example.com "),
+            ("client_id", "app\n"),
+        ] {
+            let mut v = minimal();
+            v[field] = bad.into();
+            let e = parse(&v.to_string()).unwrap_err();
+            assert_eq!(e.field, field, "{bad}: {e}");
+        }
+        for good in ["example.com", ".example.com", "a-b.shared.localhost"] {
+            assert!(parse(&with("cookie_domain", good.into())).is_ok(), "{good}");
+        }
+        assert!(parse(&with("client_id", "my app".into())).is_ok());
+        for reserved in ["x-forwarded-for", "X-Request-Id", "forwarded", "x-real-ip"] {
+            let e = parse(&with(
+                "identity_headers",
+                serde_json::json!({ reserved: "preferred_username" }),
+            ))
+            .unwrap_err();
+            assert_eq!(e.field, "identity_headers", "{reserved}");
+        }
+        // oauth2-proxy's names stay free.
+        assert!(
+            parse(&with(
+                "identity_headers",
+                serde_json::json!({"x-forwarded-user": "sub", "x-forwarded-email": "email"})
+            ))
+            .is_ok()
+        );
+        let e = parse(&with(
+            "identity_headers",
+            serde_json::json!({"x-a\nb\u{1b}[31m": "sub"}),
+        ))
+        .unwrap_err();
+        assert!(!e.to_string().contains(['\n', '\u{1b}']), "{e}");
+        assert!(e.to_string().contains("x-a\\u{a}b"), "{e}");
+        let e = parse(&with(
+            "claim_rules",
+            serde_json::json!([{"rule": {"claim": "g\n", "equal": "x"}}]),
+        ))
+        .unwrap_err();
+        assert!(!e.to_string().contains('\n'), "{e}");
     }
 
     #[test]

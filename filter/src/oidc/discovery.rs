@@ -168,7 +168,7 @@ fn endpoint(field: &'static str, value: Option<String>) -> Result<WebUrl, Discov
 /// character outside printable ASCII written as `\u{..}` (control characters, and Unicode's invisible and
 /// direction-changing ones, which would make the line read as something else). An issuer is a URL, so
 /// ASCII. (`{:?}` escapes those too, but its code for `str` costs the module 1 KB.)
-fn quotable(s: &str, max_chars: usize) -> String {
+pub(crate) fn quotable(s: &str, max_chars: usize) -> String {
     let mut out = String::new();
     for c in s.chars().take(max_chars) {
         if !matches!(c, ' '..='~') || c == '"' || c == '\\' {
