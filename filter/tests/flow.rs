@@ -1497,6 +1497,61 @@ fn an_id_token_for_another_login_is_400() {
     }
 }
 
+/// Found by mutation testing: an ID token whose `sub` is empty names no one (all such users would share
+/// one identity, and a logout by `sub` could name none of them); and one that expires as it arrives,
+/// accepted within `clock_leeway`, would make a session born expired, sending the browser straight back
+/// to log in, for ever.
+#[test]
+fn an_id_token_with_an_empty_sub_or_expiring_now_makes_no_session() {
+    let mut f = ready();
+    let r = callback_with_reply(&mut f, |l| {
+        let mut c = claims(Some(&l.nonce));
+        c["sub"] = "".into();
+        with_id_token(c)
+    });
+    assert_callback_failed(&r, 502, CallbackFailure::IdToken);
+    let mut f = ready();
+    let r = callback_with_reply(&mut f, |l| {
+        let mut c = claims(Some(&l.nonce));
+        c["exp"] = NOW.into();
+        with_id_token(c)
+    });
+    assert_callback_failed(&r, 502, CallbackFailure::IdToken);
+    // A second of life left is a session (renewed at once, or a login for it).
+    let mut f = ready();
+    let r = callback_with_reply(&mut f, |l| {
+        let mut c = claims(Some(&l.nonce));
+        c["exp"] = (NOW + 1).into();
+        with_id_token(c)
+    });
+    assert_eq!(r.status, 302, "{r:?}");
+}
+
+/// Found by mutation testing: a session another plugin sealed with the same keys, cookie name and client
+/// id, for another issuer (another realm or tenant): no session here, whoever that issuer says the user
+/// is; and `/logout` sends no hint of it.
+#[test]
+fn a_session_of_another_issuer_is_no_session_here() {
+    let other_issuer = "https://idp.example.com/";
+    let mut other = Filter::ready_with(
+        config(json!({ "issuer": other_issuer })),
+        OTHER_ISSUER,
+        JWKS,
+    );
+    let (theirs, _) = log_in_with(&mut other, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["iss"] = other_issuer.into();
+        mint(&c)
+    });
+    let mut f = ready();
+    let r = respond(f.request(&Req::browser("/app").cookies(&theirs)));
+    assert_eq!(location(&r), "/login?rd=%2Fapp", "{r:?}");
+    let r = respond(f.request(&Req::api("/app").cookies(&theirs)));
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = respond(f.request(&Req::browser("/logout").cookies(&theirs)));
+    assert!(!query(location(&r)).contains_key("id_token_hint"));
+}
+
 /// keys.json without the ES256 key: tokens signed with it carry a kid the worker has not seen yet.
 fn jwks_without_es256() -> Vec<u8> {
     let mut doc: serde_json::Value = serde_json::from_slice(JWKS).unwrap();
@@ -2402,8 +2457,11 @@ fn an_idp_refusing_a_refresh_in_its_own_words_ends_the_session() {
     // gateway), a Spring server's own words.
     // Nor is an `invalid_grant` under a status no IdP answers a grant's refusal with: a cluster node that
     // lost its session store, a proxy's stale body (found in review: it ended the session).
-    let outages: [(u16, &[u8]); 10] = [
+    let outages: [(u16, &[u8]); 11] = [
         (503, br#"{"error":"invalid_grant"}"#),
+        // `invalid_client` under a 400, as RFC 6749 5.2 allows (found by mutation testing: only its 401
+        // was tried, which the status alone makes an outage).
+        (400, br#"{"error":"invalid_client"}"#),
         (302, br#"{"error":"invalid_grant"}"#),
         (200, b"<html>Please log in to the Wi-Fi</html>"),
         (400, b"<html>Bad Request</html>"),
@@ -2480,6 +2538,34 @@ fn a_refreshed_id_token_that_fails_validation_is_refused() {
         c[tweak] = "evil".into();
         let r = respond(f.reply(pending, Some((200, &token_body(Some(&mint(&c)), None)))));
         assert_eq!(r.status, 401, "{tweak}");
+    }
+}
+
+/// Found by mutation testing: with one audience, an `azp` the login's ID token had and the refreshed one
+/// leaves out (or the other way round) is a change of party too (OIDC Core 12.2): the session ends.
+#[test]
+fn a_refreshed_id_token_must_keep_the_logins_azp_with_one_audience() {
+    for (login_azp, refresh_azp) in [(Some(CLIENT_ID), None), (None, Some(CLIENT_ID))] {
+        let mut f = ready();
+        let (jar, _) = log_in_with(&mut f, Some("rt-1"), |n| {
+            let mut c = claims(Some(n));
+            if let Some(a) = login_azp {
+                c["azp"] = a.into();
+            }
+            mint(&c)
+        });
+        f.now = NOW + 3600 - 60;
+        let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
+        let mut c = refreshed_claims(f.now);
+        if let Some(a) = refresh_azp {
+            c["azp"] = a.into();
+        }
+        let r = respond(f.reply(
+            pending,
+            Some((200, &token_body(Some(&mint(&c)), Some("rt-2")))),
+        ));
+        assert_eq!(r.status, 401, "{login_azp:?} -> {refresh_azp:?}: {r:?}");
+        assert_eq!(r.metric, Some(Metric::RefreshFailed));
     }
 }
 

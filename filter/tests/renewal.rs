@@ -252,6 +252,48 @@ fn a_renewal_that_meets_an_outage_pauses_the_workers_renewals() {
     assert!(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).is_ok());
 }
 
+/// Found by mutation testing (the tests above meet an outage only while the token is valid): a renewal of an
+/// expired session that meets an outage pauses the worker's renewals too, so the next expired session
+/// gets its 503 at once instead of asking a down IdP and waiting out the timeout.
+#[test]
+fn an_outage_met_by_an_expired_session_pauses_the_workers_renewals() {
+    let mut a = Filter::ready(config(serde_json::json!({"callout_timeout": "30s"})));
+    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    let (other, _) = log_in(&mut a, Some("rt-2"));
+    a.now = NOW + 3600 + 1;
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    let job = flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap();
+    let r = respond(a.reply(Box::new(Pending::Refresh(job)), None));
+    assert_eq!(r.status, 503);
+    a.now += 4;
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&other)));
+    let r = respond(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap_err());
+    assert_eq!(r.status, 503);
+    assert!(header(&r.headers, "retry-after").is_some());
+}
+
+/// Found by mutation testing: a pause further off than any pause can be (the clock stepped back after the
+/// outage) is none: the next renewal goes out as the probe, instead of every renewal on the worker
+/// getting 503 until the clock catches up.
+#[test]
+fn a_pause_the_clock_stepped_back_from_is_none() {
+    let mut a = Filter::ready(config(
+        serde_json::json!({"callout_timeout": "30s", "refresh_margin": "30m"}),
+    ));
+    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    a.now = NOW + 3600 - 30;
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    let job = flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap();
+    let _ = forward(a.reply(Box::new(Pending::Refresh(job)), None));
+    // Within the pause, no renewal; 100 s back, the pause lies 105 s ahead: none.
+    a.now += 2;
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    assert!(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).is_err());
+    a.now -= 102;
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    assert!(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).is_ok());
+}
+
 /// Found in review: a renewal that completed after the session's end (its `session_lifetime` ran out, or
 /// the IdP logged the user out over the back channel while the request waited) still forwarded the
 /// request it was made for, and handed the browser a new cookie. Each way a renewal completes now asks

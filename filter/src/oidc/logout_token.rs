@@ -196,6 +196,24 @@ mod tests {
         );
         assert_eq!(check(no_ids), Err(LogoutTokenError::MissingSidAndSub));
         assert!(check(without("sid")).is_ok());
+        // Found by mutation testing: the event's value is a JSON object (Back-Channel Logout 2.4), and an
+        // id over 512 characters names no one (a bound on the revocation list's memory).
+        for value in [json!(true), json!("yes"), json!([])] {
+            assert_eq!(
+                check(with("events", json!({ EVENT: value }))),
+                Err(LogoutTokenError::MissingEvent),
+                "{value}"
+            );
+        }
+        let mut long_sid = good();
+        long_sid.as_object_mut().unwrap().remove("sub");
+        long_sid["sid"] = json!("s".repeat(513));
+        assert_eq!(
+            check(long_sid.clone()),
+            Err(LogoutTokenError::MissingSidAndSub)
+        );
+        long_sid["sid"] = json!("s".repeat(512));
+        assert!(check(long_sid).is_ok());
         let jwks = Jwks::parse(JWKS.as_bytes()).unwrap();
         // Well formed, but the signature is another token's: refused for its signature, not its form.
         let (a, b) = (sign(good()), sign(with("sub", json!("someone-else"))));
