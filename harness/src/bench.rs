@@ -283,6 +283,8 @@ pub enum Chain {
     WasmEmpty,
     /// `harness/testdata/set_header.wat`: read one header, set one.
     WasmSetHeader,
+    /// `harness/testdata/cookie_copy.wat`: the Lua copy's job in Wasm, nothing more.
+    WasmCopy,
     /// A Lua filter copying the session cookie into `Authorization`.
     Lua,
     /// oidc-filter alone.
@@ -485,6 +487,7 @@ pub fn run(opts: &Options) -> Result<Report> {
 
     let sizes = module(opts, &dir)?;
     let set_header = wat_module(&dir, "set_header")?;
+    let cookie_copy = wat_module(&dir, "cookie_copy")?;
     let empty = wat_module(&dir, "empty")?;
     // The stack's IdP stays up for the runs: their filters fetch its discovery and keys.
     let (_stack, login) = log_in(&sizes.module)?;
@@ -505,6 +508,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         dir,
         oidc_wasm: sizes.module.clone(),
         set_header,
+        cookie_copy,
         empty,
         login,
         oauth2_encrypted,
@@ -843,6 +847,7 @@ struct Ctx<'a> {
     dir: PathBuf,
     oidc_wasm: PathBuf,
     set_header: PathBuf,
+    cookie_copy: PathBuf,
     empty: PathBuf,
     login: Login,
     oauth2_encrypted: bool,
@@ -931,6 +936,14 @@ impl Ctx<'_> {
                         "wasm-set-header",
                         "Wasm: read one header, set one (.wat)",
                         Chain::WasmSetHeader,
+                        session(real),
+                        up,
+                        Some("none"),
+                    ),
+                    v(
+                        "wasm-copy",
+                        "Wasm: copy the cookie into Authorization (.wat)",
+                        Chain::WasmCopy,
                         session(real),
                         up,
                         Some("none"),
@@ -1420,6 +1433,13 @@ impl Ctx<'_> {
             Chain::WasmSetHeader => filters.push(wasm_filter(
                 "bench-set-header",
                 &self.set_header,
+                "",
+                None,
+                json!({}),
+            )),
+            Chain::WasmCopy => filters.push(wasm_filter(
+                "bench-cookie-copy",
+                &self.cookie_copy,
                 "",
                 None,
                 json!({}),
@@ -2417,6 +2437,7 @@ impl Report {
                 "wasm-set-header",
                 "a Wasm module doing nothing but read one header and set one",
             ),
+            ("wasm-copy", "a Wasm module doing only the Lua copy's job"),
         ]
         .iter()
         .filter_map(|(name, what)| {
@@ -2571,7 +2592,7 @@ impl Report {
             }
             let _ = writeln!(
                 md,
-                "\nCookies: the oidc rows, `none`, the two Wasm modules and `lua-copy` send the session cookie \
+                "\nCookies: the oidc rows, `none`, the Wasm modules and `lua-copy` send the session cookie \
                  of a real login ({} bytes); the 8 KB rows a session sealed with the same key around a \
                  padded ID token; `oauth2-session` the native filter's five cookies for the same user \
                  (access, ID and refresh token from the IdP{}), {} bytes. The redirect rows send no cookie.\n",
