@@ -1112,6 +1112,18 @@ fn frame_login_reply(cfg: &Config, target: &str) -> Reply {
 /// `/login`: a fresh state, nonce and PKCE verifier, sealed into a cookie of their own, then off to the IdP.
 #[inline(never)]
 fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target: &str) -> Step {
+    // A login starts from a link, a redirect or a form; no other method starts one.
+    if !matches!(h.get(":method").as_deref(), Some("GET" | "HEAD" | "POST")) {
+        let mut r = text(
+            405,
+            "Method not allowed: open this address to log in.",
+            None,
+        );
+        if let Step::Respond(r) = &mut r {
+            r.headers.push(("allow", "GET, HEAD, POST".into()));
+        }
+        return r;
+    }
     let Some(provider) = state.provider.ready() else {
         return not_ready();
     };
@@ -1184,11 +1196,55 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     {
         url.append_query_pair(k, v);
     }
-    let set = cookies::set_cookie(&cookie_name, &sealed, &login_attrs(cfg), LOGIN_TTL);
+    let mut set = stale_attempts(cfg, h);
+    set.push(cookies::set_cookie(
+        &cookie_name,
+        &sealed,
+        &login_attrs(cfg),
+        LOGIN_TTL,
+    ));
     with_cookies(
         redirect(url.as_str().to_string(), Some(Metric::LoginStarted)),
-        vec![set],
+        set,
     )
+}
+
+/// At most this many login attempts a browser keeps: starting another clears the oldest. Found by a
+/// black-box test: another site could make a browser start logins in a loop, each adding a cookie of up to
+/// 2.9 KB (its `rd`), until every request of the site, and the login's own callback, was too large for
+/// Envoy (`431`) for the half hour the attempts last.
+const MAX_LOGIN_ATTEMPTS: usize = 6;
+
+/// The clears of the request's login attempts that a new one pushes out: the oldest (and any that does not
+/// open), so that with the new one at most [`MAX_LOGIN_ATTEMPTS`] remain.
+#[inline(never)]
+fn stale_attempts(cfg: &Config, h: &dyn Headers) -> Vec<String> {
+    let Some(header) = h.cookie() else {
+        return Vec::new();
+    };
+    let prefix = format!("{}_login_", cfg.cookie_name);
+    let mut found: Vec<(u64, &str)> = Vec::new();
+    for (name, value) in cookies::iter(&header) {
+        if !name.starts_with(&prefix) || found.iter().any(|(_, n)| *n == name) {
+            continue;
+        }
+        // Opened only while there are few: more than that can only be stale, oldest first.
+        let opened = (found.len() < 4 * MAX_LOGIN_ATTEMPTS)
+            .then(|| cfg.keys.open(name, value).ok())
+            .flatten()
+            .and_then(|plain| LoginState::decode(&plain).ok());
+        found.push((opened.map_or(0, |l| l.expires_at), name));
+    }
+    if found.len() < MAX_LOGIN_ATTEMPTS {
+        return Vec::new();
+    }
+    found.sort_unstable();
+    let extra = found.len() + 1 - MAX_LOGIN_ATTEMPTS;
+    let attrs = login_attrs(cfg);
+    found[..extra]
+        .iter()
+        .map(|(_, name)| cookies::clear_cookie(name, &attrs))
+        .collect()
 }
 
 /// The parameter that `read_fragment`'s page adds to `/login`: the fragment, if any, is in `rd` now.
@@ -2465,15 +2521,11 @@ fn host_only_clear(cfg: &Config, name: &str, out: &mut Vec<String>) {
 
 /// The login-attempt cookie's attributes. It must come back with the IdP's redirect, a navigation from
 /// the IdP's site: with `SameSite=Strict` a browser would withhold it, so that one is `Lax`. Its path is
-/// the callback's, except under a `__Host-` name, which browsers take only with `Path=/`.
+/// `/`, so that `/login` sees the attempts a browser holds and keeps them few (`stale_attempts`; until the
+/// fourteenth review it was the callback's, and `/login` saw none); a `__Host-` name needs it anyway.
 fn login_attrs(cfg: &Config) -> CookieAttrs {
-    let host_prefix = cookies::has_prefix(&cfg.cookie_name, "__Host-");
     CookieAttrs {
-        path: if host_prefix {
-            "/".into()
-        } else {
-            cfg.callback_path.clone()
-        },
+        path: "/".into(),
         same_site: match cfg.cookie.same_site {
             SameSite::Strict => SameSite::Lax,
             other => other,

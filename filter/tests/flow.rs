@@ -475,7 +475,7 @@ fn login_redirects_to_the_authorization_endpoint_with_every_parameter() {
         format!("_oidc_session_login_{}", &l.state[..12])
     );
     for attr in [
-        "; Path=/oauth2/callback",
+        "; Path=/;",
         "; Max-Age=1800",
         "; HttpOnly",
         "; Secure",
@@ -783,7 +783,7 @@ fn callback_exchanges_the_code_with_pkce_and_basic_auth_then_sets_the_session() 
     let sets = set_cookies(&r);
     assert!(
         sets.iter()
-            .any(|c| is_clear_of(c, &l.cookie_name) && c.contains("; Path=/oauth2/callback")),
+            .any(|c| is_clear_of(c, &l.cookie_name) && c.contains("; Path=/;")),
         "{sets:?}"
     );
     let session_cookie = sets
@@ -3154,7 +3154,7 @@ fn with_cookie_domain_the_host_only_cookie_of_before_is_cleared_too() {
 }
 
 /// A `__Host-` cookie name: browsers keep such cookies only with `Path=/` (and `Secure`, no
-/// `Domain`), so the login-attempt cookie, elsewhere scoped to the callback, takes `Path=/` too.
+/// `Domain`), which the login-attempt cookie has under any name.
 #[test]
 fn under_a_host_prefixed_cookie_name_the_login_cookie_has_path_root() {
     let mut f = Filter::ready(config(json!({"cookie_name": "__Host-s"})));
@@ -3173,13 +3173,82 @@ fn under_a_host_prefixed_cookie_name_the_login_cookie_has_path_root() {
         "{}",
         login.set_cookie
     );
-    let mut plain = Filter::ready(config(json!({})));
-    let login = start_login(&mut plain, "?rd=/app");
-    assert!(
-        login.set_cookie.contains("; Path=/oauth2/callback;"),
-        "{}",
-        login.set_cookie
-    );
+}
+
+/// Found by a black-box test: another site could make a browser start logins in a loop (a window it
+/// opened, sent to `/login` again and again), each adding a login cookie of up to 2.9 KB, until the
+/// callback, and with `Path=/` every page of the site, was too large for Envoy (`431`) for the half
+/// hour the attempts last: nobody could log in. A browser keeps at most six attempts now: each new one
+/// clears the oldest, and the newest ones still finish. `/login` takes no method but `GET`, `HEAD` and
+/// `POST`.
+#[test]
+fn a_browser_keeps_at_most_six_login_attempts() {
+    let mut f = ready();
+    let mut jar = Jar::default();
+    let mut logins = Vec::new();
+    let long_rd = format!("/{}", "a".repeat(2000));
+    for i in 0..30 {
+        f.now = NOW + i;
+        let r = respond(f.request(
+            &Req::browser(&format!("/login?fragment_read=&rd={long_rd}{i}")).cookies(&jar),
+        ));
+        logins.push(login_from_sets(&f, &r));
+        jar.apply(set_cookies(&r));
+        let attempts = jar
+            .names()
+            .iter()
+            .filter(|n| n.starts_with("_oidc_session_login_"))
+            .count();
+        assert_eq!(attempts, (i as usize + 1).min(6), "after {}", i + 1);
+    }
+    // The newest attempt, and the oldest kept, finish; one pushed out does not.
+    for (at, finishes) in [(29, true), (24, true), (23, false)] {
+        let l = &logins[at];
+        // As the browser sends it: with the attempts its jar still holds.
+        let callback = Req::browser(&format!("/oauth2/callback?code=c&state={}", l.state))
+            .with("sec-fetch-mode", "navigate")
+            .cookies(&jar);
+        let (_, pending) = match f.request(&callback) {
+            Step::Call(c, p) => (c, p),
+            other => {
+                assert!(!finishes, "{at}: {other:?}");
+                continue;
+            }
+        };
+        let r = respond(f.reply(
+            pending,
+            Some((200, &token_body(Some(&mint(&claims(Some(&l.nonce)))), None))),
+        ));
+        assert_eq!(location(&r), format!("{long_rd}{at}"), "{at}");
+        assert!(finishes, "{at}");
+    }
+    for method in ["PUT", "DELETE", "OPTIONS"] {
+        let r = respond(f.request(&Req::browser("/login?rd=/app").with(":method", method)));
+        assert_eq!(r.status, 405, "{method}");
+        assert!(set_cookies(&r).is_empty());
+    }
+}
+
+/// The login that `/login`'s answer `r` started, whatever other cookies it clears.
+fn login_from_sets(f: &Filter, r: &oidc_filter::flow::Reply) -> Login {
+    let set = set_cookies(r)
+        .into_iter()
+        .find(|c| !c.contains("Max-Age=0"))
+        .unwrap()
+        .to_string();
+    let only = oidc_filter::flow::Reply {
+        status: r.status,
+        headers: r
+            .headers
+            .iter()
+            .filter(|(n, v)| *n != "set-cookie" || *v == set)
+            .cloned()
+            .collect(),
+        body: r.body.clone(),
+        metric: r.metric,
+        detail: None,
+    };
+    login_from(f, &only)
 }
 
 #[test]

@@ -2189,3 +2189,33 @@ fn random24() -> [u8; 24] {
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut n).unwrap();
     n
 }
+
+/// Found by a black-box test in Chromium: another site sent a window it had opened to `/login` again and
+/// again, and each attempt left a cookie of up to 2.9 KB (a long `rd`), until the login's callback (and,
+/// under a `__Host-` name, every page) got Envoy's `431` for the half hour the attempts last: the user could
+/// not log in. A browser keeps at most six attempts now, and logs in after thirty such starts.
+#[test]
+fn thirty_logins_started_by_another_site_do_not_lock_the_user_out() {
+    let b = Browser::new();
+    let rd = format!("/{}", "a".repeat(2000));
+    for i in 0..30 {
+        let r = b
+            .get(&url(APP, &format!("/login?rd={}{i}", enc(&rd))))
+            .unwrap();
+        assert_eq!(r.status, 302, "{}", r.body);
+    }
+    let prefix = format!("{COOKIE}_login_");
+    let attempts = b
+        .stored_cookies(HOST)
+        .iter()
+        .filter(|c| c.name.starts_with(&prefix))
+        .count();
+    assert_eq!(attempts, 6);
+    let done = b.login(&url(APP, "/after"), "alice").unwrap();
+    assert_eq!(done.response.status, 200, "{:?}", done.chain);
+    assert!(
+        done.response.body.contains("alice"),
+        "{}",
+        done.response.body
+    );
+}

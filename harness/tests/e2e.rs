@@ -521,7 +521,7 @@ fn browser_without_session_goes_to_login_and_comes_back() {
         .into_iter()
         .find(|c| c.starts_with(LOGIN_COOKIE_PREFIX))
         .unwrap_or_else(|| panic!("no login cookie: {:?}", to_idp.headers));
-    for attr in ["HttpOnly", "SameSite=Lax", "Path=/oauth2/callback"] {
+    for attr in ["HttpOnly", "SameSite=Lax", "Path=/;"] {
         assert!(attempt.contains(attr), "{attr} missing: {attempt}");
     }
 
