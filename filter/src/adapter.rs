@@ -23,10 +23,12 @@ use crate::revocation::Revocations;
 use crate::secret::Secret;
 use crate::throttle::Throttle;
 
-/// After a back-channel logout was recorded (`step` answers it with 200), hands this worker's list of
-/// ended sessions to the others through Envoy's shared data.
+/// After a logout was recorded (`step` answers a back-channel logout with 200, or a `/logout` of a
+/// session whose ID token names its `sid`), hands this worker's list of ended sessions to the others
+/// through Envoy's shared data.
 fn share_revocations(cfg: &Config, state: &State, step: &Step) {
-    if !matches!(step, Step::Respond(r) if r.metric == Some(Metric::BackchannelLogout)) {
+    let logout = |m| m == Some(Metric::BackchannelLogout) || m == Some(Metric::Logout);
+    if !matches!(step, Step::Respond(r) if logout(r.metric)) || state.revoked.is_empty() {
         return;
     }
     let key = revocation_key(cfg);
@@ -826,6 +828,11 @@ impl Http {
                 random: &mut random,
             };
             let step = flow::on_request(cfg, state, &mut env, headers);
+            if let Step::Respond(r) = &step
+                && r.metric == Some(Metric::Logout)
+            {
+                share_revocations(cfg, state, &step);
+            }
             let unopened = core::mem::take(&mut state.unopened);
             // Not ready, but the IdP's documents are on their way (a new VM's first fetch): wait for
             // them, up to a little longer than that fetch may take, rather than answer 503.

@@ -15,18 +15,19 @@ fn keep_later(e: &mut (u64, u64), v: (u64, u64)) {
 
 /// Beyond this many entries the oldest go first (a flood of logouts must not grow memory without bound).
 const MAX_ENTRIES: usize = 10_000;
-/// The first byte of encoded [`Revocations`]; format 1 was JSON.
-const VERSION: u8 = 2;
+/// The first byte of encoded [`Revocations`]; format 1 was JSON, format 2 had no date for a `sid`.
+const VERSION: u8 = 3;
 
-/// Ended IdP sessions (`sid`) and users (`sub`, for tokens issued before the logout).
+/// Ended IdP sessions (`sid`: all their tokens for a back-channel logout, those issued until the logged-out
+/// session's for a `/logout`) and users (`sub`, for tokens issued before the logout).
 ///
 /// Each list is sorted by its key, without duplicates, and searched by bisection. Encoded (see
-/// [`crate::wire`]) as [`VERSION`], then the list of `(sid, until)`, then the list of
+/// [`crate::wire`]) as [`VERSION`], then the list of `(sid, revoked at, until)`, then the list of
 /// `(sub, revoked at, until)`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Revocations {
-    /// (sid, until (unix seconds))
-    sids: Vec<(String, u64)>,
+    /// (sid, (tokens issued at or before this are ended (`u64::MAX`: all), until (unix seconds)))
+    sids: Vec<(String, (u64, u64))>,
     /// (sub, (revoked at, until))
     subs: Vec<(String, (u64, u64))>,
 }
@@ -37,7 +38,7 @@ impl Revocations {
         let until = now.saturating_add(lifetime);
         match (&logout.sid, &logout.sub) {
             (Some(sid), sub) if sub.is_none() || self.sids.len() < MAX_ENTRIES => {
-                upsert(&mut self.sids, sid, until, |e, v| *e = v);
+                upsert(&mut self.sids, sid, (u64::MAX, until), keep_later);
             }
             // By `sub` when there is no `sid`, and when the `sid`s are at the cap: a flood of logouts
             // (one user logging in and out all day) then takes one entry, and pushes out no other
@@ -57,13 +58,31 @@ impl Revocations {
         self.cap();
     }
 
+    /// Records a `/logout` of a session of IdP session `sid` whose ID token was issued at `iat`: that token
+    /// and earlier ones of `sid` are ended (a cookie kept or stolen, a renewal of it still on its way),
+    /// not a later login's, which the IdP may give the same `sid` (its session outlives a logout it was
+    /// not told of, or that the user cancelled there).
+    pub fn end_session(&mut self, sid: &str, iat: u64, now: u64, lifetime: u64) {
+        upsert(
+            &mut self.sids,
+            sid,
+            (iat, now.saturating_add(lifetime)),
+            keep_later,
+        );
+        self.cap();
+    }
+
     /// True when a session with this `sid`/`sub`, whose ID token was issued at `iat`, has been logged out.
     pub fn is_revoked(&self, sid: Option<&str>, sub: &str, iat: u64) -> bool {
-        sid.is_some_and(|s| find(&self.sids, s).is_ok())
-            || find(&self.subs, sub)
+        sid.is_some_and(|s| {
+            find(&self.sids, s)
                 .ok()
-                .and_then(|i| self.subs.get(i))
+                .and_then(|i| self.sids.get(i))
                 .is_some_and(|(_, (at, _))| iat <= *at)
+        }) || find(&self.subs, sub)
+            .ok()
+            .and_then(|i| self.subs.get(i))
+            .is_some_and(|(_, (at, _))| iat <= *at)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -72,14 +91,14 @@ impl Revocations {
 
     /// Forgets entries whose sessions have expired by now.
     pub fn prune(&mut self, now: u64) {
-        self.sids.retain(|(_, until)| *until > now);
+        self.sids.retain(|(_, (_, until))| *until > now);
         self.subs.retain(|(_, (_, until))| *until > now);
     }
 
     /// Takes in what another worker recorded.
     pub fn merge(&mut self, other: &Revocations) {
         for (k, v) in &other.sids {
-            upsert(&mut self.sids, k, *v, |e, v| *e = (*e).max(v));
+            upsert(&mut self.sids, k, *v, keep_later);
         }
         for (k, v) in &other.subs {
             upsert(&mut self.subs, k, *v, keep_later);
@@ -92,8 +111,8 @@ impl Revocations {
             VERSION,
             (self.sids.len() + self.subs.len()).saturating_mul(48),
         );
-        w.list(&self.sids, |w, (sid, until)| {
-            w.str(sid).u64(*until);
+        w.list(&self.sids, |w, (sid, (at, until))| {
+            w.str(sid).u64(*at).u64(*until);
         })
         .list(&self.subs, |w, (sub, (at, until))| {
             w.str(sub).u64(*at).u64(*until);
@@ -119,8 +138,16 @@ impl Revocations {
     /// [`merged_shared`]: Revocations::merged_shared
     pub fn decode(bytes: &[u8]) -> Revocations {
         let read = || {
-            let mut r = Reader::new(bytes, VERSION)?;
-            let sids = r.list(|r| Some((r.string()?, r.u64()?)))?;
+            // Format 2 (the build before, through an upgrade): a `sid` ends all its tokens.
+            let (mut r, dated) = match Reader::new(bytes, VERSION) {
+                Some(r) => (r, true),
+                None => (Reader::new(bytes, 2)?, false),
+            };
+            let sids = r.list(|r| {
+                let sid = r.string()?;
+                let at = if dated { r.u64()? } else { u64::MAX };
+                Some((sid, (at, r.u64()?)))
+            })?;
             let subs = r.list(|r| Some((r.string()?, (r.u64()?, r.u64()?))))?;
             r.finish()?;
             // What `find` needs, and what `encode` always writes.
@@ -131,7 +158,7 @@ impl Revocations {
     }
 
     fn cap(&mut self) {
-        evict_oldest(&mut self.sids, |until| *until);
+        evict_oldest(&mut self.sids, |(_, until)| *until);
         evict_oldest(&mut self.subs, |(_, until)| *until);
     }
 }
@@ -196,6 +223,28 @@ mod tests {
             let ours = Revocations::merged_shared(shared, &local, 200).unwrap();
             assert_eq!(ours, local.encode(), "{shared:?}");
         }
+    }
+
+    /// A list the build before wrote (format 2, through an upgrade) is read, not replaced: its logouts
+    /// hold on.
+    #[test]
+    fn a_list_of_format_2_is_read() {
+        let mut w = Writer::new(2, 32);
+        w.list(&[("s1".to_owned(), 5000u64)], |w, (sid, until)| {
+            w.str(sid).u64(*until);
+        })
+        .list(
+            &[("u1".to_owned(), (100u64, 5000u64))],
+            |w, (sub, (at, until))| {
+                w.str(sub).u64(*at).u64(*until);
+            },
+        );
+        let old = w.finish();
+        let r = Revocations::decode(&old);
+        assert!(r.is_revoked(Some("s1"), "x", 4000) && r.is_revoked(None, "u1", 100));
+        let merged = Revocations::merged_shared(Some(&old), &Revocations::default(), 200).unwrap();
+        assert_eq!(merged.first(), Some(&VERSION));
+        assert!(Revocations::decode(&merged).is_revoked(Some("s1"), "x", 4000));
     }
 
     /// A logout token issued at `iat`.
@@ -282,6 +331,24 @@ mod tests {
         assert!(Revocations::decode(b"garbage").is_empty());
     }
 
+    /// A `/logout` ends the logged-out session's tokens of its `sid` and earlier ones, not a later login's
+    /// with the same `sid`; a back-channel logout of the `sid` then ends them all. Both travel between
+    /// workers.
+    #[test]
+    fn a_logout_here_ends_the_sessions_tokens_not_a_later_logins() {
+        let mut r = Revocations::default();
+        r.end_session("s", 1000, 1500, 3600);
+        assert!(r.is_revoked(Some("s"), "u", 1000) && r.is_revoked(Some("s"), "u", 10));
+        assert!(!r.is_revoked(Some("s"), "u", 1001));
+        assert!(!r.is_revoked(None, "u", 10), "nothing by sub");
+        let shared = Revocations::decode(&r.encode());
+        assert_eq!(shared, r);
+        r.add(&logout(Some("s"), None, 2000), 2000, 3600);
+        assert!(r.is_revoked(Some("s"), "u", 1_000_000));
+        r.prune(5600);
+        assert!(r.is_empty());
+    }
+
     #[test]
     fn merge_keeps_the_later_times() {
         let mut a = Revocations::default();
@@ -291,11 +358,11 @@ mod tests {
         b.add(&logout(Some("s"), None, 120), 120, 10);
         b.add(&logout(None, Some("u"), 200), 200, 500);
         a.merge(&b);
-        assert_eq!(a.sids, [("s".to_owned(), 150)]);
+        assert_eq!(a.sids, [("s".to_owned(), (u64::MAX, 150))]);
         assert_eq!(a.subs, [("u".to_owned(), (300, 700))]);
-        // A later logout of the same sid replaces the entry.
-        a.add(&logout(Some("s"), None, 130), 130, 5);
-        assert_eq!(a.sids, [("s".to_owned(), 135)]);
+        // A later logout of the same sid that lasts longer moves its end.
+        a.add(&logout(Some("s"), None, 130), 130, 100);
+        assert_eq!(a.sids, [("s".to_owned(), (u64::MAX, 230))]);
     }
 
     #[test]
@@ -320,7 +387,8 @@ mod tests {
         assert_eq!(MAX_ENTRIES, 10_000);
         let mut r = Revocations::default();
         for i in 0..MAX_ENTRIES {
-            r.sids.push((format!("s{i:05}"), 1000 + i as u64));
+            r.sids
+                .push((format!("s{i:05}"), (u64::MAX, 1000 + i as u64)));
         }
         // Two more, one lapsing before all others; then a tie with the oldest left.
         r.add(&logout(Some("early"), None, 0), 0, 10);
@@ -400,7 +468,8 @@ mod tests {
             1_700_000_000,
             28_800,
         );
-        assert_eq!(one.encode().len(), 3 + 6 + 5);
+        // The sid, "all its tokens" (10 bytes) and when the entry lapses.
+        assert_eq!(one.encode().len(), 3 + 6 + 10 + 5);
     }
 
     #[test]

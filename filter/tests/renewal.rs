@@ -252,6 +252,64 @@ fn a_renewal_that_meets_an_outage_pauses_the_workers_renewals() {
     assert!(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).is_ok());
 }
 
+/// Found by a black-box test: a page's poll that was renewing the session when the user logged out put the
+/// session back: the renewal's answer came after `/logout` and set a new cookie. A `/logout` now ends the
+/// session's tokens of its IdP session (`sid`) on every worker: the renewal's request is answered as one
+/// without a session, its cookie cleared, and so is the old cookie, kept or stolen; a worker that adopts
+/// that renewal does the same. A later login with the same `sid` (the IdP's session outlives a logout
+/// the user cancelled there) stands.
+#[test]
+fn a_renewal_still_on_its_way_at_logout_does_not_bring_the_session_back() {
+    let with_sid = |n: &str| {
+        let mut c = claims(Some(n));
+        c["sid"] = "idp-session-1".into();
+        mint(&c)
+    };
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = log_in_with(&mut a, Some("rt-1"), with_sid);
+    a.now = NOW + 3600 - 30;
+    b.now = a.now;
+    // The poll's renewal goes out...
+    let (_, pending) = call(a.request(&Req::api("/poll").cookies(&jar)));
+    // ...the user logs out (the page's own navigation)...
+    let r = respond(a.request(&Req::browser("/logout").cookies(&jar)));
+    assert_eq!(r.metric, Some(Metric::Logout));
+    // ...and the renewal's answer comes.
+    let mut renewed = refreshed_claims(a.now);
+    renewed["sid"] = "idp-session-1".into();
+    let r = respond(a.reply(
+        pending,
+        Some((200, &token_body(Some(&mint(&renewed)), Some("rt-2")))),
+    ));
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .all(|c| !c.starts_with("_oidc_session=1")),
+        "{r:?}"
+    );
+    // The old cookie opens no session here, nor on a worker that learned of the logout.
+    let r = respond(a.request(&Req::api("/x").cookies(&jar)));
+    assert_eq!(r.status, 401);
+    b.state.revoked.merge(&a.state.revoked);
+    let r = respond(b.request(&Req::api("/x").cookies(&jar)));
+    assert_eq!(r.status, 401);
+    // A new login with the same IdP session stands.
+    a.now += 60;
+    let t = a.now;
+    let (again, _) = log_in_with(&mut a, None, |n| {
+        let mut c = refreshed_claims(t);
+        c["nonce"] = n.into();
+        c["sid"] = "idp-session-1".into();
+        mint(&c)
+    });
+    assert!(matches!(
+        a.request(&Req::api("/x").cookies(&again)),
+        Step::Forward(_)
+    ));
+}
+
 /// Found by mutation testing (the tests above meet an outage only while the token is valid): a renewal of an
 /// expired session that meets an outage pauses the worker's renewals too, so the next expired session
 /// gets its 503 at once instead of asking a down IdP and waiting out the timeout.

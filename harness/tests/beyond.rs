@@ -799,6 +799,37 @@ fn identity_headers_reach_the_app_and_client_sent_copies_never_do() {
 
 // --- 4. back-channel logout ---
 
+/// Found by a black-box test: a renewal still on its way when the user logged out put the session back, and
+/// a copy of the cookie (kept, or stolen) stayed a session until it expired. A `/logout` now ends the
+/// session's tokens of its IdP session (`sid`) on every worker: the old cookie is refused by each, while
+/// a new login in the same IdP session (the user left the IdP's logout page unconfirmed) stands.
+#[test]
+fn logout_here_ends_the_cookie_on_every_worker_not_a_later_login() {
+    let b = Browser::new();
+    login(&b, &at(WIKI, "/"), "gina");
+    let cookie = b.cookie(WIKI, WIKI_COOKIE).unwrap();
+    // Each request on a new connection, so both workers open (and cache) the session.
+    for _ in 0..6 {
+        let r = with_cookie(WIKI, WIKI_COOKIE, &cookie)
+            .get(&at(WIKI, "/"))
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let r = b.get(&at(WIKI, "/logout")).unwrap();
+    assert_eq!(r.status, 302, "{}", r.body);
+    until_refused_by_every_worker(WIKI, WIKI_COOKIE, &cookie).unwrap();
+    // Not at the IdP's page: its session goes on, and the next login (same `sid`) is a session.
+    login(&b, &at(WIKI, "/"), "gina");
+    let again = b.cookie(WIKI, WIKI_COOKIE).unwrap();
+    assert_ne!(again, cookie);
+    for _ in 0..6 {
+        let r = with_cookie(WIKI, WIKI_COOKIE, &again)
+            .get(&at(WIKI, "/"))
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+}
+
 #[test]
 fn backchannel_logout_from_the_idp_ends_the_session_on_every_worker() {
     let b = Browser::new();
