@@ -90,9 +90,31 @@ fn anonymous_browser_is_redirected_to_login_with_the_encoded_target() {
     assert_eq!(header(&r.headers, "cache-control"), Some("no-store"));
     assert_eq!(r.metric, Some(Metric::LoginRedirect));
     assert!(set_cookies(&r).is_empty());
-    // Media types in any case (RFC 9110 8.3.1).
-    let r = respond(f.request(&Req::browser("/app").with("accept", "TEXT/HTML,*/*")));
-    assert_eq!(location(&r), "/login?rd=%2Fapp");
+    // Media types in any case (RFC 9110 8.3.1), with parameters and spaces.
+    for accept in [
+        "TEXT/HTML,*/*",
+        "application/json;q=0.9, text/html ;q=0.1",
+        "text/html;level=1;q=1",
+    ] {
+        let r = respond(f.request(&Req::browser("/app").with("accept", accept)));
+        assert_eq!(location(&r), "/login?rd=%2Fapp", "{accept}");
+    }
+}
+
+/// Found by a black-box test: HTML the client says it does not accept (`q=0`, RFC 9110 12.4.2), or a type
+/// that only contains the name, is no page: such a client gets the API's `401`.
+#[test]
+fn a_client_that_refuses_html_gets_401() {
+    for accept in [
+        "application/json, text/html;q=0",
+        "text/html; q=0.000",
+        "text/htmlx",
+        "application/json;profile=\"text/html\"",
+    ] {
+        let mut f = ready();
+        let r = respond(f.request(&Req::browser("/app").with("accept", accept)));
+        assert_eq!(r.status, 401, "{accept}");
+    }
 }
 
 #[test]
