@@ -23,14 +23,16 @@ use crate::revocation::Revocations;
 use crate::secret::Secret;
 use crate::throttle::Throttle;
 
-/// After a logout was recorded (`step` answers a back-channel logout with 200, or a `/logout` of a
-/// session whose ID token names its `sid`), hands this worker's list of ended sessions to the others
-/// through Envoy's shared data.
+/// After a logout was recorded (`step` answers a back-channel logout with 200), hands this worker's list
+/// of ended sessions to the others through Envoy's shared data.
 fn share_revocations(cfg: &Config, state: &State, step: &Step) {
-    let logout = |m| m == Some(Metric::BackchannelLogout) || m == Some(Metric::Logout);
-    if !matches!(step, Step::Respond(r) if logout(r.metric)) || state.revoked.is_empty() {
-        return;
+    if matches!(step, Step::Respond(r) if r.metric == Some(Metric::BackchannelLogout)) {
+        share_revoked(cfg, state);
     }
+}
+
+/// Hands this worker's list of ended sessions to the others through Envoy's shared data.
+fn share_revoked(cfg: &Config, state: &State) {
     let key = revocation_key(cfg);
     // Compare-and-swap, so two workers recording at once don't lose each other's entry.
     for _ in 0..8 {
@@ -47,8 +49,8 @@ fn share_revocations(cfg: &Config, state: &State, step: &Step) {
         }
     }
     log_warn(
-        "oidc-filter: a back-channel logout holds on this worker only: the list the workers share \
-         would not take it (the next logout this worker records shares it again)",
+        "oidc-filter: a logout holds on this worker only: the list the workers share would not take \
+         it (the next logout this worker records shares it again)",
     );
 }
 
@@ -361,9 +363,8 @@ impl Root {
                         );
                         create(&name, &renewal::Table::default().encode());
                     }
-                    if cfg.backchannel_logout_path.is_some() {
-                        create(&revocation_key(cfg), &Revocations::default().encode());
-                    }
+                    // Every site's: `/logout` records there too, not only back-channel logouts.
+                    create(&revocation_key(cfg), &Revocations::default().encode());
                 }
                 let shared = Shared {
                     seen: vec![None; plugin.sites.len()],
@@ -494,45 +495,8 @@ impl Root {
 
     /// Takes in the logouts other workers recorded, and forgets expired ones.
     fn sync_revocations(&self) {
-        let Some(shared) = &self.shared else { return };
-        let now = now();
-        let Ok(mut s) = shared.try_borrow_mut() else {
-            return;
-        };
-        let plugin = s.plugin.clone();
-        let s = &mut *s;
-        // The clock stepped back: a reading far ahead may have pruned logouts whose sessions live on, so
-        // the shared lists are taken in again.
-        if now < s.pruned_at {
-            s.seen.fill(None);
-        }
-        s.pruned_at = now;
-        // Each list once, merged per IdP client: the IdP posts a client's logouts to one of its sites,
-        // and they end the others' sessions too.
-        let mut lists: Vec<(&Config, Revocations)> = Vec::new();
-        for (o, seen) in plugin.sites.iter().zip(s.seen.iter_mut()) {
-            if o.backchannel_logout_path.is_none() {
-                continue;
-            }
-            if let Ok((Some(bytes), cas)) = host::get_shared_data(&revocation_key(o)) {
-                // Unchanged since it was last taken in (every write changes the version): nothing new
-                // in it, and a list of thousands of logouts is not decoded every second.
-                if cas.is_some() && cas == *seen {
-                    continue;
-                }
-                *seen = cas;
-                let list = Revocations::decode(&bytes);
-                match lists.iter_mut().find(|(c, _)| c.same_client(o)) {
-                    Some((_, all)) => all.merge(&list),
-                    None => lists.push((o, list)),
-                }
-            }
-        }
-        for (cfg, state) in plugin.sites.iter().zip(s.states.iter_mut()) {
-            if let Some((_, all)) = lists.iter().find(|(c, _)| c.same_client(cfg)) {
-                state.revoked.merge(all);
-            }
-            state.revoked.prune(now);
+        if let Some(shared) = &self.shared {
+            sync_revocations(shared);
         }
     }
 
@@ -567,6 +531,49 @@ impl Root {
                 }
             }
         }
+    }
+}
+
+/// Takes in the logouts other workers recorded (those lists that changed since last taken in), and
+/// forgets expired ones: on each tick, and before a renewal's answer is carried out (a `/logout` on
+/// another worker since it was asked must end it; found in review: a tick is up to a second away).
+#[inline(never)]
+fn sync_revocations(shared: &RefCell<Shared>) {
+    let now = now();
+    let Ok(mut s) = shared.try_borrow_mut() else {
+        return;
+    };
+    let plugin = s.plugin.clone();
+    let s = &mut *s;
+    // The clock stepped back: a reading far ahead may have pruned logouts whose sessions live on, so
+    // the shared lists are taken in again.
+    if now < s.pruned_at {
+        s.seen.fill(None);
+    }
+    s.pruned_at = now;
+    // Each list once, merged per IdP client: the IdP posts a client's logouts to one of its sites,
+    // and they end the others' sessions too.
+    let mut lists: Vec<(&Config, Revocations)> = Vec::new();
+    for (o, seen) in plugin.sites.iter().zip(s.seen.iter_mut()) {
+        if let Ok((Some(bytes), cas)) = host::get_shared_data(&revocation_key(o)) {
+            // Unchanged since it was last taken in (every write changes the version): nothing new
+            // in it, and a list of thousands of logouts is not decoded every second.
+            if cas.is_some() && cas == *seen {
+                continue;
+            }
+            *seen = cas;
+            let list = Revocations::decode(&bytes);
+            match lists.iter_mut().find(|(c, _)| c.same_client(o)) {
+                Some((_, all)) => all.merge(&list),
+                None => lists.push((o, list)),
+            }
+        }
+    }
+    for (cfg, state) in plugin.sites.iter().zip(s.states.iter_mut()) {
+        if let Some((_, all)) = lists.iter().find(|(c, _)| c.same_client(cfg)) {
+            state.revoked.merge(all);
+        }
+        state.revoked.prune(now);
     }
 }
 
@@ -725,6 +732,9 @@ impl Http {
         pending: Pending,
         reply: Option<(u16, Vec<u8>)>,
     ) -> Option<(Step, Option<Option<Vec<String>>>)> {
+        if matches!(pending, Pending::Refresh(_)) {
+            sync_revocations(&self.shared);
+        }
         let now = now();
         let mut s = self.shared.try_borrow_mut().ok()?;
         let plugin = s.plugin.clone();
@@ -828,10 +838,8 @@ impl Http {
                 random: &mut random,
             };
             let step = flow::on_request(cfg, state, &mut env, headers);
-            if let Step::Respond(r) = &step
-                && r.metric == Some(Metric::Logout)
-            {
-                share_revocations(cfg, state, &step);
+            if core::mem::take(&mut state.ended_here) {
+                share_revoked(cfg, state);
             }
             let unopened = core::mem::take(&mut state.unopened);
             // Not ready, but the IdP's documents are on their way (a new VM's first fetch): wait for

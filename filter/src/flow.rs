@@ -247,6 +247,8 @@ pub struct Cached {
     /// The ID token's `sid` (else the session's `login_sid`) and its `iat`, for back-channel logout.
     pub sid: Option<String>,
     pub iat: u64,
+    /// The ID token as the list of ended sessions names it (`revocation::token_key`), for `/logout`.
+    pub token_key: String,
     /// How long before the forwarded token expires a request renews it.
     pub refresh_margin: u64,
 }
@@ -292,8 +294,13 @@ impl SessionCache {
 pub struct State {
     pub provider: ProviderState,
     pub cache: SessionCache,
-    /// Sessions ended by back-channel logout; the adapter keeps it in step with the other workers.
+    /// Sessions ended by back-channel logout or `/logout`; the adapter keeps it in step with the other
+    /// workers.
     pub revoked: Revocations,
+    /// The request just decided (a `/logout`) recorded an ended session: the adapter shares the list and
+    /// clears this (found in review: every `/logout`, even one without a session, rewrote the shared
+    /// list, and every worker decoded it again).
+    pub ended_here: bool,
     /// Until then no renewal of this site calls the IdP from this worker (see `renewal_claim`).
     pub renewals_paused_until: u64,
     /// The last renewal met an outage: the next is a probe, and the others wait for its answer.
@@ -659,6 +666,7 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
             })
             .collect(),
     );
+    let token_key = crate::revocation::token_key(session.id_token.expose());
     Cached {
         session,
         bearer,
@@ -668,6 +676,7 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
         claims,
         sid,
         iat,
+        token_key,
         refresh_margin,
     }
 }
@@ -763,7 +772,7 @@ fn ended(state: &State, s: &Cached, now: u64) -> bool {
         || (!state.revoked.is_empty()
             && state
                 .revoked
-                .is_revoked(s.sid.as_deref(), &s.session.sub, s.iat))
+                .is_revoked(s.sid.as_deref(), &s.session.sub, s.iat, &s.token_key))
 }
 
 /// The answer for a renewal's request whose session ended while it waited ([`ended`]): as without a
@@ -1196,7 +1205,7 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     {
         url.append_query_pair(k, v);
     }
-    let mut set = stale_attempts(cfg, h);
+    let mut set = stale_attempts(cfg, h, cookie_name.len() + sealed.len() + 2);
     set.push(cookies::set_cookie(
         &cookie_name,
         &sealed,
@@ -1215,37 +1224,54 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
 /// Envoy (`431`) for the half hour the attempts last.
 const MAX_LOGIN_ATTEMPTS: usize = 6;
 
-/// The clears of the request's login attempts that a new one pushes out: the oldest (and any that does not
-/// open), so that with the new one at most [`MAX_LOGIN_ATTEMPTS`] remain.
+/// And together, with the new one, at most this many bytes of cookie: with a `cookie_domain` the attempts go
+/// to every host of the domain, where a server with an 8 KB limit on a header line would refuse six of the
+/// longest (found in review). Two of the longest fit, and six short ones (about 400 bytes each).
+const MAX_LOGIN_ATTEMPT_BYTES: usize = 8 * 1024;
+
+/// At most this many of a request's login attempts are looked at, and cleared at once: the first `/login`
+/// after a cap on them leaves only this many, and no request makes thousands of lines (found in review:
+/// 2,000 such cookies took 5 ms and a 227 KB answer).
+const MAX_ATTEMPTS_SEEN: usize = 4 * MAX_LOGIN_ATTEMPTS;
+
+/// The clears of the request's login attempts that a new one of `new_bytes` pushes out: the oldest (and any
+/// that does not open), so that with the new one at most [`MAX_LOGIN_ATTEMPTS`] remain, of at most
+/// [`MAX_LOGIN_ATTEMPT_BYTES`].
 #[inline(never)]
-fn stale_attempts(cfg: &Config, h: &dyn Headers) -> Vec<String> {
+fn stale_attempts(cfg: &Config, h: &dyn Headers, new_bytes: usize) -> Vec<String> {
     let Some(header) = h.cookie() else {
         return Vec::new();
     };
     let prefix = format!("{}_login_", cfg.cookie_name);
-    let mut found: Vec<(u64, &str)> = Vec::new();
+    // (expires_at, name, bytes)
+    let mut found: Vec<(u64, &str, usize)> = Vec::new();
     for (name, value) in cookies::iter(&header) {
-        if !name.starts_with(&prefix) || found.iter().any(|(_, n)| *n == name) {
+        if found.len() == MAX_ATTEMPTS_SEEN {
+            break;
+        }
+        if !name.starts_with(&prefix) || found.iter().any(|f| f.1 == name) {
             continue;
         }
-        // Opened only while there are few: more than that can only be stale, oldest first.
-        let opened = (found.len() < 4 * MAX_LOGIN_ATTEMPTS)
-            .then(|| cfg.keys.open(name, value).ok())
-            .flatten()
+        let opened = cfg
+            .keys
+            .open(name, value)
+            .ok()
             .and_then(|plain| LoginState::decode(&plain).ok());
-        found.push((opened.map_or(0, |l| l.expires_at), name));
-    }
-    if found.len() < MAX_LOGIN_ATTEMPTS {
-        return Vec::new();
+        let bytes = name.len() + value.len() + 2;
+        found.push((opened.map_or(0, |l| l.expires_at), name, bytes));
     }
     // The oldest first, one at a time (few: no sort's code in the module for them).
     let attrs = login_attrs(cfg);
     let mut clears = Vec::new();
-    while found.len() >= MAX_LOGIN_ATTEMPTS {
+    let mut held: usize = found.iter().map(|f| f.2).sum();
+    while found.len() >= MAX_LOGIN_ATTEMPTS
+        || (!found.is_empty() && held + new_bytes > MAX_LOGIN_ATTEMPT_BYTES)
+    {
         let Some(oldest) = (0..found.len()).min_by_key(|&i| found.get(i).map(|f| f.0)) else {
             break;
         };
-        let (_, name) = found.swap_remove(oldest);
+        let (_, name, bytes) = found.swap_remove(oldest);
+        held -= bytes;
         clears.push(cookies::clear_cookie(name, &attrs));
     }
     clears
@@ -1469,16 +1495,17 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
             .and_then(|p| Session::decode(&p).ok())
             .filter(|s| issued_to(cfg, &s.id_token))
         {
-            // Its tokens end here, on every worker (the adapter shares the list): a renewal still on its
+            // Its ID token ends here, on every worker (the adapter shares the list): a renewal still on its
             // way answers as without a session instead of setting a new cookie (found by a black-box
             // test: a page's poll that was renewing the session put it back after the logout), and so
-            // does the cookie, kept or stolen. By the IdP's `sid`, dated by this session's ID token: a
-            // later login, which the IdP may give the same `sid`, stands.
+            // does the cookie, kept or stolen; and, where the token names its IdP session (`sid`), that
+            // session's earlier tokens. A later login, which the IdP may give the same `sid`, stands.
             let (_, sid, iat, _) = token_facts(cfg, &s.id_token);
-            if let Some(sid) = sid.as_deref().or(s.login_sid.as_deref()) {
-                let left = s.expires_at.saturating_sub(now);
-                state.revoked.end_session(sid, iat, now, left);
-            }
+            let sid = sid.as_deref().or(s.login_sid.as_deref());
+            let key = crate::revocation::token_key(s.id_token.expose());
+            let left = s.expires_at.saturating_sub(now);
+            state.revoked.end_session(&key, sid, &s.sub, iat, now, left);
+            state.ended_here = true;
             id_token = Some(s.id_token);
             state.cache.remove(&sealed);
             break;

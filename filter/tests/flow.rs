@@ -3200,50 +3200,66 @@ fn under_a_host_prefixed_cookie_name_the_login_cookie_has_path_root() {
 /// Found by a black-box test: another site could make a browser start logins in a loop (a window it
 /// opened, sent to `/login` again and again), each adding a login cookie of up to 2.9 KB, until the
 /// callback, and with `Path=/` every page of the site, was too large for Envoy (`431`) for the half
-/// hour the attempts last: nobody could log in. A browser keeps at most six attempts now: each new one
-/// clears the oldest, and the newest ones still finish. `/login` takes no method but `GET`, `HEAD` and
+/// hour the attempts last: nobody could log in. A browser keeps at most six attempts now, of 8 KB
+/// together: each new one clears the oldest, and the newest ones still finish. `/login` takes no method but `GET`, `HEAD` and
 /// `POST`.
 #[test]
 fn a_browser_keeps_at_most_six_login_attempts() {
+    // Each run of 30 logins: (rd's length, attempts kept).
+    for (rd_len, kept) in [(10, 6), (2000, 2)] {
+        let mut f = ready();
+        let mut jar = Jar::default();
+        let mut logins = Vec::new();
+        let rd = format!("/{}", "a".repeat(rd_len));
+        for i in 0..30 {
+            f.now = NOW + i;
+            let r = respond(f.request(
+                &Req::browser(&format!("/login?fragment_read=&rd={rd}{i}")).cookies(&jar),
+            ));
+            logins.push(login_from_sets(&f, &r));
+            jar.apply(set_cookies(&r));
+            let attempts: Vec<_> = jar
+                .names()
+                .into_iter()
+                .filter(|n| n.starts_with("_oidc_session_login_"))
+                .collect();
+            assert_eq!(
+                attempts.len(),
+                (i as usize + 1).min(kept),
+                "{rd_len}: after {}",
+                i + 1
+            );
+            // With a `cookie_domain` they go to every host of it: 8 KB at most, for servers that take
+            // no longer a header line.
+            let bytes: usize = attempts
+                .iter()
+                .map(|n| n.len() + jar.get(n).unwrap().len() + 2)
+                .sum();
+            assert!(bytes <= 8192, "{rd_len}: {bytes} bytes");
+        }
+        // The newest attempt, and the oldest kept, finish; one pushed out does not.
+        for (at, finishes) in [(29, true), (30 - kept, true), (29 - kept, false)] {
+            let l = &logins[at];
+            // As the browser sends it: with the attempts its jar still holds.
+            let callback = Req::browser(&format!("/oauth2/callback?code=c&state={}", l.state))
+                .with("sec-fetch-mode", "navigate")
+                .cookies(&jar);
+            let (_, pending) = match f.request(&callback) {
+                Step::Call(c, p) => (c, p),
+                other => {
+                    assert!(!finishes, "{rd_len}, {at}: {other:?}");
+                    continue;
+                }
+            };
+            let r = respond(f.reply(
+                pending,
+                Some((200, &token_body(Some(&mint(&claims(Some(&l.nonce)))), None))),
+            ));
+            assert_eq!(location(&r), format!("{rd}{at}"), "{rd_len}, {at}");
+            assert!(finishes, "{rd_len}, {at}");
+        }
+    }
     let mut f = ready();
-    let mut jar = Jar::default();
-    let mut logins = Vec::new();
-    let long_rd = format!("/{}", "a".repeat(2000));
-    for i in 0..30 {
-        f.now = NOW + i;
-        let r = respond(f.request(
-            &Req::browser(&format!("/login?fragment_read=&rd={long_rd}{i}")).cookies(&jar),
-        ));
-        logins.push(login_from_sets(&f, &r));
-        jar.apply(set_cookies(&r));
-        let attempts = jar
-            .names()
-            .iter()
-            .filter(|n| n.starts_with("_oidc_session_login_"))
-            .count();
-        assert_eq!(attempts, (i as usize + 1).min(6), "after {}", i + 1);
-    }
-    // The newest attempt, and the oldest kept, finish; one pushed out does not.
-    for (at, finishes) in [(29, true), (24, true), (23, false)] {
-        let l = &logins[at];
-        // As the browser sends it: with the attempts its jar still holds.
-        let callback = Req::browser(&format!("/oauth2/callback?code=c&state={}", l.state))
-            .with("sec-fetch-mode", "navigate")
-            .cookies(&jar);
-        let (_, pending) = match f.request(&callback) {
-            Step::Call(c, p) => (c, p),
-            other => {
-                assert!(!finishes, "{at}: {other:?}");
-                continue;
-            }
-        };
-        let r = respond(f.reply(
-            pending,
-            Some((200, &token_body(Some(&mint(&claims(Some(&l.nonce)))), None))),
-        ));
-        assert_eq!(location(&r), format!("{long_rd}{at}"), "{at}");
-        assert!(finishes, "{at}");
-    }
     for method in ["PUT", "DELETE", "OPTIONS"] {
         let r = respond(f.request(&Req::browser("/login?rd=/app").with(":method", method)));
         assert_eq!(r.status, 405, "{method}");

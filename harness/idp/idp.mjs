@@ -136,6 +136,9 @@ const provider = new Provider(config.issuer, {
     introspection: { enabled: true },
     // Logout tokens go to clients registered with a `backchannel_logout_uri` when a session ends.
     backchannelLogout: { enabled: true },
+    // The `claims` request parameter (OIDC Core 5.5): a client without back-channel logout asks for `sid`
+    // in its ID tokens with it.
+    claimsParameter: { enabled: true },
   },
   fetch: loopbackFetch,
   renderError: async (ctx, out) => {

@@ -1925,10 +1925,17 @@ fn non_utf8_bytes_in_headers_and_query_are_handled_without_breaking_the_worker()
             401,
             UNAUTHENTICATED,
         ),
-        // The first `Accept` says text/html: a browser's, sent to log in.
+        // `Accept` is read by media range: `text/html` followed by bytes that are not UTF-8 is no
+        // `text/html`, so not a browser's (until the fourteenth review it was, by a substring).
         (
             b"/x",
             b"accept: text/html\xc3\x28\r\n".to_vec(),
+            401,
+            UNAUTHENTICATED,
+        ),
+        (
+            b"/x",
+            b"accept: text/html,\xc3\x28\r\n".to_vec(),
             302,
             "/login?rd=%2Fx",
         ),
@@ -2193,7 +2200,8 @@ fn random24() -> [u8; 24] {
 /// Found by a black-box test in Chromium: another site sent a window it had opened to `/login` again and
 /// again, and each attempt left a cookie of up to 2.9 KB (a long `rd`), until the login's callback (and,
 /// under a `__Host-` name, every page) got Envoy's `431` for the half hour the attempts last: the user could
-/// not log in. A browser keeps at most six attempts now, and logs in after thirty such starts.
+/// not log in. A browser keeps at most six attempts now, of 8 KB together, and logs in after thirty such
+/// starts.
 #[test]
 fn thirty_logins_started_by_another_site_do_not_lock_the_user_out() {
     let b = Browser::new();
@@ -2210,7 +2218,8 @@ fn thirty_logins_started_by_another_site_do_not_lock_the_user_out() {
         .iter()
         .filter(|c| c.name.starts_with(&prefix))
         .count();
-    assert_eq!(attempts, 6);
+    // Two of these long ones fit the 8 KB the attempts may take together (six short ones would).
+    assert_eq!(attempts, 2);
     let done = b.login(&url(APP, "/after"), "alice").unwrap();
     assert_eq!(done.response.status, 200, "{:?}", done.chain);
     assert!(

@@ -70,6 +70,10 @@ fn stack() -> &'static Stack {
                 .filter(json!({"refresh_margin": "1s"}))
                 .idp_client(json!({"id_token_ttl": 3, "refresh": false})),
             SiteSpec::new("nologout").idp_client(json!({"post_logout_redirect_uris": null})),
+            // `sid` in its ID tokens (the `claims` parameter), without back-channel logout.
+            SiteSpec::new("sid").filter(json!({
+                "authorization_params": {"claims": "{\"id_token\":{\"sid\":null}}"},
+            })),
             SiteSpec::new("slow").filter(json!({"callout_timeout": "2s"})),
             // Asks the IdP to log the user in again, whatever session it has (OIDC Core 3.1.2.1).
             SiteSpec::new("relogin").filter(json!({"authorization_params": {"prompt": "login"}})),
@@ -1067,6 +1071,42 @@ fn logout_ends_the_session_here_and_at_the_idp() {
         .into_iter()
         .any(|f| f.fields.iter().any(|(n, v)| n == "prompt" && v == "login"));
     assert!(login_form, "{}", describe_chain(&back.chain));
+}
+
+/// Found in review: without `backchannel_logout_path` the workers never read the list a `/logout` shares, so
+/// it ended the session on its own worker only; a copy of the cookie (or a renewal on its way) went on
+/// through the others. Every worker refuses the old cookie now, and a new login in the same IdP session
+/// (the IdP's logout page left unconfirmed) is a session again.
+#[test]
+fn logout_without_backchannel_logout_ends_the_cookie_on_every_worker() {
+    let _idp = idp_hold::shared();
+    let s = site("sid");
+    let b = Browser::new();
+    login(&b, s, "/");
+    let claims = jwt_payload(&app_bearer(&api(&b, &s.url("/")))).unwrap();
+    assert!(claims["sid"].is_string(), "{claims}");
+    let cookie = b.cookie("localhost", SESSION).unwrap();
+    let with_old = || {
+        let c = Browser::new().with_header("accept", "application/json");
+        c.set_cookie("localhost", SESSION, &cookie);
+        c.get(&s.url("/")).unwrap().status
+    };
+    for _ in 0..6 {
+        assert_eq!(with_old(), 200);
+    }
+    let r = b.get(&s.url("/logout")).unwrap();
+    assert_eq!(r.status, 302, "{}", r.body);
+    stack()
+        .until_every_worker("sid", Duration::from_secs(30), || with_old() == 401)
+        .unwrap();
+    login(&b, s, "/");
+    let again = b.cookie("localhost", SESSION).unwrap();
+    assert_ne!(again, cookie);
+    let c = Browser::new().with_header("accept", "application/json");
+    c.set_cookie("localhost", SESSION, &again);
+    for _ in 0..6 {
+        assert_eq!(c.get(&s.url("/")).unwrap().status, 200);
+    }
 }
 
 #[test]
