@@ -2200,7 +2200,7 @@ fn random24() -> [u8; 24] {
 /// Found by a black-box test in Chromium: another site sent a window it had opened to `/login` again and
 /// again, and each attempt left a cookie of up to 2.9 KB (a long `rd`), until the login's callback (and,
 /// under a `__Host-` name, every page) got Envoy's `431` for the half hour the attempts last: the user could
-/// not log in. A browser keeps at most six attempts now, of 8 KB together, and logs in after thirty such
+/// not log in. A browser keeps at most sixteen attempts now, of 8 KB together, and logs in after thirty such
 /// starts.
 #[test]
 fn thirty_logins_started_by_another_site_do_not_lock_the_user_out() {
@@ -2218,7 +2218,7 @@ fn thirty_logins_started_by_another_site_do_not_lock_the_user_out() {
         .iter()
         .filter(|c| c.name.starts_with(&prefix))
         .count();
-    // Two of these long ones fit the 8 KB the attempts may take together (six short ones would).
+    // Two of these long ones fit the 8 KB the attempts may take together (sixteen short ones would).
     assert_eq!(attempts, 2);
     let done = b.login(&url(APP, "/after"), "alice").unwrap();
     assert_eq!(done.response.status, 200, "{:?}", done.chain);
