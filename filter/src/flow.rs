@@ -1159,6 +1159,17 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     {
         return read_fragment(cfg, &rd);
     }
+    // A form another site posts here: the browser sends it none of this site's `Lax` cookies, so the
+    // attempts it holds go unseen and uncapped, yet it keeps the one the answer sets (found by a
+    // black-box test: thirty such posts, and every page answered `431`). It goes on as a navigation of
+    // this site's own, which shows them.
+    if h.get(":method").as_deref() == Some("POST")
+        && (from_another_site(h)
+            || h.get("origin")
+                .is_some_and(|o| Some(&*o) != origin(h).as_deref()))
+    {
+        return read_fragment(cfg, &rd);
+    }
     let Some(redirect_uri) = redirect_uri(cfg, h) else {
         return text(400, "Bad request: invalid Host header.", None);
     };

@@ -3260,6 +3260,29 @@ fn a_browser_keeps_at_most_sixteen_login_attempts() {
         }
     }
     let mut f = ready();
+    // A form another site posts to `/login` (found by a black-box test: the browser sends no `Lax`
+    // cookie with it, so its attempts went unseen and uncapped, but keeps the one the answer sets): the
+    // page that goes on as this site's own navigation, and no cookie.
+    for foreign in [
+        Req::browser("/login?rd=/app")
+            .with(":method", "POST")
+            .with("sec-fetch-site", "cross-site"),
+        Req::browser("/login?rd=/app")
+            .with(":method", "POST")
+            .with("origin", "https://evil.example"),
+    ] {
+        let r = respond(f.request(&foreign));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(set_cookies(&r).is_empty(), "{r:?}");
+        assert!(r.body.contains("fragment_read"), "{}", r.body);
+    }
+    // This site's own form: a login.
+    let own = Req::browser("/login?rd=/app")
+        .with(":method", "POST")
+        .with("sec-fetch-site", "same-origin")
+        .with("origin", "https://app.example.com");
+    let r = respond(f.request(&own));
+    assert_eq!(r.metric, Some(Metric::LoginStarted), "{r:?}");
     for method in ["PUT", "DELETE", "OPTIONS"] {
         let r = respond(f.request(&Req::browser("/login?rd=/app").with(":method", method)));
         assert_eq!(r.status, 405, "{method}");
