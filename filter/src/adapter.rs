@@ -27,26 +27,17 @@ use crate::throttle::Throttle;
 /// of ended sessions to the others through Envoy's shared data.
 fn share_revocations(cfg: &Config, state: &State, step: &Step) {
     if matches!(step, Step::Respond(r) if r.metric == Some(Metric::BackchannelLogout)) {
-        share_revoked(cfg, state);
+        share_revoked(cfg, state, false);
     }
 }
 
-/// Hands this worker's list of ended sessions to the others through Envoy's shared data.
-fn share_revoked(cfg: &Config, state: &State) {
-    let key = revocation_key(cfg);
-    // Compare-and-swap, so two workers recording at once don't lose each other's entry.
-    for _ in 0..8 {
-        // Unreadable: writing without its compare would drop the other workers' entries.
-        let Ok((bytes, cas)) = host::get_shared_data(&key) else {
-            break;
-        };
-        let Some(merged) = Revocations::merged_shared(bytes.as_deref(), &state.revoked, now())
-        else {
-            break;
-        };
-        if host::set_shared_data(&key, &merged, cas).is_ok() {
-            return;
-        }
+/// Hands this worker's list of ended sessions to the others through Envoy's shared data: the back-channel
+/// logouts (and the users' entries), and with `logouts` the `/logout`s too, each part under its own key.
+fn share_revoked(cfg: &Config, state: &State, logouts: bool) {
+    if share_part(&revocation_key(cfg), state, Revocations::merged_shared)
+        && (!logouts || share_part(&logouts_key(cfg), state, Revocations::merged_shared_logouts))
+    {
+        return;
     }
     log_warn(
         "oidc-filter: a logout holds on this worker only: the list the workers share would not take \
@@ -54,10 +45,38 @@ fn share_revoked(cfg: &Config, state: &State) {
     );
 }
 
+type Merge = fn(Option<&[u8]>, &Revocations, u64) -> Option<Vec<u8>>;
+
+/// Writes one part of the list under `key`, merged into what is there; true when it is there (also
+/// when nothing changed: then nothing is written, and no worker decodes it again).
+fn share_part(key: &str, state: &State, merge: Merge) -> bool {
+    // Compare-and-swap, so two workers recording at once don't lose each other's entry.
+    for _ in 0..8 {
+        // Unreadable: writing without its compare would drop the other workers' entries.
+        let Ok((bytes, cas)) = host::get_shared_data(key) else {
+            break;
+        };
+        let Some(merged) = merge(bytes.as_deref(), &state.revoked, now()) else {
+            break;
+        };
+        if bytes.as_deref() == Some(merged.as_slice())
+            || host::set_shared_data(key, &merged, cas).is_ok()
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// Envoy's shared data is shared by every worker's VM of this plugin: the one place a logout reaches them all.
 /// The list of the site that took the logout; every site of its IdP client reads it.
 fn revocation_key(cfg: &Config) -> String {
     format!("oidc-filter.revoked.{}.{}", cfg.client_id, cfg.cookie_name)
+}
+
+/// The key of the `/logout`s' part of that list (see `revocation`).
+fn logouts_key(cfg: &Config) -> String {
+    format!("oidc-filter.ended.{}.{}", cfg.client_id, cfg.cookie_name)
 }
 
 /// The shared-data key of one bucket of a site's renewal table (see `renewal`).
@@ -86,8 +105,9 @@ struct Shared {
     plugin: Rc<Plugin>,
     /// One per site, same order as `plugin.sites`.
     states: Vec<State>,
-    /// Per site: the version (compare-and-swap value) of its shared list of ended sessions last taken in.
-    seen: Vec<Option<u32>>,
+    /// Per site: the versions (compare-and-swap values) of the two parts of its shared list of ended
+    /// sessions last taken in.
+    seen: Vec<[Option<u32>; 2]>,
     /// When the logouts taken in were last pruned (seconds).
     pruned_at: u64,
     /// Requests with an expired token waiting for a renewal another request has claimed; the root context
@@ -365,9 +385,10 @@ impl Root {
                     }
                     // Every site's: `/logout` records there too, not only back-channel logouts.
                     create(&revocation_key(cfg), &Revocations::default().encode());
+                    create(&logouts_key(cfg), &Revocations::default().encode_logouts());
                 }
                 let shared = Shared {
-                    seen: vec![None; plugin.sites.len()],
+                    seen: vec![[None; 2]; plugin.sites.len()],
                     pruned_at: 0,
                     plugin: Rc::new(plugin),
                     states,
@@ -548,24 +569,30 @@ fn sync_revocations(shared: &RefCell<Shared>) {
     // The clock stepped back: a reading far ahead may have pruned logouts whose sessions live on, so
     // the shared lists are taken in again.
     if now < s.pruned_at {
-        s.seen.fill(None);
+        s.seen.fill([None; 2]);
     }
     s.pruned_at = now;
     // Each list once, merged per IdP client: the IdP posts a client's logouts to one of its sites,
     // and they end the others' sessions too.
     let mut lists: Vec<(&Config, Revocations)> = Vec::new();
     for (o, seen) in plugin.sites.iter().zip(s.seen.iter_mut()) {
-        if let Ok((Some(bytes), cas)) = host::get_shared_data(&revocation_key(o)) {
-            // Unchanged since it was last taken in (every write changes the version): nothing new
-            // in it, and a list of thousands of logouts is not decoded every second.
-            if cas.is_some() && cas == *seen {
-                continue;
-            }
-            *seen = cas;
-            let list = Revocations::decode(&bytes);
-            match lists.iter_mut().find(|(c, _)| c.same_client(o)) {
-                Some((_, all)) => all.merge(&list),
-                None => lists.push((o, list)),
+        // Both parts: the back-channel logouts, and the `/logout`s.
+        for (key, seen) in [revocation_key(o), logouts_key(o)]
+            .iter()
+            .zip(seen.iter_mut())
+        {
+            if let Ok((Some(bytes), cas)) = host::get_shared_data(key) {
+                // Unchanged since it was last taken in (every write changes the version): nothing new
+                // in it, and a list of thousands of logouts is not decoded every second.
+                if cas.is_some() && cas == *seen {
+                    continue;
+                }
+                *seen = cas;
+                let list = Revocations::decode(&bytes);
+                match lists.iter_mut().find(|(c, _)| c.same_client(o)) {
+                    Some((_, all)) => all.merge(&list),
+                    None => lists.push((o, list)),
+                }
             }
         }
     }
@@ -732,7 +759,7 @@ impl Http {
         pending: Pending,
         reply: Option<(u16, Vec<u8>)>,
     ) -> Option<(Step, Option<Option<Vec<String>>>)> {
-        if matches!(pending, Pending::Refresh(_)) {
+        if matches!(pending, Pending::Refresh(_) | Pending::RefreshJwks(..)) {
             sync_revocations(&self.shared);
         }
         let now = now();
@@ -839,7 +866,7 @@ impl Http {
             };
             let step = flow::on_request(cfg, state, &mut env, headers);
             if core::mem::take(&mut state.ended_here) {
-                share_revoked(cfg, state);
+                share_revoked(cfg, state, true);
             }
             let unopened = core::mem::take(&mut state.unopened);
             // Not ready, but the IdP's documents are on their way (a new VM's first fetch): wait for

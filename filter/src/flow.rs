@@ -763,7 +763,7 @@ fn with_session(
 }
 
 /// True when the session is over: its `expires_at` passed (`session_lifetime`, or without a refresh token
-/// the token's own expiry), or a back-channel logout ended it. Asked when a request comes, when a renewal
+/// the token's own expiry), or a logout (back-channel, or `/logout` on another worker) ended it. Asked when a request comes, when a renewal
 /// it waited for completes, and of another request's renewal before it is handed on: found in review, a
 /// renewal that completed after either still forwarded the request it was made for.
 #[inline(always)]
@@ -783,7 +783,7 @@ fn ended_meanwhile(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) 
         let why = if now >= job.session.session.expires_at {
             "the session's lifetime ran out while it was renewed"
         } else {
-            "a back-channel logout ended the session while it was renewed"
+            "a logout ended the session while it was renewed"
         };
         session_over(cfg, state, job, why.into())
     })
@@ -1163,10 +1163,20 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     // attempts it holds go unseen and uncapped, yet it keeps the one the answer sets (found by a
     // black-box test: thirty such posts, and every page answered `431`). It goes on as a navigation of
     // this site's own, which shows them.
+    // (`Sec-Fetch-Site` where the browser sends it; else `Origin`, by host and port: behind a load
+    // balancer that ends TLS, `:scheme` says `http` where the page's origin says `https`.)
     if h.get(":method").as_deref() == Some("POST")
-        && (from_another_site(h)
-            || h.get("origin")
-                .is_some_and(|o| Some(&*o) != origin(h).as_deref()))
+        && match h.get("sec-fetch-site") {
+            Some(_) => from_another_site(h),
+            // Bytes searched: `str::split_once` with a `&str` brings a two-way searcher and the panic
+            // messages of slicing into the module (10 KB).
+            None => h.get("origin").is_some_and(|o| {
+                let host = (o.as_bytes().windows(3))
+                    .position(|w| w == b"://")
+                    .and_then(|i| o.get(i + 3..));
+                host != h.get(":authority").as_deref()
+            }),
+        }
     {
         return read_fragment(cfg, &rd);
     }

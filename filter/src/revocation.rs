@@ -15,15 +15,21 @@ fn keep_later(e: &mut (u64, u64), v: (u64, u64)) {
 
 /// Beyond this many entries the oldest go first (a flood of logouts must not grow memory without bound).
 const MAX_ENTRIES: usize = 10_000;
-/// The first byte of encoded [`Revocations`]; format 1 was JSON, format 2 had no date for a `sid`.
-const VERSION: u8 = 3;
+/// The first byte of the encoded list of back-channel logouts ([`Revocations::encode`]); format 1 was JSON.
+const VERSION: u8 = 2;
+/// The first byte of the encoded list of `/logout`s ([`Revocations::encode_logouts`]), shared under a key
+/// of its own: the list of back-channel logouts keeps the format the builds before this one read (found
+/// in review: one list of a new format, and those builds, beside this one through an upgrade or after a
+/// rollback, saw no back-channel logout and shared none of theirs).
+const LOGOUTS_VERSION: u8 = 3;
 
 /// Ended IdP sessions (`sid`: all their tokens for a back-channel logout, those issued until the logged-out
 /// session's for a `/logout`) and users (`sub`, for tokens issued before the logout).
 ///
 /// Each list is sorted by its key, without duplicates, and searched by bisection. Encoded (see
-/// [`crate::wire`]) as [`VERSION`], then the list of `(sid, revoked at, until)`, then the list of
-/// `(sub, revoked at, until)`, then the list of `(token, until)`.
+/// [`crate::wire`]) in two parts: [`VERSION`], then the list of `(sid, until)` of the back-channel
+/// logouts, then the list of `(sub, revoked at, until)`; and [`LOGOUTS_VERSION`], then the list of `(sid,
+/// revoked at, until)` of the `/logout`s, then the list of `(token, until)`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Revocations {
     /// (sid, (tokens issued before this are ended (`u64::MAX`: all), until (unix seconds)))
@@ -98,7 +104,13 @@ impl Revocations {
         lifetime: u64,
     ) {
         let until = now.saturating_add(lifetime);
-        upsert(&mut self.tokens, token, (0, until), keep_later);
+        // The token too by the user at the cap (found in review: a flood of one account's logouts
+        // pushed the other users' ended tokens out, and their cookies opened again).
+        if self.tokens.len() < MAX_ENTRIES || find(&self.tokens, token).is_ok() {
+            upsert(&mut self.tokens, token, (0, until), keep_later);
+        } else {
+            upsert(&mut self.subs, sub, (iat, until), keep_later);
+        }
         if let Some(sid) = sid {
             if self.sids.len() < MAX_ENTRIES || find(&self.sids, sid).is_ok() {
                 upsert(&mut self.sids, sid, (iat, until), keep_later);
@@ -149,30 +161,40 @@ impl Revocations {
         self.cap();
     }
 
-    /// In format 2 while no `sid` carries a date (no `/logout` recorded one): a build before this one,
-    /// beside it through an upgrade or after a rollback, then reads and shares the list still (found in
-    /// review: it left a list of format 3 alone, and saw no back-channel logout).
+    /// The back-channel logouts (and the users' entries), in the format of the builds before.
     pub fn encode(&self) -> Vec<u8> {
-        let dated = !self.tokens.is_empty() || self.sids.iter().any(|(_, (at, _))| *at != u64::MAX);
-        let mut w = Writer::new(
-            if dated { VERSION } else { 2 },
-            (self.sids.len() + self.subs.len()).saturating_mul(48),
-        );
-        w.list(&self.sids, |w, (sid, (at, until))| {
+        self.encode_part(false)
+    }
+
+    /// The `/logout`s: dated `sid`s and ended tokens.
+    pub fn encode_logouts(&self) -> Vec<u8> {
+        self.encode_part(true)
+    }
+
+    /// One part: the `sid`s of that part (dated for the `/logout`s), then the users' or the tokens' list.
+    fn encode_part(&self, logouts: bool) -> Vec<u8> {
+        let of_part = |(_, (at, _)): &&(String, (u64, u64))| (*at != u64::MAX) == logouts;
+        let (version, second) = if logouts {
+            (LOGOUTS_VERSION, &self.tokens)
+        } else {
+            (VERSION, &self.subs)
+        };
+        let mut w = Writer::new(version, (self.sids.len() + second.len()).saturating_mul(48));
+        w.count(self.sids.iter().filter(of_part).count());
+        for (sid, (at, until)) in self.sids.iter().filter(of_part) {
             w.str(sid);
-            if dated {
+            if logouts {
                 w.u64(*at);
             }
             w.u64(*until);
-        })
-        .list(&self.subs, |w, (sub, (at, until))| {
-            w.str(sub).u64(*at).u64(*until);
-        });
-        if dated {
-            w.list(&self.tokens, |w, (token, (_, until))| {
-                w.str(token).u64(*until);
-            });
         }
+        w.list(second, |w, (key, (at, until))| {
+            w.str(key);
+            if !logouts {
+                w.u64(*at);
+            }
+            w.u64(*until);
+        });
         w.finish()
     }
 
@@ -189,26 +211,40 @@ impl Revocations {
         Some(merged.encode())
     }
 
+    /// As [`Revocations::merged_shared`], for the list of `/logout`s.
+    pub fn merged_shared_logouts(
+        shared: Option<&[u8]>,
+        local: &Revocations,
+        now: u64,
+    ) -> Option<Vec<u8>> {
+        let mut merged = crate::wire::for_update(shared, LOGOUTS_VERSION, Revocations::decode)?;
+        merged.merge(local);
+        merged.prune(now);
+        Some(merged.encode_logouts())
+    }
+
     /// Anything unreadable counts as empty (a list of a later format is left alone: [`merged_shared`]).
     ///
     /// [`merged_shared`]: Revocations::merged_shared
     pub fn decode(bytes: &[u8]) -> Revocations {
         let read = || {
-            // Format 2 (the build before, through an upgrade): a `sid` ends all its tokens.
-            let (mut r, dated) = match Reader::new(bytes, VERSION) {
-                Some(r) => (r, true),
-                None => (Reader::new(bytes, 2)?, false),
+            // Either part (see the struct): back-channel logouts end all of a `sid`'s tokens.
+            let (mut r, logouts) = match Reader::new(bytes, VERSION) {
+                Some(r) => (r, false),
+                None => (Reader::new(bytes, LOGOUTS_VERSION)?, true),
             };
             let sids = r.list(|r| {
                 let sid = r.string()?;
-                let at = if dated { r.u64()? } else { u64::MAX };
+                let at = if logouts { r.u64()? } else { u64::MAX };
                 Some((sid, (at, r.u64()?)))
             })?;
-            let subs = r.list(|r| Some((r.string()?, (r.u64()?, r.u64()?))))?;
-            let tokens = if dated {
-                r.list(|r| Some((r.string()?, (0, r.u64()?))))?
+            let (subs, tokens) = if logouts {
+                (Vec::new(), r.list(|r| Some((r.string()?, (0, r.u64()?))))?)
             } else {
-                Vec::new()
+                (
+                    r.list(|r| Some((r.string()?, (r.u64()?, r.u64()?))))?,
+                    Vec::new(),
+                )
             };
             r.finish()?;
             // What `find` needs, and what `encode` always writes.
@@ -416,7 +452,9 @@ mod tests {
         assert!(!r.is_revoked(None, "u", 10, "-"), "nothing by sub");
         r.end_session("t3", None, "v", 1000, 1500, 3600);
         assert!(r.is_revoked(None, "v", 1000, "t3") && !r.is_revoked(None, "v", 999, "t4"));
-        let shared = Revocations::decode(&r.encode());
+        // The two parts, as the workers share them.
+        let mut shared = Revocations::decode(&r.encode());
+        shared.merge(&Revocations::decode(&r.encode_logouts()));
         assert_eq!(shared, r);
         r.add(&logout(Some("s"), None, 2000), 2000, 3600);
         assert!(r.is_revoked(Some("s"), "u", 1_000_000, "-"));
@@ -449,6 +487,23 @@ mod tests {
             r.is_revoked(Some("new"), "mallory", 599, "-")
                 && !r.is_revoked(Some("new"), "mallory", 600, "-")
         );
+    }
+
+    /// Found in review: the ended tokens had no fallback at the cap, so a flood of one account's logouts
+    /// pushed the other users' ended tokens out, and their cookies opened again.
+    #[test]
+    fn a_flood_of_one_users_logouts_keeps_the_other_ended_tokens() {
+        let mut r = Revocations::default();
+        r.end_session("victim", None, "v", 100, 100, 3600);
+        for i in 0..MAX_ENTRIES + 50 {
+            r.end_session(&format!("t{i:05}"), None, "mallory", 500, 600, 36_000);
+        }
+        assert!(r.is_revoked(None, "v", 100, "victim"));
+        assert!(
+            r.is_revoked(None, "mallory", 500, "new-token"),
+            "by the user beyond the cap"
+        );
+        assert!(r.tokens.len() <= MAX_ENTRIES);
     }
 
     #[test]
@@ -541,15 +596,6 @@ mod tests {
 
     fn sample() -> Revocations {
         let mut r = Revocations::default();
-        // A `/logout`'s dated entry: format 3.
-        r.end_session(
-            "t0",
-            Some("sid-0"),
-            "bob",
-            1_700_000_000,
-            1_700_000_000,
-            28_800,
-        );
         r.add(
             &logout(Some("sid-1"), Some("alice"), 1_700_000_000),
             1_700_000_000,
@@ -582,10 +628,9 @@ mod tests {
             1_700_000_000,
             28_800,
         );
-        // Format 2 (no date): the sid and when the entry lapses.
         assert_eq!(one.encode().len(), 3 + 6 + 5);
-        assert_eq!(one.encode().first(), Some(&2));
-        // A date: format 3.
+        // A `/logout`: in the list of its own, of format 3, which the other leaves as it was.
+        let before = one.encode();
         one.end_session(
             "t2",
             Some("sid-2"),
@@ -594,8 +639,11 @@ mod tests {
             1_700_000_000,
             28_800,
         );
-        assert_eq!(one.encode().first(), Some(&VERSION));
-        assert_eq!(Revocations::decode(&one.encode()), one);
+        assert_eq!(one.encode(), before);
+        assert_eq!(one.encode_logouts().first(), Some(&LOGOUTS_VERSION));
+        let mut back = Revocations::decode(&one.encode());
+        back.merge(&Revocations::decode(&one.encode_logouts()));
+        assert_eq!(back, one);
     }
 
     #[test]
@@ -610,11 +658,11 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(Revocations::decode(&longer).is_empty());
-        // (Format 2 reads other bytes: a format-3 list read as one is garbage, not a panic.)
-        let mut two = bytes.clone();
-        two[0] = 2;
-        let _ = Revocations::decode(&two);
-        for v in (0..=u8::MAX).filter(|&v| v != VERSION && v != 2) {
+        // (The other format reads other bytes: garbage, not a panic.)
+        let mut three = bytes.clone();
+        three[0] = LOGOUTS_VERSION;
+        let _ = Revocations::decode(&three);
+        for v in (0..=u8::MAX).filter(|&v| v != VERSION && v != LOGOUTS_VERSION) {
             let mut other = bytes.clone();
             other[0] = v;
             assert!(Revocations::decode(&other).is_empty(), "version {v}");
@@ -628,9 +676,8 @@ mod tests {
         for (sids, well) in [(["b", "a"], false), (["a", "a"], false), (["a", "b"], true)] {
             let mut w = Writer::new(VERSION, 0);
             w.list(&sids, |w, s| {
-                w.str(s).u64(u64::MAX).u64(10);
+                w.str(s).u64(10);
             })
-            .count(0)
             .count(0);
             assert_eq!(
                 !Revocations::decode(&w.finish()).is_empty(),

@@ -3276,13 +3276,21 @@ fn a_browser_keeps_at_most_sixteen_login_attempts() {
         assert!(set_cookies(&r).is_empty(), "{r:?}");
         assert!(r.body.contains("fragment_read"), "{}", r.body);
     }
-    // This site's own form: a login.
-    let own = Req::browser("/login?rd=/app")
-        .with(":method", "POST")
-        .with("sec-fetch-site", "same-origin")
-        .with("origin", "https://app.example.com");
-    let r = respond(f.request(&own));
-    assert_eq!(r.metric, Some(Metric::LoginStarted), "{r:?}");
+    // This site's own form: a login; also behind a load balancer that ends TLS (`:scheme` http, the
+    // page's origin https) from a browser that sends no `Sec-Fetch-Site`.
+    for own in [
+        Req::browser("/login?rd=/app")
+            .with(":method", "POST")
+            .with("sec-fetch-site", "same-origin")
+            .with("origin", "https://app.example.com"),
+        Req::browser("/login?rd=/app")
+            .with(":method", "POST")
+            .with(":scheme", "http")
+            .with("origin", "https://app.example.com"),
+    ] {
+        let r = respond(f.request(&own));
+        assert_eq!(r.metric, Some(Metric::LoginStarted), "{r:?}");
+    }
     for method in ["PUT", "DELETE", "OPTIONS"] {
         let r = respond(f.request(&Req::browser("/login?rd=/app").with(":method", method)));
         assert_eq!(r.status, 405, "{method}");
