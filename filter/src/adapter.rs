@@ -27,16 +27,18 @@ use crate::throttle::Throttle;
 /// of ended sessions to the others through Envoy's shared data.
 fn share_revocations(cfg: &Config, state: &State, step: &Step) {
     if matches!(step, Step::Respond(r) if r.metric == Some(Metric::BackchannelLogout)) {
-        share_revoked(cfg, state, false);
+        share_revoked(cfg, state);
     }
 }
 
 /// Hands this worker's list of ended sessions to the others through Envoy's shared data: the back-channel
-/// logouts (and the users' entries), and with `logouts` the `/logout`s too, each part under its own key.
-fn share_revoked(cfg: &Config, state: &State, logouts: bool) {
-    if share_part(&revocation_key(cfg), state, Revocations::merged_shared)
-        && (!logouts || share_part(&logouts_key(cfg), state, Revocations::merged_shared_logouts))
-    {
+/// logouts (and the users' entries), and the `/logout`s, each part under its own key, each tried whatever
+/// became of the other (found in review: a failure of the first kept the second from being tried). A part
+/// that has not changed is not written.
+fn share_revoked(cfg: &Config, state: &State) {
+    let back_channel = share_part(&revocation_key(cfg), state, Revocations::merged_shared);
+    let logouts = share_part(&logouts_key(cfg), state, Revocations::merged_shared_logouts);
+    if back_channel && logouts {
         return;
     }
     log_warn(
@@ -866,7 +868,7 @@ impl Http {
             };
             let step = flow::on_request(cfg, state, &mut env, headers);
             if core::mem::take(&mut state.ended_here) {
-                share_revoked(cfg, state, true);
+                share_revoked(cfg, state);
             }
             let unopened = core::mem::take(&mut state.unopened);
             // Not ready, but the IdP's documents are on their way (a new VM's first fetch): wait for

@@ -21,7 +21,8 @@ const VERSION: u8 = 2;
 /// of its own: the list of back-channel logouts keeps the format the builds before this one read (found
 /// in review: one list of a new format, and those builds, beside this one through an upgrade or after a
 /// rollback, saw no back-channel logout and shared none of theirs).
-const LOGOUTS_VERSION: u8 = 3;
+/// (4, not 3: builds of this release's development wrote another layout as 3 under the other key.)
+const LOGOUTS_VERSION: u8 = 4;
 
 /// Ended IdP sessions (`sid`: all their tokens for a back-channel logout, those issued until the logged-out
 /// session's for a `/logout`) and users (`sub`, for tokens issued before the logout).
@@ -629,7 +630,7 @@ mod tests {
             28_800,
         );
         assert_eq!(one.encode().len(), 3 + 6 + 5);
-        // A `/logout`: in the list of its own, of format 3, which the other leaves as it was.
+        // A `/logout`: in the list of its own, of format 4, which the other leaves as it was.
         let before = one.encode();
         one.end_session(
             "t2",
