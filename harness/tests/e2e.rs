@@ -1109,6 +1109,32 @@ fn logout_without_backchannel_logout_ends_the_cookie_on_every_worker() {
     }
 }
 
+/// The same without a `sid` in the ID token (this site's client asks for none): the logged-out token
+/// itself is refused by every worker.
+#[test]
+fn logout_ends_a_cookie_without_sid_on_every_worker() {
+    let _idp = idp_hold::shared();
+    let s = site("main");
+    let b = Browser::new();
+    login(&b, s, "/");
+    let claims = jwt_payload(&app_bearer(&api(&b, &s.url("/")))).unwrap();
+    assert!(claims.get("sid").is_none(), "{claims}");
+    let cookie = b.cookie("localhost", SESSION).unwrap();
+    let with_old = || {
+        let c = Browser::new().with_header("accept", "application/json");
+        c.set_cookie("localhost", SESSION, &cookie);
+        c.get(&s.url("/")).unwrap().status
+    };
+    for _ in 0..6 {
+        assert_eq!(with_old(), 200);
+    }
+    let r = b.get(&s.url("/logout")).unwrap();
+    assert_eq!(r.status, 302, "{}", r.body);
+    stack()
+        .until_every_worker("main", Duration::from_secs(30), || with_old() == 401)
+        .unwrap();
+}
+
 #[test]
 fn logout_without_post_logout_redirect_uri_ends_at_the_idp() {
     let _idp = idp_hold::shared();
