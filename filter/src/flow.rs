@@ -463,15 +463,10 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
         return if h.get(":method").as_deref() == Some("POST") {
             Step::ReadBody
         } else {
-            let mut r = text(
-                405,
+            method_not_allowed(
                 "Method not allowed: the IdP posts logout tokens here.",
-                None,
-            );
-            if let Step::Respond(r) = &mut r {
-                r.headers.push(("allow", "POST".into()));
-            }
-            r
+                "POST",
+            )
         };
     }
 
@@ -1118,20 +1113,24 @@ fn frame_login_reply(cfg: &Config, target: &str) -> Reply {
     login_link_page(cfg, target, text, " target=\"_top\"")
 }
 
+/// `405` with the methods the path takes.
+fn method_not_allowed(message: &'static str, allow: &'static str) -> Step {
+    let mut r = text(405, message, None);
+    if let Step::Respond(r) = &mut r {
+        r.headers.push(("allow", allow.into()));
+    }
+    r
+}
+
 /// `/login`: a fresh state, nonce and PKCE verifier, sealed into a cookie of their own, then off to the IdP.
 #[inline(never)]
 fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target: &str) -> Step {
     // A login starts from a link, a redirect or a form; no other method starts one.
     if !matches!(h.get(":method").as_deref(), Some("GET" | "HEAD" | "POST")) {
-        let mut r = text(
-            405,
+        return method_not_allowed(
             "Method not allowed: open this address to log in.",
-            None,
+            "GET, HEAD, POST",
         );
-        if let Step::Respond(r) = &mut r {
-            r.headers.push(("allow", "GET, HEAD, POST".into()));
-        }
-        return r;
     }
     let Some(provider) = state.provider.ready() else {
         return not_ready();
@@ -2103,8 +2102,9 @@ impl RefreshJob {
         &self.cache_key
     }
 
-    /// The bytes this job holds of its own (its session's copy, path, page and cookie): what a request
-    /// that waits for another's renewal keeps in the worker's memory.
+    /// The bytes this job holds of its own (its sealed session, path, page and cookie; the opened session
+    /// is shared with the cache): what a request that waits for another's renewal keeps in the worker's
+    /// memory.
     pub fn held_bytes(&self) -> usize {
         let cookie = self.cookie.as_ref().and_then(Option::as_ref);
         self.cache_key.len()

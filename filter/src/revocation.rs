@@ -42,13 +42,13 @@ pub struct Revocations {
     tokens: Vec<(String, (u64, u64))>,
 }
 
-/// How the list names an ID token: a 64-bit FNV-1a of its text, in hex. The IdP signs the tokens, so none is
+/// How the list names an ID token: a 64-bit FNV-1a of its text (`idhash`'s), in hex. The IdP signs the tokens, so none is
 /// chosen to collide with another.
 pub fn token_key(id_token: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in id_token.as_bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
+    use core::hash::Hasher as _;
+    let mut hasher = crate::idhash::IdHasher::default();
+    hasher.write(id_token.as_bytes());
+    let h = hasher.finish();
     let mut key = String::with_capacity(16);
     for i in (0..16).rev() {
         let nibble = ((h >> (4 * i)) & 0xf) as u8;

@@ -344,14 +344,7 @@ fn a_burst_on_one_expired_session_parks_at_most_512_requests_per_worker() {
     drop(slow);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    // "status codes: 513 2xx, 0 3xx, 0 4xx, 687 5xx"
-    let codes: Vec<usize> = text
-        .lines()
-        .find_map(|l| l.strip_prefix("status codes: "))
-        .unwrap_or_else(|| panic!("{text}"))
-        .split(", ")
-        .map(|c| c.split(' ').next().unwrap().parse().unwrap())
-        .collect();
+    let codes = status_codes(&text);
     let (ok, unavailable) = (codes[0], codes[3]);
     eprintln!(
         "{BURST} requests on one expired session at once, in {took:?}: {codes:?} (2xx to 5xx)"
@@ -483,13 +476,7 @@ fn a_burst_of_long_paths_on_one_expired_session_parks_at_most_4_mib() {
     drop(slow);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    let codes: Vec<usize> = text
-        .lines()
-        .find_map(|l| l.strip_prefix("status codes: "))
-        .unwrap_or_else(|| panic!("{text}"))
-        .split(", ")
-        .map(|c| c.split(' ').next().unwrap().parse().unwrap())
-        .collect();
+    let codes = status_codes(&text);
     let (ok, unavailable) = (codes[0], codes[3]);
     eprintln!(
         "{BURST} requests of {PATH_BYTES}-byte paths on one expired session: {codes:?} (2xx to 5xx)"
@@ -507,4 +494,14 @@ fn a_burst_of_long_paths_on_one_expired_session_parks_at_most_4_mib() {
         unavailable as u64,
         "{text}"
     );
+}
+
+/// h2load's count of answers by class, 2xx to 5xx, from its line `status codes: 513 2xx, 0 3xx, …`.
+fn status_codes(text: &str) -> Vec<usize> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("status codes: "))
+        .unwrap_or_else(|| panic!("{text}"))
+        .split(", ")
+        .map(|c| c.split(' ').next().unwrap().parse().unwrap())
+        .collect()
 }

@@ -1081,31 +1081,13 @@ fn logout_ends_the_session_here_and_at_the_idp() {
 fn logout_without_backchannel_logout_ends_the_cookie_on_every_worker() {
     let _idp = idp_hold::shared();
     let s = site("sid");
-    let b = Browser::new();
-    login(&b, s, "/");
-    let claims = jwt_payload(&app_bearer(&api(&b, &s.url("/")))).unwrap();
+    let (b, claims, cookie) = logged_out_everywhere(s);
     assert!(claims["sid"].is_string(), "{claims}");
-    let cookie = b.cookie("localhost", SESSION).unwrap();
-    let with_old = || {
-        let c = Browser::new().with_header("accept", "application/json");
-        c.set_cookie("localhost", SESSION, &cookie);
-        c.get(&s.url("/")).unwrap().status
-    };
-    for _ in 0..6 {
-        assert_eq!(with_old(), 200);
-    }
-    let r = b.get(&s.url("/logout")).unwrap();
-    assert_eq!(r.status, 302, "{}", r.body);
-    stack()
-        .until_every_worker("sid", Duration::from_secs(30), || with_old() == 401)
-        .unwrap();
     login(&b, s, "/");
     let again = b.cookie("localhost", SESSION).unwrap();
     assert_ne!(again, cookie);
-    let c = Browser::new().with_header("accept", "application/json");
-    c.set_cookie("localhost", SESSION, &again);
     for _ in 0..6 {
-        assert_eq!(c.get(&s.url("/")).unwrap().status, 200);
+        assert_eq!(status_with_cookie(s, &again), 200);
     }
 }
 
@@ -1114,25 +1096,36 @@ fn logout_without_backchannel_logout_ends_the_cookie_on_every_worker() {
 #[test]
 fn logout_ends_a_cookie_without_sid_on_every_worker() {
     let _idp = idp_hold::shared();
-    let s = site("main");
+    let (_, claims, _) = logged_out_everywhere(site("main"));
+    assert!(claims.get("sid").is_none(), "{claims}");
+}
+
+/// Whether a `/logout` in a browser logged in on `s` ends the cookie it held on every worker: the
+/// cookie, sent by a client of its own (a copy), passes before and is refused by each worker after.
+/// Returns the browser and the ID token's claims.
+fn logged_out_everywhere(s: &'static Site) -> (Browser, Value, String) {
     let b = Browser::new();
     login(&b, s, "/");
     let claims = jwt_payload(&app_bearer(&api(&b, &s.url("/")))).unwrap();
-    assert!(claims.get("sid").is_none(), "{claims}");
     let cookie = b.cookie("localhost", SESSION).unwrap();
-    let with_old = || {
-        let c = Browser::new().with_header("accept", "application/json");
-        c.set_cookie("localhost", SESSION, &cookie);
-        c.get(&s.url("/")).unwrap().status
-    };
     for _ in 0..6 {
-        assert_eq!(with_old(), 200);
+        assert_eq!(status_with_cookie(s, &cookie), 200);
     }
     let r = b.get(&s.url("/logout")).unwrap();
     assert_eq!(r.status, 302, "{}", r.body);
     stack()
-        .until_every_worker("main", Duration::from_secs(30), || with_old() == 401)
+        .until_every_worker(&s.name, Duration::from_secs(30), || {
+            status_with_cookie(s, &cookie) == 401
+        })
         .unwrap();
+    (b, claims, cookie)
+}
+
+/// The status an API client gets from `s` with session cookie `value`.
+fn status_with_cookie(s: &Site, value: &str) -> u16 {
+    let c = Browser::new().with_header("accept", "application/json");
+    c.set_cookie("localhost", SESSION, value);
+    c.get(&s.url("/")).unwrap().status
 }
 
 #[test]
