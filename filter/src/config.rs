@@ -400,8 +400,15 @@ fn parse_json(json: &[u8], what: &str) -> Result<Value, ConfigError> {
     if let Some(name) = v.as_object().and_then(Object::duplicate) {
         return Err(err(&plain_field(name), DUPLICATE));
     }
-    if v.find_duplicate().is_some() {
-        return Err(err("pluginConfig", DUPLICATE));
+    if let Some(name) = v.find_duplicate() {
+        // The name if it is a plain one (a key may be anything: it is not written out then).
+        let reason = match plain_field(name) {
+            plain if plain == name => {
+                format!("not valid JSON for this filter (field `{name}` given twice in one object)")
+            }
+            _ => DUPLICATE.to_string(),
+        };
+        return Err(err("pluginConfig", reason));
     }
     Ok(v)
 }
@@ -1383,8 +1390,11 @@ fn timings(raw: &mut Raw) -> Result<[u64; 5], ConfigError> {
     if clock_leeway > 300 {
         return Err(err("clock_leeway", "at most 5m"));
     }
-    if session_lifetime == 0 {
-        return Err(err("session_lifetime", "must be positive"));
+    if session_lifetime < 60 {
+        return Err(err(
+            "session_lifetime",
+            "at least 60s (a number without a unit is seconds: `8h` is eight hours)",
+        ));
     }
     let callout_timeout = duration("callout_timeout", raw.callout_timeout.take(), 5)?;
     if callout_timeout == 0 || callout_timeout > 60 {
@@ -1724,6 +1734,18 @@ fn cookie_keys(
     let mut raw = Vec::with_capacity(encoded.len());
     for (i, k) in encoded.iter().enumerate() {
         let bytes = decode_key(k).ok_or_else(|| err(field, format!("key {i} is not base64")))?;
+        // `AAAA…` (zeros), one character repeated, a copied example: 32 random bytes have about 30 values.
+        let mut seen = [false; 256];
+        bytes.iter().for_each(|&b| seen[usize::from(b)] = true);
+        if seen.iter().filter(|s| **s).count() < 8 {
+            return Err(err(
+                field,
+                format!(
+                    "key {i} is a placeholder, not a random key (fewer than 8 different byte values): \
+                     make one with `head -c 32 /dev/urandom | base64`"
+                ),
+            ));
+        }
         raw.push(bytes);
     }
     Keys::new(&raw).map_err(|e| err(field, e.to_string()))
@@ -2417,9 +2439,45 @@ mod tests {
             serde_json::json!([{"rule": {"claim": "groups", "contains_any": ["a"]}}]),
         )
         .replace(r#""rule":"#, r#""rule": {}, "rule":"#);
-        assert_eq!(parse(&nested).unwrap_err().field, "pluginConfig");
+        let e = parse(&nested).unwrap_err();
+        assert_eq!(e.field, "pluginConfig");
+        assert_eq!(
+            e.reason,
+            "not valid JSON for this filter (field `rule` given twice in one object)"
+        );
+        // A name that is not plain is not written out (it could be anything, a pasted secret too).
         let odd = r#"{"a\nb": 1, "a\nb": 2}"#;
-        assert_eq!(parse(odd).unwrap_err().field, "pluginConfig");
+        let e = parse(odd).unwrap_err();
+        assert_eq!(e.field, "pluginConfig");
+        assert_eq!(e.reason, "not valid JSON for this filter (duplicate field)");
+    }
+
+    #[test]
+    fn placeholder_cookie_keys_are_refused() {
+        // 32 zero bytes, one character repeated, a word repeated: base64 of 32 bytes all the same, of
+        // which none is a random key. The key's index is named, never its value.
+        for (i, placeholder) in [
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            "eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHg=",
+            "Y2hhbmdlbWVjaGFuZ2VtZWNoYW5nZW1lY2hhbmdlbWU=",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let e = parse(&with("cookie_keys", serde_json::json!([KEY, placeholder]))).unwrap_err();
+            assert_eq!(e.field, "cookie_keys", "{i}");
+            assert!(e.reason.starts_with("key 1 is a placeholder"), "{i}: {e}");
+            assert!(!e.to_string().contains(placeholder), "{e}");
+            let env = |_: &str| Some(format!("{KEY},{placeholder}"));
+            let json = serde_json::json!({"issuer": "https://idp.example.com", "client_id": "app",
+                "client_secret": "s", "cookie_keys_env": "KEYS"});
+            let e = Config::parse(json.to_string().as_bytes(), &env).unwrap_err();
+            assert_eq!(e.field, "cookie_keys_env", "{i}");
+            assert!(e.reason.starts_with("key 1 is a placeholder"), "{i}: {e}");
+        }
+        // Eight different byte values are enough (the test keys here have 16).
+        let eight = "MDEyMzQ1NjcwMTIzNDU2NzAxMjM0NTY3MDEyMzQ1Njc=";
+        assert!(parse(&with("cookie_keys", serde_json::json!([eight]))).is_ok());
     }
 
     #[test]
@@ -2850,7 +2908,13 @@ mod tests {
             ("callout_timeout", json!(61), "between 1s and 60s"),
             ("clock_leeway", json!(301), "at most 5m"),
             ("jwks_refresh_interval", json!(59), "at least 60s"),
-            ("session_lifetime", json!(0), "must be positive"),
+            ("session_lifetime", json!(0), "at least 60s"),
+            (
+                "session_lifetime",
+                json!(8),
+                "a number without a unit is seconds",
+            ),
+            ("session_lifetime", json!("59s"), "at least 60s"),
             ("session_lifetime", json!(1e30), "at most 365d"),
             (
                 "session_lifetime",
