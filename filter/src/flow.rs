@@ -247,8 +247,9 @@ pub struct Cached {
     /// The ID token's `sid` (else the session's `login_sid`) and its `iat`, for back-channel logout.
     pub sid: Option<String>,
     pub iat: u64,
-    /// The ID token as the list of ended sessions names it (`revocation::token_key`), for `/logout`.
-    pub token_key: String,
+    /// The ID token and its login as the list of ended sessions names them (`revocation::token_key`,
+    /// `revocation::login_key`), for `/logout`.
+    pub logout_keys: [String; 2],
     /// How long before the forwarded token expires a request renews it.
     pub refresh_margin: u64,
 }
@@ -661,7 +662,7 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
             })
             .collect(),
     );
-    let token_key = crate::revocation::token_key(session.id_token.expose());
+    let logout_keys = logout_keys(&session);
     Cached {
         session,
         bearer,
@@ -671,9 +672,19 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
         claims,
         sid,
         iat,
-        token_key,
+        logout_keys,
         refresh_margin,
     }
+}
+
+/// The session's ID token and its login, as the list of ended sessions names them (a session of an
+/// earlier build that cannot renew: its token is its login).
+fn logout_keys(session: &Session) -> [String; 2] {
+    let token = crate::revocation::token_key(session.id_token.expose());
+    let login = session
+        .login_id()
+        .map_or_else(|| token.clone(), crate::revocation::login_key);
+    [token, login]
 }
 
 /// The logged-in path. `None` when the session has ended and the request is to be treated as anonymous.
@@ -767,7 +778,7 @@ fn ended(state: &State, s: &Cached, now: u64) -> bool {
         || (!state.revoked.is_empty()
             && state
                 .revoked
-                .is_revoked(s.sid.as_deref(), &s.session.sub, s.iat, &s.token_key))
+                .is_revoked(s.sid.as_deref(), &s.session.sub, s.iat, &s.logout_keys))
 }
 
 /// The answer for a renewal's request whose session ended while it waited ([`ended`]): as without a
@@ -1516,16 +1527,20 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
             .and_then(|p| Session::decode(&p).ok())
             .filter(|s| issued_to(cfg, &s.id_token))
         {
-            // Its ID token ends here, on every worker (the adapter shares the list): a renewal still on its
+            // Its login ends here, on every worker (the adapter shares the list): a renewal still on its
             // way answers as without a session instead of setting a new cookie (found by a black-box
             // test: a page's poll that was renewing the session put it back after the logout), and so
-            // does the cookie, kept or stolen; and, where the token names its IdP session (`sid`), that
-            // session's earlier tokens. A later login, which the IdP may give the same `sid`, stands.
+            // does the cookie, kept or stolen, and a renewal of it done before the logout came, whose
+            // cookie the browser had not stored yet (found in review); and, where the token names its
+            // IdP session (`sid`), that session's earlier tokens. A later login, which the IdP may give
+            // the same `sid`, stands.
             let (_, sid, iat, _) = token_facts(cfg, &s.id_token);
             let sid = sid.as_deref().or(s.login_sid.as_deref());
-            let key = crate::revocation::token_key(s.id_token.expose());
+            let [token, login] = logout_keys(&s);
             let left = s.expires_at.saturating_sub(now);
-            state.revoked.end_session(&key, sid, &s.sub, iat, now, left);
+            state
+                .revoked
+                .end_session([&token, &login], sid, &s.sub, iat, now, left);
             state.ended_here = true;
             id_token = Some(s.id_token);
             state.cache.remove(&sealed);
@@ -1795,7 +1810,7 @@ fn finish_login(
             );
         }
     };
-    let Some(session) = new_session(
+    let Some(mut session) = new_session(
         cfg, env.now, &tokens, id_token, claims.exp, claims.sub, None,
     ) else {
         return gateway_error(
@@ -1807,6 +1822,14 @@ fn finish_login(
             &start_again(cfg, &x.login.rd),
         );
     };
+    // The login's id, which its renewals keep and a `/logout` ends: of the login's `nonce`, random and
+    // spent (the cookie is sealed; the list of ended sessions holds the id).
+    session.login_id = Some({
+        use core::hash::Hasher as _;
+        let mut h = crate::idhash::IdHasher::default();
+        h.write(x.login.nonce.expose().as_bytes());
+        h.finish()
+    });
     // Accepted within `clock_leeway`, but a session born expired would send the browser straight back
     // to log in, for ever.
     if session.token_expires_at <= env.now {
@@ -2009,6 +2032,7 @@ fn finish_refresh(
     };
     session.expires_at = old.expires_at;
     session.login_sid = login_sid;
+    session.login_id = old.login_id;
     // Otherwise every request would refresh it again.
     if session.token_expires_at <= env.now {
         return refresh_failed(cfg, state, &job, env.now, BORN_EXPIRED.into());
@@ -2310,6 +2334,7 @@ fn new_session(
         expires_at,
         sub,
         login_sid: None,
+        login_id: None,
     })
 }
 

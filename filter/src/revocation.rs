@@ -15,6 +15,11 @@ fn keep_later(e: &mut (u64, u64), v: (u64, u64)) {
 
 /// Beyond this many entries the oldest go first (a flood of logouts must not grow memory without bound).
 const MAX_ENTRIES: usize = 10_000;
+/// From this many a logout is kept by its user instead ([`Revocations::add`]). Below the cap: each worker
+/// judges by its own copy, at most a tick old, and the shared list is their union (found in review: one
+/// account's logouts spread over the workers filled each copy to the cap, and their union pushed other
+/// users' logouts out).
+const FALLBACK_AT: usize = MAX_ENTRIES - 1_000;
 /// The first byte of the encoded list of back-channel logouts ([`Revocations::encode`]); format 1 was JSON.
 const VERSION: u8 = 2;
 /// The first byte of the encoded list of `/logout`s ([`Revocations::encode_logouts`]), shared under a key
@@ -37,8 +42,8 @@ pub struct Revocations {
     sids: Vec<(String, (u64, u64))>,
     /// (sub, (revoked at, until))
     subs: Vec<(String, (u64, u64))>,
-    /// (ID token a `/logout` ended, as [`token_key`] names it; (0, until)): the type of the other lists, whose
-    /// code it shares.
+    /// (ID token or login a `/logout` ended, as [`token_key`] and [`login_key`] name them; (0, until)): the
+    /// type of the other lists, whose code it shares.
     tokens: Vec<(String, (u64, u64))>,
 }
 
@@ -48,7 +53,18 @@ pub fn token_key(id_token: &str) -> String {
     use core::hash::Hasher as _;
     let mut hasher = crate::idhash::IdHasher::default();
     hasher.write(id_token.as_bytes());
-    let h = hasher.finish();
+    hex(hasher.finish())
+}
+
+/// How the list names a login, by its id ([`crate::session::Session::login_id`]), which every renewal
+/// keeps (found in review: a `/logout` that ended the token in the cookie it came with, and that token's
+/// `sid` up to its `iat`, left a renewal of the session that completed before it, and a copy of the
+/// cookie renewed since: their tokens are later).
+pub fn login_key(id: u64) -> String {
+    hex(id)
+}
+
+fn hex(h: u64) -> String {
     let mut key = String::with_capacity(16);
     for i in (0..16).rev() {
         let nibble = ((h >> (4 * i)) & 0xf) as u8;
@@ -66,7 +82,7 @@ impl Revocations {
     pub fn add(&mut self, logout: &Logout, now: u64, lifetime: u64) {
         let until = now.saturating_add(lifetime);
         match (&logout.sid, &logout.sub) {
-            (Some(sid), sub) if sub.is_none() || self.sids.len() < MAX_ENTRIES => {
+            (Some(sid), sub) if sub.is_none() || self.sids.len() < FALLBACK_AT => {
                 upsert(&mut self.sids, sid, (u64::MAX, until), keep_later);
             }
             // By `sub` when there is no `sid`, and when the `sid`s are at the cap: a flood of logouts
@@ -87,9 +103,10 @@ impl Revocations {
         self.cap();
     }
 
-    /// Records a `/logout` of a session whose ID token is `token` (see [`token_key`]), issued at `iat`, of
-    /// IdP session `sid` if it names one: that token is ended, and so are the earlier ones of `sid` (a
-    /// cookie kept or stolen, a renewal of it still on its way), not a later login's, which the IdP may
+    /// Records a `/logout` of a session whose ID token and login are `keys` (see [`token_key`] and
+    /// [`login_key`]), issued at `iat`, of IdP session `sid` if it names one: the login's tokens are ended
+    /// (the cookie kept or stolen, a renewal of it on its way or done; the token's own key, which the
+    /// builds before this one judge by, too), and so are the earlier ones of `sid`, not a later login's, which the IdP may
     /// give the same `sid` (its session outlives a logout it was not told of, or that the user cancelled
     /// there), even within the same second (found in review: dated alone, such a login was ended too).
     /// With the `sid`s at the cap, by the user (`sub`) instead, as [`Revocations::add`] does: one account
@@ -97,7 +114,7 @@ impl Revocations {
     /// review); it ends that user's other sessions begun before (fail closed).
     pub fn end_session(
         &mut self,
-        token: &str,
+        keys: [&str; 2],
         sid: Option<&str>,
         sub: &str,
         iat: u64,
@@ -107,13 +124,15 @@ impl Revocations {
         let until = now.saturating_add(lifetime);
         // The token too by the user at the cap (found in review: a flood of one account's logouts
         // pushed the other users' ended tokens out, and their cookies opened again).
-        if self.tokens.len() < MAX_ENTRIES || find(&self.tokens, token).is_ok() {
-            upsert(&mut self.tokens, token, (0, until), keep_later);
-        } else {
-            upsert(&mut self.subs, sub, (iat, until), keep_later);
+        for key in keys {
+            if self.tokens.len() < FALLBACK_AT || find(&self.tokens, key).is_ok() {
+                upsert(&mut self.tokens, key, (0, until), keep_later);
+            } else {
+                upsert(&mut self.subs, sub, (iat, until), keep_later);
+            }
         }
         if let Some(sid) = sid {
-            if self.sids.len() < MAX_ENTRIES || find(&self.sids, sid).is_ok() {
+            if self.sids.len() < FALLBACK_AT || find(&self.sids, sid).is_ok() {
                 upsert(&mut self.sids, sid, (iat, until), keep_later);
             } else {
                 upsert(&mut self.subs, sub, (iat, until), keep_later);
@@ -122,9 +141,15 @@ impl Revocations {
         self.cap();
     }
 
-    /// True when a session with this `sid`/`sub`, whose ID token (named `token`, see [`token_key`]) was
-    /// issued at `iat`, has been logged out.
-    pub fn is_revoked(&self, sid: Option<&str>, sub: &str, iat: u64, token: &str) -> bool {
+    /// True when a session with this `sid`/`sub`, whose ID token was issued at `iat` (it and its login named
+    /// by `keys`, see [`token_key`] and [`login_key`]), has been logged out.
+    pub fn is_revoked<K: AsRef<str>>(
+        &self,
+        sid: Option<&str>,
+        sub: &str,
+        iat: u64,
+        keys: &[K],
+    ) -> bool {
         sid.is_some_and(|s| {
             find(&self.sids, s)
                 .ok()
@@ -134,7 +159,8 @@ impl Revocations {
             .ok()
             .and_then(|i| self.subs.get(i))
             .is_some_and(|(_, (at, _))| iat <= *at)
-            || (!self.tokens.is_empty() && find(&self.tokens, token).is_ok())
+            || (!self.tokens.is_empty()
+                && keys.iter().any(|k| find(&self.tokens, k.as_ref()).is_ok()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -311,8 +337,8 @@ mod tests {
         let merged = Revocations::merged_shared(Some(&other.encode()), &local, 200).unwrap();
         let merged = Revocations::decode(&merged);
         assert!(
-            merged.is_revoked(Some("s1"), "u", 50, "-")
-                && merged.is_revoked(Some("s2"), "u", 50, "-")
+            merged.is_revoked(Some("s1"), "u", 50, &["-"])
+                && merged.is_revoked(Some("s2"), "u", 50, &["-"])
         );
         // A later format: not overwritten.
         let mut later = other.encode();
@@ -345,11 +371,13 @@ mod tests {
         );
         let old = w.finish();
         let r = Revocations::decode(&old);
-        assert!(r.is_revoked(Some("s1"), "x", 4000, "-") && r.is_revoked(None, "u1", 100, "-"));
+        assert!(
+            r.is_revoked(Some("s1"), "x", 4000, &["-"]) && r.is_revoked(None, "u1", 100, &["-"])
+        );
         let merged = Revocations::merged_shared(Some(&old), &Revocations::default(), 200).unwrap();
         // Still format 2, for the build before: no entry carries a date.
         assert_eq!(merged.first(), Some(&2));
-        assert!(Revocations::decode(&merged).is_revoked(Some("s1"), "x", 4000, "-"));
+        assert!(Revocations::decode(&merged).is_revoked(Some("s1"), "x", 4000, &["-"]));
     }
 
     /// A logout token issued at `iat`.
@@ -370,15 +398,15 @@ mod tests {
             iat: 1000,
         };
         r.add(&token, 1005, 3600);
-        assert!(r.is_revoked(None, "alice", 1000, "-"));
+        assert!(r.is_revoked(None, "alice", 1000, &["-"]));
         assert!(
-            !r.is_revoked(None, "alice", 1001, "-"),
+            !r.is_revoked(None, "alice", 1001, &["-"]),
             "a login after the logout stands, though the token arrived later"
         );
         // The same token replayed an hour later: the session begun since stays.
         r.add(&token, 4600, 3600);
-        assert!(!r.is_revoked(None, "alice", 2000, "-"));
-        assert!(r.is_revoked(None, "alice", 999, "-"));
+        assert!(!r.is_revoked(None, "alice", 2000, &["-"]));
+        assert!(r.is_revoked(None, "alice", 999, &["-"]));
         // A later logout, then a late copy of the earlier one: the later one holds.
         r.add(
             &Logout {
@@ -389,8 +417,8 @@ mod tests {
             3600,
         );
         r.add(&token, 4800, 3600);
-        assert!(r.is_revoked(None, "alice", 2000, "-"));
-        assert!(!r.is_revoked(None, "alice", 3001, "-"));
+        assert!(r.is_revoked(None, "alice", 2000, &["-"]));
+        assert!(!r.is_revoked(None, "alice", 3001, &["-"]));
     }
 
     /// The IdP's clock 30 s ahead of ours: a session it issued 10 s before the logout (its `iat` still
@@ -405,20 +433,20 @@ mod tests {
             iat: now + 30,
         };
         r.add(&token, now, 3600);
-        assert!(r.is_revoked(None, "alice", now + 20, "-"));
-        assert!(!r.is_revoked(None, "alice", now + 31, "-"));
+        assert!(r.is_revoked(None, "alice", now + 20, &["-"]));
+        assert!(!r.is_revoked(None, "alice", now + 31, &["-"]));
     }
 
     #[test]
     fn sid_ends_that_session_only_and_sub_ends_older_sessions_of_that_user() {
         let mut r = Revocations::default();
         r.add(&logout(Some("s1"), Some("alice"), 100), 100, 3600);
-        assert!(r.is_revoked(Some("s1"), "alice", 50, "-"));
-        assert!(!r.is_revoked(Some("s2"), "alice", 50, "-"));
+        assert!(r.is_revoked(Some("s1"), "alice", 50, &["-"]));
+        assert!(!r.is_revoked(Some("s2"), "alice", 50, &["-"]));
         r.add(&logout(None, Some("bob"), 100), 100, 3600);
-        assert!(r.is_revoked(Some("x"), "bob", 99, "-"));
+        assert!(r.is_revoked(Some("x"), "bob", 99, &["-"]));
         assert!(
-            !r.is_revoked(Some("x"), "bob", 101, "-"),
+            !r.is_revoked(Some("x"), "bob", 101, &["-"]),
             "a login after the logout stands"
         );
         r.prune(3701);
@@ -432,7 +460,7 @@ mod tests {
         let mut b = Revocations::default();
         b.add(&logout(None, Some("u"), 100), 100, 10);
         b.merge(&Revocations::decode(&a.encode()));
-        assert!(b.is_revoked(Some("s1"), "x", 0, "-") && b.is_revoked(None, "u", 0, "-"));
+        assert!(b.is_revoked(Some("s1"), "x", 0, &["-"]) && b.is_revoked(None, "u", 0, &["-"]));
         assert!(Revocations::decode(b"garbage").is_empty());
     }
 
@@ -443,22 +471,24 @@ mod tests {
     #[test]
     fn a_logout_here_ends_the_sessions_tokens_not_a_later_logins() {
         let mut r = Revocations::default();
-        r.end_session("t1", Some("s"), "u", 1000, 1500, 3600);
-        assert!(r.is_revoked(Some("s"), "u", 1000, "t1") && r.is_revoked(Some("s"), "u", 10, "-"));
+        r.end_session(["t1", "l1"], Some("s"), "u", 1000, 1500, 3600);
         assert!(
-            !r.is_revoked(Some("s"), "u", 1000, "t2"),
+            r.is_revoked(Some("s"), "u", 1000, &["t1"]) && r.is_revoked(Some("s"), "u", 10, &["-"])
+        );
+        assert!(
+            !r.is_revoked(Some("s"), "u", 1000, &["t2"]),
             "the same second, another token"
         );
-        assert!(!r.is_revoked(Some("s"), "u", 1001, "-"));
-        assert!(!r.is_revoked(None, "u", 10, "-"), "nothing by sub");
-        r.end_session("t3", None, "v", 1000, 1500, 3600);
-        assert!(r.is_revoked(None, "v", 1000, "t3") && !r.is_revoked(None, "v", 999, "t4"));
+        assert!(!r.is_revoked(Some("s"), "u", 1001, &["-"]));
+        assert!(!r.is_revoked(None, "u", 10, &["-"]), "nothing by sub");
+        r.end_session(["t3", "l3"], None, "v", 1000, 1500, 3600);
+        assert!(r.is_revoked(None, "v", 1000, &["t3"]) && !r.is_revoked(None, "v", 999, &["t4"]));
         // The two parts, as the workers share them.
         let mut shared = Revocations::decode(&r.encode());
         shared.merge(&Revocations::decode(&r.encode_logouts()));
         assert_eq!(shared, r);
         r.add(&logout(Some("s"), None, 2000), 2000, 3600);
-        assert!(r.is_revoked(Some("s"), "u", 1_000_000, "-"));
+        assert!(r.is_revoked(Some("s"), "u", 1_000_000, &["-"]));
         r.prune(5600);
         assert!(r.is_empty());
     }
@@ -474,7 +504,7 @@ mod tests {
         }
         for i in 0..100 {
             r.end_session(
-                &format!("t{i}"),
+                [&format!("t{i}"), "lm"],
                 Some(&format!("flood{i}")),
                 "mallory",
                 500 + i,
@@ -483,10 +513,10 @@ mod tests {
             );
         }
         assert_eq!(r.sids.len(), MAX_ENTRIES);
-        assert!(r.is_revoked(Some("s00000"), "-", 0, "-"));
+        assert!(r.is_revoked(Some("s00000"), "-", 0, &["-"]));
         assert!(
-            r.is_revoked(Some("new"), "mallory", 599, "-")
-                && !r.is_revoked(Some("new"), "mallory", 600, "-")
+            r.is_revoked(Some("new"), "mallory", 599, &["-"])
+                && !r.is_revoked(Some("new"), "mallory", 600, &["-"])
         );
     }
 
@@ -495,13 +525,20 @@ mod tests {
     #[test]
     fn a_flood_of_one_users_logouts_keeps_the_other_ended_tokens() {
         let mut r = Revocations::default();
-        r.end_session("victim", None, "v", 100, 100, 3600);
+        r.end_session(["victim", "lv"], None, "v", 100, 100, 3600);
         for i in 0..MAX_ENTRIES + 50 {
-            r.end_session(&format!("t{i:05}"), None, "mallory", 500, 600, 36_000);
+            r.end_session(
+                [&format!("t{i:05}"), "lm"],
+                None,
+                "mallory",
+                500,
+                600,
+                36_000,
+            );
         }
-        assert!(r.is_revoked(None, "v", 100, "victim"));
+        assert!(r.is_revoked(None, "v", 100, &["victim"]));
         assert!(
-            r.is_revoked(None, "mallory", 500, "new-token"),
+            r.is_revoked(None, "mallory", 500, &["new-token"]),
             "by the user beyond the cap"
         );
         assert!(r.tokens.len() <= MAX_ENTRIES);
@@ -532,10 +569,10 @@ mod tests {
         let keys: Vec<&str> = r.sids.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["a", "c", "m", "q", "x"]);
         for sid in ["a", "c", "m", "q", "x"] {
-            assert!(r.is_revoked(Some(sid), "-", 0, "-"), "{sid}");
+            assert!(r.is_revoked(Some(sid), "-", 0, &["-"]), "{sid}");
         }
         for sid in ["", "b", "z", "mm"] {
-            assert!(!r.is_revoked(Some(sid), "-", 0, "-"), "{sid}");
+            assert!(!r.is_revoked(Some(sid), "-", 0, &["-"]), "{sid}");
         }
     }
 
@@ -551,16 +588,16 @@ mod tests {
         // Two more, one lapsing before all others; then a tie with the oldest left.
         r.add(&logout(Some("early"), None, 0), 0, 10);
         assert_eq!(r.sids.len(), MAX_ENTRIES);
-        assert!(r.is_revoked(Some("s00000"), "-", 0, "-"));
-        assert!(!r.is_revoked(Some("early"), "-", 0, "-"));
+        assert!(r.is_revoked(Some("s00000"), "-", 0, &["-"]));
+        assert!(!r.is_revoked(Some("early"), "-", 0, &["-"]));
         r.add(&logout(Some("late"), None, 0), 0, 5000);
-        assert!(!r.is_revoked(Some("s00000"), "-", 0, "-"));
+        assert!(!r.is_revoked(Some("s00000"), "-", 0, &["-"]));
         r.add(&logout(Some("a-tie"), None, 0), 0, 1001);
         assert!(
-            !r.is_revoked(Some("a-tie"), "-", 0, "-"),
+            !r.is_revoked(Some("a-tie"), "-", 0, &["-"]),
             "first in key order"
         );
-        assert!(r.is_revoked(Some("s00001"), "-", 0, "-"));
+        assert!(r.is_revoked(Some("s00001"), "-", 0, &["-"]));
         let mut r = Revocations::default();
         for i in 0..=MAX_ENTRIES {
             r.add(
@@ -570,7 +607,7 @@ mod tests {
             );
         }
         assert_eq!(r.subs.len(), MAX_ENTRIES);
-        assert!(!r.is_revoked(None, "u0", 0, "-") && r.is_revoked(None, "u1", 0, "-"));
+        assert!(!r.is_revoked(None, "u0", 0, &["-"]) && r.is_revoked(None, "u1", 0, &["-"]));
     }
 
     #[test]
@@ -586,13 +623,64 @@ mod tests {
             r.add(&logout, 50, 100);
         }
         assert!(
-            r.is_revoked(Some("bob-sid"), "bob", 0, "-"),
+            r.is_revoked(Some("bob-sid"), "bob", 0, &["-"]),
             "bob's logout stands"
         );
-        assert_eq!((r.sids.len(), r.subs.len()), (MAX_ENTRIES, 1));
+        assert_eq!((r.sids.len(), r.subs.len()), (FALLBACK_AT, 1));
         // Mallory's sessions begun before the logouts are over, her later ones are not.
-        assert!(r.is_revoked(Some("mallory-new"), "mallory", 50, "-"));
-        assert!(!r.is_revoked(Some("mallory-new"), "mallory", 51, "-"));
+        assert!(r.is_revoked(Some("mallory-new"), "mallory", 50, &["-"]));
+        assert!(!r.is_revoked(Some("mallory-new"), "mallory", 51, &["-"]));
+    }
+
+    /// Found in review: each worker fell back to the user's entry only once its own copy was at the cap,
+    /// so one account's logouts spread over the workers within a tick filled each copy to it, and their
+    /// union pushed the logouts that lapse first, other users', out of the shared list.
+    #[test]
+    fn a_flood_spread_over_workers_pushes_out_no_other_users_logout() {
+        let mut shared = Revocations::default();
+        shared.add(&logout(Some("bob-sid"), Some("bob"), 0), 0, 100);
+        shared.end_session(["bob-token", "bob-login"], None, "bob", 0, 0, 100);
+        for i in 0..MAX_ENTRIES - 1_010 {
+            shared.sids.push((format!("s{i:05}"), (u64::MAX, 1000)));
+            shared.tokens.push((format!("t{i:05}"), (0, 1000)));
+        }
+        shared.sids.sort();
+        shared.tokens.sort();
+        let bytes = (shared.encode(), shared.encode_logouts());
+        let mut workers = [0, 1].map(|_| {
+            let mut w = Revocations::decode(&bytes.0);
+            w.merge(&Revocations::decode(&bytes.1));
+            w
+        });
+        for (n, w) in workers.iter_mut().enumerate() {
+            for i in 0..600 {
+                let logout = Logout {
+                    sid: Some(format!("mallory-{n}-{i}")),
+                    sub: Some("mallory".into()),
+                    iat: 50,
+                };
+                w.add(&logout, 50, 2000);
+                let keys = [&format!("mt-{n}-{i}"), &format!("ml-{n}-{i}")];
+                w.end_session(keys.map(String::as_str), None, "mallory", 50, 50, 2000);
+            }
+        }
+        // Each worker writes its copy into the shared list in turn (`merged_shared`).
+        let (mut back, mut logouts) = bytes;
+        for w in &workers {
+            back = Revocations::merged_shared(Some(&back), w, 60).unwrap();
+            logouts = Revocations::merged_shared_logouts(Some(&logouts), w, 60).unwrap();
+        }
+        let mut merged = Revocations::decode(&back);
+        merged.merge(&Revocations::decode(&logouts));
+        assert!(
+            merged.is_revoked(Some("bob-sid"), "x", 0, &["-"]),
+            "bob's back-channel logout"
+        );
+        assert!(
+            merged.is_revoked(None, "x", 0, &["bob-login"]),
+            "bob's /logout"
+        );
+        assert!(merged.is_revoked(None, "mallory", 50, &["-"]));
     }
 
     fn sample() -> Revocations {
@@ -633,7 +721,7 @@ mod tests {
         // A `/logout`: in the list of its own, of format 4, which the other leaves as it was.
         let before = one.encode();
         one.end_session(
-            "t2",
+            ["t2", "l2"],
             Some("sid-2"),
             "u",
             1_700_000_000,
@@ -696,7 +784,7 @@ mod tests {
     fn random_and_mutated_encodings_never_panic() {
         for b in crate::wire::mutations(sample().encode(), VERSION, 0x2545_f491_4f6c_dd1d_u64) {
             let r = Revocations::decode(&b);
-            let _ = r.is_revoked(Some("sid-1"), "bob", 0, "-");
+            let _ = r.is_revoked(Some("sid-1"), "bob", 0, &["-"]);
             assert_eq!(Revocations::decode(&r.encode()), r);
         }
     }

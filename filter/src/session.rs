@@ -786,8 +786,12 @@ pub const PAYLOAD_VERSION: u8 = 2;
 /// A logged-in session, sealed into the session cookie: every byte travels on every request.
 ///
 /// Encoded (see [`crate::wire`]) as [`PAYLOAD_VERSION`], then `id_token`, `access_token` (optional),
-/// `refresh_token` (optional), `token_expires_at`, `expires_at`, `sub`, and `login_sid` when there is one
-/// (a session without it is encoded as before it existed, and reads so in an older build).
+/// `refresh_token` (optional), `token_expires_at`, `expires_at`, `sub`, and a last string when there is a
+/// `login_id` or a `login_sid`: `\0`, the id as base64url of its 8 bytes (little-endian), then the `sid`;
+/// or, in a session of the builds before login ids, the `sid` alone. A build of before login ids reads the
+/// string as the session's `sid`, one no IdP names, so it opens these sessions (through a rolling upgrade,
+/// or after a rollback); only a back-channel logout by the `sid` alone of a session whose ID token names
+/// none misses it there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     /// The ID token, kept for `id_token_hint` at logout and for forwarding.
@@ -804,9 +808,27 @@ pub struct Session {
     /// leave it out of refreshed ID tokens (Ory Hydra, Spring Authorization Server); kept only while the
     /// ID token held has none, for a back-channel logout may name the session by it alone.
     pub login_sid: Option<String>,
+    /// Names the login, random, kept by every renewal: a `/logout` ends it (see [`Session::login_id`]).
+    /// `None` in sessions of the builds before.
+    pub login_id: Option<u64>,
 }
 
 impl Session {
+    /// The login's id. For a session of the builds before login ids that can renew, one made of its user
+    /// and the end of its session, which every renewal keeps too (two such logins of one user in the same
+    /// second share it); `None` for one that cannot (its ID token is its login).
+    pub fn login_id(&self) -> Option<u64> {
+        self.login_id.or_else(|| {
+            use core::hash::Hasher as _;
+            self.refresh_token.as_ref()?;
+            let mut h = crate::idhash::IdHasher::default();
+            h.write(b"login\0");
+            h.write(self.sub.as_bytes());
+            h.write(&self.expires_at.to_le_bytes());
+            Some(h.finish())
+        })
+    }
+
     /// The plaintext to seal.
     pub fn encode(&self) -> Vec<u8> {
         let tokens = [
@@ -815,16 +837,30 @@ impl Session {
             self.refresh_token.as_ref(),
         ];
         let size: usize = tokens.iter().flatten().map(|t| t.expose().len()).sum();
-        let sid = self.login_sid.as_ref().map_or(0, |s| s.len() + 2);
-        let mut w = Writer::new(PAYLOAD_VERSION, size + self.sub.len() + sid + 24);
+        let sid = self.login_sid.as_deref().filter(|s| !s.is_empty());
+        let last = match self.login_id {
+            Some(id) => Some(
+                [
+                    "\0",
+                    &crate::b64::encode_url(&id.to_le_bytes()),
+                    sid.unwrap_or(""),
+                ]
+                .concat(),
+            ),
+            None => sid.map(str::to_owned),
+        };
+        let mut w = Writer::new(
+            PAYLOAD_VERSION,
+            size + self.sub.len() + last.as_ref().map_or(0, |s| s.len() + 2) + 24,
+        );
         w.str(self.id_token.expose())
             .opt_str(self.access_token.as_ref().map(Secret::expose))
             .opt_str(self.refresh_token.as_ref().map(Secret::expose))
             .u64(self.token_expires_at)
             .u64(self.expires_at)
             .str(&self.sub);
-        if let Some(sid) = self.login_sid.as_deref().filter(|s| !s.is_empty()) {
-            w.str(sid);
+        if let Some(last) = &last {
+            w.str(last);
         }
         w.finish()
     }
@@ -841,11 +877,22 @@ impl Session {
                 expires_at: r.u64()?,
                 sub: r.string()?,
                 login_sid: None,
+                login_id: None,
             };
-            // A zero-length `sid` is never written: a trailing empty string is malformed, as any other
-            // trailing byte is.
+            // A zero-length last string is never written: a trailing empty string is malformed, as any
+            // other trailing byte is.
             if !r.at_end() {
-                s.login_sid = Some(r.string().filter(|sid| !sid.is_empty())?);
+                let last = r.string().filter(|last| !last.is_empty())?;
+                let sid = match last.strip_prefix('\0') {
+                    Some(rest) => {
+                        let (id, sid) = (rest.get(..11)?, rest.get(11..)?);
+                        let id = crate::b64::decode_url(id)?;
+                        s.login_id = Some(u64::from_le_bytes(id.as_slice().try_into().ok()?));
+                        sid
+                    }
+                    None => &last,
+                };
+                s.login_sid = Some(sid.to_owned()).filter(|sid| !sid.is_empty());
             }
             r.finish().map(|()| s)
         };
@@ -1015,6 +1062,7 @@ mod tests {
             expires_at: 1_700_028_800,
             sub: "alice".into(),
             login_sid: None,
+            login_id: None,
         }
     }
 
@@ -1511,16 +1559,24 @@ mod tests {
             expires_at: u64::MAX,
             sub: String::new(),
             login_sid: None,
+            login_id: None,
         };
         let bare = Session {
             access_token: None,
             ..full.clone()
+        };
+        let with_id = |login_id, login_sid: Option<&str>| Session {
+            login_id: Some(login_id),
+            login_sid: login_sid.map(str::to_owned),
+            ..session()
         };
         vec![
             session().encode(),
             full.encode(),
             bare.encode(),
             login_state().encode(),
+            with_id(0, None).encode(),
+            with_id(u64::MAX, Some("sid-é")).encode(),
         ]
     }
 
@@ -1615,11 +1671,77 @@ mod tests {
         assert_eq!(Session::decode(&without).map(|s| s.login_sid), Ok(None));
     }
 
+    /// A login id is written as the last string, before the `sid`, with a `\0` first: the bytes a build
+    /// of before login ids writes for a session whose `sid` is that string, which it then opens.
+    #[test]
+    fn a_login_id_is_a_last_string_that_the_builds_before_read_as_a_sid() {
+        for sid in [None, Some("sid-1")] {
+            let s = Session {
+                login_id: Some(0x0102_0304_0506_0708),
+                login_sid: sid.map(str::to_owned),
+                ..session()
+            };
+            let bytes = s.encode();
+            assert_eq!(Session::decode(&bytes), Ok(s.clone()));
+            let last = ["\0", "CAcGBQQDAgE", sid.unwrap_or("")].concat();
+            let before = Session {
+                login_id: None,
+                login_sid: Some(last),
+                ..session()
+            };
+            assert_eq!(before.encode(), bytes, "{sid:?}");
+            assert_eq!(&bytes[..session().encode().len()], &session().encode()[..]);
+        }
+        // Malformed: an id cut short, or not base64url.
+        for last in ["\0CAcGBQQDAg", "\0CAcGBQQDA!E", "\0"] {
+            let odd = Session {
+                login_sid: Some(last.into()),
+                ..session()
+            };
+            assert_eq!(
+                Session::decode(&odd.encode()),
+                Err(OpenError::Malformed),
+                "{last:?}"
+            );
+        }
+        // Without one: a session that can renew is named by its user and its end, which its renewals
+        // keep; one that cannot, by nothing but its token.
+        let old = Session {
+            refresh_token: Some(Secret::new("rt")),
+            ..session()
+        };
+        let renewed = Session {
+            id_token: Secret::new("another.token.sig"),
+            token_expires_at: old.token_expires_at + 3600,
+            ..old.clone()
+        };
+        assert!(old.login_id().is_some());
+        assert_eq!(old.login_id(), renewed.login_id());
+        let later = Session {
+            expires_at: old.expires_at + 1,
+            ..old.clone()
+        };
+        assert_ne!(old.login_id(), later.login_id());
+        assert_eq!(session().login_id(), None);
+    }
+
     #[test]
     fn every_truncation_and_any_trailing_byte_is_malformed() {
         for bytes in payloads() {
             assert!(decode_any(&bytes));
-            for len in 0..bytes.len() {
+            // A session's last string is optional: cut off whole, what is left is a session without it.
+            let without_last = Session::decode(&bytes)
+                .ok()
+                .filter(|s| s.login_id.is_some() || s.login_sid.is_some())
+                .map(|s| {
+                    let bare = Session {
+                        login_id: None,
+                        login_sid: None,
+                        ..s
+                    };
+                    bare.encode().len()
+                });
+            for len in (0..bytes.len()).filter(|&len| Some(len) != without_last) {
                 assert!(!decode_any(&bytes[..len]), "{bytes:?} cut to {len}");
             }
             for extra in [0u8, 1, 0x80, 0xff] {

@@ -630,3 +630,76 @@ fn a_renewal_of_a_session_logged_out_since_is_not_handed_on() {
     let r = respond(flow::adopt_renewal(&c.cfg, &mut c.state, job, &lines, now));
     assert_eq!(r.status, 401, "{r:?}");
 }
+
+/// Found in review: a `/logout` ended the ID token of the cookie it came with, and that token's `sid` up
+/// to its `iat`. A renewal done just before it (a page's poll on worker A, whose answer with the new cookie
+/// the browser had not stored yet when the user pressed "Log out", which worker B served with the old
+/// cookie) has a later token: the new cookie stayed a session on every worker, and so did the old one on
+/// A, whose cache hands it the renewal. Now the logout ends the login, which every renewal keeps.
+#[test]
+fn a_logout_with_the_cookie_before_a_renewal_ends_the_renewal_too() {
+    for sid in [Some("idp-session-1"), None] {
+        let minted = |c: &mut serde_json::Value| {
+            if let Some(sid) = sid {
+                c["sid"] = sid.into();
+            }
+            mint(c)
+        };
+        let mut a = Filter::ready(config(serde_json::json!({})));
+        let mut b = Filter::ready(config(serde_json::json!({})));
+        let (jar, _) = log_in_with(&mut a, Some("rt-1"), |n| minted(&mut claims(Some(n))));
+        // A copy of the cookie, taken before the renewal.
+        let copy = jar.clone();
+        a.now = NOW + 3600 - 30;
+        b.now = a.now;
+        let (_, pending) = call(a.request(&Req::api("/poll").cookies(&jar)));
+        let new_token = minted(&mut refreshed_claims(a.now));
+        let body = token_body(Some(&new_token), Some("rt-2"));
+        let fwd = forward(a.reply(pending, Some((200, &body))));
+        assert_eq!(bearer(&fwd), format!("Bearer {new_token}"), "{sid:?}");
+        let mut renewed = jar.clone();
+        renewed.apply(fwd.set_cookies.iter().map(String::as_str));
+        // The control: before the logout, the renewed cookie is a session on both workers.
+        for f in [&mut a, &mut b] {
+            let fwd = forward(f.request(&Req::api("/x").cookies(&renewed)));
+            assert_eq!(bearer(&fwd), format!("Bearer {new_token}"), "{sid:?}");
+        }
+        let r = respond(b.request(&Req::browser("/logout").cookies(&jar)));
+        assert_eq!(r.metric, Some(Metric::Logout), "{sid:?}");
+        // Every worker learns of it (the adapter's tick).
+        let ended = b.state.revoked.clone();
+        a.state.revoked.merge(&ended);
+        for (on_a, cookies, what) in [
+            (
+                true,
+                &renewed,
+                "the renewed cookie on the worker that renewed it",
+            ),
+            (
+                false,
+                &renewed,
+                "the renewed cookie on the worker of the logout",
+            ),
+            (
+                true,
+                &copy,
+                "a copy of the old cookie on the worker that renewed it",
+            ),
+        ] {
+            let f = if on_a { &mut a } else { &mut b };
+            let r = respond(f.request(&Req::api("/x").cookies(cookies)));
+            assert_eq!(r.status, 401, "{what}, {sid:?}: {r:?}");
+        }
+        // A later login of the same user stands.
+        a.now += 1;
+        let now = a.now;
+        let (again, _) = log_in_with(&mut a, Some("rt-3"), |n| {
+            let mut c = claims(Some(n));
+            c["iat"] = now.into();
+            c["exp"] = (now + 3600).into();
+            minted(&mut c)
+        });
+        let fwd = forward(a.request(&Req::api("/x").cookies(&again)));
+        assert!(bearer(&fwd).starts_with("Bearer "), "{sid:?}");
+    }
+}

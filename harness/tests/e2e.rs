@@ -63,6 +63,11 @@ fn stack() -> &'static Stack {
             SiteSpec::new("refresh")
                 .filter(json!({"refresh_margin": "4s"}))
                 .idp_client(json!({"id_token_ttl": REFRESH_TTL})),
+            // As `refresh`, for the logout of a renewed session alone on its site (it counts the
+            // workers' connections).
+            SiteSpec::new("renewedlogout")
+                .filter(json!({"refresh_margin": "4s"}))
+                .idp_client(json!({"id_token_ttl": REFRESH_TTL})),
             SiteSpec::new("rotating")
                 .filter(json!({"refresh_margin": "1s"}))
                 .idp_client(json!({"id_token_ttl": 3, "rotate_refresh_token": true})),
@@ -1098,6 +1103,39 @@ fn logout_ends_a_cookie_without_sid_on_every_worker() {
     let _idp = idp_hold::shared();
     let (_, claims, _) = logged_out_everywhere(site("main"));
     assert!(claims.get("sid").is_none(), "{claims}");
+}
+
+/// Found in review: a `/logout` ended the ID token of the cookie it came with (and that token's `sid` up
+/// to its `iat`). A renewal done just before (a page's poll, whose answer with the renewed cookie had not
+/// reached the browser when the user pressed "Log out") has a later token, so the renewed cookie stayed a
+/// session on every worker. The logout ends the login now, which every renewal keeps.
+#[test]
+fn logout_with_the_cookie_from_before_a_renewal_ends_the_renewed_cookie() {
+    let _idp = idp_hold::shared();
+    let s = site("renewedlogout");
+    let b = Browser::new();
+    login(&b, s, "/");
+    let old = b.cookie("localhost", SESSION).unwrap();
+    let claims = jwt_payload(&app_bearer(&api(&b, &s.url("/")))).unwrap();
+    let exp = claims["exp"].as_u64().unwrap();
+    sleep_until_unix(exp - REFRESH_TTL / 2, Duration::from_millis(100));
+    let poll = Browser::new().with_header("accept", "application/json");
+    poll.set_cookie("localhost", SESSION, &old);
+    let r = poll.get(&s.url("/poll")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let renewed = poll.cookie("localhost", SESSION).unwrap();
+    assert_ne!(renewed, old, "the poll renewed the session");
+    assert_eq!(status_with_cookie(s, &renewed), 200);
+    // The browser still holds the cookie from before the renewal.
+    let r = b.get(&s.url("/logout")).unwrap();
+    assert_eq!(r.status, 302, "{}", r.body);
+    for cookie in [&renewed, &old] {
+        stack()
+            .until_every_worker(&s.name, Duration::from_secs(30), || {
+                status_with_cookie(s, cookie) == 401
+            })
+            .unwrap();
+    }
 }
 
 /// Whether a `/logout` in a browser logged in on `s` ends the cookie it held on every worker: the

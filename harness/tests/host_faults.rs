@@ -48,6 +48,7 @@ fn session(iat: u64, exp: u64, refresh_token: Option<&str>) -> Session {
         expires_at: unix_now() + 3600,
         sub: "alice".into(),
         login_sid: None,
+        login_id: Some(1),
     }
 }
 
