@@ -524,7 +524,7 @@ impl Config {
             // The 403 page names the user by these, whatever the headers and rules read.
             keep_claims.extend(["preferred_username", "email"]);
         }
-        keep_claims.sort_unstable();
+        crate::json::heapsort(&mut keep_claims);
         keep_claims.dedup();
         let keep_claims = keep_claims.into_iter().map(str::to_string).collect();
         // The access token travels as one more identity header, under a claim name no configuration
