@@ -84,7 +84,31 @@ fn decode(input: &[u8]) -> String {
     }
     match String::from_utf8(bytes) {
         Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        Err(e) => lossy(e.as_bytes()),
+    }
+}
+
+/// `bytes` as text, each sequence that is not UTF-8 replaced by U+FFFD: what `String::from_utf8_lossy`
+/// gives (its sequences are the ones `Utf8Error::error_len` measures), without a second decoder in the module.
+pub(crate) fn lossy(mut bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    loop {
+        match core::str::from_utf8(bytes) {
+            Ok(s) => {
+                out.push_str(s);
+                return out;
+            }
+            Err(e) => {
+                let (good, bad) = bytes.split_at(e.valid_up_to());
+                // SAFETY: `from_utf8` found the bytes before `valid_up_to` valid.
+                out.push_str(unsafe { core::str::from_utf8_unchecked(good) });
+                out.push(char::REPLACEMENT_CHARACTER);
+                // `None`: the input ends inside a sequence, which is all one replacement.
+                bytes = bad
+                    .get(e.error_len().unwrap_or(bad.len())..)
+                    .unwrap_or_default();
+            }
+        }
     }
 }
 
@@ -109,6 +133,36 @@ pub(crate) fn hex(b: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lossy_is_from_utf8_lossy() {
+        let pieces: [&[u8]; 12] = [
+            b"a",
+            b"\xc3\xa9",
+            b"\xc3",
+            b"\xe2\x82",
+            b"\xe2\x82\xac",
+            b"\xf0\x9f\x98",
+            b"\xf0\x9f\x98\x80",
+            b"\xff",
+            b"\x80",
+            b"\xed\xa0\x80",
+            b"\xf4\x90\x80\x80",
+            b"\xc0\xaf",
+        ];
+        // Every sequence of up to three pieces.
+        let mut inputs: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..3 {
+            let longer: Vec<Vec<u8>> = inputs
+                .iter()
+                .flat_map(|i| pieces.iter().map(move |p| [i.as_slice(), p].concat()))
+                .collect();
+            inputs.extend(longer);
+        }
+        for input in inputs {
+            assert_eq!(lossy(&input), String::from_utf8_lossy(&input), "{input:x?}");
+        }
+    }
 
     fn pairs(s: &str) -> Vec<(String, String)> {
         parse(s.as_bytes()).collect()
