@@ -27,6 +27,7 @@ macro_rules! vm_local {
     };
 }
 
+pub mod aead;
 pub mod b64;
 pub mod claims;
 pub mod config;

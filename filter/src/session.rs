@@ -6,16 +6,13 @@
 use alloc::borrow::ToOwned;
 use alloc::format;
 use alloc::string::String;
-use alloc::vec;
 use alloc::vec::Vec;
 
 use alloc::borrow::Cow;
 use core::cell::Cell;
 use core::fmt;
 
-use chacha20poly1305::aead::inout::InOutBuf;
-use chacha20poly1305::{AeadInOut, KeyInit, Tag, XChaCha20Poly1305, XNonce};
-
+use crate::aead::XChaCha20Poly1305;
 use crate::b64;
 use crate::cookies;
 use crate::headers::le64;
@@ -98,7 +95,7 @@ impl Keys {
                     len: key.len(),
                 });
             }
-            ciphers.push(XChaCha20Poly1305::new(&derive(key).into()));
+            ciphers.push(XChaCha20Poly1305::new(&derive(key)));
         }
         Ok(Keys { ciphers })
     }
@@ -123,16 +120,10 @@ impl Keys {
         buf.push(VERSION);
         buf.extend_from_slice(&nonce);
         buf.extend_from_slice(plaintext);
-        let nonce = XNonce::from(nonce);
         let Some(body) = buf.get_mut(HEADER_LEN..) else {
             return String::new();
         };
-        // The only failure is a plaintext over 256 GiB, which no cookie can be. Should it happen,
-        // the empty value fails to open and the user simply logs in again.
-        let Ok(tag) = cipher.encrypt_inout_detached(&nonce, name.as_bytes(), InOutBuf::from(body))
-        else {
-            return String::new();
-        };
+        let tag = cipher.encrypt(&nonce, name.as_bytes(), body);
         buf.extend_from_slice(&tag);
         b64::encode_url(&buf)
     }
@@ -154,19 +145,13 @@ impl Keys {
         if version != [VERSION] {
             return Err(OpenError::Malformed);
         }
-        let nonce = XNonce::try_from(nonce).map_err(|_| OpenError::Malformed)?;
-        let tag = Tag::try_from(tag).map_err(|_| OpenError::Malformed)?;
-        // Decrypt into a separate buffer so the input stays intact for the next key to try.
-        let mut plaintext = vec![0; ciphertext.len()];
+        let nonce = <&[u8; NONCE_LEN]>::try_from(nonce).map_err(|_| OpenError::Malformed)?;
+        let tag = <&[u8; TAG_LEN]>::try_from(tag).map_err(|_| OpenError::Malformed)?;
+        // A key that does not authenticate it leaves the ciphertext as it was for the next one to try.
+        let mut data = ciphertext.to_vec();
         for cipher in &self.ciphers {
-            let Ok(buf) = InOutBuf::new(ciphertext, &mut plaintext) else {
-                return Err(OpenError::Malformed);
-            };
-            if cipher
-                .decrypt_inout_detached(&nonce, name.as_bytes(), buf, &tag)
-                .is_ok()
-            {
-                return Ok(plaintext);
+            if cipher.decrypt(nonce, name.as_bytes(), &mut data, tag) {
+                return Ok(data);
             }
         }
         Err(OpenError::Invalid)
