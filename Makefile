@@ -25,9 +25,10 @@ lint: setup
 unit: setup
 	cargo nextest run -p oidc-filter --no-fail-fast
 	# The byte loops that have a Wasm SIMD form, checked in that form, in Node's V8 (the engine Envoy embeds),
-	# and the JSON numbers, whose limits depend on wasm32's 32-bit usize.
+	# the JSON numbers, whose limits depend on wasm32's 32-bit usize, and the cookies' cipher and form decoding
+	# as the module runs them.
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/harness/wasi-run.mjs" \
-		cargo test -p oidc-filter --lib --target wasm32-wasip1 -- --nocapture cookies:: headers:: session:: json::
+		cargo test -p oidc-filter --lib --target wasm32-wasip1 -- --nocapture cookies:: headers:: session:: json:: aead:: form::
 
 e2e: wasm
 	cargo test -p harness --no-fail-fast

@@ -64,7 +64,9 @@ fuzz_target!(|data: &[u8]| {
             }
             let mut map = session::SealedMap::default();
             for (i, k) in keys.into_iter().enumerate() {
-                if k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                if k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
                     map.insert(k, i);
                 }
             }
