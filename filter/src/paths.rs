@@ -280,12 +280,16 @@ fn safe(rd: &str) -> bool {
 }
 
 /// Whether `path`, percent-decoded (a `%` that starts no escape taken as it is), neither starts with `//`
-/// or `/\` nor holds a `\` or a NUL.
+/// or `/\` nor holds a `\`, a NUL or a dot segment (found by a black-box test: `/..//evil.example`,
+/// `/%2e%2e/%2fevil.example`, which a browser resolves to the path `//evil.example`, one an app's script
+/// may take for an address; a browser's own address has none).
 fn decoded_stays(path: &str) -> bool {
     let b = path.as_bytes();
     let mut i = 0;
     let mut n = 0;
     let mut prev = 0u8;
+    // The current segment's length, and how many of its bytes are dots.
+    let (mut len, mut dots) = (0, 0);
     while let Some(&c) = b.get(i) {
         let escaped = (c == b'%')
             .then(|| {
@@ -299,10 +303,19 @@ fn decoded_stays(path: &str) -> bool {
         if d == 0 || d == b'\\' || (n == 1 && prev == b'/' && d == b'/') {
             return false;
         }
+        if d == b'/' {
+            if len > 0 && len <= 2 && dots == len {
+                return false;
+            }
+            (len, dots) = (0, 0);
+        } else {
+            len += 1;
+            dots += usize::from(d == b'.');
+        }
         prev = d;
         n += 1;
     }
-    true
+    !(len > 0 && len <= 2 && dots == len)
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -540,8 +553,19 @@ mod tests {
             "",
             "evil.example",
             "?//evil.example",
+            // Dot segments, which a browser resolves (found by a black-box test: `//evil.example` then).
+            "/..//evil.example/x",
+            "/./%2Fevil.example",
+            "/%2e%2e/%2fevil.example",
+            "/a/%2E./b",
+            "/a/.",
+            "/a/..",
         ] {
             assert_eq!(safe_redirect(bad), "/", "{bad:?}");
+        }
+        // Dots that make no dot segment stay.
+        for good in ["/a/.well-known/x", "/a/...", "/a.b/..c/c..", "/v1.2/"] {
+            assert_eq!(safe_redirect(good), good, "{good:?}");
         }
         // A control character in the path is refused; after it, what a URL cannot hold as it is gets
         // percent-encoded: no header can be injected.

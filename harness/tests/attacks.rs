@@ -1177,6 +1177,10 @@ fn rd_cannot_send_the_browser_off_site() {
         "data:text/html,<script>alert(1)</script>",
         " //evil.example",
         "evil.example",
+        // Dot segments: a browser resolves `/..//evil.example/x` to the path `//evil.example/x` (found
+        // by a black-box test), which an app's script may take for an address.
+        "/..//evil.example/x",
+        "/%2e%2e/%2fevil.example",
     ] {
         let landed = lands_after_login(rd);
         assert!(on_site(&landed), "{rd:?} -> {landed:?}");
