@@ -172,6 +172,11 @@ impl RefreshJob {
     fn browser(&self) -> bool {
         matches!(self.anonymous, Anonymous::Login | Anonymous::Frame)
     }
+
+    /// Whether the request is an API client's (JSON for an answer of the filter's own).
+    fn api(&self) -> bool {
+        matches!(self.anonymous, Anonymous::Api)
+    }
 }
 
 /// Counters a user can graph; the adapter maps each to an Envoy stat.
@@ -348,11 +353,13 @@ pub fn renewal_claim(
     now: u64,
 ) -> Result<RefreshJob, Step> {
     if state.renewals_paused(now) {
+        let api = job.api();
         return Err(match renewal_busy(cfg, job, now) {
             Ok(step) => step,
-            Err(_) => {
-                renewal_unavailable("renewals on this worker paused after one met an outage".into())
-            }
+            Err(_) => renewal_unavailable(
+                api,
+                "renewals on this worker paused after one met an outage".into(),
+            ),
         });
     }
     if state.renewals_failing {
@@ -1893,10 +1900,13 @@ fn refresh_reply(
         // renews by itself once the IdP answers again rather than an outage logging everybody out.
         Err(e) => {
             state.renewal_outage(env.now);
-            return renewal_unavailable(match reply {
-                None => no_answer(),
-                Some(_) => e.to_string(),
-            });
+            return renewal_unavailable(
+                job.api(),
+                match reply {
+                    None => no_answer(),
+                    Some(_) => e.to_string(),
+                },
+            );
         }
     };
     finish_refresh(cfg, state, env, job, tokens, true)
@@ -1927,13 +1937,22 @@ pub fn renewal_crowded() -> Step {
 }
 
 /// 503 for a request whose expired token the IdP could not renew just now; its cookies stay.
-fn renewal_unavailable(detail: String) -> Step {
-    unavailable(
-        // Not always the IdP's silence (it may refuse the gateway's credentials): the log line says why.
+/// A browser gets a line of text; an API client JSON, as its other answers from the filter (found by a
+/// black-box test: a client that reads every answer as JSON failed on this one).
+fn renewal_unavailable(api: bool, detail: String) -> Step {
+    // Not always the IdP's silence (it may refuse the gateway's credentials): the log line says why.
+    let mut step = unavailable(
         "Your session could not be renewed just now. Try again shortly.",
         Metric::RefreshFailed,
         Some(detail),
-    )
+    );
+    if let (true, Step::Respond(r)) = (api, &mut step) {
+        for (_, v) in r.headers.iter_mut().filter(|(n, _)| *n == "content-type") {
+            *v = "application/json".into();
+        }
+        r.body = "{\"error\":\"renewal_unavailable\",\"message\":\"the session could not be renewed just now; try again shortly\"}".into();
+    }
+    step
 }
 
 fn finish_refresh(
@@ -2002,7 +2021,7 @@ fn finish_refresh(
                     let step = if still_valid {
                         keep_old(cfg, &job)
                     } else {
-                        renewal_unavailable(IdTokenError::UnknownKid.to_string())
+                        renewal_unavailable(job.api(), IdTokenError::UnknownKid.to_string())
                     };
                     return keeping_new_refresh_token(cfg, state, env, &job, &tokens, step);
                 }
@@ -2244,7 +2263,10 @@ pub fn renewal_failed(cfg: &Config, state: &mut State, job: RefreshJob, now: u64
         // Renewed on this worker meanwhile: `refresh_failed` forwards that renewal.
         return refresh_failed(cfg, state, &job, now, String::new());
     }
-    renewal_unavailable("the renewal another request of this session made did not complete".into())
+    renewal_unavailable(
+        job.api(),
+        "the renewal another request of this session made did not complete".into(),
+    )
 }
 
 /// The `Set-Cookie` lines of the renewal this worker made of `sealed`, if it has made one.

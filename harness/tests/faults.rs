@@ -507,6 +507,13 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
                 "{}",
                 r.body
             );
+            // An API client's in JSON, as its other answers (found by a black-box test).
+            let json = r.header("content-type") == Some("application/json");
+            assert_eq!(json, !browser, "{:?}", r.header("content-type"));
+            if json {
+                let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+                assert_eq!(v["error"], "renewal_unavailable", "{}", r.body);
+            }
         }
         // The same at once from several tabs: one request renews, the others wait for it, and
         // when it fails nobody's cookie is cleared either.
