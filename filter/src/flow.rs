@@ -1777,6 +1777,11 @@ fn finish_login(
             &start_again(cfg, &x.login.rd),
         );
     };
+    // One that no session cookies can hold is said to be so, before its check (found by a black-box test:
+    // one over 32 KB failed as a malformed ID token, which sent the operator after the IdP's keys).
+    if id_token.expose().len() > MAX_SESSION_CHUNKS * session::MAX_CHUNK_VALUE {
+        return too_large(clear, &start_again(cfg, &x.login.rd));
+    }
     let expected = Expected {
         issuer: &cfg.issuer,
         client_id: &cfg.client_id,
@@ -2546,6 +2551,18 @@ fn strip_identity(cfg: &Config) -> Option<IdentityHeaders> {
     ))
 }
 
+/// The answer for tokens that need more than [`MAX_SESSION_CHUNKS`] session cookies.
+fn too_large(clear: Vec<String>, again: &str) -> Step {
+    gateway_error(
+        502,
+        CallbackFailure::TokenEndpoint,
+        "The identity provider's tokens are too large for a session cookie.",
+        format!("the session needs more than {MAX_SESSION_CHUNKS} cookies (ask for fewer claims)"),
+        clear,
+        again,
+    )
+}
+
 /// Seals a session into cookies, and clears chunks of an earlier, longer session.
 fn seal_session(
     cfg: &Config,
@@ -2565,18 +2582,7 @@ fn seal_session(
         .seal(&cfg.cookie_name, &session.encode(), nonce24(&r));
     let chunks = match session::split(&cfg.cookie_name, &sealed) {
         Ok(c) if c.len() <= MAX_SESSION_CHUNKS => c,
-        _ => {
-            return Err(Box::new(gateway_error(
-                502,
-                CallbackFailure::TokenEndpoint,
-                "The identity provider's tokens are too large for a session cookie.",
-                format!(
-                    "the session needs more than {MAX_SESSION_CHUNKS} cookies (ask for fewer claims)"
-                ),
-                Vec::new(),
-                "/",
-            )));
-        }
+        _ => return Err(Box::new(too_large(Vec::new(), "/"))),
     };
     let max_age = session.expires_at.saturating_sub(env.now);
     let mut out = Vec::new();
