@@ -1097,7 +1097,8 @@ fn anonymous_reply(cfg: &Config, how: Anonymous, target: &str) -> Reply {
     }
 }
 
-/// A browser's navigation that is not GET or HEAD: a form posted after the session ended. A redirect
+/// A browser's navigation that is not GET or HEAD: a form posted after the session ended (or before any
+/// login: the page says "not logged in", found by a black-box test where it said "ended"). A redirect
 /// would lose what was sent anyway (and turn it into a GET), so the user gets a page that says so, with
 /// a link to log in and come back, instead of the JSON an API client gets.
 fn is_form_navigation(h: &dyn Headers) -> bool {
@@ -1105,7 +1106,7 @@ fn is_form_navigation(h: &dyn Headers) -> bool {
 }
 
 fn session_ended_reply(cfg: &Config, target: &str) -> Reply {
-    let text = "<title>Log in again</title><h1>Your session has ended</h1><p>What you sent was not \
+    let text = "<title>Log in</title><h1>You are not logged in</h1><p>What you sent was not \
                 received: log in, then send it again.</p>";
     login_link_page(cfg, target, text, "")
 }

@@ -2038,7 +2038,7 @@ fn a_rejected_refresh_answers_as_if_there_were_no_session() {
     let (_, pending) = call(f.request(&post.cookies(&jar)));
     let r = respond(f.reply(pending, Some((400, br#"{"error":"invalid_grant"}"#))));
     assert_eq!(r.status, 401);
-    assert!(r.body.contains("Your session has ended"), "{}", r.body);
+    assert!(r.body.contains("You are not logged in"), "{}", r.body);
     assert!(r.body.contains("/login?rd=%2Fform%3Fid%3D7"), "{}", r.body);
     assert_eq!(r.metric, Some(Metric::RefreshFailed));
     assert!(

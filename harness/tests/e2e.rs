@@ -1281,7 +1281,7 @@ fn api_clients_bring_their_own_token_or_get_401() {
         r
     };
     let r = navigate_post(&[]);
-    assert!(r.body.contains("Your session has ended"), "{}", r.body);
+    assert!(r.body.contains("You are not logged in"), "{}", r.body);
     assert!(
         r.body.contains("href=\"/login?rd=%2Fform%3Fstep%3D2\""),
         "{}",
