@@ -91,6 +91,49 @@ fn renewal_bucket(cfg: &crate::config::Config, key: &str) -> String {
     )
 }
 
+/// The shared-data key of a site's renewal pause: until when no worker's renewal asks the IdP, after one met
+/// an outage or while one probes it (`0`: the IdP answered last).
+fn pause_key(cfg: &Config) -> String {
+    format!("oidc-filter.paused.{}.{}", cfg.client_id, cfg.cookie_name)
+}
+
+/// Takes in the renewal pause the other workers shared (found by a black-box test: each worker paused only
+/// its own renewals, so with the IdP hanging the requests of one user, taken by the workers in turn, each
+/// waited out `callout_timeout` for a renewal of its own worker: every page took 5 s). A pause shared as
+/// over (`0`) ends this worker's, unless it met an outage of its own since (which would have shared it).
+fn take_shared_pause(cfg: &Config, state: &mut flow::State, now: u64) {
+    let Ok((Some(bytes), _)) = host::get_shared_data(&pause_key(cfg)) else {
+        return;
+    };
+    let Ok(until) = <[u8; 8]>::try_from(bytes.as_slice()).map(u64::from_le_bytes) else {
+        return;
+    };
+    if until == 0 {
+        if state.renewals_failing {
+            state.renewals_failing = false;
+            state.renewals_paused_until = 0;
+        }
+    } else if until > now.max(state.renewals_paused_until) && until <= now.saturating_add(120) {
+        // A pause under way (one that ended, or one further off than any can be, is none).
+        state.renewals_failing = true;
+        state.renewals_paused_until = until;
+    }
+}
+
+/// Shares this site's renewal pause when what was just decided changed it from `before` (a renewal met an
+/// outage, a probe went out, or the IdP answered after an outage).
+fn share_pause(cfg: &Config, state: &flow::State, before: (u64, bool)) {
+    if (state.renewals_paused_until, state.renewals_failing) == before {
+        return;
+    }
+    let until = if state.renewals_failing {
+        state.renewals_paused_until
+    } else {
+        0
+    };
+    let _ = host::set_shared_data(&pause_key(cfg), &until.to_le_bytes(), None);
+}
+
 /// Replies larger than this are not an IdP document or token response.
 const MAX_REPLY: usize = 256 * 1024;
 const TICK: Duration = Duration::from_secs(1);
@@ -776,6 +819,7 @@ impl Http {
             now,
             random: &mut random,
         };
+        let before = (state.renewals_paused_until, state.renewals_failing);
         let step = flow::on_reply(
             cfg,
             state,
@@ -784,6 +828,7 @@ impl Http {
             reply.as_ref().map(|(st, b)| (*st, b.as_slice())),
         );
         share_revocations(cfg, state, &step);
+        share_pause(cfg, state, before);
         // A renewal this request claimed has ended (unless it now fetches keys): publish the cookies made
         // since the claim (this renewal's, or another request's on this worker meanwhile), or let go.
         // Not what an earlier renewal of this cookie left in the cache (found by a black-box test: a
@@ -1061,6 +1106,8 @@ impl Http {
         let key = renewal::key(job.sealed());
         // Long enough for the token request and a JWKS fetch after it.
         let until = now + 2 * cfg.callout_timeout.as_secs() + 2;
+        take_shared_pause(cfg, state, now);
+        let before = (state.renewals_paused_until, state.renewals_failing);
         let paused = state.renewals_paused(now);
         let found = update_renewals(cfg, &key, now, |t| match t.get(&key, now) {
             // Renewals paused on this worker: no claim (another worker may renew it meanwhile).
@@ -1071,7 +1118,7 @@ impl Http {
             }
             other => Some(other),
         });
-        match found {
+        let claimed = match found {
             // Free, but this worker's renewals are paused.
             Ok(Some(Renewal::Free)) => flow::renewal_claim(cfg, state, job, now).map_err(Some),
             Ok(Some(Renewal::Done(lines))) => {
@@ -1103,20 +1150,25 @@ impl Http {
             },
             // Claimed by us (the claim written); not paused, so `renewal_claim` lets it go (as a probe
             // while renewals keep failing).
-            Ok(None) => {
-                let job = flow::renewal_claim(cfg, state, job, now).map_err(Some)?;
-                self.renewing = Some(Claim {
-                    key,
-                    sealed: job.sealed().to_string(),
-                    until,
-                    before: flow::renewed_cookies(state, job.sealed()),
-                });
-                Ok(job)
-            }
+            Ok(None) => flow::renewal_claim(cfg, state, job, now)
+                .inspect(|job| {
+                    self.renewing = Some(Claim {
+                        key,
+                        sealed: job.sealed().to_string(),
+                        until,
+                        before: flow::renewed_cookies(state, job.sealed()),
+                    });
+                })
+                .map_err(Some),
             // The table is unusable (or would not take the claim): refreshing is what the filter did
             // before it, and with no claim of ours there is none to publish or let go.
             _ => flow::renewal_claim(cfg, state, job, now).map_err(Some),
+        };
+        // A probe going out: the other workers wait for it too.
+        if let Some(state) = s.states.get(self.site) {
+            share_pause(cfg, state, before);
         }
+        claimed
     }
 
     /// Publishes the renewal this request claimed (`renewed`: its `Set-Cookie` lines), or lets it go.

@@ -356,10 +356,7 @@ pub fn renewal_claim(
         let api = job.api();
         return Err(match renewal_busy(cfg, job, now) {
             Ok(step) => step,
-            Err(_) => renewal_unavailable(
-                api,
-                "renewals on this worker paused after one met an outage".into(),
-            ),
+            Err(_) => renewal_unavailable(api, "renewals paused after one met an outage".into()),
         });
     }
     if state.renewals_failing {
