@@ -25,7 +25,7 @@ use crate::throttle::Throttle;
 
 /// After a logout was recorded (`step` answers a back-channel logout with 200), hands this worker's list
 /// of ended sessions to the others through Envoy's shared data.
-fn share_revocations(cfg: &Config, state: &State, step: &Step) {
+fn share_revocations(cfg: &Config, state: &mut State, step: &Step) {
     if matches!(step, Step::Respond(r) if r.metric == Some(Metric::BackchannelLogout)) {
         share_revoked(cfg, state);
     }
@@ -34,8 +34,11 @@ fn share_revocations(cfg: &Config, state: &State, step: &Step) {
 /// Hands this worker's list of ended sessions to the others through Envoy's shared data: the back-channel
 /// logouts (and the users' entries), and the `/logout`s, each part under its own key, each tried whatever
 /// became of the other (found in review: a failure of the first kept the second from being tried). A part
-/// that has not changed is not written.
-fn share_revoked(cfg: &Config, state: &State) {
+/// that has not changed is not written. What the other workers wrote is taken in too: this worker's next
+/// logout then judges the cap by the list they share (found in review: each judged by its own copy, up
+/// to a tick old, so the copies of several workers could each fill up, and their union pushed other
+/// users' logouts out).
+fn share_revoked(cfg: &Config, state: &mut State) {
     let back_channel = share_part(&revocation_key(cfg), state, Revocations::merged_shared);
     let logouts = share_part(&logouts_key(cfg), state, Revocations::merged_shared_logouts);
     if back_channel && logouts {
@@ -51,7 +54,7 @@ type Merge = fn(Option<&[u8]>, &Revocations, u64) -> Option<Vec<u8>>;
 
 /// Writes one part of the list under `key`, merged into what is there; true when it is there (also
 /// when nothing changed: then nothing is written, and no worker decodes it again).
-fn share_part(key: &str, state: &State, merge: Merge) -> bool {
+fn share_part(key: &str, state: &mut State, merge: Merge) -> bool {
     // Compare-and-swap, so two workers recording at once don't lose each other's entry.
     for _ in 0..8 {
         // Unreadable: writing without its compare would drop the other workers' entries.
@@ -64,6 +67,7 @@ fn share_part(key: &str, state: &State, merge: Merge) -> bool {
         if bytes.as_deref() == Some(merged.as_slice())
             || host::set_shared_data(key, &merged, cas).is_ok()
         {
+            state.revoked.merge(&Revocations::decode(&merged));
             return true;
         }
     }

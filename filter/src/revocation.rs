@@ -123,19 +123,22 @@ impl Revocations {
     ) {
         let until = now.saturating_add(lifetime);
         // The token too by the user at the cap (found in review: a flood of one account's logouts
-        // pushed the other users' ended tokens out, and their cookies opened again).
+        // pushed the other users' ended tokens out, and their cookies opened again). Dated now, not by
+        // the token: the login's renewals until now end too (found in review: dated by the token, a
+        // renewal done just before the logout outlived it there).
+        let by_user = (iat.max(now), until);
         for key in keys {
             if self.tokens.len() < FALLBACK_AT || find(&self.tokens, key).is_ok() {
                 upsert(&mut self.tokens, key, (0, until), keep_later);
             } else {
-                upsert(&mut self.subs, sub, (iat, until), keep_later);
+                upsert(&mut self.subs, sub, by_user, keep_later);
             }
         }
         if let Some(sid) = sid {
             if self.sids.len() < FALLBACK_AT || find(&self.sids, sid).is_ok() {
                 upsert(&mut self.sids, sid, (iat, until), keep_later);
             } else {
-                upsert(&mut self.subs, sub, (iat, until), keep_later);
+                upsert(&mut self.subs, sub, by_user, keep_later);
             }
         }
         self.cap();
@@ -514,9 +517,10 @@ mod tests {
         }
         assert_eq!(r.sids.len(), MAX_ENTRIES);
         assert!(r.is_revoked(Some("s00000"), "-", 0, &["-"]));
+        // Her sessions issued until the logouts (at 600) are over, a later login's is not.
         assert!(
-            r.is_revoked(Some("new"), "mallory", 599, &["-"])
-                && !r.is_revoked(Some("new"), "mallory", 600, &["-"])
+            r.is_revoked(Some("new"), "mallory", 600, &["-"])
+                && !r.is_revoked(Some("new"), "mallory", 601, &["-"])
         );
     }
 
@@ -541,6 +545,9 @@ mod tests {
             r.is_revoked(None, "mallory", 500, &["new-token"]),
             "by the user beyond the cap"
         );
+        // Found in review: dated by the token there, a renewal done before the logout outlived it.
+        assert!(r.is_revoked(None, "mallory", 599, &["renewed", "its-login"]));
+        assert!(!r.is_revoked(None, "mallory", 601, &["later", "login"]));
         assert!(r.tokens.len() <= MAX_ENTRIES);
     }
 
