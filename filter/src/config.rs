@@ -2450,6 +2450,13 @@ mod tests {
         let e = parse(odd).unwrap_err();
         assert_eq!(e.field, "pluginConfig");
         assert_eq!(e.reason, "not valid JSON for this filter (duplicate field)");
+        let nested = with("claim_rules", serde_json::json!([{"rule": {}}]))
+            .replace(r#""rule":{}"#, r#""rule":{"a\nb":1,"a\nb":2}"#);
+        let e = parse(&nested).unwrap_err();
+        assert_eq!(
+            e.reason, "not valid JSON for this filter (duplicate field)",
+            "{nested}"
+        );
     }
 
     #[test]
@@ -2534,17 +2541,46 @@ mod tests {
             ("idp_cluster", "outbound|443||idp.example.com\n"),
             ("idp_cluster", "outbound|443||idp.example.com "),
             ("client_id", "app\n"),
-        ] {
+        ]
+        .into_iter()
+        .map(|(f, b)| (f, b.to_string()))
+        // Found by mutation testing: browsers drop the cookie of a domain over 253 bytes, with a label
+        // over 63, or a label ending in `-` (every login would fail); CR, tab and DEL in a client id split
+        // log lines and fail at the IdP.
+        .chain([
+            ("cookie_domain", format!("{}.com", "a".repeat(250))),
+            ("cookie_domain", format!("{}.example.com", "a".repeat(64))),
+            ("cookie_domain", "x-.example.com".into()),
+            ("client_id", "app\r".into()),
+            ("client_id", "a\tb".into()),
+            ("client_id", "a\u{7f}".into()),
+        ]) {
             let mut v = minimal();
-            v[field] = bad.into();
+            v[field] = bad.clone().into();
             let e = parse(&v.to_string()).unwrap_err();
-            assert_eq!(e.field, field, "{bad}: {e}");
+            assert_eq!(e.field, field, "{bad:?}: {e}");
         }
+        assert!(
+            parse(&with(
+                "cookie_domain",
+                format!("{}.example.com", "a".repeat(63)).into()
+            ))
+            .is_ok()
+        );
         for good in ["example.com", ".example.com", "a-b.shared.localhost"] {
             assert!(parse(&with("cookie_domain", good.into())).is_ok(), "{good}");
         }
         assert!(parse(&with("client_id", "my app".into())).is_ok());
-        for reserved in ["x-forwarded-for", "X-Request-Id", "forwarded", "x-real-ip"] {
+        for reserved in [
+            "x-forwarded-for",
+            "X-Request-Id",
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-client-cert",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-envoy-original-path",
+        ] {
             let e = parse(&with(
                 "identity_headers",
                 serde_json::json!({ reserved: "preferred_username" }),
@@ -2926,6 +2962,11 @@ mod tests {
             assert_eq!(e.field, field, "{v}: {e}");
             assert!(e.reason.contains(reason), "{v}: {e}");
         }
+        // The bound itself is a lifetime (found by mutation testing).
+        assert_eq!(
+            parse(&with("session_lifetime", json!("60s"))).map(|c| c.session_lifetime),
+            Ok(60)
+        );
         let e = Plugin::parse(
             json!({"cookie_keys": [KEY], "client_secret": "s", "issuer": "https://i.example.com",
                 "client_id": "a", "hosts": [{"hosts": ["a.example.com"], "callout_timeout": 2.5}]})

@@ -690,6 +690,66 @@ mod tests {
         assert!(merged.is_revoked(None, "mallory", 50, &["-"]));
     }
 
+    /// Found by mutation testing, each held by nothing but the end-to-end tests or by nothing.
+    #[test]
+    fn the_lists_of_logouts_are_shared_pruned_sorted_and_capped() {
+        // The `/logout`s' part: written in its own format, read back by the merge, what lapsed pruned.
+        let mut r = Revocations::default();
+        r.end_session(["t-old", "l-old"], Some("s-old"), "u", 100, 100, 50);
+        r.end_session(["t", "l"], Some("s"), "v", 1500, 1500, 3600);
+        let bytes = r.encode_logouts();
+        assert_eq!(bytes.first(), Some(&LOGOUTS_VERSION));
+        let merged =
+            Revocations::merged_shared_logouts(Some(&bytes), &Revocations::default(), 1000)
+                .expect("its own format");
+        let merged = Revocations::decode(&merged);
+        assert!(
+            merged.is_revoked(None, "x", 0, &["t"]) && merged.is_revoked(Some("s"), "x", 1, &["-"])
+        );
+        assert!(
+            !merged.is_revoked(None, "x", 0, &["t-old"]),
+            "lapsed at 150: pruned"
+        );
+        // Kept for the session's life from the logout, not from the epoch.
+        r.prune(4000);
+        assert!(r.is_revoked(None, "x", 0, &["l"]));
+        // An unsorted list of tokens is none (bisection would miss its entries).
+        let mut w = Writer::new(LOGOUTS_VERSION, 64);
+        w.count(0);
+        w.count(2);
+        w.str("b").u64(9_999);
+        w.str("a").u64(9_999);
+        assert!(Revocations::decode(&w.finish()).is_empty());
+        // The tokens are capped too, when lists are merged.
+        let many = |prefix: &str| Revocations {
+            tokens: (0..6_000)
+                .map(|i| (format!("{prefix}{i:05}"), (0, 10_000 + i)))
+                .collect(),
+            ..Revocations::default()
+        };
+        let mut a = many("a");
+        a.merge(&many("b"));
+        assert_eq!(a.tokens.len(), MAX_ENTRIES);
+    }
+
+    /// Found by mutation testing: at the cap, a logout of a token or `sid` already listed (the same cookie
+    /// logged out again) renews its entry; it does not fall back to the user's, which would end the
+    /// user's sessions on other devices too.
+    #[test]
+    fn at_the_cap_a_logout_already_listed_ends_no_more() {
+        let mut r = Revocations::default();
+        r.tokens = (0..MAX_ENTRIES)
+            .map(|i| (format!("t{i:05}"), (0, 9_000)))
+            .collect();
+        r.sids = (0..MAX_ENTRIES)
+            .map(|i| (format!("s{i:05}"), (1_000, 9_000)))
+            .collect();
+        r.end_session(["t00000", "t00001"], Some("s00000"), "u", 500, 600, 3600);
+        assert!(r.subs.is_empty(), "{:?}", r.subs);
+        assert!(!r.is_revoked(Some("other"), "u", 400, &["x"]));
+        assert!(r.is_revoked(None, "u", 400, &["t00001"]));
+    }
+
     fn sample() -> Revocations {
         let mut r = Revocations::default();
         r.add(

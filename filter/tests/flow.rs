@@ -110,6 +110,9 @@ fn a_client_that_refuses_html_gets_401() {
         "text/html; q=0.000",
         "text/htmlx",
         "application/json;profile=\"text/html\"",
+        // Parameters in any case and order (found by mutation testing).
+        "text/html;Q=0",
+        "text/html;level=1;q=0",
     ] {
         let mut f = ready();
         let r = respond(f.request(&Req::browser("/app").with("accept", accept)));
@@ -3317,7 +3320,81 @@ fn a_browser_keeps_at_most_sixteen_login_attempts() {
         let r = respond(f.request(&Req::browser("/login?rd=/app").with(":method", method)));
         assert_eq!(r.status, 405, "{method}");
         assert!(set_cookies(&r).is_empty());
+        assert_eq!(
+            header(&r.headers, "allow"),
+            Some("GET, HEAD, POST"),
+            "{method}"
+        );
     }
+    // A monitor's or link checker's HEAD is a login like a GET (found by mutation testing).
+    let r = respond(f.request(&Req::browser("/login?rd=/app").with(":method", "HEAD")));
+    assert_eq!(r.metric, Some(Metric::LoginStarted), "{r:?}");
+    // A cross-site GET is a login too: only a foreign POST gets the page.
+    let r = respond(f.request(
+        &Req::browser("/login?fragment_read=&rd=/app").with("sec-fetch-site", "cross-site"),
+    ));
+    assert_eq!(r.metric, Some(Metric::LoginStarted), "{r:?}");
+}
+
+/// Found by mutation testing: what the cap of login attempts clears, no test said.
+#[test]
+fn the_cap_of_login_attempts_clears_only_attempts_oldest_and_unopened_first() {
+    let login = |f: &mut Filter, jar: &Jar| {
+        let r = respond(f.request(&Req::browser("/login?fragment_read=&rd=/app").cookies(jar)));
+        assert_eq!(r.metric, Some(Metric::LoginStarted), "{r:?}");
+        r
+    };
+    let cleared = |r: &oidc_filter::flow::Reply| -> Vec<String> {
+        set_cookies(r)
+            .iter()
+            .filter(|c| c.contains("Max-Age=0"))
+            .map(|c| c.split('=').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    // The app's own cookies, however many, are never the filter's to clear.
+    let mut f = ready();
+    let mut jar = Jar::default();
+    for i in 0..20 {
+        jar.apply([format!("app{i}=v; Path=/").as_str()]);
+    }
+    let r = login(&mut f, &jar);
+    assert!(cleared(&r).is_empty(), "{:?}", set_cookies(&r));
+    // Fifteen attempts and a sixteenth sent twice (a duplicate is one attempt): nothing to clear yet.
+    let mut jar = Jar::default();
+    let mut names = Vec::new();
+    for i in 0..16 {
+        f.now = NOW + i;
+        let r = login(&mut f, &jar);
+        jar.apply(set_cookies(&r));
+        names.push(login_from_sets(&f, &r).cookie_name.clone());
+    }
+    let (last, value) = (names[15].clone(), jar.get(&names[15]).unwrap().to_string());
+    let twice = format!("{}; {last}={value}", jar.header());
+    let r =
+        respond(f.request(&Req::browser("/login?fragment_read=&rd=/app").with("cookie", &twice)));
+    assert_eq!(
+        cleared(&r),
+        [names[0].clone()],
+        "the oldest of sixteen, once"
+    );
+    // An attempt that does not open (junk, or another gateway's) goes before the oldest that does.
+    let junk = format!("{}; _oidc_session_login_AAAAAAAAAAAA=junk", jar.header());
+    let r =
+        respond(f.request(&Req::browser("/login?fragment_read=&rd=/app").with("cookie", &junk)));
+    let gone = cleared(&r);
+    assert!(
+        gone.contains(&"_oidc_session_login_AAAAAAAAAAAA".to_string()),
+        "{gone:?}"
+    );
+    assert!(!gone.contains(&names[1]), "{gone:?}");
+    // However many attempt cookies come, a bounded number is looked at and cleared.
+    let many: Vec<String> = (0..200)
+        .map(|i| format!("_oidc_session_login_{i:012}=x"))
+        .collect();
+    let r = respond(
+        f.request(&Req::browser("/login?fragment_read=&rd=/app").with("cookie", &many.join("; "))),
+    );
+    assert!(cleared(&r).len() <= 64, "{}", cleared(&r).len());
 }
 
 /// The login that `/login`'s answer `r` started, whatever other cookies it clears.

@@ -690,6 +690,10 @@ fn a_logout_with_the_cookie_before_a_renewal_ends_the_renewal_too() {
             let r = respond(f.request(&Req::api("/x").cookies(cookies)));
             assert_eq!(r.status, 401, "{what}, {sid:?}: {r:?}");
         }
+        // For as long as the session would have lived, not a grace period (found by mutation testing).
+        a.state.revoked.prune(a.now + 3600);
+        let r = respond(a.request(&Req::api("/x").cookies(&copy)));
+        assert_eq!(r.status, 401, "an hour later, {sid:?}: {r:?}");
         // A later login of the same user stands.
         a.now += 1;
         let now = a.now;
