@@ -737,13 +737,15 @@ mod tests {
     /// user's sessions on other devices too.
     #[test]
     fn at_the_cap_a_logout_already_listed_ends_no_more() {
-        let mut r = Revocations::default();
-        r.tokens = (0..MAX_ENTRIES)
-            .map(|i| (format!("t{i:05}"), (0, 9_000)))
-            .collect();
-        r.sids = (0..MAX_ENTRIES)
-            .map(|i| (format!("s{i:05}"), (1_000, 9_000)))
-            .collect();
+        let mut r = Revocations {
+            tokens: (0..MAX_ENTRIES)
+                .map(|i| (format!("t{i:05}"), (0, 9_000)))
+                .collect(),
+            sids: (0..MAX_ENTRIES)
+                .map(|i| (format!("s{i:05}"), (1_000, 9_000)))
+                .collect(),
+            ..Revocations::default()
+        };
         r.end_session(["t00000", "t00001"], Some("s00000"), "u", 500, 600, 3600);
         assert!(r.subs.is_empty(), "{:?}", r.subs);
         assert!(!r.is_revoked(Some("other"), "u", 400, &["x"]));
