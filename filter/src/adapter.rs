@@ -1137,7 +1137,7 @@ impl Http {
                             + job.held_bytes()
                             > MAX_PARKED_BYTES =>
                 {
-                    Err(Some(flow::renewal_crowded()))
+                    Err(Some(flow::renewal_crowded(&job)))
                 }
                 Err(job) => {
                     s.parked.push(Parked {

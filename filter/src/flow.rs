@@ -1931,12 +1931,25 @@ fn replaced(cookies: Vec<String>) -> Step {
 
 /// A request that would wait for another one's renewal, when too many wait on this worker already: 503,
 /// its cookies stay (counted and logged as a refresh that failed).
-pub fn renewal_crowded() -> Step {
-    unavailable(
+pub fn renewal_crowded(job: &RefreshJob) -> Step {
+    let mut step = unavailable(
         "Too many requests are waiting for this session to be renewed. Try again shortly.",
         Metric::RefreshFailed,
         Some("too many requests wait for renewals on this worker".into()),
-    )
+    );
+    as_json(&mut step, job.api(), "renewal_unavailable");
+    step
+}
+
+/// `step`, a 503 of text, in JSON for an API client.
+fn as_json(step: &mut Step, api: bool, error: &str) {
+    if let (true, Step::Respond(r)) = (api, step) {
+        for (_, v) in r.headers.iter_mut().filter(|(n, _)| *n == "content-type") {
+            *v = "application/json".into();
+        }
+        let message = r.body.trim_ascii_end();
+        r.body = json::object_of_strings(&[("error", error), ("message", message)]).into();
+    }
 }
 
 /// 503 for a request whose expired token the IdP could not renew just now; its cookies stay.
@@ -1949,12 +1962,7 @@ fn renewal_unavailable(api: bool, detail: String) -> Step {
         Metric::RefreshFailed,
         Some(detail),
     );
-    if let (true, Step::Respond(r)) = (api, &mut step) {
-        for (_, v) in r.headers.iter_mut().filter(|(n, _)| *n == "content-type") {
-            *v = "application/json".into();
-        }
-        r.body = "{\"error\":\"renewal_unavailable\",\"message\":\"the session could not be renewed just now; try again shortly\"}".into();
-    }
+    as_json(&mut step, api, "renewal_unavailable");
     step
 }
 
