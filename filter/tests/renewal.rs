@@ -707,3 +707,16 @@ fn a_logout_with_the_cookie_before_a_renewal_ends_the_renewal_too() {
         assert!(bearer(&fwd).starts_with("Bearer "), "{sid:?}");
     }
 }
+
+/// Found by mutation testing: what a request waiting for a renewal holds counts its path, the part a
+/// client chooses (60 KB paths made the bound on waiting requests' bytes miss most of what they held).
+#[test]
+fn a_waiting_request_counts_its_path_among_the_bytes_it_holds() {
+    let mut f = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = log_in(&mut f, Some("rt-1"));
+    f.now = NOW + 3600 + 5;
+    let short = refresh_job(f.request(&Req::api("/x").cookies(&jar))).held_bytes();
+    let long_path = format!("/{}", "a".repeat(60_000));
+    let long = refresh_job(f.request(&Req::api(&long_path).cookies(&jar))).held_bytes();
+    assert!(long >= short + 59_000, "{short} then {long}");
+}
