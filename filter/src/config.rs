@@ -1737,7 +1737,10 @@ fn cookie_keys(
         // `AAAA…` (zeros), one character repeated, a copied example: 32 random bytes have about 30 values.
         let mut seen = [false; 256];
         bytes.iter().for_each(|&b| seen[usize::from(b)] = true);
-        if seen.iter().filter(|s| **s).count() < 8 {
+        // (A key too short to tell is refused for that, below: found by a black-box test, an empty one
+        // after a trailing comma was called a placeholder.)
+        if bytes.len() >= crate::session::MIN_RAW_KEY_LEN && seen.iter().filter(|s| **s).count() < 8
+        {
             return Err(err(
                 field,
                 format!(
@@ -2481,6 +2484,14 @@ mod tests {
             let e = Config::parse(json.to_string().as_bytes(), &env).unwrap_err();
             assert_eq!(e.field, "cookie_keys_env", "{i}");
             assert!(e.reason.starts_with("key 1 is a placeholder"), "{i}: {e}");
+        }
+        // Too short, or empty (a trailing comma): said so, not called a placeholder.
+        for short in ["", "AAAA"] {
+            let e = parse(&with("cookie_keys", serde_json::json!([KEY, short]))).unwrap_err();
+            assert!(
+                e.reason.contains("at least 32 are required"),
+                "{short:?}: {e}"
+            );
         }
         // Eight different byte values are enough (the test keys here have 16).
         let eight = "MDEyMzQ1NjcwMTIzNDU2NzAxMjM0NTY3MDEyMzQ1Njc=";

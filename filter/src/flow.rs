@@ -254,7 +254,7 @@ pub struct Cached {
     pub iat: u64,
     /// The ID token and its login as the list of ended sessions names them (`revocation::token_key`,
     /// `revocation::login_key`), for `/logout`.
-    pub logout_keys: [String; 2],
+    pub logout_keys: Vec<String>,
     /// How long before the forwarded token expires a request renews it.
     pub refresh_margin: u64,
 }
@@ -681,14 +681,17 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
     }
 }
 
-/// The session's ID token and its login, as the list of ended sessions names them (a session of an
-/// earlier build that cannot renew: its token is its login).
-fn logout_keys(session: &Session) -> [String; 2] {
-    let token = crate::revocation::token_key(session.id_token.expose());
-    let login = session
-        .login_id()
-        .map_or_else(|| token.clone(), crate::revocation::login_key);
-    [token, login]
+/// The session's login, as the list of ended sessions names it; for a session of an earlier build, its
+/// ID token too, as that build names it (and, when it cannot renew, that is its login).
+fn logout_keys(session: &Session) -> Vec<String> {
+    let mut keys = Vec::with_capacity(2);
+    if session.login_id.is_none() {
+        keys.push(crate::revocation::token_key(session.id_token.expose()));
+    }
+    if let Some(id) = session.login_id() {
+        keys.push(crate::revocation::login_key(&session.sub, id));
+    }
+    keys
 }
 
 /// The logged-in path. `None` when the session has ended and the request is to be treated as anonymous.
@@ -1541,11 +1544,12 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
             // the same `sid`, stands.
             let (_, sid, iat, _) = token_facts(cfg, &s.id_token);
             let sid = sid.as_deref().or(s.login_sid.as_deref());
-            let [token, login] = logout_keys(&s);
+            let keys = logout_keys(&s);
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             let left = s.expires_at.saturating_sub(now);
             state
                 .revoked
-                .end_session([&token, &login], sid, &s.sub, iat, now, left);
+                .end_session(&keys, sid, &s.sub, iat, now, left);
             state.ended_here = true;
             id_token = Some(s.id_token);
             state.cache.remove(&sealed);

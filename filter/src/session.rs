@@ -36,7 +36,7 @@ const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const HEADER_LEN: usize = 1 + NONCE_LEN;
 const HKDF_INFO: &[u8] = b"oidc-filter cookie v1";
-const MIN_RAW_KEY_LEN: usize = 32;
+pub const MIN_RAW_KEY_LEN: usize = 32;
 
 /// Part of a value in each chunk: the first chunk also carries `"{n}."`, at most 3 bytes.
 const CHUNK_PART: usize = MAX_CHUNK_VALUE - 3;
