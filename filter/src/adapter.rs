@@ -96,46 +96,60 @@ fn renewal_bucket(cfg: &crate::config::Config, key: &str) -> String {
 }
 
 /// The shared-data key of a site's renewal pause: until when no worker's renewal asks the IdP, after one met
-/// an outage or while one probes it (`0`: the IdP answered last).
+/// an outage or while one probes it (`0`: the IdP answered last). Of the client at its IdP: a new
+/// configuration of another IdP starts without it.
 fn pause_key(cfg: &Config) -> String {
-    format!("oidc-filter.paused.{}.{}", cfg.client_id, cfg.cookie_name)
+    format!(
+        "oidc-filter.paused.{}.{}.{}",
+        cfg.client_id, cfg.cookie_name, cfg.issuer
+    )
 }
 
 /// Takes in the renewal pause the other workers shared (found by a black-box test: each worker paused only
 /// its own renewals, so with the IdP hanging the requests of one user, taken by the workers in turn, each
-/// waited out `callout_timeout` for a renewal of its own worker: every page took 5 s). A pause shared as
-/// over (`0`) ends this worker's, unless it met an outage of its own since (which would have shared it).
+/// waited out `callout_timeout` for a renewal of its own worker: every page took 5 s). Whatever was shared
+/// last stands, once, when it changes: a pause (shorter too: a probe that met the outage at once), or its
+/// end (`0`, the IdP answered).
 fn take_shared_pause(cfg: &Config, state: &mut flow::State, now: u64) {
-    let Ok((Some(bytes), _)) = host::get_shared_data(&pause_key(cfg)) else {
+    let Ok((Some(bytes), cas)) = host::get_shared_data(&pause_key(cfg)) else {
         return;
     };
+    if cas.is_some() && cas == state.pause_seen {
+        return;
+    }
+    state.pause_seen = cas;
     let Ok(until) = <[u8; 8]>::try_from(bytes.as_slice()).map(u64::from_le_bytes) else {
         return;
     };
     if until == 0 {
-        if state.renewals_failing {
-            state.renewals_failing = false;
-            state.renewals_paused_until = 0;
-        }
-    } else if until > now.max(state.renewals_paused_until) && until <= now.saturating_add(120) {
-        // A pause under way (one that ended, or one further off than any can be, is none).
+        state.renewals_failing = false;
+        state.renewals_paused_until = 0;
+    } else if until <= now.saturating_add(120) {
+        // (One further off than any can be is none: the clock read far ahead when it was written.)
         state.renewals_failing = true;
         state.renewals_paused_until = until;
     }
 }
 
 /// Shares this site's renewal pause when what was just decided changed it from `before` (a renewal met an
-/// outage, a probe went out, or the IdP answered after an outage).
-fn share_pause(cfg: &Config, state: &flow::State, before: (u64, bool)) {
-    if (state.renewals_paused_until, state.renewals_failing) == before {
-        return;
-    }
+/// outage, a probe went out, or the IdP answered after an outage); and, when the IdP answered a renewal
+/// (`answered`), its end if another worker's pause is still shared (found in review: a worker that met
+/// an outage once and then saw no answer kept failing, and hours later its next renewal paused them all
+/// as a probe).
+fn share_pause(cfg: &Config, state: &mut flow::State, before: (u64, bool), answered: bool) {
+    let key = pause_key(cfg);
     let until = if state.renewals_failing {
         state.renewals_paused_until
     } else {
         0
     };
-    let _ = host::set_shared_data(&pause_key(cfg), &until.to_le_bytes(), None);
+    let changed = (state.renewals_paused_until, state.renewals_failing) != before;
+    let stale = answered
+        && !state.renewals_failing
+        && matches!(host::get_shared_data(&key), Ok((Some(b), _)) if b.as_slice() != [0u8; 8]);
+    if changed || stale {
+        let _ = host::set_shared_data(&key, &until.to_le_bytes(), None);
+    }
 }
 
 /// Replies larger than this are not an IdP document or token response.
@@ -824,6 +838,7 @@ impl Http {
             random: &mut random,
         };
         let before = (state.renewals_paused_until, state.renewals_failing);
+        let renewal = matches!(pending, Pending::Refresh(_) | Pending::RefreshJwks(..));
         let step = flow::on_reply(
             cfg,
             state,
@@ -832,7 +847,7 @@ impl Http {
             reply.as_ref().map(|(st, b)| (*st, b.as_slice())),
         );
         share_revocations(cfg, state, &step);
-        share_pause(cfg, state, before);
+        share_pause(cfg, state, before, renewal);
         // A renewal this request claimed has ended (unless it now fetches keys): publish the cookies made
         // since the claim (this renewal's, or another request's on this worker meanwhile), or let go.
         // Not what an earlier renewal of this cookie left in the cache (found by a black-box test: a
@@ -1169,8 +1184,8 @@ impl Http {
             _ => flow::renewal_claim(cfg, state, job, now).map_err(Some),
         };
         // A probe going out: the other workers wait for it too.
-        if let Some(state) = s.states.get(self.site) {
-            share_pause(cfg, state, before);
+        if let Some(state) = s.states.get_mut(self.site) {
+            share_pause(cfg, state, before, false);
         }
         claimed
     }

@@ -67,19 +67,21 @@ pub fn login_key(sub: &str, id: u64) -> String {
     key
 }
 
-/// The first 8 hex digits of a login's key: of its user (`sub`).
+/// The first 12 hex digits of a login's key: of its user (`sub`). (48 bits: a `sub` made to share another
+/// user's part, where an IdP lets users choose theirs, would only make that user's logouts end all of
+/// that user's sessions.)
 fn user_part(sub: &str) -> String {
     use core::hash::Hasher as _;
     let mut hasher = crate::idhash::IdHasher::default();
     hasher.write(b"user\0");
     hasher.write(sub.as_bytes());
     let mut part = hex(hasher.finish());
-    part.truncate(8);
+    part.truncate(12);
     part
 }
 
 /// A login key's length (a token key has 16 digits).
-const LOGIN_KEY_LEN: usize = 24;
+const LOGIN_KEY_LEN: usize = 28;
 
 /// A user's logins ended by `/logout` that the list keeps one by one; beyond, the user's logouts are kept
 /// by the user ([`Revocations::end_session`]). Found by a black-box test: one account logging in and out
@@ -128,8 +130,8 @@ impl Revocations {
 
     /// Records a `/logout` of a session whose ID token and login are `keys` (see [`token_key`] and
     /// [`login_key`]), issued at `iat`, of IdP session `sid` if it names one: the login's tokens are ended
-    /// (the cookie kept or stolen, a renewal of it on its way or done; the token's own key, which the
-    /// builds before this one judge by, too), and so are the earlier ones of `sid`, not a later login's, which the IdP may
+    /// (the cookie kept or stolen, a renewal of it on its way or done; for a session of the builds before
+    /// login ids, the token's own key, which those builds judge by, too), and so are the earlier ones of `sid`, not a later login's, which the IdP may
     /// give the same `sid` (its session outlives a logout it was not told of, or that the user cancelled
     /// there), even within the same second (found in review: dated alone, such a login was ended too).
     /// With the `sid`s at the cap, by the user (`sub`) instead, as [`Revocations::add`] does: one account
@@ -158,8 +160,10 @@ impl Revocations {
                 upsert(&mut self.subs, sub, by_user, keep_later);
             }
         }
+        // The `sid` too only while the user has room (found in review: a user's logouts that each named a
+        // new IdP session, logged out at the IdP too, filled the `sid`s), else by the user.
         if let Some(sid) = sid {
-            if self.sids.len() < FALLBACK_AT || find(&self.sids, sid).is_ok() {
+            if (room && self.sids.len() < FALLBACK_AT) || find(&self.sids, sid).is_ok() {
                 upsert(&mut self.sids, sid, (iat, until), keep_later);
             } else {
                 upsert(&mut self.subs, sub, by_user, keep_later);
@@ -793,8 +797,26 @@ mod tests {
         assert!(!r.is_revoked(None, "alice", 150, &[login_key("alice", 2)]));
         assert_eq!(r.logins_of("alice"), 1);
         // Kept sorted by user: another user's keys do not count as hers.
-        assert_eq!(login_key("alice", 7)[..8], alice[..8]);
-        assert_ne!(login_key("bob", 1)[..8], alice[..8]);
+        assert_eq!(login_key("alice", 7)[..12], alice[..12]);
+        assert_ne!(login_key("bob", 1)[..12], alice[..12]);
+        // Found in review: logouts that each named a new IdP session filled the `sid`s, past her share.
+        let mut r = Revocations::default();
+        for i in 0..100u64 {
+            let sid = format!("sid-{i}");
+            r.end_session(
+                &[&login_key("mallory", i)],
+                Some(&sid),
+                "mallory",
+                100,
+                100,
+                3600,
+            );
+        }
+        assert_eq!((r.sids.len(), r.tokens.len()), (PER_USER, PER_USER));
+        assert!(
+            r.is_revoked(Some("sid-99"), "mallory", 100, &["-"]),
+            "by the user"
+        );
     }
 
     /// Found by mutation testing: at the cap, a logout of a token or `sid` already listed (the same cookie
