@@ -743,13 +743,15 @@ fn with_session(
         if now < s.token_expires_at {
             return Some(forward_session(cfg, h, &cached, cookie, target));
         }
-        return Some(replaced(cached.renewed_cookies.clone()));
+        return Some(replaced(!is_browser(h), cached.renewed_cookies.clone()));
     }
     let Some(provider) = state.provider.ready() else {
         if now < s.token_expires_at {
             return Some(forward_session(cfg, h, &cached, cookie, target));
         }
-        return Some(not_ready());
+        let mut step = not_ready();
+        as_json(&mut step, !is_browser(h), "not_ready");
+        return Some(step);
     };
     let scope = cfg.scope_on_refresh.then_some(cfg.scopes.as_str());
     let form = token::refresh_request(
@@ -919,7 +921,9 @@ fn bearer_refused(
         return None;
     }
     let Some(provider) = state.provider.ready() else {
-        return Some(not_ready());
+        let mut step = not_ready();
+        as_json(&mut step, true, "not_ready");
+        return Some(step);
     };
     let header = h.get("authorization")?;
     let token = header.strip_prefix("Bearer ").unwrap_or_default().trim();
@@ -1924,15 +1928,14 @@ fn refresh_reply(
 const NO_PROVIDER: &str = "the IdP's discovery document or keys are not loaded on this worker";
 /// 503 for a request whose session cookie was replaced by `cookies` (which it sets), and which the
 /// browser has not sent yet.
-fn replaced(cookies: Vec<String>) -> Step {
-    with_cookies(
-        unavailable(
-            "Your session was renewed while this request was on its way. Try again.",
-            Metric::RefreshFailed,
-            Some("the session has a new cookie, not yet sent by the browser".into()),
-        ),
-        cookies,
-    )
+fn replaced(api: bool, cookies: Vec<String>) -> Step {
+    let mut step = unavailable(
+        "Your session was renewed while this request was on its way. Try again.",
+        Metric::RefreshFailed,
+        Some("the session has a new cookie, not yet sent by the browser".into()),
+    );
+    as_json(&mut step, api, "renewal_unavailable");
+    with_cookies(step, cookies)
 }
 
 /// A request that would wait for another one's renewal, when too many wait on this worker already: 503,
@@ -2242,7 +2245,7 @@ pub fn adopt_renewal(
     // Only given a new refresh token, and expired meanwhile: the new cookie, whose next request renews;
     // not a logout.
     if expired {
-        return replaced(renewed.to_vec());
+        return replaced(job.api(), renewed.to_vec());
     }
     if denied(cfg, &cached, &job.target) {
         return with_cookies(forbidden(cfg, job.browser(), &cached), renewed.to_vec());

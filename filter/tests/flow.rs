@@ -164,6 +164,28 @@ fn protected_requests_get_503_until_the_provider_is_reached() {
     }
 }
 
+/// Found in review: the `503`s of the logged-in path were text for API clients too, whose other answers from
+/// the filter are JSON (a client that reads every answer as JSON failed on them).
+#[test]
+fn an_expired_session_without_the_idps_documents_gets_503_in_json_for_an_api_client() {
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, Some("rt-1"));
+    f.state.provider = oidc_filter::provider::ProviderState::default();
+    f.now = NOW + 3600 + 5;
+    let r = respond(f.request(&Req::api("/api").cookies(&jar)));
+    assert_eq!((r.status, r.metric), (503, Some(Metric::NotReady)));
+    assert_eq!(header(&r.headers, "content-type"), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"], "not_ready", "{}", r.body);
+    let r = respond(f.request(&Req::browser("/app").cookies(&jar)));
+    assert_eq!(r.status, 503);
+    assert!(
+        header(&r.headers, "content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+}
+
 #[test]
 fn bypass_paths_pass_even_before_the_provider_is_reached() {
     for mut f in [ready(), Filter::new(config(json!({})))] {
