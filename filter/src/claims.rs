@@ -143,7 +143,8 @@ fn parse_rule(v: &Value, depth: usize) -> Result<Rule, String> {
         only(obj, &["claim", "matches"])?;
         return match v.as_str() {
             Some(p) if p.len() <= 256 => Ok(Rule::Matches(claim, p.to_string())),
-            _ => Err("`matches` takes a glob pattern string".into()),
+            Some(_) => Err("`matches` takes a pattern of at most 256 bytes".into()),
+            None => Err("`matches` takes a glob pattern string".into()),
         };
     }
     Err(format!(
@@ -328,6 +329,12 @@ mod tests {
         ] {
             assert!(parse_rule(&from_serde(&bad), 0).is_err(), "{bad}");
         }
+        // A pattern too long says so (found by a black-box test: it read as one that is no string).
+        let long = json!({"claim": "x", "matches": "a".repeat(257)});
+        assert_eq!(
+            parse_rule(&from_serde(&long), 0).err().as_deref(),
+            Some("`matches` takes a pattern of at most 256 bytes")
+        );
         assert!(
             parse_access(&from_serde(
                 &json!([{"path_prefix": "admin", "rule": {"claim": "x", "equals": 1}}])

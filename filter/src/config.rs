@@ -400,6 +400,21 @@ fn parse_json(json: &[u8], what: &str) -> Result<Value, ConfigError> {
     if let Some(name) = v.as_object().and_then(Object::duplicate) {
         return Err(err(&plain_field(name), DUPLICATE));
     }
+    // In a `hosts` entry: named with the entry (found by a black-box test: `pluginConfig` said nothing of
+    // which of up to 64).
+    let entries = v
+        .as_object()
+        .and_then(|o| o.get("hosts"))
+        .and_then(Value::as_array);
+    for (i, entry) in entries.into_iter().flatten().enumerate() {
+        if let Some(name) = entry.as_object().and_then(Object::duplicate) {
+            let field = match plain_field(name) {
+                plain if plain == name => format!("hosts[{i}].{name}"),
+                _ => format!("hosts[{i}]"),
+            };
+            return Err(err(&field, DUPLICATE));
+        }
+    }
     if let Some(name) = v.find_duplicate() {
         // The name if it is a plain one (a key may be anything: it is not written out then).
         let reason = match plain_field(name) {
@@ -1611,6 +1626,20 @@ fn settable(h: &str) -> bool {
         "x-request-id",
         "via",
         "proxy-authorization",
+        // What tells the app what to serve, which some apps and proxies take over the path and method
+        // (found by a black-box test): a claim there would route the request where a user chooses.
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-uri",
+        "x-forwarded-method",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "content-type",
+        "content-encoding",
+        "expect",
+        "range",
+        "origin",
     ]
     .contains(&h)
         || h.starts_with("x-envoy-");
@@ -1635,7 +1664,16 @@ fn identity_headers_from(
             .collect(),
     };
     for (i, (h, c)) in identity_headers.iter().enumerate() {
-        if !settable(h) || identity_headers[..i].iter().any(|(g, _)| g == h) {
+        if identity_headers[..i].iter().any(|(g, _)| g == h) {
+            return Err(err(
+                "identity_headers",
+                format!(
+                    "`{}` is given twice (names are read in any letter case)",
+                    quotable(h, 64)
+                ),
+            ));
+        }
+        if !settable(h) {
             return Err(err(
                 "identity_headers",
                 format!("`{}` cannot carry a claim", quotable(h, 64)),
@@ -2453,6 +2491,14 @@ mod tests {
         let e = parse(odd).unwrap_err();
         assert_eq!(e.field, "pluginConfig");
         assert_eq!(e.reason, "not valid JSON for this filter (duplicate field)");
+        // In a `hosts` entry, named with the entry (found by a black-box test).
+        let twice = format!(
+            r#"{{"issuer": "https://idp.example.com", "client_id": "app", "client_secret": "s",
+            "cookie_keys": ["{KEY}"], "hosts": [{{"hosts": ["a.example.com"]}},
+            {{"hosts": ["b.example.com"], "client_id": "b", "client_id": "c"}}]}}"#
+        );
+        let e = Plugin::parse(twice.as_bytes(), &no_env).unwrap_err();
+        assert_eq!(e.field, "hosts[1].client_id", "{e}");
         let nested = with("claim_rules", serde_json::json!([{"rule": {}}]))
             .replace(r#""rule":{}"#, r#""rule":{"a\nb":1,"a\nb":2}"#);
         let e = parse(&nested).unwrap_err();
@@ -2591,6 +2637,11 @@ mod tests {
             "x-forwarded-proto",
             "x-forwarded-host",
             "x-envoy-original-path",
+            // What some apps and proxies route by (found by a black-box test).
+            "x-original-url",
+            "X-HTTP-Method-Override",
+            "x-forwarded-uri",
+            "content-type",
         ] {
             let e = parse(&with(
                 "identity_headers",
@@ -2599,6 +2650,14 @@ mod tests {
             .unwrap_err();
             assert_eq!(e.field, "identity_headers", "{reserved}");
         }
+        // A name given twice in other letters is said to be so (found by a black-box test: it was called
+        // one that cannot carry a claim).
+        let e = parse(&with(
+            "identity_headers",
+            serde_json::json!({"x-user": "sub", "X-User": "email"}),
+        ))
+        .unwrap_err();
+        assert!(e.reason.contains("`x-user` is given twice"), "{e}");
         // oauth2-proxy's names stay free.
         assert!(
             parse(&with(

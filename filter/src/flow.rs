@@ -954,7 +954,11 @@ fn bearer_refused(
 fn forbidden(cfg: &Config, browser: bool, s: &Cached) -> Step {
     let who = ["preferred_username", "email"]
         .iter()
-        .find_map(|c| s.claims.get(c).and_then(|v| v.as_str()))
+        // (A blank name names nobody: found by a black-box test, "logged in as <b>   </b>".)
+        .find_map(|c| {
+            let name = s.claims.get(c).and_then(|v| v.as_str());
+            name.filter(|n| !n.trim().is_empty())
+        })
         .unwrap_or(&s.session.sub);
     let (content_type, body) = if browser {
         (

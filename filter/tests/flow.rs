@@ -4296,3 +4296,22 @@ fn a_framed_page_without_a_session_gets_a_link_that_logs_in_at_the_top() {
     );
     assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
 }
+
+/// Found by a black-box test: a blank `preferred_username` named the user on the `403`: "logged in as
+/// <b>   </b>". The next name the README lists stands in for it.
+#[test]
+fn a_blank_name_is_not_who_the_403_says_is_logged_in() {
+    let mut f = Filter::ready(config(json!({
+        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}]})));
+    let (jar, _) = log_in_with(&mut f, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["preferred_username"] = "   ".into();
+        mint(&c)
+    });
+    let r = respond(f.request(&Req::browser("/admin").cookies(&jar)));
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.body.contains("<b>user-1@example.com</b>"), "{}", r.body);
+    let r = respond(f.request(&Req::api("/admin").cookies(&jar)));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["user"], "user-1@example.com", "{}", r.body);
+}
