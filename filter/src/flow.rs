@@ -743,14 +743,15 @@ fn with_session(
         if now < s.token_expires_at {
             return Some(forward_session(cfg, h, &cached, cookie, target));
         }
-        return Some(replaced(!is_browser(h), cached.renewed_cookies.clone()));
+        let api = matches!(anonymous, Anonymous::Api);
+        return Some(replaced(api, cached.renewed_cookies.clone()));
     }
     let Some(provider) = state.provider.ready() else {
         if now < s.token_expires_at {
             return Some(forward_session(cfg, h, &cached, cookie, target));
         }
         let mut step = not_ready();
-        as_json(&mut step, !is_browser(h), "not_ready");
+        as_json(&mut step, matches!(anonymous, Anonymous::Api), "not_ready");
         return Some(step);
     };
     let scope = cfg.scope_on_refresh.then_some(cfg.scopes.as_str());
@@ -1074,7 +1075,10 @@ fn without_session(
         Vec::new()
     };
     if state.provider.ready().is_none() {
-        return with_cookies(not_ready(), clear);
+        // An API client's in JSON, as its other answers (found in review).
+        let mut step = not_ready();
+        as_json(&mut step, matches!(how, Anonymous::Api), "not_ready");
+        return with_cookies(step, clear);
     }
     let page = match how {
         Anonymous::Page => form_page(h),

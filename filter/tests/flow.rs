@@ -177,8 +177,40 @@ fn an_expired_session_without_the_idps_documents_gets_503_in_json_for_an_api_cli
     assert_eq!(header(&r.headers, "content-type"), Some("application/json"));
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["error"], "not_ready", "{}", r.body);
-    let r = respond(f.request(&Req::browser("/app").cookies(&jar)));
-    assert_eq!(r.status, 503);
+    // A browser's page, and a browser's form POST, get text.
+    for req in [
+        Req::browser("/app"),
+        Req::browser("/form").with(":method", "POST"),
+    ] {
+        let r = respond(f.request(&req.cookies(&jar)));
+        assert_eq!(r.status, 503);
+        assert!(
+            header(&r.headers, "content-type")
+                .unwrap()
+                .starts_with("text/plain")
+        );
+    }
+    // Without a session too; and a bearer token on a path a claim rule covers.
+    let mut f = Filter::new(config(json!({
+        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["a"]}}]})));
+    for req in [
+        Req::api("/api"),
+        Req::api("/admin").with("authorization", "Bearer a.b.c"),
+    ] {
+        let r = respond(f.request(&req));
+        assert_eq!(
+            (r.status, r.metric),
+            (503, Some(Metric::NotReady)),
+            "{req:?}"
+        );
+        assert_eq!(
+            header(&r.headers, "content-type"),
+            Some("application/json"),
+            "{req:?}"
+        );
+        assert!(header(&r.headers, "retry-after").is_some());
+    }
+    let r = respond(f.request(&Req::browser("/app")));
     assert!(
         header(&r.headers, "content-type")
             .unwrap()
