@@ -112,13 +112,18 @@ fn a_new_cookie_holding_only_a_new_refresh_token_is_adopted_not_refreshed_again(
                 assert_eq!(r.status, 503);
                 let sets: Vec<&str> = set_cookies(&r);
                 assert_eq!(sets, lines.iter().map(String::as_str).collect::<Vec<_>>());
+                // An API client's in JSON (found in review).
+                assert_eq!(header(&r.headers, "content-type"), Some("application/json"));
             }
             other => panic!("{valid}: {other:?}"),
         }
         // B's next request with the old cookie starts no refresh: the new cookie's to make.
         match b.request(&Req::api("/z").cookies(&jar)) {
             Step::Forward(f) if valid => assert_eq!(f.set_cookies, lines),
-            Step::Respond(r) if !valid => assert_eq!(r.status, 503),
+            Step::Respond(r) if !valid => {
+                assert_eq!(r.status, 503);
+                assert_eq!(header(&r.headers, "content-type"), Some("application/json"));
+            }
             other => panic!("{valid}: {other:?}"),
         }
     }
