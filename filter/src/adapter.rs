@@ -23,10 +23,10 @@ use crate::revocation::Revocations;
 use crate::secret::Secret;
 use crate::throttle::Throttle;
 
-/// After a logout was recorded (`step` answers a back-channel logout with 200), hands this worker's list
-/// of ended sessions to the others through Envoy's shared data.
-fn share_revocations(cfg: &Config, state: &mut State, step: &Step) {
-    if matches!(step, Step::Respond(r) if r.metric == Some(Metric::BackchannelLogout)) {
+/// After the decision just made recorded a logout (`State::ended_here`: a back-channel logout, or a
+/// `/logout` of a session), hands this worker's list of ended sessions to the others.
+fn share_if_ended(cfg: &Config, state: &mut State) {
+    if core::mem::take(&mut state.ended_here) {
         share_revoked(cfg, state);
     }
 }
@@ -822,7 +822,8 @@ impl Http {
         pending: Pending,
         reply: Option<(u16, Vec<u8>)>,
     ) -> Option<(Step, Option<Option<Vec<String>>>)> {
-        if matches!(pending, Pending::Refresh(_) | Pending::RefreshJwks(..)) {
+        let renewal = matches!(pending, Pending::Refresh(_) | Pending::RefreshJwks(..));
+        if renewal {
             sync_revocations(&self.shared);
         }
         let now = now();
@@ -838,7 +839,6 @@ impl Http {
             random: &mut random,
         };
         let before = (state.renewals_paused_until, state.renewals_failing);
-        let renewal = matches!(pending, Pending::Refresh(_) | Pending::RefreshJwks(..));
         let step = flow::on_reply(
             cfg,
             state,
@@ -846,7 +846,7 @@ impl Http {
             pending,
             reply.as_ref().map(|(st, b)| (*st, b.as_slice())),
         );
-        share_revocations(cfg, state, &step);
+        share_if_ended(cfg, state);
         share_pause(cfg, state, before, renewal);
         // A renewal this request claimed has ended (unless it now fetches keys): publish the cookies made
         // since the claim (this renewal's, or another request's on this worker meanwhile), or let go.
@@ -931,9 +931,7 @@ impl Http {
                 random: &mut random,
             };
             let step = flow::on_request(cfg, state, &mut env, headers);
-            if core::mem::take(&mut state.ended_here) {
-                share_revoked(cfg, state);
-            }
+            share_if_ended(cfg, state);
             let unopened = core::mem::take(&mut state.unopened);
             // Not ready, but the IdP's documents are on their way (a new VM's first fetch): wait for
             // them, up to a little longer than that fetch may take, rather than answer 503.
@@ -1233,7 +1231,7 @@ impl Http {
                 random: &mut random,
             };
             let step = flow::on_backchannel_logout(cfg, state, &env, body);
-            share_revocations(cfg, state, &step);
+            share_if_ended(cfg, state);
             step
         };
         self.run(step, None)

@@ -336,12 +336,9 @@ mod tests {
             .into()
     }
 
+    /// Hex with white space between groups, as the RFC writes it.
     fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+        crate::oidc::sig::bignum::hex(&s.split_whitespace().collect::<String>())
     }
 
     /// RFC 8439's Poly1305 test vectors 5 to 9 (those of whole blocks), made to reach the corners of the

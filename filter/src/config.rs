@@ -375,15 +375,19 @@ fn unknown_field(name: &str) -> ConfigError {
 /// A field name as an error may repeat it: a plain identifier (`-` too). Anything else (an empty or odd
 /// key, a pasted value, a newline) is not echoed.
 fn plain_field(name: &str) -> String {
-    if (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+    if is_plain_name(name) {
         name.to_string()
     } else {
         "pluginConfig".to_string()
     }
+}
+
+/// A name a log line may quote as it is.
+fn is_plain_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Reads the pluginConfig document. Errors give a position, never a value; `what` says what it is not.
@@ -408,20 +412,20 @@ fn parse_json(json: &[u8], what: &str) -> Result<Value, ConfigError> {
         .and_then(Value::as_array);
     for (i, entry) in entries.into_iter().flatten().enumerate() {
         if let Some(name) = entry.as_object().and_then(Object::duplicate) {
-            let field = match plain_field(name) {
-                plain if plain == name => format!("hosts[{i}].{name}"),
-                _ => format!("hosts[{i}]"),
+            let field = if is_plain_name(name) {
+                format!("hosts[{i}].{name}")
+            } else {
+                format!("hosts[{i}]")
             };
             return Err(err(&field, DUPLICATE));
         }
     }
     if let Some(name) = v.find_duplicate() {
         // The name if it is a plain one (a key may be anything: it is not written out then).
-        let reason = match plain_field(name) {
-            plain if plain == name => {
-                format!("not valid JSON for this filter (field `{name}` given twice in one object)")
-            }
-            _ => DUPLICATE.to_string(),
+        let reason = if is_plain_name(name) {
+            format!("not valid JSON for this filter (field `{name}` given twice in one object)")
+        } else {
+            DUPLICATE.to_string()
         };
         return Err(err("pluginConfig", reason));
     }

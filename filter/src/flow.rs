@@ -303,8 +303,8 @@ pub struct State {
     /// Sessions ended by back-channel logout or `/logout`; the adapter keeps it in step with the other
     /// workers.
     pub revoked: Revocations,
-    /// The request just decided (a `/logout`) recorded an ended session: the adapter shares the list and
-    /// clears this (found in review: every `/logout`, even one without a session, rewrote the shared
+    /// The request just decided (a `/logout`, a back-channel logout) recorded an ended session: the adapter
+    /// shares the list and clears this (found in review: every `/logout`, even one without a session, rewrote the shared
     /// list, and every worker decoded it again).
     pub ended_here: bool,
     /// Until then no renewal of this site calls the IdP from this worker (see `renewal_claim`).
@@ -750,9 +750,7 @@ fn with_session(
         if now < s.token_expires_at {
             return Some(forward_session(cfg, h, &cached, cookie, target));
         }
-        let mut step = not_ready();
-        as_json(&mut step, matches!(anonymous, Anonymous::Api), "not_ready");
-        return Some(step);
+        return Some(not_ready(matches!(anonymous, Anonymous::Api)));
     };
     let scope = cfg.scope_on_refresh.then_some(cfg.scopes.as_str());
     let form = token::refresh_request(
@@ -922,9 +920,7 @@ fn bearer_refused(
         return None;
     }
     let Some(provider) = state.provider.ready() else {
-        let mut step = not_ready();
-        as_json(&mut step, true, "not_ready");
-        return Some(step);
+        return Some(not_ready(true));
     };
     let header = h.get("authorization")?;
     let token = header.strip_prefix("Bearer ").unwrap_or_default().trim();
@@ -1075,10 +1071,7 @@ fn without_session(
         Vec::new()
     };
     if state.provider.ready().is_none() {
-        // An API client's in JSON, as its other answers (found in review).
-        let mut step = not_ready();
-        as_json(&mut step, matches!(how, Anonymous::Api), "not_ready");
-        return with_cookies(step, clear);
+        return with_cookies(not_ready(matches!(how, Anonymous::Api)), clear);
     }
     let page = match how {
         Anonymous::Page => form_page(h),
@@ -1166,7 +1159,7 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
         );
     }
     let Some(provider) = state.provider.ready() else {
-        return not_ready();
+        return not_ready(false);
     };
     let mut rd = None;
     let mut fragment_read = false;
@@ -1502,7 +1495,7 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
     }
     let Some(provider) = state.provider.ready() else {
         // Keep the login cookie: the attempt can go on once the IdP has been reached (Retry-After).
-        return not_ready();
+        return not_ready(false);
     };
     let Some(redirect_uri) = redirect_uri(cfg, h) else {
         return bad_callback(CallbackFailure::BadRequest, "Invalid Host header.", clear);
@@ -1559,7 +1552,6 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
             let (_, sid, iat, _) = token_facts(cfg, &s.id_token);
             let sid = sid.as_deref().or(s.login_sid.as_deref());
             let keys = logout_keys(&s);
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             let left = s.expires_at.saturating_sub(now);
             state
                 .revoked
@@ -1781,7 +1773,7 @@ fn finish_login(
 ) -> Step {
     let clear = vec![cookies::clear_cookie(&x.login_cookie, &login_attrs(cfg))];
     let Some(provider) = state.provider.ready() else {
-        return with_cookies(not_ready(), clear);
+        return with_cookies(not_ready(false), clear);
     };
     let Some(id_token) = tokens.id_token.clone() else {
         return gateway_error(
@@ -1812,7 +1804,7 @@ fn finish_login(
             if may_refetch && state.provider.may_refetch_for_kid(env.now, false) =>
         {
             let Some(p) = state.provider.ready() else {
-                return with_cookies(not_ready(), clear);
+                return with_cookies(not_ready(false), clear);
             };
             let call = Callout::get(cfg, &p.meta.jwks_uri);
             return Step::Call(call, Box::new(Pending::CodeJwks(x, tokens)));
@@ -1852,12 +1844,7 @@ fn finish_login(
     };
     // The login's id, which its renewals keep and a `/logout` ends: of the login's `nonce`, random and
     // spent (the cookie is sealed; the list of ended sessions holds the id).
-    session.login_id = Some({
-        use core::hash::Hasher as _;
-        let mut h = crate::idhash::IdHasher::default();
-        h.write(x.login.nonce.expose().as_bytes());
-        h.finish()
-    });
+    session.login_id = Some(crate::idhash::fnv(&[x.login.nonce.expose().as_bytes()]));
     // Accepted within `clock_leeway`, but a session born expired would send the browser straight back
     // to log in, for ever.
     if session.token_expires_at <= env.now {
@@ -1937,50 +1924,40 @@ const NO_PROVIDER: &str = "the IdP's discovery document or keys are not loaded o
 /// 503 for a request whose session cookie was replaced by `cookies` (which it sets), and which the
 /// browser has not sent yet.
 fn replaced(api: bool, cookies: Vec<String>) -> Step {
-    let mut step = unavailable(
+    let step = unavailable(
+        api.then_some(RENEWAL_UNAVAILABLE),
         "Your session was renewed while this request was on its way. Try again.",
         Metric::RefreshFailed,
         Some("the session has a new cookie, not yet sent by the browser".into()),
     );
-    as_json(&mut step, api, "renewal_unavailable");
     with_cookies(step, cookies)
 }
 
 /// A request that would wait for another one's renewal, when too many wait on this worker already: 503,
 /// its cookies stay (counted and logged as a refresh that failed).
 pub fn renewal_crowded(job: &RefreshJob) -> Step {
-    let mut step = unavailable(
+    unavailable(
+        job.api().then_some(RENEWAL_UNAVAILABLE),
         "Too many requests are waiting for this session to be renewed. Try again shortly.",
         Metric::RefreshFailed,
         Some("too many requests wait for renewals on this worker".into()),
-    );
-    as_json(&mut step, job.api(), "renewal_unavailable");
-    step
+    )
 }
 
-/// `step`, a 503 of text, in JSON for an API client.
-fn as_json(step: &mut Step, api: bool, error: &str) {
-    if let (true, Step::Respond(r)) = (api, step) {
-        for (_, v) in r.headers.iter_mut().filter(|(n, _)| *n == "content-type") {
-            *v = "application/json".into();
-        }
-        let message = r.body.trim_ascii_end();
-        r.body = json::object_of_strings(&[("error", error), ("message", message)]).into();
-    }
-}
+/// The `error` of a renewal's `503` to an API client.
+const RENEWAL_UNAVAILABLE: &str = "renewal_unavailable";
 
 /// 503 for a request whose expired token the IdP could not renew just now; its cookies stay.
 /// A browser gets a line of text; an API client JSON, as its other answers from the filter (found by a
 /// black-box test: a client that reads every answer as JSON failed on this one).
 fn renewal_unavailable(api: bool, detail: String) -> Step {
     // Not always the IdP's silence (it may refuse the gateway's credentials): the log line says why.
-    let mut step = unavailable(
+    unavailable(
+        api.then_some(RENEWAL_UNAVAILABLE),
         "Your session could not be renewed just now. Try again shortly.",
         Metric::RefreshFailed,
         Some(detail),
-    );
-    as_json(&mut step, api, "renewal_unavailable");
-    step
+    )
 }
 
 fn finish_refresh(
@@ -2505,6 +2482,7 @@ fn logout_with(
     ) {
         Ok(logout) => {
             state.revoked.add(&logout, now, cfg.logout_lifetime);
+            state.ended_here = true;
             let mut r = json_error(200, "");
             if let Step::Respond(r) = &mut r {
                 r.metric = Some(Metric::BackchannelLogout);
@@ -2871,8 +2849,10 @@ fn redirect_reply(location: String) -> Reply {
     }
 }
 
-fn not_ready() -> Step {
+/// `api`: for an API client (JSON).
+fn not_ready(api: bool) -> Step {
     unavailable(
+        api.then_some("not_ready"),
         "Login is not available yet: the identity provider has not been reached. Try again shortly.",
         Metric::NotReady,
         None,
@@ -2884,16 +2864,30 @@ fn no_answer() -> String {
     "no answer from the token endpoint within callout_timeout".into()
 }
 
-/// 503 with `Retry-After`: the IdP is needed and not reachable now; the client may simply retry.
-fn unavailable(msg: &str, metric: Metric, detail: Option<String>) -> Step {
+/// 503 with `Retry-After`: the IdP is needed and not reachable now; the client may simply retry. `msg` as
+/// text; for an API client (`json_error` set), in JSON with that `error`, as its other answers from the
+/// filter (found by a black-box test: a client that reads every answer as JSON failed on these).
+fn unavailable(
+    json_error: Option<&str>,
+    msg: &str,
+    metric: Metric,
+    detail: Option<String>,
+) -> Step {
+    let (content_type, body) = match json_error {
+        Some(error) => (
+            "application/json",
+            json::object_of_strings(&[("error", error), ("message", msg)]),
+        ),
+        None => ("text/plain; charset=utf-8", format!("{msg}\n")),
+    };
     Step::Respond(Reply {
         status: 503,
         headers: vec![
             ("retry-after", "5".into()),
-            ("content-type", "text/plain; charset=utf-8".into()),
+            ("content-type", content_type.into()),
             ("cache-control", "no-store".into()),
         ],
-        body: format!("{msg}\n").into(),
+        body: body.into(),
         metric: Some(metric),
         detail,
     })

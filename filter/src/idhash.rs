@@ -6,6 +6,16 @@
 use core::hash::{BuildHasherDefault, Hasher};
 use hashbrown::HashMap;
 
+/// The 64-bit FNV-1a of `parts` one after the other ([`IdHasher`]'s for bytes): the names the shared list of
+/// ended sessions gives tokens, users and logins, none of which a client picks.
+pub fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut hasher = IdHasher::default();
+    for part in parts {
+        hasher.write(part);
+    }
+    hasher.finish()
+}
+
 /// A `HashMap` with [`IdHasher`].
 pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 

@@ -50,10 +50,7 @@ pub struct Revocations {
 /// How the list names an ID token: a 64-bit FNV-1a of its text (`idhash`'s), in hex. The IdP signs the tokens, so none is
 /// chosen to collide with another.
 pub fn token_key(id_token: &str) -> String {
-    use core::hash::Hasher as _;
-    let mut hasher = crate::idhash::IdHasher::default();
-    hasher.write(id_token.as_bytes());
-    hex(hasher.finish())
+    hex(crate::idhash::fnv(&[id_token.as_bytes()]))
 }
 
 /// How the list names a login, by its id ([`crate::session::Session::login_id`]), which every renewal
@@ -71,11 +68,7 @@ pub fn login_key(sub: &str, id: u64) -> String {
 /// user's part, where an IdP lets users choose theirs, would only make that user's logouts end all of
 /// that user's sessions.)
 fn user_part(sub: &str) -> String {
-    use core::hash::Hasher as _;
-    let mut hasher = crate::idhash::IdHasher::default();
-    hasher.write(b"user\0");
-    hasher.write(sub.as_bytes());
-    let mut part = hex(hasher.finish());
+    let mut part = hex(crate::idhash::fnv(&[b"user\0", sub.as_bytes()]));
     part.truncate(12);
     part
 }
@@ -90,16 +83,7 @@ const LOGIN_KEY_LEN: usize = 28;
 const PER_USER: usize = 32;
 
 fn hex(h: u64) -> String {
-    let mut key = String::with_capacity(16);
-    for i in (0..16).rev() {
-        let nibble = ((h >> (4 * i)) & 0xf) as u8;
-        key.push(char::from(if nibble < 10 {
-            b'0' + nibble
-        } else {
-            b'a' + nibble - 10
-        }));
-    }
-    key
+    alloc::format!("{h:016x}")
 }
 
 impl Revocations {
@@ -137,9 +121,9 @@ impl Revocations {
     /// With the `sid`s at the cap, by the user (`sub`) instead, as [`Revocations::add`] does: one account
     /// logging in and out all day takes one entry, and pushes out no other user's logout (found in
     /// review); it ends that user's other sessions begun before (fail closed).
-    pub fn end_session(
+    pub fn end_session<K: AsRef<str>>(
         &mut self,
-        keys: &[&str],
+        keys: &[K],
         sid: Option<&str>,
         sub: &str,
         iat: u64,
@@ -153,7 +137,7 @@ impl Revocations {
         // renewal done just before the logout outlived it there).
         let by_user = (iat.max(now), until);
         let room = self.tokens.len() < FALLBACK_AT && self.logins_of(sub) < PER_USER;
-        for &key in keys {
+        for key in keys.iter().map(AsRef::as_ref) {
             if room || find(&self.tokens, key).is_ok() {
                 upsert(&mut self.tokens, key, (0, until), keep_later);
             } else {

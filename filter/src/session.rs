@@ -804,13 +804,9 @@ impl Session {
     /// second share it); `None` for one that cannot (its ID token is its login).
     pub fn login_id(&self) -> Option<u64> {
         self.login_id.or_else(|| {
-            use core::hash::Hasher as _;
             self.refresh_token.as_ref()?;
-            let mut h = crate::idhash::IdHasher::default();
-            h.write(b"login\0");
-            h.write(self.sub.as_bytes());
-            h.write(&self.expires_at.to_le_bytes());
-            Some(h.finish())
+            let end = self.expires_at.to_le_bytes();
+            Some(crate::idhash::fnv(&[b"login\0", self.sub.as_bytes(), &end]))
         })
     }
 
