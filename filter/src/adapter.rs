@@ -152,6 +152,43 @@ fn share_pause(cfg: &Config, state: &mut flow::State, before: (u64, bool), answe
     }
 }
 
+/// The shared-data key of how far the IdP's clock runs ahead of the gateway's (`flow::State::idp_ahead`):
+/// of the IdP, whichever site saw it.
+fn ahead_key(cfg: &Config) -> String {
+    format!("oidc-filter.ahead.{}", cfg.issuer)
+}
+
+/// The IdP's clock ahead by `shared` (its encoding), within `clock_leeway`.
+fn ahead_of(cfg: &Config, shared: Option<&[u8]>) -> Option<u64> {
+    let bytes = <[u8; 8]>::try_from(shared?).ok()?;
+    Some(u64::from_le_bytes(bytes).min(cfg.clock_leeway))
+}
+
+/// Shares how far the IdP's clock runs ahead when an ID token just showed it further than this worker
+/// had seen (`before`): a `/logout` on another worker is dated by it (found in review: a renewal done on
+/// one worker, whose token the IdP dated ahead, outlived a `/logout` another worker kept by its user).
+/// Only ever raised, compare-and-swap.
+fn share_ahead(cfg: &Config, state: &mut flow::State, before: u64) {
+    if state.idp_ahead <= before {
+        return;
+    }
+    let key = ahead_key(cfg);
+    for _ in 0..4 {
+        let Ok((bytes, cas)) = host::get_shared_data(&key) else {
+            return;
+        };
+        if let Some(shared) = ahead_of(cfg, bytes.as_deref())
+            && shared >= state.idp_ahead
+        {
+            state.idp_ahead = shared;
+            return;
+        }
+        if host::set_shared_data(&key, &state.idp_ahead.to_le_bytes(), cas).is_ok() {
+            return;
+        }
+    }
+}
+
 /// Replies larger than this are not an IdP document or token response.
 const MAX_REPLY: usize = 256 * 1024;
 const TICK: Duration = Duration::from_secs(1);
@@ -664,6 +701,12 @@ fn sync_revocations(shared: &RefCell<Shared>) {
             state.revoked.merge(all);
         }
         state.revoked.prune(now);
+        // How far the IdP's clock runs ahead, as the other workers saw it (`share_ahead`).
+        if let Ok((bytes, _)) = host::get_shared_data(&ahead_key(cfg))
+            && let Some(shared) = ahead_of(cfg, bytes.as_deref())
+        {
+            state.idp_ahead = state.idp_ahead.max(shared);
+        }
     }
 }
 
@@ -839,6 +882,7 @@ impl Http {
             random: &mut random,
         };
         let before = (state.renewals_paused_until, state.renewals_failing);
+        let ahead = state.idp_ahead;
         let step = flow::on_reply(
             cfg,
             state,
@@ -848,6 +892,7 @@ impl Http {
         );
         share_if_ended(cfg, state);
         share_pause(cfg, state, before, renewal);
+        share_ahead(cfg, state, ahead);
         // A renewal this request claimed has ended (unless it now fetches keys): publish the cookies made
         // since the claim (this renewal's, or another request's on this worker meanwhile), or let go.
         // Not what an earlier renewal of this cookie left in the cache (found by a black-box test: a

@@ -317,6 +317,11 @@ pub struct State {
     /// keys, a key dropped, a replica with other keys): the adapter counts it and clears this. Found in
     /// review: nothing told an operator why such users were sent to log in, over and over.
     pub unopened: bool,
+    /// How far the IdP's clock runs ahead of this gateway's, as the `iat` of the ID tokens it issued
+    /// showed (the most seen, within `clock_leeway`; the adapter shares it with the other workers). A
+    /// `/logout` the list keeps by its user is dated by it (found in review: dated by the gateway's clock,
+    /// a renewal done just before it, whose ID token the IdP dated ahead, stayed a session).
+    pub idp_ahead: u64,
 }
 
 /// How long a renewal that met an outage pauses the others on its worker (the `Retry-After` of a 503).
@@ -340,6 +345,12 @@ impl State {
     fn renewal_answered(&mut self) {
         self.renewals_failing = false;
         self.renewals_paused_until = 0;
+    }
+
+    /// An ID token the IdP issued at `iat` arrived at `now`: how far ahead its clock runs, if further
+    /// than seen before (see [`State::idp_ahead`]).
+    fn saw_idp_clock(&mut self, iat: u64, now: u64, leeway: u64) {
+        self.idp_ahead = self.idp_ahead.max(iat.saturating_sub(now).min(leeway));
     }
 }
 
@@ -1553,9 +1564,10 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
             let sid = sid.as_deref().or(s.login_sid.as_deref());
             let keys = logout_keys(&s);
             let left = s.expires_at.saturating_sub(now);
-            state
-                .revoked
-                .end_session(&keys, sid, &s.sub, iat, now, left);
+            // Now on the IdP's clock, as far as seen: kept by the user, the logout ends the login's
+            // renewals done before it, whose tokens the IdP may have dated ahead of this gateway.
+            let at = now.saturating_add(state.idp_ahead);
+            state.revoked.end_session(&keys, sid, &s.sub, iat, at, left);
             state.ended_here = true;
             id_token = Some(s.id_token);
             state.cache.remove(&sealed);
@@ -1799,7 +1811,10 @@ fn finish_login(
         max_age: cfg.max_age,
     };
     let claims = match id_token::verify(id_token.expose(), &provider.jwks, &expected) {
-        Ok(c) => c,
+        Ok(c) => {
+            state.saw_idp_clock(c.iat, env.now, cfg.clock_leeway);
+            c
+        }
         Err(IdTokenError::UnknownKid)
             if may_refetch && state.provider.may_refetch_for_kid(env.now, false) =>
         {
@@ -1877,9 +1892,16 @@ fn refresh_reply(
         Some((status, body)) => token::parse_response(status, body),
         None => Err(TokenError::NotJson("no answer")),
     };
-    // The IdP answers: renewals need not wait.
-    if tokens.as_ref().is_ok() || tokens.as_ref().is_err_and(TokenError::is_refusal) {
-        state.renewal_answered();
+    match &tokens {
+        // The IdP answers: renewals need not wait.
+        Ok(_) => state.renewal_answered(),
+        Err(e) if e.is_refusal() => state.renewal_answered(),
+        // A success in JSON that cannot be used: neither an outage nor an answer that ends one.
+        Err(TokenError::Malformed(_)) => {}
+        // Down or slow: recorded also when the session ended while it was renewed (found in review: the
+        // outage went unrecorded, and the adapter then took the IdP for answering and ended the pause
+        // the other workers shared).
+        Err(_) => state.renewal_outage(env.now),
     }
     if let Some(step) = ended_meanwhile(cfg, state, &job, env.now) {
         return step;
@@ -1892,12 +1914,7 @@ fn refresh_reply(
         }
         // The IdP is down or slow, or answers what cannot be used, but the token has a little life
         // left: keep the user working.
-        Err(e) if still_valid => {
-            if !matches!(e, TokenError::Malformed(_)) {
-                state.renewal_outage(env.now);
-            }
-            return keep_old(cfg, &job);
-        }
+        Err(_) if still_valid => return keep_old(cfg, &job),
         // A success in JSON that cannot be used, once the token has expired: the IdP's own answer, which
         // asking again will not change (as an outage the 503 would stick until `session_lifetime`). Log in
         // again.
@@ -1907,7 +1924,6 @@ fn refresh_reply(
         // The IdP is down or slow and the token has expired: fail closed, but keep the session, so that it
         // renews by itself once the IdP answers again rather than an outage logging everybody out.
         Err(e) => {
-            state.renewal_outage(env.now);
             return renewal_unavailable(
                 job.api(),
                 match reply {
@@ -1994,6 +2010,7 @@ fn finish_refresh(
             match id_token::verify(t.expose(), &provider.jwks, &expected) {
                 // OIDC Core 12.2: a refreshed ID token must name the same user, for the same parties.
                 Ok(c) if c.sub == old.sub => {
+                    state.saw_idp_clock(c.iat, env.now, cfg.clock_leeway);
                     match unlike_login(&c.all, &old.id_token, cfg.clock_leeway) {
                         None => {
                             let kept = c.sid.is_none().then(|| job.session.sid.clone()).flatten();

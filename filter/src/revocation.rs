@@ -120,7 +120,8 @@ impl Revocations {
     /// there), even within the same second (found in review: dated alone, such a login was ended too).
     /// With the `sid`s at the cap, by the user (`sub`) instead, as [`Revocations::add`] does: one account
     /// logging in and out all day takes one entry, and pushes out no other user's logout (found in
-    /// review); it ends that user's other sessions begun before (fail closed).
+    /// review); it ends that user's other sessions begun before (fail closed), dated `now`: the time of
+    /// the logout on the IdP's clock as far as the caller knows it (its tokens' `iat` are on that clock).
     pub fn end_session<K: AsRef<str>>(
         &mut self,
         keys: &[K],

@@ -725,3 +725,108 @@ fn a_waiting_request_counts_its_path_among_the_bytes_it_holds() {
     let long = refresh_job(f.request(&Req::api(&long_path).cookies(&jar))).held_bytes();
     assert!(long >= short + 59_000, "{short} then {long}");
 }
+
+/// Found in review: a `/logout` the list keeps by its user (the user's 32 earlier logouts fill their
+/// share, or the list has 9,000) was dated by the gateway's clock; a renewal done just before it, on
+/// another worker, whose ID token the IdP, its clock 30 s ahead (within `clock_leeway`), dated later,
+/// stayed a session on every worker. The logout is now dated by the IdP's clock as the workers saw it.
+#[test]
+fn a_logout_kept_by_its_user_ends_a_renewal_the_idp_dated_ahead() {
+    const SKEW: u64 = 30;
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    a.now = NOW + 3600 - 30;
+    b.now = a.now;
+    // The user's 32 earlier logouts, as every worker has them.
+    for i in 0..32u64 {
+        let key = oidc_filter::revocation::login_key("user-1", 1_000 + i);
+        for f in [&mut a, &mut b] {
+            f.state
+                .revoked
+                .end_session(&[&key], None, "user-1", NOW, NOW, 36_000);
+        }
+    }
+    // A poll renews on worker A; the IdP's clock runs 30 s ahead.
+    let (_, pending) = call(a.request(&Req::api("/poll").cookies(&jar)));
+    let new_token = mint(&refreshed_claims(a.now + SKEW));
+    let body = token_body(Some(&new_token), Some("rt-2"));
+    let fwd = forward(a.reply(pending, Some((200, &body))));
+    assert_eq!(a.state.idp_ahead, SKEW);
+    let mut renewed = jar.clone();
+    renewed.apply(fwd.set_cookies.iter().map(String::as_str));
+    // Worker B learns how far ahead (the adapter shares it), then the user logs out there with the
+    // cookie from before the renewal; every worker learns of the logout.
+    b.state.idp_ahead = a.state.idp_ahead;
+    let r = respond(b.request(&Req::browser("/logout").cookies(&jar)));
+    assert_eq!(r.metric, Some(Metric::Logout));
+    let ended = b.state.revoked.clone();
+    a.state.revoked.merge(&ended);
+    for (on_a, cookies, what) in [
+        (false, &jar, "the logged-out cookie"),
+        (true, &renewed, "the renewal, on the worker that renewed it"),
+        (false, &renewed, "the renewal, on the worker of the logout"),
+    ] {
+        let f = if on_a { &mut a } else { &mut b };
+        let r = respond(f.request(&Req::api("/x").cookies(cookies)));
+        assert_eq!(r.status, 401, "{what}: {r:?}");
+    }
+    // A login a second after the logout, by the IdP's clock too, stands.
+    b.now += 1;
+    let iat = b.now + SKEW;
+    let (again, _) = log_in_with(&mut b, Some("rt-3"), |n| {
+        let mut c = claims(Some(n));
+        c["iat"] = iat.into();
+        c["exp"] = (iat + 3600).into();
+        mint(&c)
+    });
+    let fwd = forward(b.request(&Req::api("/x").cookies(&again)));
+    assert!(bearer(&fwd).starts_with("Bearer "));
+}
+
+/// How far ahead the IdP's clock runs is taken from the tokens it issues, at most `clock_leeway` (beyond
+/// it, they are refused), and only ever raised: a token dated behind the gateway's clock lowers nothing.
+#[test]
+fn the_idp_clock_ahead_is_the_most_its_tokens_showed() {
+    let mut f = Filter::ready(config(serde_json::json!({"clock_leeway": "45s"})));
+    let (jar, _) = log_in(&mut f, Some("rt-1"));
+    assert_eq!(
+        f.state.idp_ahead, 0,
+        "the login's token is dated by the gateway's clock"
+    );
+    let mut jar = jar;
+    for (skew, rt, expected) in [(20i64, "rt-2", 20), (-10, "rt-3", 20), (40, "rt-4", 40)] {
+        f.now += 3600;
+        let (_, pending) = call(f.request(&Req::api("/x").cookies(&jar)));
+        let iat = f.now.checked_add_signed(skew).unwrap();
+        let body = token_body(Some(&mint(&refreshed_claims(iat))), Some(rt));
+        let fwd = forward(f.reply(pending, Some((200, &body))));
+        jar.apply(fwd.set_cookies.iter().map(String::as_str));
+        assert_eq!(f.state.idp_ahead, expected, "after a token {skew} s ahead");
+    }
+}
+
+/// Found in review: a renewal the IdP did not answer, whose session ended while it waited (a logout, its
+/// lifetime), was not recorded as an outage: the adapter, taking the reply for the IdP's answer, then
+/// ended the pause the other workers shared, and every worker's renewals went back to the hanging IdP.
+#[test]
+fn an_unanswered_renewal_of_a_session_ended_meanwhile_is_an_outage() {
+    for logout in [false, true] {
+        let mut a = Filter::ready(config(serde_json::json!({})));
+        let mut b = Filter::ready(config(serde_json::json!({})));
+        let (jar, _) = due(&mut a, &mut b);
+        // Expired: no old token to fall back on.
+        a.now = NOW + 3600 + 5;
+        b.now = a.now;
+        let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
+        if logout {
+            respond(b.request(&Req::browser("/logout").cookies(&jar)));
+            let ended = b.state.revoked.clone();
+            a.state.revoked.merge(&ended);
+        }
+        let r = respond(a.reply(pending, None));
+        assert_eq!(r.status, if logout { 401 } else { 503 }, "logout={logout}");
+        assert!(a.state.renewals_failing, "logout={logout}");
+        assert!(a.state.renewals_paused(a.now), "logout={logout}");
+    }
+}
