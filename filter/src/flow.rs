@@ -1563,7 +1563,10 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
             let (_, sid, iat, _) = token_facts(cfg, &s.id_token);
             let sid = sid.as_deref().or(s.login_sid.as_deref());
             let keys = logout_keys(&s);
-            let left = s.expires_at.saturating_sub(now);
+            // As long as any session of the IdP session can live: another site of this client may keep
+            // its sessions longer (found in review: by this session's end alone, that site's sessions
+            // of the `sid` opened again when it came).
+            let left = s.expires_at.saturating_sub(now).max(cfg.logout_lifetime);
             // Now on the IdP's clock, as far as seen: kept by the user, the logout ends the login's
             // renewals done before it, whose tokens the IdP may have dated ahead of this gateway.
             let at = now.saturating_add(state.idp_ahead);

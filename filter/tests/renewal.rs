@@ -830,3 +830,27 @@ fn an_unanswered_renewal_of_a_session_ended_meanwhile_is_an_outage() {
         assert!(a.state.renewals_paused(a.now), "logout={logout}");
     }
 }
+
+/// Found in review: a `/logout` kept the IdP session's (`sid`) earlier tokens ended only until the
+/// logged-out session's own end; another site of the same IdP client, whose sessions live longer (its
+/// `session_lifetime`), then saw its sessions of that IdP session open again. They stay ended as long as
+/// any session of the client can live (`logout_lifetime`, the longest of those sites').
+#[test]
+fn a_logout_ends_the_idp_session_for_the_longest_lifetime_of_its_client() {
+    let mut f = Filter::ready(config(serde_json::json!({"session_lifetime": "1h"})));
+    // A sibling `hosts` entry of the client keeps sessions a day.
+    f.cfg.logout_lifetime = 24 * 3600;
+    let (jar, _) = log_in_with(&mut f, Some("rt-1"), |n| {
+        let mut c = claims(Some(n));
+        c["sid"] = "idp-session-1".into();
+        mint(&c)
+    });
+    let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
+    assert_eq!(r.metric, Some(Metric::Logout));
+    // The other site's session of that IdP session, issued before the logout, two hours later.
+    let mut list = f.state.revoked.clone();
+    list.prune(NOW + 2 * 3600);
+    assert!(list.is_revoked(Some("idp-session-1"), "user-1", NOW - 10, &["-"]));
+    list.prune(NOW + 24 * 3600 + 1);
+    assert!(!list.is_revoked(Some("idp-session-1"), "user-1", NOW - 10, &["-"]));
+}
