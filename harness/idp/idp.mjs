@@ -2,7 +2,7 @@
 //
 // Usage: node idp.mjs CONFIG.json
 // Prints exactly one line `{"port": N}` on stdout once listening; everything else goes to stderr.
-// CONFIG: { issuer, port, clients: [...], jwks?, jwks_file?, cookie_keys? }, see README.md.
+// CONFIG: { issuer, port, clients: [...], jwks?, jwks_file?, cookie_keys?, clock_ahead? }, see README.md.
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { lookup as dnsLookup } from 'node:dns';
@@ -25,10 +25,19 @@ console.log = toStderr;
 console.info = toStderr;
 console.warn = toStderr;
 
+const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
+
+// A clock `clock_ahead` seconds ahead of the machine's, as an IdP whose clock is off: oidc-provider dates
+// everything (tokens' `iat` and `exp`, their expiry checks) by `Date.now`, set before it is imported.
+if (config.clock_ahead) {
+  const machineNow = Date.now;
+  const ahead = config.clock_ahead * 1000;
+  Date.now = () => machineNow() + ahead;
+}
+
 // Imported after console is redirected: the module warns about the runtime when it loads.
 const { default: Provider } = await import('oidc-provider');
 
-const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const issuer = new URL(config.issuer);
 
 // Per-client settings that are ours, not OIDC client metadata; stripped before registration.

@@ -25,6 +25,9 @@ pub struct IdpConfig {
     pub clients: Vec<Value>,
     /// Signing keys are kept here: loaded if the file exists, else generated and written.
     pub jwks_file: Option<PathBuf>,
+    /// Its clock runs this many seconds ahead of the machine's: it dates tokens (`iat`, `exp`) so, as an
+    /// IdP whose clock is off does.
+    pub clock_ahead: Option<u64>,
 }
 
 impl IdpConfig {
@@ -37,6 +40,9 @@ impl IdpConfig {
         });
         if let Some(f) = &self.jwks_file {
             v["jwks_file"] = json!(f.to_string_lossy());
+        }
+        if let Some(s) = self.clock_ahead {
+            v["clock_ahead"] = json!(s);
         }
         v
     }

@@ -1,11 +1,11 @@
 //! End to end, the features beyond one login per gateway: several hosts and IdPs in one plugin,
 //! claim rules with their 403 page, identity headers for apps like Grafana's auth proxy mode, and
 //! back-channel logout - in a real Envoy (two workers) with Istio's jwt_authn and RBAC behind the
-//! filter, against two instances of the real IdP.
+//! filter, against three instances of the real IdP (the third with its clock 30 s ahead).
 //!
 //! Host names are `*.localhost` (RFC 6761) on 127.0.0.1: the browser keeps cookies per host name,
-//! so sessions stay apart as they would in a real browser. The second IdP is at 127.0.0.2, another
-//! host, so its cookies don't mix with the first's either.
+//! so sessions stay apart as they would in a real browser. The second IdP is at 127.0.0.2, the third
+//! at 127.0.0.3, other hosts, so their cookies don't mix with the first's either.
 
 // Test code, helpers included (clippy's allow-*-in-tests covers only #[test] functions).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -33,6 +33,12 @@ const SHARED_A: &str = "a.shared.localhost";
 const SHARED_B: &str = "b.shared.localhost";
 /// Its session cookie: its only `hosts` entry's.
 const SHARED_COOKIE: &str = "_oidc_session_0";
+/// The `ahead` site's only host, served by the third IdP, whose clock runs [`IDP_AHEAD`] seconds ahead.
+const AHEAD: &str = "ahead.localhost";
+const AHEAD_COOKIE: &str = "_oidc_session_0";
+const IDP_AHEAD: u64 = 30;
+/// The `ahead` site's ID token lifetime (seconds), renewed in its last half.
+const AHEAD_TTL: u64 = 8;
 const BACKCHANNEL: &str = "/oauth2/backchannel-logout";
 /// The Grafana client's own paths.
 const GRAFANA_CALLBACK: &str = "/sso/callback";
@@ -104,9 +110,20 @@ fn stack() -> &'static Stack {
                         .redirect_host(SHARED_LOGIN),
                 )
         };
+        // The third IdP's clock runs 30 s ahead (within `clock_leeway`, 60 s by default): it dates its
+        // tokens so. An 8 s ID token, renewed in its last 4 s. A site of its own: its tests count the
+        // connections its listener takes.
+        let ahead = SiteSpec::new("ahead")
+            .filter(json!({"issuer": null, "unmatched_hosts": "deny"}))
+            .host(
+                HostSpec::new("ahead", 2, &[AHEAD])
+                    .filter(json!({"refresh_margin": format!("{}s", AHEAD_TTL / 2)}))
+                    .idp_client(json!({"id_token_ttl": AHEAD_TTL})),
+            );
         let spec = StackSpec {
-            extra_idps: 1,
-            ..StackSpec::new("beyond", vec![multi, strict, open, shared])
+            extra_idps: 2,
+            extra_idps_ahead: vec![0, IDP_AHEAD],
+            ..StackSpec::new("beyond", vec![multi, strict, open, shared, ahead])
         };
         let stack = Stack::start(spec).unwrap();
         // Generous: on a loaded machine the first discovery fetches can fail while Envoy warms up,
@@ -828,6 +845,110 @@ fn logout_here_ends_the_cookie_on_every_worker_not_a_later_login() {
             .unwrap();
         assert_eq!(r.status, 200);
     }
+}
+
+/// Found in review: once a user's share of the list of ended logins is used up (32 `/logout`s within the
+/// session lifetime), a `/logout` is kept by the user, and it was dated by the gateway's clock. With an IdP
+/// whose clock runs ahead (here 30 s, within `clock_leeway`), a page's poll that renewed the session just
+/// before the user pressed "Log out" brought a token the IdP dated after the logout: the renewed cookie
+/// (kept, or stolen) stayed logged in, on every worker. The logout is now dated by the IdP's clock as the
+/// workers saw it: the renewal, done on one worker, and the logout, on the other (which learns of the
+/// IdP's clock only from the first), end both cookies; a login a second later stands.
+#[test]
+fn a_logout_kept_by_its_user_ends_a_renewal_the_idp_dated_ahead() {
+    let s = site("ahead");
+    let url = |path: &str| s.host_url(AHEAD, path);
+    // Every login on one worker: the other sees none of the IdP's tokens itself.
+    let (b, renewing) = on_worker(None);
+    login(&b, &url("/"), "judy");
+    let old = b.cookie(AHEAD, AHEAD_COOKIE).unwrap();
+    let token = bearer_claims(&echo(&b, &url("/"), &[]));
+    // Issued moments ago, by a clock 30 s ahead.
+    let ahead = token["iat"]
+        .as_u64()
+        .unwrap()
+        .saturating_sub(harness::unix_now());
+    assert!(
+        (IDP_AHEAD - 5..=IDP_AHEAD).contains(&ahead),
+        "the IdP dates its tokens {IDP_AHEAD} s ahead: {token}"
+    );
+    // The user's 32 other logins and logouts use up the user's share of the list, while the token ages.
+    let (other, _) = on_worker(Some(renewing));
+    for _ in 0..32 {
+        login(&other, &url("/"), "judy");
+        let r = other.get(&url("/logout")).unwrap();
+        assert_eq!(r.status, 302, "{}", r.body);
+    }
+    let exp = token["exp"].as_u64().unwrap();
+    let due = std::time::UNIX_EPOCH + Duration::from_secs(exp - AHEAD_TTL / 2);
+    if let Ok(wait) = due.duration_since(std::time::SystemTime::now()) {
+        std::thread::sleep(wait + Duration::from_millis(100));
+    }
+    // A poll renews on that worker, with a copy of the cookie...
+    let (poll, _) = on_worker(Some(renewing));
+    poll.set_cookie(AHEAD, AHEAD_COOKIE, &old);
+    let r = poll
+        .get_with(&url("/poll"), &[("accept", "application/json")])
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let renewed = poll.cookie(AHEAD, AHEAD_COOKIE).unwrap();
+    assert_ne!(renewed, old, "the poll renewed the session");
+    let renewed_iat = bearer_claims(&r.json().unwrap())["iat"].as_u64().unwrap();
+    // ... then the browser, still with the cookie from before the renewal, logs out on the other.
+    let (logout, _) = on_worker(Some(1 - renewing)); // Envoy runs two workers.
+    logout.set_cookie(AHEAD, AHEAD_COOKIE, &old);
+    let r = logout.get(&url("/logout")).unwrap();
+    let logged_out = Instant::now();
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert!(
+        renewed_iat > harness::unix_now(),
+        "the renewed token is dated after the logout by the gateway's clock: {renewed_iat}"
+    );
+    for (cookie, what) in [(&renewed, "the renewed cookie"), (&old, "the old cookie")] {
+        stack()
+            .until_every_worker(&s.name, Duration::from_secs(30), || {
+                with_cookie(AHEAD, AHEAD_COOKIE, cookie)
+                    .get_with(&url("/"), &[("accept", "application/json")])
+                    .unwrap()
+                    .status
+                    == 401
+            })
+            .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    }
+    // A login a second later, by the IdP's clock too, is a session on every worker.
+    std::thread::sleep(Duration::from_millis(1100).saturating_sub(logged_out.elapsed()));
+    let again = Browser::new();
+    login(&again, &url("/"), "judy");
+    let cookie = again.cookie(AHEAD, AHEAD_COOKIE).unwrap();
+    stack()
+        .until_every_worker(&s.name, Duration::from_secs(10), || {
+            with_cookie(AHEAD, AHEAD_COOKIE, &cookie)
+                .get_with(&url("/"), &[("accept", "application/json")])
+                .unwrap()
+                .status
+                == 200
+        })
+        .unwrap_or_else(|e| panic!("the login after the logout: {e:#}"));
+}
+
+/// A client whose requests to the `ahead` site go on one connection, which Envoy's worker `want` took
+/// (any, if `None`), and that worker. (The connection stays open for the client's next requests while
+/// they come within 15 s of each other.)
+fn on_worker(want: Option<usize>) -> (Browser, usize) {
+    let url = site("ahead").host_url(AHEAD, "/healthz");
+    for _ in 0..40 {
+        let b = Browser::new();
+        let before = stack().worker_connections("ahead").unwrap();
+        assert_eq!(b.get(&url).unwrap().status, 200);
+        let after = stack().worker_connections("ahead").unwrap();
+        let took: Vec<usize> = (0..after.len()).filter(|&i| after[i] > before[i]).collect();
+        if let [worker] = took[..]
+            && want.is_none_or(|w| w == worker)
+        {
+            return (b, worker);
+        }
+    }
+    panic!("no connection of 40 was taken by worker {want:?}");
 }
 
 #[test]
