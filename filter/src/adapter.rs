@@ -158,18 +158,25 @@ fn ahead_key(cfg: &Config) -> String {
     format!("oidc-filter.ahead.{}", cfg.issuer)
 }
 
-/// The IdP's clock ahead by `shared` (its encoding), within `clock_leeway`.
-fn ahead_of(cfg: &Config, shared: Option<&[u8]>) -> Option<u64> {
-    let bytes = <[u8; 8]>::try_from(shared?).ok()?;
-    Some(u64::from_le_bytes(bytes).min(cfg.clock_leeway))
+/// The reading of the IdP's clock `shared` holds (its encoding: seconds ahead, within `clock_leeway`,
+/// and when seen).
+fn ahead_of(cfg: &Config, shared: Option<&[u8]>) -> Option<flow::Ahead> {
+    let bytes = <[u8; 16]>::try_from(shared?).ok()?;
+    let (secs, seen) = bytes.split_at(8);
+    let num = |b: &[u8]| <[u8; 8]>::try_from(b).map(u64::from_le_bytes).ok();
+    Some(flow::Ahead {
+        secs: num(secs)?.min(cfg.clock_leeway),
+        seen: num(seen)?,
+    })
 }
 
-/// Shares how far the IdP's clock runs ahead when an ID token just showed it further than this worker
-/// had seen (`before`): a `/logout` on another worker is dated by it (found in review: a renewal done on
-/// one worker, whose token the IdP dated ahead, outlived a `/logout` another worker kept by its user).
-/// Only ever raised, compare-and-swap.
-fn share_ahead(cfg: &Config, state: &mut flow::State, before: u64) {
-    if state.idp_ahead <= before {
+/// Shares how far the IdP's clock runs ahead when an ID token just changed what this worker reads
+/// (`before`): a `/logout` on another worker is dated by it (found in review: a renewal done on one
+/// worker, whose token the IdP dated ahead, outlived a `/logout` another worker kept by its user). What
+/// is shared and what this worker read are combined ([`flow::Ahead::and`]), compare-and-swap; a reading
+/// only newer, by less than ten minutes, is not written.
+fn share_ahead(cfg: &Config, state: &mut flow::State, before: flow::Ahead) {
+    if state.idp_ahead == before {
         return;
     }
     let key = ahead_key(cfg);
@@ -177,13 +184,15 @@ fn share_ahead(cfg: &Config, state: &mut flow::State, before: u64) {
         let Ok((bytes, cas)) = host::get_shared_data(&key) else {
             return;
         };
-        if let Some(shared) = ahead_of(cfg, bytes.as_deref())
-            && shared >= state.idp_ahead
-        {
-            state.idp_ahead = shared;
+        let shared = ahead_of(cfg, bytes.as_deref());
+        let ours = shared.map_or(state.idp_ahead, |s| state.idp_ahead.and(s));
+        state.idp_ahead = ours;
+        if shared.is_some_and(|s| s.secs == ours.secs && ours.seen < s.seen.saturating_add(600)) {
             return;
         }
-        if host::set_shared_data(&key, &state.idp_ahead.to_le_bytes(), cas).is_ok() {
+        let mut bytes = ours.secs.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&ours.seen.to_le_bytes());
+        if host::set_shared_data(&key, &bytes, cas).is_ok() {
             return;
         }
     }
@@ -705,7 +714,7 @@ fn sync_revocations(shared: &RefCell<Shared>) {
         if let Ok((bytes, _)) = host::get_shared_data(&ahead_key(cfg))
             && let Some(shared) = ahead_of(cfg, bytes.as_deref())
         {
-            state.idp_ahead = state.idp_ahead.max(shared);
+            state.idp_ahead = state.idp_ahead.and(shared);
         }
     }
 }

@@ -318,10 +318,38 @@ pub struct State {
     /// review: nothing told an operator why such users were sent to log in, over and over.
     pub unopened: bool,
     /// How far the IdP's clock runs ahead of this gateway's, as the `iat` of the ID tokens it issued
-    /// showed (the most seen, within `clock_leeway`; the adapter shares it with the other workers). A
-    /// `/logout` the list keeps by its user is dated by it (found in review: dated by the gateway's clock,
-    /// a renewal done just before it, whose ID token the IdP dated ahead, stayed a session).
-    pub idp_ahead: u64,
+    /// showed (the adapter shares it with the other workers). A `/logout` the list keeps by its user is
+    /// dated by it (found in review: dated by the gateway's clock, a renewal done just before it, whose
+    /// ID token the IdP dated ahead, stayed a session).
+    pub idp_ahead: Ahead,
+}
+
+/// How far ahead (seconds, within `clock_leeway`) a token showed the IdP's clock, and when it arrived.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ahead {
+    pub secs: u64,
+    pub seen: u64,
+}
+
+/// How long the most a token showed stands without another showing as much: a clock set right since is
+/// then taken from the tokens that follow (found in review: a maximum kept for ever dated each later
+/// logout kept by its user up to `clock_leeway` late, and a login again within that was ended).
+const AHEAD_KEPT: u64 = 3600;
+
+impl Ahead {
+    /// Of two readings, the one that stands: the greater, unless the other is newer by [`AHEAD_KEPT`].
+    pub fn and(self, other: Ahead) -> Ahead {
+        let (new, old) = if self.seen >= other.seen {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        if new.secs >= old.secs || new.seen >= old.seen.saturating_add(AHEAD_KEPT) {
+            new
+        } else {
+            old
+        }
+    }
 }
 
 /// How long a renewal that met an outage pauses the others on its worker (the `Retry-After` of a 503).
@@ -347,10 +375,11 @@ impl State {
         self.renewals_paused_until = 0;
     }
 
-    /// An ID token the IdP issued at `iat` arrived at `now`: how far ahead its clock runs, if further
-    /// than seen before (see [`State::idp_ahead`]).
+    /// An ID token the IdP issued at `iat` arrived at `now`: how far ahead its clock runs (see
+    /// [`State::idp_ahead`]).
     fn saw_idp_clock(&mut self, iat: u64, now: u64, leeway: u64) {
-        self.idp_ahead = self.idp_ahead.max(iat.saturating_sub(now).min(leeway));
+        let secs = iat.saturating_sub(now).min(leeway);
+        self.idp_ahead = self.idp_ahead.and(Ahead { secs, seen: now });
     }
 }
 
@@ -1563,14 +1592,16 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
             let (_, sid, iat, _) = token_facts(cfg, &s.id_token);
             let sid = sid.as_deref().or(s.login_sid.as_deref());
             let keys = logout_keys(&s);
-            // As long as any session of the IdP session can live: another site of this client may keep
-            // its sessions longer (found in review: by this session's end alone, that site's sessions
-            // of the `sid` opened again when it came).
-            let left = s.expires_at.saturating_sub(now).max(cfg.logout_lifetime);
+            // The login's keys for as long as its sessions live; its IdP session's (`sid`) earlier
+            // tokens and the user's, as long as any session of them can: another site of this client
+            // may keep its sessions longer (found in review: by this session's end alone, that site's
+            // sessions of the `sid` opened again when it came).
+            let own = s.expires_at.max(now);
+            let until = [own, own.max(now.saturating_add(cfg.logout_lifetime))];
             // Now on the IdP's clock, as far as seen: kept by the user, the logout ends the login's
             // renewals done before it, whose tokens the IdP may have dated ahead of this gateway.
-            let at = now.saturating_add(state.idp_ahead);
-            state.revoked.end_session(&keys, sid, &s.sub, iat, at, left);
+            let at = now.saturating_add(state.idp_ahead.secs);
+            state.revoked.end_login(&keys, sid, &s.sub, iat, at, until);
             state.ended_here = true;
             id_token = Some(s.id_token);
             state.cache.remove(&sealed);

@@ -120,27 +120,28 @@ impl Revocations {
     /// there), even within the same second (found in review: dated alone, such a login was ended too).
     /// With the `sid`s at the cap, by the user (`sub`) instead, as [`Revocations::add`] does: one account
     /// logging in and out all day takes one entry, and pushes out no other user's logout (found in
-    /// review); it ends that user's other sessions begun before (fail closed), dated `now`: the time of
+    /// review); it ends that user's other sessions begun before (fail closed), dated `at`: the time of
     /// the logout on the IdP's clock as far as the caller knows it (its tokens' `iat` are on that clock).
-    pub fn end_session<K: AsRef<str>>(
+    /// `until`: when the login's sessions end, and when any session of its IdP session or its user can.
+    pub fn end_login<K: AsRef<str>>(
         &mut self,
         keys: &[K],
         sid: Option<&str>,
         sub: &str,
         iat: u64,
-        now: u64,
-        lifetime: u64,
+        at: u64,
+        [keys_until, until]: [u64; 2],
     ) {
-        let until = now.saturating_add(lifetime);
         // The token too by the user at the cap (found in review: a flood of one account's logouts
         // pushed the other users' ended tokens out, and their cookies opened again). Dated now, not by
         // the token: the login's renewals until now end too (found in review: dated by the token, a
-        // renewal done just before the logout outlived it there).
-        let by_user = (iat.max(now), until);
+        // renewal done just before the logout outlived it there). As long as any of the user's
+        // sessions can live, not only this one (found in review).
+        let by_user = (iat.max(at), until);
         let room = self.tokens.len() < FALLBACK_AT && self.logins_of(sub) < PER_USER;
         for key in keys.iter().map(AsRef::as_ref) {
             if room || find(&self.tokens, key).is_ok() {
-                upsert(&mut self.tokens, key, (0, until), keep_later);
+                upsert(&mut self.tokens, key, (0, keys_until), keep_later);
             } else {
                 upsert(&mut self.subs, sub, by_user, keep_later);
             }
@@ -155,6 +156,20 @@ impl Revocations {
             }
         }
         self.cap();
+    }
+
+    /// [`Revocations::end_login`] at `now`, everything kept for `lifetime`.
+    pub fn end_session<K: AsRef<str>>(
+        &mut self,
+        keys: &[K],
+        sid: Option<&str>,
+        sub: &str,
+        iat: u64,
+        now: u64,
+        lifetime: u64,
+    ) {
+        let until = now.saturating_add(lifetime);
+        self.end_login(keys, sid, sub, iat, now, [until, until]);
     }
 
     /// How many of `sub`'s logins the list keeps one by one ([`login_key`]): they sort together.
