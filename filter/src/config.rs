@@ -1627,12 +1627,19 @@ fn settable(h: &str) -> bool {
         "x-forwarded-client-cert",
         "forwarded",
         "x-real-ip",
+        // The client's address as CDNs and load balancers pass it, which apps trust as the real IP
+        // (found in review).
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-cluster-client-ip",
         "x-request-id",
         "via",
         "proxy-authorization",
         // What tells the app what to serve, which some apps and proxies take over the path and method
         // (found by a black-box test): a claim there would route the request where a user chooses.
         "x-original-url",
+        "x-original-uri",
         "x-rewrite-url",
         "x-forwarded-uri",
         "x-forwarded-method",
@@ -2646,6 +2653,12 @@ mod tests {
             "X-HTTP-Method-Override",
             "x-forwarded-uri",
             "content-type",
+            // Found in review: nginx's `auth_request` path, the client's address as CDNs pass it.
+            "x-original-uri",
+            "True-Client-IP",
+            "cf-connecting-ip",
+            "x-client-ip",
+            "x-cluster-client-ip",
         ] {
             let e = parse(&with(
                 "identity_headers",
