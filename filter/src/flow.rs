@@ -1849,8 +1849,10 @@ fn finish_login(
             state.saw_idp_clock(c.iat, env.now, cfg.clock_leeway);
             c
         }
-        Err(IdTokenError::UnknownKid)
-            if may_refetch && state.provider.may_refetch_for_kid(env.now, false) =>
+        Err(e)
+            if e.stale_keys()
+                && may_refetch
+                && state.provider.may_refetch_for_kid(env.now, false) =>
         {
             let Some(p) = state.provider.ready() else {
                 return with_cookies(not_ready(false), clear);
@@ -2057,8 +2059,10 @@ fn finish_refresh(
                     }
                 }
                 // The IdP signs with a key this worker has not fetched yet: fetch the JWKS (rate-limited) once.
-                Err(IdTokenError::UnknownKid)
-                    if may_refetch && state.provider.may_refetch_for_kid(env.now, false) =>
+                Err(e)
+                    if e.stale_keys()
+                        && may_refetch
+                        && state.provider.may_refetch_for_kid(env.now, false) =>
                 {
                     let Some(p) = state.provider.ready() else {
                         return refresh_failed(cfg, state, &job, env.now, NO_PROVIDER.into());
@@ -2073,11 +2077,11 @@ fn finish_refresh(
                 // A key this worker may not fetch just now (another request fetched the keys moments
                 // ago), or that the keys fetched for it lack, or whose fetch failed: not the IdP's
                 // refusal of the session, so an outage for this request rather than a logout.
-                Err(IdTokenError::UnknownKid) => {
+                Err(e) if e.stale_keys() => {
                     let step = if still_valid {
                         keep_old(cfg, &job)
                     } else {
-                        renewal_unavailable(job.api(), IdTokenError::UnknownKid.to_string())
+                        renewal_unavailable(job.api(), e.to_string())
                     };
                     return keeping_new_refresh_token(cfg, state, env, &job, &tokens, step);
                 }
@@ -2540,8 +2544,8 @@ fn logout_with(
             }
             r
         }
-        Err(logout_token::LogoutTokenError::Token(IdTokenError::UnknownKid))
-            if may_refetch && state.provider.may_refetch_for_kid(now, true) =>
+        Err(e)
+            if e.stale_keys() && may_refetch && state.provider.may_refetch_for_kid(now, true) =>
         {
             match state.provider.ready() {
                 Some(p) => Step::Call(
@@ -2553,7 +2557,7 @@ fn logout_with(
         }
         // Signed with a key this worker may not fetch just now (it fetched the keys moments ago): not
         // the token's fault, and an IdP that posts again may then succeed.
-        Err(e @ logout_token::LogoutTokenError::Token(IdTokenError::UnknownKid)) if may_refetch => {
+        Err(e) if e.stale_keys() && may_refetch => {
             logout_refused(503, "temporarily_unavailable", e.to_string())
         }
         Err(e) => logout_refused(400, "invalid_request", e.to_string()),

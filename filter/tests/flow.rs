@@ -1549,21 +1549,27 @@ fn an_id_token_expired_by_the_gateways_clock_fails_the_login_instead_of_looping(
     assert_eq!(r.metric, Some(Metric::RefreshFailed));
 }
 
+/// A signature that does not verify: the keys are fetched once (the IdP may have replaced its key under
+/// the same `kid`), then 502; the next such login on the worker within the refetch interval fails at once.
 #[test]
 fn a_forged_id_token_signature_is_502() {
     let mut f = ready();
-    let r = callback_with_reply(&mut f, |l| {
+    let forged = |l: &Login| {
         let good = mint(&claims(Some(&l.nonce)));
         let mut evil = claims(Some(&l.nonce));
         evil["sub"] = "admin".into();
         let evil = mint(&evil);
         let g: Vec<_> = good.split('.').collect();
         let e: Vec<_> = evil.split('.').collect();
-        Some((
-            200,
-            token_body(Some(&format!("{}.{}.{}", g[0], e[1], g[2])), None),
-        ))
-    });
+        token_body(Some(&format!("{}.{}.{}", g[0], e[1], g[2])), None)
+    };
+    let login = start_login(&mut f, "?rd=/app");
+    let (_, pending) = call(f.request(&login.callback("code-1", &Jar::default())));
+    let (c, pending) = call(f.reply(pending, Some((200, &forged(&login)))));
+    assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+    let r = respond(f.reply(pending, Some((200, JWKS))));
+    assert_callback_failed(&r, 502, CallbackFailure::IdToken);
+    let r = callback_with_reply(&mut f, |l| Some((200, forged(l))));
     assert_callback_failed(&r, 502, CallbackFailure::IdToken);
 }
 
@@ -4338,4 +4344,148 @@ fn a_blank_name_is_not_who_the_403_says_is_logged_in() {
     let r = respond(f.request(&Req::api("/admin").cookies(&jar)));
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["user"], "user-1@example.com", "{}", r.body);
+}
+
+/// Found in review: an IdP that replaced its signing key without a new `kid` (none at all, as OIDC Core
+/// 10.1 allows with one key, or a fixed one over a new key) had its tokens fail as a bad signature, which
+/// fetched no keys (only an unknown `kid` did): every login failed, every renewing user was logged out,
+/// and its back-channel logouts were refused for good, until the next periodic fetch (an hour).
+mod stale_keys {
+    use super::*;
+    use jwt_simple::prelude::{
+        Claims as JwtClaims, Duration as JwtDuration, RS256KeyPair, RSAKeyPairLike,
+    };
+
+    const OLD_PEM: &str = include_str!("../../testdata/jwks/private/rs256-1.pem");
+    const NEW_PEM: &str = include_str!("../../testdata/jwks/private/rsa-noalg.pem");
+
+    /// keys.json's JWK `kid`, with `kid` set to `as_kid` (removed when `None`).
+    fn jwk(kid: &str, as_kid: Option<&str>) -> serde_json::Value {
+        let doc: serde_json::Value = serde_json::from_slice(JWKS).unwrap();
+        let mut k = doc["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid)
+            .unwrap()
+            .clone();
+        let o = k.as_object_mut().unwrap();
+        o.remove("kid");
+        o.insert("alg".into(), "RS256".into());
+        if let Some(id) = as_kid {
+            o.insert("kid".into(), id.into());
+        }
+        k
+    }
+
+    fn set(keys: &[serde_json::Value]) -> Vec<u8> {
+        json!({ "keys": keys }).to_string().into_bytes()
+    }
+
+    /// `claims` signed RS256 by `pem`, under `kid` (no `kid` header when `None`).
+    fn sign_rs(claims: &serde_json::Value, pem: &str, kid: Option<&str>) -> String {
+        let mut key = RS256KeyPair::from_pem(pem).unwrap();
+        if let Some(kid) = kid {
+            key = key.with_key_id(kid);
+        }
+        let custom: serde_json::Map<String, serde_json::Value> =
+            claims.as_object().unwrap().clone();
+        let mut c = JwtClaims::with_custom_claims(custom, JwtDuration::from_secs(1));
+        c.issued_at = None;
+        c.expires_at = None;
+        c.invalid_before = None;
+        key.sign(c).unwrap()
+    }
+
+    /// An IdP that names no `kid` replaces its one key: the login's ID token, signed with the new key,
+    /// meets the old one. The keys are fetched (rate-limited), and the login completes.
+    #[test]
+    fn a_kidless_idp_rotating_its_key_gets_its_keys_fetched_at_login() {
+        let old_set = set(&[jwk("rs256-1", None)]);
+        let mut f = Filter::ready_with(config(json!({})), DISCOVERY, &old_set);
+        let l = start_login(&mut f, "?rd=/app");
+        let (_, pending) = call(f.request(&l.callback("c", &Jar::default())));
+        let token = sign_rs(&claims(Some(&l.nonce)), NEW_PEM, None);
+        let step = f.reply(pending, Some((200, &token_body(Some(&token), None))));
+        let Step::Call(c, pending) = step else {
+            panic!("no JWKS fetch: {:?}", respond(step));
+        };
+        assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+        let new_set = set(&[jwk("rsa-noalg", None)]);
+        let r = respond(f.reply(pending, Some((200, &new_set))));
+        assert_eq!(location(&r), "/app");
+    }
+
+    /// The same with an IdP that keeps its `kid` across a key change (a fixed `kid` such as "1" or
+    /// "default", a key regenerated at restart).
+    #[test]
+    fn a_key_replaced_under_the_same_kid_gets_its_keys_fetched_at_login() {
+        let old_set = set(&[jwk("rs256-1", Some("signing"))]);
+        let mut f = Filter::ready_with(config(json!({})), DISCOVERY, &old_set);
+        let l = start_login(&mut f, "?rd=/app");
+        let (_, pending) = call(f.request(&l.callback("c", &Jar::default())));
+        let token = sign_rs(&claims(Some(&l.nonce)), NEW_PEM, Some("signing"));
+        let step = f.reply(pending, Some((200, &token_body(Some(&token), None))));
+        assert!(
+            matches!(step, Step::Call(..)),
+            "no JWKS fetch: {:?}",
+            respond(step)
+        );
+    }
+
+    /// On refresh: the keys are fetched and the session renewed; and where they may not be fetched just
+    /// now (another fetch moments ago), an outage (the old token while valid, then 503, the cookie
+    /// kept), never a logout.
+    #[test]
+    fn a_kidless_key_rotation_does_not_log_users_out_at_refresh() {
+        let old_set = set(&[jwk("rs256-1", None)]);
+        let mut f = Filter::ready_with(config(json!({})), DISCOVERY, &old_set);
+        let (jar, _) = log_in_with(&mut f, Some("rt-1"), |nonce| {
+            sign_rs(&claims(Some(nonce)), OLD_PEM, None)
+        });
+        // Past the token's expiry.
+        f.now = NOW + 3600;
+        let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
+        let token = sign_rs(&refreshed_claims(f.now), NEW_PEM, None);
+        let body = token_body(Some(&token), Some("rt-2"));
+        let (c, pending) = call(f.reply(pending, Some((200, &body))));
+        assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+        let new_set = set(&[jwk("rsa-noalg", None)]);
+        let fwd = forward(f.reply(pending, Some((200, &new_set))));
+        assert_eq!(bearer(&fwd), format!("Bearer {token}"));
+        // Another worker, its keys fetched moments ago for another request.
+        let mut g = Filter::ready_with(config(json!({})), DISCOVERY, &old_set);
+        g.now = NOW + 3600;
+        assert!(g.state.provider.may_refetch_for_kid(g.now, false));
+        let (_, pending) = call(g.request(&Req::browser("/app").cookies(&jar)));
+        let r = respond(g.reply(pending, Some((200, &body))));
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(
+            set_cookies(&r)
+                .iter()
+                .all(|c| !is_clear_of(c, "_oidc_session")),
+            "the session was ended: {r:?}"
+        );
+    }
+
+    /// A back-channel logout token of that IdP after it replaced its key: the keys are fetched, and the
+    /// session it names ends (it was refused `400` for good, and the IdP does not post again).
+    #[test]
+    fn a_kidless_key_rotation_does_not_drop_back_channel_logouts() {
+        let old_set = set(&[jwk("rs256-1", None)]);
+        let mut f = Filter::ready_with(
+            config(json!({"backchannel_logout_path": "/bcl"})),
+            DISCOVERY,
+            &old_set,
+        );
+        let (jar, _) = log_in_with(&mut f, None, |nonce| {
+            sign_rs(&claims(Some(nonce)), OLD_PEM, None)
+        });
+        f.now = NOW + 10;
+        let token = logout_body(NOW + 10, None, |c| sign_rs(c, NEW_PEM, None));
+        let (_, pending) = call(f.backchannel(&token));
+        let new_set = set(&[jwk("rsa-noalg", None)]);
+        assert_eq!(respond(f.reply(pending, Some((200, &new_set)))).status, 200);
+        assert_session_ended(f.request(&Req::browser("/").cookies(&jar)), "/login?rd=%2F");
+    }
 }

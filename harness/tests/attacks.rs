@@ -834,13 +834,7 @@ fn id_token_hs256_signed_with_the_rsa_public_key_is_refused() {
 }
 
 #[test]
-fn id_token_with_a_bad_signature_is_refused() {
-    let _idp = idp_hold::exclusive();
-    refused_token(Forge::OtherKey, json!({}), json!({}), 502, INVALID);
-}
-
-#[test]
-fn id_token_with_an_unknown_kid_is_refused_after_a_jwks_refetch() {
+fn id_token_with_an_unknown_kid_or_a_bad_signature_is_refused_after_a_jwks_refetch() {
     let _idp = idp_hold::exclusive();
     // The IdP logs each request. Nothing else fetches its keys meanwhile: every test that sends a token
     // to jwt_authn holds the lock, the filter refreshes its keys hourly, and no other test names an
@@ -865,6 +859,12 @@ fn id_token_with_an_unknown_kid_is_refused_after_a_jwks_refetch() {
     // Without kid the key is chosen by alg: still the IdP's, still accepted (control).
     let (resp, _) = forged_callback(Forge::Rs256, json!({"kid": null}), json!({}));
     assert_eq!(resp.status, 302, "{}", resp.body);
+    // A bad signature under the IdP's kid: refused, after the keys are fetched again where this worker
+    // may (the IdP may have replaced its key under the same kid): at most once more, as the fetch for
+    // the unknown kid may have been this worker's. (Here, not in a test of its own: that one's fetch
+    // would keep this one's from happening.)
+    refused_token(Forge::OtherKey, json!({}), json!({}), 502, INVALID);
+    assert!(fetched() - after <= 1, "JWKS fetches");
 }
 
 #[test]

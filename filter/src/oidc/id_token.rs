@@ -79,6 +79,16 @@ pub enum IdTokenError {
     AuthTooOld,
 }
 
+impl IdTokenError {
+    /// The keys this worker holds may be out of date: none matches the token's `kid`, or those that do
+    /// (a key replaced under its `kid`, or an IdP that names none) do not verify it. For a token from the
+    /// IdP itself, worth fetching its keys (found in review: an IdP that replaced its key without a new
+    /// `kid` failed every login, and logged out every user who renewed, until the next periodic fetch).
+    pub fn stale_keys(&self) -> bool {
+        matches!(self, Self::UnknownKid | Self::BadSignature)
+    }
+}
+
 impl fmt::Display for IdTokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -34,6 +34,13 @@ pub enum LogoutTokenError {
     HasNonce,
 }
 
+impl LogoutTokenError {
+    /// See [`IdTokenError::stale_keys`].
+    pub fn stale_keys(&self) -> bool {
+        matches!(self, Self::Token(e) if e.stale_keys())
+    }
+}
+
 impl fmt::Display for LogoutTokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
