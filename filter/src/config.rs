@@ -2510,6 +2510,22 @@ mod tests {
         );
         let e = Plugin::parse(twice.as_bytes(), &no_env).unwrap_err();
         assert_eq!(e.field, "hosts[1].client_id", "{e}");
+        // Not written out there either, when it is not plain, or too long to be a field's name (found by
+        // mutation testing).
+        let long = "k".repeat(65);
+        for odd in [r"a\nb", long.as_str()] {
+            let twice = format!(
+                r#"{{"issuer": "https://idp.example.com", "client_id": "app", "client_secret": "s",
+                "cookie_keys": ["{KEY}"], "hosts": [{{"hosts": ["a.example.com"], "{odd}": 1, "{odd}": 2}}]}}"#
+            );
+            let e = Plugin::parse(twice.as_bytes(), &no_env).unwrap_err();
+            assert_eq!(e.field, "hosts[0]", "{e}");
+            assert_eq!(e.reason, "not valid JSON for this filter (duplicate field)");
+            let twice = format!(r#"{{"{odd}": 1, "{odd}": 2}}"#);
+            let e = parse(&twice).unwrap_err();
+            assert_eq!(e.field, "pluginConfig", "{e}");
+            assert!(!e.to_string().contains(&long), "{e}");
+        }
         let nested = with("claim_rules", serde_json::json!([{"rule": {}}]))
             .replace(r#""rule":{}"#, r#""rule":{"a\nb":1,"a\nb":2}"#);
         let e = parse(&nested).unwrap_err();
@@ -2659,6 +2675,29 @@ mod tests {
             "cf-connecting-ip",
             "x-client-ip",
             "x-cluster-client-ip",
+            // Every other name of the list (found by mutation testing: none of these was held).
+            "authorization",
+            "cookie",
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "upgrade",
+            "te",
+            "keep-alive",
+            "proxy-connection",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "via",
+            "proxy-authorization",
+            "x-rewrite-url",
+            "x-forwarded-method",
+            "x-http-method",
+            "x-method-override",
+            "content-encoding",
+            "expect",
+            "range",
+            "origin",
         ] {
             let e = parse(&with(
                 "identity_headers",

@@ -1115,6 +1115,8 @@ mod tests {
         );
         assert_eq!(ok(RFC8259_OBJECT).find_duplicate(), None);
         assert_eq!(ok(r#"{"a": 1, "A": 2}"#).find_duplicate(), None);
+        // An empty name too (found by mutation testing).
+        assert_eq!(ok(r#"{"": 1, "b": 2, "": 3}"#).find_duplicate(), Some(""));
 
         let mut o = o.clone();
         assert_eq!(o.remove("a"), Some(ok("3")));

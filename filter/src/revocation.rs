@@ -819,6 +819,23 @@ mod tests {
         );
     }
 
+    /// Found by mutation testing: a user's share counts that user's logins alone, also for a user whose
+    /// keys sort before another's full share (bob's before mallory's): bob's logout ends that login, not
+    /// his session in another browser.
+    #[test]
+    fn another_users_full_share_takes_nothing_of_a_users_own() {
+        assert!(login_key("bob", 0) < login_key("mallory", 0));
+        let mut r = Revocations::default();
+        for i in 0..PER_USER as u64 {
+            r.end_session(&[&login_key("mallory", i)], None, "mallory", 100, 100, 3600);
+        }
+        let bob = login_key("bob", 1);
+        r.end_session(&[&bob], None, "bob", 200, 200, 3600);
+        assert_eq!(r.logins_of("bob"), 1);
+        assert!(r.is_revoked(None, "bob", 150, &[&bob]));
+        assert!(!r.is_revoked(None, "bob", 150, &[login_key("bob", 2)]));
+    }
+
     /// Found by mutation testing: at the cap, a logout of a token or `sid` already listed (the same cookie
     /// logged out again) renews its entry; it does not fall back to the user's, which would end the
     /// user's sessions on other devices too.

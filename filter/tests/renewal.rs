@@ -713,6 +713,164 @@ fn a_logout_with_the_cookie_before_a_renewal_ends_the_renewal_too() {
     }
 }
 
+/// Found by mutation testing: two logins of one user within the same second, in two browsers, are two
+/// logins (each its own id): a `/logout` in one leaves the other's session.
+#[test]
+fn a_logout_leaves_the_users_login_of_the_same_second_in_another_browser() {
+    let mut f = Filter::ready(config(serde_json::json!({})));
+    let (first, _) = log_in(&mut f, Some("rt-1"));
+    let (second, _) = log_in(&mut f, Some("rt-2"));
+    let r = respond(f.request(&Req::browser("/logout").cookies(&first)));
+    assert_eq!(r.metric, Some(Metric::Logout));
+    assert_eq!(
+        respond(f.request(&Req::api("/x").cookies(&first))).status,
+        401
+    );
+    let fwd = forward(f.request(&Req::api("/x").cookies(&second)));
+    assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+}
+
+/// Found by mutation testing: a `/logout` of a session whose renewed ID token names no `sid` (the login's
+/// kept as its `login_sid`) ends that IdP session's earlier tokens too, as it does when the token names
+/// it: here another browser's session of the same IdP session.
+#[test]
+fn a_logout_by_a_session_whose_renewed_token_has_no_sid_ends_its_idp_sessions_earlier_tokens() {
+    let with_sid = |n: &str, iat: u64| {
+        let mut c = claims(Some(n));
+        c["sid"] = "idp-session-1".into();
+        c["iat"] = iat.into();
+        c["exp"] = (iat + 3600).into();
+        mint(&c)
+    };
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = log_in_with(&mut a, Some("rt-1"), |n| with_sid(n, NOW));
+    // The other browser logs in to the same IdP session half an hour later.
+    a.now = NOW + 1800;
+    let (other, _) = log_in_with(&mut a, Some("rt-2"), |n| with_sid(n, NOW + 1800));
+    a.now = NOW + 3600 - 30;
+    let (_, pending) = call(a.request(&Req::api("/poll").cookies(&jar)));
+    let new_token = mint(&refreshed_claims(a.now));
+    let fwd = forward(a.reply(
+        pending,
+        Some((200, &token_body(Some(&new_token), Some("rt-3")))),
+    ));
+    let mut renewed = jar.clone();
+    renewed.apply(fwd.set_cookies.iter().map(String::as_str));
+    assert_eq!(
+        a.open_session(&renewed).login_sid.as_deref(),
+        Some("idp-session-1")
+    );
+    // The control: before the logout, the other browser's session goes on.
+    let fwd = forward(a.request(&Req::api("/x").cookies(&other)));
+    assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+    let r = respond(a.request(&Req::browser("/logout").cookies(&renewed)));
+    assert_eq!(r.metric, Some(Metric::Logout));
+    let r = respond(a.request(&Req::api("/x").cookies(&other)));
+    assert_eq!(r.status, 401, "{r:?}");
+}
+
+/// Found by mutation testing: a session sealed by a build before login ids (through a rolling upgrade)
+/// is ended by `/logout` too: by its ID token, as those builds name it (they end it too), so that a copy
+/// of the cookie opens nothing; and, for one that can renew, by its user and its end, so that a renewal of
+/// it done before the logout ends with it.
+#[test]
+fn a_logout_ends_a_session_of_the_builds_before_login_ids() {
+    for refresh_token in [None, Some("rt-1")] {
+        let mut a = Filter::ready(config(serde_json::json!({})));
+        let mut b = Filter::ready(config(serde_json::json!({})));
+        let (jar, id_token) = log_in(&mut a, refresh_token);
+        let mut s = a.open_session(&jar);
+        s.login_id = None;
+        let name = a.cfg.cookie_name.clone();
+        let sealed = a.cfg.keys.seal(&name, &s.encode(), [3; 24]);
+        let old = Jar(oidc_filter::session::split(&name, &sealed).unwrap());
+        a.now = NOW + 3600 - 30;
+        b.now = a.now;
+        let mut renewed = old.clone();
+        if refresh_token.is_some() {
+            let (_, pending) = call(a.request(&Req::api("/poll").cookies(&old)));
+            let new_token = mint(&refreshed_claims(a.now));
+            let body = token_body(Some(&new_token), Some("rt-2"));
+            let fwd = forward(a.reply(pending, Some((200, &body))));
+            renewed.apply(fwd.set_cookies.iter().map(String::as_str));
+            assert_eq!(a.open_session(&renewed).login_id, None);
+        }
+        // The control: before the logout, both are a session.
+        for cookies in [&old, &renewed] {
+            let fwd = forward(a.request(&Req::api("/x").cookies(cookies)));
+            assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+        }
+        let r = respond(b.request(&Req::browser("/logout").cookies(&old)));
+        assert_eq!(r.metric, Some(Metric::Logout));
+        let token = oidc_filter::revocation::token_key(&id_token);
+        assert!(
+            b.state.revoked.is_revoked(None, "-", 0, &[token]),
+            "named as the builds before name it, {refresh_token:?}"
+        );
+        a.state.revoked.merge(&b.state.revoked);
+        for (cookies, what) in [(&old, "a copy of the cookie"), (&renewed, "its renewal")] {
+            let r = respond(a.request(&Req::api("/x").cookies(cookies)));
+            assert_eq!(r.status, 401, "{what}, {refresh_token:?}: {r:?}");
+        }
+    }
+}
+
+/// Found by mutation testing: the 503 of a request that would wait for a renewal when too many wait already
+/// is JSON for an API client too, as its other answers from the filter; text for a browser's page and for
+/// its form POST.
+#[test]
+fn too_many_waiting_is_a_503_in_json_for_an_api_client_and_text_for_a_browser() {
+    let mut f = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = log_in(&mut f, Some("rt-1"));
+    f.now = NOW + 3600 + 5;
+    let job = refresh_job(f.request(&Req::api("/x").cookies(&jar)));
+    let r = respond(flow::renewal_crowded(&job));
+    assert_eq!((r.status, r.metric), (503, Some(Metric::RefreshFailed)));
+    assert_eq!(header(&r.headers, "content-type"), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"], "renewal_unavailable", "{}", r.body);
+    for req in [
+        Req::browser("/app"),
+        Req::browser("/form").with(":method", "POST"),
+    ] {
+        let job = refresh_job(f.request(&req.cookies(&jar)));
+        let r = respond(flow::renewal_crowded(&job));
+        assert_eq!(r.status, 503);
+        assert!(
+            header(&r.headers, "content-type")
+                .unwrap()
+                .starts_with("text/plain"),
+            "{r:?}"
+        );
+    }
+}
+
+/// Found by mutation testing: a probe's pause lasts its whole timeout and the pause after it also under
+/// the longest `callout_timeout` (60 s): the other expired sessions on the worker get their 503 at once
+/// until its answer, instead of asking a down IdP too.
+#[test]
+fn a_probe_under_the_longest_timeout_pauses_the_other_renewals_until_its_answer() {
+    let mut a = Filter::ready(config(serde_json::json!({"callout_timeout": "60s"})));
+    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    let (other, _) = log_in(&mut a, Some("rt-2"));
+    a.now = NOW + 3600 + 1;
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    let job = flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap();
+    let r = respond(a.reply(Box::new(Pending::Refresh(job)), None));
+    assert_eq!(r.status, 503);
+    // Past the pause: one probe goes out...
+    a.now += 5;
+    let probe = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    assert!(flow::renewal_claim(&a.cfg, &mut a.state, probe, a.now).is_ok());
+    // ...and from then until its timeout and the pause, the others do not.
+    for dt in [0, 64] {
+        let now = a.now + dt;
+        let job = refresh_job(a.request(&Req::browser("/page").cookies(&other)));
+        let r = respond(flow::renewal_claim(&a.cfg, &mut a.state, job, now).unwrap_err());
+        assert_eq!(r.status, 503, "+{dt} s");
+    }
+}
+
 /// Found by mutation testing: what a request waiting for a renewal holds counts its path, the part a
 /// client chooses (60 KB paths made the bound on waiting requests' bytes miss most of what they held).
 #[test]
