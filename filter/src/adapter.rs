@@ -22,6 +22,7 @@ use crate::renewal::{self, Renewal};
 use crate::revocation::Revocations;
 use crate::secret::Secret;
 use crate::throttle::Throttle;
+use crate::workers;
 
 /// After the decision just made recorded a logout (`State::ended_here`: a back-channel logout, or a
 /// `/logout` of a session), hands this worker's list of ended sessions to the others.
@@ -95,103 +96,36 @@ fn renewal_bucket(cfg: &crate::config::Config, key: &str) -> String {
     )
 }
 
-/// The shared-data key of a site's renewal pause: until when no worker's renewal asks the IdP, after one met
-/// an outage or while one probes it (`0`: the IdP answered last). Of the client at its IdP: a new
-/// configuration of another IdP starts without it.
-fn pause_key(cfg: &Config) -> String {
-    format!(
-        "oidc-filter.paused.{}.{}.{}",
-        cfg.client_id, cfg.cookie_name, cfg.issuer
-    )
-}
-
-/// Takes in the renewal pause the other workers shared (found by a black-box test: each worker paused only
-/// its own renewals, so with the IdP hanging the requests of one user, taken by the workers in turn, each
-/// waited out `callout_timeout` for a renewal of its own worker: every page took 5 s). Whatever was shared
-/// last stands, once, when it changes: a pause (shorter too: a probe that met the outage at once), or its
-/// end (`0`, the IdP answered).
+/// Takes in the renewal pause the other workers shared ([`workers::take_pause`]).
 fn take_shared_pause(cfg: &Config, state: &mut flow::State, now: u64) {
-    let Ok((Some(bytes), cas)) = host::get_shared_data(&pause_key(cfg)) else {
-        return;
-    };
-    if cas.is_some() && cas == state.pause_seen {
-        return;
-    }
-    state.pause_seen = cas;
-    let Ok(until) = <[u8; 8]>::try_from(bytes.as_slice()).map(u64::from_le_bytes) else {
-        return;
-    };
-    if until == 0 {
-        state.renewals_failing = false;
-        state.renewals_paused_until = 0;
-    } else if until <= now.saturating_add(120) {
-        // (One further off than any can be is none: the clock read far ahead when it was written.)
-        state.renewals_failing = true;
-        state.renewals_paused_until = until;
+    if let Ok((Some(bytes), cas)) = host::get_shared_data(&workers::pause_key(cfg)) {
+        workers::take_pause(state, &bytes, cas, now);
     }
 }
 
-/// Shares this site's renewal pause when what was just decided changed it from `before` (a renewal met an
-/// outage, a probe went out, or the IdP answered after an outage); and, when the IdP answered a renewal
-/// (`answered`), its end if another worker's pause is still shared (found in review: a worker that met
-/// an outage once and then saw no answer kept failing, and hours later its next renewal paused them all
-/// as a probe).
+/// Shares this site's renewal pause, as [`workers::pause_to_share`] decides.
 fn share_pause(cfg: &Config, state: &mut flow::State, before: (u64, bool), answered: bool) {
-    let key = pause_key(cfg);
-    let until = if state.renewals_failing {
-        state.renewals_paused_until
-    } else {
-        0
-    };
-    let changed = (state.renewals_paused_until, state.renewals_failing) != before;
-    let stale = answered
-        && !state.renewals_failing
-        && matches!(host::get_shared_data(&key), Ok((Some(b), _)) if b.as_slice() != [0u8; 8]);
-    if changed || stale {
-        let _ = host::set_shared_data(&key, &until.to_le_bytes(), None);
+    let key = workers::pause_key(cfg);
+    let shared = || host::get_shared_data(&key).ok().and_then(|(b, _)| b);
+    if let Some(until) = workers::pause_to_share(state, before, answered, shared) {
+        let _ = host::set_shared_data(&key, &until, None);
     }
-}
-
-/// The shared-data key of how far the IdP's clock runs ahead of the gateway's (`flow::State::idp_ahead`):
-/// of the IdP, whichever site saw it.
-fn ahead_key(cfg: &Config) -> String {
-    format!("oidc-filter.ahead.{}", cfg.issuer)
-}
-
-/// The reading of the IdP's clock `shared` holds (its encoding: seconds ahead, within `clock_leeway`,
-/// and when seen).
-fn ahead_of(cfg: &Config, shared: Option<&[u8]>) -> Option<flow::Ahead> {
-    let bytes = <[u8; 16]>::try_from(shared?).ok()?;
-    let (secs, seen) = bytes.split_at(8);
-    let num = |b: &[u8]| <[u8; 8]>::try_from(b).map(u64::from_le_bytes).ok();
-    Some(flow::Ahead {
-        secs: num(secs)?.min(cfg.clock_leeway),
-        seen: num(seen)?,
-    })
 }
 
 /// Shares how far the IdP's clock runs ahead when an ID token just changed what this worker reads
-/// (`before`): a `/logout` on another worker is dated by it (found in review: a renewal done on one
-/// worker, whose token the IdP dated ahead, outlived a `/logout` another worker kept by its user). What
-/// is shared and what this worker read are combined ([`flow::Ahead::and`]), compare-and-swap; a reading
-/// only newer, by less than ten minutes, is not written.
+/// (`before`), compare-and-swap ([`workers::ahead_to_share`]).
 fn share_ahead(cfg: &Config, state: &mut flow::State, before: flow::Ahead) {
     if state.idp_ahead == before {
         return;
     }
-    let key = ahead_key(cfg);
+    let key = workers::ahead_key(cfg);
     for _ in 0..4 {
         let Ok((bytes, cas)) = host::get_shared_data(&key) else {
             return;
         };
-        let shared = ahead_of(cfg, bytes.as_deref());
-        let ours = shared.map_or(state.idp_ahead, |s| state.idp_ahead.and(s));
+        let (ours, write) = workers::ahead_to_share(cfg, state.idp_ahead, bytes.as_deref());
         state.idp_ahead = ours;
-        if shared.is_some_and(|s| s.secs == ours.secs && ours.seen < s.seen.saturating_add(600)) {
-            return;
-        }
-        let mut bytes = ours.secs.to_le_bytes().to_vec();
-        bytes.extend_from_slice(&ours.seen.to_le_bytes());
+        let Some(bytes) = write else { return };
         if host::set_shared_data(&key, &bytes, cas).is_ok() {
             return;
         }
@@ -711,8 +645,8 @@ fn sync_revocations(shared: &RefCell<Shared>) {
         }
         state.revoked.prune(now);
         // How far the IdP's clock runs ahead, as the other workers saw it (`share_ahead`).
-        if let Ok((bytes, _)) = host::get_shared_data(&ahead_key(cfg))
-            && let Some(shared) = ahead_of(cfg, bytes.as_deref())
+        if let Ok((bytes, _)) = host::get_shared_data(&workers::ahead_key(cfg))
+            && let Some(shared) = workers::ahead_of(cfg, bytes.as_deref())
         {
             state.idp_ahead = state.idp_ahead.and(shared);
         }

@@ -311,7 +311,7 @@ pub struct State {
     pub renewals_paused_until: u64,
     /// The last renewal met an outage: the next is a probe, and the others wait for its answer.
     pub renewals_failing: bool,
-    /// The version of the workers' shared pause last taken in (the adapter's; see `take_shared_pause`).
+    /// The version of the workers' shared pause last taken in (see `workers::take_pause`).
     pub pause_seen: Option<u32>,
     /// The request just decided carried a session cookie the cookie keys do not open (another gateway's
     /// keys, a key dropped, a replica with other keys): the adapter counts it and clears this. Found in

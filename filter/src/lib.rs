@@ -1,7 +1,7 @@
 //! oidc-filter: OpenID Connect login for Envoy, as a proxy-wasm module.
 //!
 //! Everything that decides lives in modules that never touch the host (`config`, `session`, `cookies`,
-//! `oidc`, `paths`, `provider`, `flow`, `weburl`, `form`, `json`, `wire`); `adapter` is the only place that
+//! `oidc`, `paths`, `provider`, `flow`, `weburl`, `form`, `json`, `wire`, `workers`); `adapter` is the only place that
 //! talks to the host, through `host` (the proxy-wasm ABI's imports) and `exports` (its callbacks).
 //!
 //! The Wasm build is `no_std` (std's panic hook, backtraces, stderr and thread-local machinery are bytes
@@ -48,6 +48,7 @@ pub mod sha256;
 pub mod throttle;
 pub mod weburl;
 pub mod wire;
+pub mod workers;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;
