@@ -1609,10 +1609,14 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
         }
     }
     let clear = clear_session_cookies(cfg, &header);
-    let end_session = state
-        .provider
-        .ready()
-        .and_then(|p| p.meta.end_session_endpoint.clone());
+    // The IdP's documents not loaded (a new VM's first fetch, or an IdP down since): the session ends here
+    // all the same, and the user is told it may live on at the IdP; the adapter holds the request for the
+    // documents first, as a login's (found by a black-box test: it went to `/` as if the IdP had no
+    // end-session endpoint, and the next visit logged the user in again without a password).
+    let Some(provider) = state.provider.ready() else {
+        return with_cookies(idp_unreached_at_logout(), clear);
+    };
+    let end_session = provider.meta.end_session_endpoint.clone();
     let location = match end_session {
         Some(mut url) => {
             url.append_query_pair("client_id", &cfg.client_id);
@@ -2909,6 +2913,16 @@ fn not_ready(api: bool) -> Step {
     unavailable(
         api.then_some("not_ready"),
         "Login is not available yet: the identity provider has not been reached. Try again shortly.",
+        Metric::NotReady,
+        None,
+    )
+}
+
+/// A `/logout` whose IdP has not been reached ([`Metric::NotReady`]: held as a login is).
+fn idp_unreached_at_logout() -> Step {
+    unavailable(
+        None,
+        "You are logged out of this site, but the identity provider could not be reached, so you may still be logged in there. Log out again shortly to end that session too.",
         Metric::NotReady,
         None,
     )

@@ -1118,3 +1118,44 @@ fn a_logins_keys_last_as_long_as_its_sessions_not_the_clients_longest() {
         );
     }
 }
+
+/// Found by a black-box test: a `/logout` on a worker that had not reached the IdP yet (Envoy started while
+/// the IdP was down) went to `/`, as if the IdP had no end-session endpoint: the IdP's session lived on,
+/// and the next visit logged the user in again without a password, on a shared computer the next person
+/// too. The session ends here all the same, and the answer says the IdP's may live on (`503`, which the
+/// adapter holds for the IdP's documents first, as a login's).
+#[test]
+fn a_logout_before_the_idp_is_reached_ends_the_session_here_and_says_so() {
+    let mut f = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = log_in(&mut f, Some("rt-1"));
+    let mut g = Filter::new(config(serde_json::json!({})));
+    g.now = f.now;
+    let r = respond(g.request(&Req::browser("/logout").cookies(&jar)));
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.metric, Some(Metric::NotReady));
+    assert!(
+        r.body.contains("may still be logged in there"),
+        "{}",
+        r.body
+    );
+    assert_eq!(header(&r.headers, "location"), None);
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| c.starts_with("_oidc_session=;") && c.contains("Max-Age=0")),
+        "{r:?}"
+    );
+    // Ended on every worker (the adapter shares the list).
+    let ended = g.state.revoked.clone();
+    f.state.revoked.merge(&ended);
+    assert_eq!(
+        respond(f.request(&Req::api("/x").cookies(&jar))).status,
+        401
+    );
+    // Once the IdP is reached, a logout goes there.
+    let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
+    assert!(
+        location(&r).starts_with("https://idp.example.com/"),
+        "{r:?}"
+    );
+}

@@ -6,8 +6,11 @@
 
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use harness::browser::describe_chain;
-use harness::{Browser, Mode, Response, SiteSpec, Stack, StackSpec};
+use harness::{Browser, Mode, Response, Site, SiteSpec, Stack, StackSpec};
+use oidc_filter::secret::Secret;
+use oidc_filter::session::Session;
 use serde_json::json;
 
 fn assert_not_ready(r: &Response) {
@@ -40,6 +43,28 @@ fn filter_waits_for_its_idp_and_refuses_a_foreign_discovery_document() {
         .unwrap();
     assert_eq!(health.status, 200, "{}", health.body);
     assert_eq!(health.json().unwrap()["path"], "/healthz");
+
+    // A session from before Envoy restarted, logged out while the IdP is down: ended here all the same,
+    // and the user told that the IdP's session may live on (found by a black-box test: it went to `/`
+    // as if the IdP had no end-session endpoint, and the next visit logged the user in again without
+    // a password). Held for the IdP first, as a login is.
+    let cookie = session_from_before(&stack, s);
+    let r = b
+        .get_with(&s.url("/logout"), &[("cookie", cookie.as_str())])
+        .unwrap();
+    assert_not_ready(&r);
+    assert!(
+        r.body.contains("may still be logged in there"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.set_cookies()
+            .iter()
+            .any(|c| c.starts_with("_oidc_session=;") && c.contains("Max-Age=0")),
+        "{:?}",
+        r.set_cookies()
+    );
 
     // Something answers, but with another issuer's document: refused, still not ready.
     let foreign = json!({
@@ -84,4 +109,27 @@ fn filter_waits_for_its_idp_and_refuses_a_foreign_discovery_document() {
     let log = stack.envoy_log().unwrap();
     assert!(!log.to_ascii_lowercase().contains("panic"), "{log}");
     eprintln!("whole test {:?}", t0.elapsed());
+}
+
+/// The `Cookie` header of a session of `s`, sealed with the stack's key as a login before Envoy restarted
+/// would have left it: its ID token as the filter reads a sealed one (its claims; the signature was
+/// checked at that login).
+fn session_from_before(stack: &Stack, s: &Site) -> String {
+    let now = harness::unix_now();
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let claims = json!({"iss": stack.issuer(), "aud": s.client_id, "sub": "alice", "iat": now, "exp": now + 600});
+    let id_token = format!("{}.{}.c2ln", b64(&json!({"alg": "RS256"})), b64(&claims));
+    let session = Session {
+        id_token: Secret::new(id_token),
+        access_token: None,
+        refresh_token: None,
+        token_expires_at: now + 600,
+        expires_at: now + 600,
+        sub: "alice".into(),
+        login_sid: None,
+        login_id: Some(7),
+    };
+    harness::sealed::seal(&session).unwrap()
 }
