@@ -1614,7 +1614,8 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
     // documents first, as a login's (found by a black-box test: it went to `/` as if the IdP had no
     // end-session endpoint, and the next visit logged the user in again without a password).
     let Some(provider) = state.provider.ready() else {
-        return with_cookies(idp_unreached_at_logout(), clear);
+        let api = !is_browser(h) && !is_form_navigation(h);
+        return with_cookies(idp_unreached_at_logout(api), clear);
     };
     let end_session = provider.meta.end_session_endpoint.clone();
     let location = match end_session {
@@ -2560,8 +2561,10 @@ fn logout_with(
             }
         }
         // Signed with a key this worker may not fetch just now (it fetched the keys moments ago): not
-        // the token's fault, and an IdP that posts again may then succeed.
-        Err(e) if e.stale_keys() && may_refetch => {
+        // the token's fault, and an IdP that posts again may then succeed. Not a bad signature: the keys
+        // are at most 30 s old (found in review: anyone posting one then made the IdP's own failing
+        // tokens `503`s, which it posts again and again).
+        Err(e @ logout_token::LogoutTokenError::Token(IdTokenError::UnknownKid)) if may_refetch => {
             logout_refused(503, "temporarily_unavailable", e.to_string())
         }
         Err(e) => logout_refused(400, "invalid_request", e.to_string()),
@@ -2918,11 +2921,12 @@ fn not_ready(api: bool) -> Step {
     )
 }
 
-/// A `/logout` whose IdP has not been reached ([`Metric::NotReady`]: held as a login is).
-fn idp_unreached_at_logout() -> Step {
+/// A `/logout` whose IdP has not been reached ([`Metric::NotReady`]: held as a login is); `api`: for an
+/// API client (JSON).
+fn idp_unreached_at_logout(api: bool) -> Step {
     unavailable(
-        None,
-        "You are logged out of this site, but the identity provider could not be reached, so you may still be logged in there. Log out again shortly to end that session too.",
+        api.then_some("not_ready"),
+        "You are logged out of this site, but the identity provider could not be reached, so you may still be logged in there: log out at the identity provider too, or close the browser.",
         Metric::NotReady,
         None,
     )

@@ -4489,3 +4489,74 @@ mod stale_keys {
         assert_session_ended(f.request(&Req::browser("/").cookies(&jar)), "/login?rd=%2F");
     }
 }
+
+/// Found in review of the stale-keys fix: a logout token under a published `kid`, its signature spliced
+/// from another token, what anyone can post to the back-channel path.
+fn forged_logout(iat: u64) -> Vec<u8> {
+    logout_body(iat, None, |c| {
+        let good = mint(c);
+        let mut evil = c.clone();
+        evil["sub"] = "admin".into();
+        let evil = mint(&evil);
+        let g: Vec<_> = good.split('.').collect();
+        let e: Vec<_> = evil.split('.').collect();
+        format!("{}.{}.{}", g[0], e[1], g[2])
+    })
+}
+
+/// Found in review: a bad signature while the keys may not be fetched again (fetched at most 30 s
+/// before) was answered `503`, which the IdP posts again, for ever for one of its own tokens that never
+/// verifies: anyone posting such a token every 30 s kept it so. Keys that fresh are no stale keys: `400`.
+#[test]
+fn a_bad_signature_checked_against_keys_just_fetched_is_400() {
+    let mut f = Filter::ready(config(json!({"backchannel_logout_path": "/bcl"})));
+    f.now = NOW + 10;
+    // The first post fetches the keys (a key replaced under its `kid`), then is refused.
+    let (_, pending) = call(f.backchannel(&forged_logout(f.now)));
+    assert_eq!(respond(f.reply(pending, Some((200, JWKS)))).status, 400);
+    for dt in [1, 10, 29] {
+        f.now = NOW + 10 + dt;
+        let r = respond(f.backchannel(&forged_logout(f.now)));
+        assert_eq!(
+            (r.status, r.detail.as_deref()),
+            (
+                400,
+                Some("logout token: ID token signature does not verify")
+            ),
+            "{dt} s after the keys were fetched"
+        );
+    }
+}
+
+/// A `/logout` held for the IdP's documents (the adapter runs it again once they came): the second run
+/// goes to the IdP with the hint, its entry in the list the same.
+#[test]
+fn a_held_logout_run_again_goes_to_the_idp_with_the_hint() {
+    let mut f = ready();
+    let (jar, id_token) = log_in(&mut f, None);
+    let mut g = Filter::new(config(json!({})));
+    let req = Req::browser("/logout").cookies(&jar);
+    let r = respond(g.request(&req));
+    assert_eq!((r.status, r.metric), (503, Some(Metric::NotReady)));
+    let (_, fetch) = g.poll().unwrap();
+    g.provider_reply(fetch, Some((200, DISCOVERY))).unwrap();
+    let (_, fetch) = g.poll().unwrap();
+    g.provider_reply(fetch, Some((200, JWKS))).unwrap();
+    let r = respond(g.request(&req));
+    assert_eq!(r.metric, Some(Metric::Logout));
+    assert_eq!(query(location(&r))["id_token_hint"], id_token);
+}
+
+/// Found in review: an API client's `/logout` while the IdP is not reached was answered in text, where
+/// every other `not_ready` answers it in JSON.
+#[test]
+fn an_api_clients_logout_while_not_ready_is_answered_in_json() {
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, None);
+    let mut g = Filter::new(config(json!({})));
+    let r = respond(g.request(&Req::api("/logout").with(":method", "POST").cookies(&jar)));
+    assert_eq!(r.status, 503);
+    assert_eq!(header(&r.headers, "content-type"), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"], "not_ready", "{}", r.body);
+}
