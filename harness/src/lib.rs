@@ -1222,11 +1222,23 @@ impl Stack {
     /// `before` ([`Stack::ecds_counts`]).
     pub fn ecds_outcome(&self, site: &str, (reload, fail): (u64, u64)) -> Result<EcdsUpdate> {
         // A bound on the wait only: on a loaded machine Envoy has taken over 10 s to pick up the file.
+        // The admin API may not answer within its 5 s meanwhile (the main thread compiling a new module
+        // on a loaded machine, seen in a CI run): asked again until the bound, the last error told.
+        let mut last_error = None;
         process::poll(Duration::from_secs(30), || {
-            if self.ecds_stat(site, "config_fail")? > fail {
-                return Ok(Some(EcdsUpdate::Rejected));
+            let stat = |name| self.ecds_stat(site, name);
+            match (stat("config_fail"), stat("config_reload")) {
+                (Ok(f), _) if f > fail => Ok(Some(EcdsUpdate::Rejected)),
+                (Ok(_), Ok(r)) => Ok((r > reload).then_some(EcdsUpdate::Applied)),
+                (Err(e), _) | (_, Err(e)) => {
+                    last_error = Some(e);
+                    Ok(None)
+                }
             }
-            Ok((self.ecds_stat(site, "config_reload")? > reload).then_some(EcdsUpdate::Applied))
+        })
+        .map_err(|e| match last_error {
+            Some(last) => e.context(format!("the admin API last said: {last:#}")),
+            None => e,
         })
     }
 
