@@ -507,7 +507,12 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
         return logout(cfg, state, h, env.now);
     }
     if cfg.backchannel_logout_path.as_deref() == Some(path) {
-        return if h.get(":method").as_deref() == Some("POST") {
+        return if h.get("upgrade").is_some() {
+            // Its headers go on while the body is read, and an upgrade would hand the connection to the
+            // app (found by a black-box test: a POST with `Upgrade: websocket` got the app's `101` and a
+            // WebSocket, anonymously). No IdP asks for one.
+            logout_refused(400, "invalid_request", "an upgrade request".into())
+        } else if h.get(":method").as_deref() == Some("POST") {
             Step::ReadBody
         } else {
             method_not_allowed(
@@ -2500,7 +2505,12 @@ fn unlike_login(new: &json::Object, login: &Secret, leeway: u64) -> Option<&'sta
 
 /// The claims of a sealed session's ID token (verified before it was sealed), unchecked.
 fn token_payload(id_token: &Secret) -> Option<json::Object> {
-    let payload = id_token.expose().split('.').nth(1)?;
+    payload_of(id_token.expose())
+}
+
+/// A JWT's payload, unverified.
+fn payload_of(token: &str) -> Option<json::Object> {
+    let payload = token.split('.').nth(1)?;
     let bytes = crate::b64::decode_url(payload)?;
     json::parse_object(&bytes).ok()
 }
@@ -2565,6 +2575,21 @@ fn logout_with(
         // are at most 30 s old (found in review: anyone posting one then made the IdP's own failing
         // tokens `503`s, which it posts again and again).
         Err(e @ logout_token::LogoutTokenError::Token(IdTokenError::UnknownKid)) if may_refetch => {
+            logout_refused(503, "temporarily_unavailable", e.to_string())
+        }
+        // A bad signature on a token newer than the keys held, within `clock_leeway`: its key may have
+        // come since, as `503` too (found by a black-box test: a forged post just before the IdP replaced
+        // its key under the same `kid` made the IdP's real logout a final `400`, and the session lived
+        // on). One dated before the keys, which an IdP posting again keeps, is `400` once they are
+        // fetched again.
+        Err(e @ logout_token::LogoutTokenError::Token(IdTokenError::BadSignature))
+            if may_refetch
+                && payload_of(&token)
+                    .and_then(|c| c.get("iat")?.as_number()?.floor_u64())
+                    .is_some_and(|iat| {
+                        iat.saturating_add(cfg.clock_leeway) > state.provider.keys_as_of()
+                    }) =>
+        {
             logout_refused(503, "temporarily_unavailable", e.to_string())
         }
         Err(e) => logout_refused(400, "invalid_request", e.to_string()),

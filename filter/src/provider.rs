@@ -237,6 +237,12 @@ impl ProviderState {
         })
     }
 
+    /// When the keys held were last fetched, or a fetch of them started.
+    pub fn keys_as_of(&self) -> u64 {
+        let [a, b] = self.last_kid_refresh;
+        self.jwks_fetched_at.max(a).max(b)
+    }
+
     /// True (and starts the clock) when an unknown `kid` may fetch the JWKS now; rate-limited so that
     /// forged tokens cannot turn the filter into a JWKS hammer. `logout`: for a back-channel logout
     /// token, which has a clock of its own.

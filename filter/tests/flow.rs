@@ -4468,6 +4468,37 @@ mod stale_keys {
         );
     }
 
+    /// Found by a black-box test: a forged logout token posted just before the IdP replaced its key under
+    /// the same `kid` used up the fetch a logout token may make for 30 s, and the IdP's real logout, signed
+    /// with the new key, was refused `400` for good: the session lived on. It is `503` now (dated after the
+    /// keys held), and once the keys may be fetched again, taken.
+    #[test]
+    fn a_real_logout_after_a_forged_one_and_a_key_change_is_503_then_taken() {
+        let old_set = set(&[jwk("rs256-1", Some("signing"))]);
+        let mut f = Filter::ready_with(
+            config(json!({"backchannel_logout_path": "/bcl"})),
+            DISCOVERY,
+            &old_set,
+        );
+        let (jar, _) = log_in_with(&mut f, None, |nonce| {
+            sign_rs(&claims(Some(nonce)), OLD_PEM, Some("signing"))
+        });
+        f.now = NOW + 10;
+        let forged = logout_body(NOW + 10, None, |c| sign_rs(c, NEW_PEM, Some("signing")));
+        let (_, pending) = call(f.backchannel(&forged));
+        assert_eq!(respond(f.reply(pending, Some((200, &old_set)))).status, 400);
+        // The IdP replaces its key under the same `kid` and posts a real logout.
+        f.now = NOW + 20;
+        let real = logout_body(NOW + 20, None, |c| sign_rs(c, NEW_PEM, Some("signing")));
+        let r = respond(f.backchannel(&real));
+        assert_eq!(r.status, 503, "{r:?}");
+        f.now = NOW + 41;
+        let (_, pending) = call(f.backchannel(&real));
+        let new_set = set(&[jwk("rsa-noalg", Some("signing"))]);
+        assert_eq!(respond(f.reply(pending, Some((200, &new_set)))).status, 200);
+        assert_session_ended(f.request(&Req::browser("/").cookies(&jar)), "/login?rd=%2F");
+    }
+
     /// A back-channel logout token of that IdP after it replaced its key: the keys are fetched, and the
     /// session it names ends (it was refused `400` for good, and the IdP does not post again).
     #[test]
@@ -4506,26 +4537,34 @@ fn forged_logout(iat: u64) -> Vec<u8> {
 
 /// Found in review: a bad signature while the keys may not be fetched again (fetched at most 30 s
 /// before) was answered `503`, which the IdP posts again, for ever for one of its own tokens that never
-/// verifies: anyone posting such a token every 30 s kept it so. Keys that fresh are no stale keys: `400`.
+/// verifies: anyone posting such a token every 30 s kept it so. A token dated before the keys held (within
+/// `clock_leeway`) is `400`; one dated after them, whose key may have come since, `503` (found by a
+/// black-box test, `a_real_logout_after_a_forged_one_and_a_key_change_is_503_then_taken`).
 #[test]
-fn a_bad_signature_checked_against_keys_just_fetched_is_400() {
+fn a_bad_signature_checked_against_keys_just_fetched_is_400_unless_newer_than_them() {
     let mut f = Filter::ready(config(json!({"backchannel_logout_path": "/bcl"})));
-    f.now = NOW + 10;
+    f.now = NOW + 100;
     // The first post fetches the keys (a key replaced under its `kid`), then is refused.
     let (_, pending) = call(f.backchannel(&forged_logout(f.now)));
     assert_eq!(respond(f.reply(pending, Some((200, JWKS)))).status, 400);
     for dt in [1, 10, 29] {
-        f.now = NOW + 10 + dt;
-        let r = respond(f.backchannel(&forged_logout(f.now)));
-        assert_eq!(
-            (r.status, r.detail.as_deref()),
-            (
-                400,
-                Some("logout token: ID token signature does not verify")
-            ),
-            "{dt} s after the keys were fetched"
-        );
+        f.now = NOW + 100 + dt;
+        for (iat, status) in [(NOW + 100 - 61, 400), (NOW + 100 - 59, 503), (f.now, 503)] {
+            let r = respond(f.backchannel(&forged_logout(iat)));
+            assert_eq!(
+                (r.status, r.detail.as_deref()),
+                (
+                    status,
+                    Some("logout token: ID token signature does not verify")
+                ),
+                "{dt} s after the keys were fetched, a token of {iat}"
+            );
+        }
     }
+    // Once the keys may be fetched again: fetched, then `400`.
+    f.now = NOW + 131;
+    let (_, pending) = call(f.backchannel(&forged_logout(f.now)));
+    assert_eq!(respond(f.reply(pending, Some((200, JWKS)))).status, 400);
 }
 
 /// A `/logout` held for the IdP's documents (the adapter runs it again once they came): the second run
@@ -4559,4 +4598,23 @@ fn an_api_clients_logout_while_not_ready_is_answered_in_json() {
     assert_eq!(header(&r.headers, "content-type"), Some("application/json"));
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["error"], "not_ready", "{}", r.body);
+}
+
+/// Found by a black-box test: a post to the back-channel path that asks for an upgrade went on to the
+/// app while the filter waited for its body (the app's `101` and a WebSocket came back, anonymously).
+/// Refused at its headers, whatever its method.
+#[test]
+fn a_backchannel_request_asking_for_an_upgrade_is_refused_at_its_headers() {
+    let mut f = Filter::ready(config(json!({"backchannel_logout_path": "/bcl"})));
+    for method in ["POST", "GET"] {
+        let req = Req::api("/bcl")
+            .with(":method", method)
+            .with("upgrade", "websocket");
+        let r = respond(f.request(&req));
+        assert_eq!(r.status, 400, "{method}: {r:?}");
+        assert_eq!(r.metric, Some(Metric::BackchannelLogoutRefused));
+    }
+    // Without it, a post's body is read.
+    let req = Req::api("/bcl").with(":method", "POST");
+    assert!(matches!(f.request(&req), Step::ReadBody));
 }

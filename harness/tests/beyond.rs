@@ -1071,6 +1071,33 @@ fn a_backchannel_post_shows_the_app_no_credential() {
     assert_eq!(&head, b"HTTP/1.1 400", "{}", String::from_utf8_lossy(&head));
 }
 
+/// Found by a black-box test: a post asking for an upgrade (`Upgrade: websocket`) went on to the app while
+/// the filter waited for its body, and the app's answer came back, a `101` and a WebSocket where the app
+/// takes one: the app reached without a login. The filter refuses it at its headers; the app sees nothing.
+#[test]
+fn a_backchannel_post_asking_for_an_upgrade_never_reaches_the_app() {
+    use std::io::{Read as _, Write as _};
+    let port = site("multi").port;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let id = format!("backchannel-upgrade-{}", std::process::id());
+    write!(
+        conn,
+        "POST {BACKCHANNEL} HTTP/1.1\r\nhost: {WIKI}:{port}\r\nconnection: Upgrade\r\n\
+         upgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         sec-websocket-version: 13\r\nx-echo-record: {id}\r\ncontent-length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 400", "{}", String::from_utf8_lossy(&head));
+    assert!(
+        stack().app_record(&id, Duration::from_secs(2)).is_err(),
+        "the app saw the upgrade request"
+    );
+}
+
 /// An HTTP/2 back-channel post whose body ends with trailers: were the trailers let through, Envoy would
 /// send on the body the filter holds, unread, and the app would answer. The filter refuses it (no IdP
 /// sends trailers).
