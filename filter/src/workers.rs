@@ -153,6 +153,34 @@ mod tests {
         assert!(s.renewals_failing && s.renewals_paused(NOW));
     }
 
+    /// Found by mutation testing: a version taken in is not taken in again, so that this worker's renewal
+    /// the IdP answered since is not paused again by the pause it already took; and a host that gives no
+    /// versions has each pause taken in all the same.
+    #[test]
+    fn a_shared_pause_taken_in_stays_taken_and_one_without_a_version_is_taken_too() {
+        let mut s = State::default();
+        take_pause(&mut s, &(NOW + 5).to_le_bytes(), Some(7), NOW);
+        assert!(s.renewals_failing);
+        // This worker's renewal was answered since: the same shared pause does not pause it again.
+        s.renewals_failing = false;
+        s.renewals_paused_until = 0;
+        take_pause(&mut s, &(NOW + 5).to_le_bytes(), Some(7), NOW);
+        assert!(!s.renewals_failing && !s.renewals_paused(NOW));
+        // No version: taken in.
+        let mut s = State::default();
+        take_pause(&mut s, &(NOW + 5).to_le_bytes(), None, NOW);
+        assert!(s.renewals_failing && s.renewals_paused(NOW));
+    }
+
+    /// Found by mutation testing: a renewal of a worker still failing that leaves its pause as it was (an
+    /// answer in JSON that cannot be used) does not write that pause over another worker's later one.
+    #[test]
+    fn a_failing_workers_unchanged_pause_is_not_written_over_another_workers() {
+        let s = failing(NOW + 5);
+        let later = || Some((NOW + 9).to_le_bytes().to_vec());
+        assert_eq!(pause_to_share(&s, (NOW + 5, true), true, later), None);
+    }
+
     #[test]
     fn a_pause_is_shared_when_it_changes_and_its_end_when_the_idp_answers() {
         let unread = || -> Option<Vec<u8>> { panic!("read without need") };
@@ -181,6 +209,22 @@ mod tests {
         );
         // A reply that is no answer of the IdP's ends no other worker's pause.
         assert_eq!(pause_to_share(&ok, (0, false), false, paused), None);
+    }
+
+    /// Found by mutation testing: a probe going out lengthens the worker's pause to its timeout, and its
+    /// outage met at once shortens it again: each shared, so that the other workers wait for the probe's
+    /// answer too rather than send probes of their own, and no longer than it.
+    #[test]
+    fn a_probes_pause_is_shared_as_it_lengthens_and_shortens() {
+        let unread = || -> Option<Vec<u8>> { panic!("read without need") };
+        assert_eq!(
+            pause_to_share(&failing(NOW + 65), (NOW + 5, true), false, unread),
+            Some((NOW + 65).to_le_bytes())
+        );
+        assert_eq!(
+            pause_to_share(&failing(NOW + 5), (NOW + 65, true), true, unread),
+            Some((NOW + 5).to_le_bytes())
+        );
     }
 
     /// A new configuration of another IdP starts without the pause of the one before.

@@ -4567,6 +4567,53 @@ fn a_bad_signature_checked_against_keys_just_fetched_is_400_unless_newer_than_th
     assert_eq!(respond(f.reply(pending, Some((200, JWKS)))).status, 400);
 }
 
+/// Found by mutation testing: keys the periodic refresh fetched since the ones fetched for a logout token
+/// are the keys held too: a bad signature on a token dated before them (within `clock_leeway`, to the
+/// second) is `400`, as the IdP need not post it again; one dated after them `503`. A forged token that
+/// names no `iat` is `400` too.
+#[test]
+fn a_bad_signature_dated_before_keys_the_periodic_refresh_fetched_is_400() {
+    let mut f = Filter::ready(config(json!({"backchannel_logout_path": "/bcl"})));
+    let leeway = f.cfg.clock_leeway;
+    // A forged post fetches the keys for it, five seconds before the periodic refresh is due.
+    let t = NOW + f.cfg.jwks_refresh_interval - 5;
+    f.now = t;
+    let (_, pending) = call(f.backchannel(&forged_logout(t)));
+    assert_eq!(respond(f.reply(pending, Some((200, JWKS)))).status, 400);
+    // Ten seconds later, the periodic refresh: discovery, then the keys.
+    f.now = t + 10;
+    while let Some((_, fetch)) = f.poll() {
+        let body = if fetch == Fetch::Discovery {
+            DISCOVERY
+        } else {
+            JWKS
+        };
+        f.provider_reply(fetch, Some((200, body))).unwrap();
+    }
+    f.now = t + 20;
+    for (iat, status) in [(t + 10 - leeway, 400), (t + 11 - leeway, 503)] {
+        let r = respond(f.backchannel(&forged_logout(iat)));
+        assert_eq!(r.status, status, "a token of {iat}: {r:?}");
+    }
+    let no_iat = logout_body(f.now, None, |c| {
+        let good = mint(c);
+        let mut evil = c.clone();
+        evil.as_object_mut().unwrap().remove("iat");
+        let evil = mint(&evil);
+        let g: Vec<_> = good.split('.').collect();
+        let e: Vec<_> = evil.split('.').collect();
+        format!("{}.{}.{}", g[0], e[1], g[2])
+    });
+    let r = respond(f.backchannel(&no_iat));
+    assert_eq!(
+        (r.status, r.detail.as_deref()),
+        (
+            400,
+            Some("logout token: ID token signature does not verify")
+        )
+    );
+}
+
 /// A `/logout` held for the IdP's documents (the adapter runs it again once they came): the second run
 /// goes to the IdP with the hint, its entry in the list the same.
 #[test]
@@ -4617,4 +4664,33 @@ fn a_backchannel_request_asking_for_an_upgrade_is_refused_at_its_headers() {
     // Without it, a post's body is read.
     let req = Req::api("/bcl").with(":method", "POST");
     assert!(matches!(f.request(&req), Step::ReadBody));
+}
+
+/// Found by mutation testing: a browser's `/logout` while the IdP is not reached, by a link (from a browser
+/// that sends no Fetch Metadata too) or by a form's POST (the usual logout button), is a page the user can
+/// read, not JSON.
+#[test]
+fn a_browsers_logout_while_not_ready_is_a_page_by_link_or_form() {
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, None);
+    for req in [
+        Req::browser("/logout"),
+        Req::browser("/logout").without("sec-fetch-mode"),
+        Req::browser("/logout").with(":method", "POST"),
+    ] {
+        let mut g = Filter::new(config(json!({})));
+        let r = respond(g.request(&req.cookies(&jar)));
+        assert_eq!((r.status, r.metric), (503, Some(Metric::NotReady)));
+        assert!(
+            header(&r.headers, "content-type")
+                .unwrap()
+                .starts_with("text/plain"),
+            "{r:?}"
+        );
+        assert!(
+            r.body.contains("may still be logged in there"),
+            "{}",
+            r.body
+        );
+    }
 }

@@ -1027,6 +1027,55 @@ fn a_logout_ends_the_idp_session_for_the_longest_lifetime_of_its_client() {
     assert!(!list.is_revoked(Some("idp-session-1"), "user-1", NOW - 10, &["-"]));
 }
 
+/// Found by mutation testing: a `/logout` the list keeps by its user (the user's share of 32 is full) ends
+/// that user's sessions begun before it for as long as any session of the client can live
+/// (`logout_lifetime`), as it does the IdP session's: another site's longer session of the user does not
+/// open again once the logged-out one would have ended.
+#[test]
+fn a_logout_kept_by_its_user_ends_its_earlier_sessions_for_the_clients_longest_lifetime() {
+    let mut f = Filter::ready(config(serde_json::json!({"session_lifetime": "1h"})));
+    // A sibling `hosts` entry of the client keeps sessions a day.
+    f.cfg.logout_lifetime = 24 * 3600;
+    for i in 0..32u64 {
+        let key = oidc_filter::revocation::login_key("user-1", 1_000 + i);
+        f.state
+            .revoked
+            .end_session(&[&key], None, "user-1", NOW - 100, NOW - 100, 48 * 3600);
+    }
+    let (jar, _) = log_in(&mut f, Some("rt-1"));
+    let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
+    assert_eq!(r.metric, Some(Metric::Logout));
+    // The other site's session of the user, issued before the logout, two hours later.
+    let mut list = f.state.revoked.clone();
+    list.prune(NOW + 2 * 3600);
+    assert!(list.is_revoked(None, "user-1", NOW - 10, &["-"]));
+}
+
+/// Found by mutation testing: after a new configuration shortens `session_lifetime`, a session made before
+/// it keeps its own end; its `/logout` keeps its IdP session's earlier tokens ended until then at least,
+/// not only for the new, shorter lifetime: another browser's session of that IdP session, made before the
+/// change too, does not open again meanwhile.
+#[test]
+fn a_logout_ends_the_idp_session_at_least_as_long_as_the_logged_out_session_lives() {
+    let mut f = Filter::ready(config(serde_json::json!({"session_lifetime": "24h"})));
+    let with_sid = |n: &str| {
+        let mut c = claims(Some(n));
+        c["sid"] = "idp-session-1".into();
+        mint(&c)
+    };
+    let (jar, _) = log_in_with(&mut f, Some("rt-1"), with_sid);
+    // The new configuration: sessions of an hour.
+    f.cfg.session_lifetime = 3600;
+    f.cfg.logout_lifetime = 3600;
+    f.now = NOW + 10;
+    let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
+    assert_eq!(r.metric, Some(Metric::Logout));
+    // Two hours later, the other browser's session of that IdP session, issued before the logout.
+    let mut list = f.state.revoked.clone();
+    list.prune(NOW + 2 * 3600);
+    assert!(list.is_revoked(Some("idp-session-1"), "user-2", NOW - 10, &["-"]));
+}
+
 /// A login at `iat` (the IdP's clock), with refresh token `rt` (or none), its token for an hour.
 fn log_in_at(f: &mut Filter, rt: Option<&str>, iat: u64) -> Jar {
     log_in_with(f, rt, |n| {
@@ -1158,4 +1207,102 @@ fn a_logout_before_the_idp_is_reached_ends_the_session_here_and_says_so() {
         location(&r).starts_with("https://idp.example.com/"),
         "{r:?}"
     );
+}
+
+/// Found by mutation testing: a `/logout` the list keeps by its user, on a worker that has not seen how far
+/// ahead the IdP's clock runs (no token of it came there yet), still ends the logged-out session, whose
+/// token the IdP dated ahead: the entry is dated by that token at the least.
+#[test]
+fn a_logout_kept_by_its_user_ends_its_own_session_dated_ahead_on_a_worker_that_saw_no_token() {
+    const SKEW: u64 = 30;
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let jar = log_in_at(&mut a, Some("rt-1"), NOW + SKEW);
+    assert_eq!(b.state.idp_ahead.secs, 0);
+    // The user's 32 earlier logouts, as every worker has them.
+    for i in 0..32u64 {
+        let key = oidc_filter::revocation::login_key("user-1", 1_000 + i);
+        b.state
+            .revoked
+            .end_session(&[&key], None, "user-1", NOW, NOW, 36_000);
+    }
+    let r = respond(b.request(&Req::browser("/logout").cookies(&jar)));
+    assert_eq!(r.metric, Some(Metric::Logout));
+    assert!(!stands(&mut b, &jar), "the logged-out session goes on");
+}
+
+/// Found by mutation testing: the IdP's own refusal of one user's refresh token (`invalid_grant`), and a
+/// success in JSON that cannot be used, are no outage: the other users' renewals on the worker still ask
+/// the IdP, instead of each getting a 503 for the next 5 s.
+#[test]
+fn a_refused_or_unusable_renewal_pauses_no_other_users_renewal() {
+    for (status, body) in [
+        (400, &br#"{"error":"invalid_grant"}"#[..]),
+        (200, &br#"{"access_token":"at-2"}"#[..]),
+    ] {
+        let mut a = Filter::ready(config(serde_json::json!({})));
+        let (jar, _) = log_in(&mut a, Some("rt-1"));
+        let (other, _) = log_in(&mut a, Some("rt-2"));
+        a.now = NOW + 3600 + 1;
+        let job = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+        let job = flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap();
+        let r = respond(a.reply(Box::new(Pending::Refresh(job)), Some((status, body))));
+        assert_eq!(r.metric, Some(Metric::RefreshFailed), "{status}: {r:?}");
+        let job = refresh_job(a.request(&Req::browser("/page").cookies(&other)));
+        assert!(
+            flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).is_ok(),
+            "{status}: the other user's renewal was paused"
+        );
+    }
+}
+
+/// Found by mutation testing: after an outage, a probe answered with a success in JSON that cannot be used
+/// (what a proxy in the IdP's place may send) does not end the outage: the worker's renewals still ask the
+/// IdP one at a time, rather than all at once.
+#[test]
+fn an_unusable_answer_to_a_probe_does_not_end_the_outage() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    a.now = NOW + 3600 + 1;
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    let job = flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap();
+    assert_eq!(
+        respond(a.reply(Box::new(Pending::Refresh(job)), None)).status,
+        503
+    );
+    // Past the pause, the probe.
+    a.now += 5;
+    let probe = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    let probe = flow::renewal_claim(&a.cfg, &mut a.state, probe, a.now).unwrap();
+    let body = br#"{"access_token":"at-2"}"#;
+    let r = respond(a.reply(Box::new(Pending::Refresh(probe)), Some((200, body))));
+    assert_eq!(r.metric, Some(Metric::RefreshFailed), "{r:?}");
+    assert!(a.state.renewals_failing, "the outage ended");
+}
+
+/// Found by mutation testing: after an outage, a probe the IdP answers by refusing that user's refresh
+/// token (`invalid_grant`) ends the outage all the same: the IdP answers, and the other users' renewals
+/// ask it again at once instead of one at a time.
+#[test]
+fn a_refusal_answering_a_probe_ends_the_outage() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    let (other, _) = log_in(&mut a, Some("rt-2"));
+    a.now = NOW + 3600 + 1;
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    let job = flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap();
+    assert_eq!(
+        respond(a.reply(Box::new(Pending::Refresh(job)), None)).status,
+        503
+    );
+    // Past the pause, the probe: the IdP refuses that user's refresh token.
+    a.now += 5;
+    let probe = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    let probe = flow::renewal_claim(&a.cfg, &mut a.state, probe, a.now).unwrap();
+    let body = br#"{"error":"invalid_grant"}"#;
+    let r = respond(a.reply(Box::new(Pending::Refresh(probe)), Some((400, body))));
+    assert_eq!(r.metric, Some(Metric::RefreshFailed), "{r:?}");
+    assert!(!a.state.renewals_failing, "the outage goes on");
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&other)));
+    assert!(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).is_ok());
 }
