@@ -834,7 +834,8 @@ impl Http {
             reply.as_ref().map(|(st, b)| (*st, b.as_slice())),
         );
         share_if_ended(cfg, state);
-        share_pause(cfg, state, before, renewal);
+        let answered = core::mem::take(&mut state.idp_answered);
+        share_pause(cfg, state, before, answered);
         share_ahead(cfg, state, ahead);
         // A renewal this request claimed has ended (unless it now fetches keys): publish the cookies made
         // since the claim (this renewal's, or another request's on this worker meanwhile), or let go.

@@ -322,6 +322,10 @@ pub struct State {
     /// dated by it (found in review: dated by the gateway's clock, a renewal done just before it, whose
     /// ID token the IdP dated ahead, stayed a session).
     pub idp_ahead: Ahead,
+    /// The reply just decided was the IdP's answer to a renewal (a success or a refusal): the adapter
+    /// ends the pause the workers share with it and clears this (found in review: it took any reply to a
+    /// renewal for one, and an unusable success ended another worker's pause).
+    pub idp_answered: bool,
 }
 
 /// How far ahead (seconds, within `clock_leeway`) a token showed the IdP's clock, and when it arrived.
@@ -354,13 +358,15 @@ impl Ahead {
 
 /// How long a renewal that met an outage pauses the others on its worker (the `Retry-After` of a 503).
 const RENEWAL_PAUSE: u64 = 5;
+/// The longest a pause can be: a probe under the longest `callout_timeout`, then the pause.
+pub const MAX_PAUSE: u64 = 60 + RENEWAL_PAUSE;
 
 impl State {
     /// Whether the site's renewals on this worker are paused (see `renewal_claim`). A pause further off
     /// than any can be (the clock stepped back, or was read wrong once) is none.
     pub fn renewals_paused(&self, now: u64) -> bool {
         let left = self.renewals_paused_until.saturating_sub(now);
-        left > 0 && left <= 60 + RENEWAL_PAUSE
+        left > 0 && left <= MAX_PAUSE
     }
 
     /// A renewal met an outage: pause, and probe from then on.
@@ -373,6 +379,7 @@ impl State {
     fn renewal_answered(&mut self) {
         self.renewals_failing = false;
         self.renewals_paused_until = 0;
+        self.idp_answered = true;
     }
 
     /// An ID token the IdP issued at `iat` arrived at `now`: how far ahead its clock runs (see
@@ -2068,7 +2075,8 @@ fn finish_refresh(
                         }
                     }
                 }
-                // The IdP signs with a key this worker has not fetched yet: fetch the JWKS (rate-limited) once.
+                // The IdP signs with a key this worker has not fetched yet (a new `kid`, or one replaced under
+                // its `kid`): fetch the JWKS (rate-limited) once.
                 Err(e)
                     if e.stale_keys()
                         && may_refetch
@@ -2529,9 +2537,9 @@ pub fn on_backchannel_logout(cfg: &Config, state: &mut State, env: &Env, body: &
 }
 
 /// The answer to a logout token, as the spec says: 200, or 400 with a JSON error (503 when it cannot be
-/// checked just now). A token signed with a
-/// key this worker does not know yet fetches the JWKS first (`may_refetch`), as a login does: the IdP
-/// does not post it again.
+/// checked just now, which an IdP may post again). A token whose key the keys held may lack (an unknown
+/// `kid`, or a bad signature: a key replaced under its `kid`) fetches the JWKS first (`may_refetch`), as
+/// a login does: an IdP need not post it again.
 fn logout_with(
     cfg: &Config,
     state: &mut State,
@@ -2571,8 +2579,8 @@ fn logout_with(
             }
         }
         // Signed with a key this worker may not fetch just now (it fetched the keys moments ago): not
-        // the token's fault, and an IdP that posts again may then succeed. Not a bad signature: the keys
-        // are at most 30 s old (found in review: anyone posting one then made the IdP's own failing
+        // the token's fault, and an IdP that posts again may then succeed. A bad signature only as below
+        // (found in review: any, `503`, made anyone posting one every 30 s keep the IdP's own failing
         // tokens `503`s, which it posts again and again).
         Err(e @ logout_token::LogoutTokenError::Token(IdTokenError::UnknownKid)) if may_refetch => {
             logout_refused(503, "temporarily_unavailable", e.to_string())
@@ -2580,8 +2588,7 @@ fn logout_with(
         // A bad signature on a token newer than the keys held, within `clock_leeway`: its key may have
         // come since, as `503` too (found by a black-box test: a forged post just before the IdP replaced
         // its key under the same `kid` made the IdP's real logout a final `400`, and the session lived
-        // on). One dated before the keys, which an IdP posting again keeps, is `400` once they are
-        // fetched again.
+        // on). One dated before the keys held, which posting again will not change, is `400`.
         Err(e @ logout_token::LogoutTokenError::Token(IdTokenError::BadSignature))
             if may_refetch
                 && payload_of(&token)

@@ -52,6 +52,8 @@ pub struct ProviderState {
     last_kid_refresh: [u64; 2],
     /// Failed JWKS fetches in a row since keys last loaded or discovery was last read.
     jwks_failures: u32,
+    /// When the keys held were installed (fetched whatever for).
+    keys_installed_at: u64,
 }
 
 impl ProviderState {
@@ -209,6 +211,7 @@ impl ProviderState {
             self.jwks_fetched_at = now;
         }
         self.jwks_failures = 0;
+        self.keys_installed_at = now;
         if let Some(meta) = &self.meta {
             self.ready = Some(Provider {
                 meta: meta.clone(),
@@ -234,13 +237,14 @@ impl ProviderState {
             jwks_fetched_at: self.jwks_fetched_at,
             last_kid_refresh: self.last_kid_refresh,
             jwks_failures: 0,
+            keys_installed_at: self.keys_installed_at,
         })
     }
 
-    /// When the keys held were last fetched, or a fetch of them started.
+    /// When the keys held arrived (found in review: dated by a fetch that started, one that failed
+    /// dated keys it never brought).
     pub fn keys_as_of(&self) -> u64 {
-        let [a, b] = self.last_kid_refresh;
-        self.jwks_fetched_at.max(a).max(b)
+        self.keys_installed_at
     }
 
     /// True (and starts the clock) when an unknown `kid` may fetch the JWKS now; rate-limited so that

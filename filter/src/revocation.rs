@@ -77,7 +77,7 @@ fn user_part(sub: &str) -> String {
 const LOGIN_KEY_LEN: usize = 28;
 
 /// A user's logins ended by `/logout` that the list keeps one by one; beyond, the user's logouts are kept
-/// by the user ([`Revocations::end_session`]). Found by a black-box test: one account logging in and out
+/// by the user ([`Revocations::end_login`]). Found by a black-box test: one account logging in and out
 /// 4,500 times in 20 s filled the list, and from then on every user's `/logout` ended all that user's
 /// sessions, on every device, and a login again within the same second too.
 const PER_USER: usize = 32;
@@ -133,8 +133,8 @@ impl Revocations {
         [keys_until, until]: [u64; 2],
     ) {
         // The token too by the user at the cap (found in review: a flood of one account's logouts
-        // pushed the other users' ended tokens out, and their cookies opened again). Dated now, not by
-        // the token: the login's renewals until now end too (found in review: dated by the token, a
+        // pushed the other users' ended tokens out, and their cookies opened again). Dated `at` (now, on
+        // the IdP's clock), not by the token: the login's renewals until now end too (found in review: dated by the token, a
         // renewal done just before the logout outlived it there). As long as any of the user's
         // sessions can live, not only this one (found in review).
         let by_user = (iat.max(at), until);

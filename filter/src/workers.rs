@@ -35,7 +35,7 @@ pub fn take_pause(state: &mut State, bytes: &[u8], cas: Option<u32>, now: u64) {
     if until == 0 {
         state.renewals_failing = false;
         state.renewals_paused_until = 0;
-    } else if until <= now.saturating_add(120) {
+    } else if until <= now.saturating_add(crate::flow::MAX_PAUSE) {
         // (One further off than any can be is none: the clock read far ahead when it was written.)
         state.renewals_failing = true;
         state.renewals_paused_until = until;
@@ -143,10 +143,13 @@ mod tests {
         assert!(s.renewals_failing);
         // One further off than any pause can be (the clock read far ahead when written): none.
         let mut s = State::default();
-        take_pause(&mut s, &(NOW + 121).to_le_bytes(), Some(3), NOW);
+        // (Found in review: taken in up to 120 s, though a pause over `MAX_PAUSE` is none: the worker
+        // went on to probe without pausing.)
+        let max = crate::flow::MAX_PAUSE;
+        take_pause(&mut s, &(NOW + max + 1).to_le_bytes(), Some(3), NOW);
         assert!(!s.renewals_failing && !s.renewals_paused(NOW));
-        take_pause(&mut s, &(NOW + 120).to_le_bytes(), Some(4), NOW);
-        assert!(s.renewals_failing);
+        take_pause(&mut s, &(NOW + max).to_le_bytes(), Some(4), NOW);
+        assert!(s.renewals_failing && s.renewals_paused(NOW));
         // Unreadable: nothing changes.
         let mut s = failing(NOW + 5);
         take_pause(&mut s, b"x", Some(5), NOW);

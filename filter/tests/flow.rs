@@ -4694,3 +4694,19 @@ fn a_browsers_logout_while_not_ready_is_a_page_by_link_or_form() {
         );
     }
 }
+
+/// Found in review: the keys held were dated by the last fetch that started, so one that failed dated keys
+/// it never brought, and a logout token newer than the keys really held, with a bad signature (a key
+/// replaced under its `kid`), got a final `400`. Dated by the keys' arrival now: `503`.
+#[test]
+fn a_failed_key_fetch_does_not_date_the_keys_held() {
+    let mut f = Filter::ready(config(json!({"backchannel_logout_path": "/bcl"})));
+    f.now = NOW + 200;
+    let (_, pending) = call(f.backchannel(&forged_logout(f.now)));
+    // The fetch fails: that post may come again.
+    let r = respond(f.reply(pending, None));
+    assert_eq!(r.status, 503, "{r:?}");
+    f.now = NOW + 205;
+    let r = respond(f.backchannel(&forged_logout(NOW + 130)));
+    assert_eq!(r.status, 503, "{r:?}");
+}

@@ -1306,3 +1306,29 @@ fn a_refusal_answering_a_probe_ends_the_outage() {
     let job = refresh_job(a.request(&Req::browser("/page").cookies(&other)));
     assert!(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).is_ok());
 }
+
+/// Found in review: the adapter took any reply to a renewal for the IdP's answer, and ended the pause the
+/// other workers shared with it; an unusable success is no answer that ends an outage. Only a success or
+/// a refusal says the IdP answered (`State::idp_answered`, which the adapter takes).
+#[test]
+fn only_a_success_or_a_refusal_says_the_idp_answered() {
+    for (reply, answered) in [
+        (Some((200, b"{}".to_vec())), false),
+        (None, false),
+        (Some((400, br#"{"error":"invalid_grant"}"#.to_vec())), true),
+        (
+            Some((
+                200,
+                token_body(Some(&mint(&refreshed_claims(NOW + 3600 + 5))), Some("rt-2")),
+            )),
+            true,
+        ),
+    ] {
+        let mut f = Filter::ready(config(serde_json::json!({})));
+        let (jar, _) = log_in(&mut f, Some("rt-1"));
+        f.now = NOW + 3600 + 5;
+        let (_, pending) = call(f.request(&Req::api("/x").cookies(&jar)));
+        f.reply(pending, reply.as_ref().map(|(s, b)| (*s, b.as_slice())));
+        assert_eq!(f.state.idp_answered, answered, "{reply:?}");
+    }
+}
