@@ -1869,12 +1869,8 @@ fn finish_login(
         Err(e)
             if e.stale_keys()
                 && may_refetch
-                && state.provider.may_refetch_for_kid(env.now, false) =>
+                && let Some(call) = state.provider.refetch_keys(cfg, env.now, false) =>
         {
-            let Some(p) = state.provider.ready() else {
-                return with_cookies(not_ready(false), clear);
-            };
-            let call = Callout::get(cfg, &p.meta.jwks_uri);
             return Step::Call(call, Box::new(Pending::CodeJwks(x, tokens)));
         }
         Err(IdTokenError::MissingNonce | IdTokenError::NonceMismatch) => {
@@ -2080,12 +2076,8 @@ fn finish_refresh(
                 Err(e)
                     if e.stale_keys()
                         && may_refetch
-                        && state.provider.may_refetch_for_kid(env.now, false) =>
+                        && let Some(call) = state.provider.refetch_keys(cfg, env.now, false) =>
                 {
-                    let Some(p) = state.provider.ready() else {
-                        return refresh_failed(cfg, state, &job, env.now, NO_PROVIDER.into());
-                    };
-                    let call = Callout::get(cfg, &p.meta.jwks_uri);
                     return Step::Call(call, Box::new(Pending::RefreshJwks(job, tokens)));
                 }
                 Ok(_) => {
@@ -2568,15 +2560,11 @@ fn logout_with(
             r
         }
         Err(e)
-            if e.stale_keys() && may_refetch && state.provider.may_refetch_for_kid(now, true) =>
+            if e.stale_keys()
+                && may_refetch
+                && let Some(call) = state.provider.refetch_keys(cfg, now, true) =>
         {
-            match state.provider.ready() {
-                Some(p) => Step::Call(
-                    Callout::get(cfg, &p.meta.jwks_uri),
-                    Box::new(Pending::LogoutJwks(token)),
-                ),
-                None => logout_refused(503, "temporarily_unavailable", NO_PROVIDER.into()),
-            }
+            Step::Call(call, Box::new(Pending::LogoutJwks(token)))
         }
         // Signed with a key this worker may not fetch just now (it fetched the keys moments ago): not
         // the token's fault, and an IdP that posts again may then succeed. A bad signature only as below

@@ -247,6 +247,17 @@ impl ProviderState {
         self.keys_installed_at
     }
 
+    /// The JWKS fetch for a token from the IdP whose key the keys held may lack, when one may go now
+    /// (see [`ProviderState::may_refetch_for_kid`]).
+    pub fn refetch_keys(&mut self, cfg: &Config, now: u64, logout: bool) -> Option<Callout> {
+        if !self.may_refetch_for_kid(now, logout) {
+            return None;
+        }
+        self.ready
+            .as_ref()
+            .map(|p| Callout::get(cfg, &p.meta.jwks_uri))
+    }
+
     /// True (and starts the clock) when an unknown `kid` may fetch the JWKS now; rate-limited so that
     /// forged tokens cannot turn the filter into a JWKS hammer. `logout`: for a back-channel logout
     /// token, which has a clock of its own.

@@ -18,6 +18,15 @@ fn due(a: &mut Filter, b: &mut Filter) -> (Jar, String) {
     (jar, id_token)
 }
 
+/// The 32 earlier logouts of `user-1` that use up the user's share of the list of ended logins, each
+/// at `at`, kept for `life` seconds.
+fn fill_users_share(list: &mut oidc_filter::revocation::Revocations, at: u64, life: u64) {
+    for i in 0..32u64 {
+        let key = oidc_filter::revocation::login_key("user-1", 1_000 + i);
+        list.end_session(&[&key], None, "user-1", at, at, life);
+    }
+}
+
 fn refresh_job(step: Step) -> RefreshJob {
     match *call(step).1 {
         Pending::Refresh(job) => job,
@@ -897,13 +906,8 @@ fn a_logout_kept_by_its_user_ends_a_renewal_the_idp_dated_ahead() {
     a.now = NOW + 3600 - 30;
     b.now = a.now;
     // The user's 32 earlier logouts, as every worker has them.
-    for i in 0..32u64 {
-        let key = oidc_filter::revocation::login_key("user-1", 1_000 + i);
-        for f in [&mut a, &mut b] {
-            f.state
-                .revoked
-                .end_session(&[&key], None, "user-1", NOW, NOW, 36_000);
-        }
+    for f in [&mut a, &mut b] {
+        fill_users_share(&mut f.state.revoked, NOW, 36_000);
     }
     // A poll renews on worker A; the IdP's clock runs 30 s ahead.
     let (_, pending) = call(a.request(&Req::api("/poll").cookies(&jar)));
@@ -1036,12 +1040,7 @@ fn a_logout_kept_by_its_user_ends_its_earlier_sessions_for_the_clients_longest_l
     let mut f = Filter::ready(config(serde_json::json!({"session_lifetime": "1h"})));
     // A sibling `hosts` entry of the client keeps sessions a day.
     f.cfg.logout_lifetime = 24 * 3600;
-    for i in 0..32u64 {
-        let key = oidc_filter::revocation::login_key("user-1", 1_000 + i);
-        f.state
-            .revoked
-            .end_session(&[&key], None, "user-1", NOW - 100, NOW - 100, 48 * 3600);
-    }
+    fill_users_share(&mut f.state.revoked, NOW - 100, 48 * 3600);
     let (jar, _) = log_in(&mut f, Some("rt-1"));
     let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
     assert_eq!(r.metric, Some(Metric::Logout));
@@ -1108,12 +1107,7 @@ fn a_clock_set_right_again_dates_logouts_by_the_tokens_since() {
     assert_eq!(f.state.idp_ahead.secs, 60);
     // A day later the IdP's clock is right again. The user's 32 earlier logouts fill the share.
     f.now += 24 * 3600;
-    for i in 0..32u64 {
-        let key = oidc_filter::revocation::login_key("user-1", 1_000 + i);
-        f.state
-            .revoked
-            .end_session(&[&key], None, "user-1", f.now - 100, f.now - 100, 36_000);
-    }
+    fill_users_share(&mut f.state.revoked, f.now - 100, 36_000);
     let t = f.now;
     let jar = log_in_at(&mut f, Some("rt-3"), t);
     let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
@@ -1220,12 +1214,7 @@ fn a_logout_kept_by_its_user_ends_its_own_session_dated_ahead_on_a_worker_that_s
     let jar = log_in_at(&mut a, Some("rt-1"), NOW + SKEW);
     assert_eq!(b.state.idp_ahead.secs, 0);
     // The user's 32 earlier logouts, as every worker has them.
-    for i in 0..32u64 {
-        let key = oidc_filter::revocation::login_key("user-1", 1_000 + i);
-        b.state
-            .revoked
-            .end_session(&[&key], None, "user-1", NOW, NOW, 36_000);
-    }
+    fill_users_share(&mut b.state.revoked, NOW, 36_000);
     let r = respond(b.request(&Req::browser("/logout").cookies(&jar)));
     assert_eq!(r.metric, Some(Metric::Logout));
     assert!(!stands(&mut b, &jar), "the logged-out session goes on");

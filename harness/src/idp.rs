@@ -15,7 +15,7 @@ use crate::process::Process;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The IdP's configuration file (see `harness/idp/README.md`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct IdpConfig {
     /// Issuer URL: where clients reach the IdP (usually the fault proxy, not `port`).
     pub issuer: String,

@@ -26,7 +26,7 @@ fn chromium_logs_in_at_the_idp() {
             "token_endpoint_auth_method": "client_secret_basic", "refresh": true,
         })],
         jwks_file: None,
-        clock_ahead: None,
+        ..Default::default()
     };
     let idp = Idp::start(&config, &dir).unwrap();
     proxy.set_target(Some(idp.addr()));

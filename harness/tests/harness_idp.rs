@@ -47,7 +47,7 @@ fn fixture() -> &'static Fixture {
                 }),
             ],
             jwks_file: Some(dir.join("jwks.json")),
-            clock_ahead: None,
+            ..Default::default()
         };
         let idp = Idp::start(&config, &dir).unwrap();
         proxy.set_target(Some(idp.addr()));
