@@ -175,11 +175,37 @@ provider.use(async (ctx, next) => {
   console.error(`${ctx.method} ${ctx.originalUrl} ${ctx.status} ${Date.now() - start}ms`);
 });
 
+// The token endpoint takes a client's credentials one way per request, as Okta does (RFC 6749 2.3): one
+// that names the client both in `Authorization` and in the form body (`client_id` or `client_secret`) is
+// refused `400 invalid_request`, "Cannot supply multiple client credentials". oidc-provider itself lets a
+// matching `client_id` through; every login and refresh of the harness goes through this check. The body,
+// read here, is handed to oidc-provider as `req.body`, which it reads when the stream is spent.
+function oneClientAuth(req, res, next) {
+  const path = (req.url || '').split('?')[0];
+  if (req.method !== 'POST' || !path.endsWith('/token') || !req.headers.authorization) return next();
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('end', () => {
+    req.body = Buffer.concat(chunks);
+    const form = new URLSearchParams(req.body.toString('latin1'));
+    if (form.has('client_id') || form.has('client_secret')) {
+      console.error(`POST ${req.url} 400 client named in Authorization and in the body`);
+      res.writeHead(400, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      res.end(JSON.stringify({
+        error: 'invalid_request',
+        error_description: 'Cannot supply multiple client credentials. Use one of the following: credentials in the Authorization header, credentials in the post body, or a client_assertion in the post body.',
+      }));
+      return;
+    }
+    next();
+  });
+}
+
 const callback = provider.callback();
 const server = createServer((req, res) => {
   req.headers['x-forwarded-host'] = forwarded.host;
   req.headers['x-forwarded-proto'] = forwarded.proto;
-  callback(req, res);
+  oneClientAuth(req, res, () => callback(req, res));
 });
 // Longer than Envoy's upstream idle timeout, so Envoy never reuses a connection we are closing.
 server.keepAliveTimeout = 60_000;

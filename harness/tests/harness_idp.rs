@@ -240,6 +240,43 @@ fn client_secret_post_without_refresh() {
     );
 }
 
+/// As Okta does, the token endpoint refuses a client named both in `Authorization` and in the body:
+/// the filter's requests pass only if they name it one way.
+#[test]
+fn a_client_named_in_the_header_and_the_body_is_refused_as_okta_does() {
+    let b = Browser::new();
+    let (cb, verifier) = login(&b, REFRESH_CLIENT, "dave");
+    let code = query_param(&cb, "code").unwrap();
+    let (status, err) = token_request(
+        &issuer(),
+        REFRESH_CLIENT,
+        "s1",
+        ClientAuth::Basic,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", &callback()),
+            ("code_verifier", &verifier),
+            ("client_id", REFRESH_CLIENT),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (400, Some("invalid_request")),
+        "{err}"
+    );
+    assert!(
+        err["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("multiple client credentials")),
+        "{err}"
+    );
+    // The code is still good for a request that names the client once.
+    let (status, tokens) = exchange(REFRESH_CLIENT, "s1", ClientAuth::Basic, &code, &verifier);
+    assert_eq!(status, 200, "{tokens}");
+}
+
 #[test]
 fn wrong_secret_and_wrong_verifier_are_rejected() {
     let b = Browser::new();

@@ -147,8 +147,6 @@ pub fn code_request(
             ("code", code),
             ("redirect_uri", redirect_uri),
             ("code_verifier", verifier),
-            // Also with Basic: some IdPs want it, and RFC 6749 4.1.3 allows it.
-            ("client_id", client_id),
         ],
         client_id,
         secret,
@@ -168,7 +166,6 @@ pub fn refresh_request(
     let mut params = vec![
         ("grant_type", "refresh_token"),
         ("refresh_token", refresh_token),
-        ("client_id", client_id),
     ];
     params.extend(scope.map(|s| ("scope", s)));
     form_request(&params, client_id, secret, auth)
@@ -267,7 +264,11 @@ fn form_request(
                 format!("Basic {}", b64::encode_standard(credentials.as_bytes())),
             ));
         }
+        // The client is named only where it authenticates: with Basic, a `client_id` in the body too is
+        // two sets of credentials to Okta, which refuses every such request (`invalid_request`, "Cannot
+        // supply multiple client credentials"; RFC 6749 2.3: one method per request). Found in review.
         ClientAuth::Post => {
+            form::append_pair(&mut body, "client_id", client_id);
             form::append_pair(&mut body, "client_secret", secret.expose());
         }
     }
@@ -360,9 +361,10 @@ mod tests {
             req.body,
             "grant_type=authorization_code&code=code%261\
              &redirect_uri=https%3A%2F%2Fapp.example.com%2Foauth2%2Fcallback\
-             &code_verifier=verifier-1&client_id=my+client"
+             &code_verifier=verifier-1"
         );
-        assert!(!req.body.contains("secret"));
+        // Okta refuses a client named both in the header and in the body.
+        assert!(!req.body.contains("secret") && !req.body.contains("client"));
     }
 
     #[test]
@@ -388,7 +390,7 @@ mod tests {
         let basic = refresh_request("rt/1", None, "id", &secret, ClientAuth::Basic);
         assert_eq!(
             basic.body,
-            "grant_type=refresh_token&refresh_token=rt%2F1&client_id=id"
+            "grant_type=refresh_token&refresh_token=rt%2F1"
         );
         let expected = format!("Basic {}", STANDARD.encode("id:pw"));
         assert_eq!(header(&basic, "authorization"), Some(expected.as_str()));
@@ -406,7 +408,7 @@ mod tests {
         );
         assert_eq!(
             scoped.body,
-            "grant_type=refresh_token&refresh_token=rt&client_id=id&scope=openid+api%3A%2F%2Fx%2Fread"
+            "grant_type=refresh_token&refresh_token=rt&scope=openid+api%3A%2F%2Fx%2Fread"
         );
     }
 
