@@ -1007,6 +1007,15 @@ impl Http {
 
     /// The response's headers: add the cookies the request's step set.
     pub fn on_response_headers(&mut self) -> Action {
+        // A back-channel post's headers went on while the filter waits for its body, and the app answered
+        // before it came (one that ignores a body: a catch-all, a stream): that answer to an anonymous
+        // request must not reach the client (found in review). The logout token is not read: `503`, as
+        // for any logout this filter could not take in just now.
+        if self.reading_body {
+            self.reading_body = false;
+            respond(503, &[("cache-control", "no-store")], b"");
+            return Action::Pause;
+        }
         let mut added = false;
         if let Some(lines) = &self.set_cookies {
             for c in lines.borrow_mut().drain(..) {

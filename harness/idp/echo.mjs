@@ -16,6 +16,9 @@
 // - `/upload…`: reads the body as it comes and answers JSON {method, path, headers, bytes, sha256,
 //   headers_at, first_byte_at, end_at} (Unix ms) instead of echoing it.
 //
+// A request carrying `x-echo-early` is answered at once with JSON {early, method, path, headers}, without
+// waiting for its body, as an app that ignores a request's body does.
+//
 // A request carrying `x-echo-record: ID` is logged as its headers arrive, before any body, as a line
 // `{"record": ID, "method", "path", "headers"}` on stdout: what the app was shown of a request the
 // gateway then answered itself.
@@ -43,6 +46,11 @@ const server = createServer((req, res) => {
   const record = req.headers['x-echo-record'];
   if (record) {
     console.log(JSON.stringify({ record, method: req.method, path: req.url, headers: req.headers }));
+  }
+  // `x-echo-early`: answered at once, before the body comes, as an app that ignores a request's body.
+  if (req.headers['x-echo-early']) {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    return res.end(`${JSON.stringify({ early: true, method: req.method, path: req.url, headers: req.headers })}\n`);
   }
   if (req.url.startsWith('/events')) return events(req, res);
   if (req.url.startsWith('/upload')) return upload(req, res);

@@ -1098,6 +1098,44 @@ fn a_backchannel_post_asking_for_an_upgrade_never_reaches_the_app() {
     );
 }
 
+/// Found in review: the headers of a back-channel post go on while the filter waits for its body, and an
+/// app that answers without reading a body (a catch-all, a stream) answered before it came; that answer
+/// to an anonymous request reached the client. The filter answers `503` in its place.
+#[test]
+fn an_apps_answer_before_the_backchannel_body_never_reaches_the_client() {
+    use std::io::{Read as _, Write as _};
+    let port = site("multi").port;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let id = format!("backchannel-early-{}", std::process::id());
+    // Half a body, never finished: the app answers at its headers.
+    write!(
+        conn,
+        "POST {BACKCHANNEL} HTTP/1.1\r\nhost: {WIKI}:{port}\r\nx-echo-early: 1\r\n\
+         x-echo-record: {id}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+         transfer-encoding: chunked\r\n\r\n5\r\nlogou\r\n"
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let answer = String::from_utf8_lossy(&got);
+    // The app did answer (it saw the headers, as the README says)...
+    assert!(
+        stack().app_record(&id, Duration::from_secs(5)).is_ok(),
+        "the app never saw the request: {answer}"
+    );
+    // ...but the client gets the filter's answer, not the app's.
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(!answer.contains("early"), "{answer}");
+}
+
 /// An HTTP/2 back-channel post whose body ends with trailers: were the trailers let through, Envoy would
 /// send on the body the filter holds, unread, and the app would answer. The filter refuses it (no IdP
 /// sends trailers).

@@ -388,10 +388,7 @@ mod tests {
     fn refresh_requests() {
         let secret = Secret::new("pw");
         let basic = refresh_request("rt/1", None, "id", &secret, ClientAuth::Basic);
-        assert_eq!(
-            basic.body,
-            "grant_type=refresh_token&refresh_token=rt%2F1"
-        );
+        assert_eq!(basic.body, "grant_type=refresh_token&refresh_token=rt%2F1");
         let expected = format!("Basic {}", STANDARD.encode("id:pw"));
         assert_eq!(header(&basic, "authorization"), Some(expected.as_str()));
         let post = refresh_request("rt", None, "id", &secret, ClientAuth::Post);
