@@ -328,12 +328,19 @@ pub struct State {
     pub idp_answered: bool,
 }
 
-/// How far ahead (seconds, within `clock_leeway`) a token showed the IdP's clock, and when it arrived.
+/// How far ahead (seconds, within `clock_leeway`; behind, negative, within [`MAX_BEHIND`]) a token showed
+/// the IdP's clock, and when it arrived.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Ahead {
-    pub secs: u64,
+    pub secs: i64,
     pub seen: u64,
 }
+
+/// The furthest behind the gateway's a reading takes the IdP's clock (found in review: read as never
+/// behind, a `/logout` kept by its user, dated by the gateway's clock, ended the user's logins again for
+/// as long as the IdP's clock ran behind). Well under [`AHEAD_KEPT`] less the longest `clock_leeway`: a
+/// token the reading before last let through, over an hour ago, is still dated before such a `/logout`.
+pub const MAX_BEHIND: u64 = 1800;
 
 /// How long the most a token showed stands without another showing as much: a clock set right since is
 /// then taken from the tokens that follow (found in review: a maximum kept for ever dated each later
@@ -341,6 +348,16 @@ pub struct Ahead {
 const AHEAD_KEPT: u64 = 3600;
 
 impl Ahead {
+    /// `secs` ahead (`ahead`) or behind, within what a reading can be.
+    pub fn within(secs: u64, ahead: bool, leeway: u64) -> i64 {
+        let clamp = |s: u64, max: u64| i64::try_from(s.min(max)).unwrap_or(0);
+        if ahead {
+            clamp(secs, leeway)
+        } else {
+            -clamp(secs, MAX_BEHIND)
+        }
+    }
+
     /// Of two readings, the one that stands: the greater, unless the other is newer by [`AHEAD_KEPT`].
     pub fn and(self, other: Ahead) -> Ahead {
         let (new, old) = if self.seen >= other.seen {
@@ -385,7 +402,7 @@ impl State {
     /// An ID token the IdP issued at `iat` arrived at `now`: how far ahead its clock runs (see
     /// [`State::idp_ahead`]).
     fn saw_idp_clock(&mut self, iat: u64, now: u64, leeway: u64) {
-        let secs = iat.saturating_sub(now).min(leeway);
+        let secs = Ahead::within(iat.abs_diff(now), iat >= now, leeway);
         self.idp_ahead = self.idp_ahead.and(Ahead { secs, seen: now });
     }
 }
@@ -1612,7 +1629,7 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
             let until = [own, own.max(now.saturating_add(cfg.logout_lifetime))];
             // Now on the IdP's clock, as far as seen: kept by the user, the logout ends the login's
             // renewals done before it, whose tokens the IdP may have dated ahead of this gateway.
-            let at = now.saturating_add(state.idp_ahead.secs);
+            let at = now.saturating_add_signed(state.idp_ahead.secs);
             state.revoked.end_login(&keys, sid, &s.sub, iat, at, until);
             state.ended_here = true;
             id_token = Some(s.id_token);

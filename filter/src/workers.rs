@@ -71,13 +71,17 @@ pub fn ahead_key(cfg: &Config) -> String {
     format!("oidc-filter.ahead.{}", cfg.issuer)
 }
 
-/// The reading of the IdP's clock `shared` holds (seconds ahead, within `clock_leeway`, and when seen).
+/// The reading of the IdP's clock `shared` holds (seconds ahead, within `clock_leeway`, or behind,
+/// negative, within `MAX_BEHIND`; and when seen). Seconds behind are written as a two's complement,
+/// which a build before them reads as far ahead, so as `clock_leeway` ahead: its `/logout`s kept by the
+/// user end a login again within that, as they did before.
 pub fn ahead_of(cfg: &Config, shared: Option<&[u8]>) -> Option<Ahead> {
     let bytes = <[u8; 16]>::try_from(shared?).ok()?;
     let (secs, seen) = bytes.split_at(8);
     let num = |b: &[u8]| <[u8; 8]>::try_from(b).map(u64::from_le_bytes).ok();
+    let secs = i64::from_le_bytes(<[u8; 8]>::try_from(secs).ok()?);
     Some(Ahead {
-        secs: num(secs)?.min(cfg.clock_leeway),
+        secs: Ahead::within(secs.unsigned_abs(), secs >= 0, cfg.clock_leeway),
         seen: num(seen)?,
     })
 }
@@ -281,5 +285,17 @@ mod tests {
             Some(at(60, NOW))
         );
         assert_eq!(ahead_of(&cfg, Some(&[0; 8])), None);
+        // Behind: written as a two's complement, read back within `MAX_BEHIND`.
+        assert_eq!(
+            ahead_of(&cfg, Some(&bytes(at(-300, NOW)))),
+            Some(at(-300, NOW))
+        );
+        assert_eq!(
+            ahead_of(&cfg, Some(&bytes(at(-5000, NOW)))),
+            Some(at(-1800, NOW))
+        );
+        // As a build before readings behind reads them: far ahead, so `clock_leeway` ahead.
+        let before = u64::from_le_bytes(bytes(at(-300, NOW))[..8].try_into().unwrap());
+        assert_eq!(before.min(cfg.clock_leeway), 60);
     }
 }

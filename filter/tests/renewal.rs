@@ -914,7 +914,7 @@ fn a_logout_kept_by_its_user_ends_a_renewal_the_idp_dated_ahead() {
     let new_token = mint(&refreshed_claims(a.now + SKEW));
     let body = token_body(Some(&new_token), Some("rt-2"));
     let fwd = forward(a.reply(pending, Some((200, &body))));
-    assert_eq!(a.state.idp_ahead.secs, SKEW);
+    assert_eq!(a.state.idp_ahead.secs, 30);
     let mut renewed = jar.clone();
     renewed.apply(fwd.set_cookies.iter().map(String::as_str));
     // Worker B learns how far ahead (the adapter shares it), then the user logs out there with the
@@ -963,6 +963,11 @@ fn the_idp_clock_ahead_is_the_most_its_tokens_showed_within_the_hour() {
         (600, 40, 40),
         (3000, 5, 40),
         (3700, 5, 5),
+        // Behind, as far as `MAX_BEHIND` (30 minutes).
+        (3700, -300, -300),
+        (600, -200, -200),
+        (600, -400, -200),
+        (3600, -5000, -1800),
     ]
     .into_iter()
     .enumerate()
@@ -1089,6 +1094,41 @@ fn log_in_at(f: &mut Filter, rt: Option<&str>, iat: u64) -> Jar {
 /// Whether `jar`'s session still goes upstream on `f`.
 fn stands(f: &mut Filter, jar: &Jar) -> bool {
     matches!(f.request(&Req::api("/x").cookies(jar)), Step::Forward(_))
+}
+
+/// Found in review: with the IdP's clock behind the gateway's, a `/logout` kept by its user (the user's 32
+/// earlier logouts fill their share, or the list has 9,000) was dated by the gateway's clock, as if the
+/// IdP's ran no later: the user's login again, whose token the IdP dated before that, was ended at once,
+/// and the user could not log in again for as long as the IdP's clock ran behind (10 minutes here). Dated
+/// by the IdP's clock, the logout still ends a renewal done just before it.
+#[test]
+fn a_logout_kept_by_its_user_with_the_idp_clock_behind_lets_the_next_login_in() {
+    const BEHIND: u64 = 600;
+    let mut f = Filter::ready(config(serde_json::json!({})));
+    f.now = NOW + 100;
+    fill_users_share(&mut f.state.revoked, NOW - 100, 36_000);
+    let t = f.now;
+    let jar = log_in_at(&mut f, Some("rt-1"), t - BEHIND);
+    assert_eq!(f.state.idp_ahead.secs, -600);
+    // A renewal just before the logout; the cookie it set not stored yet.
+    f.now = t + 3000;
+    let (_, pending) = call(f.request(&Req::api("/poll").cookies(&jar)));
+    let body = token_body(Some(&mint(&refreshed_claims(f.now - BEHIND))), Some("rt-2"));
+    let fwd = forward(f.reply(pending, Some((200, &body))));
+    let mut renewed = jar.clone();
+    renewed.apply(fwd.set_cookies.iter().map(String::as_str));
+    let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
+    assert_eq!(r.metric, Some(Metric::Logout));
+    assert!(!stands(&mut f, &jar), "the logged-out cookie");
+    assert!(!stands(&mut f, &renewed), "the renewal done just before");
+    // A second later, by both clocks, the user logs in again.
+    f.now += 1;
+    let iat = f.now - BEHIND;
+    let again = log_in_at(&mut f, Some("rt-3"), iat);
+    assert!(
+        stands(&mut f, &again),
+        "a login after the logout was ended: the IdP's clock runs {BEHIND} s behind"
+    );
 }
 
 /// Found in review: how far the IdP's clock runs ahead was a maximum kept for ever (in the workers'
