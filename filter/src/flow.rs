@@ -1901,11 +1901,24 @@ fn finish_login(
             );
         }
         Err(e) => {
+            // The issuer the token names, for the operator to compare (found in review: an IdP reached
+            // by another host name, as Keycloak without `KC_HOSTNAME`, or Google's legacy
+            // `accounts.google.com`). It came from the token endpoint, signed: no secret.
+            let mut why = e.to_string();
+            if e == IdTokenError::WrongIssuer
+                && let Some(iss) = payload_of(id_token.expose())
+                    .as_ref()
+                    .and_then(|p| p.get("iss"))
+                    .and_then(json::Value::as_str)
+            {
+                let iss = crate::oidc::discovery::quotable(iss, 200);
+                why = format!("{why}: \"{iss}\"");
+            }
             return gateway_error(
                 502,
                 CallbackFailure::IdToken,
                 "The identity provider's ID token did not pass validation.",
-                e.to_string(),
+                why,
                 clear,
                 &start_again(cfg, &x.login.rd),
             );

@@ -1501,6 +1501,33 @@ fn id_tokens_with_wrong_claims_are_502() {
     }
 }
 
+/// Found in review: an ID token of another issuer failed the login with a line that did not say which
+/// (an IdP reached by another host name, Google's legacy `accounts.google.com`): the line quotes it, its
+/// control characters escaped.
+#[test]
+fn an_id_token_of_another_issuer_is_named_in_the_log_line() {
+    for (iss, quoted) in [
+        ("accounts.google.com", "\"accounts.google.com\""),
+        (
+            "https://kc.internal\n[warning] x",
+            "\"https://kc.internal\\u{a}[warning] x\"",
+        ),
+    ] {
+        let mut f = ready();
+        let r = callback_with_reply(&mut f, |l| {
+            let mut c = claims(Some(&l.nonce));
+            c["iss"] = iss.into();
+            with_id_token(c)
+        });
+        assert_callback_failed(&r, 502, CallbackFailure::IdToken);
+        let detail = r.detail.unwrap();
+        assert_eq!(
+            detail,
+            format!("ID token iss is not the configured issuer: {quoted}")
+        );
+    }
+}
+
 #[test]
 fn an_id_token_within_the_clock_leeway_is_accepted() {
     // Issued by an IdP whose clock runs 59 s ahead.
