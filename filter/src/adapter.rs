@@ -1009,12 +1009,10 @@ impl Http {
     pub fn on_response_headers(&mut self) -> Action {
         // A back-channel post's headers went on while the filter waits for its body, and the app answered
         // before it came (one that ignores a body: a catch-all, a stream): that answer to an anonymous
-        // request must not reach the client (found in review). The logout token is not read: `503`, as
-        // for any logout this filter could not take in just now.
+        // request must not reach the client (found in review). The logout token is not read: `503`.
         if self.reading_body {
             self.reading_body = false;
-            respond(503, &[("cache-control", "no-store")], b"");
-            return Action::Pause;
+            return self.run(flow::backchannel_answered_early(), None);
         }
         let mut added = false;
         if let Some(lines) = &self.set_cookies {

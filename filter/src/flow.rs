@@ -1257,21 +1257,7 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     // attempts it holds go unseen and uncapped, yet it keeps the one the answer sets (found by a
     // black-box test: thirty such posts, and every page answered `431`). It goes on as a navigation of
     // this site's own, which shows them.
-    // (`Sec-Fetch-Site` where the browser sends it; else `Origin`, by host and port: behind a load
-    // balancer that ends TLS, `:scheme` says `http` where the page's origin says `https`.)
-    if h.get(":method").as_deref() == Some("POST")
-        && match h.get("sec-fetch-site") {
-            Some(_) => from_another_site(h),
-            // Bytes searched: `str::split_once` with a `&str` brings a two-way searcher and the panic
-            // messages of slicing into the module (10 KB).
-            None => h.get("origin").is_some_and(|o| {
-                let host = (o.as_bytes().windows(3))
-                    .position(|w| w == b"://")
-                    .and_then(|i| o.get(i + 3..));
-                host != h.get(":authority").as_deref()
-            }),
-        }
-    {
+    if h.get(":method").as_deref() == Some("POST") && posted_from_another_site(h) {
         return read_fragment(cfg, &rd);
     }
     let Some(redirect_uri) = redirect_uri(cfg, h) else {
@@ -1487,10 +1473,18 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
             .and_then(|p| LoginState::decode(&p).ok())
             .filter(|l| constant_time_eq(l.state.expose().as_bytes(), st.as_bytes()))
             .map_or_else(|| "/".into(), |l| start_again(cfg, &l.rd));
+        // The page names only the errors RFC 6749 4.1.2.1 and OpenID Connect Core 3.1.2.6 define: anyone
+        // can send a link to the callback, and other words there would read as the site's (found by a
+        // black-box test: "Your_account_is_locked_call_support_at_…"). The log line has it all.
+        let page = if IDP_ERRORS.contains(&e.as_str()) {
+            format!("The identity provider did not log you in ({e}).")
+        } else {
+            "The identity provider did not log you in.".into()
+        };
         return error_page(
             400,
             CallbackFailure::IdpError,
-            &format!("The identity provider did not log you in ({e})."),
+            &page,
             Some(format!("the IdP answered error={e}")),
             clear,
             &again,
@@ -1594,7 +1588,9 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
 /// a script), it first asks the user (`confirm_logout`).
 #[inline(never)]
 fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
-    let another_site = from_another_site(h);
+    // A browser without Fetch Metadata says so by `Origin` on a POST (found by a black-box test: another
+    // site's form logged out at once there).
+    let another_site = posted_from_another_site(h);
     if another_site || not_opened(h) {
         return confirm_logout(cfg, h, another_site);
     }
@@ -1680,14 +1676,17 @@ const MAX_END_SESSION_URL: usize = 8000;
 /// Whether the browser fetched this GET without the user opening it: a prefetch or prerender of a
 /// link shown on a page (`Sec-Purpose: prefetch`, `prefetch;prerender`), or a request that is no
 /// navigation (`Sec-Fetch-Mode: cors` for a script's fetch, as Next.js prefetches a link's page;
-/// `no-cors` for `<link rel=prefetch>` or an image). Without Fetch Metadata it is taken as opened.
+/// `no-cors` for `<link rel=prefetch>` or an image), or a frame's (found by a black-box test: an
+/// `<iframe src=/logout>` that a page of the site's own let a user put in logged out whoever viewed it).
+/// Without Fetch Metadata it is taken as opened.
 fn not_opened(h: &dyn Headers) -> bool {
     matches!(h.get(":method").as_deref(), Some("GET") | Some("HEAD"))
         && (h
             .get("sec-purpose")
             // Bytes compared: a `str` pattern search would bring a searcher of kilobytes into the module.
             .is_some_and(|p| p.as_bytes().windows(8).any(|w| w == b"prefetch"))
-            || h.get("sec-fetch-mode").is_some_and(|m| m != "navigate"))
+            || h.get("sec-fetch-mode").is_some_and(|m| m != "navigate")
+            || in_frame(h))
 }
 
 /// Whether the browser says another site started this request (Fetch Metadata). `same-site` counts as
@@ -1696,6 +1695,23 @@ fn not_opened(h: &dyn Headers) -> bool {
 fn from_another_site(h: &dyn Headers) -> bool {
     h.get("sec-fetch-site")
         .is_some_and(|s| s != "same-origin" && s != "none")
+}
+
+/// Whether another site started this request: by `Sec-Fetch-Site` where the browser sends it; else, by
+/// `Origin` (which browsers send on a POST), by host and port: behind a load balancer that ends TLS,
+/// `:scheme` says `http` where the page's origin says `https`.
+fn posted_from_another_site(h: &dyn Headers) -> bool {
+    match h.get("sec-fetch-site") {
+        Some(_) => from_another_site(h),
+        // Bytes searched: `str::split_once` with a `&str` brings a two-way searcher and the panic
+        // messages of slicing into the module (10 KB).
+        None => h.get("origin").is_some_and(|o| {
+            let host = (o.as_bytes().windows(3))
+                .position(|w| w == b"://")
+                .and_then(|i| o.get(i + 3..));
+            host != h.get(":authority").as_deref()
+        }),
+    }
 }
 
 /// The page another site's `/logout` gets, and a prefetch of it: nothing is ended until the user presses
@@ -1815,10 +1831,17 @@ fn code_reply(
                 );
             }
             Err(e) => {
+                // A 5xx is also what Envoy answers for an IdP it could not reach (found by a black-box
+                // test: the page blamed the answer of an IdP that was down).
+                let page = if status >= 500 {
+                    "The identity provider could not be reached, or failed: try again later."
+                } else {
+                    "The identity provider's token endpoint gave an unusable answer."
+                };
                 return gateway_error(
                     502,
                     CallbackFailure::TokenEndpoint,
-                    "The identity provider's token endpoint gave an unusable answer.",
+                    page,
                     e.to_string(),
                     clear,
                     &start_again(cfg, &x.login.rd),
@@ -2622,6 +2645,20 @@ fn logout_with(
 }
 
 /// A logout token not taken: the answer the spec asks for, counted and logged with why.
+/// The app answered a back-channel post before its body, the logout token, came (an app that ignores a
+/// request's body): its answer must not reach the client (found in review), and the logout is not taken
+/// in. The IdP is told so (`503`), and the operator how to mend it (found by a black-box test: the app's
+/// `404` reached the IdP, and the logout was lost without a word).
+pub fn backchannel_answered_early() -> Step {
+    logout_refused(
+        503,
+        "temporarily_unavailable",
+        "the app answered before the logout token came: route this path to an upstream that reads the \
+         body first, or buffer it before this filter (README, Back-channel logout)"
+            .into(),
+    )
+}
+
 fn logout_refused(status: u16, error: &str, why: String) -> Step {
     let mut step = json_error(status, error);
     if let Step::Respond(r) = &mut step {
@@ -2849,11 +2886,16 @@ fn is_bearer(value: &str) -> bool {
 /// policy, behind this filter) can answer it. Nor does a browser send `Authorization` on one: found in
 /// review, an `OPTIONS` with a bearer token passed as a preflight, unjudged by the claim rules and by
 /// the bypass-path check, to an app behind a policy that lets `OPTIONS` through.
+/// Nor has one an empty `Access-Control-Request-Method`, or a body (found by a black-box test: both passed
+/// to the app without a session, the body with them).
 fn is_preflight(h: &dyn Headers) -> bool {
     h.get(":method").as_deref() == Some("OPTIONS")
         && h.get("origin").is_some()
-        && h.get("access-control-request-method").is_some()
+        && h.get("access-control-request-method")
+            .is_some_and(|m| !m.is_empty())
         && h.get("authorization").is_none()
+        && h.get("content-length").is_none_or(|l| l == "0")
+        && h.get("transfer-encoding").is_none()
 }
 
 /// A browser navigation: GET or HEAD that wants HTML and is not a script's fetch.
@@ -3097,6 +3139,25 @@ fn gateway_error(
 ) -> Step {
     error_page(status, reason, msg, Some(detail), clear, again)
 }
+
+/// The error codes of an authorization response (RFC 6749 4.1.2.1, OpenID Connect Core 3.1.2.6).
+const IDP_ERRORS: [&str; 15] = [
+    "access_denied",
+    "invalid_request",
+    "unauthorized_client",
+    "unsupported_response_type",
+    "invalid_scope",
+    "server_error",
+    "temporarily_unavailable",
+    "interaction_required",
+    "login_required",
+    "account_selection_required",
+    "consent_required",
+    "invalid_request_uri",
+    "invalid_request_object",
+    "request_not_supported",
+    "request_uri_not_supported",
+];
 
 fn error_page(
     status: u16,

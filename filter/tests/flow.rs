@@ -381,9 +381,15 @@ fn cors_preflights_pass_only_when_configured() {
         preflight.clone().without("access-control-request-method"),
         preflight.clone().without("origin"),
         preflight.clone().with(":method", "GET"),
+        // Found by a black-box test: an empty method, or a body, passed as a preflight.
+        preflight.clone().with("access-control-request-method", ""),
+        preflight.clone().with("content-length", "5"),
+        preflight.clone().with("transfer-encoding", "chunked"),
     ] {
         assert_eq!(respond(f.request(&req)).status, 401, "{req:?}");
     }
+    let fwd = forward(f.request(&preflight.clone().with("content-length", "0")));
+    assert_eq!(fwd.metric, Some(Metric::Bypass));
     // Nor one with a bearer token, which browsers never put on a preflight: judged as any bearer request
     // (found in review: it passed as a preflight, unjudged by the claim rules and the bypass-path check).
     let mut f = Filter::ready(config(json!({"pass_cors_preflight": true,
@@ -1349,6 +1355,36 @@ fn an_error_from_the_idp_is_400_and_clears_the_attempt() {
     assert!(!r.body.contains("<script"), "{}", r.body);
 }
 
+/// Found by a black-box test: anyone can send a link to the callback with an `error` of their own words,
+/// which the gateway's page showed as the site's ("Your_account_is_locked_call_support_at_…"). The page
+/// names only the codes OAuth and OpenID Connect define; the log line keeps what came.
+#[test]
+fn the_callback_page_names_only_the_error_codes_oauth_defines() {
+    let mut f = ready();
+    for (error, shown) in [
+        ("login_required", true),
+        ("temporarily_unavailable", true),
+        ("Your_account_is_locked_call_support", false),
+        ("access_deniedx", false),
+    ] {
+        let l = start_login(&mut f, "");
+        let q = format!("/oauth2/callback?error={error}&state={}", l.state);
+        for req in [
+            Req::browser(&q).with("cookie", &l.cookie()),
+            Req::browser(&q),
+        ] {
+            let r = respond(f.request(&req));
+            assert_callback_failed(&r, 400, CallbackFailure::IdpError);
+            assert_eq!(r.body.contains(error), shown, "{error}: {}", r.body);
+            assert!(r.body.contains("did not log you in"), "{}", r.body);
+            assert_eq!(
+                r.detail.as_deref(),
+                Some(format!("the IdP answered error={error}").as_str())
+            );
+        }
+    }
+}
+
 #[test]
 fn invalid_grant_is_400() {
     let mut f = ready();
@@ -1391,6 +1427,15 @@ fn unusable_token_endpoint_answers_are_502() {
         let r = callback_with_reply(&mut f, |_| Some((status, body.to_vec())));
         assert_callback_failed(&r, 502, CallbackFailure::TokenEndpoint);
         assert_eq!(r.detail.as_deref(), Some(detail));
+        // Found by a black-box test: an IdP Envoy could not reach (its `503`) was said to have answered.
+        let unreached = "could not be reached, or failed";
+        assert_eq!(r.body.contains(unreached), status >= 500, "{}", r.body);
+        assert_eq!(
+            r.body.contains("gave an unusable answer"),
+            status < 500,
+            "{}",
+            r.body
+        );
     }
 }
 
@@ -3568,7 +3613,14 @@ fn logout_sent_by_another_site_asks_first_and_ends_nothing_until_confirmed() {
     let (jar, id_token) = log_in(&mut f, None);
     let _ = forward(f.request(&Req::browser("/").cookies(&jar)));
     assert_eq!(f.state.cache.len(), 1);
-    for site in ["cross-site", "same-site"] {
+    // Said by Fetch Metadata, or by `Origin` where a browser sends none (found by a black-box test:
+    // another site's form logged out at once there).
+    for (header_name, site) in [
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+        ("origin", "https://evil.example"),
+        ("origin", "null"),
+    ] {
         // A link, a form or an image on another site: GET or POST, the same page.
         for method in ["GET", "POST"] {
             let r = respond(
@@ -3576,7 +3628,7 @@ fn logout_sent_by_another_site_asks_first_and_ends_nothing_until_confirmed() {
                     &Req::browser("/logout")
                         .with(":method", method)
                         .with(":authority", "app.example.com\"><script>")
-                        .with("sec-fetch-site", site)
+                        .with(header_name, site)
                         .cookies(&jar),
                 ),
             );
@@ -3605,13 +3657,19 @@ fn logout_sent_by_another_site_asks_first_and_ends_nothing_until_confirmed() {
     assert_eq!(f.state.cache.len(), 1);
 
     // The page's button posts from this site: the logout goes ahead. So does a link on this site, an
-    // address typed by the user, and a client that sends no Fetch Metadata.
-    for site in [Some("same-origin"), Some("none"), None] {
+    // address typed by the user, and a client that sends no Fetch Metadata (with this site's `Origin`,
+    // or none).
+    for site in [
+        Some(("sec-fetch-site", "same-origin")),
+        Some(("sec-fetch-site", "none")),
+        Some(("origin", "https://app.example.com")),
+        None,
+    ] {
         let mut req = Req::browser("/logout")
             .with(":method", "POST")
             .cookies(&jar);
-        if let Some(s) = site {
-            req = req.with("sec-fetch-site", s);
+        if let Some((name, value)) = site {
+            req = req.with(name, value);
         }
         let r = respond(f.request(&req));
         assert_eq!(r.status, 302, "{site:?}");
@@ -3650,6 +3708,12 @@ fn a_prefetch_of_logout_asks_first_and_ends_nothing() {
         // `<link rel=prefetch>`, `<img>`.
         Req::browser("/logout")
             .with("sec-fetch-mode", "no-cors")
+            .with("sec-fetch-site", "same-origin"),
+        // Found by a black-box test: `<iframe src=/logout>` on a page of the site's own (one a user
+        // wrote: a wiki's, a dashboard's) logged out whoever viewed it.
+        Req::browser("/logout")
+            .with("sec-fetch-mode", "navigate")
+            .with("sec-fetch-dest", "iframe")
             .with("sec-fetch-site", "same-origin"),
     ];
     for req in fetched {

@@ -107,6 +107,10 @@ pub struct EnvoySite {
     /// `meshConfig.pathNormalization: DECODE_AND_MERGE_SLASHES` as istiod renders it
     /// ([`decode_and_merge_slashes`]); `null`: the harness's own (Istio's default, `BASE`).
     pub hcm_overrides: Value,
+    /// A path whose requests Envoy buffers whole before the Wasm filter ([`backchannel_buffer`] first in
+    /// the chain, turned on by a route of its own), as the README's `EnvoyFilter` does for the
+    /// back-channel path; `None`: none.
+    pub buffered_path: Option<String>,
     /// Merge patch over the Wasm filter's `PluginConfig` (its `config`), e.g.
     /// `allow_on_headers_stop_iteration`, which Istio's `WasmPlugin` cannot set; `null`: none.
     pub plugin_overrides: Value,
@@ -207,6 +211,7 @@ impl EnvoySite {
             jwt_issuers,
             ecds: None,
             hcm_overrides: Value::Null,
+            buffered_path: None,
             plugin_overrides: Value::Null,
             clusters: Vec::new(),
             wasm_path: None,
@@ -299,6 +304,35 @@ pub fn env_var_names(filter_config: &Value) -> Vec<String> {
     out
 }
 
+/// The name of the buffer filter [`EnvoySite::buffered_path`] puts first.
+pub const BACKCHANNEL_BUFFER: &str = "oidc-filter-backchannel-buffer";
+
+/// Envoy's buffer filter, off but where a route turns it on ([`buffered_route`]), put before the Wasm
+/// filter: the back-channel path's posts then reach the filter whole, before anything goes on to the app.
+/// As the README's `EnvoyFilter` renders it (its first patch).
+pub fn backchannel_buffer() -> Value {
+    json!({
+        "name": BACKCHANNEL_BUFFER,
+        "disabled": true,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+            "max_request_bytes": 65536,
+        },
+    })
+}
+
+/// What the README's `EnvoyFilter` adds to the route of `path` (its second patch): the buffer on.
+pub fn buffered_route_config() -> Value {
+    json!({
+        "typed_per_filter_config": {
+            BACKCHANNEL_BUFFER: {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+                "buffer": { "max_request_bytes": 65536 },
+            },
+        },
+    })
+}
+
 /// The Istio name of the cluster for `url`'s host and port: `outbound|PORT||HOST`.
 pub fn cluster_name(url: &str) -> Result<String> {
     let (_, host, port) = split_url(url)?;
@@ -361,7 +395,23 @@ impl EnvoyConfig {
     }
 
     fn listener(&self, site: &EnvoySite, idp_cluster: &str) -> Result<Value> {
-        let mut http_filters = vec![self.wasm_filter(site)?];
+        let mut http_filters: Vec<Value> = site
+            .buffered_path
+            .iter()
+            .map(|_| backchannel_buffer())
+            .collect();
+        http_filters.push(self.wasm_filter(site)?);
+        let app_route = json!({ "cluster": app_cluster_name(self.app_port), "timeout": "15s" });
+        let mut routes: Vec<Value> = site
+            .buffered_path
+            .iter()
+            .map(|path| {
+                let mut route = json!({ "match": { "path": path }, "route": app_route });
+                crate::merge_json(&mut route, &buffered_route_config());
+                route
+            })
+            .collect();
+        routes.push(json!({ "match": { "prefix": "/" }, "route": app_route }));
         if site.istio_authn {
             http_filters.push(self.jwt_authn(site, idp_cluster)?);
             http_filters.push(rbac_filter(
@@ -389,10 +439,7 @@ impl EnvoyConfig {
                 "virtual_hosts": [{
                     "name": site.name,
                     "domains": ["*"],
-                    "routes": [{
-                        "match": { "prefix": "/" },
-                        "route": { "cluster": app_cluster_name(self.app_port), "timeout": "15s" },
-                    }],
+                    "routes": routes,
                 }],
             },
             "http_filters": http_filters,

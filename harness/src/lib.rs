@@ -349,6 +349,8 @@ pub struct SiteSpec {
     /// Merge patch over the listener's `HttpConnectionManager` (see
     /// [`envoy::EnvoySite::hcm_overrides`]).
     pub hcm_overrides: Value,
+    /// A path Envoy buffers whole before the filter (see [`envoy::EnvoySite::buffered_path`]).
+    pub buffered_path: Option<String>,
     /// Merge patch over the Wasm filter's `PluginConfig` (see
     /// [`envoy::EnvoySite::plugin_overrides`]).
     pub plugin_overrides: Value,
@@ -374,6 +376,7 @@ impl SiteSpec {
             shared_vm: None,
             ecds: false,
             hcm_overrides: Value::Null,
+            buffered_path: None,
             plugin_overrides: Value::Null,
             clusters: Vec::new(),
             issuer_suffix: String::new(),
@@ -681,6 +684,7 @@ impl Stack {
             site.istio_authn = s.istio_authn;
             site.shared_vm = s.shared_vm.clone();
             site.hcm_overrides = s.hcm_overrides.clone();
+            site.buffered_path = s.buffered_path.clone();
             site.plugin_overrides = s.plugin_overrides.clone();
             site.clusters = s.clusters.clone();
             if s.ecds {

@@ -120,10 +120,15 @@ fn stack() -> &'static Stack {
                     .filter(json!({"refresh_margin": format!("{}s", AHEAD_TTL / 2)}))
                     .idp_client(json!({"id_token_ttl": AHEAD_TTL})),
             );
+        // Back-channel posts buffered before the filter, as the README's `EnvoyFilter` does.
+        let buffered = SiteSpec {
+            buffered_path: Some(BACKCHANNEL.into()),
+            ..SiteSpec::new("buffered").filter(json!({"backchannel_logout_path": BACKCHANNEL}))
+        };
         let spec = StackSpec {
             extra_idps: 2,
             extra_idps_ahead: vec![0, IDP_AHEAD],
-            ..StackSpec::new("beyond", vec![multi, strict, open, shared, ahead])
+            ..StackSpec::new("beyond", vec![multi, strict, open, shared, ahead, buffered])
         };
         let stack = Stack::start(spec).unwrap();
         // Generous: on a loaded machine the first discovery fetches can fail while Envoy warms up,
@@ -1134,6 +1139,56 @@ fn an_apps_answer_before_the_backchannel_body_never_reaches_the_client() {
     // ...but the client gets the filter's answer, not the app's.
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(!answer.contains("early"), "{answer}");
+    // And the operator is told why the logout was not taken in.
+    let line =
+        "back-channel logout refused, answered 503: the app answered before the logout token came";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !stack().envoy_log().unwrap().contains(line) {
+        assert!(std::time::Instant::now() < deadline, "no line: {line}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// With the back-channel path buffered before the filter (the README's `EnvoyFilter`), a post whose body
+/// comes late reaches the filter whole: it is judged on its logout token, and nothing of it goes on to the
+/// app, which would have answered first.
+#[test]
+fn a_buffered_backchannel_post_is_judged_whole_before_the_app_sees_it() {
+    use std::io::{Read as _, Write as _};
+    let port = site("buffered").port;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let id = format!("backchannel-buffered-{}", std::process::id());
+    write!(
+        conn,
+        "POST {BACKCHANNEL} HTTP/1.1\r\nhost: localhost:{port}\r\nx-echo-early: 1\r\n\
+         x-echo-record: {id}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+         transfer-encoding: chunked\r\n\r\n5\r\nlogou\r\n"
+    )
+    .unwrap();
+    // The rest of the body a while later.
+    std::thread::sleep(Duration::from_millis(300));
+    write!(conn, "e\r\nt_token=a.b.c\r\n0\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 400", "{}", String::from_utf8_lossy(&head));
+    assert!(
+        stack().app_record(&id, Duration::from_secs(2)).is_err(),
+        "the app saw the back-channel post"
+    );
+    // Another path of the site is not buffered: the app answers it at once, before its body.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        conn,
+        "POST /healthz HTTP/1.1\r\nhost: localhost:{port}\r\nx-echo-early: 1\r\n\
+         transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    )
+    .unwrap();
+    conn.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
 }
 
 /// An HTTP/2 back-channel post whose body ends with trailers: were the trailers let through, Envoy would

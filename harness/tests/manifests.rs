@@ -870,6 +870,45 @@ fn the_deploy_guide_snippets_match_the_crds() {
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
 
+/// The README's `EnvoyFilter` for the back-channel path adds what the harness's Envoy runs in `beyond.rs`
+/// (the buffer filter, off, and the route that turns it on), and its route is the VirtualService's.
+const BUFFER: &str = harness::envoy::BACKCHANNEL_BUFFER;
+
+#[test]
+fn the_readme_backchannel_buffer_is_the_one_tested() {
+    let text = fs::read_to_string(root().join("README.md")).unwrap();
+    let docs: Vec<Value> = text
+        .split("```yaml\n")
+        .skip(1)
+        .flat_map(|b| yaml_docs(b.split("```").next().unwrap_or_default(), "README.md"))
+        .collect();
+    let filter = docs
+        .iter()
+        .find(|d| d["kind"] == "EnvoyFilter" && d["metadata"]["name"] == BUFFER)
+        .expect("the README's EnvoyFilter");
+    let patches = filter["spec"]["configPatches"].as_array().unwrap();
+    assert_eq!(patches.len(), 2);
+    assert_eq!(patches[0]["patch"]["operation"], "INSERT_FIRST");
+    assert_eq!(
+        patches[0]["patch"]["value"],
+        harness::envoy::backchannel_buffer()
+    );
+    assert_eq!(patches[1]["patch"]["operation"], "MERGE");
+    assert_eq!(
+        patches[1]["patch"]["value"],
+        harness::envoy::buffered_route_config()
+    );
+    let route = patches[1]["match"]["routeConfiguration"]["vhost"]["route"]["name"].clone();
+    let vs = docs
+        .iter()
+        .find(|d| d["kind"] == "VirtualService" && d["spec"]["http"][0]["name"] == route)
+        .expect("a VirtualService naming the route");
+    assert_eq!(
+        vs["spec"]["http"][0]["match"][0]["uri"]["exact"],
+        "/oauth2/backchannel-logout"
+    );
+}
+
 /// The validator is only worth its green if it goes red where the API server would.
 #[test]
 fn the_validator_rejects_what_the_api_server_would() {
