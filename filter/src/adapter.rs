@@ -868,7 +868,8 @@ impl Http {
 
     /// `held_until`: the deadline of a request held before.
     fn headers_read(&mut self, end_of_stream: bool, held_until: Option<u64>) -> Action {
-        let headers = request_headers();
+        let mut headers = request_headers();
+        headers.body_follows = !end_of_stream;
         let action = self.on_headers(&headers, end_of_stream, held_until);
         host::recycle_header_buffer(headers.into_bytes());
         action
@@ -1007,10 +1008,18 @@ impl Http {
 
     /// The response's headers: add the cookies the request's step set.
     pub fn on_response_headers(&mut self) -> Action {
-        // A back-channel post's headers went on while the filter waits for its body, and the app answered
-        // before it came (one that ignores a body: a catch-all, a stream): that answer to an anonymous
-        // request must not reach the client (found in review). The logout token is not read: `503`.
-        if self.reading_body {
+        // A back-channel post's headers went on while the filter waits for its body, and an answer came
+        // before it (the app's, one that ignores a body: a catch-all, a stream; or Envoy's: no route, no
+        // healthy upstream): that answer to an anonymous request must not reach the client (found in
+        // review). The logout token is not read: `503`.
+        // So too while it fetches the keys the logout token needs (found in review: the body had come, and
+        // the app's answer went out during the fetch). The fetch goes on: its answer is taken in without
+        // the request (`on_orphaned_call_response`).
+        let fetching_keys = self
+            .pending
+            .as_ref()
+            .is_some_and(|(_, p)| matches!(**p, Pending::LogoutJwks(..)));
+        if self.reading_body || fetching_keys {
             self.reading_body = false;
             return self.run(flow::backchannel_answered_early(), None);
         }

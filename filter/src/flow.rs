@@ -57,6 +57,12 @@ pub trait Headers {
     fn cookie(&self) -> Option<Cow<'_, str>> {
         self.get("cookie")
     }
+
+    /// Whether a body follows the headers (they did not end the stream): of HTTP/2 and HTTP/3 requests,
+    /// which carry no `content-length` or `transfer-encoding`, only the host knows.
+    fn body_follows(&self) -> bool {
+        false
+    }
 }
 
 impl Headers for crate::headers::HeaderBlock {
@@ -70,6 +76,10 @@ impl Headers for crate::headers::HeaderBlock {
 
     fn cookie(&self) -> Option<Cow<'_, str>> {
         crate::headers::HeaderBlock::cookie(self)
+    }
+
+    fn body_follows(&self) -> bool {
+        self.body_follows
     }
 }
 
@@ -151,6 +161,8 @@ pub struct CodeExchange {
     login: LoginState,
     login_cookie: String,
     stale_chunks: Vec<String>,
+    /// When the IdP was asked (see [`State::saw_idp_clock`]).
+    asked_at: u64,
 }
 
 pub struct RefreshJob {
@@ -165,6 +177,9 @@ pub struct RefreshJob {
     form_page: Option<Box<str>>,
     cookie: Option<Option<String>>,
     present_chunks: Vec<String>,
+    /// When the IdP was asked, or before (see [`State::saw_idp_clock`]); 32 bits (until 2106), so the job
+    /// stays as small.
+    asked_at: u32,
 }
 
 impl RefreshJob {
@@ -399,10 +414,13 @@ impl State {
         self.idp_answered = true;
     }
 
-    /// An ID token the IdP issued at `iat` arrived at `now`: how far ahead its clock runs (see
-    /// [`State::idp_ahead`]).
-    fn saw_idp_clock(&mut self, iat: u64, now: u64, leeway: u64) {
-        let secs = Ahead::within(iat.abs_diff(now), iat >= now, leeway);
+    /// An ID token the IdP issued at `iat`, asked for at `asked` (or before), arrived at `now`: how far
+    /// ahead its clock runs (see [`State::idp_ahead`]). Against the time of asking, as the IdP issued it
+    /// no earlier: the reading is never less than how far ahead it runs, however long the answer took
+    /// (found in review: against the arrival, a token issued at the end of a second read an IdP in step
+    /// as a second behind, and a `/logout` dated by it missed a renewal of that second).
+    fn saw_idp_clock(&mut self, iat: u64, asked: u64, now: u64, leeway: u64) {
+        let secs = Ahead::within(iat.abs_diff(asked), iat >= asked, leeway);
         self.idp_ahead = self.idp_ahead.and(Ahead { secs, seen: now });
     }
 }
@@ -843,6 +861,7 @@ fn with_session(
                 .map(String::into_boxed_str),
             cookie,
             present_chunks: session::chunk_names(&cfg.cookie_name, header),
+            asked_at: u32::try_from(now).unwrap_or(u32::MAX),
         })),
     ))
 }
@@ -1579,6 +1598,7 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
             login,
             login_cookie,
             stale_chunks,
+            asked_at: env.now,
         })),
     )
 }
@@ -1589,8 +1609,10 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
 #[inline(never)]
 fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
     // A browser without Fetch Metadata says so by `Origin` on a POST (found by a black-box test: another
-    // site's form logged out at once there).
-    let another_site = posted_from_another_site(h);
+    // site's form logged out at once there); not by `Origin: null`, which such a browser also sends for
+    // the site's own form under `Referrer-Policy: no-referrer`, and whose user then could never log out.
+    let another_site = from_another_site(h)
+        || (posted_from_another_site(h) && h.get("origin").as_deref() != Some("null"));
     if another_site || not_opened(h) {
         return confirm_logout(cfg, h, another_site);
     }
@@ -1903,7 +1925,7 @@ fn finish_login(
     };
     let claims = match id_token::verify(id_token.expose(), &provider.jwks, &expected) {
         Ok(c) => {
-            state.saw_idp_clock(c.iat, env.now, cfg.clock_leeway);
+            state.saw_idp_clock(c.iat, x.asked_at, env.now, cfg.clock_leeway);
             c
         }
         Err(e)
@@ -2112,7 +2134,8 @@ fn finish_refresh(
             match id_token::verify(t.expose(), &provider.jwks, &expected) {
                 // OIDC Core 12.2: a refreshed ID token must name the same user, for the same parties.
                 Ok(c) if c.sub == old.sub => {
-                    state.saw_idp_clock(c.iat, env.now, cfg.clock_leeway);
+                    let asked = u64::from(job.asked_at);
+                    state.saw_idp_clock(c.iat, asked, env.now, cfg.clock_leeway);
                     match unlike_login(&c.all, &old.id_token, cfg.clock_leeway) {
                         None => {
                             let kept = c.sid.is_none().then(|| job.session.sid.clone()).flatten();
@@ -2644,21 +2667,24 @@ fn logout_with(
     }
 }
 
-/// A logout token not taken: the answer the spec asks for, counted and logged with why.
-/// The app answered a back-channel post before its body, the logout token, came (an app that ignores a
-/// request's body): its answer must not reach the client (found in review), and the logout is not taken
-/// in. The IdP is told so (`503`), and the operator how to mend it (found by a black-box test: the app's
-/// `404` reached the IdP, and the logout was lost without a word).
+/// An answer came to a back-channel post before the filter answered it (the app's, one that ignores a
+/// request's body; or Envoy's: no route, no healthy upstream): it must not reach the client (found in
+/// review), and the logout is not taken in, unless the keys it waited for come. The IdP is told so
+/// (`503`), and the operator how to mend it (found by a black-box test: the app's `404` reached the IdP,
+/// and the logout was lost without a word).
 pub fn backchannel_answered_early() -> Step {
     logout_refused(
         503,
         "temporarily_unavailable",
-        "the app answered before the logout token came: route this path to an upstream that reads the \
-         body first, or buffer it before this filter (README, Back-channel logout)"
+        "an answer came before the logout token was taken in (the app's, or Envoy's: no route or no \
+         healthy upstream): route this path to an upstream that reads the body first, or buffer it \
+         before this filter (README, Back-channel logout)"
             .into(),
     )
 }
 
+/// A logout token not taken: the answer the spec asks for (`status` with `{"error": ERROR}`), counted and
+/// logged with why.
 fn logout_refused(status: u16, error: &str, why: String) -> Step {
     let mut step = json_error(status, error);
     if let Step::Respond(r) = &mut step {
@@ -2887,13 +2913,15 @@ fn is_bearer(value: &str) -> bool {
 /// review, an `OPTIONS` with a bearer token passed as a preflight, unjudged by the claim rules and by
 /// the bypass-path check, to an app behind a policy that lets `OPTIONS` through.
 /// Nor has one an empty `Access-Control-Request-Method`, or a body (found by a black-box test: both passed
-/// to the app without a session, the body with them).
+/// to the app without a session, the body with them; and by a review, an HTTP/2 body, which no header
+/// announces).
 fn is_preflight(h: &dyn Headers) -> bool {
     h.get(":method").as_deref() == Some("OPTIONS")
         && h.get("origin").is_some()
         && h.get("access-control-request-method")
             .is_some_and(|m| !m.is_empty())
         && h.get("authorization").is_none()
+        && !h.body_follows()
         && h.get("content-length").is_none_or(|l| l == "0")
         && h.get("transfer-encoding").is_none()
 }
@@ -2908,7 +2936,7 @@ fn is_browser(h: &dyn Headers) -> bool {
 /// A navigation inside a frame (Fetch Metadata's `Sec-Fetch-Dest`).
 fn in_frame(h: &dyn Headers) -> bool {
     h.get("sec-fetch-dest")
-        .is_some_and(|d| matches!(&*d, "iframe" | "frame" | "embed" | "object"))
+        .is_some_and(|d| matches!(&*d, "iframe" | "frame" | "fencedframe" | "embed" | "object"))
 }
 
 /// Asks for HTML and is not an `XMLHttpRequest`.
@@ -3141,7 +3169,7 @@ fn gateway_error(
 }
 
 /// The error codes of an authorization response (RFC 6749 4.1.2.1, OpenID Connect Core 3.1.2.6).
-const IDP_ERRORS: [&str; 15] = [
+const IDP_ERRORS: [&str; 16] = [
     "access_denied",
     "invalid_request",
     "unauthorized_client",
@@ -3157,6 +3185,7 @@ const IDP_ERRORS: [&str; 15] = [
     "invalid_request_object",
     "request_not_supported",
     "request_uri_not_supported",
+    "registration_not_supported",
 ];
 
 fn error_page(

@@ -26,6 +26,8 @@ pub struct HeaderBlock {
     /// A bit for each name's length (lengths from 63 on share the last): with `names`, it tells most
     /// requests apart from a name they do not carry at the cost of one more test ([`HeaderBlock::may_carry`]).
     lengths: u64,
+    /// A body follows these headers (they did not end the stream): the adapter says so.
+    pub body_follows: bool,
 }
 
 impl HeaderBlock {
@@ -81,6 +83,7 @@ impl HeaderBlock {
             more_cookies,
             names,
             lengths,
+            body_follows: false,
         })
     }
 
@@ -97,6 +100,7 @@ impl HeaderBlock {
             path: None,
             cookie: None,
             more_cookies: false,
+            body_follows: false,
             names: 0,
             lengths: 0,
         }

@@ -1131,6 +1131,72 @@ fn a_logout_kept_by_its_user_with_the_idp_clock_behind_lets_the_next_login_in() 
     );
 }
 
+/// Found in review: read against a token's arrival, an IdP whose clock is in step with the gateway's read
+/// a second behind when its answer came in the second after it issued the token; a `/logout` kept by its
+/// user on that worker was dated a second early, and a renewal another worker did in that second outlived
+/// it. Read against the time the IdP was asked, the reading is never below the IdP's true offset.
+#[test]
+fn a_slow_answer_does_not_read_an_idp_in_step_as_behind() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let t = NOW + 100;
+    a.now = t;
+    let jar = log_in_at(&mut a, Some("rt-1"), t);
+    // On B, a login asked in second t - 1, its token issued in that second, the answer in second t.
+    b.now = t - 1;
+    let login = start_login(&mut b, "?rd=/app");
+    let (_, pending) = call(b.request(&login.callback("code-1", &Jar::default())));
+    b.now = t;
+    let mut c = claims(Some(&login.nonce));
+    c["iat"] = (t - 1).into();
+    c["exp"] = (t + 3599).into();
+    let body = token_body(Some(&mint(&c)), Some("rt-x"));
+    let _ = respond(b.reply(pending, Some((200, &body))));
+    assert_eq!(b.state.idp_ahead.secs, 0);
+    for f in [&mut a, &mut b] {
+        fill_users_share(&mut f.state.revoked, NOW - 100, 36_000);
+        f.now = t + 3545;
+    }
+    // A renews in second T (its token dated T); in that second, before B takes in A's reading, the user
+    // logs out on B with the cookie from before the renewal.
+    let (_, pending) = call(a.request(&Req::api("/poll").cookies(&jar)));
+    let body = token_body(Some(&mint(&refreshed_claims(a.now))), Some("rt-2"));
+    let fwd = forward(a.reply(pending, Some((200, &body))));
+    let mut renewed = jar.clone();
+    renewed.apply(fwd.set_cookies.iter().map(String::as_str));
+    let r = respond(b.request(&Req::browser("/logout").cookies(&jar)));
+    assert_eq!(r.metric, Some(Metric::Logout));
+    let ended = b.state.revoked.clone();
+    a.state.revoked.merge(&ended);
+    assert!(
+        !stands(&mut a, &renewed),
+        "the renewal of the logout's second"
+    );
+    assert!(!stands(&mut a, &jar), "the logged-out cookie");
+
+    // A renewal's answer, the same (an hour after the login's reading, which then no longer stands).
+    let mut f = Filter::ready(config(serde_json::json!({})));
+    f.now = t;
+    let (jar, _) = log_in_with(&mut f, Some("rt-1"), |n| {
+        let mut c = claims(Some(n));
+        c["iat"] = t.into();
+        c["exp"] = (t + 3650).into();
+        mint(&c)
+    });
+    f.now = t + 3600;
+    let (_, pending) = call(f.request(&Req::api("/poll").cookies(&jar)));
+    f.now += 1;
+    let body = token_body(Some(&mint(&refreshed_claims(t + 3600))), Some("rt-2"));
+    let _ = forward(f.reply(pending, Some((200, &body))));
+    assert_eq!(
+        f.state.idp_ahead,
+        flow::Ahead {
+            secs: 0,
+            seen: t + 3601
+        }
+    );
+}
+
 /// Found in review: how far the IdP's clock runs ahead was a maximum kept for ever (in the workers'
 /// shared data too, which outlives a VM): an IdP whose clock once ran 60 s ahead and was set right left
 /// every later `/logout` kept by its user dated 60 s late, and the user's login again within that minute

@@ -307,8 +307,8 @@ pub fn env_var_names(filter_config: &Value) -> Vec<String> {
 /// The name of the buffer filter [`EnvoySite::buffered_path`] puts first.
 pub const BACKCHANNEL_BUFFER: &str = "oidc-filter-backchannel-buffer";
 
-/// Envoy's buffer filter, off but where a route turns it on ([`buffered_route`]), put before the Wasm
-/// filter: the back-channel path's posts then reach the filter whole, before anything goes on to the app.
+/// Envoy's buffer filter, off but where a route turns it on ([`buffered_route_config`]), put before the Wasm
+/// filter: the back-channel path's posts then reach the filter whole, answered before the app can answer.
 /// As the README's `EnvoyFilter` renders it (its first patch).
 pub fn backchannel_buffer() -> Value {
     json!({

@@ -1140,8 +1140,8 @@ fn an_apps_answer_before_the_backchannel_body_never_reaches_the_client() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(!answer.contains("early"), "{answer}");
     // And the operator is told why the logout was not taken in.
-    let line =
-        "back-channel logout refused, answered 503: the app answered before the logout token came";
+    let line = "back-channel logout refused, answered 503: an answer came before the logout token \
+                was taken in";
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !stack().envoy_log().unwrap().contains(line) {
         assert!(std::time::Instant::now() < deadline, "no line: {line}");
@@ -1149,9 +1149,75 @@ fn an_apps_answer_before_the_backchannel_body_never_reaches_the_client() {
     }
 }
 
+/// Found in review: the app's answer was replaced only while the body was awaited; a logout token with a
+/// `kid` the worker has not fetched makes the filter fetch the keys once the body has come, and an app
+/// that answers at the headers answered during that fetch, its answer sent on. Replaced now too. (The
+/// keys are fetched through a proxy that delays them; a fetch for a logout token is made at most every
+/// 30 s per worker, so a post that found it spent is made again.)
+#[test]
+fn an_apps_answer_during_a_backchannel_key_fetch_never_reaches_the_client() {
+    use base64::Engine as _;
+    use std::io::{Read as _, Write as _};
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let port = site("multi").port;
+    let line = "back-channel logout refused, answered 503: an answer came before the logout token";
+    let _slow = stack().idp_proxy().fault(harness::proxy::Mode::delay_for(
+        "/jwks",
+        Duration::from_millis(1500),
+    ));
+    for attempt in 0.. {
+        let token = format!(
+            "{}.{}.{}",
+            b64(&format!(
+                r#"{{"alg":"RS256","kid":"unknown-{}-{attempt}"}}"#,
+                std::process::id()
+            )),
+            b64(r#"{"iss":"x"}"#),
+            b64("sig")
+        );
+        let body = format!("logout_token={token}");
+        let seen = stack().envoy_log().unwrap().matches(line).count();
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // Headers and body in one write: the body is there at once, the keys are not.
+        write!(
+            conn,
+            "POST {BACKCHANNEL} HTTP/1.1\r\nhost: {WIKI}:{port}\r\nx-echo-early: 1\r\n\
+             content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = conn.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            !answer.contains("early"),
+            "the app's answer went on: {answer}"
+        );
+        // (Envoy writes its log out within a few seconds.)
+        let logged = harness::process::poll(Duration::from_secs(15), || {
+            Ok((stack().envoy_log()?.matches(line).count() > seen).then_some(()))
+        });
+        if logged.is_ok() {
+            break;
+        }
+        // This worker's fetch for logout tokens was spent by another test: the filter answered
+        // before the app did. Again, once it is free.
+        assert!(
+            attempt < 2,
+            "no post met the app's answer during a key fetch"
+        );
+        std::thread::sleep(Duration::from_secs(31));
+    }
+}
+
 /// With the back-channel path buffered before the filter (the README's `EnvoyFilter`), a post whose body
-/// comes late reaches the filter whole: it is judged on its logout token, and nothing of it goes on to the
-/// app, which would have answered first.
+/// comes late reaches the filter whole: it is judged on its logout token, answered before the app, which
+/// answers at once, can answer. (The app may still be shown its headers, as the filter lets them go on
+/// before it reads the body: Envoy then resets that request.)
 #[test]
 fn a_buffered_backchannel_post_is_judged_whole_before_the_app_sees_it() {
     use std::io::{Read as _, Write as _};
@@ -1159,11 +1225,10 @@ fn a_buffered_backchannel_post_is_judged_whole_before_the_app_sees_it() {
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let id = format!("backchannel-buffered-{}", std::process::id());
     write!(
         conn,
         "POST {BACKCHANNEL} HTTP/1.1\r\nhost: localhost:{port}\r\nx-echo-early: 1\r\n\
-         x-echo-record: {id}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+         content-type: application/x-www-form-urlencoded\r\n\
          transfer-encoding: chunked\r\n\r\n5\r\nlogou\r\n"
     )
     .unwrap();
@@ -1173,10 +1238,6 @@ fn a_buffered_backchannel_post_is_judged_whole_before_the_app_sees_it() {
     let mut head = [0u8; 12];
     conn.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 400", "{}", String::from_utf8_lossy(&head));
-    assert!(
-        stack().app_record(&id, Duration::from_secs(2)).is_err(),
-        "the app saw the back-channel post"
-    );
     // Another path of the site is not buffered: the app answers it at once, before its body.
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10)))

@@ -1338,6 +1338,31 @@ fn cors_preflights_reach_the_app_when_configured() {
         .request("OPTIONS", &site("main").url("/api/items"), &preflight, None)
         .unwrap();
     assert_json_401(&r);
+
+    // Found in review: over HTTP/2 a body needs neither `content-length` nor `transfer-encoding`, and an
+    // `OPTIONS` shaped as a preflight took its body to the app. No preflight has one: the filter's 401.
+    let file = stack().dir().join("options-body.txt");
+    std::fs::write(&file, "action=delete-everything").unwrap();
+    let out = std::process::Command::new("nghttp")
+        .args(["-v", "--no-content-length", "-H", ":method: OPTIONS"])
+        .args(["-H", "origin: https://spa.example.com"])
+        .args(["-H", "access-control-request-method: PUT", "-d"])
+        .arg(&file)
+        .arg(site("cors").url("/api/items"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("send DATA frame"), "{out}");
+    let status: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("] recv (stream_id=") && l.contains(") :status: "))
+        .collect();
+    assert_eq!(status.len(), 1, "{out}");
+    assert!(status[0].ends_with(":status: 401"), "{out}");
+    assert!(
+        !out.contains("delete-everything\""),
+        "the app got the body: {out}"
+    );
 }
 
 // 8. Bypass.

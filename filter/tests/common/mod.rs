@@ -211,6 +211,11 @@ impl Headers for Req {
             .get(name)
             .map(|v| std::borrow::Cow::Borrowed(v.as_str()))
     }
+
+    /// A request made with `.with(":body", "")`: its headers do not end the stream.
+    fn body_follows(&self) -> bool {
+        self.0.contains_key(":body")
+    }
 }
 
 /// A browser's cookies: `Set-Cookie` values applied in order, `Max-Age=0` deletes.
