@@ -459,4 +459,44 @@ mod tests {
         assert!(glob(b"*@*.example.com", b"bob@mail.example.com"));
         assert!(!glob(b"*a", b"bbbb"));
     }
+
+    /// Found by mutation testing: the bounds of a rule (nesting, pattern length) and of a header value
+    /// were not proven exact, an empty claim name or an `equals` of `null` not proven refused, and a tab
+    /// or a UTF-8 byte 0x80 inside a value not proven kept.
+    #[test]
+    fn rule_and_header_bounds_are_exact() {
+        let nested = |depth: usize| {
+            let mut rule = json!({"claim": "sub", "equals": "alice"});
+            for _ in 0..depth {
+                rule = json!({ "all_of": [rule] });
+            }
+            parse_rule(&from_serde(&rule), 0)
+        };
+        assert!(nested(MAX_DEPTH).is_ok());
+        assert_eq!(nested(MAX_DEPTH + 1), Err("rules nest too deeply".into()));
+        let pattern = |n: usize| {
+            parse_rule(
+                &from_serde(&json!({"claim": "email", "matches": "*".repeat(n)})),
+                0,
+            )
+        };
+        assert!(pattern(256).is_ok());
+        assert!(pattern(257).unwrap_err().contains("at most 256 bytes"));
+        assert!(
+            parse_rule(&from_serde(&json!({"claim": "", "equals": "x"})), 0)
+                .unwrap_err()
+                .contains("a rule needs")
+        );
+        assert!(
+            parse_rule(&from_serde(&json!({"claim": "x", "equals": null})), 0)
+                .unwrap_err()
+                .contains("`equals` takes a string, number or boolean")
+        );
+
+        let value = |s: &str| header_value(&from_serde(&json!(s)));
+        assert_eq!(value(&"a".repeat(8192)).map(|v| v.len()), Some(8192));
+        assert_eq!(value(&"a".repeat(8193)), None);
+        assert_eq!(value("a\tb").as_deref(), Some("a\tb"));
+        assert_eq!(value("\u{c0}lice").as_deref(), Some("\u{c0}lice"));
+    }
 }

@@ -3453,4 +3453,196 @@ mod tests {
             assert_eq!(c.post_logout_redirect_uri.as_deref(), Some(value));
         }
     }
+
+    /// Found by mutation testing: each bound and refusal below could be dropped or moved by one with every
+    /// other test passing.
+    #[test]
+    fn bounds_and_refusals_mutation_testing_found_unchecked() {
+        use serde_json::json;
+        let refused = |v: serde_json::Value, field: &str, why: &str| {
+            let e = parse(&v.to_string()).unwrap_err();
+            assert_eq!(e.field, field, "{v}: {e}");
+            assert!(e.reason.contains(why), "{v}: {e}");
+        };
+        let set = |pairs: &[(&str, serde_json::Value)]| {
+            let mut v = minimal();
+            for (k, x) in pairs {
+                v[*k] = x.clone();
+            }
+            v
+        };
+        // An issuer's fragment is no part of an issuer (its query was checked, not its fragment).
+        refused(
+            set(&[("issuer", json!("https://idp.example.com/realms/x#f"))]),
+            "issuer",
+            "must not have a query or fragment",
+        );
+        // The back-channel logout path is neither of the filter's other paths, logout_path included.
+        for other in ["/oauth2/callback", "/login", "/logout"] {
+            refused(
+                set(&[("backchannel_logout_path", json!(other))]),
+                "backchannel_logout_path",
+                "must differ",
+            );
+        }
+        // login_path and logout_path must differ too (the error names the three).
+        refused(
+            set(&[("login_path", json!("/x")), ("logout_path", json!("/x"))]),
+            "callback_path",
+            "must differ",
+        );
+        // A redirect_uri whose path starts with `//` cannot give callback_path: a browser reads `//x` as
+        // a host.
+        refused(
+            set(&[(
+                "redirect_uri",
+                json!("https://app.example.com//oauth2/callback"),
+            )]),
+            "redirect_uri",
+            "leading `//`",
+        );
+        // Each scope a non-empty token without quotes.
+        for bad in ["", "a\"b"] {
+            refused(
+                set(&[("scopes", json!(["openid", bad]))]),
+                "scopes",
+                "non-empty token without spaces or quotes",
+            );
+        }
+        // SameSite=None only with Secure: a browser drops such a cookie without it.
+        refused(
+            set(&[
+                ("cookie_same_site", json!("None")),
+                ("cookie_secure", json!(false)),
+            ]),
+            "cookie_same_site",
+            "requires cookie_secure",
+        );
+        // The limits themselves are allowed, one more is not.
+        let name = |n: usize| "c".repeat(n);
+        assert!(parse(&set(&[("cookie_name", json!(name(64)))]).to_string()).is_ok());
+        refused(
+            set(&[("cookie_name", json!(name(65)))]),
+            "cookie_name",
+            "1 to 64 characters",
+        );
+        // Domains of 253 and 254 bytes, every label within 63.
+        let domain = |last: usize| {
+            format!(
+                "{}.{}.{}.{}",
+                "a".repeat(63),
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(last)
+            )
+        };
+        assert_eq!(domain(61).len(), 253);
+        assert!(parse(&set(&[("cookie_domain", json!(domain(61)))]).to_string()).is_ok());
+        refused(
+            set(&[("cookie_domain", json!(domain(62)))]),
+            "cookie_domain",
+            "two labels or more",
+        );
+        let param = |n: usize| json!({ "x".repeat(n): "v" });
+        assert!(parse(&set(&[("authorization_params", param(64))]).to_string()).is_ok());
+        refused(
+            set(&[("authorization_params", param(65))]),
+            "authorization_params",
+            "names of 1 to 64 characters",
+        );
+        assert_eq!(
+            parse(&set(&[("jwks_refresh_interval", json!(60))]).to_string())
+                .map(|c| c.jwks_refresh_interval),
+            Ok(60)
+        );
+        // 365 days is the longest duration, and is one.
+        assert_eq!(
+            parse(&set(&[("session_lifetime", json!("365d"))]).to_string())
+                .map(|c| c.session_lifetime),
+            Ok(365 * 86400)
+        );
+    }
+
+    /// Found by mutation testing: a `hosts` pattern of 254 bytes was taken, and an entry whose hosts all lie
+    /// within cookie_domain could name a redirect_uri on a host outside it that it does not serve.
+    #[test]
+    fn hosts_entries_mutation_testing_found_unchecked() {
+        use serde_json::json;
+        let plugin = |top: serde_json::Value, entries: serde_json::Value| {
+            let mut v = json!({"cookie_keys": [KEY], "client_secret": "s", "client_id": "app",
+                "issuer": "https://idp.example.com", "unmatched_hosts": "deny"});
+            for (k, x) in top.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            v["hosts"] = entries;
+            Plugin::parse(v.to_string().as_bytes(), &no_env)
+        };
+        // 253 bytes, labels within 63, and one byte more.
+        let host = |last: usize| {
+            format!(
+                "{}.{}.{}.{}",
+                "a".repeat(63),
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(last)
+            )
+        };
+        let p = plugin(json!({}), json!([{"hosts": [host(61)]}])).unwrap();
+        assert_eq!(p.site_for(&host(61)), Ok(Some(1)));
+        let e = plugin(json!({}), json!([{"hosts": [host(62)]}])).unwrap_err();
+        assert_eq!(e.field, "hosts[0].hosts", "{e}");
+        // The redirect's host outside cookie_domain and no host of the entry.
+        let e = plugin(
+            json!({"cookie_domain": "example.com"}),
+            json!([{"hosts": ["grafana.example.com"], "redirect_uri": "https://login.example.org/cb"}]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "hosts[0].redirect_uri", "{e}");
+        assert!(e.reason.contains("`login.example.org`"), "{e}");
+        // Said as it is, not only as "served by no site", which a later check would say.
+        assert!(e.reason.contains("is not among this entry's hosts"), "{e}");
+        // A wildcard needs at least one character before its suffix, as Envoy's domains do: no site
+        // for `.example.com`.
+        let p = plugin(json!({}), json!([{"hosts": ["*.example.com"]}])).unwrap();
+        assert_eq!(p.site_for("a.example.com"), Ok(Some(1)));
+        assert_eq!(p.site_for(".example.com"), Ok(None));
+    }
+
+    /// Found by mutation testing: an identity header with an empty claim name (the name under which the
+    /// access token travels) was not proven refused, a path starting with `//` (a link to another host
+    /// in the filter's pages) was refused only through its other checks, and a secret from the
+    /// environment was not proven trimmed, nor a blank one refused.
+    #[test]
+    fn values_a_mistake_would_turn_into_a_leak_or_a_link_off_site() {
+        use serde_json::json;
+        let e = parse(&with("identity_headers", json!({"x-user": ""}))).unwrap_err();
+        assert_eq!(e.field, "identity_headers", "{e}");
+        assert!(e.reason.contains("names no claim"), "{e}");
+        for field in [
+            "login_path",
+            "logout_path",
+            "callback_path",
+            "backchannel_logout_path",
+        ] {
+            let e = parse(&with(field, json!("//evil.example.com"))).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        let env = |k: &str| match k {
+            "SECRET" => Some("from-env\n".to_string()),
+            "BLANK" => Some(" \n".to_string()),
+            _ => None,
+        };
+        let json = |var: &str| {
+            json!({"issuer": "https://idp.example.com", "client_id": "app",
+                "client_secret_env": var, "cookie_keys": [KEY]})
+            .to_string()
+        };
+        let c = Config::parse(json("SECRET").as_bytes(), &env).unwrap();
+        assert_eq!(c.client_secret.expose(), "from-env");
+        let e = Config::parse(json("BLANK").as_bytes(), &env).unwrap_err();
+        assert_eq!(e.field, "client_secret_env", "{e}");
+        let e = parse(&with("client_secret", json!(""))).unwrap_err();
+        assert_eq!(e.field, "client_secret", "{e}");
+        assert!(e.reason.contains("must not be empty"), "{e}");
+    }
 }

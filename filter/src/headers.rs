@@ -680,4 +680,36 @@ mod tests {
         lying[4] = 200; // the first name's length runs past the end
         assert!(HeaderBlock::parse(lying).is_none());
     }
+
+    /// Found by mutation testing: an empty `cookie` header among several was not proven left out of the
+    /// joined value (it would leave an empty `; ;` segment or a trailing separator in the header sent on).
+    #[test]
+    fn empty_cookie_headers_add_nothing_to_the_joined_value() {
+        for (pairs, want) in [
+            (
+                &[("cookie", &b"a=1"[..]), ("cookie", b""), ("cookie", b"b=2")][..],
+                "a=1; b=2",
+            ),
+            (&[("cookie", b"a=1"), ("cookie", b"")], "a=1"),
+            (&[("cookie", b""), ("cookie", b"b=2")], "b=2"),
+        ] {
+            let h = HeaderBlock::parse(encode(pairs)).unwrap();
+            assert_eq!(h.cookie().as_deref(), Some(want), "{pairs:?}");
+        }
+    }
+
+    /// Found by mutation testing: an `_` stands for a `-` only, not for a letter of the name.
+    #[test]
+    fn an_underscore_spells_only_a_hyphen() {
+        let b = HeaderBlock::parse(encode(&[
+            ("x_auth_request_use_", &b"x"[..]),
+            ("_-auth-request-user", b"x"),
+            ("x_auth_request_user", b"admin"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            b.other_spellings("x-auth-request-user"),
+            ["x_auth_request_user"]
+        );
+    }
 }

@@ -624,4 +624,28 @@ mod tests {
         assert_eq!(query_only("/cb"), "");
         assert_eq!(path_only("/cb?x"), "/cb");
     }
+
+    /// Found by mutation testing: with no bypass path configured (`bypass_paths: []`), nothing is a
+    /// bypass; and a true bypass path is not one "in text only" (where a client's bearer is refused).
+    #[test]
+    fn no_bypass_paths_bypass_nothing_and_a_true_bypass_is_not_text_only() {
+        for t in ["/", "/healthz", "/admin", "/healthz/..%2Fadmin"] {
+            assert!(!is_bypass(&[], t), "{t}");
+            assert!(!bypass_in_text_only(&[], t), "{t}");
+        }
+        let b = vec!["/healthz".to_string()];
+        for t in ["/healthz", "/healthz/live", "/healthz?x=1"] {
+            assert!(is_bypass(&b, t), "{t}");
+            assert!(!bypass_in_text_only(&b, t), "{t}");
+        }
+        for t in [
+            "/healthz/..%2Fadmin",
+            "/healthz/../admin",
+            "/healthz/..;/admin",
+        ] {
+            assert!(!is_bypass(&b, t), "{t}");
+            assert!(bypass_in_text_only(&b, t), "{t}");
+        }
+        assert!(!bypass_in_text_only(&b, "/admin"));
+    }
 }

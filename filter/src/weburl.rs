@@ -849,4 +849,51 @@ mod tests {
             "https://h/d%3F%23?q#f"
         );
     }
+
+    /// Found by mutation testing: a hex last label with a letter digit (`0x7f000001`, 127.0.0.1 to a
+    /// WHATWG parser) was not proven read as a number, and a host whose last labels are empty (`a..`) was
+    /// not proven read as a name, as the URL standard's "ends in a number" check reads them.
+    #[test]
+    fn ends_in_a_number_as_the_url_standard_checks() {
+        for host in [
+            "0x7f000001",
+            "example.0xff",
+            "a.0xAbC",
+            "0x",
+            "1.2.3.4",
+            "1.2.3.4.",
+        ] {
+            assert!(super::ends_in_a_number(host), "{host}");
+        }
+        for host in ["a..", ".", "a.b.", "0xg", "example.com", "x0x10"] {
+            assert!(!super::ends_in_a_number(host), "{host}");
+        }
+        assert_eq!(WebUrl::parse("https://0x7f000001/"), Err(UrlError::BadHost));
+        assert_eq!(
+            WebUrl::parse("https://example.0xff/"),
+            Err(UrlError::BadHost)
+        );
+    }
+
+    /// Found by mutation testing: `.%2e` was not proven a `..` segment, nor an IPv6 group of five digits
+    /// (`00001`, a `u16` all the same) refused as std refuses it.
+    #[test]
+    fn every_spelling_of_dot_dot_and_no_five_digit_group() {
+        for dots in ["..", ".%2e", "%2e.", "%2E%2e", ".%2E"] {
+            assert_eq!(
+                norm(&format!("https://h/a/b/{dots}/c")),
+                "https://h/a/c",
+                "{dots}"
+            );
+        }
+        for ip in ["00001::1", "1:2:3:4:5:6:7:00008", "::00001"] {
+            assert_eq!(super::parse_ipv6(ip), None, "{ip}");
+            assert!(ip.parse::<core::net::Ipv6Addr>().is_err(), "{ip}");
+            assert_eq!(
+                WebUrl::parse(&format!("https://[{ip}]/")),
+                Err(UrlError::BadHost),
+                "{ip}"
+            );
+        }
+    }
 }

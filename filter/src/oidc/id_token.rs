@@ -594,6 +594,27 @@ mod tests {
             Err(IdTokenError::Malformed)
         );
     }
+
+    /// Found by mutation testing: an `auth_time` exactly `max_age` plus the leeway ago was not proven
+    /// taken (only much older ones refused, end to end).
+    #[test]
+    fn auth_time_at_the_max_age_bound_is_taken_and_a_second_more_is_not() {
+        let with_auth_time = |t: u64| {
+            let claims = crate::json::testing::object(&serde_json::json!({"iss": ISSUER,
+                "aud": CLIENT_ID, "sub": "user-1", "iat": NOW, "exp": NOW + 3600, "nonce": NONCE,
+                "auth_time": t}));
+            let expected = Expected {
+                max_age: Some(300),
+                ..expected()
+            };
+            check_claims(claims, &expected).map(|c| c.sub)
+        };
+        assert_eq!(with_auth_time(NOW - 300 - 60), Ok("user-1".into()));
+        assert_eq!(
+            with_auth_time(NOW - 300 - 61),
+            Err(IdTokenError::AuthTooOld)
+        );
+    }
 }
 
 /// The JWS layer on its own: every algorithm, and every way a token's encoding or signature can be wrong.
@@ -1273,6 +1294,43 @@ mod jws_tests {
         assert_eq!(
             verify_signature(&token, &jwks),
             Err(IdTokenError::UnknownKid)
+        );
+    }
+
+    /// Found by mutation testing: the size limits of a token (32 KiB) and of its header (2 KiB encoded)
+    /// were not proven to refuse a token, however well signed.
+    #[test]
+    fn oversized_tokens_and_headers_are_refused_even_when_signed() {
+        let padded = |n: usize| {
+            let mut claims = claims_json();
+            claims["pad"] = json!("a".repeat(n));
+            es256_json(ES256_HEADER, &claims.to_string())
+        };
+        // The shortest padding that makes the token too long: the longest token taken, and the next.
+        let (mut lo, mut hi) = (0, MAX_TOKEN);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if padded(mid).len() > MAX_TOKEN {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        assert!(padded(lo - 1).len() <= MAX_TOKEN);
+        assert!(verify(&padded(lo - 1)).is_ok());
+        assert_eq!(verify(&padded(lo)), Err(IdTokenError::Malformed));
+
+        let header = |n: usize| {
+            format!(
+                r#"{{"alg":"ES256","kid":"es256-1","x":"{}"}}"#,
+                "a".repeat(n)
+            )
+        };
+        let n = (0..).find(|n| b64(header(*n)).len() > MAX_HEADER).unwrap();
+        assert!(verify(&es256_json(&header(n - 1), &payload())).is_ok());
+        assert_eq!(
+            verify(&es256_json(&header(n), &payload())),
+            Err(IdTokenError::Malformed)
         );
     }
 }

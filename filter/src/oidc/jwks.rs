@@ -741,4 +741,37 @@ mod tests {
             assert_eq!(Alg::from_name(name), None, "{name}");
         }
     }
+
+    /// Found by mutation testing: a set of exactly `MAX_KEYS` keys was not proven taken.
+    #[test]
+    fn a_set_of_max_keys_is_taken() {
+        let jwks = parse_keys(vec![entry("es256-1"); MAX_KEYS]).unwrap();
+        assert_eq!(jwks.len(), MAX_KEYS);
+    }
+
+    /// Found by mutation testing: a key whose declared `alg` is one we verify but not with its key type
+    /// (an RSA key that says ES256, an Ed25519 key that says RS256) was not proven skipped: it would make
+    /// a set "usable" whose every signature fails.
+    #[test]
+    fn a_key_declaring_another_types_alg_is_skipped() {
+        let mut odd = Vec::new();
+        for (kid, alg) in [
+            ("rs256-1", "ES256"),
+            ("rs256-1", "EdDSA"),
+            ("eddsa-1", "RS256"),
+            ("eddsa-1", "ES256"),
+        ] {
+            let mut k = entry(kid);
+            k["alg"] = alg.into();
+            odd.push(k);
+        }
+        assert_eq!(
+            parse_keys(odd.clone()).unwrap_err(),
+            JwksError::NoUsableKeys(4)
+        );
+        odd.push(entry("eddsa-1"));
+        let jwks = parse_keys(odd).unwrap();
+        assert_eq!(jwks.len(), 1);
+        assert_eq!(jwks.skipped(), 4);
+    }
 }

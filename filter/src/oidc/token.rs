@@ -622,4 +622,38 @@ mod tests {
             "token response has no id_token"
         );
     }
+
+    /// Found by mutation testing: a 3xx answer with tokens in it (a redirect's body, not the IdP's answer
+    /// to the grant) was not proven refused; 299 is still a success.
+    #[test]
+    fn only_a_2xx_answer_is_a_success() {
+        let ok = br#"{"access_token":"at","token_type":"Bearer","id_token":"x.y.z"}"#;
+        assert!(parse_response(299, ok).is_ok());
+        for status in [300, 302, 199] {
+            assert_eq!(
+                parse_response(status, ok),
+                Err(TokenError::Rejected {
+                    status,
+                    error: String::new()
+                }),
+                "{status}"
+            );
+        }
+    }
+
+    /// Found by mutation testing: DEL (0x7f) is no VSCHAR; a token carrying one is refused.
+    #[test]
+    fn a_token_with_del_is_refused() {
+        for name in ["access_token", "id_token", "refresh_token"] {
+            let body =
+                format!(r#"{{"access_token":"at","token_type":"Bearer","{name}":"a\u007fb"}}"#);
+            assert_eq!(
+                parse_response(200, body.as_bytes()),
+                Err(TokenError::Malformed(
+                    "a token has characters outside VSCHAR"
+                )),
+                "{name}"
+            );
+        }
+    }
 }
