@@ -1342,9 +1342,16 @@ fn own_paths(raw: &mut Raw) -> Result<[String; 3], ConfigError> {
             ),
         ));
     }
-    if callback_path == login_path || callback_path == logout_path || login_path == logout_path {
+    if callback_path == login_path || callback_path == logout_path {
         return Err(err(
             "callback_path",
+            "callback_path, login_path and logout_path must differ",
+        ));
+    }
+    // Named by a field at fault (found by mutation testing: named `callback_path`, which was not).
+    if login_path == logout_path {
+        return Err(err(
+            "logout_path",
             "callback_path, login_path and logout_path must differ",
         ));
     }
@@ -3485,10 +3492,10 @@ mod tests {
                 "must differ",
             );
         }
-        // login_path and logout_path must differ too (the error names the three).
+        // login_path and logout_path must differ too (the error names the three, the field logout_path).
         refused(
             set(&[("login_path", json!("/x")), ("logout_path", json!("/x"))]),
-            "callback_path",
+            "logout_path",
             "must differ",
         );
         // A redirect_uri whose path starts with `//` cannot give callback_path: a browser reads `//x` as
