@@ -1609,11 +1609,12 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
 #[inline(never)]
 fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
     // A browser without Fetch Metadata says so by `Origin` on a POST (found by a black-box test: another
-    // site's form logged out at once there); not by `Origin: null`, which such a browser also sends for
-    // the site's own form under `Referrer-Policy: no-referrer`, and whose user then could never log out.
-    let another_site = from_another_site(h)
-        || (posted_from_another_site(h) && h.get("origin").as_deref() != Some("null"));
-    if another_site || not_opened(h) {
+    // site's form logged out at once there), `null` included (another site makes one at will). The
+    // site's own form under `Referrer-Policy: no-referrer` sends `null` too: its user gets the page that
+    // asks, whose button posts with the site's origin (the page sets its own policy). A frame's post asks
+    // too (found by a black-box test: a framed form posted by a page's script logged out at once).
+    let another_site = posted_from_another_site(h);
+    if another_site || not_opened(h) || in_frame(h) {
         return confirm_logout(cfg, h, another_site);
     }
     let header = h.cookie().unwrap_or_default();
@@ -1700,13 +1701,18 @@ const MAX_END_SESSION_URL: usize = 8000;
 /// navigation (`Sec-Fetch-Mode: cors` for a script's fetch, as Next.js prefetches a link's page;
 /// `no-cors` for `<link rel=prefetch>` or an image), or a frame's (found by a black-box test: an
 /// `<iframe src=/logout>` that a page of the site's own let a user put in logged out whoever viewed it).
+/// Older browsers' prefetches say `Purpose: prefetch` (Chrome before 76) or `X-Moz: prefetch` (Firefox).
 /// Without Fetch Metadata it is taken as opened.
 fn not_opened(h: &dyn Headers) -> bool {
-    matches!(h.get(":method").as_deref(), Some("GET") | Some("HEAD"))
-        && (h
-            .get("sec-purpose")
-            // Bytes compared: a `str` pattern search would bring a searcher of kilobytes into the module.
+    // Bytes compared: a `str` pattern search would bring a searcher of kilobytes into the module.
+    let prefetch = |name| {
+        h.get(name)
             .is_some_and(|p| p.as_bytes().windows(8).any(|w| w == b"prefetch"))
+    };
+    matches!(h.get(":method").as_deref(), Some("GET") | Some("HEAD"))
+        && (prefetch("sec-purpose")
+            || prefetch("purpose")
+            || prefetch("x-moz")
             || h.get("sec-fetch-mode").is_some_and(|m| m != "navigate")
             || in_frame(h))
 }
@@ -1748,15 +1754,19 @@ fn confirm_logout(cfg: &Config, h: &dyn Headers, another_site: bool) -> Step {
         format!("Log out of <b>{host}</b>?")
     };
     let body = format!(
-        "<!doctype html><title>Log out?</title><h1>Log out?</h1><p>{ask}</p><form method=\"post\" \
+        "<!doctype html><meta name=\"referrer\" content=\"same-origin\"><title>Log out?</title>\
+         <h1>Log out?</h1><p>{ask}</p><form method=\"post\" \
          action=\"{}\"><button type=\"submit\">Log out</button></form><p><a href=\"/\">Stay logged \
          in</a></p>\n",
         cfg.logout_path
     );
     let mut r = html_page(200, body, None);
+    // Its button's post names this site in `Origin` (which a browser without Fetch Metadata sends as `null`
+    // under `no-referrer`, the site's or the gateway's).
     r.headers.extend([
         ("x-frame-options", "DENY".into()),
         ("content-security-policy", "frame-ancestors 'none'".into()),
+        ("referrer-policy", "same-origin".into()),
     ]);
     Step::Respond(r)
 }

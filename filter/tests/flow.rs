@@ -3623,6 +3623,11 @@ fn logout_sent_by_another_site_asks_first_and_ends_nothing_until_confirmed() {
         &[("origin", "https://evil.example")],
         // A sandboxed frame's form on another site: `null`, but Fetch Metadata says whose.
         &[("sec-fetch-site", "cross-site"), ("origin", "null")],
+        // Without Fetch Metadata, `null` is any site's (found by a black-box test: a page under
+        // `no-referrer`, or a sandboxed frame, made one and logged out at once).
+        &[("origin", "null")],
+        // A form in a frame of the site's own, posted by a script (found by a black-box test).
+        &[("sec-fetch-site", "same-origin"), ("sec-fetch-dest", "iframe")],
     ] {
         let site = format!("{said:?}");
         // A link, a form or an image on another site: GET or POST, the same page.
@@ -3648,6 +3653,13 @@ fn logout_sent_by_another_site_asks_first_and_ends_nothing_until_confirmed() {
                 "the host, escaped: {body}"
             );
             assert_eq!(header(&r.headers, "x-frame-options"), Some("DENY"));
+            // Its button's post names this site in `Origin`, also where the site's policy is
+            // `no-referrer` (which makes it `null` in a browser without Fetch Metadata).
+            assert_eq!(header(&r.headers, "referrer-policy"), Some("same-origin"));
+            assert!(
+                body.contains("<meta name=\"referrer\" content=\"same-origin\">"),
+                "{body}"
+            );
             assert_eq!(
                 header(&r.headers, "content-security-policy"),
                 Some("frame-ancestors 'none'")
@@ -3666,8 +3678,6 @@ fn logout_sent_by_another_site_asks_first_and_ends_nothing_until_confirmed() {
         Some(("sec-fetch-site", "same-origin")),
         Some(("sec-fetch-site", "none")),
         Some(("origin", "https://app.example.com")),
-        // What such a browser sends for the site's own form under `Referrer-Policy: no-referrer`.
-        Some(("origin", "null")),
         None,
     ] {
         let mut req = Req::browser("/logout")
@@ -3714,6 +3724,9 @@ fn a_prefetch_of_logout_asks_first_and_ends_nothing() {
         Req::browser("/logout")
             .with("sec-fetch-mode", "no-cors")
             .with("sec-fetch-site", "same-origin"),
+        // Older browsers' prefetches (found by a black-box test).
+        Req::browser("/logout").with("purpose", "prefetch"),
+        Req::browser("/logout").with("x-moz", "prefetch"),
         // Found by a black-box test: `<iframe src=/logout>` on a page of the site's own (one a user
         // wrote: a wiki's, a dashboard's) logged out whoever viewed it.
         Req::browser("/logout")
