@@ -3627,7 +3627,10 @@ fn logout_sent_by_another_site_asks_first_and_ends_nothing_until_confirmed() {
         // `no-referrer`, or a sandboxed frame, made one and logged out at once).
         &[("origin", "null")],
         // A form in a frame of the site's own, posted by a script (found by a black-box test).
-        &[("sec-fetch-site", "same-origin"), ("sec-fetch-dest", "iframe")],
+        &[
+            ("sec-fetch-site", "same-origin"),
+            ("sec-fetch-dest", "iframe"),
+        ],
     ] {
         let site = format!("{said:?}");
         // A link, a form or an image on another site: GET or POST, the same page.
