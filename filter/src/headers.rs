@@ -698,6 +698,17 @@ mod tests {
         }
     }
 
+    /// Found by mutation testing: the flow takes the host's word that a body follows the block (an HTTP/2
+    /// or HTTP/3 body, which no header announces), which nothing checked it read.
+    #[test]
+    fn the_flow_reads_the_hosts_word_that_a_body_follows() {
+        use crate::flow::Headers;
+        let mut b = HeaderBlock::parse(encode(&[(":method", &b"OPTIONS"[..])])).unwrap();
+        assert!(!Headers::body_follows(&b));
+        b.body_follows = true;
+        assert!(Headers::body_follows(&b));
+    }
+
     /// Found by mutation testing: an `_` stands for a `-` only, not for a letter of the name.
     #[test]
     fn an_underscore_spells_only_a_hyphen() {

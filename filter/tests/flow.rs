@@ -1363,12 +1363,30 @@ fn an_error_from_the_idp_is_400_and_clears_the_attempt() {
 #[test]
 fn the_callback_page_names_only_the_error_codes_oauth_defines() {
     let mut f = ready();
-    for (error, shown) in [
-        ("login_required", true),
-        ("temporarily_unavailable", true),
+    // Each of the sixteen (found by mutation testing: any but two could be misspelt in the list).
+    let defined = [
+        "access_denied",
+        "invalid_request",
+        "unauthorized_client",
+        "unsupported_response_type",
+        "invalid_scope",
+        "server_error",
+        "temporarily_unavailable",
+        "interaction_required",
+        "login_required",
+        "account_selection_required",
+        "consent_required",
+        "invalid_request_uri",
+        "invalid_request_object",
+        "request_not_supported",
+        "request_uri_not_supported",
+        "registration_not_supported",
+    ];
+    let others = [
         ("Your_account_is_locked_call_support", false),
         ("access_deniedx", false),
-    ] {
+    ];
+    for (error, shown) in defined.into_iter().map(|e| (e, true)).chain(others) {
         let l = start_login(&mut f, "");
         let q = format!("/oauth2/callback?error={error}&state={}", l.state);
         for req in [
@@ -1553,12 +1571,16 @@ fn id_tokens_with_wrong_claims_are_502() {
 /// control characters escaped.
 #[test]
 fn an_id_token_of_another_issuer_is_named_in_the_log_line() {
+    // Its first 200 characters (found by mutation testing: the bound was unchecked either way).
+    let long = "i".repeat(250);
+    let cut = format!("\"{}\"", &long[..200]);
     for (iss, quoted) in [
         ("accounts.google.com", "\"accounts.google.com\""),
         (
             "https://kc.internal\n[warning] x",
             "\"https://kc.internal\\u{a}[warning] x\"",
         ),
+        (long.as_str(), cut.as_str()),
     ] {
         let mut f = ready();
         let r = callback_with_reply(&mut f, |l| {
@@ -3736,6 +3758,11 @@ fn a_prefetch_of_logout_asks_first_and_ends_nothing() {
             .with("sec-fetch-mode", "navigate")
             .with("sec-fetch-dest", "iframe")
             .with("sec-fetch-site", "same-origin"),
+        // Found by mutation testing: a fenced frame's (`<fencedframe>`) was not proven a frame.
+        Req::browser("/logout")
+            .with("sec-fetch-mode", "navigate")
+            .with("sec-fetch-dest", "fencedframe")
+            .with("sec-fetch-site", "same-origin"),
     ];
     for req in fetched {
         let r = respond(f.request(&req.clone().cookies(&jar)));
@@ -4757,6 +4784,21 @@ fn an_api_clients_logout_while_not_ready_is_answered_in_json() {
     assert_eq!(header(&r.headers, "content-type"), Some("application/json"));
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["error"], "not_ready", "{}", r.body);
+}
+
+/// Found by mutation testing: the answer that replaces one an app (or Envoy) gave a back-channel post
+/// before its logout token was taken in is sent by the adapter only, and nothing checked it: `503` with
+/// `temporarily_unavailable` (the IdP may post again), counted as refused, its line saying how to mend it.
+#[test]
+fn an_answer_before_the_logout_token_was_taken_in_is_replaced_by_a_503() {
+    let r = respond(oidc_filter::flow::backchannel_answered_early());
+    assert_eq!(r.status, 503);
+    assert_eq!(r.metric, Some(Metric::BackchannelLogoutRefused));
+    assert_eq!(header(&r.headers, "content-type"), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"], "temporarily_unavailable", "{}", r.body);
+    let detail = r.detail.unwrap();
+    assert!(detail.contains("buffer it before this filter"), "{detail}");
 }
 
 /// Found by a black-box test: a post to the back-channel path that asks for an upgrade went on to the
