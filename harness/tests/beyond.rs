@@ -920,8 +920,10 @@ fn a_logout_kept_by_its_user_ends_a_renewal_the_idp_dated_ahead() {
             })
             .unwrap_or_else(|e| panic!("{what}: {e:#}"));
     }
-    // A login a second later, by the IdP's clock too, is a session on every worker.
-    std::thread::sleep(Duration::from_millis(1100).saturating_sub(logged_out.elapsed()));
+    // A login two seconds later, by the IdP's clock too, is a session on every worker. (Its clock is read
+    // to the second, against the time it was asked: a reading may be a second further ahead than it is,
+    // never less.)
+    std::thread::sleep(Duration::from_millis(2100).saturating_sub(logged_out.elapsed()));
     let again = Browser::new();
     login(&again, &url("/"), "judy");
     let cookie = again.cookie(AHEAD, AHEAD_COOKIE).unwrap();
