@@ -1854,6 +1854,31 @@ mod tests {
 
     const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes
 
+    /// A plugin of one client at one IdP with `entries` as its `hosts`, and `extra` then `top` over its top
+    /// level (`null` in `top`: the top level leaves the field out).
+    fn with_hosts(
+        extra: &serde_json::Value,
+        top: serde_json::Value,
+        entries: serde_json::Value,
+    ) -> Result<Plugin, ConfigError> {
+        let mut v = serde_json::json!({"cookie_keys": [KEY], "client_secret": "s", "client_id": "app",
+            "issuer": "https://idp.example.com"});
+        for (k, x) in extra
+            .as_object()
+            .unwrap()
+            .iter()
+            .chain(top.as_object().unwrap())
+        {
+            if x.is_null() {
+                v.as_object_mut().unwrap().remove(k);
+            } else {
+                v[k] = x.clone();
+            }
+        }
+        v["hosts"] = entries;
+        Plugin::parse(v.to_string().as_bytes(), &no_env)
+    }
+
     fn no_env(_: &str) -> Option<String> {
         None
     }
@@ -3209,20 +3234,7 @@ mod tests {
     #[test]
     fn hosts_entries_check_redirect_uri_after_inheriting() {
         use serde_json::json;
-        let plugin = |top: serde_json::Value, entries: serde_json::Value| {
-            let mut v = json!({"cookie_keys": [KEY], "client_secret": "s", "client_id": "app",
-                "issuer": "https://idp.example.com"});
-            for (k, x) in top.as_object().unwrap() {
-                // `null`: the top level leaves the field out.
-                if x.is_null() {
-                    v.as_object_mut().unwrap().remove(k);
-                } else {
-                    v[k] = x.clone();
-                }
-            }
-            v["hosts"] = entries;
-            Plugin::parse(v.to_string().as_bytes(), &no_env)
-        };
+        let plugin = |top, entries| with_hosts(&json!({}), top, entries);
         // Each entry's own redirect_uri sets its callback_path; an inherited one is checked per entry.
         let p = plugin(
             json!({"issuer": null, "redirect_uri": "https://app.example.com/top/cb",
@@ -3335,15 +3347,8 @@ mod tests {
     #[test]
     fn a_redirect_uri_must_be_served_by_its_own_site() {
         use serde_json::json;
-        let plugin = |top: serde_json::Value, entries: serde_json::Value| {
-            let mut v = json!({"cookie_keys": [KEY], "client_secret": "s", "client_id": "app",
-                "issuer": "https://idp.example.com", "cookie_domain": "example.com"});
-            for (k, x) in top.as_object().unwrap() {
-                v[k] = x.clone();
-            }
-            v["hosts"] = entries;
-            Plugin::parse(v.to_string().as_bytes(), &no_env)
-        };
+        let plugin =
+            |top, entries| with_hosts(&json!({"cookie_domain": "example.com"}), top, entries);
         let refused = |r: Result<Plugin, ConfigError>, field: &str, by: &str| {
             let e = r.unwrap_err();
             assert_eq!(e.field, field, "{e}");
@@ -3575,15 +3580,7 @@ mod tests {
     #[test]
     fn hosts_entries_mutation_testing_found_unchecked() {
         use serde_json::json;
-        let plugin = |top: serde_json::Value, entries: serde_json::Value| {
-            let mut v = json!({"cookie_keys": [KEY], "client_secret": "s", "client_id": "app",
-                "issuer": "https://idp.example.com", "unmatched_hosts": "deny"});
-            for (k, x) in top.as_object().unwrap() {
-                v[k] = x.clone();
-            }
-            v["hosts"] = entries;
-            Plugin::parse(v.to_string().as_bytes(), &no_env)
-        };
+        let plugin = |top, entries| with_hosts(&json!({"unmatched_hosts": "deny"}), top, entries);
         // 253 bytes, labels within 63, and one byte more.
         let host = |last: usize| {
             format!(

@@ -327,12 +327,12 @@ fn a_renewal_still_on_its_way_at_logout_does_not_bring_the_session_back() {
     }
 }
 
-/// Found by mutation testing (the tests above meet an outage only while the token is valid): a renewal of an
-/// expired session that meets an outage pauses the worker's renewals too, so the next expired session
-/// gets its 503 at once instead of asking a down IdP and waiting out the timeout.
-#[test]
-fn an_outage_met_by_an_expired_session_pauses_the_workers_renewals() {
-    let mut a = Filter::ready(config(serde_json::json!({"callout_timeout": "30s"})));
+/// A worker with two expired sessions (`callout_timeout` as given) whose first renewal just met an outage:
+/// the IdP did not answer, `503`.
+fn after_an_outage(callout_timeout: &str) -> (Filter, Jar, Jar) {
+    let mut a = Filter::ready(config(
+        serde_json::json!({"callout_timeout": callout_timeout}),
+    ));
     let (jar, _) = log_in(&mut a, Some("rt-1"));
     let (other, _) = log_in(&mut a, Some("rt-2"));
     a.now = NOW + 3600 + 1;
@@ -340,6 +340,15 @@ fn an_outage_met_by_an_expired_session_pauses_the_workers_renewals() {
     let job = flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap();
     let r = respond(a.reply(Box::new(Pending::Refresh(job)), None));
     assert_eq!(r.status, 503);
+    (a, jar, other)
+}
+
+/// Found by mutation testing (the tests above meet an outage only while the token is valid): a renewal of an
+/// expired session that meets an outage pauses the worker's renewals too, so the next expired session
+/// gets its 503 at once instead of asking a down IdP and waiting out the timeout.
+#[test]
+fn an_outage_met_by_an_expired_session_pauses_the_workers_renewals() {
+    let (mut a, _, other) = after_an_outage("30s");
     a.now += 4;
     let job = refresh_job(a.request(&Req::browser("/page").cookies(&other)));
     let r = respond(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap_err());
@@ -859,14 +868,7 @@ fn too_many_waiting_is_a_503_in_json_for_an_api_client_and_text_for_a_browser() 
 /// until its answer, instead of asking a down IdP too.
 #[test]
 fn a_probe_under_the_longest_timeout_pauses_the_other_renewals_until_its_answer() {
-    let mut a = Filter::ready(config(serde_json::json!({"callout_timeout": "60s"})));
-    let (jar, _) = log_in(&mut a, Some("rt-1"));
-    let (other, _) = log_in(&mut a, Some("rt-2"));
-    a.now = NOW + 3600 + 1;
-    let job = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
-    let job = flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap();
-    let r = respond(a.reply(Box::new(Pending::Refresh(job)), None));
-    assert_eq!(r.status, 503);
+    let (mut a, jar, other) = after_an_outage("60s");
     // Past the pause: one probe goes out...
     a.now += 5;
     let probe = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
