@@ -1852,12 +1852,14 @@ fn code_reply(
         }
         Some((status, body)) => match token::parse_response(status, body) {
             Ok(t) => t,
-            Err(TokenError::InvalidGrant) => {
+            Err(e @ TokenError::InvalidGrant { .. }) => {
+                // Logged with the IdP's reason: a redirect URI or PKCE verifier it does not accept is
+                // answered so too (Keycloak's "Incorrect redirect_uri").
                 return error_page(
                     400,
                     CallbackFailure::InvalidGrant,
                     "This login code has expired or was already used.",
-                    None,
+                    Some(e.to_string()),
                     clear,
                     &start_again(cfg, &x.login.rd),
                 );

@@ -1409,9 +1409,18 @@ fn the_callback_page_names_only_the_error_codes_oauth_defines() {
 fn invalid_grant_is_400() {
     let mut f = ready();
     let r = callback_with_reply(&mut f, |_| {
-        Some((400, br#"{"error":"invalid_grant"}"#.to_vec()))
+        Some((
+            400,
+            br#"{"error":"invalid_grant","error_description":"PKCE verification failed"}"#.to_vec(),
+        ))
     });
     assert_callback_failed(&r, 400, CallbackFailure::InvalidGrant);
+    // The log line gives the IdP's reason: Keycloak answers a redirect URI or PKCE verifier it does not
+    // accept so too, which "code expired or used" would hide from the operator.
+    assert_eq!(
+        r.detail.as_deref(),
+        Some("token endpoint answered invalid_grant, \"PKCE verification failed\"")
+    );
     assert!(
         set_cookies(&r)
             .iter()
@@ -1428,7 +1437,8 @@ fn unusable_token_endpoint_answers_are_502() {
         (
             401,
             br#"{"error":"invalid_client","error_description":"secret\nwrong"}"#,
-            "token endpoint answered status 401, error invalid_client",
+            // The IdP's reason, its line break made harmless.
+            "token endpoint answered status 401, error invalid_client, \"secret?wrong\"",
         ),
         (
             200,

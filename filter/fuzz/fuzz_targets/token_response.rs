@@ -1,5 +1,6 @@
 //! The token endpoint's answer: any status and body give tokens or a named error, and an error's
-//! text never carries more than a short, plain OAuth error code.
+//! text never carries more than a short, plain OAuth error code and a short, plain description with no
+//! word that may be a secret.
 
 #![no_main]
 
@@ -25,7 +26,9 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
         }
-        Err(TokenError::Rejected { error, .. }) => {
+        Err(TokenError::Rejected {
+            error, description, ..
+        }) => {
             assert!(error.len() <= 64);
             assert!(
                 error
@@ -33,7 +36,29 @@ fuzz_target!(|data: &[u8]| {
                     .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)),
                 "{error}"
             );
+            plain(&description);
         }
+        Err(TokenError::InvalidGrant { description }) => plain(&description),
         Err(_) => {}
     }
 });
+
+/// At most 200 printable ASCII characters, no `"` or `\`, and no word of 16 or more that mixes letters
+/// and digits.
+fn plain(description: &str) {
+    assert!(description.len() <= 200, "{description}");
+    assert!(
+        description
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'),
+        "{description}"
+    );
+    for word in description.split(' ') {
+        assert!(
+            word.len() < 16
+                || !(word.bytes().any(|b| b.is_ascii_digit())
+                    && word.bytes().any(|b| b.is_ascii_alphabetic())),
+            "{description}"
+        );
+    }
+}

@@ -18,6 +18,11 @@ use crate::secret::Secret;
 const MAX_BODY: usize = 128 * 1024;
 /// Longest OAuth error code we repeat in a log line.
 const MAX_ERROR_CODE: usize = 64;
+/// Longest `error_description` we repeat in a log line, in characters.
+const MAX_DESCRIPTION: usize = 200;
+/// A word of the description this long, of letters and digits both, may be a code, token or secret the
+/// IdP quotes back: it is left out.
+const SECRET_LIKE: usize = 16;
 
 /// How the client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,11 +56,18 @@ pub struct TokenResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {
     /// The IdP answered `invalid_grant`: the code was already used or has expired, or the refresh token is
-    /// no longer valid. Not our fault and not the IdP's: the login has to start over.
-    InvalidGrant,
+    /// no longer valid; or, as Keycloak words it, the redirect URI or the PKCE verifier does not match.
+    /// `description` is the IdP's `error_description`, cleaned for a log line (see [`describe`]).
+    InvalidGrant { description: String },
     /// Any other error answer. `error` is the OAuth error code only (RFC 6749 5.2), sanitized to
-    /// `[A-Za-z0-9_.-]` and at most 64 characters; empty when the IdP sent none.
-    Rejected { status: u16, error: String },
+    /// `[A-Za-z0-9_.-]` and at most 64 characters; empty when the IdP sent none. `description` as above
+    /// (found by a review: Okta's reason for refusing every login, "Cannot supply multiple client
+    /// credentials", was lost).
+    Rejected {
+        status: u16,
+        error: String,
+        description: String,
+    },
     /// A success answer in JSON we can't use: the IdP's own answer, which asking again will not change.
     Malformed(&'static str),
     /// A success answer that is not a JSON object (or too large to read): not the IdP's word, perhaps
@@ -78,8 +90,8 @@ impl TokenError {
     /// `session_lifetime`.)
     pub fn is_refusal(&self) -> bool {
         match self {
-            Self::InvalidGrant => true,
-            Self::Rejected { status, error } => {
+            Self::InvalidGrant { .. } => true,
+            Self::Rejected { status, error, .. } => {
                 matches!(status, 400 | 402 | 403)
                     && !error.is_empty()
                     && error != "temporarily_unavailable"
@@ -93,12 +105,20 @@ impl TokenError {
 impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::InvalidGrant => f.write_str("token endpoint answered invalid_grant"),
-            Self::Rejected { status, error } if error.is_empty() => {
-                write!(f, "token endpoint answered status {status}")
+            Self::InvalidGrant { description } => {
+                f.write_str("token endpoint answered invalid_grant")?;
+                quoted(f, description)
             }
-            Self::Rejected { status, error } => {
-                write!(f, "token endpoint answered status {status}, error {error}")
+            Self::Rejected {
+                status,
+                error,
+                description,
+            } => {
+                write!(f, "token endpoint answered status {status}")?;
+                if !error.is_empty() {
+                    write!(f, ", error {error}")?;
+                }
+                quoted(f, description)
             }
             Self::Malformed(reason) | Self::NotJson(reason) => {
                 write!(f, "malformed token response: {reason}")
@@ -109,6 +129,15 @@ impl fmt::Display for TokenError {
 }
 
 impl core::error::Error for TokenError {}
+
+/// `, "description"` when there is one: [`describe`] leaves no `"` or `\` in it.
+fn quoted(f: &mut fmt::Formatter<'_>, description: &str) -> fmt::Result {
+    if description.is_empty() {
+        Ok(())
+    } else {
+        write!(f, ", \"{description}\"")
+    }
+}
 
 impl fmt::Debug for FormRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -203,15 +232,22 @@ pub fn parse_response(status: u16, body: &[u8]) -> Result<TokenResponse, TokenEr
         .filter(|e| !e.is_null());
     if error.is_some() || !(200..300).contains(&status) {
         let code = error.and_then(Value::as_str).unwrap_or_default();
+        let description = json
+            .as_ref()
+            .and_then(|j| j.get("error_description"))
+            .and_then(Value::as_str)
+            .map(describe)
+            .unwrap_or_default();
         // The IdP's refusal of the grant under a status it refuses with (RFC 6749 5.2: 400, or 401; some
         // answer 200): under a 5xx or a redirect it is not the IdP's word on this grant (a node that
         // lost its store, a proxy's stale body), and a session must not end for it.
         if code == "invalid_grant" && matches!(status, 200..=299 | 400..=499) {
-            return Err(TokenError::InvalidGrant);
+            return Err(TokenError::InvalidGrant { description });
         }
         return Err(TokenError::Rejected {
             status,
             error: sanitize_error_code(code),
+            description,
         });
     }
 
@@ -318,6 +354,33 @@ fn sanitize_error_code(code: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
         .take(MAX_ERROR_CODE)
         .collect()
+}
+
+/// The IdP's `error_description` for a log line: RFC 6749 5.2's characters only (printable ASCII but `"`
+/// and `\`; any other becomes `?`), at most 200 of them, and every word of 16 or more characters that
+/// mixes letters and digits left out as `[...]`: an IdP may quote back the code, refresh token or secret
+/// it refuses, and none may reach a log line.
+fn describe(text: &str) -> String {
+    let mut out = String::new();
+    for (i, word) in text.trim().split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let letters = word.chars().any(|c| c.is_ascii_alphabetic());
+        let digits = word.chars().any(|c| c.is_ascii_digit());
+        if word.chars().count() >= SECRET_LIKE && letters && digits {
+            out.push_str("[...]");
+        } else {
+            out.extend(word.chars().map(|c| match c {
+                ' '..='~' if c != '"' && c != '\\' => c,
+                _ => '?',
+            }));
+        }
+        if out.chars().count() >= MAX_DESCRIPTION {
+            break;
+        }
+    }
+    out.chars().take(MAX_DESCRIPTION).collect()
 }
 
 #[cfg(test)]
@@ -568,25 +631,31 @@ mod tests {
                 400,
                 br#"{"error":"invalid_grant","error_description":"code used"}"#
             ),
-            Err(TokenError::InvalidGrant)
+            Err(TokenError::InvalidGrant {
+                description: "code used".into()
+            })
         );
         assert_eq!(
             parse_response(401, br#"{"error":"invalid_client"}"#),
             Err(TokenError::Rejected {
                 status: 401,
-                error: "invalid_client".into()
+                error: "invalid_client".into(),
+                description: String::new()
             })
         );
         // Some IdPs answer errors with 200.
         assert_eq!(
             parse_response(200, br#"{"error":"invalid_grant"}"#),
-            Err(TokenError::InvalidGrant)
+            Err(TokenError::InvalidGrant {
+                description: String::new()
+            })
         );
         assert_eq!(
             parse_response(503, br#"{"error":"invalid_grant"}"#),
             Err(TokenError::Rejected {
                 status: 503,
-                error: "invalid_grant".into()
+                error: "invalid_grant".into(),
+                description: String::new()
             })
         );
         // A success answer that lists `error` as `null`.
@@ -596,7 +665,8 @@ mod tests {
             parse_response(502, b"<html>Bad Gateway</html>"),
             Err(TokenError::Rejected {
                 status: 502,
-                error: String::new()
+                error: String::new(),
+                description: String::new()
             })
         );
         let nasty = format!(r#"{{"error":"bad\n<b>{}"}}"#, "x".repeat(100));
@@ -612,6 +682,7 @@ mod tests {
         let e = TokenError::Rejected {
             status: 401,
             error: "invalid_client".into(),
+            description: String::new(),
         };
         assert_eq!(
             e.to_string(),
@@ -621,6 +692,56 @@ mod tests {
             TokenError::MissingIdToken.to_string(),
             "token response has no id_token"
         );
+    }
+
+    /// The IdP's reason goes into the log line (a review found Okta's lost), quoted, cleaned and bounded,
+    /// and without what may be a code, token or secret quoted back.
+    #[test]
+    fn the_idps_reason_is_logged_without_secrets() {
+        let okta = br#"{"error":"invalid_request","error_description":"Cannot supply multiple client credentials. Use one of the following: credentials in the Authorization header, credentials in the post body, or a client_assertion in the post body."}"#;
+        let e = parse_response(400, okta).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "token endpoint answered status 400, error invalid_request, \"Cannot supply multiple client \
+             credentials. Use one of the following: credentials in the Authorization header, credentials in \
+             the post body, or a client_assertion in the post body.\""
+        );
+        let keycloak = br#"{"error":"invalid_grant","error_description":"Incorrect redirect_uri"}"#;
+        assert_eq!(
+            parse_response(400, keycloak).unwrap_err().to_string(),
+            "token endpoint answered invalid_grant, \"Incorrect redirect_uri\""
+        );
+        // A code, refresh token or secret quoted back is left out; short words and numbers stay.
+        let echo = br#"{"error":"invalid_grant","error_description":"refresh token 8xK2mQ9vLp3RtY7wZ (or fjEIf83nf8n2nfjwenf) is not valid after 3600 s"}"#;
+        assert_eq!(
+            parse_response(400, echo).unwrap_err().to_string(),
+            "token endpoint answered invalid_grant, \"refresh token [...] (or [...] is not valid after 3600 s\""
+        );
+        // Quotes, backslashes, control and non-ASCII characters cannot break out of the quotes or the line.
+        let nasty = "{\"error\":\"x\",\"error_description\":\" a\\\"b\\\\c\\nd\\u00e9 \"}";
+        assert_eq!(
+            parse_response(400, nasty.as_bytes())
+                .unwrap_err()
+                .to_string(),
+            "token endpoint answered status 400, error x, \"a?b?c?d?\""
+        );
+        // Bounded.
+        let long = format!(r#"{{"error_description":"{}"}}"#, "ab ".repeat(500));
+        let Err(TokenError::Rejected { description, .. }) = parse_response(500, long.as_bytes())
+        else {
+            panic!("not rejected");
+        };
+        assert_eq!(description.len(), MAX_DESCRIPTION);
+        // None, or not a string: nothing.
+        for body in [
+            &br#"{"error":"x"}"#[..],
+            br#"{"error":"x","error_description":7}"#,
+        ] {
+            assert_eq!(
+                parse_response(400, body).unwrap_err().to_string(),
+                "token endpoint answered status 400, error x"
+            );
+        }
     }
 
     /// Found by mutation testing: a 3xx answer with tokens in it (a redirect's body, not the IdP's answer
@@ -634,7 +755,8 @@ mod tests {
                 parse_response(status, ok),
                 Err(TokenError::Rejected {
                     status,
-                    error: String::new()
+                    error: String::new(),
+                    description: String::new()
                 }),
                 "{status}"
             );
