@@ -176,6 +176,9 @@ impl Rule {
                 Some(Value::Array(a)) => a
                     .iter()
                     .any(|x| x.as_str().is_some_and(|s| vals.iter().any(|v| v == s))),
+                // An object's keys: Zitadel's roles claim maps each role to the organizations that grant it
+                // (found by a review of IdPs).
+                Some(Value::Object(o)) => o.keys().any(|k| vals.iter().any(|v| v == k)),
                 _ => false,
             },
             Rule::Matches(c, p) => claims
@@ -207,8 +210,8 @@ pub fn rule_for<'a>(
         .map(|a| &a.rule)
 }
 
-/// A header value for a claim: strings as they are, lists joined with `,` (as oauth2-proxy does),
-/// numbers and booleans as JSON. `None` for absent claims and for values that cannot be a header.
+/// A header value for a claim: strings as they are, lists joined with `,` (as oauth2-proxy does), an
+/// object's keys so too (Zitadel's roles), numbers and booleans as JSON. `None` for absent claims and for values that cannot be a header.
 /// Found in review: an app reads a header's value without the spaces around it, and a list's items
 /// between its commas: a value `admin ` or an item `x,admins` or ` admins` would read to the app as
 /// what the claim rules did not see. Such a string is no header; such an item is left out of the list.
@@ -217,15 +220,15 @@ pub fn header_value(v: &Value) -> Option<String> {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.as_str().to_string(),
         Value::Bool(b) => b.to_string(),
-        Value::Array(a) => crate::headers::join(
-            a.iter()
-                .filter_map(Value::as_str)
-                .filter(|i| !i.contains(',') && is_header_text(i)),
-            ",",
-        ),
-        _ => return None,
+        Value::Array(a) => list(a.iter().filter_map(Value::as_str)),
+        Value::Object(o) => list(o.keys()),
+        Value::Null => return None,
     };
     (s.len() <= 8192 && is_header_text(&s)).then_some(s)
+}
+
+fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    crate::headers::join(items.filter(|i| !i.contains(',') && is_header_text(i)), ",")
 }
 
 /// Text a header carries as it is: not empty, no space at either end, and nothing that could split a
@@ -311,6 +314,10 @@ mod tests {
         assert!(!admins.allows(&groups(json!("Admins"))));
         assert!(!admins.allows(&groups(json!(["superadmins", "users"]))));
         assert!(!admins.allows(&groups(json!([["admins"]]))));
+        // An object by its keys (Zitadel's `urn:zitadel:iam:org:project:roles`), not its values.
+        assert!(admins.allows(&groups(json!({"ops": {"2345": "org.example"}}))));
+        assert!(!admins.allows(&groups(json!({"users": "admins"}))));
+        assert!(!admins.allows(&groups(json!({}))));
         assert!(!r(json!({"claim": "missing", "matches": "*"})).allows(&c));
         assert!(r(json!({"all_of": [{"claim": "sub", "equals": "alice"}, {"any_of": [{"claim": "n", "equals": 4}, {"claim": "n", "equals": 3}]}]})).allows(&c));
         assert!(!r(json!({"all_of": [{"claim": "sub", "equals": "alice"}, {"claim": "n", "equals": 4}]})).allows(&c));
@@ -368,7 +375,15 @@ mod tests {
             Some("a,b")
         );
         assert_eq!(header_value(&from_serde(&json!("x\r\nEvil: 1"))), None);
-        assert_eq!(header_value(&from_serde(&json!({"a": 1}))), None);
+        // An object's keys (Zitadel's roles), held to what a list's items are.
+        assert_eq!(
+            header_value(&from_serde(
+                &json!({"admin": {"1": "a.example"}, "x,y": {}, "ops": 1})
+            ))
+            .as_deref(),
+            Some("admin,ops")
+        );
+        assert_eq!(header_value(&from_serde(&json!(null))), None);
         assert_eq!(
             header_value(&from_serde(&json!(true))).as_deref(),
             Some("true")

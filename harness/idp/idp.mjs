@@ -76,6 +76,7 @@ function signingKeys() {
 }
 
 const GROUPS = { alice: ['admins', 'users'] };
+const ZITADEL_ROLES = 'urn:zitadel:iam:org:project:roles';
 
 async function findAccount(ctx, sub) {
   // Random, so a token (and the session sealing it) cannot be made smaller by compression.
@@ -92,6 +93,8 @@ async function findAccount(ctx, sub) {
         name: sub.charAt(0).toUpperCase() + sub.slice(1),
         preferred_username: sub,
         groups: GROUPS[sub] || ['users'],
+        // Zitadel's shape of roles: an object, each role mapped to the organizations granting it.
+        [ZITADEL_ROLES]: Object.fromEntries((GROUPS[sub] || ['users']).map((g) => [g, { 1000: 'example.com' }])),
       };
     },
   };
@@ -121,6 +124,7 @@ const provider = new Provider(config.issuer, {
     email: ['email', 'email_verified'],
     profile: ['name', 'preferred_username', 'filler'],
     groups: ['groups'],
+    roles: [ZITADEL_ROLES],
   },
   // Put the scope's claims into the ID token too (not only /userinfo): the filter forwards the ID
   // token, and the app reads `email` from it.

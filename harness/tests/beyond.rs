@@ -24,6 +24,8 @@ const GRAFANA: &str = "grafana.localhost";
 const BOARD: &str = "board.apps.localhost";
 /// A `hosts` entry of its own, of the wiki's IdP client (and so of its back-channel logouts).
 const NOTES: &str = "notes.localhost";
+/// The roles claim of Zitadel, an object keyed by role (the test IdP's `roles` scope), which `notes` reads.
+const ZITADEL_ROLES: &str = "urn:zitadel:iam:org:project:roles";
 /// Matches no `hosts` entry of any site.
 const OTHER: &str = "other.localhost";
 /// The `shared` site's hosts (`*.shared.localhost`), which log in through one `redirect_uri` on
@@ -84,7 +86,12 @@ fn stack() -> &'static Stack {
                     .redirect_host(BOARD)
                     .filter(json!({"callback_path": GRAFANA_CALLBACK, "logout_path": "/signout"})),
             )
-            .host(HostSpec::new("wiki", 0, &[NOTES]));
+            .host(HostSpec::new("wiki", 0, &[NOTES]).filter(json!({
+                // Roles as Zitadel gives them: an object whose keys are the roles.
+                "scopes": ["openid", "email", "profile", "roles"],
+                "claim_rules": [{"path_prefix": "/ops", "rule": {"claim": ZITADEL_ROLES, "contains_any": ["admins"]}}],
+                "identity_headers": {"x-auth-request-user": "sub", "x-auth-request-groups": ZITADEL_ROLES},
+            })));
         // No top-level IdP: only the listed hosts are served (this one to admins only, bypass
         // paths aside), the rest refused...
         let strict = SiteSpec::new("strict")
@@ -825,6 +832,24 @@ fn identity_headers_reach_the_app_and_client_sent_copies_never_do() {
 /// a copy of the cookie (kept, or stolen) stayed a session until it expired. A `/logout` now ends the
 /// session's tokens of its IdP session (`sid`) on every worker: the old cookie is refused by each, while
 /// a new login in the same IdP session (the user left the IdP's logout page unconfirmed) stands.
+/// Found by a review of IdPs: Zitadel's roles claim is an object keyed by role, which no rule or header
+/// read (every user refused).
+#[test]
+fn roles_given_as_an_object_s_keys_pass_rules_and_reach_the_app() {
+    let alice = Browser::new();
+    login(&alice, &at(NOTES, "/ops"), "alice");
+    let h = echo(&alice, &at(NOTES, "/ops"), &[])["headers"].clone();
+    assert_eq!(h["x-auth-request-user"], "alice", "{h}");
+    assert_eq!(h["x-auth-request-groups"], "admins,users", "{h}");
+
+    let bob = Browser::new();
+    login(&bob, &at(NOTES, "/"), "bob");
+    let r = bob.get(&at(NOTES, "/ops")).unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+    let h = echo(&bob, &at(NOTES, "/"), &[])["headers"].clone();
+    assert_eq!(h["x-auth-request-groups"], "users", "{h}");
+}
+
 #[test]
 fn logout_here_ends_the_cookie_on_every_worker_not_a_later_login() {
     let b = Browser::new();
