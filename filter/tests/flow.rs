@@ -3228,6 +3228,7 @@ fn logout_clears_every_chunk_and_ends_the_idp_session() {
     assert_eq!(q["id_token_hint"], id_token);
     assert_eq!(q["client_id"], CLIENT_ID);
     assert_eq!(q["post_logout_redirect_uri"], "https://app.example.com/bye");
+    assert!(!q.contains_key("logout_hint"), "{loc}");
     assert_eq!(r.metric, Some(Metric::Logout));
     let sets = set_cookies(&r);
     for name in jar.names() {
@@ -3285,6 +3286,38 @@ fn logout_sends_client_id_instead_of_an_id_token_too_long_for_the_url() {
     let q = query(loc);
     assert_eq!(q["id_token_hint"], id_token);
     assert_eq!(q["client_id"], CLIENT_ID);
+}
+
+/// Found by a review of IdPs: Entra ID asks which account to sign out of unless the logout names it by
+/// `logout_hint`, the value of the ID token's optional `login_hint` claim. Sent when the token has one and
+/// the URL stays within its bound.
+#[test]
+fn logout_names_the_account_by_the_id_tokens_login_hint() {
+    let login = |f: &mut Filter, hint: &str| {
+        let hint = hint.to_owned();
+        log_in_with(f, None, move |nonce| {
+            let mut c = claims(Some(nonce));
+            c["login_hint"] = hint.clone().into();
+            mint(&c)
+        })
+    };
+    let mut f = Filter::ready(config(json!({})));
+    let hint = "O.CiQ3YjQ1+/=&x";
+    let (jar, id_token) = login(&mut f, hint);
+    let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
+    let q = query(location(&r));
+    assert_eq!(q["logout_hint"], hint);
+    assert_eq!(q["id_token_hint"], id_token);
+
+    // One that would take the URL past 8000 bytes stays out; the ID token goes.
+    let mut f = Filter::ready(config(json!({})));
+    let (jar, id_token) = login(&mut f, &"h".repeat(3600));
+    let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
+    let loc = location(&r);
+    assert!(loc.len() <= 8000, "{}", loc.len());
+    let q = query(loc);
+    assert!(!q.contains_key("logout_hint"), "{loc}");
+    assert_eq!(q["id_token_hint"], id_token);
 }
 
 /// Found in review: `/logout` took the first session of the name that opened, though another plugin

@@ -43,7 +43,7 @@ const issuer = new URL(config.issuer);
 // Per-client settings that are ours, not OIDC client metadata; stripped before registration.
 const HARNESS_FIELDS = [
   'id_token_ttl', 'access_token_ttl', 'refresh_token_ttl', 'refresh', 'rotate_refresh_token', 'require_pkce',
-  'extra_claims_bytes',
+  'extra_claims_bytes', 'login_hint',
 ];
 const settings = new Map();
 const clients = (config.clients || []).map((c) => {
@@ -81,6 +81,9 @@ const ZITADEL_ROLES = 'urn:zitadel:iam:org:project:roles';
 async function findAccount(ctx, sub) {
   // Random, so a token (and the session sealing it) cannot be made smaller by compression.
   const fillerBytes = own(ctx?.oidc?.client).extra_claims_bytes || 0;
+  // Entra ID's optional claim, an opaque name of the account that its end-session endpoint takes back
+  // as `logout_hint`.
+  const loginHint = own(ctx?.oidc?.client).login_hint === true ? `O.${Buffer.from(sub).toString('base64url')}` : undefined;
   const filler = fillerBytes > 0 ? randomBytes(fillerBytes).toString('base64url').slice(0, fillerBytes) : undefined;
   return {
     accountId: sub,
@@ -88,6 +91,7 @@ async function findAccount(ctx, sub) {
       return {
         sub,
         ...(filler && { filler }),
+        ...(loginHint && { login_hint: loginHint }),
         email: `${sub}@example.com`,
         email_verified: true,
         name: sub.charAt(0).toUpperCase() + sub.slice(1),
@@ -120,7 +124,7 @@ const provider = new Provider(config.issuer, {
   findAccount,
   loadExistingGrant,
   claims: {
-    openid: ['sub'],
+    openid: ['sub', 'login_hint'],
     email: ['email', 'email_verified'],
     profile: ['name', 'preferred_username', 'filler'],
     groups: ['groups'],

@@ -74,7 +74,9 @@ fn stack() -> &'static Stack {
             SiteSpec::new("norefresh")
                 .filter(json!({"refresh_margin": "1s"}))
                 .idp_client(json!({"id_token_ttl": 3, "refresh": false})),
-            SiteSpec::new("nologout").idp_client(json!({"post_logout_redirect_uris": null})),
+            // Its ID tokens carry Entra ID's `login_hint` claim.
+            SiteSpec::new("nologout")
+                .idp_client(json!({"post_logout_redirect_uris": null, "login_hint": true})),
             // `sid` in its ID tokens (the `claims` parameter), without back-channel logout.
             SiteSpec::new("sid").filter(json!({
                 "authorization_params": {"claims": "{\"id_token\":{\"sid\":null}}"},
@@ -1175,8 +1177,17 @@ fn logout_without_post_logout_redirect_uri_ends_at_the_idp() {
     let r = b.get(&s.url("/logout")).unwrap();
     assert_eq!(r.status, 302, "{}", r.body);
     let end = r.location().unwrap();
-    assert!(query_param(&end, "id_token_hint").is_some(), "{end}");
+    let hint = query_param(&end, "id_token_hint").unwrap_or_else(|| panic!("{end}"));
     assert_eq!(query_param(&end, "post_logout_redirect_uri"), None, "{end}");
+    // The account named by the ID token's `login_hint` (as Entra ID takes it, to skip its account
+    // picker); the IdP takes the parameter.
+    let login_hint = jwt_payload(&hint).unwrap()["login_hint"].clone();
+    assert!(login_hint.is_string(), "{login_hint}");
+    assert_eq!(
+        query_param(&end, "logout_hint").as_deref(),
+        login_hint.as_str(),
+        "{end}"
+    );
     assert!(session_cookies(&b).is_empty());
     let confirm = b.follow(b.get(&end).unwrap(), 5).unwrap().response;
     let form = confirm
