@@ -1456,11 +1456,12 @@ fn log_reply(r: &flow::Reply, site: &dyn Fn() -> Option<String>) {
     // out the warnings.
     // Back-channel refusals at info whatever the status: anyone can post a token whose key id
     // this worker may not fetch just now (a 503).
-    let (level, at) = if r.status >= 500 && r.metric != Some(Metric::BackchannelLogoutRefused) {
-        (LogLevel::Warn, 0)
-    } else {
-        (LogLevel::Info, 1)
-    };
+    let (level, at) =
+        if r.warn || r.status >= 500 && r.metric != Some(Metric::BackchannelLogoutRefused) {
+            (LogLevel::Warn, 0)
+        } else {
+            (LogLevel::Info, 1)
+        };
     let budget: &[Throttle] = match r.metric {
         Some(Metric::CallbackFailed(_)) => &CALLBACK_FAILED,
         Some(Metric::RefreshFailed) => &REFRESH_FAILED,

@@ -132,6 +132,9 @@ pub struct Reply {
     /// Why, for the operator's log line with a failed login or refresh: our own words and codes (no
     /// token, code, secret or request data).
     pub detail: Option<String>,
+    /// Log the line at warning whatever the status: the deployment's to mend, though the request is
+    /// answered as its own fault.
+    pub warn: bool,
 }
 
 /// An HTTP callout to the IdP through an Envoy cluster.
@@ -341,6 +344,8 @@ pub struct State {
     /// ends the pause the workers share with it and clears this (found in review: it took any reply to a
     /// renewal for one, and an unusable success ended another worker's pause).
     pub idp_answered: bool,
+    /// A refresh answer without an ID token ended a session here, and the log said so at warning.
+    pub told_no_id_token: bool,
 }
 
 /// How far ahead (seconds, within `clock_leeway`; behind, negative, within [`MAX_BEHIND`]) a token showed
@@ -1074,6 +1079,7 @@ fn forbidden(cfg: &Config, browser: bool, s: &Cached) -> Step {
         body: body.into(),
         metric: Some(Metric::Forbidden),
         detail: None,
+        warn: false,
     })
 }
 
@@ -2214,7 +2220,17 @@ fn finish_refresh(
         // expired, so the user logs in again.
         None => {
             let why = TokenError::MissingIdToken.to_string() + " (forward_token is id_token)";
-            return refresh_failed(cfg, state, &job, env.now, why);
+            let mut step = refresh_failed(cfg, state, &job, env.now, why);
+            // The IdP's setting ends every session at its first renewal (PingFederate's default):
+            // the first time on this worker at warning, where istio-proxy logs by default (found in
+            // review: at info only, the operator saw nothing while users logged in every 5 minutes).
+            if let Step::Respond(r) = &mut step
+                && !state.told_no_id_token
+            {
+                r.warn = true;
+                state.told_no_id_token = true;
+            }
+            return step;
         }
     };
     let refresh = tokens
@@ -2740,6 +2756,7 @@ fn json_error(status: u16, error: &str) -> Step {
         body: body.into(),
         metric: None,
         detail: None,
+        warn: false,
     })
 }
 
@@ -3058,6 +3075,7 @@ fn redirect_reply(location: String) -> Reply {
         body: Cow::Borrowed(""),
         metric: None,
         detail: None,
+        warn: false,
     }
 }
 
@@ -3113,6 +3131,7 @@ fn unavailable(
         body: body.into(),
         metric: Some(metric),
         detail,
+        warn: false,
     })
 }
 
@@ -3128,6 +3147,7 @@ fn json_401() -> Reply {
             .into(),
         metric: Some(Metric::Unauthorized),
         detail: None,
+        warn: false,
     }
 }
 
@@ -3141,6 +3161,7 @@ fn text(status: u16, msg: &str, metric: Option<Metric>) -> Step {
         body: format!("{msg}\n").into(),
         metric,
         detail: None,
+        warn: false,
     })
 }
 
@@ -3249,6 +3270,7 @@ fn html_page(status: u16, body: String, metric: Option<Metric>) -> Reply {
         body: body.into(),
         metric,
         detail: None,
+        warn: false,
     }
 }
 

@@ -2698,6 +2698,15 @@ fn a_refresh_answer_without_an_id_token_ends_the_session_and_says_why() {
         r.detail.as_deref(),
         Some("token response has no id_token (forward_token is id_token)")
     );
+    // The IdP's setting (PingFederate's default) ends every session so: said at warning the first time
+    // on the worker, at info after.
+    assert!(r.warn);
+    f.now = NOW;
+    let (jar, _) = due_for_refresh(&mut f);
+    let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
+    let r = respond(f.reply(pending, Some((200, &token_body(None, Some("rt-3"))))));
+    assert_eq!(r.metric, Some(Metric::RefreshFailed));
+    assert!(!r.warn);
 }
 
 #[test]
@@ -3606,6 +3615,7 @@ fn login_from_sets(f: &Filter, r: &oidc_filter::flow::Reply) -> Login {
         body: r.body.clone(),
         metric: r.metric,
         detail: None,
+        warn: false,
     };
     login_from(f, &only)
 }

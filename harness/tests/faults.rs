@@ -611,6 +611,20 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
     // the browser logs in again.
     let dpop = r#"{"access_token":"at","token_type":"DPoP","expires_in":300}"#;
     refresh_answered_ends_the_session(&b, 200, dpop);
+
+    // A refresh answer without an ID token (PingFederate's default), which the forwarded ID token
+    // needs: the session ends, and the deployment's setting is named at `warning` (the first time on
+    // the worker), where istio-proxy logs by default.
+    let no_id_token = r#"{"access_token":"at","token_type":"Bearer","expires_in":300}"#;
+    refresh_answered_ends_the_session(&b, 200, no_id_token);
+    let line = "oidc-filter: token refresh failed, answered 302: token response has no id_token \
+                (forward_token is id_token)";
+    let warned = || {
+        let log = stack().envoy_log()?;
+        Ok((wasm_log_lines(&log, "warning", line) > 0).then_some(()))
+    };
+    harness::process::poll(Duration::from_secs(5), warned)
+        .unwrap_or_else(|e| panic!("{e}: no warning {line:?}"));
 }
 
 /// A browser navigation with `b`'s session, its token expired, while the token endpoint answers
