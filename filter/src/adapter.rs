@@ -362,8 +362,12 @@ impl Root {
             }
             Err(reason) => {
                 let _ = host::increment_metric(self.metrics.idp_fetch_failed, 1);
+                let moved = match &reply {
+                    Some((300..=399, _)) => moved_to(),
+                    _ => String::new(),
+                };
                 log_warn(&format!(
-                    "oidc-filter: fetching the {} of {} (cluster `{target}`) failed: {reason}; retrying",
+                    "oidc-filter: fetching the {} of {} (cluster `{target}`) failed: {reason}{moved}; retrying",
                     match fetch {
                         Fetch::Discovery => "discovery document",
                         Fetch::Jwks => "JWKS",
@@ -1545,6 +1549,24 @@ fn request_headers() -> HeaderBlock {
     host::get_header_map_pairs(Headers::Request)
         .and_then(HeaderBlock::parse)
         .unwrap_or_else(HeaderBlock::empty)
+}
+
+/// Where a redirect answering a fetch of the IdP's documents points, for its log line: the usual
+/// mistakes show there (`http` for `https`, an issuer's missing or extra `/`, a path the IdP moved). Its
+/// query and fragment left out, which may carry what a log line must not.
+fn moved_to() -> String {
+    let Some(location) = host::get_header(Headers::CallResponse, "location") else {
+        return String::new();
+    };
+    let location = String::from_utf8_lossy(&location);
+    let end = location
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(location.len());
+    format!(
+        " to \"{}\"",
+        crate::oidc::discovery::quotable(&location[..end], 200)
+    )
 }
 
 fn read_reply(body_size: usize) -> Option<(u16, Vec<u8>)> {

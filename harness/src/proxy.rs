@@ -32,6 +32,11 @@ pub enum Mode {
         /// Body.
         body: String,
     },
+    /// Answer every HTTP request with `301 Moved Permanently` to `location` (then close the connection).
+    Redirect {
+        /// The Location header.
+        location: String,
+    },
     /// Forward, holding each request the client sends for this long (a request that arrives in several
     /// reads is held once: a chunk is held when it is the first, or the first since an answer).
     Delay(Duration),
@@ -255,6 +260,20 @@ fn handle(inner: &Inner, id: u64, client: TcpStream) {
             content_type,
             body,
         } => respond(client, status, &content_type, &body),
+        Mode::Redirect { location } => {
+            let mut client = client;
+            if read_request(&mut client).is_err() {
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            }
+            send(
+                client,
+                301,
+                "text/plain",
+                &format!("location: {location}\r\n"),
+                "",
+            );
+        }
         Mode::Forward => forward(inner, id, client, None),
         Mode::Delay(delay) => forward(inner, id, client, Some(delay)),
         Mode::DelayFor { path_prefix, delay } => delay_for(inner, id, client, &path_prefix, delay),
@@ -430,9 +449,14 @@ fn respond(mut client: TcpStream, status: u16, content_type: &str, body: &str) {
     send_response(client, status, content_type, body);
 }
 
-fn send_response(mut client: TcpStream, status: u16, content_type: &str, body: &str) {
+fn send_response(client: TcpStream, status: u16, content_type: &str, body: &str) {
+    send(client, status, content_type, "", body);
+}
+
+/// A response with `headers` (whole lines, each ending `\r\n`) besides the content type and length.
+fn send(mut client: TcpStream, status: u16, content_type: &str, headers: &str, body: &str) {
     let response = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         reason(status),
         body.len(),
     );
@@ -497,6 +521,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        301 => "Moved Permanently",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",

@@ -66,6 +66,19 @@ fn filter_waits_for_its_idp_and_refuses_a_foreign_discovery_document() {
         r.set_cookies()
     );
 
+    // Something answers with a redirect (an `http` issuer for an `https` IdP, a missing `/`): the log
+    // line says where to, without the query (found in review: only "HTTP 301").
+    let moved_to = "https://idp.example/realms/demo/.well-known/openid-configuration";
+    stack.idp_proxy().set_mode(Mode::Redirect {
+        location: format!("{moved_to}?session=hush#frag"),
+    });
+    let line = format!("failed: HTTP 301 to \"{moved_to}\"; retrying");
+    stack
+        .wait_for_envoy_log(&line, Duration::from_secs(20))
+        .unwrap();
+    assert!(!stack.envoy_log().unwrap().contains("hush"));
+    assert_not_ready(&b.get(&s.url("/")).unwrap());
+
     // Something answers, but with another issuer's document: refused, still not ready.
     let foreign = json!({
         "issuer": "https://evil.example",
