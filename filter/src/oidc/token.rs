@@ -357,30 +357,33 @@ fn sanitize_error_code(code: &str) -> String {
 }
 
 /// The IdP's `error_description` for a log line: RFC 6749 5.2's characters only (printable ASCII but `"`
-/// and `\`; any other becomes `?`), at most 200 of them, and every word of 16 or more characters that
+/// and `\`; any other byte becomes `?`), at most 200 of them, and every word of 16 or more characters that
 /// mixes letters and digits left out as `[...]`: an IdP may quote back the code, refresh token or secret
 /// it refuses, and none may reach a log line.
 fn describe(text: &str) -> String {
-    let mut out = String::new();
-    for (i, word) in text.trim().split(' ').enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        let letters = word.chars().any(|c| c.is_ascii_alphabetic());
-        let digits = word.chars().any(|c| c.is_ascii_digit());
-        if word.chars().count() >= SECRET_LIKE && letters && digits {
-            out.push_str("[...]");
-        } else {
-            out.extend(word.chars().map(|c| match c {
-                ' '..='~' if c != '"' && c != '\\' => c,
-                _ => '?',
-            }));
-        }
-        if out.chars().count() >= MAX_DESCRIPTION {
+    // Bytes: the result is ASCII, each byte of a character outside it a `?`.
+    let mut out: Vec<u8> = Vec::new();
+    for word in text.trim().as_bytes().split(|&b| b == b' ') {
+        if out.len() >= MAX_DESCRIPTION {
             break;
         }
+        if !out.is_empty() {
+            out.push(b' ');
+        }
+        if word.len() >= SECRET_LIKE
+            && word.iter().any(u8::is_ascii_alphabetic)
+            && word.iter().any(u8::is_ascii_digit)
+        {
+            out.extend_from_slice(b"[...]");
+        } else {
+            out.extend(word.iter().map(|&b| match b {
+                b' '..=b'~' if b != b'"' && b != b'\\' => b,
+                _ => b'?',
+            }));
+        }
     }
-    out.chars().take(MAX_DESCRIPTION).collect()
+    out.truncate(MAX_DESCRIPTION);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -723,7 +726,7 @@ mod tests {
             parse_response(400, nasty.as_bytes())
                 .unwrap_err()
                 .to_string(),
-            "token endpoint answered status 400, error x, \"a?b?c?d?\""
+            "token endpoint answered status 400, error x, \"a?b?c?d??\""
         );
         // Bounded.
         let long = format!(r#"{{"error_description":"{}"}}"#, "ab ".repeat(500));
