@@ -176,9 +176,10 @@ impl Rule {
                 Some(Value::Array(a)) => a
                     .iter()
                     .any(|x| x.as_str().is_some_and(|s| vals.iter().any(|v| v == s))),
-                // An object's keys: Zitadel's roles claim maps each role to the organizations that grant it
-                // (found by a review of IdPs).
-                Some(Value::Object(o)) => o.keys().any(|k| vals.iter().any(|v| v == k)),
+                // The keys of an object of objects: Zitadel's roles claim maps each role to the
+                // organizations that grant it (found by a review of IdPs). Not those of any other object,
+                // whose values may say no (`{"admin": false}`, found in review).
+                Some(Value::Object(o)) if keyed(o) => o.keys().any(|k| vals.iter().any(|v| v == k)),
                 _ => false,
             },
             Rule::Matches(c, p) => claims
@@ -221,10 +222,15 @@ pub fn header_value(v: &Value) -> Option<String> {
         Value::Number(n) => n.as_str().to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Array(a) => list(a.iter().filter_map(Value::as_str)),
-        Value::Object(o) => list(o.keys()),
-        Value::Null => return None,
+        Value::Object(o) if keyed(o) => list(o.keys()),
+        _ => return None,
     };
     (s.len() <= 8192 && is_header_text(&s)).then_some(s)
+}
+
+/// An object whose every value is an object, whose keys are then its items (Zitadel's roles).
+fn keyed(o: &Object) -> bool {
+    o.iter().all(|(_, v)| v.is_object())
 }
 
 fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
@@ -314,10 +320,13 @@ mod tests {
         assert!(!admins.allows(&groups(json!("Admins"))));
         assert!(!admins.allows(&groups(json!(["superadmins", "users"]))));
         assert!(!admins.allows(&groups(json!([["admins"]]))));
-        // An object by its keys (Zitadel's `urn:zitadel:iam:org:project:roles`), not its values.
+        // An object of objects by its keys (Zitadel's `urn:zitadel:iam:org:project:roles`), not its
+        // values; no other object (found in review: `{"admins": false}` passed).
         assert!(admins.allows(&groups(json!({"ops": {"2345": "org.example"}}))));
         assert!(!admins.allows(&groups(json!({"users": "admins"}))));
         assert!(!admins.allows(&groups(json!({}))));
+        assert!(!admins.allows(&groups(json!({"admins": false}))));
+        assert!(!admins.allows(&groups(json!({"admins": {}, "ops": null}))));
         assert!(!r(json!({"claim": "missing", "matches": "*"})).allows(&c));
         assert!(r(json!({"all_of": [{"claim": "sub", "equals": "alice"}, {"any_of": [{"claim": "n", "equals": 4}, {"claim": "n", "equals": 3}]}]})).allows(&c));
         assert!(!r(json!({"all_of": [{"claim": "sub", "equals": "alice"}, {"claim": "n", "equals": 4}]})).allows(&c));
@@ -375,13 +384,20 @@ mod tests {
             Some("a,b")
         );
         assert_eq!(header_value(&from_serde(&json!("x\r\nEvil: 1"))), None);
-        // An object's keys (Zitadel's roles), held to what a list's items are.
+        // An object of objects' keys (Zitadel's roles), held to what a list's items are; no other
+        // object (`address`).
         assert_eq!(
             header_value(&from_serde(
-                &json!({"admin": {"1": "a.example"}, "x,y": {}, "ops": 1})
+                &json!({"admin": {"1": "a.example"}, "x,y": {}, "ops": {}})
             ))
             .as_deref(),
             Some("admin,ops")
+        );
+        assert_eq!(
+            header_value(&from_serde(
+                &json!({"formatted": "1 Main St", "country": "NZ"})
+            )),
+            None
         );
         assert_eq!(header_value(&from_serde(&json!(null))), None);
         assert_eq!(

@@ -1874,7 +1874,9 @@ fn code_reply(
                 &start_again(cfg, &x.login.rd),
             );
         }
-        Some((status, body)) => match token::parse_response(status, body) {
+        Some((status, body)) => match token::parse_response(status, body)
+            .map_err(|e| e.withholding(&[cfg.client_secret.expose(), x.login.verifier.expose()]))
+        {
             Ok(t) => t,
             Err(e @ TokenError::InvalidGrant { .. }) => {
                 // Logged with the IdP's reason: a redirect URI or PKCE verifier it does not accept is
@@ -2049,7 +2051,13 @@ fn refresh_reply(
 ) -> Step {
     let still_valid = env.now < job.session.session.token_expires_at;
     let tokens = match reply {
-        Some((status, body)) => token::parse_response(status, body),
+        Some((status, body)) => token::parse_response(status, body).map_err(|e| {
+            let refresh = job.session.session.refresh_token.as_ref();
+            e.withholding(&[
+                cfg.client_secret.expose(),
+                refresh.map(Secret::expose).unwrap_or_default(),
+            ])
+        }),
         None => Err(TokenError::NotJson("no answer")),
     };
     match &tokens {
@@ -2224,7 +2232,10 @@ fn finish_refresh(
             // The IdP's setting ends every session at its first renewal (PingFederate's default):
             // the first time on this worker at warning, where istio-proxy logs by default (found in
             // review: at info only, the operator saw nothing while users logged in every 5 minutes).
+            // Not on a `403` of a renewal another request made meanwhile, which logs no line (found in
+            // review).
             if let Step::Respond(r) = &mut step
+                && r.metric == Some(Metric::RefreshFailed)
                 && !state.told_no_id_token
             {
                 r.warn = true;

@@ -1431,7 +1431,7 @@ fn invalid_grant_is_400() {
 #[test]
 fn unusable_token_endpoint_answers_are_502() {
     // With what the operator's log line says of each.
-    let cases: [(u16, &[u8], &str); 6] = [
+    let cases: [(u16, &[u8], &str); 7] = [
         (500, b"internal error", "token endpoint answered status 500"),
         (503, b"", "token endpoint answered status 503"),
         (
@@ -1439,6 +1439,13 @@ fn unusable_token_endpoint_answers_are_502() {
             br#"{"error":"invalid_client","error_description":"secret\nwrong"}"#,
             // The IdP's reason, its line break made harmless.
             "token endpoint answered status 401, error invalid_client, \"secret?wrong\"",
+        ),
+        (
+            401,
+            br#"{"error":"invalid_client","error_description":"secret s3cret:with/odd is wrong"}"#,
+            // Not when it quotes the client secret.
+            "token endpoint answered status 401, error invalid_client, \"[withheld: it quotes what \
+             was sent]\"",
         ),
         (
             200,
@@ -2697,6 +2704,16 @@ fn a_refresh_answer_without_an_id_token_ends_the_session_and_says_why() {
     assert_eq!(
         r.detail.as_deref(),
         Some("token response has no id_token (forward_token is id_token)")
+    );
+    // A refusal that quotes the refresh token sent is logged without its words.
+    f.now = NOW;
+    let (jar, _) = due_for_refresh(&mut f);
+    let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
+    let refused = br#"{"error":"invalid_grant","error_description":"rt-1 was revoked"}"#;
+    let r2 = respond(f.reply(pending, Some((400, refused))));
+    assert_eq!(
+        r2.detail.as_deref(),
+        Some("token endpoint answered invalid_grant, \"[withheld: it quotes what was sent]\"")
     );
     // The IdP's setting (PingFederate's default) ends every session so: said at warning the first time
     // on the worker, at info after.

@@ -826,12 +826,6 @@ fn identity_headers_reach_the_app_and_client_sent_copies_never_do() {
     assert_login_redirect(&r);
 }
 
-// --- 4. back-channel logout ---
-
-/// Found by a black-box test: a renewal still on its way when the user logged out put the session back, and
-/// a copy of the cookie (kept, or stolen) stayed a session until it expired. A `/logout` now ends the
-/// session's tokens of its IdP session (`sid`) on every worker: the old cookie is refused by each, while
-/// a new login in the same IdP session (the user left the IdP's logout page unconfirmed) stands.
 /// Found by a review of IdPs: Zitadel's roles claim is an object keyed by role, which no rule or header
 /// read (every user refused).
 #[test]
@@ -850,6 +844,12 @@ fn roles_given_as_an_object_s_keys_pass_rules_and_reach_the_app() {
     assert_eq!(h["x-auth-request-groups"], "users", "{h}");
 }
 
+// --- 4. back-channel logout ---
+
+/// Found by a black-box test: a renewal still on its way when the user logged out put the session back, and
+/// a copy of the cookie (kept, or stolen) stayed a session until it expired. A `/logout` now ends the
+/// session's tokens of its IdP session (`sid`) on every worker: the old cookie is refused by each, while
+/// a new login in the same IdP session (the user left the IdP's logout page unconfirmed) stands.
 #[test]
 fn logout_here_ends_the_cookie_on_every_worker_not_a_later_login() {
     let b = Browser::new();

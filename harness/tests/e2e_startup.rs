@@ -70,11 +70,21 @@ fn filter_waits_for_its_idp_and_refuses_a_foreign_discovery_document() {
     // line says where to, without the query (found in review: only "HTTP 301").
     let moved_to = "https://idp.example/realms/demo/.well-known/openid-configuration";
     stack.idp_proxy().set_mode(Mode::Redirect {
-        location: format!("{moved_to}?session=hush#frag"),
+        location: format!("{moved_to};jsessionid=hush1?session=hush2#hush3"),
     });
     let line = format!("failed: HTTP 301 to \"{moved_to}\"; retrying");
     stack
         .wait_for_envoy_log(&line, Duration::from_secs(20))
+        .unwrap();
+    // One that names a user is not shown.
+    stack.idp_proxy().set_mode(Mode::Redirect {
+        location: "https://admin:hush4@idp.example/".into(),
+    });
+    stack
+        .wait_for_envoy_log(
+            "failed: HTTP 301 to a location that names a user; retrying",
+            Duration::from_secs(40),
+        )
         .unwrap();
     assert!(!stack.envoy_log().unwrap().contains("hush"));
     assert_not_ready(&b.get(&s.url("/")).unwrap());
@@ -93,8 +103,9 @@ fn filter_waits_for_its_idp_and_refuses_a_foreign_discovery_document() {
         "discovery issuer \"https://evil.example\" is not the configured issuer \"{}\"",
         stack.issuer()
     );
+    // (The tries are up to 30 s apart by now.)
     stack
-        .wait_for_envoy_log(&mismatch, Duration::from_secs(20))
+        .wait_for_envoy_log(&mismatch, Duration::from_secs(40))
         .unwrap();
     assert_not_ready(&b.get(&s.url("/")).unwrap());
     assert_not_ready(&Browser::new().get(&s.url("/login")).unwrap());

@@ -20,9 +20,6 @@ const MAX_BODY: usize = 128 * 1024;
 const MAX_ERROR_CODE: usize = 64;
 /// Longest `error_description` we repeat in a log line, in characters.
 const MAX_DESCRIPTION: usize = 200;
-/// A word of the description this long, of letters and digits both, may be a code, token or secret the
-/// IdP quotes back: it is left out.
-const SECRET_LIKE: usize = 16;
 
 /// How the client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +75,20 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// Without its description if that quotes 8 bytes in a row (or the whole, if shorter) of any of
+    /// `secrets`: the client secret, the verifier or refresh token just sent (found in review: the
+    /// heuristic of [`describe`] alone lets a passphrase through).
+    pub fn withholding(mut self, secrets: &[&str]) -> Self {
+        if let Self::InvalidGrant { description } | Self::Rejected { description, .. } = &mut self
+            && secrets
+                .iter()
+                .any(|s| quotes(description.as_bytes(), s.as_bytes()))
+        {
+            *description = "[withheld: it quotes what was sent]".into();
+        }
+        self
+    }
+
     /// The IdP refused the grant in its own words (RFC 6749 5.2: a 4xx with an error code), as opposed to
     /// not answering usefully: Dex answers a spent refresh token `invalid_request`. Asking again will not
     /// change the answer. Not `invalid_client`, nor any `401` but `invalid_grant`'s: RFC 6749 5.2 keeps
@@ -357,33 +368,35 @@ fn sanitize_error_code(code: &str) -> String {
 }
 
 /// The IdP's `error_description` for a log line: RFC 6749 5.2's characters only (printable ASCII but `"`
-/// and `\`; any other byte becomes `?`), at most 200 of them, and every word of 16 or more characters that
-/// mixes letters and digits left out as `[...]`: an IdP may quote back the code, refresh token or secret
-/// it refuses, and none may reach a log line.
+/// and `\`; any other byte becomes `?`), at most 200 of them. (An IdP may quote back what it refuses:
+/// the caller withholds a description that quotes a secret it sent, [`TokenError::withholding`]. A
+/// heuristic for words that look like secrets hid every GUID, an Entra trace id among them.)
 fn describe(text: &str) -> String {
-    // Bytes: the result is ASCII, each byte of a character outside it a `?`.
-    let mut out: Vec<u8> = Vec::new();
-    for word in text.trim().as_bytes().split(|&b| b == b' ') {
-        if out.len() >= MAX_DESCRIPTION {
-            break;
-        }
-        if !out.is_empty() {
-            out.push(b' ');
-        }
-        if word.len() >= SECRET_LIKE
-            && word.iter().any(u8::is_ascii_alphabetic)
-            && word.iter().any(u8::is_ascii_digit)
-        {
-            out.extend_from_slice(b"[...]");
-        } else {
-            out.extend(word.iter().map(|&b| match b {
-                b' '..=b'~' if b != b'"' && b != b'\\' => b,
-                _ => b'?',
-            }));
-        }
-    }
-    out.truncate(MAX_DESCRIPTION);
+    let out: Vec<u8> = text
+        .trim()
+        .bytes()
+        .take(MAX_DESCRIPTION)
+        .map(clean)
+        .collect();
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// Whether `said` holds 8 bytes in a row of `secret` (the whole, if shorter), as a log line shows them.
+fn quotes(said: &[u8], secret: &[u8]) -> bool {
+    let n = secret.len().min(8);
+    n > 0
+        && secret.windows(n).any(|w| {
+            said.windows(n)
+                .any(|d| d.iter().zip(w).all(|(a, b)| *a == clean(*b)))
+        })
+}
+
+/// A byte of a description (or of another text an answer carries) as a log line shows it.
+pub(crate) fn clean(b: u8) -> u8 {
+    match b {
+        b' '..=b'~' if b != b'"' && b != b'\\' => b,
+        _ => b'?',
+    }
 }
 
 #[cfg(test)]
@@ -697,10 +710,9 @@ mod tests {
         );
     }
 
-    /// The IdP's reason goes into the log line (a review found Okta's lost), quoted, cleaned and bounded,
-    /// and without what may be a code, token or secret quoted back.
+    /// The IdP's reason goes into the log line (a review found Okta's lost), quoted, cleaned and bounded.
     #[test]
-    fn the_idps_reason_is_logged_without_secrets() {
+    fn the_idps_reason_is_logged_cleaned_and_bounded() {
         let okta = br#"{"error":"invalid_request","error_description":"Cannot supply multiple client credentials. Use one of the following: credentials in the Authorization header, credentials in the post body, or a client_assertion in the post body."}"#;
         let e = parse_response(400, okta).unwrap_err();
         assert_eq!(
@@ -714,11 +726,13 @@ mod tests {
             parse_response(400, keycloak).unwrap_err().to_string(),
             "token endpoint answered invalid_grant, \"Incorrect redirect_uri\""
         );
-        // A code, refresh token or secret quoted back is left out; short words and numbers stay.
-        let echo = br#"{"error":"invalid_grant","error_description":"refresh token 8xK2mQ9vLp3RtY7wZ (or fjEIf83nf8n2nfjwenf) is not valid after 3600 s"}"#;
+        // Ids an operator quotes to the IdP's support stay (found in review: a heuristic for words that
+        // look like secrets hid them; what was sent is withheld instead, below).
+        let entra = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided. Trace ID: 0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"}"#;
         assert_eq!(
-            parse_response(400, echo).unwrap_err().to_string(),
-            "token endpoint answered invalid_grant, \"refresh token [...] (or [...] is not valid after 3600 s\""
+            parse_response(401, entra).unwrap_err().to_string(),
+            "token endpoint answered status 401, error invalid_client, \"AADSTS7000215: Invalid client \
+             secret provided. Trace ID: 0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0\""
         );
         // Quotes, backslashes, control and non-ASCII characters cannot break out of the quotes or the line.
         let nasty = "{\"error\":\"x\",\"error_description\":\" a\\\"b\\\\c\\nd\\u00e9 \"}";
@@ -745,6 +759,51 @@ mod tests {
                 "token endpoint answered status 400, error x"
             );
         }
+    }
+
+    /// Found in review: a description that quotes a secret just sent (a passphrase, a part of a refresh
+    /// token) is withheld whole; one that quotes none stays.
+    #[test]
+    fn a_description_quoting_what_was_sent_is_withheld() {
+        let body = br#"{"error":"invalid_client","error_description":"secret 'correct horse battery' is wrong"}"#;
+        let sent = ["correct horse battery staple", "rt-1"];
+        let e = parse_response(401, body).unwrap_err();
+        assert_eq!(
+            e.clone().withholding(&sent).to_string(),
+            "token endpoint answered status 401, error invalid_client, \"[withheld: it quotes what was sent]\""
+        );
+        // 8 bytes in a row of one are enough; fewer of a longer one are not.
+        for (secret, withheld) in [("xxxxxxx horse ba", true), ("zzzzzzzzorse ba", false)] {
+            assert_eq!(
+                e.clone()
+                    .withholding(&[secret])
+                    .to_string()
+                    .contains("withheld"),
+                withheld,
+                "{secret}"
+            );
+        }
+        // A secret shorter than 8 bytes, whole; an empty one never.
+        let short = br#"{"error":"invalid_grant","error_description":"token rt-1 is spent"}"#;
+        let e = parse_response(400, short).unwrap_err();
+        assert!(
+            e.clone()
+                .withholding(&sent)
+                .to_string()
+                .contains("withheld")
+        );
+        assert_eq!(
+            e.withholding(&["", "other"]).to_string(),
+            "token endpoint answered invalid_grant, \"token rt-1 is spent\""
+        );
+        // Compared as the log line would show it: a secret with a quote in it.
+        let quoted = br#"{"error":"x","error_description":"is a\"b\"cdefgh"}"#;
+        let e = parse_response(400, quoted).unwrap_err();
+        assert!(
+            e.withholding(&[r#"a"b"cdefgh"#])
+                .to_string()
+                .contains("withheld")
+        );
     }
 
     /// Found by mutation testing: a 3xx answer with tokens in it (a redirect's body, not the IdP's answer
