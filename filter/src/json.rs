@@ -1213,4 +1213,20 @@ mod tests {
         }
         assert!(checked > 50_000, "{checked}");
     }
+
+    #[test]
+    fn nesting_stops_at_64() {
+        for (open, close) in [("[", "]"), ("{\"a\":", "}")] {
+            let nest = |n: usize| format!("{}1{}", open.repeat(n), close.repeat(n));
+            assert!(parse(nest(64).as_bytes()).is_ok());
+            assert_eq!(bad(nest(65).as_bytes()).reason, "nested too deeply");
+        }
+    }
+
+    #[test]
+    fn numbers_beyond_the_exponent_limit_are_equal_only_as_literals() {
+        // 2^40 = 1099511627776, the last exponent counted exactly.
+        assert_eq!(num("1e1099511627776"), num("10e1099511627775"));
+        assert_ne!(ok("1e2000000000000"), ok("1e3000000000000"));
+    }
 }

@@ -634,4 +634,133 @@ mod tests {
             Some(Fetch::Discovery)
         );
     }
+
+    #[test]
+    fn discovery_read_while_the_clock_was_far_ahead_does_not_put_off_its_next_reading() {
+        let cfg = cfg();
+        let mut p = serving(&cfg);
+        let ahead = u64::MAX / 4;
+        // Far ahead: the refresh reads discovery, then the keys fail.
+        assert_eq!(
+            due(&mut p, &cfg, ahead).map(|(f, _)| f),
+            Some(Fetch::Discovery)
+        );
+        p.on_reply(
+            &cfg,
+            Fetch::Discovery,
+            Some((200, DISCOVERY.as_bytes())),
+            ahead,
+        )
+        .unwrap();
+        assert_eq!(due(&mut p, &cfg, ahead).map(|(f, _)| f), Some(Fetch::Jwks));
+        assert!(p.on_reply(&cfg, Fetch::Jwks, None, ahead).is_err());
+        // Back to the right time: the next refresh reads discovery again first.
+        let later = NOW + cfg.jwks_refresh_interval;
+        assert_eq!(
+            due(&mut p, &cfg, later).map(|(f, _)| f),
+            Some(Fetch::Discovery)
+        );
+    }
+
+    #[test]
+    fn only_a_200_reply_is_read() {
+        let cfg = cfg();
+        let mut p = ProviderState::default();
+        p.poll(&cfg, NOW).unwrap();
+        assert_eq!(
+            p.on_reply(
+                &cfg,
+                Fetch::Discovery,
+                Some((204, DISCOVERY.as_bytes())),
+                NOW
+            ),
+            Err("HTTP 204".to_string())
+        );
+        assert!(p.discovery_notes(&cfg).is_empty(), "nothing loaded");
+    }
+
+    #[test]
+    fn keys_installed_while_discovery_is_read_leave_the_next_refresh_to_the_keys() {
+        let cfg = cfg();
+        let mut p = serving(&cfg);
+        let interval = cfg.jwks_refresh_interval;
+        let t = NOW + interval;
+        assert_eq!(due(&mut p, &cfg, t).map(|(f, _)| f), Some(Fetch::Discovery));
+        // Keys for an unknown `kid` arrive while discovery is on its way, in the same second.
+        p.install_jwks(Jwks::parse(JWKS).unwrap(), t, interval);
+        p.on_reply(&cfg, Fetch::Discovery, Some((200, DISCOVERY.as_bytes())), t)
+            .unwrap();
+        assert_eq!(due(&mut p, &cfg, t), None);
+        // Discovery was read after those keys: the next refresh fetches the keys.
+        assert_eq!(
+            due(&mut p, &cfg, t + interval).map(|(f, _)| f),
+            Some(Fetch::Jwks)
+        );
+    }
+
+    #[test]
+    fn keys_for_an_unknown_kid_just_when_the_refresh_is_due_stand_for_it() {
+        let cfg = cfg();
+        let mut p = serving(&cfg);
+        let t = NOW + cfg.jwks_refresh_interval;
+        p.install_jwks(Jwks::parse(JWKS).unwrap(), t, cfg.jwks_refresh_interval);
+        assert_eq!(due(&mut p, &cfg, t), None);
+    }
+
+    #[test]
+    fn no_kid_fetch_before_ready_nor_does_one_start_the_clock() {
+        let cfg = cfg();
+        let mut p = ProviderState::default();
+        assert!(!p.may_refetch_for_kid(NOW, false));
+        p.poll(&cfg, NOW).unwrap();
+        p.on_reply(
+            &cfg,
+            Fetch::Discovery,
+            Some((200, DISCOVERY.as_bytes())),
+            NOW,
+        )
+        .unwrap();
+        p.poll(&cfg, NOW).unwrap();
+        p.on_reply(&cfg, Fetch::Jwks, Some((200, JWKS)), NOW)
+            .unwrap();
+        assert!(p.may_refetch_for_kid(NOW + 1, false));
+    }
+
+    #[test]
+    fn a_document_without_pkce_methods_gets_no_note() {
+        let cfg = cfg();
+        let mut p = ProviderState::default();
+        let doc = DISCOVERY.replace(r#""code_challenge_methods_supported""#, r#""x_unused""#);
+        assert_ne!(doc, DISCOVERY);
+        p.on_reply(&cfg, Fetch::Discovery, Some((200, doc.as_bytes())), NOW)
+            .unwrap();
+        assert_eq!(p.discovery_notes(&cfg), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_carried_over_state_starts_its_backoff_and_failure_count_afresh() {
+        let cfg = cfg();
+        let mut p = serving(&cfg);
+        let t = NOW + cfg.jwks_refresh_interval;
+        // The refresh: discovery read, then the keys fail twice.
+        assert_eq!(due(&mut p, &cfg, t).map(|(f, _)| f), Some(Fetch::Discovery));
+        p.on_reply(&cfg, Fetch::Discovery, Some((200, DISCOVERY.as_bytes())), t)
+            .unwrap();
+        let mut now = t;
+        for _ in 0..2 {
+            assert_eq!(due(&mut p, &cfg, now).map(|(f, _)| f), Some(Fetch::Jwks));
+            assert!(p.on_reply(&cfg, Fetch::Jwks, None, now).is_err());
+            now += 30;
+        }
+        let mut q = p.carried_over().unwrap();
+        // One failure more: retried a second later (a fresh backoff), at the keys' address still (a
+        // fresh count of failures).
+        assert_eq!(due(&mut q, &cfg, now).map(|(f, _)| f), Some(Fetch::Jwks));
+        assert!(q.on_reply(&cfg, Fetch::Jwks, None, now).is_err());
+        assert_eq!(due(&mut q, &cfg, now), None);
+        assert_eq!(
+            due(&mut q, &cfg, now + 1).map(|(f, _)| f),
+            Some(Fetch::Jwks)
+        );
+    }
 }

@@ -320,4 +320,34 @@ mod tests {
             assert_eq!(Table::decode(&t.encode()), t);
         }
     }
+
+    #[test]
+    fn an_entry_reaching_one_second_beyond_the_longest_has_lapsed() {
+        let mut t = Table::default();
+        let now = 1_900_000_000;
+        // 122 s: twice the longest `callout_timeout`, and 2 s.
+        t.claim("j", now + 2 * 60 + 3);
+        assert_eq!(t.get("j", now), Renewal::Free);
+        t.claim("k", now + 2 * 60 + 2);
+        assert_eq!(t.get("k", now), Renewal::Claimed);
+    }
+
+    #[test]
+    fn a_release_leaves_another_sessions_claim_of_the_same_time() {
+        let mut t = Table::default();
+        t.claim("a", 10);
+        t.claim("b", 10);
+        t.release("a", 10);
+        assert_eq!(t.get("a", 0), Renewal::Free);
+        assert_eq!(t.get("b", 0), Renewal::Claimed);
+    }
+
+    /// Every build must agree on a session's bucket (their tables are shared through an upgrade).
+    #[test]
+    fn a_keys_bucket_is_its_first_byte_modulo_64() {
+        assert_eq!(bucket("00ab"), 0);
+        assert_eq!(bucket("3fab"), 63);
+        assert_eq!(bucket("40ab"), 0);
+        assert_eq!(bucket("ffab"), 63);
+    }
 }

@@ -961,4 +961,46 @@ mod tests {
             assert_eq!(Revocations::decode(&r.encode()), r);
         }
     }
+
+    #[test]
+    fn every_list_forgets_an_entry_the_second_it_lapses() {
+        let mut r = Revocations::default();
+        r.add(&logout(Some("s"), None, 100), 100, 50);
+        r.add(&logout(None, Some("u"), 100), 100, 50);
+        r.end_login(&["t"], None, "v", 100, 100, [150, 150]);
+        r.prune(149);
+        assert!(r.is_revoked(Some("s"), "x", 99, &["-"]));
+        assert!(r.is_revoked(None, "u", 99, &["-"]));
+        assert!(r.is_revoked(None, "x", 0, &["t"]));
+        r.prune(150);
+        assert!(r.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn from_fallback_at_ended_tokens_a_logout_is_kept_by_its_user() {
+        let mut r = Revocations {
+            tokens: (0..FALLBACK_AT)
+                .map(|i| (format!("t{i:05}"), (0, 5000)))
+                .collect(),
+            ..Revocations::default()
+        };
+        r.end_session(&["bob-token"], None, "bob", 100, 200, 3600);
+        assert_eq!(r.tokens.len(), FALLBACK_AT);
+        assert!(r.is_revoked(None, "bob", 150, &["-"]), "by the user");
+        // One below: by its token, not by the user.
+        r.tokens.pop();
+        r.end_session(&["carol-token"], None, "carol", 100, 200, 3600);
+        assert!(r.is_revoked(None, "carol", 10_000, &["carol-token"]));
+        assert!(!r.is_revoked(None, "carol", 150, &["-"]));
+    }
+
+    #[test]
+    fn an_unsorted_list_of_users_is_none() {
+        let mut w = Writer::new(VERSION, 64);
+        w.count(0);
+        w.count(2);
+        w.str("b").u64(100).u64(9_999);
+        w.str("a").u64(100).u64(9_999);
+        assert!(Revocations::decode(&w.finish()).is_empty());
+    }
 }

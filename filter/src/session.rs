@@ -1899,4 +1899,49 @@ mod tests {
         *s ^= *s << 17;
         *s
     }
+
+    #[test]
+    fn a_sealed_value_of_max_sealed_len_opens_and_a_longer_one_does_not() {
+        let k = keys(&[&[7; 32]]);
+        // 1 + 24 + n + 16 bytes, base64url without padding: 4/3 of it.
+        let fits = MAX_SEALED_LEN / 4 * 3 - HEADER_LEN - TAG_LEN;
+        let at_limit = k.seal(NAME, &vec![b'x'; fits], [1; 24]);
+        assert_eq!(at_limit.len(), MAX_SEALED_LEN);
+        assert_eq!(k.open(NAME, &at_limit).unwrap().len(), fits);
+        let over = k.seal(NAME, &vec![b'x'; fits + 1], [1; 24]);
+        assert!(over.len() > MAX_SEALED_LEN);
+        assert_eq!(k.open(NAME, &over), Err(OpenError::Malformed));
+    }
+
+    #[test]
+    fn keys_open_each_other_only_when_each_opens_what_the_other_seals() {
+        let (a, b) = (&[1; 32], &[2; 32]);
+        assert!(keys(&[a]).open_each_other(&keys(&[a, b]), NAME));
+        assert!(keys(&[a, b]).open_each_other(&keys(&[b, a]), NAME));
+        // `[b, a]` seals with `b`, which `[a]` cannot open: one way only.
+        assert!(!keys(&[a]).open_each_other(&keys(&[b, a]), NAME));
+        assert!(!keys(&[b, a]).open_each_other(&keys(&[a]), NAME));
+        assert!(!keys(&[a]).open_each_other(&keys(&[b]), NAME));
+    }
+
+    #[test]
+    fn a_second_session_cookie_is_not_taken_for_the_first_even_when_cached() {
+        let (first, second) = (value_of(300, 5), value_of(300, 6));
+        for cached in [vec![second.clone()], vec![first.clone(), second.clone()]] {
+            let mut map = SealedMap::default();
+            for v in cached {
+                map.insert(v, ());
+            }
+            let h = format!("{NAME}=1.{first}; {NAME}=1.{second}");
+            let (_, plain) = guided(&h, &map);
+            assert_eq!(plain.session, Ok(Some(Cow::Borrowed(first.as_str()))));
+        }
+    }
+
+    #[test]
+    fn join_shadowed_last_is_none_for_a_session_of_one_cookie() {
+        let h = format!("{NAME}=1.abc; {NAME}.1=x; {NAME}.1=y");
+        assert_eq!(join_shadowed(&h, NAME, 0, true), Ok(None));
+        assert_eq!(join_shadowed(&h, NAME, 0, false), Ok(Some("abc".into())));
+    }
 }

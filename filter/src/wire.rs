@@ -346,4 +346,12 @@ mod tests {
         assert_eq!(read(b"\x01\x01\x02abc"), None, "a byte left over");
         assert_eq!(read(b"\x01\x01\xff\xff\xff\xff\x0fab"), None, "huge length");
     }
+
+    #[test]
+    fn a_later_format_is_a_greater_byte_below_the_space() {
+        assert!(later_format(&[3], 2) && later_format(&[0x1f], 2));
+        // Not format numbers: JSON of format 1, whitespace first or not.
+        assert!(!later_format(b" {}", 2) && !later_format(b"{}", 2));
+        assert!(!later_format(&[2], 2) && !later_format(&[1], 2) && !later_format(&[], 2));
+    }
 }

@@ -367,4 +367,23 @@ mod tests {
             "/realms/demo/.well-known/openid-configuration"
         );
     }
+
+    #[test]
+    fn documents_of_up_to_256_kib_are_read_and_larger_ones_refused() {
+        let padded = |n: usize| {
+            let mut b = GOOD.to_vec();
+            b.resize(n, b' ');
+            b
+        };
+        assert!(parse(&padded(256 * 1024), ISSUER).is_ok());
+        assert!(matches!(
+            parse(&padded(256 * 1024 + 1), ISSUER),
+            Err(DiscoveryError::Malformed(r)) if r.contains("larger than")
+        ));
+    }
+
+    #[test]
+    fn quotable_escapes_del_and_keeps_the_tilde() {
+        assert_eq!(quotable("~\u{7f} ", 10), "~\\u{7f} ");
+    }
 }

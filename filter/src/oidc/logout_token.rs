@@ -231,4 +231,50 @@ mod tests {
             Err(LogoutTokenError::Token(IdTokenError::BadSignature))
         ));
     }
+
+    #[test]
+    fn the_audience_must_name_the_client() {
+        let with_aud = |aud: Option<Value>| {
+            let mut g = good();
+            match aud {
+                Some(a) => g["aud"] = a,
+                None => {
+                    g.as_object_mut().unwrap().remove("aud");
+                }
+            }
+            check(g)
+        };
+        assert!(with_aud(Some(json!(["other", "app"]))).is_ok());
+        for aud in [None, Some(json!(["other"])), Some(json!([]))] {
+            assert_eq!(
+                with_aud(aud.clone()),
+                Err(LogoutTokenError::WrongAudience),
+                "{aud:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn iat_and_exp_get_the_leeway_and_no_more() {
+        let with = |k: &str, v: u64| {
+            let mut g = good();
+            g[k] = json!(v);
+            check(g)
+        };
+        // `check` allows 60 s.
+        assert!(with("iat", NOW + 60).is_ok());
+        assert_eq!(with("iat", NOW + 61), Err(LogoutTokenError::IssuedInFuture));
+        assert!(with("exp", NOW - 59).is_ok());
+        assert_eq!(with("exp", NOW - 60), Err(LogoutTokenError::Expired));
+    }
+
+    #[test]
+    fn an_empty_sid_or_sub_names_no_one() {
+        let mut g = good();
+        g["sid"] = json!("");
+        let l = check(g.clone()).unwrap();
+        assert_eq!((l.sid, l.sub.as_deref()), (None, Some("alice")));
+        g["sub"] = json!("");
+        assert_eq!(check(g), Err(LogoutTokenError::MissingSidAndSub));
+    }
 }
