@@ -1,6 +1,7 @@
 //! The only code that talks to the host: reads headers, runs the core's `Step`s, keeps callouts pending.
 //! (`exports` hands it the host's callbacks; `host` makes the calls.)
 
+use alloc::borrow::Cow;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
@@ -555,7 +556,7 @@ impl Root {
                 }
                 Ok(_) => {}
                 // Adopting or failing a renewal never calls out or reads a body.
-                Err(_) => respond(500, &[("cache-control", "no-store")], b""),
+                Err(_) => respond(500, &[("cache-control", Cow::Borrowed("no-store"))], b""),
             }
         }
         left
@@ -905,8 +906,8 @@ impl Http {
                     respond(
                         400,
                         &[
-                            ("content-type", "text/plain; charset=utf-8"),
-                            ("cache-control", "no-store"),
+                            ("content-type", Cow::Borrowed("text/plain; charset=utf-8")),
+                            ("cache-control", Cow::Borrowed("no-store")),
                         ],
                         b"The Host header is not a host name and port.\n",
                     );
@@ -971,7 +972,7 @@ impl Http {
         // whose last piece took it past the bound was cut and refused 400).
         if body_size > 64 * 1024 {
             self.reading_body = false;
-            respond(413, &[("cache-control", "no-store")], b"");
+            respond(413, &[("cache-control", Cow::Borrowed("no-store"))], b"");
             return Action::Pause;
         }
         if !end_of_stream {
@@ -1006,7 +1007,7 @@ impl Http {
             };
         }
         self.reading_body = false;
-        respond(400, &[("cache-control", "no-store")], b"");
+        respond(400, &[("cache-control", Cow::Borrowed("no-store"))], b"");
         Action::Pause
     }
 
@@ -1299,8 +1300,8 @@ impl Http {
                 respond(
                     403,
                     &[
-                        ("content-type", "text/plain; charset=utf-8"),
-                        ("cache-control", "no-store"),
+                        ("content-type", Cow::Borrowed("text/plain; charset=utf-8")),
+                        ("cache-control", Cow::Borrowed("no-store")),
                     ],
                     b"This host is not served by this gateway's login.\n",
                 );
@@ -1319,15 +1320,15 @@ pub fn fail() {
     respond(
         500,
         &[
-            ("content-type", "text/plain; charset=utf-8"),
-            ("cache-control", "no-store"),
+            ("content-type", Cow::Borrowed("text/plain; charset=utf-8")),
+            ("cache-control", Cow::Borrowed("no-store")),
         ],
         b"Internal error in the login filter.\n",
     );
 }
 
 /// Answers the current request locally.
-fn respond<N: AsRef<str>, V: headers::Value>(status: u32, headers: &[(N, V)], body: &[u8]) {
+fn respond(status: u32, headers: &[(&str, Cow<'_, str>)], body: &[u8]) {
     let _ = host::send_response(status, &headers::encode_pairs(headers), body);
 }
 

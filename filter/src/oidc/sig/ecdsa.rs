@@ -5,7 +5,7 @@
 //! a = −3 and cofactor 1, so a point on the curve is in the group.
 
 use alloc::rc::Rc;
-use core::cell::OnceCell;
+use core::cell::Cell;
 
 use super::bignum::{self, Limbs, Modulus, hex};
 
@@ -52,16 +52,18 @@ struct Point {
 
 vm_local! {
     /// Each curve's constants, derived once per VM (a key check and every verification use them).
-    static CURVES: [OnceCell<Option<Rc<Curve>>>; 2] = [OnceCell::new(), OnceCell::new()];
+    static CURVES: [Cell<Option<Rc<Curve>>>; 2] = [Cell::new(None), Cell::new(None)];
 }
 
 impl Curve {
     fn get(crv: Crv) -> Option<Rc<Curve>> {
         let i = usize::from(crv == Crv::P384);
+        // A `Cell` taken and put back, not a `OnceCell`: its `get_or_init` cost the module 1 KB.
         CURVES.with(|c| {
-            c.get(i)?
-                .get_or_init(|| Curve::new(crv).map(Rc::new))
-                .clone()
+            let c = c.get(i)?;
+            let curve = c.take().or_else(|| Curve::new(crv).map(Rc::new));
+            c.set(curve.clone());
+            curve
         })
     }
 

@@ -7,7 +7,7 @@
 //! doubles and needs no special cases.
 
 use alloc::rc::Rc;
-use core::cell::OnceCell;
+use core::cell::Cell;
 
 use super::Hash;
 use super::bignum::{self, Limbs, Modulus, hex};
@@ -33,12 +33,17 @@ struct Point {
 
 vm_local! {
     /// The curve's constants, derived once per VM.
-    static FIELD: OnceCell<Option<Rc<Field>>> = OnceCell::new();
+    static FIELD: Cell<Option<Rc<Field>>> = Cell::new(None);
 }
 
 impl Field {
     fn get() -> Option<Rc<Field>> {
-        FIELD.with(|f| f.get_or_init(|| Field::new().map(Rc::new)).clone())
+        // A `Cell` taken and put back, not a `OnceCell`: its `get_or_init` cost the module 1 KB.
+        FIELD.with(|f| {
+            let field = f.take().or_else(|| Field::new().map(Rc::new));
+            f.set(field.clone());
+            field
+        })
     }
 
     fn new() -> Option<Field> {
