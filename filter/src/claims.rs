@@ -211,8 +211,9 @@ pub fn rule_for<'a>(
         .map(|a| &a.rule)
 }
 
-/// A header value for a claim: strings as they are, lists joined with `,` (as oauth2-proxy does), an
-/// object's keys so too (Zitadel's roles), numbers and booleans as JSON. `None` for absent claims and for values that cannot be a header.
+/// A header value for a claim: strings as they are, lists joined with `,` (as oauth2-proxy does), the
+/// keys of an object of objects so too (Zitadel's roles), numbers and booleans as JSON. `None` for absent
+/// claims, other objects, and values that cannot be a header.
 /// Found in review: an app reads a header's value without the spaces around it, and a list's items
 /// between its commas: a value `admin ` or an item `x,admins` or ` admins` would read to the app as
 /// what the claim rules did not see. Such a string is no header; such an item is left out of the list.
