@@ -504,6 +504,8 @@ impl Root {
             set_cookies: None,
             held: None,
             kept_until: None,
+            gives_up_at: None,
+            given_up: false,
         })
     }
 
@@ -689,6 +691,10 @@ pub struct Http {
     held: Option<(bool, u64)>,
     /// Ended while keys fetched for a new `kid` were on their way: kept for them until then.
     kept_until: Option<u64>,
+    /// When (ms) this request stops waiting for its renewal's call, which goes on (`give_up`).
+    gives_up_at: Option<u64>,
+    /// It did: the call's answer is taken in as one that came after the request ended.
+    given_up: bool,
 }
 
 /// Whether `pending` waits for keys fetched for a new `kid` (of a login's or a logout's token).
@@ -727,6 +733,9 @@ impl Http {
 
     /// The IdP answered this request's callout (or the callout failed: no `:status`).
     pub fn on_http_call_response(&mut self, token: u32, body_size: usize) {
+        if self.given_up {
+            return self.on_orphaned_call_response(token, body_size);
+        }
         let Some((expected, pending)) = self.pending.take() else {
             return;
         };
@@ -803,6 +812,45 @@ impl Http {
         };
         self.renewing.as_ref().is_some_and(|c| now < c.until)
             || (fetches_keys(pending) && now < *self.kept_until.get_or_insert(now + 61))
+    }
+
+    /// Whether this request waits for its renewal's call past `callout_timeout` at `now` (ms; see
+    /// `give_up`).
+    pub fn gives_up_by(&self, now: u64) -> bool {
+        !self.given_up && self.gives_up_at.is_some_and(|t| now >= t)
+    }
+
+    /// Stops waiting for the renewal's call, which goes on (twice `callout_timeout`): the request is
+    /// answered as if the IdP had not answered (its token while it lasts, else `503`), while the renewal
+    /// stays claimed, so that no other request refreshes with the same refresh token meanwhile, and its
+    /// answer, when it comes, is kept for the session's next request (found by a black-box test: Envoy
+    /// gave up the call at `callout_timeout`, the IdP had made the renewal and, rotating refresh tokens,
+    /// refused the session's next one: the user was logged out by a few seconds' stall).
+    pub fn give_up(&mut self) {
+        let step = {
+            let Some((_, pending)) = &self.pending else {
+                return;
+            };
+            let Ok(mut s) = self.shared.try_borrow_mut() else {
+                return;
+            };
+            let plugin = s.plugin.clone();
+            let (Some(cfg), Some(state)) =
+                (plugin.sites.get(self.site), s.states.get_mut(self.site))
+            else {
+                return;
+            };
+            let before = (state.renewals_paused_until, state.renewals_failing);
+            let Some(step) = flow::renewal_given_up(cfg, state, pending, now()) else {
+                return;
+            };
+            share_pause(cfg, state, before, false);
+            step
+        };
+        self.given_up = true;
+        if let Action::Continue = self.run(step, None) {
+            let _ = host::resume_request();
+        }
     }
 
     /// The core's step for a callout's outcome, and the renewal it ended, if this request claimed one
@@ -1075,6 +1123,12 @@ impl Http {
             }
             Err(Step::Call(call, pending)) => match dispatch(self.id, &call) {
                 Ok(token) => {
+                    // A renewal's call lasts twice `callout_timeout`; the request waits the first half.
+                    if let Pending::Refresh(_) = *pending {
+                        // (Half the call's whole seconds, in ms: `as_millis` is 128-bit.)
+                        let half = call.timeout.as_secs().saturating_mul(500);
+                        self.gives_up_at = Some(host::now_millis().saturating_add(half));
+                    }
                     self.pending = Some((token, pending));
                     Action::Pause
                 }
@@ -1151,6 +1205,9 @@ impl Http {
             Ok(Some(Renewal::Done(lines))) => {
                 Err(Some(flow::adopt_renewal(cfg, state, job, &lines, now)))
             }
+            // Claimed, while this worker's renewals are paused after an outage: answered at once, not
+            // parked for a renewal whose request gave up waiting (its call goes on, `Http::give_up`).
+            Ok(Some(Renewal::Claimed)) if paused => Err(Some(flow::renewal_paused(cfg, job, now))),
             Ok(Some(Renewal::Claimed)) => match flow::renewal_busy(cfg, job, now) {
                 Ok(step) => Err(Some(step)),
                 // Each waits with its session: a bound on the memory a burst can take.
@@ -1555,7 +1612,8 @@ fn request_headers() -> HeaderBlock {
 /// Where a redirect answering a fetch of the IdP's documents points, for its log line: the usual
 /// mistakes show there (`http` for `https`, an issuer's missing or extra `/`, a path the IdP moved). Its
 /// query, fragment and path parameters left out, which may carry what a log line must not (a session id),
-/// and one that names a user (`https://user:password@…`) not shown at all (found in review).
+/// and one that names a user (`https://user:password@…`) not shown at all (found in review): the line
+/// then says only `HTTP 301`.
 fn moved_to() -> String {
     // Bytes pushed one by one: `format!` and `quotable` cost the module 700 bytes here.
     let mut out = String::new();
@@ -1565,9 +1623,7 @@ fn moved_to() -> String {
             .position(|&b| matches!(b, b'?' | b'#' | b';'))
             .unwrap_or(location.len());
         let location = location.get(..end).unwrap_or_default();
-        if location.contains(&b'@') {
-            out.push_str(" to a location that names a user");
-        } else {
+        if !location.contains(&b'@') {
             out.push_str(" to \"");
             for &b in location.iter().take(200) {
                 out.push(crate::oidc::token::clean(b).into());

@@ -201,12 +201,29 @@ pub extern "C" fn proxy_on_configure(root_context_id: u32, _configuration_size: 
 #[unsafe(no_mangle)]
 pub extern "C" fn proxy_on_tick(root_context_id: u32) {
     sweep(root_context_id);
+    give_up_waits(root_context_id);
     with_root(root_context_id, |root| {
         let parked = root.on_tick();
         // (A re-run request never reaches for the root contexts.)
         let held = rerun_held();
         root.pace(parked || held);
     });
+}
+
+/// Lets the requests that have waited `callout_timeout` for their renewal's call go on (`Http::give_up`;
+/// within the table's borrow, as an answer to a callout is carried out).
+fn give_up_waits(root_context_id: u32) {
+    let now = host::now_millis();
+    REQUESTS.with(|requests| {
+        if let Ok(mut requests) = requests.try_borrow_mut() {
+            for (id, http) in requests.iter_mut() {
+                if http.gives_up_by(now) && host::set_effective_context(*id).is_ok() {
+                    http.give_up();
+                }
+            }
+        }
+    });
+    let _ = host::set_effective_context(root_context_id);
 }
 
 /// Lets go of what is kept for contexts that have ended (the host no longer knows their ids), then makes

@@ -185,6 +185,26 @@ pub struct RefreshJob {
     asked_at: u32,
 }
 
+/// A renewal whose request stops waiting (`callout_timeout` passed; its call goes on, see the adapter's
+/// `give_up`): the request is answered as if the IdP had not answered (an outage: the token while it is
+/// valid, else 503); `None` for another callout.
+pub fn renewal_given_up(
+    cfg: &Config,
+    state: &mut State,
+    pending: &Pending,
+    now: u64,
+) -> Option<Step> {
+    let Pending::Refresh(job) = pending else {
+        return None;
+    };
+    state.renewal_outage(now);
+    Some(match ended_meanwhile(cfg, state, job, now) {
+        Some(step) => step,
+        None if now < job.session.session.token_expires_at => keep_old(cfg, job),
+        None => renewal_unavailable(job.api(), no_answer()),
+    })
+}
+
 impl RefreshJob {
     /// Whether the request is a browser's navigation (a page, not JSON, for a refusal).
     fn browser(&self) -> bool {
@@ -442,17 +462,22 @@ pub fn renewal_claim(
     now: u64,
 ) -> Result<RefreshJob, Step> {
     if state.renewals_paused(now) {
-        let api = job.api();
-        return Err(match renewal_busy(cfg, job, now) {
-            Ok(step) => step,
-            Err(_) => renewal_unavailable(api, "renewals paused after one met an outage".into()),
-        });
+        return Err(renewal_paused(cfg, job, now));
     }
     if state.renewals_failing {
         let timeout = cfg.callout_timeout.as_secs();
         state.renewals_paused_until = now.saturating_add(timeout + RENEWAL_PAUSE);
     }
     Ok(job)
+}
+
+/// The answer while the site's renewals on this worker are paused: the token while it is valid, then 503.
+pub fn renewal_paused(cfg: &Config, job: RefreshJob, now: u64) -> Step {
+    let api = job.api();
+    match renewal_busy(cfg, job, now) {
+        Ok(step) => step,
+        Err(_) => renewal_unavailable(api, "renewals paused after one met an outage".into()),
+    }
 }
 
 // By hand: a callout's `Authorization` holds the client secret, its body a code, verifier, refresh token
@@ -852,7 +877,12 @@ fn with_session(
         &cfg.client_secret,
         cfg.client_auth,
     );
-    let call = Callout::post_form(cfg, &provider.meta.token_endpoint, form);
+    let mut call = Callout::post_form(cfg, &provider.meta.token_endpoint, form);
+    // The request waits `callout_timeout` (the adapter lets it go on then, `Pending::given_up`); the call
+    // goes on twice as long, still within the renewal's claim (twice and 2 s): an answer that comes late
+    // is kept for the session's next request (found by a black-box test: Envoy gave the call up, the IdP
+    // had made the renewal and, rotating refresh tokens, refused the session's next one).
+    call.timeout = call.timeout.saturating_mul(2);
     Some(Step::Call(
         call,
         Box::new(Pending::Refresh(RefreshJob {

@@ -258,11 +258,16 @@ pub fn log(level: LogLevel, message: &str) {
 /// far in the future: every session, login and token then reads as expired, so the failure closes
 /// (no 0, which would make everything look fresh), and sums like `now + ttl` still cannot overflow.
 pub fn now_secs() -> u64 {
+    now_millis() / 1000
+}
+
+/// The host's clock in milliseconds, as [`now_secs`] (far ahead when the host will not say).
+pub fn now_millis() -> u64 {
     let mut nanos = 0u64;
     // SAFETY: the host writes one u64 through a pointer to a local.
     let status = unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
     if status == OK {
-        nanos / 1_000_000_000
+        nanos / 1_000_000
     } else {
         u64::MAX / 4
     }

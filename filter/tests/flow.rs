@@ -2726,6 +2726,34 @@ fn a_refresh_answer_without_an_id_token_ends_the_session_and_says_why() {
     assert!(!r.warn);
 }
 
+/// Found by a black-box test: Envoy gave up a renewal's call at `callout_timeout`, and an IdP that had
+/// made it and rotates refresh tokens refused the session's next one. The call lasts twice as long; the
+/// request that waits for it is answered at `callout_timeout` as through an outage (`renewal_given_up`,
+/// which the adapter runs while the call goes on).
+#[test]
+fn a_renewal_given_up_by_its_request_answers_as_an_outage_while_its_call_goes_on() {
+    let mut f = ready();
+    let (jar, id_token) = due_for_refresh(&mut f);
+    let (call, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
+    assert_eq!(call.timeout, f.cfg.callout_timeout * 2);
+    // The token still valid: it goes up.
+    let step = oidc_filter::flow::renewal_given_up(&f.cfg, &mut f.state, &pending, f.now).unwrap();
+    assert_eq!(bearer(&forward(step)), format!("Bearer {id_token}"));
+    assert!(f.state.renewals_paused(f.now), "an outage pauses renewals");
+    // Expired: 503, the cookie kept.
+    f.now += 3600;
+    let step = oidc_filter::flow::renewal_given_up(&f.cfg, &mut f.state, &pending, f.now).unwrap();
+    let r = respond(step);
+    assert_eq!(r.status, 503);
+    assert!(set_cookies(&r).is_empty(), "{r:?}");
+    // The answer that comes later is taken in as ever.
+    f.now -= 3600;
+    let new_token = mint(&refreshed_claims(f.now));
+    let fwd = forward(f.reply(pending, Some((200, &token_body(Some(&new_token), None)))));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+    assert!(!fwd.set_cookies.is_empty());
+}
+
 #[test]
 fn a_refreshed_id_token_for_another_user_is_refused() {
     let mut f = ready();

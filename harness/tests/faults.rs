@@ -27,6 +27,8 @@ use serde_json::{Value, json};
 
 const APP: &str = "app";
 const BARE: &str = "bare";
+/// Its IdP client rotates refresh tokens (and revokes the grant when an old one comes back).
+const ROTATING: &str = "rotating";
 const COOKIE: &str = "_oidc_session";
 const HOST: &str = "localhost";
 
@@ -41,8 +43,12 @@ fn stack() -> &'static Stack {
         bare.shared_vm = Some("oidc-filter-faults".into());
         let mut app = SiteSpec::new(APP).filter(json!({"callout_timeout": "2s"}));
         app.shared_vm = bare.shared_vm.clone();
-        let stack = Stack::start(StackSpec::new("faults", vec![app, bare])).unwrap();
-        for site in [APP, BARE] {
+        let mut rotating = SiteSpec::new(ROTATING)
+            .filter(json!({"callout_timeout": "2s"}))
+            .idp_client(json!({"rotate_refresh_token": true}));
+        rotating.shared_vm = bare.shared_vm.clone();
+        let stack = Stack::start(StackSpec::new("faults", vec![app, bare, rotating])).unwrap();
+        for site in [APP, BARE, ROTATING] {
             stack.wait_ready(site).unwrap();
         }
         stack
@@ -429,6 +435,53 @@ fn a_token_endpoint_slower_than_the_timeout_gives_504_at_the_timeout() {
             Duration::from_secs(5),
         )
         .unwrap();
+}
+
+/// Found by a black-box test: a renewal the IdP answered after `callout_timeout` was lost (Envoy gave up
+/// the call), and an IdP that rotates refresh tokens then refused the session's next renewal: a few
+/// seconds' stall logged out everyone renewing. The request stops waiting at `callout_timeout`; the call
+/// goes on, and its answer is kept for the session's next request.
+#[test]
+fn a_renewal_the_idp_answers_after_the_timeout_is_kept_for_the_next_request() {
+    let _idp = idp_hold::exclusive();
+    let b = logged_in(ROTATING, "alice");
+    let expired = with_token_expiring_at(&b, unix_now() - 1);
+    {
+        // The token endpoint answers after 3.5 s; this site's callout_timeout is 2 s.
+        let _slow = Fault::set(Mode::delay_for("/token", Duration::from_millis(3500)));
+        let t0 = Instant::now();
+        let r = get(ROTATING, &expired, false);
+        let took = t0.elapsed();
+        // Answered as through an outage, at the timeout (the tick that lets it go comes within 1 s).
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(!clears_session(&r), "{:?}", r.set_cookies());
+        assert!(took < Duration::from_millis(3400), "{took:?}");
+        // The IdP's answer comes meanwhile (the proxy would cut it if switched back before).
+        std::thread::sleep(
+            Duration::from_millis(3500).saturating_sub(took) + Duration::from_secs(1),
+        );
+    }
+    // The session's next request, once the outage's pause is over, takes in that renewal: no refresh
+    // with the retired token, which the IdP would refuse (and revoke the grant for).
+    std::thread::sleep(RENEWAL_PAUSE);
+    let r = get(ROTATING, &expired, false);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let renewed: Vec<&str> = r
+        .set_cookies()
+        .into_iter()
+        .filter(|c| c.starts_with(COOKIE) && !c.contains("Max-Age=0"))
+        .collect();
+    assert!(!renewed.is_empty(), "{:?}", r.set_cookies());
+    // And it renews again with the rotated refresh token.
+    let cookie = renewed
+        .iter()
+        .map(|c| c.split(';').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut s = open_session(&cookie);
+    s.token_expires_at = unix_now() - 1;
+    let r = get(ROTATING, &seal(&s), false);
+    assert_eq!(r.status, 200, "{}", r.body);
 }
 
 /// Longer than the pause a renewal that met an outage leaves on its worker (5 s, in whole seconds).
