@@ -817,7 +817,7 @@ impl Http {
     /// Whether this request waits for its renewal's call past `callout_timeout` at `now` (ms; see
     /// `give_up`).
     pub fn gives_up_by(&self, now: u64) -> bool {
-        !self.given_up && self.gives_up_at.is_some_and(|t| now >= t)
+        self.gives_up_at.is_some_and(|t| now >= t)
     }
 
     /// Stops waiting for the renewal's call, which goes on (twice `callout_timeout`): the request is
@@ -827,6 +827,8 @@ impl Http {
     /// gave up the call at `callout_timeout`, the IdP had made the renewal and, rotating refresh tokens,
     /// refused the session's next one: the user was logged out by a few seconds' stall).
     pub fn give_up(&mut self) {
+        // Once: also when the answer came first (found in review: the request was looked at every tick).
+        self.gives_up_at = None;
         let step = {
             let Some((_, pending)) = &self.pending else {
                 return;

@@ -3539,15 +3539,7 @@ mod tests {
             "1 to 64 characters",
         );
         // Domains of 253 and 254 bytes, every label within 63.
-        let domain = |last: usize| {
-            format!(
-                "{}.{}.{}.{}",
-                "a".repeat(63),
-                "b".repeat(63),
-                "c".repeat(63),
-                "d".repeat(last)
-            )
-        };
+        let domain = long_name;
         assert_eq!(domain(61).len(), 253);
         assert!(parse(&set(&[("cookie_domain", json!(domain(61)))]).to_string()).is_ok());
         refused(
@@ -3575,6 +3567,17 @@ mod tests {
         );
     }
 
+    /// A name of four labels, three of 63 bytes and the last of `last`: 253 bytes for 61.
+    fn long_name(last: usize) -> String {
+        format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(last)
+        )
+    }
+
     /// Found by mutation testing: a `hosts` pattern of 254 bytes was taken, and an entry whose hosts all lie
     /// within cookie_domain could name a redirect_uri on a host outside it that it does not serve.
     #[test]
@@ -3582,15 +3585,7 @@ mod tests {
         use serde_json::json;
         let plugin = |top, entries| with_hosts(&json!({"unmatched_hosts": "deny"}), top, entries);
         // 253 bytes, labels within 63, and one byte more.
-        let host = |last: usize| {
-            format!(
-                "{}.{}.{}.{}",
-                "a".repeat(63),
-                "b".repeat(63),
-                "c".repeat(63),
-                "d".repeat(last)
-            )
-        };
+        let host = long_name;
         let p = plugin(json!({}), json!([{"hosts": [host(61)]}])).unwrap();
         assert_eq!(p.site_for(&host(61)), Ok(Some(1)));
         let e = plugin(json!({}), json!([{"hosts": [host(62)]}])).unwrap_err();

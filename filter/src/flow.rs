@@ -194,15 +194,10 @@ pub fn renewal_given_up(
     pending: &Pending,
     now: u64,
 ) -> Option<Step> {
-    let Pending::Refresh(job) = pending else {
-        return None;
-    };
-    state.renewal_outage(now);
-    Some(match ended_meanwhile(cfg, state, job, now) {
-        Some(step) => step,
-        None if now < job.session.session.token_expires_at => keep_old(cfg, job),
-        None => renewal_unavailable(job.api(), no_answer()),
-    })
+    match pending {
+        Pending::Refresh(job) => refresh_outcome(cfg, state, job, None, now).err(),
+        _ => None,
+    }
 }
 
 impl RefreshJob {
@@ -2079,7 +2074,22 @@ fn refresh_reply(
     job: RefreshJob,
     reply: Option<(u16, &[u8])>,
 ) -> Step {
-    let still_valid = env.now < job.session.session.token_expires_at;
+    match refresh_outcome(cfg, state, &job, reply, env.now) {
+        Ok(tokens) => finish_refresh(cfg, state, env, job, tokens, true),
+        Err(step) => step,
+    }
+}
+
+/// The IdP's answer to a renewal (`None`: none came, or the request stopped waiting for it): its tokens,
+/// or the request's answer without them.
+fn refresh_outcome(
+    cfg: &Config,
+    state: &mut State,
+    job: &RefreshJob,
+    reply: Option<(u16, &[u8])>,
+    now: u64,
+) -> Result<TokenResponse, Step> {
+    let still_valid = now < job.session.session.token_expires_at;
     let tokens = match reply {
         Some((status, body)) => token::parse_response(status, body).map_err(|e| {
             let refresh = job.session.session.refresh_token.as_ref();
@@ -2099,39 +2109,34 @@ fn refresh_reply(
         // Down or slow: recorded also when the session ended while it was renewed (found in review: the
         // outage went unrecorded, and the adapter then took the IdP for answering and ended the pause
         // the other workers shared).
-        Err(_) => state.renewal_outage(env.now),
+        Err(_) => state.renewal_outage(now),
     }
-    if let Some(step) = ended_meanwhile(cfg, state, &job, env.now) {
-        return step;
+    if let Some(step) = ended_meanwhile(cfg, state, job, now) {
+        return Err(step);
     }
-    let tokens = match tokens {
-        Ok(t) => t,
+    match tokens {
+        Ok(t) => Ok(t),
         // The IdP refused the refresh token in its own words: no retry will change its mind.
-        Err(e) if e.is_refusal() => {
-            return refresh_failed(cfg, state, &job, env.now, e.to_string());
-        }
+        Err(e) if e.is_refusal() => Err(refresh_failed(cfg, state, job, now, e.to_string())),
         // The IdP is down or slow, or answers what cannot be used, but the token has a little life
         // left: keep the user working.
-        Err(_) if still_valid => return keep_old(cfg, &job),
+        Err(_) if still_valid => Err(keep_old(cfg, job)),
         // A success in JSON that cannot be used, once the token has expired: the IdP's own answer, which
         // asking again will not change (as an outage the 503 would stick until `session_lifetime`). Log in
         // again.
         Err(e @ TokenError::Malformed(_)) => {
-            return refresh_failed(cfg, state, &job, env.now, e.to_string());
+            Err(refresh_failed(cfg, state, job, now, e.to_string()))
         }
         // The IdP is down or slow and the token has expired: fail closed, but keep the session, so that it
         // renews by itself once the IdP answers again rather than an outage logging everybody out.
-        Err(e) => {
-            return renewal_unavailable(
-                job.api(),
-                match reply {
-                    None => no_answer(),
-                    Some(_) => e.to_string(),
-                },
-            );
-        }
-    };
-    finish_refresh(cfg, state, env, job, tokens, true)
+        Err(e) => Err(renewal_unavailable(
+            job.api(),
+            match reply {
+                None => no_answer(),
+                Some(_) => e.to_string(),
+            },
+        )),
+    }
 }
 
 const NO_PROVIDER: &str = "the IdP's discovery document or keys are not loaded on this worker";

@@ -304,13 +304,7 @@ mod tests {
             p.discovery_notes(&cfg).is_empty(),
             "nothing loaded, nothing to say"
         );
-        p.on_reply(
-            &cfg,
-            Fetch::Discovery,
-            Some((200, DISCOVERY.as_bytes())),
-            NOW,
-        )
-        .unwrap();
+        discovered(&mut p, &cfg, NOW);
         assert_eq!(p.discovery_notes(&cfg), Vec::<String>::new());
 
         let narrow = DISCOVERY
@@ -329,6 +323,22 @@ mod tests {
     }
 
     /// The next fetch due at `now`, and the path it asks for.
+    /// What `poll` fetches at `now`, if anything.
+    fn fetch_due(p: &mut ProviderState, cfg: &Config, now: u64) -> Option<Fetch> {
+        due(p, cfg, now).map(|(f, _)| f)
+    }
+
+    /// The good discovery document arrives at `now`.
+    fn discovered(p: &mut ProviderState, cfg: &Config, now: u64) {
+        p.on_reply(
+            cfg,
+            Fetch::Discovery,
+            Some((200, DISCOVERY.as_bytes())),
+            now,
+        )
+        .unwrap();
+    }
+
     fn due(p: &mut ProviderState, cfg: &Config, now: u64) -> Option<(Fetch, String)> {
         let (call, fetch) = p.poll(cfg, now)?;
         let path = call
@@ -455,13 +465,7 @@ mod tests {
             due(&mut p, &cfg, now),
             Some((Fetch::Discovery, DISCOVERY_PATH.into()))
         );
-        p.on_reply(
-            &cfg,
-            Fetch::Discovery,
-            Some((200, DISCOVERY.as_bytes())),
-            now,
-        )
-        .unwrap();
+        discovered(&mut p, &cfg, now);
 
         // The keys' address answers garbage: retried with the usual backoff, twice.
         for backoff in [1, 2] {
@@ -544,13 +548,7 @@ mod tests {
             due(&mut p, &cfg, now),
             Some((Fetch::Discovery, DISCOVERY_PATH.into()))
         );
-        p.on_reply(
-            &cfg,
-            Fetch::Discovery,
-            Some((200, DISCOVERY.as_bytes())),
-            now,
-        )
-        .unwrap();
+        discovered(&mut p, &cfg, now);
         for backoff in [1, 2, 4] {
             assert_eq!(
                 due(&mut p, &cfg, now),
@@ -594,13 +592,7 @@ mod tests {
         let mut now = NOW;
         now += cfg.jwks_refresh_interval;
         p.poll(&cfg, now).unwrap();
-        p.on_reply(
-            &cfg,
-            Fetch::Discovery,
-            Some((200, DISCOVERY.as_bytes())),
-            now,
-        )
-        .unwrap();
+        discovered(&mut p, &cfg, now);
         for _ in 1..REDISCOVER_AFTER {
             assert_eq!(p.poll(&cfg, now).map(|(_, f)| f), Some(Fetch::Jwks));
             p.on_reply(&cfg, Fetch::Jwks, None, now).unwrap_err();
@@ -630,7 +622,7 @@ mod tests {
         }
         // ...and the refresh still comes when due, reading discovery again first.
         assert_eq!(
-            due(&mut p, &cfg, NOW + interval).map(|(f, _)| f),
+            fetch_due(&mut p, &cfg, NOW + interval),
             Some(Fetch::Discovery)
         );
     }
@@ -641,25 +633,13 @@ mod tests {
         let mut p = serving(&cfg);
         let ahead = u64::MAX / 4;
         // Far ahead: the refresh reads discovery, then the keys fail.
-        assert_eq!(
-            due(&mut p, &cfg, ahead).map(|(f, _)| f),
-            Some(Fetch::Discovery)
-        );
-        p.on_reply(
-            &cfg,
-            Fetch::Discovery,
-            Some((200, DISCOVERY.as_bytes())),
-            ahead,
-        )
-        .unwrap();
-        assert_eq!(due(&mut p, &cfg, ahead).map(|(f, _)| f), Some(Fetch::Jwks));
+        assert_eq!(fetch_due(&mut p, &cfg, ahead), Some(Fetch::Discovery));
+        discovered(&mut p, &cfg, ahead);
+        assert_eq!(fetch_due(&mut p, &cfg, ahead), Some(Fetch::Jwks));
         assert!(p.on_reply(&cfg, Fetch::Jwks, None, ahead).is_err());
         // Back to the right time: the next refresh reads discovery again first.
         let later = NOW + cfg.jwks_refresh_interval;
-        assert_eq!(
-            due(&mut p, &cfg, later).map(|(f, _)| f),
-            Some(Fetch::Discovery)
-        );
+        assert_eq!(fetch_due(&mut p, &cfg, later), Some(Fetch::Discovery));
     }
 
     #[test]
@@ -685,17 +665,13 @@ mod tests {
         let mut p = serving(&cfg);
         let interval = cfg.jwks_refresh_interval;
         let t = NOW + interval;
-        assert_eq!(due(&mut p, &cfg, t).map(|(f, _)| f), Some(Fetch::Discovery));
+        assert_eq!(fetch_due(&mut p, &cfg, t), Some(Fetch::Discovery));
         // Keys for an unknown `kid` arrive while discovery is on its way, in the same second.
         p.install_jwks(Jwks::parse(JWKS).unwrap(), t, interval);
-        p.on_reply(&cfg, Fetch::Discovery, Some((200, DISCOVERY.as_bytes())), t)
-            .unwrap();
+        discovered(&mut p, &cfg, t);
         assert_eq!(due(&mut p, &cfg, t), None);
         // Discovery was read after those keys: the next refresh fetches the keys.
-        assert_eq!(
-            due(&mut p, &cfg, t + interval).map(|(f, _)| f),
-            Some(Fetch::Jwks)
-        );
+        assert_eq!(fetch_due(&mut p, &cfg, t + interval), Some(Fetch::Jwks));
     }
 
     #[test]
@@ -713,13 +689,7 @@ mod tests {
         let mut p = ProviderState::default();
         assert!(!p.may_refetch_for_kid(NOW, false));
         p.poll(&cfg, NOW).unwrap();
-        p.on_reply(
-            &cfg,
-            Fetch::Discovery,
-            Some((200, DISCOVERY.as_bytes())),
-            NOW,
-        )
-        .unwrap();
+        discovered(&mut p, &cfg, NOW);
         p.poll(&cfg, NOW).unwrap();
         p.on_reply(&cfg, Fetch::Jwks, Some((200, JWKS)), NOW)
             .unwrap();
@@ -743,24 +713,20 @@ mod tests {
         let mut p = serving(&cfg);
         let t = NOW + cfg.jwks_refresh_interval;
         // The refresh: discovery read, then the keys fail twice.
-        assert_eq!(due(&mut p, &cfg, t).map(|(f, _)| f), Some(Fetch::Discovery));
-        p.on_reply(&cfg, Fetch::Discovery, Some((200, DISCOVERY.as_bytes())), t)
-            .unwrap();
+        assert_eq!(fetch_due(&mut p, &cfg, t), Some(Fetch::Discovery));
+        discovered(&mut p, &cfg, t);
         let mut now = t;
         for _ in 0..2 {
-            assert_eq!(due(&mut p, &cfg, now).map(|(f, _)| f), Some(Fetch::Jwks));
+            assert_eq!(fetch_due(&mut p, &cfg, now), Some(Fetch::Jwks));
             assert!(p.on_reply(&cfg, Fetch::Jwks, None, now).is_err());
             now += 30;
         }
         let mut q = p.carried_over().unwrap();
         // One failure more: retried a second later (a fresh backoff), at the keys' address still (a
         // fresh count of failures).
-        assert_eq!(due(&mut q, &cfg, now).map(|(f, _)| f), Some(Fetch::Jwks));
+        assert_eq!(fetch_due(&mut q, &cfg, now), Some(Fetch::Jwks));
         assert!(q.on_reply(&cfg, Fetch::Jwks, None, now).is_err());
         assert_eq!(due(&mut q, &cfg, now), None);
-        assert_eq!(
-            due(&mut q, &cfg, now + 1).map(|(f, _)| f),
-            Some(Fetch::Jwks)
-        );
+        assert_eq!(fetch_due(&mut q, &cfg, now + 1), Some(Fetch::Jwks));
     }
 }

@@ -61,6 +61,13 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The `:status` lines `nghttp -v` printed for the responses it received.
+pub fn nghttp_statuses(out: &str) -> Vec<&str> {
+    out.lines()
+        .filter(|l| l.contains("] recv (stream_id=") && l.contains(") :status: "))
+        .collect()
+}
+
 /// How many lines of Envoy's log `log` the Wasm component wrote at `level` (`info`, `warning`: Envoy
 /// prints `[warning][wasm]`) that contain `needle`.
 pub fn wasm_log_lines(log: &str, level: &str, needle: &str) -> usize {

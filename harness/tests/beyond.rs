@@ -1300,10 +1300,7 @@ fn a_backchannel_post_with_trailers_is_refused() {
         out.contains("send HEADERS frame") && out.contains("x-trailer: 1"),
         "{out}"
     );
-    let status: Vec<&str> = out
-        .lines()
-        .filter(|l| l.contains("] recv (stream_id=") && l.contains(") :status: "))
-        .collect();
+    let status = harness::nghttp_statuses(&out);
     assert_eq!(status.len(), 1, "{out}");
     assert!(status[0].ends_with(":status: 400"), "{out}");
 }

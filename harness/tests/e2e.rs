@@ -1364,10 +1364,7 @@ fn cors_preflights_reach_the_app_when_configured() {
         .unwrap();
     let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.contains("send DATA frame"), "{out}");
-    let status: Vec<&str> = out
-        .lines()
-        .filter(|l| l.contains("] recv (stream_id=") && l.contains(") :status: "))
-        .collect();
+    let status = harness::nghttp_statuses(&out);
     assert_eq!(status.len(), 1, "{out}");
     assert!(status[0].ends_with(":status: 401"), "{out}");
     assert!(

@@ -466,11 +466,7 @@ fn a_renewal_the_idp_answers_after_the_timeout_is_kept_for_the_next_request() {
     std::thread::sleep(RENEWAL_PAUSE);
     let r = get(ROTATING, &expired, false);
     assert_eq!(r.status, 200, "{}", r.body);
-    let renewed: Vec<&str> = r
-        .set_cookies()
-        .into_iter()
-        .filter(|c| c.starts_with(COOKIE) && !c.contains("Max-Age=0"))
-        .collect();
+    let renewed = renewed_cookies(&r);
     assert!(!renewed.is_empty(), "{:?}", r.set_cookies());
     // And it renews again with the rotated refresh token.
     let cookie = renewed
@@ -617,11 +613,7 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
     std::thread::sleep(RENEWAL_PAUSE);
     let r = get(APP, &expired, false);
     assert_eq!(r.status, 200, "{}", r.body);
-    let renewed: Vec<&str> = r
-        .set_cookies()
-        .into_iter()
-        .filter(|c| c.starts_with(COOKIE) && !c.contains("Max-Age=0"))
-        .collect();
+    let renewed = renewed_cookies(&r);
     assert!(!renewed.is_empty(), "{:?}", r.set_cookies());
     assert_ne!(bearer(&r).unwrap(), format!("Bearer {}", token.expose()));
     let r = get(APP, &due, false);
@@ -830,6 +822,14 @@ fn kid(jwt: &str) -> String {
 }
 
 // The filter's cookies, through the shared helpers (harness::sealed).
+
+/// The session cookies `r` sets (not those it clears), as `Set-Cookie` lines.
+fn renewed_cookies(r: &Response) -> Vec<&str> {
+    r.set_cookies()
+        .into_iter()
+        .filter(|c| c.starts_with(COOKIE) && !c.contains("Max-Age=0"))
+        .collect()
+}
 
 fn session_cookies(b: &Browser) -> String {
     sealed::session_cookies(b, HOST)
