@@ -35,6 +35,7 @@ pub mod cookies;
 pub mod flow;
 pub mod form;
 pub mod headers;
+pub mod heap;
 pub mod idhash;
 pub mod json;
 pub mod oidc;

@@ -1,6 +1,6 @@
-//! What std gave the Wasm build, now that it is `no_std`: the global allocator (wasi-libc's `malloc`, as
-//! std's `System` used), environment variables (wasi-libc's `getenv`, which reads WASI `environ_get` on
-//! first use), and the panic handler (a critical log line with the place, then a trap).
+//! What std gave the Wasm build, now that it is `no_std`: the global allocator ([`crate::heap`]),
+//! environment variables (WASI's `environ_get`), and the panic handler (a critical log line with the
+//! place, then a trap).
 //!
 //! Tests built for wasm32 keep std (the crate is `no_std` only outside `cfg(test)`), hence the `cfg`s.
 
@@ -8,111 +8,104 @@
 use alloc::string::String;
 #[cfg(not(test))]
 use core::alloc::{GlobalAlloc, Layout};
-#[cfg(not(test))]
-use core::ffi::{CStr, c_char, c_void};
 
+// wasi-libc, for the `memcmp` the compiler's code calls.
 #[cfg(not(test))]
 #[link(name = "c")]
+unsafe extern "C" {}
+
+#[cfg(not(test))]
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
 unsafe extern "C" {
-    fn malloc(size: usize) -> *mut c_void;
-    fn calloc(n: usize, size: usize) -> *mut c_void;
-    fn aligned_alloc(align: usize, size: usize) -> *mut c_void;
-    fn realloc(p: *mut c_void, size: usize) -> *mut c_void;
-    fn free(p: *mut c_void);
-    fn getenv(name: *const c_char) -> *const c_char;
+    fn environ_sizes_get(count: *mut usize, bytes: *mut usize) -> u16;
+    fn environ_get(environ: *mut *mut u8, buf: *mut u8) -> u16;
 }
 
-/// The alignment std's `System` counts on from `malloc` on wasm32 (wasi-libc's dlmalloc gives 16).
+/// The allocator ([`crate::heap`]) and its state, in a static: one thread (see `host::VmLocal`).
 #[cfg(not(test))]
-const MIN_ALIGN: usize = 8;
+struct Global(core::cell::UnsafeCell<crate::heap::Heap>);
 
-/// wasi-libc's allocator, used the way std's `System` uses it on this target.
+// SAFETY: one thread only; nothing the allocator calls allocates, so it is never re-entered.
 #[cfg(not(test))]
-struct Libc;
+unsafe impl Sync for Global {}
 
 #[cfg(not(test))]
 #[global_allocator]
-static ALLOCATOR: Libc = Libc;
+static ALLOCATOR: Global = Global(core::cell::UnsafeCell::new(crate::heap::Heap::new()));
 
 #[cfg(not(test))]
-// SAFETY: `malloc`, `calloc`, `realloc` and `aligned_alloc` return blocks of at least the size asked,
-// aligned to `MIN_ALIGN`, or to `align` for `aligned_alloc`, or null; `free` takes any of them.
-unsafe impl GlobalAlloc for Libc {
-    #[inline]
+impl Global {
+    /// # Safety
+    /// No other reference to the state is live: true within one allocator call (see `Sync` above).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn heap(&self) -> &mut crate::heap::Heap {
+        // SAFETY: see above.
+        unsafe { &mut *self.0.get() }
+    }
+}
+
+#[cfg(not(test))]
+// SAFETY: a block of class `c` holds `2^c` bytes, at least the size asked, aligned to its size (at
+// least the alignment asked) or to a page; a block is handed out once until it is freed.
+unsafe impl GlobalAlloc for Global {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN && layout.align() <= layout.size() {
-            // SAFETY: see the impl.
-            unsafe { malloc(layout.size()).cast() }
-        } else {
-            // SAFETY: `align` is a power of two (a `Layout`'s).
-            unsafe { aligned_alloc(layout.align(), layout.size()).cast() }
+        let Some(c) = crate::heap::Heap::class(layout.size(), layout.align()) else {
+            return core::ptr::null_mut();
+        };
+        let grow = |pages| match core::arch::wasm32::memory_grow(0, pages) {
+            usize::MAX => None,
+            old => Some(old * crate::heap::PAGE),
+        };
+        // SAFETY: only `dealloc` puts blocks on the lists.
+        unsafe { self.heap().take(c, grow) as *mut u8 }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // The caller frees with the layout it allocated with, so the class is the same.
+        if let Some(c) = crate::heap::Heap::class(layout.size(), layout.align()) {
+            // SAFETY: `ptr` came from `alloc` for this class and is no longer used.
+            unsafe { self.heap().free(ptr as usize, c) }
         }
     }
 
-    #[inline]
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN && layout.align() <= layout.size() {
-            // SAFETY: see the impl.
-            unsafe { calloc(layout.size(), 1).cast() }
-        } else {
-            // SAFETY: as `alloc`; the block is then `size` bytes it may write.
-            let p = unsafe { self.alloc(layout) };
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if crate::heap::Heap::class(new_size, layout.align())
+            == crate::heap::Heap::class(layout.size(), layout.align())
+        {
+            return ptr;
+        }
+        // SAFETY: the caller's contract for `realloc`; the layout is valid (checked by the caller).
+        unsafe {
+            let p = self.alloc(Layout::from_size_align_unchecked(new_size, layout.align()));
             if !p.is_null() {
-                // SAFETY: `p` is a fresh block of `layout.size()` bytes.
-                unsafe { core::ptr::write_bytes(p, 0, layout.size()) };
+                core::ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
             }
             p
         }
     }
-
-    // `free` ignores the layout: `host.rs` frees the buffer it lends the host with a smaller size than
-    // it was allocated with, which this must keep allowing.
-    #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
-        // SAFETY: `ptr` came from this allocator.
-        unsafe { free(ptr.cast()) }
-    }
-
-    #[inline]
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if layout.align() <= MIN_ALIGN && layout.align() <= new_size {
-            // SAFETY: `ptr` came from `malloc`, `calloc` or `aligned_alloc`, all of which dlmalloc's
-            // `realloc` takes; the alignment asked is at most `MIN_ALIGN`, which it keeps.
-            unsafe { realloc(ptr.cast(), new_size).cast() }
-        } else {
-            // `GlobalAlloc`'s own fallback: a new block, the bytes copied, the old one freed.
-            // SAFETY: the caller's contract for `realloc`; the layout is valid (checked by the caller).
-            unsafe {
-                let new = Layout::from_size_align_unchecked(new_size, layout.align());
-                let p = self.alloc(new);
-                if !p.is_null() {
-                    core::ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size));
-                    self.dealloc(ptr, layout);
-                }
-                p
-            }
-        }
-    }
 }
 
-/// The environment variable `name` if it is set and UTF-8 (what `std::env::var(name).ok()` gives).
+/// The environment variable `name` if it is set and UTF-8 (what `std::env::var(name).ok()` gives), read
+/// through WASI's `environ_get` (wasi-libc's `getenv` would bring in its `malloc`).
 #[cfg(not(test))]
 pub fn env_var(name: &str) -> Option<String> {
-    if name.as_bytes().contains(&0) {
+    let (mut count, mut bytes) = (0, 0);
+    // SAFETY: the host writes two numbers through pointers to locals.
+    if unsafe { environ_sizes_get(&mut count, &mut bytes) } != 0 {
         return None;
     }
-    let mut c = alloc::vec::Vec::with_capacity(name.len() + 1);
-    c.extend_from_slice(name.as_bytes());
-    c.push(0);
-    // SAFETY: `c` is NUL-terminated; `getenv` returns null or a NUL-terminated string that stays valid
-    // until the environment changes (nothing here changes it).
-    let value = unsafe { getenv(c.as_ptr().cast()) };
-    if value.is_null() {
+    let mut pointers = alloc::vec![core::ptr::null_mut(); count];
+    let mut buf = alloc::vec![0u8; bytes];
+    // SAFETY: room for `count` pointers and `bytes` bytes, as the host said it needs.
+    if unsafe { environ_get(pointers.as_mut_ptr(), buf.as_mut_ptr()) } != 0 {
         return None;
     }
-    // SAFETY: see above.
-    let value = unsafe { CStr::from_ptr(value) };
-    value.to_str().ok().map(String::from)
+    // `NAME=value` entries, each ended by a NUL.
+    buf.split(|&b| b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        core::str::from_utf8(value).ok().map(String::from)
+    })
 }
 
 #[cfg(test)]
