@@ -1033,11 +1033,12 @@ impl Http {
         self.backchannel_logout(&body)
     }
 
-    /// True while the request waits: held, waiting for a callout, or parked (the root context, which
-    /// resumes it, holds a second reference to its `Set-Cookie` list).
+    /// True while the request waits: held, waiting for a callout (not a renewal's it stopped waiting for:
+    /// found in review, the body of a request that went on then was held for good), or parked (the root
+    /// context, which resumes it, holds a second reference to its `Set-Cookie` list).
     fn paused(&self) -> bool {
         self.held.is_some()
-            || self.pending.is_some()
+            || self.pending.is_some() && !self.given_up
             || self
                 .set_cookies
                 .as_ref()

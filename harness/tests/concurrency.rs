@@ -438,6 +438,40 @@ fn seal(s: &Session) -> String {
     sealed::seal(s).unwrap()
 }
 
+/// A stall at the IdP that meets many sessions due for renewal at once: each request renews its own
+/// session, the token endpoint does not answer, and every request stops waiting at `callout_timeout`.
+/// Found in review: all those due on one tick were answered in that tick, nested on V8's stack as parked
+/// ones were (`a_burst_on_a_session_the_idp_will_not_renew_answers_every_request`); now at most 32 a
+/// tick. Every request gets its `503`, and the workers serve on.
+#[test]
+fn a_stall_that_meets_many_renewals_at_once_answers_every_request() {
+    let _l = lock();
+    const SESSIONS: usize = 1000;
+    let s = expired_session("crowd");
+    // Each sealing is another cookie, and so another renewal.
+    let cookies: Vec<String> = (0..SESSIONS).map(|_| seal(&s)).collect();
+    let hang = stack().idp_proxy().fault(harness::Mode::Hang);
+    let statuses = harness::at_once(SESSIONS, |i| {
+        Browser::new()
+            .get_with(
+                &url("/crowd"),
+                &[("cookie", &cookies[i]), ("accept", "application/json")],
+            )
+            .map(|r| r.status)
+            .unwrap_or(0)
+    });
+    drop(hang);
+    let answered = statuses.iter().filter(|&&st| st == 503).count();
+    let log = stack().envoy_log().unwrap();
+    assert!(!log.contains("Maximum call stack size exceeded"), "{log}");
+    assert_eq!(answered, SESSIONS, "{statuses:?}");
+    for i in 0..4 {
+        let b = Browser::new();
+        let done = b.login(&url("/after"), &format!("after{i}")).unwrap();
+        assert_eq!(done.response.status, 200, "{:?}", done.chain);
+    }
+}
+
 /// Found in review: each request that waits for another's renewal keeps its own path, cookie and copy of
 /// the session, and 512 requests of 60 KB paths grew the worker's memory (which Wasm never gives back) by
 /// 30 MiB. Together they hold at most 4 MiB: of 500 requests with 12 KB paths on one expired session, over

@@ -480,6 +480,48 @@ fn a_renewal_the_idp_answers_after_the_timeout_is_kept_for_the_next_request() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// A request with a body on a session due for renewal, whose renewal the IdP answers after
+/// `callout_timeout`, and whose body comes after that: it goes on to the app with its token, body and
+/// all, at the timeout (found in review: the request went on, but the body that came after was held
+/// for the call that went on, and the app never got it).
+#[test]
+fn a_request_with_a_body_goes_on_when_its_renewal_stops_waiting() {
+    let _idp = idp_hold::exclusive();
+    let b = logged_in(ROTATING, "alice");
+    let due = with_token_expiring_at(&b, unix_now() + 30);
+    let _slow = Fault::set(Mode::delay_for("/token", Duration::from_millis(3500)));
+    let body = r#"{"saved":true}"#;
+    let port = stack().site(ROTATING).unwrap().port;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t0 = Instant::now();
+    s.write_all(
+        format!(
+            "POST /x HTTP/1.1\r\nhost: {HOST}\r\ncookie: {due}\r\naccept: application/json\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // The body once the request has stopped waiting (2 s, and the tick within 1 s of it).
+    std::thread::sleep(Duration::from_millis(3100));
+    s.write_all(body.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let read = s.read_to_end(&mut answer);
+    let took = t0.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "{read:?} after {took:?}: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The echo app's JSON (chunked: between the first `{` and the last `}`).
+    let json = &answer[answer.find('{').unwrap()..=answer.rfind('}').unwrap()];
+    let json: Value = serde_json::from_str(json).unwrap();
+    assert_eq!(json["body"], body, "{json}");
+    assert!(json["headers"]["authorization"].is_string(), "{json}");
+    // The IdP's answer comes before the fault is lifted (the proxy would cut it).
+    std::thread::sleep(Duration::from_millis(3500).saturating_sub(took) + Duration::from_secs(1));
+}
+
 /// Longer than the pause a renewal that met an outage leaves on its worker (5 s, in whole seconds).
 const RENEWAL_PAUSE: Duration = Duration::from_secs(6);
 /// Envoy's worker threads (the harness's `--concurrency`): each pauses its own renewals.
