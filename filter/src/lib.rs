@@ -5,8 +5,8 @@
 //! talks to the host, through `host` (the proxy-wasm ABI's imports) and `exports` (its callbacks).
 //!
 //! The Wasm build is `no_std` (std's panic hook, backtraces, stderr and thread-local machinery are bytes
-//! the module would carry for nothing): `wasm` holds the little of it the filter needs, over wasi-libc,
-//! which the target links anyway. Native builds (tests, fuzzing, the harness) keep std.
+//! the module would carry for nothing): `wasm` holds the little of it the filter needs (with `heap`, its
+//! allocator), over WASI and the wasi-libc the target links anyway. Native builds (tests, fuzzing, the harness) keep std.
 
 #![cfg_attr(all(target_arch = "wasm32", not(test)), no_std)]
 
@@ -68,7 +68,7 @@ pub extern "C" fn _initialize() {
     unsafe extern "C" {
         fn __wasm_call_ctors();
     }
-    // SAFETY: the linker's constructor list (wasi-libc's environment and allocator setup), run once, first,
+    // SAFETY: the linker's constructor list (wasi-libc's, if any), run once, first,
     // as a reactor must before anything else in it runs.
     unsafe { __wasm_call_ctors() };
 }
