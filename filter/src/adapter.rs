@@ -1521,12 +1521,15 @@ fn log_reply(r: &flow::Reply, site: &dyn Fn() -> Option<String>) {
     // out the warnings.
     // Back-channel refusals at info whatever the status: anyone can post a token whose key id
     // this worker may not fetch just now (a 503).
-    let (level, at) =
-        if r.warn || r.status >= 500 && r.metric != Some(Metric::BackchannelLogoutRefused) {
-            (LogLevel::Warn, 0)
-        } else {
-            (LogLevel::Info, 1)
-        };
+    // A line the core asks to be a warning (once per site and worker) has a budget of its own: a flood of
+    // the others cannot crowd it out (found in review: the flag that it was told was set all the same).
+    let (level, at) = if r.warn {
+        (LogLevel::Warn, 2)
+    } else if r.status >= 500 && r.metric != Some(Metric::BackchannelLogoutRefused) {
+        (LogLevel::Warn, 0)
+    } else {
+        (LogLevel::Info, 1)
+    };
     let budget: &[Throttle] = match r.metric {
         Some(Metric::CallbackFailed(_)) => &CALLBACK_FAILED,
         Some(Metric::RefreshFailed) => &REFRESH_FAILED,
@@ -1683,7 +1686,11 @@ static CALL_FAILED: Throttle = Throttle::new(10, 1);
 /// Anyone can send failing callbacks, and an outage fails every expired session's requests: at most 20
 /// lines a second each, for the warnings and for the info lines apart.
 static CALLBACK_FAILED: [Throttle; 2] = [Throttle::new(1, 20), Throttle::new(1, 20)];
-static REFRESH_FAILED: [Throttle; 2] = [Throttle::new(1, 20), Throttle::new(1, 20)];
+static REFRESH_FAILED: [Throttle; 3] = [
+    Throttle::new(1, 20),
+    Throttle::new(1, 20),
+    Throttle::new(1, 20),
+];
 /// Anyone can post to the back-channel path too.
 static LOGOUT_REFUSED: [Throttle; 2] = [Throttle::new(1, 20), Throttle::new(1, 20)];
 

@@ -133,7 +133,8 @@ pub struct Reply {
     /// token, code, secret or request data).
     pub detail: Option<String>,
     /// Log the line at warning whatever the status: the deployment's to mend, though the request is
-    /// answered as its own fault.
+    /// answered as its own fault. Once per site and worker, with a log budget of its own (only for
+    /// [`Metric::RefreshFailed`], the one failure that sets it).
     pub warn: bool,
 }
 
