@@ -38,8 +38,12 @@ impl Heap {
         }
     }
 
-    /// The class of a block of `size` bytes aligned to `align` (a power of two); `None` past 2 GiB.
+    /// The class of a block of `size` bytes aligned to `align` (a power of two); `None` past 2 GiB, or
+    /// for an alignment past a page (no block has it).
     pub fn class(size: usize, align: usize) -> Option<u32> {
+        if align > PAGE {
+            return None;
+        }
         let s = size.max(align).max(1 << MIN_CLASS);
         let c = usize::BITS - (s - 1).leading_zeros();
         (c < CLASSES as u32).then_some(c)
@@ -130,6 +134,8 @@ mod tests {
         assert_eq!(Heap::class(1 << 31, 1), Some(31));
         assert_eq!(Heap::class((1 << 31) + 1, 1), None);
         assert_eq!(Heap::class(usize::MAX, 1), None);
+        assert_eq!(Heap::class(1, PAGE), Some(16));
+        assert_eq!(Heap::class(1, 2 * PAGE), None);
     }
 
     #[test]
