@@ -1087,9 +1087,21 @@ impl Http {
         }
         // The app may have marked its answer cacheable, but now it carries this user's session: no cache
         // (a CDN in front of the gateway) may keep it and hand the cookie to others. One response per
-        // renewal, so the app's own caching of it is little loss.
+        // renewal, so the app's own caching of it is little loss. Also no cache that reads a field of
+        // its own first (RFC 9213's `CDN-Cache-Control` and a CDN's, `Surrogate-Control`, Akamai's
+        // `Edge-Control`, nginx's `X-Accel-Expires`) or only `Expires`: those fields go (found by a black-box test).
         if added {
             let _ = host::set_header(Headers::Response, "cache-control", Some("no-store"));
+            for name in [
+                "cdn-cache-control",
+                "cloudflare-cdn-cache-control",
+                "surrogate-control",
+                "edge-control",
+                "x-accel-expires",
+                "expires",
+            ] {
+                let _ = host::set_header(Headers::Response, name, None);
+            }
         }
         Action::Continue
     }

@@ -1731,6 +1731,15 @@ fn path(field: &str, v: Option<String>, default: &str) -> Result<String, ConfigE
             "must be an absolute path like `/login`, without query, spaces, quotes, `;`, `<`, `>` or `\\`",
         ));
     }
+    // Found by a black-box test: `/` as login_path sent a logged-in user round the IdP for ever, as
+    // callback_path answered every visit of the home page with a state error, as logout_path logged
+    // out whoever opened it.
+    if p == "/" {
+        return Err(err(
+            field,
+            "must not be `/`: the site's home page would become the filter's own",
+        ));
+    }
     Ok(p)
 }
 
@@ -3625,6 +3634,10 @@ mod tests {
         ] {
             let e = parse(&with(field, json!("//evil.example.com"))).unwrap_err();
             assert_eq!(e.field, field, "{e}");
+            // Nor the site's home page.
+            let e = parse(&with(field, json!("/"))).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains("must not be `/`"), "{e}");
         }
         let env = |k: &str| match k {
             "SECRET" => Some("from-env\n".to_string()),

@@ -5,7 +5,8 @@
 // Answers 200 with JSON {method, path, headers, body}; to a browser (Accept includes text/html), a
 // page greeting the user named by the Bearer JWT's `email` claim (decoded, not verified) and the
 // same JSON in <pre id="echo">. A path under /cacheable is answered with
-// `Cache-Control: public, max-age=60, s-maxage=600`, as an app marks a page for shared caches.
+// `Cache-Control: public, max-age=60, s-maxage=600`, as an app marks a page for shared caches, and with
+// the CDNs' own caching fields (CDN_CACHE_HEADERS).
 //
 // Three more paths, for the protocols apps behind a gateway speak besides plain request/response:
 // - `/ws…`, a WebSocket upgrade (RFC 6455): the first message is the JSON {path, headers} of the
@@ -37,6 +38,18 @@ function bearerEmail(authorization) {
   }
 }
 
+// What `/cacheable` also says to the caches in front of a gateway that read fields of their own (RFC 9213's
+// `CDN-Cache-Control` and a CDN's own, Fastly's and Varnish's `Surrogate-Control`, Akamai's
+// `Edge-Control`, nginx's `X-Accel-Expires`) and to those that read only `Expires`.
+const CDN_CACHE_HEADERS = [
+  ['cdn-cache-control', 'max-age=600'],
+  ['cloudflare-cdn-cache-control', 'max-age=600'],
+  ['surrogate-control', 'max-age=600'],
+  ['edge-control', 'cache-maxage=600s'],
+  ['x-accel-expires', '600'],
+  ['expires', 'Fri, 31 Dec 2099 23:59:59 GMT'],
+];
+
 // Text content only needs these three; quotes stay readable in the echoed JSON.
 function escapeHtml(s) {
   return s.replace(/[&<>]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;' })[c]);
@@ -64,7 +77,10 @@ const server = createServer((req, res) => {
       body: Buffer.concat(chunks).toString('utf8'),
     };
     const json = JSON.stringify(echo, null, 2);
-    if (req.url.startsWith('/cacheable')) res.setHeader('cache-control', 'public, max-age=60, s-maxage=600');
+    if (req.url.startsWith('/cacheable')) {
+      res.setHeader('cache-control', 'public, max-age=60, s-maxage=600');
+      for (const [name, value] of CDN_CACHE_HEADERS) res.setHeader(name, value);
+    }
     if ((req.headers.accept || '').includes('text/html')) {
       const who = bearerEmail(req.headers.authorization) || 'anonymous';
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
