@@ -1900,9 +1900,14 @@ fn code_reply(
                 &start_again(cfg, &x.login.rd),
             );
         }
-        Some((status, body)) => match token::parse_response(status, body)
-            .map_err(|e| e.withholding(&[cfg.client_secret.expose(), x.login.verifier.expose()]))
-        {
+        Some((status, body)) => match token::parse_response(status, body).map_err(|e| {
+            let basic = token::basic_credentials(&cfg.client_id, &cfg.client_secret);
+            e.withholding(&[
+                cfg.client_secret.expose(),
+                &basic,
+                x.login.verifier.expose(),
+            ])
+        }) {
             Ok(t) => t,
             Err(e @ TokenError::InvalidGrant { .. }) => {
                 // Logged with the IdP's reason: a redirect URI or PKCE verifier it does not accept is
@@ -2094,8 +2099,10 @@ fn refresh_outcome(
     let tokens = match reply {
         Some((status, body)) => token::parse_response(status, body).map_err(|e| {
             let refresh = job.session.session.refresh_token.as_ref();
+            let basic = token::basic_credentials(&cfg.client_id, &cfg.client_secret);
             e.withholding(&[
                 cfg.client_secret.expose(),
+                &basic,
                 refresh.map(Secret::expose).unwrap_or_default(),
             ])
         }),

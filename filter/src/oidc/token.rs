@@ -78,11 +78,15 @@ impl TokenError {
     /// Without its description if that quotes 8 bytes in a row (or the whole, if shorter) of any of
     /// `secrets`: the client secret, the verifier or refresh token just sent (found in review: the
     /// heuristic of [`describe`] alone lets a passphrase through).
+    /// Each also as it went in the form body (form-urlencoded); pass [`basic_credentials`] too, the form
+    /// the client secret went in with HTTP Basic (found by a black-box test: an IdP quoting the
+    /// `Authorization` it was sent got the client secret, base64-encoded, into the log).
     pub fn withholding(mut self, secrets: &[&str]) -> Self {
         if let Self::InvalidGrant { description } | Self::Rejected { description, .. } = &mut self
-            && secrets
-                .iter()
-                .any(|s| quotes(description.as_bytes(), s.as_bytes()))
+            && secrets.iter().any(|s| {
+                quotes(description.as_bytes(), s.as_bytes())
+                    || quotes(description.as_bytes(), form::encode(s).as_bytes())
+            })
         {
             *description = "[withheld: it quotes what was sent]".into();
         }
@@ -284,6 +288,17 @@ pub fn parse_response(status: u16, body: &[u8]) -> Result<TokenResponse, TokenEr
     })
 }
 
+/// The credentials of HTTP Basic client authentication, base64-encoded: each part form-urlencoded before
+/// joining, so a ':' in the id survives (RFC 6749 2.3.1).
+pub fn basic_credentials(client_id: &str, secret: &Secret) -> String {
+    let credentials = format!(
+        "{}:{}",
+        form::encode(client_id),
+        form::encode(secret.expose())
+    );
+    b64::encode_standard(credentials.as_bytes())
+}
+
 fn form_request(
     params: &[(&str, &str)],
     client_id: &str,
@@ -300,15 +315,9 @@ fn form_request(
     ];
     match auth {
         ClientAuth::Basic => {
-            // RFC 6749 2.3.1: each part is form-urlencoded before joining, so a ':' in the id survives.
-            let credentials = format!(
-                "{}:{}",
-                form::encode(client_id),
-                form::encode(secret.expose())
-            );
             headers.push((
                 "authorization".to_owned(),
-                format!("Basic {}", b64::encode_standard(credentials.as_bytes())),
+                format!("Basic {}", basic_credentials(client_id, secret)),
             ));
         }
         // The client is named only where it authenticates: with Basic, a `client_id` in the body too is
@@ -795,6 +804,32 @@ mod tests {
         assert_eq!(
             e.withholding(&["", "other"]).to_string(),
             "token endpoint answered invalid_grant, \"token rt-1 is spent\""
+        );
+        // As sent: form-urlencoded, and the client secret within HTTP Basic's credentials (found by a
+        // black-box test).
+        let said = |d: &str| {
+            let body = format!(r#"{{"error":"invalid_client","error_description":"{d}"}}"#);
+            parse_response(401, body.as_bytes()).unwrap_err()
+        };
+        let secret = "pa ss/word+1";
+        let basic = basic_credentials("demo", &Secret::new(secret));
+        for d in [
+            "bad secret pa+ss%2Fword%2B1",
+            &format!("bad header Basic {basic}"),
+        ] {
+            assert!(
+                said(d)
+                    .withholding(&[secret, &basic])
+                    .to_string()
+                    .contains("withheld"),
+                "{d}"
+            );
+        }
+        assert!(
+            !said("client demo is unknown")
+                .withholding(&[secret, &basic])
+                .to_string()
+                .contains("withheld")
         );
         // Compared as the log line would show it: a secret with a quote in it.
         let quoted = br#"{"error":"x","error_description":"is a\"b\"cdefgh"}"#;
