@@ -322,6 +322,29 @@ mod tests {
         }
     }
 
+    /// Each bit of the tag counts: a tag with any one flipped, or the same one in two bytes, is refused.
+    #[test]
+    fn every_bit_of_the_tag_counts() {
+        let key: [u8; 32] = bytes(1, 32).try_into().unwrap();
+        let nonce: [u8; 24] = bytes(2, 24).try_into().unwrap();
+        let ours = XChaCha20Poly1305::new(&key);
+        let mut data = bytes(3, 40);
+        let tag = ours.encrypt(&nonce, b"aad", &mut data);
+        for bit in 0..128 {
+            let mut bad = tag;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(!ours.decrypt(&nonce, b"aad", &mut data, &bad), "bit {bit}");
+            // The same bit of two bytes: differences that cancel out if combined by XOR.
+            bad[(bit / 8 + 1) % 16] ^= 1 << (bit % 8);
+            assert!(
+                !ours.decrypt(&nonce, b"aad", &mut data, &bad),
+                "bit {bit} twice"
+            );
+        }
+        assert!(ours.decrypt(&nonce, b"aad", &mut data, &tag));
+        assert_eq!(data, bytes(3, 40));
+    }
+
     fn poly(key: &[u8; 32], data: &[u8]) -> [u8; 16] {
         let mut p = Poly1305::new(key);
         for block in data.chunks(16) {

@@ -6,8 +6,9 @@
 use core::hash::{BuildHasherDefault, Hasher};
 use hashbrown::HashMap;
 
-/// The 64-bit FNV-1a of `parts` one after the other ([`IdHasher`]'s for bytes): the names the shared list of
-/// ended sessions gives tokens, users and logins, none of which a client picks.
+/// FNV-1a's 64-bit rounds over `parts` one after the other, from a zero state rather than FNV's offset
+/// basis ([`IdHasher`]'s for bytes; kept so, as the names are stored in shared data): the names the
+/// shared list of ended sessions gives tokens, users and logins, none of which a client picks.
 pub fn fnv(parts: &[&[u8]]) -> u64 {
     let mut hasher = IdHasher::default();
     for part in parts {
@@ -43,5 +44,31 @@ impl Hasher for IdHasher {
 
     fn write_u64(&mut self, n: u64) {
         self.0 = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names are kept in shared data that every VM reads: pinned, so that a change to the function is
+    /// a deliberate one. (FNV-1a's prime from a zero state, not from FNV's offset basis.)
+    #[test]
+    fn fnv_names_are_pinned() {
+        assert_eq!(fnv(&[b"user\0", b"alice"]), 0xaceff8fdb9352783);
+        assert_eq!(fnv(&[b"user\0alice"]), fnv(&[b"user\0", b"alice"]));
+        let token = b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln";
+        assert_eq!(fnv(&[token]), 0xcc47d18e7f143577);
+    }
+
+    /// Every byte counts: ID tokens share their first bytes (the header), not their names.
+    #[test]
+    fn every_byte_counts() {
+        let token = b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln".to_vec();
+        for i in 0..token.len() {
+            let mut other = token.clone();
+            other[i] ^= 1;
+            assert_ne!(fnv(&[&token]), fnv(&[&other]), "{i}");
+        }
     }
 }
