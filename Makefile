@@ -28,7 +28,7 @@ unit: setup
 	# the JSON numbers, whose limits depend on wasm32's 32-bit usize, and the cookies' cipher and form decoding
 	# as the module runs them.
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/harness/wasi-run.mjs" \
-		cargo test -p oidc-filter --lib --target wasm32-wasip1 -- --nocapture cookies:: headers:: session:: json:: aead:: form:: heap::
+		cargo test -p oidc-filter --lib --target wasm32-wasip1 -- --nocapture cookies:: headers:: session:: json:: aead:: form:: heap:: wasm::
 
 e2e: wasm
 	cargo test -p harness --no-fail-fast

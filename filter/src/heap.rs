@@ -1,15 +1,19 @@
-//! The Wasm build's allocator: a free list per power-of-two size class, over pages the module grows its
-//! memory by. It replaced wasi-libc's dlmalloc, whose code took about 10 KB of the module and whose
-//! path for a kilobyte block ran about 250 instructions; here a block is a pop or a push.
+//! The Wasm build's allocator: power-of-two size classes over 64 KiB pages the module grows its memory
+//! by. It replaced wasi-libc's dlmalloc, whose code took about 10 KB of the module and whose path for a
+//! kilobyte block ran about 250 instructions; here a block is a pop or a push and a little bookkeeping.
 //!
-//! A block of class `c` is `2^c` bytes (16 at least), aligned to its size: classes under a page are cut
-//! from 64 KiB pages of their own (a page per class at a time, cut as needed, so an untouched part
-//! costs no resident memory), larger ones are whole pages. A freed block goes to its class's list and
-//! serves that class again; memory is never given back (Wasm memory cannot shrink, and dlmalloc kept
-//! it too). The cost: a block holds up to twice what was asked, and what a class holds at its peak
-//! stays with that class.
+//! A block of class `c` is `2^c` bytes (16 at least), aligned to its size. Classes under a page are cut
+//! from pages of their own, each page cut as needed (an untouched part costs no resident memory), its
+//! freed blocks on a list of its own. A page whose blocks are all freed goes back to a pool that serves
+//! every class (found in review: with a list per class, memory one class had once held stayed with it,
+//! and a user's bursts of parked requests with paths of other lengths each time held seven times the
+//! bytes they were capped at). A block of a page is a pool page; a larger one is whole pages, kept for
+//! its class when freed. Memory is never given back to the host (Wasm memory cannot shrink; dlmalloc
+//! kept it too). The cost: a block holds up to twice what was asked.
 //!
-//! Natively (tests) the same code runs over pages a test hands out, so it is checked there.
+//! The pages' bookkeeping sits apart from them (a header in a page would cost a 32 KiB class half of
+//! it), in a table indexed by page number: 16 bytes per page of a 32-bit memory, in memory never
+//! touched for pages never used. Natively (tests) the same code runs over pages a test hands out.
 
 /// Wasm's page: what memory grows by.
 pub const PAGE: usize = 65536;
@@ -17,24 +21,60 @@ pub const PAGE: usize = 65536;
 const MIN_CLASS: u32 = 4;
 /// Classes from `2^MIN_CLASS` up to 2 GiB, more than a 32-bit memory can hold.
 const CLASSES: usize = 32;
-/// The classes cut from pages: under 64 KiB.
+/// The first class of whole pages; those below are cut from pages.
 const PAGE_CLASS: u32 = 16;
+/// The unit a page is cut in, and its count in a page.
+const UNIT: usize = 1 << MIN_CLASS;
+const UNITS: u16 = (PAGE / UNIT) as u16;
 
-/// The allocator's state: addresses, 0 for none.
-pub struct Heap {
-    /// Each class's freed blocks; each holds the address of the next.
-    free: [usize; CLASSES],
-    /// Where each small class's current page has its next uncut block, and where that page ends.
-    next: [usize; PAGE_CLASS as usize],
-    end: [usize; PAGE_CLASS as usize],
+/// A page's bookkeeping.
+#[derive(Clone, Copy)]
+struct Page {
+    /// The address of the page's first freed block, 0 for none; each holds the next one's.
+    free: usize,
+    /// Units cut from the page so far.
+    cut: u16,
+    /// Blocks handed out and not freed.
+    live: u16,
+    /// Neighbours on its class's list of pages with room, or `next` on the pool's list: page numbers,
+    /// 0 for none.
+    prev: u16,
+    next: u16,
+    /// The class of its blocks.
+    class: u8,
 }
 
-impl Heap {
-    pub const fn new() -> Self {
+const NO_PAGE: Page = Page {
+    free: 0,
+    cut: 0,
+    live: 0,
+    prev: 0,
+    next: 0,
+    class: 0,
+};
+
+/// The allocator's state over `N` pages at most (page 0 is never one: it holds the module's data).
+pub struct Heap<const N: usize> {
+    pages: [Page; N],
+    /// The address of page number 0.
+    base: usize,
+    /// Each class's first page with room (or a block freed), 0 for none.
+    room: [u16; PAGE_CLASS as usize],
+    /// The pool's first page, every block of it free.
+    pool: u16,
+    /// Freed blocks of whole pages, per class; each holds the address of the next.
+    large: [usize; CLASSES],
+}
+
+impl<const N: usize> Heap<N> {
+    /// `base`: the address of page number 0 (0 in Wasm, where page numbers are addresses / 64 KiB).
+    pub const fn new(base: usize) -> Self {
         Heap {
-            free: [0; CLASSES],
-            next: [0; PAGE_CLASS as usize],
-            end: [0; PAGE_CLASS as usize],
+            pages: [NO_PAGE; N],
+            base,
+            room: [0; PAGE_CLASS as usize],
+            pool: 0,
+            large: [0; CLASSES],
         }
     }
 
@@ -49,47 +89,143 @@ impl Heap {
         (c < CLASSES as u32).then_some(c)
     }
 
+    /// The number of the page at `address` (a page's start), if the table has room for it.
+    fn number(&self, address: usize) -> Option<u16> {
+        let n = address.wrapping_sub(self.base) / PAGE;
+        (n > 0 && n < N).then_some(n as u16)
+    }
+
+    fn address(&self, n: u16) -> usize {
+        self.base + n as usize * PAGE
+    }
+
+    /// A page of the pool, or a new one from `grow`.
+    fn page(&mut self, grow: impl FnOnce(usize) -> Option<usize>) -> Option<u16> {
+        let n = self.pool;
+        if n != 0 {
+            self.pool = self.pages[n as usize].next;
+            return Some(n);
+        }
+        self.number(grow(1)?)
+    }
+
+    fn push_room(&mut self, c: usize, n: u16) {
+        let head = self.room[c];
+        self.pages[n as usize].prev = 0;
+        self.pages[n as usize].next = head;
+        if head != 0 {
+            self.pages[head as usize].prev = n;
+        }
+        self.room[c] = n;
+    }
+
+    fn unlink_room(&mut self, c: usize, n: u16) {
+        let Page { prev, next, .. } = self.pages[n as usize];
+        if prev == 0 {
+            self.room[c] = next;
+        } else {
+            self.pages[prev as usize].next = next;
+        }
+        if next != 0 {
+            self.pages[next as usize].prev = prev;
+        }
+    }
+
     /// A block of class `c`, or 0 when `grow` (which adds that many pages and says where they start)
     /// has none to give.
     ///
     /// # Safety
-    /// Every block on a list is one [`Heap::free`] took, which nothing else uses.
+    /// Every freed block is one [`Heap::free`] took, which nothing else uses.
     pub unsafe fn take(&mut self, c: u32, grow: impl FnOnce(usize) -> Option<usize>) -> usize {
         let ci = c as usize;
-        let head = self.free[ci];
-        if head != 0 {
-            // SAFETY: a freed block of at least 16 bytes, aligned, whose first word is the link.
-            self.free[ci] = unsafe { *(head as *const usize) };
-            return head;
+        if c > PAGE_CLASS {
+            let head = self.large[ci];
+            if head != 0 {
+                // SAFETY: a freed block, aligned, whose first word is the link.
+                self.large[ci] = unsafe { *(head as *const usize) };
+                return head;
+            }
+            let Some(n) = grow(1 << (c - PAGE_CLASS)).and_then(|a| self.number(a)) else {
+                return 0;
+            };
+            self.pages[n as usize].class = c as u8;
+            return self.address(n);
         }
-        if c >= PAGE_CLASS {
-            return grow(1 << (c - PAGE_CLASS)).unwrap_or(0);
+        if c == PAGE_CLASS {
+            let Some(n) = self.page(grow) else { return 0 };
+            self.pages[n as usize] = Page {
+                class: c as u8,
+                ..NO_PAGE
+            };
+            return self.address(n);
         }
-        if self.next[ci] == self.end[ci] {
-            let Some(page) = grow(1) else { return 0 };
-            self.next[ci] = page;
-            self.end[ci] = page + PAGE;
+        let mut n = self.room[ci];
+        if n == 0 {
+            let Some(fresh) = self.page(grow) else {
+                return 0;
+            };
+            self.pages[fresh as usize] = Page {
+                class: c as u8,
+                ..NO_PAGE
+            };
+            self.push_room(ci, fresh);
+            n = fresh;
         }
-        let block = self.next[ci];
-        self.next[ci] += 1 << c;
+        let address = self.address(n);
+        let page = &mut self.pages[n as usize];
+        let block = if page.free != 0 {
+            let block = page.free;
+            // SAFETY: a freed block of this page, whose first word is the link.
+            page.free = unsafe { *(block as *const usize) };
+            block
+        } else {
+            let block = address + page.cut as usize * UNIT;
+            page.cut += (1u16 << c) / UNIT as u16;
+            block
+        };
+        page.live += 1;
+        if page.free == 0 && page.cut == UNITS {
+            self.unlink_room(ci, n);
+        }
         block
     }
 
-    /// Gives block `p` of class `c` back.
+    /// Gives block `p` back (its class is its page's).
     ///
     /// # Safety
-    /// `p` came from [`Heap::take`] for class `c` (or a larger one) and is no longer used.
-    pub unsafe fn free(&mut self, p: usize, c: u32) {
+    /// `p` came from [`Heap::take`] and is no longer used.
+    pub unsafe fn free(&mut self, p: usize) {
+        let Some(n) = self.number(p & !(PAGE - 1)) else {
+            return;
+        };
+        let c = self.pages[n as usize].class as u32;
         let ci = c as usize;
+        if c > PAGE_CLASS {
+            // SAFETY: the block is whole pages, and ours again.
+            unsafe { *(p as *mut usize) = self.large[ci] };
+            self.large[ci] = p;
+            return;
+        }
+        if c == PAGE_CLASS {
+            self.pages[n as usize].next = self.pool;
+            self.pool = n;
+            return;
+        }
+        let page = &mut self.pages[n as usize];
+        let full = page.free == 0 && page.cut == UNITS;
         // SAFETY: the block is at least 16 bytes, aligned, and ours again.
-        unsafe { *(p as *mut usize) = self.free[ci] };
-        self.free[ci] = p;
-    }
-}
-
-impl Default for Heap {
-    fn default() -> Self {
-        Self::new()
+        unsafe { *(p as *mut usize) = page.free };
+        page.free = p;
+        page.live -= 1;
+        if page.live == 0 {
+            if !full {
+                self.unlink_room(ci, n);
+            }
+            self.pages[n as usize].next = self.pool;
+            self.pool = n;
+        } else if full {
+            self.push_room(ci, n);
+        }
     }
 }
 
@@ -97,7 +233,11 @@ impl Default for Heap {
 mod tests {
     use super::*;
 
-    /// Pages from a buffer of the test's, handed out in order until `limit` of them are.
+    /// The tests' heaps: up to 256 pages.
+    type TestHeap = Heap<256>;
+
+    /// Pages from a buffer of the test's, handed out in order until `limit` of them are, and a heap
+    /// over them.
     struct Pages {
         buf: Vec<u8>,
         used: usize,
@@ -105,44 +245,53 @@ mod tests {
     }
 
     impl Pages {
-        fn new(limit: usize) -> Self {
-            Pages {
+        fn new(limit: usize) -> (Self, Box<TestHeap>) {
+            let pages = Pages {
                 buf: vec![0; (limit + 1) * PAGE],
                 used: 0,
                 limit,
-            }
+            };
+            // Page number 1 is the first page handed out.
+            let heap = Box::new(TestHeap::new(pages.first() - PAGE));
+            (pages, heap)
+        }
+        fn first(&self) -> usize {
+            (self.buf.as_ptr() as usize).next_multiple_of(PAGE)
         }
         fn grow(&mut self, n: usize) -> Option<usize> {
             if self.used + n > self.limit {
                 return None;
             }
-            let base = (self.buf.as_ptr() as usize).next_multiple_of(PAGE);
-            let at = base + self.used * PAGE;
+            let at = self.first() + self.used * PAGE;
             self.used += n;
             Some(at)
         }
     }
 
+    fn take(heap: &mut TestHeap, pages: &mut Pages, size: usize) -> usize {
+        let c = TestHeap::class(size, 1).unwrap();
+        unsafe { heap.take(c, |n| pages.grow(n)) }
+    }
+
     #[test]
     fn classes_are_the_next_power_of_two_from_16() {
-        assert_eq!(Heap::class(1, 1), Some(4));
-        assert_eq!(Heap::class(16, 8), Some(4));
-        assert_eq!(Heap::class(17, 1), Some(5));
-        assert_eq!(Heap::class(1, 64), Some(6));
-        assert_eq!(Heap::class(65536, 1), Some(16));
-        assert_eq!(Heap::class(65537, 1), Some(17));
-        assert_eq!(Heap::class(1 << 31, 1), Some(31));
-        assert_eq!(Heap::class((1 << 31) + 1, 1), None);
-        assert_eq!(Heap::class(usize::MAX, 1), None);
-        assert_eq!(Heap::class(1, PAGE), Some(16));
-        assert_eq!(Heap::class(1, 2 * PAGE), None);
+        assert_eq!(TestHeap::class(1, 1), Some(4));
+        assert_eq!(TestHeap::class(16, 8), Some(4));
+        assert_eq!(TestHeap::class(17, 1), Some(5));
+        assert_eq!(TestHeap::class(1, 64), Some(6));
+        assert_eq!(TestHeap::class(65536, 1), Some(16));
+        assert_eq!(TestHeap::class(65537, 1), Some(17));
+        assert_eq!(TestHeap::class(1 << 31, 1), Some(31));
+        assert_eq!(TestHeap::class((1 << 31) + 1, 1), None);
+        assert_eq!(TestHeap::class(usize::MAX, 1), None);
+        assert_eq!(TestHeap::class(1, PAGE), Some(16));
+        assert_eq!(TestHeap::class(1, 2 * PAGE), None);
     }
 
     #[test]
     fn blocks_are_aligned_apart_and_reused_once_freed() {
-        let mut pages = Pages::new(64);
-        let mut heap = Heap::new();
-        let mut live: Vec<(usize, u32, usize, u8)> = Vec::new();
+        let (mut pages, mut heap) = Pages::new(64);
+        let mut live: Vec<(usize, usize, u8)> = Vec::new();
         // Sizes across the small classes and a few whole-page ones, each block filled with a mark.
         for (i, size) in [
             1usize, 16, 17, 100, 1000, 4096, 5000, 40000, 65536, 70000, 200000,
@@ -152,47 +301,107 @@ mod tests {
         .take(60)
         .enumerate()
         {
-            let c = Heap::class(*size, 1).unwrap();
-            let p = unsafe { heap.take(c, |n| pages.grow(n)) };
+            let c = TestHeap::class(*size, 1).unwrap();
+            let p = take(&mut heap, &mut pages, *size);
             assert_ne!(p, 0, "{size} bytes");
             assert_eq!(p % (1 << c).min(PAGE), 0, "{size} bytes at {p:#x}");
             let mark = i as u8;
             unsafe { std::ptr::write_bytes(p as *mut u8, mark, *size) };
-            live.push((p, c, *size, mark));
+            live.push((p, *size, mark));
         }
         // No two blocks overlap: every block still holds its own mark.
-        for &(p, _, size, mark) in &live {
+        for &(p, size, mark) in &live {
             let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
             assert!(bytes.iter().all(|&b| b == mark), "{p:#x}");
         }
         let used = pages.used;
-        // Freed, each class serves its own blocks again without growing.
-        for &(p, c, _, _) in &live {
-            unsafe { heap.free(p, c) };
+        // Freed, their memory serves the same sizes again without growing, each block apart.
+        for &(p, ..) in &live {
+            unsafe { heap.free(p) };
         }
-        let mut again: Vec<usize> = live
+        let again: Vec<(usize, usize, u8)> = live
             .iter()
-            .map(|&(_, c, _, _)| unsafe { heap.take(c, |n| pages.grow(n)) })
+            .map(|&(_, size, mark)| (take(&mut heap, &mut pages, size), size, mark))
             .collect();
         assert_eq!(pages.used, used);
-        let mut before: Vec<usize> = live.iter().map(|&(p, ..)| p).collect();
-        again.sort_unstable();
-        before.sort_unstable();
-        assert_eq!(again, before);
+        for &(p, size, mark) in &again {
+            unsafe { std::ptr::write_bytes(p as *mut u8, mark, size) };
+        }
+        for &(p, size, mark) in &again {
+            let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
+            assert!(bytes.iter().all(|&b| b == mark), "{p:#x}");
+        }
+    }
+
+    /// Found in review: memory one class held stayed with it. Bursts of blocks of one size, all freed
+    /// before the next burst of another size, take no more pages than the largest burst.
+    #[test]
+    fn a_page_one_class_let_go_serves_another() {
+        let (mut pages, mut heap) = Pages::new(200);
+        let burst = 2 << 20;
+        for size in [60_000, 32_769, 16_385, 8_193, 4_097, 2_049, 100, 60_000] {
+            let blocks: Vec<usize> = (0..burst / size)
+                .map(|_| take(&mut heap, &mut pages, size))
+                .collect();
+            assert!(blocks.iter().all(|&p| p != 0), "{size}: out of pages");
+            for p in blocks {
+                unsafe { heap.free(p) };
+            }
+        }
+        // 2 MiB of blocks each up to twice what was asked: 64 pages at most, and a page of slack per
+        // class.
+        assert!(pages.used <= 64 + 8, "{} pages", pages.used);
+    }
+
+    /// Blocks taken and freed in a random order, of random sizes: none overlaps another, and the pages
+    /// taken stay within what the live blocks need.
+    #[test]
+    fn random_takes_and_frees_keep_blocks_apart() {
+        let (mut pages, mut heap) = Pages::new(250);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut live: Vec<(usize, usize, u8)> = Vec::new();
+        for round in 0..20_000u32 {
+            if live.len() < 400 && next() % 3 != 0 {
+                let size = match next() % 10 {
+                    0 => 1 + (next() % 200_000) as usize,
+                    1..=3 => 1 + (next() % 16_000) as usize,
+                    _ => 1 + (next() % 600) as usize,
+                };
+                let p = take(&mut heap, &mut pages, size);
+                assert_ne!(p, 0, "round {round}: {size} bytes, {} pages", pages.used);
+                let mark = (round % 251) as u8;
+                unsafe { std::ptr::write_bytes(p as *mut u8, mark, size) };
+                live.push((p, size, mark));
+            } else if !live.is_empty() {
+                let (p, size, mark) = live.swap_remove((next() % live.len() as u64) as usize);
+                let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
+                assert!(bytes.iter().all(|&b| b == mark), "round {round}: {p:#x}");
+                unsafe { heap.free(p) };
+            }
+        }
     }
 
     #[test]
     fn no_memory_is_a_null_block_not_a_fault() {
-        let mut pages = Pages::new(2);
-        let mut heap = Heap::new();
-        let big = Heap::class(3 * PAGE, 1).unwrap();
-        assert_eq!(unsafe { heap.take(big, |n| pages.grow(n)) }, 0);
-        let small = Heap::class(PAGE / 2, 1).unwrap();
+        let (mut pages, mut heap) = Pages::new(2);
+        assert_eq!(take(&mut heap, &mut pages, 3 * PAGE), 0);
         // Two pages: two blocks of half a page each, then none.
         let blocks: Vec<usize> = (0..6)
-            .map(|_| unsafe { heap.take(small, |n| pages.grow(n)) })
+            .map(|_| take(&mut heap, &mut pages, PAGE / 2))
             .collect();
         assert_eq!(blocks.iter().filter(|&&p| p != 0).count(), 4);
         assert_eq!(&blocks[4..], &[0, 0]);
+        // Pages past the table's are none either.
+        let (mut pages, mut heap) = Pages::new(300);
+        let big: Vec<usize> = (0..300)
+            .map(|_| take(&mut heap, &mut pages, PAGE))
+            .collect();
+        assert_eq!(big.iter().filter(|&&p| p != 0).count(), 255);
     }
 }

@@ -21,9 +21,13 @@ unsafe extern "C" {
     fn environ_get(environ: *mut *mut u8, buf: *mut u8) -> u16;
 }
 
-/// The allocator ([`crate::heap`]) and its state, in a static: one thread (see `host::VmLocal`).
+/// The allocator ([`crate::heap`]) over every page a 32-bit memory can have.
 #[cfg(not(test))]
-struct Global(core::cell::UnsafeCell<crate::heap::Heap>);
+type Heap = crate::heap::Heap<65536>;
+
+/// The allocator and its state, in a static: one thread (see `host::VmLocal`).
+#[cfg(not(test))]
+struct Global(core::cell::UnsafeCell<Heap>);
 
 // SAFETY: one thread only; nothing the allocator calls allocates, so it is never re-entered.
 #[cfg(not(test))]
@@ -31,14 +35,14 @@ unsafe impl Sync for Global {}
 
 #[cfg(not(test))]
 #[global_allocator]
-static ALLOCATOR: Global = Global(core::cell::UnsafeCell::new(crate::heap::Heap::new()));
+static ALLOCATOR: Global = Global(core::cell::UnsafeCell::new(Heap::new(0)));
 
 #[cfg(not(test))]
 impl Global {
     /// # Safety
     /// No other reference to the state is live: true within one allocator call (see `Sync` above).
     #[allow(clippy::mut_from_ref)]
-    unsafe fn heap(&self) -> &mut crate::heap::Heap {
+    unsafe fn heap(&self) -> &mut Heap {
         // SAFETY: see above.
         unsafe { &mut *self.0.get() }
     }
@@ -49,7 +53,7 @@ impl Global {
 // least the alignment asked) or to a page; a block is handed out once until it is freed.
 unsafe impl GlobalAlloc for Global {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let Some(c) = crate::heap::Heap::class(layout.size(), layout.align()) else {
+        let Some(c) = Heap::class(layout.size(), layout.align()) else {
             return core::ptr::null_mut();
         };
         let grow = |pages| match core::arch::wasm32::memory_grow(0, pages) {
@@ -60,18 +64,13 @@ unsafe impl GlobalAlloc for Global {
         unsafe { self.heap().take(c, grow) as *mut u8 }
     }
 
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // The caller frees with the layout it allocated with, so the class is the same.
-        if let Some(c) = crate::heap::Heap::class(layout.size(), layout.align()) {
-            // SAFETY: `ptr` came from `alloc` for this class and is no longer used.
-            unsafe { self.heap().free(ptr as usize, c) }
-        }
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` and is no longer used.
+        unsafe { self.heap().free(ptr as usize) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if crate::heap::Heap::class(new_size, layout.align())
-            == crate::heap::Heap::class(layout.size(), layout.align())
-        {
+        if Heap::class(new_size, layout.align()) == Heap::class(layout.size(), layout.align()) {
             return ptr;
         }
         // SAFETY: the caller's contract for `realloc`; the layout is valid (checked by the caller).
@@ -101,10 +100,15 @@ pub fn env_var(name: &str) -> Option<String> {
     if unsafe { environ_get(pointers.as_mut_ptr(), buf.as_mut_ptr()) } != 0 {
         return None;
     }
-    // `NAME=value` entries, each ended by a NUL.
-    buf.split(|&b| b == 0).find_map(|entry| {
+    env_entry(&buf, name).map(String::from)
+}
+
+/// The value of `name` in WASI's environment block: `NAME=value` entries, each ended by a NUL; `None`
+/// if absent or not UTF-8.
+fn env_entry<'a>(block: &'a [u8], name: &str) -> Option<&'a str> {
+    block.split(|&b| b == 0).find_map(|entry| {
         let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
-        core::str::from_utf8(value).ok().map(String::from)
+        core::str::from_utf8(value).ok()
     })
 }
 
@@ -154,5 +158,19 @@ impl core::fmt::Write for Line {
         self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
         self.len += n;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_environment_entry_is_found_by_its_whole_name() {
+        let block = b"OIDC_SECRET_X=no\0OIDC_SECRET=a=b c\0EMPTY=\0BAD=\xff\0";
+        assert_eq!(super::env_entry(block, "OIDC_SECRET"), Some("a=b c"));
+        assert_eq!(super::env_entry(block, "OIDC_SECRET_X"), Some("no"));
+        assert_eq!(super::env_entry(block, "OIDC"), None);
+        assert_eq!(super::env_entry(block, "EMPTY"), Some(""));
+        assert_eq!(super::env_entry(block, "BAD"), None);
+        assert_eq!(super::env_entry(b"", "X"), None);
     }
 }

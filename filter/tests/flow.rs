@@ -1474,6 +1474,29 @@ fn unusable_token_endpoint_answers_are_502() {
             r.body
         );
     }
+    // Nor when it quotes the secret as it was sent: within HTTP Basic's credentials, or form-urlencoded
+    // (found by a black-box test: the base64 of `id:secret` reached the log).
+    let basic = oidc_filter::oidc::token::basic_credentials(
+        CLIENT_ID,
+        &oidc_filter::secret::Secret::new(CLIENT_SECRET),
+    );
+    let encoded = oidc_filter::form::encode(CLIENT_SECRET);
+    for said in [
+        format!("bad header Basic {basic}"),
+        format!("bad secret {encoded}"),
+    ] {
+        let body = format!(r#"{{"error":"invalid_client","error_description":"{said}"}}"#);
+        let mut f = ready();
+        let r = callback_with_reply(&mut f, |_| Some((401, body.clone().into_bytes())));
+        assert_eq!(
+            r.detail.as_deref(),
+            Some(
+                "token endpoint answered status 401, error invalid_client, \"[withheld: it \
+                 quotes what was sent]\""
+            ),
+            "{said}"
+        );
+    }
 }
 
 #[test]
@@ -2724,6 +2747,23 @@ fn a_refresh_answer_without_an_id_token_ends_the_session_and_says_why() {
     let r = respond(f.reply(pending, Some((200, &token_body(None, Some("rt-3"))))));
     assert_eq!(r.metric, Some(Metric::RefreshFailed));
     assert!(!r.warn);
+    // So too one that quotes the client's credentials as HTTP Basic sent them.
+    f.now = NOW;
+    let (jar, _) = due_for_refresh(&mut f);
+    // Expired: an answer of this worker's own, whose line the detail is.
+    f.now = NOW + 3600 + 1;
+    let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
+    let basic = oidc_filter::oidc::token::basic_credentials(
+        CLIENT_ID,
+        &oidc_filter::secret::Secret::new(CLIENT_SECRET),
+    );
+    let refused = format!(r#"{{"error":"invalid_client","error_description":"Basic {basic}"}}"#);
+    let r3 = respond(f.reply(pending, Some((401, refused.as_bytes()))));
+    assert!(
+        r3.detail.as_deref().is_some_and(|d| d.contains("withheld")),
+        "{:?}",
+        r3.detail
+    );
 }
 
 /// Found by a black-box test: Envoy gave up a renewal's call at `callout_timeout`, and an IdP that had
