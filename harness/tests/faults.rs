@@ -665,6 +665,8 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
     // invalid_request`): no outage to wait out, the session ends and the browser logs in again.
     let why = r#"{"error":"invalid_request","error_description":"Refresh token is invalid"}"#;
     refresh_answered_ends_the_session(&b, 400, why);
+    // So too older Ory Hydra's `401 token_inactive` (not the gateway's credentials, as other 401s are).
+    refresh_answered_ends_the_session(&b, 401, r#"{"error":"token_inactive"}"#);
     // With the IdP's reason.
     let line = "oidc-filter: token refresh failed, answered 302: token endpoint answered status 400, \
                 error invalid_request, \"Refresh token is invalid\"";

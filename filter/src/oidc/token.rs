@@ -106,6 +106,11 @@ impl TokenError {
     pub fn is_refusal(&self) -> bool {
         match self {
             Self::InvalidGrant { .. } => true,
+            // Older Ory Hydra (fosite) answers a spent or revoked refresh token `401 token_inactive`
+            // (found reading IdPs: taken for an outage, a 503 stuck until `session_lifetime`).
+            Self::Rejected { status, error, .. } if error == "token_inactive" => {
+                (400..500).contains(status)
+            }
             Self::Rejected { status, error, .. } => {
                 matches!(status, 400 | 402 | 403)
                     && !error.is_empty()
