@@ -1698,6 +1698,8 @@ static CALL_FAILED: Throttle = Throttle::new(10, 1);
 /// Anyone can send failing callbacks, and an outage fails every expired session's requests: at most 20
 /// lines a second each, for the warnings and for the info lines apart.
 static CALLBACK_FAILED: [Throttle; 2] = [Throttle::new(1, 20), Throttle::new(1, 20)];
+/// For refresh failures a third: the once-per-worker warning a `Reply` asks for (`warn`), which a flood of
+/// the others must not crowd out.
 static REFRESH_FAILED: [Throttle; 3] = [
     Throttle::new(1, 20),
     Throttle::new(1, 20),

@@ -874,7 +874,7 @@ fn with_session(
         cfg.client_auth,
     );
     let mut call = Callout::post_form(cfg, &provider.meta.token_endpoint, form);
-    // The request waits `callout_timeout` (the adapter lets it go on then, `Pending::given_up`); the call
+    // The request waits `callout_timeout` (the adapter lets it go on then, `Http::give_up`); the call
     // goes on twice as long, still within the renewal's claim (twice and 2 s): an answer that comes late
     // is kept for the session's next request (found by a black-box test: Envoy gave the call up, the IdP
     // had made the renewal and, rotating refresh tokens, refused the session's next one).
@@ -1900,14 +1900,9 @@ fn code_reply(
                 &start_again(cfg, &x.login.rd),
             );
         }
-        Some((status, body)) => match token::parse_response(status, body).map_err(|e| {
-            let basic = token::basic_credentials(&cfg.client_id, &cfg.client_secret);
-            e.withholding(&[
-                cfg.client_secret.expose(),
-                &basic,
-                x.login.verifier.expose(),
-            ])
-        }) {
+        Some((status, body)) => match token::parse_response(status, body)
+            .map_err(|e| withholding_sent(cfg, e, x.login.verifier.expose()))
+        {
             Ok(t) => t,
             Err(e @ TokenError::InvalidGrant { .. }) => {
                 // Logged with the IdP's reason: a redirect URI or PKCE verifier it does not accept is
@@ -2099,12 +2094,7 @@ fn refresh_outcome(
     let tokens = match reply {
         Some((status, body)) => token::parse_response(status, body).map_err(|e| {
             let refresh = job.session.session.refresh_token.as_ref();
-            let basic = token::basic_credentials(&cfg.client_id, &cfg.client_secret);
-            e.withholding(&[
-                cfg.client_secret.expose(),
-                &basic,
-                refresh.map(Secret::expose).unwrap_or_default(),
-            ])
+            withholding_sent(cfg, e, refresh.map(Secret::expose).unwrap_or_default())
         }),
         None => Err(TokenError::NotJson("no answer")),
     };
@@ -2145,6 +2135,13 @@ fn refresh_outcome(
             },
         )),
     }
+}
+
+/// `e` without a description that quotes what the token request sent: the client secret (also as HTTP
+/// Basic carried it) and the grant's own secret (the PKCE verifier, or the refresh token).
+fn withholding_sent(cfg: &Config, e: TokenError, grant: &str) -> TokenError {
+    let basic = token::basic_credentials(&cfg.client_id, &cfg.client_secret);
+    e.withholding(&[cfg.client_secret.expose(), &basic, grant])
 }
 
 const NO_PROVIDER: &str = "the IdP's discovery document or keys are not loaded on this worker";

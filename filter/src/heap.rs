@@ -99,14 +99,19 @@ impl<const N: usize> Heap<N> {
         self.base + n as usize * PAGE
     }
 
-    /// A page of the pool, or a new one from `grow`.
-    fn page(&mut self, grow: impl FnOnce(usize) -> Option<usize>) -> Option<u16> {
-        let n = self.pool;
+    /// A page for class `c`: one of the pool, or a new one from `grow`.
+    fn page(&mut self, c: u32, grow: impl FnOnce(usize) -> Option<usize>) -> Option<u16> {
+        let mut n = self.pool;
         if n != 0 {
             self.pool = self.pages[n as usize].next;
-            return Some(n);
+        } else {
+            n = self.number(grow(1)?)?;
         }
-        self.number(grow(1)?)
+        self.pages[n as usize] = Page {
+            class: c as u8,
+            ..NO_PAGE
+        };
+        Some(n)
     }
 
     fn push_room(&mut self, c: usize, n: u16) {
@@ -152,21 +157,12 @@ impl<const N: usize> Heap<N> {
             return self.address(n);
         }
         if c == PAGE_CLASS {
-            let Some(n) = self.page(grow) else { return 0 };
-            self.pages[n as usize] = Page {
-                class: c as u8,
-                ..NO_PAGE
-            };
-            return self.address(n);
+            return self.page(c, grow).map_or(0, |n| self.address(n));
         }
         let mut n = self.room[ci];
         if n == 0 {
-            let Some(fresh) = self.page(grow) else {
+            let Some(fresh) = self.page(c, grow) else {
                 return 0;
-            };
-            self.pages[fresh as usize] = Page {
-                class: c as u8,
-                ..NO_PAGE
             };
             self.push_room(ci, fresh);
             n = fresh;

@@ -322,7 +322,6 @@ mod tests {
         assert!(notes[1].contains("S256"), "{notes:?}");
     }
 
-    /// The next fetch due at `now`, and the path it asks for.
     /// What `poll` fetches at `now`, if anything.
     fn fetch_due(p: &mut ProviderState, cfg: &Config, now: u64) -> Option<Fetch> {
         due(p, cfg, now).map(|(f, _)| f)
@@ -339,6 +338,7 @@ mod tests {
         .unwrap();
     }
 
+    /// The next fetch due at `now`, and the path it asks for.
     fn due(p: &mut ProviderState, cfg: &Config, now: u64) -> Option<(Fetch, String)> {
         let (call, fetch) = p.poll(cfg, now)?;
         let path = call
@@ -389,13 +389,7 @@ mod tests {
     fn serving_at(cfg: &Config, now: u64) -> ProviderState {
         let mut p = ProviderState::default();
         p.poll(cfg, now).unwrap();
-        p.on_reply(
-            cfg,
-            Fetch::Discovery,
-            Some((200, DISCOVERY.as_bytes())),
-            now,
-        )
-        .unwrap();
+        discovered(&mut p, cfg, now);
         p.poll(cfg, now).unwrap();
         p.on_reply(cfg, Fetch::Jwks, Some((200, JWKS)), now)
             .unwrap();

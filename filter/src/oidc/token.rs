@@ -77,10 +77,10 @@ pub enum TokenError {
 impl TokenError {
     /// Without its description if that quotes 8 bytes in a row (or the whole, if shorter) of any of
     /// `secrets`: the client secret, the verifier or refresh token just sent (found in review: the
-    /// heuristic of [`describe`] alone lets a passphrase through).
-    /// Each also as it went in the form body (form-urlencoded); pass [`basic_credentials`] too, the form
-    /// the client secret went in with HTTP Basic (found by a black-box test: an IdP quoting the
-    /// `Authorization` it was sent got the client secret, base64-encoded, into the log).
+    /// heuristic of [`describe`] alone lets a passphrase through). Each secret is also looked for as the
+    /// form body carried it (form-urlencoded); the caller passes [`basic_credentials`] too, as HTTP Basic
+    /// carried the client secret (found by a black-box test: an IdP quoting the `Authorization` it was
+    /// sent got the client secret, base64-encoded, into the log; `flow::withholding_sent`).
     pub fn withholding(mut self, secrets: &[&str]) -> Self {
         if let Self::InvalidGrant { description } | Self::Rejected { description, .. } = &mut self
             && secrets.iter().any(|s| {

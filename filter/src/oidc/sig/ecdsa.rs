@@ -58,13 +58,7 @@ vm_local! {
 impl Curve {
     fn get(crv: Crv) -> Option<Rc<Curve>> {
         let i = usize::from(crv == Crv::P384);
-        // A `Cell` taken and put back, not a `OnceCell`: its `get_or_init` cost the module 1 KB.
-        CURVES.with(|c| {
-            let c = c.get(i)?;
-            let curve = c.take().or_else(|| Curve::new(crv).map(Rc::new));
-            c.set(curve.clone());
-            curve
-        })
+        CURVES.with(|c| super::cached(c.get(i)?, || Curve::new(crv)))
     }
 
     fn new(crv: Crv) -> Option<Curve> {

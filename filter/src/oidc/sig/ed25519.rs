@@ -38,12 +38,7 @@ vm_local! {
 
 impl Field {
     fn get() -> Option<Rc<Field>> {
-        // A `Cell` taken and put back, not a `OnceCell`: its `get_or_init` cost the module 1 KB.
-        FIELD.with(|f| {
-            let field = f.take().or_else(|| Field::new().map(Rc::new));
-            f.set(field.clone());
-            field
-        })
+        FIELD.with(|f| super::cached(f, Field::new))
     }
 
     fn new() -> Option<Field> {

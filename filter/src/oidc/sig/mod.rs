@@ -15,7 +15,19 @@ pub mod ecdsa;
 pub mod ed25519;
 pub mod rsa;
 
+use alloc::rc::Rc;
+use core::cell::Cell;
+
 use sha2::{Digest, Sha256, Sha384, Sha512};
+
+/// The value `cell` holds, made by `make` the first time (and again while it makes none): a curve's
+/// constants, derived once per VM. A `Cell` taken and put back, not a `OnceCell`: its `get_or_init` cost
+/// the module 1 KB.
+fn cached<T>(cell: &Cell<Option<Rc<T>>>, make: impl FnOnce() -> Option<T>) -> Option<Rc<T>> {
+    let value = cell.take().or_else(|| make().map(Rc::new));
+    cell.set(value.clone());
+    value
+}
 
 /// The SHA-2 function a JWS algorithm names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
