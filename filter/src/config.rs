@@ -471,6 +471,10 @@ impl Config {
                 "printable ASCII only (no control characters)",
             ));
         }
+        // `aud` is compared exactly: a space around it would fail every login (found in review).
+        if client_id.trim_ascii() != client_id {
+            return Err(err("client_id", "must not start or end with a space"));
+        }
         let client_secret = secret_from(
             "client_secret",
             raw.client_secret.take(),
@@ -1774,6 +1778,12 @@ fn secret_from(
             format!("set either `{field}` or `{env_field}`, not both"),
         )),
         (Some(s), None) if s.is_empty() => Err(err(field, "must not be empty")),
+        // As a secret read from the environment is trimmed; here a space around it is a mistake the
+        // IdP would only refuse later (found in review).
+        (Some(s), None) if s.expose().trim_ascii() != s.expose() => Err(err(
+            field,
+            "must not start or end with a space or line break",
+        )),
         (Some(s), None) => Ok(s),
         (None, Some(v)) => Ok(Secret::new(from_env(&env_field, v, env)?)),
         (None, None) => Err(err(field, format!("required (or `{env_field}`)"))),
@@ -1837,7 +1847,8 @@ fn decode_key(k: &str) -> Option<Vec<u8>> {
 #[inline(never)]
 fn duration(field: &str, v: Option<String>, default: u64) -> Result<u64, ConfigError> {
     let Some(s) = v else { return Ok(default) };
-    let s = s.trim();
+    // Digits only: `u64::from_str` takes a `+`, and `str::trim` Unicode spaces (found in review).
+    let s = s.trim_ascii();
     let (num, mult) = match s.char_indices().last() {
         Some((i, 's')) => (s.get(..i).unwrap_or_default(), 1),
         Some((i, 'm')) => (s.get(..i).unwrap_or_default(), 60),
@@ -1845,8 +1856,9 @@ fn duration(field: &str, v: Option<String>, default: u64) -> Result<u64, ConfigE
         Some((i, 'd')) => (s.get(..i).unwrap_or_default(), 86400),
         _ => (s, 1),
     };
-    num.parse::<u64>()
-        .ok()
+    (!num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| num.parse::<u64>().ok())
+        .flatten()
         .and_then(|n| n.checked_mul(mult))
         .filter(|n| *n <= 365 * 86400)
         .ok_or_else(|| {
@@ -2818,6 +2830,40 @@ mod tests {
         assert_eq!(duration("x", Some("42".into()), 0), Ok(42));
         assert!(duration("x", Some("-1s".into()), 0).is_err());
         assert!(duration("x", Some("99999999999999999999d".into()), 0).is_err());
+    }
+
+    /// Found in review: `u64::from_str` takes a leading `+`, which `max_age` refuses, and `str::trim`
+    /// Unicode spaces.
+    #[test]
+    fn durations_are_digits_and_a_unit() {
+        assert_eq!(duration("x", Some(" 5m ".into()), 0), Ok(300));
+        let accepted: Vec<(&str, u64)> = ["+5s", "+5", " +5m ", "\u{a0}5s\u{3000}", "\u{2003}+1d"]
+            .into_iter()
+            .filter_map(|odd| duration("x", Some(odd.into()), 0).ok().map(|v| (odd, v)))
+            .collect();
+        assert!(accepted.is_empty(), "accepted: {accepted:?}");
+    }
+
+    /// Found in review: values that started the plugin and then failed every login (`aud` is compared
+    /// exactly, the secret sent as it is).
+    #[test]
+    fn a_client_id_or_secret_with_spaces_around_is_refused() {
+        use serde_json::json;
+        let mut accepted = Vec::new();
+        for (k, v) in [
+            ("client_id", json!(" app")),
+            ("client_id", json!("app ")),
+            ("client_secret", json!(" s3cret ")),
+        ] {
+            if let Ok(c) = parse(&with(k, v.clone())) {
+                accepted.push(format!(
+                    "{k}={v} -> client_id {:?}, secret of {} bytes",
+                    c.client_id,
+                    c.client_secret.expose().len()
+                ));
+            }
+        }
+        assert!(accepted.is_empty(), "{accepted:#?}");
     }
 
     #[test]

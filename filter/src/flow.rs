@@ -975,11 +975,14 @@ fn denied_to(cfg: &Config, claims: &json::Object, target: &str) -> bool {
     let raw = (!readings.plain()).then(|| paths::path_only(target));
     let unresolved = readings.unresolved();
     let unresolved = unresolved.iter().flatten().map(|p| &**p);
-    readings.iter().chain(raw).chain(unresolved).any(|p| {
-        [false, true].into_iter().any(|any_case| {
-            claims::rule_for(&cfg.access, p, any_case).is_some_and(|r| !r.allows(claims))
-        })
-    })
+    let refused = |p: &str, any_case| {
+        claims::rule_for(&cfg.access, p, any_case).is_some_and(|r| !r.allows(claims))
+    };
+    readings
+        .iter()
+        .chain(raw)
+        .chain(unresolved)
+        .any(|p| refused(p, false) || refused(&paths::fold_ascii_lookalikes(p), true))
 }
 
 /// A client's own bearer token on a path that is a bypass path only as text (`/healthz/..%2Fadmin`):
@@ -1044,7 +1047,7 @@ fn bearer_refused(
     let header = h.get("authorization")?;
     let token = header.strip_prefix("Bearer ").unwrap_or_default().trim();
     let refused = |status: u16, error: &str| Some(bearer_reply(status, error, None));
-    let claims = id_token::verify_signature(token, &provider.jwks)
+    let claims = id_token::verify_signature(token, &provider.jwks, id_token::Kind::Any)
         .ok()
         .filter(|c| {
             c.get("iss").and_then(json::Value::as_str) == Some(cfg.issuer.as_str())
@@ -2574,13 +2577,27 @@ fn new_session(
     sub: String,
     refresh: Option<Secret>,
 ) -> Option<Session> {
-    // The IdP's figure, unchecked in size: an hour when it gives none (or 0).
-    let access_exp = now.saturating_add(tokens.expires_in.filter(|&e| e > 0).unwrap_or(3600));
+    // The IdP's figure, unchecked in size: an hour when it gives none (or 0); and no later than the
+    // token's own `exp` when it is a JWT that has one (found in review: without `expires_in`, a JWT that
+    // expired in 5 minutes went upstream, identity headers and all, for an hour).
+    let access_exp = |a: &Secret| {
+        let given = now.saturating_add(tokens.expires_in.filter(|&e| e > 0).unwrap_or(3600));
+        token_payload(a)
+            .and_then(|c| c.get("exp")?.as_number()?.floor_u64())
+            .map_or(given, |e| e.min(given))
+    };
     let (access_token, token_expires_at) = match cfg.forward_token {
-        ForwardToken::AccessToken => (Some(tokens.access_token.clone()?), access_exp),
+        ForwardToken::AccessToken => {
+            let a = tokens.access_token.clone()?;
+            let exp = access_exp(&a);
+            (Some(a), exp)
+        }
         // The app gets the access token too: the session renews when the first of the two expires.
         ForwardToken::IdToken if cfg.passes_access_token() => match tokens.access_token.clone() {
-            Some(a) => (Some(a), id_exp.min(access_exp)),
+            Some(a) => {
+                let exp = access_exp(&a);
+                (Some(a), id_exp.min(exp))
+            }
             None => (None, id_exp),
         },
         ForwardToken::IdToken => (None, id_exp),

@@ -400,4 +400,65 @@ mod tests {
             .collect();
         assert_eq!(big.iter().filter(|&&p| p != 0).count(), 255);
     }
+
+    /// Page number 0 is never one (in Wasm it holds the module's data, and 0 is the lists' "none"): a
+    /// page `grow` hands out there serves no block.
+    #[test]
+    fn page_number_zero_serves_no_block() {
+        let (mut pages, _) = Pages::new(8);
+        // A heap whose page number 0 is the first page `grow` hands out.
+        let mut heap = Box::new(TestHeap::new(pages.first()));
+        let zero = pages.first()..pages.first() + PAGE;
+        for size in [16, 1000, PAGE / 2, PAGE, 2 * PAGE] {
+            let p = take(&mut heap, &mut pages, size);
+            assert!(!zero.contains(&p), "{size} bytes at {p:#x}, in page 0");
+        }
+        // The same with whole pages first.
+        let (mut pages, _) = Pages::new(8);
+        let mut heap = Box::new(TestHeap::new(pages.first()));
+        let zero = pages.first()..pages.first() + PAGE;
+        let p = take(&mut heap, &mut pages, 2 * PAGE);
+        assert!(!zero.contains(&p), "{p:#x}, in page 0");
+    }
+
+    /// Blocks freed on full pages, a block of each page still held: the next blocks of their class
+    /// are those, on both pages, before any new page.
+    #[test]
+    fn freed_blocks_are_taken_again_before_new_pages() {
+        // Four blocks to a page.
+        let size = PAGE / 4;
+        let (mut pages, mut heap) = Pages::new(16);
+        let a: Vec<usize> = (0..4).map(|_| take(&mut heap, &mut pages, size)).collect();
+        let b: Vec<usize> = (0..4).map(|_| take(&mut heap, &mut pages, size)).collect();
+        assert_eq!(pages.used, 2);
+        let mut freed: Vec<usize> = a[1..].iter().chain(&b[1..]).copied().collect();
+        for &p in &freed {
+            unsafe { heap.free(p) };
+        }
+        let mut again: Vec<usize> = (0..6).map(|_| take(&mut heap, &mut pages, size)).collect();
+        assert_eq!(pages.used, 2);
+        freed.sort();
+        again.sort();
+        assert_eq!(again, freed);
+    }
+
+    /// Every small class cuts its page to the last block: as many blocks as fit in a page take one
+    /// page, tile it, and the next block is on a second page.
+    #[test]
+    fn a_page_serves_every_block_it_holds() {
+        for c in MIN_CLASS..PAGE_CLASS {
+            let size = 1 << c;
+            let (mut pages, mut heap) = Pages::new(4);
+            let mut blocks: Vec<usize> = (0..PAGE / size)
+                .map(|_| take(&mut heap, &mut pages, size))
+                .collect();
+            assert_eq!(pages.used, 1, "{size} bytes");
+            blocks.sort();
+            let tiles: Vec<usize> = (0..PAGE / size).map(|i| pages.first() + i * size).collect();
+            assert_eq!(blocks, tiles, "{size} bytes");
+            let next = take(&mut heap, &mut pages, size);
+            assert_eq!(pages.used, 2, "{size} bytes");
+            assert_eq!(next, pages.first() + PAGE, "{size} bytes");
+        }
+    }
 }

@@ -197,6 +197,27 @@ pub fn prefix_matches_as(prefix: &str, path: &str, any_case: bool) -> bool {
     }) && (p.last() == Some(&b'/') || rest.first().is_none_or(|&c| c == b'/'))
 }
 
+/// `path` as an app that ignores case may read it: the four non-ASCII letters whose case mapping is an
+/// ASCII letter (U+0130 `İ` and U+0131 `ı` to `i`, U+212A Kelvin `K` to `k`, U+017F `ſ` to `s`) replaced
+/// by it. Java's `equalsIgnoreCase` (Spring's case-insensitive matching) and .NET's `OrdinalIgnoreCase`
+/// (ASP.NET Core's routing) take `/admİn` for `/admin` (found in review: such a path passed a claim rule
+/// on `/admin`). Borrowed when there is none (an ASCII path).
+pub fn fold_ascii_lookalikes(path: &str) -> Cow<'_, str> {
+    if path.is_ascii() {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        out.push(match c {
+            '\u{130}' | '\u{131}' => 'i',
+            '\u{212a}' => 'k',
+            '\u{17f}' => 's',
+            c => c,
+        });
+    }
+    Cow::Owned(out)
+}
+
 /// True when the request target falls under one of the bypass prefixes in every one of the [`readings`]
 /// of its path, and as it came: an Envoy that does not normalize paths routes `/admin/../healthz` by its
 /// `/admin` prefix, to an app that may route on raw segments too.

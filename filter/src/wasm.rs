@@ -173,4 +173,11 @@ mod tests {
         assert_eq!(super::env_entry(block, "BAD"), None);
         assert_eq!(super::env_entry(b"", "X"), None);
     }
+
+    /// A name set twice reads as its first entry, as `getenv` (and so `std::env::var`) reads it.
+    #[test]
+    fn a_name_set_twice_is_its_first_entry() {
+        let block = b"A=1\0NAME=first\0B=2\0NAME=second\0";
+        assert_eq!(super::env_entry(block, "NAME"), Some("first"));
+    }
 }

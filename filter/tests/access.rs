@@ -252,3 +252,38 @@ fn a_bearer_token_on_a_path_a_rule_covers_is_judged_by_the_rules() {
         assert_eq!(r.metric, Some(Metric::Unauthorized));
     }
 }
+
+/// Found in review: readings were matched without regard to ASCII case only. Java's `equalsIgnoreCase`
+/// (Spring's case-insensitive path matching) also folds U+0130 `İ` to `i`, U+212A `K` (Kelvin) to `k`
+/// and U+017F `ſ` to `s`, and .NET's `OrdinalIgnoreCase` (ASP.NET Core's routing, case-insensitive by
+/// default) U+0131 `ı` to `I`: `/admİn` and `/admın` are `/admin` there, and passed a rule on `/admin`.
+#[test]
+fn letters_an_app_may_fold_to_ascii_are_read_so() {
+    let (mut f, jar) = a_user_outside_admins("/admin");
+    assert_eq!(
+        respond(f.request(&Req::browser("/ADMIN").cookies(&jar))).status,
+        403
+    );
+    let (mut g, jar_g) = a_user_outside_admins("/desk");
+    for path in ["/de%C5%BFk", "/des%E2%84%AA/x", "/DE\u{17f}K"] {
+        let r = respond(g.request(&Req::browser(path).cookies(&jar_g)));
+        assert_eq!(r.status, 403, "{path}");
+    }
+    // Other non-ASCII letters are other paths.
+    assert!(matches!(
+        g.request(&Req::browser("/d%C3%A9sk").cookies(&jar_g)),
+        oidc_filter::flow::Step::Forward(_)
+    ));
+    let mut passed = Vec::new();
+    for path in [
+        "/adm%C4%B0n",
+        "/adm%C4%B1n",
+        "/adm%C4%B0n/settings",
+        "/adm\u{130}n",
+    ] {
+        if let oidc_filter::flow::Step::Forward(_) = f.request(&Req::browser(path).cookies(&jar)) {
+            passed.push(path);
+        }
+    }
+    assert!(passed.is_empty(), "passed a rule on /admin: {passed:?}");
+}

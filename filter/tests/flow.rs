@@ -5010,3 +5010,70 @@ fn a_failed_key_fetch_does_not_date_the_keys_held() {
     let r = respond(f.backchannel(&forged_logout(NOW + 130)));
     assert_eq!(r.status, 503, "{r:?}");
 }
+
+/// Found in review: an IdP that writes an absent refresh token as `"refresh_token": ""` failed every
+/// login (502, "refresh_token is not a string"), and on a refresh, once the token had expired, ended the
+/// session (a 2xx answer that "cannot be used"), though the tokens it brought were fine.
+#[test]
+fn an_empty_refresh_token_is_taken_for_none() {
+    let mut f = ready();
+    // At login: `log_in` asserts the redirect to `/app`.
+    let (jar, _) = log_in(&mut f, Some(""));
+    assert!(f.open_session(&jar).refresh_token.is_none());
+}
+
+#[test]
+fn an_empty_refresh_token_on_a_refresh_keeps_the_old_one() {
+    let mut f = ready();
+    let (old_jar, _) = due_for_refresh(&mut f);
+    f.now = NOW + 3600 + 5; // expired: no keeping the old token
+    let (_, pending) = call(f.request(&Req::browser("/app").cookies(&old_jar)));
+    let new_token = mint(&refreshed_claims(f.now));
+    let step = f.reply(
+        pending,
+        Some((200, &token_body(Some(&new_token), Some("")))),
+    );
+    let Step::Forward(fwd) = step else {
+        panic!("session ended on an empty refresh_token: {step:?}");
+    };
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+}
+
+/// Found in review: with `forward_token: access_token`, an answer without `expires_in` made the session's
+/// token last an hour, though the access token is a JWT that says it expires in 5 minutes: for 55 minutes
+/// the app got an expired bearer and the identity headers of a session no longer renewed.
+#[test]
+fn a_jwt_access_tokens_own_exp_bounds_the_session_without_expires_in() {
+    let at = {
+        let mut c = claims(None);
+        c["exp"] = (NOW + 300).into();
+        mint(&c)
+    };
+    // Without `expires_in`, and with one longer than the token's own life; then an opaque token and
+    // `expires_in`, which alone count.
+    for (token, expires_in, lasts) in [
+        (at.clone(), None, 300),
+        (at.clone(), Some(3600), 300),
+        (at.clone(), Some(120), 120),
+        ("opaque.at.x".to_string(), Some(900), 900),
+    ] {
+        let mut f = Filter::ready(config(json!({"forward_token": "access_token"})));
+        let r = callback_with_reply(&mut f, |l: &Login| {
+            let mut body = json!({
+                "id_token": mint(&claims(Some(&l.nonce))),
+                "access_token": token.clone(),
+                "token_type": "Bearer",
+                "refresh_token": "rt-1",
+            });
+            if let Some(e) = expires_in {
+                body["expires_in"] = e.into();
+            }
+            Some((200, body.to_string().into_bytes()))
+        });
+        assert_eq!(r.status, 302, "{r:?}");
+        let mut jar = Jar::default();
+        jar.apply(set_cookies(&r));
+        let s = f.open_session(&jar);
+        assert_eq!(s.token_expires_at, NOW + lasts, "{expires_in:?}");
+    }
+}

@@ -119,7 +119,20 @@ impl core::error::Error for IdTokenError {}
 
 /// Verifies an ID token's signature against `jwks`, then its claims against `expected`.
 pub fn verify(token: &str, jwks: &Jwks, expected: &Expected) -> Result<Claims, IdTokenError> {
-    check_claims(verify_signature(token, jwks)?, expected)
+    check_claims(verify_signature(token, jwks, Kind::IdToken)?, expected)
+}
+
+/// What a JWT is taken for, which its `typ` may rule out (RFC 8725 3.11: a JWT of another kind, typed
+/// as such, cannot pass as this one).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// An ID token: not an access token (`at+jwt`, RFC 9068), a logout token (`logout+jwt`), a security
+    /// event (`secevent+jwt`, RFC 8417) or a DPoP proof (`dpop+jwt`, RFC 9449).
+    IdToken,
+    /// A logout token: not an access token nor a DPoP proof.
+    LogoutToken,
+    /// A bearer token a client sent, judged by its claims only.
+    Any,
 }
 
 /// The most keys one signature is checked against.
@@ -128,7 +141,7 @@ const MAX_CANDIDATES: usize = 3;
 /// Verifies a JWT's signature against `jwks` (algorithm from our allow-list, key by `kid`) and returns its
 /// claims, unchecked: the caller judges them (ID tokens here, logout tokens in `logout_token`). Only the
 /// registered claims' types are checked here, for both.
-pub fn verify_signature(token: &str, jwks: &Jwks) -> Result<Object, IdTokenError> {
+pub fn verify_signature(token: &str, jwks: &Jwks, kind: Kind) -> Result<Object, IdTokenError> {
     if token.len() > MAX_TOKEN {
         return Err(IdTokenError::Malformed);
     }
@@ -166,7 +179,7 @@ pub fn verify_signature(token: &str, jwks: &Jwks) -> Result<Object, IdTokenError
     if candidates.peek().is_none() {
         return Err(IdTokenError::UnknownKid);
     }
-    check_header(&header)?;
+    check_header(&header, kind)?;
     let signature = b64::decode_url(signature).ok_or(IdTokenError::Malformed)?;
     // Without a kid several keys may be candidates: any one of them may have signed.
     if !candidates.any(|key| key.verifies(signing_input.as_bytes(), &signature)) {
@@ -181,8 +194,9 @@ pub fn verify_signature(token: &str, jwks: &Jwks) -> Result<Object, IdTokenError
 /// The header members besides `alg` and `kid` that change how a JWS is read (RFC 7515 4.1). We implement
 /// no extension, so any `crit` is refused (4.1.11; an empty one is invalid anyway). A `typ`, when present,
 /// must say JWT: `JWT`, or a `...+jwt` media type such as the logout token's `logout+jwt`, with or
-/// without the `application/` that RFC 7515 4.1.9 lets a sender add.
-fn check_header(header: &Object) -> Result<(), IdTokenError> {
+/// without the `application/` that RFC 7515 4.1.9 lets a sender add, and not one of another `kind`
+/// (found in review: an access token typed `at+jwt` passed the ID token's check).
+fn check_header(header: &Object, kind: Kind) -> Result<(), IdTokenError> {
     if header.contains_key("crit") {
         return Err(IdTokenError::Malformed);
     }
@@ -192,6 +206,14 @@ fn check_header(header: &Object) -> Result<(), IdTokenError> {
             let typ = typ.to_ascii_uppercase();
             let typ = typ.strip_prefix("APPLICATION/").unwrap_or(&typ);
             if typ != "JWT" && !typ.ends_with("+JWT") {
+                return Err(IdTokenError::Malformed);
+            }
+            let other: &[&str] = match kind {
+                Kind::IdToken => &["AT+JWT", "LOGOUT+JWT", "SECEVENT+JWT", "DPOP+JWT"],
+                Kind::LogoutToken => &["AT+JWT", "DPOP+JWT"],
+                Kind::Any => &[],
+            };
+            if other.contains(&typ) {
                 return Err(IdTokenError::Malformed);
             }
         }
@@ -735,7 +757,7 @@ mod jws_tests {
     }
 
     fn verify(token: &str) -> Result<Object, IdTokenError> {
-        verify_signature(token, &jwks())
+        verify_signature(token, &jwks(), Kind::Any)
     }
 
     fn signature(token: &str) -> Vec<u8> {
@@ -1094,6 +1116,43 @@ mod jws_tests {
         }
     }
 
+    /// Found in review: RFC 8725 3.11, RFC 9068 4, Back-Channel Logout 1.0 2.4: an access token
+    /// (`at+jwt`) or a logout token (`logout+jwt`) is typed so that it cannot pass as an ID token. The full
+    /// ID token check (`verify` with `Expected`, nonce included) took both; `JWT` still passes.
+    #[test]
+    fn an_id_token_typed_as_another_kind_is_refused() {
+        let mut claims = claims_json();
+        claims["nonce"] = serde_json::json!("n-1");
+        let payload = claims.to_string();
+        let check = |typ: &str| {
+            let token = es256_json(
+                &format!(r#"{{"alg":"ES256","kid":"es256-1","typ":"{typ}"}}"#),
+                &payload,
+            );
+            let expected = Expected {
+                issuer: "https://idp.example.com",
+                client_id: "oidc-filter-test",
+                nonce: Some("n-1"),
+                now: NOW,
+                leeway: 60,
+                max_age: None,
+            };
+            super::verify(&token, &jwks(), &expected).map(|_| ())
+        };
+        for typ in ["JWT", "application/jwt", "jwt"] {
+            assert_eq!(check(typ), Ok(()), "{typ}");
+        }
+        for typ in [
+            "at+jwt",
+            "application/at+jwt",
+            "logout+jwt",
+            "secevent+jwt",
+            "dpop+jwt",
+        ] {
+            assert_eq!(check(typ), Err(IdTokenError::Malformed), "{typ}");
+        }
+    }
+
     /// Found in review: without a `kid` every key of the algorithm was tried, 64 signature checks for a
     /// forged logout token anyone may post. The first three are.
     #[test]
@@ -1110,7 +1169,7 @@ mod jws_tests {
             let mut keys: Vec<Value> = (0..before).map(|_| other()).collect();
             keys.push(ours.clone());
             let set = Jwks::parse(json!({ "keys": keys }).to_string().as_bytes()).unwrap();
-            let verdict = verify_signature(&token, &set);
+            let verdict = verify_signature(&token, &set, Kind::Any);
             // Three, as the README's Limits say: not `MAX_CANDIDATES`, which this test pins.
             if before < 3 {
                 assert!(verdict.is_ok(), "{before} keys before: {verdict:?}");
@@ -1143,12 +1202,12 @@ mod jws_tests {
             Jwks::parse(json!({ "keys": [key] }).to_string().as_bytes()).unwrap()
         };
         let rsa = key("rs256-1", &["alg", "use", "crv", "key_ops", "x5c"]);
-        assert!(verify_signature(&signed(Alg::RS256), &rsa).is_ok());
+        assert!(verify_signature(&signed(Alg::RS256), &rsa, Kind::Any).is_ok());
         let ec = key("es256-1", &["alg", "use", "key_ops", "kid"]);
         let no_kid = es256_json(r#"{"alg":"ES256","kid":null}"#, &payload);
-        assert!(verify_signature(&no_kid, &ec).is_ok());
+        assert!(verify_signature(&no_kid, &ec, Kind::Any).is_ok());
         assert_eq!(
-            verify_signature(&es256_json(ES256_HEADER, &payload), &ec),
+            verify_signature(&es256_json(ES256_HEADER, &payload), &ec, Kind::Any),
             Err(IdTokenError::UnknownKid)
         );
     }
@@ -1292,7 +1351,7 @@ mod jws_tests {
             &json!({"alg": "RS256", "kid": "small"}),
         );
         assert_eq!(
-            verify_signature(&token, &jwks),
+            verify_signature(&token, &jwks, Kind::Any),
             Err(IdTokenError::UnknownKid)
         );
     }

@@ -67,7 +67,8 @@ pub fn verify(
     now: u64,
     leeway: u64,
 ) -> Result<Logout, LogoutTokenError> {
-    let claims = id_token::verify_signature(token, jwks).map_err(LogoutTokenError::Token)?;
+    let claims = id_token::verify_signature(token, jwks, id_token::Kind::LogoutToken)
+        .map_err(LogoutTokenError::Token)?;
     if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
         return Err(LogoutTokenError::WrongIssuer);
     }
@@ -130,6 +131,10 @@ mod tests {
     const NOW: u64 = 1_900_000_000;
 
     fn sign(claims: Value) -> String {
+        sign_typed(claims, "JWT")
+    }
+
+    fn sign_typed(claims: Value, typ: &str) -> String {
         let key = ES256KeyPair::from_pem(PEM).unwrap().with_key_id("es256-1");
         let c = Claims::with_custom_claims(claims, Duration::from_secs(0));
         // jwt-simple adds iat/exp of its own clock; strip them so the test's claims rule.
@@ -137,7 +142,42 @@ mod tests {
         c.issued_at = None;
         c.expires_at = None;
         c.invalid_before = None;
-        key.sign(c).unwrap()
+        let options = HeaderOptions {
+            signature_type: Some(typ.to_string()),
+            ..Default::default()
+        };
+        key.sign_with_options(c, &options).unwrap()
+    }
+
+    /// Found in review: the `typ` of another kind of JWT (an access token's, RFC 9068) passed.
+    #[test]
+    fn a_token_typed_as_another_kind_is_refused() {
+        let jwks = Jwks::parse(JWKS.as_bytes()).unwrap();
+        let check_typed = |typ| {
+            verify(
+                &sign_typed(good(), typ),
+                &jwks,
+                "https://idp.example.com",
+                "app",
+                NOW,
+                60,
+            )
+        };
+        for typ in [
+            "logout+jwt",
+            "application/logout+jwt",
+            "JWT",
+            "secevent+jwt",
+        ] {
+            assert!(check_typed(typ).is_ok(), "{typ}");
+        }
+        for typ in ["at+jwt", "application/at+jwt", "dpop+jwt"] {
+            assert_eq!(
+                check_typed(typ),
+                Err(LogoutTokenError::Token(IdTokenError::Malformed)),
+                "{typ}"
+            );
+        }
     }
 
     fn good() -> Value {

@@ -338,9 +338,13 @@ fn form_request(
 
 /// A token member: absent is `None`; present must be a non-empty string of visible ASCII and spaces
 /// (RFC 6749 A.12's VSCHAR): a token goes into request headers, where a line break would split them.
+/// An empty `refresh_token` is absent too: an IdP that writes its answer from a struct without
+/// `omitempty` (Go's JSON, Casdoor's) sends `""` for none (found in review: it failed every login with
+/// `502`, and ended a session at its refresh).
 fn optional_token(json: &Object, name: &'static str) -> Result<Option<Secret>, TokenError> {
     match json.get(name) {
         None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() && name == "refresh_token" => Ok(None),
         Some(Value::String(s)) if !s.is_empty() => {
             if !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
                 return Err(TokenError::Malformed(
@@ -349,6 +353,10 @@ fn optional_token(json: &Object, name: &'static str) -> Result<Option<Secret>, T
             }
             Ok(Some(Secret::new(s.as_str())))
         }
+        Some(Value::String(_)) => Err(TokenError::Malformed(match name {
+            "id_token" => "id_token is empty",
+            _ => "access_token is empty",
+        })),
         Some(_) => Err(TokenError::Malformed(match name {
             "id_token" => "id_token is not a string",
             "refresh_token" => "refresh_token is not a string",
@@ -540,6 +548,17 @@ mod tests {
         assert!(debug.contains("application/json"));
     }
 
+    /// Found in review: `"refresh_token": ""` (an IdP writing an absent member as an empty string) failed
+    /// the whole login (502) and, on a refresh once the token had expired, ended the session.
+    #[test]
+    fn an_empty_refresh_token_is_none() {
+        let body =
+            br#"{"access_token":"at","token_type":"Bearer","id_token":"it","refresh_token":""}"#;
+        let r = parse_response(200, body);
+        assert!(r.is_ok(), "{r:?}");
+        assert!(r.unwrap().refresh_token.is_none());
+    }
+
     #[test]
     fn parses_a_success() {
         let body =
@@ -612,7 +631,15 @@ mod tests {
             ),
             (
                 r#"{"access_token":"","token_type":"Bearer"}"#,
-                "access_token is not a string",
+                "access_token is empty",
+            ),
+            (
+                r#"{"access_token":"at","token_type":"Bearer","id_token":""}"#,
+                "id_token is empty",
+            ),
+            (
+                r#"{"access_token":"at","token_type":"Bearer","refresh_token":5}"#,
+                "refresh_token is not a string",
             ),
             (r#"{"access_token":"at"}"#, "no token_type"),
             (
