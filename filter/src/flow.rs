@@ -1047,7 +1047,7 @@ fn bearer_refused(
     let header = h.get("authorization")?;
     let token = header.strip_prefix("Bearer ").unwrap_or_default().trim();
     let refused = |status: u16, error: &str| Some(bearer_reply(status, error, None));
-    let claims = id_token::verify_signature(token, &provider.jwks, id_token::Kind::Any)
+    let claims = id_token::verify_signature(token, &provider.jwks, id_token::Kind::Bearer)
         .ok()
         .filter(|c| {
             c.get("iss").and_then(json::Value::as_str) == Some(cfg.issuer.as_str())

@@ -131,8 +131,9 @@ pub enum Kind {
     IdToken,
     /// A logout token: not an access token nor a DPoP proof.
     LogoutToken,
-    /// A bearer token a client sent, judged by its claims only.
-    Any,
+    /// A bearer token a client sent on a path a claim rule covers (an access or an ID token): not a
+    /// logout token, a security event or a DPoP proof, whose claims (`sub`, `aud`) would pass.
+    Bearer,
 }
 
 /// The most keys one signature is checked against.
@@ -211,7 +212,7 @@ fn check_header(header: &Object, kind: Kind) -> Result<(), IdTokenError> {
             let other: &[&str] = match kind {
                 Kind::IdToken => &["AT+JWT", "LOGOUT+JWT", "SECEVENT+JWT", "DPOP+JWT"],
                 Kind::LogoutToken => &["AT+JWT", "DPOP+JWT"],
-                Kind::Any => &[],
+                Kind::Bearer => &["LOGOUT+JWT", "SECEVENT+JWT", "DPOP+JWT"],
             };
             if other.contains(&typ) {
                 return Err(IdTokenError::Malformed);
@@ -757,7 +758,7 @@ mod jws_tests {
     }
 
     fn verify(token: &str) -> Result<Object, IdTokenError> {
-        verify_signature(token, &jwks(), Kind::Any)
+        verify_signature(token, &jwks(), Kind::LogoutToken)
     }
 
     fn signature(token: &str) -> Vec<u8> {
@@ -1151,6 +1152,17 @@ mod jws_tests {
         ] {
             assert_eq!(check(typ), Err(IdTokenError::Malformed), "{typ}");
         }
+        // A client's bearer token, on a path a claim rule covers, is an access or an ID token.
+        let bearer = |typ: &str| {
+            let header = format!(r#"{{"alg":"ES256","kid":"es256-1","typ":"{typ}"}}"#);
+            verify_signature(&es256_json(&header, &payload), &jwks(), Kind::Bearer).map(|_| ())
+        };
+        for typ in ["JWT", "at+jwt", "application/at+jwt"] {
+            assert_eq!(bearer(typ), Ok(()), "{typ}");
+        }
+        for typ in ["logout+jwt", "secevent+jwt", "dpop+jwt"] {
+            assert_eq!(bearer(typ), Err(IdTokenError::Malformed), "{typ}");
+        }
     }
 
     /// Found in review: without a `kid` every key of the algorithm was tried, 64 signature checks for a
@@ -1169,7 +1181,7 @@ mod jws_tests {
             let mut keys: Vec<Value> = (0..before).map(|_| other()).collect();
             keys.push(ours.clone());
             let set = Jwks::parse(json!({ "keys": keys }).to_string().as_bytes()).unwrap();
-            let verdict = verify_signature(&token, &set, Kind::Any);
+            let verdict = verify_signature(&token, &set, Kind::Bearer);
             // Three, as the README's Limits say: not `MAX_CANDIDATES`, which this test pins.
             if before < 3 {
                 assert!(verdict.is_ok(), "{before} keys before: {verdict:?}");
@@ -1202,12 +1214,12 @@ mod jws_tests {
             Jwks::parse(json!({ "keys": [key] }).to_string().as_bytes()).unwrap()
         };
         let rsa = key("rs256-1", &["alg", "use", "crv", "key_ops", "x5c"]);
-        assert!(verify_signature(&signed(Alg::RS256), &rsa, Kind::Any).is_ok());
+        assert!(verify_signature(&signed(Alg::RS256), &rsa, Kind::Bearer).is_ok());
         let ec = key("es256-1", &["alg", "use", "key_ops", "kid"]);
         let no_kid = es256_json(r#"{"alg":"ES256","kid":null}"#, &payload);
-        assert!(verify_signature(&no_kid, &ec, Kind::Any).is_ok());
+        assert!(verify_signature(&no_kid, &ec, Kind::Bearer).is_ok());
         assert_eq!(
-            verify_signature(&es256_json(ES256_HEADER, &payload), &ec, Kind::Any),
+            verify_signature(&es256_json(ES256_HEADER, &payload), &ec, Kind::Bearer),
             Err(IdTokenError::UnknownKid)
         );
     }
@@ -1351,7 +1363,7 @@ mod jws_tests {
             &json!({"alg": "RS256", "kid": "small"}),
         );
         assert_eq!(
-            verify_signature(&token, &jwks, Kind::Any),
+            verify_signature(&token, &jwks, Kind::Bearer),
             Err(IdTokenError::UnknownKid)
         );
     }

@@ -428,9 +428,12 @@ mod tests {
                      NvbSIsInN1YiI6ImFsaWNlIiwiZXhwIjo0MTAyNDQ0ODAwfQ.raArGc1NvE-i3LxKjbxiVSdfk0Ke-0Gv\
                      mR3jxGx0-UGad_qawCuUFSJbHscgT2VxdYQpjyz4ET7I75EWkfLHQw";
         let jwks = parse_keys(vec![short.clone()]).unwrap();
-        let claims =
-            crate::oidc::id_token::verify_signature(token, &jwks, crate::oidc::id_token::Kind::Any)
-                .unwrap();
+        let claims = crate::oidc::id_token::verify_signature(
+            token,
+            &jwks,
+            crate::oidc::id_token::Kind::Bearer,
+        )
+        .unwrap();
         assert_eq!(
             claims.get("sub").and_then(crate::json::Value::as_str),
             Some("alice")
