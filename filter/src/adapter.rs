@@ -716,7 +716,7 @@ impl Drop for Http {
     /// `proxy_on_done` or `proxy_on_delete`: the module exports neither, two trips into the VM less per
     /// request.)
     fn drop(&mut self) {
-        self.end_renewal(None);
+        self.end_renewal(None, false);
     }
 }
 
@@ -756,7 +756,7 @@ impl Http {
             return Action::Pause;
         };
         if let Some(renewed) = renewed {
-            self.end_renewal(renewed);
+            self.end_renewal(renewed, false);
         }
         self.run(step, None)
     }
@@ -798,7 +798,7 @@ impl Http {
             site_label(&self.shared, self.site)
         });
         if let Some(renewed) = renewed {
-            self.end_renewal(renewed);
+            self.end_renewal(renewed, true);
         }
     }
 
@@ -1200,8 +1200,11 @@ impl Http {
             return Ok(job);
         };
         let key = renewal::key(job.sealed());
-        // Long enough for the token request and a JWKS fetch after it.
+        // A request parked for the renewal waits as long as its token request may take (twice
+        // `callout_timeout`, `flow.rs`) and 2 s; the claim holds for a fetch of keys after it too (found
+        // in review: it lapsed during that fetch, and another worker refreshed with the same token).
         let until = now + 2 * cfg.callout_timeout.as_secs() + 2;
+        let claim_until = until + cfg.callout_timeout.as_secs();
         take_shared_pause(cfg, state, now);
         let before = (state.renewals_paused_until, state.renewals_failing);
         let paused = state.renewals_paused(now);
@@ -1209,7 +1212,7 @@ impl Http {
             // Renewals paused on this worker: no claim (another worker may renew it meanwhile).
             Renewal::Free if paused => Some(Renewal::Free),
             Renewal::Free => {
-                t.claim(&key, until);
+                t.claim(&key, claim_until);
                 None
             }
             other => Some(other),
@@ -1254,7 +1257,7 @@ impl Http {
                     self.renewing = Some(Claim {
                         key,
                         sealed: job.sealed().to_string(),
-                        until,
+                        until: claim_until,
                         before: flow::renewed_cookies(state, job.sealed()),
                     });
                 })
@@ -1271,7 +1274,9 @@ impl Http {
     }
 
     /// Publishes the renewal this request claimed (`renewed`: its `Set-Cookie` lines), or lets it go.
-    fn end_renewal(&mut self, renewed: Option<Vec<String>>) {
+    /// `undelivered`: no browser gets those lines from this request (it stopped waiting, or its client
+    /// went away), so the session's next request adopts them, however late, within its lifetime.
+    fn end_renewal(&mut self, renewed: Option<Vec<String>>, undelivered: bool) {
         let Some(Claim { key, until, .. }) = self.renewing.take() else {
             return;
         };
@@ -1284,7 +1289,12 @@ impl Http {
         };
         let _ = update_renewals(cfg, &key, now, |t| {
             match renewed.clone() {
-                Some(lines) => t.complete(&key, lines, now),
+                Some(lines) => t.complete(
+                    &key,
+                    lines,
+                    now,
+                    undelivered.then_some(cfg.session_lifetime),
+                ),
                 None => t.release(&key, until),
             }
             None::<()>

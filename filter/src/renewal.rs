@@ -18,10 +18,19 @@ use crate::wire::{Reader, Writer};
 pub const BUCKETS: u8 = 64;
 /// How long a finished renewal stays for requests that still carry the old cookie.
 pub const GRACE: u64 = 30;
-/// No entry lasts longer than this from when it is written: a claim (twice the longest `callout_timeout`,
-/// 60 s, and 2 s), a finished renewal ([`GRACE`]). One that reaches further was written while the clock
-/// read far ahead, and has lapsed.
-const LONGEST: u64 = 122;
+/// How long, at most, a renewal no browser was handed stays (its request had stopped waiting, or its
+/// client had gone): the session's next request may come much later, on any worker, still with the old
+/// cookie, whose refresh token an IdP that rotates them has retired (found in review: after [`GRACE`],
+/// such a request on another worker refreshed with it, and the user was logged out).
+pub const UNDELIVERED: u64 = 8 * 3600;
+/// Renewals kept longer than [`GRACE`] per bucket (64 per site's 64 buckets, 4,096 in all): when more
+/// stall at once (an IdP slow for everyone), the one that lapses first goes.
+const MAX_UNDELIVERED: usize = 64;
+/// No claim lasts longer than this from when it is written: three times the longest `callout_timeout`
+/// (60 s: the token request's doubled timeout, and a fetch of keys after it) and 2 s; no finished
+/// renewal longer than [`UNDELIVERED`]. One that reaches further was written while the clock read far
+/// ahead, and has lapsed.
+const LONGEST: u64 = 182;
 /// The first byte of an encoded [`Table`]; format 1 was JSON.
 const VERSION: u8 = 2;
 
@@ -65,15 +74,20 @@ pub fn bucket(key: &str) -> u8 {
 }
 
 /// True while an entry made `until` that time holds at `now` (the clock may have stepped back since).
-fn live(until: u64, now: u64) -> bool {
-    until > now && until <= now.saturating_add(LONGEST)
+fn live(e: &Entry, now: u64) -> bool {
+    let longest = if e.renewed.is_some() {
+        UNDELIVERED
+    } else {
+        LONGEST
+    };
+    e.until > now && e.until <= now.saturating_add(longest)
 }
 
 impl Table {
     /// The state of `key`'s renewal at `now`.
     pub fn get(&self, key: &str, now: u64) -> Renewal {
         match self.entry(key) {
-            Some(e) if live(e.until, now) => match &e.renewed {
+            Some(e) if live(e, now) => match &e.renewed {
                 Some(lines) => Renewal::Done(lines.clone()),
                 None => Renewal::Claimed,
             },
@@ -92,15 +106,37 @@ impl Table {
         );
     }
 
-    /// Records the renewed session's cookies for the grace period.
-    pub fn complete(&mut self, key: &str, renewed: Vec<String>, now: u64) {
+    /// Records the renewed session's cookies for the grace period, or, when no browser was handed them,
+    /// for `undelivered` seconds (at most [`UNDELIVERED`]; the session's lifetime), while the bucket
+    /// keeps at most [`MAX_UNDELIVERED`] such.
+    pub fn complete(
+        &mut self,
+        key: &str,
+        renewed: Vec<String>,
+        now: u64,
+        undelivered: Option<u64>,
+    ) {
+        let keep = undelivered.map_or(GRACE, |u| u.clamp(GRACE, UNDELIVERED));
         self.insert(
             key,
             Entry {
-                until: now.saturating_add(GRACE),
+                until: now.saturating_add(keep),
                 renewed: Some(renewed),
             },
         );
+        let long = |e: &Entry| e.renewed.is_some() && e.until > now.saturating_add(GRACE);
+        while self.entries.iter().filter(|(_, e)| long(e)).count() > MAX_UNDELIVERED {
+            let first = self
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, e))| long(e))
+                .min_by_key(|(_, (_, e))| e.until)
+                .map(|(i, _)| i);
+            if let Some(i) = first {
+                self.entries.remove(i);
+            }
+        }
     }
 
     /// Drops the claim made until `until` (the releasing request's own) whose renewal failed, so waiting
@@ -112,7 +148,7 @@ impl Table {
 
     /// Forgets what has lapsed.
     pub fn prune(&mut self, now: u64) {
-        self.entries.retain(|(_, e)| live(e.until, now));
+        self.entries.retain(|(_, e)| live(e, now));
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -199,16 +235,75 @@ mod tests {
     fn an_entry_from_a_clock_far_ahead_has_lapsed() {
         let mut t = Table::default();
         let ahead = 1_900_000_000 + 100_000;
-        t.complete("k", vec!["c=1".into()], ahead);
+        t.complete("k", vec!["c=1".into()], ahead, None);
         t.claim("j", ahead + 10);
         let now = 1_900_000_000;
         assert_eq!(t.get("k", now), Renewal::Free);
         assert_eq!(t.get("j", now), Renewal::Free);
         t.prune(now);
         assert!(t.entries.is_empty());
-        // The longest claim there can be, just made, holds.
-        t.claim("j", now + 2 * 60 + 2);
+        // The longest claim there can be, just made, holds; and the longest kept renewal.
+        t.claim("j", now + 3 * 60 + 2);
         assert_eq!(t.get("j", now), Renewal::Claimed);
+        t.complete("k", vec!["c=1".into()], now, Some(UNDELIVERED));
+        assert_eq!(t.get("k", now), Renewal::Done(vec!["c=1".into()]));
+        t.claim("j", now + 3 * 60 + 3);
+        assert_eq!(t.get("j", now), Renewal::Free);
+    }
+
+    /// Found in review: a renewal no browser was handed lasted [`GRACE`], after which the session's next
+    /// request, on another worker, refreshed with the refresh token the IdP had retired. It lasts as the
+    /// session may now, and a bucket keeps [`MAX_UNDELIVERED`] of them, the latest to lapse.
+    #[test]
+    fn a_renewal_no_browser_got_is_kept_longer() {
+        let now = 1_900_000_000;
+        let mut t = Table::default();
+        t.complete("k", vec!["c=1".into()], now, Some(3600));
+        t.complete("g", vec!["c=2".into()], now, None);
+        let t2 = Table::decode(&t.encode());
+        assert_eq!(t2.get("k", now + 3599), Renewal::Done(vec!["c=1".into()]));
+        assert_eq!(t2.get("k", now + 3600), Renewal::Free);
+        assert_eq!(
+            t2.get("g", now + GRACE - 1),
+            Renewal::Done(vec!["c=2".into()])
+        );
+        assert_eq!(t2.get("g", now + GRACE), Renewal::Free);
+        // Bounded: never past `UNDELIVERED`, never below `GRACE`.
+        t.complete("x", vec!["c=3".into()], now, Some(u64::MAX));
+        assert_eq!(t.get("x", now + UNDELIVERED), Renewal::Free);
+        assert_eq!(
+            t.get("x", now + UNDELIVERED - 1),
+            Renewal::Done(vec!["c=3".into()])
+        );
+        t.complete("y", vec!["c=4".into()], now, Some(1));
+        assert_eq!(
+            t.get("y", now + GRACE - 1),
+            Renewal::Done(vec!["c=4".into()])
+        );
+        // More than a bucket keeps: the first to lapse goes; the short-lived and the claims stay.
+        let mut t = Table::default();
+        t.claim("claim", now + 10);
+        t.complete("short", vec!["s".into()], now, None);
+        for i in 0..MAX_UNDELIVERED + 3 {
+            t.complete(
+                &format!("u{i}"),
+                vec!["u".into()],
+                now,
+                Some(1000 + i as u64),
+            );
+        }
+        for i in 0..3 {
+            assert_eq!(t.get(&format!("u{i}"), now), Renewal::Free, "u{i}");
+        }
+        for i in 3..MAX_UNDELIVERED + 3 {
+            assert_eq!(
+                t.get(&format!("u{i}"), now),
+                Renewal::Done(vec!["u".into()]),
+                "u{i}"
+            );
+        }
+        assert_eq!(t.get("claim", now), Renewal::Claimed);
+        assert_eq!(t.get("short", now), Renewal::Done(vec!["s".into()]));
     }
 
     #[test]
@@ -221,7 +316,7 @@ mod tests {
         t.claim(&k, 107);
         assert_eq!(t.get(&k, 100), Renewal::Claimed);
         assert_eq!(t.get(&k, 107), Renewal::Free, "a claim lapses");
-        t.complete(&k, vec!["_s=new".into()], 101);
+        t.complete(&k, vec!["_s=new".into()], 101, None);
         let t = Table::decode(&t.encode());
         assert_eq!(t.get(&k, 130), Renewal::Done(vec!["_s=new".into()]));
         assert_eq!(t.get(&k, 101 + GRACE), Renewal::Free);
@@ -231,7 +326,7 @@ mod tests {
     fn release_drops_only_claims() {
         let mut t = Table::default();
         t.claim("a", 10);
-        t.complete("b", vec![], 0);
+        t.complete("b", vec![], 0, None);
         t.release("a", 10);
         t.release("b", GRACE);
         assert_eq!(t.get("a", 0), Renewal::Free);
@@ -256,7 +351,7 @@ mod tests {
         t.claim("a", 20);
         assert_eq!(t.entries.len(), 2);
         assert_eq!(t.get("a", 15), Renewal::Claimed);
-        t.complete("a", vec!["x".into()], 100);
+        t.complete("a", vec!["x".into()], 100, None);
         assert_eq!(t.get("a", 101), Renewal::Done(vec!["x".into()]));
         t.prune(11);
         assert_eq!(t.entries.len(), 1);
@@ -269,8 +364,9 @@ mod tests {
             &key("two"),
             vec!["_s=1.abc; Path=/".into(), "_s.1=; Max-Age=0".into()],
             1_700_000_000,
+            None,
         );
-        t.complete(&key("three"), vec![], 5);
+        t.complete(&key("three"), vec![], 5, None);
         t
     }
 
@@ -325,10 +421,10 @@ mod tests {
     fn an_entry_reaching_one_second_beyond_the_longest_has_lapsed() {
         let mut t = Table::default();
         let now = 1_900_000_000;
-        // 122 s: twice the longest `callout_timeout`, and 2 s.
-        t.claim("j", now + 2 * 60 + 3);
+        // 182 s: three times the longest `callout_timeout`, and 2 s.
+        t.claim("j", now + 3 * 60 + 3);
         assert_eq!(t.get("j", now), Renewal::Free);
-        t.claim("k", now + 2 * 60 + 2);
+        t.claim("k", now + 3 * 60 + 2);
         assert_eq!(t.get("k", now), Renewal::Claimed);
     }
 

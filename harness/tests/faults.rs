@@ -480,6 +480,38 @@ fn a_renewal_the_idp_answers_after_the_timeout_is_kept_for_the_next_request() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// Found in review: the renewal kept for the session's next request (its request stopped waiting, so
+/// the browser never got the renewed cookie) was published to the other workers for 30 s only
+/// (`renewal::GRACE`). A next request after that, on a worker that had not made the renewal, found
+/// nothing and refreshed with the retired refresh token: the rotating client refused it, and the user
+/// was logged out. Now kept for the session's life.
+#[test]
+fn a_kept_renewal_outlives_the_grace_on_every_worker() {
+    let _idp = idp_hold::exclusive();
+    let b = logged_in(ROTATING, "carol");
+    let expired = with_token_expiring_at(&b, unix_now() - 1);
+    {
+        let _slow = Fault::set(Mode::delay_for("/token", Duration::from_millis(3500)));
+        let t0 = Instant::now();
+        let r = get(ROTATING, &expired, false);
+        assert_eq!(r.status, 503, "{}", r.body);
+        std::thread::sleep(
+            Duration::from_millis(3500).saturating_sub(t0.elapsed()) + Duration::from_secs(1),
+        );
+    }
+    // The user comes back after half a minute, on new connections: both workers.
+    std::thread::sleep(Duration::from_secs(33));
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let r = get(ROTATING, &expired, false);
+        statuses.push((r.status, clears_session(&r)));
+    }
+    assert!(
+        statuses.iter().all(|&(s, cleared)| s == 200 && !cleared),
+        "{statuses:?}"
+    );
+}
+
 /// A request with a body on a session due for renewal, whose renewal the IdP answers after
 /// `callout_timeout`, and whose body comes after that: it goes on to the app with its token, body and
 /// all, at the timeout (found in review: the request went on, but the body that came after was held
