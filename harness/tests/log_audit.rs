@@ -202,6 +202,11 @@ fn no_secret_reaches_envoys_log_at_trace_level() {
             json!({"error": "invalid_request", "error_description": format!("bad code {code} for {}", site.client_secret)})
                 .to_string(),
         ),
+        // The error code too (found by a black-box test: it was logged as sent, in its characters).
+        (
+            401,
+            json!({"error": format!("bad secret {}", site.client_secret)}).to_string(),
+        ),
         (500, format!("<html>upstream failed for verifier {}</html>", a.verifier)),
         (200, format!("{{\"access_token\": \"at-secret-0123456789\", \"oops\": {}", a.verifier)),
         (

@@ -81,12 +81,33 @@ impl TokenError {
     /// form body carried it (form-urlencoded); the caller passes [`basic_credentials`] too, as HTTP Basic
     /// carried the client secret (found by a black-box test: an IdP quoting the `Authorization` it was
     /// sent got the client secret, base64-encoded, into the log; `flow::withholding_sent`).
+    ///
+    /// The error code too, unless it is one of the codes the specifications define (found by a black-box
+    /// test: an IdP, or a proxy before it, that put what it was sent in `error` got the secret, refresh
+    /// token or Basic credentials into the log, as far as the code's characters go). Withheld as
+    /// `withheld`, which the filter's decisions ([`TokenError::is_refusal`]) read as any other
+    /// unknown code.
     pub fn withholding(mut self, secrets: &[&str]) -> Self {
-        if let Self::InvalidGrant { description } | Self::Rejected { description, .. } = &mut self
-            && secrets.iter().any(|s| {
-                quotes(description.as_bytes(), s.as_bytes())
-                    || quotes(description.as_bytes(), form::encode(s).as_bytes())
+        let sent = |said: &str, as_code: bool| {
+            secrets.iter().any(|s| {
+                let encoded = form::encode(s);
+                if as_code {
+                    quotes(said.as_bytes(), sanitize_error_code(s).as_bytes())
+                        || quotes(said.as_bytes(), sanitize_error_code(&encoded).as_bytes())
+                } else {
+                    quotes(said.as_bytes(), s.as_bytes())
+                        || quotes(said.as_bytes(), encoded.as_bytes())
+                }
             })
+        };
+        if let Self::Rejected { error, .. } = &mut self
+            && !KNOWN_CODES.contains(&error.as_str())
+            && sent(error, true)
+        {
+            *error = "withheld".into();
+        }
+        if let Self::InvalidGrant { description } | Self::Rejected { description, .. } = &mut self
+            && sent(description, false)
         {
             *description = "[withheld: it quotes what was sent]".into();
         }
@@ -388,6 +409,31 @@ fn sanitize_error_code(code: &str) -> String {
         .take(MAX_ERROR_CODE)
         .collect()
 }
+
+/// The error codes of RFC 6749 5.2 and 7.2, RFC 8628, RFC 8707, RFC 9449, OpenID Connect Core 3.1.2.6,
+/// and older Ory Hydra's: never withheld (the filter's decisions read some of them).
+const KNOWN_CODES: &[&str] = &[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "invalid_token",
+    "access_denied",
+    "server_error",
+    "temporarily_unavailable",
+    "invalid_target",
+    "invalid_dpop_proof",
+    "use_dpop_nonce",
+    "expired_token",
+    "authorization_pending",
+    "slow_down",
+    "interaction_required",
+    "login_required",
+    "consent_required",
+    "token_inactive",
+];
 
 /// The IdP's `error_description` for a log line: RFC 6749 5.2's characters only (printable ASCII but `"`
 /// and `\`; any other byte becomes `?`), at most 200 of them. (An IdP may quote back what it refuses:
@@ -870,6 +916,56 @@ mod tests {
             e.withholding(&[r#"a"b"cdefgh"#])
                 .to_string()
                 .contains("withheld")
+        );
+    }
+
+    /// Found by a black-box test: the error code was logged as the IdP sent it (cut to its characters),
+    /// so an `error` that repeated the client secret, the refresh token or the Basic credentials put
+    /// them in the log. Withheld now like a description; the codes the specifications define never are,
+    /// and the decision stays the one for an unknown code.
+    #[test]
+    fn an_error_code_quoting_what_was_sent_is_withheld() {
+        let secret = "demo-secret-XYZ123456";
+        let basic = basic_credentials("demo", &Secret::new(secret));
+        let refresh = "rtSECRETabcdefgh1234567890XYZ";
+        let sent = [secret, basic.as_str(), refresh];
+        let said = |status: u16, code: &str| {
+            let body = format!(r#"{{"error":"{code}"}}"#);
+            parse_response(status, body.as_bytes())
+                .unwrap_err()
+                .withholding(&sent)
+        };
+        for code in [
+            "invalid_client: secret demo-secret-XYZ123456 wrong",
+            &format!("Basic {basic}"),
+            refresh,
+            "dem\\u006f-secret-XYZ123456",
+            "pa ss rtSECRETabcd",
+        ] {
+            let e = said(400, code);
+            let line = e.to_string();
+            assert_eq!(
+                line, "token endpoint answered status 400, error withheld",
+                "{code}"
+            );
+            // Read as any unknown code: a refusal at 400, an outage at 401.
+            assert!(e.is_refusal(), "{code}");
+            assert!(!said(401, code).is_refusal(), "{code}");
+        }
+        // A code of the specifications stays, whatever the secrets; another that quotes none stays too.
+        let odd = [
+            "invalid_client",
+            "temporarily_unavailable",
+            "token_inactive",
+        ];
+        let e = parse_response(400, br#"{"error":"temporarily_unavailable"}"#).unwrap_err();
+        assert_eq!(
+            e.withholding(&odd).to_string(),
+            "token endpoint answered status 400, error temporarily_unavailable"
+        );
+        assert_eq!(
+            said(400, "unknown_client_xyz").to_string(),
+            "token endpoint answered status 400, error unknown_client_xyz"
         );
     }
 
