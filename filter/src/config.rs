@@ -394,9 +394,15 @@ fn is_plain_name(name: &str) -> bool {
 fn parse_json(json: &[u8], what: &str) -> Result<Value, ConfigError> {
     let v = json::parse(json).map_err(|e| {
         let (line, column) = e.line_col(json);
+        // Valid JSON nested past the parser's bound is said so (found by a black-box test: a deep
+        // `all_of` was called a syntax error).
+        let why = match e.reason {
+            "nested too deeply" => "nested more than 64 deep",
+            _ => "syntax error",
+        };
         err(
             "pluginConfig",
-            format!("{what} (syntax error at line {line} column {column})"),
+            format!("{what} ({why} at line {line} column {column})"),
         )
     })?;
     // A field given twice is a mistake: which one was meant?
@@ -1497,10 +1503,16 @@ fn cookie_settings(
                 && !l.ends_with('-')
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         };
-        if d.len() > 253 || labels.clone().count() < 2 || !labels.clone().all(label_ok) {
+        // An address is no domain either: browsers take a `Domain` only as a name (found by a black-box
+        // test: `127.0.0.1` was taken). The last label of a name is never all digits.
+        let address = labels
+            .clone()
+            .last()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+        if d.len() > 253 || labels.clone().count() < 2 || !labels.clone().all(label_ok) || address {
             return Err(err(
                 "cookie_domain",
-                "must be a domain name of two labels or more, like `example.com`",
+                "must be a domain name of two labels or more, like `example.com` (not an IP address)",
             ));
         }
     }
@@ -1809,8 +1821,10 @@ fn cookie_keys(
         ),
         (None, Some(v)) => (
             "cookie_keys_env",
+            // Comma-separated, or one per line as a Secret's file often holds them (found by a black-box
+            // test: refused as "not base64").
             from_env("cookie_keys_env", v, env)?
-                .split(',')
+                .split([',', '\n'])
                 .map(|s| s.trim().to_string())
                 .collect(),
         ),
@@ -2384,6 +2398,11 @@ mod tests {
             let e = parse(&json).unwrap_err();
             assert_eq!(e.field, field, "{json} -> {e}");
         }
+        // Valid JSON nested past the bound is said so, not called a syntax error (found by a black-box
+        // test).
+        let e = parse(&format!("{}1{}", "[".repeat(70), "]".repeat(70))).unwrap_err();
+        assert!(e.reason.contains("nested more than 64 deep"), "{e}");
+        assert!(parse("{").unwrap_err().reason.contains("syntax error"));
     }
 
     #[test]
@@ -2656,6 +2675,17 @@ mod tests {
         .to_string();
         let c = Config::parse(json.as_bytes(), &env).unwrap();
         assert_eq!(c.client_secret.expose(), "from-env");
+        // One key a line, as a Secret's file may hold them (found by a black-box test).
+        let eight = "MDEyMzQ1NjcwMTIzNDU2NzAxMjM0NTY3MDEyMzQ1Njc=";
+        for lines in [format!("{KEY}\n{eight}\n"), format!("{KEY}\r\n{eight}")] {
+            let env = |k: &str| (k == "KEYS").then(|| lines.clone());
+            let json = serde_json::json!({"issuer": "https://idp.example.com", "client_id": "app",
+                "client_secret": "s", "cookie_keys_env": "KEYS"});
+            assert!(
+                Config::parse(json.to_string().as_bytes(), &env).is_ok(),
+                "{lines:?}"
+            );
+        }
 
         let missing = serde_json::json!({
             "issuer": "https://idp.example.com", "client_id": "app",
@@ -2685,6 +2715,9 @@ mod tests {
             ("cookie_domain", "example..com"),
             ("cookie_domain", "example.com."),
             ("cookie_domain", "-x.example.com"),
+            // Found by a black-box test: an address is no cookie domain.
+            ("cookie_domain", "127.0.0.1"),
+            ("cookie_domain", ".10.0.0.1"),
             ("idp_cluster", "outbound|443||idp.example.com\n"),
             ("idp_cluster", "outbound|443||idp.example.com "),
             ("client_id", "app\n"),

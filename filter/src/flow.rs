@@ -1754,18 +1754,24 @@ fn login_hint(id_token: &str) -> Option<String> {
 /// navigation (`Sec-Fetch-Mode: cors` for a script's fetch, as Next.js prefetches a link's page;
 /// `no-cors` for `<link rel=prefetch>` or an image), or a frame's (found by a black-box test: an
 /// `<iframe src=/logout>` that a page of the site's own let a user put in logged out whoever viewed it).
-/// Older browsers' prefetches say `Purpose: prefetch` (Chrome before 76) or `X-Moz: prefetch` (Firefox).
-/// Without Fetch Metadata it is taken as opened.
+/// Older browsers' prefetches say `Purpose: prefetch` (Chrome before 76) or `X-Moz: prefetch` (Firefox),
+/// and Safari's previews `X-Purpose: preview`; each read without regard to case (found by a black-box
+/// test). Without Fetch Metadata it is taken as opened.
 fn not_opened(h: &dyn Headers) -> bool {
     // Bytes compared: a `str` pattern search would bring a searcher of kilobytes into the module.
-    let prefetch = |name| {
-        h.get(name)
-            .is_some_and(|p| p.as_bytes().windows(8).any(|w| w == b"prefetch"))
+    let says = |name, word: &[u8]| {
+        h.get(name).is_some_and(|p| {
+            p.as_bytes()
+                .windows(word.len())
+                .any(|w| w.eq_ignore_ascii_case(word))
+        })
     };
+    let prefetch = |name| says(name, b"prefetch");
     matches!(h.get(":method").as_deref(), Some("GET") | Some("HEAD"))
         && (prefetch("sec-purpose")
             || prefetch("purpose")
             || prefetch("x-moz")
+            || says("x-purpose", b"preview")
             || h.get("sec-fetch-mode").is_some_and(|m| m != "navigate")
             || in_frame(h))
 }
@@ -2651,6 +2657,9 @@ fn unverified_email(claims: &json::Object) -> bool {
     match claims.get("email_verified") {
         Some(json::Value::Bool(v)) => !v,
         Some(json::Value::String(v)) => v != "true",
+        // A number: `1` for true as some serialisers write it; `0`, or any other, is no vouching (found
+        // by a black-box test: `0` counted as verified).
+        Some(json::Value::Number(n)) => n.floor_u64() != Some(1),
         // Present, it vouches only when it says so (Entra has sent it as `true`, `"1"` or `"true"`).
         _ => claims.get("xms_edov").is_some_and(|v| {
             !matches!(v, json::Value::Bool(true))

@@ -3898,6 +3898,11 @@ fn a_prefetch_of_logout_asks_first_and_ends_nothing() {
         // Older browsers' prefetches (found by a black-box test).
         Req::browser("/logout").with("purpose", "prefetch"),
         Req::browser("/logout").with("x-moz", "prefetch"),
+        // Safari's previews, and the words in any case (found by a black-box test).
+        Req::browser("/logout").with("x-purpose", "preview"),
+        Req::browser("/logout")
+            .with("sec-purpose", "PREFETCH")
+            .with("sec-fetch-site", "same-origin"),
         // Found by a black-box test: `<iframe src=/logout>` on a page of the site's own (one a user
         // wrote: a wiki's, a dashboard's) logged out whoever viewed it.
         Req::browser("/logout")
