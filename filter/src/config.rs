@@ -1507,7 +1507,7 @@ fn cookie_settings(
         // test: `127.0.0.1` was taken). The last label of a name is never all digits.
         let address = labels
             .clone()
-            .last()
+            .next_back()
             .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
         if d.len() > 253 || labels.clone().count() < 2 || !labels.clone().all(label_ok) || address {
             return Err(err(
