@@ -694,6 +694,64 @@ mod tests {
         );
     }
 
+    /// Found by mutation testing: only `;` separates cookies. A `,` is part of a value (RFC 6265 keeps it
+    /// out of the values it defines, yet apps put it there), wherever it falls in the search's 32- and
+    /// 8-byte steps.
+    #[test]
+    fn a_comma_does_not_end_a_cookie() {
+        for len in 1..70 {
+            for at in 0..len {
+                let mut v = vec![b'x'; len];
+                v[at] = b',';
+                let value = String::from_utf8(v).unwrap();
+                let h = format!("a={value}; b=2");
+                assert_eq!(get(&h, "a"), Some(value.as_str()), "{h:?}");
+                assert_eq!(get(&h, "b"), Some("2"), "{h:?}");
+            }
+        }
+        assert_eq!(get("a=1,b=2", "b"), None);
+    }
+
+    /// Found by mutation testing: a tab is whitespace to the rewrite as it is to [`get`]. A cookie of ours
+    /// after `;` and a tab was sent on to the app, and a tab at either end of what is kept stayed there.
+    #[test]
+    fn strip_takes_a_tab_for_whitespace() {
+        let ours = |n: &str| n == "oidc";
+        for (h, want) in [
+            ("a=1;\toidc=x", Some("a=1")),
+            ("oidc=x;\ta=1", Some("a=1")),
+            (";\toidc=x; a=1", Some("a=1")),
+            ("a=1;\toidc=x;\t", Some("a=1")),
+            ("a=1;\t oidc=x;\tb=2", Some("a=1;\t b=2")),
+            ("\toidc=x", None),
+        ] {
+            assert_eq!(get(h, "oidc"), Some("x"), "{h:?}");
+            assert_eq!(strip(h, "oidc", ours).as_deref(), want, "{h:?}");
+        }
+    }
+
+    /// Found by mutation testing: a segment without `=` is not ours even when it starts with our prefix.
+    /// Browsers store `Set-Cookie: oidc-banner` as a cookie without a name and send it back as
+    /// `oidc-banner`: the app's, to be passed on as sent.
+    #[test]
+    fn a_nameless_cookie_that_starts_with_our_prefix_is_kept() {
+        let ours = |n: &str| n == "oidc";
+        let h = "a=1; oidc; oidc-banner; oidc=x";
+        assert_eq!(
+            strip(h, "oidc", ours).as_deref(),
+            Some("a=1; oidc; oidc-banner")
+        );
+        assert_eq!(strip_edit("oidc; a=1", "oidc", ours), None);
+    }
+
+    /// Found by mutation testing: DEL (0x7f) is a control character, not a cookie-octet: a value holding
+    /// one is written without it (a header value with DEL is not a valid field value).
+    #[test]
+    fn set_cookie_drops_del() {
+        let out = set_cookie("s\x7f", "a\x7fb", &CookieAttrs::default(), 1);
+        assert!(out.starts_with("s=ab; Path=/;"), "{out:?}");
+    }
+
     #[test]
     fn garbage_headers_never_panic() {
         let mut seed = 0x2545_f491_4f6c_dd1d_u64;

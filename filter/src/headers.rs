@@ -709,6 +709,32 @@ mod tests {
         assert!(Headers::body_follows(&b));
     }
 
+    /// Found by mutation testing: a block of no headers is empty however the host encodes it (no bytes,
+    /// or a count of zero): the flow takes it for a failed read, and then reports no header removed.
+    #[test]
+    fn a_block_of_no_headers_is_empty() {
+        assert!(HeaderBlock::parse(Vec::new()).unwrap().is_empty());
+        assert!(HeaderBlock::parse(encode(&[])).unwrap().is_empty());
+        assert!(
+            !HeaderBlock::parse(encode(&[(":path", &b"/"[..])]))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// Found by mutation testing: a copy of an identity header spelled in capitals is found too. Envoy
+    /// lowercases names, but were one to come through as sent, `X_Auth_Request_User` would reach an app
+    /// that files it under `x-auth-request-user`.
+    #[test]
+    fn other_spellings_are_found_in_any_case() {
+        let b = HeaderBlock::parse(encode(&[("X_Auth_Request_User", &b"admin"[..])])).unwrap();
+        assert!(b.may_carry("x-auth-request-user"));
+        assert_eq!(
+            b.other_spellings("x-auth-request-user"),
+            ["X_Auth_Request_User"]
+        );
+    }
+
     /// Found by mutation testing: an `_` stands for a `-` only, not for a letter of the name.
     #[test]
     fn an_underscore_spells_only_a_hyphen() {

@@ -1214,6 +1214,31 @@ mod tests {
         assert!(checked > 50_000, "{checked}");
     }
 
+    /// Found by mutation testing: the last high surrogate, `\uDBFF`, starts a pair like the others
+    /// (U+10FFFF, the last code point), and the first pair gives U+10000.
+    #[test]
+    fn surrogate_pairs_at_the_ends_of_the_range() {
+        assert_eq!(ok(r#""\udbff\udfff""#).as_str(), Some("\u{10ffff}"));
+        assert_eq!(ok(r#""\uDBFF\uDC00""#).as_str(), Some("\u{10fc00}"));
+        assert_eq!(ok(r#""\ud800\udc00""#).as_str(), Some("\u{10000}"));
+        assert_eq!(bad(br#""\udbff""#).reason, "lone surrogate");
+    }
+
+    /// Found by mutation testing: an exponent takes one sign at most (RFC 8259: `e [ minus / plus ] 1*DIGIT`).
+    #[test]
+    fn an_exponent_has_one_sign() {
+        for input in [&b"1e+-5"[..], b"1E-+5", b"1e++5", b"1e--5", b"[2E+-1]"] {
+            assert_eq!(
+                bad(input).reason,
+                "invalid number",
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        assert_eq!(num("1e+5"), num("100000"));
+        assert_eq!(num("1e-5"), num("0.00001"));
+    }
+
     #[test]
     fn nesting_stops_at_64() {
         for (open, close) in [("[", "]"), ("{\"a\":", "}")] {

@@ -95,10 +95,18 @@ fn anonymous_browser_is_redirected_to_login_with_the_encoded_target() {
         "TEXT/HTML,*/*",
         "application/json;q=0.9, text/html ;q=0.1",
         "text/html;level=1;q=1",
+        // Tabs are whitespace as spaces are (found by mutation testing).
+        "application/json,\ttext/html\t;q=0.5",
+        // A weight without a value is no `q=0`.
+        "text/html;q=",
     ] {
         let r = respond(f.request(&Req::browser("/app").with("accept", accept)));
-        assert_eq!(location(&r), "/login?rd=%2Fapp", "{accept}");
+        assert_eq!(location(&r), "/login?rd=%2Fapp", "{accept:?}");
     }
+    // Wherever `text/html` is in a long list (found by mutation testing).
+    let long = format!("{}text/html", "application/x-item;q=0.5, ".repeat(200));
+    let r = respond(f.request(&Req::browser("/app").with("accept", &long)));
+    assert_eq!(location(&r), "/login?rd=%2Fapp");
 }
 
 /// Found by a black-box test: HTML the client says it does not accept (`q=0`, RFC 9110 12.4.2), or a type
@@ -134,6 +142,20 @@ fn api_clients_get_401_with_a_bearer_challenge() {
             Req::browser("/page").with("sec-fetch-mode", "cors"),
         ),
         ("no accept", Req::browser("/page").without("accept")),
+        // Found by mutation testing: the header's value in any case, and a fetch in any mode but a
+        // navigation.
+        (
+            "xhr in lowercase",
+            Req::browser("/api/items").with("x-requested-with", "xmlhttprequest"),
+        ),
+        (
+            "no-cors fetch",
+            Req::browser("/page").with("sec-fetch-mode", "no-cors"),
+        ),
+        (
+            "same-origin fetch",
+            Req::browser("/page").with("sec-fetch-mode", "same-origin"),
+        ),
     ];
     for (name, req) in cases {
         let mut f = ready();
