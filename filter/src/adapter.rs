@@ -1221,6 +1221,8 @@ impl Http {
             // Free, but this worker's renewals are paused.
             Ok(Some(Renewal::Free)) => flow::renewal_claim(cfg, state, job, now).map_err(Some),
             Ok(Some(Renewal::Done(lines))) => {
+                // A renewal kept for hours is the grace period's from here (`Table::taken`).
+                let _ = update_renewals(cfg, &key, now, |t| (!t.taken(&key, now)).then_some(()));
                 Err(Some(flow::adopt_renewal(cfg, state, job, &lines, now)))
             }
             // Claimed, while this worker's renewals are paused after an outage: answered at once, not

@@ -199,7 +199,9 @@ impl Rule {
 }
 
 /// The rule for a normalized path, if any entry covers it; with `any_case`, as an app that takes `/ADMIN`
-/// for `/admin` reads it.
+/// for `/admin` reads it: the prefix then with the letters such an app folds to ASCII folded, as the
+/// caller folds the path ([`crate::paths::fold_ascii_lookalikes`]; found in review: a rule on
+/// `/İstanbul` no longer covered `/İSTANBUL`, nor ever `/istanbul`).
 pub fn rule_for<'a>(
     access: &'a [Access],
     normalized_path: &str,
@@ -207,7 +209,13 @@ pub fn rule_for<'a>(
 ) -> Option<&'a Rule> {
     access
         .iter()
-        .find(|a| crate::paths::prefix_matches_as(&a.path_prefix, normalized_path, any_case))
+        .find(|a| {
+            let prefix = match any_case {
+                true => crate::paths::fold_ascii_lookalikes(&a.path_prefix),
+                false => alloc::borrow::Cow::Borrowed(a.path_prefix.as_str()),
+            };
+            crate::paths::prefix_matches_as(&prefix, normalized_path, any_case)
+        })
         .map(|a| &a.rule)
 }
 

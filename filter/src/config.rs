@@ -1826,6 +1826,7 @@ fn cookie_keys(
             from_env("cookie_keys_env", v, env)?
                 .split([',', '\n'])
                 .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
                 .collect(),
         ),
         (None, None) => return Err(err("cookie_keys", "required (or `cookie_keys_env`)")),
@@ -1870,9 +1871,9 @@ fn duration(field: &str, v: Option<String>, default: u64) -> Result<u64, ConfigE
         Some((i, 'd')) => (s.get(..i).unwrap_or_default(), 86400),
         _ => (s, 1),
     };
-    (!num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| num.parse::<u64>().ok())
-        .flatten()
+    num.parse::<u64>()
+        .ok()
+        .filter(|_| num.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|n| n.checked_mul(mult))
         .filter(|n| *n <= 365 * 86400)
         .ok_or_else(|| {

@@ -2474,9 +2474,14 @@ pub fn adopt_renewal(
     state
         .cache
         .insert(job.cache_key.clone(), cached.clone(), now);
-    // Only given a new refresh token, and expired meanwhile: the new cookie, whose next request renews;
-    // not a logout.
+    // Only given a new refresh token, or kept for hours (its request had stopped waiting), and expired
+    // meanwhile: the new cookie, whose next request renews; not a logout. A browser's navigation is sent
+    // round again with it (found in review: a user back after the token's life got a `503` page).
     if expired {
+        if job.browser() {
+            let back = redirect(paths::safe_redirect(&job.target), None);
+            return with_cookies(back, renewed.to_vec());
+        }
         return replaced(job.api(), renewed.to_vec());
     }
     if denied(cfg, &cached, &job.target) {
@@ -2586,8 +2591,8 @@ fn new_session(
     // The IdP's figure, unchecked in size: an hour when it gives none (or 0); and no later than the
     // token's own `exp` when it is a JWT that has one (found in review: without `expires_in`, a JWT that
     // expired in 5 minutes went upstream, identity headers and all, for an hour).
+    let given = now.saturating_add(tokens.expires_in.filter(|&e| e > 0).unwrap_or(3600));
     let access_exp = |a: &Secret| {
-        let given = now.saturating_add(tokens.expires_in.filter(|&e| e > 0).unwrap_or(3600));
         token_payload(a)
             .and_then(|c| c.get("exp")?.as_number()?.floor_u64())
             .map_or(given, |e| e.min(given))
@@ -2659,7 +2664,7 @@ fn unverified_email(claims: &json::Object) -> bool {
         Some(json::Value::String(v)) => v != "true",
         // A number: `1` for true as some serialisers write it; `0`, or any other, is no vouching (found
         // by a black-box test: `0` counted as verified).
-        Some(json::Value::Number(n)) => n.floor_u64() != Some(1),
+        Some(json::Value::Number(n)) => n.as_str() != "1",
         // Present, it vouches only when it says so (Entra has sent it as `true`, `"1"` or `"true"`).
         _ => claims.get("xms_edov").is_some_and(|v| {
             !matches!(v, json::Value::Bool(true))

@@ -199,9 +199,10 @@ pub fn prefix_matches_as(prefix: &str, path: &str, any_case: bool) -> bool {
 
 /// `path` as an app that ignores case may read it: the four non-ASCII letters whose case mapping is an
 /// ASCII letter (U+0130 `İ` and U+0131 `ı` to `i`, U+212A Kelvin `K` to `k`, U+017F `ſ` to `s`) replaced
-/// by it. Java's `equalsIgnoreCase` (Spring's case-insensitive matching) and .NET's `OrdinalIgnoreCase`
-/// (ASP.NET Core's routing) take `/admİn` for `/admin` (found in review: such a path passed a claim rule
-/// on `/admin`). Borrowed when there is none (an ASCII path).
+/// by it. Java's `equalsIgnoreCase` (Spring's case-insensitive matching) folds all four, .NET's
+/// `OrdinalIgnoreCase` (ASP.NET Core's routing) `ı` and `ſ`: `/admİn` is `/admin` to the one, `/admın`
+/// to both (found in review: such paths passed a claim rule on `/admin`). Borrowed when there is none
+/// (an ASCII path).
 pub fn fold_ascii_lookalikes(path: &str) -> Cow<'_, str> {
     if path.is_ascii() {
         return Cow::Borrowed(path);

@@ -272,6 +272,17 @@ fn letters_an_app_may_fold_to_ascii_are_read_so() {
         let r = respond(g.request(&Req::browser(path).cookies(&jar_g)));
         assert_eq!(r.status, 403, "{path}");
     }
+    // A rule whose prefix holds such a letter covers the path in any case, and with it folded.
+    let (mut h, jar_h) = a_user_outside_admins("/\u{130}stanbul");
+    for path in [
+        "/%C4%B0STANBUL",
+        "/%C4%B0stanbul/x",
+        "/istanbul",
+        "/ISTANBUL",
+    ] {
+        let r = respond(h.request(&Req::browser(path).cookies(&jar_h)));
+        assert_eq!(r.status, 403, "{path}");
+    }
     // Other non-ASCII letters are other paths.
     assert!(matches!(
         g.request(&Req::browser("/d%C3%A9sk").cookies(&jar_g)),

@@ -5064,6 +5064,12 @@ fn an_empty_refresh_token_on_a_refresh_keeps_the_old_one() {
         panic!("session ended on an empty refresh_token: {step:?}");
     };
     assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+    // The renewed cookie keeps the login's refresh token.
+    let old = f.open_session(&old_jar).refresh_token.unwrap();
+    let mut jar = Jar::default();
+    jar.apply(fwd.set_cookies.iter().map(String::as_str));
+    let kept = f.open_session(&jar).refresh_token.unwrap();
+    assert_eq!(kept.expose(), old.expose());
 }
 
 /// Found in review: with `forward_token: access_token`, an answer without `expires_in` made the session's
@@ -5102,5 +5108,40 @@ fn a_jwt_access_tokens_own_exp_bounds_the_session_without_expires_in() {
         jar.apply(set_cookies(&r));
         let s = f.open_session(&jar);
         assert_eq!(s.token_expires_at, NOW + lasts, "{expires_in:?}");
+    }
+    // One that has expired already by the gateway's clock fails the login, as such an ID token does;
+    // and with `access_token_header` the first of the two tokens to expire counts.
+    let expired = {
+        let mut c = claims(None);
+        c["exp"] = (NOW - 10).into();
+        mint(&c)
+    };
+    for (extra, token, lasts) in [
+        (json!({"forward_token": "access_token"}), expired, None),
+        (
+            json!({"access_token_header": "x-forwarded-access-token"}),
+            at.clone(),
+            Some(300),
+        ),
+    ] {
+        let mut f = Filter::ready(config(extra));
+        let r = callback_with_reply(&mut f, |l: &Login| {
+            let body = json!({
+                "id_token": mint(&claims(Some(&l.nonce))),
+                "access_token": token.clone(),
+                "token_type": "Bearer",
+                "refresh_token": "rt-1",
+            });
+            Some((200, body.to_string().into_bytes()))
+        });
+        match lasts {
+            None => assert_eq!(r.status, 502, "{r:?}"),
+            Some(l) => {
+                assert_eq!(r.status, 302, "{r:?}");
+                let mut jar = Jar::default();
+                jar.apply(set_cookies(&r));
+                assert_eq!(f.open_session(&jar).token_expires_at, NOW + l);
+            }
+        }
     }
 }

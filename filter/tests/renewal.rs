@@ -138,6 +138,55 @@ fn a_new_cookie_holding_only_a_new_refresh_token_is_adopted_not_refreshed_again(
     }
 }
 
+/// Found in review: a renewal kept for the session's next request (its request had stopped waiting), adopted
+/// once its token had expired (the user back after the token's life), answered a browser's page with a
+/// `503`. A browser's navigation is sent round again with the new cookie (to the same address, never
+/// another site's); an API client still gets the `503` with it.
+#[test]
+fn an_adopted_renewal_expired_meanwhile_sends_a_browser_round_again() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = due(&mut a, &mut b);
+    let sealed = oidc_filter::session::join(&jar.header(), "_oidc_session")
+        .unwrap()
+        .unwrap();
+    let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
+    let (step, _) = refreshed(&mut a, pending, "rt-2");
+    forward(step);
+    let lines = flow::renewed_cookies(&a.state, &sealed).unwrap();
+    // Hours later, on worker B: the renewed token has expired too.
+    let later = NOW + 3 * 3600;
+    for (target, location) in [("/reports?q=1", "/reports?q=1"), ("//evil.example/x", "/")] {
+        let mut b = Filter::ready(config(serde_json::json!({})));
+        b.now = later;
+        let job = refresh_job(b.request(&Req::browser(target).cookies(&jar)));
+        let r = respond(flow::adopt_renewal(
+            &b.cfg,
+            &mut b.state,
+            job,
+            &lines,
+            later,
+        ));
+        assert_eq!(r.status, 302, "{r:?}");
+        assert_eq!(header(&r.headers, "location"), Some(location));
+        assert_eq!(r.metric, None, "not a failed refresh");
+        let sets: Vec<&str> = set_cookies(&r);
+        assert_eq!(sets, lines.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    b.now = later;
+    let job = refresh_job(b.request(&Req::api("/x").cookies(&jar)));
+    let r = respond(flow::adopt_renewal(
+        &b.cfg,
+        &mut b.state,
+        job,
+        &lines,
+        later,
+    ));
+    assert_eq!(r.status, 503);
+    assert_eq!(set_cookies(&r).len(), lines.len());
+}
+
 /// Found in review: with `forward_token: access_token`, a renewal that brought a new access token but no
 /// ID token (OIDC Core 12.2) kept the old ID token, and the worker that adopted it took it for one that
 /// only handed on a new refresh token: its later requests with the old cookie never renewed the new

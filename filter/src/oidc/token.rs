@@ -410,8 +410,9 @@ fn sanitize_error_code(code: &str) -> String {
         .collect()
 }
 
-/// The error codes of RFC 6749 5.2 and 7.2, RFC 8628, RFC 8707, RFC 9449, OpenID Connect Core 3.1.2.6,
-/// and older Ory Hydra's: never withheld (the filter's decisions read some of them).
+/// Error codes the specifications define (RFC 6749 5.2, RFC 6750 3.1, RFC 8628, RFC 8707, RFC 9449, some
+/// of OpenID Connect Core 3.1.2.6's) and older Ory Hydra's: never withheld (the filter's decisions read
+/// some of them).
 const KNOWN_CODES: &[&str] = &[
     "invalid_request",
     "invalid_client",
@@ -952,7 +953,16 @@ mod tests {
             assert!(e.is_refusal(), "{code}");
             assert!(!said(401, code).is_refusal(), "{code}");
         }
-        // A code of the specifications stays, whatever the secrets; another that quotes none stays too.
+        // A code of the specifications stays, whatever the secrets, and so does the decision it makes:
+        // `invalid_client` at 400 is the gateway's credentials, no refusal of the session.
+        let e = parse_response(400, br#"{"error":"invalid_client"}"#).unwrap_err();
+        let e = e.withholding(&["xxinvalid_clientxx"]);
+        assert_eq!(
+            e.to_string(),
+            "token endpoint answered status 400, error invalid_client"
+        );
+        assert!(!e.is_refusal());
+        // Another that quotes none stays too.
         let odd = [
             "invalid_client",
             "temporarily_unavailable",
