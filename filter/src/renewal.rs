@@ -23,9 +23,14 @@ pub const GRACE: u64 = 30;
 /// cookie, whose refresh token an IdP that rotates them has retired (found in review: after [`GRACE`],
 /// such a request on another worker refreshed with it, and the user was logged out).
 pub const UNDELIVERED: u64 = 8 * 3600;
-/// Renewals kept longer than [`GRACE`] per bucket (64 per site's 64 buckets, 4,096 in all): when more
-/// stall at once (an IdP slow for everyone), the one that lapses first goes.
+/// Renewals kept longer than [`GRACE`] per bucket (64 per site's 64 buckets, 4,096 in all), holding at
+/// most [`MAX_UNDELIVERED_BYTES`] of cookie lines: when more stall at once (an IdP slow for everyone),
+/// the one that lapses first goes.
 const MAX_UNDELIVERED: usize = 64;
+/// 128 KiB a bucket, 8 MiB of Envoy's shared data a site: 64 sessions of 2 KB, 16 of 8 KB (found in
+/// review: 64 sessions of 8 KB in each of 64 buckets held 32 MiB, every bucket's update rewriting 512
+/// KiB).
+const MAX_UNDELIVERED_BYTES: usize = 128 * 1024;
 /// No claim lasts longer than this from when it is written: three times the longest `callout_timeout`
 /// (60 s: the token request's doubled timeout, and a fetch of keys after it) and 2 s; no finished
 /// renewal longer than [`UNDELIVERED`]. One that reaches further was written while the clock read far
@@ -129,7 +134,20 @@ impl Table {
             },
         );
         let long = |e: &Entry| e.renewed.is_some() && e.until > now.saturating_add(GRACE);
-        while self.entries.iter().filter(|(_, e)| long(e)).count() > MAX_UNDELIVERED {
+        loop {
+            let (n, bytes) =
+                self.entries
+                    .iter()
+                    .filter(|(_, e)| long(e))
+                    .fold((0, 0), |(n, b), (_, e)| {
+                        (
+                            n + 1,
+                            b + e.renewed.iter().flatten().map(String::len).sum::<usize>(),
+                        )
+                    });
+            if n <= MAX_UNDELIVERED && bytes <= MAX_UNDELIVERED_BYTES {
+                break;
+            }
             let first = self
                 .entries
                 .iter()
@@ -137,9 +155,8 @@ impl Table {
                 .filter(|(_, (_, e))| long(e))
                 .min_by_key(|(_, (_, e))| e.until)
                 .map(|(i, _)| i);
-            if let Some(i) = first {
-                self.entries.remove(i);
-            }
+            let Some(i) = first else { break };
+            self.entries.remove(i);
         }
     }
 
@@ -332,6 +349,16 @@ mod tests {
         }
         assert_eq!(t.get("claim", now), Renewal::Claimed);
         assert_eq!(t.get("short", now), Renewal::Done(vec!["s".into()]));
+        // And at most so many bytes: sessions of 8 KB, 16 of them.
+        let mut t = Table::default();
+        let big = || vec!["c".repeat(8 * 1024 - 1)];
+        for i in 0..20u64 {
+            t.complete(&format!("b{i}"), big(), now, Some(1000 + i));
+        }
+        let kept: Vec<u64> = (0..20)
+            .filter(|i| t.get(&format!("b{i}"), now) != Renewal::Free)
+            .collect();
+        assert_eq!(kept, (4..20).collect::<Vec<_>>());
     }
 
     #[test]
