@@ -46,8 +46,12 @@ fuzz_target!(|data: &[u8]| {
 });
 
 /// At most 200 printable ASCII characters, no `"` or `\`, and no 8 bytes in a row of `secret` (the whole,
-/// if shorter), as the log line shows them.
+/// if shorter), as the log line shows them. The filter's own words in place of a withheld description
+/// are not the IdP's (a fuzzed secret may hold some of them: found by a CI run, `{"es what ro`).
 fn plain(description: &str, secret: &str) {
+    if description == "[withheld: it quotes what was sent]" {
+        return;
+    }
     assert!(description.len() <= 200, "{description}");
     assert!(
         description
