@@ -29,6 +29,9 @@ pub enum Rule {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Access {
     pub path_prefix: String,
+    /// `path_prefix` with the letters a case-insensitive app folds to ASCII folded
+    /// ([`crate::paths::fold_ascii_lookalikes`]), once, for [`rule_for`]'s reading without regard to case.
+    folded: String,
     pub rule: Rule,
 }
 
@@ -75,7 +78,12 @@ pub fn parse_access(v: &Value) -> Result<Vec<Access>, String> {
         {
             return Err(format!("entry {i}: another entry has this path_prefix"));
         }
-        out.push(Access { path_prefix, rule });
+        let folded = crate::paths::fold_ascii_lookalikes(&path_prefix).into_owned();
+        out.push(Access {
+            path_prefix,
+            folded,
+            rule,
+        });
     }
     // Most specific prefix first, so `/admin` rules win over `/` rules.
     sort_small(&mut out, |a, b| a.path_prefix.len() > b.path_prefix.len());
@@ -199,8 +207,8 @@ impl Rule {
 }
 
 /// The rule for a normalized path, if any entry covers it; with `any_case`, as an app that takes `/ADMIN`
-/// for `/admin` reads it: the prefix then with the letters such an app folds to ASCII folded, as the
-/// caller folds the path ([`crate::paths::fold_ascii_lookalikes`]; found in review: a rule on
+/// for `/admin` reads it: the prefix then with the letters such an app folds to ASCII folded (at load), as
+/// the caller folds the path ([`crate::paths::fold_ascii_lookalikes`]; found in review: a rule on
 /// `/İstanbul` no longer covered `/İSTANBUL`, nor ever `/istanbul`).
 pub fn rule_for<'a>(
     access: &'a [Access],
@@ -210,11 +218,8 @@ pub fn rule_for<'a>(
     access
         .iter()
         .find(|a| {
-            let prefix = match any_case {
-                true => crate::paths::fold_ascii_lookalikes(&a.path_prefix),
-                false => alloc::borrow::Cow::Borrowed(a.path_prefix.as_str()),
-            };
-            crate::paths::prefix_matches_as(&prefix, normalized_path, any_case)
+            let prefix = if any_case { &a.folded } else { &a.path_prefix };
+            crate::paths::prefix_matches_as(prefix, normalized_path, any_case)
         })
         .map(|a| &a.rule)
 }
