@@ -979,10 +979,12 @@ impl Http {
             share_if_ended(cfg, state);
             let unopened = core::mem::take(&mut state.unopened);
             // Not ready, but the IdP's documents are on their way (a new VM's first fetch): wait for
-            // them, up to a little longer than that fetch may take, rather than answer 503.
+            // them, up to a little longer than that fetch may take, rather than answer 503. It is two
+            // fetches, one after the other (the discovery document, then the keys), each given
+            // `callout_timeout`; a fetch that fails ends the wait sooner (no longer warming).
             let hold = match &step {
                 Step::Respond(r) if r.metric == Some(Metric::NotReady) => {
-                    Some(held_until.unwrap_or(now + cfg.callout_timeout.as_secs() + 2))
+                    Some(held_until.unwrap_or(now + 2 * cfg.callout_timeout.as_secs() + 2))
                         .filter(|until| now < *until && state.provider.warming())
                 }
                 _ => None,
@@ -1669,11 +1671,10 @@ fn read_reply(body_size: usize) -> Option<(u16, Vec<u8>)> {
         .ok()?
         .parse::<u16>()
         .ok()?;
-    if body_size > MAX_REPLY {
-        // Too large to be a real answer: hand the core an empty, unparsable body.
-        return Some((status, Vec::new()));
-    }
-    let body = host::get_buffer(Buffer::HttpCallResponseBody, 0, body_size).unwrap_or_default();
+    // Too large to be a real answer: one byte past the most any reader takes is enough for it to say
+    // so ("larger than ... bytes"), and the rest is never copied into the VM.
+    let size = body_size.min(MAX_REPLY + 1);
+    let body = host::get_buffer(Buffer::HttpCallResponseBody, 0, size).unwrap_or_default();
     Some((status, body))
 }
 

@@ -224,6 +224,8 @@ fn token_endpoint_errors_and_garbage_are_clear_502s_and_the_next_login_works() {
         "(token_endpoint), answered 502: token endpoint answered status 401, error invalid_client",
         "(token_endpoint), answered 502: malformed token response: body is not a JSON object",
         "(token_endpoint), answered 502: malformed token response: token_type is not Bearer",
+        // Past what the filter reads of an answer (256 KiB): said so, not "not a JSON object".
+        "(token_endpoint), answered 502: malformed token response: body too large",
         "(id_token), answered 502: malformed ID token",
     ]
     .iter()

@@ -589,6 +589,74 @@ fn an_image_upgrade_while_the_idp_hangs_holds_logins_no_longer_than_a_fetch_may_
     );
 }
 
+/// A new VM's first fetches are two, one after the other: the discovery document, then the keys, each
+/// given `callout_timeout` (4 s here). An IdP that takes 3.4 s over each answers both in time, and the
+/// visitors a new VM holds meanwhile go on to log in once the keys are in, about 7 s later. (The hold
+/// ended after one `callout_timeout` and 2 s before, the keys still on their way: `503` for those who
+/// came first.)
+#[test]
+fn an_image_upgrade_with_a_slow_idp_holds_logins_through_both_fetches() {
+    const SLOW_IDP: Duration = Duration::from_millis(3400);
+    let _idp = idp_hold::exclusive();
+    until_ready(UPGRADE);
+    let issuer = format!("{}/", stack().issuer());
+    let slow = Fault::set(Mode::Delay(SLOW_IDP));
+    // `/login` (without Fetch Metadata: straight to the IdP) again and again from two clients, each
+    // request on a new connection; the old VMs answer at once (they have the documents).
+    let probes: Vec<_> = (0..2)
+        .map(|_| {
+            Probes::start(|| {
+                let t = Instant::now();
+                let r = Browser::new().get(&url(UPGRADE, "/login")).unwrap();
+                anonymous(&r, t.elapsed())
+            })
+        })
+        .collect();
+    for p in &probes {
+        p.until_more(5);
+    }
+    let up = upgrade(UPGRADE);
+    let ready = until_new_vms_ready(&up);
+    for p in &probes {
+        p.until_more(5);
+    }
+    let answers: Vec<Anonymous> = probes
+        .into_iter()
+        .flat_map(Probes::finish)
+        .map(|(_, a)| a)
+        .collect();
+    drop(slow);
+    let held: Vec<&Anonymous> = answers.iter().filter(|a| a.took >= SLOW_IDP).collect();
+    let longest = held.iter().map(|a| a.took).max().unwrap_or_default();
+    eprintln!(
+        "upgrade with the IdP {SLOW_IDP:?} slow: {} logins {:?}, {} held by a new VM, the longest \
+         {longest:?} (new VMs ready after {:?})",
+        answers.len(),
+        by_status(answers.iter().map(|a| &a.status)),
+        held.len(),
+        ready - up.written
+    );
+    let turned_away: Vec<_> = answers
+        .iter()
+        .filter(|a| {
+            !(a.status == 302 && a.location.as_ref().is_some_and(|l| l.starts_with(&issuer)))
+        })
+        .collect();
+    assert!(
+        turned_away.is_empty(),
+        "not sent to the IdP: {turned_away:?}"
+    );
+    // Held through both fetches (more than one slow answer), and no longer than both may take.
+    assert!(
+        longest > SLOW_IDP + Duration::from_secs(1),
+        "no request waited for both fetches: {held:?}"
+    );
+    assert!(
+        longest <= 2 * CALLOUT_TIMEOUT + Duration::from_secs(3),
+        "held {longest:?}"
+    );
+}
+
 /// The same start with the IdP unreachable at that moment: the old VMs went on sending visitors to
 /// log in (they had the documents); the new ones answer `503` with `Retry-After` until the IdP is
 /// back and their next attempt (backoff from 1 s) succeeds. Logged-in sessions are not affected.
