@@ -1082,7 +1082,9 @@ impl Http {
             return self.run(flow::backchannel_answered_early(), None);
         }
         let mut added = false;
-        if let Some(lines) = &self.set_cookies {
+        // Taken: nothing adds a line after the response's headers, and a request with none left is idle
+        // (`exports` then lets it go, rather than keep a long-lived stream in every tick's sweep).
+        if let Some(lines) = self.set_cookies.take() {
             for c in lines.borrow_mut().drain(..) {
                 added |= host::add_header(Headers::Response, "set-cookie", &c).is_ok();
             }

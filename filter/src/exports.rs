@@ -322,7 +322,23 @@ pub extern "C" fn proxy_on_response_headers(
     _headers: usize,
     _end_of_stream: u32,
 ) -> u32 {
-    with_request(context_id, |http| http.on_response_headers()).unwrap_or(Action::Continue) as u32
+    let Some((action, idle)) = with_request(context_id, |http| {
+        (http.on_response_headers(), http.is_idle())
+    }) else {
+        return Action::Continue as u32;
+    };
+    // Its cookies sent and nothing else to wait for: let go now, not when the stream ends (a WebSocket or
+    // a stream of events that got a renewal's cookie stayed in the tick's sweep for its life). Dropped
+    // outside the table's borrow.
+    if idle {
+        let done = REQUESTS.with(|r| {
+            r.try_borrow_mut()
+                .ok()
+                .and_then(|mut r| r.remove(&context_id))
+        });
+        drop(done);
+    }
+    action as u32
 }
 
 #[unsafe(no_mangle)]

@@ -197,6 +197,19 @@ pub fn renewal_given_up(
 ) -> Option<Step> {
     match pending {
         Pending::Refresh(job) => refresh_outcome(cfg, state, job, None, now).err(),
+        // The token endpoint answered, late, and the keys for its new ID token are on their way: no
+        // outage of renewals (none paused), but the request has waited its `callout_timeout`. The fetch
+        // goes on, and its renewal is kept for the session's next request (found in review: the
+        // request waited for it too, up to twice `callout_timeout`).
+        Pending::RefreshJwks(job, _) => Some(match ended_meanwhile(cfg, state, job, now) {
+            Some(step) => step,
+            None if now < job.session.session.token_expires_at => keep_old(cfg, job),
+            None => renewal_unavailable(
+                job.api(),
+                "the IdP's keys for the renewed ID token did not come within callout_timeout"
+                    .into(),
+            ),
+        }),
         _ => None,
     }
 }

@@ -2824,6 +2824,38 @@ fn a_renewal_given_up_by_its_request_answers_as_an_outage_while_its_call_goes_on
     assert!(!fwd.set_cookies.is_empty());
 }
 
+/// The same while the renewal fetches keys for its new ID token's `kid` (the token endpoint answered
+/// late): the request is answered at `callout_timeout` too, without pausing renewals (the token
+/// endpoint did answer). (Before, it waited for the keys as well: up to twice `callout_timeout`.)
+#[test]
+fn a_renewal_given_up_while_it_fetches_keys_answers_without_pausing_renewals() {
+    let mut f = ready();
+    let (jar, id_token) = due_for_refresh(&mut f);
+    let rotated = mint_with_kid(&refreshed_claims(f.now), "rotated-1");
+    let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
+    let (c, pending) = call(f.reply(
+        pending,
+        Some((200, &token_body(Some(&rotated), Some("rt-2")))),
+    ));
+    assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+    // The token still valid: it goes up, and renewals are not paused.
+    let step = oidc_filter::flow::renewal_given_up(&f.cfg, &mut f.state, &pending, f.now).unwrap();
+    assert_eq!(bearer(&forward(step)), format!("Bearer {id_token}"));
+    assert!(!f.state.renewals_paused(f.now), "renewals paused");
+    // Expired: 503, the cookie kept, and the log says why.
+    let later = f.now + 3600;
+    let step = oidc_filter::flow::renewal_given_up(&f.cfg, &mut f.state, &pending, later).unwrap();
+    let r = respond(step);
+    assert_eq!(r.status, 503);
+    assert!(set_cookies(&r).is_empty(), "{r:?}");
+    assert!(
+        r.detail.as_deref().is_some_and(|d| d.contains("keys")),
+        "{:?}",
+        r.detail
+    );
+    assert!(!f.state.renewals_paused(later), "renewals paused");
+}
+
 #[test]
 fn a_refreshed_id_token_for_another_user_is_refused() {
     let mut f = ready();
