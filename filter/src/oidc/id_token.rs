@@ -210,11 +210,20 @@ fn check_header(header: &Object, kind: Kind) -> Result<(), IdTokenError> {
                 return Err(IdTokenError::Malformed);
             }
             let other: &[&str] = match kind {
-                Kind::IdToken => &["AT+JWT", "LOGOUT+JWT", "SECEVENT+JWT", "DPOP+JWT"],
-                Kind::LogoutToken => &["AT+JWT", "DPOP+JWT"],
-                Kind::Bearer => &["LOGOUT+JWT", "SECEVENT+JWT", "DPOP+JWT"],
+                Kind::IdToken => &["AT+JWT", "LOGOUT+JWT", "SECEVENT+JWT"],
+                Kind::LogoutToken => &["AT+JWT"],
+                Kind::Bearer => &["LOGOUT+JWT", "SECEVENT+JWT"],
             };
-            if other.contains(&typ) {
+            // None of the three: a DPoP proof (RFC 9449), a signed introspection answer (RFC 9701), a
+            // request object (RFC 9101), an SD-JWT's key binding, a federation's entity statement.
+            let never = [
+                "DPOP+JWT",
+                "TOKEN-INTROSPECTION+JWT",
+                "OAUTH-AUTHZ-REQ+JWT",
+                "KB+JWT",
+                "ENTITY-STATEMENT+JWT",
+            ];
+            if other.contains(&typ) || never.contains(&typ) {
                 return Err(IdTokenError::Malformed);
             }
         }
@@ -1149,6 +1158,11 @@ mod jws_tests {
             "logout+jwt",
             "secevent+jwt",
             "dpop+jwt",
+            "token-introspection+jwt",
+            "application/token-introspection+jwt",
+            "oauth-authz-req+jwt",
+            "kb+jwt",
+            "entity-statement+jwt",
         ] {
             assert_eq!(check(typ), Err(IdTokenError::Malformed), "{typ}");
         }
@@ -1160,7 +1174,15 @@ mod jws_tests {
         for typ in ["JWT", "at+jwt", "application/at+jwt"] {
             assert_eq!(bearer(typ), Ok(()), "{typ}");
         }
-        for typ in ["logout+jwt", "secevent+jwt", "dpop+jwt"] {
+        for typ in [
+            "logout+jwt",
+            "secevent+jwt",
+            "dpop+jwt",
+            "token-introspection+jwt",
+            "oauth-authz-req+jwt",
+            "kb+jwt",
+            "entity-statement+jwt",
+        ] {
             assert_eq!(bearer(typ), Err(IdTokenError::Malformed), "{typ}");
         }
     }

@@ -171,7 +171,15 @@ mod tests {
         ] {
             assert!(check_typed(typ).is_ok(), "{typ}");
         }
-        for typ in ["at+jwt", "application/at+jwt", "dpop+jwt"] {
+        for typ in [
+            "at+jwt",
+            "application/at+jwt",
+            "dpop+jwt",
+            "token-introspection+jwt",
+            "oauth-authz-req+jwt",
+            "kb+jwt",
+            "entity-statement+jwt",
+        ] {
             assert_eq!(
                 check_typed(typ),
                 Err(LogoutTokenError::Token(IdTokenError::Malformed)),
