@@ -71,14 +71,15 @@ pub fn parse_access(v: &Value) -> Result<Vec<Access>, String> {
             .get("rule")
             .ok_or_else(|| format!("entry {i}: `rule` is required"))?;
         let rule = parse_rule(rule, 0).map_err(|e| format!("entry {i}: {e}"))?;
-        // Only the first of two rules for one prefix would ever be asked.
+        // Only the first of two rules for one prefix would ever be asked: also of two an app that reads
+        // paths in any case takes for one (`/İx` and `/ix`; found in review).
+        let folded = crate::paths::fold_ascii_lookalikes(&path_prefix).into_owned();
         if out
             .iter()
-            .any(|a: &Access| a.path_prefix.eq_ignore_ascii_case(&path_prefix))
+            .any(|a: &Access| a.folded.eq_ignore_ascii_case(&folded))
         {
             return Err(format!("entry {i}: another entry has this path_prefix"));
         }
-        let folded = crate::paths::fold_ascii_lookalikes(&path_prefix).into_owned();
         out.push(Access {
             path_prefix,
             folded,
@@ -472,6 +473,18 @@ mod tests {
             {"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["x"]}},
         ])));
         assert!(twice.is_err());
+        // Nor two an app that folds letters to ASCII reads as one.
+        for (a, b) in [
+            ("/İx", "/ix"),
+            ("/ſecret", "/Secret"),
+            ("/Kelvin", "/kelvin"),
+        ] {
+            let twice = parse_access(&from_serde(&json!([
+                {"path_prefix": a, "rule": {"claim": "groups", "contains_any": ["admins"]}},
+                {"path_prefix": b, "rule": {"claim": "groups", "contains_any": ["x"]}},
+            ])));
+            assert!(twice.is_err(), "{a} {b}");
+        }
     }
 
     #[test]
