@@ -1004,7 +1004,24 @@ impl Plugin {
                 .map(|o| o.session_lifetime)
                 .max()
                 .unwrap_or(site.session_lifetime);
+            // The identity headers (and `access_token_header`) any other site sets, this one removes
+            // too: a client's copy must not reach an app served under two names (found by a black-box
+            // test: an entry with `identity_headers: {}`, for API clients with bearer tokens, let a
+            // logged-in user's `X-Auth-Request-User: admin` through to the app).
+            let others: Vec<String> = sites
+                .iter()
+                .flat_map(|o| &o.identity_headers)
+                .filter(|(h, c)| {
+                    c != STRIPPED && !site.identity_headers.iter().any(|(g, _)| g == h)
+                })
+                .map(|(h, _)| h.clone())
+                .collect();
             let site = &mut sites[i];
+            for h in others {
+                if !site.identity_headers.iter().any(|(g, _)| *g == h) {
+                    site.identity_headers.push((h, STRIPPED.to_string()));
+                }
+            }
             site.logout_lifetime = logout_lifetime;
             site.other_sites_cookies = CookieNames::new(
                 cookie_names
@@ -1624,6 +1641,10 @@ fn authorization_params_from(
 /// The claim name of `access_token_header` in [`Config::identity_headers`]: no configured claim is empty.
 pub const ACCESS_TOKEN: &str = "";
 
+/// The claim name of a header another site sets, which this site only removes: no configured claim holds
+/// a NUL.
+pub const STRIPPED: &str = "\0";
+
 /// Whether the filter may set request header `h` (lower case) from a session: a plain name, none of
 /// the headers Envoy and the filter set themselves.
 fn settable(h: &str) -> bool {
@@ -1723,7 +1744,7 @@ fn identity_headers_from(
                 format!("`{}` cannot carry a claim", quotable(h, 64)),
             ));
         }
-        if c.is_empty() {
+        if c.is_empty() || c.contains('\0') {
             return Err(err(
                 "identity_headers",
                 format!("`{}` names no claim", quotable(h, 64)),
@@ -2255,6 +2276,76 @@ mod tests {
         ] {
             cfg(good.clone()).unwrap_or_else(|e| panic!("{good}: {e:?}"));
         }
+    }
+
+    /// Every site removes the identity headers any other site sets, under a claim name no configuration
+    /// can give; another site's `access_token_header` does not make this one keep its access token.
+    #[test]
+    fn each_site_strips_the_identity_headers_the_others_set() {
+        let json = serde_json::json!({
+            "issuer": "https://idp.example.com", "client_id": "corp", "client_secret": "s",
+            "cookie_keys": [KEY],
+            "hosts": [{"hosts": ["api.example.com"], "identity_headers": {}},
+                      {"hosts": ["b.example.com"], "identity_headers": {"x-b": "sub"},
+                       "access_token_header": "x-token"}],
+        });
+        let plugin = Plugin::parse(json.to_string().as_bytes(), &no_env).unwrap();
+        let names = |i: usize| -> Vec<(&str, &str)> {
+            plugin.sites[i]
+                .identity_headers
+                .iter()
+                .map(|(h, c)| (h.as_str(), c.as_str()))
+                .collect()
+        };
+        let top = plugin
+            .sites
+            .iter()
+            .position(|s| s.hosts.is_empty())
+            .unwrap();
+        let api = plugin
+            .sites
+            .iter()
+            .position(|s| s.hosts == ["api.example.com"])
+            .unwrap();
+        let b = plugin
+            .sites
+            .iter()
+            .position(|s| s.hosts == ["b.example.com"])
+            .unwrap();
+        assert!(names(top).contains(&("x-b", STRIPPED)), "{:?}", names(top));
+        assert!(
+            names(top).contains(&("x-token", STRIPPED)),
+            "{:?}",
+            names(top)
+        );
+        assert!(!plugin.sites[top].passes_access_token());
+        assert!(plugin.sites[b].passes_access_token());
+        for h in [
+            "x-auth-request-user",
+            "x-auth-request-email",
+            "x-token",
+            "x-b",
+        ] {
+            assert!(names(api).contains(&(h, STRIPPED)), "{h}: {:?}", names(api));
+        }
+        assert!(!plugin.sites[api].passes_access_token());
+        assert!(names(b).contains(&("x-b", "sub")), "{:?}", names(b));
+        assert!(
+            names(b).contains(&("x-auth-request-user", STRIPPED)),
+            "{:?}",
+            names(b)
+        );
+        // Each name once.
+        let mut all = names(b);
+        all.dedup_by_key(|(h, _)| *h);
+        assert_eq!(all.len(), names(b).len());
+        // No configured claim is the marker.
+        let nul = serde_json::json!({
+            "issuer": "https://idp.example.com", "client_id": "corp", "client_secret": "s",
+            "cookie_keys": [KEY], "identity_headers": {"x-a": "\u{0}"},
+        });
+        let e = Plugin::parse(nul.to_string().as_bytes(), &no_env).unwrap_err();
+        assert_eq!(e.field, "identity_headers");
     }
 
     /// `null` in an entry unsets a field, but not the access rules or headers it would inherit: refused.

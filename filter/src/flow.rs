@@ -785,6 +785,7 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
             .map(|(h, c)| {
                 let value = match c.as_str() {
                     crate::config::ACCESS_TOKEN => session.access_token.clone(),
+                    crate::config::STRIPPED => None,
                     c => claims
                         .get(c)
                         .and_then(claims::header_value)

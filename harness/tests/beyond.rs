@@ -844,6 +844,33 @@ fn roles_given_as_an_object_s_keys_pass_rules_and_reach_the_app() {
     assert_eq!(h["x-auth-request-groups"], "users", "{h}");
 }
 
+/// Found by a black-box test: a `hosts` entry that sets fewer identity headers than the top level (here
+/// two of four; `{}` for an API host) removed only its own, and a client's copies of the others reached
+/// its app: `X-Auth-Request-Email: admin@example.com` from bob, to an app that reads it. Every site now
+/// removes the headers any site sets, logged in or not.
+#[test]
+fn a_host_that_sets_fewer_identity_headers_still_removes_the_others() {
+    let bob = Browser::new();
+    login(&bob, &at(NOTES, "/"), "bob");
+    let spoofed = [
+        ("X-Auth-Request-Email", "admin@example.com"),
+        ("x-auth-request-preferred-username", "admin"),
+        ("x_auth_request_email", "admin@example.com"),
+    ];
+    let h = echo(&bob, &at(NOTES, "/"), &spoofed)["headers"].clone();
+    assert_eq!(h["x-auth-request-user"], "bob", "{h}");
+    for name in ["x-auth-request-email", "x-auth-request-preferred-username"] {
+        assert!(h.get(name).is_none(), "{name} passed to the app: {h}");
+    }
+    assert_no_other_spellings(&h);
+    // Anonymous, on a bypass path: the same.
+    let h = echo(&Browser::new(), &at(NOTES, "/healthz"), &spoofed)["headers"].clone();
+    for name in IDENTITY_HEADERS {
+        assert!(h.get(name).is_none(), "{name} passed on a bypass path: {h}");
+    }
+    assert_no_other_spellings(&h);
+}
+
 // --- 4. back-channel logout ---
 
 /// Found by a black-box test: a renewal still on its way when the user logged out put the session back, and
