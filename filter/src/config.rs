@@ -964,6 +964,23 @@ impl Plugin {
         };
         for (i, a) in sites.iter().enumerate() {
             for b in &sites[..i] {
+                // One site's name must not read as another's login attempt (`s_login_x` beside `s`):
+                // each would take the other's cookies for its own, and a login at one cleared the
+                // other's session as stale attempts (found by a black-box test).
+                let attempt = |x: &Config, y: &Config| {
+                    x.cookie_name
+                        .strip_prefix(y.cookie_name.as_str())
+                        .is_some_and(|rest| rest.starts_with("_login_"))
+                };
+                if attempt(a, b) || attempt(b, a) {
+                    return Err(err(
+                        &site_field(i, "cookie_name"),
+                        format!(
+                            "`{}` and `{}`: a name that starts with another site's name and `_login_` reads as that site's login cookie",
+                            a.cookie_name, b.cookie_name
+                        ),
+                    ));
+                }
                 if a.cookie_name == b.cookie_name && !a.same_client(b) {
                     return Err(err(
                         &site_field(i, "cookie_name"),
@@ -2275,6 +2292,28 @@ mod tests {
             serde_json::json!({"cookie_name": "_Host-s", "cookie_secure": false}),
         ] {
             cfg(good.clone()).unwrap_or_else(|e| panic!("{good}: {e:?}"));
+        }
+    }
+
+    /// Found by a black-box test: a site named `s_login_b` beside a site named `s` had its session cleared
+    /// by a login at `s`, which took its cookies for stale login attempts. Refused, in either order.
+    #[test]
+    fn a_cookie_name_that_reads_as_another_site_s_login_cookie_is_refused() {
+        let json = |top: &str, entry: &str| {
+            serde_json::json!({
+                "issuer": "https://idp.example.com", "client_id": "corp", "client_secret": "s",
+                "cookie_keys": [KEY], "cookie_name": top,
+                "hosts": [{"hosts": ["b.example.com"], "cookie_name": entry}],
+            })
+            .to_string()
+        };
+        for (top, entry) in [("s", "s_login_b"), ("s_login_b", "s")] {
+            let e = Plugin::parse(json(top, entry).as_bytes(), &no_env).unwrap_err();
+            assert!(e.field.ends_with("cookie_name"), "{e:?}");
+        }
+        for (top, entry) in [("s", "s_loginb"), ("s", "s_b_login_x"), ("s", "t_login_s")] {
+            Plugin::parse(json(top, entry).as_bytes(), &no_env)
+                .unwrap_or_else(|e| panic!("{top} {entry}: {e:?}"));
         }
     }
 
