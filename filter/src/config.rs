@@ -521,11 +521,6 @@ impl Config {
             callout_timeout,
             jwks_refresh_interval,
         ] = timings(&mut raw)?;
-        let bypass_paths = bypass_paths_from(
-            raw.bypass_paths,
-            [&callback_path, &login_path, &logout_path],
-        )?;
-
         let access = match &raw.claim_rules {
             None => Vec::new(),
             Some(v) => claims::parse_access(v).map_err(|e| err("claim_rules", e))?,
@@ -545,6 +540,15 @@ impl Config {
                 Some(p)
             }
         };
+        let bypass_paths = bypass_paths_from(
+            raw.bypass_paths,
+            [
+                Some(&callback_path),
+                Some(&login_path),
+                Some(&logout_path),
+                backchannel_logout_path.as_ref(),
+            ],
+        )?;
         let mut keep_claims: Vec<&str> = identity_headers.iter().map(|(_, c)| c.as_str()).collect();
         access
             .iter()
@@ -1351,12 +1355,13 @@ fn own_paths(raw: &mut Raw) -> Result<[String; 3], ConfigError> {
             // `Path`, which the browser would then not send back.
             if p.starts_with("//")
                 || p.contains(['?', '#', '%', ' ', ';', '"', '\'', '<', '>', '\\'])
+                || !crate::paths::is_normal_prefix(&p)
             {
                 return Err(err(
                     "redirect_uri",
                     format!(
                         "its path `{p}` cannot be callback_path (no escapes, non-ASCII characters, `;`, quotes, \
-                         `<`, `>`, `\\` or leading `//`)"
+                         `<`, `>`, `\\` or `//`)"
                     ),
                 ));
             }
@@ -1587,7 +1592,7 @@ fn cookie_settings(
 #[inline(never)]
 fn bypass_paths_from(
     paths: Option<Vec<String>>,
-    special: [&String; 3],
+    special: [Option<&String>; 4],
 ) -> Result<Vec<String>, ConfigError> {
     let bypass_paths = paths.unwrap_or_else(|| vec!["/healthz".into()]);
     for p in &bypass_paths {
@@ -1598,14 +1603,16 @@ fn bypass_paths_from(
             ));
         }
     }
-    for special in special {
+    // (Found by a black-box test: a back-channel path under a bypass path answered the health probe
+    // `405`, and the IdP's posts never reached the filter.)
+    for special in special.into_iter().flatten() {
         if bypass_paths
             .iter()
             .any(|b| crate::paths::prefix_matches(b, special))
         {
             return Err(err(
                 "bypass_paths",
-                "must not cover callback_path, login_path or logout_path",
+                "must not cover callback_path, login_path, logout_path or backchannel_logout_path",
             ));
         }
     }
@@ -1783,6 +1790,15 @@ fn path(field: &str, v: Option<String>, default: &str) -> Result<String, ConfigE
         return Err(err(
             field,
             "must be an absolute path like `/login`, without query, spaces, quotes, `;`, `<`, `>` or `\\`",
+        ));
+    }
+    // Requests are matched by their normalized path, and a browser resolves dot segments before it
+    // asks: `/auth/./login` would never be reached (found by a black-box test: every visitor went round
+    // a redirect loop).
+    if !crate::paths::is_normal_prefix(&p) {
+        return Err(err(
+            field,
+            "must be a normalized path: no `//`, `.` or `..` segments",
         ));
     }
     // Found by a black-box test: `/` as login_path sent a logged-in user round the IdP for ever, as
@@ -2314,6 +2330,43 @@ mod tests {
         for (top, entry) in [("s", "s_loginb"), ("s", "s_b_login_x"), ("s", "t_login_s")] {
             Plugin::parse(json(top, entry).as_bytes(), &no_env)
                 .unwrap_or_else(|e| panic!("{top} {entry}: {e:?}"));
+        }
+    }
+
+    /// Found by a black-box test: a filter path with a dot segment or an empty one was taken, and the
+    /// browser, which resolves them, never reached it (`/auth/./login`: a redirect loop); a back-channel
+    /// path under a bypass path answered the health probe `405`. Refused, naming the field.
+    #[test]
+    fn filter_paths_must_be_normalized_and_outside_bypass_paths() {
+        for (field, bad) in [
+            ("login_path", "/auth/./login"),
+            ("login_path", "/a/.."),
+            ("callback_path", "/a//cb"),
+            ("logout_path", "/x/../logout"),
+            ("backchannel_logout_path", "/bc/."),
+        ] {
+            let e = parse(&with(field, serde_json::json!(bad))).unwrap_err();
+            assert_eq!(e.field, field, "{bad}");
+        }
+        let e = parse(&with(
+            "redirect_uri",
+            serde_json::json!("https://app.example.com/a//cb"),
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "redirect_uri");
+        let e = parse(&with(
+            "backchannel_logout_path",
+            serde_json::json!("/healthz/backchannel"),
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "bypass_paths");
+        for (field, good) in [
+            ("login_path", "/auth/login"),
+            ("logout_path", "/auth/logout/"),
+            ("backchannel_logout_path", "/oauth2/backchannel"),
+        ] {
+            parse(&with(field, serde_json::json!(good)))
+                .unwrap_or_else(|e| panic!("{good}: {e:?}"));
         }
     }
 
@@ -3730,7 +3783,7 @@ mod tests {
                 json!("https://app.example.com//oauth2/callback"),
             )]),
             "redirect_uri",
-            "leading `//`",
+            "or `//`",
         );
         // Each scope a non-empty token without quotes.
         for bad in ["", "a\"b"] {
