@@ -1637,18 +1637,30 @@ fn authorization_params_from(
     }
     let mut max_age = None;
     for (k, v) in &params {
-        if k.is_empty() || k.len() > 64 || v.len() > 1024 {
+        if k.is_empty()
+            || k.len() > 64
+            || v.len() > 1024
+            || k.bytes().any(|b| b <= b' ' || b == 0x7f)
+        {
             return Err(err(
                 FIELD,
-                "names of 1 to 64 characters, values of at most 1024",
+                "names of 1 to 64 characters without spaces, values of at most 1024",
             ));
         }
+        // In any case: an IdP that reads parameter names without regard to case (ASP.NET's) would take
+        // `Response_Type` for the filter's own (found by a black-box test).
         if crate::flow::AUTHORIZATION_PARAMS
             .iter()
             .chain(&ALSO)
-            .any(|p| p == k)
+            .any(|p| p.eq_ignore_ascii_case(k))
         {
-            return Err(err(FIELD, format!("`{k}` is the filter's to set")));
+            return Err(err(
+                FIELD,
+                format!("`{}` is the filter's to set", quotable(k, 64)),
+            ));
+        }
+        if k.eq_ignore_ascii_case("max_age") && k != "max_age" {
+            return Err(err(FIELD, "write `max_age` in lower case"));
         }
         // Checked against the ID token's `auth_time` at the callback. Digits only: `parse` would take a
         // `+` too.
@@ -3243,6 +3255,23 @@ mod tests {
             (
                 serde_json::json!({"redirect_uri": "https://evil/"}),
                 "`redirect_uri` is the filter's",
+            ),
+            // In any case, and without spaces (found by a black-box test).
+            (
+                serde_json::json!({"Response_Type": "token"}),
+                "`Response_Type` is the filter's",
+            ),
+            (
+                serde_json::json!({"RESPONSE_MODE": "fragment"}),
+                "`RESPONSE_MODE` is the filter's",
+            ),
+            (
+                serde_json::json!({"redirect_uri ": "https://evil/"}),
+                "without spaces",
+            ),
+            (
+                serde_json::json!({"Max_Age": "0"}),
+                "`max_age` in lower case",
             ),
             (serde_json::json!({"": "x"}), "names of 1 to 64 characters"),
             (
