@@ -549,6 +549,22 @@ impl Config {
                 backchannel_logout_path.as_ref(),
             ],
         )?;
+        // A rule on a path the bypass leaves open to everyone would never be asked: an operator who
+        // wrote it believes that path closed (found by a black-box test).
+        if let Some((a, b)) = access.iter().find_map(|a| {
+            bypass_paths
+                .iter()
+                .find(|b| crate::paths::prefix_matches(b, &a.path_prefix))
+                .map(|b| (a, b))
+        }) {
+            return Err(err(
+                "claim_rules",
+                format!(
+                    "`{}` is under bypass path `{b}`, open to everyone: no rule applies there",
+                    a.path_prefix
+                ),
+            ));
+        }
         let mut keep_claims: Vec<&str> = identity_headers.iter().map(|(_, c)| c.as_str()).collect();
         access
             .iter()
@@ -2379,6 +2395,25 @@ mod tests {
         ] {
             parse(&with(field, serde_json::json!(good)))
                 .unwrap_or_else(|e| panic!("{good}: {e:?}"));
+        }
+    }
+
+    /// Found by a black-box test: a claim rule under a bypass path was taken, though the bypass leaves
+    /// that path open to everyone. Refused, naming `claim_rules`.
+    #[test]
+    fn a_claim_rule_under_a_bypass_path_is_refused() {
+        let rule = serde_json::json!({"claim": "groups", "contains_any": ["admins"]});
+        for prefix in ["/healthz", "/healthz/admin"] {
+            let mut v = minimal();
+            v["claim_rules"] = serde_json::json!([{"path_prefix": prefix, "rule": rule}]);
+            let e = parse(&v.to_string()).unwrap_err();
+            assert_eq!(e.field, "claim_rules", "{prefix}");
+            assert!(e.reason.contains("bypass"), "{e}");
+        }
+        for prefix in ["/", "/healthzx", "/admin"] {
+            let mut v = minimal();
+            v["claim_rules"] = serde_json::json!([{"path_prefix": prefix, "rule": rule}]);
+            parse(&v.to_string()).unwrap_or_else(|e| panic!("{prefix}: {e:?}"));
         }
     }
 
