@@ -995,10 +995,7 @@ impl Plugin {
                 if attempt(a, b) || attempt(b, a) {
                     return Err(err(
                         &site_field(i, "cookie_name"),
-                        format!(
-                            "`{}` and `{}`: a name that starts with another site's name and `_login_` reads as that site's login cookie",
-                            a.cookie_name, b.cookie_name
-                        ),
+                        "one site's name and `_login_` must not start another's: it reads as that site's login cookie",
                     ));
                 }
                 if a.cookie_name == b.cookie_name && !a.same_client(b) {
@@ -1045,20 +1042,17 @@ impl Plugin {
             // too: a client's copy must not reach an app served under two names (found by a black-box
             // test: an entry with `identity_headers: {}`, for API clients with bearer tokens, let a
             // logged-in user's `X-Auth-Request-User: admin` through to the app).
-            let others: Vec<String> = sites
-                .iter()
-                .flat_map(|o| &o.identity_headers)
-                .filter(|(h, c)| {
-                    c != STRIPPED && !site.identity_headers.iter().any(|(g, _)| g == h)
-                })
-                .map(|(h, _)| h.clone())
-                .collect();
-            let site = &mut sites[i];
-            for h in others {
-                if !site.identity_headers.iter().any(|(g, _)| *g == h) {
-                    site.identity_headers.push((h, STRIPPED.to_string()));
+            let mut strip: Vec<(String, String)> = Vec::new();
+            for o in &sites {
+                for (h, c) in &o.identity_headers {
+                    let known = |l: &[(String, String)]| l.iter().any(|(g, _)| g == h);
+                    if c != STRIPPED && !known(&site.identity_headers) && !known(&strip) {
+                        strip.push((h.clone(), STRIPPED.to_string()));
+                    }
                 }
             }
+            let site = &mut sites[i];
+            site.identity_headers.append(&mut strip);
             site.logout_lifetime = logout_lifetime;
             site.other_sites_cookies = CookieNames::new(
                 cookie_names
