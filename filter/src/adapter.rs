@@ -981,11 +981,19 @@ impl Http {
             // Not ready, but the IdP's documents are on their way (a new VM's first fetch): wait for
             // them, up to a little longer than that fetch may take, rather than answer 503. It is two
             // fetches, one after the other (the discovery document, then the keys), each given
-            // `callout_timeout`; a fetch that fails ends the wait sooner (no longer warming).
+            // `callout_timeout`: one fetch and 2 s from arrival while the discovery document is on its
+            // way, one more once it is in. A fetch that fails ends the wait (no longer warming), unless
+            // its retry is under way by then (whole seconds of backoff: it may start within the same
+            // second), which the bound then cuts short (found by a CI run: a request waited 8 s for an
+            // IdP that hung).
             let hold = match &step {
                 Step::Respond(r) if r.metric == Some(Metric::NotReady) => {
-                    Some(held_until.unwrap_or(now + 2 * cfg.callout_timeout.as_secs() + 2))
-                        .filter(|until| now < *until && state.provider.warming())
+                    let t = cfg.callout_timeout.as_secs();
+                    let provider = &state.provider;
+                    Some(held_until.unwrap_or(now + 2 * t + 2)).filter(|until| {
+                        let until = if provider.discovered() { *until } else { until - t };
+                        now < until && provider.warming()
+                    })
                 }
                 _ => None,
             };

@@ -62,6 +62,11 @@ impl ProviderState {
         self.ready.as_ref()
     }
 
+    /// The discovery document is in (the keys may not be yet).
+    pub fn discovered(&self) -> bool {
+        self.meta.is_some()
+    }
+
     /// Not ready yet, and a fetch is on its way that may make it so: a request that needs the IdP can
     /// wait for it rather than be turned away (a new VM's first seconds; not an outage's backoff).
     pub fn warming(&self) -> bool {
