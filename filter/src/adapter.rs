@@ -991,7 +991,11 @@ impl Http {
                     let t = cfg.callout_timeout.as_secs();
                     let provider = &state.provider;
                     Some(held_until.unwrap_or(now + 2 * t + 2)).filter(|until| {
-                        let until = if provider.discovered() { *until } else { until - t };
+                        let until = if provider.discovered() {
+                            *until
+                        } else {
+                            until - t
+                        };
                         now < until && provider.warming()
                     })
                 }
