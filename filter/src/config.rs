@@ -998,6 +998,26 @@ impl Plugin {
                         "one site's name and `_login_` must not start another's: it reads as that site's login cookie",
                     ));
                 }
+                // Sites that open each other's sessions must set them alike and ask the same of a login
+                // (found by a black-box test: a `/logout` at a host-only site left the user logged in
+                // there by the other site's `Domain` cookie of the same name; a site's `max_age` was met
+                // by a session the other site made without it).
+                let param = |c: &Config, k: &str| {
+                    c.authorization_params
+                        .iter()
+                        .find(|(n, _)| n == k)
+                        .map(|(_, v)| v.clone())
+                };
+                if a.cookie_name == b.cookie_name
+                    && (a.cookie.domain != b.cookie.domain
+                        || a.max_age != b.max_age
+                        || param(a, "acr_values") != param(b, "acr_values"))
+                {
+                    return Err(err(
+                        &site_field(i, "cookie_name"),
+                        "sites of one cookie name must share cookie_domain, and authorization_params' max_age and acr_values",
+                    ));
+                }
                 if a.cookie_name == b.cookie_name && !a.same_client(b) {
                     return Err(err(
                         &site_field(i, "cookie_name"),
@@ -2408,6 +2428,55 @@ mod tests {
             let mut v = minimal();
             v["claim_rules"] = serde_json::json!([{"path_prefix": prefix, "rule": rule}]);
             parse(&v.to_string()).unwrap_or_else(|e| panic!("{prefix}: {e:?}"));
+        }
+    }
+
+    /// Found by a black-box test: two sites of one cookie name, one host-only and one with a
+    /// `cookie_domain`, or one asking a login for `max_age` and one not, each took the other's sessions:
+    /// a `/logout` at the first left the user logged in by the other's cookie, and the `max_age` was met by
+    /// a session made without it. Refused, naming the cookie name.
+    #[test]
+    fn sites_of_one_cookie_name_must_set_and_ask_alike() {
+        let json = |a: serde_json::Value, b: serde_json::Value| {
+            let mut e1 =
+                serde_json::json!({"hosts": ["a.apps.example.com"], "cookie_name": "shared"});
+            let mut e2 =
+                serde_json::json!({"hosts": ["b.apps.example.com"], "cookie_name": "shared"});
+            for (e, x) in [(&mut e1, a), (&mut e2, b)] {
+                for (k, v) in x.as_object().unwrap() {
+                    e[k] = v.clone();
+                }
+            }
+            serde_json::json!({
+                "issuer": "https://idp.example.com", "client_id": "corp", "client_secret": "s",
+                "cookie_keys": [KEY], "hosts": [e1, e2],
+            })
+            .to_string()
+        };
+        use serde_json::json as j;
+        for (a, b) in [
+            (j!({"cookie_domain": "apps.example.com"}), j!({})),
+            (j!({"authorization_params": {"max_age": "30"}}), j!({})),
+            (
+                j!({"authorization_params": {"acr_values": "mfa"}}),
+                j!({"authorization_params": {"acr_values": "pwd"}}),
+            ),
+        ] {
+            let e = Plugin::parse(json(a.clone(), b).as_bytes(), &no_env).unwrap_err();
+            assert!(e.field.ends_with("cookie_name"), "{a}: {e:?}");
+        }
+        for (a, b) in [
+            (
+                j!({"cookie_domain": "apps.example.com"}),
+                j!({"cookie_domain": "apps.example.com"}),
+            ),
+            (
+                j!({"authorization_params": {"max_age": "30", "kc_idp_hint": "x"}}),
+                j!({"authorization_params": {"max_age": "30"}}),
+            ),
+        ] {
+            Plugin::parse(json(a.clone(), b).as_bytes(), &no_env)
+                .unwrap_or_else(|e| panic!("{a}: {e:?}"));
         }
     }
 

@@ -838,7 +838,7 @@ fn with_session(
 ) -> Option<Step> {
     let now = env.now;
     let s = &cached.session;
-    if ended(state, &cached, now) {
+    if ended(cfg, state, &cached, now) {
         state.cache.remove(sealed);
         return None;
     }
@@ -916,20 +916,33 @@ fn with_session(
 /// it waited for completes, and of another request's renewal before it is handed on: found in review, a
 /// renewal that completed after either still forwarded the request it was made for.
 #[inline(always)]
-fn ended(state: &State, s: &Cached, now: u64) -> bool {
-    now >= s.session.expires_at
+fn ended(cfg: &Config, state: &State, s: &Cached, now: u64) -> bool {
+    outlived(cfg, &s.session, now)
         || (!state.revoked.is_empty()
             && state
                 .revoked
                 .is_revoked(s.sid.as_deref(), &s.session.sub, s.iat, &s.logout_keys))
 }
 
+/// Slack for the clocks of other gateways in [`outlived`].
+pub const LIFETIME_SLACK: u64 = 60;
+
+/// The session's lifetime has run out, or it has more left than `session_lifetime` gives (and a minute
+/// for the clocks of other gateways): it was made under a longer one, before a change lowered it or at a
+/// site of the same cookie name with a longer one. The lifetime configured now bounds every session,
+/// and so the ended logins, kept that long, outlast every session they end (found by a black-box test:
+/// after `session_lifetime` went from 8 h to 60 s, a session made before lived on for hours, and one a
+/// back-channel logout had ended opened again once the logout was forgotten, 60 s later).
+fn outlived(cfg: &Config, s: &Session, now: u64) -> bool {
+    now >= s.expires_at || s.expires_at > now.saturating_add(cfg.session_lifetime + LIFETIME_SLACK)
+}
+
 /// The answer for a renewal's request whose session ended while it waited ([`ended`]): as without a
 /// session, its cookie cleared. Out of line: for renewals, not the per-request path.
 #[inline(never)]
 fn ended_meanwhile(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) -> Option<Step> {
-    ended(state, &job.session, now).then(|| {
-        let why = if now >= job.session.session.expires_at {
+    ended(cfg, state, &job.session, now).then(|| {
+        let why = if outlived(cfg, &job.session.session, now) {
             "the session's lifetime ran out while it was renewed"
         } else {
             "a logout ended the session while it was renewed"
@@ -1694,7 +1707,10 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
             // may keep its sessions longer (found in review: by this session's end alone, that site's
             // sessions of the `sid` opened again when it came).
             let own = s.expires_at.max(now);
-            let until = [own, own.max(now.saturating_add(cfg.logout_lifetime))];
+            let until = [
+                own,
+                own.max(now.saturating_add(cfg.logout_lifetime + LIFETIME_SLACK)),
+            ];
             // Now on the IdP's clock, as far as seen: kept by the user, the logout ends the login's
             // renewals done before it, whose tokens the IdP may have dated ahead of this gateway.
             let at = now.saturating_add_signed(state.idp_ahead.secs);
@@ -2480,7 +2496,7 @@ pub fn adopt_renewal(
             == old.access_token.as_ref().map(Secret::expose);
     // A renewal of a session the IdP has since logged out (its new ID token may name another IdP session
     // than the one this request's cookie holds).
-    if ended(state, &cached, now) {
+    if ended(cfg, state, &cached, now) {
         let why = "the renewal made by another worker is of a session that has ended";
         return session_over(cfg, state, &job, why.into());
     }
@@ -2512,13 +2528,18 @@ pub fn adopt_renewal(
 
 /// The session another request on this worker renewed while `job` waited: cached under the same cookie,
 /// with another token (not the same session opened again after the cache was emptied), still valid.
-fn renewed_meanwhile(state: &State, job: &RefreshJob, now: u64) -> Option<Rc<Cached>> {
+fn renewed_meanwhile(
+    cfg: &Config,
+    state: &State,
+    job: &RefreshJob,
+    now: u64,
+) -> Option<Rc<Cached>> {
     // Not one that has ended since: its ID token may name another IdP session than the job's (found in
     // review: a logout of that one let the renewal through).
     state.cache.get(&job.cache_key).filter(|c| {
         c.bearer.expose() != job.session.bearer.expose()
             && now < c.session.token_expires_at
-            && !ended(state, c, now)
+            && !ended(cfg, state, c, now)
     })
 }
 
@@ -2530,7 +2551,7 @@ pub fn renewal_failed(cfg: &Config, state: &mut State, job: RefreshJob, now: u64
     if let Some(step) = ended_meanwhile(cfg, state, &job, now) {
         return step;
     }
-    if renewed_meanwhile(state, &job, now).is_some() {
+    if renewed_meanwhile(cfg, state, &job, now).is_some() {
         // Renewed on this worker meanwhile: `refresh_failed` forwards that renewal.
         return refresh_failed(cfg, state, &job, now, String::new());
     }
@@ -2559,7 +2580,7 @@ fn refresh_failed(
 ) -> Step {
     // Another request on this worker renewed the same session while this one waited (an IdP that rotates
     // refresh tokens refuses every later use of the old one): that renewal stands, not a logout.
-    if let Some(c) = renewed_meanwhile(state, job, now) {
+    if let Some(c) = renewed_meanwhile(cfg, state, job, now) {
         if denied(cfg, &c, &job.target) {
             return with_cookies(forbidden(cfg, job.browser(), &c), c.renewed_cookies.clone());
         }
@@ -2679,8 +2700,11 @@ fn unverified_email(claims: &json::Object) -> bool {
         // A number: `1` for true as some serialisers write it; `0`, or any other, is no vouching (found
         // by a black-box test: `0` counted as verified).
         Some(json::Value::Number(n)) => n.as_str() != "1",
+        // `null`, a list or an object says nothing true either (found by a black-box test: counted as
+        // absent, so vouched for).
+        Some(_) => true,
         // Present, it vouches only when it says so (Entra has sent it as `true`, `"1"` or `"true"`).
-        _ => claims.get("xms_edov").is_some_and(|v| {
+        None => claims.get("xms_edov").is_some_and(|v| {
             !matches!(v, json::Value::Bool(true))
                 && !matches!(v, json::Value::String(s) if s == "1" || s == "true")
         }),
@@ -2769,7 +2793,9 @@ fn logout_with(
         cfg.clock_leeway,
     ) {
         Ok(logout) => {
-            state.revoked.add(&logout, now, cfg.logout_lifetime);
+            state
+                .revoked
+                .add(&logout, now, cfg.logout_lifetime + LIFETIME_SLACK);
             state.ended_here = true;
             let mut r = json_error(200, "");
             if let Step::Respond(r) = &mut r {

@@ -125,6 +125,10 @@ fn an_unverified_email_names_no_one_and_passes_no_rule() {
         // As a number (found by a black-box test: `0` counted as verified).
         (Some(("email_verified", serde_json::json!(0))), false),
         (Some(("email_verified", serde_json::json!(1))), true),
+        // Nor `null`, a list or an object (found by a black-box test: taken as absent, so vouched for).
+        (Some(("email_verified", serde_json::json!(null))), false),
+        (Some(("email_verified", serde_json::json!([true]))), false),
+        (Some(("email_verified", serde_json::json!({}))), false),
         // Entra ID sends no `email_verified`: its addresses stand, unless its optional claim
         // `xms_edov` says the address's domain is not the tenant's (found in review).
         (None, true),

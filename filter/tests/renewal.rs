@@ -1083,7 +1083,8 @@ fn a_logout_ends_the_idp_session_for_the_longest_lifetime_of_its_client() {
     let mut list = f.state.revoked.clone();
     list.prune(NOW + 2 * 3600);
     assert!(list.is_revoked(Some("idp-session-1"), "user-1", NOW - 10, &["-"]));
-    list.prune(NOW + 24 * 3600 + 1);
+    // (And the minute of slack for other gateways' clocks, `flow::LIFETIME_SLACK`.)
+    list.prune(NOW + 24 * 3600 + oidc_filter::flow::LIFETIME_SLACK + 1);
     assert!(!list.is_revoked(Some("idp-session-1"), "user-1", NOW - 10, &["-"]));
 }
 
@@ -1129,6 +1130,29 @@ fn a_logout_ends_the_idp_session_at_least_as_long_as_the_logged_out_session_live
     let mut list = f.state.revoked.clone();
     list.prune(NOW + 2 * 3600);
     assert!(list.is_revoked(Some("idp-session-1"), "user-2", NOW - 10, &["-"]));
+}
+
+/// Found by a black-box test: after a new configuration lowered `session_lifetime` (8 h to 60 s), a session
+/// made before it lived on for its 8 hours, and one a back-channel logout had ended opened again once the
+/// list let the logout go, 60 s later. The lifetime configured now bounds every session: one with more
+/// left (and a minute of slack for other gateways' clocks) is over; one made under it goes on.
+#[test]
+fn a_lowered_session_lifetime_ends_the_sessions_made_under_the_longer_one() {
+    let mut f = Filter::ready(config(serde_json::json!({"session_lifetime": "8h"})));
+    let (old, _) = log_in(&mut f, Some("rt-1"));
+    forward(f.request(&Req::api("/x").cookies(&old)));
+    f.cfg.session_lifetime = 60;
+    f.cfg.logout_lifetime = 60;
+    f.now = NOW + 1;
+    let (new, _) = log_in(&mut f, Some("rt-2"));
+    forward(f.request(&Req::api("/x").cookies(&new)));
+    let r = respond(f.request(&Req::api("/x").cookies(&old)));
+    assert_eq!(r.status, 401, "{r:?}");
+    // Within the slack it stands (a session made by a gateway whose clock is a little ahead).
+    let mut g = Filter::ready(config(serde_json::json!({"session_lifetime": "120s"})));
+    let (ahead, _) = log_in(&mut g, Some("rt-1"));
+    g.cfg.session_lifetime = 60;
+    forward(g.request(&Req::api("/x").cookies(&ahead)));
 }
 
 /// A login at `iat` (the IdP's clock), with refresh token `rt` (or none), its token for an hour.
