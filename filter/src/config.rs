@@ -2971,7 +2971,13 @@ mod tests {
         assert_eq!(c.client_secret.expose(), "from-env");
         // One key a line, as a Secret's file may hold them (found by a black-box test).
         let eight = "MDEyMzQ1NjcwMTIzNDU2NzAxMjM0NTY3MDEyMzQ1Njc=";
-        for lines in [format!("{KEY}\n{eight}\n"), format!("{KEY}\r\n{eight}")] {
+        // Found by mutation testing: a blank line, or a comma at a line's end, separates no key.
+        for lines in [
+            format!("{KEY}\n{eight}\n"),
+            format!("{KEY}\r\n{eight}"),
+            format!("{KEY}\n\n{eight}"),
+            format!("{KEY},\n{eight}"),
+        ] {
             let env = |k: &str| (k == "KEYS").then(|| lines.clone());
             let json = serde_json::json!({"issuer": "https://idp.example.com", "client_id": "app",
                 "client_secret": "s", "cookie_keys_env": "KEYS"});
@@ -3041,6 +3047,11 @@ mod tests {
             ))
             .is_ok()
         );
+        // Found by mutation testing: only a last label of digits alone makes an address: a first label
+        // of digits, or a top-level domain with one (`.рф`), is a name.
+        for good in ["123.example.com", "example.xn--p1ai"] {
+            assert!(parse(&with("cookie_domain", good.into())).is_ok(), "{good}");
+        }
         for good in ["example.com", ".example.com", "a-b.shared.localhost"] {
             assert!(parse(&with("cookie_domain", good.into())).is_ok(), "{good}");
         }
@@ -3181,6 +3192,10 @@ mod tests {
             ("client_id", json!(" app")),
             ("client_id", json!("app ")),
             ("client_secret", json!(" s3cret ")),
+            // Found by mutation testing: a space or line break at the end alone.
+            ("client_secret", json!("s3cret ")),
+            ("client_secret", json!(" s3cret")),
+            ("client_secret", json!("s3cret\n")),
         ] {
             if let Ok(c) = parse(&with(k, v.clone())) {
                 accepted.push(format!(

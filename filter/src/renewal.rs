@@ -361,6 +361,48 @@ mod tests {
         assert_eq!(kept, (4..20).collect::<Vec<_>>());
     }
 
+    /// Found by mutation testing: the bounds as documented, the limits themselves allowed (8 hours; 64
+    /// renewals; 128 KiB, all of a renewal's lines counted), and only renewals counted, dropped or
+    /// `taken`: never a claim, even one reaching past the grace period.
+    #[test]
+    fn the_kept_renewals_bounds_are_as_documented() {
+        let now = 1_900_000_000;
+        let mut t = Table::default();
+        t.complete("k", vec!["c=1".into()], now, Some(8 * 3600));
+        assert_eq!(
+            t.get("k", now + 8 * 3600 - 1),
+            Renewal::Done(vec!["c=1".into()])
+        );
+        let kept = |t: &Table, prefix: &str, n: u64| {
+            (0..n)
+                .filter(|i| t.get(&format!("{prefix}{i}"), now) != Renewal::Free)
+                .count()
+        };
+        let mut t = Table::default();
+        t.claim("claim", now + 100);
+        for i in 0..64u64 {
+            t.complete(&format!("u{i}"), vec!["u".into()], now, Some(1000 + i));
+        }
+        assert_eq!(kept(&t, "u", 64), 64);
+        t.complete("u64", vec!["u".into()], now, Some(1000 + 64));
+        assert_eq!(t.get("u0", now), Renewal::Free);
+        assert_eq!(kept(&t, "u", 65), 64);
+        assert_eq!(t.get("claim", now), Renewal::Claimed);
+        assert!(!t.taken("claim", now), "a claim is no renewal");
+        assert_eq!(t.get("claim", now + GRACE + 1), Renewal::Claimed);
+        // 16 renewals of two 4 KiB lines: 128 KiB, kept; a byte more drops the first to lapse.
+        let mut t = Table::default();
+        for i in 0..16u64 {
+            let lines = vec!["c".repeat(4096), "d".repeat(4096)];
+            t.complete(&format!("b{i}"), lines, now, Some(1000 + i));
+        }
+        assert_eq!(kept(&t, "b", 16), 16);
+        t.complete("one", vec!["e".into()], now, Some(2000));
+        assert_eq!(t.get("b0", now), Renewal::Free);
+        assert_eq!(kept(&t, "b", 16), 15);
+        assert_eq!(t.get("one", now), Renewal::Done(vec!["e".into()]));
+    }
+
     #[test]
     fn claim_complete_and_lapse() {
         let k = key("sealed-session");

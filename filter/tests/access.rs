@@ -129,6 +129,9 @@ fn an_unverified_email_names_no_one_and_passes_no_rule() {
         (Some(("email_verified", serde_json::json!(null))), false),
         (Some(("email_verified", serde_json::json!([true]))), false),
         (Some(("email_verified", serde_json::json!({}))), false),
+        // Found by mutation testing: any other number vouches for nothing either.
+        (Some(("email_verified", serde_json::json!(2))), false),
+        (Some(("email_verified", serde_json::json!(-1))), false),
         // Entra ID sends no `email_verified`: its addresses stand, unless its optional claim
         // `xms_edov` says the address's domain is not the tenant's (found in review).
         (None, true),
@@ -304,4 +307,71 @@ fn letters_an_app_may_fold_to_ascii_are_read_so() {
         }
     }
     assert!(passed.is_empty(), "passed a rule on /admin: {passed:?}");
+}
+
+/// Found by mutation testing: each reading is judged as written too, not only without regard to case. A
+/// longer rule in other capitals (`/ADMIN/public`, open to users) covers `/admin/public` for an app that
+/// ignores case only; one that does not serves it under `/admin`, whose rule still applies. So with a
+/// prefix that holds a letter such an app folds to ASCII (`/İstanbul`).
+#[test]
+fn a_longer_rule_in_other_capitals_leaves_the_path_to_the_rule_written_as_it() {
+    for (refusing, open, refused, passed) in [
+        ("/admin", "/ADMIN/public", "/admin/public", "/ADMIN/public"),
+        (
+            "/\u{130}stanbul",
+            "/ISTANBUL/public",
+            "/%C4%B0stanbul/public",
+            "/ISTANBUL/public",
+        ),
+    ] {
+        let mut f = Filter::ready(config(serde_json::json!({
+            "claim_rules": [
+                {"path_prefix": refusing, "rule": {"claim": "groups", "contains_any": ["admins"]}},
+                {"path_prefix": open, "rule": {"claim": "groups", "contains_any": ["users"]}},
+            ],
+        })));
+        let (jar, _) = log_in_with(&mut f, None, |nonce| {
+            let mut c = claims(Some(nonce));
+            c["groups"] = serde_json::json!(["users"]);
+            mint(&c)
+        });
+        let r = respond(f.request(&Req::browser(refused).cookies(&jar)));
+        assert_eq!(r.status, 403, "{refused}");
+        let fwd = forward(f.request(&Req::browser(passed).cookies(&jar)));
+        assert_eq!(fwd.metric, Some(Metric::SessionForwarded), "{passed}");
+    }
+}
+
+/// Found by mutation testing: a client's bearer token is an access or an ID token, so one typed as an
+/// access token (`at+jwt`, RFC 9068) is judged by the rules as any; one typed as a logout token is no
+/// bearer token (401).
+#[test]
+fn a_bearer_token_typed_as_an_access_token_is_judged_as_any() {
+    use jwt_simple::prelude::*;
+    let (mut f, _) = a_user_outside_admins("/admin");
+    let mut admin = claims(None);
+    admin["groups"] = serde_json::json!(["admins"]);
+    let typed = |typ: &str| {
+        let pem = include_str!("../../testdata/jwks/private/es256-1.pem");
+        let key = ES256KeyPair::from_pem(pem).unwrap().with_key_id("es256-1");
+        let custom = admin.as_object().unwrap().clone();
+        let mut c = Claims::with_custom_claims(custom, Duration::from_secs(1));
+        c.issued_at = None;
+        c.expires_at = None;
+        c.invalid_before = None;
+        let options = HeaderOptions {
+            signature_type: Some(typ.to_string()),
+            ..Default::default()
+        };
+        key.sign_with_options(c, &options).unwrap()
+    };
+    let with_bearer = |f: &mut Filter, token: &str| {
+        f.request(&Req::api("/admin/users").with("authorization", &format!("Bearer {token}")))
+    };
+    for typ in ["at+jwt", "application/at+jwt", "JWT"] {
+        let fwd = forward(with_bearer(&mut f, &typed(typ)));
+        assert_eq!(fwd.metric, Some(Metric::BearerPassthrough), "{typ}");
+    }
+    let r = respond(with_bearer(&mut f, &typed("logout+jwt")));
+    assert_eq!(r.status, 401, "{r:?}");
 }

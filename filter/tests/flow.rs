@@ -5177,3 +5177,23 @@ fn a_jwt_access_tokens_own_exp_bounds_the_session_without_expires_in() {
         }
     }
 }
+
+/// Found by mutation testing: an answer to the code's exchange that quotes the PKCE verifier it was sent
+/// is withheld from the log, as one quoting the client secret is.
+#[test]
+fn a_token_error_quoting_the_pkce_verifier_is_withheld() {
+    let mut f = ready();
+    let r = callback_with_reply(&mut f, |l: &Login| {
+        let said = format!(
+            "code_verifier {} does not match",
+            l.sealed.verifier.expose()
+        );
+        let body = serde_json::json!({"error": "invalid_grant", "error_description": said});
+        Some((400, body.to_string().into_bytes()))
+    });
+    assert_callback_failed(&r, 400, CallbackFailure::InvalidGrant);
+    assert_eq!(
+        r.detail.as_deref(),
+        Some("token endpoint answered invalid_grant, \"[withheld: it quotes what was sent]\"")
+    );
+}

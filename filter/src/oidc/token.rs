@@ -979,6 +979,64 @@ mod tests {
         );
     }
 
+    /// Found by mutation testing: a code is compared as the filter keeps it (only letters, digits, `_`,
+    /// `.` and `-`), with each secret both as sent and form-encoded kept so: a secret of short words
+    /// between slashes, echoed either way, is withheld.
+    #[test]
+    fn an_error_code_quoting_a_secret_with_other_characters_is_withheld() {
+        let secret = "pass/word/with/slashes";
+        for code in [secret, "pass%2Fword%2Fwith%2Fslashes"] {
+            let body = format!(r#"{{"error":"{code}"}}"#);
+            let e = parse_response(400, body.as_bytes())
+                .unwrap_err()
+                .withholding(&[secret]);
+            assert_eq!(
+                e.to_string(),
+                "token endpoint answered status 400, error withheld",
+                "{code}"
+            );
+        }
+    }
+
+    /// Found by mutation testing: no code of the specifications is withheld, whatever the secrets hold
+    /// and whatever the status (`invalid_grant` is a code of its own under a 5xx).
+    #[test]
+    fn no_code_of_the_specifications_is_withheld() {
+        for code in [
+            "invalid_request",
+            "invalid_client",
+            "invalid_grant",
+            "unauthorized_client",
+            "unsupported_grant_type",
+            "invalid_scope",
+            "invalid_token",
+            "access_denied",
+            "server_error",
+            "temporarily_unavailable",
+            "invalid_target",
+            "invalid_dpop_proof",
+            "use_dpop_nonce",
+            "expired_token",
+            "authorization_pending",
+            "slow_down",
+            "interaction_required",
+            "login_required",
+            "consent_required",
+            "token_inactive",
+        ] {
+            let secret = format!("xx{code}xx");
+            for status in [401, 500] {
+                let body = format!(r#"{{"error":"{code}"}}"#);
+                let e = parse_response(status, body.as_bytes())
+                    .unwrap_err()
+                    .withholding(&[&secret]);
+                if let TokenError::Rejected { error, .. } = &e {
+                    assert_eq!(error, code, "{status}");
+                }
+            }
+        }
+    }
+
     /// Found by mutation testing: a 3xx answer with tokens in it (a redirect's body, not the IdP's answer
     /// to the grant) was not proven refused; 299 is still a success.
     #[test]
