@@ -201,8 +201,11 @@ pub fn prefix_matches_as(prefix: &str, path: &str, any_case: bool) -> bool {
 /// ASCII letter (U+0130 `İ` and U+0131 `ı` to `i`, U+212A Kelvin `K` to `k`, U+017F `ſ` to `s`) replaced
 /// by it. Java's `equalsIgnoreCase` (Spring's case-insensitive matching) folds all four, .NET's
 /// `OrdinalIgnoreCase` (ASP.NET Core's routing) `ı` and `ſ`: `/admİn` is `/admin` to the one, `/admın`
-/// to both (found in review: such paths passed a claim rule on `/admin`). Borrowed when there is none
-/// (an ASCII path).
+/// to both (found in review: such paths passed a claim rule on `/admin`). Every other character beyond
+/// ASCII becomes U+FFFD: such apps fold those too (`/ÜBER` is `/über`), and without Unicode's case
+/// tables in the module each stands for any other (found by mutation testing: a rule on `/über` did not
+/// cover `/ÜBER`). So a rule's prefix covers, in this reading, paths that differ from it in such
+/// letters at all: more refusals, never fewer. Borrowed when there is none (an ASCII path).
 pub fn fold_ascii_lookalikes(path: &str) -> Cow<'_, str> {
     if path.is_ascii() {
         return Cow::Borrowed(path);
@@ -213,7 +216,8 @@ pub fn fold_ascii_lookalikes(path: &str) -> Cow<'_, str> {
             '\u{130}' | '\u{131}' => 'i',
             '\u{212a}' => 'k',
             '\u{17f}' => 's',
-            c => c,
+            c if c.is_ascii() => c,
+            _ => '\u{fffd}',
         });
     }
     Cow::Owned(out)

@@ -307,6 +307,19 @@ fn letters_an_app_may_fold_to_ascii_are_read_so() {
         }
     }
     assert!(passed.is_empty(), "passed a rule on /admin: {passed:?}");
+    // A prefix with other letters beyond ASCII covers them in any case (found by mutation testing: a
+    // rule on `/über` did not cover `/ÜBER`, which such apps serve as `/über`); without Unicode's case
+    // tables each stands for any other such letter in that reading (`/äber` too): more refusals, never
+    // fewer. As written, `/über` is still only itself.
+    let (mut u, jar_u) = a_user_outside_admins("/\u{fc}ber");
+    for path in ["/%C3%9CBER", "/%C3%9Cber/x", "/%C3%BCBER", "/%C3%A4ber"] {
+        let r = respond(u.request(&Req::browser(path).cookies(&jar_u)));
+        assert_eq!(r.status, 403, "{path}");
+    }
+    for path in ["/uber", "/%C3%BCbers", "/x/%C3%BCber"] {
+        let r = forward(u.request(&Req::browser(path).cookies(&jar_u)));
+        assert_eq!(r.metric, Some(Metric::SessionForwarded), "{path}");
+    }
 }
 
 /// Found by mutation testing: each reading is judged as written too, not only without regard to case. A
