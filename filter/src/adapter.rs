@@ -1384,7 +1384,8 @@ impl Http {
                 if let Some(edit) = headers.cookie().and_then(|c| plugin.strip_all_cookies(&c)) {
                     done &= host::set_header(Headers::Request, "cookie", edit.as_deref()).is_ok();
                 }
-                for cfg in &plugin.sites {
+                // Each site's list holds every name any site sets (`config`): the first's is all.
+                if let Some(cfg) = plugin.sites.first() {
                     for (name, _) in &cfg.identity_headers {
                         done &= set_identity_header(Some(headers), name, None);
                     }

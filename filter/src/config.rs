@@ -560,7 +560,7 @@ impl Config {
             return Err(err(
                 "claim_rules",
                 format!(
-                    "`{}` is under bypass path `{b}`, open to everyone: no rule applies there",
+                    "`{}` is under bypass path `{b}`, open to everyone: no rule applies there (a `hosts` entry that inherits it may set its own `claim_rules`)",
                     a.path_prefix
                 ),
             ));
@@ -1002,14 +1002,26 @@ impl Plugin {
                 // (found by a black-box test: a `/logout` at a host-only site left the user logged in
                 // there by the other site's `Domain` cookie of the same name; a site's `max_age` was met
                 // by a session the other site made without it).
+                // (Host-only cookies of two sites never meet: a host is one site's.)
                 let param = |c: &Config, k: &str| {
                     c.authorization_params
                         .iter()
-                        .find(|(n, _)| n == k)
+                        .find(|(n, _)| n.eq_ignore_ascii_case(k))
                         .map(|(_, v)| v.clone())
                 };
+                fn domain(c: &Config) -> Option<&str> {
+                    c.cookie
+                        .domain
+                        .as_deref()
+                        .map(|d| d.trim_start_matches('.'))
+                }
+                let other_domain = match (domain(a), domain(b)) {
+                    (Some(x), Some(y)) => !x.eq_ignore_ascii_case(y),
+                    (x, y) => x.is_some() != y.is_some(),
+                };
                 if a.cookie_name == b.cookie_name
-                    && (a.cookie.domain != b.cookie.domain
+                    && (a.cookie.domain.is_some() || b.cookie.domain.is_some())
+                    && (other_domain
                         || a.max_age != b.max_age
                         || param(a, "acr_values") != param(b, "acr_values"))
                 {
@@ -1834,8 +1846,8 @@ fn path(field: &str, v: Option<String>, default: &str) -> Result<String, ConfigE
             "must be an absolute path like `/login`, without query, spaces, quotes, `;`, `<`, `>` or `\\`",
         ));
     }
-    // Requests are matched by their normalized path, and a browser resolves dot segments before it
-    // asks: `/auth/./login` would never be reached (found by a black-box test: every visitor went round
+    // A browser resolves dot segments before it asks, and Envoy merges `//` where Istio is told to:
+    // `/auth/./login` would never be reached (found by a black-box test: every visitor went round
     // a redirect loop).
     if !crate::paths::is_normal_prefix(&p) {
         return Err(err(
@@ -2454,12 +2466,16 @@ mod tests {
             .to_string()
         };
         use serde_json::json as j;
+        let d = "apps.example.com";
         for (a, b) in [
-            (j!({"cookie_domain": "apps.example.com"}), j!({})),
-            (j!({"authorization_params": {"max_age": "30"}}), j!({})),
+            (j!({"cookie_domain": d}), j!({})),
             (
-                j!({"authorization_params": {"acr_values": "mfa"}}),
-                j!({"authorization_params": {"acr_values": "pwd"}}),
+                j!({"cookie_domain": d, "authorization_params": {"max_age": "30"}}),
+                j!({"cookie_domain": d}),
+            ),
+            (
+                j!({"cookie_domain": d, "authorization_params": {"acr_values": "mfa"}}),
+                j!({"cookie_domain": d, "authorization_params": {"ACR_VALUES": "pwd"}}),
             ),
         ] {
             let e = Plugin::parse(json(a.clone(), b).as_bytes(), &no_env).unwrap_err();
@@ -2471,9 +2487,11 @@ mod tests {
                 j!({"cookie_domain": "apps.example.com"}),
             ),
             (
-                j!({"authorization_params": {"max_age": "30", "kc_idp_hint": "x"}}),
-                j!({"authorization_params": {"max_age": "30"}}),
+                j!({"cookie_domain": d, "authorization_params": {"max_age": "30", "kc_idp_hint": "x"}}),
+                j!({"cookie_domain": ".APPS.example.com", "authorization_params": {"max_age": "30"}}),
             ),
+            // Host-only cookies of two sites never meet: each may ask its own.
+            (j!({"authorization_params": {"max_age": "30"}}), j!({})),
         ] {
             Plugin::parse(json(a.clone(), b).as_bytes(), &no_env)
                 .unwrap_or_else(|e| panic!("{a}: {e:?}"));
@@ -2539,6 +2557,7 @@ mod tests {
         );
         // Each name once.
         let mut all = names(b);
+        all.sort();
         all.dedup_by_key(|(h, _)| *h);
         assert_eq!(all.len(), names(b).len());
         // No configured claim is the marker.

@@ -304,6 +304,8 @@ pub struct Cached {
     pub logout_keys: Vec<String>,
     /// How long before the forwarded token expires a request renews it.
     pub refresh_margin: u64,
+    /// When the login was made, if its id says (`Session::made_at`).
+    pub made_at: Option<u64>,
 }
 
 /// Opened sessions keyed by the exact sealed cookie value: a hit costs a hash of the value's start
@@ -796,7 +798,9 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
             .collect(),
     );
     let logout_keys = logout_keys(&session);
+    let made_at = session.made_at();
     Cached {
+        made_at,
         session,
         bearer,
         renewed_cookies,
@@ -917,7 +921,7 @@ fn with_session(
 /// renewal that completed after either still forwarded the request it was made for.
 #[inline(always)]
 fn ended(cfg: &Config, state: &State, s: &Cached, now: u64) -> bool {
-    outlived(cfg, &s.session, now)
+    outlived(cfg, s, now)
         || (!state.revoked.is_empty()
             && state
                 .revoked
@@ -927,14 +931,17 @@ fn ended(cfg: &Config, state: &State, s: &Cached, now: u64) -> bool {
 /// Slack for the clocks of other gateways in [`outlived`].
 pub const LIFETIME_SLACK: u64 = 60;
 
-/// The session's lifetime has run out, or it has more left than `session_lifetime` gives (and a minute
-/// for the clocks of other gateways): it was made under a longer one, before a change lowered it or at a
-/// site of the same cookie name with a longer one. The lifetime configured now bounds every session,
-/// and so the ended logins, kept that long, outlast every session they end (found by a black-box test:
-/// after `session_lifetime` went from 8 h to 60 s, a session made before lived on for hours, and one a
-/// back-channel logout had ended opened again once the logout was forgotten, 60 s later).
-fn outlived(cfg: &Config, s: &Session, now: u64) -> bool {
-    now >= s.expires_at || s.expires_at > now.saturating_add(cfg.session_lifetime + LIFETIME_SLACK)
+/// The session's lifetime has run out, or the `session_lifetime` configured now (and a minute for the
+/// clocks of other gateways) has run out since its login was made: it was made under a longer one,
+/// before a change lowered it or at a site of the same cookie name with a longer one. So the ended
+/// logins, kept that long, outlast every session they end (found by a black-box test: after
+/// `session_lifetime` went from 8 h to 60 s, a session made before lived on for hours, and one a
+/// back-channel logout had ended opened again once the logout was forgotten, 60 s later). Sessions of
+/// the builds before, whose login id does not say when it was made, keep their own end.
+fn outlived(cfg: &Config, s: &Cached, now: u64) -> bool {
+    now >= s.session.expires_at
+        || s.made_at
+            .is_some_and(|m| now >= m.saturating_add(cfg.session_lifetime + LIFETIME_SLACK))
 }
 
 /// The answer for a renewal's request whose session ended while it waited ([`ended`]): as without a
@@ -942,7 +949,7 @@ fn outlived(cfg: &Config, s: &Session, now: u64) -> bool {
 #[inline(never)]
 fn ended_meanwhile(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) -> Option<Step> {
     ended(cfg, state, &job.session, now).then(|| {
-        let why = if outlived(cfg, &job.session.session, now) {
+        let why = if outlived(cfg, &job.session, now) {
             "the session's lifetime ran out while it was renewed"
         } else {
             "a logout ended the session while it was renewed"
@@ -2085,8 +2092,10 @@ fn finish_login(
         );
     };
     // The login's id, which its renewals keep and a `/logout` ends: of the login's `nonce`, random and
-    // spent (the cookie is sealed; the list of ended sessions holds the id).
-    session.login_id = Some(crate::idhash::fnv(&[x.login.nonce.expose().as_bytes()]));
+    // spent (the cookie is sealed; the list of ended sessions holds the id), and of when it was made,
+    // which the `session_lifetime` configured now bounds ([`outlived`]).
+    let random = crate::idhash::fnv(&[x.login.nonce.expose().as_bytes()]);
+    session.login_id = Some(Session::login_id_made_at(env.now, random));
     // Accepted within `clock_leeway`, but a session born expired would send the browser straight back
     // to log in, for ever.
     if session.token_expires_at <= env.now {
