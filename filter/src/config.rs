@@ -988,9 +988,7 @@ impl Plugin {
                 // each would take the other's cookies for its own, and a login at one cleared the
                 // other's session as stale attempts (found by a black-box test).
                 let attempt = |x: &Config, y: &Config| {
-                    x.cookie_name
-                        .strip_prefix(y.cookie_name.as_str())
-                        .is_some_and(|rest| rest.starts_with("_login_"))
+                    x.cookie_name != y.cookie_name && is_site_cookie(&y.cookie_name, &x.cookie_name)
                 };
                 if attempt(a, b) || attempt(b, a) {
                     return Err(err(
@@ -998,39 +996,19 @@ impl Plugin {
                         "one site's name and `_login_` must not start another's: it reads as that site's login cookie",
                     ));
                 }
-                // Sites that open each other's sessions must set them alike and ask the same of a login
-                // (found by a black-box test: a `/logout` at a host-only site left the user logged in
-                // there by the other site's `Domain` cookie of the same name; a site's `max_age` was met
-                // by a session the other site made without it).
-                // (Host-only cookies of two sites never meet: a host is one site's.)
-                let param = |c: &Config, k: &str| {
-                    c.authorization_params
-                        .iter()
-                        .find(|(n, _)| n.eq_ignore_ascii_case(k))
-                        .map(|(_, v)| v.clone())
-                };
-                fn domain(c: &Config) -> Option<&str> {
-                    c.cookie
-                        .domain
-                        .as_deref()
-                        .map(|d| d.trim_start_matches('.'))
+                if a.cookie_name != b.cookie_name {
+                    continue;
                 }
-                let other_domain = match (domain(a), domain(b)) {
-                    (Some(x), Some(y)) => !x.eq_ignore_ascii_case(y),
-                    (x, y) => x.is_some() != y.is_some(),
-                };
-                if a.cookie_name == b.cookie_name
-                    && (a.cookie.domain.is_some() || b.cookie.domain.is_some())
-                    && (other_domain
-                        || a.max_age != b.max_age
-                        || param(a, "acr_values") != param(b, "acr_values"))
-                {
+                // Where the browser sends one cookie to both sites (a `cookie_domain`; host-only cookies
+                // of two hosts never meet, a host being one site's), each takes the other's sessions.
+                let meet = a.cookie.domain.is_some() || b.cookie.domain.is_some();
+                if meet && !set_alike(a, b) {
                     return Err(err(
                         &site_field(i, "cookie_name"),
                         "sites of one cookie name must share cookie_domain, and authorization_params' max_age and acr_values",
                     ));
                 }
-                if a.cookie_name == b.cookie_name && !a.same_client(b) {
+                if !a.same_client(b) {
                     return Err(err(
                         &site_field(i, "cookie_name"),
                         format!(
@@ -1039,13 +1017,9 @@ impl Plugin {
                         ),
                     ));
                 }
-                // One cookie, two sets of keys: where the browser sends it to both sites (a
-                // `cookie_domain`; host-only cookies of two hosts never meet), each would take the
-                // other's session for a forgery and clear it.
-                if a.cookie_name == b.cookie_name
-                    && (a.cookie.domain.is_some() || b.cookie.domain.is_some())
-                    && !a.keys.open_each_other(&b.keys, &a.cookie_name)
-                {
+                // One cookie, two sets of keys: each would take the other's session for a forgery and
+                // clear it.
+                if meet && !a.keys.open_each_other(&b.keys, &a.cookie_name) {
                     return Err(err(
                         &site_field(i, "cookie_keys"),
                         format!(
@@ -1057,9 +1031,16 @@ impl Plugin {
             }
         }
         let mut cookie_names: Vec<String> = Vec::new();
+        // Every identity header (and `access_token_header`) any site sets: each site removes them all.
+        let mut identity_names: Vec<String> = Vec::new();
         for s in &sites {
             if !cookie_names.contains(&s.cookie_name) {
                 cookie_names.push(s.cookie_name.clone());
+            }
+            for (h, _) in &s.identity_headers {
+                if !identity_names.contains(h) {
+                    identity_names.push(h.clone());
+                }
             }
         }
         for i in 0..sites.len() {
@@ -1074,17 +1055,13 @@ impl Plugin {
             // too: a client's copy must not reach an app served under two names (found by a black-box
             // test: an entry with `identity_headers: {}`, for API clients with bearer tokens, let a
             // logged-in user's `X-Auth-Request-User: admin` through to the app).
-            let mut strip: Vec<(String, String)> = Vec::new();
-            for o in &sites {
-                for (h, c) in &o.identity_headers {
-                    let known = |l: &[(String, String)]| l.iter().any(|(g, _)| g == h);
-                    if c != STRIPPED && !known(&site.identity_headers) && !known(&strip) {
-                        strip.push((h.clone(), STRIPPED.to_string()));
-                    }
+            let site = &mut sites[i];
+            for h in &identity_names {
+                if !site.identity_headers.iter().any(|(g, _)| g == h) {
+                    site.identity_headers
+                        .push((h.clone(), STRIPPED.to_string()));
                 }
             }
-            let site = &mut sites[i];
-            site.identity_headers.append(&mut strip);
             site.logout_lifetime = logout_lifetime;
             site.other_sites_cookies = CookieNames::new(
                 cookie_names
@@ -1274,6 +1251,30 @@ pub(crate) fn host_of(authority: &str) -> Option<String> {
         return None;
     }
     Some(host.to_ascii_lowercase())
+}
+
+/// Whether two sites whose cookies meet set them alike and ask the same of a login: the same
+/// `cookie_domain` (without a leading dot, in any case), `max_age` and `acr_values`. Found by a black-box
+/// test: a `/logout` at a host-only site left the user logged in there by the other site's `Domain`
+/// cookie of the same name; a site's `max_age` was met by a session the other site made without it.
+fn set_alike(a: &Config, b: &Config) -> bool {
+    fn domain(c: &Config) -> Option<&str> {
+        c.cookie
+            .domain
+            .as_deref()
+            .map(|d| d.trim_start_matches('.'))
+    }
+    fn acr(c: &Config) -> Option<&str> {
+        c.authorization_params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("acr_values"))
+            .map(|(_, v)| v.as_str())
+    }
+    let same_domain = match (domain(a), domain(b)) {
+        (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
+        (x, y) => x.is_none() && y.is_none(),
+    };
+    same_domain && a.max_age == b.max_age && acr(a) == acr(b)
 }
 
 /// A `hosts` entry's `cookie_domain` (set or inherited) must hold each of its hosts. Found in review: it was

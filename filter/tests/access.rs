@@ -360,24 +360,10 @@ fn a_longer_rule_in_other_capitals_leaves_the_path_to_the_rule_written_as_it() {
 /// bearer token (401).
 #[test]
 fn a_bearer_token_typed_as_an_access_token_is_judged_as_any() {
-    use jwt_simple::prelude::*;
     let (mut f, _) = a_user_outside_admins("/admin");
     let mut admin = claims(None);
     admin["groups"] = serde_json::json!(["admins"]);
-    let typed = |typ: &str| {
-        let pem = include_str!("../../testdata/jwks/private/es256-1.pem");
-        let key = ES256KeyPair::from_pem(pem).unwrap().with_key_id("es256-1");
-        let custom = admin.as_object().unwrap().clone();
-        let mut c = Claims::with_custom_claims(custom, Duration::from_secs(1));
-        c.issued_at = None;
-        c.expires_at = None;
-        c.invalid_before = None;
-        let options = HeaderOptions {
-            signature_type: Some(typ.to_string()),
-            ..Default::default()
-        };
-        key.sign_with_options(c, &options).unwrap()
-    };
+    let typed = |typ: &str| mint_as(&admin, "es256-1", Some(typ));
     let with_bearer = |f: &mut Filter, token: &str| {
         f.request(&Req::api("/admin/users").with("authorization", &format!("Bearer {token}")))
     };

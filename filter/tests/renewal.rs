@@ -18,6 +18,13 @@ fn due(a: &mut Filter, b: &mut Filter) -> (Jar, String) {
     (jar, id_token)
 }
 
+/// The session cookie `jar` holds, as sealed (its chunks joined).
+fn sealed_in(jar: &Jar) -> String {
+    oidc_filter::session::join(&jar.header(), "_oidc_session")
+        .unwrap()
+        .unwrap()
+}
+
 /// The 32 earlier logouts of `user-1` that use up the user's share of the list of ended logins, each
 /// at `at`, kept for `life` seconds.
 fn fill_users_share(list: &mut oidc_filter::revocation::Revocations, at: u64, life: u64) {
@@ -43,9 +50,7 @@ fn a_renewal_made_by_another_worker_is_adopted_without_asking_the_idp() {
     let mut a = Filter::ready(config(serde_json::json!({})));
     let mut b = Filter::ready(config(serde_json::json!({})));
     let (jar, _) = due(&mut a, &mut b);
-    let sealed = oidc_filter::session::join(&jar.header(), "_oidc_session")
-        .unwrap()
-        .unwrap();
+    let sealed = sealed_in(&jar);
 
     // Worker A renews.
     let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
@@ -92,9 +97,7 @@ fn a_new_cookie_holding_only_a_new_refresh_token_is_adopted_not_refreshed_again(
     let mut a = Filter::ready(config(serde_json::json!({})));
     let mut b = Filter::ready(config(serde_json::json!({})));
     let (jar, id_token) = due(&mut a, &mut b);
-    let sealed = oidc_filter::session::join(&jar.header(), "_oidc_session")
-        .unwrap()
-        .unwrap();
+    let sealed = sealed_in(&jar);
     let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
     let unknown_key = mint_with_kid(&refreshed_claims(a.now), "rotated-1");
     let (_, pending) = call(a.reply(
@@ -147,9 +150,7 @@ fn an_adopted_renewal_expired_meanwhile_sends_a_browser_round_again() {
     let mut a = Filter::ready(config(serde_json::json!({})));
     let mut b = Filter::ready(config(serde_json::json!({})));
     let (jar, _) = due(&mut a, &mut b);
-    let sealed = oidc_filter::session::join(&jar.header(), "_oidc_session")
-        .unwrap()
-        .unwrap();
+    let sealed = sealed_in(&jar);
     let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
     let (step, _) = refreshed(&mut a, pending, "rt-2");
     forward(step);
@@ -197,9 +198,7 @@ fn an_adopted_renewal_without_an_id_token_is_renewed_again_when_due() {
     let mut a = Filter::ready(config(extra.clone()));
     let mut b = Filter::ready(config(extra));
     let (jar, _) = log_in(&mut a, Some("rt-1"));
-    let sealed = oidc_filter::session::join(&jar.header(), "_oidc_session")
-        .unwrap()
-        .unwrap();
+    let sealed = sealed_in(&jar);
     // The login's access token lives 300 s: due 60 s before it expires.
     a.now = NOW + 250;
     b.now = a.now;
@@ -491,9 +490,7 @@ fn a_renewal_that_completes_after_the_session_ended_forwards_nothing() {
     let (jar, pending) = start(&mut a);
     let (step, new_token) = refreshed(&mut a, pending, "rt-2");
     forward(step);
-    let sealed = oidc_filter::session::join(&jar.header(), "_oidc_session")
-        .unwrap()
-        .unwrap();
+    let sealed = sealed_in(&jar);
     let lines = flow::renewed_cookies(&a.state, &sealed).unwrap();
     let mut b = Filter::ready(cfg());
     b.now = ends - 1;
@@ -673,9 +670,7 @@ fn a_renewal_of_a_session_logged_out_since_is_not_handed_on() {
         Some((200, &token_body(Some(&new_token), Some("rt-2")))),
     ));
     assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
-    let sealed = oidc_filter::session::join(&jar.header(), "_oidc_session")
-        .unwrap()
-        .unwrap();
+    let sealed = sealed_in(&jar);
     let lines = flow::renewed_cookies(&a.state, &sealed).unwrap();
     // Another worker, and the control: before the logout it adopts the renewal.
     let mut b = Filter::ready(cfg());

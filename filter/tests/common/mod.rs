@@ -342,6 +342,11 @@ pub fn refreshed_claims(now: u64) -> serde_json::Value {
 
 /// Signs `claims` with the test ES256 key under `kid`.
 pub fn mint_with_kid(claims: &serde_json::Value, kid: &str) -> String {
+    mint_as(claims, kid, None)
+}
+
+/// [`mint_with_kid`], with the header's `typ` set to `typ` if given.
+pub fn mint_as(claims: &serde_json::Value, kid: &str, typ: Option<&str>) -> String {
     let key = ES256KeyPair::from_pem(ES256_PEM).unwrap().with_key_id(kid);
     let custom: serde_json::Map<String, serde_json::Value> = claims.as_object().unwrap().clone();
     // Every registered claim comes from `custom`, so the test (not the system clock) decides iat/exp.
@@ -349,7 +354,16 @@ pub fn mint_with_kid(claims: &serde_json::Value, kid: &str) -> String {
     c.issued_at = None;
     c.expires_at = None;
     c.invalid_before = None;
-    key.sign(c).unwrap()
+    match typ {
+        None => key.sign(c).unwrap(),
+        Some(typ) => {
+            let options = HeaderOptions {
+                signature_type: Some(typ.to_string()),
+                ..Default::default()
+            };
+            key.sign_with_options(c, &options).unwrap()
+        }
+    }
 }
 
 pub fn mint(claims: &serde_json::Value) -> String {
