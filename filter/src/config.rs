@@ -1447,7 +1447,11 @@ fn own_paths(raw: &mut Raw) -> Result<[String; 3], ConfigError> {
             "callback_path, login_path and logout_path must differ",
         ));
     }
-    post_logout_redirect_uri_check(raw.post_logout_redirect_uri.as_deref())?;
+    post_logout_redirect_uri_check(
+        raw.post_logout_redirect_uri.as_deref(),
+        raw.redirect_uri.as_deref(),
+        [&callback_path, &logout_path],
+    )?;
     Ok([callback_path, login_path, logout_path])
 }
 
@@ -1466,17 +1470,42 @@ fn redirect_uri_path(r: &str) -> Result<String, ConfigError> {
 }
 
 /// `post_logout_redirect_uri`: an absolute http(s) URL, or a path on this site that a browser cannot read
-/// as another host (no `//` start, no backslash) and that [`safe_redirect`] keeps as it is.
+/// as another host (no `//` start, no backslash) and that [`safe_redirect`] keeps as it is; not the
+/// filter's `own` callback or logout path, on this site or `redirect_uri`'s host (found by a black-box
+/// test: set to `/logout`, a logout sent the browser round to log out again, for good).
 ///
 /// [`safe_redirect`]: crate::paths::safe_redirect
-fn post_logout_redirect_uri_check(v: Option<&str>) -> Result<(), ConfigError> {
+fn post_logout_redirect_uri_check(
+    v: Option<&str>,
+    redirect_uri: Option<&str>,
+    own: [&String; 2],
+) -> Result<(), ConfigError> {
     const FIELD: &str = "post_logout_redirect_uri";
     let Some(p) = v else { return Ok(()) };
     if p.chars().any(|c| c.is_control() || c == ' ') {
         return Err(err(FIELD, "must not contain spaces or control characters"));
     }
+    let path = if p.starts_with('/') {
+        p.to_string()
+    } else {
+        let url = http_url(FIELD, p)?;
+        let ours = redirect_uri
+            .and_then(|r| WebUrl::parse(r).ok())
+            .is_some_and(|r| r.host().eq_ignore_ascii_case(url.host()));
+        if !ours {
+            return Ok(());
+        }
+        url.path().to_string()
+    };
+    let normal = crate::paths::normalize(&path).unwrap_or_default();
+    if own.contains(&&normal) || own.iter().any(|o| **o == crate::paths::path_only(&path)) {
+        return Err(err(
+            FIELD,
+            "must not be callback_path or logout_path (a logout would never end)",
+        ));
+    }
     if !p.starts_with('/') {
-        return http_url(FIELD, p).map(drop);
+        return Ok(());
     }
     if p.starts_with("//") {
         return Err(err(
@@ -1672,8 +1701,17 @@ fn authorization_params_from(
     params: Option<Vec<(String, String)>>,
 ) -> Result<(Params, Option<u64>), ConfigError> {
     const FIELD: &str = "authorization_params";
-    // With the filter's own, those that change how the answer comes back.
-    const ALSO: [&str; 3] = ["response_mode", "request", "request_uri"];
+    // With the filter's own, those that change how the answer comes back, and those that are the token
+    // endpoint's secrets, which would go to every browser in the login's URL (found by a black-box test:
+    // `client_secret` was taken).
+    const ALSO: [&str; 6] = [
+        "response_mode",
+        "request",
+        "request_uri",
+        "client_secret",
+        "client_assertion",
+        "code_verifier",
+    ];
     let params = params.unwrap_or_default();
     if params.len() > 16 {
         return Err(err(FIELD, "at most 16 parameters"));
@@ -3399,6 +3437,18 @@ mod tests {
                 "`RESPONSE_MODE` is the filter's",
             ),
             (
+                serde_json::json!({"client_secret": "s3cret"}),
+                "`client_secret` is the filter's",
+            ),
+            (
+                serde_json::json!({"Client_Assertion": "eyJ"}),
+                "`Client_Assertion` is the filter's",
+            ),
+            (
+                serde_json::json!({"code_verifier": "v"}),
+                "`code_verifier` is the filter's",
+            ),
+            (
                 serde_json::json!({"redirect_uri ": "https://evil/"}),
                 "without spaces",
             ),
@@ -3898,6 +3948,61 @@ mod tests {
             let c = parse(&with("post_logout_redirect_uri", value.into())).unwrap();
             assert_eq!(c.post_logout_redirect_uri.as_deref(), Some(value));
         }
+    }
+
+    /// Found by a black-box test: set to the filter's own logout path, every logout sent the browser to
+    /// log out again (a redirect loop without an end-session endpoint, else the page that asks, for
+    /// good); set to the callback path, every logout ended on the failed login's page.
+    #[test]
+    fn post_logout_redirect_uri_is_not_the_filters_own_logout_or_callback() {
+        let refused = |m: serde_json::Value| {
+            let e = parse(&m.to_string()).unwrap_err();
+            assert_eq!(e.field, "post_logout_redirect_uri", "{m}: {e}");
+            assert!(
+                e.reason.contains("callback_path or logout_path"),
+                "{m}: {e}"
+            );
+        };
+        let accepted = |m: serde_json::Value| {
+            parse(&m.to_string()).unwrap_or_else(|e| panic!("{m}: {e}"));
+        };
+        let at = |v: &str, extra: serde_json::Value| {
+            let mut m = minimal();
+            m["post_logout_redirect_uri"] = v.into();
+            for (k, x) in extra.as_object().unwrap() {
+                m[k] = x.clone();
+            }
+            m
+        };
+        let none = serde_json::json!({});
+        for v in [
+            "/logout",
+            "/logout?x=1",
+            "/./logout",
+            "/a/../logout#top",
+            "/oauth2/callback",
+        ] {
+            refused(at(v, none.clone()));
+        }
+        for v in [
+            "/logout/",
+            "/logoutx",
+            "/login",
+            "/",
+            "https://other.example.com/logout",
+        ] {
+            accepted(at(v, none.clone()));
+        }
+        let own = serde_json::json!({"logout_path": "/bye", "callback_path": "/cb"});
+        refused(at("/bye", own.clone()));
+        refused(at("/cb?code=x", own.clone()));
+        accepted(at("/logout", own.clone()));
+        // On `redirect_uri`'s host, in any letter case; not on another.
+        let r = serde_json::json!({"redirect_uri": "https://app.example.com/oauth2/callback"});
+        refused(at("https://APP.example.com/logout", r.clone()));
+        refused(at("https://app.example.com/oauth2/callback", r.clone()));
+        accepted(at("https://portal.example.com/logout", r.clone()));
+        accepted(at("https://app.example.com/bye", r));
     }
 
     /// Found by mutation testing: each bound and refusal below could be dropped or moved by one with every

@@ -57,6 +57,42 @@ fn bypass_paths_stay_open_to_a_user_the_rules_refuse() {
     }
 }
 
+/// Found by a black-box test: the README sends an app's own `Basic` login to `bypass_paths`, but a
+/// logged-in browser sends the session cookie there too, and its `Authorization` was replaced with the
+/// session's token: the app never saw its users' credentials. On a bypass path a client's own
+/// `Authorization` now stays, as without a session (no identity headers, the filter's cookies out);
+/// elsewhere the session's token replaces it, as before.
+#[test]
+fn a_clients_own_authorization_on_a_bypass_path_stays_with_a_session() {
+    let (mut f, jar) = refused_everywhere(serde_json::json!({
+        "identity_headers": {"x-user": "preferred_username"},
+    }));
+    for own in ["Basic dXNlcjpwdw==", "Bearer its.own.token"] {
+        for path in ["/healthz", "/static/app.css"] {
+            let req = Req::browser(path).cookies(&jar).with("authorization", own);
+            let fwd = forward(f.request(&req));
+            assert!(fwd.authorization.is_none(), "{own} {path}: {fwd:?}");
+            assert_eq!(fwd.metric, Some(Metric::Bypass), "{own} {path}");
+            let identity = fwd.identity.as_ref().expect("identity headers removed");
+            assert!(identity.iter().all(|(_, v)| v.is_none()), "{own} {path}");
+            assert_eq!(
+                fwd.cookie,
+                Some(None),
+                "{own} {path}: the session cookie goes"
+            );
+        }
+        // Not below a bypass prefix: the session decides (this user fails the rules).
+        let req = Req::browser("/healthzx")
+            .cookies(&jar)
+            .with("authorization", own);
+        assert_eq!(respond(f.request(&req)).status, 403, "{own}");
+    }
+    // Without its own `Authorization`, the session's token and identity go up there, as before.
+    let fwd = forward(f.request(&Req::browser("/healthz").cookies(&jar)));
+    assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+    assert!(fwd.authorization.is_some());
+}
+
 #[test]
 fn the_403_names_the_user_even_when_no_header_or_rule_reads_their_name() {
     let (mut f, jar) = refused_everywhere(serde_json::json!({"identity_headers": {}}));

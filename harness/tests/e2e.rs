@@ -1427,6 +1427,32 @@ fn bypass_paths_pass_but_traversal_does_not() {
     }
 }
 
+/// Found by a black-box test: the README sends an app's own `Basic` login to `bypass_paths`, but a
+/// logged-in browser sends its session cookie there too, and the filter replaced the app's credentials
+/// with the session's token. There a client's own `Authorization` now reaches the app (through
+/// jwt_authn and the policy, which exempt the bypass paths); elsewhere the session's token replaces it.
+#[test]
+fn an_apps_own_basic_login_on_a_bypass_path_reaches_it_from_a_logged_in_browser() {
+    let _idp = idp_hold::shared();
+    let s = site("main");
+    let b = Browser::new();
+    login(&b, s, "/");
+    let basic = "Basic dXNlcjpwYXNzd29yZA==";
+    let own = |path: &str| {
+        b.get_with(
+            &s.url(path),
+            &[("authorization", basic), ("accept", "application/json")],
+        )
+        .unwrap()
+    };
+    let seen = echoed(&own("/healthz/login"));
+    assert_eq!(seen["headers"]["authorization"], basic, "{seen}");
+    assert!(seen["headers"]["cookie"].is_null(), "{seen}");
+    // Not a bypass path: the session's token, not the client's.
+    let r = own("/app");
+    assert!(!app_bearer(&r).is_empty());
+}
+
 // 9. Behind a load balancer that terminates TLS.
 
 /// Behind a load balancer that terminates TLS, the gateway gets plain HTTP/1.1, and the load balancer
