@@ -1364,8 +1364,17 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
         return text(400, "Bad request: invalid Host header.", None);
     };
     let rd = match origin_to_return_to(cfg, h) {
-        Some(o) => o + &rd,
-        None => rd,
+        Ok(Some(o)) => o + &rd,
+        Ok(None) => rd,
+        Err(()) => {
+            return text(
+                400,
+                "Bad request: a login cannot finish at this host. The IdP sends logins back to the \
+                 gateway's redirect_uri, on another host, which does not get this host's cookies \
+                 (cookie_domain). Open the site at that host.",
+                None,
+            );
+        }
     };
     let (Some(s), Some(n), Some(v), Some(seal_nonce)) = (
         (env.random)(),
@@ -3033,24 +3042,39 @@ fn login_done(cfg: &Config, rd: &str) -> Step {
 
 /// Where a login started on another host (or port) than its `redirect_uri`'s goes back to after the
 /// callback: `redirect_uri`'s scheme (a gateway behind a TLS-terminating balancer may see `http`) and the
-/// request's host and port. Only for a host within `cookie_domain`: from any other the login cookie never
-/// reaches the callback, so such a login cannot finish, and no forged `Host` is written into one.
-fn origin_to_return_to(cfg: &Config, h: &dyn Headers) -> Option<String> {
-    let url = WebUrl::parse(cfg.redirect_uri.as_deref()?).ok()?;
-    let authority = h.get(":authority")?.to_ascii_lowercase();
-    let host = crate::config::host_of(&authority)?;
+/// request's host and port. Only for a host within `cookie_domain`; `Err` for any other host than
+/// `redirect_uri`'s: the login cookie would never reach the callback, so such a login cannot finish (found
+/// by a black-box test: every login there went through the IdP to the page of a login that expired), and
+/// no forged `Host` is written into one.
+fn origin_to_return_to(cfg: &Config, h: &dyn Headers) -> Result<Option<String>, ()> {
+    let (Some(url), Some(authority)) = (
+        cfg.redirect_uri
+            .as_deref()
+            .and_then(|r| WebUrl::parse(r).ok()),
+        h.get(":authority"),
+    ) else {
+        return Ok(None);
+    };
+    let authority = authority.to_ascii_lowercase();
+    let Some(host) = crate::config::host_of(&authority) else {
+        return Ok(None);
+    };
+    let other_host = !host.eq_ignore_ascii_case(url.host());
     let within = cfg.within_cookie_domain(&host);
+    if other_host && !within {
+        return Err(());
+    }
     // A port left out is the redirect scheme's default, as it will be for the browser.
     let port = match authority
         .get(host.len()..)
         .and_then(|p| p.strip_prefix(':'))
     {
-        Some(digits) => digits.parse().ok()?,
-        None if url.scheme() == "https" => 443,
-        None => 80,
+        Some(digits) => digits.parse().ok(),
+        None if url.scheme() == "https" => Some(443),
+        None => Some(80),
     };
-    let elsewhere = !host.eq_ignore_ascii_case(url.host()) || port != url.port_or_default();
-    (within && elsewhere).then(|| format!("{}://{authority}", url.scheme()))
+    let elsewhere = other_host || port.is_some_and(|p| p != url.port_or_default());
+    Ok((within && port.is_some() && elsewhere).then(|| format!("{}://{authority}", url.scheme())))
 }
 
 fn redirect_uri(cfg: &Config, h: &dyn Headers) -> Option<String> {

@@ -620,12 +620,19 @@ fn login_honours_configured_redirect_uri_and_scopes() {
         "scopes": ["openid", "offline_access"],
     }));
     let mut f = Filter::ready(cfg);
-    let l = start_login(&mut f, "");
+    let at = |host: &str| Req::browser("/login?fragment_read=").with(":authority", host);
+    let r = respond(f.request(&at("login.example.com")));
+    let l = login_from(&f, &r);
     assert_eq!(l.params["redirect_uri"], "https://login.example.com/cb");
     assert_eq!(l.params["scope"], "openid offline_access");
-    // Without `cookie_domain` a login cookie set on app.example.com never reaches login.example.com:
-    // nothing to go back to.
     assert_eq!(l.sealed.rd, "/");
+    // Without `cookie_domain` a login cookie set on app.example.com never reaches login.example.com:
+    // such a login cannot finish, and is not started (found by a black-box test: every one went
+    // through the IdP to the page of a login that expired, and nothing said why).
+    let r = respond(f.request(&at("app.example.com")));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("redirect_uri"), "{}", r.body);
+    assert!(set_cookies(&r).is_empty(), "{:?}", set_cookies(&r));
 }
 
 #[test]
@@ -657,16 +664,19 @@ fn a_login_sent_back_to_another_host_ends_on_the_host_it_started_from() {
         respond(f.request(&Req::browser("/login?rd=/app&fragment_read=").with(":scheme", "http")));
     let l = login_from(&f, &r);
     assert_eq!(l.sealed.rd, "https://app.example.com/app");
-    for host in [
-        "Login.Example.com",
-        "login.example.com:443",
-        "app.example.org",
-        "notexample.com",
-    ] {
+    for host in ["Login.Example.com", "login.example.com:443"] {
         let r = respond(
             f.request(&Req::browser("/login?rd=/app&fragment_read=").with(":authority", host)),
         );
         assert_eq!(login_from(&f, &r).sealed.rd, "/app", "{host}");
+    }
+    // From outside cookie_domain the login could not finish: none starts.
+    for host in ["app.example.org", "notexample.com", "notexample.com:8443"] {
+        let r = respond(
+            f.request(&Req::browser("/login?rd=/app&fragment_read=").with(":authority", host)),
+        );
+        assert_eq!(r.status, 400, "{host}: {}", r.body);
+        assert!(set_cookies(&r).is_empty(), "{host}");
     }
     // The redirect's host on another port, and the apex of cookie_domain: back there.
     for (host, rd) in [
