@@ -6,7 +6,6 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::string::ToString;
-use alloc::vec;
 use alloc::vec::Vec;
 
 use alloc::rc::Rc;
@@ -93,7 +92,7 @@ fn renewal_bucket(cfg: &crate::config::Config, key: &str) -> String {
         "oidc-filter.renewal.{}.{}.{}",
         cfg.client_id,
         cfg.cookie_name,
-        renewal::bucket(key)
+        u32::from(renewal::bucket(key))
     )
 }
 
@@ -391,29 +390,26 @@ impl Root {
             Ok(plugin) => {
                 self.metrics = Metrics::define();
                 warn_inline_secrets(&plugin.inline_secrets);
-                let states = plugin
-                    .sites
-                    .iter()
-                    .map(|cfg| {
-                        let provider = self
-                            .provider_for(cfg)
-                            .or_else(|| known(cfg))
-                            .unwrap_or_default();
-                        // Otherwise nothing would say that a change took: nothing is fetched.
-                        if let Some(p) = provider.ready() {
-                            log_info(&format!(
-                                "oidc-filter: {}: new configuration, discovery document and {} signing keys taken from another configuration of this issuer and cluster",
-                                cfg.issuer,
-                                p.jwks.len()
-                            ));
-                            warn_discovery_notes(cfg, &provider);
-                        }
-                        State {
-                            provider,
-                            ..State::default()
-                        }
-                    })
-                    .collect();
+                let mut states = Vec::new();
+                for cfg in &plugin.sites {
+                    let provider = self
+                        .provider_for(cfg)
+                        .or_else(|| known(cfg))
+                        .unwrap_or_default();
+                    // Otherwise nothing would say that a change took: nothing is fetched.
+                    if let Some(p) = provider.ready() {
+                        log_info(&format!(
+                            "oidc-filter: {}: new configuration, discovery document and {} signing keys taken from another configuration of this issuer and cluster",
+                            cfg.issuer,
+                            p.jwks.len()
+                        ));
+                        warn_discovery_notes(cfg, &provider);
+                    }
+                    states.push(State {
+                        provider,
+                        ..State::default()
+                    });
+                }
                 // Create the renewal buckets and the list of ended sessions before any request can race
                 // to create one (a compare-and-swap needs an existing entry: two workers recording their
                 // first back-channel logouts at once would otherwise lose one); an entry another VM
@@ -426,8 +422,10 @@ impl Root {
                 for cfg in &plugin.sites {
                     for b in 0..renewal::BUCKETS {
                         let name = format!(
-                            "oidc-filter.renewal.{}.{}.{b}",
-                            cfg.client_id, cfg.cookie_name
+                            "oidc-filter.renewal.{}.{}.{}",
+                            cfg.client_id,
+                            cfg.cookie_name,
+                            u32::from(b)
                         );
                         create(&name, &renewal::Table::default().encode());
                     }
@@ -436,7 +434,11 @@ impl Root {
                     create(&logouts_key(cfg), &Revocations::default().encode_logouts());
                 }
                 let shared = Shared {
-                    seen: vec![[None; 2]; plugin.sites.len()],
+                    seen: {
+                        let mut seen = Vec::new();
+                        seen.resize(plugin.sites.len(), [None; 2]);
+                        seen
+                    },
                     pruned_at: 0,
                     plugin: Rc::new(plugin),
                     states,
@@ -1551,7 +1553,7 @@ fn log_reply(r: &flow::Reply, site: &dyn Fn() -> Option<String>) {
         let at = site().map(|h| format!(" (site {h})")).unwrap_or_default();
         format!(
             "oidc-filter: {what}, answered {}{sep}{detail}{at}",
-            r.status
+            u32::from(r.status)
         )
     };
     // A 5xx is the IdP's or the deployment's failure (a client secret it refuses, an ID token

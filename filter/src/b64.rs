@@ -86,6 +86,17 @@ fn decode(s: &[u8], url: bool, padded: bool) -> Option<Vec<u8>> {
     (acc & ((1 << bits) - 1) == 0).then_some(out)
 }
 
+/// `bytes` in lower-case hex (the byte loop rather than `format!("{:02x}")` per byte, or `{:016x}`).
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(2 * bytes.len());
+    for &b in bytes {
+        for n in [b >> 4, b & 15] {
+            out.push(char::from(b"0123456789abcdef"[usize::from(n)]));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use base64::Engine as _;

@@ -116,7 +116,11 @@ fn parse_rule(v: &Value, depth: usize) -> Result<Rule, String> {
         if items.is_empty() {
             return Err(format!("`{key}` must not be empty"));
         }
-        items.iter().map(|r| parse_rule(r, depth + 1)).collect()
+        let mut rules = Vec::new();
+        for r in items {
+            rules.push(parse_rule(r, depth + 1)?);
+        }
+        Ok(rules)
     };
     if obj.contains_key("all_of") {
         only(obj, &["all_of"])?;
@@ -139,10 +143,14 @@ fn parse_rule(v: &Value, depth: usize) -> Result<Rule, String> {
     }
     if let Some(v) = obj.get("contains_any") {
         only(obj, &["claim", "contains_any"])?;
-        let values: Option<Vec<String>> = v
-            .as_array()
-            .map(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect())
-            .unwrap_or(None);
+        let strings = || {
+            let mut out = Vec::new();
+            for x in v.as_array()? {
+                out.push(x.as_str()?.to_string());
+            }
+            Some(out)
+        };
+        let values: Option<Vec<String>> = strings();
         return match values {
             Some(vals) if !vals.is_empty() => Ok(Rule::ContainsAny(claim, vals)),
             _ => Err("`contains_any` takes a non-empty list of strings".into()),

@@ -253,8 +253,13 @@ impl Raw {
             client_id: text(&mut obj, "client_id"),
             client_secret: text(&mut obj, "client_secret").map(Secret::new),
             client_secret_env: text(&mut obj, "client_secret_env"),
-            cookie_keys: texts(&mut obj, "cookie_keys")
-                .map(|keys| keys.into_iter().map(Secret::new).collect()),
+            cookie_keys: texts(&mut obj, "cookie_keys").map(|keys| {
+                let mut out = Vec::new();
+                for k in keys {
+                    out.push(Secret::new(k));
+                }
+                out
+            }),
             cookie_keys_env: text(&mut obj, "cookie_keys_env"),
             idp_cluster: text(&mut obj, "idp_cluster"),
             redirect_uri: text(&mut obj, "redirect_uri"),
@@ -288,19 +293,20 @@ impl Raw {
 /// A map of strings, taken out of `obj` in document order (checked by [`Raw::read`]).
 fn str_map(obj: &mut Object, name: &str) -> Option<Vec<(String, String)>> {
     match obj.remove(name) {
-        Some(Value::Object(m)) => Some(
-            m.into_iter()
-                .filter_map(|(k, v)| {
-                    let v = match v {
-                        Value::String(s) => s,
-                        Value::Number(n) => n.as_str().to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        _ => return None,
-                    };
-                    Some((k, v))
-                })
-                .collect(),
-        ),
+        // A loop, not `filter_map` and `collect`: their in-place collecting took 600 bytes here.
+        Some(Value::Object(m)) => {
+            let mut out = Vec::new();
+            for (k, v) in m {
+                let v = match v {
+                    Value::String(s) => s,
+                    Value::Number(n) => n.as_str().to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => continue,
+                };
+                out.push((k, v));
+            }
+            Some(out)
+        }
         _ => None,
     }
 }
@@ -318,7 +324,7 @@ fn text(obj: &mut Object, name: &str) -> Option<String> {
 fn seconds(obj: &mut Object, name: &str) -> Option<String> {
     match obj.remove(name) {
         Some(Value::String(s)) => Some(s),
-        Some(Value::Number(n)) => whole_seconds(&n).map(|n| n.to_string()),
+        Some(Value::Number(n)) => whole_seconds(&n).map(|n| format!("{n}")),
         _ => None,
     }
 }
@@ -331,21 +337,22 @@ fn whole_seconds(n: &json::Number) -> Option<u64> {
         return Some(whole);
     }
     // Equal as decimal values: nothing was cut off.
-    let back = json::parse(whole.to_string().as_bytes()).ok()?;
+    let back = json::parse(format!("{whole}").as_bytes()).ok()?;
     (back.as_number() == Some(n)).then_some(whole)
 }
 
 /// A list-of-strings field, taken out of `obj` (checked by [`Raw::read`]).
 fn texts(obj: &mut Object, name: &str) -> Option<Vec<String>> {
     match obj.remove(name) {
-        Some(Value::Array(a)) => Some(
-            a.into_iter()
-                .filter_map(|v| match v {
-                    Value::String(s) => Some(s),
-                    _ => None,
-                })
-                .collect(),
-        ),
+        Some(Value::Array(a)) => {
+            let mut out = Vec::new();
+            for v in a {
+                if let Value::String(s) = v {
+                    out.push(s);
+                }
+            }
+            Some(out)
+        }
         _ => None,
     }
 }
@@ -354,12 +361,17 @@ fn texts(obj: &mut Object, name: &str) -> Option<Vec<String>> {
 /// keys are, was reported as `pluginConfig`), with the field meant when only the case or `-` for `_` differ.
 #[inline(never)]
 fn unknown_field(name: &str) -> ConfigError {
-    let meant = FIELDS.iter().map(|(n, _)| *n).find(|n| {
-        n.len() == name.len()
+    let mut meant = None;
+    for (n, _) in FIELDS {
+        if n.len() == name.len()
             && n.bytes()
                 .zip(name.bytes())
                 .all(|(a, b)| a == b.to_ascii_lowercase() || (a == b'_' && b == b'-'))
-    });
+        {
+            meant = Some(n);
+            break;
+        }
+    }
     match meant {
         Some(n) => err(
             &plain_field(name),
@@ -565,17 +577,27 @@ impl Config {
                 ),
             ));
         }
-        let mut keep_claims: Vec<&str> = identity_headers.iter().map(|(_, c)| c.as_str()).collect();
+        let mut keep_claims: Vec<&str> = Vec::new();
+        for (_, c) in &identity_headers {
+            keep_claims.push(c);
+        }
         access
             .iter()
             .for_each(|a| a.rule.claim_names(&mut keep_claims));
         if !access.is_empty() {
             // The 403 page names the user by these, whatever the headers and rules read.
-            keep_claims.extend(["preferred_username", "email"]);
+            keep_claims.push("preferred_username");
+            keep_claims.push("email");
         }
         crate::json::heapsort(&mut keep_claims);
         keep_claims.dedup();
-        let keep_claims = keep_claims.into_iter().map(str::to_string).collect();
+        let keep_claims = {
+            let mut out = Vec::new();
+            for c in keep_claims {
+                out.push(c.to_string());
+            }
+            out
+        };
         // The access token travels as one more identity header, under a claim name no configuration
         // can give (an empty one).
         if let Some(h) = raw.access_token_header {
@@ -653,13 +675,19 @@ impl Config {
     pub fn cluster_for(&self, url: &WebUrl) -> String {
         match &self.idp_cluster {
             Some(c) => c.clone(),
-            None => format!("outbound|{}||{}", url.port_or_default(), url.host()),
+            None => format!(
+                "outbound|{}||{}",
+                u32::from(url.port_or_default()),
+                url.host()
+            ),
         }
     }
 
     /// The name of the short-lived cookie that carries one login attempt, keyed by its state.
     pub fn login_cookie_name(&self, state: &str) -> String {
-        let key: String = state.chars().take(12).collect();
+        // Its first 12 characters.
+        let end = state.char_indices().nth(12).map_or(state.len(), |(i, _)| i);
+        let key = state.get(..end).unwrap_or(state);
         format!("{}_login_{}", self.cookie_name, key)
     }
 
@@ -897,19 +925,22 @@ impl Plugin {
             // An error in a field the entry does not set is the top level's: named as it is there
             // (found in review: a top level without an `issuer`, checked only through its entries, had
             // its mistakes blamed on `hosts[0]`).
-            let own: Vec<String> = entry.iter().map(|(k, _)| k.to_string()).collect();
+            let mut own: Vec<String> = Vec::new();
+            for (k, _) in entry.iter() {
+                own.push(k.to_string());
+            }
             let inherited_error = |e: &ConfigError| {
                 let root = e.field.split(['.', '[']).next().unwrap_or_default();
                 !own.iter().any(|k| k == root) && top.contains_key(root)
             };
             // Fields the entry takes from the top level, named in its `redirect_uri` errors.
-            let inherited: Vec<&str> = ["`redirect_uri`", "`callback_path`", "`cookie_domain`"]
-                .into_iter()
-                .filter(|f| {
-                    let f = f.trim_matches('`');
-                    !entry.contains_key(f) && top.contains_key(f)
-                })
-                .collect();
+            let mut inherited: Vec<&str> = Vec::new();
+            for f in ["`redirect_uri`", "`callback_path`", "`cookie_domain`"] {
+                let plain = f.trim_matches('`');
+                if !entry.contains_key(plain) && top.contains_key(plain) {
+                    inherited.push(f);
+                }
+            }
             let at_redirect = |mut e: ConfigError| {
                 if inherited_error(&e) && e.field != "redirect_uri" {
                     e.reason = format!("{} (at the top level, inherited by hosts[{i}])", e.reason);
@@ -1045,12 +1076,13 @@ impl Plugin {
         }
         for i in 0..sites.len() {
             let site = &sites[i];
-            let logout_lifetime = sites
-                .iter()
-                .filter(|o| site.same_client(o))
-                .map(|o| o.session_lifetime)
-                .max()
-                .unwrap_or(site.session_lifetime);
+            // The longest of its client's (this site's own among them).
+            let mut logout_lifetime = site.session_lifetime;
+            for o in &sites {
+                if site.same_client(o) {
+                    logout_lifetime = logout_lifetime.max(o.session_lifetime);
+                }
+            }
             // The identity headers (and `access_token_header`) any other site sets, this one removes
             // too: a client's copy must not reach an app served under two names (found by a black-box
             // test: an entry with `identity_headers: {}`, for API clients with bearer tokens, let a
@@ -1063,13 +1095,13 @@ impl Plugin {
                 }
             }
             site.logout_lifetime = logout_lifetime;
-            site.other_sites_cookies = CookieNames::new(
-                cookie_names
-                    .iter()
-                    .filter(|n| **n != site.cookie_name)
-                    .cloned()
-                    .collect(),
-            );
+            let mut others = Vec::new();
+            for n in &cookie_names {
+                if *n != site.cookie_name {
+                    others.push(n.clone());
+                }
+            }
+            site.other_sites_cookies = CookieNames::new(others);
         }
         let unmatched = match unmatched.as_ref().map(|v| v.as_str()) {
             None if default_site.is_some() => Unmatched::Default,
@@ -1607,7 +1639,8 @@ fn cookie_settings(
     // browsers ignore, is allowed. Found in review: `com`, `.` and `example.com.` were taken, and every
     // login then failed on cookies the browser dropped.
     if let Some(d) = &domain {
-        let labels = d.strip_prefix('.').unwrap_or(d).split('.');
+        let name = d.strip_prefix('.').unwrap_or(d);
+        let labels = name.split('.');
         let label_ok = |l: &str| {
             (1..=63).contains(&l.len())
                 && !l.starts_with('-')
@@ -1616,10 +1649,10 @@ fn cookie_settings(
         };
         // An address is no domain either: browsers take a `Domain` only as a name (found by a black-box
         // test: `127.0.0.1` was taken). The last label of a name is never all digits.
-        let address = labels
-            .clone()
-            .next_back()
-            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+        let address = crate::weburl::rsplit_once(name, b'.')
+            .map_or(name, |(_, l)| l)
+            .bytes()
+            .all(|b| b.is_ascii_digit());
         if d.len() > 253 || labels.clone().count() < 2 || !labels.clone().all(label_ok) || address {
             return Err(err(
                 "cookie_domain",
@@ -1730,11 +1763,8 @@ fn authorization_params_from(
         }
         // In any case: an IdP that reads parameter names without regard to case (ASP.NET's) would take
         // `Response_Type` for the filter's own (found by a black-box test).
-        if crate::flow::AUTHORIZATION_PARAMS
-            .iter()
-            .chain(&ALSO)
-            .any(|p| p.eq_ignore_ascii_case(k))
-        {
+        let own = |p: &&str| p.eq_ignore_ascii_case(k);
+        if crate::flow::AUTHORIZATION_PARAMS.iter().any(own) || ALSO.iter().any(own) {
             return Err(err(
                 FIELD,
                 format!("`{}` is the filter's to set", quotable(k, 64)),
@@ -1835,16 +1865,19 @@ fn settable(h: &str) -> bool {
 fn identity_headers_from(
     headers: Option<Vec<(String, String)>>,
 ) -> Result<Vec<(String, String)>, ConfigError> {
-    let identity_headers: Vec<(String, String)> = match headers {
-        None => DEFAULT_IDENTITY_HEADERS
-            .iter()
-            .map(|(h, c)| (h.to_string(), c.to_string()))
-            .collect(),
-        Some(map) => map
-            .into_iter()
-            .map(|(h, c)| (h.to_ascii_lowercase(), c))
-            .collect(),
-    };
+    let mut identity_headers: Vec<(String, String)> = Vec::new();
+    match headers {
+        None => {
+            for (h, c) in DEFAULT_IDENTITY_HEADERS {
+                identity_headers.push((h.to_string(), c.to_string()));
+            }
+        }
+        Some(map) => {
+            for (h, c) in map {
+                identity_headers.push((h.to_ascii_lowercase(), c));
+            }
+        }
+    }
     for (i, (h, c)) in identity_headers.iter().enumerate() {
         if identity_headers[..i].iter().any(|(g, _)| g == h) {
             return Err(err(
@@ -1955,27 +1988,31 @@ fn cookie_keys(
     var: Option<&str>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Keys, ConfigError> {
-    let (field, encoded): (&str, Vec<String>) = match (inline, var) {
+    let mut encoded: Vec<String> = Vec::new();
+    let field = match (inline, var) {
         (Some(_), Some(_)) => {
             return Err(err(
                 "cookie_keys",
                 "set either `cookie_keys` or `cookie_keys_env`, not both",
             ));
         }
-        (Some(list), None) => (
-            "cookie_keys",
-            list.iter().map(|s| s.expose().trim().to_string()).collect(),
-        ),
-        (None, Some(v)) => (
-            "cookie_keys_env",
+        (Some(list), None) => {
+            for s in &list {
+                encoded.push(s.expose().trim().to_string());
+            }
+            "cookie_keys"
+        }
+        (None, Some(v)) => {
             // Comma-separated, or one per line as a Secret's file often holds them (found by a black-box
             // test: refused as "not base64").
-            from_env("cookie_keys_env", v, env)?
-                .split([',', '\n'])
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
-        ),
+            for s in from_env("cookie_keys_env", v, env)?.split([',', '\n']) {
+                let s = s.trim();
+                if !s.is_empty() {
+                    encoded.push(s.to_string());
+                }
+            }
+            "cookie_keys_env"
+        }
         (None, None) => return Err(err("cookie_keys", "required (or `cookie_keys_env`)")),
     };
     let mut raw = Vec::with_capacity(encoded.len());

@@ -1478,7 +1478,14 @@ fn stale_attempts(cfg: &Config, h: &dyn Headers, new_bytes: usize) -> Vec<String
     while found.len() >= MAX_LOGIN_ATTEMPTS
         || (!found.is_empty() && held + new_bytes > MAX_LOGIN_ATTEMPT_BYTES)
     {
-        let Some(oldest) = (0..found.len()).min_by_key(|&i| found.get(i).map(|f| f.0)) else {
+        // The first of the soonest to expire (a loop: `min_by_key` took 250 bytes here).
+        let mut soonest: Option<(usize, u64)> = None;
+        for (i, f) in found.iter().enumerate() {
+            if soonest.is_none_or(|(_, t)| f.0 < t) {
+                soonest = Some((i, f.0));
+            }
+        }
+        let Some((oldest, _)) = soonest else {
             break;
         };
         let (_, name, bytes) = found.swap_remove(oldest);
@@ -1570,11 +1577,7 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
     let login_cookie = cfg.login_cookie_name(&st);
     let clear = vec![cookies::clear_cookie(&login_cookie, &login_attrs(cfg))];
     if let Some(e) = error {
-        let e: String = e
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .take(64)
-            .collect();
+        let e = form::keep_ascii(&e, 64, |b| b.is_ascii_alphanumeric() || b == b'_');
         // Towards where the login was going, when this browser's login cookie is the one the IdP
         // answers (found by a black-box test: a user who pressed Cancel at the IdP started again at `/`).
         let again = cookies::get(&cookie_header, &login_cookie)
@@ -1880,11 +1883,10 @@ fn confirm_logout(cfg: &Config, h: &dyn Headers, another_site: bool) -> Step {
     let mut r = html_page(200, body, None);
     // Its button's post names this site in `Origin` (which a browser without Fetch Metadata sends as `null`
     // under `no-referrer`, the site's or the gateway's).
-    r.headers.extend([
-        ("x-frame-options", "DENY".into()),
-        ("content-security-policy", "frame-ancestors 'none'".into()),
-        ("referrer-policy", "same-origin".into()),
-    ]);
+    r.headers.push(("x-frame-options", "DENY".into()));
+    r.headers
+        .push(("content-security-policy", "frame-ancestors 'none'".into()));
+    r.headers.push(("referrer-policy", "same-origin".into()));
     Step::Respond(r)
 }
 
@@ -2702,12 +2704,15 @@ fn new_session(
 fn token_facts(cfg: &Config, id_token: &Secret) -> (json::Object, Option<String>, u64, u64) {
     let all = token_payload(id_token).unwrap_or_default();
     let unverified = unverified_email(&all);
-    let kept = cfg
-        .keep_claims
-        .iter()
-        .filter(|k| !(unverified && k.as_str() == "email"))
-        .filter_map(|k| all.get(k).map(|v| (k.clone(), v.clone())))
-        .collect();
+    let mut kept = json::Object::new();
+    for k in &cfg.keep_claims {
+        if let Some(v) = all
+            .get(k)
+            .filter(|_| !(unverified && k.as_str() == "email"))
+        {
+            kept.push(k.clone(), v.clone());
+        }
+    }
     let sid = all.get("sid").and_then(|v| v.as_str()).map(str::to_string);
     // As the ID token's check read it: a NumericDate may carry a fraction.
     let date = |name: &str| {
@@ -2967,11 +2972,9 @@ fn seal_session(
     for (n, _) in &chunks {
         host_only_clear(cfg, n, &mut out);
     }
-    out.extend(
-        chunks
-            .iter()
-            .map(|(n, v)| cookies::set_cookie(n, v, &cfg.cookie, max_age)),
-    );
+    for (n, v) in &chunks {
+        out.push(cookies::set_cookie(n, v, &cfg.cookie, max_age));
+    }
     for name in present {
         if !chunks.iter().any(|(n, _)| n == name) {
             clear_session_cookie(cfg, name, &mut out);
@@ -3335,7 +3338,7 @@ fn text(status: u16, msg: &str, metric: Option<Metric>) -> Step {
 /// A host browsers keep `Secure` cookies for over plain HTTP: `localhost` and its subdomains, and the
 /// loopback addresses (`authority` with or without its port).
 fn is_loopback_name(authority: &str) -> bool {
-    let host = match authority.rsplit_once(':') {
+    let host = match crate::weburl::rsplit_once(authority, b':') {
         Some((h, port)) if !h.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => authority,
     };

@@ -130,6 +130,22 @@ pub(crate) fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// The first `max` characters of `s` that `keep` takes, which must take ASCII bytes only (a character
+/// beyond ASCII, whose bytes are none of them, is left out as a whole): what
+/// `s.chars().filter(..).take(max).collect()` gives, in one copy of the loop for every caller.
+pub(crate) fn keep_ascii(s: &str, max: usize, keep: fn(u8) -> bool) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if out.len() == max {
+            break;
+        }
+        if keep(b) {
+            out.push(char::from(b));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,7 +140,7 @@ impl ProviderState {
         }
         let result = match reply {
             None => Err("no answer from the IdP cluster".to_string()),
-            Some((status, _)) if status != 200 => Err(format!("HTTP {status}")),
+            Some((status, _)) if status != 200 => Err(format!("HTTP {}", u32::from(status))),
             Some((_, body)) => match fetch {
                 Fetch::Discovery => discovery::parse(body, &cfg.issuer)
                     .map(|meta| {

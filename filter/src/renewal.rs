@@ -7,7 +7,6 @@
 //! carrying the old cookie adopt instead of refreshing again. The adapter keeps one table per bucket
 //! in Envoy's shared data (seen by every worker) and updates it with compare-and-swap.
 
-use alloc::format;
 use alloc::string::String;
 use alloc::string::ToString;
 use alloc::vec::Vec;
@@ -70,7 +69,7 @@ struct Entry {
 /// The table key of a sealed session (a digest: the table never holds the cookie it replaces).
 pub fn key(sealed: &str) -> String {
     let digest = crate::sha256::hash(sealed.as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    crate::b64::hex(&digest[..16])
 }
 
 /// The bucket of a table key.
@@ -148,14 +147,14 @@ impl Table {
             if n <= MAX_UNDELIVERED && bytes <= MAX_UNDELIVERED_BYTES {
                 break;
             }
-            let first = self
-                .entries
-                .iter()
-                .enumerate()
-                .filter(|(_, (_, e))| long(e))
-                .min_by_key(|(_, (_, e))| e.until)
-                .map(|(i, _)| i);
-            let Some(i) = first else { break };
+            // The first of the long ones that lapse soonest.
+            let mut first: Option<(usize, u64)> = None;
+            for (i, (_, e)) in self.entries.iter().enumerate() {
+                if long(e) && first.is_none_or(|(_, t)| e.until < t) {
+                    first = Some((i, e.until));
+                }
+            }
+            let Some((i, _)) = first else { break };
             self.entries.remove(i);
         }
     }

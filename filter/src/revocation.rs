@@ -83,7 +83,7 @@ const LOGIN_KEY_LEN: usize = 28;
 const PER_USER: usize = 32;
 
 fn hex(h: u64) -> String {
-    alloc::format!("{h:016x}")
+    crate::b64::hex(&h.to_be_bytes())
 }
 
 impl Revocations {
@@ -357,12 +357,14 @@ fn upsert<V>(list: &mut Vec<(String, V)>, key: &str, v: V, combine: impl FnOnce(
 /// first in key order goes first).
 fn evict_oldest<V>(list: &mut Vec<(String, V)>, until: impl Fn(&V) -> u64) {
     while list.len() > MAX_ENTRIES {
-        let Some(oldest) = list
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, (_, v))| until(v))
-            .map(|(i, _)| i)
-        else {
+        let mut soonest: Option<(usize, u64)> = None;
+        for (i, (_, v)) in list.iter().enumerate() {
+            let t = until(v);
+            if soonest.is_none_or(|(_, s)| t < s) {
+                soonest = Some((i, t));
+            }
+        }
+        let Some((oldest, _)) = soonest else {
             break;
         };
         list.remove(oldest);

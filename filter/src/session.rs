@@ -174,14 +174,14 @@ pub fn split(name: &str, sealed: &str) -> Result<Vec<(String, String)>, ChunkErr
     if n > MAX_CHUNKS {
         return Err(ChunkError::TooLarge);
     }
-    Ok(parts
-        .into_iter()
-        .enumerate()
-        .map(|(i, part)| match i {
+    let mut out = Vec::with_capacity(n);
+    for (i, part) in parts.into_iter().enumerate() {
+        out.push(match i {
             0 => (name.to_owned(), format!("{n}.{part}")),
             _ => (format!("{name}.{i}"), part.to_owned()),
-        })
-        .collect())
+        });
+    }
+    Ok(out)
 }
 
 /// Reassembles the sealed value stored under `name` from a `Cookie` request header.

@@ -143,7 +143,7 @@ impl WebUrl {
         let host_end = s.len();
         if let Some(p) = port {
             s.push(':');
-            s.push_str(&p.to_string());
+            s.push_str(&format!("{}", u32::from(p)));
         }
         let path_start = s.len();
         push_path(&mut s, path);
@@ -300,6 +300,13 @@ pub fn split_at(s: &str, at: usize) -> (&str, &str) {
     s.split_at_checked(at).unwrap_or((s, ""))
 }
 
+/// `s` split around its last `b` (an ASCII byte), as `str::rsplit_once` with a `char`: a byte search
+/// rather than `str`'s reverse pattern searcher, whose `memrchr` and searcher took 800 bytes of the module.
+pub fn rsplit_once(s: &str, b: u8) -> Option<(&str, &str)> {
+    let at = s.bytes().rposition(|c| c == b)?;
+    Some((s.get(..at)?, s.get(at + 1..)?))
+}
+
 /// `host[:port]` (the host possibly a bracketed IPv6 address) -> host text and port.
 fn split_port(authority: &str) -> Result<(&str, Option<u16>), UrlError> {
     let (host, port) = if authority.starts_with('[') {
@@ -384,7 +391,7 @@ fn ipv6_host(pieces: [u16; 8]) -> String {
             i += best.1;
             continue;
         }
-        out.push_str(&format!("{:x}", pieces[i]));
+        out.push_str(&format!("{:x}", u32::from(pieces[i])));
         i += 1;
         if i < pieces.len() {
             out.push(':');
@@ -419,9 +426,9 @@ fn parse_ipv6(s: &str) -> Option<[u16; 8]> {
         if s.is_empty() {
             return Some(());
         }
-        let parts: Vec<&str> = s.split(':').collect();
-        for (i, p) in parts.iter().enumerate() {
-            if quad_ok && i + 1 == parts.len() && p.contains('.') {
+        let mut parts = s.split(':').peekable();
+        while let Some(p) = parts.next() {
+            if quad_ok && parts.peek().is_none() && p.contains('.') {
                 let [a, b, c, d] = parse_ipv4(p)?;
                 out.push(u16::from_be_bytes([a, b]));
                 out.push(u16::from_be_bytes([c, d]));
@@ -459,12 +466,8 @@ fn parse_ipv6(s: &str) -> Option<[u16; 8]> {
 
 /// The WHATWG "ends in a number" check: the last label (ignoring one trailing dot) is decimal or `0x` hex.
 fn ends_in_a_number(host: &str) -> bool {
-    let mut labels = host.rsplit('.');
-    let last = match labels.next() {
-        Some("") => labels.next().unwrap_or(""),
-        Some(l) => l,
-        None => "",
-    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let last = rsplit_once(host, b'.').map_or(host, |(_, l)| l);
     if !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()) {
         return true;
     }

@@ -132,15 +132,18 @@ impl RawMetadata {
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(DiscoveryError::Malformed(format!("{name} is not a string"))),
         };
+        let strings = |v: &Value| {
+            let mut out = Vec::new();
+            for s in v.as_array()? {
+                out.push(s.as_str()?.to_owned());
+            }
+            Some(out)
+        };
         let list = |name: &str| match member(name)? {
             None => Ok(None),
-            Some(v) => v
-                .as_array()
-                .and_then(|a| a.iter().map(|s| s.as_str().map(str::to_owned)).collect())
-                .map(Some)
-                .ok_or_else(|| {
-                    DiscoveryError::Malformed(format!("{name} is not a list of strings"))
-                }),
+            Some(v) => strings(v).map(Some).ok_or_else(|| {
+                DiscoveryError::Malformed(format!("{name} is not a list of strings"))
+            }),
         };
         Ok(RawMetadata {
             issuer: text("issuer")?,

@@ -148,7 +148,8 @@ pub fn verify_signature(token: &str, jwks: &Jwks, kind: Kind) -> Result<Object, 
     }
     // Compact serialization (RFC 7515 7.1): header.payload.signature, exactly three segments. The signing
     // input is the first two as they appear in the token.
-    let (signing_input, signature) = token.rsplit_once('.').ok_or(IdTokenError::Malformed)?;
+    let (signing_input, signature) =
+        crate::weburl::rsplit_once(token, b'.').ok_or(IdTokenError::Malformed)?;
     let (header, payload) = signing_input
         .split_once('.')
         .ok_or(IdTokenError::Malformed)?;
@@ -289,11 +290,13 @@ fn check_claims(all: Object, expected: &Expected) -> Result<Claims, IdTokenError
     let audiences: Vec<&str> = match all.get("aud") {
         None => Vec::new(),
         Some(Value::String(aud)) => vec![aud.as_str()],
-        Some(Value::Array(auds)) => auds
-            .iter()
-            .map(Value::as_str)
-            .collect::<Option<_>>()
-            .ok_or(IdTokenError::Malformed)?,
+        Some(Value::Array(auds)) => {
+            let mut out = Vec::new();
+            for a in auds {
+                out.push(a.as_str().ok_or(IdTokenError::Malformed)?);
+            }
+            out
+        }
         Some(_) => return Err(IdTokenError::Malformed),
     };
     if !audiences.contains(&expected.client_id) {
@@ -377,10 +380,9 @@ fn decode_json(segment: &str) -> Result<Object, IdTokenError> {
 
 /// The `alg` is attacker-chosen text that ends up in a log line: keep it short and plain.
 fn sanitize_alg(alg: &str) -> String {
-    alg.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '+' | '.'))
-        .take(16)
-        .collect()
+    crate::form::keep_ascii(alg, 16, |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'.')
+    })
 }
 
 #[cfg(test)]

@@ -155,7 +155,7 @@ impl fmt::Display for TokenError {
                 error,
                 description,
             } => {
-                write!(f, "token endpoint answered status {status}")?;
+                write!(f, "token endpoint answered status {}", u32::from(*status))?;
                 if !error.is_empty() {
                     write!(f, ", error {error}")?;
                 }
@@ -404,10 +404,9 @@ fn expires_in(json: &Object) -> Result<Option<u64>, TokenError> {
 
 /// The IdP's error code goes into log lines: keep it to the RFC 6749 charset's harmless subset.
 fn sanitize_error_code(code: &str) -> String {
-    code.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        .take(MAX_ERROR_CODE)
-        .collect()
+    form::keep_ascii(code, MAX_ERROR_CODE, |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
+    })
 }
 
 /// Error codes the specifications define (RFC 6749 5.2, RFC 6750 3.1, RFC 8628, RFC 8707, RFC 9449, some
@@ -441,12 +440,10 @@ const KNOWN_CODES: &[&str] = &[
 /// the caller withholds a description that quotes a secret it sent, [`TokenError::withholding`]. A
 /// heuristic for words that look like secrets hid every GUID, an Entra trace id among them.)
 fn describe(text: &str) -> String {
-    let out: Vec<u8> = text
-        .trim()
-        .bytes()
-        .take(MAX_DESCRIPTION)
-        .map(clean)
-        .collect();
+    let mut out = Vec::new();
+    for b in text.trim().bytes().take(MAX_DESCRIPTION) {
+        out.push(clean(b));
+    }
     String::from_utf8(out).unwrap_or_default()
 }
 

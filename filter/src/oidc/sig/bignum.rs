@@ -35,10 +35,11 @@ fn from_le_iter<'a>(bytes: impl Iterator<Item = &'a u8>, limbs: usize) -> Option
 
 /// `a` as `len` big-endian bytes (the low `len` bytes of it).
 pub fn to_be(a: &[u32], len: usize) -> Vec<u8> {
-    (0..len)
-        .rev()
-        .map(|i| a.get(i / 4).map_or(0, |l| (l >> (8 * (i % 4))) as u8))
-        .collect()
+    let mut out = Vec::with_capacity(len);
+    for i in (0..len).rev() {
+        out.push(a.get(i / 4).map_or(0, |l| (l >> (8 * (i % 4))) as u8));
+    }
+    out
 }
 
 /// Compares two numbers of the same length.
@@ -277,7 +278,26 @@ pub fn shamir<T>(
     acc
 }
 
-/// Big-endian hex, for curve constants.
+/// Big-endian hex, for curve constants: `N` bytes, decoded at compile time (in a `const`), so the module
+/// carries the bytes rather than twice as many hex digits and a decoder. Valid hex digits only.
+pub const fn unhex<const N: usize>(s: &str) -> [u8; N] {
+    const fn digit(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            _ => (c | 0x20) - b'a' + 10,
+        }
+    }
+    let s = s.as_bytes();
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = digit(s[2 * i]) << 4 | digit(s[2 * i + 1]);
+        i += 1;
+    }
+    out
+}
+
+/// Big-endian hex (what [`unhex`] decodes at compile time, for the tests).
 pub fn hex(s: &str) -> Vec<u8> {
     let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
     s.as_bytes()

@@ -7,7 +7,7 @@
 use alloc::rc::Rc;
 use core::cell::Cell;
 
-use super::bignum::{self, Limbs, Modulus, hex};
+use super::bignum::{self, Limbs, Modulus, unhex};
 
 /// The curves we verify on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,32 @@ struct Point {
     z: Limbs,
 }
 
+/// Each curve's p, n, b and base point (x, y), big-endian.
+const P256: [[u8; 32]; 5] = [
+    unhex("ffffffff00000001000000000000000000000000ffffffffffffffffffffffff"),
+    unhex("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551"),
+    unhex("5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b"),
+    unhex("6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"),
+    unhex("4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5"),
+];
+const P384: [[u8; 48]; 5] = [
+    unhex(
+        "fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000ffffffff",
+    ),
+    unhex(
+        "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973",
+    ),
+    unhex(
+        "b3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aef",
+    ),
+    unhex(
+        "aa87ca22be8b05378eb1c71ef320ad746e1d3b628ba79b9859f741e082542a385502f25dbf55296c3a545e3872760ab7",
+    ),
+    unhex(
+        "3617de4a96262c6f5d9e98bf9292dc29f8f41dbd289a147ce9da3113b5f0b8c00a60b1ce1d7e819d7a431d7c90ea0e5f",
+    ),
+];
+
 vm_local! {
     /// Each curve's constants, derived once per VM (a key check and every verification use them).
     static CURVES: [Cell<Option<Rc<Curve>>>; 2] = [Cell::new(None), Cell::new(None)];
@@ -62,24 +88,12 @@ impl Curve {
     }
 
     fn new(crv: Crv) -> Option<Curve> {
-        let (p, n, b, gx, gy) = match crv {
-            Crv::P256 => (
-                "ffffffff00000001000000000000000000000000ffffffffffffffffffffffff",
-                "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551",
-                "5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b",
-                "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296",
-                "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5",
-            ),
-            Crv::P384 => (
-                "fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000ffffffff",
-                "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973",
-                "b3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aef",
-                "aa87ca22be8b05378eb1c71ef320ad746e1d3b628ba79b9859f741e082542a385502f25dbf55296c3a545e3872760ab7",
-                "3617de4a96262c6f5d9e98bf9292dc29f8f41dbd289a147ce9da3113b5f0b8c00a60b1ce1d7e819d7a431d7c90ea0e5f",
-            ),
+        let [p, n, b, gx, gy]: [&[u8]; 5] = match crv {
+            Crv::P256 => [&P256[0], &P256[1], &P256[2], &P256[3], &P256[4]],
+            Crv::P384 => [&P384[0], &P384[1], &P384[2], &P384[3], &P384[4]],
         };
         let limbs = crv.bytes() / 4;
-        let num = |h: &str| bignum::from_be(&hex(h), limbs);
+        let num = |h: &[u8]| bignum::from_be(h, limbs);
         let p = Modulus::new(num(p)?)?;
         let n = Modulus::new(num(n)?)?;
         let g = Point {

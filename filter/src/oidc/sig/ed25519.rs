@@ -10,7 +10,7 @@ use alloc::rc::Rc;
 use core::cell::Cell;
 
 use super::Hash;
-use super::bignum::{self, Limbs, Modulus, hex};
+use super::bignum::{self, Limbs, Modulus, unhex};
 
 struct Field {
     p: Modulus,
@@ -42,25 +42,25 @@ impl Field {
     }
 
     fn new() -> Option<Field> {
-        let num = |h: &str| bignum::from_be(&hex(h), 8);
-        let p = Modulus::new(num(
-            "7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffed",
-        )?)?;
-        let l = Modulus::new(num(
-            "1000000000000000000000000000000014def9dea2f79cd65812631a5cf5d3ed",
-        )?)?;
-        let d = p.to_mont(&num(
-            "52036cee2b6ffe738cc740797779e89800700a4d4141d8ab75eb4dca135978a3",
-        )?);
-        let sqrt_m1 = p.to_mont(&num(
-            "2b8324804fc1df0b2b4d00993dfbd7a72f431806ad2fe478c4ee1b274a0ea0b0",
-        )?);
-        let bx = p.to_mont(&num(
-            "216936d3cd6e53fec0a4e231fdd6dc5c692cc7609525a7b2c9562d608f25d51a",
-        )?);
-        let by = p.to_mont(&num(
-            "6666666666666666666666666666666666666666666666666666666666666658",
-        )?);
+        let num = |h: [u8; 32]| bignum::from_be(&h, 8);
+        let p = Modulus::new(num(const {
+            unhex("7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffed")
+        })?)?;
+        let l = Modulus::new(num(const {
+            unhex("1000000000000000000000000000000014def9dea2f79cd65812631a5cf5d3ed")
+        })?)?;
+        let d = p.to_mont(&num(const {
+            unhex("52036cee2b6ffe738cc740797779e89800700a4d4141d8ab75eb4dca135978a3")
+        })?);
+        let sqrt_m1 = p.to_mont(&num(const {
+            unhex("2b8324804fc1df0b2b4d00993dfbd7a72f431806ad2fe478c4ee1b274a0ea0b0")
+        })?);
+        let bx = p.to_mont(&num(const {
+            unhex("216936d3cd6e53fec0a4e231fdd6dc5c692cc7609525a7b2c9562d608f25d51a")
+        })?);
+        let by = p.to_mont(&num(const {
+            unhex("6666666666666666666666666666666666666666666666666666666666666658")
+        })?);
         let b = Point {
             t: p.mul(&bx, &by),
             x: bx,
@@ -102,7 +102,7 @@ impl Field {
         let v3 = f.mul(&f.mul(&v, &v), &v);
         let v7 = f.mul(&f.mul(&v3, &v3), &v);
         let e = bignum::from_be(
-            &hex("0ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffd"),
+            &const { unhex::<32>("0ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffd") },
             8,
         )?;
         let mut x = f.mul(&f.mul(&u, &v3), &f.pow(&f.mul(&u, &v7), &e));

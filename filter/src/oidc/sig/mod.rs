@@ -8,6 +8,7 @@
 //! out-of-range signatures; the `signatures` fuzz target compares verdicts with them on fuzzed signatures,
 //! and the `jwks` and `id_token` targets feed it arbitrary keys and tokens.
 
+use alloc::vec;
 use alloc::vec::Vec;
 
 pub mod bignum;
@@ -18,7 +19,9 @@ pub mod rsa;
 use alloc::rc::Rc;
 use core::cell::Cell;
 
-use sha2::{Digest, Sha256, Sha384, Sha512};
+use sha2::digest::core_api::RtVariableCoreWrapper;
+use sha2::digest::{Update, VariableOutput};
+use sha2::{Digest, Sha256, Sha512VarCore};
 
 /// The value `cell` holds, made by `make` the first time (and again while it makes none): a curve's
 /// constants, derived once per VM. A `Cell` taken and put back, not a `OnceCell`: its `get_or_init` cost
@@ -47,11 +50,19 @@ impl Hash {
             }
             d.finalize().to_vec()
         }
-        match self {
-            Hash::Sha256 => run::<Sha256>(parts),
-            Hash::Sha384 => run::<Sha384>(parts),
-            Hash::Sha512 => run::<Sha512>(parts),
+        if self == Hash::Sha256 {
+            return run::<Sha256>(parts);
         }
+        // SHA-384 and SHA-512 are one function that differs in its start and output length: one
+        // instance of it, told the length at run time (not one per `sha2` type).
+        let mut out = vec![0; self.bytes()];
+        if let Ok(mut d) = RtVariableCoreWrapper::<Sha512VarCore>::new(out.len()) {
+            for p in parts {
+                d.update(p);
+            }
+            let _ = d.finalize_variable(&mut out);
+        }
+        out
     }
 
     pub fn bytes(self) -> usize {
