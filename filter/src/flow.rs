@@ -360,6 +360,9 @@ pub struct State {
     pub renewals_paused_until: u64,
     /// The last renewal met an outage: the next is a probe, and the others wait for its answer.
     pub renewals_failing: bool,
+    /// The sessions whose renewals met the last outages here (a hash of the cookie) and when: see
+    /// [`State::own_outage`].
+    pub outages_of: [(u64, u64); 4],
     /// The version of the workers' shared pause last taken in (see `workers::take_pause`).
     pub pause_seen: Option<u32>,
     /// The request just decided carried a session cookie the cookie keys do not open (another gateway's
@@ -426,6 +429,9 @@ impl Ahead {
 
 /// How long a renewal that met an outage pauses the others on its worker (the `Retry-After` of a 503).
 const RENEWAL_PAUSE: u64 = 5;
+/// For how long after a session's renewal met an outage its meeting one again is its own (see
+/// `State::session_outage`).
+const OWN_REPEAT: u64 = 300;
 /// The longest a pause can be: a probe under the longest `callout_timeout`, then the pause.
 pub const MAX_PAUSE: u64 = 60 + RENEWAL_PAUSE;
 
@@ -441,6 +447,42 @@ impl State {
     fn renewal_outage(&mut self, now: u64) {
         self.renewals_failing = true;
         self.renewals_paused_until = now.saturating_add(RENEWAL_PAUSE);
+    }
+
+    /// A renewal of `who` (a hash of its cookie) met an outage: pause and probe from then on, unless it is
+    /// the session's own again. A session whose renewal met one asks again at most every
+    /// [`RENEWAL_PAUSE`] s, and its meeting one again within [`OWN_REPEAT`] s pauses no other's (a probe
+    /// it was ends: the next renewal of another session probes): one account the IdP fails, behind a
+    /// dashboard that polls, took every probe and held the site's renewals paused (found by a black-box
+    /// test: other users' renewals answered 503 for as long as its tab was open).
+    fn session_outage(&mut self, who: u64, now: u64) {
+        let found = self.outages_of.iter().position(|o| o.0 == who);
+        match found {
+            Some(i) if now < self.outages_of[i].1.saturating_add(OWN_REPEAT) => {
+                if self.renewals_failing {
+                    self.renewals_paused_until = now;
+                }
+            }
+            _ => self.renewal_outage(now),
+        }
+        let slot = found.unwrap_or_else(|| {
+            let mut oldest = 0;
+            for (i, o) in self.outages_of.iter().enumerate() {
+                if o.1 < self.outages_of[oldest].1 {
+                    oldest = i;
+                }
+            }
+            oldest
+        });
+        self.outages_of[slot] = (who, now);
+    }
+
+    /// Whether `who`'s renewal met an outage here less than [`RENEWAL_PAUSE`] s ago (or, the clock
+    /// stepped back, ahead of now): it does not ask the IdP again yet.
+    fn own_outage(&self, who: u64, now: u64) -> bool {
+        self.outages_of
+            .iter()
+            .any(|o| o.0 == who && now.abs_diff(o.1) < RENEWAL_PAUSE)
     }
 
     /// The IdP answered a renewal: no pause, no probing.
@@ -472,7 +514,7 @@ pub fn renewal_claim(
     job: RefreshJob,
     now: u64,
 ) -> Result<RefreshJob, Step> {
-    if state.renewals_paused(now) {
+    if renewal_held(state, &job, now) {
         return Err(renewal_paused(cfg, job, now));
     }
     if state.renewals_failing {
@@ -480,6 +522,12 @@ pub fn renewal_claim(
         state.renewals_paused_until = now.saturating_add(timeout + RENEWAL_PAUSE);
     }
     Ok(job)
+}
+
+/// Whether `job`'s renewal may not ask the IdP now: the site's renewals on this worker are paused, or
+/// its own met an outage moments ago.
+pub fn renewal_held(state: &State, job: &RefreshJob, now: u64) -> bool {
+    state.renewals_paused(now) || state.own_outage(job.who(), now)
 }
 
 /// The answer while the site's renewals on this worker are paused: the token while it is valid, then 503.
@@ -2178,7 +2226,7 @@ fn refresh_outcome(
         // Down or slow: recorded also when the session ended while it was renewed (found in review: the
         // outage went unrecorded, and the adapter then took the IdP for answering and ended the pause
         // the other workers shared).
-        Err(_) => state.renewal_outage(now),
+        Err(_) => state.session_outage(job.who(), now),
     }
     if let Some(step) = ended_meanwhile(cfg, state, job, now) {
         return Err(step);
@@ -2455,6 +2503,11 @@ fn keep_old(cfg: &Config, job: &RefreshJob) -> Step {
 
 impl RefreshJob {
     /// The sealed session this refresh renews.
+    /// The session, for [`State::session_outage`]: a hash of its cookie (never 0, an empty slot).
+    fn who(&self) -> u64 {
+        crate::idhash::fnv(&[self.cache_key.as_bytes()]) | 1
+    }
+
     pub fn sealed(&self) -> &str {
         &self.cache_key
     }

@@ -391,6 +391,47 @@ fn after_an_outage(callout_timeout: &str) -> (Filter, Jar, Jar) {
     (a, jar, other)
 }
 
+/// Found by a black-box test: one account whose renewals the IdP fails (a `500` for that user alone),
+/// behind a dashboard tab that polls, took the probe each time the pause ended, and every other user's
+/// renewal answered 503 for as long as the tab was open. That session's renewal now asks again at most
+/// every 5 s, and its failing again pauses no other session's renewals.
+#[test]
+fn one_session_the_idp_keeps_failing_does_not_hold_the_others_renewals() {
+    let (mut a, jar, other) = after_an_outage("30s");
+    let claim = |a: &mut Filter, j: &Jar| {
+        let job = refresh_job(a.request(&Req::api("/page").cookies(j)));
+        flow::renewal_claim(&a.cfg, &mut a.state, job, a.now)
+    };
+    // The pause: neither asks.
+    a.now += 2;
+    assert!(claim(&mut a, &jar).is_err());
+    assert!(claim(&mut a, &other).is_err());
+    // Past it, the failing session's poll probes, and the IdP fails it again.
+    a.now += 4;
+    let job = claim(&mut a, &jar).unwrap();
+    let r = respond(a.reply(Box::new(Pending::Refresh(job)), Some((500, b"{}"))));
+    assert_eq!(r.status, 503);
+    // Its own failure: the other session renews at once.
+    let job = claim(&mut a, &other).expect("another session's renewal is not paused");
+    let new_token = mint(&refreshed_claims(a.now));
+    let fwd = forward(a.reply(
+        Box::new(Pending::Refresh(job)),
+        Some((200, &token_body(Some(&new_token), None))),
+    ));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+    // The failing session asks again no sooner than 5 s after its last failure...
+    a.now += 4;
+    let r = respond(claim(&mut a, &jar).unwrap_err());
+    assert_eq!(r.status, 503);
+    assert!(set_cookies(&r).iter().all(|c| !c.contains("Max-Age=0")));
+    a.now += 1;
+    let job = claim(&mut a, &jar).unwrap();
+    // ...and its failing again still pauses nobody.
+    let _ = respond(a.reply(Box::new(Pending::Refresh(job)), None));
+    assert!(!a.state.renewals_paused(a.now));
+    assert!(!a.state.renewals_failing);
+}
+
 /// Found by mutation testing (the tests above meet an outage only while the token is valid): a renewal of an
 /// expired session that meets an outage pauses the worker's renewals too, so the next expired session
 /// gets its 503 at once instead of asking a down IdP and waiting out the timeout.

@@ -42,12 +42,15 @@ pub fn config() -> &'static Config {
     })
 }
 
+/// The testdata keys, parsed once per thread (a `Jwks` shares its keys by `Rc`: not a `static`'s).
 pub fn jwks() -> &'static Jwks {
-    static JWKS_SET: OnceLock<Jwks> = OnceLock::new();
-    JWKS_SET.get_or_init(|| match Jwks::parse(JWKS) {
-        Ok(j) => j,
-        Err(e) => panic!("fuzz JWKS: {e}"),
-    })
+    thread_local! {
+        static JWKS_SET: &'static Jwks = Box::leak(Box::new(match Jwks::parse(JWKS) {
+            Ok(j) => j,
+            Err(e) => panic!("fuzz JWKS: {e}"),
+        }));
+    }
+    JWKS_SET.with(|j| *j)
 }
 
 /// A worker's state with discovery and keys loaded, as after start-up.
