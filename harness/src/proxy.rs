@@ -62,6 +62,14 @@ pub enum Mode {
         /// Body.
         body: String,
     },
+    /// Answer requests that contain `needle` (in their head or body) with this response, forward the
+    /// others (one request per connection): e.g. a token endpoint that fails one user's refresh token.
+    RespondIfContains {
+        needle: String,
+        status: u16,
+        content_type: String,
+        body: String,
+    },
 }
 
 impl Mode {
@@ -286,7 +294,21 @@ fn handle(inner: &Inner, id: u64, client: TcpStream) {
             inner,
             id,
             client,
-            &path_prefix,
+            &|r| request_path(r).starts_with(&path_prefix),
+            status,
+            &content_type,
+            &body,
+        ),
+        Mode::RespondIfContains {
+            needle,
+            status,
+            content_type,
+            body,
+        } => respond_for(
+            inner,
+            id,
+            client,
+            &|r| find(r, needle.as_bytes()).is_some(),
             status,
             &content_type,
             &body,
@@ -298,7 +320,7 @@ fn respond_for(
     inner: &Inner,
     id: u64,
     mut client: TcpStream,
-    prefix: &str,
+    matches: &dyn Fn(&[u8]) -> bool,
     status: u16,
     content_type: &str,
     body: &str,
@@ -307,7 +329,7 @@ fn respond_for(
         let _ = client.shutdown(Shutdown::Both);
         return;
     };
-    if request_path(&request).starts_with(prefix) {
+    if matches(&request) {
         send_response(client, status, content_type, body);
         return;
     }

@@ -15,6 +15,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -554,6 +555,57 @@ fn a_request_with_a_body_goes_on_when_its_renewal_stops_waiting() {
     assert!(json["headers"]["authorization"].is_string(), "{json}");
     // The IdP's answer comes before the fault is lifted (the proxy would cut it).
     std::thread::sleep(Duration::from_millis(3500).saturating_sub(took) + Duration::from_secs(1));
+}
+
+/// Found by a black-box test: one account whose refresh the IdP fails (`500` for that user alone),
+/// behind a dashboard tab that polls, took the probe each time the renewal pause ended, and every other
+/// user whose token had expired got `503` for as long as the tab was open. Now a session whose renewal
+/// met an outage asks again at most every 5 s, and its failing again pauses nobody else: after each
+/// worker's first pause (5 s each, one after the other at most), the others renew, each time.
+#[test]
+fn one_user_the_idp_fails_to_renew_does_not_hold_the_others_renewals() {
+    let _idp = idp_hold::exclusive();
+    let xavier = logged_in(APP, "xavier");
+    let yvonne = logged_in(APP, "yvonne");
+    let refresh_token = open_session(&session_cookies(&xavier))
+        .refresh_token
+        .unwrap()
+        .expose()
+        .to_string();
+    let x = with_token_expiring_at(&xavier, unix_now() - 1);
+    let _fault = Fault::set(Mode::RespondIfContains {
+        needle: refresh_token,
+        status: 500,
+        content_type: "application/json".into(),
+        body: r#"{"error":"server_error"}"#.into(),
+    });
+    let stop = AtomicBool::new(false);
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    std::thread::scope(|s| {
+        // Xavier's tab polls five times a second, on new connections (both workers).
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = get(APP, &x, false);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        // Yvonne's expired session, sealed anew each time: each request another renewal.
+        while t0.elapsed() < Duration::from_secs(20) {
+            let at = t0.elapsed();
+            let y = with_token_expiring_at(&yvonne, unix_now() - 1);
+            seen.push((at.as_secs(), get(APP, &y, false).status));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let late: Vec<_> = seen.iter().filter(|(at, _)| *at >= 13).collect();
+    assert!(late.len() > 10, "{seen:?}");
+    assert!(late.iter().all(|(_, st)| *st == 200), "{seen:?}");
+    // Xavier's session is kept for when the IdP renews it.
+    let r = get(APP, &x, false);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(!clears_session(&r), "{:?}", r.set_cookies());
 }
 
 /// Longer than the pause a renewal that met an outage leaves on its worker (5 s, in whole seconds).
