@@ -86,8 +86,11 @@ pub fn parse(body: &[u8], expected_issuer: &str) -> Result<ProviderMetadata, Dis
         authorization_endpoint: endpoint("authorization_endpoint", raw.authorization_endpoint)?,
         token_endpoint: endpoint("token_endpoint", raw.token_endpoint)?,
         jwks_uri: endpoint("jwks_uri", raw.jwks_uri)?,
+        // Empty is absent, as Go's encoders write a field without `omitempty` (found by a black-box
+        // test: `""` refused the whole document, and every request got 503).
         end_session_endpoint: raw
             .end_session_endpoint
+            .filter(|u| !u.is_empty())
             .map(|u| endpoint("end_session_endpoint", Some(u)))
             .transpose()?,
         token_endpoint_auth_methods_supported: raw
@@ -343,6 +346,17 @@ mod tests {
         let m = parse(doc, ISSUER).unwrap();
         assert_eq!(m.end_session_endpoint, None);
         assert!(m.code_challenge_methods_supported.is_empty());
+        // An empty end_session_endpoint is none; one that is not a URL is still refused.
+        let with_end = |v: &str| {
+            let doc = format!(
+                r#"{{"issuer":"https://idp.example.com","authorization_endpoint":"https://idp.example.com/a",
+                "token_endpoint":"https://idp.example.com/t","jwks_uri":"https://idp.example.com/k",
+                "end_session_endpoint":"{v}"}}"#
+            );
+            parse(doc.as_bytes(), ISSUER)
+        };
+        assert_eq!(with_end("").unwrap().end_session_endpoint, None);
+        assert!(with_end("/logout").is_err());
         let huge = vec![b' '; MAX_BODY + 1];
         assert!(matches!(
             parse(&huge, ISSUER),

@@ -195,7 +195,7 @@ pub fn verify_signature(token: &str, jwks: &Jwks, kind: Kind) -> Result<Object, 
 
 /// The header members besides `alg` and `kid` that change how a JWS is read (RFC 7515 4.1). We implement
 /// no extension, so any `crit` is refused (4.1.11; an empty one is invalid anyway). A `typ`, when present,
-/// must say JWT: `JWT`, or a `...+jwt` media type such as the logout token's `logout+jwt`, with or
+/// must say JWT: `JWT` (or RFC 7515's `JOSE`), or a `...+jwt` media type such as the logout token's `logout+jwt`, with or
 /// without the `application/` that RFC 7515 4.1.9 lets a sender add, and not one of another `kind`
 /// (found in review: an access token typed `at+jwt` passed the ID token's check).
 fn check_header(header: &Object, kind: Kind) -> Result<(), IdTokenError> {
@@ -207,7 +207,8 @@ fn check_header(header: &Object, kind: Kind) -> Result<(), IdTokenError> {
         Some(Value::String(typ)) => {
             let typ = typ.to_ascii_uppercase();
             let typ = typ.strip_prefix("APPLICATION/").unwrap_or(&typ);
-            if typ != "JWT" && !typ.ends_with("+JWT") {
+            // `JOSE` is RFC 7515's own for a compact JWS (found by a black-box test: refused).
+            if typ != "JWT" && typ != "JOSE" && !typ.ends_with("+JWT") {
                 return Err(IdTokenError::Malformed);
             }
             let other: &[&str] = match kind {
@@ -1151,7 +1152,7 @@ mod jws_tests {
             };
             super::verify(&token, &jwks(), &expected).map(|_| ())
         };
-        for typ in ["JWT", "application/jwt", "jwt"] {
+        for typ in ["JWT", "application/jwt", "jwt", "JOSE", "jose"] {
             assert_eq!(check(typ), Ok(()), "{typ}");
         }
         for typ in [

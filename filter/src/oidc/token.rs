@@ -265,12 +265,13 @@ pub fn parse_response(status: u16, body: &[u8]) -> Result<TokenResponse, TokenEr
     }
     let json: Option<Object> = json::parse_object(body).ok();
 
-    // An `error` member means failure whatever the status: some IdPs answer errors with 200. (`null` is
-    // no error: a success answer that lists every member.)
+    // An `error` member means failure whatever the status: some IdPs answer errors with 200. (`null` or
+    // `""` is no error: a success answer that lists every member, as Go's encoders write one; found by a
+    // black-box test, `""` failed every login and renewal.)
     let error = json
         .as_ref()
         .and_then(|j| j.get("error"))
-        .filter(|e| !e.is_null());
+        .filter(|e| !e.is_null() && e.as_str() != Some(""));
     if error.is_some() || !(200..300).contains(&status) {
         let code = error.and_then(Value::as_str).unwrap_or_default();
         let description = json
@@ -762,6 +763,10 @@ mod tests {
         // A success answer that lists `error` as `null`.
         let ok = br#"{"error":null,"access_token":"a","token_type":"Bearer","id_token":"i"}"#;
         assert!(parse_response(200, ok).is_ok());
+        let ok = br#"{"error":"","access_token":"a","token_type":"Bearer","id_token":"i"}"#;
+        assert!(parse_response(200, ok).is_ok());
+        // Not under an error status, though.
+        assert!(parse_response(400, br#"{"error":""}"#).is_err());
         assert_eq!(
             parse_response(502, b"<html>Bad Gateway</html>"),
             Err(TokenError::Rejected {
