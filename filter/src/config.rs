@@ -2517,6 +2517,21 @@ mod tests {
             v["claim_rules"] = serde_json::json!([{"path_prefix": prefix, "rule": rule}]);
             parse(&v.to_string()).unwrap_or_else(|e| panic!("{prefix}: {e:?}"));
         }
+        // Found by mutation testing: every rule against every bypass path, not the first of each (the
+        // rules most specific first: `/admin/reports/q3` before `/static/x`).
+        let mut v = minimal();
+        v["bypass_paths"] = serde_json::json!(["/healthz", "/static"]);
+        v["claim_rules"] = serde_json::json!([
+            {"path_prefix": "/admin/reports/q3", "rule": rule},
+            {"path_prefix": "/static/x", "rule": rule},
+        ]);
+        let e = parse(&v.to_string()).unwrap_err();
+        assert_eq!(e.field, "claim_rules");
+        assert!(
+            e.reason
+                .contains("`/static/x` is under bypass path `/static`"),
+            "{e}"
+        );
     }
 
     /// Found by a black-box test: two sites of one cookie name, one host-only and one with a
@@ -2557,6 +2572,20 @@ mod tests {
             let e = Plugin::parse(json(a.clone(), b).as_bytes(), &no_env).unwrap_err();
             assert!(e.field.ends_with("cookie_name"), "{a}: {e:?}");
         }
+        // Found by mutation testing: `acr_values` is read in any case, as the IdP may read it: one
+        // site's `ACR_VALUES` asks what the other's `acr_values` does, and against none it is no match.
+        let acr = |name: &str| j!({"cookie_domain": d, "authorization_params": {name: "mfa"}});
+        let e = Plugin::parse(
+            json(acr("ACR_VALUES"), j!({"cookie_domain": d})).as_bytes(),
+            &no_env,
+        )
+        .unwrap_err();
+        assert!(e.field.ends_with("cookie_name"), "{e:?}");
+        Plugin::parse(
+            json(acr("acr_values"), acr("ACR_VALUES")).as_bytes(),
+            &no_env,
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
         for (a, b) in [
             (
                 j!({"cookie_domain": "apps.example.com"}),
@@ -3493,6 +3522,12 @@ mod tests {
                 serde_json::json!({"Max_Age": "0"}),
                 "`max_age` in lower case",
             ),
+            // Found by mutation testing: nor a control character, DEL or a tab as a space is.
+            (
+                serde_json::json!({"kc_idp\u{7f}hint": "x"}),
+                "without spaces",
+            ),
+            (serde_json::json!({"kc\tidp": "x"}), "without spaces"),
             (serde_json::json!({"": "x"}), "names of 1 to 64 characters"),
             (
                 serde_json::json!({"a": "x".repeat(1025)}),

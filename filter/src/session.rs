@@ -1700,6 +1700,14 @@ mod tests {
         assert_eq!(vouched, 0);
         s.login_id = None;
         assert_eq!(s.made_at(), None);
+        // Found by mutation testing: all 16 low bits are the random part's, and the 16 that vouch are
+        // for this time only: the same id under another time says nothing.
+        let id = Session::login_id_made_at(made, 0xdead_beef_cafe_f00d);
+        assert_eq!(id & 0xffff, 0xf00d);
+        for other in [made + 1, made - 1, made + 3600] {
+            s.login_id = Some((id & 0xffff_ffff) | (other << 32));
+            assert_eq!(s.made_at(), None, "{other}");
+        }
     }
 
     #[test]

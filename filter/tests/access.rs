@@ -168,6 +168,8 @@ fn an_unverified_email_names_no_one_and_passes_no_rule() {
         // Found by mutation testing: any other number vouches for nothing either.
         (Some(("email_verified", serde_json::json!(2))), false),
         (Some(("email_verified", serde_json::json!(-1))), false),
+        // Nor a number that is only about 1 (found by mutation testing: `1.5` read as `1`).
+        (Some(("email_verified", serde_json::json!(1.5))), false),
         // Entra ID sends no `email_verified`: its addresses stand, unless its optional claim
         // `xms_edov` says the address's domain is not the tenant's (found in review).
         (None, true),
@@ -409,4 +411,35 @@ fn a_bearer_token_typed_as_an_access_token_is_judged_as_any() {
     }
     let r = respond(with_bearer(&mut f, &typed("logout+jwt")));
     assert_eq!(r.status, 401, "{r:?}");
+}
+
+/// Found by mutation testing: a header another site sets, which this one only removes (its claim the
+/// marker `config::STRIPPED`, a NUL), is never set from a claim, not even from one a rule here reads
+/// under that name (a claim may be named by a rule, and the ID token is the IdP's to fill).
+#[test]
+fn a_header_another_site_sets_is_never_set_from_a_claim() {
+    let json = serde_json::json!({
+        "issuer": ISSUER, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        "cookie_keys": [KEY_A],
+        "claim_rules": [{"path_prefix": "/", "rule": {"claim": "\u{0}", "equals": "yes"}}],
+        "hosts": [{"hosts": ["b.example.com"], "identity_headers": {"x-b": "sub"}}],
+    });
+    let mut plugin =
+        oidc_filter::config::Plugin::parse(json.to_string().as_bytes(), &|_| None).unwrap();
+    let top = plugin
+        .sites
+        .iter()
+        .position(|s| s.hosts.is_empty())
+        .unwrap();
+    let mut f = Filter::ready(plugin.sites.remove(top));
+    let (jar, _) = log_in_with(&mut f, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["\u{0}"] = "yes".into();
+        mint(&c)
+    });
+    let fwd = forward(f.request(&Req::browser("/").cookies(&jar)));
+    assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+    let identity = fwd.identity.as_ref().unwrap();
+    let b = identity.iter().find(|(n, _)| n == "x-b");
+    assert!(matches!(b, Some((_, None))), "{identity:?}");
 }

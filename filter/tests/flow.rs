@@ -369,6 +369,38 @@ fn the_access_token_goes_upstream_in_its_own_header_when_configured() {
     assert!(form(&call.body.unwrap())["grant_type"] == "refresh_token");
 }
 
+/// Found by mutation testing: no test read the default identity headers' values. Each carries its claim
+/// from the session, `x-auth-request-user` the `sub`, in place of a client's copy.
+#[test]
+fn the_default_identity_headers_carry_the_session_s_claims() {
+    let mut f = ready();
+    let (jar, _) = log_in_with(&mut f, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["preferred_username"] = "alice".into();
+        mint(&c)
+    });
+    let req = Req::browser("/app")
+        .cookies(&jar)
+        .with("x-auth-request-user", "admin");
+    let fwd = forward(f.request(&req));
+    assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
+    let identity = fwd.identity.as_ref().expect("identity headers");
+    let value = |name: &str| {
+        let (_, v) = identity.iter().find(|(n, _)| n == name)?;
+        v.as_ref().map(|v| v.expose().to_string())
+    };
+    assert_eq!(value("x-auth-request-user").as_deref(), Some("user-1"));
+    assert_eq!(
+        value("x-auth-request-email").as_deref(),
+        Some("user-1@example.com")
+    );
+    assert_eq!(
+        value("x-auth-request-preferred-username").as_deref(),
+        Some("alice")
+    );
+    assert_eq!(value("x-auth-request-groups"), None, "no such claim");
+}
+
 #[test]
 fn cors_preflights_pass_only_when_configured() {
     let preflight = Req::api("/api/items")
@@ -2866,6 +2898,41 @@ fn a_renewal_given_up_while_it_fetches_keys_answers_without_pausing_renewals() {
     assert!(!f.state.renewals_paused(later), "renewals paused");
 }
 
+/// Found by mutation testing: while the renewal fetches keys, its request is judged as one whose renewal
+/// failed: the token goes up until its last second only (`token_expires_at` is past it, as for a renewal
+/// without keys to fetch), and a session that ended meanwhile (here: the `session_lifetime` configured
+/// now ran out since the login) is over, its cookie cleared and the log saying so, not handed on with its
+/// old token.
+#[test]
+fn a_renewal_given_up_while_it_fetches_keys_ends_with_the_token_and_the_session() {
+    let mut f = ready();
+    let (jar, id_token) = due_for_refresh(&mut f);
+    let expires = f.open_session(&jar).token_expires_at;
+    let rotated = mint_with_kid(&refreshed_claims(f.now), "rotated-1");
+    let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
+    let (_, pending) = call(f.reply(
+        pending,
+        Some((200, &token_body(Some(&rotated), Some("rt-2")))),
+    ));
+    let given_up = |f: &mut Filter, at: u64| {
+        oidc_filter::flow::renewal_given_up(&f.cfg, &mut f.state, &pending, at).unwrap()
+    };
+    let fwd = forward(given_up(&mut f, expires - 1));
+    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+    let r = respond(given_up(&mut f, expires));
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(set_cookies(&r).is_empty(), "{r:?}");
+    // The token still valid, but the lifetime configured now has run out since the login.
+    f.cfg.session_lifetime = 60;
+    let r = respond(given_up(&mut f, expires - 1));
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        r.detail.as_deref(),
+        Some("the session's lifetime ran out while it was renewed")
+    );
+    assert!(!set_cookies(&r).is_empty(), "the cookie is cleared: {r:?}");
+}
+
 #[test]
 fn a_refreshed_id_token_for_another_user_is_refused() {
     let mut f = ready();
@@ -4369,6 +4436,25 @@ fn a_logout_by_sub_is_dated_by_its_token_so_later_logins_and_replays_keep_their_
         f.request(&Req::browser("/").cookies(&new)),
         Step::Forward(_)
     ));
+}
+
+/// Found by mutation testing: a back-channel logout is kept as long as a session of the client can live
+/// (`logout_lifetime`) and the minute of slack for other gateways' clocks (`flow::LIFETIME_SLACK`) that
+/// `session_lifetime` bounds sessions with: not only the lifetime.
+#[test]
+fn a_back_channel_logout_is_kept_for_the_lifetime_and_a_minute() {
+    let mut f = Filter::ready(config(json!({"backchannel_logout_path": "/bcl"})));
+    f.now = NOW + 8;
+    assert_eq!(
+        status(f.backchannel(&logout_body(NOW + 5, None, mint))),
+        200
+    );
+    let life = f.cfg.logout_lifetime;
+    let mut list = f.state.revoked.clone();
+    list.prune(NOW + 8 + life + 59);
+    assert!(list.is_revoked(None, "user-1", NOW, &["-"]));
+    list.prune(NOW + 8 + life + 60);
+    assert!(!list.is_revoked(None, "user-1", NOW, &["-"]));
 }
 
 #[test]

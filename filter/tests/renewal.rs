@@ -1119,7 +1119,10 @@ fn a_logout_ends_the_idp_session_for_the_longest_lifetime_of_its_client() {
     let mut list = f.state.revoked.clone();
     list.prune(NOW + 2 * 3600);
     assert!(list.is_revoked(Some("idp-session-1"), "user-1", NOW - 10, &["-"]));
-    // (And the minute of slack for other gateways' clocks, `flow::LIFETIME_SLACK`.)
+    // (And the minute of slack for other gateways' clocks, `flow::LIFETIME_SLACK`: found by mutation
+    // testing, a `/logout` kept it for `logout_lifetime` alone.)
+    list.prune(NOW + 24 * 3600 + 59);
+    assert!(list.is_revoked(Some("idp-session-1"), "user-1", NOW - 10, &["-"]));
     list.prune(NOW + 24 * 3600 + oidc_filter::flow::LIFETIME_SLACK + 1);
     assert!(!list.is_revoked(Some("idp-session-1"), "user-1", NOW - 10, &["-"]));
 }
@@ -1199,6 +1202,21 @@ fn a_lowered_session_lifetime_ends_the_sessions_made_under_the_longer_one() {
     f.now = NOW + 3600;
     let new = log_in_at(&mut f, Some("rt-2"), NOW + 3600);
     forward(f.request(&Req::api("/x").cookies(&new)));
+}
+
+/// Found by mutation testing: the slack the lowered `session_lifetime` leaves for other gateways' clocks
+/// is the minute documented: a session made at `NOW` under 8 h, the lifetime now 60 s, stands until
+/// `NOW + 119` and is over at `NOW + 120`.
+#[test]
+fn a_lowered_session_lifetime_leaves_a_minute_of_slack() {
+    let mut f = Filter::ready(config(serde_json::json!({"session_lifetime": "8h"})));
+    let (old, _) = log_in(&mut f, Some("rt-1"));
+    f.cfg.session_lifetime = 60;
+    f.now = NOW + 119;
+    forward(f.request(&Req::api("/x").cookies(&old)));
+    f.now = NOW + 120;
+    let r = respond(f.request(&Req::api("/x").cookies(&old)));
+    assert_eq!(r.status, 401, "{r:?}");
 }
 
 /// A login at `iat` (the IdP's clock), with refresh token `rt` (or none), its token for an hour.
