@@ -2414,9 +2414,17 @@ fn finish_refresh(
     session.expires_at = old.expires_at;
     session.login_sid = login_sid;
     session.login_id = old.login_id;
-    // Otherwise every request would refresh it again.
+    // Otherwise every request would refresh it again. Not the clocks when it expires no later than the
+    // token it renews: the IdP gave the same ID token again (against OIDC Core 12.2), or capped it at the
+    // end of its own session (found by a black-box test: the log sent the operator after the clocks).
     if session.token_expires_at <= env.now {
-        return refresh_failed(cfg, state, &job, env.now, BORN_EXPIRED.into());
+        let why = if session.token_expires_at <= old.token_expires_at {
+            "the IdP renewed the token without extending it (the same ID token again, or one capped at \
+             the end of the IdP's session)"
+        } else {
+            BORN_EXPIRED
+        };
+        return refresh_failed(cfg, state, &job, env.now, why.into());
     }
     let set = match seal_session(cfg, env, &session, &job.present_chunks) {
         Ok(c) => c,

@@ -432,6 +432,31 @@ fn one_session_the_idp_keeps_failing_does_not_hold_the_others_renewals() {
     assert!(!a.state.renewals_failing);
 }
 
+/// Found by a black-box test: an IdP that renews with the login's own ID token (against OIDC Core 12.2),
+/// or caps the renewed one at the end of its own session, gives a token that expires no later than the
+/// one it renews: once that has expired, the session ends, and the log line said the gateway's and the
+/// IdP's clocks differ. It says what the IdP did now; a renewed token that expired only by the clocks
+/// still says so.
+#[test]
+fn a_renewal_that_does_not_extend_the_token_ends_the_session_saying_so() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let (jar, id_token) = log_in(&mut a, Some("rt-1"));
+    a.now = NOW + 3600;
+    let renew = |a: &mut Filter, token: &str| {
+        let (_, pending) = call(a.request(&Req::api("/page").cookies(&jar)));
+        let step = a.reply(pending, Some((200, &token_body(Some(token), Some("rt-2")))));
+        respond(step).detail.unwrap_or_default()
+    };
+    let why = renew(&mut a, &id_token);
+    assert!(why.contains("without extending it"), "{why}");
+    // A new token that outlives the old one but has expired by the gateway's clock: the clocks.
+    a.now += 30;
+    let mut behind = refreshed_claims(a.now - 100);
+    behind["exp"] = (a.now - 1).into();
+    let why = renew(&mut a, &mint(&behind));
+    assert!(why.contains("clocks differ"), "{why}");
+}
+
 /// Found by mutation testing (the tests above meet an outage only while the token is valid): a renewal of an
 /// expired session that meets an outage pauses the worker's renewals too, so the next expired session
 /// gets its 503 at once instead of asking a down IdP and waiting out the timeout.
