@@ -1225,11 +1225,12 @@ impl Http {
         let claim_until = until + cfg.callout_timeout.as_secs();
         take_shared_pause(cfg, state, now);
         let before = (state.renewals_paused_until, state.renewals_failing);
-        // (Or this session's own renewal met an outage moments ago: `flow::renewal_held`.)
-        let paused = flow::renewal_held(state, &job, now);
+        let paused = state.renewals_paused(now);
+        // Or this session's own renewal met an outage moments ago (`flow::renewal_held`).
+        let held = flow::renewal_held(state, &job, now);
         let found = update_renewals(cfg, &key, now, |t| match t.get(&key, now) {
             // Renewals paused on this worker: no claim (another worker may renew it meanwhile).
-            Renewal::Free if paused => Some(Renewal::Free),
+            Renewal::Free if held => Some(Renewal::Free),
             Renewal::Free => {
                 t.claim(&key, claim_until);
                 None

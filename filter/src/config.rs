@@ -999,6 +999,7 @@ impl Plugin {
             let mut site = Config::from_object(merged, env).map_err(at_redirect)?;
             redirect_host_served(&site, &hosts).map_err(at_redirect)?;
             hosts_within_cookie_domain(&site, &hosts).map_err(at_redirect)?;
+            post_logout_not_own(&site, &hosts).map_err(at_redirect)?;
             inherits_redirect.push(inherited.contains(&"`redirect_uri`"));
             if !explicit_cookie {
                 // Each site seals under its own cookie name (the AEAD's associated data), so a session
@@ -1529,13 +1530,7 @@ fn post_logout_redirect_uri_check(
         }
         url.path().to_string()
     };
-    let normal = crate::paths::normalize(&path).unwrap_or_default();
-    if own.contains(&&normal) || own.iter().any(|o| **o == crate::paths::path_only(&path)) {
-        return Err(err(
-            FIELD,
-            "must not be callback_path or logout_path (a logout would never end)",
-        ));
-    }
+    not_own_path(&path, own)?;
     if !p.starts_with('/') {
         return Ok(());
     }
@@ -1556,6 +1551,36 @@ fn post_logout_redirect_uri_check(
             FIELD,
             "a path must be visible ASCII, at most 2048 characters, with no escape that decodes to `//` or a backslash",
         ));
+    }
+    Ok(())
+}
+
+/// `post_logout_redirect_uri`'s `path` is not one of the filter's `own` (callback and logout) paths.
+fn not_own_path(path: &str, own: [&String; 2]) -> Result<(), ConfigError> {
+    let normal = crate::paths::normalize(path).unwrap_or_default();
+    if own.contains(&&normal) || own.iter().any(|o| **o == crate::paths::path_only(path)) {
+        return Err(err(
+            "post_logout_redirect_uri",
+            "must not be callback_path or logout_path (a logout would never end)",
+        ));
+    }
+    Ok(())
+}
+
+/// A `hosts` entry's `post_logout_redirect_uri` at one of its own hosts: not its callback or logout path
+/// either (found in review: `https://app.example.com/logout` at app.example.com was taken).
+fn post_logout_not_own(site: &Config, hosts: &[String]) -> Result<(), ConfigError> {
+    let Some(url) = site
+        .post_logout_redirect_uri
+        .as_deref()
+        .filter(|p| !p.starts_with('/'))
+        .and_then(|p| WebUrl::parse(p).ok())
+    else {
+        return Ok(());
+    };
+    let host = url.host().to_ascii_lowercase();
+    if hosts.iter().any(|p| pattern_score(p, &host).is_some()) {
+        return not_own_path(url.path(), [&site.callback_path, &site.logout_path]);
     }
     Ok(())
 }
@@ -4075,6 +4100,26 @@ mod tests {
         refused(at("https://app.example.com/oauth2/callback", r.clone()));
         accepted(at("https://portal.example.com/logout", r.clone()));
         accepted(at("https://app.example.com/bye", r));
+        // At a `hosts` entry's own host, exact or under its wildcard (found in review: taken there).
+        for (url, ok) in [
+            ("https://app.example.com/logout", false),
+            ("https://x.apps.example.com/oauth2/callback", false),
+            ("https://portal.example.com/logout", true),
+            ("https://app.example.com/bye", true),
+        ] {
+            let mut m = minimal();
+            m["hosts"] = serde_json::json!([{
+                "hosts": ["app.example.com", "*.apps.example.com"],
+                "post_logout_redirect_uri": url,
+            }]);
+            match Plugin::parse(m.to_string().as_bytes(), &no_env) {
+                Ok(_) => assert!(ok, "{url} taken"),
+                Err(e) => {
+                    assert!(!ok, "{url}: {e}");
+                    assert!(e.field.ends_with("post_logout_redirect_uri"), "{url}: {e}");
+                }
+            }
+        }
     }
 
     /// Found by mutation testing: each bound and refusal below could be dropped or moved by one with every

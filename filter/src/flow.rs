@@ -360,9 +360,14 @@ pub struct State {
     pub renewals_paused_until: u64,
     /// The last renewal met an outage: the next is a probe, and the others wait for its answer.
     pub renewals_failing: bool,
-    /// The sessions whose renewals met the last outages here (a hash of the cookie) and when: see
-    /// [`State::own_outage`].
-    pub outages_of: [(u64, u64); 4],
+    /// The sessions whose renewals met the last outages here (a hash of the cookie), when the first of a
+    /// run of them came and when the last: see [`State::session_outage`].
+    pub outages_of: [(u64, u64, u64); 4],
+    /// When the IdP last answered a renewal, here or on another worker (the shared pause's end).
+    pub answered_at: u64,
+    /// A renewal of another session than those that met the outage waited out the pause here: it
+    /// probes before they ask again (see [`State::session_outage`]).
+    pub others_wait: bool,
     /// The version of the workers' shared pause last taken in (see `workers::take_pause`).
     pub pause_seen: Option<u32>,
     /// The request just decided carried a session cookie the cookie keys do not open (another gateway's
@@ -429,8 +434,9 @@ impl Ahead {
 
 /// How long a renewal that met an outage pauses the others on its worker (the `Retry-After` of a 503).
 const RENEWAL_PAUSE: u64 = 5;
-/// For how long after a session's renewal met an outage its meeting one again is its own (see
-/// `State::session_outage`).
+/// How long a session whose renewal met an outage does not ask again (longer than the pause), and how
+/// far apart its outages may be to count as one run (see `State::session_outage`).
+const OWN_WAIT: u64 = 2 * RENEWAL_PAUSE;
 const OWN_REPEAT: u64 = 300;
 /// The longest a pause can be: a probe under the longest `callout_timeout`, then the pause.
 pub const MAX_PAUSE: u64 = 60 + RENEWAL_PAUSE;
@@ -449,47 +455,60 @@ impl State {
         self.renewals_paused_until = now.saturating_add(RENEWAL_PAUSE);
     }
 
-    /// A renewal of `who` (a hash of its cookie) met an outage: pause and probe from then on, unless it is
-    /// the session's own again. A session whose renewal met one asks again at most every
-    /// [`RENEWAL_PAUSE`] s, and its meeting one again within [`OWN_REPEAT`] s pauses no other's (a probe
-    /// it was ends: the next renewal of another session probes): one account the IdP fails, behind a
-    /// dashboard that polls, took every probe and held the site's renewals paused (found by a black-box
-    /// test: other users' renewals answered 503 for as long as its tab was open).
+    /// A renewal of `who` (a hash of its cookie) met an outage. It pauses the site's renewals and starts
+    /// the probing, unless none is failing and the IdP has answered another renewal since this session's
+    /// run of outages began (each within [`OWN_REPEAT`] s of the one before): then the failure is the
+    /// session's own (an account the IdP fails), and the others go on. Either way the session does not ask
+    /// again for [`RENEWAL_PAUSE`] s, nor for [`OWN_WAIT`] s while another session's renewal waits, so
+    /// that the other probes when the pause ends ([`State::own_outage`]). Found by a black-box test: one
+    /// account the IdP failed, behind a dashboard that polls, took the probe each time the pause ended,
+    /// and the other users' renewals answered 503 for as long as its tab was open.
     fn session_outage(&mut self, who: u64, now: u64) {
-        let found = self.outages_of.iter().position(|o| o.0 == who);
-        match found {
-            Some(i) if now < self.outages_of[i].1.saturating_add(OWN_REPEAT) => {
-                if self.renewals_failing {
-                    self.renewals_paused_until = now;
-                }
-            }
-            _ => self.renewal_outage(now),
+        let found = self
+            .outages_of
+            .iter()
+            .position(|o| o.0 == who && now < o.2.saturating_add(OWN_REPEAT));
+        let first = found.map_or(now, |i| self.outages_of[i].1);
+        if found.is_none() || self.renewals_failing || self.answered_at <= first {
+            self.renewal_outage(now);
         }
         let slot = found.unwrap_or_else(|| {
             let mut oldest = 0;
             for (i, o) in self.outages_of.iter().enumerate() {
-                if o.1 < self.outages_of[oldest].1 {
+                if o.2 < self.outages_of[oldest].2 {
                     oldest = i;
                 }
             }
             oldest
         });
-        self.outages_of[slot] = (who, now);
+        self.outages_of[slot] = (who, first, now);
     }
 
-    /// Whether `who`'s renewal met an outage here less than [`RENEWAL_PAUSE`] s ago (or, the clock
-    /// stepped back, ahead of now): it does not ask the IdP again yet.
+    /// Whether `who`'s renewal met an outage here less than [`OWN_WAIT`] s ago (or, the clock stepped
+    /// back, ahead of now) while another session waits to probe, or [`RENEWAL_PAUSE`] s ago: it does not
+    /// ask the IdP again yet (with none waiting, a user alone renews as soon as the pause is over).
     fn own_outage(&self, who: u64, now: u64) -> bool {
+        let within = if self.others_wait {
+            OWN_WAIT
+        } else {
+            RENEWAL_PAUSE
+        };
+        self.met_outage(who, now, within)
+    }
+
+    /// Whether `who`'s renewal met an outage here less than `within` s ago (or ahead of now).
+    fn met_outage(&self, who: u64, now: u64, within: u64) -> bool {
         self.outages_of
             .iter()
-            .any(|o| o.0 == who && now.abs_diff(o.1) < RENEWAL_PAUSE)
+            .any(|o| o.0 == who && now.abs_diff(o.2) < within)
     }
 
     /// The IdP answered a renewal: no pause, no probing.
-    fn renewal_answered(&mut self) {
+    fn renewal_answered(&mut self, now: u64) {
         self.renewals_failing = false;
         self.renewals_paused_until = 0;
         self.idp_answered = true;
+        self.answered_at = now;
     }
 
     /// An ID token the IdP issued at `iat`, asked for at `asked` (or before), arrived at `now`: how far
@@ -515,11 +534,14 @@ pub fn renewal_claim(
     now: u64,
 ) -> Result<RefreshJob, Step> {
     if renewal_held(state, &job, now) {
+        // Another session than those that met the outage waits: it probes first when the pause ends.
+        state.others_wait |= !state.met_outage(job.who(), now, OWN_WAIT);
         return Err(renewal_paused(cfg, job, now));
     }
     if state.renewals_failing {
         let timeout = cfg.callout_timeout.as_secs();
         state.renewals_paused_until = now.saturating_add(timeout + RENEWAL_PAUSE);
+        state.others_wait = false;
     }
     Ok(job)
 }
@@ -2219,8 +2241,8 @@ fn refresh_outcome(
     };
     match &tokens {
         // The IdP answers: renewals need not wait.
-        Ok(_) => state.renewal_answered(),
-        Err(e) if e.is_refusal() => state.renewal_answered(),
+        Ok(_) => state.renewal_answered(now),
+        Err(e) if e.is_refusal() => state.renewal_answered(now),
         // A success in JSON that cannot be used: neither an outage nor an answer that ends one.
         Err(TokenError::Malformed(_)) => {}
         // Down or slow: recorded also when the session ended while it was renewed (found in review: the
@@ -2510,12 +2532,12 @@ fn keep_old(cfg: &Config, job: &RefreshJob) -> Step {
 }
 
 impl RefreshJob {
-    /// The sealed session this refresh renews.
     /// The session, for [`State::session_outage`]: a hash of its cookie (never 0, an empty slot).
     fn who(&self) -> u64 {
         crate::idhash::fnv(&[self.cache_key.as_bytes()]) | 1
     }
 
+    /// The sealed session this refresh renews.
     pub fn sealed(&self) -> &str {
         &self.cache_key
     }

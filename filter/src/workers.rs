@@ -35,6 +35,7 @@ pub fn take_pause(state: &mut State, bytes: &[u8], cas: Option<u32>, now: u64) {
     if until == 0 {
         state.renewals_failing = false;
         state.renewals_paused_until = 0;
+        state.answered_at = now;
     } else if until <= now.saturating_add(crate::flow::MAX_PAUSE) {
         // (One further off than any can be is none: the clock read far ahead when it was written.)
         state.renewals_failing = true;

@@ -393,8 +393,9 @@ fn after_an_outage(callout_timeout: &str) -> (Filter, Jar, Jar) {
 
 /// Found by a black-box test: one account whose renewals the IdP fails (a `500` for that user alone),
 /// behind a dashboard tab that polls, took the probe each time the pause ended, and every other user's
-/// renewal answered 503 for as long as the tab was open. That session's renewal now asks again at most
-/// every 5 s, and its failing again pauses no other session's renewals.
+/// renewal answered 503 for as long as the tab was open. That session's renewal now waits 10 s before it
+/// asks again (another's probes when the pause ends), and once the IdP has answered another renewal
+/// since its run of failures began, its failing again pauses nobody.
 #[test]
 fn one_session_the_idp_keeps_failing_does_not_hold_the_others_renewals() {
     let (mut a, jar, other) = after_an_outage("30s");
@@ -406,30 +407,75 @@ fn one_session_the_idp_keeps_failing_does_not_hold_the_others_renewals() {
     a.now += 2;
     assert!(claim(&mut a, &jar).is_err());
     assert!(claim(&mut a, &other).is_err());
-    // Past it, the failing session's poll probes, and the IdP fails it again.
+    // Past it, the failing session's poll waits, as another session's renewal waited: that one probes,
+    // and the IdP answers it.
     a.now += 4;
-    let job = claim(&mut a, &jar).unwrap();
-    let r = respond(a.reply(Box::new(Pending::Refresh(job)), Some((500, b"{}"))));
-    assert_eq!(r.status, 503);
-    // Its own failure: the other session renews at once.
-    let job = claim(&mut a, &other).expect("another session's renewal is not paused");
+    assert_eq!(respond(claim(&mut a, &jar).unwrap_err()).status, 503);
+    let job = claim(&mut a, &other).expect("another session's renewal probes");
     let new_token = mint(&refreshed_claims(a.now));
     let fwd = forward(a.reply(
         Box::new(Pending::Refresh(job)),
         Some((200, &token_body(Some(&new_token), None))),
     ));
     assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
-    // The failing session asks again no sooner than 5 s after its last failure...
-    a.now += 4;
-    let r = respond(claim(&mut a, &jar).unwrap_err());
+    // The failing session asks again, and fails again: its own failure, no pause.
+    let job = claim(&mut a, &jar).unwrap();
+    let r = respond(a.reply(Box::new(Pending::Refresh(job)), Some((500, b"{}"))));
     assert_eq!(r.status, 503);
     assert!(set_cookies(&r).iter().all(|c| !c.contains("Max-Age=0")));
+    assert!(!a.state.renewals_paused(a.now) && !a.state.renewals_failing);
+    // It asks at most every 5 s.
+    a.now += 4;
+    assert!(claim(&mut a, &jar).is_err());
     a.now += 1;
-    let job = claim(&mut a, &jar).unwrap();
-    // ...and its failing again still pauses nobody.
-    let _ = respond(a.reply(Box::new(Pending::Refresh(job)), None));
-    assert!(!a.state.renewals_paused(a.now));
-    assert!(!a.state.renewals_failing);
+    assert!(claim(&mut a, &jar).is_ok());
+}
+
+/// Found in review of the fix above: its first version took a session's second outage for its own
+/// whatever else failed meanwhile, and ended the pause: a renewal given up at `callout_timeout`, whose
+/// call then timed out too, ended the hold of another session's probe (two probes out at once), and in
+/// a real outage every failing session asked every 5 s. A session's failure is its own only once the
+/// IdP has answered another renewal since its failures began.
+#[test]
+fn in_an_outage_the_idp_is_asked_once_per_pause_however_many_sessions_poll() {
+    let mut a = Filter::ready(config(serde_json::json!({"callout_timeout": "10s"})));
+    let jars: Vec<Jar> = (0..4)
+        .map(|i| log_in(&mut a, Some(&format!("rt-{i}"))).0)
+        .collect();
+    let claim = |a: &mut Filter, j: &Jar| {
+        let job = refresh_job(a.request(&Req::api("/poll").cookies(j)));
+        flow::renewal_claim(&a.cfg, &mut a.state, job, a.now)
+    };
+    a.now = NOW + 3600 + 1;
+    let start = a.now;
+    let mut asked = 0;
+    while a.now < start + 40 {
+        for j in &jars {
+            if let Ok(job) = claim(&mut a, j) {
+                asked += 1;
+                // A down IdP: the connection refused at once.
+                let _ = a.reply(Box::new(Pending::Refresh(job)), None);
+            }
+        }
+        a.now += 1;
+    }
+    // Once, then once per pause (5 s, and the probe's second).
+    assert!(asked <= 8, "the IdP was asked {asked} times in 40 s");
+    // A renewal given up at callout_timeout whose call then times out too, while another session's
+    // probe is out: no second probe.
+    let (s1, s2, s3) = (&jars[0], &jars[1], &jars[2]);
+    a.now += 60;
+    let t = a.now;
+    let job = claim(&mut a, s1).unwrap();
+    let pending = Box::new(Pending::Refresh(job));
+    a.now = t + 10;
+    let _ = flow::renewal_given_up(&a.cfg, &mut a.state, &pending, a.now).unwrap();
+    a.now = t + 15;
+    let _probe = claim(&mut a, s2).expect("the probe");
+    assert!(claim(&mut a, s3).is_err(), "waits for the probe");
+    a.now = t + 20;
+    let _ = a.reply(pending, None);
+    assert!(claim(&mut a, s3).is_err(), "a second probe went out");
 }
 
 /// Found by a black-box test: an IdP that renews with the login's own ID token (against OIDC Core 12.2),

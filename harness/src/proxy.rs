@@ -308,7 +308,7 @@ fn handle(inner: &Inner, id: u64, client: TcpStream) {
             inner,
             id,
             client,
-            &|r| find(r, needle.as_bytes()).is_some(),
+            &|r| !needle.is_empty() && find(r, needle.as_bytes()).is_some(),
             status,
             &content_type,
             &body,
