@@ -509,6 +509,7 @@ impl State {
         self.renewals_paused_until = 0;
         self.idp_answered = true;
         self.answered_at = now;
+        self.others_wait = false;
     }
 
     /// An ID token the IdP issued at `iat`, asked for at `asked` (or before), arrived at `now`: how far
@@ -536,6 +537,11 @@ pub fn renewal_claim(
     if renewal_held(state, &job, now) {
         // Another session than those that met the outage waits: it probes first when the pause ends.
         state.others_wait |= !state.met_outage(job.who(), now, OWN_WAIT);
+        if !state.renewals_paused(now) {
+            // Not the site's pause (found in review: the log line said so): this session's own wait.
+            let why = "this session's renewal met an outage moments ago (the site's others go on)";
+            return Err(renewal_held_reply(cfg, job, now, why));
+        }
         return Err(renewal_paused(cfg, job, now));
     }
     if state.renewals_failing {
@@ -554,10 +560,15 @@ pub fn renewal_held(state: &State, job: &RefreshJob, now: u64) -> bool {
 
 /// The answer while the site's renewals on this worker are paused: the token while it is valid, then 503.
 pub fn renewal_paused(cfg: &Config, job: RefreshJob, now: u64) -> Step {
+    renewal_held_reply(cfg, job, now, "renewals paused after one met an outage")
+}
+
+/// The token while it is valid, then 503 saying `why` the renewal did not ask the IdP.
+fn renewal_held_reply(cfg: &Config, job: RefreshJob, now: u64, why: &str) -> Step {
     let api = job.api();
     match renewal_busy(cfg, job, now) {
         Ok(step) => step,
-        Err(_) => renewal_unavailable(api, "renewals paused after one met an outage".into()),
+        Err(_) => renewal_unavailable(api, why.into()),
     }
 }
 

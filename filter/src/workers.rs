@@ -36,6 +36,7 @@ pub fn take_pause(state: &mut State, bytes: &[u8], cas: Option<u32>, now: u64) {
         state.renewals_failing = false;
         state.renewals_paused_until = 0;
         state.answered_at = now;
+        state.others_wait = false;
     } else if until <= now.saturating_add(crate::flow::MAX_PAUSE) {
         // (One further off than any can be is none: the clock read far ahead when it was written.)
         state.renewals_failing = true;
@@ -138,9 +139,13 @@ mod tests {
         let mut s = State::default();
         take_pause(&mut s, &(NOW + 5).to_le_bytes(), Some(1), NOW);
         assert!(s.renewals_failing && s.renewals_paused(NOW));
-        // Its end: taken in (the IdP answered another worker).
+        // Its end: taken in (the IdP answered another worker), and when: a session's failures from
+        // before are its own from then on; the sessions that waited out the pause wait no more.
+        s.others_wait = true;
         take_pause(&mut s, &0u64.to_le_bytes(), Some(2), NOW);
         assert!(!s.renewals_failing && !s.renewals_paused(NOW));
+        assert_eq!(s.answered_at, NOW);
+        assert!(!s.others_wait);
         // The same version again is not taken in twice: this worker's own outage since stands.
         let mut s = failing(NOW + 5);
         s.pause_seen = Some(2);

@@ -424,9 +424,16 @@ fn one_session_the_idp_keeps_failing_does_not_hold_the_others_renewals() {
     assert_eq!(r.status, 503);
     assert!(set_cookies(&r).iter().all(|c| !c.contains("Max-Age=0")));
     assert!(!a.state.renewals_paused(a.now) && !a.state.renewals_failing);
-    // It asks at most every 5 s.
+    // It asks at most every 5 s, and its log line says why.
     a.now += 4;
-    assert!(claim(&mut a, &jar).is_err());
+    let r = respond(claim(&mut a, &jar).unwrap_err());
+    assert!(
+        r.detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("this session's renewal"),
+        "{r:?}"
+    );
     a.now += 1;
     assert!(claim(&mut a, &jar).is_ok());
 }
