@@ -1518,22 +1518,18 @@ fn post_logout_redirect_uri_check(
     if p.chars().any(|c| c.is_control() || c == ' ') {
         return Err(err(FIELD, "must not contain spaces or control characters"));
     }
-    let path = if p.starts_with('/') {
-        p.to_string()
-    } else {
+    if !p.starts_with('/') {
         let url = http_url(FIELD, p)?;
         let ours = redirect_uri
             .and_then(|r| WebUrl::parse(r).ok())
             .is_some_and(|r| r.host().eq_ignore_ascii_case(url.host()));
-        if !ours {
-            return Ok(());
-        }
-        url.path().to_string()
-    };
-    not_own_path(&path, own)?;
-    if !p.starts_with('/') {
-        return Ok(());
+        return if ours {
+            not_own_path(url.path(), own)
+        } else {
+            Ok(())
+        };
     }
+    not_own_path(p, own)?;
     if p.starts_with("//") {
         return Err(err(
             FIELD,

@@ -360,9 +360,8 @@ pub struct State {
     pub renewals_paused_until: u64,
     /// The last renewal met an outage: the next is a probe, and the others wait for its answer.
     pub renewals_failing: bool,
-    /// The sessions whose renewals met the last outages here (a hash of the cookie), when the first of a
-    /// run of them came and when the last: see [`State::session_outage`].
-    pub outages_of: [(u64, u64, u64); 4],
+    /// The sessions whose renewals met the last outages here: see [`State::session_outage`].
+    pub outages_of: [SessionOutages; 4],
     /// When the IdP last answered a renewal, here or on another worker (the shared pause's end).
     pub answered_at: u64,
     /// A renewal of another session than those that met the outage waited out the pause here: it
@@ -385,6 +384,15 @@ pub struct State {
     pub idp_answered: bool,
     /// A refresh answer without an ID token ended a session here, and the log said so at warning.
     pub told_no_id_token: bool,
+}
+
+/// A session whose renewals met outages on this worker: a hash of its cookie ([`RefreshJob::who`]), when
+/// the first of a run of them came and when the last.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SessionOutages {
+    who: u64,
+    first: u64,
+    last: u64,
 }
 
 /// How far ahead (seconds, within `clock_leeway`; behind, negative, within [`MAX_BEHIND`]) a token showed
@@ -467,21 +475,25 @@ impl State {
         let found = self
             .outages_of
             .iter()
-            .position(|o| o.0 == who && now < o.2.saturating_add(OWN_REPEAT));
-        let first = found.map_or(now, |i| self.outages_of[i].1);
+            .position(|o| o.who == who && now < o.last.saturating_add(OWN_REPEAT));
+        let first = found.map_or(now, |i| self.outages_of[i].first);
         if found.is_none() || self.renewals_failing || self.answered_at <= first {
             self.renewal_outage(now);
         }
         let slot = found.unwrap_or_else(|| {
             let mut oldest = 0;
             for (i, o) in self.outages_of.iter().enumerate() {
-                if o.2 < self.outages_of[oldest].2 {
+                if o.last < self.outages_of[oldest].last {
                     oldest = i;
                 }
             }
             oldest
         });
-        self.outages_of[slot] = (who, first, now);
+        self.outages_of[slot] = SessionOutages {
+            who,
+            first,
+            last: now,
+        };
     }
 
     /// Whether `who`'s renewal met an outage here less than [`OWN_WAIT`] s ago (or, the clock stepped
@@ -500,7 +512,7 @@ impl State {
     fn met_outage(&self, who: u64, now: u64, within: u64) -> bool {
         self.outages_of
             .iter()
-            .any(|o| o.0 == who && now.abs_diff(o.2) < within)
+            .any(|o| o.who == who && now.abs_diff(o.last) < within)
     }
 
     /// The IdP answered a renewal: no pause, no probing.
@@ -534,15 +546,18 @@ pub fn renewal_claim(
     job: RefreshJob,
     now: u64,
 ) -> Result<RefreshJob, Step> {
-    if renewal_held(state, &job, now) {
+    let who = job.who();
+    let paused = state.renewals_paused(now);
+    if paused || state.own_outage(who, now) {
         // Another session than those that met the outage waits: it probes first when the pause ends.
-        state.others_wait |= !state.met_outage(job.who(), now, OWN_WAIT);
-        if !state.renewals_paused(now) {
-            // Not the site's pause (found in review: the log line said so): this session's own wait.
-            let why = "this session's renewal met an outage moments ago (the site's others go on)";
-            return Err(renewal_held_reply(cfg, job, now, why));
-        }
-        return Err(renewal_paused(cfg, job, now));
+        state.others_wait |= !state.met_outage(who, now, OWN_WAIT);
+        // Not the site's pause (found in review: the log line said so): this session's own wait.
+        let why = if paused {
+            PAUSED
+        } else {
+            "this session's renewal met an outage moments ago (the site's others go on)"
+        };
+        return Err(renewal_held_reply(cfg, job, now, why));
     }
     if state.renewals_failing {
         let timeout = cfg.callout_timeout.as_secs();
@@ -560,8 +575,11 @@ pub fn renewal_held(state: &State, job: &RefreshJob, now: u64) -> bool {
 
 /// The answer while the site's renewals on this worker are paused: the token while it is valid, then 503.
 pub fn renewal_paused(cfg: &Config, job: RefreshJob, now: u64) -> Step {
-    renewal_held_reply(cfg, job, now, "renewals paused after one met an outage")
+    renewal_held_reply(cfg, job, now, PAUSED)
 }
+
+/// Why a renewal did not ask the IdP while the site's renewals pause.
+const PAUSED: &str = "renewals paused after one met an outage";
 
 /// The token while it is valid, then 503 saying `why` the renewal did not ask the IdP.
 fn renewal_held_reply(cfg: &Config, job: RefreshJob, now: u64, why: &str) -> Step {
@@ -1011,6 +1029,12 @@ fn ended(cfg: &Config, state: &State, s: &Cached, now: u64) -> bool {
 
 /// Slack for the clocks of other gateways in [`outlived`].
 pub const LIFETIME_SLACK: u64 = 60;
+
+/// How long an ended login is kept: as long as the longest of its client's sessions may live
+/// ([`outlived`]'s slack included), so that it outlasts every session it ends.
+fn logout_kept(cfg: &Config) -> u64 {
+    cfg.logout_lifetime + LIFETIME_SLACK
+}
 
 /// The session's lifetime has run out, or the `session_lifetime` configured now (and a minute for the
 /// clocks of other gateways) has run out since its login was made: it was made under a longer one,
@@ -1819,10 +1843,7 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
             // may keep its sessions longer (found in review: by this session's end alone, that site's
             // sessions of the `sid` opened again when it came).
             let own = s.expires_at.max(now);
-            let until = [
-                own,
-                own.max(now.saturating_add(cfg.logout_lifetime + LIFETIME_SLACK)),
-            ];
+            let until = [own, own.max(now.saturating_add(logout_kept(cfg)))];
             // Now on the IdP's clock, as far as seen: kept by the user, the logout ends the login's
             // renewals done before it, whose tokens the IdP may have dated ahead of this gateway.
             let at = now.saturating_add_signed(state.idp_ahead.secs);
@@ -2922,9 +2943,7 @@ fn logout_with(
         cfg.clock_leeway,
     ) {
         Ok(logout) => {
-            state
-                .revoked
-                .add(&logout, now, cfg.logout_lifetime + LIFETIME_SLACK);
+            state.revoked.add(&logout, now, logout_kept(cfg));
             state.ended_here = true;
             let mut r = json_error(200, "");
             if let Step::Respond(r) = &mut r {
@@ -3166,12 +3185,15 @@ fn origin_to_return_to(cfg: &Config, h: &dyn Headers) -> Result<Option<String>, 
         .get(host.len()..)
         .and_then(|p| p.strip_prefix(':'))
     {
-        Some(digits) => digits.parse().ok(),
-        None if url.scheme() == "https" => Some(443),
-        None => Some(80),
+        Some(digits) => match digits.parse() {
+            Ok(p) => p,
+            Err(_) => return Ok(None),
+        },
+        None if url.scheme() == "https" => 443,
+        None => 80,
     };
-    let elsewhere = other_host || port.is_some_and(|p| p != url.port_or_default());
-    Ok((within && port.is_some() && elsewhere).then(|| format!("{}://{authority}", url.scheme())))
+    let elsewhere = other_host || port != url.port_or_default();
+    Ok((within && elsewhere).then(|| format!("{}://{authority}", url.scheme())))
 }
 
 fn redirect_uri(cfg: &Config, h: &dyn Headers) -> Option<String> {

@@ -55,19 +55,14 @@ pub enum Mode {
     RespondFor {
         /// Request paths (query included) starting with this get the canned response.
         path_prefix: String,
+        /// And, when set, only those that contain this (in their head or body): e.g. a token endpoint
+        /// that fails one user's refresh token.
+        containing: Option<String>,
         /// Status code.
         status: u16,
         /// Content-Type header.
         content_type: String,
         /// Body.
-        body: String,
-    },
-    /// Answer requests that contain `needle` (in their head or body) with this response, forward the
-    /// others (one request per connection): e.g. a token endpoint that fails one user's refresh token.
-    RespondIfContains {
-        needle: String,
-        status: u16,
-        content_type: String,
         body: String,
     },
 }
@@ -92,8 +87,24 @@ impl Mode {
 
     /// A canned response for paths under `path_prefix` only.
     pub fn respond_for(path_prefix: &str, status: u16, content_type: &str, body: &str) -> Mode {
+        Mode::respond_where(path_prefix, None, status, content_type, body)
+    }
+
+    /// A canned response for requests that contain `needle` (in their head or body) only.
+    pub fn respond_if_contains(needle: &str, status: u16, content_type: &str, body: &str) -> Mode {
+        Mode::respond_where("", Some(needle), status, content_type, body)
+    }
+
+    fn respond_where(
+        path_prefix: &str,
+        containing: Option<&str>,
+        status: u16,
+        content_type: &str,
+        body: &str,
+    ) -> Mode {
         Mode::RespondFor {
             path_prefix: path_prefix.to_string(),
+            containing: containing.map(str::to_string),
             status,
             content_type: content_type.to_string(),
             body: body.to_string(),
@@ -287,6 +298,7 @@ fn handle(inner: &Inner, id: u64, client: TcpStream) {
         Mode::DelayFor { path_prefix, delay } => delay_for(inner, id, client, &path_prefix, delay),
         Mode::RespondFor {
             path_prefix,
+            containing,
             status,
             content_type,
             body,
@@ -294,21 +306,12 @@ fn handle(inner: &Inner, id: u64, client: TcpStream) {
             inner,
             id,
             client,
-            &|r| request_path(r).starts_with(&path_prefix),
-            status,
-            &content_type,
-            &body,
-        ),
-        Mode::RespondIfContains {
-            needle,
-            status,
-            content_type,
-            body,
-        } => respond_for(
-            inner,
-            id,
-            client,
-            &|r| !needle.is_empty() && find(r, needle.as_bytes()).is_some(),
+            &|r| {
+                request_path(r).starts_with(&path_prefix)
+                    && containing
+                        .as_deref()
+                        .is_none_or(|n| !n.is_empty() && find(r, n.as_bytes()).is_some())
+            },
             status,
             &content_type,
             &body,

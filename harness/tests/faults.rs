@@ -573,12 +573,12 @@ fn one_user_the_idp_fails_to_renew_does_not_hold_the_others_renewals() {
         .expose()
         .to_string();
     let x = with_token_expiring_at(&xavier, unix_now() - 1);
-    let _fault = Fault::set(Mode::RespondIfContains {
-        needle: refresh_token,
-        status: 500,
-        content_type: "application/json".into(),
-        body: r#"{"error":"server_error"}"#.into(),
-    });
+    let _fault = Fault::set(Mode::respond_if_contains(
+        &refresh_token,
+        500,
+        "application/json",
+        r#"{"error":"server_error"}"#,
+    ));
     let stop = AtomicBool::new(false);
     let t0 = Instant::now();
     let mut seen = Vec::new();
