@@ -879,7 +879,11 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
         ),
     };
     let life = due.saturating_sub(issued);
-    let refresh_margin = cfg.refresh_margin.min(life / 2);
+    let refresh_margin = if session.renew_at_expiry {
+        0
+    } else {
+        cfg.refresh_margin.min(life / 2)
+    };
     let identity = Rc::new(
         cfg.identity_headers
             .iter()
@@ -2480,6 +2484,9 @@ fn finish_refresh(
         };
         return refresh_failed(cfg, state, &job, env.now, why.into());
     }
+    // One that did not extend it but is still good: renewing again before it expires would ask the
+    // IdP on every request within the margin (found in review); the session renews once it has expired.
+    session.renew_at_expiry = session.token_expires_at <= old.token_expires_at;
     let set = match seal_session(cfg, env, &session, &job.present_chunks) {
         Ok(c) => c,
         Err(step) => {
@@ -2810,6 +2817,7 @@ fn new_session(
         sub,
         login_sid: None,
         login_id: None,
+        renew_at_expiry: false,
     })
 }
 

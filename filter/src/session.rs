@@ -796,6 +796,10 @@ pub struct Session {
     /// Names the login, random, kept by every renewal: a `/logout` ends it (see [`Session::login_id`]).
     /// `None` in sessions of the builds before.
     pub login_id: Option<u64>,
+    /// The IdP's last renewal did not extend the token (it gave the same ID token again, or one capped
+    /// at the end of its own session): renewing before the token expires would only ask it again, so the
+    /// session renews once the token has expired. Kept only with a login id (see [`Session::encode`]).
+    pub renew_at_expiry: bool,
 }
 
 impl Session {
@@ -837,8 +841,9 @@ impl Session {
         let sid = self.login_sid.as_deref().filter(|s| !s.is_empty());
         let last = match self.login_id {
             Some(id) => {
-                // Pushed, not `concat`: that would bring in 1 KB of generic joining.
-                let mut last = String::from("\0");
+                // Pushed, not `concat`: that would bring in 1 KB of generic joining. `\x01` marks
+                // `renew_at_expiry` (builds before read the whole string as the `sid`, no login id).
+                let mut last = String::from(if self.renew_at_expiry { "\x01" } else { "\0" });
                 last.push_str(&crate::b64::encode_url(&id.to_le_bytes()));
                 last.push_str(sid.unwrap_or(""));
                 Some(last)
@@ -874,12 +879,15 @@ impl Session {
                 sub: r.string()?,
                 login_sid: None,
                 login_id: None,
+                renew_at_expiry: false,
             };
             // A zero-length last string is never written: a trailing empty string is malformed, as any
             // other trailing byte is.
             if !r.at_end() {
                 let last = r.string().filter(|last| !last.is_empty())?;
-                let sid = match last.strip_prefix('\0') {
+                let marked = last.strip_prefix('\x01');
+                s.renew_at_expiry = marked.is_some();
+                let sid = match marked.or_else(|| last.strip_prefix('\0')) {
                     Some(rest) => {
                         let (id, sid) = (rest.get(..11)?, rest.get(11..)?);
                         let id = crate::b64::decode_url(id)?;
@@ -1064,6 +1072,7 @@ mod tests {
             sub: "alice".into(),
             login_sid: None,
             login_id: None,
+            renew_at_expiry: false,
         }
     }
 
@@ -1561,6 +1570,7 @@ mod tests {
             sub: String::new(),
             login_sid: None,
             login_id: None,
+            renew_at_expiry: false,
         };
         let bare = Session {
             access_token: None,
@@ -1578,6 +1588,11 @@ mod tests {
             login_state().encode(),
             with_id(0, None).encode(),
             with_id(u64::MAX, Some("sid-é")).encode(),
+            Session {
+                renew_at_expiry: true,
+                ..with_id(7, Some("sid"))
+            }
+            .encode(),
         ]
     }
 
@@ -1728,7 +1743,27 @@ mod tests {
             };
             assert_eq!(before.encode(), bytes, "{sid:?}");
             assert_eq!(&bytes[..session().encode().len()], &session().encode()[..]);
+            // The mark that the IdP's last renewal did not extend the token: another first byte.
+            let marked = Session {
+                renew_at_expiry: true,
+                ..s.clone()
+            };
+            let bytes = marked.encode();
+            assert_eq!(Session::decode(&bytes), Ok(marked));
+            let last = ["\x01", "CAcGBQQDAgE", sid.unwrap_or("")].concat();
+            let before = Session {
+                login_id: None,
+                login_sid: Some(last),
+                ..session()
+            };
+            assert_eq!(before.encode(), bytes, "{sid:?}");
         }
+        // Without a login id the mark is not kept (sessions of builds before login ids renew as before).
+        let unmarked = Session {
+            renew_at_expiry: true,
+            ..session()
+        };
+        assert_eq!(unmarked.encode(), session().encode());
         // Malformed: an id cut short, or not base64url.
         for last in ["\0CAcGBQQDAg", "\0CAcGBQQDA!E", "\0"] {
             let odd = Session {

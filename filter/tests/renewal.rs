@@ -510,6 +510,42 @@ fn a_renewal_that_does_not_extend_the_token_ends_the_session_saying_so() {
     assert!(why.contains("clocks differ"), "{why}");
 }
 
+/// Found in review: a renewal within the margin that brings the same ID token again (or one capped at the
+/// IdP's session end) leaves the token due: every later request asked the IdP again until it expired. The
+/// session now waits for the token's expiry, on every worker (the mark is in the cookie), then renews once.
+#[test]
+fn a_renewal_that_does_not_extend_the_token_is_not_asked_again_before_it_expires() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let (mut jar, id_token) = due(&mut a, &mut b);
+    let (_, pending) = call(a.request(&Req::api("/page").cookies(&jar)));
+    let f = forward(a.reply(
+        pending,
+        Some((200, &token_body(Some(&id_token), Some("rt-2")))),
+    ));
+    assert_eq!(bearer(&f), format!("Bearer {id_token}"));
+    jar.apply(f.set_cookies.iter().map(String::as_str));
+    assert!(a.open_session(&jar).renew_at_expiry);
+    for (on_b, at) in [
+        (false, NOW + 3600 - 29),
+        (true, NOW + 3600 - 1),
+        (false, NOW + 3600 - 1),
+    ] {
+        let w = if on_b { &mut b } else { &mut a };
+        w.now = at;
+        let f = forward(w.request(&Req::api("/page").cookies(&jar)));
+        assert_eq!(bearer(&f), format!("Bearer {id_token}"), "at {at}");
+    }
+    // Once it has expired the session renews; a new token ends the mark.
+    b.now = NOW + 3600;
+    let (_, pending) = call(b.request(&Req::api("/page").cookies(&jar)));
+    let (step, new_token) = refreshed(&mut b, pending, "rt-3");
+    let f = forward(step);
+    assert_eq!(bearer(&f), format!("Bearer {new_token}"));
+    jar.apply(f.set_cookies.iter().map(String::as_str));
+    assert!(!b.open_session(&jar).renew_at_expiry);
+}
+
 /// Found by mutation testing (the tests above meet an outage only while the token is valid): a renewal of an
 /// expired session that meets an outage pauses the worker's renewals too, so the next expired session
 /// gets its 503 at once instead of asking a down IdP and waiting out the timeout.

@@ -43,7 +43,7 @@ const issuer = new URL(config.issuer);
 // Per-client settings that are ours, not OIDC client metadata; stripped before registration.
 const HARNESS_FIELDS = [
   'id_token_ttl', 'access_token_ttl', 'refresh_token_ttl', 'refresh', 'rotate_refresh_token', 'require_pkce',
-  'extra_claims_bytes', 'login_hint',
+  'extra_claims_bytes', 'login_hint', 'tokens_end_after_login',
 ];
 const settings = new Map();
 const clients = (config.clients || []).map((c) => {
@@ -55,6 +55,15 @@ const clients = (config.clients || []).map((c) => {
   return metadata;
 });
 const own = (client) => settings.get(client?.clientId) || {};
+
+// `tokens_end_after_login: N`: ID and refresh tokens end N seconds after the login, however late they
+// are issued, as IdPs cap them at the end of their own session (Keycloak's SSO Session Max): a renewal
+// gives an ID token that expires when the one it renews does.
+function endsAfterLogin(client, authTime, ttl) {
+  const n = own(client).tokens_end_after_login;
+  if (n === undefined || typeof authTime !== 'number') return ttl;
+  return Math.max(1, Math.min(ttl, authTime + n - Math.floor(Date.now() / 1000)));
+}
 
 function signingKeys() {
   if (config.jwks) return config.jwks;
@@ -139,8 +148,8 @@ const provider = new Provider(config.issuer, {
   ttl: {
     AccessToken: (_ctx, _token, client) => own(client).access_token_ttl ?? 3600,
     AuthorizationCode: 60,
-    IdToken: (_ctx, _token, client) => own(client).id_token_ttl ?? 3600,
-    RefreshToken: (_ctx, _token, client) => own(client).refresh_token_ttl ?? 14 * 24 * 3600,
+    IdToken: (_ctx, token, client) => endsAfterLogin(client, token.available.auth_time, own(client).id_token_ttl ?? 3600),
+    RefreshToken: (_ctx, token, client) => endsAfterLogin(client, token.authTime, own(client).refresh_token_ttl ?? 14 * 24 * 3600),
     Interaction: 3600,
     Session: 14 * 24 * 3600,
     Grant: 14 * 24 * 3600,

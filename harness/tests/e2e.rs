@@ -34,6 +34,8 @@ const REFRESH_TTL: u64 = 8;
 /// Site `accesshdr`'s header for the access token, and that token's lifetime (seconds).
 const ACCESS_HEADER: &str = "x-forwarded-access-token";
 const ACCESS_TTL: u64 = 8;
+/// How long after the login site `capped`'s IdP ends its tokens (seconds); renewed in its last half.
+const CAPPED_LIFE: u64 = 10;
 
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
@@ -68,6 +70,9 @@ fn stack() -> &'static Stack {
             SiteSpec::new("renewedlogout")
                 .filter(json!({"refresh_margin": "4s"}))
                 .idp_client(json!({"id_token_ttl": REFRESH_TTL})),
+            // Its IdP ends tokens 10 s after the login, as IdPs that cap them at the end of their own
+            // session: a renewal's ID token expires when the one it renews does.
+            SiteSpec::new("capped").idp_client(json!({"tokens_end_after_login": CAPPED_LIFE})),
             SiteSpec::new("rotating")
                 .filter(json!({"refresh_margin": "1s"}))
                 .idp_client(json!({"id_token_ttl": 3, "rotate_refresh_token": true})),
@@ -947,6 +952,42 @@ fn parallel_requests_at_expiry_share_one_refresh() {
         stats().get(&format!("{STAT}refresh_failures")),
         before.get(&format!("{STAT}refresh_failures"))
     );
+}
+
+/// Found in review: an IdP that caps its tokens at the end of its own session (or gives the same ID token
+/// again) renews, within the refresh margin, with an ID token that expires when the old one does: every
+/// request until then asked the IdP again. It is asked once now, and the session ends with the IdP's.
+#[test]
+fn an_idp_that_caps_tokens_at_its_session_end_is_asked_once_not_on_every_request() {
+    // Exclusive: `refreshes` is Envoy-wide, and this test counts it exactly.
+    let _idp = idp_hold::exclusive();
+    let s = site("capped");
+    let b = Browser::new();
+    login(&b, s, "/");
+    let before = stats();
+    let first = app_bearer(&api(&b, &s.url("/")));
+    let exp = jwt_payload(&first).unwrap()["exp"].as_u64().unwrap();
+    // Within the margin (half the token's life: 5 s) until a second before the token expires.
+    sleep_until_unix(exp - CAPPED_LIFE / 2, Duration::from_millis(200));
+    let mut within = 0;
+    while unix_now() < exp as f64 - 1.0 {
+        let token = app_bearer(&api(&b, &s.url(&format!("/capped/{within}"))));
+        let claims = jwt_payload(&token).unwrap();
+        assert_eq!(claims["exp"].as_u64(), Some(exp), "{claims}");
+        within += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(within >= 3, "only {within} requests within the margin");
+    let count = |name: &str| {
+        let full = format!("{STAT}{name}");
+        stats().get(&full).copied().unwrap_or(0) - before.get(&full).copied().unwrap_or(0)
+    };
+    assert_eq!(count("refreshes"), 1, "renewals for {within} requests");
+    // Once the token has expired the session renews, the IdP's session has ended: log in again.
+    sleep_until_unix(exp, Duration::from_millis(1200));
+    let r = api(&b, &s.url("/capped/after"));
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(count("refresh_failures"), 1);
 }
 
 /// Found by a black-box test: a renewal that met an outage published, as its own, the cookies an earlier

@@ -151,6 +151,7 @@ fn session_from_before(stack: &Stack, s: &Site) -> String {
         sub: "alice".into(),
         login_sid: None,
         login_id: Some(7),
+        renew_at_expiry: false,
     };
     harness::sealed::seal(&session).unwrap()
 }

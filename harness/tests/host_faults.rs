@@ -49,6 +49,7 @@ fn session(iat: u64, exp: u64, refresh_token: Option<&str>) -> Session {
         sub: "alice".into(),
         login_sid: None,
         login_id: Some(1),
+        renew_at_expiry: false,
     }
 }
 
