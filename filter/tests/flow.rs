@@ -1514,7 +1514,7 @@ fn unusable_token_endpoint_answers_are_502() {
         (
             200,
             b"<html>not json</html>",
-            "malformed token response: body is not a JSON object",
+            "malformed token response: body is not a JSON object (or nested too deep)",
         ),
         (200, b"{}", "malformed token response: no tokens"),
         (
@@ -4993,10 +4993,7 @@ fn a_bad_signature_checked_against_keys_just_fetched_is_400_unless_newer_than_th
             let r = respond(f.backchannel(&forged_logout(iat)));
             assert_eq!(
                 (r.status, r.detail.as_deref()),
-                (
-                    status,
-                    Some("logout token: ID token signature does not verify")
-                ),
+                (status, Some("logout token: signature does not verify")),
                 "{dt} s after the keys were fetched, a token of {iat}"
             );
         }
@@ -5047,10 +5044,7 @@ fn a_bad_signature_dated_before_keys_the_periodic_refresh_fetched_is_400() {
     let r = respond(f.backchannel(&no_iat));
     assert_eq!(
         (r.status, r.detail.as_deref()),
-        (
-            400,
-            Some("logout token: ID token signature does not verify")
-        )
+        (400, Some("logout token: signature does not verify"))
     );
 }
 

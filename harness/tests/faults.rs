@@ -223,7 +223,7 @@ fn token_endpoint_errors_and_garbage_are_clear_502s_and_the_next_login_works() {
     let lines: Vec<String> = [
         "(token_endpoint), answered 502: token endpoint answered status 500",
         "(token_endpoint), answered 502: token endpoint answered status 401, error invalid_client",
-        "(token_endpoint), answered 502: malformed token response: body is not a JSON object",
+        "(token_endpoint), answered 502: malformed token response: body is not a JSON object (or nested too deep)",
         "(token_endpoint), answered 502: malformed token response: token_type is not Bearer",
         // Past what the filter reads of an answer (256 KiB): said so, not "not a JSON object".
         "(token_endpoint), answered 502: malformed token response: body too large",

@@ -98,7 +98,9 @@ impl fmt::Display for IdTokenError {
             Self::BadSignature => f.write_str("ID token signature does not verify"),
             Self::WrongIssuer => f.write_str("ID token iss is not the configured issuer"),
             Self::WrongAudience => f.write_str("ID token aud does not include our client id"),
-            Self::AzpMismatch => f.write_str("ID token azp is not our client id"),
+            Self::AzpMismatch => f.write_str(
+                "ID token azp is not our client id (or is missing, with another audience)",
+            ),
             Self::Expired => f.write_str("ID token has expired"),
             Self::NotYetValid => f.write_str("ID token is not valid yet (nbf)"),
             Self::IssuedInFuture => f.write_str("ID token is issued in the future (iat)"),

@@ -44,7 +44,17 @@ impl LogoutTokenError {
 impl fmt::Display for LogoutTokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Token(e) => write!(f, "logout token: {e}"),
+            // Its checks are the ID token's, whose words name the ID token (found by a black-box test:
+            // "logout token: ID token signature does not verify").
+            Self::Token(IdTokenError::Malformed) => f.write_str("logout token: malformed"),
+            Self::Token(e) => {
+                let e = e.to_string();
+                write!(
+                    f,
+                    "logout token: {}",
+                    e.strip_prefix("ID token ").unwrap_or(&e)
+                )
+            }
             Self::WrongIssuer => f.write_str("logout token from another issuer"),
             Self::WrongAudience => f.write_str("logout token for another client"),
             Self::MissingIat => f.write_str("logout token has no iat"),
@@ -203,6 +213,18 @@ mod tests {
         let l = check(good()).unwrap();
         assert_eq!(l.sid.as_deref(), Some("s-1"));
         assert_eq!(l.sub.as_deref(), Some("alice"));
+    }
+
+    /// Found by a black-box test: the ID token's checks named the ID token in a logout token's refusal.
+    #[test]
+    fn a_refusal_names_the_logout_token_not_an_id_token() {
+        let said = |e: IdTokenError| LogoutTokenError::Token(e).to_string();
+        assert_eq!(said(IdTokenError::Malformed), "logout token: malformed");
+        assert_eq!(
+            said(IdTokenError::BadSignature),
+            "logout token: signature does not verify"
+        );
+        assert_eq!(said(IdTokenError::Expired), "logout token: has expired");
     }
 
     #[test]

@@ -258,6 +258,10 @@ pub fn scope_on_refresh(issuer_host: &str) -> bool {
     .any(|h| issuer_host.ends_with(h))
 }
 
+/// What a token answer that does not parse is (a black-box test's read as only the first: nested deeper
+/// than the parser goes).
+const NOT_AN_OBJECT: &str = "body is not a JSON object (or nested too deep)";
+
 /// Reads the token endpoint's answer.
 pub fn parse_response(status: u16, body: &[u8]) -> Result<TokenResponse, TokenError> {
     if body.len() > MAX_BODY {
@@ -293,7 +297,7 @@ pub fn parse_response(status: u16, body: &[u8]) -> Result<TokenResponse, TokenEr
         });
     }
 
-    let json = json.ok_or(TokenError::NotJson("body is not a JSON object"))?;
+    let json = json.ok_or(TokenError::NotJson(NOT_AN_OBJECT))?;
     let access_token = optional_token(&json, "access_token")?;
     // An access token must be a bearer token (a DPoP- or MAC-bound one is no use upstream).
     match json.get("token_type") {
@@ -718,8 +722,15 @@ mod tests {
         // Not even JSON: perhaps not the IdP's answer at all.
         assert_eq!(
             parse_response(200, b"<html>"),
-            Err(TokenError::NotJson("body is not a JSON object"))
+            Err(TokenError::NotJson(NOT_AN_OBJECT))
         );
+        // Valid JSON nested deeper than the parser goes: the log line says it may be that.
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(80), "]".repeat(80));
+        assert_eq!(
+            parse_response(200, deep.as_bytes()),
+            Err(TokenError::NotJson(NOT_AN_OBJECT))
+        );
+        assert!(NOT_AN_OBJECT.contains("nested too deep"));
         assert_eq!(
             parse_response(200, &vec![b' '; MAX_BODY + 1]),
             Err(TokenError::NotJson("body too large"))
