@@ -1456,6 +1456,16 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
             ![&cfg.login_path, &cfg.callback_path, &cfg.logout_path].contains(&&p)
         })
         .unwrap_or_else(|| "/".to_string());
+    // Before the page that reads the fragment (found by a black-box test: a hop there, then this 400).
+    let Ok(origin) = origin_to_return_to(cfg, h) else {
+        return text(
+            400,
+            "Bad request: a login cannot finish at this host. The IdP sends logins back to the \
+             gateway's redirect_uri, on another host, which does not get this host's cookies \
+             (cookie_domain). Open the site at that host.",
+            None,
+        );
+    };
     if !fragment_read
         && h.get(":method").as_deref() == Some("GET")
         && h.get("sec-fetch-mode").as_deref() == Some("navigate")
@@ -1472,18 +1482,9 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     let Some(redirect_uri) = redirect_uri(cfg, h) else {
         return text(400, "Bad request: invalid Host header.", None);
     };
-    let rd = match origin_to_return_to(cfg, h) {
-        Ok(Some(o)) => o + &rd,
-        Ok(None) => rd,
-        Err(()) => {
-            return text(
-                400,
-                "Bad request: a login cannot finish at this host. The IdP sends logins back to the \
-                 gateway's redirect_uri, on another host, which does not get this host's cookies \
-                 (cookie_domain). Open the site at that host.",
-                None,
-            );
-        }
+    let rd = match origin {
+        Some(o) => o + &rd,
+        None => rd,
     };
     let (Some(s), Some(n), Some(v), Some(seal_nonce)) = (
         (env.random)(),

@@ -665,6 +665,12 @@ fn login_honours_configured_redirect_uri_and_scopes() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("redirect_uri"), "{}", r.body);
     assert!(set_cookies(&r).is_empty(), "{:?}", set_cookies(&r));
+    // Also a navigation that has not read the fragment yet: no hop through that page first.
+    let nav = Req::browser("/login?rd=/x")
+        .with(":authority", "app.example.com")
+        .with("sec-fetch-mode", "navigate");
+    let r = respond(f.request(&nav));
+    assert_eq!(r.status, 400, "{}", r.body);
 }
 
 #[test]
