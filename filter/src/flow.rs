@@ -10,6 +10,7 @@ use alloc::vec::Vec;
 
 use alloc::borrow::Cow;
 use alloc::rc::Rc;
+use core::cell::Cell;
 use core::fmt;
 use core::time::Duration;
 
@@ -306,6 +307,10 @@ pub struct Cached {
     pub refresh_margin: u64,
     /// When the login was made, if its id says (`Session::made_at`).
     pub made_at: Option<u64>,
+    /// The session is over (its renewal was refused, or it ended while renewed): kept in the cache so
+    /// that a client that sends the cookie again (one that ignores `Set-Cookie`) is answered as without
+    /// a session at once (found by a black-box test: each of its requests asked the IdP again).
+    pub over: Cell<bool>,
 }
 
 /// Opened sessions keyed by the exact sealed cookie value: a hit costs a hash of the value's start
@@ -914,6 +919,7 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
         iat,
         logout_keys,
         refresh_margin,
+        over: Cell::new(false),
     }
 }
 
@@ -945,6 +951,9 @@ fn with_session(
 ) -> Option<Step> {
     let now = env.now;
     let s = &cached.session;
+    if cached.over.get() {
+        return None;
+    }
     if ended(cfg, state, &cached, now) {
         state.cache.remove(sealed);
         return None;
@@ -1063,7 +1072,7 @@ fn ended_meanwhile(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64) 
         } else {
             "a logout ended the session while it was renewed"
         };
-        session_over(cfg, state, job, why.into())
+        session_over(cfg, state, job, now, why.into())
     })
 }
 
@@ -2622,6 +2631,9 @@ pub fn adopt_renewal(
     if let Some(step) = ended_meanwhile(cfg, state, &job, now) {
         return step;
     }
+    if renewed.is_empty() {
+        return session_over(cfg, state, &job, now, REFUSED_ELSEWHERE.into());
+    }
     let header = crate::headers::join(
         renewed
             .iter()
@@ -2653,7 +2665,7 @@ pub fn adopt_renewal(
     // than the one this request's cookie holds).
     if ended(cfg, state, &cached, now) {
         let why = "the renewal made by another worker is of a session that has ended";
-        return session_over(cfg, state, &job, why.into());
+        return session_over(cfg, state, &job, now, why.into());
     }
     let cached = Rc::new(cached);
     state
@@ -2706,6 +2718,11 @@ pub fn renewal_failed(cfg: &Config, state: &mut State, job: RefreshJob, now: u64
     if let Some(step) = ended_meanwhile(cfg, state, &job, now) {
         return step;
     }
+    // The IdP refused it (on this worker): the session is over, not unavailable (found by a black-box
+    // test: a page's requests that waited got `503` "try again").
+    if job.session.over.get() {
+        return session_over(cfg, state, &job, now, REFUSED_ELSEWHERE.into());
+    }
     if renewed_meanwhile(cfg, state, &job, now).is_some() {
         // Renewed on this worker meanwhile: `refresh_failed` forwards that renewal.
         return refresh_failed(cfg, state, &job, now, String::new());
@@ -2716,14 +2733,19 @@ pub fn renewal_failed(cfg: &Config, state: &mut State, job: RefreshJob, now: u64
     )
 }
 
-/// The `Set-Cookie` lines of the renewal this worker made of `sealed`, if it has made one.
+/// The `Set-Cookie` lines of the renewal this worker made of `sealed`, if it has made one; none (an empty
+/// list) when its session is over, which the other workers' requests of it take for that
+/// ([`adopt_renewal`]).
 pub fn renewed_cookies(state: &State, sealed: &str) -> Option<Vec<String>> {
-    state
-        .cache
-        .get(sealed)
-        .map(|c| c.renewed_cookies.clone())
-        .filter(|c| !c.is_empty())
+    let c = state.cache.get(sealed)?;
+    if c.over.get() {
+        return Some(Vec::new());
+    }
+    Some(c.renewed_cookies.clone()).filter(|c| !c.is_empty())
 }
+
+/// Why a request whose session another request found over is answered as without one.
+const REFUSED_ELSEWHERE: &str = "another request's renewal of this session found it over";
 
 /// The session ends (`why` says the cause in the log line), unless another request renewed it meanwhile.
 fn refresh_failed(
@@ -2747,12 +2769,16 @@ fn refresh_failed(
             metric: Some(Metric::SessionForwarded),
         });
     }
-    session_over(cfg, state, job, why)
+    session_over(cfg, state, job, now, why)
 }
 
-/// The session `job` renews is over: answered as without one, its cookies cleared.
-fn session_over(cfg: &Config, state: &mut State, job: &RefreshJob, why: String) -> Step {
-    state.cache.remove(&job.cache_key);
+/// The session `job` renews is over: answered as without one, its cookies cleared. Its cookie stays in
+/// the cache, marked over ([`Cached::over`]), and the other workers are told ([`renewed_cookies`]).
+fn session_over(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64, why: String) -> Step {
+    job.session.over.set(true);
+    state
+        .cache
+        .insert(job.cache_key.clone(), job.session.clone(), now);
     let mut clear = Vec::new();
     for n in &job.present_chunks {
         clear_session_cookie(cfg, n, &mut clear);

@@ -502,8 +502,12 @@ fn a_renewal_that_does_not_extend_the_token_ends_the_session_saying_so() {
     };
     let why = renew(&mut a, &id_token);
     assert!(why.contains("without extending it"), "{why}");
-    // A new token that outlives the old one but has expired by the gateway's clock: the clocks.
-    a.now += 30;
+    // A new token that outlives the old one but has expired by the gateway's clock: the clocks (on
+    // another worker: this one knows the session is over, and does not ask again).
+    let r = respond(a.request(&Req::api("/page").cookies(&jar)));
+    assert_eq!(r.status, 401);
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    a.now = NOW + 3600 + 30;
     let mut behind = refreshed_claims(a.now - 100);
     behind["exp"] = (a.now - 1).into();
     let why = renew(&mut a, &mint(&behind));
@@ -544,6 +548,50 @@ fn a_renewal_that_does_not_extend_the_token_is_not_asked_again_before_it_expires
     assert_eq!(bearer(&f), format!("Bearer {new_token}"));
     jar.apply(f.set_cookies.iter().map(String::as_str));
     assert!(!b.open_session(&jar).renew_at_expiry);
+}
+
+/// Found by a black-box test: once the IdP refused a session's renewal, each request that still carried its
+/// cookie (a client that ignores `Set-Cookie`) asked the IdP again, and the requests of a page that waited
+/// for the refused renewal got `503` "try again" instead of the login. The worker keeps the cookie marked
+/// over, and tells the others through the renewal table: as without a session, at once.
+#[test]
+fn a_session_whose_renewal_was_refused_is_over_on_every_worker_without_asking_again() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = due(&mut a, &mut b);
+    a.now = NOW + 3600 + 1;
+    b.now = a.now;
+    let waiting = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    let (_, pending) = call(a.request(&Req::api("/page").cookies(&jar)));
+    let r = respond(a.reply(pending, Some((400, br#"{"error":"invalid_grant"}"#))));
+    assert_eq!(r.status, 401);
+    // Again on this worker: no call.
+    let r = respond(a.request(&Req::browser("/page").cookies(&jar)));
+    assert_eq!(r.status, 302, "{r:?}");
+    assert!(location(&r).starts_with("/login"), "{r:?}");
+    // A browser's request that waited for that renewal goes to log in.
+    let r = respond(flow::renewal_failed(&a.cfg, &mut a.state, waiting, a.now));
+    assert_eq!(r.status, 302, "{r:?}");
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| c.starts_with("_oidc_session=;"))
+    );
+    // What the renewal table gets: no cookie lines, which another worker takes for the session's end.
+    let lines = flow::renewed_cookies(&a.state, &sealed_in(&jar)).unwrap();
+    assert!(lines.is_empty());
+    let job = refresh_job(b.request(&Req::browser("/page").cookies(&jar)));
+    let r = respond(flow::adopt_renewal(
+        &b.cfg,
+        &mut b.state,
+        job,
+        &lines,
+        b.now,
+    ));
+    assert_eq!(r.status, 302, "{r:?}");
+    assert!(r.detail.unwrap().contains("found it over"));
+    let r = respond(b.request(&Req::api("/page").cookies(&jar)));
+    assert_eq!(r.status, 401, "and no call from that worker either: {r:?}");
 }
 
 /// Found by mutation testing (the tests above meet an outage only while the token is valid): a renewal of an
@@ -670,6 +718,14 @@ fn a_renewal_that_completes_after_the_session_ended_forwards_nothing() {
         &r,
         "another worker's renewal adopted after session_lifetime",
     );
+    // On a worker that has not seen it end (this one has: its next request is answered at once).
+    let r = respond(b.request(&Req::api("/y").cookies(&jar)));
+    ended_as_anonymous(
+        &r,
+        "the cookie sent again to a worker that saw its session end",
+    );
+    let mut b = Filter::ready(cfg());
+    b.now = ends - 1;
     let job = refresh_job(b.request(&Req::api("/y").cookies(&jar)));
     let r = respond(flow::renewal_failed(&b.cfg, &mut b.state, job, ends));
     ended_as_anonymous(&r, "another worker's renewal failed after session_lifetime");

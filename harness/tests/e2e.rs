@@ -984,10 +984,34 @@ fn an_idp_that_caps_tokens_at_its_session_end_is_asked_once_not_on_every_request
     };
     assert_eq!(count("refreshes"), 1, "renewals for {within} requests");
     // Once the token has expired the session renews, the IdP's session has ended: log in again.
+    let cookie = format!("{SESSION}={}", b.cookie("localhost", SESSION).unwrap());
+    let refused = || {
+        stack()
+            .idp_log()
+            .unwrap()
+            .matches("POST /token 400")
+            .count()
+    };
+    let refused_before = refused();
     sleep_until_unix(exp, Duration::from_millis(1200));
     let r = api(&b, &s.url("/capped/after"));
     assert_eq!(r.status, 401, "{}", r.body);
     assert_eq!(count("refresh_failures"), 1);
+    // A client that keeps sending the dead cookie (it ignores `Set-Cookie`), on either worker: answered
+    // as without a session, and the IdP is not asked again (found by a black-box test: each request
+    // asked it).
+    let results: Vec<Response> = harness::at_once(8, |i| {
+        Browser::new()
+            .get_with(
+                &s.url(&format!("/capped/dead/{i}")),
+                &[("accept", "application/json"), ("cookie", &cookie)],
+            )
+            .unwrap()
+    });
+    for r in &results {
+        assert_eq!(r.status, 401, "{} {}", r.url, r.body);
+    }
+    assert_eq!(refused() - refused_before, 1, "token requests refused");
 }
 
 /// Found by a black-box test: a renewal that met an outage published, as its own, the cookies an earlier
