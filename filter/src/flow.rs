@@ -2434,7 +2434,11 @@ fn finish_refresh(
                 // A key this worker may not fetch just now (another request fetched the keys moments
                 // ago), or that the keys fetched for it lack, or whose fetch failed: not the IdP's
                 // refusal of the session, so an outage for this request rather than a logout.
+                // An outage of the IdP's keys: the site's renewals pause as for one of its token
+                // endpoint (found by a black-box test: each request asked the token endpoint again, its
+                // answer counted as the IdP answering, until this worker could fetch the keys).
                 Err(e) if e.stale_keys() => {
+                    state.renewal_outage(env.now);
                     let step = if still_valid {
                         keep_old(cfg, &job)
                     } else {

@@ -594,6 +594,42 @@ fn a_session_whose_renewal_was_refused_is_over_on_every_worker_without_asking_ag
     assert_eq!(r.status, 401, "and no call from that worker either: {r:?}");
 }
 
+/// Found by a black-box test: a renewed ID token signed with a key the worker cannot fetch yet (a new `kid`
+/// published late, within the 30 s between fetches) was answered as an outage for its request, but the
+/// token endpoint's success counted as the IdP answering: every request asked the token endpoint again.
+/// The site's renewals pause as for any outage.
+#[test]
+fn a_renewal_whose_id_token_key_cannot_be_had_pauses_the_workers_renewals() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    let (other, _) = log_in(&mut a, Some("rt-2"));
+    a.now = NOW + 3600 + 1;
+    let rotated = mint_with_kid(&refreshed_claims(a.now), "rotated-1");
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&jar)));
+    let job = flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap();
+    let (c, pending) = call(a.reply(
+        Box::new(Pending::Refresh(job)),
+        Some((200, &token_body(Some(&rotated), None))),
+    ));
+    assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"));
+    // The keys come without it.
+    let r = respond(a.reply(pending, Some((200, JWKS))));
+    assert_eq!(r.status, 503);
+    for (dt, jar) in [(0, &other), (4, &jar), (4, &other)] {
+        a.now = NOW + 3600 + 1 + dt;
+        let job = refresh_job(a.request(&Req::browser("/page").cookies(jar)));
+        let r = respond(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap_err());
+        assert_eq!(r.status, 503, "+{dt} s");
+        assert!(r.detail.unwrap().contains("paused"));
+    }
+    a.now = NOW + 3600 + 6;
+    let job = refresh_job(a.request(&Req::browser("/page").cookies(&other)));
+    assert!(
+        flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).is_ok(),
+        "then a probe"
+    );
+}
+
 /// Found by mutation testing (the tests above meet an outage only while the token is valid): a renewal of an
 /// expired session that meets an outage pauses the worker's renewals too, so the next expired session
 /// gets its 503 at once instead of asking a down IdP and waiting out the timeout.
