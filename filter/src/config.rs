@@ -1040,6 +1040,15 @@ impl Plugin {
                         "sites of one cookie name must share cookie_domain, and authorization_params' max_age and acr_values",
                     ));
                 }
+                if let Some(field) = meet.then(|| session_unlike(a, b)).flatten() {
+                    return Err(err(
+                        &site_field(i, field),
+                        format!(
+                            "sites sharing the cookie name `{}` share one session, which the site that logs the user in makes: give them the same {field}, or each its own cookie_name",
+                            a.cookie_name
+                        ),
+                    ));
+                }
                 if !a.same_client(b) {
                     return Err(err(
                         &site_field(i, "cookie_name"),
@@ -1284,6 +1293,27 @@ pub(crate) fn host_of(authority: &str) -> Option<String> {
         return None;
     }
     Some(host.to_ascii_lowercase())
+}
+
+/// The setting two sites whose cookies meet differ in that shapes the session one of them makes for both:
+/// which token goes upstream, whether the access token is kept for `access_token_header`, the scopes (in
+/// any order) that give the claims. Found by a black-box test: which token an app got, and whether a
+/// user passed a claim rule, depended on the site the user had logged in at first.
+fn session_unlike(a: &Config, b: &Config) -> Option<&'static str> {
+    let within = |x: &Config, y: &Config| {
+        x.scopes
+            .split(' ')
+            .all(|w| y.scopes.split(' ').any(|v| v == w))
+    };
+    if a.forward_token != b.forward_token {
+        Some("forward_token")
+    } else if a.passes_access_token() != b.passes_access_token() {
+        Some("access_token_header")
+    } else if !within(a, b) || !within(b, a) {
+        Some("scopes")
+    } else {
+        None
+    }
 }
 
 /// Whether two sites whose cookies meet set them alike and ask the same of a login: the same
@@ -3919,6 +3949,42 @@ mod tests {
             {"hosts": ["b.example.com"], "cookie_name": "_sso", "cookie_keys": [other]},
         ]});
         assert!(Plugin::parse(v.to_string().as_bytes(), &no_env).is_ok());
+    }
+
+    /// Found by a black-box test: sites whose cookies meet share one session, which the site the user logs
+    /// in at makes: with another `forward_token`, `access_token_header` or `scopes` at the other site, its
+    /// app got the other token, no access-token header, or a 403 for a claim the session lacked.
+    #[test]
+    fn sites_sharing_a_session_must_shape_it_alike() {
+        use serde_json::json;
+        let plugin = |b: serde_json::Value, domain: bool| {
+            let mut entry = json!({"hosts": ["b.example.com"], "cookie_name": "_sso"});
+            for (k, v) in b.as_object().unwrap() {
+                entry[k] = v.clone();
+            }
+            let mut v = json!({"cookie_keys": [KEY], "client_secret": "s", "client_id": "app",
+            "issuer": "https://idp.example.com",
+            "hosts": [{"hosts": ["a.example.com"], "cookie_name": "_sso"}, entry]});
+            if domain {
+                v["cookie_domain"] = "example.com".into();
+            }
+            Plugin::parse(v.to_string().as_bytes(), &no_env)
+        };
+        for (b, field) in [
+            (json!({"forward_token": "access_token"}), "forward_token"),
+            (json!({"access_token_header": "x-access-token"}), "access_token_header"),
+            (json!({"scopes": ["openid", "email"]}), "scopes"),
+            (json!({"scopes": ["openid", "email", "profile", "groups"]}), "scopes"),
+        ] {
+            let e = plugin(b.clone(), true).err().unwrap();
+            assert_eq!(e.field, format!("hosts[1].{field}"), "{e}");
+            assert!(e.reason.contains("`_sso`") && e.reason.contains(field), "{e}");
+            // Cookies that never meet (host-only, two hosts): each site its own.
+            assert!(plugin(b, false).is_ok());
+        }
+        // The same scopes in another order, or other settings: one session still.
+        let same = json!({"scopes": ["profile", "openid", "email"], "refresh_margin": "30s"});
+        assert!(plugin(same, true).is_ok());
     }
 
     #[test]
