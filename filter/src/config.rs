@@ -3972,13 +3972,22 @@ mod tests {
         };
         for (b, field) in [
             (json!({"forward_token": "access_token"}), "forward_token"),
-            (json!({"access_token_header": "x-access-token"}), "access_token_header"),
+            (
+                json!({"access_token_header": "x-access-token"}),
+                "access_token_header",
+            ),
             (json!({"scopes": ["openid", "email"]}), "scopes"),
-            (json!({"scopes": ["openid", "email", "profile", "groups"]}), "scopes"),
+            (
+                json!({"scopes": ["openid", "email", "profile", "groups"]}),
+                "scopes",
+            ),
         ] {
             let e = plugin(b.clone(), true).err().unwrap();
             assert_eq!(e.field, format!("hosts[1].{field}"), "{e}");
-            assert!(e.reason.contains("`_sso`") && e.reason.contains(field), "{e}");
+            assert!(
+                e.reason.contains("`_sso`") && e.reason.contains(field),
+                "{e}"
+            );
             // Cookies that never meet (host-only, two hosts): each site its own.
             assert!(plugin(b, false).is_ok());
         }

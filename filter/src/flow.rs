@@ -834,7 +834,7 @@ fn open_fresh(cfg: &Config, state: &mut State, sealed: &str, now: u64) -> Option
     if !issued_to(cfg, &session.id_token) {
         return None;
     }
-    let cached = Rc::new(cached_session(cfg, session, Vec::new()));
+    let cached = Rc::new(cached_session(cfg, session, Vec::new(), now));
     state.cache.insert(sealed.to_string(), cached.clone(), now);
     Some(cached)
 }
@@ -854,7 +854,12 @@ fn issued_to(cfg: &Config, id_token: &Secret) -> bool {
     aud && claims.get("iss").and_then(|v| v.as_str()) == Some(cfg.issuer.as_str())
 }
 
-fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) -> Cached {
+fn cached_session(
+    cfg: &Config,
+    session: Session,
+    renewed_cookies: Vec<String>,
+    now: u64,
+) -> Cached {
     let token = match cfg.forward_token {
         ForwardToken::IdToken => &session.id_token,
         ForwardToken::AccessToken => session.access_token.as_ref().unwrap_or(&session.id_token),
@@ -872,7 +877,9 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
         }
         // The access token's life, from its own `iat` when it is a JWT that has one. Found in review: a
         // refresh that brings no new ID token keeps the login's, whose `iat` made the life grow with each
-        // refresh until the margin was all of it, and every request renewed.
+        // refresh until the margin was all of it, and every request renewed. An opaque one's is counted
+        // from now at the latest (what is left of it when this worker first sees the cookie, which is
+        // soon after it was made): the same with such tokens (found by a black-box test).
         _ => (
             session.token_expires_at,
             session
@@ -880,7 +887,7 @@ fn cached_session(cfg: &Config, session: Session, renewed_cookies: Vec<String>) 
                 .as_ref()
                 .and_then(token_payload)
                 .and_then(|c| c.get("iat").and_then(json::Value::as_number)?.floor_u64())
-                .map_or(iat, |a| a.max(iat)),
+                .map_or(iat.max(now), |a| a.max(iat)),
         ),
     };
     let life = due.saturating_sub(issued);
@@ -2511,7 +2518,7 @@ fn finish_refresh(
             return refresh_failed(cfg, state, &job, env.now, why.unwrap_or_default());
         }
     };
-    let cached = Rc::new(cached_session(cfg, session, set.clone()));
+    let cached = Rc::new(cached_session(cfg, session, set.clone(), env.now));
     // Requests still carrying the old cookie on this worker now get the new token too.
     state
         .cache
@@ -2557,7 +2564,7 @@ fn keeping_new_refresh_token(
     };
     // Requests that still carry the old cookie, here and (through the renewal table) on other workers,
     // get the new one and start no refresh of their own (see `with_session`).
-    let mut cached = cached_session(cfg, session, set.clone());
+    let mut cached = cached_session(cfg, session, set.clone(), env.now);
     cached.refresh_handed_on = true;
     state
         .cache
@@ -2656,7 +2663,7 @@ pub fn adopt_renewal(
         return refresh_failed(cfg, state, &job, now, why.into());
     };
     let expired = now >= session.token_expires_at;
-    let mut cached = cached_session(cfg, session, renewed.to_vec());
+    let mut cached = cached_session(cfg, session, renewed.to_vec(), now);
     // Only a new refresh token (`keeping_new_refresh_token`): the same tokens as before. (Not the ID
     // token alone: with `forward_token: access_token` a refresh that brings no ID token keeps the old one
     // beside a new access token, and such a renewal is not handed on; found in review.)

@@ -361,6 +361,7 @@ fn the_access_token_goes_upstream_in_its_own_header_when_configured() {
         "refresh_margin": "10m",
     })));
     let (jar, _) = log_in(&mut f, Some("refresh-1"));
+    forward(f.request(&Req::browser("/app").cookies(&jar)));
     f.now = NOW + 140;
     let fwd = forward(f.request(&Req::browser("/app").cookies(&jar)));
     assert_eq!(fwd.metric, Some(Metric::SessionForwarded));
@@ -2544,6 +2545,9 @@ fn a_short_forwarded_access_token_is_renewed_at_half_its_life() {
     ));
     let (jar, _) = log_in(&mut f, Some("rt-1"));
     assert_eq!(f.open_session(&jar).token_expires_at, NOW + 300);
+    // The browser's first request, right after the login (an opaque access token's life is counted from
+    // when the worker first sees its cookie).
+    forward(f.request(&Req::browser("/").cookies(&jar)));
     f.now = NOW + 149;
     let fwd = forward(f.request(&Req::browser("/").cookies(&jar)));
     assert_eq!(bearer(&fwd), "Bearer access-1");
@@ -2591,6 +2595,38 @@ fn an_access_token_refreshed_without_an_id_token_is_still_renewed_at_half_its_li
         f.now += 1;
         let fwd = forward(f.request(&Req::browser("/").cookies(&jar)));
         assert_eq!(bearer(&fwd), format!("Bearer {token}"), "round {round}");
+    }
+}
+
+/// Found by a black-box test: the same with opaque access tokens (no `iat` of their own), their life was
+/// still measured from the login's ID token, and once the session was older than the margin every request
+/// renewed. It is measured from when the worker first sees the cookie at the latest.
+#[test]
+fn an_opaque_access_token_refreshed_without_an_id_token_is_renewed_at_half_its_life() {
+    let cfg = || config(json!({"forward_token": "access_token", "refresh_margin": "5m"}));
+    let mut f = Filter::ready(cfg());
+    let body = |access: &str, refresh: &str| {
+        json!({"access_token": access, "token_type": "Bearer", "expires_in": 300,
+               "refresh_token": refresh})
+        .to_string()
+        .into_bytes()
+    };
+    let (mut jar, _) = log_in(&mut f, Some("rt-1"));
+    forward(f.request(&Req::browser("/").cookies(&jar)));
+    for round in 0..4 {
+        f.now = NOW + 160 * (round + 1);
+        let (_, pending) = call(f.request(&Req::browser("/").cookies(&jar)));
+        let token = format!("opaque-{round}");
+        let fwd = forward(f.reply(pending, Some((200, &body(&token, "rt-2")))));
+        assert_eq!(bearer(&fwd), format!("Bearer {token}"));
+        jar.apply(fwd.set_cookies.iter().map(String::as_str));
+        // Here (the worker that renewed it) and on another worker that sees it a second later.
+        let mut other = Filter::ready(cfg());
+        for w in [&mut f, &mut other] {
+            w.now = NOW + 160 * (round + 1) + 1;
+            let fwd = forward(w.request(&Req::browser("/").cookies(&jar)));
+            assert_eq!(bearer(&fwd), format!("Bearer {token}"), "round {round}");
+        }
     }
 }
 

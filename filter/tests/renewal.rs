@@ -199,7 +199,10 @@ fn an_adopted_renewal_without_an_id_token_is_renewed_again_when_due() {
     let mut b = Filter::ready(config(extra));
     let (jar, _) = log_in(&mut a, Some("rt-1"));
     let sealed = sealed_in(&jar);
-    // The login's access token lives 300 s: due 60 s before it expires.
+    // The first request after the login: the login's opaque access token lives 300 s from then, due 60 s
+    // before it expires.
+    forward(a.request(&Req::api("/x").cookies(&jar)));
+    forward(b.request(&Req::api("/x").cookies(&jar)));
     a.now = NOW + 250;
     b.now = a.now;
     let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
