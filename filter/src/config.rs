@@ -1387,7 +1387,9 @@ fn redirect_host_served(site: &Config, hosts: &[String]) -> Result<(), ConfigErr
             crate::headers::join(hosts.iter().map(String::as_str), ", "),
             match &site.cookie.domain {
                 Some(d) => format!(" nor within cookie_domain `{d}`"),
-                None => String::new(),
+                // Found by a black-box test: `*.apps.example.com` and a `redirect_uri` on one of its hosts
+                // read as refused for a host the pattern covers.
+                None => " (every host of the entry but the redirect's own must be within a cookie_domain that holds them all; none is set)".into(),
             }
         ),
     ))
@@ -4327,6 +4329,16 @@ mod tests {
         assert!(e.reason.contains("`login.example.org`"), "{e}");
         // Said as it is, not only as "served by no site", which a later check would say.
         assert!(e.reason.contains("is not among this entry's hosts"), "{e}");
+        // A wildcard that covers the redirect's host, without cookie_domain: what is missing is said.
+        let e = plugin(
+            json!({}),
+            json!([{"hosts": ["*.apps.example.com"], "redirect_uri": "https://portal.apps.example.com/cb"}]),
+        )
+        .unwrap_err();
+        assert!(
+            e.reason.contains("cookie_domain that holds them all"),
+            "{e}"
+        );
         // A wildcard needs at least one character before its suffix, as Envoy's domains do: no site
         // for `.example.com`.
         let p = plugin(json!({}), json!([{"hosts": ["*.example.com"]}])).unwrap();

@@ -3270,7 +3270,9 @@ fn origin(h: &dyn Headers) -> Option<String> {
         && host.bytes().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
         });
-    valid.then(|| format!("{scheme}://{host}"))
+    // In lower case, as browsers write a host (found by a black-box test: a client's `Host:
+    // B.Example.com` went into `post_logout_redirect_uri`, which the IdP refused as not registered).
+    valid.then(|| format!("{scheme}://{}", host.to_ascii_lowercase()))
 }
 
 /// An `Authorization` value jwt_authn takes a token from: Istio's `RequestAuthentication` reads

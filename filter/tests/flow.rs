@@ -3520,6 +3520,12 @@ fn logout_clears_every_chunk_and_ends_the_idp_session() {
     assert_eq!(q["post_logout_redirect_uri"], "https://app.example.com/bye");
     assert!(!q.contains_key("logout_hint"), "{loc}");
     assert_eq!(r.metric, Some(Metric::Logout));
+    // A client that writes the host in capitals (browsers do not): the address the IdP knows.
+    let upper = Req::browser("/logout")
+        .with(":authority", "App.Example.COM")
+        .cookies(&jar);
+    let q = query(location(&respond(f.request(&upper))));
+    assert_eq!(q["post_logout_redirect_uri"], "https://app.example.com/bye");
     let sets = set_cookies(&r);
     for name in jar.names() {
         // At the path the session's cookies were set with: a browser keeps a cookie cleared at another.
