@@ -328,7 +328,10 @@ impl SessionCache {
 
     fn insert(&mut self, key: String, value: Rc<Cached>, now: u64) {
         if self.map.len() >= CACHE_CAP {
-            self.map.retain(|c| c.session.expires_at > now);
+            // Sessions found over go first (found in review: kept for their lifetime, they filled the
+            // cache, and every session's was emptied with them).
+            self.map
+                .retain(|c| !c.over.get() && c.session.expires_at > now);
             if self.map.len() >= CACHE_CAP {
                 self.map.clear();
             }
@@ -365,6 +368,10 @@ pub struct State {
     pub renewals_paused_until: u64,
     /// The last renewal met an outage: the next is a probe, and the others wait for its answer.
     pub renewals_failing: bool,
+    /// Until then no renewal calls the IdP from this worker: a renewed ID token was signed with a key it
+    /// may not fetch before then (see `finish_refresh`). This worker's alone, not shared: the others
+    /// may have the key.
+    pub keys_wait_until: u64,
     /// The sessions whose renewals met the last outages here: see [`State::session_outage`].
     pub outages_of: [SessionOutages; 4],
     /// When the IdP last answered a renewal, here or on another worker (the shared pause's end).
@@ -459,7 +466,8 @@ impl State {
     /// than any can be (the clock stepped back, or was read wrong once) is none.
     pub fn renewals_paused(&self, now: u64) -> bool {
         let left = self.renewals_paused_until.saturating_sub(now);
-        left > 0 && left <= MAX_PAUSE
+        let keys = self.keys_wait_until.saturating_sub(now);
+        (left > 0 && left <= MAX_PAUSE) || (keys > 0 && keys <= MAX_PAUSE)
     }
 
     /// A renewal met an outage: pause, and probe from then on.
@@ -557,7 +565,9 @@ pub fn renewal_claim(
         // Another session than those that met the outage waits: it probes first when the pause ends.
         state.others_wait |= !state.met_outage(who, now, OWN_WAIT);
         // Not the site's pause (found in review: the log line said so): this session's own wait.
-        let why = if paused {
+        let why = if state.keys_wait_until > now {
+            "renewals here wait until the IdP's keys may be fetched again (a renewed ID token's key is not among them)"
+        } else if paused {
             PAUSED
         } else {
             "this session's renewal met an outage moments ago (the site's others go on)"
@@ -2441,11 +2451,10 @@ fn finish_refresh(
                 // A key this worker may not fetch just now (another request fetched the keys moments
                 // ago), or that the keys fetched for it lack, or whose fetch failed: not the IdP's
                 // refusal of the session, so an outage for this request rather than a logout.
-                // An outage of the IdP's keys: the site's renewals pause as for one of its token
-                // endpoint (found by a black-box test: each request asked the token endpoint again, its
-                // answer counted as the IdP answering, until this worker could fetch the keys).
+                // Keys this worker may not fetch yet: its renewals wait until it may (found by a
+                // black-box test: each request asked the token endpoint again, until then).
                 Err(e) if e.stale_keys() => {
-                    state.renewal_outage(env.now);
+                    state.keys_wait_until = state.provider.next_kid_refetch();
                     let step = if still_valid {
                         keep_old(cfg, &job)
                     } else {
@@ -2729,14 +2738,14 @@ pub fn renewal_failed(cfg: &Config, state: &mut State, job: RefreshJob, now: u64
     if let Some(step) = ended_meanwhile(cfg, state, &job, now) {
         return step;
     }
+    if renewed_meanwhile(cfg, state, &job, now).is_some() {
+        // Renewed on this worker meanwhile: `refresh_failed` forwards that renewal.
+        return refresh_failed(cfg, state, &job, now, String::new());
+    }
     // The IdP refused it (on this worker): the session is over, not unavailable (found by a black-box
     // test: a page's requests that waited got `503` "try again").
     if job.session.over.get() {
         return session_over(cfg, state, &job, now, REFUSED_ELSEWHERE.into());
-    }
-    if renewed_meanwhile(cfg, state, &job, now).is_some() {
-        // Renewed on this worker meanwhile: `refresh_failed` forwards that renewal.
-        return refresh_failed(cfg, state, &job, now, String::new());
     }
     renewal_unavailable(
         job.api(),
@@ -2787,9 +2796,16 @@ fn refresh_failed(
 /// the cache, marked over ([`Cached::over`]), and the other workers are told ([`renewed_cookies`]).
 fn session_over(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64, why: String) -> Step {
     job.session.over.set(true);
-    state
+    // Not over another entry (a renewal made meanwhile, after the cache was emptied).
+    if state
         .cache
-        .insert(job.cache_key.clone(), job.session.clone(), now);
+        .get(&job.cache_key)
+        .is_none_or(|c| Rc::ptr_eq(&c, &job.session))
+    {
+        state
+            .cache
+            .insert(job.cache_key.clone(), job.session.clone(), now);
+    }
     let mut clear = Vec::new();
     for n in &job.present_chunks {
         clear_session_cookie(cfg, n, &mut clear);

@@ -263,6 +263,11 @@ impl ProviderState {
             .map(|p| Callout::get(cfg, &p.meta.jwks_uri))
     }
 
+    /// When an unknown `kid` of a login's or a renewal's token may fetch the JWKS again.
+    pub fn next_kid_refetch(&self) -> u64 {
+        self.last_kid_refresh[0].saturating_add(KID_REFRESH_INTERVAL)
+    }
+
     /// True (and starts the clock) when an unknown `kid` may fetch the JWKS now; rate-limited so that
     /// forged tokens cannot turn the filter into a JWKS hammer. `logout`: for a back-channel logout
     /// token, which has a clock of its own.

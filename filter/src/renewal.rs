@@ -117,6 +117,9 @@ impl Table {
     /// Records the renewed session's cookies for the grace period, or, when no browser was handed them,
     /// for `undelivered` seconds (at most [`UNDELIVERED`]; the session's lifetime), while the bucket
     /// keeps at most [`MAX_UNDELIVERED`] such.
+    /// No lines say the session is over (its renewal was refused): told for the grace period only, and
+    /// never over a renewal made meanwhile (found in review: kept as a renewal no browser got, such ends
+    /// took the room of real ones).
     pub fn complete(
         &mut self,
         key: &str,
@@ -124,7 +127,14 @@ impl Table {
         now: u64,
         undelivered: Option<u64>,
     ) {
-        let keep = undelivered.map_or(GRACE, |u| u.clamp(GRACE, UNDELIVERED));
+        let over = renewed.is_empty();
+        if over && matches!(self.get(key, now), Renewal::Done(_)) {
+            return;
+        }
+        let keep = match undelivered {
+            Some(u) if !over => u.clamp(GRACE, UNDELIVERED),
+            _ => GRACE,
+        };
         self.insert(
             key,
             Entry {
@@ -288,6 +298,23 @@ mod tests {
     /// Found in review: a renewal no browser was handed lasted [`GRACE`], after which the session's next
     /// request, on another worker, refreshed with the refresh token the IdP had retired. It lasts as the
     /// session may now, and a bucket keeps [`MAX_UNDELIVERED`] of them, the latest to lapse.
+    #[test]
+    fn a_session_found_over_is_told_for_the_grace_period_and_over_no_renewal() {
+        let now = 1_900_000_000;
+        let mut t = Table::default();
+        t.complete("k", Vec::new(), now, Some(3600));
+        assert_eq!(t.get("k", now + GRACE - 1), Renewal::Done(Vec::new()));
+        assert_eq!(t.get("k", now + GRACE), Renewal::Free);
+        t.complete("r", vec!["c=1".into()], now, Some(3600));
+        t.complete("r", Vec::new(), now + 1, None);
+        assert_eq!(t.get("r", now + 2), Renewal::Done(vec!["c=1".into()]));
+        // Many such ends leave a renewal no browser got where it is.
+        for i in 0..2 * MAX_UNDELIVERED {
+            t.complete(&format!("over-{i}"), Vec::new(), now, Some(3600));
+        }
+        assert_eq!(t.get("r", now + 100), Renewal::Done(vec!["c=1".into()]));
+    }
+
     #[test]
     fn a_renewal_no_browser_got_is_kept_longer() {
         let now = 1_900_000_000;
