@@ -1040,20 +1040,20 @@ impl Plugin {
                         "sites of one cookie name must share cookie_domain, and authorization_params' max_age and acr_values",
                     ));
                 }
-                if let Some(field) = meet.then(|| session_unlike(a, b)).flatten() {
-                    return Err(err(
-                        &site_field(i, field),
-                        format!(
-                            "sites sharing the cookie name `{}` share one session, which the site that logs the user in makes: give them the same {field}, or each its own cookie_name",
-                            a.cookie_name
-                        ),
-                    ));
-                }
                 if !a.same_client(b) {
                     return Err(err(
                         &site_field(i, "cookie_name"),
                         format!(
                             "`{}` is used by sites of different IdP clients; give each its own",
+                            a.cookie_name
+                        ),
+                    ));
+                }
+                if let Some(field) = meet.then(|| session_unlike(a, b)).flatten() {
+                    return Err(err(
+                        &site_field(i, field),
+                        format!(
+                            "sites sharing the cookie name `{}` share one session, which the site that logs the user in makes: give them the same {field}, or each its own cookie_name",
                             a.cookie_name
                         ),
                     ));
@@ -1297,7 +1297,8 @@ pub(crate) fn host_of(authority: &str) -> Option<String> {
 
 /// The setting two sites whose cookies meet differ in that shapes the session one of them makes for both:
 /// which token goes upstream, whether the access token is kept for `access_token_header`, the scopes (in
-/// any order) that give the claims. Found by a black-box test: which token an app got, and whether a
+/// any order) that give the claims, and `authorization_params`' `audience` and `resource`, which give the
+/// access token's audience. Found by a black-box test: which token an app got, and whether a
 /// user passed a claim rule, depended on the site the user had logged in at first.
 fn session_unlike(a: &Config, b: &Config) -> Option<&'static str> {
     let within = |x: &Config, y: &Config| {
@@ -1305,12 +1306,24 @@ fn session_unlike(a: &Config, b: &Config) -> Option<&'static str> {
             .split(' ')
             .all(|w| y.scopes.split(' ').any(|v| v == w))
     };
+    // The access token's audience (Auth0's `audience`, RFC 8707's `resource`).
+    let param = |c: &Config, name: &str| {
+        c.authorization_params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
     if a.forward_token != b.forward_token {
         Some("forward_token")
     } else if a.passes_access_token() != b.passes_access_token() {
         Some("access_token_header")
     } else if !within(a, b) || !within(b, a) {
         Some("scopes")
+    } else if ["audience", "resource"]
+        .iter()
+        .any(|n| param(a, n) != param(b, n))
+    {
+        Some("authorization_params")
     } else {
         None
     }
@@ -3979,6 +3992,10 @@ mod tests {
                 "access_token_header",
             ),
             (json!({"scopes": ["openid", "email"]}), "scopes"),
+            (
+                json!({"authorization_params": {"audience": "https://api.example.com"}}),
+                "authorization_params",
+            ),
             (
                 json!({"scopes": ["openid", "email", "profile", "groups"]}),
                 "scopes",

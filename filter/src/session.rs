@@ -841,10 +841,14 @@ impl Session {
         let sid = self.login_sid.as_deref().filter(|s| !s.is_empty());
         let last = match self.login_id {
             Some(id) => {
-                // Pushed, not `concat`: that would bring in 1 KB of generic joining. `\x01` marks
-                // `renew_at_expiry` (builds before read the whole string as the `sid`, no login id).
-                let mut last = String::from(if self.renew_at_expiry { "\x01" } else { "\0" });
+                // Pushed, not `concat`: that would bring in 1 KB of generic joining. `\x01` after the
+                // id marks `renew_at_expiry` (builds before read it as the start of the `sid`, and the
+                // login id as theirs: their `/logout` still ends the session).
+                let mut last = String::from("\0");
                 last.push_str(&crate::b64::encode_url(&id.to_le_bytes()));
+                if self.renew_at_expiry {
+                    last.push('\x01');
+                }
                 last.push_str(sid.unwrap_or(""));
                 Some(last)
             }
@@ -885,14 +889,14 @@ impl Session {
             // other trailing byte is.
             if !r.at_end() {
                 let last = r.string().filter(|last| !last.is_empty())?;
-                let marked = last.strip_prefix('\x01');
-                s.renew_at_expiry = marked.is_some();
-                let sid = match marked.or_else(|| last.strip_prefix('\0')) {
+                let sid = match last.strip_prefix('\0') {
                     Some(rest) => {
                         let (id, sid) = (rest.get(..11)?, rest.get(11..)?);
                         let id = crate::b64::decode_url(id)?;
                         s.login_id = Some(u64::from_le_bytes(id.as_slice().try_into().ok()?));
-                        sid
+                        let marked = sid.strip_prefix('\x01');
+                        s.renew_at_expiry = marked.is_some();
+                        marked.unwrap_or(sid)
                     }
                     None => &last,
                 };
@@ -1743,14 +1747,15 @@ mod tests {
             };
             assert_eq!(before.encode(), bytes, "{sid:?}");
             assert_eq!(&bytes[..session().encode().len()], &session().encode()[..]);
-            // The mark that the IdP's last renewal did not extend the token: another first byte.
+            // The mark that the IdP's last renewal did not extend the token: a byte after the id, which
+            // builds before read as the start of the sid (the login id theirs as well).
             let marked = Session {
                 renew_at_expiry: true,
                 ..s.clone()
             };
             let bytes = marked.encode();
             assert_eq!(Session::decode(&bytes), Ok(marked));
-            let last = ["\x01", "CAcGBQQDAgE", sid.unwrap_or("")].concat();
+            let last = ["\0", "CAcGBQQDAgE", "\x01", sid.unwrap_or("")].concat();
             let before = Session {
                 login_id: None,
                 login_sid: Some(last),

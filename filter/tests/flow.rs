@@ -4545,7 +4545,7 @@ fn a_logout_token_signed_with_a_new_key_refetches_the_jwks_and_ends_the_session(
     assert_eq!(r.metric, Some(Metric::BackchannelLogoutRefused));
     assert_eq!(
         r.detail.as_deref(),
-        Some("logout token: no JWKS key matches the ID token's kid and alg")
+        Some("logout token: no JWKS key matches its kid and alg")
     );
 }
 

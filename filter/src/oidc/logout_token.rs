@@ -47,6 +47,9 @@ impl fmt::Display for LogoutTokenError {
             // Its checks are the ID token's, whose words name the ID token (found by a black-box test:
             // "logout token: ID token signature does not verify").
             Self::Token(IdTokenError::Malformed) => f.write_str("logout token: malformed"),
+            Self::Token(IdTokenError::UnknownKid) => {
+                f.write_str("logout token: no JWKS key matches its kid and alg")
+            }
             Self::Token(e) => {
                 let e = e.to_string();
                 write!(
@@ -224,7 +227,11 @@ mod tests {
             said(IdTokenError::BadSignature),
             "logout token: signature does not verify"
         );
-        assert_eq!(said(IdTokenError::Expired), "logout token: has expired");
+        assert_eq!(
+            said(IdTokenError::UnknownKid),
+            "logout token: no JWKS key matches its kid and alg"
+        );
+        assert_eq!(said(IdTokenError::Malformed), "logout token: malformed");
     }
 
     #[test]
