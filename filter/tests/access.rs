@@ -443,3 +443,38 @@ fn a_header_another_site_sets_is_never_set_from_a_claim() {
     let b = identity.iter().find(|(n, _)| n == "x-b");
     assert!(matches!(b, Some((_, None))), "{identity:?}");
 }
+
+/// Found by mutation testing: on a bypass path with the client's own `Authorization`, a request that still
+/// carries the cookie a renewal on this worker replaced gets the new cookie all the same (its
+/// `Authorization` stays), as elsewhere.
+#[test]
+fn a_bypass_request_with_its_own_authorization_gets_the_renewed_cookie() {
+    let mut f = Filter::ready(config(serde_json::json!({"bypass_paths": ["/healthz"]})));
+    let (jar, _) = log_in(&mut f, Some("rt-1"));
+    f.now = NOW + 3600 - 30;
+    let (_, pending) = call(f.request(&Req::browser("/page").cookies(&jar)));
+    let new_token = mint(&refreshed_claims(f.now));
+    let body = token_body(Some(&new_token), Some("rt-2"));
+    let renewed = forward(f.reply(pending, Some((200, &body))));
+    assert!(!renewed.set_cookies.is_empty());
+    let req = Req::browser("/healthz")
+        .cookies(&jar)
+        .with("authorization", "Basic dXNlcjpwdw==");
+    let fwd = forward(f.request(&req));
+    assert!(fwd.authorization.is_none(), "{fwd:?}");
+    assert_eq!(fwd.metric, Some(Metric::Bypass));
+    assert_eq!(fwd.set_cookies, renewed.set_cookies);
+}
+
+/// Found by mutation testing: on a bypass path with the client's own `Authorization`, the app's own
+/// cookies go up with it; only the filter's are taken out.
+#[test]
+fn a_bypass_request_with_its_own_authorization_keeps_the_apps_cookies() {
+    let (mut f, jar) = refused_everywhere(serde_json::json!({}));
+    let req = Req::browser("/healthz")
+        .with("cookie", &format!("{}; app=1", jar.header()))
+        .with("authorization", "Basic dXNlcjpwdw==");
+    let fwd = forward(f.request(&req));
+    assert_eq!(fwd.metric, Some(Metric::Bypass));
+    assert_eq!(fwd.cookie, Some(Some("app=1".to_string())), "{fwd:?}");
+}

@@ -5350,3 +5350,16 @@ fn a_token_error_quoting_the_pkce_verifier_is_withheld() {
         Some("token endpoint answered invalid_grant, \"[withheld: it quotes what was sent]\"")
     );
 }
+
+/// Found by mutation testing: at `redirect_uri`'s own host, an `:authority` whose port is out of range
+/// (no browser's) is no login at another host: it goes to the IdP as any, its target a path.
+#[test]
+fn a_login_at_the_redirect_hosts_out_of_range_port_goes_to_the_idp() {
+    let cfg = config(json!({"redirect_uri": "https://app.example.com/oauth2/callback"}));
+    let mut f = Filter::ready(cfg);
+    let req =
+        Req::browser("/login?rd=/x&fragment_read=").with(":authority", "app.example.com:99999");
+    let r = respond(f.request(&req));
+    assert_eq!(r.status, 302, "{}", r.body);
+    assert_eq!(login_from(&f, &r).sealed.rd, "/x");
+}

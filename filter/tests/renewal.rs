@@ -1811,3 +1811,277 @@ fn only_a_success_or_a_refusal_says_the_idp_answered() {
         assert_eq!(f.state.idp_answered, answered, "{reply:?}");
     }
 }
+
+/// `j`'s renewal, claimed as the adapter does: `Ok` when it may ask the IdP, else the answer held.
+fn claim_of(a: &mut Filter, j: &Jar) -> Result<RefreshJob, Step> {
+    let job = refresh_job(a.request(&Req::api("/poll").cookies(j)));
+    flow::renewal_claim(&a.cfg, &mut a.state, job, a.now)
+}
+
+/// `j`'s renewal asks the IdP, which fails it (a `500`): the expired session gets a 503.
+fn fails(a: &mut Filter, j: &Jar) {
+    let job = claim_of(a, j).expect("the renewal asks the IdP");
+    let r = respond(a.reply(Box::new(Pending::Refresh(job)), Some((500, b"{}"))));
+    assert_eq!(r.status, 503, "{r:?}");
+}
+
+/// `j`'s renewal asks the IdP, which renews it.
+fn renews(a: &mut Filter, j: &Jar) {
+    let job = claim_of(a, j).expect("the renewal asks the IdP");
+    let new_token = mint(&refreshed_claims(a.now));
+    let body = token_body(Some(&new_token), None);
+    let fwd = forward(a.reply(Box::new(Pending::Refresh(job)), Some((200, &body))));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+}
+
+/// `n` expired sessions on one worker (`callout_timeout` 30 s), the first of which just met an outage
+/// (its renewal failed: a pause).
+fn outage_with(n: usize) -> (Filter, Vec<Jar>) {
+    let mut a = Filter::ready(config(serde_json::json!({"callout_timeout": "30s"})));
+    let s: Vec<Jar> = (0..n)
+        .map(|i| log_in(&mut a, Some(&format!("rt-{i}"))).0)
+        .collect();
+    a.now = NOW + 3600 + 1;
+    fails(&mut a, &s[0]);
+    assert!(a.state.renewals_failing && a.state.renewals_paused(a.now));
+    (a, s)
+}
+
+/// After [`outage_with`]: the second session's renewal waits out the pause, then probes and the IdP
+/// renews it; the first asks again and fails again, its own failure now (no pause). Returns when.
+fn own_failure(n: usize) -> (Filter, Vec<Jar>, u64) {
+    let (mut a, s) = outage_with(n);
+    a.now += 2;
+    assert!(claim_of(&mut a, &s[1]).is_err());
+    a.now += 4;
+    assert!(claim_of(&mut a, &s[0]).is_err());
+    renews(&mut a, &s[1]);
+    fails(&mut a, &s[0]);
+    assert!(!a.state.renewals_failing && !a.state.renewals_paused(a.now));
+    let t = a.now;
+    (a, s, t)
+}
+
+/// Found by mutation testing: while another session's renewal waits, the session whose renewal met the
+/// outage waits 10 s, and no longer (its own waiting claims do not undo the other's wait).
+#[test]
+fn a_session_that_met_the_outage_waits_ten_seconds_while_another_waits() {
+    let (mut a, s) = outage_with(2);
+    let t0 = a.now;
+    a.now = t0 + 2;
+    assert!(claim_of(&mut a, &s[1]).is_err());
+    assert!(claim_of(&mut a, &s[0]).is_err());
+    a.now = t0 + 9;
+    let r = respond(claim_of(&mut a, &s[0]).unwrap_err());
+    assert!(
+        r.detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("this session's renewal"),
+        "{r:?}"
+    );
+    a.now = t0 + 10;
+    assert!(claim_of(&mut a, &s[0]).is_ok(), "held past 10 s");
+}
+
+/// Found by mutation testing: a session's failures are its own while each comes within 300 s of the one
+/// before (the run going on past 300 s from its first); 300 s after the last, its failure starts a new
+/// run, and pauses the site's renewals as any outage does.
+#[test]
+fn a_sessions_failures_are_its_own_while_each_comes_within_five_minutes_of_the_last() {
+    let (mut a, s, t) = own_failure(2);
+    for at in [t + 250, t + 500, t + 799] {
+        a.now = at;
+        fails(&mut a, &s[0]);
+        assert!(
+            !a.state.renewals_failing && !a.state.renewals_paused(a.now),
+            "+{}",
+            at - t
+        );
+    }
+    a.now = t + 799 + 300;
+    fails(&mut a, &s[0]);
+    assert!(a.state.renewals_failing && a.state.renewals_paused(a.now));
+}
+
+/// Found by mutation testing: another session's outage is recorded beside a session's run of failures,
+/// not over it (the oldest of the four records goes): the first session's next failure is still its own.
+#[test]
+fn a_sessions_run_of_failures_outlasts_another_sessions_outage() {
+    let (mut a, s) = outage_with(4);
+    let t0 = a.now;
+    a.now = t0 + 5;
+    renews(&mut a, &s[1]);
+    a.now = t0 + 6;
+    fails(&mut a, &s[2]);
+    assert!(
+        a.state.renewals_failing,
+        "another session's first failure pauses"
+    );
+    a.now = t0 + 11;
+    renews(&mut a, &s[3]);
+    a.now = t0 + 20;
+    fails(&mut a, &s[0]);
+    assert!(
+        !a.state.renewals_failing && !a.state.renewals_paused(a.now),
+        "the first session's failure was taken for a new outage"
+    );
+}
+
+/// Found by mutation testing: the IdP's answer to the probe ends the wait of the sessions that waited
+/// (one that came while the probe was out too): the session that met the outage asks again 5 s after it.
+#[test]
+fn once_the_idp_answers_the_probe_the_session_that_met_the_outage_asks_after_five_seconds() {
+    let (mut a, s) = outage_with(3);
+    let t0 = a.now;
+    a.now = t0 + 2;
+    assert!(claim_of(&mut a, &s[1]).is_err());
+    a.now = t0 + 6;
+    let probe = claim_of(&mut a, &s[1]).expect("the probe");
+    assert!(claim_of(&mut a, &s[2]).is_err(), "waits for the probe");
+    let new_token = mint(&refreshed_claims(a.now));
+    let body = token_body(Some(&new_token), None);
+    forward(a.reply(Box::new(Pending::Refresh(probe)), Some((200, &body))));
+    assert!(
+        claim_of(&mut a, &s[0]).is_ok(),
+        "held after the IdP answered"
+    );
+}
+
+/// Found by mutation testing: a session still within 10 s of its own failure, held by another session's
+/// outage, is none of the others that wait: the session whose failure paused asks again as soon as the
+/// pause is over.
+#[test]
+fn a_session_waiting_out_its_own_failure_is_no_other_that_waits() {
+    let (mut a, s, t) = own_failure(3);
+    a.now = t + 1;
+    fails(&mut a, &s[2]);
+    assert!(a.state.renewals_paused(a.now));
+    a.now = t + 5;
+    assert!(claim_of(&mut a, &s[0]).is_err());
+    a.now = t + 6;
+    assert!(claim_of(&mut a, &s[2]).is_ok(), "held past the pause");
+}
+
+/// Found by mutation testing: a failure recorded ahead of the clock (it stepped back) holds a session
+/// only for as long as it would have behind it.
+#[test]
+fn a_failure_the_clock_stepped_back_from_holds_a_session_only_seconds() {
+    let (mut a, s, t) = own_failure(2);
+    a.now = t + 100;
+    fails(&mut a, &s[0]);
+    a.now = t + 97;
+    assert!(claim_of(&mut a, &s[0]).is_err(), "3 s ahead");
+    a.now = t + 80;
+    assert!(claim_of(&mut a, &s[0]).is_ok(), "20 s ahead");
+}
+
+/// Found by mutation testing: a session's first failure pauses the site's renewals even when the IdP's
+/// last answer reads later than now (the clock stepped back).
+#[test]
+fn a_first_failure_after_the_clock_stepped_back_still_pauses() {
+    let (mut a, s, t) = own_failure(3);
+    a.now = t - 3;
+    fails(&mut a, &s[2]);
+    assert!(a.state.renewals_failing && a.state.renewals_paused(a.now));
+}
+
+/// Found by mutation testing: while the IdP keeps failing (a probe out), a session's failure is never its
+/// own: the probe's failure pauses 5 s from then, not until the probe's timeout.
+#[test]
+fn a_probe_that_fails_pauses_five_seconds_even_from_a_session_that_failed_alone() {
+    let (mut a, s, t) = own_failure(4);
+    a.now = t + 1;
+    fails(&mut a, &s[2]);
+    a.now = t + 6;
+    fails(&mut a, &s[0]);
+    assert!(a.state.renewals_failing && a.state.renewals_paused(a.now));
+    a.now = t + 11;
+    assert!(
+        claim_of(&mut a, &s[3]).is_ok(),
+        "still paused 5 s after the probe failed"
+    );
+}
+
+/// Found by mutation testing: the answer to a renewal that was on its way before a session's first
+/// failure, coming in the same second, is no answer since that failure: the session's next failure is
+/// still taken for the site's outage.
+#[test]
+fn an_answer_of_the_same_second_as_a_sessions_first_failure_does_not_make_it_its_own() {
+    let mut a = Filter::ready(config(serde_json::json!({"callout_timeout": "30s"})));
+    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    let (other, _) = log_in(&mut a, Some("rt-2"));
+    a.now = NOW + 3600 + 1;
+    let early = claim_of(&mut a, &other).unwrap();
+    fails(&mut a, &jar);
+    let new_token = mint(&refreshed_claims(a.now));
+    let body = token_body(Some(&new_token), None);
+    forward(a.reply(Box::new(Pending::Refresh(early)), Some((200, &body))));
+    assert!(!a.state.renewals_failing);
+    a.now += 5;
+    fails(&mut a, &jar);
+    assert!(a.state.renewals_failing && a.state.renewals_paused(a.now));
+}
+
+/// Found by mutation testing: a renewed token capped earlier than the one it renews (at the end of the
+/// IdP's own session), expired by then, is said to be that, not the clocks.
+#[test]
+fn a_renewal_capped_before_the_token_it_renews_ends_the_session_saying_so() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    a.now = NOW + 3600;
+    let mut capped = refreshed_claims(a.now);
+    capped["exp"] = (NOW + 3600 - 1).into();
+    let (_, pending) = call(a.request(&Req::api("/page").cookies(&jar)));
+    let body = token_body(Some(&mint(&capped)), Some("rt-2"));
+    let why = respond(a.reply(pending, Some((200, &body))))
+        .detail
+        .unwrap_or_default();
+    assert!(why.contains("without extending it"), "{why}");
+}
+
+/// Found by mutation testing: a renewal that extends the token, by as little as a second, is no
+/// renewal that did not: the session renews within the margin again, as any.
+#[test]
+fn a_renewal_that_extends_the_token_by_a_second_is_not_marked() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let (mut jar, _) = due(&mut a, &mut b);
+    let mut later = refreshed_claims(a.now);
+    later["exp"] = (NOW + 3600 + 1).into();
+    let (_, pending) = call(a.request(&Req::api("/page").cookies(&jar)));
+    let body = token_body(Some(&mint(&later)), Some("rt-2"));
+    let f = forward(a.reply(pending, Some((200, &body))));
+    jar.apply(f.set_cookies.iter().map(String::as_str));
+    assert!(!a.open_session(&jar).renew_at_expiry);
+}
+
+/// Found by mutation testing: the probe's claim ends the others' wait (the session that waited is the
+/// one asking): when another worker's shared pause then ends sooner (its probe met the outage at once),
+/// the session that met the outage here asks again 5 s after its failure, not 10.
+#[test]
+fn once_another_session_probes_the_session_that_met_the_outage_waits_five_seconds() {
+    let (mut a, s) = outage_with(2);
+    let t0 = a.now;
+    a.now = t0 + 2;
+    assert!(claim_of(&mut a, &s[1]).is_err());
+    a.now = t0 + 6;
+    let _probe = claim_of(&mut a, &s[1]).expect("the probe");
+    oidc_filter::workers::take_pause(&mut a.state, &(t0 + 7).to_le_bytes(), Some(1), a.now);
+    a.now = t0 + 8;
+    assert!(claim_of(&mut a, &s[0]).is_ok(), "held past 5 s");
+}
+
+/// Found by mutation testing: the IdP's refusal of another user's refresh token (`invalid_grant`) is an
+/// answer since a session's failures began, as a renewal is: that session's next failure is its own.
+#[test]
+fn a_refusal_of_another_user_makes_a_sessions_next_failure_its_own() {
+    let (mut a, s) = outage_with(2);
+    a.now += 6;
+    let probe = claim_of(&mut a, &s[1]).expect("the probe");
+    let body = br#"{"error":"invalid_grant"}"#;
+    let r = respond(a.reply(Box::new(Pending::Refresh(probe)), Some((400, body))));
+    assert_eq!(r.metric, Some(Metric::RefreshFailed), "{r:?}");
+    fails(&mut a, &s[0]);
+    assert!(!a.state.renewals_failing && !a.state.renewals_paused(a.now));
+}

@@ -1168,6 +1168,9 @@ mod jws_tests {
             "oauth-authz-req+jwt",
             "kb+jwt",
             "entity-statement+jwt",
+            // Found by mutation testing: `JOSE` itself, not a type ending in it.
+            "xjose",
+            "application/x-jose",
         ] {
             assert_eq!(check(typ), Err(IdTokenError::Malformed), "{typ}");
         }

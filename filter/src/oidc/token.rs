@@ -778,6 +778,13 @@ mod tests {
         assert!(parse_response(200, ok).is_ok());
         // Not under an error status, though.
         assert!(parse_response(400, br#"{"error":""}"#).is_err());
+        // Found by mutation testing: any other `error`, a string or not, is a failure.
+        for e in ["0", "false", "{}", "[]", "\" \""] {
+            let body = format!(
+                r#"{{"error":{e},"access_token":"a","token_type":"Bearer","id_token":"i"}}"#
+            );
+            assert!(parse_response(200, body.as_bytes()).is_err(), "{e}");
+        }
         assert_eq!(
             parse_response(502, b"<html>Bad Gateway</html>"),
             Err(TokenError::Rejected {
