@@ -608,6 +608,59 @@ fn one_user_the_idp_fails_to_renew_does_not_hold_the_others_renewals() {
     assert!(!clears_session(&r), "{:?}", r.set_cookies());
 }
 
+/// Found by mutation testing: a session waiting out its own failure (the IdP fails its renewals alone, and
+/// has answered another's since) must leave no claim of its renewal in the workers' table while it waits:
+/// once its wait is over, its next renewal would find that claim, wait for a renewal nobody makes (twice
+/// `callout_timeout` and 2 s: 6 s here) and not ask the IdP. All on one connection, so on one worker,
+/// whose records of the session's failures these are.
+#[test]
+fn a_session_waiting_out_its_own_failure_asks_the_idp_at_once_when_the_wait_is_over() {
+    let _idp = idp_hold::exclusive();
+    let xavier = logged_in(APP, "xavier-own");
+    let yvonne = logged_in(APP, "yvonne-own");
+    let refresh_token = open_session(&session_cookies(&xavier))
+        .refresh_token
+        .unwrap()
+        .expose()
+        .to_string();
+    let x = with_token_expiring_at(&xavier, unix_now() - 1);
+    let _fault = Fault::set(Mode::respond_if_contains(
+        &refresh_token,
+        500,
+        "application/json",
+        r#"{"error":"server_error"}"#,
+    ));
+    let client = Browser::new();
+    let get = |cookie: &str| {
+        let t = Instant::now();
+        let r = client
+            .get_with(
+                &url(APP, "/x"),
+                &[("cookie", cookie), ("accept", "application/json")],
+            )
+            .unwrap();
+        (r.status, t.elapsed())
+    };
+    // Xavier's renewal meets the outage: the renewals pause for 5 s. Then the IdP renews Yvonne's.
+    assert_eq!(get(&x).0, 503);
+    std::thread::sleep(RENEWAL_PAUSE);
+    assert_eq!(get(&with_token_expiring_at(&yvonne, unix_now() - 1)).0, 200);
+    // Xavier's fails again: its own failure; it waits 5 s, answered at once meanwhile.
+    assert_eq!(get(&x).0, 503);
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, took) = get(&x);
+    assert_eq!(status, 503);
+    assert!(took < Duration::from_secs(1), "held: {took:?}");
+    // Past its wait: it asks the IdP (which fails it again) at once.
+    std::thread::sleep(Duration::from_secs(4));
+    let (status, took) = get(&x);
+    assert_eq!(status, 503);
+    assert!(
+        took < Duration::from_secs(2),
+        "asked the IdP at once: {took:?}"
+    );
+}
+
 /// Longer than a session whose renewal met an outage leaves the probe to another's that waited (10 s,
 /// in whole seconds).
 const OWN_WAIT: Duration = Duration::from_secs(11);
