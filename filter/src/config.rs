@@ -1306,27 +1306,29 @@ fn session_unlike(a: &Config, b: &Config) -> Option<&'static str> {
             .split(' ')
             .all(|w| y.scopes.split(' ').any(|v| v == w))
     };
-    // The access token's audience (Auth0's `audience`, RFC 8707's `resource`).
-    let param = |c: &Config, name: &str| {
-        c.authorization_params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
     if a.forward_token != b.forward_token {
         Some("forward_token")
     } else if a.passes_access_token() != b.passes_access_token() {
         Some("access_token_header")
     } else if !within(a, b) || !within(b, a) {
         Some("scopes")
+    // The access token's audience (Auth0's `audience`, RFC 8707's `resource`).
     } else if ["audience", "resource"]
         .iter()
-        .any(|n| param(a, n) != param(b, n))
+        .any(|n| auth_param(a, n) != auth_param(b, n))
     {
         Some("authorization_params")
     } else {
         None
     }
+}
+
+/// The value of `authorization_params`' `name` (in any case) in `c`, if set.
+fn auth_param<'a>(c: &'a Config, name: &str) -> Option<&'a str> {
+    c.authorization_params
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// Whether two sites whose cookies meet set them alike and ask the same of a login: the same
@@ -1340,17 +1342,13 @@ fn set_alike(a: &Config, b: &Config) -> bool {
             .as_deref()
             .map(|d| d.trim_start_matches('.'))
     }
-    fn acr(c: &Config) -> Option<&str> {
-        c.authorization_params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("acr_values"))
-            .map(|(_, v)| v.as_str())
-    }
     let same_domain = match (domain(a), domain(b)) {
         (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
         (x, y) => x.is_none() && y.is_none(),
     };
-    same_domain && a.max_age == b.max_age && acr(a) == acr(b)
+    same_domain
+        && a.max_age == b.max_age
+        && auth_param(a, "acr_values") == auth_param(b, "acr_values")
 }
 
 /// A `hosts` entry's `cookie_domain` (set or inherited) must hold each of its hosts. Found in review: it was

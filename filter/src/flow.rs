@@ -461,13 +461,22 @@ const OWN_REPEAT: u64 = 300;
 /// The longest a pause can be: a probe under the longest `callout_timeout`, then the pause.
 pub const MAX_PAUSE: u64 = 60 + RENEWAL_PAUSE;
 
+/// Whether a wait until `until` is still on at `now`: one further off than any can be (the clock stepped
+/// back, or was read wrong once) is none.
+fn pending(until: u64, now: u64) -> bool {
+    let left = until.saturating_sub(now);
+    left > 0 && left <= MAX_PAUSE
+}
+
 impl State {
-    /// Whether the site's renewals on this worker are paused (see `renewal_claim`). A pause further off
-    /// than any can be (the clock stepped back, or was read wrong once) is none.
+    /// Whether the site's renewals on this worker are paused (see `renewal_claim`), or wait for the keys.
     pub fn renewals_paused(&self, now: u64) -> bool {
-        let left = self.renewals_paused_until.saturating_sub(now);
-        let keys = self.keys_wait_until.saturating_sub(now);
-        (left > 0 && left <= MAX_PAUSE) || (keys > 0 && keys <= MAX_PAUSE)
+        pending(self.renewals_paused_until, now) || self.keys_wait(now)
+    }
+
+    /// Whether this worker's renewals wait until it may fetch the IdP's keys again (`keys_wait_until`).
+    fn keys_wait(&self, now: u64) -> bool {
+        pending(self.keys_wait_until, now)
     }
 
     /// A renewal met an outage: pause, and probe from then on.
@@ -565,7 +574,7 @@ pub fn renewal_claim(
         // Another session than those that met the outage waits: it probes first when the pause ends.
         state.others_wait |= !state.met_outage(who, now, OWN_WAIT);
         // Not the site's pause (found in review: the log line said so): this session's own wait.
-        let why = if state.keys_wait_until > now {
+        let why = if state.keys_wait(now) {
             "renewals here wait until the IdP's keys may be fetched again (a renewed ID token's key is not among them)"
         } else if paused {
             PAUSED

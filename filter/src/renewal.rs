@@ -128,7 +128,11 @@ impl Table {
         undelivered: Option<u64>,
     ) {
         let over = renewed.is_empty();
-        if over && matches!(self.get(key, now), Renewal::Done(_)) {
+        if over
+            && self
+                .entry(key)
+                .is_some_and(|e| live(e, now) && e.renewed.is_some())
+        {
             return;
         }
         let keep = match undelivered {

@@ -402,19 +402,15 @@ fn after_an_outage(callout_timeout: &str) -> (Filter, Jar, Jar) {
 #[test]
 fn one_session_the_idp_keeps_failing_does_not_hold_the_others_renewals() {
     let (mut a, jar, other) = after_an_outage("30s");
-    let claim = |a: &mut Filter, j: &Jar| {
-        let job = refresh_job(a.request(&Req::api("/page").cookies(j)));
-        flow::renewal_claim(&a.cfg, &mut a.state, job, a.now)
-    };
     // The pause: neither asks.
     a.now += 2;
-    assert!(claim(&mut a, &jar).is_err());
-    assert!(claim(&mut a, &other).is_err());
+    assert!(claim_of(&mut a, &jar).is_err());
+    assert!(claim_of(&mut a, &other).is_err());
     // Past it, the failing session's poll waits, as another session's renewal waited: that one probes,
     // and the IdP answers it.
     a.now += 4;
-    assert_eq!(respond(claim(&mut a, &jar).unwrap_err()).status, 503);
-    let job = claim(&mut a, &other).expect("another session's renewal probes");
+    assert_eq!(respond(claim_of(&mut a, &jar).unwrap_err()).status, 503);
+    let job = claim_of(&mut a, &other).expect("another session's renewal probes");
     let new_token = mint(&refreshed_claims(a.now));
     let fwd = forward(a.reply(
         Box::new(Pending::Refresh(job)),
@@ -422,14 +418,14 @@ fn one_session_the_idp_keeps_failing_does_not_hold_the_others_renewals() {
     ));
     assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
     // The failing session asks again, and fails again: its own failure, no pause.
-    let job = claim(&mut a, &jar).unwrap();
+    let job = claim_of(&mut a, &jar).unwrap();
     let r = respond(a.reply(Box::new(Pending::Refresh(job)), Some((500, b"{}"))));
     assert_eq!(r.status, 503);
     assert!(set_cookies(&r).iter().all(|c| !c.contains("Max-Age=0")));
     assert!(!a.state.renewals_paused(a.now) && !a.state.renewals_failing);
     // It asks at most every 5 s, and its log line says why.
     a.now += 4;
-    let r = respond(claim(&mut a, &jar).unwrap_err());
+    let r = respond(claim_of(&mut a, &jar).unwrap_err());
     assert!(
         r.detail
             .as_deref()
@@ -438,7 +434,7 @@ fn one_session_the_idp_keeps_failing_does_not_hold_the_others_renewals() {
         "{r:?}"
     );
     a.now += 1;
-    assert!(claim(&mut a, &jar).is_ok());
+    assert!(claim_of(&mut a, &jar).is_ok());
 }
 
 /// Found in review of the fix above: its first version took a session's second outage for its own
@@ -452,16 +448,12 @@ fn in_an_outage_the_idp_is_asked_once_per_pause_however_many_sessions_poll() {
     let jars: Vec<Jar> = (0..4)
         .map(|i| log_in(&mut a, Some(&format!("rt-{i}"))).0)
         .collect();
-    let claim = |a: &mut Filter, j: &Jar| {
-        let job = refresh_job(a.request(&Req::api("/poll").cookies(j)));
-        flow::renewal_claim(&a.cfg, &mut a.state, job, a.now)
-    };
     a.now = NOW + 3600 + 1;
     let start = a.now;
     let mut asked = 0;
     while a.now < start + 40 {
         for j in &jars {
-            if let Ok(job) = claim(&mut a, j) {
+            if let Ok(job) = claim_of(&mut a, j) {
                 asked += 1;
                 // A down IdP: the connection refused at once.
                 let _ = a.reply(Box::new(Pending::Refresh(job)), None);
@@ -476,16 +468,16 @@ fn in_an_outage_the_idp_is_asked_once_per_pause_however_many_sessions_poll() {
     let (s1, s2, s3) = (&jars[0], &jars[1], &jars[2]);
     a.now += 60;
     let t = a.now;
-    let job = claim(&mut a, s1).unwrap();
+    let job = claim_of(&mut a, s1).unwrap();
     let pending = Box::new(Pending::Refresh(job));
     a.now = t + 10;
     let _ = flow::renewal_given_up(&a.cfg, &mut a.state, &pending, a.now).unwrap();
     a.now = t + 15;
-    let _probe = claim(&mut a, s2).expect("the probe");
-    assert!(claim(&mut a, s3).is_err(), "waits for the probe");
+    let _probe = claim_of(&mut a, s2).expect("the probe");
+    assert!(claim_of(&mut a, s3).is_err(), "waits for the probe");
     a.now = t + 20;
     let _ = a.reply(pending, None);
-    assert!(claim(&mut a, s3).is_err(), "a second probe went out");
+    assert!(claim_of(&mut a, s3).is_err(), "a second probe went out");
 }
 
 /// Found by a black-box test: an IdP that renews with the login's own ID token (against OIDC Core 12.2),
@@ -623,17 +615,12 @@ fn a_renewal_whose_id_token_key_cannot_be_had_holds_the_workers_renewals_until_i
     assert!(!a.state.renewals_failing, "no pause for the other workers");
     for (dt, jar) in [(0, &other), (10, &jar), (29, &other)] {
         a.now = fetched + dt;
-        let job = refresh_job(a.request(&Req::browser("/page").cookies(jar)));
-        let r = respond(flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).unwrap_err());
+        let r = respond(claim_of(&mut a, jar).unwrap_err());
         assert_eq!(r.status, 503, "+{dt} s");
         assert!(r.detail.unwrap().contains("IdP's keys"));
     }
     a.now = fetched + 30;
-    let job = refresh_job(a.request(&Req::browser("/page").cookies(&other)));
-    assert!(
-        flow::renewal_claim(&a.cfg, &mut a.state, job, a.now).is_ok(),
-        "then it asks"
-    );
+    assert!(claim_of(&mut a, &other).is_ok(), "then it asks");
 }
 
 /// Found in review: sessions found over stayed in the worker's cache for their lifetime, and once it was

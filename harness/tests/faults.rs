@@ -557,6 +557,24 @@ fn a_request_with_a_body_goes_on_when_its_renewal_stops_waiting() {
     std::thread::sleep(Duration::from_millis(3500).saturating_sub(took) + Duration::from_secs(1));
 }
 
+/// `b`'s session with its token expired, and the IdP failing (`500`) the renewals of that session alone
+/// while the guard lives.
+fn failing_alone(b: &Browser) -> (String, Fault) {
+    let refresh_token = open_session(&session_cookies(b))
+        .refresh_token
+        .unwrap()
+        .expose()
+        .to_string();
+    let expired = with_token_expiring_at(b, unix_now() - 1);
+    let fault = Fault::set(Mode::respond_if_contains(
+        &refresh_token,
+        500,
+        "application/json",
+        r#"{"error":"server_error"}"#,
+    ));
+    (expired, fault)
+}
+
 /// Found by a black-box test: one account whose refresh the IdP fails (`500` for that user alone),
 /// behind a dashboard tab that polls, took the probe each time the renewal pause ended, and every other
 /// user whose token had expired got `503` for as long as the tab was open. Now a session whose renewal
@@ -567,18 +585,7 @@ fn one_user_the_idp_fails_to_renew_does_not_hold_the_others_renewals() {
     let _idp = idp_hold::exclusive();
     let xavier = logged_in(APP, "xavier");
     let yvonne = logged_in(APP, "yvonne");
-    let refresh_token = open_session(&session_cookies(&xavier))
-        .refresh_token
-        .unwrap()
-        .expose()
-        .to_string();
-    let x = with_token_expiring_at(&xavier, unix_now() - 1);
-    let _fault = Fault::set(Mode::respond_if_contains(
-        &refresh_token,
-        500,
-        "application/json",
-        r#"{"error":"server_error"}"#,
-    ));
+    let (x, _fault) = failing_alone(&xavier);
     let stop = AtomicBool::new(false);
     let t0 = Instant::now();
     let mut seen = Vec::new();
@@ -618,18 +625,7 @@ fn a_session_waiting_out_its_own_failure_asks_the_idp_at_once_when_the_wait_is_o
     let _idp = idp_hold::exclusive();
     let xavier = logged_in(APP, "xavier-own");
     let yvonne = logged_in(APP, "yvonne-own");
-    let refresh_token = open_session(&session_cookies(&xavier))
-        .refresh_token
-        .unwrap()
-        .expose()
-        .to_string();
-    let x = with_token_expiring_at(&xavier, unix_now() - 1);
-    let _fault = Fault::set(Mode::respond_if_contains(
-        &refresh_token,
-        500,
-        "application/json",
-        r#"{"error":"server_error"}"#,
-    ));
+    let (x, _fault) = failing_alone(&xavier);
     let client = Browser::new();
     let get = |cookie: &str| {
         let t = Instant::now();
