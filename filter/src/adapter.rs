@@ -778,7 +778,13 @@ impl Http {
         if expected != token || (self.renewing.is_none() && !fetches_keys(&pending)) {
             return;
         }
-        let Some((step, renewed)) = self.reply_step(*pending, read_reply(body_size)) else {
+        let reply = read_reply(body_size);
+        // A request that stopped waiting for its renewal logged and counted the IdP's silence then
+        // (`give_up`): the call ending silent too (Envoy's `504` at twice `callout_timeout`, or nothing)
+        // is that same failure, not a second one (found by a black-box test: two warnings, and two
+        // counts of `refresh_failed`, for one hung renewal).
+        let same_silence = self.given_up && matches!(reply, None | Some((504, _)));
+        let Some((step, renewed)) = self.reply_step(*pending, reply) else {
             return;
         };
         let (step, renewed) = match step {
@@ -796,9 +802,11 @@ impl Http {
             },
             step => (step, renewed),
         };
-        account(&step, &self.metrics, &|| {
-            site_label(&self.shared, self.site)
-        });
+        if !same_silence {
+            account(&step, &self.metrics, &|| {
+                site_label(&self.shared, self.site)
+            });
+        }
         if let Some(renewed) = renewed {
             self.end_renewal(renewed, true);
         }

@@ -3033,8 +3033,15 @@ fn logout_with(
         // the token's fault, and an IdP that posts again may then succeed. A bad signature only as below
         // (found in review: any, `503`, made anyone posting one every 30 s keep the IdP's own failing
         // tokens `503`s, which it posts again and again).
+        // The log line says which (found by a black-box test: it read as the final `400`'s).
         Err(e @ logout_token::LogoutTokenError::Token(IdTokenError::UnknownKid)) if may_refetch => {
-            logout_refused(503, "temporarily_unavailable", e.to_string())
+            logout_refused(
+                503,
+                "temporarily_unavailable",
+                format!(
+                    "{e}, and this worker fetched the keys moments ago (the IdP may post again)"
+                ),
+            )
         }
         // A bad signature on a token newer than the keys held, within `clock_leeway`: its key may have
         // come since, as `503` too (found by a black-box test: a forged post just before the IdP replaced
@@ -3048,7 +3055,13 @@ fn logout_with(
                         iat.saturating_add(cfg.clock_leeway) > state.provider.keys_as_of()
                     }) =>
         {
-            logout_refused(503, "temporarily_unavailable", e.to_string())
+            logout_refused(
+                503,
+                "temporarily_unavailable",
+                format!(
+                    "{e}, and it is newer than the keys this worker fetched moments ago (the IdP may post again)"
+                ),
+            )
         }
         Err(e) => logout_refused(400, "invalid_request", e.to_string()),
     }

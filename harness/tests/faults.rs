@@ -483,6 +483,38 @@ fn a_renewal_the_idp_answers_after_the_timeout_is_kept_for_the_next_request() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// Found by a black-box test: one renewal the IdP never answered was logged and counted twice: the
+/// request's "no answer" when it stopped waiting at `callout_timeout`, then the call's own end (Envoy's
+/// `504` at twice that) as a second failure of the renewal.
+#[test]
+fn a_renewal_the_idp_never_answers_is_one_warning_and_one_failure() {
+    let _idp = idp_hold::exclusive();
+    let b = logged_in(APP, "alice");
+    let expired = with_token_expiring_at(&b, unix_now() - 1);
+    let logged = stack().envoy_log().unwrap().len();
+    let failures = stat("refresh_failures");
+    {
+        let _hang = Fault::set(Mode::Hang);
+        let t0 = Instant::now();
+        let r = get(APP, &expired, false);
+        assert_eq!(r.status, 503, "{}", r.body);
+        // The call ends at twice this site's 2 s `callout_timeout` from when it was sent.
+        std::thread::sleep(Duration::from_millis(5000).saturating_sub(t0.elapsed()));
+    }
+    let log = stack().envoy_log_after_sentinel(APP).unwrap();
+    let since = log.get(logged..).unwrap_or_default();
+    let warnings: Vec<&str> = since
+        .lines()
+        .filter(|l| l.contains("[warning][wasm]"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("no answer from the token endpoint within callout_timeout"),
+        "{warnings:#?}"
+    );
+    assert_eq!(stat("refresh_failures"), failures + 1);
+}
+
 /// Found in review: the renewal kept for the session's next request (its request stopped waiting, so
 /// the browser never got the renewed cookie) was published to the other workers for 30 s only
 /// (`renewal::GRACE`). A next request after that, on a worker that had not made the renewal, found
