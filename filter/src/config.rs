@@ -461,7 +461,7 @@ impl Config {
             ));
         }
         match parse_json(json, "not valid JSON for this filter")? {
-            Value::Object(obj) => Self::from_object(obj, env),
+            Value::Object(obj) => Self::top_level(obj, env),
             _ => Err(err("pluginConfig", "must be a JSON object")),
         }
     }
@@ -566,7 +566,9 @@ impl Config {
         if let Some((a, b)) = access.iter().find_map(|a| {
             bypass_paths
                 .iter()
-                .find(|b| crate::paths::prefix_matches(b, &a.path_prefix))
+                // Without regard to case, as rules are applied: a rule on `/Public/admin` under `/public`
+                // left `/public/admin` open (found in review).
+                .find(|b| crate::paths::prefix_matches_as(b, &a.path_prefix, true))
                 .map(|b| (a, b))
         }) {
             return Err(err(
@@ -646,6 +648,14 @@ impl Config {
             backchannel_logout_path,
             other_sites_cookies: CookieNames::default(),
         })
+    }
+
+    /// A site of the top level: [`Config::from_object`], its `redirect_uri` within its `cookie_domain` (a
+    /// `hosts` entry's is checked against its hosts, [`redirect_host_served`]).
+    fn top_level(obj: Object, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let site = Self::from_object(obj, env)?;
+        redirect_within_cookie_domain(&site)?;
+        Ok(site)
     }
 
     /// Whether `other` is a site of the same IdP client.
@@ -867,7 +877,7 @@ impl Plugin {
                     "only meaningful together with `hosts`",
                 ));
             }
-            let mut plugin = Config::from_object(top, env).map(Plugin::single)?;
+            let mut plugin = Config::top_level(top, env).map(Plugin::single)?;
             plugin.inline_secrets = inline;
             return Ok(plugin);
         };
@@ -877,12 +887,31 @@ impl Plugin {
         };
         let mut sites = Vec::new();
         let default_site = if top.contains_key("issuer") {
-            sites.push(Config::from_object(top.clone(), env)?);
+            sites.push(Config::top_level(top.clone(), env)?);
             Some(0)
         } else {
             None
         };
         let top_issuer = top.get("issuer").cloned();
+        // A top level that names no IdP is checked as a site of the first entry's IdP client, after the
+        // entries: a value there that every entry overrides is still a mistake (found in review: six
+        // invalid values were taken unread).
+        let mut probe = (default_site.is_none()).then(|| top.clone());
+        if let (Some(probe), Some(Value::Object(first))) = (&mut probe, entries.first()) {
+            for f in [
+                "issuer",
+                "client_id",
+                "client_secret",
+                "client_secret_env",
+                "cookie_keys",
+                "cookie_keys_env",
+                "idp_cluster",
+            ] {
+                if let (false, Some(v)) = (probe.contains_key(f), first.get(f)) {
+                    probe.insert(f.to_string(), v.clone());
+                }
+            }
+        }
         let mut seen_hosts: Vec<String> = Vec::new();
         let mut inherits_redirect: Vec<bool> = Vec::new();
         for (i, entry) in entries.into_iter().enumerate() {
@@ -943,7 +972,17 @@ impl Plugin {
             }
             let at_redirect = |mut e: ConfigError| {
                 if inherited_error(&e) && e.field != "redirect_uri" {
-                    e.reason = format!("{} (at the top level, inherited by hosts[{i}])", e.reason);
+                    // The top level's value, or how it meets the entry's own fields (found in review:
+                    // the valid top-level field was blamed for the entry's own `callback_path`).
+                    let with_own = if own.is_empty() {
+                        ""
+                    } else {
+                        ": that value, or that entry's own fields with it"
+                    };
+                    e.reason = format!(
+                        "{} (at the top level, inherited by hosts[{i}]{with_own})",
+                        e.reason
+                    );
                     return e;
                 }
                 if e.field == "redirect_uri" && !inherited.is_empty() {
@@ -1008,6 +1047,15 @@ impl Plugin {
             }
             site.hosts = hosts;
             sites.push(site);
+        }
+        if let Some(probe) = probe {
+            Config::top_level(probe, env).map_err(|mut e| {
+                e.reason = format!(
+                    "{} (at the top level, checked with the first entry's IdP client)",
+                    e.reason
+                );
+                e
+            })?;
         }
         // `field` as named in site `i`'s part of the configuration.
         let site_field = |i: usize, field: &str| match default_site {
@@ -1368,6 +1416,34 @@ fn hosts_within_cookie_domain(site: &Config, hosts: &[String]) -> Result<(), Con
         )),
         _ => Ok(()),
     }
+}
+
+/// `redirect_uri`'s host within `cookie_domain`, when there is one: the login-attempt cookie is set for
+/// that domain, which a browser neither takes from nor sends to a host outside it, so no login could finish
+/// (found in review: refused in a `hosts` entry, taken without `hosts`, and every login then failed with a
+/// state mismatch).
+fn redirect_within_cookie_domain(site: &Config) -> Result<(), ConfigError> {
+    let (Some(domain), Some(url)) = (
+        &site.cookie.domain,
+        site.redirect_uri
+            .as_deref()
+            .and_then(|r| WebUrl::parse(r).ok()),
+    ) else {
+        return Ok(());
+    };
+    if site.within_cookie_domain(url.host()) {
+        return Ok(());
+    }
+    Err(err(
+        "redirect_uri",
+        format!(
+            "its host `{}` is not within cookie_domain `{domain}`: the login cookie is set for that \
+             domain, which the browser does not send to `{}`, so every login would fail with a state \
+             mismatch",
+            url.host(),
+            url.host()
+        ),
+    ))
 }
 
 /// A `hosts` entry's `redirect_uri` (set or inherited): the login-attempt cookie is set for the host that
@@ -1765,10 +1841,18 @@ fn bypass_paths_from(
 ) -> Result<Vec<String>, ConfigError> {
     let bypass_paths = paths.unwrap_or_else(|| vec!["/healthz".into()]);
     for p in &bypass_paths {
-        if !crate::paths::is_normal_prefix(p) {
+        // A request's path carries only these characters as they are (RFC 3986 `pchar` and `/`), and a
+        // bypass must cover it as it came too (`paths::is_bypass`): a prefix with any other (a space, a
+        // letter beyond ASCII) could match no request (found in review: taken, and the probe it was
+        // meant for needed a login).
+        let raw = p
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&c));
+        if !raw || !crate::paths::is_normal_prefix(p) {
             return Err(err(
                 "bypass_paths",
-                "each entry must be a plain absolute path prefix like `/healthz`",
+                "each entry must be a plain absolute path prefix like `/healthz`, of the characters a \
+                 request's path carries as they are (letters, digits and `-._~!$&'()*+,;=:@/`)",
             ));
         }
     }
@@ -4308,6 +4392,132 @@ mod tests {
             parse(&set(&[("session_lifetime", json!("365d"))]).to_string())
                 .map(|c| c.session_lifetime),
             Ok(365 * 86400)
+        );
+    }
+
+    /// Found in review of the README against the code: a bypass path of characters no request's path
+    /// carries as they are (`/a b`, `/über`) was taken, and no request could match it (a bypass must cover
+    /// the path as it came too); a claim rule under a bypass path in another letter case was taken, and
+    /// left its path open in the case of the bypass.
+    #[test]
+    fn bypass_paths_no_request_matches_and_rules_under_them_in_any_case_are_refused() {
+        use serde_json::json;
+        for p in [
+            "/a b",
+            "/\u{fc}ber",
+            "/x\"y",
+            "/a|b",
+            "/a^b",
+            "/{x}",
+            "/a\\b",
+        ] {
+            let e = parse(&with("bypass_paths", json!([p]))).unwrap_err();
+            assert_eq!(e.field, "bypass_paths", "{p}: {e}");
+            assert!(e.reason.contains("as they are"), "{e}");
+        }
+        for p in ["/healthz", "/a-b_c.d~e/", "/x!$&'()*+,=:@y"] {
+            assert!(parse(&with("bypass_paths", json!([p]))).is_ok(), "{p}");
+        }
+        let rule = |p: &str| {
+            let mut m = minimal();
+            m["bypass_paths"] = json!(["/public"]);
+            m["claim_rules"] = json!([{"path_prefix": p, "rule": {"claim": "groups", "contains_any": ["admins"]}}]);
+            parse(&m.to_string())
+        };
+        for p in ["/public/admin", "/Public/admin", "/PUBLIC"] {
+            let e = rule(p).unwrap_err();
+            assert_eq!(e.field, "claim_rules", "{p}");
+            assert!(e.reason.contains("is under bypass path `/public`"), "{e}");
+        }
+        assert!(rule("/publicity").is_ok());
+    }
+
+    /// Found in review of the README against the code: without `hosts`, a `redirect_uri` whose host lies
+    /// outside `cookie_domain` was taken, and every login failed with a state mismatch (the login cookie,
+    /// set for that domain, never reached the callback).
+    #[test]
+    fn a_redirect_uri_outside_cookie_domain_is_refused_without_hosts_too() {
+        use serde_json::json;
+        let mut m = minimal();
+        m["cookie_domain"] = json!("example.com");
+        m["redirect_uri"] = json!("https://auth.other.org/oauth2/callback");
+        let e = parse(&m.to_string()).unwrap_err();
+        assert_eq!(e.field, "redirect_uri", "{e}");
+        assert!(
+            e.reason
+                .contains("its host `auth.other.org` is not within cookie_domain `example.com`"),
+            "{e}"
+        );
+        for ok in [
+            "https://example.com/oauth2/callback",
+            "https://auth.example.com/oauth2/callback",
+        ] {
+            m["redirect_uri"] = json!(ok);
+            assert!(parse(&m.to_string()).is_ok(), "{ok}");
+        }
+        // The same through `Plugin::parse`, and for a top level with `hosts`.
+        m["redirect_uri"] = json!("https://auth.other.org/oauth2/callback");
+        assert_eq!(
+            Plugin::parse(m.to_string().as_bytes(), &no_env)
+                .unwrap_err()
+                .field,
+            "redirect_uri"
+        );
+        let e = with_hosts(&json!({}), m.clone(), json!([{"hosts": ["a.example.com"], "redirect_uri": "https://a.example.com/oauth2/callback"}]))
+            .unwrap_err();
+        assert_eq!(e.field, "redirect_uri", "{e}");
+    }
+
+    /// Found in review of the README against the code: without a top-level `issuer` the top level was read
+    /// only through its entries, so a value there that every entry overrides was never checked; and a
+    /// conflict an entry's own field made with an inherited one blamed the inherited field alone.
+    #[test]
+    fn a_top_level_without_issuer_is_checked_and_inherited_conflicts_name_the_entry() {
+        use serde_json::json;
+        let entry = json!({"hosts": ["a.example.com"], "issuer": "https://idp.example.com",
+            "session_lifetime": "8h", "callout_timeout": "5s", "cookie_secure": true,
+            "scopes": ["openid"], "claim_rules": [], "cookie_same_site": "Lax"});
+        for (field, bad) in [
+            ("session_lifetime", json!("8")),
+            ("callout_timeout", json!("forever")),
+            ("cookie_secure", json!("no")),
+            ("scopes", json!(["email"])),
+            ("claim_rules", json!({"not": "a list"})),
+            ("cookie_same_site", json!("Sometimes")),
+        ] {
+            let e = with_hosts(
+                &json!({"issuer": null}),
+                json!({ field: bad }),
+                json!([entry.clone()]),
+            )
+            .unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(
+                e.reason
+                    .ends_with("(at the top level, checked with the first entry's IdP client)"),
+                "{e}"
+            );
+        }
+        // Valid values every entry overrides are taken.
+        with_hosts(
+            &json!({"issuer": null}),
+            json!({"session_lifetime": "1h"}),
+            json!([entry.clone()]),
+        )
+        .unwrap();
+        // A valid top-level field that meets an entry's own: both are named.
+        let e = with_hosts(
+            &json!({}),
+            json!({"bypass_paths": ["/healthz"]}),
+            json!([{"hosts": ["a.example.com"], "callback_path": "/healthz/cb"}]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "bypass_paths", "{e}");
+        assert!(
+            e.reason.ends_with(
+                "(at the top level, inherited by hosts[0]: that value, or that entry's own fields with it)"
+            ),
+            "{e}"
         );
     }
 
