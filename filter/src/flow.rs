@@ -875,10 +875,20 @@ fn issued_to(cfg: &Config, id_token: &Secret) -> bool {
 
 fn cached_session(
     cfg: &Config,
-    session: Session,
+    mut session: Session,
     renewed_cookies: Vec<String>,
     now: u64,
 ) -> Cached {
+    // A session sealed where no access token went on (`forward_token: id_token` without
+    // `access_token_header`) holds none: where one does now, it renews at once, as expired (no ID token
+    // in its place while the IdP is down; without a refresh token, a new login). Found by a black-box
+    // test: after such a change of the configuration the ID token went up as the access token, or the
+    // header was left out, until the session renewed, up to a token's life later.
+    if session.access_token.is_none()
+        && (cfg.forward_token == ForwardToken::AccessToken || cfg.passes_access_token())
+    {
+        session.token_expires_at = 0;
+    }
     let token = match cfg.forward_token {
         ForwardToken::IdToken => &session.id_token,
         ForwardToken::AccessToken => session.access_token.as_ref().unwrap_or(&session.id_token),

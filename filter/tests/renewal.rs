@@ -2072,3 +2072,38 @@ fn a_refusal_of_another_user_makes_a_sessions_next_failure_its_own() {
     fails(&mut a, &s[0]);
     assert!(!a.state.renewals_failing && !a.state.renewals_paused(a.now));
 }
+
+/// Found by a black-box test: `forward_token` changed to `access_token`, or `access_token_header` added,
+/// while users were logged in: their sessions, sealed where no access token went on, hold none, and sent
+/// the ID token up in its place (or left the header out) until they renewed, up to a token's life later.
+/// Such a session renews at once; the IdP down, it is answered as expired (`503`), never with the ID token.
+#[test]
+fn a_session_without_the_access_token_a_new_configuration_forwards_renews_at_once() {
+    for extra in [
+        serde_json::json!({"forward_token": "access_token"}),
+        serde_json::json!({"access_token_header": "x-access-token"}),
+    ] {
+        let mut before = Filter::ready(config(serde_json::json!({})));
+        let (jar, _) = log_in(&mut before, Some("rt-1"));
+        assert!(before.open_session(&jar).access_token.is_none(), "{extra}");
+        let mut f = Filter::ready(config(extra.clone()));
+        f.now = NOW + 5;
+        let (c, pending) = call(f.request(&Req::api("/x").cookies(&jar)));
+        assert_eq!(header(&c.headers, ":path"), Some("/oauth2/token"), "{extra}");
+        let r = respond(f.reply(pending, None));
+        assert_eq!(r.status, 503, "{extra}: {r:?}");
+        // Once the outage's pause is over, the IdP answers: the access token goes on.
+        f.now = NOW + 20;
+        let (_, pending) = call(f.request(&Req::api("/x").cookies(&jar)));
+        let (step, _) = refreshed(&mut f, pending, "rt-2");
+        let fwd = forward(step);
+        if extra.get("forward_token").is_some() {
+            assert_eq!(bearer(&fwd), "Bearer access-1");
+        } else {
+            let identity = fwd.identity.as_ref().expect("identity headers");
+            let found = identity.iter().find(|(n, _)| n == "x-access-token");
+            let value = found.and_then(|(_, v)| v.as_ref()).map(|v| v.expose());
+            assert_eq!(value, Some("access-1"));
+        }
+    }
+}
