@@ -2089,7 +2089,11 @@ fn a_session_without_the_access_token_a_new_configuration_forwards_renews_at_onc
         let mut f = Filter::ready(config(extra.clone()));
         f.now = NOW + 5;
         let (c, pending) = call(f.request(&Req::api("/x").cookies(&jar)));
-        assert_eq!(header(&c.headers, ":path"), Some("/oauth2/token"), "{extra}");
+        assert_eq!(
+            header(&c.headers, ":path"),
+            Some("/oauth2/token"),
+            "{extra}"
+        );
         let r = respond(f.reply(pending, None));
         assert_eq!(r.status, 503, "{extra}: {r:?}");
         // Once the outage's pause is over, the IdP answers: the access token goes on.
