@@ -72,6 +72,38 @@ fn a_logged_in_browser_stays_logged_in_and_meets_the_new_rules_and_headers() {
     }
 }
 
+/// Found by a black-box test: after a change to `forward_token: access_token`, a session sealed before it
+/// (which holds no access token) sent its ID token up in the access token's place until it renewed, up
+/// to a token's life later. It renews at once instead, and the access token goes up.
+#[test]
+fn a_change_to_forward_the_access_token_renews_the_sessions_that_hold_none() {
+    let _idp = idp_hold::shared();
+    let b = logged_in(FORWARD, "alice");
+    let cookie = session_cookies(&b);
+    let id_token = bearer(&api(FORWARD, "/x", &cookie)).unwrap();
+    let applied = change(
+        FORWARD,
+        config(FORWARD, json!({"forward_token": "access_token"})),
+    );
+    assert_eq!(applied, Update::Applied);
+    // The same cookie on every worker: the access token the renewal brought, never the ID token.
+    until_every_worker(FORWARD, "the access token", || {
+        let r = api(FORWARD, "/x", &cookie);
+        r.status == 200 && bearer(&r).is_some_and(|t| t != id_token)
+    });
+    let mut tokens = Vec::new();
+    for _ in 0..6 {
+        let r = api(FORWARD, "/x", &cookie);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let t = bearer(&r).unwrap();
+        assert_ne!(t, id_token);
+        tokens.push(t);
+    }
+    // One renewal for the session, on whichever worker first met it, taken in by the other.
+    tokens.dedup();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+}
+
 #[test]
 fn a_login_started_before_a_change_completes_after_it() {
     let _idp = idp_hold::shared();

@@ -40,6 +40,8 @@ use serde_json::{Value, json};
 const RULES: &str = "rules";
 /// A login spans a change.
 const LOGIN: &str = "login";
+/// A change to forward the access token (no jwt_authn behind it: the app sees what goes up).
+const FORWARD: &str = "forward";
 /// An invalid change is refused.
 const GUARD: &str = "guard";
 /// Cookie key rotation through `pluginConfig`.
@@ -74,6 +76,10 @@ fn stack() -> &'static Stack {
         let sites = vec![
             ecds(SiteSpec::new(RULES)),
             ecds(SiteSpec::new(LOGIN)),
+            ecds(SiteSpec {
+                istio_authn: false,
+                ..SiteSpec::new(FORWARD)
+            }),
             ecds(SiteSpec::new(GUARD)),
             ecds(SiteSpec::new(KEYS).filter(json!({
                 "cookie_keys_env": null,
@@ -98,6 +104,7 @@ fn stack() -> &'static Stack {
         for s in [
             RULES,
             LOGIN,
+            FORWARD,
             GUARD,
             KEYS,
             INFLIGHT,
