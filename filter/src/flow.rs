@@ -1164,7 +1164,8 @@ fn denied_to(cfg: &Config, claims: &json::Object, target: &str) -> bool {
     if cfg.access.is_empty() || paths::is_bypass(&cfg.bypass_paths, target) {
         return false;
     }
-    let Some(readings) = paths::readings(target) else {
+    // A path that does not decode, or one with a dot segment ([`paths::Readings::dotted`]): every rule.
+    let Some(readings) = paths::readings(target).filter(|r| !r.dotted()) else {
         return cfg.access.iter().any(|a| !a.rule.allows(claims));
     };
     // Each reading as written and without regard to case: a rule for `/Admin` covers `/admin` and

@@ -123,7 +123,13 @@ fn a_user_outside_admins(prefix: &str) -> (Filter, Jar) {
 fn a_path_that_does_not_decode_is_judged_by_every_rule() {
     // Only `/admin` wants the group; bob may read everything else.
     let (mut f, jar) = a_user_outside_admins("/admin");
-    for path in ["/", "/reports", "/reports/%2e%2e", "/administrator"] {
+    for path in [
+        "/",
+        "/reports",
+        "/administrator",
+        "/.well-known/x",
+        "/reports/..x",
+    ] {
         let fwd = forward(f.request(&Req::browser(path).cookies(&jar)));
         assert_eq!(fwd.metric, Some(Metric::SessionForwarded), "{path}");
     }
@@ -140,6 +146,15 @@ fn a_path_that_does_not_decode_is_judged_by_every_rule() {
         "/admin%5Cx%5C..%5C..%5Creports",
         "/Admin%2F..%2Freports",
         "/%2Fadmin%2Fx%2F..%2F..%2Freports",
+        // Found by a black-box test: a path with a dot segment reads in more ways than the readings
+        // foresee, so every rule judges it: `\` as `/` with `;` kept (WHATWG, Envoy's normalizer),
+        // `;` cut with `\` kept (Jetty), `%2e` decoded with `%2F` kept (WHATWG, Envoy's normalizer).
+        "/x%5c..%5c/admin/;/..%2fsettings",
+        "/x\\..\\admin/..;/../settings",
+        "/x/..;/admin/a\\..\\..\\/settings",
+        "/x/%2e%2e/admin/s%2f..%2f..%2fy",
+        "/reports/%2e%2e",
+        "/reports/./x",
     ] {
         assert_eq!(
             respond(f.request(&Req::browser(path).cookies(&jar))).status,
