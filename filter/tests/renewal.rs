@@ -2111,3 +2111,36 @@ fn a_session_without_the_access_token_a_new_configuration_forwards_renews_at_onc
         }
     }
 }
+
+/// Found by a black-box test: after a change from `forward_token: access_token` back to the ID token, a
+/// session sealed before it held the access token's expiry, later than its ID token's (kept from the
+/// login): the expired ID token went up (jwt_authn answered `401 Jwt is expired`) and the session did
+/// not renew until the access token's expiry. Where the ID token goes up, it is the token that expires.
+#[test]
+fn a_session_sealed_where_the_access_token_went_up_renews_when_its_id_token_expires() {
+    let mut before = Filter::ready(config(serde_json::json!({"forward_token": "access_token"})));
+    let (jar, id_token) = log_in_with(&mut before, Some("rt-1"), |nonce| {
+        let mut c = claims(Some(nonce));
+        c["exp"] = (NOW + 100).into();
+        mint(&c)
+    });
+    // The access token (300 s) outlives the ID token (100 s).
+    assert_eq!(before.open_session(&jar).token_expires_at, NOW + 300);
+    for extra in [
+        serde_json::json!({}),
+        serde_json::json!({"access_token_header": "x-access-token"}),
+    ] {
+        let mut f = Filter::ready(config(extra.clone()));
+        f.now = NOW + 20;
+        let fwd = forward(f.request(&Req::api("/x").cookies(&jar)));
+        assert_eq!(bearer(&fwd), format!("Bearer {id_token}"), "{extra}");
+        // Due within the margin of the ID token's expiry (half its life: 50 s), not the access token's.
+        f.now = NOW + 60;
+        let (c, _) = call(f.request(&Req::api("/x").cookies(&jar)));
+        assert_eq!(
+            header(&c.headers, ":path"),
+            Some("/oauth2/token"),
+            "{extra}"
+        );
+    }
+}
