@@ -783,7 +783,10 @@ impl Http {
         // (`give_up`): the call ending silent too (Envoy's `504` at twice `callout_timeout`, or nothing)
         // is that same failure, not a second one (found by a black-box test: two warnings, and two
         // counts of `refresh_failed`, for one hung renewal).
-        let same_silence = self.given_up && matches!(reply, None | Some((504, _)));
+        // (The renewal's own call only: the fetch of keys that may follow is another failure.)
+        let same_silence = self.given_up
+            && matches!(*pending, Pending::Refresh(_))
+            && matches!(reply, None | Some((504, _)));
         let Some((step, renewed)) = self.reply_step(*pending, reply) else {
             return;
         };

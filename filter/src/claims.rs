@@ -31,7 +31,7 @@ pub struct Access {
     pub path_prefix: String,
     /// `path_prefix` with the letters a case-insensitive app folds to ASCII folded
     /// ([`crate::paths::fold_ascii_lookalikes`]), once, for [`rule_for`]'s reading without regard to case.
-    folded: String,
+    pub(crate) folded: String,
     pub rule: Rule,
 }
 

@@ -568,7 +568,8 @@ impl Config {
                 .iter()
                 // Without regard to case, as rules are applied: a rule on `/Public/admin` under `/public`
                 // left `/public/admin` open (found in review).
-                .find(|b| crate::paths::prefix_matches_as(b, &a.path_prefix, true))
+                // (Its look-alike letters folded too: `/publİc/admin` is `/public/admin` to such apps.)
+                .find(|b| crate::paths::prefix_matches_as(b, &a.folded, true))
                 .map(|b| (a, b))
         }) {
             return Err(err(
@@ -898,17 +899,27 @@ impl Plugin {
         // invalid values were taken unread).
         let mut probe = (default_site.is_none()).then(|| top.clone());
         if let (Some(probe), Some(Value::Object(first))) = (&mut probe, entries.first()) {
-            for f in [
-                "issuer",
-                "client_id",
-                "client_secret",
-                "client_secret_env",
-                "cookie_keys",
-                "cookie_keys_env",
-                "idp_cluster",
-            ] {
+            for f in ["issuer", "client_id", "idp_cluster"] {
                 if let (false, Some(v)) = (probe.contains_key(f), first.get(f)) {
                     probe.insert(f.to_string(), v.clone());
+                }
+            }
+            // A secret the entry sets, either way, replaces the top level's, as it does for the entry
+            // (found in review: the top level's `cookie_keys_env` beside the entry's `cookie_keys` read as
+            // both set, and a default variable every entry overrides, unset on the gateway, was refused).
+            for pair in [
+                ["client_secret", "client_secret_env"],
+                ["cookie_keys", "cookie_keys_env"],
+            ] {
+                if pair.iter().any(|f| first.contains_key(f)) {
+                    for f in pair {
+                        match first.get(f) {
+                            Some(v) => probe.insert(f.to_string(), v.clone()),
+                            None => {
+                                probe.remove(f);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -1847,12 +1858,12 @@ fn bypass_paths_from(
         // meant for needed a login).
         let raw = p
             .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&c));
+            .all(|c| c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/[]".contains(&c));
         if !raw || !crate::paths::is_normal_prefix(p) {
             return Err(err(
                 "bypass_paths",
                 "each entry must be a plain absolute path prefix like `/healthz`, of the characters a \
-                 request's path carries as they are (letters, digits and `-._~!$&'()*+,;=:@/`)",
+                 request's path carries as they are (letters, digits and `-._~!$&'()*+,;=:@/[]`)",
             ));
         }
     }
@@ -4519,6 +4530,68 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    /// Found in review of the check of a top level without `issuer`: it took the first entry's secret
+    /// beside the top level's other way of giving it (`cookie_keys` beside `cookie_keys_env`: "not both"),
+    /// and read a default variable every entry overrides, unset on the gateway. An entry's secret, either
+    /// way, replaces the top level's, as it does for the entry.
+    #[test]
+    fn a_top_level_without_issuer_is_checked_with_the_first_entrys_secrets() {
+        use serde_json::json;
+        let env = |k: &str| match k {
+            "KEYS" => Some(KEY.to_string()),
+            "SECRET_A" | "SECRET_B" => Some("s3cret".to_string()),
+            _ => None,
+        };
+        let parse = |v: serde_json::Value| Plugin::parse(v.to_string().as_bytes(), &env);
+        let entry = |h: &str, extra: serde_json::Value| {
+            let mut e = json!({"hosts": [h], "issuer": format!("https://idp.{h}"), "client_id": h});
+            for (k, v) in extra.as_object().unwrap() {
+                e[k] = v.clone();
+            }
+            e
+        };
+        for (top, first) in [
+            (
+                json!({"cookie_keys_env": "KEYS", "client_secret_env": "SECRET_B"}),
+                json!({"cookie_keys": [KEY]}),
+            ),
+            (
+                json!({"cookie_keys_env": "KEYS", "client_secret_env": "SECRET_B"}),
+                json!({"client_secret": "inline-for-a"}),
+            ),
+            (
+                json!({"cookie_keys_env": "KEYS", "client_secret_env": "UNSET_DEFAULT"}),
+                json!({"client_secret_env": "SECRET_A"}),
+            ),
+        ] {
+            let mut v = top.clone();
+            let second = match top["client_secret_env"].as_str() {
+                Some("UNSET_DEFAULT") => json!({"client_secret_env": "SECRET_B"}),
+                _ => json!({}),
+            };
+            v["hosts"] = json!([
+                entry("a.example.com", first.clone()),
+                entry("b.example.org", second)
+            ]);
+            assert!(parse(v).is_ok(), "{top} {first}");
+        }
+        // An entry that inherits the unset default is refused, naming it.
+        let mut v = json!({"cookie_keys_env": "KEYS", "client_secret_env": "UNSET_DEFAULT"});
+        v["hosts"] = json!([
+            entry("a.example.com", json!({"client_secret_env": "SECRET_A"})),
+            entry("b.example.org", json!({}))
+        ]);
+        let e = parse(v).unwrap_err();
+        assert!(e.field.starts_with("client_secret"), "{e}");
+        // A folded look-alike letter is a letter case too: a rule on `/publİc/admin` under `/public` is
+        // under it (found in review). `[` and `]` reach the filter as they are, through Envoy too.
+        let mut m = minimal();
+        m["bypass_paths"] = json!(["/public"]);
+        m["claim_rules"] = json!([{"path_prefix": "/publ\u{130}c/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}]);
+        assert_eq!(parse(m).unwrap_err().field, "claim_rules");
+        assert!(super::tests::parse(&with("bypass_paths", json!(["/api/[v1]"]))).is_ok());
     }
 
     /// A name of four labels, three of 63 bytes and the last of `last`: 253 bytes for 61.

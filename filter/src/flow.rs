@@ -879,14 +879,14 @@ fn cached_session(
     renewed_cookies: Vec<String>,
     now: u64,
 ) -> Cached {
-    // A session sealed where no access token went on (`forward_token: id_token` without
-    // `access_token_header`) holds none: where one does now, it renews at once, as expired (no ID token
-    // in its place while the IdP is down; without a refresh token, a new login). Found by a black-box
-    // test: after such a change of the configuration the ID token went up as the access token, or the
-    // header was left out, until the session renewed, up to a token's life later.
-    if session.access_token.is_none()
-        && (cfg.forward_token == ForwardToken::AccessToken || cfg.passes_access_token())
-    {
+    // A session sealed where the ID token went upstream may hold no access token (one went on only with
+    // `access_token_header`): where the access token goes up now, it renews at once, as expired (no ID
+    // token in its place while the IdP is down; without a refresh token, a new login). Found by a
+    // black-box test: after such a change of the configuration the ID token went up as the access token
+    // until the session renewed, up to a token's life later. (Not for `access_token_header`, which an
+    // IdP may leave without a value for good: Azure AD B2C answers without an access token; found in
+    // review, every request renewed.)
+    if session.access_token.is_none() && cfg.forward_token == ForwardToken::AccessToken {
         session.token_expires_at = 0;
     }
     let (claims, sid, iat, exp) = token_facts(cfg, &session.id_token);
@@ -2700,8 +2700,11 @@ pub fn adopt_renewal(
         let why = "the renewal made by another worker does not open";
         return refresh_failed(cfg, state, &job, now, why.into());
     };
-    let expired = now >= session.token_expires_at;
     let mut cached = cached_session(cfg, session, renewed.to_vec(), now);
+    // As this configuration reads the session's expiry (found in review: read as sealed, a renewal made
+    // without an access token by a worker still on a configuration that forwarded none was taken for
+    // unexpired, and the ID token went up in the access token's place).
+    let expired = now >= cached.session.token_expires_at;
     // Only a new refresh token (`keeping_new_refresh_token`): the same tokens as before. (Not the ID
     // token alone: with `forward_token: access_token` a refresh that brings no ID token keeps the old one
     // beside a new access token, and such a renewal is not handed on; found in review.)
