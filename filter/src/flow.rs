@@ -890,16 +890,12 @@ fn cached_session(
         session.token_expires_at = 0;
     }
     let (claims, sid, iat, exp) = token_facts(cfg, &session.id_token);
-    // Where the ID token goes upstream it is the token that expires: a session sealed where the access
-    // token went up holds that one's expiry, later than the ID token kept from its login (found by a
-    // black-box test: after a change from `forward_token: access_token` the expired ID token went up
-    // until the access token's expiry), and one sealed with `access_token_header` the first of the two.
+    // Where the ID token goes upstream, the session's token expires no later than it: a session sealed
+    // where the access token went up holds that one's expiry, later than the ID token kept from its
+    // login (found by a black-box test: after a change from `forward_token: access_token` the expired ID
+    // token went up until the access token's expiry).
     if cfg.forward_token == ForwardToken::IdToken && exp > 0 {
-        session.token_expires_at = if cfg.passes_access_token() {
-            session.token_expires_at.min(exp)
-        } else {
-            exp
-        };
+        session.token_expires_at = session.token_expires_at.min(exp);
     }
     let token = match cfg.forward_token {
         ForwardToken::IdToken => &session.id_token,
@@ -909,10 +905,12 @@ fn cached_session(
     let sid = sid.or_else(|| session.login_sid.clone());
     // A margin as long as the token's life would renew on every request: at most half of that life (the
     // forwarded token's; with `access_token_header`, until the first of the two tokens is due; unknown
-    // without an `iat`). When the ID token goes upstream, the session's expiry is that token's `exp`
-    // (above).
+    // without an `iat`). When the ID token goes upstream, the session's expiry is that token's `exp`: the
+    // later of the two counts, so a session sealed with an earlier expiry still has the token's life.
     let (due, issued) = match cfg.forward_token {
-        ForwardToken::IdToken if !cfg.passes_access_token() => (session.token_expires_at, iat),
+        ForwardToken::IdToken if !cfg.passes_access_token() => {
+            (exp.max(session.token_expires_at), iat)
+        }
         // The access token's life, from its own `iat` when it is a JWT that has one. Found in review: a
         // refresh that brings no new ID token keeps the login's, whose `iat` made the life grow with each
         // refresh until the margin was all of it, and every request renewed. An opaque one's is counted
