@@ -1172,9 +1172,40 @@ fn denied_to(cfg: &Config, claims: &json::Object, target: &str) -> bool {
         return false;
     }
     // A path that does not decode, or one with a dot segment ([`paths::Readings::dotted`]): every rule.
+    let every = || cfg.access.iter().any(|a| !a.rule.allows(claims));
     let Some(readings) = paths::readings(target).filter(|r| !r.dotted()) else {
-        return cfg.access.iter().any(|a| !a.rule.allows(claims));
+        return every();
     };
+    if refused_in(cfg, claims, target, &readings) {
+        return true;
+    }
+    if readings.plain() {
+        return false;
+    }
+    // And what follows the host where the path, as it came or decoded, starts with two slashes: a URL
+    // parser reads the first segment after them as a host ([`paths::past_authority`]).
+    for rest in [Some(paths::path_only(target)), readings.decoded()]
+        .into_iter()
+        .flatten()
+        .filter_map(paths::past_authority)
+    {
+        match paths::readings(rest).filter(|r| !r.dotted()) {
+            None => return every(),
+            Some(r) if refused_in(cfg, claims, rest, &r) => return true,
+            Some(_) => {}
+        }
+    }
+    false
+}
+
+/// Whether a claim rule covers one of `readings` of `target` (and the path as it came, and decoded
+/// without resolving) and `claims` fail it.
+fn refused_in(
+    cfg: &Config,
+    claims: &json::Object,
+    target: &str,
+    readings: &paths::Readings<'_>,
+) -> bool {
     // Each reading as written and without regard to case: a rule for `/Admin` covers `/admin` and
     // `/ADMIN` for a case-insensitive app.
     // A plain path's one reading is the path as it came. Another's also as it came, and decoded without

@@ -89,13 +89,19 @@ impl Readings<'_> {
     /// readings foresee (found by a black-box test: WHATWG URL parsers and Envoy's normalizer decode `%2e`
     /// but not `%2F`, so `/healthz/a%2fb/%2e%2e/%2e%2e/admin` is `/admin` to them and under `/healthz` in
     /// every reading; and they take `\` for `/` but keep `;`, where Jetty does the opposite), so such a
-    /// path is no bypass path and meets every claim rule. No browser sends one: it resolves them first,
-    /// and an Envoy that normalizes paths (Istio's default) resolves those it can read.
+    /// path is no bypass path and meets every claim rule. A browser resolves them before it sends a path
+    /// (it sends one only inside a segment's encoded text: `..%2Fx`), and an Envoy that normalizes paths
+    /// (Istio's default) resolves those it can read.
     pub fn dotted(&self) -> bool {
         self.2.as_deref().is_some_and(|d| {
             d.split(['/', '\\'])
                 .any(|seg| matches!(seg.split(';').next(), Some("." | "..")))
         })
+    }
+
+    /// The path percent-decoded (`None` for a plain path, which decodes to itself).
+    pub fn decoded(&self) -> Option<&str> {
+        self.2.as_deref()
     }
 
     /// The path percent-decoded and nothing more, also with `\` read as `/`, and each with runs of `/`
@@ -121,6 +127,23 @@ impl Readings<'_> {
             Cow::Owned(slashed),
         ])
     }
+}
+
+/// What follows the host when `path` starts with two or more slashes (`/` or `\`): a URL parser takes the
+/// first segment after them for a host (`//x/admin/settings` is `/admin/settings` to WHATWG's
+/// `new URL(path, base)`, Python's `urlsplit` and Java's `URI`; found by a black-box test, such a path
+/// passed a rule on `/admin` to an app that parses its request's target so). `None` for any other path.
+pub fn past_authority(path: &str) -> Option<&str> {
+    let b = path.as_bytes();
+    let slashes = b.iter().take_while(|&&c| c == b'/' || c == b'\\').count();
+    if slashes < 2 {
+        return None;
+    }
+    let host = b[slashes..]
+        .iter()
+        .take_while(|&&c| c != b'/' && c != b'\\')
+        .count();
+    path.get(slashes + host..)
 }
 
 /// True when decoding and resolving leave `path` as it is: it starts with `/` and has no escape, backslash,

@@ -129,6 +129,7 @@ fn a_path_that_does_not_decode_is_judged_by_every_rule() {
         "/administrator",
         "/.well-known/x",
         "/reports/..x",
+        "//x/reports",
     ] {
         let fwd = forward(f.request(&Req::browser(path).cookies(&jar)));
         assert_eq!(fwd.metric, Some(Metric::SessionForwarded), "{path}");
@@ -155,6 +156,14 @@ fn a_path_that_does_not_decode_is_judged_by_every_rule() {
         "/x/%2e%2e/admin/s%2f..%2f..%2fy",
         "/reports/%2e%2e",
         "/reports/./x",
+        // Found by a black-box test: `/admin/settings` to a URL parser that takes the segment after two
+        // slashes for a host (WHATWG's `new URL(path, base)`, Python's `urlsplit`, Java's `URI`).
+        "//x/admin/settings",
+        "/\\x/admin/settings",
+        "//x@y/admin/settings",
+        "///x/admin",
+        "/%2F%2Fx/admin",
+        "/%5Cx/admin",
     ] {
         assert_eq!(
             respond(f.request(&Req::browser(path).cookies(&jar))).status,

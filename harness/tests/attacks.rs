@@ -1511,6 +1511,38 @@ fn dot_segments_in_any_spelling_neither_bypass_nor_dodge_a_rule() {
     refused(BARE, "/x%5c..%5c/admin/;/..%2fsettings", Some(&cookie), 403);
 }
 
+/// Found by a black-box test: a path that starts with two slashes is `/admin/settings` to a URL parser
+/// that takes the segment after them for a host (`new URL(req.url, base)` in Node, Python's `urlsplit`,
+/// Java's `URI`), and the filter read `x` as its first segment: a user the `/admin` rule refuses reached
+/// it, also through Istio's default path normalization (which merges no slashes).
+#[test]
+fn a_leading_double_slash_host_does_not_dodge_a_rule() {
+    let _idp = idp_hold::shared();
+    for site in [BARE, RAW] {
+        let bob = logged_in(site, "bob");
+        let cookie = session_cookies(&bob);
+        // The control: a page no rule covers, also after such a host.
+        assert_eq!(
+            authorization_seen(site, "//x/users", &cookie).0,
+            200,
+            "{site}"
+        );
+        for target in [
+            "//x/admin/settings",
+            "/\\x/admin/settings",
+            "//x@y/admin/settings",
+        ] {
+            let extra = format!("cookie: {cookie}\r\n");
+            let (status, head, body) = raw_get(site, target.as_bytes(), extra.as_bytes());
+            assert!(
+                !from_app(&body),
+                "{site} {target}: reached the app:\n{head}\n{body}"
+            );
+            assert_eq!(status, 403, "{site} {target}: {body}");
+        }
+    }
+}
+
 #[test]
 fn case_changes_and_lookalikes_of_a_bypass_path_are_protected() {
     refused_everywhere(
