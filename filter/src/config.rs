@@ -4594,6 +4594,93 @@ mod tests {
         assert!(super::tests::parse(&with("bypass_paths", json!(["/api/[v1]"]))).is_ok());
     }
 
+    /// Mutation gaps (C9-C12): a top level without `issuer` borrows the first entry's whole IdP client for
+    /// its check, each way a secret may come (`client_secret` or `client_secret_env`, `cookie_keys` or
+    /// `cookie_keys_env`): a top level of shared settings only, whose entries each name their own
+    /// client, is valid.
+    #[test]
+    fn a_top_level_of_shared_settings_borrows_every_part_of_the_first_entrys_client() {
+        use serde_json::json;
+        let env = |k: &str| match k {
+            "S" => Some("s3cret".to_string()),
+            "K" => Some(KEY.to_string()),
+            _ => None,
+        };
+        for (secret, keys) in [
+            (
+                json!({"client_secret": "s3cret"}),
+                json!({"cookie_keys": [KEY]}),
+            ),
+            (
+                json!({"client_secret_env": "S"}),
+                json!({"cookie_keys_env": "K"}),
+            ),
+        ] {
+            let mut entry = json!({"hosts": ["a.example.com"], "issuer": "https://idp.example.com",
+                "client_id": "app"});
+            for (k, v) in secret
+                .as_object()
+                .unwrap()
+                .iter()
+                .chain(keys.as_object().unwrap())
+            {
+                entry[k] = v.clone();
+            }
+            let cfg = json!({"session_lifetime": "1h", "hosts": [entry]});
+            let p = Plugin::parse(cfg.to_string().as_bytes(), &env);
+            assert!(p.is_ok(), "{secret} {keys}: {:?}", p.err());
+        }
+    }
+
+    /// Mutation gaps (C16, C14): the top level without `issuer` is checked as a whole site, its
+    /// `redirect_uri` within its `cookie_domain` too, and with its own client fields, never the first
+    /// entry's in their place, even where every entry overrides them.
+    #[test]
+    fn a_top_level_without_issuer_is_checked_with_its_redirect_and_its_own_client_fields() {
+        use serde_json::json;
+        let entry = json!({"hosts": ["a.example.com"], "issuer": "https://idp.example.com",
+            "client_id": "app", "redirect_uri": "https://a.example.com/oauth2/callback"});
+        let e = with_hosts(
+            &json!({"issuer": null}),
+            json!({"cookie_domain": "example.com",
+                "redirect_uri": "https://auth.other.org/oauth2/callback"}),
+            json!([entry.clone()]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "redirect_uri", "{e}");
+        assert!(
+            e.reason
+                .ends_with("(at the top level, checked with the first entry's IdP client)"),
+            "{e}"
+        );
+        // A top-level `client_id` every entry overrides is still read.
+        let e = with_hosts(
+            &json!({"issuer": null}),
+            json!({"client_id": " app"}),
+            json!([entry]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "client_id", "{e}");
+        assert!(e.reason.contains("(at the top level, checked with"), "{e}");
+    }
+
+    /// Mutation gaps (C21a, C21f): the characters a bypass path may hold are exactly the ones a request's
+    /// path carries as they are: digits among them (`/v1/healthz`), and not those a browser or client
+    /// percent-encodes (`<`, `>`, `` ` ``, `{`, `}`, `|`), which no request's path could match as written.
+    #[test]
+    fn bypass_paths_take_digits_and_refuse_what_a_path_carries_encoded() {
+        use serde_json::json;
+        for p in ["/v1/healthz", "/status/200", "/2fa"] {
+            let r = parse(&with("bypass_paths", json!([p])));
+            assert!(r.is_ok(), "{p}: {:?}", r.err());
+        }
+        for p in ["/a<b", "/a>b", "/a`b", "/a}b", "/a{b", "/a|b"] {
+            let e = parse(&with("bypass_paths", json!([p]))).unwrap_err();
+            assert_eq!(e.field, "bypass_paths", "{p}: {e}");
+            assert!(e.reason.contains("as they are"), "{p}: {e}");
+        }
+    }
+
     /// A name of four labels, three of 63 bytes and the last of `last`: 253 bytes for 61.
     fn long_name(last: usize) -> String {
         format!(

@@ -537,6 +537,21 @@ mod tests {
         }
     }
 
+    /// Mutation gap (P2): `dotted` splits the decoded path at `\` as well as `/`. WHATWG URL parsers and
+    /// Envoy's normalizer take `\` for `/` and decode `%2e` but not `%2F`: `/healthz/a%2fb\%2e%2e\%2e%2e\admin`
+    /// is `/admin` to them, yet under `/healthz` in every reading and as it came.
+    #[test]
+    fn a_dot_segment_between_backslashes_is_no_bypass() {
+        let b = vec!["/healthz".to_string()];
+        for no in [
+            "/healthz/a%2fb\\%2e%2e\\%2e%2e\\admin",
+            "/healthz/x\\%2e%2e\\y",
+        ] {
+            assert!(readings(no).is_some_and(|r| r.dotted()), "{no}");
+            assert!(!is_bypass(&b, no), "{no}");
+        }
+    }
+
     #[test]
     fn readings_differ_where_apps_differ() {
         let all = |t: &str| readings(t).map(|r| r.iter().map(str::to_string).collect::<Vec<_>>());
