@@ -515,6 +515,47 @@ fn a_renewal_the_idp_never_answers_is_one_warning_and_one_failure() {
     assert_eq!(stat("refresh_failures"), failures + 1);
 }
 
+/// Found by mutation testing: the check that keeps a hung renewal to one warning (the request that
+/// stopped waiting logged it) must not silence the renewal of a request whose client left before that:
+/// nobody logged its failure yet, and Envoy's `504` at twice `callout_timeout` is its one line.
+#[test]
+fn a_hung_renewal_whose_client_left_is_still_logged_once() {
+    let _idp = idp_hold::exclusive();
+    let b = logged_in(APP, "alice");
+    let expired = with_token_expiring_at(&b, unix_now() - 1);
+    let logged = stack().envoy_log().unwrap().len();
+    {
+        let _hang = Fault::set(Mode::Hang);
+        let t0 = Instant::now();
+        let port = stack().site(APP).unwrap().port;
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        s.write_all(
+            format!(
+                "GET /x HTTP/1.1\r\nhost: {HOST}\r\ncookie: {expired}\r\naccept: application/json\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut first = [0u8; 1];
+        assert!(
+            !matches!(s.read(&mut first), Ok(n) if n > 0),
+            "answered while the token endpoint hangs"
+        );
+        drop(s);
+        // The call ends at twice this site's 2 s `callout_timeout`, with Envoy's `504`.
+        std::thread::sleep(Duration::from_millis(5000).saturating_sub(t0.elapsed()));
+    }
+    let log = stack().envoy_log_after_sentinel(APP).unwrap();
+    let since = log.get(logged..).unwrap_or_default();
+    let warnings: Vec<&str> = since
+        .lines()
+        .filter(|l| l.contains("[warning][wasm]") && l.contains("token refresh failed"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+}
+
 /// Found in review: the renewal kept for the session's next request (its request stopped waiting, so
 /// the browser never got the renewed cookie) was published to the other workers for 30 s only
 /// (`renewal::GRACE`). A next request after that, on a worker that had not made the renewal, found
