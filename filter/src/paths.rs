@@ -93,7 +93,7 @@ impl Readings<'_> {
     /// (it sends one only inside a segment's encoded text: `..%2Fx`), and an Envoy that normalizes paths
     /// (Istio's default) resolves those it can read.
     pub fn dotted(&self) -> bool {
-        self.2.as_deref().is_some_and(|d| {
+        self.decoded().is_some_and(|d| {
             d.split(['/', '\\'])
                 .any(|seg| matches!(seg.split(';').next(), Some("." | "..")))
         })

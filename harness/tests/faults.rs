@@ -483,6 +483,38 @@ fn a_renewal_the_idp_answers_after_the_timeout_is_kept_for_the_next_request() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// An API client's request to `site` with the `expired` session, which claims its renewal and calls the
+/// token endpoint (hanging meanwhile); the client gives up after `patience` without an answer and goes.
+fn leave_during_refresh(site: &str, expired: &str, patience: Duration) {
+    let port = stack().site(site).unwrap().port;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(patience)).unwrap();
+    s.write_all(
+        format!(
+            "GET /x HTTP/1.1\r\nhost: {HOST}\r\ncookie: {expired}\r\naccept: application/json\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut first = [0u8; 1];
+    assert!(
+        !matches!(s.read(&mut first), Ok(n) if n > 0),
+        "answered while the token endpoint hangs"
+    );
+}
+
+/// The filter's warnings in Envoy's log after its first `logged` bytes, once everything logged before
+/// this call is in it.
+fn warnings_since(logged: usize) -> Vec<String> {
+    let log = stack().envoy_log_after_sentinel(APP).unwrap();
+    let since = log.get(logged..).unwrap_or_default();
+    since
+        .lines()
+        .filter(|l| l.contains("[warning][wasm]"))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Found by a black-box test: one renewal the IdP never answered was logged and counted twice: the
 /// request's "no answer" when it stopped waiting at `callout_timeout`, then the call's own end (Envoy's
 /// `504` at twice that) as a second failure of the renewal.
@@ -501,12 +533,7 @@ fn a_renewal_the_idp_never_answers_is_one_warning_and_one_failure() {
         // The call ends at twice this site's 2 s `callout_timeout` from when it was sent.
         std::thread::sleep(Duration::from_millis(5000).saturating_sub(t0.elapsed()));
     }
-    let log = stack().envoy_log_after_sentinel(APP).unwrap();
-    let since = log.get(logged..).unwrap_or_default();
-    let warnings: Vec<&str> = since
-        .lines()
-        .filter(|l| l.contains("[warning][wasm]"))
-        .collect();
+    let warnings = warnings_since(logged);
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
     assert!(
         warnings[0].contains("no answer from the token endpoint within callout_timeout"),
@@ -527,32 +554,12 @@ fn a_hung_renewal_whose_client_left_is_still_logged_once() {
     {
         let _hang = Fault::set(Mode::Hang);
         let t0 = Instant::now();
-        let port = stack().site(APP).unwrap().port;
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        s.write_all(
-            format!(
-                "GET /x HTTP/1.1\r\nhost: {HOST}\r\ncookie: {expired}\r\naccept: application/json\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-        let mut first = [0u8; 1];
-        assert!(
-            !matches!(s.read(&mut first), Ok(n) if n > 0),
-            "answered while the token endpoint hangs"
-        );
-        drop(s);
+        leave_during_refresh(APP, &expired, Duration::from_millis(500));
         // The call ends at twice this site's 2 s `callout_timeout`, with Envoy's `504`.
         std::thread::sleep(Duration::from_millis(5000).saturating_sub(t0.elapsed()));
     }
-    let log = stack().envoy_log_after_sentinel(APP).unwrap();
-    let since = log.get(logged..).unwrap_or_default();
-    let warnings: Vec<&str> = since
-        .lines()
-        .filter(|l| l.contains("[warning][wasm]") && l.contains("token refresh failed"))
-        .collect();
+    let mut warnings = warnings_since(logged);
+    warnings.retain(|l| l.contains("token refresh failed"));
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
 }
 
@@ -958,21 +965,7 @@ fn a_client_that_leaves_during_its_refresh_holds_up_nobody() {
     {
         // An API client comes with the expired session, so its request claims the renewal and calls
         // the token endpoint, which sits on it. The client gives up after a second.
-        let port = stack().site(BARE).unwrap().port;
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        s.write_all(
-            format!(
-                "GET /x HTTP/1.1\r\nhost: {HOST}\r\ncookie: {expired}\r\naccept: application/json\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .unwrap();
-        let mut first = [0u8; 1];
-        assert!(
-            !matches!(s.read(&mut first), Ok(n) if n > 0),
-            "answered while the token endpoint hangs"
-        );
+        leave_during_refresh(BARE, &expired, Duration::from_secs(1));
     }
     // The client is gone. Its callout is not (Envoy sends callouts from the root context and does not
     // cancel them): the filter keeps the request for the IdP's answer, which a renewal needs even so
