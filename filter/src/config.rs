@@ -193,6 +193,25 @@ const FIELDS: [(&str, Kind); 31] = [
 ];
 
 /// A field the top level of pluginConfig may hold: a site's, or `hosts` and `unmatched_hosts`.
+/// The two ways each secret may be given: a value, or the variable that holds it.
+const SECRET_WAYS: [(&str, &str); 4] = [
+    ("client_secret", "client_secret_env"),
+    ("client_secret_env", "client_secret"),
+    ("cookie_keys", "cookie_keys_env"),
+    ("cookie_keys_env", "cookie_keys"),
+];
+
+/// An entry that sets where a secret comes from (not `null`, and not the other way too) replaces the
+/// other way the top level gave: removed from `merged`, the top level's fields the entry's will join.
+/// One rule for the entries and for the check of a top level without `issuer`.
+fn drop_replaced_secrets(merged: &mut Object, entry: &Object) {
+    for (field, paired) in SECRET_WAYS {
+        if entry.get(field).is_some_and(|v| !v.is_null()) && !entry.contains_key(paired) {
+            merged.remove(paired);
+        }
+    }
+}
+
 fn is_top_level_field(name: &str) -> bool {
     TOP_LEVEL_ONLY.contains(&name) || FIELDS.iter().any(|(n, _)| *n == name)
 }
@@ -906,20 +925,12 @@ impl Plugin {
             }
             // A secret the entry sets, either way, replaces the top level's, as it does for the entry
             // (found in review: the top level's `cookie_keys_env` beside the entry's `cookie_keys` read as
-            // both set, and a default variable every entry overrides, unset on the gateway, was refused).
-            for pair in [
-                ["client_secret", "client_secret_env"],
-                ["cookie_keys", "cookie_keys_env"],
-            ] {
-                if pair.iter().any(|f| first.contains_key(f)) {
-                    for f in pair {
-                        match first.get(f) {
-                            Some(v) => probe.insert(f.to_string(), v.clone()),
-                            None => {
-                                probe.remove(f);
-                            }
-                        }
-                    }
+            // both set, and a default variable every entry overrides, unset on the gateway, was refused;
+            // then, with a rule of its own here, an entry's `null` dropped the top level's other way).
+            drop_replaced_secrets(probe, first);
+            for (f, _) in SECRET_WAYS {
+                if let Some(v) = first.get(f) {
+                    probe.insert(f.to_string(), v.clone());
                 }
             }
         }
@@ -1016,18 +1027,7 @@ impl Plugin {
             if other_idp {
                 merged.remove("idp_cluster");
             }
-            // An entry that sets where a secret comes from (and not the other way too) replaces the other
-            // way the top level gave.
-            for (field, paired) in [
-                ("client_secret", "client_secret_env"),
-                ("client_secret_env", "client_secret"),
-                ("cookie_keys", "cookie_keys_env"),
-                ("cookie_keys_env", "cookie_keys"),
-            ] {
-                if entry.get(field).is_some_and(|v| !v.is_null()) && !entry.contains_key(paired) {
-                    merged.remove(paired);
-                }
-            }
+            drop_replaced_secrets(&mut merged, &entry);
             for (name, value) in entry {
                 // `null` unsets a field; for these it would silently drop what the top level protects
                 // (its access rules; the headers it sets and strips, so a client's copy would pass), as a
@@ -4577,6 +4577,18 @@ mod tests {
             ]);
             assert!(parse(v).is_ok(), "{top} {first}");
         }
+        // An entry's `null` unsets one way of its own and keeps the top level's other way, for the
+        // entry and for the top level's check alike (found in review: the check dropped the top level's
+        // variable, and refused the valid configuration).
+        let mut v = json!({"cookie_keys_env": "KEYS", "client_secret_env": "SECRET_B"});
+        v["hosts"] = json!([
+            entry(
+                "a.example.com",
+                json!({"client_secret": null, "cookie_keys": null})
+            ),
+            entry("b.example.org", json!({}))
+        ]);
+        assert!(parse(v).is_ok(), "a null secret in the first entry");
         // An entry that inherits the unset default is refused, naming it.
         let mut v = json!({"cookie_keys_env": "KEYS", "client_secret_env": "UNSET_DEFAULT"});
         v["hosts"] = json!([

@@ -1167,13 +1167,19 @@ fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
 
 /// [`denied`] for a token's `claims`.
 fn denied_to(cfg: &Config, claims: &json::Object, target: &str) -> bool {
+    if cfg.access.is_empty() {
+        return false;
+    }
     // A bypass path is open to anyone: refusing it to a logged-in user would only make them drop the cookie.
-    if cfg.access.is_empty() || paths::is_bypass(&cfg.bypass_paths, target) {
+    let readings = paths::readings(target);
+    if let Some(r) = &readings
+        && paths::bypass_in(&cfg.bypass_paths, target, r)
+    {
         return false;
     }
     // A path that does not decode, or one with a dot segment ([`paths::Readings::dotted`]): every rule.
     let every = || cfg.access.iter().any(|a| !a.rule.allows(claims));
-    let Some(readings) = paths::readings(target).filter(|r| !r.dotted()) else {
+    let Some(readings) = readings.filter(|r| !r.dotted()) else {
         return every();
     };
     if refused_in(cfg, claims, target, &readings) {

@@ -267,10 +267,13 @@ pub fn is_bypass(prefixes: &[String], target: &str) -> bool {
     if prefixes.is_empty() {
         return false;
     }
+    readings(target).is_some_and(|r| bypass_in(prefixes, target, &r))
+}
+
+/// [`is_bypass`] with the [`readings`] of `target` at hand.
+pub fn bypass_in(prefixes: &[String], target: &str, r: &Readings<'_>) -> bool {
     let covered = |p: &str| under_any(prefixes, p);
-    readings(target).is_some_and(|r| {
-        r.iter().all(covered) && (r.plain() || (covered(path_only(target)) && !r.dotted()))
-    })
+    r.iter().all(covered) && (r.plain() || (covered(path_only(target)) && !r.dotted()))
 }
 
 /// True when one of `prefixes` covers `path` ([`prefix_matches`]).
