@@ -1257,10 +1257,17 @@ fn bearer_reply(status: u16, error: &str, description: Option<&str>) -> Step {
         } else {
             Metric::Unauthorized
         });
-        if status == 401 {
-            r.headers
-                .push(("www-authenticate", "Bearer error=\"invalid_token\"".into()));
-        }
+        // RFC 6750 3 and 3.1: each refusal of a bearer token says why in its challenge (found in a
+        // conformance review: the claim rule's `403` and the text-only bypass path's `400` had none).
+        let code = match status {
+            401 => "invalid_token",
+            403 => "insufficient_scope",
+            _ => error,
+        };
+        r.headers.push((
+            "www-authenticate",
+            format!("Bearer error=\"{code}\"").into(),
+        ));
     }
     step
 }

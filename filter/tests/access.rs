@@ -288,6 +288,11 @@ fn a_bearer_token_on_a_path_a_rule_covers_is_judged_by_the_rules() {
     let r = respond(with_bearer(&mut f, "/admin/users", &own));
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.metric, Some(Metric::Forbidden));
+    // RFC 6750 3.1: the challenge names the error (found in a conformance review: none).
+    assert_eq!(
+        header(&r.headers, "www-authenticate"),
+        Some(r#"Bearer error="insufficient_scope""#)
+    );
     // Where no rule reaches, the token goes on to jwt_authn as before, unchecked here.
     for (path, token) in [("/reports", own.as_str()), ("/reports", "not-a-jwt")] {
         let fwd = forward(with_bearer(&mut f, path, token));

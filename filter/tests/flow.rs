@@ -295,6 +295,11 @@ fn a_bearer_on_a_path_that_is_a_bypass_path_only_as_text_is_refused() {
     ] {
         let r = respond(f.request(&bearer(path)));
         assert_eq!(r.status, 400, "{path}: {r:?}");
+        assert_eq!(
+            header(&r.headers, "www-authenticate"),
+            Some(r#"Bearer error="invalid_request""#),
+            "{path}"
+        );
         let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(body["error"], "invalid_request", "{path}");
         assert!(

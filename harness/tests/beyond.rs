@@ -706,6 +706,10 @@ fn claim_rules_allow_by_path_and_deny_with_a_page_naming_the_user() {
         .unwrap();
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(r.json().unwrap(), json!({"error": "forbidden"}));
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(r#"Bearer error="insufficient_scope""#)
+    );
     let r = api
         .get_with(&at(WIKI, "/"), &[("authorization", &token)])
         .unwrap();
