@@ -192,7 +192,6 @@ const FIELDS: [(&str, Kind); 31] = [
     ("authorization_params", Kind::StrMap),
 ];
 
-/// A field the top level of pluginConfig may hold: a site's, or `hosts` and `unmatched_hosts`.
 /// The two ways each secret may be given: a value, or the variable that holds it.
 const SECRET_WAYS: [(&str, &str); 4] = [
     ("client_secret", "client_secret_env"),
@@ -212,6 +211,7 @@ fn drop_replaced_secrets(merged: &mut Object, entry: &Object) {
     }
 }
 
+/// A field the top level of pluginConfig may hold: a site's, or `hosts` and `unmatched_hosts`.
 fn is_top_level_field(name: &str) -> bool {
     TOP_LEVEL_ONLY.contains(&name) || FIELDS.iter().any(|(n, _)| *n == name)
 }
