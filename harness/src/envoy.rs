@@ -598,8 +598,9 @@ impl EnvoyConfig {
 }
 
 /// One `jwt_authn` provider as istiod generates it for a `RequestAuthentication`'s `jwtRules` entry
-/// (`forwardOriginalToken: true`, keys fetched by Envoy): no verified-token cache, since istiod never sets
-/// `jwt_cache_config`.
+/// (`forwardOriginalToken: true`, keys fetched by Envoy, `fromHeaders` the `Authorization` header's
+/// `Bearer `, as the shipped manifest says: `tests/manifests.rs` holds the two alike): no verified-token
+/// cache, since istiod never sets `jwt_cache_config`.
 pub fn jwt_provider(issuer: &str, audiences: &[String], jwks_uri: &str, cluster: &str) -> Value {
     json!({
         "issuer": issuer,

@@ -329,6 +329,17 @@ fn session_reaches_the_app_as_a_bearer_id_token() {
         "{cookie}"
     );
 
+    // An app's own `access_token` query parameter (GitLab's, Gitea's API tokens) is the app's: jwt_authn
+    // reads only the header the filter sets, as the shipped RequestAuthentication's `fromHeaders` say
+    // (found by a black-box test: without them, istiod's provider also read the parameter, and answered
+    // the logged-in user `401 Jwt is not in the form…`; `manifests.rs` holds the two alike).
+    let r = api(&b, &s.url("/api/v4/projects?access_token=glpat-abcdef123"));
+    assert_eq!(
+        echoed(&r)["path"],
+        "/api/v4/projects?access_token=glpat-abcdef123"
+    );
+    assert_eq!(app_bearer(&r), token);
+
     // The app answered a protected path, so jwt_authn accepted the token: RBAC lets no request
     // through without the principal jwt_authn derives from it (it would answer 403).
     let stats = stats();

@@ -1106,6 +1106,27 @@ fn policies_agree_with_the_filter() {
             "{dir}: an ID token's audience is the client id"
         );
         assert_eq!(rules[0]["forwardOriginalToken"], true, "{dir}");
+        // jwt_authn reads the token only where the filter puts it, as the local Envoy tests' provider
+        // does (found by a black-box test: a rule without `fromHeaders` also reads an `access_token`
+        // query parameter, istiod's default, and refused logged-in requests to apps that take their own
+        // API tokens so).
+        let provider = harness::envoy::jwt_provider("i", &[], "https://i/keys", "c");
+        let from_headers: Vec<Value> = rules[0]["fromHeaders"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .map(|h| json!({"name": h["name"], "value_prefix": h["prefix"]}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            json!(from_headers),
+            provider["from_headers"],
+            "{dir}: the header the tests' jwt_authn reads"
+        );
+        for other in ["fromParams", "fromCookies"] {
+            assert!(rules[0].get(other).is_none(), "{dir}: {other}");
+        }
 
         // DENY without a token of our issuer (rule 0), or with one for another client (rule 1), on the
         // same protected hosts and paths. A bare `*` would take any issuer that any RequestAuthentication
