@@ -40,8 +40,12 @@ fn share_if_ended(cfg: &Config, state: &mut State) {
 /// to a tick old, so the copies of several workers could each fill up, and their union pushed other
 /// users' logouts out).
 fn share_revoked(cfg: &Config, state: &mut State) {
-    let back_channel = share_part(&revocation_key(cfg), state, Revocations::merged_shared);
-    let logouts = share_part(&logouts_key(cfg), state, Revocations::merged_shared_logouts);
+    let back_channel = share_part(&revocation_key(cfg), state, Revocations::merged_into_shared);
+    let logouts = share_part(
+        &logouts_key(cfg),
+        state,
+        Revocations::merged_into_shared_logouts,
+    );
     if back_channel && logouts {
         return;
     }
@@ -51,7 +55,7 @@ fn share_revoked(cfg: &Config, state: &mut State) {
     );
 }
 
-type Merge = fn(Option<&[u8]>, &Revocations, u64) -> Option<Vec<u8>>;
+type Merge = fn(Option<&[u8]>, &Revocations, u64) -> Option<(Vec<u8>, Revocations)>;
 
 /// Writes one part of the list under `key`, merged into what is there; true when it is there (also
 /// when nothing changed: then nothing is written, and no worker decodes it again).
@@ -62,13 +66,15 @@ fn share_part(key: &str, state: &mut State, merge: Merge) -> bool {
         let Ok((bytes, cas)) = host::get_shared_data(key) else {
             break;
         };
-        let Some(merged) = merge(bytes.as_deref(), &state.revoked, now()) else {
+        let Some((merged, all)) = merge(bytes.as_deref(), &state.revoked, now()) else {
             break;
         };
         if bytes.as_deref() == Some(merged.as_slice())
             || host::set_shared_data(key, &merged, cas).is_ok()
         {
-            state.revoked.merge(&Revocations::decode(&merged));
+            // This worker's list and what the others shared, as written (not decoded again: with
+            // thousands of logouts listed, that was a few ms of each `/logout`).
+            state.revoked = all;
             return true;
         }
     }
