@@ -821,6 +821,26 @@ mod tests {
         assert_eq!(a.tokens.len(), MAX_ENTRIES);
     }
 
+    /// Found by mutation testing: the back-channel part's merge could keep what had lapsed and no test
+    /// saw it (each worker prunes its own copy; the shared list then grew with lapsed logouts to the cap,
+    /// and every worker decoded them all again at each change).
+    #[test]
+    fn the_shared_list_of_back_channel_logouts_drops_what_has_lapsed() {
+        let mut r = Revocations::default();
+        r.add(&logout(Some("s-old"), None, 100), 100, 50);
+        r.add(&logout(None, Some("u-old"), 100), 100, 50);
+        r.add(&logout(Some("s"), None, 1500), 1500, 3600);
+        let merged = Revocations::merged_shared(Some(&r.encode()), &Revocations::default(), 1000)
+            .expect("its own format");
+        let merged = Revocations::decode(&merged);
+        assert!(merged.is_revoked(Some("s"), "x", 1, &["-"]));
+        assert!(
+            !merged.is_revoked(Some("s-old"), "x", 1, &["-"])
+                && !merged.is_revoked(None, "u-old", 1, &["-"]),
+            "lapsed at 150: pruned"
+        );
+    }
+
     /// Found by a black-box test: one account logging in and out 4,500 times filled the list, and from then
     /// on every user's `/logout` was kept by the user, ending all that user's sessions on every device.
     /// A user's logins are kept one by one up to [`PER_USER`]; beyond, that user's logouts by the user.

@@ -652,6 +652,40 @@ mod tests {
             Err(IdTokenError::AuthTooOld)
         );
     }
+
+    /// Found by mutation testing: the issuer, audience and `azp` are ours exactly, and no test below the
+    /// end-to-end ones refused a value that begins with ours (another client of the IdP, `...-admin`
+    /// beside ours, or a host under the issuer's name).
+    #[test]
+    fn iss_aud_and_azp_are_ours_exactly_not_values_that_begin_with_ours() {
+        let with = |patch: serde_json::Value| {
+            let mut claims = serde_json::json!({"iss": ISSUER, "aud": CLIENT_ID, "sub": "user-1",
+                "iat": NOW, "exp": NOW + 3600, "nonce": NONCE});
+            for (k, v) in patch.as_object().unwrap() {
+                claims[k] = v.clone();
+            }
+            check_claims(crate::json::testing::object(&claims), &expected()).map(|c| c.sub)
+        };
+        assert_eq!(with(serde_json::json!({})), Ok("user-1".into()));
+        let admin = format!("{CLIENT_ID}-admin");
+        for (patch, want) in [
+            (
+                serde_json::json!({"iss": format!("{ISSUER}.evil.example")}),
+                IdTokenError::WrongIssuer,
+            ),
+            (
+                serde_json::json!({"aud": admin}),
+                IdTokenError::WrongAudience,
+            ),
+            (
+                serde_json::json!({"aud": [admin]}),
+                IdTokenError::WrongAudience,
+            ),
+            (serde_json::json!({"azp": admin}), IdTokenError::AzpMismatch),
+        ] {
+            assert_eq!(with(patch.clone()), Err(want), "{patch}");
+        }
+    }
 }
 
 /// The JWS layer on its own: every algorithm, and every way a token's encoding or signature can be wrong.

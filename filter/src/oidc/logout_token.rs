@@ -249,10 +249,18 @@ mod tests {
         let mut no_ids = good();
         no_ids.as_object_mut().unwrap().remove("sid");
         no_ids.as_object_mut().unwrap().remove("sub");
-        assert_eq!(
-            check(with("iss", json!("https://evil"))),
-            Err(LogoutTokenError::WrongIssuer)
-        );
+        // Found by mutation testing: the issuer exactly, not a name that begins with it.
+        for iss in [
+            "https://evil",
+            "https://idp.example.com.evil",
+            "https://idp.example.com/x",
+        ] {
+            assert_eq!(
+                check(with("iss", json!(iss))),
+                Err(LogoutTokenError::WrongIssuer),
+                "{iss}"
+            );
+        }
         assert_eq!(
             check(with("aud", json!("other"))),
             Err(LogoutTokenError::WrongAudience)
@@ -322,7 +330,16 @@ mod tests {
             check(g)
         };
         assert!(with_aud(Some(json!(["other", "app"]))).is_ok());
-        for aud in [None, Some(json!(["other"])), Some(json!([]))] {
+        // Found by mutation testing: the audience is the client id exactly, not a client id it begins
+        // with (another client of the same IdP, `app-admin` beside `app`).
+        for aud in [
+            None,
+            Some(json!(["other"])),
+            Some(json!([])),
+            Some(json!("app-admin")),
+            Some(json!(["app-admin"])),
+            Some(json!("ap")),
+        ] {
             assert_eq!(
                 with_aud(aud.clone()),
                 Err(LogoutTokenError::WrongAudience),
