@@ -331,6 +331,9 @@ mod tests {
         assert!(!pattern.allows(&email("bob@example.com.attacker.net")));
         assert!(!pattern.allows(&email("bob@example.com ")));
         assert!(!pattern.allows(&email("BOB@EXAMPLE.COM")));
+        // Found by mutation testing: an empty address (an IdP that lets users clear theirs) was not
+        // proven refused by a pattern that needs more.
+        assert!(!pattern.allows(&email("")));
         assert!(
             !r(json!({"claim": "email", "matches": "bob@*"})).allows(&email("xbob@example.com"))
         );
@@ -564,5 +567,10 @@ mod tests {
         assert_eq!(value(&"a".repeat(8193)), None);
         assert_eq!(value("a\tb").as_deref(), Some("a\tb"));
         assert_eq!(value("\u{c0}lice").as_deref(), Some("\u{c0}lice"));
+        // Found by mutation testing: DEL (a control, which Go's and Node's servers refuse in a header)
+        // was not proven refused, nor `~` just below it proven kept.
+        assert_eq!(value("a\u{7f}b"), None);
+        assert_eq!(value("a\u{1f}b"), None);
+        assert_eq!(value("a~b").as_deref(), Some("a~b"));
     }
 }

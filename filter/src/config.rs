@@ -2524,6 +2524,9 @@ mod tests {
             "/a%2Fb",
             "admin",
             "/a?b",
+            // Found by mutation testing: an empty prefix (a templated value left blank) was not proven
+            // refused.
+            "",
         ] {
             let e = parse(&with("claim_rules", rule(bad))).unwrap_err();
             assert_eq!(e.field, "claim_rules", "{bad}");

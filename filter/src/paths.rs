@@ -483,6 +483,9 @@ mod tests {
         assert_eq!(normalize("/%zz"), None);
         assert_eq!(normalize("/%00"), None);
         assert_eq!(normalize("/%ff"), None);
+        // Found by mutation testing: a NUL as it is (no escape in the path) was not proven refused.
+        assert_eq!(normalize("/healthz\0"), None);
+        assert!(!is_normal_prefix("/healthz\0"));
     }
 
     #[test]

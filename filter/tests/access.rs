@@ -164,6 +164,9 @@ fn a_path_that_does_not_decode_is_judged_by_every_rule() {
         "///x/admin",
         "/%2F%2Fx/admin",
         "/%5Cx/admin",
+        // Found by mutation testing: a host that ends at a `\`, which such a parser takes for a `/`.
+        "//x\\admin/settings",
+        "//x%5Cadmin/settings",
     ] {
         assert_eq!(
             respond(f.request(&Req::browser(path).cookies(&jar))).status,

@@ -80,6 +80,10 @@ fn an_anonymous_browser_with_a_very_long_address_is_sent_to_log_in_with_its_path
         location(&r),
         format!("/login?rd=%2Fapp%3Fq%3D{}", "a".repeat(2041))
     );
+    // Found by mutation testing: a path of just the limit, with a query beyond it, keeps its path.
+    let path = format!("/{}", "p".repeat(2047));
+    let r = respond(f.request(&Req::browser(&format!("{path}?q=1"))));
+    assert_eq!(location(&r), format!("/login?rd=%2F{}", "p".repeat(2047)));
 }
 
 #[test]
