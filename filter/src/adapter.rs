@@ -40,12 +40,8 @@ fn share_if_ended(cfg: &Config, state: &mut State) {
 /// to a tick old, so the copies of several workers could each fill up, and their union pushed other
 /// users' logouts out).
 fn share_revoked(cfg: &Config, state: &mut State) {
-    let back_channel = share_part(&revocation_key(cfg), state, Revocations::merged_into_shared);
-    let logouts = share_part(
-        &logouts_key(cfg),
-        state,
-        Revocations::merged_into_shared_logouts,
-    );
+    let back_channel = share_part(&revocation_key(cfg), state, Revocations::merged_shared);
+    let logouts = share_part(&logouts_key(cfg), state, Revocations::merged_shared_logouts);
     if back_channel && logouts {
         return;
     }

@@ -265,27 +265,18 @@ impl Revocations {
         w.finish()
     }
 
-    /// The shared list `shared` with `local` merged in and what has lapsed by `now` pruned, encoded;
-    /// `None` when `shared` is of a later format than this build writes. Found in review: such a list (a
-    /// newer build's, running beside this one through an upgrade) read as empty, and the next logout
-    /// here overwrote it: the logouts recorded in it were lost, and those sessions opened again. It is
-    /// left alone; an older or unreadable one is replaced.
-    pub fn merged_shared(shared: Option<&[u8]>, local: &Revocations, now: u64) -> Option<Vec<u8>> {
-        Self::merged_into_shared(shared, local, now).map(|(bytes, _)| bytes)
-    }
-
-    /// [`Revocations::merged_shared`], and the whole list merged (`local` and what `shared` holds, what has
-    /// lapsed pruned): the worker's list once the bytes are written.
-    pub fn merged_into_shared(
+    /// The shared list of back-channel logouts `shared` with `local` merged in and what has lapsed by
+    /// `now` pruned, encoded, and the whole list so merged (`local` and what `shared` holds): the worker's
+    /// list once the bytes are written. `None` when `shared` is of a later format than this build writes.
+    /// Found in review: such a list (a newer build's, running beside this one through an upgrade) read
+    /// as empty, and the next logout here overwrote it: the logouts recorded in it were lost, and those
+    /// sessions opened again. It is left alone; an older or unreadable one is replaced.
+    pub fn merged_shared(
         shared: Option<&[u8]>,
         local: &Revocations,
         now: u64,
     ) -> Option<(Vec<u8>, Revocations)> {
-        let mut merged = crate::wire::for_update(shared, VERSION, Revocations::decode)?;
-        merged.merge(local);
-        // What has lapsed goes here too: every worker decodes this list each time it changes.
-        merged.prune(now);
-        Some((merged.encode(), merged))
+        Self::merged_part(shared, local, now, false)
     }
 
     /// As [`Revocations::merged_shared`], for the list of `/logout`s.
@@ -293,20 +284,23 @@ impl Revocations {
         shared: Option<&[u8]>,
         local: &Revocations,
         now: u64,
-    ) -> Option<Vec<u8>> {
-        Self::merged_into_shared_logouts(shared, local, now).map(|(bytes, _)| bytes)
+    ) -> Option<(Vec<u8>, Revocations)> {
+        Self::merged_part(shared, local, now, true)
     }
 
-    /// As [`Revocations::merged_into_shared`], for the list of `/logout`s.
-    pub fn merged_into_shared_logouts(
+    /// [`Revocations::merged_shared`] for one part ([`Revocations::encode_part`]).
+    fn merged_part(
         shared: Option<&[u8]>,
         local: &Revocations,
         now: u64,
+        logouts: bool,
     ) -> Option<(Vec<u8>, Revocations)> {
-        let mut merged = crate::wire::for_update(shared, LOGOUTS_VERSION, Revocations::decode)?;
+        let version = if logouts { LOGOUTS_VERSION } else { VERSION };
+        let mut merged = crate::wire::for_update(shared, version, Revocations::decode)?;
         merged.merge(local);
+        // What has lapsed goes here too: every worker decodes this list each time it changes.
         merged.prune(now);
-        Some((merged.encode_logouts(), merged))
+        Some((merged.encode_part(logouts), merged))
     }
 
     /// Anything unreadable counts as empty (a list of a later format is left alone: [`merged_shared`]).
@@ -426,7 +420,7 @@ mod tests {
         let mut other = Revocations::default();
         other.add(&logout(Some("s2"), None, 100), 100, 3600);
         // Ours: merged.
-        let merged = Revocations::merged_shared(Some(&other.encode()), &local, 200).unwrap();
+        let (merged, _) = Revocations::merged_shared(Some(&other.encode()), &local, 200).unwrap();
         let merged = Revocations::decode(&merged);
         assert!(
             merged.is_revoked(Some("s1"), "u", 50, &["-"])
@@ -442,7 +436,7 @@ mod tests {
             Some(&b"{\"sids\":[]}"[..]),
             Some(&[VERSION, 0xff][..]),
         ] {
-            let ours = Revocations::merged_shared(shared, &local, 200).unwrap();
+            let ours = Revocations::merged_shared(shared, &local, 200).unwrap().0;
             assert_eq!(ours, local.encode(), "{shared:?}");
         }
     }
@@ -466,7 +460,9 @@ mod tests {
         assert!(
             r.is_revoked(Some("s1"), "x", 4000, &["-"]) && r.is_revoked(None, "u1", 100, &["-"])
         );
-        let merged = Revocations::merged_shared(Some(&old), &Revocations::default(), 200).unwrap();
+        let merged = Revocations::merged_shared(Some(&old), &Revocations::default(), 200)
+            .unwrap()
+            .0;
         // Still format 2, for the build before: no entry carries a date.
         assert_eq!(merged.first(), Some(&2));
         assert!(Revocations::decode(&merged).is_revoked(Some("s1"), "x", 4000, &["-"]));
@@ -763,8 +759,10 @@ mod tests {
         // Each worker writes its copy into the shared list in turn (`merged_shared`).
         let (mut back, mut logouts) = bytes;
         for w in &workers {
-            back = Revocations::merged_shared(Some(&back), w, 60).unwrap();
-            logouts = Revocations::merged_shared_logouts(Some(&logouts), w, 60).unwrap();
+            back = Revocations::merged_shared(Some(&back), w, 60).unwrap().0;
+            logouts = Revocations::merged_shared_logouts(Some(&logouts), w, 60)
+                .unwrap()
+                .0;
         }
         let mut merged = Revocations::decode(&back);
         merged.merge(&Revocations::decode(&logouts));
@@ -788,7 +786,7 @@ mod tests {
         r.end_session(&["t", "l"], Some("s"), "v", 1500, 1500, 3600);
         let bytes = r.encode_logouts();
         assert_eq!(bytes.first(), Some(&LOGOUTS_VERSION));
-        let merged =
+        let (merged, _) =
             Revocations::merged_shared_logouts(Some(&bytes), &Revocations::default(), 1000)
                 .expect("its own format");
         let merged = Revocations::decode(&merged);
@@ -830,8 +828,9 @@ mod tests {
         r.add(&logout(Some("s-old"), None, 100), 100, 50);
         r.add(&logout(None, Some("u-old"), 100), 100, 50);
         r.add(&logout(Some("s"), None, 1500), 1500, 3600);
-        let merged = Revocations::merged_shared(Some(&r.encode()), &Revocations::default(), 1000)
-            .expect("its own format");
+        let (merged, _) =
+            Revocations::merged_shared(Some(&r.encode()), &Revocations::default(), 1000)
+                .expect("its own format");
         let merged = Revocations::decode(&merged);
         assert!(merged.is_revoked(Some("s"), "x", 1, &["-"]));
         assert!(
