@@ -1450,6 +1450,13 @@ fn respond(status: u32, headers: &[(&str, Cow<'_, str>)], body: &[u8]) {
     let _ = host::send_response(status, &headers::encode_pairs(headers), body);
 }
 
+/// Headers by which some apps take the path they serve instead of the request's (IIS URL Rewrite;
+/// Symfony and Zend Framework before their fix of CVE-2018-14773): removed from every request the filter
+/// sends on, with their copies spelled with `_`, so that the app serves the path the filter judged
+/// (found in review: `GET /healthz` with `X-Original-URL: /admin` reached such an app's `/admin` without
+/// a login). A name the request does not carry costs a bit test, no host call.
+const PATH_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
 /// Sets identity header `name` to `value` (`None`: removes it), and removes its copies spelled with `_`,
 /// which some apps read as `name`; `headers`, when at hand, spares host calls for what the request does
 /// not carry. False when the host refused a change.
@@ -1517,6 +1524,9 @@ fn apply(
                 for (name, value) in identity.iter() {
                     done &= set_identity_header(headers, name, value.as_ref().map(Secret::expose));
                 }
+            }
+            for name in PATH_OVERRIDES {
+                done &= set_identity_header(headers, name, None);
             }
             if !done {
                 return Ok(refused());

@@ -1619,6 +1619,61 @@ fn forwarded_headers_from_the_client_are_ignored() {
     assert!(status == 400, "{status} {body}");
 }
 
+/// Headers some apps take their path from (IIS URL Rewrite; Symfony and Zend before CVE-2018-14773's
+/// fix): the app must serve the path the filter judged, so none of them reaches it, however spelled.
+#[test]
+fn headers_apps_take_their_path_from_never_reach_the_app() {
+    let overrides: &[u8] = b"x-original-url: /admin\r\nx-rewrite-url: /admin\r\nx_original_url: /admin\r\nX-Rewrite_URL: /admin\r\n";
+    let carried = |seen: &Value| -> Vec<String> {
+        let headers = seen["headers"].as_object().unwrap();
+        headers
+            .keys()
+            .filter(|k| {
+                let k = k.to_ascii_lowercase().replace('_', "-");
+                k == "x-original-url" || k == "x-rewrite-url"
+            })
+            .cloned()
+            .collect()
+    };
+    // Anonymous, on a bypass path: the app serves it without a login.
+    for site in [APP, BARE] {
+        let (status, _, body) = raw_get(site, b"/healthz", overrides);
+        record(&format!(
+            "{site} GET /healthz with path overrides -> {status}"
+        ));
+        assert_eq!(status, 200, "{body}");
+        let seen: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(seen["path"], "/healthz");
+        assert!(
+            carried(&seen).is_empty(),
+            "{site}: the app got {:?}",
+            carried(&seen)
+        );
+    }
+    // Logged in.
+    let _idp = idp_hold::shared();
+    let b = logged_in(BARE, "alice");
+    let cookie = session_cookies(&b);
+    let resp = api()
+        .get_with(
+            &url(BARE, "/public"),
+            &[
+                ("cookie", cookie.as_str()),
+                ("x-original-url", "/admin"),
+                ("x_rewrite_url", "/admin"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let seen = app_saw(&resp).unwrap();
+    assert!(seen["headers"]["authorization"].is_string(), "{seen}");
+    assert!(
+        carried(&seen).is_empty(),
+        "the app got {:?}",
+        carried(&seen)
+    );
+}
+
 // ==== headers that claim an identity ====
 
 #[test]
