@@ -1059,7 +1059,7 @@ fn with_session(
             session: cached,
             anonymous,
             target: target.into(),
-            form_page: matches!(anonymous, Anonymous::Page)
+            form_page: matches!(anonymous, Anonymous::Page { .. })
                 .then(|| form_page(h))
                 .flatten()
                 .map(String::into_boxed_str),
@@ -1389,8 +1389,10 @@ enum Anonymous {
     /// A browser's navigation inside a frame (an embedded dashboard panel): a page whose link logs in
     /// at the top level. IdPs' login pages refuse to be framed, so a redirect would leave it blank.
     Frame,
-    /// A form posted by a browser: a page that says so.
-    Page,
+    /// A form posted by a browser: a page that says so; inside a frame (`framed`), its link logs in in the
+    /// whole window, as [`Anonymous::Frame`]'s does (found by a black-box test: a framed form's page logged
+    /// in inside the frame, where the IdP's page refuses to show).
+    Page { framed: bool },
     /// An API client: 401.
     Api,
 }
@@ -1408,7 +1410,9 @@ fn anonymous(cfg: &Config, h: &dyn Headers, target: &str) -> Anonymous {
             Anonymous::Login
         }
     } else if is_form_navigation(h) {
-        Anonymous::Page
+        Anonymous::Page {
+            framed: in_frame(h),
+        }
     } else {
         Anonymous::Api
     }
@@ -1449,7 +1453,7 @@ fn without_session(
         return with_cookies(not_ready(matches!(how, Anonymous::Api)), clear);
     }
     let page = match how {
-        Anonymous::Page => form_page(h),
+        Anonymous::Page { .. } => form_page(h),
         _ => None,
     };
     let mut r = anonymous_reply(cfg, how, page.as_deref().unwrap_or(target));
@@ -1473,7 +1477,7 @@ fn form_page(h: &dyn Headers) -> Option<String> {
 fn anonymous_reply(cfg: &Config, how: Anonymous, target: &str) -> Reply {
     match how {
         Anonymous::Login => redirect_reply(login_location(cfg, target)),
-        Anonymous::Page => session_ended_reply(cfg, target),
+        Anonymous::Page { framed } => session_ended_reply(cfg, target, framed),
         Anonymous::Frame => frame_login_reply(cfg, target),
         _ => json_401(),
     }
@@ -1487,11 +1491,14 @@ fn is_form_navigation(h: &dyn Headers) -> bool {
     h.get("sec-fetch-mode").is_some_and(|m| m == "navigate") && wants_page(h)
 }
 
-fn session_ended_reply(cfg: &Config, target: &str) -> Reply {
+fn session_ended_reply(cfg: &Config, target: &str, framed: bool) -> Reply {
     let text = "<title>Log in</title><h1>You are not logged in</h1><p>What you sent was not \
                 received: log in, then send it again.</p>";
-    login_link_page(cfg, target, text, "")
+    login_link_page(cfg, target, text, if framed { TOP } else { "" })
 }
+
+/// A link's attribute that opens it in the whole window, out of any frame.
+const TOP: &str = " target=\"_top\"";
 
 /// A `401` page: `text`, then a link (with `attributes`) to log in and come back to `target`.
 fn login_link_page(cfg: &Config, target: &str, text: &str, attributes: &str) -> Reply {
@@ -1511,7 +1518,7 @@ fn login_link_page(cfg: &Config, target: &str, text: &str, attributes: &str) -> 
 #[inline(never)]
 fn frame_login_reply(cfg: &Config, target: &str) -> Reply {
     let text = "<title>Log in</title><p>Log in to see this.</p>";
-    login_link_page(cfg, target, text, " target=\"_top\"")
+    login_link_page(cfg, target, text, TOP)
 }
 
 /// `405` with the methods the path takes.
@@ -2074,9 +2081,13 @@ fn posted_from_another_site(h: &dyn Headers) -> bool {
 
 /// The page another site's `/logout` gets, and a prefetch of it: nothing is ended until the user presses
 /// the button, whose form posts back here from this site (a POST, never taken for a prefetch). The page
-/// may not be framed (a framed button could be clicked by a trick).
+/// may not be framed by another site (a framed button could be clicked by a trick); in a frame of the
+/// site's own it shows, and its button logs out in the whole window (found by a black-box test: a
+/// logout link in the site's own frame showed the browser's error page, with nothing to press).
 #[inline(never)]
 fn confirm_logout(cfg: &Config, h: &dyn Headers, another_site: bool) -> Step {
+    let own_frame =
+        !another_site && in_frame(h) && h.get("sec-fetch-site").is_some_and(|s| s == "same-origin");
     let host = html_escape(&h.get(":authority").unwrap_or_default());
     let ask = if another_site {
         format!("Another site sent you here to log out of <b>{host}</b>.")
@@ -2086,16 +2097,22 @@ fn confirm_logout(cfg: &Config, h: &dyn Headers, another_site: bool) -> Step {
     let body = format!(
         "<!doctype html><meta name=\"referrer\" content=\"same-origin\"><title>Log out?</title>\
          <h1>Log out?</h1><p>{ask}</p><form method=\"post\" \
-         action=\"{}\"><button type=\"submit\">Log out</button></form><p><a href=\"/\">Stay logged \
+         action=\"{}\"{}><button type=\"submit\">Log out</button></form><p><a href=\"/\">Stay logged \
          in</a></p>\n",
-        cfg.logout_path
+        cfg.logout_path,
+        if own_frame { TOP } else { "" }
     );
     let mut r = html_page(200, body, None);
     // Its button's post names this site in `Origin` (which a browser without Fetch Metadata sends as `null`
     // under `no-referrer`, the site's or the gateway's).
-    r.headers.push(("x-frame-options", "DENY".into()));
+    let (frame_options, ancestors) = if own_frame {
+        ("SAMEORIGIN", "frame-ancestors 'self'")
+    } else {
+        ("DENY", "frame-ancestors 'none'")
+    };
+    r.headers.push(("x-frame-options", frame_options.into()));
     r.headers
-        .push(("content-security-policy", "frame-ancestors 'none'".into()));
+        .push(("content-security-policy", ancestors.into()));
     r.headers.push(("referrer-policy", "same-origin".into()));
     Step::Respond(r)
 }

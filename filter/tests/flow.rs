@@ -494,6 +494,24 @@ fn a_form_posted_after_the_session_ended_gets_a_page_not_json() {
         r.body
     );
     assert_eq!(r.metric, Some(Metric::Unauthorized));
+    // Posted inside a frame, its link logs in in the whole window, as a framed page's does (found by a
+    // black-box test: it logged in inside the frame, where the IdP's login page refuses to show).
+    let framed = respond(
+        f.request(
+            &post
+                .clone()
+                .with("sec-fetch-mode", "navigate")
+                .with("sec-fetch-dest", "iframe"),
+        ),
+    );
+    assert_eq!(framed.status, 401);
+    assert!(
+        framed
+            .body
+            .contains("<a href=\"/login?rd=%2Fform%3Fid%3D7\" target=\"_top\">"),
+        "{}",
+        framed.body
+    );
     // The way back is the page that holds the form, when the browser names it (same origin only).
     let mut link = |referer: &str| {
         let r = respond(f.request(&post.clone().with("referer", referer)));
@@ -4016,6 +4034,23 @@ fn logout_sent_by_another_site_asks_first_and_ends_nothing_until_confirmed() {
         ],
     ] {
         let site = format!("{said:?}");
+        // A frame of the site's own may show the page, whose button then logs out in the whole window
+        // (found by a black-box test: refused there, the frame showed the browser's error page);
+        // another site's frame may not (a framed button could be clicked by a trick).
+        let own_frame = said.contains(&("sec-fetch-site", "same-origin"));
+        let (frame_options, ancestors, form) = if own_frame {
+            (
+                "SAMEORIGIN",
+                "frame-ancestors 'self'",
+                "<form method=\"post\" action=\"/logout\" target=\"_top\">",
+            )
+        } else {
+            (
+                "DENY",
+                "frame-ancestors 'none'",
+                "<form method=\"post\" action=\"/logout\">",
+            )
+        };
         // A link, a form or an image on another site: GET or POST, the same page.
         for method in ["GET", "POST"] {
             let mut req = Req::browser("/logout")
@@ -4030,15 +4065,12 @@ fn logout_sent_by_another_site_asks_first_and_ends_nothing_until_confirmed() {
             assert!(set_cookies(&r).is_empty(), "nothing cleared: {r:?}");
             assert_eq!(r.metric, None, "no logout counted");
             let body = &r.body;
-            assert!(
-                body.contains("<form method=\"post\" action=\"/logout\">"),
-                "{body}"
-            );
+            assert!(body.contains(form), "{body}");
             assert!(
                 body.contains("<b>app.example.com&quot;&gt;&lt;script&gt;</b>"),
                 "the host, escaped: {body}"
             );
-            assert_eq!(header(&r.headers, "x-frame-options"), Some("DENY"));
+            assert_eq!(header(&r.headers, "x-frame-options"), Some(frame_options));
             // Its button's post names this site in `Origin`, also where the site's policy is
             // `no-referrer` (which makes it `null` in a browser without Fetch Metadata).
             assert_eq!(header(&r.headers, "referrer-policy"), Some("same-origin"));
@@ -4048,7 +4080,7 @@ fn logout_sent_by_another_site_asks_first_and_ends_nothing_until_confirmed() {
             );
             assert_eq!(
                 header(&r.headers, "content-security-policy"),
-                Some("frame-ancestors 'none'")
+                Some(ancestors)
             );
             assert_eq!(header(&r.headers, "cache-control"), Some("no-store"));
         }
@@ -4135,10 +4167,19 @@ fn a_prefetch_of_logout_asks_first_and_ends_nothing() {
         assert_eq!(r.status, 200, "{req:?}");
         assert!(set_cookies(&r).is_empty(), "nothing cleared: {r:?}");
         assert_eq!(r.metric, None, "no logout counted");
-        assert!(
-            r.body.contains("<form method=\"post\" action=\"/logout\">"),
-            "{}",
-            r.body
+        // In a frame of the site's own, the page shows and its button logs out in the whole window;
+        // anywhere else it may not be framed.
+        let framed = format!("{req:?}").contains("frame\"");
+        let form = if framed {
+            "<form method=\"post\" action=\"/logout\" target=\"_top\">"
+        } else {
+            "<form method=\"post\" action=\"/logout\">"
+        };
+        assert!(r.body.contains(form), "{req:?} {}", r.body);
+        assert_eq!(
+            header(&r.headers, "x-frame-options"),
+            Some(if framed { "SAMEORIGIN" } else { "DENY" }),
+            "{req:?}"
         );
         assert!(!r.body.contains("Another site"), "{}", r.body);
         assert_eq!(header(&r.headers, "cache-control"), Some("no-store"));

@@ -391,3 +391,149 @@ fn a_framed_page_without_a_session_logs_in_at_the_top() {
     driver.quit().unwrap();
     assert!(at.contains("/auth") || at.contains("/interaction"), "{at}");
 }
+
+/// Opens `page` of the site, frames `inner` (a page of the same site, as an app shell frames its own
+/// pages), waits for the frame to load, and makes it the context of the following commands.
+fn into_own_frame(driver: &WebDriver, page: &str, inner: &str) {
+    driver.goto(page).unwrap();
+    driver
+        .execute(
+            "const f = document.createElement('iframe'); f.src = arguments[0]; \
+             f.width = 800; f.height = 400; document.body.append(f);",
+            json!([inner]),
+        )
+        .unwrap();
+    harness::process::poll(Duration::from_secs(10), || {
+        driver.switch_to_frame(0)?;
+        let ready = driver.execute(
+            "return location.href === arguments[0] && document.readyState === 'complete'",
+            json!([inner]),
+        );
+        if !matches!(ready.as_ref().ok().and_then(|v| v.as_bool()), Some(true)) {
+            driver.switch_to_top()?;
+            return Ok(None);
+        }
+        Ok(Some(()))
+    })
+    .unwrap();
+}
+
+/// Waits until the current frame (or page) has left `from`, and returns where it is (Chromium's own
+/// error page, where a page refused to be framed, is `chrome-error://…`).
+fn frame_left(driver: &WebDriver, from: &str) -> String {
+    let mut at = String::new();
+    harness::process::poll(Duration::from_secs(10), || {
+        let here = driver.execute(
+            "return document.readyState === 'complete' ? location.href : ''",
+            json!([]),
+        );
+        at = here
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        Ok((!at.is_empty() && at != from).then_some(()))
+    })
+    .unwrap();
+    at
+}
+
+/// Black-box finding (r46b): a form posted inside a frame, without a session, gets the `401` page whose
+/// link logs in *inside the frame* (no `target="_top"`), though a framed GET gets the link that logs in in
+/// the whole window (README, What each request gets: "a browser's navigation inside a frame … `401` page
+/// with a link that logs in in the whole window (`target="_top"`) … an IdP's login page refuses to be
+/// framed"). A form submission in a frame is such a navigation (`Sec-Fetch-Dest: iframe`); behind
+/// Keycloak (`X-Frame-Options: SAMEORIGIN`, `frame-ancestors 'self'`) or Entra ID (`DENY`) its link
+/// leaves the frame blank. Here the app frames one of its own pages (same origin), whose form posts.
+#[test]
+fn a_form_posted_inside_a_frame_without_a_session_logs_in_at_the_top() {
+    let stack = pages_stack();
+    let site = stack.site("decoding").unwrap();
+    let driver = WebDriver::start(stack.dir()).unwrap();
+    // The bypass path serves the app's pages without a login: the shell and its framed panel.
+    let panel = site.url("/healthz/panel");
+    into_own_frame(&driver, &site.url("/healthz/dashboard"), &panel);
+    driver
+        .execute(
+            "const f = document.createElement('form'); f.method = 'POST'; f.action = '/panel/save'; \
+             const i = document.createElement('input'); i.name = 'q'; i.value = 'v'; f.append(i); \
+             document.body.append(f); f.submit();",
+            json!([]),
+        )
+        .unwrap();
+    let at = frame_left(&driver, &panel);
+    assert_eq!(at, site.url("/panel/save"));
+    let a = driver.wait_for("a", Duration::from_secs(5)).unwrap();
+    let target = driver.attribute(&a, "target").unwrap();
+    let href = driver.attribute(&a, "href").unwrap().unwrap_or_default();
+    driver.click(&a).unwrap();
+    // Where the frame and the whole window are now.
+    std::thread::sleep(Duration::from_secs(2));
+    let frame_now = driver
+        .execute("return location.href", json!([]))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    driver.switch_to_top().unwrap();
+    let top_now = driver.current_url().unwrap();
+    driver.quit().unwrap();
+    assert_eq!(
+        target.as_deref(),
+        Some("_top"),
+        "the framed form's 401 page links to {href} inside the frame: after the click the frame is at \
+         {frame_now} and the window still at {top_now}"
+    );
+    assert!(top_now.starts_with(stack.issuer()), "{top_now}");
+}
+
+/// Black-box finding (r46b): the user clicks "Log out" in a page of the site that the site itself frames
+/// (an app shell that shows its pages in a frame). The filter takes a frame's `/logout` for one the user
+/// may not have opened and answers the confirmation page, which refused every frame (`X-Frame-Options:
+/// DENY`, `frame-ancestors 'none'`): Chromium showed its "refused to connect" page in the frame, nothing
+/// offered a way on, and the user stayed logged in. In the site's own frame the page shows now, and its
+/// button logs out in the whole window.
+#[test]
+fn a_logout_link_in_the_sites_own_frame_is_not_a_dead_end() {
+    let stack = pages_stack();
+    let site = stack.site("decoding").unwrap();
+    let driver = WebDriver::start(stack.dir()).unwrap();
+    let shell = site.url("/shell");
+    driver.goto(&shell).unwrap();
+    log_in_as_alice(&driver, &shell);
+    let content = site.url("/content");
+    into_own_frame(&driver, &shell, &content);
+    // The framed page's own "Log out" link, clicked by the user.
+    driver
+        .execute(
+            "const a = document.createElement('a'); a.href = '/logout'; a.id = 'logout'; \
+             a.textContent = 'Log out'; document.body.prepend(a);",
+            json!([]),
+        )
+        .unwrap();
+    let link = driver.find("#logout").unwrap();
+    driver.click(&link).unwrap();
+    let at = frame_left(&driver, &content);
+    // The frame shows the page that asks (Chromium's error page for a refused frame has no button).
+    assert_eq!(
+        at,
+        site.url("/logout"),
+        "a logout link clicked in the site's own frame"
+    );
+    let button = driver.wait_for("button", Duration::from_secs(5)).unwrap();
+    driver.click(&button).unwrap();
+    // Its button logs out in the whole window: on to the IdP's end-session page, which no frame shows.
+    driver.switch_to_top().unwrap();
+    driver
+        .wait_for_url(|u| u.starts_with(stack.issuer()), Duration::from_secs(10))
+        .unwrap();
+    driver.goto(&site.url("/healthz")).unwrap();
+    let logged_in = driver
+        .cookies()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "_oidc_session");
+    driver.quit().unwrap();
+    assert!(
+        !logged_in,
+        "the session outlived the logout pressed in the frame"
+    );
+}
