@@ -178,7 +178,8 @@ pub struct RefreshJob {
     anonymous: Anonymous,
     /// `Box<str>`, not `String`: the job stays small enough to be handed back by value (`renewal_busy`).
     target: Box<str>,
-    /// For a form posted ([`Anonymous::Page`]), the page that holds it, if the request named it.
+    /// For a form posted ([`Anonymous::Page`]) or a framed page ([`Anonymous::Frame`]), the page that
+    /// holds it, if the request named it.
     form_page: Option<Box<str>>,
     cookie: Option<Option<String>>,
     present_chunks: Vec<String>,
@@ -1059,7 +1060,7 @@ fn with_session(
             session: cached,
             anonymous,
             target: target.into(),
-            form_page: matches!(anonymous, Anonymous::Page { .. })
+            form_page: matches!(anonymous, Anonymous::Page { .. } | Anonymous::Frame)
                 .then(|| form_page(h))
                 .flatten()
                 .map(String::into_boxed_str),
@@ -1453,7 +1454,7 @@ fn without_session(
         return with_cookies(not_ready(matches!(how, Anonymous::Api)), clear);
     }
     let page = match how {
-        Anonymous::Page { .. } => form_page(h),
+        Anonymous::Page { .. } | Anonymous::Frame => form_page(h),
         _ => None,
     };
     let mut r = anonymous_reply(cfg, how, page.as_deref().unwrap_or(target));
@@ -1463,7 +1464,10 @@ fn without_session(
     with_cookies(Step::Respond(r), clear)
 }
 
-/// A form's way back: the page that holds it (the same origin's `Referer`), not where it posts to.
+/// A form's way back: the page that holds it (the same origin's `Referer`), not where it posts to. So
+/// for a framed page: the page of the site's own that frames it (a portal showing a dashboard), which
+/// shows it again, rather than the frame's address alone in the whole window (found by a black-box
+/// test); another site's page that frames it is not ours to send the user to.
 fn form_page(h: &dyn Headers) -> Option<String> {
     let referer = h.get("referer")?;
     let origin = origin(h)?;
@@ -1513,7 +1517,7 @@ fn login_link_page(cfg: &Config, target: &str, text: &str, attributes: &str) -> 
 }
 
 /// A framed page without a session: `401` with a link that logs in in the whole window (`target="_top"`)
-/// and comes back to the framed page's address there.
+/// and comes back there to `target`: the site's own page that frames it, or else the framed page.
 #[cold]
 #[inline(never)]
 fn frame_login_reply(cfg: &Config, target: &str) -> Reply {

@@ -4875,6 +4875,36 @@ fn a_framed_page_without_a_session_gets_a_link_that_logs_in_at_the_top() {
         );
         assert_eq!(r.metric, Some(Metric::Unauthorized));
     }
+    // Framed by a page of the site's own (a portal showing a dashboard), the login comes back to that
+    // page, which shows the panel again (found by a black-box test: the panel's address alone filled
+    // the window); another site's page is not ours to send the user to.
+    let mut framed_by = |referer: &str| {
+        let r = respond(
+            f.request(
+                &Req::browser("/d/panel?x=1")
+                    .with("sec-fetch-dest", "iframe")
+                    .with("referer", referer),
+            ),
+        );
+        assert_eq!(r.status, 401, "{referer}: {r:?}");
+        let at = r.body.find("<a href=\"").unwrap() + 9;
+        r.body[at..].split('"').next().unwrap().to_owned()
+    };
+    assert_eq!(
+        framed_by(&format!("https://{HOST}/portal?tab=2")),
+        "/login?rd=%2Fportal%3Ftab%3D2"
+    );
+    for other in [
+        "https://portal.example/home".to_owned(),
+        format!("https://{HOST}.evil.example/portal"),
+        format!("http://{HOST}/portal"),
+    ] {
+        assert_eq!(
+            framed_by(&other),
+            "/login?rd=%2Fd%2Fpanel%3Fx%3D1",
+            "{other}"
+        );
+    }
     for dest in ["document", ""] {
         let mut req = Req::browser("/d/panel");
         if !dest.is_empty() {

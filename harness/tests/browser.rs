@@ -537,3 +537,31 @@ fn a_logout_link_in_the_sites_own_frame_is_not_a_dead_end() {
         "the session outlived the logout pressed in the frame"
     );
 }
+
+/// Black-box finding (r46b): a page the site frames in one of its own (a portal showing a dashboard
+/// panel) logged in at the top and came back to the panel's address alone, filling the window. It now
+/// comes back to the page that frames it, which shows the panel again.
+#[test]
+fn a_page_framed_by_the_sites_own_comes_back_to_the_page_that_frames_it() {
+    let stack = pages_stack();
+    let site = stack.site("decoding").unwrap();
+    let driver = WebDriver::start(stack.dir()).unwrap();
+    // A bypass path serves the portal without a login; the panel it frames needs one.
+    let portal = site.url("/healthz/portal");
+    into_own_frame(&driver, &portal, &site.url("/d/panel"));
+    let a = driver
+        .wait_for("a[target=_top]", Duration::from_secs(5))
+        .unwrap();
+    let link = driver.attribute(&a, "href").unwrap().unwrap_or_default();
+    assert!(
+        link.ends_with("/login?rd=%2Fhealthz%2Fportal"),
+        "the frame's link: {link}"
+    );
+    driver.click(&a).unwrap();
+    driver.switch_to_top().unwrap();
+    let h1 = driver
+        .log_in_and_land("alice", &portal, Duration::from_secs(10))
+        .unwrap();
+    driver.quit().unwrap();
+    assert_eq!(h1, "Hello, alice@example.com");
+}
