@@ -1454,8 +1454,11 @@ fn respond(status: u32, headers: &[(&str, Cow<'_, str>)], body: &[u8]) {
 /// Symfony and Zend Framework before their fix of CVE-2018-14773): removed from every request the filter
 /// sends on, with their copies spelled with `_`, so that the app serves the path the filter judged
 /// (found in review: `GET /healthz` with `X-Original-URL: /admin` reached such an app's `/admin` without
-/// a login). A name the request does not carry costs a bit test, no host call.
+/// a login). A request that carries neither costs two bit tests, or a walk of its header block where
+/// the bits alias (as they do for a browser's usual request), and no host call.
 const PATH_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+/// Their bits in a header block, to pass a request that carries neither with two tests.
+const PATH_OVERRIDE_BITS: (u64, u64) = headers::carry_bits(&PATH_OVERRIDES);
 
 /// Sets identity header `name` to `value` (`None`: removes it), and removes its copies spelled with `_`,
 /// which some apps read as `name`; `headers`, when at hand, spares host calls for what the request does
@@ -1525,8 +1528,12 @@ fn apply(
                     done &= set_identity_header(headers, name, value.as_ref().map(Secret::expose));
                 }
             }
-            for name in PATH_OVERRIDES {
-                done &= set_identity_header(headers, name, None);
+            if headers.is_none_or(|h| {
+                h.may_carry_any(PATH_OVERRIDE_BITS) && h.carries_any(&PATH_OVERRIDES)
+            }) {
+                for name in PATH_OVERRIDES {
+                    done &= set_identity_header(headers, name, None);
+                }
             }
             if !done {
                 return Ok(refused());

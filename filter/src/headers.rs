@@ -224,6 +224,12 @@ impl HeaderBlock {
         }
     }
 
+    /// False when the request carries none of the names [`carry_bits`] gave `bits` for, nor any of their
+    /// spellings with `_` for some `-` (as [`HeaderBlock::may_carry`] for each): two tests, no walk.
+    pub fn may_carry_any(&self, (lengths, names): (u64, u64)) -> bool {
+        self.lengths & lengths != 0 && self.names & names != 0
+    }
+
     /// The names the request carries that an app may read as `name` (a lowercase name with `-`): the
     /// same name with `_` for some `-`. Envoy lets underscores through by default, and CGI-style servers
     /// (WSGI, PHP, Rack) file `x_auth_request_user` and `x-auth-request-user` under one key.
@@ -235,12 +241,8 @@ impl HeaderBlock {
             return out;
         }
         self.each_pair(|have, _| {
-            if have.len() == want.len()
-                && have != want
-                && have
-                    .iter()
-                    .zip(want)
-                    .all(|(h, w)| h.eq_ignore_ascii_case(w) || (*h == b'_' && *w == b'-'))
+            if have != want
+                && spells(have, want)
                 && let Ok(have) = core::str::from_utf8(have)
             {
                 out.push(have);
@@ -248,11 +250,32 @@ impl HeaderBlock {
         });
         out
     }
+
+    /// Whether the request carries one of `names` (lowercase, with `-`), in any of the spellings
+    /// [`HeaderBlock::other_spellings`] finds too: one walk of the block, no allocation. (Ask
+    /// [`HeaderBlock::may_carry_any`] first: the bits alias, so it is often true for a browser's request.)
+    pub fn carries_any(&self, names: &[&str]) -> bool {
+        let mut found = false;
+        self.each_pair(|have, _| {
+            found |= names.iter().any(|want| spells(have, want.as_bytes()));
+        });
+        found
+    }
+}
+
+/// Whether an app may read header name `have` as `want` (lowercase, with `-`): the same letters in any
+/// case, with `_` for some `-`.
+fn spells(have: &[u8], want: &[u8]) -> bool {
+    have.len() == want.len()
+        && have
+            .iter()
+            .zip(want)
+            .all(|(h, w)| h.eq_ignore_ascii_case(w) || (*h == b'_' && *w == b'-'))
 }
 
 /// One of 64 bits for a header name of length `len`.
-fn length_bit(len: usize) -> u64 {
-    1 << len.min(63)
+const fn length_bit(len: usize) -> u64 {
+    1 << if len < 63 { len } else { 63 }
 }
 
 /// `:pat` and `cook` as [`word`] reads them.
@@ -260,8 +283,21 @@ const PATH: usize = u32::from_le_bytes(*b":pat") as usize;
 const COOK: usize = u32::from_le_bytes(*b"cook") as usize;
 
 /// One of 64 bits for a header name of length `len` ending in byte `last` (0 for an empty name).
-fn name_bit(len: usize, last: u8) -> u64 {
-    1 << ((len as u32).wrapping_mul(7).wrapping_add(u32::from(last)) & 63)
+const fn name_bit(len: usize, last: u8) -> u64 {
+    1 << ((len as u32).wrapping_mul(7).wrapping_add(last as u32) & 63)
+}
+
+/// The bits [`HeaderBlock::may_carry`] tests for each of `names` (lowercase, each ending in a letter or
+/// digit), together: for [`HeaderBlock::may_carry_any`], worked out when the filter is compiled.
+pub const fn carry_bits(names: &[&str]) -> (u64, u64) {
+    let (mut lengths, mut bits, mut i) = (0, 0, 0);
+    while i < names.len() {
+        let b = names[i].as_bytes();
+        lengths |= length_bit(b.len());
+        bits |= name_bit(b.len(), b[b.len() - 1]);
+        i += 1;
+    }
+    (lengths, bits)
 }
 
 /// A header value as text. Bytes that are not UTF-8 become U+FFFD.
@@ -483,6 +519,56 @@ mod tests {
         assert!(!b.may_carry("x-auth-request-usr"));
         assert!(!b.may_carry("x-auth-request-usex"));
         assert!(!b.may_carry("x-auth-request-mail"));
+    }
+
+    #[test]
+    fn may_carry_any_is_false_only_where_none_of_the_names_is() {
+        let names = ["x-original-url", "x-rewrite-url"];
+        let bits = carry_bits(&names);
+        // A browser's usual request carries neither: two tests, no walk.
+        let usual = HeaderBlock::parse(encode(&[
+            (":path", b"/".as_slice()),
+            (":authority", b"app"),
+            ("authorization", b"x"),
+            ("content-length", b"0"),
+            ("accept-language", b"en"),
+            ("cookie", b"a=b"),
+        ]))
+        .unwrap();
+        // The bits alias (`accept-language` has `x-original-url`'s name bit, `content-length` its
+        // length): the walk says no.
+        assert!(!usual.carries_any(&names));
+        assert!(!HeaderBlock::empty().may_carry_any(bits));
+        let plain =
+            HeaderBlock::parse(encode(&[(":path", b"/".as_slice()), ("cookie", b"a=b")])).unwrap();
+        assert!(!plain.may_carry_any(bits));
+        // Each name, and each spelled with `_`, is found, as `may_carry` finds it.
+        for carried in [
+            "x-original-url",
+            "x_original_url",
+            "x-rewrite-url",
+            "x-rewrite_url",
+        ] {
+            let b = HeaderBlock::parse(encode(&[(":path", b"/".as_slice()), (carried, b"/admin")]))
+                .unwrap();
+            assert!(b.may_carry_any(bits), "{carried}");
+            assert!(b.carries_any(&names), "{carried}");
+            assert!(names.iter().any(|n| b.may_carry(n)), "{carried}");
+        }
+        // Any block `may_carry` would find one of the names in, `may_carry_any` finds it in too.
+        for name in [
+            "x-original-uri",
+            "x-original-urm",
+            "y-rewrite-url",
+            "x-rewrite-ur",
+            "ab",
+        ] {
+            let b = HeaderBlock::parse(encode(&[(name, b"v".as_slice())])).unwrap();
+            if names.iter().any(|n| b.may_carry(n)) {
+                assert!(b.may_carry_any(bits), "{name}");
+            }
+            assert!(!b.carries_any(&names), "{name}");
+        }
     }
 
     #[test]

@@ -209,6 +209,15 @@ impl Revocations {
                 && keys.iter().any(|k| find(&self.tokens, k.as_ref()).is_ok()))
     }
 
+    /// Whether a `/logout` of this login (by its `keys`), or one kept by its user (`sub`, for a token
+    /// issued at `iat`), has ended it already: recording it again would change nothing but dates (a
+    /// logged-out cookie sent again). An IdP session's entry (`sid`) does not count: dated by another
+    /// login's token, it ends this login's earlier tokens only, not a renewal made since, which this
+    /// logout must end (found in review: such a renewal outlived the user's own logout).
+    pub fn logged_out_before<K: AsRef<str>>(&self, sub: &str, iat: u64, keys: &[K]) -> bool {
+        self.is_revoked(None, sub, iat, keys)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.sids.is_empty() && self.subs.is_empty() && self.tokens.is_empty()
     }

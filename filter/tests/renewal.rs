@@ -976,6 +976,76 @@ fn a_renewal_of_a_session_logged_out_since_is_not_handed_on() {
 /// the browser had not stored yet when the user pressed "Log out", which worker B served with the old
 /// cookie) has a later token: the new cookie stayed a session on every worker, and so did the old one on
 /// A, whose cache hands it the renewal. Now the logout ends the login, which every renewal keeps.
+/// Found in review: a `/logout` records nothing for a login already logged out (a cookie sent again), but
+/// took a session ended only up to a date (another login of its IdP session logged out: its `sid` dated by
+/// that login's `iat`) for one: its own `/logout` then did not end its login, and a renewal of that login
+/// made after the date (as in `a_logout_with_the_cookie_before_a_renewal_ends_the_renewal_too`: the
+/// browser had not stored the renewed cookie yet) stayed a session after the user pressed "Log out".
+#[test]
+fn a_logout_of_a_session_ended_only_up_to_a_date_still_ends_its_login() {
+    let with_sid = |n: Option<&str>, iat: u64| {
+        let mut c = claims(n);
+        c["sid"] = "idp-session-1".into();
+        c["iat"] = iat.into();
+        c["exp"] = (iat + 3600).into();
+        mint(&c)
+    };
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    // The user's login (its cookie `jar`), and half an hour later another login of the same IdP
+    // session (another site of this client, or the same browser again).
+    let (jar, _) = log_in_with(&mut a, Some("rt-1"), |n| with_sid(Some(n), NOW));
+    a.now = NOW + 1800;
+    let (other, _) = log_in_with(&mut a, Some("rt-2"), |n| with_sid(Some(n), NOW + 1800));
+    // `jar`'s login renews (a page's poll); the browser has not stored the new cookie yet.
+    a.now = NOW + 3600 - 30;
+    let (_, pending) = call(a.request(&Req::api("/poll").cookies(&jar)));
+    let new_token = with_sid(None, a.now);
+    let fwd = forward(a.reply(
+        pending,
+        Some((200, &token_body(Some(&new_token), Some("rt-3")))),
+    ));
+    let mut renewed = jar.clone();
+    renewed.apply(fwd.set_cookies.iter().map(String::as_str));
+    // The other login logs out (on worker `b`): `sid` ended up to its `iat` (NOW + 1800): `jar`'s old
+    // token with it, not the renewal (issued later).
+    b.now = a.now;
+    let r = respond(b.request(&Req::browser("/logout").cookies(&other)));
+    assert_eq!(r.metric, Some(Metric::Logout));
+    assert_eq!(
+        respond(b.request(&Req::api("/x").cookies(&jar))).status,
+        401
+    );
+    let ended = b.state.revoked.clone();
+    a.state.revoked.merge(&ended);
+    let fwd = forward(a.request(&Req::api("/x").cookies(&renewed)));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+    // Now the user presses "Log out" with the cookie the browser holds (the old one), served by `b`;
+    // every worker learns of it (the adapter's tick).
+    let r = respond(b.request(&Req::browser("/logout").cookies(&jar)));
+    assert_eq!(r.metric, Some(Metric::Logout));
+    let ended = b.state.revoked.clone();
+    a.state.revoked.merge(&ended);
+    // On the worker of the logout too.
+    let r = b.request(&Req::api("/x").cookies(&renewed));
+    match r {
+        oidc_filter::flow::Step::Respond(r) => assert_eq!(r.status, 401, "on b: {r:?}"),
+        other => panic!(
+            "on the worker of the logout, the renewed cookie of a logged-out login still opens a session: {other:?}"
+        ),
+    }
+    // The renewed cookie, stored by the browser a moment later, must be no session: the user's login
+    // was logged out. (Without the `is_revoked` skip, `end_login` records the login's key and this is
+    // 401.)
+    let r = a.request(&Req::api("/x").cookies(&renewed));
+    match r {
+        oidc_filter::flow::Step::Respond(r) => assert_eq!(r.status, 401, "{r:?}"),
+        other => {
+            panic!("the renewed cookie of a logged-out login still opens a session: {other:?}")
+        }
+    }
+}
+
 #[test]
 fn a_logout_with_the_cookie_before_a_renewal_ends_the_renewal_too() {
     for sid in [Some("idp-session-1"), None] {
