@@ -319,6 +319,38 @@ mod tests {
         assert_eq!(t.get("r", now + 100), Renewal::Done(vec!["c=1".into()]));
     }
 
+    /// Found by mutation testing: a later renewal of the same session replaces the one recorded before
+    /// (whose refresh token the later one's request may have spent); only a session found over leaves a
+    /// recorded renewal where it is.
+    #[test]
+    fn a_later_renewal_replaces_the_one_recorded_before() {
+        let now = 1_900_000_000;
+        let mut t = Table::default();
+        t.complete("k", vec!["c=1".into()], now, None);
+        t.complete("k", vec!["c=2".into()], now + 1, None);
+        assert_eq!(t.get("k", now + 2), Renewal::Done(vec!["c=2".into()]));
+        t.complete("k", vec!["c=3".into()], now + 2, Some(3600));
+        assert_eq!(t.get("k", now + 100), Renewal::Done(vec!["c=3".into()]));
+        // A renewal that has lapsed (not yet pruned) leaves the room to a session found over.
+        t.complete("j", vec!["c=1".into()], now, None);
+        t.complete("j", Vec::new(), now + GRACE, None);
+        assert_eq!(t.get("j", now + GRACE), Renewal::Done(Vec::new()));
+    }
+
+    /// Found by mutation testing: of the kept renewals that lapse at the same time, the bucket drops the
+    /// first recorded, not the one just made.
+    #[test]
+    fn of_kept_renewals_that_lapse_together_the_first_recorded_goes() {
+        let now = 1_900_000_000;
+        let mut t = Table::default();
+        for i in 0..=MAX_UNDELIVERED {
+            t.complete(&format!("u{i}"), vec!["u".into()], now, Some(3600));
+        }
+        assert_eq!(t.get("u0", now), Renewal::Free);
+        let last = format!("u{MAX_UNDELIVERED}");
+        assert_eq!(t.get(&last, now), Renewal::Done(vec!["u".into()]));
+    }
+
     #[test]
     fn a_renewal_no_browser_got_is_kept_longer() {
         let now = 1_900_000_000;

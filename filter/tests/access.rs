@@ -185,6 +185,10 @@ fn an_unverified_email_names_no_one_and_passes_no_rule() {
         (Some(("email_verified", serde_json::json!(false))), false),
         (Some(("email_verified", serde_json::json!("false"))), false),
         (Some(("email_verified", serde_json::json!(true))), true),
+        // As a string only `"true"` vouches (found by mutation testing: any string but `"false"` did).
+        (Some(("email_verified", serde_json::json!("true"))), true),
+        (Some(("email_verified", serde_json::json!("no"))), false),
+        (Some(("email_verified", serde_json::json!(""))), false),
         // As a number (found by a black-box test: `0` counted as verified).
         (Some(("email_verified", serde_json::json!(0))), false),
         (Some(("email_verified", serde_json::json!(1))), true),

@@ -701,6 +701,25 @@ fn login_honours_configured_redirect_uri_and_scopes() {
     assert_eq!(r.status, 400, "{}", r.body);
 }
 
+/// Found by mutation testing: without `cookie_domain` a login always ends at `redirect_uri`'s origin, also
+/// one started on another port of its host: the target stays a path.
+#[test]
+fn without_cookie_domain_a_login_started_on_another_port_ends_at_the_redirects_origin() {
+    let mut f = Filter::ready(config(json!({
+        "redirect_uri": "https://app.example.com/oauth2/callback",
+    })));
+    for host in [
+        "app.example.com:8443",
+        "app.example.com:443",
+        "app.example.com",
+    ] {
+        let r = respond(
+            f.request(&Req::browser("/login?rd=/app&fragment_read=").with(":authority", host)),
+        );
+        assert_eq!(login_from(&f, &r).sealed.rd, "/app", "{host}");
+    }
+}
+
 #[test]
 fn a_login_sent_back_to_another_host_ends_on_the_host_it_started_from() {
     let cfg = || {
@@ -1427,6 +1446,54 @@ fn callback_without_a_code_is_400() {
     assert_callback_failed(&respond(f.request(&req)), 400, CallbackFailure::BadRequest);
 }
 
+/// Found by mutation testing: a callback query of up to 16 KiB is read (Azure AD B2C's pass 4 KB); a byte
+/// more is refused as too large, without asking the IdP.
+#[test]
+fn a_callback_query_of_16_kib_is_read_and_a_byte_more_is_not() {
+    for (len, read) in [(16384, true), (16385, false)] {
+        let mut f = ready();
+        let l = start_login(&mut f, "");
+        let head = format!("code=c&state={}&pad=", l.state);
+        let q = format!("{head}{}", "p".repeat(len - head.len()));
+        assert_eq!(q.len(), len);
+        let req = Req::browser(&format!("/oauth2/callback?{q}")).with("cookie", &l.cookie());
+        match f.request(&req) {
+            oidc_filter::flow::Step::Call(c, _) => {
+                assert!(read, "{len}");
+                assert_eq!(form(c.body.as_deref().unwrap())["code"], "c");
+            }
+            other => {
+                assert!(!read, "{len}: {other:?}");
+                assert_callback_failed(&respond(other), 400, CallbackFailure::BadRequest);
+            }
+        }
+    }
+}
+
+/// Found by mutation testing: a `Host` of more than 255 bytes is no host to build the login's
+/// `redirect_uri` from: the login does not start.
+#[test]
+fn a_login_at_a_host_longer_than_255_bytes_does_not_start() {
+    let mut f = ready();
+    for (len, starts) in [(255, true), (256, false)] {
+        let host = "a".repeat(len);
+        let r = respond(
+            f.request(&Req::browser("/login?fragment_read=&rd=/").with(":authority", &host)),
+        );
+        assert_eq!(r.status == 302, starts, "{len}: {r:?}");
+    }
+}
+
+/// Found by mutation testing: an empty `code` is no code either; it is not sent to the token endpoint.
+#[test]
+fn callback_with_an_empty_code_is_400_without_asking_the_idp() {
+    let mut f = ready();
+    let l = start_login(&mut f, "");
+    let req = Req::browser(&format!("/oauth2/callback?code=&state={}", l.state))
+        .with("cookie", &l.cookie());
+    assert_callback_failed(&respond(f.request(&req)), 400, CallbackFailure::BadRequest);
+}
+
 #[test]
 fn an_error_from_the_idp_is_400_and_clears_the_attempt() {
     let mut f = ready();
@@ -1846,6 +1913,46 @@ fn an_id_token_with_an_empty_sub_or_expiring_now_makes_no_session() {
     assert_eq!(r.status, 302, "{r:?}");
 }
 
+/// Found by mutation testing: without a refresh token a session ends with its token or at
+/// `session_lifetime`, whichever comes first: a token that outlives the lifetime does not lengthen it,
+/// in the cookie's `Max-Age` or at the gateway.
+#[test]
+fn without_a_refresh_token_the_session_lifetime_still_bounds_the_session() {
+    let mut f = Filter::ready(config(json!({"session_lifetime": "2m"})));
+    let login = start_login(&mut f, "?rd=/app");
+    let (_, pending) = call(f.request(&login.callback("code-1", &Jar::default())));
+    let body = token_body(Some(&mint(&claims(Some(&login.nonce)))), None);
+    let r = respond(f.reply(pending, Some((200, &body))));
+    let session = set_cookies(&r)
+        .into_iter()
+        .find(|c| c.starts_with("_oidc_session="))
+        .unwrap();
+    assert!(session.contains("; Max-Age=120;"), "{session}");
+    let mut jar = Jar::default();
+    jar.apply(set_cookies(&r));
+    f.now = NOW + 119;
+    forward(f.request(&Req::browser("/app").cookies(&jar)));
+    f.now = NOW + 120;
+    let r = respond(f.request(&Req::browser("/app").cookies(&jar)));
+    assert_eq!(r.metric, Some(Metric::LoginRedirect), "{r:?}");
+}
+
+/// Found by mutation testing: with `access_token_header` the session expires with the first of its two
+/// tokens, so an ID token that expires now (accepted within `clock_leeway`) makes no session however long
+/// the access token lasts: otherwise a session born expired sends the browser straight back to log in.
+#[test]
+fn with_access_token_header_an_id_token_expiring_now_makes_no_session() {
+    let mut f = Filter::ready(config(
+        json!({"access_token_header": "x-forwarded-access-token"}),
+    ));
+    let r = callback_with_reply(&mut f, |l| {
+        let mut c = claims(Some(&l.nonce));
+        c["exp"] = NOW.into();
+        with_id_token(c)
+    });
+    assert_callback_failed(&r, 502, CallbackFailure::IdToken);
+}
+
 /// Found by mutation testing: a session another plugin sealed with the same keys, cookie name and client
 /// id, for another issuer (another realm or tenant): no session here, whoever that issuer says the user
 /// is; and `/logout` sends no hint of it.
@@ -1879,6 +1986,19 @@ fn jwks_without_es256() -> Vec<u8> {
         .unwrap()
         .retain(|k| k["kid"] != "es256-1");
     doc.to_string().into_bytes()
+}
+
+/// Found by mutation testing: keys fetched for an unknown `kid` are taken only from a `200`: another
+/// answer (an error page of the IdP's, however it reads) installs nothing, and the login fails.
+#[test]
+fn keys_refetched_for_an_unknown_kid_are_taken_only_from_a_200() {
+    let mut f = Filter::ready_with(config(json!({})), DISCOVERY, &jwks_without_es256());
+    let l = start_login(&mut f, "?rd=/app");
+    let (_, pending) = call(f.request(&l.callback("c", &Jar::default())));
+    let body = token_body(Some(&mint(&claims(Some(&l.nonce)))), None);
+    let (_, pending) = call(f.reply(pending, Some((200, &body))));
+    let r = respond(f.reply(pending, Some((500, JWKS))));
+    assert_callback_failed(&r, 502, CallbackFailure::IdToken);
 }
 
 #[test]
@@ -2480,6 +2600,23 @@ fn a_refreshed_token_under_a_key_that_cannot_be_had_is_an_outage_not_a_logout() 
 /// The same with an IdP that rotates refresh tokens: it granted the refresh and spent the old refresh
 /// token, so the session keeps the new one (with the old ID token, still the one forwarded) and the next
 /// renewal sends it. With the old one that renewal would be refused and the user logged out.
+/// Found by mutation testing: where the IdP gave the same refresh token again, a refresh whose ID token
+/// cannot be checked yet has nothing new to keep: no new cookie, and the old one renews as before.
+#[test]
+fn a_refresh_whose_id_token_cannot_be_checked_yet_sets_no_cookie_for_the_same_refresh_token() {
+    let mut f = ready();
+    let (jar, id_token) = due_for_refresh(&mut f);
+    let rotated = mint_with_kid(&refreshed_claims(f.now), "rotated-1");
+    let (_, pending) = call(f.request(&Req::browser("/").cookies(&jar)));
+    let (_, pending) = call(f.reply(
+        pending,
+        Some((200, &token_body(Some(&rotated), Some("rt-1")))),
+    ));
+    let fwd = forward(f.reply(pending, None));
+    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+    assert!(fwd.set_cookies.is_empty(), "{:?}", fwd.set_cookies);
+}
+
 #[test]
 fn a_refresh_whose_id_token_cannot_be_checked_yet_keeps_the_rotated_refresh_token() {
     for expired in [false, true] {
@@ -3201,6 +3338,36 @@ fn big_login(f: &mut Filter) -> (Jar, String) {
 /// it is older. The filter read only the first: it did not open, the request was refused and this
 /// site's own session cleared, and every login ended there again. The sessions that come after it are
 /// tried too, chunked ones included.
+/// Found by mutation testing: three sessions of the name after one that does not open are tried, the
+/// third too; a fourth is not.
+#[test]
+fn the_third_session_after_one_that_does_not_open_is_tried_too() {
+    let mut f = ready();
+    let (ours, id_token) = log_in(&mut f, None);
+    let forged =
+        |n: usize| -> String { (0..n).map(|i| format!("_oidc_session=1.x{i}; ")).collect() };
+    let cookie = format!("{}{}", forged(3), ours.header());
+    let fwd = forward(f.request(&Req::browser("/app").with("cookie", &cookie)));
+    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+    let cookie = format!("{}{}", forged(4), ours.header());
+    let r = respond(f.request(&Req::browser("/app").with("cookie", &cookie)));
+    assert_eq!(r.metric, Some(Metric::LoginRedirect), "{r:?}");
+}
+
+/// Found by mutation testing: a session of the name whose chunks do not join (another gateway's, one of its
+/// cookies lost) does not hide this site's session after it.
+#[test]
+fn a_session_behind_one_whose_chunks_do_not_join_still_opens() {
+    let mut other = Filter::ready(config(json!({"cookie_keys": [KEY_B]})));
+    let (mut theirs, _) = big_login(&mut other);
+    theirs.0.retain(|(n, _)| n != "_oidc_session.1");
+    let mut f = ready();
+    let (ours, id_token) = log_in(&mut f, None);
+    let cookie = format!("{}; {}", theirs.header(), ours.header());
+    let fwd = forward(f.request(&Req::browser("/app").with("cookie", &cookie)));
+    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+}
+
 #[test]
 fn a_session_behind_another_gateways_cookie_of_its_name_still_opens() {
     let mut f = ready();
@@ -3623,6 +3790,64 @@ fn logout_sends_client_id_instead_of_an_id_token_too_long_for_the_url() {
     assert_eq!(q["client_id"], CLIENT_ID);
 }
 
+/// Found by mutation testing: each hint goes while the end-session URL stays within 8000 bytes, 8000
+/// included; a byte more leaves it out.
+#[test]
+fn the_end_session_url_takes_each_hint_up_to_8000_bytes_exactly() {
+    // A `post_logout_redirect_uri` path of `k` letters after `/` adds `k` bytes to the URL.
+    let cfg = |k: usize| config(json!({"post_logout_redirect_uri": format!("/{}", "a".repeat(k))}));
+    let login = |f: &mut Filter, hint: Option<&'static str>| {
+        log_in_with(f, None, move |nonce| {
+            let mut c = claims(Some(nonce));
+            c["blob"] = "b".repeat(5000).into();
+            if let Some(h) = hint {
+                c["login_hint"] = h.into();
+            }
+            mint(&c)
+        })
+    };
+    let logout = |k: usize, hint: Option<&'static str>| {
+        let mut f = Filter::ready(cfg(k));
+        let (jar, id_token) = login(&mut f, hint);
+        let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
+        (location(&r).to_string(), id_token)
+    };
+    // The URL before the hints, without letters: `base` bytes.
+    let (loc, id_token) = logout(0, None);
+    let base = loc.len() - "&id_token_hint=".len() - id_token.len();
+    let k = 8000 - (base + "&id_token_hint=".len() + id_token.len());
+    let (loc, id_token) = logout(k, None);
+    assert_eq!(loc.len(), 8000);
+    assert_eq!(query(&loc)["id_token_hint"], id_token);
+    let (loc, _) = logout(k + 1, None);
+    assert!(!query(&loc).contains_key("id_token_hint"), "{}", loc.len());
+    // And `logout_hint` after it.
+    let (_, id_token) = logout(0, Some("acct-1"));
+    let k = 8000 - (base + "&id_token_hint=".len() + id_token.len() + "&logout_hint=acct-1".len());
+    let (loc, _) = logout(k, Some("acct-1"));
+    assert_eq!(loc.len(), 8000);
+    assert_eq!(query(&loc)["logout_hint"], "acct-1");
+    let (loc, id_token) = logout(k + 1, Some("acct-1"));
+    let q = query(&loc);
+    assert!(!q.contains_key("logout_hint"), "{}", loc.len());
+    assert_eq!(q["id_token_hint"], id_token);
+}
+
+/// Found by mutation testing: an empty `login_hint` names no account: no `logout_hint` goes.
+#[test]
+fn an_empty_login_hint_sends_no_logout_hint() {
+    let mut f = ready();
+    let (jar, id_token) = log_in_with(&mut f, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["login_hint"] = "".into();
+        mint(&c)
+    });
+    let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
+    let q = query(location(&r));
+    assert_eq!(q["id_token_hint"], id_token);
+    assert!(!q.contains_key("logout_hint"), "{q:?}");
+}
+
 /// Found by a review of IdPs: Entra ID asks which account to sign out of unless the logout names it by
 /// `logout_hint`, the value of the ID token's optional `login_hint` claim. Sent when the token has one and
 /// the URL stays within its bound.
@@ -3687,6 +3912,25 @@ fn logout_takes_only_a_session_of_this_client() {
     // Theirs alone: no hint at all.
     let r = respond(f.request(&Req::browser("/logout").cookies(&theirs)));
     assert!(!query(location(&r)).contains_key("id_token_hint"));
+}
+
+/// Found by mutation testing: a session of another client sharing the cookie name and keys, whose ID
+/// token lists its audiences (none of them this client), is no session here either.
+#[test]
+fn a_session_whose_audiences_do_not_list_this_client_is_no_session_here() {
+    let mut other = Filter::ready(config(json!({"client_id": "other-client"})));
+    let (theirs, _) = log_in_with(&mut other, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["aud"] = json!(["other-client", "api.example.com"]);
+        c["azp"] = "other-client".into();
+        mint(&c)
+    });
+    let mut f = ready();
+    let r = respond(f.request(&Req::browser("/app").cookies(&theirs)));
+    assert_eq!(location(&r), "/login?rd=%2Fapp", "{r:?}");
+    let r = respond(f.request(&Req::api("/app").cookies(&theirs)));
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(f.state.cache.is_empty(), "{:?}", f.state.cache.len());
 }
 
 /// With `cookie_domain`, a browser may still hold a host-only session cookie set before it was
@@ -3860,6 +4104,62 @@ fn a_browser_keeps_at_most_sixteen_login_attempts() {
         &Req::browser("/login?fragment_read=&rd=/app").with("sec-fetch-site", "cross-site"),
     ));
     assert_eq!(r.metric, Some(Metric::LoginStarted), "{r:?}");
+}
+
+/// Found by mutation testing: the login attempts a browser holds may take 8 KiB of cookie with the new
+/// one, that much included; a byte more clears the oldest.
+#[test]
+fn login_attempts_may_take_8_kib_with_the_new_one() {
+    let login = |f: &mut Filter, cookie: Option<&str>| {
+        let mut req = Req::browser("/login?fragment_read=&rd=/app");
+        if let Some(c) = cookie {
+            req = req.with("cookie", c);
+        }
+        let r = respond(f.request(&req));
+        assert_eq!(r.metric, Some(Metric::LoginStarted), "{r:?}");
+        r
+    };
+    let mut f = ready();
+    // What an attempt takes, as counted: its name, its value, and the `; ` before it.
+    let r = login(&mut f, None);
+    let (n, v) = set_cookies(&r)[0]
+        .split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap();
+    let new_bytes = n.len() + v.len() + 2;
+    let name = "_oidc_session_login_old";
+    for (held, cleared) in [(8192 - new_bytes, false), (8193 - new_bytes, true)] {
+        let value = "v".repeat(held - name.len() - 2);
+        let r = login(&mut f, Some(&format!("{name}={value}")));
+        let clears: Vec<&str> = set_cookies(&r)
+            .into_iter()
+            .filter(|c| c.starts_with(&format!("{name}=;")))
+            .collect();
+        assert_eq!(!clears.is_empty(), cleared, "{held}: {:?}", set_cookies(&r));
+    }
+}
+
+/// Found by mutation testing: of attempts that expire together (started in the same second), the cap
+/// clears the first the browser sends, the oldest, never the one just started in another tab.
+#[test]
+fn of_login_attempts_started_together_the_cap_clears_the_first() {
+    let mut f = ready();
+    let mut jar = Jar::default();
+    let mut names = Vec::new();
+    for _ in 0..16 {
+        let r = respond(f.request(&Req::browser("/login?fragment_read=&rd=/app").cookies(&jar)));
+        jar.apply(set_cookies(&r));
+        names.push(login_from_sets(&f, &r).cookie_name.clone());
+    }
+    let r = respond(f.request(&Req::browser("/login?fragment_read=&rd=/app").cookies(&jar)));
+    let cleared: Vec<&str> = set_cookies(&r)
+        .into_iter()
+        .filter(|c| c.contains("Max-Age=0"))
+        .map(|c| c.split('=').next().unwrap_or_default())
+        .collect();
+    assert_eq!(cleared, [names[0].as_str()]);
 }
 
 /// Found by mutation testing: what the cap of login attempts clears, no test said.
@@ -4563,6 +4863,21 @@ fn a_logout_by_sub_is_dated_by_its_token_so_later_logins_and_replays_keep_their_
     ));
 }
 
+/// Found by mutation testing: a back-channel logout taken in is marked for the adapter to share with the
+/// other workers (`State::ended_here`); one refused is not.
+#[test]
+fn a_back_channel_logout_taken_in_is_shared_with_the_other_workers() {
+    let mut f = Filter::ready(config(json!({"backchannel_logout_path": "/bcl"})));
+    assert_eq!(status(f.backchannel(b"logout_token=x.y.z")), 400);
+    assert!(!f.state.ended_here);
+    f.now = NOW + 8;
+    assert_eq!(
+        status(f.backchannel(&logout_body(NOW + 5, None, mint))),
+        200
+    );
+    assert!(f.state.ended_here);
+}
+
 /// Found by mutation testing: a back-channel logout is kept as long as a session of the client can live
 /// (`logout_lifetime`) and the minute of slack for other gateways' clocks (`flow::LIFETIME_SLACK`) that
 /// `session_lifetime` bounds sessions with: not only the lifetime.
@@ -4944,6 +5259,48 @@ fn a_blank_name_is_not_who_the_403_says_is_logged_in() {
     assert_eq!(v["user"], "user-1@example.com", "{}", r.body);
 }
 
+/// Found by mutation testing: the 403 page names the user as text, whatever the IdP's claim holds: a
+/// name with markup does not become part of the page.
+#[test]
+fn the_403_page_escapes_the_users_name() {
+    let mut f = Filter::ready(config(json!({
+        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}]})));
+    let (jar, _) = log_in_with(&mut f, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["preferred_username"] = "<script>alert(1)</script>".into();
+        mint(&c)
+    });
+    let r = respond(f.request(&Req::browser("/admin").cookies(&jar)));
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(!r.body.contains("<script>"), "{}", r.body);
+    assert!(
+        r.body
+            .contains("<b>&lt;script&gt;alert(1)&lt;/script&gt;</b>"),
+        "{}",
+        r.body
+    );
+}
+
+/// Found by mutation testing: a session sealed where the access token went up, opened where the ID token
+/// goes up, expires with its ID token; without a refresh token it is over then, the expired token not
+/// forwarded in its last second.
+#[test]
+fn without_a_refresh_token_a_session_ends_when_its_forwarded_token_expires() {
+    let mut before = Filter::ready(config(json!({"forward_token": "access_token"})));
+    let (jar, id_token) = log_in_with(&mut before, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["exp"] = (NOW + 100).into();
+        mint(&c)
+    });
+    let mut f = ready();
+    f.now = NOW + 99;
+    let fwd = forward(f.request(&Req::browser("/app").cookies(&jar)));
+    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+    f.now = NOW + 100;
+    let r = respond(f.request(&Req::browser("/app").cookies(&jar)));
+    assert_eq!(r.metric, Some(Metric::LoginRedirect), "{r:?}");
+}
+
 /// Found in review: an IdP that replaced its signing key without a new `kid` (none at all, as OIDC Core
 /// 10.1 allows with one key, or a fixed one over a new key) had its tokens fail as a bad signature, which
 /// fetched no keys (only an unknown `kid` did): every login failed, every renewing user was logged out,
@@ -5280,6 +5637,18 @@ fn a_backchannel_request_asking_for_an_upgrade_is_refused_at_its_headers() {
     // Without it, a post's body is read.
     let req = Req::api("/bcl").with(":method", "POST");
     assert!(matches!(f.request(&req), Step::ReadBody));
+}
+
+/// Found by mutation testing: the back-channel path reads the body of a POST only; any other method is
+/// `405` naming POST, its body never read as a logout.
+#[test]
+fn the_backchannel_path_takes_only_posts() {
+    let mut f = Filter::ready(config(json!({"backchannel_logout_path": "/bcl"})));
+    for method in ["GET", "PUT", "DELETE", "PATCH"] {
+        let r = respond(f.request(&Req::api("/bcl").with(":method", method)));
+        assert_eq!(r.status, 405, "{method}: {r:?}");
+        assert_eq!(header(&r.headers, "allow"), Some("POST"), "{method}");
+    }
 }
 
 /// Found by mutation testing: a browser's `/logout` while the IdP is not reached, by a link (from a browser

@@ -87,6 +87,74 @@ fn a_renewal_made_by_another_worker_is_adopted_without_asking_the_idp() {
     assert_eq!(r.status, 401);
 }
 
+/// Found by mutation testing: an adopted renewal is handed on (its cookie holds only a new refresh token,
+/// and renewing is left to it) only when its tokens and their expiry are the old ones. An IdP that gives
+/// the same access token again with a later expiry made a renewal: a request with the old cookie within
+/// the new expiry's margin renews it.
+#[test]
+fn an_adopted_renewal_of_the_same_access_token_with_a_later_expiry_is_renewed_in_its_margin() {
+    let cfg = || config(serde_json::json!({"forward_token": "access_token"}));
+    let (mut a, mut b) = (Filter::ready(cfg()), Filter::ready(cfg()));
+    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    // The access token lasts 300 s; renewed as it expires, the same token for 600 s more.
+    a.now = NOW + 300;
+    b.now = a.now;
+    let sealed = sealed_in(&jar);
+    let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
+    let body = serde_json::json!({
+        "access_token": "access-1", "token_type": "Bearer", "expires_in": 600, "refresh_token": "rt-2",
+    });
+    forward(a.reply(pending, Some((200, body.to_string().as_bytes()))));
+    let lines = flow::renewed_cookies(&a.state, &sealed).unwrap();
+    let job = refresh_job(b.request(&Req::api("/y").cookies(&jar)));
+    let now = b.now;
+    forward(flow::adopt_renewal(&b.cfg, &mut b.state, job, &lines, now));
+    b.now = NOW + 300 + 600 - 5;
+    let (c, _) = call(b.request(&Req::api("/z").cookies(&jar)));
+    assert_eq!(form(c.body.as_deref().unwrap())["refresh_token"], "rt-2");
+}
+
+/// Found by mutation testing: a worker that has only opened a session (no renewal made, none refused)
+/// has no renewal of it to tell: not an empty one, which the other workers take for a session found over.
+#[test]
+fn a_session_only_opened_has_no_renewal_to_tell() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    forward(a.request(&Req::api("/x").cookies(&jar)));
+    assert_eq!(flow::renewed_cookies(&a.state, &sealed_in(&jar)), None);
+}
+
+/// Found by mutation testing: a published renewal is adopted only when it is of the session's own user.
+/// Lines that hold another user's session (no renewal of this one makes them) are a failed renewal:
+/// never that user's token upstream.
+#[test]
+fn a_published_renewal_of_another_user_is_not_adopted() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = due(&mut a, &mut b);
+    let mut other = Filter::ready(config(serde_json::json!({})));
+    let (theirs, their_token) = log_in_with(&mut other, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["sub"] = "user-2".into();
+        mint(&c)
+    });
+    let lines: Vec<String> = theirs
+        .0
+        .iter()
+        .map(|(n, v)| format!("{n}={v}; Path=/"))
+        .collect();
+    let job = refresh_job(b.request(&Req::api("/y").cookies(&jar)));
+    let now = b.now;
+    match flow::adopt_renewal(&b.cfg, &mut b.state, job, &lines, now) {
+        Step::Respond(r) => assert_eq!(r.status, 401, "{r:?}"),
+        Step::Forward(f) => {
+            assert_ne!(bearer(&f), format!("Bearer {their_token}"));
+            panic!("forwarded: {f:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Worker A's refresh was granted but its new ID token cannot be checked yet (a signing key A cannot
 /// fetch just now): A keeps the IdP's new refresh token in a new cookie with the old tokens and
 /// publishes it. Worker B adopts it without a refresh of its own, also once the old token has expired
@@ -139,6 +207,35 @@ fn a_new_cookie_holding_only_a_new_refresh_token_is_adopted_not_refreshed_again(
             other => panic!("{valid}: {other:?}"),
         }
     }
+}
+
+/// Found by mutation testing: a cookie whose renewal was handed on (a new cookie holds only a new refresh
+/// token) leaves renewing to the new cookie for the grace period after its token expired, and no longer:
+/// a client that never takes the new cookie renews from then on, with the new refresh token.
+#[test]
+fn a_cookie_whose_renewal_was_handed_on_renews_itself_once_the_grace_period_is_over() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = due(&mut a, &mut b);
+    let sealed = sealed_in(&jar);
+    let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
+    let unknown_key = mint_with_kid(&refreshed_claims(a.now), "rotated-1");
+    let (_, pending) = call(a.reply(
+        pending,
+        Some((200, &token_body(Some(&unknown_key), Some("rt-2")))),
+    ));
+    forward(a.reply(pending, None));
+    let lines = flow::renewed_cookies(&a.state, &sealed).unwrap();
+    let job = refresh_job(b.request(&Req::api("/y").cookies(&jar)));
+    let now = b.now;
+    forward(flow::adopt_renewal(&b.cfg, &mut b.state, job, &lines, now));
+    let grace = oidc_filter::renewal::GRACE;
+    b.now = NOW + 3600 + grace - 1;
+    let r = respond(b.request(&Req::api("/z").cookies(&jar)));
+    assert_eq!(r.status, 503, "{r:?}");
+    b.now = NOW + 3600 + grace;
+    let (c, _) = call(b.request(&Req::api("/z").cookies(&jar)));
+    assert_eq!(form(c.body.as_deref().unwrap())["refresh_token"], "rt-2");
 }
 
 /// Found in review: a renewal kept for the session's next request (its request had stopped waiting), adopted
@@ -270,6 +367,47 @@ fn claim_rules_hold_while_the_idp_cannot_renew() {
         respond(flow::renewal_busy(&b.cfg, job, b.now).unwrap()).status,
         403
     );
+}
+
+/// Found by mutation testing: a renewal the IdP grants is judged by the claim rules too: the request that
+/// renewed the session of a user a rule refuses gets the 403 (and the new cookie), not the path.
+#[test]
+fn claim_rules_hold_for_the_request_that_renewed_the_session() {
+    let cfg = || {
+        config(serde_json::json!({
+            "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
+        }))
+    };
+    let mut a = Filter::ready(cfg());
+    let mut b = Filter::ready(cfg());
+    let (jar, _) = due(&mut a, &mut b);
+    let (_, pending) = call(a.request(&Req::browser("/admin").cookies(&jar)));
+    let (step, _) = refreshed(&mut a, pending, "rt-2");
+    let r = respond(step);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| c.starts_with("_oidc_session=") && !c.contains("Max-Age=0")),
+        "{r:?}"
+    );
+    // Nor through a renewal another worker made (adopted), or another request on this one made while
+    // this one waited (its own refresh then refused, the token having rotated).
+    let (mut a, mut b) = (Filter::ready(cfg()), Filter::ready(cfg()));
+    let (jar, _) = due(&mut a, &mut b);
+    let sealed = sealed_in(&jar);
+    let (_, first) = call(a.request(&Req::browser("/x").cookies(&jar)));
+    let (_, second) = call(a.request(&Req::browser("/admin").cookies(&jar)));
+    let (step, _) = refreshed(&mut a, first, "rt-2");
+    forward(step);
+    let refused = br#"{"error":"invalid_grant"}"#;
+    let r = respond(a.reply(second, Some((400, refused))));
+    assert_eq!(r.status, 403, "{r:?}");
+    let lines = flow::renewed_cookies(&a.state, &sealed).unwrap();
+    let job = refresh_job(b.request(&Req::browser("/admin").cookies(&jar)));
+    let now = b.now;
+    let r = respond(flow::adopt_renewal(&b.cfg, &mut b.state, job, &lines, now));
+    assert_eq!(r.status, 403, "{r:?}");
 }
 
 /// A renewal that met an outage pauses the site's renewals on its worker for 5 s (the 503's
@@ -1959,6 +2097,19 @@ fn a_sessions_failures_are_its_own_while_each_comes_within_five_minutes_of_the_l
     a.now = t + 799 + 300;
     fails(&mut a, &s[0]);
     assert!(a.state.renewals_failing && a.state.renewals_paused(a.now));
+}
+
+/// Found by mutation testing: a session whose own renewal failed moments ago is held (the adapter claims
+/// no renewal for it) though the site's renewals are not paused; another session is not.
+#[test]
+fn a_session_whose_own_renewal_just_failed_is_held_and_no_other() {
+    let (mut a, s, t) = own_failure(3);
+    a.now = t + 1;
+    let own = refresh_job(a.request(&Req::api("/poll").cookies(&s[0])));
+    let other = refresh_job(a.request(&Req::api("/poll").cookies(&s[2])));
+    assert!(!a.state.renewals_paused(a.now));
+    assert!(flow::renewal_held(&a.state, &own, a.now));
+    assert!(!flow::renewal_held(&a.state, &other, a.now));
 }
 
 /// Found by mutation testing: another session's outage is recorded beside a session's run of failures,
