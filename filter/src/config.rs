@@ -4355,8 +4355,9 @@ mod tests {
             "redirect_uri",
             "or `//`",
         );
-        // Each scope a non-empty token without quotes.
-        for bad in ["", "a\"b"] {
+        // Each scope a non-empty token without quotes, spaces or backslashes (it goes into the
+        // authorization URL and the session's JSON; found by mutation testing: `\` was not held).
+        for bad in ["", "a\"b", "a b", "a\\b"] {
             refused(
                 set(&[("scopes", json!(["openid", bad]))]),
                 "scopes",
