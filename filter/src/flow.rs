@@ -178,9 +178,8 @@ pub struct RefreshJob {
     anonymous: Anonymous,
     /// `Box<str>`, not `String`: the job stays small enough to be handed back by value (`renewal_busy`).
     target: Box<str>,
-    /// For a form posted ([`Anonymous::Page`]) or a framed page ([`Anonymous::Frame`]), the page that
-    /// holds it, if the request named it.
-    form_page: Option<Box<str>>,
+    /// [`Anonymous::holding_page`], if the request named one.
+    holding_page: Option<Box<str>>,
     cookie: Option<Option<String>>,
     present_chunks: Vec<String>,
     /// When the IdP was asked, or before (see [`State::saw_idp_clock`]); 32 bits (until 2106), so the job
@@ -1060,10 +1059,7 @@ fn with_session(
             session: cached,
             anonymous,
             target: target.into(),
-            form_page: matches!(anonymous, Anonymous::Page { .. } | Anonymous::Frame)
-                .then(|| form_page(h))
-                .flatten()
-                .map(String::into_boxed_str),
+            holding_page: anonymous.holding_page(h).map(String::into_boxed_str),
             cookie,
             present_chunks: session::chunk_names(&cfg.cookie_name, header),
             asked_at: u32::try_from(now).unwrap_or(u32::MAX),
@@ -1453,10 +1449,7 @@ fn without_session(
     if state.provider.ready().is_none() {
         return with_cookies(not_ready(matches!(how, Anonymous::Api)), clear);
     }
-    let page = match how {
-        Anonymous::Page { .. } | Anonymous::Frame => form_page(h),
-        _ => None,
-    };
+    let page = how.holding_page(h);
     let mut r = anonymous_reply(cfg, how, page.as_deref().unwrap_or(target));
     if matches!(how, Anonymous::Login) {
         r.metric = Some(Metric::LoginRedirect);
@@ -1464,11 +1457,22 @@ fn without_session(
     with_cookies(Step::Respond(r), clear)
 }
 
-/// A form's way back: the page that holds it (the same origin's `Referer`), not where it posts to. So
-/// for a framed page: the page of the site's own that frames it (a portal showing a dashboard), which
-/// shows it again, rather than the frame's address alone in the whole window (found by a black-box
-/// test); another site's page that frames it is not ours to send the user to.
-fn form_page(h: &dyn Headers) -> Option<String> {
+impl Anonymous {
+    /// The way back after a login, where it is not the request's own address: for a form posted, the
+    /// page that holds it (the same origin's `Referer`), not where it posts to; for a framed page, the
+    /// page of the site's own that frames it (a portal showing a dashboard), which shows it again, rather
+    /// than the frame's address alone in the whole window (found by a black-box test). Another site's
+    /// page is not ours to send the user to.
+    fn holding_page(self, h: &dyn Headers) -> Option<String> {
+        match self {
+            Anonymous::Page { .. } | Anonymous::Frame => same_origin_referer(h),
+            _ => None,
+        }
+    }
+}
+
+/// The path of the same origin's `Referer`.
+fn same_origin_referer(h: &dyn Headers) -> Option<String> {
     let referer = h.get("referer")?;
     let origin = origin(h)?;
     referer
@@ -2715,7 +2719,7 @@ impl RefreshJob {
         let cookie = self.cookie.as_ref().and_then(Option::as_ref);
         self.cache_key.len()
             + self.target.len()
-            + self.form_page.as_ref().map_or(0, |p| p.len())
+            + self.holding_page.as_ref().map_or(0, |p| p.len())
             + cookie.map_or(0, String::len)
             + self.present_chunks.iter().map(String::len).sum::<usize>()
     }
@@ -2914,7 +2918,7 @@ fn session_over(cfg: &Config, state: &mut State, job: &RefreshJob, now: u64, why
         clear_session_cookie(cfg, &cfg.cookie_name, &mut clear);
     }
     // As it would be answered without a session (a request that would pass starts no refresh).
-    let page = job.form_page.as_deref().unwrap_or(&job.target);
+    let page = job.holding_page.as_deref().unwrap_or(&job.target);
     let mut r = anonymous_reply(cfg, job.anonymous, page);
     r.metric = Some(Metric::RefreshFailed);
     r.detail = Some(why);

@@ -525,7 +525,7 @@ mod tests {
     fn may_carry_any_is_false_only_where_none_of_the_names_is() {
         let names = ["x-original-url", "x-rewrite-url"];
         let bits = carry_bits(&names);
-        // A browser's usual request carries neither: two tests, no walk.
+        // A browser's usual request carries neither.
         let usual = HeaderBlock::parse(encode(&[
             (":path", b"/".as_slice()),
             (":authority", b"app"),

@@ -1417,6 +1417,20 @@ fn a_login_asked_for_max_age_needs_an_authentication_that_recent() {
     assert_eq!(r.status, 302, "{r:?}");
 }
 
+/// A callback's step: the exchange of `code` at the token endpoint when `exchanged`, else the `400` page.
+fn exchanged_or_refused(step: oidc_filter::flow::Step, exchanged: bool, code: &str) {
+    match step {
+        oidc_filter::flow::Step::Call(c, _) => {
+            assert!(exchanged, "exchanged");
+            assert_eq!(form(c.body.as_deref().unwrap())["code"], code);
+        }
+        other => {
+            assert!(!exchanged, "{other:?}");
+            assert_callback_failed(&respond(other), 400, CallbackFailure::BadRequest);
+        }
+    }
+}
+
 #[test]
 fn long_codes_are_exchanged_up_to_8_kb() {
     // Azure AD B2C's codes pass 2,400 characters, its callback queries 4 KB.
@@ -1424,16 +1438,11 @@ fn long_codes_are_exchanged_up_to_8_kb() {
         let mut f = ready();
         let l = start_login(&mut f, "");
         let code = "c".repeat(len);
-        match f.request(&l.callback(&code, &Jar::default())) {
-            oidc_filter::flow::Step::Call(c, _) => {
-                assert!(exchanged, "{len}");
-                assert_eq!(form(c.body.as_deref().unwrap())["code"], code);
-            }
-            other => {
-                assert!(!exchanged, "{len}: {other:?}");
-                assert_callback_failed(&respond(other), 400, CallbackFailure::BadRequest);
-            }
-        }
+        exchanged_or_refused(
+            f.request(&l.callback(&code, &Jar::default())),
+            exchanged,
+            &code,
+        );
     }
 }
 
@@ -1457,16 +1466,7 @@ fn a_callback_query_of_16_kib_is_read_and_a_byte_more_is_not() {
         let q = format!("{head}{}", "p".repeat(len - head.len()));
         assert_eq!(q.len(), len);
         let req = Req::browser(&format!("/oauth2/callback?{q}")).with("cookie", &l.cookie());
-        match f.request(&req) {
-            oidc_filter::flow::Step::Call(c, _) => {
-                assert!(read, "{len}");
-                assert_eq!(form(c.body.as_deref().unwrap())["code"], "c");
-            }
-            other => {
-                assert!(!read, "{len}: {other:?}");
-                assert_callback_failed(&respond(other), 400, CallbackFailure::BadRequest);
-            }
-        }
+        exchanged_or_refused(f.request(&req), read, "c");
     }
 }
 

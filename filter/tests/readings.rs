@@ -13,6 +13,16 @@ fn hex(c: u8) -> Option<u8> {
     char::from(c).to_digit(16).map(|d| d as u8)
 }
 
+/// A xorshift generator from `seed`: each call a number below `n`, the same run after run.
+fn numbers(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    }
+}
+
 /// Percent-decodes the escapes whose byte `pick` takes, as one server or another does.
 fn dec(s: &str, pick: impl Fn(u8) -> bool) -> String {
     let b = s.as_bytes();
@@ -117,13 +127,7 @@ fn bypass_paths_hold_under_other_servers_readings() {
         "%68ealthz",
     ];
     let b = vec!["/healthz".to_string()];
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let mut next = numbers(0x2545_f491_4f6c_dd1d_u64);
     let mut taken = 0;
     for _ in 0..100_000 {
         let mut t = String::from(if next(4) == 0 { "/" } else { "/healthz" });
@@ -226,13 +230,7 @@ fn a_rule_on_admin_holds_under_other_servers_readings() {
         "?",
         "%3f",
     ];
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let mut next = numbers(0x9e37_79b9_7f4a_7c15_u64);
     let mut passed = 0;
     for _ in 0..15_000 {
         let starts = ["/", "//", "/x", "/healthz", "/\\"];
