@@ -494,24 +494,7 @@ impl Config {
 
     #[inline(never)]
     fn from_raw(mut raw: Raw, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let issuer = raw.issuer.take().ok_or_else(|| err("issuer", "required"))?;
-        let issuer_url = http_url("issuer", &issuer)?;
-        if issuer_url.query().is_some() || issuer_url.fragment().is_some() {
-            return Err(err("issuer", "must not have a query or fragment"));
-        }
-        let client_id = non_empty("client_id", raw.client_id.take())?;
-        // RFC 6749 Appendix A: printable ASCII (spaces allowed). A control character (a YAML block's
-        // newline) would only fail at the IdP, and split the log lines that name the client.
-        if !client_id.bytes().all(|b| matches!(b, b' '..=b'~')) {
-            return Err(err(
-                "client_id",
-                "printable ASCII only (no control characters)",
-            ));
-        }
-        // `aud` is compared exactly: a space around it would fail every login (found in review).
-        if client_id.trim_ascii() != client_id {
-            return Err(err("client_id", "must not start or end with a space"));
-        }
+        let (issuer, issuer_url, client_id) = client_of(&mut raw)?;
         let client_secret = secret_from(
             "client_secret",
             raw.client_secret.take(),
@@ -523,21 +506,7 @@ impl Config {
         let [callback_path, login_path, logout_path] = own_paths(&mut raw)?;
         let scopes = scopes_from(raw.scopes.take())?;
         let scope_on_refresh = crate::oidc::token::scope_on_refresh(issuer_url.host());
-        let forward_token = match raw.forward_token.as_deref() {
-            None | Some("id_token") => ForwardToken::IdToken,
-            Some("access_token") => ForwardToken::AccessToken,
-            Some(_) => return Err(err("forward_token", "must be `id_token` or `access_token`")),
-        };
-        let client_auth = match raw.token_endpoint_auth.as_deref() {
-            None | Some("client_secret_basic") => ClientAuth::Basic,
-            Some("client_secret_post") => ClientAuth::Post,
-            Some(_) => {
-                return Err(err(
-                    "token_endpoint_auth",
-                    "must be `client_secret_basic` or `client_secret_post`",
-                ));
-            }
-        };
+        let (forward_token, client_auth) = token_settings(&raw)?;
         let (cookie_name, cookie) = cookie_settings(
             raw.cookie_name.take(),
             raw.cookie_domain.take(),
@@ -558,80 +527,17 @@ impl Config {
         };
         let mut identity_headers = identity_headers_from(raw.identity_headers)?;
         let (authorization_params, max_age) = authorization_params_from(raw.authorization_params)?;
-        let backchannel_logout_path = match raw.backchannel_logout_path {
-            None => None,
-            Some(p) => {
-                let p = path("backchannel_logout_path", Some(p), "")?;
-                if [&callback_path, &login_path, &logout_path].contains(&&p) {
-                    return Err(err(
-                        "backchannel_logout_path",
-                        "must differ from the other paths",
-                    ));
-                }
-                Some(p)
-            }
-        };
-        let bypass_paths = bypass_paths_from(
+        let (backchannel_logout_path, bypass_paths) = open_paths(
+            raw.backchannel_logout_path,
             raw.bypass_paths,
-            [
-                Some(&callback_path),
-                Some(&login_path),
-                Some(&logout_path),
-                backchannel_logout_path.as_ref(),
-            ],
+            [&callback_path, &login_path, &logout_path],
         )?;
-        // A rule on a path the bypass leaves open to everyone would never be asked: an operator who
-        // wrote it believes that path closed (found by a black-box test).
-        if let Some((a, b)) = access.iter().find_map(|a| {
-            bypass_paths
-                .iter()
-                // Without regard to case, as rules are applied: a rule on `/Public/admin` under `/public`
-                // left `/public/admin` open (found in review).
-                // (Its look-alike letters folded too: `/publİc/admin` is `/public/admin` to such apps.)
-                .find(|b| crate::paths::prefix_matches_as(b, &a.folded, true))
-                .map(|b| (a, b))
-        }) {
-            return Err(err(
-                "claim_rules",
-                format!(
-                    "`{}` is under bypass path `{b}`, open to everyone: no rule applies there (a `hosts` entry that inherits it may set its own `claim_rules`)",
-                    a.path_prefix
-                ),
-            ));
-        }
-        let mut keep_claims: Vec<&str> = Vec::new();
-        for (_, c) in &identity_headers {
-            keep_claims.push(c);
-        }
-        access
-            .iter()
-            .for_each(|a| a.rule.claim_names(&mut keep_claims));
-        if !access.is_empty() {
-            // The 403 page names the user by these, whatever the headers and rules read.
-            keep_claims.push("preferred_username");
-            keep_claims.push("email");
-        }
-        crate::json::heapsort(&mut keep_claims);
-        keep_claims.dedup();
-        let keep_claims = {
-            let mut out = Vec::new();
-            for c in keep_claims {
-                out.push(c.to_string());
-            }
-            out
-        };
-        // The access token travels as one more identity header, under a claim name no configuration
-        // can give (an empty one).
-        if let Some(h) = raw.access_token_header {
-            let h = h.to_ascii_lowercase();
-            if !settable(&h) || identity_headers.iter().any(|(i, _)| *i == h) {
-                return Err(err(
-                    "access_token_header",
-                    format!("`{}` cannot carry the access token", quotable(&h, 64)),
-                ));
-            }
-            identity_headers.push((h, ACCESS_TOKEN.to_string()));
-        }
+        let keep_claims = claims_kept(
+            &access,
+            &bypass_paths,
+            &mut identity_headers,
+            raw.access_token_header,
+        )?;
 
         Ok(Config {
             issuer,
@@ -754,6 +660,149 @@ impl Config {
             None => edit,
         }
     }
+}
+
+/// The IdP and the client: `issuer` (its URL too) and `client_id`, checked.
+#[inline(never)]
+fn client_of(raw: &mut Raw) -> Result<(String, WebUrl, String), ConfigError> {
+    let issuer = raw.issuer.take().ok_or_else(|| err("issuer", "required"))?;
+    let issuer_url = http_url("issuer", &issuer)?;
+    if issuer_url.query().is_some() || issuer_url.fragment().is_some() {
+        return Err(err("issuer", "must not have a query or fragment"));
+    }
+    let client_id = non_empty("client_id", raw.client_id.take())?;
+    // RFC 6749 Appendix A: printable ASCII (spaces allowed). A control character (a YAML block's
+    // newline) would only fail at the IdP, and split the log lines that name the client.
+    if !client_id.bytes().all(|b| matches!(b, b' '..=b'~')) {
+        return Err(err(
+            "client_id",
+            "printable ASCII only (no control characters)",
+        ));
+    }
+    // `aud` is compared exactly: a space around it would fail every login (found in review).
+    if client_id.trim_ascii() != client_id {
+        return Err(err("client_id", "must not start or end with a space"));
+    }
+    Ok((issuer, issuer_url, client_id))
+}
+
+/// `forward_token` and `token_endpoint_auth`.
+#[inline(never)]
+fn token_settings(raw: &Raw) -> Result<(ForwardToken, ClientAuth), ConfigError> {
+    let forward_token = match raw.forward_token.as_deref() {
+        None | Some("id_token") => ForwardToken::IdToken,
+        Some("access_token") => ForwardToken::AccessToken,
+        Some(_) => return Err(err("forward_token", "must be `id_token` or `access_token`")),
+    };
+    let client_auth = match raw.token_endpoint_auth.as_deref() {
+        None | Some("client_secret_basic") => ClientAuth::Basic,
+        Some("client_secret_post") => ClientAuth::Post,
+        Some(_) => {
+            return Err(err(
+                "token_endpoint_auth",
+                "must be `client_secret_basic` or `client_secret_post`",
+            ));
+        }
+    };
+    Ok((forward_token, client_auth))
+}
+
+/// `backchannel_logout_path` and `bypass_paths`, neither one of the filter's `own` paths.
+#[inline(never)]
+fn open_paths(
+    backchannel_logout_path: Option<String>,
+    bypass_paths: Option<Vec<String>>,
+    own: [&String; 3],
+) -> Result<(Option<String>, Vec<String>), ConfigError> {
+    let backchannel_logout_path = match backchannel_logout_path {
+        None => None,
+        Some(p) => {
+            let p = path("backchannel_logout_path", Some(p), "")?;
+            if own.contains(&&p) {
+                return Err(err(
+                    "backchannel_logout_path",
+                    "must differ from the other paths",
+                ));
+            }
+            Some(p)
+        }
+    };
+    let bypass_paths = bypass_paths_from(
+        bypass_paths,
+        [
+            Some(own[0]),
+            Some(own[1]),
+            Some(own[2]),
+            backchannel_logout_path.as_ref(),
+        ],
+    )?;
+    Ok((backchannel_logout_path, bypass_paths))
+}
+
+/// The claims a session keeps: those the identity headers and claim rules read (and the user's name for
+/// the `403` page), sorted. Checks that no rule lies under a bypass path, and adds `access_token_header` to
+/// the identity headers. (Apart from [`Config::from_raw`], so that V8 compiles neither as one large
+/// function when the plugin loads: the peak of that compile stays in Envoy's memory.)
+#[inline(never)]
+fn claims_kept(
+    access: &[Access],
+    bypass_paths: &[String],
+    identity_headers: &mut Vec<(String, String)>,
+    access_token_header: Option<String>,
+) -> Result<Vec<String>, ConfigError> {
+    // A rule on a path the bypass leaves open to everyone would never be asked: an operator who
+    // wrote it believes that path closed (found by a black-box test).
+    if let Some((a, b)) = access.iter().find_map(|a| {
+        bypass_paths
+            .iter()
+            // Without regard to case, as rules are applied: a rule on `/Public/admin` under `/public`
+            // left `/public/admin` open (found in review).
+            // (Its look-alike letters folded too: `/publİc/admin` is `/public/admin` to such apps.)
+            .find(|b| crate::paths::prefix_matches_as(b, &a.folded, true))
+            .map(|b| (a, b))
+    }) {
+        return Err(err(
+            "claim_rules",
+            format!(
+                "`{}` is under bypass path `{b}`, open to everyone: no rule applies there (a `hosts` entry that inherits it may set its own `claim_rules`)",
+                a.path_prefix
+            ),
+        ));
+    }
+    let mut keep_claims: Vec<&str> = Vec::new();
+    for (_, c) in identity_headers.iter() {
+        keep_claims.push(c);
+    }
+    access
+        .iter()
+        .for_each(|a| a.rule.claim_names(&mut keep_claims));
+    if !access.is_empty() {
+        // The 403 page names the user by these, whatever the headers and rules read.
+        keep_claims.push("preferred_username");
+        keep_claims.push("email");
+    }
+    crate::json::heapsort(&mut keep_claims);
+    keep_claims.dedup();
+    let keep_claims = {
+        let mut out = Vec::new();
+        for c in keep_claims {
+            out.push(c.to_string());
+        }
+        out
+    };
+    // The access token travels as one more identity header, under a claim name no configuration
+    // can give (an empty one).
+    if let Some(h) = access_token_header {
+        let h = h.to_ascii_lowercase();
+        if !settable(&h) || identity_headers.iter().any(|(i, _)| *i == h) {
+            return Err(err(
+                "access_token_header",
+                format!("`{}` cannot carry the access token", quotable(&h, 64)),
+            ));
+        }
+        identity_headers.push((h, ACCESS_TOKEN.to_string()));
+    }
+    Ok(keep_claims)
 }
 
 /// True for the cookies of the site whose cookies are named `cookie_name`: session chunks and login attempts.
@@ -937,126 +986,16 @@ impl Plugin {
         let mut seen_hosts: Vec<String> = Vec::new();
         let mut inherits_redirect: Vec<bool> = Vec::new();
         for (i, entry) in entries.into_iter().enumerate() {
-            let at = |e: ConfigError| ConfigError {
-                field: format!("hosts[{i}].{}", e.field),
-                reason: e.reason,
-            };
-            let Value::Object(mut entry) = entry else {
-                return Err(at(err("hosts", "each entry is an object")));
-            };
-            let patterns = match entry.remove("hosts") {
-                Some(Value::Array(h)) if !h.is_empty() => h,
-                _ => {
-                    return Err(at(err(
-                        "hosts",
-                        "a non-empty list of host names like `grafana.example.com` or `*.example.com`",
-                    )));
-                }
-            };
-            let mut hosts = Vec::new();
-            for p in patterns {
-                let Some(p) = p
-                    .as_str()
-                    .map(str::to_ascii_lowercase)
-                    .filter(|p| valid_host_pattern(p))
-                else {
-                    return Err(at(err(
-                        "hosts",
-                        "host names like `grafana.example.com` or `*.example.com`",
-                    )));
-                };
-                if seen_hosts.contains(&p) {
-                    return Err(at(err("hosts", format!("`{p}` is listed twice"))));
-                }
-                seen_hosts.push(p.clone());
-                hosts.push(p);
-            }
-            inline_secrets(&entry, &format!("hosts[{i}]."), &mut inline);
-            let explicit_cookie = entry.get("cookie_name").is_some_and(|v| !v.is_null());
-            // An error in a field the entry does not set is the top level's: named as it is there
-            // (found in review: a top level without an `issuer`, checked only through its entries, had
-            // its mistakes blamed on `hosts[0]`).
-            let mut own: Vec<String> = Vec::new();
-            for (k, _) in entry.iter() {
-                own.push(k.to_string());
-            }
-            let inherited_error = |e: &ConfigError| {
-                let root = e.field.split(['.', '[']).next().unwrap_or_default();
-                !own.iter().any(|k| k == root) && top.contains_key(root)
-            };
-            // Fields the entry takes from the top level, named in its `redirect_uri` errors.
-            let mut inherited: Vec<&str> = Vec::new();
-            for f in ["`redirect_uri`", "`callback_path`", "`cookie_domain`"] {
-                let plain = f.trim_matches('`');
-                if !entry.contains_key(plain) && top.contains_key(plain) {
-                    inherited.push(f);
-                }
-            }
-            let at_redirect = |mut e: ConfigError| {
-                if inherited_error(&e) && e.field != "redirect_uri" {
-                    // The top level's value, or how it meets the entry's own fields (found in review:
-                    // the valid top-level field was blamed for the entry's own `callback_path`).
-                    let with_own = if own.is_empty() {
-                        ""
-                    } else {
-                        ": that value, or that entry's own fields with it"
-                    };
-                    e.reason = format!(
-                        "{} (at the top level, inherited by hosts[{i}]{with_own})",
-                        e.reason
-                    );
-                    return e;
-                }
-                if e.field == "redirect_uri" && !inherited.is_empty() {
-                    e.reason = format!(
-                        "{} ({} inherited from the top level)",
-                        e.reason,
-                        crate::headers::join(inherited.iter().copied(), ", ")
-                    );
-                }
-                at(e)
-            };
-            // An entry with an IdP of its own is reached through its own cluster (set, or derived from its
-            // issuer), never through the one the top level names for another IdP. A top level that names
-            // no IdP names the cluster for its entries' (found in review: it was dropped).
-            let other_idp = top_issuer
-                .as_ref()
-                .is_some_and(|t| entry.get("issuer").is_some_and(|i| i != t))
-                && !entry.contains_key("idp_cluster");
-            let mut merged = top.clone();
-            if other_idp {
-                merged.remove("idp_cluster");
-            }
-            drop_replaced_secrets(&mut merged, &entry);
-            for (name, value) in entry {
-                // `null` unsets a field; for these it would silently drop what the top level protects
-                // (its access rules; the headers it sets and strips, so a client's copy would pass), as a
-                // template that renders an unset value as `null` does.
-                if value.is_null()
-                    && matches!(
-                        name.as_str(),
-                        "claim_rules" | "identity_headers" | "access_token_header"
-                    )
-                    && top.contains_key(&name)
-                {
-                    return Err(at(err(
-                        &name,
-                        "`null` would drop what the top level sets: leave it out to inherit it",
-                    )));
-                }
-                merged.insert(name, value);
-            }
-            let mut site = Config::from_object(merged, env).map_err(at_redirect)?;
-            redirect_host_served(&site, &hosts).map_err(at_redirect)?;
-            hosts_within_cookie_domain(&site, &hosts).map_err(at_redirect)?;
-            post_logout_not_own(&site, &hosts).map_err(at_redirect)?;
-            inherits_redirect.push(inherited.contains(&"`redirect_uri`"));
-            if !explicit_cookie {
-                // Each site seals under its own cookie name (the AEAD's associated data), so a session
-                // of one host's IdP never opens on another host.
-                site.cookie_name = format!("{}_{i}", site.cookie_name);
-            }
-            site.hosts = hosts;
+            let (site, inherits) = entry_site(
+                i,
+                entry,
+                &top,
+                top_issuer.as_ref(),
+                env,
+                &mut seen_hosts,
+                &mut inline,
+            )?;
+            inherits_redirect.push(inherits);
             sites.push(site);
         }
         if let Some(probe) = probe {
@@ -1068,110 +1007,8 @@ impl Plugin {
                 e
             })?;
         }
-        // `field` as named in site `i`'s part of the configuration.
-        let site_field = |i: usize, field: &str| match default_site {
-            Some(d) if d == i => field.to_string(),
-            d => format!("hosts[{}].{field}", i - usize::from(d.is_some())),
-        };
-        for (i, a) in sites.iter().enumerate() {
-            for b in &sites[..i] {
-                // One site's name must not read as another's login attempt (`s_login_x` beside `s`):
-                // each would take the other's cookies for its own, and a login at one cleared the
-                // other's session as stale attempts (found by a black-box test).
-                let attempt = |x: &Config, y: &Config| {
-                    x.cookie_name != y.cookie_name && is_site_cookie(&y.cookie_name, &x.cookie_name)
-                };
-                if attempt(a, b) || attempt(b, a) {
-                    return Err(err(
-                        &site_field(i, "cookie_name"),
-                        "one site's name and `_login_` must not start another's: it reads as that site's login cookie",
-                    ));
-                }
-                if a.cookie_name != b.cookie_name {
-                    continue;
-                }
-                // Where the browser sends one cookie to both sites (a `cookie_domain`; host-only cookies
-                // of two hosts never meet, a host being one site's), each takes the other's sessions.
-                let meet = a.cookie.domain.is_some() || b.cookie.domain.is_some();
-                if meet && !set_alike(a, b) {
-                    return Err(err(
-                        &site_field(i, "cookie_name"),
-                        "sites of one cookie name must share cookie_domain, and authorization_params' max_age and acr_values",
-                    ));
-                }
-                if !a.same_client(b) {
-                    return Err(err(
-                        &site_field(i, "cookie_name"),
-                        format!(
-                            "`{}` is used by sites of different IdP clients; give each its own",
-                            a.cookie_name
-                        ),
-                    ));
-                }
-                if let Some(field) = meet.then(|| session_unlike(a, b)).flatten() {
-                    return Err(err(
-                        &site_field(i, field),
-                        format!(
-                            "sites sharing the cookie name `{}` share one session, which the site that logs the user in makes: give them the same {field}, or each its own cookie_name",
-                            a.cookie_name
-                        ),
-                    ));
-                }
-                // One cookie, two sets of keys: each would take the other's session for a forgery and
-                // clear it.
-                if meet && !a.keys.open_each_other(&b.keys, &a.cookie_name) {
-                    return Err(err(
-                        &site_field(i, "cookie_keys"),
-                        format!(
-                            "sites sharing the cookie name `{}` cannot open each other's sessions; give them the same keys or each its own cookie_name",
-                            a.cookie_name
-                        ),
-                    ));
-                }
-            }
-        }
-        let mut cookie_names: Vec<String> = Vec::new();
-        // Every identity header (and `access_token_header`) any site sets: each site removes them all.
-        let mut identity_names: Vec<String> = Vec::new();
-        for s in &sites {
-            if !cookie_names.contains(&s.cookie_name) {
-                cookie_names.push(s.cookie_name.clone());
-            }
-            for (h, _) in &s.identity_headers {
-                if !identity_names.contains(h) {
-                    identity_names.push(h.clone());
-                }
-            }
-        }
-        for i in 0..sites.len() {
-            let site = &sites[i];
-            // The longest of its client's (this site's own among them).
-            let mut logout_lifetime = site.session_lifetime;
-            for o in &sites {
-                if site.same_client(o) {
-                    logout_lifetime = logout_lifetime.max(o.session_lifetime);
-                }
-            }
-            // The identity headers (and `access_token_header`) any other site sets, this one removes
-            // too: a client's copy must not reach an app served under two names (found by a black-box
-            // test: an entry with `identity_headers: {}`, for API clients with bearer tokens, let a
-            // logged-in user's `X-Auth-Request-User: admin` through to the app).
-            let site = &mut sites[i];
-            for h in &identity_names {
-                if !site.identity_headers.iter().any(|(g, _)| g == h) {
-                    site.identity_headers
-                        .push((h.clone(), STRIPPED.to_string()));
-                }
-            }
-            site.logout_lifetime = logout_lifetime;
-            let mut others = Vec::new();
-            for n in &cookie_names {
-                if *n != site.cookie_name {
-                    others.push(n.clone());
-                }
-            }
-            site.other_sites_cookies = CookieNames::new(others);
-        }
+        check_site_pairs(&sites, default_site)?;
+        let cookie_names = share_site_lists(&mut sites);
         let unmatched = match unmatched.as_ref().map(|v| v.as_str()) {
             None if default_site.is_some() => Unmatched::Default,
             None => Unmatched::Deny,
@@ -1193,54 +1030,7 @@ impl Plugin {
             cookie_names: CookieNames::new(cookie_names),
             inline_secrets: inline,
         };
-        // The site that serves the redirect's host takes the callback, and only the site that started a
-        // login can finish it: its callback path, login cookie (name and keys) and `redirect_uri`, and the
-        // host the browser goes back to. The top level's own site serves requests only as the default.
-        let entry_of = |i: usize| i.saturating_sub(usize::from(default_site.is_some()));
-        for (i, site) in plugin.sites.iter().enumerate() {
-            let top_site = default_site == Some(i);
-            if top_site && plugin.unmatched != Unmatched::Default {
-                continue;
-            }
-            let Some(url) = site
-                .redirect_uri
-                .as_deref()
-                .and_then(|r| WebUrl::parse(r).ok())
-            else {
-                continue;
-            };
-            let taker = plugin.site_for(url.authority()).ok().flatten();
-            if taker == Some(i) {
-                continue;
-            }
-            let by = match taker {
-                None => "no site".to_string(),
-                Some(t) if default_site == Some(t) => "the top level's site".to_string(),
-                Some(t) => format!("`hosts[{}]`", entry_of(t)),
-            };
-            let (field, note) = if top_site {
-                ("redirect_uri".to_string(), "")
-            } else {
-                let entry = entry_of(i);
-                let inherited = inherits_redirect.get(entry).copied().unwrap_or(false);
-                (
-                    format!("hosts[{entry}].redirect_uri"),
-                    if inherited {
-                        " (inherited from the top level)"
-                    } else {
-                        ""
-                    },
-                )
-            };
-            return Err(err(
-                &field,
-                format!(
-                    "its host `{}` is served by {by}, not by this site, which alone can finish its \
-                     logins{note}",
-                    url.host()
-                ),
-            ));
-        }
+        check_redirect_takers(&plugin, &inherits_redirect)?;
         Ok(plugin)
     }
 
@@ -1295,6 +1085,314 @@ impl Plugin {
             None => None,
         })
     }
+}
+
+/// Sites that share a cookie name must be able to share its sessions, and no site's name may read as
+/// another's login attempt. `default_site`: the top level's own site, if any (for the field names).
+#[inline(never)]
+fn check_site_pairs(sites: &[Config], default_site: Option<usize>) -> Result<(), ConfigError> {
+    // `field` as named in site `i`'s part of the configuration.
+    let site_field = |i: usize, field: &str| match default_site {
+        Some(d) if d == i => field.to_string(),
+        d => format!("hosts[{}].{field}", i - usize::from(d.is_some())),
+    };
+    for (i, a) in sites.iter().enumerate() {
+        for b in &sites[..i] {
+            // One site's name must not read as another's login attempt (`s_login_x` beside `s`):
+            // each would take the other's cookies for its own, and a login at one cleared the
+            // other's session as stale attempts (found by a black-box test).
+            let attempt = |x: &Config, y: &Config| {
+                x.cookie_name != y.cookie_name && is_site_cookie(&y.cookie_name, &x.cookie_name)
+            };
+            if attempt(a, b) || attempt(b, a) {
+                return Err(err(
+                    &site_field(i, "cookie_name"),
+                    "one site's name and `_login_` must not start another's: it reads as that site's login cookie",
+                ));
+            }
+            if a.cookie_name != b.cookie_name {
+                continue;
+            }
+            // Where the browser sends one cookie to both sites (a `cookie_domain`; host-only cookies
+            // of two hosts never meet, a host being one site's), each takes the other's sessions.
+            let meet = a.cookie.domain.is_some() || b.cookie.domain.is_some();
+            if meet && !set_alike(a, b) {
+                return Err(err(
+                    &site_field(i, "cookie_name"),
+                    "sites of one cookie name must share cookie_domain, and authorization_params' max_age and acr_values",
+                ));
+            }
+            if !a.same_client(b) {
+                return Err(err(
+                    &site_field(i, "cookie_name"),
+                    format!(
+                        "`{}` is used by sites of different IdP clients; give each its own",
+                        a.cookie_name
+                    ),
+                ));
+            }
+            if let Some(field) = meet.then(|| session_unlike(a, b)).flatten() {
+                return Err(err(
+                    &site_field(i, field),
+                    format!(
+                        "sites sharing the cookie name `{}` share one session, which the site that logs the user in makes: give them the same {field}, or each its own cookie_name",
+                        a.cookie_name
+                    ),
+                ));
+            }
+            // One cookie, two sets of keys: each would take the other's session for a forgery and
+            // clear it.
+            if meet && !a.keys.open_each_other(&b.keys, &a.cookie_name) {
+                return Err(err(
+                    &site_field(i, "cookie_keys"),
+                    format!(
+                        "sites sharing the cookie name `{}` cannot open each other's sessions; give them the same keys or each its own cookie_name",
+                        a.cookie_name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What each site takes from the others: their identity headers to remove, the longest session of its
+/// client (how long its logouts are kept), and their cookie names to strip. Returns every site's cookie name.
+#[inline(never)]
+fn share_site_lists(sites: &mut [Config]) -> Vec<String> {
+    let mut cookie_names: Vec<String> = Vec::new();
+    // Every identity header (and `access_token_header`) any site sets: each site removes them all.
+    let mut identity_names: Vec<String> = Vec::new();
+    for s in sites.iter() {
+        if !cookie_names.contains(&s.cookie_name) {
+            cookie_names.push(s.cookie_name.clone());
+        }
+        for (h, _) in &s.identity_headers {
+            if !identity_names.contains(h) {
+                identity_names.push(h.clone());
+            }
+        }
+    }
+    for i in 0..sites.len() {
+        let site = &sites[i];
+        // The longest of its client's (this site's own among them).
+        let mut logout_lifetime = site.session_lifetime;
+        for o in sites.iter() {
+            if site.same_client(o) {
+                logout_lifetime = logout_lifetime.max(o.session_lifetime);
+            }
+        }
+        // The identity headers (and `access_token_header`) any other site sets, this one removes
+        // too: a client's copy must not reach an app served under two names (found by a black-box
+        // test: an entry with `identity_headers: {}`, for API clients with bearer tokens, let a
+        // logged-in user's `X-Auth-Request-User: admin` through to the app).
+        let site = &mut sites[i];
+        for h in &identity_names {
+            if !site.identity_headers.iter().any(|(g, _)| g == h) {
+                site.identity_headers
+                    .push((h.clone(), STRIPPED.to_string()));
+            }
+        }
+        site.logout_lifetime = logout_lifetime;
+        let mut others = Vec::new();
+        for n in &cookie_names {
+            if *n != site.cookie_name {
+                others.push(n.clone());
+            }
+        }
+        site.other_sites_cookies = CookieNames::new(others);
+    }
+    cookie_names
+}
+
+/// Each `redirect_uri`'s host is served by the site that names it.
+#[inline(never)]
+fn check_redirect_takers(plugin: &Plugin, inherits_redirect: &[bool]) -> Result<(), ConfigError> {
+    // The site that serves the redirect's host takes the callback, and only the site that started a
+    // login can finish it: its callback path, login cookie (name and keys) and `redirect_uri`, and the
+    // host the browser goes back to. The top level's own site serves requests only as the default.
+    let entry_of = |i: usize| i.saturating_sub(usize::from(plugin.default_site.is_some()));
+    for (i, site) in plugin.sites.iter().enumerate() {
+        let top_site = plugin.default_site == Some(i);
+        if top_site && plugin.unmatched != Unmatched::Default {
+            continue;
+        }
+        let Some(url) = site
+            .redirect_uri
+            .as_deref()
+            .and_then(|r| WebUrl::parse(r).ok())
+        else {
+            continue;
+        };
+        let taker = plugin.site_for(url.authority()).ok().flatten();
+        if taker == Some(i) {
+            continue;
+        }
+        let by = match taker {
+            None => "no site".to_string(),
+            Some(t) if plugin.default_site == Some(t) => "the top level's site".to_string(),
+            Some(t) => format!("`hosts[{}]`", entry_of(t)),
+        };
+        let (field, note) = if top_site {
+            ("redirect_uri".to_string(), "")
+        } else {
+            let entry = entry_of(i);
+            let inherited = inherits_redirect.get(entry).copied().unwrap_or(false);
+            (
+                format!("hosts[{entry}].redirect_uri"),
+                if inherited {
+                    " (inherited from the top level)"
+                } else {
+                    ""
+                },
+            )
+        };
+        return Err(err(
+            &field,
+            format!(
+                "its host `{}` is served by {by}, not by this site, which alone can finish its \
+                 logins{note}",
+                url.host()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `hosts` entry `i` as a site of its own: the top level with the entry's fields over it, its host names
+/// (none listed twice across the entries, `seen_hosts`), and whether it inherits `redirect_uri`. Its inline
+/// secrets go to `inline`. (Apart from [`Plugin::parse`], so that V8 compiles neither as one large
+/// function when the plugin loads: the peak of that compile stays in Envoy's memory.)
+#[inline(never)]
+fn entry_site(
+    i: usize,
+    entry: Value,
+    top: &Object,
+    top_issuer: Option<&Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+    seen_hosts: &mut Vec<String>,
+    inline: &mut Vec<String>,
+) -> Result<(Config, bool), ConfigError> {
+    let at = |e: ConfigError| ConfigError {
+        field: format!("hosts[{i}].{}", e.field),
+        reason: e.reason,
+    };
+    let Value::Object(mut entry) = entry else {
+        return Err(at(err("hosts", "each entry is an object")));
+    };
+    let patterns = match entry.remove("hosts") {
+        Some(Value::Array(h)) if !h.is_empty() => h,
+        _ => {
+            return Err(at(err(
+                "hosts",
+                "a non-empty list of host names like `grafana.example.com` or `*.example.com`",
+            )));
+        }
+    };
+    let mut hosts = Vec::new();
+    for p in patterns {
+        let Some(p) = p
+            .as_str()
+            .map(str::to_ascii_lowercase)
+            .filter(|p| valid_host_pattern(p))
+        else {
+            return Err(at(err(
+                "hosts",
+                "host names like `grafana.example.com` or `*.example.com`",
+            )));
+        };
+        if seen_hosts.contains(&p) {
+            return Err(at(err("hosts", format!("`{p}` is listed twice"))));
+        }
+        seen_hosts.push(p.clone());
+        hosts.push(p);
+    }
+    inline_secrets(&entry, &format!("hosts[{i}]."), inline);
+    let explicit_cookie = entry.get("cookie_name").is_some_and(|v| !v.is_null());
+    // An error in a field the entry does not set is the top level's: named as it is there
+    // (found in review: a top level without an `issuer`, checked only through its entries, had
+    // its mistakes blamed on `hosts[0]`).
+    let mut own: Vec<String> = Vec::new();
+    for (k, _) in entry.iter() {
+        own.push(k.to_string());
+    }
+    let inherited_error = |e: &ConfigError| {
+        let root = e.field.split(['.', '[']).next().unwrap_or_default();
+        !own.iter().any(|k| k == root) && top.contains_key(root)
+    };
+    // Fields the entry takes from the top level, named in its `redirect_uri` errors.
+    let mut inherited: Vec<&str> = Vec::new();
+    for f in ["`redirect_uri`", "`callback_path`", "`cookie_domain`"] {
+        let plain = f.trim_matches('`');
+        if !entry.contains_key(plain) && top.contains_key(plain) {
+            inherited.push(f);
+        }
+    }
+    let at_redirect = |mut e: ConfigError| {
+        if inherited_error(&e) && e.field != "redirect_uri" {
+            // The top level's value, or how it meets the entry's own fields (found in review:
+            // the valid top-level field was blamed for the entry's own `callback_path`).
+            let with_own = if own.is_empty() {
+                ""
+            } else {
+                ": that value, or that entry's own fields with it"
+            };
+            e.reason = format!(
+                "{} (at the top level, inherited by hosts[{i}]{with_own})",
+                e.reason
+            );
+            return e;
+        }
+        if e.field == "redirect_uri" && !inherited.is_empty() {
+            e.reason = format!(
+                "{} ({} inherited from the top level)",
+                e.reason,
+                crate::headers::join(inherited.iter().copied(), ", ")
+            );
+        }
+        at(e)
+    };
+    // An entry with an IdP of its own is reached through its own cluster (set, or derived from its
+    // issuer), never through the one the top level names for another IdP. A top level that names
+    // no IdP names the cluster for its entries' (found in review: it was dropped).
+    let other_idp = top_issuer
+        .as_ref()
+        .is_some_and(|t| entry.get("issuer").is_some_and(|i| i != *t))
+        && !entry.contains_key("idp_cluster");
+    let mut merged = top.clone();
+    if other_idp {
+        merged.remove("idp_cluster");
+    }
+    drop_replaced_secrets(&mut merged, &entry);
+    for (name, value) in entry {
+        // `null` unsets a field; for these it would silently drop what the top level protects
+        // (its access rules; the headers it sets and strips, so a client's copy would pass), as a
+        // template that renders an unset value as `null` does.
+        if value.is_null()
+            && matches!(
+                name.as_str(),
+                "claim_rules" | "identity_headers" | "access_token_header"
+            )
+            && top.contains_key(&name)
+        {
+            return Err(at(err(
+                &name,
+                "`null` would drop what the top level sets: leave it out to inherit it",
+            )));
+        }
+        merged.insert(name, value);
+    }
+    let mut site = Config::from_object(merged, env).map_err(at_redirect)?;
+    redirect_host_served(&site, &hosts).map_err(at_redirect)?;
+    hosts_within_cookie_domain(&site, &hosts).map_err(at_redirect)?;
+    post_logout_not_own(&site, &hosts).map_err(at_redirect)?;
+    if !explicit_cookie {
+        // Each site seals under its own cookie name (the AEAD's associated data), so a session
+        // of one host's IdP never opens on another host.
+        site.cookie_name = format!("{}_{i}", site.cookie_name);
+    }
+    site.hosts = hosts;
+    Ok((site, inherited.contains(&"`redirect_uri`")))
 }
 
 /// How well host pattern `p` matches `host`: an exact name above every wildcard, a longer wildcard
