@@ -1655,8 +1655,8 @@ fn own_paths(raw: &mut Raw) -> Result<[String; 3], ConfigError> {
                     "has no path to take callback_path from; give one like `https://app.example.com/oauth2/callback`",
                 ));
             }
-            // As a set `callback_path` may not hold them: `;` would also be cut from the login cookie's
-            // `Path`, which the browser would then not send back.
+            // What a set `callback_path` may not hold ([`path`]) is refused here too: both ways of
+            // naming the callback path take the same paths. (A `;` also fails the normalized-path check.)
             if p.starts_with("//")
                 || p.contains(['?', '#', '%', ' ', ';', '"', '\'', '<', '>', '\\'])
                 || !crate::paths::is_normal_prefix(&p)

@@ -4223,6 +4223,29 @@ fn the_cap_of_login_attempts_clears_only_attempts_oldest_and_unopened_first() {
     assert!(cleared(&r).len() <= 64, "{}", cleared(&r).len());
 }
 
+/// Found by mutation testing: one `/login` looks at 64 of a request's login attempts and no more: of 65
+/// that do not open, it clears all of the first 64 but the fifteen that may stay beside the new one, and
+/// leaves the 65th to the next `/login`.
+#[test]
+fn a_login_looks_at_64_attempts_and_leaves_the_65th_to_the_next() {
+    let mut f = ready();
+    let names: Vec<String> = (0..65)
+        .map(|i| format!("_oidc_session_login_{i:012}"))
+        .collect();
+    let cookie: Vec<String> = names.iter().map(|n| format!("{n}=x")).collect();
+    let r = respond(f.request(
+        &Req::browser("/login?fragment_read=&rd=/app").with("cookie", &cookie.join("; ")),
+    ));
+    assert_eq!(r.metric, Some(Metric::LoginStarted), "{r:?}");
+    let cleared: Vec<&str> = set_cookies(&r)
+        .into_iter()
+        .filter(|c| c.contains("Max-Age=0"))
+        .map(|c| c.split('=').next().unwrap_or_default())
+        .collect();
+    assert_eq!(cleared.len(), 64 - 15, "{cleared:?}");
+    assert!(!cleared.contains(&names[64].as_str()), "{cleared:?}");
+}
+
 /// The login that `/login`'s answer `r` started, whatever other cookies it clears.
 fn login_from_sets(f: &Filter, r: &oidc_filter::flow::Reply) -> Login {
     let set = set_cookies(r)

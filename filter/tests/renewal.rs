@@ -114,6 +114,62 @@ fn an_adopted_renewal_of_the_same_access_token_with_a_later_expiry_is_renewed_in
     assert_eq!(form(c.body.as_deref().unwrap())["refresh_token"], "rt-2");
 }
 
+/// Found by mutation testing: an adopted renewal that brings the access token again, expiring when it did,
+/// but a new ID token (`forward_token: access_token`) made a renewal, not one that handed on only a new
+/// refresh token: once that token expires, a request with the old cookie renews it with the new refresh
+/// token, rather than being answered `503` to wait for a new cookie.
+#[test]
+fn an_adopted_renewal_of_the_same_access_token_with_a_new_id_token_is_renewed_when_it_expires() {
+    let cfg = || config(serde_json::json!({"forward_token": "access_token"}));
+    let new_id_token = mint(&refreshed_claims(NOW + 250));
+    renewed_as_it_expires_after_adopting(
+        cfg,
+        |_| serde_json::json!({"access_token": "access-1", "id_token": new_id_token}),
+    );
+}
+
+/// Found by mutation testing: the same with the ID token going upstream and the access token in
+/// `access_token_header`: a renewal that brings the login's ID token again, expiring when it did, with a
+/// new access token is renewed once it expires, not taken for one that handed on a new refresh token.
+#[test]
+fn an_adopted_renewal_of_the_same_id_token_with_a_new_access_token_is_renewed_when_it_expires() {
+    let cfg = || config(serde_json::json!({"access_token_header": "X-Forwarded-Access-Token"}));
+    renewed_as_it_expires_after_adopting(
+        cfg,
+        |id_token| serde_json::json!({"access_token": "access-2", "id_token": id_token}),
+    );
+}
+
+/// Logs in on worker A (an opaque access token for 300 s, seen by both workers at once), renews on A 50 s
+/// before the token expires with `tokens` (given the login's ID token) and a new refresh token, for the
+/// 50 s left, and has worker B adopt that renewal: B's request with the old cookie as the token expires
+/// asks the IdP, with the new refresh token.
+fn renewed_as_it_expires_after_adopting(
+    cfg: impl Fn() -> oidc_filter::config::Config,
+    tokens: impl FnOnce(&str) -> serde_json::Value,
+) {
+    let (mut a, mut b) = (Filter::ready(cfg()), Filter::ready(cfg()));
+    let (jar, id_token) = log_in(&mut a, Some("rt-1"));
+    let sealed = sealed_in(&jar);
+    forward(a.request(&Req::api("/x").cookies(&jar)));
+    forward(b.request(&Req::api("/x").cookies(&jar)));
+    a.now = NOW + 250;
+    b.now = a.now;
+    let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
+    let mut body = tokens(&id_token);
+    body["token_type"] = "Bearer".into();
+    body["expires_in"] = 50.into();
+    body["refresh_token"] = "rt-2".into();
+    forward(a.reply(pending, Some((200, body.to_string().as_bytes()))));
+    let lines = flow::renewed_cookies(&a.state, &sealed).unwrap();
+    let job = refresh_job(b.request(&Req::api("/y").cookies(&jar)));
+    let now = b.now;
+    forward(flow::adopt_renewal(&b.cfg, &mut b.state, job, &lines, now));
+    b.now = NOW + 300;
+    let (c, _) = call(b.request(&Req::api("/z").cookies(&jar)));
+    assert_eq!(form(c.body.as_deref().unwrap())["refresh_token"], "rt-2");
+}
+
 /// Found by mutation testing: a worker that has only opened a session (no renewal made, none refused)
 /// has no renewal of it to tell: not an empty one, which the other workers take for a session found over.
 #[test]
@@ -725,6 +781,37 @@ fn a_session_whose_renewal_was_refused_is_over_on_every_worker_without_asking_ag
     assert!(r.detail.unwrap().contains("found it over"));
     let r = respond(b.request(&Req::api("/page").cookies(&jar)));
     assert_eq!(r.status, 401, "and no call from that worker either: {r:?}");
+}
+
+/// Found by mutation testing: a request that waited for another worker's renewal, which the IdP refused,
+/// leaves a renewal made meanwhile by another request on its own worker: that worker's later requests with
+/// the old cookie go up with the new token, not as logged out.
+#[test]
+fn a_session_found_over_elsewhere_keeps_a_renewal_made_here_meanwhile() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = due(&mut a, &mut b);
+    let waiting = refresh_job(b.request(&Req::api("/page").cookies(&jar)));
+    let (_, pending) = call(a.request(&Req::api("/page").cookies(&jar)));
+    let r = respond(a.reply(pending, Some((400, br#"{"error":"invalid_grant"}"#))));
+    assert_eq!(r.status, 401);
+    let lines = flow::renewed_cookies(&a.state, &sealed_in(&jar)).unwrap();
+    assert!(lines.is_empty());
+    // Meanwhile B renews the session itself.
+    let (_, pending) = call(b.request(&Req::api("/page").cookies(&jar)));
+    let (step, new_token) = refreshed(&mut b, pending, "rt-2");
+    forward(step);
+    let now = b.now;
+    let r = respond(flow::adopt_renewal(
+        &b.cfg,
+        &mut b.state,
+        waiting,
+        &lines,
+        now,
+    ));
+    assert_eq!(r.status, 401, "{r:?}");
+    let again = forward(b.request(&Req::api("/page").cookies(&jar)));
+    assert_eq!(bearer(&again), format!("Bearer {new_token}"));
 }
 
 /// Found by a black-box test: a renewed ID token signed with a key the worker cannot fetch yet (a new `kid`
