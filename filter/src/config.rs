@@ -4886,4 +4886,340 @@ mod tests {
         assert_eq!(e.field, "client_secret", "{e}");
         assert!(e.reason.contains("must not be empty"), "{e}");
     }
+
+    /// Mutation gap (V28): a filter path with `;` is refused with a reason that names the `;`. With `;`
+    /// dropped from the plain-path check it was still refused, by the normalized-path check (which cuts
+    /// `;x` parameters from a segment), but with a reason of `//`, `.` and `..` segments the path has none
+    /// of.
+    #[test]
+    fn a_filter_path_with_a_semicolon_is_refused() {
+        use serde_json::json;
+        for field in [
+            "callback_path",
+            "login_path",
+            "logout_path",
+            "backchannel_logout_path",
+        ] {
+            let e = parse(&with(field, json!("/auth;x/in"))).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains("`;`"), "{e}");
+            let r = parse(&with(field, json!("/auth/x-in")));
+            assert!(r.is_ok(), "{field}: {:?}", r.err());
+        }
+    }
+
+    /// Mutation gap (V33): a host listed twice, in two entries or in one, in any letter case, is refused
+    /// naming the entry that lists it again (which entry serves it would be a matter of order). A name and
+    /// a wildcard that covers it are two patterns: the name wins for its host.
+    #[test]
+    fn a_host_listed_twice_is_refused_naming_the_entry() {
+        use serde_json::json;
+        let plugin = |entries| with_hosts(&json!({}), json!({}), entries);
+        for (entries, field, host) in [
+            (
+                json!([{"hosts": ["a.example.com"]}, {"hosts": ["b.example.com", "A.Example.com"]}]),
+                "hosts[1].hosts",
+                "a.example.com",
+            ),
+            (
+                json!([{"hosts": ["*.example.com", "*.example.com"]}]),
+                "hosts[0].hosts",
+                "*.example.com",
+            ),
+        ] {
+            let e = plugin(entries).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert_eq!(e.reason, format!("`{host}` is listed twice"));
+        }
+        let p =
+            plugin(json!([{"hosts": ["*.example.com"]}, {"hosts": ["a.example.com"]}])).unwrap();
+        assert_eq!(p.site_for("a.example.com"), Ok(Some(2)));
+        assert_eq!(p.site_for("b.example.com"), Ok(Some(1)));
+    }
+
+    /// Mutation gap (V36): `hosts` holds 1 to 64 entries, as its error says: 64 are taken, 65 are not,
+    /// nor an empty list or a single object.
+    #[test]
+    fn hosts_holds_1_to_64_entries() {
+        use serde_json::json;
+        let entries = |n: usize| {
+            json!(
+                (0..n)
+                    .map(|i| json!({ "hosts": [format!("h{i}.example.com")] }))
+                    .collect::<Vec<_>>()
+            )
+        };
+        let p = with_hosts(&json!({}), json!({}), entries(64)).unwrap();
+        assert_eq!(p.sites.len(), 65, "the top level's site and 64 entries");
+        for bad in [entries(65), json!([]), json!({"hosts": ["a.example.com"]})] {
+            let e = with_hosts(&json!({}), json!({}), bad).unwrap_err();
+            assert_eq!(e.field, "hosts", "{e}");
+            assert_eq!(e.reason, "a list of 1 to 64 objects");
+        }
+        // An entry that is no object, or lists no host: named by the entry.
+        for (entry, why) in [
+            (json!("a.example.com"), "each entry is an object"),
+            (
+                json!({"cookie_name": "x"}),
+                "a non-empty list of host names",
+            ),
+            (json!({"hosts": []}), "a non-empty list of host names"),
+        ] {
+            let e = with_hosts(
+                &json!({}),
+                json!({}),
+                json!([{"hosts": ["a.example.com"]}, entry]),
+            )
+            .unwrap_err();
+            assert_eq!(e.field, "hosts[1].hosts", "{e}");
+            assert!(e.reason.starts_with(why), "{e}");
+        }
+    }
+
+    /// `unmatched_hosts` is read only beside `hosts`, and takes its three values only (the errors of
+    /// [`Plugin::parse`] itself).
+    #[test]
+    fn unmatched_hosts_is_refused_without_hosts_or_with_another_value() {
+        use serde_json::json;
+        let mut m = minimal();
+        m["unmatched_hosts"] = json!("deny");
+        let e = Plugin::parse(m.to_string().as_bytes(), &no_env).unwrap_err();
+        assert_eq!(e.field, "unmatched_hosts", "{e}");
+        assert!(
+            e.reason.contains("only meaningful together with `hosts`"),
+            "{e}"
+        );
+        for bad in [json!("Deny"), json!("allow"), json!(true)] {
+            let e = with_hosts(
+                &json!({ "unmatched_hosts": bad }),
+                json!({}),
+                json!([{"hosts": ["a.example.com"]}]),
+            )
+            .unwrap_err();
+            assert_eq!(e.field, "unmatched_hosts", "{e}");
+            assert_eq!(e.reason, "`default`, `pass` or `deny`");
+        }
+        for (value, unmatched) in [
+            ("default", Unmatched::Default),
+            ("pass", Unmatched::Pass),
+            ("deny", Unmatched::Deny),
+        ] {
+            let p = with_hosts(
+                &json!({ "unmatched_hosts": value }),
+                json!({}),
+                json!([{"hosts": ["a.example.com"]}]),
+            )
+            .unwrap();
+            assert!(p.unmatched == unmatched, "{value}");
+        }
+    }
+
+    /// The two token settings ([`token_settings`]): each documented value taken, any other refused naming
+    /// the field, in a `hosts` entry naming the entry too.
+    #[test]
+    fn token_endpoint_auth_and_forward_token_take_their_values_and_refuse_others() {
+        use serde_json::json;
+        assert_eq!(
+            parse(&minimal().to_string()).unwrap().client_auth,
+            ClientAuth::Basic
+        );
+        for (v, auth) in [
+            ("client_secret_basic", ClientAuth::Basic),
+            ("client_secret_post", ClientAuth::Post),
+        ] {
+            let c = parse(&with("token_endpoint_auth", json!(v))).unwrap();
+            assert_eq!(c.client_auth, auth, "{v}");
+        }
+        for (v, token) in [
+            ("id_token", ForwardToken::IdToken),
+            ("access_token", ForwardToken::AccessToken),
+        ] {
+            let c = parse(&with("forward_token", json!(v))).unwrap();
+            assert_eq!(c.forward_token, token, "{v}");
+        }
+        for (field, bad, why) in [
+            (
+                "token_endpoint_auth",
+                "private_key_jwt",
+                "must be `client_secret_basic` or `client_secret_post`",
+            ),
+            (
+                "token_endpoint_auth",
+                "Client_Secret_Post",
+                "must be `client_secret_basic` or `client_secret_post`",
+            ),
+            (
+                "forward_token",
+                "ID_TOKEN",
+                "must be `id_token` or `access_token`",
+            ),
+        ] {
+            let e = parse(&with(field, json!(bad))).unwrap_err();
+            assert_eq!(e.field, field, "{bad}: {e}");
+            assert_eq!(e.reason, why);
+            let e = with_hosts(
+                &json!({}),
+                json!({}),
+                json!([{"hosts": ["a.example.com"], field: bad}]),
+            )
+            .unwrap_err();
+            assert_eq!(e.field, format!("hosts[0].{field}"), "{e}");
+        }
+    }
+
+    /// The errors of [`check_site_pairs`] name the entry at fault exactly: after a top-level site (site 0)
+    /// the first entry is `hosts[0]`, without one the second is `hosts[1]`.
+    #[test]
+    fn sites_of_one_cookie_name_are_refused_naming_the_entry_at_fault() {
+        use serde_json::json;
+        let after_top = |entry: serde_json::Value| {
+            let mut e = json!({"hosts": ["b.example.com"]});
+            for (k, v) in entry.as_object().unwrap() {
+                e[k] = v.clone();
+            }
+            with_hosts(&json!({"cookie_name": "s"}), json!({}), json!([e]))
+        };
+        for (entry, why) in [
+            (
+                json!({"cookie_name": "s_login_b"}),
+                "it reads as that site's login cookie",
+            ),
+            (
+                json!({"cookie_name": "s", "client_id": "other"}),
+                "`s` is used by sites of different IdP clients",
+            ),
+            (
+                json!({"cookie_name": "s", "cookie_domain": "example.com"}),
+                "sites of one cookie name must share cookie_domain",
+            ),
+        ] {
+            let e = after_top(entry.clone()).unwrap_err();
+            assert_eq!(e.field, "hosts[0].cookie_name", "{entry}: {e}");
+            assert!(e.reason.contains(why), "{entry}: {e}");
+        }
+        after_top(json!({"cookie_name": "s"})).unwrap();
+        // No top-level site: the second entry of the two is named.
+        let idp = "https://idp.example.com";
+        let e = with_hosts(
+            &json!({"issuer": null}),
+            json!({}),
+            json!([{"hosts": ["a.example.com"], "issuer": idp, "cookie_name": "s"},
+                {"hosts": ["b.example.com"], "issuer": idp, "cookie_name": "s_login_a"}]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "hosts[1].cookie_name", "{e}");
+        assert!(e.reason.contains("login cookie"), "{e}");
+    }
+
+    /// The `redirect_uri` errors of [`check_redirect_takers`] and of an entry's own checks name the entry,
+    /// and say when its value came from the top level.
+    #[test]
+    fn a_redirect_uri_error_names_the_entry_and_says_whether_it_was_inherited() {
+        use serde_json::json;
+        // Inherited by hosts[0], whose site does not serve its host: hosts[1] does.
+        let e = with_hosts(
+            &json!({"cookie_domain": "example.com", "unmatched_hosts": "deny"}),
+            json!({"redirect_uri": "https://auth.example.com/cb"}),
+            json!([{"hosts": ["grafana.example.com"]}, {"hosts": ["auth.example.com"]}]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "hosts[0].redirect_uri", "{e}");
+        assert!(e.reason.contains("is served by `hosts[1]`"), "{e}");
+        assert!(e.reason.ends_with(" (inherited from the top level)"), "{e}");
+        // Its own beside the top level's: no word of inheriting.
+        let e = with_hosts(
+            &json!({"cookie_domain": "example.com", "unmatched_hosts": "deny"}),
+            json!({"redirect_uri": "https://auth.example.com/cb"}),
+            json!([{"hosts": ["grafana.example.com"], "redirect_uri": "https://auth.example.com/g"},
+                {"hosts": ["auth.example.com"]}]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "hosts[0].redirect_uri", "{e}");
+        assert!(e.reason.contains("is served by `hosts[1]`"), "{e}");
+        assert!(!e.reason.contains("inherited"), "{e}");
+        // Its own, without a top-level site: no word of inheriting.
+        let idp = "https://idp.example.com";
+        let e = with_hosts(
+            &json!({"issuer": null, "cookie_domain": "example.com"}),
+            json!({}),
+            json!([{"hosts": ["grafana.example.com"], "issuer": idp,
+                    "redirect_uri": "https://auth.example.com/cb"},
+                {"hosts": ["auth.example.com"], "issuer": idp}]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "hosts[0].redirect_uri", "{e}");
+        assert!(e.reason.contains("is served by `hosts[1]`"), "{e}");
+        assert!(!e.reason.contains("inherited"), "{e}");
+        // An entry's own check of an inherited redirect_uri names what it inherited.
+        let e = with_hosts(
+            &json!({}),
+            json!({"redirect_uri": "https://app.example.com/top/cb"}),
+            json!([{"hosts": ["*.example.com"]}]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "hosts[0].redirect_uri", "{e}");
+        assert!(
+            e.reason
+                .ends_with(" (`redirect_uri` inherited from the top level)"),
+            "{e}"
+        );
+        let e = with_hosts(
+            &json!({}),
+            json!({"redirect_uri": "https://app.example.com/top/cb"}),
+            json!([{"hosts": ["*.example.com"], "redirect_uri": "https://app.example.com/cb"}]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "hosts[0].redirect_uri", "{e}");
+        assert!(!e.reason.contains("inherited"), "{e}");
+    }
+
+    /// The errors of [`open_paths`] and [`claims_kept`] in a `hosts` entry: named by the entry when the
+    /// field is its own, by the top level's field, saying which entry inherits it, when it is not.
+    #[test]
+    fn an_entry_s_path_and_claim_errors_name_the_entry_or_the_inherited_field() {
+        use serde_json::json;
+        let rules = json!([{"path_prefix": "/public/admin",
+            "rule": {"claim": "groups", "contains_any": ["admins"]}}]);
+        let inherited = "(at the top level, inherited by hosts[0]: that value, or that entry's own fields with it)";
+        for (top, entry, field, why) in [
+            (
+                json!({"bypass_paths": ["/public"]}),
+                json!({"claim_rules": rules}),
+                "hosts[0].claim_rules",
+                "is under bypass path `/public`",
+            ),
+            (
+                json!({"claim_rules": rules}),
+                json!({"bypass_paths": ["/public"]}),
+                "claim_rules",
+                inherited,
+            ),
+            (
+                json!({}),
+                json!({"access_token_header": "X-Auth-Request-User"}),
+                "hosts[0].access_token_header",
+                "cannot carry the access token",
+            ),
+            (
+                json!({}),
+                json!({"backchannel_logout_path": "/login"}),
+                "hosts[0].backchannel_logout_path",
+                "must differ from the other paths",
+            ),
+            (
+                json!({"backchannel_logout_path": "/signin"}),
+                json!({"login_path": "/signin"}),
+                "backchannel_logout_path",
+                inherited,
+            ),
+        ] {
+            let mut e1 = json!({"hosts": ["a.example.com"]});
+            for (k, v) in entry.as_object().unwrap() {
+                e1[k] = v.clone();
+            }
+            let e = with_hosts(&json!({}), top.clone(), json!([e1])).unwrap_err();
+            assert_eq!(e.field, field, "{top} {entry}: {e}");
+            assert!(e.reason.contains(why), "{top} {entry}: {e}");
+        }
+    }
 }
