@@ -40,8 +40,8 @@ fn share_if_ended(cfg: &Config, state: &mut State) {
 /// to a tick old, so the copies of several workers could each fill up, and their union pushed other
 /// users' logouts out).
 fn share_revoked(cfg: &Config, state: &mut State) {
-    let back_channel = share_part(&revocation_key(cfg), state, Revocations::merged_shared);
-    let logouts = share_part(&logouts_key(cfg), state, Revocations::merged_shared_logouts);
+    let back_channel = share_part(&revocation_key(cfg), state, false);
+    let logouts = share_part(&logouts_key(cfg), state, true);
     if back_channel && logouts {
         return;
     }
@@ -51,18 +51,19 @@ fn share_revoked(cfg: &Config, state: &mut State) {
     );
 }
 
-type Merge = fn(Option<&[u8]>, &Revocations, u64) -> Option<(Vec<u8>, Revocations)>;
-
-/// Writes one part of the list under `key`, merged into what is there; true when it is there (also
+/// Writes one part of the list (`logouts`: the `/logout`s', [`Revocations::merged_shared`]) under `key`,
+/// merged into what is there; true when it is there (also
 /// when nothing changed: then nothing is written, and no worker decodes it again).
-fn share_part(key: &str, state: &mut State, merge: Merge) -> bool {
+fn share_part(key: &str, state: &mut State, logouts: bool) -> bool {
     // Compare-and-swap, so two workers recording at once don't lose each other's entry.
     for _ in 0..8 {
         // Unreadable: writing without its compare would drop the other workers' entries.
         let Ok((bytes, cas)) = host::get_shared_data(key) else {
             break;
         };
-        let Some((merged, all)) = merge(bytes.as_deref(), &state.revoked, now()) else {
+        let Some((merged, all)) =
+            Revocations::merged_shared(bytes.as_deref(), &state.revoked, now(), logouts)
+        else {
             break;
         };
         if bytes.as_deref() == Some(merged.as_slice())

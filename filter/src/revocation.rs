@@ -274,31 +274,14 @@ impl Revocations {
         w.finish()
     }
 
-    /// The shared list of back-channel logouts `shared` with `local` merged in and what has lapsed by
-    /// `now` pruned, encoded, and the whole list so merged (`local` and what `shared` holds): the worker's
-    /// list once the bytes are written. `None` when `shared` is of a later format than this build writes.
-    /// Found in review: such a list (a newer build's, running beside this one through an upgrade) read
-    /// as empty, and the next logout here overwrote it: the logouts recorded in it were lost, and those
-    /// sessions opened again. It is left alone; an older or unreadable one is replaced.
+    /// One part of the shared list (the back-channel logouts and the users' entries, or with `logouts`
+    /// the `/logout`s: [`Revocations::encode_part`]), `shared`, with `local` merged in and what has lapsed
+    /// by `now` pruned, encoded, and the whole list so merged (`local` and what `shared` holds): the
+    /// worker's list once the bytes are written. `None` when `shared` is of a later format than this build
+    /// writes. Found in review: such a list (a newer build's, running beside this one through an upgrade)
+    /// read as empty, and the next logout here overwrote it: the logouts recorded in it were lost, and
+    /// those sessions opened again. It is left alone; an older or unreadable one is replaced.
     pub fn merged_shared(
-        shared: Option<&[u8]>,
-        local: &Revocations,
-        now: u64,
-    ) -> Option<(Vec<u8>, Revocations)> {
-        Self::merged_part(shared, local, now, false)
-    }
-
-    /// As [`Revocations::merged_shared`], for the list of `/logout`s.
-    pub fn merged_shared_logouts(
-        shared: Option<&[u8]>,
-        local: &Revocations,
-        now: u64,
-    ) -> Option<(Vec<u8>, Revocations)> {
-        Self::merged_part(shared, local, now, true)
-    }
-
-    /// [`Revocations::merged_shared`] for one part ([`Revocations::encode_part`]).
-    fn merged_part(
         shared: Option<&[u8]>,
         local: &Revocations,
         now: u64,
@@ -429,7 +412,8 @@ mod tests {
         let mut other = Revocations::default();
         other.add(&logout(Some("s2"), None, 100), 100, 3600);
         // Ours: merged.
-        let (merged, _) = Revocations::merged_shared(Some(&other.encode()), &local, 200).unwrap();
+        let (merged, _) =
+            Revocations::merged_shared(Some(&other.encode()), &local, 200, false).unwrap();
         let merged = Revocations::decode(&merged);
         assert!(
             merged.is_revoked(Some("s1"), "u", 50, &["-"])
@@ -438,14 +422,19 @@ mod tests {
         // A later format: not overwritten.
         let mut later = other.encode();
         later[0] = VERSION + 1;
-        assert_eq!(Revocations::merged_shared(Some(&later), &local, 200), None);
+        assert_eq!(
+            Revocations::merged_shared(Some(&later), &local, 200, false),
+            None
+        );
         // Unreadable, of an older format (format 1 was JSON), or none: replaced by ours.
         for shared in [
             None,
             Some(&b"{\"sids\":[]}"[..]),
             Some(&[VERSION, 0xff][..]),
         ] {
-            let ours = Revocations::merged_shared(shared, &local, 200).unwrap().0;
+            let ours = Revocations::merged_shared(shared, &local, 200, false)
+                .unwrap()
+                .0;
             assert_eq!(ours, local.encode(), "{shared:?}");
         }
     }
@@ -469,7 +458,7 @@ mod tests {
         assert!(
             r.is_revoked(Some("s1"), "x", 4000, &["-"]) && r.is_revoked(None, "u1", 100, &["-"])
         );
-        let merged = Revocations::merged_shared(Some(&old), &Revocations::default(), 200)
+        let merged = Revocations::merged_shared(Some(&old), &Revocations::default(), 200, false)
             .unwrap()
             .0;
         // Still format 2, for the build before: no entry carries a date.
@@ -768,8 +757,10 @@ mod tests {
         // Each worker writes its copy into the shared list in turn (`merged_shared`).
         let (mut back, mut logouts) = bytes;
         for w in &workers {
-            back = Revocations::merged_shared(Some(&back), w, 60).unwrap().0;
-            logouts = Revocations::merged_shared_logouts(Some(&logouts), w, 60)
+            back = Revocations::merged_shared(Some(&back), w, 60, false)
+                .unwrap()
+                .0;
+            logouts = Revocations::merged_shared(Some(&logouts), w, 60, true)
                 .unwrap()
                 .0;
         }
@@ -796,7 +787,7 @@ mod tests {
         let bytes = r.encode_logouts();
         assert_eq!(bytes.first(), Some(&LOGOUTS_VERSION));
         let (merged, _) =
-            Revocations::merged_shared_logouts(Some(&bytes), &Revocations::default(), 1000)
+            Revocations::merged_shared(Some(&bytes), &Revocations::default(), 1000, true)
                 .expect("its own format");
         let merged = Revocations::decode(&merged);
         assert!(
@@ -838,7 +829,7 @@ mod tests {
         r.add(&logout(None, Some("u-old"), 100), 100, 50);
         r.add(&logout(Some("s"), None, 1500), 1500, 3600);
         let (merged, _) =
-            Revocations::merged_shared(Some(&r.encode()), &Revocations::default(), 1000)
+            Revocations::merged_shared(Some(&r.encode()), &Revocations::default(), 1000, false)
                 .expect("its own format");
         let merged = Revocations::decode(&merged);
         assert!(merged.is_revoked(Some("s"), "x", 1, &["-"]));
