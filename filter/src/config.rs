@@ -961,7 +961,6 @@ impl Plugin {
         } else {
             None
         };
-        let top_issuer = top.get("issuer").cloned();
         // A top level that names no IdP is checked as a site of the first entry's IdP client, after the
         // entries: a value there that every entry overrides is still a mistake (found in review: six
         // invalid values were taken unread).
@@ -986,15 +985,7 @@ impl Plugin {
         let mut seen_hosts: Vec<String> = Vec::new();
         let mut inherits_redirect: Vec<bool> = Vec::new();
         for (i, entry) in entries.into_iter().enumerate() {
-            let (site, inherits) = entry_site(
-                i,
-                entry,
-                &top,
-                top_issuer.as_ref(),
-                env,
-                &mut seen_hosts,
-                &mut inline,
-            )?;
+            let (site, inherits) = entry_site(i, entry, &top, env, &mut seen_hosts, &mut inline)?;
             inherits_redirect.push(inherits);
             sites.push(site);
         }
@@ -1268,7 +1259,6 @@ fn entry_site(
     i: usize,
     entry: Value,
     top: &Object,
-    top_issuer: Option<&Value>,
     env: &dyn Fn(&str) -> Option<String>,
     seen_hosts: &mut Vec<String>,
     inline: &mut Vec<String>,
@@ -1355,9 +1345,9 @@ fn entry_site(
     // An entry with an IdP of its own is reached through its own cluster (set, or derived from its
     // issuer), never through the one the top level names for another IdP. A top level that names
     // no IdP names the cluster for its entries' (found in review: it was dropped).
-    let other_idp = top_issuer
-        .as_ref()
-        .is_some_and(|t| entry.get("issuer").is_some_and(|i| i != *t))
+    let other_idp = top
+        .get("issuer")
+        .is_some_and(|t| entry.get("issuer").is_some_and(|i| i != t))
         && !entry.contains_key("idp_cluster");
     let mut merged = top.clone();
     if other_idp {
@@ -4855,12 +4845,7 @@ mod tests {
         let e = parse(&with("identity_headers", json!({"x-user": ""}))).unwrap_err();
         assert_eq!(e.field, "identity_headers", "{e}");
         assert!(e.reason.contains("names no claim"), "{e}");
-        for field in [
-            "login_path",
-            "logout_path",
-            "callback_path",
-            "backchannel_logout_path",
-        ] {
+        for field in FILTER_PATHS {
             let e = parse(&with(field, json!("//evil.example.com"))).unwrap_err();
             assert_eq!(e.field, field, "{e}");
             // Nor the site's home page.
@@ -4887,6 +4872,14 @@ mod tests {
         assert!(e.reason.contains("must not be empty"), "{e}");
     }
 
+    /// The filter's own paths, each checked by [`path`].
+    const FILTER_PATHS: [&str; 4] = [
+        "callback_path",
+        "login_path",
+        "logout_path",
+        "backchannel_logout_path",
+    ];
+
     /// Mutation gap (V28): a filter path with `;` is refused with a reason that names the `;`. With `;`
     /// dropped from the plain-path check it was still refused, by the normalized-path check (which cuts
     /// `;x` parameters from a segment), but with a reason of `//`, `.` and `..` segments the path has none
@@ -4894,12 +4887,7 @@ mod tests {
     #[test]
     fn a_filter_path_with_a_semicolon_is_refused() {
         use serde_json::json;
-        for field in [
-            "callback_path",
-            "login_path",
-            "logout_path",
-            "backchannel_logout_path",
-        ] {
+        for field in FILTER_PATHS {
             let e = parse(&with(field, json!("/auth;x/in"))).unwrap_err();
             assert_eq!(e.field, field, "{e}");
             assert!(e.reason.contains("`;`"), "{e}");

@@ -18,6 +18,18 @@ fn due(a: &mut Filter, b: &mut Filter) -> (Jar, String) {
     (jar, id_token)
 }
 
+/// As [`due`], for a session that forwards the login's opaque access token: logged in on worker A, the
+/// first request after the login on both workers (the token lives 300 s from then, due 60 s before it
+/// expires), then 50 s before it expires.
+fn access_token_due(a: &mut Filter, b: &mut Filter) -> (Jar, String) {
+    let (jar, id_token) = log_in(a, Some("rt-1"));
+    forward(a.request(&Req::api("/x").cookies(&jar)));
+    forward(b.request(&Req::api("/x").cookies(&jar)));
+    a.now = NOW + 250;
+    b.now = a.now;
+    (jar, id_token)
+}
+
 /// The session cookie `jar` holds, as sealed (its chunks joined).
 fn sealed_in(jar: &Jar) -> String {
     oidc_filter::session::join(&jar.header(), "_oidc_session")
@@ -140,7 +152,7 @@ fn an_adopted_renewal_of_the_same_id_token_with_a_new_access_token_is_renewed_wh
     );
 }
 
-/// Logs in on worker A (an opaque access token for 300 s, seen by both workers at once), renews on A 50 s
+/// [`access_token_due`] on workers A and B, then a renewal on A 50 s
 /// before the token expires with `tokens` (given the login's ID token) and a new refresh token, for the
 /// 50 s left, and has worker B adopt that renewal: B's request with the old cookie as the token expires
 /// asks the IdP, with the new refresh token.
@@ -149,12 +161,8 @@ fn renewed_as_it_expires_after_adopting(
     tokens: impl FnOnce(&str) -> serde_json::Value,
 ) {
     let (mut a, mut b) = (Filter::ready(cfg()), Filter::ready(cfg()));
-    let (jar, id_token) = log_in(&mut a, Some("rt-1"));
+    let (jar, id_token) = access_token_due(&mut a, &mut b);
     let sealed = sealed_in(&jar);
-    forward(a.request(&Req::api("/x").cookies(&jar)));
-    forward(b.request(&Req::api("/x").cookies(&jar)));
-    a.now = NOW + 250;
-    b.now = a.now;
     let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
     let mut body = tokens(&id_token);
     body["token_type"] = "Bearer".into();
@@ -350,14 +358,8 @@ fn an_adopted_renewal_without_an_id_token_is_renewed_again_when_due() {
     let extra = serde_json::json!({"forward_token": "access_token"});
     let mut a = Filter::ready(config(extra.clone()));
     let mut b = Filter::ready(config(extra));
-    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    let (jar, _) = access_token_due(&mut a, &mut b);
     let sealed = sealed_in(&jar);
-    // The first request after the login: the login's opaque access token lives 300 s from then, due 60 s
-    // before it expires.
-    forward(a.request(&Req::api("/x").cookies(&jar)));
-    forward(b.request(&Req::api("/x").cookies(&jar)));
-    a.now = NOW + 250;
-    b.now = a.now;
     let (_, pending) = call(a.request(&Req::api("/x").cookies(&jar)));
     let body = serde_json::json!({"access_token": "access-2", "token_type": "Bearer",
                                   "expires_in": 300, "refresh_token": "rt-2"});
