@@ -1388,7 +1388,7 @@ impl Http {
         };
         let mut done = remove_request_header("authorization") & remove_request_header("cookie");
         for (name, _) in &cfg.identity_headers {
-            done &= set_identity_header(Some(headers), name, None);
+            done &= set_identity_header(headers, name, None);
         }
         done
     }
@@ -1397,15 +1397,15 @@ impl Http {
     fn unmatched(&self, plugin: &Plugin, headers: &HeaderBlock) -> Action {
         match plugin.unmatched {
             Unmatched::Pass => {
-                // No site's cookie is a credential for this host's app.
-                let mut done = true;
+                // No site's cookie is a credential for this host's app, and no client's header its user.
+                let mut done = strip_never_from_client(headers);
                 if let Some(edit) = headers.cookie().and_then(|c| plugin.strip_all_cookies(&c)) {
                     done &= host::set_header(Headers::Request, "cookie", edit.as_deref()).is_ok();
                 }
                 // Each site's list holds every name any site sets (`config`): the first's is all.
                 if let Some(cfg) = plugin.sites.first() {
                     for (name, _) in &cfg.identity_headers {
-                        done &= set_identity_header(Some(headers), name, None);
+                        done &= set_identity_header(headers, name, None);
                     }
                 }
                 if !done {
@@ -1451,26 +1451,30 @@ fn respond(status: u32, headers: &[(&str, Cow<'_, str>)], body: &[u8]) {
     let _ = host::send_response(status, &headers::encode_pairs(headers), body);
 }
 
-/// Headers by which some apps take the path they serve instead of the request's (IIS URL Rewrite;
-/// Symfony and Zend Framework before their fix of CVE-2018-14773): removed from every request the filter
-/// sends on, with their copies spelled with `_`, so that the app serves the path the filter judged
-/// (found in review: `GET /healthz` with `X-Original-URL: /admin` reached such an app's `/admin` without
-/// a login). A request that carries neither costs two bit tests, or a walk of its header block where
-/// the bits alias (as they do for a browser's usual request), and no host call.
-const PATH_OVERRIDES: [&str; 2] = ["x-original-url", "x-rewrite-url"];
-/// Their bits in a header block, to pass a request that carries neither with two tests.
-const PATH_OVERRIDE_BITS: (u64, u64) = headers::carry_bits(&PATH_OVERRIDES);
+/// Removes the [`headers::NEVER_FROM_CLIENT`] headers the request carries: none, for a request that
+/// carries none, at no cost beyond what `parse` noted. False when the host refused a change.
+fn strip_never_from_client(headers: &HeaderBlock) -> bool {
+    let mut done = true;
+    if headers.carries_never_from_client() {
+        for name in headers::NEVER_FROM_CLIENT {
+            if headers.may_carry(name) {
+                done &= set_identity_header(headers, name, None);
+            }
+        }
+    }
+    done
+}
 
 /// Sets identity header `name` to `value` (`None`: removes it), and removes its copies spelled with `_`,
-/// which some apps read as `name`; `headers`, when at hand, spares host calls for what the request does
-/// not carry. False when the host refused a change.
-fn set_identity_header(headers: Option<&HeaderBlock>, name: &str, value: Option<&str>) -> bool {
+/// which some apps read as `name`; the request's `headers` spare host calls for what it does not carry.
+/// False when the host refused a change.
+fn set_identity_header(headers: &HeaderBlock, name: &str, value: Option<&str>) -> bool {
     let mut done = true;
-    if value.is_some() || headers.is_none_or(|h| h.contains(name)) {
+    if value.is_some() || headers.contains(name) {
         done &= host::set_header(Headers::Request, name, value).is_ok();
     }
-    if let Some(h) = headers.filter(|h| h.may_carry(name)) {
-        for other in h.other_spellings(name) {
+    if headers.may_carry(name) {
+        for other in headers.other_spellings(name) {
             done &= remove_request_header(other);
         }
     }
@@ -1501,22 +1505,23 @@ fn apply(
     match step {
         Step::Forward(f) => {
             // A request resumed after a callout or a renewal comes without its headers: read them, or
-            // the identity headers' copies spelled with `_` would pass.
+            // the copies spelled with `_` of the headers stripped below would pass.
             let read;
             let headers = match headers {
-                None if f.identity.is_some() => {
+                Some(h) => h,
+                None => {
                     read = request_headers();
-                    // A failed read would hide those copies: refused, not sent on with them.
+                    // A failed read would hide them: refused, not sent on with them.
                     if read.is_empty() {
                         return Ok(refused());
                     }
-                    Some(&read)
+                    &read
                 }
-                h => h,
             };
             // Every change must take: a client's own header left in place could stand for a user, and
-            // the filter's cookies must not reach the app.
-            let mut done = true;
+            // the filter's cookies must not reach the app. The headers no client may send go first, so
+            // that one `identity_headers` names is set after.
+            let mut done = strip_never_from_client(headers);
             if let Some(auth) = &f.authorization {
                 done &= host::set_header(Headers::Request, "authorization", Some(auth.expose()))
                     .is_ok();
@@ -1527,13 +1532,6 @@ fn apply(
             if let Some(identity) = &f.identity {
                 for (name, value) in identity.iter() {
                     done &= set_identity_header(headers, name, value.as_ref().map(Secret::expose));
-                }
-            }
-            if headers.is_none_or(|h| {
-                h.may_carry_any(PATH_OVERRIDE_BITS) && h.carries_any(&PATH_OVERRIDES)
-            }) {
-                for name in PATH_OVERRIDES {
-                    done &= set_identity_header(headers, name, None);
                 }
             }
             if !done {
@@ -1759,8 +1757,13 @@ impl Throttled for Throttle {
 /// A cluster missing from the proxy fails every refresh: one warning per 10 s.
 static CALL_FAILED: Throttle = Throttle::new(10, 1);
 /// Anyone can send failing callbacks, and an outage fails every expired session's requests: at most 20
-/// lines a second each, for the warnings and for the info lines apart.
-static CALLBACK_FAILED: [Throttle; 2] = [Throttle::new(1, 20), Throttle::new(1, 20)];
+/// lines a second each, for the warnings and for the info lines apart, and a third for the once-per-worker
+/// warning a `Reply` asks for (`warn`: an IdP's error that is the deployment's).
+static CALLBACK_FAILED: [Throttle; 3] = [
+    Throttle::new(1, 20),
+    Throttle::new(1, 20),
+    Throttle::new(1, 20),
+];
 /// For refresh failures a third: the once-per-worker warning a `Reply` asks for (`warn`), which a flood of
 /// the others must not crowd out.
 static REFRESH_FAILED: [Throttle; 3] = [

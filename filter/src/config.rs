@@ -2028,6 +2028,14 @@ fn authorization_params_from(
                 _ => return Err(err(FIELD, "`max_age` is a whole number of seconds")),
             }
         }
+        // `none` forbids the IdP any page: a user not logged in there yet is answered `login_required`
+        // at every login (found by a black-box test: taken, and such users never got in).
+        if k.eq_ignore_ascii_case("prompt") && v.split(' ').any(|p| p == "none") {
+            return Err(err(
+                FIELD,
+                "`prompt` `none` refuses every user not yet logged in at the IdP",
+            ));
+        }
     }
     Ok((params, max_age))
 }
@@ -3738,6 +3746,14 @@ mod tests {
             (
                 serde_json::json!({"response_mode": "form_post"}),
                 "`response_mode` is the filter's",
+            ),
+            (
+                serde_json::json!({"prompt": "none"}),
+                "`prompt` `none` refuses every user",
+            ),
+            (
+                serde_json::json!({"Prompt": "consent none"}),
+                "`prompt` `none` refuses every user",
             ),
             (
                 serde_json::json!({"redirect_uri": "https://evil/"}),

@@ -131,11 +131,11 @@ pub struct Reply {
     pub body: Cow<'static, str>,
     pub metric: Option<Metric>,
     /// Why, for the operator's log line with a failed login or refresh: our own words and codes (no
-    /// token, code, secret or request data).
+    /// token, code, secret or request data but the IdP's error and its cleaned description).
     pub detail: Option<String>,
     /// Log the line at warning whatever the status: the deployment's to mend, though the request is
-    /// answered as its own fault. Once per site and worker, with a log budget of its own (only for
-    /// [`Metric::RefreshFailed`], the one failure that sets it).
+    /// answered as its own fault. Once per site and worker, with a log budget of its own (for
+    /// [`Metric::RefreshFailed`] and [`Metric::CallbackFailed`], the failures that set it).
     pub warn: bool,
 }
 
@@ -396,6 +396,8 @@ pub struct State {
     pub idp_answered: bool,
     /// A refresh answer without an ID token ended a session here, and the log said so at warning.
     pub told_no_id_token: bool,
+    /// An error the IdP answered a login with, not the user's doing, and the log said so at warning.
+    pub told_idp_error: bool,
 }
 
 /// A session whose renewals met outages on this worker: a hash of its cookie ([`RefreshJob::who`]), when
@@ -1772,11 +1774,13 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
     let mut code = None;
     let mut st = None;
     let mut error = None;
+    let mut description = None;
     for (k, v) in form::parse(query.as_bytes()) {
         let slot = match k.as_str() {
             "code" => &mut code,
             "state" => &mut st,
             "error" => &mut error,
+            "error_description" => &mut description,
             _ => continue,
         };
         if slot.is_some() {
@@ -1802,11 +1806,12 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
         let e = form::keep_ascii(&e, 64, |b| b.is_ascii_alphanumeric() || b == b'_');
         // Towards where the login was going, when this browser's login cookie is the one the IdP
         // answers (found by a black-box test: a user who pressed Cancel at the IdP started again at `/`).
-        let again = cookies::get(&cookie_header, &login_cookie)
+        let ours = cookies::get(&cookie_header, &login_cookie)
             .and_then(|sealed| cfg.keys.open(&login_cookie, sealed).ok())
             .and_then(|p| LoginState::decode(&p).ok())
-            .filter(|l| constant_time_eq(l.state.expose().as_bytes(), st.as_bytes()))
-            .map_or_else(|| "/".into(), |l| start_again(cfg, &l.rd));
+            .filter(|l| constant_time_eq(l.state.expose().as_bytes(), st.as_bytes()));
+        let warn = ours.is_some() && !USER_ERRORS.contains(&e.as_str());
+        let again = ours.map_or_else(|| "/".into(), |l| start_again(cfg, &l.rd));
         // The page names only the errors RFC 6749 4.1.2.1 and OpenID Connect Core 3.1.2.6 define: anyone
         // can send a link to the callback, and other words there would read as the site's (found by a
         // black-box test: "Your_account_is_locked_call_support_at_…"). The log line has it all.
@@ -1815,14 +1820,33 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
         } else {
             "The identity provider did not log you in.".into()
         };
-        return error_page(
+        // The IdP's reason, in the log line only (the IdP's `error_description`, cleaned as a token
+        // endpoint's): often the only place that names the setting to change.
+        let detail = match description.as_deref().map(crate::oidc::token::describe) {
+            Some(d) if !d.is_empty() => format!("the IdP answered error={e}, \"{d}\""),
+            _ => format!("the IdP answered error={e}"),
+        };
+        let mut step = error_page(
             400,
             CallbackFailure::IdpError,
             &page,
-            Some(format!("the IdP answered error={e}")),
+            Some(detail),
             clear,
             &again,
         );
+        // An error that is not the user's (who cancelled, or must log in at the IdP first), answering
+        // this browser's own login: the deployment's to mend (a client the IdP requires pushed or
+        // signed authorization requests from, a scope it does not know), so the first on this worker
+        // goes at warning, where istio-proxy logs by default (found by a black-box test: every user
+        // got this page and the log said nothing at that level).
+        if warn
+            && !state.told_idp_error
+            && let Step::Respond(r) = &mut step
+        {
+            r.warn = true;
+            state.told_idp_error = true;
+        }
+        return step;
     }
     let Some(code) = code.filter(|c| !c.is_empty() && c.len() <= MAX_CODE) else {
         return bad_callback(
@@ -3685,6 +3709,17 @@ fn gateway_error(
 ) -> Step {
     error_page(status, reason, msg, Some(detail), clear, again)
 }
+
+/// The errors of an authorization response that the user's doing or the IdP's moment explains: the user
+/// said no or must log in (or choose, or consent) at the IdP first, or the IdP is busy.
+const USER_ERRORS: [&str; 6] = [
+    "access_denied",
+    "interaction_required",
+    "login_required",
+    "account_selection_required",
+    "consent_required",
+    "temporarily_unavailable",
+];
 
 /// The error codes of an authorization response (RFC 6749 4.1.2.1, OpenID Connect Core 3.1.2.6).
 const IDP_ERRORS: [&str; 16] = [

@@ -200,6 +200,23 @@ impl ProviderState {
             notes
                 .push("code_challenge_methods_supported lacks `S256`: logins may fail".to_string());
         }
+        // Found by a black-box test: with either, every user got the 400 page and the gateway's log
+        // said nothing at its default level.
+        if meta.requires_par {
+            notes.push(
+                "require_pushed_authorization_requests is true: the filter does not push its \
+                 authorization requests (RFC 9126), so the IdP refuses every login; turn the \
+                 requirement off"
+                    .to_string(),
+            );
+        }
+        if meta.requires_request_object {
+            notes.push(
+                "require_signed_request_object is true: the filter sends no request objects (RFC \
+                 9101), so the IdP refuses every login; turn the requirement off"
+                    .to_string(),
+            );
+        }
         notes
     }
 
@@ -330,6 +347,41 @@ mod tests {
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert!(notes[0].contains("`client_secret_basic`"), "{notes:?}");
         assert!(notes[1].contains("S256"), "{notes:?}");
+    }
+
+    /// An IdP that takes only pushed authorization requests or signed request objects refuses every
+    /// login the filter starts: said when the document loads (found by a black-box test: nothing at
+    /// istio-proxy's default log level said why every user got the 400 page). Only `true` requires.
+    #[test]
+    fn discovery_notes_name_a_requirement_of_pushed_requests_or_request_objects() {
+        let cfg = cfg();
+        let with = |extra: &str| {
+            let mut p = ProviderState::default();
+            let doc = DISCOVERY.replacen('{', &format!("{{{extra},"), 1);
+            p.on_reply(&cfg, Fetch::Discovery, Some((200, doc.as_bytes())), NOW)
+                .unwrap();
+            p.discovery_notes(&cfg)
+        };
+        let notes = with(r#""require_pushed_authorization_requests": true"#);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with("require_pushed_authorization_requests is true"),
+            "{notes:?}"
+        );
+        let notes = with(r#""require_signed_request_object": true"#);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with("require_signed_request_object is true"),
+            "{notes:?}"
+        );
+        for not_required in [
+            r#""require_pushed_authorization_requests": false"#,
+            r#""require_signed_request_object": false"#,
+            r#""require_pushed_authorization_requests": "true""#,
+            r#""require_signed_request_object": null"#,
+        ] {
+            assert_eq!(with(not_required), Vec::<String>::new(), "{not_required}");
+        }
     }
 
     /// What `poll` fetches at `now`, if anything.

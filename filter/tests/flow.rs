@@ -1251,6 +1251,71 @@ fn an_idp_error_is_logged_with_its_code() {
     );
 }
 
+/// Found by a black-box test: an IdP that requires pushed or signed authorization requests of the client
+/// answered every login `invalid_request`, and the gateway's log said nothing at istio-proxy's default
+/// level, nor the IdP's reason at any. An error that is not the user's doing, answering this browser's own
+/// login, is a warning the first time on the worker; every line carries the IdP's description, cleaned.
+#[test]
+fn an_idp_error_that_is_the_deployment_s_is_a_warning_once_with_its_description() {
+    let mut f = ready();
+    let callback = |f: &mut Filter, error: &str, with_cookie: bool| {
+        let l = start_login(f, "");
+        let q = format!(
+            "/oauth2/callback?error={error}&error_description=Pushed%20Authorization%20Request%20must%20be%20used&state={}",
+            l.state
+        );
+        let req = Req::browser(&q);
+        let req = if with_cookie {
+            req.with("cookie", &l.cookie())
+        } else {
+            req
+        };
+        let r = respond(f.request(&req));
+        assert_callback_failed(&r, 400, CallbackFailure::IdpError);
+        assert_eq!(
+            r.detail.as_deref(),
+            Some(
+                format!(
+                    "the IdP answered error={error}, \"Pushed Authorization Request must be used\""
+                )
+                .as_str()
+            )
+        );
+        r.warn
+    };
+    // The user's doing, or the IdP's moment: at info, as anyone can send them.
+    for error in [
+        "access_denied",
+        "interaction_required",
+        "login_required",
+        "account_selection_required",
+        "consent_required",
+        "temporarily_unavailable",
+    ] {
+        assert!(!callback(&mut f, error, true), "{error}");
+    }
+    // Without this browser's login cookie: anyone's link.
+    assert!(!callback(&mut f, "invalid_request", false));
+    // The deployment's: once at warning, then at info.
+    assert!(callback(&mut f, "invalid_request", true));
+    assert!(!callback(&mut f, "invalid_request", true));
+    assert!(!callback(&mut f, "unauthorized_client", true));
+    let mut f = ready();
+    assert!(callback(&mut f, "invalid_scope", true));
+    // The description as a log line may show it: quotes, backslashes and controls cleaned, at most
+    // what a token endpoint's may be.
+    let l = start_login(&mut f, "");
+    let q = format!(
+        "/oauth2/callback?error=server_error&error_description=%20a%22b%5Cc%0Ad%20&state={}",
+        l.state
+    );
+    let r = respond(f.request(&Req::browser(&q).with("cookie", &l.cookie())));
+    assert_eq!(
+        r.detail.as_deref(),
+        Some("the IdP answered error=server_error, \"a?b?c?d\"")
+    );
+}
+
 #[test]
 fn callback_with_a_tampered_login_cookie_is_400() {
     let mut f = ready();

@@ -388,10 +388,16 @@ fn hosts_match_exactly_or_by_wildcard_and_the_rest_get_the_configured_default() 
 
     // unmatched_hosts: pass - the app answers, with no login and none of a client's identity headers.
     let open = site("open");
-    let spoof: Vec<(&str, &str)> = IDENTITY_HEADERS.iter().map(|h| (*h, "admin")).collect();
+    // Nor oauth2-proxy's other names, which no site sets here.
+    let others = ["x-forwarded-user", "x-forwarded-email", "x-original-url"];
+    let spoof: Vec<(&str, &str)> = IDENTITY_HEADERS
+        .iter()
+        .chain(&others)
+        .map(|h| (*h, "admin"))
+        .collect();
     let e = echo(&Browser::new(), &open.host_url(OTHER, "/anything"), &spoof);
     assert_eq!(e["path"], "/anything");
-    for h in IDENTITY_HEADERS {
+    for h in IDENTITY_HEADERS.iter().chain(&others) {
         assert!(e["headers"].get(h).is_none(), "{h} passed: {e}");
     }
     assert_login_redirect(&Browser::new().get(&open.host_url(WIKI, "/")).unwrap());

@@ -5,6 +5,8 @@
 //! One stack, a site per misconfiguration:
 //! - `secret`: the filter's client secret is not the one the IdP has registered;
 //! - `slash`: the filter's issuer has a trailing `/` the IdP's discovery document does not have;
+//! - `par`: the IdP requires pushed authorization requests of the client (RFC 9126), which the filter
+//!   does not make;
 //! - `good`: configured right, for the request that anyone can send and to show the IdP logs these users
 //!   in.
 //!
@@ -29,6 +31,7 @@ use serde_json::json;
 const SECRET: &str = "secret";
 const SLASH: &str = "slash";
 const GOOD: &str = "good";
+const PAR: &str = "par";
 const COOKIE: &str = "_oidc_session";
 const HOST: &str = "localhost";
 /// Envoy's log is written asynchronously: generous bounds for a line to show.
@@ -44,9 +47,12 @@ fn stack() -> &'static Stack {
         let mut slash = SiteSpec::new(SLASH);
         slash.issuer_suffix = "/".into();
         slash.istio_authn = false;
-        let sites = vec![secret, slash, SiteSpec::new(GOOD)];
+        // Keycloak's "Pushed authorization request required", Okta's and Auth0's "Require PAR".
+        let par =
+            SiteSpec::new(PAR).idp_client(json!({"require_pushed_authorization_requests": true}));
+        let sites = vec![secret, slash, SiteSpec::new(GOOD), par];
         let stack = Stack::start(StackSpec::new("misconfig", sites)).unwrap();
-        for site in [SECRET, GOOD] {
+        for site in [SECRET, GOOD, PAR] {
             stack.wait_ready(site).unwrap();
         }
         stack
@@ -249,6 +255,47 @@ fn an_issuer_with_a_trailing_slash_the_idp_does_not_have_keeps_logins_unavailabl
         0,
         "{log}"
     );
+}
+
+/// Found by a black-box test: an IdP that requires pushed authorization requests of the client answers
+/// every login `invalid_request`; the user saw the 400 page, and the gateway's log said nothing at
+/// istio-proxy's default level (`warning`), nor the IdP's reason at any. Now the first such answer on a
+/// worker is a warning that quotes the IdP's reason.
+#[test]
+fn an_idp_that_refuses_the_authorization_request_is_a_400_and_a_warning_with_its_reason() {
+    let _idp = idp_hold::shared();
+    let line = "oidc-filter: login callback failed (idp_error), answered 400: the IdP answered \
+                error=invalid_request, \"Pushed Authorization Request must be used\"";
+    let failures = stat("callback_failures.idp_error");
+    // The IdP sends the browser straight back, without its login form.
+    let r = Browser::new()
+        .login(&url(PAR, "/after"), "alice")
+        .unwrap()
+        .response;
+    assert!(
+        r.url.starts_with(&url(PAR, "/oauth2/callback?")),
+        "{}",
+        r.url
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body
+            .contains("The identity provider did not log you in (invalid_request)."),
+        "{}",
+        r.body
+    );
+    assert!(sets_a_session(&r).is_empty(), "{:?}", r.set_cookies());
+    assert!(stat("callback_failures.idp_error") > failures);
+    poll(LOG_WAIT, || {
+        let log = stack().envoy_log()?;
+        Ok((wasm_log_lines(&log, "warning", line) > 0).then_some(()))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: no [warning][wasm] line with {line:?} in:\n{}",
+            stack().envoy_log().unwrap()
+        )
+    });
 }
 
 #[test]

@@ -27,6 +27,10 @@ pub struct ProviderMetadata {
     pub token_endpoint_auth_methods_supported: Vec<String>,
     /// Empty when the document omits it (the provider does not advertise PKCE; it may still support it).
     pub code_challenge_methods_supported: Vec<String>,
+    /// The provider takes authorization requests only as pushed ones (RFC 9126 5), or only as signed
+    /// request objects (RFC 9101 10.5): the filter sends neither, so every login fails at the IdP.
+    pub requires_par: bool,
+    pub requires_request_object: bool,
 }
 
 /// Why a discovery document was refused.
@@ -97,6 +101,8 @@ pub fn parse(body: &[u8], expected_issuer: &str) -> Result<ProviderMetadata, Dis
             .token_endpoint_auth_methods_supported
             .unwrap_or_else(|| vec!["client_secret_basic".to_owned()]),
         code_challenge_methods_supported: raw.code_challenge_methods_supported.unwrap_or_default(),
+        requires_par: raw.requires_par,
+        requires_request_object: raw.requires_request_object,
     })
 }
 
@@ -116,6 +122,8 @@ struct RawMetadata {
     end_session_endpoint: Option<String>,
     token_endpoint_auth_methods_supported: Option<Vec<String>>,
     code_challenge_methods_supported: Option<Vec<String>>,
+    requires_par: bool,
+    requires_request_object: bool,
 }
 
 impl RawMetadata {
@@ -148,6 +156,9 @@ impl RawMetadata {
                 DiscoveryError::Malformed(format!("{name} is not a list of strings"))
             }),
         };
+        // Only `true` requires: what else the member holds is no requirement the filter must know of, and
+        // no reason to refuse the whole document.
+        let flag = |name: &str| matches!(doc.get(name), Some(Value::Bool(true)));
         Ok(RawMetadata {
             issuer: text("issuer")?,
             authorization_endpoint: text("authorization_endpoint")?,
@@ -156,6 +167,8 @@ impl RawMetadata {
             end_session_endpoint: text("end_session_endpoint")?,
             token_endpoint_auth_methods_supported: list("token_endpoint_auth_methods_supported")?,
             code_challenge_methods_supported: list("code_challenge_methods_supported")?,
+            requires_par: flag("require_pushed_authorization_requests"),
+            requires_request_object: flag("require_signed_request_object"),
         })
     }
 }

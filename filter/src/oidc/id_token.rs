@@ -52,6 +52,8 @@ pub struct Claims {
 pub enum IdTokenError {
     /// Not a compact JWS we can read (size, segments, base64url, JSON, claim types).
     Malformed,
+    /// Five segments: a compact JWE (RFC 7516 7.1), an ID token the IdP encrypts for the client.
+    Encrypted,
     /// `alg` is `none`, HMAC, or one we don't verify. Holds the name, sanitized.
     UnsupportedAlg(String),
     /// No key in the JWKS has the token's `kid` and `alg` (or, without `kid`, that `alg`). The JWKS may
@@ -93,6 +95,10 @@ impl fmt::Display for IdTokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Malformed => f.write_str("malformed ID token"),
+            // Found by a black-box test: "malformed" did not lead the operator to the setting.
+            Self::Encrypted => f.write_str(
+                "ID token is encrypted (JWE): turn off ID token encryption for this client at the IdP",
+            ),
             Self::UnsupportedAlg(alg) => write!(f, "ID token alg \"{alg}\" is not accepted"),
             Self::UnknownKid => f.write_str("no JWKS key matches the ID token's kid and alg"),
             Self::BadSignature => f.write_str("ID token signature does not verify"),
@@ -155,7 +161,14 @@ pub fn verify_signature(token: &str, jwks: &Jwks, kind: Kind) -> Result<Object, 
     let (header, payload) = signing_input
         .split_once('.')
         .ok_or(IdTokenError::Malformed)?;
-    if payload.contains('.') || header.len() > MAX_HEADER {
+    if payload.contains('.') {
+        return Err(if token.bytes().filter(|b| *b == b'.').count() == 4 {
+            IdTokenError::Encrypted
+        } else {
+            IdTokenError::Malformed
+        });
+    }
+    if header.len() > MAX_HEADER {
         return Err(IdTokenError::Malformed);
     }
 
@@ -930,10 +943,18 @@ mod jws_tests {
             format!("{token}."),
             format!("{token}.{}", parts[2]),
             format!(".{token}"),
-            jwe,
+            format!("{token}.{}.{}.{}", parts[2], parts[2], parts[2]),
         ] {
             assert_eq!(verify(&bad), Err(IdTokenError::Malformed), "{bad:.60}");
         }
+        // Five segments: an encrypted ID token, said as such (found by a black-box test: "malformed"
+        // did not lead to the IdP's setting).
+        assert_eq!(verify(&jwe), Err(IdTokenError::Encrypted));
+        assert!(
+            IdTokenError::Encrypted
+                .to_string()
+                .contains("encrypted (JWE)")
+        );
         // Three segments, the last empty: an (empty) signature that does not verify.
         assert_eq!(
             verify(&format!("{}.{}.", parts[0], parts[1])),

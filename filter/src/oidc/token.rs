@@ -444,7 +444,7 @@ const KNOWN_CODES: &[&str] = &[
 /// and `\`; any other byte becomes `?`), at most 200 of them. (An IdP may quote back what it refuses:
 /// the caller withholds a description that quotes a secret it sent, [`TokenError::withholding`]. A
 /// heuristic for words that look like secrets hid every GUID, an Entra trace id among them.)
-fn describe(text: &str) -> String {
+pub(crate) fn describe(text: &str) -> String {
     let mut out = Vec::new();
     for b in text.trim().bytes().take(MAX_DESCRIPTION) {
         out.push(clean(b));
