@@ -114,14 +114,18 @@ impl HeaderBlock {
             let b = bytes.as_slice();
             let n = name_end - at;
             // `name_end` is past the length table, so the byte before it is in the block.
-            names |= name_bit(n, if n > 0 { b[name_end - 1] } else { 0 });
+            let last = if n > 0 { b[name_end - 1] } else { 0 };
+            names |= name_bit(n, last);
             let length = length_bit(n);
             lengths |= length;
-            // One compare for a name of such a length, which ends at the first byte that differs.
+            // A compare for a name of such a length and last byte: its last byte first, as the names a
+            // request usually carries of those lengths share a prefix with them (`x-forwarded-proto`).
             if NEVER_LENGTHS & length != 0 {
-                let name = b.get(at..name_end).unwrap_or_default();
                 let i = NEVER_BY_LENGTH.get(n).map_or(0, |i| usize::from(*i));
-                if let Some(never) = NEVER_FROM_CLIENT.get(i.wrapping_sub(1)) {
+                if let Some(never) = NEVER_FROM_CLIENT.get(i.wrapping_sub(1))
+                    && never.as_bytes().last() == Some(&last.to_ascii_lowercase())
+                {
+                    let name = b.get(at..name_end).unwrap_or_default();
                     never_from_client |= spells(name, never.as_bytes());
                 }
             }

@@ -818,6 +818,46 @@ fn open_redirect_attempts_in_rd_end_at_root() {
     }
 }
 
+/// Found by a black-box test of a migration from oauth2-proxy, whose nginx examples send
+/// `rd=$scheme://$host$request_uri`: an absolute `rd` of the request's own origin landed on `/`. It keeps
+/// its path now, judged as any `rd`; so does an IdP-started login's `target_link_uri` (OpenID Connect
+/// Core 4). Another origin, or this host under another scheme or port, still lands on `/`.
+#[test]
+fn an_absolute_rd_of_the_site_s_own_origin_keeps_its_path() {
+    for (raw, rd) in [
+        (
+            "?rd=https%3A%2F%2Fapp.example.com%2Fd%2Fx%3Fa%3D1",
+            "/d/x?a=1",
+        ),
+        ("?rd=HTTPS://App.Example.COM/d/x", "/d/x"),
+        ("?rd=https://app.example.com", "/"),
+        (
+            "?iss=https%3A%2F%2Fidp.example.com&target_link_uri=https%3A%2F%2Fapp.example.com%2Fboard",
+            "/board",
+        ),
+        (
+            "?rd=/mine&target_link_uri=https://app.example.com/theirs",
+            "/mine",
+        ),
+        // Judged as any `rd` once its origin is off.
+        ("?rd=https://app.example.com//evil.example", "/"),
+        ("?rd=https://app.example.com/%5Cevil.example", "/"),
+        ("?rd=https://app.example.com/oauth2/callback", "/"),
+        // Not this origin.
+        ("?rd=http://app.example.com/x", "/"),
+        ("?rd=https://app.example.com:8443/x", "/"),
+        ("?rd=https://app.example.com.evil.example/x", "/"),
+        ("?rd=https://app.example.com@evil.example/x", "/"),
+        ("?rd=https://evil.example/https://app.example.com/x", "/"),
+        ("?rd=https:/app.example.com/x", "/"),
+        ("?target_link_uri=https://evil.example/x", "/"),
+    ] {
+        let mut f = ready();
+        let l = start_login(&mut f, raw);
+        assert_eq!(l.sealed.rd, rd, "{raw}");
+    }
+}
+
 /// Found in review: a `\\`, `%5C` or lone `%` anywhere in `rd`, query included, sent the login to `/`,
 /// so every Grafana Explore link with a label matcher (`{job=\\"x\\"}`, `%5C%22` in the address) lost
 /// its way. Only the path decides where the browser goes; what a URL cannot hold is encoded.

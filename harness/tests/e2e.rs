@@ -698,6 +698,20 @@ fn after_login_only_same_origin_paths_are_followed() {
         .follow(b.get(&s.url("/login?rd=%2Fok%3Fa%3D1")).unwrap(), 10)
         .unwrap();
     assert_eq!(done.response.url, s.url("/ok?a=1"));
+    // An absolute `rd` of the site's own origin, as oauth2-proxy's nginx examples build it, and an
+    // IdP-started login's `target_link_uri`: their paths (found by a black-box test of a migration).
+    for (param, path) in [("rd", "/own?a=1"), ("target_link_uri", "/tile")] {
+        let own = harness::browser::form_urlencode(&[(param, &s.url(path))]);
+        let done = b
+            .follow(b.get(&s.url(&format!("/login?{own}"))).unwrap(), 10)
+            .unwrap();
+        assert_eq!(
+            done.response.url,
+            s.url(path),
+            "{own}:\n{}",
+            describe_chain(&done.chain)
+        );
+    }
 
     // A page whose address is too long for the login cookie (a dashboard with its state in a 40 KB
     // query, which Envoy takes) comes back to its path: the whole address, encoded into
