@@ -1365,8 +1365,8 @@ impl Http {
         self.run(step, None)
     }
 
-    /// Removes every header that could stand for a user (`Authorization`, `Cookie`, identity headers and
-    /// their copies spelled with `_`). The body is answered here, but Envoy's router has sent the headers
+    /// Removes every header that could stand for a user (`Authorization`, `Cookie`, identity headers, the
+    /// headers no client may send, and their copies spelled with `_`). The body is answered here, but Envoy's router has sent the headers
     /// upstream by then (and resets that request when the answer comes): false when any removal failed.
     fn strip_credentials(&self, headers: Option<&HeaderBlock>) -> bool {
         let read;
@@ -1386,7 +1386,9 @@ impl Http {
         let Some(cfg) = s.plugin.sites.get(self.site) else {
             return false;
         };
-        let mut done = remove_request_header("authorization") & remove_request_header("cookie");
+        let mut done = strip_never_from_client(headers)
+            & remove_request_header("authorization")
+            & remove_request_header("cookie");
         for (name, _) in &cfg.identity_headers {
             done &= set_identity_header(headers, name, None);
         }

@@ -1809,7 +1809,11 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
             "code" => &mut code,
             "state" => &mut st,
             "error" => &mut error,
-            "error_description" => &mut description,
+            // Only for the log line: the first, never a reason to refuse the answer.
+            "error_description" => {
+                description = description.or(Some(v));
+                continue;
+            }
             _ => continue,
         };
         if slot.is_some() {

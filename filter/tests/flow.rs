@@ -1354,6 +1354,18 @@ fn an_idp_error_that_is_the_deployment_s_is_a_warning_once_with_its_description(
         r.detail.as_deref(),
         Some("the IdP answered error=server_error, \"a?b?c?d\"")
     );
+    // Read for the log line only: a second one is no reason to refuse the answer.
+    let l = start_login(&mut f, "");
+    let q = format!(
+        "/oauth2/callback?error=invalid_scope&error_description=first&error_description=second&state={}",
+        l.state
+    );
+    let r = respond(f.request(&Req::browser(&q).with("cookie", &l.cookie())));
+    assert_callback_failed(&r, 400, CallbackFailure::IdpError);
+    assert_eq!(
+        r.detail.as_deref(),
+        Some("the IdP answered error=invalid_scope, \"first\"")
+    );
 }
 
 #[test]
