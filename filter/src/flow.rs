@@ -1844,7 +1844,9 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
             .and_then(|p| LoginState::decode(&p).ok())
             .filter(|l| constant_time_eq(l.state.expose().as_bytes(), st.as_bytes()));
         let warn = ours.is_some() && !USER_ERRORS.contains(&e.as_str());
-        let again = ours.map_or_else(|| "/".into(), |l| start_again(cfg, &l.rd));
+        let again = ours
+            .as_ref()
+            .map_or_else(|| "/".into(), |l| start_again(cfg, &l.rd));
         // The page names only the errors RFC 6749 4.1.2.1 and OpenID Connect Core 3.1.2.6 define: anyone
         // can send a link to the callback, and other words there would read as the site's (found by a
         // black-box test: "Your_account_is_locked_call_support_at_…"). The log line has it all.
@@ -1855,7 +1857,15 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
         };
         // The IdP's reason, in the log line only (the IdP's `error_description`, cleaned as a token
         // endpoint's): often the only place that names the setting to change.
-        let detail = match description.as_deref().map(crate::oidc::token::describe) {
+        // Withheld when it quotes this login's secrets (an IdP that echoes the request).
+        let mut secrets = vec![st.as_str(), cfg.client_secret.expose()];
+        if let Some(l) = &ours {
+            secrets.extend([l.nonce.expose(), l.verifier.expose()]);
+        }
+        let detail = match description
+            .as_deref()
+            .map(|d| crate::oidc::token::description_withholding(d, &secrets))
+        {
             Some(d) if !d.is_empty() => format!("the IdP answered error={e}, \"{d}\""),
             _ => format!("the IdP answered error={e}"),
         };

@@ -1354,6 +1354,26 @@ fn an_idp_error_that_is_the_deployment_s_is_a_warning_once_with_its_description(
         r.detail.as_deref(),
         Some("the IdP answered error=server_error, \"a?b?c?d\"")
     );
+    // Withheld when it quotes this login's state or nonce (an IdP that echoes the request), as a token
+    // endpoint's description that quotes what was sent.
+    for quoted in ["state", "nonce"] {
+        let l = start_login(&mut f, "");
+        let secret = if quoted == "state" {
+            &l.state
+        } else {
+            &l.nonce
+        };
+        let q = format!(
+            "/oauth2/callback?error=invalid_request&error_description=bad%20{quoted}%20{secret}&state={}",
+            l.state
+        );
+        let r = respond(f.request(&Req::browser(&q).with("cookie", &l.cookie())));
+        assert_eq!(
+            r.detail.as_deref(),
+            Some("the IdP answered error=invalid_request, \"[withheld: it quotes what was sent]\""),
+            "{quoted}"
+        );
+    }
     // Read for the log line only: a second one is no reason to refuse the answer.
     let l = start_login(&mut f, "");
     let q = format!(

@@ -88,26 +88,21 @@ impl TokenError {
     /// `withheld`, which the filter's decisions ([`TokenError::is_refusal`]) read as any other
     /// unknown code.
     pub fn withholding(mut self, secrets: &[&str]) -> Self {
-        let sent = |said: &str, as_code: bool| {
+        let sent = |said: &str| {
             secrets.iter().any(|s| {
                 let encoded = form::encode(s);
-                if as_code {
-                    quotes(said.as_bytes(), sanitize_error_code(s).as_bytes())
-                        || quotes(said.as_bytes(), sanitize_error_code(&encoded).as_bytes())
-                } else {
-                    quotes(said.as_bytes(), s.as_bytes())
-                        || quotes(said.as_bytes(), encoded.as_bytes())
-                }
+                quotes(said.as_bytes(), sanitize_error_code(s).as_bytes())
+                    || quotes(said.as_bytes(), sanitize_error_code(&encoded).as_bytes())
             })
         };
         if let Self::Rejected { error, .. } = &mut self
             && !KNOWN_CODES.contains(&error.as_str())
-            && sent(error, true)
+            && sent(error)
         {
             *error = "withheld".into();
         }
         if let Self::InvalidGrant { description } | Self::Rejected { description, .. } = &mut self
-            && sent(description, false)
+            && quotes_any(description, secrets)
         {
             *description = "[withheld: it quotes what was sent]".into();
         }
@@ -444,7 +439,24 @@ const KNOWN_CODES: &[&str] = &[
 /// and `\`; any other byte becomes `?`), at most 200 of them. (An IdP may quote back what it refuses:
 /// the caller withholds a description that quotes a secret it sent, [`TokenError::withholding`]. A
 /// heuristic for words that look like secrets hid every GUID, an Entra trace id among them.)
-pub(crate) fn describe(text: &str) -> String {
+/// An authorization response's `error_description` as a log line shows it ([`describe`]), withheld whole
+/// when it quotes one of `secrets`, as a token endpoint's is ([`TokenError::withholding`]).
+pub(crate) fn description_withholding(text: &str, secrets: &[&str]) -> String {
+    let said = describe(text);
+    if quotes_any(&said, secrets) {
+        return "[withheld: it quotes what was sent]".into();
+    }
+    said
+}
+
+/// Whether a description as a log line shows it quotes one of `secrets`, as sent or form-encoded.
+fn quotes_any(said: &str, secrets: &[&str]) -> bool {
+    secrets.iter().any(|s| {
+        quotes(said.as_bytes(), s.as_bytes()) || quotes(said.as_bytes(), form::encode(s).as_bytes())
+    })
+}
+
+fn describe(text: &str) -> String {
     let mut out = Vec::new();
     for b in text.trim().bytes().take(MAX_DESCRIPTION) {
         out.push(clean(b));
