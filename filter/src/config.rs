@@ -3719,6 +3719,22 @@ mod tests {
         );
     }
 
+    /// `none` is refused only as a whole word of `prompt`: other prompts load (one that merely begins
+    /// with those letters too), and so does a parameter of the IdP's own whose value is `none`.
+    #[test]
+    fn authorization_params_refuse_none_only_as_a_prompt() {
+        for json in [
+            serde_json::json!({"prompt": "login consent"}),
+            serde_json::json!({"prompt": "select_account", "login_hint": "none"}),
+            serde_json::json!({"prompt": "nonexistent_prompt"}),
+        ] {
+            assert!(
+                parse(&with("authorization_params", json.clone())).is_ok(),
+                "{json}"
+            );
+        }
+    }
+
     #[test]
     fn authorization_params_keep_their_order_and_leave_the_filters_own_alone() {
         let json = serde_json::json!({"access_type": "offline", "prompt": "consent"});

@@ -611,6 +611,47 @@ mod tests {
         assert!(!HeaderBlock::empty().carries_never_from_client());
     }
 
+    /// Each of oauth2-proxy's user headers, in either of its modes, and each path override is noted, so
+    /// none reaches the app: named here one by one (a name dropped from, or misspelled in, the list would
+    /// pass), wherever it is in the request, before a name of its length and last byte too (a browser's
+    /// `cache-control` after `x-rewrite-url`).
+    #[test]
+    fn parse_notes_each_header_no_client_may_send_wherever_it_is() {
+        for name in [
+            "x-original-url",
+            "x-rewrite-url",
+            "x-auth-request-user",
+            "x-auth-request-email",
+            "x-auth-request-groups",
+            "x-auth-request-preferred-username",
+            "x-auth-request-access-token",
+            "x-forwarded-user",
+            "x-forwarded-email",
+            "x-forwarded-groups",
+            "x-forwarded-preferred-username",
+            "x-forwarded-access-token",
+        ] {
+            // Its length and last byte, and none of them.
+            let like = format!("y{}", &name[1..]);
+            for pairs in [[name, like.as_str()], [like.as_str(), name]] {
+                let b = HeaderBlock::parse(encode(&[
+                    (":path", b"/".as_slice()),
+                    (pairs[0], b"v"),
+                    (pairs[1], b"v"),
+                ]))
+                .unwrap();
+                assert!(b.carries_never_from_client(), "{pairs:?}");
+            }
+        }
+        let b = HeaderBlock::parse(encode(&[
+            (":path", b"/healthz".as_slice()),
+            ("x-rewrite-url", b"/admin"),
+            ("cache-control", b"no-cache"),
+        ]))
+        .unwrap();
+        assert!(b.carries_never_from_client());
+    }
+
     #[test]
     fn other_spellings_are_the_underscored_copies_of_a_name() {
         let b = HeaderBlock::parse(encode(&[

@@ -851,6 +851,15 @@ fn an_absolute_rd_of_the_site_s_own_origin_keeps_its_path() {
         ("?rd=https://evil.example/https://app.example.com/x", "/"),
         ("?rd=https:/app.example.com/x", "/"),
         ("?target_link_uri=https://evil.example/x", "/"),
+        // Only this scheme, `://` and this host make its origin, whatever their lengths share.
+        ("?rd=hxxps://app.example.com/x", "/"),
+        ("?rd=https:%5C%5Capp.example.com/x", "/"),
+        ("?rd=https://bad.example.com/x", "/"),
+        // The first `target_link_uri`, as the first `rd`.
+        (
+            "?target_link_uri=https://app.example.com/first&target_link_uri=https://app.example.com/second",
+            "/first",
+        ),
     ] {
         let mut f = ready();
         let l = start_login(&mut f, raw);
@@ -1385,6 +1394,18 @@ fn an_idp_error_that_is_the_deployment_s_is_a_warning_once_with_its_description(
     assert_eq!(
         r.detail.as_deref(),
         Some("the IdP answered error=invalid_scope, \"first\"")
+    );
+    // One that cleans to nothing is left out, not logged as `""`.
+    let l = start_login(&mut f, "");
+    let q = format!(
+        "/oauth2/callback?error=invalid_scope&error_description=%20%0A%20&state={}",
+        l.state
+    );
+    let r = respond(f.request(&Req::browser(&q).with("cookie", &l.cookie())));
+    assert_callback_failed(&r, 400, CallbackFailure::IdpError);
+    assert_eq!(
+        r.detail.as_deref(),
+        Some("the IdP answered error=invalid_scope")
     );
 }
 
