@@ -1541,29 +1541,18 @@ fn method_not_allowed(message: &'static str, allow: &'static str) -> Step {
 }
 
 /// `rd` given as an absolute URL of the request's own origin (oauth2-proxy's nginx examples build
-/// `rd=$scheme://$host$request_uri`; OpenID Connect's `target_link_uri` is one): from its path on, which
-/// [`paths::safe_redirect`] then judges as any `rd`. Anything else as it is (found by a black-box test of a
-/// migration: such links landed on `/`).
+/// `rd=$scheme://$host$request_uri`; OpenID Connect's `target_link_uri` is one): what follows the
+/// [`origin`], which [`paths::safe_redirect`] then judges as any `rd` (another port, a longer host, none
+/// but a path lands on `/`). Anything else as it is (found by a black-box test of a migration: such links
+/// landed on `/`).
 fn own_origin_stripped<'a>(rd: &'a str, h: &dyn Headers) -> &'a str {
-    let (Some(scheme), Some(host)) = (h.get(":scheme"), h.get(":authority")) else {
-        return rd;
-    };
-    let n = scheme.len() + 3 + host.len();
-    match (rd.get(..scheme.len()), rd.get(scheme.len()..n), rd.get(n..)) {
-        (Some(s), Some(rest), Some(path))
-            if s.eq_ignore_ascii_case(&scheme)
-                && rest.get(..3) == Some("://")
-                && rest.get(3..).is_some_and(|r| r.eq_ignore_ascii_case(&host))
-                && (path.is_empty() || path.starts_with('/')) =>
-        {
-            if path.is_empty() {
-                "/"
-            } else {
-                path
-            }
-        }
-        _ => rd,
-    }
+    origin(h)
+        .and_then(|o| {
+            rd.get(..o.len())
+                .filter(|s| s.eq_ignore_ascii_case(&o))
+                .and(rd.get(o.len()..))
+        })
+        .unwrap_or(rd)
 }
 
 /// `/login`: a fresh state, nonce and PKCE verifier, sealed into a cookie of their own, then off to the IdP.
