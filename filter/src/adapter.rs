@@ -207,6 +207,7 @@ const FAILURES: [CallbackFailure; 8] = [
 ];
 
 impl Metrics {
+    #[inline(never)]
     fn define() -> Metrics {
         let c = |name: &str| host::define_counter(&format!("oidc_filter.{name}")).unwrap_or(0);
         let mut m = Metrics {
@@ -1157,59 +1158,8 @@ impl Http {
             site_label(shared, site)
         }) {
             Ok(action) => action,
-            Err(Step::ReadBody) => {
-                // Proxy-Wasm hosts turn a pause here into "stop all iteration" (Envoy does unless the plugin
-                // sets `allow_on_headers_stop_iteration`, which Istio cannot), and then never hand this filter
-                // the body. So the headers go on, stripped of anything that could stand for a user, and the
-                // body is held in `on_http_request_body`, which answers locally.
-                if !self.strip_credentials(headers) {
-                    return refused();
-                }
-                self.reading_body = true;
-                Action::Continue
-            }
-            Err(Step::Call(call, pending)) => match dispatch(self.id, &call) {
-                Ok(token) => {
-                    // A renewal's call lasts twice `callout_timeout`; the request waits the first half.
-                    if let Pending::Refresh(_) = *pending {
-                        // (Half the call's whole seconds, in ms: `as_millis` is 128-bit.)
-                        let half = call.timeout.as_secs().saturating_mul(500);
-                        self.gives_up_at = Some(host::now_millis().saturating_add(half));
-                    }
-                    self.pending = Some((token, pending));
-                    Action::Pause
-                }
-                Err(reason) => match *pending {
-                    // A login whose code exchange cannot be sent fails like one the token endpoint
-                    // answered badly: its page, its count and its log line, which names the cluster.
-                    Pending::Code(x) => {
-                        let step = match self.shared.try_borrow() {
-                            Ok(s) => s
-                                .plugin
-                                .sites
-                                .get(self.site)
-                                .map(|cfg| flow::code_unsent(cfg, x, reason)),
-                            Err(_) => None,
-                        };
-                        match step {
-                            Some(step) => self.run(step, None),
-                            None => {
-                                self.fail();
-                                Action::Pause
-                            }
-                        }
-                    }
-                    // Anything else that cannot be sent is an IdP that did not answer: a refresh goes on
-                    // with its token while that lasts, as through an outage; a step waiting for keys goes
-                    // on without them.
-                    p => {
-                        CALL_FAILED.log(LogLevel::Warn, || {
-                            format!("oidc-filter: cannot call the IdP: {reason}")
-                        });
-                        self.resume(p, None)
-                    }
-                },
-            },
+            Err(Step::ReadBody) => self.read_body(headers),
+            Err(Step::Call(call, pending)) => self.call_out(call, pending),
             // No other step is left to carry out here; should one ever be, it is not let through.
             Err(_) => {
                 self.fail();
@@ -1218,9 +1168,86 @@ impl Http {
         }
     }
 
+    /// A request whose body the filter must read (`Step::ReadBody`). Out of `run`, as `call_out` and
+    /// `claim_renewal`: Envoy's V8 compiles every function when the plugin loads, and the memory a
+    /// function's compile takes, which Envoy's allocator keeps, grows with the function: the largest
+    /// compile sets what stays.
+    #[inline(never)]
+    fn read_body(&mut self, headers: Option<&HeaderBlock>) -> Action {
+        // Proxy-Wasm hosts turn a pause here into "stop all iteration" (Envoy does unless the plugin
+        // sets `allow_on_headers_stop_iteration`, which Istio cannot), and then never hand this filter
+        // the body. So the headers go on, stripped of anything that could stand for a user, and the
+        // body is held in `on_http_request_body`, which answers locally.
+        if !self.strip_credentials(headers) {
+            return refused();
+        }
+        self.reading_body = true;
+        Action::Continue
+    }
+
+    /// A step that calls the IdP: sent, or failed as the step's kind fails. Out of `run` as `read_body`.
+    #[inline(never)]
+    fn call_out(&mut self, call: Callout, pending: Box<Pending>) -> Action {
+        match dispatch(self.id, &call) {
+            Ok(token) => {
+                // A renewal's call lasts twice `callout_timeout`; the request waits the first half.
+                if let Pending::Refresh(_) = *pending {
+                    // (Half the call's whole seconds, in ms: `as_millis` is 128-bit.)
+                    let half = call.timeout.as_secs().saturating_mul(500);
+                    self.gives_up_at = Some(host::now_millis().saturating_add(half));
+                }
+                self.pending = Some((token, pending));
+                Action::Pause
+            }
+            Err(reason) => match *pending {
+                // A login whose code exchange cannot be sent fails like one the token endpoint
+                // answered badly: its page, its count and its log line, which names the cluster.
+                Pending::Code(x) => {
+                    let step = match self.shared.try_borrow() {
+                        Ok(s) => s
+                            .plugin
+                            .sites
+                            .get(self.site)
+                            .map(|cfg| flow::code_unsent(cfg, x, reason)),
+                        Err(_) => None,
+                    };
+                    match step {
+                        Some(step) => self.run(step, None),
+                        None => {
+                            self.fail();
+                            Action::Pause
+                        }
+                    }
+                }
+                // Anything else that cannot be sent is an IdP that did not answer: a refresh goes on
+                // with its token while that lasts, as through an outage; a step waiting for keys goes
+                // on without them.
+                p => {
+                    CALL_FAILED.log(LogLevel::Warn, || {
+                        format!("oidc-filter: cannot call the IdP: {reason}")
+                    });
+                    self.set_unsent(Some(reason));
+                    let action = self.resume(p, None);
+                    self.set_unsent(None);
+                    action
+                }
+            },
+        }
+    }
+
+    /// Why this request's call was never sent, for the reply made up for it (`flow::State::unsent`).
+    fn set_unsent(&self, why: Option<String>) {
+        if let Ok(mut s) = self.shared.try_borrow_mut()
+            && let Some(state) = s.states.get_mut(self.site)
+        {
+            state.unsent = why;
+        }
+    }
+
     /// Makes this request the one that renews its session (`Ok`: go ahead and refresh), unless another
     /// request has: then the old token while it lasts or that request's renewal (`Err(Some)`), or a wait for
     /// it (`Err(None)`, the request is parked).
+    #[inline(never)]
     fn claim_renewal(&mut self, job: RefreshJob) -> Result<RefreshJob, Option<Step>> {
         let now = now();
         let Ok(mut s) = self.shared.try_borrow_mut() else {
@@ -1745,15 +1772,19 @@ trait Throttled {
 
 impl Throttled for Throttle {
     fn log(&self, level: LogLevel, line: impl FnOnce() -> String) {
-        let Some(skipped) = self.admit(now()) else {
-            return;
-        };
-        let mut line = line();
-        if skipped > 0 {
-            line.push_str(&format!(" ({skipped} more of this kind not logged)"));
+        if let Some(skipped) = self.admit(now()) {
+            log_admitted(level, line(), skipped);
         }
-        host::log(level, &line);
     }
+}
+
+/// A line a [`Throttle`] let through: one copy of this for every kind of line (the module's size).
+#[inline(never)]
+fn log_admitted(level: LogLevel, mut line: String, skipped: u64) {
+    if skipped > 0 {
+        line.push_str(&format!(" ({skipped} more of this kind not logged)"));
+    }
+    host::log(level, &line);
 }
 
 /// A cluster missing from the proxy fails every refresh: one warning per 10 s.

@@ -203,6 +203,7 @@ const SECRET_WAYS: [(&str, &str); 4] = [
 /// An entry that sets where a secret comes from (not `null`, and not the other way too) replaces the
 /// other way the top level gave: removed from `merged`, the top level's fields the entry's will join.
 /// One rule for the entries and for the check of a top level without `issuer`.
+#[inline(never)]
 fn drop_replaced_secrets(merged: &mut Object, entry: &Object) {
     for (field, paired) in SECRET_WAYS {
         if entry.get(field).is_some_and(|v| !v.is_null()) && !entry.contains_key(paired) {
@@ -219,50 +220,59 @@ fn is_top_level_field(name: &str) -> bool {
 /// The fields only the top level holds.
 const TOP_LEVEL_ONLY: [&str; 2] = ["hosts", "unmatched_hosts"];
 
+/// Every field of a configuration object known, and of its type. Apart from `Raw::read`: Envoy's V8
+/// compiles every function when the plugin loads, and the memory a compile takes, which Envoy's allocator
+/// keeps, grows with the function: the largest compile sets what stays.
+#[inline(never)]
+fn check_types(obj: &Object) -> Result<(), ConfigError> {
+    for (name, value) in obj.iter() {
+        let Some(&(field, kind)) = FIELDS.iter().find(|(n, _)| *n == name) else {
+            return Err(unknown_field(name));
+        };
+        let expected = match (kind, value) {
+            (_, Value::Null)
+            | (Kind::Any, _)
+            | (Kind::Str | Kind::Duration, Value::String(_))
+            | (Kind::Bool, Value::Bool(_)) => continue,
+            (Kind::Strs, Value::Array(a)) if a.iter().all(Value::is_string) => continue,
+            (Kind::StrMap, Value::Object(m)) if m.iter().all(|(_, v)| v.is_string()) => {
+                continue;
+            }
+            // YAML makes `max_age: 300` a number, `prompt: true` a boolean: taken as their text.
+            (Kind::StrMap, Value::Object(m))
+                if field == "authorization_params"
+                    && m.iter().all(|(_, v)| {
+                        matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
+                    }) =>
+            {
+                continue;
+            }
+            (Kind::Duration, Value::Number(n)) => match whole_seconds(n) {
+                Some(_) => continue,
+                None => {
+                    return Err(err(
+                        field,
+                        "a number of seconds must be whole and not negative",
+                    ));
+                }
+            },
+            (Kind::Str, _) => "a string",
+            (Kind::Bool, _) => "a boolean",
+            (Kind::Strs, _) => "a list of strings",
+            (Kind::StrMap, _) => "a map of strings",
+            (Kind::Duration, _) => "a duration like `90s` or a number of seconds",
+        };
+        return Err(err(field, format!("wrong type, expected {expected}")));
+    }
+    Ok(())
+}
+
 impl Raw {
     /// The fields of a pluginConfig object. The first unknown or mistyped field, in document order, is the
     /// error, naming the field; a mistyped one is reported without its value (it may be a secret).
     #[inline(never)]
     fn read(mut obj: Object) -> Result<Raw, ConfigError> {
-        for (name, value) in obj.iter() {
-            let Some(&(field, kind)) = FIELDS.iter().find(|(n, _)| *n == name) else {
-                return Err(unknown_field(name));
-            };
-            let expected = match (kind, value) {
-                (_, Value::Null)
-                | (Kind::Any, _)
-                | (Kind::Str | Kind::Duration, Value::String(_))
-                | (Kind::Bool, Value::Bool(_)) => continue,
-                (Kind::Strs, Value::Array(a)) if a.iter().all(Value::is_string) => continue,
-                (Kind::StrMap, Value::Object(m)) if m.iter().all(|(_, v)| v.is_string()) => {
-                    continue;
-                }
-                // YAML makes `max_age: 300` a number, `prompt: true` a boolean: taken as their text.
-                (Kind::StrMap, Value::Object(m))
-                    if field == "authorization_params"
-                        && m.iter().all(|(_, v)| {
-                            matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
-                        }) =>
-                {
-                    continue;
-                }
-                (Kind::Duration, Value::Number(n)) => match whole_seconds(n) {
-                    Some(_) => continue,
-                    None => {
-                        return Err(err(
-                            field,
-                            "a number of seconds must be whole and not negative",
-                        ));
-                    }
-                },
-                (Kind::Str, _) => "a string",
-                (Kind::Bool, _) => "a boolean",
-                (Kind::Strs, _) => "a list of strings",
-                (Kind::StrMap, _) => "a map of strings",
-                (Kind::Duration, _) => "a duration like `90s` or a number of seconds",
-            };
-            return Err(err(field, format!("wrong type, expected {expected}")));
-        }
+        check_types(&obj)?;
         let mut identity_headers = str_map(&mut obj, "identity_headers");
         if let Some(h) = &mut identity_headers {
             crate::claims::sort_small(h, |a, b| a < b);
@@ -514,30 +524,23 @@ impl Config {
             raw.cookie_same_site.as_deref(),
         )?;
 
-        let [
-            session_lifetime,
-            refresh_margin,
-            clock_leeway,
-            callout_timeout,
-            jwks_refresh_interval,
-        ] = timings(&mut raw)?;
-        let access = match &raw.claim_rules {
-            None => Vec::new(),
-            Some(v) => claims::parse_access(v).map_err(|e| err("claim_rules", e))?,
-        };
-        let mut identity_headers = identity_headers_from(raw.identity_headers)?;
-        let (authorization_params, max_age) = authorization_params_from(raw.authorization_params)?;
-        let (backchannel_logout_path, bypass_paths) = open_paths(
-            raw.backchannel_logout_path,
-            raw.bypass_paths,
-            [&callback_path, &login_path, &logout_path],
-        )?;
-        let keep_claims = claims_kept(
-            &access,
-            &bypass_paths,
-            &mut identity_headers,
-            raw.access_token_header,
-        )?;
+        let Later {
+            timings:
+                [
+                    session_lifetime,
+                    refresh_margin,
+                    clock_leeway,
+                    callout_timeout,
+                    jwks_refresh_interval,
+                ],
+            access,
+            identity_headers,
+            authorization_params,
+            max_age,
+            backchannel_logout_path,
+            bypass_paths,
+            keep_claims,
+        } = later(&mut raw, [&callback_path, &login_path, &logout_path])?;
 
         Ok(Config {
             issuer,
@@ -660,6 +663,53 @@ impl Config {
             None => edit,
         }
     }
+}
+
+/// What `Config::from_raw` reads after the client, its keys, paths and cookie: apart, so that V8 compiles
+/// neither as one large function when the plugin loads (the memory a compile takes, which Envoy's
+/// allocator keeps, grows with the function: the largest compile sets what stays).
+struct Later {
+    timings: [u64; 5],
+    access: Vec<Access>,
+    identity_headers: Vec<(String, String)>,
+    authorization_params: Vec<(String, String)>,
+    max_age: Option<u64>,
+    backchannel_logout_path: Option<String>,
+    bypass_paths: Vec<String>,
+    keep_claims: Vec<String>,
+}
+
+#[inline(never)]
+fn later(raw: &mut Raw, own: [&String; 3]) -> Result<Later, ConfigError> {
+    let timings = timings(raw)?;
+    let access = match &raw.claim_rules {
+        None => Vec::new(),
+        Some(v) => claims::parse_access(v).map_err(|e| err("claim_rules", e))?,
+    };
+    let mut identity_headers = identity_headers_from(raw.identity_headers.take())?;
+    let (authorization_params, max_age) =
+        authorization_params_from(raw.authorization_params.take())?;
+    let (backchannel_logout_path, bypass_paths) = open_paths(
+        raw.backchannel_logout_path.take(),
+        raw.bypass_paths.take(),
+        own,
+    )?;
+    let keep_claims = claims_kept(
+        &access,
+        &bypass_paths,
+        &mut identity_headers,
+        raw.access_token_header.take(),
+    )?;
+    Ok(Later {
+        timings,
+        access,
+        identity_headers,
+        authorization_params,
+        max_age,
+        backchannel_logout_path,
+        bypass_paths,
+        keep_claims,
+    })
 }
 
 /// The IdP and the client: `issuer` (its URL too) and `client_id`, checked.
@@ -1250,6 +1300,44 @@ fn check_redirect_takers(plugin: &Plugin, inherits_redirect: &[bool]) -> Result<
     Ok(())
 }
 
+/// A `hosts` entry's host names, lowercased, each named by no entry before it. Out of `entry_site`: Envoy's
+/// V8 compiles every function when the plugin loads, and the memory a compile takes, which Envoy's
+/// allocator keeps, grows with the function: the largest compile sets what stays.
+#[inline(never)]
+fn entry_hosts(
+    patterns: Option<Value>,
+    seen_hosts: &mut Vec<String>,
+) -> Result<Vec<String>, ConfigError> {
+    let patterns = match patterns {
+        Some(Value::Array(h)) if !h.is_empty() => h,
+        _ => {
+            return Err(err(
+                "hosts",
+                "a non-empty list of host names like `grafana.example.com` or `*.example.com`",
+            ));
+        }
+    };
+    let mut hosts = Vec::new();
+    for p in patterns {
+        let Some(p) = p
+            .as_str()
+            .map(str::to_ascii_lowercase)
+            .filter(|p| valid_host_pattern(p))
+        else {
+            return Err(err(
+                "hosts",
+                "host names like `grafana.example.com` or `*.example.com`",
+            ));
+        };
+        if seen_hosts.contains(&p) {
+            return Err(err("hosts", format!("`{p}` is listed twice")));
+        }
+        seen_hosts.push(p.clone());
+        hosts.push(p);
+    }
+    Ok(hosts)
+}
+
 /// `hosts` entry `i` as a site of its own: the top level with the entry's fields over it, its host names
 /// (none listed twice across the entries, `seen_hosts`), and whether it inherits `redirect_uri`. Its inline
 /// secrets go to `inline`. (Apart from [`Plugin::parse`], so that V8 compiles neither as one large
@@ -1270,33 +1358,7 @@ fn entry_site(
     let Value::Object(mut entry) = entry else {
         return Err(at(err("hosts", "each entry is an object")));
     };
-    let patterns = match entry.remove("hosts") {
-        Some(Value::Array(h)) if !h.is_empty() => h,
-        _ => {
-            return Err(at(err(
-                "hosts",
-                "a non-empty list of host names like `grafana.example.com` or `*.example.com`",
-            )));
-        }
-    };
-    let mut hosts = Vec::new();
-    for p in patterns {
-        let Some(p) = p
-            .as_str()
-            .map(str::to_ascii_lowercase)
-            .filter(|p| valid_host_pattern(p))
-        else {
-            return Err(at(err(
-                "hosts",
-                "host names like `grafana.example.com` or `*.example.com`",
-            )));
-        };
-        if seen_hosts.contains(&p) {
-            return Err(at(err("hosts", format!("`{p}` is listed twice"))));
-        }
-        seen_hosts.push(p.clone());
-        hosts.push(p);
-    }
+    let hosts = entry_hosts(entry.remove("hosts"), seen_hosts).map_err(at)?;
     inline_secrets(&entry, &format!("hosts[{i}]."), inline);
     let explicit_cookie = entry.get("cookie_name").is_some_and(|v| !v.is_null());
     // An error in a field the entry does not set is the top level's: named as it is there
@@ -1501,6 +1563,7 @@ fn set_alike(a: &Config, b: &Config) -> bool {
 /// A `hosts` entry's `cookie_domain` (set or inherited) must hold each of its hosts. Found in review: it was
 /// checked only through a `redirect_uri`. A browser drops a cookie whose `Domain` its host is not within,
 /// so every login of such a host would end in a state mismatch.
+#[inline(never)]
 fn hosts_within_cookie_domain(site: &Config, hosts: &[String]) -> Result<(), ConfigError> {
     match hosts
         .iter()
@@ -1548,6 +1611,7 @@ fn redirect_within_cookie_domain(site: &Config) -> Result<(), ConfigError> {
 /// A `hosts` entry's `redirect_uri` (set or inherited): the login-attempt cookie is set for the host that
 /// starts the login (with the site's `Domain` when it has one), so every host of the entry must be the
 /// redirect's host or lie within its `cookie_domain`, or the IdP's redirect back arrives without it.
+#[inline(never)]
 fn redirect_host_served(site: &Config, hosts: &[String]) -> Result<(), ConfigError> {
     let Some(url) = site
         .redirect_uri
@@ -1708,6 +1772,7 @@ fn own_paths(raw: &mut Raw) -> Result<[String; 3], ConfigError> {
 
 /// `redirect_uri`: an absolute http(s) URL without query or fragment. Returns its (normalised) path, the
 /// path a browser requests when the IdP sends it there.
+#[inline(never)]
 fn redirect_uri_path(r: &str) -> Result<String, ConfigError> {
     const FIELD: &str = "redirect_uri";
     if r.chars().any(char::is_control) {
@@ -1726,6 +1791,7 @@ fn redirect_uri_path(r: &str) -> Result<String, ConfigError> {
 /// test: set to `/logout`, a logout sent the browser round to log out again, for good).
 ///
 /// [`safe_redirect`]: crate::paths::safe_redirect
+#[inline(never)]
 fn post_logout_redirect_uri_check(
     v: Option<&str>,
     redirect_uri: Option<&str>,
@@ -1783,6 +1849,7 @@ fn not_own_path(path: &str, own: [&String; 2]) -> Result<(), ConfigError> {
 
 /// A `hosts` entry's `post_logout_redirect_uri` at one of its own hosts: not its callback or logout path
 /// either (found in review: `https://app.example.com/logout` at app.example.com was taken).
+#[inline(never)]
 fn post_logout_not_own(site: &Config, hosts: &[String]) -> Result<(), ConfigError> {
     let Some(url) = site
         .post_logout_redirect_uri
@@ -1977,6 +2044,7 @@ type Params = Vec<(String, String)>;
 
 /// `authorization_params`: at most 16, none the filter sets itself or that changes how the answer comes
 /// back (`response_mode`, a request object); with their `max_age`, read.
+#[inline(never)]
 fn authorization_params_from(
     params: Option<Vec<(String, String)>>,
 ) -> Result<(Params, Option<u64>), ConfigError> {

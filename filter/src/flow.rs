@@ -396,6 +396,10 @@ pub struct State {
     pub idp_answered: bool,
     /// A refresh answer without an ID token ended a session here, and the log said so at warning.
     pub told_no_id_token: bool,
+    /// Why the call the reply answers was never sent (no cluster for its URL), set by the adapter for
+    /// the reply it makes up: a renewal's log line then says so, not that the IdP did not answer in time
+    /// (found by a review of what the logs say).
+    pub unsent: Option<String>,
     /// An error the IdP answered a login with, not the user's doing, and the log said so at warning.
     pub told_idp_error: bool,
 }
@@ -1031,6 +1035,12 @@ fn with_session(
         if now < s.token_expires_at {
             return Some(forward_session(cfg, h, &cached, cookie, target));
         }
+        // A browser's navigation is sent round again with it, as `adopt_renewal` sends one (found by a
+        // review of what the pages say: this one got a `503` that said the session "was renewed").
+        if matches!(anonymous, Anonymous::Login | Anonymous::Frame) {
+            let back = redirect(paths::safe_redirect(target), None);
+            return Some(with_cookies(back, cached.renewed_cookies.clone()));
+        }
         let api = matches!(anonymous, Anonymous::Api);
         return Some(replaced(api, cached.renewed_cookies.clone()));
     }
@@ -1038,7 +1048,7 @@ fn with_session(
         if now < s.token_expires_at {
             return Some(forward_session(cfg, h, &cached, cookie, target));
         }
-        return Some(not_ready(matches!(anonymous, Anonymous::Api)));
+        return Some(not_ready(state, matches!(anonymous, Anonymous::Api)));
     };
     let scope = cfg.scope_on_refresh.then_some(cfg.scopes.as_str());
     let form = token::refresh_request(
@@ -1293,7 +1303,7 @@ fn bearer_refused(
         return None;
     }
     let Some(provider) = state.provider.ready() else {
-        return Some(not_ready(true));
+        return Some(not_ready(state, true));
     };
     let header = h.get("authorization")?;
     let token = header.strip_prefix("Bearer ").unwrap_or_default().trim();
@@ -1418,6 +1428,7 @@ fn anonymous(cfg: &Config, h: &dyn Headers, target: &str) -> Anonymous {
 }
 
 /// No valid session: bypass, a client's own bearer, a login redirect, or 401.
+#[inline(never)]
 fn without_session(
     cfg: &Config,
     state: &State,
@@ -1449,7 +1460,7 @@ fn without_session(
         Vec::new()
     };
     if state.provider.ready().is_none() {
-        return with_cookies(not_ready(matches!(how, Anonymous::Api)), clear);
+        return with_cookies(not_ready(state, matches!(how, Anonymous::Api)), clear);
     }
     let page = how.holding_page(h);
     let mut r = anonymous_reply(cfg, how, page.as_deref().unwrap_or(target));
@@ -1555,19 +1566,12 @@ fn own_origin_stripped<'a>(rd: &'a str, h: &dyn Headers) -> &'a str {
         .unwrap_or(rd)
 }
 
-/// `/login`: a fresh state, nonce and PKCE verifier, sealed into a cookie of their own, then off to the IdP.
+/// Where a login goes back to: `rd`, or an IdP-started login's `target_link_uri`, kept as `rd` is (or `/`);
+/// and whether the page that reads the fragment has run. Out of `login`, as `to_idp`: Envoy's V8 compiles
+/// every function when the plugin loads, and the memory a compile takes, which Envoy's allocator keeps,
+/// grows with the function: the largest compile sets what stays.
 #[inline(never)]
-fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target: &str) -> Step {
-    // A login starts from a link, a redirect or a form; no other method starts one.
-    if !matches!(h.get(":method").as_deref(), Some("GET" | "HEAD" | "POST")) {
-        return method_not_allowed(
-            "Method not allowed: open this address to log in.",
-            "GET, HEAD, POST",
-        );
-    }
-    let Some(provider) = state.provider.ready() else {
-        return not_ready(false);
-    };
+fn login_target(cfg: &Config, h: &dyn Headers, target: &str) -> (String, bool) {
     let (mut rd, mut target_link) = (None, None);
     let mut fragment_read = false;
     for (k, v) in form::parse(paths::query_only(target).as_bytes()) {
@@ -1588,6 +1592,79 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
             ![&cfg.login_path, &cfg.callback_path, &cfg.logout_path].contains(&&p)
         })
         .unwrap_or_else(|| "/".to_string());
+    (rd, fragment_read)
+}
+
+/// A login's start: its state, nonce and PKCE verifier sealed in its login cookie, and the redirect to
+/// the IdP's authorization endpoint. Out of `login`, as `login_target`.
+#[inline(never)]
+fn to_idp(
+    cfg: &Config,
+    h: &dyn Headers,
+    provider: &Provider,
+    redirect_uri: &str,
+    rd: String,
+    [s, n, v, seal_nonce]: [[u8; 32]; 4],
+    now: u64,
+) -> Step {
+    let login = LoginState {
+        state: Secret::new(pkce::random_token(&s)),
+        nonce: Secret::new(pkce::random_token(&n)),
+        verifier: Secret::new(pkce::random_token(&v)),
+        rd,
+        expires_at: now + LOGIN_TTL,
+    };
+    let cookie_name = cfg.login_cookie_name(login.state.expose());
+    let sealed = cfg
+        .keys
+        .seal(&cookie_name, &login.encode(), nonce24(&seal_nonce));
+
+    let mut url = provider.meta.authorization_endpoint.clone();
+    let challenge = pkce::s256_challenge(login.verifier.expose());
+    let values = [
+        "code",
+        &cfg.client_id,
+        redirect_uri,
+        &cfg.scopes,
+        login.state.expose(),
+        login.nonce.expose(),
+        &challenge,
+        "S256",
+    ];
+    for (k, v) in AUTHORIZATION_PARAMS
+        .into_iter()
+        .zip(values)
+        .chain(cfg.authorization_params.iter().map(|(k, v)| (&**k, &**v)))
+    {
+        url.append_query_pair(k, v);
+    }
+    let mut set = stale_attempts(cfg, h, cookie_name.len() + sealed.len() + 2);
+    set.push(cookies::set_cookie(
+        &cookie_name,
+        &sealed,
+        &login_attrs(cfg),
+        LOGIN_TTL,
+    ));
+    with_cookies(
+        redirect(url.as_str().to_string(), Some(Metric::LoginStarted)),
+        set,
+    )
+}
+
+/// `/login`: a fresh state, nonce and PKCE verifier, sealed into a cookie of their own, then off to the IdP.
+#[inline(never)]
+fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target: &str) -> Step {
+    // A login starts from a link, a redirect or a form; no other method starts one.
+    if !matches!(h.get(":method").as_deref(), Some("GET" | "HEAD" | "POST")) {
+        return method_not_allowed(
+            "Method not allowed: open this address to log in.",
+            "GET, HEAD, POST",
+        );
+    }
+    let Some(provider) = state.provider.ready() else {
+        return not_ready(state, false);
+    };
+    let (rd, fragment_read) = login_target(cfg, h, target);
     // Before the page that reads the fragment (found by a black-box test: a hop there, then this 400).
     let Ok(origin) = origin_to_return_to(cfg, h) else {
         return text(
@@ -1626,47 +1703,14 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     ) else {
         return text(500, "Internal error: no randomness available.", None);
     };
-    let login = LoginState {
-        state: Secret::new(pkce::random_token(&s)),
-        nonce: Secret::new(pkce::random_token(&n)),
-        verifier: Secret::new(pkce::random_token(&v)),
-        rd,
-        expires_at: env.now + LOGIN_TTL,
-    };
-    let cookie_name = cfg.login_cookie_name(login.state.expose());
-    let sealed = cfg
-        .keys
-        .seal(&cookie_name, &login.encode(), nonce24(&seal_nonce));
-
-    let mut url = provider.meta.authorization_endpoint.clone();
-    let challenge = pkce::s256_challenge(login.verifier.expose());
-    let values = [
-        "code",
-        &cfg.client_id,
+    to_idp(
+        cfg,
+        h,
+        provider,
         &redirect_uri,
-        &cfg.scopes,
-        login.state.expose(),
-        login.nonce.expose(),
-        &challenge,
-        "S256",
-    ];
-    for (k, v) in AUTHORIZATION_PARAMS
-        .into_iter()
-        .zip(values)
-        .chain(cfg.authorization_params.iter().map(|(k, v)| (&**k, &**v)))
-    {
-        url.append_query_pair(k, v);
-    }
-    let mut set = stale_attempts(cfg, h, cookie_name.len() + sealed.len() + 2);
-    set.push(cookies::set_cookie(
-        &cookie_name,
-        &sealed,
-        &login_attrs(cfg),
-        LOGIN_TTL,
-    ));
-    with_cookies(
-        redirect(url.as_str().to_string(), Some(Metric::LoginStarted)),
-        set,
+        rd,
+        [s, n, v, seal_nonce],
+        env.now,
     )
 }
 
@@ -1825,60 +1869,15 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
     let login_cookie = cfg.login_cookie_name(&st);
     let clear = vec![cookies::clear_cookie(&login_cookie, &login_attrs(cfg))];
     if let Some(e) = error {
-        let e = form::keep_ascii(&e, 64, |b| b.is_ascii_alphanumeric() || b == b'_');
-        // Towards where the login was going, when this browser's login cookie is the one the IdP
-        // answers (found by a black-box test: a user who pressed Cancel at the IdP started again at `/`).
-        let ours = cookies::get(&cookie_header, &login_cookie)
-            .and_then(|sealed| cfg.keys.open(&login_cookie, sealed).ok())
-            .and_then(|p| LoginState::decode(&p).ok())
-            .filter(|l| constant_time_eq(l.state.expose().as_bytes(), st.as_bytes()));
-        let warn = ours.is_some() && !USER_ERRORS.contains(&e.as_str());
-        let again = ours
-            .as_ref()
-            .map_or_else(|| "/".into(), |l| start_again(cfg, &l.rd));
-        // The page names only the errors RFC 6749 4.1.2.1 and OpenID Connect Core 3.1.2.6 define: anyone
-        // can send a link to the callback, and other words there would read as the site's (found by a
-        // black-box test: "Your_account_is_locked_call_support_at_…"). The log line has it all.
-        let page = if IDP_ERRORS.contains(&e.as_str()) {
-            format!("The identity provider did not log you in ({e}).")
-        } else {
-            "The identity provider did not log you in.".into()
-        };
-        // The IdP's reason, in the log line only (the IdP's `error_description`, cleaned as a token
-        // endpoint's): often the only place that names the setting to change.
-        // Withheld when it quotes this login's secrets (an IdP that echoes the request).
-        let mut secrets = vec![st.as_str(), cfg.client_secret.expose()];
-        if let Some(l) = &ours {
-            secrets.extend([l.nonce.expose(), l.verifier.expose()]);
-        }
-        let detail = match description
-            .as_deref()
-            .map(|d| crate::oidc::token::description_withholding(d, &secrets))
-        {
-            Some(d) if !d.is_empty() => format!("the IdP answered error={e}, \"{d}\""),
-            _ => format!("the IdP answered error={e}"),
-        };
-        let mut step = error_page(
-            400,
-            CallbackFailure::IdpError,
-            &page,
-            Some(detail),
+        return idp_error(
+            cfg,
+            state,
+            (e, description),
+            &st,
+            &cookie_header,
+            &login_cookie,
             clear,
-            &again,
         );
-        // An error that is not the user's (who cancelled, or must log in at the IdP first), answering
-        // this browser's own login: the deployment's to mend (a client the IdP requires pushed or
-        // signed authorization requests from, a scope it does not know), so the first on this worker
-        // goes at warning, where istio-proxy logs by default (found by a black-box test: every user
-        // got this page and the log said nothing at that level).
-        if warn
-            && !state.told_idp_error
-            && let Step::Respond(r) = &mut step
-        {
-            r.warn = true;
-            state.told_idp_error = true;
-        }
-        return step;
     }
     let Some(code) = code.filter(|c| !c.is_empty() && c.len() <= MAX_CODE) else {
         return bad_callback(
@@ -1888,33 +1887,7 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
         );
     };
     let Some(sealed) = cookies::get(&cookie_header, &login_cookie) else {
-        // A callback this browser already completed, seen again (the back button through the IdP's
-        // pages, a second tab): it is logged in, so on to the site rather than an error page.
-        if has_session(cfg, state, &cookie_header, env.now) {
-            return with_cookies(redirect("/".into(), None), clear);
-        }
-        // Browsers drop `Secure` cookies on a plain-HTTP site: then every login ends here. Not on
-        // `localhost`, whose plain HTTP they trust (found by a black-box test: the demo's stale callbacks
-        // blamed HTTPS).
-        if cfg.cookie.secure
-            && h.get(":scheme").as_deref() == Some("http")
-            && !h.get(":authority").is_some_and(|a| is_loopback_name(&a))
-        {
-            return error_page(
-                400,
-                CallbackFailure::StateMismatch,
-                "This login has expired or was already used, or the browser refused its Secure cookie \
-                 over plain HTTP (serve the site over HTTPS, or set cookie_secure to false).",
-                Some("no login cookie on a plain-HTTP request, and cookie_secure is on".into()),
-                clear,
-                "/",
-            );
-        }
-        return bad_callback(
-            CallbackFailure::StateMismatch,
-            "This login has expired or was already used (or this browser does not keep this site's cookies).",
-            clear,
-        );
+        return without_login_cookie(cfg, state, env, h, &cookie_header, clear);
     };
     let login = match cfg
         .keys
@@ -1948,7 +1921,7 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
     }
     let Some(provider) = state.provider.ready() else {
         // Keep the login cookie: the attempt can go on once the IdP has been reached (Retry-After).
-        return not_ready(false);
+        return not_ready(state, false);
     };
     let Some(redirect_uri) = redirect_uri(cfg, h) else {
         return bad_callback(CallbackFailure::BadRequest, "Invalid Host header.", clear);
@@ -1971,6 +1944,114 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
             stale_chunks,
             asked_at: env.now,
         })),
+    )
+}
+
+/// The IdP's `error` at the callback: its page, towards where the login was going when it answers
+/// this browser's own login, and its log line. Out of `callback`, whose compile it would nearly double.
+#[inline(never)]
+fn idp_error(
+    cfg: &Config,
+    state: &mut State,
+    (e, description): (String, Option<String>),
+    st: &str,
+    cookie_header: &str,
+    login_cookie: &str,
+    clear: Vec<String>,
+) -> Step {
+    let e = form::keep_ascii(&e, 64, |b| b.is_ascii_alphanumeric() || b == b'_');
+    // Towards where the login was going, when this browser's login cookie is the one the IdP
+    // answers (found by a black-box test: a user who pressed Cancel at the IdP started again at `/`).
+    let ours = cookies::get(cookie_header, login_cookie)
+        .and_then(|sealed| cfg.keys.open(login_cookie, sealed).ok())
+        .and_then(|p| LoginState::decode(&p).ok())
+        .filter(|l| constant_time_eq(l.state.expose().as_bytes(), st.as_bytes()));
+    let warn = ours.is_some() && !USER_ERRORS.contains(&e.as_str());
+    let again = ours
+        .as_ref()
+        .map_or_else(|| "/".into(), |l| start_again(cfg, &l.rd));
+    // The page names only the errors RFC 6749 4.1.2.1 and OpenID Connect Core 3.1.2.6 define: anyone
+    // can send a link to the callback, and other words there would read as the site's (found by a
+    // black-box test: "Your_account_is_locked_call_support_at_…"). The log line has it all.
+    let page = if IDP_ERRORS.contains(&e.as_str()) {
+        format!("The identity provider did not log you in ({e}).")
+    } else {
+        "The identity provider did not log you in.".into()
+    };
+    // The IdP's reason, in the log line only (the IdP's `error_description`, cleaned as a token
+    // endpoint's): often the only place that names the setting to change.
+    // Withheld when it quotes this login's secrets (an IdP that echoes the request).
+    let mut secrets = vec![st, cfg.client_secret.expose()];
+    if let Some(l) = &ours {
+        secrets.extend([l.nonce.expose(), l.verifier.expose()]);
+    }
+    let detail = match description
+        .as_deref()
+        .map(|d| crate::oidc::token::description_withholding(d, &secrets))
+    {
+        Some(d) if !d.is_empty() => format!("the IdP answered error={e}, \"{d}\""),
+        _ => format!("the IdP answered error={e}"),
+    };
+    let mut step = error_page(
+        400,
+        CallbackFailure::IdpError,
+        &page,
+        Some(detail),
+        clear,
+        &again,
+    );
+    // An error that is not the user's (who cancelled, or must log in at the IdP first), answering
+    // this browser's own login: the deployment's to mend (a client the IdP requires pushed or
+    // signed authorization requests from, a scope it does not know), so the first on this worker
+    // goes at warning, where istio-proxy logs by default (found by a black-box test: every user
+    // got this page and the log said nothing at that level).
+    if warn
+        && !state.told_idp_error
+        && let Step::Respond(r) = &mut step
+    {
+        r.warn = true;
+        state.told_idp_error = true;
+    }
+    step
+}
+
+/// A callback without its login cookie: a spent one seen again by a browser that is logged in, one
+/// over plain HTTP where the cookie is `Secure`, or one this browser did not start. Out of `callback`.
+#[inline(never)]
+fn without_login_cookie(
+    cfg: &Config,
+    state: &mut State,
+    env: &Env,
+    h: &dyn Headers,
+    cookie_header: &str,
+    clear: Vec<String>,
+) -> Step {
+    // A callback this browser already completed, seen again (the back button through the IdP's
+    // pages, a second tab): it is logged in, so on to the site rather than an error page.
+    if has_session(cfg, state, cookie_header, env.now) {
+        return with_cookies(redirect("/".into(), None), clear);
+    }
+    // Browsers drop `Secure` cookies on a plain-HTTP site: then every login ends here. Not on
+    // `localhost`, whose plain HTTP they trust (found by a black-box test: the demo's stale callbacks
+    // blamed HTTPS).
+    if cfg.cookie.secure
+        && h.get(":scheme").as_deref() == Some("http")
+        && !h.get(":authority").is_some_and(|a| is_loopback_name(&a))
+    {
+        return error_page(
+            400,
+            CallbackFailure::StateMismatch,
+            "This login has expired or was already used, or the browser refused its Secure cookie \
+             over plain HTTP (serve the site over HTTPS, or set cookie_secure to false).",
+            Some("no login cookie on a plain-HTTP request, and cookie_secure is on".into()),
+            clear,
+            "/",
+        );
+    }
+    bad_callback(
+        CallbackFailure::StateMismatch,
+        "This login has expired or was already used (or this browser does not keep this site's cookies).",
+        clear,
     )
 }
 
@@ -2037,11 +2118,14 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
     // all the same, and the user is told it may live on at the IdP; the adapter holds the request for the
     // documents first, as a login's (found by a black-box test: it went to `/` as if the IdP had no
     // end-session endpoint, and the next visit logged the user in again without a password).
-    let Some(provider) = state.provider.ready() else {
+    // Its keys are not needed: a worker that has the discovery document but no usable keys (the IdP
+    // publishes only keys the filter refuses) still sends the user to the IdP's end-session endpoint
+    // (found by a review of what the pages say: it said the IdP "could not be reached").
+    let Some(meta) = state.provider.meta() else {
         let api = !is_browser(h) && !is_form_navigation(h);
         return with_cookies(idp_unreached_at_logout(api), clear);
     };
-    let end_session = provider.meta.end_session_endpoint.clone();
+    let end_session = meta.end_session_endpoint.clone();
     let location = match end_session {
         Some(mut url) => {
             url.append_query_pair("client_id", &cfg.client_id);
@@ -2321,7 +2405,7 @@ fn finish_login(
 ) -> Step {
     let clear = vec![cookies::clear_cookie(&x.login_cookie, &login_attrs(cfg))];
     let Some(provider) = state.provider.ready() else {
-        return with_cookies(not_ready(false), clear);
+        return with_cookies(not_ready(state, false), clear);
     };
     let Some(id_token) = tokens.id_token.clone() else {
         return gateway_error(
@@ -2422,7 +2506,10 @@ fn finish_login(
         );
     }
     let mut set = clear;
-    match seal_session(cfg, env, &session, &x.stale_chunks) {
+    // Towards where the login was going, as every failed login's page (found by a review of what the
+    // pages say: tokens that pass the first bound and fail only once sealed started again at `/`).
+    let again = start_again(cfg, &x.login.rd);
+    match seal_session(cfg, env, &session, &x.stale_chunks, &again) {
         Ok(cookies) => set.extend(cookies),
         Err(reply) => return with_cookies(*reply, set),
     }
@@ -2490,9 +2577,10 @@ fn refresh_outcome(
         // renews by itself once the IdP answers again rather than an outage logging everybody out.
         Err(e) => Err(renewal_unavailable(
             job.api(),
-            match reply {
-                None => no_answer(),
-                Some(_) => e.to_string(),
+            match (reply, state.unsent.take()) {
+                (None, Some(why)) => format!("cannot call the IdP: {why}"),
+                (None, None) => no_answer(),
+                (Some(_), _) => e.to_string(),
             },
         )),
     }
@@ -2507,11 +2595,12 @@ fn withholding_sent(cfg: &Config, e: TokenError, grant: &str) -> TokenError {
 
 const NO_PROVIDER: &str = "the IdP's discovery document or keys are not loaded on this worker";
 /// 503 for a request whose session cookie was replaced by `cookies` (which it sets), and which the
-/// browser has not sent yet.
+/// browser has not sent yet. Its token has expired, and the new cookie carries what renews it (a new
+/// refresh token): not a session renewed yet (found by a review of what the pages say).
 fn replaced(api: bool, cookies: Vec<String>) -> Step {
     let step = unavailable(
         api.then_some(RENEWAL_UNAVAILABLE),
-        "Your session was renewed while this request was on its way. Try again.",
+        "This request carried an old session cookie; this answer brings the new one. Try again.",
         Metric::RefreshFailed,
         Some("the session has a new cookie, not yet sent by the browser".into()),
     );
@@ -2523,7 +2612,7 @@ fn replaced(api: bool, cookies: Vec<String>) -> Step {
 pub fn renewal_crowded(job: &RefreshJob) -> Step {
     unavailable(
         job.api().then_some(RENEWAL_UNAVAILABLE),
-        "Too many requests are waiting for this session to be renewed. Try again shortly.",
+        "Too many requests are waiting for sessions to be renewed on this gateway. Try again shortly.",
         Metric::RefreshFailed,
         Some("too many requests wait for renewals on this worker".into()),
     )
@@ -2648,11 +2737,34 @@ fn finish_refresh(
             return step;
         }
     };
+    renewed_session(
+        cfg,
+        state,
+        env,
+        job,
+        &tokens,
+        (id_token, exp, sub, login_sid),
+    )
+}
+
+/// A refresh's tokens, checked, made the session: sealed, cached, and sent on with the request. Out of
+/// `finish_refresh`: Envoy's V8 compiles every function when the plugin loads, and the memory a compile
+/// takes, which Envoy's allocator keeps, grows with the function: the largest compile sets what stays.
+#[inline(never)]
+fn renewed_session(
+    cfg: &Config,
+    state: &mut State,
+    env: &mut Env,
+    job: RefreshJob,
+    tokens: &TokenResponse,
+    (id_token, exp, sub, login_sid): (Secret, u64, String, Option<String>),
+) -> Step {
+    let old = &job.session.session;
     let refresh = tokens
         .refresh_token
         .clone()
         .or_else(|| old.refresh_token.clone());
-    let Some(mut session) = new_session(cfg, env.now, &tokens, id_token, exp, sub, refresh) else {
+    let Some(mut session) = new_session(cfg, env.now, tokens, id_token, exp, sub, refresh) else {
         let why = "token response has no access_token (forward_token is access_token)";
         return refresh_failed(cfg, state, &job, env.now, why.into());
     };
@@ -2674,7 +2786,7 @@ fn finish_refresh(
     // One that did not extend it but is still good: renewing again before it expires would ask the
     // IdP on every request within the margin (found in review); the session renews once it has expired.
     session.renew_at_expiry = session.token_expires_at <= old.token_expires_at;
-    let set = match seal_session(cfg, env, &session, &job.present_chunks) {
+    let set = match seal_session(cfg, env, &session, &job.present_chunks, "/") {
         Ok(c) => c,
         Err(step) => {
             let why = match *step {
@@ -2707,6 +2819,7 @@ fn finish_refresh(
 /// cannot be checked on this worker yet. An IdP that rotates refresh tokens has spent the old one: the
 /// session keeps the new one, re-sealed with the old tokens, or its next renewal would be refused and the
 /// user logged out. Requests that still carry the old cookie get the new one, and leave the renewal to it.
+#[inline(never)]
 fn keeping_new_refresh_token(
     cfg: &Config,
     state: &mut State,
@@ -2725,7 +2838,7 @@ fn keeping_new_refresh_token(
     };
     let mut session = old.clone();
     session.refresh_token = Some(new.clone());
-    let Ok(set) = seal_session(cfg, env, &session, &job.present_chunks) else {
+    let Ok(set) = seal_session(cfg, env, &session, &job.present_chunks, "/") else {
         return step;
     };
     // Requests that still carry the old cookie, here and (through the renewal table) on other workers,
@@ -3291,12 +3404,14 @@ fn too_large(clear: Vec<String>, again: &str) -> Step {
     )
 }
 
-/// Seals a session into cookies, and clears chunks of an earlier, longer session.
+/// Seals a session into cookies, and clears chunks of an earlier, longer session. `again`: where the
+/// page of tokens too large starts again (a login's, towards the page it was for).
 fn seal_session(
     cfg: &Config,
     env: &mut Env,
     session: &Session,
     present: &[String],
+    again: &str,
 ) -> Result<Vec<String>, Box<Step>> {
     let Some(r) = (env.random)() else {
         return Err(Box::new(text(
@@ -3310,7 +3425,7 @@ fn seal_session(
         .seal(&cfg.cookie_name, &session.encode(), nonce24(&r));
     let chunks = match session::split(&cfg.cookie_name, &sealed) {
         Ok(c) if c.len() <= MAX_SESSION_CHUNKS => c,
-        _ => return Err(Box::new(too_large(Vec::new(), "/"))),
+        _ => return Err(Box::new(too_large(Vec::new(), again))),
     };
     let max_age = session.expires_at.saturating_sub(env.now);
     let mut out = Vec::new();
@@ -3602,14 +3717,17 @@ fn redirect_reply(location: String) -> Reply {
     }
 }
 
-/// `api`: for an API client (JSON).
-fn not_ready(api: bool) -> Step {
-    unavailable(
-        api.then_some("not_ready"),
-        "Login is not available yet: the identity provider has not been reached. Try again shortly.",
-        Metric::NotReady,
-        None,
-    )
+/// `api`: for an API client (JSON). What the page says depends on why: an IdP not reached yet, or one
+/// that answered with what this gateway cannot use (then waiting does not help; the log names the cause).
+fn not_ready(state: &State, api: bool) -> Step {
+    let msg = if state.provider.unusable() {
+        "Login is not available: the identity provider answered, but this site cannot use what it \
+         published (its discovery document or signing keys). The site's operator must fix this; the \
+         gateway's log says why."
+    } else {
+        "Login is not available yet: the identity provider has not been reached. Try again shortly."
+    };
+    unavailable(api.then_some("not_ready"), msg, Metric::NotReady, None)
 }
 
 /// A `/logout` whose IdP has not been reached ([`Metric::NotReady`]: held as a login is); `api`: for an

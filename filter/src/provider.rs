@@ -54,6 +54,10 @@ pub struct ProviderState {
     jwks_failures: u32,
     /// When the keys held were installed (fetched whatever for).
     keys_installed_at: u64,
+    /// Not ready because the IdP answered with what the filter cannot use (a document that does not
+    /// parse or names another issuer, keys it refuses, a `4xx`), rather than not answering: then the
+    /// `503` page does not say the IdP "has not been reached" (found by a review of what the pages say).
+    unusable: bool,
 }
 
 impl ProviderState {
@@ -65,6 +69,16 @@ impl ProviderState {
     /// The discovery document is in (the keys may not be yet).
     pub fn discovered(&self) -> bool {
         self.meta.is_some()
+    }
+
+    /// The discovery document, once in, keys or not: what a `/logout` needs.
+    pub fn meta(&self) -> Option<&ProviderMetadata> {
+        self.meta.as_ref()
+    }
+
+    /// Not ready because what the IdP answered cannot be used, rather than because it did not answer.
+    pub fn unusable(&self) -> bool {
+        self.unusable && self.ready.is_none()
     }
 
     /// Not ready yet, and a fetch is on its way that may make it so: a request that needs the IdP can
@@ -164,6 +178,11 @@ impl ProviderState {
                 self.next_attempt = now;
             }
             Err(_) => {
+                // A `5xx` may be Envoy's own (no healthy upstream): only a `200` that could not be
+                // used, or a `4xx`, is the IdP's answer for certain. Discovery read fine in between
+                // (keys still failing) leaves it as it was.
+                self.unusable =
+                    matches!(reply, Some((s, _)) if s == 200 || (400..500).contains(&s));
                 if fetch == Fetch::Jwks {
                     self.jwks_failures = self.jwks_failures.saturating_add(1);
                 }
@@ -260,6 +279,7 @@ impl ProviderState {
             last_kid_refresh: self.last_kid_refresh,
             jwks_failures: 0,
             keys_installed_at: self.keys_installed_at,
+            unusable: false,
         })
     }
 

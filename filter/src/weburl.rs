@@ -340,6 +340,7 @@ fn split_port(authority: &str) -> Result<(&str, Option<u16>), UrlError> {
 }
 
 /// A host as it is serialised: a lower-case DNS name, a dotted-quad IPv4 or a bracketed, RFC 5952 IPv6.
+#[inline(never)]
 fn parse_host(host: &str) -> Result<String, UrlError> {
     if host.is_empty() {
         return Err(UrlError::EmptyHost);
