@@ -2364,6 +2364,12 @@ fn code_reply(
                 // test: the page blamed the answer of an IdP that was down).
                 let page = if status >= 500 {
                     "The identity provider could not be reached, or failed: try again later."
+                } else if e.refuses_client() {
+                    // Found by a review of what the pages say: "an unusable answer", and a retry that
+                    // fails the same way, for the deployment's own mistake.
+                    "The identity provider refused this site's client credentials: the site's operator \
+                     must correct the gateway's configuration (its client ID or secret) or the client \
+                     at the identity provider. Trying again will not help until then."
                 } else {
                     "The identity provider's token endpoint gave an unusable answer."
                 };

@@ -111,7 +111,7 @@ fn login_refused_at_the_token_endpoint(site: &str, why: &str, idp_says: &str) {
     assert!(r.body.contains("<h1>Login failed</h1>"), "{}", r.body);
     assert!(
         r.body
-            .contains("The identity provider's token endpoint gave an unusable answer."),
+            .contains("The identity provider refused this site's client credentials"),
         "{}",
         r.body
     );

@@ -109,6 +109,13 @@ impl TokenError {
         self
     }
 
+    /// The IdP refused the gateway's own client (RFC 6749 5.2: `invalid_client`, or a `401`; Keycloak's
+    /// `unauthorized_client` with it): a login fails so until the configuration or the IdP's client is
+    /// mended, so its page says so rather than offer a retry as the answer of a faulty IdP.
+    pub fn refuses_client(&self) -> bool {
+        matches!(self, Self::Rejected { status, error, .. } if *status == 401 || error == "invalid_client")
+    }
+
     /// The IdP refused the grant in its own words (RFC 6749 5.2: a 4xx with an error code), as opposed to
     /// not answering usefully: Dex answers a spent refresh token `invalid_request`. Asking again will not
     /// change the answer. Not `invalid_client`, nor any `401` but `invalid_grant`'s: RFC 6749 5.2 keeps
