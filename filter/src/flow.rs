@@ -2368,8 +2368,7 @@ fn code_reply(
                     // Found by a review of what the pages say: "an unusable answer", and a retry that
                     // fails the same way, for the deployment's own mistake.
                     "The identity provider refused this site's client credentials: the site's operator \
-                     must correct the gateway's configuration (its client ID or secret) or the client \
-                     at the identity provider. Trying again will not help until then."
+                     must correct them. Trying again will not help until then."
                 } else {
                     "The identity provider's token endpoint gave an unusable answer."
                 };
@@ -3727,9 +3726,8 @@ fn redirect_reply(location: String) -> Reply {
 /// that answered with what this gateway cannot use (then waiting does not help; the log names the cause).
 fn not_ready(state: &State, api: bool) -> Step {
     let msg = if state.provider.unusable() {
-        "Login is not available: the identity provider answered, but this site cannot use what it \
-         published (its discovery document or signing keys). The site's operator must fix this; the \
-         gateway's log says why."
+        "Login is not available: the identity provider answered, but this site cannot use its \
+         discovery document or signing keys. The site's operator must fix this."
     } else {
         "Login is not available yet: the identity provider has not been reached. Try again shortly."
     };
