@@ -757,7 +757,17 @@ impl Http {
     /// Carries a callout's outcome on through the core: the IdP's reply, or `None` when there was none (a
     /// timeout, a reset, or a call the host would not make).
     fn resume(&mut self, pending: Pending, reply: Option<(u16, Vec<u8>)>) -> Action {
-        let Some((step, renewed)) = self.reply_step(pending, reply) else {
+        self.resume_unsent(pending, reply, None)
+    }
+
+    /// [`Http::resume`], for a call the host would not send: `unsent` says why (`flow::State::unsent`).
+    fn resume_unsent(
+        &mut self,
+        pending: Pending,
+        reply: Option<(u16, Vec<u8>)>,
+        unsent: Option<String>,
+    ) -> Action {
+        let Some((step, renewed)) = self.reply_step(pending, reply, unsent) else {
             self.fail();
             return Action::Pause;
         };
@@ -791,7 +801,7 @@ impl Http {
         let same_silence = self.given_up
             && matches!(*pending, Pending::Refresh(_))
             && matches!(reply, None | Some((504, _)));
-        let Some((step, renewed)) = self.reply_step(*pending, reply) else {
+        let Some((step, renewed)) = self.reply_step(*pending, reply, None) else {
             return;
         };
         let (step, renewed) = match step {
@@ -802,7 +812,7 @@ impl Http {
                     return;
                 }
                 // As a request that is still there goes on: without them.
-                Err(_) => match self.reply_step(*pending, None) {
+                Err(_) => match self.reply_step(*pending, None, None) {
                     Some(done) => done,
                     None => return,
                 },
@@ -879,6 +889,7 @@ impl Http {
         &self,
         pending: Pending,
         reply: Option<(u16, Vec<u8>)>,
+        unsent: Option<String>,
     ) -> Option<(Step, Option<Option<Vec<String>>>)> {
         let renewal = matches!(pending, Pending::Refresh(_) | Pending::RefreshJwks(..));
         if renewal {
@@ -898,6 +909,8 @@ impl Http {
         };
         let before = (state.renewals_paused_until, state.renewals_failing);
         let ahead = state.idp_ahead;
+        // Set for this reply only: no reason outlives it, whichever path reads it or not.
+        state.unsent = unsent;
         let step = flow::on_reply(
             cfg,
             state,
@@ -905,6 +918,7 @@ impl Http {
             pending,
             reply.as_ref().map(|(st, b)| (*st, b.as_slice())),
         );
+        state.unsent = None;
         share_if_ended(cfg, state);
         let answered = core::mem::take(&mut state.idp_answered);
         share_pause(cfg, state, before, answered);
@@ -1219,28 +1233,16 @@ impl Http {
                         }
                     }
                 }
-                // Anything else that cannot be sent is an IdP that did not answer: a refresh goes on
-                // with its token while that lasts, as through an outage; a step waiting for keys goes
-                // on without them.
+                // Anything else that cannot be sent goes on as an IdP that did not answer: a refresh
+                // with its token while that lasts, as through an outage (its log line says the call was
+                // not sent, `resume_unsent`); a step waiting for keys without them.
                 p => {
                     CALL_FAILED.log(LogLevel::Warn, || {
                         format!("oidc-filter: cannot call the IdP: {reason}")
                     });
-                    self.set_unsent(Some(reason));
-                    let action = self.resume(p, None);
-                    self.set_unsent(None);
-                    action
+                    self.resume_unsent(p, None, Some(reason))
                 }
             },
-        }
-    }
-
-    /// Why this request's call was never sent, for the reply made up for it (`flow::State::unsent`).
-    fn set_unsent(&self, why: Option<String>) {
-        if let Ok(mut s) = self.shared.try_borrow_mut()
-            && let Some(state) = s.states.get_mut(self.site)
-        {
-            state.unsent = why;
         }
     }
 

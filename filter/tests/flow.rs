@@ -860,6 +860,7 @@ fn an_absolute_rd_of_the_site_s_own_origin_keeps_its_path() {
             "?target_link_uri=https://app.example.com/first&target_link_uri=https://app.example.com/second",
             "/first",
         ),
+        ("?rd=/first&rd=/second", "/first"),
     ] {
         let mut f = ready();
         let l = start_login(&mut f, raw);
@@ -6179,5 +6180,154 @@ fn tokens_too_large_once_sealed_start_again_towards_the_page_the_login_was_for()
             "{blob}: {}",
             r.body
         );
+    }
+}
+
+/// Review, mutation testing of the not-ready page (the other side of
+/// `an_idp_that_answered_unusably_is_not_said_to_be_unreached`): an IdP that did not answer, or whose
+/// answer was a `5xx` (Envoy's own when it has no healthy upstream), is said not to have been reached,
+/// "Try again shortly"; only a `4xx` or a `200` the filter cannot use is "answered", and the latest
+/// attempt decides: an IdP that answered unusably and then went down is unreached again.
+#[test]
+fn an_idp_that_did_not_answer_is_said_to_be_unreached_whatever_it_answered_before() {
+    let unreached = "the identity provider has not been reached";
+    let answered = "the identity provider answered, but";
+    let mut f = Filter::new(config(json!({})));
+    // What the IdP answered (`None`: nothing), and whether that is an answer.
+    type Answer = Option<(u16, &'static [u8])>;
+    let replies: [(Answer, bool); 6] = [
+        (None, false),
+        (Some((503, b"no healthy upstream")), false),
+        (Some((404, b"Not Found")), true),
+        (None, false),
+        (Some((200, OTHER_ISSUER)), true),
+        (Some((502, b"")), false),
+    ];
+    for (reply, reached) in replies {
+        f.now += 600;
+        let (_, fetch) = f.poll().unwrap();
+        assert_eq!(fetch, Fetch::Discovery);
+        assert!(f.provider_reply(fetch, reply).is_err());
+        for req in [Req::browser("/app"), Req::api("/api")] {
+            let r = respond(f.request(&req));
+            assert_eq!((r.status, r.metric), (503, Some(Metric::NotReady)));
+            let status = reply.map(|(s, _)| s);
+            assert_eq!(r.body.contains(answered), reached, "{status:?}: {}", r.body);
+            assert_eq!(
+                r.body.contains(unreached),
+                !reached,
+                "{status:?}: {}",
+                r.body
+            );
+        }
+    }
+}
+
+/// Review, mutation testing of the page of a login whose client the token endpoint refuses: RFC 6749 5.2
+/// answers `invalid_client` with a `400` or a `401`, and some IdPs answer a `401` with another code
+/// (Keycloak's `unauthorized_client`) or none; each tells the user the operator must mend the client,
+/// where any other `4xx` is an unusable answer.
+#[test]
+fn a_token_endpoint_that_refuses_the_client_is_said_to_whatever_its_status_or_code() {
+    let refused = "refused this site's client credentials";
+    let unusable = "gave an unusable answer";
+    let unreached = "could not be reached, or failed";
+    let cases: [(u16, &[u8], &str); 6] = [
+        (400, br#"{"error":"invalid_client"}"#, refused),
+        (401, br#"{"error":"unauthorized_client"}"#, refused),
+        (401, b"Unauthorized", refused),
+        (400, br#"{"error":"unauthorized_client"}"#, unusable),
+        (403, br#"{"error":"access_denied"}"#, unusable),
+        // A 5xx may be Envoy's own, whatever its body: not the IdP's word on the client.
+        (503, br#"{"error":"invalid_client"}"#, unreached),
+    ];
+    for (status, body, page) in cases {
+        let mut f = ready();
+        let r = callback_with_reply(&mut f, |_| Some((status, body.to_vec())));
+        assert_callback_failed(&r, 502, CallbackFailure::TokenEndpoint);
+        for said in [refused, unusable, unreached] {
+            assert_eq!(r.body.contains(said), said == page, "{status}: {}", r.body);
+        }
+    }
+}
+
+/// Review, mutation testing of a renewal the adapter could not send (no cluster for the token endpoint's
+/// URL: `State::unsent`, which it sets for the reply it makes up): the operator's line names why, not an
+/// IdP that did not answer within `callout_timeout`, which one that was sent and not answered still says.
+#[test]
+fn a_renewal_that_could_not_be_sent_is_logged_so_not_as_an_idp_that_did_not_answer() {
+    let why = "cluster `outbound|443||token.invalid` is not known to the proxy";
+    for unsent in [false, true] {
+        let mut f = ready();
+        let (jar, _) = due_for_refresh(&mut f);
+        f.now = NOW + 3600;
+        let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
+        if unsent {
+            f.state.unsent = Some(why.into());
+        }
+        let r = respond(f.reply(pending, None));
+        assert_eq!((r.status, r.metric), (503, Some(Metric::RefreshFailed)));
+        let detail = if unsent {
+            format!("cannot call the IdP: {why}")
+        } else {
+            "no answer from the token endpoint within callout_timeout".into()
+        };
+        assert_eq!(r.detail.as_deref(), Some(detail.as_str()), "{unsent}");
+    }
+}
+
+/// Review, mutation testing of the answer to a request that still carries the old cookie after a
+/// renewal that kept only the IdP's new refresh token, its token expired: a browser's navigation, at the
+/// top or inside a frame, is sent round again to the address it asked for (its query too), with the new
+/// cookie; an address that would leave the site is not followed, but the site's root. A form post, and
+/// an API client, get the `503` that brings the new cookie, each in its own kind (text, JSON).
+#[test]
+fn after_a_renewal_that_kept_only_a_refresh_token_a_navigation_goes_back_to_its_own_address() {
+    let mut f = ready();
+    let (jar, _) = due_for_refresh(&mut f);
+    f.now = NOW + 3600;
+    let rotated = mint_with_kid(&refreshed_claims(f.now), "rotated-1");
+    let (_, pending) = call(f.request(&Req::browser("/").cookies(&jar)));
+    let (_, pending) = call(f.reply(
+        pending,
+        Some((200, &token_body(Some(&rotated), Some("rt-2")))),
+    ));
+    let first = respond(f.reply(pending, None));
+    assert_eq!(first.status, 503);
+    let set: Vec<String> = set_cookies(&first)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    assert!(!set.is_empty());
+    for (req, back) in [
+        (Req::browser("/app/page?tab=2"), "/app/page?tab=2"),
+        (
+            Req::browser("/panel/7").with("sec-fetch-dest", "iframe"),
+            "/panel/7",
+        ),
+        (Req::browser("//evil.example/x"), "/"),
+    ] {
+        let r = respond(f.request(&req.cookies(&jar)));
+        assert_eq!((r.status, location(&r)), (302, back), "{}", r.body);
+        let sent: Vec<&str> = set_cookies(&r);
+        assert_eq!(sent, set.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    // A browser's form post is not sent round (its body would be lost): `503` with the new cookie, in
+    // text, as the browser shows it; an API client's in JSON.
+    for (req, json) in [
+        (Req::browser("/form").with(":method", "POST"), false),
+        (Req::api("/api"), true),
+    ] {
+        let r = respond(f.request(&req.cookies(&jar)));
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(
+            header(&r.headers, "content-type") == Some("application/json"),
+            json,
+            "{}",
+            r.body
+        );
+        assert!(r.body.contains("old session cookie"), "{}", r.body);
+        let sent: Vec<&str> = set_cookies(&r);
+        assert_eq!(sent, set.iter().map(String::as_str).collect::<Vec<_>>());
     }
 }

@@ -335,3 +335,56 @@ fn open_session(cookie_header: &str) -> Session {
 fn seal(s: &Session) -> String {
     sealed::seal(s).unwrap()
 }
+
+/// Mutation testing of the throttled log lines (`log_admitted`): a flood of failed callbacks, more than
+/// the 20 lines a second a kind may log, leaves lines out; the next line of that kind the worker logs says
+/// how many, so that an operator reading the log knows it is not the whole story (and how large the
+/// flood was). One worker, so that every line counts against one budget.
+#[test]
+fn the_line_after_a_throttled_flood_says_how_many_were_left_out() {
+    let stack = Stack::start(StackSpec {
+        concurrency: 1,
+        ..StackSpec::new("log_audit_throttle", vec![SiteSpec::new(SITE)])
+    })
+    .unwrap();
+    stack.wait_keys_loaded(Duration::from_secs(60)).unwrap();
+    let site = stack.site(SITE).unwrap();
+    let bad = |i: usize| {
+        let r = Browser::new()
+            .get(&site.url(&format!(
+                "/oauth2/callback?code=x&state={}{i:02}",
+                "B".repeat(41)
+            )))
+            .unwrap();
+        assert_eq!(r.status, 400, "{}", r.body);
+    };
+    // 70 within a second or three: in one of those seconds more than 20.
+    for i in 0..70 {
+        bad(i);
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    bad(99);
+    let said = "more of this kind not logged)";
+    stack
+        .wait_for_envoy_log(said, Duration::from_secs(10))
+        .unwrap();
+    let log = stack.envoy_log().unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(said)).collect();
+    assert!(
+        lines.iter().all(|l| {
+            l.contains("oidc-filter: login callback failed (state_mismatch), answered 400")
+        }),
+        "{lines:?}"
+    );
+    // Only a line after some were left out says so: none says it left out none.
+    assert!(!log.contains("(0 more of this kind"), "{lines:?}");
+    // The count is of lines left out, each one a bad callback.
+    let left_out: usize = lines
+        .iter()
+        .map(|l| {
+            let (before, _) = l.rsplit_once(" more of this kind").unwrap();
+            before.rsplit_once('(').unwrap().1.parse::<usize>().unwrap()
+        })
+        .sum();
+    assert!((1..=71 - 20).contains(&left_out), "{lines:?}");
+}
