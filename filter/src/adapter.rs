@@ -760,7 +760,7 @@ impl Http {
         self.resume_unsent(pending, reply, None)
     }
 
-    /// [`Http::resume`], for a call the host would not send: `unsent` says why (`flow::State::unsent`).
+    /// [`Http::resume`], for a call the host would not send: `unsent` says why (`flow::Env::unsent`).
     fn resume_unsent(
         &mut self,
         pending: Pending,
@@ -906,11 +906,10 @@ impl Http {
         let mut env = Env {
             now,
             random: &mut random,
+            unsent: unsent.as_deref(),
         };
         let before = (state.renewals_paused_until, state.renewals_failing);
         let ahead = state.idp_ahead;
-        // Set for this reply only: no reason outlives it, whichever path reads it or not.
-        state.unsent = unsent;
         let step = flow::on_reply(
             cfg,
             state,
@@ -918,7 +917,6 @@ impl Http {
             pending,
             reply.as_ref().map(|(st, b)| (*st, b.as_slice())),
         );
-        state.unsent = None;
         share_if_ended(cfg, state);
         let answered = core::mem::take(&mut state.idp_answered);
         share_pause(cfg, state, before, answered);
@@ -1005,6 +1003,7 @@ impl Http {
             let mut env = Env {
                 now,
                 random: &mut random,
+                unsent: None,
             };
             let step = flow::on_request(cfg, state, &mut env, headers);
             share_if_ended(cfg, state);
@@ -1022,7 +1021,7 @@ impl Http {
                     let t = cfg.callout_timeout.as_secs();
                     let provider = &state.provider;
                     Some(held_until.unwrap_or(now + 2 * t + 2)).filter(|until| {
-                        let until = if provider.discovered() {
+                        let until = if provider.meta().is_some() {
                             *until
                         } else {
                             until - t
@@ -1386,6 +1385,7 @@ impl Http {
             let env = Env {
                 now,
                 random: &mut random,
+                unsent: None,
             };
             let step = flow::on_backchannel_logout(cfg, state, &env, body);
             share_if_ended(cfg, state);

@@ -89,6 +89,10 @@ pub struct Env<'a> {
     pub now: u64,
     /// 32 fresh random bytes, or `None` when the host has none (then the request fails closed).
     pub random: &'a mut dyn FnMut() -> Option<[u8; 32]>,
+    /// Why the call a reply answers was never sent (no cluster for its URL), for the reply the adapter
+    /// makes up for it: a renewal's log line then says so, not that the IdP did not answer in time
+    /// (found by a review of what the logs say). `None` for every other call.
+    pub unsent: Option<&'a str>,
 }
 
 /// What the adapter does next.
@@ -197,7 +201,7 @@ pub fn renewal_given_up(
     now: u64,
 ) -> Option<Step> {
     match pending {
-        Pending::Refresh(job) => refresh_outcome(cfg, state, job, None, now).err(),
+        Pending::Refresh(job) => refresh_outcome(cfg, state, job, (None, None), now).err(),
         // The token endpoint answered, late, and the keys for its new ID token are on their way: no
         // outage of renewals (none paused), but the request has waited its `callout_timeout`. The fetch
         // goes on, and its renewal is kept for the session's next request (found in review: the
@@ -396,10 +400,6 @@ pub struct State {
     pub idp_answered: bool,
     /// A refresh answer without an ID token ended a session here, and the log said so at warning.
     pub told_no_id_token: bool,
-    /// Why the call the reply answers was never sent (no cluster for its URL), set by the adapter for
-    /// the reply it makes up: a renewal's log line then says so, not that the IdP did not answer in time
-    /// (found by a review of what the logs say).
-    pub unsent: Option<String>,
     /// An error the IdP answered a login with, not the user's doing, and the log said so at warning.
     pub told_idp_error: bool,
 }
@@ -1035,14 +1035,9 @@ fn with_session(
         if now < s.token_expires_at {
             return Some(forward_session(cfg, h, &cached, cookie, target));
         }
-        // A browser's navigation is sent round again with it, as `adopt_renewal` sends one (found by a
-        // review of what the pages say: this one got a `503` that said the session "was renewed").
-        if matches!(anonymous, Anonymous::Login | Anonymous::Frame) {
-            let back = redirect(paths::safe_redirect(target), None);
-            return Some(with_cookies(back, cached.renewed_cookies.clone()));
-        }
-        let api = matches!(anonymous, Anonymous::Api);
-        return Some(replaced(api, cached.renewed_cookies.clone()));
+        // (Found by a review of what the pages say: a browser's navigation here got a `503` that said
+        // the session "was renewed", where `adopt_renewal` sent it round again.)
+        return Some(replaced(anonymous, target, cached.renewed_cookies.clone()));
     }
     let Some(provider) = state.provider.ready() else {
         if now < s.token_expires_at {
@@ -2528,19 +2523,19 @@ fn refresh_reply(
     job: RefreshJob,
     reply: Option<(u16, &[u8])>,
 ) -> Step {
-    match refresh_outcome(cfg, state, &job, reply, env.now) {
+    match refresh_outcome(cfg, state, &job, (reply, env.unsent), env.now) {
         Ok(tokens) => finish_refresh(cfg, state, env, job, tokens, true),
         Err(step) => step,
     }
 }
 
-/// The IdP's answer to a renewal (`None`: none came, or the request stopped waiting for it): its tokens,
-/// or the request's answer without them.
+/// The IdP's answer to a renewal (`None`: none came, or the request stopped waiting for it; with why, when
+/// the call was never sent: [`Env::unsent`]): its tokens, or the request's answer without them.
 fn refresh_outcome(
     cfg: &Config,
     state: &mut State,
     job: &RefreshJob,
-    reply: Option<(u16, &[u8])>,
+    (reply, unsent): (Option<(u16, &[u8])>, Option<&str>),
     now: u64,
 ) -> Result<TokenResponse, Step> {
     let still_valid = now < job.session.session.token_expires_at;
@@ -2582,7 +2577,7 @@ fn refresh_outcome(
         // renews by itself once the IdP answers again rather than an outage logging everybody out.
         Err(e) => Err(renewal_unavailable(
             job.api(),
-            match (reply, state.unsent.take()) {
+            match (reply, unsent) {
                 (None, Some(why)) => format!("cannot call the IdP: {why}"),
                 (None, None) => no_answer(),
                 (Some(_), _) => e.to_string(),
@@ -2599,12 +2594,16 @@ fn withholding_sent(cfg: &Config, e: TokenError, grant: &str) -> TokenError {
 }
 
 const NO_PROVIDER: &str = "the IdP's discovery document or keys are not loaded on this worker";
-/// 503 for a request whose session cookie was replaced by `cookies` (which it sets), and which the
-/// browser has not sent yet. Its token has expired, and the new cookie carries what renews it (a new
-/// refresh token): not a session renewed yet (found by a review of what the pages say).
-fn replaced(api: bool, cookies: Vec<String>) -> Step {
+/// A request whose session cookie was replaced by `cookies` (which it sets), and which the browser has
+/// not sent yet; its token has expired, and the new cookie carries what renews it. A browser's navigation
+/// (`how`) is sent round again to `target` with it; anything else gets a 503 that says so: not a session
+/// renewed yet (found by a review of what the pages say).
+fn replaced(how: Anonymous, target: &str, cookies: Vec<String>) -> Step {
+    if matches!(how, Anonymous::Login | Anonymous::Frame) {
+        return with_cookies(redirect(paths::safe_redirect(target), None), cookies);
+    }
     let step = unavailable(
-        api.then_some(RENEWAL_UNAVAILABLE),
+        matches!(how, Anonymous::Api).then_some(RENEWAL_UNAVAILABLE),
         "This request carried an old session cookie; this answer brings the new one. Try again.",
         Metric::RefreshFailed,
         Some("the session has a new cookie, not yet sent by the browser".into()),
@@ -2973,11 +2972,7 @@ pub fn adopt_renewal(
     // meanwhile: the new cookie, whose next request renews; not a logout. A browser's navigation is sent
     // round again with it (found in review: a user back after the token's life got a `503` page).
     if expired {
-        if job.browser() {
-            let back = redirect(paths::safe_redirect(&job.target), None);
-            return with_cookies(back, renewed.to_vec());
-        }
-        return replaced(job.api(), renewed.to_vec());
+        return replaced(job.anonymous, &job.target, renewed.to_vec());
     }
     if denied(cfg, &cached, &job.target) {
         return with_cookies(forbidden(cfg, job.browser(), &cached), renewed.to_vec());

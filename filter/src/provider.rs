@@ -66,11 +66,6 @@ impl ProviderState {
         self.ready.as_ref()
     }
 
-    /// The discovery document is in (the keys may not be yet).
-    pub fn discovered(&self) -> bool {
-        self.meta.is_some()
-    }
-
     /// The discovery document, once in, keys or not: what a `/logout` needs.
     pub fn meta(&self) -> Option<&ProviderMetadata> {
         self.meta.as_ref()

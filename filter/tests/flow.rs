@@ -6252,7 +6252,7 @@ fn a_token_endpoint_that_refuses_the_client_is_said_to_whatever_its_status_or_co
 }
 
 /// Review, mutation testing of a renewal the adapter could not send (no cluster for the token endpoint's
-/// URL: `State::unsent`, which it sets for the reply it makes up): the operator's line names why, not an
+/// URL: `Env::unsent`, which it hands the reply it makes up): the operator's line names why, not an
 /// IdP that did not answer within `callout_timeout`, which one that was sent and not answered still says.
 #[test]
 fn a_renewal_that_could_not_be_sent_is_logged_so_not_as_an_idp_that_did_not_answer() {
@@ -6263,7 +6263,7 @@ fn a_renewal_that_could_not_be_sent_is_logged_so_not_as_an_idp_that_did_not_answ
         f.now = NOW + 3600;
         let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
         if unsent {
-            f.state.unsent = Some(why.into());
+            f.unsent = Some(why.into());
         }
         let r = respond(f.reply(pending, None));
         assert_eq!((r.status, r.metric), (503, Some(Metric::RefreshFailed)));

@@ -50,6 +50,8 @@ pub struct Filter {
     pub now: u64,
     counter: u64,
     pub no_randomness: bool,
+    /// Why the next reply's call was never sent, as the adapter says it (`Env::unsent`).
+    pub unsent: Option<String>,
 }
 
 impl Filter {
@@ -61,6 +63,7 @@ impl Filter {
             now: NOW,
             counter: 0,
             no_randomness: false,
+            unsent: None,
         }
     }
 
@@ -115,6 +118,7 @@ impl Filter {
         let mut env = Env {
             now: self.now,
             random: &mut random,
+            unsent: None,
         };
         flow::on_request(&self.cfg, &mut self.state, &mut env, h)
     }
@@ -130,6 +134,7 @@ impl Filter {
         let mut env = Env {
             now: self.now,
             random: &mut random,
+            unsent: self.unsent.as_deref(),
         };
         flow::on_reply(&self.cfg, &mut self.state, &mut env, *pending, reply)
     }
@@ -140,6 +145,7 @@ impl Filter {
         let env = Env {
             now: self.now,
             random: &mut random,
+            unsent: None,
         };
         flow::on_backchannel_logout(&self.cfg, &mut self.state, &env, body)
     }

@@ -112,6 +112,7 @@ pub fn with_env<T>(seed: u64, f: impl FnOnce(&mut Env) -> T) -> T {
     let mut env = Env {
         now: NOW,
         random: &mut random,
+        unsent: None,
     };
     f(&mut env)
 }
