@@ -252,6 +252,10 @@ impl Metrics {
             Some(Metric::Bypass) => self.bypass,
             Some(Metric::BearerPassthrough) => self.bearer_passthrough,
             Some(Metric::Forbidden) => self.forbidden,
+            Some(Metric::RenewedForbidden) => {
+                self.count(Some(Metric::Refreshed));
+                self.forbidden
+            }
             Some(Metric::BackchannelLogout) => self.backchannel_logout,
             Some(Metric::BackchannelLogoutRefused) => self.backchannel_refused,
             Some(Metric::UnmatchedHostPassed) => self.unmatched_passed,
@@ -1289,7 +1293,9 @@ impl Http {
             }
             // Claimed, while this worker's renewals are paused after an outage: answered at once, not
             // parked for a renewal whose request gave up waiting (its call goes on, `Http::give_up`).
-            Ok(Some(Renewal::Claimed)) if paused => Err(Some(flow::renewal_paused(cfg, job, now))),
+            Ok(Some(Renewal::Claimed)) if paused => {
+                Err(Some(flow::renewal_paused(cfg, state, job, now)))
+            }
             Ok(Some(Renewal::Claimed)) => match flow::renewal_busy(cfg, job, now) {
                 Ok(step) => Err(Some(step)),
                 // Each waits with its session: a bound on the memory a burst can take.

@@ -257,6 +257,9 @@ pub enum Metric {
     /// A request carried a session cookie of this site that its cookie keys do not open (counted by the
     /// adapter from [`State::unopened`], besides the request's own answer).
     SessionUnopened,
+    /// A renewal the IdP granted, for a request the claim rules then refuse: both a refresh and a
+    /// forbidden (found in review: counted as forbidden only, and `refreshes` missed a renewal).
+    RenewedForbidden,
 }
 
 /// Why a callback failed, one counter each.
@@ -536,6 +539,24 @@ impl State {
         self.met_outage(who, now, within)
     }
 
+    /// How many seconds from `now` until `who`'s renewal may ask the IdP again (at least 1): the
+    /// `Retry-After` of a `503` for a renewal held by the site's pause, the wait for keys, or the session's
+    /// own wait, whichever ends last (found in review: it said 5 while the session's own wait was 10 s,
+    /// and while a probe under a long `callout_timeout` paused the others for longer).
+    fn held_for(&self, who: u64, now: u64) -> u64 {
+        let left = |until: u64| if pending(until, now) { until - now } else { 0 };
+        let within = if self.others_wait {
+            OWN_WAIT
+        } else {
+            RENEWAL_PAUSE
+        };
+        let mut secs = left(self.renewals_paused_until).max(left(self.keys_wait_until));
+        for o in self.outages_of.iter().filter(|o| o.who == who) {
+            secs = secs.max(left(o.last.saturating_add(within)));
+        }
+        secs.max(1)
+    }
+
     /// Whether `who`'s renewal met an outage here less than `within` s ago (or ahead of now).
     fn met_outage(&self, who: u64, now: u64, within: u64) -> bool {
         self.outages_of
@@ -587,7 +608,8 @@ pub fn renewal_claim(
         } else {
             "this session's renewal met an outage moments ago (the site's others go on)"
         };
-        return Err(renewal_held_reply(cfg, job, now, why));
+        let secs = state.held_for(who, now);
+        return Err(retry_after(renewal_held_reply(cfg, job, now, why), secs));
     }
     if state.renewals_failing {
         let timeout = cfg.callout_timeout.as_secs();
@@ -604,8 +626,23 @@ pub fn renewal_held(state: &State, job: &RefreshJob, now: u64) -> bool {
 }
 
 /// The answer while the site's renewals on this worker are paused: the token while it is valid, then 503.
-pub fn renewal_paused(cfg: &Config, job: RefreshJob, now: u64) -> Step {
-    renewal_held_reply(cfg, job, now, PAUSED)
+pub fn renewal_paused(cfg: &Config, state: &State, job: RefreshJob, now: u64) -> Step {
+    let secs = state.held_for(job.who(), now);
+    retry_after(renewal_held_reply(cfg, job, now, PAUSED), secs)
+}
+
+/// `step` with `Retry-After: secs`, where it is a `503`.
+fn retry_after(mut step: Step, secs: u64) -> Step {
+    if let Step::Respond(r) = &mut step
+        && r.status == 503
+    {
+        for (name, value) in &mut r.headers {
+            if *name == "retry-after" {
+                *value = secs.to_string().into();
+            }
+        }
+    }
+    step
 }
 
 /// Why a renewal did not ask the IdP while the site's renewals pause.
@@ -1043,7 +1080,7 @@ fn with_session(
         if now < s.token_expires_at {
             return Some(forward_session(cfg, h, &cached, cookie, target));
         }
-        return Some(not_ready(state, matches!(anonymous, Anonymous::Api)));
+        return Some(not_ready(state, matches!(anonymous, Anonymous::Api), true));
     };
     let scope = cfg.scope_on_refresh.then_some(cfg.scopes.as_str());
     let form = token::refresh_request(
@@ -1298,7 +1335,7 @@ fn bearer_refused(
         return None;
     }
     let Some(provider) = state.provider.ready() else {
-        return Some(not_ready(state, true));
+        return Some(not_ready(state, true, false));
     };
     let header = h.get("authorization")?;
     let token = header.strip_prefix("Bearer ").unwrap_or_default().trim();
@@ -1455,7 +1492,10 @@ fn without_session(
         Vec::new()
     };
     if state.provider.ready().is_none() {
-        return with_cookies(not_ready(state, matches!(how, Anonymous::Api)), clear);
+        return with_cookies(
+            not_ready(state, matches!(how, Anonymous::Api), false),
+            clear,
+        );
     }
     let page = how.holding_page(h);
     let mut r = anonymous_reply(cfg, how, page.as_deref().unwrap_or(target));
@@ -1657,7 +1697,7 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
         );
     }
     let Some(provider) = state.provider.ready() else {
-        return not_ready(state, false);
+        return not_ready(state, false, false);
     };
     let (rd, fragment_read) = login_target(cfg, h, target);
     // Before the page that reads the fragment (found by a black-box test: a hop there, then this 400).
@@ -1916,7 +1956,7 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
     }
     let Some(provider) = state.provider.ready() else {
         // Keep the login cookie: the attempt can go on once the IdP has been reached (Retry-After).
-        return not_ready(state, false);
+        return not_ready(state, false, false);
     };
     let Some(redirect_uri) = redirect_uri(cfg, h) else {
         return bad_callback(CallbackFailure::BadRequest, "Invalid Host header.", clear);
@@ -2405,7 +2445,7 @@ fn finish_login(
 ) -> Step {
     let clear = vec![cookies::clear_cookie(&x.login_cookie, &login_attrs(cfg))];
     let Some(provider) = state.provider.ready() else {
-        return with_cookies(not_ready(state, false), clear);
+        return with_cookies(not_ready(state, false, false), clear);
     };
     let Some(id_token) = tokens.id_token.clone() else {
         return gateway_error(
@@ -2575,13 +2615,16 @@ fn refresh_outcome(
         }
         // The IdP is down or slow and the token has expired: fail closed, but keep the session, so that it
         // renews by itself once the IdP answers again rather than an outage logging everybody out.
-        Err(e) => Err(renewal_unavailable(
-            job.api(),
-            match (reply, unsent) {
-                (None, Some(why)) => format!("cannot call the IdP: {why}"),
-                (None, None) => no_answer(),
-                (Some(_), _) => e.to_string(),
-            },
+        Err(e) => Err(retry_after(
+            renewal_unavailable(
+                job.api(),
+                match (reply, unsent) {
+                    (None, Some(why)) => format!("cannot call the IdP: {why}"),
+                    (None, None) => no_answer(),
+                    (Some(_), _) => e.to_string(),
+                },
+            ),
+            state.held_for(job.who(), now),
         )),
     }
 }
@@ -2806,7 +2849,11 @@ fn renewed_session(
         .cache
         .insert(job.cache_key.clone(), cached.clone(), env.now);
     if denied(cfg, &cached, &job.target) {
-        return with_cookies(forbidden(cfg, job.browser(), &cached), set);
+        let mut step = forbidden(cfg, job.browser(), &cached);
+        if let Step::Respond(r) = &mut step {
+            r.metric = Some(Metric::RenewedForbidden);
+        }
+        return with_cookies(step, set);
     }
     Step::Forward(Forward {
         authorization: Some(cached.bearer.clone()),
@@ -3718,15 +3765,23 @@ fn redirect_reply(location: String) -> Reply {
 }
 
 /// `api`: for an API client (JSON). What the page says depends on why: an IdP not reached yet, or one
-/// that answered with what this gateway cannot use (then waiting does not help; the log names the cause).
-fn not_ready(state: &State, api: bool) -> Step {
-    let msg = if state.provider.unusable() {
-        "Login is not available: the identity provider answered, but this site cannot use its \
-         discovery document or signing keys. The site's operator must fix this."
+/// that answered with what this gateway cannot use (then waiting does not help; the log names the cause);
+/// and on what needs it: a login, or (`renewal`) a logged-in user's session whose token has expired
+/// (found in review: such a user read "Login is not available", though logged in).
+fn not_ready(state: &State, api: bool, renewal: bool) -> Step {
+    let what = if renewal {
+        "Your session cannot be renewed"
     } else {
-        "Login is not available yet: the identity provider has not been reached. Try again shortly."
+        "Login is not available"
     };
-    unavailable(api.then_some("not_ready"), msg, Metric::NotReady, None)
+    let why = if state.provider.unusable() {
+        ": the identity provider answered, but this site cannot use its discovery document or signing \
+         keys. The site's operator must fix this."
+    } else {
+        " yet: the identity provider has not been reached. Try again shortly."
+    };
+    let msg = format!("{what}{why}");
+    unavailable(api.then_some("not_ready"), &msg, Metric::NotReady, None)
 }
 
 /// A `/logout` whose IdP has not been reached ([`Metric::NotReady`]: held as a login is); `api`: for an

@@ -1,7 +1,6 @@
-//! The hasher for tables whose keys no client picks: the host's context ids, and `SealedMap`'s buckets,
-//! keyed by a hash that is already seeded per VM. SipHash, the default, guards against chosen keys, and
-//! costs a few hundred instructions per lookup in Wasm for nothing here. The table is `hashbrown`'s, the one
-//! std's `HashMap` wraps: the Wasm build is `no_std`.
+//! The hasher for tables whose keys no client picks: the host's context ids. SipHash, the default, guards
+//! against chosen keys, and costs a few hundred instructions per lookup in Wasm for nothing here. The
+//! table is `hashbrown`'s, the one std's `HashMap` wraps: the Wasm build is `no_std`.
 
 use core::hash::{BuildHasherDefault, Hasher};
 use hashbrown::HashMap;

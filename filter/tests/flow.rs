@@ -3011,6 +3011,66 @@ fn a_worker_that_has_not_reached_the_idp_yet_serves_valid_sessions() {
     );
 }
 
+/// Review (do the answers tell the truth): a logged-in user whose token expired on a worker that has not
+/// reached the IdP (or cannot use what it published) read "Login is not available", though logged in and
+/// asking for no login: the page says the session cannot be renewed, and why; a login still reads as one.
+#[test]
+fn a_session_that_needs_renewing_on_a_worker_not_ready_is_told_so_not_that_login_is_unavailable() {
+    let mut f = ready();
+    let (jar, _) = due_for_refresh(&mut f);
+    // A worker that has not reached the IdP, and one whose IdP published a key set it cannot use.
+    let unreached = Filter::new(config(json!({})));
+    let mut unusable = Filter::new(config(json!({})));
+    let (_, fetch) = unusable.poll().unwrap();
+    unusable
+        .provider_reply(fetch, Some((200, DISCOVERY)))
+        .unwrap();
+    let (_, fetch) = unusable.poll().unwrap();
+    assert!(
+        unusable
+            .provider_reply(fetch, Some((200, br#"{"keys":[]}"#)))
+            .is_err()
+    );
+    for (mut w, says) in [
+        (
+            unreached,
+            "Your session cannot be renewed yet: the identity provider has not been reached",
+        ),
+        (
+            unusable,
+            "Your session cannot be renewed: the identity provider answered, but",
+        ),
+    ] {
+        w.now = NOW + 3600;
+        let r = respond(w.request(&Req::browser("/app").cookies(&jar)));
+        assert_eq!(
+            (r.status, r.metric),
+            (503, Some(Metric::NotReady)),
+            "{}",
+            r.body
+        );
+        assert!(r.body.contains(says), "{}", r.body);
+        assert!(!r.body.contains("Login"), "{}", r.body);
+        assert!(
+            set_cookies(&r).is_empty(),
+            "the session stays: {:?}",
+            set_cookies(&r)
+        );
+        let r = respond(w.request(&Req::api("/api").cookies(&jar)));
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            (r.status, &v["error"]),
+            (503, &json!("not_ready")),
+            "{}",
+            r.body
+        );
+        assert!(v["message"].as_str().unwrap().contains(says), "{}", r.body);
+        // Without a session it is a login that is not available.
+        let r = respond(w.request(&Req::browser("/app")));
+        assert!(r.body.starts_with("Login is not available"), "{}", r.body);
+    }
+}
+
 #[test]
 fn an_unreachable_idp_after_the_token_expired_fails_closed_but_keeps_the_session() {
     let mut f = ready();

@@ -443,6 +443,8 @@ fn claim_rules_hold_for_the_request_that_renewed_the_session() {
     let (step, _) = refreshed(&mut a, pending, "rt-2");
     let r = respond(step);
     assert_eq!(r.status, 403, "{r:?}");
+    // Review (do the counters tell the truth): a renewal and a refusal, `refreshes` and `forbidden`.
+    assert_eq!(r.metric, Some(Metric::RenewedForbidden));
     assert!(
         set_cookies(&r)
             .iter()
@@ -460,12 +462,20 @@ fn claim_rules_hold_for_the_request_that_renewed_the_session() {
     forward(step);
     let refused = br#"{"error":"invalid_grant"}"#;
     let r = respond(a.reply(second, Some((400, refused))));
-    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(
+        (r.status, r.metric),
+        (403, Some(Metric::Forbidden)),
+        "{r:?}"
+    );
     let lines = flow::renewed_cookies(&a.state, &sealed).unwrap();
     let job = refresh_job(b.request(&Req::browser("/admin").cookies(&jar)));
     let now = b.now;
     let r = respond(flow::adopt_renewal(&b.cfg, &mut b.state, job, &lines, now));
-    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(
+        (r.status, r.metric),
+        (403, Some(Metric::Forbidden)),
+        "{r:?}"
+    );
 }
 
 /// A renewal that met an outage pauses the site's renewals on its worker for 5 s (the 503's
@@ -2166,6 +2176,47 @@ fn a_session_that_met_the_outage_waits_ten_seconds_while_another_waits() {
     );
     a.now = t0 + 10;
     assert!(claim_of(&mut a, &s[0]).is_ok(), "held past 10 s");
+}
+
+/// Review (do the answers tell the truth): a renewal's `503` said `Retry-After: 5` whatever the wait, and
+/// a session that met the outage, retrying after 5 s while another waited to probe, met another `503` (its
+/// own wait is 10 s); so did the others while a probe under a long `callout_timeout` was out. It says when
+/// that session's renewal may ask the IdP again.
+#[test]
+fn a_renewals_503_says_when_that_session_may_renew_again() {
+    fn retry(step: Step) -> String {
+        let r = respond(step);
+        assert_eq!(r.status, 503, "{r:?}");
+        header(&r.headers, "retry-after").unwrap().to_string()
+    }
+    let (mut a, s) = outage_with(3);
+    let t0 = a.now;
+    // The failure itself: the pause, 5 s.
+    let job = claim_of(&mut a, &s[2]).unwrap_err();
+    assert_eq!(retry(job), "5");
+    a.now = t0 + 2;
+    assert_eq!(
+        retry(claim_of(&mut a, &s[1]).unwrap_err()),
+        "3",
+        "the pause's end"
+    );
+    // Another waits: the session that met the outage waits 10 s from it.
+    assert_eq!(retry(claim_of(&mut a, &s[0]).unwrap_err()), "8");
+    a.now = t0 + 9;
+    assert_eq!(retry(claim_of(&mut a, &s[0]).unwrap_err()), "1");
+    // The probe (30 s `callout_timeout`) pauses the others until its answer could come, and 5 s.
+    a.now = t0 + 5;
+    let probe = claim_of(&mut a, &s[1]).expect("the probe");
+    a.now = t0 + 6;
+    assert_eq!(retry(claim_of(&mut a, &s[2]).unwrap_err()), "34");
+    // The probe meets the outage too: a pause of 5 s, the probe's session 10 s (another waits).
+    a.now = t0 + 7;
+    assert_eq!(
+        retry(a.reply(Box::new(Pending::Refresh(probe)), None)),
+        "10"
+    );
+    a.now = t0 + 8;
+    assert_eq!(retry(claim_of(&mut a, &s[2]).unwrap_err()), "4");
 }
 
 /// Found by mutation testing: a session's failures are its own while each comes within 300 s of the one
