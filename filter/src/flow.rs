@@ -2751,7 +2751,8 @@ fn finish_refresh(
                     let step = if still_valid {
                         keep_old(cfg, &job)
                     } else {
-                        renewal_unavailable(job.api(), e.to_string())
+                        let secs = state.held_for(job.who(), env.now);
+                        retry_after(renewal_unavailable(job.api(), e.to_string()), secs)
                     };
                     return keeping_new_refresh_token(cfg, state, env, &job, &tokens, step);
                 }

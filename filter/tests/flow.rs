@@ -5265,6 +5265,9 @@ fn a_refresh_that_may_not_fetch_the_new_key_yet_is_an_outage_not_a_logout() {
             .iter()
             .all(|c| !is_clear_of(c, "_oidc_session"))
     );
+    // Review (do the answers tell the truth): its `Retry-After` is the wait until this worker may fetch
+    // the keys again (30 s from the first fetch), not the 5 s of another outage.
+    assert_eq!(header(&r.headers, "retry-after"), Some("20"), "{r:?}");
 }
 
 /// The test discovery document, naming `jwks_uri` as the keys' address.
