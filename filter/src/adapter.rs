@@ -797,14 +797,6 @@ impl Http {
             return;
         }
         let reply = read_reply(body_size);
-        // A request that stopped waiting for its renewal logged and counted the IdP's silence then
-        // (`give_up`): the call ending silent too (Envoy's `504` at twice `callout_timeout`, or nothing)
-        // is that same failure, not a second one (found by a black-box test: two warnings, and two
-        // counts of `refresh_failed`, for one hung renewal).
-        // (The renewal's own call only: the fetch of keys that may follow is another failure.)
-        let same_silence = self.given_up
-            && matches!(*pending, Pending::Refresh(_))
-            && matches!(reply, None | Some((504, _)));
         let Some((step, renewed)) = self.reply_step(*pending, reply, None) else {
             return;
         };
@@ -823,7 +815,19 @@ impl Http {
             },
             step => (step, renewed),
         };
-        if !same_silence {
+        // A request that stopped waiting for its renewal was answered, counted and logged then, as an
+        // outage (`give_up`): a late end that is an outage again (no answer, Envoy's own `504` or `503`, the
+        // IdP's `5xx`, an answer it cannot use, keys that did not come) is that same failure, not a second
+        // (found by black-box tests: two warnings and two counts of `refresh_failed` for one hung
+        // renewal; again for one whose connection was cut after it was given up). A renewal made late, or
+        // a session the IdP ended, is counted.
+        let again = self.given_up
+            && match &step {
+                Step::Respond(r) => r.status == 503 && r.metric == Some(Metric::RefreshFailed),
+                Step::Forward(f) => f.metric == Some(Metric::RefreshFailed),
+                _ => false,
+            };
+        if !again {
             account(&step, &self.metrics, &|| {
                 site_label(&self.shared, self.site)
             });
