@@ -1312,6 +1312,82 @@ mod tests {
         assert!(map.is_empty());
     }
 
+    /// Mutation testing of the thirtieth review's change: the entries stay sorted by hash through
+    /// removals, `retain` and the insertions after them, so that the binary search finds every key still
+    /// stored (a `swap_remove`, as the buckets of before used, moved the last entry into the gap: keys
+    /// were then missed, a cached session lost, and a key inserted again stored twice).
+    #[test]
+    fn sealed_map_finds_every_key_left_after_removals_and_retain() {
+        let key = |i: u32| match i % 3 {
+            0 => format!("s{i}"),
+            1 => format!("{i:08}{}", "k".repeat(60)),
+            // Long keys of one start: one hash, side by side.
+            _ => format!("{}{i:08}", "h".repeat(40)),
+        };
+        let mut map = SealedMap::default();
+        for i in 0..300 {
+            map.insert(key(i), i);
+        }
+        for i in (0..300).step_by(4) {
+            map.remove(&key(i));
+        }
+        // A key not stored: nothing removed.
+        map.remove("missing");
+        map.remove(&format!("{}{}", "h".repeat(40), "x".repeat(8)));
+        map.retain(|v| !v.is_multiple_of(5));
+        for i in 300..400 {
+            map.insert(key(i), i);
+        }
+        let kept = |i: u32| i >= 300 || (!i.is_multiple_of(4) && !i.is_multiple_of(5));
+        // Again under the keys stored: replaced, not stored twice.
+        for i in (0..400).filter(|i| kept(*i)) {
+            map.insert(key(i), i + 1000);
+        }
+        for i in 0..400 {
+            let v = i + 1000;
+            assert_eq!(map.get(&key(i)), kept(i).then_some(&v), "{i}");
+        }
+        assert_eq!(map.len(), (0..400).filter(|i| kept(*i)).count());
+        assert!(
+            map.entries.windows(2).all(|w| w[0].0 <= w[1].0),
+            "sorted by hash"
+        );
+    }
+
+    /// Mutation testing of the thirtieth review's change: [`SealedMap::entry_by_start`] at its edges. A
+    /// start of exactly [`EDGE`] bytes finds the longer key it begins, a shorter one nothing; a key of
+    /// exactly `EDGE` bytes is never one (not longer than the start), nor a long key of another start,
+    /// even should their hashes be the head's (collisions made by hand: the seed is random).
+    #[test]
+    fn sealed_map_entry_by_start_at_its_edges() {
+        let long = format!("{}{}", "a".repeat(EDGE), "z".repeat(50));
+        let exact = "a".repeat(EDGE);
+        let mut map = SealedMap::default();
+        map.insert(long.clone(), 1);
+        map.insert(exact.clone(), 2);
+        assert_eq!((map.get(&long), map.get(&exact)), (Some(&1), Some(&2)));
+        assert_eq!(map.len(), 2);
+        assert_eq!(map.entry_by_start(long.as_bytes()), Some((&*long, &1)));
+        assert_eq!(
+            map.entry_by_start(&long.as_bytes()[..EDGE]),
+            Some((&*long, &1))
+        );
+        assert_eq!(map.entry_by_start(&long.as_bytes()[..EDGE - 1]), None);
+        assert_eq!(map.entry_by_start(exact.as_bytes()), Some((&*long, &1)));
+        let head = map.hash(&long);
+        // The key of exactly `EDGE` bytes alone, under the head's hash.
+        map.remove(&long);
+        assert_eq!(map.entry_by_start(long.as_bytes()), None);
+        map.entries[0].0 = head;
+        assert_eq!(map.entry_by_start(long.as_bytes()), None);
+        // A long key of another start, under the head's hash.
+        map.clear();
+        let other = format!("{}{}", "b".repeat(EDGE), "z".repeat(50));
+        map.insert(other, 3);
+        map.entries[0].0 = head;
+        assert_eq!(map.entry_by_start(long.as_bytes()), None);
+    }
+
     #[test]
     fn same_checks_every_byte() {
         let a: Vec<u8> = (0..130u8).collect();

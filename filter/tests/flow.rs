@@ -3071,6 +3071,49 @@ fn a_session_that_needs_renewing_on_a_worker_not_ready_is_told_so_not_that_login
     }
 }
 
+/// Mutation testing of the thirtieth review's change: only a session's renewal reads that it cannot be
+/// renewed. A login on a worker not ready (`/login`, the IdP's redirect back, the login's code exchanged
+/// as the worker lost the IdP's documents) and a bearer token a claim rule judges still read "Login is
+/// not available", with no word of a session.
+#[test]
+fn a_login_or_a_bearer_token_on_a_worker_not_ready_reads_that_login_is_not_available() {
+    fn login_unavailable(r: &oidc_filter::flow::Reply, what: &str) {
+        assert_eq!(
+            (r.status, r.metric),
+            (503, Some(Metric::NotReady)),
+            "{what}"
+        );
+        let msg = match serde_json::from_str::<serde_json::Value>(&r.body) {
+            Ok(v) => v["message"].as_str().unwrap().to_string(),
+            Err(_) => r.body.to_string(),
+        };
+        assert!(msg.starts_with("Login is not available"), "{what}: {msg}");
+        assert!(!msg.contains("session"), "{what}: {msg}");
+    }
+    let mut f = ready();
+    let login = start_login(&mut f, "?rd=/app");
+    let mut g = Filter::new(config(json!({
+        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["a"]}}]})));
+    g.now = f.now;
+    for (req, what) in [
+        (Req::browser("/login?rd=/app&fragment_read="), "/login"),
+        (login.callback("code-1", &Jar::default()), "the callback"),
+        (
+            Req::api("/admin").with("authorization", "Bearer a.b.c"),
+            "a bearer token",
+        ),
+    ] {
+        login_unavailable(&respond(g.request(&req)), what);
+    }
+    let (_, pending) = call(f.request(&login.callback("code-1", &Jar::default())));
+    f.state.provider = oidc_filter::provider::ProviderState::default();
+    let body = token_body(Some(&mint(&claims(Some(&login.nonce)))), Some("rt-1"));
+    login_unavailable(
+        &respond(f.reply(pending, Some((200, &body)))),
+        "the code exchanged",
+    );
+}
+
 #[test]
 fn an_unreachable_idp_after_the_token_expired_fails_closed_but_keeps_the_session() {
     let mut f = ready();

@@ -2219,6 +2219,83 @@ fn a_renewals_503_says_when_that_session_may_renew_again() {
     assert_eq!(retry(claim_of(&mut a, &s[2]).unwrap_err()), "4");
 }
 
+/// The `Retry-After` of a renewal's `503`.
+fn retry_after_of(step: Step) -> String {
+    let r = respond(step);
+    assert_eq!(r.status, 503, "{r:?}");
+    header(&r.headers, "retry-after").unwrap().to_string()
+}
+
+/// Mutation testing of the thirtieth review's change: while no other session waits, the session that met
+/// the outage waits 5 s, not 10, and its `Retry-After` says so; its own failure again (no pause) counts
+/// from that failure, the last of its run, not from the first.
+#[test]
+fn a_sessions_own_wait_while_none_waits_is_told_from_its_last_failure() {
+    let (mut a, s) = outage_with(2);
+    a.now += 1;
+    assert_eq!(retry_after_of(claim_of(&mut a, &s[0]).unwrap_err()), "4");
+    let (mut a, s, t) = own_failure(2);
+    assert!(!a.state.renewals_paused(t));
+    a.now = t + 1;
+    assert_eq!(retry_after_of(claim_of(&mut a, &s[0]).unwrap_err()), "4");
+    a.now = t + 4;
+    assert_eq!(retry_after_of(claim_of(&mut a, &s[0]).unwrap_err()), "1");
+    a.now = t + 5;
+    assert!(claim_of(&mut a, &s[0]).is_ok());
+}
+
+/// Mutation testing of the thirtieth review's change: renewals that wait for the IdP's keys (30 s from
+/// the fetch) say how long is left of that wait, whichever session asks.
+#[test]
+fn a_renewal_waiting_for_the_keys_says_how_long_is_left() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = log_in(&mut a, Some("rt-1"));
+    let (other, _) = log_in(&mut a, Some("rt-2"));
+    let fetched = NOW + 3600 + 1;
+    a.now = fetched;
+    let rotated = mint_with_kid(&refreshed_claims(a.now), "rotated-1");
+    let job = claim_of(&mut a, &jar).unwrap();
+    let (_, pending) = call(a.reply(
+        Box::new(Pending::Refresh(job)),
+        Some((200, &token_body(Some(&rotated), None))),
+    ));
+    assert_eq!(respond(a.reply(pending, Some((200, JWKS)))).status, 503);
+    for (dt, jar, left) in [(0, &other, "30"), (10, &jar, "20"), (29, &other, "1")] {
+        a.now = fetched + dt;
+        assert_eq!(
+            retry_after_of(claim_of(&mut a, jar).unwrap_err()),
+            left,
+            "+{dt} s"
+        );
+    }
+}
+
+/// Mutation testing of the thirtieth review's change: a wait further off than any can be (left from
+/// before the clock stepped back) is none, and the `Retry-After` leaves it out too.
+#[test]
+fn a_wait_further_off_than_any_can_be_is_not_in_retry_after() {
+    let (mut a, s) = outage_with(2);
+    a.state.keys_wait_until = a.now + 130;
+    a.now += 1;
+    assert_eq!(retry_after_of(claim_of(&mut a, &s[1]).unwrap_err()), "4");
+}
+
+/// Mutation testing of the thirtieth review's change: the answer the adapter gives a renewal another
+/// request holds while this worker's renewals are paused (`flow::renewal_paused`) says when that session
+/// may renew: the pause's end, or the session's own longer wait.
+#[test]
+fn a_renewal_held_elsewhere_while_paused_says_when_that_session_may_renew() {
+    let (mut a, s) = outage_with(3);
+    a.now += 2;
+    // Another session waits: the one that met the outage waits 10 s from it.
+    assert!(claim_of(&mut a, &s[1]).is_err());
+    for (j, left) in [(&s[2], "3"), (&s[0], "8")] {
+        let job = refresh_job(a.request(&Req::api("/poll").cookies(j)));
+        let step = flow::renewal_paused(&a.cfg, &a.state, job, a.now);
+        assert_eq!(retry_after_of(step), left);
+    }
+}
+
 /// Found by mutation testing: a session's failures are its own while each comes within 300 s of the one
 /// before (the run going on past 300 s from its first); 300 s after the last, its failure starts a new
 /// run, and pauses the site's renewals as any outage does.
