@@ -308,6 +308,35 @@ impl Browser {
         Ok(b)
     }
 
+    /// Follows a login from `start` through the IdP's form (as `user`) up to the redirect to an address
+    /// that starts with `callback` (the site's callback path and `?`), and returns that address without
+    /// requesting it: for tests of what the callback does with it.
+    pub fn until_callback(&self, start: &str, callback: &str, user: &str) -> Result<String> {
+        let mut resp = self.get(start)?;
+        for _ in 0..20 {
+            if let Some(next) = resp.location() {
+                if next.starts_with(callback) {
+                    return Ok(next);
+                }
+                resp = self.get(&next)?;
+                continue;
+            }
+            let form = forms(&resp)
+                .into_iter()
+                .find(|f| f.fields.iter().any(|(n, v)| n == "prompt" && v == "login"))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "no login form at {}: {} {}",
+                        resp.url,
+                        resp.status,
+                        resp.body
+                    )
+                })?;
+            resp = self.submit(&form, &[("login", user), ("password", "any")])?;
+        }
+        bail!("no redirect to {callback}")
+    }
+
     /// Logs `user` in from an app URL: follows the redirects into the IdP, fills the login form
     /// (`login` = user, any password), submits any further IdP form (consent), and follows back
     /// through the callback. Returns the first page that is not an IdP form, and the whole chain.

@@ -619,6 +619,16 @@ struct ExtraIdp {
     idp: Option<Idp>,
 }
 
+/// The IdP's proxy in a fault mode until dropped ([`Stack::idp_fault`]).
+#[must_use = "the fault ends when the guard is dropped"]
+pub struct IdpFault<'a>(&'a Stack);
+
+impl Drop for IdpFault<'_> {
+    fn drop(&mut self) {
+        self.0.proxy.set_mode(Mode::Forward);
+    }
+}
+
 impl Stack {
     /// Starts the stack (see the crate docs for the order). Fails with the tail of the failing
     /// process's log.
@@ -881,6 +891,13 @@ impl Stack {
         let _ = process::poll(Duration::from_secs(5), || {
             Ok((self.idp_cluster_stat("upstream_cx_active")? == 0).then_some(()))
         });
+    }
+
+    /// Puts the IdP's proxy in `mode` ([`Stack::set_idp_mode`]) until the guard is dropped, then back
+    /// to forwarding.
+    pub fn idp_fault(&self, mode: Mode) -> IdpFault<'_> {
+        self.set_idp_mode(mode);
+        IdpFault(self)
     }
 
     /// The address the IdP itself listens on, if it runs.

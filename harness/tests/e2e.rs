@@ -145,31 +145,8 @@ fn login(b: &Browser, site: &Site, path: &str) -> Response {
 /// Follows a login from `start` through the IdP's form up to the redirect back to `site`'s
 /// callback, and returns that callback URL without requesting it.
 fn until_callback(b: &Browser, site: &Site, start: &str) -> String {
-    let callback = site.url("/oauth2/callback?");
-    let mut resp = b.get(start).unwrap();
-    for _ in 0..20 {
-        if let Some(next) = resp.location() {
-            if next.starts_with(&callback) {
-                return next;
-            }
-            resp = b.get(&next).unwrap();
-            continue;
-        }
-        let form = resp
-            .forms()
-            .into_iter()
-            .find(|f| f.fields.iter().any(|(n, v)| n == "prompt" && v == "login"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "no login form at {}: {} {}",
-                    resp.url, resp.status, resp.body
-                )
-            });
-        resp = b
-            .submit(&form, &[("login", "alice"), ("password", "any")])
-            .unwrap();
-    }
-    panic!("no redirect to {callback}");
+    b.until_callback(start, &site.url("/oauth2/callback?"), "alice")
+        .unwrap()
 }
 
 /// A request as an API client would send it (JSON wanted); the echo app answers in JSON.

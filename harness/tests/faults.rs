@@ -56,22 +56,6 @@ fn stack() -> &'static Stack {
     })
 }
 
-/// Puts the proxy in `mode` until dropped, then back to forwarding.
-struct Fault;
-
-impl Fault {
-    fn set(mode: Mode) -> Fault {
-        stack().set_idp_mode(mode);
-        Fault
-    }
-}
-
-impl Drop for Fault {
-    fn drop(&mut self) {
-        stack().idp_proxy().set_mode(Mode::Forward);
-    }
-}
-
 fn url(site: &str, path: &str) -> String {
     stack().site(site).unwrap().url(path)
 }
@@ -136,7 +120,7 @@ fn callback_during(site: &str, mode: Mode) -> (Response, Duration) {
         "no {login_cookie} in {:?}",
         start.set_cookies()
     );
-    let _fault = Fault::set(mode);
+    let _fault = stack().idp_fault(mode);
     let t = Instant::now();
     let r = b
         .get(&url(
@@ -331,7 +315,7 @@ fn a_flood_of_bad_callbacks_does_not_hide_the_warning_of_a_failed_login() {
     let (warnings_before, flooded_before) = count(&stack().envoy_log().unwrap());
     // The IdP refuses the gateway's client: the real login below fails with the operator's warning.
     let why = r#"{"error":"invalid_client"}"#;
-    let _fault = Fault::set(Mode::respond_for("/token", 401, "application/json", why));
+    let _fault = stack().idp_fault(Mode::respond_for("/token", 401, "application/json", why));
     // One HTTP/2 connection, so one worker (whose VM keeps the log budgets); over HTTP/1.1 Envoy closes
     // the connection after each 400, and the flood would spread over both workers. The filter logs at
     // most 20 lines of each kind a second, counted in the whole seconds of the clock it shares with
@@ -451,7 +435,7 @@ fn a_renewal_the_idp_answers_after_the_timeout_is_kept_for_the_next_request() {
     let expired = with_token_expiring_at(&b, unix_now() - 1);
     {
         // The token endpoint answers after 3.5 s; this site's callout_timeout is 2 s.
-        let _slow = Fault::set(Mode::delay_for("/token", Duration::from_millis(3500)));
+        let _slow = stack().idp_fault(Mode::delay_for("/token", Duration::from_millis(3500)));
         let t0 = Instant::now();
         let r = get(ROTATING, &expired, false);
         let took = t0.elapsed();
@@ -526,7 +510,7 @@ fn a_renewal_the_idp_never_answers_is_one_warning_and_one_failure() {
     let logged = stack().envoy_log().unwrap().len();
     let failures = stat("refresh_failures");
     {
-        let _hang = Fault::set(Mode::Hang);
+        let _hang = stack().idp_fault(Mode::Hang);
         let t0 = Instant::now();
         let r = get(APP, &expired, false);
         assert_eq!(r.status, 503, "{}", r.body);
@@ -552,7 +536,7 @@ fn a_hung_renewal_whose_client_left_is_still_logged_once() {
     let expired = with_token_expiring_at(&b, unix_now() - 1);
     let logged = stack().envoy_log().unwrap().len();
     {
-        let _hang = Fault::set(Mode::Hang);
+        let _hang = stack().idp_fault(Mode::Hang);
         let t0 = Instant::now();
         leave_during_refresh(APP, &expired, Duration::from_millis(500));
         // The call ends at twice this site's 2 s `callout_timeout`, with Envoy's `504`.
@@ -574,7 +558,7 @@ fn a_kept_renewal_outlives_the_grace_on_every_worker() {
     let b = logged_in(ROTATING, "carol");
     let expired = with_token_expiring_at(&b, unix_now() - 1);
     {
-        let _slow = Fault::set(Mode::delay_for("/token", Duration::from_millis(3500)));
+        let _slow = stack().idp_fault(Mode::delay_for("/token", Duration::from_millis(3500)));
         let t0 = Instant::now();
         let r = get(ROTATING, &expired, false);
         assert_eq!(r.status, 503, "{}", r.body);
@@ -604,7 +588,7 @@ fn a_request_with_a_body_goes_on_when_its_renewal_stops_waiting() {
     let _idp = idp_hold::exclusive();
     let b = logged_in(ROTATING, "alice");
     let due = with_token_expiring_at(&b, unix_now() + 30);
-    let _slow = Fault::set(Mode::delay_for("/token", Duration::from_millis(3500)));
+    let _slow = stack().idp_fault(Mode::delay_for("/token", Duration::from_millis(3500)));
     let body = r#"{"saved":true}"#;
     let port = stack().site(ROTATING).unwrap().port;
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -639,14 +623,14 @@ fn a_request_with_a_body_goes_on_when_its_renewal_stops_waiting() {
 
 /// `b`'s session with its token expired, and the IdP failing (`500`) the renewals of that session alone
 /// while the guard lives.
-fn failing_alone(b: &Browser) -> (String, Fault) {
+fn failing_alone(b: &Browser) -> (String, harness::IdpFault<'static>) {
     let refresh_token = open_session(&session_cookies(b))
         .refresh_token
         .unwrap()
         .expose()
         .to_string();
     let expired = with_token_expiring_at(b, unix_now() - 1);
-    let fault = Fault::set(Mode::respond_if_contains(
+    let fault = stack().idp_fault(Mode::respond_if_contains(
         &refresh_token,
         500,
         "application/json",
@@ -790,7 +774,7 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
         if i > 0 {
             std::thread::sleep(RENEWAL_PAUSE);
         }
-        let _down = Fault::set(mode.clone());
+        let _down = stack().idp_fault(mode.clone());
         // From here each call to the IdP is a connection of its own to the proxy: it closes each
         // connection after its one answer, or (hanging) until Envoy gives up on it at the timeout.
         let asked_before = stack().idp_proxy().accepted();
@@ -939,7 +923,7 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
 /// `status` with JSON `body`: the session ends (its cookie cleared) and the browser is sent to log in.
 fn refresh_answered_ends_the_session(b: &Browser, status: u16, body: &str) {
     let expired = with_token_expiring_at(b, unix_now() - 1);
-    let _answer = Fault::set(Mode::respond_for(
+    let _answer = stack().idp_fault(Mode::respond_for(
         "/token",
         status,
         "application/json",
@@ -960,7 +944,7 @@ fn a_client_that_leaves_during_its_refresh_holds_up_nobody() {
     let _idp = idp_hold::exclusive();
     let b = logged_in(BARE, "alice");
     let expired = with_token_expiring_at(&b, unix_now() - 1);
-    let hang = Fault::set(Mode::Hang);
+    let hang = stack().idp_fault(Mode::Hang);
     let claimed = Instant::now();
     {
         // An API client comes with the expired session, so its request claims the renewal and calls

@@ -154,22 +154,6 @@ fn nav(site: &str, path: &str, extra: &[(&str, &str)]) -> Response {
     Browser::new().get_with(&url(site, path), &h).unwrap()
 }
 
-/// Puts the proxy in `mode` until dropped, then back to forwarding.
-struct Fault;
-
-impl Fault {
-    fn set(mode: Mode) -> Fault {
-        stack().set_idp_mode(mode);
-        Fault
-    }
-}
-
-impl Drop for Fault {
-    fn drop(&mut self) {
-        stack().idp_proxy().set_mode(Mode::Forward);
-    }
-}
-
 /// The lines of Envoy's log at `level` from the Wasm component containing `needle`, once the log has
 /// had a moment to be written.
 fn lines(level: &str, needle: &str) -> usize {
@@ -187,31 +171,8 @@ fn lines(level: &str, needle: &str) -> usize {
 /// Follows a login at `site` from `start` through the IdP's form up to the redirect back to the callback;
 /// returns that callback URL without requesting it.
 fn until_callback(b: &Browser, site: &str, start: &str) -> String {
-    let callback = url(site, "/oauth2/callback?");
-    let mut resp = b.get(start).unwrap();
-    for _ in 0..20 {
-        if let Some(next) = resp.location() {
-            if next.starts_with(&callback) {
-                return next;
-            }
-            resp = b.get(&next).unwrap();
-            continue;
-        }
-        let form = resp
-            .forms()
-            .into_iter()
-            .find(|f| f.fields.iter().any(|(n, v)| n == "prompt" && v == "login"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "no login form at {}: {} {}",
-                    resp.url, resp.status, resp.body
-                )
-            });
-        resp = b
-            .submit(&form, &[("login", "alice"), ("password", "any")])
-            .unwrap();
-    }
-    panic!("no redirect to {callback}");
+    b.until_callback(start, &url(site, "/oauth2/callback?"), "alice")
+        .unwrap()
 }
 
 /// The session of a logged-in browser, re-sealed with its token expiring at `at` (the refresh token is
@@ -422,7 +383,7 @@ fn each_failed_callback_counts_its_reason_alone_at_its_level() {
         "token endpoint 500",
         &[("callback_failures.token_endpoint", 1)],
         || {
-            let _f = Fault::set(Mode::respond_for("/token", 500, "text/plain", "boom"));
+            let _f = stack().idp_fault(Mode::respond_for("/token", 500, "text/plain", "boom"));
             assert_eq!(b.get(&callback).unwrap().status, 502);
         },
     );
@@ -442,7 +403,7 @@ fn each_failed_callback_counts_its_reason_alone_at_its_level() {
         "forged id token",
         &[("callback_failures.id_token", 1)],
         || {
-            let _f = Fault::set(Mode::respond_for(
+            let _f = stack().idp_fault(Mode::respond_for(
                 "/token",
                 200,
                 "application/json",
@@ -458,7 +419,7 @@ fn each_failed_callback_counts_its_reason_alone_at_its_level() {
         "token endpoint too slow",
         &[("callback_failures.timeout", 1)],
         || {
-            let _f = Fault::set(Mode::delay_for("/token", Duration::from_millis(3500)));
+            let _f = stack().idp_fault(Mode::delay_for("/token", Duration::from_millis(3500)));
             assert_eq!(b.get(&callback).unwrap().status, 504);
             // Let the held exchange finish before the proxy forwards again.
             std::thread::sleep(Duration::from_secs(2));
@@ -497,7 +458,7 @@ fn renewals_count_once_each_and_failures_by_kind() {
         "a renewal that went up with the old token",
         &[("refresh_failures", 1)],
         || {
-            let _f = Fault::set(Mode::Refuse);
+            let _f = stack().idp_fault(Mode::Refuse);
             let r = api(MAIN, "/x", &[("cookie", &due)]);
             assert_eq!(r.status, 200, "{}", r.body);
         },
@@ -513,7 +474,7 @@ fn renewals_count_once_each_and_failures_by_kind() {
     let expired = expiring_at(&b, unix_now() - 1);
     let warn = lines("warning", "token refresh failed, answered 503");
     counts("a renewal answered 503", &[("refresh_failures", 1)], || {
-        let _f = Fault::set(Mode::Refuse);
+        let _f = stack().idp_fault(Mode::Refuse);
         let r = api(MAIN, "/x", &[("cookie", &expired)]);
         assert_eq!(r.status, 503, "{}", r.body);
     });
@@ -529,7 +490,7 @@ fn renewals_count_once_each_and_failures_by_kind() {
         "a renewal the IdP refused",
         &[("refresh_failures", 1)],
         || {
-            let _f = Fault::set(Mode::respond_for(
+            let _f = stack().idp_fault(Mode::respond_for(
                 "/token",
                 400,
                 "application/json",
@@ -719,7 +680,7 @@ fn idp_fetch_failures_count_the_failed_periodic_fetches_and_not_unknown_kids() {
     let token = "eyJhbGciOiJSUzI1NiIsImtpZCI6Im5ldmVyLXB1Ymxpc2hlZCJ9.eyJzdWIiOiJ4In0.c2ln";
     let calls = stack().idp_cluster_stat("upstream_cx_total").unwrap();
     {
-        let _f = Fault::set(Mode::Refuse);
+        let _f = stack().idp_fault(Mode::Refuse);
         let r = Browser::new()
             .post_form(&url(MAIN, BACKCHANNEL), &[("logout_token", token)])
             .unwrap();
@@ -867,7 +828,7 @@ fn requests_waiting_for_one_renewal_count_as_sessions_when_it_renews_and_as_fail
         "one renewal, three waiting",
         &[("refreshes", 1), ("sessions_forwarded", 3)],
         || {
-            let _f = Fault::set(Mode::delay_for("/token", Duration::from_millis(1000)));
+            let _f = stack().idp_fault(Mode::delay_for("/token", Duration::from_millis(1000)));
             let statuses = harness::at_once(4, |_| api(MAIN, "/x", &[("cookie", &expired)]).status);
             assert_eq!(statuses, vec![200; 4]);
         },
@@ -879,7 +840,7 @@ fn requests_waiting_for_one_renewal_count_as_sessions_when_it_renews_and_as_fail
         "one renewal that hung, three waiting",
         &[("refresh_failures", 4)],
         || {
-            let _f = Fault::set(Mode::Hang);
+            let _f = stack().idp_fault(Mode::Hang);
             let statuses = harness::at_once(4, |_| api(MAIN, "/x", &[("cookie", &expired)]).status);
             assert_eq!(statuses, vec![503; 4]);
             // The renewal's call goes on for as long again before it is given up.
@@ -910,7 +871,7 @@ fn a_renewal_given_up_then_cut_off_counts_once() {
         "one renewal that hung, then was cut off",
         &[("refresh_failures", 1)],
         || {
-            let f = Fault::set(Mode::Hang);
+            let f = stack().idp_fault(Mode::Hang);
             let t = Instant::now();
             let r = api(MAIN, "/x", &[("cookie", &expired)]);
             assert_eq!(r.status, 503, "{}", r.body);
@@ -941,7 +902,7 @@ fn a_late_renewal_counts_its_failure_then_its_renewal_and_the_next_request_as_a_
         "a renewal answered after the request stopped waiting",
         &[("refresh_failures", 1), ("refreshes", 1)],
         || {
-            let _f = Fault::set(Mode::delay_for("/token", Duration::from_millis(3000)));
+            let _f = stack().idp_fault(Mode::delay_for("/token", Duration::from_millis(3000)));
             let r = api(MAIN, "/x", &[("cookie", &expired)]);
             assert_eq!(r.status, 503, "{}", r.body);
             std::thread::sleep(Duration::from_secs(2));
@@ -997,7 +958,7 @@ fn renewals_paused_after_an_outage_count_as_readme_says() {
     let due = expiring_at(&b, unix_now() + 30);
     let expired = expiring_at(&b, unix_now() - 1);
     let paused = lines("warning", "renewals paused after one met an outage");
-    let _f = Fault::set(Mode::Refuse);
+    let _f = stack().idp_fault(Mode::Refuse);
     counts(
         "an outage, then within its pause a due and an expired session",
         &[("refresh_failures", 2), ("sessions_forwarded", 1)],

@@ -264,7 +264,7 @@ fn a_refresh_waiting_on_the_idp_across_a_change_completes_and_new_requests_meet_
     let old_bearer = bearer(&api(INFLIGHT, "/x", &session_cookies(&alice))).unwrap();
 
     // The IdP answers, but slowly: the refresh is still waiting when the new configuration arrives.
-    let slow = Fault::set(Mode::Delay(Duration::from_millis(2500)));
+    let slow = stack().idp_fault(Mode::Delay(Duration::from_millis(2500)));
     let waiting = refresh_in_flight(INFLIGHT, expired);
     let applied = change(
         INFLIGHT,
@@ -307,7 +307,7 @@ fn a_refresh_the_idp_never_answers_across_a_change_fails_closed() {
     let alice = logged_in(INFLIGHT, "alice");
     let expired = expired_session(&alice);
 
-    let hang = Fault::set(Mode::Hang);
+    let hang = stack().idp_fault(Mode::Hang);
     let waiting = refresh_in_flight(INFLIGHT, expired.clone());
     let applied = change(
         INFLIGHT,
@@ -415,7 +415,7 @@ fn a_change_keeps_visitors_and_logins_going_while_the_idp_is_slow() {
     let (form, _) = at_login_form(&b, INFLIGHT);
     let callback = log_in_at_idp(&b, INFLIGHT, &form, "carol");
 
-    let slow = Fault::set(Mode::Delay(Duration::from_millis(1000)));
+    let slow = stack().idp_fault(Mode::Delay(Duration::from_millis(1000)));
     let applied = change(
         INFLIGHT,
         config(

@@ -120,22 +120,6 @@ fn stack() -> &'static Stack {
     })
 }
 
-/// Puts the IdP's proxy in `mode` until dropped, then back to forwarding.
-struct Fault;
-
-impl Fault {
-    fn set(mode: Mode) -> Fault {
-        stack().set_idp_mode(mode);
-        Fault
-    }
-}
-
-impl Drop for Fault {
-    fn drop(&mut self) {
-        stack().idp_proxy().set_mode(Mode::Forward);
-    }
-}
-
 fn url(site: &str, path: &str) -> String {
     stack().site(site).unwrap().url(path)
 }

@@ -399,7 +399,7 @@ fn an_image_upgrade_holds_visitors_while_the_new_vm_fetches_from_the_idp() {
     let (form, login_cookie) = at_login_form(&b, UPGRADE);
     let callback = log_in_at_idp(&b, UPGRADE, &form, "carol");
 
-    let slow = Fault::set(Mode::Delay(REMOTE_IDP));
+    let slow = stack().idp_fault(Mode::Delay(REMOTE_IDP));
     // Two clients hammer `/login` (without Fetch Metadata: straight to the IdP), a third navigates
     // anonymously to a page, all across the upgrade, each request on a new connection.
     let probes: Vec<_> = ["/login", "/login", "/x"]
@@ -536,7 +536,7 @@ fn an_image_upgrade_while_the_idp_hangs_holds_logins_no_longer_than_a_fetch_may_
     const CROWD: usize = 600;
     let _idp = idp_hold::exclusive();
     until_ready(UPGRADE);
-    let hang = Fault::set(Mode::Hang);
+    let hang = stack().idp_fault(Mode::Hang);
     let up = upgrade(UPGRADE);
     let answers = harness::at_once(CROWD, |_| {
         let t = Instant::now();
@@ -600,7 +600,7 @@ fn an_image_upgrade_with_a_slow_idp_holds_logins_through_both_fetches() {
     let _idp = idp_hold::exclusive();
     until_ready(UPGRADE);
     let issuer = format!("{}/", stack().issuer());
-    let slow = Fault::set(Mode::Delay(SLOW_IDP));
+    let slow = stack().idp_fault(Mode::Delay(SLOW_IDP));
     // `/login` (without Fetch Metadata: straight to the IdP) again and again from two clients, each
     // request on a new connection; the old VMs answer at once (they have the documents).
     let probes: Vec<_> = (0..2)
@@ -672,7 +672,7 @@ fn an_image_upgrade_while_the_idp_is_down_fails_logins_closed_until_it_is_back()
         api(UPGRADE, "/x", &cookie).status == 200
     });
 
-    let down = Fault::set(Mode::Refuse);
+    let down = stack().idp_fault(Mode::Refuse);
     let up = upgrade(UPGRADE);
     // The new VMs have tried the IdP on every thread and failed.
     let tried = || {
@@ -823,7 +823,7 @@ fn a_refresh_the_old_vm_began_is_adopted_by_the_new_vm_and_the_old_vm_is_let_go(
 
     // The token endpoint is slow (discovery and keys are not): the old VM's refresh is still at the
     // IdP when the new VMs are ready.
-    let slow = Fault::set(Mode::delay_for("/token", Duration::from_millis(2500)));
+    let slow = stack().idp_fault(Mode::delay_for("/token", Duration::from_millis(2500)));
     let first = refresh_in_flight(UPGRADE, expired.clone());
     let up = upgrade(UPGRADE);
     until_new_vms_ready(&up);
