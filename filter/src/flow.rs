@@ -1080,7 +1080,12 @@ fn with_session(
         if now < s.token_expires_at {
             return Some(forward_session(cfg, h, &cached, cookie, target));
         }
-        return Some(not_ready(state, matches!(anonymous, Anonymous::Api), true));
+        return Some(not_ready(
+            state,
+            matches!(anonymous, Anonymous::Api),
+            true,
+            now,
+        ));
     };
     let scope = cfg.scope_on_refresh.then_some(cfg.scopes.as_str());
     let form = token::refresh_request(
@@ -1335,7 +1340,7 @@ fn bearer_refused(
         return None;
     }
     let Some(provider) = state.provider.ready() else {
-        return Some(not_ready(state, true, false));
+        return Some(not_ready(state, true, false, now));
     };
     let header = h.get("authorization")?;
     let token = header.strip_prefix("Bearer ").unwrap_or_default().trim();
@@ -1493,7 +1498,7 @@ fn without_session(
     };
     if state.provider.ready().is_none() {
         return with_cookies(
-            not_ready(state, matches!(how, Anonymous::Api), false),
+            not_ready(state, matches!(how, Anonymous::Api), false, now),
             clear,
         );
     }
@@ -1697,7 +1702,7 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
         );
     }
     let Some(provider) = state.provider.ready() else {
-        return not_ready(state, false, false);
+        return not_ready(state, false, false, env.now);
     };
     let (rd, fragment_read) = login_target(cfg, h, target);
     // Before the page that reads the fragment (found by a black-box test: a hop there, then this 400).
@@ -1956,7 +1961,7 @@ fn callback(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, tar
     }
     let Some(provider) = state.provider.ready() else {
         // Keep the login cookie: the attempt can go on once the IdP has been reached (Retry-After).
-        return not_ready(state, false, false);
+        return not_ready(state, false, false, env.now);
     };
     let Some(redirect_uri) = redirect_uri(cfg, h) else {
         return bad_callback(CallbackFailure::BadRequest, "Invalid Host header.", clear);
@@ -2445,7 +2450,7 @@ fn finish_login(
 ) -> Step {
     let clear = vec![cookies::clear_cookie(&x.login_cookie, &login_attrs(cfg))];
     let Some(provider) = state.provider.ready() else {
-        return with_cookies(not_ready(state, false, false), clear);
+        return with_cookies(not_ready(state, false, false, env.now), clear);
     };
     let Some(id_token) = tokens.id_token.clone() else {
         return gateway_error(
@@ -3769,7 +3774,7 @@ fn redirect_reply(location: String) -> Reply {
 /// that answered with what this gateway cannot use (then waiting does not help; the log names the cause);
 /// and on what needs it: a login, or (`renewal`) a logged-in user's session whose token has expired
 /// (found in review: such a user read "Login is not available", though logged in).
-fn not_ready(state: &State, api: bool, renewal: bool) -> Step {
+fn not_ready(state: &State, api: bool, renewal: bool, now: u64) -> Step {
     let what = if renewal {
         "Your session cannot be renewed"
     } else {
@@ -3782,7 +3787,8 @@ fn not_ready(state: &State, api: bool, renewal: bool) -> Step {
         " yet: the identity provider has not been reached. Try again shortly."
     };
     let msg = format!("{what}{why}");
-    unavailable(api.then_some("not_ready"), &msg, Metric::NotReady, None)
+    let step = unavailable(api.then_some("not_ready"), &msg, Metric::NotReady, None);
+    retry_after(step, state.provider.retry_in(now))
 }
 
 /// A `/logout` whose IdP has not been reached ([`Metric::NotReady`]: held as a login is); `api`: for an

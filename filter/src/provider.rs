@@ -71,6 +71,14 @@ impl ProviderState {
         self.meta.as_ref()
     }
 
+    /// Seconds from `now` until this worker may be ready: its next try of the IdP is due then (its
+    /// retries back off from 1 s to [`MAX_BACKOFF`]), and a second for the tick that starts it and the
+    /// answer. The `Retry-After` of a not-ready `503` (found in review: it said 5 while the backoff held
+    /// the next try up to 30 s away).
+    pub fn retry_in(&self, now: u64) -> u64 {
+        self.next_attempt.saturating_sub(now).min(MAX_BACKOFF) + 1
+    }
+
     /// Not ready because what the IdP answered cannot be used, rather than because it did not answer.
     pub fn unusable(&self) -> bool {
         self.unusable && self.ready.is_none()

@@ -6289,6 +6289,41 @@ fn tokens_too_large_once_sealed_start_again_towards_the_page_the_login_was_for()
     }
 }
 
+/// Review (do the answers tell the truth): the not-ready `503` said `Retry-After: 5` whatever the wait,
+/// while the worker's tries of the IdP back off from 1 s to 30 s: a client that honoured it met another
+/// `503`, and another. It says when the worker's next try is due, and a second for it.
+#[test]
+fn a_not_ready_503_says_when_the_worker_tries_the_idp_again() {
+    let mut f = Filter::new(config(json!({})));
+    let retry = |f: &mut Filter, req: &Req| {
+        let r = respond(f.request(req));
+        assert_eq!(
+            (r.status, r.metric),
+            (503, Some(Metric::NotReady)),
+            "{}",
+            r.body
+        );
+        header(&r.headers, "retry-after").unwrap().to_string()
+    };
+    // Each failure doubles the wait for the next try, up to 30 s.
+    for backoff in [1, 2, 4, 8, 16, 30, 30] {
+        let (_, fetch) = f.poll().expect("a try is due");
+        assert!(f.provider_reply(fetch, None).is_err());
+        for req in [
+            Req::browser("/app"),
+            Req::api("/api"),
+            Req::browser("/login?rd=/"),
+        ] {
+            assert_eq!(retry(&mut f, &req), (backoff + 1).to_string(), "{backoff}");
+        }
+        f.now += backoff - 1;
+        assert!(f.poll().is_none(), "the backoff holds");
+        assert_eq!(retry(&mut f, &Req::api("/api")), "2");
+        f.now += 1;
+        assert_eq!(retry(&mut f, &Req::api("/api")), "1", "due now");
+    }
+}
+
 /// Review, mutation testing of the not-ready page (the other side of
 /// `an_idp_that_answered_unusably_is_not_said_to_be_unreached`): an IdP that did not answer, or whose
 /// answer was a `5xx` (Envoy's own when it has no healthy upstream), is said not to have been reached,

@@ -234,7 +234,7 @@ fn an_issuer_with_a_trailing_slash_the_idp_does_not_have_keeps_logins_unavailabl
                 .unwrap_or_else(|| panic!("{path}: no Retry-After"))
                 .parse()
                 .unwrap();
-            assert!((1..=60).contains(&retry), "{path}: Retry-After {retry}");
+            assert!((1..=31).contains(&retry), "{path}: Retry-After {retry}");
             assert!(r.header("location").is_none(), "{path}");
             // Review (do the answers tell the truth): the IdP was reached, and answered another
             // issuer's document; the page said "the identity provider has not been reached".
