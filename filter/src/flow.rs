@@ -213,6 +213,7 @@ pub fn renewal_given_up(
                 job.api(),
                 "the IdP's keys for the renewed ID token did not come within callout_timeout"
                     .into(),
+                RENEWAL_PAUSE,
             ),
         }),
         _ => None,
@@ -531,12 +532,17 @@ impl State {
     /// back, ahead of now) while another session waits to probe, or [`RENEWAL_PAUSE`] s ago: it does not
     /// ask the IdP again yet (with none waiting, a user alone renews as soon as the pause is over).
     fn own_outage(&self, who: u64, now: u64) -> bool {
-        let within = if self.others_wait {
+        self.met_outage(who, now, self.own_wait())
+    }
+
+    /// How long a session whose renewal met an outage does not ask again: [`OWN_WAIT`] while another
+    /// session's renewal waits to probe, else [`RENEWAL_PAUSE`].
+    fn own_wait(&self) -> u64 {
+        if self.others_wait {
             OWN_WAIT
         } else {
             RENEWAL_PAUSE
-        };
-        self.met_outage(who, now, within)
+        }
     }
 
     /// How many seconds from `now` until `who`'s renewal may ask the IdP again (at least 1): the
@@ -545,11 +551,7 @@ impl State {
     /// and while a probe under a long `callout_timeout` paused the others for longer).
     fn held_for(&self, who: u64, now: u64) -> u64 {
         let left = |until: u64| if pending(until, now) { until - now } else { 0 };
-        let within = if self.others_wait {
-            OWN_WAIT
-        } else {
-            RENEWAL_PAUSE
-        };
+        let within = self.own_wait();
         let mut secs = left(self.renewals_paused_until).max(left(self.keys_wait_until));
         for o in self.outages_of.iter().filter(|o| o.who == who) {
             secs = secs.max(left(o.last.saturating_add(within)));
@@ -609,7 +611,7 @@ pub fn renewal_claim(
             "this session's renewal met an outage moments ago (the site's others go on)"
         };
         let secs = state.held_for(who, now);
-        return Err(retry_after(renewal_held_reply(cfg, job, now, why), secs));
+        return Err(renewal_held_reply(cfg, job, now, why, secs));
     }
     if state.renewals_failing {
         let timeout = cfg.callout_timeout.as_secs();
@@ -628,32 +630,19 @@ pub fn renewal_held(state: &State, job: &RefreshJob, now: u64) -> bool {
 /// The answer while the site's renewals on this worker are paused: the token while it is valid, then 503.
 pub fn renewal_paused(cfg: &Config, state: &State, job: RefreshJob, now: u64) -> Step {
     let secs = state.held_for(job.who(), now);
-    retry_after(renewal_held_reply(cfg, job, now, PAUSED), secs)
-}
-
-/// `step` with `Retry-After: secs`, where it is a `503`.
-fn retry_after(mut step: Step, secs: u64) -> Step {
-    if let Step::Respond(r) = &mut step
-        && r.status == 503
-    {
-        for (name, value) in &mut r.headers {
-            if *name == "retry-after" {
-                *value = secs.to_string().into();
-            }
-        }
-    }
-    step
+    renewal_held_reply(cfg, job, now, PAUSED, secs)
 }
 
 /// Why a renewal did not ask the IdP while the site's renewals pause.
 const PAUSED: &str = "renewals paused after one met an outage";
 
-/// The token while it is valid, then 503 saying `why` the renewal did not ask the IdP.
-fn renewal_held_reply(cfg: &Config, job: RefreshJob, now: u64, why: &str) -> Step {
+/// The token while it is valid, then 503 saying `why` the renewal did not ask the IdP, and to retry in
+/// `retry` seconds.
+fn renewal_held_reply(cfg: &Config, job: RefreshJob, now: u64, why: &str, retry: u64) -> Step {
     let api = job.api();
     match renewal_busy(cfg, job, now) {
         Ok(step) => step,
-        Err(_) => renewal_unavailable(api, why.into()),
+        Err(_) => renewal_unavailable(api, why.into(), retry),
     }
 }
 
@@ -2620,15 +2609,13 @@ fn refresh_outcome(
         }
         // The IdP is down or slow and the token has expired: fail closed, but keep the session, so that it
         // renews by itself once the IdP answers again rather than an outage logging everybody out.
-        Err(e) => Err(retry_after(
-            renewal_unavailable(
-                job.api(),
-                match (reply, unsent) {
-                    (None, Some(why)) => format!("cannot call the IdP: {why}"),
-                    (None, None) => no_answer(),
-                    (Some(_), _) => e.to_string(),
-                },
-            ),
+        Err(e) => Err(renewal_unavailable(
+            job.api(),
+            match (reply, unsent) {
+                (None, Some(why)) => format!("cannot call the IdP: {why}"),
+                (None, None) => no_answer(),
+                (Some(_), _) => e.to_string(),
+            },
             state.held_for(job.who(), now),
         )),
     }
@@ -2655,6 +2642,7 @@ fn replaced(how: Anonymous, target: &str, cookies: Vec<String>) -> Step {
         "This request carried an old session cookie; this answer brings the new one. Try again.",
         Metric::RefreshFailed,
         Some("the session has a new cookie, not yet sent by the browser".into()),
+        RENEWAL_PAUSE,
     );
     with_cookies(step, cookies)
 }
@@ -2667,6 +2655,7 @@ pub fn renewal_crowded(job: &RefreshJob) -> Step {
         "Too many requests are waiting for sessions to be renewed on this gateway. Try again shortly.",
         Metric::RefreshFailed,
         Some("too many requests wait for renewals on this worker".into()),
+        RENEWAL_PAUSE,
     )
 }
 
@@ -2676,13 +2665,15 @@ const RENEWAL_UNAVAILABLE: &str = "renewal_unavailable";
 /// 503 for a request whose expired token the IdP could not renew just now; its cookies stay.
 /// A browser gets a line of text; an API client JSON, as its other answers from the filter (found by a
 /// black-box test: a client that reads every answer as JSON failed on this one).
-fn renewal_unavailable(api: bool, detail: String) -> Step {
+/// `retry`: the seconds until the session's renewal may ask the IdP again ([`State::held_for`]).
+fn renewal_unavailable(api: bool, detail: String, retry: u64) -> Step {
     // Not always the IdP's silence (it may refuse the gateway's credentials): the log line says why.
     unavailable(
         api.then_some(RENEWAL_UNAVAILABLE),
         "Your session could not be renewed just now. Try again shortly.",
         Metric::RefreshFailed,
         Some(detail),
+        retry,
     )
 }
 
@@ -2757,7 +2748,7 @@ fn finish_refresh(
                         keep_old(cfg, &job)
                     } else {
                         let secs = state.held_for(job.who(), env.now);
-                        retry_after(renewal_unavailable(job.api(), e.to_string()), secs)
+                        renewal_unavailable(job.api(), e.to_string(), secs)
                     };
                     return keeping_new_refresh_token(cfg, state, env, &job, &tokens, step);
                 }
@@ -3076,6 +3067,7 @@ pub fn renewal_failed(cfg: &Config, state: &mut State, job: RefreshJob, now: u64
     renewal_unavailable(
         job.api(),
         "the renewal another request of this session made did not complete".into(),
+        RENEWAL_PAUSE,
     )
 }
 
@@ -3787,8 +3779,14 @@ fn not_ready(state: &State, api: bool, renewal: bool, now: u64) -> Step {
         " yet: the identity provider has not been reached. Try again shortly."
     };
     let msg = format!("{what}{why}");
-    let step = unavailable(api.then_some("not_ready"), &msg, Metric::NotReady, None);
-    retry_after(step, state.provider.retry_in(now))
+    let retry = state.provider.retry_in(now);
+    unavailable(
+        api.then_some("not_ready"),
+        &msg,
+        Metric::NotReady,
+        None,
+        retry,
+    )
 }
 
 /// A `/logout` whose IdP has not been reached ([`Metric::NotReady`]: held as a login is); `api`: for an
@@ -3799,6 +3797,7 @@ fn idp_unreached_at_logout(api: bool) -> Step {
         "You are logged out of this site, but the identity provider could not be reached, so you may still be logged in there: log out at the identity provider too, or close the browser.",
         Metric::NotReady,
         None,
+        RENEWAL_PAUSE,
     )
 }
 
@@ -3807,14 +3806,15 @@ fn no_answer() -> String {
     "no answer from the token endpoint within callout_timeout".into()
 }
 
-/// 503 with `Retry-After`: the IdP is needed and not reachable now; the client may simply retry. `msg` as
-/// text; for an API client (`json_error` set), in JSON with that `error`, as its other answers from the
+/// 503 with `Retry-After: retry`: the IdP is needed and not reachable now; the client may simply retry
+/// then. `msg` as text; for an API client (`json_error` set), in JSON with that `error`, as its other answers from the
 /// filter (found by a black-box test: a client that reads every answer as JSON failed on these).
 fn unavailable(
     json_error: Option<&str>,
     msg: &str,
     metric: Metric,
     detail: Option<String>,
+    retry: u64,
 ) -> Step {
     let (content_type, body) = match json_error {
         Some(error) => (
@@ -3826,7 +3826,7 @@ fn unavailable(
     Step::Respond(Reply {
         status: 503,
         headers: vec![
-            ("retry-after", "5".into()),
+            ("retry-after", retry.to_string().into()),
             ("content-type", content_type.into()),
             ("cache-control", "no-store".into()),
         ],

@@ -598,21 +598,26 @@ impl<V> Default for SealedMap<V> {
 }
 
 impl<V> SealedMap<V> {
-    /// Where the keys of hash `h` start, and where they end.
-    fn run(&self, h: u64) -> (usize, usize) {
+    /// The entries of hash `h`, and where they start.
+    fn run(&self, h: u64) -> (usize, impl Iterator<Item = &(u64, String, V)>) {
         let from = self.entries.partition_point(|e| e.0 < h);
-        let to = from + self.entries[from..].iter().take_while(|e| e.0 == h).count();
-        (from, to)
+        (
+            from,
+            self.entries[from..].iter().take_while(move |e| e.0 == h),
+        )
     }
 
-    /// Where exactly `key` is stored, or where it would go.
+    /// Where exactly `key` is stored, or where it would go (after the keys of its hash), in one pass.
     fn find(&self, key: &str) -> (Result<usize, usize>, u64) {
         let h = self.hash(key);
-        let (from, to) = self.run(h);
-        let found = self.entries[from..to]
-            .iter()
-            .position(|e| same(e.1.as_bytes(), key.as_bytes()));
-        (found.map(|i| from + i).ok_or(to), h)
+        let (mut i, run) = self.run(h);
+        for e in run {
+            if same(e.1.as_bytes(), key.as_bytes()) {
+                return (Ok(i), h);
+            }
+            i += 1;
+        }
+        (Err(i), h)
     }
 
     /// The value stored under exactly `key`.
@@ -626,8 +631,7 @@ impl<V> SealedMap<V> {
     /// cookies without searching them; nothing is decided by it alone.
     pub fn entry_by_start(&self, start: &[u8]) -> Option<(&str, &V)> {
         let head = start.first_chunk::<EDGE>()?;
-        let (from, to) = self.run(self.hash_head(head));
-        for (_, k, v) in &self.entries[from..to] {
+        for (_, k, v) in self.run(self.hash_head(head)).1 {
             if let Some(h) = k.as_bytes().first_chunk::<EDGE>()
                 && k.len() > EDGE
                 && crate::headers::same_bytes(h, head)

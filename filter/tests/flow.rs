@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use common::*;
-use oidc_filter::flow::{CallbackFailure, Metric, Step};
+use oidc_filter::flow::{CallbackFailure, Metric, Reply, Step};
 use oidc_filter::oidc::pkce;
 use oidc_filter::provider::Fetch;
 use serde_json::json;
@@ -6228,15 +6228,10 @@ fn a_logout_while_only_the_idps_keys_are_unusable_goes_to_its_end_session_endpoi
     );
 }
 
-/// Review (do the answers tell the truth): a renewal whose new ID token cannot be checked yet (signed with
-/// a key this worker cannot fetch yet) keeps only the IdP's new refresh token; the session's token has
-/// expired, so the request gets `503` "Your session could not be renewed just now". A second request of
-/// the page, still with the old cookie, was then told "Your session was renewed while this request was
-/// on its way": the session was not renewed (its token is the expired one still, the new cookie holds only
-/// a new refresh token), and README promises a browser's navigation is sent round again with the new
-/// cookie, not a `503`.
-#[test]
-fn after_a_renewal_that_kept_only_a_refresh_token_no_request_is_told_it_was_renewed() {
+/// A session whose token has expired, and the answer to its renewal that kept only the IdP's new refresh
+/// token (the new ID token signed with a key this worker cannot fetch yet): the worker, the old cookie,
+/// and that answer.
+fn kept_only_a_refresh_token() -> (Filter, Jar, Reply) {
     let mut f = ready();
     let (jar, _) = due_for_refresh(&mut f);
     f.now = NOW + 3600;
@@ -6247,6 +6242,19 @@ fn after_a_renewal_that_kept_only_a_refresh_token_no_request_is_told_it_was_rene
         Some((200, &token_body(Some(&rotated), Some("rt-2")))),
     ));
     let first = respond(f.reply(pending, None));
+    (f, jar, first)
+}
+
+/// Review (do the answers tell the truth): a renewal whose new ID token cannot be checked yet (signed with
+/// a key this worker cannot fetch yet) keeps only the IdP's new refresh token; the session's token has
+/// expired, so the request gets `503` "Your session could not be renewed just now". A second request of
+/// the page, still with the old cookie, was then told "Your session was renewed while this request was
+/// on its way": the session was not renewed (its token is the expired one still, the new cookie holds only
+/// a new refresh token), and README promises a browser's navigation is sent round again with the new
+/// cookie, not a `503`.
+#[test]
+fn after_a_renewal_that_kept_only_a_refresh_token_no_request_is_told_it_was_renewed() {
+    let (mut f, jar, first) = kept_only_a_refresh_token();
     assert_eq!(first.status, 503);
     assert!(
         first.body.contains("could not be renewed"),
@@ -6424,16 +6432,7 @@ fn a_renewal_that_could_not_be_sent_is_logged_so_not_as_an_idp_that_did_not_answ
 /// an API client, get the `503` that brings the new cookie, each in its own kind (text, JSON).
 #[test]
 fn after_a_renewal_that_kept_only_a_refresh_token_a_navigation_goes_back_to_its_own_address() {
-    let mut f = ready();
-    let (jar, _) = due_for_refresh(&mut f);
-    f.now = NOW + 3600;
-    let rotated = mint_with_kid(&refreshed_claims(f.now), "rotated-1");
-    let (_, pending) = call(f.request(&Req::browser("/").cookies(&jar)));
-    let (_, pending) = call(f.reply(
-        pending,
-        Some((200, &token_body(Some(&rotated), Some("rt-2")))),
-    ));
-    let first = respond(f.reply(pending, None));
+    let (mut f, jar, first) = kept_only_a_refresh_token();
     assert_eq!(first.status, 503);
     let set: Vec<String> = set_cookies(&first)
         .into_iter()
