@@ -823,7 +823,10 @@ impl Http {
         // a session the IdP ended, is counted.
         let again = self.given_up
             && match &step {
-                Step::Respond(r) => r.status == 503 && r.metric == Some(Metric::RefreshFailed),
+                // (A `200` is `userinfo_path`'s answer with the old token's identity.)
+                Step::Respond(r) => {
+                    matches!(r.status, 200 | 503) && r.metric == Some(Metric::RefreshFailed)
+                }
                 Step::Forward(f) => f.metric == Some(Metric::RefreshFailed),
                 _ => false,
             };
@@ -1615,6 +1618,11 @@ fn account(step: &Step, metrics: &Metrics, site: &dyn Fn() -> Option<String>) {
 /// Logs a local answer that is a failure worth a line (a login, a renewal or a back-channel logout that
 /// failed), within its kind's budget.
 fn log_reply(r: &flow::Reply, site: &dyn Fn() -> Option<String>) {
+    // A `200` is no failure: `userinfo_path`'s answer, counted as the request it stands for (one that
+    // went up with the old token when a renewal failed, without a line).
+    if r.status == 200 {
+        return;
+    }
     // Failures worth a line for whoever debugs a login, a renewal or a back-channel logout: the
     // reason and the core's own words for it, never request data; and, for a `hosts` entry's site,
     // which one (found in review: with one stale client secret among several, the lines did not say

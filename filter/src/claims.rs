@@ -252,7 +252,7 @@ pub fn header_value(v: &Value) -> Option<String> {
 }
 
 /// An object whose every value is an object, whose keys are then its items (Zitadel's roles).
-fn keyed(o: &Object) -> bool {
+pub(crate) fn keyed(o: &Object) -> bool {
     o.iter().all(|(_, v)| v.is_object())
 }
 

@@ -73,6 +73,9 @@ pub struct Config {
     pub keep_claims: Vec<String>,
     /// Where the IdP posts logout tokens (OIDC Back-Channel Logout); `None`: not offered.
     pub backchannel_logout_path: Option<String>,
+    /// Where a logged-in client reads its own identity as JSON (oauth2-proxy's `/oauth2/userinfo`); `None`:
+    /// not offered, the path is the app's.
+    pub userinfo_path: Option<String>,
     /// The cookie names of the plugin's other sites: their cookies are credentials for those sites, and a
     /// browser sends them here too when the sites share a `cookie_domain`, so they never go upstream.
     pub other_sites_cookies: CookieNames,
@@ -135,6 +138,7 @@ struct Raw {
     jwks_refresh_interval: Option<String>,
     claim_rules: Option<Value>,
     backchannel_logout_path: Option<String>,
+    userinfo_path: Option<String>,
     /// Sorted by header name.
     identity_headers: Option<Vec<(String, String)>>,
     access_token_header: Option<String>,
@@ -158,7 +162,7 @@ enum Kind {
 
 /// Every field of one site's configuration, and its type. (`hosts` and `unmatched_hosts` are read by
 /// [`Plugin::parse`] before this.)
-const FIELDS: [(&str, Kind); 31] = [
+const FIELDS: [(&str, Kind); 32] = [
     ("issuer", Kind::Str),
     ("client_id", Kind::Str),
     ("client_secret", Kind::Str),
@@ -187,6 +191,7 @@ const FIELDS: [(&str, Kind); 31] = [
     ("jwks_refresh_interval", Kind::Duration),
     ("claim_rules", Kind::Any),
     ("backchannel_logout_path", Kind::Str),
+    ("userinfo_path", Kind::Str),
     ("identity_headers", Kind::StrMap),
     ("access_token_header", Kind::Str),
     ("authorization_params", Kind::StrMap),
@@ -312,6 +317,7 @@ impl Raw {
             jwks_refresh_interval: seconds(&mut obj, "jwks_refresh_interval"),
             claim_rules: obj.remove("claim_rules").filter(|v| !v.is_null()),
             backchannel_logout_path: text(&mut obj, "backchannel_logout_path"),
+            userinfo_path: text(&mut obj, "userinfo_path"),
             identity_headers,
             access_token_header: text(&mut obj, "access_token_header"),
             authorization_params: str_map(&mut obj, "authorization_params"),
@@ -538,6 +544,7 @@ impl Config {
             authorization_params,
             max_age,
             backchannel_logout_path,
+            userinfo_path,
             bypass_paths,
             keep_claims,
         } = later(&mut raw, [&callback_path, &login_path, &logout_path])?;
@@ -575,6 +582,7 @@ impl Config {
             keep_claims,
             logout_lifetime: session_lifetime,
             backchannel_logout_path,
+            userinfo_path,
             other_sites_cookies: CookieNames::default(),
         })
     }
@@ -675,6 +683,7 @@ struct Later {
     authorization_params: Vec<(String, String)>,
     max_age: Option<u64>,
     backchannel_logout_path: Option<String>,
+    userinfo_path: Option<String>,
     bypass_paths: Vec<String>,
     keep_claims: Vec<String>,
 }
@@ -689,8 +698,9 @@ fn later(raw: &mut Raw, own: [&String; 3]) -> Result<Later, ConfigError> {
     let mut identity_headers = identity_headers_from(raw.identity_headers.take())?;
     let (authorization_params, max_age) =
         authorization_params_from(raw.authorization_params.take())?;
-    let (backchannel_logout_path, bypass_paths) = open_paths(
+    let ([backchannel_logout_path, userinfo_path], bypass_paths) = open_paths(
         raw.backchannel_logout_path.take(),
+        raw.userinfo_path.take(),
         raw.bypass_paths.take(),
         own,
     )?;
@@ -699,6 +709,7 @@ fn later(raw: &mut Raw, own: [&String; 3]) -> Result<Later, ConfigError> {
         &bypass_paths,
         &mut identity_headers,
         raw.access_token_header.take(),
+        userinfo_path.is_some(),
     )?;
     Ok(Later {
         timings,
@@ -707,6 +718,7 @@ fn later(raw: &mut Raw, own: [&String; 3]) -> Result<Later, ConfigError> {
         authorization_params,
         max_age,
         backchannel_logout_path,
+        userinfo_path,
         bypass_paths,
         keep_claims,
     })
@@ -757,26 +769,27 @@ fn token_settings(raw: &Raw) -> Result<(ForwardToken, ClientAuth), ConfigError> 
     Ok((forward_token, client_auth))
 }
 
-/// `backchannel_logout_path` and `bypass_paths`, neither one of the filter's `own` paths.
+/// `backchannel_logout_path`, `userinfo_path` and `bypass_paths`: none of them one of the filter's `own`
+/// paths or the other, and no bypass path covering either.
 #[inline(never)]
 fn open_paths(
     backchannel_logout_path: Option<String>,
+    userinfo_path: Option<String>,
     bypass_paths: Option<Vec<String>>,
     own: [&String; 3],
-) -> Result<(Option<String>, Vec<String>), ConfigError> {
-    let backchannel_logout_path = match backchannel_logout_path {
-        None => None,
-        Some(p) => {
-            let p = path("backchannel_logout_path", Some(p), "")?;
-            if own.contains(&&p) {
-                return Err(err(
-                    "backchannel_logout_path",
-                    "must differ from the other paths",
-                ));
-            }
-            Some(p)
-        }
-    };
+) -> Result<([Option<String>; 2], Vec<String>), ConfigError> {
+    let backchannel_logout_path = own_other_path(
+        "backchannel_logout_path",
+        backchannel_logout_path,
+        own,
+        None,
+    )?;
+    let userinfo_path = own_other_path(
+        "userinfo_path",
+        userinfo_path,
+        own,
+        backchannel_logout_path.as_ref(),
+    )?;
     let bypass_paths = bypass_paths_from(
         bypass_paths,
         [
@@ -784,9 +797,27 @@ fn open_paths(
             Some(own[1]),
             Some(own[2]),
             backchannel_logout_path.as_ref(),
+            userinfo_path.as_ref(),
         ],
     )?;
-    Ok((backchannel_logout_path, bypass_paths))
+    Ok(([backchannel_logout_path, userinfo_path], bypass_paths))
+}
+
+/// An optional path of the filter's, written as its `own` paths are and differing from them and `other`.
+fn own_other_path(
+    field: &str,
+    p: Option<String>,
+    own: [&String; 3],
+    other: Option<&String>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(p) = p else {
+        return Ok(None);
+    };
+    let p = path(field, Some(p), "")?;
+    if own.contains(&&p) || other == Some(&p) {
+        return Err(err(field, "must differ from the other paths"));
+    }
+    Ok(Some(p))
 }
 
 /// The claims a session keeps: those the identity headers and claim rules read (and the user's name for
@@ -799,6 +830,7 @@ fn claims_kept(
     bypass_paths: &[String],
     identity_headers: &mut Vec<(String, String)>,
     access_token_header: Option<String>,
+    userinfo: bool,
 ) -> Result<Vec<String>, ConfigError> {
     // A rule on a path the bypass leaves open to everyone would never be asked: an operator who
     // wrote it believes that path closed (found by a black-box test).
@@ -830,6 +862,12 @@ fn claims_kept(
         // The 403 page names the user by these, whatever the headers and rules read.
         keep_claims.push("preferred_username");
         keep_claims.push("email");
+    }
+    if userinfo {
+        // What `userinfo_path` answers, whatever the headers and rules read.
+        for (_, c) in crate::flow::USERINFO_CLAIMS {
+            keep_claims.push(c);
+        }
     }
     crate::json::heapsort(&mut keep_claims);
     keep_claims.dedup();
@@ -2003,7 +2041,7 @@ fn cookie_settings(
 #[inline(never)]
 fn bypass_paths_from(
     paths: Option<Vec<String>>,
-    special: [Option<&String>; 4],
+    special: [Option<&String>; 5],
 ) -> Result<Vec<String>, ConfigError> {
     let bypass_paths = paths.unwrap_or_else(|| vec!["/healthz".into()]);
     for p in &bypass_paths {
@@ -2031,7 +2069,7 @@ fn bypass_paths_from(
         {
             return Err(err(
                 "bypass_paths",
-                "must not cover callback_path, login_path, logout_path or backchannel_logout_path",
+                "must not cover callback_path, login_path, logout_path, backchannel_logout_path or userinfo_path",
             ));
         }
     }
@@ -4494,6 +4532,76 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn userinfo_path_is_off_by_default_and_checked_as_the_filters_other_paths() {
+        use serde_json::json;
+        let parsed = |pairs: &[(&str, serde_json::Value)]| {
+            let mut v = minimal();
+            for (k, x) in pairs {
+                v[*k] = x.clone();
+            }
+            parse(&v.to_string())
+        };
+        let refused = |pairs: &[(&str, serde_json::Value)], field: &str, why: &str| {
+            let e = parsed(pairs).unwrap_err();
+            assert_eq!(e.field, field, "{pairs:?}: {e}");
+            assert!(e.reason.contains(why), "{pairs:?}: {e}");
+        };
+        assert_eq!(parsed(&[]).unwrap().userinfo_path, None);
+        let c = parsed(&[("identity_headers", json!({}))]).unwrap();
+        assert!(c.keep_claims.is_empty(), "{:?}", c.keep_claims);
+        // Set, it keeps the claims it answers with, whatever the identity headers read.
+        let c = parsed(&[
+            ("userinfo_path", json!("/oauth2/userinfo")),
+            ("identity_headers", json!({})),
+        ])
+        .unwrap();
+        assert_eq!(c.userinfo_path.as_deref(), Some("/oauth2/userinfo"));
+        assert_eq!(
+            c.keep_claims,
+            ["email", "groups", "preferred_username", "sub"]
+        );
+        for own in ["/oauth2/callback", "/login", "/logout"] {
+            refused(
+                &[("userinfo_path", json!(own))],
+                "userinfo_path",
+                "must differ",
+            );
+        }
+        refused(
+            &[
+                ("backchannel_logout_path", json!("/me")),
+                ("userinfo_path", json!("/me")),
+            ],
+            "userinfo_path",
+            "must differ",
+        );
+        for bad in ["me", "/", "/a/../me", "/me?x", "//me"] {
+            refused(&[("userinfo_path", json!(bad))], "userinfo_path", "must");
+        }
+        // A bypass path over it would answer it without a session on the app's behalf, and with one by
+        // the filter's: refused.
+        refused(
+            &[
+                ("userinfo_path", json!("/oauth2/userinfo")),
+                ("bypass_paths", json!(["/oauth2"])),
+            ],
+            "bypass_paths",
+            "userinfo_path",
+        );
+        // An entry of `hosts` inherits it, or sets its own.
+        let plugin = |hosts: serde_json::Value| {
+            let mut v = minimal();
+            v["userinfo_path"] = json!("/whoami");
+            v["hosts"] = hosts;
+            Plugin::parse(v.to_string().as_bytes(), &no_env).unwrap()
+        };
+        let p = plugin(json!([{"hosts": ["a.example.com"]},
+            {"hosts": ["b.example.com"], "userinfo_path": "/me", "cookie_name": "b"}]));
+        let paths: Vec<_> = p.sites.iter().map(|s| s.userinfo_path.as_deref()).collect();
+        assert_eq!(paths, [Some("/whoami"), Some("/whoami"), Some("/me")]);
     }
 
     /// Found by mutation testing: each bound and refusal below could be dropped or moved by one with every

@@ -208,7 +208,9 @@ pub fn renewal_given_up(
         // request waited for it too, up to twice `callout_timeout`).
         Pending::RefreshJwks(job, _) => Some(match ended_meanwhile(cfg, state, job, now) {
             Some(step) => step,
-            None if now < job.session.session.token_expires_at => keep_old(cfg, job),
+            None if now < job.session.session.token_expires_at => {
+                keep_old(cfg, job, Metric::RefreshFailed)
+            }
             None => renewal_unavailable(
                 job.api(),
                 "the IdP's keys for the renewed ID token did not come within callout_timeout"
@@ -1177,13 +1179,97 @@ fn forward_session(
     if denied(cfg, cached, target) {
         return forbidden(cfg, is_browser(h), cached);
     }
-    Step::Forward(Forward {
+    let f = Forward {
         authorization: Some(cached.bearer.clone()),
         cookie,
         set_cookies: cached.renewed_cookies.clone(),
         identity: Some(cached.identity.clone()),
         metric: Some(Metric::SessionForwarded),
-    })
+    };
+    if cfg.userinfo_path.is_none() {
+        return Step::Forward(f);
+    }
+    session_step(cfg, target, cached, f)
+}
+
+/// The JSON names `userinfo_path` answers with (oauth2-proxy's), and the claims they are read from.
+pub const USERINFO_CLAIMS: [(&str, &str); 4] = [
+    ("user", "sub"),
+    ("email", "email"),
+    ("groups", "groups"),
+    ("preferredUsername", "preferred_username"),
+];
+
+/// A logged-in request's way on: at `userinfo_path`, the session's identity as JSON, with any renewed
+/// cookie, in place of going upstream; elsewhere `f`.
+#[inline(never)]
+fn session_step(cfg: &Config, target: &str, s: &Cached, f: Forward) -> Step {
+    match &cfg.userinfo_path {
+        Some(p) if paths::path_only(target) == p => userinfo(&s.claims, f),
+        _ => Step::Forward(f),
+    }
+}
+
+/// `{"user": …, "email": …, "groups": […], "preferredUsername": …}` from the session's ID token, as
+/// oauth2-proxy's `/oauth2/userinfo` answers (a claim the token lacks, or an `email` the IdP has not
+/// verified, is left out), for a page's script that shows who is logged in. Counted as `f` would be.
+#[cold]
+#[inline(never)]
+fn userinfo(claims: &json::Object, f: Forward) -> Step {
+    let mut body = String::from("{");
+    for (name, claim) in USERINFO_CLAIMS {
+        let list = claim == "groups";
+        let mut items: Vec<&str> = Vec::new();
+        // Plain loops: iterator chains here cost the module a kilobyte.
+        match claims.get(claim) {
+            Some(json::Value::String(s)) => items.push(s),
+            Some(json::Value::Array(a)) if list => {
+                for v in a {
+                    if let Some(s) = v.as_str() {
+                        items.push(s);
+                    }
+                }
+            }
+            // Zitadel's roles: an object of objects, whose keys are the items.
+            Some(json::Value::Object(o)) if list && claims::keyed(o) => {
+                for k in o.keys() {
+                    items.push(k);
+                }
+            }
+            _ => continue,
+        }
+        if body.len() > 1 {
+            body.push(',');
+        }
+        // Writing to a String cannot fail.
+        let _ = json::write_string(&mut body, name);
+        body.push(':');
+        if list {
+            body.push('[');
+        }
+        for (i, s) in items.into_iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            let _ = json::write_string(&mut body, s);
+        }
+        if list {
+            body.push(']');
+        }
+    }
+    body.push('}');
+    let reply = Reply {
+        status: 200,
+        headers: vec![
+            ("cache-control", "no-store".into()),
+            ("content-type", "application/json".into()),
+        ],
+        body: body.into(),
+        metric: f.metric,
+        detail: None,
+        warn: false,
+    };
+    with_cookies(Step::Respond(reply), f.set_cookies)
 }
 
 /// True when a claim rule covers the path and the session's claims fail it, in any reading of the path
@@ -2600,7 +2686,7 @@ fn refresh_outcome(
         Err(e) if e.is_refusal() => Err(refresh_failed(cfg, state, job, now, e.to_string())),
         // The IdP is down or slow, or answers what cannot be used, but the token has a little life
         // left: keep the user working.
-        Err(_) if still_valid => Err(keep_old(cfg, job)),
+        Err(_) if still_valid => Err(keep_old(cfg, job, Metric::RefreshFailed)),
         // A success in JSON that cannot be used, once the token has expired: the IdP's own answer, which
         // asking again will not change (as an outage the 503 would stick until `session_lifetime`). Log in
         // again.
@@ -2689,7 +2775,7 @@ fn finish_refresh(
     let still_valid = env.now < old.token_expires_at;
     let Some(provider) = state.provider.ready() else {
         return if still_valid {
-            keep_old(cfg, &job)
+            keep_old(cfg, &job, Metric::RefreshFailed)
         } else {
             refresh_failed(cfg, state, &job, env.now, NO_PROVIDER.into())
         };
@@ -2745,7 +2831,7 @@ fn finish_refresh(
                 Err(e) if e.stale_keys() => {
                     state.keys_wait_until = state.provider.next_kid_refetch();
                     let step = if still_valid {
-                        keep_old(cfg, &job)
+                        keep_old(cfg, &job, Metric::RefreshFailed)
                     } else {
                         let secs = state.held_for(job.who(), env.now);
                         renewal_unavailable(job.api(), e.to_string(), secs)
@@ -2852,13 +2938,18 @@ fn renewed_session(
         }
         return with_cookies(step, set);
     }
-    Step::Forward(Forward {
-        authorization: Some(cached.bearer.clone()),
-        cookie: job.cookie,
-        set_cookies: set,
-        identity: Some(cached.identity.clone()),
-        metric: Some(Metric::Refreshed),
-    })
+    session_step(
+        cfg,
+        &job.target,
+        &cached,
+        Forward {
+            authorization: Some(cached.bearer.clone()),
+            cookie: job.cookie,
+            set_cookies: set,
+            identity: Some(cached.identity.clone()),
+            metric: Some(Metric::Refreshed),
+        },
+    )
 }
 
 /// The token could not be renewed but has a little life left: the request goes up with it (if the claim
@@ -2905,17 +2996,22 @@ fn keeping_new_refresh_token(
     }
 }
 
-fn keep_old(cfg: &Config, job: &RefreshJob) -> Step {
+fn keep_old(cfg: &Config, job: &RefreshJob, metric: Metric) -> Step {
     if denied(cfg, &job.session, &job.target) {
         return forbidden(cfg, job.browser(), &job.session);
     }
-    Step::Forward(Forward {
-        authorization: Some(job.session.bearer.clone()),
-        cookie: job.cookie.clone(),
-        set_cookies: Vec::new(),
-        identity: Some(job.session.identity.clone()),
-        metric: Some(Metric::RefreshFailed),
-    })
+    session_step(
+        cfg,
+        &job.target,
+        &job.session,
+        Forward {
+            authorization: Some(job.session.bearer.clone()),
+            cookie: job.cookie.clone(),
+            set_cookies: Vec::new(),
+            identity: Some(job.session.identity.clone()),
+            metric: Some(metric),
+        },
+    )
 }
 
 impl RefreshJob {
@@ -2948,13 +3044,7 @@ pub fn renewal_busy(cfg: &Config, job: RefreshJob, now: u64) -> Result<Step, Ref
     if now >= job.session.session.token_expires_at {
         return Err(job);
     }
-    Ok(match keep_old(cfg, &job) {
-        Step::Forward(mut f) => {
-            f.metric = Some(Metric::SessionForwarded);
-            Step::Forward(f)
-        }
-        other => other,
-    })
+    Ok(keep_old(cfg, &job, Metric::SessionForwarded))
 }
 
 /// Another request renewed this session; `renewed` are the `Set-Cookie` lines it sent. This request goes up
@@ -3021,13 +3111,18 @@ pub fn adopt_renewal(
     if denied(cfg, &cached, &job.target) {
         return with_cookies(forbidden(cfg, job.browser(), &cached), renewed.to_vec());
     }
-    Step::Forward(Forward {
-        authorization: Some(cached.bearer.clone()),
-        cookie: job.cookie,
-        set_cookies: renewed.to_vec(),
-        identity: Some(cached.identity.clone()),
-        metric: Some(Metric::SessionForwarded),
-    })
+    session_step(
+        cfg,
+        &job.target,
+        &cached,
+        Forward {
+            authorization: Some(cached.bearer.clone()),
+            cookie: job.cookie,
+            set_cookies: renewed.to_vec(),
+            identity: Some(cached.identity.clone()),
+            metric: Some(Metric::SessionForwarded),
+        },
+    )
 }
 
 /// The session another request on this worker renewed while `job` waited: cached under the same cookie,
@@ -3099,13 +3194,18 @@ fn refresh_failed(
         if denied(cfg, &c, &job.target) {
             return with_cookies(forbidden(cfg, job.browser(), &c), c.renewed_cookies.clone());
         }
-        return Step::Forward(Forward {
-            authorization: Some(c.bearer.clone()),
-            cookie: job.cookie.clone(),
-            set_cookies: c.renewed_cookies.clone(),
-            identity: Some(c.identity.clone()),
-            metric: Some(Metric::SessionForwarded),
-        });
+        return session_step(
+            cfg,
+            &job.target,
+            &c,
+            Forward {
+                authorization: Some(c.bearer.clone()),
+                cookie: job.cookie.clone(),
+                set_cookies: c.renewed_cookies.clone(),
+                identity: Some(c.identity.clone()),
+                metric: Some(Metric::SessionForwarded),
+            },
+        );
     }
     session_over(cfg, state, job, now, why)
 }

@@ -16,11 +16,9 @@ fn chromium_logs_in_through_the_filter_and_stays_logged_in() {
     // (127.0.0.1, the apps are on localhost), and Chromium withholds such cookies from it.
     let strict = SiteSpec::new("strict")
         .filter(json!({"cookie_same_site": "Strict", "cookie_name": "_strict"}));
-    let stack = Stack::start(StackSpec::new(
-        "browser",
-        vec![SiteSpec::new("web"), strict],
-    ))
-    .unwrap();
+    // `web` answers a page's script that asks who is logged in, as oauth2-proxy does.
+    let web = SiteSpec::new("web").filter(json!({"userinfo_path": "/oauth2/userinfo"}));
+    let stack = Stack::start(StackSpec::new("browser", vec![web, strict])).unwrap();
     let site = stack.site("web").unwrap();
     let driver = WebDriver::start(stack.dir()).unwrap();
     // With a fragment, as a dashboard's deep link has one: the browser never sends it, and the IdP's
@@ -81,7 +79,19 @@ fn chromium_logs_in_through_the_filter_and_stays_logged_in() {
     driver
         .screenshot(&stack.dir().join("logged-in.png"))
         .unwrap();
+    // The page's script reads who is logged in from `userinfo_path`, as from oauth2-proxy's.
+    let (status, body) = who_is_logged_in(&driver);
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        body,
+        json!({"user": "alice", "email": "alice@example.com", "preferredUsername": "alice"})
+    );
     logout_from_another_site_asks_first(&stack, &driver, &app);
+    // Logged out, a script on the site's own page (a bypass path) is told so.
+    driver.goto(&site.url("/healthz")).unwrap();
+    let (status, body) = who_is_logged_in(&driver);
+    assert_eq!(status, 401, "{body}");
     driver.quit().unwrap();
 
     // With `SameSite=Strict` the login ends at the app too, logged in, in a browser of its own.
@@ -97,6 +107,18 @@ fn chromium_logs_in_through_the_filter_and_stays_logged_in() {
     assert_eq!(session["sameSite"], "Strict", "{session}");
     driver.quit().unwrap();
     eprintln!("whole test {:?}", t0.elapsed());
+}
+
+/// What the site's `userinfo_path` answers a script on the current page: status and body.
+fn who_is_logged_in(driver: &WebDriver) -> (u64, String) {
+    let r = driver
+        .execute(
+            "const x = new XMLHttpRequest(); x.open('GET', '/oauth2/userinfo', false); x.send(); \
+             return [x.status, x.responseText];",
+            json!([]),
+        )
+        .unwrap();
+    (r[0].as_u64().unwrap(), r[1].as_str().unwrap().to_string())
 }
 
 /// A page of another site (the echo app's own address, 127.0.0.1: the apps are on localhost) links to
