@@ -36,6 +36,8 @@ const SWAP: &str = "swap";
 const WIKI: &str = "wiki.localhost";
 const OTHER: &str = "other.localhost";
 const BACKCHANNEL: &str = "/backchannel-logout";
+/// Where the main site answers who is logged in.
+const USERINFO: &str = "/oauth2/userinfo";
 const HOST: &str = "localhost";
 
 fn stack() -> &'static Stack {
@@ -44,6 +46,7 @@ fn stack() -> &'static Stack {
         let mut main = SiteSpec::new(MAIN).filter(json!({
             "callout_timeout": "2s",
             "backchannel_logout_path": BACKCHANNEL,
+            "userinfo_path": USERINFO,
             "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "email", "equals": "nobody@example.com"}}],
         }));
         main.istio_authn = false;
@@ -327,6 +330,23 @@ fn a_login_counts_each_step_once_and_pages_that_only_ask_count_nothing() {
             .unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
     });
+    // `userinfo_path`'s answer, which the filter gives itself: a session's request.
+    counts(
+        "userinfo_path's answer",
+        &[("sessions_forwarded", 1)],
+        || {
+            let r = b
+                .get_with(&url(MAIN, USERINFO), &[("accept", "application/json")])
+                .unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(
+                r.json().unwrap()["email"],
+                "alice@example.com",
+                "{}",
+                r.body
+            );
+        },
+    );
     counts("a logout", &[("logouts", 1)], || {
         let r = b.get(&url(MAIN, "/logout")).unwrap();
         assert_eq!(r.status, 302, "{}", r.body);
@@ -440,6 +460,20 @@ fn renewals_count_once_each_and_failures_by_kind() {
         let r = api(MAIN, "/x", &[("cookie", &due)]);
         assert_eq!(r.status, 200, "{}", r.body);
     });
+    // At `userinfo_path`, answered by the filter: a renewal as well.
+    let due = expiring_at(&b, unix_now() + 30);
+    counts("a renewal at userinfo_path", &[("refreshes", 1)], || {
+        let r = api(MAIN, USERINFO, &[("cookie", &due)]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json().unwrap()["user"], "alice", "{}", r.body);
+        assert!(
+            r.set_cookies()
+                .iter()
+                .any(|c| c.starts_with("_oidc_session=")),
+            "{:?}",
+            r.set_cookies()
+        );
+    });
     // Due, on the claim rule's path: a renewal made, then the request refused; both counted (until the
     // thirtieth review only `forbidden`).
     let due = expiring_at(&b, unix_now() + 30);
@@ -469,6 +503,25 @@ fn renewals_count_once_each_and_failures_by_kind() {
         "a line for a renewal that went up"
     );
     // Past the pause an outage sets (5 s for the site).
+    std::thread::sleep(Duration::from_secs(6));
+    // So too at `userinfo_path`, which the filter answers itself with the identity: its `200` is no
+    // failure's answer, counted as the request that went up, without a line.
+    let due = expiring_at(&b, unix_now() + 30);
+    counts(
+        "a renewal at userinfo_path that kept the old token",
+        &[("refresh_failures", 1)],
+        || {
+            let _f = stack().idp_fault(Mode::Refuse);
+            let r = api(MAIN, USERINFO, &[("cookie", &due)]);
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.json().unwrap()["user"], "alice", "{}", r.body);
+        },
+    );
+    assert_eq!(
+        lines("", "token refresh failed"),
+        quiet,
+        "a line for userinfo_path's answer"
+    );
     std::thread::sleep(Duration::from_secs(6));
     // Expired, the IdP unreachable: 503, at warning.
     let expired = expiring_at(&b, unix_now() - 1);
