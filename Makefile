@@ -4,7 +4,9 @@
 #               manifests, attack suite, soak, log audit, bounded fuzzing
 # Everything else here is what those two are made of.
 
-WASM := target/wasm32-wasip1/release/oidc_filter.wasm
+# Cargo's target directory: `target/`, or where CARGO_TARGET_DIR says (the harness follows it too).
+TARGET := $(or $(CARGO_TARGET_DIR),target)
+WASM := $(TARGET)/wasm32-wasip1/release/oidc_filter.wasm
 
 .PHONY: setup wasm lint unit e2e fuzz test demo bench image envoy-config
 
@@ -45,7 +47,7 @@ bench: wasm
 	cargo run -q --release -p harness -- bench
 
 image: wasm
-	cargo run -q -p harness --bin oci-image -- --wasm $(WASM) --out target/oci
+	cargo run -q -p harness --bin oci-image -- --wasm $(WASM) --out $(TARGET)/oci
 
 envoy-config:
 	cargo run -q -p harness -- envoy-config > wasmplugin/envoy.yaml

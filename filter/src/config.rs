@@ -1867,7 +1867,8 @@ fn post_logout_redirect_uri_check(
     if crate::paths::safe_redirect(p) != p {
         return Err(err(
             FIELD,
-            "a path must be visible ASCII, at most 2048 characters, with no escape that decodes to `//` or a backslash",
+            "a path must be one `rd` would keep as it is: visible ASCII, at most 2048 characters, and neither \
+             as written nor percent-decoded starting with `//` or holding a backslash, a NUL or a `.` or `..` segment",
         ));
     }
     Ok(())
@@ -2055,8 +2056,9 @@ fn bypass_paths_from(
         if !raw || !crate::paths::is_normal_prefix(p) {
             return Err(err(
                 "bypass_paths",
-                "each entry must be a plain absolute path prefix like `/healthz`, of the characters a \
-                 request's path carries as they are (letters, digits and `-._~!$&'()*+,;=:@/[]`)",
+                "each entry must be a plain, normalized absolute path prefix like `/healthz` (no `//`, `.` or \
+                 `..` segments, no `;`), of the characters a request's path carries as they are (letters, \
+                 digits and `-._~!$&'()*+,=:@/[]`)",
             ));
         }
     }
@@ -4427,8 +4429,9 @@ mod tests {
             ("/a\tb", "control characters"),
             ("/a\u{85}b", "control characters"),
             ("/a b", "spaces"),
-            ("/%2F%2Fevil.example", "escape"),
-            ("/%5Cevil.example", "escape"),
+            ("/%2F%2Fevil.example", "percent-decoded starting with `//`"),
+            ("/%5Cevil.example", "holding a backslash"),
+            ("/a/../b", "`..` segment"),
             ("/bücher", "visible ASCII"),
             ("https://app.example.com/a\u{85}b", "control characters"),
             ("https://app.example.com/a\rb", "control characters"),

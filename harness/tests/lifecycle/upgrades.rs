@@ -552,6 +552,18 @@ fn an_image_upgrade_while_the_idp_hangs_holds_logins_no_longer_than_a_fetch_may_
             .map_err(|e| format!("{e:#}"));
         (answer, t.elapsed())
     });
+    // What the operator reads (README, Troubleshooting, "The IdP cannot be reached"): a fetch that gets
+    // no answer within `callout_timeout` ends with Envoy's own 504 (found in review: the README gave
+    // `no answer from the IdP cluster`, which no hanging IdP logs).
+    const TIMED_OUT: &str = ") failed: HTTP 504; retrying";
+    stack()
+        .wait_for_envoy_log(TIMED_OUT, CALLOUT_TIMEOUT)
+        .unwrap();
+    let readme = fs::read_to_string(harness::workspace_root().join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("`…{}` (no answer within", &TIMED_OUT[1..])),
+        "README's \"The IdP cannot be reached\" does not quote {TIMED_OUT:?}"
+    );
     drop(hang);
     let back = Instant::now();
     until_new_vms_ready(&up);
