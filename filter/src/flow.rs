@@ -2931,24 +2931,13 @@ fn renewed_session(
     state
         .cache
         .insert(job.cache_key.clone(), cached.clone(), env.now);
-    if denied(cfg, &cached, &job.target) {
-        let mut step = forbidden(cfg, job.browser(), &cached);
-        if let Step::Respond(r) = &mut step {
-            r.metric = Some(Metric::RenewedForbidden);
-        }
-        return with_cookies(step, set);
-    }
-    session_step(
+    goes_on(
         cfg,
-        &job.target,
+        &job,
         &cached,
-        Forward {
-            authorization: Some(cached.bearer.clone()),
-            cookie: job.cookie,
-            set_cookies: set,
-            identity: Some(cached.identity.clone()),
-            metric: Some(Metric::Refreshed),
-        },
+        job.cookie.clone(),
+        set,
+        Metric::Refreshed,
     )
 }
 
@@ -2997,18 +2986,46 @@ fn keeping_new_refresh_token(
 }
 
 fn keep_old(cfg: &Config, job: &RefreshJob, metric: Metric) -> Step {
-    if denied(cfg, &job.session, &job.target) {
-        return forbidden(cfg, job.browser(), &job.session);
+    goes_on(
+        cfg,
+        job,
+        &job.session,
+        job.cookie.clone(),
+        Vec::new(),
+        metric,
+    )
+}
+
+/// `job`'s request goes on with session `s` (counted as `metric`), handing its browser `set`, the
+/// session's renewed cookies if any: refused by the claim rules (a renewal made, then refused, counts as
+/// both), answered at `userinfo_path`, or sent upstream.
+#[inline(never)]
+fn goes_on(
+    cfg: &Config,
+    job: &RefreshJob,
+    s: &Cached,
+    cookie: Option<Option<String>>,
+    set: Vec<String>,
+    metric: Metric,
+) -> Step {
+    if denied(cfg, s, &job.target) {
+        let mut step = forbidden(cfg, job.browser(), s);
+        if let Step::Respond(r) = &mut step
+            && metric == Metric::Refreshed
+        {
+            r.metric = Some(Metric::RenewedForbidden);
+        }
+        return with_cookies(step, set);
     }
     session_step(
         cfg,
         &job.target,
-        &job.session,
+        s,
         Forward {
-            authorization: Some(job.session.bearer.clone()),
-            cookie: job.cookie.clone(),
-            set_cookies: Vec::new(),
-            identity: Some(job.session.identity.clone()),
+            authorization: Some(s.bearer.clone()),
+            cookie,
+            set_cookies: set,
+            identity: Some(s.identity.clone()),
             metric: Some(metric),
         },
     )
@@ -3108,20 +3125,13 @@ pub fn adopt_renewal(
     if expired {
         return replaced(job.anonymous, &job.target, renewed.to_vec());
     }
-    if denied(cfg, &cached, &job.target) {
-        return with_cookies(forbidden(cfg, job.browser(), &cached), renewed.to_vec());
-    }
-    session_step(
+    goes_on(
         cfg,
-        &job.target,
+        &job,
         &cached,
-        Forward {
-            authorization: Some(cached.bearer.clone()),
-            cookie: job.cookie,
-            set_cookies: renewed.to_vec(),
-            identity: Some(cached.identity.clone()),
-            metric: Some(Metric::SessionForwarded),
-        },
+        job.cookie.clone(),
+        renewed.to_vec(),
+        Metric::SessionForwarded,
     )
 }
 
@@ -3191,20 +3201,14 @@ fn refresh_failed(
     // Another request on this worker renewed the same session while this one waited (an IdP that rotates
     // refresh tokens refuses every later use of the old one): that renewal stands, not a logout.
     if let Some(c) = renewed_meanwhile(cfg, state, job, now) {
-        if denied(cfg, &c, &job.target) {
-            return with_cookies(forbidden(cfg, job.browser(), &c), c.renewed_cookies.clone());
-        }
-        return session_step(
+        let set = c.renewed_cookies.clone();
+        return goes_on(
             cfg,
-            &job.target,
+            job,
             &c,
-            Forward {
-                authorization: Some(c.bearer.clone()),
-                cookie: job.cookie.clone(),
-                set_cookies: c.renewed_cookies.clone(),
-                identity: Some(c.identity.clone()),
-                metric: Some(Metric::SessionForwarded),
-            },
+            job.cookie.clone(),
+            set,
+            Metric::SessionForwarded,
         );
     }
     session_over(cfg, state, job, now, why)
