@@ -815,11 +815,9 @@ fn open_scanned<'a>(
 /// Session `i` of `name` in `header`, for `i` up to `SHADOWED + 1`: the `i`th of the name (the first is the
 /// 0th; see `session::join_shadowed`), and last the first with the last of each of its chunks.
 #[inline(never)]
-fn session_at(header: &str, name: &str, i: usize) -> Option<String> {
+fn session_at(header: &str, name: &str, i: usize) -> Result<Option<String>, session::ChunkError> {
     let (skip, last) = if i > SHADOWED { (0, true) } else { (i, false) };
     session::join_shadowed(header, name, skip, last)
-        .ok()
-        .flatten()
 }
 
 /// How many sessions of this site's name that come after one that does not open are tried.
@@ -838,7 +836,7 @@ fn shadowed<'a>(
     now: u64,
 ) -> Option<(Cow<'a, str>, Rc<Cached>)> {
     (1..=SHADOWED + 1).find_map(|i| {
-        let sealed = session_at(header, &cfg.cookie_name, i)?;
+        let sealed = session_at(header, &cfg.cookie_name, i).ok()??;
         let cached = state
             .cache
             .get(&sealed)
@@ -2189,7 +2187,14 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
     // `shadowed`, and `open_fresh`: found in review, another plugin's session of the same name and keys
     // gave its ID token to this IdP's end-session URL).
     let mut id_token = None;
-    for sealed in (0..=SHADOWED + 1).filter_map(|i| session_at(&header, &cfg.cookie_name, i)) {
+    for i in 0..=SHADOWED + 1 {
+        let sealed = match session_at(&header, &cfg.cookie_name, i) {
+            Ok(Some(sealed)) => sealed,
+            // No cookie of the session's name: none behind one either (found in review: a `/logout`
+            // with 57 KB of other cookies read them all five times over, 3.8 ms of a worker's time).
+            Ok(None) if i == 0 => break,
+            _ => continue,
+        };
         if let Some(s) = cfg
             .keys
             .open(&cfg.cookie_name, &sealed)
