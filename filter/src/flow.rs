@@ -2952,14 +2952,7 @@ fn renewed_session(
     state
         .cache
         .insert(job.cache_key.clone(), cached.clone(), env.now);
-    goes_on(
-        cfg,
-        &job,
-        &cached,
-        job.cookie.clone(),
-        set,
-        Metric::Refreshed,
-    )
+    goes_on(cfg, &job, &cached, set, Metric::Refreshed)
 }
 
 /// The token could not be renewed but has a little life left: the request goes up with it (if the claim
@@ -3007,28 +3000,14 @@ fn keeping_new_refresh_token(
 }
 
 fn keep_old(cfg: &Config, job: &RefreshJob, metric: Metric) -> Step {
-    goes_on(
-        cfg,
-        job,
-        &job.session,
-        job.cookie.clone(),
-        Vec::new(),
-        metric,
-    )
+    goes_on(cfg, job, &job.session, Vec::new(), metric)
 }
 
 /// `job`'s request goes on with session `s` (counted as `metric`), handing its browser `set`, the
 /// session's renewed cookies if any: refused by the claim rules (a renewal made, then refused, counts as
 /// both), answered at `userinfo_path`, or sent upstream.
 #[inline(never)]
-fn goes_on(
-    cfg: &Config,
-    job: &RefreshJob,
-    s: &Cached,
-    cookie: Option<Option<String>>,
-    set: Vec<String>,
-    metric: Metric,
-) -> Step {
+fn goes_on(cfg: &Config, job: &RefreshJob, s: &Cached, set: Vec<String>, metric: Metric) -> Step {
     if denied(cfg, s, &job.target) {
         let mut step = forbidden(cfg, job.browser(), s);
         if let Step::Respond(r) = &mut step
@@ -3044,7 +3023,7 @@ fn goes_on(
         s,
         Forward {
             authorization: Some(s.bearer.clone()),
-            cookie,
+            cookie: job.cookie.clone(),
             set_cookies: set,
             identity: Some(s.identity.clone()),
             metric: Some(metric),
@@ -3150,7 +3129,6 @@ pub fn adopt_renewal(
         cfg,
         &job,
         &cached,
-        job.cookie.clone(),
         renewed.to_vec(),
         Metric::SessionForwarded,
     )
@@ -3222,13 +3200,11 @@ fn refresh_failed(
     // Another request on this worker renewed the same session while this one waited (an IdP that rotates
     // refresh tokens refuses every later use of the old one): that renewal stands, not a logout.
     if let Some(c) = renewed_meanwhile(cfg, state, job, now) {
-        let set = c.renewed_cookies.clone();
         return goes_on(
             cfg,
             job,
             &c,
-            job.cookie.clone(),
-            set,
+            c.renewed_cookies.clone(),
             Metric::SessionForwarded,
         );
     }
