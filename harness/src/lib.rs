@@ -1354,9 +1354,13 @@ pub mod demo {
     }
 
     /// After logging out at the IdP, back to the app (the IdP registers it), not the IdP's last page.
+    /// Where the demo lands after a logout, and where its pages read who is logged in.
     fn after_logout() -> Value {
-        json!({"post_logout_redirect_uri": "/"})
+        json!({"post_logout_redirect_uri": "/", "userinfo_path": USERINFO_PATH})
     }
+
+    /// The demo's `userinfo_path`.
+    pub const USERINFO_PATH: &str = "/oauth2/userinfo";
 
     /// `wasmplugin/envoy.yaml` as it should read.
     pub fn envoy_yaml() -> Result<String> {

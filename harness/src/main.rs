@@ -52,6 +52,11 @@ fn run_demo() -> anyhow::Result<()> {
         site.origin()
     );
     println!("  logout: {}/logout", site.origin());
+    println!(
+        "  who is logged in: {}{}",
+        site.origin(),
+        demo::USERINFO_PATH
+    );
     println!("  IdP:    {}", stack.issuer());
     println!("  Envoy admin: {}", stack.envoy().admin_url());
     println!("  logs:   {}", stack.dir().display());

@@ -68,6 +68,7 @@ fn make_demo_serves_a_browser_login_and_logout_and_ctrl_c_stops_everything() {
         "app:    http://localhost:8080/",
         "log in as alice or bob, any password",
         "logout: http://localhost:8080/logout",
+        "who is logged in: http://localhost:8080/oauth2/userinfo",
         "IdP:    http://127.0.0.1:9000",
         "Envoy admin: http://127.0.0.1:",
         "logs:   ",
@@ -96,6 +97,12 @@ fn make_demo_serves_a_browser_login_and_logout_and_ctrl_c_stops_everything() {
     assert_eq!(headers["x-auth-request-email"], "bob@example.com", "{echo}");
     let cookie = headers["cookie"].as_str().unwrap_or_default();
     assert!(!cookie.contains("_oidc"), "{echo}");
+    // The address it prints for who is logged in names bob, as JSON.
+    driver.goto(&format!("{APP}oauth2/userinfo")).unwrap();
+    let shown = driver.text(&driver.find("body").unwrap()).unwrap();
+    let who: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(who["email"], "bob@example.com", "{shown}");
+    assert_eq!(who["preferredUsername"], "bob", "{shown}");
 
     // `/logout` ends the session at the IdP too (it asks first) and comes back to the app, which sends
     // the browser to log in again: the IdP's form, not a silent login.
