@@ -1334,7 +1334,8 @@ fn denied_to(cfg: &Config, claims: &json::Object, target: &str) -> bool {
     for rest in [Some(paths::path_only(target)), readings.decoded()]
         .into_iter()
         .flatten()
-        .filter_map(paths::past_authority)
+        .flat_map(|p| [paths::past_authority(p), paths::past_authority_to_slash(p)])
+        .flatten()
     {
         match paths::readings(rest).filter(|r| !r.dotted()) {
             None => return every(),

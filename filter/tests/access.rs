@@ -167,6 +167,12 @@ fn a_path_that_does_not_decode_is_judged_by_every_rule() {
         // Found by mutation testing: a host that ends at a `\`, which such a parser takes for a `/`.
         "//x\\admin/settings",
         "//x%5Cadmin/settings",
+        // Found by mutation testing: a host holding a `\`, which Python's `urlsplit` keeps in the host
+        // (it ends one at `/`, `?` or `#` only): `/admin/settings` to an app that decodes its
+        // `PATH_INFO` and parses it so.
+        "//h\\x/admin/settings",
+        "/%2Fh%5Cx/admin/settings",
+        "/%2Fh\\x/admin",
     ] {
         assert_eq!(
             respond(f.request(&Req::browser(path).cookies(&jar))).status,

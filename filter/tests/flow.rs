@@ -5297,6 +5297,8 @@ fn a_refresh_that_may_not_fetch_the_new_key_yet_is_an_outage_not_a_logout() {
     let fwd = forward(f.reply(pending, Some((200, &refreshed))));
     assert_eq!(bearer(&fwd), format!("Bearer {old_token}"));
     assert!(fwd.set_cookies.is_empty(), "{:?}", fwd.set_cookies);
+    // Counted as a renewal that failed (found by mutation testing: it could count as a session's request).
+    assert_eq!(fwd.metric, Some(Metric::RefreshFailed));
     // ...and an expired one gets a 503 and keeps its cookie, as in an outage, not a logout.
     f.now = NOW + 3600;
     let (_, pending) = call(f.request(&Req::browser("/").cookies(&third)));
@@ -6470,4 +6472,149 @@ fn after_a_renewal_that_kept_only_a_refresh_token_a_navigation_goes_back_to_its_
         let sent: Vec<&str> = set_cookies(&r);
         assert_eq!(sent, set.iter().map(String::as_str).collect::<Vec<_>>());
     }
+}
+
+/// Found by mutation testing: a session of the name whose chunks do not join (another gateway's, one of its
+/// cookies lost) is passed over wherever it comes: after one that does not open, the session after it
+/// still opens; first at `/logout`, the session after it is the one that ends, at the IdP too.
+#[test]
+fn a_session_whose_chunks_do_not_join_is_passed_over_wherever_it_comes() {
+    let mut other = Filter::ready(config(json!({"cookie_keys": [KEY_B]})));
+    let (mut theirs, _) = big_login(&mut other);
+    theirs.0.retain(|(n, _)| n != "_oidc_session.1");
+    let mut f = ready();
+    let (ours, id_token) = log_in(&mut f, None);
+    let cookie = format!("_oidc_session=1.x; {}; {}", theirs.header(), ours.header());
+    let fwd = forward(f.request(&Req::browser("/app").with("cookie", &cookie)));
+    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+    let cookie = format!("{}; {}", theirs.header(), ours.header());
+    let r = respond(f.request(&Req::browser("/logout").with("cookie", &cookie)));
+    assert_eq!(r.metric, Some(Metric::Logout), "{r:?}");
+    assert_eq!(query(location(&r)).get("id_token_hint"), Some(&id_token));
+    assert!(f.state.cache.is_empty(), "our session is forgotten");
+}
+
+/// Found by mutation testing: with two sessions of this client in the header (a host-only cookie of before
+/// `cookie_domain` beside the new one, say), `/logout` ends the first, which the requests use, and names
+/// its ID token to the IdP, not the other's.
+#[test]
+fn logout_names_the_first_session_of_this_client_to_the_idp() {
+    let mut f = ready();
+    let (first, first_token) = log_in(&mut f, None);
+    let (second, second_token) = log_in(&mut f, None);
+    assert_ne!(first_token, second_token);
+    let name = "_oidc_session";
+    let both = format!(
+        "{name}={}; {name}={}",
+        first.get(name).unwrap(),
+        second.get(name).unwrap()
+    );
+    let fwd = forward(f.request(&Req::browser("/app").with("cookie", &both)));
+    assert_eq!(bearer(&fwd), format!("Bearer {first_token}"));
+    let r = respond(f.request(&Req::browser("/logout").with("cookie", &both)));
+    assert_eq!(r.metric, Some(Metric::Logout), "{r:?}");
+    assert_eq!(query(location(&r)).get("id_token_hint"), Some(&first_token));
+}
+
+/// Found by mutation testing: a renewal given up while it fetches keys, its token still valid, counts as a
+/// renewal that failed (`refresh_failures`), as one given up at the token endpoint does: the request that
+/// goes up with the old token, and `userinfo_path`'s answer with its identity alike.
+#[test]
+fn a_renewal_given_up_while_it_fetches_keys_counts_as_one_that_failed() {
+    for (extra, path) in [
+        (json!({}), "/api"),
+        (
+            json!({"userinfo_path": "/oauth2/userinfo"}),
+            "/oauth2/userinfo",
+        ),
+    ] {
+        let mut f = Filter::ready(config(extra));
+        let (jar, _) = due_for_refresh(&mut f);
+        let rotated = mint_with_kid(&refreshed_claims(f.now), "rotated-1");
+        let (_, pending) = call(f.request(&Req::api(path).cookies(&jar)));
+        let (_, pending) = call(f.reply(
+            pending,
+            Some((200, &token_body(Some(&rotated), Some("rt-2")))),
+        ));
+        let step =
+            oidc_filter::flow::renewal_given_up(&f.cfg, &mut f.state, &pending, f.now).unwrap();
+        let metric = match step {
+            Step::Forward(fwd) => fwd.metric,
+            Step::Respond(r) => {
+                assert_eq!(r.status, 200, "{path}: {r:?}");
+                r.metric
+            }
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(metric, Some(Metric::RefreshFailed), "{path}");
+    }
+}
+
+/// Found by mutation testing: a renewal answered while the worker has lost the IdP's documents (they are
+/// fetched again), its token still valid, goes up with the old token counted as a renewal that failed
+/// (`refresh_failures`), not as a session's ordinary request; so does `userinfo_path`'s answer.
+#[test]
+fn a_renewal_answered_without_the_idps_documents_counts_as_one_that_failed() {
+    for (extra, path) in [
+        (json!({}), "/api"),
+        (
+            json!({"userinfo_path": "/oauth2/userinfo"}),
+            "/oauth2/userinfo",
+        ),
+    ] {
+        let mut f = Filter::ready(config(extra));
+        let (jar, id_token) = due_for_refresh(&mut f);
+        let (_, pending) = call(f.request(&Req::api(path).cookies(&jar)));
+        f.state.provider = oidc_filter::provider::ProviderState::default();
+        let new_token = mint(&refreshed_claims(f.now));
+        let body = token_body(Some(&new_token), Some("rt-2"));
+        let metric = match f.reply(pending, Some((200, &body))) {
+            Step::Forward(fwd) => {
+                assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+                fwd.metric
+            }
+            Step::Respond(r) => {
+                assert_eq!(r.status, 200, "{path}: {r:?}");
+                r.metric
+            }
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(metric, Some(Metric::RefreshFailed), "{path}");
+    }
+}
+
+/// Found by mutation testing: a request that goes up with its old token when its renewal fails sends no
+/// session cookie up, as every request of a session does: the app's own cookies only.
+#[test]
+fn a_request_that_goes_up_with_its_old_token_sends_up_no_session_cookie() {
+    let mut f = ready();
+    let (jar, id_token) = due_for_refresh(&mut f);
+    let cookie = format!("theme=dark; {}", jar.header());
+    let (_, pending) = call(f.request(&Req::api("/api").with("cookie", &cookie)));
+    let fwd = forward(f.reply(pending, Some((503, b"busy"))));
+    assert_eq!(bearer(&fwd), format!("Bearer {id_token}"));
+    assert_eq!(fwd.metric, Some(Metric::RefreshFailed));
+    assert_eq!(fwd.cookie, Some(Some("theme=dark".to_string())));
+}
+
+/// Found by mutation testing: the request whose renewal lost the race (an IdP that rotates refresh tokens
+/// refused its use of the old one) goes up with the winner's token and, as every request of a session,
+/// without the session's cookies: the app's own only.
+#[test]
+fn a_request_whose_renewal_lost_the_race_sends_up_no_session_cookie() {
+    let mut f = ready();
+    let (jar, _) = due_for_refresh(&mut f);
+    let cookie = format!("theme=dark; {}", jar.header());
+    let (_, first) = call(f.request(&Req::browser("/").with("cookie", &cookie)));
+    let (_, second) = call(f.request(&Req::api("/api").with("cookie", &cookie)));
+    let new_token = mint(&refreshed_claims(f.now));
+    let won = forward(f.reply(
+        first,
+        Some((200, &token_body(Some(&new_token), Some("rt-2")))),
+    ));
+    assert_eq!(won.cookie, Some(Some("theme=dark".to_string())));
+    let lost = forward(f.reply(second, Some((400, br#"{"error":"invalid_grant"}"#))));
+    assert_eq!(bearer(&lost), format!("Bearer {new_token}"));
+    assert_eq!(lost.metric, Some(Metric::SessionForwarded));
+    assert_eq!(lost.cookie, Some(Some("theme=dark".to_string())));
 }

@@ -170,3 +170,52 @@ fn a_renewal_that_fails_while_the_token_lasts_answers_with_its_identity_counted_
     };
     assert_eq!(r.status, 503, "{r:?}");
 }
+
+/// Found by mutation testing: a claim of a shape the answer does not take is left out, never written as
+/// what it is not: a list or an object where a string belongs (the answer would not be JSON, or would
+/// name a key as the user), an object of groups whose values are not objects (no Zitadel roles), and in
+/// a list of groups, items that are not strings.
+#[test]
+fn claims_of_another_shape_are_left_out_and_the_answer_stays_json() {
+    for (extra, expected) in [
+        (
+            json!({"preferred_username": ["alice", "bob"], "email": ["a@example.com"]}),
+            json!({"user": "user-1"}),
+        ),
+        (
+            json!({"preferred_username": {"alice": {}}, "groups": {"admins": 1, "ops": "x"}}),
+            json!({"user": "user-1", "email": "user-1@example.com"}),
+        ),
+        (
+            json!({"groups": ["admins", 1, null, {"x": {}}, "ops"]}),
+            json!({"user": "user-1", "email": "user-1@example.com", "groups": ["admins", "ops"]}),
+        ),
+    ] {
+        let mut f = filter(json!({}));
+        let jar = log_in_as(&mut f, None, extra.clone());
+        let r = respond(f.request(&Req::api(PATH).cookies(&jar)));
+        assert_eq!(identity(&r), expected, "{extra}: {}", r.body);
+    }
+}
+
+/// Found by mutation testing: a bypass path that covers `userinfo_path` and none of the filter's other paths
+/// is refused too (it would answer the path without a session on the app's behalf, and with one by the
+/// filter's); one beside it is not.
+#[test]
+fn a_bypass_path_over_userinfo_path_alone_is_refused() {
+    let parsed = |bypass: serde_json::Value| {
+        let mut cfg = json!({
+            "issuer": ISSUER, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+            "cookie_keys": [KEY_A], "userinfo_path": "/me",
+        });
+        cfg["bypass_paths"] = bypass;
+        oidc_filter::config::Config::parse(cfg.to_string().as_bytes(), &|_| None)
+    };
+    for bypass in [json!(["/me"]), json!(["/healthz", "/me"])] {
+        let e = parsed(bypass.clone()).unwrap_err();
+        assert_eq!(e.field, "bypass_paths", "{bypass}: {e}");
+        assert!(e.reason.contains("userinfo_path"), "{bypass}: {e}");
+    }
+    let c = parsed(json!(["/healthz", "/me2", "/mex"])).unwrap();
+    assert_eq!(c.userinfo_path.as_deref(), Some("/me"));
+}

@@ -119,3 +119,34 @@ fn a_path_of_too_many_segments_is_no_bypass_path_and_meets_every_rule() {
         403
     );
 }
+
+/// Found by mutation testing: the bounds hold to the byte and to the segment, also for segments a request
+/// writes as `\` or as `%2F` (which the bound counts once decoded). A path of `MAX_READ_PATH` bytes (not
+/// plain) has its readings and goes up; one of a byte more meets every claim rule; and so a path within the
+/// length of more than `MAX_READ_SEGMENTS` segments of either kind.
+#[test]
+fn the_bounds_count_bytes_as_written_and_segments_as_decoded() {
+    let mut f = Filter::ready(config(serde_json::json!({
+        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
+    })));
+    let (jar, _) = log_in(&mut f, None);
+    let status = |f: &mut Filter, path: &str| match f.request(&Req::browser(path).cookies(&jar)) {
+        flow::Step::Forward(_) => 200,
+        step => respond(step).status,
+    };
+    // `paths::MAX_READ_PATH`, with an escape: not plain.
+    let bytes = 8192;
+    let at = |n: usize| format!("/public/{}%41", "a".repeat(n - "/public/%41".len()));
+    assert_eq!(at(bytes).len(), bytes);
+    assert_eq!(status(&mut f, &at(bytes)), 200);
+    assert_eq!(status(&mut f, &at(bytes + 1)), 403);
+    // `paths::MAX_READ_SEGMENTS`: a `\` is a segment, and a `%2F` one once decoded.
+    let segments = 256;
+    for unit in ["\\x", "%2Fx", "%5Cx"] {
+        let within = format!("/public{}", unit.repeat(segments - 1));
+        let over = format!("/public{}", unit.repeat(segments));
+        assert!(over.len() < bytes, "{unit}");
+        assert_eq!(status(&mut f, &within), 200, "{unit}");
+        assert_eq!(status(&mut f, &over), 403, "{unit}");
+    }
+}
