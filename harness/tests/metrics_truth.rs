@@ -941,6 +941,33 @@ fn a_renewal_given_up_then_cut_off_counts_once() {
     );
 }
 
+/// The same at `userinfo_path` with a token still valid: the request that stops waiting is answered its
+/// identity (`200`), a failure without a line; the call cut off after is that same failure (found by
+/// mutation testing: nothing held the `200` among the answers a late outage repeats).
+#[test]
+fn a_renewal_given_up_at_userinfo_path_then_cut_off_counts_once() {
+    let _idp = idp_hold::exclusive();
+    let b = logged_in();
+    calm_renewals(&b);
+    let due = expiring_at(&b, unix_now() + 30);
+    let quiet = lines("", "token refresh failed");
+    counts(
+        "one renewal at userinfo_path that hung, then was cut off",
+        &[("refresh_failures", 1)],
+        || {
+            let f = stack().idp_fault(Mode::Hang);
+            let t = Instant::now();
+            let r = api(MAIN, USERINFO, &[("cookie", &due)]);
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.json().unwrap()["user"], "alice", "{}", r.body);
+            std::thread::sleep(Duration::from_millis(3000).saturating_sub(t.elapsed()));
+            drop(f);
+            std::thread::sleep(Duration::from_secs(2));
+        },
+    );
+    assert_eq!(lines("", "token refresh failed"), quiet, "a line for a 200");
+}
+
 // 12. A renewal given up at `callout_timeout` whose answer comes later.
 
 /// The request stops waiting at 2 s (`503`, a failure); the IdP's answer comes at 3 s and is kept for
