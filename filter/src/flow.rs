@@ -1330,17 +1330,18 @@ fn denied_to(cfg: &Config, claims: &json::Object, target: &str) -> bool {
         return false;
     }
     // And what follows the host where the path, as it came or decoded, starts with two slashes: a URL
-    // parser reads the first segment after them as a host ([`paths::past_authority`]).
-    for rest in [Some(paths::path_only(target)), readings.decoded()]
-        .into_iter()
-        .flatten()
-        .flat_map(|p| [paths::past_authority(p), paths::past_authority_to_slash(p)])
-        .flatten()
-    {
-        match paths::readings(rest).filter(|r| !r.dotted()) {
-            None => return every(),
-            Some(r) if refused_in(cfg, claims, rest, &r) => return true,
-            Some(_) => {}
+    // parser reads the first segment after them as a host ([`paths::past_authority`]), which a `\` ends
+    // to some parsers and not to others.
+    for p in [Some(paths::path_only(target)), readings.decoded()] {
+        for backslash in [true, false] {
+            let Some(rest) = p.and_then(|p| paths::past_authority(p, backslash)) else {
+                continue;
+            };
+            match paths::readings(rest).filter(|r| !r.dotted()) {
+                None => return every(),
+                Some(r) if refused_in(cfg, claims, rest, &r) => return true,
+                Some(_) => {}
+            }
         }
     }
     false

@@ -141,10 +141,11 @@ fn bypass_paths_hold_under_other_servers_readings() {
             let _ = r.unresolved();
             let _ = r.iter().count();
             if let Some(d) = r.decoded() {
-                let _ = paths::past_authority(d);
+                let _ = paths::past_authority(d, true);
+                let _ = paths::past_authority(d, false);
             }
         }
-        let _ = paths::past_authority(paths::path_only(&t));
+        let _ = paths::past_authority(paths::path_only(&t), true);
         let _ = paths::safe_redirect(&t);
         let _ = paths::normalize(&t);
         let _ = paths::bypass_in_text_only(&b, &t);
