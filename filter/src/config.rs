@@ -865,7 +865,7 @@ fn claims_kept(
     }
     if userinfo {
         // What `userinfo_path` answers, whatever the headers and rules read.
-        for (_, c) in crate::flow::USERINFO_CLAIMS {
+        for (_, c, _) in crate::flow::USERINFO_CLAIMS {
             keep_claims.push(c);
         }
     }

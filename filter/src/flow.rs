@@ -1212,12 +1212,14 @@ fn forward_session(
     session_step(cfg, target, cached, f)
 }
 
-/// The JSON names `userinfo_path` answers with (oauth2-proxy's), and the claims they are read from.
-pub const USERINFO_CLAIMS: [(&str, &str); 4] = [
-    ("user", "sub"),
-    ("email", "email"),
-    ("groups", "groups"),
-    ("preferredUsername", "preferred_username"),
+/// The JSON names `userinfo_path` answers with (oauth2-proxy's), the claims they are read from, and
+/// whether the name is there without its claim (as an empty string: oauth2-proxy always sends `user` and
+/// `email`, and a page's script may read them without a check).
+pub const USERINFO_CLAIMS: [(&str, &str, bool); 4] = [
+    ("user", "sub", true),
+    ("email", "email", true),
+    ("groups", "groups", false),
+    ("preferredUsername", "preferred_username", false),
 ];
 
 /// A logged-in request's way on: at `userinfo_path`, the session's identity as JSON, with any renewed
@@ -1231,13 +1233,14 @@ fn session_step(cfg: &Config, target: &str, s: &Cached, f: Forward) -> Step {
 }
 
 /// `{"user": …, "email": …, "groups": […], "preferredUsername": …}` from the session's ID token, as
-/// oauth2-proxy's `/oauth2/userinfo` answers (a claim the token lacks, or an `email` the IdP has not
-/// verified, is left out), for a page's script that shows who is logged in. Counted as `f` would be.
+/// oauth2-proxy's `/oauth2/userinfo` answers (`user` and `email` empty, the others left out, where the
+/// token lacks the claim or the IdP has not verified the email), for a page's script that shows who is
+/// logged in. Counted as `f` would be.
 #[cold]
 #[inline(never)]
 fn userinfo(claims: &json::Object, f: Forward) -> Step {
     let mut body = String::from("{");
-    for (name, claim) in USERINFO_CLAIMS {
+    for (name, claim, always) in USERINFO_CLAIMS {
         let list = claim == "groups";
         let mut items: Vec<&str> = Vec::new();
         // Plain loops: iterator chains here cost the module a kilobyte.
@@ -1256,6 +1259,7 @@ fn userinfo(claims: &json::Object, f: Forward) -> Step {
                     items.push(k);
                 }
             }
+            _ if always => items.push(""),
             _ => continue,
         }
         if body.len() > 1 {

