@@ -41,6 +41,22 @@ pub const COOKIE_KEYS_ENV: &str = "OIDC_COOKIE_KEYS";
 /// The filter's default callback path, for the IdP's `redirect_uris`.
 pub const DEFAULT_CALLBACK_PATH: &str = "/oauth2/callback";
 
+/// The counters of `now` that moved since `before`, and by how much.
+pub fn counter_delta(
+    before: &HashMap<String, u64>,
+    now: &HashMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    now.iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, d)| *d > 0)
+        .collect()
+}
+
 /// Runs `f(0)` to `f(n - 1)` at once, each on a thread of its own, and returns their results in that
 /// order: a crowd of clients.
 pub fn at_once<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
@@ -971,6 +987,47 @@ impl Stack {
     /// The filter's counter `name` (`wasmcustom.oidc_filter.NAME`), 0 until it first counts.
     pub fn filter_stat(&self, name: &str) -> Result<u64> {
         self.stat_or_zero(&format!("wasmcustom.oidc_filter.{name}"))
+    }
+
+    /// The filter's counters by name (`wasmcustom.oidc_filter.` left off), but `idp_fetch_failures`,
+    /// which the periodic fetches move on their own clock.
+    pub fn filter_counters(&self) -> Result<HashMap<String, u64>> {
+        Ok(self
+            .envoy_stats()?
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("wasmcustom.oidc_filter.")?.to_string(), v)))
+            .filter(|(k, _)| k != "idp_fetch_failures")
+            .collect())
+    }
+
+    /// [`Stack::filter_counters`] once unchanged for 1.5 s: longer than the 1 s tick on which each
+    /// worker hands Envoy its per-request counts.
+    pub fn settled_counters(&self) -> Result<HashMap<String, u64>> {
+        process::settled(
+            Duration::from_secs(20),
+            Duration::from_millis(1500),
+            || self.filter_counters(),
+            Clone::clone,
+        )
+    }
+
+    /// Runs `f`, then gives the counters that moved and by how much: once those in `expected` moved that
+    /// far (the batched ones trail by up to a tick; 5 s at most) and then nothing moved for 1.5 s.
+    pub fn counted<T>(
+        &self,
+        expected: &BTreeMap<String, u64>,
+        f: impl FnOnce() -> T,
+    ) -> Result<(T, BTreeMap<String, u64>)> {
+        let before = self.settled_counters()?;
+        let out = f();
+        let _ = process::poll(Duration::from_secs(5), || {
+            let d = counter_delta(&before, &self.filter_counters()?);
+            Ok(expected
+                .iter()
+                .all(|(k, n)| d.get(k).copied().unwrap_or(0) >= *n)
+                .then_some(()))
+        });
+        Ok((out, counter_delta(&before, &self.settled_counters()?)))
     }
 
     /// Envoy's counter `name` of `site`'s Wasm plugin (`wasm.oidc-filter-SITE.NAME`: `vm_reload_success`,

@@ -83,56 +83,16 @@ fn url(site: &str, path: &str) -> String {
     stack().site(site).unwrap().url(path)
 }
 
-/// The filter's counters now, without `idp_fetch_failures` (see the module's note).
-fn counters() -> HashMap<String, u64> {
-    stack()
-        .envoy_stats()
-        .unwrap()
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(STAT) && !k.ends_with(".idp_fetch_failures"))
-        .collect()
-}
-
-/// The counters once unchanged for 1.5 s: longer than the 1 s tick on which each worker hands Envoy its
-/// per-request counts.
 fn settled() -> HashMap<String, u64> {
-    harness::process::settled(
-        Duration::from_secs(20),
-        Duration::from_millis(1500),
-        || Ok(counters()),
-        Clone::clone,
-    )
-    .expect("the filter's counters settle")
-}
-
-fn delta(before: &HashMap<String, u64>, now: &HashMap<String, u64>) -> BTreeMap<String, u64> {
-    now.iter()
-        .map(|(k, v)| {
-            (
-                k.trim_start_matches(STAT).to_string(),
-                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
-            )
-        })
-        .filter(|(_, d)| *d > 0)
-        .collect()
+    stack().settled_counters().unwrap()
 }
 
 /// Runs `f`, then asserts that the counters moved by exactly `expected` (names without the prefix) and
 /// no other one moved. Returns what `f` returned.
 fn counts<T>(what: &str, expected: &[(&str, u64)], f: impl FnOnce() -> T) -> T {
-    let before = settled();
-    let out = f();
     let expected: BTreeMap<String, u64> =
         expected.iter().map(|(k, n)| (k.to_string(), *n)).collect();
-    // Wait for what is due (the batched counters trail by up to a tick), then until nothing moves.
-    let _ = harness::process::poll(Duration::from_secs(5), || {
-        let d = delta(&before, &counters());
-        Ok(expected
-            .iter()
-            .all(|(k, n)| d.get(k).copied().unwrap_or(0) >= *n)
-            .then_some(()))
-    });
-    let got = delta(&before, &settled());
+    let (out, got) = stack().counted(&expected, f).unwrap();
     assert_eq!(
         got, expected,
         "{what}: counted {got:?}, expected {expected:?}"
@@ -857,7 +817,7 @@ fn per_request_counts_survive_a_new_configuration() {
         },
         Duration::from_secs(2),
     );
-    let got = delta(&before, &settled());
+    let got = harness::counter_delta(&before, &settled());
     assert_eq!(
         got.get("unauthorized").copied().unwrap_or(0),
         answered,

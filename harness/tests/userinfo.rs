@@ -22,7 +22,6 @@ use oidc_filter::secret::Secret;
 use oidc_filter::session::Session;
 use serde_json::{Value, json};
 
-const STAT: &str = "wasmcustom.oidc_filter.";
 const PLAIN: &str = "plain";
 const RULES: &str = "rules";
 const INHERIT: &str = "inherit";
@@ -100,52 +99,16 @@ fn port(site: &str) -> u16 {
     stack().site(site).unwrap().port
 }
 
-fn counters() -> HashMap<String, u64> {
-    stack()
-        .envoy_stats()
-        .unwrap()
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(STAT) && !k.ends_with(".idp_fetch_failures"))
-        .collect()
-}
-
-/// The counters once unchanged for 1.5 s (the workers hand Envoy their counts every second).
 fn settled() -> HashMap<String, u64> {
-    harness::process::settled(
-        Duration::from_secs(20),
-        Duration::from_millis(1500),
-        || Ok(counters()),
-        Clone::clone,
-    )
-    .expect("the filter's counters settle")
+    stack().settled_counters().unwrap()
 }
 
-fn delta(before: &HashMap<String, u64>, now: &HashMap<String, u64>) -> BTreeMap<String, u64> {
-    now.iter()
-        .map(|(k, v)| {
-            (
-                k.trim_start_matches(STAT).to_string(),
-                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
-            )
-        })
-        .filter(|(_, d)| *d > 0)
-        .collect()
-}
-
-/// Runs `f` and asserts that exactly the counters `expected` moved, by so much.
+/// Runs `f`, then asserts that the counters moved by exactly `expected` (names without the prefix) and
+/// no other one moved. Returns what `f` returned.
 fn counts<T>(what: &str, expected: &[(&str, u64)], f: impl FnOnce() -> T) -> T {
-    let before = settled();
-    let out = f();
     let expected: BTreeMap<String, u64> =
         expected.iter().map(|(k, n)| (k.to_string(), *n)).collect();
-    let _ = harness::process::poll(Duration::from_secs(5), || {
-        let d = delta(&before, &counters());
-        Ok(expected
-            .iter()
-            .all(|(k, n)| d.get(k).copied().unwrap_or(0) >= *n)
-            .then_some(()))
-    });
-    let got = delta(&before, &settled());
+    let (out, got) = stack().counted(&expected, f).unwrap();
     assert_eq!(
         got, expected,
         "{what}: counted {got:?}, expected {expected:?}"
@@ -481,7 +444,7 @@ fn a_pages_parallel_calls_with_an_expired_token_share_one_renewal_and_all_get_th
             r.set_cookies()
         );
     }
-    let d = delta(&before, &settled());
+    let d = harness::counter_delta(&before, &settled());
     let refreshes = d.get("refreshes").copied().unwrap_or(0);
     let forwarded = d.get("sessions_forwarded").copied().unwrap_or(0);
     assert!(refreshes >= 1 && refreshes + forwarded == 6, "{d:?}");
