@@ -762,19 +762,22 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
         };
     }
 
+    // Asked of in several ways below, its path's readings worked out once.
+    let mut target = paths::Target::new(&target);
     let cookie = h.cookie();
-    let mut stale = false;
+    // The session's cookies in the header, to clear where its session does not open or is over.
+    let mut present = 0;
     if let Some(header) = cookie.as_deref() {
         let (scan, hit) = scan_session(cfg, state, header);
-        // A cookie of the session's name that does not open, or one whose session is over: cleared.
-        stale = !matches!(scan.session, Ok(None));
-        if let Some((sealed, cached)) = open_scanned(cfg, state, header, scan.session, hit, env.now)
+        present = scan.names;
+        if let Some((sealed, cached)) =
+            open_scanned(cfg, state, header, scan.session, scan.more, hit, env.now)
             && let Some(step) = with_session(
                 cfg,
                 state,
                 env,
                 h,
-                &target,
+                &mut target,
                 header,
                 cfg.strip_other_sites(None, Some(scan.stripped)).flatten(),
                 &sealed,
@@ -784,27 +787,36 @@ pub fn on_request(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Header
             return step;
         }
     }
-    without_session(cfg, state, h, &target, cookie.as_deref(), stale, env.now)
+    without_session(
+        cfg,
+        state,
+        h,
+        &mut target,
+        cookie.as_deref(),
+        present,
+        env.now,
+    )
 }
 
 /// The session `scan_session` found in `header` (`hit`: cached), opened, or one of this site's that comes
-/// after it (`shadowed`).
+/// after it (`shadowed`), where the scan saw `more` cookies of its names than one session's.
 #[inline(always)]
 fn open_scanned<'a>(
     cfg: &Config,
     state: &mut State,
     header: &str,
     session: Result<Option<Cow<'a, str>>, session::ChunkError>,
+    more: bool,
     hit: Option<Rc<Cached>>,
     now: u64,
 ) -> Option<(Cow<'a, str>, Rc<Cached>)> {
     let opened = match session {
         Ok(Some(sealed)) => match hit.or_else(|| open_fresh(cfg, state, &sealed, now)) {
             Some(cached) => Some((sealed, cached)),
-            None => shadowed(cfg, state, header, now),
+            None => shadowed(cfg, state, header, more, now),
         },
         Ok(None) => None,
-        Err(_) => shadowed(cfg, state, header, now),
+        Err(_) => shadowed(cfg, state, header, more, now),
     };
     // A session of this site came after one that did not open (another gateway's): nobody is sent to
     // log in, nothing to count (`State::unopened`).
@@ -852,8 +864,15 @@ fn shadowed<'a>(
     cfg: &Config,
     state: &mut State,
     header: &str,
+    more: bool,
     now: u64,
 ) -> Option<(Cow<'a, str>, Rc<Cached>)> {
+    // Only where more came: found in review, a cookie that did not open had the header read twice more
+    // for sessions after it that could not be there (with 57 KB of other cookies, ten times a logged-in
+    // request's work).
+    if !more {
+        return None;
+    }
     let mut i = 1;
     while let Some(sealed) = next_session(header, &cfg.cookie_name, &mut i) {
         if let Some(cached) = state
@@ -887,7 +906,7 @@ fn scan_session<'a>(
 /// sent on to decides that).
 fn has_session(cfg: &Config, state: &mut State, cookie_header: &str, now: u64) -> bool {
     let (scan, hit) = scan_session(cfg, state, cookie_header);
-    open_scanned(cfg, state, cookie_header, scan.session, hit, now).is_some()
+    open_scanned(cfg, state, cookie_header, scan.session, scan.more, hit, now).is_some()
 }
 
 /// A cookie this worker has not seen: decrypted, decoded and cached. Out of line: the per-request function
@@ -1040,7 +1059,7 @@ fn with_session(
     state: &mut State,
     env: &mut Env,
     h: &dyn Headers,
-    target: &str,
+    target: &mut paths::Target<'_>,
     header: &str,
     stripped: Option<String>,
     sealed: &str,
@@ -1085,7 +1104,11 @@ fn with_session(
         }
         // (Found by a review of what the pages say: a browser's navigation here got a `503` that said
         // the session "was renewed", where `adopt_renewal` sent it round again.)
-        return Some(replaced(anonymous, target, cached.renewed_cookies.clone()));
+        return Some(replaced(
+            anonymous,
+            target.text,
+            cached.renewed_cookies.clone(),
+        ));
     }
     let Some(provider) = state.provider.ready() else {
         if now < s.token_expires_at {
@@ -1118,7 +1141,7 @@ fn with_session(
             cache_key: sealed.to_string(),
             session: cached,
             anonymous,
-            target: target.into(),
+            target: target.text.into(),
             holding_page: anonymous.holding_page(h).map(String::into_boxed_str),
             cookie,
             present_chunks: session::chunk_names(&cfg.cookie_name, header),
@@ -1182,7 +1205,7 @@ fn forward_session(
     h: &dyn Headers,
     cached: &Cached,
     cookie: Option<Option<String>>,
-    target: &str,
+    target: &mut paths::Target<'_>,
 ) -> Step {
     // A client's own `Authorization` on a bypass path (an app's `Basic` login there) stays, as without
     // a session: the cookie goes to every path, and replacing it locked the app's users out (found by a
@@ -1209,7 +1232,7 @@ fn forward_session(
     if cfg.userinfo_path.is_none() {
         return Step::Forward(f);
     }
-    session_step(cfg, target, cached, f)
+    session_step(cfg, target.text, cached, f)
 }
 
 /// The JSON names `userinfo_path` answers with (oauth2-proxy's), the claims they are read from, and
@@ -1306,19 +1329,20 @@ fn userinfo(claims: &json::Object, f: Forward) -> Step {
 /// ([`paths::Readings::unresolved`]: `/admin%2Fx%2F..%2F..%2Fy` to an app that decodes `%2F` and leaves `..`
 /// to its `/admin/<path>` handler). A path that does not decode (bad escapes) reads differently to
 /// every app: there each rule applies.
-fn denied(cfg: &Config, s: &Cached, target: &str) -> bool {
+fn denied(cfg: &Config, s: &Cached, target: &mut paths::Target<'_>) -> bool {
     denied_to(cfg, &s.claims, target)
 }
 
 /// [`denied`] for a token's `claims`.
-fn denied_to(cfg: &Config, claims: &json::Object, target: &str) -> bool {
+fn denied_to(cfg: &Config, claims: &json::Object, target: &mut paths::Target<'_>) -> bool {
     if cfg.access.is_empty() {
         return false;
     }
     // A bypass path is open to anyone: refusing it to a logged-in user would only make them drop the cookie.
-    let readings = paths::readings(target);
-    if let Some(r) = &readings
-        && paths::bypass_in(&cfg.bypass_paths, target, r)
+    let text = target.text;
+    let readings = target.readings();
+    if let Some(r) = readings
+        && paths::bypass_in(&cfg.bypass_paths, text, r)
     {
         return false;
     }
@@ -1327,7 +1351,7 @@ fn denied_to(cfg: &Config, claims: &json::Object, target: &str) -> bool {
     let Some(readings) = readings.filter(|r| !r.dotted()) else {
         return every();
     };
-    if refused_in(cfg, claims, target, &readings) {
+    if refused_in(cfg, claims, text, readings) {
         return true;
     }
     if readings.plain() {
@@ -1335,12 +1359,20 @@ fn denied_to(cfg: &Config, claims: &json::Object, target: &str) -> bool {
     }
     // And what follows the host where the path, as it came or decoded, starts with two slashes: a URL
     // parser reads the first segment after them as a host ([`paths::past_authority`]), which a `\` ends
-    // to some parsers and not to others.
-    for p in [Some(paths::path_only(target)), readings.decoded()] {
-        for backslash in [true, false] {
-            let Some(rest) = p.and_then(|p| paths::past_authority(p, backslash)) else {
-                continue;
-            };
+    // to some parsers and not to others. Each such rest once: the four are often one (found in review:
+    // worked out for each, a logged-in request on a long path cost the readings of five paths).
+    let (raw, decoded) = (Some(paths::path_only(text)), readings.decoded());
+    let mut seen = [None; 4];
+    for (i, (p, backslash)) in [(raw, true), (raw, false), (decoded, true), (decoded, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let rest = p.and_then(|p| paths::past_authority(p, backslash));
+        if seen.contains(&rest) {
+            continue;
+        }
+        seen[i] = rest;
+        if let Some(rest) = rest {
             match paths::readings(rest).filter(|r| !r.dotted()) {
                 None => return every(),
                 Some(r) if refused_in(cfg, claims, rest, &r) => return true,
@@ -1383,7 +1415,7 @@ fn refused_in(
 /// RequestAuthentications name: found in review, such a token of another issuer reached an app that
 /// decodes `%2F` as `/admin`. (Without a token, such a path is no bypass path to the filter either.)
 #[inline(never)]
-fn bearer_on_text_bypass(cfg: &Config, target: &str) -> Option<Step> {
+fn bearer_on_text_bypass(cfg: &Config, target: &mut paths::Target<'_>) -> Option<Step> {
     paths::bypass_in_text_only(&cfg.bypass_paths, target).then(|| {
         let why =
             "the path is under a bypass path only as written (an encoded / or ..): send it decoded";
@@ -1432,7 +1464,7 @@ fn bearer_refused(
     cfg: &Config,
     state: &State,
     h: &dyn Headers,
-    target: &str,
+    target: &mut paths::Target<'_>,
     now: u64,
 ) -> Option<Step> {
     // Where no rule would refuse a token without claims (or there are no rules), none covers the path:
@@ -1544,7 +1576,7 @@ enum Anonymous {
     Api,
 }
 
-fn anonymous(cfg: &Config, h: &dyn Headers, target: &str) -> Anonymous {
+fn anonymous(cfg: &Config, h: &dyn Headers, target: &mut paths::Target<'_>) -> Anonymous {
     if paths::is_bypass(&cfg.bypass_paths, target) || (cfg.pass_cors_preflight && is_preflight(h)) {
         Anonymous::Pass(Metric::Bypass)
     } else if h.get("authorization").is_some_and(|a| is_bearer(&a)) {
@@ -1571,9 +1603,9 @@ fn without_session(
     cfg: &Config,
     state: &State,
     h: &dyn Headers,
-    target: &str,
+    target: &mut paths::Target<'_>,
     cookie: Option<&str>,
-    stale: bool,
+    present: u32,
     now: u64,
 ) -> Step {
     let how = anonymous(cfg, h, target);
@@ -1592,8 +1624,11 @@ fn without_session(
             ..Default::default()
         });
     }
-    let clear = if stale {
-        clear_session_cookies(cfg, cookie.unwrap_or(""))
+    // A cookie of the session's name (its bit 0) that does not open, or whose session is over: cleared,
+    // and its chunks, named by the scan (found in review: the header read again for them cost a request
+    // with 57 KB of other cookies three times a logged-in one's work).
+    let clear = if present & 1 != 0 {
+        clear_named(cfg, session::names_of(&cfg.cookie_name, present))
     } else {
         Vec::new()
     };
@@ -1604,7 +1639,7 @@ fn without_session(
         );
     }
     let page = how.holding_page(h);
-    let mut r = anonymous_reply(cfg, how, page.as_deref().unwrap_or(target));
+    let mut r = anonymous_reply(cfg, how, page.as_deref().unwrap_or(target.text));
     if matches!(how, Anonymous::Login) {
         r.metric = Some(Metric::LoginRedirect);
     }
@@ -1801,6 +1836,13 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
             "Method not allowed: open this address to log in.",
             "GET, HEAD, POST",
         );
+    }
+    // A prefetch or prerender starts no login: found by a black-box test, a page's speculation rules
+    // prerendered a page without a session, and the login it began left an attempt cookie the user never
+    // asked for (one of the few a browser keeps, `stale_attempts`). Declined: a browser drops an answer
+    // other than a `2xx`, and the user's own click on the link logs in.
+    if prefetched(h) {
+        return text(503, "Not prefetched: open this address to log in.", None);
     }
     let Some(provider) = state.provider.ready() else {
         return not_ready(state, false, false, env.now);
@@ -2316,15 +2358,24 @@ fn login_hint(id_token: &str) -> Option<String> {
     }
 }
 
-/// Whether the browser fetched this GET without the user opening it: a prefetch or prerender of a
-/// link shown on a page (`Sec-Purpose: prefetch`, `prefetch;prerender`), or a request that is no
-/// navigation (`Sec-Fetch-Mode: cors` for a script's fetch, as Next.js prefetches a link's page;
-/// `no-cors` for `<link rel=prefetch>` or an image), or a frame's (found by a black-box test: an
+/// Whether the browser fetched this GET without the user opening it: a prefetch or prerender
+/// ([`prefetched`]), or a request that is no navigation (`Sec-Fetch-Mode: cors` for a script's fetch, as
+/// Next.js prefetches a link's page; `no-cors` for an image), or a frame's (found by a black-box test: an
 /// `<iframe src=/logout>` that a page of the site's own let a user put in logged out whoever viewed it).
-/// Older browsers' prefetches say `Purpose: prefetch` (Chrome before 76) or `X-Moz: prefetch` (Firefox),
-/// and Safari's previews `X-Purpose: preview`; each read without regard to case (found by a black-box
-/// test). Without Fetch Metadata it is taken as opened.
+/// Without Fetch Metadata it is taken as opened.
 fn not_opened(h: &dyn Headers) -> bool {
+    matches!(h.get(":method").as_deref(), Some("GET") | Some("HEAD"))
+        && (prefetched(h)
+            || h.get("sec-fetch-mode").is_some_and(|m| m != "navigate")
+            || in_frame(h))
+}
+
+/// Whether the browser fetched this on a guess that the user may open it: a prefetch or prerender of a
+/// link shown on a page (a page's speculation rules, `<link rel=prefetch>`: `Sec-Purpose: prefetch`,
+/// `prefetch;prerender`). Older browsers' prefetches say `Purpose: prefetch` (Chrome before 76) or
+/// `X-Moz: prefetch` (Firefox), and Safari's previews `X-Purpose: preview`; each read without regard to
+/// case (found by a black-box test). A browser keeps such an answer only if it is a `2xx`.
+fn prefetched(h: &dyn Headers) -> bool {
     // Bytes compared: a `str` pattern search would bring a searcher of kilobytes into the module.
     let says = |name, word: &[u8]| {
         h.get(name).is_some_and(|p| {
@@ -2334,13 +2385,10 @@ fn not_opened(h: &dyn Headers) -> bool {
         })
     };
     let prefetch = |name| says(name, b"prefetch");
-    matches!(h.get(":method").as_deref(), Some("GET") | Some("HEAD"))
-        && (prefetch("sec-purpose")
-            || prefetch("purpose")
-            || prefetch("x-moz")
-            || says("x-purpose", b"preview")
-            || h.get("sec-fetch-mode").is_some_and(|m| m != "navigate")
-            || in_frame(h))
+    prefetch("sec-purpose")
+        || prefetch("purpose")
+        || prefetch("x-moz")
+        || says("x-purpose", b"preview")
 }
 
 /// Whether the browser says another site started this request (Fetch Metadata). `same-site` counts as
@@ -2372,7 +2420,10 @@ fn posted_from_another_site(h: &dyn Headers) -> bool {
 /// the button, whose form posts back here from this site (a POST, never taken for a prefetch). The page
 /// may not be framed by another site (a framed button could be clicked by a trick); in a frame of the
 /// site's own it shows, and its button logs out in the whole window (found by a black-box test: a
-/// logout link in the site's own frame showed the browser's error page, with nothing to press).
+/// logout link in the site's own frame showed the browser's error page, with nothing to press). To a
+/// prefetch it is a `503`, which the browser drops: found by a black-box test, Chromium kept the `200`
+/// page its speculation rules prefetched and showed it at the user's click on the link, which then asked
+/// rather than logged out.
 #[inline(never)]
 fn confirm_logout(cfg: &Config, h: &dyn Headers, another_site: bool) -> Step {
     let own_frame =
@@ -2391,7 +2442,7 @@ fn confirm_logout(cfg: &Config, h: &dyn Headers, another_site: bool) -> Step {
         cfg.logout_path,
         if own_frame { TOP } else { "" }
     );
-    let mut r = html_page(200, body, None);
+    let mut r = html_page(if prefetched(h) { 503 } else { 200 }, body, None);
     // Its button's post names this site in `Origin` (which a browser without Fetch Metadata sends as `null`
     // under `no-referrer`, the site's or the gateway's).
     let (frame_options, ancestors) = if own_frame {
@@ -3014,7 +3065,7 @@ fn keep_old(cfg: &Config, job: &RefreshJob, metric: Metric) -> Step {
 /// both), answered at `userinfo_path`, or sent upstream.
 #[inline(never)]
 fn goes_on(cfg: &Config, job: &RefreshJob, s: &Cached, set: Vec<String>, metric: Metric) -> Step {
-    if denied(cfg, s, &job.target) {
+    if denied(cfg, s, &mut paths::Target::new(&job.target)) {
         let mut step = forbidden(cfg, job.browser(), s);
         if let Step::Respond(r) = &mut step
             && metric == Metric::Refreshed
@@ -3599,7 +3650,11 @@ fn seal_session(
 }
 
 fn clear_session_cookies(cfg: &Config, header: &str) -> Vec<String> {
-    let mut names = session::chunk_names(&cfg.cookie_name, header);
+    clear_named(cfg, session::chunk_names(&cfg.cookie_name, header))
+}
+
+/// The clears of the session's cookies `names`, and of its first cookie always.
+fn clear_named(cfg: &Config, mut names: Vec<String>) -> Vec<String> {
     if !names.iter().any(|n| n == &cfg.cookie_name) {
         names.push(cfg.cookie_name.clone());
     }

@@ -281,6 +281,11 @@ pub struct CookieScan<'a> {
     pub session: Result<Option<Cow<'a, str>>, ChunkError>,
     /// The header without our cookies, as [`cookies::strip`] returns it.
     pub stripped: Option<String>,
+    /// True when a second cookie of the session's name, or of one of its chunks' names, came: a session
+    /// may come after the one found ([`join_shadowed`] finds none otherwise).
+    pub more: bool,
+    /// The session's names that came: bit 0 for `name`, bit K for `name.K` ([`names_of`]).
+    pub names: u32,
 }
 
 /// The length of the cached sealed value that starts with the first [`EDGE`] bytes of the text given, if
@@ -350,6 +355,8 @@ fn scan_guided<'a>(
         parts: [None; MAX_CHUNKS],
         sealed_len: None,
         hinted: None,
+        more: false,
+        names: 0,
     };
     let stripped = cookies::strip_segments(header, name, &mut judge);
     let scan = CookieScan {
@@ -357,6 +364,8 @@ fn scan_guided<'a>(
             .first
             .map_or(Ok(None), |first| join_parts(first, &judge.parts)),
         stripped: stripped.into_header(header),
+        more: judge.more,
+        names: judge.names,
     };
     (scan, judge.sealed_len.is_some())
 }
@@ -374,6 +383,10 @@ struct ScanJudge<'a, 'n> {
     sealed_len: Option<usize>,
     /// The segment just ended by a known length: that length, where its value starts, and its slot.
     hinted: Option<(usize, usize, Slot)>,
+    /// [`CookieScan::more`].
+    more: bool,
+    /// [`CookieScan::names`].
+    names: u32,
 }
 
 /// Where a value of the session goes.
@@ -414,29 +427,39 @@ impl<'a> cookies::Judge<'a> for ScanJudge<'a, '_> {
             && segment.len() == len
             && let Some(value) = segment.get(value_at..)
         {
-            match slot {
-                Slot::First => self.first = Some(value),
+            let bit = match slot {
+                Slot::First => {
+                    self.first = Some(value);
+                    1
+                }
                 Slot::Part(k) => {
                     if let Some(p) = self.parts.get_mut(k) {
                         *p = Some(value);
                     }
+                    1 << k
                 }
-            }
+            };
+            self.names |= bit;
             return true;
         }
         let Some((cookie, value)) = cookies::parse_pair(segment) else {
             return false;
         };
         // The session's own names are ours by `is_ours`'s contract: each is told apart once.
-        if crate::headers::same_bytes(cookie.as_bytes(), self.name.as_bytes()) {
+        // (A known length ends only the first of each name: a second is parsed here.)
+        let bit = if crate::headers::same_bytes(cookie.as_bytes(), self.name.as_bytes()) {
             self.first.get_or_insert(value);
+            1
         } else if let Some(i) = chunk_index(self.name, cookie) {
             if let Some(slot) = self.parts.get_mut(i) {
                 slot.get_or_insert(value);
             }
+            1 << i
         } else {
             return (self.is_ours)(cookie);
-        }
+        };
+        self.more |= self.names & bit != 0;
+        self.names |= bit;
         true
     }
 }
@@ -546,6 +569,27 @@ pub fn chunk_names(name: &str, header: &str) -> Vec<String> {
         if is_session_cookie(name, cookie) && !names.iter().any(|n| n == cookie) {
             names.push(cookie.to_owned());
         }
+    }
+    names
+}
+
+/// The names [`chunk_names`] finds, from the bits of [`CookieScan::names`] (`present`), in order.
+pub fn names_of(name: &str, present: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut k = 0;
+    while k <= MAX_CHUNKS {
+        if present & 1 << k != 0 {
+            let mut n = String::from(name);
+            if k > 0 {
+                n.push('.');
+                if k >= 10 {
+                    n.push('1');
+                }
+                n.push(char::from(b'0' + (k % 10) as u8));
+            }
+            names.push(n);
+        }
+        k += 1;
     }
     names
 }
@@ -1436,13 +1480,31 @@ mod tests {
             "k; =v; oidc_session.16=q; oidc_session=17.a",
             "oidc_session=2.ab; oidc_session.01=cd",
             " oidc_session = 1.abc ; a = 1 ",
+            "oidc_session=1.a; oidc_session=1.b",
+            "oidc_session=2.ab; oidc_session.1=cd; oidc_session.16=x; oidc_session.16=y",
         ];
+        let mut mores = 0;
         for h in headers {
             let scan = scan(h, NAME, ours);
             assert_eq!(scan.session, join_borrowed(h, NAME), "{h:?}");
             assert_eq!(scan.stripped, cookies::strip(h, NAME, ours), "{h:?}");
             assert!(!scan_guided(h, NAME, &ours, None).1);
+            // The session's names, as `chunk_names` finds them.
+            let mut named = names_of(NAME, scan.names);
+            let mut listed = chunk_names(NAME, h);
+            named.sort();
+            listed.sort();
+            assert_eq!(named, listed, "{h:?}");
+            // Without more, no session comes after the first.
+            if !scan.more {
+                for skip in 1..=3 {
+                    assert_eq!(join_shadowed(h, NAME, skip, false), Ok(None), "{h:?}");
+                }
+                assert_eq!(join_shadowed(h, NAME, 0, true), Ok(None), "{h:?}");
+            }
+            mores += usize::from(scan.more);
         }
+        assert_eq!(mores, 3);
     }
 
     #[test]

@@ -148,9 +148,9 @@ fn bypass_paths_hold_under_other_servers_readings() {
         let _ = paths::past_authority(paths::path_only(&t), true);
         let _ = paths::safe_redirect(&t);
         let _ = paths::normalize(&t);
-        let _ = paths::bypass_in_text_only(&b, &t);
+        let _ = paths::bypass_in_text_only(&b, &mut paths::Target::new(&t));
         let _ = paths::fold_ascii_lookalikes(&t);
-        if !paths::is_bypass(&b, &t) {
+        if !paths::is_bypass(&b, &mut paths::Target::new(&t)) {
             continue;
         }
         taken += 1;

@@ -150,3 +150,90 @@ fn the_bounds_count_bytes_as_written_and_segments_as_decoded() {
         assert_eq!(status(&mut f, &over), 403, "{unit}");
     }
 }
+
+/// Within the bounds a path's readings are worked out once a request, and those of what follows a host
+/// in it (the claim rules read `//host/admin` as `/admin` too) within a quarter of the bounds: found in
+/// review, each question a request asked of its path worked them out again (a client's made-up bearer
+/// token's request twice), and each of the four ways of reading past a host once more (a logged-in
+/// request on a path of 8 KiB that starts with `//` cost a worker 1 ms natively, five times an anonymous
+/// one's).
+#[test]
+fn a_path_within_the_bounds_is_read_about_once_a_request() {
+    let mut f = Filter::ready(config(serde_json::json!({
+        "bypass_paths": ["/healthz"],
+        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
+    })));
+    let (jar, _) = log_in(&mut f, None);
+    // At the bounds, `paths::MAX_READ_PATH` (8 KiB) and `paths::MAX_READ_SEGMENTS` (256): under a claim
+    // rule's eyes, and under a bypass prefix only as written (a bearer request there is asked both). Then
+    // paths in which a parser finds a host: at the whole bounds, and at a quarter of them, the same past
+    // the host in each of the four ways of reading it (as it came or decoded, a `\` ending the host or
+    // not) or different in each.
+    let segment = |n: usize| format!("/{};", "y".repeat(n));
+    let paths = [
+        format!("/public/{}%41", "a".repeat(8192 - "/public/%41".len())),
+        format!("/public{}", segment(30).repeat(255)),
+        format!(
+            "/healthz/..%2F{}",
+            "a".repeat(8192 - "/healthz/..%2F".len())
+        ),
+        format!("//h{}", segment(30).repeat(254)),
+        format!("//h{}", segment(30).repeat(62)),
+        format!("//h\\a%41{}", segment(30).repeat(61)),
+    ];
+    let mut costs = Vec::new();
+    for path in &paths {
+        let mut cost = |req: Req| allocated(&mut f, &req);
+        costs.push((
+            path,
+            cost(Req::api(path)),
+            cost(Req::browser(path).cookies(&jar)),
+            cost(Req::api(path).with("authorization", "Bearer x.y.z")),
+        ));
+    }
+    // The most an anonymous request on one of them costs: its readings, once.
+    let most = costs.iter().map(|c| c.1).max().unwrap();
+    for (path, anonymous, logged_in, bearer) in costs {
+        let at = &path[..16];
+        assert!(
+            bearer <= logged_in.max(anonymous) + 1024,
+            "{at}…, {} bytes: a bearer request allocated {bearer}, a logged-in one {logged_in}",
+            path.len()
+        );
+        assert!(
+            logged_in.max(bearer) <= most + most / 4,
+            "{at}…, {} bytes: {logged_in} logged in, {bearer} with a bearer token, against {most}",
+            path.len()
+        );
+    }
+}
+
+/// A path in which a URL parser finds a host is read within a quarter of the bounds, to the byte and the
+/// segment: 2 KiB and 64 segments (`/` or `\`, once decoded), as it came or decoded (`/%2F…`); a path of
+/// more meets every claim rule, as one that does not decode.
+#[test]
+fn a_path_that_names_a_host_is_read_within_a_quarter_of_the_bounds() {
+    let mut f = Filter::ready(config(serde_json::json!({
+        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
+    })));
+    let (jar, _) = log_in(&mut f, None);
+    let status = |f: &mut Filter, path: &str| match f.request(&Req::browser(path).cookies(&jar)) {
+        flow::Step::Forward(_) => 200,
+        step => respond(step).status,
+    };
+    for start in ["//h/public", "/%2Fh/public", "/\\h/public"] {
+        let at = |n: usize| format!("{start}/{}", "a".repeat(n - start.len() - 1));
+        assert_eq!(status(&mut f, &at(2048)), 200, "{start}");
+        assert_eq!(status(&mut f, &at(2049)), 403, "{start}");
+        // Two slashes at the start, and one before each `x`: 64 and 65.
+        let within = format!("{start}{}", "/x".repeat(61));
+        let over = format!("{start}{}", "/x".repeat(62));
+        assert_eq!(status(&mut f, &within), 200, "{start}");
+        assert_eq!(status(&mut f, &over), 403, "{start}");
+    }
+    // A path that names no host keeps the whole bounds.
+    assert_eq!(
+        status(&mut f, &format!("/public/{}%41", "a".repeat(4000))),
+        200
+    );
+}

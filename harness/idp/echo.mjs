@@ -17,6 +17,13 @@
 // - `/upload…`: reads the body as it comes and answers JSON {method, path, headers, bytes, sha256,
 //   headers_at, first_byte_at, end_at} (Unix ms) instead of echoing it.
 //
+// For the tests of what a browser does on a page's behalf (harness/tests/browser_background.rs):
+// - `/sw.js?mode=MODE`: a service worker script (scope `/`) that takes control at once. `pass` answers
+//   each request with `fetch(event.request)`, navigations included; `url` with
+//   `fetch(event.request.url)` (a new request: no longer a navigation); `shell` caches `/app/shell`
+//   (asked for as HTML) at install and answers every navigation from that cache (an offline-first app
+//   shell), other requests from the network.
+
 // A request carrying `x-echo-early` is answered at once with JSON {early, method, path, headers}, without
 // waiting for its body, as an app that ignores a request's body does.
 //
@@ -66,6 +73,7 @@ const server = createServer((req, res) => {
     return res.end(`${JSON.stringify({ early: true, method: req.method, path: req.url, headers: req.headers })}\n`);
   }
   if (req.url.startsWith('/events')) return events(req, res);
+  if (req.url.startsWith('/sw.js')) return serviceWorker(req, res);
   if (req.url.startsWith('/upload')) return upload(req, res);
   const chunks = [];
   req.on('data', (c) => chunks.push(c));
@@ -96,6 +104,34 @@ const server = createServer((req, res) => {
     }
   });
 });
+
+// The service workers of `/sw.js?mode=…`, text fixed per mode.
+const SERVICE_WORKERS = {
+  pass: "self.addEventListener('fetch', (e) => e.respondWith(fetch(e.request)));",
+  url: "self.addEventListener('fetch', (e) => e.respondWith(fetch(e.request.url)));",
+  shell: `self.addEventListener('install', (e) => e.waitUntil(caches.open('shell').then((c) => c.add(new Request('/app/shell', { headers: { accept: 'text/html' } })))));
+self.addEventListener('fetch', (e) => {
+  if (e.request.mode === 'navigate') {
+    e.respondWith(caches.match('/app/shell').then((r) => r || fetch(e.request)));
+  } else {
+    e.respondWith(fetch(e.request));
+  }
+});`,
+};
+
+function serviceWorker(req, res) {
+  const mode = new URL(req.url, 'http://x').searchParams.get('mode') || 'pass';
+  const body = SERVICE_WORKERS[mode];
+  if (!body) {
+    res.writeHead(404);
+    return res.end();
+  }
+  res.writeHead(200, { 'content-type': 'text/javascript', 'cache-control': 'no-cache' });
+  res.end(`self.addEventListener('install', () => self.skipWaiting());
+self.addEventListener('activate', (e) => e.waitUntil(self.clients.claim()));
+${body}
+`);
+}
 
 function events(req, res) {
   const query = new URL(req.url, 'http://x').searchParams;
