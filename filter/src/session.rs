@@ -2180,4 +2180,20 @@ mod tests {
         assert_eq!(join_shadowed(&h, NAME, 0, true), Ok(None));
         assert_eq!(join_shadowed(&h, NAME, 0, false), Ok(Some("abc".into())));
     }
+
+    /// Found by mutation testing: `names_of` names each bit as `split` names the cookies, `name.10` to
+    /// `name.16` included, in order, and nothing for bits not set.
+    #[test]
+    fn names_of_names_each_bit_as_the_chunks_are_named() {
+        let want: Vec<String> = core::iter::once(NAME.to_string())
+            .chain((1..=MAX_CHUNKS).map(|k| format!("{NAME}.{k}")))
+            .collect();
+        let all = (0..=MAX_CHUNKS).fold(0u32, |m, k| m | 1 << k);
+        assert_eq!(names_of(NAME, all), want);
+        assert!(names_of(NAME, 0).is_empty());
+        for (k, name) in want.iter().enumerate() {
+            assert_eq!(names_of(NAME, 1 << k), core::slice::from_ref(name), "{k}");
+            assert_eq!(chunk_index(NAME, name), (k > 0).then_some(k), "{name}");
+        }
+    }
 }

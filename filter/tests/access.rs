@@ -520,3 +520,43 @@ fn a_bypass_request_with_its_own_authorization_keeps_the_apps_cookies() {
     assert_eq!(fwd.metric, Some(Metric::Bypass));
     assert_eq!(fwd.cookie, Some(Some("app=1".to_string())), "{fwd:?}");
 }
+
+/// Found by mutation testing: each of the four ways of reading what follows a host (as the path came or
+/// decoded, a `\` ending the host or not) is judged, the one that alone reads `/admin` included; the
+/// same paths with another segment there pass.
+#[test]
+fn each_way_of_reading_past_a_host_is_judged() {
+    let (mut f, jar) = a_user_outside_admins("/admin");
+    for (path, only) in [
+        // As it came, the host ended at the `\`: `\admin` (decoded, the host ends at the `%2F`).
+        ("//a%2Fb\\admin", "as it came, a `\\` ending the host"),
+        // As it came, the host holding the `\`: `/admin` (decoded, past it: `/y/admin`).
+        ("//a\\x%2Fy/admin", "as it came, the host holding a `\\`"),
+        // Decoded, the host holding the `\`: `/admin` (as it came, no host).
+        ("/%2Fa\\x/admin", "decoded, the host holding a `\\`"),
+        // Decoded, the host ended at the `\`: `\admin`.
+        ("/%2Fa\\admin", "decoded, a `\\` ending the host"),
+    ] {
+        let r = respond(f.request(&Req::browser(path).cookies(&jar)));
+        assert_eq!(r.status, 403, "{path}: {only}");
+        let open = path.replace("admin", "public");
+        let fwd = forward(f.request(&Req::browser(&open).cookies(&jar)));
+        assert_eq!(fwd.metric, Some(Metric::SessionForwarded), "{open}");
+    }
+}
+
+/// Found by mutation testing: what follows a host that does not decode in turn (`/%2Fh/x%25zz` decodes to
+/// `//h/x%zz`, past the host `/x%zz`) is judged by every rule, as a whole path that does not decode: an
+/// app that decodes once more reads it its own way. One that decodes is judged by the rules that cover it.
+#[test]
+fn what_follows_a_host_that_does_not_decode_is_judged_by_every_rule() {
+    let (mut f, jar) = a_user_outside_admins("/admin");
+    for path in ["/%2Fh/x%25zz", "/%2Fh/reports%25zz/y", "/%5Ch/x%25"] {
+        let r = respond(f.request(&Req::browser(path).cookies(&jar)));
+        assert_eq!(r.status, 403, "{path}");
+    }
+    for path in ["/%2Fh/x%2541", "/%2Fh/reports%2520y", "/%5Ch/x"] {
+        let fwd = forward(f.request(&Req::browser(path).cookies(&jar)));
+        assert_eq!(fwd.metric, Some(Metric::SessionForwarded), "{path}");
+    }
+}

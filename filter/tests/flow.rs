@@ -6643,3 +6643,118 @@ fn metric_at(path: &str, step: Step) -> Option<Metric> {
         other => panic!("{path}: {other:?}"),
     }
 }
+
+/// The names of the session's cookies `r` clears (each clear of a name, once).
+fn cleared_names(r: &Reply) -> Vec<String> {
+    let mut names: Vec<String> = set_cookies(r)
+        .iter()
+        .filter_map(|c| c.split_once('=').map(|(n, _)| n.to_string()))
+        .filter(|n| set_cookies(r).iter().any(|c| is_clear_of(c, n)))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Found by mutation testing: a session that does not open has each of its cookies that came cleared,
+/// chunks `.10` to `.16` included (named from what the scan of the header saw, not read from it again),
+/// and no other: a chunk cookie left in the browser is sent with every request after.
+#[test]
+fn a_session_that_does_not_open_has_each_of_its_cookies_cleared_and_only_those() {
+    let mut f = ready();
+    for (parts, tossed) in [
+        (2, None),
+        (9, None),
+        (10, None),
+        (11, Some(16)),
+        (16, Some(16)),
+    ] {
+        let mut cookie = format!("theme=dark; _oidc_session={parts}.a");
+        let mut want = vec!["_oidc_session".to_string()];
+        for k in (1..parts).chain(tossed) {
+            cookie += &format!("; _oidc_session.{k}=b{k}");
+            want.push(format!("_oidc_session.{k}"));
+        }
+        want.sort();
+        let r = respond(f.request(&Req::browser("/app").with("cookie", &cookie)));
+        assert_eq!(location(&r), "/login?rd=%2Fapp", "{cookie}");
+        assert_eq!(cleared_names(&r), want, "{cookie}");
+        assert_eq!(set_cookies(&r).len(), want.len(), "each once: {r:?}");
+    }
+    // Without the session's first cookie (another site's cookies only, or a tossed chunk too): nothing
+    // to clear.
+    for cookie in ["theme=dark", "_oidc_session.1=b; theme=dark"] {
+        let r = respond(f.request(&Req::browser("/app").with("cookie", cookie)));
+        assert_eq!(location(&r), "/login?rd=%2Fapp");
+        assert!(set_cookies(&r).is_empty(), "{cookie}: {r:?}");
+        let r = respond(f.request(&Req::api("/api").with("cookie", cookie)));
+        assert_eq!(r.status, 401);
+        assert!(set_cookies(&r).is_empty(), "{cookie}: {r:?}");
+    }
+}
+
+/// Found by mutation testing: a chunked session whose time is over, in this worker's memory, has every
+/// one of its cookies cleared (each found by the length the cache knows, without parsing).
+#[test]
+fn an_expired_chunked_session_has_every_cookie_cleared() {
+    let mut f = ready();
+    let (jar, _) = big_login(&mut f);
+    assert!(jar.names().len() >= 3, "{:?}", jar.names());
+    let _ = forward(f.request(&Req::browser("/").cookies(&jar)));
+    f.now = NOW + 3600;
+    let r = respond(f.request(&Req::browser("/app").cookies(&jar)));
+    assert_eq!(location(&r), "/login?rd=%2Fapp");
+    let mut want: Vec<String> = jar.names().iter().map(|n| n.to_string()).collect();
+    want.sort();
+    assert_eq!(cleared_names(&r), want, "{r:?}");
+}
+
+/// Found by mutation testing: a spent callback seen again by a browser logged in here goes on to the site
+/// when another gateway's session cookie of the name (or a forged one) comes before this site's: the
+/// session after it is found there too, as on any other request.
+#[test]
+fn a_spent_callback_seen_again_finds_the_session_behind_another_of_its_name() {
+    let mut f = ready();
+    let l = start_login(&mut f, "?rd=/app");
+    let (_, pending) = call(f.request(&l.callback("code-1", &Jar::default())));
+    let reply = with_id_token(claims(Some(&l.nonce)));
+    let done = respond(f.reply(pending, reply.as_ref().map(|(s, b)| (*s, b.as_slice()))));
+    let session = set_cookies(&done)
+        .iter()
+        .find(|c| c.starts_with("_oidc_session="))
+        .map(|c| c.split(';').next().unwrap().to_string())
+        .unwrap();
+    let mut other = Filter::ready(config(json!({"cookie_keys": [KEY_B]})));
+    let (theirs, _) = log_in(&mut other, None);
+    let callback = format!("/oauth2/callback?code=code-1&state={}", l.state);
+    for first in [theirs.header(), "_oidc_session=1.x".to_string()] {
+        let cookie = format!("{first}; {session}");
+        let r = respond(f.request(&Req::browser(&callback).with("cookie", &cookie)));
+        assert_eq!((r.status, location(&r)), (302, "/"), "{first}: {r:?}");
+        // Theirs alone: still an error page.
+        let r = respond(f.request(&Req::browser(&callback).with("cookie", &first)));
+        assert_callback_failed(&r, 400, CallbackFailure::StateMismatch);
+    }
+}
+
+/// Found by mutation testing: only a `GET` or `HEAD` is taken for a fetch the user did not ask for. The
+/// site's own script that posts to `/logout` (`fetch('/logout', {method: 'POST'})`: `Sec-Fetch-Mode: cors`,
+/// same origin) logs out at once, as its form does; its `GET` asks first.
+#[test]
+fn a_scripts_post_to_logout_from_the_site_logs_out_at_once() {
+    let mut f = ready();
+    let (jar, id_token) = log_in(&mut f, None);
+    let fetch = |method: &str| {
+        Req::api("/logout")
+            .with(":method", method)
+            .with("sec-fetch-mode", "cors")
+            .with("sec-fetch-site", "same-origin")
+            .with("origin", &format!("https://{HOST}"))
+            .cookies(&jar)
+    };
+    let r = respond(f.request(&fetch("GET")));
+    assert_eq!(r.metric, None, "asked first: {r:?}");
+    let r = respond(f.request(&fetch("POST")));
+    assert_eq!(r.metric, Some(Metric::Logout), "{r:?}");
+    assert_eq!(query(location(&r))["id_token_hint"], id_token);
+}

@@ -48,6 +48,23 @@ fn allocated(f: &mut Filter, req: &Req) -> usize {
     ALLOCATED.with(Cell::get)
 }
 
+/// A filter whose claim rule on `/admin` refuses `user-1` (no `groups`), logged in as that user.
+fn ruled() -> (Filter, Jar) {
+    let mut f = Filter::ready(config(serde_json::json!({
+        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
+    })));
+    let (jar, _) = log_in(&mut f, None);
+    (f, jar)
+}
+
+/// What a browser of `jar` gets at `path`: `200` when sent on.
+fn status_of(f: &mut Filter, jar: &Jar, path: &str) -> u16 {
+    match f.request(&Req::browser(path).cookies(jar)) {
+        flow::Step::Forward(_) => 200,
+        step => respond(step).status,
+    }
+}
+
 /// A path that is not plain costs its readings (`paths::readings`): each a copy of the path with its
 /// segments resolved, eight of them, worked out again for each question a request asks of its path (a
 /// bypass path? a client's own token on a bypass path? a claim rule?) and again for what follows `//`.
@@ -59,10 +76,7 @@ fn allocated(f: &mut Filter, req: &Req) -> usize {
 /// bypass path, every claim rule.
 #[test]
 fn a_long_path_costs_a_request_a_few_times_its_length() {
-    let mut f = Filter::ready(config(serde_json::json!({
-        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
-    })));
-    let (jar, _) = log_in(&mut f, None);
+    let (mut f, jar) = ruled();
     for unit in ["a", "/", ";/", "a;/", "a%2F", "%2F", "./", "a\\", "//a"] {
         let path = format!("/{}", unit.repeat(48_000 / unit.len()));
         for (who, req) in [
@@ -126,14 +140,8 @@ fn a_path_of_too_many_segments_is_no_bypass_path_and_meets_every_rule() {
 /// length of more than `MAX_READ_SEGMENTS` segments of either kind.
 #[test]
 fn the_bounds_count_bytes_as_written_and_segments_as_decoded() {
-    let mut f = Filter::ready(config(serde_json::json!({
-        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
-    })));
-    let (jar, _) = log_in(&mut f, None);
-    let status = |f: &mut Filter, path: &str| match f.request(&Req::browser(path).cookies(&jar)) {
-        flow::Step::Forward(_) => 200,
-        step => respond(step).status,
-    };
+    let (mut f, jar) = ruled();
+    let status = |f: &mut Filter, path: &str| status_of(f, &jar, path);
     // `paths::MAX_READ_PATH`, with an escape: not plain.
     let bytes = 8192;
     let at = |n: usize| format!("/public/{}%41", "a".repeat(n - "/public/%41".len()));
@@ -213,14 +221,8 @@ fn a_path_within_the_bounds_is_read_about_once_a_request() {
 /// more meets every claim rule, as one that does not decode.
 #[test]
 fn a_path_that_names_a_host_is_read_within_a_quarter_of_the_bounds() {
-    let mut f = Filter::ready(config(serde_json::json!({
-        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
-    })));
-    let (jar, _) = log_in(&mut f, None);
-    let status = |f: &mut Filter, path: &str| match f.request(&Req::browser(path).cookies(&jar)) {
-        flow::Step::Forward(_) => 200,
-        step => respond(step).status,
-    };
+    let (mut f, jar) = ruled();
+    let status = |f: &mut Filter, path: &str| status_of(f, &jar, path);
     for start in ["//h/public", "/%2Fh/public", "/\\h/public"] {
         let at = |n: usize| format!("{start}/{}", "a".repeat(n - start.len() - 1));
         assert_eq!(status(&mut f, &at(2048)), 200, "{start}");
