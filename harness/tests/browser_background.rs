@@ -237,6 +237,21 @@ fn has_session_at_site(driver: &WebDriver) -> bool {
     has_session(driver)
 }
 
+/// Waits for the IdP's end-session page, then checks that the browser no longer holds the session.
+fn logged_out(driver: &WebDriver) {
+    let issuer = stack().issuer().to_string();
+    driver
+        .wait_for_url(
+            |u| u.starts_with(&issuer) && u.contains("/session/end"),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert!(
+        !has_session_at_site(driver),
+        "the session outlived the logout"
+    );
+}
+
 /// An app's service worker that passes every request on (`fetch(event.request)`), navigations
 /// included: the login through it works, and once the session has ended a navigation it forwards is
 /// still sent to log in (Chromium keeps `Sec-Fetch-Mode: navigate` and the page's `Accept` on the
@@ -271,17 +286,7 @@ fn a_pass_through_service_worker_still_sends_the_user_to_log_in() {
     assert_eq!(h1, "Hello, alice@example.com");
 
     follow_link(&driver, "/logout");
-    let issuer = stack().issuer().to_string();
-    driver
-        .wait_for_url(
-            |u| u.starts_with(&issuer) && u.contains("/session/end"),
-            Duration::from_secs(10),
-        )
-        .unwrap();
-    assert!(
-        !has_session_at_site(&driver),
-        "the session outlived the logout"
-    );
+    logged_out(&driver);
 }
 
 /// A service worker that fetches a navigation again by its URL (`fetch(event.request.url)`) makes it a
@@ -400,16 +405,7 @@ fn a_prefetched_logout_link_still_logs_out() {
             .unwrap();
         driver.click(&button).unwrap();
     }
-    driver
-        .wait_for_url(
-            |u| u.starts_with(&issuer) && u.contains("/session/end"),
-            Duration::from_secs(10),
-        )
-        .unwrap();
-    assert!(
-        !has_session_at_site(&driver),
-        "the session outlived the logout"
-    );
+    logged_out(&driver);
 }
 
 /// Opens a page whose speculation rules `kind` (`prefetch` or `prerender`) the link `/logout?from=TAG`,

@@ -1736,17 +1736,7 @@ fn metrics_count_logins_logouts_and_failures() {
     .collect();
     // The per-request counters trail by up to a tick: wait until they have all arrived, then until
     // nothing moves any more (a count that came on top would show then).
-    let delta = |now: &HashMap<String, u64>| -> BTreeMap<String, u64> {
-        now.iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    v.saturating_sub(before.get(k).copied().unwrap_or(0)),
-                )
-            })
-            .filter(|(_, d)| *d > 0)
-            .collect()
-    };
+    let delta = |now: &HashMap<String, u64>| harness::counter_delta(&before, now);
     let arrived = harness::process::poll(Duration::from_secs(10), || {
         let d = delta(&counters());
         Ok(expected
