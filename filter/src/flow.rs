@@ -902,12 +902,16 @@ fn scan_session<'a>(
     (scan, hit.cloned())
 }
 
-/// Whether `cookie_header` carries a session of this site that opens (valid or not: the request it is
-/// sent on to decides that).
-fn has_session(cfg: &Config, state: &mut State, cookie_header: &str, now: u64) -> bool {
+/// The session of this site `cookie_header` carries, if it opens (valid or not: the request it is sent on
+/// decides that).
+#[inline(never)]
+fn opened(cfg: &Config, state: &mut State, cookie_header: &str, now: u64) -> Option<Rc<Cached>> {
     let (scan, hit) = scan_session(cfg, state, cookie_header);
-    open_scanned(cfg, state, cookie_header, scan.session, scan.more, hit, now).is_some()
+    open_scanned(cfg, state, cookie_header, scan.session, scan.more, hit, now).map(|(_, c)| c)
 }
+
+/// How long after a login a `/login` goes on to `rd` rather than log in again (see `login`).
+const RELOGIN_AFTER: u64 = 30;
 
 /// A cookie this worker has not seen: decrypted, decoded and cached. Out of line: the per-request function
 /// stays small, and V8 compiles (and keeps the memory for) one function at a time.
@@ -1844,10 +1848,22 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     if prefetched(h) {
         return text(503, "Not prefetched: open this address to log in.", None);
     }
+    let (rd, fragment_read) = login_target(cfg, h, target);
+    // A session made moments ago, sent back here by the page it went on to: an app that does not take the
+    // gateway's login sends its users to its own `/login`, which is this one. Another login would pass
+    // through the IdP's session at once and come back here, without end (found by a black-box test: one
+    // tab logged in 23 times a second, and this page's script kept the browser's cap on redirects from
+    // stopping it). On to `rd` instead: the browser stops that loop, and the IdP is not asked.
+    if let Some(c) = h.cookie().and_then(|c| opened(cfg, state, &c, env.now))
+        && c.session
+            .made_at()
+            .is_some_and(|m| env.now < m.saturating_add(RELOGIN_AFTER))
+    {
+        return redirect(rd, None);
+    }
     let Some(provider) = state.provider.ready() else {
         return not_ready(state, false, false, env.now);
     };
-    let (rd, fragment_read) = login_target(cfg, h, target);
     // Before the page that reads the fragment (found by a black-box test: a hop there, then this 400).
     let Ok(origin) = origin_to_return_to(cfg, h) else {
         return text(
@@ -2211,7 +2227,7 @@ fn without_login_cookie(
 ) -> Step {
     // A callback this browser already completed, seen again (the back button through the IdP's
     // pages, a second tab): it is logged in, so on to the site rather than an error page.
-    if has_session(cfg, state, cookie_header, env.now) {
+    if opened(cfg, state, cookie_header, env.now).is_some() {
         return with_cookies(redirect("/".into(), None), clear);
     }
     // Browsers drop `Secure` cookies on a plain-HTTP site: then every login ends here. Not on

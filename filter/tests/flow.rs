@@ -1233,6 +1233,45 @@ fn a_spent_callback_seen_again_by_a_logged_in_browser_goes_on_to_the_site() {
     );
 }
 
+/// Found by a black-box test (`harness/tests/apps.rs`): an app that does not take the gateway's login sends
+/// its users to its own `/login`, which is the filter's; each started another login, which the IdP's
+/// session let through at once, and the browser came back, 23 times a second without end. A `/login`
+/// within 30 s of the session's login goes on to `rd`, without the IdP (the browser's cap on redirects then
+/// ends such a loop); later, it logs in again as asked.
+#[test]
+fn a_login_asked_for_moments_after_the_last_goes_on_to_rd_without_the_idp() {
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, None);
+    for (req, rd) in [
+        (Req::browser("/login?redirectTo=%2Fd%2Fx"), "/"),
+        (Req::browser("/login?rd=%2Fd%2Fx"), "/d/x"),
+        (Req::browser("/login?rd=%2Fd%2Fx&fragment_read="), "/d/x"),
+        (Req::browser("/login?rd=//evil.example/x"), "/"),
+        (Req::api("/login?rd=%2Fd%2Fx"), "/d/x"),
+    ] {
+        let r = respond(f.request(&req.cookies(&jar)));
+        assert_eq!((r.status, location(&r)), (302, rd), "{r:?}");
+        assert!(set_cookies(&r).is_empty(), "{r:?}");
+        assert_eq!(r.metric, None);
+    }
+    f.now += 29;
+    let r = respond(f.request(&Req::browser("/login?rd=%2Fd").cookies(&jar)));
+    assert_eq!(location(&r), "/d");
+    // 30 s after the login, or without a session that opens, a login starts.
+    f.now += 1;
+    for req in [
+        Req::browser("/login?rd=%2Fd%2Fx&fragment_read=").cookies(&jar),
+        Req::browser("/login?rd=%2Fd%2Fx&fragment_read=").with("cookie", "_oidc_session=1.AAAA"),
+    ] {
+        let r = respond(f.request(&req));
+        assert!(
+            location(&r).starts_with("https://idp.example.com/"),
+            "{r:?}"
+        );
+        assert_eq!(r.metric, Some(Metric::LoginStarted));
+    }
+}
+
 /// A callback without its login cookie over plain HTTP blames the `Secure` cookie, but not on `localhost`,
 /// whose plain HTTP browsers trust with one (found by a black-box test of the demo).
 #[test]
@@ -6757,4 +6796,454 @@ fn a_scripts_post_to_logout_from_the_site_logs_out_at_once() {
     let r = respond(f.request(&fetch("POST")));
     assert_eq!(r.metric, Some(Metric::Logout), "{r:?}");
     assert_eq!(query(location(&r))["id_token_hint"], id_token);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Found by a coverage-guided review: decisions no native test reached
+// ---------------------------------------------------------------------------------------------------------
+
+/// A worker that has not reached the IdP yet cannot check a logout token: it answers `503` (which the
+/// IdP may post again, as the spec lets it), counts a refusal, and ends nothing; once the IdP's keys are
+/// in, the same token posted again ends the session.
+#[test]
+fn a_back_channel_logout_before_the_idp_is_reached_is_a_503_that_ends_nothing() {
+    let cfg = || config(json!({"backchannel_logout_path": "/bcl"}));
+    let mut a = Filter::ready(cfg());
+    let (jar, _) = log_in(&mut a, None);
+    // Another worker, whose fetch of the IdP's documents has not come back.
+    let mut b = Filter::new(cfg());
+    b.now = NOW + 8;
+    let token = logout_body(NOW + 5, None, mint);
+    let r = respond(b.backchannel(&token));
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.metric, Some(Metric::BackchannelLogoutRefused));
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert!(
+        !b.state.ended_here,
+        "nothing to share with the other workers"
+    );
+    // The IdP's documents come in: the session goes on, until the IdP posts its token again.
+    let (_, fetch) = b.poll().expect("discovery is due");
+    b.provider_reply(fetch, Some((200, DISCOVERY))).unwrap();
+    let (_, fetch) = b.poll().expect("JWKS is due");
+    b.provider_reply(fetch, Some((200, JWKS))).unwrap();
+    assert!(matches!(
+        b.request(&Req::browser("/").cookies(&jar)),
+        Step::Forward(_)
+    ));
+    assert_eq!(status(b.backchannel(&token)), 200);
+    assert!(b.state.ended_here);
+    assert_session_ended(b.request(&Req::browser("/").cookies(&jar)), "/login?rd=%2F");
+}
+
+/// A post to `backchannel_logout_path` without a `logout_token` field (anyone can send one): `400`,
+/// counted as a refusal, the sessions untouched.
+#[test]
+fn a_back_channel_post_without_a_logout_token_is_refused() {
+    let mut f = Filter::ready(config(json!({"backchannel_logout_path": "/bcl"})));
+    let (jar, _) = log_in(&mut f, None);
+    let token = logout_body(NOW, None, mint);
+    // The token, under another name: not taken.
+    let mut body = b"logout_tokens=".to_vec();
+    body.extend_from_slice(&token["logout_token=".len()..]);
+    for body in [&b""[..], b"nothing=here", &body] {
+        let r = respond(f.backchannel(body));
+        assert_eq!(r.status, 400, "{r:?}");
+        assert_eq!(r.metric, Some(Metric::BackchannelLogoutRefused));
+        let json: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(json["error"], "invalid_request");
+        assert!(!f.state.ended_here);
+    }
+    assert!(matches!(
+        f.request(&Req::browser("/").cookies(&jar)),
+        Step::Forward(_)
+    ));
+}
+
+/// A request without `:path` (Envoy's `CONNECT`): `400`, logged in or not; it never goes upstream.
+#[test]
+fn a_request_without_a_path_is_refused_logged_in_or_not() {
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, None);
+    for req in [
+        Req::browser("/").without(":path"),
+        Req::api("/").without(":path").cookies(&jar),
+        Req::api("/")
+            .without(":path")
+            .with("authorization", "Bearer x.y.z"),
+    ] {
+        let r = respond(f.request(&req.with(":method", "CONNECT")));
+        assert_eq!(r.status, 400, "{r:?}");
+        assert!(set_cookies(&r).is_empty());
+    }
+}
+
+/// A callback whose `Host` is not a host name (the redirect URI is made from it, by default): `400`, and
+/// the token endpoint is never called with a redirect URI made of it; the login cookie is cleared.
+#[test]
+fn a_callback_at_a_host_that_is_not_a_host_name_calls_no_token_endpoint() {
+    let mut f = ready();
+    let login = start_login(&mut f, "?rd=/app");
+    for host in ["app.example.com/evil", "app!example.com", ""] {
+        let req = login
+            .callback("code-1", &Jar::default())
+            .with(":authority", host);
+        let r = respond(f.request(&req));
+        assert_callback_failed(&r, 400, CallbackFailure::BadRequest);
+        assert!(
+            set_cookies(&r)
+                .iter()
+                .any(|c| is_clear_of(c, &login.cookie_name)),
+            "{host}: {r:?}"
+        );
+    }
+    // With its redirect URI configured, the host is not needed: the same callback calls the IdP.
+    let mut f = Filter::ready(config(json!({
+        "redirect_uri": format!("https://{HOST}/oauth2/callback"),
+    })));
+    let login = start_login(&mut f, "?rd=/app");
+    let req = login
+        .callback("code-1", &Jar::default())
+        .with(":authority", "app!example.com");
+    let (c, _) = call(f.request(&req));
+    assert_eq!(header(&c.headers, ":path"), Some("/oauth2/token"));
+}
+
+/// The 403 page names the user as the IdP spells the name, escaped: a quote too (`O'Brien`).
+#[test]
+fn the_access_denied_page_escapes_the_users_name() {
+    let mut f = Filter::ready(config(json!({
+        "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
+    })));
+    let name = "O'Brien <i>\"&";
+    let (jar, _) = log_in_with(&mut f, None, |nonce| {
+        let mut c = claims(Some(nonce));
+        c["preferred_username"] = name.into();
+        mint(&c)
+    });
+    let r = respond(f.request(&Req::browser("/admin").cookies(&jar)));
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.body.contains("<b>O&#39;Brien &lt;i&gt;&quot;&amp;</b>"),
+        "{}",
+        r.body
+    );
+    // To an API client, in JSON, as it is.
+    let r = respond(f.request(&Req::api("/admin").cookies(&jar)));
+    assert_eq!(r.status, 403, "{r:?}");
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["user"], name);
+}
+
+/// With `forward_token: access_token`, a renewal whose answer brings no access token has nothing to send
+/// upstream: the session ends, saying why (as a renewal without an ID token does where that one goes up).
+#[test]
+fn a_refresh_answer_without_an_access_token_ends_an_access_token_session_and_says_why() {
+    let mut f = Filter::ready(config(json!({"forward_token": "access_token"})));
+    let (jar, _) = due_for_refresh(&mut f);
+    let (_, pending) = call(f.request(&Req::api("/api").cookies(&jar)));
+    let mut body: serde_json::Value = serde_json::from_slice(&token_body(
+        Some(&mint(&refreshed_claims(f.now))),
+        Some("rt-2"),
+    ))
+    .unwrap();
+    body.as_object_mut().unwrap().remove("access_token");
+    let r = respond(f.reply(pending, Some((200, body.to_string().as_bytes()))));
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.metric, Some(Metric::RefreshFailed));
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| is_clear_of(c, "_oidc_session"))
+    );
+    assert_eq!(
+        r.detail.as_deref(),
+        Some("token response has no access_token (forward_token is access_token)")
+    );
+}
+
+/// A renewal whose new ID token no longer fits in four cookies (the user's groups grew at the IdP): the
+/// session ends, saying why, its cookies cleared; never a cookie the browser would drop.
+#[test]
+fn a_renewal_too_large_for_four_cookies_ends_the_session_saying_so() {
+    let mut f = ready();
+    let (jar, _) = due_for_refresh(&mut f);
+    let (_, pending) = call(f.request(&Req::browser("/app").cookies(&jar)));
+    let mut c = refreshed_claims(f.now);
+    c["blob"] = "b".repeat(12_000).into();
+    let r = respond(f.reply(
+        pending,
+        Some((200, &token_body(Some(&mint(&c)), Some("rt-2")))),
+    ));
+    assert_eq!(location(&r), "/login?rd=%2Fapp", "{r:?}");
+    assert_eq!(r.metric, Some(Metric::RefreshFailed));
+    assert!(
+        set_cookies(&r).iter().all(|c| c.contains("Max-Age=0")),
+        "{r:?}"
+    );
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| is_clear_of(c, "_oidc_session"))
+    );
+    assert_eq!(
+        r.detail.as_deref(),
+        Some("the session needs more than 4 cookies (ask for fewer claims)")
+    );
+}
+
+/// A token answer at login whose `access_token` is not a string, or whose `expires_in` is neither a
+/// number nor a string of digits, is malformed: the login fails with `502`, saying which.
+#[test]
+fn a_token_answer_with_a_malformed_access_token_or_expiry_fails_the_login() {
+    for (field, value, why) in [
+        ("access_token", json!(12345), "access_token is not a string"),
+        (
+            "access_token",
+            json!({"t": 1}),
+            "access_token is not a string",
+        ),
+        (
+            "expires_in",
+            json!(true),
+            "expires_in is not a whole number",
+        ),
+        (
+            "expires_in",
+            json!([300]),
+            "expires_in is not a whole number",
+        ),
+    ] {
+        let mut f = ready();
+        let r = callback_with_reply(&mut f, |l| {
+            let mut b: serde_json::Value =
+                serde_json::from_slice(&token_body(Some(&mint(&claims(Some(&l.nonce)))), None))
+                    .unwrap();
+            b[field] = value.clone();
+            Some((200, b.to_string().into_bytes()))
+        });
+        assert_callback_failed(&r, 502, CallbackFailure::TokenEndpoint);
+        let detail = r.detail.unwrap_or_default();
+        assert!(detail.contains(why), "{field} {value}: {detail}");
+    }
+}
+
+/// Configurations missing what the filter needs are refused at start, naming the field.
+#[test]
+fn a_configuration_without_its_secrets_or_with_an_empty_cluster_is_refused() {
+    let base = json!({
+        "issuer": ISSUER,
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "cookie_keys": [KEY_A],
+    });
+    let refused = |edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let mut j = base.clone();
+        edit(j.as_object_mut().unwrap());
+        let env = |name: &str| (name == "KEYS").then(|| KEY_B.to_string());
+        oidc_filter::config::Config::parse(j.to_string().as_bytes(), &env)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let e = refused(&|j| {
+        j.remove("client_secret");
+    });
+    assert!(
+        e.contains("field `client_secret`: required (or `client_secret_env`)"),
+        "{e}"
+    );
+    let e = refused(&|j| {
+        j.remove("cookie_keys");
+    });
+    assert!(
+        e.contains("field `cookie_keys`: required (or `cookie_keys_env`)"),
+        "{e}"
+    );
+    let e = refused(&|j| {
+        j.insert("cookie_keys_env".into(), "KEYS".into());
+    });
+    assert!(e.contains("field `cookie_keys`: set either"), "{e}");
+    let e = refused(&|j| {
+        j.insert("idp_cluster".into(), "".into());
+    });
+    assert!(e.contains("field `idp_cluster`: must not be empty"), "{e}");
+    // Each without its fault is taken.
+    assert_eq!(refused(&|_| {}), "");
+    assert_eq!(
+        refused(&|j| {
+            j.remove("cookie_keys");
+            j.insert("cookie_keys_env".into(), "KEYS".into());
+        }),
+        ""
+    );
+}
+
+/// An ID token whose `aud`, `sub`, `nbf`, `iat` or `auth_time` is of the wrong JSON type is malformed:
+/// the login fails, never read as if the odd value were not there (an `aud` list that also holds a
+/// number is not a list of our client alone; a `sub` that is a number or `null` names no one).
+#[test]
+fn an_id_token_with_a_claim_of_the_wrong_type_fails_the_login() {
+    for (claim, value) in [
+        ("aud", json!([CLIENT_ID, 5])),
+        ("aud", json!({"client": CLIENT_ID})),
+        ("sub", json!(42)),
+        ("sub", json!(null)),
+        ("nbf", json!("yesterday")),
+        ("iat", json!("now")),
+        ("auth_time", json!("just now")),
+    ] {
+        let mut f = Filter::ready(config(json!({"authorization_params": {"max_age": "300"}})));
+        let r = callback_with_reply(&mut f, |l| {
+            let mut c = claims(Some(&l.nonce));
+            c["auth_time"] = NOW.into();
+            c[claim] = value.clone();
+            with_id_token(c)
+        });
+        assert_callback_failed(&r, 502, CallbackFailure::IdToken);
+        assert_eq!(
+            r.detail.as_deref(),
+            Some("malformed ID token"),
+            "{claim}: {value}"
+        );
+    }
+    // The same claims of the right types log in.
+    let mut f = Filter::ready(config(json!({"authorization_params": {"max_age": "300"}})));
+    let r = callback_with_reply(&mut f, |l| {
+        let mut c = claims(Some(&l.nonce));
+        c["auth_time"] = NOW.into();
+        c["nbf"] = NOW.into();
+        c["aud"] = json!([CLIENT_ID]);
+        with_id_token(c)
+    });
+    assert_eq!(location(&r), "/app", "{r:?}");
+}
+
+/// A logout token whose `iat` or `exp` is not a number is refused (`400`), and ends nothing: an `exp`
+/// that does not read as a date is no token that never expires.
+#[test]
+fn a_logout_token_with_a_date_that_is_not_a_number_is_refused() {
+    for (claim, value) in [("iat", json!("now")), ("exp", json!("never"))] {
+        let mut f = Filter::ready(config(json!({"backchannel_logout_path": "/bcl"})));
+        let (jar, _) = log_in(&mut f, None);
+        f.now = NOW + 8;
+        let body = logout_body(NOW + 5, None, |c| {
+            let mut c = c.clone();
+            c[claim] = value.clone();
+            mint(&c)
+        });
+        let r = respond(f.backchannel(&body));
+        assert_eq!(r.status, 400, "{claim}: {r:?}");
+        assert_eq!(r.metric, Some(Metric::BackchannelLogoutRefused));
+        assert!(!f.state.ended_here);
+        assert!(matches!(
+            f.request(&Req::browser("/").cookies(&jar)),
+            Step::Forward(_)
+        ));
+    }
+}
+
+/// A discovery document whose endpoints or lists are of the wrong type, or whose `jwks_uri` is not an
+/// absolute URL, is not taken: the filter stays not ready (`503`), and the fetch's error names the member.
+#[test]
+fn a_discovery_document_with_a_member_of_the_wrong_type_is_not_taken() {
+    for (member, value, says) in [
+        ("token_endpoint", json!(5), "token_endpoint is not a string"),
+        (
+            "jwks_uri",
+            json!(["https://idp.example.com/k"]),
+            "jwks_uri is not a string",
+        ),
+        (
+            "jwks_uri",
+            json!("/oauth2/keys"),
+            "jwks_uri is not an absolute http(s) URL",
+        ),
+        (
+            "end_session_endpoint",
+            json!({"url": "x"}),
+            "end_session_endpoint is not a string",
+        ),
+        (
+            "code_challenge_methods_supported",
+            json!("S256"),
+            "code_challenge_methods_supported is not a list of strings",
+        ),
+        (
+            "token_endpoint_auth_methods_supported",
+            json!(["client_secret_basic", 1]),
+            "token_endpoint_auth_methods_supported is not a list of strings",
+        ),
+    ] {
+        let mut doc: serde_json::Value = serde_json::from_slice(DISCOVERY).unwrap();
+        doc[member] = value.clone();
+        let mut f = Filter::new(config(json!({})));
+        let (_, fetch) = f.poll().expect("discovery is due");
+        let e = f
+            .provider_reply(fetch, Some((200, doc.to_string().as_bytes())))
+            .unwrap_err();
+        assert!(e.contains(says), "{member} {value}: {e}");
+        assert!(oidc_filter::flow::provider(&f.state).is_none());
+        let r = respond(f.request(&Req::browser("/app")));
+        assert_eq!(r.status, 503, "{member}: {r:?}");
+    }
+}
+
+/// `client_secret_post` warns when the discovery document does not list it, a document without the list
+/// being read as offering `client_secret_basic` alone; one that lists it gives no warning.
+#[test]
+fn client_secret_post_warns_where_the_idp_does_not_list_it() {
+    let cfg = || config(json!({"token_endpoint_auth": "client_secret_post"}));
+    let lacks = "token_endpoint_auth_methods_supported lacks `client_secret_post`: logins may fail";
+    let f = Filter::ready(cfg());
+    assert!(f.state.provider.discovery_notes(&f.cfg).is_empty());
+    let mut doc: serde_json::Value = serde_json::from_slice(DISCOVERY).unwrap();
+    for list in [json!(["client_secret_basic"]), serde_json::Value::Null] {
+        doc["token_endpoint_auth_methods_supported"] = list.clone();
+        let f = Filter::ready_with(cfg(), doc.to_string().as_bytes(), JWKS);
+        assert_eq!(
+            f.state.provider.discovery_notes(&f.cfg),
+            vec![lacks.to_string()],
+            "{list}"
+        );
+        // The default method is read as offered.
+        let f = Filter::ready_with(config(json!({})), doc.to_string().as_bytes(), JWKS);
+        assert!(
+            f.state.provider.discovery_notes(&f.cfg).is_empty(),
+            "{list}"
+        );
+    }
+}
+
+/// A JWKS key whose `key_ops` allows `verify` (RFC 7517 4.3) verifies ID tokens; one whose `key_ops`
+/// leaves it out (an encryption key) does not, and the login fails.
+#[test]
+fn a_key_whose_key_ops_allow_verify_verifies_and_one_whose_do_not_is_skipped() {
+    for (ops, logs_in) in [
+        (json!(["verify"]), true),
+        (json!(["sign", "verify"]), true),
+        (json!(["encrypt"]), false),
+    ] {
+        let mut jwks: serde_json::Value = serde_json::from_slice(JWKS).unwrap();
+        for k in jwks["keys"].as_array_mut().unwrap() {
+            if k["kid"] == "es256-1" {
+                k["key_ops"] = ops.clone();
+            }
+        }
+        let mut f = Filter::ready_with(config(json!({})), DISCOVERY, jwks.to_string().as_bytes());
+        let login = start_login(&mut f, "?rd=/app");
+        let (_, pending) = call(f.request(&login.callback("code-1", &Jar::default())));
+        let body = token_body(Some(&mint(&claims(Some(&login.nonce)))), None);
+        let step = f.reply(pending, Some((200, &body)));
+        if logs_in {
+            assert_eq!(location(&respond(step)), "/app", "{ops}");
+        } else {
+            // The key is not among those held: the keys are fetched again (the same set comes back).
+            let (c, pending) = call(step);
+            assert_eq!(header(&c.headers, ":path"), Some("/oauth2/keys"), "{ops}");
+            let r = respond(f.reply(pending, Some((200, jwks.to_string().as_bytes()))));
+            assert_callback_failed(&r, 502, CallbackFailure::IdToken);
+        }
+    }
 }

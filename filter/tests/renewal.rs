@@ -2636,3 +2636,62 @@ fn a_session_sealed_where_the_access_token_went_up_renews_when_its_id_token_expi
         );
     }
 }
+
+/// Found by a coverage-guided review (no native test reached it): a request that waited for another
+/// worker's renewal, which failed (no answer from the IdP), goes up with the renewal another request on
+/// its own worker made meanwhile, not with a `503` for a token that has expired.
+#[test]
+fn a_renewal_failed_elsewhere_forwards_a_renewal_made_here_meanwhile() {
+    let mut a = Filter::ready(config(serde_json::json!({})));
+    let mut b = Filter::ready(config(serde_json::json!({})));
+    let (jar, _) = due(&mut a, &mut b);
+    // The token has expired: nothing old to fall back on.
+    a.now = NOW + 3600 + 10;
+    b.now = a.now;
+    let waiting = refresh_job(b.request(&Req::api("/page").cookies(&jar)));
+    let now = b.now;
+    // Without a renewal here, the failure elsewhere is an outage for the request that waited.
+    let alone = refresh_job(b.request(&Req::api("/page").cookies(&jar)));
+    let r = respond(flow::renewal_failed(&b.cfg, &mut b.state, alone, now));
+    assert_eq!(r.status, 503, "{r:?}");
+    // B renews the session itself meanwhile.
+    let (_, pending) = call(b.request(&Req::api("/page").cookies(&jar)));
+    let (step, new_token) = refreshed(&mut b, pending, "rt-2");
+    forward(step);
+    let fwd = forward(flow::renewal_failed(&b.cfg, &mut b.state, waiting, now));
+    assert_eq!(bearer(&fwd), format!("Bearer {new_token}"));
+    assert!(
+        fwd.set_cookies
+            .iter()
+            .any(|c| c.starts_with("_oidc_session=") && !c.contains("Max-Age=0")),
+        "the renewed cookie for the browser: {fwd:?}"
+    );
+}
+
+/// Found by a coverage-guided review (every native test of it was a browser's): an API client's request
+/// that renewed the session of a user a claim rule refuses gets the `403` in JSON, with the new cookie.
+#[test]
+fn an_api_clients_renewal_refused_by_a_claim_rule_is_a_json_403() {
+    let cfg = || {
+        config(serde_json::json!({
+            "claim_rules": [{"path_prefix": "/admin", "rule": {"claim": "groups", "contains_any": ["admins"]}}],
+        }))
+    };
+    let mut a = Filter::ready(cfg());
+    let mut b = Filter::ready(cfg());
+    let (jar, _) = due(&mut a, &mut b);
+    let (_, pending) = call(a.request(&Req::api("/admin/users").cookies(&jar)));
+    let (step, _) = refreshed(&mut a, pending, "rt-2");
+    let r = respond(step);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.metric, Some(Metric::RenewedForbidden));
+    assert_eq!(header(&r.headers, "content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["error"], "forbidden");
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|c| c.starts_with("_oidc_session=") && !c.contains("Max-Age=0")),
+        "{r:?}"
+    );
+}

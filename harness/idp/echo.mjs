@@ -24,6 +24,15 @@
 //   (asked for as HTML) at install and answers every navigation from that cache (an offline-first app
 //   shell), other requests from the network.
 
+// For the tests of what apps behind the gateway answer themselves (harness/tests/apps.rs):
+// - `/mimic?status=N&h=NAME:VALUE&h=…`: answered with status N (default 200) and each `h` as a response
+//   header line, repeats kept (several `set-cookie`), and the JSON echo as the body (with the request's
+//   trailers, as an app that reads them sees them).
+// - a request with the cookie `mimic_login=PATH` (URL-encoded) is answered `302` to PATH, whatever its path:
+//   an app that does not take the gateway's login (Grafana's auth proxy with an unknown user, Argo CD
+//   without its own token) and sends every page to its own login page.
+// - `/events…?retry=MS`: the stream first sets the `EventSource`'s reconnection delay to MS.
+
 // A request carrying `x-echo-early` is answered at once with JSON {early, method, path, headers}, without
 // waiting for its body, as an app that ignores a request's body does.
 //
@@ -72,6 +81,11 @@ const server = createServer((req, res) => {
     res.writeHead(200, { 'content-type': 'application/json' });
     return res.end(`${JSON.stringify({ early: true, method: req.method, path: req.url, headers: req.headers })}\n`);
   }
+  const ownLogin = /(?:^|;\s*)mimic_login=([^;]*)/.exec(req.headers.cookie || '');
+  if (ownLogin) {
+    res.writeHead(302, { location: decodeURIComponent(ownLogin[1]), 'content-length': '0' });
+    return res.end();
+  }
   if (req.url.startsWith('/events')) return events(req, res);
   if (req.url.startsWith('/sw.js')) return serviceWorker(req, res);
   if (req.url.startsWith('/upload')) return upload(req, res);
@@ -85,6 +99,7 @@ const server = createServer((req, res) => {
       body: Buffer.concat(chunks).toString('utf8'),
     };
     const json = JSON.stringify(echo, null, 2);
+    if (req.url.startsWith('/mimic')) return mimic(req, res, echo);
     if (req.url.startsWith('/cacheable')) {
       res.setHeader('cache-control', 'public, max-age=60, s-maxage=600');
       for (const [name, value] of CDN_CACHE_HEADERS) res.setHeader(name, value);
@@ -133,11 +148,24 @@ ${body}
 `);
 }
 
+function mimic(req, res, echo) {
+  const query = new URL(req.url, 'http://x').searchParams;
+  const lines = [];
+  for (const h of query.getAll('h')) {
+    const i = h.indexOf(':');
+    lines.push(h.slice(0, i).trim(), h.slice(i + 1).trim());
+  }
+  if (!query.getAll('h').some((h) => /^content-type:/i.test(h))) lines.push('content-type', 'application/json');
+  res.writeHead(Number(query.get('status') || 200), lines);
+  res.end(`${JSON.stringify({ ...echo, trailers: req.trailers })}\n`);
+}
+
 function events(req, res) {
   const query = new URL(req.url, 'http://x').searchParams;
   const n = Number(query.get('n') || 5);
   const ms = Number(query.get('ms') || 300);
   res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+  if (query.get('retry')) res.write(`retry: ${Number(query.get('retry'))}\n\n`);
   let i = 0;
   const next = () => {
     const event = { i, sent_at: Date.now() };
