@@ -1861,6 +1861,8 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     {
         return redirect(rd, None);
     }
+    // Counted where the browser was sent here from, not again (`session_cookies_unopened`).
+    state.unopened = false;
     let Some(provider) = state.provider.ready() else {
         return not_ready(state, false, false, env.now);
     };

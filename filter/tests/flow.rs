@@ -1264,6 +1264,8 @@ fn a_login_asked_for_moments_after_the_last_goes_on_to_rd_without_the_idp() {
         Req::browser("/login?rd=%2Fd%2Fx&fragment_read=").with("cookie", "_oidc_session=1.AAAA"),
     ] {
         let r = respond(f.request(&req));
+        // A cookie that does not open was counted where the browser came from, not again here.
+        assert!(!f.state.unopened);
         assert!(
             location(&r).starts_with("https://idp.example.com/"),
             "{r:?}"

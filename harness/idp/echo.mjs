@@ -30,7 +30,8 @@
 //   trailers, as an app that reads them sees them).
 // - a request with the cookie `mimic_login=PATH` (URL-encoded) is answered `302` to PATH, whatever its path:
 //   an app that does not take the gateway's login (Grafana's auth proxy with an unknown user, Argo CD
-//   without its own token) and sends every page to its own login page.
+//   without its own token) and sends every page to its own login page; with `mimic_spa_login=PATH`
+//   instead, every page is a `200` whose script goes there (a single-page app that found its API's `401`).
 // - `/events…?retry=MS`: the stream first sets the `EventSource`'s reconnection delay to MS.
 
 // A request carrying `x-echo-early` is answered at once with JSON {early, method, path, headers}, without
@@ -85,6 +86,16 @@ const server = createServer((req, res) => {
   if (ownLogin) {
     res.writeHead(302, { location: decodeURIComponent(ownLogin[1]), 'content-length': '0' });
     return res.end();
+  }
+  const spaLogin = /(?:^|;\s*)mimic_spa_login=([^;]*)/.exec(req.headers.cookie || '');
+  if (spaLogin) {
+    // A page whose script finds the user not logged in (its API said 401) and goes to the login page.
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    return res.end(
+      `<!DOCTYPE html><title>app</title><script>setTimeout(() => location.assign(${JSON.stringify(
+        decodeURIComponent(spaLogin[1]),
+      ).replace(/</g, '\\u003c')}), 50)</script>\n`,
+    );
   }
   if (req.url.startsWith('/events')) return events(req, res);
   if (req.url.startsWith('/sw.js')) return serviceWorker(req, res);

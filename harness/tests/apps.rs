@@ -21,7 +21,22 @@ const APP: &str = "apps";
 /// A site whose tokens live `LIVE_TTL` seconds and renew in their second half.
 const LIVE: &str = "live";
 const LIVE_TTL: u64 = 8;
+/// A site of the default configuration for the one test that counts its logins.
+const LOOP: &str = "loop";
+/// Another, for the one test that counts the logins of a single-page app's loop.
+const SPA: &str = "spa";
 const HOST: &str = "localhost";
+/// A site of the default configuration whose Envoy access log names who made each request, in the two
+/// ways README's "Logs" offers an operator.
+const WHO: &str = "who";
+
+/// Site `WHO`'s access log, one JSON object a request.
+fn who_log_path() -> std::path::PathBuf {
+    harness::target_dir()
+        .join("e2e")
+        .join("apps")
+        .join("who.log")
+}
 
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
@@ -31,9 +46,28 @@ fn stack() -> &'static Stack {
             SiteSpec::new(LIVE)
                 .filter(json!({"refresh_margin": format!("{}s", LIVE_TTL / 2)}))
                 .idp_client(json!({"id_token_ttl": LIVE_TTL})),
+            SiteSpec::new(LOOP),
+            SiteSpec::new(SPA),
+            SiteSpec {
+                hcm_overrides: json!({"access_log": [{
+                    "name": "envoy.access_loggers.file",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                        "path": who_log_path().to_string_lossy(),
+                        "log_format": {"json_format": {
+                            "path": "%REQ(:PATH)%",
+                            "status": "%RESPONSE_CODE%",
+                            "sub": "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:sub)%",
+                            "email": "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:email)%",
+                            "header": "%REQ(X-AUTH-REQUEST-EMAIL)%",
+                        }},
+                    },
+                }]}),
+                ..SiteSpec::new(WHO)
+            },
         ];
         let stack = Stack::start(StackSpec::new("apps", sites)).unwrap();
-        for site in [APP, LIVE] {
+        for site in [APP, LIVE, LOOP, SPA, WHO] {
             stack.wait_ready(site).unwrap();
         }
         stack
@@ -326,7 +360,7 @@ fn callbacks(site: &str) -> usize {
 fn an_app_that_sends_every_page_to_its_own_login_does_not_loop_through_the_idp() {
     let _idp = idp_hold::shared();
     let driver = WebDriver::start(stack().dir()).unwrap();
-    let page = url(APP, "/d/x");
+    let page = url(LOOP, "/d/x");
     driver.goto(&page).unwrap();
     let h1 = driver
         .log_in_and_land("alice", &page, Duration::from_secs(15))
@@ -341,9 +375,9 @@ fn an_app_that_sends_every_page_to_its_own_login_does_not_loop_through_the_idp()
             json!([page]),
         )
         .unwrap();
-    let before = callbacks(APP);
+    let before = callbacks(LOOP);
     std::thread::sleep(Duration::from_secs(4));
-    let logins = callbacks(APP) - before;
+    let logins = callbacks(LOOP) - before;
     assert!(
         logins <= 1,
         "{logins} logins through the IdP in 4 s from one tab whose app sends it to /login"
@@ -407,4 +441,109 @@ fn a_pages_scripts_get_a_401_they_can_read_once_the_session_has_ended() {
         assert_eq!(body["error"], "unauthenticated", "{what}: {r}");
     }
     driver.quit().unwrap();
+}
+
+/// The same with a single-page app (Argo CD's UI): each page is a `200` whose script, told `401` by the
+/// app's API, goes to `/login`. No browser cap stops a loop of navigations, so it goes on (README: a few
+/// requests a second to the gateway and the app), but no longer through the IdP: before the fix, every
+/// turn was another login there.
+#[test]
+fn a_single_page_app_that_sends_its_user_to_its_own_login_does_not_loop_through_the_idp() {
+    let _idp = idp_hold::shared();
+    let driver = WebDriver::start(stack().dir()).unwrap();
+    let page = url(SPA, "/applications");
+    driver.goto(&page).unwrap();
+    let h1 = driver
+        .log_in_and_land("alice", &page, Duration::from_secs(15))
+        .unwrap();
+    assert_eq!(h1, "Hello, alice@example.com");
+    driver
+        .execute(
+            "document.cookie = 'mimic_spa_login=' + encodeURIComponent('/login?return_url=%2Fapplications') + \
+             '; path=/'; const to = arguments[0]; setTimeout(() => { location.href = to; }, 50); \
+             return 1;",
+            json!([page]),
+        )
+        .unwrap();
+    let before = callbacks(SPA);
+    std::thread::sleep(Duration::from_secs(4));
+    let logins = callbacks(SPA) - before;
+    assert!(
+        logins <= 1,
+        "{logins} logins through the IdP in 4 s from one tab whose app's script sends it to /login"
+    );
+    driver.quit().unwrap();
+}
+
+/// The access-log line of the request to `path` on site `WHO`.
+fn who_logged(path: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = harness::process::read_lossy(&who_log_path()).unwrap_or_default();
+        if let Some(line) = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["path"] == path)
+        {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access-log line for {path}: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Who made each request, as an operator's Envoy access log can say it (README, "Logs"): jwt_authn's
+/// verified payload names the logged-in user and nobody else, whatever a client sends; the identity header
+/// as the request left the filter names the logged-in user too (the filter's value, not a client's copy),
+/// but on an answer the filter gave itself it is what the client sent: not a record of anyone.
+#[test]
+fn the_access_log_can_name_who_made_each_request() {
+    let _idp = idp_hold::shared();
+    let mallory = ("x-auth-request-email", "mallory@example.com");
+    let b = Browser::logged_in(&url(WHO, "/"), "alice").unwrap();
+    let r = b
+        .get_with(
+            &url(WHO, "/who/alice"),
+            &[mallory, ("accept", "application/json")],
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let line = who_logged("/who/alice");
+    assert_eq!(line["sub"], "alice", "{line}");
+    assert_eq!(line["email"], "alice@example.com", "{line}");
+    assert_eq!(line["header"], "alice@example.com", "{line}");
+
+    let anon = Browser::new();
+    for (path, accept, status) in [
+        ("/who/script", "application/json", 401),
+        ("/who/page", "text/html", 302),
+        ("/healthz", "application/json", 200),
+    ] {
+        let r = anon
+            .get_with(&url(WHO, path), &[mallory, ("accept", accept)])
+            .unwrap();
+        assert_eq!(r.status, status, "{path}: {}", r.body);
+        let line = who_logged(path);
+        assert!(line["sub"].is_null(), "{path}: {line}");
+        assert!(line["email"].is_null(), "{path}: {line}");
+        // On to the app, the client's copy is gone; answered by the filter, it is logged as it came.
+        if status == 200 {
+            assert!(line["header"].is_null(), "{path}: {line}");
+        } else {
+            assert_eq!(line["header"], "mallory@example.com", "{path}: {line}");
+        }
+    }
+    // A token of the client's own that jwt_authn refuses names nobody either.
+    let r = anon
+        .get_with(
+            &url(WHO, "/who/forged"),
+            &[mallory, ("authorization", "Bearer e30.e30.AAAA")],
+        )
+        .unwrap();
+    assert_eq!(r.status, 401, "{}", r.body);
+    let line = who_logged("/who/forged");
+    assert!(line["sub"].is_null() && line["email"].is_null(), "{line}");
 }
