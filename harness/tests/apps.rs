@@ -359,25 +359,12 @@ fn callbacks(site: &str) -> usize {
 #[test]
 fn an_app_that_sends_every_page_to_its_own_login_does_not_loop_through_the_idp() {
     let _idp = idp_hold::shared();
-    let driver = WebDriver::start(stack().dir()).unwrap();
-    let page = url(LOOP, "/d/x");
-    driver.goto(&page).unwrap();
-    let h1 = driver
-        .log_in_and_land("alice", &page, Duration::from_secs(15))
-        .unwrap();
-    assert_eq!(h1, "Hello, alice@example.com");
-    // From now on the app sends every page to its own login page.
-    driver
-        .execute(
-            "document.cookie = 'mimic_login=' + encodeURIComponent('/login?redirectTo=%2Fd%2Fx') + \
-             '; path=/'; const to = arguments[0]; setTimeout(() => { location.href = to; }, 50); \
-             return 1;",
-            json!([page]),
-        )
-        .unwrap();
-    let before = callbacks(LOOP);
-    std::thread::sleep(Duration::from_secs(4));
-    let logins = callbacks(LOOP) - before;
+    let (driver, logins) = logins_once_the_app_sends_to_login(
+        LOOP,
+        "/d/x",
+        "mimic_login",
+        "/login?redirectTo=%2Fd%2Fx",
+    );
     assert!(
         logins <= 1,
         "{logins} logins through the IdP in 4 s from one tab whose app sends it to /login"
@@ -386,6 +373,34 @@ fn an_app_that_sends_every_page_to_its_own_login_does_not_loop_through_the_idp()
     let src = driver.source().unwrap();
     assert!(src.contains("ERR_TOO_MANY_REDIRECTS"), "{src:.2000}");
     driver.quit().unwrap();
+}
+
+/// Logs a Chromium in at `path` of `site`, then sets the app mimic's `cookie` to `login`, from which on
+/// the app sends each page there, and goes to `path` again: the logins through the IdP in the next 4 s.
+fn logins_once_the_app_sends_to_login(
+    site: &str,
+    path: &str,
+    cookie: &str,
+    login: &str,
+) -> (WebDriver, usize) {
+    let driver = WebDriver::start(stack().dir()).unwrap();
+    let page = url(site, path);
+    driver.goto(&page).unwrap();
+    let h1 = driver
+        .log_in_and_land("alice", &page, Duration::from_secs(15))
+        .unwrap();
+    assert_eq!(h1, "Hello, alice@example.com");
+    driver
+        .execute(
+            "document.cookie = arguments[0] + '=' + encodeURIComponent(arguments[1]) + '; path=/'; \
+             const to = arguments[2]; setTimeout(() => { location.href = to; }, 50); return 1;",
+            json!([cookie, login, page]),
+        )
+        .unwrap();
+    let before = callbacks(site);
+    std::thread::sleep(Duration::from_secs(4));
+    let logins = callbacks(site) - before;
+    (driver, logins)
 }
 
 /// What a page's own scripts get once the session has ended under it (a script's `POST` to `/logout`): a
@@ -450,24 +465,12 @@ fn a_pages_scripts_get_a_401_they_can_read_once_the_session_has_ended() {
 #[test]
 fn a_single_page_app_that_sends_its_user_to_its_own_login_does_not_loop_through_the_idp() {
     let _idp = idp_hold::shared();
-    let driver = WebDriver::start(stack().dir()).unwrap();
-    let page = url(SPA, "/applications");
-    driver.goto(&page).unwrap();
-    let h1 = driver
-        .log_in_and_land("alice", &page, Duration::from_secs(15))
-        .unwrap();
-    assert_eq!(h1, "Hello, alice@example.com");
-    driver
-        .execute(
-            "document.cookie = 'mimic_spa_login=' + encodeURIComponent('/login?return_url=%2Fapplications') + \
-             '; path=/'; const to = arguments[0]; setTimeout(() => { location.href = to; }, 50); \
-             return 1;",
-            json!([page]),
-        )
-        .unwrap();
-    let before = callbacks(SPA);
-    std::thread::sleep(Duration::from_secs(4));
-    let logins = callbacks(SPA) - before;
+    let (driver, logins) = logins_once_the_app_sends_to_login(
+        SPA,
+        "/applications",
+        "mimic_spa_login",
+        "/login?return_url=%2Fapplications",
+    );
     assert!(
         logins <= 1,
         "{logins} logins through the IdP in 4 s from one tab whose app's script sends it to /login"
