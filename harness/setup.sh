@@ -107,6 +107,29 @@ else
   cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --quiet
 fi
 
+# A real app for harness/tests/real_apps.rs: Debian's Prometheus (its classic web UI) and the script
+# libraries its pages link to, unpacked under .cache/prometheus (no service, nothing installed).
+PROMETHEUS_PACKAGES=(prometheus libjs-jquery libjs-jquery-hotkeys libjs-bootstrap4 libjs-popper.js libjs-d3
+  libjs-rickshaw libjs-moment libjs-moment-timezone libjs-eonasdan-bootstrap-datetimepicker libjs-mustache
+  fonts-glyphicons-halflings)
+prom=.cache/prometheus
+if [ -x "$prom/usr/bin/prometheus" ] && [ -f "$prom/usr/share/javascript/jquery/jquery.min.js" ]; then
+  step "prometheus: present ($prom)"
+else
+  step "prometheus: apt-get download ${PROMETHEUS_PACKAGES[*]} into $prom"
+  apt-cache show prometheus >/dev/null 2>&1 || as_root apt-get update -qq
+  debs="$(mktemp -d)"
+  # apt's sandbox user must be able to write the download directory.
+  chmod 777 "$debs"
+  (cd "$debs" && apt-get download -qq "${PROMETHEUS_PACKAGES[@]}" >/dev/null)
+  rm -rf "$prom.new"
+  mkdir -p "$prom.new"
+  for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$prom.new"; done
+  rm -rf "$debs" "$prom"
+  mv "$prom.new" "$prom"
+  "$prom/usr/bin/prometheus" --version >/dev/null
+fi
+
 lock_hash="$(sha256sum harness/idp/package-lock.json | cut -d' ' -f1)"
 stamp=harness/idp/node_modules/.harness-lock.sha256
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$lock_hash" ]; then
