@@ -130,6 +130,22 @@ else
   "$prom/usr/bin/prometheus" --version >/dev/null
 fi
 
+# A second real app for harness/tests/real_jupyter.rs: Jupyter Server with ipykernel, at the versions
+# harness/jupyter-requirements.txt pins, in a virtualenv of its own under .cache/jupyter (not .venv). A
+# stamp of the requirements, written last, says the install is whole and current.
+jupyter=.cache/jupyter
+jupyter_hash="$(sha256sum harness/jupyter-requirements.txt | cut -d' ' -f1)"
+if [ -x "$jupyter/bin/jupyter" ] && [ "$(cat "$jupyter/.harness-requirements.sha256" 2>/dev/null)" = "$jupyter_hash" ]; then
+  step "jupyter: present ($jupyter)"
+else
+  step "jupyter: pip install -r harness/jupyter-requirements.txt into $jupyter"
+  rm -rf "$jupyter"
+  python3 -m venv "$jupyter"
+  "$jupyter/bin/pip" install --quiet --disable-pip-version-check -r harness/jupyter-requirements.txt
+  "$jupyter/bin/jupyter" server --version >/dev/null
+  printf '%s\n' "$jupyter_hash" >"$jupyter/.harness-requirements.sha256"
+fi
+
 lock_hash="$(sha256sum harness/idp/package-lock.json | cut -d' ' -f1)"
 stamp=harness/idp/node_modules/.harness-lock.sha256
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$lock_hash" ]; then
