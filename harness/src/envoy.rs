@@ -162,6 +162,29 @@ pub enum AccessLog {
     File(PathBuf),
 }
 
+/// An HTTP connection manager's `access_log` (for a site's `hcm_overrides`): one JSON object a request,
+/// of `fields` (names to Envoy's format strings), appended to the file at `path`.
+pub fn json_access_log(path: &Path, fields: Value) -> Value {
+    json!([{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path.to_string_lossy(),
+            "log_format": {"json_format": fields},
+        },
+    }])
+}
+
+/// The requests of the JSON access log at `path` whose `path` field starts with `prefix`, in order.
+pub fn logged_requests(path: &Path, prefix: &str) -> Vec<Value> {
+    read_lossy(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["path"].as_str().unwrap_or_default().starts_with(prefix))
+        .collect()
+}
+
 impl EnvoySite {
     /// A site with the Istio filters, `bypass_paths`, `open_paths`, `host_env_keys` and
     /// `jwt_issuers` taken from the filter configuration (`bypass_paths`; every

@@ -29,7 +29,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
 pub use browser::{Browser, Followed, Form, Response};
-pub use envoy::{AccessLog, Envoy, EnvoyConfig, EnvoyOptions, EnvoySite, VmEnv};
+pub use envoy::{
+    AccessLog, Envoy, EnvoyConfig, EnvoyOptions, EnvoySite, VmEnv, json_access_log, logged_requests,
+};
 pub use idp::{EchoApp, Idp, IdpConfig};
 pub use proxy::{FaultProxy, Mode};
 pub use webdriver::{Element, WebDriver};

@@ -250,6 +250,41 @@ impl WebDriver {
         self.text(&h1)
     }
 
+    /// Logs in as `user` at the test IdP's form whenever the browser is there, until it lands on `target`:
+    /// a document of the site loaded from `target` or now at it (a page may move its own address on with
+    /// `history.pushState`), not one a script marked old by setting `window.harnessOldPage`.
+    pub fn log_in_and_land_on(&self, user: &str, target: &str, timeout: Duration) -> Result<()> {
+        let script = "const n = performance.getEntriesByType('navigation')[0]; \
+             return document.readyState === 'complete' && n && !window.harnessOldPage \
+               ? [n.name, location.href] : null;";
+        poll(timeout, || {
+            let at = self.execute(script, json!([])).unwrap_or_default();
+            if at[0] == target || at[1] == target {
+                return Ok(Some(()));
+            }
+            if self.find("input[name=login]").is_ok() {
+                // The form may be gone by now (an earlier try submitted it).
+                let _ = self.log_in_at_idp(user, Duration::from_secs(1));
+            }
+            Ok(None)
+        })
+        .with_context(|| {
+            format!(
+                "did not land on {target}, at {:?}",
+                self.current_url().unwrap_or_default()
+            )
+        })
+    }
+
+    /// The value of the cookie `name` visible to the current page.
+    pub fn cookie_value(&self, name: &str) -> Result<Option<String>> {
+        Ok(self
+            .cookies()?
+            .iter()
+            .find(|c| c["name"] == name)
+            .and_then(|c| c["value"].as_str().map(str::to_string)))
+    }
+
     /// Makes the current page's frame number `index` the context of the following commands.
     pub fn switch_to_frame(&self, index: u32) -> Result<()> {
         self.post("/frame", json!({ "id": index }))?;

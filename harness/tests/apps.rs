@@ -49,20 +49,13 @@ fn stack() -> &'static Stack {
             SiteSpec::new(LOOP),
             SiteSpec::new(SPA),
             SiteSpec {
-                hcm_overrides: json!({"access_log": [{
-                    "name": "envoy.access_loggers.file",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                        "path": who_log_path().to_string_lossy(),
-                        "log_format": {"json_format": {
+                hcm_overrides: json!({"access_log": harness::json_access_log(&who_log_path(), json!({
                             "path": "%REQ(:PATH)%",
                             "status": "%RESPONSE_CODE%",
                             "sub": "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:sub)%",
                             "email": "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:payload:email)%",
                             "header": "%REQ(X-AUTH-REQUEST-EMAIL)%",
-                        }},
-                    },
-                }]}),
+                        }))}),
                 ..SiteSpec::new(WHO)
             },
         ];
@@ -480,22 +473,12 @@ fn a_single_page_app_that_sends_its_user_to_its_own_login_does_not_loop_through_
 
 /// The access-log line of the request to `path` on site `WHO`.
 fn who_logged(path: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = harness::process::read_lossy(&who_log_path()).unwrap_or_default();
-        if let Some(line) = log
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v["path"] == path)
-        {
-            return line;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no access-log line for {path}: {log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    harness::process::poll(Duration::from_secs(10), || {
+        Ok(harness::logged_requests(&who_log_path(), path)
+            .into_iter()
+            .find(|v| v["path"] == path))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}: no access-log line for {path}"))
 }
 
 /// Who made each request, as an operator's Envoy access log can say it (README, "Logs"): jwt_authn's

@@ -34,28 +34,24 @@ fn access_log_path() -> PathBuf {
 fn stack() -> &'static Stack {
     static STACK_CELL: OnceLock<Stack> = OnceLock::new();
     STACK_CELL.get_or_init(|| {
-        let log = json!([{
-            "name": "envoy.access_loggers.file",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                "path": access_log_path().to_string_lossy(),
-                "log_format": {"json_format": {
-                    "method": "%REQ(:METHOD)%",
-                    "path": "%REQ(:PATH)%",
-                    "status": "%RESPONSE_CODE%",
-                    "mode": "%REQ(SEC-FETCH-MODE)%",
-                    "dest": "%REQ(SEC-FETCH-DEST)%",
-                    "site": "%REQ(SEC-FETCH-SITE)%",
-                    "user": "%REQ(SEC-FETCH-USER)%",
-                    "purpose": "%REQ(SEC-PURPOSE)%",
-                    "accept": "%REQ(ACCEPT)%",
-                    "service_worker": "%REQ(SERVICE-WORKER)%",
-                    "bearer": "%REQ(AUTHORIZATION):7%",
-                    "location": "%RESP(LOCATION)%",
-                    "cache_control": "%RESP(CACHE-CONTROL)%",
-                }},
-            },
-        }]);
+        let log = harness::json_access_log(
+            &access_log_path(),
+            json!({
+                "method": "%REQ(:METHOD)%",
+                "path": "%REQ(:PATH)%",
+                "status": "%RESPONSE_CODE%",
+                "mode": "%REQ(SEC-FETCH-MODE)%",
+                "dest": "%REQ(SEC-FETCH-DEST)%",
+                "site": "%REQ(SEC-FETCH-SITE)%",
+                "user": "%REQ(SEC-FETCH-USER)%",
+                "purpose": "%REQ(SEC-PURPOSE)%",
+                "accept": "%REQ(ACCEPT)%",
+                "service_worker": "%REQ(SERVICE-WORKER)%",
+                "bearer": "%REQ(AUTHORIZATION):7%",
+                "location": "%RESP(LOCATION)%",
+                "cache_control": "%RESP(CACHE-CONTROL)%",
+            }),
+        );
         let site = SiteSpec {
             hcm_overrides: json!({ "access_log": log }),
             ..SiteSpec::new(SITE)
@@ -76,12 +72,7 @@ fn url(path: &str) -> String {
 
 /// The requests of the access log whose path starts with `prefix`, in order.
 fn requests(prefix: &str) -> Vec<Value> {
-    harness::process::read_lossy(&access_log_path())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["path"].as_str().unwrap_or_default().starts_with(prefix))
-        .collect()
+    harness::logged_requests(&access_log_path(), prefix)
 }
 
 /// Waits until the access log has a request whose path starts with `prefix` and that `pred` takes, and

@@ -108,20 +108,16 @@ fn access_log_path() -> PathBuf {
 /// A site whose every route leads to the Prometheus at `addr` (only `PREFIX/` for `SUB`).
 fn site(name: &str, addr: SocketAddr, prefix: &str) -> SiteSpec {
     let cluster = format!("outbound|{}||{name}.local", addr.port());
-    let log = json!([{
-        "name": "envoy.access_loggers.file",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": access_log_path().to_string_lossy(),
-            "log_format": {"json_format": {
-                "site": name,
-                "path": "%REQ(:PATH)%",
-                "status": "%RESPONSE_CODE%",
-                "user": "%REQ(X-AUTH-REQUEST-USER)%",
-                "bearer": "%REQ(AUTHORIZATION):7%",
-            }},
-        },
-    }]);
+    let log = harness::json_access_log(
+        &access_log_path(),
+        json!({
+            "site": name,
+            "path": "%REQ(:PATH)%",
+            "status": "%RESPONSE_CODE%",
+            "user": "%REQ(X-AUTH-REQUEST-USER)%",
+            "bearer": "%REQ(AUTHORIZATION):7%",
+        }),
+    );
     let route = json!({ "cluster": cluster, "timeout": "15s" });
     let routes = if prefix.is_empty() {
         json!([{ "match": { "prefix": "/" }, "route": route }])
@@ -253,54 +249,20 @@ fn rows(s: Shown) -> String {
     }
 }
 
-/// The session cookie's value in the browser.
-fn session_cookie(driver: &WebDriver) -> Option<String> {
-    driver
-        .cookies()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == sealed::COOKIE)
-        .and_then(|c| c["value"].as_str().map(str::to_string))
-}
-
-/// Logs in at the IdP's form if the browser is there, then waits to land on `target`: a document of
-/// the site loaded from `target` (the graph page moves its own address on with `history.pushState`,
-/// its options in the query and no fragment, once it runs), not one marked by [`mark_page`].
-fn land(driver: &WebDriver, target: &str) {
-    let script = "const n = performance.getEntriesByType('navigation')[0]; \
-         return document.readyState === 'complete' && n && !window.r53cOld \
-           ? [n.name, location.href] : null;";
-    harness::process::poll(Duration::from_secs(15), || {
-        let at = driver.execute(script, json!([])).unwrap_or_default();
-        if at[0] == target || at[1] == target {
-            return Ok(Some(()));
-        }
-        if driver.find("input[name=login]").is_ok() {
-            // The form may be gone by now (an earlier try submitted it).
-            let _ = driver.log_in_at_idp("alice", Duration::from_secs(1));
-        }
-        Ok(None)
-    })
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e:#}: did not land on {target}, at {:?}",
-            driver.current_url().unwrap_or_default()
-        )
-    });
-}
-
-/// Marks the page, so that [`land`] waits for another.
+/// Marks the page, so that `WebDriver::log_in_and_land_on` waits for another.
 fn mark_page(driver: &WebDriver) {
-    run(driver, "window.r53cOld = true; return true;", json!([]));
+    run(
+        driver,
+        "window.harnessOldPage = true; return true;",
+        json!([]),
+    );
 }
 
 /// The access log's requests of `site` whose path starts with `path`.
 fn requests(site: &str, path: &str) -> Vec<Value> {
-    harness::process::read_lossy(&access_log_path())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["site"] == site && v["path"].as_str().unwrap_or_default().starts_with(path))
+    harness::logged_requests(&access_log_path(), path)
+        .into_iter()
+        .filter(|v| v["site"] == site)
         .collect()
 }
 
@@ -314,7 +276,9 @@ fn journey(site: &str) {
     // PromQL in the query: `+`, `&`, `=`, `%`, quotes, braces, `|` (as the page itself writes them).
     let link = graph_link(site, EXPR);
     driver.goto(&link).unwrap();
-    land(&driver, &link);
+    driver
+        .log_in_and_land_on("alice", &link, Duration::from_secs(15))
+        .unwrap();
     // The page ran its query through its XHR: the series of Prometheus's own target, with its label.
     let r = rows(shown(&driver));
     assert!(r.contains(SHOWN), "{r}");
@@ -335,18 +299,22 @@ fn journey(site: &str) {
 
     // Renewals while the page is open: each of its next queries renews the token when due.
     for _ in 0..2 {
-        let before = session_cookie(&driver).unwrap();
+        let before = driver.cookie_value(sealed::COOKIE).unwrap().unwrap();
         std::thread::sleep(Duration::from_secs(TTL / 2 + 1));
         let r = rows(execute_again(&driver));
         assert!(r.contains(SHOWN), "{r}");
-        let after = session_cookie(&driver).unwrap();
+        let after = driver.cookie_value(sealed::COOKIE).unwrap().unwrap();
         assert_ne!(before, after, "the page's query did not renew the session");
     }
 
     // The user logs out in another tab; this page's next query shows why it failed.
     run(&driver, "window.open('/logout'); return true;", json!([]));
     harness::process::poll(Duration::from_secs(10), || {
-        Ok(session_cookie(&driver).is_none().then_some(()))
+        Ok(driver
+            .cookie_value(sealed::COOKIE)
+            .unwrap()
+            .is_none()
+            .then_some(()))
     })
     .unwrap();
     match execute_again(&driver) {
@@ -369,7 +337,9 @@ fn journey(site: &str) {
     assert!(here.contains("g0.expr=label_replace"), "{here}");
     mark_page(&driver);
     run(&driver, "location.reload(); return true;", json!([]));
-    land(&driver, &here);
+    driver
+        .log_in_and_land_on("alice", &here, Duration::from_secs(15))
+        .unwrap();
     let r = rows(shown(&driver));
     assert!(r.contains(SHOWN), "{r}");
     driver.quit().unwrap();
@@ -481,7 +451,13 @@ fn an_old_prometheus_bookmark_with_its_graphs_in_the_fragment_survives_the_login
     let driver = WebDriver::start(w.stack.dir()).unwrap();
     let link = url(ROOT, "/classic/graph#[{\"expr\":\"up\",\"tab\":1}]");
     driver.goto(&link).unwrap();
-    land(&driver, &url(ROOT, "/classic/graph?g0.expr=up&g0.tab=1"));
+    driver
+        .log_in_and_land_on(
+            "alice",
+            &url(ROOT, "/classic/graph?g0.expr=up&g0.tab=1"),
+            Duration::from_secs(15),
+        )
+        .unwrap();
     let r = rows(shown(&driver));
     assert!(r.contains("job=\"prometheus\""), "{r}");
     driver.quit().unwrap();

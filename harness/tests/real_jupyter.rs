@@ -103,20 +103,16 @@ fn access_log_path() -> PathBuf {
 
 fn site(addr: SocketAddr) -> SiteSpec {
     let cluster = format!("outbound|{}||{SITE}.local", addr.port());
-    let log = json!([{
-        "name": "envoy.access_loggers.file",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": access_log_path().to_string_lossy(),
-            "log_format": {"json_format": {
-                "path": "%REQ(:PATH)%",
-                "status": "%RESPONSE_CODE%",
-                "upstream": "%UPSTREAM_HOST%",
-                "user": "%REQ(X-AUTH-REQUEST-USER)%",
-                "cookie": "%REQ(COOKIE)%",
-            }},
-        },
-    }]);
+    let log = harness::json_access_log(
+        &access_log_path(),
+        json!({
+            "path": "%REQ(:PATH)%",
+            "status": "%RESPONSE_CODE%",
+            "upstream": "%UPSTREAM_HOST%",
+            "user": "%REQ(X-AUTH-REQUEST-USER)%",
+            "cookie": "%REQ(COOKIE)%",
+        }),
+    );
     // A VirtualService's route: no timeout (a kernel's WebSocket lives for hours).
     let route = json!({ "cluster": cluster, "timeout": "0s" });
     // A route that caps a stream's life, as a gateway may cap its WebSockets' (here by a marker in the
@@ -234,60 +230,28 @@ fn run(driver: &WebDriver, body: &str) -> Value {
     .unwrap_or_else(|e| panic!("{e:#}: {body}"))
 }
 
-/// The session cookie's value in the browser.
-fn session_cookie(driver: &WebDriver) -> Option<String> {
-    driver
-        .cookies()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == sealed::COOKIE)
-        .and_then(|c| c["value"].as_str().map(str::to_string))
-}
-
-/// Logs in at the IdP's form if the browser is there, then waits to land on `target` (a document not
-/// marked by an earlier `window.r53dOld`).
-fn land(driver: &WebDriver, target: &str) {
-    let script = "const n = performance.getEntriesByType('navigation')[0]; \
-         return document.readyState === 'complete' && n && !window.r53dOld \
-           ? [n.name, location.href] : null;";
-    harness::process::poll(Duration::from_secs(15), || {
-        let at = driver.execute(script, json!([])).unwrap_or_default();
-        if at[0] == target || at[1] == target {
-            return Ok(Some(()));
-        }
-        if driver.find("input[name=login]").is_ok() {
-            let _ = driver.log_in_at_idp("alice", Duration::from_secs(1));
-        }
-        Ok(None)
-    })
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e:#}: did not land on {target}, at {:?}",
-            driver.current_url().unwrap_or_default()
-        )
-    });
-}
-
 /// The access log's requests whose path starts with `path`.
 fn requests(path: &str) -> Vec<Value> {
-    harness::process::read_lossy(&access_log_path())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["path"].as_str().unwrap_or_default().starts_with(path))
-        .collect()
+    harness::logged_requests(&access_log_path(), path)
+}
+
+/// A Chromium that opened `link`, logged in at the IdP as alice and landed back on it.
+fn logged_in_at(w: &World, link: &str) -> WebDriver {
+    let driver = WebDriver::start(w.stack.dir()).unwrap();
+    driver.goto(link).unwrap();
+    driver
+        .log_in_and_land_on("alice", link, Duration::from_secs(15))
+        .unwrap();
+    driver
 }
 
 /// The whole journey of a notebook user in Chromium.
 #[test]
 fn a_kernel_runs_code_through_login_renewals_reconnects_and_a_logout_elsewhere() {
     let w = world();
-    let driver = WebDriver::start(w.stack.dir()).unwrap();
-
     // 1. A deep link logs in at the IdP and lands on the same address, its fragment kept.
     let link = url(&format!("{PREFIX}/?from=r53d#work"));
-    driver.goto(&link).unwrap();
-    land(&driver, &link);
+    let driver = logged_in_at(w, &link);
     let h1 = run(&driver, "return document.querySelector('h1').textContent;");
     assert_eq!(h1, "A Jupyter Server is running.");
     // Jupyter's own cookies sit beside the filter's.
@@ -332,7 +296,7 @@ fn a_kernel_runs_code_through_login_renewals_reconnects_and_a_logout_elsewhere()
     let identity = me();
     // 3. Renewals while the kernel's socket stays open: the socket goes on; the page's next REST call
     // renews the session.
-    let before = session_cookie(&driver).unwrap();
+    let before = driver.cookie_value(sealed::COOKIE).unwrap().unwrap();
     std::thread::sleep(Duration::from_secs(TTL / 2 + 1));
     let r = run(&driver, "return await jt.execute(window.jtConn, 'a + 1');");
     assert_eq!(r, "43");
@@ -341,7 +305,7 @@ fn a_kernel_runs_code_through_login_renewals_reconnects_and_a_logout_elsewhere()
         "return await jt.api('GET', 'kernels/' + window.jtKernel);",
     );
     assert_eq!(r["status"], 200, "{r}");
-    let renewed = session_cookie(&driver).unwrap();
+    let renewed = driver.cookie_value(sealed::COOKIE).unwrap().unwrap();
     assert_ne!(before, renewed, "the REST call did not renew the session");
     assert_eq!(
         me(),
@@ -363,7 +327,7 @@ fn a_kernel_runs_code_through_login_renewals_reconnects_and_a_logout_elsewhere()
         json!(["44", "45"]),
         "the reconnect after the token expired failed"
     );
-    let after = session_cookie(&driver).unwrap();
+    let after = driver.cookie_value(sealed::COOKIE).unwrap().unwrap();
     assert_ne!(
         renewed, after,
         "the WebSocket's handshake did not renew the session"
@@ -395,7 +359,11 @@ fn a_kernel_runs_code_through_login_renewals_reconnects_and_a_logout_elsewhere()
     // 4. The user logs out in another tab.
     run(&driver, "window.open('/logout'); return true;");
     harness::process::poll(Duration::from_secs(10), || {
-        Ok(session_cookie(&driver).is_none().then_some(()))
+        Ok(driver
+            .cookie_value(sealed::COOKIE)
+            .unwrap()
+            .is_none()
+            .then_some(()))
     })
     .unwrap();
     // The open socket is the app's (README, Limits): it still runs code.
@@ -429,7 +397,7 @@ fn a_kernel_runs_code_through_login_renewals_reconnects_and_a_logout_elsewhere()
     // its logout asks to confirm); this page's unsaved work saves then, and its kernel's socket opens.
     run(&driver, "window.open('/jupyter/?again'); return true;");
     harness::process::poll(Duration::from_secs(15), || {
-        Ok(session_cookie(&driver).map(|_| ()))
+        Ok(driver.cookie_value(sealed::COOKIE).unwrap().map(|_| ()))
     })
     .unwrap();
     let r = run(
@@ -448,9 +416,11 @@ fn a_kernel_runs_code_through_login_renewals_reconnects_and_a_logout_elsewhere()
     let here = driver.current_url().unwrap();
     run(
         &driver,
-        "window.r53dOld = true; location.reload(); return true;",
+        "window.harnessOldPage = true; location.reload(); return true;",
     );
-    land(&driver, &here);
+    driver
+        .log_in_and_land_on("alice", &here, Duration::from_secs(15))
+        .unwrap();
     let r = run(
         &driver,
         &format!(
@@ -476,10 +446,8 @@ fn w_root() -> PathBuf {
 #[test]
 fn a_terminal_runs_a_command_over_its_websocket() {
     let w = world();
-    let driver = WebDriver::start(w.stack.dir()).unwrap();
     let link = url(&format!("{PREFIX}/"));
-    driver.goto(&link).unwrap();
-    land(&driver, &link);
+    let driver = logged_in_at(w, &link);
     let r = run(
         &driver,
         "const r = await jt.api('POST', 'terminals'); if (r.status !== 200) return r; \
@@ -503,10 +471,12 @@ fn a_terminal_runs_a_command_over_its_websocket() {
             .contains("Cannot log out. Jupyter Server authentication is disabled."),
         "{text}"
     );
-    assert!(session_cookie(&driver).is_some());
+    assert!(driver.cookie_value(sealed::COOKIE).unwrap().is_some());
     let link = url(&format!("{PREFIX}/?after-logout"));
     driver.goto(&link).unwrap();
-    land(&driver, &link);
+    driver
+        .log_in_and_land_on("alice", &link, Duration::from_secs(15))
+        .unwrap();
     driver.quit().unwrap();
 }
 
@@ -615,24 +585,28 @@ fn a_large_upload_on_a_renewal_saves_whole_and_downloads() {
 #[test]
 fn a_files_link_followed_after_the_session_ended_lands_on_the_file() {
     let w = world();
-    let driver = WebDriver::start(w.stack.dir()).unwrap();
     let link = url(&format!("{PREFIX}/"));
-    driver.goto(&link).unwrap();
-    land(&driver, &link);
+    let driver = logged_in_at(w, &link);
     let click = "const a = document.createElement('a'); a.href = '/jupyter/files/notes.txt'; \
-         a.textContent = 'notes'; document.body.append(a); window.r53dOld = true; a.click(); return true;";
+         a.textContent = 'notes'; document.body.append(a); window.harnessOldPage = true; a.click(); return true;";
     // With the session: the file.
     run(&driver, click);
     let file = url(&format!("{PREFIX}/files/notes.txt"));
-    land(&driver, &file);
+    driver
+        .log_in_and_land_on("alice", &file, Duration::from_secs(15))
+        .unwrap();
     let text = run(&driver, "return document.body.innerText;");
     assert_eq!(text, "the user's notes\n");
     // The session gone (its cookies dropped; the IdP's session stands): the same click.
     driver.goto(&link).unwrap();
-    land(&driver, &link);
+    driver
+        .log_in_and_land_on("alice", &link, Duration::from_secs(15))
+        .unwrap();
     driver.delete_cookies().unwrap();
     run(&driver, click);
-    land(&driver, &file);
+    driver
+        .log_in_and_land_on("alice", &file, Duration::from_secs(15))
+        .unwrap();
     let text = run(&driver, "return document.body.innerText;");
     assert_eq!(
         text,
@@ -640,7 +614,10 @@ fn a_files_link_followed_after_the_session_ended_lands_on_the_file() {
         "after the login, at {:?}",
         driver.current_url()
     );
-    assert!(session_cookie(&driver).is_some(), "no login on the way");
+    assert!(
+        driver.cookie_value(sealed::COOKIE).unwrap().is_some(),
+        "no login on the way"
+    );
     driver.quit().unwrap();
 }
 
@@ -650,10 +627,8 @@ fn a_files_link_followed_after_the_session_ended_lands_on_the_file() {
 #[test]
 fn a_capped_kernel_socket_closes_and_its_reconnect_is_judged_again() {
     let w = world();
-    let driver = WebDriver::start(w.stack.dir()).unwrap();
     let link = url(&format!("{PREFIX}/"));
-    driver.goto(&link).unwrap();
-    land(&driver, &link);
+    let driver = logged_in_at(w, &link);
     let r = run(
         &driver,
         "const r = await jt.api('POST', 'kernels', { name: 'python3' }); \
@@ -681,7 +656,11 @@ fn a_capped_kernel_socket_closes_and_its_reconnect_is_judged_again() {
     // A logout in another tab: the open socket closes within the cap, and its reconnect is refused.
     run(&driver, "window.open('/logout'); return true;");
     harness::process::poll(Duration::from_secs(10), || {
-        Ok(session_cookie(&driver).is_none().then_some(()))
+        Ok(driver
+            .cookie_value(sealed::COOKIE)
+            .unwrap()
+            .is_none()
+            .then_some(()))
     })
     .unwrap();
     harness::process::poll(Duration::from_secs(CAP + 2), || {
