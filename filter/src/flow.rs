@@ -2315,7 +2315,17 @@ fn logout(cfg: &Config, state: &mut State, h: &dyn Headers, now: u64) -> Step {
             break;
         }
     }
-    let clear = clear_session_cookies(cfg, &header);
+    let mut clear = clear_session_cookies(cfg, &header);
+    // And a cookie of a second's life, set: Chromium keeps an app's `Cache-Control: no-store` pages in its
+    // back/forward cache, and drops them when a cookie of theirs changes, but not for the session cookie's
+    // clearing (found by a black-box test over HTTPS: after a logout, Back showed the logged-out user's
+    // `no-store` page as it was; a cookie set drops it). Named as a login attempt's, it never goes upstream.
+    clear.push(cookies::set_cookie(
+        &cfg.login_cookie_name("out"),
+        "1",
+        &login_attrs(cfg),
+        1,
+    ));
     // The IdP's documents not loaded (a new VM's first fetch, or an IdP down since): the session ends here
     // all the same, and the user is told it may live on at the IdP; the adapter holds the request for the
     // documents first, as a login's (found by a black-box test: it went to `/` as if the IdP had no

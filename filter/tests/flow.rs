@@ -4064,10 +4064,22 @@ fn logout_clears_every_chunk_and_ends_the_idp_session() {
         "the session is forgotten on this worker"
     );
 
-    // The logged-out cookie is really gone from the browser.
+    // The logged-out cookie is really gone from the browser. What is left is a cookie of a second's life,
+    // set so that Chromium drops the app's `no-store` pages from its back/forward cache (the clearing of
+    // the session cookie does not: `harness/tests/tls.rs`), named as a login attempt's: never sent upstream.
+    let marker = sets
+        .iter()
+        .find(|c| c.starts_with("_oidc_session_login_out="))
+        .unwrap_or_else(|| panic!("{sets:?}"));
+    assert!(
+        marker.split("; ").any(|a| a == "Max-Age=1") && marker.split("; ").any(|a| a == "Path=/"),
+        "{marker}"
+    );
     let mut after = jar.clone();
     after.apply(sets);
-    assert!(after.names().is_empty());
+    assert_eq!(after.names(), ["_oidc_session_login_out"]);
+    let up = forward(f.request(&Req::api("/healthz").cookies(&after)));
+    assert_eq!(up.cookie, Some(None), "not sent upstream");
 }
 
 /// An ID token of many KB in the end-session URL would make the IdP refuse the logout (web servers

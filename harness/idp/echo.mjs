@@ -111,6 +111,8 @@ const server = createServer((req, res) => {
     };
     const json = JSON.stringify(echo, null, 2);
     if (req.url.startsWith('/mimic')) return mimic(req, res, echo);
+    // A per-user page an app marks not to be stored (the back/forward cache's rules differ for it).
+    if (req.url.startsWith('/nostore')) res.setHeader('cache-control', 'no-store');
     if (req.url.startsWith('/cacheable')) {
       res.setHeader('cache-control', 'public, max-age=60, s-maxage=600');
       for (const [name, value] of CDN_CACHE_HEADERS) res.setHeader(name, value);

@@ -121,6 +121,40 @@ pub struct EnvoySite {
     /// (a `WasmPlugin` whose image tag was bumped). Other code under the same `vm_id` is another VM
     /// to Envoy, whose VM key hashes the code.
     pub wasm_path: Option<PathBuf>,
+    /// Serve HTTPS with this certificate, as an Istio `Gateway` server with `tls.mode: SIMPLE` does:
+    /// TLS on the TCP port (ALPN `h2`, `http/1.1`), and HTTP/3 over QUIC on the same port number in
+    /// UDP (as `PILOT_ENABLE_QUIC_LISTENERS` adds), which the TCP listener's answers announce in
+    /// `alt-svc`. The port must then be given (`port` not 0): the two listeners share it.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The `DownstreamTlsContext` for these files, offering `alpn`.
+    fn downstream_context(&self, alpn: &[&str]) -> Value {
+        json!({
+            "common_tls_context": {
+                "tls_certificates": [{
+                    "certificate_chain": { "filename": self.cert.to_string_lossy() },
+                    "private_key": { "filename": self.key.to_string_lossy() },
+                }],
+                "alpn_protocols": alpn,
+            },
+        })
+    }
+}
+
+/// The name of a TLS site's HTTP/3 (UDP) listener.
+pub fn quic_listener_name(site: &str) -> String {
+    format!("{site}-h3")
 }
 
 /// What istiod adds to a gateway's `HttpConnectionManager` for `meshConfig.pathNormalization:
@@ -238,6 +272,7 @@ impl EnvoySite {
             plugin_overrides: Value::Null,
             clusters: Vec::new(),
             wasm_path: None,
+            tls: None,
         }
     }
 }
@@ -374,7 +409,7 @@ impl EnvoyConfig {
         let idp_cluster = cluster_name(&self.issuer)?;
         let mut listeners = Vec::new();
         for site in &self.sites {
-            listeners.push(self.listener(site, &idp_cluster)?);
+            listeners.extend(self.listeners(site, &idp_cluster)?);
         }
         let idp = idp_cluster_config(&idp_cluster, &scheme, &idp_host, idp_port);
         let app = cluster(&app_cluster_name(self.app_port), "127.0.0.1", self.app_port);
@@ -417,7 +452,43 @@ impl EnvoyConfig {
         }))
     }
 
-    fn listener(&self, site: &EnvoySite, idp_cluster: &str) -> Result<Value> {
+    /// A site's listener, and with TLS its HTTP/3 listener on the same port number.
+    fn listeners(&self, site: &EnvoySite, idp_cluster: &str) -> Result<Vec<Value>> {
+        let Some(tls) = &site.tls else {
+            return Ok(vec![self.listener(site, idp_cluster, None)?]);
+        };
+        if site.port == 0 {
+            bail!("site {}: a TLS site needs its port given", site.name);
+        }
+        let mut tcp = self.listener(site, idp_cluster, Some(tls))?;
+        // As istiod announces a QUIC listener's port on the TCP one's answers.
+        tcp["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["response_headers_to_add"] = json!([{
+            "header": { "key": "alt-svc", "value": format!("h3=\":{}\"; ma=86400", site.port) },
+        }]);
+        let mut quic = self.listener(site, idp_cluster, None)?;
+        let hcm = &mut quic["filter_chains"][0]["filters"][0]["typed_config"];
+        hcm["codec_type"] = json!("HTTP3");
+        hcm["http3_protocol_options"] = json!({});
+        quic["name"] = json!(quic_listener_name(&site.name));
+        quic["stat_prefix"] = json!(quic_listener_name(&site.name));
+        quic["address"]["socket_address"]["protocol"] = json!("UDP");
+        quic["udp_listener_config"] = json!({ "quic_options": {} });
+        quic["filter_chains"][0]["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.quic",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.quic.v3.QuicDownstreamTransport",
+                "downstream_tls_context": tls.downstream_context(&["h3"]),
+            },
+        });
+        Ok(vec![tcp, quic])
+    }
+
+    fn listener(
+        &self,
+        site: &EnvoySite,
+        idp_cluster: &str,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Value> {
         let mut http_filters: Vec<Value> = site
             .buffered_path
             .iter()
@@ -473,18 +544,28 @@ impl EnvoyConfig {
         if !site.hcm_overrides.is_null() {
             crate::merge_json(&mut hcm, &site.hcm_overrides);
         }
+        let mut chain = json!({
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": hcm,
+            }],
+        });
+        if let Some(tls) = tls {
+            chain["transport_socket"] = json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "common_tls_context": tls.downstream_context(&["h2", "http/1.1"])["common_tls_context"],
+                },
+            });
+        }
         Ok(json!({
             "name": site.name,
             "address": socket_address("127.0.0.1", site.port),
             // `listener.SITE.…` rather than the address: a port Envoy picks reads `_0` there, every
             // site alike.
             "stat_prefix": site.name,
-            "filter_chains": [{
-                "filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": hcm,
-                }],
-            }],
+            "filter_chains": [chain],
         }))
     }
 

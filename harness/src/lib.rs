@@ -385,6 +385,10 @@ pub struct SiteSpec {
     /// Appended to the stack's issuer in this site's filter configuration, e.g. `/`: an issuer that
     /// differs from the one the IdP's discovery document names (empty: the IdP's own).
     pub issuer_suffix: String,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 over TLS, HTTP/3 over QUIC on the same port number) with the
+    /// stack's certificate ([`Stack::tls`]), as an Istio `Gateway` with `tls.mode: SIMPLE` does; the
+    /// site's URLs and its IdP client's redirect URIs are then `https`.
+    pub tls: bool,
 }
 
 impl SiteSpec {
@@ -405,6 +409,7 @@ impl SiteSpec {
             plugin_overrides: Value::Null,
             clusters: Vec::new(),
             issuer_suffix: String::new(),
+            tls: false,
         }
     }
 
@@ -519,7 +524,7 @@ fn compose_patches(into: &mut Value, patch: &Value) {
 }
 
 /// The IdP registration of a [`HostSpec`]'s client, for a site listening on `port`.
-fn host_client(h: &HostSpec, entry: &Value, site_config: &Value, port: u16) -> Value {
+fn host_client(h: &HostSpec, entry: &Value, site_config: &Value, scheme: &str, port: u16) -> Value {
     let setting = |k: &str| {
         entry
             .get(k)
@@ -531,13 +536,13 @@ fn host_client(h: &HostSpec, entry: &Value, site_config: &Value, port: u16) -> V
     let mut client = json!({
         "client_id": h.client_id,
         "client_secret": h.client_secret,
-        "redirect_uris": names.iter().map(|n| format!("http://{n}:{port}{callback}")).collect::<Vec<_>>(),
-        "post_logout_redirect_uris": names.iter().map(|n| format!("http://{n}:{port}/")).collect::<Vec<_>>(),
+        "redirect_uris": names.iter().map(|n| format!("{scheme}://{n}:{port}{callback}")).collect::<Vec<_>>(),
+        "post_logout_redirect_uris": names.iter().map(|n| format!("{scheme}://{n}:{port}/")).collect::<Vec<_>>(),
         "token_endpoint_auth_method": "client_secret_basic",
         "refresh": true,
     });
     if let (Some(path), Some(name)) = (setting("backchannel_logout_path"), names.first()) {
-        client["backchannel_logout_uri"] = json!(format!("http://{name}:{port}{path}"));
+        client["backchannel_logout_uri"] = json!(format!("{scheme}://{name}:{port}{path}"));
         client["backchannel_logout_session_required"] = json!(true);
     }
     merge_json(&mut client, &h.idp_client_overrides);
@@ -576,15 +581,17 @@ pub struct Site {
     pub filter_config: Value,
     /// The client registration the IdP was given.
     pub idp_client: Value,
+    /// `http`, or `https` for a site with [`SiteSpec::tls`].
+    pub scheme: &'static str,
 }
 
 impl Site {
-    /// `http://localhost:PORT`.
+    /// `http://localhost:PORT` (`https` with TLS).
     pub fn origin(&self) -> String {
-        format!("http://localhost:{}", self.port)
+        format!("{}://localhost:{}", self.scheme, self.port)
     }
 
-    /// `http://localhost:PORT` + `path`.
+    /// [`Site::origin`] + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.origin())
     }
@@ -592,7 +599,7 @@ impl Site {
     /// `http://HOST:PORT` + `path`: this site's listener under another host name (one of its
     /// `hosts`, say `wiki.localhost`, which [`LoopbackNames`] resolves to 127.0.0.1).
     pub fn host_url(&self, host: &str, path: &str) -> String {
-        format!("http://{host}:{}{path}", self.port)
+        format!("{}://{host}:{}{path}", self.scheme, self.port)
     }
 
     /// The issuer of each IdP client its filter has: the top-level `issuer`, then each `hosts`
@@ -603,6 +610,93 @@ impl Site {
         top.into_iter()
             .chain(entries.filter_map(|e| e["issuer"].as_str()))
             .collect()
+    }
+}
+
+/// A site's scheme.
+fn scheme(s: &SiteSpec) -> &'static str {
+    if s.tls { "https" } else { "http" }
+}
+
+/// A port number free both in TCP and in UDP on 127.0.0.1, for a TLS site's two listeners.
+fn free_tcp_and_udp_port() -> Result<u16> {
+    for _ in 0..50 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no port free in both TCP and UDP")
+}
+
+/// A self-signed certificate for `localhost`, `*.localhost` and 127.0.0.1, made with the `openssl`
+/// command for one stack, and the hash a browser is told to trust it by.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// The certificate and key files.
+    pub files: envoy::TlsFiles,
+    /// Base64 of the SHA-256 of its public key (SPKI), for Chromium's
+    /// `--ignore-certificate-errors-spki-list`.
+    pub spki_sha256: String,
+}
+
+impl Tls {
+    /// Makes the certificate in `dir` (an EC P-256 key, valid for two days).
+    pub fn make(dir: &Path) -> Result<Tls> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let openssl = |args: &[&str], input: Option<&[u8]>| -> Result<Vec<u8>> {
+            use std::io::Write as _;
+            let mut child = std::process::Command::new("openssl")
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .context("running openssl (install it with harness/setup.sh)")?;
+            if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+                stdin.write_all(input)?;
+            }
+            let out = child.wait_with_output()?;
+            if !out.status.success() {
+                bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(out.stdout)
+        };
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,DNS:*.localhost,IP:127.0.0.1",
+                "-keyout",
+                &key.to_string_lossy(),
+                "-out",
+                &cert.to_string_lossy(),
+            ],
+            None,
+        )?;
+        let public = openssl(
+            &["x509", "-in", &cert.to_string_lossy(), "-pubkey", "-noout"],
+            None,
+        )?;
+        let der = openssl(&["pkey", "-pubin", "-outform", "der"], Some(&public))?;
+        let digest = openssl(&["dgst", "-sha256", "-binary"], Some(&der))?;
+        use base64::Engine as _;
+        Ok(Tls {
+            files: envoy::TlsFiles { cert, key },
+            spki_sha256: base64::engine::general_purpose::STANDARD.encode(digest),
+        })
     }
 }
 
@@ -625,6 +719,8 @@ pub struct Stack {
     extra_idps: Vec<ExtraIdp>,
     envoy: Envoy,
     echo: EchoApp,
+    /// The certificate of the TLS sites, when there are any.
+    tls: Option<Tls>,
     /// The bootstrap's parts, for ECDS updates, and the last ECDS version written.
     ecds: Mutex<(EnvoyConfig, u64)>,
 }
@@ -681,6 +777,11 @@ impl Stack {
             .chain(extra_proxies.iter().map(FaultProxy::url))
             .collect();
 
+        let tls = if spec.sites.iter().any(|s| s.tls) {
+            Some(Tls::make(&dir.join("tls"))?)
+        } else {
+            None
+        };
         let mut env = vec![(COOKIE_KEYS_ENV.to_string(), spec.cookie_keys.clone())];
         let mut envoy_sites = Vec::new();
         for (i, s) in spec.sites.iter().enumerate() {
@@ -713,6 +814,8 @@ impl Stack {
                     .first_site
                     .checked_add(u16::try_from(i)?)
                     .ok_or_else(|| anyhow!("port overflow"))?,
+                // Its TCP and UDP listeners share the number.
+                None if s.tls => free_tcp_and_udp_port()?,
                 None => 0,
             };
             let mut site = EnvoySite::new(&s.name, port, &s.client_id, filter_config);
@@ -722,6 +825,9 @@ impl Stack {
             site.buffered_path = s.buffered_path.clone();
             site.plugin_overrides = s.plugin_overrides.clone();
             site.clusters = s.clusters.clone();
+            if s.tls {
+                site.tls = tls.as_ref().map(|t| t.files.clone());
+            }
             if s.ecds {
                 site.ecds = Some(dir.join("ecds").join(format!("{}.json", s.name)));
             }
@@ -763,7 +869,7 @@ impl Stack {
                 .iter()
                 .zip(e.filter_config["hosts"].as_array().into_iter().flatten())
             {
-                let client = host_client(h, entry, &e.filter_config, port);
+                let client = host_client(h, entry, &e.filter_config, scheme(s), port);
                 let list = match h.idp.checked_sub(1) {
                     None => &mut host_clients,
                     Some(n) => extra_clients
@@ -772,7 +878,7 @@ impl Stack {
                 };
                 add_client(list, client);
             }
-            let origin = format!("http://localhost:{port}");
+            let origin = format!("{}://localhost:{port}", scheme(s));
             let callback = e
                 .filter_config
                 .get("callback_path")
@@ -798,6 +904,7 @@ impl Stack {
                 client_secret: s.client_secret.clone(),
                 filter_config: e.filter_config.clone(),
                 idp_client: client,
+                scheme: scheme(s),
             });
         }
 
@@ -836,6 +943,7 @@ impl Stack {
             extra_idps,
             envoy,
             echo,
+            tls,
             ecds: Mutex::new((config, 1)),
         };
         if spec.start_idp {
@@ -848,6 +956,11 @@ impl Stack {
             }
         }
         Ok(stack)
+    }
+
+    /// The certificate the TLS sites ([`SiteSpec::tls`]) serve, when the stack has any.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     /// The site called `name`.

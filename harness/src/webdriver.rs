@@ -39,7 +39,29 @@ impl WebDriver {
     /// Starts chromedriver (logging to `DIR/chromedriver.log`) and a headless Chromium session
     /// with a fresh profile, `localhost` resolving to 127.0.0.1 and no other name resolving.
     pub fn start(dir: &Path) -> Result<WebDriver> {
-        WebDriver::start_with_prefs(dir, json!({}))
+        WebDriver::start_with_prefs(dir, json!({}), &[])
+    }
+
+    /// As [`WebDriver::start`], trusting the stack's certificate `tls` (as a user's browser trusts a
+    /// gateway's), and reaching each of `quic_origins` (`localhost:PORT`) over HTTP/3 from the first
+    /// request on, as a browser does once an `alt-svc` answer has told it of the port.
+    pub fn start_trusting(
+        dir: &Path,
+        tls: &crate::Tls,
+        quic_origins: &[String],
+    ) -> Result<WebDriver> {
+        let mut args = vec![format!(
+            "--ignore-certificate-errors-spki-list={}",
+            tls.spki_sha256
+        )];
+        if !quic_origins.is_empty() {
+            args.push("--enable-quic".into());
+            args.push(format!(
+                "--origin-to-force-quic-on={}",
+                quic_origins.join(",")
+            ));
+        }
+        WebDriver::start_with_prefs(dir, json!({}), &args)
     }
 
     /// As [`WebDriver::start`], with scripts turned off in the browser's settings (as a user or a
@@ -48,11 +70,12 @@ impl WebDriver {
         WebDriver::start_with_prefs(
             dir,
             json!({ "profile.managed_default_content_settings.javascript": 2 }),
+            &[],
         )
     }
 
-    /// [`WebDriver::start`] with Chromium preferences `prefs`.
-    fn start_with_prefs(dir: &Path, prefs: Value) -> Result<WebDriver> {
+    /// [`WebDriver::start`] with Chromium preferences `prefs` and more command-line `extra` arguments.
+    fn start_with_prefs(dir: &Path, prefs: Value, extra: &[String]) -> Result<WebDriver> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         fs::create_dir_all(dir)?;
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -84,7 +107,7 @@ impl WebDriver {
             return Err(process.failure(&format!("{e:#}")));
         }
 
-        let args = [
+        let mut args = vec![
             "--headless=new".to_string(),
             "--no-sandbox".into(),
             "--disable-gpu".into(),
@@ -98,6 +121,7 @@ impl WebDriver {
             "--host-resolver-rules=MAP localhost 127.0.0.1, MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
                 .into(),
         ];
+        args.extend(extra.iter().cloned());
         let caps = json!({
             "capabilities": {
                 "alwaysMatch": {
@@ -283,6 +307,32 @@ impl WebDriver {
             .iter()
             .find(|c| c["name"] == name)
             .and_then(|c| c["value"].as_str().map(str::to_string)))
+    }
+
+    /// Runs a Chrome DevTools Protocol command in the current tab (chromedriver's `goog/cdp/execute`).
+    pub fn cdp(&self, cmd: &str, params: Value) -> Result<Value> {
+        self.post("/goog/cdp/execute", json!({ "cmd": cmd, "params": params }))
+            .with_context(|| format!("CDP {cmd}"))
+    }
+
+    /// Goes to the entry of this tab's history that is at `url` (the latest such, before the current
+    /// one), as Back pressed as often as it takes would: from the back/forward cache when the browser
+    /// kept the page there.
+    pub fn go_back_to(&self, url: &str) -> Result<()> {
+        let history = self.cdp("Page.getNavigationHistory", json!({}))?;
+        let current = history["currentIndex"].as_u64().unwrap_or(0);
+        let entries = history["entries"].as_array().cloned().unwrap_or_default();
+        let entry = entries
+            .iter()
+            .take(usize::try_from(current).unwrap_or(0))
+            .rev()
+            .find(|e| e["url"] == url)
+            .ok_or_else(|| anyhow!("{url} is not in the history: {history}"))?;
+        self.cdp(
+            "Page.navigateToHistoryEntry",
+            json!({ "entryId": entry["id"] }),
+        )?;
+        Ok(())
     }
 
     /// Makes the current page's frame number `index` the context of the following commands.
