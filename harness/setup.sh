@@ -29,6 +29,9 @@ declare -A package_of=(
   [callgrind_control]=valgrind
   [node]=nodejs
   [npm]=npm
+  # The TLS tests: the stack's certificate, and an API client over TLS.
+  [openssl]=openssl
+  [curl]=curl
   # cargo-fuzz builds libFuzzer's C++ sources.
   [g++]=g++
 )

@@ -63,7 +63,28 @@ pub struct EnvoyConfig {
     pub access_log: AccessLog,
     /// One listener each.
     pub sites: Vec<EnvoySite>,
+    /// The IdP served over HTTPS (its issuer `https://idp.localhost:PORT`) by a TLS-terminating front in
+    /// this Envoy, as every real IdP is; `None`: the IdP over plain HTTP at its issuer.
+    pub idp_front: Option<IdpFront>,
 }
+
+/// A listener that serves the IdP over HTTPS, as a real IdP's own TLS front does: it terminates TLS with
+/// `tls` on `port` and passes requests for the IdP's host (`:authority` `idp.localhost:PORT`, any
+/// other gets `404`) to `target` over plain HTTP. The IdP cluster the filter calls then goes to it over
+/// TLS, checking its certificate against `tls` as a trusted CA for the name `idp.localhost` (an Istio
+/// `DestinationRule` with `tls.mode: SIMPLE`, `sni` and `caCertificates`).
+#[derive(Clone, Debug)]
+pub struct IdpFront {
+    /// The listener's port on 127.0.0.1.
+    pub port: u16,
+    /// Where the IdP listens (its fault proxy).
+    pub target: std::net::SocketAddr,
+    /// The certificate it serves.
+    pub tls: TlsFiles,
+}
+
+/// The IdP's host name behind an [`IdpFront`].
+pub const IDP_FRONT_HOST: &str = "idp.localhost";
 
 /// One listener with its filter chain.
 #[derive(Clone, Debug)]
@@ -408,10 +429,37 @@ impl EnvoyConfig {
         let (scheme, idp_host, idp_port) = split_url(&self.issuer)?;
         let idp_cluster = cluster_name(&self.issuer)?;
         let mut listeners = Vec::new();
+        let mut clusters_extra = Vec::new();
         for site in &self.sites {
             listeners.extend(self.listeners(site, &idp_cluster)?);
         }
-        let idp = idp_cluster_config(&idp_cluster, &scheme, &idp_host, idp_port);
+        let mut idp = idp_cluster_config(&idp_cluster, &scheme, &idp_host, idp_port);
+        if let Some(front) = &self.idp_front {
+            // The front's address, its name checked against the stack's certificate.
+            idp = cluster(&idp_cluster, "127.0.0.1", front.port);
+            idp["transport_socket"] = json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": IDP_FRONT_HOST,
+                    "common_tls_context": {
+                        "validation_context": {
+                            "trusted_ca": { "filename": front.tls.cert.to_string_lossy() },
+                            "match_typed_subject_alt_names": [{
+                                "san_type": "DNS",
+                                "matcher": { "exact": IDP_FRONT_HOST },
+                            }],
+                        },
+                    },
+                },
+            });
+            listeners.push(idp_front_listener(front));
+            clusters_extra.push(cluster(
+                IDP_FRONT_TARGET,
+                &front.target.ip().to_string(),
+                front.target.port(),
+            ));
+        }
         let app = cluster(&app_cluster_name(self.app_port), "127.0.0.1", self.app_port);
         // Other IdPs the sites' filters call (a ServiceEntry each, in Istio).
         let mut clusters = vec![idp];
@@ -432,6 +480,7 @@ impl EnvoyConfig {
             }
         }
         clusters.push(app);
+        clusters.extend(clusters_extra);
         Ok(json!({
             "node": { "id": "oidc-filter-harness", "cluster": "oidc-filter-harness" },
             "admin": { "address": socket_address("127.0.0.1", self.admin_port) },
@@ -889,6 +938,51 @@ pub fn rbac_filter(
 }
 
 /// An IdP's cluster; over TLS for `https`, as a DestinationRule with tls.mode SIMPLE adds.
+/// The cluster an [`IdpFront`] passes requests to.
+const IDP_FRONT_TARGET: &str = "idp-front-target";
+
+/// An [`IdpFront`]'s listener.
+fn idp_front_listener(front: &IdpFront) -> Value {
+    let host = format!("{IDP_FRONT_HOST}:{}", front.port);
+    json!({
+        "name": "idp-front",
+        "address": socket_address("127.0.0.1", front.port),
+        "stat_prefix": "idp-front",
+        "filter_chains": [{
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "common_tls_context": front.tls.downstream_context(&["h2", "http/1.1"])["common_tls_context"],
+                },
+            },
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "idp-front",
+                    "codec_type": "AUTO",
+                    "route_config": {
+                        "name": "idp-front",
+                        "virtual_hosts": [{
+                            "name": "idp",
+                            "domains": [host],
+                            "routes": [{
+                                "match": { "prefix": "/" },
+                                "route": { "cluster": IDP_FRONT_TARGET, "timeout": "30s" },
+                            }],
+                        }],
+                    },
+                    "http_filters": [{
+                        "name": "envoy.filters.http.router",
+                        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+                    }],
+                },
+            }],
+        }],
+    })
+}
+
 fn idp_cluster_config(name: &str, scheme: &str, host: &str, port: u16) -> Value {
     let mut c = cluster(name, host, port);
     if scheme == "https" {
@@ -1459,6 +1553,7 @@ mod tests {
             admin_port: 0,
             access_log: AccessLog::Off,
             sites: vec![site],
+            idp_front: None,
         };
         let v = config.render().unwrap();
         let clusters: Vec<&str> = v["static_resources"]["clusters"]
@@ -1558,6 +1653,7 @@ mod tests {
             admin_port: 0,
             access_log: AccessLog::Off,
             sites,
+            idp_front: None,
         };
         let first_filter = |v: Value| {
             v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]

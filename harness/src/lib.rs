@@ -305,6 +305,10 @@ pub struct StackSpec {
     /// How many seconds the clock of each of `extra_idps` runs ahead ([`IdpConfig::clock_ahead`]), IdP
     /// 1's first; those not listed run on time.
     pub extra_idps_ahead: Vec<u64>,
+    /// Serve the IdP over HTTPS, as every real one is: its issuer is then `https://idp.localhost:PORT`,
+    /// a TLS front in the stack's Envoy ([`envoy::IdpFront`]) with the stack's certificate ([`Stack::tls`]),
+    /// and the IdP cluster reaches it over TLS, checking the certificate. Not with `extra_idps`.
+    pub idp_tls: bool,
 }
 
 impl Default for StackSpec {
@@ -321,6 +325,7 @@ impl Default for StackSpec {
             start_idp: true,
             extra_idps: 0,
             extra_idps_ahead: Vec::new(),
+            idp_tls: false,
         }
     }
 }
@@ -765,7 +770,23 @@ impl Stack {
         )))?;
         // Until the IdP is up, connections are refused rather than closed without a target.
         proxy.set_mode(Mode::Refuse);
-        let issuer = proxy.url();
+        let tls = if spec.idp_tls || spec.sites.iter().any(|s| s.tls) {
+            Some(Tls::make(&dir.join("tls"))?)
+        } else {
+            None
+        };
+        let idp_front = match &tls {
+            Some(t) if spec.idp_tls => Some(envoy::IdpFront {
+                port: free_tcp_and_udp_port()?,
+                target: proxy.addr(),
+                tls: t.files.clone(),
+            }),
+            _ => None,
+        };
+        let issuer = match &idp_front {
+            Some(f) => format!("https://{}:{}", envoy::IDP_FRONT_HOST, f.port),
+            None => proxy.url(),
+        };
         let mut extra_proxies = Vec::new();
         for n in 1..=spec.extra_idps {
             let host = u8::try_from(n + 1).context("too many IdPs")?;
@@ -777,11 +798,6 @@ impl Stack {
             .chain(extra_proxies.iter().map(FaultProxy::url))
             .collect();
 
-        let tls = if spec.sites.iter().any(|s| s.tls) {
-            Some(Tls::make(&dir.join("tls"))?)
-        } else {
-            None
-        };
         let mut env = vec![(COOKIE_KEYS_ENV.to_string(), spec.cookie_keys.clone())];
         let mut envoy_sites = Vec::new();
         for (i, s) in spec.sites.iter().enumerate() {
@@ -841,6 +857,7 @@ impl Stack {
             admin_port: 0,
             access_log: AccessLog::File(dir.join("access.log")),
             sites: envoy_sites.clone(),
+            idp_front,
         };
         for site in &config.sites {
             if let Some(path) = &site.ecds {
@@ -1522,6 +1539,7 @@ pub mod demo {
             admin_port: 9901,
             access_log: AccessLog::Stdout,
             sites: vec![site],
+            idp_front: None,
         })
     }
 

@@ -37,7 +37,8 @@ pub struct Element(pub String);
 
 impl WebDriver {
     /// Starts chromedriver (logging to `DIR/chromedriver.log`) and a headless Chromium session
-    /// with a fresh profile, `localhost` resolving to 127.0.0.1 and no other name resolving.
+    /// with a fresh profile, `localhost` and `*.localhost` resolving to 127.0.0.1 and no other name
+    /// resolving.
     pub fn start(dir: &Path) -> Result<WebDriver> {
         WebDriver::start_with_prefs(dir, json!({}), &[])
     }
@@ -118,7 +119,7 @@ impl WebDriver {
             "--no-first-run".into(),
             format!("--user-data-dir={}", profile.display()),
             // Only our loopback servers: nothing else resolves.
-            "--host-resolver-rules=MAP localhost 127.0.0.1, MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
+            "--host-resolver-rules=MAP localhost 127.0.0.1, MAP *.localhost 127.0.0.1, MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
                 .into(),
         ];
         args.extend(extra.iter().cloned());

@@ -1579,6 +1579,7 @@ fn start_with_config(name: &str, patch: Value) -> (String, String) {
         admin_port: 0,
         access_log: AccessLog::Off,
         sites: vec![EnvoySite::new("app", 0, "app", cfg)],
+        idp_front: None,
     };
     let mut opts = EnvoyOptions::new(&dir);
     opts.concurrency = 1;

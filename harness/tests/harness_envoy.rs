@@ -339,6 +339,7 @@ fn a_broken_module_fails_the_start_with_envoys_log() {
         admin_port: 0,
         access_log: harness::AccessLog::Off,
         sites: vec![harness::EnvoySite::new("x", 0, "x", json!({}))],
+        idp_front: None,
     };
     let err = harness::Envoy::start(&config.render().unwrap(), &harness::EnvoyOptions::new(&dir))
         .err()

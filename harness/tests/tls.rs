@@ -15,8 +15,10 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// One stack: `secure`, the defaults over HTTPS; `big`, an IdP client whose ID tokens carry 6 KB more
-/// claims (a session in three cookies).
+/// One stack, its IdP over HTTPS too (as every real one: the filter's calls to it and `jwt_authn`'s key
+/// fetch go over TLS, checking its certificate): `secure`, the defaults over HTTPS; `big`, an IdP client
+/// whose ID tokens carry 6 KB more claims (a session in three cookies); `plain`, the defaults over plain
+/// HTTP; `short`, over HTTPS with ID tokens of 6 s.
 fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
     STACK.get_or_init(|| {
@@ -29,7 +31,18 @@ fn stack() -> &'static Stack {
             ..SiteSpec::new("big").idp_client(json!({"extra_claims_bytes": 6000}))
         };
         let plain = SiteSpec::new("plain");
-        let stack = Stack::start(StackSpec::new("tls", vec![secure, big, plain])).unwrap();
+        // ID tokens of 6 s, renewed in their last 4.
+        let short = SiteSpec {
+            tls: true,
+            ..SiteSpec::new("short")
+                .filter(json!({"refresh_margin": "4s"}))
+                .idp_client(json!({"id_token_ttl": 6}))
+        };
+        let spec = StackSpec {
+            idp_tls: true,
+            ..StackSpec::new("tls", vec![secure, big, plain, short])
+        };
+        let stack = Stack::start(spec).unwrap();
         stack.wait_keys_loaded(Duration::from_secs(75)).unwrap();
         stack
     })
@@ -81,6 +94,16 @@ fn cookie_names(driver: &WebDriver) -> Vec<String> {
         .iter()
         .filter_map(|c| c["name"].as_str().map(str::to_string))
         .collect()
+}
+
+/// Waits for Envoy's access log to have a line of `request` (`METHOD PATH PROTOCOL`) answered `status`.
+fn served(stack: &Stack, request: &str, status: u16) {
+    harness::process::poll(Duration::from_secs(5), || {
+        let log = stack.access_log()?;
+        let line = format!("\"{request}\" {status} ");
+        Ok(log.lines().any(|l| l.contains(&line)).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}: {}", stack.access_log().unwrap_or_default()));
 }
 
 /// The session's cookie or one of its chunks (`_oidc_session`, `_oidc_session.1`, …).
@@ -257,12 +280,7 @@ fn chromium_logs_in_over_http3_with_a_session_in_several_cookies() {
         "{seen}"
     );
     // Envoy served the page over HTTP/3.
-    let log = stack.access_log().unwrap();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("GET /reports/7 HTTP/3") && l.contains("\" 200 ")),
-        "{log}"
-    );
+    served(stack, "GET /reports/7 HTTP/3", 200);
 
     // (The other tests log in beside this one: only this site's logins count.)
     let logins = || {
@@ -355,5 +373,40 @@ fn back_after_a_logout_over_https() {
         ],
         "which pages Back showed as they were after the logout"
     );
+    driver.quit().unwrap();
+}
+
+/// Over HTTP/3, a page's `POST` of 256 KB that comes while the session is due for renewal: the filter
+/// holds the request for the IdP's answer, and the app gets it whole, with the new token, and the browser
+/// the new cookie.
+#[test]
+fn a_renewal_over_http3_holds_a_post_and_its_body_reaches_the_app() {
+    let stack = stack();
+    let site = stack.site("short").unwrap();
+    let driver = browser(&[site]);
+    let app = site.url("/notes");
+    log_in(&driver, stack, &app);
+    assert_eq!(page_protocol(&driver), "h3");
+    let before = driver.cookie_value("_oidc_session").unwrap().unwrap();
+    let token_before = app_saw(&driver)["headers"]["authorization"].clone();
+    // Into the last 4 s of the token's 6.
+    std::thread::sleep(Duration::from_millis(2500));
+    let answer = driver
+        .execute(
+            "const body = 'x'.repeat(262144); \
+             return fetch('/notes/save', { method: 'POST', body, headers: { 'content-type': 'text/plain' } }) \
+               .then((r) => r.json().then((j) => [r.status, j.body.length, j.body === body, j.headers.authorization]));",
+            json!([]),
+        )
+        .unwrap();
+    assert_eq!(answer[0], 200, "{answer}");
+    assert_eq!(
+        (answer[1].as_u64(), &answer[2]),
+        (Some(262_144), &json!(true))
+    );
+    assert_ne!(answer[3], token_before, "the app got the old token");
+    let after = driver.cookie_value("_oidc_session").unwrap().unwrap();
+    assert_ne!(after, before, "the session was not renewed");
+    served(stack, "POST /notes/save HTTP/3", 200);
     driver.quit().unwrap();
 }
