@@ -1853,13 +1853,19 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
     // gateway's login sends its users to its own `/login`, which is this one. Another login would pass
     // through the IdP's session at once and come back here, without end (found by a black-box test: one
     // tab logged in 23 times a second, and this page's script kept the browser's cap on redirects from
-    // stopping it). On to `rd` instead: the browser stops that loop, and the IdP is not asked.
+    // stopping it). Not through the IdP again: on to `rd` from the page that reads the fragment (a tab whose
+    // login another tab finished meanwhile), and a page that says so to a browser the app sent here (a
+    // redirect back to `rd` ended a loop of redirects only at the browser's cap, and one of the app's
+    // scripts, ten pages a second, not at all: found by a black-box test).
     if let Some(c) = h.cookie().and_then(|c| opened(cfg, state, &c, env.now))
         && c.session
             .made_at()
             .is_some_and(|m| env.now < m.saturating_add(RELOGIN_AFTER))
     {
-        return redirect(rd, None);
+        if fragment_read {
+            return redirect(rd, None);
+        }
+        return Step::Respond(logged_in_moments_ago(&rd));
     }
     // Counted where the browser was sent here from, not again (`session_cookies_unopened`).
     state.unopened = false;
@@ -1912,6 +1918,21 @@ fn login(cfg: &Config, state: &mut State, env: &mut Env, h: &dyn Headers, target
         rd,
         [s, n, v, seal_nonce],
         env.now,
+    )
+}
+
+/// The page for a browser sent to log in again moments after it did: a link back to `rd`, not a login.
+#[cold]
+#[inline(never)]
+fn logged_in_moments_ago(rd: &str) -> Reply {
+    html_page(
+        200,
+        format!(
+            "<!doctype html><title>Logged in</title><p>You logged in moments ago and were sent to log \
+             in again: the app may not accept you. <a href=\"{}\">Back</a>\n",
+            html_escape(rd)
+        ),
+        None,
     )
 }
 

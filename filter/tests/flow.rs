@@ -1242,21 +1242,50 @@ fn a_spent_callback_seen_again_by_a_logged_in_browser_goes_on_to_the_site() {
 fn a_login_asked_for_moments_after_the_last_goes_on_to_rd_without_the_idp() {
     let mut f = ready();
     let (jar, _) = log_in(&mut f, None);
+    // From the page that reads the fragment (another tab finished this browser's login meanwhile): on to
+    // `rd`.
     for (req, rd) in [
-        (Req::browser("/login?redirectTo=%2Fd%2Fx"), "/"),
-        (Req::browser("/login?rd=%2Fd%2Fx"), "/d/x"),
         (Req::browser("/login?rd=%2Fd%2Fx&fragment_read="), "/d/x"),
-        (Req::browser("/login?rd=//evil.example/x"), "/"),
-        (Req::api("/login?rd=%2Fd%2Fx"), "/d/x"),
+        (
+            Req::browser("/login?rd=//evil.example/x&fragment_read="),
+            "/",
+        ),
+        (Req::api("/login?rd=%2Fd%2Fx&fragment_read="), "/d/x"),
     ] {
         let r = respond(f.request(&req.cookies(&jar)));
         assert_eq!((r.status, location(&r)), (302, rd), "{r:?}");
         assert!(set_cookies(&r).is_empty(), "{r:?}");
         assert_eq!(r.metric, None);
     }
+    // Sent here by the app (a redirect, its script, a link): a page that says so and links back, which
+    // ends a loop where a redirect would go on.
+    for (req, rd) in [
+        (Req::browser("/login?redirectTo=%2Fd%2Fx"), "/"),
+        (Req::browser("/login?rd=%2Fd%2Fx"), "/d/x"),
+        (Req::browser("/login?rd=//evil.example/x"), "/"),
+        (
+            Req::browser("/login?rd=%2Fa%3Fq%3D%22%3E%3Cb%3E%26x"),
+            "/a?q=&quot;&gt;&lt;b&gt;&amp;x",
+        ),
+        (Req::api("/login?rd=%2Fd%2Fx"), "/d/x"),
+    ] {
+        let r = respond(f.request(&req.cookies(&jar)));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.body.contains("You logged in moments ago"), "{}", r.body);
+        assert!(
+            r.body.contains(&format!("<a href=\"{rd}\">Back</a>")),
+            "{}",
+            r.body
+        );
+        assert_eq!(header(&r.headers, "cache-control"), Some("no-store"));
+        assert!(set_cookies(&r).is_empty(), "{r:?}");
+        assert_eq!(r.metric, None);
+    }
     f.now += 29;
-    let r = respond(f.request(&Req::browser("/login?rd=%2Fd").cookies(&jar)));
+    let r = respond(f.request(&Req::browser("/login?rd=%2Fd&fragment_read=").cookies(&jar)));
     assert_eq!(location(&r), "/d");
+    let r = respond(f.request(&Req::browser("/login?rd=%2Fd").cookies(&jar)));
+    assert_eq!(r.status, 200, "{r:?}");
     // 30 s after the login, or without a session that opens, a login starts.
     f.now += 1;
     for req in [
