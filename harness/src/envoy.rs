@@ -75,6 +75,8 @@ pub struct EnvoyConfig {
 /// `DestinationRule` with `tls.mode: SIMPLE`, `sni` and `caCertificates`).
 #[derive(Clone, Debug)]
 pub struct IdpFront {
+    /// This Envoy serves the front; `false`: another does (a replica's IdP cluster still goes to it).
+    pub listen: bool,
     /// The listener's port on 127.0.0.1.
     pub port: u16,
     /// Where the IdP listens (its fault proxy).
@@ -453,12 +455,14 @@ impl EnvoyConfig {
                     },
                 },
             });
-            listeners.push(idp_front_listener(front));
-            clusters_extra.push(cluster(
-                IDP_FRONT_TARGET,
-                &front.target.ip().to_string(),
-                front.target.port(),
-            ));
+            if front.listen {
+                listeners.push(idp_front_listener(front));
+                clusters_extra.push(cluster(
+                    IDP_FRONT_TARGET,
+                    &front.target.ip().to_string(),
+                    front.target.port(),
+                ));
+            }
         }
         let app = cluster(&app_cluster_name(self.app_port), "127.0.0.1", self.app_port);
         // Other IdPs the sites' filters call (a ServiceEntry each, in Istio).

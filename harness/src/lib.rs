@@ -33,7 +33,7 @@ pub use envoy::{
     AccessLog, Envoy, EnvoyConfig, EnvoyOptions, EnvoySite, VmEnv, json_access_log, logged_requests,
 };
 pub use idp::{EchoApp, Idp, IdpConfig};
-pub use proxy::{FaultProxy, Mode};
+pub use proxy::{FaultProxy, Mode, RoundRobin};
 pub use webdriver::{Element, WebDriver};
 
 /// The cookie keys every stack gives the filter unless told otherwise (base64url of 32 bytes).
@@ -726,6 +726,8 @@ pub struct Stack {
     echo: EchoApp,
     /// The certificate of the TLS sites, when there are any.
     tls: Option<Tls>,
+    /// How its Envoy was started (its environment: cookie keys, client secrets), for replicas.
+    envoy_options: EnvoyOptions,
     /// The bootstrap's parts, for ECDS updates, and the last ECDS version written.
     ecds: Mutex<(EnvoyConfig, u64)>,
 }
@@ -777,6 +779,7 @@ impl Stack {
         };
         let idp_front = match &tls {
             Some(t) if spec.idp_tls => Some(envoy::IdpFront {
+                listen: true,
                 port: free_tcp_and_udp_port()?,
                 target: proxy.addr(),
                 tls: t.files.clone(),
@@ -873,6 +876,7 @@ impl Stack {
         opts.component_log_level = spec.envoy_component_log_level.clone();
         opts.env = env;
         let envoy = Envoy::start(&config.render()?, &opts)?;
+        let envoy_options = opts.clone();
 
         let mut sites = Vec::new();
         let mut extra_clients: Vec<Vec<Value>> = vec![Vec::new(); spec.extra_idps];
@@ -961,6 +965,7 @@ impl Stack {
             envoy,
             echo,
             tls,
+            envoy_options,
             ecds: Mutex::new((config, 1)),
         };
         if spec.start_idp {
@@ -973,6 +978,35 @@ impl Stack {
             }
         }
         Ok(stack)
+    }
+
+    /// Another replica of the stack's gateway, as a second pod of an ingress gateway's Deployment: an Envoy
+    /// of its own with the same configuration, cookie keys and client secrets, in `DIR/NAME` (its access log
+    /// there too), its sites on ports of their own ([`Envoy::listener_port`]; a TLS site's on a number free
+    /// in both TCP and UDP). It reaches the same IdP (with [`StackSpec::idp_tls`], through the first
+    /// Envoy's TLS front). Revocations, cached sessions and renewals are its own, as in a real replica.
+    pub fn start_replica(&self, name: &str) -> Result<Envoy> {
+        let mut config = self
+            .ecds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone();
+        for site in &mut config.sites {
+            site.port = if site.tls.is_some() {
+                free_tcp_and_udp_port()?
+            } else {
+                0
+            };
+        }
+        if let Some(front) = &mut config.idp_front {
+            front.listen = false;
+        }
+        let dir = self.dir.join(name);
+        config.access_log = AccessLog::File(dir.join("access.log"));
+        let mut opts = self.envoy_options.clone();
+        opts.dir = dir;
+        Envoy::start(&config.render()?, &opts)
     }
 
     /// The certificate the TLS sites ([`SiteSpec::tls`]) serve, when the stack has any.

@@ -560,6 +560,74 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// A layer-4 load balancer in front of gateway replicas, as a cloud's network load balancer in front of
+/// an Istio ingress gateway's pods: each new TCP connection goes to the next of its targets in turn, and
+/// its bytes (TLS included) pass both ways untouched. Stops accepting when dropped.
+pub struct RoundRobin {
+    addr: SocketAddr,
+    stopped: Arc<AtomicBool>,
+}
+
+impl RoundRobin {
+    /// Listens on `addr` (port 0: the OS picks) and spreads connections over `targets`.
+    pub fn bind(addr: SocketAddr, targets: Vec<SocketAddr>) -> Result<RoundRobin> {
+        let listener =
+            TcpListener::bind(addr).with_context(|| format!("balancer: binding {addr}"))?;
+        let addr = listener.local_addr()?;
+        let stopped = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&stopped);
+        thread::Builder::new()
+            .name(format!("balancer-{}", addr.port()))
+            .spawn(move || {
+                let mut next = 0usize;
+                for client in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let (Ok(client), Some(&target)) =
+                        (client, targets.get(next % targets.len().max(1)))
+                    else {
+                        continue;
+                    };
+                    next += 1;
+                    let _ = thread::Builder::new().spawn(move || {
+                        let Ok(upstream) = TcpStream::connect(target) else {
+                            return;
+                        };
+                        let _ = client.set_nodelay(true);
+                        let _ = upstream.set_nodelay(true);
+                        let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), upstream.try_clone())
+                        else {
+                            return;
+                        };
+                        let (mut c, mut u) = (client, upstream);
+                        let up = thread::spawn(move || {
+                            let _ = io::copy(&mut c2, &mut u2);
+                            let _ = u2.shutdown(Shutdown::Write);
+                        });
+                        let _ = io::copy(&mut u, &mut c);
+                        let _ = c.shutdown(Shutdown::Write);
+                        let _ = up.join();
+                    });
+                }
+            })?;
+        Ok(RoundRobin { addr, stopped })
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for RoundRobin {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        // Wakes the accept loop to see it.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,10 +51,7 @@ impl WebDriver {
         tls: &crate::Tls,
         quic_origins: &[String],
     ) -> Result<WebDriver> {
-        let mut args = vec![format!(
-            "--ignore-certificate-errors-spki-list={}",
-            tls.spki_sha256
-        )];
+        let mut args = Vec::new();
         if !quic_origins.is_empty() {
             args.push("--enable-quic".into());
             args.push(format!(
@@ -62,7 +59,18 @@ impl WebDriver {
                 quic_origins.join(",")
             ));
         }
-        WebDriver::start_with_prefs(dir, json!({}), &args)
+        WebDriver::start_with_args(dir, tls, &args)
+    }
+
+    /// As [`WebDriver::start`], trusting the stack's certificate `tls`, with more command-line `args`
+    /// (`--disable-http2`: HTTP/1.1 over TLS, several connections to a site).
+    pub fn start_with_args(dir: &Path, tls: &crate::Tls, args: &[String]) -> Result<WebDriver> {
+        let mut all = vec![format!(
+            "--ignore-certificate-errors-spki-list={}",
+            tls.spki_sha256
+        )];
+        all.extend(args.iter().cloned());
+        WebDriver::start_with_prefs(dir, json!({}), &all)
     }
 
     /// As [`WebDriver::start`], with scripts turned off in the browser's settings (as a user or a
