@@ -55,7 +55,7 @@ fn replicas() -> &'static Replicas {
         };
         let renewing = |name: &str, rotate: bool| {
             SiteSpec::new(name)
-                .filter(json!({"refresh_margin": "4s"}))
+                .filter(json!({"refresh_margin": "3s"}))
                 .idp_client(json!({"id_token_ttl": 6, "rotate_refresh_token": rotate}))
         };
         let stack = Stack::start(StackSpec::new(
@@ -232,7 +232,7 @@ fn renewed_on_both_replicas(site: &str) -> [u16; 3] {
     let b = Browser::logged_in(&first.url("/"), "alice").unwrap();
     let old = b.cookie("localhost", "_oidc_session").unwrap();
     let json = [("accept", "application/json")];
-    // Into the last 3 s of the token's 6 (the margin is at most half the token's life).
+    // Into the last 3 s of the token's 6.
     std::thread::sleep(Duration::from_millis(3500));
     let renewed = b.get_with(&first.url("/renew/1"), &json).unwrap();
     assert!(

@@ -31,11 +31,11 @@ fn stack() -> &'static Stack {
             ..SiteSpec::new("big").idp_client(json!({"extra_claims_bytes": 6000}))
         };
         let plain = SiteSpec::new("plain");
-        // ID tokens of 6 s, renewed in their last 4.
+        // ID tokens of 6 s, renewed in their last 3.
         let short = SiteSpec {
             tls: true,
             ..SiteSpec::new("short")
-                .filter(json!({"refresh_margin": "4s"}))
+                .filter(json!({"refresh_margin": "3s"}))
                 .idp_client(json!({"id_token_ttl": 6}))
         };
         let spec = StackSpec {
@@ -389,8 +389,8 @@ fn a_renewal_over_http3_holds_a_post_and_its_body_reaches_the_app() {
     assert_eq!(page_protocol(&driver), "h3");
     let before = driver.cookie_value("_oidc_session").unwrap().unwrap();
     let token_before = app_saw(&driver)["headers"]["authorization"].clone();
-    // Into the last 4 s of the token's 6.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Into the last 3 s of the token's 6 (it was made before the page landed).
+    std::thread::sleep(Duration::from_millis(3500));
     let answer = driver
         .execute(
             "const body = 'x'.repeat(262144); \
