@@ -309,6 +309,28 @@ impl WebDriver {
         })
     }
 
+    /// Reloads the page and waits up to `timeout` for the new document to have loaded (the old one is
+    /// marked first, so that it is not taken for the new).
+    pub fn reload(&self, timeout: Duration) -> Result<()> {
+        self.execute(
+            "window.harnessOldPage = true; location.reload();",
+            json!([]),
+        )?;
+        poll(timeout, || {
+            let fresh = self.execute(
+                "return document.readyState === 'complete' && !window.harnessOldPage;",
+                json!([]),
+            );
+            // A navigation in progress can fail a script: try again.
+            Ok(fresh
+                .ok()
+                .and_then(|v| v.as_bool())
+                .filter(|&f| f)
+                .map(|_| ()))
+        })
+        .context("reloading")
+    }
+
     /// The value of the cookie `name` visible to the current page.
     pub fn cookie_value(&self, name: &str) -> Result<Option<String>> {
         Ok(self

@@ -55,19 +55,7 @@ fn chromium_logs_in_through_the_filter_and_stays_logged_in() {
 
     // A reload stays logged in, without going back to the IdP.
     let idp_requests = stack.idp_log().unwrap().lines().count();
-    // Marked, so the reloaded page can be told from this one.
-    driver
-        .execute("window.beforeReload = true; location.reload();", json!([]))
-        .unwrap();
-    harness::process::poll(Duration::from_secs(10), || {
-        let fresh = driver.execute(
-            "return document.readyState === 'complete' && !window.beforeReload && !!document.querySelector('h1');",
-            json!([]),
-        );
-        // A navigation in progress can fail a script: try again.
-        Ok(fresh.ok().and_then(|v| v.as_bool()).filter(|&f| f))
-    })
-    .unwrap();
+    driver.reload(Duration::from_secs(10)).unwrap();
     assert_eq!(driver.current_url().unwrap(), app);
     let h1 = driver.text(&driver.find("h1").unwrap()).unwrap();
     assert_eq!(h1, "Hello, alice@example.com");

@@ -291,20 +291,7 @@ fn chromium_logs_in_over_http3_with_a_session_in_several_cookies() {
     };
     let logins_before = logins();
     assert!(logins_before > 0);
-    driver
-        .execute(
-            "window.harnessOldPage = true; location.reload();",
-            json!([]),
-        )
-        .unwrap();
-    harness::process::poll(WAIT, || {
-        let fresh = driver.execute(
-            "return document.readyState === 'complete' && !window.harnessOldPage && !!document.querySelector('h1');",
-            json!([]),
-        );
-        Ok(fresh.ok().and_then(|v| v.as_bool()).filter(|&f| f))
-    })
-    .unwrap();
+    driver.reload(WAIT).unwrap();
     assert_eq!(driver.current_url().unwrap(), app);
     assert_eq!(
         driver.text(&driver.find("h1").unwrap()).unwrap(),
