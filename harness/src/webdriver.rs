@@ -309,6 +309,17 @@ impl WebDriver {
         })
     }
 
+    /// Follows a link on the current page to `href`, as a user's click would (the request then says
+    /// which site it came from).
+    pub fn click_link_to(&self, href: &str) -> Result<()> {
+        self.execute(
+            "const a = document.createElement('a'); a.href = arguments[0]; \
+             document.body.append(a); a.click();",
+            json!([href]),
+        )?;
+        Ok(())
+    }
+
     /// Reloads the page and waits up to `timeout` for the new document to have loaded (the old one is
     /// marked first, so that it is not taken for the new).
     pub fn reload(&self, timeout: Duration) -> Result<()> {

@@ -181,13 +181,7 @@ fn log_in_as_alice(driver: &WebDriver, app: &str) {
 /// which site it came from).
 fn click_link_on(driver: &WebDriver, page: &str, href: &str) {
     driver.goto(page).unwrap();
-    driver
-        .execute(
-            "const a = document.createElement('a'); a.href = arguments[0]; \
-             document.body.append(a); a.click();",
-            json!([href]),
-        )
-        .unwrap();
+    driver.click_link_to(href).unwrap();
 }
 
 /// Waits for the browser to be at `url`, and returns the page's `h1`.

@@ -106,25 +106,15 @@ fn served(stack: &Stack, request: &str, status: u16) {
     .unwrap_or_else(|e| panic!("{e:#}: {}", stack.access_log().unwrap_or_default()));
 }
 
-/// The session's cookie or one of its chunks (`_oidc_session`, `_oidc_session.1`, …).
+/// The session's cookie or one of its chunks (`_oidc_session`, `_oidc_session.1`, …), as the filter
+/// names them.
 fn is_session_cookie(name: &str) -> bool {
-    name == "_oidc_session" || name.starts_with("_oidc_session.")
-}
-
-/// Follows a link on the current page to `href`, as a user's click would.
-fn click_link_to(driver: &WebDriver, href: &str) {
-    driver
-        .execute(
-            "const a = document.createElement('a'); a.href = arguments[0]; \
-             document.body.append(a); a.click();",
-            json!([href]),
-        )
-        .unwrap();
+    oidc_filter::session::is_session_cookie("_oidc_session", name)
 }
 
 /// Logs out with a link on the site, and waits for the IdP's end-session page.
 fn log_out(driver: &WebDriver, stack: &Stack, site: &Site) {
-    click_link_to(driver, &site.url("/logout"));
+    driver.click_link_to(&site.url("/logout")).unwrap();
     let at = driver
         .wait_for_url(|u| u.starts_with(stack.issuer()), WAIT)
         .unwrap();
