@@ -533,8 +533,20 @@ impl State {
     /// Whether `who`'s renewal met an outage here less than [`OWN_WAIT`] s ago (or, the clock stepped
     /// back, ahead of now) while another session waits to probe, or [`RENEWAL_PAUSE`] s ago: it does not
     /// ask the IdP again yet (with none waiting, a user alone renews as soon as the pause is over).
+    /// Nor, while the site's renewals are failing, does a session whose run of failures here is its own
+    /// (the IdP has answered another renewal since it began): its renewal would be the probe, and its
+    /// failing again would pause the others once more (found by a flaky black-box test: its first failure
+    /// on the other worker paused both, and its probe here when that ended paused them all again).
     fn own_outage(&self, who: u64, now: u64) -> bool {
         self.met_outage(who, now, self.own_wait())
+            || self.renewals_failing && self.fails_alone(who, now)
+    }
+
+    /// Whether `who`'s run of failures here began before the IdP last answered a renewal.
+    fn fails_alone(&self, who: u64, now: u64) -> bool {
+        self.outages_of.iter().any(|o| {
+            o.who == who && now < o.last.saturating_add(OWN_REPEAT) && self.answered_at > o.first
+        })
     }
 
     /// How long a session whose renewal met an outage does not ask again: [`OWN_WAIT`] while another
@@ -603,7 +615,7 @@ pub fn renewal_claim(
     let paused = state.renewals_paused(now);
     if paused || state.own_outage(who, now) {
         // Another session than those that met the outage waits: it probes first when the pause ends.
-        state.others_wait |= !state.met_outage(who, now, OWN_WAIT);
+        state.others_wait |= !state.met_outage(who, now, OWN_WAIT) && !state.fails_alone(who, now);
         // Not the site's pause (found in review: the log line said so): this session's own wait.
         let why = if state.keys_wait(now) {
             "renewals here wait until the IdP's keys may be fetched again (a renewed ID token's key is not among them)"

@@ -2411,21 +2411,27 @@ fn a_first_failure_after_the_clock_stepped_back_still_pauses() {
     assert!(a.state.renewals_failing && a.state.renewals_paused(a.now));
 }
 
-/// Found by mutation testing: while the IdP keeps failing (a probe out), a session's failure is never its
-/// own: the probe's failure pauses 5 s from then, not until the probe's timeout.
+/// Found by mutation testing: while the IdP keeps failing, a session's failure is never its own: one
+/// whose renewal was out when another's met the outage pauses 5 s from its own failure. (It no longer
+/// takes the probe: `a_session_failing_alone_does_not_probe_for_the_others`.)
 #[test]
-fn a_probe_that_fails_pauses_five_seconds_even_from_a_session_that_failed_alone() {
+fn a_failure_while_the_idp_keeps_failing_pauses_five_seconds_even_from_a_session_that_failed_alone()
+{
     let (mut a, s, t) = own_failure(4);
-    a.now = t + 1;
-    fails(&mut a, &s[2]);
+    a.now = t + 5;
+    let out = claim_of(&mut a, &s[0]).expect("its own wait is over");
     a.now = t + 6;
-    fails(&mut a, &s[0]);
-    assert!(a.state.renewals_failing && a.state.renewals_paused(a.now));
-    a.now = t + 11;
+    fails(&mut a, &s[2]);
+    a.now = t + 8;
+    let r = respond(a.reply(Box::new(Pending::Refresh(out)), Some((500, b"{}"))));
+    assert_eq!(r.status, 503, "{r:?}");
+    a.now = t + 12;
     assert!(
-        claim_of(&mut a, &s[3]).is_ok(),
-        "still paused 5 s after the probe failed"
+        claim_of(&mut a, &s[3]).is_err(),
+        "the pause ended 5 s after the other session's failure"
     );
+    a.now = t + 13;
+    assert!(claim_of(&mut a, &s[3]).is_ok(), "still paused 5 s after");
 }
 
 /// Found by mutation testing: the answer to a renewal that was on its way before a session's first
@@ -2495,6 +2501,40 @@ fn once_another_session_probes_the_session_that_met_the_outage_waits_five_second
     oidc_filter::workers::take_pause(&mut a.state, &(t0 + 7).to_le_bytes(), Some(1), a.now);
     a.now = t0 + 8;
     assert!(claim_of(&mut a, &s[0]).is_ok(), "held past 5 s");
+}
+
+/// Found by a flaky black-box test (`faults.rs`, one user the IdP fails to renew): that session's first
+/// failure on another worker, just after the IdP renewed another session here, paused both workers; when
+/// that pause ended its renewal here took the probe, failed again, and paused them all once more (14 s of
+/// `503`s for everybody instead of 10). A session whose failures are its own probes for nobody: another's
+/// renewal does, and the IdP answering it ends the pause.
+#[test]
+fn a_session_failing_alone_does_not_probe_for_the_others() {
+    let (mut a, s, t) = own_failure(3);
+    assert_eq!(t, NOW + 3600 + 1 + 6);
+    // Its first failure on the other worker: a pause shared with this one.
+    oidc_filter::workers::take_pause(&mut a.state, &(t + 5).to_le_bytes(), Some(1), t);
+    a.now = t + 5;
+    let r = respond(claim_of(&mut a, &s[0]).unwrap_err());
+    assert_eq!(r.status, 503, "{r:?}");
+    renews(&mut a, &s[2]);
+    // The IdP answered: the session asks again (and its failure pauses nobody).
+    fails(&mut a, &s[0]);
+    assert!(!a.state.renewals_failing && !a.state.renewals_paused(a.now));
+}
+
+/// Review of the fix above: a session failing alone, held while the site's renewals fail, is no other
+/// session waiting to probe: the session that met the outage asks again when the pause ends (5 s), not
+/// after 10 s as while another's renewal waits.
+#[test]
+fn a_session_failing_alone_held_is_not_another_waiting_to_probe() {
+    let (mut a, s, t) = own_failure(3);
+    a.now = t + 11;
+    fails(&mut a, &s[2]);
+    a.now = t + 13;
+    assert!(claim_of(&mut a, &s[0]).is_err());
+    a.now = t + 16;
+    assert!(claim_of(&mut a, &s[2]).is_ok(), "held past the pause");
 }
 
 /// Found by mutation testing: the IdP's refusal of another user's refresh token (`invalid_grant`) is an
