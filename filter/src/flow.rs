@@ -384,6 +384,10 @@ pub struct State {
     pub keys_wait_until: u64,
     /// The sessions whose renewals met the last outages here: see [`State::session_outage`].
     pub outages_of: [SessionOutages; 4],
+    /// The session whose renewal's failure set this worker's pause (0: a probe's, or none): shared with
+    /// the pause, so that each worker takes that session for one that met the outage there too
+    /// ([`State::outage_elsewhere`]).
+    pub outage_who: u64,
     /// When the IdP last answered a renewal, here or on another worker (the shared pause's end).
     pub answered_at: u64,
     /// A renewal of another session than those that met the outage waited out the pause here: it
@@ -465,7 +469,7 @@ impl Ahead {
 }
 
 /// How long a renewal that met an outage pauses the others on its worker (the `Retry-After` of a 503).
-const RENEWAL_PAUSE: u64 = 5;
+pub const RENEWAL_PAUSE: u64 = 5;
 /// How long a session whose renewal met an outage does not ask again (longer than the pause), and how
 /// far apart its outages may be to count as one run (see `State::session_outage`).
 const OWN_WAIT: u64 = 2 * RENEWAL_PAUSE;
@@ -506,14 +510,28 @@ impl State {
     /// account the IdP failed, behind a dashboard that polls, took the probe each time the pause ended,
     /// and the other users' renewals answered 503 for as long as its tab was open.
     fn session_outage(&mut self, who: u64, now: u64) {
+        if self.outage_elsewhere(who, now) {
+            self.renewal_outage(now);
+            self.outage_who = who;
+        }
+    }
+
+    /// Records that `who`'s renewal met an outage at `at`; whether that is the site's (see
+    /// [`State::session_outage`]). Called by itself, its failure on another worker, which paused the
+    /// site's renewals (its pause taken in here): recorded as if here, so that it does not take the probe
+    /// from a session that waited out that pause (found by a schedule test of two workers: a session the
+    /// IdP fails alone, which worker 1 had no record of, probed there as the pause its failure on worker 0
+    /// made ended, failed, and paused every worker again; then on worker 0 as that pause ended, and so
+    /// on, while its polls came first at each pause's end).
+    pub fn outage_elsewhere(&mut self, who: u64, at: u64) -> bool {
         let found = self
             .outages_of
             .iter()
-            .position(|o| o.who == who && now < o.last.saturating_add(OWN_REPEAT));
-        let first = found.map_or(now, |i| self.outages_of[i].first);
-        if found.is_none() || self.renewals_failing || self.answered_at <= first {
-            self.renewal_outage(now);
-        }
+            .position(|o| o.who == who && at < o.last.saturating_add(OWN_REPEAT));
+        let (first, last) = found.map_or((at, at), |i| {
+            let o = self.outages_of[i];
+            (o.first, o.last.max(at))
+        });
         let slot = found.unwrap_or_else(|| {
             let mut oldest = 0;
             for (i, o) in self.outages_of.iter().enumerate() {
@@ -523,11 +541,8 @@ impl State {
             }
             oldest
         });
-        self.outages_of[slot] = SessionOutages {
-            who,
-            first,
-            last: now,
-        };
+        self.outages_of[slot] = SessionOutages { who, first, last };
+        found.is_none() || self.renewals_failing || self.answered_at <= first
     }
 
     /// Whether `who`'s renewal met an outage here less than [`OWN_WAIT`] s ago (or, the clock stepped
@@ -631,6 +646,7 @@ pub fn renewal_claim(
         let timeout = cfg.callout_timeout.as_secs();
         state.renewals_paused_until = now.saturating_add(timeout + RENEWAL_PAUSE);
         state.others_wait = false;
+        state.outage_who = 0;
     }
     Ok(job)
 }

@@ -23,13 +23,20 @@ pub fn pause_key(cfg: &Config) -> String {
 /// test: each worker paused only its own renewals, so with the IdP hanging the requests of one user, taken
 /// by the workers in turn, each waited out `callout_timeout` for a renewal of its own worker: every page
 /// took 5 s). Whatever was shared last stands, once, when it changes: a pause (shorter too: a probe that
-/// met the outage at once), or its end (`0`, the IdP answered).
+/// met the outage at once), or its end (`0`, the IdP answered). With the pause, the session whose failure
+/// made it, if one did ([`State::outage_elsewhere`]): its end and that session's hash, 8 bytes each (a
+/// build before it wrote the end alone, and reads this as nothing: during an image upgrade its VMs do not
+/// take in the new build's pauses).
 pub fn take_pause(state: &mut State, bytes: &[u8], cas: Option<u32>, now: u64) {
     if cas.is_some() && cas == state.pause_seen {
         return;
     }
     state.pause_seen = cas;
-    let Ok(until) = <[u8; 8]>::try_from(bytes).map(u64::from_le_bytes) else {
+    let word = |at: usize| {
+        let b = bytes.get(at..at + 8)?;
+        <[u8; 8]>::try_from(b).ok().map(u64::from_le_bytes)
+    };
+    let (Some(until), 8 | 16) = (word(0), bytes.len()) else {
         return;
     };
     if until == 0 {
@@ -41,6 +48,10 @@ pub fn take_pause(state: &mut State, bytes: &[u8], cas: Option<u32>, now: u64) {
         // (One further off than any can be is none: the clock read far ahead when it was written.)
         state.renewals_failing = true;
         state.renewals_paused_until = until;
+        if let Some(who) = word(8).filter(|&w| w != 0) {
+            let at = until.saturating_sub(crate::flow::RENEWAL_PAUSE).min(now);
+            let _ = state.outage_elsewhere(who, at);
+        }
     }
 }
 
@@ -48,23 +59,24 @@ pub fn take_pause(state: &mut State, bytes: &[u8], cas: Option<u32>, now: u64) {
 /// from `before` (a renewal met an outage, a probe went out, or the IdP answered after an outage); and,
 /// when the IdP answered a renewal (`answered`), its end if another worker's pause is still shared
 /// (`shared` reads it; found in review: a worker that met an outage once and then saw no answer kept
-/// failing, and hours later its next renewal paused them all as a probe).
+/// failing, and hours later its next renewal paused them all as a probe). With the pause, the session
+/// whose failure made it ([`take_pause`]).
 pub fn pause_to_share(
     state: &State,
     before: (u64, bool),
     answered: bool,
     shared: impl FnOnce() -> Option<Vec<u8>>,
-) -> Option<[u8; 8]> {
-    let until = if state.renewals_failing {
-        state.renewals_paused_until
+) -> Option<[u8; 16]> {
+    let (until, who) = if state.renewals_failing {
+        (state.renewals_paused_until, state.outage_who)
     } else {
-        0
+        (0, 0)
     };
     let changed = (state.renewals_paused_until, state.renewals_failing) != before;
     let stale = || {
-        answered && !state.renewals_failing && shared().is_some_and(|b| b.as_slice() != [0u8; 8])
+        answered && !state.renewals_failing && shared().is_some_and(|b| b.iter().any(|&x| x != 0))
     };
-    (changed || stale()).then(|| until.to_le_bytes())
+    (changed || stale()).then(|| (u128::from(who) << 64 | u128::from(until)).to_le_bytes())
 }
 
 /// The shared-data key of how far the IdP's clock runs ahead of the gateway's (`State::idp_ahead`): of the
@@ -122,6 +134,13 @@ mod tests {
             "cookie_keys":["MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="]}}"#
         );
         Config::parse(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    /// A pause until `until` as shared, no session's failure named.
+    fn shared(until: u64) -> [u8; 16] {
+        let mut b = [0; 16];
+        b[..8].copy_from_slice(&until.to_le_bytes());
+        b
     }
 
     fn failing(until: u64) -> State {
@@ -201,7 +220,7 @@ mod tests {
         let s = failing(NOW + 5);
         assert_eq!(
             pause_to_share(&s, (0, false), false, unread),
-            Some((NOW + 5).to_le_bytes())
+            Some(shared(NOW + 5))
         );
         // Unchanged: nothing written.
         assert_eq!(pause_to_share(&s, (NOW + 5, true), false, unread), None);
@@ -209,12 +228,12 @@ mod tests {
         let ok = State::default();
         assert_eq!(
             pause_to_share(&ok, (NOW + 5, true), true, unread),
-            Some([0; 8])
+            Some([0; 16])
         );
         // Answered, nothing changed here, but another worker's pause is still shared: its end
         // (found in review); none when nothing or the end is shared.
         let paused = || Some((NOW + 5).to_le_bytes().to_vec());
-        assert_eq!(pause_to_share(&ok, (0, false), true, paused), Some([0; 8]));
+        assert_eq!(pause_to_share(&ok, (0, false), true, paused), Some([0; 16]));
         assert_eq!(pause_to_share(&ok, (0, false), true, || None), None);
         assert_eq!(
             pause_to_share(&ok, (0, false), true, || Some(vec![0; 8])),
@@ -232,11 +251,11 @@ mod tests {
         let unread = || -> Option<Vec<u8>> { panic!("read without need") };
         assert_eq!(
             pause_to_share(&failing(NOW + 65), (NOW + 5, true), false, unread),
-            Some((NOW + 65).to_le_bytes())
+            Some(shared(NOW + 65))
         );
         assert_eq!(
             pause_to_share(&failing(NOW + 5), (NOW + 65, true), true, unread),
-            Some((NOW + 5).to_le_bytes())
+            Some(shared(NOW + 5))
         );
     }
 

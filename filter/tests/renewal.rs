@@ -9,6 +9,7 @@ mod common;
 
 use common::*;
 use oidc_filter::flow::{self, Metric, Pending, RefreshJob, Step};
+use oidc_filter::workers;
 
 /// Logs in on `a` with refresh token `rt-1` and moves both workers' clocks into the refresh margin.
 fn due(a: &mut Filter, b: &mut Filter) -> (Jar, String) {
@@ -2498,7 +2499,7 @@ fn once_another_session_probes_the_session_that_met_the_outage_waits_five_second
     assert!(claim_of(&mut a, &s[1]).is_err());
     a.now = t0 + 6;
     let _probe = claim_of(&mut a, &s[1]).expect("the probe");
-    oidc_filter::workers::take_pause(&mut a.state, &(t0 + 7).to_le_bytes(), Some(1), a.now);
+    workers::take_pause(&mut a.state, &(t0 + 7).to_le_bytes(), Some(1), a.now);
     a.now = t0 + 8;
     assert!(claim_of(&mut a, &s[0]).is_ok(), "held past 5 s");
 }
@@ -2535,6 +2536,46 @@ fn a_session_failing_alone_held_is_not_another_waiting_to_probe() {
     assert!(claim_of(&mut a, &s[0]).is_err());
     a.now = t + 16;
     assert!(claim_of(&mut a, &s[2]).is_ok(), "held past the pause");
+}
+
+/// A session's failure on another worker, taken in with that worker's pause, counts as one here
+/// (`State::outage_elsewhere`, found by `pause_schedules.rs`): it leaves the probe to a session that
+/// waited out the pause. Taken in after a later failure of its own here, it does not shorten the wait
+/// that one began.
+#[test]
+fn a_failure_on_another_worker_taken_in_with_its_pause_holds_the_session_here_too() {
+    let cfg = || config(serde_json::json!({"callout_timeout": "30s"}));
+    let mut a = Filter::ready(cfg());
+    let mut b = Filter::ready(cfg());
+    let (x, _) = log_in(&mut a, Some("rt-x"));
+    let (y, _) = log_in(&mut a, Some("rt-y"));
+    let t = NOW + 3600 + 1;
+    // Worker b: X's renewal fails; its pause is shared, naming X.
+    b.now = t;
+    fails(&mut b, &x);
+    let shared = workers::pause_to_share(&b.state, (0, false), false, || None).unwrap();
+    // Worker a takes it in; Y waits out the pause there; when it ends, X does not probe, Y does.
+    a.now = t + 1;
+    workers::take_pause(&mut a.state, &shared, Some(1), a.now);
+    assert!(claim_of(&mut a, &y).is_err());
+    a.now = t + 5;
+    assert!(
+        claim_of(&mut a, &x).is_err(),
+        "X probed on the other worker"
+    );
+    assert!(claim_of(&mut a, &y).is_ok());
+    // Taken in after X's own later failure here: X's wait runs from that one.
+    let mut a = Filter::ready(cfg());
+    a.now = t + 3;
+    fails(&mut a, &x);
+    assert!(claim_of(&mut a, &y).is_err());
+    a.now = t + 4;
+    workers::take_pause(&mut a.state, &shared, Some(1), a.now);
+    a.now = t + 12;
+    assert!(
+        claim_of(&mut a, &x).is_err(),
+        "X's wait counted from its failure on the other worker"
+    );
 }
 
 /// Found by mutation testing: the IdP's refusal of another user's refresh token (`invalid_grant`) is an

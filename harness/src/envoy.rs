@@ -242,6 +242,45 @@ pub fn logged_requests(path: &Path, prefix: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A request as Envoy's default access log format writes it (`"GET /x HTTP/1.1" 200 … "authority" …`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    pub method: String,
+    pub path: String,
+    pub protocol: String,
+    pub status: u16,
+    pub authority: String,
+}
+
+impl Served {
+    /// The log's quoted request line: `METHOD PATH PROTOCOL`.
+    pub fn request_line(&self) -> String {
+        format!("{} {} {}", self.method, self.path, self.protocol)
+    }
+}
+
+/// The requests of the access log at `path` in Envoy's default format, in order (lines it cannot read
+/// are left out).
+pub fn served_requests(path: &Path) -> Vec<Served> {
+    read_lossy(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            // `[time] "request" status … "xff" "agent" "id" "authority" "upstream"`
+            let quoted: Vec<&str> = l.split('"').collect();
+            let mut request = quoted.get(1)?.split(' ');
+            let status = quoted.get(2)?.split_whitespace().next()?.parse().ok()?;
+            Some(Served {
+                method: request.next()?.to_string(),
+                path: request.next()?.to_string(),
+                protocol: request.next()?.to_string(),
+                status,
+                authority: quoted.get(9)?.to_string(),
+            })
+        })
+        .collect()
+}
+
 impl EnvoySite {
     /// A site with the Istio filters, `bypass_paths`, `open_paths`, `host_env_keys` and
     /// `jwt_issuers` taken from the filter configuration (`bypass_paths`; every

@@ -30,7 +30,8 @@ use serde_json::{Value, json};
 
 pub use browser::{Browser, Followed, Form, Response};
 pub use envoy::{
-    AccessLog, Envoy, EnvoyConfig, EnvoyOptions, EnvoySite, VmEnv, json_access_log, logged_requests,
+    AccessLog, Envoy, EnvoyConfig, EnvoyOptions, EnvoySite, Served, VmEnv, json_access_log,
+    logged_requests, served_requests,
 };
 pub use idp::{EchoApp, Idp, IdpConfig};
 pub use proxy::{FaultProxy, Mode, RoundRobin};

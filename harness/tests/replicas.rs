@@ -131,12 +131,10 @@ impl Replicas {
 
 /// The paths starting with `prefix` that the access log at `log` shows answered `200`.
 fn served_in(log: &Path, prefix: &str) -> BTreeSet<String> {
-    let start = format!("\"GET {prefix}");
-    harness::process::read_lossy(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(&start) && l.contains("\" 200 "))
-        .filter_map(|l| l.split('"').nth(1)?.split(' ').nth(1).map(str::to_string))
+    harness::served_requests(log)
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with(prefix) && r.status == 200)
+        .map(|r| r.path)
         .collect()
 }
 

@@ -99,9 +99,11 @@ fn cookie_names(driver: &WebDriver) -> Vec<String> {
 /// Waits for Envoy's access log to have a line of `request` (`METHOD PATH PROTOCOL`) answered `status`.
 fn served(stack: &Stack, request: &str, status: u16) {
     harness::process::poll(Duration::from_secs(5), || {
-        let log = stack.access_log()?;
-        let line = format!("\"{request}\" {status} ");
-        Ok(log.lines().any(|l| l.contains(&line)).then_some(()))
+        let log = harness::served_requests(&stack.dir().join("access.log"));
+        Ok(log
+            .iter()
+            .any(|r| r.request_line() == request && r.status == status)
+            .then_some(()))
     })
     .unwrap_or_else(|e| panic!("{e:#}: {}", stack.access_log().unwrap_or_default()));
 }
