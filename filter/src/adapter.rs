@@ -1315,6 +1315,13 @@ impl Http {
                     Err(Some(flow::renewal_crowded(&job)))
                 }
                 Err(job) => {
+                    // The first to park sets the fast tick; the others find it set (each call restarts
+                    // Envoy's timer a full period from then: found by a schedule test, requests parking
+                    // less than 100 ms apart held off every tick, and the requests it would have
+                    // resumed or let go, logouts taken in from the other workers, counters).
+                    if s.parked.is_empty() {
+                        let _ = host::set_tick_period(FAST_TICK);
+                    }
                     s.parked.push(Parked {
                         context_id: self.id,
                         site: self.site,
@@ -1323,7 +1330,6 @@ impl Http {
                         until,
                         set_cookies: self.set_cookies.get_or_insert_with(Rc::default).clone(),
                     });
-                    let _ = host::set_tick_period(FAST_TICK);
                     Err(None)
                 }
             },

@@ -987,12 +987,24 @@ impl Stack {
     /// in both TCP and UDP). It reaches the same IdP (with [`StackSpec::idp_tls`], through the first
     /// Envoy's TLS front). Revocations, cached sessions and renewals are its own, as in a real replica.
     pub fn start_replica(&self, name: &str) -> Result<Envoy> {
+        self.start_replica_with(name, self.envoy_options.concurrency, |_| {})
+    }
+
+    /// [`Stack::start_replica`] with `concurrency` worker threads (one: every request meets the one VM),
+    /// its configuration changed by `edit` (e.g. sites left out, or each in a VM of its own).
+    pub fn start_replica_with(
+        &self,
+        name: &str,
+        concurrency: u32,
+        edit: impl FnOnce(&mut EnvoyConfig),
+    ) -> Result<Envoy> {
         let mut config = self
             .ecds
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .0
             .clone();
+        edit(&mut config);
         for site in &mut config.sites {
             site.port = if site.tls.is_some() {
                 free_tcp_and_udp_port()?
@@ -1007,6 +1019,7 @@ impl Stack {
         config.access_log = AccessLog::File(dir.join("access.log"));
         let mut opts = self.envoy_options.clone();
         opts.dir = dir;
+        opts.concurrency = concurrency;
         Envoy::start(&config.render()?, &opts)
     }
 

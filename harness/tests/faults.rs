@@ -626,6 +626,62 @@ fn a_request_with_a_body_goes_on_when_its_renewal_stops_waiting() {
     std::thread::sleep(Duration::from_millis(3500).saturating_sub(took) + Duration::from_secs(1));
 }
 
+/// Found by a schedule test (`filter/tests/renewal_schedules.rs`): each request that parked behind
+/// another request's renewal set Envoy's tick period again, which restarts its timer a full period
+/// from then: while a page's requests parked less than 100 ms apart no tick came, and the tick is what
+/// lets a request waiting for its own renewal go at `callout_timeout` (and resumes parked requests,
+/// takes in the other workers' logouts). Here a page polls its expired session every 20 ms, each poll
+/// parking behind the first request's renewal, whose token endpoint answers after 3.8 s: the first
+/// request is answered at `callout_timeout` (2 s) and a fast tick, not when the IdP answers (3.8 s
+/// before). On a replica of the gateway with one worker, so that every request meets the one VM.
+#[test]
+fn requests_that_keep_parking_do_not_hold_off_the_tick_that_lets_a_renewal_stop_waiting() {
+    let _idp = idp_hold::exclusive();
+    // Only the site, in a VM of its own: another root context's tick in a shared VM lets waiting
+    // requests go too.
+    let one = stack()
+        .start_replica_with("one-worker", 1, |c| {
+            c.sites.retain(|s| s.name == APP);
+            c.sites[0].shared_vm = None;
+        })
+        .unwrap();
+    let page = format!("http://{HOST}:{}/x", one.listener_port(APP).unwrap());
+    let b = logged_in(APP, "parker");
+    let live = session_cookies(&b);
+    let get = |cookie: &str| {
+        Browser::new()
+            .get_with(&page, &[("cookie", cookie), ("accept", "application/json")])
+            .unwrap()
+    };
+    // The replica has the IdP's keys and documents: a live session goes up.
+    harness::process::poll(Duration::from_secs(10), || {
+        Ok((get(&live).status == 200).then_some(()))
+    })
+    .unwrap();
+    let expired = with_token_expiring_at(&b, unix_now() - 1);
+    let _slow = stack().idp_fault(Mode::delay_for("/token", Duration::from_millis(3800)));
+    let t0 = Instant::now();
+    let (first, took) = std::thread::scope(|s| {
+        let first = s.spawn(|| (get(&expired), t0.elapsed()));
+        std::thread::sleep(Duration::from_millis(100));
+        while t0.elapsed() < Duration::from_millis(3000) {
+            s.spawn(|| get(&expired));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        first.join().unwrap()
+    });
+    assert_eq!(first.status, 503, "{}", first.body);
+    assert!(first.body.contains("renewal_unavailable"), "{}", first.body);
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_millis(2700),
+        "answered after {took:?} (the IdP answers at 3.8 s)"
+    );
+    // The IdP's answer comes before the fault is lifted (the proxy would cut it).
+    std::thread::sleep(
+        Duration::from_millis(3800).saturating_sub(t0.elapsed()) + Duration::from_secs(1),
+    );
+}
+
 /// `b`'s session with its token expired, and the IdP failing (`500`) the renewals of that session alone
 /// while the guard lives.
 fn failing_alone(b: &Browser) -> (String, harness::IdpFault<'static>) {
