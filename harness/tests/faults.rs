@@ -830,13 +830,17 @@ fn sessions_keep_working_while_the_idp_is_down_and_renew_by_themselves_when_it_r
     .into_iter()
     .enumerate()
     {
-        // A renewal that met an outage pauses the worker's renewals for 5 s: each fault is met after
-        // the pause the one before left.
+        // A renewal that met an outage pauses the site's renewals for 5 s, and the session whose
+        // renewal it was asks again, on every worker, 10 s after (another session's, `due`'s, waited out
+        // the pause): each fault is met by the expired session's own renewal, after the waits the one
+        // before left (after 5 s only, its failure under the last fault, whose 503 names the IdP's
+        // `invalid_client`, could be held on both workers: found in CI once the workers shared the
+        // session whose failure made the pause).
         if i > 0 {
-            std::thread::sleep(RENEWAL_PAUSE);
+            std::thread::sleep(OWN_WAIT);
         }
-        // Due for renewal, valid for 30 s more: sealed for each fault (the five take about 28 s; one
-        // sealed before them all could expire under the last on a slow machine, and get `503`).
+        // Due for renewal, valid for 30 s more: sealed for each fault (the five take about 50 s; one
+        // sealed before them all would expire under the last, and get `503`).
         due = with_token_expiring_at(&b, unix_now() + 30);
         let _down = stack().idp_fault(mode.clone());
         // From here each call to the IdP is a connection of its own to the proxy: it closes each
