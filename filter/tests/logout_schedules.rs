@@ -35,28 +35,6 @@ use common::*;
 use oidc_filter::flow::{self, Pending, RefreshJob, State, Step};
 use oidc_filter::revocation::{Revocations, login_key};
 
-/// A small generator (SplitMix64): each schedule is its seed's.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// In `lo..hi`.
-    fn within(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-
-    fn one_in(&mut self, n: u64) -> bool {
-        self.next().is_multiple_of(n)
-    }
-}
-
 /// The schedules' zero: the logins' access tokens (300 s, from `NOW`) are 30 s from expiring. Opaque,
 /// their life counts from when a worker first sees them (the schedule's first second): a margin of half
 /// that (15 s), so they renew from 15 s on; the renewed ones (30 s, a margin of 15 s) 15 s after each

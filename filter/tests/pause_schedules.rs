@@ -23,24 +23,6 @@ use oidc_filter::flow::{self, Pending, RefreshJob, State, Step};
 use oidc_filter::session::Session;
 use oidc_filter::workers;
 
-/// A small generator (SplitMix64): each schedule is its seed's.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// In `lo..hi`.
-    fn within(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
 /// The schedules' zero: every session's token has expired.
 const START: u64 = NOW + 3600 + 1;
 
