@@ -1728,9 +1728,17 @@ fn dispatch(owner: u32, call: &Callout) -> Result<u32, String> {
             crate::exports::register_callout(token, owner);
             Ok(token)
         }
+        // Envoy answers `BadArgument` for a cluster it does not have, and `InternalFailure` for a call
+        // that failed before it was sent: no healthy endpoint (a `ServiceEntry` whose host does not
+        // resolve), where the cluster is there to see.
         Err(status) => Err(format!(
-            "cluster `{}`: {status} (is the cluster defined on this proxy?)",
-            call.cluster
+            "cluster `{}`: {status} ({})",
+            call.cluster,
+            if status.0 == 2 {
+                "is the cluster defined on this proxy?"
+            } else {
+                "failed at once: has the cluster a healthy endpoint?"
+            }
         )),
     }
 }

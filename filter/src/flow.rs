@@ -386,7 +386,7 @@ pub struct State {
     pub outages_of: [SessionOutages; 4],
     /// The session whose renewal's failure set this worker's pause (0: a probe's, or none): shared with
     /// the pause, so that each worker takes that session for one that met the outage there too
-    /// ([`State::outage_elsewhere`]).
+    /// ([`State::record_outage`]).
     pub outage_who: u64,
     /// When the IdP last answered a renewal, here or on another worker (the shared pause's end).
     pub answered_at: u64,
@@ -510,20 +510,20 @@ impl State {
     /// account the IdP failed, behind a dashboard that polls, took the probe each time the pause ended,
     /// and the other users' renewals answered 503 for as long as its tab was open.
     fn session_outage(&mut self, who: u64, now: u64) {
-        if self.outage_elsewhere(who, now) {
+        if self.record_outage(who, now) {
             self.renewal_outage(now);
             self.outage_who = who;
         }
     }
 
-    /// Records that `who`'s renewal met an outage at `at`; whether that is the site's (see
-    /// [`State::session_outage`]). Called by itself, its failure on another worker, which paused the
-    /// site's renewals (its pause taken in here): recorded as if here, so that it does not take the probe
-    /// from a session that waited out that pause (found by a schedule test of two workers: a session the
-    /// IdP fails alone, which worker 1 had no record of, probed there as the pause its failure on worker 0
-    /// made ended, failed, and paused every worker again; then on worker 0 as that pause ended, and so
-    /// on, while its polls came first at each pause's end).
-    pub fn outage_elsewhere(&mut self, who: u64, at: u64) -> bool {
+    /// Records that `who`'s renewal met an outage at `at`, on this worker ([`State::session_outage`]) or
+    /// on another; whether that is the site's. Called by itself, its failure on another worker, which
+    /// paused the site's renewals (its pause taken in here): recorded as if here, so that it does not take
+    /// the probe from a session that waited out that pause (found by a schedule test of two workers: a
+    /// session the IdP fails alone, which worker 1 had no record of, probed there as the pause its failure
+    /// on worker 0 made ended, failed, and paused every worker again; then on worker 0 as that pause
+    /// ended, and so on, while its polls came first at each pause's end).
+    pub fn record_outage(&mut self, who: u64, at: u64) -> bool {
         let found = self
             .outages_of
             .iter()

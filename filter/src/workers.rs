@@ -24,7 +24,7 @@ pub fn pause_key(cfg: &Config) -> String {
 /// by the workers in turn, each waited out `callout_timeout` for a renewal of its own worker: every page
 /// took 5 s). Whatever was shared last stands, once, when it changes: a pause (shorter too: a probe that
 /// met the outage at once), or its end (`0`, the IdP answered). With the pause, the session whose failure
-/// made it, if one did ([`State::outage_elsewhere`]): its end and that session's hash, 8 bytes each (a
+/// made it, if one did ([`State::record_outage`]): its end and that session's hash, 8 bytes each (a
 /// build before it wrote the end alone, and reads this as nothing: during an image upgrade its VMs do not
 /// take in the new build's pauses).
 pub fn take_pause(state: &mut State, bytes: &[u8], cas: Option<u32>, now: u64) {
@@ -50,7 +50,7 @@ pub fn take_pause(state: &mut State, bytes: &[u8], cas: Option<u32>, now: u64) {
         state.renewals_paused_until = until;
         if let Some(who) = word(8).filter(|&w| w != 0) {
             let at = until.saturating_sub(crate::flow::RENEWAL_PAUSE).min(now);
-            let _ = state.outage_elsewhere(who, at);
+            let _ = state.record_outage(who, at);
         }
     }
 }

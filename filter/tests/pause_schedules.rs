@@ -487,7 +487,7 @@ fn a_session_the_idp_stops_failing_renews_within_its_own_wait() {
 /// 13 s).
 ///
 /// Found failing by this test, before each worker took the session whose failure made a shared pause for
-/// one that met the outage there too (`State::outage_elsewhere`): in about one schedule in eight (37 of
+/// one that met the outage there too (`State::record_outage`): in about one schedule in eight (37 of
 /// 300, some with Y held to the end, 20 s), in the two ways of the two tests below. Since, Y was held at
 /// most until 7.2 s in the 300.
 #[test]
@@ -548,7 +548,7 @@ fn replayed(mut arrivals: Vec<Arrival>) -> Outcome {
 ///   Y gets `503` until 15 s. The same again at 15 s on worker 1 (X's failure there at 5 s), and so
 ///   on, while X's request comes first at each pause's end.
 ///
-/// Fails without `State::outage_elsewhere`: worker 1 takes in X's failure on worker 0 with its pause,
+/// Fails without `State::record_outage`: worker 1 takes in X's failure on worker 0 with its pause,
 /// and X waits its own wait there from it, so Y probes at 5 s.
 #[test]
 fn a_session_failing_alone_on_each_worker_in_turn_does_not_take_the_probe_from_the_others() {
@@ -568,7 +568,7 @@ fn a_session_failing_alone_on_each_worker_in_turn_does_not_take_the_probe_from_t
 /// the pause of X's first failure there, before worker 0 took it in (no request there between): worker 0
 /// never learns that the IdP answered since X's failure there, takes X's failures for the site's, and
 /// X's renewal there probes when worker 1's pause ends (10.05 s): a third pause.
-/// (Fails without `State::outage_elsewhere`: worker 0 takes in X's failure on worker 1 with its pause, and
+/// (Fails without `State::record_outage`: worker 0 takes in X's failure on worker 1 with its pause, and
 /// X waits its own wait there from it, so Y probes.)
 #[test]
 fn an_answer_written_over_before_the_other_worker_reads_it_still_makes_a_sessions_failures_its_own()

@@ -2539,7 +2539,7 @@ fn a_session_failing_alone_held_is_not_another_waiting_to_probe() {
 }
 
 /// A session's failure on another worker, taken in with that worker's pause, counts as one here
-/// (`State::outage_elsewhere`, found by `pause_schedules.rs`): it leaves the probe to a session that
+/// (`State::record_outage`, found by `pause_schedules.rs`): it leaves the probe to a session that
 /// waited out the pause. Taken in after a later failure of its own here, it does not shorten the wait
 /// that one began.
 #[test]

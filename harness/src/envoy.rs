@@ -138,7 +138,8 @@ pub struct EnvoySite {
     /// `allow_on_headers_stop_iteration`, which Istio's `WasmPlugin` cannot set; `null`: none.
     pub plugin_overrides: Value,
     /// Clusters this site's filter may name in `idp_cluster` that lead somewhere other than their
-    /// issuer (a `ServiceEntry` of the site's own): plain HTTP to these addresses.
+    /// issuer (a `ServiceEntry` of the site's own): plain HTTP to these addresses. Port 0: a cluster
+    /// with no endpoint (a `ServiceEntry` whose host does not resolve).
     pub clusters: Vec<(String, std::net::SocketAddr)>,
     /// This site's module, when it is not [`EnvoyConfig::wasm_path`]: another release of the filter
     /// (a `WasmPlugin` whose image tag was bumped). Other code under the same `vm_id` is another VM
@@ -509,7 +510,11 @@ impl EnvoyConfig {
         let mut defined = vec![idp_cluster.clone(), app_cluster_name(self.app_port)];
         for (name, addr) in self.sites.iter().flat_map(|s| &s.clusters) {
             if !defined.contains(name) {
-                clusters.push(cluster(name, &addr.ip().to_string(), addr.port()));
+                let mut c = cluster(name, &addr.ip().to_string(), addr.port());
+                if addr.port() == 0 {
+                    c["load_assignment"]["endpoints"] = json!([]);
+                }
+                clusters.push(c);
                 defined.push(name.clone());
             }
         }

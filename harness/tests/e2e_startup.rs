@@ -346,4 +346,40 @@ fn a_renewal_that_cannot_be_sent_is_not_logged_as_a_token_endpoint_that_did_not_
             .all(|l| !l.contains("no answer from the token endpoint within callout_timeout")),
         "the call was never sent (no cluster), yet the line blames the IdP's silence: {said:?}"
     );
+    assert!(
+        said.iter().all(|l| l.contains(
+            "cannot call the IdP: cluster `outbound|8443||token.invalid`: BadArgument (is the cluster defined on this proxy?)"
+        )),
+        "the line should name the cluster the proxy does not have: {said:?}"
+    );
+}
+
+/// Review (the filter's host calls read against Envoy's): a call Envoy fails before it is sent, because
+/// the cluster has no endpoint (a `ServiceEntry` whose host does not resolve), comes back
+/// `InternalFailure`, and the line said `(is the cluster defined on this proxy?)`, sending the operator
+/// to look for a cluster that is there. Now it says what failed.
+#[test]
+fn an_idp_cluster_without_endpoints_is_not_said_to_be_undefined() {
+    let cluster = "idp-no-endpoint";
+    let mut site = SiteSpec::new("app").filter(json!({ "idp_cluster": cluster }));
+    site.clusters = vec![(cluster.into(), "127.0.0.1:0".parse().unwrap())];
+    let stack = Stack::start(StackSpec {
+        start_idp: false,
+        ..StackSpec::new("e2e_startup_no_endpoint", vec![site])
+    })
+    .unwrap();
+    let s = stack.site("app").unwrap();
+    assert_not_ready(&Browser::new().get(&s.url("/")).unwrap());
+    let line = format!("cannot call the IdP: cluster `{cluster}`: ");
+    stack
+        .wait_for_envoy_log(&line, Duration::from_secs(10))
+        .unwrap();
+    let log = stack.envoy_log().unwrap();
+    let said: Vec<&str> = log.lines().filter(|l| l.contains(&line)).collect();
+    assert!(
+        said.iter()
+            .all(|l| l
+                .contains("InternalFailure (failed at once: has the cluster a healthy endpoint?)")),
+        "the cluster is defined, with no endpoint: {said:?}"
+    );
 }
