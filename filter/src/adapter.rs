@@ -1729,15 +1729,15 @@ fn dispatch(owner: u32, call: &Callout) -> Result<u32, String> {
             Ok(token)
         }
         // Envoy answers `BadArgument` for a cluster it does not have, and `InternalFailure` for a call
-        // that failed before it was sent: no healthy endpoint (a `ServiceEntry` whose host does not
-        // resolve), where the cluster is there to see.
+        // its router failed before sending it: no healthy endpoint (a `ServiceEntry` whose host does not
+        // resolve) or a circuit breaker at its limit, where the cluster is there to see.
         Err(status) => Err(format!(
             "cluster `{}`: {status} ({})",
             call.cluster,
             if status.0 == 2 {
                 "is the cluster defined on this proxy?"
             } else {
-                "failed at once: has the cluster a healthy endpoint?"
+                "failed at once: no healthy endpoint, or a circuit breaker open?"
             }
         )),
     }
