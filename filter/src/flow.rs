@@ -416,11 +416,11 @@ pub struct State {
 
 /// A session whose renewals met outages on this worker: a hash of its cookie ([`RefreshJob::who`]), when
 /// the first of a run of them came and when the last.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOutages {
-    who: u64,
-    first: u64,
-    last: u64,
+    pub who: u64,
+    pub first: u64,
+    pub last: u64,
 }
 
 /// How far ahead (seconds, within `clock_leeway`; behind, negative, within [`MAX_BEHIND`]) a token showed

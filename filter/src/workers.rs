@@ -183,6 +183,42 @@ mod tests {
         let mut s = failing(NOW + 5);
         take_pause(&mut s, b"x", Some(5), NOW);
         assert!(s.renewals_failing && s.renewals_paused(NOW));
+        // Of another length than this build's or the one before's (a later build's format, found by
+        // mutation testing): nothing.
+        let mut s = State::default();
+        let mut later = [0u8; 24];
+        later[..8].copy_from_slice(&(NOW + 5).to_le_bytes());
+        take_pause(&mut s, &later, Some(6), NOW);
+        assert!(!s.renewals_failing && !s.renewals_paused(NOW));
+    }
+
+    /// Found by mutation testing: a pause that names the session whose failure made it records that
+    /// session as one that met the outage, at the time of its failure (the pause's end less its length),
+    /// or, with this worker's clock behind the writer's, no later than now; a pause that names none (a
+    /// probe's) records none, and takes no session's slot.
+    #[test]
+    fn a_shared_pause_records_the_session_it_names_when_it_failed() {
+        let who = 0x5eed;
+        let named = |until: u64| {
+            let mut b = shared(until);
+            b[8..].copy_from_slice(&u64::to_le_bytes(who));
+            b
+        };
+        let failed_at = |s: &State| s.outages_of.iter().find(|o| o.who == who).map(|o| o.last);
+        // Written 2 s ago: its failure then, not when taken in.
+        let mut s = State::default();
+        let pause = crate::flow::RENEWAL_PAUSE;
+        take_pause(&mut s, &named(NOW - 2 + pause), Some(1), NOW);
+        assert_eq!(failed_at(&s), Some(NOW - 2));
+        // Written by a clock 20 s ahead of this worker's: no later than now.
+        let mut s = State::default();
+        take_pause(&mut s, &named(NOW + 20 + pause), Some(1), NOW);
+        assert_eq!(failed_at(&s), Some(NOW));
+        // Naming none: no record.
+        let mut s = State::default();
+        take_pause(&mut s, &shared(NOW + pause), Some(1), NOW);
+        assert!(s.renewals_failing);
+        assert_eq!(s.outages_of, State::default().outages_of);
     }
 
     /// Found by mutation testing: a version taken in is not taken in again, so that this worker's renewal
@@ -237,6 +273,12 @@ mod tests {
         assert_eq!(pause_to_share(&ok, (0, false), true, || None), None);
         assert_eq!(
             pause_to_share(&ok, (0, false), true, || Some(vec![0; 8])),
+            None
+        );
+        // The end as this build writes it, 16 bytes (found by mutation testing: read as a pause still
+        // shared, every answer wrote the end again, and every worker took it in again).
+        assert_eq!(
+            pause_to_share(&ok, (0, false), true, || Some(vec![0; 16])),
             None
         );
         // A reply that is no answer of the IdP's ends no other worker's pause.

@@ -2578,6 +2578,90 @@ fn a_failure_on_another_worker_taken_in_with_its_pause_holds_the_session_here_to
     );
 }
 
+/// Found by mutation testing: a session's failure on another worker, taken in with its pause here, is
+/// dated by when it failed, not by when this worker took it in: its wait here ends as it does there.
+#[test]
+fn a_failure_taken_in_from_another_worker_is_waited_from_when_it_failed() {
+    let cfg = || config(serde_json::json!({"callout_timeout": "30s"}));
+    let mut a = Filter::ready(cfg());
+    let mut b = Filter::ready(cfg());
+    let (x, _) = log_in(&mut a, Some("rt-x"));
+    let t = NOW + 3600 + 1;
+    b.now = t;
+    fails(&mut b, &x);
+    let shared = workers::pause_to_share(&b.state, (0, false), false, || None).unwrap();
+    a.now = t + 4;
+    workers::take_pause(&mut a.state, &shared, Some(1), a.now);
+    a.now = t + 6;
+    assert!(
+        claim_of(&mut a, &x).is_ok(),
+        "held for 5 s from when the pause was taken in"
+    );
+}
+
+/// Found by mutation testing: a session's failures are its own for five minutes from the last of them
+/// (`OWN_REPEAT`), no longer: in an outage that begins later, it takes the probe like any other session.
+/// Held to the end of the outage instead, it left renewals paused for as long as it was the only one
+/// asking.
+#[test]
+fn a_session_that_failed_alone_five_minutes_ago_probes_in_a_later_outage() {
+    let (mut a, s, t) = own_failure(3);
+    a.now = t + 290;
+    fails(&mut a, &s[2]);
+    assert!(a.state.renewals_failing);
+    a.now = t + 299;
+    assert!(claim_of(&mut a, &s[0]).is_err());
+    a.now = t + 300;
+    assert!(
+        claim_of(&mut a, &s[0]).is_ok(),
+        "still held as failing alone"
+    );
+}
+
+/// Found by mutation testing: an answer in the same second as a session's first failure does not make
+/// its failures its own (as `an_answer_of_the_same_second_as_a_sessions_first_failure_does_not_make_it_its_own`
+/// for the pause): that session, which met the outage, probes when the pause ends.
+#[test]
+fn a_session_whose_first_failure_came_with_an_answer_probes_when_the_pause_ends() {
+    let mut a = Filter::ready(config(serde_json::json!({"callout_timeout": "30s"})));
+    let (x, _) = log_in(&mut a, Some("rt-1"));
+    let (y, _) = log_in(&mut a, Some("rt-2"));
+    a.now = NOW + 3600 + 1;
+    renews(&mut a, &y);
+    fails(&mut a, &x);
+    assert!(a.state.renewals_failing);
+    a.now += 5;
+    assert!(claim_of(&mut a, &x).is_ok(), "held as failing alone");
+}
+
+/// Found by mutation testing: a session held within 10 s (`OWN_WAIT`) of meeting the outage is no
+/// other session waiting to probe, even 5 s after: the session that met the outage last asks again
+/// when its pause ends (5 s), not after 10.
+#[test]
+fn a_session_held_within_ten_seconds_of_its_failure_is_not_another_waiting() {
+    let (mut a, s) = outage_with(2);
+    let t0 = a.now;
+    a.now = t0 + 5;
+    fails(&mut a, &s[1]);
+    a.now = t0 + 7;
+    assert!(claim_of(&mut a, &s[0]).is_err());
+    a.now = t0 + 11;
+    assert!(claim_of(&mut a, &s[1]).is_ok(), "waited 10 s");
+}
+
+/// Found by mutation testing: the pause a probe lengthens names no session: the session whose failure
+/// made the pause before is not recorded again by every worker that takes it in.
+#[test]
+fn a_probes_pause_names_no_session() {
+    let (mut a, s) = outage_with(2);
+    a.now += 5;
+    let before = (a.state.renewals_paused_until, a.state.renewals_failing);
+    let _probe = claim_of(&mut a, &s[1]).expect("the probe");
+    let shared = workers::pause_to_share(&a.state, before, false, || None).unwrap();
+    assert_ne!(&shared[..8], &[0u8; 8]);
+    assert_eq!(&shared[8..], &[0u8; 8]);
+}
+
 /// Found by mutation testing: the IdP's refusal of another user's refresh token (`invalid_grant`) is an
 /// answer since a session's failures began, as a renewal is: that session's next failure is its own.
 #[test]
