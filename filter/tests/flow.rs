@@ -7290,3 +7290,185 @@ fn a_key_whose_key_ops_allow_verify_verifies_and_one_whose_do_not_is_skipped() {
         }
     }
 }
+
+/// Found by mutation testing: a session that does not say when its login was made (sealed by a build
+/// before login ids, through a rolling upgrade) is not taken for one made moments ago: a `/login` with it
+/// logs in again as asked, rather than send the browser back to `rd` or to the page that says it logged in
+/// moments ago.
+#[test]
+fn a_login_asked_for_with_a_session_of_the_builds_before_login_ids_logs_in() {
+    for refresh_token in [None, Some("rt-1")] {
+        let mut f = ready();
+        let (jar, _) = log_in(&mut f, refresh_token);
+        let mut s = f.open_session(&jar);
+        s.login_id = None;
+        let name = f.cfg.cookie_name.clone();
+        let sealed = f.cfg.keys.seal(&name, &s.encode(), [3; 24]);
+        let old = Jar(oidc_filter::session::split(&name, &sealed).unwrap());
+        let r =
+            respond(f.request(&Req::browser("/login?rd=%2Fd%2Fx&fragment_read=").cookies(&old)));
+        assert!(
+            location(&r).starts_with("https://idp.example.com/"),
+            "{r:?}"
+        );
+        assert_eq!(r.metric, Some(Metric::LoginStarted));
+        let r = respond(f.request(&Req::browser("/login?rd=%2Fd%2Fx").cookies(&old)));
+        assert!(!r.body.contains("moments ago"), "{}", r.body);
+    }
+}
+
+/// Found by mutation testing: a cookie that does not open is counted where the browser was sent to
+/// `/login` from, not again at `/login`, also while the IdP has not been reached (a `503` that is not
+/// held: the adapter counts `State::unopened` then).
+#[test]
+fn a_login_before_the_idp_is_reached_does_not_count_a_cookie_that_does_not_open_again() {
+    let mut f = Filter::new(config(json!({})));
+    for target in ["/login?rd=%2Fd", "/login?rd=%2Fd&fragment_read="] {
+        let r = respond(f.request(&Req::browser(target).with("cookie", "_oidc_session=1.AAAA")));
+        assert_eq!((r.status, r.metric), (503, Some(Metric::NotReady)), "{r:?}");
+        assert!(!f.state.unopened, "{target}");
+    }
+}
+
+/// Found by mutation testing: a `/login` moments after the login is answered without the IdP, so also by
+/// a worker (or a new VM) that has not reached the IdP yet: the page that says so, or on to `rd`, not the
+/// `503` of a login that cannot start.
+#[test]
+fn a_login_asked_for_moments_after_the_last_needs_no_idp_reached() {
+    let mut a = ready();
+    let (jar, _) = log_in(&mut a, None);
+    let mut b = Filter::new(config(json!({})));
+    b.now = a.now + 5;
+    let r = respond(b.request(&Req::browser("/login?rd=%2Fd%2Fx").cookies(&jar)));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("You logged in moments ago"), "{}", r.body);
+    let r = respond(b.request(&Req::browser("/login?rd=%2Fd%2Fx&fragment_read=").cookies(&jar)));
+    assert_eq!((r.status, location(&r)), (302, "/d/x"), "{r:?}");
+}
+
+/// Found by mutation testing: a form of the site's own that posts to `/login` moments after the login
+/// (an app's login button) gets the page that says so too, not a redirect back to `rd`, which the app
+/// would answer with its form again.
+#[test]
+fn a_login_posted_moments_after_the_last_gets_the_page_that_says_so() {
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, None);
+    let post = Req::browser("/login?rd=%2Fd%2Fx")
+        .with(":method", "POST")
+        .with("sec-fetch-site", "same-origin")
+        .cookies(&jar);
+    let r = respond(f.request(&post));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("You logged in moments ago"), "{}", r.body);
+    assert!(r.body.contains("<a href=\"/d/x\">Back</a>"), "{}", r.body);
+    assert!(set_cookies(&r).is_empty(), "{r:?}");
+}
+
+/// Found by mutation testing: a logout on a worker that has not reached the IdP (its session ends here all
+/// the same) sets the cookie of a second's life too, so that Chromium drops the app's `no-store` pages
+/// from its back/forward cache there as well.
+#[test]
+fn a_logout_before_the_idp_is_reached_sets_the_cookie_of_a_seconds_life_too() {
+    let mut a = ready();
+    let (jar, _) = log_in(&mut a, None);
+    let mut b = Filter::new(config(json!({})));
+    b.now = a.now;
+    let r = respond(b.request(&Req::browser("/logout").cookies(&jar)));
+    assert_eq!((r.status, r.metric), (503, Some(Metric::NotReady)), "{r:?}");
+    let sets = set_cookies(&r);
+    let marker = sets
+        .iter()
+        .find(|c| c.starts_with("_oidc_session_login_out="))
+        .unwrap_or_else(|| panic!("{sets:?}"));
+    assert!(
+        marker.split("; ").any(|a| a == "Max-Age=1") && marker.split("; ").any(|a| a == "Path=/"),
+        "{marker}"
+    );
+    let mut after = jar.clone();
+    after.apply(sets);
+    assert_eq!(after.names(), ["_oidc_session_login_out"]);
+}
+
+/// Found by mutation testing: a `/logout` from a tab whose session another tab already logged out (no
+/// session opens) sets the cookie of a second's life too: the page that tab leaves, the logged-out user's
+/// `no-store` page, goes into Chromium's back/forward cache at this very navigation, and only a cookie
+/// set drops it from there.
+#[test]
+fn a_logout_without_a_session_sets_the_cookie_of_a_seconds_life_too() {
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, None);
+    let r = respond(f.request(&Req::browser("/logout").cookies(&jar)));
+    let mut after = jar.clone();
+    after.apply(set_cookies(&r));
+    // The marker has expired by now (its second is over); the other tab logs out too, with no session
+    // left, or one that does not open.
+    f.now += 2;
+    after.0.clear();
+    let unopened = Jar(vec![("_oidc_session".into(), "1.AAAA".into())]);
+    for tab in [&after, &unopened] {
+        let r = respond(f.request(&Req::browser("/logout").cookies(tab)));
+        assert_eq!(r.status, 302, "{r:?}");
+        let sets = set_cookies(&r);
+        assert!(
+            sets.iter()
+                .any(|c| c.starts_with("_oidc_session_login_out=")
+                    && c.split("; ").any(|a| a == "Max-Age=1")),
+            "{sets:?}"
+        );
+    }
+}
+
+/// Found by mutation testing: a `/login` at a gateway replica whose clock runs a little behind the one that
+/// made the login (the session says when by the maker's clock) is one moments after the login too: the
+/// page that says so, or on to `rd`, not another login through the IdP (the loop the 30 s are there for).
+#[test]
+fn a_login_moments_after_the_last_at_a_replica_whose_clock_is_behind_is_no_new_login() {
+    let mut a = ready();
+    let (jar, _) = log_in(&mut a, None);
+    let mut b = ready();
+    b.now = a.now - 2;
+    let r = respond(b.request(&Req::browser("/login?rd=%2Fd%2Fx").cookies(&jar)));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("You logged in moments ago"), "{}", r.body);
+    let r = respond(b.request(&Req::browser("/login?rd=%2Fd%2Fx&fragment_read=").cookies(&jar)));
+    assert_eq!((r.status, location(&r)), (302, "/d/x"), "{r:?}");
+    assert_eq!(r.metric, None);
+}
+
+/// Found by mutation testing: a prefetch or prerender of `/login` is declined (`503`, which the browser
+/// drops) also moments after the login: a `200` page that says "You logged in moments ago" would be kept
+/// and shown at the user's later click on the link, in place of the login asked for.
+#[test]
+fn a_login_prefetched_moments_after_the_last_is_declined_too() {
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, None);
+    for target in ["/login?rd=%2Fd%2Fx", "/login?rd=%2Fd%2Fx&fragment_read="] {
+        for (name, value) in [
+            ("sec-purpose", "prefetch"),
+            ("sec-purpose", "prefetch;prerender"),
+        ] {
+            let r = respond(f.request(&Req::browser(target).with(name, value).cookies(&jar)));
+            assert_eq!(r.status, 503, "{target} {value}: {r:?}");
+            assert!(!r.body.contains("moments ago"), "{}", r.body);
+        }
+    }
+}
+
+/// Found by mutation testing: only a link, a redirect or a form comes to `/login`, moments after the login
+/// as at any time: another method is `405`, not the page for a browser sent back to log in.
+#[test]
+fn a_login_by_another_method_moments_after_the_last_is_not_allowed() {
+    let mut f = ready();
+    let (jar, _) = log_in(&mut f, None);
+    for method in ["PUT", "DELETE", "OPTIONS"] {
+        let r = respond(
+            f.request(
+                &Req::browser("/login?rd=%2Fd%2Fx")
+                    .with(":method", method)
+                    .cookies(&jar),
+            ),
+        );
+        assert_eq!(r.status, 405, "{method}: {r:?}");
+        assert_eq!(header(&r.headers, "allow"), Some("GET, HEAD, POST"));
+    }
+}
