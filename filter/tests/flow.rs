@@ -4096,17 +4096,7 @@ fn logout_clears_every_chunk_and_ends_the_idp_session() {
     // The logged-out cookie is really gone from the browser. What is left is a cookie of a second's life,
     // set so that Chromium drops the app's `no-store` pages from its back/forward cache (the clearing of
     // the session cookie does not: `harness/tests/tls.rs`), named as a login attempt's: never sent upstream.
-    let marker = sets
-        .iter()
-        .find(|c| c.starts_with("_oidc_session_login_out="))
-        .unwrap_or_else(|| panic!("{sets:?}"));
-    assert!(
-        marker.split("; ").any(|a| a == "Max-Age=1") && marker.split("; ").any(|a| a == "Path=/"),
-        "{marker}"
-    );
-    let mut after = jar.clone();
-    after.apply(sets);
-    assert_eq!(after.names(), ["_oidc_session_login_out"]);
+    let after = only_the_logout_cookie_left(&jar, sets);
     let up = forward(f.request(&Req::api("/healthz").cookies(&after)));
     assert_eq!(up.cookie, Some(None), "not sent upstream");
 }
@@ -7300,11 +7290,7 @@ fn a_login_asked_for_with_a_session_of_the_builds_before_login_ids_logs_in() {
     for refresh_token in [None, Some("rt-1")] {
         let mut f = ready();
         let (jar, _) = log_in(&mut f, refresh_token);
-        let mut s = f.open_session(&jar);
-        s.login_id = None;
-        let name = f.cfg.cookie_name.clone();
-        let sealed = f.cfg.keys.seal(&name, &s.encode(), [3; 24]);
-        let old = Jar(oidc_filter::session::split(&name, &sealed).unwrap());
+        let old = f.sealed_before_login_ids(&jar);
         let r =
             respond(f.request(&Req::browser("/login?rd=%2Fd%2Fx&fragment_read=").cookies(&old)));
         assert!(
@@ -7376,17 +7362,7 @@ fn a_logout_before_the_idp_is_reached_sets_the_cookie_of_a_seconds_life_too() {
     let r = respond(b.request(&Req::browser("/logout").cookies(&jar)));
     assert_eq!((r.status, r.metric), (503, Some(Metric::NotReady)), "{r:?}");
     let sets = set_cookies(&r);
-    let marker = sets
-        .iter()
-        .find(|c| c.starts_with("_oidc_session_login_out="))
-        .unwrap_or_else(|| panic!("{sets:?}"));
-    assert!(
-        marker.split("; ").any(|a| a == "Max-Age=1") && marker.split("; ").any(|a| a == "Path=/"),
-        "{marker}"
-    );
-    let mut after = jar.clone();
-    after.apply(sets);
-    assert_eq!(after.names(), ["_oidc_session_login_out"]);
+    only_the_logout_cookie_left(&jar, sets);
 }
 
 /// Found by mutation testing: a `/logout` from a tab whose session another tab already logged out (no
@@ -7471,4 +7447,22 @@ fn a_login_by_another_method_moments_after_the_last_is_not_allowed() {
         assert_eq!(r.status, 405, "{method}: {r:?}");
         assert_eq!(header(&r.headers, "allow"), Some("GET, HEAD, POST"));
     }
+}
+
+/// The browser's cookies once a logout's `sets` are applied to `jar`: only the cookie of a second's life
+/// (`Max-Age=1`, `Path=/`) that a logout sets so that Chromium drops the app's `no-store` pages from its
+/// back/forward cache.
+fn only_the_logout_cookie_left(jar: &Jar, sets: Vec<&str>) -> Jar {
+    let marker = sets
+        .iter()
+        .find(|c| c.starts_with("_oidc_session_login_out="))
+        .unwrap_or_else(|| panic!("{sets:?}"));
+    assert!(
+        marker.split("; ").any(|a| a == "Max-Age=1") && marker.split("; ").any(|a| a == "Path=/"),
+        "{marker}"
+    );
+    let mut after = jar.clone();
+    after.apply(sets);
+    assert_eq!(after.names(), ["_oidc_session_login_out"]);
+    after
 }

@@ -1422,11 +1422,7 @@ fn a_logout_ends_a_session_of_the_builds_before_login_ids() {
         let mut a = Filter::ready(config(serde_json::json!({})));
         let mut b = Filter::ready(config(serde_json::json!({})));
         let (jar, id_token) = log_in(&mut a, refresh_token);
-        let mut s = a.open_session(&jar);
-        s.login_id = None;
-        let name = a.cfg.cookie_name.clone();
-        let sealed = a.cfg.keys.seal(&name, &s.encode(), [3; 24]);
-        let old = Jar(oidc_filter::session::split(&name, &sealed).unwrap());
+        let old = a.sealed_before_login_ids(&jar);
         a.now = NOW + 3600 - 30;
         b.now = a.now;
         let mut renewed = old.clone();
@@ -2538,22 +2534,28 @@ fn a_session_failing_alone_held_is_not_another_waiting_to_probe() {
     assert!(claim_of(&mut a, &s[2]).is_ok(), "held past the pause");
 }
 
-/// A session's failure on another worker, taken in with that worker's pause, counts as one here
-/// (`State::record_outage`, found by `pause_schedules.rs`): it leaves the probe to a session that
-/// waited out the pause. Taken in after a later failure of its own here, it does not shorten the wait
-/// that one began.
-#[test]
-fn a_failure_on_another_worker_taken_in_with_its_pause_holds_the_session_here_too() {
+/// Two workers (`callout_timeout` 30 s) and two expired sessions, X and Y; on worker b, X's renewal
+/// failed at the time returned: the pause b shares, naming X, and worker a, which has not taken it in.
+fn failed_on_the_other_worker() -> (Filter, Jar, Jar, [u8; 16], u64) {
     let cfg = || config(serde_json::json!({"callout_timeout": "30s"}));
     let mut a = Filter::ready(cfg());
     let mut b = Filter::ready(cfg());
     let (x, _) = log_in(&mut a, Some("rt-x"));
     let (y, _) = log_in(&mut a, Some("rt-y"));
     let t = NOW + 3600 + 1;
-    // Worker b: X's renewal fails; its pause is shared, naming X.
     b.now = t;
     fails(&mut b, &x);
     let shared = workers::pause_to_share(&b.state, (0, false), false, || None).unwrap();
+    (a, x, y, shared, t)
+}
+
+/// A session's failure on another worker, taken in with that worker's pause, counts as one here
+/// (`State::record_outage`, found by `pause_schedules.rs`): it leaves the probe to a session that
+/// waited out the pause. Taken in after a later failure of its own here, it does not shorten the wait
+/// that one began.
+#[test]
+fn a_failure_on_another_worker_taken_in_with_its_pause_holds_the_session_here_too() {
+    let (mut a, x, y, shared, t) = failed_on_the_other_worker();
     // Worker a takes it in; Y waits out the pause there; when it ends, X does not probe, Y does.
     a.now = t + 1;
     workers::take_pause(&mut a.state, &shared, Some(1), a.now);
@@ -2565,7 +2567,7 @@ fn a_failure_on_another_worker_taken_in_with_its_pause_holds_the_session_here_to
     );
     assert!(claim_of(&mut a, &y).is_ok());
     // Taken in after X's own later failure here: X's wait runs from that one.
-    let mut a = Filter::ready(cfg());
+    let mut a = Filter::ready(config(serde_json::json!({"callout_timeout": "30s"})));
     a.now = t + 3;
     fails(&mut a, &x);
     assert!(claim_of(&mut a, &y).is_err());
@@ -2582,14 +2584,7 @@ fn a_failure_on_another_worker_taken_in_with_its_pause_holds_the_session_here_to
 /// dated by when it failed, not by when this worker took it in: its wait here ends as it does there.
 #[test]
 fn a_failure_taken_in_from_another_worker_is_waited_from_when_it_failed() {
-    let cfg = || config(serde_json::json!({"callout_timeout": "30s"}));
-    let mut a = Filter::ready(cfg());
-    let mut b = Filter::ready(cfg());
-    let (x, _) = log_in(&mut a, Some("rt-x"));
-    let t = NOW + 3600 + 1;
-    b.now = t;
-    fails(&mut b, &x);
-    let shared = workers::pause_to_share(&b.state, (0, false), false, || None).unwrap();
+    let (mut a, x, _, shared, t) = failed_on_the_other_worker();
     a.now = t + 4;
     workers::take_pause(&mut a.state, &shared, Some(1), a.now);
     a.now = t + 6;

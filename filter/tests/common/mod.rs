@@ -158,6 +158,16 @@ impl Filter {
         let plain = self.cfg.keys.open(&self.cfg.cookie_name, &sealed).unwrap();
         Session::decode(&plain).unwrap()
     }
+
+    /// The session in `jar` sealed again as the builds before login ids sealed it (no login id).
+    #[allow(dead_code)] // Not every test binary uses it.
+    pub fn sealed_before_login_ids(&self, jar: &Jar) -> Jar {
+        let mut s = self.open_session(jar);
+        s.login_id = None;
+        let name = &self.cfg.cookie_name;
+        let sealed = self.cfg.keys.seal(name, &s.encode(), [3; 24]);
+        Jar(oidc_filter::session::split(name, &sealed).unwrap())
+    }
 }
 
 /// Request headers as Envoy would present them.
