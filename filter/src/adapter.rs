@@ -1734,7 +1734,7 @@ fn dispatch(owner: u32, call: &Callout) -> Result<u32, String> {
         Err(status) => Err(format!(
             "cluster `{}`: {status} ({})",
             call.cluster,
-            if status.0 == 2 {
+            if status.0 == host::BAD_ARGUMENT {
                 "is the cluster defined on this proxy?"
             } else {
                 "failed at once: no healthy endpoint, or a circuit breaker open?"

@@ -20,7 +20,7 @@ impl core::fmt::Display for Status {
         // The names the SDK printed, for the statuses a call out or a shared-data write gives.
         match self.0 {
             1 => f.write_str("NotFound"),
-            2 => f.write_str("BadArgument"),
+            BAD_ARGUMENT => f.write_str("BadArgument"),
             8 => f.write_str("CasMismatch"),
             10 => f.write_str("InternalFailure"),
             n => write!(f, "status {n}"),
@@ -30,6 +30,8 @@ impl core::fmt::Display for Status {
 
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
+/// What Envoy answers, among others, for a call out to a cluster it does not have.
+pub const BAD_ARGUMENT: u32 = 2;
 
 /// What a stream callback tells the host: go on to the next filter, or hold the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -186,8 +186,7 @@ mod tests {
         // Of another length than this build's or the one before's (a later build's format, found by
         // mutation testing): nothing.
         let mut s = State::default();
-        let mut later = [0u8; 24];
-        later[..8].copy_from_slice(&(NOW + 5).to_le_bytes());
+        let later = [&shared(NOW + 5)[..], &[0; 8]].concat();
         take_pause(&mut s, &later, Some(6), NOW);
         assert!(!s.renewals_failing && !s.renewals_paused(NOW));
     }
